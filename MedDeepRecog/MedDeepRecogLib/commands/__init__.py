@@ -1,0 +1,1 @@
+"""Sub-commands of the ``meddeeprecog`` command line, one module each (see ``cli.COMMANDS``)."""

@@ -1,0 +1,36 @@
+"""User-facing errors.
+
+Every problem a user can cause (a bad file, a wrong parameter, a model that does not fit) is raised as a
+:class:`MedDeepRecogError` that names the offending file or setting and the problem. The command line prints
+only its message (exit code 2), so users never see a traceback from deep inside torch or ITK.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedDeepRecogError(Exception):
+    """An error caused by the input, worded for the user.
+
+    Args:
+        problem: what is wrong, in plain words.
+        path: the file or folder concerned, if any; it is put in front of the message.
+    """
+
+    def __init__(self, problem: str, path: str | Path | None = None):
+        self.problem = problem
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
+
+
+class InputImageError(MedDeepRecogError):
+    """A scan that cannot be read or is unusable (missing, corrupt, wrong dimension, NaN voxels...)."""
+
+
+class ConfigError(MedDeepRecogError):
+    """A pipeline, training config or command option that is malformed or names an unknown thing."""
+
+
+class ModelPackageError(MedDeepRecogError):
+    """A model package that is missing, tampered with (checksum), or does not fit the input."""

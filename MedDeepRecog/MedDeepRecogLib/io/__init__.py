@@ -1,0 +1,32 @@
+"""Reading and writing scans, label maps and segmentations without losing geometry."""
+
+from .atomic import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .image_io import (
+    array_from_image,
+    describe_geometry,
+    image_from_array,
+    read_image,
+    require_3d,
+    same_geometry,
+    validate_intensities,
+    write_image,
+)
+from .segmentation_io import SegmentSpec, read_segmentation, write_segmentation
+
+__all__ = [
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "array_from_image",
+    "describe_geometry",
+    "image_from_array",
+    "read_image",
+    "require_3d",
+    "same_geometry",
+    "validate_intensities",
+    "write_image",
+    "SegmentSpec",
+    "read_segmentation",
+    "write_segmentation",
+]

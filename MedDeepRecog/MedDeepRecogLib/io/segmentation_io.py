@@ -1,0 +1,106 @@
+"""Segmentations as Slicer ``.seg.nrrd`` files (segment names, colors, label values) via ``slicerio``.
+
+Masks and label maps inside the core are ``(Z, Y, X)`` arrays on a SimpleITK reference grid; slicerio stores
+voxels in ``(i, j, k)`` = ``(X, Y, Z)`` order with an ``ijkToLPS`` matrix, so this module converts between the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import slicerio
+
+from ..errors import InputImageError
+from .atomic import atomic_output
+
+#: Distinct colors (RGB 0-1) for segments without an explicit color; Slicer's generic anatomy palette order.
+DEFAULT_COLORS = [
+    (0.50, 0.68, 0.50), (0.94, 0.82, 0.62), (0.69, 0.48, 0.40), (0.44, 0.72, 0.82), (0.85, 0.40, 0.36),
+    (0.87, 0.80, 0.22), (0.56, 0.35, 0.65), (0.32, 0.55, 0.78), (0.90, 0.55, 0.20), (0.40, 0.75, 0.45),
+]
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One segment: a name shown in Slicer, a label value in the label map, an RGB color in 0-1."""
+
+    name: str
+    label: int
+    color: tuple[float, float, float] | None = None
+
+
+def ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    """4×4 matrix from voxel index ``(i, j, k)`` to physical LPS mm for a 3D SimpleITK image."""
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * spacing[np.newaxis, :]
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
+
+
+def write_segmentation(labelmap: np.ndarray, reference: sitk.Image, segments: Sequence[SegmentSpec],
+                       path: str | Path) -> Path:
+    """Write a ``(Z, Y, X)`` integer label map on ``reference``'s grid as a Slicer ``.seg.nrrd``.
+
+    Each :class:`SegmentSpec` becomes one segment with its name and color; label values not listed are dropped.
+    Overlapping masks are not needed here (one label per voxel), so all segments share layer 0.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(".seg.nrrd"):
+        raise InputImageError("segmentations are written as .seg.nrrd", path)
+    expected = tuple(reversed(reference.GetSize()))
+    if tuple(labelmap.shape) != expected:
+        raise ValueError(f"label map shape {labelmap.shape} does not match reference grid {expected}")
+    seg = slicerio.create_segmentation(reference.GetSize(), ijk_to_lps(reference), dtype="uint8")
+    voxels_ijk = np.transpose(np.asarray(labelmap), (2, 1, 0))
+    for index, spec in enumerate(segments):
+        color = spec.color or DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
+        slicerio.add_segment(seg, voxels_ijk == spec.label,
+                             {"id": f"Segment_{spec.label}", "name": spec.name, "color": [float(c) for c in color]})
+    with atomic_output(path) as tmp:
+        slicerio.write_segmentation(str(tmp), seg)
+    return path
+
+
+def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[SegmentSpec]]:
+    """Read a ``.seg.nrrd`` (or a plain label map) into a ``(Z, Y, X)`` label map, its grid and its segments.
+
+    Overlapping segments (several layers) are flattened in segment order: later segments win where they overlap.
+
+    Returns:
+        ``(labelmap, reference, segments)``: labels renumbered 1..N in segment order, ``reference`` an empty
+        image carrying the geometry, and one :class:`SegmentSpec` per segment.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError("no such file", path)
+    try:
+        seg = slicerio.read_segmentation(str(path))
+    except Exception as exc:  # slicerio/pynrrd raise assorted errors on corrupt files
+        raise InputImageError(f"cannot be read as a segmentation ({exc})", path) from None
+    voxels = np.asarray(seg["voxels"])
+    spatial = voxels.shape[-3:]
+    matrix = np.asarray(seg["ijkToLPS"], dtype=float)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    reference = sitk.Image([int(s) for s in spatial], sitk.sitkUInt8)
+    reference.SetSpacing([float(s) for s in spacing])
+    reference.SetOrigin([float(o) for o in matrix[:3, 3]])
+    reference.SetDirection([float(d) for d in (matrix[:3, :3] / spacing[np.newaxis, :]).ravel()])
+    labelmap_ijk = np.zeros(spatial, dtype=np.uint16)
+    specs: list[SegmentSpec] = []
+    segments = seg.get("segments") or []
+    if not segments:  # a plain label map: one segment per value
+        values = [int(v) for v in np.unique(voxels) if v != 0]
+        segments = [{"name": f"label_{v}", "labelValue": v, "layer": 0} for v in values]
+    for new_label, segment in enumerate(segments, start=1):
+        layer = voxels[segment.get("layer", 0)] if voxels.ndim == 4 else voxels
+        labelmap_ijk[layer == segment["labelValue"]] = new_label
+        color = segment.get("color")
+        specs.append(SegmentSpec(str(segment.get("name", f"label_{new_label}")), new_label,
+                                 tuple(float(c) for c in color) if color is not None else None))
+    return np.transpose(labelmap_ijk, (2, 1, 0)), reference, specs
