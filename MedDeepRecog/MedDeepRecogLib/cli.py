@@ -18,6 +18,12 @@ from .errors import MedDeepRecogError
 #: Sub-command modules under ``commands/``, in the order ``--help`` lists them.
 COMMANDS = [
     "info",
+    "preprocess",
+    "device",
+    "models", "train", "evaluate",
+    "finetune", "segment",
+    "classify", "demo",
+    "robustness", "calibrate",
 ]
 
 

@@ -11,7 +11,7 @@ from .image_io import (
     validate_intensities,
     write_image,
 )
-from .segmentation_io import SegmentSpec, read_segmentation, write_segmentation
+from .segmentation_io import SegmentSpec, read_segmentation, write_segment_masks, write_segmentation
 
 __all__ = [
     "atomic_output",
@@ -29,4 +29,5 @@ __all__ = [
     "SegmentSpec",
     "read_segmentation",
     "write_segmentation",
+    "write_segment_masks",
 ]

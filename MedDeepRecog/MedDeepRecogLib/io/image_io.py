@@ -77,7 +77,8 @@ def _check_nifti_complete(path: Path) -> None:
     """Refuse truncated NIfTI files, which ITK reads without complaint (missing voxels become zeros).
 
     Reads the header's dimensions, bits per voxel and data offset and checks that the (decompressed) file
-    holds all voxel bytes; a broken gzip stream is reported as corrupt.
+    holds all voxel bytes; a broken gzip stream is reported as corrupt. Float voxels are also checked for
+    NaN/Inf here, because ITK's NIfTI reader silently turns them into zeros.
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
@@ -93,10 +94,12 @@ def _check_nifti_complete(path: Path) -> None:
                 return  # not NIfTI-1/2: let ITK decide
             if sizeof_hdr == 348:
                 dims = struct.unpack(endian + "8h", header[40:56])
+                datatype = struct.unpack(endian + "h", header[70:72])[0]
                 bitpix = struct.unpack(endian + "h", header[72:74])[0]
                 vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
             else:
                 dims = struct.unpack(endian + "8q", header[16:80])
+                datatype = struct.unpack(endian + "h", header[12:14])[0]
                 bitpix = struct.unpack(endian + "h", header[14:16])[0]
                 vox_offset = int(struct.unpack(endian + "q", header[168:176])[0])
             n_dims = max(1, min(int(dims[0]), 7))
@@ -104,7 +107,22 @@ def _check_nifti_complete(path: Path) -> None:
             for d in dims[1:1 + n_dims]:
                 n_voxels *= max(int(d), 1)
             expected = max(vox_offset, sizeof_hdr) + n_voxels * max(int(bitpix), 8) // 8
-            if opener is open:
+            float_dtype = {16: "f4", 64: "f8"}.get(int(datatype))  # NIFTI_TYPE_FLOAT32 / FLOAT64
+            start = max(vox_offset, sizeof_hdr)
+            non_finite = 0
+            if float_dtype is not None:
+                fh.seek(start)
+                dtype = np.dtype(endian + float_dtype)
+                available = start
+                tail = b""
+                while chunk := fh.read(1 << 22):
+                    available += len(chunk)
+                    data = tail + chunk
+                    usable = len(data) - len(data) % dtype.itemsize
+                    values = np.frombuffer(data[:usable], dtype=dtype)
+                    non_finite += int(values.size - np.count_nonzero(np.isfinite(values)))
+                    tail = data[usable:]
+            elif opener is open:
                 available = fh.seek(0, 2)
             else:  # gzip cannot seek to the end without decompressing; stream through it
                 available = len(header)
@@ -114,6 +132,8 @@ def _check_nifti_complete(path: Path) -> None:
         raise InputImageError(f"corrupt or truncated compressed data ({exc})", path) from None
     if available < expected:
         raise InputImageError(f"truncated NIfTI: {available} of {expected} bytes present", path)
+    if non_finite:
+        raise InputImageError(f"{non_finite} voxel(s) are NaN or infinite", path)
 
 
 def read_image(path: str | Path, *, pixel_type: int | None = None) -> sitk.Image:

@@ -104,3 +104,26 @@ def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[Se
         specs.append(SegmentSpec(str(segment.get("name", f"label_{new_label}")), new_label,
                                  tuple(float(c) for c in color) if color is not None else None))
     return np.transpose(labelmap_ijk, (2, 1, 0)), reference, specs
+
+
+def write_segment_masks(masks: Sequence[tuple[SegmentSpec, np.ndarray]], reference: sitk.Image,
+                        path: str | Path) -> Path:
+    """Write possibly overlapping binary ``(Z, Y, X)`` masks as one Slicer ``.seg.nrrd`` (one segment each).
+
+    Unlike :func:`write_segmentation` (one label per voxel), masks may overlap (e.g. body and lungs): slicerio
+    puts an overlapping segment in a new layer, as Slicer itself does. ``spec.label`` is ignored.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(".seg.nrrd"):
+        raise InputImageError("segmentations are written as .seg.nrrd", path)
+    expected = tuple(reversed(reference.GetSize()))
+    seg = slicerio.create_segmentation(reference.GetSize(), ijk_to_lps(reference), dtype="uint8")
+    for index, (spec, mask) in enumerate(masks):
+        if tuple(mask.shape) != expected:
+            raise ValueError(f"mask {spec.name!r} shape {mask.shape} does not match reference grid {expected}")
+        color = spec.color or DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
+        slicerio.add_segment(seg, np.transpose(np.asarray(mask) > 0, (2, 1, 0)),
+                             {"id": f"Segment_{index + 1}", "name": spec.name, "color": [float(c) for c in color]})
+    with atomic_output(path) as tmp:
+        slicerio.write_segmentation(str(tmp), seg)
+    return path

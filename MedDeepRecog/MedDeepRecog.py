@@ -1,0 +1,588 @@
+"""MedDeepRecog: deep-learning recognition for CT/MRI in 3D Slicer (classify, heatmaps, segmentations, fine-tune).
+
+This file is the thin Slicer layer. The work happens in a separate ``PythonSlicer -m MedDeepRecogLib`` process
+(contract: docs/worker-protocol.md); ``MedDeepRecogLib.slicer_bridge`` builds its command lines and reads its
+progress, ``MedDeepRecogSlicerLib`` moves nodes to files and back. The GUI thread never waits on the worker.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MedDeepRecogLib.slicer_bridge import WorkerCommand, WorkerError, read_classify_result
+from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
+from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
+from MedDeepRecogLib.slicer_bridge.process_runner import python_executable
+from MedDeepRecogSlicerLib import scene_io
+from MedDeepRecogSlicerLib.jobs import WorkerJob
+
+#: Preprocessing settings of ``pipeline_spec`` -> parameter node fields.
+PIPELINE_FIELDS = {"resample": "resample", "resample_spacing": "resampleSpacing", "clip": "clipIntensity",
+                   "clip_min": "clipMin", "clip_max": "clipMax", "bias_correction": "biasCorrection",
+                   "denoise": "denoise", "denoise_sigma": "denoiseSigma", "normalize": "normalize",
+                   "mask": "bodyMask"}
+
+#: Heatmap values at or above this become the "hot region" segment.
+HOT_REGION_THRESHOLD = 0.5
+
+
+def _importName(requirement):
+    """Import name of a requirement line ('PyYAML>=6' -> 'yaml'), for the Slicer 5.10 fallback check."""
+    name = requirement.split(";")[0].split("[")[0].strip()
+    for sep in "<>=!~ ":
+        name = name.split(sep)[0]
+    return {"pyyaml": "yaml", "pynrrd": "nrrd"}.get(name.lower(), name.lower().replace("-", "_"))
+
+
+class MedDeepRecog(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MedDeepRecog"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedDeepRecog developers"]
+        self.parent.helpText = (
+            "Classify the loaded CT/MRI volume with a deep-learning model, overlay its heatmap, show segmentations "
+            "in 3D and fine-tune models from your segments. See "
+            "<a href='https://github.com/MedDeepRecog/SlicerMedDeepRecog'>the documentation</a>.")
+        self.parent.acknowledgementText = "Built on MONAI, PyTorch, SimpleITK and slicerio."
+
+
+@parameterNodeWrapper
+class MedDeepRecogParameterNode:
+    """Everything the panel shows, saved with the scene (bound to the .ui by SlicerParameterName)."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    secondVolume: vtkMRMLScalarVolumeNode
+    preset: Annotated[str, Choice(PRESETS)] = "lung-ct"
+    resample: bool = False
+    resampleSpacing: Annotated[float, WithinRange(0.1, 10.0)] = 1.0
+    clipIntensity: bool = False
+    clipMin: Annotated[float, WithinRange(-4000.0, 10000.0)] = -1000.0
+    clipMax: Annotated[float, WithinRange(-4000.0, 10000.0)] = 400.0
+    biasCorrection: bool = False
+    denoise: bool = False
+    denoiseSigma: Annotated[float, WithinRange(0.1, 5.0)] = 1.0
+    normalize: bool = False
+    bodyMask: bool = False
+    model: str = ""  # "id" or "id@version"; the combo box is filled from the catalog (no fixed Choice list)
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    explainMethod: Annotated[str, Choice(["gradcam", "gradcampp", "attention", "none"])] = "gradcam"
+    heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    heatmapThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
+    outputTable: vtkMRMLTableNode
+    outputHeatmap: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    preprocessedVolume: vtkMRMLScalarVolumeNode
+    trainingSegmentation: vtkMRMLSegmentationNode
+    classMapTable: vtkMRMLTableNode
+    finetuneTask: Annotated[str, Choice(["classify", "segment"])] = "classify"
+    epochs: Annotated[int, WithinRange(1, 1000)] = 10
+
+
+class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedDeepRecog.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedDeepRecogLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.classifyButton.connect("clicked(bool)", self.onClassifyButton)
+        self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
+        self.ui.robustnessButton.connect("clicked(bool)", self.onRobustnessButton)
+        self.ui.finetuneButton.connect("clicked(bool)", self.onFinetuneButton)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        for bar in (self.ui.classifyProgressBar, self.ui.finetuneProgressBar):
+            bar.hide()
+        self.initializeParameterNode()
+        self.refreshModels()
+        self.logic.deviceInfo(onFinished=lambda info, error: self.ui.deviceInfoLabel.setText(
+            info.get("summary", "") if info else f"torch not usable: {error}"))
+
+    def cleanup(self):
+        self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None):
+        """Button states, result views and heatmap display follow the parameters (GUI values are bound)."""
+        p = self._parameterNode
+        if p is None:
+            return
+        if getattr(self, "_preset", p.preset) != p.preset:  # a preset chosen by the user sets the steps
+            self._preset = p.preset
+            with slicer.util.tryWithErrorDisplay("MedDeepRecog: cannot read the preset."):
+                self.logic.applyPreset(p)
+        self._preset = p.preset
+        busy = {kind: self.logic.isRunning(kind) for kind in ("classify", "finetune", "robustness", "preview")}
+        ready = bool(p.inputVolume and p.model)
+        self.ui.classifyButton.text = "Cancel" if busy["classify"] else "Classify"
+        self.ui.classifyButton.enabled = ready or busy["classify"]
+        self.ui.robustnessButton.text = "Cancel" if busy["robustness"] else "Robustness check"
+        self.ui.robustnessButton.enabled = ready or busy["robustness"]
+        self.ui.previewButton.text = "Cancel" if busy["preview"] else "Preview"
+        self.ui.previewButton.enabled = bool(p.inputVolume) or busy["preview"]
+        self.ui.finetuneButton.text = "Cancel" if busy["finetune"] else "Start fine-tuning"
+        self.ui.finetuneButton.enabled = bool(ready and p.trainingSegmentation) or busy["finetune"]
+        self.ui.probabilityTableView.setMRMLTableNode(p.outputTable)
+        self.ui.show3DButton.setSegmentationNode(p.outputSegmentation)
+        if p.trainingSegmentation:
+            p.classMapTable = scene_io.getOrCreateNode(p.classMapTable, "vtkMRMLTableNode", "MedDeepRecog segment classes")
+            if p.classMapTable.GetNumberOfRows() != p.trainingSegmentation.GetSegmentation().GetNumberOfSegments():
+                scene_io.fillClassMapTable(p.classMapTable, p.trainingSegmentation)
+        self.ui.classMapTableView.setMRMLTableNode(p.classMapTable)
+        if p.outputHeatmap:
+            scene_io.updateHeatmapDisplay(p.outputHeatmap, p.heatmapThreshold, p.heatmapOpacity)
+        index = self.ui.modelComboBox.findData(p.model)
+        if index >= 0 and index != self.ui.modelComboBox.currentIndex:
+            self.ui.modelComboBox.currentIndex = index
+
+    # -- models --------------------------------------------------------------------------------------------
+    def refreshModels(self, select=None):
+        if self.logic.isRunning("models"):
+            return
+        self.ui.modelComboBox.clear()
+        self.ui.modelComboBox.addItem("(loading models…)", "")
+        self.logic.listModels(onFinished=lambda models, error: self._showModels(models or [], error, select))
+
+    def _showModels(self, models, error, select):
+        self.ui.modelComboBox.clear()
+        for m in models:
+            if not m.get("error"):
+                self.ui.modelComboBox.addItem(f"{m['id']} {m['version']} ({m.get('source', '')})",
+                                              f"{m['id']}@{m['version']}")
+        self.ui.modelInfoLabel.text = str(error) if error else ("" if models else "No model installed: use Import model…")
+        self._models = {m["id"] + "@" + m["version"]: m for m in models}
+        wanted = select or (self._parameterNode.model if self._parameterNode else "")
+        index = self.ui.modelComboBox.findData(wanted)
+        self.ui.modelComboBox.currentIndex = index if index >= 0 else 0
+        self.onModelSelected()
+
+    def onModelSelected(self, index=None):
+        key = self.ui.modelComboBox.currentData
+        if self._parameterNode is not None and key:  # "" while the list is loading: keep the saved choice
+            self._parameterNode.model = key
+        info = getattr(self, "_models", {}).get(key or "")
+        if info:
+            metrics = ", ".join(f"{k} {v:.2f}" for k, v in (info.get("metrics") or {}).items() if isinstance(v, float))
+            self.ui.modelInfoLabel.text = f"classes: {', '.join(info.get('class_names') or [])}. {metrics}"
+
+    def onImportModelButton(self):
+        path = qt.QFileDialog.getOpenFileName(self.parent, "Import model package", "",
+                                              "Model package (model.json *.zip)")
+        if not path:
+            return
+        if Path(path).name == "model.json":
+            path = str(Path(path).parent)
+        with slicer.util.tryWithErrorDisplay("Importing the model failed.", waitCursor=True):
+            imported = self.logic.importModel(path)
+            self.refreshModels(select=f"{imported['id']}@{imported['version']}")
+
+    # -- runs ----------------------------------------------------------------------------------------------
+    def _progress(self, bar, label):
+        def show(event):
+            bar.show()
+            bar.value = int(round(100 * event.fraction))
+            label.text = event.describe()
+        return show
+
+    def _finished(self, kind, bar, label, onSuccess):
+        def done(summary, error):
+            bar.hide()
+            self.onParameterNodeModified()
+            if error is not None and getattr(error, "cancelled", False):
+                label.text = "Cancelled."
+                return
+            label.text = f"Failed: {error}" if error is not None else ""
+            with slicer.util.tryWithErrorDisplay(f"MedDeepRecog: {kind} failed."):
+                if error is not None:
+                    raise error  # shown as the worker's own one-line message
+                onSuccess(summary)
+        return done
+
+    def _run(self, kind, method, bar, label, onSuccess):
+        if self.logic.isRunning(kind):
+            self.logic.cancel(kind)
+            return
+        with slicer.util.tryWithErrorDisplay(f"MedDeepRecog: {kind} could not start.", waitCursor=True):
+            self.logic.ensureDependencies()
+            label.text = "Starting…"
+            method(self._parameterNode, onProgress=self._progress(bar, label),
+                   onFinished=self._finished(kind, bar, label, onSuccess))
+        self.onParameterNodeModified()
+
+    def onClassifyButton(self):
+        self._run("classify", self.logic.classify, self.ui.classifyProgressBar, self.ui.statusLabel, self._showResult)
+
+    def _showResult(self, result):
+        self.ui.statusLabel.text = f"Done ({result.model})."
+        self.ui.resultLabel.text = f"<b>{result.label}</b> (p = {result.confidence:.2f})"
+        self.ui.faithfulnessLabel.text = ("" if result.faithfulness is None else
+                                          f"{result.faithfulness:.2f} ({result.explain_method})")
+
+    def onPreviewButton(self):
+        self._run("preview", self.logic.preview, self.ui.classifyProgressBar, self.ui.statusLabel,
+                  lambda out: setattr(self.ui.statusLabel, "text", "Preview loaded."))
+
+    def onRobustnessButton(self):
+        self._run("robustness", self.logic.robustness, self.ui.classifyProgressBar, self.ui.robustnessLabel,
+                  lambda text: setattr(self.ui.robustnessLabel, "text", text))
+
+    def onFinetuneButton(self):
+        def done(package):
+            self.ui.finetuneStatusLabel.text = f"New model version: {package}"
+            self.refreshModels(select=package)
+        self._run("finetune", self.logic.finetune, self.ui.finetuneProgressBar, self.ui.finetuneStatusLabel, done)
+
+
+class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
+    """Runs the core's command line in a worker process and loads its outputs into the scene.
+
+    Every run method takes the parameter node and returns at once (the job), or, with ``waitForCompletion=True``,
+    blocks and returns the loaded result (raising :class:`WorkerError` with the worker's message on failure).
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._jobs = {}
+        self.python = python_executable()
+
+    def getParameterNode(self):
+        return MedDeepRecogParameterNode(super().getParameterNode())
+
+    def ensureDependencies(self):
+        """First use: torch through the PyTorch extension, then the packages of Resources/requirements.txt.
+
+        torch comes first so that installing monai finds it and does not pull a second torch build from PyPI.
+        Nothing heavy is imported into Slicer: the worker process imports torch and monai.
+        """
+        import importlib.util
+        if importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError("MedDeepRecog needs PyTorch: install the 'PyTorch' extension from the Extensions "
+                                   "Manager, restart Slicer, and try again.") from None
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                raise RuntimeError("PyTorch was not installed; MedDeepRecog cannot run models without it.")
+        requirements = Path(__file__).parent / "Resources" / "requirements.txt"
+        try:
+            import slicer.packaging
+        except ImportError:  # Slicer 5.10: no slicer.packaging; install what is missing with pip
+            missing = [line.strip() for line in requirements.read_text().splitlines()
+                       if line.strip() and not line.startswith("#")
+                       and importlib.util.find_spec(_importName(line)) is None]
+            if missing and slicer.util.confirmOkCancelDisplay(f"MedDeepRecog needs: {', '.join(missing)}. Install?"):
+                slicer.util.pip_install(missing)
+        else:
+            slicer.packaging.pip_ensure(slicer.packaging.load_requirements(requirements), requester="MedDeepRecog")
+
+    def isRunning(self, kind):
+        job = self._jobs.get(kind)
+        return bool(job and job.running)
+
+    def cancel(self, kind=None):
+        for name, job in list(self._jobs.items()):
+            if kind in (None, name):
+                job.cancel()
+
+    def _start(self, kind, command, load, workDir=None, onProgress=None, onFinished=None, waitForCompletion=False):
+        if self.isRunning(kind):
+            raise RuntimeError(f"a {kind} run is already in progress")
+        try:
+            command.validate()  # a panel/worker version mismatch is reported before anything starts
+        except Exception:
+            if workDir:
+                shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        outcome = {}
+
+        def finished(result, error):
+            summary = None
+            if error is None:
+                try:
+                    summary = load(result, job)
+                except Exception as exc:  # an unexpected output must reach the user as a message
+                    logging.exception("MedDeepRecog: loading the %s outputs failed", kind)
+                    error = WorkerError(str(exc))
+            if workDir and not os.environ.get("MEDDEEPRECOG_KEEP_TEMP"):
+                shutil.rmtree(workDir, ignore_errors=True)
+            outcome.update(summary=summary, error=error)
+            if onFinished:
+                onFinished(summary, error)
+
+        job = WorkerJob(command, onProgress, finished)
+        self._jobs[kind] = job
+        job.start(waitForCompletion)
+        if waitForCompletion:
+            if outcome["error"] is not None:
+                raise outcome["error"]
+            return outcome["summary"]
+        return job
+
+    @staticmethod
+    def _workDir():
+        return Path(tempfile.mkdtemp(prefix="MedDeepRecog-", dir=slicer.app.temporaryPath))
+
+    # -- catalog and device -----------------------------------------------------------------------------------
+    def listModels(self, **kwargs):
+        return self._start("models", WorkerCommand.list_models(python=self.python),
+                           lambda result, job: parse_json_output(job.lines), **kwargs)
+
+    def importModel(self, path, **kwargs):
+        return self._start("import", WorkerCommand.import_model(path, python=self.python),
+                           lambda result, job: parse_json_output(job.lines), waitForCompletion=True, **kwargs)
+
+    def deviceInfo(self, **kwargs):
+        def load(result, job):
+            from MedDeepRecogLib.commands.device import describe
+            info = parse_json_output(job.lines)
+            return {**info, "summary": describe(info)}
+        return self._start("device", WorkerCommand.device_info(python=self.python), load, **kwargs)
+
+    # -- preprocessing preview --------------------------------------------------------------------------------
+    def pipelineSettings(self, p):
+        """The preprocessing check boxes as ``pipeline_spec`` settings."""
+        return {key: getattr(p, field) for key, field in PIPELINE_FIELDS.items()}
+
+    def applyPreset(self, p):
+        """Set the preprocessing check boxes to what ``p.preset``'s pipeline does."""
+        for key, value in preset_settings(p.preset).items():
+            setattr(p, PIPELINE_FIELDS[key], value)
+
+    def preview(self, p, **kwargs):
+        workDir = self._workDir()
+        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+        pipelinePath = workDir / "pipeline.json"
+        pipelinePath.write_text(json.dumps(build_pipeline(p.preset, self.pipelineSettings(p)), indent=2))
+        outPath, maskPath = workDir / "preprocessed.nrrd", workDir / "mask.seg.nrrd"
+        command = WorkerCommand.preprocess(inputPath, outPath, pipelinePath, python=self.python,
+                                           mask=maskPath if p.bodyMask else None)
+
+        def load(result, job):
+            name = p.inputVolume.GetName()
+            p.preprocessedVolume = scene_io.loadVolumeInto(outPath, p.preprocessedVolume, f"{name} preprocessed")
+            scene_io.placeUnderStudy(p.preprocessedVolume, p.inputVolume)
+            slicer.util.setSliceViewerLayers(background=p.preprocessedVolume)
+            if maskPath.exists():
+                self._segmentationFor(p, name)
+                scene_io.replaceSegments(p.outputSegmentation, maskPath, p.inputVolume)
+                scene_io.showSegmentationIn3D(p.outputSegmentation)
+            return p.preprocessedVolume
+        return self._start("preview", command, load, workDir, **kwargs)
+
+    def _segmentationFor(self, p, name):
+        p.outputSegmentation = scene_io.getOrCreateNode(p.outputSegmentation, "vtkMRMLSegmentationNode",
+                                                        f"{name} segmentations")
+        p.outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(p.inputVolume)
+        scene_io.placeUnderStudy(p.outputSegmentation, p.inputVolume)
+
+    # -- classification -----------------------------------------------------------------------------------------
+    def classify(self, p, **kwargs):
+        """Classify ``p.inputVolume`` with ``p.model``; fills the probability table, heatmap and segmentation."""
+        workDir = self._workDir()
+        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+        outDir = workDir / "out"
+        secondPath = scene_io.exportVolume(p.secondVolume, workDir / "second") if p.secondVolume else None
+        command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python,
+                                         explain=p.explainMethod, device=p.device, second_input=secondPath)
+
+        def load(result, job):
+            res = read_classify_result(outDir, inputPath)
+            name = p.inputVolume.GetName()
+            p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
+            scene_io.updateProbabilityTable(p.outputTable, res.probabilities)
+            p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
+            p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
+            scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
+            self._segmentationFor(p, name)
+            for segPath in res.segmentations:
+                scene_io.replaceSegments(p.outputSegmentation, segPath, p.inputVolume)
+            if res.heatmap is not None:
+                p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, p.outputHeatmap, f"{name} heatmap")
+                scene_io.placeUnderStudy(p.outputHeatmap, p.inputVolume)
+                scene_io.showHeatmap(p.outputHeatmap, p.inputVolume, p.heatmapThreshold, p.heatmapOpacity)
+                hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
+                scene_io.setSegmentFromMask(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}", hot,
+                                            (0.99, 0.65, 0.04), p.outputHeatmap)
+            scene_io.showSegmentationIn3D(p.outputSegmentation)
+            return res
+        return self._start("classify", command, load, workDir, **kwargs)
+
+    # -- robustness ---------------------------------------------------------------------------------------------
+    def robustness(self, p, **kwargs):
+        """Smallest eps that flips the prediction on the loaded scan; returns one sentence."""
+        workDir = self._workDir()
+        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+        command = WorkerCommand.robustness(p.model, inputPath, workDir / "robustness", python=self.python)
+        return self._start("robustness", command, lambda result, job: robustness_summary(result)[0], workDir,
+                           **kwargs)
+
+    # -- fine-tuning --------------------------------------------------------------------------------------------
+    def finetune(self, p, **kwargs):
+        """Fine-tune ``p.model`` on the input and its segments; returns the new package's ``id@version``."""
+        workDir = self._workDir()
+        classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
+        if not classMap:
+            raise ValueError("Map at least one segment to a class in the segment → class table.")
+        manifest = {"cases": [{"id": p.inputVolume.GetName(),
+                               "image": str(scene_io.exportVolume(p.inputVolume, workDir)),
+                               "segmentation": str(scene_io.exportSegmentation(p.trainingSegmentation, workDir))}],
+                    "class_map": classMap}
+        manifestPath = workDir / "manifest.json"
+        manifestPath.write_text(json.dumps(manifest, indent=2))
+        command = WorkerCommand.finetune(p.model, manifestPath, python=self.python, task=p.finetuneTask,
+                                         epochs=p.epochs, device=p.device)
+
+        def load(result, job):
+            meta = json.loads((Path(result["package"]) / "model.json").read_text())
+            return f"{meta['id']}@{meta['version']}"
+        return self._start("finetune", command, load, workDir, **kwargs)
+
+
+class MedDeepRecogTest(ScriptedLoadableModuleTest):
+    """Real logic tests: a synthetic volume, a tiny model made by a worker process, no network."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ClassifyLoadsTableHeatmapAndSegments()
+        self.setUp()
+        self.test_PreviewLoadsFilteredVolumeAndMask()
+
+    def _syntheticVolume(self):
+        import numpy as np
+        z, y, x = np.mgrid[:24, :32, :40]
+        voxels = (100 * np.exp(-((x - 25) ** 2 + (y - 14) ** 2 + (z - 12) ** 2) / 40.0)).astype(np.int16)
+        return slicer.util.addVolumeFromArray(voxels, ijkToRAS=[[0.8, 0, 0, -10], [0, 1.1, 0, 20], [0, 0, 2.5, 5],
+                                                                [0, 0, 0, 1]], name="synthetic")
+
+    def test_PreviewLoadsFilteredVolumeAndMask(self):
+        import numpy as np
+        logic = MedDeepRecogLogic()
+        p = logic.getParameterNode()
+        p.inputVolume, p.preset = self._syntheticVolume(), "custom"
+        p.clipIntensity, p.clipMin, p.clipMax, p.bodyMask = True, 10.0, 60.0, True
+        filtered = logic.preview(p, waitForCompletion=True)
+        values = slicer.util.arrayFromVolume(filtered)
+        self.assertEqual(values.shape, slicer.util.arrayFromVolume(p.inputVolume).shape)
+        self.assertTrue(10.0 - 1e-3 <= values.min() and values.max() <= 60.0 + 1e-3)
+        segmentation = p.outputSegmentation.GetSegmentation()
+        self.assertEqual([segmentation.GetSegment(s).GetName() for s in segmentation.GetSegmentIDs()], ["body"])
+        self.assertTrue(np.any(slicer.util.arrayFromSegmentBinaryLabelmap(p.outputSegmentation,
+                                                                           segmentation.GetSegmentIDs()[0],
+                                                                           p.inputVolume)))
+
+    def test_ClassifyLoadsTableHeatmapAndSegments(self):
+        home = Path(tempfile.mkdtemp(prefix="MedDeepRecogTest-", dir=slicer.app.temporaryPath))
+        previousHome = os.environ.get("MEDDEEPRECOG_HOME")
+        os.environ["MEDDEEPRECOG_HOME"] = str(home)  # the worker's user catalog: isolated from the user's
+        try:
+            self._classifySyntheticVolume(home)
+        finally:
+            os.environ.pop("MEDDEEPRECOG_HOME")
+            if previousHome is not None:
+                os.environ["MEDDEEPRECOG_HOME"] = previousHome
+            shutil.rmtree(home, ignore_errors=True)
+
+    def _classifySyntheticVolume(self, home):
+        import numpy as np
+        from MedDeepRecogLib.slicer_bridge import run_worker, worker_environment
+
+        logic = MedDeepRecogLogic()
+        run_worker([logic.python, "-m", "MedDeepRecogLib.slicer_bridge.tiny_model", str(home / "models")],
+                   worker_environment())
+        models = logic.listModels(waitForCompletion=True)
+        self.assertIn("tiny-test-cnn3d", [m["id"] for m in models])
+
+        volume = self._syntheticVolume()
+        p = logic.getParameterNode()
+        p.inputVolume, p.model, p.device = volume, "tiny-test-cnn3d", "cpu"
+        for run in range(2):  # the second run must reuse the output nodes
+            result = logic.classify(p, waitForCompletion=True)
+        self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")), 2)  # input + heatmap
+        self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLTableNode")), 1)
+        self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLSegmentationNode")), 1)
+
+        table = p.outputTable
+        self.assertEqual(table.GetNumberOfRows(), 2)
+        self.assertEqual({table.GetCellText(r, 0) for r in range(2)}, {"normal", "lesion"})
+        self.assertAlmostEqual(sum(float(table.GetCellText(r, 1)) for r in range(2)), 1.0, places=3)
+        self.assertEqual(table.GetCellText(0, 0), result.label)
+
+        heatmap = p.outputHeatmap
+        self.assertEqual(heatmap.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
+        a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        heatmap.GetIJKToRASMatrix(a)
+        volume.GetIJKToRASMatrix(b)
+        self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(a), slicer.util.arrayFromVTKMatrix(b), atol=1e-4))
+        values = slicer.util.arrayFromVolume(heatmap)
+        self.assertGreaterEqual(values.min(), 0.0)
+        self.assertLessEqual(values.max(), 1.0 + 1e-6)
+
+        segmentation = p.outputSegmentation.GetSegmentation()
+        names = [segmentation.GetSegment(s).GetName() for s in segmentation.GetSegmentIDs()]
+        self.assertIn(f"heatmap >= {HOT_REGION_THRESHOLD}", names)
+        self.assertEqual(len(names), len(set(names)))
+
+        with self.assertRaises(WorkerError) as failure:  # a user error arrives as the worker's message
+            p.model = "no-such-model"
+            logic.classify(p, waitForCompletion=True)
+        self.assertIn("no-such-model", str(failure.exception))
+        self.delayDisplay("MedDeepRecog logic test passed")

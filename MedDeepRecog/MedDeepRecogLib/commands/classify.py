@@ -1,0 +1,98 @@
+"""``meddeeprecog classify INPUT... --model ID|PATH --out DIR [--explain ...] [--device ...] [--progress json]``.
+
+For each scan writes ``DIR/<name>.json``, ``DIR/<name>_heatmap.nrrd`` (float32 0..1 on the scan's own grid) and
+``DIR/<name>_heatmap.png`` (docs/worker-protocol.md). An INPUT folder holding a DICOM series is one scan; a folder of
+NIfTI/NRRD/MHA files is one scan per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InputImageError
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("classify", help="classify scans with a model package; heatmap NRRD + PNG + JSON each")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="scan file(s), a DICOM series folder, or a folder of NIfTI/NRRD/MHA scans")
+    p.add_argument("--model", required=True, help="model package id (e.g. body-region), id@version, folder or .zip")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--explain", choices=["gradcam", "gradcampp", "attention", "none"], default="gradcam",
+                   help="heatmap method (default gradcam; attention for models with attention)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-png", action="store_true", help="skip the three-plane PNG")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.set_defaults(func=run)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Scans named by ``inputs``: files as given; a folder is one DICOM series, or every volume file inside it.
+
+    Raises:
+        InputImageError: a path that does not exist, or a folder with neither volumes nor DICOM files.
+    """
+    scans: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise InputImageError("no such file or folder", path)
+        if path.is_file():
+            scans.append(path)
+            continue
+        volumes = sorted(p for p in path.iterdir()
+                         if p.is_file() and not p.name.startswith(".")
+                         and p.name.lower().endswith(_VOLUME_SUFFIXES) and not p.name.lower().endswith(".seg.nrrd"))
+        if volumes:
+            scans.extend(volumes)
+        else:
+            scans.append(path)  # read_image reads it as a DICOM series or says why it cannot
+    return scans
+
+
+def _unique_names(scans: list[Path]) -> list[str]:
+    from ..inference.classify import output_name
+
+    names, seen = [], {}
+    for s in scans:
+        base = output_name(s)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        names.append(base if n == 0 else f"{base}_{n + 1}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.classify import classify_scan, resolve_device, write_outputs
+    from ..packages import load_package
+    from ..progress import Progress
+
+    progress = Progress(args.progress)
+    scans = expand_inputs(args.inputs)
+    package = load_package(args.model)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    results = []
+    n = len(scans)
+    for i, (scan, name) in enumerate(zip(scans, _unique_names(scans))):
+        def report(stage, fraction, _i=i, _name=name, **extra):
+            progress(stage, (_i + fraction) / n, case=_name, **extra)
+
+        result = classify_scan(scan, package, explain=args.explain, device=device, progress=report, name=name)
+        outputs = write_outputs(result, out, png=not args.no_png, progress=report)
+        results.append({"input": str(scan), "label": result.label, "probabilities": result.probability_map(),
+                        **outputs})
+        if args.progress != "json":
+            probs = ", ".join(f"{k} {v:.3f}" for k, v in
+                              sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
+            extra = f" [{'; '.join(result.decision['reasons'])}]" if result.decision["uncertain"] else ""
+            mod = result.decision.get("modality") or {}
+            mod_txt = f" (modality {mod['label']})" if mod.get("label") else ""
+            print(f"{scan}: {result.label}{mod_txt}{extra}\n  {probs}\n  -> {outputs['json']}")
+    if args.progress == "json":
+        progress("done", 1.0, result={"outputs": results})
+    return 0

@@ -1,0 +1,26 @@
+"""``meddeeprecog evaluate --model ID|PATH --data FILE.npz [--split test] [--out DIR]``: metrics as JSON on stdout
+(accuracy, balanced accuracy, precision, recall, F1, one-vs-rest AUC, confusion matrix); with ``--out`` also
+``roc.png``, ``confusion_matrix.png`` and ``metrics.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="metrics of a model package on a labelled .npz split")
+    p.add_argument("--model", required=True, help="package id, id@version, folder or .zip")
+    p.add_argument("--data", required=True, help="MedMNIST-style .npz ({split}_images/{split}_labels)")
+    p.add_argument("--split", default="test", help="split name (default: test)")
+    p.add_argument("--out", help="folder for roc.png, confusion_matrix.png and metrics.json")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.evaluate import evaluate_package
+
+    result = evaluate_package(args.model, args.data, args.split, args.out, args.device)
+    print(json.dumps(result, indent=2))
+    return 0

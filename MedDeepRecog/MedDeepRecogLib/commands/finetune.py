@@ -1,0 +1,159 @@
+"""``meddeeprecog finetune``: fine-tune a model package from segments labelled in Slicer into a new version.
+
+    meddeeprecog finetune --base ID|PATH|none --data MANIFEST|FOLDER|FILE.seg.nrrd --task classify|segment
+        [--class-map "liver,kidney_*=kidney"] [--freeze-encoder] [--epochs N] [--config FILE.yaml]
+        [--progress json|bar|none] ...
+
+Runs under ``torchrun --nproc_per_node=N meddeeprecog finetune ...`` as distributed data parallel (rank 0 writes).
+With ``--progress json`` it prints ``{"stage", "fraction", "epoch", "val_metric", ...}`` lines and finally
+``{"stage": "done", "fraction": 1.0, "result": {"package": PATH, ...}}``. A killed run resumes from its last
+checkpoint when the same command is run again (``--restart`` starts over); SIGTERM/Ctrl-C cancel it and keep the
+last complete epoch's checkpoint (exit code 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a model from labelled segments into a new package version",
+        description="Fine-tune a model package (or train from scratch) on scans with Slicer segmentations: ROI "
+                    "classification of segments, or segmentation. Writes a new package version; the base is "
+                    "never changed.")
+    p.add_argument("--base", help="base package: ID, ID@VERSION, folder or .zip; 'none' to train from scratch")
+    p.add_argument("--data", help="manifest (.json/.csv), folder of NAME.nii.gz + NAME.seg.nrrd pairs, "
+                   "or one .seg.nrrd")
+    p.add_argument("--task", choices=["classify", "segment"])
+    p.add_argument("--config", help="JSON/YAML file with fine-tuning settings (command-line options win)")
+    p.add_argument("--class-map", help="segment name → class: 'nodule-malignant=malignant,kidney_*=kidney' "
+                   "or a JSON file")
+    p.add_argument("--label-source", choices=["segment", "case"], help="class from the segment name (default) "
+                   "or from the manifest's per-case label")
+    p.add_argument("--arch", help="architecture when training from scratch (default monai_unet / simple_cnn3d)")
+    p.add_argument("--arch-kwargs", help="JSON object of architecture keyword arguments")
+    p.add_argument("--freeze-encoder", action="store_true", default=None, help="train only the decoder / head")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split over DDP processes)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--early-stopping", type=int, help="stop after N epochs without improvement (0: off)")
+    p.add_argument("--val-cases", help="comma-separated case ids for validation")
+    p.add_argument("--val-fraction", type=float, help="share of cases held out (default 0.25)")
+    p.add_argument("--val-slab", help="START:STOP slices (training grid) of a one-case data set held out")
+    p.add_argument("--spacing", type=_floats, help="training spacing x,y,z mm (segmentation)")
+    p.add_argument("--patch-size", type=_ints, help="patch Z,Y,X voxels (segmentation; default 64,64,64)")
+    p.add_argument("--patches-per-epoch", type=int)
+    p.add_argument("--roi-size", type=_ints, help="crop Z,Y,X voxels (classification; default the base's input size)")
+    p.add_argument("--margin-mm", type=float, help="margin around a segment's box (classification)")
+    p.add_argument("--roi-size-mm", type=float, help="fixed crop edge in mm instead of box + margin")
+    p.add_argument("--mask-channel", action="store_true", default=None, help="add the segment mask as channel 2")
+    p.add_argument("--negatives", type=int, help="background crops per case, away from all segments")
+    p.add_argument("--id", help="id of the new package (default: the base's id → its next version)")
+    p.add_argument("--version", help="version of the new package (default: next free patch version)")
+    p.add_argument("--dest", help="catalog folder to write into (default: the user catalog)")
+    p.add_argument("--work-dir", help="checkpoint folder (default: keyed by data, base and settings)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    """A :class:`FinetuneConfig` from the config file (if any) overridden by the command-line options."""
+    from ..errors import ConfigError
+    from ..finetune.finetune import FinetuneConfig, load_config_file
+
+    raw = load_config_file(args.config) if args.config else {}
+    options = {
+        "base": args.base, "data": args.data, "task": args.task, "class_map": args.class_map,
+        "label_source": args.label_source, "arch": args.arch, "freeze_encoder": args.freeze_encoder,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "early_stopping": args.early_stopping,
+        "val_fraction": args.val_fraction, "spacing_mm": args.spacing, "patch_size": args.patch_size,
+        "patches_per_epoch": args.patches_per_epoch, "roi_size": args.roi_size, "margin_mm": args.margin_mm,
+        "roi_size_mm": args.roi_size_mm, "mask_channel": args.mask_channel, "negatives": args.negatives,
+        "id": args.id, "version": args.version, "dest": args.dest, "work_dir": args.work_dir, "seed": args.seed,
+        "device": args.device,
+    }
+    if args.arch_kwargs:
+        try:
+            options["arch_kwargs"] = json.loads(args.arch_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--arch-kwargs is not a JSON object ({exc})") from None
+    if args.val_cases:
+        options["val_cases"] = [v.strip() for v in args.val_cases.split(",") if v.strip()]
+    if args.val_slab:
+        try:
+            start, stop = (int(v) for v in args.val_slab.split(":"))
+        except ValueError:
+            raise ConfigError(f"--val-slab must read START:STOP, got {args.val_slab!r}") from None
+        options["val_slab"] = [start, stop]
+    raw.update({k: v for k, v in options.items() if v is not None})
+    if args.restart:
+        raw["resume"] = False
+    raw["command"] = "meddeeprecog " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if not raw.get("task"):
+        raise ConfigError("--task classify|segment is required (or 'task' in --config)")
+    cfg = FinetuneConfig.from_dict(raw, args.config)
+    cfg.validate()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    cfg = build_config(args)
+    import torch
+
+    torch.set_num_threads(args.threads or int(os.environ.get("MEDDEEPRECOG_THREADS", "0")) or torch.get_num_threads())
+    from ..finetune.finetune import finetune
+    from ..progress import Progress
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    progress = Progress(args.progress if rank0 else "none")
+    cancelled = {"flag": False}
+
+    def on_term(signum, frame):  # Slicer's cancel: finish nothing more, keep the last checkpoint
+        cancelled["flag"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = finetune(cfg, progress=progress, should_stop=lambda: cancelled["flag"])
+    except KeyboardInterrupt:
+        print(f"meddeeprecog finetune: cancelled; the last complete epoch's checkpoint is kept", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if result["cancelled"]:
+        print(f"meddeeprecog finetune: cancelled; checkpoint kept in {result['work_dir']} (run the same command "
+              "again to resume)", file=sys.stderr)
+        return 130
+    if not rank0:
+        return 0
+    done = {"package": result["package"], "id": result.get("id"), "version": result.get("version"),
+            "metrics": {k: v for k, v in (result.get("metrics") or {}).items()
+                        if k in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "per_class", "n")},
+            "warnings": result.get("warnings", []), "work_dir": result["work_dir"],
+            "epochs_run": result["epochs"]["epochs_run"],
+            "stopped": result["epochs"]["stopped"]}
+    if args.progress == "json":
+        progress("done", 1.0, result=done)
+    else:
+        if args.progress == "bar":
+            progress("done", 1.0)
+        print(json.dumps(done, indent=2))
+    return 0

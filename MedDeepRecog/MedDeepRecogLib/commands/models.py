@@ -1,0 +1,59 @@
+"""``meddeeprecog models [--json]``: list installed model packages; ``meddeeprecog models import PATH``: install one.
+
+Also ``meddeeprecog models architectures [--json]``: the registered network names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("models", help="list installed model packages, or import one (offline)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.add_argument("--verify", action="store_true", help="also check every weights checksum")
+    sub = p.add_subparsers(dest="models_action", metavar="ACTION")
+    imp = sub.add_parser("import", help="check a package folder or .zip and copy it into the user catalog")
+    imp.add_argument("path", help="package folder (with model.json) or .zip")
+    imp.add_argument("--json", action="store_true", help="print the result as JSON")
+    arch = sub.add_parser("architectures", help="list the registered network architectures")
+    arch.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..packages import import_package, list_packages, load_package, user_models_dir
+
+    action = getattr(args, "models_action", None)
+    if action == "import":
+        target = import_package(args.path)
+        pkg = load_package(target)
+        result = {"id": pkg.id, "version": pkg.version, "path": str(target)}
+        print(json.dumps(result) if args.json else f"imported {pkg.id}@{pkg.version} -> {target}")
+        return 0
+    if action == "architectures":
+        from ..models import available_models
+        archs = available_models()
+        if args.json:
+            print(json.dumps(archs, indent=2))
+        else:
+            for name, info in archs.items():
+                print(f"{name:<16} {info['input_kind']:<9} {info['description']}")
+        return 0
+    infos = list_packages(check_weights=args.verify)
+    if args.json:
+        print(json.dumps([i.to_dict() for i in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"no model packages installed (user catalog: {user_models_dir()})")
+        return 0
+    for i in infos:
+        if i.error:
+            print(f"{i.id:<22} {i.version:<8} {i.source:<7} BROKEN: {i.error}")
+            continue
+        m = i.metrics or {}
+        score = " ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))
+        kind = (i.input or {}).get("kind", "?")
+        print(f"{i.id:<22} {i.version:<8} {i.source:<7} {kind:<9} classes={','.join(i.class_names or [])} {score}")
+    return 0

@@ -1,0 +1,129 @@
+"""``meddeeprecog preprocess INPUT OUTPUT --pipeline NAME|FILE``: run a preprocessing pipeline on a scan.
+
+The output overlays the input in Slicer: when the pipeline resamples or crops, the result is put back on the
+input grid (``--keep-resampled-grid`` keeps the pipeline's grid). Masks made by mask steps are written with
+``--mask OUT.seg.nrrd`` as named, colored segments. ``--list`` prints the steps, their parameters and the presets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..errors import ConfigError, InputImageError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "preprocess", help="denoise / enhance / segment a scan with a pipeline (preset or JSON/YAML file)",
+        description="Run a preprocessing pipeline on a scan. The output keeps the input's geometry unless "
+                    "--keep-resampled-grid is given.")
+    p.add_argument("input", nargs="?", help="NIfTI/NRRD/MHA file, DICOM file or DICOM series folder")
+    p.add_argument("output", nargs="?", help="output volume (.nrrd, .nii.gz, .nii, .mha)")
+    p.add_argument("--pipeline", help="preset name (see --list) or a .json/.yaml pipeline file")
+    p.add_argument("--mask", metavar="OUT.seg.nrrd", help="write the masks made by mask steps as a segmentation")
+    p.add_argument("--progress", choices=("json", "bar", "none"), default="none",
+                   help="progress as JSON lines on stdout, a bar on stderr, or none (default)")
+    p.add_argument("--keep-resampled-grid", action="store_true",
+                   help="write the result on the pipeline's grid instead of resampling back onto the input grid")
+    p.add_argument("--list", action="store_true", help="list steps with their parameters and the presets, then exit")
+    p.add_argument("--json", action="store_true", help="with --list: print JSON")
+    p.set_defaults(func=run)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if b.exists() and a.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _print_list(as_json: bool) -> None:
+    from ..preprocessing import describe_steps, list_presets, load_pipeline
+
+    steps = describe_steps()
+    presets = {name: load_pipeline(name).to_data() for name in list_presets()}
+    if as_json:
+        print(json.dumps({"steps": steps, "presets": presets}, indent=2))
+        return
+    print("Steps (kind: image = same grid, grid = new grid, mask = makes a segment):")
+    for step in steps:
+        alias = f" (aliases: {', '.join(step['aliases'])})" if step["aliases"] else ""
+        print(f"\n  {step['name']} [{step['kind']}]{alias}: {step['summary']}")
+        for prm in step["params"]:
+            print(f"      {prm['name']}: {prm['type']} = {json.dumps(prm['default'])}  -- {prm['help']}")
+    print("\nPresets:")
+    for name, data in presets.items():
+        print(f"  {name}: {' -> '.join(s['name'] for s in data['steps'])}")
+        if data.get("description"):
+            print(f"      {data['description']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        _print_list(args.json)
+        return 0
+    if not args.input or not args.output:
+        raise ConfigError("INPUT and OUTPUT are required (or use --list)")
+    if not args.pipeline:
+        raise ConfigError("--pipeline NAME|FILE is required (presets: see --list)")
+    from ..io import read_image, require_3d, validate_intensities, write_image
+    from ..io.image_io import WRITABLE_SUFFIXES, _suffix
+    from ..preprocessing import load_pipeline
+    from ..progress import Progress
+
+    source, target = Path(args.input), Path(args.output)
+    if _same_file(source, target):
+        raise ConfigError("OUTPUT is the INPUT; refusing to overwrite the input scan", target)
+    if _suffix(target) not in WRITABLE_SUFFIXES or _suffix(target) == ".seg.nrrd":
+        raise ConfigError(f"unsupported output format; use one of {', '.join(WRITABLE_SUFFIXES)}", target)
+    mask_path = Path(args.mask) if args.mask else None
+    if mask_path is not None:
+        if not mask_path.name.lower().endswith(".seg.nrrd"):
+            raise ConfigError("--mask must name a .seg.nrrd file", mask_path)
+        if _same_file(source, mask_path) or _same_file(target, mask_path):
+            raise ConfigError("--mask must differ from INPUT and OUTPUT", mask_path)
+
+    progress = Progress(args.progress)
+    pipeline = load_pipeline(args.pipeline)
+    if mask_path is not None and not pipeline.makes_masks:
+        raise ConfigError(f"pipeline {pipeline.name or args.pipeline!r} has no mask step, so --mask has nothing "
+                          "to write", mask_path)
+    progress("reading", 0.0, input=str(source))
+    image = require_3d(read_image(source), source)
+    validate_intensities(image, source)
+
+    def step_progress(stage: str, fraction: float, **extra) -> None:
+        progress(stage, 0.05 + 0.85 * fraction, **extra)
+
+    try:
+        result = pipeline.run(image, progress=step_progress)
+    except ConfigError as exc:
+        raise ConfigError(f"pipeline {pipeline.name or args.pipeline!r}: {exc.problem}", source) from None
+    if not args.keep_resampled_grid:
+        result = result.on_grid(image)
+
+    progress("writing", 0.92, output=str(target))
+    outputs = {"output": str(write_image(result.image, target))}
+    if mask_path is not None:
+        outputs["mask"] = str(_write_masks(result, mask_path))
+    progress("done", 1.0, result=outputs)
+    return 0
+
+
+def _write_masks(result, path: Path) -> Path:
+    """Every mask as one named, colored segment of a ``.seg.nrrd``; overlapping masks (body, lungs) stay whole."""
+    import SimpleITK as sitk
+
+    from ..io import SegmentSpec, write_segment_masks
+    from ..preprocessing.masks import default_color
+
+    if not result.masks:
+        raise InputImageError("the pipeline made no masks", path)
+    masks = [(SegmentSpec(name, index, default_color(name)), sitk.GetArrayFromImage(mask))
+             for index, (name, mask) in enumerate(result.masks.items(), start=1)]
+    return write_segment_masks(masks, result.image, path)

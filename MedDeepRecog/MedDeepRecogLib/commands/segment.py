@@ -1,0 +1,40 @@
+"""``meddeeprecog segment INPUT --model ID --out OUT.seg.nrrd``: segment a scan with a segmentation package.
+
+The result is a Slicer ``.seg.nrrd`` on the scan's own grid (one segment per class, named as in training), so it
+loads over the scan in Slicer's slice and 3D views. ``--progress json`` ends with
+``{"stage": "done", "fraction": 1.0, "result": {"output": PATH, "segments": {...}, ...}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("segment", help="segment a scan with a segmentation package (writes .seg.nrrd)")
+    p.add_argument("input", help="NIfTI/NRRD/MHA file or DICOM series folder")
+    p.add_argument("--model", required=True, help="segmentation package: ID, ID@VERSION, folder or .zip")
+    p.add_argument("--out", required=True, help="output .seg.nrrd")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="none")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputImageError
+    from ..finetune.sliding_window import segment_file
+    from ..progress import Progress
+
+    if not args.out.lower().endswith(".seg.nrrd"):
+        raise InputImageError("the output must be a .seg.nrrd file", args.out)
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    progress = Progress(args.progress)
+    result = segment_file(args.input, args.model, args.out, device=device, progress=progress)
+    if args.progress == "json":
+        progress("done", 1.0, result=result)
+    else:
+        print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,61 @@
+"""``meddeeprecog train CONFIG [--out DIR] [--resume] [--package-dest DIR] [--progress json|bar|none]``.
+
+Trains the network a JSON/YAML config describes (see ``training/config.py``) and writes a new model package
+version, ``metrics.json``, ``history.json`` and ``training_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a classifier from a config file and write a model package")
+    p.add_argument("config", help="training config (.yaml/.yml/.json)")
+    p.add_argument("--out", help="output folder for checkpoints, metrics and curves (default: config 'out' or "
+                                 "runs/<id>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--package-dest", help="catalog folder for the new package (default: the user catalog "
+                                          "$MEDDEEPRECOG_HOME/models)")
+    p.add_argument("--epochs", type=int, help="override training/epochs")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override training/device")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.set_defaults(func=run)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (recorded in the package provenance and model card)."""
+    import shlex
+
+    parts = ["meddeeprecog", "train", args.config]
+    for opt in ("out", "package_dest", "epochs", "device", "threads"):
+        value = getattr(args, opt)
+        if value is not None:
+            parts += [f"--{opt.replace('_', '-')}", str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..progress import Progress
+    from ..training.config import load_config
+    from ..training.train import run_training
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    if args.epochs:
+        cfg.training.epochs = args.epochs
+    if args.device:
+        cfg.training.device = args.device
+    progress = Progress(args.progress)
+    result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest, progress=progress,
+                          command=_command_line(args))
+    if args.progress == "json":
+        progress("done", 1.0, result=result)
+    else:
+        print(json.dumps(result, indent=2))
+    return 0

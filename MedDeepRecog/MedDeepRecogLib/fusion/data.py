@@ -1,0 +1,111 @@
+"""Multi-modal cases from a manifest: one CSV column per modality, brought onto one grid, as ``(M, Z, Y, X)``.
+
+Manifest (CSV, header row; relative paths are relative to the manifest's folder)::
+
+    case,CT,MR,label
+    p001,p001_ct.nii.gz,p001_mr.nii.gz,mass
+    p002,p002_ct.nii.gz,,normal          <- MR missing: a NaN channel (late fusion copes, early fusion refuses)
+
+Each case: the modalities are read (``io.read_image``), aligned onto the reference modality's grid
+(:func:`..fusion.grid.align_modalities`), resampled to the model's ``input.size`` by the same code as single-scan
+inference (:func:`..inference.model_input.volume_from_image`), and scaled per modality to 0..1 between the
+0.5 and 99.5 intensity percentiles (MR units are arbitrary, so a fixed window cannot serve every modality).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, InputImageError
+from ..io import read_image
+from .grid import align_modalities
+
+
+@dataclass
+class FusionCase:
+    """One manifest row: ``paths`` maps modality -> file (None when missing); ``label`` as written."""
+
+    case: str
+    paths: dict[str, Path | None]
+    label: str | None
+
+
+def read_manifest(path: str | Path, modalities: Sequence[str] | None = None, *,
+                  label_column: str = "label") -> tuple[list[str], list[FusionCase]]:
+    """Parse a fusion manifest; ``modalities`` default: every column except ``case`` and ``label_column``.
+
+    Raises:
+        ConfigError: missing columns, no rows, a row without any modality, a file that does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("fusion manifest not found", path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    mods = list(modalities) if modalities else [c for c in columns if c not in ("case", label_column)]
+    missing = [m for m in mods if m not in columns]
+    if missing or not mods:
+        raise ConfigError(f"manifest lacks modality column(s) {missing or '(none given)'}; columns are {columns}", path)
+    if not rows:
+        raise ConfigError("manifest has no cases", path)
+    cases = []
+    for i, row in enumerate(rows, start=2):
+        paths: dict[str, Path | None] = {}
+        for m in mods:
+            cell = (row.get(m) or "").strip()
+            if not cell:
+                paths[m] = None
+                continue
+            p = Path(cell) if Path(cell).is_absolute() else path.parent / cell
+            if not p.exists():
+                raise ConfigError(f"line {i}: {m} file {p} does not exist", path)
+            paths[m] = p
+        if all(v is None for v in paths.values()):
+            raise ConfigError(f"line {i}: no modality given", path)
+        cases.append(FusionCase(row.get("case") or f"line{i}", paths, row.get(label_column)))
+    return mods, cases
+
+
+def _scale01(arr: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(arr, [0.5, 99.5])
+    return np.clip((arr - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def load_case(case: FusionCase, spec: Mapping[str, Any], *, reference: str | None = None,
+              register: bool = False) -> np.ndarray:
+    """Model input of one case: ``(M, D, H, W)`` float32 in 0..1, NaN channels for missing modalities.
+
+    The reference grid is ``reference`` if given and present, else the first modality present.
+    """
+    from ..inference.model_input import volume_from_image
+
+    images = {m: read_image(p) for m, p in case.paths.items() if p is not None}
+    ref = reference if reference in images else next(iter(images))
+    aligned = align_modalities(images, ref, register=register)
+    one = {**dict(spec), "channels": 1}
+    size = tuple(int(s) for s in spec["size"])
+    channels = []
+    for m in case.paths:
+        if m not in aligned:
+            channels.append(np.full(size, np.nan, dtype=np.float32))
+            continue
+        vol = volume_from_image(aligned[m], one).x[0, 0]
+        channels.append(_scale01(vol))
+    return np.stack(channels)
+
+
+def check_modalities(model_modalities: Sequence[str], given: Sequence[str], *, tolerant: bool) -> None:
+    """Refuse inputs that lack a modality the model needs (``tolerant`` = late fusion: at least one needed)."""
+    missing = [m for m in model_modalities if m not in given]
+    if not tolerant and missing:
+        raise InputImageError(f"the model needs modalities {list(model_modalities)} but {missing} "
+                              f"{'is' if len(missing) == 1 else 'are'} missing")
+    if tolerant and len(missing) == len(model_modalities):
+        raise InputImageError(f"none of the model's modalities {list(model_modalities)} was given")

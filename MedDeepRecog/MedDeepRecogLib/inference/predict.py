@@ -1,0 +1,265 @@
+"""Prediction (and its explanation, in the same pass) from a prepared model input.
+
+- ``slices2d`` (a 2D network per axial slice): every slice is classified; the volume's probabilities are the
+  softmax of the **mean log-probability** over the non-empty slices (a product of experts: one confidently
+  different slice pulls the volume towards "uncertain" rather than being out-voted silently). Per-slice labels
+  and the fraction of slices agreeing with the volume label are reported.
+- volume models (``volume3d``/``roi3d``; CNN-LSTM): one forward pass on the whole volume.
+
+The decision rules that turn probabilities into a label or "uncertain" are data in the package
+(``model.json`` ``"decision"``, see :func:`decide`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .model_input import ModelGrid, SliceInput, VolumeInput
+
+#: ``--explain`` choices.
+EXPLAIN_METHODS = ("gradcam", "gradcampp", "attention", "none")
+
+
+@dataclass
+class Prediction:
+    """What a model said about one scan.
+
+    Attributes:
+        probabilities: ``(K,)`` class probabilities of the whole scan.
+        per_slice: per-slice records (``slices2d`` and CNN-LSTM), else empty.
+        heatmap: model-space map (``(Z, Y, X)`` on ``grid``) in 0..1, or ``None`` without explanation.
+        grid: where ``heatmap`` sits in physical space.
+        explained_class: index of the class the heatmap explains.
+        agreement: fraction of voting slices whose own label is the scan's label (1.0 for volume models).
+        slice_confidence: mean over voting slices of their probability for the scan's label (the quantity the
+            ``min_probability`` rule compares, on the same scale as a single held-out image's probability);
+            the scan probability for volume models.
+        section_mm: smaller side (mm) of the body box, median over voting slices (slice models).
+        regions: runs of consecutive voting slices with the same label, inferior to superior (slice models).
+        extra: method-specific details for the JSON (e.g. target layer).
+    """
+
+    probabilities: np.ndarray
+    per_slice: list[dict] = field(default_factory=list)
+    heatmap: np.ndarray | None = None
+    grid: ModelGrid | None = None
+    explained_class: int | None = None
+    agreement: float = 1.0
+    slice_confidence: float | None = None
+    section_mm: float | None = None
+    regions: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def _forward_fn(model):
+    # Attention models keep their attention in model.last_attention after a plain forward; nothing else needed.
+    return None
+
+
+def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, target_layer: str | None,
+                   class_names: list[str], device: str = "cpu") -> Prediction:
+    """Classify the slices of ``inp`` with a 2D ``model`` and aggregate them (see the module docstring).
+
+    Grad-CAM / Grad-CAM++ maps come from the same forward pass and explain the **scan's** class on every slice;
+    they are scaled jointly over the stack (a slice that matters little stays dark) and put on the working grid.
+    """
+    from ..explain.gradcam import explained_forward, plain_forward
+
+    x = torch.from_numpy(inp.x).to(device)
+    valid = torch.from_numpy(inp.valid.astype(np.float32)).to(device)
+    if not bool(inp.valid.any()):
+        valid = torch.ones_like(valid)  # nothing looks like a body: let every slice vote rather than none
+
+    def scan_class(logits: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=1)
+        mean = (logp * valid[:, None]).sum(0) / valid.sum()
+        return mean.argmax().expand(logits.shape[0])
+
+    maps = None
+    if explain in ("gradcam", "gradcampp"):
+        if not target_layer:
+            raise ConfigError("the model package names no Grad-CAM target layer (explain.target_layer)")
+        out = explained_forward(model, x, target_layer, method=explain, class_index=scan_class,
+                                score_weight=valid, joint=True)
+        logits, maps = out.logits, out.maps
+    elif explain == "attention":
+        raise ConfigError("this model classifies single slices and has no attention to show; "
+                          "use --explain gradcam or gradcampp")
+    else:
+        logits = plain_forward(model, x)
+    logp = torch.log_softmax(logits.float(), dim=1)
+    v = valid.cpu().numpy().astype(bool)
+    mean = (logp.cpu().numpy()[v]).mean(axis=0)
+    probs = np.exp(mean - mean.max())
+    probs /= probs.sum()
+    label = int(probs.argmax())
+    slice_probs = logp.exp().cpu().numpy()
+    slice_labels = slice_probs.argmax(axis=1)
+    agreement = float((slice_labels[v] == label).mean()) if v.any() else 0.0
+    slice_confidence = float(slice_probs[v, label].mean()) if v.any() else 0.0
+    per_slice = [{"index": int(z), "label": class_names[int(k)], "probability": round(float(p[k]), 4),
+                  "voted": bool(ok)}
+                 for z, k, p, ok in zip(inp.slice_index, slice_labels, slice_probs, inp.valid)]
+    pred = Prediction(probabilities=probs, per_slice=per_slice, grid=inp.grid, explained_class=label,
+                      agreement=agreement, slice_confidence=slice_confidence)
+    pred.regions = label_runs(per_slice)
+    if inp.extent_mm is not None and v.any():
+        # The smaller side of the body box, median over voting slices: how much of a cross-section the scan shows.
+        pred.section_mm = round(float(np.median(inp.extent_mm[v].min(axis=1))), 1)
+    if maps is not None:
+        pred.heatmap = maps_to_working_grid(maps, inp)
+        pred.extra["target_layer"] = target_layer
+    return pred
+
+
+def label_runs(per_slice: list[dict], min_slices: int = 2) -> list[dict]:
+    """Runs of consecutive voting slices sharing a label, inferior to superior; runs shorter than ``min_slices``
+    are merged into their neighbours' count as noise. Each run: ``{"label", "first", "last", "slices"}`` (axial
+    indices of the LPS view)."""
+    runs: list[dict] = []
+    for rec in per_slice:
+        if not rec.get("voted", True):
+            continue
+        if runs and runs[-1]["label"] == rec["label"]:
+            runs[-1]["last"] = rec["index"]
+            runs[-1]["slices"] += 1
+        else:
+            runs.append({"label": rec["label"], "first": rec["index"], "last": rec["index"], "slices": 1})
+    kept = [r for r in runs if r["slices"] >= min_slices] or runs
+    merged: list[dict] = []
+    for r in kept:
+        if merged and merged[-1]["label"] == r["label"]:
+            merged[-1].update(last=r["last"], slices=merged[-1]["slices"] + r["slices"])
+        else:
+            merged.append(dict(r))
+    return merged
+
+
+def maps_to_working_grid(maps: torch.Tensor, inp: SliceInput) -> np.ndarray:
+    """Put per-slice model-space maps ``(N, h, w)`` back on the working slices ``(N, Hw, Ww)``.
+
+    Inverts each slice's crop/pad/resize affine (``inp.theta``) with one batched ``grid_sample``; outside the
+    body box the map is 0.
+    """
+    theta = torch.from_numpy(inp.theta).to(maps)
+    a = theta[:, :, :2]
+    t = theta[:, :, 2:]
+    inv_a = torch.linalg.inv(a)
+    inv = torch.cat([inv_a, -inv_a @ t], dim=2)
+    hw, ww = inp.work_shape
+    grid = F.affine_grid(inv, [maps.shape[0], 1, hw, ww], align_corners=False)
+    out = F.grid_sample(maps[:, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[:, 0].cpu().numpy()
+
+
+def predict_volume(model: torch.nn.Module, inp: VolumeInput, *, explain: str, target_layer: str | None,
+                   class_names: list[str], device: str = "cpu") -> Prediction:
+    """Classify a whole-volume input ``(1, C, D, H, W)``; heatmap from Grad-CAM(++) or the model's attention."""
+    from ..explain.gradcam import explained_forward, plain_forward
+
+    x = torch.from_numpy(inp.x).to(device)
+    maps = None
+    extra: dict[str, Any] = {}
+    if explain in ("gradcam", "gradcampp"):
+        if not target_layer:
+            raise ConfigError("the model package names no Grad-CAM target layer (explain.target_layer)")
+        out = explained_forward(model, x, target_layer, method=explain)
+        logits, maps = out.logits, out.maps
+        extra["target_layer"] = target_layer
+    else:
+        logits = plain_forward(model, x)
+    attention = getattr(model, "last_attention", None)
+    if explain == "attention":
+        if attention is None:
+            raise ConfigError("this model has no attention to show; use --explain gradcam or gradcampp")
+        maps = _attention_map(attention)
+        extra["attention"] = "per-slice" if attention.ndim == 2 else "spatial"
+    probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    label = int(probs.argmax())
+    pred = Prediction(probabilities=probs, grid=inp.grid, explained_class=label, extra=extra)
+    if attention is not None and attention.ndim == 2:
+        # CNN-LSTM: per-slice attention weights along the model grid's Z (sum to 1).
+        pred.per_slice = [{"index": int(i), "attention": round(float(w), 5)}
+                          for i, w in enumerate(attention[0].cpu().numpy())]
+    if maps is not None:
+        pred.heatmap = _upsample_to_grid(maps[0], tuple(inp.x.shape[2:]))
+    return pred
+
+
+def _attention_map(attention: torch.Tensor) -> torch.Tensor:
+    """Model attention as a ``(1, z, y, x)`` 0..1 map: per-slice weights become constant slices."""
+    a = attention.detach().float()
+    if a.ndim == 2:  # (B, Z) -> (B, Z, 1, 1)
+        a = a[:, :, None, None]
+    elif a.ndim == 5:  # (B, 1, z, y, x)
+        a = a[:, 0]
+    return a / a.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, *([1] * (a.ndim - 1)))
+
+
+def _upsample_to_grid(map_: torch.Tensor, size_dhw: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear upsampling of a feature-grid map ``(d, h, w)`` to the model input grid ``(D, H, W)``."""
+    m = map_.float()[None, None]
+    if tuple(m.shape[2:]) != size_dhw:
+        m = F.interpolate(m, size=size_dhw, mode="trilinear", align_corners=False)
+    return m[0, 0].clamp(0, 1).cpu().numpy()
+
+
+def decide(probabilities: np.ndarray, class_names: list[str], rules: Mapping[str, Any] | None, *,
+           agreement: float = 1.0, confidence: float | None = None, n_slices: int = 1,
+           modality: str | None = None, section_mm: float | None = None) -> dict[str, Any]:
+    """Turn probabilities into a reported label, or ``"uncertain"`` with the reasons.
+
+    ``rules`` (model.json ``"decision"``), all optional:
+        ``min_probability``: the top class is not reported when ``confidence`` (default: its probability; for a
+        slice stack the mean per-slice probability of that class) is below it (chosen on held-out data, see the
+        model card);
+        ``min_agreement``: fraction of voting slices that must agree with the scan label;
+        ``volume_excluded_classes``: classes that cannot describe a multi-slice volume (e.g. ``CXR``, a radiograph);
+        ``class_modality``: ``{class: "CT"|"MR"}``; a class whose modality contradicts the scan's (``modality``:
+        ``"CT"`` for a scan in HU, with air near -1000, else ``"MR"``) is not reported;
+        ``min_section_mm``: the classes are whole axial cross-sections; a volume whose body box (smaller side,
+        median over slices: ``section_mm``) is smaller than this shows too little anatomy to be one of them.
+
+    Returns:
+        ``{"label", "top_class", "confidence", "uncertain", "reasons", "modality"}`` where ``modality`` is the
+        coarse call ``{"label": "CT"|"MR"|"uncertain", "probability"}`` from the summed class probabilities
+        (a scan can be surely CT while its region is uncertain).
+    """
+    rules = dict(rules or {})
+    top = int(np.argmax(probabilities))
+    name = class_names[top]
+    p = float(probabilities[top]) if confidence is None else float(confidence)
+    reasons: list[str] = []
+    if "min_probability" in rules and p < float(rules["min_probability"]):
+        reasons.append(f"confidence {p:.2f} in {name} is below the model's threshold "
+                       f"{float(rules['min_probability']):.2f}")
+    if n_slices > 1 and "min_agreement" in rules and agreement < float(rules["min_agreement"]):
+        reasons.append(f"only {agreement:.0%} of the slices agree with {name} "
+                       f"(needs {float(rules['min_agreement']):.0%})")
+    if n_slices > 1 and name in rules.get("volume_excluded_classes", []):
+        reasons.append(f"{name} describes a projection radiograph, not an axial slice stack")
+    if (n_slices > 1 and section_mm is not None and "min_section_mm" in rules
+            and section_mm < float(rules["min_section_mm"])):
+        reasons.append(f"the scan shows only {section_mm:.0f} mm across (the model's classes are whole cross-sections,"
+                       f" at least {float(rules['min_section_mm']):.0f} mm)")
+    class_modality = rules.get("class_modality") or {}
+    expected = class_modality.get(name)
+    if expected and modality in ("CT", "MR") and modality != expected:
+        seen = "are in HU (CT)" if modality == "CT" else "are not in HU (not CT)"
+        reasons.append(f"{name} is a {expected} class but the scan's intensities {seen}")
+    coarse: dict[str, Any] = {"label": "uncertain", "probability": None}
+    if class_modality:
+        sums = {m: float(sum(pr for c, pr in zip(class_names, probabilities) if class_modality.get(c) == m))
+                for m in ("CT", "MR")}
+        best = max(sums, key=sums.get)
+        ok = sums[best] >= float(rules.get("min_probability", 0.5)) and (modality in (None, "unknown")
+                                                                           or modality == best)
+        coarse = {"label": best if ok else "uncertain", "probability": round(sums[best], 4)}
+    return {"label": "uncertain" if reasons else name, "top_class": name, "confidence": round(p, 4),
+            "uncertain": bool(reasons), "reasons": reasons, "modality": coarse}

@@ -1,0 +1,514 @@
+"""Reading, checking, writing and cataloguing model packages (see the package docstring for the API).
+
+torch is imported inside the functions that need it so that listing the catalog stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import resources
+from ..errors import ModelPackageError
+
+FORMAT_VERSION = 1
+META_FILE = "model.json"
+WEIGHT_FILES = ("weights.safetensors", "weights.pt")
+INPUT_KINDS = {"slices2d": 2, "volume3d": 3, "roi3d": 3}
+REQUIRED_KEYS = ("id", "version", "architecture", "class_names", "input", "weights")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# --------------------------------------------------------------------------------------------- catalog locations
+def user_models_dir() -> Path:
+    """``$MEDDEEPRECOG_HOME/models`` (default ``~/.meddeeprecog/models``); not created here."""
+    home = os.environ.get("MEDDEEPRECOG_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".meddeeprecog") / "models"
+
+
+def catalog_dirs() -> list[Path]:
+    """Catalog roots searched by ID, bundled first then the user's (a user package wins a version tie)."""
+    return [resources.BUNDLED_MODELS_DIR, user_models_dir()]
+
+
+def _version_key(version: str) -> tuple:
+    """Sort key for versions such as ``1.0.10`` > ``1.0.9``; non-numeric parts sort as text."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-+]", str(version)))
+
+
+# --------------------------------------------------------------------------------------------- hashing / meta
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _num_classes(arch_kwargs: Mapping[str, Any]) -> int | None:
+    for key in ("num_classes", "out_channels"):
+        if key in arch_kwargs:
+            return int(arch_kwargs[key])
+    return None
+
+
+def validate_meta(meta: Mapping[str, Any], where: str | Path | None = None) -> None:
+    """Raise :class:`ModelPackageError` if ``meta`` (a model.json dict) is incomplete or inconsistent.
+
+    Checks: required keys, id/version syntax, architecture ``name``/``kwargs``, class names (non-empty, unique,
+    as many as the architecture's ``num_classes``/``out_channels`` for classification), input spec (``kind``,
+    ``size`` with 2 values for ``slices2d`` and 3 for volumes, ``channels`` equal to ``in_channels``).
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelPackageError(f"model.json lacks required key(s) {missing}", where)
+    if int(meta.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+        raise ModelPackageError(f"package format_version {meta['format_version']} is newer than this software "
+                                f"understands ({FORMAT_VERSION}); update meddeeprecog", where)
+    for key in ("id", "version"):
+        if not isinstance(meta[key], str) or not _ID_RE.match(meta[key]):
+            raise ModelPackageError(f"model.json {key} {meta[key]!r} must be a plain name "
+                                    "(letters, digits, '.', '_', '-')", where)
+    arch = meta["architecture"]
+    if not isinstance(arch, Mapping) or not isinstance(arch.get("name"), str):
+        raise ModelPackageError("model.json architecture must be {\"name\": str, \"kwargs\": {...}}", where)
+    kwargs = arch.get("kwargs", {}) or {}
+    classes = meta["class_names"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ModelPackageError("model.json class_names must be a non-empty list of names", where)
+    if len(set(classes)) != len(classes):
+        raise ModelPackageError(f"model.json class_names has duplicates: {classes}", where)
+    n = _num_classes(kwargs)
+    if meta.get("task", "classification") == "classification" and n is not None and n != len(classes):
+        raise ModelPackageError(f"model.json lists {len(classes)} class names {classes} but the architecture "
+                                f"{arch['name']!r} has {n} outputs", where)
+    spec = meta["input"]
+    if not isinstance(spec, Mapping) or spec.get("kind") not in INPUT_KINDS:
+        raise ModelPackageError(f"model.json input.kind must be one of {sorted(INPUT_KINDS)}, "
+                                f"got {spec.get('kind') if isinstance(spec, Mapping) else spec!r}", where)
+    size = spec.get("size")
+    if size is not None:
+        if (not isinstance(size, list) or len(size) != INPUT_KINDS[spec["kind"]]
+                or not all(isinstance(s, int) and s > 0 for s in size)):
+            raise ModelPackageError(f"model.json input.size {size!r} must be {INPUT_KINDS[spec['kind']]} positive "
+                                    f"integers for kind {spec['kind']!r}", where)
+    channels = spec.get("channels", 1)
+    if not isinstance(channels, int) or channels < 1:
+        raise ModelPackageError(f"model.json input.channels {channels!r} must be a positive integer", where)
+    if "in_channels" in kwargs and int(kwargs["in_channels"]) != channels:
+        raise ModelPackageError(f"model.json input.channels={channels} but the architecture expects "
+                                f"in_channels={kwargs['in_channels']}", where)
+    weights = meta["weights"]
+    if not isinstance(weights, Mapping) or weights.get("file") not in WEIGHT_FILES or not weights.get("sha256"):
+        raise ModelPackageError(f"model.json weights must be {{\"file\": one of {list(WEIGHT_FILES)}, "
+                                "\"sha256\": hex}", where)
+
+
+def _read_meta(folder: Path) -> dict:
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise ModelPackageError(f"not a model package (no {META_FILE})", folder)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelPackageError(f"model.json is not valid JSON ({exc})", meta_path) from None
+    if not isinstance(meta, dict):
+        raise ModelPackageError("model.json must hold a JSON object", meta_path)
+    validate_meta(meta, meta_path)
+    return meta
+
+
+# --------------------------------------------------------------------------------------------- weights
+def _load_state_dict(path: Path) -> dict:
+    """Tensors of a weights file; a pickle holding anything but plain tensors is refused."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelPackageError(f"weights file is corrupt ({exc})", path) from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError...: all mean "not plain weights"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelPackageError(f"weights file is not plain tensors and was refused (unsafe or corrupt pickle: "
+                                f"{first[:200]})", path) from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise ModelPackageError("weights file must hold a dict of name -> tensor", path)
+    return dict(state)
+
+
+# --------------------------------------------------------------------------------------------- ModelPackage
+@dataclass
+class ModelPackage:
+    """A checked model package. ``path`` is its folder (a temporary copy for a ``.zip``)."""
+
+    path: Path
+    meta: dict
+    source: str = "path"
+    _tmpdir: Any = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.meta["id"]
+
+    @property
+    def version(self) -> str:
+        return self.meta["version"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def input_spec(self) -> dict:
+        """``meta["input"]``: ``kind``, ``size``, ``spacing_mm``, ``channels``, ``pipeline``."""
+        return dict(self.meta["input"])
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / self.meta["weights"]["file"]
+
+    @property
+    def target_layer(self) -> str | None:
+        """Grad-CAM layer: ``meta["explain"]["target_layer"]``, else the architecture's registry default."""
+        layer = (self.meta.get("explain") or {}).get("target_layer")
+        if layer:
+            return layer
+        from ..models import default_target_layer
+        try:
+            return default_target_layer(self.meta["architecture"]["name"])
+        except Exception:
+            return None
+
+    def build_model(self, device: str = "cpu"):
+        """The network with its weights loaded, in eval mode, on ``device``.
+
+        Raises :class:`ModelPackageError` if the architecture is unknown or the weights do not fit it.
+        """
+        from ..models import build_model
+
+        arch = self.meta["architecture"]
+        try:
+            model = build_model(arch["name"], **(arch.get("kwargs") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelPackageError(f"cannot build architecture {arch['name']!r} with kwargs "
+                                    f"{arch.get('kwargs')}: {exc}", self.path / META_FILE) from None
+        state = _load_state_dict(self.weights_path)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise ModelPackageError(f"weights do not fit architecture {arch['name']!r}: {' '.join(lines[1:3])[:300]}",
+                                    self.weights_path) from None
+        return model.to(device).eval()
+
+    def verify(self, device: str = "cpu") -> None:
+        """Dry run: build the model and feed zeros of the input spec's size; a classifier must give
+        ``(1, len(class_names))`` logits. Raises :class:`ModelPackageError` otherwise (slow for big 3D nets)."""
+        import torch
+
+        model = self.build_model(device)
+        spec = self.input_spec
+        if not spec.get("size"):
+            return
+        x = torch.zeros(1, spec.get("channels", 1), *spec["size"], device=device)
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except RuntimeError as exc:
+            raise ModelPackageError(f"the network does not accept its declared input {tuple(x.shape)}: "
+                                    f"{str(exc).splitlines()[0][:200]}", self.path / META_FILE) from None
+        if self.meta.get("task", "classification") == "classification":
+            if tuple(out.shape) != (1, len(self.class_names)):
+                raise ModelPackageError(f"the network gives outputs of shape {tuple(out.shape)} for "
+                                        f"{len(self.class_names)} class names", self.path / META_FILE)
+
+    def check_input(self, x) -> None:
+        """Raise :class:`ModelPackageError` if batch ``x`` does not fit the input spec (dimensions, channels).
+
+        2D: (B, C, H, W); volumes and CNN-LSTM: (B, C, Z, Y, X).
+        """
+        spec = self.input_spec
+        want_dims = INPUT_KINDS[spec["kind"]] + 2
+        channels = spec.get("channels", 1)
+        if x.ndim != want_dims:
+            raise ModelPackageError(f"model {self.id}@{self.version} expects {want_dims}-D input "
+                                    f"(B, C, {'H, W' if want_dims == 4 else 'Z, Y, X'}), got shape {tuple(x.shape)}")
+        if x.shape[1] != channels:
+            raise ModelPackageError(f"model {self.id}@{self.version} expects {channels} channel(s), got "
+                                    f"{x.shape[1]} (input shape {tuple(x.shape)})")
+
+    def __str__(self) -> str:
+        return f"{self.id}@{self.version} ({self.path})"
+
+
+def _open_folder(folder: Path, source: str = "path", tmpdir: Any = None) -> ModelPackage:
+    meta = _read_meta(folder)
+    wfile = folder / meta["weights"]["file"]
+    if not wfile.is_file():
+        raise ModelPackageError(f"weights file {meta['weights']['file']} named in model.json is missing", folder)
+    digest = sha256_file(wfile)
+    if digest != str(meta["weights"]["sha256"]).lower().removeprefix("sha256:"):
+        raise ModelPackageError(f"checksum mismatch: weights sha256 is {digest[:16]}…, model.json says "
+                                f"{str(meta['weights']['sha256'])[:16]}… (file corrupt or tampered with)", wfile)
+    return ModelPackage(path=folder, meta=meta, source=source, _tmpdir=tmpdir)
+
+
+def _open_zip(path: Path) -> ModelPackage:
+    tmp = tempfile.TemporaryDirectory(prefix="meddeeprecog_pkg_")
+    root = Path(tmp.name)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                target = (root / name).resolve()
+                if not str(target).startswith(str(root.resolve())):
+                    raise ModelPackageError(f"zip entry {name!r} points outside the package", path)
+            zf.extractall(root)
+    except zipfile.BadZipFile as exc:
+        tmp.cleanup()
+        raise ModelPackageError(f"not a valid zip file ({exc})", path) from None
+    metas = sorted(root.rglob(META_FILE), key=lambda p: len(p.parts))
+    if not metas:
+        tmp.cleanup()
+        raise ModelPackageError(f"zip holds no {META_FILE}", path)
+    return _open_folder(metas[0].parent, source="zip", tmpdir=tmp)
+
+
+def _catalog_entries() -> list[tuple[str, str, Path, str]]:
+    entries = []
+    for root, source in zip(catalog_dirs(), ("bundled", "user")):
+        if not root.is_dir():
+            continue
+        for id_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for ver_dir in sorted(p for p in id_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if (ver_dir / META_FILE).is_file():
+                    entries.append((id_dir.name, ver_dir.name, ver_dir, source))
+    return entries
+
+
+def _resolve_id(ref: str) -> tuple[Path, str]:
+    pkg_id, _, version = ref.partition("@")
+    found = [e for e in _catalog_entries() if e[0] == pkg_id]
+    if not found:
+        known = sorted({e[0] for e in _catalog_entries()})
+        raise ModelPackageError(f"no model package {pkg_id!r} installed (installed: {', '.join(known) or 'none'}; "
+                                f"catalogs: {', '.join(str(d) for d in catalog_dirs())})")
+    if version:
+        match = [e for e in found if e[1] == version]
+        if not match:
+            raise ModelPackageError(f"model package {pkg_id!r} has no version {version!r} "
+                                    f"(installed: {', '.join(e[1] for e in found)})")
+        return match[-1][2], match[-1][3]
+    best = max(found, key=lambda e: (_version_key(e[1]), e[3] == "user"))
+    return best[2], best[3]
+
+
+def load_package(id_or_path: str | Path) -> ModelPackage:
+    """Open and check a package: a folder, a ``.zip``, ``"ID"`` (highest version) or ``"ID@VERSION"``."""
+    if isinstance(id_or_path, ModelPackage):
+        return id_or_path
+    ref = str(id_or_path)
+    path = Path(ref).expanduser()
+    if path.exists():
+        if path.is_dir():
+            return _open_folder(path)
+        if zipfile.is_zipfile(path):
+            return _open_zip(path)
+        if path.name == META_FILE:
+            return _open_folder(path.parent)
+        raise ModelPackageError("not a model package (expected a folder with model.json or a .zip of one)", path)
+    if "/" in ref or "\\" in ref or ref.endswith(".zip"):
+        raise ModelPackageError("model package not found", path)
+    folder, source = _resolve_id(ref)
+    return _open_folder(folder, source=source)
+
+
+# --------------------------------------------------------------------------------------------- listing / import
+@dataclass
+class PackageInfo:
+    """One catalog entry as listed by ``meddeeprecog models``; ``error`` is set for a broken package."""
+
+    id: str
+    version: str
+    path: str
+    source: str
+    task: str | None = None
+    description: str | None = None
+    class_names: list[str] | None = None
+    input: dict | None = None
+    metrics: dict | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def list_packages(check_weights: bool = False) -> list[PackageInfo]:
+    """All packages in the catalogs (sorted by id, then version). Broken ones are listed with ``error``.
+
+    ``check_weights`` also verifies each weights checksum and runs the network once (slower).
+    """
+    out = []
+    for pkg_id, version, folder, source in _catalog_entries():
+        try:
+            if check_weights:
+                pkg = _open_folder(folder)
+                pkg.verify()
+                meta = pkg.meta
+            else:
+                meta = _read_meta(folder)
+            out.append(PackageInfo(pkg_id, version, str(folder), source, meta.get("task", "classification"),
+                                   meta.get("description"), meta["class_names"], meta["input"], meta.get("metrics")))
+        except ModelPackageError as exc:
+            out.append(PackageInfo(pkg_id, version, str(folder), source, error=str(exc)))
+    return sorted(out, key=lambda p: (p.id, _version_key(p.version), p.source))
+
+
+def import_package(path: str | Path, dest: str | Path | None = None) -> Path:
+    """Check the package at ``path`` (folder or zip) and copy it into the user catalog as ``<id>/<version>/``.
+
+    Refuses to replace an installed id+version (in any catalog). Returns the new folder.
+    """
+    pkg = load_package(Path(path).expanduser()) if Path(path).expanduser().exists() else None
+    if pkg is None:
+        raise ModelPackageError("model package not found", path)
+    pkg.verify()
+    root = Path(dest) if dest is not None else user_models_dir()
+    for e in _catalog_entries():
+        if e[0] == pkg.id and e[1] == pkg.version and dest is None:
+            raise ModelPackageError(f"model {pkg.id}@{pkg.version} is already installed at {e[2]}; "
+                                    "give the new one another version", path)
+    return _copy_atomically(pkg.path, root / pkg.id / pkg.version, where=path)
+
+
+def _copy_atomically(src: Path, target: Path, where: Any) -> Path:
+    if target.exists():
+        raise ModelPackageError(f"{target} already exists; packages are never overwritten", where)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        _rename_new(tmp, target, where)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _rename_new(tmp: Path, target: Path, where: Any) -> None:
+    if target.exists():  # rename() would replace an empty target folder silently
+        raise ModelPackageError(f"{target} already exists; packages are never overwritten", where)
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        raise ModelPackageError(f"could not create {target} ({exc.strerror})", where) from None
+
+
+# --------------------------------------------------------------------------------------------- saving
+def next_version(pkg_id: str, roots: list[Path] | None = None) -> str:
+    """The next free patch version of ``pkg_id`` over ``roots`` (default: all catalogs); ``1.0.0`` if none."""
+    versions = []
+    for root in roots or catalog_dirs():
+        d = Path(root) / pkg_id
+        if d.is_dir():
+            versions += [p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not versions:
+        return "1.0.0"
+    top = max(versions, key=_version_key)
+    parts = top.split(".")
+    if all(p.isdigit() for p in parts):
+        parts[-1] = str(int(parts[-1]) + 1)
+        return ".".join(parts)
+    return f"{top}.1"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_package(model, meta: Mapping[str, Any], dest: str | Path | None = None,
+                 extra_files: Mapping[str, bytes | str | Path] | None = None) -> Path:
+    """Write ``model``'s weights and ``meta`` as a new package ``dest/<id>/<version>/`` and return that folder.
+
+    Args:
+        model: a ``torch.nn.Module`` (its ``state_dict`` is saved as safetensors) or a state dict.
+        meta: model.json content; ``weights`` and ``format_version`` are filled in, ``provenance.created`` and
+            ``provenance.code_version`` too when absent. ``version=None`` takes :func:`next_version`.
+        dest: catalog root (default: the user catalog). The package is built in a temporary folder next to the
+            target and renamed into place, so it is complete or absent; an existing id/version is refused.
+        extra_files: more files to put in the package (e.g. ``MODEL_CARD.md``, ``training_curve.png``):
+            name -> bytes, text, or a path to copy.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    root = Path(dest) if dest is not None else user_models_dir()
+    meta = _jsonable(dict(meta))
+    meta.setdefault("task", "classification")
+    if not meta.get("version"):
+        meta["version"] = next_version(str(meta.get("id")), [root] + [d for d in catalog_dirs() if d != root])
+    meta["format_version"] = FORMAT_VERSION
+    prov = dict(meta.get("provenance") or {})
+    prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    prov.setdefault("code_version", __version__)
+    meta["provenance"] = prov
+    meta["weights"] = {"file": "weights.safetensors", "sha256": "pending"}
+    validate_meta(meta, "model.json (to be saved)")
+    target = root / meta["id"] / meta["version"]
+    if target.exists():
+        raise ModelPackageError(f"{target} already exists; packages are never overwritten (choose a new version)")
+
+    state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
+    # clone: safetensors refuses shared/non-contiguous storage
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{meta['version']}.partial-", dir=target.parent))
+    try:
+        wpath = tmp / "weights.safetensors"
+        save_file(tensors, str(wpath), metadata={"id": meta["id"], "version": meta["version"]})
+        meta["weights"]["sha256"] = sha256_file(wpath)
+        for name, content in (extra_files or {}).items():
+            out = tmp / name
+            if isinstance(content, Path):
+                shutil.copyfile(content, out)
+            elif isinstance(content, bytes):
+                out.write_bytes(content)
+            else:
+                out.write_text(str(content), encoding="utf-8")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _rename_new(tmp, target, None)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            shutil.rmtree(tmp)
+        raise
+    return target

@@ -1,0 +1,123 @@
+"""Enhancement steps: CLAHE / adaptive histogram equalisation, gamma, contrast, N4 bias-field correction (MRI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..io import image_from_array
+from .intensity import as_float32, float_array
+from .steps import param, register
+
+
+@dataclass(frozen=True)
+class ClaheParams:
+    kernel_mm: float = param(32.0, "contextual region size in mm (per axis, at least 3 voxels)", minimum=1.0)
+    clip_limit: float = param(0.01, "CLAHE clip limit, 0..1 (higher = more contrast)", minimum=0.0, maximum=1.0)
+    alpha: float = param(0.3, "sitk backend: 0 = classical equalisation, 1 = unsharp mask", minimum=0.0,
+                         maximum=1.0)
+    beta: float = param(0.3, "sitk backend: 0 = unsharp mask, 1 = pass-through", minimum=0.0, maximum=1.0)
+    backend: Literal["auto", "skimage", "sitk"] = param(
+        "auto", "skimage: tile-interpolated CLAHE (fast; used by auto when scikit-image is installed); "
+                "sitk: AdaptiveHistogramEqualization (slow, per-voxel histograms)")
+
+
+@register("clahe", ClaheParams, summary="contrast-limited adaptive histogram equalisation (0..1 output)",
+          aliases=("adaptive_histogram_equalization",))
+def clahe(image: sitk.Image, p: ClaheParams) -> sitk.Image:
+    """CLAHE on intensities rescaled from the 0.5..99.5 percentile range to 0..1; float32 0..1 out."""
+    arr = float_array(image)
+    lo, hi = np.percentile(arr, [0.5, 99.5])
+    unit = np.clip((arr - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    kernel_zyx = [max(3, int(round(p.kernel_mm / s))) for s in reversed(image.GetSpacing())]
+    backend = p.backend
+    if backend == "auto":
+        try:
+            import skimage.exposure  # noqa: F401
+            backend = "skimage"
+        except ImportError:
+            backend = "sitk"
+    if backend == "skimage":
+        from skimage.exposure import equalize_adapthist
+
+        kernel = [min(k, n) for k, n in zip(kernel_zyx, unit.shape)]
+        out = equalize_adapthist(unit, kernel_size=kernel, clip_limit=p.clip_limit).astype(np.float32)
+        return image_from_array(out, image)
+    radius = [max(1, k // 2) for k in reversed(kernel_zyx)]
+    out = sitk.AdaptiveHistogramEqualization(image_from_array(unit.astype(np.float32), image), radius,
+                                             alpha=p.alpha, beta=p.beta)
+    return sitk.Clamp(out, sitk.sitkFloat32, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class GammaParams:
+    gamma: float = param(1.0, "gamma exponent on the min-max range (<1 brightens, >1 darkens)", minimum=1e-3,
+                         maximum=10.0)
+
+
+@register("gamma", GammaParams, summary="gamma correction on the min-max range (MONAI AdjustContrast)")
+def gamma(image: sitk.Image, p: GammaParams) -> sitk.Image:
+    """MONAI ``AdjustContrast``: ``((x - min) / range) ** gamma * range + min``; the intensity range is kept."""
+    from monai.transforms import AdjustContrast
+
+    arr = float_array(image)
+    out = AdjustContrast(gamma=p.gamma)(arr[None])[0]
+    return image_from_array(np.asarray(out, dtype=np.float32), image)
+
+
+@dataclass(frozen=True)
+class ContrastParams:
+    factor: float = param(1.5, "contrast factor around the mean (1 = unchanged)", minimum=0.0, maximum=20.0)
+
+
+@register("contrast", ContrastParams, summary="linear contrast change around the mean intensity")
+def contrast(image: sitk.Image, p: ContrastParams) -> sitk.Image:
+    """``mean + factor * (x - mean)``, float32."""
+    arr = float_array(image)
+    mean = float(arr.mean())
+    return image_from_array((mean + p.factor * (arr - mean)).astype(np.float32), image)
+
+
+@dataclass(frozen=True)
+class N4Params:
+    shrink: int = param(4, "in-plane shrink factor for fitting the bias field (speed)", minimum=1, maximum=16)
+    iterations: tuple[int, ...] = param((30, 30, 20), "iterations per fitting level", minimum=1)
+    mask: str | None = param(None, "name of an earlier mask to fit inside (default: Otsu foreground)")
+
+
+@register("n4", N4Params, summary="N4 bias-field correction for MRI (SimpleITK)", aliases=("n4_bias_correction",))
+def n4(image: sitk.Image, p: N4Params, masks: dict[str, sitk.Image] | None = None) -> sitk.Image:
+    """Fit the N4 bias field on a shrunk copy and divide the full-resolution image by it (float32 out).
+
+    Intensities must be positive for N4's log model, so the image is shifted to a minimum of 1 and back.
+    """
+    from ..errors import ConfigError
+
+    img = as_float32(image)
+    offset = 1.0 - float(sitk.GetArrayViewFromImage(img).min())
+    shifted = img + offset
+    if p.mask is not None:
+        if not masks or p.mask not in masks:
+            raise ConfigError(f"step 'n4': no mask named {p.mask!r} was made by an earlier step")
+        mask = sitk.Cast(masks[p.mask] > 0, sitk.sitkUInt8)
+    else:
+        mask = sitk.OtsuThreshold(shifted, 0, 1, 200)
+    # shrink in-plane only where slices are thick (keep at least 1 voxel along z)
+    factors = [p.shrink if s * p.shrink <= 4 * max(image.GetSpacing()) else 1 for s in image.GetSpacing()]
+    factors = [f if n // f >= 4 else 1 for f, n in zip(factors, image.GetSize())]
+    small = sitk.Shrink(shifted, factors)
+    small_mask = sitk.Shrink(mask, factors)
+    if not np.any(sitk.GetArrayViewFromImage(small_mask)):
+        small_mask = small_mask + 1
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([int(i) for i in p.iterations])
+    corrector.Execute(small, small_mask)
+    log_bias = corrector.GetLogBiasFieldAsImage(shifted)
+    corrected = shifted / sitk.Exp(log_bias) - offset
+    return sitk.Cast(corrected, sitk.sitkFloat32)
+
+
+n4.uses_masks = True

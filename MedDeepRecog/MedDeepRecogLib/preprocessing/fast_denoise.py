@@ -1,0 +1,248 @@
+"""Fast 3D bilateral and non-local-means filters in torch (CPU or CUDA).
+
+Hand-written on purpose: SimpleITK's ``Bilateral`` and ``PatchBasedDenoising`` and scikit-image's 3D
+``denoise_nl_means`` visit every neighbourhood voxel by voxel (≈0.03–0.3 Mvox/s on 2 cores). Here each filter is
+vectorised over *offsets* instead: for one offset ``o`` the whole volume is compared with itself shifted by ``o``
+(whole-array torch ops), so a (2r+1)^3 window costs (2r+1)^3 passes of a few vector ops each.
+
+Two more savings:
+
+* symmetry — the weight of the pair (x, x+o) equals that of (x+o, x), so only half of the offsets are visited and
+  each weight is added to both ends of the pair;
+* for NLM the patch distance for one offset is a box filter of squared differences (Darbon et al. 2008, the
+  classical "fast NLM"), computed with separable running sums (shifted adds), not per patch.
+
+The volume is processed in blocks (a few Z slices x some Y rows x all X) so that temporaries and the local
+accumulators stay in cache and memory stays bounded.
+Shapes: volumes are ``(Z, Y, X)`` float tensors/arrays; radii are ``(rz, ry, rx)`` voxels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: Voxels per block (per temporary array): 64K float32 = 256 KB keeps the working set in the L2 cache
+#: (measured: 1.7x faster than 1M-voxel slabs on the 2-core Xeon).
+SLAB_VOXELS_CPU = 1 << 16
+SLAB_VOXELS_CUDA = 1 << 26
+#: Below this many voxels the filters run single-threaded (see :func:`_threads_for`).
+SMALL_VOLUME_VOXELS = 1 << 21
+
+
+def estimate_noise_sigma(volume: np.ndarray | torch.Tensor) -> float:
+    """Robust Gaussian noise standard deviation of a ``(Z, Y, X)`` volume.
+
+    Uses the second difference along X (``x[i] - (x[i-1] + x[i+1]) / 2``, variance 1.5 σ² for white noise) and
+    the median absolute deviation, so edges and smooth anatomy barely bias it.
+    """
+    v = torch.as_tensor(np.asarray(volume, dtype=np.float32) if not isinstance(volume, torch.Tensor) else volume)
+    v = v.float()
+    if v.shape[-1] < 3:
+        return float(v.std())
+    r = v[..., 1:-1] - 0.5 * (v[..., :-2] + v[..., 2:])
+    r = r.flatten()
+    if r.numel() > 2_000_000:  # a strided sample is enough for a median
+        r = r[:: r.numel() // 2_000_000 + 1]
+    mad = (r - r.median()).abs().median()
+    return float(mad) * 1.4826 / math.sqrt(1.5)
+
+
+def _half_offsets(radius: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Offsets in the (2r+1) box that are lexicographically positive (one of each ±o pair, zero excluded)."""
+    rz, ry, rx = radius
+    return [(dz, dy, dx) for dz in range(0, rz + 1) for dy in range(-ry, ry + 1) for dx in range(-rx, rx + 1)
+            if (dz, dy, dx) > (0, 0, 0)]
+
+
+def _pad(x: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
+    """Mirror-pad ``(Z, Y, X)`` by ``pad`` = (pz, py, px) (``numpy.pad(mode="reflect")``, any width)."""
+    pz, py, px = pad
+    if all(p < n for p, n in zip(pad, x.shape)):
+        return F.pad(x[None, None], (px, px, py, py, pz, pz), mode="reflect")[0, 0]
+    # torch cannot mirror by more than the axis length; numpy mirrors repeatedly
+    padded = np.pad(x.cpu().numpy(), [(pz, pz), (py, py), (px, px)], mode="reflect")
+    return torch.from_numpy(padded).to(x.device)
+
+
+def _box_sum(v: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum over a ``size``^3 box, valid part only (each axis shrinks by size-1); separable shifted adds."""
+    if size <= 1:
+        return v
+    for axis in (0, 1, 2):
+        n = v.shape[axis] - (size - 1)
+        out = torch.add(v.narrow(axis, 0, n), v.narrow(axis, 1, n))
+        for i in range(2, size):
+            out.add_(v.narrow(axis, i, n))
+        v = out
+    return v
+
+
+def _symmetric_filter(x: torch.Tensor, search: Sequence[int], patch: int,
+                      weight: Callable[[torch.Tensor, tuple[int, int, int]], torch.Tensor],
+                      progress: Callable[[float], None] | None = None) -> torch.Tensor:
+    """Weighted average ``sum_o w(x, x+o) x[x+o] / sum_o w(x, x+o)`` over offsets ``|o_i| <= search_i``.
+
+    ``weight(sqdiff, o)`` receives the squared differences ``(x[y+o] - x[y])^2`` for every y of a slab, with a
+    margin for patches of ``patch`` voxels per side (``(patch - 1) // 2`` before, the rest after each voxel), and
+    returns the weights ``w(y, y+o)`` for the slab (margin removed); ``w(y, y) = 1``. Pairs are visited once and
+    credited to both ends.
+    """
+    sz, sy, sx = (int(s) for s in search)
+    Z, Y, X = x.shape
+    k = max(int(patch), 1)
+    p = (k - 1) // 2  # patch margin before the voxel
+    q = k - 1 - p  # and after it
+    # E: voxels whose pairs are evaluated (the volume plus a margin of `search`); A: where credits can land.
+    m = (2 * sz + q, 2 * sy + q, 2 * sx + q)
+    xp = _pad(x, m)
+    ez, ey, ex = Z + 2 * sz, Y + 2 * sy, X + 2 * sx
+    num = torch.zeros(Z + 4 * sz, Y + 4 * sy, X + 4 * sx, dtype=x.dtype, device=x.device)
+    den = torch.zeros_like(num)
+    offsets = _half_offsets((sz, sy, sx))
+    # blocks of (bz_n, by_n) rows x the full X width, so that temporaries and local accumulators stay in cache
+    block_voxels = SLAB_VOXELS_CUDA if x.is_cuda else SLAB_VOXELS_CPU
+    rows = max(1, block_voxels // (ex + k))
+    nz_block = max(1, min(ez, int(math.sqrt(rows / 4.0))))
+    ny_block = max(1, min(ey, rows // nz_block))
+    starts = [(e0, f0) for e0 in range(0, ez, nz_block) for f0 in range(0, ey, ny_block)]
+    # E index e corresponds to padded index e + (m - search) = e + search + q.
+    bz, by, bx = sz + q, sy + q, sx + q
+    for i_block, (e0, f0) in enumerate(starts):
+        e1, f1 = min(ez, e0 + nz_block), min(ey, f0 + ny_block)
+        n, ny = e1 - e0, f1 - f0
+        c_patch = xp[bz + e0 - p: bz + e1 + q, by + f0 - p: by + f1 + q, bx - p: bx + ex + q]
+        c_val = c_patch[p: p + n, p: p + ny, p: p + ex]
+        # local accumulators: the block plus room for credits at x + o (o_z >= 0, |o_y|, |o_x| <= search)
+        loc_num = torch.zeros(n + sz, ny + 2 * sy, ex + 2 * sx, dtype=x.dtype, device=x.device)
+        loc_den = torch.zeros_like(loc_num)
+        centre = (slice(0, n), slice(sy, sy + ny), slice(sx, sx + ex))
+        loc_num[centre].add_(c_val)
+        loc_den[centre].add_(1.0)
+        diff = torch.empty_like(c_patch)
+        for dz, dy, dx in offsets:
+            s_patch = xp[bz + e0 - p + dz: bz + e1 + q + dz, by + f0 - p + dy: by + f1 + q + dy,
+                         bx - p + dx: bx + ex + q + dx]
+            torch.sub(s_patch, c_patch, out=diff)
+            diff.mul_(diff)
+            w = weight(diff, (dz, dy, dx))
+            loc_num[centre].addcmul_(w, s_patch[p: p + n, p: p + ny, p: p + ex])
+            loc_den[centre].add_(w)
+            # the same weight credits the other end of the pair, x + o
+            other = (slice(dz, dz + n), slice(sy + dy, sy + dy + ny), slice(sx + dx, sx + dx + ex))
+            loc_num[other].addcmul_(w, c_val)
+            loc_den[other].add_(w)
+        # A index = E index + search; local (a, b, c) -> A (e0 + sz + a, f0 + b, c)
+        target = (slice(e0 + sz, e0 + sz + n + sz), slice(f0, f0 + ny + 2 * sy), slice(0, ex + 2 * sx))
+        num[target].add_(loc_num)
+        den[target].add_(loc_den)
+        if progress is not None:
+            progress((i_block + 1) / len(starts))
+    core = (slice(2 * sz, 2 * sz + Z), slice(2 * sy, 2 * sy + Y), slice(2 * sx, 2 * sx + X))
+    return num[core] / den[core]
+
+
+def _to_tensor(volume: np.ndarray | torch.Tensor, device: str | torch.device | None) -> tuple[torch.Tensor, bool]:
+    was_numpy = not isinstance(volume, torch.Tensor)
+    t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)) if was_numpy else volume.float()
+    if t.ndim != 3:
+        raise ValueError(f"expected a (Z, Y, X) volume, got shape {tuple(t.shape)}")
+    if device is not None:
+        t = t.to(device)
+    return t, was_numpy
+
+
+def bilateral_filter(volume: np.ndarray | torch.Tensor, sigma_spatial: float | Sequence[float] = 1.0,
+                     sigma_range: float | None = None, *, radius: Sequence[int] | None = None,
+                     truncate: float = 2.0, device: str | torch.device | None = None,
+                     progress: Callable[[float], None] | None = None) -> np.ndarray | torch.Tensor:
+    """True 3D bilateral filter: spatial Gaussian × range Gaussian over a (2r+1)^3 window.
+
+    Args:
+        volume: ``(Z, Y, X)`` array or tensor.
+        sigma_spatial: spatial sigma in *voxels*, one number or ``(sz, sy, sx)`` (convert mm with the spacing).
+        sigma_range: range sigma in intensity units (HU for CT); default 2× the estimated noise sigma.
+        radius: window radius ``(rz, ry, rx)`` in voxels; default ``ceil(truncate * sigma)`` per axis.
+        device: torch device to compute on (default: the tensor's, CPU for arrays).
+
+    Returns:
+        The filtered volume, float32, same type (numpy or torch) and shape as ``volume``.
+    """
+    x, was_numpy = _to_tensor(volume, device)
+    sig = np.broadcast_to(np.asarray(sigma_spatial, dtype=float), (3,))
+    if radius is None:
+        radius = [max(0, int(math.ceil(truncate * s))) for s in sig]
+    if sigma_range is None:
+        sigma_range = 2.0 * estimate_noise_sigma(x)
+    sigma_range = max(float(sigma_range), 1e-6)
+    inv_2r2 = -0.5 / sigma_range ** 2
+
+    def weight(sqdiff: torch.Tensor, o: tuple[int, int, int]) -> torch.Tensor:
+        spatial = -sum(0.5 * (d / s) ** 2 for d, s in zip(o, sig))
+        return sqdiff.mul_(inv_2r2).add_(spatial).exp_()
+
+    with _threads_for(x):
+        out = _symmetric_filter(x, radius, 1, weight, progress)
+    return out.cpu().numpy() if was_numpy else out
+
+
+def nlm_filter(volume: np.ndarray | torch.Tensor, *, patch_size: int = 2, search_radius: int = 2,
+               h: float | None = None, sigma: float | None = None, device: str | torch.device | None = None,
+               progress: Callable[[float], None] | None = None) -> np.ndarray | torch.Tensor:
+    """Non-local means (fast, per-offset patch distances) on a ``(Z, Y, X)`` volume.
+
+    Weight of the pair (x, y): ``exp(-max(d² - 2σ², 0) / h²)`` with ``d²`` the mean squared difference of the
+    ``patch_size``^3 patches at x and y (Buades et al.; the rule of scikit-image's ``fast_mode``). An even patch size
+    puts the voxel just before the patch centre (scikit-image's fast mode effectively uses ``patch_size - 1``).
+
+    Args:
+        patch_size: patch edge in voxels (1..9); 2 is best on the CT phantom of ``bench/preprocess.py``.
+        search_radius: s, candidates within the (2s+1)^3 box.
+        h: filtering strength in intensity units; default ``1.6 * sigma`` (best PSNR on that phantom with 2³
+            patches; distances are patch *means*, so a larger patch needs a smaller h).
+        sigma: noise standard deviation; default estimated (:func:`estimate_noise_sigma`).
+
+    Returns:
+        The filtered volume, float32, numpy or torch like the input.
+    """
+    x, was_numpy = _to_tensor(volume, device)
+    if sigma is None:
+        sigma = estimate_noise_sigma(x)
+    if h is None:
+        h = 1.6 * sigma
+    h = max(float(h), 1e-6)
+    k = max(int(patch_size), 1)
+    k3 = float(k ** 3)
+    # box *sums* are compared, so scale the thresholds by the patch size instead of dividing every sum
+    shift = 2.0 * float(sigma) ** 2 * k3
+    scale = -1.0 / (h * h * k3)
+
+    def weight(sqdiff: torch.Tensor, o: tuple[int, int, int]) -> torch.Tensor:
+        d = _box_sum(sqdiff, k)
+        if k == 1:
+            d = d.clone()
+        return d.sub_(shift).clamp_(min=0.0).mul_(scale).exp_()
+
+    s = int(search_radius)
+    with _threads_for(x):
+        out = _symmetric_filter(x, (s, s, s), k, weight, progress)
+    return out.cpu().numpy() if was_numpy else out
+
+
+@contextlib.contextmanager
+def _threads_for(x: torch.Tensor):
+    """Use one CPU thread for small volumes: on a busy machine OpenMP barriers cost far more than they save."""
+    previous = torch.get_num_threads()
+    small = (not x.is_cuda) and x.numel() < SMALL_VOLUME_VOXELS
+    if small and previous > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small and previous > 1:
+            torch.set_num_threads(previous)

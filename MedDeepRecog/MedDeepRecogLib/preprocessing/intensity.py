@@ -1,0 +1,185 @@
+"""Grid and intensity steps: resample, crop/pad, CT windowing, intensity normalisation.
+
+All arrays are ``(Z, Y, X)``; spacings are in mm (SimpleITK ``(x, y, z)`` order in parameters); CT values in HU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..io import image_from_array
+from .steps import param, register
+
+#: CT window presets as (center, width) in HU.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "brain": (40.0, 80.0),
+    "abdomen": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+}
+
+_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
+
+
+def as_float32(image: sitk.Image) -> sitk.Image:
+    """``image`` cast to float32 (returned as is when it already is)."""
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+
+
+def float_array(image: sitk.Image) -> np.ndarray:
+    """A float32 ``(Z, Y, X)`` copy of the voxels."""
+    return sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+
+
+def resample_to_reference(image: sitk.Image, reference: sitk.Image, *, is_label: bool = False,
+                          default: float | None = None) -> sitk.Image:
+    """Resample ``image`` onto ``reference``'s grid (identity transform, physical space).
+
+    Linear interpolation for images, nearest neighbour for labels/masks; voxels falling outside ``image`` get
+    ``default`` (0 for labels, the image minimum otherwise).
+    """
+    if default is None:
+        default = 0.0 if is_label else float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear,
+                         default, image.GetPixelID())
+
+
+@dataclass(frozen=True)
+class ResampleParams:
+    spacing: tuple[float, ...] | None = param(None, "output spacing (x, y, z) in mm; one number for isotropic",
+                                              minimum=1e-3, length=3)
+    size: tuple[int, ...] | None = param(None, "output size (x, y, z) in voxels (the field of view is kept)",
+                                         minimum=1, length=3)
+    interpolator: Literal["linear", "bspline", "nearest"] = param("linear", "interpolation for the image")
+
+    def validate(self) -> str | None:
+        if (self.spacing is None) == (self.size is None):
+            return "give exactly one of 'spacing' or 'size'"
+        return None
+
+
+@register("resample", ResampleParams, kind="grid", summary="resample to a spacing (mm) or size (voxels), same extent")
+def resample(image: sitk.Image, p: ResampleParams) -> sitk.Image:
+    """Resample keeping origin and direction; the physical extent is kept (size = extent / spacing, rounded)."""
+    in_size = np.array(image.GetSize(), dtype=float)
+    in_spacing = np.array(image.GetSpacing(), dtype=float)
+    extent = in_size * in_spacing
+    if p.spacing is not None:
+        spacing = np.array(p.spacing, dtype=float)
+        size = np.maximum(np.round(extent / spacing), 1).astype(int)
+    else:
+        size = np.array(p.size, dtype=int)
+        spacing = extent / size
+    # Keep the physical box: the first voxel center moves by half the change of voxel size.
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin()) + direction @ ((spacing - in_spacing) / 2.0)
+    image_f = image if p.interpolator == "nearest" else as_float32(image)
+    default = float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(image_f, [int(s) for s in size], sitk.Transform(), _INTERPOLATORS[p.interpolator],
+                         origin.tolist(), spacing.tolist(), image.GetDirection(), default, image_f.GetPixelID())
+
+
+@dataclass(frozen=True)
+class CropPadParams:
+    size: tuple[int, ...] = param((128, 128, 64), "output size (x, y, z) in voxels, centred crop or pad",
+                                  minimum=1, length=3)
+    pad_value: float | None = param(None, "value of padded voxels (default: the image minimum)")
+
+
+@register("crop_pad", CropPadParams, kind="grid", summary="centred crop and/or pad to a size (voxels)",
+          aliases=("crop", "pad"))
+def crop_pad(image: sitk.Image, p: CropPadParams) -> sitk.Image:
+    """Centred crop/pad; the origin moves so every kept voxel stays at its physical position."""
+    size = np.array(image.GetSize())
+    target = np.array(p.size)
+    pad_value = float(sitk.GetArrayViewFromImage(image).min()) if p.pad_value is None else p.pad_value
+    grow = np.maximum(target - size, 0)
+    if grow.any():
+        lower = (grow // 2).astype(int).tolist()
+        upper = (grow - grow // 2).astype(int).tolist()
+        image = sitk.ConstantPad(image, lower, upper, pad_value)
+        size = np.array(image.GetSize())
+    shrink = np.maximum(size - target, 0)
+    if shrink.any():
+        lower = (shrink // 2).astype(int).tolist()
+        upper = (shrink - shrink // 2).astype(int).tolist()
+        image = sitk.Crop(image, lower, upper)
+    return image
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    preset: Literal["lung", "mediastinum", "brain", "abdomen", "bone"] | None = param(
+        None, "CT window preset: lung (-600/1500), mediastinum (50/350), brain (40/80), abdomen (40/400), "
+              "bone (400/1800) as center/width HU")
+    center: float | None = param(None, "window center in HU (instead of a preset)")
+    width: float | None = param(None, "window width in HU (instead of a preset)", minimum=1e-3)
+    output: Literal["unit", "hu"] = param("unit", "unit: map the window to 0..1; hu: clip to the window in HU")
+
+    def validate(self) -> str | None:
+        if self.preset is None and (self.center is None or self.width is None):
+            return "give a 'preset' or both 'center' and 'width'"
+        if self.preset is not None and (self.center is not None or self.width is not None):
+            return "give either a 'preset' or 'center'/'width', not both"
+        return None
+
+
+@register("window", WindowParams, summary="CT windowing (HU) with presets; output 0..1 or clipped HU")
+def window(image: sitk.Image, p: WindowParams) -> sitk.Image:
+    """Clip to ``[center - width/2, center + width/2]`` HU and map to 0..1 (``output="unit"``) or keep HU."""
+    center, width = WINDOW_PRESETS[p.preset] if p.preset else (p.center, p.width)
+    lo, hi = center - width / 2.0, center + width / 2.0
+    image = as_float32(image)
+    if p.output == "hu":
+        return sitk.Clamp(image, sitk.sitkFloat32, lo, hi)
+    return sitk.IntensityWindowing(image, lo, hi, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class NormalizeParams:
+    method: Literal["zscore", "percentile", "minmax"] = param("zscore", "z-score, percentile range to 0..1, "
+                                                                        "or min-max to 0..1")
+    lower: float = param(1.0, "lower percentile (method=percentile)", minimum=0.0, maximum=100.0)
+    upper: float = param(99.0, "upper percentile (method=percentile)", minimum=0.0, maximum=100.0)
+    clip: bool = param(True, "clip to 0..1 after percentile scaling")
+    mask: str | None = param(None, "name of a mask made by an earlier step: statistics inside it only")
+
+    def validate(self) -> str | None:
+        return "'lower' must be below 'upper'" if self.lower >= self.upper else None
+
+
+def normalize_array(arr: np.ndarray, p: NormalizeParams, inside: np.ndarray | None = None) -> np.ndarray:
+    """Normalise a float array; statistics come from ``arr[inside]`` when a mask is given."""
+    sample = arr[inside] if inside is not None and inside.any() else arr
+    if p.method == "zscore":
+        std = float(sample.std())
+        return (arr - float(sample.mean())) / (std if std > 0 else 1.0)
+    if p.method == "percentile":
+        lo, hi = np.percentile(sample, [p.lower, p.upper])
+    else:
+        lo, hi = float(sample.min()), float(sample.max())
+    out = (arr - lo) / (hi - lo if hi > lo else 1.0)
+    return np.clip(out, 0.0, 1.0) if (p.clip and p.method == "percentile") else out
+
+
+@register("normalize", NormalizeParams, summary="intensity normalisation: z-score, percentile or min-max",
+          aliases=("normalise",))
+def normalize(image: sitk.Image, p: NormalizeParams, masks: dict[str, sitk.Image] | None = None) -> sitk.Image:
+    """Normalise intensities (float32 out); ``mask`` restricts the statistics to a named earlier mask."""
+    arr = float_array(image)
+    inside = None
+    if p.mask is not None:
+        from ..errors import ConfigError
+        if not masks or p.mask not in masks:
+            raise ConfigError(f"step 'normalize': no mask named {p.mask!r} was made by an earlier step "
+                              f"(available: {', '.join(masks or {}) or 'none'})")
+        inside = sitk.GetArrayViewFromImage(masks[p.mask]) > 0
+    return image_from_array(normalize_array(arr, p, inside).astype(np.float32), image)
+
+
+normalize.uses_masks = True  # the pipeline passes the masks made so far

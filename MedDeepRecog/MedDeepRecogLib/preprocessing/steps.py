@@ -1,0 +1,231 @@
+"""Registry of named preprocessing steps with typed, validated parameters.
+
+A step is a plain function ``fn(image: sitk.Image, params) -> sitk.Image`` plus a frozen dataclass describing its
+parameters. Pipelines are declared as data (``{"name": "window", "preset": "lung"}``); :func:`make_step` turns one
+such dict into a :class:`Step`, checking every parameter's name, type, range and choices so a typo in a pipeline file
+is reported before any voxel is touched.
+
+Step kinds:
+
+* ``"image"`` — returns a new image on the same grid (float32 after intensity steps);
+* ``"grid"``  — returns an image on a new grid (resample, crop/pad); masks made earlier follow it (nearest neighbour);
+* ``"mask"``  — returns a binary ``uint8`` mask on the image's grid, stored in the result under the step's
+  ``segment`` parameter (the segment name);
+  the image itself passes through unchanged unless the step's ``apply`` parameter is true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import SimpleITK as sitk
+
+from ..errors import ConfigError
+
+StepFunction = Callable[[sitk.Image, Any], sitk.Image]
+
+
+def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+          length: int | None = None) -> Any:
+    """A dataclass field carrying its help text and numeric bounds (``length`` for fixed-length lists)."""
+    return field(default=default, metadata={"help": help, "min": minimum, "max": maximum, "length": length})
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A registered step: its name, kind (image|grid|mask), parameter dataclass, function and one-line summary."""
+
+    name: str
+    kind: str
+    params: type
+    fn: StepFunction
+    summary: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One configured step of a pipeline: the registered spec plus validated parameters."""
+
+    spec: StepSpec
+    params: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __call__(self, image: sitk.Image) -> sitk.Image:
+        return self.spec.fn(image, self.params)
+
+    def to_data(self) -> dict[str, Any]:
+        """The step as pipeline data: ``{"name": ..., <param>: <value>, ...}`` (every parameter, JSON types)."""
+        data: dict[str, Any] = {"name": self.spec.name}
+        for f in dataclasses.fields(self.params):
+            value = getattr(self.params, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+
+REGISTRY: dict[str, StepSpec] = {}
+ALIASES: dict[str, str] = {}
+
+
+def register(name: str, params: type, *, kind: str = "image", summary: str = "",
+             aliases: tuple[str, ...] = ()) -> Callable[[StepFunction], StepFunction]:
+    """Decorator registering ``fn`` as step ``name`` with parameter dataclass ``params``."""
+    if kind not in ("image", "grid", "mask"):
+        raise ValueError(f"unknown step kind {kind!r}")
+
+    def decorate(fn: StepFunction) -> StepFunction:
+        doc = summary or (fn.__doc__ or "").strip().splitlines()[0]
+        REGISTRY[name] = StepSpec(name, kind, params, fn, doc)
+        for alias in aliases:
+            ALIASES[alias] = name
+        return fn
+
+    return decorate
+
+
+def get_spec(name: str) -> StepSpec:
+    """The registered step called ``name`` (or an alias), or a :class:`ConfigError` listing the known steps."""
+    _ensure_loaded()
+    key = ALIASES.get(name, name)
+    if key not in REGISTRY:
+        raise ConfigError(f"unknown step {name!r}; known steps: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[key]
+
+
+def make_step(data: dict[str, Any] | str) -> Step:
+    """Validate one step given as data (``"median"`` or ``{"name": "median", "radius": 2}``) into a :class:`Step`."""
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a step must be a name or a mapping with a 'name', got {type(data).__name__}")
+    data = dict(data)
+    name = data.pop("name", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"a step needs a 'name' (text), got {name!r}")
+    spec = get_spec(name)
+    # {"name": "window", "params": {...}} is accepted as well as the flat form.
+    if set(data) == {"params"} and isinstance(data["params"], dict):
+        data = dict(data["params"])
+    fields = {f.name: f for f in dataclasses.fields(spec.params)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"step {spec.name!r}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                          f"parameters are: {', '.join(fields) or '(none)'}")
+    hints = typing.get_type_hints(spec.params)
+    values = {}
+    for key, raw in data.items():
+        values[key] = _coerce(spec.name, key, raw, hints[key], fields[key].metadata)
+    try:
+        params = spec.params(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"step {spec.name!r}: {exc}") from None
+    check = getattr(params, "validate", None)
+    if check is not None:
+        problem = check()
+        if problem:
+            raise ConfigError(f"step {spec.name!r}: {problem}")
+    return Step(spec, params)
+
+
+def _coerce(step: str, key: str, raw: Any, hint: Any, meta: typing.Mapping[str, Any]) -> Any:
+    """Check ``raw`` against the type ``hint`` (and bounds in ``meta``); return it in the dataclass's type."""
+    where = f"step {step!r}, parameter {key!r}"
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(step, key, raw, option, meta)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {raw!r} is not a valid value "
+                          f"({'; '.join(e.split(': ', 1)[-1] for e in errors)})")
+    if origin is Literal:
+        if raw not in args:
+            raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(map(repr, args))}")
+        return raw
+    if origin is tuple:
+        if not isinstance(raw, (list, tuple)):
+            raw = [raw] * (meta.get("length") or 3) if isinstance(raw, (int, float)) and not isinstance(raw, bool) \
+                else raw
+        if not isinstance(raw, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of numbers, got {raw!r}")
+        length = meta.get("length")
+        if length and len(raw) != length:
+            raise ConfigError(f"{where}: expected {length} values, got {len(raw)}")
+        item = args[0]
+        return tuple(_coerce(step, key, v, item, meta) for v in raw)
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+        return raw
+    if hint is int:
+        if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, float) and raw.is_integer())):
+            raise ConfigError(f"{where}: expected a whole number, got {raw!r}")
+        return _bounded(where, int(raw), meta)
+    if hint is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {raw!r}")
+        value = float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where}: expected a finite number, got {raw!r}")
+        return _bounded(where, value, meta)
+    if hint is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{where}: expected text, got {raw!r}")
+        return raw
+    raise ConfigError(f"{where}: unsupported parameter type {hint!r}")  # pragma: no cover - registry bug
+
+
+def _bounded(where: str, value: float, meta: typing.Mapping[str, Any]) -> Any:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}: {value} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {value} is above the maximum {hi}")
+    return value
+
+
+def describe_steps() -> list[dict[str, Any]]:
+    """Every registered step with its kind, summary and parameters (type, default, help) as plain data."""
+    _ensure_loaded()
+    out = []
+    for name in sorted(REGISTRY):
+        spec = REGISTRY[name]
+        hints = typing.get_type_hints(spec.params)
+        params = []
+        for f in dataclasses.fields(spec.params):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            params.append({"name": f.name, "type": _type_name(hints[f.name]),
+                           "default": list(default) if isinstance(default, tuple) else default,
+                           "help": f.metadata.get("help", "")})
+        out.append({"name": name, "kind": spec.kind, "summary": spec.summary, "params": params,
+                    "aliases": sorted(a for a, t in ALIASES.items() if t == name)})
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin is tuple:
+        return f"[{_type_name(args[0])}, ...]"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _ensure_loaded() -> None:
+    """Import the modules whose decorators fill :data:`REGISTRY` (kept lazy to avoid import cycles)."""
+    from . import denoise, enhance, intensity, masks  # noqa: F401

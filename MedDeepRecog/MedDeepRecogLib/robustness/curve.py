@@ -1,0 +1,215 @@
+"""Robustness curves: clean vs adversarial accuracy/AUC over a list of eps, or one scan's probability curve.
+
+All functions take a classifier ``model`` returning logits ``(B, num_classes)`` and batches in model input
+units. A model that classifies a scan from a stack of slices can be wrapped in :class:`ScanAggregate` so
+that the whole stack ``(S, C, Y, X)`` is one attacked "sample" (the attack then moves the scan-level
+prediction, which is what a user sees).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..progress import ProgressCallback, null_progress
+from .attacks import Bounds, attack, check_eps
+
+
+class ScanAggregate(torch.nn.Module):
+    """Turn a per-slice classifier into a scan classifier: ``(S, C, Y, X) -> (1, K)``.
+
+    The scan's logits are the mean log-probability over the voting slices (``valid``), the same product of experts
+    ``classify`` uses (``inference.predict.predict_slices``), so ``softmax`` of the output is classify's scan
+    probability. Attacks on the wrapped model treat the whole slice stack as one input.
+    """
+
+    def __init__(self, model: torch.nn.Module, valid: torch.Tensor | None = None):
+        super().__init__()
+        self.model = model
+        self.valid = None if valid is None or not bool(valid.any()) else valid.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(self.model(x).float(), dim=1)
+        w = torch.ones(x.shape[0], device=x.device) if self.valid is None else self.valid.to(x.device)
+        return ((logp * w[:, None]).sum(0) / w.sum())[None]
+
+
+def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
+    """Binary AUC of class 1 (``probabilities (N, 2)``) or macro one-vs-rest AUC; None if a class is absent.
+
+    Rank-based (Mann-Whitney U, ties count one half): the same figure as ``sklearn.metrics.roc_auc_score``.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels).astype(int).ravel()
+    classes = [1] if probabilities.shape[1] == 2 else list(range(probabilities.shape[1]))
+    aucs = []
+    for k in classes:
+        pos, neg = probabilities[labels == k, k], probabilities[labels != k, k]
+        if len(pos) == 0 or len(neg) == 0:
+            return None
+        greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+        aucs.append(greater / (len(pos) * len(neg)))
+    return float(np.mean(aucs))
+
+
+def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(x), dim=1)
+
+
+def evaluate_robustness(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        eps_list: Sequence[float], *, attack_name: str = "pgd", steps: int = 10,
+                        bounds: Bounds = None, progress: ProgressCallback = null_progress,
+                        total_batches: int | None = None) -> dict[str, Any]:
+    """Clean and robust accuracy / AUC over a labelled data set, at each eps.
+
+    Args:
+        model: classifier in eval mode.
+        batches: iterable of ``(x (B, C, *spatial), y (B,))`` in model input units.
+        eps_list: attack budgets in model input units, each > 0.
+        attack_name: ``"fgsm"`` or ``"pgd"`` (untargeted, on the true label).
+        steps: PGD iterations.
+        bounds: valid intensity range of the model input, or None.
+
+    Returns:
+        ``{"attack", "steps", "n", "clean": {"accuracy", "balanced_accuracy", "auc"},
+        "robust": [{"eps", "accuracy", "balanced_accuracy", "auc"}, ...]}``.
+    """
+    eps_list = [check_eps(e, bounds) for e in eps_list]
+    labels: list[np.ndarray] = []
+    clean: list[np.ndarray] = []
+    adv: dict[float, list[np.ndarray]] = {e: [] for e in eps_list}
+    batches = list(batches)
+    total = total_batches or len(batches)
+    for i, (x, y) in enumerate(batches):
+        y = y.long().view(-1)
+        labels.append(y.numpy())
+        clean.append(_predict(model, x).numpy())
+        for eps in eps_list:
+            x_adv = attack(attack_name, model, x, y, eps, steps=steps, bounds=bounds)
+            adv[eps].append(_predict(model, x_adv).numpy())
+        progress("attacking", (i + 1) / max(total, 1), batch=i + 1)
+    y_all = np.concatenate(labels)
+
+    def summary(probs: list[np.ndarray]) -> dict[str, Any]:
+        p = np.concatenate(probs)
+        pred = p.argmax(1)
+        recalls = [float((pred[y_all == k] == k).mean()) for k in np.unique(y_all)]
+        return {"accuracy": float((pred == y_all).mean()), "balanced_accuracy": float(np.mean(recalls)),
+                "auc": roc_auc(p, y_all)}
+
+    return {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1, "n": int(len(y_all)),
+            "bounds": None if bounds is None else [float(bounds[0]), float(bounds[1])],
+            "clean": summary(clean), "robust": [{"eps": e, **summary(adv[e])} for e in eps_list]}
+
+
+def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[float], *,
+                    attack_name: str = "pgd", steps: int = 10, bounds: Bounds = None, refine_steps: int = 5,
+                    class_names: Sequence[str] | None = None,
+                    progress: ProgressCallback = null_progress) -> tuple[dict[str, Any], dict[float, torch.Tensor]]:
+    """How one input's prediction moves under attacks of growing eps.
+
+    The attack pushes away from the clean predicted class. ``smallest_flipping_eps`` is the smallest eps of the
+    list that changes the predicted label, refined by ``refine_steps`` bisection steps between it and the
+    largest non-flipping eps below it (null when no eps of the list flips the label).
+
+    Args:
+        model: classifier, ``x (1, C, *spatial) -> logits (1, K)`` (wrap slice models in :class:`ScanAggregate`).
+        x: one input in model units.
+
+    Returns:
+        ``(result, perturbations)``: result is JSON-able (``clean_label``, ``clean_probability``,
+        ``curve`` [{"eps", "probability" of the clean label, "label", "flipped"}], ``smallest_flipping_eps``,
+        ``flip``: the curve point at that eps); perturbations maps each eps (and the refined flip eps) to
+        ``x_adv - x``.
+    """
+    eps_list = sorted(check_eps(e, bounds) for e in eps_list)
+    names = list(class_names) if class_names is not None else None
+    probs = _predict(model, x)[0]
+    label = int(probs.argmax())
+    target = torch.tensor([label])
+
+    def point(eps: float) -> tuple[dict[str, Any], torch.Tensor]:
+        # a fixed seed per eps keeps PGD's random start reproducible between runs
+        torch.manual_seed(0)
+        x_adv = attack(attack_name, model, x, target, eps, steps=steps, bounds=bounds)
+        p = _predict(model, x_adv)[0]
+        new = int(p.argmax())
+        rec = {"eps": float(eps), "probability": float(p[label]), "label": names[new] if names else new,
+               "flipped": new != label, "probabilities": _named(p, names)}
+        return rec, (x_adv - x).detach()
+
+    curve, deltas = [], {}
+    for i, eps in enumerate(eps_list):
+        rec, deltas[eps] = point(eps)
+        curve.append(rec)
+        progress("attacking", (i + 1) / (len(eps_list) + refine_steps), eps=eps)
+    flips = [i for i, r in enumerate(curve) if r["flipped"]]
+    smallest, flip = None, None
+    if flips:
+        hi_i = flips[0]
+        hi = eps_list[hi_i]
+        lo = eps_list[hi_i - 1] if hi_i > 0 else 0.0
+        flip = curve[hi_i]
+        for j in range(refine_steps):
+            mid = 0.5 * (lo + hi)
+            rec, delta = point(mid)
+            if rec["flipped"]:
+                hi, flip, deltas[mid] = mid, rec, delta
+            else:
+                lo = mid
+            progress("refining", (len(eps_list) + j + 1) / (len(eps_list) + refine_steps), eps=mid)
+        smallest = float(hi)
+    result = {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1,
+              "bounds": None if bounds is None else [float(bounds[0]), float(bounds[1])],
+              "clean_label": names[label] if names else label, "clean_probability": float(probs[label]),
+              "clean_probabilities": _named(probs, names), "curve": curve,
+              "smallest_flipping_eps": smallest, "flip": flip,
+              "probability_drop_at_max_eps": float(probs[label]) - curve[-1]["probability"]}
+    return result, deltas
+
+
+def _named(p: torch.Tensor, names: Sequence[str] | None) -> dict[str, float] | list[float]:
+    values = [float(v) for v in p]
+    return dict(zip(names, values)) if names else values
+
+
+def save_curve_png(result: dict[str, Any], path, *, title: str = "") -> None:
+    """Plot a robustness result (data set: accuracy & AUC vs eps; one scan: probability vs eps) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_output
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    if "robust" in result:
+        eps = [0.0] + [r["eps"] for r in result["robust"]]
+        ax.plot(eps, [result["clean"]["accuracy"]] + [r["accuracy"] for r in result["robust"]], "o-",
+                label="accuracy")
+        if result["clean"]["auc"] is not None:
+            ax.plot(eps, [result["clean"]["auc"]] + [r["auc"] or math.nan for r in result["robust"]], "s--",
+                    label="AUC")
+        ax.set_ylabel("metric")
+    else:
+        flip = [(result["flip"]["eps"], result["flip"]["probability"])] if result.get("flip") else []
+        pts = sorted(set([(0.0, result["clean_probability"])] + [(r["eps"], r["probability"]) for r in result["curve"]]
+                         + flip))
+        ax.plot(*zip(*pts), "o-", label=f"p({result['clean_label']})")
+        ax.axhline(0.5, color="grey", lw=0.5)
+        if result.get("smallest_flipping_eps") is not None:
+            ax.axvline(result["smallest_flipping_eps"], color="red", ls=":",
+                       label=f"flips at eps={result['smallest_flipping_eps']:.3g}")
+        ax.set_ylabel("probability of clean label")
+    ax.set_xlabel(f"eps ({result['attack']}, model input units)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,114 @@
+"""Robustness of one scan's prediction: the scan's model input (as classify builds it), the valid intensity
+range, eps in HU, and the perturbation put back on the scan's grid for viewing."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..errors import ConfigError
+
+
+def pipeline_bounds(spec: Mapping[str, Any]) -> tuple[float, float] | None:
+    """Valid intensity range of the model input when the package's preprocessing fixes one, else None.
+
+    The last step that sets the range wins: ``slices2d`` inputs are stretched and clipped to 0..1 per slice;
+    ``window`` maps to 0..1 (or clamps to its HU window with ``output: hu``); ``normalize`` with ``percentile`` +
+    ``clip`` gives 0..1 while ``zscore`` / ``minmax`` leave it open; ``scale_intensity_range`` with ``clip`` gives
+    ``[b_min, b_max]``.
+    """
+    if spec.get("kind") == "slices2d":
+        return (0.0, 1.0)
+    bounds = None
+    for step in (spec.get("pipeline") or {}).get("steps", []):
+        name = step.get("name")
+        if name == "window":
+            if step.get("output", "unit") == "hu" and step.get("center") is not None:
+                c, w = float(step["center"]), float(step["width"])
+                bounds = (c - w / 2, c + w / 2)
+            else:
+                bounds = (0.0, 1.0) if step.get("output", "unit") != "hu" else None
+        elif name in ("normalize", "normalise"):
+            method = step.get("method", "zscore")
+            bounds = (0.0, 1.0) if method == "percentile" and step.get("clip", True) else None
+        elif name == "scale_intensity_range" and step.get("clip", True):
+            bounds = (float(step.get("b_min", 0.0)), float(step.get("b_max", 1.0)))
+    return bounds
+
+
+def model_input_of(path_or_image, package) -> tuple[Any, Any, torch.nn.Module]:
+    """``(classification_result, x (N, C, *spatial) tensor, forward)`` for one scan, exactly as classify sees it.
+
+    ``forward`` maps ``x`` to scan-level logits ``(1, K)`` (slice models are wrapped in :class:`.ScanAggregate`).
+    """
+    from ..inference.classify import _model_for, classify_scan
+    from ..inference.model_input import SliceInput
+    from .curve import ScanAggregate
+
+    result = classify_scan(path_or_image, package, explain="none", device="cpu")
+    inp = result.model_input
+    x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
+    model = _model_for(package, "cpu")
+    if isinstance(inp, SliceInput):
+        forward = ScanAggregate(model, torch.from_numpy(inp.valid)).eval()
+    else:
+        forward = model
+    return result, x, forward
+
+
+def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: int = 8) -> float | None:
+    """How many HU one model-input unit is, measured through the package's own preprocessing.
+
+    A checkerboard of ``block``-voxel cubes (+``delta_hu`` on half of them) is added to the scan and both
+    versions are prepared as classify would; the median change of the voxels that moved, divided by
+    ``delta_hu``, is the model units per HU. A checkerboard rather than a uniform offset keeps per-scan
+    normalisation (percentile stretch, z-score) from cancelling the change. Returns None when the input does
+    not depend (linearly) on HU.
+    """
+    from ..inference.classify import _apply_pipeline
+    from ..inference.model_input import SliceInput, slices_from_image, volume_from_image
+
+    spec = package.input_spec
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    zz, yy, xx = np.indices(arr.shape, sparse=True)
+    pattern = (((zz // block) + (yy // block) + (xx // block)) % 2).astype(np.float32) * float(delta_hu)
+    shifted = sitk.GetImageFromArray(arr + pattern)
+    shifted.CopyInformation(image)
+    base = sitk.Cast(image, sitk.sitkFloat32)
+
+    def prep(img: sitk.Image) -> np.ndarray:
+        img = _apply_pipeline(img, spec, None)
+        inp = slices_from_image(img, spec) if spec.get("kind") == "slices2d" else volume_from_image(img, spec)
+        return inp.x if not isinstance(inp, SliceInput) else inp.x
+
+    diff = np.abs(prep(shifted) - prep(base))
+    moved = diff[diff > 1e-7]
+    if moved.size < 10:
+        return None
+    units_per_hu = float(np.median(moved)) / float(delta_hu)
+    return None if units_per_hu <= 0 else units_per_hu
+
+
+def perturbation_on_scan(delta: torch.Tensor, result) -> sitk.Image:
+    """Put a model-space perturbation (same shape as the model input) on the scan's own grid (float32).
+
+    Volume inputs: ``(1, 1, D, H, W)`` on the model grid, resampled linearly. Slice inputs: each slice's
+    ``(H, W)`` is mapped back through its crop/resize affine onto the working slices, then onto the scan.
+    Values stay in model input units (multiply by the reported HU-per-unit for HU).
+    """
+    from ..inference.heatmap import heatmap_on_input_grid
+    from ..inference.model_input import SliceInput
+    from ..inference.predict import maps_to_working_grid
+
+    inp = result.model_input
+    d = delta.detach().float()
+    if d.shape[1] != 1:
+        raise ConfigError("the perturbation of a multi-channel input cannot be put on one scan grid")
+    if isinstance(inp, SliceInput):
+        arr = maps_to_working_grid(d[:, 0], inp)
+    else:
+        arr = d[0, 0].numpy()
+    return heatmap_on_input_grid(np.ascontiguousarray(arr, dtype=np.float32), inp.grid, result.image)

@@ -1,0 +1,30 @@
+"""The Slicer-free half of the MedDeepRecog Slicer module.
+
+Everything the module's logic does that does not need Slicer lives here, so it is tested with the real worker
+outside Slicer: building the worker command lines (:mod:`.worker_command`), reading the worker's JSON progress
+lines (:mod:`.progress_reader`), running the worker as a separate process whose whole tree can be cancelled
+(:mod:`.process_runner`), and locating and summarising what the worker wrote (:mod:`.outputs`).
+Nothing here imports torch, SimpleITK or Slicer, so ``MedDeepRecog.py`` can import it at Slicer start-up.
+"""
+
+from .outputs import ClassifyResult, input_stem, read_classify_result
+from .process_runner import WorkerError, WorkerProcess, descendant_pids, kill_process_tree, run_worker
+from .progress_reader import ProgressEvent, ProgressReader, parse_progress_line
+from .worker_command import WorkerCommand, module_root, worker_environment
+
+__all__ = [
+    "ClassifyResult",
+    "input_stem",
+    "read_classify_result",
+    "WorkerError",
+    "WorkerProcess",
+    "descendant_pids",
+    "kill_process_tree",
+    "run_worker",
+    "ProgressEvent",
+    "ProgressReader",
+    "parse_progress_line",
+    "WorkerCommand",
+    "module_root",
+    "worker_environment",
+]

@@ -1,0 +1,178 @@
+"""Locate and summarise what the worker wrote, so the Slicer side only loads files into the scene.
+
+``classify`` writes per input ``<name>.json`` (label, class probabilities, explain section, output paths) and
+``<name>_heatmap.nrrd`` on the input's grid (``docs/worker-protocol.md``). Paths inside the JSON may be relative
+to the output folder; they are resolved here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import MedDeepRecogError
+
+#: Multi-part extensions stripped to get an input's name (longest first).
+_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd", ".dcm")
+
+
+def input_stem(path: str | Path) -> str:
+    """The name classify gives an input's outputs: the file name without ``.nii.gz``/``.nrrd``/...;
+    a DICOM folder's own name."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in _SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass
+class ClassifyResult:
+    """One classified scan, as the panel shows it.
+
+    Attributes:
+        label: predicted class name.
+        probabilities: ``[(class, p), ...]`` sorted by decreasing probability.
+        heatmap: path of the heatmap volume (float 0..1 on the input grid) or ``None``.
+        png: path of the overlay PNG or ``None``.
+        segmentations: ``.seg.nrrd`` files the worker wrote (model segmentations, heatmap regions).
+        explain_method: e.g. ``"gradcam"``; ``faithfulness``: the heatmap's faithfulness score if reported.
+        raw: the whole JSON record.
+    """
+
+    label: str
+    probabilities: list[tuple[str, float]]
+    heatmap: Path | None = None
+    png: Path | None = None
+    segmentations: list[Path] = field(default_factory=list)
+    explain_method: str | None = None
+    faithfulness: float | None = None
+    model: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def confidence(self) -> float:
+        return dict(self.probabilities).get(self.label, 0.0)
+
+
+def _resolve(out_dir: Path, value: Any) -> Path | None:
+    if not value or not isinstance(value, str):
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        path = out_dir / path
+    return path if path.exists() else None
+
+
+def _faithfulness(explain: dict[str, Any]) -> float | None:
+    """A single faithfulness number from the explain section, whatever its exact key.
+
+    Accepts ``{"faithfulness": 0.7}``, ``{"faithfulness": {"score": 0.7, ...}}`` or ``{"faithfulness_score": 0.7}``.
+    """
+    for key, value in explain.items():
+        if "faithful" not in key.lower():
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, dict):
+            for sub in ("score", "value", "faithfulness", "deletion_gap", "auc_gap"):
+                if isinstance(value.get(sub), (int, float)):
+                    return float(value[sub])
+    return None
+
+
+def read_classify_result(out_dir: str | Path, input_path: str | Path) -> ClassifyResult:
+    """Read ``out_dir/<name>.json`` for ``input_path`` and resolve its output files.
+
+    Raises:
+        MedDeepRecogError: the JSON is missing or has no label/probabilities (the worker did not finish).
+    """
+    out_dir = Path(out_dir)
+    stem = input_stem(input_path)
+    json_path = out_dir / f"{stem}.json"
+    if not json_path.is_file():
+        raise MedDeepRecogError("classify wrote no result file here (did the worker finish?)", json_path)
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise MedDeepRecogError(f"result file is not valid JSON ({exc})", json_path) from None
+    probs = record.get("probabilities")
+    if not isinstance(probs, dict) or not probs or "label" not in record:
+        raise MedDeepRecogError("result file has no label or class probabilities", json_path)
+    outputs = record.get("outputs") or {}
+    heatmap = _resolve(out_dir, outputs.get("heatmap")) or _resolve(out_dir, f"{stem}_heatmap.nrrd")
+    png = _resolve(out_dir, outputs.get("png")) or _resolve(out_dir, f"{stem}_heatmap.png")
+    segs = [p for v in outputs.values() if isinstance(v, str) and v.lower().endswith(".seg.nrrd")
+            for p in [_resolve(out_dir, v)] if p is not None]
+    explain = record.get("explain") if isinstance(record.get("explain"), dict) else {}
+    model = record.get("model") or {}
+    model_name = f"{model.get('id', '')}@{model.get('version', '')}" if isinstance(model, dict) else str(model)
+    return ClassifyResult(
+        label=str(record["label"]),
+        probabilities=sorted(((str(k), float(v)) for k, v in probs.items()), key=lambda kv: -kv[1]),
+        heatmap=heatmap, png=png, segmentations=segs,
+        explain_method=explain.get("method"), faithfulness=_faithfulness(explain),
+        model=model_name.strip("@"), raw=record)
+
+
+def parse_json_output(lines: list[str] | str) -> Any:
+    """The JSON document a ``--json`` command (``models``, ``device``) printed, ignoring log lines around it.
+
+    Raises:
+        MedDeepRecogError: no JSON document in the output.
+    """
+    text = lines if isinstance(lines, str) else "\n".join(lines)
+    starts = [i for i, ch in enumerate(text) if ch in "[{"]
+    decoder = json.JSONDecoder()
+    for start in starts:
+        try:
+            value, _ = decoder.raw_decode(text[start:])
+        except ValueError:
+            continue
+        if not (isinstance(value, dict) and "stage" in value):  # not a progress line
+            return value
+    raise MedDeepRecogError("the worker printed no JSON document")
+
+
+def _first_json(result: dict[str, Any]) -> dict[str, Any] | None:
+    for value in result.values():
+        if isinstance(value, str) and value.lower().endswith(".json") and Path(value).is_file():
+            try:
+                record = json.loads(Path(value).read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                return record
+    return None
+
+
+def robustness_summary(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One sentence for the panel from a ``robustness --input`` run's final ``result`` (or the JSON it names).
+
+    Reads ``clean_label``, ``clean_probability``, ``smallest_flipping_eps`` and ``flip`` (the curve point at that
+    eps) as written by ``robustness.curve.scan_robustness``. Returns ``(text, record)``.
+    """
+    record = result if "clean_label" in result else (_first_json(result) or {})
+    if isinstance(record.get("scans"), list) and record["scans"]:  # one record per input
+        record = record["scans"][0]
+    if "clean_label" not in record:
+        raise MedDeepRecogError("the robustness result has no clean_label (unexpected worker output)")
+    label, p = record["clean_label"], float(record.get("clean_probability", float("nan")))
+    eps = record.get("smallest_flipping_eps")
+    if eps is None:
+        curve = record.get("curve") or []
+        top = max((c.get("eps", 0.0) for c in curve), default=0.0)
+        drop = record.get("probability_drop_at_max_eps")
+        text = f"'{label}' (p={p:.2f}) did not flip up to eps={top:.3g}"
+        if isinstance(drop, (int, float)):
+            text += f"; its probability fell by {drop:.2f}"
+        return text + ".", record
+    flip = record.get("flip") or {}
+    hu = record.get("smallest_flipping_eps_hu")
+    at = f"eps={float(eps):.3g}" + (f" (≈{float(hu):.3g} HU)" if isinstance(hu, (int, float)) else "")
+    text = (f"'{label}' (p={p:.2f}) flips to '{flip.get('label', '?')}' at {at}; "
+            f"p('{label}') {p:.2f} → {float(flip.get('probability', float('nan'))):.2f}.")
+    return text, record

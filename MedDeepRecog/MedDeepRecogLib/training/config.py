@@ -1,0 +1,206 @@
+"""Training configs (JSON or YAML) validated strictly: an unknown key is an error naming the key and the file.
+
+Layout (every section optional except ``id``, ``data``, ``model``)::
+
+    id: adrenal-mass-3d            # package id; version: "1.0.0" (default: next free version)
+    description: "…"; modality: CT; seed: 0; out: runs/adrenal   # output dir (or --out)
+    data:   {path, format: npz|folder, kind: volume3d|slices2d, train_split: train, val_split: val,
+             val_fraction: 0.2 (npz with only images/labels: last fraction of each class, file order),
+             labels_csv, class_names, intensity_range: [0, 255], size: [28, 28, 28], max_train: null}
+    model:  {name: simple_cnn3d, kwargs: {...}}          # registry name; in_channels/num_classes filled in
+    input:  {spacing_mm, pipeline: {steps: [...]}}        # recorded in the package (kind/size/channels from data)
+    augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
+                   noise: {prob, std}, intensity_shift: {prob, offset}}
+    optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}
+    schedule:  {name: none|step|cosine|plateau, step_size, gamma, factor, patience, min_lr, warmup_epochs}
+    training:  {epochs, batch_size, l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
+                early_stopping_patience, grad_clip, amp: auto|true|false, device: auto|cpu|cuda}
+    explain: {methods: [...], target_layer: ...}          # optional, copied to the package
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    format: str = "auto"
+    kind: str = "volume3d"
+    train_split: str = "train"
+    val_split: str = "val"
+    val_fraction: float = 0.2
+    labels_csv: str | None = None
+    class_names: list[str] | None = None
+    intensity_range: list[float] | None = None
+    size: list[int] | None = None
+    max_train: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class InputConfig:
+    spacing_mm: list[float] | None = None
+    pipeline: dict | None = None
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "none"
+    step_size: int = 10
+    gamma: float = 0.1
+    factor: float = 0.5
+    patience: int = 3
+    min_lr: float = 0.0
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    l1: float = 0.0
+    class_weights: Any = "auto"
+    label_smoothing: float = 0.0
+    monitor: str = "auc"
+    early_stopping_patience: int | None = None
+    grad_clip: float | None = None
+    amp: Any = "auto"
+    device: str = "auto"
+
+
+AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
+            "zoom": {"prob", "min", "max"}, "noise": {"prob", "std"}, "intensity_shift": {"prob", "offset"}}
+
+
+@dataclass
+class TrainConfig:
+    id: str = ""
+    version: str | None = None
+    description: str = ""
+    modality: str = "any"
+    seed: int = 0
+    out: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    augmentation: dict = field(default_factory=dict)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    explain: dict | None = None
+    source: str | None = None  # the config file (set by load_config)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        d = asdict(self)
+        d.pop("source", None)
+        return d
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "input": InputConfig, "optimizer": OptimizerConfig,
+             "schedule": ScheduleConfig, "training": TrainingConfig}
+_CHOICES = {("data", "format"): {"auto", "npz", "folder"}, ("data", "kind"): {"volume3d", "slices2d"},
+            ("optimizer", "name"): {"adam", "adamw", "sgd"},
+            ("schedule", "name"): {"none", "step", "cosine", "plateau"},
+            ("training", "monitor"): {"auc", "balanced_accuracy", "accuracy", "f1", "loss"},
+            ("training", "device"): {"auto", "cpu", "cuda"}}
+
+
+def _check_keys(raw: Mapping, allowed: set[str], where: str, source: Any) -> None:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}", source)
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key {'/'.join(filter(None, [where, unknown[0]]))!r}"
+                          f"{' (and ' + ', '.join(unknown[1:]) + ')' if unknown[1:] else ''}; "
+                          f"allowed in {where or 'the top level'}: {', '.join(sorted(allowed))}", source)
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a dict, rejecting unknown keys and impossible values."""
+    top = {f.name for f in fields(TrainConfig)} - {"source"}
+    _check_keys(raw, top, "", source)
+    cfg = TrainConfig(source=None if source is None else str(source))
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            cls = _SECTIONS[key]
+            _check_keys(value or {}, {f.name for f in fields(cls)}, key, source)
+            section = cls(**(value or {}))
+            for (sec, name), choices in _CHOICES.items():
+                if sec == key and getattr(section, name) not in choices:
+                    raise ConfigError(f"{key}/{name} is {getattr(section, name)!r}; choose one of "
+                                      f"{', '.join(sorted(choices))}", source)
+            setattr(cfg, key, section)
+        elif key == "augmentation":
+            _check_keys(value or {}, set(AUG_KEYS), "augmentation", source)
+            for name, params in (value or {}).items():
+                _check_keys(params or {}, AUG_KEYS[name], f"augmentation/{name}", source)
+            cfg.augmentation = dict(value or {})
+        else:
+            setattr(cfg, key, value)
+    if not cfg.id:
+        raise ConfigError("config needs an 'id' (the model package id)", source)
+    if not cfg.data.path:
+        raise ConfigError("config needs data/path (a .npz file or an image folder)", source)
+    if not cfg.model.name:
+        raise ConfigError("config needs model/name (an architecture name)", source)
+    from ..models import available_models
+    if cfg.model.name not in available_models():
+        raise ConfigError(f"model/name {cfg.model.name!r} is not a known architecture; known: "
+                          f"{', '.join(available_models())}", source)
+    if int(cfg.training.epochs) < 1 or int(cfg.training.batch_size) < 1:
+        raise ConfigError("training/epochs and training/batch_size must be >= 1", source)
+    if not 0.0 < float(cfg.data.val_fraction) < 1.0:
+        raise ConfigError(f"data/val_fraction must be between 0 and 1, got {cfg.data.val_fraction}", source)
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a ``.json`` / ``.yaml`` / ``.yml`` training config and validate it (see module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("training config not found", path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+        raise ConfigError(f"cannot parse config ({str(exc).splitlines()[0]})", path) from None
+    return config_from_dict(raw or {}, path)
+
+
+def resolve_data_path(cfg: TrainConfig) -> Path:
+    """``data/path`` as given, else relative to the config's folder or its parent (the repository root)."""
+    p = Path(cfg.data.path).expanduser()
+    candidates = [p]
+    if not p.is_absolute() and cfg.source:
+        here = Path(cfg.source).resolve().parent
+        candidates += [here / p, here.parent / p]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise ConfigError(f"data/path {cfg.data.path!r} not found (looked in: {', '.join(map(str, candidates))})",
+                      cfg.source)

@@ -1,0 +1,212 @@
+"""Training data held in memory as tensors: MedMNIST-style ``.npz`` or an image folder with a labels CSV.
+
+The arrays are small, so everything is loaded once (no per-step file reading; DataLoader ``num_workers=0``).
+Images become float32 ``(N, C, H, W)`` (``slices2d``) or ``(N, C, Z, Y, X)`` (``volume3d``), labels int64 ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+@dataclass
+class ArrayDataset:
+    """Images ``(N, C, *spatial)`` float32 and labels ``(N,)`` int64 as numpy arrays."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TrainValData:
+    train: ArrayDataset
+    val: ArrayDataset
+    class_names: list[str]
+    kind: str
+    fingerprint: str
+    description: str
+
+
+def tail_per_class_split(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, val)``: the last ``fraction`` of each class (file order) is validation.
+
+    A contiguous tail limits leakage between adjacent (similar) samples such as neighbouring slices.
+    """
+    labels = np.asarray(labels).ravel()
+    val = []
+    for k in np.unique(labels):
+        idx = np.nonzero(labels == k)[0]
+        n_val = int(np.ceil(len(idx) * fraction)) if len(idx) > 1 else 0
+        val.extend(idx[len(idx) - n_val:])
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return train, val
+
+
+def to_channels_first(images: np.ndarray, kind: str, source: str | Path) -> np.ndarray:
+    """Add the channel axis: 2D ``(N, H, W)`` or ``(N, H, W, C)`` (C ≤ 4); 3D ``(N, Z, Y, X)`` or ``(N, C, Z, Y, X)``."""
+    if kind == "slices2d":
+        if images.ndim == 3:
+            return images[:, None]
+        if images.ndim == 4 and images.shape[-1] <= 4:
+            return np.moveaxis(images, -1, 1)
+        if images.ndim == 4:
+            return images
+    else:
+        if images.ndim == 4:
+            return images[:, None]
+        if images.ndim == 5:
+            return images
+    raise ConfigError(f"images of shape {images.shape} do not fit data/kind {kind!r}", source)
+
+
+def scale_and_resize(images: np.ndarray, intensity_range: Sequence[float] | None,
+                     size: Sequence[int] | None) -> np.ndarray:
+    """Linearly map ``intensity_range`` to 0..1 (clipped), resize spatially to ``size`` (trilinear/bilinear)."""
+    x = images.astype(np.float32)
+    if intensity_range is not None:
+        lo, hi = float(intensity_range[0]), float(intensity_range[1])
+        x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    if size is not None and tuple(x.shape[2:]) != tuple(size):
+        import torch
+        import torch.nn.functional as F
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        x = F.interpolate(torch.from_numpy(x), size=tuple(size), mode=mode, align_corners=False).numpy()
+    return x
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``."""
+    import SimpleITK as sitk
+
+    csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
+    if not csv_path.is_absolute() and not csv_path.exists():
+        csv_path = folder / csv_path
+    if not csv_path.is_file():
+        raise ConfigError("labels CSV not found (set data/labels_csv)", csv_path)
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ConfigError("labels CSV has no rows", csv_path)
+    cols = {c.lower(): c for c in rows[0]}
+    fcol = next((cols[c] for c in ("file", "filename", "image", "path") if c in cols), None)
+    lcol = cols.get("label")
+    if fcol is None or lcol is None:
+        raise ConfigError(f"labels CSV needs columns file and label, has {list(rows[0])}", csv_path)
+    arrays, labels = [], []
+    for row in rows:
+        p = folder / row[fcol]
+        if not p.is_file():
+            raise ConfigError(f"image listed in {csv_path.name} not found", p)
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+        arrays.append(arr)
+        labels.append(str(row[lcol]).strip())
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ConfigError(f"images have different shapes {sorted(shapes)[:3]}; resize them first", folder)
+    return np.stack(arrays), labels, [str(csv_path)]
+
+
+def load_train_val(cfg, path: Path) -> TrainValData:
+    """Load the train and validation sets described by ``cfg.data`` (a :class:`config.DataConfig`)."""
+    d = cfg.data
+    fmt = d.format if d.format != "auto" else ("folder" if path.is_dir() else "npz")
+    if fmt == "npz":
+        try:
+            z = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise ConfigError(f"cannot read .npz ({exc})", path) from None
+        keys = set(z.files)
+        tk, vk = d.train_split, d.val_split
+        if {f"{tk}_images", f"{tk}_labels"} <= keys:
+            x_tr, y_tr = z[f"{tk}_images"], z[f"{tk}_labels"]
+            if {f"{vk}_images", f"{vk}_labels"} <= keys:
+                x_va, y_va = z[f"{vk}_images"], z[f"{vk}_labels"]
+                how = f"splits {tk}/{vk} of the file"
+            else:
+                tr, va = tail_per_class_split(y_tr.ravel(), d.val_fraction)
+                x_tr, y_tr, x_va, y_va = x_tr[tr], y_tr[tr], x_tr[va], y_tr[va]
+                how = f"split {tk}; validation = last {d.val_fraction:.0%} of each class (file order)"
+        elif {"images", "labels"} <= keys:
+            x, y = z["images"], z["labels"]
+            tr, va = tail_per_class_split(y.ravel(), d.val_fraction)
+            x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+            how = f"validation = last {d.val_fraction:.0%} of each class (file order, contiguous)"
+        else:
+            raise ConfigError(f"npz has neither {tk}_images/{tk}_labels nor images/labels (keys: {sorted(keys)})",
+                              path)
+        names = d.class_names
+        if names is None and "class_names" in keys:
+            names = [str(s) for s in z["class_names"]]
+        y_tr, y_va = np.asarray(y_tr).ravel().astype(np.int64), np.asarray(y_va).ravel().astype(np.int64)
+        k = int(max(y_tr.max(initial=0), y_va.max(initial=0)) + 1)
+        names = names or [str(i) for i in range(k)]
+        fingerprint = _file_sha(path)
+    else:
+        x, labels, _ = _read_folder(path, d.labels_csv)
+        names = d.class_names or sorted(set(labels))
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise ConfigError(f"labels {unknown} are not in data/class_names {names}", path)
+        y = np.array([names.index(s) for s in labels], dtype=np.int64)
+        tr, va = tail_per_class_split(y, d.val_fraction)
+        x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+        how = f"validation = last {d.val_fraction:.0%} of each class (CSV order)"
+        fingerprint = hashlib.sha256(np.ascontiguousarray(x).tobytes() + y.tobytes()).hexdigest()
+
+    present = np.unique(y_tr)
+    if len(present) < 2:
+        raise ConfigError(f"the training data hold only one class ({names[int(present[0])] if len(present) else '-'}"
+                          f"); a classifier needs at least two", path)
+    if y_tr.max() >= len(names) or y_va.max(initial=0) >= len(names):
+        raise ConfigError(f"labels go up to {max(y_tr.max(), y_va.max(initial=0))} but data/class_names has "
+                          f"{len(names)} names", path)
+    if len(y_va) == 0:
+        raise ConfigError("the validation set is empty", path)
+    if d.max_train:
+        x_tr, y_tr = x_tr[: d.max_train], y_tr[: d.max_train]
+    x_tr = scale_and_resize(to_channels_first(np.asarray(x_tr), d.kind, path), d.intensity_range, d.size)
+    x_va = scale_and_resize(to_channels_first(np.asarray(x_va), d.kind, path), d.intensity_range, d.size)
+    return TrainValData(ArrayDataset(x_tr, y_tr), ArrayDataset(x_va, y_va), list(names), d.kind,
+                        f"sha256:{fingerprint}", f"{path.name}: {how}; train {np.bincount(y_tr, minlength=len(names)).tolist()}"
+                        f", val {np.bincount(y_va, minlength=len(names)).tolist()}")
+
+
+def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, size=None,
+                    val_fraction: float = 0.2) -> ArrayDataset:
+    """One split of a ``.npz`` for evaluation (``{split}_images``; for a file with only ``images``, ``split="val"``
+    is the last ``val_fraction`` of each class and ``"all"`` everything)."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ConfigError(f"cannot read .npz ({exc})", path) from None
+    if f"{split}_images" in z.files:
+        x, y = z[f"{split}_images"], z[f"{split}_labels"]
+    elif "images" in z.files:
+        x, y = z["images"], z["labels"]
+        if split != "all":
+            tr, va = tail_per_class_split(np.asarray(y).ravel(), val_fraction)
+            x, y = (x[va], y[va]) if split == "val" else (x[tr], y[tr])
+    else:
+        raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
+    x = scale_and_resize(to_channels_first(np.asarray(x), kind, path), intensity_range, size)
+    return ArrayDataset(x, np.asarray(y).ravel().astype(np.int64))

@@ -1,0 +1,206 @@
+"""``run_training(config)``: data → model → :func:`loop.fit` → model package + metrics JSON + training curve.
+
+Outputs in ``out`` (config ``out`` or the ``out`` argument): ``checkpoints/last.pt`` (resume), ``history.json``,
+``metrics.json``, ``training_curve.png``; the package goes to ``package_dest/<id>/<version>/`` (default the user
+catalog) as a new version with ``MODEL_CARD.md`` and ``training_curve.png`` inside.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io import atomic_write_json
+from ..progress import null_progress
+from .config import TrainConfig, load_config, resolve_data_path
+from .data import load_train_val
+from .loop import FitConfig, Hooks, class_weights_from_labels, fit, make_loader, predict_proba, resolve_device
+from .metrics import classification_metrics
+
+
+def fit_config_from(cfg: TrainConfig, train_labels: np.ndarray, num_classes: int, checkpoint_dir: Path | None,
+                    resume: bool) -> FitConfig:
+    """Flatten the config's optimizer / schedule / training sections into a :class:`FitConfig`."""
+    t, o, s = cfg.training, cfg.optimizer, cfg.schedule
+    cw = t.class_weights
+    if cw in ("auto", True):
+        weights = class_weights_from_labels(train_labels, num_classes)
+    elif cw in (None, "none", False):
+        weights = None
+    elif isinstance(cw, list) and len(cw) == num_classes:
+        weights = [float(v) for v in cw]
+    else:
+        raise ConfigError(f"training/class_weights must be auto, none or {num_classes} numbers, got {cw!r}", cfg.source)
+    return FitConfig(epochs=int(t.epochs), optimizer=o.name, lr=float(o.lr), weight_decay=float(o.weight_decay),
+                     momentum=float(o.momentum), l1=float(t.l1), schedule=s.name, step_size=int(s.step_size),
+                     gamma=float(s.gamma), factor=float(s.factor), patience=int(s.patience), min_lr=float(s.min_lr),
+                     warmup_epochs=int(s.warmup_epochs), class_weights=weights,
+                     label_smoothing=float(t.label_smoothing), monitor=t.monitor,
+                     early_stopping_patience=t.early_stopping_patience, grad_clip=t.grad_clip, amp=t.amp,
+                     device=t.device, seed=int(cfg.seed),
+                     checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume)
+
+
+def default_pipeline(cfg: TrainConfig) -> dict:
+    """The preprocessing the package declares when the config gives none, as ``preprocessing`` steps:
+    ``window`` mapping ``data/intensity_range`` linearly to 0..1 (clipped), then ``resample`` to ``data/size``
+    (given (x, y, z) there, reversed from the array's (Z, Y, X))."""
+    steps: list[dict] = []
+    if cfg.data.intensity_range is not None:
+        lo, hi = (float(v) for v in cfg.data.intensity_range)
+        steps.append({"name": "window", "center": (lo + hi) / 2.0, "width": hi - lo, "output": "unit"})
+    if cfg.data.size is not None and len(cfg.data.size) == 3:
+        steps.append({"name": "resample", "size": list(reversed([int(s) for s in cfg.data.size]))})
+    return {"steps": steps}
+
+
+def check_pipeline(pipeline: dict, source) -> None:
+    """Validate the declared pipeline with the preprocessing module (when present) before training starts."""
+    try:
+        from ..preprocessing import Pipeline
+    except ImportError:  # preprocessing is optional for training
+        return
+    try:
+        Pipeline.from_data(pipeline)
+    except Exception as exc:
+        raise ConfigError(f"input/pipeline is not a valid preprocessing pipeline: {exc}", source) from None
+
+
+def model_card(meta: dict, history: dict, data_desc: str) -> str:
+    """A short Markdown model card from the package metadata and the training history."""
+    m = meta.get("metrics", {})
+    p = meta.get("provenance", {})
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in m.items() if k not in ("per_class", "confusion_matrix", "class_names"))
+    return f"""# {meta['id']} {meta['version']}
+
+{meta.get('description', '')}
+
+- **Architecture**: `{meta['architecture']['name']}` {json.dumps(meta['architecture'].get('kwargs', {}))}
+- **Classes**: {', '.join(meta['class_names'])}
+- **Input**: {meta['input']['kind']}, size {meta['input'].get('size')}, {meta['input'].get('channels', 1)} channel(s);
+  pipeline {json.dumps(meta['input'].get('pipeline'))}
+- **Data**: {p.get('data')} — {data_desc}
+- **Checkpoint selection**: best epoch {history.get('best_epoch')} by validation `{history.get('monitor')}`
+  (the validation split was used for model selection, so its figures are optimistic; decision = argmax).
+- **Stopped**: {history.get('stopped')} after {len(history.get('epochs', []))} epochs.
+
+## Validation metrics ({m.get('split', 'val')})
+| metric | value |
+|---|---|
+{rows}
+
+Confusion matrix (rows true, columns predicted; {', '.join(meta['class_names'])}): `{m.get('confusion_matrix')}`
+
+## Reproduce
+```
+{p.get('command')}
+```
+seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p.get('dataset_fingerprint')}`.
+"""
+
+
+def run_training(config: TrainConfig | str | Path, out: str | Path | None = None, resume: bool = False,
+                 package_dest: str | Path | None = None, progress: Callable[..., None] | None = None,
+                 hooks: Hooks | None = None, command: str | None = None) -> dict[str, Any]:
+    """Train from a config (file or :class:`TrainConfig`) and write a new package version; returns the paths.
+
+    Fails before training (nothing written) if the config, data or target package version are wrong.
+    """
+    import torch
+
+    from ..models import build_model, default_target_layer
+    from ..packages import next_version, save_package, user_models_dir
+    from ..packages.package import validate_meta
+
+    progress = progress or null_progress
+    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    out_dir = Path(out or cfg.out or f"runs/{cfg.id}")
+    if not Path(out_dir).is_absolute() and out is None and cfg.out and cfg.source:
+        out_dir = Path(cfg.source).resolve().parent / out_dir
+    dest = Path(package_dest) if package_dest else user_models_dir()
+    version = cfg.version or next_version(cfg.id, [dest])
+    if (dest / cfg.id / version).exists():
+        raise ConfigError(f"package {cfg.id}@{version} already exists in {dest}; set another version", cfg.source)
+
+    progress("load data", 0.0)
+    data_path = resolve_data_path(cfg)
+    data = load_train_val(cfg, data_path)
+    k = len(data.class_names)
+    channels = int(data.train.images.shape[1])
+    kwargs = {**cfg.model.kwargs, "in_channels": channels, "num_classes": k}
+    size = list(int(s) for s in data.train.images.shape[2:])
+    input_spec = {"kind": data.kind, "size": size, "spacing_mm": cfg.input.spacing_mm, "channels": channels,
+                  "pipeline": cfg.input.pipeline or default_pipeline(cfg)}
+    cmd = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
+    meta = {"id": cfg.id, "version": version, "task": "classification", "description": cfg.description,
+            "architecture": {"name": cfg.model.name, "kwargs": kwargs}, "class_names": data.class_names,
+            "modality": cfg.modality, "input": input_spec,
+            "explain": cfg.explain or {"methods": ["gradcam"] + (["attention"] if cfg.model.name in
+                                                                  ("cnn_lstm", "attention_cnn3d") else []),
+                                       "target_layer": default_target_layer(cfg.model.name, **kwargs)},
+            "provenance": {"data": str(data_path), "split": data.description, "command": cmd, "seed": cfg.seed,
+                           "parent": None, "dataset_fingerprint": data.fingerprint, "config": cfg.to_dict()},
+            "weights": {"file": "weights.safetensors", "sha256": "pending"}}
+    validate_meta(meta, cfg.source)
+    check_pipeline(input_spec["pipeline"], cfg.source)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, **kwargs)
+    with torch.no_grad():  # fail early (before any epoch) if the data do not fit the network
+        try:
+            model.eval()(torch.as_tensor(data.train.images[:2]))
+        except RuntimeError as exc:
+            raise ConfigError(f"model {cfg.model.name} does not accept inputs of shape "
+                              f"{tuple(data.train.images.shape[1:])}: {str(exc).splitlines()[0][:200]}",
+                              cfg.source) from None
+    bs = int(cfg.training.batch_size)
+    train_loader = make_loader(data.train.images, data.train.labels, bs, shuffle=True, seed=cfg.seed)
+    val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
+    fit_cfg = fit_config_from(cfg, data.train.labels, k, out_dir / "checkpoints", resume)
+    hooks = hooks or Hooks()
+    if hooks.augment is None and cfg.augmentation:
+        from .augment import BatchAugment
+        hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=len(size), seed=cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    history = fit(model, train_loader, val_loader, fit_cfg, hooks, progress, data.class_names)
+    train_s = time.perf_counter() - t0
+    if history.stopped == "cancelled":
+        raise KeyboardInterrupt
+
+    progress("evaluate", 0.97)
+    device = resolve_device(fit_cfg.device)
+    probs, labels, _ = predict_proba(model, val_loader, device)
+    vm = classification_metrics(labels, probs, data.class_names)
+    meta["metrics"] = {"split": "val", "n": vm["n"], "auc": vm["auc"], "balanced_accuracy": vm["balanced_accuracy"],
+                       "accuracy": vm["accuracy"], "f1": vm["f1"], "precision": vm["precision"],
+                       "recall": vm["recall"], "confusion_matrix": vm["confusion_matrix"],
+                       "best_epoch": history.best_epoch, "selected_by": f"val {history.monitor}",
+                       "train_time_s": round(train_s, 1)}
+    hist = history.to_dict()
+    from .plots import training_curve_png
+    curve = training_curve_png(hist["epochs"], out_dir / "training_curve.png", history.monitor)
+    meta["version"] = version
+    card = model_card({**meta, "provenance": {**meta["provenance"], "code_version": _code_version()}},
+                      hist, data.description)
+    pkg_path = save_package(model.cpu(), meta, dest, extra_files={"MODEL_CARD.md": card, "training_curve.png": curve})
+    atomic_write_json(out_dir / "history.json", hist)
+    metrics_path = atomic_write_json(out_dir / "metrics.json", {"package": str(pkg_path), **vm,
+                                                                "best_epoch": history.best_epoch})
+    result = {"package": str(pkg_path), "id": cfg.id, "version": version, "metrics": str(metrics_path),
+              "training_curve": str(curve), "history": str(out_dir / "history.json"),
+              "val_auc": vm["auc"], "val_balanced_accuracy": vm["balanced_accuracy"]}
+    return result
+
+
+def _code_version() -> str:
+    from .. import __version__
+    return __version__

@@ -1,0 +1,109 @@
+"""Uncertainty figures for one classified scan, as the optional ``"uncertainty"`` block of classify's JSON.
+
+:func:`classify_uncertainty` is what ``classify`` calls after its prediction; it only needs the model, the
+model input and the package's ``model.json``. With a ``"calibration"`` block in model.json (written by
+``meddeeprecog calibrate``) it applies the temperature and raises the low-confidence flag when the calibrated
+prediction's normalised entropy is at or above the threshold fitted on validation data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .calibration import normalized_entropy, softmax
+from .sampling import default_tta, dropout_layers, mc_dropout_samples, summarize_samples, tta_samples
+
+
+def calibrated_probabilities(logits: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> np.ndarray:
+    """``softmax(logits / T)`` with the package's fitted temperature (T = 1 without calibration); ``(N, K)``."""
+    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+    t = float(((meta.get("calibration") or {}).get("temperature")) or 1.0)
+    return softmax(z, t)
+
+
+def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[str, Any], *,
+                         logits: torch.Tensor | None = None,
+                         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         mc_samples: int = 20, tta: int = 8) -> dict[str, Any]:
+    """Uncertainty of one scan's prediction.
+
+    Args:
+        model: the package's network (eval mode).
+        x: the scan's model input: ``(1, C, Z, Y, X)`` for volumes, ``(S, 1, H, W)`` for a slice stack.
+        meta: the package's model.json dict (``calibration`` and ``class_names`` are read).
+        logits: the classify pass's scan-level logits ``(1, K)`` if already computed (saves a forward pass).
+        forward: maps ``x`` to scan-level logits ``(1, K)``; default ``model`` (pass the slice aggregation for
+            ``slices2d`` models — e.g. :class:`MedDeepRecogLib.robustness.ScanAggregate`).
+        mc_samples: Monte-Carlo dropout passes (0 = skip). Skipped with a reason when the model has no dropout.
+        tta: test-time augmentations (identity + flips; 0 = skip).
+
+    Returns:
+        JSON-able dict: ``temperature``, ``probabilities`` (calibrated, by class name), ``predictive_entropy``
+        (normalised 0..1, of the calibrated probabilities), ``low_confidence`` (bool, or None when the package is
+        not calibrated), ``low_confidence_threshold``, and ``mc_dropout`` / ``tta`` blocks with ``predictive_entropy``,
+        ``mutual_information``, ``variance``, ``mean_probabilities`` (or ``{"available": false, "reason"}``).
+    """
+    plain = forward is None or forward is model  # rows independent: MC dropout / TTA may run as batches
+    forward = forward or model
+    names = list(meta.get("class_names") or [])
+    if logits is None:
+        with torch.no_grad():
+            logits = forward(x)
+    cal = meta.get("calibration") or {}
+    p = calibrated_probabilities(logits, meta)[0]
+    h = float(normalized_entropy(p[None])[0])
+    threshold = cal.get("low_confidence_threshold")
+    out: dict[str, Any] = {
+        "temperature": float(cal.get("temperature", 1.0)),
+        "calibrated": bool(cal),
+        "probabilities": dict(zip(names, map(float, p))) if names else [float(v) for v in p],
+        "predictive_entropy": h,
+        "low_confidence_threshold": None if threshold is None else float(threshold),
+        "low_confidence": None if threshold is None else bool(h >= float(threshold)),
+    }
+
+    def block(samples: torch.Tensor) -> dict[str, Any]:
+        s = summarize_samples(samples)
+        mean = s["mean_probabilities"][0]
+        return {"available": True, "samples": s["samples"], "predictive_entropy": s["predictive_entropy"][0],
+                "mutual_information": s["mutual_information"][0], "variance": s["variance"][0],
+                "mean_probabilities": dict(zip(names, mean)) if names else mean}
+
+    if mc_samples > 0:
+        if dropout_layers(model):
+            out["mc_dropout"] = block(mc_dropout_samples(model, x, mc_samples, forward=None if plain else forward))
+        else:
+            out["mc_dropout"] = {"available": False, "reason": "the model has no dropout layer"}
+    if tta > 0:
+        out["tta"] = block(tta_samples(forward, x, default_tta(x.ndim - 2, tta), batched=plain))
+    return out
+
+
+def classification_uncertainty(result: Any, model: torch.nn.Module, meta: Mapping[str, Any], *,
+                               mc_samples: int = 20, tta: int = 8) -> dict[str, Any]:
+    """:func:`classify_uncertainty` for a ``classify_scan`` result (its model input; slice stacks aggregated as
+    classify does). What ``classify`` puts under ``"uncertainty"`` in its JSON."""
+    from ..inference.model_input import SliceInput
+    from ..robustness.curve import ScanAggregate
+
+    inp = result.model_input
+    x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
+    forward = ScanAggregate(model, torch.from_numpy(inp.valid)) if isinstance(inp, SliceInput) else model
+    # logits recomputed (one cheap pass) rather than taken from result.probabilities, which classify may
+    # already have temperature-scaled
+    return classify_uncertainty(model.eval(), x, meta, forward=forward, mc_samples=mc_samples, tta=tta)
+
+
+def apply_temperature(probabilities: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+    """Calibrated version of scan probabilities ``(K,)`` or ``(N, K)``: ``softmax(log p / T)`` (= softmax(z / T)).
+
+    Identity when the package has no ``calibration`` block.
+    """
+    t = float(((meta.get("calibration") or {}).get("temperature")) or 1.0)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if t == 1.0:
+        return p
+    return softmax(np.log(np.clip(p, 1e-12, 1.0)), t)

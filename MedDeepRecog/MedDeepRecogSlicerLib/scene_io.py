@@ -1,0 +1,187 @@
+"""MRML scene helpers: nodes out to files for the worker, the worker's files back into reused nodes.
+
+Outputs are loaded into the *same* nodes on every run (the parameter node keeps references to them), so re-running
+replaces results instead of flooding the scene. Nothing here touches widgets.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import slicer
+import vtk
+from slicer import (vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode,
+                    vtkMRMLTransformableNode, vtkMRMLVolumeNode)
+
+#: Perceptual, colour-blind-safe colormap for heatmaps (Slicer's matplotlib "Inferno" table).
+HEATMAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+
+
+def safeFileName(name: str) -> str:
+    """A node name as a portable file name (the worker names its outputs after the input file)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "volume"
+
+
+def exportVolume(volumeNode: vtkMRMLVolumeNode, folder: Path) -> Path:
+    """Write ``volumeNode`` to ``folder/<name>.nrrd`` (geometry included) without changing its storage node."""
+    path = Path(folder) / f"{safeFileName(volumeNode.GetName())}.nrrd"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not slicer.util.exportNode(volumeNode, str(path)):
+        raise RuntimeError(f"{path}: could not write volume '{volumeNode.GetName()}'")
+    return path
+
+
+def exportSegmentation(segmentationNode: vtkMRMLSegmentationNode, folder: Path) -> Path:
+    """Write ``segmentationNode`` to ``folder/<name>.seg.nrrd`` (segment names and colours included)."""
+    path = Path(folder) / f"{safeFileName(segmentationNode.GetName())}.seg.nrrd"
+    if not slicer.util.exportNode(segmentationNode, str(path)):
+        raise RuntimeError(f"{path}: could not write segmentation '{segmentationNode.GetName()}'")
+    return path
+
+
+def loadVolumeInto(path: Path, targetNode: vtkMRMLScalarVolumeNode | None, name: str) -> vtkMRMLScalarVolumeNode:
+    """Load a volume file into ``targetNode`` (voxels and geometry replaced), or a new node when it is ``None``."""
+    loaded = slicer.util.loadVolume(str(path), {"name": name, "show": False})
+    if targetNode is None:
+        return loaded
+    targetNode.SetAndObserveImageData(loaded.GetImageData())
+    targetNode.CopyOrientation(loaded)  # IJK-to-RAS: origin, spacing, directions
+    slicer.mrmlScene.RemoveNode(loaded)
+    return targetNode
+
+
+def replaceSegments(targetNode: vtkMRMLSegmentationNode, path: Path,
+                    referenceVolume: vtkMRMLVolumeNode | None = None) -> list[str]:
+    """Copy every segment of the ``.seg.nrrd`` at ``path`` into ``targetNode``, replacing same-named segments.
+
+    Returns the names of the copied segments. Segments of other origins (e.g. a mask from Preview) are kept.
+    """
+    loaded = slicer.util.loadSegmentation(str(path), {"name": "MedDeepRecog temporary"})
+    try:
+        source = loaded.GetSegmentation()
+        names = []
+        for segmentId in list(source.GetSegmentIDs()):
+            name = source.GetSegment(segmentId).GetName()
+            removeSegmentByName(targetNode, name)
+            targetNode.GetSegmentation().CopySegmentFromSegmentation(source, segmentId)
+            names.append(name)
+    finally:
+        slicer.mrmlScene.RemoveNode(loaded)
+    if referenceVolume is not None:
+        targetNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
+    return names
+
+
+def removeSegmentByName(segmentationNode: vtkMRMLSegmentationNode, name: str) -> None:
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = segmentation.GetSegmentIdBySegmentName(name)
+    if segmentId:
+        segmentation.RemoveSegment(segmentId)
+
+
+def setSegmentFromMask(segmentationNode: vtkMRMLSegmentationNode, name: str, mask, color: tuple[float, float, float],
+                       referenceVolume: vtkMRMLVolumeNode) -> str:
+    """Put a ``(K, J, I)`` numpy mask on ``referenceVolume``'s grid into the segment ``name`` (created or replaced)."""
+    removeSegmentByName(segmentationNode, name)
+    segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name, name, list(color))
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype("uint8"), segmentationNode, segmentId,
+                                                     referenceVolume)
+    return segmentId
+
+
+def showSegmentationIn3D(segmentationNode: vtkMRMLSegmentationNode) -> None:
+    """Closed-surface representation (what "Show 3D" displays) with a translucent 2D fill."""
+    segmentationNode.CreateDefaultDisplayNodes()
+    segmentationNode.CreateClosedSurfaceRepresentation()
+    displayNode = segmentationNode.GetDisplayNode()
+    displayNode.SetVisibility3D(True)
+    displayNode.SetOpacity2DFill(0.3)
+
+
+def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]]) -> None:
+    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order)."""
+    classes = vtk.vtkStringArray()
+    classes.SetName("class")
+    probs = vtk.vtkDoubleArray()
+    probs.SetName("probability")
+    for name, p in probabilities:
+        classes.InsertNextValue(name)
+        probs.InsertNextValue(float(p))
+    tableNode.RemoveAllColumns()
+    tableNode.AddColumn(classes)
+    tableNode.AddColumn(probs)
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    tableNode.Modified()
+
+
+def readTableColumns(tableNode: vtkMRMLTableNode, first: int = 0, second: int = 1) -> list[tuple[str, str]]:
+    """The text of two columns, row by row (e.g. the segment → class table)."""
+    return [(tableNode.GetCellText(row, first), tableNode.GetCellText(row, second))
+            for row in range(tableNode.GetNumberOfRows())]
+
+
+def fillClassMapTable(tableNode: vtkMRMLTableNode, segmentationNode: vtkMRMLSegmentationNode) -> None:
+    """One row per segment: ``segment`` and ``class`` (kept from earlier edits, else the segment's name)."""
+    previous = {segment: cls for segment, cls in readTableColumns(tableNode)} if tableNode.GetNumberOfColumns() >= 2 \
+        else {}
+    segmentation = segmentationNode.GetSegmentation()
+    names = [segmentation.GetSegment(i).GetName() for i in segmentation.GetSegmentIDs()]
+    segmentColumn = vtk.vtkStringArray()
+    segmentColumn.SetName("segment")
+    classColumn = vtk.vtkStringArray()
+    classColumn.SetName("class")
+    for name in names:
+        segmentColumn.InsertNextValue(name)
+        classColumn.InsertNextValue(previous.get(name, name))
+    tableNode.RemoveAllColumns()
+    tableNode.AddColumn(segmentColumn)
+    tableNode.AddColumn(classColumn)
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    tableNode.Modified()
+
+
+def showHeatmap(heatmapNode: vtkMRMLScalarVolumeNode, backgroundNode: vtkMRMLVolumeNode, threshold: float,
+                opacity: float) -> None:
+    """Heatmap as the foreground layer: Inferno colours over 0..1, values below ``threshold`` transparent,
+    with a colour legend in the slice views."""
+    heatmapNode.CreateDefaultDisplayNodes()
+    displayNode = heatmapNode.GetDisplayNode()
+    displayNode.SetAndObserveColorNodeID(HEATMAP_COLOR_NODE_ID)
+    displayNode.SetAutoWindowLevel(False)
+    displayNode.SetWindowLevelMinMax(0.0, 1.0)
+    updateHeatmapDisplay(heatmapNode, threshold)
+    slicer.util.setSliceViewerLayers(background=backgroundNode, foreground=heatmapNode, foregroundOpacity=opacity)
+    legend = slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(heatmapNode)
+    if legend is not None:
+        legend.SetTitleText("Heatmap")
+        legend.SetVisibility(True)
+
+
+def updateHeatmapDisplay(heatmapNode: vtkMRMLScalarVolumeNode, threshold: float, opacity: float | None = None) -> None:
+    """Apply the transparency threshold (and, if given, the foreground opacity of the slice views)."""
+    displayNode = heatmapNode.GetDisplayNode()
+    if displayNode is not None:
+        displayNode.SetApplyThreshold(True)
+        displayNode.SetLowerThreshold(max(float(threshold), 1e-6))  # zero is "no evidence": always transparent
+        displayNode.SetUpperThreshold(1.0)
+    if opacity is not None:
+        slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
+
+
+def placeUnderStudy(node: vtkMRMLNode, referenceNode: vtkMRMLTransformableNode) -> None:
+    """Put ``node`` next to ``referenceNode`` in the subject hierarchy (same study/patient folder); a volume or
+    segmentation also follows the reference's transform so the overlay stays aligned."""
+    shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+    parent = shNode.GetItemParent(shNode.GetItemByDataNode(referenceNode))
+    shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
+    transformable = vtkMRMLTransformableNode.SafeDownCast(node)  # tables have no transform
+    if transformable is not None:
+        transformable.SetAndObserveTransformNodeID(referenceNode.GetTransformNodeID())
+
+
+def getOrCreateNode(node, className: str, name: str):
+    """``node`` if it is still in the scene, else a new ``className`` node called ``name``."""
+    if node is not None and slicer.mrmlScene.IsNodePresent(node):
+        return node
+    return slicer.mrmlScene.AddNewNodeByClass(className, name)

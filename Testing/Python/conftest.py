@@ -1,0 +1,51 @@
+"""Shared pytest fixtures: the real data beside the checkout and small synthetic volumes with odd geometry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = Path(os.environ.get("MEDDEEPRECOG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_model_home(tmp_path_factory, monkeypatch):
+    """Each test gets its own user model catalog, so tests never touch ~/.meddeeprecog."""
+    monkeypatch.setenv("MEDDEEPRECOG_HOME", str(tmp_path_factory.mktemp("meddeeprecog_home")))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real, licensed data); tests that need it are skipped where it is absent."""
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def make_volume(size=(40, 32, 24), spacing=(0.8, 1.1, 2.5), origin=(-12.5, 30.0, 101.0),
+                direction=None, dtype=np.int16, seed: int = 0) -> sitk.Image:
+    """A synthetic CT-like volume ((x, y, z) ``size``) with an oblique direction by default."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in reversed(size)], indexing="ij")
+    body = (x ** 2 + y ** 2 < 0.7).astype(np.float32)
+    arr = -1000 + body * (1040 + 30 * rng.standard_normal(body.shape)) + 400 * ((x - 0.2) ** 2 + y ** 2 + z ** 2 < 0.05)
+    image = sitk.GetImageFromArray(arr.astype(dtype))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is None:
+        angle = np.deg2rad(17.0)
+        c, s = np.cos(angle), np.sin(angle)
+        direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
+    image.SetDirection(direction)
+    return image
+
+
+@pytest.fixture
+def oblique_volume() -> sitk.Image:
+    """Anisotropic (0.8, 1.1, 2.5 mm), rotated 17° about z, int16 HU-like volume."""
+    return make_volume()

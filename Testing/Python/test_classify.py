@@ -1,0 +1,194 @@
+"""classify: scan → prediction + heatmap on the scan's own grid; CLI outputs, progress lines and bad-input errors.
+
+Uses tiny random packages (``tiny_test_package``): labels are meaningless, geometry and contracts are not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import make_volume
+from MedDeepRecogLib.cli import main
+from MedDeepRecogLib.inference.classify import classify_scan, output_name, write_outputs
+from MedDeepRecogLib.inference.heatmap import heatmap_on_input_grid, resample_sitk
+from MedDeepRecogLib.inference.model_input import lps_view, slices_from_image, volume_from_image
+from MedDeepRecogLib.inference.predict import maps_to_working_grid
+from MedDeepRecogLib.io import same_geometry, write_image
+from tiny_test_package import TINY_CLASSES, make_tiny_package
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pkgs")
+    return {kind: make_tiny_package(root, kind=kind) for kind in ("slices2d", "volume3d", "attention3d", "cnn_lstm")}
+
+
+@pytest.fixture
+def oblique_file(tmp_path, oblique_volume):
+    return write_image(oblique_volume, tmp_path / "scans" / "oblique.nii.gz")
+
+
+def _corr(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+@pytest.mark.parametrize("direction", [None, (-1, 0, 0, 0, -1, 0, 0, 0, 1), (0, 0, -1, 1, 0, 0, 0, -1, 0)])
+def test_lps_view_matches_dicomorient(direction):
+    image = make_volume(size=(12, 10, 7), direction=direction)
+    view = lps_view(image)
+    ref = sitk.DICOMOrient(image, "LPS")
+    assert np.array_equal(view.array, sitk.GetArrayViewFromImage(ref))
+    assert np.allclose(view.origin, ref.GetOrigin())
+    assert np.allclose(view.spacing, ref.GetSpacing())
+    assert np.allclose(view.direction.ravel(), ref.GetDirection())
+
+
+@pytest.mark.parametrize("kind", ["slices2d", "volume3d"])
+@pytest.mark.parametrize("direction", [None, (0, 0, -1, 1, 0, 0, 0, -1, 0)])
+def test_fast_resampling_equals_simpleitk(kind, direction):
+    image = make_volume(size=(40, 30, 20), direction=direction)
+    spec = ({"kind": "slices2d", "size": [32, 32], "slices": {"max_slices": 8, "work_size": 16}}
+            if kind == "slices2d" else {"kind": "volume3d", "size": [5, 7, 9]})
+    inp = (slices_from_image if kind == "slices2d" else volume_from_image)(image, spec)
+    m = np.random.default_rng(0).random(tuple(reversed(inp.grid.size))).astype(np.float32)
+    fast = sitk.GetArrayFromImage(heatmap_on_input_grid(m, inp.grid, image))
+    ref = sitk.GetArrayFromImage(resample_sitk(m, inp.grid, image))
+    assert np.abs(fast - ref).max() < 1e-5
+
+
+def test_heatmap_lands_on_the_anatomy_it_came_from():
+    """Send the model's own input back as if it were a heatmap: it must land on the scan's voxels it came from."""
+    image = make_volume(size=(60, 50, 30))
+    arr = sitk.GetArrayFromImage(image)
+    arr[:, 8:20, 34:44] = 900  # a bright, off-centre block (front right of the rotated grid): breaks symmetry
+    asym = sitk.GetImageFromArray(arr)
+    asym.CopyInformation(image)
+    inp = slices_from_image(asym, {"kind": "slices2d", "size": [64, 64]})
+    back = maps_to_working_grid(torch.from_numpy(inp.x[:, 0]), inp)
+    scan = arr.astype(float)
+    on_grid = sitk.GetArrayFromImage(heatmap_on_input_grid(back, inp.grid, asym))
+    body = on_grid > 0.05
+    aligned = _corr(on_grid[body], scan[body])
+    assert aligned > 0.85
+    for axis in (1, 2):  # flipping the map front-back or left-right must be caught
+        flipped = sitk.GetArrayFromImage(heatmap_on_input_grid(np.flip(back, axis).copy(), inp.grid, asym))
+        assert aligned > _corr(flipped[body], scan[body]) + 0.2
+
+
+@pytest.mark.parametrize("kind, explain", [("slices2d", "gradcam"), ("slices2d", "gradcampp"),
+                                           ("volume3d", "gradcam"), ("attention3d", "attention"),
+                                           ("cnn_lstm", "attention"), ("cnn_lstm", "gradcam")])
+def test_heatmap_has_the_input_geometry(packages, oblique_volume, kind, explain):
+    result = classify_scan(oblique_volume, packages[kind], explain=explain, device="cpu")
+    hm = result.heatmap
+    assert same_geometry(hm, oblique_volume, tolerance=1e-6)
+    assert hm.GetPixelID() == sitk.sitkFloat32
+    arr = sitk.GetArrayViewFromImage(hm)
+    assert 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0 and float(arr.max()) > 0.5
+    assert set(result.probability_map()) == set(TINY_CLASSES)
+    assert sum(result.probability_map().values()) == pytest.approx(1.0, abs=1e-4)
+    if kind == "cnn_lstm" and explain == "attention":
+        weights = [s["attention"] for s in result.per_slice]
+        assert len(weights) == 8 and sum(weights) == pytest.approx(1.0, abs=1e-3)
+    if kind == "slices2d":
+        assert all(s["label"] in TINY_CLASSES for s in result.per_slice)
+
+
+def test_cli_writes_contract_outputs_and_progress(packages, oblique_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["classify", str(oblique_file), "--model", str(packages["slices2d"]), "--out", str(out),
+               "--progress", "json", "--device", "cpu"])
+    assert rc == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert all("stage" in l and 0.0 <= l["fraction"] <= 1.0 for l in lines)
+    fractions = [l["fraction"] for l in lines]
+    assert fractions == sorted(fractions)
+    assert lines[-1]["stage"] == "done" and lines[-1]["fraction"] == 1.0
+    record = json.loads((out / "oblique.json").read_text())
+    assert record["model"] == {"id": "tiny-test-slices2d", "version": "0.0.1"}
+    assert record["label"] in TINY_CLASSES + ["uncertain"]
+    assert set(record["probabilities"]) == set(TINY_CLASSES)
+    assert record["outputs"]["heatmap"] == str(out / "oblique_heatmap.nrrd")
+    assert record["explain"]["method"] == "gradcam" and "total" in record["timing_s"]
+    assert lines[-1]["result"]["outputs"][0]["json"] == str(out / "oblique.json")
+    hm = sitk.ReadImage(str(out / "oblique_heatmap.nrrd"))
+    assert same_geometry(hm, sitk.ReadImage(str(oblique_file)), tolerance=1e-5)
+    png = (out / "oblique_heatmap.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_folder_of_volumes_is_many_scans(packages, tmp_path):
+    scans = tmp_path / "scans"
+    for i in range(2):
+        write_image(make_volume(size=(20, 16, 6), seed=i), scans / f"case{i}.nrrd")
+    out = tmp_path / "out"
+    assert main(["classify", str(scans), "--model", str(packages["volume3d"]), "--out", str(out),
+                 "--progress", "none", "--explain", "none"]) == 0
+    assert sorted(p.name for p in out.glob("*.json")) == ["case0.json", "case1.json"]
+    assert json.loads((out / "case0.json").read_text())["outputs"]["heatmap"] is None
+
+
+def test_dicom_folder_is_one_scan(packages, shared_data, tmp_path):
+    dicom = shared_data / "totalsegmentator_examples" / "example_ct_dicom"
+    out = tmp_path / "out"
+    assert main(["classify", str(dicom), "--model", str(packages["slices2d"]), "--out", str(out),
+                 "--progress", "none"]) == 0
+    assert [p.name for p in out.glob("*.json")] == ["example_ct_dicom.json"]
+    hm = sitk.ReadImage(str(out / "example_ct_dicom_heatmap.nrrd"))
+    assert hm.GetSize() == (512, 512, 20)
+
+
+def test_output_names():
+    assert output_name("/a/b/scan.nii.gz") == "scan"
+    assert output_name("x.seg.nrrd") == "x"
+    assert output_name("brain.nrrd") == "brain"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("two_channels", "2 input channels"),
+    ("attention_on_cnn", "no attention"),
+    ("volume_model_on_2d", "needs a 3D volume"),
+    ("missing", "no such file"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(packages, oblique_file, tmp_path, capsys, case, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "oblique.json").write_text("previous result")
+    model, scan, extra = str(packages["slices2d"]), str(oblique_file), []
+    if case == "two_channels":
+        model = str(make_tiny_package(tmp_path / "p2", channels=2))
+    elif case == "attention_on_cnn":
+        extra = ["--explain", "attention"]
+    elif case == "volume_model_on_2d":
+        model = str(packages["volume3d"])
+        scan = str(write_image(sitk.Image([32, 32], sitk.sitkInt16) + 5, tmp_path / "flat2d.nrrd"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.arange(1024, dtype=np.int16).reshape(32, 32)), scan)
+    elif case == "missing":
+        scan = str(tmp_path / "nope.nii.gz")
+    rc = main(["classify", scan, "--model", model, "--out", str(out), "--progress", "none"] + extra)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err and err.startswith("meddeeprecog classify: error:")
+    assert (out / "oblique.json").read_text() == "previous result"
+    assert sorted(p.name for p in out.iterdir()) == ["oblique.json"]
+
+
+def test_help_is_fast_and_lists_classify():
+    proc = subprocess.run([sys.executable, "-m", "MedDeepRecogLib", "classify", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "--explain" in proc.stdout
+
+
+def test_write_outputs_from_result(packages, oblique_volume, tmp_path):
+    result = classify_scan(oblique_volume, packages["volume3d"], explain="gradcampp", device="cpu", name="vol")
+    paths = write_outputs(result, tmp_path, png=False)
+    assert paths["png"] is None and (tmp_path / "vol_heatmap.nrrd").exists()
+    record = json.loads((tmp_path / "vol.json").read_text())
+    assert record["explain"]["method"] == "gradcampp" and record["explain"]["target_layer"] == "features.conv2"

@@ -1,0 +1,98 @@
+"""Metrics against hand-checked cases; ``meddeeprecog evaluate`` on a small package and .npz."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from MedDeepRecogLib.cli import main
+from MedDeepRecogLib.models import build_model
+from MedDeepRecogLib.packages import save_package
+from MedDeepRecogLib.training.metrics import (balanced_accuracy, classification_metrics, confusion_matrix,
+                                              roc_auc_binary, roc_auc_ovr, roc_curve, youden_threshold)
+
+
+def test_auc_hand_checked():
+    # pairs (pos, neg): (0.35 > 0.1) (0.35 < 0.4) (0.8 > 0.1) (0.8 > 0.4) -> 3/4
+    assert roc_auc_binary([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    # a tie between a positive and a negative counts one half: (0.5 = 0.5) -> 0.5, (0.9 > 0.5) -> 1 => 0.75
+    assert roc_auc_binary([0, 1, 1], [0.5, 0.5, 0.9]) == pytest.approx(0.75)
+    assert roc_auc_binary([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == 1.0
+    assert np.isnan(roc_auc_binary([1, 1], [0.2, 0.3]))
+
+
+def test_roc_curve_and_youden():
+    fpr, tpr, thr = roc_curve([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0]
+    assert tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)
+    assert youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9]) == pytest.approx(0.7)
+
+
+def test_confusion_and_balanced_accuracy():
+    y = np.array([0, 0, 0, 0, 1, 1, 2])
+    p = np.array([0, 0, 0, 1, 1, 0, 2])
+    cm = confusion_matrix(y, p, 3)
+    assert cm.tolist() == [[3, 1, 0], [1, 1, 0], [0, 0, 1]]
+    assert balanced_accuracy(y, p, 3) == pytest.approx((3 / 4 + 1 / 2 + 1) / 3)
+
+
+def test_classification_metrics_multiclass():
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    y = np.array([0, 1, 2, 1])
+    m = classification_metrics(y, probs, ["a", "b", "c"])
+    assert m["accuracy"] == 0.75 and m["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    # precision a = 1/2, b = 1, c = 1; recall a = 1, b = 1/2, c = 1
+    assert m["precision"] == pytest.approx((0.5 + 1 + 1) / 3, abs=1e-6)
+    assert m["balanced_accuracy"] == pytest.approx((1 + 0.5 + 1) / 3, abs=1e-6)
+    assert m["per_class"]["b"]["f1"] == pytest.approx(2 * 1 * 0.5 / 1.5, abs=1e-6)
+    macro, per = roc_auc_ovr(y, probs)
+    # class a vs rest: pos 0.8; negs 0.2, 0.1, 0.6 -> 1.0; class c: pos 0.7 vs 0.1, 0.1, 0.1 -> 1.0
+    # class b: pos 0.7, 0.3 vs negs 0.1, 0.2 -> 1.0
+    assert per.tolist() == [1.0, 1.0, 1.0] and macro == 1.0 == m["auc"]
+
+
+@pytest.fixture
+def package_and_data(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 40
+    y = np.arange(n) % 2
+    x = rng.integers(0, 40, size=(n, 12, 12)).astype(np.uint8)
+    x[y == 1, 2:6, 2:6] = 250
+    npz = tmp_path / "d.npz"
+    np.savez(npz, test_images=x, test_labels=y[:, None], val_images=x[:10], val_labels=y[:10, None])
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    meta = {"id": "evaltoy", "version": "1.0.0", "architecture": {"name": "simple_cnn2d", "kwargs": {
+        "in_channels": 1, "num_classes": 2, "channels": [4, 8], "hidden": 8}}, "class_names": ["no", "yes"],
+        "input": {"kind": "slices2d", "size": [12, 12], "channels": 1,
+                  "pipeline": {"steps": [{"name": "window", "center": 127.5, "width": 255.0, "output": "unit"}]}}}
+    return save_package(model, meta, tmp_path / "cat"), npz
+
+
+def test_evaluate_cli_writes_metrics_and_figures(tmp_path, package_and_data, capsys):
+    pkg, npz = package_and_data
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--out", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["split"] == "test" and res["n"] == 40 and res["model"]["id"] == "evaltoy"
+    assert sum(map(sum, res["confusion_matrix"])) == 40
+    assert 0.0 <= res["auc"] <= 1.0 and set(res) >= {"accuracy", "balanced_accuracy", "precision", "recall", "f1"}
+    for name in ("roc.png", "confusion_matrix.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "metrics.json").read_text())["n"] == 40
+    assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 10
+
+
+def test_evaluate_errors_are_one_line(tmp_path, package_and_data, capsys):
+    pkg, npz = package_and_data
+    assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", "nope"]) == 2
+    assert "no split 'nope'" in capsys.readouterr().err
+    rgb = tmp_path / "rgb.npz"
+    np.savez(rgb, test_images=np.zeros((4, 12, 12, 3), np.uint8), test_labels=np.zeros((4, 1)))
+    assert main(["evaluate", "--model", str(pkg), "--data", str(rgb)]) == 2
+    assert "expects 1 channel" in capsys.readouterr().err

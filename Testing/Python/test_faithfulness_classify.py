@@ -1,0 +1,122 @@
+"""Faithfulness, localisation and uncertainty blocks computed on ``classify_scan`` results (C's classify)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from frontier_helpers import blob_data, save_blob_package, train, write_blob_scan
+from MedDeepRecogLib.explain.faithfulness import (classification_faithfulness, classification_localisation,
+                                                  faithfulness_caption, model_randomization_check)
+from MedDeepRecogLib.inference.classify import classify_scan
+from MedDeepRecogLib.packages import load_package, save_package
+from MedDeepRecogLib.uncertainty import apply_temperature, classification_uncertainty
+
+
+@pytest.fixture(scope="module")
+def pkg(tmp_path_factory):
+    return load_package(save_blob_package(tmp_path_factory.mktemp("cat")))
+
+
+def test_volume_result_gets_faithfulness_and_localisation(pkg, tmp_path):
+    torch.set_num_threads(1)
+    x, y, masks = blob_data(4, seed=0)
+    i = int(np.flatnonzero(y.numpy() == 1)[0])
+    scan = write_blob_scan(tmp_path / "mass.nii.gz", label=1, seed=0)
+    lesion = sitk.GetImageFromArray(masks[i].numpy().astype(np.uint8))
+    lesion.CopyInformation(sitk.ReadImage(str(scan)))
+    res = classify_scan(scan, pkg, explain="gradcam", device="cpu")
+    assert res.decision["top_class"] == "mass"
+    f = classification_faithfulness(res, pkg.build_model(), steps=8)
+    assert f["class"] == "mass" and f["method"] == "gradcam" and f["steps"] == 8
+    assert len(f["deletion_curve"]) == 9
+    assert f["deletion_auc"] < f["random_deletion_auc"]
+    assert "deletion AUC" in faithfulness_caption(f) and "random" in faithfulness_caption(f)
+    loc = classification_localisation(res, lesion, tolerance_mm=1.0)
+    assert loc["lesion_voxels"] == 64 and loc["pointing_game"]["hit"] is True
+    assert 0.0 < loc["mass_inside"] <= 1.0
+    none = classify_scan(scan, pkg, explain="none", device="cpu")
+    assert classification_faithfulness(none, pkg.build_model()) is None
+
+
+def test_uncertainty_block_and_temperature(pkg, tmp_path):
+    scan = write_blob_scan(tmp_path / "n.nii.gz", label=0, seed=3)
+    res = classify_scan(scan, pkg, explain="none", device="cpu")
+    meta = {**pkg.meta, "calibration": {"temperature": 2.0, "low_confidence_threshold": 0.3}}
+    u = classification_uncertainty(res, pkg.build_model(), meta, mc_samples=5, tta=4)
+    assert u["calibrated"] and u["temperature"] == 2.0
+    assert u["mc_dropout"]["samples"] == 5 and u["tta"]["samples"] == 4
+    p = apply_temperature(res.probabilities, meta)
+    assert np.allclose(p, [u["probabilities"]["normal"], u["probabilities"]["mass"]], atol=1e-5)
+    # a temperature > 1 softens but keeps the ranking
+    assert p.max() < res.probabilities.max() and p.argmax() == res.probabilities.argmax()
+    assert np.array_equal(apply_temperature(res.probabilities, pkg.meta), res.probabilities)
+
+
+def test_slice_model_result(tmp_path):
+    torch.manual_seed(0)
+    from MedDeepRecogLib.models import build_model
+
+    model = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    meta = {"id": "slices-test", "version": "1.0.0", "task": "classification", "description": "random 2D",
+            "architecture": {"name": "simple_cnn2d", "kwargs": {"in_channels": 1, "num_classes": 2,
+                                                                 "channels": [4, 8], "hidden": 8}},
+            "class_names": ["a", "b"], "modality": "any",
+            "input": {"kind": "slices2d", "size": [16, 16], "spacing_mm": None, "channels": 1,
+                      "pipeline": {"steps": []}},
+            "explain": {"methods": ["gradcam"], "target_layer": "features.conv2"},
+            "provenance": {"data": "none", "command": "test", "seed": 0, "parent": None}}
+    pkg = load_package(save_package(model, meta, tmp_path / "cat"))
+    scan = tmp_path / "vol.nii.gz"
+    arr = np.zeros((6, 24, 24), np.float32)
+    arr[:, 6:18, 6:18] = 100.0
+    arr[:, 10:14, 10:14] = 200.0
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(scan))
+    res = classify_scan(scan, pkg, explain="gradcam", device="cpu")
+    f = classification_faithfulness(res, pkg.build_model(), steps=4)
+    assert f is not None and 0.0 <= f["deletion_auc"] <= 1.0 and 0.0 <= f["insertion_auc"] <= 1.0
+    # the curve starts at classify's own scan probability of the explained class
+    k = res.class_names.index(f["class"])
+    assert f["deletion_curve"][0] == pytest.approx(float(res.probabilities[k]), abs=1e-3)
+    u = classification_uncertainty(res, pkg.build_model(), pkg.meta, mc_samples=0, tta=2)
+    assert u["tta"]["samples"] == 2 and "mc_dropout" not in u
+    assert u["probabilities"]["a"] == pytest.approx(float(res.probabilities[0]), abs=1e-4)
+
+
+def test_attention_maps_pass_the_randomisation_check():
+    """The attention of ``attention_cnn3d`` (offered by classify as ``--explain attention``) depends on the weights."""
+    from MedDeepRecogLib.models import build_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    m = build_model("attention_cnn3d", channels=(4, 8), gate_channels=4, dropout=0.0)
+    x, y, _ = blob_data(64, seed=1)
+    m = train(m, x, y, steps=30)
+
+    def attention(model, xb):
+        with torch.no_grad():
+            return model.forward_with_attention(xb)[1][:, 0]
+
+    xb = x[y == 1][:3]
+    assert model_randomization_check(m, xb, attention)["passed"]
+
+
+def test_add_trust_fields_in_one_call(pkg, tmp_path):
+    from MedDeepRecogLib.uncertainty.trust import add_trust_fields
+
+    x, y, masks = blob_data(4, seed=0)
+    i = int(np.flatnonzero(y.numpy() == 1)[0])
+    scan = write_blob_scan(tmp_path / "m.nii.gz", label=1, seed=0)
+    lesion = sitk.GetImageFromArray(masks[i].numpy().astype(np.uint8))
+    lesion.SetSpacing((1.0, 1.0, 1.0))
+    res = classify_scan(scan, pkg, explain="gradcam", device="cpu")
+    add_trust_fields(res, pkg, pkg.build_model(), faithfulness_steps=5, mc_samples=3, tta=2, lesion=lesion)
+    assert set(res.explain["faithfulness"]) >= {"deletion_auc", "insertion_auc", "score"}
+    assert res.explain["faithfulness_caption"].startswith("deletion AUC")
+    assert res.explain["localisation"]["lesion_voxels"] == 64
+    assert res.uncertainty["mc_dropout"]["samples"] == 3 and res.uncertainty["low_confidence"] is None
+    assert "trust" in res.timing_s
+    import json
+    json.dumps(res.to_json())  # everything added is JSON-able

@@ -1,0 +1,175 @@
+"""Data from segments: manifests, pairing, class maps, geometry checks, ROI crops, case splits (no training)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from finetune_helpers import synthetic_case, synthetic_dataset
+from MedDeepRecogLib.errors import ConfigError, MedDeepRecogError
+from MedDeepRecogLib.finetune.manifest import (Case, dataset_fingerprint, load_cases, pair_folder,
+                                               parse_class_map, split_by_case)
+from MedDeepRecogLib.finetune.roi_crops import RoiSpec, crops_to_arrays, segment_crops
+from MedDeepRecogLib.finetune.segment_data import load_case, resolve_classes
+from MedDeepRecogLib.io import write_image
+
+
+def test_class_map_parsing_and_globs():
+    cm = parse_class_map("nodule-malignant=malignant, kidney_*=kidney,liver")
+    assert cm.classes == ["malignant", "kidney", "liver"]
+    assert cm.class_of("Nodule-Malignant") == "malignant"
+    assert cm.class_of("kidney_left") == "kidney"
+    assert cm.class_of("liver") == "liver"
+    assert cm.class_of("spleen") is None
+    assert parse_class_map(None).class_of("anything") == "anything"
+    with pytest.raises(ConfigError):
+        parse_class_map("=x")
+
+
+def test_manifest_json_csv_and_folder_pairs(tmp_path):
+    synthetic_dataset(tmp_path / "d", n=2, manifest=False)
+    cases = pair_folder(tmp_path / "d")
+    assert [c.case_id for c in cases] == ["case0", "case1"]
+    assert all(c.segmentation.name.endswith(".seg.nrrd") for c in cases)
+    csv = tmp_path / "d" / "list.csv"
+    csv.write_text("id,image,segmentation,label\na,case0.nii.gz,case0.seg.nrrd,benign\nb,case1.nii.gz,case1.seg.nrrd,\n")
+    cases, cm = load_cases(csv)
+    assert [(c.case_id, c.label) for c in cases] == [("a", "benign"), ("b", None)] and cm is None
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(
+        {"class_map": {"organ_a": "A"}, "cases": [{"image": "case0.nii.gz", "segmentation": "case0.seg.nrrd"}]}))
+    cases, cm = load_cases(tmp_path / "d")  # a folder's manifest wins over name pairing
+    assert len(cases) == 1 and cm.classes == ["A"]
+
+
+def test_no_pairs_and_missing_files_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "scan.nii.gz").write_bytes(b"x")
+    with pytest.raises(MedDeepRecogError, match="no scan/segmentation pairs") as info:
+        load_cases(tmp_path / "empty")
+    assert "empty" in str(info.value) and "scan.nii.gz" in str(info.value)
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps([{"id": "x1", "image": "nope.nii.gz", "segmentation": "nope.seg.nrrd"}]))
+    with pytest.raises(MedDeepRecogError, match="'x1'.*scan not found"):
+        load_cases(bad)
+
+
+def test_seg_nrrd_names_kept_unmapped_and_empty_reported(tmp_path):
+    image, seg = synthetic_case(tmp_path, "c")
+    item = load_case(Case("c", image, seg), parse_class_map("organ_a=A"))
+    assert [s.name for s in item.segments] == ["organ_a", "organ_b"]
+    assert [s.class_name for s in item.segments] == ["A", None]
+    assert any("organ_b" in w and "'c'" in w for w in item.warnings)
+    labels = item.class_labels(["A"])
+    assert labels.shape == item.segment_map.shape and set(np.unique(labels)) == {0, 1}
+    nothing = load_case(Case("c", image, seg), parse_class_map("spleen=S"))
+    with pytest.raises(MedDeepRecogError, match="no segment maps to a class.*organ_a"):
+        resolve_classes([nothing], parse_class_map("spleen=S"), tmp_path)
+
+
+def test_flipped_axis_segmentation_is_resampled_exactly(tmp_path, caplog):
+    image_path, _ = synthetic_case(tmp_path, "c")
+    image = sitk.ReadImage(str(image_path))
+    labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    labels[5:9, 3:7, 10:20] = 3
+    # the same voxels stored with the y axis reversed (as example_seg_dicom is to its DICOM series)
+    flipped = sitk.GetImageFromArray(labels[:, ::-1, :].copy())
+    flipped.SetSpacing(image.GetSpacing())
+    flipped.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    flipped.SetOrigin(image.TransformIndexToPhysicalPoint((0, image.GetSize()[1] - 1, 0)))
+    seg_path = write_image(flipped, tmp_path / "c_flip_label.nrrd")
+    item = load_case(Case("c", image_path, seg_path), parse_class_map(None))
+    np.testing.assert_array_equal(item.segment_map > 0, labels > 0)
+    assert not item.warnings  # same voxels: resampling loses nothing, no warning
+
+
+def test_other_spacing_warns_and_disjoint_grid_is_refused(tmp_path):
+    image_path, _ = synthetic_case(tmp_path, "c")
+    image = sitk.ReadImage(str(image_path))
+    lab = sitk.GetImageFromArray(np.pad(np.ones((4, 4, 4), np.uint8), 4))
+    lab.SetSpacing((2.0, 2.0, 2.0))
+    lab.SetOrigin(image.GetOrigin())
+    path = write_image(lab, tmp_path / "coarse_label.nrrd")
+    item = load_case(Case("c", image_path, path), parse_class_map(None))
+    assert any("resampled" in w and "'c'" in w for w in item.warnings)
+    assert item.segment_map.shape == sitk.GetArrayViewFromImage(image).shape and item.segment_map.any()
+    lab.SetOrigin((900.0, 900.0, 900.0))
+    far = write_image(lab, tmp_path / "far_label.nrrd")
+    with pytest.raises(MedDeepRecogError, match="do not overlap"):
+        load_case(Case("c", image_path, far), parse_class_map(None))
+
+
+def test_roi_crops_center_mask_and_negatives(tmp_path):
+    image, seg = synthetic_case(tmp_path, "c")
+    item = load_case(Case("c", image, seg), parse_class_map(None))
+    spec = RoiSpec((16, 16, 16), margin_mm=4.0, mask_channel=True)
+    samples = segment_crops(item, ["organ_a", "organ_b", "background"], spec, negatives=3, seed=1)
+    by_class = {s.class_name: s for s in samples}
+    assert [s.class_name for s in samples].count("background") == 3
+    for name in ("organ_a", "organ_b"):
+        crop = by_class[name].array
+        assert crop.shape == (2, 16, 16, 16)
+        assert crop[1, 8, 8, 8] > 0.9  # mask channel: the segment sits in the centre
+        assert crop[1].mean() < 0.9  # with a margin around it
+    assert by_class["organ_a"].array[0, 8, 8, 8] > by_class["organ_b"].array[0, 8, 8, 8]  # bright vs dark
+    for neg in (s for s in samples if s.class_name == "background"):
+        assert neg.array[1].max() == 0
+        idx = np.argwhere(item.segment_map > 0)
+        pts = np.array([item.image.TransformIndexToPhysicalPoint([int(i) for i in p[::-1]]) for p in idx])
+        # default distance: half the crop edge, and the edge is at least box + 2 * 4 mm margin
+        assert np.min(np.linalg.norm(pts - np.array(neg.center_mm), axis=1)) >= 3.5
+    x, y = crops_to_arrays(samples, ["organ_a", "organ_b", "background"])
+    assert x.shape == (5, 2, 16, 16, 16) and y.tolist() == [0, 1, 2, 2, 2]
+
+
+def test_split_by_case_and_fingerprint(tmp_path):
+    synthetic_dataset(tmp_path / "d", n=4)
+    cases, _ = load_cases(tmp_path / "d")
+    train, val = split_by_case(cases, 0.25, seed=3)
+    assert len(val) == 1 and not {c.case_id for c in train} & {c.case_id for c in val}
+    train, val = split_by_case(cases, val_cases=["case2"])
+    assert [c.case_id for c in val] == ["case2"]
+    with pytest.raises(ConfigError, match="not in the data set"):
+        split_by_case(cases, val_cases=["nope"])
+    fp = dataset_fingerprint(cases, parse_class_map(None))
+    assert fp == dataset_fingerprint(list(reversed(cases)), parse_class_map(None))
+    assert fp != dataset_fingerprint(cases, parse_class_map("organ_a=A"))
+    synthetic_case(tmp_path / "d", "case3", seed=99)
+    assert fp != dataset_fingerprint(cases, parse_class_map(None))
+
+
+def test_config_file_and_command_line_override(tmp_path):
+    from MedDeepRecogLib.cli import build_parser
+    from MedDeepRecogLib.commands.finetune import build_config
+    from MedDeepRecogLib.finetune.finetune import FinetuneConfig
+
+    cfg_file = tmp_path / "ft.yaml"
+    cfg_file.write_text("finetune:\n  task: segment\n  data: data\n  epochs: 7\n  class_map: {liver: liver}\n"
+                        "  patch_size: [32, 32, 32]\n")
+    args = build_parser().parse_args(["finetune", "--config", str(cfg_file), "--epochs", "3", "--freeze-encoder",
+                                      "--val-slab", "10:20", "--base", "none"])
+    cfg = build_config(args)
+    assert cfg.epochs == 3 and cfg.freeze_encoder and cfg.val_slab == [10, 20]
+    assert cfg.data == str(tmp_path / "data") and cfg.patch_size == [32, 32, 32]
+    assert cfg.class_map == {"liver": "liver"} and cfg.command.startswith("meddeeprecog ")
+    with pytest.raises(ConfigError, match="unknown fine-tuning setting.*epoch"):
+        FinetuneConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="task must be"):
+        FinetuneConfig(task="detect", data="x").validate()
+
+
+def test_remove_small_components_keeps_large_objects_per_class():
+    from MedDeepRecogLib.finetune.seg_training import remove_small_components
+
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:10, 2:10, 2:10] = 1          # 512 voxels
+    labels[15:17, 15:17, 15:17] = 1       # 8-voxel speck of class 1
+    labels[12:19, 1:8, 12:19] = 2         # 343 voxels
+    labels[12:18, 12:18, 1:7] = 2         # a second large part of class 2 (like the other kidney): kept
+    labels[0, 19, 0] = 2                  # a 1-voxel speck
+    cleaned = remove_small_components(labels, 0.1)
+    assert (cleaned == 1).sum() == 512 and (cleaned == 2).sum() == 343 + 216
+    assert remove_small_components(labels, 0.0) is labels

@@ -1,0 +1,157 @@
+"""Fine-tuning end to end on tiny synthetic data: new package versions with provenance, resume, cancel,
+segmentation written as .seg.nrrd on the scan's grid, ROI classification, CLI contract and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from finetune_helpers import TINY_UNET, synthetic_case, synthetic_dataset
+from MedDeepRecogLib.cli import main
+from MedDeepRecogLib.errors import MedDeepRecogError
+from MedDeepRecogLib.finetune.finetune import FinetuneConfig, finetune
+from MedDeepRecogLib.io import read_segmentation
+from MedDeepRecogLib.packages import load_package
+
+SEG = dict(task="segment", patch_size=[16, 16, 16], patches_per_epoch=4, batch_size=2, arch_kwargs=TINY_UNET,
+           spacing_mm=[3.0, 3.0, 3.0], lr=3e-3, early_stopping=0)
+
+
+def _tree_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return synthetic_dataset(tmp_path_factory.mktemp("ft") / "data", n=3)
+
+
+def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
+    cat = tmp_path / "catalog"
+    first = finetune(FinetuneConfig(data=str(data_dir), base=None, id="organs", epochs=2, val_cases=["case2"],
+                                    dest=str(cat), work_dir=str(tmp_path / "w1"), **SEG))
+    pkg_dir = Path(first["package"])
+    assert pkg_dir == cat / "organs" / "1.0.0"
+    meta = json.loads((pkg_dir / "model.json").read_text())
+    assert meta["task"] == "segmentation" and meta["class_names"] == ["background", "organ_a", "organ_b"]
+    assert meta["provenance"]["parent"] is None
+    assert meta["provenance"]["dataset_fingerprint"].startswith("sha256:")
+    assert meta["provenance"]["cases"] == {"train": ["case0", "case1"], "val": ["case2"]}
+    assert 0.0 <= meta["metrics"]["dice"] <= 1.0
+    card = (pkg_dir / "MODEL_CARD.md").read_text()
+    assert "2 training case(s)" in card and "none (trained from scratch)" in card
+    before = _tree_hash(pkg_dir)
+
+    second = finetune(FinetuneConfig(data=str(data_dir), base=str(pkg_dir), epochs=1, freeze_encoder=True,
+                                     val_cases=["case2"], dest=str(cat), work_dir=str(tmp_path / "w2"), **SEG))
+    assert Path(second["package"]) == cat / "organs" / "1.0.1"  # a new version of the same id
+    meta2 = json.loads((Path(second["package"]) / "model.json").read_text())
+    assert meta2["provenance"]["parent"]["id"] == "organs" and meta2["provenance"]["parent"]["version"] == "1.0.0"
+    assert meta2["training"]["frozen_modules"] and meta2["training"]["base_weights"]["reinitialised"] == []
+    assert _tree_hash(pkg_dir) == before  # the base is untouched
+
+    # frozen encoder: its weights equal the base's
+    import torch
+    base_model = load_package(pkg_dir).build_model()
+    tuned = load_package(second["package"]).build_model()
+    frozen = meta2["training"]["frozen_modules"][0]
+    for (n, a), (_, b) in zip(base_model.get_submodule(frozen).named_parameters(),
+                              tuned.get_submodule(frozen).named_parameters()):
+        assert torch.equal(a, b), n
+
+    # inference writes a .seg.nrrd on the scan's own grid with the class names as segments
+    out = tmp_path / "pred.seg.nrrd"
+    assert main(["segment", str(data_dir / "case2.nii.gz"), "--model", second["package"], "--out", str(out),
+                 "--device", "cpu"]) == 0
+    labelmap, grid, specs = read_segmentation(out)
+    scan = sitk.ReadImage(str(data_dir / "case2.nii.gz"))
+    assert [s.name for s in specs] == ["organ_a", "organ_b"]
+    assert grid.GetSize() == scan.GetSize()
+    np.testing.assert_allclose(grid.GetOrigin(), scan.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(grid.GetSpacing(), scan.GetSpacing(), atol=1e-4)
+
+
+def test_resume_and_cancel_keep_last_checkpoint(data_dir, tmp_path):
+    work = tmp_path / "work"
+    common = dict(data=str(data_dir), base=None, id="resumable", val_cases=["case2"], dest=str(tmp_path / "cat"),
+                  work_dir=str(work), **SEG)
+    calls = {"n": 0}
+
+    def stop_in_epoch_two():  # polled before every batch; 2 batches per epoch
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    cancelled = finetune(FinetuneConfig(epochs=3, **common), should_stop=stop_in_epoch_two)
+    assert cancelled["cancelled"] and cancelled["package"] is None
+    assert (work / "last.pt").exists() and not (tmp_path / "cat").exists()
+    resumed = finetune(FinetuneConfig(epochs=3, **common))
+    assert resumed["epochs"]["resumed_from"] == 1
+    assert [e["epoch"] for e in resumed["epochs"]["history"]] == [1, 2, 3]
+    assert Path(resumed["package"]).exists()
+    again = finetune(FinetuneConfig(epochs=3, **common))  # finished: same package, no new version
+    assert again["package"] == resumed["package"]
+    assert [p.name for p in (tmp_path / "cat" / "resumable").iterdir()] == ["1.0.0"]
+
+
+def test_roi_classification_from_segments(data_dir, tmp_path):
+    result = finetune(FinetuneConfig(task="classify", data=str(data_dir), base=None, arch="simple_cnn3d",
+                                     arch_kwargs={"channels": [4, 8], "hidden": 8}, roi_size=[16, 16, 16],
+                                     margin_mm=4.0, mask_channel=True, samples_per_segment=3, negatives=1,
+                                     epochs=2, batch_size=4, val_cases=["case2"], early_stopping=0,
+                                     dest=str(tmp_path / "cat"), id="roi", work_dir=str(tmp_path / "w")))
+    meta = json.loads((Path(result["package"]) / "model.json").read_text())
+    assert meta["class_names"] == ["organ_a", "organ_b", "background"]
+    assert meta["input"]["kind"] == "roi3d" and meta["input"]["channels"] == 2
+    assert meta["input"]["roi"]["mask_channel"] is True
+    assert meta["metrics"]["n"] == 3 and 0.0 <= meta["metrics"]["auc"] <= 1.0
+    assert "balanced_accuracy" in meta["metrics"]
+    model = load_package(result["package"]).build_model()
+    import torch
+    assert model(torch.zeros(1, 2, 16, 16, 16)).shape == (1, 3)
+
+    from MedDeepRecogLib.finetune.roi_crops import classify_segments
+    per_segment = classify_segments(data_dir / "case2.nii.gz", data_dir / "case2.seg.nrrd", result["package"])
+    assert [r["segment"] for r in per_segment] == ["organ_a", "organ_b"]
+    for r in per_segment:
+        assert r["label"] in meta["class_names"] and abs(sum(r["probabilities"].values()) - 1) < 1e-3
+
+
+def test_one_class_only_and_unmapped_are_clear_errors(tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    synthetic_case(folder, "a")
+    with pytest.raises(MedDeepRecogError, match="at least two classes.*'A'"):
+        finetune(FinetuneConfig(task="classify", data=str(folder), class_map="organ_a=A", epochs=1,
+                                dest=str(tmp_path / "cat"), work_dir=str(tmp_path / "w")))
+    with pytest.raises(MedDeepRecogError, match="no segment maps to a class"):
+        finetune(FinetuneConfig(task="segment", data=str(folder), class_map="spleen=S", epochs=1,
+                                dest=str(tmp_path / "cat"), work_dir=str(tmp_path / "w")))
+    assert not (tmp_path / "cat").exists()
+
+
+def test_cli_json_progress_and_errors(data_dir, tmp_path, capsys):
+    rc = main(["finetune", "--base", "none", "--task", "segment", "--data", str(data_dir), "--epochs", "1",
+               "--patch-size", "16,16,16", "--patches-per-epoch", "2", "--batch-size", "2", "--spacing", "3,3,3",
+               "--arch-kwargs", json.dumps(TINY_UNET), "--val-cases", "case2", "--dest", str(tmp_path / "cat"),
+               "--id", "cli-seg", "--work-dir", str(tmp_path / "w"), "--progress", "json"])
+    assert rc == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert any("epoch" in ln and "val_metric" in ln for ln in lines)
+    assert lines[-1]["stage"] == "done" and lines[-1]["fraction"] == 1.0
+    assert Path(lines[-1]["result"]["package"]).is_dir()
+
+    (tmp_path / "nopairs").mkdir()
+    rc = main(["finetune", "--base", "none", "--task", "segment", "--data", str(tmp_path / "nopairs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nopairs" in err and "no scan/segmentation pairs" in err and "Traceback" not in err
+    rc = main(["finetune", "--base", str(tmp_path / "missing-model"), "--task", "segment", "--data", str(data_dir)])
+    assert rc == 2 and "missing-model" in capsys.readouterr().err

@@ -1,0 +1,244 @@
+"""Model packages: round trip, versions, catalog, import, and refusal of tampered / unsafe / inconsistent packages."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from MedDeepRecogLib.errors import ModelPackageError
+from MedDeepRecogLib.models import build_model
+from MedDeepRecogLib.packages import (import_package, list_packages, load_package, next_version, save_package,
+                                      sha256_file, user_models_dir)
+
+KW = {"in_channels": 1, "num_classes": 2, "channels": [4, 8], "hidden": 8}
+
+
+def _meta(pkg_id="toy", version="1.0.0", **over):
+    meta = {"id": pkg_id, "version": version, "description": "test model",
+            "architecture": {"name": "simple_cnn2d", "kwargs": dict(KW)},
+            "class_names": ["neg", "pos"], "modality": "any",
+            "input": {"kind": "slices2d", "size": [16, 16], "spacing_mm": None, "channels": 1,
+                      "pipeline": {"steps": []}},
+            "provenance": {"data": "synthetic", "command": "pytest", "seed": 0}}
+    meta.update(over)
+    return meta
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return build_model("simple_cnn2d", **KW).eval()
+
+
+def _edit_meta(folder: Path, fn) -> None:
+    meta = json.loads((folder / "model.json").read_text())
+    fn(meta)
+    (folder / "model.json").write_text(json.dumps(meta))
+
+
+def test_round_trip_gives_identical_predictions(tmp_path):
+    model = _model()
+    path = save_package(model, _meta(), tmp_path)
+    assert path == tmp_path / "toy" / "1.0.0"
+    assert {"model.json", "weights.safetensors"} <= {p.name for p in path.iterdir()}
+    pkg = load_package(path)
+    assert (pkg.id, pkg.version, pkg.class_names) == ("toy", "1.0.0", ["neg", "pos"])
+    assert pkg.input_spec["size"] == [16, 16]
+    assert pkg.meta["weights"]["sha256"] == sha256_file(path / "weights.safetensors")
+    assert pkg.meta["provenance"]["code_version"] and pkg.meta["provenance"]["created"]
+    assert pkg.target_layer == "features.conv2"
+    rebuilt = pkg.build_model("cpu")
+    assert not rebuilt.training
+    x = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), model(x), atol=1e-6)
+
+
+def test_new_versions_never_overwrite(tmp_path):
+    save_package(_model(), _meta(), tmp_path)
+    with pytest.raises(ModelPackageError, match="already exists"):
+        save_package(_model(1), _meta(), tmp_path)
+    auto = save_package(_model(1), _meta(version=None), tmp_path)
+    assert auto.name == "1.0.1" and next_version("toy", [tmp_path]) == "1.0.2"
+    # the first version is untouched by the failed save
+    assert load_package(tmp_path / "toy" / "1.0.0").meta["weights"]["sha256"] != load_package(auto).meta["weights"]["sha256"]
+    assert not [p for p in (tmp_path / "toy").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_catalog_resolution_by_id_and_version():
+    save_package(_model(), _meta(version="1.0.0"))
+    save_package(_model(1), _meta(version="1.0.10"))
+    save_package(_model(2), _meta(version="1.0.9"))
+    assert load_package("toy").version == "1.0.10"  # numeric, not text, ordering
+    assert load_package("toy@1.0.9").version == "1.0.9"
+    listed = [(p.id, p.version) for p in list_packages() if p.id == "toy"]
+    assert listed == [("toy", "1.0.0"), ("toy", "1.0.9"), ("toy", "1.0.10")]
+    with pytest.raises(ModelPackageError, match="no version '2.0'"):
+        load_package("toy@2.0")
+    with pytest.raises(ModelPackageError, match="no model package 'missing'"):
+        load_package("missing")
+
+
+def test_tampered_weights_fail_checksum(tmp_path):
+    path = save_package(_model(), _meta(), tmp_path)
+    w = path / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelPackageError, match="checksum mismatch") as err:
+        load_package(path)
+    assert "weights.safetensors" in str(err.value)
+
+
+class _NotWeights:
+    def __init__(self):
+        self.payload = "custom object"
+
+
+class _Exploit:
+    """Unpickling this would create a marker file (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _pt_package(tmp_path, obj, name="evil", pickle_raw=False) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    wpath = folder / "weights.pt"
+    if pickle_raw:
+        wpath.write_bytes(pickle.dumps(obj))
+    else:
+        torch.save(obj, wpath)
+    meta = _meta(weights={"file": "weights.pt", "sha256": sha256_file(wpath)})
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_pickle_with_custom_object_is_refused(tmp_path):
+    folder = _pt_package(tmp_path, {"state": _NotWeights()})
+    pkg = load_package(folder)  # checksum is fine ...
+    with pytest.raises(ModelPackageError, match="not plain tensors"):
+        pkg.build_model()  # ... but the weights are not plain tensors
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_pickle_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    folder = _pt_package(tmp_path, _Exploit(str(marker)), pickle_raw=True)
+    with pytest.raises(ModelPackageError, match="refused"):
+        load_package(folder).build_model()
+    assert not marker.exists()
+
+
+def test_plain_pt_state_dict_is_accepted(tmp_path):
+    model = _model()
+    folder = _pt_package(tmp_path, model.state_dict(), name="plain")
+    rebuilt = load_package(folder).build_model()
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), model(x))
+
+
+def test_class_names_must_match_outputs(tmp_path):
+    path = save_package(_model(), _meta(), tmp_path)
+    _edit_meta(path, lambda m: m.update(class_names=["a", "b", "c"]))
+    with pytest.raises(ModelPackageError, match="3 class names .* 2 outputs"):
+        load_package(path)
+
+
+def test_input_spec_must_match_architecture(tmp_path):
+    path = save_package(_model(), _meta(), tmp_path)
+    _edit_meta(path, lambda m: m["input"].update(channels=3))
+    with pytest.raises(ModelPackageError, match="channels=3 .* in_channels=1"):
+        load_package(path)
+    _edit_meta(path, lambda m: m["input"].update(channels=1, kind="volume3d"))
+    with pytest.raises(ModelPackageError, match="input.size"):
+        load_package(path)
+
+
+def test_weights_that_do_not_fit_the_architecture(tmp_path):
+    path = save_package(_model(), _meta(), tmp_path)
+    def widen(m):
+        m["architecture"]["kwargs"]["channels"] = [4, 16]
+    _edit_meta(path, widen)
+    with pytest.raises(ModelPackageError, match="do not fit architecture"):
+        load_package(path).build_model()
+
+
+def test_check_input_names_channel_problem(tmp_path):
+    pkg = load_package(save_package(_model(), _meta(), tmp_path))
+    pkg.check_input(torch.zeros(1, 1, 16, 16))
+    with pytest.raises(ModelPackageError, match="expects 1 channel"):
+        pkg.check_input(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ModelPackageError, match="4-D input"):
+        pkg.check_input(torch.zeros(1, 1, 8, 16, 16))
+
+
+def test_missing_keys_and_bad_json(tmp_path):
+    path = save_package(_model(), _meta(), tmp_path)
+    _edit_meta(path, lambda m: m.pop("class_names"))
+    with pytest.raises(ModelPackageError, match="class_names"):
+        load_package(path)
+    (path / "model.json").write_text("{not json")
+    with pytest.raises(ModelPackageError, match="not valid JSON"):
+        load_package(path)
+
+
+def test_zip_package_and_import(tmp_path):
+    src = save_package(_model(), _meta(pkg_id="zipped"), tmp_path / "build")
+    archive = tmp_path / "zipped.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in src.iterdir():
+            zf.write(f, f"zipped/{f.name}")
+    assert load_package(archive).id == "zipped"
+    installed = import_package(archive)
+    assert installed == user_models_dir() / "zipped" / "1.0.0"
+    assert load_package("zipped").path == installed
+    before = sha256_file(installed / "weights.safetensors")
+    with pytest.raises(ModelPackageError, match="already installed"):
+        import_package(src)
+    assert sha256_file(installed / "weights.safetensors") == before
+
+
+def test_import_refuses_tampered_package(tmp_path):
+    src = save_package(_model(), _meta(pkg_id="bad"), tmp_path)
+    (src / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelPackageError, match="checksum"):
+        import_package(src)
+    assert not (user_models_dir() / "bad").exists()
+
+
+def test_models_cli_lists_and_imports(tmp_path):
+    src = save_package(_model(), _meta(pkg_id="clitoy"), tmp_path)
+    env = {**os.environ}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "MedDeepRecogLib", *a], capture_output=True, text=True,
+                                    env=env, timeout=120)
+    r = run("models", "import", str(src), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["id"] == "clitoy"
+    r = run("models", "--json")
+    assert r.returncode == 0
+    assert ("clitoy", "1.0.0") in {(p["id"], p["version"]) for p in json.loads(r.stdout)}
+    r = run("models", "import", str(src))
+    assert r.returncode == 2 and "already installed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_import_refuses_a_package_whose_input_size_does_not_fit(tmp_path):
+    # conv-pool-conv-pool needs at least 4x4 pixels; the spec claims 2x2
+    src = save_package(_model(), _meta(pkg_id="tiny", input={"kind": "slices2d", "size": [2, 2], "channels": 1,
+                                                              "pipeline": {"steps": []}}), tmp_path)
+    with pytest.raises(ModelPackageError, match="does not accept its declared input"):
+        import_package(src)
+    assert not (user_models_dir() / "tiny").exists()

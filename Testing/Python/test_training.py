@@ -1,0 +1,230 @@
+"""Training: the loop learns a separable task, resumes exactly, honours hooks; configs are strict; CLI end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from MedDeepRecogLib.cli import main
+from MedDeepRecogLib.errors import ConfigError
+from MedDeepRecogLib.models import build_model
+from MedDeepRecogLib.packages import load_package
+from MedDeepRecogLib.training.augment import BatchAugment
+from MedDeepRecogLib.training.config import config_from_dict, load_config
+from MedDeepRecogLib.training.data import tail_per_class_split
+from MedDeepRecogLib.training.loop import FitConfig, Hooks, fit, make_loader
+
+KW = {"in_channels": 1, "num_classes": 2, "channels": [4, 8], "hidden": 8, "dropout": 0.0}
+
+
+def separable(n: int = 96, size: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class 1: a bright square top-left; class 0: bottom-right; plus noise. (N, 1, size, size) float32."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = 0.2 * rng.standard_normal((n, 1, size, size)).astype(np.float32)
+    h = size // 2
+    for i, label in enumerate(y):
+        if label:
+            x[i, 0, 1:h - 1, 1:h - 1] += 1.0
+        else:
+            x[i, 0, h + 1:-1, h + 1:-1] += 1.0
+    return x, y.astype(np.int64)
+
+
+def _loaders(seed=0):
+    x, y = separable(96, seed=seed)
+    xv, yv = separable(40, seed=seed + 100)
+    return make_loader(x, y, 16, shuffle=True, seed=seed), make_loader(xv, yv, 64, shuffle=False)
+
+
+def test_fit_learns_a_separable_task():
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", **KW)
+    tl, vl = _loaders()
+    hist = fit(model, tl, vl, FitConfig(epochs=6, lr=3e-3, monitor="accuracy", seed=0))
+    acc = [r["val_accuracy"] for r in hist.epochs]
+    assert len(acc) == 6
+    assert max(acc) >= 0.95 and max(acc) > acc[0]
+    assert hist.epochs[-1]["train_loss"] < hist.epochs[0]["train_loss"]
+    assert hist.best_epoch == 1 + int(np.argmax(acc))
+
+
+def _fit_run(tmp, epochs, resume=False, should_stop=None):
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", **KW)
+    tl, vl = _loaders()
+    cfg = FitConfig(epochs=epochs, lr=3e-3, schedule="step", step_size=2, gamma=0.5, seed=0,
+                    checkpoint_dir=str(tmp), resume=resume, restore_best=False)
+    hooks = Hooks(augment=BatchAugment({"flip": {"prob": 0.5, "axes": [0, 1]}}, spatial_dims=2, seed=0),
+                  should_stop=should_stop)
+    return model, fit(model, tl, vl, cfg, hooks)
+
+
+def test_cancel_then_resume_matches_an_uninterrupted_run(tmp_path):
+    straight, h_straight = _fit_run(tmp_path / "a", 4)
+    calls = {"n": 0}
+
+    def stop_in_epoch_3():  # 6 batches per epoch: cancel during the third epoch
+        calls["n"] += 1
+        return calls["n"] > 14
+
+    _, h_cancel = _fit_run(tmp_path / "b", 4, should_stop=stop_in_epoch_3)
+    assert h_cancel.stopped == "cancelled" and len(h_cancel.epochs) == 2
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2  # the last good checkpoint survives the cancel
+    resumed, h_resumed = _fit_run(tmp_path / "b", 4, resume=True)
+    assert h_resumed.resumed_from == 2 and [r["epoch"] for r in h_resumed.epochs] == [1, 2, 3, 4]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert h_resumed.epochs[-1]["val_loss"] == pytest.approx(h_straight.epochs[-1]["val_loss"], abs=1e-6)
+
+
+def test_hooks_batch_transform_frozen_and_epoch_end():
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", **KW)
+    frozen_before = {k: v.clone() for k, v in model.features.conv1.state_dict().items()}
+    seen = []
+
+    def flip_sign(m, x, y, info):  # an input transform before the loss, as adversarial training does
+        assert m.training and x.device == info["device"]
+        seen.append(info["step"])
+        return -x, y
+
+    stops = []
+    hooks = Hooks(batch_transform=flip_sign, frozen=["features.conv1"],
+                  on_epoch_end=lambda rec, m: stops.append(rec["epoch"]) or rec["epoch"] >= 2)
+    tl, vl = _loaders()
+    hist = fit(model, tl, vl, FitConfig(epochs=5, seed=0), hooks)
+    assert hist.stopped == "hook" and stops == [1, 2]
+    assert len(seen) == 2 * len(tl)
+    for k, v in model.features.conv1.state_dict().items():
+        assert torch.equal(v, frozen_before[k]), k  # frozen weights and BN statistics unchanged
+    assert not torch.equal(model.classifier.out.weight, build_model("simple_cnn2d", **KW).classifier.out.weight)
+
+
+def test_early_stopping_and_l1():
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", **KW)
+    tl, vl = _loaders()
+    hist = fit(model, tl, vl, FitConfig(epochs=30, lr=1e-9, l1=1e-4, monitor="loss", early_stopping_patience=2))
+    assert hist.stopped == "early_stopping" and len(hist.epochs) < 30
+
+
+def test_tail_per_class_split_is_contiguous_per_class():
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    tr, va = tail_per_class_split(labels, 0.2)
+    assert list(va) == [9, 13, 14]  # ceil(20%): 1 of 5 ones, 2 of 10 zeros
+    assert sorted(np.r_[tr, va]) == list(range(len(labels)))
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def _config(npz: Path, **over) -> dict:
+    cfg = {"id": "synthetic", "seed": 0,
+           "data": {"path": str(npz), "kind": "slices2d", "class_names": ["left", "right"], "val_fraction": 0.25},
+           "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8}},
+           "augmentation": {"flip": {"prob": 0.0}},
+           "optimizer": {"name": "adam", "lr": 0.003},
+           "schedule": {"name": "cosine"},
+           "training": {"epochs": 3, "batch_size": 16}}
+    for k, v in over.items():
+        cfg[k] = v
+    return cfg
+
+
+@pytest.fixture
+def npz(tmp_path) -> Path:
+    x, y = separable(120, seed=3)
+    path = tmp_path / "synthetic.npz"
+    np.savez(path, images=(x[:, 0] * 100 + 100).clip(0, 255).astype(np.uint8), labels=y[:, None])
+    return path
+
+
+def test_unknown_config_keys_are_named_with_the_file(tmp_path, npz):
+    cfg = _config(npz)
+    cfg["optimizer"]["learning_rate"] = 0.1
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="optimizer/learning_rate") as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    path = tmp_path / "bad.yaml"
+    path.write_text("id: x\nepochs: 3\ndata: {path: a.npz}\nmodel: {name: simple_cnn2d}\n")
+    with pytest.raises(ConfigError, match="unknown key 'epochs'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="augmentation/flip/probability"):
+        config_from_dict(_config(npz, augmentation={"flip": {"probability": 0.5}}))
+    with pytest.raises(ConfigError, match="schedule/name"):
+        config_from_dict(_config(npz, schedule={"name": "exp"}))
+
+
+def test_one_class_dataset_is_refused(tmp_path):
+    path = tmp_path / "one.npz"
+    np.savez(path, images=np.zeros((10, 8, 8), np.uint8), labels=np.zeros((10, 1), np.int64))
+    with pytest.raises(ConfigError, match="only one class"):
+        from MedDeepRecogLib.training.train import run_training
+        run_training(config_from_dict(_config(path)), out=tmp_path / "out", package_dest=tmp_path / "cat")
+    assert not (tmp_path / "cat").exists() and not (tmp_path / "out").exists()
+
+
+def test_train_cli_end_to_end(tmp_path, npz, capsys):
+    cfg_path = tmp_path / "cfg.yaml"
+    import yaml
+    cfg_path.write_text(yaml.safe_dump(_config(npz)))
+    out, cat = tmp_path / "run", tmp_path / "catalog"
+    rc = main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "json"])
+    assert rc == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert lines[-1]["stage"] == "done" and {"train", "validate"} <= {ln["stage"] for ln in lines}
+    result = lines[-1]["result"]
+    pkg = load_package(result["package"])
+    assert pkg.path == cat / "synthetic" / "1.0.0"
+    assert pkg.class_names == ["left", "right"] and pkg.input_spec["size"] == [12, 12]
+    assert pkg.meta["metrics"]["split"] == "val" and pkg.meta["metrics"]["auc"] > 0.9
+    assert pkg.meta["provenance"]["dataset_fingerprint"].startswith("sha256:")
+    assert (pkg.path / "MODEL_CARD.md").read_text().count("meddeeprecog train") == 1
+    assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "metrics.json").read_text())["n"] == 30
+    # a second run takes the next version; the first is untouched
+    before = (pkg.path / "weights.safetensors").read_bytes()
+    assert main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none",
+                 "--epochs", "1"]) == 0
+    assert load_package(cat / "synthetic" / "1.0.1").version == "1.0.1"
+    assert (pkg.path / "weights.safetensors").read_bytes() == before
+
+
+def test_train_cli_user_errors_exit_2(tmp_path, npz, capsys):
+    cfg = _config(npz)
+    cfg["training"]["epoch"] = 3
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "training/epoch" in err and str(path) in err
+
+
+def test_image_folder_with_labels_csv(tmp_path):
+    import SimpleITK as sitk
+
+    from MedDeepRecogLib.training.data import load_train_val
+    x, y = separable(20, seed=5)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rows = ["file,label"]
+    for i, (img, label) in enumerate(zip(x, y)):
+        name = f"img{i:02d}.png"
+        sitk.WriteImage(sitk.GetImageFromArray((img[0] * 100 + 100).clip(0, 255).astype(np.uint8)), str(folder / name))
+        rows.append(f"{name},{'right' if label else 'left'}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = config_from_dict(_config(folder, data={"path": str(folder), "kind": "slices2d", "val_fraction": 0.2,
+                                                 "intensity_range": [0, 255]}))
+    data = load_train_val(cfg, folder)
+    assert data.class_names == ["left", "right"]
+    assert data.train.images.shape == (16, 1, 12, 12) and data.val.images.shape == (4, 1, 12, 12)
+    assert data.train.images.dtype == np.float32 and 0.0 <= data.train.images.min() <= data.train.images.max() <= 1.0
+    # labels follow the CSV: class 1 images are bright top-left
+    bright_top_left = data.train.images[:, 0, 1:5, 1:5].mean((1, 2)) > data.train.images[:, 0, 7:11, 7:11].mean((1, 2))
+    assert np.array_equal(bright_top_left, data.train.labels == 1)
