@@ -270,9 +270,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showResult(self, result):
         self.ui.statusLabel.text = f"Done ({result.model})."
-        self.ui.resultLabel.text = f"<b>{result.label}</b> (p = {result.confidence:.2f})"
-        self.ui.faithfulnessLabel.text = ("" if result.faithfulness is None else
-                                          f"{result.faithfulness:.2f} ({result.explain_method})")
+        self.ui.resultLabel.text = result.result_text()
+        self.ui.faithfulnessLabel.text = result.heatmap_text()
 
     def onPreviewButton(self):
         self._run("preview", self.logic.preview, self.ui.classifyProgressBar, self.ui.statusLabel,
@@ -323,7 +322,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         try:
             import slicer.packaging
         except ImportError:  # Slicer 5.10: no slicer.packaging; install what is missing with pip
-            missing = [line.strip() for line in requirements.read_text().splitlines()
+            missing = [line.strip() for line in requirements.read_text(encoding="utf-8").splitlines()
                        if line.strip() and not line.startswith("#")
                        and importlib.util.find_spec(_importName(line)) is None]
             if missing and slicer.util.confirmOkCancelDisplay(f"MedDeepRecog needs: {', '.join(missing)}. Install?"):
@@ -408,7 +407,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         workDir = self._workDir()
         inputPath = scene_io.exportVolume(p.inputVolume, workDir)
         pipelinePath = workDir / "pipeline.json"
-        pipelinePath.write_text(json.dumps(build_pipeline(p.preset, self.pipelineSettings(p)), indent=2))
+        pipelinePath.write_text(json.dumps(build_pipeline(p.preset, self.pipelineSettings(p)), indent=2), encoding="utf-8")
         outPath, maskPath = workDir / "preprocessed.nrrd", workDir / "mask.seg.nrrd"
         command = WorkerCommand.preprocess(inputPath, outPath, pipelinePath, python=self.python,
                                            mask=maskPath if p.bodyMask else None)
@@ -447,6 +446,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
             scene_io.updateProbabilityTable(p.outputTable, res.probabilities)
             p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
+            p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
             p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
             scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
             self._segmentationFor(p, name)
@@ -484,12 +484,12 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                                "segmentation": str(scene_io.exportSegmentation(p.trainingSegmentation, workDir))}],
                     "class_map": classMap}
         manifestPath = workDir / "manifest.json"
-        manifestPath.write_text(json.dumps(manifest, indent=2))
+        manifestPath.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         command = WorkerCommand.finetune(p.model, manifestPath, python=self.python, task=p.finetuneTask,
                                          epochs=p.epochs, device=p.device)
 
         def load(result, job):
-            meta = json.loads((Path(result["package"]) / "model.json").read_text())
+            meta = json.loads((Path(result["package"]) / "model.json").read_text(encoding="utf-8"))
             return f"{meta['id']}@{meta['version']}"
         return self._start("finetune", command, load, workDir, **kwargs)
 
@@ -564,7 +564,7 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         self.assertEqual(table.GetNumberOfRows(), 2)
         self.assertEqual({table.GetCellText(r, 0) for r in range(2)}, {"normal", "lesion"})
         self.assertAlmostEqual(sum(float(table.GetCellText(r, 1)) for r in range(2)), 1.0, places=3)
-        self.assertEqual(table.GetCellText(0, 0), result.label)
+        self.assertEqual(table.GetCellText(0, 0), result.top_class)  # label may be "uncertain"
 
         heatmap = p.outputHeatmap
         self.assertEqual(heatmap.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())

@@ -26,7 +26,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
 SHARED = Path(os.environ.get("MEDDEEPRECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TS = SHARED / "totalsegmentator_examples"
@@ -108,7 +107,7 @@ def cached_loader():
     from MedDeepRecogLib.finetune.segment_data import load_case
 
     names = {}
-    table = json.loads((TS / "label_names_total_and_total_mr.json").read_text())["total"]
+    table = json.loads((TS / "label_names_total_and_total_mr.json").read_text(encoding="utf-8"))["total"]
     for cls, ids in CLASSES.items():
         for i in ids:
             names[table[str(i)]] = cls

@@ -16,8 +16,8 @@ import torch
 from MedDeepRecogLib.models import build_model
 
 CANDIDATES = {
-    "simple_cnn3d (adrenal-mass-3d)": ("simple_cnn3d", {"channels": [8, 16, 32], "hidden": 32}),
-    "cnn_lstm (adrenal-mass-lstm)": ("cnn_lstm", {"channels": [8, 16, 32], "hidden": 32, "attention_dim": 16}),
+    "simple_cnn3d (adrenal-mass-3d 1.1.0)": ("simple_cnn3d", {"channels": [16, 32, 64], "hidden": 64}),
+    "cnn_lstm (adrenal-mass-lstm 1.1.0)": ("cnn_lstm", {"channels": [16, 32, 64], "hidden": 64, "attention_dim": 32}),
     "attention_cnn3d": ("attention_cnn3d", {}),
     "densenet3d (121)": ("densenet3d", {}),
 }
@@ -43,14 +43,14 @@ def main() -> None:
     x = torch.rand(1, 1, args.size, args.size, args.size)
     anchor = time_forward(build_model(ANCHOR[0], in_channels=1, num_classes=2, **ANCHOR[1]).eval(), x, args.repeats)
     print(f"input {tuple(x.shape)}, threads {args.threads}, repeats {args.repeats}")
-    print(f"{'MONAI resnet18-3D (anchor)':<34} {anchor:8.4f} s  1.00x")
+    print(f"{'MONAI resnet18-3D (anchor)':<38} {anchor:8.4f} s  1.00x")
     for label, (name, kw) in CANDIDATES.items():
         if name == "densenet3d" and args.size < 32:  # its four pooling stages need at least 32^3
             continue
         model = build_model(name, in_channels=1, num_classes=2, **kw).eval()
         t = time_forward(model, x, args.repeats)
         params = sum(p.numel() for p in model.parameters())
-        print(f"{label:<34} {t:8.4f} s  {t / anchor:5.2f}x of anchor  ({params / 1e3:.0f}k parameters)")
+        print(f"{label:<38} {t:8.4f} s  {t / anchor:5.2f}x of anchor  ({params / 1e3:.0f}k parameters)")
 
 
 if __name__ == "__main__":

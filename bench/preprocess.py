@@ -65,8 +65,10 @@ def timed(fn, *args, repeat: int = 1, **kwargs):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads for torch and SimpleITK (scikit-image NLM is single-threaded)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for torch and SimpleITK (scikit-image NLM is single-threaded). Default 1: on a "
+                             "shared, busy machine torch's OpenMP threads wait on each other and 2 threads ran 20x "
+                             "slower than 1; use 2+ on an idle machine")
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 128), metavar=("X", "Y", "Z"))
     parser.add_argument("--noise", type=float, default=40.0, help="noise sigma in HU")
     parser.add_argument("--skip-slow", action="store_true", help="skip SimpleITK PatchBasedDenoising")

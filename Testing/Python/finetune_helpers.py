@@ -46,5 +46,5 @@ def synthetic_dataset(folder: Path, n: int = 3, manifest: bool = True) -> Path:
         image, seg = synthetic_case(folder, f"case{i}", seed=i, shift=float(i % 3) - 1.0)
         cases.append({"id": f"case{i}", "image": image.name, "segmentation": seg.name})
     if manifest:
-        (folder / "manifest.json").write_text(json.dumps({"cases": cases}))
+        (folder / "manifest.json").write_text(json.dumps({"cases": cases}), encoding="utf-8")
     return folder

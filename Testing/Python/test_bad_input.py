@@ -166,7 +166,7 @@ def test_nan_inf_voxels(run_cli, tmp_path, bad_value):
 
 def test_pipeline_with_unknown_step(run_cli, tmp_path, good_volume):
     pipe = tmp_path / "pipe.json"
-    pipe.write_text(json.dumps({"steps": [{"name": "median"}, {"name": "sharpen_magic"}]}))
+    pipe.write_text(json.dumps({"steps": [{"name": "median"}, {"name": "sharpen_magic"}]}), encoding="utf-8")
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, good_volume, out, str(pipe))
     _assert_clean_error(code, err, "pipe.json", "step 2", "unknown step 'sharpen_magic'")
@@ -175,14 +175,14 @@ def test_pipeline_with_unknown_step(run_cli, tmp_path, good_volume):
 
 def test_pipeline_with_wrong_parameter(run_cli, tmp_path, good_volume):
     pipe = tmp_path / "pipe.yaml"
-    pipe.write_text("steps:\n  - name: window\n    preset: liver\n")
+    pipe.write_text("steps:\n  - name: window\n    preset: liver\n", encoding="utf-8")
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, good_volume, out, str(pipe))
     _assert_clean_error(code, err, "pipe.yaml", "'preset'", "'liver'")
-    pipe.write_text("steps:\n  - name: median\n    radius: two\n")
+    pipe.write_text("steps:\n  - name: median\n    radius: two\n", encoding="utf-8")
     code, _, err = _preprocess(run_cli, good_volume, out, str(pipe))
     _assert_clean_error(code, err, "pipe.yaml", "'radius'", "whole number")
-    pipe.write_text("steps:\n  - name: median\n    radus: 2\n")
+    pipe.write_text("steps:\n  - name: median\n    radus: 2\n", encoding="utf-8")
     code, _, err = _preprocess(run_cli, good_volume, out, str(pipe))
     _assert_clean_error(code, err, "pipe.yaml", "unknown parameter", "'radus'")
     assert not out.exists()
@@ -190,7 +190,7 @@ def test_pipeline_with_wrong_parameter(run_cli, tmp_path, good_volume):
 
 def test_pipeline_file_not_json(run_cli, tmp_path, good_volume):
     pipe = tmp_path / "pipe.json"
-    pipe.write_text("{steps: [")
+    pipe.write_text("{steps: [", encoding="utf-8")
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.nrrd", str(pipe))
     _assert_clean_error(code, err, "pipe.json", "not valid JSON")
 
@@ -217,7 +217,7 @@ def test_bad_output_format_and_mask_name(run_cli, tmp_path, good_volume):
                                str(tmp_path / "mask.nrrd"))
     _assert_clean_error(code, err, "mask.nrrd", ".seg.nrrd")
     pipe = tmp_path / "median.json"
-    pipe.write_text('[{"name": "median"}]')
+    pipe.write_text('[{"name": "median"}]', encoding="utf-8")
     code, _, err = run_cli("preprocess", good_volume, tmp_path / "out.nrrd", "--pipeline", pipe,
                            "--mask", tmp_path / "m.seg.nrrd")
     _assert_clean_error(code, err, "m.seg.nrrd", "no mask step")

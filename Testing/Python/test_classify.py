@@ -111,7 +111,7 @@ def test_cli_writes_contract_outputs_and_progress(packages, oblique_file, tmp_pa
     fractions = [l["fraction"] for l in lines]
     assert fractions == sorted(fractions)
     assert lines[-1]["stage"] == "done" and lines[-1]["fraction"] == 1.0
-    record = json.loads((out / "oblique.json").read_text())
+    record = json.loads((out / "oblique.json").read_text(encoding="utf-8"))
     assert record["model"] == {"id": "tiny-test-slices2d", "version": "0.0.1"}
     assert record["label"] in TINY_CLASSES + ["uncertain"]
     assert set(record["probabilities"]) == set(TINY_CLASSES)
@@ -132,7 +132,7 @@ def test_folder_of_volumes_is_many_scans(packages, tmp_path):
     assert main(["classify", str(scans), "--model", str(packages["volume3d"]), "--out", str(out),
                  "--progress", "none", "--explain", "none"]) == 0
     assert sorted(p.name for p in out.glob("*.json")) == ["case0.json", "case1.json"]
-    assert json.loads((out / "case0.json").read_text())["outputs"]["heatmap"] is None
+    assert json.loads((out / "case0.json").read_text(encoding="utf-8"))["outputs"]["heatmap"] is None
 
 
 def test_dicom_folder_is_one_scan(packages, shared_data, tmp_path):
@@ -160,7 +160,7 @@ def test_output_names():
 def test_bad_input_is_a_clear_error_and_writes_nothing(packages, oblique_file, tmp_path, capsys, case, message):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "oblique.json").write_text("previous result")
+    (out / "oblique.json").write_text("previous result", encoding="utf-8")
     model, scan, extra = str(packages["slices2d"]), str(oblique_file), []
     if case == "two_channels":
         model = str(make_tiny_package(tmp_path / "p2", channels=2))
@@ -176,7 +176,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(packages, oblique_file, t
     err = capsys.readouterr().err
     assert rc == 2
     assert message in err and err.startswith("meddeeprecog classify: error:")
-    assert (out / "oblique.json").read_text() == "previous result"
+    assert (out / "oblique.json").read_text(encoding="utf-8") == "previous result"
     assert sorted(p.name for p in out.iterdir()) == ["oblique.json"]
 
 
@@ -190,5 +190,5 @@ def test_write_outputs_from_result(packages, oblique_volume, tmp_path):
     result = classify_scan(oblique_volume, packages["volume3d"], explain="gradcampp", device="cpu", name="vol")
     paths = write_outputs(result, tmp_path, png=False)
     assert paths["png"] is None and (tmp_path / "vol_heatmap.nrrd").exists()
-    record = json.loads((tmp_path / "vol.json").read_text())
+    record = json.loads((tmp_path / "vol.json").read_text(encoding="utf-8"))
     assert record["explain"]["method"] == "gradcampp" and record["explain"]["target_layer"] == "features.conv2"

@@ -83,7 +83,7 @@ def test_evaluate_cli_writes_metrics_and_figures(tmp_path, package_and_data, cap
     assert 0.0 <= res["auc"] <= 1.0 and set(res) >= {"accuracy", "balanced_accuracy", "precision", "recall", "f1"}
     for name in ("roc.png", "confusion_matrix.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((out / "metrics.json").read_text())["n"] == 40
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["n"] == 40
     assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", "val"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 10
 

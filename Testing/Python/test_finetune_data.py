@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -36,7 +35,7 @@ def test_manifest_json_csv_and_folder_pairs(tmp_path):
     assert [c.case_id for c in cases] == ["case0", "case1"]
     assert all(c.segmentation.name.endswith(".seg.nrrd") for c in cases)
     csv = tmp_path / "d" / "list.csv"
-    csv.write_text("id,image,segmentation,label\na,case0.nii.gz,case0.seg.nrrd,benign\nb,case1.nii.gz,case1.seg.nrrd,\n")
+    csv.write_text("id,image,segmentation,label\na,case0.nii.gz,case0.seg.nrrd,benign\nb,case1.nii.gz,case1.seg.nrrd,\n", encoding="utf-8")
     cases, cm = load_cases(csv)
     assert [(c.case_id, c.label) for c in cases] == [("a", "benign"), ("b", None)] and cm is None
     (tmp_path / "d" / "manifest.json").write_text(json.dumps(
@@ -52,7 +51,7 @@ def test_no_pairs_and_missing_files_are_named(tmp_path):
         load_cases(tmp_path / "empty")
     assert "empty" in str(info.value) and "scan.nii.gz" in str(info.value)
     bad = tmp_path / "m.json"
-    bad.write_text(json.dumps([{"id": "x1", "image": "nope.nii.gz", "segmentation": "nope.seg.nrrd"}]))
+    bad.write_text(json.dumps([{"id": "x1", "image": "nope.nii.gz", "segmentation": "nope.seg.nrrd"}]), encoding="utf-8")
     with pytest.raises(MedDeepRecogError, match="'x1'.*scan not found"):
         load_cases(bad)
 
@@ -173,3 +172,25 @@ def test_remove_small_components_keeps_large_objects_per_class():
     cleaned = remove_small_components(labels, 0.1)
     assert (cleaned == 1).sum() == 512 and (cleaned == 2).sum() == 343 + 216
     assert remove_small_components(labels, 0.0) is labels
+
+
+def test_base_weights_load_where_shapes_match_and_head_restarts():
+    import torch
+
+    from MedDeepRecogLib.finetune.seg_models import (encoder_module_paths, head_module_name,
+                                                     load_matching_weights)
+    from MedDeepRecogLib.models import build_model
+
+    torch.manual_seed(0)
+    base = build_model("simple_cnn3d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    torch.manual_seed(1)
+    new = build_model("simple_cnn3d", in_channels=1, num_classes=3, channels=[4, 8], hidden=8)
+    loaded, fresh = load_matching_weights(new, base.state_dict())
+    assert fresh == ["classifier.out.weight", "classifier.out.bias"]  # 3 classes: new head
+    assert torch.equal(new.state_dict()["features.conv1.conv.weight"], base.state_dict()["features.conv1.conv.weight"])
+    same_size = build_model("simple_cnn3d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    _, fresh = load_matching_weights(same_size, base.state_dict(), [head_module_name(same_size)])
+    assert fresh == ["classifier.out.weight", "classifier.out.bias"]  # renamed classes: head restarts too
+    unet = build_model("monai_unet", in_channels=1, num_classes=3, channels=[4, 8, 16], strides=[2, 2])
+    paths = encoder_module_paths(unet, "monai_unet")
+    assert "model.0" in paths and not any(p.startswith("model.2") for p in paths)

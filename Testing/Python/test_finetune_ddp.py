@@ -88,11 +88,11 @@ def test_two_process_gloo_matches_single_process_and_rank0_writes(tmp_path):
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6)
     assert (tmp_path / "toy_ckpt" / "last.pt").exists()
 
-    r0 = json.loads((tmp_path / "result_rank0.json").read_text())
-    r1 = json.loads((tmp_path / "result_rank1.json").read_text())
+    r0 = json.loads((tmp_path / "result_rank0.json").read_text(encoding="utf-8"))
+    r1 = json.loads((tmp_path / "result_rank1.json").read_text(encoding="utf-8"))
     assert r1["package"] is None and r0["package"]  # only rank 0 writes
     versions = [p.name for p in (tmp_path / "cat" / "ddp-seg").iterdir()]
     assert versions == ["1.0.0"]
-    meta = json.loads((Path(r0["package"]) / "model.json").read_text())
+    meta = json.loads((Path(r0["package"]) / "model.json").read_text(encoding="utf-8"))
     assert meta["provenance"]["world_size"] == 2
     assert r0["metrics"]["dice"] == r1["metrics"]["dice"]  # validation gathered from both ranks

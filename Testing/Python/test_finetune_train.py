@@ -41,20 +41,20 @@ def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
                                     dest=str(cat), work_dir=str(tmp_path / "w1"), **SEG))
     pkg_dir = Path(first["package"])
     assert pkg_dir == cat / "organs" / "1.0.0"
-    meta = json.loads((pkg_dir / "model.json").read_text())
+    meta = json.loads((pkg_dir / "model.json").read_text(encoding="utf-8"))
     assert meta["task"] == "segmentation" and meta["class_names"] == ["background", "organ_a", "organ_b"]
     assert meta["provenance"]["parent"] is None
     assert meta["provenance"]["dataset_fingerprint"].startswith("sha256:")
     assert meta["provenance"]["cases"] == {"train": ["case0", "case1"], "val": ["case2"]}
     assert 0.0 <= meta["metrics"]["dice"] <= 1.0
-    card = (pkg_dir / "MODEL_CARD.md").read_text()
+    card = (pkg_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "2 training case(s)" in card and "none (trained from scratch)" in card
     before = _tree_hash(pkg_dir)
 
     second = finetune(FinetuneConfig(data=str(data_dir), base=str(pkg_dir), epochs=1, freeze_encoder=True,
                                      val_cases=["case2"], dest=str(cat), work_dir=str(tmp_path / "w2"), **SEG))
     assert Path(second["package"]) == cat / "organs" / "1.0.1"  # a new version of the same id
-    meta2 = json.loads((Path(second["package"]) / "model.json").read_text())
+    meta2 = json.loads((Path(second["package"]) / "model.json").read_text(encoding="utf-8"))
     assert meta2["provenance"]["parent"]["id"] == "organs" and meta2["provenance"]["parent"]["version"] == "1.0.0"
     assert meta2["training"]["frozen_modules"] and meta2["training"]["base_weights"]["reinitialised"] == []
     assert _tree_hash(pkg_dir) == before  # the base is untouched
@@ -108,7 +108,7 @@ def test_roi_classification_from_segments(data_dir, tmp_path):
                                      margin_mm=4.0, mask_channel=True, samples_per_segment=3, negatives=1,
                                      epochs=2, batch_size=4, val_cases=["case2"], early_stopping=0,
                                      dest=str(tmp_path / "cat"), id="roi", work_dir=str(tmp_path / "w")))
-    meta = json.loads((Path(result["package"]) / "model.json").read_text())
+    meta = json.loads((Path(result["package"]) / "model.json").read_text(encoding="utf-8"))
     assert meta["class_names"] == ["organ_a", "organ_b", "background"]
     assert meta["input"]["kind"] == "roi3d" and meta["input"]["channels"] == 2
     assert meta["input"]["roi"]["mask_channel"] is True

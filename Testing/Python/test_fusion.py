@@ -145,7 +145,7 @@ def test_manifest_with_a_missing_modality(tmp_path):
     sitk.WriteImage(_phantom(size=(20, 20, 20), spacing=(2.0, 2.0, 2.0), weights=(50.0, 300.0)),
                     str(tmp_path / "p1_mr.nii.gz"))
     sitk.WriteImage(_phantom(), str(tmp_path / "p2_ct.nii.gz"))
-    (tmp_path / "m.csv").write_text("case,CT,MR,label\np1,p1_ct.nii.gz,p1_mr.nii.gz,mass\np2,p2_ct.nii.gz,,normal\n")
+    (tmp_path / "m.csv").write_text("case,CT,MR,label\np1,p1_ct.nii.gz,p1_mr.nii.gz,mass\np2,p2_ct.nii.gz,,normal\n", encoding="utf-8")
     mods, cases = read_manifest(tmp_path / "m.csv")
     assert mods == ["CT", "MR"] and [c.case for c in cases] == ["p1", "p2"]
     assert cases[1].paths["MR"] is None and cases[1].label == "normal"
@@ -154,12 +154,18 @@ def test_manifest_with_a_missing_modality(tmp_path):
     assert x1.shape == (2, 12, 12, 12) and np.isfinite(x1).all() and 0 <= x1.min() and x1.max() <= 1
     x2 = load_case(cases[1], spec)
     assert np.isfinite(x2[0]).all() and np.isnan(x2[1]).all()
-    (tmp_path / "bad.csv").write_text("case,CT,label\np1,missing.nii.gz,mass\n")
+    from MedDeepRecogLib.fusion import manifest_to_npz
+
+    npz = np.load(manifest_to_npz(tmp_path / "m.csv", tmp_path / "m.npz", size=[8, 8, 8], val_cases=["p2"]))
+    assert npz["train_images"].shape == (1, 2, 8, 8, 8) and npz["val_images"].shape == (1, 2, 8, 8, 8)
+    assert list(npz["class_names"]) == ["mass", "normal"] and list(npz["modalities"]) == ["CT", "MR"]
+    assert npz["train_labels"].ravel().tolist() == [0] and np.isnan(npz["val_images"][0, 1]).all()
+    (tmp_path / "bad.csv").write_text("case,CT,label\np1,missing.nii.gz,mass\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="does not exist"):
         read_manifest(tmp_path / "bad.csv")
     with pytest.raises(ConfigError, match="lacks modality"):
         read_manifest(tmp_path / "m.csv", ["CT", "FLAIR"])
-    (tmp_path / "empty_row.csv").write_text("case,CT,MR,label\np1,,,mass\n")
+    (tmp_path / "empty_row.csv").write_text("case,CT,MR,label\np1,,,mass\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="no modality given"):
         read_manifest(tmp_path / "empty_row.csv")
 

@@ -39,9 +39,9 @@ def _model(seed=0):
 
 
 def _edit_meta(folder: Path, fn) -> None:
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     fn(meta)
-    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def test_round_trip_gives_identical_predictions(tmp_path):
@@ -122,7 +122,7 @@ def _pt_package(tmp_path, obj, name="evil", pickle_raw=False) -> Path:
     else:
         torch.save(obj, wpath)
     meta = _meta(weights={"file": "weights.pt", "sha256": sha256_file(wpath)})
-    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     return folder
 
 
@@ -191,7 +191,7 @@ def test_missing_keys_and_bad_json(tmp_path):
     _edit_meta(path, lambda m: m.pop("class_names"))
     with pytest.raises(ModelPackageError, match="class_names"):
         load_package(path)
-    (path / "model.json").write_text("{not json")
+    (path / "model.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ModelPackageError, match="not valid JSON"):
         load_package(path)
 

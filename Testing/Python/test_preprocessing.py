@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from MedDeepRecogLib.preprocessing.intensity import WINDOW_PRESETS
 
 REQUIRED_STEPS = {"resample", "crop_pad", "window", "normalize", "bilateral", "nlm", "anisotropic_diffusion",
                   "median", "clahe", "gamma", "contrast", "n4", "otsu", "threshold", "canny", "gradient_magnitude",
-                  "lung_mask", "body_mask", "head_mask"}
+                  "lung_mask", "body_mask", "head_mask", "scale_intensity_range"}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -100,12 +99,12 @@ def test_bad_pipeline_data_is_a_config_error_naming_step_and_parameter(data, mes
 
 
 def test_from_file_yaml_and_json(tmp_path):
-    (tmp_path / "p.yaml").write_text("name: mine\nsteps:\n  - name: window\n    preset: bone\n  - median\n")
+    (tmp_path / "p.yaml").write_text("name: mine\nsteps:\n  - name: window\n    preset: bone\n  - median\n", encoding="utf-8")
     p = Pipeline.from_file(tmp_path / "p.yaml")
     assert p.name == "mine" and [s.name for s in p.steps] == ["window", "median"]
-    (tmp_path / "p.json").write_text(json.dumps(p.to_data()))
+    (tmp_path / "p.json").write_text(json.dumps(p.to_data()), encoding="utf-8")
     assert load_pipeline(str(tmp_path / "p.json")).to_data() == p.to_data()
-    (tmp_path / "bad.json").write_text(json.dumps({"steps": [{"name": "median", "radius": "x"}]}))
+    (tmp_path / "bad.json").write_text(json.dumps({"steps": [{"name": "median", "radius": "x"}]}), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad\.json: step 1: step 'median', parameter 'radius'"):
         Pipeline.from_file(tmp_path / "bad.json")
 
@@ -126,6 +125,7 @@ STEP_CASES = [
     {"name": "clahe", "kernel_mm": 16},
     {"name": "gamma", "gamma": 0.7},
     {"name": "contrast", "factor": 2.0},
+    {"name": "scale_intensity_range", "a_min": -1000, "a_max": 400},
     {"name": "n4", "shrink": 2, "iterations": [5, 5]},
     {"name": "canny", "sigma_mm": 1.0},
     {"name": "gradient_magnitude", "sigma_mm": 1.0},
@@ -151,6 +151,22 @@ def test_window_presets_map_hu_to_unit_range():
         out = sitk.GetArrayFromImage(Pipeline.from_data([{"name": "window", "preset": preset}]).run(image).image)
         expected = np.clip((arr - (center - width / 2)) / width, 0, 1)
         np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_bundled_model_package_pipelines_are_valid_and_run():
+    """Model packages declare ``input.pipeline`` as data; every bundled one must load and run here."""
+    from MedDeepRecogLib.resources import BUNDLED_MODELS_DIR
+
+    arr = np.linspace(-50, 300, 6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8)
+    image = sitk.GetImageFromArray(arr)
+    for model_json in sorted(BUNDLED_MODELS_DIR.glob("*/*/model.json")):
+        pipeline = json.loads(model_json.read_text(encoding="utf-8"))["input"].get("pipeline")
+        if pipeline:
+            out = Pipeline.from_data(pipeline).run(image).image
+            assert same_geometry(out, image), model_json
+    scaled = sitk.GetArrayFromImage(Pipeline.from_data([{"name": "scale_intensity_range", "a_min": 0, "a_max": 255,
+                                                          "b_min": 0.0, "b_max": 1.0, "clip": True}]).run(image).image)
+    np.testing.assert_allclose(scaled, np.clip(arr / 255.0, 0, 1), atol=1e-6)
 
 
 def test_normalisations_statistics():
@@ -267,7 +283,7 @@ def example_ct(shared_data):
 def test_lung_mask_matches_totalsegmentator_lungs(shared_data, example_ct):
     """example_seg.nii.gz labels the example_ct_sm grid = example_ct slices 82..111 (same header origin)."""
     labels_info = json.loads((shared_data / "totalsegmentator_examples" / "labels_present_in_examples.json")
-                             .read_text())["example_seg.nii.gz"]["labels"]
+                             .read_text(encoding="utf-8"))["example_seg.nii.gz"]["labels"]
     lung_ids = [int(i) for i, v in labels_info.items() if v["name"].startswith("lung_")]
     assert lung_ids
     result = Pipeline.from_data([{"name": "lung_mask"}]).run(example_ct)

@@ -23,7 +23,7 @@ def _config(tmp_path, npz, adversarial):
     if adversarial is not None:
         cfg["adversarial"] = adversarial
     path = tmp_path / "adv.json"
-    path.write_text(json.dumps(cfg))
+    path.write_text(json.dumps(cfg), encoding="utf-8")
     return path
 
 
@@ -44,7 +44,8 @@ def test_adversarial_training_writes_package_with_robustness_table(tmp_path, cap
 
     AdversarialTraining.batch_transform = spy
     try:
-        rc = main(["robustness", "--train-config", str(cfg), "--out", str(tmp_path / "run"), "--package-dest",
+        # adversarial training is a plain `train` option: the config's `adversarial` block switches it on
+        rc = main(["train", str(cfg), "--out", str(tmp_path / "run"), "--package-dest",
                    str(dest), "--progress", "json"])
     finally:
         AdversarialTraining.batch_transform = orig
@@ -59,7 +60,7 @@ def test_adversarial_training_writes_package_with_robustness_table(tmp_path, cap
         assert [p["eps"] for p in r["robust"]] == [0.02, 0.1]
         assert 0.0 <= r["clean"]["accuracy"] <= 1.0
     assert pkg.meta["provenance"]["adversarial_training"]["attack"] == "fgsm_rs"
-    card = (pkg.path / "MODEL_CARD.md").read_text()
+    card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "## Robustness (PGD-3" in card and "blob-test@1.0.0 (normal training)" in card
     assert (pkg.path / "training_curve.png").is_file()
 
@@ -72,3 +73,16 @@ def test_adversarial_config_errors(tmp_path):
         run_adversarial_training(_config(tmp_path, npz, {"attack": "pgd", "eps": 0}))
     with pytest.raises(ConfigError, match="'pgd' or 'fgsm_rs'"):
         run_adversarial_training(_config(tmp_path, npz, {"attack": "cw", "eps": 0.1}))
+
+
+def test_train_config_validates_adversarial_block_when_loaded(tmp_path):
+    """A bad adversarial block is refused by the config loader (naming the file) before any data is read."""
+    from MedDeepRecogLib.training.config import load_config
+
+    npz = write_blob_npz(tmp_path / "b.npz", n=16)
+    good = load_config(_config(tmp_path, npz, {"attack": "pgd", "eps": 0.03, "steps": 2}))
+    assert good.adversarial == {"attack": "pgd", "eps": 0.03, "steps": 2}
+    bad = _config(tmp_path, npz, {"attack": "pgd", "eps": 0.03, "stpes": 2})
+    with pytest.raises(ConfigError, match="stpes") as info:
+        load_config(bad)
+    assert info.value.path == bad

@@ -48,7 +48,7 @@ def _lines(name: str) -> list[str]:
     path = API_DIR / name
     if not path.exists():
         pytest.skip(f"Slicer API lists not found at {API_DIR}")
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def _dotted(node: ast.AST) -> str | None:
 
 def _wrapper_fields() -> dict[str, str]:
     """Parameter node fields typed with an MRML class: ``{"inputVolume": "vtkMRMLScalarVolumeNode", ...}``."""
-    tree = ast.parse((MODULE_DIR / "MedDeepRecog.py").read_text())
+    tree = ast.parse((MODULE_DIR / "MedDeepRecog.py").read_text(encoding="utf-8"))
     fields = {}
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode")):
         for stmt in cls.body:
@@ -189,7 +189,7 @@ class _Checker(ast.NodeVisitor):
 
 @pytest.mark.parametrize("path", SLICER_FILES, ids=lambda p: p.name)
 def test_every_slicer_call_exists_in_slicer_5_12(path, api):
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     checker = _Checker(api, _wrapper_fields())
     checker.visit(tree)
     assert not checker.problems, f"{path.name}: not in the Slicer API lists: {checker.problems}"
@@ -199,7 +199,7 @@ def test_every_slicer_call_exists_in_slicer_5_12(path, api):
 
 def test_imports_from_slicer_exist(api):
     for path in SLICER_FILES:
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "slicer":
                 for alias in node.names:
                     if node.module == "slicer":
@@ -215,7 +215,7 @@ def test_imports_from_slicer_exist(api):
 def test_no_deprecated_api():
     for path in SLICER_FILES + [MODULE_DIR / "MedDeepRecogLib" / "slicer_bridge" / p
                                 for p in ("process_runner.py", "worker_command.py")]:
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             names = []
             if isinstance(node, ast.Attribute):

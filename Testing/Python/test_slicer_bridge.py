@@ -214,7 +214,7 @@ def test_read_classify_result_resolves_outputs_and_faithfulness(tmp_path):
               "probabilities": {"a": 0.2, "b": 0.7, "c": 0.1},
               "explain": {"method": "gradcam", "faithfulness": {"score": 0.42, "deletion_auc": 0.1}},
               "outputs": {"heatmap": "scan_heatmap.nrrd", "png": "missing.png", "regions": "scan_regions.seg.nrrd"}}
-    (tmp_path / "scan.json").write_text(json.dumps(record))
+    (tmp_path / "scan.json").write_text(json.dumps(record), encoding="utf-8")
     result = read_classify_result(tmp_path, "/somewhere/scan.nrrd")
     assert result.probabilities == [("b", 0.7), ("a", 0.2), ("c", 0.1)]
     assert result.confidence == 0.7 and result.model == "m@1.0.0"
@@ -286,7 +286,7 @@ def test_preview_end_to_end_through_the_bridge(tmp_path):
     settings = dict(pipeline_spec.DEFAULTS, resample=True, resample_spacing=2.0, clip=True, clip_min=-1000,
                     clip_max=400, mask=True)
     pipeline = tmp_path / "pipeline.json"
-    pipeline.write_text(json.dumps(pipeline_spec.build_pipeline("custom", settings)))
+    pipeline.write_text(json.dumps(pipeline_spec.build_pipeline("custom", settings)), encoding="utf-8")
     out, mask = tmp_path / "pre.nrrd", tmp_path / "mask.seg.nrrd"
     events = []
     run_worker(WorkerCommand.preprocess(scan, out, pipeline, python=PY, mask=mask).args, worker_environment(),

@@ -43,17 +43,17 @@ def _section(text: str, name: str) -> list[str]:
 
 
 def regenerate() -> None:
-    text = MODULE_CMAKE.read_text()
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
     scripts, resources = _files()
     for name, items in (("scripts", scripts), ("resources", resources)):
         body = "".join(f"  {item}\n" for item in items)
         text = re.sub(rf"(  # BEGIN generated {name}\n).*?(  # END generated {name})",
                       lambda m: m.group(1) + body + m.group(2), text, flags=re.S)
-    MODULE_CMAKE.write_text(text)
+    MODULE_CMAKE.write_text(text, encoding="utf-8")
 
 
 def test_every_module_file_is_listed():
-    text = MODULE_CMAKE.read_text()
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
     scripts, resources = _files()
     listed_scripts, listed_resources = _section(text, "scripts"), _section(text, "resources")
     assert "MedDeepRecogSlicerLib/scene_io.py" in scripts and "MedDeepRecogLib/cli.py" in scripts
@@ -66,14 +66,14 @@ def test_every_module_file_is_listed():
 
 
 def test_module_cmake_registers_the_self_test():
-    text = MODULE_CMAKE.read_text()
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule(" in text
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     assert "set(MODULE_NAME MedDeepRecog)" in text
 
 
 def test_extension_metadata_and_images():
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     meta = dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"', text))
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
                 "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "EXTENSION_CONTRIBUTORS"):

@@ -274,8 +274,11 @@ def test_second_volume_needs_a_worker_that_accepts_it(monkeypatch, tmp_path, tin
         with pytest.raises(MedDeepRecogError, match="does not accept this classify command.*--second-input"):
             logic.classify(p, waitForCompletion=True)
         assert p.outputTable is None and not logic.isRunning("classify")
-    else:  # the worker has learnt multi-modal input: the run must then succeed
-        assert logic.classify(p, waitForCompletion=True).label
+    else:  # the worker has learnt multi-modal input: a single-modality model refuses the second volume clearly
+        from MedDeepRecogLib.slicer_bridge import WorkerError
+        with pytest.raises(WorkerError, match="takes one modality"):
+            logic.classify(p, waitForCompletion=True)
+        assert p.outputTable is None and not logic.isRunning("classify")
 
 
 @pytest.mark.parametrize("launch", [_launch_5_12, _launch_5_10], ids=["slicer-5.12", "slicer-5.10"])

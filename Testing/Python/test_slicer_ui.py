@@ -95,7 +95,7 @@ def ui_widgets() -> dict[str, tuple[str, dict[str, str]]]:
 
 def wrapper_fields() -> dict[str, tuple[str, bool, list | None]]:
     """Fields of the @parameterNodeWrapper class: name -> (type, bounded, choices)."""
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef)
                and any(_dotted(d) == "parameterNodeWrapper" for d in n.decorator_list))
     fields = {}
@@ -128,7 +128,7 @@ def _dotted(node) -> str:
 def used_ui_names() -> set[str]:
     """Every ``self.ui.<name>`` in the module."""
     names = set()
-    for node in ast.walk(ast.parse(MODULE_FILE.read_text())):
+    for node in ast.walk(ast.parse(MODULE_FILE.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Attribute) and _dotted(node.value) == "self.ui":
             names.add(node.attr)
     return names

@@ -58,7 +58,7 @@ def _fit_run(tmp, epochs, resume=False, should_stop=None):
     model = build_model("simple_cnn2d", **KW)
     tl, vl = _loaders()
     cfg = FitConfig(epochs=epochs, lr=3e-3, schedule="step", step_size=2, gamma=0.5, seed=0,
-                    checkpoint_dir=str(tmp), resume=resume, restore_best=False)
+                    checkpoint_dir=str(tmp), resume=resume, restore_best=False, ema_decay=0.9)
     hooks = Hooks(augment=BatchAugment({"flip": {"prob": 0.5, "axes": [0, 1]}}, spatial_dims=2, seed=0),
                   should_stop=should_stop)
     return model, fit(model, tl, vl, cfg, hooks)
@@ -147,12 +147,12 @@ def test_unknown_config_keys_are_named_with_the_file(tmp_path, npz):
     cfg = _config(npz)
     cfg["optimizer"]["learning_rate"] = 0.1
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps(cfg))
+    path.write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ConfigError, match="optimizer/learning_rate") as err:
         load_config(path)
     assert str(path) in str(err.value)
     path = tmp_path / "bad.yaml"
-    path.write_text("id: x\nepochs: 3\ndata: {path: a.npz}\nmodel: {name: simple_cnn2d}\n")
+    path.write_text("id: x\nepochs: 3\ndata: {path: a.npz}\nmodel: {name: simple_cnn2d}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown key 'epochs'"):
         load_config(path)
     with pytest.raises(ConfigError, match="augmentation/flip/probability"):
@@ -173,7 +173,7 @@ def test_one_class_dataset_is_refused(tmp_path):
 def test_train_cli_end_to_end(tmp_path, npz, capsys):
     cfg_path = tmp_path / "cfg.yaml"
     import yaml
-    cfg_path.write_text(yaml.safe_dump(_config(npz)))
+    cfg_path.write_text(yaml.safe_dump(_config(npz)), encoding="utf-8")
     out, cat = tmp_path / "run", tmp_path / "catalog"
     rc = main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "json"])
     assert rc == 0
@@ -185,9 +185,9 @@ def test_train_cli_end_to_end(tmp_path, npz, capsys):
     assert pkg.class_names == ["left", "right"] and pkg.input_spec["size"] == [12, 12]
     assert pkg.meta["metrics"]["split"] == "val" and pkg.meta["metrics"]["auc"] > 0.9
     assert pkg.meta["provenance"]["dataset_fingerprint"].startswith("sha256:")
-    assert (pkg.path / "MODEL_CARD.md").read_text().count("meddeeprecog train") == 1
+    assert (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8").count("meddeeprecog train") == 1
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((out / "metrics.json").read_text())["n"] == 30
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["n"] == 30
     # a second run takes the next version; the first is untouched
     before = (pkg.path / "weights.safetensors").read_bytes()
     assert main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none",
@@ -200,7 +200,7 @@ def test_train_cli_user_errors_exit_2(tmp_path, npz, capsys):
     cfg = _config(npz)
     cfg["training"]["epoch"] = 3
     path = tmp_path / "typo.json"
-    path.write_text(json.dumps(cfg))
+    path.write_text(json.dumps(cfg), encoding="utf-8")
     assert main(["train", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "training/epoch" in err and str(path) in err
@@ -218,7 +218,7 @@ def test_image_folder_with_labels_csv(tmp_path):
         name = f"img{i:02d}.png"
         sitk.WriteImage(sitk.GetImageFromArray((img[0] * 100 + 100).clip(0, 255).astype(np.uint8)), str(folder / name))
         rows.append(f"{name},{'right' if label else 'left'}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     cfg = config_from_dict(_config(folder, data={"path": str(folder), "kind": "slices2d", "val_fraction": 0.2,
                                                  "intensity_range": [0, 255]}))
     data = load_train_val(cfg, folder)

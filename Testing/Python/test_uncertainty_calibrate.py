@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from frontier_helpers import save_blob_package, write_blob_npz, write_blob_scan
 from MedDeepRecogLib.cli import main
@@ -31,7 +30,7 @@ def test_calibrate_npz_writes_new_version(tmp_path, capsys):
     # temperature scaling minimises NLL on this data, so it cannot make it worse
     assert cal["nll_after"] <= cal["nll_before"] + 1e-9
     assert 0.0 <= cal["low_confidence_threshold"] <= 1.0
-    card = (new.path / "MODEL_CARD.md").read_text()
+    card = (new.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert card.startswith("# blob-test") and "## Calibration" in card and f"{cal['ece_after']:.4f}" in card
     assert (new.path / "reliability.png").stat().st_size > 1000
     # same weights as the parent (the file differs only by its id/version metadata)
@@ -51,7 +50,7 @@ def test_calibrate_csv_of_scans(tmp_path, capsys):
         label = i % 2
         write_blob_scan(tmp_path / f"s{i}.nii.gz", label=label, seed=20 + i)
         rows.append(f"s{i}.nii.gz,{['normal', 'mass'][label]}")
-    (tmp_path / "val.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "val.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     assert main(["calibrate", "--model", str(parent), "--data", str(tmp_path / "val.csv"), "--dest", str(catalog),
                  "--progress", "none"]) == 0
     new = load_package(catalog / "blob-test" / "1.0.1")
@@ -66,7 +65,7 @@ def test_calibrate_errors(tmp_path, capsys):
     small = write_blob_npz(tmp_path / "small.npz", n=4)
     assert main(["calibrate", "--model", str(parent), "--data", str(small), "--dest", str(catalog)]) == 2
     assert "too few" in capsys.readouterr().err
-    (tmp_path / "bad.csv").write_text("path,label\nx.nii.gz,tumour\n")
+    (tmp_path / "bad.csv").write_text("path,label\nx.nii.gz,tumour\n", encoding="utf-8")
     assert main(["calibrate", "--model", str(parent), "--data", str(tmp_path / "bad.csv")]) == 2
     assert "not one of the model's classes" in capsys.readouterr().err
     assert not (catalog / "blob-test" / "1.0.1").exists()

@@ -25,6 +25,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", choices=["gradcam", "gradcampp", "attention", "none"], default="gradcam",
                    help="heatmap method (default gradcam; attention for models with attention)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--uncertainty", choices=["auto", "none", "mc-dropout", "tta"], default="auto",
+                   help="uncertainty block: calibrated probabilities, predictive entropy and the low-confidence flag, "
+                        "plus MC-dropout (20 passes) or test-time-augmentation (8 flips) spread; auto = MC dropout "
+                        "(8 passes) for volume models with dropout, else calibration only")
+    p.add_argument("--no-faithfulness", action="store_true",
+                   help="skip the heatmap's deletion/insertion faithfulness score")
+    p.add_argument("--lesion", metavar="SEG",
+                   help="lesion label image (one INPUT): pointing game and heatmap mass inside the lesion")
+    p.add_argument("--second-input", metavar="SCAN",
+                   help="second modality for a multi-modal (fusion) model (one INPUT); resampled onto INPUT's grid")
+    p.add_argument("--register", action="store_true",
+                   help="with --second-input: rigidly register the second scan to INPUT first")
     p.add_argument("--no-png", action="store_true", help="skip the three-plane PNG")
     p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
     p.set_defaults(func=run)
@@ -66,15 +78,39 @@ def _unique_names(scans: list[Path]) -> list[str]:
     return names
 
 
+def _read_lesion(path: str):
+    """A lesion mask as a SimpleITK label image: any segmentation (``.seg.nrrd``, label map) read by
+    :func:`MedDeepRecogLib.io.read_segmentation` (every segment counts as lesion)."""
+    import SimpleITK as sitk
+
+    from ..io import read_segmentation
+
+    labelmap, reference, _ = read_segmentation(path)
+    lesion = sitk.GetImageFromArray((labelmap != 0).astype("uint8"))
+    lesion.CopyInformation(reference)
+    return lesion
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..inference.classify import classify_scan, resolve_device, write_outputs
+    from ..errors import ConfigError
+    from ..inference.classify import check_classifier, classify_fusion, classify_scan, resolve_device, write_outputs
     from ..packages import load_package
     from ..progress import Progress
 
     progress = Progress(args.progress)
     scans = expand_inputs(args.inputs)
     package = load_package(args.model)
+    check_classifier(package)
     device = resolve_device(args.device)
+    for option in ("lesion", "second_input"):
+        if getattr(args, option) and len(scans) != 1:
+            raise ConfigError(f"--{option.replace('_', '-')} goes with exactly one INPUT scan, got {len(scans)}")
+    second = None
+    if args.second_input:
+        second = Path(args.second_input)
+        if not second.exists():
+            raise InputImageError("no such file or folder (--second-input)", second)
+    lesion = _read_lesion(args.lesion) if args.lesion else None
     out = Path(args.out)
     results = []
     n = len(scans)
@@ -82,7 +118,12 @@ def run(args: argparse.Namespace) -> int:
         def report(stage, fraction, _i=i, _name=name, **extra):
             progress(stage, (_i + fraction) / n, case=_name, **extra)
 
-        result = classify_scan(scan, package, explain=args.explain, device=device, progress=report, name=name)
+        if second is not None or len(package.input_spec.get("modalities") or []) > 1:
+            result = classify_fusion(scan, second, package, name=name, register=args.register)
+        else:
+            result = classify_scan(scan, package, explain=args.explain, device=device, progress=report, name=name,
+                                   uncertainty=args.uncertainty, faithfulness=not args.no_faithfulness,
+                                   lesion=lesion)
         outputs = write_outputs(result, out, png=not args.no_png, progress=report)
         results.append({"input": str(scan), "label": result.label, "probabilities": result.probability_map(),
                         **outputs})
@@ -92,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
             extra = f" [{'; '.join(result.decision['reasons'])}]" if result.decision["uncertain"] else ""
             mod = result.decision.get("modality") or {}
             mod_txt = f" (modality {mod['label']})" if mod.get("label") else ""
-            print(f"{scan}: {result.label}{mod_txt}{extra}\n  {probs}\n  -> {outputs['json']}")
+            caption = result.explain.get("faithfulness_caption")
+            trust = f"\n  heatmap {caption}" if caption else ""
+            print(f"{scan}: {result.label}{mod_txt}{extra}\n  {probs}{trust}\n  -> {outputs['json']}")
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": results})
     return 0

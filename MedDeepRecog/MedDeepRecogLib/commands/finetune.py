@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = finetune(cfg, progress=progress, should_stop=lambda: cancelled["flag"])
     except KeyboardInterrupt:
-        print(f"meddeeprecog finetune: cancelled; the last complete epoch's checkpoint is kept", file=sys.stderr)
+        print("meddeeprecog finetune: cancelled; the last complete epoch's checkpoint is kept", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{i.id:<22} {i.version:<8} {i.source:<7} BROKEN: {i.error}")
             continue
         m = i.metrics or {}
-        score = " ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))
+        shown = ("auc", "balanced_accuracy", "accuracy", "dice")
+        score = " ".join(f"{k}={m[k]:.3f}" for k in shown if isinstance(m.get(k), float))
+        score = f"{m.get('split', '')}: {score}" if score else ""
         kind = (i.input or {}).get("kind", "?")
         print(f"{i.id:<22} {i.version:<8} {i.source:<7} {kind:<9} classes={','.join(i.class_names or [])} {score}")
     return 0

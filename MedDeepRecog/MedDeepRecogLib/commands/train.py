@@ -52,8 +52,14 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         cfg.training.device = args.device
     progress = Progress(args.progress)
-    result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest, progress=progress,
-                          command=_command_line(args))
+    if cfg.adversarial and cfg.adversarial.get("enabled", True):
+        # adversarial training also measures clean vs robust metrics into the package's card
+        from ..robustness.training import run_adversarial_training
+        result = run_adversarial_training(args.config, out=args.out, package_dest=args.package_dest,
+                                          epochs=args.epochs, progress=progress, command=_command_line(args))
+    else:
+        result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest,
+                              progress=progress, command=_command_line(args))
     if args.progress == "json":
         progress("done", 1.0, result=result)
     else:

@@ -73,11 +73,11 @@ def planes_png(scan: Planes, heat: Planes, path: str | Path, *, title: str = "",
         opacity = alpha * np.clip((h01 - floor) / (1 - floor), 0, 1)
         rgb = blend_images(s01[None], h01[None], alpha=opacity[None], cmap=cmap, rescale_arrays=False,
                            transparent_background=True)
-        ax.imshow(np.moveaxis(np.asarray(rgb), 0, -1).clip(0, 1), aspect=aspect, interpolation="bilinear")
+        ax.imshow(np.moveaxis(np.asarray(rgb), 0, -1).clip(0, 1), aspect=aspect, interpolation="antialiased")
         ax.set_title(name, fontsize=10)
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86, wspace=0.04)  # tight_layout costs ~0.3 s
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -122,7 +122,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     when present, so a train config can carry one)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config ({exc})", path) from None
     try:
@@ -174,12 +174,15 @@ def _base_package(ref: str | None, task: str):
     return pkg
 
 
-def _build_model(cfg: FinetuneConfig, base, num_outputs: int, in_channels: int) -> tuple[Any, str, dict, dict]:
+def _build_model(cfg: FinetuneConfig, base, num_outputs: int, in_channels: int,
+                 class_names: Sequence[str] = ()) -> tuple[Any, str, dict, dict]:
     """Network for the new package: the base's architecture with new output/input sizes, base weights where
-    shapes match. Returns ``(model, arch_name, arch_kwargs, weight_report)``."""
+    shapes match; the output layer starts fresh when the class names differ from the base's (even if their number
+    is the same: "mass" must not become "lesion" by position). Returns ``(model, arch_name, arch_kwargs,
+    weight_report)``."""
     from ..models import build_model
     from . import seg_models  # noqa: F401  (registers monai_unet / monai_segresnet)
-    from .seg_models import load_matching_weights
+    from .seg_models import head_module_name, load_matching_weights
 
     if base is not None:
         name = base.meta["architecture"]["name"]
@@ -196,7 +199,9 @@ def _build_model(cfg: FinetuneConfig, base, num_outputs: int, in_channels: int) 
     if base is not None:
         from ..packages.package import _load_state_dict
 
-        loaded, fresh = load_matching_weights(model, _load_state_dict(base.weights_path))
+        same_classes = list(base.class_names) == list(class_names)
+        skip = [] if same_classes or not class_names else [head_module_name(model)]
+        loaded, fresh = load_matching_weights(model, _load_state_dict(base.weights_path), skip)
         if not loaded:
             raise ConfigError(f"no weight of base {base.id}@{base.version} fits the new network; "
                               "check --arch-kwargs", base.path)
@@ -304,7 +309,8 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
                "metrics": result.best_val, "warnings": report["warnings"]}
     if result.stopped == "cancelled" or not ctx.is_main:
         return summary
-    previous = _previous_result(work_dir, len(result.epochs))
+    nothing_new = result.resumed_from is not None and result.resumed_from == len(result.epochs)
+    previous = _previous_result(work_dir, len(result.epochs)) if nothing_new else None
     if previous is not None:  # a finished run re-run with the same command: nothing new to save
         summary.update(previous)
         return summary
@@ -332,7 +338,7 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     history = json.dumps(result.summary(), indent=2)
     target = save_package(job.model, meta, cfg.dest, extra_files={"MODEL_CARD.md": card, "history.json": history})
     summary["package"] = str(target)
-    summary["id"], summary["version"] = meta["id"], json.loads((target / "model.json").read_text())["version"]
+    summary["id"], summary["version"] = meta["id"], json.loads((target / "model.json").read_text(encoding="utf-8"))["version"]
     from ..io import atomic_write_json
 
     atomic_write_json(work_dir / "result.json", {"package": summary["package"], "id": summary["id"],
@@ -344,7 +350,7 @@ def _previous_result(work_dir: Path, epochs_run: int) -> dict[str, Any] | None:
     """The package an earlier, finished run of this work folder saved, if it saw the same epochs and still exists."""
     path = work_dir / "result.json"
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     if saved.get("epochs_run") != epochs_run or not Path(saved.get("package", "")).is_dir():
@@ -435,7 +441,8 @@ class _SegmentationJob:
             raise MedDeepRecogError("the training cases hold no labelled voxel of classes " + ", ".join(classes),
                                     cfg.data)
         self.train_vols, self.val_vols = train_vols, val_vols
-        self.model, self.arch, self.arch_kwargs, self.weight_report = _build_model(cfg, base, len(classes) + 1, 1)
+        self.model, self.arch, self.arch_kwargs, self.weight_report = _build_model(
+            cfg, base, len(classes) + 1, 1, ["background"] + list(classes))
         self.frozen = encoder_module_paths(self.model, self.arch) if cfg.freeze_encoder else []
         # channels-last 3D convolutions train ~25% faster on CPU (oneDNN) and suit tensor cores on CUDA
         self.model = self.model.to(memory_format=torch.channels_last_3d)
@@ -520,7 +527,7 @@ class _ClassificationJob:
                                     cfg.data)
         self.x_val, self.y_val = crops_to_arrays(val_samples, classes) if val_samples else (None, None)
         self.model, self.arch, self.arch_kwargs, self.weight_report = _build_model(cfg, base, len(classes),
-                                                                                   self.roi.channels)
+                                                                                   self.roi.channels, classes)
         self.frozen = encoder_module_paths(self.model, self.arch) if cfg.freeze_encoder else []
         dataset = _AugmentedArrays(self.x_train, self.y_train, cfg.strong_augmentation)
         self.sampler = make_sampler(dataset, ctx, shuffle=True, seed=cfg.seed)

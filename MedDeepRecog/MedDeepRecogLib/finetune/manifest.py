@@ -113,7 +113,7 @@ def parse_class_map(spec: str | Path | Mapping[str, str] | None) -> ClassMap:
         if not path.exists():
             raise ConfigError("class map file not found", path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"class map is not valid JSON ({exc})", path) from None
         if isinstance(data, dict) and "mapping" in data:
@@ -198,7 +198,7 @@ def read_manifest(path: str | Path) -> tuple[list[Case], ClassMap | None]:
     class_map = None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"manifest is not valid JSON ({exc})", path) from None
         if isinstance(data, list):

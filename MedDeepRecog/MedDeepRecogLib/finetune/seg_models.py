@@ -51,6 +51,16 @@ def _unet_is_encoder(name: str) -> bool:
     return not (i < len(parts) and parts[i] == "2")  # the bottom block belongs to the encoder
 
 
+def head_module_name(model: nn.Module) -> str | None:
+    """The last parameterised convolution or linear layer (the classifier / final 1x1 conv), or ``None``."""
+    head = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose3d)) and \
+                any(True for _ in module.parameters(recurse=False)):
+            head = module_name
+    return head
+
+
 def encoder_parameter_names(model: nn.Module, arch_name: str) -> list[str]:
     """Names of the parameters ``--freeze-encoder`` freezes.
 
@@ -62,11 +72,7 @@ def encoder_parameter_names(model: nn.Module, arch_name: str) -> list[str]:
         return [n for n in names if _unet_is_encoder(n)]
     if arch_name == "monai_segresnet":
         return [n for n in names if n.startswith(("convInit.", "down_layers."))]
-    head = None
-    for module_name, module in model.named_modules():
-        if any(True for _ in module.parameters(recurse=False)) and isinstance(module, (nn.Linear, nn.Conv1d,
-                                                                                       nn.Conv2d, nn.Conv3d)):
-            head = module_name
+    head = head_module_name(model)
     if head is None:
         return []
     return [n for n in names if not (n == head or n.startswith(head + "."))]
@@ -104,17 +110,20 @@ def freeze_parameters(model: nn.Module, names: Sequence[str]) -> int:
     return frozen
 
 
-def load_matching_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+def load_matching_weights(model: nn.Module, state: Mapping[str, torch.Tensor],
+                          skip_prefixes: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """Copy every tensor of ``state`` whose name and shape match ``model``'s; the rest keep their fresh init.
 
     Used when the fine-tuned model has another number of classes (new head) or input channels (mask channel)
-    than its base. Returns ``(loaded, reinitialised)`` parameter/buffer names.
+    than its base; ``skip_prefixes`` (e.g. the head when the class names changed but not their number) are never
+    copied. Returns ``(loaded, reinitialised)`` parameter/buffer names.
     """
     own = model.state_dict()
     loaded, fresh = [], []
     update = {}
+    skip = tuple(f"{p}." for p in skip_prefixes if p)
     for name, tensor in own.items():
-        if name in state and tuple(state[name].shape) == tuple(tensor.shape):
+        if name in state and tuple(state[name].shape) == tuple(tensor.shape) and not name.startswith(skip):
             update[name] = state[name]
             loaded.append(name)
         else:

@@ -73,7 +73,7 @@ def read_label_table(spec: str | Path) -> dict[int, str]:
     file_part, _, key = str(spec).partition("#")
     path = Path(file_part)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"label table cannot be read ({exc})", path) from None
     if path.suffix.lower() == ".json":

@@ -109,3 +109,38 @@ def check_modalities(model_modalities: Sequence[str], given: Sequence[str], *, t
                               f"{'is' if len(missing) == 1 else 'are'} missing")
     if tolerant and len(missing) == len(model_modalities):
         raise InputImageError(f"none of the model's modalities {list(model_modalities)} was given")
+
+
+def manifest_to_npz(manifest: str | Path, out: str | Path, *, size: Sequence[int],
+                    modalities: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
+                    register: bool = False, val_cases: Sequence[str] = ()) -> Path:
+    """Prepare every manifest case (:func:`load_case`) into a MedMNIST-style ``.npz`` that ``meddeeprecog train``
+    reads (``data: {format: npz, kind: volume3d}`` with ``model: {name: late_fusion3d}``).
+
+    Writes ``train_images`` / ``train_labels`` (and ``val_*`` for the cases named in ``val_cases``), images
+    ``(N, M, D, H, W)`` float32 in 0..1 with NaN channels for missing modalities, plus ``class_names`` and
+    ``modalities``. Labels are the manifest's ``label`` column mapped to ``class_names`` (default: sorted).
+    """
+    from ..io import atomic_output
+
+    mods, cases = read_manifest(manifest, modalities)
+    labels = [c.label for c in cases]
+    if any(not lab for lab in labels):
+        raise ConfigError("every case needs a label to build training data", manifest)
+    names = list(class_names) if class_names else sorted(set(labels))
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise ConfigError(f"labels {unknown} are not among class_names {names}", manifest)
+    spec = {"kind": "volume3d", "size": list(size), "channels": len(mods)}
+    x = np.stack([load_case(c, spec, register=register) for c in cases])
+    y = np.array([names.index(lab) for lab in labels], dtype=np.int64)[:, None]
+    is_val = np.array([c.case in set(val_cases) for c in cases])
+    arrays = {"train_images": x[~is_val], "train_labels": y[~is_val], "class_names": np.array(names),
+              "modalities": np.array(mods)}
+    if is_val.any():
+        arrays.update(val_images=x[is_val], val_labels=y[is_val])
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return out

@@ -43,8 +43,6 @@ def classify_modalities(paths: Mapping[str, str | Path | None], package, *, regi
     """
     import torch
 
-    from . import models as _register  # noqa: F401  (registers early/late fusion architectures)
-
     mods = package_modalities(package)
     given = [m for m in mods if paths.get(m)]
     tolerant = package.meta["architecture"]["name"] in TOLERANT_ARCHITECTURES

@@ -91,7 +91,9 @@ class LateFusionNet(nn.Module):
         if not bool(present.any(dim=1).all()):
             raise ModelPackageError("a sample has no modality at all (every channel is missing)")
         x = torch.nan_to_num(x, nan=0.0)
-        feats = torch.stack([torch.relu(enc(x[:, m:m + 1])) for m, enc in enumerate(self.encoders)], dim=1)
+        # the encoders' linear outputs are the features (no ReLU: a modality whose features all went negative
+        # would otherwise go silent, and averaging needs no sign constraint)
+        feats = torch.stack([enc(x[:, m:m + 1]) for m, enc in enumerate(self.encoders)], dim=1)
         w = present.to(feats.dtype).unsqueeze(-1)
         fused = (feats * w).sum(dim=1) / w.sum(dim=1)
         return self.head(fused)

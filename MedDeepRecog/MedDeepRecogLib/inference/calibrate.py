@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-agreement", type=float, default=0.6)
     ap.add_argument("--rules", help="JSON file with more decision rules (volume_excluded_classes, class_modality)")
     args = ap.parse_args(argv)
-    rules: dict[str, Any] = json.loads(Path(args.rules).read_text()) if args.rules else {}
+    rules: dict[str, Any] = json.loads(Path(args.rules).read_text(encoding="utf-8")) if args.rules else {}
     rules["min_agreement"] = args.min_agreement
     command = "python -m MedDeepRecogLib.inference.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
     decision = calibrate_package(args.package, args.data, split=args.split, quantile=args.quantile, rules=rules,

@@ -45,6 +45,8 @@ class ClassificationResult:
         model_map / model_grid: the model-space map and where it sits (for faithfulness scores and checks).
         image: the scan (``None`` unless given as an image or ``keep_image``); ``overlay``: (scan, heatmap)
             :class:`~MedDeepRecogLib.explain.overlay.Planes` through the peak; ``timing_s``: seconds per stage.
+        uncertainty: temperature-scaled probabilities, predictive entropy, ``low_confidence`` and MC-dropout / TTA
+            spread (:func:`.trust.scan_uncertainty`), or ``None``.
     """
 
     input: str
@@ -63,6 +65,7 @@ class ClassificationResult:
     overlay: Any = None
     modality_guess: str = "unknown"
     timing_s: dict = field(default_factory=dict)
+    uncertainty: dict | None = None
 
     @property
     def label(self) -> str:
@@ -88,6 +91,7 @@ class ClassificationResult:
             "per_slice": self.per_slice,
             "modality_guess": self.modality_guess,
             "explain": self.explain,
+            "uncertainty": self.uncertainty,
             "timing_s": {k: round(v, 4) for k, v in self.timing_s.items()},
             "outputs": outputs or {},
         }
@@ -148,9 +152,31 @@ def _apply_pipeline(image: sitk.Image, spec: dict, path: Any) -> sitk.Image:
     return Pipeline.from_data(pipeline).run(image).image
 
 
+def check_classifier(package) -> None:
+    """Refuse packages ``classify`` cannot apply to a whole scan, saying which command can.
+
+    Raises:
+        ModelPackageError: a segmentation model (``task == "segmentation"``), an ROI classifier
+            (``input.kind == "roi3d"``: it classifies segments), or a multi-modal package (needs ``second``).
+    """
+    task = package.meta.get("task", "classification")
+    ref = f"{package.id}@{package.version}"
+    if task == "segmentation":
+        raise ModelPackageError(f"model {ref} is a segmentation model, not a classifier; run "
+                                f"`meddeeprecog segment INPUT --model {package.id} --out DIR` instead")
+    if task != "classification":
+        raise ModelPackageError(f"model {ref} has task {task!r}; classify needs a classification model")
+    if package.input_spec.get("kind") == "roi3d":
+        raise ModelPackageError(
+            f"model {ref} is an ROI classifier (input.kind roi3d, from `meddeeprecog finetune --task classify`): it "
+            "classifies segments of a segmentation, not whole scans; apply it with "
+            "MedDeepRecogLib.finetune.roi_crops.classify_segments(scan, segmentation, model)")
+
+
 def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: str = "gradcam",
                   device: str = "auto", progress: ProgressFn | None = None, name: str | None = None,
-                  keep_image: bool = False) -> ClassificationResult:
+                  keep_image: bool = False, uncertainty: str = "auto", faithfulness: bool = True,
+                  lesion: sitk.Image | None = None) -> ClassificationResult:
     """Classify one scan and explain the prediction.
 
     Args:
@@ -162,6 +188,10 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         name: output base name (default from the path).
         keep_image: keep the scan read from a path in ``result.image`` (by default its voxels are released before
             the full-size heatmap is made, to bound peak memory).
+        uncertainty: ``auto``, ``none``, ``mc-dropout`` or ``tta`` (see :func:`.trust.scan_uncertainty`); the
+            package's calibrated temperature is applied to the probabilities in every case.
+        faithfulness: score the heatmap (deletion / insertion AUC, :func:`.trust.heatmap_faithfulness`).
+        lesion: optional lesion label image (any grid): pointing game and heatmap mass inside it.
 
     Returns:
         :class:`ClassificationResult` with the heatmap on the scan's own grid.
@@ -178,6 +208,11 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     package = _as_package(package)
+    check_classifier(package)
+    if package.input_spec.get("modalities") and len(package.input_spec["modalities"]) > 1:
+        raise ModelPackageError(f"model {package.id} takes {len(package.input_spec['modalities'])} modalities "
+                                f"({', '.join(package.input_spec['modalities'])}); give the second one with "
+                                "--second-input SCAN (classify_fusion)")
     spec = package.input_spec
     kind = spec.get("kind")
     if isinstance(path_or_image, sitk.Image):
@@ -218,6 +253,10 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         pred = predict_volume(model, inp, explain=explain, target_layer=target_layer,
                               class_names=package.class_names, device=dev)
     timing["predict"] = time.perf_counter() - t
+    from ..uncertainty import apply_temperature
+
+    raw_probabilities = pred.probabilities
+    pred.probabilities = apply_temperature(pred.probabilities, package.meta)  # identity when not calibrated
 
     modality = "CT" if is_hounsfield(image) else "MR"  # "MR" here means: not in HU
     n_slices = int(inp.valid.sum()) if isinstance(inp, SliceInput) else int(image.GetSize()[2])
@@ -254,14 +293,45 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         overlay = (scan_planes, planes_through(heatmap, peak))
         timing["heatmap"] = time.perf_counter() - t
         explain_info.update({"class": package.class_names[pred.explained_class], **pred.extra})
-    timing["total"] = time.perf_counter() - t0
-    report("classified", 0.8, label=decision["label"])
-    return ClassificationResult(
+    result = ClassificationResult(
         input=src, name=name, model={"id": package.id, "version": package.version},
         class_names=package.class_names, probabilities=pred.probabilities, decision=decision,
         per_slice=pred.per_slice, explain=explain_info, heatmap=heatmap, model_map=pred.heatmap,
         model_grid=pred.grid, model_input=inp, image=image, overlay=overlay, modality_guess=modality,
         timing_s=timing)
+    report("trust", 0.7)
+    t = time.perf_counter()
+    _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,
+               lesion=lesion, raw_probabilities=raw_probabilities)
+    timing["trust"] = time.perf_counter() - t
+    timing["total"] = time.perf_counter() - t0
+    report("classified", 0.8, label=result.decision["label"])
+    return result
+
+
+def _add_trust(result: ClassificationResult, package, model, target_layer: str | None, *, uncertainty: str,
+               faithfulness: bool, lesion: sitk.Image | None, raw_probabilities: np.ndarray) -> None:
+    """Faithfulness (+ caption), lesion localisation and the uncertainty block; a calibrated low-confidence flag
+    also makes the reported label ``uncertain`` (with the reason)."""
+    from .trust import faithfulness_caption, heatmap_faithfulness, scan_uncertainty
+
+    if faithfulness and result.heatmap is not None:
+        scores = heatmap_faithfulness(result, model, target_layer or package.target_layer)
+        if scores is not None:
+            result.explain["faithfulness"] = scores
+            result.explain["faithfulness_caption"] = faithfulness_caption(scores)
+    if lesion is not None and result.heatmap is not None:
+        from ..explain.faithfulness import classification_localisation
+
+        result.explain["localisation"] = classification_localisation(result, lesion)
+    result.uncertainty = scan_uncertainty(result, model, package.meta, uncertainty,
+                                          raw_probabilities=raw_probabilities)
+    u = result.uncertainty or {}
+    if u.get("low_confidence"):
+        d = result.decision
+        d["reasons"] = [*d["reasons"], f"predictive entropy {u['predictive_entropy']:.2f} is at or above the "
+                                       f"calibrated low-confidence threshold {u['low_confidence_threshold']:.2f}"]
+        d["uncertain"], d["label"] = True, "uncertain"
 
 
 def _peak_in_view(model_map: np.ndarray, grid: ModelGrid, image: sitk.Image) -> tuple[int, int, int]:
@@ -347,6 +417,9 @@ def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: boo
                      f" (p={result.decision['confidence']:.2f}) | {result.explain.get('method')}"
                      f" for {result.explain.get('class', '')} | peak at LPS-view voxel (z, y, x) "
                      f"{list(scan_planes.peak_view_zyx)}")
+            caption = result.explain.get("faithfulness_caption", "")
+            if caption:
+                title += f"\n{caption}"
             planes_png(scan_planes, heat_planes, png_path, title=title)
             outputs["png"] = str(png_path)
     result.timing_s["write"] = time.perf_counter() - t
@@ -365,3 +438,44 @@ def _write_heatmap(heatmap: sitk.Image, path: Path) -> None:
     n = int(np.prod(heatmap.GetSize()))
     with atomic_output(path) as tmp:
         sitk.WriteImage(heatmap, str(tmp), n <= _FAST_COMPRESSION_VOXELS)
+
+
+def classify_fusion(first: str | Path, second: str | Path | None, package, *, name: str | None = None,
+                    register: bool = False) -> ClassificationResult:
+    """Classify one case given as two co-registered scans with a multi-modal (fusion) package.
+
+    ``first`` is the package's first modality (``input.modalities[0]``, the reference grid), ``second`` the next;
+    the second is resampled onto the first's grid (:func:`MedDeepRecogLib.fusion.grid.align_modalities`, inside
+    :func:`MedDeepRecogLib.fusion.classify_modalities`). No heatmap is made for fusion models.
+
+    Raises:
+        ModelPackageError: a single-modality package (it takes one modality), or one that is not a classifier.
+        InputImageError: a missing or non-overlapping modality (see ``classify_modalities``).
+    """
+    from ..fusion import classify_modalities
+
+    package = _as_package(package)
+    check_classifier(package)
+    mods = package.input_spec.get("modalities") or []
+    if len(mods) < 2:
+        raise ModelPackageError(f"model {package.id} takes one modality (input.modalities {mods or 'not set'}); "
+                                "drop --second-input, or choose a multi-modal (fusion) package")
+    if len(mods) > 2:
+        raise ModelPackageError(f"model {package.id} takes {len(mods)} modalities ({', '.join(mods)}); classify "
+                                "accepts two (INPUT and --second-input)")
+    t0 = time.perf_counter()
+    out = classify_modalities({mods[0]: first, mods[1]: second}, package, register=register)
+    probs = np.array([out["probabilities"][c] for c in package.class_names], dtype=np.float64)
+    from ..uncertainty import apply_temperature
+
+    probs = apply_temperature(probs, package.meta)
+    decision = decide(probs, package.class_names, package.meta.get("decision"))
+    decision["modality"] = None
+    src = str(first)
+    return ClassificationResult(
+        input=src, name=name or output_name(src), model={"id": package.id, "version": package.version},
+        class_names=package.class_names, probabilities=probs, decision=decision,
+        explain={"method": "none", "reason": "no heatmap for fusion models", "modalities": mods,
+                 "modalities_used": out["modalities_used"], "missing": out["missing"],
+                 "second_input": None if second is None else str(second)},
+        timing_s={"total": time.perf_counter() - t0})

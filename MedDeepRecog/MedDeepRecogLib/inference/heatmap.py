@@ -129,15 +129,24 @@ def resample_separable(heatmap_zyx: np.ndarray, grid: ModelGrid, reference: "sit
     ix0, ix1, wx = _axis_weights(nx, offset[0], view.spacing[0], grid.spacing[0], src.shape[2])
     iy0, iy1, wy = _axis_weights(ny, offset[1], view.spacing[1], grid.spacing[1], src.shape[1])
     iz0, iz1, wz = _axis_weights(nz, offset[2], view.spacing[2], grid.spacing[2], src.shape[0])
-    a = src[:, :, ix0] * (1 - wx) + src[:, :, ix1] * wx                      # (Zs, Ys, nx)
-    b = a[:, iy0, :] * (1 - wy)[:, None] + a[:, iy1, :] * wy[:, None]         # (Zs, ny, nx)
+    a = src[:, :, ix0] * (1 - wx) + src[:, :, ix1] * wx                      # (Zs, Ys, nx), small
+    # In-plane pass one source slice at a time, then the z pass one output slice at a time, with out= buffers:
+    # no full-size temporaries besides the output itself.
+    b = np.empty((src.shape[0], ny, nx), dtype=np.float32)                   # (Zs, ny, nx)
+    tmp = np.empty((ny, nx), dtype=np.float32)
+    wy0, wy1 = (1 - wy)[:, None], wy[:, None]
+    for k in range(src.shape[0]):
+        np.multiply(a[k, iy0, :], wy0, out=b[k])
+        np.multiply(a[k, iy1, :], wy1, out=tmp)
+        b[k] += tmp
     out_view = view.array  # the output buffer, permuted/flipped like the scan's LPS view
     for k in range(nz):
         if wz[k] == 0.0 or iz0[k] == iz1[k]:
             out_view[k] = b[iz0[k]]
         else:
             np.multiply(b[iz0[k]], 1 - wz[k], out=out_view[k])
-            out_view[k] += b[iz1[k]] * wz[k]
+            np.multiply(b[iz1[k]], wz[k], out=tmp)
+            out_view[k] += tmp
     return out
 
 

@@ -228,8 +228,10 @@ def decide(probabilities: np.ndarray, class_names: list[str], rules: Mapping[str
 
     Returns:
         ``{"label", "top_class", "confidence", "uncertain", "reasons", "modality"}`` where ``modality`` is the
-        coarse call ``{"label": "CT"|"MR"|"uncertain", "probability"}`` from the summed class probabilities
-        (a scan can be surely CT while its region is uncertain).
+        coarse call ``{"label": "CT"|"MR"|"uncertain", "probability", "source"}``: CT when the scan is in HU
+        (physical evidence), else MR when the model's summed MR probability is the larger and passes
+        ``min_probability``; ``probability`` is the model's summed probability of the CT or MR classes. A scan can be
+        surely CT while its region is uncertain.
     """
     rules = dict(rules or {})
     top = int(np.argmax(probabilities))
@@ -253,13 +255,19 @@ def decide(probabilities: np.ndarray, class_names: list[str], rules: Mapping[str
     if expected and modality in ("CT", "MR") and modality != expected:
         seen = "are in HU (CT)" if modality == "CT" else "are not in HU (not CT)"
         reasons.append(f"{name} is a {expected} class but the scan's intensities {seen}")
-    coarse: dict[str, Any] = {"label": "uncertain", "probability": None}
+    coarse: dict[str, Any] = {"label": "uncertain", "probability": None, "source": None}
     if class_modality:
         sums = {m: float(sum(pr for c, pr in zip(class_names, probabilities) if class_modality.get(c) == m))
                 for m in ("CT", "MR")}
         best = max(sums, key=sums.get)
-        ok = sums[best] >= float(rules.get("min_probability", 0.5)) and (modality in (None, "unknown")
-                                                                           or modality == best)
-        coarse = {"label": best if ok else "uncertain", "probability": round(sums[best], 4)}
+        if modality == "CT":
+            # Intensities in HU (air at -1000) are physical evidence of CT whatever the network says; the
+            # network's own CT probability is reported beside it.
+            coarse = {"label": "CT", "probability": round(sums["CT"], 4), "source": "HU intensities"
+                      + (" and model" if best == "CT" else "; the model disagrees")}
+        else:
+            ok = best == "MR" and sums[best] >= float(rules.get("min_probability", 0.5))
+            coarse = {"label": "MR" if ok else "uncertain", "probability": round(sums[best], 4),
+                      "source": "model, intensities not in HU"}
     return {"label": "uncertain" if reasons else name, "top_class": name, "confidence": round(p, 4),
             "uncertain": bool(reasons), "reasons": reasons, "modality": coarse}

@@ -416,6 +416,12 @@ def _copy_atomically(src: Path, target: Path, where: Any) -> Path:
 def _rename_new(tmp: Path, target: Path, where: Any) -> None:
     if target.exists():  # rename() would replace an empty target folder silently
         raise ModelPackageError(f"{target} already exists; packages are never overwritten", where)
+    # mkdtemp makes the folder private (0700); a catalog package is as readable as any file the user creates
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    for child in tmp.rglob("*"):
+        child.chmod((0o777 if child.is_dir() else 0o666) & ~umask)
     try:
         os.rename(tmp, target)
     except OSError as exc:

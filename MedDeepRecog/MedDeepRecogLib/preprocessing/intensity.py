@@ -183,3 +183,25 @@ def normalize(image: sitk.Image, p: NormalizeParams, masks: dict[str, sitk.Image
 
 
 normalize.uses_masks = True  # the pipeline passes the masks made so far
+
+
+@dataclass(frozen=True)
+class ScaleRangeParams:
+    a_min: float = param(-1000.0, "input intensity mapped to b_min (HU for CT)")
+    a_max: float = param(1000.0, "input intensity mapped to b_max")
+    b_min: float = param(0.0, "output value at a_min")
+    b_max: float = param(1.0, "output value at a_max")
+    clip: bool = param(True, "clip the output to [b_min, b_max]")
+
+    def validate(self) -> str | None:
+        return "'a_min' must differ from 'a_max'" if self.a_min == self.a_max else None
+
+
+@register("scale_intensity_range", ScaleRangeParams,
+          summary="linear map [a_min, a_max] -> [b_min, b_max], optional clip (MONAI ScaleIntensityRange)")
+def scale_intensity_range(image: sitk.Image, p: ScaleRangeParams) -> sitk.Image:
+    """MONAI ``ScaleIntensityRange`` on the voxels (float32 out), as model packages declare it."""
+    from monai.transforms import ScaleIntensityRange
+
+    out = ScaleIntensityRange(p.a_min, p.a_max, p.b_min, p.b_max, clip=p.clip)(float_array(image))
+    return image_from_array(np.asarray(out, dtype=np.float32), image)

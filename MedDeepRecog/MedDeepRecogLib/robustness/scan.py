@@ -59,20 +59,23 @@ def model_input_of(path_or_image, package) -> tuple[Any, Any, torch.nn.Module]:
     return result, x, forward
 
 
-def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: int = 8) -> float | None:
-    """How many HU one model-input unit is, measured through the package's own preprocessing.
+def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: int | None = None) -> float | None:
+    """Model-input units per HU (the slope of the package's preprocessing), measured through that preprocessing.
 
-    A checkerboard of ``block``-voxel cubes (+``delta_hu`` on half of them) is added to the scan and both
-    versions are prepared as classify would; the median change of the voxels that moved, divided by
-    ``delta_hu``, is the model units per HU. A checkerboard rather than a uniform offset keeps per-scan
-    normalisation (percentile stretch, z-score) from cancelling the change. Returns None when the input does
-    not depend (linearly) on HU.
+    ``1 / hu_per_unit(...)`` is how many HU one model-input unit is. A checkerboard of ``block``-voxel cubes
+    (default: a quarter of the smallest side, at most 16), +``delta_hu`` on half of them, is added to the scan and
+    both versions are prepared as classify would; the 90th percentile of the change of the voxels that moved,
+    divided by ``delta_hu``, is the slope (lower changes come from voxels that a window clips partly or that
+    interpolation mixes with an unshifted block). A checkerboard rather than a uniform offset keeps per-scan
+    normalisation (percentile stretch, z-score) from cancelling the change. Returns None when the input does not
+    depend on HU.
     """
     from ..inference.classify import _apply_pipeline
     from ..inference.model_input import SliceInput, slices_from_image, volume_from_image
 
     spec = package.input_spec
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    block = block or int(np.clip(min(arr.shape) // 4, 1, 16))
     zz, yy, xx = np.indices(arr.shape, sparse=True)
     pattern = (((zz // block) + (yy // block) + (xx // block)) % 2).astype(np.float32) * float(delta_hu)
     shifted = sitk.GetImageFromArray(arr + pattern)
@@ -88,7 +91,7 @@ def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: in
     moved = diff[diff > 1e-7]
     if moved.size < 10:
         return None
-    units_per_hu = float(np.median(moved)) / float(delta_hu)
+    units_per_hu = float(np.percentile(moved, 90)) / float(delta_hu)
     return None if units_per_hu <= 0 else units_per_hu
 
 

@@ -1,7 +1,8 @@
 """Adversarial training as a per-batch input transform for the training loop.
 
-:class:`AdversarialTraining` is a callable ``(model, x, y) -> x_train``; its :meth:`~AdversarialTraining.batch_transform`
-has the signature of ``training.loop.Hooks.batch_transform`` (called on each training batch right before the loss).
+:class:`AdversarialTraining` is a callable ``(model, x, y) -> x_train``; its
+:meth:`~AdversarialTraining.batch_transform` has the signature of ``training.loop.Hooks.batch_transform``
+(called on each training batch right before the loss).
 ``"pgd"`` is PGD-k (Madry et al. 2018); ``"fgsm_rs"`` is "fast is better than free" FGSM with a random start and
 step ``1.25 * eps`` (Wong et al. 2020), one extra forward/backward per batch.
 
@@ -111,9 +112,8 @@ def run_adversarial_training(config: str | Path, *, out: str | Path | None = Non
                              progress=None, command: str | None = None) -> dict[str, Any]:
     """Train a config that has an ``adversarial`` block, with that block as the loop's ``batch_transform``.
 
-    Uses ``training.train.run_training`` unchanged (into a temporary catalog): when the config loader does not
-    accept the ``adversarial`` key yet, the block is taken out before validation and passed as a hook. Then
-    :func:`finalize_adversarial_package` measures robustness and writes the package to ``package_dest``.
+    Runs ``training.train.run_training`` into a temporary catalog, then :func:`finalize_adversarial_package`
+    measures clean vs robust metrics and writes the package to ``package_dest``.
 
     Raises:
         ConfigError: the config has no (enabled) ``adversarial`` block, or the block is malformed.
@@ -121,7 +121,7 @@ def run_adversarial_training(config: str | Path, *, out: str | Path | None = Non
     import tempfile
 
     from ..progress import null_progress
-    from ..training.config import TrainConfig, config_from_dict
+    from ..training.config import config_from_dict
     from ..training.loop import Hooks
     from ..training.train import run_training
 
@@ -134,8 +134,6 @@ def run_adversarial_training(config: str | Path, *, out: str | Path | None = Non
     if adv is None:
         raise ConfigError("the config has no enabled 'adversarial' block", path)
     evaluate = dict((raw.get("adversarial") or {}).get("evaluate") or {})
-    if "adversarial" not in TrainConfig.__dataclass_fields__:
-        raw = {k: v for k, v in raw.items() if k != "adversarial"}
     cfg = config_from_dict(raw, path)
     if epochs:
         cfg.training.epochs = int(epochs)
@@ -192,6 +190,7 @@ def finalize_adversarial_package(trained: str | Path, cfg, adv: AdversarialTrain
     meta["provenance"] = prov
     meta["robustness"] = {"split": "val", "attack": attack_name, "steps": steps, "eps": eps,
                           "bounds": list(adv.bounds) if adv.bounds else None, "n": int(len(y)),
+                          "adversarial_training": adv.to_config(),
                           "models": {name: {"clean": r["clean"], "robust": r["robust"]} for name, r in rows.items()}}
     card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8") + robustness_card_section(meta["robustness"])
     extra: dict[str, Any] = {"MODEL_CARD.md": card}
@@ -207,10 +206,18 @@ def robustness_card_section(rob: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    lines = [f"\n## Robustness ({rob['attack'].upper()}"
-             f"{'-' + str(rob['steps']) if rob['attack'] == 'pgd' else ''}, L-inf, {rob['split']} split, "
-             f"n = {rob['n']}; eps in model input units, valid range {rob['bounds']})",
-             "", "| model | eps | accuracy | balanced accuracy | AUC |", "|---|---|---|---|---|"]
+    lines = []
+    adv = rob.get("adversarial_training")
+    if adv:
+        how = (f"PGD-{adv['steps']}" if adv["attack"] == "pgd" else "FGSM with random start (step 1.25 eps)")
+        lines += ["\n## Adversarial training",
+                  f"Each training batch: {adv['fraction']:.0%} replaced by {how} examples at eps {adv['eps']:g} "
+                  f"(L-inf, model input units, clipped to {adv['bounds']}), crafted with the model in eval mode "
+                  "(`robustness.training.AdversarialTraining` as the training loop's `batch_transform`)."]
+    lines += [f"\n## Robustness ({rob['attack'].upper()}"
+              f"{'-' + str(rob['steps']) if rob['attack'] == 'pgd' else ''}, L-inf, {rob['split']} split, "
+              f"n = {rob['n']}; eps in model input units, valid range {rob['bounds']})",
+              "", "| model | eps | accuracy | balanced accuracy | AUC |", "|---|---|---|---|---|"]
     for name, r in rob["models"].items():
         c = r["clean"]
         lines.append(f"| {name} | 0 (clean) | {fmt(c['accuracy'])} | {fmt(c.get('balanced_accuracy'))} | "
@@ -220,5 +227,7 @@ def robustness_card_section(rob: dict[str, Any]) -> str:
                          f"{fmt(p['auc'])} |")
     lines.append("\nMeasured by `robustness.training.finalize_adversarial_package` (same attack for every model, "
                  "untargeted on the true label, PGD with a seeded random start). The validation split was also used "
-                 "to pick the best epoch, so clean figures are optimistic.\n")
+                 "to pick the best epoch, so clean figures are optimistic. eps is in model input units: after a "
+                 "`window` step it is eps x window width in the scan's units (HU for CT); "
+                 "`meddeeprecog robustness --input` reports it in HU per scan.\n")
     return "\n".join(lines)

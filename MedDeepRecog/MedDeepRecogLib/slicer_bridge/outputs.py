@@ -34,12 +34,16 @@ class ClassifyResult:
     """One classified scan, as the panel shows it.
 
     Attributes:
-        label: predicted class name.
+        label: predicted class name, or ``"uncertain"`` (then ``top_class`` is the most probable class and
+            ``uncertain_reasons`` says why it is not reported).
         probabilities: ``[(class, p), ...]`` sorted by decreasing probability.
         heatmap: path of the heatmap volume (float 0..1 on the input grid) or ``None``.
         png: path of the overlay PNG or ``None``.
         segmentations: ``.seg.nrrd`` files the worker wrote (model segmentations, heatmap regions).
-        explain_method: e.g. ``"gradcam"``; ``faithfulness``: the heatmap's faithfulness score if reported.
+        explain_method: e.g. ``"gradcam"``; ``faithfulness``: the heatmap's faithfulness score if reported;
+            ``faithfulness_caption``: its deletion / insertion AUCs in words.
+        low_confidence: the calibrated low-confidence flag (None when the model is not calibrated);
+            ``predictive_entropy``: normalised 0..1 (None when not reported).
         raw: the whole JSON record.
     """
 
@@ -52,10 +56,47 @@ class ClassifyResult:
     faithfulness: float | None = None
     model: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    top_class: str = ""
+    uncertain_reasons: list[str] = field(default_factory=list)
+    faithfulness_caption: str = ""
+    low_confidence: bool | None = None
+    predictive_entropy: float | None = None
 
     @property
     def confidence(self) -> float:
-        return dict(self.probabilities).get(self.label, 0.0)
+        """Probability of the top class (also when the label is ``"uncertain"``)."""
+        return dict(self.probabilities).get(self.top_class or self.label, 0.0)
+
+    @property
+    def uncertain(self) -> bool:
+        return self.label == "uncertain" or bool(self.uncertain_reasons)
+
+    def result_text(self) -> str:
+        """Rich text for the panel's result line: label and probability, or the top class and why it is uncertain."""
+        import html
+
+        top = html.escape(self.top_class or self.label)
+        if not self.uncertain:
+            text = f"<b>{top}</b> (p = {self.confidence:.2f})"
+        else:
+            why = "; ".join(html.escape(r) for r in self.uncertain_reasons) or "no reason given"
+            text = f"<b>uncertain</b>: most likely {top} (p = {self.confidence:.2f})<br><i>{why}</i>"
+        if self.low_confidence:
+            text += "<br><b>low confidence</b>"
+        if self.predictive_entropy is not None:
+            text += f" (predictive entropy {self.predictive_entropy:.2f})"
+        return text
+
+    def heatmap_text(self) -> str:
+        """The heatmap's faithfulness for the panel, next to the heatmap controls ("" without a score)."""
+        if self.faithfulness is None:
+            return ""
+        text = f"{self.faithfulness:+.2f} ({self.explain_method or 'heatmap'}, better than random when > 0)"
+        if self.faithfulness_caption:
+            text += f"\n{self.faithfulness_caption}"
+        if self.low_confidence is not None:
+            text += "\nlow confidence" if self.low_confidence else "\nconfidence OK (calibrated)"
+        return text
 
 
 def _resolve(out_dir: Path, value: Any) -> Path | None:
@@ -109,13 +150,21 @@ def read_classify_result(out_dir: str | Path, input_path: str | Path) -> Classif
             for p in [_resolve(out_dir, v)] if p is not None]
     explain = record.get("explain") if isinstance(record.get("explain"), dict) else {}
     model = record.get("model") or {}
+    uncertainty = record.get("uncertainty") if isinstance(record.get("uncertainty"), dict) else {}
+    entropy = uncertainty.get("predictive_entropy")
+    low = uncertainty.get("low_confidence")
+    reasons = record.get("uncertain_reasons")
     model_name = f"{model.get('id', '')}@{model.get('version', '')}" if isinstance(model, dict) else str(model)
     return ClassifyResult(
         label=str(record["label"]),
         probabilities=sorted(((str(k), float(v)) for k, v in probs.items()), key=lambda kv: -kv[1]),
         heatmap=heatmap, png=png, segmentations=segs,
         explain_method=explain.get("method"), faithfulness=_faithfulness(explain),
-        model=model_name.strip("@"), raw=record)
+        model=model_name.strip("@"), raw=record, top_class=str(record.get("top_class") or record["label"]),
+        uncertain_reasons=[str(r) for r in reasons] if isinstance(reasons, list) else [],
+        faithfulness_caption=str(explain.get("faithfulness_caption") or ""),
+        low_confidence=low if isinstance(low, bool) else None,
+        predictive_entropy=float(entropy) if isinstance(entropy, (int, float)) else None)
 
 
 def parse_json_output(lines: list[str] | str) -> Any:

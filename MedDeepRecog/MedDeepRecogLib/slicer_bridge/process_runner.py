@@ -66,7 +66,7 @@ def pid_alive(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat")
     if Path("/proc/self").exists():
         try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+            return stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0] not in ("Z", "X")
         except (OSError, IndexError):
             return False
     try:  # macOS: no /proc
@@ -95,7 +95,7 @@ def _children(pid: int) -> list[int]:
         task_dir = Path(f"/proc/{pid}/task")
         try:  # fast path: the kernel's per-thread children lists
             for task in task_dir.iterdir():
-                text = (task / "children").read_text()
+                text = (task / "children").read_text(encoding="utf-8")
                 found.extend(int(p) for p in text.split())
             return found
         except OSError:
@@ -103,7 +103,7 @@ def _children(pid: int) -> list[int]:
         for entry in Path("/proc").iterdir():  # slow path: scan every process's parent id
             if entry.name.isdigit():
                 try:
-                    ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+                    ppid = int(entry.joinpath("stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[1])
                 except (OSError, IndexError, ValueError):
                     continue
                 if ppid == pid:

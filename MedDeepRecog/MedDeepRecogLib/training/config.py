@@ -14,8 +14,10 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}
     schedule:  {name: none|step|cosine|plateau, step_size, gamma, factor, patience, min_lr, warmup_epochs}
     training:  {epochs, batch_size, l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
-                early_stopping_patience, grad_clip, amp: auto|true|false, device: auto|cpu|cuda}
+                early_stopping_patience, grad_clip, ema_decay, amp: auto|true|false, device: auto|cpu|cuda}
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
+    adversarial: {attack: pgd|fgsm_rs, eps, steps, bounds, fraction, evaluate: {...}}  # adversarial training
+                                                          # (robustness/training.py); off when absent
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class TrainingConfig:
     monitor: str = "auc"
     early_stopping_patience: int | None = None
     grad_clip: float | None = None
+    ema_decay: float | None = None
     amp: Any = "auto"
     device: str = "auto"
 
@@ -108,6 +111,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     explain: dict | None = None
+    adversarial: dict | None = None
     source: str | None = None  # the config file (set by load_config)
 
     def to_dict(self) -> dict:
@@ -156,6 +160,13 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
             for name, params in (value or {}).items():
                 _check_keys(params or {}, AUG_KEYS[name], f"augmentation/{name}", source)
             cfg.augmentation = dict(value or {})
+        elif key == "adversarial":
+            from ..robustness.training import AdversarialTraining
+            try:
+                AdversarialTraining.from_config(value)  # validates the block's keys and values now, not mid-run
+            except ConfigError as exc:
+                raise ConfigError(exc.problem, source) from None
+            cfg.adversarial = dict(value) if value else None
         else:
             setattr(cfg, key, value)
     if not cfg.id:

@@ -4,7 +4,9 @@
 
 - ``cfg`` (:class:`FitConfig`): epochs, optimiser (adam/adamw/sgd, lr, weight decay = L2), optional L1, learning-rate
   schedule (step/cosine/plateau, warm-up), class weights, label smoothing, monitored validation metric, early
-  stopping, gradient clipping, AMP (CUDA only), checkpoint folder and resume, seed.
+  stopping, gradient clipping, weight averaging (``ema_decay``: validation, selection and the returned weights use an
+  exponential moving average of the weights and BatchNorm statistics, which damps epoch-to-epoch noise), AMP (CUDA
+  only), checkpoint folder and resume, seed.
 - ``hooks`` (:class:`Hooks`), all optional:
     * ``augment(x) -> x``: random augmentation of a training batch (e.g. :class:`augment.BatchAugment`).
     * ``batch_transform(model, x, y, info) -> (x, y)``: called on every training batch after augmentation and
@@ -68,6 +70,7 @@ class FitConfig:
     monitor: str = "auc"
     early_stopping_patience: int | None = None
     grad_clip: float | None = None
+    ema_decay: float | None = None
     amp: bool | str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -236,6 +239,11 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
     weight = torch.as_tensor(cfg.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     l1_params = [p for p in model.parameters() if p.requires_grad and p.ndim > 1] if cfg.l1 else []
+    ema = None
+    if cfg.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(cfg.ema_decay)), use_buffers=True)
+    eval_model = ema.module if ema is not None else model
 
     history = History(monitor=cfg.monitor)
     start_epoch = 1
@@ -259,6 +267,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         gen = getattr(train_loader, "generator", None)
         if gen is not None and "loader_rng" in state:
             gen.set_state(state["loader_rng"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
         if hasattr(hooks.augment, "set_state") and state.get("augment"):
             hooks.augment.set_state(state["augment"])
         start_epoch = int(state["epoch"]) + 1
@@ -298,6 +308,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             if not torch.isfinite(loss.detach()):
                 raise ConfigError(f"training diverged (loss {float(loss)} at epoch {epoch}); lower the learning rate")
             loss_sum += float(loss.detach()) * len(y)
@@ -308,7 +320,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         if history.stopped == "cancelled":
             break
 
-        probs, labels, val_loss = predict_proba(model, val_loader, device, amp)
+        probs, labels, val_loss = predict_proba(eval_model, val_loader, device, amp)
         vm = classification_metrics(labels, probs, class_names)
         lr = optimizer.param_groups[0]["lr"]
         record = {"epoch": epoch, "train_loss": round(loss_sum / max(seen, 1), 6),
@@ -321,7 +333,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         improved = not math.isnan(current) and (history.best_metric is None or better(current, history.best_metric))
         if improved:
             history.best_epoch, history.best_metric, history.best_val = epoch, current, vm
-            history.best_state = _cpu_state(model)
+            history.best_state = _cpu_state(eval_model)
             since_best = 0
         else:
             since_best += 1
@@ -341,7 +353,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
                 "history": history.epochs, "best_epoch": history.best_epoch, "best_metric": history.best_metric,
                 "best_val": history.best_val, "best_state": history.best_state, "since_best": since_best,
                 "torch_rng": torch.get_rng_state(), "loader_rng": gen.get_state() if gen is not None else None,
-                "augment": hooks.augment.get_state() if hasattr(hooks.augment, "get_state") else None})
+                "augment": hooks.augment.get_state() if hasattr(hooks.augment, "get_state") else None,
+                "ema": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()} if ema is not None else None})
         progress("validate", epoch / cfg.epochs, epoch=epoch, epochs=cfg.epochs, val_loss=round(val_loss, 5),
                  val_metric=current, monitor=cfg.monitor, best_epoch=history.best_epoch)
         if hooks.on_epoch_end is not None and hooks.on_epoch_end(record, model):
@@ -353,6 +366,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
 
     if cfg.restore_best and history.best_state is not None:
         model.load_state_dict(history.best_state)
+    elif ema is not None:
+        model.load_state_dict(_cpu_state(ema.module))
     model.eval()
     return history
 

@@ -43,7 +43,8 @@ def fit_config_from(cfg: TrainConfig, train_labels: np.ndarray, num_classes: int
                      gamma=float(s.gamma), factor=float(s.factor), patience=int(s.patience), min_lr=float(s.min_lr),
                      warmup_epochs=int(s.warmup_epochs), class_weights=weights,
                      label_smoothing=float(t.label_smoothing), monitor=t.monitor,
-                     early_stopping_patience=t.early_stopping_patience, grad_clip=t.grad_clip, amp=t.amp,
+                     early_stopping_patience=t.early_stopping_patience, grad_clip=t.grad_clip,
+                     ema_decay=t.ema_decay, amp=t.amp,
                      device=t.device, seed=int(cfg.seed),
                      checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume)
 
@@ -166,6 +167,10 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
     fit_cfg = fit_config_from(cfg, data.train.labels, k, out_dir / "checkpoints", resume)
     hooks = hooks or Hooks()
+    if hooks.batch_transform is None and cfg.adversarial:
+        from ..robustness.training import AdversarialTraining
+        adversarial = AdversarialTraining.from_config(cfg.adversarial)
+        hooks.batch_transform = adversarial.batch_transform if adversarial else None
     if hooks.augment is None and cfg.augmentation:
         from .augment import BatchAugment
         hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=len(size), seed=cfg.seed)

@@ -7,9 +7,11 @@
 
 from .calibration import (expected_calibration_error, fit_temperature, low_confidence_threshold,
                           normalized_entropy, softmax)
-from .report import apply_temperature, calibrated_probabilities, classification_uncertainty, classify_uncertainty
+from .report import (apply_temperature, calibrated_probabilities, classification_uncertainty,
+                     classify_uncertainty)
 from .sampling import default_tta, dropout_layers, mc_dropout_samples, summarize_samples, tta_samples
 
 __all__ = ["expected_calibration_error", "fit_temperature", "low_confidence_threshold", "normalized_entropy",
-           "softmax", "apply_temperature", "calibrated_probabilities", "classification_uncertainty", "classify_uncertainty", "default_tta", "dropout_layers",
+           "softmax", "apply_temperature", "calibrated_probabilities", "classification_uncertainty",
+           "classify_uncertainty", "default_tta", "dropout_layers",
            "mc_dropout_samples", "summarize_samples", "tta_samples"]

@@ -24,7 +24,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..progress import ProgressCallback, null_progress
-from .calibration import expected_calibration_error, fit_temperature, low_confidence_threshold, normalized_entropy, softmax
+from .calibration import (expected_calibration_error, fit_temperature, low_confidence_threshold,
+                          normalized_entropy, softmax)
 
 
 def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +151,10 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
            "low_confidence_measure": "normalised predictive entropy of the calibrated probabilities (0..1)",
            "split": split_desc, "data": str(data), "n": int(len(labels))}
 
+    from ..packages import catalog_dirs, next_version, user_models_dir
+
+    root = Path(dest) if dest is not None else user_models_dir()
+    version = version or next_version(pkg.id, [root] + [d for d in catalog_dirs() if d != root])
     meta = copy.deepcopy(pkg.meta)
     meta.pop("weights", None)
     meta["version"] = version
@@ -161,6 +166,9 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     meta["provenance"] = prov
     card_path = pkg.path / "MODEL_CARD.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {pkg.id}\n"
+    title = f"# {pkg.id} {pkg.version}"
+    if card.startswith(title):  # the card's title names the version: make it the new one
+        card = f"# {pkg.id} {version} (calibrated {pkg.version})" + card[len(title):]
     card += calibration_card_section(cal, f"{pkg.id}@{pkg.version}")
     extra: dict[str, Any] = {"MODEL_CARD.md": card}
     for f in pkg.path.iterdir():

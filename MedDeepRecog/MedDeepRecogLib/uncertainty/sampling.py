@@ -68,7 +68,8 @@ def mc_dropout_samples(model: torch.nn.Module, x: torch.Tensor, n: int = 20, *,
     return out
 
 
-def default_tta(spatial_dims: int, n: int = 8, *, noise_std: float = 0.0) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+def default_tta(spatial_dims: int, n: int = 8, *,
+                noise_std: float = 0.0) -> list[Callable[[torch.Tensor], torch.Tensor]]:
     """Test-time augmentations: the identity plus flips over subsets of the in-plane axes (and small noise).
 
     Flips keep the anatomy plausible only for left-right symmetric tasks; the list is configuration, so a

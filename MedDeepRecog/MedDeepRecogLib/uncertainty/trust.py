@@ -1,6 +1,7 @@
 """One call that adds the "can I trust this?" fields to a ``classify_scan`` result.
 
-``add_trust_fields(result, package, model)`` sets, on C's :class:`~MedDeepRecogLib.inference.classify.ClassificationResult`:
+``add_trust_fields(result, package, model)`` sets, on a
+:class:`~MedDeepRecogLib.inference.classify.ClassificationResult`:
 
 - ``result.explain["faithfulness"]``: deletion / insertion AUC of the heatmap (and of a random voxel order, and
   ``score`` = how much better than random), plus ``result.explain["faithfulness_caption"]`` (one line for the PNG);
