@@ -195,16 +195,19 @@ def render_panel(path: Path, result: dict | None = None) -> Path:
     for box in widget.findChildren(widgets_mod.QGroupBox):
         box.setTitle(ui_widgets()[box.objectName()][1].get("text", ""))
     result = result or {"label": "CTChest", "probabilities": [("CTChest", 0.91), ("CTAbd", 0.06), ("CXR", 0.03)]}
-    fill = {"inputVolumeSelector": ["CTChest"], "secondVolumeSelector": ["None"],
+    fill = {"inputVolumeSelector": ["abdomen_ct"], "secondVolumeSelector": ["None"],
             "presetComboBox": ["lung-ct", "breast-mri", "brain-mri", "custom"],
             "modelComboBox": ["body-region 1.0.0 (bundled)"], "deviceComboBox": ["auto", "cpu", "cuda"],
             "explainComboBox": ["gradcam", "gradcampp", "attention", "none"],
-            "outputSegmentationSelector": ["CTChest segmentations"], "trainingSegmentationSelector": ["None"],
+            "outputSegmentationSelector": ["abdomen_ct segmentations"], "trainingSegmentationSelector": ["None"],
             "finetuneTaskComboBox": ["classify", "segment"]}
     for name, items in fill.items():
         find[name].addItems(items)
     find["deviceInfoLabel"].setText("torch 2.13.0+cpu, CPU only")
-    find["modelInfoLabel"].setText("classes: CTAbd, CTChest, CTHead, CXR, MRBrain, MRBreast. balanced_accuracy 0.97")
+    from MedDeepRecogLib.packages import load_package
+    meta = load_package("body-region").meta  # the info line as the panel builds it from the real package
+    find["modelInfoLabel"].setText(f"classes: {', '.join(meta['class_names'])}. "
+                                   f"val balanced_accuracy {meta['metrics']['balanced_accuracy']:.3f}")
     find["classifyButton"].setEnabled(True)
     find["robustnessButton"].setEnabled(True)
     find["statusLabel"].setText(f"Done ({result.get('model', 'body-region@1.0.0')}).")
@@ -270,9 +273,10 @@ def _real_result() -> dict | None:
         result = read_classify_result(tmp, scan)
         robust = run_worker(WorkerCommand.robustness("body-region", scan, Path(tmp) / "rob", python=sys.executable,
                                                      attack="fgsm").args, worker_environment(), timeout=600)
+        robustness_text = robustness_summary(robust)[0]  # reads the JSON the worker wrote into tmp
     print(json.dumps(result.raw.get("probabilities")))
     return {"label": result.label, "probabilities": result.probabilities[:4], "model": result.model,
-            "faithfulness": result.faithfulness, "robustness": robustness_summary(robust)[0]}
+            "faithfulness": result.faithfulness, "robustness": robustness_text}
 
 
 if __name__ == "__main__":
