@@ -192,3 +192,26 @@ def test_write_outputs_from_result(packages, oblique_volume, tmp_path):
     assert paths["png"] is None and (tmp_path / "vol_heatmap.nrrd").exists()
     record = json.loads((tmp_path / "vol.json").read_text(encoding="utf-8"))
     assert record["explain"]["method"] == "gradcampp" and record["explain"]["target_layer"] == "features.conv2"
+
+
+def test_mask_model_refuses_a_grey_level_scan_and_accepts_a_mask(tmp_path, shared_data):
+    """The AdrenalMNIST3D models saw only 0/255 gland masks: a whole CT must be refused, a real val mask classified."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from MedDeepRecogLib.cli import main
+    from MedDeepRecogLib.resources import sample_path
+
+    out = tmp_path / "out"
+    assert main(["classify", str(sample_path("abdomen_ct.nii.gz")), "--model", "adrenal-mass-3d", "--out", str(out),
+                 "--progress", "none"]) == 2
+    assert not out.exists() or not any(out.iterdir())
+    z = np.load(shared_data / "adrenalmnist3d" / "adrenalmnist3d_trainval.npz")
+    mask = sitk.GetImageFromArray(z["val_images"][0])
+    mask.SetSpacing((2.29, 2.29, 2.29))
+    sitk.WriteImage(mask, str(tmp_path / "gland.nrrd"))
+    assert main(["classify", str(tmp_path / "gland.nrrd"), "--model", "adrenal-mass-3d", "--out", str(out),
+                 "--explain", "none", "--progress", "none"]) == 0
+    result = json.loads((out / "gland.json").read_text(encoding="utf-8"))
+    assert set(result["probabilities"]) == {"normal", "mass"}
+    assert abs(sum(result["probabilities"].values()) - 1.0) < 1e-4

@@ -18,7 +18,8 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, read_image, validate_intensities
-from .model_input import ModelGrid, SliceInput, as_volume, is_hounsfield, slices_from_image, volume_from_image
+from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, slices_from_image,
+                          volume_from_image)
 from .predict import EXPLAIN_METHODS, decide, predict_slices, predict_volume
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     name = name or (output_name(src) if src != "<image>" else "image")
     image = as_volume(image, None if src == "<image>" else src, allow_2d=(kind == "slices2d"))
     validate_intensities(image, None if src == "<image>" else src)
+    check_input_content(image, spec, None if src == "<image>" else src)
     timing["read"] = time.perf_counter() - t0
 
     report("preprocess", 0.15)

@@ -277,6 +277,23 @@ def slices_from_image(image: sitk.Image, spec: Mapping[str, Any]) -> SliceInput:
 
 
 # --------------------------------------------------------------------------------------------- 3D volumes
+def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = None) -> None:
+    """Refuse a scan whose kind of content differs from what the model was trained on.
+
+    ``input.content == "binary_mask"`` (e.g. the AdrenalMNIST3D models, which saw only 0/255 shape masks of one
+    gland) needs a volume with at most two distinct values: a grey-level CT or MR would be classified with
+    meaningless confidence.
+    """
+    if spec.get("content") != "binary_mask":
+        return
+    values = np.unique(sitk.GetArrayViewFromImage(image)[::2, ::2, ::2])
+    if values.size > 2:
+        raise InputImageError(
+            f"this model classifies a binary mask of one structure (a segment exported as a label map, "
+            f"cropped around it), but the image has {values.size}+ distinct intensities: it looks like a scan, "
+            f"not a mask", path)
+
+
 def volume_from_image(image: sitk.Image, spec: Mapping[str, Any]) -> VolumeInput:
     """Resample ``image`` to the model's ``size`` ``(D, H, W)`` in LPS orientation (linear interpolation).
 

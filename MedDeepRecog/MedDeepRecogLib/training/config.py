@@ -8,7 +8,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
              val_fraction: 0.2 (npz with only images/labels: last fraction of each class, file order),
              labels_csv, class_names, intensity_range: [0, 255], size: [28, 28, 28], max_train: null}
     model:  {name: simple_cnn3d, kwargs: {...}}          # registry name; in_channels/num_classes filled in
-    input:  {spacing_mm, pipeline: {steps: [...]}}        # recorded in the package (kind/size/channels from data)
+    input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask}  # recorded in the package (kind/size/channels from data)
     augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
                    noise: {prob, std}, intensity_shift: {prob, offset}}
     optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}
@@ -55,6 +55,7 @@ class ModelConfig:
 class InputConfig:
     spacing_mm: list[float] | None = None
     pipeline: dict | None = None
+    content: str | None = None  # "binary_mask": classify refuses grey-level scans (inference.model_input)
 
 
 @dataclass

@@ -140,6 +140,8 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
     size = list(int(s) for s in data.train.images.shape[2:])
     input_spec = {"kind": data.kind, "size": size, "spacing_mm": cfg.input.spacing_mm, "channels": channels,
                   "pipeline": cfg.input.pipeline or default_pipeline(cfg)}
+    if cfg.input.content:
+        input_spec["content"] = cfg.input.content
     cmd = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
     meta = {"id": cfg.id, "version": version, "task": "classification", "description": cfg.description,
             "architecture": {"name": cfg.model.name, "kwargs": kwargs}, "class_names": data.class_names,
