@@ -15,7 +15,6 @@ Targets (2-core CPU): <= 3 s end to end, heatmap <= 1.2x a forward pass, peak me
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys

@@ -8,7 +8,6 @@ NIfTI/NRRD/MHA files is one scan per file.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import InputImageError

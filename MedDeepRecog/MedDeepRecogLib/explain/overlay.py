@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..io import atomic_output
+from ..io import atomic_save_figure
 
 PLANE_NAMES = ("axial", "coronal", "sagittal")
 
@@ -79,10 +79,7 @@ def planes_png(scan: Planes, heat: Planes, path: str | Path, *, title: str = "",
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86, wspace=0.04)  # tight_layout costs ~0.3 s
     path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path)
 
 
 def three_plane_png(image: sitk.Image, heatmap: sitk.Image, path: str | Path, *, title: str = "",

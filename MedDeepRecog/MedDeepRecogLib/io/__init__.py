@@ -1,6 +1,6 @@
 """Reading and writing scans, label maps and segmentations without losing geometry."""
 
-from .atomic import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .atomic import atomic_output, atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .image_io import (
     array_from_image,
     describe_geometry,
@@ -15,6 +15,7 @@ from .segmentation_io import SegmentSpec, read_segmentation, write_segment_masks
 
 __all__ = [
     "atomic_output",
+    "atomic_save_figure",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",

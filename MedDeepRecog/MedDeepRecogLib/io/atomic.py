@@ -61,3 +61,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically and return the path."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_figure(fig: Any, path: str | Path, *, dpi: float | None = None) -> Path:
+    """Save a matplotlib figure as PNG at ``path`` atomically, then close it (figures are not reused)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)

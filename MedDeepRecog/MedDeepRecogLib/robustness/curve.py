@@ -184,7 +184,7 @@ def save_curve_png(result: dict[str, Any], path, *, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_output
+    from ..io import atomic_save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     if "robust" in result:
@@ -210,6 +210,4 @@ def save_curve_png(result: dict[str, Any], path, *, title: str = "") -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    atomic_save_figure(fig, path)

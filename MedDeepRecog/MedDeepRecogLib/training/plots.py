@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io import atomic_output
+from ..io import atomic_save_figure
 
 
 def _plt():
@@ -34,10 +34,7 @@ def training_curve_png(epochs: Sequence[dict], path: str | Path, monitor: str = 
     a2.set_xlabel("epoch"); a2.set_ylim(0, 1.02); a2.legend(loc="lower right"); a2.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path, dpi=100)
 
 
 def roc_png(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
@@ -54,10 +51,7 @@ def roc_png(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], p
     ax.set_xlabel("false-positive rate"); ax.set_ylabel("true-positive rate"); ax.legend(loc="lower right")
     ax.set_title("ROC"); fig.tight_layout()
     path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path, dpi=100)
 
 
 def confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
@@ -74,7 +68,4 @@ def confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path) 
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xlabel("predicted"); ax.set_ylabel("true"); fig.tight_layout()
     path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path, dpi=100)

@@ -76,7 +76,7 @@ def reliability_png(probs_before: np.ndarray, probs_after: np.ndarray, labels: n
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_output
+    from ..io import atomic_save_figure
 
     fig, ax = plt.subplots(figsize=(4.5, 4), dpi=100)
     edges = np.linspace(0, 1, n_bins + 1)
@@ -92,10 +92,7 @@ def reliability_png(probs_before: np.ndarray, probs_after: np.ndarray, labels: n
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path)
 
 
 def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "val", dest: str | Path | None = None,
