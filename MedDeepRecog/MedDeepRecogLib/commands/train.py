@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.training.epochs = args.epochs
     if args.device:
         cfg.training.device = args.device
-    progress = Progress(args.progress)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports (and writes)
+    progress = Progress(args.progress if rank0 else "none")
     if cfg.adversarial and cfg.adversarial.get("enabled", True):
         # adversarial training also measures clean vs robust metrics into the package's card
         from ..robustness.training import run_adversarial_training
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest,
                               progress=progress, command=_command_line(args))
+    if not rank0:
+        return 0
     if args.progress == "json":
         progress("done", 1.0, result=result)
     else:

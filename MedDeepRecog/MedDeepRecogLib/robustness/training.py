@@ -141,6 +141,8 @@ def run_adversarial_training(config: str | Path, *, out: str | Path | None = Non
     with tempfile.TemporaryDirectory(prefix="adv-train-") as tmp:
         result = run_training(cfg, out=out, package_dest=tmp, progress=progress,
                               hooks=Hooks(batch_transform=adv.batch_transform), command=cmd)
+        if result["package"] is None:  # a torchrun rank other than 0: rank 0 measures and writes
+            return result
         final = finalize_adversarial_package(result["package"], cfg, adv, evaluate, package_dest, progress=progress)
     result["package"] = str(final)
     return result

@@ -24,6 +24,13 @@
 With ``cfg.checkpoint_dir`` the loop writes ``last.pt`` after every epoch (model, optimiser, scheduler, history,
 best weights, random states) and, with ``cfg.resume``, continues from it. Checkpoints are loaded with
 ``torch.load(weights_only=True)``. At the end the model holds the best-validation weights (``restore_best``).
+
+Distributed data parallel (``ctx``: a multi-process :class:`..finetune.distributed.DistContext`, as under
+``torchrun``): the model is wrapped in ``DistributedDataParallel`` for the training steps, the loader's
+``DistributedSampler`` gets ``set_epoch`` every epoch, train loss/accuracy are averaged over ranks, and validation
+runs on rank 0 alone and its metrics are broadcast, so every rank takes the same best-epoch, schedule and
+early-stopping decisions (BatchNorm statistics differ between ranks; rank 0's model is the one that is saved).
+Only rank 0 writes ``last.pt``. With ``ctx=None`` (or one process) nothing changes.
 """
 
 from __future__ import annotations
@@ -214,11 +221,13 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None, hooks: Hooks | None = None,
-        progress: Callable[..., None] | None = None, class_names: Sequence[str] | None = None) -> History:
+        progress: Callable[..., None] | None = None, class_names: Sequence[str] | None = None,
+        ctx: Any = None) -> History:
     """Train ``model`` on ``train_loader`` (batches ``(x, y)``), select the best epoch on ``val_loader``.
 
     Returns a :class:`History`; the model ends on ``cfg.device`` holding the best weights (``restore_best``).
     Validation metrics per epoch: ``val_loss``, ``val_auc``, ``val_balanced_accuracy``, ``val_accuracy``, ``val_f1``.
+    ``ctx``: a :class:`..finetune.distributed.DistContext` for DDP (see the module docstring); ``None``: one process.
     """
     cfg = cfg or FitConfig()
     hooks = hooks or Hooks()
@@ -244,6 +253,11 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(cfg.ema_decay)), use_buffers=True)
     eval_model = ema.module if ema is not None else model
+    dist_on = ctx is not None and ctx.enabled
+    net = model  # what the training steps call: the DDP wrapper in a multi-process run
+    if dist_on:
+        from ..finetune.distributed import wrap_model
+        net = wrap_model(model, ctx)
 
     history = History(monitor=cfg.monitor)
     start_epoch = 1
@@ -278,6 +292,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
     n_batches = max(len(train_loader), 1)
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):  # DistributedSampler: a new shuffle
+            train_loader.sampler.set_epoch(epoch)
         _set_train_mode(model, frozen_modules)
         loss_sum, seen, correct = 0.0, 0, 0
         for step, (x, y) in enumerate(train_loader):
@@ -292,7 +308,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
                 _set_train_mode(model, frozen_modules)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, amp):
-                logits = model(x)
+                logits = net(x)
                 loss = criterion(logits.float(), y)
             if l1_params:
                 loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
@@ -320,11 +336,16 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         if history.stopped == "cancelled":
             break
 
-        probs, labels, val_loss = predict_proba(eval_model, val_loader, device, amp)
-        vm = classification_metrics(labels, probs, class_names)
+        if dist_on:
+            vm, val_loss = _validate_on_rank0(eval_model, val_loader, device, amp, class_names, ctx)
+            train_loss, train_acc = _rank_mean(loss_sum, seen, ctx), _rank_mean(correct, seen, ctx)
+        else:
+            probs, labels, val_loss = predict_proba(eval_model, val_loader, device, amp)
+            vm = classification_metrics(labels, probs, class_names)
+            train_loss, train_acc = loss_sum / max(seen, 1), correct / max(seen, 1)
         lr = optimizer.param_groups[0]["lr"]
-        record = {"epoch": epoch, "train_loss": round(loss_sum / max(seen, 1), 6),
-                  "train_accuracy": round(correct / max(seen, 1), 6), "val_loss": round(val_loss, 6),
+        record = {"epoch": epoch, "train_loss": round(train_loss, 6),
+                  "train_accuracy": round(train_acc, 6), "val_loss": round(val_loss, 6),
                   "val_auc": vm["auc"], "val_balanced_accuracy": vm["balanced_accuracy"],
                   "val_accuracy": vm["accuracy"], "val_f1": vm["f1"], "lr": lr,
                   "time_s": round(time.perf_counter() - t0, 2)}
@@ -345,7 +366,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
                 scheduler.step(current if not math.isnan(current) else val_loss)
             else:
                 scheduler.step()
-        if ckpt is not None:
+        if ckpt is not None and (not dist_on or ctx.is_main):
             gen = getattr(train_loader, "generator", None)
             _save_checkpoint(ckpt, {
                 "epoch": epoch, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
@@ -357,7 +378,11 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
                 "ema": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()} if ema is not None else None})
         progress("validate", epoch / cfg.epochs, epoch=epoch, epochs=cfg.epochs, val_loss=round(val_loss, 5),
                  val_metric=current, monitor=cfg.monitor, best_epoch=history.best_epoch)
-        if hooks.on_epoch_end is not None and hooks.on_epoch_end(record, model):
+        hook_stop = hooks.on_epoch_end is not None and bool(hooks.on_epoch_end(record, model))
+        if dist_on:  # rank 0 decides, so no rank is left waiting in the next epoch's all-reduce
+            from ..finetune.distributed import broadcast_object
+            hook_stop = broadcast_object(hook_stop, ctx)
+        if hook_stop:
             history.stopped = "hook"
             break
         if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
@@ -372,6 +397,24 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
     return history
 
 
+def _validate_on_rank0(model: nn.Module, loader, device: torch.device, amp: bool, class_names, ctx) -> tuple[dict, float]:
+    """Validation metrics and mean loss computed by rank 0 and broadcast to every rank (DDP)."""
+    from ..finetune.distributed import broadcast_object
+
+    result = None
+    if ctx.is_main:
+        probs, labels, val_loss = predict_proba(model, loader, device, amp)
+        result = (classification_metrics(labels, probs, class_names), val_loss)
+    return broadcast_object(result, ctx)
+
+
+def _rank_mean(total: float, n: int, ctx) -> float:
+    """``sum(total) / sum(n)`` over ranks (e.g. summed loss / samples)."""
+    from ..finetune.distributed import all_reduce_mean
+
+    return all_reduce_mean(total / max(n, 1), ctx, weight=n)
+
+
 def class_weights_from_labels(labels: np.ndarray, num_classes: int) -> list[float]:
     """Inverse-frequency weights normalised to mean 1 (``N / (K * n_k)``)."""
     counts = np.bincount(np.asarray(labels).ravel(), minlength=num_classes).astype(float)
@@ -379,11 +422,22 @@ def class_weights_from_labels(labels: np.ndarray, num_classes: int) -> list[floa
     return [round(float(v), 6) for v in w]
 
 
-def make_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0):
-    """An in-memory ``DataLoader`` over float32 images and int64 labels (``num_workers=0``)."""
+def make_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+                ctx: Any = None):
+    """An in-memory ``DataLoader`` over float32 images and int64 labels (``num_workers=0``).
+
+    With a multi-process ``ctx`` (DDP) the loader draws this rank's share through a ``DistributedSampler``
+    (shuffled with ``seed`` + epoch; :func:`fit` calls ``set_epoch``); ``batch_size`` is then the per-rank batch.
+    """
     from torch.utils.data import DataLoader, TensorDataset
 
     ds = TensorDataset(torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.int64))
+    if ctx is not None and ctx.enabled:
+        from ..finetune.distributed import make_sampler
+        sampler = make_sampler(ds, ctx, shuffle=shuffle, seed=seed)
+        # every rank gets len(sampler) samples (padded), so all ranks drop (or keep) the same last batch
+        drop_last = shuffle and len(sampler) % batch_size == 1
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=drop_last)
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     # a last training batch of one sample would break BatchNorm
     drop_last = shuffle and len(ds) % batch_size == 1

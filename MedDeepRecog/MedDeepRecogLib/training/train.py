@@ -3,6 +3,13 @@
 Outputs in ``out`` (config ``out`` or the ``out`` argument): ``checkpoints/last.pt`` (resume), ``history.json``,
 ``metrics.json``, ``training_curve.png``; the package goes to ``package_dest/<id>/<version>/`` (default the user
 catalog) as a new version with ``MODEL_CARD.md`` and ``training_curve.png`` inside.
+
+Distributed data parallel: under ``torchrun --nproc_per_node=N -m MedDeepRecogLib train ...`` (``WORLD_SIZE`` > 1)
+every rank loads the data, joins the process group (gloo on CPU, NCCL on CUDA; :mod:`..finetune.distributed`),
+trains on its ``DistributedSampler`` share with **per-rank batch = ``training/batch_size`` // N** (so one optimiser
+step still sees about ``batch_size`` samples; results match one process up to BatchNorm batch effects), and follows
+rank 0's validation. Only rank 0 writes checkpoints, the package, metrics and plots; the other ranks wait at a
+barrier and return ``{"package": None, "rank": r}``.
 """
 
 from __future__ import annotations
@@ -114,20 +121,37 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
     """Train from a config (file or :class:`TrainConfig`) and write a new package version; returns the paths.
 
     Fails before training (nothing written) if the config, data or target package version are wrong.
+    Under ``torchrun`` every rank calls this (see the module docstring); only rank 0 writes.
     """
+    import torch.distributed as dist
+
+    from ..finetune.distributed import init_distributed, shutdown
+
+    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    owned = not (dist.is_available() and dist.is_initialized())
+    ctx = init_distributed(cfg.training.device)
+    try:
+        return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None, hooks, command)
+    finally:
+        if owned:  # leave a process group that the caller set up to the caller
+            shutdown(ctx)
+
+
+def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, hooks, command) -> dict[str, Any]:
     import torch
 
     from ..models import build_model, default_target_layer
-    from ..packages import next_version, save_package, user_models_dir
+    from ..packages import next_version, user_models_dir
     from ..packages.package import validate_meta
 
+    from ..finetune.distributed import barrier, broadcast_object, per_rank_batch
+
     progress = progress or null_progress
-    cfg = config if isinstance(config, TrainConfig) else load_config(config)
     out_dir = Path(out or cfg.out or f"runs/{cfg.id}")
     if not Path(out_dir).is_absolute() and out is None and cfg.out and cfg.source:
         out_dir = Path(cfg.source).resolve().parent / out_dir
     dest = Path(package_dest) if package_dest else user_models_dir()
-    version = cfg.version or next_version(cfg.id, [dest])
+    version = broadcast_object(cfg.version or next_version(cfg.id, [dest]), ctx)
     if (dest / cfg.id / version).exists():
         raise ConfigError(f"package {cfg.id}@{version} already exists in {dest}; set another version", cfg.source)
 
@@ -150,7 +174,8 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
                                                                   ("cnn_lstm", "attention_cnn3d") else []),
                                        "target_layer": default_target_layer(cfg.model.name, **kwargs)},
             "provenance": {"data": str(data_path), "split": data.description, "command": cmd, "seed": cfg.seed,
-                           "parent": None, "dataset_fingerprint": data.fingerprint, "config": cfg.to_dict()},
+                           "parent": None, "dataset_fingerprint": data.fingerprint, "config": cfg.to_dict(),
+                           **({"world_size": ctx.world_size} if ctx.enabled else {})},
             "weights": {"file": "weights.safetensors", "sha256": "pending"}}
     validate_meta(meta, cfg.source)
     check_pipeline(input_spec["pipeline"], cfg.source)
@@ -165,9 +190,13 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
                               f"{tuple(data.train.images.shape[1:])}: {str(exc).splitlines()[0][:200]}",
                               cfg.source) from None
     bs = int(cfg.training.batch_size)
-    train_loader = make_loader(data.train.images, data.train.labels, bs, shuffle=True, seed=cfg.seed)
+    # DDP: each rank loads batch_size // world_size samples per step (the global batch stays ~batch_size)
+    train_loader = make_loader(data.train.images, data.train.labels, per_rank_batch(bs, ctx), shuffle=True,
+                               seed=cfg.seed, ctx=ctx)
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
     fit_cfg = fit_config_from(cfg, data.train.labels, k, out_dir / "checkpoints", resume)
+    if ctx.enabled:
+        fit_cfg.device = ctx.device  # this rank's GPU (cuda:LOCAL_RANK) or cpu
     hooks = hooks or Hooks()
     if hooks.batch_transform is None and cfg.adversarial:
         from ..robustness.training import AdversarialTraining
@@ -175,13 +204,30 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
         hooks.batch_transform = adversarial.batch_transform if adversarial else None
     if hooks.augment is None and cfg.augmentation:
         from .augment import BatchAugment
-        hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=len(size), seed=cfg.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        # each rank draws its own augmentations (one process: seed unchanged)
+        hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=len(size), seed=cfg.seed + ctx.rank)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    history = fit(model, train_loader, val_loader, fit_cfg, hooks, progress, data.class_names)
+    history = fit(model, train_loader, val_loader, fit_cfg, hooks, progress, data.class_names,
+                  ctx=ctx if ctx.enabled else None)
     train_s = time.perf_counter() - t0
     if history.stopped == "cancelled":
         raise KeyboardInterrupt
+    if not ctx.is_main:
+        barrier(ctx)  # wait until rank 0 has written the package
+        return {"package": None, "id": cfg.id, "version": version, "rank": ctx.rank}
+    try:
+        return _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, fit_cfg, out_dir, dest,
+                              progress)
+    finally:
+        barrier(ctx)
+
+
+def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, fit_cfg, out_dir, dest,
+                   progress) -> dict[str, Any]:
+    """Final validation of the selected weights, then the package, ``history.json``, ``metrics.json`` and curve."""
+    from ..packages import save_package
 
     progress("evaluate", 0.97)
     device = resolve_device(fit_cfg.device)
