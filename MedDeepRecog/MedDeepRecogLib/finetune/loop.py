@@ -16,8 +16,6 @@ after every epoch, so a killed or cancelled run resumes from its last complete e
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,62 +57,6 @@ def _set_train_mode(model: nn.Module, frozen_modules: Sequence[nn.Module]) -> No
     model.train()
     for m in frozen_modules:  # frozen normalisation layers keep their statistics
         m.eval()
-
-
-class Prefetcher:
-    """Iterates ``loader`` in a background thread, ``depth`` batches ahead, so patch sampling and augmentation of
-    the next batch overlap the network step of the current one.
-
-    Hand-written rather than ``DataLoader(num_workers>0)``: worker processes would copy the cached volumes and pay
-    process start-up every epoch, while the crop/affine/noise work is numpy/torch code that releases the GIL, so a
-    thread overlaps it for free. Batches and their order are unchanged; ``len`` is the loader's. Exceptions in the
-    thread are re-raised in the consumer; leaving the loop early (``break``) stops the thread.
-    """
-
-    _END = object()
-
-    def __init__(self, loader, depth: int = 1):
-        self.loader = loader
-        self.depth = max(int(depth), 1)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        q: queue.Queue = queue.Queue(maxsize=self.depth)
-        stop = threading.Event()
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce() -> None:
-            try:
-                for batch in self.loader:
-                    if not put(batch):
-                        return
-                put(Prefetcher._END)
-            except BaseException as exc:  # re-raised in the consumer
-                put(exc)
-
-        thread = threading.Thread(target=produce, name="finetune-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is Prefetcher._END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            thread.join()
 
 
 LossFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, int]]
@@ -184,7 +126,7 @@ def run_loop(model: nn.Module, train_loader, loss_fn: LossFn,
             sampler.set_epoch(epoch)
         _set_train_mode(ddp_model, frozen_modules)
         loss_sum, seen = 0.0, 0
-        for step, batch in enumerate(Prefetcher(train_loader)):
+        for step, batch in enumerate(train_loader):
             if should_stop is not None and should_stop():
                 result.stopped = "cancelled"
                 break

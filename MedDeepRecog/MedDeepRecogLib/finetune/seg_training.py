@@ -74,17 +74,20 @@ def split_slab(volume: SegVolume, start: int, stop: int, gap: int = 2) -> tuple[
     return part(keep[0], keep[1], f"z{keep[0]}:{keep[1]}"), part(start, stop, f"z{start}:{stop}")
 
 
-def train_transforms(patch_size: Sequence[int], num_classes: int, *, strong: bool = True, samples: int = 1):
-    """MONAI dict transforms for cached volumes: pad, positive/negative patch crop, then (``strong``) affine,
-    intensity, contrast, noise and smoothing augmentation. No flips: left/right organs keep their side.
+def train_transforms(patch_size: Sequence[int], num_classes: int, *, strong: bool = True, samples: int = 1,
+                     pad: bool = True):
+    """MONAI dict transforms for cached volumes: pad (unless ``pad=False``: volumes already padded to at least
+    ``patch_size``), positive/negative patch crop, then (``strong``) affine, intensity, contrast, noise and smoothing
+    augmentation. No flips: left/right organs keep their side.
 
-    Expects ``{"image", "label", "image_fg_indices", "image_bg_indices"}`` (indices from ``FgBgToIndicesd``).
+    Expects ``{"image", "label", "image_fg_indices", "image_bg_indices"}`` (indices from ``FgBgToIndicesd``, computed
+    on the padded volume).
     """
     from monai import transforms as T
 
     keys = ["image", "label"]
-    steps = [
-        T.SpatialPadd(keys, spatial_size=tuple(patch_size), mode="constant"),
+    steps = [T.SpatialPadd(keys, spatial_size=tuple(patch_size), mode="constant")] if pad else []
+    steps += [
         T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=tuple(patch_size), pos=2, neg=1,
                                  num_samples=samples, fg_indices_key="image_fg_indices",
                                  bg_indices_key="image_bg_indices", allow_smaller=True),
@@ -107,25 +110,29 @@ def train_transforms(patch_size: Sequence[int], num_classes: int, *, strong: boo
 class CachedPatchDataset(torch.utils.data.Dataset):
     """``length`` random training patches drawn from in-memory volumes (volume ``i % n``), augmented on the fly.
 
-    Foreground/background indices are computed once here, not per step. Items: ``{"image": (1, *patch),
+    Padding to ``patch_size`` and foreground/background indices are done once here, not per step (``SpatialPadd``
+    on a whole cached volume cost more than all the augmentation of a patch). Items: ``{"image": (1, *patch),
     "label": (1, *patch)}``.
     """
 
     def __init__(self, volumes: Sequence[SegVolume], patch_size: Sequence[int], num_classes: int, length: int,
                  strong_augmentation: bool = True):
-        from monai.transforms import FgBgToIndicesd
+        from monai.transforms import FgBgToIndicesd, SpatialPadd
 
         if not volumes:
             raise MedDeepRecogError("no training volumes")
+        padder = SpatialPadd(["image", "label"], spatial_size=tuple(patch_size), mode="constant")
         indexer = FgBgToIndicesd("label", image_key="image", image_threshold=-1.0)  # every voxel is "image"
         self.items = []
         for vol in volumes:
-            item = indexer({"image": torch.from_numpy(vol.image),
-                            "label": torch.from_numpy(vol.label.astype(np.int64))})
+            padded = padder({"image": torch.from_numpy(vol.image),
+                             "label": torch.from_numpy(vol.label.astype(np.int64))})
+            item = indexer({"image": torch.as_tensor(padded["image"]).as_subclass(torch.Tensor),
+                            "label": torch.as_tensor(padded["label"]).as_subclass(torch.Tensor)})
             self.items.append({"image": item["image"], "label": item["label"],
                                "image_fg_indices": item["label_fg_indices"],
                                "image_bg_indices": item["label_bg_indices"]})
-        self.transform = train_transforms(patch_size, num_classes, strong=strong_augmentation)
+        self.transform = train_transforms(patch_size, num_classes, strong=strong_augmentation, pad=False)
         self.length = int(length)
 
     def __len__(self) -> int:
