@@ -16,6 +16,7 @@ scan grid is :mod:`MedDeepRecogLib.inference.heatmap`'s job.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -38,17 +39,31 @@ class ExplainedPass:
     class_index: torch.Tensor
 
 
-def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return the sub-module called ``name`` (dotted path as in ``model.named_modules()``).
+def resolve_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
+    """The sub-modules called ``name``: a dotted path as in ``model.named_modules()``, or a pattern where ``*``
+    stands for one path component (``members.*.features.conv4``: that layer in every member of an ensemble).
 
     Raises:
-        KeyError: naming the closest available layers, when ``name`` is not a sub-module.
+        KeyError: naming the closest available layers, when nothing matches.
     """
     modules = dict(model.named_modules())
     if name in modules:
-        return modules[name]
+        return [(name, modules[name])]
+    if "*" in name:
+        pattern = re.compile("^" + re.escape(name).replace(r"\*", r"[^.]+") + "$")
+        found = [(n, m) for n, m in modules.items() if pattern.match(n)]
+        if found:
+            return found
     convs = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
     raise KeyError(f"model has no layer {name!r}; convolution layers are: {', '.join(convs[-6:]) or 'none'}")
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The one sub-module called ``name`` (see :func:`resolve_layers`; a pattern must match exactly one)."""
+    found = resolve_layers(model, name)
+    if len(found) != 1:
+        raise KeyError(f"{name!r} matches {len(found)} layers, expected one")
+    return found[0][1]
 
 
 def last_conv_layer(model: nn.Module) -> str:
@@ -101,7 +116,8 @@ def explained_forward(model: nn.Module, x: torch.Tensor, target_layer: str, *, m
     Args:
         model: a classifier in eval mode returning ``(N, num_classes)`` logits.
         x: ``(N, C, H, W)`` or ``(N, C, D, H, W)`` input batch.
-        target_layer: dotted name of the layer whose activation ``(N, K, *spatial)`` is explained.
+        target_layer: dotted name of the layer whose activation ``(N, K, *spatial)`` is explained, or a pattern
+            with ``*`` (:func:`resolve_layers`) matching several layers of the same shape, explained together.
         method: ``"gradcam"`` (Selvaraju et al. 2017: weights = spatial mean of the gradient) or ``"gradcampp"``
             (Chattopadhay et al. 2018: weights from second/third-order terms, sharper for several instances).
         class_index: class to explain per input; or a function ``logits (N, K) -> (N,)`` called on this pass's
@@ -115,29 +131,29 @@ def explained_forward(model: nn.Module, x: torch.Tensor, target_layer: str, *, m
     """
     if method not in ("gradcam", "gradcampp"):
         raise ValueError(f"unknown Grad-CAM method {method!r}")
-    layer = resolve_layer(model, target_layer)
-    kept: list[torch.Tensor] = []
+    layers = resolve_layers(model, target_layer)
+    kept: list[list[torch.Tensor]] = [[] for _ in layers]
 
-    def hook(_module, _inputs, output):
-        # Cut the graph at the target layer: its output becomes a leaf that requires grad, so autograd records
-        # only the layers after it (nothing upstream is kept for backward, no parameter gets a gradient).
-        act = _activation_tensor(output).detach().requires_grad_(True)
-        kept.append(act)
-        if isinstance(output, torch.Tensor):
-            return act
-        items = list(output)
-        items[next(i for i, v in enumerate(items) if isinstance(v, torch.Tensor))] = act
-        return type(output)(items) if isinstance(output, tuple) else items
+    def make_hook(slot: int):
+        def hook(_module, _inputs, output):
+            # Cut the graph at the target layer: its output becomes a leaf that requires grad, so autograd records
+            # only the layers after it (nothing upstream is kept for backward, no parameter gets a gradient).
+            act = _activation_tensor(output).detach().requires_grad_(True)
+            kept[slot].append(act)
+            if isinstance(output, torch.Tensor):
+                return act
+            items = list(output)
+            items[next(i for i, v in enumerate(items) if isinstance(v, torch.Tensor))] = act
+            return type(output)(items) if isinstance(output, tuple) else items
+        return hook
 
-    handle = layer.register_forward_hook(hook)
+    handles = [layer.register_forward_hook(make_hook(i)) for i, (_, layer) in enumerate(layers)]
     try:
         with _frozen_parameters(model), torch.enable_grad():
             logits = forward(model, x) if forward is not None else model(x)
-            if not kept:
-                raise RuntimeError(f"layer {target_layer!r} was not called in the forward pass")
-            # A per-slice encoder inside a sequence model is called once per batch; several calls (a layer reused
-            # by the network) are concatenated along the batch axis in call order.
-            act = kept[0] if len(kept) == 1 else torch.cat(kept, dim=0)
+            missing = [n for (n, _), group in zip(layers, kept) if not group]
+            if missing:
+                raise RuntimeError(f"layer {missing[0]!r} was not called in the forward pass")
             if class_index is None:
                 idx = logits.argmax(dim=1)
             elif callable(class_index):
@@ -148,11 +164,25 @@ def explained_forward(model: nn.Module, x: torch.Tensor, target_layer: str, *, m
             if score_weight is not None:
                 scores = scores * score_weight.to(scores)
             score = scores.sum()
-            grads = torch.autograd.grad(score, kept, allow_unused=True)
-            grads = [torch.zeros_like(a) if g is None else g for a, g in zip(kept, grads)]
-            grad = grads[0] if len(grads) == 1 else torch.cat(grads, dim=0)
+            flat = [a for group in kept for a in group]
+            flat_grads = iter(torch.autograd.grad(score, flat, allow_unused=True))
+            grads = [[next(flat_grads) for _ in group] for group in kept]
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    # A layer reused by the network (a per-slice encoder inside a sequence model is called once per batch):
+    # its calls are concatenated along the batch axis in call order. Several layers (a pattern over ensemble
+    # members): their activations are concatenated along the channel axis, i.e. explained as one layer.
+    acts, grad_parts = [], []
+    for group, group_grads in zip(kept, grads):
+        group_grads = [torch.zeros_like(a) if g is None else g for a, g in zip(group, group_grads)]
+        acts.append(group[0] if len(group) == 1 else torch.cat(group, dim=0))
+        grad_parts.append(group_grads[0] if len(group_grads) == 1 else torch.cat(group_grads, dim=0))
+    if len({tuple(a.shape[:1]) + tuple(a.shape[2:]) for a in acts}) != 1:
+        raise ValueError(f"the layers matching {target_layer!r} have different shapes "
+                         f"{[tuple(a.shape) for a in acts]}; they cannot be explained together")
+    act = acts[0] if len(acts) == 1 else torch.cat(acts, dim=1)
+    grad = grad_parts[0] if len(grad_parts) == 1 else torch.cat(grad_parts, dim=1)
     act = act.detach()
     n = logits.shape[0]
     if act.shape[0] != n and act.shape[0] % n == 0:

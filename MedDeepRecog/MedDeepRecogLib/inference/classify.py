@@ -355,12 +355,17 @@ def _target_layer(package, model) -> str:
     Raises:
         ModelPackageError: the package names a layer the network does not have.
     """
-    from ..explain.gradcam import last_conv_layer
+    from ..explain.gradcam import last_conv_layer, resolve_layers
 
-    modules = dict(model.named_modules())
+    def exists(name: str) -> bool:
+        try:
+            return bool(resolve_layers(model, name))
+        except KeyError:
+            return False
+
     named = (package.meta.get("explain") or {}).get("target_layer")
     if named:
-        if named not in modules:
+        if not exists(named):
             raise ModelPackageError(f"model.json explain.target_layer {named!r} is not a layer of "
                                     f"{package.meta['architecture']['name']} (last convolution: "
                                     f"{last_conv_layer(model)})", package.path / "model.json")
@@ -370,7 +375,7 @@ def _target_layer(package, model) -> str:
 
         arch = package.meta["architecture"]
         layer = default_target_layer(arch["name"], **(arch.get("kwargs") or {}))
-        if layer in modules:
+        if exists(layer):
             return layer
     except Exception:  # unknown to the registry: fall back to the network itself
         pass

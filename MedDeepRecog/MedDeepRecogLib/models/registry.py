@@ -17,7 +17,8 @@ class ArchSpec:
     Attributes:
         factory: ``factory(**kwargs) -> nn.Module``.
         target_layer: Grad-CAM module path, or a function ``kwargs -> path`` when it depends on the kwargs.
-        input_kind: ``"slices2d"`` or ``"volume3d"`` (the package ``input.kind`` it expects).
+        input_kind: ``"slices2d"`` or ``"volume3d"`` (the package ``input.kind`` it expects; ``"as member"`` for
+            the ensemble).
         description: one line for listings.
     """
 
@@ -83,7 +84,7 @@ def available_models() -> dict[str, dict[str, str]]:
 
 def _ensure_loaded() -> None:
     # importing the modules runs their @register_model decorators
-    from . import attention_cnn, cnn_lstm, monai_nets, simple_cnn  # noqa: F401
+    from . import attention_cnn, cnn_lstm, ensemble, monai_nets, simple_cnn  # noqa: F401
 
 
 def _load_extensions() -> None:

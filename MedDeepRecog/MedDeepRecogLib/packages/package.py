@@ -188,13 +188,15 @@ class ModelPackage:
 
     @property
     def target_layer(self) -> str | None:
-        """Grad-CAM layer: ``meta["explain"]["target_layer"]``, else the architecture's registry default."""
+        """Grad-CAM layer: ``meta["explain"]["target_layer"]``, else the architecture's registry default for its
+        kwargs."""
         layer = (self.meta.get("explain") or {}).get("target_layer")
         if layer:
             return layer
         from ..models import default_target_layer
+        arch = self.meta["architecture"]
         try:
-            return default_target_layer(self.meta["architecture"]["name"])
+            return default_target_layer(arch["name"], **(arch.get("kwargs") or {}))
         except Exception:
             return None
 

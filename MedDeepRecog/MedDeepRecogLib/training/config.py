@@ -14,7 +14,8 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}
     schedule:  {name: none|step|cosine|plateau, step_size, gamma, factor, patience, min_lr, warmup_epochs}
     training:  {epochs, batch_size, l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
-                early_stopping_patience, grad_clip, ema_decay, amp: auto|true|false, device: auto|cpu|cuda}
+                early_stopping_patience, grad_clip, ema_decay, amp: auto|true|false, device: auto|cpu|cuda,
+                ensemble: 1}                              # N > 1: a seed ensemble of N independently trained members
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     adversarial: {attack: pgd|fgsm_rs, eps, steps, bounds, fraction, evaluate: {...}}  # adversarial training
                                                           # (robustness/training.py); off when absent
@@ -90,6 +91,7 @@ class TrainingConfig:
     ema_decay: float | None = None
     amp: Any = "auto"
     device: str = "auto"
+    ensemble: int = 1  # > 1: that many members, seeds seed..seed+N-1, averaged (models/ensemble.py)
 
 
 AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
@@ -182,6 +184,9 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
                           f"{', '.join(available_models())}", source)
     if int(cfg.training.epochs) < 1 or int(cfg.training.batch_size) < 1:
         raise ConfigError("training/epochs and training/batch_size must be >= 1", source)
+    if not isinstance(cfg.training.ensemble, int) or isinstance(cfg.training.ensemble, bool) \
+            or cfg.training.ensemble < 1:
+        raise ConfigError(f"training/ensemble must be a whole number >= 1, got {cfg.training.ensemble!r}", source)
     if not 0.0 < float(cfg.data.val_fraction) < 1.0:
         raise ConfigError(f"data/val_fraction must be between 0 and 1, got {cfg.data.val_fraction}", source)
     return cfg

@@ -288,6 +288,9 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         start_epoch = int(state["epoch"]) + 1
         history.resumed_from = int(state["epoch"])
         progress("resume", (start_epoch - 1) / cfg.epochs, epoch=int(state["epoch"]))
+        if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
+            history.stopped = "early_stopping"  # the resumed run had already stopped: train no further
+            start_epoch = cfg.epochs + 1
 
     n_batches = max(len(train_loader), 1)
     for epoch in range(start_epoch, cfg.epochs + 1):

@@ -18,20 +18,35 @@ def _plt():
 
 
 def training_curve_png(epochs: Sequence[dict], path: str | Path, monitor: str = "auc") -> Path:
-    """Loss (train/val) and validation metrics per epoch."""
+    """Loss (train/val) and validation metrics per epoch; records with a ``member`` key (a seed ensemble) are
+    drawn as one line per member (train loss left, validation ``monitor`` right)."""
     plt = _plt()
-    e = [r["epoch"] for r in epochs]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(e, [r["train_loss"] for r in epochs], label="train loss")
-    a1.plot(e, [r["val_loss"] for r in epochs], label="val loss")
-    a1.set_xlabel("epoch"); a1.set_ylabel("cross-entropy"); a1.legend(); a1.grid(alpha=0.3)
-    for key in ("val_auc", "val_balanced_accuracy", "val_accuracy"):
-        vals = [np.nan if r.get(key) is None else r[key] for r in epochs]
-        a2.plot(e, vals, label=key.replace("val_", "val "))
-    best = [r["epoch"] for r in epochs if r.get("best")]
-    if best:
-        a2.axvline(best[-1], color="gray", ls="--", lw=1, label=f"best epoch {best[-1]} ({monitor})")
-    a2.set_xlabel("epoch"); a2.set_ylim(0, 1.02); a2.legend(loc="lower right"); a2.grid(alpha=0.3)
+    members = sorted({r["member"] for r in epochs if "member" in r})
+    if members:
+        key = "val_loss" if monitor == "loss" else f"val_{monitor}"
+        for m in members:
+            rows = [r for r in epochs if r.get("member") == m]
+            e = [r["epoch"] for r in rows]
+            a1.plot(e, [r["train_loss"] for r in rows], label=f"member {m} train")
+            a2.plot(e, [np.nan if r.get(key) is None else r[key] for r in rows], label=f"member {m} val {monitor}")
+            best = [r["epoch"] for r in rows if r.get("best")]
+            if best:
+                a2.plot([best[-1]], [rows[e.index(best[-1])][key]], "k.", ms=8)
+        a1.set_ylabel("train cross-entropy")
+    else:
+        e = [r["epoch"] for r in epochs]
+        a1.plot(e, [r["train_loss"] for r in epochs], label="train loss")
+        a1.plot(e, [r["val_loss"] for r in epochs], label="val loss")
+        a1.set_ylabel("cross-entropy")
+        for key in ("val_auc", "val_balanced_accuracy", "val_accuracy"):
+            vals = [np.nan if r.get(key) is None else r[key] for r in epochs]
+            a2.plot(e, vals, label=key.replace("val_", "val "))
+        best = [r["epoch"] for r in epochs if r.get("best")]
+        if best:
+            a2.axvline(best[-1], color="gray", ls="--", lw=1, label=f"best epoch {best[-1]} ({monitor})")
+    a1.set_xlabel("epoch"); a1.legend(); a1.grid(alpha=0.3)
+    a2.set_xlabel("epoch"); a2.set_ylim(0, 1.02); a2.legend(loc="lower right", fontsize=8); a2.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     return atomic_save_figure(fig, path, dpi=100)

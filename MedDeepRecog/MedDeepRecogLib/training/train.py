@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +29,8 @@ from ..io import atomic_write_json
 from ..progress import null_progress
 from .config import TrainConfig, load_config, resolve_data_path
 from .data import load_train_val
-from .loop import FitConfig, Hooks, class_weights_from_labels, fit, make_loader, predict_proba, resolve_device
+from .loop import (FitConfig, History, Hooks, class_weights_from_labels, fit, make_loader, predict_proba,
+                   resolve_device)
 from .metrics import classification_metrics
 
 
@@ -96,9 +98,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
 - **Input**: {meta['input']['kind']}, size {meta['input'].get('size')}, {meta['input'].get('channels', 1)} channel(s);
   pipeline {json.dumps(meta['input'].get('pipeline'))}
 - **Data**: {p.get('data')} — {data_desc}
-- **Checkpoint selection**: best epoch {history.get('best_epoch')} by validation `{history.get('monitor')}`
-  (the validation split was used for model selection, so its figures are optimistic; decision = argmax).
-- **Stopped**: {history.get('stopped')} after {len(history.get('epochs', []))} epochs.
+{_selection_lines(history)}
 
 ## Validation metrics ({m.get('split', 'val')})
 | metric | value |
@@ -113,6 +113,22 @@ Confusion matrix (rows true, columns predicted; {', '.join(meta['class_names'])}
 ```
 seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p.get('dataset_fingerprint')}`.
 """
+
+
+def _selection_lines(history: dict) -> str:
+    members = history.get("members")
+    if not members:
+        return (f"- **Checkpoint selection**: best epoch {history.get('best_epoch')} by validation "
+                f"`{history.get('monitor')}`\n  (the validation split was used for model selection, so its figures "
+                f"are optimistic; decision = argmax).\n- **Stopped**: {history.get('stopped')} after "
+                f"{len(history.get('epochs', []))} epochs.")
+    rows = "\n".join(f"  - member {i}: seed {m['seed']}, best epoch {m['best_epoch']} of {len(m['epochs'])} "
+                     f"(val `{m['monitor']}` {m['best_metric']:.4f}), {m['stopped']}"
+                     for i, m in enumerate(members, start=1))
+    return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
+            f"augmentation, best epoch); logits averaged.\n- **Checkpoint selection**: each member's best epoch by "
+            f"validation `{history.get('monitor')}` (the validation split was used for model selection, so its "
+            f"figures are optimistic; decision = argmax):\n{rows}")
 
 
 def run_training(config: TrainConfig | str | Path, out: str | Path | None = None, resume: bool = False,
@@ -144,7 +160,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     from ..packages import next_version, user_models_dir
     from ..packages.package import validate_meta
 
-    from ..finetune.distributed import barrier, broadcast_object, per_rank_batch
+    from ..finetune.distributed import barrier, broadcast_object
 
     progress = progress or null_progress
     out_dir = Path(out or cfg.out or f"runs/{cfg.id}")
@@ -167,12 +183,17 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     if cfg.input.content:
         input_spec["content"] = cfg.input.content
     cmd = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
+    n_members = int(cfg.training.ensemble)
+    arch = {"name": cfg.model.name, "kwargs": kwargs}
+    if n_members > 1:
+        arch = {"name": "ensemble", "kwargs": {"member": cfg.model.name, "member_kwargs": dict(cfg.model.kwargs),
+                                               "members": n_members, "in_channels": channels, "num_classes": k}}
+    attention = ["attention"] if cfg.model.name in ("cnn_lstm", "attention_cnn3d") and n_members == 1 else []
     meta = {"id": cfg.id, "version": version, "task": "classification", "description": cfg.description,
-            "architecture": {"name": cfg.model.name, "kwargs": kwargs}, "class_names": data.class_names,
+            "architecture": arch, "class_names": data.class_names,
             "modality": cfg.modality, "input": input_spec,
-            "explain": cfg.explain or {"methods": ["gradcam"] + (["attention"] if cfg.model.name in
-                                                                  ("cnn_lstm", "attention_cnn3d") else []),
-                                       "target_layer": default_target_layer(cfg.model.name, **kwargs)},
+            "explain": cfg.explain or {"methods": ["gradcam"] + attention,
+                                       "target_layer": default_target_layer(arch["name"], **arch["kwargs"])},
             "provenance": {"data": str(data_path), "split": data.description, "command": cmd, "seed": cfg.seed,
                            "parent": None, "dataset_fingerprint": data.fingerprint, "config": cfg.to_dict(),
                            **({"world_size": ctx.world_size} if ctx.enabled else {})},
@@ -190,27 +211,26 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                               f"{tuple(data.train.images.shape[1:])}: {str(exc).splitlines()[0][:200]}",
                               cfg.source) from None
     bs = int(cfg.training.batch_size)
-    # DDP: each rank loads batch_size // world_size samples per step (the global batch stays ~batch_size)
-    train_loader = make_loader(data.train.images, data.train.labels, per_rank_batch(bs, ctx), shuffle=True,
-                               seed=cfg.seed, ctx=ctx)
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
-    fit_cfg = fit_config_from(cfg, data.train.labels, k, out_dir / "checkpoints", resume)
-    if ctx.enabled:
-        fit_cfg.device = ctx.device  # this rank's GPU (cuda:LOCAL_RANK) or cpu
-    hooks = hooks or Hooks()
-    if hooks.batch_transform is None and cfg.adversarial:
-        from ..robustness.training import AdversarialTraining
-        adversarial = AdversarialTraining.from_config(cfg.adversarial)
-        hooks.batch_transform = adversarial.batch_transform if adversarial else None
-    if hooks.augment is None and cfg.augmentation:
-        from .augment import BatchAugment
-        # each rank draws its own augmentations (one process: seed unchanged)
-        hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=len(size), seed=cfg.seed + ctx.rank)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    history = fit(model, train_loader, val_loader, fit_cfg, hooks, progress, data.class_names,
-                  ctx=ctx if ctx.enabled else None)
+    if n_members == 1:
+        fit_cfg, history = _fit_member(cfg, model, data, val_loader, out_dir / "checkpoints", cfg.seed, resume,
+                                       hooks, progress, ctx)
+    else:
+        model = build_model(arch["name"], **arch["kwargs"])
+        member_histories = []
+        for i, member in enumerate(model.members):
+            seed = cfg.seed + i
+            torch.manual_seed(seed)
+            member.load_state_dict(build_model(cfg.model.name, **kwargs).state_dict())  # member i's own init
+            fit_cfg, history = _fit_member(cfg, member, data, val_loader, out_dir / "checkpoints" / f"member{i + 1}",
+                                           seed, resume, hooks, _member_progress(progress, i, n_members), ctx)
+            member_histories.append(history)
+            if history.stopped == "cancelled":
+                break
+        history = EnsembleHistory(member_histories, seeds=[cfg.seed + i for i in range(len(member_histories))])
     train_s = time.perf_counter() - t0
     if history.stopped == "cancelled":
         raise KeyboardInterrupt
@@ -222,6 +242,57 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                               progress)
     finally:
         barrier(ctx)
+
+
+def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path, seed: int, resume: bool,
+                hooks: Hooks | None, progress, ctx) -> tuple[FitConfig, History]:
+    """Train ``model`` (one network, or one member of an ensemble) with ``seed`` deciding its data order and
+    augmentation; checkpoints in ``checkpoint_dir``. Returns the fit config and :class:`History`."""
+    from ..finetune.distributed import per_rank_batch
+
+    k = len(data.class_names)
+    # DDP: each rank loads batch_size // world_size samples per step (the global batch stays ~batch_size)
+    train_loader = make_loader(data.train.images, data.train.labels,
+                               per_rank_batch(int(cfg.training.batch_size), ctx), shuffle=True, seed=seed, ctx=ctx)
+    fit_cfg = fit_config_from(cfg, data.train.labels, k, checkpoint_dir, resume)
+    fit_cfg.seed = seed
+    if ctx.enabled:
+        fit_cfg.device = ctx.device  # this rank's GPU (cuda:LOCAL_RANK) or cpu
+    hooks = replace(hooks) if hooks is not None else Hooks()  # members must not share one augmenter's state
+    if hooks.batch_transform is None and cfg.adversarial:
+        from ..robustness.training import AdversarialTraining
+        adversarial = AdversarialTraining.from_config(cfg.adversarial)
+        hooks.batch_transform = adversarial.batch_transform if adversarial else None
+    if hooks.augment is None and cfg.augmentation:
+        from .augment import BatchAugment
+        # each rank draws its own augmentations (one process: seed unchanged)
+        hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=data.train.images.ndim - 2, seed=seed + ctx.rank)
+    history = fit(model, train_loader, val_loader, fit_cfg, hooks, progress, data.class_names,
+                  ctx=ctx if ctx.enabled else None)
+    return fit_cfg, history
+
+
+def _member_progress(progress, index: int, count: int):
+    """Member ``index`` of ``count`` reports its fraction as its share of the whole run, with ``member=``."""
+    def report(stage: str, fraction: float, **info):
+        progress(stage, (index + fraction) / count, member=index + 1, members=count, **info)
+    return report
+
+
+class EnsembleHistory:
+    """The members' :class:`History` objects seen as one (what :func:`_write_outputs` and the card need)."""
+
+    def __init__(self, members: list[History], seeds: list[int]):
+        self.members, self.seeds = members, seeds
+        self.monitor = members[0].monitor
+        self.best_epoch = [h.best_epoch for h in members]
+        stopped = [h.stopped for h in members]
+        self.stopped = "cancelled" if "cancelled" in stopped else ",".join(stopped)
+
+    def to_dict(self) -> dict:
+        return {"monitor": self.monitor, "best_epoch": self.best_epoch, "stopped": self.stopped,
+                "epochs": [{**r, "member": i + 1} for i, h in enumerate(self.members) for r in h.epochs],
+                "members": [{"seed": s, **h.to_dict()} for s, h in zip(self.seeds, self.members)]}
 
 
 def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, fit_cfg, out_dir, dest,

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .calibration import normalized_entropy, softmax
-from .sampling import default_tta, dropout_layers, mc_dropout_samples, summarize_samples, tta_samples
+from .sampling import (default_tta, dropout_layers, ensemble_member_samples, mc_dropout_samples, summarize_samples,
+                       tta_samples)
 
 
 def calibrated_probabilities(logits: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> np.ndarray:
@@ -44,7 +45,8 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
         JSON-able dict: ``temperature``, ``probabilities`` (calibrated, by class name), ``predictive_entropy``
         (normalised 0..1, of the calibrated probabilities), ``low_confidence`` (bool, or None when the package is
         not calibrated), ``low_confidence_threshold``, and ``mc_dropout`` / ``tta`` blocks with ``predictive_entropy``,
-        ``mutual_information``, ``variance``, ``mean_probabilities`` (or ``{"available": false, "reason"}``).
+        ``mutual_information``, ``variance``, ``mean_probabilities`` (or ``{"available": false, "reason"}``); for a
+        seed ensemble on volumes also an ``ensemble`` block of the same form over its members (one pass each).
     """
     plain = forward is None or forward is model  # rows independent: MC dropout / TTA may run as batches
     forward = forward or model
@@ -79,6 +81,8 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
             out["mc_dropout"] = {"available": False, "reason": "the model has no dropout layer"}
     if tta > 0:
         out["tta"] = block(tta_samples(forward, x, default_tta(x.ndim - 2, tta), batched=plain))
+    if plain and len(getattr(model, "members", ())) > 1:
+        out["ensemble"] = block(ensemble_member_samples(model, x))
     return out
 
 

@@ -107,6 +107,21 @@ def tta_samples(forward: Forward, x: torch.Tensor, transforms: Sequence[Callable
         return torch.stack([torch.softmax(forward(t(x)), dim=-1) for t in transforms])
 
 
+def ensemble_member_samples(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Each member's probabilities for a seed ensemble (:class:`..models.ensemble.MeanEnsemble`, whose
+    ``members`` are independently trained networks): ``(members, B, K)``. Their spread is the ensemble's
+    disagreement (Lakshminarayanan et al. 2017, deep ensembles).
+
+    Raises:
+        ValueError: the model is not an ensemble.
+    """
+    members = getattr(model, "members", None)
+    if not isinstance(members, torch.nn.ModuleList) or len(members) < 2:
+        raise ValueError("the model is not an ensemble of two or more members")
+    with torch.no_grad():
+        return torch.stack([torch.softmax(m(x), dim=-1) for m in members])
+
+
 def summarize_samples(samples: torch.Tensor | np.ndarray) -> dict[str, Any]:
     """Spread of stochastic predictions ``(S, B, K)`` -> per-case figures (lists of length B).
 

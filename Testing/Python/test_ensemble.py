@@ -1,0 +1,134 @@
+"""Seed ensembles: mean of members, Grad-CAM over all members, ``train`` with ``training/ensemble: N``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from MedDeepRecogLib.errors import ConfigError
+from MedDeepRecogLib.explain.gradcam import explained_forward, resolve_layers
+from MedDeepRecogLib.models import build_model, default_target_layer
+from MedDeepRecogLib.packages import load_package
+from MedDeepRecogLib.training.config import config_from_dict
+from MedDeepRecogLib.training.evaluate import evaluate_package
+from MedDeepRecogLib.training.loop import FitConfig, fit, make_loader
+from MedDeepRecogLib.training.train import run_training
+
+from test_training import _config, npz, separable  # noqa: F401  (npz: fixture)
+
+MEMBER = {"channels": [4, 8], "hidden": 8, "dropout": 0.0}
+
+
+def _ensemble(members: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("ensemble", in_channels=1, num_classes=2, member="simple_cnn3d", member_kwargs=MEMBER,
+                       members=members).eval()
+
+
+def test_forward_is_the_mean_of_the_members_logits():
+    model = _ensemble(3)
+    x = torch.rand(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in model.members]).mean(0)
+        assert torch.allclose(model(x), expected)
+    assert not torch.equal(model.members[0].features.conv1.conv.weight, model.members[1].features.conv1.conv.weight)
+
+
+def test_gradcam_pattern_explains_every_member_as_one_layer():
+    model = _ensemble(2)
+    layer = default_target_layer("ensemble", member="simple_cnn3d", member_kwargs=MEMBER, members=2)
+    assert layer == "members.*.features.conv2"
+    assert [n for n, _ in resolve_layers(model, layer)] == ["members.0.features.conv2", "members.1.features.conv2"]
+    x = torch.rand(2, 1, 8, 8, 8)
+    got = explained_forward(model, x, layer, class_index=[1])
+    # reference: Grad-CAM of the averaged class-1 score with both members' activations as one channel stack
+    acts = []
+    hooks = [m.features.conv2.register_forward_hook(lambda _m, _i, out: acts.append(out)) for m in model.members]
+    logits = model(x)
+    for h in hooks:
+        h.remove()
+    grads = torch.autograd.grad(logits[:, 1].sum(), acts)
+    a, g = torch.cat(acts, 1), torch.cat(grads, 1)
+    cam = torch.relu((g.mean(dim=(2, 3, 4), keepdim=True) * a).sum(1))
+    flat = cam.reshape(2, -1)
+    cam = ((flat - flat.min(1, keepdim=True).values) / (flat.max(1, keepdim=True).values
+                                                        - flat.min(1, keepdim=True).values)).reshape(cam.shape)
+    assert got.maps.shape == (2, 4, 4, 4)
+    assert torch.allclose(got.maps, cam.detach(), atol=1e-5)
+    assert torch.allclose(got.logits, logits.detach())
+    with pytest.raises(KeyError, match="no layer"):
+        resolve_layers(model, "members.*.features.conv9")
+
+
+def test_ensemble_must_have_a_whole_number_of_members(npz):
+    for bad in (0, 2.5, "3", True):
+        with pytest.raises(ConfigError, match="training/ensemble"):
+            config_from_dict(_config(npz, training={"epochs": 1, "batch_size": 16, "ensemble": bad}))
+
+
+def test_train_builds_an_ensemble_whose_first_member_is_the_single_model(tmp_path, npz):
+    """Member i is trained exactly as a single model with seed ``seed + i`` would be; the package holds all
+    members, ``evaluate`` reproduces its recorded metrics, and Grad-CAM runs on the stored target layer."""
+    single = run_training(config_from_dict(_config(npz, id="single")), out=tmp_path / "single",
+                          package_dest=tmp_path / "cat")
+    stages = []
+    ens = run_training(config_from_dict(_config(npz, id="ens", training={"epochs": 3, "batch_size": 16,
+                                                                          "ensemble": 2})),
+                       out=tmp_path / "ens", package_dest=tmp_path / "cat",
+                       progress=lambda stage, fraction, **kw: stages.append((stage, fraction, kw.get("member"))))
+    pkg, ref = load_package(ens["package"]), load_package(single["package"])
+    assert pkg.meta["architecture"]["name"] == "ensemble"
+    assert pkg.meta["architecture"]["kwargs"]["members"] == 2
+    model, single_model = pkg.build_model("cpu"), ref.build_model("cpu")
+    for k, v in single_model.state_dict().items():
+        assert torch.equal(model.members[0].state_dict()[k], v), k
+    assert not torch.equal(model.members[1].classifier.out.weight, model.members[0].classifier.out.weight)
+    # progress covers both members in order, fractions rising through the whole run
+    train_fracs = [(f, m) for s, f, m in stages if s == "train"]
+    assert {m for _, m in train_fracs} == {1, 2} and train_fracs == sorted(train_fracs)
+    assert train_fracs[-1][0] == pytest.approx(1.0)
+    assert len(pkg.meta["metrics"]["best_epoch"]) == 2
+    card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "member 1: seed 0" in card and "member 2: seed 1" in card
+    hist = json.loads((tmp_path / "ens" / "history.json").read_text(encoding="utf-8"))
+    assert [m["seed"] for m in hist["members"]] == [0, 1]
+    metrics = evaluate_package(pkg.path, npz, split="val")
+    assert metrics["auc"] == pytest.approx(pkg.meta["metrics"]["auc"], abs=1e-6)
+    x = torch.rand(2, 1, 12, 12)
+    assert explained_forward(model, x, pkg.target_layer).maps.shape == (2, 6, 6)
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
+    x, y = separable(64, seed=1)
+    xv, yv = separable(32, seed=2)
+    cfg = FitConfig(epochs=30, lr=1e-9, monitor="loss", early_stopping_patience=2, seed=0,
+                    checkpoint_dir=str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    first = fit(model, make_loader(x, y, 16, True), make_loader(xv, yv, 64, False), cfg)
+    assert first.stopped == "early_stopping"
+    cfg.resume = True
+    again = fit(model, make_loader(x, y, 16, True), make_loader(xv, yv, 64, False), cfg)
+    assert again.stopped == "early_stopping" and len(again.epochs) == len(first.epochs)
+    assert np.isclose(again.best_metric, first.best_metric)
+
+
+def test_uncertainty_block_reports_the_members_disagreement():
+    from MedDeepRecogLib.uncertainty import classify_uncertainty, ensemble_member_samples
+
+    model = _ensemble(3)
+    x = torch.rand(1, 1, 8, 8, 8)
+    samples = ensemble_member_samples(model, x)
+    assert samples.shape == (3, 1, 2)
+    out = classify_uncertainty(model, x, {"class_names": ["a", "b"]}, mc_samples=0, tta=0)
+    block = out["ensemble"]
+    assert block["samples"] == 3
+    expected = samples[:, 0].mean(0).numpy()
+    assert np.allclose([block["mean_probabilities"]["a"], block["mean_probabilities"]["b"]], expected, atol=1e-6)
+    assert block["variance"] == pytest.approx(float(samples[:, 0, int(expected.argmax())].var(unbiased=False)),
+                                              abs=1e-6)
+    with pytest.raises(ValueError, match="not an ensemble"):
+        ensemble_member_samples(model.members[0], x)
