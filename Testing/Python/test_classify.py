@@ -27,7 +27,8 @@ from tiny_test_package import TINY_CLASSES, make_tiny_package
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("pkgs")
-    return {kind: make_tiny_package(root, kind=kind) for kind in ("slices2d", "volume3d", "attention3d", "cnn_lstm")}
+    return {kind: make_tiny_package(root, kind=kind) for kind in ("slices2d", "volume3d", "attention3d", "cnn_lstm",
+                                                                    "ensemble3d")}
 
 
 @pytest.fixture
@@ -83,7 +84,8 @@ def test_heatmap_lands_on_the_anatomy_it_came_from():
 
 
 @pytest.mark.parametrize("kind, explain", [("slices2d", "gradcam"), ("slices2d", "gradcampp"),
-                                           ("volume3d", "gradcam"), ("attention3d", "attention"),
+                                           ("volume3d", "gradcam"), ("ensemble3d", "gradcam"),
+                                           ("attention3d", "attention"),
                                            ("cnn_lstm", "attention"), ("cnn_lstm", "gradcam")])
 def test_heatmap_has_the_input_geometry(packages, oblique_volume, kind, explain):
     result = classify_scan(oblique_volume, packages[kind], explain=explain, device="cpu")
@@ -122,6 +124,20 @@ def test_cli_writes_contract_outputs_and_progress(packages, oblique_file, tmp_pa
     assert same_geometry(hm, sitk.ReadImage(str(oblique_file)), tolerance=1e-5)
     png = (out / "oblique_heatmap.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_ensemble_package_classifies_with_one_heatmap_and_member_disagreement(packages, oblique_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["classify", str(oblique_file), "--model", str(packages["ensemble3d"]), "--out", str(out),
+                 "--progress", "none", "--device", "cpu"]) == 0
+    record = json.loads((out / "oblique.json").read_text(encoding="utf-8"))
+    assert record["explain"]["target_layer"] == "members.*.features.conv2"
+    members = record["uncertainty"]["ensemble"]
+    assert members["samples"] == 3 and set(members["mean_probabilities"]) == set(TINY_CLASSES)
+    for name, p in members["mean_probabilities"].items():  # the output is the members' mean probability
+        assert p == pytest.approx(record["probabilities"][name], abs=1e-3)
+    assert same_geometry(sitk.ReadImage(str(out / "oblique_heatmap.nrrd")), sitk.ReadImage(str(oblique_file)),
+                         tolerance=1e-5)
 
 
 def test_folder_of_volumes_is_many_scans(packages, tmp_path):

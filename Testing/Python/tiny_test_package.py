@@ -23,7 +23,8 @@ def make_tiny_package(dest: str | Path, *, kind: str = "slices2d", channels: int
 
     Args:
         kind: ``"slices2d"`` (``simple_cnn2d`` on 32x32 slices), ``"volume3d"`` (``simple_cnn3d`` on 16^3),
-            ``"attention3d"`` (``attention_cnn3d``, 16^3) or ``"cnn_lstm"`` (``cnn_lstm`` on 8x32x32).
+            ``"attention3d"`` (``attention_cnn3d``, 16^3), ``"ensemble3d"`` (three ``simple_cnn3d`` members, 16^3) or
+            ``"cnn_lstm"`` (``cnn_lstm`` on 8x32x32).
         channels: input channels (2 makes a model that no single scan fits, for error tests).
     """
     import torch
@@ -34,6 +35,9 @@ def make_tiny_package(dest: str | Path, *, kind: str = "slices2d", channels: int
     torch.manual_seed(seed)
     arch = {"slices2d": ("simple_cnn2d", {"channels": [4, 8], "hidden": 8, "pooled_size": 2}, "slices2d", [32, 32]),
             "volume3d": ("simple_cnn3d", {"channels": [4, 8], "hidden": 8}, "volume3d", [16, 16, 16]),
+            "ensemble3d": ("ensemble", {"member": "simple_cnn3d", "members": 3,
+                                        "member_kwargs": {"channels": [4, 8], "hidden": 8, "dropout": 0.2}},
+                           "volume3d", [16, 16, 16]),
             "attention3d": ("attention_cnn3d", {"channels": [4, 8], "gate_channels": 4}, "volume3d", [16, 16, 16]),
             "cnn_lstm": ("cnn_lstm", {"channels": [4, 8], "hidden": 8, "attention_dim": 4}, "volume3d",
                          [8, 32, 32])}[kind]

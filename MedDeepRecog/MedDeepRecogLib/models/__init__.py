@@ -15,7 +15,7 @@ should hook for that architecture; for ``cnn_lstm`` the layer runs on every slic
 
 Names: ``simple_cnn2d``, ``simple_cnn3d``, ``densenet2d``, ``densenet3d``, ``resnet2d``, ``resnet3d``,
 ``efficientnet2d``, ``seresnet3d``, ``cnn_lstm``, ``attention_cnn3d``, ``ensemble`` (N copies of one of
-the others, mean logits; Grad-CAM target ``members.*.<layer>``, a pattern over all members).
+the others, mean probabilities returned as log-probabilities; Grad-CAM target ``members.*.<layer>``, a pattern over all members).
 """
 
 from .registry import ArchSpec, available_models, build_model, default_target_layer, input_kind, register_model

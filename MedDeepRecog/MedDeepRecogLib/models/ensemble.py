@@ -1,8 +1,9 @@
-"""A seed ensemble: several copies of one registered architecture, trained independently, logits averaged.
+"""A seed ensemble: several copies of one registered architecture, trained independently, probabilities averaged.
 
 Why: on small data sets the same config trained with another seed moves the validation AUC by several points
 (AdrenalMNIST3D, 98 validation cases: 0.84–0.89 for one config); averaging independently trained members
-removes much of that variance at N times the inference cost. ``train`` builds one when ``training/ensemble`` is
+removes much of that variance at N times the inference cost. The members' *probabilities* are averaged (deep
+ensembles, Lakshminarayanan et al. 2017), not their logits: a mean of logits lets one over-confident member decide. ``train`` builds one when ``training/ensemble`` is
 N > 1 (each member with its own seed, data order, augmentation and best epoch); the package stores all members
 in one weights file.
 
@@ -13,6 +14,7 @@ are all members' channels, which is exactly Grad-CAM of the averaged score.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,7 +24,9 @@ from .registry import build_model, default_target_layer, register_model
 
 
 class MeanEnsemble(nn.Module):
-    """``members`` copies of architecture ``member``; ``forward(x)`` = mean of the members' logits.
+    """``members`` copies of architecture ``member``; ``forward(x)`` = log of the mean of the members' softmax
+    probabilities, so ``softmax(forward(x))`` is exactly that mean and the output can stand wherever logits do
+    (classify, Grad-CAM, temperature scaling, attacks).
 
     Args:
         in_channels, num_classes: as every architecture.
@@ -40,8 +44,9 @@ class MeanEnsemble(nn.Module):
         self.members = nn.ModuleList(build_model(member, **kw) for _ in range(int(members)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` as the member takes it (e.g. ``(B, C, Z, Y, X)``) -> ``(B, num_classes)`` mean logits."""
-        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+        """``x`` as the member takes it (e.g. ``(B, C, Z, Y, X)``) -> ``(B, num_classes)`` log mean probabilities."""
+        log_p = torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.members])
+        return torch.logsumexp(log_p, dim=0) - math.log(len(self.members))
 
 
 def _target(kw: dict) -> str:
@@ -49,7 +54,7 @@ def _target(kw: dict) -> str:
 
 
 @register_model("ensemble", _target, "as member",
-                "seed ensemble: N independently trained copies of one architecture, mean logits")
+                "seed ensemble: N independently trained copies of one architecture, mean probabilities")
 def ensemble(in_channels: int = 1, num_classes: int = 2, member: str = "simple_cnn3d",
              member_kwargs: dict[str, Any] | None = None, members: int = 3) -> MeanEnsemble:
     return MeanEnsemble(in_channels, num_classes, member, member_kwargs, members)

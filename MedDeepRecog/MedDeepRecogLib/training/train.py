@@ -126,7 +126,7 @@ def _selection_lines(history: dict) -> str:
                      f"(val `{m['monitor']}` {m['best_metric']:.4f}), {m['stopped']}"
                      for i, m in enumerate(members, start=1))
     return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
-            f"augmentation, best epoch); logits averaged.\n- **Checkpoint selection**: each member's best epoch by "
+            f"augmentation, best epoch); probabilities averaged.\n- **Checkpoint selection**: each member's best epoch by "
             f"validation `{history.get('monitor')}` (the validation split was used for model selection, so its "
             f"figures are optimistic; decision = argmax):\n{rows}")
 
