@@ -3,7 +3,8 @@
 The shared ``training.loop.fit`` is built around batches ``(x, y)``, cross-entropy and classification metrics;
 fine-tuning also needs voxel-wise losses, Dice/HD95 validation by sliding window and several processes
 (``torchrun``). This loop takes the two task-specific parts as functions and reuses ``training.loop``'s
-configuration (:class:`~..training.loop.FitConfig`), optimisers, schedules, seeding and freezing:
+configuration (:class:`~..training.loop.FitConfig`), result (:class:`~..training.loop.History`), optimisers,
+schedules, seeding, freezing, optimiser step and checkpoint writing:
 
 - ``loss_fn(model, batch, device) -> (loss, n_samples)``;
 - ``validate(model) -> dict`` holding ``monitor`` (every rank calls it and must get the same dict, e.g. by
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,37 +26,11 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..progress import null_progress
-from ..training.loop import FitConfig, apply_frozen, make_optimizer, make_scheduler, seed_everything
+from ..training.loop import (FitConfig, History, apply_frozen, cpu_state, make_optimizer, make_scheduler,
+                             optimizer_step, save_checkpoint, seed_everything, set_train_mode)
 from .distributed import DistContext, all_reduce_mean, barrier, unwrap_model, wrap_model
 
 CHECKPOINT = "last.pt"
-
-
-@dataclass
-class LoopResult:
-    """Per-epoch records, the best epoch and its validation metrics; ``best_state`` holds its weights (CPU)."""
-
-    epochs: list[dict] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_metric: float | None = None
-    best_val: dict | None = None
-    stopped: str = "completed"  # completed | early_stopping | cancelled
-    resumed_from: int | None = None
-    best_state: dict | None = field(default=None, repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        return {"epochs_run": len(self.epochs), "best_epoch": self.best_epoch, "best_metric": self.best_metric,
-                "stopped": self.stopped, "resumed_from": self.resumed_from, "history": self.epochs}
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").clone() for k, v in unwrap_model(model).state_dict().items()}
-
-
-def _set_train_mode(model: nn.Module, frozen_modules: Sequence[nn.Module]) -> None:
-    model.train()
-    for m in frozen_modules:  # frozen normalisation layers keep their statistics
-        m.eval()
 
 
 LossFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, int]]
@@ -66,8 +40,8 @@ def run_loop(model: nn.Module, train_loader, loss_fn: LossFn,
              validate: Callable[[nn.Module], dict] | None, cfg: FitConfig, *, monitor: str, higher_is_better: bool,
              ctx: DistContext | None = None, frozen: Sequence[str] = (), sampler=None,
              progress: Callable[..., None] | None = None, should_stop: Callable[[], bool] | None = None,
-             checkpoint_dir: str | Path | None = None, resume: bool = True) -> LoopResult:
-    """Train ``model`` for ``cfg.epochs`` epochs; returns a :class:`LoopResult` (model ends with best weights).
+             checkpoint_dir: str | Path | None = None, resume: bool = True) -> History:
+    """Train ``model`` for ``cfg.epochs`` epochs; returns a :class:`~..training.loop.History` (model ends with best weights).
 
     Args:
         frozen: module paths whose parameters are not trained (their norm layers stay in eval mode).
@@ -89,7 +63,7 @@ def run_loop(model: nn.Module, train_loader, loss_fn: LossFn,
     scheduler = make_scheduler(optimizer, cfg)
     amp = device.type == "cuda" and cfg.amp in (True, "auto", "true")
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    result = LoopResult()
+    result = History(monitor=monitor)
     since_best = 0
     start_epoch = 1
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
@@ -124,7 +98,7 @@ def run_loop(model: nn.Module, train_loader, loss_fn: LossFn,
         t0 = time.perf_counter()
         if sampler is not None:
             sampler.set_epoch(epoch)
-        _set_train_mode(ddp_model, frozen_modules)
+        set_train_mode(ddp_model, frozen_modules)
         loss_sum, seen = 0.0, 0
         for step, batch in enumerate(train_loader):
             if should_stop is not None and should_stop():
@@ -135,18 +109,7 @@ def run_loop(model: nn.Module, train_loader, loss_fn: LossFn,
                 loss, n = loss_fn(ddp_model, batch, device)
             if not torch.isfinite(loss):
                 raise ConfigError(f"training diverged (loss {float(loss)} at epoch {epoch}); lower the learning rate")
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler, params, cfg.grad_clip)
             loss_sum += float(loss.detach()) * n
             seen += n
             progress("train", ((epoch - 1) + (step + 1) / n_batches) / cfg.epochs, epoch=epoch, epochs=cfg.epochs,
@@ -160,7 +123,7 @@ def run_loop(model: nn.Module, train_loader, loss_fn: LossFn,
         improved = not math.isnan(current) and (result.best_metric is None or better(current, result.best_metric))
         if improved:
             result.best_epoch, result.best_metric, result.best_val = epoch, current, metrics
-            result.best_state = _cpu_state(ddp_model)
+            result.best_state = cpu_state(unwrap_model(ddp_model))
             since_best = 0
         else:
             since_best += 1
@@ -175,8 +138,8 @@ def run_loop(model: nn.Module, train_loader, loss_fn: LossFn,
             else:
                 scheduler.step()
         if ckpt is not None and ctx.is_main:
-            _write_checkpoint(ckpt, {
-                "epoch": epoch, "model": _cpu_state(ddp_model), "optimizer": optimizer.state_dict(),
+            save_checkpoint(ckpt, {
+                "epoch": epoch, "model": cpu_state(unwrap_model(ddp_model)), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None, "history": result.epochs,
                 "best_epoch": result.best_epoch, "best_metric": result.best_metric, "best_val": result.best_val,
                 "best_state": result.best_state, "since_best": since_best, "torch_rng": torch.get_rng_state()})
@@ -189,11 +152,3 @@ def run_loop(model: nn.Module, train_loader, loss_fn: LossFn,
         model.load_state_dict(result.best_state)
     model.eval()
     return result
-
-
-def _write_checkpoint(path: Path, payload: dict) -> None:
-    from ..io import atomic_output
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        torch.save(payload, str(tmp))

@@ -116,6 +116,11 @@ class History:
         d.pop("best_state")
         return d
 
+    def summary(self) -> dict[str, Any]:
+        """The short form the fine-tuning outputs record (``epochs_run``, best epoch/metric, ``history``)."""
+        return {"epochs_run": len(self.epochs), "best_epoch": self.best_epoch, "best_metric": self.best_metric,
+                "stopped": self.stopped, "resumed_from": self.resumed_from, "history": self.epochs}
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -204,20 +209,42 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def _set_train_mode(model: nn.Module, frozen_modules: list[nn.Module]) -> None:
+def set_train_mode(model: nn.Module, frozen_modules: Sequence[nn.Module]) -> None:
+    """``model.train()`` except the frozen modules, whose normalisation layers keep their statistics."""
     model.train()
     for m in frozen_modules:
         m.eval()
 
 
-def _cpu_state(model: nn.Module) -> dict:
+def cpu_state(model: nn.Module) -> dict:
+    """A CPU copy of ``model.state_dict()`` (pass the plain module, not a DDP wrapper)."""
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
 
-def _save_checkpoint(path: Path, payload: dict) -> None:
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """``torch.save(payload)`` to ``path`` atomically (its folder is created)."""
     from ..io import atomic_output
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         torch.save(payload, str(tmp))
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, clip_params,
+                   grad_clip: float | None) -> None:
+    """Backward pass and optimiser step, through the AMP ``scaler`` when there is one (CUDA), clipping the
+    gradient norm of ``clip_params`` to ``grad_clip`` when set."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(clip_params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(clip_params, grad_clip)
+        optimizer.step()
 
 
 def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None, hooks: Hooks | None = None,
@@ -297,7 +324,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         t0 = time.perf_counter()
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):  # DistributedSampler: a new shuffle
             train_loader.sampler.set_epoch(epoch)
-        _set_train_mode(model, frozen_modules)
+        set_train_mode(model, frozen_modules)
         loss_sum, seen, correct = 0.0, 0, 0
         for step, (x, y) in enumerate(train_loader):
             if hooks.should_stop and hooks.should_stop():
@@ -308,25 +335,14 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if hooks.batch_transform is not None:
                 x, y = hooks.batch_transform(model, x, y, {"epoch": epoch, "step": step, "device": device})
-                _set_train_mode(model, frozen_modules)
+                set_train_mode(model, frozen_modules)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, amp):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
             if l1_params:
                 loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler, model.parameters(), cfg.grad_clip)
             if ema is not None:
                 ema.update_parameters(model)
             if not torch.isfinite(loss.detach()):
@@ -357,7 +373,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         improved = not math.isnan(current) and (history.best_metric is None or better(current, history.best_metric))
         if improved:
             history.best_epoch, history.best_metric, history.best_val = epoch, current, vm
-            history.best_state = _cpu_state(eval_model)
+            history.best_state = cpu_state(eval_model)
             since_best = 0
         else:
             since_best += 1
@@ -371,8 +387,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
                 scheduler.step()
         if ckpt is not None and (not dist_on or ctx.is_main):
             gen = getattr(train_loader, "generator", None)
-            _save_checkpoint(ckpt, {
-                "epoch": epoch, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+            save_checkpoint(ckpt, {
+                "epoch": epoch, "model": cpu_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "history": history.epochs, "best_epoch": history.best_epoch, "best_metric": history.best_metric,
                 "best_val": history.best_val, "best_state": history.best_state, "since_best": since_best,
@@ -395,7 +411,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
     if cfg.restore_best and history.best_state is not None:
         model.load_state_dict(history.best_state)
     elif ema is not None:
-        model.load_state_dict(_cpu_state(ema.module))
+        model.load_state_dict(cpu_state(ema.module))
     model.eval()
     return history
 
