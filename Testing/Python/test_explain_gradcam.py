@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from MedDeepRecogLib.explain.gradcam import explained_forward, last_conv_layer, plain_forward, resolve_layer
+from MedDeepRecogLib.explain.gradcam import explained_forward, last_conv_layer, plain_forward, resolve_layers
 from MedDeepRecogLib.models import build_model
 
 
@@ -76,4 +76,4 @@ def test_cnn_lstm_map_is_one_volume():
 def test_layer_lookup_errors_name_alternatives(cnn2d):
     assert last_conv_layer(cnn2d).startswith("features.conv2")
     with pytest.raises(KeyError, match="features.conv2"):
-        resolve_layer(cnn2d, "features.conv9")
+        resolve_layers(cnn2d, "features.conv9")

@@ -58,14 +58,6 @@ def resolve_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
     raise KeyError(f"model has no layer {name!r}; convolution layers are: {', '.join(convs[-6:]) or 'none'}")
 
 
-def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """The one sub-module called ``name`` (see :func:`resolve_layers`; a pattern must match exactly one)."""
-    found = resolve_layers(model, name)
-    if len(found) != 1:
-        raise KeyError(f"{name!r} matches {len(found)} layers, expected one")
-    return found[0][1]
-
-
 def last_conv_layer(model: nn.Module) -> str:
     """Name of the last ``Conv2d``/``Conv3d`` in registration order (a sensible default Grad-CAM target)."""
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]

@@ -221,12 +221,13 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     else:
         model = build_model(arch["name"], **arch["kwargs"])
         member_histories = []
-        for i, member in enumerate(model.members):
+        for i in range(n_members):
             seed = cfg.seed + i
             torch.manual_seed(seed)
-            member.load_state_dict(build_model(cfg.model.name, **kwargs).state_dict())  # member i's own init
-            fit_cfg, history = _fit_member(cfg, member, data, val_loader, out_dir / "checkpoints" / f"member{i + 1}",
-                                           seed, resume, hooks, _member_progress(progress, i, n_members), ctx)
+            model.members[i] = build_model(cfg.model.name, **kwargs)  # initialised as the single model with seed
+            fit_cfg, history = _fit_member(cfg, model.members[i], data, val_loader,
+                                           out_dir / "checkpoints" / f"member{i + 1}", seed, resume, hooks,
+                                           _member_progress(progress, i, n_members), ctx)
             member_histories.append(history)
             if history.stopped == "cancelled":
                 break
