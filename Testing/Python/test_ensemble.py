@@ -136,3 +136,75 @@ def test_uncertainty_block_reports_the_members_disagreement():
                                               abs=1e-6)
     with pytest.raises(ValueError, match="not an ensemble"):
         ensemble_member_samples(model.members[0], x)
+
+
+def _split_npz(path, val_labels_flipped: bool):
+    x, y = separable(90, seed=3)
+    xv, yv = separable(30, seed=4)
+    to_u8 = lambda a: (a[:, 0] * 100 + 100).clip(0, 255).astype(np.uint8)  # noqa: E731
+    np.savez(path, train_images=to_u8(x), train_labels=y[:, None], val_images=to_u8(xv),
+             val_labels=(1 - yv if val_labels_flipped else yv)[:, None])
+    return path
+
+
+def test_stratified_folds_cover_every_case_once_with_each_class_in_every_fold():
+    from MedDeepRecogLib.training.data import stratified_folds
+
+    labels = np.array([0] * 929 + [1] * 259)
+    folds = stratified_folds(labels, 5, seed=0)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(len(labels)))
+    assert [int(labels[f].sum()) for f in folds] == [52, 52, 52, 52, 51]
+    assert all(np.array_equal(a, b) for a, b in zip(folds, stratified_folds(labels, 5, seed=0)))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, stratified_folds(labels, 5, seed=1)))
+    with pytest.raises(ConfigError, match="at least one case per fold"):
+        stratified_folds(np.array([0, 0, 0, 1]), 2, seed=0)
+
+
+def test_folds_config_is_checked(npz):
+    for bad in (1, -2, 2.5, True):
+        with pytest.raises(ConfigError, match="training/folds"):
+            config_from_dict(_config(npz, training={"epochs": 1, "folds": bad}))
+    with pytest.raises(ConfigError, match="leave training/ensemble at 1"):
+        config_from_dict(_config(npz, training={"epochs": 1, "folds": 3, "ensemble": 2}))
+
+
+def test_cross_validation_ensemble_never_sees_the_validation_split(tmp_path):
+    """``training/folds: 3``: members select on their own train fold, so the weights do not depend on the val split
+    (here: the same run with the val labels flipped gives identical weights); the out-of-fold metrics are what
+    each member scores on its held-out fold, and ``evaluate`` reproduces the val figures."""
+    from MedDeepRecogLib.training.data import stratified_folds
+    from MedDeepRecogLib.training.metrics import classification_metrics
+
+    training = {"epochs": 3, "batch_size": 16, "folds": 3, "monitor": "loss"}
+    runs = {}
+    for flipped in (False, True):
+        data = _split_npz(tmp_path / f"split{int(flipped)}.npz", flipped)
+        runs[flipped] = run_training(config_from_dict(_config(data, id=f"cv{int(flipped)}", training=training)),
+                                     out=tmp_path / f"cv{int(flipped)}", package_dest=tmp_path / "cat")
+    pkg, other = load_package(runs[False]["package"]), load_package(runs[True]["package"])
+    assert pkg.meta["architecture"]["kwargs"]["members"] == 3
+    model, other_model = pkg.build_model("cpu"), other.build_model("cpu")
+    for k, v in model.state_dict().items():
+        assert torch.equal(other_model.state_dict()[k], v), k
+    assert runs[False]["val_auc"] > 0.9 and runs[True]["val_auc"] < 0.1  # same model, val labels flipped
+
+    cv = pkg.meta["metrics"]["cross_validation"]
+    assert cv == other.meta["metrics"]["cross_validation"]
+    assert "val split unseen" in pkg.meta["metrics"]["selected_by"]
+    z = np.load(tmp_path / "split0.npz")
+    x = z["train_images"].astype(np.float32)[:, None]  # no data/intensity_range: raw values
+    y = z["train_labels"].ravel()
+    folds = stratified_folds(y, 3, seed=0)
+    assert cv["n"] == len(y) == sum(len(f) for f in folds)
+    oof = np.zeros((len(y), 2))
+    with torch.no_grad():
+        for member, held in zip(model.members, folds):
+            oof[held] = torch.softmax(member(torch.from_numpy(x[held])), 1).numpy()
+    expected = classification_metrics(y, oof, ["left", "right"])
+    assert cv["auc"] == pytest.approx(expected["auc"], abs=1e-6)
+    assert cv["balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"], abs=1e-6)
+    assert cv["fold_auc"] == pytest.approx([classification_metrics(y[f], oof[f])["auc"] for f in folds], abs=1e-6)
+    metrics = evaluate_package(pkg.path, tmp_path / "split0.npz", split="val")
+    assert metrics["auc"] == pytest.approx(pkg.meta["metrics"]["auc"], abs=1e-6)
+    card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Cross-validation ensemble" in card and "fold 2 of the train split" in card

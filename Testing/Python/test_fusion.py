@@ -10,6 +10,7 @@ import torch
 
 from frontier_helpers import blob_data
 from MedDeepRecogLib.errors import ConfigError, InputImageError, ModelPackageError
+from MedDeepRecogLib.explain.gradcam import resolve_layers
 from MedDeepRecogLib.fusion import (align_modalities, check_modalities, load_case, overlap_fraction, read_manifest,
                                     stack_arrays)
 from MedDeepRecogLib.io import same_geometry
@@ -130,9 +131,8 @@ def test_early_fusion_refuses_a_missing_modality_and_registry_entries():
         build_model("early_fusion3d", in_channels=3)(torch.rand(1, 2, 8, 8, 8))
     assert default_target_layer("early_fusion3d", backbone_kwargs={"channels": [4, 8]}) == "net.features.conv2"
     layer = default_target_layer("late_fusion3d", encoder_kwargs={"channels": [4, 8]})
-    assert layer == "encoders.0.features.conv2"
-    assert isinstance(build_model("late_fusion3d").get_submodule(default_target_layer("late_fusion3d")),
-                      torch.nn.Module)
+    assert layer == "encoders.*.features.conv2"
+    assert len(resolve_layers(build_model("late_fusion3d"), default_target_layer("late_fusion3d"))) == 2
     check_modalities(["CT", "MR"], ["CT"], tolerant=True)
     with pytest.raises(InputImageError, match="missing"):
         check_modalities(["CT", "MR"], ["CT"], tolerant=False)
@@ -200,3 +200,24 @@ def test_classify_modalities_with_fusion_packages(late_model, tmp_path):
     with pytest.raises(InputImageError, match=r"\['MR'\] is missing"):
         classify_modalities({"CT": tmp_path / "ct.nii.gz"}, early)
     assert classify_modalities({"CT": tmp_path / "ct.nii.gz", "MR": tmp_path / "mr.nii.gz"}, early)["missing"] == []
+
+
+def test_late_fusion_gradcam_explains_every_present_modality():
+    """The late-fusion target pattern covers each modality's encoder; a missing modality adds nothing, so the map
+    with MR absent equals Grad-CAM of the CT encoder alone."""
+    from MedDeepRecogLib.explain.gradcam import explained_forward
+
+    torch.manual_seed(0)
+    kw = {"feature_dim": 8, "encoder_kwargs": {"channels": [4, 8], "hidden": 16, "dropout": 0.0}}
+    model = build_model("late_fusion3d", in_channels=2, num_classes=2, **kw).eval()
+    layer = default_target_layer("late_fusion3d", **kw)
+    assert [n for n, _ in resolve_layers(model, layer)] == ["encoders.0.features.conv2", "encoders.1.features.conv2"]
+    x = torch.rand(2, 2, 16, 16, 16)
+    both = explained_forward(model, x, layer, class_index=[1])
+    only_ct = x.clone()
+    only_ct[:, 1] = float("nan")
+    with_gap = explained_forward(model, only_ct, layer, class_index=[1])
+    ct_encoder = explained_forward(model, only_ct, "encoders.0.features.conv2", class_index=[1])
+    assert both.maps.shape == (2, 8, 8, 8)
+    assert torch.allclose(with_gap.maps, ct_encoder.maps, atol=1e-6)
+    assert not torch.allclose(both.maps, ct_encoder.maps, atol=1e-3)

@@ -104,7 +104,9 @@ def _early_target(kw: dict) -> str:
 
 
 def _late_target(kw: dict) -> str:
-    return "encoders.0." + default_target_layer(kw.get("encoder", "simple_cnn3d"), **(kw.get("encoder_kwargs") or {}))
+    # every modality's encoder, explained as one channel stack (explain.gradcam.resolve_layers): the map shows what
+    # drove the fused score in any modality; an absent modality gets no gradient and adds nothing
+    return "encoders.*." + default_target_layer(kw.get("encoder", "simple_cnn3d"), **(kw.get("encoder_kwargs") or {}))
 
 
 @register_model("early_fusion3d", _early_target, "volume3d",

@@ -9,8 +9,9 @@ sequence. Models with attention (``cnn_lstm``, ``attention_cnn3d``) also have
 (CNN-LSTM: per-slice weights ``(B, Z)`` summing to 1; attention CNN: spatial map ``(B, 1, z, y, x)`` in 0..1 on the
 feature grid, to be upsampled to the input).
 
-``default_target_layer(name, **kwargs) -> str`` is the module path (``model.get_submodule(path)``) that Grad-CAM
-should hook for that architecture; for ``cnn_lstm`` the layer runs on every slice, so its activations have batch
+``default_target_layer(name, **kwargs) -> str`` is the module path that Grad-CAM should hook for that
+architecture, or a pattern with ``*`` over several modules (ensembles, late fusion) that
+``explain.gradcam.resolve_layers`` expands; for ``cnn_lstm`` the layer runs on every slice, so its activations have batch
 ``B*Z`` (reshape to ``(B, Z, ...)``). ``available_models()`` lists the names with their input kind.
 
 Names: ``simple_cnn2d``, ``simple_cnn3d``, ``densenet2d``, ``densenet3d``, ``resnet2d``, ``resnet3d``,

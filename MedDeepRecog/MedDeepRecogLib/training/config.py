@@ -15,7 +15,8 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     schedule:  {name: none|step|cosine|plateau, step_size, gamma, factor, patience, min_lr, warmup_epochs}
     training:  {epochs, batch_size, l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
                 early_stopping_patience, grad_clip, ema_decay, amp: auto|true|false, device: auto|cpu|cuda,
-                ensemble: 1}                              # N > 1: a seed ensemble of N independently trained members
+                ensemble: 1,                              # N > 1: a seed ensemble of N independently trained members
+                folds: 0}                                 # K >= 2: a cross-validation ensemble (see training/train.py)
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     adversarial: {attack: pgd|fgsm_rs, eps, steps, bounds, fraction, evaluate: {...}}  # adversarial training
                                                           # (robustness/training.py); off when absent
@@ -92,6 +93,7 @@ class TrainingConfig:
     amp: Any = "auto"
     device: str = "auto"
     ensemble: int = 1  # > 1: that many members, seeds seed..seed+N-1, averaged (models/ensemble.py)
+    folds: int = 0  # >= 2: K members, member i trains on the train split minus fold i and selects on fold i
 
 
 AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
@@ -187,6 +189,11 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     if not isinstance(cfg.training.ensemble, int) or isinstance(cfg.training.ensemble, bool) \
             or cfg.training.ensemble < 1:
         raise ConfigError(f"training/ensemble must be a whole number >= 1, got {cfg.training.ensemble!r}", source)
+    folds = cfg.training.folds
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 0 or folds == 1:
+        raise ConfigError(f"training/folds must be 0 (off) or a whole number >= 2, got {folds!r}", source)
+    if folds and cfg.training.ensemble > 1:
+        raise ConfigError("training/folds already trains one member per fold; leave training/ensemble at 1", source)
     if not 0.0 < float(cfg.data.val_fraction) < 1.0:
         raise ConfigError(f"data/val_fraction must be between 0 and 1, got {cfg.data.val_fraction}", source)
     return cfg

@@ -27,6 +27,9 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, index: np.ndarray) -> "ArrayDataset":
+        return ArrayDataset(self.images[index], self.labels[index])
+
 
 @dataclass
 class TrainValData:
@@ -189,6 +192,21 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     return TrainValData(ArrayDataset(x_tr, y_tr), ArrayDataset(x_va, y_va), list(names), d.kind,
                         f"sha256:{fingerprint}", f"{path.name}: {how}; train {np.bincount(y_tr, minlength=len(names)).tolist()}"
                         f", val {np.bincount(y_va, minlength=len(names)).tolist()}")
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None) -> list[np.ndarray]:
+    """Split case indices ``0..N-1`` into ``folds`` disjoint folds with about the same class mix each
+    (MONAI's ``partition_dataset_classes``, shuffled with ``seed``); every index is in exactly one fold."""
+    from monai.data import partition_dataset_classes
+
+    labels = np.asarray(labels).ravel()
+    counts = np.bincount(labels)
+    if len(labels) < folds or counts[counts > 0].min() < folds:
+        raise ConfigError(f"training/folds is {folds} but the training split has {len(labels)} cases with class counts "
+                          f"{counts.tolist()}; every class needs at least one case per fold", source)
+    parts = partition_dataset_classes(list(range(len(labels))), labels.tolist(), num_partitions=folds, shuffle=True,
+                                      seed=seed)
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
 def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, size=None,

@@ -10,6 +10,17 @@ trains on its ``DistributedSampler`` share with **per-rank batch = ``training/ba
 step still sees about ``batch_size`` samples; results match one process up to BatchNorm batch effects), and follows
 rank 0's validation. Only rank 0 writes checkpoints, the package, metrics and plots; the other ranks wait at a
 barrier and return ``{"package": None, "rank": r}``.
+
+Ensembles (one package, architecture ``ensemble``, probabilities averaged):
+
+- ``training/ensemble: N`` — a seed ensemble: member i is the single model trained with seed ``seed + i``; every
+  member picks its best epoch on the validation split.
+- ``training/folds: K`` — a cross-validation ensemble: the train split is cut into K class-stratified folds; member
+  i (seed ``seed + i``) trains on the other K-1 folds and picks its best epoch / stops early on fold i. The
+  validation split takes no part in training or selection, so the package's ``val`` metrics are a held-out
+  estimate, and ``metrics.cross_validation`` adds out-of-fold metrics over the whole train split (each case
+  predicted by the one member that did not train on it) — with a small validation split, the steadier figure for
+  comparing configs.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..progress import null_progress
 from .config import TrainConfig, load_config, resolve_data_path
-from .data import load_train_val
+from .data import load_train_val, stratified_folds
 from .loop import (FitConfig, History, Hooks, class_weights_from_labels, fit, make_loader, predict_proba,
                    resolve_device)
 from .metrics import classification_metrics
@@ -88,7 +99,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
     m = meta.get("metrics", {})
     p = meta.get("provenance", {})
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in m.items() if k not in ("per_class", "confusion_matrix", "class_names"))
+                     for k, v in m.items() if k not in ("per_class", "confusion_matrix", "class_names", "cross_validation"))
     return f"""# {meta['id']} {meta['version']}
 
 {meta.get('description', '')}
@@ -117,6 +128,18 @@ seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p
 
 def _selection_lines(history: dict) -> str:
     members = history.get("members")
+    cv = history.get("cross_validation")
+    if cv:
+        rows = "\n".join(f"  - member {i}: seed {m['seed']}, {m['selected_on']}, best epoch {m['best_epoch']} of "
+                         f"{len(m['epochs'])} (`{m['monitor']}` {m['best_metric']:.4f}), {m['stopped']}"
+                         for i, m in enumerate(members, start=1))
+        return (f"- **Cross-validation ensemble** of {len(members)} members: the train split cut into {cv['folds']} "
+                f"class-stratified folds; member i trains on the other folds and picks its best epoch on fold i. "
+                f"Probabilities averaged; decision = argmax.\n- **The validation split took no part in training or "
+                f"checkpoint selection**, so its figures below are a held-out estimate.\n{rows}\n"
+                f"- **Out-of-fold** (every train case scored by the member that did not train on it, n={cv['n']}): "
+                f"AUC {cv['auc']:.4f}, balanced accuracy {cv['balanced_accuracy']:.4f}; per fold AUC "
+                f"{', '.join(f'{a:.3f}' for a in cv['fold_auc'])}.")
     if not members:
         return (f"- **Checkpoint selection**: best epoch {history.get('best_epoch')} by validation "
                 f"`{history.get('monitor')}`\n  (the validation split was used for model selection, so its figures "
@@ -183,7 +206,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     if cfg.input.content:
         input_spec["content"] = cfg.input.content
     cmd = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
-    n_members = int(cfg.training.ensemble)
+    n_folds = int(cfg.training.folds)
+    n_members = n_folds or int(cfg.training.ensemble)
     arch = {"name": cfg.model.name, "kwargs": kwargs}
     if n_members > 1:
         arch = {"name": "ensemble", "kwargs": {"member": cfg.model.name, "member_kwargs": dict(cfg.model.kwargs),
@@ -220,18 +244,30 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                                        hooks, progress, ctx)
     else:
         model = build_model(arch["name"], **arch["kwargs"])
+        folds = stratified_folds(data.train.labels, n_folds, cfg.seed, cfg.source) if n_folds else None
+        oof = np.full((len(data.train), k), np.nan)  # out-of-fold probabilities (folds only)
         member_histories = []
         for i in range(n_members):
             seed = cfg.seed + i
             torch.manual_seed(seed)
             model.members[i] = build_model(cfg.model.name, **kwargs)  # initialised as the single model with seed
-            fit_cfg, history = _fit_member(cfg, model.members[i], data, val_loader,
+            member_data, member_val = data, val_loader
+            if folds is not None:
+                held = folds[i]
+                member_data = replace(data, train=data.train.subset(np.setdiff1d(np.arange(len(data.train)), held)))
+                member_val = make_loader(data.train.images[held], data.train.labels[held], max(bs, 64), shuffle=False)
+            fit_cfg, history = _fit_member(cfg, model.members[i], member_data, member_val,
                                            out_dir / "checkpoints" / f"member{i + 1}", seed, resume, hooks,
                                            _member_progress(progress, i, n_members), ctx)
             member_histories.append(history)
             if history.stopped == "cancelled":
                 break
-        history = EnsembleHistory(member_histories, seeds=[cfg.seed + i for i in range(len(member_histories))])
+            if folds is not None and ctx.is_main:
+                oof[folds[i]] = predict_proba(model.members[i], member_val, resolve_device(fit_cfg.device))[0]
+        history = EnsembleHistory(member_histories, seeds=[cfg.seed + i for i in range(len(member_histories))],
+                                  folds=folds)
+        if folds is not None and history.stopped != "cancelled" and ctx.is_main:
+            history.cross_validation = cross_validation_metrics(data.train.labels, oof, folds, data.class_names)
     train_s = time.perf_counter() - t0
     if history.stopped == "cancelled":
         raise KeyboardInterrupt
@@ -281,19 +317,40 @@ def _member_progress(progress, index: int, count: int):
 
 
 class EnsembleHistory:
-    """The members' :class:`History` objects seen as one (what :func:`_write_outputs` and the card need)."""
+    """The members' :class:`History` objects seen as one (what :func:`_write_outputs` and the card need).
 
-    def __init__(self, members: list[History], seeds: list[int]):
-        self.members, self.seeds = members, seeds
+    ``folds`` (cross-validation ensembles): member i's held-out train indices; ``cross_validation``: the
+    out-of-fold metrics once every member has trained."""
+
+    def __init__(self, members: list[History], seeds: list[int], folds: list[np.ndarray] | None = None):
+        self.members, self.seeds, self.folds = members, seeds, folds
         self.monitor = members[0].monitor
         self.best_epoch = [h.best_epoch for h in members]
         stopped = [h.stopped for h in members]
         self.stopped = "cancelled" if "cancelled" in stopped else ",".join(stopped)
+        self.cross_validation: dict | None = None
 
     def to_dict(self) -> dict:
+        members = [{"seed": s, **h.to_dict()} for s, h in zip(self.seeds, self.members)]
+        if self.folds is not None:
+            for i, m in enumerate(members):
+                m["selected_on"] = f"fold {i + 1} of the train split ({len(self.folds[i])} cases)"
         return {"monitor": self.monitor, "best_epoch": self.best_epoch, "stopped": self.stopped,
                 "epochs": [{**r, "member": i + 1} for i, h in enumerate(self.members) for r in h.epochs],
-                "members": [{"seed": s, **h.to_dict()} for s, h in zip(self.seeds, self.members)]}
+                "members": members,
+                **({"cross_validation": self.cross_validation} if self.cross_validation else {})}
+
+
+def cross_validation_metrics(labels: np.ndarray, oof_probs: np.ndarray, folds: list[np.ndarray],
+                             class_names: list[str]) -> dict:
+    """Out-of-fold metrics: ``oof_probs`` (N, K) holds, for every train case, the probabilities of the member that
+    did not train on it. Returns the pooled metrics plus each fold's AUC and balanced accuracy."""
+    pooled = classification_metrics(labels, oof_probs, class_names)
+    per_fold = [classification_metrics(labels[f], oof_probs[f], class_names) for f in folds]
+    keys = ("n", "auc", "balanced_accuracy", "accuracy", "f1", "confusion_matrix")
+    return {"split": "train, out of fold", "folds": len(folds), **{key: pooled[key] for key in keys},
+            "fold_auc": [m["auc"] for m in per_fold],
+            "fold_balanced_accuracy": [m["balanced_accuracy"] for m in per_fold]}
 
 
 def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, fit_cfg, out_dir, dest,
@@ -310,6 +367,9 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
                        "recall": vm["recall"], "confusion_matrix": vm["confusion_matrix"],
                        "best_epoch": history.best_epoch, "selected_by": f"val {history.monitor}",
                        "train_time_s": round(train_s, 1)}
+    if getattr(history, "folds", None) is not None:
+        meta["metrics"]["selected_by"] = f"{history.monitor} on each member's own train fold (val split unseen)"
+        meta["metrics"]["cross_validation"] = history.cross_validation
     hist = history.to_dict()
     from .plots import training_curve_png
     curve = training_curve_png(hist["epochs"], out_dir / "training_curve.png", history.monitor)
