@@ -231,3 +231,30 @@ def test_mask_model_refuses_a_grey_level_scan_and_accepts_a_mask(tmp_path, share
     result = json.loads((out / "gland.json").read_text(encoding="utf-8"))
     assert set(result["probabilities"]) == {"normal", "mass"}
     assert abs(sum(result["probabilities"].values()) - 1.0) < 1e-4
+
+
+def test_adrenal_model_sees_in_classify_what_it_saw_in_training(tmp_path, shared_data):
+    """adrenal-mass-3d 1.3.0 trained on the 1 mm (64^3) masks resized to 32^3 in memory; ``classify`` on that same
+    mask written as a 1 mm NRRD must resample it to exactly that input and give the same probabilities."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from MedDeepRecogLib.cli import main
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.training.data import scale_and_resize
+
+    pkg = load_package("adrenal-mass-3d@1.3.0")
+    z = np.load(shared_data / "adrenalmnist3d" / "adrenalmnist3d_64_trainval.npz")
+    case = z["val_images"][3]
+    mask = sitk.GetImageFromArray(case)
+    mask.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(mask, str(tmp_path / "gland64.nrrd"))
+    out = tmp_path / "out"
+    assert main(["classify", str(tmp_path / "gland64.nrrd"), "--model", "adrenal-mass-3d@1.3.0", "--out", str(out),
+                 "--explain", "none", "--progress", "none"]) == 0
+    got = json.loads((out / "gland64.json").read_text(encoding="utf-8"))["probabilities"]
+    x = scale_and_resize(case[None, None], [0, 255], pkg.meta["input"]["size"])
+    with torch.no_grad():
+        expected = torch.softmax(pkg.build_model("cpu")(torch.from_numpy(x)), 1)[0].numpy()
+    assert [got["normal"], got["mass"]] == pytest.approx(expected.tolist(), abs=1e-4)

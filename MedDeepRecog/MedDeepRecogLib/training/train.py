@@ -128,30 +128,27 @@ seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p
 
 def _selection_lines(history: dict) -> str:
     members = history.get("members")
-    cv = history.get("cross_validation")
-    if cv:
-        rows = "\n".join(f"  - member {i}: seed {m['seed']}, {m['selected_on']}, best epoch {m['best_epoch']} of "
-                         f"{len(m['epochs'])} (`{m['monitor']}` {m['best_metric']:.4f}), {m['stopped']}"
-                         for i, m in enumerate(members, start=1))
-        return (f"- **Cross-validation ensemble** of {len(members)} members: the train split cut into {cv['folds']} "
-                f"class-stratified folds; member i trains on the other folds and picks its best epoch on fold i. "
-                f"Probabilities averaged; decision = argmax.\n- **The validation split took no part in training or "
-                f"checkpoint selection**, so its figures below are a held-out estimate.\n{rows}\n"
-                f"- **Out-of-fold** (every train case scored by the member that did not train on it, n={cv['n']}): "
-                f"AUC {cv['auc']:.4f}, balanced accuracy {cv['balanced_accuracy']:.4f}; per fold AUC "
-                f"{', '.join(f'{a:.3f}' for a in cv['fold_auc'])}.")
     if not members:
         return (f"- **Checkpoint selection**: best epoch {history.get('best_epoch')} by validation "
                 f"`{history.get('monitor')}`\n  (the validation split was used for model selection, so its figures "
                 f"are optimistic; decision = argmax).\n- **Stopped**: {history.get('stopped')} after "
                 f"{len(history.get('epochs', []))} epochs.")
-    rows = "\n".join(f"  - member {i}: seed {m['seed']}, best epoch {m['best_epoch']} of {len(m['epochs'])} "
-                     f"(val `{m['monitor']}` {m['best_metric']:.4f}), {m['stopped']}"
-                     for i, m in enumerate(members, start=1))
-    return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
-            f"augmentation, best epoch); probabilities averaged.\n- **Checkpoint selection**: each member's best epoch by "
-            f"validation `{history.get('monitor')}` (the validation split was used for model selection, so its "
-            f"figures are optimistic; decision = argmax):\n{rows}")
+    rows = "\n".join(f"  - member {i}: seed {m['seed']}, best epoch {m['best_epoch']} of {len(m['epochs'])} by "
+                     f"`{m['monitor']}` {m['best_metric']:.4f} on {m.get('selected_on', 'the validation split')}, "
+                     f"{m['stopped']}" for i, m in enumerate(members, start=1))
+    cv = history.get("cross_validation")
+    if not cv:
+        return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
+                f"augmentation, best epoch); probabilities averaged.\n- **Checkpoint selection**: each member's best "
+                f"epoch on the validation split (used for model selection, so its figures are optimistic; decision = "
+                f"argmax):\n{rows}")
+    return (f"- **Cross-validation ensemble** of {len(members)} members: the train split cut into {cv['folds']} "
+            f"class-stratified folds; member i trains on the other folds and picks its best epoch on fold i. "
+            f"Probabilities averaged; decision = argmax.\n- **The validation split took no part in training or "
+            f"checkpoint selection**, so its figures below are a held-out estimate.\n{rows}\n"
+            f"- **Out-of-fold** (every train case scored by the member that did not train on it, n={cv['n']}): "
+            f"AUC {cv['auc']:.4f}, balanced accuracy {cv['balanced_accuracy']:.4f}; per fold AUC "
+            f"{', '.join(f'{a:.3f}' for a in cv['fold_auc'])}.")
 
 
 def run_training(config: TrainConfig | str | Path, out: str | Path | None = None, resume: bool = False,
