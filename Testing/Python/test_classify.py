@@ -252,8 +252,13 @@ def test_adrenal_model_sees_in_classify_what_it_saw_in_training(tmp_path, shared
     sitk.WriteImage(mask, str(tmp_path / "gland64.nrrd"))
     out = tmp_path / "out"
     assert main(["classify", str(tmp_path / "gland64.nrrd"), "--model", "adrenal-mass-3d@1.3.0", "--out", str(out),
-                 "--explain", "none", "--progress", "none"]) == 0
-    got = json.loads((out / "gland64.json").read_text(encoding="utf-8"))["probabilities"]
+                 "--progress", "none"]) == 0
+    record = json.loads((out / "gland64.json").read_text(encoding="utf-8"))
+    got = record["probabilities"]
+    # the package explains conv3 of every member (8^3 grid); the heat sits on the gland, not around it
+    assert record["explain"]["target_layer"] == "members.*.features.conv3"
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "gland64_heatmap.nrrd")))
+    assert heat.shape == case.shape and heat[case > 0].mean() > 2 * heat.mean()
     x = scale_and_resize(case[None, None], [0, 255], pkg.meta["input"]["size"])
     with torch.no_grad():
         expected = torch.softmax(pkg.build_model("cpu")(torch.from_numpy(x)), 1)[0].numpy()
