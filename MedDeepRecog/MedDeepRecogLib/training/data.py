@@ -28,6 +28,7 @@ class ArrayDataset:
         return len(self.labels)
 
     def subset(self, index: np.ndarray) -> "ArrayDataset":
+        """The cases at ``index`` (a copy)."""
         return ArrayDataset(self.images[index], self.labels[index])
 
 

@@ -98,8 +98,9 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
     """A short Markdown model card from the package metadata and the training history."""
     m = meta.get("metrics", {})
     p = meta.get("provenance", {})
+    skip = ("per_class", "confusion_matrix", "class_names", "cross_validation")  # shown elsewhere or not scalars
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in m.items() if k not in ("per_class", "confusion_matrix", "class_names", "cross_validation"))
+                     for k, v in m.items() if k not in skip)
     return f"""# {meta['id']} {meta['version']}
 
 {meta.get('description', '')}
