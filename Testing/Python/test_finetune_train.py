@@ -124,6 +124,20 @@ def test_roi_classification_from_segments(data_dir, tmp_path):
     for r in per_segment:
         assert r["label"] in meta["class_names"] and abs(sum(r["probabilities"].values()) - 1) < 1e-3
 
+    # the same from the command line; without --segments, classify says how to apply an ROI classifier
+    from MedDeepRecogLib.cli import main
+    out = tmp_path / "cls"
+    assert main(["classify", str(data_dir / "case2.nii.gz"), "--model", result["package"], "--segments",
+                 str(data_dir / "case2.seg.nrrd"), "--out", str(out), "--progress", "none"]) == 0
+    record = json.loads((out / "case2_segments.json").read_text(encoding="utf-8"))
+    assert record["model"] == {"id": "roi", "version": meta["version"]}
+    assert record["segments"] == per_segment
+    assert main(["classify", str(data_dir / "case2.nii.gz"), "--model", result["package"], "--out",
+                 str(tmp_path / "none"), "--progress", "none"]) == 2
+    assert main(["classify", str(data_dir / "case2.nii.gz"), "--model", "body-region", "--segments",
+                 str(data_dir / "case2.seg.nrrd"), "--out", str(tmp_path / "none"), "--progress", "none"]) == 2
+    assert not (tmp_path / "none").exists()
+
 
 def test_one_class_only_and_unmapped_are_clear_errors(tmp_path):
     folder = tmp_path / "one"

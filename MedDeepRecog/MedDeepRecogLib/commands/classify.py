@@ -3,6 +3,10 @@
 For each scan writes ``DIR/<name>.json``, ``DIR/<name>_heatmap.nrrd`` (float32 0..1 on the scan's own grid) and
 ``DIR/<name>_heatmap.png`` (docs/worker-protocol.md). An INPUT folder holding a DICOM series is one scan; a folder of
 NIfTI/NRRD/MHA files is one scan per file.
+
+An ROI classifier (``input.kind roi3d``, from ``finetune --task classify``) labels the segments of a segmentation
+instead: ``classify SCAN --model ROI_MODEL --segments SEG.seg.nrrd --out DIR`` writes ``DIR/<name>_segments.json``
+(one ``{segment, label, probabilities, center_mm}`` per non-empty segment, crops taken exactly as in training).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="second modality for a multi-modal (fusion) model (one INPUT); resampled onto INPUT's grid")
     p.add_argument("--register", action="store_true",
                    help="with --second-input: rigidly register the second scan to INPUT first")
+    p.add_argument("--segments", metavar="SEG",
+                   help="segmentation (.seg.nrrd or label map) whose segments an ROI classifier labels (one INPUT)")
     p.add_argument("--no-png", action="store_true", help="skip the three-plane PNG")
     p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
     p.set_defaults(func=run)
@@ -99,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.progress)
     scans = expand_inputs(args.inputs)
     package = load_package(args.model)
+    if args.segments:
+        return _classify_segments(args, scans, package, progress)
     check_classifier(package)
     device = resolve_device(args.device)
     for option in ("lesion", "second_input"):
@@ -137,4 +145,37 @@ def run(args: argparse.Namespace) -> int:
             print(f"{scan}: {result.label}{mod_txt}{extra}\n  {probs}{trust}\n  -> {outputs['json']}")
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": results})
+    return 0
+
+
+def _classify_segments(args: argparse.Namespace, scans: list[Path], package, progress) -> int:
+    """``--segments``: label every segment of one segmentation with an ROI classifier; writes ``<name>_segments.json``."""
+    from ..errors import ConfigError
+    from ..finetune.roi_crops import classify_segments
+    from ..inference.classify import resolve_device
+    from ..io import atomic_write_json
+
+    kind = package.input_spec.get("kind")
+    if kind != "roi3d":
+        raise ConfigError(f"--segments needs an ROI classifier (input.kind roi3d, from `meddeeprecog finetune --task "
+                          f"classify`); {package.id}@{package.version} has input.kind {kind!r}")
+    if len(scans) != 1:
+        raise ConfigError(f"--segments goes with exactly one INPUT scan, got {len(scans)}")
+    segmentation = Path(args.segments)
+    if not segmentation.exists():
+        raise InputImageError("no such file (--segments)", segmentation)
+    progress("classify segments", 0.05)
+    rows = classify_segments(scans[0], segmentation, package, device=resolve_device(args.device))
+    name = _unique_names(scans)[0]
+    record = {"input": str(scans[0]), "segmentation": str(segmentation),
+              "model": {"id": package.id, "version": package.version}, "class_names": list(package.class_names),
+              "segments": rows}
+    path = atomic_write_json(Path(args.out) / f"{name}_segments.json", record)
+    if args.progress == "json":
+        progress("done", 1.0, result={"outputs": [{"input": str(scans[0]), "segments_json": str(path)}]})
+    else:
+        for r in rows:
+            probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+            print(f"{r['segment']}: {r['label']}  ({probs})")
+        print(f"-> {path}" if rows else f"no non-empty segment in {segmentation}; wrote {path}")
     return 0

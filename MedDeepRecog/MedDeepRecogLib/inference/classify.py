@@ -170,8 +170,9 @@ def check_classifier(package) -> None:
     if package.input_spec.get("kind") == "roi3d":
         raise ModelPackageError(
             f"model {ref} is an ROI classifier (input.kind roi3d, from `meddeeprecog finetune --task classify`): it "
-            "classifies segments of a segmentation, not whole scans; apply it with "
-            "MedDeepRecogLib.finetune.roi_crops.classify_segments(scan, segmentation, model)")
+            "classifies segments of a segmentation, not whole scans; apply it with `meddeeprecog classify SCAN "
+            f"--model {package.id}@{package.version} --segments SEG.seg.nrrd --out DIR` "
+            "(in Python: MedDeepRecogLib.finetune.roi_crops.classify_segments)")
 
 
 def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: str = "gradcam",
