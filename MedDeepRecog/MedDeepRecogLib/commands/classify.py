@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _classify_segments(args: argparse.Namespace, scans: list[Path], package, progress) -> int:
-    """``--segments``: label every segment of one segmentation with an ROI classifier; writes ``<name>_segments.json``."""
+    """``--segments``: label every segment of one segmentation with an ROI classifier (``<name>_segments.json``)."""
     from ..errors import ConfigError
     from ..finetune.roi_crops import classify_segments
     from ..inference.classify import resolve_device
