@@ -22,7 +22,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedDeepRecogLib.slicer_bridge import WorkerCommand, WorkerError, read_classify_result
+from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, read_classify_result,
+                                            read_segment_labels)
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
 from MedDeepRecogLib.slicer_bridge.process_runner import python_executable
@@ -432,7 +433,12 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
 
     # -- classification -----------------------------------------------------------------------------------------
     def classify(self, p, **kwargs):
-        """Classify ``p.inputVolume`` with ``p.model``; fills the probability table, heatmap and segmentation."""
+        """Classify ``p.inputVolume`` with ``p.model``; fills the probability table, heatmap and segmentation.
+
+        An ROI classifier (what Fine-tune makes from labeled segments) labels each segment of
+        ``p.trainingSegmentation`` instead (:meth:`classifySegments`)."""
+        if model_input_kind(p.model) == "roi3d":
+            return self.classifySegments(p, **kwargs)
         workDir = self._workDir()
         inputPath = scene_io.exportVolume(p.inputVolume, workDir)
         outDir = workDir / "out"
@@ -460,6 +466,28 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 scene_io.setSegmentFromMask(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}", hot,
                                             (0.99, 0.65, 0.04), p.outputHeatmap)
             scene_io.showSegmentationIn3D(p.outputSegmentation)
+            return res
+        return self._start("classify", command, load, workDir, **kwargs)
+
+    def classifySegments(self, p, **kwargs):
+        """Label every segment of ``p.trainingSegmentation`` with the ROI classifier ``p.model``; fills a
+        segment → label / probabilities table."""
+        if not p.trainingSegmentation:
+            raise ValueError(f"{p.model} is an ROI classifier: it labels segments. Select the segmentation whose "
+                             "segments it should label as the Fine-tune section's Segmentation.")
+        workDir = self._workDir()
+        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+        outDir = workDir / "out"
+        command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python, device=p.device,
+                                         segments=scene_io.exportSegmentation(p.trainingSegmentation, workDir))
+
+        def load(result, job):
+            res = read_segment_labels(outDir, inputPath)
+            name = p.inputVolume.GetName()
+            p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} segment labels")
+            scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names)
+            p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
+            scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
             return res
         return self._start("classify", command, load, workDir, **kwargs)
 

@@ -115,6 +115,28 @@ def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tupl
     tableNode.Modified()
 
 
+def updateSegmentLabelTable(tableNode: vtkMRMLTableNode, rows: list[dict], classNames: list[str]) -> None:
+    """Fill ``tableNode`` with columns ``segment``, ``label`` and one probability column per class."""
+    segments, labels = vtk.vtkStringArray(), vtk.vtkStringArray()
+    segments.SetName("segment")
+    labels.SetName("label")
+    columns = []
+    for name in classNames:
+        column = vtk.vtkDoubleArray()
+        column.SetName(f"p({name})")
+        columns.append(column)
+    for row in rows:
+        segments.InsertNextValue(str(row["segment"]))
+        labels.InsertNextValue(str(row["label"]))
+        for name, column in zip(classNames, columns):
+            column.InsertNextValue(float(row["probabilities"].get(name, 0.0)))
+    tableNode.RemoveAllColumns()
+    for column in (segments, labels, *columns):
+        tableNode.AddColumn(column)
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    tableNode.Modified()
+
+
 def readTableColumns(tableNode: vtkMRMLTableNode, first: int = 0, second: int = 1) -> list[tuple[str, str]]:
     """The text of two columns, row by row (e.g. the segment → class table)."""
     return [(tableNode.GetCellText(row, first), tableNode.GetCellText(row, second))

@@ -148,6 +148,8 @@ def _fake_scene_io(monkeypatch, scene_io):
     fakes = {
         "exportVolume": export_volume, "loadVolumeInto": load_volume_into, "getOrCreateNode": get_or_create,
         "updateProbabilityTable": lambda table, probs: setattr(table, "rows", list(probs)),
+        "updateSegmentLabelTable": lambda table, rows, names: setattr(
+            table, "rows", [(r["segment"], r["label"], [r["probabilities"][n] for n in names]) for r in rows]),
         "placeUnderStudy": lambda node, ref: None, "showSegmentationIn3D": lambda seg: None,
         "showHeatmap": lambda heat, bg, threshold, opacity: setattr(heat, "shown", (bg, threshold, opacity)),
         "setSegmentFromMask": set_segment,
@@ -248,6 +250,18 @@ def test_finetune_writes_manifest_from_the_class_table_and_names_the_new_version
     new_dir = tmp_path / "home" / "models" / "tiny-test-cnn3d" / package.split("@")[1]
     assert (new_dir / "model.json").is_file()
     assert any(e.extra.get("epoch") == 1 for e in events) and events[-1].stage == "done"
+
+    # the new version is an ROI classifier: Classify now labels each segment of the segmentation
+    p.model = package
+    labels = logic.classify(p, waitForCompletion=True)
+    assert labels.model == package and labels.class_names == ["lesion", "normal"]
+    assert [(s, lab) for s, lab, _ in p.outputTable.rows] == [(r["segment"], r["label"]) for r in labels.segments]
+    assert [s for s, _, _ in p.outputTable.rows] == ["tumor", "cyst"]
+    assert all(abs(sum(probs) - 1.0) < 1e-3 for _, _, probs in p.outputTable.rows)
+    assert "tumor" in labels.result_text() and labels.heatmap_text() == ""
+    p.trainingSegmentation = None
+    with pytest.raises(ValueError, match="ROI classifier"):
+        logic.classify(p, waitForCompletion=True)
 
 
 def test_blocking_failure_raises_the_workers_message(monkeypatch, tmp_path):

@@ -7,15 +7,17 @@ lines (:mod:`.progress_reader`), running the worker as a separate process whose 
 Nothing here imports torch, SimpleITK or Slicer, so ``MedDeepRecog.py`` can import it at Slicer start-up.
 """
 
-from .outputs import ClassifyResult, input_stem, read_classify_result
+from .outputs import ClassifyResult, SegmentLabels, input_stem, read_classify_result, read_segment_labels
 from .process_runner import WorkerError, WorkerProcess, descendant_pids, kill_process_tree, run_worker
 from .progress_reader import ProgressEvent, ProgressReader, parse_progress_line
-from .worker_command import WorkerCommand, module_root, worker_environment
+from .worker_command import WorkerCommand, model_input_kind, module_root, worker_environment
 
 __all__ = [
     "ClassifyResult",
+    "SegmentLabels",
     "input_stem",
     "read_classify_result",
+    "read_segment_labels",
     "WorkerError",
     "WorkerProcess",
     "descendant_pids",
@@ -25,6 +27,7 @@ __all__ = [
     "ProgressReader",
     "parse_progress_line",
     "WorkerCommand",
+    "model_input_kind",
     "module_root",
     "worker_environment",
 ]

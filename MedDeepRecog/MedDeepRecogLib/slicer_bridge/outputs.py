@@ -167,6 +167,53 @@ def read_classify_result(out_dir: str | Path, input_path: str | Path) -> Classif
         predictive_entropy=float(entropy) if isinstance(entropy, (int, float)) else None)
 
 
+@dataclass
+class SegmentLabels:
+    """What an ROI classifier said about each segment (``classify --segments``).
+
+    Attributes:
+        model: ``id@version``; ``class_names``: in model order.
+        segments: ``[{"segment", "label", "probabilities": {class: p}, "center_mm"}, ...]``.
+    """
+
+    model: str
+    class_names: list[str]
+    segments: list[dict[str, Any]]
+
+    def result_text(self) -> str:
+        """Rich text for the panel's result line: one ``segment: label (p)`` per segment."""
+        if not self.segments:
+            return "No non-empty segment to classify."
+        import html
+
+        return "<br>".join(f"{html.escape(str(s['segment']))}: <b>{html.escape(str(s['label']))}</b> "
+                           f"({float(s['probabilities'].get(s['label'], 0.0)):.2f})" for s in self.segments)
+
+    def heatmap_text(self) -> str:
+        return ""  # ROI classifiers label segments; no heatmap
+
+
+def read_segment_labels(out_dir: str | Path, input_path: str | Path) -> SegmentLabels:
+    """Read ``out_dir/<name>_segments.json`` (``classify --segments``) for ``input_path``.
+
+    Raises:
+        MedDeepRecogError: the JSON is missing or malformed (the worker did not finish).
+    """
+    json_path = Path(out_dir) / f"{input_stem(input_path)}_segments.json"
+    if not json_path.is_file():
+        raise MedDeepRecogError("classify wrote no segment labels here (did the worker finish?)", json_path)
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise MedDeepRecogError(f"segment labels are not valid JSON ({exc})", json_path) from None
+    rows = record.get("segments")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "segment" in r and "label" in r for r in rows):
+        raise MedDeepRecogError("segment labels file has no list of {segment, label}", json_path)
+    model = record.get("model") or {}
+    return SegmentLabels(model=f"{model.get('id', '')}@{model.get('version', '')}".strip("@"),
+                         class_names=[str(c) for c in record.get("class_names") or []], segments=rows)
+
+
 def parse_json_output(lines: list[str] | str) -> Any:
     """The JSON document a ``--json`` command (``models``, ``device``) printed, ignoring log lines around it.
 

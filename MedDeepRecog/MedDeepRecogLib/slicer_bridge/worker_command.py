@@ -77,10 +77,15 @@ class WorkerCommand:
     @classmethod
     def classify(cls, inputs: Sequence[str | Path], model: str, out_dir: str | Path, *, python: str,
                  explain: str = "gradcam", device: str = "auto",
-                 second_input: str | Path | None = None) -> "WorkerCommand":
+                 second_input: str | Path | None = None, segments: str | Path | None = None) -> "WorkerCommand":
         """``classify INPUT... --model M --out DIR --explain E --device D``: writes ``DIR/<name>.json`` and
         ``DIR/<name>_heatmap.nrrd`` per input (see :mod:`.outputs`). ``second_input`` (a second modality for
-        multi-modal packages) is passed as ``--second-input``; :meth:`validate` says if the worker lacks it."""
+        multi-modal packages) is passed as ``--second-input``; :meth:`validate` says if the worker lacks it.
+        ``segments`` (a segmentation, for an ROI classifier) is passed as ``--segments``: the worker then writes
+        ``DIR/<name>_segments.json`` instead (:func:`.outputs.read_segment_labels`)."""
+        if segments is not None:
+            return cls.build("classify", *inputs, python=python, model=model, out=out_dir, device=device,
+                             segments=segments)
         return cls.build("classify", *inputs, python=python, model=model, out=out_dir, explain=explain,
                          device=device, second_input=second_input)
 
@@ -144,3 +149,15 @@ class WorkerCommand:
     def cli_args(self) -> list[str]:
         """The arguments after ``python -m MedDeepRecogLib`` (what ``cli.main(argv)`` takes)."""
         return self.args[3:]
+
+
+def model_input_kind(model: str) -> str | None:
+    """The package's ``input.kind`` (``roi3d`` for an ROI classifier that labels segments), read from its
+    ``model.json`` without torch; ``None`` when the package cannot be opened (the worker will say why)."""
+    from ..errors import MedDeepRecogError
+    from ..packages import load_package
+
+    try:
+        return load_package(model).input_spec.get("kind")
+    except (MedDeepRecogError, OSError, ValueError):
+        return None
