@@ -533,6 +533,8 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         self.test_ClassifyLoadsTableHeatmapAndSegments()
         self.setUp()
         self.test_PreviewLoadsFilteredVolumeAndMask()
+        self.setUp()
+        self.test_FinetuneThenClassifySegments()
 
     def _syntheticVolume(self):
         import numpy as np
@@ -557,25 +559,61 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
                                                                            segmentation.GetSegmentIDs()[0],
                                                                            p.inputVolume)))
 
-    def test_ClassifyLoadsTableHeatmapAndSegments(self):
+    def _inIsolatedHome(self, body):
+        """Run ``body(home)`` with the worker's user catalog in a fresh folder, isolated from the user's."""
         home = Path(tempfile.mkdtemp(prefix="MedDeepRecogTest-", dir=slicer.app.temporaryPath))
         previousHome = os.environ.get("MEDDEEPRECOG_HOME")
-        os.environ["MEDDEEPRECOG_HOME"] = str(home)  # the worker's user catalog: isolated from the user's
+        os.environ["MEDDEEPRECOG_HOME"] = str(home)
         try:
-            self._classifySyntheticVolume(home)
+            from MedDeepRecogLib.slicer_bridge import run_worker, worker_environment
+            run_worker([MedDeepRecogLogic().python, "-m", "MedDeepRecogLib.slicer_bridge.tiny_model",
+                        str(home / "models")], worker_environment())
+            body(home)
         finally:
             os.environ.pop("MEDDEEPRECOG_HOME")
             if previousHome is not None:
                 os.environ["MEDDEEPRECOG_HOME"] = previousHome
             shutil.rmtree(home, ignore_errors=True)
 
-    def _classifySyntheticVolume(self, home):
+    def test_ClassifyLoadsTableHeatmapAndSegments(self):
+        self._inIsolatedHome(self._classifySyntheticVolume)
+
+    def test_FinetuneThenClassifySegments(self):
+        self._inIsolatedHome(self._finetuneThenClassifySegments)
+
+    def _finetuneThenClassifySegments(self, home):
+        """Label two segments, fine-tune (task classify), then Classify with the new ROI classifier."""
         import numpy as np
-        from MedDeepRecogLib.slicer_bridge import run_worker, worker_environment
 
         logic = MedDeepRecogLogic()
-        run_worker([logic.python, "-m", "MedDeepRecogLib.slicer_bridge.tiny_model", str(home / "models")],
-                   worker_environment())
+        volume = self._syntheticVolume()
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "labeled")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        z, y, x = np.mgrid[:24, :32, :40]
+        for name, mask in (("tumor", (x - 25) ** 2 + (y - 14) ** 2 + (z - 12) ** 2 < 30),
+                           ("cyst", (x - 10) ** 2 + (y - 24) ** 2 + (z - 6) ** 2 < 20)):
+            segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), segmentationNode, segmentId,
+                                                             volume)
+        p = logic.getParameterNode()
+        p.inputVolume, p.model, p.device, p.epochs = volume, "tiny-test-cnn3d", "cpu", 1
+        p.trainingSegmentation, p.finetuneTask = segmentationNode, "classify"
+        p.classMapTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "classes")
+        scene_io.fillClassMapTable(p.classMapTable, segmentationNode)  # class = segment name
+        p.model = logic.finetune(p, waitForCompletion=True)
+        labels = logic.classify(p, waitForCompletion=True)
+        self.assertEqual([s["segment"] for s in labels.segments], ["tumor", "cyst"])
+        table = p.outputTable
+        self.assertEqual(table.GetNumberOfRows(), 2)
+        self.assertEqual(table.GetCellText(0, 0), "tumor")
+        self.assertIn(table.GetCellText(0, 1), labels.class_names)
+        self.delayDisplay("MedDeepRecog fine-tune + segment classification test passed")
+
+    def _classifySyntheticVolume(self, home):
+        import numpy as np
+
+        logic = MedDeepRecogLogic()
         models = logic.listModels(waitForCompletion=True)
         self.assertIn("tiny-test-cnn3d", [m["id"] for m in models])
 
