@@ -382,3 +382,23 @@ def test_cancel_a_real_classify_worker(tmp_path):
     with pytest.raises(WorkerError) as info:
         worker.check()
     assert info.value.cancelled
+
+
+def test_segment_labels_are_read_or_refused_with_the_file_named(tmp_path):
+    from MedDeepRecogLib.slicer_bridge import WorkerCommand, read_segment_labels
+
+    with pytest.raises(MedDeepRecogError, match="no segment labels file") as err:
+        read_segment_labels(tmp_path, "scan.nii.gz")
+    assert "scan_segments.json" in str(err.value)
+    (tmp_path / "scan_segments.json").write_text(json.dumps({"segments": [{"segment": "a"}]}), encoding="utf-8")
+    with pytest.raises(MedDeepRecogError, match="no list of"):
+        read_segment_labels(tmp_path, "scan.nii.gz")
+    record = {"model": {"id": "roi", "version": "1.0.1"}, "class_names": ["x", "y"],
+              "segments": [{"segment": "a", "label": "y", "probabilities": {"x": 0.25, "y": 0.75}}]}
+    (tmp_path / "scan_segments.json").write_text(json.dumps(record), encoding="utf-8")
+    labels = read_segment_labels(tmp_path, "scan.nii.gz")
+    assert labels.model == "roi@1.0.1" and labels.class_names == ["x", "y"]
+    assert labels.result_text() == "a: <b>y</b> (0.75)"
+    command = WorkerCommand.classify(["scan.nrrd"], "roi", "out", python=sys.executable, segments="s.seg.nrrd")
+    assert command.args[command.args.index("--segments") + 1] == "s.seg.nrrd"
+    assert "--explain" not in command.args

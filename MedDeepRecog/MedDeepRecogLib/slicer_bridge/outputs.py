@@ -125,6 +125,19 @@ def _faithfulness(explain: dict[str, Any]) -> float | None:
     return None
 
 
+def _read_record(json_path: Path, what: str) -> dict[str, Any]:
+    """The JSON object classify wrote at ``json_path``; a clear error when it is missing or not JSON."""
+    if not json_path.is_file():
+        raise MedDeepRecogError(f"classify wrote no {what} here (did the worker finish?)", json_path)
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise MedDeepRecogError(f"{what} is not valid JSON ({exc})", json_path) from None
+    if not isinstance(record, dict):
+        raise MedDeepRecogError(f"{what} is not a JSON object", json_path)
+    return record
+
+
 def read_classify_result(out_dir: str | Path, input_path: str | Path) -> ClassifyResult:
     """Read ``out_dir/<name>.json`` for ``input_path`` and resolve its output files.
 
@@ -134,12 +147,7 @@ def read_classify_result(out_dir: str | Path, input_path: str | Path) -> Classif
     out_dir = Path(out_dir)
     stem = input_stem(input_path)
     json_path = out_dir / f"{stem}.json"
-    if not json_path.is_file():
-        raise MedDeepRecogError("classify wrote no result file here (did the worker finish?)", json_path)
-    try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise MedDeepRecogError(f"result file is not valid JSON ({exc})", json_path) from None
+    record = _read_record(json_path, "result file")
     probs = record.get("probabilities")
     if not isinstance(probs, dict) or not probs or "label" not in record:
         raise MedDeepRecogError("result file has no label or class probabilities", json_path)
@@ -200,12 +208,7 @@ def read_segment_labels(out_dir: str | Path, input_path: str | Path) -> SegmentL
         MedDeepRecogError: the JSON is missing or malformed (the worker did not finish).
     """
     json_path = Path(out_dir) / f"{input_stem(input_path)}_segments.json"
-    if not json_path.is_file():
-        raise MedDeepRecogError("classify wrote no segment labels here (did the worker finish?)", json_path)
-    try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise MedDeepRecogError(f"segment labels are not valid JSON ({exc})", json_path) from None
+    record = _read_record(json_path, "segment labels file")
     rows = record.get("segments")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "segment" in r and "label" in r for r in rows):
         raise MedDeepRecogError("segment labels file has no list of {segment, label}", json_path)
