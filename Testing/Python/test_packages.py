@@ -61,6 +61,14 @@ def test_round_trip_gives_identical_predictions(tmp_path):
         assert torch.allclose(rebuilt(x), model(x), atol=1e-6)
 
 
+def test_same_weights_give_the_same_weights_file(tmp_path):
+    """Retraining that reproduces the weights bit for bit must also reproduce the file's sha256 (the safetensors
+    header once held two metadata keys in random order)."""
+    digests = {save_package(_model(), _meta(), tmp_path / f"c{i}").joinpath("weights.safetensors").read_bytes()
+               for i in range(6)}
+    assert len(digests) == 1
+
+
 def test_new_versions_never_overwrite(tmp_path):
     save_package(_model(), _meta(), tmp_path)
     with pytest.raises(ModelPackageError, match="already exists"):

@@ -503,7 +503,9 @@ def save_package(model, meta: Mapping[str, Any], dest: str | Path | None = None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{meta['version']}.partial-", dir=target.parent))
     try:
         wpath = tmp / "weights.safetensors"
-        save_file(tensors, str(wpath), metadata={"id": meta["id"], "version": meta["version"]})
+        # one metadata key: safetensors writes a multi-key header in random order, so the same weights would hash
+        # differently from run to run
+        save_file(tensors, str(wpath), metadata={"package": f"{meta['id']}@{meta['version']}"})
         meta["weights"]["sha256"] = sha256_file(wpath)
         for name, content in (extra_files or {}).items():
             out = tmp / name
