@@ -69,6 +69,24 @@ def test_same_weights_give_the_same_weights_file(tmp_path):
     assert len(digests) == 1
 
 
+def test_read_package_meta_reads_model_json_only(tmp_path):
+    """What the Slicer panel asks before a run (the model's input kind) must not read the weights; loading still
+    checks them."""
+    from MedDeepRecogLib.packages import read_package_meta
+
+    path = save_package(_model(), _meta(), tmp_path)
+    assert read_package_meta(path)["input"]["kind"] == "slices2d"
+    assert read_package_meta(path / "model.json")["id"] == "toy"
+    (path / "weights.safetensors").write_bytes(b"tampered")
+    assert read_package_meta(path)["version"] == "1.0.0"
+    with pytest.raises(ModelPackageError, match="checksum mismatch"):
+        load_package(path)
+    with pytest.raises(ModelPackageError, match="no model package 'no-such-model'"):
+        read_package_meta("no-such-model")
+    with pytest.raises(ModelPackageError, match="not found"):
+        read_package_meta(tmp_path / "missing" / "pkg")
+
+
 def test_new_versions_never_overwrite(tmp_path):
     save_package(_model(), _meta(), tmp_path)
     with pytest.raises(ModelPackageError, match="already exists"):

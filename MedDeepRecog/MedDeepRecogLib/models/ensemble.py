@@ -3,9 +3,10 @@
 Why: on small data sets the same config trained with another seed moves the validation AUC by several points
 (AdrenalMNIST3D, 98 validation cases: 0.84–0.89 for one config); averaging independently trained members
 removes much of that variance at N times the inference cost. The members' *probabilities* are averaged (deep
-ensembles, Lakshminarayanan et al. 2017), not their logits: a mean of logits lets one over-confident member decide. ``train`` builds one when ``training/ensemble`` is
-N > 1 (each member with its own seed, data order, augmentation and best epoch); the package stores all members
-in one weights file.
+ensembles, Lakshminarayanan et al. 2017), not their logits: a mean of logits lets one over-confident member decide.
+``train`` builds one when ``training/ensemble`` is N > 1 (each member with its own seed, data order, augmentation
+and best epoch) or ``training/folds`` is K >= 2 (a cross-validation ensemble: member i also trains without fold i
+and picks its epoch there); the package stores all members in one weights file.
 
 Grad-CAM target: ``members.*.<member layer>`` — a pattern over every member's layer
 (:func:`..explain.gradcam.resolve_layers`); the members' activations are explained as one layer whose channels

@@ -10,6 +10,7 @@ API (everything else here is internal):
 - ``load_package(id_or_path) -> ModelPackage``: a folder, a ``.zip``, ``"ID"`` (highest version in all catalogs)
   or ``"ID@VERSION"``. Checks ``model.json`` (required keys, class names vs. ``num_classes``, input spec vs.
   ``in_channels``) and the weights' sha256; any problem raises :class:`ModelPackageError` naming the file.
+- ``read_package_meta(id_or_path) -> dict``: the same resolution, only ``model.json`` read (no weights checked).
 - ``ModelPackage``: ``.meta`` (dict of model.json), ``.id``, ``.version``, ``.class_names``, ``.input_spec``
   (``meta["input"]``), ``.path`` (folder), ``.target_layer``, ``.build_model(device="cpu")`` (weights loaded,
   eval mode), ``.check_input(x)`` (channel / dimension check of a batch before inference).
@@ -31,6 +32,7 @@ from .package import (
     list_packages,
     load_package,
     next_version,
+    read_package_meta,
     save_package,
     sha256_file,
     user_models_dir,
@@ -46,6 +48,7 @@ __all__ = [
     "list_packages",
     "load_package",
     "next_version",
+    "read_package_meta",
     "save_package",
     "sha256_file",
     "user_models_dir",

@@ -343,6 +343,21 @@ def load_package(id_or_path: str | Path) -> ModelPackage:
     return _open_folder(folder, source=source)
 
 
+def read_package_meta(id_or_path: str | Path) -> dict:
+    """A package's ``model.json`` (folder, ``"ID"`` or ``"ID@VERSION"``) without reading its weights, for quick
+    decisions such as which command a model needs; the weights are checked when the package is loaded.
+    A ``.zip`` is opened (and checked) by :func:`load_package`."""
+    ref = str(id_or_path)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return _read_meta(path)
+    if path.name == META_FILE and path.is_file():
+        return _read_meta(path.parent)
+    if path.exists() or "/" in ref or "\\" in ref or ref.endswith(".zip"):
+        return load_package(path).meta  # a zip, or the same clear error load_package gives
+    return _read_meta(_resolve_id(ref)[0])
+
+
 # --------------------------------------------------------------------------------------------- listing / import
 @dataclass
 class PackageInfo:

@@ -153,11 +153,12 @@ class WorkerCommand:
 
 def model_input_kind(model: str) -> str | None:
     """The package's ``input.kind`` (``roi3d`` for an ROI classifier that labels segments), read from its
-    ``model.json`` without torch; ``None`` when the package cannot be opened (the worker will say why)."""
+    ``model.json`` alone (no torch, no weights: this runs on Slicer's GUI thread); ``None`` when the package
+    cannot be read (the worker will say why)."""
     from ..errors import MedDeepRecogError
-    from ..packages import load_package
+    from ..packages import read_package_meta
 
     try:
-        return load_package(model).input_spec.get("kind")
+        return read_package_meta(model)["input"].get("kind")
     except (MedDeepRecogError, OSError, ValueError):
         return None
