@@ -243,7 +243,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     else:
         model = build_model(arch["name"], **arch["kwargs"])
         folds = stratified_folds(data.train.labels, n_folds, cfg.seed, cfg.source) if n_folds else None
-        oof = np.full((len(data.train), k), np.nan)  # out-of-fold probabilities (folds only)
+        oof = np.full((len(data.train), k), np.nan) if folds is not None else None  # out-of-fold probabilities
         member_histories = []
         for i in range(n_members):
             seed = cfg.seed + i
