@@ -14,7 +14,15 @@ def _densenet(spatial_dims: int, in_channels: int, num_classes: int, **kwargs: A
     return nets.DenseNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, **kwargs)
 
 
-def _resnet(spatial_dims: int, in_channels: int, num_classes: int, depth: int = 18, **kwargs: Any):
+def _resnet(spatial_dims: int, in_channels: int, num_classes: int, depth: int | None = 18, **kwargs: Any):
+    """A MONAI ResNet: ``depth`` 10/18/34/50 (the standard layouts), or ``depth: null`` with ``layers`` (blocks per
+    stage) and ``block_inplanes`` (channels per stage) for a custom basic-block ResNet, e.g. a small one a 2-core
+    CPU trains in minutes (``layers: [2, 2, 2, 2], block_inplanes: [16, 32, 64, 128], no_max_pool: true``)."""
+    if depth is None or "layers" in kwargs:
+        if "layers" not in kwargs or "block_inplanes" not in kwargs:
+            raise ValueError("a custom resnet needs both layers and block_inplanes")
+        return nets.ResNet(kwargs.pop("block", "basic"), kwargs.pop("layers"), kwargs.pop("block_inplanes"),
+                           spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, **kwargs)
     factories = {10: nets.resnet10, 18: nets.resnet18, 34: nets.resnet34, 50: nets.resnet50}
     if depth not in factories:
         raise ValueError(f"resnet depth must be one of {sorted(factories)}, got {depth}")
@@ -32,8 +40,8 @@ def densenet3d(in_channels: int = 1, num_classes: int = 2, **kwargs: Any):
     return _densenet(3, in_channels, num_classes, **kwargs)
 
 
-@register_model("resnet2d", "layer4", "slices2d", "MONAI ResNet (depth 10/18/34/50) on 2D slices")
-def resnet2d(in_channels: int = 1, num_classes: int = 2, depth: int = 18, **kwargs: Any):
+@register_model("resnet2d", "layer4", "slices2d", "MONAI ResNet (depth 10/18/34/50, or layers + block_inplanes) on 2D slices")
+def resnet2d(in_channels: int = 1, num_classes: int = 2, depth: int | None = 18, **kwargs: Any):
     return _resnet(2, in_channels, num_classes, depth, **kwargs)
 
 

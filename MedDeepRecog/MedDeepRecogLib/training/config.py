@@ -8,7 +8,8 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
              val_fraction: 0.2 (npz with only images/labels: last fraction of each class, file order),
              labels_csv, class_names, intensity_range: [0, 255], size: [28, 28, 28], max_train: null}
     model:  {name: simple_cnn3d, kwargs: {...}}          # registry name; in_channels/num_classes filled in
-    input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask}  # recorded in the package (kind/size/channels from data)
+    input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask,   # recorded in the package (kind/size/channels
+             slices: {percentiles, percentile_target, crop_foreground, ct_window, ...}}  # from data); slices2d only
     augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
                    noise: {prob, std}, intensity_shift: {prob, offset}}
     optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}
@@ -58,6 +59,9 @@ class InputConfig:
     spacing_mm: list[float] | None = None
     pipeline: dict | None = None
     content: str | None = None  # "binary_mask": classify refuses grey-level scans (inference.model_input)
+    # slices2d: how a slice is standardised (inference.model_input.SLICE_DEFAULTS keys). When set, the training
+    # images go through the same standardise_slices as every slice at inference, and the package records it.
+    slices: dict | None = None
 
 
 @dataclass
@@ -131,7 +135,7 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "input": InputConfig, "op
 _CHOICES = {("data", "format"): {"auto", "npz", "folder"}, ("data", "kind"): {"volume3d", "slices2d"},
             ("optimizer", "name"): {"adam", "adamw", "sgd"},
             ("schedule", "name"): {"none", "step", "cosine", "plateau"},
-            ("training", "monitor"): {"auc", "balanced_accuracy", "accuracy", "f1", "loss"},
+            ("training", "monitor"): {"auc", "balanced_accuracy", "accuracy", "f1", "loss", "last"},
             ("training", "device"): {"auto", "cpu", "cuda"}}
 
 
@@ -194,6 +198,13 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
         raise ConfigError(f"training/folds must be 0 (off) or a whole number >= 2, got {folds!r}", source)
     if folds and cfg.training.ensemble > 1:
         raise ConfigError("training/folds already trains one member per fold; leave training/ensemble at 1", source)
+    if cfg.input.slices is not None:
+        from ..inference.model_input import SLICE_DEFAULTS
+        _check_keys(cfg.input.slices, set(SLICE_DEFAULTS), "input/slices", source)
+        if cfg.data.kind != "slices2d":
+            raise ConfigError("input/slices applies to data/kind slices2d only", source)
+        if cfg.data.intensity_range is not None:
+            raise ConfigError("input/slices standardises each image itself; leave data/intensity_range unset", source)
     if not 0.0 < float(cfg.data.val_fraction) < 1.0:
         raise ConfigError(f"data/val_fraction must be between 0 and 1, got {cfg.data.val_fraction}", source)
     return cfg

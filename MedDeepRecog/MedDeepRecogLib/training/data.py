@@ -40,6 +40,7 @@ class TrainValData:
     kind: str
     fingerprint: str
     description: str
+    train_groups: np.ndarray | None = None  # (N_train,) patient / pseudo-patient group of each case, when known
 
 
 def tail_per_class_split(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +159,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         else:
             raise ConfigError(f"npz has neither {tk}_images/{tk}_labels nor images/labels (keys: {sorted(keys)})",
                               path)
+        groups = z[f"{tk}_groups"] if f"{tk}_groups" in keys and f"{vk}_images" in keys else None
         names = d.class_names
         if names is None and "class_names" in keys:
             names = [str(s) for s in z["class_names"]]
@@ -166,6 +168,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         names = names or [str(i) for i in range(k)]
         fingerprint = _file_sha(path)
     else:
+        groups = None
         x, labels, _ = _read_folder(path, d.labels_csv)
         names = d.class_names or sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
@@ -188,16 +191,39 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         raise ConfigError("the validation set is empty", path)
     if d.max_train:
         x_tr, y_tr = x_tr[: d.max_train], y_tr[: d.max_train]
-    x_tr = scale_and_resize(to_channels_first(np.asarray(x_tr), d.kind, path), d.intensity_range, d.size)
-    x_va = scale_and_resize(to_channels_first(np.asarray(x_va), d.kind, path), d.intensity_range, d.size)
+        groups = groups[: d.max_train] if groups is not None else None
+    slices = getattr(getattr(cfg, "input", None), "slices", None)
+    if slices is not None:
+        how += "; each image standardised as at inference (input/slices)"
+        x_tr, x_va = (standardise_images(np.asarray(x), slices, d.size, path) for x in (x_tr, x_va))
+    else:
+        x_tr = scale_and_resize(to_channels_first(np.asarray(x_tr), d.kind, path), d.intensity_range, d.size)
+        x_va = scale_and_resize(to_channels_first(np.asarray(x_va), d.kind, path), d.intensity_range, d.size)
     return TrainValData(ArrayDataset(x_tr, y_tr), ArrayDataset(x_va, y_va), list(names), d.kind,
                         f"sha256:{fingerprint}", f"{path.name}: {how}; train {np.bincount(y_tr, minlength=len(names)).tolist()}"
-                        f", val {np.bincount(y_va, minlength=len(names)).tolist()}")
+                        f", val {np.bincount(y_va, minlength=len(names)).tolist()}",
+                        None if groups is None else np.asarray(groups).ravel())
 
 
-def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None) -> list[np.ndarray]:
+def standardise_images(images: np.ndarray, slices: dict, size, source) -> np.ndarray:
+    """``(N, H, W)`` grey images → ``(N, 1, *size)`` float32 0..1 through
+    :func:`..inference.model_input.standardise_slices` with the package's ``input.slices`` options, so training sees
+    exactly what classify feeds the network (8-bit images are not HU: the per-image percentile stretch applies)."""
+    from ..inference.model_input import standardise_slices
+
+    if images.ndim != 3:
+        raise ConfigError(f"input/slices needs grey 2D images (N, H, W), got shape {images.shape}", source)
+    out = [standardise_slices(images[i:i + 256], size=tuple(size or images.shape[1:]), options=slices)[0]
+           for i in range(0, len(images), 256)]
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None,
+                     groups: np.ndarray | None = None) -> list[np.ndarray]:
     """Split case indices ``0..N-1`` into ``folds`` disjoint folds with about the same class mix each
-    (MONAI's ``partition_dataset_classes``, shuffled with ``seed``); every index is in exactly one fold."""
+    (MONAI's ``partition_dataset_classes``, shuffled with ``seed``); every index is in exactly one fold.
+
+    With ``groups`` (a patient id per case) no group is split across folds: see :func:`group_folds`."""
     from monai.data import partition_dataset_classes
 
     labels = np.asarray(labels).ravel()
@@ -205,6 +231,8 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None) -> 
     if len(labels) < folds or counts[counts > 0].min() < folds:
         raise ConfigError(f"training/folds is {folds} but the training split has {len(labels)} cases with class counts "
                           f"{counts.tolist()}; every class needs at least one case per fold", source)
+    if groups is not None:
+        return group_folds(labels, np.asarray(groups).ravel(), folds, seed)
     parts = partition_dataset_classes(list(range(len(labels))), labels.tolist(), num_partitions=folds, shuffle=True,
                                       seed=seed)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
@@ -229,3 +257,29 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
         raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
     x = scale_and_resize(to_channels_first(np.asarray(x), kind, path), intensity_range, size)
     return ArrayDataset(x, np.asarray(y).ravel().astype(np.int64))
+
+
+def group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Group-aware, class-balanced folds: every case of a group (patient) lands in the same fold.
+
+    Written here because neither MONAI nor the project's dependencies offer a stratified group k-fold
+    (scikit-learn's ``StratifiedGroupKFold`` would be the only reason to depend on scikit-learn). Greedy: groups in a
+    seeded random order, largest first, each to the fold whose class counts stay closest to an even share.
+    """
+    labels, groups = np.asarray(labels).ravel(), np.asarray(groups).ravel()
+    k = int(labels.max()) + 1
+    names, inverse = np.unique(groups, return_inverse=True)
+    per_group = np.zeros((len(names), k), dtype=np.int64)
+    np.add.at(per_group, (inverse, labels), 1)
+    order = np.random.RandomState(seed).permutation(len(names))
+    order = order[np.argsort(-per_group[order].sum(1), kind="stable")]
+    target = np.bincount(labels, minlength=k) / folds
+    fold_counts = np.zeros((folds, k), dtype=np.float64)
+    fold_of_group = np.zeros(len(names), dtype=np.int64)
+    for g in order:
+        cost = (((fold_counts + per_group[g]) / np.maximum(target, 1)) ** 2).sum(1)
+        f = int(np.argmin(cost))
+        fold_of_group[g] = f
+        fold_counts[f] += per_group[g]
+    fold_of_case = fold_of_group[inverse]
+    return [np.flatnonzero(fold_of_case == f).astype(np.int64) for f in range(folds)]

@@ -52,7 +52,10 @@ from ..errors import ConfigError
 from ..progress import null_progress
 from .metrics import classification_metrics
 
-HIGHER_IS_BETTER = {"auc": True, "balanced_accuracy": True, "accuracy": True, "f1": True, "loss": False}
+# "last": no selection, the final epoch's weights are kept, so the validation split decides nothing and its
+# figures are a held-out estimate (pair it with a schedule that anneals, e.g. cosine)
+HIGHER_IS_BETTER = {"auc": True, "balanced_accuracy": True, "accuracy": True, "f1": True, "loss": False,
+                    "last": True}
 
 
 @dataclass
@@ -218,7 +221,7 @@ def set_train_mode(model: nn.Module, frozen_modules: Sequence[nn.Module]) -> Non
 
 def cpu_state(model: nn.Module) -> dict:
     """A CPU copy of ``model.state_dict()`` (pass the plain module, not a DDP wrapper)."""
-    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -265,6 +268,11 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
     device = resolve_device(cfg.device)
     amp = device.type == "cuda" and cfg.amp in (True, "auto", "true")
     model.to(device)
+    # 2D convolutions run about 1.6x faster on the CPU in channels-last layout (measured at 128x128, 2 threads);
+    # the weights and results are the same, only the memory order differs
+    channels_last = _is_2d_input(train_loader)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     frozen_modules = apply_frozen(model, hooks.frozen)
     params = hooks.param_groups(model) if hooks.param_groups else [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -333,6 +341,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
             if hooks.augment is not None:
                 x = hooks.augment(x)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             if hooks.batch_transform is not None:
                 x, y = hooks.batch_transform(model, x, y, {"epoch": epoch, "step": step, "device": device})
                 set_train_mode(model, frozen_modules)
@@ -368,7 +378,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
                   "val_auc": vm["auc"], "val_balanced_accuracy": vm["balanced_accuracy"],
                   "val_accuracy": vm["accuracy"], "val_f1": vm["f1"], "lr": lr,
                   "time_s": round(time.perf_counter() - t0, 2)}
-        current = val_loss if cfg.monitor == "loss" else vm[cfg.monitor]
+        current = val_loss if cfg.monitor == "loss" else float(epoch) if cfg.monitor == "last" else vm[cfg.monitor]
         current = float("nan") if current is None else float(current)
         improved = not math.isnan(current) and (history.best_metric is None or better(current, history.best_metric))
         if improved:
@@ -412,8 +422,16 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: FitConfig | None = None
         model.load_state_dict(history.best_state)
     elif ema is not None:
         model.load_state_dict(cpu_state(ema.module))
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def _is_2d_input(loader) -> bool:
+    """True when the loader's samples are 2D images ``(C, H, W)`` (a ``TensorDataset``'s first tensor)."""
+    tensors = getattr(getattr(loader, "dataset", None), "tensors", None)
+    return bool(tensors) and tensors[0].ndim == 4
 
 
 def _validate_on_rank0(model: nn.Module, loader, device: torch.device, amp: bool, class_names, ctx) -> tuple[dict, float]:

@@ -203,6 +203,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                   "pipeline": cfg.input.pipeline or default_pipeline(cfg)}
     if cfg.input.content:
         input_spec["content"] = cfg.input.content
+    if cfg.input.slices is not None:
+        input_spec["slices"] = dict(cfg.input.slices)
     cmd = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
     n_folds = int(cfg.training.folds)
     n_members = n_folds or int(cfg.training.ensemble)
@@ -242,7 +244,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                                        hooks, progress, ctx)
     else:
         model = build_model(arch["name"], **arch["kwargs"])
-        folds = stratified_folds(data.train.labels, n_folds, cfg.seed, cfg.source) if n_folds else None
+        folds = stratified_folds(data.train.labels, n_folds, cfg.seed, cfg.source,
+                                 groups=data.train_groups) if n_folds else None
         oof = np.full((len(data.train), k), np.nan) if folds is not None else None  # out-of-fold probabilities
         member_histories = []
         for i in range(n_members):
