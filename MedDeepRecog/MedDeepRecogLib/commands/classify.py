@@ -16,13 +16,14 @@ from pathlib import Path
 
 from ..errors import InputImageError
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("classify", help="classify scans with a model package; heatmap NRRD + PNG + JSON each")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="scan file(s), a DICOM series folder, or a folder of NIfTI/NRRD/MHA scans")
+                   help="scan file(s) (NIfTI, NRRD, MHA, DICOM, PNG/JPEG), a DICOM series folder, or a folder of "
+                        "NIfTI/NRRD/MHA scans or PNG/JPEG images (each file one case)")
     p.add_argument("--model", required=True, help="model package id (e.g. body-region), id@version, folder or .zip")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--explain", choices=["gradcam", "gradcampp", "attention", "none"], default="gradcam",
@@ -43,6 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segments", metavar="SEG",
                    help="segmentation (.seg.nrrd or label map) whose segments an ROI classifier labels (one INPUT)")
     p.add_argument("--no-png", action="store_true", help="skip the three-plane PNG")
+    p.add_argument("--spacing", type=float, nargs=2, metavar=("X_MM", "Y_MM"),
+                   help="pixel size of PNG/JPEG inputs in mm (they store none; default 1 mm)")
+    p.add_argument("--slice-mm", type=float, metavar="S",
+                   help="2D (slice) models: classify only the axial slice nearest this superior coordinate (mm; "
+                        "Slicer's red slice offset) and put its heatmap on that slice")
     p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
     p.set_defaults(func=run)
 
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = classify_scan(scan, package, explain=args.explain, device=device, progress=report, name=name,
                                    uncertainty=args.uncertainty, faithfulness=not args.no_faithfulness,
-                                   lesion=lesion)
+                                   lesion=lesion, spacing=args.spacing, slice_mm=args.slice_mm)
         outputs = write_outputs(result, out, png=not args.no_png, progress=report)
         results.append({"input": str(scan), "label": result.label, "probabilities": result.probability_map(),
                         **outputs})

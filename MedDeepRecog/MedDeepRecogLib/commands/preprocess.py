@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "preprocess", help="denoise / enhance / segment a scan with a pipeline (preset or JSON/YAML file)",
         description="Run a preprocessing pipeline on a scan. The output keeps the input's geometry unless "
                     "--keep-resampled-grid is given.")
-    p.add_argument("input", nargs="?", help="NIfTI/NRRD/MHA file, DICOM file or DICOM series folder")
+    p.add_argument("input", nargs="?", help="NIfTI/NRRD/MHA file, DICOM file or DICOM series folder, or a 2D image "
+                                            "(PNG/JPEG, single-frame DICOM, 2D NIfTI/NRRD), filtered as one slice")
     p.add_argument("output", nargs="?", help="output volume (.nrrd, .nii.gz, .nii, .mha)")
     p.add_argument("--pipeline", help="preset name (see --list) or a .json/.yaml pipeline file")
     p.add_argument("--mask", metavar="OUT.seg.nrrd", help="write the masks made by mask steps as a segmentation")
@@ -28,9 +29,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="progress as JSON lines on stdout, a bar on stderr, or none (default)")
     p.add_argument("--keep-resampled-grid", action="store_true",
                    help="write the result on the pipeline's grid instead of resampling back onto the input grid")
+    p.add_argument("--spacing", type=float, nargs=2, metavar=("X_MM", "Y_MM"),
+                   help="pixel size of a PNG/JPEG input in mm (it stores none; default 1 mm)")
     p.add_argument("--list", action="store_true", help="list steps with their parameters and the presets, then exit")
     p.add_argument("--json", action="store_true", help="with --list: print JSON")
     p.set_defaults(func=run)
+
+
+_FLAT_COPIES = 5  # copies of a 2D image filtered as a volume (see run)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("INPUT and OUTPUT are required (or use --list)")
     if not args.pipeline:
         raise ConfigError("--pipeline NAME|FILE is required (presets: see --list)")
-    from ..io import read_image, require_3d, validate_intensities, write_image
+    from ..io import as_single_slice, read_image, require_3d, validate_intensities, write_image
     from ..io.image_io import WRITABLE_SUFFIXES, _suffix
     from ..preprocessing import load_pipeline
     from ..progress import Progress
@@ -94,7 +100,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"pipeline {pipeline.name or args.pipeline!r} has no mask step, so --mask has nothing "
                           "to write", mask_path)
     progress("reading", 0.0, input=str(source))
-    image = require_3d(read_image(source), source)
+    image = read_image(source, spacing=args.spacing)
+    flat = image.GetDimension() == 2 and as_single_slice(image) is not None
+    if flat:
+        # A 2D image is filtered as a stack of identical copies (3D filters need a few slices, e.g. recursive
+        # Gaussians need 4): with no variation along z every 3D filter acts as its 2D form. The middle copy is
+        # written back as 2D, on the input's own grid.
+        import SimpleITK as sitk
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputImageError(f"a single-channel image is needed, but pixels have "
+                                  f"{image.GetNumberOfComponentsPerPixel()} components", source)
+        image = sitk.JoinSeries([image] * _FLAT_COPIES)
+    image = require_3d(image, source)
     validate_intensities(image, source)
 
     def step_progress(stage: str, fraction: float, **extra) -> None:
@@ -108,15 +125,17 @@ def run(args: argparse.Namespace) -> int:
         result = result.on_grid(image)
 
     progress("writing", 0.92, output=str(target))
-    outputs = {"output": str(write_image(result.image, target))}
+    out_image = result.image[:, :, _FLAT_COPIES // 2] if flat else result.image
+    outputs = {"output": str(write_image(out_image, target))}
     if mask_path is not None:
-        outputs["mask"] = str(_write_masks(result, mask_path))
+        outputs["mask"] = str(_write_masks(result, mask_path, only_slice=_FLAT_COPIES // 2 if flat else None))
     progress("done", 1.0, result=outputs)
     return 0
 
 
-def _write_masks(result, path: Path) -> Path:
-    """Every mask as one named, colored segment of a ``.seg.nrrd``; overlapping masks (body, lungs) stay whole."""
+def _write_masks(result, path: Path, only_slice: int | None = None) -> Path:
+    """Every mask as one named, colored segment of a ``.seg.nrrd``; overlapping masks (body, lungs) stay whole.
+    ``only_slice``: a 2D input (filtered as copies): write that one slice, a one-slice segmentation on its grid."""
     import SimpleITK as sitk
 
     from ..io import SegmentSpec, write_segment_masks
@@ -124,6 +143,7 @@ def _write_masks(result, path: Path) -> Path:
 
     if not result.masks:
         raise InputImageError("the pipeline made no masks", path)
-    masks = [(SegmentSpec(name, index, default_color(name)), sitk.GetArrayFromImage(mask))
+    cut = (lambda im: im) if only_slice is None else (lambda im: im[:, :, only_slice:only_slice + 1])
+    masks = [(SegmentSpec(name, index, default_color(name)), sitk.GetArrayFromImage(cut(mask)))
              for index, (name, mask) in enumerate(result.masks.items(), start=1)]
-    return write_segment_masks(masks, result.image, path)
+    return write_segment_masks(masks, cut(result.image), path)

@@ -17,9 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError, ModelPackageError
-from ..io import atomic_output, atomic_write_json, read_image, validate_intensities
-from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, slices_from_image,
-                          volume_from_image)
+from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
+from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, nearest_axial_slice,
+                          slices_from_image, volume_from_image)
 from .predict import EXPLAIN_METHODS, decide, predict_slices, predict_volume
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ class ClassificationResult:
     modality_guess: str = "unknown"
     timing_s: dict = field(default_factory=dict)
     uncertainty: dict | None = None
+    input_notes: list = field(default_factory=list)
+    input_dimension: int = 3
+    slice: dict | None = None  # classify --slice-mm: {"index", "position_mm"} of the one slice classified
+    finding: dict | None = None  # slice models on a volume: the slices that carry the finding (see _finding_range)
 
     @property
     def label(self) -> str:
@@ -90,6 +94,10 @@ class ClassificationResult:
             "regions": self.decision.get("regions"),
             "probabilities": self.probability_map(),
             "per_slice": self.per_slice,
+            **({"slice": self.slice} if self.slice else {}),
+            **({"finding": self.finding} if self.finding else {}),
+            "input_dimension": self.input_dimension,
+            "input_notes": self.input_notes,
             "modality_guess": self.modality_guess,
             "explain": self.explain,
             "uncertainty": self.uncertainty,
@@ -178,7 +186,8 @@ def check_classifier(package) -> None:
 def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: str = "gradcam",
                   device: str = "auto", progress: ProgressFn | None = None, name: str | None = None,
                   keep_image: bool = False, uncertainty: str = "auto", faithfulness: bool = True,
-                  lesion: sitk.Image | None = None) -> ClassificationResult:
+                  lesion: sitk.Image | None = None, spacing: tuple[float, float] | None = None,
+                  slice_mm: float | None = None) -> ClassificationResult:
     """Classify one scan and explain the prediction.
 
     Args:
@@ -194,6 +203,9 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
             package's calibrated temperature is applied to the probabilities in every case.
         faithfulness: score the heatmap (deletion / insertion AUC, :func:`.trust.heatmap_faithfulness`).
         lesion: optional lesion label image (any grid): pointing game and heatmap mass inside it.
+        spacing: pixel size (mm, (x, y)) of a PNG/JPEG input, which stores none (default 1 mm).
+        slice_mm: slice models only: classify just the axial slice nearest this superior coordinate (mm, LPS = RAS
+            S; Slicer's red slice offset); the heatmap is on the scan's grid with heat on that slice only.
 
     Returns:
         :class:`ClassificationResult` with the heatmap on the scan's own grid.
@@ -222,9 +234,19 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     else:
         src = str(path_or_image)
         report("read", 0.0)
-        image = read_image(path_or_image)
+        image = read_image(path_or_image, spacing=spacing)
     name = name or (output_name(src) if src != "<image>" else "image")
-    image = as_volume(image, None if src == "<image>" else src, allow_2d=(kind == "slices2d"))
+    where = None if src == "<image>" else src
+    notes = image_notes(image)
+    input_dimension = image.GetDimension()
+    if kind == "slices2d":
+        _check_slice_input(image, package, where)
+    if slice_mm is not None and kind != "slices2d":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--slice-mm classifies one slice with a 2D (slice) model; {package.id} is a "
+                          f"{kind} model")
+    image = as_volume(image, where, allow_2d=(kind == "slices2d"))
     validate_intensities(image, None if src == "<image>" else src)
     check_input_content(image, spec, None if src == "<image>" else src)
     timing["read"] = time.perf_counter() - t0
@@ -232,8 +254,12 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     report("preprocess", 0.15)
     t = time.perf_counter()
     prepared = _apply_pipeline(image, spec, src)
+    chosen_slice = None
     if kind == "slices2d":
-        inp = slices_from_image(prepared, spec)
+        if slice_mm is not None:
+            k, position = nearest_axial_slice(prepared, slice_mm)
+            chosen_slice = {"index": k, "position_mm": round(position, 3), "requested_mm": float(slice_mm)}
+        inp = slices_from_image(prepared, spec, only_slice=None if chosen_slice is None else chosen_slice["index"])
     elif kind in ("volume3d", "roi3d"):
         if image.GetSize()[2] < 2:
             raise InputImageError(f"model {package.id} needs a volume, but the scan has a single slice "
@@ -272,6 +298,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
             centre = g.origin + g.direction @ np.array([(g.size[0] - 1) / 2 * g.spacing[0],
                                                         (g.size[1] - 1) / 2 * g.spacing[1], k * g.spacing[2]])
             rec["lps_mm"] = [round(float(v), 2) for v in centre]
+            rec["position_mm"] = rec["lps_mm"][2]  # superior coordinate (LPS z = RAS S): the axial slice offset
         decision["slice_agreement"] = round(pred.agreement, 4)
         decision["section_mm"] = pred.section_mm
         decision["regions"] = pred.regions
@@ -301,7 +328,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         class_names=package.class_names, probabilities=pred.probabilities, decision=decision,
         per_slice=pred.per_slice, explain=explain_info, heatmap=heatmap, model_map=pred.heatmap,
         model_grid=pred.grid, model_input=inp, image=image, overlay=overlay, modality_guess=modality,
-        timing_s=timing)
+        timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice)
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,
@@ -335,6 +362,29 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
         d["reasons"] = [*d["reasons"], f"predictive entropy {u['predictive_entropy']:.2f} is at or above the "
                                        f"calibrated low-confidence threshold {u['low_confidence_threshold']:.2f}"]
         d["uncertain"], d["label"] = True, "uncertain"
+
+
+def _check_slice_input(image: sitk.Image, package, path) -> None:
+    """Refuse what a 2D (slice) model cannot read: a multi-frame file (cine frames are time points, not slices)
+    and an image smaller than ``input.slices.min_pixels`` per side.
+
+    Raises:
+        InputImageError: naming the frames or the size.
+    """
+    from ..io.image_io import FRAMES_KEY
+    from .model_input import SLICE_DEFAULTS
+
+    if image.HasMetaDataKey(FRAMES_KEY):
+        raise InputImageError(
+            f"a multi-frame file ({image.GetMetaData(FRAMES_KEY)} frames in one DICOM object) cannot go to the 2D "
+            f"model {package.id}: its frames may be time points of a cine loop rather than slices of a volume; "
+            "export the frame to classify as its own file, or give a DICOM series folder", path)
+    minimum = int({**SLICE_DEFAULTS, **(package.input_spec.get("slices") or {})}["min_pixels"])
+    size = list(image.GetSize())[:2]
+    if min(size) < minimum:
+        raise InputImageError(f"the image is {size[0]} x {size[1]} pixels, too small for model {package.id} "
+                              f"(at least {minimum} pixels per side; it works at "
+                              f"{' x '.join(map(str, package.input_spec.get('size') or []))})", path)
 
 
 def _peak_in_view(model_map: np.ndarray, grid: ModelGrid, image: sitk.Image) -> tuple[int, int, int]:
@@ -414,6 +464,8 @@ def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: boo
         report("write", 0.85)
         hm_path = out_dir / f"{result.name}_heatmap.nrrd"
         heatmap = result.heatmap
+        if result.input_dimension == 2 and heatmap.GetDimension() == 3:
+            heatmap = heatmap[:, :, 0]  # back on the 2D picture's own grid (origin, spacing, direction)
         _write_heatmap(heatmap, hm_path)
         outputs["heatmap"] = str(hm_path)
         if png and result.overlay is not None:

@@ -41,6 +41,7 @@ SLICE_DEFAULTS: dict[str, Any] = {
     "min_foreground": 0.03,    # slices with less body than this fraction are skipped (not voted)
     "margin": 0.04,            # added around the body box, as a fraction of its side
     "crop_foreground": True,
+    "min_pixels": 32,          # an image smaller than this per side (after reading) is refused, not upsampled
 }
 
 
@@ -239,8 +240,21 @@ def is_hounsfield(image: sitk.Image) -> bool:
     return bool(arr.size) and float(np.percentile(arr, 0.5)) < -500
 
 
-def slices_from_image(image: sitk.Image, spec: Mapping[str, Any]) -> SliceInput:
+def nearest_axial_slice(image: sitk.Image, superior_mm: float) -> tuple[int, float]:
+    """``(k, s_k)``: the axial slice (index of the LPS view, 0 = most inferior) whose centre is nearest to the
+    superior coordinate ``superior_mm`` (the same number in LPS and RAS: Slicer's axial slice offset), and that
+    slice's own superior coordinate."""
+    view = lps_view(image)
+    nz = view.array.shape[0]
+    s = view.origin[2] + view.direction[2, 2] * view.spacing[2] * np.arange(nz)
+    k = int(np.argmin(np.abs(s - float(superior_mm))))
+    return k, float(s[k])
+
+
+def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: int | None = None) -> SliceInput:
     """Build the ``slices2d`` input of a 3D ``image`` (see the module docstring for the steps).
+
+    ``only_slice``: classify that one axial slice (an index of the LPS view) instead of the evenly spaced stack.
 
     Raises:
         ModelPackageError: if the package asks for more than one channel (one scan is one channel).
@@ -258,6 +272,8 @@ def slices_from_image(image: sitk.Image, spec: Mapping[str, Any]) -> SliceInput:
     z0 = max(0, (nz - 1 - (count - 1) * step) // 2)
     z_index = z0 + step * np.arange(count)
     z_index = z_index[z_index < nz]
+    if only_slice is not None:
+        step, z_index = 1, np.array([int(only_slice)])
     # Block-average in-plane towards ~work_size pixels, with blocks square in mm where spacing allows.
     work = int(opt["work_size"])
     base = max(1, int(max(ny, nx) // work))

@@ -2,8 +2,12 @@
 
 from .atomic import atomic_output, atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .image_io import (
+    PICTURE_SUFFIXES,
     array_from_image,
+    as_single_slice,
     describe_geometry,
+    image_notes,
+    is_picture,
     image_from_array,
     read_image,
     require_3d,
@@ -19,8 +23,12 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "PICTURE_SUFFIXES",
     "array_from_image",
+    "as_single_slice",
     "describe_geometry",
+    "image_notes",
+    "is_picture",
     "image_from_array",
     "read_image",
     "require_3d",

@@ -25,7 +25,17 @@ log = logging.getLogger(__name__)
 
 #: Extensions SimpleITK writes and Slicer reads back with geometry intact.
 WRITABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
-READABLE_SUFFIXES = WRITABLE_SUFFIXES + (".seg.nrrd", ".dcm", ".ima", ".img", ".hdr")
+#: 2D picture formats: read as one grey slice, 1 mm pixels unless the caller gives a spacing.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+READABLE_SUFFIXES = WRITABLE_SUFFIXES + (".seg.nrrd", ".dcm", ".ima", ".img", ".hdr") + PICTURE_SUFFIXES
+
+#: Metadata keys the reader sets on the images it returns (plain strings, carried into the outputs' JSON).
+NOTES_KEY = "MedDeepRecog|notes"      # what the reader changed, e.g. colour made grey; "; "-separated
+FRAMES_KEY = "MedDeepRecog|frames"    # a single file holding several frames (multi-frame DICOM): their number
+PICTURE_KEY = "MedDeepRecog|picture"  # "png" / "jpeg": a picture file, no physical spacing of its own
+
+#: Pictures larger than this per side are refused before their pixels are decoded.
+MAX_PICTURE_SIDE = 16384
 
 
 def _suffix(path: Path) -> str:
@@ -136,18 +146,23 @@ def _check_nifti_complete(path: Path) -> None:
         raise InputImageError(f"{non_finite} voxel(s) are NaN or infinite", path)
 
 
-def read_image(path: str | Path, *, pixel_type: int | None = None) -> sitk.Image:
-    """Read a scan from NIfTI, NRRD, MHA/MHD, a single DICOM file or a DICOM series folder.
+def read_image(path: str | Path, *, pixel_type: int | None = None,
+               spacing: tuple[float, float] | None = None) -> sitk.Image:
+    """Read a scan from NIfTI, NRRD, MHA/MHD, a DICOM file or series folder, or a PNG/JPEG picture.
 
     Args:
         path: a file, or a folder holding a DICOM series (the series with most slices is read).
         pixel_type: optional ``sitk.sitkFloat32`` etc. to cast to; by default the stored type is kept.
+        spacing: pixel size (mm, (x, y)) of a PNG/JPEG picture, which stores none; default 1 mm. Ignored for
+            formats that carry their own geometry.
 
     Returns:
-        The image with origin, spacing and direction (LPS) as stored.
+        The image with origin, spacing and direction (LPS) as stored. Colour pictures (and colour DICOM such as
+        ultrasound) become one grey channel (ITU-R BT.601 luma), noted under :data:`NOTES_KEY`; a 16-bit picture
+        keeps its range. A single DICOM file with several frames is marked with :data:`FRAMES_KEY`.
 
     Raises:
-        InputImageError: missing path, unreadable or truncated file, no DICOM series.
+        InputImageError: missing path, unreadable or truncated file, no DICOM series, a picture too large.
     """
     path = Path(path)
     if not path.exists():
@@ -159,16 +174,92 @@ def read_image(path: str | Path, *, pixel_type: int | None = None) -> sitk.Image
             raise InputImageError("file is empty (0 bytes)", path)
         if _suffix(path) in (".nii", ".nii.gz"):
             _check_nifti_complete(path)
+        picture = _suffix(path) in PICTURE_SUFFIXES
         try:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
+            if picture and max(reader.GetSize()) > MAX_PICTURE_SIDE:
+                raise InputImageError(f"picture of {' x '.join(map(str, reader.GetSize()))} pixels is larger than "
+                                      f"{MAX_PICTURE_SIDE} per side", path)
+            frames = _dicom_frames(reader)
             image = reader.Execute()
         except RuntimeError as exc:
             raise InputImageError(f"cannot be read as an image ({_first_line(exc)})", path) from None
+        if picture:
+            image = _as_picture(image, path, spacing)
+        elif frames > 1:
+            image.SetMetaData(FRAMES_KEY, str(frames))
+    colour_source = path.is_dir() or _suffix(path) in PICTURE_SUFFIXES + (".dcm", ".ima")
+    if colour_source and image.GetNumberOfComponentsPerPixel() in (3, 4) and image.GetDimension() in (2, 3):
+        image = _to_grey(image)  # a vector NRRD/MHA (e.g. a displacement field) is left as it is
     if pixel_type is not None:
         image = sitk.Cast(image, pixel_type)
     return image
+
+
+def _dicom_frames(reader: sitk.ImageFileReader) -> int:
+    """Number of frames of a DICOM file (tag 0028,0008), 1 for any other file."""
+    try:
+        if reader.HasMetaDataKey("0028|0008"):
+            return max(1, int(float(reader.GetMetaData("0028|0008").strip() or 1)))
+    except (RuntimeError, ValueError):
+        pass
+    return 1
+
+
+def _as_picture(image: sitk.Image, path: Path, spacing) -> sitk.Image:
+    """A PNG/JPEG as a 2D image: 1 mm pixels (or ``spacing``), origin 0, rows running down (+y)."""
+    if image.GetDimension() != 2:
+        raise InputImageError(f"a picture file should hold one 2D image, got {image.GetDimension()}D "
+                              f"{list(image.GetSize())}", path)
+    sx, sy = (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1]))
+    if not (np.isfinite([sx, sy]).all() and sx > 0 and sy > 0):
+        raise InputImageError(f"--spacing must be two positive sizes in mm, got {list(spacing)}", path)
+    image.SetSpacing((sx, sy))
+    image.SetOrigin((0.0, 0.0))
+    image.SetDirection((1.0, 0.0, 0.0, 1.0))
+    image.SetMetaData(PICTURE_KEY, "jpeg" if _suffix(path) in (".jpg", ".jpeg") else "png")
+    if spacing is None:
+        _add_note(image, "picture file without physical pixel size: 1 mm pixels assumed (set --spacing)")
+    return image
+
+
+def _to_grey(image: sitk.Image) -> sitk.Image:
+    """RGB(A) pixels → one float32 grey channel, ``0.299 R + 0.587 G + 0.114 B`` (alpha dropped)."""
+    comps = image.GetNumberOfComponentsPerPixel()
+    arr = sitk.GetArrayViewFromImage(image).astype(np.float32)
+    grey = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+    out = sitk.GetImageFromArray(grey)
+    out.CopyInformation(image)
+    for key in image.GetMetaDataKeys():
+        out.SetMetaData(key, image.GetMetaData(key))
+    _add_note(out, f"colour image ({'RGBA' if comps == 4 else 'RGB'}) converted to grey (BT.601 luma)")
+    return out
+
+
+def _add_note(image: sitk.Image, note: str) -> None:
+    old = image.GetMetaData(NOTES_KEY) if image.HasMetaDataKey(NOTES_KEY) else ""
+    image.SetMetaData(NOTES_KEY, f"{old}; {note}" if old else note)
+
+
+def image_notes(image: sitk.Image) -> list[str]:
+    """What the reader changed about ``image`` (:data:`NOTES_KEY`), as a list of sentences."""
+    return [n for n in image.GetMetaData(NOTES_KEY).split("; ") if n] if image.HasMetaDataKey(NOTES_KEY) else []
+
+
+def is_picture(image: sitk.Image) -> bool:
+    """True for an image read from a PNG/JPEG (display values, no physical units or spacing of its own)."""
+    return image.HasMetaDataKey(PICTURE_KEY)
+
+
+def as_single_slice(image: sitk.Image) -> sitk.Image | None:
+    """A 2D image, or a 3D image one voxel thick, as a 2D image (geometry kept); ``None`` for a real volume."""
+    if image.GetDimension() == 2:
+        return image
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        return image[:, :, 0]
+    return None
 
 
 def require_3d(image: sitk.Image, path: str | Path | None = None) -> sitk.Image:
@@ -270,6 +361,8 @@ def guess_modality(image: sitk.Image) -> str:
     lo = float(np.percentile(arr, 1)) if arr.size else 0.0
     if lo < -500:
         return "CT"
+    if is_picture(image):
+        return "unknown"  # display values of a picture say nothing about the modality
     if float(arr.min()) >= 0:
         return "MR"
     return "unknown"
@@ -298,4 +391,6 @@ def describe_geometry(image: sitk.Image) -> dict[str, Any]:
             "p99": float(np.percentile(finite, 99)) if finite.size else None,
         },
         "modality_guess": guess_modality(image),
+        **({"notes": image_notes(image)} if image_notes(image) else {}),
+        **({"frames": int(image.GetMetaData(FRAMES_KEY))} if image.HasMetaDataKey(FRAMES_KEY) else {}),
     }

@@ -164,6 +164,9 @@ class ModelPackage:
     meta: dict
     source: str = "path"
     _tmpdir: Any = field(default=None, repr=False)
+    #: the out-of-domain check (:class:`..uncertainty.domain.DomainCheck`) when model.json has a ``domain`` block;
+    #: its statistics file is checksummed when the package is opened
+    domain: Any = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -271,7 +274,10 @@ def _open_folder(folder: Path, source: str = "path", tmpdir: Any = None) -> Mode
     if digest != str(meta["weights"]["sha256"]).lower().removeprefix("sha256:"):
         raise ModelPackageError(f"checksum mismatch: weights sha256 is {digest[:16]}…, model.json says "
                                 f"{str(meta['weights']['sha256'])[:16]}… (file corrupt or tampered with)", wfile)
-    return ModelPackage(path=folder, meta=meta, source=source, _tmpdir=tmpdir)
+    from ..uncertainty.domain import load_domain_check
+
+    return ModelPackage(path=folder, meta=meta, source=source, _tmpdir=tmpdir,
+                        domain=load_domain_check(folder, meta))
 
 
 def _open_zip(path: Path) -> ModelPackage:

@@ -2,7 +2,9 @@
 
 ``{"flip": {"prob": 0.5, "axes": [0, 1, 2]}, "rotate": {"prob": 0.3, "degrees": 15}, "rotate90": {"prob", "axes"},
 "zoom": {"prob": 0.3, "min": 0.9, "max": 1.1}, "noise": {"prob": 0.2, "std": 0.05},
-"intensity_shift": {"prob": 0.2, "offset": 0.1}}`` — axes are spatial (0 = first spatial axis).
+"intensity_shift": {"prob": 0.2, "offset": 0.1}, "gamma": {"prob": 0.3, "min": 0.7, "max": 1.5}}`` — axes are
+spatial (0 = first spatial axis); ``gamma`` changes contrast (MONAI ``RandAdjustContrast``), e.g. to make a CT model
+indifferent to the exact display window of its training images.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ class BatchAugment:
     """
 
     def __init__(self, spec: Mapping[str, Any], spatial_dims: int, seed: int = 0):
-        from monai.transforms import (Compose, RandFlip, RandGaussianNoise, RandRotate, RandRotate90,
-                                      RandShiftIntensity, RandZoom)
+        from monai.transforms import (Compose, RandAdjustContrast, RandFlip, RandGaussianNoise, RandRotate,
+                                      RandRotate90, RandShiftIntensity, RandZoom)
 
         ts = []
         spec = dict(spec or {})
@@ -49,6 +51,10 @@ class BatchAugment:
         if "intensity_shift" in spec:
             p = spec["intensity_shift"] or {}
             ts.append(RandShiftIntensity(offsets=float(p.get("offset", 0.1)), prob=float(p.get("prob", 0.2))))
+        if "gamma" in spec:  # last, so configs without it draw exactly the random numbers they always did
+            p = spec["gamma"] or {}
+            ts.append(RandAdjustContrast(prob=float(p.get("prob", 0.3)),
+                                         gamma=(float(p.get("min", 0.7)), float(p.get("max", 1.5)))))
         self.enabled = bool(ts)
         self.transform = Compose(ts).set_random_state(seed=seed) if ts else None
 

@@ -11,7 +11,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask,   # recorded in the package (kind/size/channels
              slices: {percentiles, percentile_target, crop_foreground, ct_window, ...}}  # from data); slices2d only
     augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
-                   noise: {prob, std}, intensity_shift: {prob, offset}}
+                   noise: {prob, std}, intensity_shift: {prob, offset}, gamma: {prob, min, max}}
     optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}
     schedule:  {name: none|step|cosine|plateau, step_size, gamma, factor, patience, min_lr, warmup_epochs}
     training:  {epochs, batch_size, l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
@@ -19,6 +19,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
                 ensemble: 1,                              # N > 1: a seed ensemble of N independently trained members
                 folds: 0}                                 # K >= 2: a cross-validation ensemble (see training/train.py)
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
+    domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
     adversarial: {attack: pgd|fgsm_rs, eps, steps, bounds, fraction, evaluate: {...}}  # adversarial training
                                                           # (robustness/training.py); off when absent
 """
@@ -101,7 +102,8 @@ class TrainingConfig:
 
 
 AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
-            "zoom": {"prob", "min", "max"}, "noise": {"prob", "std"}, "intensity_shift": {"prob", "offset"}}
+            "zoom": {"prob", "min", "max"}, "noise": {"prob", "std"}, "intensity_shift": {"prob", "offset"},
+            "gamma": {"prob", "min", "max"}}
 
 
 @dataclass
@@ -121,6 +123,7 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     explain: dict | None = None
     adversarial: dict | None = None
+    domain: dict | None = None  # out-of-domain check fitted after training (training/domain.py)
     source: str | None = None  # the config file (set by load_config)
 
     def to_dict(self) -> dict:
@@ -169,6 +172,10 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
             for name, params in (value or {}).items():
                 _check_keys(params or {}, AUG_KEYS[name], f"augmentation/{name}", source)
             cfg.augmentation = dict(value or {})
+        elif key == "domain":
+            from .domain import check_domain_block
+            check_domain_block(value, source)
+            cfg.domain = dict(value) if value else None
         elif key == "adversarial":
             from ..robustness.training import AdversarialTraining
             try:
@@ -227,15 +234,22 @@ def load_config(path: str | Path) -> TrainConfig:
     return config_from_dict(raw or {}, path)
 
 
-def resolve_data_path(cfg: TrainConfig) -> Path:
-    """``data/path`` as given, else relative to the config's folder or its parent (the repository root)."""
-    p = Path(cfg.data.path).expanduser()
+def resolve_relative(raw: str, source) -> Path:
+    """A data path as given, else relative to the config's folder or its parent (the repository root)."""
+    p = Path(raw).expanduser()
     candidates = [p]
-    if not p.is_absolute() and cfg.source:
-        here = Path(cfg.source).resolve().parent
+    if not p.is_absolute() and source:
+        here = Path(source).resolve().parent
         candidates += [here / p, here.parent / p]
     for c in candidates:
         if c.exists():
             return c
-    raise ConfigError(f"data/path {cfg.data.path!r} not found (looked in: {', '.join(map(str, candidates))})",
-                      cfg.source)
+    raise ConfigError(f"data path {raw!r} not found (looked in: {', '.join(map(str, candidates))})", source)
+
+
+def resolve_data_path(cfg: TrainConfig) -> Path:
+    """``data/path`` as given, else relative to the config's folder or its parent (the repository root)."""
+    try:
+        return resolve_relative(cfg.data.path, cfg.source)
+    except ConfigError as exc:
+        raise ConfigError(exc.problem.replace("data path", "data/path", 1), cfg.source) from None

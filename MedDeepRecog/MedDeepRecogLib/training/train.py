@@ -96,6 +96,7 @@ def check_pipeline(pipeline: dict, source) -> None:
 
 def model_card(meta: dict, history: dict, data_desc: str) -> str:
     """A short Markdown model card from the package metadata and the training history."""
+    from .domain import domain_card_lines
     m = meta.get("metrics", {})
     p = meta.get("provenance", {})
     skip = ("per_class", "confusion_matrix", "class_names", "cross_validation")  # shown elsewhere or not scalars
@@ -119,6 +120,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
 
 Confusion matrix (rows true, columns predicted; {', '.join(meta['class_names'])}): `{m.get('confusion_matrix')}`
 
+{domain_card_lines(meta.get('domain'))}
 ## Reproduce
 ```
 {p.get('command')}
@@ -371,13 +373,20 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
     if getattr(history, "folds", None) is not None:
         meta["metrics"]["selected_by"] = f"{history.monitor} on each member's own train fold (val split unseen)"
         meta["metrics"]["cross_validation"] = history.cross_validation
+    extra_files = {}
+    if cfg.domain is not None:
+        from ..uncertainty.domain import DOMAIN_FILE
+        from .domain import calibrate_domain
+        progress("domain check", 0.98)
+        meta["domain"], extra_files[DOMAIN_FILE] = calibrate_domain(model, data, cfg, device)
     hist = history.to_dict()
     from .plots import training_curve_png
     curve = training_curve_png(hist["epochs"], out_dir / "training_curve.png", history.monitor)
     meta["version"] = version
     card = model_card({**meta, "provenance": {**meta["provenance"], "code_version": _code_version()}},
                       hist, data.description)
-    pkg_path = save_package(model.cpu(), meta, dest, extra_files={"MODEL_CARD.md": card, "training_curve.png": curve})
+    pkg_path = save_package(model.cpu(), meta, dest, extra_files={"MODEL_CARD.md": card, "training_curve.png": curve,
+                                                                  **extra_files})
     atomic_write_json(out_dir / "history.json", hist)
     metrics_path = atomic_write_json(out_dir / "metrics.json", {"package": str(pkg_path), **vm,
                                                                 "best_epoch": history.best_epoch})

@@ -1,0 +1,132 @@
+"""Fit and calibrate a package's out-of-domain check at the end of training (the maths: uncertainty/domain.py).
+
+Config block (train configs, optional)::
+
+    domain:
+      quantile: 0.95        # threshold = this quantile of the validation split's scores (in-domain images)
+      negatives:            # other data sets, flagged-rate measured and recorded (they do not set the threshold)
+        - {name: lung CT, path: ../shared/data/lung_ct_iqothnccd/lung_ct_iqothnccd_trainval.npz, split: val}
+        - {name: MedNIST CTAbd, path: ../shared/data/mednist/mednist64_shared.npz, split: all, class: 0, max: 200}
+
+Negatives are grey 2D images (``{split}_images`` or ``images`` in a ``.npz``), standardised exactly as the model's
+own images (``input/slices``), so each figure is what classify would say about such an image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..uncertainty.domain import DOMAIN_FILE, DomainCheck, capture_features, fit_domain_statistics
+
+NEGATIVE_KEYS = {"name", "path", "split", "class", "max"}
+
+
+def check_domain_block(block: Mapping[str, Any] | None, source) -> None:
+    """Validate the ``domain`` block's keys and values before training starts."""
+    if block is None:
+        return
+    if not isinstance(block, Mapping):
+        raise ConfigError("domain must be a mapping {quantile, negatives}", source)
+    unknown = sorted(set(block) - {"quantile", "negatives"})
+    if unknown:
+        raise ConfigError(f"unknown key 'domain/{unknown[0]}'; allowed: negatives, quantile", source)
+    q = block.get("quantile", 0.95)
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.5 <= float(q) < 1.0:
+        raise ConfigError(f"domain/quantile must be a number in [0.5, 1), got {q!r}", source)
+    negatives = block.get("negatives") or []
+    if not isinstance(negatives, list):
+        raise ConfigError("domain/negatives must be a list of {name, path, split, class, max}", source)
+    for i, neg in enumerate(negatives):
+        if not isinstance(neg, Mapping) or not {"name", "path"} <= set(neg) or set(neg) - NEGATIVE_KEYS:
+            raise ConfigError(f"domain/negatives[{i}] needs name and path (optional split, class, max), got {neg!r}",
+                              source)
+
+
+def features_of(model, images: np.ndarray, device, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """``(features (N, D), probabilities (N, K))`` of ``images`` ``(N, C, H, W)`` in eval mode."""
+    import torch
+
+    model.eval()
+    probs = []
+    with torch.no_grad(), capture_features(model) as store:
+        for i in range(0, len(images), batch):
+            x = torch.as_tensor(images[i:i + batch], dtype=torch.float32, device=device)
+            probs.append(torch.softmax(model(x).float(), dim=1).cpu())
+    return torch.cat(store).numpy(), torch.cat(probs).numpy()
+
+
+def _negative_images(neg: Mapping[str, Any], slices: Mapping, size, source) -> np.ndarray:
+    from .config import resolve_relative
+    from .data import standardise_images
+
+    path = resolve_relative(str(neg["path"]), source)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ConfigError(f"domain negative {neg['name']!r}: cannot read .npz ({exc})", path) from None
+    split = neg.get("split", "val")
+    key = f"{split}_images" if f"{split}_images" in z.files else "images"
+    if key not in z.files:
+        raise ConfigError(f"domain negative {neg['name']!r}: no {split}_images or images in the file", path)
+    x = z[key]
+    if "class" in neg:
+        labels = np.asarray(z[key.replace("images", "labels")]).ravel()
+        x = x[labels == int(neg["class"])]
+    x = x[: int(neg.get("max", 300))]
+    if x.ndim == 4 and x.shape[-1] in (3, 4):  # colour: BT.601 luma, as the image reader does
+        x = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+    return standardise_images(np.asarray(x), dict(slices), size, path)
+
+
+def calibrate_domain(model, data, cfg, device) -> tuple[dict, bytes]:
+    """Fit the check on the train split, set the threshold on val, measure the negatives.
+
+    Returns the model.json ``domain`` block and the bytes of ``domain.safetensors``.
+    """
+    block = dict(cfg.domain or {})
+    quantile = float(block.get("quantile", 0.95))
+    k = len(data.class_names)
+    f_train, _ = features_of(model, data.train.images, device)
+    means, precision = fit_domain_statistics(f_train, data.train.labels, k)
+    check = DomainCheck(means, precision, threshold=float("inf"))
+    f_val, _ = features_of(model, data.val.images, device)
+    val_scores = check.scores(f_val)
+    check.threshold = float(np.quantile(val_scores, quantile))
+    size = list(data.train.images.shape[2:])
+    negatives = {}
+    for neg in block.get("negatives") or []:
+        x = _negative_images(neg, cfg.input.slices or {}, size, cfg.source)
+        scores = check.scores(features_of(model, x, device)[0])
+        negatives[str(neg["name"])] = {"n": int(len(x)), "flagged_rate": round(float(np.mean(scores > check.threshold)), 4)}
+    payload = check.to_bytes()
+    meta = {"method": "mahalanobis", "features": "input of the last linear layer",
+            "file": DOMAIN_FILE, "sha256": hashlib.sha256(payload).hexdigest(),
+            "threshold": round(check.threshold, 6), "quantile": quantile,
+            "fitted_on": f"train split ({len(f_train)} images)",
+            "val_in_domain_rate": round(float(np.mean(val_scores <= check.threshold)), 4),
+            "negatives": negatives}
+    return meta, payload
+
+
+def domain_card_lines(block: Mapping[str, Any] | None) -> str:
+    """The model card's paragraph on the out-of-domain check."""
+    if not block:
+        return ""
+    rows = "\n".join(f"| {name} | {v['n']} | {v['flagged_rate']:.1%} |" for name, v in block["negatives"].items())
+    return f"""
+## Out-of-domain check
+Images whose penultimate features lie farther from every class than the threshold (squared Mahalanobis distance
+{block['threshold']:.1f}, the {block['quantile']:.0%} quantile of the validation split, fitted on the
+{block['fitted_on']}) are reported as **outside this model's domain** instead of being given a class; a volume in
+which no slice is in the domain gets no class at all. Validation images kept: {block['val_in_domain_rate']:.1%}.
+Share of other data sets flagged (not used to set the threshold):
+
+| data set | images | flagged out of domain |
+|---|---|---|
+{rows}
+"""

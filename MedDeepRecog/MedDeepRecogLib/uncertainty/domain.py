@@ -1,0 +1,125 @@
+"""Out-of-domain check: is an image like the ones the classifier was trained on?
+
+A classifier trained on tumour-bearing brain slices names a tumour type for *any* input: a healthy brain, a chest
+CT, a label map. This check scores how far an image's penultimate features (the input of the network's last
+linear layer, ``(D,)``) lie from the training images', as the Mahalanobis distance to the nearest class mean under
+one shared covariance (Lee et al., "A simple unified framework for detecting out-of-distribution samples and
+adversarial attacks", NeurIPS 2018):
+
+    score(f) = min_k (f - mu_k)^T P (f - mu_k),   P = inverse of the pooled within-class covariance
+
+The means and ``P`` are fitted on the training split; the threshold is a quantile of the validation split's scores
+(e.g. 0.95: 5 % of in-domain validation images are flagged), and the rate at which other data sets are flagged is
+measured and recorded beside it (training/domain.py). Images scoring above the threshold are "outside this model's
+domain".
+
+Statistics are stored in the package as ``domain.safetensors`` (``means`` ``(K, D)``, ``precision`` ``(D, D)``,
+float64) with its sha256 in ``model.json``'s ``domain`` block, and read with safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+DOMAIN_FILE = "domain.safetensors"
+
+
+@dataclass
+class DomainCheck:
+    """Fitted Mahalanobis statistics and the calibrated threshold (see the module docstring)."""
+
+    means: np.ndarray      # (K, D) class means of the training features
+    precision: np.ndarray  # (D, D) inverse pooled within-class covariance
+    threshold: float       # scores above it are out of domain
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """``(N, D)`` features → ``(N,)`` distance to the nearest class mean (squared Mahalanobis)."""
+        f = np.asarray(features, dtype=np.float64)
+        d = [np.einsum("nd,de,ne->n", f - m, self.precision, f - m) for m in self.means]
+        return np.min(np.stack(d, axis=1), axis=1)
+
+    def in_domain(self, features: np.ndarray) -> np.ndarray:
+        return self.scores(features) <= self.threshold
+
+    def to_bytes(self) -> bytes:
+        from safetensors.numpy import save
+
+        return save({"means": np.ascontiguousarray(self.means, dtype=np.float64),
+                     "precision": np.ascontiguousarray(self.precision, dtype=np.float64)})
+
+
+def fit_domain_statistics(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                          shrinkage: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Class means ``(K, D)`` and the precision ``(D, D)`` of the pooled within-class covariance of ``features``
+    ``(N, D)``; ``shrinkage`` × the mean variance is added to the diagonal so a rank-deficient covariance (ReLU
+    features with dead units) still inverts."""
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).ravel()
+    means = np.stack([f[y == k].mean(axis=0) if np.any(y == k) else f.mean(axis=0) for k in range(num_classes)])
+    centred = f - means[y]
+    cov = centred.T @ centred / max(len(f) - num_classes, 1)
+    cov += np.eye(cov.shape[0]) * shrinkage * max(float(np.trace(cov)) / cov.shape[0], 1e-12)
+    return means, np.linalg.inv(cov)
+
+
+def feature_layer(model):
+    """The network's last ``nn.Linear``: its input is the feature vector the check scores."""
+    import torch.nn as nn
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer whose input could be scored")
+    return linears[-1]
+
+
+@contextlib.contextmanager
+def capture_features(model) -> Iterator[list]:
+    """Collect the input of the last linear layer on every forward pass inside the ``with`` block, as a list of
+    ``(B, D)`` CPU tensors."""
+    store: list = []
+    handle = feature_layer(model).register_forward_hook(
+        lambda _module, inputs, _output: store.append(inputs[0].detach().flatten(1).float().cpu()))
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def load_domain_check(package_path: Path, meta: dict) -> DomainCheck | None:
+    """The package's check from ``model.json`` ``domain`` and its statistics file, or ``None`` without one.
+
+    Raises:
+        ModelPackageError: missing file, checksum mismatch, or statistics whose shapes do not fit.
+    """
+    from ..errors import ModelPackageError
+
+    block = meta.get("domain")
+    if not block:
+        return None
+    path = Path(package_path) / str(block.get("file", DOMAIN_FILE))
+    if path.name != DOMAIN_FILE or not path.is_file():
+        raise ModelPackageError(f"domain statistics file {block.get('file')!r} named in model.json is missing", path)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != str(block.get("sha256", "")).lower():
+        raise ModelPackageError("checksum mismatch: domain statistics differ from model.json (corrupt or tampered "
+                                "with)", path)
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        arrays = load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise ModelPackageError(f"domain statistics are corrupt ({exc})", path) from None
+    means, precision = arrays.get("means"), arrays.get("precision")
+    k = len(meta.get("class_names") or [])
+    if (means is None or precision is None or means.ndim != 2 or means.shape[0] != k
+            or precision.shape != (means.shape[1], means.shape[1])):
+        raise ModelPackageError(f"domain statistics have the wrong shapes (means {getattr(means, 'shape', None)}, "
+                                f"precision {getattr(precision, 'shape', None)}) for {k} classes", path)
+    return DomainCheck(means=means, precision=precision, threshold=float(block["threshold"]))
