@@ -124,13 +124,19 @@ def test_unreadable_dicom_folder(run_cli, tmp_path):
     assert not out.exists()
 
 
-def test_2d_image_is_refused(run_cli, tmp_path):
+def test_2d_image_is_filtered_as_one_slice_on_its_own_grid(run_cli, tmp_path):
+    # 2D images are first-class input: preprocess gives the same answer as classify (a 2D path), not a refusal
     path = tmp_path / "slice.nrrd"
-    sitk.WriteImage(sitk.GetImageFromArray(np.arange(400, dtype=np.int16).reshape(20, 20)), str(path))
+    image = sitk.GetImageFromArray(np.arange(400, dtype=np.int16).reshape(20, 20))
+    image.SetSpacing((0.5, 0.7))
+    image.SetOrigin((3.0, -4.0))
+    sitk.WriteImage(image, str(path))
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, path, out)
-    _assert_clean_error(code, err, "slice.nrrd", "3D volume is needed", "2D")
-    assert not out.exists()
+    assert code == 0, err
+    result = sitk.ReadImage(str(out))
+    assert result.GetDimension() == 2 and result.GetSize() == (20, 20)
+    assert result.GetSpacing() == (0.5, 0.7) and result.GetOrigin() == (3.0, -4.0)
 
 
 def test_4d_image_is_refused(run_cli, tmp_path):

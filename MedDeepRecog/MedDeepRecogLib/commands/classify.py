@@ -24,7 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="scan file(s) (NIfTI, NRRD, MHA, DICOM, PNG/JPEG), a DICOM series folder, or a folder of "
                         "NIfTI/NRRD/MHA scans or PNG/JPEG images (each file one case)")
-    p.add_argument("--model", required=True, help="model package id (e.g. body-region), id@version, folder or .zip")
+    p.add_argument("--model", required=True,
+                   help="model package id (e.g. brain-tumour-mri), id@version, folder or .zip; 'auto' picks the "
+                        "disease model that applies to each scan (modality + body region, or the models' own "
+                        "out-of-domain checks for pictures) and records why in the JSON")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--explain", choices=["gradcam", "gradcampp", "attention", "none"], default="gradcam",
                    help="heatmap method (default gradcam; attention for models with attention)")
@@ -110,10 +113,15 @@ def run(args: argparse.Namespace) -> int:
 
     progress = Progress(args.progress)
     scans = expand_inputs(args.inputs)
-    package = load_package(args.model)
+    auto = args.model == "auto"
+    if auto and (args.segments or args.second_input):
+        raise ConfigError("--model auto chooses among whole-scan disease models; name the model for --segments or "
+                          "--second-input")
+    package = None if auto else load_package(args.model)
     if args.segments:
         return _classify_segments(args, scans, package, progress)
-    check_classifier(package)
+    if package is not None:
+        check_classifier(package)
     device = resolve_device(args.device)
     for option in ("lesion", "second_input"):
         if getattr(args, option) and len(scans) != 1:
@@ -131,12 +139,22 @@ def run(args: argparse.Namespace) -> int:
         def report(stage, fraction, _i=i, _name=name, **extra):
             progress(stage, (_i + fraction) / n, case=_name, **extra)
 
+        route = None
+        if auto:
+            from ..inference.route import require_route, route_image
+            from ..io import read_image
+
+            report("route", 0.0)
+            route = route_image(read_image(scan, spacing=args.spacing), device)
+            package = load_package(require_route(route, scan))
         if second is not None or len(package.input_spec.get("modalities") or []) > 1:
             result = classify_fusion(scan, second, package, name=name, register=args.register)
         else:
             result = classify_scan(scan, package, explain=args.explain, device=device, progress=report, name=name,
                                    uncertainty=args.uncertainty, faithfulness=not args.no_faithfulness,
                                    lesion=lesion, spacing=args.spacing, slice_mm=args.slice_mm)
+        if route is not None:
+            result.route = route.to_json()
         outputs = write_outputs(result, out, png=not args.no_png, progress=report)
         results.append({"input": str(scan), "label": result.label, "probabilities": result.probability_map(),
                         **outputs})
@@ -145,10 +163,14 @@ def run(args: argparse.Namespace) -> int:
                               sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
             extra = f" [{'; '.join(result.decision['reasons'])}]" if result.decision["uncertain"] else ""
             mod = result.decision.get("modality") or {}
-            mod_txt = f" (modality {mod['label']})" if mod.get("label") else ""
+            mod_txt = f" (modality {mod['label']})" if mod.get("source") else ""
             caption = result.explain.get("faithfulness_caption")
             trust = f"\n  heatmap {caption}" if caption else ""
-            print(f"{scan}: {result.label}{mod_txt}{extra}\n  {probs}{trust}\n  -> {outputs['json']}")
+            routed = f"\n  model {result.model['id']} chosen: {result.route['reason']}" if result.route else ""
+            finding = result.finding
+            where = (f"\n  finding on slices {finding['first_index']}-{finding['last_index']} "
+                     f"(S {finding['from_mm']:.1f} to {finding['to_mm']:.1f} mm)") if finding else ""
+            print(f"{scan}: {result.label}{mod_txt}{extra}{routed}\n  {probs}{where}{trust}\n  -> {outputs['json']}")
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": results})
     return 0

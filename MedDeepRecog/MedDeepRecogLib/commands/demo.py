@@ -1,8 +1,14 @@
-"""``meddeeprecog demo [--out DIR]``: classify the bundled real scans with the bundled ``body-region`` model.
+"""``meddeeprecog demo [--out DIR]``: recognise the tumour in the bundled brain MR, and route the bundled CT.
 
-Runs ``classify`` with Grad-CAM on ``data/samples/brain1_mr.nrrd`` (brain MR) and ``abdomen_ct.nii.gz`` (abdominal CT)
-and writes each scan's JSON, heatmap NRRD and overlay PNG into DIR (default ``./meddeeprecog-demo``), printing the
-label and probabilities. Needs no data beyond the installed package.
+1. ``data/samples/brain1_mr.nrrd`` (a post-contrast T1 brain MR with a tumour) goes through ``--model auto``: the
+   router reads the modality and body region and picks ``brain-tumour-mri``, which names the tumour type slice by
+   slice, says which slices carry it (mm), and puts its Grad-CAM heatmap on the scan's grid. The bundled tumour
+   label (``brain1_tumour_label.nrrd``) scores the heatmap: on how many tumour slices its peak lies in the tumour.
+2. ``abdomen_ct.nii.gz`` goes through the same router, which says plainly that no bundled disease model covers an
+   abdominal CT, instead of guessing.
+
+Writes each scan's JSON, heatmap NRRD and overlay PNG into DIR (default ``./meddeeprecog-demo``). Needs no data
+beyond the installed package.
 """
 
 from __future__ import annotations
@@ -10,47 +16,73 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEMO_SAMPLES = ("brain1_mr.nrrd", "abdomen_ct.nii.gz")
-DEMO_MODEL = "body-region"
+DEMO_SCAN = "brain1_mr.nrrd"
+DEMO_LESION = "brain1_tumour_label.nrrd"
+DEMO_UNCOVERED = "abdomen_ct.nii.gz"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="classify the bundled sample scans with the bundled body-region model")
+    p = subparsers.add_parser("demo", help="classify the bundled brain MR's tumour (and route the bundled CT)")
     p.add_argument("--out", default="meddeeprecog-demo", help="output folder (default ./meddeeprecog-demo)")
-    p.add_argument("--explain", choices=["gradcam", "gradcampp", "none"], default="gradcam")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="none")
+    p.add_argument("--explain", choices=["gradcam", "gradcampp", "none"], default="gradcam",
+                   help="heatmap method (default gradcam)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the network runs: auto (a CUDA GPU when torch sees one), cpu or cuda")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="none",
+                   help="progress as JSON lines on stdout, a bar on stderr, or none (default)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.classify import classify_scan, resolve_device, write_outputs
+    from ..inference.route import route_image
+    from ..io import read_image
     from ..packages import load_package
     from ..progress import Progress
     from ..resources import sample_path
+    from .classify import _read_lesion
 
     progress = Progress(args.progress)
-    package = load_package(DEMO_MODEL)
     device = resolve_device(args.device)
     out = Path(args.out)
     results = []
-    for i, sample in enumerate(DEMO_SAMPLES):
-        def report(stage, fraction, _i=i, **extra):
-            progress(stage, (_i + fraction) / len(DEMO_SAMPLES), case=sample, **extra)
 
-        result = classify_scan(sample_path(sample), package, explain=args.explain, device=device, progress=report)
-        outputs = write_outputs(result, out, progress=report)
-        results.append({"input": sample, "label": result.label, **outputs})
-        if args.progress != "json":
-            probs = "  ".join(f"{k} {v:.3f}" for k, v in
-                              sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
-            note = f"  ({'; '.join(result.decision['reasons'])})" if result.decision["uncertain"] else ""
-            mod = (result.decision.get("modality") or {}).get("label")
-            note = (f"  (modality {mod})" if mod else "") + note
-            print(f"{sample}: {result.label}{note}\n  probabilities: {probs}\n  outputs: {out / result.name}"
-                  f"{{.json,_heatmap.nrrd,_heatmap.png}}")
+    progress("route", 0.0, case=DEMO_SCAN)
+    route = route_image(read_image(sample_path(DEMO_SCAN)), device)
+    if route.model is None:  # the bundled brain MR always routes; a broken install should say so plainly
+        from ..errors import ModelPackageError
+        raise ModelPackageError(f"the demo's brain MR was not routed to a disease model: {route.reason}")
+    package = load_package(route.model)
+    result = classify_scan(sample_path(DEMO_SCAN), package, explain=args.explain, device=device,
+                           lesion=_read_lesion(str(sample_path(DEMO_LESION))),
+                           progress=lambda stage, f, **extra: progress(stage, 0.05 + 0.85 * f, case=DEMO_SCAN, **extra))
+    result.route = route.to_json()
+    outputs = write_outputs(result, out)
+    results.append({"input": DEMO_SCAN, "label": result.label, "model": f"{package.id}@{package.version}", **outputs})
+
+    progress("route", 0.92, case=DEMO_UNCOVERED)
+    other = route_image(read_image(sample_path(DEMO_UNCOVERED)), device)
+    results.append({"input": DEMO_UNCOVERED, "model": other.model, "route": other.reason})
+
     if args.progress == "json":
-        progress("done", 1.0, result={"outputs": results, "model": f"{package.id}@{package.version}"})
-    else:
-        print(f"model {package.id}@{package.version}; results in {out.resolve()}")
+        progress("done", 1.0, result={"outputs": results})
+        return 0
+    probs = "  ".join(f"{k} {v:.3f}" for k, v in sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
+    note = f"  ({'; '.join(result.decision['reasons'])})" if result.decision["uncertain"] else ""
+    print(f"{DEMO_SCAN}: {result.label}{note}\n  model {package.id}@{package.version}: {route.reason}"
+          f"\n  probabilities: {probs}")
+    if result.finding:
+        f = result.finding
+        print(f"  finding on {f['slices']} slices, S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm "
+              f"(axial slices {f['first_index']}-{f['last_index']})")
+    loc = (result.explain.get("localisation") or {}).get("per_slice")
+    if loc and loc["slices"]:
+        print(f"  heatmap peak inside the tumour label on {loc['pointing_hits']} of {loc['slices']} tumour slices; "
+              f"{loc['mean_mass_inside']:.0%} of their heat inside it (the tumour covers "
+              f"{loc['lesion_area_share']:.1%} of those slices)")
+    if result.explain.get("faithfulness_caption"):
+        print(f"  heatmap {result.explain['faithfulness_caption']}")
+    print(f"  outputs: {out / result.name}{{.json,_heatmap.nrrd,_heatmap.png}}")
+    print(f"{DEMO_UNCOVERED}: {other.reason}")
+    print(f"results in {out.resolve()}")
     return 0

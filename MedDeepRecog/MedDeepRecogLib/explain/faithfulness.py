@@ -319,4 +319,33 @@ def classification_localisation(result: Any, lesion: Any, *, tolerance_mm: float
         lesion = sitk.Resample(lesion, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     mask = sitk.GetArrayViewFromImage(lesion) != 0
     heat = sitk.GetArrayViewFromImage(ref)
-    return localisation_scores(heat, mask, spacing=tuple(reversed(ref.GetSpacing())), tolerance_mm=tolerance_mm)
+    scores = localisation_scores(heat, mask, spacing=tuple(reversed(ref.GetSpacing())), tolerance_mm=tolerance_mm)
+    if len(getattr(result, "per_slice", None) or []) > 1 and "index" in result.per_slice[0]:
+        from ..inference.model_input import lps_view
+
+        scores["per_slice"] = slice_localisation(lps_view(ref).array, lps_view(lesion).array != 0)
+    return scores
+
+
+def slice_localisation(heat_zyx: np.ndarray, mask_zyx: np.ndarray) -> dict[str, Any]:
+    """Per axial slice that holds lesion (a slice model explains each slice on its own): is the slice's heatmap
+    peak inside the lesion (pointing game), and which share of the slice's heat lies inside it.
+
+    ``heat_zyx`` / ``mask_zyx``: the heatmap and lesion mask as LPS-view ``(Z, Y, X)`` arrays. Slices without
+    lesion or without heat are not counted; ``lesion_area_share`` is the lesion's share of those slices' pixels
+    (what uniform heat would put inside it).
+    """
+    hits, mass, area, counted = 0, [], [], []
+    for z in range(mask_zyx.shape[0]):
+        m = mask_zyx[z]
+        h = np.asarray(heat_zyx[z], dtype=np.float64)
+        if not m.any() or h.max() <= 0:
+            continue
+        counted.append(z)
+        hits += bool(m.flat[int(np.argmax(h))])
+        mass.append(float(h[m].sum() / h.sum()))
+        area.append(float(m.mean()))
+    n = len(counted)
+    return {"slices": n, "pointing_hits": hits, "pointing_rate": round(hits / n, 4) if n else None,
+            "mean_mass_inside": round(float(np.mean(mass)), 4) if n else None,
+            "lesion_area_share": round(float(np.mean(area)), 4) if n else None, "slice_indices": counted}

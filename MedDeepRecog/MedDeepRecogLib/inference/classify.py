@@ -70,7 +70,8 @@ class ClassificationResult:
     input_notes: list = field(default_factory=list)
     input_dimension: int = 3
     slice: dict | None = None  # classify --slice-mm: {"index", "position_mm"} of the one slice classified
-    finding: dict | None = None  # slice models on a volume: the slices that carry the finding (see _finding_range)
+    finding: dict | None = None  # slice models on a volume: the slices that carry the finding (see finding_range)
+    route: dict | None = None  # --model auto: the chosen model and why (inference.route)
 
     @property
     def label(self) -> str:
@@ -96,6 +97,7 @@ class ClassificationResult:
             "per_slice": self.per_slice,
             **({"slice": self.slice} if self.slice else {}),
             **({"finding": self.finding} if self.finding else {}),
+            **({"route": self.route} if self.route else {}),
             "input_dimension": self.input_dimension,
             "input_notes": self.input_notes,
             "modality_guess": self.modality_guess,
@@ -277,7 +279,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     target_layer = _target_layer(package, model) if explain in ("gradcam", "gradcampp") else None
     if kind == "slices2d":
         pred = predict_slices(model, inp, explain=explain, target_layer=target_layer,
-                              class_names=package.class_names, device=dev)
+                              class_names=package.class_names, device=dev, domain=package.domain)
     else:
         pred = predict_volume(model, inp, explain=explain, target_layer=target_layer,
                               class_names=package.class_names, device=dev)
@@ -302,6 +304,10 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         decision["slice_agreement"] = round(pred.agreement, 4)
         decision["section_mm"] = pred.section_mm
         decision["regions"] = pred.regions
+        if pred.domain is not None:
+            decision["domain"] = pred.domain
+            if pred.domain["slices_in_domain"] == 0:
+                _mark_out_of_domain(decision, package, pred.domain, len(pred.per_slice))
 
     heatmap = None
     overlay = None
@@ -320,6 +326,9 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         if not keep_image and src != "<image>":
             image = prepared = None
         heatmap = heatmap_on_input_grid(pred.heatmap, pred.grid, geometry)
+        if chosen_slice is not None:
+            from .heatmap import keep_axial_slice
+            heatmap = keep_axial_slice(heatmap, chosen_slice["index"])
         overlay = (scan_planes, planes_through(heatmap, peak))
         timing["heatmap"] = time.perf_counter() - t
         explain_info.update({"class": package.class_names[pred.explained_class], **pred.extra})
@@ -328,7 +337,9 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         class_names=package.class_names, probabilities=pred.probabilities, decision=decision,
         per_slice=pred.per_slice, explain=explain_info, heatmap=heatmap, model_map=pred.heatmap,
         model_grid=pred.grid, model_input=inp, image=image, overlay=overlay, modality_guess=modality,
-        timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice)
+        timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice,
+        finding=finding_range(pred.per_slice, decision) if isinstance(inp, SliceInput) and len(pred.per_slice) > 1
+        else None)
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,
@@ -362,6 +373,42 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
         d["reasons"] = [*d["reasons"], f"predictive entropy {u['predictive_entropy']:.2f} is at or above the "
                                        f"calibrated low-confidence threshold {u['low_confidence_threshold']:.2f}"]
         d["uncertain"], d["label"] = True, "uncertain"
+
+
+OUT_OF_DOMAIN = "out-of-domain"
+
+
+def _mark_out_of_domain(decision: dict, package, domain: dict, n_slices: int) -> None:
+    """No slice passed the package's out-of-domain check: report no class, and say why."""
+    what = "the image does" if n_slices == 1 else f"none of the {domain['slices_checked']} slices checked does"
+    decision["reasons"] = [*decision["reasons"],
+                           f"outside this model's domain: {what} not look like the images {package.id} was trained on "
+                           f"({package.meta.get('description', '').split('.')[0].strip()}); its class would be a guess"]
+    decision["uncertain"], decision["label"] = True, OUT_OF_DOMAIN
+
+
+def finding_range(per_slice: list[dict], decision: dict) -> dict | None:
+    """Which slices carry the reported finding: the longest run of consecutive voting slices whose own label is the
+    scan's label, as axial indices and superior coordinates (mm, LPS z = RAS S). ``None`` without a label."""
+    label = decision.get("top_class") if decision.get("label") != OUT_OF_DOMAIN else None
+    if label is None:
+        return None
+    runs, current = [], []
+    for rec in per_slice:
+        if rec.get("voted", True) and rec["label"] == label:
+            current.append(rec)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    if not runs:
+        return None
+    best = max(runs, key=lambda r: (len(r), sum(x["probability"] for x in r)))
+    lo, hi = sorted((best[0].get("position_mm"), best[-1].get("position_mm")), key=lambda v: (v is None, v))
+    return {"label": label, "first_index": best[0]["index"], "last_index": best[-1]["index"], "slices": len(best),
+            "from_mm": lo, "to_mm": hi,
+            "slices_with_label": sum(1 for r in per_slice if r.get("voted", True) and r["label"] == label)}
 
 
 def _check_slice_input(image: sitk.Image, package, path) -> None:

@@ -150,6 +150,15 @@ def resample_separable(heatmap_zyx: np.ndarray, grid: ModelGrid, reference: "sit
     return out
 
 
+def keep_axial_slice(heatmap: sitk.Image, index: int) -> sitk.Image:
+    """Clear every axial slice of ``heatmap`` (a fresh float32 map) but ``index`` of its LPS view, in place: a map
+    made from one classified slice must not be extrapolated onto the others."""
+    view = lps_view(heatmap, _writable_array(heatmap)).array
+    view[:index] = 0.0
+    view[index + 1:] = 0.0
+    return heatmap
+
+
 def peak_index(heatmap: sitk.Image) -> tuple[int, int, int]:
     """ITK index ``(x, y, z)`` of the heatmap's maximum (first one if tied)."""
     arr = sitk.GetArrayViewFromImage(heatmap)

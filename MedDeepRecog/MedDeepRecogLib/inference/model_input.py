@@ -136,6 +136,7 @@ class SliceInput:
     work_shape: tuple[int, int]
     display: np.ndarray
     extent_mm: np.ndarray | None = None
+    foreground_threshold: float | None = None  # the package's body threshold on ``display`` (``None``: default)
 
 
 @dataclass
@@ -289,7 +290,8 @@ def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: in
     grid = ModelGrid(origin=origin, spacing=spacing_w, direction=view.direction,
                      size=(work_slices.shape[2], work_slices.shape[1], work_slices.shape[0]))
     return SliceInput(x=x, slice_index=z_index, valid=valid, theta=theta, grid=grid,
-                      work_shape=work_slices.shape[1:], display=scaled, extent_mm=extent)
+                      work_shape=work_slices.shape[1:], display=scaled, extent_mm=extent,
+                      foreground_threshold=float(opt["foreground_threshold"]))
 
 
 # --------------------------------------------------------------------------------------------- 3D volumes
@@ -301,6 +303,12 @@ def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = 
     meaningless confidence.
     """
     if spec.get("content") != "binary_mask":
+        labels = label_map_values(image)
+        if labels is not None:
+            raise InputImageError(
+                f"this looks like a label map or mask, not a scan: integer voxels with only {len(labels)} distinct "
+                f"values ({', '.join(map(str, labels[:6]))}{'…' if len(labels) > 6 else ''}); the model classifies "
+                "grey-level images", path)
         return
     values = np.unique(sitk.GetArrayViewFromImage(image)[::2, ::2, ::2])
     if values.size > 2:
@@ -308,6 +316,22 @@ def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = 
             f"this model classifies a binary mask of one structure (a segment exported as a label map, "
             f"cropped around it), but the image has {values.size}+ distinct intensities: it looks like a scan, "
             f"not a mask", path)
+
+
+#: An integer image with at most this many distinct values is a label map or mask, not a scan (a real CT, MR or
+#: 8-bit picture has hundreds).
+MAX_LABEL_VALUES = 16
+
+
+def label_map_values(image: sitk.Image) -> list[int] | None:
+    """The distinct values when ``image`` looks like a label map or mask (integer voxels, at most
+    :data:`MAX_LABEL_VALUES` values, counted on a strided sample of about a million voxels), else ``None``."""
+    arr = sitk.GetArrayViewFromImage(image)
+    if not np.issubdtype(arr.dtype, np.integer):
+        return None
+    flat = arr.reshape(-1)
+    values = np.unique(flat[:: max(1, flat.size // 1_000_003)])
+    return [int(v) for v in values] if values.size <= MAX_LABEL_VALUES else None
 
 
 def volume_from_image(image: sitk.Image, spec: Mapping[str, Any]) -> VolumeInput:

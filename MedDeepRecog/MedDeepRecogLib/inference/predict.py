@@ -12,6 +12,7 @@ The decision rules that turn probabilities into a label or "uncertain" are data 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -55,6 +56,7 @@ class Prediction:
     section_mm: float | None = None
     regions: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    domain: dict | None = None  # slice models with an out-of-domain check: how many slices passed it
 
 
 def _forward_fn(model):
@@ -63,39 +65,64 @@ def _forward_fn(model):
 
 
 def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, target_layer: str | None,
-                   class_names: list[str], device: str = "cpu") -> Prediction:
+                   class_names: list[str], device: str = "cpu", domain=None) -> Prediction:
     """Classify the slices of ``inp`` with a 2D ``model`` and aggregate them (see the module docstring).
 
     Grad-CAM / Grad-CAM++ maps come from the same forward pass and explain the **scan's** class on every slice;
-    they are scaled jointly over the stack (a slice that matters little stays dark) and put on the working grid.
+    they are scaled jointly over the stack (a slice that matters little stays dark), put on the working grid and
+    cleared outside the body (air around the patient carries no finding).
+
+    ``domain``: the package's :class:`..uncertainty.domain.DomainCheck`. Slices it flags as outside the model's
+    domain do not vote (when at least one slice passes); ``Prediction.domain`` counts them.
     """
     from ..explain.gradcam import explained_forward, plain_forward
+    from ..uncertainty.domain import capture_features
 
+    if explain == "attention":  # refused before any work
+        raise ConfigError("this model classifies single slices and has no attention to show; "
+                          "use --explain gradcam or gradcampp")
     x = torch.from_numpy(inp.x).to(device)
     valid = torch.from_numpy(inp.valid.astype(np.float32)).to(device)
     if not bool(inp.valid.any()):
         valid = torch.ones_like(valid)  # nothing looks like a body: let every slice vote rather than none
+    in_domain = np.ones(len(inp.x), dtype=bool)
+    scores = None
+    store = None
+
+    def restrict_to_domain() -> None:
+        # Runs right after the forward pass (features captured), before the slices' scores are weighted, so the
+        # explained class and the vote both come from the in-domain slices. ``valid`` is changed in place: it is
+        # the score weight the Grad-CAM pass applies next.
+        nonlocal scores, in_domain
+        if domain is None or scores is not None:
+            return
+        scores = domain.scores(store.array())
+        in_domain = scores <= domain.threshold
+        keep = torch.from_numpy(in_domain.astype(np.float32)).to(valid)
+        if bool((valid * keep).any()):
+            valid.mul_(keep)
 
     def scan_class(logits: torch.Tensor) -> torch.Tensor:
+        restrict_to_domain()
         logp = torch.log_softmax(logits.float(), dim=1)
         mean = (logp * valid[:, None]).sum(0) / valid.sum()
         return mean.argmax().expand(logits.shape[0])
 
     maps = None
-    if explain in ("gradcam", "gradcampp"):
-        if not target_layer:
-            raise ConfigError("the model package names no Grad-CAM target layer (explain.target_layer)")
-        out = explained_forward(model, x, target_layer, method=explain, class_index=scan_class,
-                                score_weight=valid, joint=True)
-        logits, maps = out.logits, out.maps
-    elif explain == "attention":
-        raise ConfigError("this model classifies single slices and has no attention to show; "
-                          "use --explain gradcam or gradcampp")
-    else:
-        logits = plain_forward(model, x)
+    with capture_features(model) if domain is not None else contextlib.nullcontext() as captured:
+        store = captured
+        if explain in ("gradcam", "gradcampp"):
+            if not target_layer:
+                raise ConfigError("the model package names no Grad-CAM target layer (explain.target_layer)")
+            out = explained_forward(model, x, target_layer, method=explain, class_index=scan_class,
+                                    score_weight=valid, joint=True)
+            logits, maps = out.logits, out.maps
+        else:
+            logits = plain_forward(model, x)
+    restrict_to_domain()
     logp = torch.log_softmax(logits.float(), dim=1)
     v = valid.cpu().numpy().astype(bool)
-    mean = (logp.cpu().numpy()[v]).mean(axis=0)
+    mean = (logp.cpu().numpy()[v]).mean(axis=0)  # no slice in the domain: the body slices, reported as such
     probs = np.exp(mean - mean.max())
     probs /= probs.sum()
     label = int(probs.argmax())
@@ -103,19 +130,45 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
     slice_labels = slice_probs.argmax(axis=1)
     agreement = float((slice_labels[v] == label).mean()) if v.any() else 0.0
     slice_confidence = float(slice_probs[v, label].mean()) if v.any() else 0.0
+    voted = v & in_domain if in_domain.any() else v
     per_slice = [{"index": int(z), "label": class_names[int(k)], "probability": round(float(p[k]), 4),
                   "voted": bool(ok)}
-                 for z, k, p, ok in zip(inp.slice_index, slice_labels, slice_probs, inp.valid)]
+                 for z, k, p, ok in zip(inp.slice_index, slice_labels, slice_probs, voted)]
+    if scores is not None:
+        for rec, sc, ok in zip(per_slice, scores, in_domain):
+            rec["in_domain"], rec["domain_distance"] = bool(ok), round(float(sc), 2)
     pred = Prediction(probabilities=probs, per_slice=per_slice, grid=inp.grid, explained_class=label,
                       agreement=agreement, slice_confidence=slice_confidence)
     pred.regions = label_runs(per_slice)
+    if scores is not None:
+        checked = inp.valid if inp.valid.any() else np.ones_like(inp.valid)
+        pred.domain = {"slices_checked": int(checked.sum()), "slices_in_domain": int((in_domain & checked).sum()),
+                       "threshold": round(float(domain.threshold), 3)}
     if inp.extent_mm is not None and v.any():
         # The smaller side of the body box, median over voting slices: how much of a cross-section the scan shows.
         pred.section_mm = round(float(np.median(inp.extent_mm[v].min(axis=1))), 1)
     if maps is not None:
-        pred.heatmap = maps_to_working_grid(maps, inp)
+        pred.heatmap = maps_to_working_grid(maps, inp) * body_masks(inp)
         pred.extra["target_layer"] = target_layer
     return pred
+
+
+def body_masks(inp: SliceInput) -> np.ndarray:
+    """``(N, Hw, Ww)`` float32 masks of the body on the working slices: pixels above the package's
+    ``foreground_threshold`` on the standardised slice, small gaps closed and holes (lungs, ventricles) filled, so
+    only the air around the patient is cleared (SimpleITK binary morphology, per slice)."""
+    import SimpleITK as sitk
+
+    from .model_input import SLICE_DEFAULTS
+
+    threshold = float(SLICE_DEFAULTS["foreground_threshold"] if inp.foreground_threshold is None
+                      else inp.foreground_threshold)
+    out = np.zeros(inp.display.shape, dtype=np.float32)
+    for i, sl in enumerate(inp.display):
+        fg = sitk.GetImageFromArray((sl > threshold).astype(np.uint8))
+        fg = sitk.BinaryMorphologicalClosing(fg, [2, 2])
+        out[i] = sitk.GetArrayFromImage(sitk.BinaryFillhole(fg))
+    return out
 
 
 def label_runs(per_slice: list[dict], min_slices: int = 2) -> list[dict]:

@@ -264,7 +264,9 @@ def group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
 
     Written here because neither MONAI nor the project's dependencies offer a stratified group k-fold
     (scikit-learn's ``StratifiedGroupKFold`` would be the only reason to depend on scikit-learn). Greedy: groups in a
-    seeded random order, largest first, each to the fold whose class counts stay closest to an even share.
+    seeded random order, largest first, each to the fold where it adds least to the sum of squared class loads
+    (count / even share), i.e. to the fold holding fewest cases of the group's own classes. A group larger than an
+    even share (heuristic pseudo-patients can chain hundreds of images) makes its fold uneven; no split can avoid it.
     """
     labels, groups = np.asarray(labels).ravel(), np.asarray(groups).ravel()
     k = int(labels.max()) + 1
@@ -277,7 +279,7 @@ def group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
     fold_counts = np.zeros((folds, k), dtype=np.float64)
     fold_of_group = np.zeros(len(names), dtype=np.int64)
     for g in order:
-        cost = (((fold_counts + per_group[g]) / np.maximum(target, 1)) ** 2).sum(1)
+        cost = (per_group[g] * (2 * fold_counts + per_group[g]) / np.maximum(target, 1) ** 2).sum(1)
         f = int(np.argmin(cost))
         fold_of_group[g] = f
         fold_counts[f] += per_group[g]

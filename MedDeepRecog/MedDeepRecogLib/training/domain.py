@@ -57,7 +57,7 @@ def features_of(model, images: np.ndarray, device, batch: int = 128) -> tuple[np
         for i in range(0, len(images), batch):
             x = torch.as_tensor(images[i:i + batch], dtype=torch.float32, device=device)
             probs.append(torch.softmax(model(x).float(), dim=1).cpu())
-    return torch.cat(store).numpy(), torch.cat(probs).numpy()
+    return store.array(), torch.cat(probs).numpy()
 
 
 def _negative_images(neg: Mapping[str, Any], slices: Mapping, size, source) -> np.ndarray:

@@ -24,12 +24,14 @@ def training_curve_png(epochs: Sequence[dict], path: str | Path, monitor: str = 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     members = sorted({r["member"] for r in epochs if "member" in r})
     if members:
-        key = "val_loss" if monitor == "loss" else f"val_{monitor}"
+        # "last" selects nothing: show the accuracy each member's own validation data gave instead
+        key = "val_loss" if monitor == "loss" else "val_accuracy" if monitor == "last" else f"val_{monitor}"
+        shown = "accuracy" if monitor == "last" else monitor
         for m in members:
             rows = [r for r in epochs if r.get("member") == m]
             e = [r["epoch"] for r in rows]
             a1.plot(e, [r["train_loss"] for r in rows], label=f"member {m} train")
-            a2.plot(e, [np.nan if r.get(key) is None else r[key] for r in rows], label=f"member {m} val {monitor}")
+            a2.plot(e, [np.nan if r.get(key) is None else r[key] for r in rows], label=f"member {m} val {shown}")
             best = [r["epoch"] for r in rows if r.get("best")]
             if best:
                 a2.plot([best[-1]], [rows[e.index(best[-1])][key]], "k.", ms=8)

@@ -132,26 +132,39 @@ seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p
 def _selection_lines(history: dict) -> str:
     members = history.get("members")
     if not members:
+        if history.get("monitor") == "last":
+            return (f"- **No checkpoint selection**: the weights of the final epoch are kept (monitor `last`), so the "
+                    f"validation split decided nothing and its figures are a held-out estimate.\n- **Stopped**: "
+                    f"{history.get('stopped')} after {len(history.get('epochs', []))} epochs.")
         return (f"- **Checkpoint selection**: best epoch {history.get('best_epoch')} by validation "
                 f"`{history.get('monitor')}`\n  (the validation split was used for model selection, so its figures "
                 f"are optimistic; decision = argmax).\n- **Stopped**: {history.get('stopped')} after "
                 f"{len(history.get('epochs', []))} epochs.")
-    rows = "\n".join(f"  - member {i}: seed {m['seed']}, best epoch {m['best_epoch']} of {len(m['epochs'])} by "
-                     f"`{m['monitor']}` {m['best_metric']:.4f} on {m.get('selected_on', 'the validation split')}, "
-                     f"{m['stopped']}" for i, m in enumerate(members, start=1))
+
+    def member_line(i: int, m: dict) -> str:
+        if m["monitor"] == "last":
+            return (f"  - member {i}: seed {m['seed']}, final epoch {m['best_epoch']} kept (no selection), "
+                    f"{m['stopped']}")
+        return (f"  - member {i}: seed {m['seed']}, best epoch {m['best_epoch']} of {len(m['epochs'])} by "
+                f"`{m['monitor']}` {m['best_metric']:.4f} on {m.get('selected_on', 'the validation split')}, "
+                f"{m['stopped']}")
+
+    rows = "\n".join(member_line(i, m) for i, m in enumerate(members, start=1))
     cv = history.get("cross_validation")
     if not cv:
         return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
                 f"augmentation, best epoch); probabilities averaged.\n- **Checkpoint selection**: each member's best "
                 f"epoch on the validation split (used for model selection, so its figures are optimistic; decision = "
                 f"argmax):\n{rows}")
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731 (a fold without every class has no AUC)
     return (f"- **Cross-validation ensemble** of {len(members)} members: the train split cut into {cv['folds']} "
-            f"class-stratified folds; member i trains on the other folds and picks its best epoch on fold i. "
-            f"Probabilities averaged; decision = argmax.\n- **The validation split took no part in training or "
-            f"checkpoint selection**, so its figures below are a held-out estimate.\n{rows}\n"
+            f"class-stratified folds{' that keep each patient group whole' if cv.get('grouped') else ''}; member i "
+            f"trains on the other folds and is scored on fold i. Probabilities averaged; decision = argmax.\n"
+            f"- **The validation split took no part in training or checkpoint selection**, so its figures below are a "
+            f"held-out estimate.\n{rows}\n"
             f"- **Out-of-fold** (every train case scored by the member that did not train on it, n={cv['n']}): "
-            f"AUC {cv['auc']:.4f}, balanced accuracy {cv['balanced_accuracy']:.4f}; per fold AUC "
-            f"{', '.join(f'{a:.3f}' for a in cv['fold_auc'])}.")
+            f"AUC {fmt(cv['auc'])}, balanced accuracy {fmt(cv['balanced_accuracy'])}, accuracy "
+            f"{fmt(cv.get('accuracy'))}; per fold AUC {', '.join(fmt(a) for a in cv['fold_auc'])}.")
 
 
 def run_training(config: TrainConfig | str | Path, out: str | Path | None = None, resume: bool = False,
@@ -271,6 +284,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                                   folds=folds)
         if folds is not None and history.stopped != "cancelled" and ctx.is_main:
             history.cross_validation = cross_validation_metrics(data.train.labels, oof, folds, data.class_names)
+            history.cross_validation["grouped"] = data.train_groups is not None
     train_s = time.perf_counter() - t0
     if history.stopped == "cancelled":
         raise KeyboardInterrupt
@@ -370,7 +384,9 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
                        "recall": vm["recall"], "confusion_matrix": vm["confusion_matrix"],
                        "best_epoch": history.best_epoch, "selected_by": f"val {history.monitor}",
                        "train_time_s": round(train_s, 1)}
-    if getattr(history, "folds", None) is not None:
+    if history.monitor == "last":
+        meta["metrics"]["selected_by"] = "nothing: the final epoch is kept (val split unseen)"
+    elif getattr(history, "folds", None) is not None:
         meta["metrics"]["selected_by"] = f"{history.monitor} on each member's own train fold (val split unseen)"
         meta["metrics"]["cross_validation"] = history.cross_validation
     extra_files = {}

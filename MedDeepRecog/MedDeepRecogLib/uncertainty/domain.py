@@ -2,7 +2,7 @@
 
 A classifier trained on tumour-bearing brain slices names a tumour type for *any* input: a healthy brain, a chest
 CT, a label map. This check scores how far an image's penultimate features (the input of the network's last
-linear layer, ``(D,)``) lie from the training images', as the Mahalanobis distance to the nearest class mean under
+linear layer, ``(D,)``; for an ensemble, every member's, side by side) lie from the training images', as the Mahalanobis distance to the nearest class mean under
 one shared covariance (Lee et al., "A simple unified framework for detecting out-of-distribution samples and
 adversarial attacks", NeurIPS 2018):
 
@@ -68,27 +68,49 @@ def fit_domain_statistics(features: np.ndarray, labels: np.ndarray, num_classes:
     return means, np.linalg.inv(cov)
 
 
-def feature_layer(model):
-    """The network's last ``nn.Linear``: its input is the feature vector the check scores."""
+def feature_layers(model) -> list:
+    """The last ``nn.Linear`` of the network, or of each member of an ensemble (``model.members``): their inputs are
+    the feature vector the check scores (an ensemble's members' features side by side)."""
     import torch.nn as nn
 
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no linear layer whose input could be scored")
-    return linears[-1]
+    nets = list(model.members) if hasattr(model, "members") else [model]
+    layers = []
+    for net in nets:
+        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"{type(net).__name__} has no linear layer whose input could be scored")
+        layers.append(linears[-1])
+    return layers
+
+
+class FeatureStore:
+    """Features captured by :func:`capture_features`: ``array()`` gives ``(N, D)`` over all forward passes so far
+    (an ensemble's members side by side along D)."""
+
+    def __init__(self, parts: int):
+        self.parts: list[list] = [[] for _ in range(parts)]
+
+    def array(self) -> np.ndarray:
+        import torch
+
+        return torch.cat([torch.cat(p) for p in self.parts], dim=1).numpy()
 
 
 @contextlib.contextmanager
-def capture_features(model) -> Iterator[list]:
-    """Collect the input of the last linear layer on every forward pass inside the ``with`` block, as a list of
-    ``(B, D)`` CPU tensors."""
-    store: list = []
-    handle = feature_layer(model).register_forward_hook(
-        lambda _module, inputs, _output: store.append(inputs[0].detach().flatten(1).float().cpu()))
+def capture_features(model) -> Iterator[FeatureStore]:
+    """Collect the input of the last linear layer(s) on every forward pass inside the ``with`` block."""
+    layers = feature_layers(model)
+    store = FeatureStore(len(layers))
+
+    def hook(slot: int):
+        return lambda _module, inputs, _output: store.parts[slot].append(inputs[0].detach().flatten(1).float().cpu())
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         yield store
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def load_domain_check(package_path: Path, meta: dict) -> DomainCheck | None:

@@ -1,0 +1,118 @@
+"""``--model auto``: choose the disease model that applies to a scan, and say why.
+
+- A volume (or any image in HU or named MR/CT by DICOM) is routed by **modality** (CT when its intensities are in
+  HU, else MR) and **body region** (the bundled ``body-region`` model's probabilities, restricted to that modality's
+  classes, so an MR brain it calls "uncertain" still counts as a brain): :data:`ROUTES` maps the pair to a model.
+- A picture (PNG/JPEG) or an ultrasound image has no modality or region the body-region model can read (it never saw
+  ultrasound). Every bundled 2D disease model's own out-of-domain check scores it, and the model whose domain it
+  fits best (lowest distance relative to that model's threshold) is chosen; none if it fits no model's domain.
+
+The chosen model still applies its out-of-domain check to every slice, so a routed scan can come out as
+"out-of-domain" (e.g. a brain MR without a tumour).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputImageError
+
+#: (modality, body-region class) -> disease model id.
+ROUTES: dict[tuple[str, str], str] = {("MR", "MRBrain"): "brain-tumour-mri", ("CT", "CTChest"): "lung-ct-cancer"}
+#: Disease models a picture or ultrasound image may go to (scored by their own out-of-domain checks).
+PICTURE_MODELS = ("breast-us-lesion", "brain-tumour-mri", "lung-ct-cancer")
+REGION_MODEL = "body-region"
+_CLASS_MODALITY = {"CTAbd": "CT", "CTChest": "CT", "CTHead": "CT", "MRBrain": "MR", "MRBreast": "MR"}
+
+
+@dataclass
+class Route:
+    """The model chosen for a scan (``None`` when no bundled model applies) and why, as plain data."""
+
+    model: str | None
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "reason": self.reason, **self.evidence}
+
+
+def route_image(image: sitk.Image, device: str = "cpu") -> Route:
+    """Choose a disease model for ``image`` (as read by :func:`..io.read_image`)."""
+    from ..io import is_picture
+    from .model_input import is_hounsfield
+
+    modality_tag = image.GetMetaData("0008|0060").strip().upper() if image.HasMetaDataKey("0008|0060") else ""
+    one_slice = image.GetDimension() == 2 or image.GetSize()[2] == 1
+    if is_picture(image) or modality_tag == "US" or (one_slice and modality_tag not in ("CT", "MR")
+                                                       and not is_hounsfield(image)):
+        return _route_by_domain(image, device, why=("ultrasound (DICOM modality US)" if modality_tag == "US" else
+                                                    "a picture without modality"))
+    return _route_by_region(image, device, "CT" if is_hounsfield(image) else "MR")
+
+
+def _route_by_region(image: sitk.Image, device: str, modality: str) -> Route:
+    from ..packages import load_package
+    from .classify import classify_scan
+
+    region = classify_scan(image, load_package(REGION_MODEL), explain="none", device=device, uncertainty="none",
+                           faithfulness=False)
+    probs = region.probability_map()
+    same = {c: p for c, p in probs.items() if _CLASS_MODALITY.get(c) == modality}
+    best = max(same, key=same.get)
+    share = same[best] / max(sum(same.values()), 1e-12)
+    evidence = {"modality": modality, "modality_source": "HU intensities" if modality == "CT" else
+                "intensities not in HU", "body_region": best, "body_region_probability": round(probs[best], 4),
+                "body_region_share_of_modality": round(share, 4),
+                "body_region_model": f"{region.model['id']}@{region.model['version']}"}
+    model = ROUTES.get((modality, best))
+    if model is None:
+        have = ", ".join(f"{m} {r}" for (m, r) in ROUTES)
+        return Route(None, f"{modality} of region {best} (body-region p={probs[best]:.2f}): no bundled disease model "
+                           f"covers it (models exist for: {have})", evidence)
+    return Route(model, f"{modality} (from {evidence['modality_source']}) of region {best} (body-region "
+                        f"p={probs[best]:.2f}, {share:.0%} of the {modality} classes) -> {model}", evidence)
+
+
+def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
+    from ..packages import load_package
+    from ..uncertainty.domain import capture_features
+    from .classify import _model_for
+    from .model_input import as_volume, slices_from_image
+
+    volume = as_volume(image, None, allow_2d=True)
+    fits: dict[str, float] = {}
+    import torch
+
+    for model_id in PICTURE_MODELS:
+        try:
+            package = load_package(model_id)
+        except Exception:  # not installed here: not a candidate
+            continue
+        if package.domain is None:
+            continue
+        inp = slices_from_image(volume, package.input_spec)
+        model = _model_for(package, device)
+        with torch.no_grad(), capture_features(model) as store:
+            model(torch.from_numpy(inp.x).to(device))
+        scores = package.domain.scores(store.array())
+        fits[model_id] = round(float(np.min(scores) / package.domain.threshold), 4)
+    evidence = {"modality": why, "domain_distance_over_threshold": fits}
+    inside = {m: v for m, v in fits.items() if v <= 1.0}
+    if not inside:
+        listing = ", ".join(f"{m} {v:.1f}x" for m, v in fits.items()) or "none installed"
+        return Route(None, f"{why}: it lies outside every 2D disease model's domain (distance / threshold: "
+                           f"{listing})", evidence)
+    best = min(inside, key=inside.get)
+    return Route(best, f"{why}: it fits {best}'s domain best (distance {inside[best]:.2f}x its threshold)", evidence)
+
+
+def require_route(route: Route, path) -> str:
+    """The routed model id, or one clear error saying why no model applies."""
+    if route.model is None:
+        raise InputImageError(f"--model auto: no bundled model applies: {route.reason}", path)
+    return route.model
