@@ -426,7 +426,8 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
             f"a multi-frame file ({image.GetMetaData(FRAMES_KEY)} frames in one DICOM object) cannot go to the 2D "
             f"model {package.id}: its frames may be time points of a cine loop rather than slices of a volume; "
             "export the frame to classify as its own file, or give a DICOM series folder", path)
-    minimum = int({**SLICE_DEFAULTS, **(package.input_spec.get("slices") or {})}["min_pixels"])
+    minimum = {**SLICE_DEFAULTS, **(package.input_spec.get("slices") or {})}["min_pixels"]
+    minimum = int(minimum) if minimum else max(1, min(int(s) for s in package.input_spec.get("size") or [2]) // 2)
     size = list(image.GetSize())[:2]
     if min(size) < minimum:
         raise InputImageError(f"the image is {size[0]} x {size[1]} pixels, too small for model {package.id} "

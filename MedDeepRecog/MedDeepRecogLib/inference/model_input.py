@@ -41,7 +41,9 @@ SLICE_DEFAULTS: dict[str, Any] = {
     "min_foreground": 0.03,    # slices with less body than this fraction are skipped (not voted)
     "margin": 0.04,            # added around the body box, as a fraction of its side
     "crop_foreground": True,
-    "min_pixels": 32,          # an image smaller than this per side (after reading) is refused, not upsampled
+    # an image smaller than this per side is refused rather than upsampled; None: half the model's input side
+    # (enlarging more than 2x invents the detail the model was trained to read)
+    "min_pixels": None,
 }
 
 
