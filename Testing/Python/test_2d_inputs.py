@@ -1,0 +1,225 @@
+"""2D images are first-class input: PNG/JPEG, single-frame DICOM and 2D NIfTI/NRRD through info, preprocess and
+classify, with their spacing, a grey conversion note for colour, the heatmap on the picture's own grid, and clear
+refusals (too small, multi-frame, label maps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedDeepRecogLib import cli
+from MedDeepRecogLib.io import image_notes, read_image
+from tiny_test_package import make_tiny_package
+
+
+@pytest.fixture
+def run_cli(capsys):
+    def run(*argv):
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_2d(tmp_path_factory) -> Path:
+    return make_tiny_package(tmp_path_factory.mktemp("pkg"))
+
+
+def _picture(path: Path, array: np.ndarray, is_vector: bool = False) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(array, isVector=is_vector), str(path))
+    return path
+
+
+def _brainish(n: int = 96, seed: int = 0) -> np.ndarray:
+    """An 8-bit picture with a bright disc on a dark background and texture (many grey values)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n]
+    disc = ((yy - n / 2) ** 2 + (xx - n / 2) ** 2) < (0.4 * n) ** 2
+    return np.clip(disc * 120 + rng.normal(0, 20, (n, n)) * disc, 0, 255).astype(np.uint8)
+
+
+def write_dicom(path: Path, pixels: np.ndarray, modality: str = "MR", spacing=(0.5, 0.7)) -> Path:
+    """A minimal DICOM file written with pydicom: ``(rows, cols)`` one frame, ``(frames, rows, cols)`` several,
+    or ``(rows, cols, 3)`` uint8 RGB. ``spacing`` is (x, y) mm."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = modality
+    ds.PixelSpacing = [str(spacing[1]), str(spacing[0])]  # DICOM order: row spacing (y), column spacing (x)
+    arr = np.asarray(pixels)
+    rgb = arr.ndim == 3 and arr.shape[-1] == 3
+    if arr.ndim == 3 and not rgb:
+        ds.NumberOfFrames = arr.shape[0]
+    ds.Rows, ds.Columns = (arr.shape[1:] if arr.ndim == 3 and not rgb else arr.shape[:2])
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8 if arr.dtype == np.uint8 else 16
+    ds.HighBit = ds.BitsAllocated - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = arr.tobytes()
+    assert pydicom is not None
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def test_png_reads_as_one_grey_slice_with_1mm_pixels_or_the_given_spacing(tmp_path):
+    path = _picture(tmp_path / "slice.png", _brainish())
+    image = read_image(path)
+    assert image.GetDimension() == 2 and image.GetSize() == (96, 96)
+    assert image.GetSpacing() == (1.0, 1.0)
+    assert any("1 mm" in n for n in image_notes(image))
+    image = read_image(path, spacing=(0.4, 0.6))
+    assert image.GetSpacing() == (0.4, 0.6) and not image_notes(image)
+
+
+def test_rgb_png_becomes_grey_with_a_note(tmp_path):
+    rgb = np.zeros((40, 50, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    image = read_image(_picture(tmp_path / "colour.png", rgb, is_vector=True))
+    assert image.GetNumberOfComponentsPerPixel() == 1
+    np.testing.assert_allclose(sitk.GetArrayViewFromImage(image), 0.299 * 200 + 0.587 * 100 + 0.114 * 50, rtol=1e-5)
+    assert any("converted to grey" in n for n in image_notes(image))
+
+
+def test_16bit_png_keeps_its_range(tmp_path):
+    arr = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 13 % 60000).astype(np.uint16)
+    image = read_image(_picture(tmp_path / "deep.png", arr))
+    assert image.GetPixelID() == sitk.sitkUInt16
+    assert int(sitk.GetArrayViewFromImage(image).max()) == int(arr.max()) > 255
+
+
+def test_single_frame_dicom_keeps_its_pixel_spacing(tmp_path):
+    path = write_dicom(tmp_path / "one.dcm", (np.random.default_rng(0).random((48, 64)) * 900).astype(np.uint16))
+    image = read_image(path)
+    assert image.GetSize() == (64, 48, 1)
+    assert image.GetSpacing()[:2] == pytest.approx((0.5, 0.7))
+
+
+def test_info_on_a_picture_reports_2d_and_the_assumed_spacing(run_cli, tmp_path):
+    code, out, err = run_cli("info", _picture(tmp_path / "slice.png", _brainish()), "--spacing", "0.3", "0.3")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["dimension"] == 2 and info["spacing_mm"] == [0.3, 0.3] and info["modality_guess"] == "unknown"
+
+
+def test_preprocess_filters_a_png_into_a_2d_nrrd_on_its_grid(run_cli, tmp_path):
+    out = tmp_path / "filtered.nrrd"
+    code, _, err = run_cli("preprocess", _picture(tmp_path / "slice.png", _brainish()), out, "--pipeline",
+                           "brain-mri", "--spacing", "0.5", "0.5")
+    assert code == 0, err
+    result = sitk.ReadImage(str(out))
+    assert result.GetDimension() == 2 and result.GetSize() == (96, 96) and result.GetSpacing() == (0.5, 0.5)
+    assert np.isfinite(sitk.GetArrayViewFromImage(result)).all()
+
+
+# ------------------------------------------------------------------------------------------------ classify
+def test_classify_png_writes_the_heatmap_on_the_pictures_own_2d_grid(run_cli, tmp_path, tiny_2d):
+    src = _picture(tmp_path / "case.png", _brainish())
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                           "--spacing", "0.8", "0.8")
+    assert code == 0, err
+    heat = sitk.ReadImage(str(tmp_path / "out" / "case_heatmap.nrrd"))
+    assert heat.GetDimension() == 2 and heat.GetSize() == (96, 96) and heat.GetSpacing() == (0.8, 0.8)
+    record = json.loads((tmp_path / "out" / "case.json").read_text())
+    assert record["input_dimension"] == 2 and record["per_slice"] and len(record["per_slice"]) == 1
+    # the air around the disc carries no heat
+    arr = sitk.GetArrayViewFromImage(heat)
+    assert arr[:4, :4].max() == 0.0 and arr.max() > 0
+
+
+def test_classify_rgb_picture_notes_the_grey_conversion(run_cli, tmp_path, tiny_2d):
+    rgb = np.repeat(_brainish()[..., None], 3, axis=2)
+    src = _picture(tmp_path / "colour.png", rgb, is_vector=True)
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    assert code == 0, err
+    notes = json.loads((tmp_path / "out" / "colour.json").read_text())["input_notes"]
+    assert any("converted to grey" in n for n in notes) and any("1 mm" in n for n in notes)
+
+
+def test_a_folder_of_pictures_is_a_batch(run_cli, tmp_path, tiny_2d):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(3):
+        _picture(folder / f"case{i}.png", _brainish(seed=i))
+    sitk.WriteImage(sitk.GetImageFromArray(_brainish(seed=9)), str(folder / "case9.jpg"))
+    code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == [
+        "case0.json", "case1.json", "case2.json", "case9.json"]
+
+
+def test_a_picture_too_small_for_the_model_is_refused_with_its_size(run_cli, tmp_path, tiny_2d):
+    src = _picture(tmp_path / "tiny.png", _brainish(12))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    assert code == 2 and "tiny.png" in err and "12 x 12 pixels" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "tiny.json").exists()
+
+
+def test_a_multi_frame_dicom_is_refused_by_a_2d_model_with_the_reason(run_cli, tmp_path, tiny_2d):
+    src = write_dicom(tmp_path / "cine.dcm", (np.random.default_rng(1).random((5, 48, 64)) * 900).astype(np.uint16),
+                      modality="US")
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    assert code == 2 and "cine.dcm" in err and "5 frames" in err and "cine loop" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_label_map_is_refused_by_a_grey_level_model(run_cli, tmp_path, tiny_2d):
+    labels = np.zeros((8, 64, 64), dtype=np.uint8)
+    labels[3:5, 20:40, 20:40] = 1
+    labels[3:5, 45:50, 45:50] = 2
+    src = tmp_path / "lesion_label.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(src))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    assert code == 2 and "label map or mask" in err and "3 distinct values" in err
+
+
+def test_slice_mm_classifies_one_axial_slice_and_heats_only_it(run_cli, tmp_path, tiny_2d, oblique_volume):
+    src = tmp_path / "vol.nrrd"
+    sitk.WriteImage(oblique_volume, str(src))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                           "--slice-mm", "130")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "vol.json").read_text())
+    chosen = record["slice"]
+    # the volume's slices sit at S = 101 + 2.5 k mm: 130 is nearest to k = 12 (131 mm)
+    assert chosen["index"] == 12 and chosen["position_mm"] == pytest.approx(131.0)
+    assert [r["index"] for r in record["per_slice"]] == [12]
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "vol_heatmap.nrrd")))
+    hot = np.flatnonzero(heat.reshape(heat.shape[0], -1).max(axis=1) > 0)
+    assert hot.tolist() == [12]
+
+
+def test_volume_results_give_each_slice_its_position_and_the_finding_as_a_range_in_mm(run_cli, tmp_path, tiny_2d,
+                                                                                      oblique_volume):
+    src = tmp_path / "vol.nrrd"
+    sitk.WriteImage(oblique_volume, str(src))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "vol.json").read_text())
+    positions = [r["position_mm"] for r in record["per_slice"]]
+    assert positions == sorted(positions) and positions[0] == pytest.approx(101.0)
+    finding = record["finding"]
+    assert finding["label"] == record["top_class"]
+    members = [r for r in record["per_slice"] if finding["first_index"] <= r["index"] <= finding["last_index"]]
+    assert all(r["label"] == finding["label"] for r in members) and len(members) == finding["slices"]
+    assert finding["from_mm"] == min(r["position_mm"] for r in members)
+    assert finding["to_mm"] == max(r["position_mm"] for r in members)
