@@ -20,6 +20,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
                 folds: 0}                                 # K >= 2: a cross-validation ensemble (see training/train.py)
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
+    localisation: [{name, scan, lesion}, ...]            # heatmap scored on lesion labels (training/localisation.py)
     adversarial: {attack: pgd|fgsm_rs, eps, steps, bounds, fraction, evaluate: {...}}  # adversarial training
                                                           # (robustness/training.py); off when absent
 """
@@ -124,6 +125,7 @@ class TrainConfig:
     explain: dict | None = None
     adversarial: dict | None = None
     domain: dict | None = None  # out-of-domain check fitted after training (training/domain.py)
+    localisation: list | None = None  # scans with lesion labels the heatmap is scored on (training/localisation.py)
     source: str | None = None  # the config file (set by load_config)
 
     def to_dict(self) -> dict:
@@ -172,6 +174,10 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
             for name, params in (value or {}).items():
                 _check_keys(params or {}, AUG_KEYS[name], f"augmentation/{name}", source)
             cfg.augmentation = dict(value or {})
+        elif key == "localisation":
+            from .localisation import check_localisation_block
+            check_localisation_block(value, source)
+            cfg.localisation = list(value) if value else None
         elif key == "domain":
             from .domain import check_domain_block
             check_domain_block(value, source)

@@ -1,0 +1,150 @@
+"""The out-of-domain check: Mahalanobis statistics, their checksummed file in a package, the vote of in-domain slices
+only, "out-of-domain" when no slice passes, ensembles' features side by side, and the check fitted by ``train``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MedDeepRecogLib.errors import ModelPackageError
+from MedDeepRecogLib.packages import load_package, save_package
+from MedDeepRecogLib.uncertainty.domain import (DOMAIN_FILE, DomainCheck, capture_features, feature_layers,
+                                               fit_domain_statistics)
+from tiny_test_package import make_tiny_package
+
+
+def test_mahalanobis_scores_separate_the_training_distribution_from_far_points():
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0] * 8, [4.0] * 8])
+    labels = rng.integers(0, 2, 2000)
+    feats = means[labels] + rng.normal(0, 1, (2000, 8)) * np.linspace(0.5, 2, 8)
+    mu, precision = fit_domain_statistics(feats, labels, 2)
+    np.testing.assert_allclose(mu, means, atol=0.15)
+    check = DomainCheck(mu, precision, threshold=float("inf"))
+    fresh = means[rng.integers(0, 2, 500)] + rng.normal(0, 1, (500, 8)) * np.linspace(0.5, 2, 8)
+    check.threshold = float(np.quantile(check.scores(fresh), 0.95))
+    # squared Mahalanobis distances of in-distribution points follow chi2 with 8 degrees of freedom (95 %: 15.5)
+    assert 12 < check.threshold < 19
+    far = np.full((50, 8), 2.0) + rng.normal(0, 1, (50, 8)) * np.array([0.5] * 4 + [0.05] * 4) + np.array(
+        [0, 0, 0, 0, 6, -6, 6, -6])
+    assert check.in_domain(far).mean() == 0.0
+    assert check.in_domain(fresh).mean() == pytest.approx(0.95, abs=0.01)
+
+
+def _with_domain(pkg_dir: Path, dest: Path, threshold: float, version: str) -> Path:
+    """A copy of a tiny slices2d package with a domain check whose threshold is ``threshold``."""
+    package = load_package(pkg_dir)
+    model = package.build_model()
+    d = sum(layer.in_features for layer in feature_layers(model))
+    check = DomainCheck(np.zeros((len(package.class_names), d)), np.eye(d), threshold)
+    payload = check.to_bytes()
+    import hashlib
+    meta = {k: v for k, v in package.meta.items() if k not in ("weights", "format_version")}
+    meta["version"] = version
+    meta["domain"] = {"method": "mahalanobis", "file": DOMAIN_FILE, "sha256": hashlib.sha256(payload).hexdigest(),
+                      "threshold": threshold, "quantile": 0.95, "fitted_on": "test", "val_in_domain_rate": 1.0,
+                      "negatives": {}}
+    return save_package(model, meta, dest, extra_files={DOMAIN_FILE: payload})
+
+
+def test_a_tampered_domain_file_is_refused_when_the_package_opens(tmp_path):
+    pkg = _with_domain(make_tiny_package(tmp_path / "a"), tmp_path / "b", 1e9, "0.0.2")
+    assert load_package(pkg).domain is not None
+    data = bytearray((pkg / DOMAIN_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (pkg / DOMAIN_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelPackageError, match="checksum mismatch: domain statistics"):
+        load_package(pkg)
+
+
+def test_no_slice_in_the_domain_gives_no_class_and_says_why(tmp_path, oblique_volume):
+    from MedDeepRecogLib.inference.classify import OUT_OF_DOMAIN, classify_scan
+
+    base = make_tiny_package(tmp_path / "a")
+    accept_all = classify_scan(oblique_volume, _with_domain(base, tmp_path / "b", 1e12, "0.0.2"), device="cpu")
+    assert accept_all.label != OUT_OF_DOMAIN and accept_all.decision["domain"]["slices_in_domain"] > 0
+    reject_all = classify_scan(oblique_volume, _with_domain(base, tmp_path / "c", -1.0, "0.0.3"), device="cpu")
+    assert reject_all.label == OUT_OF_DOMAIN and reject_all.decision["uncertain"]
+    assert any("outside this model's domain" in r for r in reject_all.decision["reasons"])
+    assert reject_all.decision["domain"]["slices_in_domain"] == 0
+    assert all(not r["in_domain"] for r in reject_all.per_slice)
+    assert reject_all.finding is None
+
+
+def test_only_in_domain_slices_vote(tmp_path, oblique_volume, monkeypatch):
+    from MedDeepRecogLib.inference import classify as classify_mod
+    from MedDeepRecogLib.uncertainty import domain as domain_mod
+
+    pkg = _with_domain(make_tiny_package(tmp_path / "a"), tmp_path / "b", 0.5, "0.0.2")
+    calls = {}
+
+    def alternate(self, features):  # even slices inside, odd slices outside the domain
+        calls["n"] = len(features)
+        return np.where(np.arange(len(features)) % 2 == 0, 0.0, 1.0)
+
+    monkeypatch.setattr(domain_mod.DomainCheck, "scores", alternate)
+    result = classify_mod.classify_scan(oblique_volume, pkg, device="cpu")
+    voted = [r["voted"] for r in result.per_slice]
+    assert calls["n"] == len(result.per_slice)
+    assert voted == [r["in_domain"] for r in result.per_slice]
+    assert voted[0] and not voted[1]
+
+
+def test_an_ensembles_features_are_its_members_side_by_side(tmp_path):
+    package = load_package(make_tiny_package(tmp_path, kind="ensemble3d"))
+    model = package.build_model()
+    assert len(feature_layers(model)) == 3
+    with torch.no_grad(), capture_features(model) as store:
+        model(torch.zeros(2, 1, 16, 16, 16))
+        model(torch.zeros(3, 1, 16, 16, 16))
+    assert store.array().shape == (5, 3 * feature_layers(model)[0].in_features)
+
+
+def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
+    """A tiny 2-class 2D problem: the check is fitted on train, its threshold is the val quantile, and the
+    negatives' flagged rates are measured and written into model.json and the card."""
+    import yaml
+
+    from MedDeepRecogLib.training.train import run_training
+
+    rng = np.random.default_rng(0)
+
+    def images(n, label):
+        yy, xx = np.mgrid[:32, :32]
+        out = rng.normal(60, 10, (n, 32, 32))
+        if label:
+            out += 100 * (((yy - 16) ** 2 + (xx - 16) ** 2) < 64)
+        else:
+            out[:, 8:24, 8:24] += 100
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    x_tr = np.concatenate([images(40, 0), images(40, 1)])
+    x_va = np.concatenate([images(20, 0), images(20, 1)])
+    y_tr, y_va = np.repeat([0, 1], 40), np.repeat([0, 1], 20)
+    data = tmp_path / "toy.npz"
+    np.savez(data, train_images=x_tr, train_labels=y_tr, val_images=x_va, val_labels=y_va,
+             train_groups=np.arange(80).astype(str), val_groups=np.arange(40).astype(str))
+    noise = tmp_path / "noise.npz"
+    np.savez(noise, val_images=rng.integers(0, 255, (30, 32, 32)).astype(np.uint8))
+    cfg = {"id": "toy-domain", "version": "1.0.0", "data": {"path": str(data), "kind": "slices2d", "size": [32, 32]},
+           "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8, "pooled_size": 2}},
+           "input": {"slices": {"crop_foreground": False}},
+           "training": {"epochs": 2, "batch_size": 16, "monitor": "last"},
+           "domain": {"quantile": 0.9, "negatives": [{"name": "noise", "path": str(noise), "split": "val"}]}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_training(path, out=tmp_path / "run", package_dest=tmp_path / "pkgs")
+    meta = json.loads((Path(out["package"]) / "model.json").read_text())
+    block = meta["domain"]
+    assert block["quantile"] == 0.9 and 0.85 <= block["val_in_domain_rate"] <= 0.95
+    assert block["negatives"]["noise"]["n"] == 30 and 0.0 <= block["negatives"]["noise"]["flagged_rate"] <= 1.0
+    assert meta["input"]["slices"] == {"crop_foreground": False}
+    assert "## Out-of-domain check" in (Path(out["package"]) / "MODEL_CARD.md").read_text()
+    package = load_package(out["package"])
+    assert package.domain.threshold == pytest.approx(block["threshold"], rel=1e-5)
