@@ -49,3 +49,19 @@ def make_volume(size=(40, 32, 24), spacing=(0.8, 1.1, 2.5), origin=(-12.5, 30.0,
 def oblique_volume() -> sitk.Image:
     """Anisotropic (0.8, 1.1, 2.5 mm), rotated 17° about z, int16 HU-like volume."""
     return make_volume()
+
+
+@pytest.fixture
+def run_cli_all(capsys):
+    """``meddeeprecog ARGS`` in-process with every command registered; returns (exit code, stdout, stderr)."""
+    from MedDeepRecogLib import cli
+
+    def run(*argv):
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

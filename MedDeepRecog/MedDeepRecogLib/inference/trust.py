@@ -139,7 +139,10 @@ def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str 
             return None
         from ..explain.gradcam import explained_forward
 
-        valid = np.flatnonzero(inp.valid)
+        # score the slices that voted (body present and, with an out-of-domain check, inside the domain)
+        voted = np.array([r.get("voted", True) for r in result.per_slice], dtype=bool) \
+            if len(result.per_slice) == len(inp.x) else np.asarray(inp.valid, dtype=bool)
+        valid = np.flatnonzero(voted & np.asarray(inp.valid, dtype=bool))
         idx = _even_subset(valid if len(valid) else np.arange(len(inp.x)), max_slices)
         xs = torch.from_numpy(np.ascontiguousarray(inp.x[idx])).float()
         maps = explained_forward(model, xs, target_layer, method=method,

@@ -239,9 +239,10 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None,
 
 
 def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, size=None,
-                    val_fraction: float = 0.2) -> ArrayDataset:
+                    val_fraction: float = 0.2, slices: dict | None = None) -> ArrayDataset:
     """One split of a ``.npz`` for evaluation (``{split}_images``; for a file with only ``images``, ``split="val"``
-    is the last ``val_fraction`` of each class and ``"all"`` everything)."""
+    is the last ``val_fraction`` of each class and ``"all"`` everything). ``slices``: the package's
+    ``input.slices``; the images are then standardised exactly as in training and classify."""
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -255,7 +256,10 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
             x, y = (x[va], y[va]) if split == "val" else (x[tr], y[tr])
     else:
         raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
-    x = scale_and_resize(to_channels_first(np.asarray(x), kind, path), intensity_range, size)
+    if slices is not None:
+        x = standardise_images(np.asarray(x), slices, size, path)
+    else:
+        x = scale_and_resize(to_channels_first(np.asarray(x), kind, path), intensity_range, size)
     return ArrayDataset(x, np.asarray(y).ravel().astype(np.int64))
 
 

@@ -41,7 +41,8 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     if not data_path.is_file():
         raise ConfigError("evaluation data not found", data_path)
     intensity, size = _data_params(pkg)
-    ds = load_eval_split(data_path, split, pkg.input_spec["kind"], intensity, size)
+    ds = load_eval_split(data_path, split, pkg.input_spec["kind"], intensity, size,
+                         slices=pkg.input_spec.get("slices"))
     k = len(pkg.class_names)
     if len(ds) == 0:
         raise ConfigError(f"split {split!r} is empty", data_path)

@@ -1,0 +1,185 @@
+"""Disease-model benchmark: what a radiologist waits for, and training throughput next to a plain MONAI loop.
+
+    python bench/disease.py [--model brain-tumour-mri] [--threads 2] [--repeats 3] [--train-steps 20]
+
+Prints, on this machine, in one run:
+1. **One 512x512 slice** (the brain MR sample's tumour slice, resampled to 512x512 and written as a 2D NRRD):
+   ``classify`` with Grad-CAM, faithfulness (deletion/insertion) and the out-of-domain check, best of ``--repeats``
+   (model loaded once beforehand, as in a batch or the Slicer worker); then the same with the outputs written
+   (heatmap NRRD, overlay PNG, JSON). Target: <= 0.3 s.
+2. **A 512x512x150 volume slice by slice** (the same scan resampled to 512x512x150, int16 NRRD on disk): read,
+   standardise, classify its slices, explain, check, resample the heatmap onto the scan, write. Target: <= 3 s.
+   Anchor in the same run: a plain forward pass of the model over the same slice batch.
+3. **Training throughput** (images/s) on the model's own training images, same network and batch size:
+   our loop (``training.loop.fit``: tensors decoded once, batch augmentation, channels-last) vs a plain
+   MONAI-tutorial loop (``monai.data.Dataset`` with per-sample ``Compose`` of the same random transforms, a
+   ``DataLoader``, default memory layout), interleaved, median of the rounds; the ratio is the figure to read
+   (machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MedDeepRecog"))
+
+
+def _sample_slices(tmp: Path):
+    """(2D NRRD path of a 512x512 tumour slice, 3D NRRD path of a 512x512x150 volume) from the bundled brain MR."""
+    import SimpleITK as sitk
+
+    from MedDeepRecogLib.resources import sample_path
+
+    image = sitk.ReadImage(str(sample_path("brain1_mr.nrrd")))
+    size = image.GetSize()
+    spacing = image.GetSpacing()
+    out_spacing = (size[0] * spacing[0] / 512, size[1] * spacing[1] / 512, size[2] * spacing[2] / 150)
+    ref = sitk.Image([512, 512, 150], image.GetPixelID())
+    ref.SetSpacing(out_spacing)
+    ref.SetOrigin(image.GetOrigin())
+    ref.SetDirection(image.GetDirection())
+    volume = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, 0, image.GetPixelID())
+    vol_path = tmp / "volume_512x512x150.nrrd"
+    sitk.WriteImage(volume, str(vol_path), False)
+    slice_path = tmp / "slice_512.nrrd"
+    sitk.WriteImage(volume[:, :, 84], str(slice_path), False)  # through the tumour (brain1 label: slices 11-17/25)
+    return slice_path, vol_path
+
+
+def _best(fn, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), times
+
+
+def bench_inference(model_id: str, repeats: int) -> None:
+    import torch
+
+    from MedDeepRecogLib.inference.classify import _model_for, classify_scan, write_outputs
+    from MedDeepRecogLib.inference.model_input import slices_from_image
+    from MedDeepRecogLib.io import read_image
+    from MedDeepRecogLib.packages import load_package
+
+    package = load_package(model_id)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_disease_"))
+    try:
+        slice_path, vol_path = _sample_slices(tmp)
+        classify_scan(slice_path, package, device="cpu")  # load the model once (cached), as the worker does
+        best, runs = _best(lambda: classify_scan(slice_path, package, device="cpu", uncertainty="none"), repeats)
+        print(f"1. one 512x512 slice, {package.id}@{package.version}: classify + Grad-CAM + faithfulness + domain "
+              f"check {best:.3f} s (runs {', '.join(f'{t:.3f}' for t in runs)}); target <= 0.3 s")
+        best_w, runs_w = _best(lambda: write_outputs(classify_scan(slice_path, package, device="cpu",
+                                                                   uncertainty="none"), tmp / "out1"), repeats)
+        print(f"   with outputs written (NRRD, PNG, JSON): {best_w:.3f} s (runs {', '.join(f'{t:.3f}' for t in runs_w)})")
+
+        def volume_run():
+            result = classify_scan(vol_path, package, device="cpu", uncertainty="none")
+            write_outputs(result, tmp / "out2")
+            return result
+
+        best_v, runs_v = _best(volume_run, repeats)
+        result = volume_run()
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in result.timing_s.items())
+        print(f"2. 512x512x150 volume slice by slice ({len(result.per_slice)} slices classified): end to end "
+              f"{best_v:.3f} s (runs {', '.join(f'{t:.3f}' for t in runs_v)}); stages of the last run: {stages}; "
+              f"target <= 3 s")
+        model = _model_for(package, "cpu")
+        x = torch.from_numpy(slices_from_image(read_image(vol_path), package.input_spec).x)
+        with torch.inference_mode():
+            fwd, _ = _best(lambda: model(x), repeats)
+        print(f"   anchor: one plain forward pass over the same {len(x)} slices {fwd:.3f} s; end to end = "
+              f"{best_v / fwd:.1f}x a forward pass")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose
+
+    from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.training.augment import BatchAugment
+    from MedDeepRecogLib.training.config import load_config, resolve_data_path
+    from MedDeepRecogLib.training.data import load_train_val
+    from MedDeepRecogLib.training.loop import FitConfig, Hooks, fit, make_loader
+
+    cfg = load_config(config)
+    data = load_train_val(cfg, resolve_data_path(cfg))
+    bs = int(cfg.training.batch_size)
+    n = steps * bs
+    x, y = data.train.images[:n], data.train.labels[:n]
+    k = len(data.class_names)
+
+    def ours() -> float:
+        torch.manual_seed(0)
+        model = build_model(cfg.model.name, in_channels=1, num_classes=k, **cfg.model.kwargs)
+        loader = make_loader(x, y, bs, shuffle=True, seed=0)
+        val = make_loader(x[:bs], y[:bs], bs, shuffle=False)
+        t = time.perf_counter()
+        fit(model, loader, val, FitConfig(epochs=1, lr=1e-3, device="cpu"),
+            Hooks(augment=BatchAugment(cfg.augmentation, spatial_dims=2, seed=0)))
+        return len(x) / (time.perf_counter() - t)
+
+    def plain() -> float:
+        # the MONAI tutorial pattern: per-sample dict-free transforms in a Dataset, a DataLoader, a bare loop
+        torch.manual_seed(0)
+        model = build_model(cfg.model.name, in_channels=1, num_classes=k, **cfg.model.kwargs)
+        augment = BatchAugment(cfg.augmentation, spatial_dims=2, seed=0).transform or Compose([])
+        ds = Dataset([{"x": x[i], "y": int(y[i])} for i in range(len(x))],
+                     transform=lambda d: (torch.as_tensor(augment(d["x"])).as_subclass(torch.Tensor), d["y"]))
+        loader = DataLoader(ds, batch_size=bs, shuffle=True, num_workers=0)
+        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        t = time.perf_counter()
+        model.train()
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss_fn(model(xb.float()), torch.as_tensor(yb)).backward()
+            opt.step()
+        return len(x) / (time.perf_counter() - t)
+
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(ours())
+        b.append(plain())
+    ma, mb = statistics.median(a), statistics.median(b)
+    print(f"3. training throughput, {cfg.id} network at {list(data.train.images.shape[2:])}, batch {bs}, "
+          f"{len(x)} images, {rounds} interleaved rounds: ours {ma:.1f} images/s "
+          f"({', '.join(f'{v:.1f}' for v in a)}), plain MONAI-tutorial loop {mb:.1f} images/s "
+          f"({', '.join(f'{v:.1f}' for v in b)}); ratio {ma / mb:.2f}x")
+
+
+def main(argv=None) -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="brain-tumour-mri")
+    ap.add_argument("--config", default=str(REPO / "configs" / "brain-tumour-mri.yaml"),
+                    help="training config whose data and network the throughput part uses")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-steps", type=int, default=20, help="training batches per round (0: skip part 3)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    bench_inference(args.model, args.repeats)
+    if args.train_steps:
+        bench_training(Path(args.config), args.train_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
