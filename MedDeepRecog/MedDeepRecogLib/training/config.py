@@ -21,6 +21,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
     localisation: [{name, scan, lesion}, ...]            # heatmap scored on lesion labels (training/localisation.py)
+    card: {intended_use: text, not_for: [text, ...]}      # the model card's use statements (model.json "use")
     adversarial: {attack: pgd|fgsm_rs, eps, steps, bounds, fraction, evaluate: {...}}  # adversarial training
                                                           # (robustness/training.py); off when absent
 """
@@ -126,6 +127,7 @@ class TrainConfig:
     adversarial: dict | None = None
     domain: dict | None = None  # out-of-domain check fitted after training (training/domain.py)
     localisation: list | None = None  # scans with lesion labels the heatmap is scored on (training/localisation.py)
+    card: dict | None = None  # model card text: {intended_use, not_for: [...]} (copied to model.json "use")
     source: str | None = None  # the config file (set by load_config)
 
     def to_dict(self) -> dict:
@@ -174,6 +176,13 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
             for name, params in (value or {}).items():
                 _check_keys(params or {}, AUG_KEYS[name], f"augmentation/{name}", source)
             cfg.augmentation = dict(value or {})
+        elif key == "card":
+            _check_keys(value or {}, {"intended_use", "not_for"}, "card", source)
+            not_for = (value or {}).get("not_for", [])
+            if not isinstance((value or {}).get("intended_use", ""), str) or not isinstance(not_for, list) \
+                    or not all(isinstance(v, str) for v in not_for):
+                raise ConfigError("card must be {intended_use: text, not_for: [text, ...]}", source)
+            cfg.card = dict(value) if value else None
         elif key == "localisation":
             from .localisation import check_localisation_block
             check_localisation_block(value, source)

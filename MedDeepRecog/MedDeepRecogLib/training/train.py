@@ -113,7 +113,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
   pipeline {json.dumps(meta['input'].get('pipeline'))}
 - **Data**: {p.get('data')} — {data_desc}
 {_selection_lines(history)}
-
+{_use_lines(meta.get('use'), meta.get('explain'))}
 ## Validation metrics ({m.get('split', 'val')})
 | metric | value |
 |---|---|
@@ -128,6 +128,19 @@ Confusion matrix (rows true, columns predicted; {', '.join(meta['class_names'])}
 ```
 seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p.get('dataset_fingerprint')}`.
 """
+
+
+def _use_lines(use: dict | None, explain: dict | None) -> str:
+    """The card's intended use, what not to use the model for, and why its heatmap method was chosen."""
+    lines = []
+    if use:
+        lines.append(f"\n## Intended use\n{use.get('intended_use', '')}\n")
+        if use.get("not_for"):
+            lines.append("## Do not use it for\n" + "\n".join(f"- {item}" for item in use["not_for"]) + "\n")
+    if explain and explain.get("rationale"):
+        lines.append(f"## Heatmap method\n`{(explain.get('methods') or ['gradcam'])[0]}` on "
+                     f"`{explain.get('target_layer')}`: {explain['rationale']}\n")
+    return "\n".join(lines)
 
 
 def explain_method(meta: dict) -> str:
@@ -243,6 +256,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                            "parent": None, "dataset_fingerprint": data.fingerprint, "config": cfg.to_dict(),
                            **({"world_size": ctx.world_size} if ctx.enabled else {})},
             "weights": {"file": "weights.safetensors", "sha256": "pending"}}
+    if cfg.card:
+        meta["use"] = {"intended_use": cfg.card.get("intended_use", ""), "not_for": list(cfg.card.get("not_for", []))}
     validate_meta(meta, cfg.source)
     check_pipeline(input_spec["pipeline"], cfg.source)
 
