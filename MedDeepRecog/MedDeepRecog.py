@@ -540,8 +540,8 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         import numpy as np
         z, y, x = np.mgrid[:24, :32, :40]
         voxels = (100 * np.exp(-((x - 25) ** 2 + (y - 14) ** 2 + (z - 12) ** 2) / 40.0)).astype(np.int16)
-        return slicer.util.addVolumeFromArray(voxels, ijkToRAS=[[0.8, 0, 0, -10], [0, 1.1, 0, 20], [0, 0, 2.5, 5],
-                                                                [0, 0, 0, 1]], name="synthetic")
+        ijkToRAS = np.array([[0.8, 0, 0, -10], [0, 1.1, 0, 20], [0, 0, 2.5, 5], [0, 0, 0, 1]])  # vtkMatrixFromArray reads .shape
+        return slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name="synthetic")
 
     def test_PreviewLoadsFilteredVolumeAndMask(self):
         import numpy as np
@@ -593,7 +593,7 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         z, y, x = np.mgrid[:24, :32, :40]
         for name, mask in (("tumor", (x - 25) ** 2 + (y - 14) ** 2 + (z - 12) ** 2 < 30),
                            ("cyst", (x - 10) ** 2 + (y - 24) ** 2 + (z - 6) ** 2 < 20)):
-            segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name)
+            segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name, name)  # (segmentId, segmentName)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), segmentationNode, segmentId,
                                                              volume)
         p = logic.getParameterNode()

@@ -27,7 +27,8 @@ def exportVolume(volumeNode: vtkMRMLVolumeNode, folder: Path) -> Path:
     """Write ``volumeNode`` to ``folder/<name>.nrrd`` (geometry included) without changing its storage node."""
     path = Path(folder) / f"{safeFileName(volumeNode.GetName())}.nrrd"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not slicer.util.exportNode(volumeNode, str(path)):
+    # properties={}: exportNode's default dict is shared between calls and keeps the last call's fileFormat
+    if not slicer.util.exportNode(volumeNode, str(path), properties={}):
         raise RuntimeError(f"{path}: could not write volume '{volumeNode.GetName()}'")
     return path
 
@@ -35,7 +36,7 @@ def exportVolume(volumeNode: vtkMRMLVolumeNode, folder: Path) -> Path:
 def exportSegmentation(segmentationNode: vtkMRMLSegmentationNode, folder: Path) -> Path:
     """Write ``segmentationNode`` to ``folder/<name>.seg.nrrd`` (segment names and colours included)."""
     path = Path(folder) / f"{safeFileName(segmentationNode.GetName())}.seg.nrrd"
-    if not slicer.util.exportNode(segmentationNode, str(path)):
+    if not slicer.util.exportNode(segmentationNode, str(path), properties={}):
         raise RuntimeError(f"{path}: could not write segmentation '{segmentationNode.GetName()}'")
     return path
 

@@ -49,3 +49,16 @@ def make_volume(size=(40, 32, 24), spacing=(0.8, 1.1, 2.5), origin=(-12.5, 30.0,
 def oblique_volume() -> sitk.Image:
     """Anisotropic (0.8, 1.1, 2.5 mm), rotated 17° about z, int16 HU-like volume."""
     return make_volume()
+
+
+@pytest.fixture
+def slicer_core(monkeypatch, tmp_path):
+    """The Slicer module on Slicer's real core (``slicer-core``): see ``slicer_core_fixture.py``."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e '.[test]')")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the 'slicer' module here is not Slicer's core")
+    from slicer_core_fixture import SlicerCore
+
+    env = SlicerCore(monkeypatch, tmp_path)
+    yield env
+    env.core.close()
