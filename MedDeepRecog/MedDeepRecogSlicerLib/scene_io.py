@@ -14,8 +14,11 @@ import vtk
 from slicer import (vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode,
                     vtkMRMLTransformableNode, vtkMRMLVolumeNode)
 
-#: Perceptual, colour-blind-safe colormap for heatmaps (Slicer's matplotlib "Inferno" table).
-HEATMAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+from MedDeepRecogLib.slicer_views import (HEATMAP_COLOR_NODE_ID, apply_heatmap_display, apply_heatmap_threshold,
+                                          apply_segmentation_display, remove_node_and_helpers)
+
+# The display settings (Inferno heatmap, threshold, segment outlines) live in MedDeepRecogLib.slicer_views, so
+# the headless renders of the tests and of `meddeeprecog demo --slicer-views` show exactly what the panel sets.
 
 
 def safeFileName(name: str) -> str:
@@ -42,14 +45,26 @@ def exportSegmentation(segmentationNode: vtkMRMLSegmentationNode, folder: Path) 
 
 
 def loadVolumeInto(path: Path, targetNode: vtkMRMLScalarVolumeNode | None, name: str) -> vtkMRMLScalarVolumeNode:
-    """Load a volume file into ``targetNode`` (voxels and geometry replaced), or a new node when it is ``None``."""
+    """Load a volume file into ``targetNode`` (voxels and geometry replaced), or a new node when it is ``None``.
+
+    The file is read into a temporary node that is then removed with its display and storage nodes: the target
+    never keeps a storage node pointing into the worker's exchange folder (deleted after the run), and it is
+    marked modified, so Slicer's Save dialog writes it with the scene."""
     loaded = slicer.util.loadVolume(str(path), {"name": name, "show": False})
     if targetNode is None:
-        return loaded
+        targetNode = slicer.mrmlScene.AddNewNodeByClass(loaded.GetClassName(), name)
     targetNode.SetAndObserveImageData(loaded.GetImageData())
     targetNode.CopyOrientation(loaded)  # IJK-to-RAS: origin, spacing, directions
-    slicer.mrmlScene.RemoveNode(loaded)
+    removeNodeAndHelpers(loaded)
+    targetNode.CreateDefaultDisplayNodes()
+    targetNode.StorableModified()
     return targetNode
+
+
+def removeNodeAndHelpers(node: vtkMRMLNode) -> None:
+    """Remove ``node`` and its display and storage nodes (``RemoveNode`` alone leaves those in the scene, and
+    every saved ``.mrml`` would list them)."""
+    remove_node_and_helpers(slicer.mrmlScene, node)
 
 
 def replaceSegments(targetNode: vtkMRMLSegmentationNode, path: Path,
@@ -68,7 +83,7 @@ def replaceSegments(targetNode: vtkMRMLSegmentationNode, path: Path,
             targetNode.GetSegmentation().CopySegmentFromSegmentation(source, segmentId)
             names.append(name)
     finally:
-        slicer.mrmlScene.RemoveNode(loaded)
+        removeNodeAndHelpers(loaded)
     if referenceVolume is not None:
         targetNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
     return names
@@ -86,18 +101,24 @@ def setSegmentFromMask(segmentationNode: vtkMRMLSegmentationNode, name: str, mas
     """Put a ``(K, J, I)`` numpy mask on ``referenceVolume``'s grid into the segment ``name`` (created or replaced)."""
     removeSegmentByName(segmentationNode, name)
     segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name, name, list(color))
-    slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype("uint8"), segmentationNode, segmentId,
-                                                     referenceVolume)
+    # what slicer.util.updateSegmentBinaryLabelmapFromArray does, but its temporary labelmap is removed with its
+    # display node (that function leaves one behind on every call)
+    labelmap = slicer.modules.volumes.logic().CreateAndAddLabelVolume(referenceVolume, "__temp__")
+    try:
+        slicer.util.updateVolumeFromArray(labelmap, (mask > 0).astype("uint8"))
+        segmentIds = vtk.vtkStringArray()
+        segmentIds.InsertNextValue(segmentId)
+        if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode,
+                                                                                     segmentIds):
+            raise RuntimeError(f"could not import the mask into segment '{name}'")
+    finally:
+        removeNodeAndHelpers(labelmap)
     return segmentId
 
 
 def showSegmentationIn3D(segmentationNode: vtkMRMLSegmentationNode) -> None:
-    """Closed-surface representation (what "Show 3D" displays) with a translucent 2D fill."""
-    segmentationNode.CreateDefaultDisplayNodes()
-    segmentationNode.CreateClosedSurfaceRepresentation()
-    displayNode = segmentationNode.GetDisplayNode()
-    displayNode.SetVisibility3D(True)
-    displayNode.SetOpacity2DFill(0.3)
+    """Closed-surface representation (what "Show 3D" displays) with outlines and a translucent 2D fill."""
+    apply_segmentation_display(segmentationNode)
 
 
 def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]]) -> None:
@@ -169,11 +190,7 @@ def showHeatmap(heatmapNode: vtkMRMLScalarVolumeNode, backgroundNode: vtkMRMLVol
     """Heatmap as the foreground layer: Inferno colours over 0..1, values below ``threshold`` transparent,
     with a colour legend in the slice views."""
     heatmapNode.CreateDefaultDisplayNodes()
-    displayNode = heatmapNode.GetDisplayNode()
-    displayNode.SetAndObserveColorNodeID(HEATMAP_COLOR_NODE_ID)
-    displayNode.SetAutoWindowLevel(False)
-    displayNode.SetWindowLevelMinMax(0.0, 1.0)
-    updateHeatmapDisplay(heatmapNode, threshold)
+    apply_heatmap_display(heatmapNode.GetDisplayNode(), threshold)
     slicer.util.setSliceViewerLayers(background=backgroundNode, foreground=heatmapNode, foregroundOpacity=opacity)
     legend = slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(heatmapNode)
     if legend is not None:
@@ -185,9 +202,7 @@ def updateHeatmapDisplay(heatmapNode: vtkMRMLScalarVolumeNode, threshold: float,
     """Apply the transparency threshold (and, if given, the foreground opacity of the slice views)."""
     displayNode = heatmapNode.GetDisplayNode()
     if displayNode is not None:
-        displayNode.SetApplyThreshold(True)
-        displayNode.SetLowerThreshold(max(float(threshold), 1e-6))  # zero is "no evidence": always transparent
-        displayNode.SetUpperThreshold(1.0)
+        apply_heatmap_threshold(displayNode, threshold)  # below it (and zero: "no evidence") transparent
     if opacity is not None:
         slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
 
