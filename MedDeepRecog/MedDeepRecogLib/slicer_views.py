@@ -131,6 +131,8 @@ class CoreApp:
 
 # ------------------------------------------------------------------------------------------------ rendering
 def _window(vtk, size):
+    if not os.environ.get("DISPLAY"):  # headless: EGL directly, without VTK first trying (and warning about) X
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(1)
     window.SetMultiSamples(0)
