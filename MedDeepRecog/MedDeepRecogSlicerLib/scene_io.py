@@ -159,6 +159,37 @@ def updateSegmentLabelTable(tableNode: vtkMRMLTableNode, rows: list[dict], class
     tableNode.Modified()
 
 
+def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
+    """Per-slice results of a 2D model: columns ``index``, ``position_mm`` (superior coordinate S of the slice,
+    the red view's offset), ``label`` and ``probability``. ``position_mm`` falls back to the record's
+    ``lps_mm[2]`` (S is the same number in LPS and RAS)."""
+    index, position, label, probability = (vtk.vtkIntArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray(),
+                                           vtk.vtkDoubleArray())
+    for array, name in ((index, "index"), (position, "position_mm"), (label, "label"), (probability, "probability")):
+        array.SetName(name)
+    for rec in records:
+        mm = rec.get("position_mm")
+        if mm is None and isinstance(rec.get("lps_mm"), (list, tuple)) and len(rec["lps_mm"]) == 3:
+            mm = rec["lps_mm"][2]
+        index.InsertNextValue(int(rec.get("index", 0)))
+        position.InsertNextValue(float("nan") if mm is None else float(mm))
+        label.InsertNextValue(str(rec.get("label", "")))
+        probability.InsertNextValue(float(rec.get("probability", float("nan"))))
+    tableNode.RemoveAllColumns()
+    for array in (index, position, label, probability):
+        tableNode.AddColumn(array)
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    tableNode.Modified()
+
+
+def slicePositionOfRow(tableNode: vtkMRMLTableNode, row: int) -> float | None:
+    """``position_mm`` of a row of :func:`updateSliceTable`'s table (``None`` when unknown)."""
+    if not tableNode or not 0 <= row < tableNode.GetNumberOfRows():
+        return None
+    value = float(tableNode.GetCellText(row, 1) or "nan")
+    return None if value != value else value
+
+
 def readTableColumns(tableNode: vtkMRMLTableNode, first: int = 0, second: int = 1) -> list[tuple[str, str]]:
     """The text of two columns, row by row (e.g. the segment → class table)."""
     return [(tableNode.GetCellText(row, first), tableNode.GetCellText(row, second))

@@ -178,7 +178,7 @@ def test_every_parameter_name_is_a_bindable_field():
             assert type_name in props["nodeTypes"], f"{name}: nodeTypes {props['nodeTypes']} lack {type_name}"
     unbound = set(fields) - set(bound)
     # fields the panel shows without a connector: outputs set by the logic, the catalog-filled model combo box
-    assert unbound == {"model", "outputTable", "outputHeatmap", "preprocessedVolume", "classMapTable"}, unbound
+    assert unbound == {"model", "outputTable", "sliceTable", "outputHeatmap", "preprocessedVolume", "classMapTable"}, unbound
 
 
 def test_mrml_widgets_receive_the_scene():
