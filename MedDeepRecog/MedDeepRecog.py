@@ -85,6 +85,7 @@ class MedDeepRecogParameterNode:
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     heatmapThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
     outputTable: vtkMRMLTableNode
+    sliceTable: vtkMRMLTableNode  # per-slice results of a 2D (slices2d) model: index, position_mm, label, p
     outputHeatmap: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     preprocessedVolume: vtkMRMLScalarVolumeNode
@@ -112,6 +113,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.classifyButton.connect("clicked(bool)", self.onClassifyButton)
+        self.ui.classifySliceButton.connect("clicked(bool)", self.onClassifySliceButton)
+        self.ui.sliceTableView.connect("selectionChanged()", self.onSliceRowSelected)
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
         self.ui.robustnessButton.connect("clicked(bool)", self.onRobustnessButton)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetuneButton)
@@ -173,6 +176,11 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = bool(p.inputVolume and p.model)
         self.ui.classifyButton.text = "Cancel" if busy["classify"] else "Classify"
         self.ui.classifyButton.enabled = ready or busy["classify"]
+        sliceModel = ready and self.logic.isSliceModel(p.model)  # model.json only: cheap on the GUI thread
+        self.ui.classifySliceButton.text = "Cancel" if busy["classify"] else "Classify current slice"
+        self.ui.classifySliceButton.enabled = sliceModel or busy["classify"]
+        self.ui.sliceTableView.setMRMLTableNode(p.sliceTable)
+        self.ui.sliceTableView.visible = bool(p.sliceTable)
         self.ui.robustnessButton.text = "Cancel" if busy["robustness"] else "Robustness check"
         self.ui.robustnessButton.enabled = ready or busy["robustness"]
         self.ui.previewButton.text = "Cancel" if busy["preview"] else "Preview"
@@ -273,6 +281,24 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"Done ({result.model})."
         self.ui.resultLabel.text = result.result_text()
         self.ui.faithfulnessLabel.text = result.heatmap_text()
+
+    def onClassifySliceButton(self):
+        self._run("classify", self.logic.classifySlice, self.ui.classifyProgressBar, self.ui.statusLabel,
+                  self._showSliceResult)
+
+    def _showSliceResult(self, result):
+        self._showResult(result)
+        where = result.raw.get("slice") or {}
+        if where:
+            self.ui.statusLabel.text = (f"Done ({result.model}): slice {where.get('index')} "
+                                        f"at S = {float(where.get('position_mm', 0.0)):.1f} mm.")
+
+    def onSliceRowSelected(self):
+        """A row of the per-slice table: show that slice in the red view."""
+        row = self.ui.sliceTableView.currentIndex().row()
+        position = scene_io.slicePositionOfRow(self._parameterNode.sliceTable if self._parameterNode else None, row)
+        if position is not None:
+            self.logic.jumpToSlice(position)
 
     def onPreviewButton(self):
         self._run("preview", self.logic.preview, self.ui.classifyProgressBar, self.ui.statusLabel,
@@ -447,27 +473,73 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                                          explain=p.explainMethod, device=p.device, second_input=secondPath)
 
         def load(result, job):
-            res = read_classify_result(outDir, inputPath)
-            name = p.inputVolume.GetName()
-            p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
-            scene_io.updateProbabilityTable(p.outputTable, res.probabilities)
-            p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
-            p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
-            p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
-            scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
-            self._segmentationFor(p, name)
-            for segPath in res.segmentations:
-                scene_io.replaceSegments(p.outputSegmentation, segPath, p.inputVolume)
-            if res.heatmap is not None:
-                p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, p.outputHeatmap, f"{name} heatmap")
-                scene_io.placeUnderStudy(p.outputHeatmap, p.inputVolume)
-                scene_io.showHeatmap(p.outputHeatmap, p.inputVolume, p.heatmapThreshold, p.heatmapOpacity)
-                hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
-                scene_io.setSegmentFromMask(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}", hot,
-                                            (0.99, 0.65, 0.04), p.outputHeatmap)
-            scene_io.showSegmentationIn3D(p.outputSegmentation)
-            return res
+            return self._loadClassification(p, outDir, inputPath)
         return self._start("classify", command, load, workDir, **kwargs)
+
+    def _loadClassification(self, p, outDir, inputPath):
+        """The worker's classify outputs into the reused nodes: probability table, heatmap (Inferno over the scan),
+        hot-region segment, and for a 2D model the per-slice table."""
+        res = read_classify_result(outDir, inputPath)
+        name = p.inputVolume.GetName()
+        p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
+        scene_io.updateProbabilityTable(p.outputTable, res.probabilities)
+        p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
+        p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
+        p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
+        sliceRecord = res.raw.get("slice") if isinstance(res.raw.get("slice"), dict) else None
+        p.outputTable.SetAttribute("MedDeepRecog.slice", json.dumps(sliceRecord) if sliceRecord else "")
+        scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
+        perSlice = res.raw.get("per_slice") or []
+        if perSlice and all("label" in r for r in perSlice):  # slice models (CNN-LSTM records are attention)
+            p.sliceTable = scene_io.getOrCreateNode(p.sliceTable, "vtkMRMLTableNode", f"{name} per-slice results")
+            scene_io.updateSliceTable(p.sliceTable, perSlice)
+            scene_io.placeUnderStudy(p.sliceTable, p.inputVolume)
+        self._segmentationFor(p, name)
+        for segPath in res.segmentations:
+            scene_io.replaceSegments(p.outputSegmentation, segPath, p.inputVolume)
+        if res.heatmap is not None:
+            p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, p.outputHeatmap, f"{name} heatmap")
+            scene_io.placeUnderStudy(p.outputHeatmap, p.inputVolume)
+            scene_io.showHeatmap(p.outputHeatmap, p.inputVolume, p.heatmapThreshold, p.heatmapOpacity)
+            hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
+            scene_io.setSegmentFromMask(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}", hot,
+                                        (0.99, 0.65, 0.04), p.outputHeatmap)
+        scene_io.showSegmentationIn3D(p.outputSegmentation)
+        return res
+
+    # -- 2D (slice) models: the slice shown in the red view -------------------------------------------------------
+    @staticmethod
+    def isSliceModel(model):
+        """True for a 2D model (``input.kind == "slices2d"`` in its model.json): it classifies axial slices."""
+        return bool(model) and model_input_kind(model) == "slices2d"
+
+    @staticmethod
+    def _redSliceLogic():
+        return slicer.app.applicationLogic().GetSliceLogicByLayoutName("Red")
+
+    def currentSliceMm(self):
+        """The red (axial) view's slice offset: the superior coordinate S in mm (the same number in RAS and LPS)."""
+        return float(self._redSliceLogic().GetSliceOffset())
+
+    def jumpToSlice(self, positionMm):
+        """Show the axial slice at superior coordinate ``positionMm`` in the red view."""
+        self._redSliceLogic().SetSliceOffset(float(positionMm))
+
+    def classifySlice(self, p, sliceMm=None, **kwargs):
+        """Classify the single axial slice of ``p.inputVolume`` nearest ``sliceMm`` (default: the red view's)
+        with the 2D model ``p.model``: ``classify VOLUME --slice-mm S``. Fills the probability table with that
+        slice's result (its index and position in the table's ``MedDeepRecog.slice`` attribute) and shows its
+        heatmap (on the volume's grid, heat on that slice only)."""
+        if not self.isSliceModel(p.model):
+            raise ValueError(f"{p.model} is not a 2D slice model: use Classify for the whole volume.")
+        sliceMm = self.currentSliceMm() if sliceMm is None else float(sliceMm)
+        workDir = self._workDir()
+        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+        outDir = workDir / "out"
+        command = WorkerCommand.build("classify", inputPath, python=self.python, model=p.model, out=outDir,
+                                      explain=p.explainMethod, device=p.device, slice_mm=f"{sliceMm:.4f}")
+        return self._start("classify", command, lambda result, job: self._loadClassification(p, outDir, inputPath),
+                           workDir, **kwargs)
 
     def classifySegments(self, p, **kwargs):
         """Label every segment of ``p.trainingSegmentation`` with the ROI classifier ``p.model``; fills a
@@ -540,8 +612,8 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         import numpy as np
         z, y, x = np.mgrid[:24, :32, :40]
         voxels = (100 * np.exp(-((x - 25) ** 2 + (y - 14) ** 2 + (z - 12) ** 2) / 40.0)).astype(np.int16)
-        return slicer.util.addVolumeFromArray(voxels, ijkToRAS=[[0.8, 0, 0, -10], [0, 1.1, 0, 20], [0, 0, 2.5, 5],
-                                                                [0, 0, 0, 1]], name="synthetic")
+        ijkToRAS = np.array([[0.8, 0, 0, -10], [0, 1.1, 0, 20], [0, 0, 2.5, 5], [0, 0, 0, 1]])  # vtkMatrixFromArray reads .shape
+        return slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name="synthetic")
 
     def test_PreviewLoadsFilteredVolumeAndMask(self):
         import numpy as np
@@ -593,7 +665,7 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         z, y, x = np.mgrid[:24, :32, :40]
         for name, mask in (("tumor", (x - 25) ** 2 + (y - 14) ** 2 + (z - 12) ** 2 < 30),
                            ("cyst", (x - 10) ** 2 + (y - 24) ** 2 + (z - 6) ** 2 < 20)):
-            segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name)
+            segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name, name)  # (segmentId, segmentName)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), segmentationNode, segmentId,
                                                              volume)
         p = logic.getParameterNode()

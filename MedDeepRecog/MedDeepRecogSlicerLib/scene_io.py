@@ -14,8 +14,11 @@ import vtk
 from slicer import (vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode,
                     vtkMRMLTransformableNode, vtkMRMLVolumeNode)
 
-#: Perceptual, colour-blind-safe colormap for heatmaps (Slicer's matplotlib "Inferno" table).
-HEATMAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+from MedDeepRecogLib.slicer_views import (HEATMAP_COLOR_NODE_ID, apply_heatmap_display, apply_heatmap_threshold,
+                                          apply_segmentation_display, remove_node_and_helpers)
+
+# The display settings (Inferno heatmap, threshold, segment outlines) live in MedDeepRecogLib.slicer_views, so
+# the headless renders of the tests and of `meddeeprecog demo --slicer-views` show exactly what the panel sets.
 
 
 def safeFileName(name: str) -> str:
@@ -27,7 +30,8 @@ def exportVolume(volumeNode: vtkMRMLVolumeNode, folder: Path) -> Path:
     """Write ``volumeNode`` to ``folder/<name>.nrrd`` (geometry included) without changing its storage node."""
     path = Path(folder) / f"{safeFileName(volumeNode.GetName())}.nrrd"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not slicer.util.exportNode(volumeNode, str(path)):
+    # properties={}: exportNode's default dict is shared between calls and keeps the last call's fileFormat
+    if not slicer.util.exportNode(volumeNode, str(path), properties={}):
         raise RuntimeError(f"{path}: could not write volume '{volumeNode.GetName()}'")
     return path
 
@@ -35,20 +39,32 @@ def exportVolume(volumeNode: vtkMRMLVolumeNode, folder: Path) -> Path:
 def exportSegmentation(segmentationNode: vtkMRMLSegmentationNode, folder: Path) -> Path:
     """Write ``segmentationNode`` to ``folder/<name>.seg.nrrd`` (segment names and colours included)."""
     path = Path(folder) / f"{safeFileName(segmentationNode.GetName())}.seg.nrrd"
-    if not slicer.util.exportNode(segmentationNode, str(path)):
+    if not slicer.util.exportNode(segmentationNode, str(path), properties={}):
         raise RuntimeError(f"{path}: could not write segmentation '{segmentationNode.GetName()}'")
     return path
 
 
 def loadVolumeInto(path: Path, targetNode: vtkMRMLScalarVolumeNode | None, name: str) -> vtkMRMLScalarVolumeNode:
-    """Load a volume file into ``targetNode`` (voxels and geometry replaced), or a new node when it is ``None``."""
+    """Load a volume file into ``targetNode`` (voxels and geometry replaced), or a new node when it is ``None``.
+
+    The file is read into a temporary node that is then removed with its display and storage nodes: the target
+    never keeps a storage node pointing into the worker's exchange folder (deleted after the run), and it is
+    marked modified, so Slicer's Save dialog writes it with the scene."""
     loaded = slicer.util.loadVolume(str(path), {"name": name, "show": False})
     if targetNode is None:
-        return loaded
+        targetNode = slicer.mrmlScene.AddNewNodeByClass(loaded.GetClassName(), name)
     targetNode.SetAndObserveImageData(loaded.GetImageData())
     targetNode.CopyOrientation(loaded)  # IJK-to-RAS: origin, spacing, directions
-    slicer.mrmlScene.RemoveNode(loaded)
+    removeNodeAndHelpers(loaded)
+    targetNode.CreateDefaultDisplayNodes()
+    targetNode.StorableModified()
     return targetNode
+
+
+def removeNodeAndHelpers(node: vtkMRMLNode) -> None:
+    """Remove ``node`` and its display and storage nodes (``RemoveNode`` alone leaves those in the scene, and
+    every saved ``.mrml`` would list them)."""
+    remove_node_and_helpers(slicer.mrmlScene, node)
 
 
 def replaceSegments(targetNode: vtkMRMLSegmentationNode, path: Path,
@@ -67,7 +83,7 @@ def replaceSegments(targetNode: vtkMRMLSegmentationNode, path: Path,
             targetNode.GetSegmentation().CopySegmentFromSegmentation(source, segmentId)
             names.append(name)
     finally:
-        slicer.mrmlScene.RemoveNode(loaded)
+        removeNodeAndHelpers(loaded)
     if referenceVolume is not None:
         targetNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
     return names
@@ -85,18 +101,24 @@ def setSegmentFromMask(segmentationNode: vtkMRMLSegmentationNode, name: str, mas
     """Put a ``(K, J, I)`` numpy mask on ``referenceVolume``'s grid into the segment ``name`` (created or replaced)."""
     removeSegmentByName(segmentationNode, name)
     segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name, name, list(color))
-    slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype("uint8"), segmentationNode, segmentId,
-                                                     referenceVolume)
+    # what slicer.util.updateSegmentBinaryLabelmapFromArray does, but its temporary labelmap is removed with its
+    # display node (that function leaves one behind on every call)
+    labelmap = slicer.modules.volumes.logic().CreateAndAddLabelVolume(referenceVolume, "__temp__")
+    try:
+        slicer.util.updateVolumeFromArray(labelmap, (mask > 0).astype("uint8"))
+        segmentIds = vtk.vtkStringArray()
+        segmentIds.InsertNextValue(segmentId)
+        if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode,
+                                                                                     segmentIds):
+            raise RuntimeError(f"could not import the mask into segment '{name}'")
+    finally:
+        removeNodeAndHelpers(labelmap)
     return segmentId
 
 
 def showSegmentationIn3D(segmentationNode: vtkMRMLSegmentationNode) -> None:
-    """Closed-surface representation (what "Show 3D" displays) with a translucent 2D fill."""
-    segmentationNode.CreateDefaultDisplayNodes()
-    segmentationNode.CreateClosedSurfaceRepresentation()
-    displayNode = segmentationNode.GetDisplayNode()
-    displayNode.SetVisibility3D(True)
-    displayNode.SetOpacity2DFill(0.3)
+    """Closed-surface representation (what "Show 3D" displays) with outlines and a translucent 2D fill."""
+    apply_segmentation_display(segmentationNode)
 
 
 def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]]) -> None:
@@ -137,6 +159,37 @@ def updateSegmentLabelTable(tableNode: vtkMRMLTableNode, rows: list[dict], class
     tableNode.Modified()
 
 
+def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
+    """Per-slice results of a 2D model: columns ``index``, ``position_mm`` (superior coordinate S of the slice,
+    the red view's offset), ``label`` and ``probability``. ``position_mm`` falls back to the record's
+    ``lps_mm[2]`` (S is the same number in LPS and RAS)."""
+    index, position, label, probability = (vtk.vtkIntArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray(),
+                                           vtk.vtkDoubleArray())
+    for array, name in ((index, "index"), (position, "position_mm"), (label, "label"), (probability, "probability")):
+        array.SetName(name)
+    for rec in records:
+        mm = rec.get("position_mm")
+        if mm is None and isinstance(rec.get("lps_mm"), (list, tuple)) and len(rec["lps_mm"]) == 3:
+            mm = rec["lps_mm"][2]
+        index.InsertNextValue(int(rec.get("index", 0)))
+        position.InsertNextValue(float("nan") if mm is None else float(mm))
+        label.InsertNextValue(str(rec.get("label", "")))
+        probability.InsertNextValue(float(rec.get("probability", float("nan"))))
+    tableNode.RemoveAllColumns()
+    for array in (index, position, label, probability):
+        tableNode.AddColumn(array)
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    tableNode.Modified()
+
+
+def slicePositionOfRow(tableNode: vtkMRMLTableNode, row: int) -> float | None:
+    """``position_mm`` of a row of :func:`updateSliceTable`'s table (``None`` when unknown)."""
+    if not tableNode or not 0 <= row < tableNode.GetNumberOfRows():
+        return None
+    value = float(tableNode.GetCellText(row, 1) or "nan")
+    return None if value != value else value
+
+
 def readTableColumns(tableNode: vtkMRMLTableNode, first: int = 0, second: int = 1) -> list[tuple[str, str]]:
     """The text of two columns, row by row (e.g. the segment → class table)."""
     return [(tableNode.GetCellText(row, first), tableNode.GetCellText(row, second))
@@ -168,11 +221,7 @@ def showHeatmap(heatmapNode: vtkMRMLScalarVolumeNode, backgroundNode: vtkMRMLVol
     """Heatmap as the foreground layer: Inferno colours over 0..1, values below ``threshold`` transparent,
     with a colour legend in the slice views."""
     heatmapNode.CreateDefaultDisplayNodes()
-    displayNode = heatmapNode.GetDisplayNode()
-    displayNode.SetAndObserveColorNodeID(HEATMAP_COLOR_NODE_ID)
-    displayNode.SetAutoWindowLevel(False)
-    displayNode.SetWindowLevelMinMax(0.0, 1.0)
-    updateHeatmapDisplay(heatmapNode, threshold)
+    apply_heatmap_display(heatmapNode.GetDisplayNode(), threshold)
     slicer.util.setSliceViewerLayers(background=backgroundNode, foreground=heatmapNode, foregroundOpacity=opacity)
     legend = slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(heatmapNode)
     if legend is not None:
@@ -184,9 +233,7 @@ def updateHeatmapDisplay(heatmapNode: vtkMRMLScalarVolumeNode, threshold: float,
     """Apply the transparency threshold (and, if given, the foreground opacity of the slice views)."""
     displayNode = heatmapNode.GetDisplayNode()
     if displayNode is not None:
-        displayNode.SetApplyThreshold(True)
-        displayNode.SetLowerThreshold(max(float(threshold), 1e-6))  # zero is "no evidence": always transparent
-        displayNode.SetUpperThreshold(1.0)
+        apply_heatmap_threshold(displayNode, threshold)  # below it (and zero: "no evidence") transparent
     if opacity is not None:
         slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
 

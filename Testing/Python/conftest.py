@@ -65,3 +65,16 @@ def run_cli_all(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def slicer_core(monkeypatch, tmp_path):
+    """The Slicer module on Slicer's real core (``slicer-core``): see ``slicer_core_fixture.py``."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e '.[test]')")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the 'slicer' module here is not Slicer's core")
+    from slicer_core_fixture import SlicerCore
+
+    env = SlicerCore(monkeypatch, tmp_path)
+    yield env
+    env.core.close()

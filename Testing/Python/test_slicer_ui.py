@@ -21,14 +21,22 @@ REPO = Path(__file__).resolve().parents[2]
 UI_FILE = REPO / "MedDeepRecog" / "Resources" / "UI" / "MedDeepRecog.ui"
 MODULE_FILE = REPO / "MedDeepRecog" / "MedDeepRecog.py"
 
-#: Field type -> widget classes Slicer's parameterNodeWrapper GUI connectors accept (guiConnectors.py, Slicer 5.12).
+#: Field type -> widget classes Slicer 5.12's parameterNodeWrapper GUI connectors accept (read from
+#: Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; a connector matches the widget's exact class, so a
+#: subclass such as qMRMLSliderWidget is listed on its own). Slicer 5.12 has no qMRMLSubjectHierarchyTreeView connector.
 CONNECTABLE = {
-    "bool": {"QCheckBox", "QPushButton"},
+    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
     "int": {"QSpinBox", "QSlider"},
-    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "float": {"QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget"},
     "str": {"QComboBox", "QLineEdit", "QTextEdit"},
-    "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
+    "node": {"qMRMLNodeComboBox"},
 }
+
+#: MRML widgets with a ``setMRMLScene(vtkMRMLScene*)`` slot (the .ui connects mrmlSceneChanged to it) and those
+#: without one (qMRMLSegmentationShow3DButton is a ctkMenuButton: it takes a segmentation node, not a scene).
+SCENE_SLOT = {"qMRMLNodeComboBox", "qMRMLTableView", "qMRMLSliderWidget", "qMRMLSegmentsTableView",
+              "qMRMLSubjectHierarchyTreeView", "qMRMLSubjectHierarchyComboBox"}
+NO_SCENE_SLOT = {"qMRMLSegmentationShow3DButton"}
 
 
 def _qt():
@@ -170,16 +178,22 @@ def test_every_parameter_name_is_a_bindable_field():
             assert type_name in props["nodeTypes"], f"{name}: nodeTypes {props['nodeTypes']} lack {type_name}"
     unbound = set(fields) - set(bound)
     # fields the panel shows without a connector: outputs set by the logic, the catalog-filled model combo box
-    assert unbound == {"model", "outputTable", "outputHeatmap", "preprocessedVolume", "classMapTable"}, unbound
+    assert unbound == {"model", "outputTable", "sliceTable", "outputHeatmap", "preprocessedVolume", "classMapTable"}, unbound
 
 
 def test_mrml_widgets_receive_the_scene():
+    """Every MRML widget with a setMRMLScene slot gets the scene; none is connected to a slot it lacks."""
     root = ui_tree().getroot()
     receivers = {c.findtext("receiver") for c in root.iter("connection")
                  if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
-    mrml = {name for name, (cls, _) in ui_widgets().items() if cls.startswith("qMRML") and cls != "qMRMLWidget"}
-    assert mrml and mrml <= receivers, mrml - receivers
+    classes = {name: cls for name, (cls, _) in ui_widgets().items() if cls.startswith("qMRML") and cls != "qMRMLWidget"}
+    unknown = {cls for cls in classes.values() if cls not in SCENE_SLOT | NO_SCENE_SLOT}
+    assert not unknown, f"say whether {unknown} have a setMRMLScene slot"
+    with_slot = {name for name, cls in classes.items() if cls in SCENE_SLOT}
+    assert with_slot and with_slot <= receivers, with_slot - receivers
+    wrong = {name for name in receivers if classes.get(name) in NO_SCENE_SLOT}
+    assert not wrong, f"{wrong}: no setMRMLScene slot (Slicer logs a failed connection)"
     assert root.find("widget").get("class") == "qMRMLWidget"
 
 

@@ -9,11 +9,17 @@
 
 Writes each scan's JSON, heatmap NRRD and overlay PNG into DIR (default ``./meddeeprecog-demo``). Needs no data
 beyond the installed package.
+
+``--slicer-views`` also writes ``<name>_slicer_red.png`` and ``<name>_slicer_3d.png``: what the Slicer panel shows
+after Classify (the red slice view with the heatmap in Inferno over the scan and the hot region outlined; the 3D
+view with the hot region as a closed surface), rendered headless by Slicer's own core (``slicer-core``, optional:
+``pip install slicer-core==5.12.4.0``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 DEMO_SCAN = "brain1_mr.nrrd"
@@ -30,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="where the network runs: auto (a CUDA GPU when torch sees one), cpu or cuda")
     p.add_argument("--progress", choices=["json", "bar", "none"], default="none",
                    help="progress as JSON lines on stdout, a bar on stderr, or none (default)")
+    p.add_argument("--slicer-views", action="store_true",
+                   help="also render the Slicer panel's red slice and 3D views (needs slicer-core)")
     p.set_defaults(func=run)
 
 
@@ -42,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from ..resources import sample_path
     from .classify import _read_lesion
 
+    if args.slicer_views:  # checked before any work
+        from ..slicer_views import SlicerCoreMissing, import_slicer_core
+        try:
+            import_slicer_core()
+        except SlicerCoreMissing as exc:
+            print(f"meddeeprecog demo --slicer-views: {exc}", file=sys.stderr)
+            return 2
     progress = Progress(args.progress)
     device = resolve_device(args.device)
     out = Path(args.out)
@@ -58,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
                            progress=lambda stage, f, **extra: progress(stage, 0.05 + 0.85 * f, case=DEMO_SCAN, **extra))
     result.route = route.to_json()
     outputs = write_outputs(result, out)
+    if args.slicer_views and outputs.get("heatmap"):
+        from ..slicer_views import render_classification
+        views = render_classification(sample_path(DEMO_SCAN), Path(outputs["heatmap"]), out, result.name)
+        outputs = {**outputs, "slicer_views": [str(v) for v in views]}
     results.append({"input": DEMO_SCAN, "label": result.label, "model": f"{package.id}@{package.version}", **outputs})
 
     progress("route", 0.92, case=DEMO_UNCOVERED)
@@ -82,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
               f"{loc['lesion_area_share']:.1%} of those slices)")
     if result.explain.get("faithfulness_caption"):
         print(f"  heatmap {result.explain['faithfulness_caption']}")
-    print(f"  outputs: {out / result.name}{{.json,_heatmap.nrrd,_heatmap.png}}")
+    print(f"  outputs: {out / result.name}{{.json,_heatmap.nrrd,_heatmap.png}}"
+          + ("  Slicer views: _slicer_red.png, _slicer_3d.png" if args.slicer_views else ""))
     print(f"{DEMO_UNCOVERED}: {other.reason}")
     print(f"results in {out.resolve()}")
     return 0
