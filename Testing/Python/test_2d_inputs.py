@@ -11,21 +11,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDeepRecogLib import cli
 from MedDeepRecogLib.io import image_notes, read_image
 from tiny_test_package import make_tiny_package
 
 
 @pytest.fixture
-def run_cli(capsys):
-    def run(*argv):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-    return run
+def run_cli(run_cli_all):
+    return run_cli_all
 
 
 @pytest.fixture(scope="module")
