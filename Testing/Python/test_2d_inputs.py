@@ -215,3 +215,15 @@ def test_volume_results_give_each_slice_its_position_and_the_finding_as_a_range_
     assert all(r["label"] == finding["label"] for r in members) and len(members) == finding["slices"]
     assert finding["from_mm"] == min(r["position_mm"] for r in members)
     assert finding["to_mm"] == max(r["position_mm"] for r in members)
+
+
+def test_preprocess_keeps_a_one_slice_dicom_on_its_own_3d_grid(run_cli, tmp_path):
+    src = write_dicom(tmp_path / "one.dcm", (np.random.default_rng(2).random((48, 64)) * 900).astype(np.uint16))
+    out = tmp_path / "filtered.nrrd"
+    code, _, err = run_cli("preprocess", src, out, "--pipeline", "brain-mri", "--mask", tmp_path / "head.seg.nrrd")
+    assert code == 0, err
+    result, source = sitk.ReadImage(str(out)), read_image(src)
+    assert result.GetSize() == source.GetSize() == (64, 48, 1)
+    assert np.allclose(result.GetSpacing(), source.GetSpacing()) and np.allclose(result.GetOrigin(), source.GetOrigin())
+    mask = sitk.ReadImage(str(tmp_path / "head.seg.nrrd"))
+    assert mask.GetSize()[:2] == (64, 48) and np.allclose(mask.GetOrigin(), source.GetOrigin())
