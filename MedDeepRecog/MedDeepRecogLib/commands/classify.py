@@ -290,7 +290,10 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
     if args.report:
         from ..report import write_case_report
 
+        from ..io import atomic_write_json
+
         outputs["report"] = str(write_case_report(result, outputs, package, out, command=_command_line()))
+        atomic_write_json(Path(outputs["json"]), result.to_json(outputs))  # the JSON lists the report too
     return result, outputs
 
 

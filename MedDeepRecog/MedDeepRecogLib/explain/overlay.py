@@ -126,7 +126,7 @@ def planes_png(scan: Planes, heat: Planes, path: str | Path, *, title: str = "",
     bottom = 0.02 + (0.035 * (warning.count("\n") + 1) if warning else 0)
     right = 0.84 if len(shown) == 1 else 0.91
     fig.subplots_adjust(left=0.01, right=right, bottom=bottom, top=top, wspace=0.04)
-    cax = fig.add_axes([right + 0.02, bottom + 0.1, 0.014 if len(shown) > 1 else 0.03, top - bottom - 0.2])
+    cax = fig.add_axes([right + 0.02, bottom + 0.1, 0.014 if len(shown) > 1 else 0.03, top - bottom - 0.2], label="colorbar")
     bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=cax, ticks=[0, floor, 0.5, 1.0])
     bar.ax.set_yticklabels(["0", f"{floor:g}", "0.5", "1 peak"], fontsize=7)
     bar.set_label(f"{colorbar_label}; clear below {floor:g}", fontsize=7)
