@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..progress import PROGRESS_HELP
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("calibrate", help="fit temperature scaling + low-confidence threshold on validation "
@@ -21,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", help="version of the new package (default: next free patch version)")
     p.add_argument("--bins", type=int, default=10, help="confidence bins of the ECE (default 10)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 

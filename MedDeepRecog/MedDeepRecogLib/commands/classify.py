@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputImageError
+from ..progress import DEVICE_HELP, PROGRESS_HELP
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
 
@@ -35,8 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--explain", choices=["gradcam", "gradcampp", "attention", "none"], default="gradcam",
                    help="heatmap method (default gradcam; attention for models with attention)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where the network runs: auto (a CUDA GPU when torch sees one), cpu or cuda")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
     p.add_argument("--uncertainty", choices=["auto", "none", "mc-dropout", "tta"], default="auto",
                    help="uncertainty block: calibrated probabilities, predictive entropy and the low-confidence flag, "
                         f"plus MC-dropout ({MC_PASSES} passes) or test-time-augmentation ({TTA_SAMPLES} samples: "
@@ -61,8 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slice-mm", type=float, metavar="S",
                    help="2D (slice) models: classify only the axial slice nearest this superior coordinate (mm; "
                         "Slicer's red slice offset) and put its heatmap on that slice")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar",
-                   help="progress as JSON lines on stdout (docs/worker-protocol.md), a bar on stderr, or none")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 

@@ -26,6 +26,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..progress import PROGRESS_HELP
+
 DEFAULT_EPS_FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1)
 
 
@@ -39,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--train-config", help="train a config with an 'adversarial' block into a new package")
     p.add_argument("--split", default="val", help="split of --data (default val)")
     p.add_argument("--out", help="output folder")
-    p.add_argument("--attack", choices=["fgsm", "pgd"], default="pgd")
+    p.add_argument("--attack", choices=["fgsm", "pgd"], default="pgd",
+                   help="fgsm: one signed-gradient step of size eps; pgd: --steps projected gradient steps inside "
+                        "the eps ball (stronger; default)")
     p.add_argument("--eps", nargs="+", help="attack budget(s) in model input units (space or comma separated)")
     p.add_argument("--steps", type=int, default=10, help="PGD iterations (default 10)")
     p.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"),
@@ -48,11 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", type=int, default=5, help="bisection steps refining the smallest flipping eps")
     p.add_argument("--write-perturbation", action="store_true", help="write the perturbation volume (scan mode)")
     p.add_argument("--max-cases", type=int, help="use at most N cases of --data")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="--data cases attacked per batch (default 32)")
     p.add_argument("--package-dest", help="--train-config: catalog folder for the new package")
     p.add_argument("--epochs", type=int, help="--train-config: override training/epochs")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..progress import DEVICE_HELP, PROGRESS_HELP
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("segment", help="segment a scan with a segmentation package (writes .seg.nrrd)")
     p.add_argument("input", help="NIfTI/NRRD/MHA file or DICOM series folder")
     p.add_argument("--model", required=True, help="segmentation package: ID, ID@VERSION, folder or .zip")
     p.add_argument("--out", required=True, help="output .seg.nrrd")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="none")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="none", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
