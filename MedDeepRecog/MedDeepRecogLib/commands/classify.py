@@ -39,9 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
     p.add_argument("--uncertainty", choices=["auto", "none", "mc-dropout", "tta"], default="auto",
                    help="uncertainty block: calibrated probabilities, predictive entropy and the low-confidence flag, "
-                        f"plus MC-dropout ({MC_PASSES} passes) or test-time-augmentation ({TTA_SAMPLES} samples: "
-                        "the scan itself and flipped copies) spread; auto = MC dropout (8 passes) for volume models "
-                        "with dropout, else calibration only")
+                        f"plus MC-dropout ({MC_PASSES} passes) or test-time-augmentation spread (the scan and its "
+                        f"flipped copies: {TTA_SAMPLES_2D} samples for slice models, {TTA_SAMPLES_3D} for volume "
+                        "models); auto = MC dropout (8 passes) for volume models with dropout, else calibration "
+                        "only")
     p.add_argument("--no-faithfulness", action="store_true",
                    help="skip the heatmap's deletion/insertion faithfulness score")
     p.add_argument("--lesion", metavar="SEG",
@@ -65,9 +66,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-#: ``--uncertainty`` sample counts, as the JSON's ``samples`` reports them.
+#: ``--uncertainty`` sample counts, as the JSON's ``samples`` reports them (``uncertainty.sampling.default_tta``:
+#: the identity and flips over the in-plane axes, plus the slice axis for volumes).
 MC_PASSES = 20
-TTA_SAMPLES = 8
+TTA_SAMPLES_2D = 4
+TTA_SAMPLES_3D = 8
 
 
 def mask_reason(path: Path) -> str | None:
@@ -122,7 +125,8 @@ def check_options(args: argparse.Namespace, package) -> None:
     Raises:
         ConfigError: ``--explain attention`` for a model without attention (slice models, ``--model auto``, whose
             disease models classify slices), ``--slice-mm`` for a volume model, ``--register`` without
-            ``--second-input``.
+            ``--second-input``. (``--uncertainty mc-dropout`` for a model without dropout is refused in ``run``,
+            once the network is built.)
     """
     from ..errors import ConfigError
 
@@ -191,6 +195,13 @@ def run(args: argparse.Namespace) -> int:
         check_classifier(package)
     check_options(args, package)
     device = resolve_device(args.device)
+    if args.uncertainty == "mc-dropout" and package is not None:
+        from ..inference.classify import _model_for
+        from ..uncertainty import dropout_layers
+
+        if not dropout_layers(_model_for(package, device)):
+            raise ConfigError(f"model {package.id}@{package.version} has no dropout layer, so Monte-Carlo dropout "
+                              "is not available; use --uncertainty tta")
     for option in ("lesion", "second_input"):
         if getattr(args, option) and len(scans) != 1:
             raise ConfigError(f"--{option.replace('_', '-')} goes with exactly one INPUT scan, got {len(scans)}")
