@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="model package id (e.g. brain-tumour-mri), id@version, folder or .zip; 'auto' picks the "
                         "disease model that applies to each scan (modality + body region, or the models' own "
                         "out-of-domain checks for pictures) and records why in the JSON")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder; with --segments and a DICOM series INPUT, x.dcm writes the labelled "
+                        "segments as a DICOM Segmentation referencing the series (the JSON goes beside it)")
     p.add_argument("--explain", choices=["gradcam", "gradcampp", "attention", "none"], default="gradcam",
                    help="heatmap method (default gradcam; attention for models with attention)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
@@ -404,13 +406,21 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
     segmentation = Path(args.segments)
     if not segmentation.exists():
         raise InputImageError("no such file (--segments)", segmentation)
+    dicom_out = str(args.out).lower().endswith(".dcm")
+    out_dir = Path(args.out).parent if dicom_out else Path(args.out)
+    if dicom_out:
+        from ..io.dicom_seg import check_dicom_seg_source
+
+        check_dicom_seg_source(scans[0])  # before any work
     progress("classify segments", 0.05)
     rows = classify_segments(scans[0], segmentation, package, device=resolve_device(args.device))
     name = _unique_names(scans)[0]
     record = {"input": str(scans[0]), "segmentation": str(segmentation),
               "model": {"id": package.id, "version": package.version}, "class_names": list(package.class_names),
               "segments": rows}
-    path = atomic_write_json(Path(args.out) / f"{name}_segments.json", record)
+    if dicom_out:
+        record["dicom_seg"] = str(_write_segments_dicom(scans[0], segmentation, rows, package, Path(args.out)))
+    path = atomic_write_json(out_dir / f"{name}_segments.json", record)
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": [{"input": str(scans[0]), "segments_json": str(path)}]})
     else:
@@ -418,4 +428,29 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
             probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
             print(f"{r['segment']}: {r['label']}  ({probs})")
         print(f"-> {path}" if rows else f"no non-empty segment in {segmentation}; wrote {path}")
+        if record.get("dicom_seg"):
+            print(f"-> {record['dicom_seg']} (DICOM Segmentation referencing {scans[0]})")
     return 0
+
+
+def _write_segments_dicom(scan: Path, segmentation: Path, rows: list[dict], package, out: Path) -> Path:
+    """The classified segments as a DICOM Segmentation referencing the scan's series; each segment's label reads
+    ``<segment>: <class> <probability>``."""
+    import numpy as np
+
+    from ..finetune.manifest import Case, parse_class_map
+    from ..finetune.segment_data import load_case
+    from ..io.dicom_seg import write_dicom_seg
+
+    item = load_case(Case("input", Path(scan), Path(segmentation)), parse_class_map(None))
+    by_name = {r["segment"]: r for r in rows}
+    pairs = []
+    for k, seg in enumerate(item.segments, start=1):
+        r = by_name.get(seg.name)
+        if r is not None:
+            pairs.append((k, f"{seg.name}: {r['label']} {r['probabilities'][r['label']]:.2f}"))
+    keep = np.isin(item.segment_map, [k for k, _ in pairs])
+    labels = np.where(keep, item.segment_map, 0)
+    return write_dicom_seg(labels, item.image, scan, pairs, out,
+                           series_description=f"{package.id} {package.version} segment labels",
+                           algorithm=package.id, algorithm_version=package.version)
