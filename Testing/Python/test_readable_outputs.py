@@ -220,3 +220,21 @@ def test_html_report_is_self_contained_and_screenshots(run_cli_all, tiny, tmp_pa
     shown = sitk.GetArrayFromImage(sitk.ReadImage(str(shot)))
     assert shown.shape[:2] == (1600, 1200)
     assert shown.std() > 10  # a rendered page, not a blank one
+
+
+def test_demo_writes_the_report_by_default(run_cli_all, tmp_path, monkeypatch):
+    """``demo`` writes ``<name>_report.html`` unless ``--no-report`` (routed to ``body-region`` here: the disease
+    models are bundled later)."""
+    import MedDeepRecogLib.inference.route as route
+
+    monkeypatch.setattr(route, "route_image", lambda image, device="cpu": route.Route("body-region", "test stand-in"))
+    code, out, err = run_cli_all("demo", "--out", tmp_path / "a")
+    assert code == 0, err
+    record = json.loads((tmp_path / "a" / "brain1_mr.json").read_text(encoding="utf-8"))
+    assert record["outputs"]["report"] == str(tmp_path / "a" / "brain1_mr_report.html")
+    assert f"brain1_mr.nrrd: {record['label']}, confidence {record['confidence']:.2f}" in out
+    html = (tmp_path / "a" / "brain1_mr_report.html").read_text(encoding="utf-8")
+    assert "meddeeprecog demo --out" in html and "body-region" in html
+    code, _, err = run_cli_all("demo", "--out", tmp_path / "b", "--no-report")
+    assert code == 0, err
+    assert not list((tmp_path / "b").glob("*_report.html"))
