@@ -46,7 +46,6 @@ def _label_map(path: Path, size=(40, 36, 12)) -> Path:
 def test_png_draws_inferno_colorbar_letters_and_mm(monkeypatch, tmp_path):
     """The overlay uses the Slicer panel's Inferno, a colour bar with 0..1, orientation letters on every panel,
     the slice offset in mm in each panel title, the label with its confidence, and the warning line."""
-    import matplotlib.figure
 
     drawn = {}
     original = overlay.atomic_save_figure
