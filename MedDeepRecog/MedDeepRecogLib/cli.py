@@ -39,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The arguments of the running command (reports quote the exact command that made them).
+LAST_ARGV: list[str] = []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global LAST_ARGV
+    LAST_ARGV = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -156,7 +156,7 @@ def test_a_folder_of_pictures_is_a_batch(run_cli, tmp_path, tiny_2d):
     code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == [
-        "case0.json", "case1.json", "case2.json", "case9.json"]
+        "case0.json", "case1.json", "case2.json", "case9.json", "summary.json"]
 
 
 def test_a_picture_too_small_for_the_model_is_refused_with_its_size(run_cli, tmp_path, tiny_2d):
