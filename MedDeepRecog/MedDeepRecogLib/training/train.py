@@ -409,6 +409,7 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
         meta["metrics"]["selected_by"] = "nothing: the final epoch is kept (val split unseen)"
     elif getattr(history, "folds", None) is not None:
         meta["metrics"]["selected_by"] = f"{history.monitor} on each member's own train fold (val split unseen)"
+    if getattr(history, "folds", None) is not None:
         meta["metrics"]["cross_validation"] = history.cross_validation
     extra_files = {}
     if cfg.domain is not None:
