@@ -108,10 +108,12 @@ def _read_lesion(path: str):
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..inference.classify import check_classifier, classify_fusion, classify_scan, resolve_device, write_outputs
+    from ..io import check_output_dir
     from ..packages import load_package
     from ..progress import Progress
 
     progress = Progress(args.progress)
+    check_output_dir(args.out, "--out")
     scans = expand_inputs(args.inputs)
     auto = args.model == "auto"
     if auto and (args.segments or args.second_input):
