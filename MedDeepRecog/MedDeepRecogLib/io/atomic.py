@@ -144,7 +144,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
-        clean = isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, (NotImplementedError, RecursionError))
+        clean = isinstance(exc, OSError)  # writer-specific errors (SimpleITK's RuntimeError) are mapped by the writer
         error = output_error(exc, path) if clean else None  # before the temporary goes: a full disk is still full
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -610,8 +610,13 @@ def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -
     if _suffix(path) not in WRITABLE_SUFFIXES:
         raise InputImageError(f"unsupported output format {_suffix(path) or '(none)'}; use one of "
                               f"{', '.join(WRITABLE_SUFFIXES)}", path)
+    from .atomic import output_error
+
     with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:  # ITK reports a full disk or a failed write as a RuntimeError
+            raise output_error(exc, path) from None
     return path
 
 
