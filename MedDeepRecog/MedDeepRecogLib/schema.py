@@ -100,7 +100,7 @@ def _nested(hint: Any) -> type | None:
     return None
 
 
-def check_keys(raw: Any, cls: type, where: str, source: Any, skip: tuple[str, ...] = ()) -> None:
+def check_keys(raw: Any, cls: type, where: str, source: Any, skip: tuple[str, ...] = (), noun: str = "key") -> None:
     """Refuse keys ``cls`` does not have, at every nested dataclass level, naming the key and those allowed."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where or 'config'} must be a mapping of settings, got {type(raw).__name__} {raw!r}",
@@ -108,7 +108,7 @@ def check_keys(raw: Any, cls: type, where: str, source: Any, skip: tuple[str, ..
     fields = {k: v for k, v in _dataclass_fields(cls).items() if k not in skip}
     unknown = sorted(str(k) for k in set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key {'/'.join(filter(None, [where, unknown[0]]))!r}"
+        raise ConfigError(f"unknown {noun} {'/'.join(filter(None, [where, unknown[0]]))!r}"
                           f"{' (and ' + ', '.join(unknown[1:]) + ')' if unknown[1:] else ''}; "
                           f"allowed in {where or 'the top level'}: {', '.join(sorted(fields))}", source)
     for key, hint in fields.items():
@@ -123,13 +123,13 @@ def _describe(value: Any) -> str:
 
 
 def read_config(cls: type, raw: Mapping[str, Any], source: Any = None, *, where: str = "",
-                skip: tuple[str, ...] = ()) -> Any:
+                skip: tuple[str, ...] = (), noun: str = "key") -> Any:
     """Validate ``raw`` against dataclass ``cls`` (keys, types, ranges, lists) and return the instance.
 
     Sections given as ``null`` (an empty YAML block) take their defaults. The first problem is raised as a
     :class:`ConfigError` naming the key path and ``source``.
     """
-    check_keys(raw, cls, where, source, skip)
+    check_keys(raw, cls, where, source, skip, noun)
     fields = _dataclass_fields(cls)
     clean = {k: v for k, v in raw.items() if not (v is None and _nested(fields.get(k)) is not None)}
     try:

@@ -103,7 +103,7 @@ class FinetuneConfig:
         """Build from a plain dict (a config file's content); unknown keys are an error naming them."""
         from ..schema import read_config
 
-        cfg = read_config(cls, raw, source)
+        cfg = read_config(cls, raw, source, noun="fine-tuning setting")
         if cfg.arch_kwargs:
             if cfg.arch:
                 from ..models.registry import check_kwargs

@@ -214,11 +214,6 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         how = f"validation = last {d.val_fraction:.0%} of each class (CSV order)"
         fingerprint = hashlib.sha256(np.ascontiguousarray(x).tobytes() + y.tobytes()).hexdigest()
 
-    used = np.unique(np.concatenate([y_tr, y_va]))
-    if d.class_names is not None and len(used) and len(d.class_names) != int(used.max()) + 1 \
-            and int(used.max()) < len(d.class_names):
-        raise ConfigError(f"data/class_names lists {len(d.class_names)} classes {list(d.class_names)} but the labels "
-                          f"use {int(used.max()) + 1} (0..{int(used.max())}); name one class per label", cfg.source)
     present = np.unique(y_tr)
     if len(present) < 2:
         raise ConfigError(f"the training data hold only one class ({names[int(present[0])] if len(present) else '-'}"
@@ -228,6 +223,11 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                           f"{len(names)} names", path)
     if len(y_va) == 0:
         raise ConfigError("the validation set is empty", path)
+    used = np.unique(np.concatenate([y_tr, y_va]))
+    if d.class_names is not None and len(used) and len(d.class_names) != int(used.max()) + 1 \
+            and int(used.max()) < len(d.class_names):
+        raise ConfigError(f"data/class_names lists {len(d.class_names)} classes {list(d.class_names)} but the labels "
+                          f"use {int(used.max()) + 1} (0..{int(used.max())}); name one class per label", cfg.source)
     if d.max_train:
         x_tr, y_tr = x_tr[: d.max_train], y_tr[: d.max_train]
         groups = groups[: d.max_train] if groups is not None else None
