@@ -89,9 +89,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             parse_size(args.max_image_size)
         except ValueError as exc:
             return _error(args, f"--max-image-size: {exc}")
-        os.environ[MAX_IMAGE_ENV] = args.max_image_size  # read by io.read_image (and by child processes)
-    if getattr(args, "allow_slice_gaps", None):
-        os.environ[ALLOW_GAPS_ENV] = "1"  # read by io.read_image
+    # the options reach the readers (and child processes) through the environment, for this command only
+    overrides = {MAX_IMAGE_ENV: getattr(args, "max_image_size", None),
+                 ALLOW_GAPS_ENV: "1" if getattr(args, "allow_slice_gaps", None) else None}
+    saved = {k: os.environ.get(k) for k, v in overrides.items() if v}
+    os.environ.update({k: v for k, v in overrides.items() if v})
+    try:
+        return _run(args)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -115,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-        return _error(args, f"unexpected {type(exc).__name__}: {first[:300]} (run with -v for the traceback)")
+        return _error(args, f"unexpected {type(exc).__name__}: {first[:300]} (run `meddeeprecog -v ...` for the traceback)")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ def output_error(exc: BaseException, path: Path) -> OutputError:
     return OutputError(f"cannot write ({(lines[-1] if lines else type(exc).__name__)[:200]})", path)
 
 
+def _disk_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
 def check_output_dir(folder: str | Path, what: str = "output folder") -> Path:
     """Refuse an output folder that is a regular file, lies under a regular file, or cannot be written.
 
@@ -144,8 +152,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
-        clean = isinstance(exc, OSError)  # writer-specific errors (SimpleITK's RuntimeError) are mapped by the writer
-        error = output_error(exc, path) if clean else None  # before the temporary goes: a full disk is still full
+        # OSErrors by errno; a writer's own error (SimpleITK raises RuntimeError) when the disk is full. Judged
+        # before the temporary goes: a full disk is still full then
+        error = output_error(exc, path) if isinstance(exc, OSError) or (isinstance(exc, RuntimeError)
+                                                                         and _disk_full(path.parent)) else None
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         _remove_empty(created)
