@@ -416,6 +416,21 @@ def test_classify_refuses_a_header_bomb(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option", ["--lesion", "--segments"])
+def test_segmentation_header_bomb_is_refused(tmp_path, option):
+    bomb = _nrrd(tmp_path / "bomb.seg.nrrd", "NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 1500 1500 1000\n"
+                 "encoding: raw\n")
+    scan = tmp_path / "scan.nrrd"
+    sitk.WriteImage(make_volume(), str(scan))
+    from MedDeepRecogLib.io import read_segmentation
+    with pytest.raises(MedDeepRecogLib.errors.InputImageError, match="bomb.seg.nrrd.*truncated"):
+        read_segmentation(bomb)
+    code, _, err, rss, _ = run_measured("classify", scan, "--model", "body-region", option, bomb, "--out",
+                                        tmp_path / "res", "--progress", "none")
+    clean_error(code, err)
+    assert rss < RSS_LIMIT_KB
+
+
 def _tiny_package(tmp_path, **arch_over) -> Path:
     from tiny_test_package import make_tiny_package
     folder = make_tiny_package(tmp_path / "src", kind="volume3d")
