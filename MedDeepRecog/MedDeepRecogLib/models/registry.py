@@ -146,11 +146,17 @@ def check_kwargs(name: str, kwargs: Any) -> None:
         _check_value(name, key, value, default)
 
 
+#: Inputs this many times smaller than the activation limit skip the meta forward pass (its first call costs seconds
+#: of PyTorch set-up): the networks here keep at most a few hundred input-sized feature maps per sample.
+_SMALL_INPUT_FACTOR = 1024
+
+
 def check_budget(model: nn.Module, name: str, input_shape: Sequence[int] | None = None) -> dict[str, int]:
     """Parameters of ``model`` (built on the ``meta`` device: no memory) and, for ``input_shape`` (without the
     batch), the bytes of every layer's output in one forward pass at batch 1, against the limits in
-    :mod:`..limits`. Returns ``{"params", "activation_bytes"}``. A forward that the meta device cannot run is
-    skipped (its activations are not counted)."""
+    :mod:`..limits`. Returns ``{"params", "activation_bytes"}`` (0 when not measured). A forward that the meta
+    device cannot run is skipped, and so is the forward for an input over :data:`_SMALL_INPUT_FACTOR` times smaller
+    than the limit."""
     import torch
 
     from ..limits import human_bytes, max_activation_bytes, max_params
@@ -169,6 +175,8 @@ def check_budget(model: nn.Module, name: str, input_shape: Sequence[int] | None 
         if in_bytes > limit:
             raise ConfigError(f"architecture {name!r}: input {shape} alone is {human_bytes(in_bytes)}, more than the "
                               f"activation limit of {human_bytes(limit)} (MEDDEEPRECOG_MAX_ACTIVATION_BYTES)")
+        if in_bytes * _SMALL_INPUT_FACTOR <= limit:
+            return {"params": int(n_params), "activation_bytes": 0}  # small input: the meta forward is skipped
         total = [in_bytes]
 
         def hook(_module, _inp, out):
