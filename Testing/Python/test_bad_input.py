@@ -431,6 +431,34 @@ def test_segmentation_header_bomb_is_refused(tmp_path, option):
     assert rss < RSS_LIMIT_KB
 
 
+def _png(path: Path, width: int, height: int, full: bool) -> Path:
+    """An RGB PNG of zeros: with ``full`` every row is in the (tiny) compressed stream, else only the header."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    if full:
+        row = bytes(1 + 3 * width)
+        body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    else:
+        body = comp.compress(b"") + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("case", ["header_15000_square", "complete_12000_square_zeros", "side_60000"])
+def test_picture_bombs_are_refused_before_decoding(tmp_path, case):
+    width, height, full = {"header_15000_square": (15000, 15000, False),
+                           "complete_12000_square_zeros": (12000, 12000, True),
+                           "side_60000": (60000, 10, False)}[case]
+    path = _png(tmp_path / "bomb.png", width, height, full)
+    assert path.stat().st_size < 1_000_000
+    code, _, err, rss, _ = run_measured("info", path)
+    clean_error(code, err, "bomb.png", "pixels")
+    assert rss < RSS_LIMIT_KB
+
+
 def _tiny_package(tmp_path, **arch_over) -> Path:
     from tiny_test_package import make_tiny_package
     folder = make_tiny_package(tmp_path / "src", kind="volume3d")

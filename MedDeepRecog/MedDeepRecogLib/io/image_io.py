@@ -39,8 +39,10 @@ NOTES_KEY = "MedDeepRecog|notes"      # what the reader changed, e.g. colour mad
 FRAMES_KEY = "MedDeepRecog|frames"    # a single file holding several frames (multi-frame DICOM): their number
 PICTURE_KEY = "MedDeepRecog|picture"  # "png" / "jpeg": a picture file, no physical spacing of its own
 
-#: Pictures larger than this per side are refused before their pixels are decoded.
+#: Pictures larger than this per side, or with more pixels than this in all, are refused before their pixels are
+#: decoded (a PNG of zeros compresses about 1000:1, so a small file can declare gigabytes).
 MAX_PICTURE_SIDE = 16384
+MAX_PICTURE_PIXELS = 64 << 20
 
 
 def _suffix(path: Path) -> str:
@@ -458,6 +460,9 @@ def read_image(path: str | Path, *, pixel_type: int | None = None,
             if picture and max(reader.GetSize()) > MAX_PICTURE_SIDE:
                 raise InputImageError(f"picture of {' x '.join(map(str, reader.GetSize()))} pixels is larger than "
                                       f"{MAX_PICTURE_SIDE} per side", path)
+            if picture and int(np.prod([int(v) for v in reader.GetSize()])) > MAX_PICTURE_PIXELS:
+                raise InputImageError(f"picture of {' x '.join(map(str, reader.GetSize()))} pixels has more than "
+                                      f"{MAX_PICTURE_PIXELS:,} pixels", path)
             frames = _dicom_frames(reader)
             image = reader.Execute()
         except RuntimeError as exc:
@@ -504,9 +509,13 @@ def _as_picture(image: sitk.Image, path: Path, spacing) -> sitk.Image:
 def _to_grey(image: sitk.Image) -> sitk.Image:
     """RGB(A) pixels → one float32 grey channel, ``0.299 R + 0.587 G + 0.114 B`` (alpha dropped)."""
     comps = image.GetNumberOfComponentsPerPixel()
-    arr = sitk.GetArrayViewFromImage(image).astype(np.float32)
-    grey = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+    arr = sitk.GetArrayViewFromImage(image)  # no float copy of all channels: one grey plane is accumulated
+    grey = arr[..., 0].astype(np.float32)
+    grey *= 0.299
+    grey += np.float32(0.587) * arr[..., 1]
+    grey += np.float32(0.114) * arr[..., 2]
     out = sitk.GetImageFromArray(grey)
+    del grey, arr
     out.CopyInformation(image)
     for key in image.GetMetaDataKeys():
         out.SetMetaData(key, image.GetMetaData(key))
