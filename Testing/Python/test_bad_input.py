@@ -431,6 +431,28 @@ def test_segmentation_header_bomb_is_refused(tmp_path, option):
     assert rss < RSS_LIMIT_KB
 
 
+DETACHED = {
+    "mhd_dev_zero": ("dz.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 500\nElementType = MET_UCHAR\n"
+                     "ElementDataFile = /dev/zero", "not a regular file"),
+    "nhdr_dev_zero": ("dz.nhdr", "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 1000 1000 500\nencoding: raw\n"
+                      "data file: /dev/zero\n", "not a regular file"),
+    "mhd_short_data": ("short.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 500\nElementType = MET_UCHAR"
+                       "\nElementDataFile = short.raw", "truncated"),
+    "nhdr_missing_data": ("gone.nhdr", "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n"
+                          "data file: gone.raw\n", "gone.raw"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DETACHED))
+def test_detached_data_files_are_checked_before_reading(tmp_path, case):
+    name, header, needle = DETACHED[case]
+    (tmp_path / "short.raw").write_bytes(bytes(1000))
+    path = _nrrd(tmp_path / name, header)
+    code, _, err, rss, _ = run_measured("info", path)
+    clean_error(code, err, name, needle)
+    assert rss < RSS_LIMIT_KB
+
+
 def _png(path: Path, width: int, height: int, full: bool) -> Path:
     """An RGB PNG of zeros: with ``full`` every row is in the (tiny) compressed stream, else only the header."""
     def chunk(kind, data):

@@ -358,12 +358,14 @@ def _check_stream_complete(path: Path, declared: int) -> None:
                 continue
             key, value = ln.split(":", 1)
             fields[key.strip().lower()] = value.lstrip("=").strip()
-        if "data file" in fields or "datafile" in fields or fields.get("byte skip", "0") not in ("0", ""):
-            return  # detached data or skipped bytes: ITK checks those itself
-        if fields.get("line skip", "0") not in ("0", ""):
-            return
         encoding = fields.get("encoding", "raw").lower()
         compressed = encoding in ("gzip", "gz")
+        detached = fields.get("data file", fields.get("datafile"))
+        if detached is not None:
+            _check_detached(path, detached, declared, compressed or encoding != "raw")
+            return
+        if fields.get("byte skip", "0") not in ("0", "") or fields.get("line skip", "0") not in ("0", ""):
+            return  # skipped bytes: ITK checks those itself
         if not compressed and encoding != "raw":
             return  # text, hex, bzip2: ITK reads those
     else:
@@ -372,9 +374,12 @@ def _check_stream_complete(path: Path, declared: int) -> None:
             if "=" in ln:
                 key, value = ln.split("=", 1)
                 fields[key.strip().lower()] = value.strip()
-        if fields.get("elementdatafile", "").upper() != "LOCAL":
-            return
         compressed = fields.get("compresseddata", "false").lower() == "true"
+        data_file = fields.get("elementdatafile", "")
+        if data_file.upper() != "LOCAL":
+            if data_file and data_file.split()[0].upper() not in ("LIST",) and "%" not in data_file:
+                _check_detached(path, data_file, declared, compressed)
+            return
     size = path.stat().st_size
     if not compressed:
         available = size - data_start
@@ -401,6 +406,23 @@ def _check_stream_complete(path: Path, declared: int) -> None:
     if available < declared:
         raise InputImageError(f"truncated file: {max(available, 0)} of {declared} voxel bytes the header declares "
                               "are present", path)
+
+
+def _check_detached(header: Path, name: str, declared: int, compressed: bool) -> None:
+    """A detached header's data file (NRRD ``data file``, MetaImage ``ElementDataFile``) must be a regular file and,
+    when raw, hold the declared bytes (a device such as ``/dev/zero`` would feed the allocator without end)."""
+    if name.split()[0].upper() == "LIST" or "%" in name:
+        return  # a list of slice files: ITK checks each
+    data = Path(name)
+    if not data.is_absolute():
+        data = header.parent / data
+    if not data.exists():
+        raise InputImageError(f"the header's data file {name!r} does not exist", header)
+    if not data.is_file():
+        raise InputImageError(f"the header's data file {name!r} is not a regular file", header)
+    if not compressed and data.stat().st_size < declared:
+        raise InputImageError(f"truncated data file {name!r}: {data.stat().st_size} of {declared} voxel bytes the "
+                              "header declares are present", header)
 
 
 def _check_direction(direction, path, dimension: int) -> None:
@@ -450,7 +472,7 @@ def read_image(path: str | Path, *, pixel_type: int | None = None,
             reader.ReadImageInformation()
             declared = _declared_bytes_per_voxel(reader)
             check_declared_image(reader.GetSize(), declared, path, "header")
-            if _suffix(path) in (".nrrd", ".seg.nrrd", ".mha"):
+            if _suffix(path) in (".nrrd", ".seg.nrrd", ".mha", ".nhdr", ".mhd"):
                 n = declared
                 for d in reader.GetSize():
                     n *= int(d)
