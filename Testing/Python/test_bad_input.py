@@ -796,6 +796,28 @@ def test_broken_training_data_is_named(run_all, tmp_path, case):
     assert not (tmp_path / "cat").exists()
 
 
+def test_nan_image_in_an_image_folder_is_named(run_all, tmp_path):
+    import yaml
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["file,label"]
+    for i in range(12):
+        arr = rng.normal(size=(8, 8)).astype(np.float32)
+        if i == 5:
+            arr[3, 3] = np.nan
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(folder / f"im{i}.nrrd"))
+        rows.append(f"im{i}.nrrd,{'ab'[i % 2]}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = _train_cfg(folder)
+    cfg["data"]["format"] = "folder"
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    code, _, err = run_all("train", cfg_path, "--out", tmp_path / "run", "--package-dest", tmp_path / "cat",
+                           "--progress", "none")
+    clean_error(code, err, "im5.nrrd", "NaN")
+
+
 BROKEN_FINETUNE = {
     "epochs_three": ("epochs: three\n", "epochs"),
     "lr_fast": ("lr: fast\n", "lr"),

@@ -103,6 +103,9 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
     """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``."""
     import SimpleITK as sitk
 
+    from ..io.image_io import _declared_bytes_per_voxel, _first_line
+    from ..limits import check_declared_image
+
     csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
     if not csv_path.is_absolute() and not csv_path.exists():
         csv_path = folder / csv_path
@@ -122,7 +125,17 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
         p = folder / row[fcol]
         if not p.is_file():
             raise ConfigError(f"image listed in {csv_path.name} not found", p)
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+            check_declared_image(reader.GetSize(), _declared_bytes_per_voxel(reader), p)
+            arr = sitk.GetArrayFromImage(reader.Execute())
+        except RuntimeError as exc:
+            raise ConfigError(f"image listed in {csv_path.name} cannot be read ({_first_line(exc)})", p) from None
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise ConfigError(f"image listed in {csv_path.name} has {int((~np.isfinite(arr)).sum())} NaN or infinite "
+                              "value(s); repair or remove it", p)
         arrays.append(arr)
         labels.append(str(row[lcol]).strip())
     shapes = {a.shape for a in arrays}
