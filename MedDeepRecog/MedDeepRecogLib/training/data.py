@@ -308,6 +308,7 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
             x, y = (x[va], y[va]) if split == "val" else (x[tr], y[tr])
     else:
         raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
+    check_images_labels(x, y, f"split {split!r}", path)
     if slices is not None:
         x = standardise_images(np.asarray(x), slices, size, path)
     else:
