@@ -27,6 +27,13 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
+def _whole_number(value: Any) -> Any:
+    # true/false and quoted text are not whole numbers ("3" is refused: quotes in YAML mean text)
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"expected a whole number, not {'true/false' if isinstance(value, bool) else 'text'}")
+    return value
+
+
 def _no_text_list(value: Any) -> Any:
     # a plain word where a list is wanted ("class_names: normal") must not become a list of its letters
     if isinstance(value, (str, bytes, Mapping)):
@@ -34,12 +41,12 @@ def _no_text_list(value: Any) -> Any:
     return value
 
 
-#: Whole number (not true/false; ``"3"`` and ``3.0`` are accepted as 3).
-Int = Annotated[int, BeforeValidator(_no_bool)]
-#: Number (not true/false).
+#: Whole number (not true/false, not text; ``3.0`` is accepted as 3).
+Int = Annotated[int, BeforeValidator(_whole_number)]
+#: Number (not true/false; text that reads as a number is accepted: PyYAML reads ``1e-3`` as text).
 Float = Annotated[float, BeforeValidator(_no_bool)]
-PosInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
-NonNegInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]
+PosInt = Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]
+NonNegInt = Annotated[int, BeforeValidator(_whole_number), Field(ge=0)]
 PosFloat = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
 #: In [0, 1).
@@ -47,7 +54,7 @@ Fraction = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, lt=1)]
 #: In (0, 1).
 OpenFraction = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, lt=1)]
 #: A side of an image or network input in voxels.
-SideInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=4096)]
+SideInt = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=4096)]
 #: A size in mm.
 Millimetres = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1000, allow_inf_nan=False)]
 

@@ -30,7 +30,7 @@ from pydantic import BeforeValidator, Field
 
 from ..errors import ConfigError, MedDeepRecogError
 from ..schema import (List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, SideInt,  # noqa: F401
-                      Fraction, _no_bool, load_mapping)
+                      Fraction, _no_bool, _whole_number, load_mapping)
 from ..progress import null_progress
 from .manifest import ClassMap, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .segment_data import CaseData, dataset_report, load_case, resolve_classes
@@ -73,8 +73,8 @@ class FinetuneConfig:
     val_cases: List(str) | None = None
     val_fraction: OpenFraction = 0.25
     val_slab: List(NonNegInt, 2, 2) | None = None
-    epochs: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=100_000)] = 20
-    batch_size: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=65_536)] = 8
+    epochs: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=100_000)] = 20
+    batch_size: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=65_536)] = 8
     lr: PosFloat = 1e-3
     weight_decay: NonNegFloat = 1e-4
     freeze_encoder: bool = False
@@ -85,7 +85,7 @@ class FinetuneConfig:
     resume: bool = True
     spacing_mm: List(Millimetres, 3, 3) | None = None
     patch_size: List(SideInt, 3, 3) | None = None
-    patches_per_epoch: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=1_000_000)] = 32
+    patches_per_epoch: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=1_000_000)] = 32
     normalize: dict[str, Any] | None = None
     strong_augmentation: bool = True
     min_component_fraction: Fraction = 0.1
@@ -93,9 +93,9 @@ class FinetuneConfig:
     margin_mm: Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1000)] = 10.0
     roi_size_mm: Millimetres | None = None
     mask_channel: bool = False
-    samples_per_segment: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=10_000)] = 4
+    samples_per_segment: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=10_000)] = 4
     jitter_mm: Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1000)] = 5.0
-    negatives: Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=10_000)] = 0
+    negatives: Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=10_000)] = 0
     command: str | None = None
 
     @classmethod

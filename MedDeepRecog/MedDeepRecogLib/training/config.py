@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import BeforeValidator, Field
 
 from ..errors import ConfigError
-from ..schema import _no_bool  # noqa: F401  (used in the annotations)
+from ..schema import _whole_number  # noqa: F401  (used in the annotations)
 from ..schema import (Float, Fraction, Int, List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt,
                       SideInt, load_mapping, read_config)
 
@@ -93,8 +93,8 @@ class ScheduleConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=100_000)] = 10
-    batch_size: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=65_536)] = 32
+    epochs: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=100_000)] = 10
+    batch_size: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=65_536)] = 32
     l1: NonNegFloat = 0.0
     class_weights: Literal["auto", "none"] | List(PosFloat, 2) = "auto"
     label_smoothing: Fraction = 0.0
@@ -104,8 +104,8 @@ class TrainingConfig:
     ema_decay: Fraction | None = None
     amp: Literal["auto"] | bool = "auto"
     device: str = "auto"
-    ensemble: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=100)] = 1  # > 1: N members, seeds seed..
-    folds: Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=100)] = 0  # >= 2: K members, member i trains
+    ensemble: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=100)] = 1  # > 1: N members, seeds seed..
+    folds: Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=100)] = 0  # >= 2: K members, member i trains
     # on the train split minus fold i and selects on fold i
 
 
