@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The arguments of the running command (reports quote the exact command that made them).
+LAST_ARGV: list[str] = []
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for a file system fault, naming the path and what to do about it."""
     path = exc.filename if exc.filename is not None else None
@@ -80,6 +84,8 @@ def _error(args: argparse.Namespace, message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global LAST_ARGV
+    LAST_ARGV = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -14,6 +14,12 @@ from typing import Any, Callable, TextIO
 
 ProgressCallback = Callable[..., None]
 
+#: ``--progress`` help text, the same for every command.
+PROGRESS_HELP = ("progress as JSON lines on stdout (one {stage, fraction} object per line, for the Slicer module; "
+                 "docs/worker-protocol.md), a text bar on stderr, or none")
+#: ``--device`` help text, the same for every command.
+DEVICE_HELP = "where the network runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda"
+
 
 class Progress:
     """Report ``(stage, fraction)`` events as JSON lines, a text bar, or not at all.

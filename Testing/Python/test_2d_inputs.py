@@ -11,21 +11,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDeepRecogLib import cli
 from MedDeepRecogLib.io import image_notes, read_image
 from tiny_test_package import make_tiny_package
 
 
 @pytest.fixture
-def run_cli(capsys):
-    def run(*argv):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-    return run
+def run_cli(run_cli_all):
+    return run_cli_all
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +156,7 @@ def test_a_folder_of_pictures_is_a_batch(run_cli, tmp_path, tiny_2d):
     code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == [
-        "case0.json", "case1.json", "case2.json", "case9.json"]
+        "case0.json", "case1.json", "case2.json", "case9.json", "summary.json"]
 
 
 def test_a_picture_too_small_for_the_model_is_refused_with_its_size(run_cli, tmp_path, tiny_2d):
@@ -223,3 +215,15 @@ def test_volume_results_give_each_slice_its_position_and_the_finding_as_a_range_
     assert all(r["label"] == finding["label"] for r in members) and len(members) == finding["slices"]
     assert finding["from_mm"] == min(r["position_mm"] for r in members)
     assert finding["to_mm"] == max(r["position_mm"] for r in members)
+
+
+def test_preprocess_keeps_a_one_slice_dicom_on_its_own_3d_grid(run_cli, tmp_path):
+    src = write_dicom(tmp_path / "one.dcm", (np.random.default_rng(2).random((48, 64)) * 900).astype(np.uint16))
+    out = tmp_path / "filtered.nrrd"
+    code, _, err = run_cli("preprocess", src, out, "--pipeline", "brain-mri", "--mask", tmp_path / "head.seg.nrrd")
+    assert code == 0, err
+    result, source = sitk.ReadImage(str(out)), read_image(src)
+    assert result.GetSize() == source.GetSize() == (64, 48, 1)
+    assert np.allclose(result.GetSpacing(), source.GetSpacing()) and np.allclose(result.GetOrigin(), source.GetOrigin())
+    mask = sitk.ReadImage(str(tmp_path / "head.seg.nrrd"))
+    assert mask.GetSize()[:2] == (64, 48) and np.allclose(mask.GetOrigin(), source.GetOrigin())

@@ -95,15 +95,3 @@ def test_bridge_brings_real_slices_to_mednist_intensities(shared_data):
     z = np.load(shared_data / "mednist" / "mednist64_shared.npz")
     mednist_ct = z["images"][z["labels"] == 0].astype(np.float32) / 255
     assert abs(np.median(ct_body) - np.median(mednist_ct[mednist_ct > 0.06])) < 0.15
-
-
-def test_demo_writes_outputs(tmp_path, capsys):
-    from MedDeepRecogLib.cli import main
-
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "brain1_mr.nrrd: MRBrain" in out
-    record = json.loads((tmp_path / "brain1_mr.json").read_text(encoding="utf-8"))
-    assert record["label"] == "MRBrain" and record["model"]["id"] == "body-region"
-    assert (tmp_path / "brain1_mr_heatmap.png").stat().st_size > 10_000
-    assert (tmp_path / "abdomen_ct_heatmap.nrrd").exists()

@@ -147,7 +147,8 @@ def test_folder_of_volumes_is_many_scans(packages, tmp_path):
     out = tmp_path / "out"
     assert main(["classify", str(scans), "--model", str(packages["volume3d"]), "--out", str(out),
                  "--progress", "none", "--explain", "none"]) == 0
-    assert sorted(p.name for p in out.glob("*.json")) == ["case0.json", "case1.json"]
+    assert sorted(p.name for p in out.glob("*.json")) == ["case0.json", "case1.json", "summary.json"]
+    assert [c["status"] for c in json.loads((out / "summary.json").read_text(encoding="utf-8"))["cases"]] == ["ok"] * 2
     assert json.loads((out / "case0.json").read_text(encoding="utf-8"))["outputs"]["heatmap"] is None
 
 

@@ -161,3 +161,16 @@ def test_bundled_disease_package_reproduces_its_validation_figures(shared_data, 
     figures = evaluate_package(package, shared_data / data.parent.name / data.name, split="val")
     assert figures["accuracy"] == pytest.approx(recorded["accuracy"], abs=1e-6)
     assert figures["balanced_accuracy"] == pytest.approx(recorded["balanced_accuracy"], abs=1e-6)
+
+
+def test_demo_routes_the_brain_mr_to_the_brain_model_and_scores_its_heatmap(tmp_path, capsys):
+    from MedDeepRecogLib.cli import main
+
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "brain1_mr.json").read_text(encoding="utf-8"))
+    assert record["model"]["id"] == BRAIN and record["route"]["model"] == BRAIN
+    assert record["top_class"] in TUMOUR_TYPES and record["finding"]["from_mm"] is not None
+    assert record["explain"]["localisation"]["per_slice"]["slices"] == 7  # brain1's tumour spans 7 slices
+    assert (tmp_path / "brain1_mr_heatmap.png").stat().st_size > 10_000
+    assert "brain1_mr.nrrd: " in out and "abdomen_ct.nii.gz: " in out and "no bundled disease model" in out

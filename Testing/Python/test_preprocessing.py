@@ -359,3 +359,25 @@ def test_cli_brain_mri_preset_on_real_brain(run_cli, shared_data, tmp_path):
     head = labels > 0
     assert [s.name for s in specs] == ["head"]
     assert abs(float(arr[head].mean())) < 0.05 and abs(float(arr[head].std()) - 1) < 0.05
+
+
+def test_cli_breast_mri_preset_body_covers_breast_and_lesion(run_cli, shared_data, tmp_path):
+    """breast1 is a crop inside the breast with almost no air: the "body" mask must cover the breast tissue (every
+    voxel clearly above the air level) and every lesion voxel, and the preset must keep them (not zero them)."""
+    source = shared_data / "pyradiomics_testcases" / "breast1_image.nrrd"
+    out, mask = tmp_path / "breast.nrrd", tmp_path / "breast.seg.nrrd"
+    code, _, err = run_cli("preprocess", source, out, "--pipeline", "breast-mri", "--mask", mask)
+    assert code == 0, err
+    labels, _, specs = read_segmentation(mask)
+    assert [s.name for s in specs] == ["body"]
+    body = labels > 0
+    scan = sitk.GetArrayFromImage(read_image(source)).astype(np.float32)
+    lesion = sitk.GetArrayFromImage(read_image(shared_data / "pyradiomics_testcases" / "breast1_label.nrrd")) > 0
+    assert lesion.sum() > 100
+    assert (body & lesion).sum() == lesion.sum()  # every lesion voxel
+    tissue = scan > 0.2 * np.percentile(scan, 99)  # well above the air level: breast tissue, fat and lesion
+    assert (body & tissue).sum() / tissue.sum() > 0.97
+    assert body.mean() > 0.9  # was 4.4 % of the crop
+    arr = sitk.GetArrayFromImage(read_image(out))
+    assert (arr[lesion] > 0).all()  # the lesion keeps its intensities after normalisation inside the mask
+    assert (arr == arr.min()).mean() < 0.1  # was 71 % of the voxels zeroed

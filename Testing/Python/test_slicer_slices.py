@@ -107,3 +107,27 @@ def test_classify_current_slice_and_jump_from_the_per_slice_table(slicer_core, s
     p.model = "adrenal-mass-3d"
     with pytest.raises(ValueError, match="not a 2D slice model"):
         logic.classifySlice(p, waitForCompletion=True)
+
+
+def test_classify_current_slice_with_the_real_worker(slicer_core, tmp_path):
+    """The same panel path against the real core command (``classify --slice-mm``) and a tiny 2D package."""
+    from tiny_test_package import make_tiny_package
+
+    env, module = slicer_core, slicer_core.module
+    package = make_tiny_package(tmp_path / "catalog")
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device = _volume(env), str(package), "cpu"
+    assert logic.isSliceModel(str(package))
+    logic.classify(p, waitForCompletion=True)
+    table = p.sliceTable
+    rows = table.GetNumberOfRows()
+    positions = [module.scene_io.slicePositionOfRow(table, r) for r in range(rows)]
+    assert rows == 14 and positions == pytest.approx([-30.0 + 2.5 * k for k in range(14)])
+
+    logic.jumpToSlice(positions[4])
+    env.core.slice_logics["Red"].SetSliceOffset(positions[4] - 1.0)
+    result = logic.classifySlice(p, waitForCompletion=True)
+    assert result.raw["slice"]["index"] == 4 and result.raw["slice"]["position_mm"] == pytest.approx(positions[4])
+    heat = env.slicer.util.arrayFromVolume(p.outputHeatmap)
+    assert heat.shape == (14, 20, 24) and heat[4].max() > 0 and np.delete(heat, 4, axis=0).max() == 0

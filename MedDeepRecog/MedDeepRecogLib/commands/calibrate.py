@@ -1,4 +1,4 @@
-"""``meddeeprecog calibrate --model ID --data NPZ|CSV [--split val] [--dest DIR] [--version V] [--progress json]``.
+"""``meddeeprecog calibrate --model ID --data NPZ|CSV [--fit-split val] [--report-split test] [--dest DIR] [--version V] [--progress json]``.
 
 Fits temperature scaling and the low-confidence threshold on validation data and writes a NEW package version
 whose model.json has ``"calibration": {"temperature", "ece_before", "ece_after", "low_confidence_threshold", ...}``
@@ -10,18 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..progress import PROGRESS_HELP
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("calibrate", help="fit temperature scaling + low-confidence threshold on validation "
                                                 "data; writes a new package version")
     p.add_argument("--model", required=True, help="model package id, id@version, folder or .zip")
     p.add_argument("--data", required=True, help="validation data: MedMNIST-style .npz or CSV of scans (path,label)")
-    p.add_argument("--split", default="val", help="split of an .npz (default val)")
+    p.add_argument("--split", "--fit-split", dest="split", default="val",
+                   help="split of an .npz the temperature and low-confidence threshold are fitted on (default val)")
+    p.add_argument("--report-split",
+                   help="split of the .npz the ECE/NLL figures are reported on (default: the fitting split, and "
+                        "then the output says the figures are optimistic)")
     p.add_argument("--dest", help="catalog folder for the new version (default: the user catalog)")
     p.add_argument("--version", help="version of the new package (default: next free patch version)")
     p.add_argument("--bins", type=int, default=10, help="confidence bins of the ECE (default 10)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
@@ -38,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--bins must be >= 2, got {args.bins}")
     progress = Progress(args.progress)
     result = calibrate_package(args.model, args.data, split=args.split, dest=args.dest, version=args.version,
-                               n_bins=args.bins, progress=progress)
+                               n_bins=args.bins, progress=progress, report_split=args.report_split)
+    import sys
+
+    print(f"meddeeprecog calibrate: {result['calibration']['note']}", file=sys.stderr)
     if args.progress == "json":
         progress("done", 1.0, result=result)
     else:

@@ -2,7 +2,11 @@
 
 For each scan writes ``DIR/<name>.json``, ``DIR/<name>_heatmap.nrrd`` (float32 0..1 on the scan's own grid) and
 ``DIR/<name>_heatmap.png`` (docs/worker-protocol.md). An INPUT folder holding a DICOM series is one scan; a folder of
-NIfTI/NRRD/MHA files is one scan per file.
+NIfTI/NRRD/MHA files is one scan per file; segmentations and label maps in it (``.seg.nrrd``, ``*_label*``, integer
+images with a few distinct values) are skipped by grey-level models and named. Several inputs make a batch: it goes
+on past a bad file, writes ``DIR/summary.csv`` and ``DIR/summary.json`` (one row per input: label, confidence,
+uncertain flag and reasons, model, outputs, or the file's one-line error) and exits 2 at the end if any input
+failed. ``--report`` writes ``DIR/<name>_report.html`` per case (``report.write_case_report``).
 
 An ROI classifier (``input.kind roi3d``, from ``finetune --task classify``) labels the segments of a segmentation
 instead: ``classify SCAN --model ROI_MODEL --segments SEG.seg.nrrd --out DIR`` writes ``DIR/<name>_segments.json``
@@ -15,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputImageError
+from ..progress import DEVICE_HELP, PROGRESS_HELP
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
 
@@ -28,14 +33,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="model package id (e.g. brain-tumour-mri), id@version, folder or .zip; 'auto' picks the "
                         "disease model that applies to each scan (modality + body region, or the models' own "
                         "out-of-domain checks for pictures) and records why in the JSON")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder; with --segments and a DICOM series INPUT, x.dcm writes the labelled "
+                        "segments as a DICOM Segmentation referencing the series (the JSON goes beside it)")
     p.add_argument("--explain", choices=["gradcam", "gradcampp", "attention", "none"], default="gradcam",
                    help="heatmap method (default gradcam; attention for models with attention)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
     p.add_argument("--uncertainty", choices=["auto", "none", "mc-dropout", "tta"], default="auto",
                    help="uncertainty block: calibrated probabilities, predictive entropy and the low-confidence flag, "
-                        "plus MC-dropout (20 passes) or test-time-augmentation (8 flips) spread; auto = MC dropout "
-                        "(8 passes) for volume models with dropout, else calibration only")
+                        f"plus MC-dropout ({MC_PASSES} passes) or test-time-augmentation spread (the scan and its "
+                        f"flipped copies: {TTA_SAMPLES_2D} samples for slice models, {TTA_SAMPLES_3D} for volume "
+                        "models); auto = MC dropout (8 passes) for volume models with dropout, else calibration "
+                        "only")
     p.add_argument("--no-faithfulness", action="store_true",
                    help="skip the heatmap's deletion/insertion faithfulness score")
     p.add_argument("--lesion", metavar="SEG",
@@ -47,22 +56,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segments", metavar="SEG",
                    help="segmentation (.seg.nrrd or label map) whose segments an ROI classifier labels (one INPUT)")
     p.add_argument("--no-png", action="store_true", help="skip the three-plane PNG")
+    p.add_argument("--report", action="store_true",
+                   help="also write DIR/<name>_report.html: one self-contained page with the overlay, the "
+                        "probabilities, uncertainty and faithfulness in words, the model card and the command")
     p.add_argument("--spacing", type=float, nargs=2, metavar=("X_MM", "Y_MM"),
                    help="pixel size of PNG/JPEG inputs in mm (they store none; default 1 mm)")
     p.add_argument("--slice-mm", type=float, metavar="S",
                    help="2D (slice) models: classify only the axial slice nearest this superior coordinate (mm; "
                         "Slicer's red slice offset) and put its heatmap on that slice")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
+#: ``--uncertainty`` sample counts, as the JSON's ``samples`` reports them (``uncertainty.sampling.default_tta``:
+#: the identity and flips over the in-plane axes, plus the slice axis for volumes).
+MC_PASSES = 20
+TTA_SAMPLES_2D = 4
+TTA_SAMPLES_3D = 8
+
+
+def mask_reason(path: Path) -> str | None:
+    """Why a file found in an input folder is a segmentation or label map by its name, else ``None``."""
+    low = path.name.lower()
+    if low.endswith(".seg.nrrd"):
+        return "a segmentation (.seg.nrrd), not a scan"
+    if "_label" in low:
+        return "a label map by its name (*_label*), not a scan"
+    return None
+
+
+def expand_inputs(inputs: list[str], *, skip_masks: bool = True,
+                  skipped: list[dict] | None = None) -> list[Path]:
     """Scans named by ``inputs``: files as given; a folder is one DICOM series, or every volume file inside it.
+
+    ``skip_masks``: leave out of a folder the files :func:`mask_reason` names (grey-level models; a binary-mask
+    model classifies masks), appending ``{"input", "reason"}`` to ``skipped``. A file named explicitly is kept
+    (the model refuses a mask with the reason). ``.seg.nrrd`` files in a folder are always left out.
 
     Raises:
         InputImageError: a path that does not exist, or a folder with neither volumes nor DICOM files.
     """
     scans: list[Path] = []
+    skipped = skipped if skipped is not None else []
     for raw in inputs:
         path = Path(raw)
         if not path.exists():
@@ -70,14 +105,48 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         if path.is_file():
             scans.append(path)
             continue
-        volumes = sorted(p for p in path.iterdir()
-                         if p.is_file() and not p.name.startswith(".")
-                         and p.name.lower().endswith(_VOLUME_SUFFIXES) and not p.name.lower().endswith(".seg.nrrd"))
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_VOLUME_SUFFIXES))
+        volumes = []
+        for f in found:
+            reason = mask_reason(f)
+            if reason and (skip_masks or f.name.lower().endswith(".seg.nrrd")):
+                skipped.append({"input": str(f), "reason": reason})
+            else:
+                volumes.append(f)
         if volumes:
             scans.extend(volumes)
-        else:
+        elif not found:
             scans.append(path)  # read_image reads it as a DICOM series or says why it cannot
     return scans
+
+
+def check_options(args: argparse.Namespace, package) -> None:
+    """Refuse options that cannot apply to this model before any scan is read.
+
+    Raises:
+        ConfigError: ``--explain attention`` for a model without attention (slice models, ``--model auto``, whose
+            disease models classify slices), ``--slice-mm`` for a volume model, ``--register`` without
+            ``--second-input``. (``--uncertainty mc-dropout`` for a model without dropout is refused in ``run``,
+            once the network is built.)
+    """
+    from ..errors import ConfigError
+
+    if args.register and not args.second_input:
+        raise ConfigError("--register aligns --second-input to INPUT; give --second-input SCAN or drop --register")
+    if package is None:
+        if args.explain == "attention":
+            raise ConfigError("--model auto chooses among slice (2D) models, which have no attention to show; use "
+                              "--explain gradcam or gradcampp")
+        return
+    kind = package.input_spec.get("kind")
+    methods = (package.meta.get("explain") or {}).get("methods")
+    if args.explain == "attention" and (kind == "slices2d" or (methods is not None and "attention" not in methods)):
+        what = "classifies single slices" if kind == "slices2d" else "has no attention"
+        raise ConfigError(f"model {package.id}@{package.version} {what}: it has no attention map to show; use "
+                          "--explain gradcam or gradcampp")
+    if args.slice_mm is not None and kind != "slices2d":
+        raise ConfigError(f"--slice-mm classifies one slice with a 2D (slice) model; {package.id} is a {kind} model")
 
 
 def _unique_names(scans: list[Path]) -> list[str]:
@@ -106,25 +175,37 @@ def _read_lesion(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ..errors import ConfigError
-    from ..inference.classify import check_classifier, classify_fusion, classify_scan, resolve_device, write_outputs
+    from ..inference.classify import check_classifier, resolve_device
     from ..io import check_output_dir
     from ..packages import load_package
     from ..progress import Progress
 
     progress = Progress(args.progress)
     check_output_dir(args.out, "--out")
-    scans = expand_inputs(args.inputs)
     auto = args.model == "auto"
     if auto and (args.segments or args.second_input):
         raise ConfigError("--model auto chooses among whole-scan disease models; name the model for --segments or "
                           "--second-input")
     package = None if auto else load_package(args.model)
+    skip_masks = package is None or package.input_spec.get("content") != "binary_mask"
+    skipped: list[dict] = []
+    scans = expand_inputs(args.inputs, skip_masks=skip_masks, skipped=skipped)
     if args.segments:
         return _classify_segments(args, scans, package, progress)
     if package is not None:
         check_classifier(package)
+    check_options(args, package)
     device = resolve_device(args.device)
+    if args.uncertainty == "mc-dropout" and package is not None:
+        from ..inference.classify import _model_for
+        from ..uncertainty import dropout_layers
+
+        if not dropout_layers(_model_for(package, device)):
+            raise ConfigError(f"model {package.id}@{package.version} has no dropout layer, so Monte-Carlo dropout "
+                              "is not available; use --uncertainty tta")
     for option in ("lesion", "second_input"):
         if getattr(args, option) and len(scans) != 1:
             raise ConfigError(f"--{option.replace('_', '-')} goes with exactly one INPUT scan, got {len(scans)}")
@@ -133,49 +214,182 @@ def run(args: argparse.Namespace) -> int:
         second = Path(args.second_input)
         if not second.exists():
             raise InputImageError("no such file or folder (--second-input)", second)
+    if not scans:
+        raise InputImageError("nothing to classify: every file was skipped ("
+                              + "; ".join(f"{Path(s['input']).name}: {s['reason']}" for s in skipped) + ")",
+                              Path(args.inputs[0]))
     lesion = _read_lesion(args.lesion) if args.lesion else None
     out = Path(args.out)
-    results = []
+    batch = len(scans) + len(skipped) > 1
+    for s in skipped:
+        if args.progress != "json":
+            print(f"skipped {s['input']}: {s['reason']}")
+    rows: list[dict] = []
+    done: list[dict] = []  # the progress "done" result, as before: input, label, probabilities and output paths
+    explicit = {str(Path(raw)) for raw in args.inputs}
     n = len(scans)
     for i, (scan, name) in enumerate(zip(scans, _unique_names(scans))):
         def report(stage, fraction, _i=i, _name=name, **extra):
             progress(stage, (_i + fraction) / n, case=_name, **extra)
 
-        route = None
-        if auto:
-            from ..inference.route import require_route, route_image
-            from ..io import read_image
+        try:
+            result, outputs = _classify_one(args, scan, name, package, device, second, lesion, out, report)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a batch goes on past a bad file; one input fails as before
+            if not batch:
+                raise
+            from ..errors import MedDeepRecogError
+            from ..inference.model_input import LabelMapError
 
-            report("route", 0.0)
-            route = route_image(read_image(scan, spacing=args.spacing), device)
-            package = load_package(require_route(route, scan))
-        if second is not None or len(package.input_spec.get("modalities") or []) > 1:
-            result = classify_fusion(scan, second, package, name=name, register=args.register)
-        else:
-            result = classify_scan(scan, package, explain=args.explain, device=device, progress=report, name=name,
-                                   uncertainty=args.uncertainty, faithfulness=not args.no_faithfulness,
-                                   lesion=lesion, spacing=args.spacing, slice_mm=args.slice_mm)
-        if route is not None:
-            result.route = route.to_json()
-        outputs = write_outputs(result, out, png=not args.no_png, progress=report)
-        results.append({"input": str(scan), "label": result.label, "probabilities": result.probability_map(),
-                        **outputs})
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not isinstance(exc, MedDeepRecogError):
+                message = f"{scan}: {type(exc).__name__}: {message}"
+            if isinstance(exc, LabelMapError) and skip_masks and str(scan) not in explicit:
+                reason = getattr(exc, "problem", message).split(";")[0]
+                skipped.append({"input": str(scan), "reason": reason})
+                if args.progress != "json":
+                    print(f"skipped {scan}: {reason}")
+                continue
+            rows.append({"input": str(scan), "status": "error", "error": message})
+            print(f"meddeeprecog classify: error: {message}", file=sys.stderr)
+            continue
+        rows.append(_summary_row(result, outputs))
+        done.append({"input": str(scan), "label": result.label, "probabilities": result.probability_map(),
+                     **outputs})
         if args.progress != "json":
-            probs = ", ".join(f"{k} {v:.3f}" for k, v in
-                              sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
-            extra = f" [{'; '.join(result.decision['reasons'])}]" if result.decision["uncertain"] else ""
-            mod = result.decision.get("modality") or {}
-            mod_txt = f" (modality {mod['label']})" if mod.get("source") else ""
-            caption = result.explain.get("faithfulness_caption")
-            trust = f"\n  heatmap {caption}" if caption else ""
-            routed = f"\n  model {result.model['id']} chosen: {result.route['reason']}" if result.route else ""
-            finding = result.finding
-            where = (f"\n  finding on slices {finding['first_index']}-{finding['last_index']} "
-                     f"(S {finding['from_mm']:.1f} to {finding['to_mm']:.1f} mm)") if finding else ""
-            print(f"{scan}: {result.label}{mod_txt}{extra}{routed}\n  {probs}{where}{trust}\n  -> {outputs['json']}")
+            _print_result(scan, result, outputs)
+    failed = [r for r in rows if r["status"] == "error"]
+    summary = _write_summary(out, rows, skipped) if batch else {}
     if args.progress == "json":
-        progress("done", 1.0, result={"outputs": results})
+        if not failed:
+            progress("done", 1.0, result={"outputs": done, **summary})
+    elif summary:
+        print(f"batch: {len(rows) - len(failed)} classified, {len(failed)} failed, {len(skipped)} skipped "
+              f"-> {summary['summary_csv']}")
+    if failed:
+        print(f"meddeeprecog classify: error: {len(failed)} of {len(rows)} inputs failed "
+              f"({', '.join(Path(r['input']).name for r in failed)}); see {summary.get('summary_csv')}",
+              file=sys.stderr)
+        return 2
     return 0
+
+
+def _classify_one(args, scan: Path, name: str, package, device: str, second, lesion, out: Path, report):
+    """Classify one input (routing it first with ``--model auto``) and write its outputs."""
+    from ..inference.classify import classify_fusion, classify_scan, write_outputs
+    from ..packages import load_package
+
+    route = None
+    if package is None:
+        from ..inference.model_input import check_input_content
+        from ..inference.route import require_route, route_image
+        from ..io import read_image
+
+        report("route", 0.0)
+        image = read_image(scan, spacing=args.spacing)
+        check_input_content(image, {}, scan)  # a label map is not routed
+        route = route_image(image, device)
+        del image
+        package = load_package(require_route(route, scan))
+    if second is not None or len(package.input_spec.get("modalities") or []) > 1:
+        result = classify_fusion(scan, second, package, name=name, register=args.register)
+    else:
+        result = classify_scan(scan, package, explain=args.explain, device=device, progress=report, name=name,
+                               uncertainty=args.uncertainty, faithfulness=not args.no_faithfulness,
+                               lesion=lesion, spacing=args.spacing, slice_mm=args.slice_mm)
+    if route is not None:
+        result.route = route.to_json()
+    outputs = write_outputs(result, out, png=not args.no_png, progress=report)
+    if args.report:
+        from ..report import write_case_report
+
+        from ..io import atomic_write_json
+
+        outputs["report"] = str(write_case_report(result, outputs, package, out, command=_command_line()))
+        atomic_write_json(Path(outputs["json"]), result.to_json(outputs))  # the JSON lists the report too
+    return result, outputs
+
+
+def _command_line() -> str:
+    """The command as typed (``meddeeprecog classify ...``), shell-quoted, for the report."""
+    import shlex
+
+    from .. import cli
+
+    return "meddeeprecog " + " ".join(shlex.quote(a) for a in cli.LAST_ARGV)
+
+
+def _summary_row(result, outputs: dict) -> dict:
+    d = result.decision
+    return {"input": result.input, "status": "ok", "label": d["label"], "top_class": d["top_class"],
+            "probability": d["confidence"], "uncertain": bool(d["uncertain"]),
+            "uncertain_reasons": list(d["reasons"]), "model": f"{result.model['id']}@{result.model['version']}",
+            "outputs": {k: v for k, v in outputs.items() if v}}
+
+
+#: Columns of ``summary.csv`` (``probability`` is ``confidence`` in the case's JSON).
+SUMMARY_COLUMNS = ("input", "status", "label", "top_class", "probability", "uncertain", "uncertain_reason", "model",
+                   "json", "heatmap", "png", "report", "error")
+
+
+def _write_summary(out: Path, rows: list[dict], skipped: list[dict]) -> dict:
+    """``summary.csv`` (one line per input, skipped files too) and ``summary.json``, atomically."""
+    import csv
+    import io
+
+    from ..io import atomic_output, atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        o = r.get("outputs") or {}
+        writer.writerow({"input": r["input"], "status": r["status"], "label": r.get("label", ""),
+                         "top_class": r.get("top_class", ""),
+                         "probability": "" if r.get("probability") is None else f"{r['probability']:.4f}",
+                         "uncertain": "" if "uncertain" not in r else str(r["uncertain"]).lower(),
+                         "uncertain_reason": "; ".join(r.get("uncertain_reasons") or []), "model": r.get("model", ""),
+                         "json": o.get("json", ""), "heatmap": o.get("heatmap", ""), "png": o.get("png", ""),
+                         "report": o.get("report", ""), "error": r.get("error", "")})
+    for s in skipped:
+        writer.writerow({"input": s["input"], "status": "skipped", "error": s["reason"]})
+    csv_path = out / "summary.csv"
+    with atomic_output(csv_path) as tmp:
+        Path(tmp).write_text(buf.getvalue(), encoding="utf-8")
+    json_path = atomic_write_json(out / "summary.json", {
+        "cases": rows, "skipped": skipped,
+        "counts": {"classified": sum(r["status"] == "ok" for r in rows),
+                   "failed": sum(r["status"] == "error" for r in rows), "skipped": len(skipped)}})
+    return {"summary_csv": str(csv_path), "summary_json": str(json_path)}
+
+
+def _print_result(scan: Path, result, outputs: dict) -> None:
+    from ..inference.classify import headline
+
+    n_voting = sum(1 for r in result.per_slice if r.get("voted", True) and "label" in r)
+    basis = (f"scan probabilities (label vote: geometric mean over {n_voting} slices)" if n_voting > 1
+             else "probabilities")
+    probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
+    extra = f" [{'; '.join(result.decision['reasons'])}]" if result.decision["uncertain"] else ""
+    conf = (f"\n  confidence = mean over the {n_voting} voting slices of their {result.decision['top_class']} "
+            f"probability") if n_voting > 1 else ""
+    mod = result.decision.get("modality") or {}
+    mod_txt = f" (modality {mod['label']})" if mod.get("source") else ""
+    caption = result.explain.get("faithfulness_caption")
+    trust = f"\n  heatmap {caption}" if caption else ""
+    from ..inference.classify import heatmap_warning
+    warning = heatmap_warning(result)
+    if warning:
+        trust += f"\n  WARNING: {warning}"
+    routed = f"\n  model {result.model['id']} chosen: {result.route['reason']}" if result.route else ""
+    finding = result.finding
+    where = (f"\n  finding on slices {finding['first_index']}-{finding['last_index']} "
+             f"(S {finding['from_mm']:.1f} to {finding['to_mm']:.1f} mm)") if finding else ""
+    report = f"\n  report: {outputs['report']}" if outputs.get("report") else ""
+    print(f"{scan}: {headline(result)}{mod_txt}{extra}{routed}{conf}\n  {basis}: {probs}{where}{trust}"
+          f"\n  -> {outputs['json']}{report}")
 
 
 def _classify_segments(args: argparse.Namespace, scans: list[Path], package, progress) -> int:
@@ -194,13 +408,21 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
     segmentation = Path(args.segments)
     if not segmentation.exists():
         raise InputImageError("no such file (--segments)", segmentation)
+    dicom_out = str(args.out).lower().endswith(".dcm")
+    out_dir = Path(args.out).parent if dicom_out else Path(args.out)
+    if dicom_out:
+        from ..io.dicom_seg import check_dicom_seg_source
+
+        check_dicom_seg_source(scans[0])  # before any work
     progress("classify segments", 0.05)
     rows = classify_segments(scans[0], segmentation, package, device=resolve_device(args.device))
     name = _unique_names(scans)[0]
     record = {"input": str(scans[0]), "segmentation": str(segmentation),
               "model": {"id": package.id, "version": package.version}, "class_names": list(package.class_names),
               "segments": rows}
-    path = atomic_write_json(Path(args.out) / f"{name}_segments.json", record)
+    if dicom_out:
+        record["dicom_seg"] = str(_write_segments_dicom(scans[0], segmentation, rows, package, Path(args.out)))
+    path = atomic_write_json(out_dir / f"{name}_segments.json", record)
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": [{"input": str(scans[0]), "segments_json": str(path)}]})
     else:
@@ -208,4 +430,29 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
             probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
             print(f"{r['segment']}: {r['label']}  ({probs})")
         print(f"-> {path}" if rows else f"no non-empty segment in {segmentation}; wrote {path}")
+        if record.get("dicom_seg"):
+            print(f"-> {record['dicom_seg']} (DICOM Segmentation referencing {scans[0]})")
     return 0
+
+
+def _write_segments_dicom(scan: Path, segmentation: Path, rows: list[dict], package, out: Path) -> Path:
+    """The classified segments as a DICOM Segmentation referencing the scan's series; each segment's label reads
+    ``<segment>: <class> <probability>``."""
+    import numpy as np
+
+    from ..finetune.manifest import Case, parse_class_map
+    from ..finetune.segment_data import load_case
+    from ..io.dicom_seg import write_dicom_seg
+
+    item = load_case(Case("input", Path(scan), Path(segmentation)), parse_class_map(None))
+    by_name = {r["segment"]: r for r in rows}
+    pairs = []
+    for k, seg in enumerate(item.segments, start=1):
+        r = by_name.get(seg.name)
+        if r is not None:
+            pairs.append((k, f"{seg.name}: {r['label']} {r['probabilities'][r['label']]:.2f}"))
+    keep = np.isin(item.segment_map, [k for k, _ in pairs])
+    labels = np.where(keep, item.segment_map, 0)
+    return write_dicom_seg(labels, item.image, scan, pairs, out,
+                           series_description=f"{package.id} {package.version} segment labels",
+                           algorithm=package.id, algorithm_version=package.version)

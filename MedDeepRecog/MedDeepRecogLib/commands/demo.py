@@ -36,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="where the network runs: auto (a CUDA GPU when torch sees one), cpu or cuda")
     p.add_argument("--progress", choices=["json", "bar", "none"], default="none",
                    help="progress as JSON lines on stdout, a bar on stderr, or none (default)")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the per-case HTML report (written by default: <name>_report.html)")
     p.add_argument("--slicer-views", action="store_true",
                    help="also render the Slicer panel's red slice and 3D views (needs slicer-core)")
     p.set_defaults(func=run)
@@ -73,6 +75,13 @@ def run(args: argparse.Namespace) -> int:
                            progress=lambda stage, f, **extra: progress(stage, 0.05 + 0.85 * f, case=DEMO_SCAN, **extra))
     result.route = route.to_json()
     outputs = write_outputs(result, out)
+    if args.report:
+        from ..io import atomic_write_json
+        from ..report import write_case_report
+        from .classify import _command_line
+
+        outputs["report"] = str(write_case_report(result, outputs, package, out, command=_command_line()))
+        atomic_write_json(Path(outputs["json"]), result.to_json(outputs))
     if args.slicer_views and outputs.get("heatmap"):
         from ..slicer_views import render_classification
         views = render_classification(sample_path(DEMO_SCAN), Path(outputs["heatmap"]), out, result.name)
@@ -86,10 +95,14 @@ def run(args: argparse.Namespace) -> int:
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": results})
         return 0
+    from ..inference.classify import headline
+
     probs = "  ".join(f"{k} {v:.3f}" for k, v in sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
     note = f"  ({'; '.join(result.decision['reasons'])})" if result.decision["uncertain"] else ""
-    print(f"{DEMO_SCAN}: {result.label}{note}\n  model {package.id}@{package.version}: {route.reason}"
-          f"\n  probabilities: {probs}")
+    voting = sum(1 for r in result.per_slice if r.get("voted", True) and "label" in r)
+    basis = f"scan probabilities (label vote: geometric mean over {voting} slices)" if voting > 1 else "probabilities"
+    print(f"{DEMO_SCAN}: {headline(result)}{note}\n  model {package.id}@{package.version}: {route.reason}"
+          f"\n  {basis}: {probs}")
     if result.finding:
         f = result.finding
         print(f"  finding on {f['slices']} slices, S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm "
@@ -101,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
               f"{loc['lesion_area_share']:.1%} of those slices)")
     if result.explain.get("faithfulness_caption"):
         print(f"  heatmap {result.explain['faithfulness_caption']}")
-    print(f"  outputs: {out / result.name}{{.json,_heatmap.nrrd,_heatmap.png}}"
+    print(f"  outputs: {out / result.name}{{.json,_heatmap.nrrd,_heatmap.png"
+          + (",_report.html" if args.report else "") + "}"
           + ("  Slicer views: _slicer_red.png, _slicer_3d.png" if args.slicer_views else ""))
     print(f"{DEMO_UNCOVERED}: {other.reason}")
     print(f"results in {out.resolve()}")

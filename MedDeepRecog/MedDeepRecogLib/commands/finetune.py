@@ -18,6 +18,14 @@ import json
 import shlex
 import sys
 
+from ..progress import PROGRESS_HELP
+
+#: Options that only apply to one task (checked before any data is read).
+SEGMENT_ONLY = {"spacing": "--spacing", "patch_size": "--patch-size", "patches_per_epoch": "--patches-per-epoch",
+                "val_slab": "--val-slab"}
+CLASSIFY_ONLY = {"roi_size": "--roi-size", "margin_mm": "--margin-mm", "roi_size_mm": "--roi-size-mm",
+                 "mask_channel": "--mask-channel", "negatives": "--negatives", "label_source": "--label-source"}
+
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
@@ -34,9 +42,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "classification of segments, or segmentation. Writes a new package version; the base is "
                     "never changed.")
     p.add_argument("--base", help="base package: ID, ID@VERSION, folder or .zip; 'none' to train from scratch")
-    p.add_argument("--data", help="manifest (.json/.csv), folder of NAME.nii.gz + NAME.seg.nrrd pairs, "
-                   "or one .seg.nrrd")
-    p.add_argument("--task", choices=["classify", "segment"])
+    p.add_argument("--data", help="manifest (.json/.csv: columns/keys id, image, segmentation, label?, "
+                   "label_table?), folder of NAME.nii.gz + NAME.seg.nrrd pairs, one .seg.nrrd beside its scan, or "
+                   "(with --image) one segmentation or label map")
+    p.add_argument("--image", metavar="SCAN",
+                   help="the scan that --data (one segmentation or label map file) segments, when their names do "
+                        "not pair")
+    p.add_argument("--label-table", metavar="FILE[#KEY]",
+                   help="id -> name table for plain label maps (which store only numbers): JSON {\"5\": \"liver\"} "
+                        "(FILE.json#KEY picks a nested table, e.g. label_names.json#total) or a Slicer color table "
+                        "(.ctbl/.txt lines 'value name r g b a'); used for every case whose manifest names none")
+    p.add_argument("--task", choices=["classify", "segment"],
+                   help="classify: an ROI classifier labelling each segment (crops around segments); segment: a "
+                        "segmentation network (voxel labels)")
     p.add_argument("--config", help="JSON/YAML file with fine-tuning settings (command-line options win)")
     p.add_argument("--class-map", help="segment name → class: 'nodule-malignant=malignant,kidney_*=kidney' "
                    "or a JSON file")
@@ -45,16 +63,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="architecture when training from scratch (default monai_unet / simple_cnn3d)")
     p.add_argument("--arch-kwargs", help="JSON object of architecture keyword arguments")
     p.add_argument("--freeze-encoder", action="store_true", default=None, help="train only the decoder / head")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs (default 20; early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, help="global batch size (split over DDP processes)")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="learning rate of the AdamW optimiser (default 1e-3)")
     p.add_argument("--early-stopping", type=int, help="stop after N epochs without improvement (0: off)")
     p.add_argument("--val-cases", help="comma-separated case ids for validation")
     p.add_argument("--val-fraction", type=float, help="share of cases held out (default 0.25)")
     p.add_argument("--val-slab", help="START:STOP slices (training grid) of a one-case data set held out")
     p.add_argument("--spacing", type=_floats, help="training spacing x,y,z mm (segmentation)")
     p.add_argument("--patch-size", type=_ints, help="patch Z,Y,X voxels (segmentation; default 64,64,64)")
-    p.add_argument("--patches-per-epoch", type=int)
+    p.add_argument("--patches-per-epoch", type=int,
+                   help="random patches drawn per epoch (segmentation; default 32)")
     p.add_argument("--roi-size", type=_ints, help="crop Z,Y,X voxels (classification; default the base's input size)")
     p.add_argument("--margin-mm", type=float, help="margin around a segment's box (classification)")
     p.add_argument("--roi-size-mm", type=float, help="fixed crop edge in mm instead of box + margin")
@@ -65,10 +84,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dest", help="catalog folder to write into (default: the user catalog)")
     p.add_argument("--work-dir", help="checkpoint folder (default: keyed by data, base and settings)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--seed", type=int, help="random seed of the split, sampling and initialisation (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where the network trains: auto (a CUDA GPU when torch sees one), cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
@@ -86,7 +106,7 @@ def build_config(args: argparse.Namespace):
         "patches_per_epoch": args.patches_per_epoch, "roi_size": args.roi_size, "margin_mm": args.margin_mm,
         "roi_size_mm": args.roi_size_mm, "mask_channel": args.mask_channel, "negatives": args.negatives,
         "id": args.id, "version": args.version, "dest": args.dest, "work_dir": args.work_dir, "seed": args.seed,
-        "device": args.device,
+        "device": args.device, "image": args.image, "label_table": args.label_table,
     }
     if args.arch_kwargs:
         try:
@@ -107,9 +127,41 @@ def build_config(args: argparse.Namespace):
     raw["command"] = "meddeeprecog " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not raw.get("task"):
         raise ConfigError("--task classify|segment is required (or 'task' in --config)")
+    check_options(args, raw["task"])
     cfg = FinetuneConfig.from_dict(raw, args.config)
     cfg.validate()
     return cfg
+
+
+def check_options(args: argparse.Namespace, task: str) -> None:
+    """Refuse, before any data is read, options that do not apply to ``task`` and files that are not there.
+
+    Raises:
+        ConfigError: a segmentation-only option with ``--task classify`` (or the reverse), ``--image`` without a
+            file ``--data``, a missing ``--image`` / ``--label-table`` or a table that cannot be read.
+        InputImageError: a missing ``--image``.
+    """
+    from pathlib import Path
+
+    from ..errors import ConfigError, InputImageError
+
+    other = SEGMENT_ONLY if task == "classify" else CLASSIFY_ONLY
+    used = [flag for dest, flag in other.items() if getattr(args, dest, None) not in (None, False)]
+    if used:
+        applies = "segmentation (--task segment)" if task == "classify" else "ROI classification (--task classify)"
+        raise ConfigError(f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to {applies}, not to "
+                          f"--task {task}")
+    if args.image:
+        if not Path(args.image).exists():
+            raise InputImageError("no such file or folder (--image)", args.image)
+        if args.data and Path(args.data).is_dir():
+            raise ConfigError("--image pairs one scan with one segmentation: --data must be that segmentation or "
+                              "label map file, not a folder", args.data)
+    if args.label_table:
+        from ..finetune.segment_data import read_label_table
+
+        if not read_label_table(args.label_table):
+            raise ConfigError("label table is empty", args.label_table)
 
 
 def run(args: argparse.Namespace) -> int:

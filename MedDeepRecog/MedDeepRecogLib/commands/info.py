@@ -1,4 +1,9 @@
-"""``meddeeprecog info INPUT``: geometry, intensity range and modality guess of a scan, as JSON."""
+"""``meddeeprecog info INPUT``: geometry, intensity range and modality guess of a scan, as JSON.
+
+For a DICOM input it adds ``"dicom"``: the non-identifying tags that say what the series is (Modality,
+SeriesDescription, BodyPartExamined, SliceThickness, Manufacturer, ...; ``io.dicom_seg.DESCRIPTIVE_TAGS``), never
+patient names or IDs.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from ..io import describe_geometry, read_image
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="print a scan's geometry, intensity range and modality guess (JSON)")
-    p.add_argument("input", help="NIfTI/NRRD/MHA file, DICOM file or DICOM series folder, PNG/JPEG image")
+    p.add_argument("input", help="NIfTI/NRRD/MHA file, DICOM file or DICOM series folder (its descriptive tags are "
+                                 "printed too, never patient names or IDs), PNG/JPEG image")
     p.add_argument("--spacing", type=float, nargs=2, metavar=("X_MM", "Y_MM"),
                    help="pixel size of a PNG/JPEG input in mm (it stores none; default 1 mm)")
     p.set_defaults(func=run)
@@ -18,5 +24,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     image = read_image(args.input, spacing=args.spacing)
-    print(json.dumps({"input": str(args.input), **describe_geometry(image)}, indent=2))
+    record = {"input": str(args.input), **describe_geometry(image)}
+    from pathlib import Path
+
+    from ..io.dicom_seg import describe_dicom, is_dicom_input
+
+    if not Path(args.input).name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png",
+                                                   ".jpg", ".jpeg")) and is_dicom_input(args.input):
+        record["dicom"] = describe_dicom(args.input)
+    print(json.dumps(record, indent=2))
     return 0

@@ -12,7 +12,9 @@ import json
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list installed model packages, or import one (offline)")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
-    p.add_argument("--verify", action="store_true", help="also check every weights checksum")
+    p.add_argument("--verify", action="store_true",
+                   help="check every package (weights and domain checksums, the network builds and accepts its "
+                        "declared input) and print ok or the problem for each; exit 2 if any fails")
     sub = p.add_subparsers(dest="models_action", metavar="ACTION")
     imp = sub.add_parser("import", help="check a package folder or .zip and copy it into the user catalog")
     imp.add_argument("path", help="package folder (with model.json) or .zip")
@@ -42,9 +44,22 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{name:<16} {info['input_kind']:<9} {info['description']}")
         return 0
     infos = list_packages(check_weights=args.verify)
+    failed = args.verify and any(i.error for i in infos)
     if args.json:
-        print(json.dumps([i.to_dict() for i in infos], indent=2))
-        return 0
+        rows = [i.to_dict() for i in infos]
+        if args.verify:
+            rows = [{**r, "verify": "ok" if not r["error"] else r["error"]} for r in rows]
+        print(json.dumps(rows, indent=2))
+        return 2 if failed else 0
+    if args.verify:
+        for i in infos:
+            what = ("ok (checksums match; the network accepts its declared input)"
+                    if not i.error else f"FAILED: {i.error}")
+            print(f"{i.id:<22} {i.version:<8} {i.source:<7} {what}")
+        if not infos:
+            print(f"no model packages installed (user catalog: {user_models_dir()})")
+        print(f"{sum(not i.error for i in infos)} of {len(infos)} packages ok")
+        return 2 if failed else 0
     if not infos:
         print(f"no model packages installed (user catalog: {user_models_dir()})")
         return 0

@@ -112,17 +112,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"pipeline {pipeline.name or args.pipeline!r} has no mask step, so --mask has nothing "
                           "to write", mask_path)
     progress("reading", 0.0, input=str(source))
-    image = read_image(source, spacing=args.spacing)
-    flat = image.GetDimension() == 2 and as_single_slice(image) is not None
+    original = read_image(source, spacing=args.spacing)
+    single = as_single_slice(original) if original.GetDimension() in (2, 3) else None
+    flat = single is not None
+    image = original
     if flat:
-        # A 2D image is filtered as a stack of identical copies (3D filters need a few slices, e.g. recursive
-        # Gaussians need 4): with no variation along z every 3D filter acts as its 2D form. The middle copy is
-        # written back as 2D, on the input's own grid.
+        # A 2D image (or a one-slice volume, e.g. one DICOM file) is filtered as a stack of identical copies (3D
+        # filters need a few slices, e.g. recursive Gaussians need 4): with no variation along z every 3D filter
+        # acts as its 2D form. The middle copy is written back on the input's own grid.
         import SimpleITK as sitk
-        if image.GetNumberOfComponentsPerPixel() != 1:
+        if single.GetNumberOfComponentsPerPixel() != 1:
             raise InputImageError(f"a single-channel image is needed, but pixels have "
-                                  f"{image.GetNumberOfComponentsPerPixel()} components", source)
-        image = sitk.JoinSeries([image] * _FLAT_COPIES)
+                                  f"{single.GetNumberOfComponentsPerPixel()} components", source)
+        image = sitk.JoinSeries([single] * _FLAT_COPIES)
     image = require_3d(image, source)
     validate_intensities(image, source)
 
@@ -137,17 +139,31 @@ def run(args: argparse.Namespace) -> int:
         result = result.on_grid(image)
 
     progress("writing", 0.92, output=str(target))
-    out_image = result.image[:, :, _FLAT_COPIES // 2] if flat else result.image
+    out_image = _back_on_input_grid(result.image, original) if flat else result.image
     outputs = {"output": str(write_image(out_image, target))}
     if mask_path is not None:
-        outputs["mask"] = str(_write_masks(result, mask_path, only_slice=_FLAT_COPIES // 2 if flat else None))
+        outputs["mask"] = str(_write_masks(result, mask_path, original if flat else None))
     progress("done", 1.0, result=outputs)
     return 0
 
 
-def _write_masks(result, path: Path, only_slice: int | None = None) -> Path:
+def _back_on_input_grid(filtered, original):
+    """The middle copy of a flat input's filtered stack, on the input's own grid: 2D for a 2D input, a one-slice
+    volume (with its own z position and direction) for a one-slice volume."""
+    import SimpleITK as sitk
+
+    middle = filtered[:, :, _FLAT_COPIES // 2]
+    if original.GetDimension() == 2:
+        return middle
+    volume = sitk.JoinSeries([middle])
+    volume.CopyInformation(original)
+    return volume
+
+
+def _write_masks(result, path: Path, flat_input=None) -> Path:
     """Every mask as one named, colored segment of a ``.seg.nrrd``; overlapping masks (body, lungs) stay whole.
-    ``only_slice``: a 2D input (filtered as copies): write that one slice, a one-slice segmentation on its grid."""
+    ``flat_input``: the 2D image (or one-slice volume) that was filtered as copies; the masks are then written as a
+    one-slice segmentation on its grid."""
     import SimpleITK as sitk
 
     from ..io import SegmentSpec, write_segment_masks
@@ -155,7 +171,15 @@ def _write_masks(result, path: Path, only_slice: int | None = None) -> Path:
 
     if not result.masks:
         raise InputImageError("the pipeline made no masks", path)
-    cut = (lambda im: im) if only_slice is None else (lambda im: im[:, :, only_slice:only_slice + 1])
+
+    def cut(image):
+        if flat_input is None:
+            return image
+        one = sitk.JoinSeries([image[:, :, _FLAT_COPIES // 2]])
+        if flat_input.GetDimension() == 3:
+            one.CopyInformation(flat_input)
+        return one
+
     masks = [(SegmentSpec(name, index, default_color(name)), sitk.GetArrayFromImage(cut(mask)))
              for index, (name, mask) in enumerate(result.masks.items(), start=1)]
     return write_segment_masks(masks, cut(result.image), path)

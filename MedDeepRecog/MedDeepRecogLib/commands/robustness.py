@@ -26,6 +26,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..progress import PROGRESS_HELP
+
 DEFAULT_EPS_FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1)
 
 
@@ -39,8 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--train-config", help="train a config with an 'adversarial' block into a new package")
     p.add_argument("--split", default="val", help="split of --data (default val)")
     p.add_argument("--out", help="output folder")
-    p.add_argument("--attack", choices=["fgsm", "pgd"], default="pgd")
-    p.add_argument("--eps", nargs="+", help="attack budget(s) in model input units (space or comma separated)")
+    p.add_argument("--attack", choices=["fgsm", "pgd"], default="pgd",
+                   help="fgsm: one signed-gradient step of size eps; pgd: --steps projected gradient steps inside "
+                        "the eps ball (stronger; default)")
+    p.add_argument("--eps", nargs="+", help="attack budget(s) in model input units (space or comma separated); "
+                   "for CT scans the output also gives each in HU")
     p.add_argument("--steps", type=int, default=10, help="PGD iterations (default 10)")
     p.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="valid intensity range of the model input (default: from the package's preprocessing, "
@@ -48,11 +53,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", type=int, default=5, help="bisection steps refining the smallest flipping eps")
     p.add_argument("--write-perturbation", action="store_true", help="write the perturbation volume (scan mode)")
     p.add_argument("--max-cases", type=int, help="use at most N cases of --data")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="--data cases attacked per batch (default 32)")
     p.add_argument("--package-dest", help="--train-config: catalog folder for the new package")
     p.add_argument("--epochs", type=int, help="--train-config: override training/epochs")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
@@ -168,8 +173,33 @@ def _run_scans(args, progress) -> dict:
         record["outputs"] = {**outputs, "json": str(js)}
         atomic_write_json(js, record)
         results.append({"input": str(scan), "json": str(js), **outputs,
-                        "smallest_flipping_eps": record["smallest_flipping_eps"]})
+                        "smallest_flipping_eps": record["smallest_flipping_eps"],
+                        **({"smallest_flipping_eps_hu": record.get("smallest_flipping_eps_hu"),
+                            "hu_per_unit": record["hu_per_unit"]} if units is not None else {})})
+        if args.progress != "json":
+            print(_scan_lines(record))
     return results[0] if len(results) == 1 else {"scans": results}
+
+
+def _eps_text(eps: float, point: dict | None = None, per_unit: float | None = None) -> str:
+    """``0.02 (5.1 HU)`` for CT, ``0.02`` (model input units) otherwise."""
+    hu = (point or {}).get("eps_hu", eps * per_unit if per_unit else None)
+    return f"{eps:.4g} ({hu:.1f} HU)" if hu is not None else f"{eps:.4g}"
+
+
+def _scan_lines(record: dict) -> str:
+    """The attack on one scan as text: eps in model units and, for CT, in HU; the probability of the clean label."""
+    per_unit = record.get("hu_per_unit")
+    unit = "model input units (HU in brackets)" if per_unit else "model input units"
+    lines = [f"{record['input']}: {record['clean_label']} p={record['clean_probability']:.3f}; "
+             f"{record['attack']} eps in {unit}"]
+    for point in record["curve"]:
+        lines.append(f"  eps {_eps_text(point['eps'], point)}: p({record['clean_label']})={point['probability']:.3f}"
+                     f" -> {point.get('label', '')}")
+    flip = record.get("smallest_flipping_eps")
+    lines.append(f"  smallest eps that flips the label: {_eps_text(flip, None, per_unit)}" if flip is not None
+                 else "  no eps tried flips the label")
+    return "\n".join(lines)
 
 
 def _run_data(args, progress) -> dict:

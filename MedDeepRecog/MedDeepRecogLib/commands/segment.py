@@ -1,4 +1,6 @@
-"""``meddeeprecog segment INPUT --model ID --out OUT.seg.nrrd``: segment a scan with a segmentation package.
+"""``meddeeprecog segment INPUT --model ID --out OUT.seg.nrrd|OUT.dcm``: segment a scan with a segmentation package.
+
+``OUT.dcm`` (DICOM series input): a DICOM Segmentation object referencing the source series (``io.dicom_seg``).
 
 The result is a Slicer ``.seg.nrrd`` on the scan's own grid (one segment per class, named as in training), so it
 loads over the scan in Slicer's slice and 3D views. ``--progress json`` ends with
@@ -10,14 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..progress import DEVICE_HELP, PROGRESS_HELP
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("segment", help="segment a scan with a segmentation package (writes .seg.nrrd)")
     p.add_argument("input", help="NIfTI/NRRD/MHA file or DICOM series folder")
     p.add_argument("--model", required=True, help="segmentation package: ID, ID@VERSION, folder or .zip")
-    p.add_argument("--out", required=True, help="output .seg.nrrd")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="none")
+    p.add_argument("--out", required=True,
+                   help="output .seg.nrrd, or .dcm for a DICOM series input: a DICOM Segmentation object "
+                        "referencing the series (what a PACS stores)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="none", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
@@ -26,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from ..finetune.sliding_window import segment_file
     from ..progress import Progress
 
-    if not args.out.lower().endswith(".seg.nrrd"):
-        raise InputImageError("the output must be a .seg.nrrd file", args.out)
+    if not args.out.lower().endswith((".seg.nrrd", ".dcm")):
+        raise InputImageError("the output must be a .seg.nrrd file, or .dcm (DICOM Segmentation) for a DICOM "
+                              "input", args.out)
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 
+from ..progress import PROGRESS_HELP
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a classifier from a config file and write a model package")
@@ -22,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override training/epochs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override training/device")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar")
+    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 

@@ -2,8 +2,10 @@
 
 Planes are cut from LPS-ordered views of the volumes (no copies), so they show in radiological convention whatever
 the scan's stored orientation: axial with anterior up and the patient's right on the left, coronal and sagittal with
-superior up; pixel aspect follows the voxel spacing. Blending uses ``monai.visualize.blend_images`` with the heatmap
-as per-pixel alpha (cold regions stay transparent).
+superior up; pixel aspect follows the voxel spacing. Every panel carries its orientation letters and its slice
+position in mm as Slicer shows it (RAS offsets: axial S, coronal A, sagittal R). The heatmap uses the Slicer panel's
+colour map (Inferno) with a colour bar giving its value range; blending uses ``monai.visualize.blend_images`` with
+the heatmap as per-pixel alpha (cold regions stay transparent). A one-slice input (a 2D picture) gets one panel.
 
 ``planes_through`` cuts the three planes (small arrays) so a caller can let go of a large scan before the
 full-size heatmap is allocated; ``planes_png`` draws them; ``three_plane_png`` does both from two images.
@@ -11,7 +13,7 @@ full-size heatmap is allocated; ``planes_png`` draws them; ``three_plane_png`` d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +22,30 @@ import SimpleITK as sitk
 from ..io import atomic_save_figure
 
 PLANE_NAMES = ("axial", "coronal", "sagittal")
+#: The Slicer panel's heatmap colour map (MedDeepRecogSlicerLib shows the heatmap in Inferno).
+HEATMAP_CMAP = "inferno"
+#: Orientation letters (top, bottom, left, right) of each panel, radiological convention.
+ORIENTATION = {"axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"), "sagittal": ("S", "I", "A", "P")}
+#: Each panel's slice position as Slicer's slice offset (RAS, mm): axis letter and LPS coordinate sign.
+_OFFSET_AXIS = {"axial": ("S", 2, 1.0), "coronal": ("A", 1, -1.0), "sagittal": ("R", 0, -1.0)}
+#: Warning printed on a heatmap whose faithfulness score is negative.
+UNFAITHFUL_WARNING = "this heatmap is not a faithful explanation (removing its hot pixels hurts the prediction " \
+                     "less than removing random ones)"
 
 
 @dataclass
 class Planes:
-    """Axial, coronal and sagittal planes ``(rows, cols)`` float32 through one voxel, and their pixel aspects."""
+    """Axial, coronal and sagittal planes ``(rows, cols)`` float32 through one voxel, and their pixel aspects.
+
+    ``offsets_mm``: each plane's position as Slicer's slice offset (RAS mm: axial S, coronal A, sagittal R);
+    ``n_axial``: axial slices in the image (1 for a 2D picture: only the axial plane means anything).
+    """
 
     planes: list[np.ndarray]
     aspects: list[float]  # row spacing / column spacing for each plane
     peak_view_zyx: tuple[int, int, int]
+    offsets_mm: list[float] = field(default_factory=lambda: [float("nan")] * 3)
+    n_axial: int = 0
 
 
 def planes_through(image: sitk.Image, peak_view_zyx: tuple[int, int, int]) -> Planes:
@@ -42,7 +59,9 @@ def planes_through(image: sitk.Image, peak_view_zyx: tuple[int, int, int]) -> Pl
               np.array(a[:, y, :][::-1], dtype=np.float32),   # coronal, superior up
               np.array(a[:, :, x][::-1], dtype=np.float32)]   # sagittal, superior up, anterior left
     sx, sy, sz = view.spacing
-    return Planes(planes, [sy / sx, sz / sx, sz / sy], (z, y, x))
+    point = view.origin + view.direction @ (np.array([x, y, z], dtype=float) * view.spacing)  # LPS mm
+    offsets = [float(sign * point[axis]) for _, axis, sign in (_OFFSET_AXIS[n] for n in PLANE_NAMES)]
+    return Planes(planes, [sy / sx, sz / sx, sz / sy], (z, y, x), offsets, int(a.shape[0]))
 
 
 def peak_view_index(heatmap: sitk.Image) -> tuple[int, int, int]:
@@ -53,38 +72,75 @@ def peak_view_index(heatmap: sitk.Image) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(hv)), hv.shape))
 
 
+def _letters(ax, name: str) -> None:
+    top, bottom, left, right = ORIENTATION[name]
+    style = dict(color="white", fontsize=9, fontweight="bold", transform=ax.transAxes,
+                 bbox=dict(boxstyle="round,pad=0.1", facecolor="black", alpha=0.5, linewidth=0))
+    ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+
+
 def planes_png(scan: Planes, heat: Planes, path: str | Path, *, title: str = "", alpha: float = 0.6,
-               cmap: str = "jet", floor: float = 0.15) -> Path:
-    """Draw scan planes with heat planes blended over them and write a PNG atomically.
+               cmap: str = HEATMAP_CMAP, floor: float = 0.15, warning: str | None = None,
+               colorbar_label: str = "heatmap") -> Path:
+    """Draw scan planes with heat planes blended over them, a colour bar and orientation letters; write a PNG
+    atomically.
 
     ``floor``: heat below it is fully transparent; above it the opacity rises linearly to ``alpha``.
+    ``warning``: a red line under the title (e.g. :data:`UNFAITHFUL_WARNING`).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from monai.visualize import blend_images
 
-    lo, hi = np.percentile(np.concatenate([p.ravel() for p in scan.planes]), [1, 99.5])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), dpi=100)
-    for ax, name, s, h, aspect in zip(axes, PLANE_NAMES, scan.planes, heat.planes, scan.aspects):
+    shown = [0] if scan.n_axial == 1 else [0, 1, 2]  # a 2D picture: one panel, not 1-pixel strips
+    lo, hi = np.percentile(np.concatenate([scan.planes[i].ravel() for i in shown]), [1, 99.5])
+    import textwrap
+
+    width = 6.4 if len(shown) == 1 else 12.6
+    chars = int(width * 15)
+    title = "\n".join(textwrap.fill(line, chars) for line in title.splitlines())
+    warning = textwrap.fill(f"WARNING: {warning}", chars) if warning else None
+    fig, axes = plt.subplots(1, len(shown), figsize=(width, 4.9), dpi=100, squeeze=False)
+    for ax, i in zip(axes[0], shown):
+        name, s, h, aspect = PLANE_NAMES[i], scan.planes[i], heat.planes[i], scan.aspects[i]
         s01 = np.clip((s - lo) / max(hi - lo, 1e-6), 0, 1)
         h01 = np.clip(h, 0, 1)
         opacity = alpha * np.clip((h01 - floor) / (1 - floor), 0, 1)
         rgb = blend_images(s01[None], h01[None], alpha=opacity[None], cmap=cmap, rescale_arrays=False,
                            transparent_background=True)
         ax.imshow(np.moveaxis(np.asarray(rgb), 0, -1).clip(0, 1), aspect=aspect, interpolation="antialiased")
-        ax.set_title(name, fontsize=10)
+        letter = _OFFSET_AXIS[name][0]
+        offset = scan.offsets_mm[i]
+        where = f"{letter} {offset:+.1f} mm" if np.isfinite(offset) else ""
+        ax.set_title(f"{name}  {where}".strip(), fontsize=10)
+        _letters(ax, name)
         ax.axis("off")
+    top = 0.92 - 0.035 * (title.count("\n") + 1)
+    bottom = 0.02 + (0.035 * (warning.count("\n") + 1) if warning else 0)
+    right = 0.84 if len(shown) == 1 else 0.91
+    fig.subplots_adjust(left=0.01, right=right, bottom=bottom, top=top, wspace=0.04)
+    cax = fig.add_axes([right + 0.02, bottom + 0.1, 0.014 if len(shown) > 1 else 0.03, top - bottom - 0.2], label="colorbar")
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=cax, ticks=[0, floor, 0.5, 1.0])
+    bar.ax.set_yticklabels(["0", f"{floor:g}", "0.5", "1 peak"], fontsize=7)
+    bar.set_label(f"{colorbar_label}; clear below {floor:g}", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86, wspace=0.04)  # tight_layout costs ~0.3 s
+    if warning:
+        fig.text(0.5, 0.01, warning, ha="center", va="bottom", color="red", fontsize=8,
+                 fontweight="bold")
     path = Path(path)
     return atomic_save_figure(fig, path)
 
 
 def three_plane_png(image: sitk.Image, heatmap: sitk.Image, path: str | Path, *, title: str = "",
-                    alpha: float = 0.6, cmap: str = "jet") -> Path:
+                    alpha: float = 0.6, cmap: str = HEATMAP_CMAP, warning: str | None = None) -> Path:
     """PNG of the axial / coronal / sagittal planes through the maximum of ``heatmap`` (0..1, on ``image``'s grid)."""
     peak = peak_view_index(heatmap)
     return planes_png(planes_through(image, peak), planes_through(heatmap, peak), path, title=title,
-                      alpha=alpha, cmap=cmap)
+                      alpha=alpha, cmap=cmap, warning=warning)

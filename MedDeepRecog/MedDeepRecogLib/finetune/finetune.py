@@ -44,7 +44,9 @@ TASKS = ("classify", "segment")
 class FinetuneConfig:
     """Everything a fine-tuning run depends on (configuration as data; JSON/YAML keys are these field names).
 
-    Data: ``data`` (manifest / folder / ``.seg.nrrd``), ``class_map`` (``"a=x,b=y"``, dict or JSON file),
+    Data: ``data`` (manifest / folder / ``.seg.nrrd``; with ``image``, any segmentation or label map of that scan),
+    ``image`` (the scan of a single segmentation given as ``data`` when their names do not pair), ``label_table``
+    (``FILE.json[#KEY]`` id → name table, or a Slicer ``.ctbl``, for plain label maps without their own), ``class_map`` (``"a=x,b=y"``, dict or JSON file),
     ``label_source`` (``"segment"``: class from the segment name; ``"case"``: the case's label),
     ``val_cases`` / ``val_fraction`` (split by case) or ``val_slab`` (``[start, stop)`` slices of a one-case data
     set at the training spacing).
@@ -62,6 +64,8 @@ class FinetuneConfig:
 
     task: str = "segment"
     data: str = ""
+    image: str | None = None
+    label_table: str | None = None
     base: str | None = None
     arch: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -233,7 +237,7 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     import torch
 
     data_path = Path(cfg.data)
-    cases, manifest_map = load_cases(data_path)
+    cases, manifest_map = load_cases(data_path, image=cfg.image, label_table=cfg.label_table)
     class_map = parse_class_map(cfg.class_map) if cfg.class_map else (manifest_map or ClassMap(None))
     base = _base_package(cfg.base, cfg.task)
     progress("load", 0.0, cases=len(cases))

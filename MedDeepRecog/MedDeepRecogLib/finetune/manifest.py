@@ -22,7 +22,7 @@ import fnmatch
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -257,8 +257,13 @@ def pair_folder(folder: str | Path) -> list[Case]:
     return cases
 
 
-def load_cases(data: str | Path) -> tuple[list[Case], ClassMap | None]:
-    """Cases from a manifest, a folder (its manifest or name pairs) or a single ``.seg.nrrd`` beside its scan.
+def load_cases(data: str | Path, *, image: str | Path | None = None,
+               label_table: str | None = None) -> tuple[list[Case], ClassMap | None]:
+    """Cases from a manifest, a folder (its manifest or name pairs), a single ``.seg.nrrd`` beside its scan, or
+    (with ``image``) one segmentation or label map of that scan.
+
+    ``label_table`` (``FILE.json[#KEY]`` or a Slicer color table): the id → name table of every case that names
+    none itself (plain label maps store only numbers).
 
     Every listed file must exist; a missing one raises :class:`MedDeepRecogError` naming the case.
     """
@@ -266,7 +271,13 @@ def load_cases(data: str | Path) -> tuple[list[Case], ClassMap | None]:
     if not data.exists():
         raise MedDeepRecogError("data path does not exist", data)
     class_map = None
-    if data.is_dir():
+    if image is not None:
+        if not data.is_file():
+            raise ConfigError("--image pairs one scan with one segmentation: --data must then be a segmentation or "
+                              "label map file, not a folder", data)
+        image = Path(image)
+        cases = [Case(_scan_stem(image), image, data)]
+    elif data.is_dir():
         for name in ("manifest.json", "manifest.csv"):
             if (data / name).exists():
                 cases, class_map = read_manifest(data / name)
@@ -282,6 +293,9 @@ def load_cases(data: str | Path) -> tuple[list[Case], ClassMap | None]:
         cases = [Case(stem, found[0], data)]
     else:
         cases, class_map = read_manifest(data)
+    if label_table:
+        table = _resolve_table(Path.cwd(), label_table)
+        cases = [c if c.label_table else replace(c, label_table=table) for c in cases]
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -91,11 +91,17 @@ def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overl
 
 def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, device: str = "cpu",
                  progress: Callable[..., None] = null_progress) -> dict[str, Any]:
-    """Segment ``input_path`` and write ``out_path`` (``.seg.nrrd``): one segment per class, named as in training.
+    """Segment ``input_path`` and write ``out_path``: one segment per class, named as in training; a ``.seg.nrrd``,
+    or for a DICOM series input a DICOM Segmentation (``.dcm``, referencing the series; ``io.dicom_seg``).
 
     Returns a JSON-ready summary: input, output, model, per-class voxel count and volume (ml), timings.
     """
     input_path, out_path = Path(input_path), Path(out_path)
+    dicom_out = out_path.name.lower().endswith(".dcm")
+    if dicom_out:
+        from ..io.dicom_seg import check_dicom_seg_source
+
+        check_dicom_seg_source(input_path)  # before any work
     progress("read", 0.0)
     image = require_3d(read_image(input_path), input_path)
     validate_intensities(image, input_path)
@@ -103,7 +109,14 @@ def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, 
     labels, info = segment_image(image, pkg, device=device, progress=progress)
     names = pkg.class_names[1:]
     specs = [SegmentSpec(name, i) for i, name in enumerate(names, start=1)]
-    write_segmentation(labels, image, specs, out_path)
+    if dicom_out:
+        from ..io.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(labels, image, input_path, [(i, n) for i, n in enumerate(names, start=1)], out_path,
+                        series_description=f"{pkg.id} {pkg.version} segmentation",
+                        algorithm=pkg.id, algorithm_version=pkg.version)
+    else:
+        write_segmentation(labels, image, specs, out_path)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=len(names) + 1)
     return {"input": str(input_path), "output": str(out_path), **info,

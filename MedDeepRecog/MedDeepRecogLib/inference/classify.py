@@ -87,6 +87,8 @@ class ClassificationResult:
             "label": self.decision["label"],
             "top_class": self.decision["top_class"],
             "confidence": self.decision["confidence"],
+            "confidence_basis": confidence_basis(self),
+            "probabilities_basis": probabilities_basis(self),
             "uncertain": self.decision["uncertain"],
             "uncertain_reasons": self.decision["reasons"],
             "modality": self.decision.get("modality"),
@@ -106,6 +108,46 @@ class ClassificationResult:
             "timing_s": {k: round(v, 4) for k, v in self.timing_s.items()},
             "outputs": outputs or {},
         }
+
+
+def _voting_slices(result: "ClassificationResult") -> int:
+    return sum(1 for r in result.per_slice if r.get("voted", True) and "label" in r)
+
+
+def confidence_basis(result: "ClassificationResult") -> str:
+    """What ``confidence`` is, in words (the one number the CLI prints, the PNG and the report show)."""
+    top = result.decision["top_class"]
+    n = _voting_slices(result)
+    if n > 1:
+        return (f"mean over the {n} voting slices of each slice's probability for {top}: the figure the model's "
+                f"min_probability threshold is set on (one held-out image's probability)")
+    return f"the scan's probability for {top}"
+
+
+def probabilities_basis(result: "ClassificationResult") -> str:
+    """How ``probabilities`` aggregate the slices (they choose ``top_class``)."""
+    n = _voting_slices(result)
+    if n > 1:
+        return (f"softmax of the mean log-probability over the {n} voting slices (a geometric mean: one slice "
+                f"confidently saying otherwise pulls it down); it picks top_class, and differs from confidence")
+    return "softmax of the model's output (temperature-scaled when the package is calibrated)"
+
+
+def headline(result: "ClassificationResult") -> str:
+    """``MRBrain, confidence 0.83`` (or ``uncertain (top class MRBrain, confidence 0.41)``): the same number in
+    the printed line, the PNG title, the HTML report and ``confidence`` in the JSON."""
+    d = result.decision
+    if d["label"] == d["top_class"]:
+        return f"{d['label']}, confidence {d['confidence']:.2f}"
+    return f"{d['label']} (top class {d['top_class']}, confidence {d['confidence']:.2f})"
+
+
+def heatmap_warning(result: "ClassificationResult") -> str | None:
+    """The warning line for a heatmap whose faithfulness score is negative, else ``None``."""
+    from ..explain.overlay import UNFAITHFUL_WARNING
+
+    score = (result.explain.get("faithfulness") or {}).get("score")
+    return UNFAITHFUL_WARNING if isinstance(score, (int, float)) and score < 0 else None
 
 
 def output_name(path: str | Path) -> str:
@@ -542,14 +584,13 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
 
             png_path = out_dir / f"{result.name}_heatmap.png"
             scan_planes, heat_planes = result.overlay
-            title = (f"{result.model['id']} {result.model['version']}: {result.label}"
-                     f" (p={result.decision['confidence']:.2f}) | {result.explain.get('method')}"
-                     f" for {result.explain.get('class', '')} | peak at LPS-view voxel (z, y, x) "
-                     f"{list(scan_planes.peak_view_zyx)}")
+            title = (f"{result.model['id']} {result.model['version']}: {headline(result)}"
+                     f"\n{result.explain.get('method')} heatmap for {result.explain.get('class', '')}")
             caption = result.explain.get("faithfulness_caption", "")
             if caption:
                 title += f"\n{caption}"
-            planes_png(scan_planes, heat_planes, png_path, title=title)
+            planes_png(scan_planes, heat_planes, png_path, title=title, warning=heatmap_warning(result),
+                       colorbar_label=f"{result.explain.get('method')} heat (0..1)")
             outputs["png"] = str(png_path)
     result.timing_s["write"] = time.perf_counter() - t
     outputs["json"] = str(json_path)

@@ -297,6 +297,10 @@ def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: in
 
 
 # --------------------------------------------------------------------------------------------- 3D volumes
+class LabelMapError(InputImageError):
+    """A label map or mask given to a grey-level model (``classify`` skips these in a folder, naming them)."""
+
+
 def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = None) -> None:
     """Refuse a scan whose kind of content differs from what the model was trained on.
 
@@ -307,7 +311,7 @@ def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = 
     if spec.get("content") != "binary_mask":
         labels = label_map_values(image)
         if labels is not None:
-            raise InputImageError(
+            raise LabelMapError(
                 f"this looks like a label map or mask, not a scan: integer voxels with only {len(labels)} distinct "
                 f"values ({', '.join(map(str, labels[:6]))}{'…' if len(labels) > 6 else ''}); the model classifies "
                 "grey-level images", path)

@@ -161,8 +161,18 @@ class BodyParams:
     modality: Literal["auto", "CT", "MR"] = param("auto", "CT: threshold in HU; MR: Otsu; auto: guess")
     threshold_hu: float = param(-500.0, "CT: voxels above this HU are tissue", )
     closing_mm: float = param(3.0, "closing radius in mm (bridges thin gaps in the skin)", minimum=0.0)
+    mr_background: float = param(0.1, "MR: voxels brighter than this fraction of the 99th percentile are tissue "
+                                      "too (Otsu alone splits fat from glandular tissue on a crop with little air)",
+                                 minimum=0.0, maximum=1.0)
     segment: str = param("body", "segment name of the mask")
     apply: bool = param(False, "also set the image to its minimum outside the mask")
+
+
+def _mr_tissue(image: sitk.Image, fraction: float) -> sitk.Image:
+    """MR voxels brighter than ``fraction`` of the smoothed image's 99th percentile (air is near 0 in MR)."""
+    smooth = sitk.SmoothingRecursiveGaussian(as_float32(image), max(image.GetSpacing()[:2]))
+    level = float(np.percentile(sitk.GetArrayViewFromImage(smooth), 99)) * fraction
+    return sitk.BinaryThreshold(smooth, level, 3.4e38, 1, 0)
 
 
 def _foreground(image: sitk.Image, modality: str, threshold_hu: float) -> sitk.Image:
@@ -193,8 +203,21 @@ def _solid(mask: sitk.Image, image: sitk.Image, closing_mm: float) -> sitk.Image
 
 @register("body_mask", BodyParams, kind="mask", summary="body (or head) outline from CT (HU threshold) or MR (Otsu)")
 def body_mask(image: sitk.Image, p: BodyParams) -> sitk.Image:
-    """Largest tissue component, closed and with holes (lungs, bowel gas) filled slice by slice."""
-    return _solid(_foreground(image, p.modality, p.threshold_hu), image, p.closing_mm)
+    """Largest tissue component, closed and with holes (lungs, bowel gas) filled slice by slice.
+
+    MR: Otsu's class above the background, or brighter than ``mr_background`` of the 99th percentile: on a breast
+    crop with almost no air Otsu's threshold falls between fat and glandular tissue, and the mask alone would keep
+    a few percent of the breast.
+    """
+    modality = p.modality
+    if modality == "auto":
+        from ..io.image_io import guess_modality
+
+        modality = "CT" if guess_modality(image) == "CT" else "MR"
+    foreground = _foreground(image, modality, p.threshold_hu)
+    if modality == "MR" and p.mr_background > 0:
+        foreground = sitk.Or(foreground, _mr_tissue(image, p.mr_background))
+    return _solid(foreground, image, p.closing_mm)
 
 
 @dataclass(frozen=True)

@@ -97,12 +97,16 @@ def reliability_png(probs_before: np.ndarray, probs_after: np.ndarray, labels: n
 
 def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "val", dest: str | Path | None = None,
                       version: str | None = None, n_bins: int = 10, progress: ProgressCallback = null_progress,
-                      command: str | None = None) -> dict[str, Any]:
+                      command: str | None = None, report_split: str | None = None) -> dict[str, Any]:
     """Fit the temperature and the low-confidence threshold on ``split`` of ``data``; write a new package version.
 
     Args:
         model_ref: package id / id@version / folder / zip.
         data: ``.npz`` (``split`` is used) or ``.csv`` with ``path,label`` columns (every row is used).
+        split: the split the temperature and threshold are fitted on.
+        report_split: the split the ECE / NLL / flag-rate figures are reported on (``.npz`` only; default
+            ``split``: then ``calibration.same_split`` is true and ``calibration.note`` says the "after" figures
+            are optimistic).
         dest: catalog root for the new version (default: the user catalog).
         version: version of the new package (default: the next free patch version).
 
@@ -119,11 +123,15 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         raise ConfigError("calibration data not found", data)
     progress("predict", 0.0)
     if data.suffix.lower() == ".csv":
+        if report_split is not None:
+            raise ConfigError("--report-split picks a split of an .npz; a CSV is one set (every row): give the "
+                              "report data as another .npz, or drop --report-split", data)
         logits, labels = _csv_logits(pkg, data, progress)
         split_desc = "all rows of the CSV"
     else:
         logits, labels = _npz_logits(pkg, data, split)
         split_desc = split
+    same = report_split is None or report_split == split
     k = len(pkg.class_names)
     if labels.max() >= k or labels.min() < 0:
         raise ConfigError(f"labels {labels.min()}..{labels.max()} do not fit the model's {k} classes", data)
@@ -134,11 +142,21 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     t = fit_temperature(logits, labels)
     after = softmax(logits, t)
 
-    def nll(p: np.ndarray) -> float:
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1.0))))
-
     h = normalized_entropy(after)
     threshold = low_confidence_threshold(h, after.argmax(1) == labels)
+    fit_n = int(len(labels))
+    if not same:  # report on data the fit did not see
+        progress("predict", 0.9, split=report_split)
+        logits, labels = _npz_logits(pkg, data, report_split)
+        if labels.max() >= k or labels.min() < 0:
+            raise ConfigError(f"labels of split {report_split!r} do not fit the model's {k} classes", data)
+        before, after = softmax(logits), softmax(logits, t)
+        h = normalized_entropy(after)
+
+    def nll(p: np.ndarray) -> float:  # on the report split's labels
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1.0))))
+
+    report_desc = split_desc if same else report_split
     cal = {"temperature": round(t, 6),
            "ece_before": round(expected_calibration_error(before, labels, n_bins), 6),
            "ece_after": round(expected_calibration_error(after, labels, n_bins), 6),
@@ -146,7 +164,11 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
            "low_confidence_threshold": round(float(threshold), 6),
            "low_confidence_rate": round(float((h >= threshold).mean()), 6),
            "low_confidence_measure": "normalised predictive entropy of the calibrated probabilities (0..1)",
-           "split": split_desc, "data": str(data), "n": int(len(labels))}
+           "split": split_desc, "data": str(data), "n": fit_n,
+           "fit_split": split_desc, "report_split": report_desc, "report_n": int(len(labels)), "same_split": same,
+           "note": (f"fitted and reported on the same split ({split_desc}): the 'after' figures are optimistic; "
+                    "give --report-split for figures on data the fit did not see") if same else
+                   f"fitted on {split_desc} ({fit_n} cases), reported on {report_desc} ({len(labels)} cases)"}
 
     from ..packages import catalog_dirs, next_version, user_models_dir
 
@@ -185,7 +207,8 @@ def calibration_card_section(cal: dict[str, Any], parent: str) -> str:
     """Markdown "Calibration" section for a model card."""
     return f"""
 ## Calibration (temperature scaling)
-Fitted on {cal['split']} of `{cal['data']}` ({cal['n']} cases) for parent `{parent}`.
+Fitted on {cal['split']} of `{cal['data']}` ({cal['n']} cases) for parent `{parent}`; figures below on
+{cal.get('report_split', cal['split'])} ({cal.get('report_n', cal['n'])} cases).
 
 | | ECE ({cal['n_bins']} bins) | NLL |
 |---|---|---|
@@ -193,6 +216,7 @@ Fitted on {cal['split']} of `{cal['data']}` ({cal['n']} cases) for parent `{pare
 | after (T = {cal['temperature']:.3f}) | {cal['ece_after']:.4f} | {cal['nll_after']:.4f} |
 
 Low-confidence flag: normalised predictive entropy >= {cal['low_confidence_threshold']:.3f} (threshold maximising
-Youden's J for telling wrong from right predictions on the same data; {cal['low_confidence_rate']:.1%} of these
-cases are flagged). Fitted and reported on the same split, so the "after" figures are optimistic.
+Youden's J for telling wrong from right predictions on the fitting data; {cal['low_confidence_rate']:.1%} of these
+cases are flagged). {"Fitted and reported on the same split, so the 'after' figures are optimistic." if
+cal.get('same_split', True) else "Reported on data the fit did not see."}
 """

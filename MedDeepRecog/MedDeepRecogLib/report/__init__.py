@@ -1,0 +1,136 @@
+"""Per-case HTML report (``classify --report``, on by default in ``demo``): one self-contained page.
+
+The page is rendered from a Jinja2 template (``templates/case_report.html.j2``, autoescaped); the overlay PNG is
+embedded as a data URI, the probabilities are a bar chart drawn with CSS widths, so the file opens anywhere without
+the output folder. It holds the three planes with the overlay, the probabilities, uncertainty and faithfulness with
+their meaning in words, the model's card (data, validation figures, intended use, what not to use it for; the
+package's ``MODEL_CARD.md`` in full) and the exact command that made it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+TEMPLATE = "case_report.html.j2"
+
+
+def _environment():
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
+                      autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v: f"{100 * float(v):.1f} %"
+    env.filters["num"] = lambda v, d=3: (str(v) if isinstance(v, int) and not isinstance(v, bool) else
+                                         f"{float(v):.{d}f}" if isinstance(v, float) else str(v))
+    return env
+
+
+def uncertainty_words(result) -> list[str]:
+    """The uncertainty block as sentences."""
+    u = result.uncertainty or {}
+    out = []
+    if u.get("predictive_entropy") is not None:
+        h = float(u["predictive_entropy"])
+        level = "low" if h < 0.3 else "moderate" if h < 0.6 else "high"
+        out.append(f"Predictive entropy {h:.2f} on a 0 (all probability on one class) to 1 (spread evenly over "
+                   f"all classes) scale: {level} spread.")
+    if u.get("low_confidence") is True:
+        out.append(f"The entropy is at or above the calibrated low-confidence threshold "
+                   f"{u['low_confidence_threshold']:.2f}, so the label is reported as uncertain.")
+    elif u.get("low_confidence") is False:
+        out.append(f"The entropy is below the calibrated low-confidence threshold {u['low_confidence_threshold']:.2f}.")
+    else:
+        out.append("This package has no calibrated low-confidence threshold (it was not calibrated).")
+    for key, what in (("mc_dropout", "Monte-Carlo dropout passes"), ("tta", "test-time augmentations (the scan "
+                      "and flipped copies)"), ("ensemble", "ensemble members")):
+        block = u.get(key)
+        if isinstance(block, dict) and block.get("available", True) and "samples" in block:
+            spread = block.get("std") or block.get("variance")
+            extra = f"; spread of the top class probability {float(spread):.3f}" if isinstance(spread, (int, float)) \
+                else ""
+            out.append(f"{block['samples']} {what}{extra}: the larger the spread, the less the model agrees "
+                       f"with itself.")
+    return out
+
+
+def faithfulness_words(result) -> list[str]:
+    """The faithfulness score in words (what the heatmap's hot pixels do to the prediction)."""
+    f = result.explain.get("faithfulness") or {}
+    if "score" not in f:
+        return ["The heatmap's faithfulness was not scored."]
+    s = float(f["score"])
+    words = [f"Faithfulness {s:+.2f} (from -1 to +1). Deleting the hottest pixels first drops the class "
+             f"probability with area {f['deletion_auc']:.2f} under the curve (random order: "
+             f"{f.get('random_deletion_auc', float('nan')):.2f}; lower is better); revealing them first restores it "
+             f"with area {f['insertion_auc']:.2f} (random: {f.get('random_insertion_auc', float('nan')):.2f}; "
+             f"higher is better)."]
+    if s < 0:
+        words.append("This heatmap is not a faithful explanation: the pixels it marks matter less to the model "
+                     "than random ones. Do not read it as where the finding is.")
+    elif s < 0.1:
+        words.append("The heatmap explains the prediction only slightly better than random pixels.")
+    else:
+        words.append("The heatmap's hot pixels do drive the prediction.")
+    return words
+
+
+def model_card(package) -> dict[str, Any]:
+    """What the report shows of the package: data, validation figures, intended use, not-for, the card text."""
+    meta = package.meta
+    metrics = {k: v for k, v in (meta.get("metrics") or {}).items()
+               if isinstance(v, (int, float, str)) and k not in ("train_time_s",)}
+    use = meta.get("use") or {}
+    card_path = Path(package.path) / "MODEL_CARD.md"
+    domain = meta.get("domain") or {}
+    return {
+        "id": meta["id"], "version": meta["version"], "description": meta.get("description", ""),
+        "architecture": (meta.get("architecture") or {}).get("name", ""),
+        "classes": list(meta.get("class_names") or []),
+        "data": (meta.get("provenance") or {}).get("data", "not recorded"),
+        "split": (meta.get("provenance") or {}).get("split", ""),
+        "metrics": metrics,
+        "intended_use": use.get("intended_use") or "not stated in the package",
+        "not_for": list(use.get("not_for") or []),
+        "domain": ({"threshold": domain.get("threshold"), "val_in_domain_rate": domain.get("val_in_domain_rate")}
+                   if domain else None),
+        "localisation": meta.get("localisation") or None,
+        "card_text": card_path.read_text(encoding="utf-8") if card_path.is_file() else None,
+    }
+
+
+def render_case_report(result, outputs: dict, package, *, command: str) -> str:
+    """The HTML page (a string) for one classified case."""
+    from ..inference.classify import confidence_basis, headline, heatmap_warning, probabilities_basis
+
+    png = outputs.get("png")
+    image = None
+    if png and Path(png).is_file():
+        image = "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+    probs = sorted(result.probability_map().items(), key=lambda kv: -kv[1])
+    d = result.decision
+    return _environment().get_template(TEMPLATE).render(
+        name=result.name, input=result.input, headline=headline(result), label=d["label"], top_class=d["top_class"],
+        confidence=d["confidence"], confidence_basis=confidence_basis(result),
+        probabilities=probs, probabilities_basis=probabilities_basis(result),
+        uncertain=d["uncertain"], reasons=list(d["reasons"]), image=image,
+        method=result.explain.get("method"), explained_class=result.explain.get("class"),
+        warning=heatmap_warning(result), uncertainty=uncertainty_words(result),
+        faithfulness=faithfulness_words(result), finding=result.finding, route=result.route,
+        card=model_card(package), command=command, cwd=str(Path.cwd()),
+        outputs={k: Path(v).name for k, v in outputs.items() if v},
+        created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def write_case_report(result, outputs: dict, package, out_dir: str | Path, *, command: str) -> Path:
+    """Write ``out_dir/<name>_report.html`` atomically and return its path."""
+    from ..io import atomic_output
+
+    path = Path(out_dir) / f"{result.name}_report.html"
+    html = render_case_report(result, outputs, package, command=command)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(html, encoding="utf-8")
+    return path

@@ -1,0 +1,239 @@
+"""What a radiologist and a newcomer see: the overlay PNG, one confidence, masks skipped in folders, the batch
+summary (going on past a bad file), the per-case HTML report (screenshot in headless Chromium when present).
+
+Tiny random packages (``tiny_test_package``) and the bundled ``body-region`` model; labels are not the point.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_volume
+from MedDeepRecogLib.explain import overlay
+from MedDeepRecogLib.io import write_image
+from tiny_test_package import make_tiny_package
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pkgs")
+    return {kind: make_tiny_package(root, kind=kind) for kind in ("slices2d", "volume3d")}
+
+
+def _scan(path: Path, seed: int = 0, size=(40, 36, 12)) -> Path:
+    return write_image(make_volume(size=size, seed=seed), path)
+
+
+def _label_map(path: Path, size=(40, 36, 12)) -> Path:
+    arr = np.zeros(size[::-1], dtype=np.uint8)
+    arr[3:8, 10:20, 10:25] = 1
+    arr[5:7, 12:16, 12:18] = 2
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    return write_image(image, path)
+
+
+# ------------------------------------------------------------------------------------------------ 1. pictures
+def test_png_draws_inferno_colorbar_letters_and_mm(monkeypatch, tmp_path):
+    """The overlay uses the Slicer panel's Inferno, a colour bar with 0..1, orientation letters on every panel,
+    the slice offset in mm in each panel title, the label with its confidence, and the warning line."""
+
+    drawn = {}
+    original = overlay.atomic_save_figure
+
+    def capture(fig, path):
+        drawn["texts"] = [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
+        drawn["titles"] = [ax.get_title() for ax in fig.axes]
+        drawn["suptitle"] = fig._suptitle.get_text()
+        drawn["axes"] = fig.axes
+        return original(fig, path)
+
+    monkeypatch.setattr(overlay, "atomic_save_figure", capture)
+    image = make_volume(size=(30, 28, 10), spacing=(0.8, 0.8, 3.0))
+    heat = sitk.GetImageFromArray(np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.float32))
+    heat.CopyInformation(image)
+    heat[15, 14, 5] = 1.0
+    path = overlay.three_plane_png(image, heat, tmp_path / "o.png", title="m 1.0: beta, confidence 0.71",
+                                   warning=overlay.UNFAITHFUL_WARNING)
+    assert path.is_file()
+    assert overlay.HEATMAP_CMAP == "inferno"
+    bars = [ax for ax in drawn["axes"] if ax.get_label() == "colorbar"]
+    assert len(bars) == 1 and bars[0].get_ylim() == (0.0, 1.0)
+    for letters in overlay.ORIENTATION.values():
+        for letter in letters:
+            assert letter in drawn["texts"]
+    panel_titles = [t for t in drawn["titles"] if t]
+    assert len(panel_titles) == 3
+    z_mm = image.TransformIndexToPhysicalPoint((15, 14, 5))[2]
+    assert panel_titles[0] == f"axial  S {z_mm:+.1f} mm"
+    assert re.fullmatch(r"coronal  A [+-]\d+\.\d mm", panel_titles[1])
+    assert re.fullmatch(r"sagittal  R [+-]\d+\.\d mm", panel_titles[2])
+    assert "confidence 0.71" in drawn["suptitle"]
+    assert any("this heatmap is not a faithful explanation" in t for t in drawn["texts"])
+
+
+def test_one_slice_input_gets_one_panel(monkeypatch, tmp_path):
+    seen = {}
+    original = overlay.atomic_save_figure
+    monkeypatch.setattr(overlay, "atomic_save_figure",
+                        lambda fig, path: seen.setdefault("n", len([a for a in fig.axes if a.get_label() !=
+                                                                    "colorbar"])) and original(fig, path))
+    image = make_volume(size=(30, 28, 1))
+    heat = sitk.GetImageFromArray(np.random.default_rng(0).random((1, 28, 30)).astype(np.float32))
+    heat.CopyInformation(image)
+    overlay.three_plane_png(image, heat, tmp_path / "one.png")
+    assert seen["n"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ 2. one confidence
+def test_printed_png_and_json_confidence_agree(run_cli_all, shared_data, tmp_path, monkeypatch):
+    """brain1 with body-region: the headline printed, the PNG title and the JSON's ``confidence`` are one number;
+    the JSON says what ``confidence`` and ``probabilities`` each are."""
+    from MedDeepRecogLib.explain import overlay as ov
+
+    titles = []
+    real = ov.planes_png
+    monkeypatch.setattr(ov, "planes_png", lambda *a, **k: titles.append(k["title"]) or real(*a, **k))
+    scan = shared_data / "pyradiomics_testcases" / "brain1_image.nrrd"
+    code, out, err = run_cli_all("classify", scan, "--model", "body-region", "--out", tmp_path, "--progress", "none",
+                                 "--no-faithfulness")
+    assert code == 0, err
+    record = json.loads((tmp_path / "brain1_image.json").read_text(encoding="utf-8"))
+    shown = f"confidence {record['confidence']:.2f}"
+    assert f"brain1_image.nrrd: {record['label']}, {shown}" in out
+    assert shown in titles[0]
+    assert "mean over the" in record["confidence_basis"] and "voting slices" in record["confidence_basis"]
+    assert "geometric mean" in record["probabilities_basis"]
+    # the two figures genuinely differ for a slice stack; neither is printed unlabelled
+    assert abs(record["probabilities"][record["top_class"]] - record["confidence"]) > 0.005
+    assert "scan probabilities (label vote: geometric mean over" in out
+
+
+# ------------------------------------------------------------------------------------------------ 3. masks
+def test_folder_skips_label_maps_and_names_them(run_cli_all, tiny, tmp_path):
+    folder = tmp_path / "cases"
+    _scan(folder / "case1.nrrd")
+    _label_map(folder / "case1_label.nrrd")
+    _label_map(folder / "mask.nrrd")  # integer, 3 values, no telling name
+    shutil.copy(folder / "case1_label.nrrd", folder / "case1.seg.nrrd")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli_all("classify", folder, "--model", tiny["slices2d"], "--out", out,
+                                    "--progress", "none", "--no-faithfulness")
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*.json")) == ["case1.json", "summary.json"]
+    for name in ("case1_label.nrrd", "case1.seg.nrrd", "mask.nrrd"):
+        assert f"skipped {folder / name}:" in stdout
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    reasons = {Path(s["input"]).name: s["reason"] for s in summary["skipped"]}
+    assert "label map" in reasons["case1_label.nrrd"] and "segmentation" in reasons["case1.seg.nrrd"]
+    assert "3 distinct values" in reasons["mask.nrrd"]
+
+
+def test_mask_given_explicitly_is_refused_with_the_reason(run_cli_all, tiny, tmp_path):
+    mask = _label_map(tmp_path / "brain_label.nrrd")
+    code, _, err = run_cli_all("classify", mask, "--model", tiny["slices2d"], "--out", tmp_path / "o",
+                               "--progress", "none")
+    assert code == 2
+    assert "label map or mask, not a scan" in err and str(mask) in err
+
+
+# ------------------------------------------------------------------------------------------------ 4. batch summary
+def test_batch_summary_and_going_on_past_a_bad_file(run_cli_all, tiny, tmp_path):
+    a, b = _scan(tmp_path / "in" / "a.nrrd", 1), _scan(tmp_path / "in" / "b.nii.gz", 2)
+    bad = tmp_path / "in" / "broken.nrrd"
+    bad.write_bytes(b"NRRD0004\ngarbage\n")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli_all("classify", a, bad, b, "--model", tiny["volume3d"], "--out", out,
+                                    "--progress", "none", "--no-faithfulness")
+    assert code == 2
+    assert (out / "a.json").is_file() and (out / "b.json").is_file()  # b came after the bad file
+    assert f"error: {bad}" in err and "1 of 3 inputs failed" in err
+    rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
+    assert [r["input"] for r in rows] == [str(a), str(bad), str(b)]
+    assert list(rows[0]) == ["input", "status", "label", "top_class", "probability", "uncertain", "uncertain_reason",
+                             "model", "json", "heatmap", "png", "report", "error"]
+    ok = json.loads((out / "a.json").read_text(encoding="utf-8"))
+    assert rows[0]["status"] == "ok" and rows[0]["label"] == ok["label"]
+    assert float(rows[0]["probability"]) == pytest.approx(ok["confidence"], abs=1e-4)
+    assert rows[0]["uncertain"] == str(ok["uncertain"]).lower()
+    assert rows[0]["uncertain_reason"] == "; ".join(ok["uncertain_reasons"])
+    assert rows[0]["model"] == "tiny-test-volume3d@0.0.1" and rows[0]["json"] == str(out / "a.json")
+    assert rows[1]["status"] == "error" and rows[1]["error"].startswith(str(bad)) and "\n" not in rows[1]["error"]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["counts"] == {"classified": 2, "failed": 1, "skipped": 0}
+    assert summary["cases"][2]["outputs"]["json"] == str(out / "b.json")
+
+
+def test_one_bad_input_alone_still_fails_at_once(run_cli_all, tiny, tmp_path):
+    bad = tmp_path / "broken.nrrd"
+    bad.write_bytes(b"NRRD0004\ngarbage\n")
+    code, _, err = run_cli_all("classify", bad, "--model", tiny["volume3d"], "--out", tmp_path / "o")
+    assert code == 2 and err.count("error:") == 1
+    assert not (tmp_path / "o" / "summary.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------ 5. HTML report
+def test_html_report_is_self_contained_and_screenshots(run_cli_all, tiny, tmp_path):
+    pkg = Path(tiny["slices2d"])
+    meta = json.loads((pkg / "model.json").read_text(encoding="utf-8"))
+    card_dir = tmp_path / "pkg"
+    shutil.copytree(pkg, card_dir)
+    meta["use"] = {"intended_use": "testing the report <only>", "not_for": ["diagnosis", "children"]}
+    meta["metrics"] = {"split": "val", "auc": 0.91, "n": 40}
+    (card_dir / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    (card_dir / "MODEL_CARD.md").write_text("# tiny\nTrained on nothing.\n", encoding="utf-8")
+    scan = _scan(tmp_path / "scan.nrrd")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli_all("classify", scan, "--model", card_dir, "--out", out, "--progress", "none",
+                                    "--report")
+    assert code == 0, err
+    page = out / "scan_report.html"
+    record = json.loads((out / "scan.json").read_text(encoding="utf-8"))
+    assert record["outputs"]["report"] == str(page)
+    html = page.read_text(encoding="utf-8")
+    assert 'src="data:image/png;base64,' in html and "<link" not in html and 'src="http' not in html
+    assert f"confidence {record['confidence']:.2f}" in html
+    for cls, p in record["probabilities"].items():
+        assert cls in html
+    assert html.count('<div class="bar') == len(record["probabilities"])
+    assert "Predictive entropy" in html and "Faithfulness" in html
+    assert "testing the report &lt;only&gt;" in html  # autoescaped
+    assert "<li>diagnosis</li>" in html and "Trained on nothing." in html and "0.910" in html
+    assert f"meddeeprecog classify {scan} --model {card_dir} --out {out} --progress none --report" in html
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    shown = sitk.GetArrayFromImage(sitk.ReadImage(str(shot)))
+    assert shown.shape[:2] == (1600, 1200)
+    assert shown.std() > 10  # a rendered page, not a blank one
+
+
+def test_demo_writes_the_report_by_default(run_cli_all, tmp_path, monkeypatch):
+    """``demo`` writes ``<name>_report.html`` unless ``--no-report`` (routed to ``body-region`` here: the disease
+    models are bundled later)."""
+    import MedDeepRecogLib.inference.route as route
+
+    monkeypatch.setattr(route, "route_image", lambda image, device="cpu": route.Route("body-region", "test stand-in"))
+    code, out, err = run_cli_all("demo", "--out", tmp_path / "a")
+    assert code == 0, err
+    record = json.loads((tmp_path / "a" / "brain1_mr.json").read_text(encoding="utf-8"))
+    assert record["outputs"]["report"] == str(tmp_path / "a" / "brain1_mr_report.html")
+    assert f"brain1_mr.nrrd: {record['label']}, confidence {record['confidence']:.2f}" in out
+    html = (tmp_path / "a" / "brain1_mr_report.html").read_text(encoding="utf-8")
+    assert "meddeeprecog demo --out" in html and "body-region" in html
+    code, _, err = run_cli_all("demo", "--out", tmp_path / "b", "--no-report")
+    assert code == 0, err
+    assert not list((tmp_path / "b").glob("*_report.html"))
