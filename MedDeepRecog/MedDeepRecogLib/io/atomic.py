@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import tempfile
@@ -32,12 +33,8 @@ def output_error(exc: BaseException, path: Path) -> OutputError:
     if isinstance(exc, OSError):
         where = Path(exc.filename) if exc.filename and exc.errno in (errno.ENOTDIR, errno.EISDIR) else path
         return OutputError(f"cannot write: {_REASONS.get(exc.errno, exc.strerror or type(exc).__name__)}", where)
-    try:
-        st = os.statvfs(path.parent)
-        if st.f_bavail * st.f_frsize < (1 << 20):
-            return OutputError("cannot write: no space left on the device", path)
-    except OSError:
-        pass
+    if _disk_full(path.parent):
+        return OutputError("cannot write: no space left on the device", path)
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return OutputError(f"cannot write ({(lines[-1] if lines else type(exc).__name__)[:200]})", path)
 
@@ -111,7 +108,7 @@ def _remove_empty(folders: list[Path]) -> None:
 def remove_stale_partials(path: Path) -> None:
     """Delete temporaries of this module's naming (``.<name>.*.partial*``) left for ``path`` by a killed write."""
     with contextlib.suppress(OSError):
-        for stale in path.parent.glob(f".{path.name}.*.partial*"):
+        for stale in path.parent.glob(glob.escape(f".{path.name}.") + "*.partial*"):
             with contextlib.suppress(OSError):
                 if stale.is_file() and not stale.is_symlink():
                     stale.unlink()

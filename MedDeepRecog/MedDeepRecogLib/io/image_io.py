@@ -8,8 +8,10 @@ CT read from DICOM is in HU: ITK's GDCM reader applies Rescale Slope/Intercept.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import locale
 import logging
 import struct
 import zlib
@@ -455,7 +457,26 @@ def read_image(path: str | Path, *, pixel_type: int | None = None,
     Raises:
         InputImageError: missing path, unreadable or truncated file, no DICOM series, a picture too large.
     """
-    path = Path(path)
+    with _kept_locale():  # GDCM switches the C locale to "C" and leaves it so (Python's text files turn ASCII)
+        return _read_image(Path(path), pixel_type, spacing)
+
+
+@contextlib.contextmanager
+def _kept_locale():
+    try:
+        saved = locale.setlocale(locale.LC_ALL)
+    except locale.Error:
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(locale.Error):
+                if locale.setlocale(locale.LC_ALL) != saved:
+                    locale.setlocale(locale.LC_ALL, saved)
+
+
+def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
     if not path.exists():
         raise InputImageError("no such file or folder", path)
     if path.is_dir():
