@@ -1,19 +1,26 @@
 """The ``meddeeprecog`` command line: a thin argparse layer over the core's plain functions.
 
 Each sub-command lives in ``commands/<name>.py`` with ``add_parser(subparsers)`` that registers it and sets
-``func(args) -> int``. User errors (:class:`MedDeepRecogError`) print one line and exit with code 2.
+``func(args) -> int``. User errors (:class:`MedDeepRecogError`) print one line and exit with code 2; so do file
+system faults (read-only or full disk, a path under a regular file), running out of memory and, as a last resort,
+any unexpected exception (one line naming its type; ``--verbose`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
 from . import __version__
 from .errors import MedDeepRecogError
+from .limits import MAX_IMAGE_ENV, parse_size
+
+ALLOW_GAPS_ENV = "MEDDEEPRECOG_ALLOW_SLICE_GAPS"  # io.image_io.ALLOW_GAPS_ENV (not imported: SimpleITK is slow)
 
 #: Sub-command modules under ``commands/``, in the order ``--help`` lists them.
 COMMANDS = [
@@ -36,11 +43,44 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f".commands.{name}", __package__).add_parser(subparsers)
+    for sub in subparsers.choices.values():  # every command reads scans: one bound for all of them
+        if not any("--max-image-size" in a.option_strings for a in sub._actions):
+            sub.add_argument("--max-image-size", metavar="SIZE", default=None,
+                             help=f"refuse scans whose header declares more voxel bytes than SIZE (e.g. 8G, 512M; "
+                                  f"default ${MAX_IMAGE_ENV} or 4G)")
+        if not any("--allow-slice-gaps" in a.option_strings for a in sub._actions):
+            sub.add_argument("--allow-slice-gaps", action="store_true", default=None,
+                             help="read a DICOM series with missing slices or uneven spacing anyway (a warning is "
+                                  "noted in the output)")
     return parser
 
 
 #: The arguments of the running command (reports quote the exact command that made them).
 LAST_ARGV: list[str] = []
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file system fault, naming the path and what to do about it."""
+    path = exc.filename if exc.filename is not None else None
+    reasons = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOTDIR: "a part of the path is a regular file, not a folder",
+        errno.EISDIR: "is a folder, not a file",
+        errno.EEXIST: "already exists",
+        errno.ENOENT: "no such file or folder",
+        errno.ENAMETOOLONG: "file name too long",
+    }
+    problem = reasons.get(exc.errno, exc.strerror or type(exc).__name__)
+    return f"{path}: {problem}" if path else problem
+
+
+def _error(args: argparse.Namespace, message: str) -> int:
+    print(f"meddeeprecog {getattr(args, 'command', '')}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,16 +90,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if getattr(args, "max_image_size", None):
+        try:
+            parse_size(args.max_image_size)
+        except ValueError as exc:
+            return _error(args, f"--max-image-size: {exc}")
+    # the options reach the readers (and child processes) through the environment, for this command only
+    overrides = {MAX_IMAGE_ENV: getattr(args, "max_image_size", None),
+                 ALLOW_GAPS_ENV: "1" if getattr(args, "allow_slice_gaps", None) else None}
+    saved = {k: os.environ.get(k) for k, v in overrides.items() if v}
+    os.environ.update({k: v for k, v in overrides.items() if v})
+    try:
+        return _run(args)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
-    except MedDeepRecogError as exc:
-        if args.verbose:
-            raise
-        print(f"meddeeprecog {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"meddeeprecog {args.command}: cancelled", file=sys.stderr)
         return 130
+    except SystemExit:
+        raise
+    except MedDeepRecogError as exc:
+        if args.verbose:
+            raise
+        return _error(args, str(exc))
+    except OSError as exc:
+        if args.verbose:
+            raise
+        return _error(args, describe_os_error(exc))
+    except MemoryError:
+        if args.verbose:
+            raise
+        return _error(args, "out of memory (the input or the model is too large for this machine)")
+    except Exception as exc:  # a fault not foreseen: still one line and exit 2, never a traceback
+        if args.verbose:
+            raise
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        return _error(args, f"unexpected {type(exc).__name__}: {first[:300]} (run `meddeeprecog -v ...` for the traceback)")
 
 
 if __name__ == "__main__":

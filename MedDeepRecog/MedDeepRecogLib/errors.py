@@ -34,3 +34,8 @@ class ConfigError(MedDeepRecogError):
 
 class ModelPackageError(MedDeepRecogError):
     """A model package that is missing, tampered with (checksum), or does not fit the input."""
+
+
+class OutputError(MedDeepRecogError):
+    """An output that cannot be written: read-only or full destination, a path under a regular file, a folder
+    where a file is wanted, an existing output not to be replaced."""

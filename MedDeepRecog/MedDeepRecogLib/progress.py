@@ -1,6 +1,7 @@
 """Progress reporting shared by every long-running command.
 
-Two renderings of the same events: a text bar on stderr for people, or one JSON object per line on stdout
+Two renderings of the same events: a text bar on stderr for people (drawn only on a terminal, so errors in logs
+and pipes stay one line), or one JSON object per line on stdout
 (``{"stage": ..., "fraction": 0-1, ...}``) for the Slicer module's worker reader (``--progress json``).
 """
 
@@ -42,6 +43,8 @@ class Progress:
             self.stream.write(json.dumps(record) + "\n")
             self.stream.flush()
         elif self.mode == "bar":
+            if not _is_tty(self.stream):
+                return  # a bar is for a person at a terminal; in a log or a pipe it would garble the error line
             width = 30
             filled = int(round(fraction * width))
             details = " ".join(f"{k}={_short(v)}" for k, v in extra.items())
@@ -51,6 +54,13 @@ class Progress:
             if fraction >= 1.0:
                 self.stream.write("\n")
             self.stream.flush()
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _short(value: Any) -> str:

@@ -14,6 +14,18 @@ SHARED_DATA = Path(os.environ.get("MEDDEEPRECOG_SHARED_DATA", REPO_ROOT.parent /
 
 
 @pytest.fixture(autouse=True)
+def _restore_locale():
+    """GDCM's DICOM writer (SimpleITK) sets the C locale to "C" and leaves it so; Python's text files then default
+    to ASCII and later tests that read UTF-8 text fail depending on test order. Each test starts as the last ended."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    if locale.setlocale(locale.LC_ALL) != saved:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_model_home(tmp_path_factory, monkeypatch):
     """Each test gets its own user model catalog, so tests never touch ~/.meddeeprecog."""
     monkeypatch.setenv("MEDDEEPRECOG_HOME", str(tmp_path_factory.mktemp("meddeeprecog_home")))

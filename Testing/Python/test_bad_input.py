@@ -228,3 +228,774 @@ def test_bad_output_format_and_mask_name(run_cli, tmp_path, good_volume):
                            "--mask", tmp_path / "m.seg.nrrd")
     _assert_clean_error(code, err, "m.seg.nrrd", "no mask step")
     assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+
+
+# ==================================================================================================================
+# The hardening corpus: every class of bad input, generated at test time (bombs are small on disk). Each case runs the
+# real command line and asserts exit 2, one stderr line naming the file or setting, no traceback and no output left
+# behind; bombs run in a subprocess whose peak RSS must stay under 1.5 GB.
+# ==================================================================================================================
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+
+import MedDeepRecogLib
+
+PKG_ROOT = Path(MedDeepRecogLib.__file__).resolve().parents[1]
+RSS_LIMIT_KB = 1_500_000
+_ENV_KEYS = ("MEDDEEPRECOG_MAX_IMAGE_BYTES", "MEDDEEPRECOG_ALLOW_SLICE_GAPS", "MEDDEEPRECOG_MAX_PACKAGE_BYTES",
+             "MEDDEEPRECOG_MAX_PARAMS", "MEDDEEPRECOG_MAX_ACTIVATION_BYTES")
+
+
+@pytest.fixture
+def run_all(capsys):
+    """Every command registered, in-process; the environment variables the CLI sets are restored afterwards."""
+    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
+
+    def run(*argv):
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield run
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def run_measured(*argv, env_extra=None, timeout=120) -> tuple[int, str, str, int, float]:
+    """``python -m MedDeepRecogLib ARGS`` in a subprocess: (exit code, stdout, stderr, peak RSS in kB, seconds)."""
+    env = {**os.environ, "PYTHONPATH": str(PKG_ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    import tempfile
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "MedDeepRecogLib", *map(str, argv)], stdout=out, stderr=err,
+                                env=env)
+        deadline = time.time() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.time() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        return (proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                int(usage.ru_maxrss), seconds)
+
+
+def clean_error(code, err, *needles):
+    _assert_clean_error(code, err, *needles)
+
+
+# ---------------------------------------------------------------- 2. bounded resources: headers, gzip, zip, networks
+
+def _nrrd(path: Path, header: str, data: bytes = b"") -> Path:
+    path.write_bytes(header.encode() + b"\n" + data)
+    return path
+
+
+BOMB_HEADERS = {
+    "raw_nrrd_1500x1500x1000_short": ("bomb.nrrd", "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior"
+                                      "\nsizes: 1500 1500 1000\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n"
+                                      "encoding: raw\nendian: little\n", "limit"),
+    "raw_nrrd_1500x1500x1000_uchar": ("bomb8.nrrd", "NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 1500 1500 "
+                                      "1000\nencoding: raw\n", "truncated"),
+    "nrrd_50000_cubed": ("huge.nrrd", "NRRD0004\ntype: float\ndimension: 3\nsizes: 50000 50000 50000\nencoding: raw\n"
+                         "endian: little\n", "limit"),
+    "gzip_nrrd_short_stream": ("gz.nrrd", "NRRD0004\ntype: short\ndimension: 3\nsizes: 1000 1000 900\n"
+                               "encoding: gzip\nendian: little\n", "truncated"),
+    "mha_1500x1500x1000": ("bomb.mha", "ObjectType = Image\nNDims = 3\nDimSize = 1500 1500 1000\n"
+                           "ElementType = MET_UCHAR\nElementDataFile = LOCAL", "truncated"),
+    "mha_50000_cubed_compressed": ("huge.mha", "ObjectType = Image\nNDims = 3\nDimSize = 50000 50000 50000\n"
+                                   "ElementType = MET_SHORT\nCompressedData = True\nElementDataFile = LOCAL", "limit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOMB_HEADERS))
+@pytest.mark.parametrize("command", ["info", "preprocess"])
+def test_header_bombs_are_refused_before_allocation(tmp_path, case, command):
+    name, header, needle = BOMB_HEADERS[case]
+    data = gzip.compress(bytes(4_000_000)) if "gzip" in case else b""
+    bomb = _nrrd(tmp_path / name, header, data)
+    assert bomb.stat().st_size < 200_000
+    out = tmp_path / "out.nrrd"
+    argv = ["info", bomb] if command == "info" else ["preprocess", bomb, out, "--pipeline", "brain-mri"]
+    code, _, err, rss, _ = run_measured(*argv)
+    clean_error(code, err, name, needle)
+    assert rss < RSS_LIMIT_KB, rss
+    assert not out.exists()
+
+
+def _nifti_header(shape, dtype=np.int16, pixdim=(1.0, 1.0, 1.0)) -> bytearray:
+    """A NIfTI-1 header of a file written by SimpleITK, with the shape and voxel size patched in."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "t.nii"
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), dtype)), str(p))
+        hdr = bytearray(p.read_bytes()[:352])
+    hdr[40:56] = struct.pack("<8h", len(shape), *shape, *([1] * (7 - len(shape))))
+    hdr[80:92] = struct.pack("<3f", *pixdim)
+    return hdr
+
+
+def test_nifti_header_declaring_2000_cubed_is_refused(tmp_path):
+    path = tmp_path / "huge.nii"
+    path.write_bytes(bytes(_nifti_header((2000, 2000, 2000))) + bytes(1000))
+    code, _, err, rss, _ = run_measured("info", path)
+    clean_error(code, err, "huge.nii", "limit", "2000 x 2000 x 2000")
+    assert rss < RSS_LIMIT_KB
+
+
+def test_nifti_gzip_bomb_stops_at_the_declared_size(tmp_path):
+    # a 32^3 int16 volume followed by 1 GiB of zeros in the same gzip stream (about 1 MB on disk)
+    path = tmp_path / "bomb.nii.gz"
+    img = tmp_path / "small.nii"
+    sitk.WriteImage(make_volume(size=(32, 32, 32)), str(img))
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(path, "wb") as fh:
+        fh.write(comp.compress(img.read_bytes()))
+        zeros = bytes(1 << 24)
+        for _ in range(64):
+            fh.write(comp.compress(zeros))
+        fh.write(comp.flush())
+    assert path.stat().st_size < 3_000_000
+    code, out, err, rss, seconds = run_measured("info", path)
+    assert code == 0, err
+    assert json.loads(out)["size"] == [32, 32, 32]
+    assert rss < RSS_LIMIT_KB
+    assert seconds < 60  # the whole stream (1 GiB) is never inflated
+
+
+def test_gzip_nifti_declaring_more_than_the_limit_is_refused_without_inflating(tmp_path):
+    path = tmp_path / "big.nii.gz"
+    path.write_bytes(gzip.compress(bytes(_nifti_header((4000, 4000, 200))) + bytes(100_000)))
+    code, _, err, rss, _ = run_measured("info", path)
+    clean_error(code, err, "big.nii.gz", "limit")
+    assert rss < RSS_LIMIT_KB
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_image_size_limit_is_settable(run_all, tmp_path, how, good_volume, monkeypatch):
+    if how == "option":
+        code, _, err = run_all("info", good_volume, "--max-image-size", "1K")
+    else:
+        monkeypatch.setenv("MEDDEEPRECOG_MAX_IMAGE_BYTES", "1K")
+        code, _, err = run_all("info", good_volume)
+    clean_error(code, err, "good.nrrd", "limit", "1.0 KiB")
+    code, _, err = run_all("info", good_volume, "--max-image-size", "lots")
+    clean_error(code, err, "--max-image-size")
+    monkeypatch.delenv("MEDDEEPRECOG_MAX_IMAGE_BYTES", raising=False)
+    code, _, _ = run_all("info", good_volume, "--max-image-size", "1G")
+    assert code == 0
+
+
+def test_classify_refuses_a_header_bomb(tmp_path):
+    name, header, _ = BOMB_HEADERS["raw_nrrd_1500x1500x1000_short"]
+    bomb = _nrrd(tmp_path / name, header)
+    out = tmp_path / "res"
+    code, _, err, rss, _ = run_measured("classify", bomb, "--model", "body-region", "--out", out, "--progress", "none")
+    clean_error(code, err, name, "limit")
+    assert rss < RSS_LIMIT_KB
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--lesion", "--segments"])
+def test_segmentation_header_bomb_is_refused(tmp_path, option):
+    bomb = _nrrd(tmp_path / "bomb.seg.nrrd", "NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 1500 1500 1000\n"
+                 "encoding: raw\n")
+    scan = tmp_path / "scan.nrrd"
+    sitk.WriteImage(make_volume(), str(scan))
+    from MedDeepRecogLib.io import read_segmentation
+    with pytest.raises(MedDeepRecogLib.errors.InputImageError, match="bomb.seg.nrrd.*truncated"):
+        read_segmentation(bomb)
+    code, _, err, rss, _ = run_measured("classify", scan, "--model", "body-region", option, bomb, "--out",
+                                        tmp_path / "res", "--progress", "none")
+    clean_error(code, err)
+    assert rss < RSS_LIMIT_KB
+
+
+DETACHED = {
+    "mhd_dev_zero": ("dz.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 500\nElementType = MET_UCHAR\n"
+                     "ElementDataFile = /dev/zero", "not a regular file"),
+    "nhdr_dev_zero": ("dz.nhdr", "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 1000 1000 500\nencoding: raw\n"
+                      "data file: /dev/zero\n", "not a regular file"),
+    "mhd_short_data": ("short.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 500\nElementType = MET_UCHAR"
+                       "\nElementDataFile = short.raw", "truncated"),
+    "nhdr_missing_data": ("gone.nhdr", "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n"
+                          "data file: gone.raw\n", "gone.raw"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DETACHED))
+def test_detached_data_files_are_checked_before_reading(tmp_path, case):
+    name, header, needle = DETACHED[case]
+    (tmp_path / "short.raw").write_bytes(bytes(1000))
+    path = _nrrd(tmp_path / name, header)
+    code, _, err, rss, _ = run_measured("info", path)
+    clean_error(code, err, name, needle)
+    assert rss < RSS_LIMIT_KB
+
+
+def _png(path: Path, width: int, height: int, full: bool) -> Path:
+    """An RGB PNG of zeros: with ``full`` every row is in the (tiny) compressed stream, else only the header."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    if full:
+        row = bytes(1 + 3 * width)
+        body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    else:
+        body = comp.compress(b"") + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("case", ["header_15000_square", "complete_12000_square_zeros", "side_60000"])
+def test_picture_bombs_are_refused_before_decoding(tmp_path, case):
+    width, height, full = {"header_15000_square": (15000, 15000, False),
+                           "complete_12000_square_zeros": (12000, 12000, True),
+                           "side_60000": (60000, 10, False)}[case]
+    path = _png(tmp_path / "bomb.png", width, height, full)
+    assert path.stat().st_size < 1_000_000
+    code, _, err, rss, _ = run_measured("info", path)
+    clean_error(code, err, "bomb.png", "pixels")
+    assert rss < RSS_LIMIT_KB
+
+
+def _tiny_package(tmp_path, **arch_over) -> Path:
+    from tiny_test_package import make_tiny_package
+    folder = make_tiny_package(tmp_path / "src", kind="volume3d")
+    meta = json.loads((folder / "model.json").read_text())
+    for key, value in arch_over.items():
+        if key == "size":
+            meta["input"]["size"] = value
+        else:
+            meta["architecture"]["kwargs"][key] = value
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+HOSTILE_KWARGS = {
+    "channels_2e9": ({"channels": [2_000_000_000]}, "channels"),
+    "hidden_3e9": ({"hidden": 3_000_000_000}, "hidden"),
+    "negative_channels": ({"channels": [-4, 8]}, "channels"),
+    "kwargs_text_channels": ({"channels": "lots"}, "channels"),
+    "float_hidden": ({"hidden": 8.5}, "hidden"),
+    "nan_dropout": ({"dropout": float("nan")}, "dropout"),
+    "dropout_above_one": ({"dropout": 3.0}, "dropout"),
+    "params_over_budget": ({"channels": [4096, 4096, 4096, 4096]}, "parameters"),
+    "input_2000_cubed": ({"size": [2000, 2000, 2000]}, "input"),
+    "input_size_zero": ({"size": [0, 16, 16]}, "input.size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_KWARGS))
+def test_hostile_architecture_in_a_package_is_refused_before_building(run_all, tmp_path, case):
+    over, needle = HOSTILE_KWARGS[case]
+    folder = _tiny_package(tmp_path, **over)
+    # the sha256 in model.json covers the weights only, so the edited package still opens
+    t = time.perf_counter()
+    code, _, err = run_all("models", "import", folder)
+    clean_error(code, err, "model.json", needle)
+    assert time.perf_counter() - t < 60
+    assert not any((Path(os.environ["MEDDEEPRECOG_HOME"]) / "models").glob("*/*"))
+
+
+def test_hostile_arch_kwargs_on_the_finetune_command_line(run_all, tmp_path):
+    data = tmp_path / "case.seg.nrrd"
+    data.write_bytes(b"")
+    code, _, err = run_all("finetune", "--base", "none", "--task", "segment", "--data", data, "--arch",
+                           "simple_cnn3d", "--arch-kwargs", '{"channels": [2000000000]}', "--progress", "none")
+    clean_error(code, err, "channels")
+
+
+def _zip_package(tmp_path, extra: dict[str, bytes] | None = None, name="pkg.zip") -> Path:
+    from tiny_test_package import make_tiny_package
+    folder = make_tiny_package(tmp_path / "zsrc", kind="volume3d")
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in folder.iterdir():
+            zf.write(f, f"pkg/{f.name}")
+        for member, data in (extra or {}).items():
+            zf.writestr(member, data)
+    return path
+
+
+def test_zip_declaring_more_than_the_limit_is_refused(run_all, tmp_path, monkeypatch):
+    path = _zip_package(tmp_path, {"pkg/padding.bin": bytes(8 << 20)})
+    assert path.stat().st_size < 200_000
+    monkeypatch.setenv("MEDDEEPRECOG_MAX_PACKAGE_BYTES", "4M")
+    code, _, err = run_all("models", "import", path)
+    clean_error(code, err, "pkg.zip", "declares", "limit")
+    assert not any((Path(os.environ["MEDDEEPRECOG_HOME"]) / "models").glob("*/*"))
+
+
+def test_zip_whose_stream_exceeds_its_declared_size_is_refused(run_all, tmp_path):
+    path = _zip_package(tmp_path, {"pkg/padding.bin": bytes(4 << 20)})
+    data = bytearray(path.read_bytes())
+    # forge the member's uncompressed size (local and central headers) down to 1 KiB
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("pkg/padding.bin")
+    local = info.header_offset
+    data[local + 22:local + 26] = struct.pack("<I", 1024)
+    central = data.rfind(b"PK\x01\x02" + data[data.rfind(b"PK\x01\x02") + 4:][:0])
+    pos = 0
+    while (pos := data.find(b"PK\x01\x02", pos)) >= 0:
+        name_len = struct.unpack("<H", data[pos + 28:pos + 30])[0]
+        if bytes(data[pos + 46:pos + 46 + name_len]) == b"pkg/padding.bin":
+            data[pos + 24:pos + 28] = struct.pack("<I", 1024)
+        pos += 4
+    del central
+    path.write_bytes(bytes(data))
+    code, _, err = run_all("models", "import", path)
+    clean_error(code, err, "pkg.zip")
+    assert not any((Path(os.environ["MEDDEEPRECOG_HOME"]) / "models").glob("*/*"))
+
+
+def test_zip_bomb_rss_stays_bounded(tmp_path):
+    path = _zip_package(tmp_path, {"pkg/padding.bin": bytes(64 << 20)})
+    code, _, err, rss, _ = run_measured("models", "import", path,
+                                        env_extra={"MEDDEEPRECOG_MAX_PACKAGE_BYTES": "16M"})
+    clean_error(code, err, "pkg.zip", "limit")
+    assert rss < RSS_LIMIT_KB
+
+
+# ---------------------------------------------------------------- 3. honest DICOM and geometry
+
+def _dicom_series(folder: Path, n=12, zs=None, uid="1.2.826.0.1.3680043.2.1125.1.4242", desc="AX T1 test") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    zs = zs if zs is not None else [2.0 * k for k in range(n)]
+    rng = np.random.default_rng(0)
+    for k, z in enumerate(zs):
+        sl = sitk.GetImageFromArray(rng.normal(100, 20, (40, 40)).astype(np.int16))
+        sl.SetSpacing((0.8, 0.8))
+        for tag, value in {"0008|0060": "MR", "0020|000e": uid, "0020|000d": uid + ".1", "0008|103e": desc,
+                           "0020|0013": str(k + 1), "0020|0032": f"0\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                           "0008|0018": f"{uid}.5.{k}", "0028|0030": "0.8\\0.8"}.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IM{k:03d}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
+def _no_pixel_data(path: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+
+
+DICOM_DAMAGE = {
+    "slice_without_pixel_data": (lambda f: _no_pixel_data(f / "IM005.dcm"), ["IM005.dcm", "4 mm", "IM004.dcm"]),
+    "truncated_slice": (lambda f: (f / "IM005.dcm").write_bytes((f / "IM005.dcm").read_bytes()[:-1500]),
+                        ["IM005.dcm", "4 mm"]),
+    "missing_slice": (lambda f: (f / "IM005.dcm").unlink(), ["IM004.dcm", "IM006.dcm", "4 mm"]),
+    "truncated_last_slice": (lambda f: (f / "IM011.dcm").write_bytes((f / "IM011.dcm").read_bytes()[:-1500]),
+                             ["IM011.dcm", "cannot be read"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DICOM_DAMAGE))
+@pytest.mark.parametrize("command", ["info", "preprocess", "classify"])
+def test_damaged_dicom_series_is_refused_naming_file_and_gap(run_all, tmp_path, case, command):
+    folder = _dicom_series(tmp_path / "series")
+    damage, needles = DICOM_DAMAGE[case]
+    damage(folder)
+    out = tmp_path / "out"
+    argv = {"info": ["info", folder], "preprocess": ["preprocess", folder, tmp_path / "out.nrrd", "--pipeline",
+                                                     "brain-mri"],
+            "classify": ["classify", folder, "--model", "body-region", "--out", out, "--progress", "none"]}[command]
+    code, _, err = run_all(*argv)
+    clean_error(code, err, "series", "1.2.826.0.1.3680043.2.1125.1.4242", "AX T1 test", *needles)
+    assert not out.exists() and not (tmp_path / "out.nrrd").exists()
+
+
+def test_non_uniform_dicom_spacing_is_refused(run_all, tmp_path):
+    folder = _dicom_series(tmp_path / "series", zs=[0, 2, 4, 6, 9, 11, 13, 15])
+    code, _, err = run_all("info", folder)
+    clean_error(code, err, "not evenly spaced", "IM003.dcm", "IM004.dcm", "3 mm")
+
+
+def test_damaged_series_reads_with_the_explicit_option_and_says_so(run_all, tmp_path):
+    folder = _dicom_series(tmp_path / "series")
+    (folder / "IM005.dcm").unlink()
+    code, out, err = run_all("info", folder, "--allow-slice-gaps")
+    assert code == 0, err
+    info = json.loads(out)
+    assert any("not evenly spaced" in n and "--allow-slice-gaps" in n for n in info["notes"])
+    res = tmp_path / "res"
+    code, _, err = run_all("classify", folder, "--model", "body-region", "--out", res, "--progress", "none",
+                           "--no-faithfulness", "--allow-slice-gaps")
+    assert code == 0, err
+    record = json.loads((res / "series.json").read_text())
+    assert any("not evenly spaced" in n for n in record["input_notes"])
+
+
+def test_chosen_dicom_series_is_named_by_uid_and_description(run_all, tmp_path):
+    folder = _dicom_series(tmp_path / "two", n=6)
+    _dicom_series(folder, n=3, uid="1.2.826.0.1.3680043.2.1125.1.777", desc="scout")
+    for k in range(3):  # the second series' files must not overwrite the first's
+        pass
+    code, out, err = run_all("info", folder)
+    assert code == 0, err
+    series = json.loads(out)["dicom_series"]
+    assert series["uid"] == "1.2.826.0.1.3680043.2.1125.1.4242" and series["description"] == "AX T1 test"
+
+
+def test_two_series_note_names_both(run_all, tmp_path):
+    a = _dicom_series(tmp_path / "a", n=6)
+    b = _dicom_series(tmp_path / "b", n=3, uid="1.2.826.0.1.3680043.2.1125.1.777", desc="scout")
+    both = tmp_path / "both"
+    both.mkdir()
+    for f in a.iterdir():
+        shutil.copy(f, both / f"a_{f.name}")
+    for f in b.iterdir():
+        shutil.copy(f, both / f"b_{f.name}")
+    code, out, err = run_all("info", both)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["dicom_series"]["uid"] == "1.2.826.0.1.3680043.2.1125.1.4242"
+    assert any("1.2.826.0.1.3680043.2.1125.1.777" in n and "scout" in n for n in info["notes"])
+
+
+@pytest.mark.parametrize("command", ["info", "preprocess", "classify"])
+def test_non_orthonormal_nrrd_direction_is_refused(run_all, tmp_path, command):
+    path = _nrrd(tmp_path / "sheared.nrrd", "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\n"
+                 "sizes: 40 40 40\nspace directions: (1,0,0) (0.5,1,0) (0,0,1)\nencoding: raw\nendian: little\n",
+                 np.random.default_rng(0).integers(0, 500, 40 ** 3).astype("<i2").tobytes())
+    out = tmp_path / "res"
+    argv = {"info": ["info", path], "preprocess": ["preprocess", path, tmp_path / "o.nrrd", "--pipeline", "brain-mri"],
+            "classify": ["classify", path, "--model", "body-region", "--out", out, "--progress", "none"]}[command]
+    code, _, err = run_all(*argv)
+    clean_error(code, err, "sheared.nrrd", "not orthonormal")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("pixdim", [(0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, float("nan"))])
+def test_zero_nifti_pixdim_is_refused(run_all, tmp_path, pixdim):
+    src = tmp_path / "src.nii"
+    sitk.WriteImage(make_volume(size=(20, 20, 10)), str(src))
+    data = bytearray(src.read_bytes())
+    data[80:92] = struct.pack("<3f", *pixdim)
+    data[252:256] = struct.pack("<2h", 0, 0)  # no qform/sform: the voxel size is all there is
+    path = tmp_path / "zero.nii"
+    path.write_bytes(bytes(data))
+    code, _, err = run_all("info", path)
+    clean_error(code, err, "zero.nii", "pixdim")
+
+
+# ---------------------------------------------------------------- 4. typed configs (train and fine-tune)
+
+@pytest.fixture
+def train_npz(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, images=rng.integers(0, 255, (40, 8, 8)).astype(np.uint8), labels=np.repeat([0, 1], 20)[:, None])
+    return path
+
+
+def _train_cfg(npz: Path) -> dict:
+    return {"id": "typed", "data": {"path": str(npz), "kind": "slices2d", "class_names": ["a", "b"]},
+            "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4], "hidden": 4}},
+            "training": {"epochs": 1, "batch_size": 8}}
+
+
+def _set(cfg: dict, path: str, value):
+    keys = path.split("/")
+    cur = cfg
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+    cur[keys[-1]] = value
+    return cfg
+
+
+BROKEN_CONFIGS = {
+    "epochs_three": ("training/epochs", "three", "training/epochs"),
+    "lr_fast": ("optimizer/lr", "fast", "optimizer/lr"),
+    "kwargs_lots": ("model/kwargs", "lots", "model/kwargs"),
+    "data_path_list": ("data/path", ["a.npz", "b.npz"], "data/path"),
+    "lr_list": ("optimizer/lr", [1, 2], "optimizer/lr"),
+    "class_names_word": ("data/class_names", "normal", "data/class_names"),
+    "spacing_word": ("input/spacing_mm", "wide", "input/spacing_mm"),
+    "epochs_negative": ("training/epochs", -1, "training/epochs"),
+    "epochs_bool": ("training/epochs", True, "training/epochs"),
+    "batch_size_fraction": ("training/batch_size", 2.5, "training/batch_size"),
+    "val_fraction_one": ("data/val_fraction", 1.0, "data/val_fraction"),
+    "size_huge": ("data/size", [2000, 2000, 2000], "data/size"),
+    "kwargs_channels_2e9": ("model/kwargs", {"channels": [2_000_000_000]}, "model/kwargs"),
+    "kwargs_negative": ("model/kwargs", {"channels": [-3]}, "model/kwargs"),
+    "unknown_key": ("training/epoch", 3, "training/epoch"),
+    "section_not_mapping": ("optimizer", "adam", "optimizer"),
+    "class_weights_word": ("training/class_weights", "sometimes", "training/class_weights"),
+    "aug_prob_word": ("augmentation/flip", {"prob": "often"}, "augmentation/flip/prob"),
+    "duplicate_class_names": ("data/class_names", ["a", "a"], "data/class_names"),
+    "momentum_two": ("optimizer/momentum", 2, "optimizer/momentum"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_CONFIGS))
+def test_broken_train_config_names_key_and_file(run_all, tmp_path, train_npz, case):
+    import yaml
+    key, value, needle = BROKEN_CONFIGS[case]
+    cfg_path = tmp_path / "broken.yaml"
+    cfg_path.write_text(yaml.safe_dump(_set(_train_cfg(train_npz), key, value)), encoding="utf-8")
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    code, _, err = run_all("train", cfg_path, "--out", out, "--package-dest", cat, "--progress", "none")
+    clean_error(code, err, "broken.yaml", needle)
+    assert not out.exists() and not cat.exists()
+
+
+BROKEN_DATA = {
+    "names_do_not_match_labels": (lambda x, y: (x, y), {"class_names": ["a", "b", "c"]}, "class_names"),
+    "count_mismatch": (lambda x, y: (x, y[:30]), {}, "40 images but 30 labels"),
+    "negative_labels": (lambda x, y: (x, np.where(np.arange(len(y))[:, None] == 3, -1, y)), {}, "-1"),
+    "fractional_labels": (lambda x, y: (x, y.astype(float) + 0.5), {}, "class indices"),
+    "nan_images": (lambda x, y: (np.where(np.arange(len(x))[:, None, None] == 7, np.nan, x.astype(np.float32)), y),
+                   {}, "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_DATA))
+def test_broken_training_data_is_named(run_all, tmp_path, case):
+    import yaml
+    change, data_over, needle = BROKEN_DATA[case]
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (40, 8, 8)).astype(np.uint8), np.repeat([0, 1], 20)[:, None]
+    x, y = change(x, y)
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, images=x, labels=y)
+    cfg = _train_cfg(npz)
+    cfg["data"].update(data_over)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    code, _, err = run_all("train", cfg_path, "--out", tmp_path / "run", "--package-dest", tmp_path / "cat",
+                           "--progress", "none")
+    clean_error(code, err, needle)
+    assert "diverged" not in err
+    assert not (tmp_path / "cat").exists()
+
+
+def test_nan_image_in_an_image_folder_is_named(run_all, tmp_path):
+    import yaml
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["file,label"]
+    for i in range(12):
+        arr = rng.normal(size=(8, 8)).astype(np.float32)
+        if i == 5:
+            arr[3, 3] = np.nan
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(folder / f"im{i}.nrrd"))
+        rows.append(f"im{i}.nrrd,{'ab'[i % 2]}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = _train_cfg(folder)
+    cfg["data"]["format"] = "folder"
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    code, _, err = run_all("train", cfg_path, "--out", tmp_path / "run", "--package-dest", tmp_path / "cat",
+                           "--progress", "none")
+    clean_error(code, err, "im5.nrrd", "NaN")
+
+
+BROKEN_FINETUNE = {
+    "epochs_three": ("epochs: three\n", "epochs"),
+    "lr_fast": ("lr: fast\n", "lr"),
+    "arch_kwargs_text": ("arch_kwargs: lots\n", "arch_kwargs"),
+    "patch_size_word": ("patch_size: big\n", "patch_size"),
+    "unknown_setting": ("epoch: 3\n", "epoch"),
+    "not_a_mapping": ("- 1\n- 2\n", "mapping"),
+    "bad_yaml": ("epochs: [1,\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_FINETUNE))
+def test_broken_finetune_config_names_key_and_file(run_all, tmp_path, case):
+    text, needle = BROKEN_FINETUNE[case]
+    cfg_path = tmp_path / "ft.yaml"
+    cfg_path.write_text("task: segment\ndata: cases\n" + text if not text.startswith("-") else text, encoding="utf-8")
+    code, _, err = run_all("finetune", "--config", cfg_path, "--base", "none", "--progress", "none")
+    clean_error(code, err, "ft.yaml", needle)
+
+
+# ---------------------------------------------------------------- 5. output faults
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 if hasattr(os, "geteuid") else True,
+                                reason="mounting a small tmpfs needs root")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a tmpfs (root only): ``tmpfs(size, read_only)`` returns its folder; unmounted afterwards."""
+    mounts = []
+
+    def mount(size="64k", read_only=False) -> Path:
+        target = tmp_path / f"mnt{len(mounts)}"
+        target.mkdir()
+        opts = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(target)
+        return target
+
+    yield mount
+    for m in mounts:
+        subprocess.run(["umount", str(m)], capture_output=True)
+
+
+@pytest.fixture
+def big_volume(tmp_path) -> Path:
+    path = tmp_path / "big.nrrd"
+    sitk.WriteImage(make_volume(size=(96, 96, 40)), str(path))
+    return path
+
+
+def _output_cases(kind: str, src: Path, dest: Path) -> list[str]:
+    if kind == "preprocess":
+        return ["preprocess", src, dest / "deep" / "out.nrrd", "--pipeline", "brain-mri"]
+    return ["classify", src, "--model", "body-region", "--out", dest / "res", "--progress", "none",
+            "--no-faithfulness"]
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["preprocess", "classify"])
+def test_full_disk_is_one_line_and_leaves_nothing(run_all, tmpfs, big_volume, kind):
+    full = tmpfs("16k")
+    code, _, err = run_all(*_output_cases(kind, big_volume, full))
+    clean_error(code, err, "no space left")
+    assert list(full.iterdir()) == []
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["preprocess", "classify"])
+def test_read_only_destination_is_one_line(run_all, tmpfs, big_volume, kind):
+    ro = tmpfs("64k", read_only=True)
+    code, _, err = run_all(*_output_cases(kind, big_volume, ro))
+    clean_error(code, err, "read-only", str(ro.name))
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders")
+@pytest.mark.parametrize("kind", ["preprocess", "classify"])
+def test_unwritable_folder_is_one_line(run_all, tmp_path, big_volume, kind):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        code, _, err = run_all(*_output_cases(kind, big_volume, ro))
+        clean_error(code, err, "ro")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_out_naming_a_regular_file(run_all, tmp_path, big_volume):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    code, _, err = run_all("classify", big_volume, "--model", "body-region", "--out", afile, "--progress", "none")
+    clean_error(code, err, "afile", "regular file")
+    assert afile.read_text() == "keep"
+
+
+@pytest.mark.parametrize("kind", ["preprocess", "classify", "preprocess_mask"])
+def test_output_under_a_regular_file(run_all, tmp_path, big_volume, kind):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    if kind == "preprocess":
+        argv = ["preprocess", big_volume, afile / "sub" / "out.nrrd", "--pipeline", "brain-mri"]
+    elif kind == "preprocess_mask":
+        argv = ["preprocess", big_volume, tmp_path / "o.nrrd", "--pipeline", "lung-ct", "--mask",
+                afile / "m.seg.nrrd"]
+    else:
+        argv = ["classify", big_volume, "--model", "body-region", "--out", afile / "res", "--progress", "none"]
+    code, _, err = run_all(*argv)
+    clean_error(code, err, "afile", "regular file")
+    assert afile.read_text() == "keep" and not (tmp_path / "o.nrrd").exists()
+
+
+def test_preprocess_refuses_to_replace_an_output_unless_overwrite(run_all, tmp_path, good_volume):
+    out = tmp_path / "out.nrrd"
+    out.write_bytes(b"precious")
+    code, _, err = run_all("preprocess", good_volume, out, "--pipeline", "brain-mri")
+    clean_error(code, err, "out.nrrd", "--overwrite")
+    assert out.read_bytes() == b"precious"
+    code, _, err = run_all("preprocess", good_volume, out, "--pipeline", "brain-mri", "--overwrite")
+    assert code == 0, err
+    assert sitk.ReadImage(str(out)).GetSize() == (16, 14, 8)
+
+
+def test_output_naming_a_folder(run_all, tmp_path, good_volume):
+    folder = tmp_path / "out.nrrd"
+    folder.mkdir()
+    code, _, err = run_all("preprocess", good_volume, folder, "--pipeline", "brain-mri", "--overwrite")
+    clean_error(code, err, "out.nrrd", "folder")
+
+
+def test_stale_partial_files_are_cleaned_on_the_next_write(run_all, tmp_path, good_volume):
+    stale = tmp_path / ".out.nrrd.k1ll3d.partial.nrrd"
+    stale.write_bytes(b"half")
+    other = tmp_path / ".someone-else.partial"
+    other.write_bytes(b"not ours")
+    code, _, err = run_all("preprocess", good_volume, tmp_path / "out.nrrd", "--pipeline", "brain-mri")
+    assert code == 0, err
+    assert not stale.exists() and other.exists()
+    assert not list(tmp_path.glob(".out.nrrd.*"))
+
+
+def test_a_failed_classify_leaves_no_result_folder(run_all, tmp_path, good_volume):
+    out = tmp_path / "results"
+    code, _, err = run_all("classify", good_volume, "--model", "body-region", "--out", out, "--progress", "none")
+    clean_error(code, err, "good.nrrd")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- every error path exits 2, one line
+
+def test_unexpected_exception_is_one_line_exit_2(run_all, monkeypatch, good_volume):
+    from MedDeepRecogLib.commands import info
+
+    def boom(args):
+        raise ValueError("something nobody foresaw\nsecond line")
+
+    monkeypatch.setattr(info, "run", boom)
+    code, _, err = run_all("info", good_volume)
+    clean_error(code, err, "ValueError", "something nobody foresaw")
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), OSError(28, "No space left on device", "/x/y.nrrd"),
+                                 PermissionError(13, "Permission denied", "/x/z")])
+def test_system_faults_are_one_line_exit_2(run_all, monkeypatch, good_volume, exc):
+    from MedDeepRecogLib.commands import info
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(info, "run", boom)
+    code, _, err = run_all("info", good_volume)
+    clean_error(code, err)
+
+
+def test_usage_errors_exit_2(run_all):
+    code, _, err = run_all("info")
+    assert code == 2 and "Traceback" not in err

@@ -179,10 +179,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
     from ..inference.classify import check_classifier, resolve_device
+    from ..io import check_output_dir
     from ..packages import load_package
     from ..progress import Progress
 
     progress = Progress(args.progress)
+    check_output_dir(args.out, "--out")
     auto = args.model == "auto"
     if auto and (args.segments or args.second_input):
         raise ConfigError("--model auto chooses among whole-scan disease models; name the model for --segments or "

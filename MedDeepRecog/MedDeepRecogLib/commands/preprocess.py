@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import ConfigError, InputImageError
+from ..errors import ConfigError, InputImageError, OutputError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="write the result on the pipeline's grid instead of resampling back onto the input grid")
     p.add_argument("--spacing", type=float, nargs=2, metavar=("X_MM", "Y_MM"),
                    help="pixel size of a PNG/JPEG input in mm (it stores none; default 1 mm)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT (and the --mask file) if it exists (default: refuse)")
     p.add_argument("--list", action="store_true", help="list steps with their parameters and the presets, then exit")
     p.add_argument("--json", action="store_true", help="with --list: print JSON")
     p.set_defaults(func=run)
@@ -93,6 +95,16 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--mask must name a .seg.nrrd file", mask_path)
         if _same_file(source, mask_path) or _same_file(target, mask_path):
             raise ConfigError("--mask must differ from INPUT and OUTPUT", mask_path)
+
+    from ..io import check_output_dir
+    for out_path, option in ((target, "OUTPUT"), (mask_path, "--mask")):
+        if out_path is None:
+            continue
+        if out_path.is_dir():
+            raise OutputError(f"{option} is an existing folder; name a file", out_path)
+        if out_path.exists() and not args.overwrite:
+            raise OutputError(f"{option} already exists; pass --overwrite to replace it", out_path)
+        check_output_dir(out_path.parent, f"{option}'s folder")
 
     progress = Progress(args.progress)
     pipeline = load_pipeline(args.pipeline)

@@ -133,8 +133,8 @@ def _run_scans(args, progress) -> dict:
     from ..robustness.scan import hu_per_unit, model_input_of, perturbation_on_scan
 
     pkg = load_package(args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io import check_output_dir
+    out = check_output_dir(args.out, "--out")  # made by the first (atomic) write, so a failed run leaves none
     results = []
     n = len(args.input)
     for i, scan in enumerate(args.input):
@@ -235,8 +235,8 @@ def _run_data(args, progress) -> dict:
                               progress=progress)
     res.update({"model": {"id": pkg.id, "version": pkg.version}, "data": str(data), "split": args.split,
                 "eps_units": "model input"})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io import check_output_dir
+    out = check_output_dir(args.out, "--out")  # made by the first (atomic) write, so a failed run leaves none
     png = out / "robustness.png"
     save_curve_png(res, png, title=f"{pkg.id} {pkg.version}: {args.split} of {data.name}")
     js = out / "robustness.json"

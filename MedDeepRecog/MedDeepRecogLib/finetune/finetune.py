@@ -23,11 +23,14 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import numpy as np
+from pydantic import BeforeValidator, Field
 
 from ..errors import ConfigError, MedDeepRecogError
+from ..schema import (List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, SideInt,  # noqa: F401
+                      Fraction, _no_bool, _whole_number, load_mapping)
 from ..progress import null_progress
 from .manifest import ClassMap, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .segment_data import CaseData, dataset_report, load_case, resolve_classes
@@ -69,44 +72,50 @@ class FinetuneConfig:
     id: str | None = None
     version: str | None = None
     dest: str | None = None
-    class_map: Any = None
-    label_source: str = "segment"
-    val_cases: list[str] | None = None
-    val_fraction: float = 0.25
-    val_slab: list[int] | None = None
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    class_map: str | dict[str, str] | None = None
+    label_source: Literal["segment", "case"] = "segment"
+    val_cases: List(str) | None = None
+    val_fraction: OpenFraction = 0.25
+    val_slab: List(NonNegInt, 2, 2) | None = None
+    epochs: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=100_000)] = 20
+    batch_size: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=65_536)] = 8
+    lr: PosFloat = 1e-3
+    weight_decay: NonNegFloat = 1e-4
     freeze_encoder: bool = False
-    early_stopping: int = 10
-    seed: int = 0
-    device: str = "auto"
+    early_stopping: NonNegInt = 10
+    seed: NonNegInt = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     work_dir: str | None = None
     resume: bool = True
-    spacing_mm: list[float] | None = None
-    patch_size: list[int] | None = None
-    patches_per_epoch: int = 32
+    spacing_mm: List(Millimetres, 3, 3) | None = None
+    patch_size: List(SideInt, 3, 3) | None = None
+    patches_per_epoch: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=1_000_000)] = 32
     normalize: dict[str, Any] | None = None
     strong_augmentation: bool = True
-    min_component_fraction: float = 0.1
-    roi_size: list[int] | None = None
-    margin_mm: float = 10.0
-    roi_size_mm: float | None = None
+    min_component_fraction: Fraction = 0.1
+    roi_size: List(SideInt, 3, 3) | None = None
+    margin_mm: Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1000)] = 10.0
+    roi_size_mm: Millimetres | None = None
     mask_channel: bool = False
-    samples_per_segment: int = 4
-    jitter_mm: float = 5.0
-    negatives: int = 0
+    samples_per_segment: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=10_000)] = 4
+    jitter_mm: Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1000)] = 5.0
+    negatives: Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=10_000)] = 0
     command: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str | Path | None = None) -> "FinetuneConfig":
         """Build from a plain dict (a config file's content); unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown fine-tuning setting(s) {unknown}; known: {sorted(known)}", source)
-        return cls(**raw)
+        from ..schema import read_config
+
+        cfg = read_config(cls, raw, source, noun="fine-tuning setting")
+        if cfg.arch_kwargs:
+            if cfg.arch:
+                from ..models.registry import check_kwargs
+                try:
+                    check_kwargs(cfg.arch, cfg.arch_kwargs)
+                except ConfigError as exc:
+                    raise ConfigError(f"arch_kwargs: {exc.problem}", source) from None
+        return cfg
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -125,22 +134,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or YAML fine-tuning config (keys of :class:`FinetuneConfig`; a ``finetune:`` section is used
     when present, so a train config can carry one)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config ({exc})", path) from None
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text)
-        else:
-            raw = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / JSONDecodeError
-        raise ConfigError(f"config is not valid {path.suffix.lstrip('.').upper() or 'JSON'} ({exc})", path) from None
-    if not isinstance(raw, dict):
-        raise ConfigError("config must be a mapping of settings", path)
+    raw = load_mapping(path, "fine-tuning config")
     raw = raw.get("finetune", raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"finetune must be a mapping of settings, got {raw!r}", path)
     if "data" in raw and raw["data"] and not Path(str(raw["data"])).is_absolute():
         raw["data"] = str(path.parent / str(raw["data"]))
     return raw
@@ -198,7 +195,8 @@ def _build_model(cfg: FinetuneConfig, base, num_outputs: int, in_channels: int,
     kwargs["num_classes"] = num_outputs
     kwargs["in_channels"] = in_channels
     kwargs.pop("out_channels", None)
-    model = build_model(name, **kwargs)
+    size = cfg.patch_size if cfg.task == "segment" else cfg.roi_size
+    model = build_model(name, input_shape=[in_channels, *size] if size else None, **kwargs)
     report = {"loaded": 0, "reinitialised": []}
     if base is not None:
         from ..packages.package import _load_state_dict

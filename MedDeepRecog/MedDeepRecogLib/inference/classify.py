@@ -539,14 +539,35 @@ def _check_fits(package, inp) -> None:
 
 def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: bool = True,
                   progress: ProgressFn | None = None) -> dict[str, str | None]:
+    """:func:`write_case_outputs`, all or nothing: when a write fails (full disk, ...) the files this call made are
+    removed again, and so is ``out_dir`` if it made it and it is left empty."""
+    out_dir = Path(out_dir)
+    names = [f"{result.name}.json", f"{result.name}_heatmap.nrrd", f"{result.name}_heatmap.png"]
+    had_dir = out_dir.exists()
+    existed = {n for n in names if (out_dir / n).exists()}
+    try:
+        return write_case_outputs(result, out_dir, png=png, progress=progress)
+    except BaseException:
+        for n in names:
+            if n not in existed:
+                (out_dir / n).unlink(missing_ok=True)
+        if not had_dir:
+            try:
+                out_dir.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png: bool = True,
+                       progress: ProgressFn | None = None) -> dict[str, str | None]:
     """Write ``<name>.json``, ``<name>_heatmap.nrrd`` and ``<name>_heatmap.png`` into ``out_dir`` atomically.
 
     The heatmap NRRD is float32 on the scan's own grid (same size, origin, spacing, direction); the JSON is written
     last, so a JSON present means its outputs are complete. Returns the paths written (``None`` for skipped ones).
     """
     report = progress or (lambda *a, **k: None)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # made by the first atomic write
     t = time.perf_counter()
     outputs: dict[str, str | None] = {"heatmap": None, "png": None}
     json_path = out_dir / f"{result.name}.json"

@@ -1,6 +1,6 @@
 """Reading and writing scans, label maps and segmentations without losing geometry."""
 
-from .atomic import atomic_output, atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .atomic import atomic_output, atomic_save_figure, check_output_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .image_io import (
     PICTURE_SUFFIXES,
     array_from_image,
@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_output_dir",
     "PICTURE_SUFFIXES",
     "array_from_image",
     "as_single_slice",

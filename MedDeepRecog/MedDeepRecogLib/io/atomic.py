@@ -2,16 +2,116 @@
 
 Writers produce the file under a temporary name in the destination folder (same file system, same
 extension so format-sniffing writers such as SimpleITK pick the right format) and rename it into place.
+
+Faults of the destination (read-only, full disk, a path under a regular file, a folder where a file is wanted) are
+raised as :class:`~..errors.OutputError` naming the path; folders this module created for a write that failed are
+removed again, and temporaries a killed earlier write left behind for the same file are deleted on the next write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from ..errors import OutputError
+
+_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "the destination is on a read-only file system", errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a regular file, not a folder",
+            errno.EISDIR: "is a folder, not a file", errno.ENAMETOOLONG: "file name too long"}
+
+
+def output_error(exc: BaseException, path: Path) -> OutputError:
+    """An :class:`OutputError` for a failed write of ``path``: OSErrors by errno; writer errors (SimpleITK raises
+    RuntimeError for every I/O fault) by the free space left, else their first line."""
+    if isinstance(exc, OSError):
+        where = Path(exc.filename) if exc.filename and exc.errno in (errno.ENOTDIR, errno.EISDIR) else path
+        return OutputError(f"cannot write: {_REASONS.get(exc.errno, exc.strerror or type(exc).__name__)}", where)
+    if _disk_full(path.parent):
+        return OutputError("cannot write: no space left on the device", path)
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return OutputError(f"cannot write ({(lines[-1] if lines else type(exc).__name__)[:200]})", path)
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def check_output_dir(folder: str | Path, what: str = "output folder") -> Path:
+    """Refuse an output folder that is a regular file, lies under a regular file, or cannot be written.
+
+    Nothing is created: the folder itself is made by the first write (and removed again if that write fails).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} is an existing regular file, not a folder", folder)
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{what} cannot be made: {probe} is a regular file, not a folder", folder)
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    if read_only:
+        raise OutputError(f"{what} is on a read-only file system ({probe})", folder)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} cannot be written: permission denied on {probe}", folder)
+    return folder
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it created (deepest last) so a failed write can remove them."""
+    missing = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputError("cannot write: a part of the path is a regular file, not a folder", probe)
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            if not d.is_dir():
+                raise OutputError("cannot write: a part of the path is a regular file, not a folder", d) from None
+            continue
+        except OSError as exc:
+            _remove_empty(created)
+            raise output_error(exc, d) from None
+        created.append(d)
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for d in reversed(folders):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only succeeds when empty
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Delete temporaries of this module's naming (``.<name>.*.partial*``) left for ``path`` by a killed write."""
+    with contextlib.suppress(OSError):
+        for stale in path.parent.glob(glob.escape(f".{path.name}.") + "*.partial*"):
+            with contextlib.suppress(OSError):
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink()
 
 
 def _full_suffix(path: Path) -> str:
@@ -29,8 +129,16 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             sitk.WriteImage(image, str(tmp))
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + _full_suffix(path), dir=path.parent)
+    if path.is_dir():
+        raise OutputError("cannot write: is a folder, not a file", path)
+    created = _make_parents(path.parent)
+    remove_stale_partials(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + _full_suffix(path),
+                                        dir=path.parent)
+    except OSError as exc:
+        _remove_empty(created)
+        raise output_error(exc, path) from None
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates the file 0600; give the output the permissions of a normally created file
@@ -40,9 +148,16 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        # OSErrors by errno; a writer's own error (SimpleITK raises RuntimeError) when the disk is full. Judged
+        # before the temporary goes: a full disk is still full then
+        error = output_error(exc, path) if isinstance(exc, OSError) or (isinstance(exc, RuntimeError)
+                                                                         and _disk_full(path.parent)) else None
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        _remove_empty(created)
+        if error is not None:
+            raise error from None
         raise
 
 

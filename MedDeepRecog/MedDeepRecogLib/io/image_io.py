@@ -8,7 +8,10 @@ CT read from DICOM is in HU: ITK's GDCM reader applies Rescale Slope/Intercept.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
+import locale
 import logging
 import struct
 import zlib
@@ -19,9 +22,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError
+from ..limits import check_declared_image
 from .atomic import atomic_output
 
 log = logging.getLogger(__name__)
+# ITK prints its own warnings (e.g. "Non uniform sampling") as multi-line text on stderr; the reader checks those
+# conditions itself and reports them as one line or as a note in the output
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 #: Extensions SimpleITK writes and Slicer reads back with geometry intact.
 WRITABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -34,8 +41,10 @@ NOTES_KEY = "MedDeepRecog|notes"      # what the reader changed, e.g. colour mad
 FRAMES_KEY = "MedDeepRecog|frames"    # a single file holding several frames (multi-frame DICOM): their number
 PICTURE_KEY = "MedDeepRecog|picture"  # "png" / "jpeg": a picture file, no physical spacing of its own
 
-#: Pictures larger than this per side are refused before their pixels are decoded.
+#: Pictures larger than this per side, or with more pixels than this in all, are refused before their pixels are
+#: decoded (a PNG of zeros compresses about 1000:1, so a small file can declare gigabytes).
 MAX_PICTURE_SIDE = 16384
+MAX_PICTURE_PIXELS = 64 << 20
 
 
 def _suffix(path: Path) -> str:
@@ -46,8 +55,93 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+#: Environment variable that lets a DICOM series with missing slices or uneven spacing be read anyway (the CLI's
+#: ``--allow-slice-gaps``); the image then carries a note saying so, which ends up in the output JSON.
+ALLOW_GAPS_ENV = "MEDDEEPRECOG_ALLOW_SLICE_GAPS"
+SERIES_KEY = "MedDeepRecog|series"  # JSON: {"uid", "description", "slices", "others": [...]}
+
+
+def _dicom_tag(reader: sitk.ImageFileReader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def _series_label(uid: str, description: str) -> str:
+    return f"{uid} ({description!r})" if description else f"{uid} (no description)"
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _mentions(path: Path, uid: str, limit: int = 1 << 16) -> bool:
+    """True if the file's first bytes (its header) hold the series UID: a slice of that series."""
+    try:
+        with open(path, "rb") as fh:
+            return uid.encode("ascii") in fh.read(limit)
+    except (OSError, UnicodeEncodeError):
+        return False
+
+
+def _check_slice_positions(folder: Path, files: list[str], label: str, unassigned: list[Path],
+                           allow: bool) -> str | None:
+    """Refuse (or, with ``allow``, describe) a series whose slices are not evenly spaced along their normal.
+
+    GDCM silently leaves out slices it cannot read (no pixel data, truncated) and ITK then spreads the remaining
+    slices over the whole extent (a 2.0 mm series read as 2.111 mm). The positions (0020,0032) projected on the
+    slice normal (0020,0037) must step evenly; a gap names the files on both sides, and files of the folder that
+    could not be read as slices are named too. Returns a note for the image when ``allow`` lets it through.
+    """
+    positions = []
+    for name in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(name)
+        r.LoadPrivateTagsOff()
+        try:
+            r.ReadImageInformation()
+            ipp = [float(v) for v in _dicom_tag(r, "0020|0032").split("\\")]
+            iop = [float(v) for v in _dicom_tag(r, "0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            return None  # positions unknown: ITK's own ordering is all there is
+        if len(ipp) != 3 or len(iop) != 6:
+            return None
+        normal = np.cross(iop[:3], iop[3:])
+        positions.append((float(np.dot(ipp, normal)), Path(name).name))
+    if len(positions) < 3:
+        return None
+    positions.sort()
+    z = np.array([p for p, _ in positions])
+    steps = np.diff(z)
+    step = float(np.median(steps))
+    bad = [i for i, d in enumerate(steps) if step <= 0 or abs(d - step) > max(0.1 * step, 1e-3)]
+    if not bad:
+        return None
+    i = max(bad, key=lambda k: abs(steps[k] - step))
+    gap = (f"slices are not evenly spaced: {steps[i]:.3g} mm between {positions[i][1]} (at {z[i]:.2f} mm) and "
+           f"{positions[i + 1][1]} (at {z[i + 1]:.2f} mm) where the series steps {step:.3g} mm"
+           f"{f' ({len(bad)} uneven steps)' if len(bad) > 1 else ''}")
+    if unassigned:
+        names = ", ".join(p.name for p in unassigned[:5]) + (f" and {len(unassigned) - 5} more" if len(unassigned) > 5
+                                                             else "")
+        gap += f"; not readable as slices (no pixel data, truncated or damaged): {names}"
+    if allow:
+        return f"DICOM series {label}: {gap}; read anyway (--allow-slice-gaps), so distances along z are not exact"
+    raise InputImageError(f"DICOM series {label}: {gap}. Refusing to guess the geometry; pass --allow-slice-gaps "
+                          "to read it anyway", folder)
+
+
 def _read_dicom_folder(folder: Path) -> sitk.Image:
-    """Read the DICOM series with most slices in ``folder`` (other series are named in the log)."""
+    """Read the DICOM series with most slices in ``folder``, named by SeriesInstanceUID and description (other
+    series are named in the log and the image's notes). Missing or unreadable slices and uneven spacing are
+    refused (see :func:`_check_slice_positions`)."""
+    import os
+
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
     except RuntimeError as exc:  # GDCM raises on unreadable folders
@@ -56,21 +150,66 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         raise InputImageError("folder contains no readable DICOM series", folder)
     files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
     chosen = max(files_by_series, key=lambda sid: len(files_by_series[sid]))
-    others = [f"{sid} ({len(f)} files)" for sid, f in files_by_series.items() if sid != chosen]
+    files = list(files_by_series[chosen])
+
+    def description(sid: str) -> str:
+        r = sitk.ImageFileReader()
+        r.SetFileName(files_by_series[sid][0])
+        r.LoadPrivateTagsOff()
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            return ""
+        return _dicom_tag(r, "0008|103e")
+
+    label = _series_label(chosen, description(chosen))
+    others = [f"{_series_label(sid, description(sid))}, {len(f)} files"
+              for sid, f in files_by_series.items() if sid != chosen]
     if others:
         log.warning("%s: reading series %s (%d slices); also present: %s",
-                    folder, chosen, len(files_by_series[chosen]), ", ".join(others))
+                    folder, label, len(files), "; ".join(others))
+    assigned = {Path(f).resolve() for fs in files_by_series.values() for f in fs}
+    unassigned = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.resolve() not in assigned and p.name.upper() != "DICOMDIR" and _looks_like_dicom(p))
+    # the declared size (one slice's header x the number of slices) is bounded before any voxel is read
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    first.LoadPrivateTagsOff()
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputImageError(f"DICOM series {label}: first slice cannot be read ({_first_line(exc)})",
+                              files[0]) from None
+    check_declared_image(list(first.GetSize()[:2]) + [len(files) * max(1, _dicom_frames(first))],
+                         _declared_bytes_per_voxel(first), folder, f"DICOM series {label}")
+    allow = os.environ.get(ALLOW_GAPS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    broken = [p for p in unassigned if _mentions(p, chosen)]  # slices of this series GDCM could not read
+    gap_note = _check_slice_positions(folder, files, label, unassigned, allow)
+    if broken and gap_note is None:
+        names = ", ".join(p.name for p in broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        problem = (f"DICOM series {label}: {len(broken)} slice file(s) of this series cannot be read (no pixel data, "
+                   f"truncated or damaged): {names}")
+        if not allow:
+            raise InputImageError(problem + ". Refusing to read an incomplete series; pass --allow-slice-gaps to "
+                                  "read the rest anyway", folder)
+        gap_note = problem + "; the rest read anyway (--allow-slice-gaps)"
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files_by_series[chosen])
+    reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputImageError(f"DICOM series {chosen} could not be read ({_first_line(exc)})", folder) from None
+        raise InputImageError(f"DICOM series {label} could not be read ({_first_line(exc)})", folder) from None
     for key in ("0008|0060", "0008|103e", "0020|000e"):  # modality, series description, series UID
         if reader.HasMetaDataKey(0, key):
             image.SetMetaData(key, reader.GetMetaData(0, key).strip())
+    image.SetMetaData(SERIES_KEY, json.dumps({"uid": chosen, "description": description(chosen),
+                                              "slices": len(files), "others": others}))
+    if others:
+        _add_note(image, f"DICOM series {label} read ({len(files)} slices); also present: {'; '.join(others)}")
+    if gap_note:
+        _add_note(image, gap_note)
     return image
 
 
@@ -116,6 +255,11 @@ def _check_nifti_complete(path: Path) -> None:
             n_voxels = 1
             for d in dims[1:1 + n_dims]:
                 n_voxels *= max(int(d), 1)
+            n_dims_all = [max(int(d), 1) for d in dims[1:1 + n_dims]]
+            if any(int(d) < 0 for d in dims[1:1 + n_dims]):
+                raise InputImageError(f"NIfTI header declares a negative size {list(dims[1:1 + n_dims])}", path)
+            check_declared_image(n_dims_all, max(int(bitpix), 8) // 8, path, "NIfTI header")
+            _check_nifti_pixdim(header, endian, sizeof_hdr, n_dims, path)
             expected = max(vox_offset, sizeof_hdr) + n_voxels * max(int(bitpix), 8) // 8
             float_dtype = {16: "f4", 64: "f8"}.get(int(datatype))  # NIFTI_TYPE_FLOAT32 / FLOAT64
             start = max(vox_offset, sizeof_hdr)
@@ -125,7 +269,7 @@ def _check_nifti_complete(path: Path) -> None:
                 dtype = np.dtype(endian + float_dtype)
                 available = start
                 tail = b""
-                while chunk := fh.read(1 << 22):
+                while available < expected and (chunk := fh.read(min(1 << 22, expected - available))):
                     available += len(chunk)
                     data = tail + chunk
                     usable = len(data) - len(data) % dtype.itemsize
@@ -134,9 +278,9 @@ def _check_nifti_complete(path: Path) -> None:
                     tail = data[usable:]
             elif opener is open:
                 available = fh.seek(0, 2)
-            else:  # gzip cannot seek to the end without decompressing; stream through it
+            else:  # gzip cannot seek to the end without decompressing; stream up to the declared size, no further
                 available = len(header)
-                while chunk := fh.read(1 << 22):
+                while available < expected and (chunk := fh.read(min(1 << 22, expected - available))):
                     available += len(chunk)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputImageError(f"corrupt or truncated compressed data ({exc})", path) from None
@@ -144,6 +288,155 @@ def _check_nifti_complete(path: Path) -> None:
         raise InputImageError(f"truncated NIfTI: {available} of {expected} bytes present", path)
     if non_finite:
         raise InputImageError(f"{non_finite} voxel(s) are NaN or infinite", path)
+
+
+def _check_nifti_pixdim(header: bytes, endian: str, sizeof_hdr: int, n_dims: int, path: Path) -> None:
+    """Refuse a zero, NaN or infinite voxel size in a NIfTI header (ITK silently reports 1 mm instead)."""
+    if sizeof_hdr == 348:
+        pixdim = struct.unpack(endian + "8f", header[76:108])
+    else:
+        pixdim = struct.unpack(endian + "8d", header[104:168])
+    for axis in range(1, min(n_dims, 3) + 1):
+        value = float(pixdim[axis])
+        if not np.isfinite(value) or value == 0.0:
+            raise InputImageError(f"NIfTI header gives voxel size pixdim[{axis}] = {value} along {'xyz'[axis - 1]}; "
+                                  "the scan's geometry is unknown (fix the header's pixdim)", path)
+
+
+#: bytes per component of each SimpleITK pixel type name (vector types count per component)
+def _component_bytes(pixel_id: int) -> int:
+    name = sitk.GetPixelIDValueAsString(pixel_id).lower()
+    if "complex" in name:
+        return 16 if "64" in name else 8
+    for bits in ("64", "32", "16", "8"):
+        if bits in name:
+            return int(bits) // 8
+    return 8
+
+
+def _declared_bytes_per_voxel(reader: sitk.ImageFileReader) -> int:
+    return _component_bytes(reader.GetPixelID()) * max(1, int(reader.GetNumberOfComponents()))
+
+
+def _text_header(path: Path, limit: int = 1 << 16) -> tuple[list[str], int] | None:
+    """The text header lines of an attached-header NRRD (ended by a blank line) or MHA (ended by the
+    ``ElementDataFile`` line), and the byte offset where the voxel data start; ``None`` if not found."""
+    with open(path, "rb") as fh:
+        head = fh.read(limit)
+    is_nrrd = head.startswith(b"NRRD")
+    lines, pos = [], 0
+    while True:
+        end = head.find(b"\n", pos)
+        if end < 0:
+            return None
+        line = head[pos:end].decode("latin-1").rstrip("\r")
+        pos = end + 1
+        if is_nrrd and not line.strip():
+            return lines, pos
+        lines.append(line)
+        if not is_nrrd and line.replace(" ", "").lower().startswith("elementdatafile="):
+            return lines, pos
+
+
+def _check_stream_complete(path: Path, declared: int) -> None:
+    """Refuse an NRRD/MHA whose voxel data are shorter than its header declares, before ITK allocates the image.
+
+    ITK allocates the declared size first and only then finds the data short, so a tiny file declaring gigabytes
+    would take that memory. Raw data are checked against the file size; gzip/zlib data are decompressed in
+    bounded chunks up to the declared size and no further (a longer stream is not read). Hand-written because
+    neither ITK nor pynrrd offer a header-only size check that stops at the declared size.
+    """
+    try:
+        found = _text_header(path)
+    except OSError:
+        return
+    if found is None:
+        return
+    lines, data_start = found
+    if lines and lines[0].startswith("NRRD"):
+        fields = {}
+        for ln in lines[1:]:
+            if ln.startswith("#") or ":" not in ln:
+                continue
+            key, value = ln.split(":", 1)
+            fields[key.strip().lower()] = value.lstrip("=").strip()
+        encoding = fields.get("encoding", "raw").lower()
+        compressed = encoding in ("gzip", "gz")
+        detached = fields.get("data file", fields.get("datafile"))
+        if detached is not None:
+            _check_detached(path, detached, declared, compressed or encoding != "raw")
+            return
+        if fields.get("byte skip", "0") not in ("0", "") or fields.get("line skip", "0") not in ("0", ""):
+            return  # skipped bytes: ITK checks those itself
+        if not compressed and encoding != "raw":
+            return  # text, hex, bzip2: ITK reads those
+    else:
+        fields = {}
+        for ln in lines:
+            if "=" in ln:
+                key, value = ln.split("=", 1)
+                fields[key.strip().lower()] = value.strip()
+        compressed = fields.get("compresseddata", "false").lower() == "true"
+        data_file = fields.get("elementdatafile", "")
+        if data_file.upper() != "LOCAL":
+            if data_file and data_file.split()[0].upper() not in ("LIST",) and "%" not in data_file:
+                _check_detached(path, data_file, declared, compressed)
+            return
+    size = path.stat().st_size
+    if not compressed:
+        available = size - data_start
+    else:
+        available = 0
+        inflater = zlib.decompressobj(47)  # zlib or gzip stream, header detected
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(data_start)
+                while available < declared:
+                    chunk = fh.read(1 << 20)
+                    if not chunk:
+                        break
+                    while chunk and available < declared:
+                        out = inflater.decompress(chunk, min(1 << 22, declared - available))
+                        available += len(out)
+                        chunk = inflater.unconsumed_tail
+                        if inflater.eof:
+                            break
+                    if inflater.eof:
+                        break
+        except zlib.error as exc:
+            raise InputImageError(f"corrupt compressed voxel data ({exc})", path) from None
+    if available < declared:
+        raise InputImageError(f"truncated file: {max(available, 0)} of {declared} voxel bytes the header declares "
+                              "are present", path)
+
+
+def _check_detached(header: Path, name: str, declared: int, compressed: bool) -> None:
+    """A detached header's data file (NRRD ``data file``, MetaImage ``ElementDataFile``) must be a regular file and,
+    when raw, hold the declared bytes (a device such as ``/dev/zero`` would feed the allocator without end)."""
+    if name.split()[0].upper() == "LIST" or "%" in name:
+        return  # a list of slice files: ITK checks each
+    data = Path(name)
+    if not data.is_absolute():
+        data = header.parent / data
+    if not data.exists():
+        raise InputImageError(f"the header's data file {name!r} does not exist", header)
+    if not data.is_file():
+        raise InputImageError(f"the header's data file {name!r} is not a regular file", header)
+    if not compressed and data.stat().st_size < declared:
+        raise InputImageError(f"truncated data file {name!r}: {data.stat().st_size} of {declared} voxel bytes the "
+                              "header declares are present", header)
+
+
+def _check_direction(direction, path, dimension: int) -> None:
+    """Refuse a direction matrix that is not orthonormal (a sheared or scaled NRRD ``space directions``):
+    ITK would carry it on and every resampling and LPS view would be silently wrong."""
+    d = np.asarray(direction, dtype=float).reshape(dimension, dimension)
+    if not np.isfinite(d).all():
+        raise InputImageError("direction matrix has NaN or infinite values", path)
+    error = float(np.abs(d.T @ d - np.eye(dimension)).max())
+    if error > 1e-3:
+        raise InputImageError(f"direction matrix is not orthonormal (axes sheared or scaled, deviation "
+                              f"{error:.3g}); the geometry is ambiguous: {np.round(d, 4).tolist()}", path)
 
 
 def read_image(path: str | Path, *, pixel_type: int | None = None,
@@ -164,7 +457,26 @@ def read_image(path: str | Path, *, pixel_type: int | None = None,
     Raises:
         InputImageError: missing path, unreadable or truncated file, no DICOM series, a picture too large.
     """
-    path = Path(path)
+    with _kept_locale():  # GDCM switches the C locale to "C" and leaves it so (Python's text files turn ASCII)
+        return _read_image(Path(path), pixel_type, spacing)
+
+
+@contextlib.contextmanager
+def _kept_locale():
+    try:
+        saved = locale.setlocale(locale.LC_ALL)
+    except locale.Error:
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(locale.Error):
+                if locale.setlocale(locale.LC_ALL) != saved:
+                    locale.setlocale(locale.LC_ALL, saved)
+
+
+def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
     if not path.exists():
         raise InputImageError("no such file or folder", path)
     if path.is_dir():
@@ -179,9 +491,21 @@ def read_image(path: str | Path, *, pixel_type: int | None = None,
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
+            declared = _declared_bytes_per_voxel(reader)
+            check_declared_image(reader.GetSize(), declared, path, "header")
+            if _suffix(path) in (".nrrd", ".seg.nrrd", ".mha", ".nhdr", ".mhd"):
+                n = declared
+                for d in reader.GetSize():
+                    n *= int(d)
+                _check_stream_complete(path, n)
+            if reader.GetDimension() in (2, 3):
+                _check_direction(reader.GetDirection(), path, reader.GetDimension())
             if picture and max(reader.GetSize()) > MAX_PICTURE_SIDE:
                 raise InputImageError(f"picture of {' x '.join(map(str, reader.GetSize()))} pixels is larger than "
                                       f"{MAX_PICTURE_SIDE} per side", path)
+            if picture and int(np.prod([int(v) for v in reader.GetSize()])) > MAX_PICTURE_PIXELS:
+                raise InputImageError(f"picture of {' x '.join(map(str, reader.GetSize()))} pixels has more than "
+                                      f"{MAX_PICTURE_PIXELS:,} pixels", path)
             frames = _dicom_frames(reader)
             image = reader.Execute()
         except RuntimeError as exc:
@@ -228,9 +552,13 @@ def _as_picture(image: sitk.Image, path: Path, spacing) -> sitk.Image:
 def _to_grey(image: sitk.Image) -> sitk.Image:
     """RGB(A) pixels → one float32 grey channel, ``0.299 R + 0.587 G + 0.114 B`` (alpha dropped)."""
     comps = image.GetNumberOfComponentsPerPixel()
-    arr = sitk.GetArrayViewFromImage(image).astype(np.float32)
-    grey = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+    arr = sitk.GetArrayViewFromImage(image)  # no float copy of all channels: one grey plane is accumulated
+    grey = arr[..., 0].astype(np.float32)
+    grey *= 0.299
+    grey += np.float32(0.587) * arr[..., 1]
+    grey += np.float32(0.114) * arr[..., 2]
     out = sitk.GetImageFromArray(grey)
+    del grey, arr
     out.CopyInformation(image)
     for key in image.GetMetaDataKeys():
         out.SetMetaData(key, image.GetMetaData(key))
@@ -239,6 +567,7 @@ def _to_grey(image: sitk.Image) -> sitk.Image:
 
 
 def _add_note(image: sitk.Image, note: str) -> None:
+    note = note.replace("; ", ", ")  # notes are stored "; "-separated
     old = image.GetMetaData(NOTES_KEY) if image.HasMetaDataKey(NOTES_KEY) else ""
     image.SetMetaData(NOTES_KEY, f"{old}; {note}" if old else note)
 
@@ -333,8 +662,13 @@ def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -
     if _suffix(path) not in WRITABLE_SUFFIXES:
         raise InputImageError(f"unsupported output format {_suffix(path) or '(none)'}; use one of "
                               f"{', '.join(WRITABLE_SUFFIXES)}", path)
+    from .atomic import output_error
+
     with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:  # ITK reports a full disk or a failed write as a RuntimeError
+            raise output_error(exc, path) from None
     return path
 
 
@@ -393,4 +727,5 @@ def describe_geometry(image: sitk.Image) -> dict[str, Any]:
         "modality_guess": guess_modality(image),
         **({"notes": image_notes(image)} if image_notes(image) else {}),
         **({"frames": int(image.GetMetaData(FRAMES_KEY))} if image.HasMetaDataKey(FRAMES_KEY) else {}),
+        **({"dicom_series": json.loads(image.GetMetaData(SERIES_KEY))} if image.HasMetaDataKey(SERIES_KEY) else {}),
     }

@@ -67,6 +67,34 @@ def write_segmentation(labelmap: np.ndarray, reference: sitk.Image, segments: Se
     return path
 
 
+def _check_segmentation_header(path: Path) -> None:
+    """Bound the declared size (and check the data are all there) before slicerio/pynrrd allocate the voxels."""
+    from ..limits import check_declared_image
+    from .image_io import _check_stream_complete
+
+    if not path.is_file() or not path.name.lower().endswith((".nrrd", ".nhdr")):
+        return
+    import nrrd
+
+    try:
+        with open(path, "rb") as fh:
+            header = nrrd.read_header(fh)
+        kind = str(header["type"]).lower().replace("unsigned ", "u").replace("signed ", "").replace("_t", "")
+        itemsize = next(b for names, b in ((("char", "uchar", "int8", "uint8"), 1),
+                                           (("short", "ushort", "int16", "uint16", "short int", "ushort int"), 2),
+                                           (("int", "uint", "int32", "uint32", "float"), 4),
+                                           (("longlong", "ulonglong", "long long", "ulong long", "int64", "uint64",
+                                             "double", "long long int", "ulong long int"), 8)) if kind in names)
+        sizes = [int(s) for s in header["sizes"]]
+    except Exception:  # not NRRD enough to say (or an exotic type): slicerio reports it
+        return
+    check_declared_image(sizes, itemsize, path, "segmentation header")
+    n = itemsize
+    for v in sizes:
+        n *= v
+    _check_stream_complete(path, n)
+
+
 def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[SegmentSpec]]:
     """Read a ``.seg.nrrd`` (or a plain label map) into a ``(Z, Y, X)`` label map, its grid and its segments.
 
@@ -79,6 +107,7 @@ def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[Se
     path = Path(path)
     if not path.exists():
         raise InputImageError("no such file", path)
+    _check_segmentation_header(path)
     try:
         seg = slicerio.read_segmentation(str(path))
     except Exception as exc:  # slicerio/pynrrd raise assorted errors on corrupt files

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch.nn as nn
 
@@ -55,9 +57,171 @@ def _spec(name: str) -> ArchSpec:
     return _REGISTRY[name]
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the architecture ``name`` (e.g. ``build_model("simple_cnn3d", in_channels=1, num_classes=2)``)."""
+#: Largest whole number an architecture keyword argument may hold (channels, widths, sizes, counts).
+MAX_KWARG_INT = 1 << 16
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _check_value(name: str, key: str, value: Any, default: Any) -> None:
+    """Type of ``value`` against the factory's default ``default``; ranges of numbers anywhere in it."""
+    where = f"architecture {name!r}: {key}"
+    if value is None:
+        return  # the factory's own default / "none"
+    if default is not None and default is not inspect.Parameter.empty:
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str) or value is None
+        elif isinstance(default, (list, tuple)):
+            ok = isinstance(value, (list, tuple)) or (isinstance(value, int) and not isinstance(value, bool))
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"{where} must be {_kind(default)} (like {default!r}), got {value!r}")
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            if len(v) > 1024:
+                raise ConfigError(f"{where} lists {len(v)} values; at most 1024")
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        elif isinstance(v, int):
+            if v < 0 or v > MAX_KWARG_INT:
+                raise ConfigError(f"{where} = {value!r}: whole numbers must be between 0 and {MAX_KWARG_INT}")
+        elif isinstance(v, float):
+            if not math.isfinite(v) or abs(v) > 1e6:
+                raise ConfigError(f"{where} = {value!r}: numbers must be finite and at most 1e6 in size")
+            if "dropout" in key and not 0.0 <= v < 1.0:
+                raise ConfigError(f"{where} = {value!r}: a dropout rate is between 0 and 1")
+        else:
+            raise ConfigError(f"{where} has a value of type {type(v).__name__}; use numbers, text and lists")
+
+
+def check_kwargs(name: str, kwargs: Any) -> None:
+    """Types and ranges of architecture keyword arguments, before anything is built.
+
+    Types come from the factory's own defaults (an ``int`` default wants a whole number...); every number must be
+    finite, whole numbers between 0 and :data:`MAX_KWARG_INT`, dropout rates in [0, 1). Unknown keywords are named.
+    """
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"architecture {name!r}: kwargs must be a mapping of keyword arguments, got "
+                          f"{_kind(kwargs)} {kwargs!r}")
     spec = _spec(name)
+    try:
+        params = inspect.signature(spec.factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in kwargs.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"architecture {name!r}: keyword {key!r} is not a name")
+        if key not in params and not takes_any and params:
+            allowed = [k for k, p in params.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                      inspect.Parameter.VAR_KEYWORD)]
+            raise ConfigError(f"architecture {name!r}: unknown keyword {key!r}; known: {', '.join(allowed)}")
+        default = params[key].default if key in params else None
+        _check_value(name, key, value, default)
+
+
+#: Inputs this many times smaller than the activation limit skip the meta forward pass (its first call costs seconds
+#: of PyTorch set-up): the networks here keep at most a few hundred input-sized feature maps per sample.
+_SMALL_INPUT_FACTOR = 1024
+
+
+def check_budget(model: nn.Module, name: str, input_shape: Sequence[int] | None = None) -> dict[str, int]:
+    """Parameters of ``model`` (built on the ``meta`` device: no memory) and, for ``input_shape`` (without the
+    batch), the bytes of every layer's output in one forward pass at batch 1, against the limits in
+    :mod:`..limits`. Returns ``{"params", "activation_bytes"}`` (0 when not measured). A forward that the meta
+    device cannot run is skipped, and so is the forward for an input over :data:`_SMALL_INPUT_FACTOR` times smaller
+    than the limit."""
+    import torch
+
+    from ..limits import human_bytes, max_activation_bytes, max_params
+
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > max_params():
+        raise ConfigError(f"architecture {name!r} would have {n_params:,} parameters ({human_bytes(4 * n_params)}), "
+                          f"more than the limit of {max_params():,} (MEDDEEPRECOG_MAX_PARAMS)")
+    act = 0
+    if input_shape is not None:
+        shape = [int(s) for s in input_shape]
+        in_bytes = 4
+        for s in shape:
+            in_bytes *= s
+        limit = max_activation_bytes()
+        if in_bytes > limit:
+            raise ConfigError(f"architecture {name!r}: input {shape} alone is {human_bytes(in_bytes)}, more than the "
+                              f"activation limit of {human_bytes(limit)} (MEDDEEPRECOG_MAX_ACTIVATION_BYTES)")
+        if in_bytes * _SMALL_INPUT_FACTOR <= limit:
+            return {"params": int(n_params), "activation_bytes": 0}  # small input: the meta forward is skipped
+        total = [in_bytes]
+
+        def hook(_module, _inp, out):
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(t, torch.Tensor):
+                    total[0] += t.numel() * t.element_size()
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, *shape, device="meta"))
+        except Exception:  # an op the meta device lacks, or a shape the network refuses: judged when it runs
+            total[0] = 0
+        finally:
+            for h in handles:
+                h.remove()
+        act = total[0]
+        if act > limit:
+            raise ConfigError(f"architecture {name!r} on input {shape} needs about {human_bytes(act)} of activations "
+                              f"for one sample, more than the limit of {human_bytes(limit)} "
+                              "(MEDDEEPRECOG_MAX_ACTIVATION_BYTES); use a smaller input size or network")
+    return {"params": int(n_params), "activation_bytes": int(act)}
+
+
+def build_model(name: str, input_shape: Sequence[int] | None = None, **kwargs: Any) -> nn.Module:
+    """Build the architecture ``name`` (e.g. ``build_model("simple_cnn3d", in_channels=1, num_classes=2)``).
+
+    The keyword arguments are checked first (:func:`check_kwargs`), then the network is built on the ``meta``
+    device (no memory) and its size checked against the parameter budget, and with ``input_shape`` (C, *spatial)
+    its activations too (:func:`check_budget`); only then is it built for real.
+    """
+    import torch
+
+    spec = _spec(name)
+    check_kwargs(name, kwargs)
+    try:
+        with torch.device("meta"):
+            ghost = spec.factory(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"architecture {name!r}: bad keyword arguments {sorted(kwargs)} ({exc})") from None
+    except (ValueError, RuntimeError, AssertionError, ZeroDivisionError, IndexError, KeyError) as exc:
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConfigError(f"architecture {name!r} cannot be built with {kwargs}: {first[:200]}") from None
+    check_budget(ghost, name, input_shape)
+    del ghost
     try:
         return spec.factory(**kwargs)
     except TypeError as exc:

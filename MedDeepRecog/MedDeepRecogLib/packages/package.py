@@ -84,6 +84,13 @@ def validate_meta(meta: Mapping[str, Any], where: str | Path | None = None) -> N
     if not isinstance(arch, Mapping) or not isinstance(arch.get("name"), str):
         raise ModelPackageError("model.json architecture must be {\"name\": str, \"kwargs\": {...}}", where)
     kwargs = arch.get("kwargs", {}) or {}
+    if not isinstance(kwargs, Mapping):
+        raise ModelPackageError(f"model.json architecture.kwargs must be a mapping, got {kwargs!r}", where)
+    for key in ("num_classes", "out_channels", "in_channels"):
+        v = kwargs.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 65536):
+            raise ModelPackageError(f"model.json architecture.kwargs.{key} must be a whole number from 1 to 65536, "
+                                    f"got {v!r}", where)
     classes = meta["class_names"]
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ModelPackageError("model.json class_names must be a non-empty list of names", where)
@@ -100,15 +107,21 @@ def validate_meta(meta: Mapping[str, Any], where: str | Path | None = None) -> N
     size = spec.get("size")
     if size is not None:
         if (not isinstance(size, list) or len(size) != INPUT_KINDS[spec["kind"]]
-                or not all(isinstance(s, int) and s > 0 for s in size)):
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 65536 for s in size)):
             raise ModelPackageError(f"model.json input.size {size!r} must be {INPUT_KINDS[spec['kind']]} positive "
                                     f"integers for kind {spec['kind']!r}", where)
     channels = spec.get("channels", 1)
-    if not isinstance(channels, int) or channels < 1:
+    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 65536:
         raise ModelPackageError(f"model.json input.channels {channels!r} must be a positive integer", where)
     if "in_channels" in kwargs and int(kwargs["in_channels"]) != channels:
         raise ModelPackageError(f"model.json input.channels={channels} but the architecture expects "
                                 f"in_channels={kwargs['in_channels']}", where)
+    spacing = spec.get("spacing_mm")
+    if spacing is not None and (not isinstance(spacing, list) or not spacing
+                                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e4
+                                           for v in spacing)):
+        raise ModelPackageError(f"model.json input.spacing_mm must be null or a list of positive sizes in mm, got "
+                                f"{spacing!r}", where)
     weights = meta["weights"]
     if not isinstance(weights, Mapping) or weights.get("file") not in WEIGHT_FILES or not weights.get("sha256"):
         raise ModelPackageError(f"model.json weights must be {{\"file\": one of {list(WEIGHT_FILES)}, "
@@ -210,9 +223,15 @@ class ModelPackage:
         """
         from ..models import build_model
 
+        from ..errors import ConfigError
+
         arch = self.meta["architecture"]
+        spec = self.input_spec
+        shape = [spec.get("channels", 1), *spec["size"]] if spec.get("size") else None
         try:
-            model = build_model(arch["name"], **(arch.get("kwargs") or {}))
+            model = build_model(arch["name"], input_shape=shape, **(arch.get("kwargs") or {}))
+        except ConfigError as exc:  # kwargs' types or ranges, parameter or activation budget
+            raise ModelPackageError(f"model.json {exc.problem}", self.path / META_FILE) from None
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelPackageError(f"cannot build architecture {arch['name']!r} with kwargs "
                                     f"{arch.get('kwargs')}: {exc}", self.path / META_FILE) from None
@@ -280,6 +299,39 @@ def _open_folder(folder: Path, source: str = "path", tmpdir: Any = None) -> Mode
                         domain=load_domain_check(folder, meta))
 
 
+def _extract_bounded(zf: zipfile.ZipFile, root: Path, path: Path) -> None:
+    """Extract ``zf`` into ``root`` within :func:`..limits.max_package_bytes`: the sizes the zip declares are
+    checked first, then the bytes actually written (a member whose stream inflates past its declared size is cut
+    off and refused). Hand-written because ``zipfile.extractall`` trusts the declared sizes and has no limit."""
+    from ..limits import MAX_PACKAGE_ENV, MAX_PACKAGE_FILES, human_bytes, max_package_bytes
+
+    limit = max_package_bytes()
+    infos = zf.infolist()
+    if len(infos) > MAX_PACKAGE_FILES:
+        raise ModelPackageError(f"zip holds {len(infos)} entries, more than {MAX_PACKAGE_FILES}", path)
+    declared = sum(i.file_size for i in infos)
+    if declared > limit:
+        raise ModelPackageError(f"zip declares {human_bytes(declared)} uncompressed, more than the limit of "
+                                f"{human_bytes(limit)} for a model package ({MAX_PACKAGE_ENV})", path)
+    written = 0
+    for info in infos:
+        target = root / info.filename
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        member = 0
+        with zf.open(info) as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                member += len(chunk)
+                written += len(chunk)
+                if member > info.file_size or written > limit:
+                    raise ModelPackageError(f"zip entry {info.filename!r} inflates past its declared size of "
+                                            f"{human_bytes(info.file_size)} (or the package past "
+                                            f"{human_bytes(limit)}): refused", path)
+                dst.write(chunk)
+
+
 def _open_zip(path: Path) -> ModelPackage:
     tmp = tempfile.TemporaryDirectory(prefix="meddeeprecog_pkg_")
     root = Path(tmp.name)
@@ -289,10 +341,13 @@ def _open_zip(path: Path) -> ModelPackage:
                 target = (root / name).resolve()
                 if not str(target).startswith(str(root.resolve())):
                     raise ModelPackageError(f"zip entry {name!r} points outside the package", path)
-            zf.extractall(root)
+            _extract_bounded(zf, root, path)
     except zipfile.BadZipFile as exc:
         tmp.cleanup()
         raise ModelPackageError(f"not a valid zip file ({exc})", path) from None
+    except BaseException:
+        tmp.cleanup()
+        raise
     metas = sorted(root.rglob(META_FILE), key=lambda p: len(p.parts))
     if not metas:
         tmp.cleanup()
@@ -413,6 +468,11 @@ def import_package(path: str | Path, dest: str | Path | None = None) -> Path:
     pkg = load_package(Path(path).expanduser()) if Path(path).expanduser().exists() else None
     if pkg is None:
         raise ModelPackageError("model package not found", path)
+    from ..limits import MAX_PACKAGE_ENV, human_bytes, max_package_bytes
+    total = sum(f.stat().st_size for f in pkg.path.rglob("*") if f.is_file() and not f.is_symlink())
+    if total > max_package_bytes():
+        raise ModelPackageError(f"package holds {human_bytes(total)}, more than the limit of "
+                                f"{human_bytes(max_package_bytes())} ({MAX_PACKAGE_ENV})", path)
     pkg.verify()
     root = Path(dest) if dest is not None else user_models_dir()
     for e in _catalog_entries():

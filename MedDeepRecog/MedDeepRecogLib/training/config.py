@@ -31,9 +31,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import BeforeValidator, Field
 
 from ..errors import ConfigError
+from ..schema import _whole_number  # noqa: F401  (used in the annotations)
+from ..schema import (Float, Fraction, Int, List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt,
+                      SideInt, load_mapping, read_config)
 
 
 @dataclass
@@ -43,12 +48,12 @@ class DataConfig:
     kind: str = "volume3d"
     train_split: str = "train"
     val_split: str = "val"
-    val_fraction: float = 0.2
+    val_fraction: OpenFraction = 0.2
     labels_csv: str | None = None
-    class_names: list[str] | None = None
-    intensity_range: list[float] | None = None
-    size: list[int] | None = None
-    max_train: int | None = None
+    class_names: List(str, 2) | None = None
+    intensity_range: List(Float, 2, 2) | None = None
+    size: List(SideInt, 2, 3) | None = None
+    max_train: PosInt | None = None
 
 
 @dataclass
@@ -59,7 +64,7 @@ class ModelConfig:
 
 @dataclass
 class InputConfig:
-    spacing_mm: list[float] | None = None
+    spacing_mm: List(Millimetres, 2, 3) | None = None
     pipeline: dict | None = None
     content: str | None = None  # "binary_mask": classify refuses grey-level scans (inference.model_input)
     # slices2d: how a slice is standardised (inference.model_input.SLICE_DEFAULTS keys). When set, the training
@@ -70,37 +75,38 @@ class InputConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
+    lr: PosFloat = 1e-3
+    weight_decay: NonNegFloat = 1e-4
+    momentum: Fraction = 0.9
 
 
 @dataclass
 class ScheduleConfig:
     name: str = "none"
-    step_size: int = 10
-    gamma: float = 0.1
-    factor: float = 0.5
-    patience: int = 3
-    min_lr: float = 0.0
-    warmup_epochs: int = 0
+    step_size: PosInt = 10
+    gamma: PosFloat = 0.1
+    factor: OpenFraction = 0.5
+    patience: NonNegInt = 3
+    min_lr: NonNegFloat = 0.0
+    warmup_epochs: NonNegInt = 0
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    l1: float = 0.0
-    class_weights: Any = "auto"
-    label_smoothing: float = 0.0
+    epochs: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=100_000)] = 10
+    batch_size: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=65_536)] = 32
+    l1: NonNegFloat = 0.0
+    class_weights: Literal["auto", "none"] | List(PosFloat, 2) = "auto"
+    label_smoothing: Fraction = 0.0
     monitor: str = "auc"
-    early_stopping_patience: int | None = None
-    grad_clip: float | None = None
-    ema_decay: float | None = None
-    amp: Any = "auto"
+    early_stopping_patience: NonNegInt | None = None
+    grad_clip: PosFloat | None = None
+    ema_decay: Fraction | None = None
+    amp: Literal["auto"] | bool = "auto"
     device: str = "auto"
-    ensemble: int = 1  # > 1: that many members, seeds seed..seed+N-1, averaged (models/ensemble.py)
-    folds: int = 0  # >= 2: K members, member i trains on the train split minus fold i and selects on fold i
+    ensemble: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=100)] = 1  # > 1: N members, seeds seed..
+    folds: Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=100)] = 0  # >= 2: K members, member i trains
+    # on the train split minus fold i and selects on fold i
 
 
 AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
@@ -114,19 +120,19 @@ class TrainConfig:
     version: str | None = None
     description: str = ""
     modality: str = "any"
-    seed: int = 0
+    seed: NonNegInt = 0
     out: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
-    augmentation: dict = field(default_factory=dict)
+    augmentation: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     explain: dict | None = None
     adversarial: dict | None = None
     domain: dict | None = None  # out-of-domain check fitted after training (training/domain.py)
-    localisation: list | None = None  # scans with lesion labels the heatmap is scored on (training/localisation.py)
+    localisation: List(Any) | None = None  # scans with lesion labels the heatmap is scored on (training/localisation.py)
     card: dict | None = None  # model card text: {intended_use, not_for: [...]} (copied to model.json "use")
     source: str | None = None  # the config file (set by load_config)
 
@@ -157,49 +163,62 @@ def _check_keys(raw: Mapping, allowed: set[str], where: str, source: Any) -> Non
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a dict, rejecting unknown keys and impossible values."""
-    top = {f.name for f in fields(TrainConfig)} - {"source"}
-    _check_keys(raw, top, "", source)
-    cfg = TrainConfig(source=None if source is None else str(source))
-    for key, value in raw.items():
-        if key in _SECTIONS:
-            cls = _SECTIONS[key]
-            _check_keys(value or {}, {f.name for f in fields(cls)}, key, source)
-            section = cls(**(value or {}))
-            for (sec, name), choices in _CHOICES.items():
-                if sec == key and getattr(section, name) not in choices:
-                    raise ConfigError(f"{key}/{name} is {getattr(section, name)!r}; choose one of "
-                                      f"{', '.join(sorted(choices))}", source)
-            setattr(cfg, key, section)
-        elif key == "augmentation":
-            _check_keys(value or {}, set(AUG_KEYS), "augmentation", source)
-            for name, params in (value or {}).items():
-                _check_keys(params or {}, AUG_KEYS[name], f"augmentation/{name}", source)
-            cfg.augmentation = dict(value or {})
-        elif key == "card":
-            _check_keys(value or {}, {"intended_use", "not_for"}, "card", source)
-            not_for = (value or {}).get("not_for", [])
-            if not isinstance((value or {}).get("intended_use", ""), str) or not isinstance(not_for, list) \
-                    or not all(isinstance(v, str) for v in not_for):
-                raise ConfigError("card must be {intended_use: text, not_for: [text, ...]}", source)
-            cfg.card = dict(value) if value else None
-        elif key == "localisation":
-            from .localisation import check_localisation_block
-            check_localisation_block(value, source)
-            cfg.localisation = list(value) if value else None
-        elif key == "domain":
-            from .domain import check_domain_block
-            check_domain_block(value, source)
-            cfg.domain = dict(value) if value else None
-        elif key == "adversarial":
-            from ..robustness.training import AdversarialTraining
-            try:
-                AdversarialTraining.from_config(value)  # validates the block's keys and values now, not mid-run
-            except ConfigError as exc:
-                raise ConfigError(exc.problem, source) from None
-            cfg.adversarial = dict(value) if value else None
-        else:
-            setattr(cfg, key, value)
+    """Build a :class:`TrainConfig` from a dict through the one schema reader (:func:`..schema.read_config`):
+    unknown keys, wrong types, out-of-range values and lists given as single words are errors naming the key and
+    the file; then the blocks with their own rules (augmentation, card, localisation, domain, adversarial) and the
+    cross-field rules below."""
+    cfg = read_config(TrainConfig, raw, source, skip=("source",))
+    cfg.source = None if source is None else str(source)
+    for (sec, name), choices in _CHOICES.items():
+        if getattr(getattr(cfg, sec), name) not in choices:
+            raise ConfigError(f"{sec}/{name} is {getattr(getattr(cfg, sec), name)!r}; choose one of "
+                              f"{', '.join(sorted(choices))}", source)
+    _check_keys(cfg.augmentation, set(AUG_KEYS), "augmentation", source)
+    for name, params in cfg.augmentation.items():
+        _check_keys(params or {}, AUG_KEYS[name], f"augmentation/{name}", source)
+        for key, value in (params or {}).items():
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"augmentation/{name}/{key}: expected a number or a list of numbers, got "
+                                  f"{value!r}", source)
+            if key == "prob" and not 0.0 <= float(value if not isinstance(value, list) else -1) <= 1.0:
+                raise ConfigError(f"augmentation/{name}/prob: a probability between 0 and 1, got {value!r}", source)
+    if "card" in raw:
+        value = raw["card"]
+        _check_keys(value or {}, {"intended_use", "not_for"}, "card", source)
+        not_for = (value or {}).get("not_for", [])
+        if not isinstance((value or {}).get("intended_use", ""), str) or not isinstance(not_for, list) \
+                or not all(isinstance(v, str) for v in not_for):
+            raise ConfigError("card must be {intended_use: text, not_for: [text, ...]}", source)
+        cfg.card = dict(value) if value else None
+    if "localisation" in raw:
+        from .localisation import check_localisation_block
+        check_localisation_block(raw["localisation"], source)
+        cfg.localisation = list(raw["localisation"]) if raw["localisation"] else None
+    if "domain" in raw:
+        from .domain import check_domain_block
+        check_domain_block(raw["domain"], source)
+        cfg.domain = dict(raw["domain"]) if raw["domain"] else None
+    if "adversarial" in raw:
+        from ..robustness.training import AdversarialTraining
+        try:
+            AdversarialTraining.from_config(raw["adversarial"])  # validates the block's keys and values now
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, source) from None
+        cfg.adversarial = dict(raw["adversarial"]) if raw["adversarial"] else None
+    if cfg.data.class_names is not None and len(set(cfg.data.class_names)) != len(cfg.data.class_names):
+        raise ConfigError(f"data/class_names has duplicates: {cfg.data.class_names}", source)
+    if cfg.data.intensity_range is not None and not cfg.data.intensity_range[0] < cfg.data.intensity_range[1]:
+        raise ConfigError(f"data/intensity_range must be [low, high] with low < high, got "
+                          f"{cfg.data.intensity_range}", source)
+    if cfg.data.size is not None:
+        from ..limits import human_bytes, max_image_bytes
+        n = 4
+        for v in cfg.data.size:
+            n *= v
+        if n > max_image_bytes():
+            raise ConfigError(f"data/size {cfg.data.size} is {human_bytes(n)} per image as float32, more than the "
+                              f"limit of {human_bytes(max_image_bytes())}", source)
     if not cfg.id:
         raise ConfigError("config needs an 'id' (the model package id)", source)
     if not cfg.data.path:
@@ -210,6 +229,11 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     if cfg.model.name not in available_models():
         raise ConfigError(f"model/name {cfg.model.name!r} is not a known architecture; known: "
                           f"{', '.join(available_models())}", source)
+    from ..models.registry import check_kwargs
+    try:
+        check_kwargs(cfg.model.name, cfg.model.kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"model/kwargs: {exc.problem}", source) from None
     if int(cfg.training.epochs) < 1 or int(cfg.training.batch_size) < 1:
         raise ConfigError("training/epochs and training/batch_size must be >= 1", source)
     if not isinstance(cfg.training.ensemble, int) or isinstance(cfg.training.ensemble, bool) \
@@ -235,18 +259,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
 def load_config(path: str | Path) -> TrainConfig:
     """Read a ``.json`` / ``.yaml`` / ``.yml`` training config and validate it (see module docstring)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("training config not found", path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-            raw = yaml.safe_load(text)
-        else:
-            raw = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
-        raise ConfigError(f"cannot parse config ({str(exc).splitlines()[0]})", path) from None
-    return config_from_dict(raw or {}, path)
+    return config_from_dict(load_mapping(path, "training config"), path)
 
 
 def resolve_relative(raw: str, source) -> Path:

@@ -103,6 +103,9 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
     """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``."""
     import SimpleITK as sitk
 
+    from ..io.image_io import _declared_bytes_per_voxel, _first_line
+    from ..limits import check_declared_image
+
     csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
     if not csv_path.is_absolute() and not csv_path.exists():
         csv_path = folder / csv_path
@@ -122,13 +125,49 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
         p = folder / row[fcol]
         if not p.is_file():
             raise ConfigError(f"image listed in {csv_path.name} not found", p)
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+            check_declared_image(reader.GetSize(), _declared_bytes_per_voxel(reader), p)
+            arr = sitk.GetArrayFromImage(reader.Execute())
+        except RuntimeError as exc:
+            raise ConfigError(f"image listed in {csv_path.name} cannot be read ({_first_line(exc)})", p) from None
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise ConfigError(f"image listed in {csv_path.name} has {int((~np.isfinite(arr)).sum())} NaN or infinite "
+                              "value(s); repair or remove it", p)
         arrays.append(arr)
         labels.append(str(row[lcol]).strip())
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ConfigError(f"images have different shapes {sorted(shapes)[:3]}; resize them first", folder)
     return np.stack(arrays), labels, [str(csv_path)]
+
+
+def check_images_labels(x: np.ndarray, y: np.ndarray, what: str, path: Path) -> None:
+    """Refuse image/label arrays that cannot train a classifier, naming the file, the arrays and the first bad
+    entry: counts that differ, labels that are not whole numbers >= 0, images with NaN or infinite values."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0:
+        raise ConfigError(f"{what}: images and labels must be arrays, got shapes {x.shape} and {y.shape}", path)
+    y = y.reshape(len(y), -1)[:, 0] if y.ndim > 1 and y.shape[1:] and int(np.prod(y.shape[1:])) == 1 else y
+    if len(x) != len(y):
+        raise ConfigError(f"{what}: {len(x)} images but {len(y)} labels; they must pair up one to one", path)
+    if y.ndim != 1:
+        raise ConfigError(f"{what}: labels must be one class index per image, got shape {y.shape}", path)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
+        raise ConfigError(f"{what}: labels must be class indices (whole numbers), got {y.dtype}", path)
+    yf = y.astype(np.float64)
+    bad = np.nonzero(~np.isfinite(yf) | (yf < 0) | (yf != np.round(yf)))[0]
+    if len(bad):
+        raise ConfigError(f"{what}: {len(bad)} label(s) are not class indices >= 0 (first: {y[bad[0]]!r} at index "
+                          f"{int(bad[0])})", path)
+    if np.issubdtype(x.dtype, np.floating):
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if not finite.all():
+            idx = np.nonzero(~finite)[0]
+            raise ConfigError(f"{what}: {len(idx)} image(s) hold NaN or infinite values (first at index "
+                              f"{int(idx[0])}); remove or repair them", path)
 
 
 def load_train_val(cfg, path: Path) -> TrainValData:
@@ -144,8 +183,10 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         tk, vk = d.train_split, d.val_split
         if {f"{tk}_images", f"{tk}_labels"} <= keys:
             x_tr, y_tr = z[f"{tk}_images"], z[f"{tk}_labels"]
+            check_images_labels(x_tr, y_tr, f"{tk}_images/{tk}_labels", path)
             if {f"{vk}_images", f"{vk}_labels"} <= keys:
                 x_va, y_va = z[f"{vk}_images"], z[f"{vk}_labels"]
+                check_images_labels(x_va, y_va, f"{vk}_images/{vk}_labels", path)
                 how = f"splits {tk}/{vk} of the file"
             else:
                 tr, va = tail_per_class_split(y_tr.ravel(), d.val_fraction)
@@ -153,6 +194,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                 how = f"split {tk}; validation = last {d.val_fraction:.0%} of each class (file order)"
         elif {"images", "labels"} <= keys:
             x, y = z["images"], z["labels"]
+            check_images_labels(x, y, "images/labels", path)
             tr, va = tail_per_class_split(y.ravel(), d.val_fraction)
             x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
             how = f"validation = last {d.val_fraction:.0%} of each class (file order, contiguous)"
@@ -161,8 +203,13 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                               path)
         groups = z[f"{tk}_groups"] if f"{tk}_groups" in keys and f"{vk}_images" in keys else None
         names = d.class_names
-        if names is None and "class_names" in keys:
-            names = [str(s) for s in z["class_names"]]
+        if "class_names" in keys:
+            stored = [str(s) for s in np.asarray(z["class_names"]).ravel()]
+            if names is None:
+                names = stored
+            elif list(names) != stored:
+                raise ConfigError(f"data/class_names {list(names)} do not match the class_names stored in the file "
+                                  f"{stored}", path)
         y_tr, y_va = np.asarray(y_tr).ravel().astype(np.int64), np.asarray(y_va).ravel().astype(np.int64)
         k = int(max(y_tr.max(initial=0), y_va.max(initial=0)) + 1)
         names = names or [str(i) for i in range(k)]
@@ -189,6 +236,11 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                           f"{len(names)} names", path)
     if len(y_va) == 0:
         raise ConfigError("the validation set is empty", path)
+    used = np.unique(np.concatenate([y_tr, y_va]))
+    if d.class_names is not None and len(used) and len(d.class_names) != int(used.max()) + 1 \
+            and int(used.max()) < len(d.class_names):
+        raise ConfigError(f"data/class_names lists {len(d.class_names)} classes {list(d.class_names)} but the labels "
+                          f"use {int(used.max()) + 1} (0..{int(used.max())}); name one class per label", cfg.source)
     if d.max_train:
         x_tr, y_tr = x_tr[: d.max_train], y_tr[: d.max_train]
         groups = groups[: d.max_train] if groups is not None else None
@@ -256,6 +308,7 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
             x, y = (x[va], y[va]) if split == "val" else (x[tr], y[tr])
     else:
         raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
+    check_images_labels(x, y, f"split {split!r}", path)
     if slices is not None:
         x = standardise_images(np.asarray(x), slices, size, path)
     else:

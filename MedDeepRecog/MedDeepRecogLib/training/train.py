@@ -262,7 +262,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     check_pipeline(input_spec["pipeline"], cfg.source)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, **kwargs)
+    model = build_model(cfg.model.name, input_shape=tuple(data.train.images.shape[1:]), **kwargs)
     with torch.no_grad():  # fail early (before any epoch) if the data do not fit the network
         try:
             model.eval()(torch.as_tensor(data.train.images[:2]))

@@ -1,0 +1,101 @@
+"""Resource bounds checked before anything is allocated, decompressed or built.
+
+A scan's header, a zip's directory and a network's keyword arguments each declare how much memory the next
+step will take; these bounds refuse the declaration, naming the file and the size, instead of letting the
+allocator (or the kernel's OOM killer) answer. Each bound has a default fit for CT/MR work and an environment
+variable to raise it (the command line's ``--max-image-size`` sets the first one).
+
+This module imports nothing heavy (the CLI imports it at start-up).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+#: Voxel bytes a scan's header may declare (all components, after decompression).
+MAX_IMAGE_ENV = "MEDDEEPRECOG_MAX_IMAGE_BYTES"
+DEFAULT_MAX_IMAGE_BYTES = 4 << 30
+#: Bytes a model package zip may hold once extracted (declared and actually written).
+MAX_PACKAGE_ENV = "MEDDEEPRECOG_MAX_PACKAGE_BYTES"
+DEFAULT_MAX_PACKAGE_BYTES = 2 << 30
+#: Entries a model package zip may hold.
+MAX_PACKAGE_FILES = 10_000
+#: Parameters a network may have, and activation bytes of one forward pass at batch 1 (float32).
+MAX_PARAMS_ENV = "MEDDEEPRECOG_MAX_PARAMS"
+DEFAULT_MAX_PARAMS = 500_000_000
+MAX_ACTIVATION_ENV = "MEDDEEPRECOG_MAX_ACTIVATION_BYTES"
+DEFAULT_MAX_ACTIVATION_BYTES = 16 << 30
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
+          "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+
+
+def parse_size(text: str | int | float) -> int:
+    """``"4G"``, ``"512 MiB"``, ``"1.5e9"`` or a number of bytes → bytes (binary units). Raises ValueError."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+        if not m or m.group(2).upper() not in _UNITS:
+            raise ValueError(f"{text!r} is not a size (e.g. 4G, 512M, 1000000)")
+        value, unit = float(m.group(1)), m.group(2).upper()
+    size = int(value * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"{text!r} must be a positive size")
+    return size
+
+
+def _from_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse_size(raw)
+    except ValueError:
+        from .errors import ConfigError
+        raise ConfigError(f"environment variable {name}={raw!r} is not a size (e.g. 4G, 512M)") from None
+
+
+def max_image_bytes() -> int:
+    return _from_env(MAX_IMAGE_ENV, DEFAULT_MAX_IMAGE_BYTES)
+
+
+def max_package_bytes() -> int:
+    return _from_env(MAX_PACKAGE_ENV, DEFAULT_MAX_PACKAGE_BYTES)
+
+
+def max_params() -> int:
+    return _from_env(MAX_PARAMS_ENV, DEFAULT_MAX_PARAMS)
+
+
+def max_activation_bytes() -> int:
+    return _from_env(MAX_ACTIVATION_ENV, DEFAULT_MAX_ACTIVATION_BYTES)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if abs(n) < 1024 or unit == "EiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"
+
+
+def check_declared_image(size, bytes_per_voxel: int, path, what: str = "header") -> None:
+    """Refuse an image whose declared voxel count × bytes per voxel exceeds :func:`max_image_bytes`.
+
+    Also refuses non-positive or absurd sizes, which allocators report with messages that hide the cause.
+    """
+    from .errors import InputImageError
+
+    dims = [int(s) for s in size]
+    if any(d < 0 for d in dims):
+        raise InputImageError(f"{what} declares a negative size {dims}", path)
+    total = bytes_per_voxel
+    for d in dims:
+        total *= d
+    limit = max_image_bytes()
+    if total > limit:
+        raise InputImageError(
+            f"{what} declares {' x '.join(map(str, dims))} voxels ({human_bytes(total)}), more than the limit of "
+            f"{human_bytes(limit)}; raise it with --max-image-size or {MAX_IMAGE_ENV} if the scan is real", path)
