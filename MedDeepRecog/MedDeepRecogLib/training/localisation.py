@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MedDeepRecogError
 
 
 def check_localisation_block(block: Any, source) -> None:
@@ -50,7 +50,11 @@ def measure_localisation(cfg, model, meta: dict, staging: Path,
             labelmap, reference, _ = read_segmentation(resolve_relative(str(case["lesion"]), cfg.source))
             lesion = sitk.GetImageFromArray((labelmap != 0).astype("uint8"))
             lesion.CopyInformation(reference)
-            result = classify_scan(scan, package, lesion=lesion, uncertainty="none")
+            try:
+                result = classify_scan(scan, package, lesion=lesion, uncertainty="none")
+            except MedDeepRecogError as exc:  # the scan cannot go to this model: say so in the card, don't fail
+                figures[str(case["name"])] = {"label": None, "refused": exc.problem}
+                continue
             loc = (result.explain.get("localisation") or {})
             per_slice = loc.get("per_slice") or {}
             faith = result.explain.get("faithfulness") or {}
@@ -71,6 +75,7 @@ def localisation_card_lines(figures: Mapping[str, Any] | None, method: str) -> s
         return ""
     fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)  # noqa: E731
     rows = "\n".join(
+        f"| {name} | refused: {f['refused']} | | | | |" if f.get("refused") else
         f"| {name} | {f['label']} | {fmt(f['pointing_hits'], '{}')}/{fmt(f['slices_with_lesion'], '{}')} "
         f"({fmt(f['pointing_rate'], '{:.0%}')}) | {fmt(f['mean_mass_inside'], '{:.0%}')} | "
         f"{fmt(f['lesion_area_share'], '{:.1%}')} | {fmt(f['faithfulness'], '{:+.2f}')} |"
