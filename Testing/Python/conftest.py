@@ -65,8 +65,15 @@ def oblique_volume() -> sitk.Image:
 
 @pytest.fixture
 def run_cli_all(capsys):
-    """``meddeeprecog ARGS`` in-process with every command registered; returns (exit code, stdout, stderr)."""
+    """``meddeeprecog ARGS`` in-process with every command registered; returns (exit code, stdout, stderr).
+
+    The environment variables the CLI's limit options set are restored afterwards (the CLI restores them itself;
+    this keeps a test that fails half-way from leaking them)."""
     from MedDeepRecogLib import cli
+
+    keys = ("MEDDEEPRECOG_MAX_IMAGE_BYTES", "MEDDEEPRECOG_ALLOW_SLICE_GAPS", "MEDDEEPRECOG_MAX_PACKAGE_BYTES",
+            "MEDDEEPRECOG_MAX_PARAMS", "MEDDEEPRECOG_MAX_ACTIVATION_BYTES")
+    saved = {k: os.environ.get(k) for k in keys}
 
     def run(*argv):
         try:
@@ -76,7 +83,22 @@ def run_cli_all(capsys):
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
-    return run
+    yield run
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def run_cli_area(monkeypatch, run_cli_all):
+    """``run_cli_all`` with only ``info`` and ``preprocess`` registered, so a half-written command elsewhere cannot
+    break the reader and preprocessing tests."""
+    from MedDeepRecogLib import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", ["info", "preprocess"])
+    return run_cli_all
 
 
 @pytest.fixture

@@ -12,26 +12,12 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_volume
-from MedDeepRecogLib import cli
 
 
 @pytest.fixture
-def run_cli(monkeypatch, capsys):
-    """Run ``meddeeprecog ARGS`` in-process; returns (exit code, stdout, stderr).
-
-    Only the commands under test are registered, so a half-written command elsewhere cannot break these tests.
-    """
-    monkeypatch.setattr(cli, "COMMANDS", ["info", "preprocess"])
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse usage errors
-            code = exc.code
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+def run_cli(run_cli_area):
+    """Run ``meddeeprecog ARGS`` in-process with only the commands under test; returns (code, stdout, stderr)."""
+    return run_cli_area
 
 
 def _assert_clean_error(code: int, err: str, *needles: str) -> None:
@@ -249,29 +235,12 @@ import MedDeepRecogLib
 
 PKG_ROOT = Path(MedDeepRecogLib.__file__).resolve().parents[1]
 RSS_LIMIT_KB = 1_500_000
-_ENV_KEYS = ("MEDDEEPRECOG_MAX_IMAGE_BYTES", "MEDDEEPRECOG_ALLOW_SLICE_GAPS", "MEDDEEPRECOG_MAX_PACKAGE_BYTES",
-             "MEDDEEPRECOG_MAX_PARAMS", "MEDDEEPRECOG_MAX_ACTIVATION_BYTES")
 
 
 @pytest.fixture
-def run_all(capsys):
+def run_all(run_cli_all):
     """Every command registered, in-process; the environment variables the CLI sets are restored afterwards."""
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-
-    def run(*argv):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    yield run
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    return run_cli_all
 
 
 def run_measured(*argv, env_extra=None, timeout=120) -> tuple[int, str, str, int, float]:

@@ -10,7 +10,6 @@ import SimpleITK as sitk
 import slicerio
 
 from conftest import make_volume
-from MedDeepRecogLib import cli
 from MedDeepRecogLib.errors import ConfigError
 from MedDeepRecogLib.io import read_image, read_segmentation, same_geometry, write_image
 from MedDeepRecogLib.preprocessing import Pipeline, PipelineResult, describe_steps, list_presets, load_pipeline
@@ -27,19 +26,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture
-def run_cli(monkeypatch, capsys):
+def run_cli(run_cli_area):
     """``meddeeprecog ARGS`` in-process with only this area's commands registered; returns (code, out, err)."""
-    monkeypatch.setattr(cli, "COMMANDS", ["info", "preprocess"])
-
-    def run(*argv):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
+    return run_cli_area
 
 
 # ------------------------------------------------------------------------------------------ registry / data
