@@ -161,18 +161,6 @@ def _unique_names(scans: list[Path]) -> list[str]:
     return names
 
 
-def _read_lesion(path: str):
-    """A lesion mask as a SimpleITK label image: any segmentation (``.seg.nrrd``, label map) read by
-    :func:`MedDeepRecogLib.io.read_segmentation` (every segment counts as lesion)."""
-    import SimpleITK as sitk
-
-    from ..io import read_segmentation
-
-    labelmap, reference, _ = read_segmentation(path)
-    lesion = sitk.GetImageFromArray((labelmap != 0).astype("uint8"))
-    lesion.CopyInformation(reference)
-    return lesion
-
 
 def run(args: argparse.Namespace) -> int:
     import sys
@@ -218,7 +206,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputImageError("nothing to classify: every file was skipped ("
                               + "; ".join(f"{Path(s['input']).name}: {s['reason']}" for s in skipped) + ")",
                               Path(args.inputs[0]))
-    lesion = _read_lesion(args.lesion) if args.lesion else None
+    from ..io import read_lesion_mask
+
+    lesion = read_lesion_mask(args.lesion) if args.lesion else None
     out = Path(args.out)
     batch = len(scans) + len(skipped) > 1
     for s in skipped:

@@ -46,11 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference.classify import classify_scan, resolve_device, write_outputs
     from ..inference.route import route_image
-    from ..io import read_image
+    from ..io import read_image, read_lesion_mask
     from ..packages import load_package
     from ..progress import Progress
     from ..resources import sample_path
-    from .classify import _read_lesion
 
     if args.slicer_views:  # checked before any work
         from ..slicer_views import SlicerCoreMissing, import_slicer_core
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise ModelPackageError(f"the demo's brain MR was not routed to a disease model: {route.reason}")
     package = load_package(route.model)
     result = classify_scan(sample_path(DEMO_SCAN), package, explain=args.explain, device=device,
-                           lesion=_read_lesion(str(sample_path(DEMO_LESION))),
+                           lesion=read_lesion_mask(sample_path(DEMO_LESION)),
                            progress=lambda stage, f, **extra: progress(stage, 0.05 + 0.85 * f, case=DEMO_SCAN, **extra))
     result.route = route.to_json()
     outputs = write_outputs(result, out)

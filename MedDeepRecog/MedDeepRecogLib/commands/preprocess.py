@@ -172,13 +172,11 @@ def _write_masks(result, path: Path, flat_input=None) -> Path:
     if not result.masks:
         raise InputImageError("the pipeline made no masks", path)
 
-    def cut(image):
+    def cut(image):  # a segmentation is a volume: a 2D input's masks become one slice
         if flat_input is None:
             return image
-        one = sitk.JoinSeries([image[:, :, _FLAT_COPIES // 2]])
-        if flat_input.GetDimension() == 3:
-            one.CopyInformation(flat_input)
-        return one
+        one = _back_on_input_grid(image, flat_input)
+        return sitk.JoinSeries([one]) if one.GetDimension() == 2 else one
 
     masks = [(SegmentSpec(name, index, default_color(name)), sitk.GetArrayFromImage(cut(mask)))
              for index, (name, mask) in enumerate(result.masks.items(), start=1)]

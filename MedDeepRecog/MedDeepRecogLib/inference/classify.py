@@ -291,8 +291,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         raise ConfigError(f"--slice-mm classifies one slice with a 2D (slice) model; {package.id} is a "
                           f"{kind} model")
     image = as_volume(image, where, allow_2d=(kind == "slices2d"))
-    validate_intensities(image, None if src == "<image>" else src)
-    check_input_content(image, spec, None if src == "<image>" else src)
+    validate_intensities(image, where)
+    check_input_content(image, spec, where)
     timing["read"] = time.perf_counter() - t0
 
     report("preprocess", 0.15)

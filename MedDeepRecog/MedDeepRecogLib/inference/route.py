@@ -26,7 +26,6 @@ ROUTES: dict[tuple[str, str], str] = {("MR", "MRBrain"): "brain-tumour-mri", ("C
 #: Disease models a picture or ultrasound image may go to (scored by their own out-of-domain checks).
 PICTURE_MODELS = ("breast-us-lesion", "brain-tumour-mri", "lung-ct-cancer")
 REGION_MODEL = "body-region"
-_CLASS_MODALITY = {"CTAbd": "CT", "CTChest": "CT", "CTHead": "CT", "MRBrain": "MR", "MRBreast": "MR"}
 
 
 @dataclass
@@ -59,10 +58,12 @@ def _route_by_region(image: sitk.Image, device: str, modality: str) -> Route:
     from ..packages import load_package
     from .classify import classify_scan
 
-    region = classify_scan(image, load_package(REGION_MODEL), explain="none", device=device, uncertainty="none",
-                           faithfulness=False)
+    package = load_package(REGION_MODEL)
+    region = classify_scan(image, package, explain="none", device=device, uncertainty="none", faithfulness=False)
     probs = region.probability_map()
-    same = {c: p for c, p in probs.items() if _CLASS_MODALITY.get(c) == modality}
+    # each class's modality, as the body-region package's own decision rules state it
+    class_modality = (package.meta.get("decision") or {}).get("class_modality") or {}
+    same = {c: p for c, p in probs.items() if class_modality.get(c) == modality}
     best = max(same, key=same.get)
     share = same[best] / max(sum(same.values()), 1e-12)
     evidence = {"modality": modality, "modality_source": "HU intensities" if modality == "CT" else
@@ -79,6 +80,7 @@ def _route_by_region(image: sitk.Image, device: str, modality: str) -> Route:
 
 
 def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
+    from ..errors import ModelPackageError
     from ..packages import load_package
     from ..uncertainty.domain import capture_features
     from .classify import _model_for
@@ -91,7 +93,7 @@ def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
     for model_id in PICTURE_MODELS:
         try:
             package = load_package(model_id)
-        except Exception:  # not installed here: not a candidate
+        except ModelPackageError:  # not installed here (or unusable): not a candidate
             continue
         if package.domain is None:
             continue

@@ -15,7 +15,7 @@ from .image_io import (
     validate_intensities,
     write_image,
 )
-from .segmentation_io import SegmentSpec, read_segmentation, write_segment_masks, write_segmentation
+from .segmentation_io import SegmentSpec, read_lesion_mask, read_segmentation, write_segment_masks, write_segmentation
 
 __all__ = [
     "atomic_output",
@@ -37,6 +37,7 @@ __all__ = [
     "validate_intensities",
     "write_image",
     "SegmentSpec",
+    "read_lesion_mask",
     "read_segmentation",
     "write_segmentation",
     "write_segment_masks",

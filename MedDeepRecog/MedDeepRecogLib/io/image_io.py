@@ -549,14 +549,21 @@ def _as_picture(image: sitk.Image, path: Path, spacing) -> sitk.Image:
     return image
 
 
-def _to_grey(image: sitk.Image) -> sitk.Image:
-    """RGB(A) pixels → one float32 grey channel, ``0.299 R + 0.587 G + 0.114 B`` (alpha dropped)."""
-    comps = image.GetNumberOfComponentsPerPixel()
-    arr = sitk.GetArrayViewFromImage(image)  # no float copy of all channels: one grey plane is accumulated
-    grey = arr[..., 0].astype(np.float32)
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """``(..., C)`` RGB(A) values (C >= 3) → float32 grey ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601; alpha
+    dropped), accumulated into one grey plane: no float copy of every channel."""
+    grey = rgb[..., 0].astype(np.float32)
     grey *= 0.299
-    grey += np.float32(0.587) * arr[..., 1]
-    grey += np.float32(0.114) * arr[..., 2]
+    grey += np.float32(0.587) * rgb[..., 1]
+    grey += np.float32(0.114) * rgb[..., 2]
+    return grey
+
+
+def _to_grey(image: sitk.Image) -> sitk.Image:
+    """RGB(A) pixels → one float32 grey channel (:func:`luma`)."""
+    comps = image.GetNumberOfComponentsPerPixel()
+    arr = sitk.GetArrayViewFromImage(image)
+    grey = luma(arr)
     out = sitk.GetImageFromArray(grey)
     del grey, arr
     out.CopyInformation(image)

@@ -135,6 +135,15 @@ def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[Se
     return np.transpose(labelmap_ijk, (2, 1, 0)), reference, specs
 
 
+
+def read_lesion_mask(path: str | Path) -> sitk.Image:
+    """A lesion mask as a uint8 0/1 SimpleITK image on the segmentation's own grid: any segmentation
+    (``.seg.nrrd``, label map) read by :func:`read_segmentation`, every segment counting as lesion."""
+    labelmap, reference, _ = read_segmentation(path)
+    lesion = sitk.GetImageFromArray((labelmap != 0).astype(np.uint8))
+    lesion.CopyInformation(reference)
+    return lesion
+
 def write_segment_masks(masks: Sequence[tuple[SegmentSpec, np.ndarray]], reference: sitk.Image,
                         path: str | Path) -> Path:
     """Write possibly overlapping binary ``(Z, Y, X)`` masks as one Slicer ``.seg.nrrd`` (one segment each).

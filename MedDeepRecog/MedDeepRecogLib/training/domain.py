@@ -78,8 +78,9 @@ def _negative_images(neg: Mapping[str, Any], slices: Mapping, size, source) -> n
         labels = np.asarray(z[key.replace("images", "labels")]).ravel()
         x = x[labels == int(neg["class"])]
     x = x[: int(neg.get("max", 300))]
-    if x.ndim == 4 and x.shape[-1] in (3, 4):  # colour: BT.601 luma, as the image reader does
-        x = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+    if x.ndim == 4 and x.shape[-1] in (3, 4):  # colour: grey as the image reader makes it
+        from ..io.image_io import luma
+        x = luma(x)
     return standardise_images(np.asarray(x), dict(slices), size, path)
 
 

@@ -34,11 +34,10 @@ def measure_localisation(cfg, model, meta: dict, staging: Path,
     """Classify every ``localisation`` case with the freshly trained model (staged as a package in ``staging``
     with ``extra_files``, e.g. its domain statistics); returns ``{name: figures}``."""
     from ..inference.classify import classify_scan
-    from ..io import read_segmentation
+    from ..io import read_lesion_mask
     from ..packages import load_package, save_package
     from .config import resolve_relative
 
-    import SimpleITK as sitk
 
     staged = save_package(model, {k: v for k, v in meta.items() if k != "weights"}, staging,
                           extra_files=dict(extra_files or {}))
@@ -47,9 +46,7 @@ def measure_localisation(cfg, model, meta: dict, staging: Path,
         figures = {}
         for case in cfg.localisation or []:
             scan = resolve_relative(str(case["scan"]), cfg.source)
-            labelmap, reference, _ = read_segmentation(resolve_relative(str(case["lesion"]), cfg.source))
-            lesion = sitk.GetImageFromArray((labelmap != 0).astype("uint8"))
-            lesion.CopyInformation(reference)
+            lesion = read_lesion_mask(resolve_relative(str(case["lesion"]), cfg.source))
             try:
                 result = classify_scan(scan, package, lesion=lesion, uncertainty="none")
             except MedDeepRecogError as exc:  # the scan cannot go to this model: say so in the card, don't fail
