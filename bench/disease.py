@@ -111,7 +111,7 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
     from monai.transforms import Compose
 
     from MedDeepRecogLib.models import build_model
-    from MedDeepRecogLib.training.augment import BatchAugment
+    from MedDeepRecogLib.training.augment import BatchAugment, monai_transforms
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
     from MedDeepRecogLib.training.data import load_train_val
     from MedDeepRecogLib.training.loop import FitConfig, Hooks, fit, make_loader
@@ -137,7 +137,8 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
         # the MONAI tutorial pattern: per-sample dict-free transforms in a Dataset, a DataLoader, a bare loop
         torch.manual_seed(0)
         model = build_model(cfg.model.name, in_channels=1, num_classes=k, **cfg.model.kwargs)
-        augment = BatchAugment(cfg.augmentation, spatial_dims=2, seed=0).transform or Compose([])
+        augment = monai_transforms(cfg.augmentation, spatial_dims=2) or Compose([])
+        augment.set_random_state(seed=0)
         ds = Dataset([{"x": x[i], "y": int(y[i])} for i in range(len(x))],
                      transform=lambda d: (torch.as_tensor(augment(d["x"])).as_subclass(torch.Tensor), d["y"]))
         loader = DataLoader(ds, batch_size=bs, shuffle=True, num_workers=0)
