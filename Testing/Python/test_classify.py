@@ -18,7 +18,8 @@ from conftest import make_volume
 from MedDeepRecogLib.cli import main
 from MedDeepRecogLib.inference.classify import classify_scan, output_name, write_outputs
 from MedDeepRecogLib.inference.heatmap import heatmap_on_input_grid, resample_sitk
-from MedDeepRecogLib.inference.model_input import lps_view, slices_from_image, volume_from_image
+from MedDeepRecogLib.inference.model_input import slices_from_image, volume_from_image
+from MedDeepRecogLib.io.geometry import lps_view
 from MedDeepRecogLib.inference.predict import maps_to_working_grid
 from MedDeepRecogLib.io import same_geometry, write_image
 from tiny_test_package import TINY_CLASSES, make_tiny_package
