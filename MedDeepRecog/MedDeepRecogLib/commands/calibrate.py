@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.calibrate import calibrate_package
     from ..progress import Progress
     from ..schema import load_mapping
+    from . import command_line
 
     if args.threads:
         import torch
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.progress)
     result = calibrate_package(args.model, args.data, split=args.split, dest=args.dest, version=args.version,
                                n_bins=args.bins, progress=progress, report_split=args.report_split,
-                               temperature=args.temperature, decision_rules=rules, quantile=args.quantile)
+                               temperature=args.temperature, decision_rules=rules, quantile=args.quantile,
+                               command=command_line())
     if result["calibration"] is not None:
         print(f"meddeeprecog calibrate: {result['calibration']['note']}", file=sys.stderr)
     if args.progress == "json":

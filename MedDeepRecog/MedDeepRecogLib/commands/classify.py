@@ -297,22 +297,13 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
         result.route = route.to_json()
     outputs = write_outputs(result, out, png=not args.no_png, progress=report)
     if args.report:
-        from ..report import write_case_report
-
         from ..io import atomic_write_json
+        from ..report import write_case_report
+        from . import command_line
 
-        outputs["report"] = str(write_case_report(result, outputs, package, out, command=_command_line()))
+        outputs["report"] = str(write_case_report(result, outputs, package, out, command=command_line()))
         atomic_write_json(Path(outputs["json"]), result.to_json(outputs))  # the JSON lists the report too
     return result, outputs
-
-
-def _command_line() -> str:
-    """The command as typed (``meddeeprecog classify ...``), shell-quoted, for the report."""
-    import shlex
-
-    from .. import cli
-
-    return "meddeeprecog " + " ".join(shlex.quote(a) for a in cli.LAST_ARGV)
 
 
 def _summary_row(result, outputs: dict) -> dict:

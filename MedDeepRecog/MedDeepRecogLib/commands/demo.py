@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from ..io import atomic_write_json
         from ..report import write_case_report
-        from .classify import _command_line
+        from . import command_line
 
-        outputs["report"] = str(write_case_report(result, outputs, package, out, command=_command_line()))
+        outputs["report"] = str(write_case_report(result, outputs, package, out, command=command_line()))
         atomic_write_json(Path(outputs["json"]), result.to_json(outputs))
     if args.slicer_views and outputs.get("heatmap"):
         from ..slicer_views import render_classification

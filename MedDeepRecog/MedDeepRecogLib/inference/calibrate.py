@@ -314,7 +314,7 @@ def decision_card_section(card: str, decision: dict[str, Any]) -> str:
                f"accuracy {chosen['accuracy']:.4f}) by\n```\n{chosen['command']}\n```\n"
                f"- `min_probability` = **{decision['min_probability']:.2f}**: the "
                f"{chosen['quantile_of_correct']:.0%} quantile of the correct held-out calls' probability (rounded "
-               f"down); {chosen['correct_passing']:.1%} of correct calls pass{flagged}.\n"
+               f"down); {chosen['correct_passing']:.2%} of correct calls pass{flagged}.\n"
                f"- Other rules as configured: `{json.dumps(others)}`\n")
     start = card.find(f"\n{DECISION_HEADING}\n")
     if start < 0:
