@@ -8,8 +8,9 @@ figures (faithfulness and uncertainty, ``inference.trust``) and the adversarial 
 (``robustness.scan``) all aggregate with :func:`mean_log_probability`, so they all speak of the same scan-level
 prediction.
 
-Shapes: per-slice logits ``(..., S, K)``; a slice stack as one sample ``(B, C, S, H, W)`` (:class:`SliceStackClassifier`,
-so deletion / insertion variants of a stack, attacks and test-time augmentations treat the stack like a volume).
+Shapes: per-slice logits ``(..., S, K)``; a slice stack as one sample ``(B, C, S, H, W)``
+(:class:`SliceStackClassifier`, so deletion / insertion variants of a stack, attacks and test-time augmentations
+treat the stack like a volume).
 """
 
 from __future__ import annotations
