@@ -22,6 +22,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from MedDeepRecogLib.contract import EXPLAIN_METHODS
+from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
 from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, read_classify_result,
                                             read_segment_labels)
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
@@ -80,8 +82,8 @@ class MedDeepRecogParameterNode:
     normalize: bool = False
     bodyMask: bool = False
     model: str = ""  # "id" or "id@version"; the combo box is filled from the catalog (no fixed Choice list)
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    explainMethod: Annotated[str, Choice(["gradcam", "gradcampp", "attention", "none"])] = "gradcam"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    explainMethod: Annotated[str, Choice(list(EXPLAIN_METHODS))] = "gradcam"
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     heatmapThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
     outputTable: vtkMRMLTableNode
@@ -415,7 +417,6 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
 
     def deviceInfo(self, **kwargs):
         def load(result, job):
-            from MedDeepRecogLib.commands.device import describe
             info = parse_json_output(job.lines)
             return {**info, "summary": describe(info)}
         return self._start("device", WorkerCommand.device_info(python=self.python), load, **kwargs)

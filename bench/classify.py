@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     from MedDeepRecogLib.explain.gradcam import explained_forward, plain_forward
-    from MedDeepRecogLib.inference.classify import _model_for, _target_layer, classify_scan, write_outputs
+    from MedDeepRecogLib.inference.classify import classify_scan, model_for, target_layer_of, write_outputs
     from MedDeepRecogLib.inference.model_input import slices_from_image
     from MedDeepRecogLib.packages import load_package
 
@@ -119,8 +119,8 @@ def main(argv=None) -> int:
         image = sitk.ReadImage(str(scan))
         inp = slices_from_image(image, package.input_spec)
         del image
-        model = _model_for(package, "cpu")
-        layer = _target_layer(package, model)
+        model = model_for(package, "cpu")
+        layer = target_layer_of(package, model)
         x = torch.from_numpy(inp.x)
         from monai.visualize import GradCAM
 

@@ -67,7 +67,7 @@ def _best(fn, repeats: int) -> tuple[float, list[float]]:
 def bench_inference(model_id: str, repeats: int) -> None:
     import torch
 
-    from MedDeepRecogLib.inference.classify import _model_for, classify_scan, write_outputs
+    from MedDeepRecogLib.inference.classify import classify_scan, model_for, write_outputs
     from MedDeepRecogLib.inference.model_input import slices_from_image
     from MedDeepRecogLib.io import read_image
     from MedDeepRecogLib.packages import load_package
@@ -95,7 +95,7 @@ def bench_inference(model_id: str, repeats: int) -> None:
         print(f"2. 512x512x150 volume slice by slice ({len(result.per_slice)} slices classified): end to end "
               f"{best_v:.3f} s (runs {', '.join(f'{t:.3f}' for t in runs_v)}); stages of the last run: {stages}; "
               f"target <= 3 s")
-        model = _model_for(package, "cpu")
+        model = model_for(package, "cpu")
         x = torch.from_numpy(slices_from_image(read_image(vol_path), package.input_spec).x)
         with torch.inference_mode():
             fwd, _ = _best(lambda: model(x), repeats)

@@ -202,7 +202,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not TS.exists():
         raise SystemExit(f"shared data not found at {TS}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from MedDeepRecogLib.devices import resolve_device
+
+    device = str(resolve_device(args.device))
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, patch {PATCH}, "
           f"batch {BATCH}, spacing {SPACING} mm, cases: ct_sm + 20-slice DICOM CT (real, TotalSegmentator examples)")
     setup_p, data_p = data_rate(plain_loader, args.steps)

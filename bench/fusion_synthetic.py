@@ -58,14 +58,14 @@ def fit(model, x, y, steps: int, seed: int = 0):
 
 
 def score(model, x, y) -> str:
-    from MedDeepRecogLib.robustness import roc_auc
+    from MedDeepRecogLib.training.metrics import roc_auc_ovr
 
     try:
         with torch.no_grad():
             p = torch.softmax(model(x), 1).numpy()
     except Exception as exc:  # early fusion refuses a missing modality: that is the measured behaviour
         return f"refused: {str(exc)[:60]}..."
-    return f"accuracy {float((p.argmax(1) == y.numpy()).mean()):.3f}, AUC {roc_auc(p, y.numpy()):.3f}"
+    return f"accuracy {float((p.argmax(1) == y.numpy()).mean()):.3f}, AUC {roc_auc_ovr(y.numpy(), p)[0]:.3f}"
 
 
 def main() -> None:
@@ -75,8 +75,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from MedDeepRecogLib.fusion import models as fusion_models  # importing it registers the fusion architectures
     from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.models.fusion_nets import FUSION_ARCHITECTURES
 
     xtr, ytr = make(args.n, 0)
     xte, yte = make(128, 1)
@@ -92,7 +92,7 @@ def main() -> None:
     ct_only[:, 1] = float("nan")
     mr_only[:, 0] = float("nan")
     print(f"constructed data: train {args.n}, test 128, 24^3, 2 modalities; {args.steps} Adam steps of 16; "
-          f"architectures {', '.join(fusion_models.FUSION_ARCHITECTURES)}")
+          f"architectures {', '.join(FUSION_ARCHITECTURES)}")
     for name, model in models.items():
         t = time.perf_counter()
         fit(model, xtr, ytr, args.steps)

@@ -55,8 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: The arguments of the running command (reports quote the exact command that made them).
-LAST_ARGV: list[str] = []
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -84,8 +82,9 @@ def _error(args: argparse.Namespace, message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global LAST_ARGV
-    LAST_ARGV = list(sys.argv[1:] if argv is None else argv)
+    from . import commands
+
+    commands.LAST_ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

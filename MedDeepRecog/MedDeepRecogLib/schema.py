@@ -4,7 +4,7 @@ A config is a tree of dataclasses whose field annotations carry the types and ra
 ``Fraction``... below, or ``Annotated[..., Field(ge=...)]``). :func:`read_config` checks the keys (an unknown key
 is named with the keys allowed there), then lets pydantic validate and convert the whole tree, and reports the
 first problem as one line naming the key path (``training/epochs``) and the file. :func:`load_mapping` reads the
-file itself (JSON or YAML through ``yaml.safe_load``).
+file itself (JSON or YAML through ``yaml.safe_load``; :func:`load_data` when the file may hold a list).
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ def _no_text_list(value: Any) -> Any:
     return value
 
 
+#: The two validators above by their public names, for config schemas elsewhere (training/config.py and
+#: finetune/finetune.py still import the underscored names until they are switched).
+no_bool, whole_number = _no_bool, _whole_number
+
 #: Whole number (not true/false, not text; ``3.0`` is accepted as 3).
 Int = Annotated[int, BeforeValidator(_whole_number)]
 #: Number (not true/false; text that reads as a number is accepted: PyYAML reads ``1e-3`` as text).
@@ -64,8 +68,12 @@ def List(item: Any, min_length: int = 0, max_length: int | None = None) -> Any: 
     return Annotated[list[item], BeforeValidator(_no_text_list), Field(min_length=min_length, max_length=max_length)]
 
 
-def load_mapping(path: str | Path, what: str = "config") -> dict:
-    """Parse a ``.json`` / ``.yaml`` / ``.yml`` file into a dict (an empty file is ``{}``)."""
+def load_data(path: str | Path, what: str = "config") -> Any:
+    """Parse a ``.json`` / ``.yaml`` / ``.yml`` file (YAML through ``yaml.safe_load``); an empty file is ``None``.
+
+    The one reader of configuration files (training and fine-tuning configs, decision rules, pipelines): a missing,
+    unreadable or malformed file is one :class:`ConfigError` line naming ``what`` and the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found", path)
@@ -76,12 +84,16 @@ def load_mapping(path: str | Path, what: str = "config") -> dict:
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
-            raw = yaml.safe_load(text)
-        else:
-            raw = json.loads(text)
+            return yaml.safe_load(text)
+        return json.loads(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
         raise ConfigError(f"{what} is not valid {kind} ({' '.join(str(exc).split())[:200]})", path) from None
+
+
+def load_mapping(path: str | Path, what: str = "config") -> dict:
+    """Parse a ``.json`` / ``.yaml`` / ``.yml`` file of settings into a dict (an empty file is ``{}``)."""
+    raw = load_data(path, what)
     if raw is None:
         return {}
     if not isinstance(raw, dict):

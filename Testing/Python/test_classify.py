@@ -16,9 +16,10 @@ import torch
 
 from conftest import make_volume
 from MedDeepRecogLib.cli import main
-from MedDeepRecogLib.inference.classify import classify_scan, output_name, write_outputs
+from MedDeepRecogLib.inference.classify import classify_scan, write_outputs
 from MedDeepRecogLib.inference.heatmap import heatmap_on_input_grid, resample_sitk
-from MedDeepRecogLib.inference.model_input import lps_view, slices_from_image, volume_from_image
+from MedDeepRecogLib.inference.model_input import slices_from_image, volume_from_image
+from MedDeepRecogLib.io.geometry import lps_view
 from MedDeepRecogLib.inference.predict import maps_to_working_grid
 from MedDeepRecogLib.io import same_geometry, write_image
 from tiny_test_package import TINY_CLASSES, make_tiny_package
@@ -160,12 +161,6 @@ def test_dicom_folder_is_one_scan(packages, shared_data, tmp_path):
     assert [p.name for p in out.glob("*.json")] == ["example_ct_dicom.json"]
     hm = sitk.ReadImage(str(out / "example_ct_dicom_heatmap.nrrd"))
     assert hm.GetSize() == (512, 512, 20)
-
-
-def test_output_names():
-    assert output_name("/a/b/scan.nii.gz") == "scan"
-    assert output_name("x.seg.nrrd") == "x"
-    assert output_name("brain.nrrd") == "brain"
 
 
 @pytest.mark.parametrize("case, message", [

@@ -13,7 +13,8 @@ import torch
 from conftest import make_volume
 from MedDeepRecogLib.cli import main
 from MedDeepRecogLib.errors import ConfigError, ModelPackageError
-from MedDeepRecogLib.inference.classify import classify_fusion, classify_scan, write_outputs
+from MedDeepRecogLib.fusion import classify_fusion
+from MedDeepRecogLib.inference.classify import classify_scan, write_outputs
 from MedDeepRecogLib.io import write_image
 from MedDeepRecogLib.packages import load_package, save_package
 from MedDeepRecogLib.slicer_bridge import read_classify_result
@@ -161,19 +162,3 @@ def test_cli_lesion_localisation_and_slicer_reading(packages, scan, tmp_path, ca
     text = res.result_text()
     assert "uncertain" in text and record["top_class"] in text and "slices disagree (40%)" in text
     assert "low confidence" in res.heatmap_text()
-
-
-def test_shared_endpoint_curves_equal_the_reference_implementation():
-    from MedDeepRecogLib.explain.faithfulness import faithfulness_scores
-    from MedDeepRecogLib.inference.trust import deletion_insertion_curves
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(2),
-                                torch.nn.Flatten(), torch.nn.Linear(32, 3)).eval()
-    x = torch.rand(1, 1, 8, 10, 12)
-    sal = torch.rand(1, 4, 5, 6)  # coarser than x: upsampled
-    ours = deletion_insertion_curves(model, x, sal, 2, steps=5)
-    ref = faithfulness_scores(model, x, sal, 2, steps=5)
-    for key in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "score"):
-        assert ours[key] == pytest.approx(ref[key], abs=1e-5), key
-    assert np.allclose(ours["deletion_curve"], ref["deletion_curve"], atol=1e-5)

@@ -71,8 +71,8 @@ def test_saliency_is_upsampled_to_input_grid():
     x = torch.zeros(2, 1, 8, 8, 8)
     s = saliency_to_input(torch.rand(2, 2, 2, 2), x)
     assert s.shape == (2, 8, 8, 8)
-    with pytest.raises(ValueError):
-        deletion_insertion(lambda t: torch.zeros(1, 2), x, torch.rand(3, 8, 8, 8), 0)
+    with pytest.raises(ValueError, match="does not match"):
+        deletion_insertion(lambda t: torch.zeros(1, 2), x[:1], torch.rand(3, 8, 8, 8), 0)
 
 
 def test_pointing_game_and_mass_inside():
@@ -137,3 +137,26 @@ def test_randomization_sanity_check_accepts_gradcam_and_rejects_model_independen
     assert reports["gradcam"]["spearman"] < 0.5
     single = model_randomization_check(model, xb, gradcam, threshold=0.5)
     assert single["passed"] and len(single["per_seed"]) == 2
+
+
+def test_batched_curves_with_shared_end_points_equal_one_input_at_a_time():
+    """The variants of all curves go through the network in batches, the unperturbed and all-baseline inputs once;
+    the figures are those of classifying every point of every curve on its own."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(32, 3)).eval()
+    x = torch.rand(1, 1, 8, 10, 12)
+    sal = torch.rand(1, 4, 5, 6)  # coarser than x: upsampled
+    batched = faithfulness_scores(model, x, sal, 2, steps=5)
+    single = faithfulness_scores(model, x, sal, 2, steps=5, batch_size=1)
+    for key in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "score"):
+        assert batched[key] == pytest.approx(single[key], abs=1e-6), key
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)[0, 2].item()
+        p_base = torch.softmax(model(torch.full_like(x, float(x.min()))), 1)[0, 2].item()
+    assert single["deletion_curve"][0] == pytest.approx(p, abs=1e-6)
+    assert single["insertion_curve"][0] == pytest.approx(p_base, abs=1e-6)
+    curve = deletion_insertion(model, x, sal, 2, steps=5)
+    assert curve["deletion_curve"] == pytest.approx(batched["deletion_curve"], abs=1e-6)
+    with pytest.raises(ValueError, match="batch 1"):
+        deletion_insertion(model, torch.cat([x, x]), torch.cat([sal, sal]), 2)

@@ -1,6 +1,9 @@
-"""Faithfulness, localisation and uncertainty blocks computed on ``classify_scan`` results (C's classify)."""
+"""Faithfulness, localisation and uncertainty blocks of ``classify_scan`` results: the one trust path
+(``inference.trust``), on a tiny trained 3D model and a random 2D slice model."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -8,11 +11,12 @@ import SimpleITK as sitk
 import torch
 
 from frontier_helpers import blob_data, save_blob_package, train, write_blob_scan
-from MedDeepRecogLib.explain.faithfulness import (classification_faithfulness, classification_localisation,
-                                                  faithfulness_caption, model_randomization_check)
+from MedDeepRecogLib.explain.faithfulness import model_randomization_check
 from MedDeepRecogLib.inference.classify import classify_scan
+from MedDeepRecogLib.inference.trust import (faithfulness_caption, heatmap_faithfulness, heatmap_localisation,
+                                             scan_uncertainty)
 from MedDeepRecogLib.packages import load_package, save_package
-from MedDeepRecogLib.uncertainty import apply_temperature, classification_uncertainty
+from MedDeepRecogLib.uncertainty import apply_temperature
 
 
 @pytest.fixture(scope="module")
@@ -20,39 +24,50 @@ def pkg(tmp_path_factory):
     return load_package(save_blob_package(tmp_path_factory.mktemp("cat")))
 
 
+def _lesion(scan, masks, i) -> sitk.Image:
+    lesion = sitk.GetImageFromArray(masks[i].numpy().astype(np.uint8))
+    lesion.CopyInformation(sitk.ReadImage(str(scan)))
+    return lesion
+
+
 def test_volume_result_gets_faithfulness_and_localisation(pkg, tmp_path):
     torch.set_num_threads(1)
     x, y, masks = blob_data(4, seed=0)
     i = int(np.flatnonzero(y.numpy() == 1)[0])
     scan = write_blob_scan(tmp_path / "mass.nii.gz", label=1, seed=0)
-    lesion = sitk.GetImageFromArray(masks[i].numpy().astype(np.uint8))
-    lesion.CopyInformation(sitk.ReadImage(str(scan)))
-    res = classify_scan(scan, pkg, explain="gradcam", device="cpu")
+    res = classify_scan(scan, pkg, explain="gradcam", device="cpu", faithfulness=False)
     assert res.decision["top_class"] == "mass"
-    f = classification_faithfulness(res, pkg.build_model(), steps=8)
-    assert f["class"] == "mass" and f["method"] == "gradcam" and f["steps"] == 8
+    f = heatmap_faithfulness(res, pkg.build_model(), pkg.target_layer, steps=8)
+    assert f["class"] == "mass" and f["method"] == "gradcam" and f["steps"] == 8 and f["slices"] is None
     assert len(f["deletion_curve"]) == 9
     assert f["deletion_auc"] < f["random_deletion_auc"]
-    assert "deletion AUC" in faithfulness_caption(f) and "random" in faithfulness_caption(f)
-    loc = classification_localisation(res, lesion, tolerance_mm=1.0)
+    # the deletion curve starts at the scan's own probability of the explained class
+    assert f["deletion_curve"][0] == pytest.approx(float(res.probabilities[1]), abs=1e-4)
+    caption = faithfulness_caption(f)
+    assert caption.startswith("faithfulness ") and "deletion AUC" in caption and "random" in caption
+    loc = heatmap_localisation(res, _lesion(scan, masks, i), tolerance_mm=1.0)
     assert loc["lesion_voxels"] == 64 and loc["pointing_game"]["hit"] is True
     assert 0.0 < loc["mass_inside"] <= 1.0
     none = classify_scan(scan, pkg, explain="none", device="cpu")
-    assert classification_faithfulness(none, pkg.build_model()) is None
+    assert heatmap_faithfulness(none, pkg.build_model(), pkg.target_layer) is None
+    assert heatmap_localisation(none, _lesion(scan, masks, i)) is None
 
 
 def test_uncertainty_block_and_temperature(pkg, tmp_path):
     scan = write_blob_scan(tmp_path / "n.nii.gz", label=0, seed=3)
-    res = classify_scan(scan, pkg, explain="none", device="cpu")
+    res = classify_scan(scan, pkg, explain="none", device="cpu", uncertainty="none")
     meta = {**pkg.meta, "calibration": {"temperature": 2.0, "low_confidence_threshold": 0.3}}
-    u = classification_uncertainty(res, pkg.build_model(), meta, mc_samples=5, tta=4)
-    assert u["calibrated"] and u["temperature"] == 2.0
-    assert u["mc_dropout"]["samples"] == 5 and u["tta"]["samples"] == 4
+    model = pkg.build_model()
+    u = scan_uncertainty(res, model, meta, "tta")
+    assert u["calibrated"] and u["temperature"] == 2.0 and u["mode"] == "tta"
+    assert u["tta"]["samples"] == 8 and "mc_dropout" not in u  # identity + 7 flips of a volume
+    assert scan_uncertainty(res, model, meta, "mc-dropout")["mc_dropout"]["samples"] == 20
     p = apply_temperature(res.probabilities, meta)
     assert np.allclose(p, [u["probabilities"]["normal"], u["probabilities"]["mass"]], atol=1e-5)
     # a temperature > 1 softens but keeps the ranking
     assert p.max() < res.probabilities.max() and p.argmax() == res.probabilities.argmax()
     assert np.array_equal(apply_temperature(res.probabilities, pkg.meta), res.probabilities)
+    assert scan_uncertainty(res, model, meta, "none") is None
 
 
 def test_slice_model_result(tmp_path):
@@ -75,13 +90,16 @@ def test_slice_model_result(tmp_path):
     arr[:, 10:14, 10:14] = 200.0
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(scan))
     res = classify_scan(scan, pkg, explain="gradcam", device="cpu")
-    f = classification_faithfulness(res, pkg.build_model(), steps=4)
+    net = pkg.build_model()
+    f = heatmap_faithfulness(res, net, "features.conv2", steps=4, max_slices=100)
     assert f is not None and 0.0 <= f["deletion_auc"] <= 1.0 and 0.0 <= f["insertion_auc"] <= 1.0
-    # the curve starts at classify's own scan probability of the explained class
+    assert f["slices"] == sum(r["voted"] for r in res.per_slice)
+    # every voting slice scored as one sample: the curve starts at classify's own scan probability
     k = res.class_names.index(f["class"])
-    assert f["deletion_curve"][0] == pytest.approx(float(res.probabilities[k]), abs=1e-3)
-    u = classification_uncertainty(res, pkg.build_model(), pkg.meta, mc_samples=0, tta=2)
-    assert u["tta"]["samples"] == 2 and "mc_dropout" not in u
+    assert f["deletion_curve"][0] == pytest.approx(float(res.probabilities[k]), abs=1e-4)
+    assert heatmap_faithfulness(res, net, "features.conv2")["slices"] <= 4  # classify's default subset
+    u = scan_uncertainty(res, net, pkg.meta, "tta")
+    assert u["tta"]["samples"] == 4 and "mc_dropout" not in u  # a slice stack is flipped in-plane only
     assert u["probabilities"]["a"] == pytest.approx(float(res.probabilities[0]), abs=1e-4)
 
 
@@ -103,20 +121,15 @@ def test_attention_maps_pass_the_randomisation_check():
     assert model_randomization_check(m, xb, attention)["passed"]
 
 
-def test_add_trust_fields_in_one_call(pkg, tmp_path):
-    from MedDeepRecogLib.uncertainty.trust import add_trust_fields
-
+def test_classify_fills_every_trust_field_in_one_call(pkg, tmp_path):
     x, y, masks = blob_data(4, seed=0)
     i = int(np.flatnonzero(y.numpy() == 1)[0])
     scan = write_blob_scan(tmp_path / "m.nii.gz", label=1, seed=0)
-    lesion = sitk.GetImageFromArray(masks[i].numpy().astype(np.uint8))
-    lesion.SetSpacing((1.0, 1.0, 1.0))
-    res = classify_scan(scan, pkg, explain="gradcam", device="cpu")
-    add_trust_fields(res, pkg, pkg.build_model(), faithfulness_steps=5, mc_samples=3, tta=2, lesion=lesion)
+    res = classify_scan(scan, pkg, explain="gradcam", device="cpu", lesion=_lesion(scan, masks, i),
+                        uncertainty="mc-dropout")
     assert set(res.explain["faithfulness"]) >= {"deletion_auc", "insertion_auc", "score"}
-    assert res.explain["faithfulness_caption"].startswith("deletion AUC")
+    assert res.explain["faithfulness_caption"] == faithfulness_caption(res.explain["faithfulness"])
     assert res.explain["localisation"]["lesion_voxels"] == 64
-    assert res.uncertainty["mc_dropout"]["samples"] == 3 and res.uncertainty["low_confidence"] is None
+    assert res.uncertainty["mc_dropout"]["samples"] == 20 and res.uncertainty["low_confidence"] is None
     assert "trust" in res.timing_s
-    import json
     json.dumps(res.to_json())  # everything added is JSON-able

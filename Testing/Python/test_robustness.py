@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from frontier_helpers import blob_data, tiny_model, train, trained_blob_model
 from MedDeepRecogLib.errors import ConfigError
-from MedDeepRecogLib.robustness import (AdversarialTraining, ScanAggregate, evaluate_robustness, fgsm,
+from MedDeepRecogLib.robustness import (AdversarialTraining, evaluate_robustness, fgsm,
                                         parse_eps_list, pgd, scan_robustness)
 
 
@@ -127,19 +127,25 @@ def test_scan_robustness_null_when_nothing_flips(model, data):
     assert res["smallest_flipping_eps"] is None and res["flip"] is None
 
 
-def test_scan_aggregate_turns_slice_model_into_one_sample():
+def test_slice_stack_is_one_attacked_sample():
+    from MedDeepRecogLib.models.slice_stack import SliceStackClassifier, sample_as_stack, stack_as_sample
+
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     x = torch.rand(5, 1, 4, 4)
     valid = torch.tensor([True, True, False, True, False])
-    agg = ScanAggregate(net, valid)
-    out = agg(x)
-    assert out.shape == (1, 3)
+    agg = SliceStackClassifier(net, valid)
+    sample = stack_as_sample(x)
+    out = agg(sample)
+    assert sample.shape == (1, 1, 5, 4, 4) and out.shape == (1, 3)
     # classify's product of experts: mean log-probability over the voting slices only
     expected = torch.log_softmax(net(x), 1)[valid].mean(0)
     assert torch.allclose(out[0], expected, atol=1e-6)
-    adv = fgsm(agg, x, torch.tensor([int(out.argmax())]), 0.1)
-    assert adv.shape == x.shape
+    adv = fgsm(agg, sample, torch.tensor([int(out.argmax())]), 0.1)
+    assert adv.shape == sample.shape and sample_as_stack(adv).shape == x.shape
+    # only the voting slices move the scan's prediction, so only they are perturbed
+    delta = sample_as_stack(adv - sample).abs().flatten(1).amax(1)
+    assert torch.all(delta[~valid] == 0) and torch.all(delta[valid] > 0)
 
 
 def test_adversarial_training_hook_config_and_shapes(data):

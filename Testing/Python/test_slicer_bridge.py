@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from MedDeepRecogLib import cli
 from MedDeepRecogLib.errors import MedDeepRecogError
 from MedDeepRecogLib.io import read_image, same_geometry, write_image
-from MedDeepRecogLib.slicer_bridge import (ProgressReader, WorkerCommand, WorkerError, WorkerProcess, input_stem,
+from MedDeepRecogLib.slicer_bridge import (ProgressReader, WorkerCommand, WorkerError, WorkerProcess,
                                            kill_process_tree, parse_progress_line, read_classify_result, run_worker,
                                            worker_environment)
 from MedDeepRecogLib.slicer_bridge import pipeline_spec
@@ -200,13 +200,6 @@ def test_run_worker_timeout_stops_the_worker():
 
 
 # ------------------------------------------------------------------------------------------------ outputs
-def test_input_stem_matches_classify_names():
-    assert input_stem("/a/b/scan.nii.gz") == "scan"
-    assert input_stem("ct.Seg.NRRD") == "ct"
-    assert input_stem("x.y.nrrd") == "x.y"
-    assert input_stem("/data/dicom_folder") == "dicom_folder"
-
-
 def test_read_classify_result_resolves_outputs_and_faithfulness(tmp_path):
     (tmp_path / "scan_heatmap.nrrd").write_bytes(b"nrrd")
     (tmp_path / "scan_regions.seg.nrrd").write_bytes(b"seg")

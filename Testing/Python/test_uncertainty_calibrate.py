@@ -1,8 +1,10 @@
-"""``meddeeprecog calibrate``: a new package version with a calibration block; the parent is untouched."""
+"""``meddeeprecog calibrate``: a new package version with a calibration (and decision) block; the parent is
+untouched."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -69,3 +71,81 @@ def test_calibrate_errors(tmp_path, capsys):
     assert main(["calibrate", "--model", str(parent), "--data", str(tmp_path / "bad.csv")]) == 2
     assert "not one of the model's classes" in capsys.readouterr().err
     assert not (catalog / "blob-test" / "1.0.1").exists()
+
+
+def test_calibrate_decision_rules_write_a_new_version(tmp_path, capsys):
+    """``--decision-rules``: min_probability chosen on the held-out split (the quantile of the correct calls'
+    probability, rounded down to 0.05) and written with the given rules into a NEW version; the parent's files
+    stay as they were."""
+    from MedDeepRecogLib.inference.calibrate import choose_min_probability
+    from MedDeepRecogLib.uncertainty import softmax
+
+    catalog = tmp_path / "catalog"
+    parent = save_blob_package(catalog)
+    before = {p.name: p.read_bytes() for p in parent.iterdir()}
+    npz = write_blob_npz(tmp_path / "val.npz", n=60, seed=12)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("min_agreement: 0.5\nclass_modality: {normal: CT, mass: CT}\n", encoding="utf-8")
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--dest", str(catalog),
+                 "--decision-rules", str(rules), "--quantile", "0.1", "--no-temperature", "--progress", "none"]) == 0
+    assert {p.name: p.read_bytes() for p in parent.iterdir()} == before
+    new = load_package(catalog / "blob-test" / "1.0.1")
+    decision = new.meta["decision"]
+    assert "calibration" not in new.meta and not (new.path / "reliability.png").exists()
+    assert decision["min_agreement"] == 0.5 and decision["class_modality"] == {"normal": "CT", "mass": "CT"}
+    # the threshold is the one the held-out probabilities give (the package's own, no temperature)
+    z = np.load(npz)
+    import torch
+    with torch.no_grad():
+        logits = load_package(parent).build_model()(torch.from_numpy(z["val_images"][:, None])).numpy()
+    probs = softmax(logits)
+    correct = probs.argmax(1) == z["val_labels"].ravel()
+    assert decision["min_probability"] == choose_min_probability(probs.max(1), correct, 0.1)
+    assert decision["chosen_on"]["n"] == 60 and decision["chosen_on"]["quantile_of_correct"] == 0.1
+    assert decision["chosen_on"]["command"].startswith("meddeeprecog calibrate --model")
+    card = (new.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "## Decision rules (calibrated)" in card and f"**{decision['min_probability']:.2f}**" in card
+    # with the temperature too: both blocks, the threshold on the temperature-scaled probabilities
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--dest", str(catalog),
+                 "--decision-rules", str(rules), "--progress", "none"]) == 0
+    both = load_package(catalog / "blob-test" / "1.0.2").meta
+    t = both["calibration"]["temperature"]
+    scaled = softmax(logits, t)
+    assert both["decision"]["min_probability"] == choose_min_probability(scaled.max(1), correct, 0.02)
+
+
+def test_calibrate_decision_rules_errors(tmp_path, capsys):
+    catalog = tmp_path / "catalog"
+    parent = save_blob_package(catalog)
+    npz = write_blob_npz(tmp_path / "val.npz", n=20)
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--no-temperature"]) == 2
+    assert "nothing to calibrate" in capsys.readouterr().err
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"min_probabilty": 0.5}', encoding="utf-8")
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--dest", str(catalog),
+                 "--decision-rules", str(rules)]) == 2
+    assert "unknown decision rule 'min_probabilty'" in capsys.readouterr().err
+    rules.write_text('{"min_agreement": ', encoding="utf-8")
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--decision-rules", str(rules)]) == 2
+    err = capsys.readouterr().err
+    assert "decision rules file is not valid JSON" in err and "Traceback" not in err
+    assert not (catalog / "blob-test" / "1.0.1").exists()
+
+
+def test_body_region_card_reproduces_its_decision_rules(tmp_path, shared_data, capsys):
+    """The body-region model card's calibrate command gives exactly the rules the bundled package holds."""
+    from MedDeepRecogLib.resources import sample_path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "body-region-decision.json"
+    assert main(["calibrate", "--model", "body-region@1.0.0", "--data",
+                 str(shared_data / "mednist" / "mednist64_shared.npz"), "--decision-rules", str(config),
+                 "--no-temperature", "--dest", str(tmp_path / "pkgs"), "--progress", "none"]) == 0
+    new = load_package(tmp_path / "pkgs" / "body-region" / "1.0.1")
+    bundled = load_package("body-region@1.0.0").meta["decision"]
+    strip = lambda d: {**d, "chosen_on": {k: v for k, v in d["chosen_on"].items() if k != "command"}}  # noqa: E731
+    assert strip(new.meta["decision"]) == strip(bundled)
+    assert list(new.meta["decision"]) == list(bundled)  # same keys, same order
+    card = (Path(sample_path("abdomen_ct.nii.gz")).parents[1] / "models" / "body-region" / "1.0.0"
+            / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "python -m MedDeepRecogLib.inference.calibrate" not in card
+    assert "meddeeprecog calibrate --model body-region@1.0.0" in card and "--decision-rules" in card

@@ -1,1 +1,13 @@
 """Sub-commands of the ``meddeeprecog`` command line, one module each (see ``cli.COMMANDS``)."""
+
+from __future__ import annotations
+
+#: The arguments of the running command (set by ``cli.main``): reports and provenance quote the exact command.
+LAST_ARGV: list[str] = []
+
+
+def command_line() -> str:
+    """The running command as typed (``meddeeprecog classify ...``), shell-quoted."""
+    import shlex
+
+    return "meddeeprecog " + " ".join(shlex.quote(a) for a in LAST_ARGV)

@@ -1,8 +1,9 @@
-"""``meddeeprecog calibrate --model ID --data NPZ|CSV [--fit-split val] [--report-split test] [--dest DIR] [--version V] [--progress json]``.
+"""``meddeeprecog calibrate --model ID --data NPZ|CSV [--fit-split val] [--report-split test]
+[--decision-rules RULES.json [--quantile 0.02]] [--no-temperature] [--dest DIR] [--version V] [--progress json]``.
 
-Fits temperature scaling and the low-confidence threshold on validation data and writes a NEW package version
-whose model.json has ``"calibration": {"temperature", "ece_before", "ece_after", "low_confidence_threshold", ...}``
-(see ``uncertainty/calibrate.py``). The source package is never changed.
+Fits temperature scaling and the low-confidence threshold on validation data and, with ``--decision-rules``, the
+"uncertain" threshold ``min_probability`` of the decision rules; writes a NEW package version whose model.json has
+``"calibration"`` (and ``"decision"``) blocks (see ``inference/calibrate.py``). The source package is never changed.
 """
 
 from __future__ import annotations
@@ -10,31 +11,44 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..contract import PROGRESS_MODES
 from ..progress import PROGRESS_HELP
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("calibrate", help="fit temperature scaling + low-confidence threshold on validation "
-                                                "data; writes a new package version")
+    p = subparsers.add_parser("calibrate", help="fit temperature scaling + low-confidence threshold (and decision "
+                                                "rules) on validation data; writes a new package version")
     p.add_argument("--model", required=True, help="model package id, id@version, folder or .zip")
     p.add_argument("--data", required=True, help="validation data: MedMNIST-style .npz or CSV of scans (path,label)")
     p.add_argument("--split", "--fit-split", dest="split", default="val",
-                   help="split of an .npz the temperature and low-confidence threshold are fitted on (default val)")
+                   help="split of an .npz the temperature and thresholds are fitted on (default val)")
     p.add_argument("--report-split",
                    help="split of the .npz the ECE/NLL figures are reported on (default: the fitting split, and "
                         "then the output says the figures are optimistic)")
+    p.add_argument("--decision-rules", metavar="RULES",
+                   help="JSON/YAML file of decision rules (min_agreement, volume_excluded_classes, class_modality, "
+                        "min_section_mm) written with min_probability chosen on the fitting split")
+    p.add_argument("--quantile", type=float, default=0.02,
+                   help="with --decision-rules: min_probability is this quantile of the correct held-out calls' "
+                        "probability, rounded down to 0.05 (default 0.02: 98%% of correct calls pass)")
+    p.add_argument("--no-temperature", dest="temperature", action="store_false",
+                   help="keep the probabilities as they are: write only the decision rules")
     p.add_argument("--dest", help="catalog folder for the new version (default: the user catalog)")
     p.add_argument("--version", help="version of the new package (default: next free patch version)")
     p.add_argument("--bins", type=int, default=10, help="confidence bins of the ECE (default 10)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ..errors import ConfigError
+    from ..inference.calibrate import calibrate_package
     from ..progress import Progress
-    from ..uncertainty.calibrate import calibrate_package
+    from ..schema import load_mapping
+    from . import command_line
 
     if args.threads:
         import torch
@@ -42,12 +56,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.bins < 2:
         raise ConfigError(f"--bins must be >= 2, got {args.bins}")
+    rules = load_mapping(args.decision_rules, "decision rules file") if args.decision_rules else None
     progress = Progress(args.progress)
     result = calibrate_package(args.model, args.data, split=args.split, dest=args.dest, version=args.version,
-                               n_bins=args.bins, progress=progress, report_split=args.report_split)
-    import sys
-
-    print(f"meddeeprecog calibrate: {result['calibration']['note']}", file=sys.stderr)
+                               n_bins=args.bins, progress=progress, report_split=args.report_split,
+                               temperature=args.temperature, decision_rules=rules, quantile=args.quantile,
+                               command=command_line())
+    if result["calibration"] is not None:
+        print(f"meddeeprecog calibrate: {result['calibration']['note']}", file=sys.stderr)
     if args.progress == "json":
         progress("done", 1.0, result=result)
     else:

@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..contract import EXPLAIN_METHODS, PICTURE_SUFFIXES, PROGRESS_MODES, UNCERTAINTY_MODES, WRITABLE_SUFFIXES
+from ..devices import DEVICE_CHOICES
 from ..errors import InputImageError
 from ..progress import DEVICE_HELP, PROGRESS_HELP
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
+#: Files of a folder input that are scans (one case each); DICOM files in a folder make one series instead.
+_VOLUME_SUFFIXES = WRITABLE_SUFFIXES + PICTURE_SUFFIXES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,10 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True,
                    help="output folder; with --segments and a DICOM series INPUT, x.dcm writes the labelled "
                         "segments as a DICOM Segmentation referencing the series (the JSON goes beside it)")
-    p.add_argument("--explain", choices=["gradcam", "gradcampp", "attention", "none"], default="gradcam",
+    p.add_argument("--explain", choices=EXPLAIN_METHODS, default="gradcam",
                    help="heatmap method (default gradcam; attention for models with attention)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
-    p.add_argument("--uncertainty", choices=["auto", "none", "mc-dropout", "tta"], default="auto",
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help=DEVICE_HELP)
+    p.add_argument("--uncertainty", choices=UNCERTAINTY_MODES, default="auto",
                    help="uncertainty block: calibrated probabilities, predictive entropy and the low-confidence flag, "
                         f"plus MC-dropout ({MC_PASSES} passes) or test-time-augmentation spread (the scan and its "
                         f"flipped copies: {TTA_SAMPLES_2D} samples for slice models, {TTA_SAMPLES_3D} for volume "
@@ -64,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slice-mm", type=float, metavar="S",
                    help="2D (slice) models: classify only the axial slice nearest this superior coordinate (mm; "
                         "Slicer's red slice offset) and put its heatmap on that slice")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
@@ -150,11 +153,11 @@ def check_options(args: argparse.Namespace, package) -> None:
 
 
 def _unique_names(scans: list[Path]) -> list[str]:
-    from ..inference.classify import output_name
+    from ..contract import output_stem
 
     names, seen = [], {}
     for s in scans:
-        base = output_name(s)
+        base = output_stem(s)
         n = seen.get(base, 0)
         seen[base] = n + 1
         names.append(base if n == 0 else f"{base}_{n + 1}")
@@ -165,8 +168,9 @@ def _unique_names(scans: list[Path]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..inference.classify import check_classifier, resolve_device
+    from ..inference.classify import check_classifier
     from ..io import check_output_dir
     from ..packages import load_package
     from ..progress import Progress
@@ -186,12 +190,12 @@ def run(args: argparse.Namespace) -> int:
     if package is not None:
         check_classifier(package)
     check_options(args, package)
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     if args.uncertainty == "mc-dropout" and package is not None:
-        from ..inference.classify import _model_for
+        from ..inference.classify import model_for
         from ..uncertainty import dropout_layers
 
-        if not dropout_layers(_model_for(package, device)):
+        if not dropout_layers(model_for(package, device)):
             raise ConfigError(f"model {package.id}@{package.version} has no dropout layer, so Monte-Carlo dropout "
                               "is not available; use --uncertainty tta")
     for option in ("lesion", "second_input"):
@@ -267,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _classify_one(args, scan: Path, name: str, package, device: str, second, lesion, out: Path, report):
     """Classify one input (routing it first with ``--model auto``) and write its outputs."""
-    from ..inference.classify import classify_fusion, classify_scan, write_outputs
+    from ..fusion import classify_fusion
+    from ..inference.classify import classify_scan, write_outputs
     from ..packages import load_package
 
     route = None
@@ -292,22 +297,13 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
         result.route = route.to_json()
     outputs = write_outputs(result, out, png=not args.no_png, progress=report)
     if args.report:
-        from ..report import write_case_report
-
         from ..io import atomic_write_json
+        from ..report import write_case_report
+        from . import command_line
 
-        outputs["report"] = str(write_case_report(result, outputs, package, out, command=_command_line()))
+        outputs["report"] = str(write_case_report(result, outputs, package, out, command=command_line()))
         atomic_write_json(Path(outputs["json"]), result.to_json(outputs))  # the JSON lists the report too
     return result, outputs
-
-
-def _command_line() -> str:
-    """The command as typed (``meddeeprecog classify ...``), shell-quoted, for the report."""
-    import shlex
-
-    from .. import cli
-
-    return "meddeeprecog " + " ".join(shlex.quote(a) for a in cli.LAST_ARGV)
 
 
 def _summary_row(result, outputs: dict) -> dict:
@@ -384,9 +380,10 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
 
 def _classify_segments(args: argparse.Namespace, scans: list[Path], package, progress) -> int:
     """``--segments``: label every segment of one segmentation with an ROI classifier (``<name>_segments.json``)."""
+    from ..contract import output_file
+    from ..devices import resolve_device
     from ..errors import ConfigError
     from ..finetune.roi_crops import classify_segments
-    from ..inference.classify import resolve_device
     from ..io import atomic_write_json
 
     kind = package.input_spec.get("kind")
@@ -405,14 +402,14 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
 
         check_dicom_seg_source(scans[0])  # before any work
     progress("classify segments", 0.05)
-    rows = classify_segments(scans[0], segmentation, package, device=resolve_device(args.device))
+    rows = classify_segments(scans[0], segmentation, package, device=str(resolve_device(args.device)))
     name = _unique_names(scans)[0]
     record = {"input": str(scans[0]), "segmentation": str(segmentation),
               "model": {"id": package.id, "version": package.version}, "class_names": list(package.class_names),
               "segments": rows}
     if dicom_out:
         record["dicom_seg"] = str(_write_segments_dicom(scans[0], segmentation, rows, package, Path(args.out)))
-    path = atomic_write_json(out_dir / f"{name}_segments.json", record)
+    path = atomic_write_json(out_dir / output_file(name, "segment_labels"), record)
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": [{"input": str(scans[0]), "segments_json": str(path)}]})
     else:

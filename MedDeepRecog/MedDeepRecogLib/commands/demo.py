@@ -22,6 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..contract import GRADCAM_METHODS, PROGRESS_MODES
+from ..devices import DEVICE_CHOICES
+
 DEMO_SCAN = "brain1_mr.nrrd"
 DEMO_LESION = "brain1_tumour_label.nrrd"
 DEMO_UNCOVERED = "abdomen_ct.nii.gz"
@@ -30,11 +33,11 @@ DEMO_UNCOVERED = "abdomen_ct.nii.gz"
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="classify the bundled brain MR's tumour (and route the bundled CT)")
     p.add_argument("--out", default="meddeeprecog-demo", help="output folder (default ./meddeeprecog-demo)")
-    p.add_argument("--explain", choices=["gradcam", "gradcampp", "none"], default="gradcam",
+    p.add_argument("--explain", choices=(*GRADCAM_METHODS, "none"), default="gradcam",
                    help="heatmap method (default gradcam)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where the network runs: auto (a CUDA GPU when torch sees one), cpu or cuda")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="none",
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="none",
                    help="progress as JSON lines on stdout, a bar on stderr, or none (default)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the per-case HTML report (written by default: <name>_report.html)")
@@ -44,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.classify import classify_scan, resolve_device, write_outputs
+    from ..devices import resolve_device
+    from ..inference.classify import classify_scan, write_outputs
     from ..inference.route import route_image
     from ..io import read_image, read_lesion_mask
     from ..packages import load_package
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"meddeeprecog demo --slicer-views: {exc}", file=sys.stderr)
             return 2
     progress = Progress(args.progress)
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     out = Path(args.out)
     results = []
 
@@ -77,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from ..io import atomic_write_json
         from ..report import write_case_report
-        from .classify import _command_line
+        from . import command_line
 
-        outputs["report"] = str(write_case_report(result, outputs, package, out, command=_command_line()))
+        outputs["report"] = str(write_case_report(result, outputs, package, out, command=command_line()))
         atomic_write_json(Path(outputs["json"]), result.to_json(outputs))
     if args.slicer_views and outputs.get("heatmap"):
         from ..slicer_views import render_classification

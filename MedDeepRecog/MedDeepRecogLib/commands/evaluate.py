@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..devices import DEVICE_CHOICES
 from ..progress import DEVICE_HELP
 
 
@@ -16,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="MedMNIST-style .npz ({split}_images/{split}_labels)")
     p.add_argument("--split", default="test", help="split name (default: test)")
     p.add_argument("--out", help="folder for roc.png, confusion_matrix.png and metrics.json")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help=DEVICE_HELP)
     p.set_defaults(func=run)
 
 

@@ -80,14 +80,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.pipeline:
         raise ConfigError("--pipeline NAME|FILE is required (presets: see --list)")
     from ..io import as_single_slice, read_image, require_3d, validate_intensities, write_image
-    from ..io.image_io import WRITABLE_SUFFIXES, _suffix
+    from ..contract import WRITABLE_SUFFIXES, suffix_of
     from ..preprocessing import load_pipeline
     from ..progress import Progress
 
     source, target = Path(args.input), Path(args.output)
     if _same_file(source, target):
         raise ConfigError("OUTPUT is the INPUT; refusing to overwrite the input scan", target)
-    if _suffix(target) not in WRITABLE_SUFFIXES or _suffix(target) == ".seg.nrrd":
+    if suffix_of(target) not in WRITABLE_SUFFIXES:
         raise ConfigError(f"unsupported output format; use one of {', '.join(WRITABLE_SUFFIXES)}", target)
     mask_path = Path(args.mask) if args.mask else None
     if mask_path is not None:

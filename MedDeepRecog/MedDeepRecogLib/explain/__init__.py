@@ -4,5 +4,6 @@
   prediction's own forward pass (gradient to the target layer only).
 - attention maps: models with attention keep ``model.last_attention`` (see ``inference.predict``).
 - ``overlay``: the three-plane PNG of a heatmap over its scan.
-- ``faithfulness``: deletion/insertion, pointing game, randomisation check.
+- ``faithfulness``: deletion/insertion curves (one implementation, batched), pointing game and mass inside a lesion,
+  randomisation check; on tensors and arrays (``inference.trust`` applies them to a classify result).
 """

@@ -3,16 +3,18 @@
 - **Deletion / insertion AUC** (Petsiuk et al., RISE, BMVC 2018): remove the most salient voxels first (replace
   them by a baseline) and watch the explained class's probability fall — a faithful map makes it fall fast
   (low deletion AUC); or start from the baseline and reveal the most salient voxels first (high insertion AUC).
-  Computed with a small number of ``steps`` (default 10: 2 x 11 forward passes). The same curves for a random
-  ordering of the voxels are the reference a map has to beat.
+  Computed with a small number of ``steps`` (default 10). The same curves for a random ordering of the voxels are
+  the reference a map has to beat; all curves share their end points, so ``2 + 4 (steps - 1)`` perturbed inputs
+  are classified, in batches.
 - **Pointing game** (Zhang et al. 2018) and **mass inside** the lesion, where a segmentation exists.
 - **Model randomisation check** (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018): with the
   model's weights re-initialised the map must change substantially (Spearman rank correlation below a
   threshold); a method whose map barely changes explains the input, not the model, and is not offered
   (:func:`methods_passing_sanity`).
 
-Shapes: ``x`` is the model input ``(N, C, *spatial)`` — one volume ``(1, C, Z, Y, X)`` or a slice stack
-``(S, C, Y, X)``; ``saliency`` has the input's shape without the channel axis, ``(N, *spatial)``.
+Shapes: ``x`` is one model input ``(1, C, *spatial)`` (a volume ``(1, C, Z, Y, X)``, or a slice stack as one sample
+``(1, C, S, H, W)``, see :mod:`MedDeepRecogLib.models.slice_stack`); ``saliency`` has the input's shape without
+the channel axis. Everything here works on tensors and arrays; ``inference.trust`` applies it to a classified scan.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: ``forward(x) -> logits (1, K)`` for the whole input (a slice model aggregates its stack to one row).
+#: ``forward(x) -> logits (B, K)``, batch rows independent.
 Forward = Callable[[torch.Tensor], torch.Tensor]
 #: ``explain(model, x) -> saliency (N, *spatial)`` for a given model.
 ExplainFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
@@ -40,40 +42,47 @@ def saliency_to_input(saliency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(saliency[:, None], size=target, mode=mode, align_corners=False)[:, 0]
 
 
-def _probability(forward: Forward, x: torch.Tensor, target: int) -> float:
-    with torch.no_grad():
-        return float(torch.softmax(forward(x), dim=-1)[0, target])
-
-
-def _auc(values: Sequence[float]) -> float:
+def trapezoid_auc(values: Sequence[float]) -> float:
+    """Area under a curve sampled at the equally spaced fractions 0, 1/steps, ..., 1 (trapezoidal rule)."""
     v = np.asarray(values, dtype=np.float64)
-    # trapezoidal rule over fractions 0, 1/steps, ..., 1
     return float((v[1:] + v[:-1]).sum() / (2 * (len(v) - 1)))
 
 
-def deletion_insertion(forward: Forward, x: torch.Tensor, saliency: torch.Tensor, target: int, *,
-                       steps: int = 10, baseline: str | float = "min", order: torch.Tensor | None = None,
-                       batch_size: int = 8) -> dict[str, Any]:
-    """Deletion and insertion curves of the probability of class ``target``.
+def _curves(forward: Forward, x: torch.Tensor, sal: torch.Tensor, target: int, orders: Sequence[torch.Tensor],
+            steps: int, base_value: float, batch_size: int) -> list[tuple[list[float], list[float]]]:
+    """``(deletion, insertion)`` probability curves of class ``target``, one pair per voxel order.
 
-    Args:
-        forward: ``x -> logits (1, K)``.
-        x: model input ``(N, C, *spatial)``.
-        saliency: ``(N, *spatial)`` map on x's grid (or a coarser one: it is upsampled).
-        target: class index whose probability is followed (usually the predicted one).
-        steps: number of equal shares of voxels removed/revealed (``steps + 1`` points per curve).
-        baseline: value of removed voxels: ``"min"`` (the input's minimum, e.g. air / background), ``"mean"``,
-            or a number in model input units.
-        order: optional precomputed voxel ordering (flat indices over ``(N, *spatial)``, most salient first).
-        batch_size: for a single input (``N == 1``) the ``2 * (steps + 1)`` perturbed inputs are classified in
-            batches of this size (``forward`` must then treat batch rows independently, as a network in eval
-            mode does); 1 = one at a time. Slice stacks (``N > 1``) are always one input per call.
-
-    Returns:
-        ``{"steps", "baseline", "deletion_auc", "insertion_auc", "deletion_curve", "insertion_curve"}``; AUCs are
-        over the removed/revealed fraction 0..1, of a probability, so in 0..1.
+    Every curve starts or ends at the unperturbed input or the all-baseline input, so those two are classified
+    once for all curves; the other ``4 (steps - 1)`` variants (two orders) go through ``forward`` in batches of
+    ``batch_size``: ``2 + 4 (steps - 1)`` inputs instead of ``4 (steps + 1)``.
     """
-    steps = max(int(steps), 1)
+    base = torch.full_like(x, base_value)
+    n = sal.numel()
+    variants = [x, base]
+    for order in orders:
+        for k in range(1, steps):
+            m = torch.zeros(n, dtype=torch.bool)
+            m[order[: int(round(k / steps * n))]] = True
+            m = m.reshape(sal.shape)[:, None].expand_as(x)
+            variants += [torch.where(m, base, x), torch.where(m, x, base)]
+    probs: list[float] = []
+    size = max(int(batch_size), 1)
+    with torch.no_grad():
+        for i in range(0, len(variants), size):
+            probs += torch.softmax(forward(torch.cat(variants[i:i + size])).float(), dim=-1)[:, target].tolist()
+    p_x, p_base, inner = probs[0], probs[1], probs[2:]
+    curves = []
+    for j in range(len(orders)):
+        block = inner[j * 2 * (steps - 1):(j + 1) * 2 * (steps - 1)]
+        curves.append(([p_x, *block[0::2], p_base], [p_base, *block[1::2], p_x]))
+    return curves
+
+
+def _prepare(x: torch.Tensor, saliency: torch.Tensor,
+             baseline: str | float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    if x.shape[0] != 1:
+        raise ValueError(f"one input at a time (batch 1), got a batch of {x.shape[0]}; a slice stack is one sample "
+                         "(MedDeepRecogLib.models.slice_stack)")
     x = x.detach()
     sal = saliency_to_input(saliency, x)
     if tuple(sal.shape) != (x.shape[0], *x.shape[2:]):
@@ -82,51 +91,67 @@ def deletion_insertion(forward: Forward, x: torch.Tensor, saliency: torch.Tensor
         base_value = float(x.min()) if baseline == "min" else float(x.mean())
     else:
         base_value = float(baseline)
-    n_vox = sal.numel()
+    return x, sal, base_value
+
+
+def deletion_insertion(forward: Forward, x: torch.Tensor, saliency: torch.Tensor, target: int, *,
+                       steps: int = 10, baseline: str | float = "min", order: torch.Tensor | None = None,
+                       batch_size: int = 8) -> dict[str, Any]:
+    """Deletion and insertion curves of the probability of class ``target``.
+
+    Args:
+        forward: ``(B, *x.shape[1:])`` → logits ``(B, K)`` with batch rows independent (a network in eval mode;
+            a slice model as :class:`MedDeepRecogLib.models.slice_stack.SliceStackClassifier`).
+        x: one model input ``(1, C, *spatial)``.
+        saliency: ``(1, *spatial)`` map on x's grid (or a coarser one: it is upsampled).
+        target: class index whose probability is followed (usually the predicted one).
+        steps: number of equal shares of voxels removed/revealed (``steps + 1`` points per curve).
+        baseline: value of removed voxels: ``"min"`` (the input's minimum, e.g. air / background), ``"mean"``,
+            or a number in model input units.
+        order: optional precomputed voxel ordering (flat indices over ``(1, *spatial)``, most salient first).
+        batch_size: perturbed inputs classified per ``forward`` call.
+
+    Returns:
+        ``{"steps", "baseline", "deletion_auc", "insertion_auc", "deletion_curve", "insertion_curve"}``; AUCs are
+        over the removed/revealed fraction 0..1, of a probability, so in 0..1.
+    """
+    steps = max(int(steps), 1)
+    x, sal, base_value = _prepare(x, saliency, baseline)
     if order is None:
         # stable sort, so ties (flat Grad-CAM regions) keep a deterministic order
         order = torch.argsort(sal.reshape(-1), descending=True, stable=True)
-    base = torch.full_like(x, base_value)
-    masks = []
-    for k in range(steps + 1):
-        m = torch.zeros(n_vox, dtype=torch.bool)
-        m[order[: int(round(k / steps * n_vox))]] = True
-        masks.append(m.reshape(sal.shape)[:, None].expand_as(x))
-    if batch_size > 1 and x.shape[0] == 1:
-        # one volume: every point of both curves is an independent sample, so run them as batches
-        variants = [torch.where(m, base, x) for m in masks] + [torch.where(m, x, base) for m in masks]
-        probs = []
-        with torch.no_grad():
-            for i in range(0, len(variants), batch_size):
-                probs += torch.softmax(forward(torch.cat(variants[i:i + batch_size])), dim=-1)[:, target].tolist()
-        deletion, insertion = probs[: steps + 1], probs[steps + 1:]
-    else:
-        deletion = [_probability(forward, torch.where(m, base, x), target) for m in masks]
-        insertion = [_probability(forward, torch.where(m, x, base), target) for m in masks]
-    return {"steps": steps, "baseline": base_value, "deletion_auc": _auc(deletion), "insertion_auc": _auc(insertion),
-            "deletion_curve": deletion, "insertion_curve": insertion}
+    (deletion, insertion), = _curves(forward, x, sal, target, [order], steps, base_value, batch_size)
+    return {"steps": steps, "baseline": base_value, "deletion_auc": trapezoid_auc(deletion),
+            "insertion_auc": trapezoid_auc(insertion), "deletion_curve": deletion, "insertion_curve": insertion}
 
 
 def faithfulness_scores(forward: Forward, x: torch.Tensor, saliency: torch.Tensor, target: int, *,
                         steps: int = 10, baseline: str | float = "min", random_reference: bool = True,
-                        seed: int = 0) -> dict[str, Any]:
+                        seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
     """Deletion/insertion AUCs of ``saliency`` and, with ``random_reference``, of a random voxel order.
 
     The JSON-ready summary that goes next to a heatmap: ``deletion_auc`` (lower is better), ``insertion_auc``
     (higher is better), ``random_deletion_auc`` / ``random_insertion_auc`` (same curves with voxels in random
-    order) and ``score = (insertion - deletion) - (random insertion - random deletion)``: > 0 when the map is
-    more faithful than chance. Curves are kept for plotting.
+    order, drawn from ``seed``) and ``score = (insertion - deletion) - (random insertion - random deletion)``: > 0
+    when the map is more faithful than chance. Curves are kept for plotting. Arguments as :func:`deletion_insertion`;
+    the two orders' curves share their end points (classified once).
     """
-    out = deletion_insertion(forward, x, saliency, target, steps=steps, baseline=baseline)
-    out["target"] = int(target)
+    steps = max(int(steps), 1)
+    x, sal, base_value = _prepare(x, saliency, baseline)
+    orders = [torch.argsort(sal.reshape(-1), descending=True, stable=True)]
     if random_reference:
-        g = torch.Generator().manual_seed(seed)
-        n = int(np.prod((x.shape[0], *x.shape[2:])))
-        rnd = deletion_insertion(forward, x, saliency, target, steps=steps, baseline=baseline,
-                                 order=torch.randperm(n, generator=g))
-        out["random_deletion_auc"] = rnd["deletion_auc"]
-        out["random_insertion_auc"] = rnd["insertion_auc"]
-        out["score"] = (out["insertion_auc"] - out["deletion_auc"]) - (rnd["insertion_auc"] - rnd["deletion_auc"])
+        orders.append(torch.randperm(sal.numel(), generator=torch.Generator().manual_seed(seed)))
+    curves = _curves(forward, x, sal, target, orders, steps, base_value, batch_size)
+    (deletion, insertion) = curves[0]
+    out = {"steps": steps, "baseline": base_value, "deletion_auc": trapezoid_auc(deletion),
+           "insertion_auc": trapezoid_auc(insertion), "deletion_curve": deletion, "insertion_curve": insertion,
+           "target": int(target)}
+    if random_reference:
+        rdel, rins = curves[1]
+        out["random_deletion_auc"] = trapezoid_auc(rdel)
+        out["random_insertion_auc"] = trapezoid_auc(rins)
+        out["score"] = (out["insertion_auc"] - out["deletion_auc"]) - (out["random_insertion_auc"]
+                                                                       - out["random_deletion_auc"])
     return out
 
 
@@ -240,91 +265,6 @@ def methods_passing_sanity(model: torch.nn.Module, x: torch.Tensor, methods: Map
     """
     reports = {name: model_randomization_check(model, x, fn, threshold=threshold) for name, fn in methods.items()}
     return [n for n, r in reports.items() if r["passed"]], reports
-
-
-# ------------------------------------------------------------------------ classify integration (C's result)
-def classification_faithfulness(result: Any, model: torch.nn.Module, *, target_layer: str | None = None,
-                                steps: int = 10, random_reference: bool = True) -> dict[str, Any] | None:
-    """Deletion / insertion AUC of a ``classify_scan`` result's heatmap (None when it has no heatmap).
-
-    Uses the result's model input and the same scan-level prediction as classify: for slice models the stack is
-    one sample (mean log-probability over voting slices) and the Grad-CAM maps are recomputed on the model
-    image grid (classify keeps them on the working grid); for volume models ``result.model_map`` is used.
-
-    Returns:
-        the :func:`faithfulness_scores` dict (curves rounded) plus ``"class"`` (the explained class) and
-        ``"method"``; what ``classify`` puts at ``explain.faithfulness`` of its JSON.
-    """
-    from ..inference.model_input import SliceInput
-    from ..robustness.curve import ScanAggregate
-
-    method = (result.explain or {}).get("method")
-    if result.heatmap is None or method in (None, "none"):
-        return None
-    inp = result.model_input
-    x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
-    target = int(result.class_names.index(result.explain.get("class", result.decision["top_class"])))
-    model.eval()
-    if isinstance(inp, SliceInput):
-        from .gradcam import explained_forward
-
-        if method not in ("gradcam", "gradcampp"):
-            return None
-        layer = target_layer or result.explain.get("target_layer")
-        maps = explained_forward(model, x, layer, method=method,
-                                 class_index=torch.full((x.shape[0],), target, dtype=torch.long)).maps
-        forward: Forward = ScanAggregate(model, torch.from_numpy(inp.valid))
-        saliency = maps
-    else:
-        forward = model
-        saliency = torch.from_numpy(np.ascontiguousarray(result.model_map, dtype=np.float32))[None]
-    scores = faithfulness_scores(forward, x, saliency, target, steps=steps, random_reference=random_reference)
-    scores["deletion_curve"] = [round(v, 4) for v in scores["deletion_curve"]]
-    scores["insertion_curve"] = [round(v, 4) for v in scores["insertion_curve"]]
-    for k in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "score"):
-        if k in scores:
-            scores[k] = round(float(scores[k]), 4)
-    scores.update({"class": result.class_names[target], "method": method})
-    return scores
-
-
-def faithfulness_caption(scores: Mapping[str, Any] | None) -> str:
-    """One line for the heatmap PNG / panel, e.g. ``deletion AUC 0.21 (random 0.48), insertion AUC 0.83 (0.51)``."""
-    if not scores:
-        return ""
-    text = f"deletion AUC {scores['deletion_auc']:.2f}"
-    if "random_deletion_auc" in scores:
-        text += f" (random {scores['random_deletion_auc']:.2f})"
-    text += f", insertion AUC {scores['insertion_auc']:.2f}"
-    if "random_insertion_auc" in scores:
-        text += f" (random {scores['random_insertion_auc']:.2f})"
-    return text
-
-
-def classification_localisation(result: Any, lesion: Any, *, tolerance_mm: float = 0.0) -> dict[str, Any] | None:
-    """Pointing game and heatmap mass inside a lesion segmentation, on the scan's grid.
-
-    Args:
-        result: a ``classify_scan`` result with a heatmap.
-        lesion: a label image (SimpleITK; non-zero = lesion), resampled (nearest neighbour) onto the scan if needed.
-    """
-    import SimpleITK as sitk
-
-    if result.heatmap is None:
-        return None
-    ref = result.heatmap
-    if (lesion.GetSize() != ref.GetSize() or not np.allclose(lesion.GetSpacing(), ref.GetSpacing())
-            or not np.allclose(lesion.GetOrigin(), ref.GetOrigin())
-            or not np.allclose(lesion.GetDirection(), ref.GetDirection())):
-        lesion = sitk.Resample(lesion, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    mask = sitk.GetArrayViewFromImage(lesion) != 0
-    heat = sitk.GetArrayViewFromImage(ref)
-    scores = localisation_scores(heat, mask, spacing=tuple(reversed(ref.GetSpacing())), tolerance_mm=tolerance_mm)
-    if len(getattr(result, "per_slice", None) or []) > 1 and "index" in result.per_slice[0]:
-        from ..inference.model_input import lps_view
-
-        scores["per_slice"] = slice_localisation(lps_view(ref).array, lps_view(lesion).array != 0)
-    return scores
 
 
 def slice_localisation(heat_zyx: np.ndarray, mask_zyx: np.ndarray) -> dict[str, Any]:

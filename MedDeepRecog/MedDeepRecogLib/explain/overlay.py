@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io import atomic_save_figure
+from ..io.geometry import lps_view
 
 PLANE_NAMES = ("axial", "coronal", "sagittal")
 #: The Slicer panel's heatmap colour map (MedDeepRecogSlicerLib shows the heatmap in Inferno).
@@ -50,8 +51,6 @@ class Planes:
 
 def planes_through(image: sitk.Image, peak_view_zyx: tuple[int, int, int]) -> Planes:
     """The three planes of ``image`` through ``peak_view_zyx`` (an index of its LPS view, ``(z, y, x)``)."""
-    from ..inference.model_input import lps_view
-
     view = lps_view(image)
     z, y, x = (int(np.clip(v, 0, n - 1)) for v, n in zip(peak_view_zyx, view.array.shape))
     a = view.array
@@ -66,8 +65,6 @@ def planes_through(image: sitk.Image, peak_view_zyx: tuple[int, int, int]) -> Pl
 
 def peak_view_index(heatmap: sitk.Image) -> tuple[int, int, int]:
     """``(z, y, x)`` index of the heatmap's maximum in its LPS view."""
-    from ..inference.model_input import lps_view
-
     hv = lps_view(heatmap).array
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(hv)), hv.shape))
 

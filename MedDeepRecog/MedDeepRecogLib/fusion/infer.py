@@ -1,13 +1,15 @@
 """Classify one multi-modal case with a fusion package (``input.modalities`` lists the channels in order).
 
 ``classify_modalities({"CT": path, "MR": path_or_None}, package)``: the modalities are aligned on one grid
-(:func:`..fusion.grid.align_modalities`, optional rigid registration), prepared like training data
-(:func:`..fusion.data.load_case`) and classified. A late-fusion package tolerates missing modalities (they are
-reported in ``missing``); an early-fusion package refuses them with a clear error.
+(:func:`.grid.align_modalities`, optional rigid registration), prepared like training data
+(:func:`.data.load_case`) and classified. A late-fusion package tolerates missing modalities (they are reported in
+``missing``); an early-fusion package refuses them with a clear error. :func:`classify_fusion` wraps it into the
+result ``meddeeprecog classify`` writes (temperature, decision rules, JSON).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,3 +57,48 @@ def classify_modalities(paths: Mapping[str, str | Path | None], package, *, regi
     names = package.class_names
     return {"label": names[int(np.argmax(probs))], "probabilities": dict(zip(names, map(float, probs))),
             "modalities_used": given, "missing": [m for m in mods if m not in given], "late_fusion": tolerant}
+
+
+def classify_fusion(first: str | Path, second: str | Path | None, package, *, name: str | None = None,
+                    register: bool = False):
+    """Classify one case given as two co-registered scans with a multi-modal (fusion) package.
+
+    ``first`` is the package's first modality (``input.modalities[0]``, the reference grid), ``second`` the next;
+    the second is resampled onto the first's grid (:func:`.grid.align_modalities`, inside
+    :func:`classify_modalities`). No heatmap is made for fusion models.
+
+    Returns:
+        a :class:`MedDeepRecogLib.inference.classify.ClassificationResult` (written by ``write_outputs``).
+
+    Raises:
+        ModelPackageError: a single-modality package (it takes one modality), or one that is not a classifier.
+        InputImageError: a missing or non-overlapping modality (see :func:`classify_modalities`).
+    """
+    from ..contract import output_stem
+    from ..inference.classify import ClassificationResult, as_package, check_classifier
+    from ..inference.predict import decide
+    from ..uncertainty import apply_temperature
+
+    package = as_package(package)
+    check_classifier(package)
+    mods = package.input_spec.get("modalities") or []
+    if len(mods) < 2:
+        raise ModelPackageError(f"model {package.id} takes one modality (input.modalities {mods or 'not set'}); "
+                                "drop --second-input, or choose a multi-modal (fusion) package")
+    if len(mods) > 2:
+        raise ModelPackageError(f"model {package.id} takes {len(mods)} modalities ({', '.join(mods)}); classify "
+                                "accepts two (INPUT and --second-input)")
+    t0 = time.perf_counter()
+    out = classify_modalities({mods[0]: first, mods[1]: second}, package, register=register)
+    probs = np.array([out["probabilities"][c] for c in package.class_names], dtype=np.float64)
+    probs = apply_temperature(probs, package.meta)
+    decision = decide(probs, package.class_names, package.meta.get("decision"))
+    decision["modality"] = None
+    src = str(first)
+    return ClassificationResult(
+        input=src, name=name or output_stem(src), model={"id": package.id, "version": package.version},
+        class_names=package.class_names, probabilities=probs, decision=decision,
+        explain={"method": "none", "reason": "no heatmap for fusion models", "modalities": mods,
+                 "modalities_used": out["modalities_used"], "missing": out["missing"],
+                 "second_input": None if second is None else str(second)},
+        timing_s={"total": time.perf_counter() - t0})

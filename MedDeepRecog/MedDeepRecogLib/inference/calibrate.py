@@ -1,107 +1,323 @@
-"""Choose a slice model's "uncertain" threshold on held-out data and record the decision rules in its package.
+"""``calibrate_package``: fit a package's calibration on held-out data and write it as a NEW package version.
 
-    python -m MedDeepRecogLib.inference.calibrate PACKAGE_DIR --data DATA.npz [--split val] [--quantile 0.02]
-                                                  [--min-agreement 0.6] [--rules RULES.json]
+The source package is never edited (``meddeeprecog calibrate`` is the one command behind this). Two things can be
+fitted, together or apart:
 
-Runs the packaged model on the held-out split (prepared exactly as ``meddeeprecog evaluate`` prepares it), takes
-the per-image probability of the predicted class for the **correctly** classified images, and sets
-``min_probability`` to its ``quantile`` (default 2 %: 98 % of correct held-out calls pass), rounded down to 0.05.
-The result is written into the package's ``model.json`` as ``"decision"`` (with how it was chosen) and appended to
-``MODEL_CARD.md``. The weights are not touched (their sha256 stays valid). Other rules (agreement, classes that
-cannot describe a volume, class modality) come from ``--rules``/``--min-agreement`` and are recorded as given.
+- **temperature scaling** and the **low-confidence threshold** (default): the new ``model.json`` gets::
+
+      "calibration": {"temperature", "ece_before", "ece_after", "nll_before", "nll_after", "n_bins",
+                      "low_confidence_threshold", "low_confidence_rate", "split", "data", "n", ...}
+
+  and the model card a "Calibration" section plus ``reliability.png`` (reliability diagram before/after);
+- **decision rules** (``decision_rules``, ``--decision-rules RULES.json``): ``min_probability``, the "uncertain"
+  threshold, is set to the ``quantile`` (default 2 %) of the correct held-out calls' probability, rounded down to a
+  multiple of 0.05, and written with the other rules of the file (``min_agreement``, ``volume_excluded_classes``,
+  ``class_modality``, ``min_section_mm``; see ``inference.predict.decide``) as ``"decision"``, with how it was
+  chosen; the model card gets a "Decision rules (calibrated)" section.
+
+Validation data: a MedMNIST-style ``.npz`` split (prepared as ``meddeeprecog evaluate`` prepares it) or a CSV of
+scans (``path,label``; each scan prepared and predicted exactly as ``classify`` does, slice models aggregated).
+The weights are copied unchanged.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
+import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..progress import ProgressCallback, null_progress
+from ..uncertainty.calibration import (expected_calibration_error, fit_temperature, low_confidence_threshold,
+                                       normalized_entropy, softmax)
 
-def held_out_confidence(package, data: str | Path, split: str = "val") -> dict[str, Any]:
-    """Per-image top probability and correctness of ``package`` on ``split`` of ``data`` (a MedMNIST-style npz)."""
+
+def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``split`` of a labelled ``.npz``, prepared as ``evaluate`` prepares it."""
     import torch
 
     from ..training.data import load_eval_split
-    from ..training.evaluate import _data_params
 
-    intensity, size = _data_params(package)
-    ds = load_eval_split(Path(data), split, package.input_spec["kind"], intensity, size)
-    model = package.build_model("cpu")
-    with torch.inference_mode():
-        probs = torch.cat([torch.softmax(model(torch.as_tensor(ds.images[i:i + 256])), 1)
-                           for i in range(0, len(ds), 256)]).numpy()
-    pred = probs.argmax(1)
-    return {"top_probability": probs.max(1), "correct": pred == ds.labels, "labels": ds.labels, "pred": pred}
+    intensity, size = pkg.data_params()
+    ds = load_eval_split(path, split, pkg.input_spec["kind"], intensity, size, slices=pkg.input_spec.get("slices"))
+    if len(ds) == 0:
+        raise ConfigError(f"split {split!r} is empty", path)
+    pkg.check_input(torch.as_tensor(ds.images[:1]))
+    model = pkg.build_model("cpu")
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(ds), batch_size):
+            out.append(model(torch.as_tensor(ds.images[i:i + batch_size])).float().numpy())
+    return np.concatenate(out), ds.labels
 
 
-def choose_threshold(top_probability: np.ndarray, correct: np.ndarray, quantile: float = 0.02) -> float:
-    """The ``quantile`` of the correct calls' top probability, rounded down to a multiple of 0.05."""
+def _csv_logits(pkg, path: Path, progress: ProgressCallback) -> tuple[np.ndarray, np.ndarray]:
+    from .classify import classify_scan
+
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "path" not in rows[0] or "label" not in rows[0]:
+        raise ConfigError("a calibration CSV needs the columns 'path' and 'label' and at least one row", path)
+    names = pkg.class_names
+    # classify's probabilities are temperature-scaled when the package is calibrated: T * log p gives the raw
+    # logits back (up to a constant, which softmax ignores), so a temperature is fitted on the network's own output
+    t = float(((pkg.meta.get("calibration") or {}).get("temperature")) or 1.0)
+    logits, labels = [], []
+    for i, row in enumerate(rows):
+        if row["label"] not in names:
+            raise ConfigError(f"line {i + 2}: label {row['label']!r} is not one of the model's classes {names}", path)
+        scan = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
+        res = classify_scan(scan, pkg, explain="none", device="cpu")
+        logits.append(t * np.log(np.clip(np.asarray(res.probabilities, dtype=np.float64), 1e-12, 1.0)))
+        labels.append(names.index(row["label"]))
+        progress("predict", 0.8 * (i + 1) / len(rows), case=res.name)
+    return np.stack(logits), np.asarray(labels)
+
+
+def reliability_png(probs_before: np.ndarray, probs_after: np.ndarray, labels: np.ndarray, path: Path,
+                    n_bins: int = 10, title: str = "") -> Path:
+    """Reliability diagram (accuracy vs confidence per bin) before and after temperature scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_save_figure
+
+    fig, ax = plt.subplots(figsize=(4.5, 4), dpi=100)
+    edges = np.linspace(0, 1, n_bins + 1)
+    for probs, name, style in ((probs_before, "before", "o--"), (probs_after, "after", "s-")):
+        conf, correct = probs.max(1), probs.argmax(1) == labels
+        idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+        xs = [conf[idx == b].mean() for b in range(n_bins) if (idx == b).any()]
+        ys = [correct[idx == b].mean() for b in range(n_bins) if (idx == b).any()]
+        ax.plot(xs, ys, style, label=f"{name} (ECE {expected_calibration_error(probs, labels, n_bins):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_save_figure(fig, path)
+
+
+def choose_min_probability(top_probability: np.ndarray, correct: np.ndarray, quantile: float = 0.02) -> float:
+    """The ``quantile`` of the correct calls' top probability, rounded down to a multiple of 0.05 (at least 0.05)."""
+    if not correct.any():
+        raise ConfigError("no held-out case is classified correctly, so no probability threshold can be chosen")
     q = float(np.quantile(top_probability[correct], quantile))
     return max(0.05, np.floor(q * 20) / 20)
 
 
-def calibrate_package(package_dir: str | Path, data: str | Path, *, split: str = "val", quantile: float = 0.02,
-                      rules: Mapping[str, Any] | None = None, command: str | None = None) -> dict[str, Any]:
-    """Write ``model.json["decision"]`` for the package in ``package_dir`` and return it."""
-    from ..io import atomic_write_json, atomic_write_text
-    from ..packages import load_package
+#: Decision rules a rules file may give (``min_probability`` is chosen here; see ``inference.predict.decide``).
+DECISION_RULES = ("min_agreement", "volume_excluded_classes", "class_modality", "min_section_mm")
 
-    package = load_package(package_dir)
-    stats = held_out_confidence(package, data, split)
-    threshold = choose_threshold(stats["top_probability"], stats["correct"], quantile)
-    correct = stats["correct"]
-    passed_correct = float((stats["top_probability"][correct] >= threshold).mean())
+
+def decision_block(probabilities: np.ndarray, labels: np.ndarray, rules: Mapping[str, Any], *, quantile: float,
+                   data: Path, split: str, command: str) -> dict[str, Any]:
+    """``model.json["decision"]``: ``rules`` plus ``min_probability`` chosen on held-out ``probabilities`` ``(N, K)``
+    (those classify compares: temperature-scaled when the package is calibrated) and how it was chosen."""
+    unknown = sorted(set(rules) - set(DECISION_RULES))
+    if unknown:
+        raise ConfigError(f"unknown decision rule {unknown[0]!r}; the rules are {', '.join(DECISION_RULES)} "
+                          "(min_probability is chosen on the data)")
+    if not 0.0 <= quantile < 1.0:
+        raise ConfigError(f"--quantile must be in [0, 1), got {quantile}")
+    top = probabilities.max(1)
+    correct = probabilities.argmax(1) == labels
+    threshold = choose_min_probability(top, correct, quantile)
     wrong = ~correct
-    flagged_wrong = float((stats["top_probability"][wrong] < threshold).mean()) if wrong.any() else None
-    decision = {**dict(rules or {}), "min_probability": threshold,
-                "chosen_on": {"data": Path(data).name, "split": split, "n": int(len(correct)),
-                              "accuracy": round(float(correct.mean()), 4),
-                              "quantile_of_correct": quantile,
-                              "correct_passing": round(passed_correct, 4),
-                              "wrong_flagged": None if flagged_wrong is None else round(flagged_wrong, 4),
-                              "command": command}}
-    meta_path = Path(package.path) / "model.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["decision"] = decision
-    atomic_write_json(meta_path, meta)
-    card = Path(package.path) / "MODEL_CARD.md"
-    if card.exists():
-        text = card.read_text(encoding="utf-8")
-        marker = "\n## Decision rules (calibrated)\n"
-        text = text.split(marker)[0]
-        text += (f"{marker}Chosen on `{Path(data).name}` split `{split}` ({len(correct)} images, accuracy "
-                 f"{correct.mean():.4f}) by\n```\n{command}\n```\n"
-                 f"- `min_probability` = **{threshold:.2f}**: the {quantile:.0%} quantile of the correct held-out calls' "
-                 f"probability (rounded down); {passed_correct:.1%} of correct calls pass"
-                 + (f", {flagged_wrong:.0%} of the {int(wrong.sum())} wrong calls are flagged" if flagged_wrong is not None
-                    else "") + ".\n"
-                 f"- Other rules as configured: `{json.dumps({k: v for k, v in decision.items() if k not in ('min_probability', 'chosen_on')})}`\n")
-        atomic_write_text(card, text)
-    return decision
+    passed_correct = float((top[correct] >= threshold).mean())
+    flagged_wrong = float((top[wrong] < threshold).mean()) if wrong.any() else None
+    return {**dict(rules), "min_probability": threshold,
+            "chosen_on": {"data": data.name, "split": split, "n": int(len(correct)),
+                          "accuracy": round(float(correct.mean()), 4), "quantile_of_correct": quantile,
+                          "correct_passing": round(passed_correct, 4),
+                          "wrong_flagged": None if flagged_wrong is None else round(flagged_wrong, 4),
+                          "command": command}}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("package", help="package folder (its model.json is updated)")
-    ap.add_argument("--data", required=True, help="held-out data (.npz), prepared as `meddeeprecog evaluate` does")
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--quantile", type=float, default=0.02)
-    ap.add_argument("--min-agreement", type=float, default=0.6)
-    ap.add_argument("--rules", help="JSON file with more decision rules (volume_excluded_classes, class_modality)")
-    args = ap.parse_args(argv)
-    rules: dict[str, Any] = json.loads(Path(args.rules).read_text(encoding="utf-8")) if args.rules else {}
-    rules["min_agreement"] = args.min_agreement
-    command = "python -m MedDeepRecogLib.inference.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
-    decision = calibrate_package(args.package, args.data, split=args.split, quantile=args.quantile, rules=rules,
-                                 command=command)
-    print(json.dumps(decision, indent=2))
-    return 0
+def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "val", dest: str | Path | None = None,
+                      version: str | None = None, n_bins: int = 10, progress: ProgressCallback = null_progress,
+                      command: str | None = None, report_split: str | None = None, temperature: bool = True,
+                      decision_rules: Mapping[str, Any] | None = None, quantile: float = 0.02) -> dict[str, Any]:
+    """Fit the package's calibration on ``split`` of ``data``; write a new package version.
+
+    Args:
+        model_ref: package id / id@version / folder / zip.
+        data: ``.npz`` (``split`` is used) or ``.csv`` with ``path,label`` columns (every row is used).
+        split: the split the temperature, the low-confidence threshold and ``min_probability`` are fitted on.
+        report_split: the split the ECE / NLL / flag-rate figures are reported on (``.npz`` only; default
+            ``split``: then ``calibration.same_split`` is true and ``calibration.note`` says the "after" figures
+            are optimistic).
+        dest: catalog root for the new version (default: the user catalog).
+        version: version of the new package (default: the next free patch version).
+        temperature: fit temperature scaling and the low-confidence threshold (``calibration`` block).
+        decision_rules: write a ``decision`` block: these rules plus ``min_probability`` at ``quantile`` of the
+            correct calls' probability (see the module docstring).
+
+    Returns:
+        ``{"package": new folder, "id", "version", "parent", "calibration": {...} or None, "decision": {...} or
+        None}``.
+
+    Raises:
+        ConfigError: nothing to fit, missing or unusable data, too few cases.
+    """
+    import tempfile
+
+    from ..packages import catalog_dirs, load_package, next_version, save_package, user_models_dir
+
+    if not temperature and decision_rules is None:
+        raise ConfigError("nothing to calibrate: drop --no-temperature, or give --decision-rules RULES")
+    pkg = load_package(model_ref)
+    data = Path(data)
+    if not data.exists():
+        raise ConfigError("calibration data not found", data)
+    command = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
+    progress("predict", 0.0)
+    if data.suffix.lower() == ".csv":
+        if report_split is not None:
+            raise ConfigError("--report-split picks a split of an .npz; a CSV is one set (every row): give the "
+                              "report data as another .npz, or drop --report-split", data)
+        logits, labels = _csv_logits(pkg, data, progress)
+        split_desc = "all rows of the CSV"
+    else:
+        logits, labels = _npz_logits(pkg, data, split)
+        split_desc = split
+    k = len(pkg.class_names)
+    if labels.max() >= k or labels.min() < 0:
+        raise ConfigError(f"labels {labels.min()}..{labels.max()} do not fit the model's {k} classes", data)
+    if len(labels) < 10:
+        raise ConfigError(f"only {len(labels)} validation cases: too few to calibrate (need >= 10)", data)
+    meta = copy.deepcopy(pkg.meta)
+    cal, plots = None, None
+    t = float(((pkg.meta.get("calibration") or {}).get("temperature")) or 1.0)
+    if temperature:
+        progress("fit temperature", 0.85)
+        cal, plots = _fit_temperature(pkg, data, logits, labels, split, split_desc, report_split, n_bins, progress)
+        t = cal["temperature"]
+        meta["calibration"] = cal
+    decision = None
+    if decision_rules is not None:
+        decision = decision_block(softmax(logits, t), labels, decision_rules, quantile=quantile, data=data,
+                                  split=split_desc, command=command)
+        meta["decision"] = decision
+
+    root = Path(dest) if dest is not None else user_models_dir()
+    version = version or next_version(pkg.id, [root] + [d for d in catalog_dirs() if d != root])
+    meta.pop("weights", None)
+    meta["version"] = version
+    prov = dict(meta.get("provenance") or {})
+    prov.pop("created", None)
+    prov["parent"] = f"{pkg.id}@{pkg.version}"
+    prov["command"] = command
+    meta["provenance"] = prov
+    card_path = pkg.path / "MODEL_CARD.md"
+    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {pkg.id}\n"
+    title = f"# {pkg.id} {pkg.version}"
+    if card.startswith(title):  # the card's title names the version: make it the new one
+        card = f"# {pkg.id} {version} (calibrated {pkg.version})" + card[len(title):]
+    if cal is not None:
+        card += calibration_card_section(cal, f"{pkg.id}@{pkg.version}")
+    if decision is not None:
+        card = decision_card_section(card, decision)
+    extra: dict[str, Any] = {"MODEL_CARD.md": card}
+    replaced = {"model.json", "MODEL_CARD.md", pkg.meta["weights"]["file"]} | ({"reliability.png"} if cal else set())
+    for f in pkg.path.iterdir():
+        if f.is_file() and f.name not in replaced:
+            extra[f.name] = f
+    with tempfile.TemporaryDirectory() as tmp:
+        if plots is not None:
+            before, after, report_labels = plots
+            extra["reliability.png"] = reliability_png(before, after, report_labels, Path(tmp) / "reliability.png",
+                                                       n_bins, title=f"{pkg.id}: {split_desc} of {data.name}, "
+                                                                     f"T={cal['temperature']:.2f}")
+        progress("save", 0.95)
+        new = save_package(pkg.build_model("cpu"), meta, dest, extra_files=extra)
+    return {"package": str(new), "id": pkg.id, "version": new.name, "parent": f"{pkg.id}@{pkg.version}",
+            "calibration": cal, "decision": decision}
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, split: str, split_desc: str,
+                     report_split: str | None, n_bins: int, progress: ProgressCallback):
+    """The ``calibration`` block and the (before, after, labels) probabilities of the report split."""
+    same = report_split is None or report_split == split
+    k = len(pkg.class_names)
+    t = fit_temperature(logits, labels)
+    after = softmax(logits, t)
+    threshold = low_confidence_threshold(normalized_entropy(after), after.argmax(1) == labels)
+    fit_n = int(len(labels))
+    if not same:  # report on data the fit did not see
+        progress("predict", 0.9, split=report_split)
+        logits, labels = _npz_logits(pkg, data, report_split)
+        if labels.max() >= k or labels.min() < 0:
+            raise ConfigError(f"labels of split {report_split!r} do not fit the model's {k} classes", data)
+    before, after = softmax(logits), softmax(logits, t)
+    h = normalized_entropy(after)
+
+    def nll(p: np.ndarray) -> float:  # on the report split's labels
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1.0))))
+
+    report_desc = split_desc if same else report_split
+    cal = {"temperature": round(t, 6),
+           "ece_before": round(expected_calibration_error(before, labels, n_bins), 6),
+           "ece_after": round(expected_calibration_error(after, labels, n_bins), 6),
+           "nll_before": round(nll(before), 6), "nll_after": round(nll(after), 6), "n_bins": n_bins,
+           "low_confidence_threshold": round(float(threshold), 6),
+           "low_confidence_rate": round(float((h >= threshold).mean()), 6),
+           "low_confidence_measure": "normalised predictive entropy of the calibrated probabilities (0..1)",
+           "split": split_desc, "data": str(data), "n": fit_n,
+           "fit_split": split_desc, "report_split": report_desc, "report_n": int(len(labels)), "same_split": same,
+           "note": (f"fitted and reported on the same split ({split_desc}): the 'after' figures are optimistic; "
+                    "give --report-split for figures on data the fit did not see") if same else
+                   f"fitted on {split_desc} ({fit_n} cases), reported on {report_desc} ({len(labels)} cases)"}
+    return cal, (before, after, labels)
+
+
+def calibration_card_section(cal: dict[str, Any], parent: str) -> str:
+    """Markdown "Calibration" section for a model card."""
+    return f"""
+## Calibration (temperature scaling)
+Fitted on {cal['split']} of `{cal['data']}` ({cal['n']} cases) for parent `{parent}`; figures below on
+{cal.get('report_split', cal['split'])} ({cal.get('report_n', cal['n'])} cases).
+
+| | ECE ({cal['n_bins']} bins) | NLL |
+|---|---|---|
+| before (T = 1) | {cal['ece_before']:.4f} | {cal['nll_before']:.4f} |
+| after (T = {cal['temperature']:.3f}) | {cal['ece_after']:.4f} | {cal['nll_after']:.4f} |
+
+Low-confidence flag: normalised predictive entropy >= {cal['low_confidence_threshold']:.3f} (threshold maximising
+Youden's J for telling wrong from right predictions on the fitting data; {cal['low_confidence_rate']:.1%} of these
+cases are flagged). {"Fitted and reported on the same split, so the 'after' figures are optimistic." if
+cal.get('same_split', True) else "Reported on data the fit did not see."}
+"""
+
+
+DECISION_HEADING = "## Decision rules (calibrated)"
+
+
+def decision_card_section(card: str, decision: dict[str, Any]) -> str:
+    """``card`` with its "Decision rules (calibrated)" section written for ``decision`` (replacing the parent's,
+    up to the next section, or appended)."""
+    chosen = decision["chosen_on"]
+    others = {k: v for k, v in decision.items() if k not in ("min_probability", "chosen_on")}
+    wrong = chosen["n"] - round(chosen["accuracy"] * chosen["n"])
+    flagged = (f", {chosen['wrong_flagged']:.0%} of the {wrong} wrong calls are flagged"
+               if chosen["wrong_flagged"] is not None else "")
+    section = (f"{DECISION_HEADING}\nChosen on `{chosen['data']}` split `{chosen['split']}` ({chosen['n']} images, "
+               f"accuracy {chosen['accuracy']:.4f}) by\n```\n{chosen['command']}\n```\n"
+               f"- `min_probability` = **{decision['min_probability']:.2f}**: the "
+               f"{chosen['quantile_of_correct']:.0%} quantile of the correct held-out calls' probability (rounded "
+               f"down); {chosen['correct_passing']:.2%} of correct calls pass{flagged}.\n"
+               f"- Other rules as configured: `{json.dumps(others)}`\n")
+    start = card.find(f"\n{DECISION_HEADING}\n")
+    if start < 0:
+        return card.rstrip("\n") + "\n\n" + section
+    end = card.find("\n## ", start + 1)
+    return card[:start + 1] + section + ("" if end < 0 else card[end:])

@@ -16,18 +16,19 @@ from typing import Any, Callable
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError, ModelPackageError
+from ..contract import EXPLAIN_METHODS, GRADCAM_METHODS, output_file, output_stem
+from ..devices import resolve_device
+from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
+from ..io.geometry import Geometry, lps_view
+from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, nearest_axial_slice,
                           slices_from_image, volume_from_image)
-from .predict import EXPLAIN_METHODS, decide, predict_slices, predict_volume
+from .predict import decide, predict_slices, predict_volume
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[..., None]
-
-_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".ima", ".img", ".hdr",
-             ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 #: Heatmaps above this many voxels are written without compression (see ``_write_heatmap``).
 _FAST_COMPRESSION_VOXELS = 20_000_000
@@ -150,36 +151,12 @@ def heatmap_warning(result: "ClassificationResult") -> str | None:
     return UNFAITHFUL_WARNING if isinstance(score, (int, float)) and score < 0 else None
 
 
-def output_name(path: str | Path) -> str:
-    """``scan`` for ``scan.nii.gz`` / ``scan.nrrd`` ...; a DICOM folder's own name."""
-    p = Path(path)
-    name = p.name
-    if p.is_dir():
-        return name
-    low = name.lower()
-    for ext in _SUFFIXES:
-        if low.endswith(ext):
-            return name[: -len(ext)]
-    return p.stem
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is a user error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelPackageError("--device cuda was asked for but no CUDA GPU is available (use auto or cpu)")
-    if device not in ("cpu", "cuda"):
-        raise ModelPackageError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return device
-
-
 _MODEL_CACHE: dict[tuple, Any] = {}
 
 
-def _model_for(package, device: str):
+def model_for(package, device: str):
+    """The package's network on ``device`` in eval mode, built once per package and device (batch runs of one
+    package reuse it; asking for another package frees the previous one)."""
     key = (str(package.path), package.meta["weights"]["sha256"], device)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # keep one model: batch runs use one package
@@ -187,22 +164,13 @@ def _model_for(package, device: str):
     return _MODEL_CACHE[key]
 
 
-def _as_package(package):
+def as_package(package):
+    """A loaded ``ModelPackage`` as given, or the one an id / path names."""
     if isinstance(package, (str, Path)):
         from ..packages import load_package
 
         return load_package(package)
     return package
-
-
-def _apply_pipeline(image: sitk.Image, spec: dict, path: Any) -> sitk.Image:
-    """Run the package's ``input.pipeline`` (preprocessing steps as data) on the scan, if it has steps."""
-    pipeline = spec.get("pipeline") or {}
-    if not pipeline.get("steps"):
-        return image
-    from ..preprocessing import Pipeline  # engineer A's pipelines as data
-
-    return Pipeline.from_data(pipeline).run(image).image
 
 
 def check_classifier(package) -> None:
@@ -259,18 +227,16 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         the scan (channels, dimensions, no attention), a broken package.
     """
     if explain not in EXPLAIN_METHODS:
-        from ..errors import ConfigError
-
         raise ConfigError(f"unknown explanation {explain!r}; choose one of {', '.join(EXPLAIN_METHODS)}")
     report = progress or (lambda *a, **k: None)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    package = _as_package(package)
+    package = as_package(package)
     check_classifier(package)
     if package.input_spec.get("modalities") and len(package.input_spec["modalities"]) > 1:
         raise ModelPackageError(f"model {package.id} takes {len(package.input_spec['modalities'])} modalities "
                                 f"({', '.join(package.input_spec['modalities'])}); give the second one with "
-                                "--second-input SCAN (classify_fusion)")
+                                "--second-input SCAN (MedDeepRecogLib.fusion.classify_fusion)")
     spec = package.input_spec
     kind = spec.get("kind")
     if isinstance(path_or_image, sitk.Image):
@@ -279,15 +245,13 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         src = str(path_or_image)
         report("read", 0.0)
         image = read_image(path_or_image, spacing=spacing)
-    name = name or (output_name(src) if src != "<image>" else "image")
+    name = name or (output_stem(src) if src != "<image>" else "image")
     where = None if src == "<image>" else src
     notes = image_notes(image)
     input_dimension = image.GetDimension()
     if kind == "slices2d":
         _check_slice_input(image, package, where)
     if slice_mm is not None and kind != "slices2d":
-        from ..errors import ConfigError
-
         raise ConfigError(f"--slice-mm classifies one slice with a 2D (slice) model; {package.id} is a "
                           f"{kind} model")
     image = as_volume(image, where, allow_2d=(kind == "slices2d"))
@@ -297,7 +261,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
 
     report("preprocess", 0.15)
     t = time.perf_counter()
-    prepared = _apply_pipeline(image, spec, src)
+    prepared = run_input_pipeline(image, spec.get("pipeline"))
     chosen_slice = None
     if kind == "slices2d":
         if slice_mm is not None:
@@ -316,9 +280,9 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
 
     report("predict", 0.35)
     t = time.perf_counter()
-    dev = resolve_device(device)
-    model = _model_for(package, dev)
-    target_layer = _target_layer(package, model) if explain in ("gradcam", "gradcampp") else None
+    dev = str(resolve_device(device))
+    model = model_for(package, dev)
+    target_layer = target_layer_of(package, model) if explain in GRADCAM_METHODS else None
     if kind == "slices2d":
         pred = predict_slices(model, inp, explain=explain, target_layer=target_layer,
                               class_names=package.class_names, device=dev, domain=package.domain)
@@ -358,7 +322,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         report("heatmap", 0.6)
         t = time.perf_counter()
         from ..explain.overlay import planes_through
-        from .heatmap import Geometry, heatmap_on_input_grid
+        from .heatmap import heatmap_on_input_grid
 
         # Cut the scan's overlay planes through the map's peak now, then let go of the scan's voxels (when we
         # read them) before the full-size float32 heatmap exists: peak memory stays ~2x the input, not 3x.
@@ -396,7 +360,7 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
                faithfulness: bool, lesion: sitk.Image | None, raw_probabilities: np.ndarray) -> None:
     """Faithfulness (+ caption), lesion localisation and the uncertainty block; a calibrated low-confidence flag
     also makes the reported label ``uncertain`` (with the reason)."""
-    from .trust import faithfulness_caption, heatmap_faithfulness, scan_uncertainty
+    from .trust import faithfulness_caption, heatmap_faithfulness, heatmap_localisation, scan_uncertainty
 
     if faithfulness and result.heatmap is not None:
         scores = heatmap_faithfulness(result, model, target_layer or package.target_layer)
@@ -404,9 +368,7 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
             result.explain["faithfulness"] = scores
             result.explain["faithfulness_caption"] = faithfulness_caption(scores)
     if lesion is not None and result.heatmap is not None:
-        from ..explain.faithfulness import classification_localisation
-
-        result.explain["localisation"] = classification_localisation(result, lesion)
+        result.explain["localisation"] = heatmap_localisation(result, lesion)
     result.uncertainty = scan_uncertainty(result, model, package.meta, uncertainty,
                                           raw_probabilities=raw_probabilities)
     u = result.uncertainty or {}
@@ -461,7 +423,7 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
         InputImageError: naming the frames or the size.
     """
     from ..io.image_io import FRAMES_KEY
-    from .model_input import SLICE_DEFAULTS
+    from ..preprocessing.slices import SLICE_DEFAULTS
 
     if image.HasMetaDataKey(FRAMES_KEY):
         raise InputImageError(
@@ -479,8 +441,6 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
 
 def _peak_in_view(model_map: np.ndarray, grid: ModelGrid, image: sitk.Image) -> tuple[int, int, int]:
     """``(z, y, x)`` index in ``image``'s LPS view of the model-space map's maximum (where the heatmap peaks)."""
-    from .model_input import lps_view
-
     k, j, i = np.unravel_index(int(np.argmax(model_map)), model_map.shape)
     point = grid.origin + grid.direction @ (np.array([i, j, k], dtype=float) * grid.spacing)
     view = lps_view(image)
@@ -489,7 +449,7 @@ def _peak_in_view(model_map: np.ndarray, grid: ModelGrid, image: sitk.Image) -> 
     return z, y, x
 
 
-def _target_layer(package, model) -> str:
+def target_layer_of(package, model) -> str:
     """The Grad-CAM layer: the package's ``explain.target_layer``, else the registry default for the architecture
     *with its kwargs* (the number of conv blocks decides the last one), else the last convolution.
 
@@ -542,7 +502,7 @@ def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: boo
     """:func:`write_case_outputs`, all or nothing: when a write fails (full disk, ...) the files this call made are
     removed again, and so is ``out_dir`` if it made it and it is left empty."""
     out_dir = Path(out_dir)
-    names = [f"{result.name}.json", f"{result.name}_heatmap.nrrd", f"{result.name}_heatmap.png"]
+    names = [output_file(result.name, role) for role in ("result", "heatmap", "heatmap_png")]
     had_dir = out_dir.exists()
     existed = {n for n in names if (out_dir / n).exists()}
     try:
@@ -570,10 +530,10 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
     out_dir = Path(out_dir)  # made by the first atomic write
     t = time.perf_counter()
     outputs: dict[str, str | None] = {"heatmap": None, "png": None}
-    json_path = out_dir / f"{result.name}.json"
+    json_path = out_dir / output_file(result.name, "result")
     if result.heatmap is not None:
         report("write", 0.85)
-        hm_path = out_dir / f"{result.name}_heatmap.nrrd"
+        hm_path = out_dir / output_file(result.name, "heatmap")
         heatmap = result.heatmap
         if result.input_dimension == 2 and heatmap.GetDimension() == 3:
             heatmap = heatmap[:, :, 0]  # back on the 2D picture's own grid (origin, spacing, direction)
@@ -582,7 +542,7 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
         if png and result.overlay is not None:
             from ..explain.overlay import planes_png
 
-            png_path = out_dir / f"{result.name}_heatmap.png"
+            png_path = out_dir / output_file(result.name, "heatmap_png")
             scan_planes, heat_planes = result.overlay
             title = (f"{result.model['id']} {result.model['version']}: {headline(result)}"
                      f"\n{result.explain.get('method')} heatmap for {result.explain.get('class', '')}")
@@ -608,44 +568,3 @@ def _write_heatmap(heatmap: sitk.Image, path: Path) -> None:
     n = int(np.prod(heatmap.GetSize()))
     with atomic_output(path) as tmp:
         sitk.WriteImage(heatmap, str(tmp), n <= _FAST_COMPRESSION_VOXELS)
-
-
-def classify_fusion(first: str | Path, second: str | Path | None, package, *, name: str | None = None,
-                    register: bool = False) -> ClassificationResult:
-    """Classify one case given as two co-registered scans with a multi-modal (fusion) package.
-
-    ``first`` is the package's first modality (``input.modalities[0]``, the reference grid), ``second`` the next;
-    the second is resampled onto the first's grid (:func:`MedDeepRecogLib.fusion.grid.align_modalities`, inside
-    :func:`MedDeepRecogLib.fusion.classify_modalities`). No heatmap is made for fusion models.
-
-    Raises:
-        ModelPackageError: a single-modality package (it takes one modality), or one that is not a classifier.
-        InputImageError: a missing or non-overlapping modality (see ``classify_modalities``).
-    """
-    from ..fusion import classify_modalities
-
-    package = _as_package(package)
-    check_classifier(package)
-    mods = package.input_spec.get("modalities") or []
-    if len(mods) < 2:
-        raise ModelPackageError(f"model {package.id} takes one modality (input.modalities {mods or 'not set'}); "
-                                "drop --second-input, or choose a multi-modal (fusion) package")
-    if len(mods) > 2:
-        raise ModelPackageError(f"model {package.id} takes {len(mods)} modalities ({', '.join(mods)}); classify "
-                                "accepts two (INPUT and --second-input)")
-    t0 = time.perf_counter()
-    out = classify_modalities({mods[0]: first, mods[1]: second}, package, register=register)
-    probs = np.array([out["probabilities"][c] for c in package.class_names], dtype=np.float64)
-    from ..uncertainty import apply_temperature
-
-    probs = apply_temperature(probs, package.meta)
-    decision = decide(probs, package.class_names, package.meta.get("decision"))
-    decision["modality"] = None
-    src = str(first)
-    return ClassificationResult(
-        input=src, name=name or output_name(src), model={"id": package.id, "version": package.version},
-        class_names=package.class_names, probabilities=probs, decision=decision,
-        explain={"method": "none", "reason": "no heatmap for fusion models", "modalities": mods,
-                 "modalities_used": out["modalities_used"], "missing": out["missing"],
-                 "second_input": None if second is None else str(second)},
-        timing_s={"total": time.perf_counter() - t0})

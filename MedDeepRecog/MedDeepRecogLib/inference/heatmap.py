@@ -19,35 +19,12 @@ Two equivalent implementations of linear resampling with nearest-value extrapola
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 
-from .model_input import ModelGrid, lps_view
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """A scan's grid without its voxels: ``size`` (x, y, z), ``origin``, ``spacing``, ``direction`` (LPS, mm)."""
-
-    size: tuple
-    origin: tuple
-    spacing: tuple
-    direction: tuple
-
-    @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
-        return cls(tuple(image.GetSize()), tuple(image.GetOrigin()), tuple(image.GetSpacing()),
-                   tuple(image.GetDirection()))
-
-    def new_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
-        """A zero-filled image on this grid."""
-        image = sitk.Image(list(self.size), pixel_type)
-        image.SetOrigin(self.origin)
-        image.SetSpacing(self.spacing)
-        image.SetDirection(self.direction)
-        return image
+from ..io.geometry import Geometry, lps_view
+from .model_input import ModelGrid
 
 
 def _geometry(reference: "sitk.Image | Geometry") -> Geometry:

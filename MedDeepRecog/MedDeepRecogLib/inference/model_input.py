@@ -3,12 +3,10 @@
 Two kinds are handled:
 
 - ``slices2d``: a 2D network applied to axial slices. The volume is viewed in LPS order **without copying it**
-  (permuted/flipped numpy views, see :func:`lps_view`), up to ``max_slices`` evenly spaced axial slices are taken,
-  block-averaged in-plane to a working grid of about ``work_size`` pixels, scaled per slice to 0..1 between
-  intensity percentiles (MedNIST-style slices are display-windowed 8-bit images, so a per-slice stretch bridges HU
-  and arbitrary MR units), cropped to the body's bounding box, padded to a square (in mm) and resized to the
-  model's ``size``. The same :func:`standardise_slices` is used to prepare training images, so training and
-  inference see identical inputs.
+  (permuted/flipped numpy views, see :func:`..io.geometry.lps_view`), up to ``max_slices`` evenly spaced axial
+  slices are taken, block-averaged in-plane to a working grid of about ``work_size`` pixels and standardised by
+  :func:`..preprocessing.slices.standardise_slices` (intensity scaling to 0..1, crop to the body's box, square in mm,
+  resize to the model's ``size``), the function training uses too, so training and inference see identical inputs.
 - ``volume3d`` / ``roi3d``: the whole volume resampled (SimpleITK, linear) to ``size`` voxels, covering the scan's
   extent (or a centred field of ``size * spacing_mm`` when ``spacing_mm`` is set), in LPS orientation.
 
@@ -25,74 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError, ModelPackageError
-
-#: Defaults of ``input.slices`` for ``slices2d`` packages (any key may be overridden in model.json).
-SLICE_DEFAULTS: dict[str, Any] = {
-    "max_slices": 48,          # evenly spaced axial slices classified per volume
-    "work_size": 128,          # in-plane working grid (pixels) the slices are block-averaged to
-    # CT (scan in HU): a fixed display window to 0..1. [-1000, 1000] HU puts air at 0 and water / soft tissue at
-    # 0.5, the median foreground intensity of MedNIST's CT slices (0.498 over its 1,200 CT images, /255).
-    "ct_window": [-1000.0, 1000.0],
-    # Other scans (MR, 8-bit images): per-slice stretch, the low percentile to 0 and the high one to
-    # ``percentile_target`` (MedNIST MR slices: median per-image 99.5th percentile 0.604 of full scale), clipped.
-    "percentiles": [0.5, 99.5],
-    "percentile_target": 0.6,
-    "foreground_threshold": 0.1,  # on the 0..1 slice: what counts as body for the bounding box
-    "min_foreground": 0.03,    # slices with less body than this fraction are skipped (not voted)
-    "margin": 0.04,            # added around the body box, as a fraction of its side
-    "crop_foreground": True,
-    # an image smaller than this per side is refused rather than upsampled; None: half the model's input side
-    # (enlarging more than 2x invents the detail the model was trained to read)
-    "min_pixels": None,
-}
-
-
-@dataclass
-class LPSView:
-    """A volume seen as an LPS-ordered ``(Z, Y, X)`` array view, with that view's geometry.
-
-    ``array`` indexes the input's voxels (no copy); ``origin``/``spacing``/``direction`` describe the view as an
-    ITK image would (x = L, y = P, z = S nearest axes, increasing index along +L, +P, +S).
-    """
-
-    array: np.ndarray
-    origin: np.ndarray
-    spacing: np.ndarray
-    direction: np.ndarray  # 3x3, columns are the index axes' directions
-
-
-def lps_view(image: sitk.Image, array: np.ndarray | None = None) -> LPSView:
-    """View ``image`` (3D, one component) in the axis order and sense nearest to LPS, as a numpy view.
-
-    Equivalent to ``sitk.DICOMOrient(image, "LPS")`` but without copying voxels (a 512x512x300 CT stays one copy).
-    ``array``: another ``(Z, Y, X)`` array on ``image``'s grid to view the same way (e.g. a writable output buffer);
-    default the image's own (read-only) voxels.
-    """
-    arr = sitk.GetArrayViewFromImage(image) if array is None else array  # (z, y, x) = index axes (2, 1, 0)
-    d = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    size = np.array(image.GetSize())
-    spacing = np.array(image.GetSpacing(), dtype=float)
-    # Assign each physical axis k the index axis most aligned with it (greedy on the largest cosines).
-    perm = [-1, -1, -1]
-    free_idx, free_phys = {0, 1, 2}, {0, 1, 2}
-    for _ in range(3):
-        k, i = max(((k, i) for k in free_phys for i in free_idx), key=lambda ki: abs(d[ki[0], ki[1]]))
-        perm[k] = i
-        free_phys.discard(k)
-        free_idx.discard(i)
-    signs = [1 if d[k, perm[k]] >= 0 else -1 for k in range(3)]
-    # numpy axis of index axis i is (2 - i); new numpy axis (2 - k) takes old numpy axis (2 - perm[k]).
-    view = np.transpose(arr, [2 - perm[2 - a] for a in range(3)])
-    slicer = tuple(slice(None, None, -1) if signs[2 - a] < 0 else slice(None) for a in range(3))
-    view = view[slicer]
-    corner = [0, 0, 0]
-    for k in range(3):
-        corner[perm[k]] = 0 if signs[k] > 0 else int(size[perm[k]] - 1)
-    origin = np.array(image.TransformIndexToPhysicalPoint(corner), dtype=float)
-    new_dir = np.stack([d[:, perm[k]] * signs[k] for k in range(3)], axis=1)
-    new_spacing = np.array([spacing[perm[k]] for k in range(3)])
-    return LPSView(array=view, origin=origin, spacing=new_spacing, direction=new_dir)
-
+from ..io.geometry import lps_view
+from ..preprocessing.slices import SLICE_DEFAULTS, standardise_slices
 
 @dataclass
 class ModelGrid:
@@ -161,72 +93,6 @@ def _block_mean(slices: np.ndarray, fy: int, fx: int) -> np.ndarray:
     if fy == 1 and fx == 1:
         return s
     return F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(s))[:, None], (fy, fx))[:, 0].numpy()
-
-
-def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1.0), *,
-                       size: Sequence[int] = (64, 64), options: Mapping[str, Any] | None = None,
-                       hounsfield: bool = False
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Standardise 2D slices the way every ``slices2d`` model sees them (training and inference alike).
-
-    Args:
-        slices: ``(N, H, W)`` raw intensities (HU, MR units, or 8-bit display values).
-        spacing_yx: pixel size (mm) along rows and columns; the body box is made square in mm.
-        size: model image ``(H, W)``.
-        options: overrides of :data:`SLICE_DEFAULTS`.
-        hounsfield: the slices are CT in HU: use the fixed ``ct_window`` instead of the per-slice stretch.
-
-    Returns:
-        ``(x, valid, theta, scaled, extent_mm)``: ``x`` ``(N, 1, H, W)`` float32 0..1; ``valid`` ``(N,)`` bool
-        (enough body); ``theta`` ``(N, 2, 3)`` affine from the model image to the slice (normalised coordinates,
-        ``align_corners=False``); ``scaled`` ``(N, H_in, W_in)`` the 0..1 slices before cropping; ``extent_mm``
-        ``(N, 2)`` the body box's height and width in mm.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    opt = {**SLICE_DEFAULTS, **(options or {})}
-    slices = np.asarray(slices, dtype=np.float32)
-    n, h, w = slices.shape
-    flat = slices.reshape(n, -1)
-    lo, hi = np.percentile(flat, opt["percentiles"], axis=1).astype(np.float32)
-    span = hi - lo
-    if hounsfield and opt.get("ct_window"):
-        w0, w1 = (float(v) for v in opt["ct_window"])
-        scaled = np.clip((slices - w0) / (w1 - w0), 0.0, 1.0, dtype=np.float32)
-    else:
-        gain = float(opt.get("percentile_target", 1.0)) / np.maximum(span, 1e-6)
-        scaled = np.clip((slices - lo[:, None, None]) * gain[:, None, None], 0.0, 1.0, dtype=np.float32)
-    fg = scaled > float(opt["foreground_threshold"])
-    frac = fg.reshape(n, -1).mean(axis=1)
-    valid = (frac >= float(opt["min_foreground"])) & (span > 1e-6)
-
-    sy, sx = float(spacing_yx[0]), float(spacing_yx[1])
-    theta = np.zeros((n, 2, 3), dtype=np.float32)
-    extent = np.zeros((n, 2), dtype=np.float32)
-    for i in range(n):
-        if opt["crop_foreground"] and valid[i]:
-            rows = np.flatnonzero(fg[i].any(axis=1))
-            cols = np.flatnonzero(fg[i].any(axis=0))
-            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        else:
-            y0, y1, x0, x1 = 0, h, 0, w
-        extent[i] = ((y1 - y0) * sy, (x1 - x0) * sx)
-        side_mm = max(extent[i]) * (1.0 + 2 * float(opt["margin"]))
-        ly, lx = side_mm / sy, side_mm / sx  # box side in pixels per axis (square in mm)
-        cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
-        # affine_grid maps output u in [-1, 1] to input n = c + s u with pixel edges at n = 2 p / W - 1.
-        theta[i, 0] = (lx / w, 0.0, 2.0 * cx / w - 1.0)
-        theta[i, 1] = (0.0, ly / h, 2.0 * cy / h - 1.0)
-    t = torch.from_numpy(theta)
-    grid = F.affine_grid(t, [n, 1, int(size[0]), int(size[1])], align_corners=False)
-    src = torch.from_numpy(scaled[:, None])
-    # Antialias: when the box is much larger than the model image, pre-shrink with area pooling.
-    shrink = int(max(1, np.floor(min(h, w) / (2 * max(size)))))
-    if shrink > 1:
-        src = F.avg_pool2d(src, shrink, ceil_mode=True)
-    x = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return x.numpy().astype(np.float32, copy=False), valid, theta, scaled, extent
 
 
 def is_hounsfield(image: sitk.Image) -> bool:

@@ -1,9 +1,8 @@
 """Prediction (and its explanation, in the same pass) from a prepared model input.
 
 - ``slices2d`` (a 2D network per axial slice): every slice is classified; the volume's probabilities are the
-  softmax of the **mean log-probability** over the non-empty slices (a product of experts: one confidently
-  different slice pulls the volume towards "uncertain" rather than being out-voted silently). Per-slice labels
-  and the fraction of slices agreeing with the volume label are reported.
+  softmax of the **mean log-probability** over the voting slices (:mod:`..models.slice_stack`, the one slice
+  aggregation). Per-slice labels and the fraction of slices agreeing with the volume label are reported.
 - volume models (``volume3d``/``roi3d``; CNN-LSTM): one forward pass on the whole volume.
 
 The decision rules that turn probabilities into a label or "uncertain" are data in the package
@@ -20,12 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..contract import EXPLAIN_METHODS, GRADCAM_METHODS
 from ..errors import ConfigError
+from ..models.slice_stack import mean_log_probability
 from .model_input import ModelGrid, SliceInput, VolumeInput
-
-#: ``--explain`` choices.
-EXPLAIN_METHODS = ("gradcam", "gradcampp", "attention", "none")
-
 
 @dataclass
 class Prediction:
@@ -57,11 +54,6 @@ class Prediction:
     regions: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     domain: dict | None = None  # slice models with an out-of-domain check: how many slices passed it
-
-
-def _forward_fn(model):
-    # Attention models keep their attention in model.last_attention after a plain forward; nothing else needed.
-    return None
 
 
 def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, target_layer: str | None,
@@ -104,14 +96,12 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
 
     def scan_class(logits: torch.Tensor) -> torch.Tensor:
         restrict_to_domain()
-        logp = torch.log_softmax(logits.float(), dim=1)
-        mean = (logp * valid[:, None]).sum(0) / valid.sum()
-        return mean.argmax().expand(logits.shape[0])
+        return mean_log_probability(logits, valid > 0).argmax().expand(logits.shape[0])
 
     maps = None
     with capture_features(model) if domain is not None else contextlib.nullcontext() as captured:
         store = captured
-        if explain in ("gradcam", "gradcampp"):
+        if explain in GRADCAM_METHODS:
             if not target_layer:
                 raise ConfigError("the model package names no Grad-CAM target layer (explain.target_layer)")
             out = explained_forward(model, x, target_layer, method=explain, class_index=scan_class,
@@ -122,7 +112,8 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
     restrict_to_domain()
     logp = torch.log_softmax(logits.float(), dim=1)
     v = valid.cpu().numpy().astype(bool)
-    mean = (logp.cpu().numpy()[v]).mean(axis=0)  # no slice in the domain: the body slices, reported as such
+    # no slice in the domain: the body slices vote, and the scan is reported as out of domain
+    mean = mean_log_probability(logits.detach(), v).cpu().numpy()
     probs = np.exp(mean - mean.max())
     probs /= probs.sum()
     label = int(probs.argmax())
@@ -159,7 +150,7 @@ def body_masks(inp: SliceInput) -> np.ndarray:
     only the air around the patient is cleared (SimpleITK binary morphology, per slice)."""
     import SimpleITK as sitk
 
-    from .model_input import SLICE_DEFAULTS
+    from ..preprocessing.slices import SLICE_DEFAULTS
 
     threshold = float(SLICE_DEFAULTS["foreground_threshold"] if inp.foreground_threshold is None
                       else inp.foreground_threshold)
@@ -219,7 +210,7 @@ def predict_volume(model: torch.nn.Module, inp: VolumeInput, *, explain: str, ta
     x = torch.from_numpy(inp.x).to(device)
     maps = None
     extra: dict[str, Any] = {}
-    if explain in ("gradcam", "gradcampp"):
+    if explain in GRADCAM_METHODS:
         if not target_layer:
             raise ConfigError("the model package names no Grad-CAM target layer (explain.target_layer)")
         out = explained_forward(model, x, target_layer, method=explain)

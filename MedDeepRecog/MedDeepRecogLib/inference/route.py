@@ -83,7 +83,7 @@ def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
     from ..errors import ModelPackageError
     from ..packages import load_package
     from ..uncertainty.domain import capture_features
-    from .classify import _model_for
+    from .classify import model_for
     from .model_input import as_volume, slices_from_image
 
     volume = as_volume(image, None, allow_2d=True)
@@ -98,7 +98,7 @@ def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
         if package.domain is None:
             continue
         inp = slices_from_image(volume, package.input_spec)
-        model = _model_for(package, device)
+        model = model_for(package, device)
         with torch.no_grad(), capture_features(model) as store:
             model(torch.from_numpy(inp.x).to(device))
         scores = package.domain.scores(store.array())

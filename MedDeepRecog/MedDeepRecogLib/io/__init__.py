@@ -1,8 +1,9 @@
 """Reading and writing scans, label maps and segmentations without losing geometry."""
 
 from .atomic import atomic_output, atomic_save_figure, check_output_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .geometry import Geometry, LPSView, lps_view
+from ..contract import PICTURE_SUFFIXES
 from .image_io import (
-    PICTURE_SUFFIXES,
     array_from_image,
     as_single_slice,
     describe_geometry,
@@ -24,6 +25,9 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_output_dir",
+    "Geometry",
+    "LPSView",
+    "lps_view",
     "PICTURE_SUFFIXES",
     "array_from_image",
     "as_single_slice",

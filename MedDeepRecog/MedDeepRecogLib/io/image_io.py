@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from ..contract import PICTURE_SUFFIXES, WRITABLE_SUFFIXES, suffix_of
 from ..errors import InputImageError
 from ..limits import check_declared_image
 from .atomic import atomic_output
@@ -30,11 +31,6 @@ log = logging.getLogger(__name__)
 # conditions itself and reports them as one line or as a note in the output
 sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
-#: Extensions SimpleITK writes and Slicer reads back with geometry intact.
-WRITABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
-#: 2D picture formats: read as one grey slice, 1 mm pixels unless the caller gives a spacing.
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-READABLE_SUFFIXES = WRITABLE_SUFFIXES + (".seg.nrrd", ".dcm", ".ima", ".img", ".hdr") + PICTURE_SUFFIXES
 
 #: Metadata keys the reader sets on the images it returns (plain strings, carried into the outputs' JSON).
 NOTES_KEY = "MedDeepRecog|notes"      # what the reader changed, e.g. colour made grey; "; "-separated
@@ -45,14 +41,6 @@ PICTURE_KEY = "MedDeepRecog|picture"  # "png" / "jpeg": a picture file, no physi
 #: decoded (a PNG of zeros compresses about 1000:1, so a small file can declare gigabytes).
 MAX_PICTURE_SIDE = 16384
 MAX_PICTURE_PIXELS = 64 << 20
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for ext in (".seg.nrrd", ".nii.gz"):
-        if name.endswith(ext):
-            return ext
-    return path.suffix.lower()
 
 
 #: Environment variable that lets a DICOM series with missing slices or uneven spacing be read anyway (the CLI's
@@ -178,10 +166,10 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     try:
         first.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputImageError(f"DICOM series {label}: first slice cannot be read ({_first_line(exc)})",
+        raise InputImageError(f"DICOM series {label}: first slice cannot be read ({itk_error_line(exc)})",
                               files[0]) from None
     check_declared_image(list(first.GetSize()[:2]) + [len(files) * max(1, _dicom_frames(first))],
-                         _declared_bytes_per_voxel(first), folder, f"DICOM series {label}")
+                         declared_bytes_per_voxel(first), folder, f"DICOM series {label}")
     allow = os.environ.get(ALLOW_GAPS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     broken = [p for p in unassigned if _mentions(p, chosen)]  # slices of this series GDCM could not read
     gap_note = _check_slice_positions(folder, files, label, unassigned, allow)
@@ -200,7 +188,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputImageError(f"DICOM series {label} could not be read ({_first_line(exc)})", folder) from None
+        raise InputImageError(f"DICOM series {label} could not be read ({itk_error_line(exc)})", folder) from None
     for key in ("0008|0060", "0008|103e", "0020|000e"):  # modality, series description, series UID
         if reader.HasMetaDataKey(0, key):
             image.SetMetaData(key, reader.GetMetaData(0, key).strip())
@@ -213,7 +201,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return image
 
 
-def _first_line(exc: BaseException) -> str:
+def itk_error_line(exc: BaseException) -> str:
     """ITK exceptions carry multi-line C++ context; the last non-empty line is the description."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in reversed(lines):
@@ -314,7 +302,7 @@ def _component_bytes(pixel_id: int) -> int:
     return 8
 
 
-def _declared_bytes_per_voxel(reader: sitk.ImageFileReader) -> int:
+def declared_bytes_per_voxel(reader: sitk.ImageFileReader) -> int:
     return _component_bytes(reader.GetPixelID()) * max(1, int(reader.GetNumberOfComponents()))
 
 
@@ -484,16 +472,16 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
     else:
         if path.stat().st_size == 0:
             raise InputImageError("file is empty (0 bytes)", path)
-        if _suffix(path) in (".nii", ".nii.gz"):
+        if suffix_of(path) in (".nii", ".nii.gz"):
             _check_nifti_complete(path)
-        picture = _suffix(path) in PICTURE_SUFFIXES
+        picture = suffix_of(path) in PICTURE_SUFFIXES
         try:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
-            declared = _declared_bytes_per_voxel(reader)
+            declared = declared_bytes_per_voxel(reader)
             check_declared_image(reader.GetSize(), declared, path, "header")
-            if _suffix(path) in (".nrrd", ".seg.nrrd", ".mha", ".nhdr", ".mhd"):
+            if suffix_of(path) in (".nrrd", ".seg.nrrd", ".mha", ".nhdr", ".mhd"):
                 n = declared
                 for d in reader.GetSize():
                     n *= int(d)
@@ -509,12 +497,12 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
             frames = _dicom_frames(reader)
             image = reader.Execute()
         except RuntimeError as exc:
-            raise InputImageError(f"cannot be read as an image ({_first_line(exc)})", path) from None
+            raise InputImageError(f"cannot be read as an image ({itk_error_line(exc)})", path) from None
         if picture:
             image = _as_picture(image, path, spacing)
         elif frames > 1:
             image.SetMetaData(FRAMES_KEY, str(frames))
-    colour_source = path.is_dir() or _suffix(path) in PICTURE_SUFFIXES + (".dcm", ".ima")
+    colour_source = path.is_dir() or suffix_of(path) in PICTURE_SUFFIXES + (".dcm", ".ima")
     if colour_source and image.GetNumberOfComponentsPerPixel() in (3, 4) and image.GetDimension() in (2, 3):
         image = _to_grey(image)  # a vector NRRD/MHA (e.g. a displacement field) is left as it is
     if pixel_type is not None:
@@ -543,7 +531,7 @@ def _as_picture(image: sitk.Image, path: Path, spacing) -> sitk.Image:
     image.SetSpacing((sx, sy))
     image.SetOrigin((0.0, 0.0))
     image.SetDirection((1.0, 0.0, 0.0, 1.0))
-    image.SetMetaData(PICTURE_KEY, "jpeg" if _suffix(path) in (".jpg", ".jpeg") else "png")
+    image.SetMetaData(PICTURE_KEY, "jpeg" if suffix_of(path) in (".jpg", ".jpeg") else "png")
     if spacing is None:
         _add_note(image, "picture file without physical pixel size: 1 mm pixels assumed (set --spacing)")
     return image
@@ -666,8 +654,8 @@ def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -
         InputImageError: unsupported extension.
     """
     path = Path(path)
-    if _suffix(path) not in WRITABLE_SUFFIXES:
-        raise InputImageError(f"unsupported output format {_suffix(path) or '(none)'}; use one of "
+    if suffix_of(path) not in WRITABLE_SUFFIXES:
+        raise InputImageError(f"unsupported output format {suffix_of(path) or '(none)'}; use one of "
                               f"{', '.join(WRITABLE_SUFFIXES)}", path)
     from .atomic import output_error
 
@@ -736,3 +724,8 @@ def describe_geometry(image: sitk.Image) -> dict[str, Any]:
         **({"frames": int(image.GetMetaData(FRAMES_KEY))} if image.HasMetaDataKey(FRAMES_KEY) else {}),
         **({"dicom_series": json.loads(image.GetMetaData(SERIES_KEY))} if image.HasMetaDataKey(SERIES_KEY) else {}),
     }
+
+
+# Former private names, still imported by training/data.py until it uses the public ones (issue 15 merge).
+_first_line = itk_error_line
+_declared_bytes_per_voxel = declared_bytes_per_voxel

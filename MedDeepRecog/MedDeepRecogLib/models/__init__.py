@@ -16,7 +16,12 @@ architecture, or a pattern with ``*`` over several modules (ensembles, late fusi
 
 Names: ``simple_cnn2d``, ``simple_cnn3d``, ``densenet2d``, ``densenet3d``, ``resnet2d``, ``resnet3d``,
 ``efficientnet2d``, ``seresnet3d``, ``cnn_lstm``, ``attention_cnn3d``, ``ensemble`` (N copies of one of
-the others, mean probabilities returned as log-probabilities; Grad-CAM target ``members.*.<layer>``, a pattern over all members).
+the others, mean probabilities returned as log-probabilities; Grad-CAM target ``members.*.<layer>``, a pattern over
+all members), ``early_fusion3d`` / ``late_fusion3d`` (several modalities, :mod:`.fusion_nets`) and the
+segmentation networks ``monai_unet`` / ``monai_segresnet`` (voxel logits ``(B, num_classes, Z, Y, X)``). Every one
+registers the same way: ``@register_model`` in a module the registry imports.
+
+:mod:`.slice_stack`: a slice network read as a scan classifier (the one aggregation of a slice stack).
 """
 
 from .registry import ArchSpec, available_models, build_model, default_target_layer, input_kind, register_model

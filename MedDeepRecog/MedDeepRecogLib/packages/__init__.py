@@ -13,7 +13,9 @@ API (everything else here is internal):
 - ``read_package_meta(id_or_path) -> dict``: the same resolution, only ``model.json`` read (no weights checked).
 - ``ModelPackage``: ``.meta`` (dict of model.json), ``.id``, ``.version``, ``.class_names``, ``.input_spec``
   (``meta["input"]``), ``.path`` (folder), ``.target_layer``, ``.build_model(device="cpu")`` (weights loaded,
-  eval mode), ``.check_input(x)`` (channel / dimension check of a batch before inference).
+  eval mode), ``.check_input(x)`` (channel / dimension check of a batch before inference), ``.data_params()``
+  (how a labelled ``.npz`` split is prepared for it).
+- ``load_weights(path) -> dict``: the tensors of a weights file (refusing anything but plain tensors).
 - ``save_package(model, meta, dest=None, extra_files=None) -> Path``: writes ``dest/<id>/<version>/`` atomically
   (temp dir + rename); ``meta["version"]`` may be ``None`` to take the next free patch version. Never overwrites.
 - ``ModelPackage.verify()``: a dry run on zeros of the declared input size (done by ``import_package``).
@@ -31,6 +33,7 @@ from .package import (
     import_package,
     list_packages,
     load_package,
+    load_weights,
     next_version,
     read_package_meta,
     save_package,
@@ -47,6 +50,7 @@ __all__ = [
     "import_package",
     "list_packages",
     "load_package",
+    "load_weights",
     "next_version",
     "read_package_meta",
     "save_package",

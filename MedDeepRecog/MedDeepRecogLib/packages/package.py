@@ -143,7 +143,7 @@ def _read_meta(folder: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- weights
-def _load_state_dict(path: Path) -> dict:
+def load_weights(path: Path) -> dict:
     """Tensors of a weights file; a pickle holding anything but plain tensors is refused."""
     import torch
 
@@ -166,6 +166,10 @@ def _load_state_dict(path: Path) -> dict:
                                                  for k, v in state.items()):
         raise ModelPackageError("weights file must hold a dict of name -> tensor", path)
     return dict(state)
+
+
+#: Former private name, still imported by finetune/finetune.py until it uses :func:`load_weights` (issue 15 merge).
+_load_state_dict = load_weights
 
 
 # --------------------------------------------------------------------------------------------- ModelPackage
@@ -216,6 +220,19 @@ class ModelPackage:
         except Exception:
             return None
 
+    def data_params(self) -> tuple[Any, Any]:
+        """``(intensity_range, size)`` a labelled ``.npz`` split is prepared with for this package, as ``train``
+        recorded them: the range of a unit ``window`` step of ``input.pipeline`` (else the training config's
+        ``data.intensity_range``, or ``None``) and ``input.size``; what ``training.data.load_eval_split`` takes."""
+        intensity, size = None, self.input_spec.get("size")
+        for step in (self.input_spec.get("pipeline") or {}).get("steps", []):
+            if step.get("name", "") == "window" and step.get("output", "unit") == "unit" and "center" in step:
+                intensity = (step["center"] - step["width"] / 2.0, step["center"] + step["width"] / 2.0)
+        cfg_data = ((self.meta.get("provenance") or {}).get("config") or {}).get("data") or {}
+        if intensity is None and cfg_data.get("intensity_range") is not None:
+            intensity = cfg_data["intensity_range"]
+        return intensity, size
+
     def build_model(self, device: str = "cpu"):
         """The network with its weights loaded, in eval mode, on ``device``.
 
@@ -235,7 +252,7 @@ class ModelPackage:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelPackageError(f"cannot build architecture {arch['name']!r} with kwargs "
                                     f"{arch.get('kwargs')}: {exc}", self.path / META_FILE) from None
-        state = _load_state_dict(self.weights_path)
+        state = load_weights(self.weights_path)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -14,17 +14,10 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
+from ..devices import resolve_device
 from ..io import image_from_array
 from .intensity import as_float32, float_array
 from .steps import param, register
-
-
-def _torch_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,8 @@ def bilateral(image: sitk.Image, p: BilateralParams) -> sitk.Image:
     if p.backend == "sitk":
         return sitk.Bilateral(as_float32(image), p.sigma_spatial_mm, max(sigma_range, 1e-6))
     sig_vox = [p.sigma_spatial_mm / s for s in reversed(image.GetSpacing())]  # (z, y, x)
-    out = bilateral_filter(arr, sig_vox, sigma_range, truncate=p.truncate, device=_torch_device(p.device))
+    out = bilateral_filter(arr, sig_vox, sigma_range, truncate=p.truncate,
+                           device=str(resolve_device(p.device, setting="bilateral device")))
     return image_from_array(out.astype(np.float32), image)
 
 
@@ -80,7 +74,7 @@ def nlm(image: sitk.Image, p: NlmParams) -> sitk.Image:
     if sigma <= 0:
         return as_float32(image)
     out = nlm_filter(arr, patch_size=p.patch_size, search_radius=p.search_radius, h=p.h, sigma=sigma,
-                     device=_torch_device(p.device))
+                     device=str(resolve_device(p.device, setting="nlm device")))
     return image_from_array(out.astype(np.float32), image)
 
 

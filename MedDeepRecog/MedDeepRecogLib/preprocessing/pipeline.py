@@ -13,10 +13,9 @@ nearest neighbour for masks) so outputs overlay the input in Slicer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import SimpleITK as sitk
 
@@ -96,21 +95,12 @@ class Pipeline:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Pipeline":
-        """Read a pipeline from a ``.json`` or ``.yaml``/``.yml`` file; errors name the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("no such pipeline file", path)
-        text = path.read_text(encoding="utf-8", errors="replace")
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
+        """Read a pipeline from a ``.json`` or ``.yaml``/``.yml`` file (the one config-file reader,
+        :func:`..schema.load_data`); errors name the file."""
+        from ..schema import load_data
 
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
-            raise ConfigError(f"not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
-                              f"({str(exc).splitlines()[0]})", path) from None
+        path = Path(path)
+        data = load_data(path, "pipeline file")
         if not isinstance(data, (dict, list)):
             raise ConfigError("a pipeline file must hold a mapping with 'steps' or a list of steps", path)
         try:
@@ -160,9 +150,9 @@ class Pipeline:
             except ConfigError:
                 raise
             except RuntimeError as exc:  # ITK errors carry C++ context; keep the last useful line
-                from ..io.image_io import _first_line
+                from ..io.image_io import itk_error_line
 
-                raise ConfigError(f"step {index + 1} ({step.name}) failed: {_first_line(exc)}") from None
+                raise ConfigError(f"step {index + 1} ({step.name}) failed: {itk_error_line(exc)}") from None
             if step.spec.kind == "mask":
                 mask = sitk.Cast(out > 0, sitk.sitkUInt8)
                 mask.CopyInformation(image)
@@ -177,6 +167,15 @@ class Pipeline:
         if progress is not None:
             progress("pipeline done", 1.0, steps=len(self.steps))
         return PipelineResult(image, masks)
+
+
+def run_input_pipeline(image: sitk.Image, pipeline: Mapping[str, Any] | list | None) -> sitk.Image:
+    """A model package's ``input.pipeline`` (steps as data) run on ``image``, as classify prepares a scan; the image
+    itself when the pipeline has no steps."""
+    steps = pipeline.get("steps") if isinstance(pipeline, Mapping) else pipeline
+    if not steps:
+        return image
+    return Pipeline.from_data(pipeline).run(image).image
 
 
 def list_presets() -> list[str]:

@@ -14,6 +14,8 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
+from ..contract import output_file
+
 TEMPLATE = "case_report.html.j2"
 
 
@@ -129,7 +131,7 @@ def write_case_report(result, outputs: dict, package, out_dir: str | Path, *, co
     """Write ``out_dir/<name>_report.html`` atomically and return its path."""
     from ..io import atomic_output
 
-    path = Path(out_dir) / f"{result.name}_report.html"
+    path = Path(out_dir) / output_file(result.name, "report")
     html = render_case_report(result, outputs, package, command=command)
     with atomic_output(path) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")

@@ -1,9 +1,9 @@
 """Robustness curves: clean vs adversarial accuracy/AUC over a list of eps, or one scan's probability curve.
 
 All functions take a classifier ``model`` returning logits ``(B, num_classes)`` and batches in model input
-units. A model that classifies a scan from a stack of slices can be wrapped in :class:`ScanAggregate` so
-that the whole stack ``(S, C, Y, X)`` is one attacked "sample" (the attack then moves the scan-level
-prediction, which is what a user sees).
+units. A model that classifies a scan from a stack of slices is wrapped in
+:class:`MedDeepRecogLib.models.slice_stack.SliceStackClassifier` so that the whole stack ``(1, C, S, H, W)`` is one
+attacked "sample" (the attack then moves the scan-level prediction, which is what a user sees).
 """
 
 from __future__ import annotations
@@ -15,44 +15,8 @@ import numpy as np
 import torch
 
 from ..progress import ProgressCallback, null_progress
+from ..training.metrics import roc_auc_ovr
 from .attacks import Bounds, attack, check_eps
-
-
-class ScanAggregate(torch.nn.Module):
-    """Turn a per-slice classifier into a scan classifier: ``(S, C, Y, X) -> (1, K)``.
-
-    The scan's logits are the mean log-probability over the voting slices (``valid``), the same product of experts
-    ``classify`` uses (``inference.predict.predict_slices``), so ``softmax`` of the output is classify's scan
-    probability. Attacks on the wrapped model treat the whole slice stack as one input.
-    """
-
-    def __init__(self, model: torch.nn.Module, valid: torch.Tensor | None = None):
-        super().__init__()
-        self.model = model
-        self.valid = None if valid is None or not bool(valid.any()) else valid.float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(self.model(x).float(), dim=1)
-        w = torch.ones(x.shape[0], device=x.device) if self.valid is None else self.valid.to(x.device)
-        return ((logp * w[:, None]).sum(0) / w.sum())[None]
-
-
-def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
-    """Binary AUC of class 1 (``probabilities (N, 2)``) or macro one-vs-rest AUC; None if a class is absent.
-
-    Rank-based (Mann-Whitney U, ties count one half): the same figure as ``sklearn.metrics.roc_auc_score``.
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    labels = np.asarray(labels).astype(int).ravel()
-    classes = [1] if probabilities.shape[1] == 2 else list(range(probabilities.shape[1]))
-    aucs = []
-    for k in classes:
-        pos, neg = probabilities[labels == k, k], probabilities[labels != k, k]
-        if len(pos) == 0 or len(neg) == 0:
-            return None
-        greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-        aucs.append(greater / (len(pos) * len(neg)))
-    return float(np.mean(aucs))
 
 
 def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +62,9 @@ def evaluate_robustness(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
         p = np.concatenate(probs)
         pred = p.argmax(1)
         recalls = [float((pred[y_all == k] == k).mean()) for k in np.unique(y_all)]
+        auc = roc_auc_ovr(y_all, p)[0]  # binary: the positive class; else macro one-vs-rest
         return {"accuracy": float((pred == y_all).mean()), "balanced_accuracy": float(np.mean(recalls)),
-                "auc": roc_auc(p, y_all)}
+                "auc": None if np.isnan(auc) else auc}
 
     return {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1, "n": int(len(y_all)),
             "bounds": None if bounds is None else [float(bounds[0]), float(bounds[1])],
@@ -117,7 +82,7 @@ def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[
     largest non-flipping eps below it (null when no eps of the list flips the label).
 
     Args:
-        model: classifier, ``x (1, C, *spatial) -> logits (1, K)`` (wrap slice models in :class:`ScanAggregate`).
+        model: classifier, ``x (1, C, *spatial) -> logits (1, K)`` (slice models: a ``SliceStackClassifier``).
         x: one input in model units.
 
     Returns:

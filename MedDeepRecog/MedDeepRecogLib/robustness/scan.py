@@ -39,24 +39,23 @@ def pipeline_bounds(spec: Mapping[str, Any]) -> tuple[float, float] | None:
     return bounds
 
 
-def model_input_of(path_or_image, package) -> tuple[Any, Any, torch.nn.Module]:
-    """``(classification_result, x (N, C, *spatial) tensor, forward)`` for one scan, exactly as classify sees it.
+def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.Module]:
+    """``(classification_result, x (1, C, *spatial) tensor, forward)`` for one scan, exactly as classify sees it.
 
-    ``forward`` maps ``x`` to scan-level logits ``(1, K)`` (slice models are wrapped in :class:`.ScanAggregate`).
+    ``forward`` maps ``x`` to scan-level logits ``(1, K)``: a slice model's stack is one sample ``(1, C, S, H, W)``
+    read by :class:`..models.slice_stack.SliceStackClassifier` (the aggregation classify uses).
     """
-    from ..inference.classify import _model_for, classify_scan
+    from ..inference.classify import classify_scan, model_for
     from ..inference.model_input import SliceInput
-    from .curve import ScanAggregate
+    from ..models.slice_stack import SliceStackClassifier, stack_as_sample
 
     result = classify_scan(path_or_image, package, explain="none", device="cpu")
     inp = result.model_input
     x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
-    model = _model_for(package, "cpu")
+    model = model_for(package, "cpu")
     if isinstance(inp, SliceInput):
-        forward = ScanAggregate(model, torch.from_numpy(inp.valid)).eval()
-    else:
-        forward = model
-    return result, x, forward
+        return result, stack_as_sample(x), SliceStackClassifier(model, inp.valid).eval()
+    return result, x, model
 
 
 def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: int | None = None) -> float | None:
@@ -70,8 +69,8 @@ def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: in
     normalisation (percentile stretch, z-score) from cancelling the change. Returns None when the input does not
     depend on HU.
     """
-    from ..inference.classify import _apply_pipeline
-    from ..inference.model_input import SliceInput, slices_from_image, volume_from_image
+    from ..inference.model_input import slices_from_image, volume_from_image
+    from ..preprocessing.pipeline import run_input_pipeline
 
     spec = package.input_spec
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -83,9 +82,9 @@ def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: in
     base = sitk.Cast(image, sitk.sitkFloat32)
 
     def prep(img: sitk.Image) -> np.ndarray:
-        img = _apply_pipeline(img, spec, None)
+        img = run_input_pipeline(img, spec.get("pipeline"))
         inp = slices_from_image(img, spec) if spec.get("kind") == "slices2d" else volume_from_image(img, spec)
-        return inp.x if not isinstance(inp, SliceInput) else inp.x
+        return inp.x
 
     diff = np.abs(prep(shifted) - prep(base))
     moved = diff[diff > 1e-7]
@@ -98,20 +97,21 @@ def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: in
 def perturbation_on_scan(delta: torch.Tensor, result) -> sitk.Image:
     """Put a model-space perturbation (same shape as the model input) on the scan's own grid (float32).
 
-    Volume inputs: ``(1, 1, D, H, W)`` on the model grid, resampled linearly. Slice inputs: each slice's
-    ``(H, W)`` is mapped back through its crop/resize affine onto the working slices, then onto the scan.
-    Values stay in model input units (multiply by the reported HU-per-unit for HU).
+    Volume inputs: ``(1, 1, D, H, W)`` on the model grid, resampled linearly. Slice inputs (the stack as one sample,
+    ``(1, 1, S, H, W)``): each slice's ``(H, W)`` is mapped back through its crop/resize affine onto the working
+    slices, then onto the scan. Values stay in model input units (multiply by the reported HU-per-unit for HU).
     """
     from ..inference.heatmap import heatmap_on_input_grid
     from ..inference.model_input import SliceInput
     from ..inference.predict import maps_to_working_grid
+    from ..models.slice_stack import sample_as_stack
 
     inp = result.model_input
     d = delta.detach().float()
     if d.shape[1] != 1:
         raise ConfigError("the perturbation of a multi-channel input cannot be put on one scan grid")
     if isinstance(inp, SliceInput):
-        arr = maps_to_working_grid(d[:, 0], inp)
+        arr = maps_to_working_grid(sample_as_stack(d)[:, 0], inp)
     else:
         arr = d[0, 0].numpy()
     return heatmap_on_input_grid(np.ascontiguousarray(arr, dtype=np.float32), inp.grid, result.image)

@@ -7,7 +7,7 @@ lines (:mod:`.progress_reader`), running the worker as a separate process whose 
 Nothing here imports torch, SimpleITK or Slicer, so ``MedDeepRecog.py`` can import it at Slicer start-up.
 """
 
-from .outputs import ClassifyResult, SegmentLabels, input_stem, read_classify_result, read_segment_labels
+from .outputs import ClassifyResult, SegmentLabels, read_classify_result, read_segment_labels
 from .process_runner import WorkerError, WorkerProcess, descendant_pids, kill_process_tree, run_worker
 from .progress_reader import ProgressEvent, ProgressReader, parse_progress_line
 from .worker_command import WorkerCommand, model_input_kind, module_root, worker_environment
@@ -15,7 +15,6 @@ from .worker_command import WorkerCommand, model_input_kind, module_root, worker
 __all__ = [
     "ClassifyResult",
     "SegmentLabels",
-    "input_stem",
     "read_classify_result",
     "read_segment_labels",
     "WorkerError",

@@ -1,8 +1,9 @@
 """Locate and summarise what the worker wrote, so the Slicer side only loads files into the scene.
 
 ``classify`` writes per input ``<name>.json`` (label, class probabilities, explain section, output paths) and
-``<name>_heatmap.nrrd`` on the input's grid (``docs/worker-protocol.md``). Paths inside the JSON may be relative
-to the output folder; they are resolved here.
+``<name>_heatmap.nrrd`` on the input's grid (``docs/worker-protocol.md``); the names come from
+:mod:`..contract` (``output_stem``, ``output_file``), as the writer's do. Paths inside the JSON may be relative to
+the output folder; they are resolved here.
 """
 
 from __future__ import annotations
@@ -12,21 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..contract import output_file, output_stem
 from ..errors import MedDeepRecogError
-
-#: Multi-part extensions stripped to get an input's name (longest first).
-_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd", ".dcm")
-
-
-def input_stem(path: str | Path) -> str:
-    """The name classify gives an input's outputs: the file name without ``.nii.gz``/``.nrrd``/...;
-    a DICOM folder's own name."""
-    name = Path(path).name
-    lower = name.lower()
-    for suffix in _SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 @dataclass
@@ -145,15 +133,15 @@ def read_classify_result(out_dir: str | Path, input_path: str | Path) -> Classif
         MedDeepRecogError: the JSON is missing or has no label/probabilities (the worker did not finish).
     """
     out_dir = Path(out_dir)
-    stem = input_stem(input_path)
-    json_path = out_dir / f"{stem}.json"
+    stem = output_stem(input_path)
+    json_path = out_dir / output_file(stem, "result")
     record = _read_record(json_path, "result file")
     probs = record.get("probabilities")
     if not isinstance(probs, dict) or not probs or "label" not in record:
         raise MedDeepRecogError("result file has no label or class probabilities", json_path)
     outputs = record.get("outputs") or {}
-    heatmap = _resolve(out_dir, outputs.get("heatmap")) or _resolve(out_dir, f"{stem}_heatmap.nrrd")
-    png = _resolve(out_dir, outputs.get("png")) or _resolve(out_dir, f"{stem}_heatmap.png")
+    heatmap = _resolve(out_dir, outputs.get("heatmap")) or _resolve(out_dir, output_file(stem, "heatmap"))
+    png = _resolve(out_dir, outputs.get("png")) or _resolve(out_dir, output_file(stem, "heatmap_png"))
     segs = [p for v in outputs.values() if isinstance(v, str) and v.lower().endswith(".seg.nrrd")
             for p in [_resolve(out_dir, v)] if p is not None]
     explain = record.get("explain") if isinstance(record.get("explain"), dict) else {}
@@ -207,7 +195,7 @@ def read_segment_labels(out_dir: str | Path, input_path: str | Path) -> SegmentL
     Raises:
         MedDeepRecogError: the JSON is missing or malformed (the worker did not finish).
     """
-    json_path = Path(out_dir) / f"{input_stem(input_path)}_segments.json"
+    json_path = Path(out_dir) / output_file(output_stem(input_path), "segment_labels")
     record = _read_record(json_path, "segment labels file")
     rows = record.get("segments")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "segment" in r and "label" in r for r in rows):

@@ -28,18 +28,20 @@ def calibrated_probabilities(logits: np.ndarray | torch.Tensor, meta: Mapping[st
 def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[str, Any], *,
                          logits: torch.Tensor | None = None,
                          forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                         mc_samples: int = 20, tta: int = 8) -> dict[str, Any]:
+                         mc_samples: int = 20, tta: int = 8, spatial_dims: int | None = None) -> dict[str, Any]:
     """Uncertainty of one scan's prediction.
 
     Args:
         model: the package's network (eval mode).
-        x: the scan's model input: ``(1, C, Z, Y, X)`` for volumes, ``(S, 1, H, W)`` for a slice stack.
+        x: the scan's model input: ``(1, C, Z, Y, X)`` for volumes, ``(1, C, S, H, W)`` for a slice stack.
         meta: the package's model.json dict (``calibration`` and ``class_names`` are read).
         logits: the classify pass's scan-level logits ``(1, K)`` if already computed (saves a forward pass).
         forward: maps ``x`` to scan-level logits ``(1, K)``; default ``model`` (pass the slice aggregation for
-            ``slices2d`` models — e.g. :class:`MedDeepRecogLib.robustness.ScanAggregate`).
+            ``slices2d`` models: :class:`MedDeepRecogLib.models.slice_stack.SliceStackClassifier`).
         mc_samples: Monte-Carlo dropout passes (0 = skip). Skipped with a reason when the model has no dropout.
         tta: test-time augmentations (identity + flips; 0 = skip).
+        spatial_dims: trailing axes of ``x`` the augmentations flip (default all spatial axes; 2 for a slice stack,
+            whose slices are flipped in-plane only).
 
     Returns:
         JSON-able dict: ``temperature``, ``probabilities`` (calibrated, by class name), ``predictive_entropy``
@@ -80,25 +82,10 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
         else:
             out["mc_dropout"] = {"available": False, "reason": "the model has no dropout layer"}
     if tta > 0:
-        out["tta"] = block(tta_samples(forward, x, default_tta(x.ndim - 2, tta), batched=plain))
+        out["tta"] = block(tta_samples(forward, x, default_tta(spatial_dims or x.ndim - 2, tta), batched=plain))
     if plain and len(getattr(model, "members", ())) > 1:
         out["ensemble"] = block(ensemble_member_samples(model, x))
     return out
-
-
-def classification_uncertainty(result: Any, model: torch.nn.Module, meta: Mapping[str, Any], *,
-                               mc_samples: int = 20, tta: int = 8) -> dict[str, Any]:
-    """:func:`classify_uncertainty` for a ``classify_scan`` result (its model input; slice stacks aggregated as
-    classify does). What ``classify`` puts under ``"uncertainty"`` in its JSON."""
-    from ..inference.model_input import SliceInput
-    from ..robustness.curve import ScanAggregate
-
-    inp = result.model_input
-    x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
-    forward = ScanAggregate(model, torch.from_numpy(inp.valid)) if isinstance(inp, SliceInput) else model
-    # logits recomputed (one cheap pass) rather than taken from result.probabilities, which classify may
-    # already have temperature-scaled
-    return classify_uncertainty(model.eval(), x, meta, forward=forward, mc_samples=mc_samples, tta=tta)
 
 
 def apply_temperature(probabilities: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:

@@ -73,9 +73,10 @@ def default_tta(spatial_dims: int, n: int = 8, *,
     """Test-time augmentations: the identity plus flips over subsets of the in-plane axes (and small noise).
 
     Flips keep the anatomy plausible only for left-right symmetric tasks; the list is configuration, so a
-    package can choose its own. Returns at most ``n`` callables on ``(B, C, *spatial)`` tensors.
+    package can choose its own. Returns at most ``n`` callables on ``(B, C, ..., *spatial)`` tensors, flipping the
+    last ``spatial_dims`` axes.
     """
-    axes = list(range(2, 2 + spatial_dims))
+    axes = list(range(-spatial_dims, 0))  # the trailing axes: a slice stack (B, C, S, H, W) flips H and W only
     in_plane = axes[-2:]
     combos: list[tuple[int, ...]] = [(), (in_plane[-1],), (in_plane[0],), tuple(in_plane)]
     if spatial_dims == 3:

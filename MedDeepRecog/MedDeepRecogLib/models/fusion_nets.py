@@ -1,8 +1,10 @@
 """Early and late fusion classifiers for several co-registered volumes, registered in the model registry.
 
 Input convention (both): ``x (B, M, Z, Y, X)``, one channel per modality in the order of the package's
-``input.modalities``; a **missing modality is a channel filled with NaN** (what :func:`..fusion.data.load_case`
-produces for an empty manifest cell), so the usual ``model(x)`` interface (attacks, Grad-CAM) is kept.
+``input.modalities``; a **missing modality is a channel filled with NaN** (what
+:func:`MedDeepRecogLib.fusion.data.load_case` produces for an empty manifest cell), so the usual ``model(x)``
+interface (attacks, Grad-CAM) is kept. Aligning the modalities and classifying a case live in
+:mod:`MedDeepRecogLib.fusion`.
 
 - ``early_fusion3d``: the modalities are channels of one 3D CNN (``simple_cnn3d`` or any registered 3D
   backbone). Cheapest, learns cross-modal patterns from the first layer, but needs every modality: a missing
@@ -21,8 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelPackageError
-from ..models import build_model, default_target_layer
-from ..models.registry import register_model
+from .registry import build_model, default_target_layer, register_model
 
 
 def present_modalities(x: torch.Tensor) -> torch.Tensor:

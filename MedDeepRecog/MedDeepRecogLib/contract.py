@@ -1,0 +1,69 @@
+"""What the command line, the Slicer module and the core agree on: file suffixes, output names and choice lists.
+
+Imported by the writer (``inference``, ``commands``), the reader (``slicer_bridge``) and the Slicer module alike, so
+a rule is spelled once; plain Python (no torch, SimpleITK or numpy), cheap to import inside Slicer. The output files
+are described for people in ``docs/worker-protocol.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Extensions SimpleITK writes and Slicer reads back with geometry intact.
+WRITABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+#: 2D picture formats: read as one grey slice, 1 mm pixels unless the caller gives a spacing.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Every extension the reader opens (DICOM files, Analyze ``.hdr``/``.img``, Siemens ``.ima`` included).
+READABLE_SUFFIXES = WRITABLE_SUFFIXES + (".seg.nrrd", ".dcm", ".ima", ".img", ".hdr") + PICTURE_SUFFIXES
+#: Extensions of two parts: checked before the one-part extension they end with.
+COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
+
+
+def suffix_of(path: str | Path) -> str:
+    """The file's extension as the reader and writer see it, lower case: ``.nii.gz`` and ``.seg.nrrd`` whole."""
+    name = Path(path).name.lower()
+    for ext in COMPOUND_SUFFIXES:
+        if name.endswith(ext):
+            return ext
+    return Path(name).suffix
+
+
+def output_stem(path: str | Path) -> str:
+    """The base name of a scan's outputs (``<stem>.json``, ``<stem>_heatmap.nrrd`` ...): the file name without a
+    readable extension (``scan`` for ``scan.nii.gz``, ``scan.png`` or ``scan.ima``), the file name without its last
+    extension otherwise; a folder (a DICOM series) keeps its own name."""
+    p = Path(path)
+    if p.is_dir():
+        return p.name
+    suffix = suffix_of(p)
+    if suffix in READABLE_SUFFIXES:
+        return p.name[: -len(suffix)]
+    return p.stem
+
+
+#: Files written for one scan, ``<stem><suffix>`` in the output folder, by role.
+OUTPUT_SUFFIXES = {
+    "result": ".json",                    # classify: label, probabilities, explain, uncertainty, output paths
+    "heatmap": "_heatmap.nrrd",           # classify: float32 0..1 on the scan's own grid
+    "heatmap_png": "_heatmap.png",        # classify: three planes through the heatmap's peak
+    "report": "_report.html",             # classify --report / demo
+    "segment_labels": "_segments.json",   # classify --segments (ROI classifier)
+    "robustness": "_robustness.json",     # robustness --input
+    "robustness_png": "_robustness.png",
+    "perturbation": "_perturbation.nrrd",  # robustness --input --write-perturbation
+}
+
+
+def output_file(stem: str, role: str) -> str:
+    """The file name of output ``role`` (a key of :data:`OUTPUT_SUFFIXES`) for outputs named ``stem``."""
+    return f"{stem}{OUTPUT_SUFFIXES[role]}"
+
+
+#: ``classify --explain`` choices; ``none`` makes no heatmap.
+EXPLAIN_METHODS = ("gradcam", "gradcampp", "attention", "none")
+#: The explanations computed from gradients at a target layer (any network); ``attention`` needs a model with one.
+GRADCAM_METHODS = ("gradcam", "gradcampp")
+#: ``classify --uncertainty`` choices; ``auto``: MC dropout for volume models with dropout, else calibration only.
+UNCERTAINTY_MODES = ("auto", "none", "mc-dropout", "tta")
+#: ``--progress`` choices of every command.
+PROGRESS_MODES = ("json", "bar", "none")

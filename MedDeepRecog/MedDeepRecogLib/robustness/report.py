@@ -1,0 +1,188 @@
+"""The work of ``meddeeprecog robustness``: attack one scan or a labelled data set and write what was found.
+
+One scan (:func:`scan_reports`): ``<name>_robustness.json`` (probability of the clean label at each eps,
+``smallest_flipping_eps`` or null, the curve point where it flips, eps also in HU for CT), ``<name>_robustness.png``
+(the curve) and optionally ``<name>_perturbation.nrrd`` (the perturbation at the flipping eps, or the largest eps,
+on the scan's grid, in model input units). A data set (:func:`dataset_report`): clean vs robust accuracy /
+balanced accuracy / AUC at each eps, ``robustness.json`` + ``robustness.png``.
+
+eps is in the model's input units (e.g. 0..1 after intensity scaling); eps <= 0 or >= the input's valid range is
+refused. Default eps: :data:`DEFAULT_EPS_FRACTIONS` of the valid range.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..progress import ProgressCallback, null_progress
+from .attacks import Bounds, check_eps, parse_eps_list
+
+#: Default attack budgets as fractions of the valid intensity range: 0.5 %, 1 %, 2 %, 5 % and 10 %.
+DEFAULT_EPS_FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def eps_values(eps: Sequence[float | str] | None, bounds: Bounds) -> list[float]:
+    """The attack budgets: ``eps`` as given (numbers or ``"0.01,0.02"`` texts), else :data:`DEFAULT_EPS_FRACTIONS`
+    of the valid range; each checked against ``bounds``."""
+    if eps:
+        values = parse_eps_list(",".join(str(e) for e in eps))
+    else:
+        width = (bounds[1] - bounds[0]) if bounds else 1.0
+        values = [f * width for f in DEFAULT_EPS_FRACTIONS]
+    return [check_eps(e, bounds) for e in values]
+
+
+def input_bounds(bounds: Sequence[float] | None, spec: dict, x) -> tuple[float, float]:
+    """The valid intensity range of the model input: ``bounds`` as given, else what the package's preprocessing
+    fixes (:func:`.scan.pipeline_bounds`), else the input's own min/max."""
+    from .scan import pipeline_bounds
+
+    if bounds:
+        lo, hi = (float(v) for v in bounds)
+        if not hi > lo:
+            raise ConfigError(f"--bounds must have LOW < HIGH, got {lo} {hi}")
+        return lo, hi
+    b = pipeline_bounds(spec)
+    if b is not None:
+        return b
+    lo, hi = float(x.min()), float(x.max())
+    if not hi > lo:
+        raise ConfigError("the model input is constant, so no valid intensity range can be derived; give --bounds")
+    return lo, hi
+
+
+def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | Path, *, attack: str = "pgd",
+                 eps: Sequence[float | str] | None = None, steps: int = 10, bounds: Sequence[float] | None = None,
+                 refine: int = 5, write_perturbation: bool = False, progress: ProgressCallback = null_progress,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Attack each scan's prediction with growing eps and write its JSON, PNG (and perturbation) into ``out``.
+
+    ``on_record(record)`` is called with each scan's record once its files are written. Returns the one scan's
+    summary (``json``, ``png``, ``smallest_flipping_eps`` ...), or ``{"scans": [...]}`` for several.
+    """
+    from ..contract import output_file, output_stem
+    from ..io import atomic_write_json, check_output_dir, write_image
+    from ..io.image_io import guess_modality
+    from ..packages import load_package
+    from .curve import save_curve_png, scan_robustness
+    from .scan import hu_per_unit, model_input_of, perturbation_on_scan
+
+    if int(steps) < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    pkg = load_package(model_ref)
+    out = check_output_dir(out, "--out")  # made by the first (atomic) write, so a failed run leaves none
+    results = []
+    n = len(scans)
+    for i, scan in enumerate(scans):
+        name = output_stem(scan)
+
+        def prog(stage, fraction, _i=i, _name=name, **extra):
+            progress(stage, (_i + 0.1 + 0.8 * fraction) / n, case=_name, **extra)
+
+        prog("prepare", 0.0)
+        res, x, forward = model_input_of(scan, pkg)
+        valid = input_bounds(bounds, pkg.input_spec, x)
+        budgets = eps_values(eps, valid)
+        record, deltas = scan_robustness(forward, x, budgets, attack_name=attack, steps=steps, bounds=valid,
+                                         refine_steps=refine, class_names=pkg.class_names, progress=prog)
+        modality = pkg.meta.get("modality") if pkg.meta.get("modality") in ("CT", "MR") else guess_modality(res.image)
+        units = hu_per_unit(res.image, pkg) if modality == "CT" else None
+        record.update({"input": str(scan), "model": {"id": pkg.id, "version": pkg.version},
+                       "eps_units": "model input", "modality": modality,
+                       "hu_per_unit": None if units is None else 1.0 / units})
+        if units is not None:
+            for point in record["curve"] + ([record["flip"]] if record["flip"] else []):
+                point["eps_hu"] = point["eps"] / units
+            if record["smallest_flipping_eps"] is not None:
+                record["smallest_flipping_eps_hu"] = record["smallest_flipping_eps"] / units
+        outputs = {}
+        png = out / output_file(name, "robustness_png")
+        save_curve_png(record, png, title=f"{pkg.id} {pkg.version} on {name}")
+        outputs["png"] = str(png)
+        if write_perturbation:
+            e = record["smallest_flipping_eps"] if record["smallest_flipping_eps"] is not None else max(budgets)
+            vol = out / output_file(name, "perturbation")
+            write_image(perturbation_on_scan(deltas[e], res), vol)
+            outputs["perturbation"] = str(vol)
+            record["perturbation_eps"] = e
+        js = out / output_file(name, "robustness")
+        record["outputs"] = {**outputs, "json": str(js)}
+        atomic_write_json(js, record)
+        results.append({"input": str(scan), "json": str(js), **outputs,
+                        "smallest_flipping_eps": record["smallest_flipping_eps"],
+                        **({"smallest_flipping_eps_hu": record.get("smallest_flipping_eps_hu"),
+                            "hu_per_unit": record["hu_per_unit"]} if units is not None else {})})
+        if on_record is not None:
+            on_record(record)
+    return results[0] if len(results) == 1 else {"scans": results}
+
+
+def _eps_text(eps: float, point: dict | None = None, per_unit: float | None = None) -> str:
+    """``0.02 (5.1 HU)`` for CT, ``0.02`` (model input units) otherwise."""
+    hu = (point or {}).get("eps_hu", eps * per_unit if per_unit else None)
+    return f"{eps:.4g} ({hu:.1f} HU)" if hu is not None else f"{eps:.4g}"
+
+
+def scan_lines(record: dict[str, Any]) -> str:
+    """The attack on one scan as text: eps in model units and, for CT, in HU; the probability of the clean label."""
+    per_unit = record.get("hu_per_unit")
+    unit = "model input units (HU in brackets)" if per_unit else "model input units"
+    lines = [f"{record['input']}: {record['clean_label']} p={record['clean_probability']:.3f}; "
+             f"{record['attack']} eps in {unit}"]
+    for point in record["curve"]:
+        lines.append(f"  eps {_eps_text(point['eps'], point)}: p({record['clean_label']})={point['probability']:.3f}"
+                     f" -> {point.get('label', '')}")
+    flip = record.get("smallest_flipping_eps")
+    lines.append(f"  smallest eps that flips the label: {_eps_text(flip, None, per_unit)}" if flip is not None
+                 else "  no eps tried flips the label")
+    return "\n".join(lines)
+
+
+def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, split: str = "val",
+                   attack: str = "pgd", eps: Sequence[float | str] | None = None, steps: int = 10,
+                   bounds: Sequence[float] | None = None, max_cases: int | None = None, batch_size: int = 32,
+                   progress: ProgressCallback = null_progress) -> dict[str, Any]:
+    """Clean vs robust metrics of a package on ``split`` of a labelled ``.npz`` (prepared as ``evaluate``
+    prepares it); writes ``robustness.json`` and ``robustness.png`` into ``out``."""
+    import torch
+
+    from ..io import atomic_write_json, check_output_dir
+    from ..packages import load_package
+    from ..training.data import load_eval_split
+    from .curve import evaluate_robustness, save_curve_png
+
+    if int(steps) < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    pkg = load_package(model_ref)
+    data = Path(data)
+    if not data.is_file():
+        raise ConfigError("data file not found", data)
+    intensity, size = pkg.data_params()
+    ds = load_eval_split(data, split, pkg.input_spec["kind"], intensity, size, slices=pkg.input_spec.get("slices"))
+    x, y = ds.images, ds.labels
+    if max_cases:
+        x, y = x[:max_cases], y[:max_cases]
+    if len(y) == 0:
+        raise ConfigError(f"split {split!r} is empty", data)
+    pkg.check_input(torch.as_tensor(x[:1]))
+    model = pkg.build_model("cpu")
+    valid = (tuple(float(v) for v in bounds) if bounds else
+             ((0.0, 1.0) if intensity is not None else (float(np.min(x)), float(np.max(x)))))
+    budgets = eps_values(eps, valid)
+    bs = max(1, int(batch_size))
+    batches = [(torch.from_numpy(x[i:i + bs]), torch.from_numpy(y[i:i + bs])) for i in range(0, len(y), bs)]
+    res = evaluate_robustness(model, batches, budgets, attack_name=attack, steps=steps, bounds=valid,
+                              progress=progress)
+    res.update({"model": {"id": pkg.id, "version": pkg.version}, "data": str(data), "split": split,
+                "eps_units": "model input"})
+    out = check_output_dir(out, "--out")  # made by the first (atomic) write, so a failed run leaves none
+    png = out / "robustness.png"
+    save_curve_png(res, png, title=f"{pkg.id} {pkg.version}: {split} of {data.name}")
+    js = out / "robustness.json"
+    res["outputs"] = {"png": str(png), "json": str(js)}
+    atomic_write_json(js, res)
+    return {"json": str(js), "png": str(png), "clean": res["clean"], "robust": res["robust"]}

@@ -1,0 +1,80 @@
+"""Every bundled package loads and scores exactly as recorded before the code was reorganised (issue 15).
+
+The figures in ``Testing/Data/bundled_scores.json`` were recorded on the tree before the move (commit e48b0bc) with
+``classify_scan``'s defaults on CPU: the scan probabilities are compared bit for bit (they are deterministic on CPU:
+recorded twice, with 1 and 2 threads, identically); the trust figures that go through the slice-stack aggregation
+(faithfulness score, uncertainty block) too, since they are rounded to 4 places. The segmentation package is checked
+through ``meddeeprecog segment``: the label array's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedDeepRecogLib.inference.classify import classify_scan
+from MedDeepRecogLib.packages import load_package
+from MedDeepRecogLib.resources import sample_path
+
+RECORDED = json.loads((Path(__file__).resolve().parents[1] / "Data" / "bundled_scores.json").read_text())
+BUNDLED = Path(sample_path("abdomen_ct.nii.gz")).parents[1] / "models"
+
+
+def gland_mask(size: int = 40, spacing: float = 2.29) -> sitk.Image:
+    """A binary adrenal-like shape (two overlapping ellipsoids, 0/255 uint8) as the adrenal packages read it."""
+    z, y, x = np.meshgrid(*[np.arange(size, dtype=np.float64) - (size - 1) / 2] * 3, indexing="ij")
+    blob = ((x / 9.0) ** 2 + (y / 6.0) ** 2 + ((z - 2.0) / 7.5) ** 2 <= 1.0) | \
+           (((x - 5.0) / 4.0) ** 2 + ((y + 3.0) / 4.0) ** 2 + ((z + 4.0) / 4.0) ** 2 <= 1.0)
+    image = sitk.GetImageFromArray((blob * 255).astype(np.uint8))
+    image.SetSpacing((spacing,) * 3)
+    return image
+
+
+def _input(name: str) -> sitk.Image:
+    if name == "gland":
+        return gland_mask()
+    if name == "abdomen_ct":
+        return sitk.ReadImage(str(sample_path("abdomen_ct.nii.gz")))
+    mr = sitk.ReadImage(str(sample_path("brain1_mr.nrrd")))
+    return mr if name == "brain1_mr" else mr[:, :, 12]  # brain1_mr_slice12: a 2D picture
+
+
+def test_every_bundled_classifier_is_recorded():
+    """The record covers every bundled classification package (a new one must be added to it)."""
+    refs = set()
+    for meta_path in BUNDLED.glob("*/*/model.json"):
+        meta = json.loads(meta_path.read_text())
+        if meta.get("task", "classification") == "classification":
+            refs.add(f"{meta['id']}@{meta['version']}")
+    assert refs and refs == {key.split()[0] for key in RECORDED["classify"]}
+
+
+@pytest.mark.parametrize("case", sorted(RECORDED["classify"]))
+def test_bundled_package_scores_bit_for_bit(case):
+    ref, name = case.split()
+    expected = RECORDED["classify"][case]
+    result = classify_scan(_input(name), load_package(ref), device="cpu")
+    assert [float(p) for p in result.probabilities] == expected["probabilities"]
+    assert result.decision["label"] == expected["label"]
+    if "per_slice" in expected:
+        assert [s["probability"] for s in result.per_slice] == expected["per_slice"]
+    assert (result.explain.get("faithfulness") or {}).get("score") == expected["faithfulness"]
+    got = {k: v for k, v in (result.uncertainty or {}).items() if isinstance(v, (int, float, str, list, dict))}
+    assert json.loads(json.dumps(got)) == expected["uncertainty"]
+
+
+def test_bundled_segmentation_labels_bit_for_bit(tmp_path, run_cli_all):
+    (ref, expected), = RECORDED["segment"].items()
+    out = tmp_path / "ct.seg.nrrd"
+    code, stdout, stderr = run_cli_all("segment", sample_path("abdomen_ct.nii.gz"), "--model", ref.split()[0].split("@")[0],
+                                       "--out", out, "--device", "cpu")
+    assert code == 0, stderr
+    labels = np.ascontiguousarray(sitk.GetArrayFromImage(sitk.ReadImage(str(out))))
+    assert hashlib.sha256(labels.tobytes()).hexdigest() == expected["labels_sha256"]
+    voxels = {k: v["voxels"] for k, v in json.loads(stdout)["segments"].items()}
+    assert voxels == expected["voxels"]
