@@ -19,8 +19,8 @@ import torch
 class BatchAugment:
     """``augment(x)`` for a batch ``(B, C, *spatial)`` tensor; each sample gets its own random draw.
 
-    The random state is a numpy ``RandomState`` seeded with ``seed``; ``get_state``/``set_state`` let a
-    checkpoint resume the same stream.
+    The random state is a numpy ``RandomState`` per transform seeded with ``seed``; ``get_state``/``set_state`` let
+    a checkpoint resume the same stream (:func:`random_state`).
     """
 
     def __init__(self, spec: Mapping[str, Any], spatial_dims: int, seed: int = 0):
@@ -58,24 +58,49 @@ class BatchAugment:
         self.enabled = bool(ts)
         self.transform = Compose(ts).set_random_state(seed=seed) if ts else None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: Any) -> Any:
+        """Augment a batch ``x`` or the images ``x`` of a batch ``(x, y, ...)`` (the rest passes unchanged)."""
         if not self.enabled:
-            return x
-        out = [torch.as_tensor(self.transform(sample)).as_subclass(torch.Tensor) for sample in x]
-        return torch.stack(out).to(x.dtype)
+            return batch
+        if isinstance(batch, (list, tuple)):
+            return type(batch)([self(batch[0]), *batch[1:]])
+        out = [torch.as_tensor(self.transform(sample)).as_subclass(torch.Tensor) for sample in batch]
+        return torch.stack(out).to(batch.dtype)
 
     def get_state(self) -> dict:
-        if not self.enabled:
-            return {}
-        states = []
-        for t in self.transform.transforms:
-            name, keys, pos, has_gauss, cached = t.R.get_state()
-            states.append({"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                           "has_gauss": int(has_gauss), "cached": float(cached)})
-        return {"transforms": states}
+        return random_state(self.transform) if self.enabled else {}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        if not self.enabled or not state:
-            return
-        for t, s in zip(self.transform.transforms, state["transforms"]):
-            t.R.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+        if self.enabled and state:
+            set_random_state(self.transform, state)
+
+
+def _random_generators(transform: Any) -> list[np.random.RandomState]:
+    """The numpy ``RandomState`` of every MONAI random transform inside ``transform``, depth first in attribute
+    order (a ``Compose``'s members, and the random parts a transform holds, e.g. ``RandAffined.rand_affine``)."""
+    from monai.transforms import Randomizable
+
+    out = []
+    for value in vars(transform).values():
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(item, Randomizable):
+                out.append(item.R)
+                out += _random_generators(item)
+    return out
+
+
+def random_state(transform: Any) -> dict:
+    """The random state of the MONAI random transforms in ``transform`` as tensors and numbers (what a
+    ``weights_only`` checkpoint can hold); :func:`set_random_state` puts it back."""
+    states = []
+    for generator in _random_generators(transform):
+        _name, keys, pos, has_gauss, cached = generator.get_state()
+        states.append({"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)})
+    return {"transforms": states}
+
+
+def set_random_state(transform: Any, state: Mapping[str, Any]) -> None:
+    """Restore what :func:`random_state` returned for the same transform."""
+    for generator, s in zip(_random_generators(transform), state["transforms"]):
+        generator.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
