@@ -76,15 +76,17 @@ class BatchAugment:
 
 
 def _random_generators(transform: Any) -> list[np.random.RandomState]:
-    """The numpy ``RandomState`` of every MONAI random transform inside ``transform``, depth first in attribute
-    order (a ``Compose``'s members, and the random parts a transform holds, e.g. ``RandAffined.rand_affine``)."""
-    from monai.transforms import Randomizable
+    """The numpy ``RandomState`` of every MONAI random transform in ``transform`` (itself included), depth first in
+    attribute order: a ``Compose``'s members, and the random parts a transform holds (``RandAffine``'s grid). A plain
+    ``Compose`` never draws from its own generator (only ``OneOf`` / ``RandomOrder`` do), so it is left out."""
+    from monai.transforms import Compose, OneOf, RandomOrder, Randomizable
 
-    out = []
+    own = isinstance(transform, Randomizable) and (not isinstance(transform, Compose)
+                                                   or isinstance(transform, (OneOf, RandomOrder)))
+    out = [transform.R] if own else []
     for value in vars(transform).values():
         for item in (value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(item, Randomizable):
-                out.append(item.R)
                 out += _random_generators(item)
     return out
 
