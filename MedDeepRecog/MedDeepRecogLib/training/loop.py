@@ -330,7 +330,9 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
     random_states = _RandomStates(train_loader, hooks.augment)
 
     history = History(monitor=cfg.monitor)
-    better = (lambda a, b: a > b) if HIGHER_IS_BETTER[cfg.monitor] else (lambda a, b: a < b)
+    # without validation the epochs are ranked by minus the training loss: higher is better whatever the monitor
+    higher = HIGHER_IS_BETTER[cfg.monitor] if validate is not None else True
+    better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
     since_best = 0
     start_epoch = 1
     ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
