@@ -154,6 +154,23 @@ def test_cancelled_finetune_resumed_equals_an_uninterrupted_one(data_dir, tmp_pa
         [e["train_loss"] for e in straight["epochs"]["history"]]
 
 
+def test_roi_augmentation_leaves_the_stored_crops_alone():
+    """Crops the affine leaves as they are come back as the stored array's memory; the intensity changes written
+    into them must not pile up in the training crops epoch after epoch."""
+    import torch
+
+    from MedDeepRecogLib.finetune.roi_task import AugmentedArrays
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((24, 1, 8, 8, 8)).astype(np.float32)
+    stored = x.copy()
+    data = AugmentedArrays(x, np.zeros(24, np.int64))
+    for _ in range(2):
+        for i in range(len(data)):
+            data[i]
+    np.testing.assert_array_equal(x, stored)
+
+
 def test_roi_classification_from_segments(data_dir, tmp_path):
     result = finetune(FinetuneConfig.from_dict(dict(
         task="classify", data=str(data_dir), base=None, arch="simple_cnn3d", arch_kwargs={"channels": [4, 8], "hidden": 8},

@@ -38,9 +38,9 @@ def separable(n: int = 96, size: int = 12, seed: int = 0) -> tuple[np.ndarray, n
 
 
 def fit_config(epochs: int, lr: float = 1e-3, schedule: ScheduleConfig | None = None, monitor: str = "auc",
-               seed: int = 0, **loop) -> FitConfig:
+               seed: int = 0, optimizer_name: str = "adamw", **loop) -> FitConfig:
     """The loop's config from the shared sections, as ``train`` builds it."""
-    return FitConfig(optimizer=OptimizerConfig(lr=lr), schedule=schedule or ScheduleConfig(),
+    return FitConfig(optimizer=OptimizerConfig(name=optimizer_name, lr=lr), schedule=schedule or ScheduleConfig(),
                      loop=LoopConfig(epochs=epochs, **loop), monitor=monitor, seed=seed)
 
 
@@ -114,6 +114,42 @@ def test_hooks_batch_transform_frozen_and_epoch_end():
     for k, v in model.features.conv1.state_dict().items():
         assert torch.equal(v, frozen_before[k]), k  # frozen weights and BN statistics unchanged
     assert not torch.equal(model.classifier.out.weight, build_model("simple_cnn2d", **KW).classifier.out.weight)
+
+
+def test_a_non_finite_loss_stops_before_any_optimiser_step():
+    """The loop checks the loss before the step: a diverged batch never moves the weights."""
+    from MedDeepRecogLib.training.loop import StepOutput, fit as fit_loop
+
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", **KW)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tl, _ = _loaders()
+
+    def nan_step(net, batch):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        return StepOutput(loss * float("nan"), len(y))
+
+    with pytest.raises(ConfigError, match="diverged"):
+        fit_loop(model, tl, nan_step, None, fit_config(2, lr=0.1, optimizer_name="sgd"))
+    for k, v in model.state_dict().items():
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):  # the forward pass ran
+            assert torch.equal(v, before[k]), k
+
+
+def test_training_imports_nothing_above_it():
+    """training/ is composed into by other parts (config blocks, hooks); it names none of them."""
+    import ast
+
+    import MedDeepRecogLib.training as training
+
+    for path in Path(training.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert (node.module or "").split(".")[0] not in ("robustness", "finetune", "commands"), path.name
+            if isinstance(node, (ast.ImportFrom, ast.Import)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any("robustness" in n or "finetune" in n for n in names), path.name
 
 
 def test_early_stopping_and_l1():

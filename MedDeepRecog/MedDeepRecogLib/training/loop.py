@@ -382,7 +382,7 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             with autocast(device, amp):
                 out = step(net, batch)
             if not torch.isfinite(out.loss.detach()):  # before the step: a diverged loss never moves the weights
-                raise ConfigError(f"training diverged (loss {float(out.loss)} at epoch {epoch}); lower the "
+                raise ConfigError(f"training diverged (loss {float(out.loss.detach())} at epoch {epoch}); lower the "
                                   "learning rate")
             optimizer_step(out.loss, optimizer, scaler, model.parameters(), cfg.loop.grad_clip)
             if ema is not None:
