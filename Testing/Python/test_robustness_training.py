@@ -129,3 +129,19 @@ def test_train_flags_apply_to_adversarial_configs_and_the_package_is_saved_once(
     assert saved == [dest, dest]
     second = load_package(dest / "blob-adv" / "1.0.1")
     assert second.meta["robustness"]["n"] == 32 and "--device cpu" in second.meta["provenance"]["command"]
+
+
+def test_robustness_train_config_command_still_reproduces(tmp_path, capsys):
+    """The adversarial model card's reproduce command (``meddeeprecog robustness --train-config``) runs the same
+    single training run."""
+    torch.set_num_threads(1)
+    npz = write_blob_npz(tmp_path / "blobs.npz", n=32, seed=2)
+    cfg = _config(tmp_path, npz, {"attack": "pgd", "eps": 0.05, "steps": 1, "bounds": [0, 1],
+                                  "evaluate": {"eps": [0.05], "steps": 2}})
+    dest = tmp_path / "catalog"
+    assert main(["robustness", "--train-config", str(cfg), "--out", str(tmp_path / "run"), "--package-dest",
+                 str(dest), "--epochs", "1", "--progress", "none"]) == 0
+    pkg = load_package(dest / "blob-adv" / "1.0.0")
+    assert pkg.meta["provenance"]["command"].startswith("meddeeprecog robustness --train-config")
+    assert pkg.meta["robustness"]["adversarial_training"]["attack"] == "pgd"
+    assert sorted(p.name for p in (dest / "blob-adv").iterdir()) == ["1.0.0"]
