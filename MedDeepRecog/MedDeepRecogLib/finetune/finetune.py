@@ -161,6 +161,7 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     history = json.dumps(result.summary(), indent=2)
     target = save_package(task.model, meta, cfg.dest, extra_files={"MODEL_CARD.md": card, "history.json": history})
     summary["package"] = str(target)
-    summary["id"], summary["version"] = meta["id"], json.loads((target / "model.json").read_text(encoding="utf-8"))["version"]
+    summary["id"] = meta["id"]
+    summary["version"] = json.loads((target / "model.json").read_text(encoding="utf-8"))["version"]
     write_result(work_dir, summary, len(result.epochs))
     return summary
