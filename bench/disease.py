@@ -11,10 +11,10 @@ Prints, on this machine, in one run:
    standardise, classify its slices, explain, check, resample the heatmap onto the scan, write. Target: <= 3 s.
    Anchor in the same run: a plain forward pass of the model over the same slice batch.
 3. **Training throughput** (images/s) on the model's own training images, same network and batch size:
-   our loop (``training.loop.fit``: tensors decoded once, batch augmentation, channels-last) vs a plain
-   MONAI-tutorial loop (``monai.data.Dataset`` with per-sample ``Compose`` of the same random transforms, a
-   ``DataLoader``, default memory layout), interleaved, median of the rounds; the ratio is the figure to read
-   (machines are noisy).
+   our loop (``training.classification.fit_classifier`` on ``training.loop.fit``: tensors decoded once, batch
+   augmentation, channels-last) vs a plain MONAI-tutorial loop (``monai.data.Dataset`` with per-sample
+   ``Compose`` of the same random transforms, a ``DataLoader``, default memory layout), interleaved, median of the
+   rounds; the ratio is the figure to read (machines are noisy).
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
     from MedDeepRecogLib.training.augment import BatchAugment, monai_transforms
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
     from MedDeepRecogLib.training.data import load_train_val
-    from MedDeepRecogLib.training.loop import FitConfig, Hooks, fit, make_loader
+    from MedDeepRecogLib.training.classification import fit_classifier, make_loader
+    from MedDeepRecogLib.training.loop import FitConfig, Hooks
+    from MedDeepRecogLib.training.sections import LoopConfig
 
     cfg = load_config(config)
     data = load_train_val(cfg, resolve_data_path(cfg))
@@ -129,8 +131,8 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
         loader = make_loader(x, y, bs, shuffle=True, seed=0)
         val = make_loader(x[:bs], y[:bs], bs, shuffle=False)
         t = time.perf_counter()
-        fit(model, loader, val, FitConfig(epochs=1, lr=1e-3, device="cpu"),
-            Hooks(augment=BatchAugment(cfg.augmentation, spatial_dims=2, seed=0)))
+        fit_classifier(model, loader, val, FitConfig(loop=LoopConfig(epochs=1, device="cpu")),
+                       hooks=Hooks(augment=BatchAugment(cfg.augmentation, spatial_dims=2, seed=0)))
         return len(x) / (time.perf_counter() - t)
 
     def plain() -> float:

@@ -149,7 +149,7 @@ def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: boo
     import torch
     from monai.losses import DiceCELoss
 
-    from MedDeepRecogLib.finetune.seg_models import monai_unet
+    from MedDeepRecogLib.models.segmentation import monai_unet
 
     torch.manual_seed(0)
     model = monai_unet(1, len(CLASSES) + 1).to(device)

@@ -788,8 +788,9 @@ def test_nan_image_in_an_image_folder_is_named(run_all, tmp_path):
 
 
 BROKEN_FINETUNE = {
-    "epochs_three": ("epochs: three\n", "epochs"),
-    "lr_fast": ("lr: fast\n", "lr"),
+    "epochs_three": ("training: {epochs: three}\n", "training/epochs"),
+    "lr_fast": ("optimizer: {lr: fast}\n", "optimizer/lr"),
+    "epochs_at_top": ("epochs: 3\n", "training/epochs"),
     "arch_kwargs_text": ("arch_kwargs: lots\n", "arch_kwargs"),
     "patch_size_word": ("patch_size: big\n", "patch_size"),
     "unknown_setting": ("epoch: 3\n", "epoch"),

@@ -94,14 +94,15 @@ def test_dicom_seg_needs_a_dicom_input_with_uids(dicom_series, shared_data, tmp_
 
 def test_classify_segments_writes_dicom_seg(dicom_series, shared_data, tmp_path, capsys):
     from finetune_helpers import synthetic_dataset
-    from MedDeepRecogLib.finetune.finetune import FinetuneConfig, finetune
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
+    from MedDeepRecogLib.finetune.finetune import finetune
 
     series, series_uid = dicom_series
-    result = finetune(FinetuneConfig(task="classify", data=str(synthetic_dataset(tmp_path / "train")), base=None,
-                                     arch="simple_cnn3d", arch_kwargs={"channels": [4, 8], "hidden": 8},
-                                     roi_size=[16, 16, 16], margin_mm=4.0, epochs=1, batch_size=4,
-                                     val_cases=["case2"], early_stopping=0, dest=str(tmp_path / "cat"), id="roi",
-                                     work_dir=str(tmp_path / "w")))
+    result = finetune(FinetuneConfig.from_dict(dict(
+        task="classify", data=str(synthetic_dataset(tmp_path / "train")), base=None, arch="simple_cnn3d",
+        arch_kwargs={"channels": [4, 8], "hidden": 8}, roi_size=[16, 16, 16], margin_mm=4.0,
+        training={"epochs": 1, "batch_size": 4, "early_stopping_patience": 0}, val_cases=["case2"],
+        dest=str(tmp_path / "cat"), id="roi", work_dir=str(tmp_path / "w"))))
     image = read_image(series)
     ts = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "totalsegmentator_examples"
                                                    / "example_seg_dicom.nii.gz")))

@@ -14,10 +14,10 @@ from MedDeepRecogLib.models import build_model, default_target_layer
 from MedDeepRecogLib.packages import load_package
 from MedDeepRecogLib.training.config import config_from_dict
 from MedDeepRecogLib.training.evaluate import evaluate_package
-from MedDeepRecogLib.training.loop import FitConfig, fit, make_loader
+from MedDeepRecogLib.training.classification import fit_classifier as fit, make_loader
 from MedDeepRecogLib.training.train import run_training
 
-from test_training import _config, npz, separable  # noqa: F401  (npz: fixture)
+from test_training import _config, fit_config, npz, separable  # noqa: F401  (npz: fixture)
 
 MEMBER = {"channels": [4, 8], "hidden": 8, "dropout": 0.0}
 
@@ -108,8 +108,8 @@ def test_train_builds_an_ensemble_whose_first_member_is_the_single_model(tmp_pat
 def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
     x, y = separable(64, seed=1)
     xv, yv = separable(32, seed=2)
-    cfg = FitConfig(epochs=30, lr=1e-9, monitor="loss", early_stopping_patience=2, seed=0,
-                    checkpoint_dir=str(tmp_path))
+    cfg = fit_config(30, lr=1e-9, monitor="loss", early_stopping_patience=2)
+    cfg.checkpoint_dir = str(tmp_path)
     torch.manual_seed(0)
     model = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
     first = fit(model, make_loader(x, y, 16, True), make_loader(xv, yv, 64, False), cfg)

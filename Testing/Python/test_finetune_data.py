@@ -143,15 +143,20 @@ def test_split_by_case_and_fingerprint(tmp_path):
 def test_config_file_and_command_line_override(tmp_path):
     from MedDeepRecogLib.cli import build_parser
     from MedDeepRecogLib.commands.finetune import build_config
-    from MedDeepRecogLib.finetune.finetune import FinetuneConfig
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
 
     cfg_file = tmp_path / "ft.yaml"
-    cfg_file.write_text("finetune:\n  task: segment\n  data: data\n  epochs: 7\n  class_map: {liver: liver}\n"
-                        "  patch_size: [32, 32, 32]\n")
+    cfg_file.write_text("finetune:\n  task: segment\n  data: data\n  class_map: {liver: liver}\n"
+                        "  patch_size: [32, 32, 32]\n  training: {epochs: 7, grad_clip: 2.0}\n"
+                        "  schedule: {warmup_epochs: 1}\n")
     args = build_parser().parse_args(["finetune", "--config", str(cfg_file), "--epochs", "3", "--freeze-encoder",
-                                      "--val-slab", "10:20", "--base", "none"])
+                                      "--val-slab", "10:20", "--base", "none", "--lr", "0.01"])
     cfg = build_config(args)
-    assert cfg.epochs == 3 and cfg.freeze_encoder and cfg.val_slab == [10, 20]
+    assert cfg.training.epochs == 3 and cfg.freeze_encoder and cfg.val_slab == [10, 20]
+    assert cfg.training.grad_clip == 2.0 and cfg.optimizer.lr == 0.01  # the file's and the option's, merged
+    # a section given in part keeps fine-tuning's defaults for the rest
+    assert cfg.schedule.name == "cosine" and cfg.schedule.warmup_epochs == 1
+    assert cfg.training.batch_size == 8 and cfg.training.early_stopping_patience == 10
     assert cfg.data == str(tmp_path / "data") and cfg.patch_size == [32, 32, 32]
     assert cfg.class_map == {"liver": "liver"} and cfg.command.startswith("meddeeprecog ")
     with pytest.raises(ConfigError, match="unknown fine-tuning setting.*epoch"):
@@ -160,8 +165,32 @@ def test_config_file_and_command_line_override(tmp_path):
         FinetuneConfig(task="detect", data="x").validate()
 
 
+def test_finetune_shares_the_train_sections_with_its_own_defaults(tmp_path):
+    """The schedule and gradient clip are settings (cosine and 5 by default), the epochs are validated once, with
+    one default; an old top-level setting says where it lives now."""
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
+    from MedDeepRecogLib.training.config import TrainingConfig
+    from MedDeepRecogLib.training.sections import LoopConfig, ScheduleConfig
+
+    cfg = FinetuneConfig.from_dict({"task": "segment", "data": "x"})
+    assert isinstance(cfg.training, LoopConfig) and isinstance(cfg.schedule, ScheduleConfig)
+    assert issubclass(TrainingConfig, LoopConfig)  # the train config's training section is the same type, extended
+    assert (cfg.schedule.name, cfg.training.grad_clip, cfg.training.epochs) == ("cosine", 5.0, 20)
+    cfg = FinetuneConfig.from_dict({"task": "segment", "data": "x", "schedule": {"name": "step"},
+                                    "training": {"grad_clip": None}})
+    assert cfg.schedule.name == "step" and cfg.training.grad_clip is None
+    for bad, needle in (({"training": {"epochs": 0}}, "training/epochs"),
+                        ({"training": {"epochs": "ten"}}, "training/epochs"),
+                        ({"schedule": {"name": "exp"}}, "schedule/name"),
+                        ({"optimizer": {"name": "lbfgs"}}, "optimizer/name"),
+                        ({"training": {"device": "tpu"}}, "training/device"),
+                        ({"epochs": 3}, "training/epochs")):
+        with pytest.raises(ConfigError, match=needle):
+            FinetuneConfig.from_dict({"task": "segment", "data": "x", **bad}, tmp_path / "ft.yaml")
+
+
 def test_remove_small_components_keeps_large_objects_per_class():
-    from MedDeepRecogLib.finetune.seg_training import remove_small_components
+    from MedDeepRecogLib.inference.segment import remove_small_components
 
     labels = np.zeros((20, 20, 20), np.uint8)
     labels[2:10, 2:10, 2:10] = 1          # 512 voxels
@@ -177,8 +206,7 @@ def test_remove_small_components_keeps_large_objects_per_class():
 def test_base_weights_load_where_shapes_match_and_head_restarts():
     import torch
 
-    from MedDeepRecogLib.finetune.seg_models import (encoder_module_paths, head_module_name,
-                                                     load_matching_weights)
+    from MedDeepRecogLib.models.transfer import encoder_module_paths, head_module_name, load_matching_weights
     from MedDeepRecogLib.models import build_model
 
     torch.manual_seed(0)

@@ -27,9 +27,9 @@ def _toy_problem():
 
 
 def _toy_training(ctx, checkpoint_dir=None):
-    from MedDeepRecogLib.finetune.distributed import make_sampler, per_rank_batch
-    from MedDeepRecogLib.finetune.loop import run_loop
-    from MedDeepRecogLib.training.loop import FitConfig
+    from MedDeepRecogLib.training.distributed import make_sampler, per_rank_batch
+    from MedDeepRecogLib.training.loop import FitConfig, StepOutput, fit
+    from MedDeepRecogLib.training.sections import LoopConfig, OptimizerConfig
 
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 2)
@@ -38,12 +38,13 @@ def _toy_training(ctx, checkpoint_dir=None):
     loader = torch.utils.data.DataLoader(data, batch_size=per_rank_batch(8, ctx), sampler=sampler,
                                          shuffle=sampler is None)
 
-    def loss_fn(m, batch, device):
+    def step(m, batch):
         xb, yb = batch
-        return torch.nn.functional.cross_entropy(m(xb), yb), len(xb)
+        return StepOutput(torch.nn.functional.cross_entropy(m(xb), yb), len(xb))
 
-    run_loop(model, loader, loss_fn, None, FitConfig(epochs=3, lr=0.1, weight_decay=0.0, optimizer="sgd"),
-             monitor="neg_loss", higher_is_better=True, ctx=ctx, sampler=sampler, checkpoint_dir=checkpoint_dir)
+    cfg = FitConfig(optimizer=OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.0), loop=LoopConfig(epochs=3),
+                    monitor="loss", checkpoint_dir=checkpoint_dir)
+    fit(model, loader, step, None, cfg, ctx=ctx)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -51,17 +52,19 @@ def _worker(rank: int, world: int, port: int, out: str, data_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), MEDDEEPRECOG_HOME=str(Path(out) / "home"))
     torch.set_num_threads(1)
-    from MedDeepRecogLib.finetune.distributed import init_distributed, shutdown
-    from MedDeepRecogLib.finetune.finetune import FinetuneConfig, finetune
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
+    from MedDeepRecogLib.finetune.finetune import finetune
+    from MedDeepRecogLib.training.distributed import init_distributed, shutdown
 
     ctx = init_distributed("cpu")
     state = _toy_training(ctx, checkpoint_dir=str(Path(out) / "toy_ckpt"))
     if rank == 0:
         torch.save(state, str(Path(out) / "ddp_state.pt"))
-    result = finetune(FinetuneConfig(task="segment", data=data_dir, base=None, id="ddp-seg", epochs=2,
-                                     val_cases=["case2"], patch_size=[16, 16, 16], patches_per_epoch=4, batch_size=2,
-                                     spacing_mm=[3.0, 3.0, 3.0], arch_kwargs=TINY_UNET, early_stopping=0,
-                                     dest=str(Path(out) / "cat"), work_dir=str(Path(out) / "work"), device="cpu"))
+    result = finetune(FinetuneConfig.from_dict(dict(
+        task="segment", data=data_dir, base=None, id="ddp-seg", val_cases=["case2"], patch_size=[16, 16, 16],
+        patches_per_epoch=4, spacing_mm=[3.0, 3.0, 3.0], arch_kwargs=TINY_UNET,
+        training={"epochs": 2, "batch_size": 2, "early_stopping_patience": 0, "device": "cpu"},
+        dest=str(Path(out) / "cat"), work_dir=str(Path(out) / "work"))))
     (Path(out) / f"result_rank{rank}.json").write_text(json.dumps({"package": result["package"],
                                                                     "metrics": result["metrics"]}))
     shutdown(ctx)
@@ -80,7 +83,7 @@ def test_two_process_gloo_matches_single_process_and_rank0_writes(tmp_path):
     data_dir = synthetic_dataset(tmp_path / "data", n=3)
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(data_dir)), nprocs=2, join=True)
 
-    from MedDeepRecogLib.finetune.distributed import DistContext
+    from MedDeepRecogLib.training.distributed import DistContext
 
     single = _toy_training(DistContext())
     ddp = torch.load(str(tmp_path / "ddp_state.pt"), weights_only=True)

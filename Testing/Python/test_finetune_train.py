@@ -14,12 +14,19 @@ import SimpleITK as sitk
 from finetune_helpers import TINY_UNET, synthetic_case, synthetic_dataset
 from MedDeepRecogLib.cli import main
 from MedDeepRecogLib.errors import MedDeepRecogError
-from MedDeepRecogLib.finetune.finetune import FinetuneConfig, finetune
+from MedDeepRecogLib.finetune.config import FinetuneConfig
+from MedDeepRecogLib.finetune.finetune import finetune
 from MedDeepRecogLib.io import read_segmentation
 from MedDeepRecogLib.packages import load_package
 
-SEG = dict(task="segment", patch_size=[16, 16, 16], patches_per_epoch=4, batch_size=2, arch_kwargs=TINY_UNET,
-           spacing_mm=[3.0, 3.0, 3.0], lr=3e-3, early_stopping=0)
+SEG = dict(task="segment", patch_size=[16, 16, 16], patches_per_epoch=4, arch_kwargs=TINY_UNET,
+           spacing_mm=[3.0, 3.0, 3.0], optimizer={"lr": 3e-3})
+
+
+def seg_config(epochs: int, **settings) -> FinetuneConfig:
+    """A small segmentation fine-tune: ``epochs`` of 2 patch batches, no early stopping."""
+    return FinetuneConfig.from_dict({**SEG, "training": {"epochs": epochs, "batch_size": 2,
+                                                          "early_stopping_patience": 0}, **settings})
 
 
 def _tree_hash(folder: Path) -> str:
@@ -37,8 +44,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
     cat = tmp_path / "catalog"
-    first = finetune(FinetuneConfig(data=str(data_dir), base=None, id="organs", epochs=2, val_cases=["case2"],
-                                    dest=str(cat), work_dir=str(tmp_path / "w1"), **SEG))
+    first = finetune(seg_config(2, data=str(data_dir), base=None, id="organs", val_cases=["case2"], dest=str(cat),
+                                work_dir=str(tmp_path / "w1")))
     pkg_dir = Path(first["package"])
     assert pkg_dir == cat / "organs" / "1.0.0"
     meta = json.loads((pkg_dir / "model.json").read_text(encoding="utf-8"))
@@ -51,8 +58,8 @@ def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
     assert "2 training case(s)" in card and "none (trained from scratch)" in card
     before = _tree_hash(pkg_dir)
 
-    second = finetune(FinetuneConfig(data=str(data_dir), base=str(pkg_dir), epochs=1, freeze_encoder=True,
-                                     val_cases=["case2"], dest=str(cat), work_dir=str(tmp_path / "w2"), **SEG))
+    second = finetune(seg_config(1, data=str(data_dir), base=str(pkg_dir), freeze_encoder=True, val_cases=["case2"],
+                                 dest=str(cat), work_dir=str(tmp_path / "w2")))
     assert Path(second["package"]) == cat / "organs" / "1.0.1"  # a new version of the same id
     meta2 = json.loads((Path(second["package"]) / "model.json").read_text(encoding="utf-8"))
     assert meta2["provenance"]["parent"]["id"] == "organs" and meta2["provenance"]["parent"]["version"] == "1.0.0"
@@ -83,31 +90,93 @@ def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
 def test_resume_and_cancel_keep_last_checkpoint(data_dir, tmp_path):
     work = tmp_path / "work"
     common = dict(data=str(data_dir), base=None, id="resumable", val_cases=["case2"], dest=str(tmp_path / "cat"),
-                  work_dir=str(work), **SEG)
+                  work_dir=str(work))
     calls = {"n": 0}
 
     def stop_in_epoch_two():  # polled before every batch; 2 batches per epoch
         calls["n"] += 1
         return calls["n"] > 2
 
-    cancelled = finetune(FinetuneConfig(epochs=3, **common), should_stop=stop_in_epoch_two)
+    cancelled = finetune(seg_config(3, **common), should_stop=stop_in_epoch_two)
     assert cancelled["cancelled"] and cancelled["package"] is None
     assert (work / "last.pt").exists() and not (tmp_path / "cat").exists()
-    resumed = finetune(FinetuneConfig(epochs=3, **common))
+    resumed = finetune(seg_config(3, **common))
     assert resumed["epochs"]["resumed_from"] == 1
     assert [e["epoch"] for e in resumed["epochs"]["history"]] == [1, 2, 3]
     assert Path(resumed["package"]).exists()
-    again = finetune(FinetuneConfig(epochs=3, **common))  # finished: same package, no new version
+    again = finetune(seg_config(3, **common))  # finished: same package, no new version
     assert again["package"] == resumed["package"]
     assert [p.name for p in (tmp_path / "cat" / "resumable").iterdir()] == ["1.0.0"]
 
 
+def test_rerun_with_more_epochs_continues_the_same_run(data_dir, tmp_path):
+    """The epochs are not part of the work folder's key: the same command with more epochs resumes the run."""
+    common = dict(data=str(data_dir), base=None, id="longer", val_cases=["case2"], dest=str(tmp_path / "cat"))
+    first = finetune(seg_config(1, **common))
+    more = finetune(seg_config(2, **common))
+    assert more["work_dir"] == first["work_dir"]  # the default folder, keyed by data, base and settings
+    assert more["epochs"]["resumed_from"] == 1
+    assert [e["epoch"] for e in more["epochs"]["history"]] == [1, 2]
+    assert [Path(r["package"]).name for r in (first, more)] == ["1.0.0", "1.0.1"]
+    other = finetune(seg_config(1, **{**common, "optimizer": {"lr": 1e-3}}))  # another setting: another run
+    assert other["work_dir"] != first["work_dir"] and other["epochs"]["resumed_from"] is None
+
+
+def _roi_run(data_dir: Path, tmp_path: Path, name: str, **hooks) -> dict:
+    return finetune(FinetuneConfig.from_dict(dict(
+        task="classify", data=str(data_dir), base=None, arch="simple_cnn3d", arch_kwargs={"channels": [4, 8], "hidden": 8},
+        roi_size=[16, 16, 16], margin_mm=4.0, samples_per_segment=3, negatives=1, val_cases=["case2"],
+        training={"epochs": 3, "batch_size": 4, "early_stopping_patience": 0, "ema_decay": 0.5},
+        dest=str(tmp_path / name), id="roi", work_dir=str(tmp_path / f"w_{name}"))), **hooks)
+
+
+def test_cancelled_finetune_resumed_equals_an_uninterrupted_one(data_dir, tmp_path):
+    """Resume restores the random states (torch, loader, the data set's augmentation) and the EMA weights, so
+    cancelling in epoch 2 and running the command again ends with the weights of an uninterrupted run."""
+    import torch
+
+    straight = _roi_run(data_dir, tmp_path, "straight")
+    seen = {"epoch": 0}
+
+    def progress(stage, fraction, **info):
+        if stage == "train":  # after every batch
+            seen["epoch"] = info["epoch"]
+
+    cancelled = _roi_run(data_dir, tmp_path, "resumed", progress=progress, should_stop=lambda: seen["epoch"] >= 2)
+    assert cancelled["cancelled"] and cancelled["epochs"]["epochs_run"] == 1
+    resumed = _roi_run(data_dir, tmp_path, "resumed")
+    assert resumed["epochs"]["resumed_from"] == 1
+    a = load_package(straight["package"]).build_model().state_dict()
+    b = load_package(resumed["package"]).build_model().state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [e["train_loss"] for e in resumed["epochs"]["history"]] == \
+        [e["train_loss"] for e in straight["epochs"]["history"]]
+
+
+def test_roi_augmentation_leaves_the_stored_crops_alone():
+    """Crops the affine leaves as they are come back as the stored array's memory; the intensity changes written
+    into them must not pile up in the training crops epoch after epoch."""
+    import torch
+
+    from MedDeepRecogLib.finetune.roi_task import AugmentedArrays
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((24, 1, 8, 8, 8)).astype(np.float32)
+    stored = x.copy()
+    data = AugmentedArrays(x, np.zeros(24, np.int64))
+    for _ in range(2):
+        for i in range(len(data)):
+            data[i]
+    np.testing.assert_array_equal(x, stored)
+
+
 def test_roi_classification_from_segments(data_dir, tmp_path):
-    result = finetune(FinetuneConfig(task="classify", data=str(data_dir), base=None, arch="simple_cnn3d",
-                                     arch_kwargs={"channels": [4, 8], "hidden": 8}, roi_size=[16, 16, 16],
-                                     margin_mm=4.0, mask_channel=True, samples_per_segment=3, negatives=1,
-                                     epochs=2, batch_size=4, val_cases=["case2"], early_stopping=0,
-                                     dest=str(tmp_path / "cat"), id="roi", work_dir=str(tmp_path / "w")))
+    result = finetune(FinetuneConfig.from_dict(dict(
+        task="classify", data=str(data_dir), base=None, arch="simple_cnn3d", arch_kwargs={"channels": [4, 8], "hidden": 8},
+        roi_size=[16, 16, 16], margin_mm=4.0, mask_channel=True, samples_per_segment=3, negatives=1,
+        training={"epochs": 2, "batch_size": 4, "early_stopping_patience": 0}, val_cases=["case2"],
+        dest=str(tmp_path / "cat"), id="roi", work_dir=str(tmp_path / "w"))))
     meta = json.loads((Path(result["package"]) / "model.json").read_text(encoding="utf-8"))
     assert meta["class_names"] == ["organ_a", "organ_b", "background"]
     assert meta["input"]["kind"] == "roi3d" and meta["input"]["channels"] == 2
@@ -118,7 +187,7 @@ def test_roi_classification_from_segments(data_dir, tmp_path):
     import torch
     assert model(torch.zeros(1, 2, 16, 16, 16)).shape == (1, 3)
 
-    from MedDeepRecogLib.finetune.roi_crops import classify_segments
+    from MedDeepRecogLib.inference.roi_classify import classify_segments
     per_segment = classify_segments(data_dir / "case2.nii.gz", data_dir / "case2.seg.nrrd", result["package"])
     assert [r["segment"] for r in per_segment] == ["organ_a", "organ_b"]
     for r in per_segment:
@@ -144,11 +213,13 @@ def test_one_class_only_and_unmapped_are_clear_errors(tmp_path):
     folder.mkdir()
     synthetic_case(folder, "a")
     with pytest.raises(MedDeepRecogError, match="at least two classes.*'A'"):
-        finetune(FinetuneConfig(task="classify", data=str(folder), class_map="organ_a=A", epochs=1,
-                                dest=str(tmp_path / "cat"), work_dir=str(tmp_path / "w")))
+        finetune(FinetuneConfig.from_dict(dict(task="classify", data=str(folder), class_map="organ_a=A",
+                                               training={"epochs": 1}, dest=str(tmp_path / "cat"),
+                                               work_dir=str(tmp_path / "w"))))
     with pytest.raises(MedDeepRecogError, match="no segment maps to a class"):
-        finetune(FinetuneConfig(task="segment", data=str(folder), class_map="spleen=S", epochs=1,
-                                dest=str(tmp_path / "cat"), work_dir=str(tmp_path / "w")))
+        finetune(FinetuneConfig.from_dict(dict(task="segment", data=str(folder), class_map="spleen=S",
+                                               training={"epochs": 1}, dest=str(tmp_path / "cat"),
+                                               work_dir=str(tmp_path / "w"))))
     assert not (tmp_path / "cat").exists()
 
 

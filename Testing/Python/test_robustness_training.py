@@ -1,4 +1,6 @@
-"""Adversarial training through the real training loop (``training.train.run_training`` + our hook), end to end."""
+"""Adversarial training through the real training loop (``training.train.run_training`` + our hook), end to end:
+the config's ``adversarial`` block is part of the one ``train`` run, so ``--device`` / ``--resume`` / ``--epochs``
+apply to it, and the package (with its robustness table) is saved once."""
 
 from __future__ import annotations
 
@@ -38,9 +40,9 @@ def test_adversarial_training_writes_package_with_robustness_table(tmp_path, cap
     calls = []
     orig = AdversarialTraining.batch_transform
 
-    def spy(self, model, x, y, info=None):
+    def spy(self, model, batch, info=None):
         calls.append(info)
-        return orig(self, model, x, y, info)
+        return orig(self, model, batch, info)
 
     AdversarialTraining.batch_transform = spy
     try:
@@ -81,8 +83,65 @@ def test_train_config_validates_adversarial_block_when_loaded(tmp_path):
 
     npz = write_blob_npz(tmp_path / "b.npz", n=16)
     good = load_config(_config(tmp_path, npz, {"attack": "pgd", "eps": 0.03, "steps": 2}))
-    assert good.adversarial == {"attack": "pgd", "eps": 0.03, "steps": 2}
+    assert good.blocks["adversarial"] == {"attack": "pgd", "eps": 0.03, "steps": 2}
+    assert good.to_dict()["adversarial"] == {"attack": "pgd", "eps": 0.03, "steps": 2}  # provenance as written
     bad = _config(tmp_path, npz, {"attack": "pgd", "eps": 0.03, "stpes": 2})
     with pytest.raises(ConfigError, match="stpes") as info:
         load_config(bad)
     assert info.value.path == bad
+
+
+def test_train_flags_apply_to_adversarial_configs_and_the_package_is_saved_once(tmp_path, monkeypatch, capsys):
+    """``meddeeprecog train --device/--resume`` on a config with an ``adversarial`` block: the flags are honoured
+    (the block no longer sends the run through a second reading of the file) and each run saves one package."""
+    import MedDeepRecogLib.packages as packages
+
+    torch.set_num_threads(1)
+    npz = write_blob_npz(tmp_path / "blobs.npz", n=32, seed=2)
+    cfg_path = _config(tmp_path, npz, {"attack": "fgsm_rs", "eps": 0.05, "bounds": [0, 1],
+                                       "evaluate": {"eps": [0.05], "steps": 2}})
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    del cfg["version"]
+    cfg["training"]["device"] = "cuda"  # the config asks for a GPU ...
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    saved = []
+    real_save = packages.save_package
+
+    def counting_save(*args, **kwargs):
+        saved.append(kwargs.get("dest", args[2] if len(args) > 2 else None))
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(packages, "save_package", counting_save)
+    run, dest = tmp_path / "run", tmp_path / "catalog"
+    common = [str(cfg_path), "--out", str(run), "--package-dest", str(dest), "--progress", "none"]
+    if not torch.cuda.is_available():  # ... which this machine lacks: the flag must decide, in either direction
+        assert main(["train", *common, "--device", "cuda"]) == 2
+        assert "cuda" in capsys.readouterr().err and not dest.exists()
+    assert main(["train", *common, "--device", "cpu", "--epochs", "1"]) == 0  # --device cpu wins over the config
+    assert saved == [dest]  # saved once, straight into the catalog (no temporary catalog and second save)
+    first = load_package(dest / "blob-adv" / "1.0.0")
+    assert first.meta["robustness"]["eps"] == [0.05]
+    assert json.loads((run / "history.json").read_text(encoding="utf-8"))["resumed_from"] is None
+
+    assert main(["train", *common, "--device", "cpu", "--epochs", "2", "--resume"]) == 0
+    history = json.loads((run / "history.json").read_text(encoding="utf-8"))
+    assert history["resumed_from"] == 1 and [e["epoch"] for e in history["epochs"]] == [1, 2]
+    assert saved == [dest, dest]
+    second = load_package(dest / "blob-adv" / "1.0.1")
+    assert second.meta["robustness"]["n"] == 32 and "--device cpu" in second.meta["provenance"]["command"]
+
+
+def test_robustness_train_config_command_still_reproduces(tmp_path, capsys):
+    """The adversarial model card's reproduce command (``meddeeprecog robustness --train-config``) runs the same
+    single training run."""
+    torch.set_num_threads(1)
+    npz = write_blob_npz(tmp_path / "blobs.npz", n=32, seed=2)
+    cfg = _config(tmp_path, npz, {"attack": "pgd", "eps": 0.05, "steps": 1, "bounds": [0, 1],
+                                  "evaluate": {"eps": [0.05], "steps": 2}})
+    dest = tmp_path / "catalog"
+    assert main(["robustness", "--train-config", str(cfg), "--out", str(tmp_path / "run"), "--package-dest",
+                 str(dest), "--epochs", "1", "--progress", "none"]) == 0
+    pkg = load_package(dest / "blob-adv" / "1.0.0")
+    assert pkg.meta["provenance"]["command"].startswith("meddeeprecog robustness --train-config")
+    assert pkg.meta["robustness"]["adversarial_training"]["attack"] == "pgd"
+    assert sorted(p.name for p in (dest / "blob-adv").iterdir()) == ["1.0.0"]

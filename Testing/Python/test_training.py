@@ -16,7 +16,9 @@ from MedDeepRecogLib.packages import load_package
 from MedDeepRecogLib.training.augment import BatchAugment
 from MedDeepRecogLib.training.config import config_from_dict, load_config
 from MedDeepRecogLib.training.data import tail_per_class_split
-from MedDeepRecogLib.training.loop import FitConfig, Hooks, fit, make_loader
+from MedDeepRecogLib.training.classification import fit_classifier as fit, make_loader
+from MedDeepRecogLib.training.loop import FitConfig, Hooks
+from MedDeepRecogLib.training.sections import LoopConfig, OptimizerConfig, ScheduleConfig
 
 KW = {"in_channels": 1, "num_classes": 2, "channels": [4, 8], "hidden": 8, "dropout": 0.0}
 
@@ -35,6 +37,13 @@ def separable(n: int = 96, size: int = 12, seed: int = 0) -> tuple[np.ndarray, n
     return x, y.astype(np.int64)
 
 
+def fit_config(epochs: int, lr: float = 1e-3, schedule: ScheduleConfig | None = None, monitor: str = "auc",
+               seed: int = 0, optimizer_name: str = "adamw", **loop) -> FitConfig:
+    """The loop's config from the shared sections, as ``train`` builds it."""
+    return FitConfig(optimizer=OptimizerConfig(name=optimizer_name, lr=lr), schedule=schedule or ScheduleConfig(),
+                     loop=LoopConfig(epochs=epochs, **loop), monitor=monitor, seed=seed)
+
+
 def _loaders(seed=0):
     x, y = separable(96, seed=seed)
     xv, yv = separable(40, seed=seed + 100)
@@ -45,7 +54,7 @@ def test_fit_learns_a_separable_task():
     torch.manual_seed(0)
     model = build_model("simple_cnn2d", **KW)
     tl, vl = _loaders()
-    hist = fit(model, tl, vl, FitConfig(epochs=6, lr=3e-3, monitor="accuracy", seed=0))
+    hist = fit(model, tl, vl, fit_config(6, lr=3e-3, monitor="accuracy"))
     acc = [r["val_accuracy"] for r in hist.epochs]
     assert len(acc) == 6
     assert max(acc) >= 0.95 and max(acc) > acc[0]
@@ -57,11 +66,11 @@ def _fit_run(tmp, epochs, resume=False, should_stop=None):
     torch.manual_seed(0)
     model = build_model("simple_cnn2d", **KW)
     tl, vl = _loaders()
-    cfg = FitConfig(epochs=epochs, lr=3e-3, schedule="step", step_size=2, gamma=0.5, seed=0,
-                    checkpoint_dir=str(tmp), resume=resume, restore_best=False, ema_decay=0.9)
+    cfg = fit_config(epochs, lr=3e-3, schedule=ScheduleConfig(name="step", step_size=2, gamma=0.5), ema_decay=0.9)
+    cfg.checkpoint_dir, cfg.resume, cfg.restore_best = str(tmp), resume, False
     hooks = Hooks(augment=BatchAugment({"flip": {"prob": 0.5, "axes": [0, 1]}}, spatial_dims=2, seed=0),
                   should_stop=should_stop)
-    return model, fit(model, tl, vl, cfg, hooks)
+    return model, fit(model, tl, vl, cfg, hooks=hooks)
 
 
 def test_cancel_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -89,7 +98,8 @@ def test_hooks_batch_transform_frozen_and_epoch_end():
     frozen_before = {k: v.clone() for k, v in model.features.conv1.state_dict().items()}
     seen = []
 
-    def flip_sign(m, x, y, info):  # an input transform before the loss, as adversarial training does
+    def flip_sign(m, batch, info):  # an input transform before the loss, as adversarial training does
+        x, y = batch
         assert m.training and x.device == info["device"]
         seen.append(info["step"])
         return -x, y
@@ -98,7 +108,7 @@ def test_hooks_batch_transform_frozen_and_epoch_end():
     hooks = Hooks(batch_transform=flip_sign, frozen=["features.conv1"],
                   on_epoch_end=lambda rec, m: stops.append(rec["epoch"]) or rec["epoch"] >= 2)
     tl, vl = _loaders()
-    hist = fit(model, tl, vl, FitConfig(epochs=5, seed=0), hooks)
+    hist = fit(model, tl, vl, fit_config(5), hooks=hooks)
     assert hist.stopped == "hook" and stops == [1, 2]
     assert len(seen) == 2 * len(tl)
     for k, v in model.features.conv1.state_dict().items():
@@ -106,11 +116,47 @@ def test_hooks_batch_transform_frozen_and_epoch_end():
     assert not torch.equal(model.classifier.out.weight, build_model("simple_cnn2d", **KW).classifier.out.weight)
 
 
+def test_a_non_finite_loss_stops_before_any_optimiser_step():
+    """The loop checks the loss before the step: a diverged batch never moves the weights."""
+    from MedDeepRecogLib.training.loop import StepOutput, fit as fit_loop
+
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", **KW)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tl, _ = _loaders()
+
+    def nan_step(net, batch):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        return StepOutput(loss * float("nan"), len(y))
+
+    with pytest.raises(ConfigError, match="diverged"):
+        fit_loop(model, tl, nan_step, None, fit_config(2, lr=0.1, optimizer_name="sgd"))
+    for k, v in model.state_dict().items():
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):  # the forward pass ran
+            assert torch.equal(v, before[k]), k
+
+
+def test_training_imports_nothing_above_it():
+    """training/ is composed into by other parts (config blocks, hooks); it names none of them."""
+    import ast
+
+    import MedDeepRecogLib.training as training
+
+    for path in Path(training.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert (node.module or "").split(".")[0] not in ("robustness", "finetune", "commands"), path.name
+            if isinstance(node, (ast.ImportFrom, ast.Import)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any("robustness" in n or "finetune" in n for n in names), path.name
+
+
 def test_early_stopping_and_l1():
     torch.manual_seed(0)
     model = build_model("simple_cnn2d", **KW)
     tl, vl = _loaders()
-    hist = fit(model, tl, vl, FitConfig(epochs=30, lr=1e-9, l1=1e-4, monitor="loss", early_stopping_patience=2))
+    hist = fit(model, tl, vl, fit_config(30, lr=1e-9, monitor="loss", early_stopping_patience=2), l1=1e-4)
     assert hist.stopped == "early_stopping" and len(hist.epochs) < 30
 
 

@@ -63,10 +63,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="architecture when training from scratch (default monai_unet / simple_cnn3d)")
     p.add_argument("--arch-kwargs", help="JSON object of architecture keyword arguments")
     p.add_argument("--freeze-encoder", action="store_true", default=None, help="train only the decoder / head")
-    p.add_argument("--epochs", type=int, help="training epochs (default 20; early stopping may end sooner)")
-    p.add_argument("--batch-size", type=int, help="global batch size (split over DDP processes)")
-    p.add_argument("--lr", type=float, help="learning rate of the AdamW optimiser (default 1e-3)")
-    p.add_argument("--early-stopping", type=int, help="stop after N epochs without improvement (0: off)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 20; early stopping may end sooner; a "
+                   "finished or cancelled run re-run with more epochs continues): training/epochs")
+    p.add_argument("--batch-size", type=int, help="global batch size (split over DDP processes; default 8): "
+                   "training/batch_size")
+    p.add_argument("--lr", type=float, help="learning rate of the optimiser (AdamW unless the config's optimizer "
+                   "section says otherwise; default 1e-3): optimizer/lr")
+    p.add_argument("--early-stopping", type=int, help="stop after N epochs without improvement (default 10; 0: "
+                   "off): training/early_stopping_patience")
     p.add_argument("--val-cases", help="comma-separated case ids for validation")
     p.add_argument("--val-fraction", type=float, help="share of cases held out (default 0.25)")
     p.add_argument("--val-slab", help="START:STOP slices (training grid) of a one-case data set held out")
@@ -86,7 +90,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--seed", type=int, help="random seed of the split, sampling and initialisation (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="where the network trains: auto (a CUDA GPU when torch sees one), cpu or cuda")
+                   help="where the network trains: auto (a CUDA GPU when torch sees one), cpu or cuda: "
+                        "training/device")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
     p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
@@ -95,19 +100,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def build_config(args: argparse.Namespace):
     """A :class:`FinetuneConfig` from the config file (if any) overridden by the command-line options."""
     from ..errors import ConfigError
-    from ..finetune.finetune import FinetuneConfig, load_config_file
+    from ..finetune.config import FinetuneConfig, load_config_file
 
     raw = load_config_file(args.config) if args.config else {}
     options = {
         "base": args.base, "data": args.data, "task": args.task, "class_map": args.class_map,
         "label_source": args.label_source, "arch": args.arch, "freeze_encoder": args.freeze_encoder,
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "early_stopping": args.early_stopping,
         "val_fraction": args.val_fraction, "spacing_mm": args.spacing, "patch_size": args.patch_size,
         "patches_per_epoch": args.patches_per_epoch, "roi_size": args.roi_size, "margin_mm": args.margin_mm,
         "roi_size_mm": args.roi_size_mm, "mask_channel": args.mask_channel, "negatives": args.negatives,
         "id": args.id, "version": args.version, "dest": args.dest, "work_dir": args.work_dir, "seed": args.seed,
-        "device": args.device, "image": args.image, "label_table": args.label_table,
+        "image": args.image, "label_table": args.label_table,
     }
+    sections = {"optimizer": {"lr": args.lr},
+                "training": {"epochs": args.epochs, "batch_size": args.batch_size,
+                             "early_stopping_patience": args.early_stopping, "device": args.device}}
     if args.arch_kwargs:
         try:
             options["arch_kwargs"] = json.loads(args.arch_kwargs)
@@ -122,6 +129,10 @@ def build_config(args: argparse.Namespace):
             raise ConfigError(f"--val-slab must read START:STOP, got {args.val_slab!r}") from None
         options["val_slab"] = [start, stop]
     raw.update({k: v for k, v in options.items() if v is not None})
+    for name, values in sections.items():  # an option replaces that one setting of the file's section
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            raw[name] = {**(raw[name] if isinstance(raw.get(name), dict) else {}), **given}
     if args.restart:
         raw["resume"] = False
     raw["command"] = "meddeeprecog " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -158,7 +169,7 @@ def check_options(args: argparse.Namespace, task: str) -> None:
             raise ConfigError("--image pairs one scan with one segmentation: --data must be that segmentation or "
                               "label map file, not a folder", args.data)
     if args.label_table:
-        from ..finetune.segment_data import read_label_table
+        from ..inference.roi_classify import read_label_table
 
         if not read_label_table(args.label_table):
             raise ConfigError("label table is empty", args.label_table)

@@ -28,16 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..devices import resolve_device
     from ..errors import InputImageError
-    from ..finetune.sliding_window import segment_file
+    from ..inference.segment import segment_file
     from ..progress import Progress
 
     if not args.out.lower().endswith((".seg.nrrd", ".dcm")):
         raise InputImageError("the output must be a .seg.nrrd file, or .dcm (DICOM Segmentation) for a DICOM "
                               "input", args.out)
-    import torch
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = str(resolve_device(args.device))
     progress = Progress(args.progress)
     result = segment_file(args.input, args.model, args.out, device=device, progress=progress)
     if args.progress == "json":

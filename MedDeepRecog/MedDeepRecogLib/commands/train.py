@@ -1,7 +1,9 @@
 """``meddeeprecog train CONFIG [--out DIR] [--resume] [--package-dest DIR] [--progress json|bar|none]``.
 
 Trains the network a JSON/YAML config describes (see ``training/config.py``) and writes a new model package
-version, ``metrics.json``, ``history.json`` and ``training_curve.png``.
+version, ``metrics.json``, ``history.json`` and ``training_curve.png``. Config blocks that other parts own (an
+``adversarial:`` block: adversarial training, ``robustness/training.py``) are part of the same run, so ``--device``,
+``--epochs`` and ``--resume`` apply to them too.
 """
 
 from __future__ import annotations
@@ -43,27 +45,18 @@ def _command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .. import robustness  # noqa: F401  (registers the training-config blocks it owns: adversarial)
     from ..progress import Progress
     from ..training.config import load_config
     from ..training.train import run_training
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
-    if args.epochs:
-        cfg.training.epochs = args.epochs
-    if args.device:
-        cfg.training.device = args.device
+    cfg = load_config(args.config, {"training": {"epochs": args.epochs, "device": args.device}})
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports (and writes)
     progress = Progress(args.progress if rank0 else "none")
-    if cfg.adversarial and cfg.adversarial.get("enabled", True):
-        # adversarial training also measures clean vs robust metrics into the package's card
-        from ..robustness.training import run_adversarial_training
-        result = run_adversarial_training(args.config, out=args.out, package_dest=args.package_dest,
-                                          epochs=args.epochs, progress=progress, command=_command_line(args))
-    else:
-        result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest,
-                              progress=progress, command=_command_line(args))
+    result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest,
+                          progress=progress, command=_command_line(args))
     if not rank0:
         return 0
     if args.progress == "json":

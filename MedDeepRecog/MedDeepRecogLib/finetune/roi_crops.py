@@ -1,55 +1,26 @@
-"""ROI classification samples: one fixed-size crop around each labelled segment, negatives away from all segments.
+"""ROI classification training samples: crops around labelled segments (several per segment, jittered) and
+negatives away from all segments.
 
-A crop is a small grid of ``size_vox`` voxels (Z, Y, X) laid along the scan's axes and centred on the segment's
-centre of mass. Its physical extent is either fixed (``size_mm``) or the segment's bounding box plus ``margin_mm`` on
-each side (made cubic so shapes are not distorted). Intensities are normalised before cropping (see
-:func:`..segment_data.normalize_intensity`); the segment's own mask can be added as a second channel.
+One crop is made as at inference (:mod:`..inference.roi_classify`: :class:`~..inference.roi_classify.RoiSpec`,
+the same normalisation, geometry and mask channel); here a segment also gets extra crops whose centres move by up
+to ``jitter_mm``, and a case gets background crops centred away from every labelled voxel.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import MedDeepRecogError
-from .segment_data import CaseData, normalize_intensity
+from ..inference.roi_classify import RoiSpec, crop_cube, normalized_scan, roi_crop, segment_roi
+from .segment_data import CaseData
 
-
-@dataclass(frozen=True)
-class RoiSpec:
-    """How a crop is taken (stored in the model package as ``input.roi``, so inference crops the same way).
-
-    Attributes:
-        size_vox: output shape ``(Z, Y, X)``.
-        margin_mm: margin around the segment's bounding box (used when ``size_mm`` is ``None``).
-        size_mm: fixed physical edge length of the crop (mm), or ``None`` for box + margin.
-        mask_channel: add the segment's mask as channel 2.
-        normalize: intensity normalisation spec (see ``normalize_intensity``).
-    """
-
-    size_vox: tuple[int, int, int] = (32, 32, 32)
-    margin_mm: float = 10.0
-    size_mm: float | None = None
-    mask_channel: bool = False
-    normalize: dict[str, Any] | None = None
-
-    @property
-    def channels(self) -> int:
-        return 2 if self.mask_channel else 1
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["size_vox"] = list(self.size_vox)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "RoiSpec":
-        data = dict(data)
-        data["size_vox"] = tuple(int(s) for s in data.get("size_vox", (32, 32, 32)))
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+# Temporary: ROI-classifier inference moved to inference/roi_classify.py; commands/classify.py still imports it from
+# here until it is switched to ..inference.roi_classify.
+from ..inference.roi_classify import classify_segments  # noqa: E402,F401
 
 
 @dataclass
@@ -61,31 +32,6 @@ class RoiSample:
     class_name: str
     array: np.ndarray
     center_mm: tuple[float, float, float]
-
-
-def _crop(volume: sitk.Image, center_mm: Sequence[float], edge_mm: float, size_vox: Sequence[int],
-          interpolator: int) -> np.ndarray:
-    """Resample ``volume`` onto a cube of ``edge_mm`` centred at ``center_mm`` along the scan's axes.
-
-    Returns a ``(Z, Y, X)`` float32 array of shape ``size_vox``.
-    """
-    size_xyz = [int(s) for s in reversed(tuple(size_vox))]
-    spacing = [edge_mm / s for s in size_xyz]
-    direction = np.array(volume.GetDirection()).reshape(3, 3)
-    half = np.array([(n - 1) * sp / 2 for n, sp in zip(size_xyz, spacing)])
-    origin = np.asarray(center_mm, dtype=float) - direction @ half
-    out = sitk.Resample(volume, size_xyz, sitk.Transform(), interpolator, [float(o) for o in origin], spacing,
-                        volume.GetDirection(), 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
-
-
-def _segment_geometry(item: CaseData, mask: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre of mass (LPS mm) and largest physical bounding-box edge (mm) of a ``(Z, Y, X)`` mask."""
-    idx = np.argwhere(mask)
-    center_zyx = idx.mean(axis=0)
-    center = item.image.TransformContinuousIndexToPhysicalPoint([float(c) for c in center_zyx[::-1]])
-    extent_xyz = (idx.max(axis=0) - idx.min(axis=0) + 1)[::-1] * np.array(item.image.GetSpacing())
-    return np.array(center), float(extent_xyz.max())
 
 
 def segment_crops(item: CaseData, classes: Sequence[str], spec: RoiSpec, *, samples_per_segment: int = 1,
@@ -102,28 +48,18 @@ def segment_crops(item: CaseData, classes: Sequence[str], spec: RoiSpec, *, samp
         Samples in segment order, then negatives. A case with no eligible segment gives only negatives.
     """
     rng = np.random.default_rng(seed)
-    normalized = sitk.GetImageFromArray(normalize_intensity(sitk.GetArrayViewFromImage(item.image), item.modality,
-                                                            spec.normalize))
-    normalized.CopyInformation(item.image)
+    normalized = normalized_scan(item.image, item.modality, spec)
     samples: list[RoiSample] = []
     edges = []
     for index, seg in enumerate(item.segments, start=1):
         if seg.class_name not in classes or seg.voxels == 0:
             continue
-        mask = item.segment_map == index
-        center, extent = _segment_geometry(item, mask)
-        edge = spec.size_mm if spec.size_mm else extent + 2 * spec.margin_mm
+        center, edge, mask_image = segment_roi(item.image, item.segment_map == index, spec)
         edges.append(edge)
-        mask_image = None
-        if spec.mask_channel:
-            mask_image = sitk.GetImageFromArray(mask.astype(np.float32))
-            mask_image.CopyInformation(item.image)
         for k in range(samples_per_segment):
             c = center + (rng.uniform(-jitter_mm, jitter_mm, 3) if k and jitter_mm else 0.0)
-            channels = [_crop(normalized, c, edge, spec.size_vox, sitk.sitkLinear)]
-            if mask_image is not None:
-                channels.append(_crop(mask_image, c, edge, spec.size_vox, sitk.sitkLinear))
-            samples.append(RoiSample(item.case.case_id, seg.name, seg.class_name, np.stack(channels), tuple(c)))
+            samples.append(RoiSample(item.case.case_id, seg.name, seg.class_name,
+                                     roi_crop(normalized, mask_image, c, edge, spec), tuple(c)))
     if negatives:
         samples.extend(negative_crops(item, spec, negatives, edge_mm=float(np.median(edges)) if edges else
                                       (spec.size_mm or 40.0), negative_class=negative_class,
@@ -158,7 +94,7 @@ def negative_crops(item: CaseData, spec: RoiSpec, count: int, *, edge_mm: float,
     out = []
     for zyx in picks:
         center = np.array(item.image.TransformIndexToPhysicalPoint([int(i) for i in zyx[::-1]]))
-        channels = [_crop(normalized, center, edge_mm, spec.size_vox, sitk.sitkLinear)]
+        channels = [crop_cube(normalized, center, edge_mm, spec.size_vox, sitk.sitkLinear)]
         if spec.mask_channel:
             channels.append(zero_mask)
         out.append(RoiSample(item.case.case_id, None, negative_class, np.stack(channels), tuple(center)))
@@ -172,45 +108,3 @@ def crops_to_arrays(samples: Sequence[RoiSample], classes: Sequence[str]) -> tup
     x = np.stack([s.array for s in samples]).astype(np.float32)
     y = np.array([list(classes).index(s.class_name) for s in samples], dtype=np.int64)
     return x, y
-
-
-def classify_segments(image_path: Any, segmentation_path: Any, package: Any, *, device: str = "cpu",
-                      label_table: str | None = None) -> list[dict[str, Any]]:
-    """Apply an ROI classification package (``input.kind == "roi3d"``) to every segment of a segmentation.
-
-    Crops are taken exactly as in training (``input.roi``: size, margin or fixed mm, mask channel, normalisation).
-
-    Returns:
-        One ``{"segment", "label", "probabilities": {class: p}, "center_mm"}`` per non-empty segment.
-
-    Raises:
-        ModelPackageError: the package is not an ROI classifier.
-    """
-    import torch
-
-    from ..errors import ModelPackageError
-    from ..packages import load_package
-    from .manifest import Case, parse_class_map
-    from .segment_data import load_case
-
-    pkg = load_package(package) if not hasattr(package, "meta") else package
-    spec_json = pkg.input_spec
-    if spec_json.get("kind") != "roi3d" or "roi" not in spec_json:
-        raise ModelPackageError(f"model {pkg.id}@{pkg.version} is not an ROI classifier (input.kind "
-                                f"{spec_json.get('kind')!r})", pkg.path)
-    spec = RoiSpec.from_json(spec_json["roi"])
-    from pathlib import Path
-
-    item = load_case(Case("input", Path(image_path), Path(segmentation_path), label_table=label_table),
-                     parse_class_map(None))
-    samples = segment_crops(item, [s.name for s in item.segments], spec)
-    if not samples:
-        return []
-    model = pkg.build_model(device)
-    with torch.no_grad():
-        x = torch.from_numpy(np.stack([s.array for s in samples])).to(device)
-        probs = torch.softmax(model(x).float(), 1).cpu().numpy()
-    names = pkg.class_names
-    return [{"segment": s.segment, "label": names[int(p.argmax())],
-             "probabilities": {n: round(float(v), 4) for n, v in zip(names, p)},
-             "center_mm": [round(float(c), 2) for c in s.center_mm]} for s, p in zip(samples, probs)]

@@ -1,5 +1,6 @@
 """Segmentation training data and evaluation: volumes cached once at the training spacing, patch sampling with
-MONAI augmentation, validation by sliding window with Dice and HD95 (mm).
+MONAI augmentation, validation by sliding window with Dice and HD95 (mm), predicted as at inference
+(:mod:`..inference.segment`: the same normalisation, resampling, sliding window and speck removal).
 
 Speed comes from doing the expensive work once: every case is read, resampled to ``spacing_mm`` and normalised
 when the data set is built, and foreground/background voxel indices for ``RandCropByPosNegLabeld`` are computed
@@ -19,7 +20,9 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import ConfigError, MedDeepRecogError
-from .segment_data import CaseData, normalize_intensity, resample_to_spacing
+from ..training.augment import random_state, set_random_state
+from ..inference.segment import normalize_intensity, remove_small_components, resample_to_spacing, sliding_window_logits
+from .segment_data import CaseData
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +115,11 @@ class CachedPatchDataset(torch.utils.data.Dataset):
 
     Padding to ``patch_size`` and foreground/background indices are done once here, not per step (``SpatialPadd``
     on a whole cached volume cost more than all the augmentation of a patch). Items: ``{"image": (1, *patch),
-    "label": (1, *patch)}``.
+    "label": (1, *patch)}``. The augmentation draws from ``seed``.
     """
 
     def __init__(self, volumes: Sequence[SegVolume], patch_size: Sequence[int], num_classes: int, length: int,
-                 strong_augmentation: bool = True):
+                 strong_augmentation: bool = True, seed: int = 0):
         from monai.transforms import FgBgToIndicesd, SpatialPadd
 
         if not volumes:
@@ -132,7 +135,9 @@ class CachedPatchDataset(torch.utils.data.Dataset):
             self.items.append({"image": item["image"], "label": item["label"],
                                "image_fg_indices": item["label_fg_indices"],
                                "image_bg_indices": item["label_bg_indices"]})
+        # seeded: MONAI's unseeded random transforms draw from OS entropy, and a run must be reproducible
         self.transform = train_transforms(patch_size, num_classes, strong=strong_augmentation, pad=False)
+        self.transform.set_random_state(seed=seed)
         self.length = int(length)
 
     def __len__(self) -> int:
@@ -144,40 +149,13 @@ class CachedPatchDataset(torch.utils.data.Dataset):
         out = out[0] if isinstance(out, list) else out
         return {"image": out["image"], "label": out["label"]}
 
+    def get_state(self) -> dict:
+        """The augmentation's random state (the training loop checkpoints it, so a resumed run draws the same
+        patches and augmentations as an uninterrupted one)."""
+        return random_state(self.transform)
 
-def sliding_window_logits(model: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int], *,
-                          overlap: float = 0.25, sw_batch_size: int = 4, amp: bool = False) -> torch.Tensor:
-    """Logits ``(1, K, Z, Y, X)`` for one volume ``(1, 1, Z, Y, X)`` by ``monai.inferers.sliding_window_inference``
-    (Gaussian blending); volumes smaller than a patch are padded and cropped back by MONAI."""
-    from monai.inferers import sliding_window_inference
-
-    with torch.no_grad(), torch.autocast(image.device.type, enabled=amp and image.device.type == "cuda"):
-        return sliding_window_inference(image, tuple(patch_size), sw_batch_size, model, overlap=overlap,
-                                        mode="gaussian").float()
-
-
-def remove_small_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
-    """Drop, per class, connected components smaller than ``min_fraction`` of that class's largest one.
-
-    Organs are one or two large objects (kidneys: two); a network trained on a few scans also fires in small
-    scattered spots, which HD95 punishes and users must erase by hand. Uses SimpleITK's 26-connected
-    ``ConnectedComponent`` + ``RelabelComponent``. ``min_fraction <= 0`` returns ``labels`` unchanged.
-    """
-    if min_fraction <= 0:
-        return labels
-    out = labels.copy()
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        mask = sitk.GetImageFromArray((labels == value).astype(np.uint8))
-        components = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True))  # 1 = largest
-        comp = sitk.GetArrayViewFromImage(components)
-        sizes = np.bincount(comp.ravel())
-        if len(sizes) <= 2:
-            continue
-        small = np.nonzero(sizes[1:] < min_fraction * sizes[1])[0] + 1
-        out[np.isin(comp, small)] = 0
-    return out
+    def set_state(self, state: dict) -> None:
+        set_random_state(self.transform, state)
 
 
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, classes: Sequence[str],

@@ -1,8 +1,9 @@
-"""Adversarial training as a per-batch input transform for the training loop.
+"""Adversarial training: a batch transform for the training loop, the ``adversarial:`` config block that switches it
+on, and the robustness table its package carries.
 
 :class:`AdversarialTraining` is a callable ``(model, x, y) -> x_train``; its
 :meth:`~AdversarialTraining.batch_transform` has the signature of ``training.loop.Hooks.batch_transform``
-(called on each training batch right before the loss).
+(called on each training batch ``(x, y)`` right before the loss).
 ``"pgd"`` is PGD-k (Madry et al. 2018); ``"fgsm_rs"`` is "fast is better than free" FGSM with a random start and
 step ``1.25 * eps`` (Wong et al. 2020), one extra forward/backward per batch.
 
@@ -11,15 +12,18 @@ In a training config (``meddeeprecog train CONFIG``) it is the ``adversarial`` b
     adversarial: {attack: pgd, eps: 0.05, steps: 3, bounds: [0, 1], fraction: 1.0,
                   evaluate: {eps: [0.02, 0.05, 0.1], attack: pgd, steps: 10, baseline: adrenal-mass-3d}}
 
-:func:`run_adversarial_training` runs such a config with B's ``training.train.run_training`` (it takes the
-block out when the config loader does not know it yet), then measures clean and robust accuracy / AUC on the
-config's validation split for the new model and the optional ``baseline`` package (a normally trained one)
-and writes the package with that table in ``model.json`` (``"robustness"``) and in ``MODEL_CARD.md``.
+This module registers that block with the training config (:data:`ADVERSARIAL_BLOCK`, through
+``training.hooks.register_config_block``; importing ``MedDeepRecogLib.robustness`` is enough), so training never
+names it: ``load_config`` validates the block, and ``run_training`` takes its :class:`~..training.hooks.RunHooks`:
+the batch transform, and :func:`add_robustness_table`, which measures clean and robust accuracy / AUC on the
+config's validation split for the new model and the optional ``baseline`` package (a normally trained one) and
+puts the table in ``model.json`` (``"robustness"``) and ``MODEL_CARD.md`` before the package is saved (once).
+:func:`run_adversarial_training` is ``meddeeprecog robustness --train-config``: the same run, for a config that
+must hold the block.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, ModelPackageError
+from ..training.hooks import ConfigBlock, PackageDraft, RunHooks, register_config_block
 from .attacks import check_eps, pgd
 
 log = logging.getLogger(__name__)
@@ -75,9 +80,10 @@ class AdversarialTraining:
     def to_config(self) -> dict[str, Any]:
         return {"enabled": True, **asdict(self)}
 
-    def batch_transform(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        info: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``training.loop.Hooks.batch_transform``: ``(model, x, y, info) -> (x_adv, y)``."""
+    def batch_transform(self, model: torch.nn.Module, batch: Any, info: dict | None = None) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+        """``training.loop.Hooks.batch_transform``: ``(model, (x, y), info) -> (x_adv, y)``."""
+        x, y = batch
         return self(model, x, y), y
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -96,81 +102,79 @@ class AdversarialTraining:
         return adv if n == x.shape[0] else torch.cat([adv, x[n:]], dim=0)
 
 
-def _read_raw_config(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-            return yaml.safe_load(text) or {}
-        return json.loads(text)
-    except Exception as exc:
-        raise ConfigError(f"cannot parse config ({str(exc).splitlines()[0]})", path) from None
+def validate_block(block: Any) -> dict[str, Any] | None:
+    """The ``adversarial:`` block as kept in the config (``None`` when absent or ``enabled: false``); raises
+    :class:`ConfigError` for unknown options or bad values."""
+    if block is not None and not isinstance(block, dict):
+        raise ConfigError(f"adversarial must be a mapping of options, got {block!r}")
+    if AdversarialTraining.from_config(block) is None:
+        return None
+    evaluate = block.get("evaluate")
+    if evaluate is not None and not isinstance(evaluate, dict):
+        raise ConfigError(f"adversarial/evaluate must be a mapping, got {evaluate!r}")
+    return dict(block)
+
+
+def adversarial_hooks(block: dict[str, Any], cfg: Any = None) -> RunHooks:
+    """The run hooks of an ``adversarial:`` block: its batch transform and, before the package is saved, the
+    robustness table (:func:`add_robustness_table`)."""
+    adv = AdversarialTraining.from_config(block)
+    evaluate = dict(block.get("evaluate") or {})
+
+    def before_save(draft: PackageDraft, progress) -> None:
+        add_robustness_table(draft, adv, evaluate, progress=progress)
+
+    return RunHooks(batch_transform=adv.batch_transform, before_save=before_save)
+
+
+#: The ``adversarial:`` training-config block (registered when this module is imported).
+ADVERSARIAL_BLOCK = register_config_block(ConfigBlock("adversarial", validate_block, adversarial_hooks))
 
 
 def run_adversarial_training(config: str | Path, *, out: str | Path | None = None,
                              package_dest: str | Path | None = None, epochs: int | None = None,
-                             progress=None, command: str | None = None) -> dict[str, Any]:
-    """Train a config that has an ``adversarial`` block, with that block as the loop's ``batch_transform``.
+                             progress=None, command: str | None = None, resume: bool = False,
+                             device: str | None = None) -> dict[str, Any]:
+    """``meddeeprecog robustness --train-config``: train a config that must hold an enabled ``adversarial`` block.
 
-    Runs ``training.train.run_training`` into a temporary catalog, then :func:`finalize_adversarial_package`
-    measures clean vs robust metrics and writes the package to ``package_dest``.
+    The config is read once (``training.config.load_config``); ``epochs`` / ``device`` override its
+    ``training`` section and ``resume`` continues from ``OUT/checkpoints/last.pt``, as with ``meddeeprecog train``.
 
     Raises:
         ConfigError: the config has no (enabled) ``adversarial`` block, or the block is malformed.
     """
-    import tempfile
-
-    from ..progress import null_progress
-    from ..training.config import config_from_dict
-    from ..training.loop import Hooks
+    from ..training.config import load_config
     from ..training.train import run_training
 
-    progress = progress or null_progress
     path = Path(config)
-    if not path.is_file():
-        raise ConfigError("training config not found", path)
-    raw = _read_raw_config(path)
-    adv = AdversarialTraining.from_config(raw.get("adversarial"))
-    if adv is None:
+    cfg = load_config(path, {"training": {"epochs": epochs, "device": device}})
+    if cfg.blocks.get(ADVERSARIAL_BLOCK.key) is None:
         raise ConfigError("the config has no enabled 'adversarial' block", path)
-    evaluate = dict((raw.get("adversarial") or {}).get("evaluate") or {})
-    cfg = config_from_dict(raw, path)
-    if epochs:
-        cfg.training.epochs = int(epochs)
     cmd = command or f"meddeeprecog robustness --train-config {path}"
-    with tempfile.TemporaryDirectory(prefix="adv-train-") as tmp:
-        result = run_training(cfg, out=out, package_dest=tmp, progress=progress,
-                              hooks=Hooks(batch_transform=adv.batch_transform), command=cmd)
-        if result["package"] is None:  # a torchrun rank other than 0: rank 0 measures and writes
-            return result
-        final = finalize_adversarial_package(result["package"], cfg, adv, evaluate, package_dest, progress=progress)
-    result["package"] = str(final)
-    return result
+    return run_training(cfg, out=out, resume=resume, package_dest=package_dest, progress=progress, command=cmd)
 
 
-def finalize_adversarial_package(trained: str | Path, cfg, adv: AdversarialTraining, evaluate: dict[str, Any],
-                                 package_dest: str | Path | None, *, progress=None) -> Path:
-    """Measure clean vs robust metrics on the config's validation split and save the package to ``package_dest``.
+def add_robustness_table(draft: PackageDraft, adv: AdversarialTraining, evaluate: dict[str, Any], *,
+                         progress=None) -> None:
+    """Measure clean vs robust metrics on the run's validation split and add them to the package draft.
 
     ``evaluate``: ``{"eps": [...], "attack": "pgd", "steps": 10, "baseline": package id or path or None}``.
-    The table goes to ``model.json["robustness"]`` and to a "Robustness" section of ``MODEL_CARD.md``.
+    The table goes to ``model.json["robustness"]`` (and the attack to ``provenance.adversarial_training``) and to a
+    "Robustness" section of ``MODEL_CARD.md``.
     """
-    from ..packages import load_package, save_package
+    from ..packages import load_package
     from ..progress import null_progress
-    from ..training.config import resolve_data_path
-    from ..training.data import load_train_val
     from .curve import evaluate_robustness
 
     progress = progress or null_progress
-    pkg = load_package(trained)
+    meta = draft.meta
     eps = [float(e) for e in evaluate.get("eps", [adv.eps / 2, adv.eps, 2 * adv.eps])]
     attack_name = evaluate.get("attack", "pgd")
     steps = int(evaluate.get("steps", 10))
-    data = load_train_val(cfg, resolve_data_path(cfg))
-    x, y = torch.from_numpy(data.val.images), torch.from_numpy(data.val.labels)
+    x, y = torch.from_numpy(draft.data.val.images), torch.from_numpy(draft.data.val.labels)
     batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(y), 64)]
     rows = {}
-    models = {f"{pkg.id} (adversarial, {adv.attack} eps {adv.eps:g})": pkg.build_model("cpu")}
+    models = {f"{meta['id']} (adversarial, {adv.attack} eps {adv.eps:g})": draft.model}
     baseline = evaluate.get("baseline")
     if baseline:
         try:
@@ -179,27 +183,17 @@ def finalize_adversarial_package(trained: str | Path, cfg, adv: AdversarialTrain
         except ModelPackageError as exc:
             # the adversarial model is still worth keeping; its card then lacks the comparison row
             log.warning("baseline %s not available, robustness table without it: %s", baseline, exc)
-    for i, (name, model) in enumerate(models.items()):
+    for name, model in models.items():
         torch.manual_seed(0)
         progress("robustness", 0.98, model=name)
         rows[name] = evaluate_robustness(model, batches, eps, attack_name=attack_name, steps=steps,
                                          bounds=adv.bounds)
-    meta = dict(pkg.meta)
-    meta.pop("weights", None)
-    prov = dict(meta["provenance"])
-    prov.pop("created", None)
-    prov["adversarial_training"] = adv.to_config()
-    meta["provenance"] = prov
+    meta["provenance"]["adversarial_training"] = adv.to_config()
     meta["robustness"] = {"split": "val", "attack": attack_name, "steps": steps, "eps": eps,
                           "bounds": list(adv.bounds) if adv.bounds else None, "n": int(len(y)),
                           "adversarial_training": adv.to_config(),
                           "models": {name: {"clean": r["clean"], "robust": r["robust"]} for name, r in rows.items()}}
-    card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8") + robustness_card_section(meta["robustness"])
-    extra: dict[str, Any] = {"MODEL_CARD.md": card}
-    for f in pkg.path.iterdir():
-        if f.is_file() and f.name not in ("model.json", "MODEL_CARD.md", pkg.meta["weights"]["file"]):
-            extra[f.name] = f
-    return save_package(pkg.build_model("cpu"), meta, package_dest, extra_files=extra)
+    draft.card_sections.append(robustness_card_section(meta["robustness"]))
 
 
 def robustness_card_section(rob: dict[str, Any]) -> str:
@@ -227,7 +221,7 @@ def robustness_card_section(rob: dict[str, Any]) -> str:
         for p in r["robust"]:
             lines.append(f"| {name} | {p['eps']:g} | {fmt(p['accuracy'])} | {fmt(p.get('balanced_accuracy'))} | "
                          f"{fmt(p['auc'])} |")
-    lines.append("\nMeasured by `robustness.training.finalize_adversarial_package` (same attack for every model, "
+    lines.append("\nMeasured by `robustness.training.add_robustness_table` (same attack for every model, "
                  "untargeted on the true label, PGD with a seeded random start). The validation split was also used "
                  "to pick the best epoch, so clean figures are optimistic. eps is in model input units: after a "
                  "`window` step it is eps x window width in the scan's units (HU for CT); "

@@ -1,8 +1,12 @@
-"""Training and evaluation: configs, in-memory datasets, the reusable loop, metrics, evaluation.
+"""Training and evaluation: config sections, in-memory datasets, the one epoch loop, metrics, evaluation.
 
-- ``fit(model, train_loader, val_loader, cfg: FitConfig, hooks: Hooks, progress) -> History`` (``loop``): the loop
-  reused by fine-tuning (``Hooks.frozen`` / ``param_groups``, checkpoints + resume, ``should_stop``) and
-  adversarial training (``Hooks.batch_transform``).
+- ``fit(model, train_loader, step, validate, cfg, hooks, progress, ctx) -> History`` (``loop``): the one epoch
+  loop, with pluggable step and validation functions; classification training (``classification.fit_classifier``),
+  segmentation and ROI fine-tuning (``finetune/``) run it. Checkpoints, resume, EMA, AMP, early stopping, DDP.
+- ``sections``: the ``optimizer`` / ``schedule`` / ``training`` config sections train and fine-tune configs share.
+- ``distributed``: ``torchrun`` / DDP helpers (rank 0 writes).
+- ``hooks``: config blocks other parts register (adversarial training from ``robustness/``) and the run hooks they
+  give: a batch transform, additions to the package before it is saved.
 - ``run_training(config, out, resume, package_dest, progress)`` (``train``): ``meddeeprecog train``.
 - ``evaluate_package(model, data, split)`` (``evaluate``): ``meddeeprecog evaluate``.
 - ``metrics``: numpy metrics (accuracy, balanced accuracy, precision/recall/F1, one-vs-rest AUC, ROC, confusion).

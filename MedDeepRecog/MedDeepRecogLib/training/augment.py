@@ -119,9 +119,13 @@ class BatchAugment:
             return np.zeros(n, dtype=bool)
         return self.rng.random_sample(n) < prob
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: Any) -> Any:
+        """Augment a batch ``x`` or the images ``x`` of a batch ``(x, y, ...)`` (the rest passes unchanged)."""
         if not self.enabled:
-            return x
+            return batch
+        if isinstance(batch, (list, tuple)):
+            return type(batch)([self(batch[0]), *batch[1:]])
+        x = batch
         p, n, d = self.spec, x.shape[0], x.ndim - 2
         out = x.clone()
         for ax in p.flip_axes:
@@ -196,3 +200,36 @@ class BatchAugment:
             return
         s = state["rng"]
         self.rng.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+
+
+def _random_generators(transform: Any) -> list[np.random.RandomState]:
+    """The numpy ``RandomState`` of every MONAI random transform in ``transform`` (itself included), depth first in
+    attribute order: a ``Compose``'s members, and the random parts a transform holds (``RandAffine``'s grid). A plain
+    ``Compose`` never draws from its own generator (only ``OneOf`` / ``RandomOrder`` do), so it is left out."""
+    from monai.transforms import Compose, OneOf, RandomOrder, Randomizable
+
+    own = isinstance(transform, Randomizable) and (not isinstance(transform, Compose)
+                                                   or isinstance(transform, (OneOf, RandomOrder)))
+    out = [transform.R] if own else []
+    for value in vars(transform).values():
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(item, Randomizable):
+                out += _random_generators(item)
+    return out
+
+
+def random_state(transform: Any) -> dict:
+    """The random state of the MONAI random transforms in ``transform`` as tensors and numbers (what a
+    ``weights_only`` checkpoint can hold); :func:`set_random_state` puts it back."""
+    states = []
+    for generator in _random_generators(transform):
+        _name, keys, pos, has_gauss, cached = generator.get_state()
+        states.append({"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)})
+    return {"transforms": states}
+
+
+def set_random_state(transform: Any, state: Mapping[str, Any]) -> None:
+    """Restore what :func:`random_state` returned for the same transform."""
+    for generator, s in zip(_random_generators(transform), state["transforms"]):
+        generator.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))

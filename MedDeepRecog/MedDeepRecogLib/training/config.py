@@ -12,33 +12,34 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
              slices: {percentiles, percentile_target, crop_foreground, ct_window, ...}}  # from data); slices2d only
     augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
                    noise: {prob, std}, intensity_shift: {prob, offset}, gamma: {prob, min, max}}
-    optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}
+    optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}      # sections shared with fine-tuning
     schedule:  {name: none|step|cosine|plateau, step_size, gamma, factor, patience, min_lr, warmup_epochs}
-    training:  {epochs, batch_size, l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
-                early_stopping_patience, grad_clip, ema_decay, amp: auto|true|false, device: auto|cpu|cuda,
+    training:  {epochs, batch_size, early_stopping_patience, grad_clip, ema_decay, amp: auto|true|false,
+                device: auto|cpu|cuda,                    # (the shared loop settings, training/sections.py)
+                l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
                 ensemble: 1,                              # N > 1: a seed ensemble of N independently trained members
                 folds: 0}                                 # K >= 2: a cross-validation ensemble (see training/train.py)
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
     localisation: [{name, scan, lesion}, ...]            # heatmap scored on lesion labels (training/localisation.py)
     card: {intended_use: text, not_for: [text, ...]}      # the model card's use statements (model.json "use")
-    adversarial: {attack: pgd|fgsm_rs, eps, steps, bounds, fraction, evaluate: {...}}  # adversarial training
-                                                          # (robustness/training.py); off when absent
+    <block>: {...}                                        # a block another part registered (training/hooks.py),
+                                                          # e.g. robustness's adversarial training
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
 from ..errors import ConfigError
-from ..schema import _whole_number  # noqa: F401  (used in the annotations)
-from ..schema import (Float, Fraction, Int, List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt,
-                      SideInt, load_mapping, read_config)
+from ..schema import (Float, Fraction, List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt, SideInt,
+                      load_mapping, read_config)
+from .hooks import config_blocks
+from .sections import LoopConfig, OptimizerConfig, ScheduleConfig, check_choices
 
 
 @dataclass
@@ -73,39 +74,16 @@ class InputConfig:
 
 
 @dataclass
-class OptimizerConfig:
-    name: str = "adamw"
-    lr: PosFloat = 1e-3
-    weight_decay: NonNegFloat = 1e-4
-    momentum: Fraction = 0.9
+class TrainingConfig(LoopConfig):
+    """``training:``: the loop settings every run shares (:class:`.sections.LoopConfig`) plus the classifier's
+    loss (``l1``, ``class_weights``, ``label_smoothing``), the selection metric and ensembles."""
 
-
-@dataclass
-class ScheduleConfig:
-    name: str = "none"
-    step_size: PosInt = 10
-    gamma: PosFloat = 0.1
-    factor: OpenFraction = 0.5
-    patience: NonNegInt = 3
-    min_lr: NonNegFloat = 0.0
-    warmup_epochs: NonNegInt = 0
-
-
-@dataclass
-class TrainingConfig:
-    epochs: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=100_000)] = 10
-    batch_size: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=65_536)] = 32
     l1: NonNegFloat = 0.0
     class_weights: Literal["auto", "none"] | List(PosFloat, 2) = "auto"
     label_smoothing: Fraction = 0.0
     monitor: str = "auc"
-    early_stopping_patience: NonNegInt | None = None
-    grad_clip: PosFloat | None = None
-    ema_decay: Fraction | None = None
-    amp: Literal["auto"] | bool = "auto"
-    device: str = "auto"
-    ensemble: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=100)] = 1  # > 1: N members, seeds seed..
-    folds: Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=100)] = 0  # >= 2: K members, member i trains
+    ensemble: Annotated[PosInt, Field(le=100)] = 1  # > 1: N members, seeds seed..
+    folds: Annotated[NonNegInt, Field(le=100)] = 0  # >= 2: K members, member i trains
     # on the train split minus fold i and selects on fold i
 
 
@@ -130,26 +108,25 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     explain: dict | None = None
-    adversarial: dict | None = None
     domain: dict | None = None  # out-of-domain check fitted after training (training/domain.py)
     localisation: List(Any) | None = None  # scans with lesion labels the heatmap is scored on (training/localisation.py)
     card: dict | None = None  # model card text: {intended_use, not_for: [...]} (copied to model.json "use")
+    blocks: dict[str, Any] = field(default_factory=dict)  # registered blocks (training/hooks.py) by their key
     source: str | None = None  # the config file (set by load_config)
 
     def to_dict(self) -> dict:
+        """The config as its file would hold it (registered blocks under their own keys)."""
         from dataclasses import asdict
         d = asdict(self)
         d.pop("source", None)
+        d.update(d.pop("blocks"))
         return d
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "input": InputConfig, "optimizer": OptimizerConfig,
              "schedule": ScheduleConfig, "training": TrainingConfig}
 _CHOICES = {("data", "format"): {"auto", "npz", "folder"}, ("data", "kind"): {"volume3d", "slices2d"},
-            ("optimizer", "name"): {"adam", "adamw", "sgd"},
-            ("schedule", "name"): {"none", "step", "cosine", "plateau"},
-            ("training", "monitor"): {"auc", "balanced_accuracy", "accuracy", "f1", "loss", "last"},
-            ("training", "device"): {"auto", "cpu", "cuda"}}
+            ("training", "monitor"): {"auc", "balanced_accuracy", "accuracy", "f1", "loss", "last"}}
 
 
 def _check_keys(raw: Mapping, allowed: set[str], where: str, source: Any) -> None:
@@ -165,10 +142,23 @@ def _check_keys(raw: Mapping, allowed: set[str], where: str, source: Any) -> Non
 def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -> TrainConfig:
     """Build a :class:`TrainConfig` from a dict through the one schema reader (:func:`..schema.read_config`):
     unknown keys, wrong types, out-of-range values and lists given as single words are errors naming the key and
-    the file; then the blocks with their own rules (augmentation, card, localisation, domain, adversarial) and the
-    cross-field rules below."""
-    cfg = read_config(TrainConfig, raw, source, skip=("source",))
+    the file; then the blocks with their own rules (augmentation, card, localisation, domain, the blocks other
+    parts registered in :mod:`.hooks`) and the cross-field rules below."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config must be a mapping of settings, got {type(raw).__name__}", source)
+    registered = config_blocks()
+    blocks = {key: raw[key] for key in raw if key in registered}
+    cfg = read_config(TrainConfig, {k: v for k, v in raw.items() if k not in blocks}, source, skip=("source", "blocks"))
     cfg.source = None if source is None else str(source)
+    for key, value in blocks.items():
+        try:
+            kept = registered[key].validate(value)
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, source) from None
+        if kept is not None:
+            cfg.blocks[key] = kept
+    for sec in ("optimizer", "schedule", "training"):
+        check_choices(getattr(cfg, sec), sec, source)
     for (sec, name), choices in _CHOICES.items():
         if getattr(getattr(cfg, sec), name) not in choices:
             raise ConfigError(f"{sec}/{name} is {getattr(getattr(cfg, sec), name)!r}; choose one of "
@@ -199,13 +189,6 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
         from .domain import check_domain_block
         check_domain_block(raw["domain"], source)
         cfg.domain = dict(raw["domain"]) if raw["domain"] else None
-    if "adversarial" in raw:
-        from ..robustness.training import AdversarialTraining
-        try:
-            AdversarialTraining.from_config(raw["adversarial"])  # validates the block's keys and values now
-        except ConfigError as exc:
-            raise ConfigError(exc.problem, source) from None
-        cfg.adversarial = dict(raw["adversarial"]) if raw["adversarial"] else None
     if cfg.data.class_names is not None and len(set(cfg.data.class_names)) != len(cfg.data.class_names):
         raise ConfigError(f"data/class_names has duplicates: {cfg.data.class_names}", source)
     if cfg.data.intensity_range is not None and not cfg.data.intensity_range[0] < cfg.data.intensity_range[1]:
@@ -234,8 +217,6 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
         check_kwargs(cfg.model.name, cfg.model.kwargs)
     except ConfigError as exc:
         raise ConfigError(f"model/kwargs: {exc.problem}", source) from None
-    if int(cfg.training.epochs) < 1 or int(cfg.training.batch_size) < 1:
-        raise ConfigError("training/epochs and training/batch_size must be >= 1", source)
     if not isinstance(cfg.training.ensemble, int) or isinstance(cfg.training.ensemble, bool) \
             or cfg.training.ensemble < 1:
         raise ConfigError(f"training/ensemble must be a whole number >= 1, got {cfg.training.ensemble!r}", source)
@@ -256,10 +237,20 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     return cfg
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a ``.json`` / ``.yaml`` / ``.yml`` training config and validate it (see module docstring)."""
+def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> TrainConfig:
+    """Read a ``.json`` / ``.yaml`` / ``.yml`` training config and validate it (see module docstring).
+
+    ``overrides``: settings that replace the file's, by section (``{"training": {"epochs": 3}}``: command-line
+    options); they are validated with the rest, so a bad one is named like a bad setting in the file.
+    """
     path = Path(path)
-    return config_from_dict(load_mapping(path, "training config"), path)
+    raw = load_mapping(path, "training config")
+    for section, values in (overrides or {}).items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            given = raw.get(section)
+            raw[section] = {**(given if isinstance(given, Mapping) else {}), **values}
+    return config_from_dict(raw, path)
 
 
 def resolve_relative(raw: str, source) -> Path:

@@ -100,11 +100,10 @@ def _file_sha(path: Path) -> str:
 
 
 def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list[str], list[str]]:
-    """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``."""
-    import SimpleITK as sitk
-
-    from ..io.image_io import _declared_bytes_per_voxel, _first_line
-    from ..limits import check_declared_image
+    """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``, read
+    by the one image reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at
+    inference)."""
+    from ..io import array_from_image, read_image
 
     csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
     if not csv_path.is_absolute() and not csv_path.exists():
@@ -125,14 +124,7 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
         p = folder / row[fcol]
         if not p.is_file():
             raise ConfigError(f"image listed in {csv_path.name} not found", p)
-        try:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(p))
-            reader.ReadImageInformation()
-            check_declared_image(reader.GetSize(), _declared_bytes_per_voxel(reader), p)
-            arr = sitk.GetArrayFromImage(reader.Execute())
-        except RuntimeError as exc:
-            raise ConfigError(f"image listed in {csv_path.name} cannot be read ({_first_line(exc)})", p) from None
+        arr = array_from_image(read_image(p))
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise ConfigError(f"image listed in {csv_path.name} has {int((~np.isfinite(arr)).sum())} NaN or infinite "
                               "value(s); repair or remove it", p)

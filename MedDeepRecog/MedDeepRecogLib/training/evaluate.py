@@ -11,8 +11,9 @@ from ..errors import ConfigError, ModelPackageError
 from .data import load_eval_split
 
 
-def _data_params(pkg) -> tuple[Any, Any]:
-    """Intensity range and size the package's pipeline expects (as recorded by ``train``)."""
+def data_params(pkg) -> tuple[Any, Any]:
+    """Intensity range and size the package's pipeline expects (as recorded by ``train``): what to read a labelled
+    ``.npz`` split with so its arrays look like the package's training data."""
     intensity, size = None, pkg.input_spec.get("size")
     for step in (pkg.input_spec.get("pipeline") or {}).get("steps", []):
         name = step.get("name", "")
@@ -24,6 +25,11 @@ def _data_params(pkg) -> tuple[Any, Any]:
     return intensity, size
 
 
+#: The former private name, kept until its callers outside training/ (uncertainty/calibrate.py,
+#: inference/calibrate.py, commands/robustness.py) import :func:`data_params`.
+_data_params = data_params
+
+
 def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = "test", out: str | Path | None = None,
                      device: str = "auto", batch_size: int = 64) -> dict:
     """Metrics of package ``model_ref`` on ``split`` of ``data_path``; with ``out`` also ``roc.png``,
@@ -32,7 +38,8 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
 
     from ..io import atomic_write_json
     from ..packages import load_package
-    from .loop import make_loader, predict_proba, resolve_device
+    from ..devices import resolve_device
+    from .classification import make_loader, predict_proba
     from .metrics import classification_metrics
     from .plots import confusion_png, roc_png
 
@@ -40,7 +47,7 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     data_path = Path(data_path)
     if not data_path.is_file():
         raise ConfigError("evaluation data not found", data_path)
-    intensity, size = _data_params(pkg)
+    intensity, size = data_params(pkg)
     ds = load_eval_split(data_path, split, pkg.input_spec["kind"], intensity, size,
                          slices=pkg.input_spec.get("slices"))
     k = len(pkg.class_names)

@@ -1,11 +1,15 @@
-"""``run_training(config)``: data → model → :func:`loop.fit` → model package + metrics JSON + training curve.
+"""``run_training(config)``: data → model → :func:`.classification.fit_classifier` → one model package + metrics
+JSON + training curve.
+
+Blocks of the config that other parts registered (:mod:`.hooks`, e.g. adversarial training) give the run their
+batch transform and add to the package (``model.json`` entries, model-card sections) before it is saved, once.
 
 Outputs in ``out`` (config ``out`` or the ``out`` argument): ``checkpoints/last.pt`` (resume), ``history.json``,
 ``metrics.json``, ``training_curve.png``; the package goes to ``package_dest/<id>/<version>/`` (default the user
 catalog) as a new version with ``MODEL_CARD.md`` and ``training_curve.png`` inside.
 
 Distributed data parallel: under ``torchrun --nproc_per_node=N -m MedDeepRecogLib train ...`` (``WORLD_SIZE`` > 1)
-every rank loads the data, joins the process group (gloo on CPU, NCCL on CUDA; :mod:`..finetune.distributed`),
+every rank loads the data, joins the process group (gloo on CPU, NCCL on CUDA; :mod:`.distributed`),
 trains on its ``DistributedSampler`` share with **per-rank batch = ``training/batch_size`` // N** (so one optimiser
 step still sees about ``batch_size`` samples; results match one process up to BatchNorm batch effects), and follows
 rank 0's validation. Only rank 0 writes checkpoints, the package, metrics and plots; the other ranks wait at a
@@ -38,35 +42,31 @@ import numpy as np
 from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..progress import null_progress
+from .classification import class_weights_from_labels, fit_classifier, make_loader, predict_proba
 from .config import TrainConfig, load_config, resolve_data_path
 from .data import load_train_val, stratified_folds
-from .loop import (FitConfig, History, Hooks, class_weights_from_labels, fit, make_loader, predict_proba,
-                   resolve_device)
+from .hooks import PackageDraft, RunHooks, run_hooks
+from .loop import FitConfig, History, Hooks
 from .metrics import classification_metrics
 
 
-def fit_config_from(cfg: TrainConfig, train_labels: np.ndarray, num_classes: int, checkpoint_dir: Path | None,
-                    resume: bool) -> FitConfig:
-    """Flatten the config's optimizer / schedule / training sections into a :class:`FitConfig`."""
-    t, o, s = cfg.training, cfg.optimizer, cfg.schedule
-    cw = t.class_weights
-    if cw in ("auto", True):
-        weights = class_weights_from_labels(train_labels, num_classes)
-    elif cw in (None, "none", False):
-        weights = None
-    elif isinstance(cw, list) and len(cw) == num_classes:
-        weights = [float(v) for v in cw]
-    else:
-        raise ConfigError(f"training/class_weights must be auto, none or {num_classes} numbers, got {cw!r}", cfg.source)
-    return FitConfig(epochs=int(t.epochs), optimizer=o.name, lr=float(o.lr), weight_decay=float(o.weight_decay),
-                     momentum=float(o.momentum), l1=float(t.l1), schedule=s.name, step_size=int(s.step_size),
-                     gamma=float(s.gamma), factor=float(s.factor), patience=int(s.patience), min_lr=float(s.min_lr),
-                     warmup_epochs=int(s.warmup_epochs), class_weights=weights,
-                     label_smoothing=float(t.label_smoothing), monitor=t.monitor,
-                     early_stopping_patience=t.early_stopping_patience, grad_clip=t.grad_clip,
-                     ema_decay=t.ema_decay, amp=t.amp,
-                     device=t.device, seed=int(cfg.seed),
+def fit_config_from(cfg: TrainConfig, checkpoint_dir: Path | None, resume: bool, seed: int | None = None) -> FitConfig:
+    """The loop's :class:`FitConfig`: the config's optimizer / schedule / training sections as they are."""
+    return FitConfig(optimizer=cfg.optimizer, schedule=cfg.schedule, loop=cfg.training, monitor=cfg.training.monitor,
+                     seed=int(cfg.seed if seed is None else seed),
                      checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=resume)
+
+
+def class_weights_for(cfg: TrainConfig, train_labels: np.ndarray, num_classes: int) -> list[float] | None:
+    """``training/class_weights``: ``auto`` (inverse class frequency of ``train_labels``), ``none`` or the list."""
+    cw = cfg.training.class_weights
+    if cw in ("auto", True):
+        return class_weights_from_labels(train_labels, num_classes)
+    if cw in (None, "none", False):
+        return None
+    if isinstance(cw, list) and len(cw) == num_classes:
+        return [float(v) for v in cw]
+    raise ConfigError(f"training/class_weights must be auto, none or {num_classes} numbers, got {cw!r}", cfg.source)
 
 
 def default_pipeline(cfg: TrainConfig) -> dict:
@@ -193,29 +193,49 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
 
     Fails before training (nothing written) if the config, data or target package version are wrong.
     Under ``torchrun`` every rank calls this (see the module docstring); only rank 0 writes.
+    ``hooks``: the loop's extension points (:class:`.loop.Hooks`); the config's registered blocks add theirs.
     """
     import torch.distributed as dist
 
-    from ..finetune.distributed import init_distributed, shutdown
+    from .distributed import init_distributed, shutdown
 
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    extensions = run_hooks(cfg.blocks, cfg)
     owned = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(cfg.training.device)
     try:
-        return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None, hooks, command)
+        return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
+                             _with_batch_transforms(hooks, extensions), extensions, command)
     finally:
         if owned:  # leave a process group that the caller set up to the caller
             shutdown(ctx)
 
 
-def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, hooks, command) -> dict[str, Any]:
+def _with_batch_transforms(hooks: Hooks | None, extensions: list[RunHooks]) -> Hooks | None:
+    """``hooks`` with the blocks' batch transforms after its own (applied in that order)."""
+    transforms = [h.batch_transform for h in extensions if h.batch_transform is not None]
+    if not transforms:
+        return hooks
+    hooks = replace(hooks) if hooks is not None else Hooks()
+    chain = ([hooks.batch_transform] if hooks.batch_transform is not None else []) + transforms
+
+    def batch_transform(model, batch, info):
+        for transform in chain:
+            batch = transform(model, batch, info)
+        return batch
+
+    hooks.batch_transform = batch_transform if len(chain) > 1 else chain[0]
+    return hooks
+
+
+def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, hooks, extensions,
+                  command) -> dict[str, Any]:
     import torch
 
     from ..models import build_model, default_target_layer
     from ..packages import next_version, user_models_dir
     from ..packages.package import validate_meta
-
-    from ..finetune.distributed import barrier, broadcast_object
+    from .distributed import barrier, broadcast_object
 
     progress = progress or null_progress
     out_dir = Path(out or cfg.out or f"runs/{cfg.id}")
@@ -300,7 +320,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             if history.stopped == "cancelled":
                 break
             if folds is not None and ctx.is_main:
-                oof[folds[i]] = predict_proba(model.members[i], member_val, resolve_device(fit_cfg.device))[0]
+                oof[folds[i]] = predict_proba(model.members[i], member_val, torch.device(ctx.device))[0]
         history = EnsembleHistory(member_histories, seeds=[cfg.seed + i for i in range(len(member_histories))],
                                   folds=folds)
         if folds is not None and history.stopped != "cancelled" and ctx.is_main:
@@ -313,8 +333,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         barrier(ctx)  # wait until rank 0 has written the package
         return {"package": None, "id": cfg.id, "version": version, "rank": ctx.rank}
     try:
-        return _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, fit_cfg, out_dir, dest,
-                              progress)
+        return _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, ctx, out_dir, dest,
+                              progress, extensions)
     finally:
         barrier(ctx)
 
@@ -322,28 +342,25 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
 def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path, seed: int, resume: bool,
                 hooks: Hooks | None, progress, ctx) -> tuple[FitConfig, History]:
     """Train ``model`` (one network, or one member of an ensemble) with ``seed`` deciding its data order and
-    augmentation; checkpoints in ``checkpoint_dir``. Returns the fit config and :class:`History`."""
-    from ..finetune.distributed import per_rank_batch
+    augmentation; checkpoints in ``checkpoint_dir``, on the device of ``ctx`` (this rank's GPU under DDP).
+    Returns the fit config and :class:`History`."""
+    from .distributed import per_rank_batch
 
     k = len(data.class_names)
     # DDP: each rank loads batch_size // world_size samples per step (the global batch stays ~batch_size)
     train_loader = make_loader(data.train.images, data.train.labels,
                                per_rank_batch(int(cfg.training.batch_size), ctx), shuffle=True, seed=seed, ctx=ctx)
-    fit_cfg = fit_config_from(cfg, data.train.labels, k, checkpoint_dir, resume)
-    fit_cfg.seed = seed
-    if ctx.enabled:
-        fit_cfg.device = ctx.device  # this rank's GPU (cuda:LOCAL_RANK) or cpu
+    fit_cfg = fit_config_from(cfg, checkpoint_dir, resume, seed)
     hooks = replace(hooks) if hooks is not None else Hooks()  # members must not share one augmenter's state
-    if hooks.batch_transform is None and cfg.adversarial:
-        from ..robustness.training import AdversarialTraining
-        adversarial = AdversarialTraining.from_config(cfg.adversarial)
-        hooks.batch_transform = adversarial.batch_transform if adversarial else None
     if hooks.augment is None and cfg.augmentation:
         from .augment import BatchAugment
         # each rank draws its own augmentations (one process: seed unchanged)
         hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=data.train.images.ndim - 2, seed=seed + ctx.rank)
-    history = fit(model, train_loader, val_loader, fit_cfg, hooks, progress, data.class_names,
-                  ctx=ctx if ctx.enabled else None)
+    t = cfg.training
+    history = fit_classifier(model, train_loader, val_loader, fit_cfg,
+                             class_weights=class_weights_for(cfg, data.train.labels, k),
+                             label_smoothing=float(t.label_smoothing), l1=float(t.l1), hooks=hooks,
+                             progress=progress, class_names=data.class_names, ctx=ctx)
     return fit_cfg, history
 
 
@@ -391,13 +408,16 @@ def cross_validation_metrics(labels: np.ndarray, oof_probs: np.ndarray, folds: l
             "fold_balanced_accuracy": [m["balanced_accuracy"] for m in per_fold]}
 
 
-def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, fit_cfg, out_dir, dest,
-                   progress) -> dict[str, Any]:
-    """Final validation of the selected weights, then the package, ``history.json``, ``metrics.json`` and curve."""
+def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, ctx, out_dir, dest,
+                   progress, extensions: list[RunHooks]) -> dict[str, Any]:
+    """Final validation of the selected weights, then the blocks' ``before_save`` hooks, the package (saved once),
+    ``history.json``, ``metrics.json`` and the curve."""
+    import torch
+
     from ..packages import save_package
 
     progress("evaluate", 0.97)
-    device = resolve_device(fit_cfg.device)
+    device = torch.device(ctx.device)
     probs, labels, _ = predict_proba(model, val_loader, device)
     vm = classification_metrics(labels, probs, data.class_names)
     meta["metrics"] = {"split": "val", "n": vm["n"], "auc": vm["auc"], "balanced_accuracy": vm["balanced_accuracy"],
@@ -426,9 +446,13 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
     from .plots import training_curve_png
     curve = training_curve_png(hist["epochs"], out_dir / "training_curve.png", history.monitor)
     meta["version"] = version
+    draft = PackageDraft(model.cpu().eval(), meta, data, cfg, extra_files=extra_files)
+    for extension in extensions:
+        if extension.before_save is not None:
+            extension.before_save(draft, progress)
     card = model_card({**meta, "provenance": {**meta["provenance"], "code_version": _code_version()}},
-                      hist, data.description)
-    pkg_path = save_package(model.cpu(), meta, dest, extra_files={"MODEL_CARD.md": card, "training_curve.png": curve,
+                      hist, data.description) + "".join(draft.card_sections)
+    pkg_path = save_package(draft.model, meta, dest, extra_files={"MODEL_CARD.md": card, "training_curve.png": curve,
                                                                   **extra_files})
     atomic_write_json(out_dir / "history.json", hist)
     metrics_path = atomic_write_json(out_dir / "metrics.json", {"package": str(pkg_path), **vm,

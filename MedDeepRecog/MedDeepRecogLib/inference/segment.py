@@ -1,32 +1,41 @@
-"""Segment a scan with a segmentation package and write the result as ``.seg.nrrd`` on the scan's own grid.
+"""Segmentation inference: segment a scan with a segmentation package and write the result on the scan's own grid.
 
 The scan is resampled to the package's ``input.spacing_mm``, normalised as in training (``input.normalize``),
 predicted patch by patch with ``monai.inferers.sliding_window_inference`` (Gaussian blending), and the class
 probabilities are resampled back onto the scan's grid (linear) before the arg-max, so the segments overlay the
 scan exactly in Slicer's slice and 3D views. Specks smaller than ``input.inference.min_component_fraction`` of a
 class's largest component are removed, as in validation.
+
+The steps are shared with fine-tuning, which prepares its training volumes and validates the same way:
+:func:`normalize_intensity`, :func:`resample_to_spacing`, :func:`sliding_window_logits`,
+:func:`remove_small_components`.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ModelPackageError
+from ..errors import ConfigError, ModelPackageError
 from ..io import SegmentSpec, read_image, require_3d, validate_intensities, write_segmentation
 from ..io.image_io import guess_modality
 from ..progress import null_progress
-from .segment_data import normalize_intensity, resample_to_spacing
+
+if TYPE_CHECKING:
+    import torch
+
+#: Default intensity normalisation: CT in a soft-tissue window (HU), MR by per-scan percentiles; result in 0..1.
+DEFAULT_NORMALIZE: dict[str, Any] = {"kind": "auto", "ct_window_hu": [-200.0, 300.0], "percentiles": [0.5, 99.5]}
 
 
 def load_segmentation_package(model: Any):
     """``load_package`` for a segmentation model (refuses classification packages with a clear message)."""
+    from ..models import segmentation  # noqa: F401  (registers monai_unet / monai_segresnet)
     from ..packages import load_package
-    from . import seg_models  # noqa: F401  (registers monai_unet / monai_segresnet)
 
     pkg = load_package(model) if not hasattr(model, "meta") else model
     if pkg.meta.get("task") != "segmentation":
@@ -43,8 +52,6 @@ def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overl
     ``overlap`` / ``min_component_fraction``: override the package's ``input.inference`` settings.
     """
     import torch
-
-    from .seg_training import remove_small_components, sliding_window_logits
 
     pkg = load_segmentation_package(package)
     spec = pkg.input_spec
@@ -122,3 +129,72 @@ def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, 
     return {"input": str(input_path), "output": str(out_path), **info,
             "segments": {name: {"voxels": int(counts[i]), "volume_ml": round(counts[i] * voxel_ml, 2)}
                          for i, name in enumerate(names, start=1)}}
+
+
+def normalize_intensity(array: np.ndarray, modality: str, spec: dict[str, Any] | None = None) -> np.ndarray:
+    """Scale a scan's voxels to about 0..1: CT by a fixed HU window, anything else by per-scan percentiles.
+
+    ``spec`` is configuration as data (stored in the model package): ``{"kind": "auto"|"ct_window"|"percentile",
+    "ct_window_hu": [lo, hi], "percentiles": [lo, hi]}``. Returns float32.
+    """
+    spec = {**DEFAULT_NORMALIZE, **(spec or {})}
+    kind = spec["kind"]
+    if kind == "auto":
+        kind = "ct_window" if modality == "CT" else "percentile"
+    array = np.asarray(array, dtype=np.float32)
+    if kind == "ct_window":
+        lo, hi = spec["ct_window_hu"]
+    elif kind == "percentile":
+        lo, hi = np.percentile(array, spec["percentiles"])
+    else:
+        raise ConfigError(f"unknown intensity normalisation {kind!r}")
+    scale = float(hi - lo) or 1.0
+    return np.clip((array - lo) / scale, 0.0, 1.0).astype(np.float32)
+
+
+def resample_to_spacing(image: sitk.Image, spacing_mm: Sequence[float], *, interpolator: int = sitk.sitkLinear,
+                        default: float = 0.0) -> sitk.Image:
+    """Resample ``image`` to ``spacing_mm`` (x, y, z) over the same physical extent, keeping origin and direction."""
+    spacing = np.array([float(s) for s in spacing_mm])
+    old_spacing = np.array(image.GetSpacing())
+    if np.allclose(spacing, old_spacing, rtol=1e-4):
+        return image
+    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / spacing)).astype(int)
+    return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, image.GetOrigin(),
+                         [float(s) for s in spacing], image.GetDirection(), default, image.GetPixelID())
+
+
+def sliding_window_logits(model: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int], *,
+                          overlap: float = 0.25, sw_batch_size: int = 4, amp: bool = False) -> torch.Tensor:
+    """Logits ``(1, K, Z, Y, X)`` for one volume ``(1, 1, Z, Y, X)`` by ``monai.inferers.sliding_window_inference``
+    (Gaussian blending); volumes smaller than a patch are padded and cropped back by MONAI."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad(), torch.autocast(image.device.type, enabled=amp and image.device.type == "cuda"):
+        return sliding_window_inference(image, tuple(patch_size), sw_batch_size, model, overlap=overlap,
+                                        mode="gaussian").float()
+
+
+def remove_small_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
+    """Drop, per class, connected components smaller than ``min_fraction`` of that class's largest one.
+
+    Organs are one or two large objects (kidneys: two); a network trained on a few scans also fires in small
+    scattered spots, which HD95 punishes and users must erase by hand. Uses SimpleITK's 26-connected
+    ``ConnectedComponent`` + ``RelabelComponent``. ``min_fraction <= 0`` returns ``labels`` unchanged.
+    """
+    if min_fraction <= 0:
+        return labels
+    out = labels.copy()
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        mask = sitk.GetImageFromArray((labels == value).astype(np.uint8))
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True))  # 1 = largest
+        comp = sitk.GetArrayViewFromImage(components)
+        sizes = np.bincount(comp.ravel())
+        if len(sizes) <= 2:
+            continue
+        small = np.nonzero(sizes[1:] < min_fraction * sizes[1])[0] + 1
+        out[np.isin(comp, small)] = 0
+    return out

@@ -40,14 +40,18 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_s
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); else a single-process context.
 
     Args:
-        device: ``"auto"`` (CUDA if available, one GPU per local rank), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (:func:`..devices.resolve_device`);
+            with several processes on CUDA each takes the GPU of its local rank.
         backend: ``"gloo"`` / ``"nccl"``; default NCCL for CUDA, gloo for CPU.
     """
+    from ..devices import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    dev = f"cuda:{local}" if use_cuda and world > 1 else ("cuda" if use_cuda else "cpu")
+    resolved = resolve_device(device, setting="training/device")
+    use_cuda = resolved.type == "cuda"
+    dev = f"cuda:{local}" if use_cuda and world > 1 else str(resolved)
     if world > 1 and not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local)

@@ -1,0 +1,66 @@
+"""The network a fine-tuning run starts from: the base package (checked against the task), its architecture with
+the new number of classes and input channels, and its weights wherever they still fit."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from .config import FinetuneConfig
+
+
+def base_package(ref: str | None, task: str):
+    """The base package ``ref`` (``None``, ``"none"`` or ``"scratch"``: train from scratch, returns ``None``).
+
+    Raises:
+        ConfigError: a classification base for ``task`` segment, or a segmentation base for ``task`` classify.
+    """
+    if not ref or ref.lower() in ("none", "scratch"):
+        return None
+    from ..packages import load_package
+
+    pkg = load_package(ref)
+    base_task = pkg.meta.get("task", "classification")
+    if task == "segment" and base_task != "segmentation":
+        raise ConfigError(f"base model {pkg.id}@{pkg.version} is a {base_task} model; --task segment needs a "
+                          "segmentation base (or --base none)", pkg.path)
+    if task == "classify" and base_task == "segmentation":
+        raise ConfigError(f"base model {pkg.id}@{pkg.version} is a segmentation model; --task classify needs a "
+                          "classification base (or --base none)", pkg.path)
+    return pkg
+
+
+def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: int,
+                    class_names: Sequence[str] = ()) -> tuple[Any, str, dict, dict]:
+    """Network for the new package: the base's architecture with new output/input sizes, base weights where
+    shapes match; the output layer starts fresh when the class names differ from the base's (even if their number
+    is the same: "mass" must not become "lesion" by position). Returns ``(model, arch_name, arch_kwargs,
+    weight_report)``."""
+    from ..models import build_model
+    from ..models import segmentation  # noqa: F401  (registers monai_unet / monai_segresnet)
+    from ..models.transfer import head_module_name, load_matching_weights
+
+    if base is not None:
+        name = base.meta["architecture"]["name"]
+        kwargs = dict(base.meta["architecture"].get("kwargs") or {})
+    else:
+        name = cfg.arch or ("monai_unet" if cfg.task == "segment" else "simple_cnn3d")
+        kwargs = {}
+    kwargs.update(cfg.arch_kwargs or {})
+    kwargs["num_classes"] = num_outputs
+    kwargs["in_channels"] = in_channels
+    kwargs.pop("out_channels", None)
+    size = cfg.patch_size if cfg.task == "segment" else cfg.roi_size
+    model = build_model(name, input_shape=[in_channels, *size] if size else None, **kwargs)
+    report = {"loaded": 0, "reinitialised": []}
+    if base is not None:
+        same_classes = list(base.class_names) == list(class_names)
+        skip = [] if same_classes or not class_names else [head_module_name(model)]
+        # the base's weights as its package gives them (checked against its checksum and architecture)
+        base_state = base.build_model("cpu").state_dict()
+        loaded, fresh = load_matching_weights(model, base_state, skip)
+        if not loaded:
+            raise ConfigError(f"no weight of base {base.id}@{base.version} fits the new network; "
+                              "check --arch-kwargs", base.path)
+        report = {"loaded": len(loaded), "reinitialised": fresh}
+    return model, name, kwargs, report

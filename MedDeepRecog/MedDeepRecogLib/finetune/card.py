@@ -1,0 +1,49 @@
+"""What a fine-tuned package says about itself: ``model.json`` metrics and the Markdown model card."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .config import FinetuneConfig
+
+
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics for model.json: drop bulky parts (per-case detail stays in the model card)."""
+    out = {k: v for k, v in metrics.items() if k not in ("per_case", "confusion_matrix")}
+    out.setdefault("split", "val")
+    return out
+
+
+def model_card(meta: dict[str, Any], cfg: FinetuneConfig, report: dict[str, Any], result) -> str:
+    """Markdown model card: what it does, what it started from, how many cases it saw, metrics, caveats."""
+    prov = meta["provenance"]
+    parent = prov["parent"]
+    lines = [f"# {meta['id']} (fine-tuned, task {meta['task']})", "",
+             meta.get("description", ""), "",
+             "## Origin",
+             f"- Base model: {parent['id'] + ' ' + parent['version'] if parent else 'none (trained from scratch)'}",
+             f"- Command: `{prov['command']}`",
+             f"- Data: `{prov['data']}` (fingerprint `{prov['dataset_fingerprint']}`)",
+             f"- Frozen encoder: {cfg.freeze_encoder}; epochs run {len(result.epochs)} of {cfg.training.epochs}, "
+             f"best epoch {result.best_epoch}, stopped: {result.stopped}", "",
+             "## Data it saw",
+             f"- **{len(prov['cases']['train'])} training case(s)**: {', '.join(prov['cases']['train'])}",
+             f"- {len(prov['cases']['val'])} validation case(s): {', '.join(prov['cases']['val']) or 'none'}"
+             + (f" (held-out slab {cfg.val_slab} of the training scan)" if cfg.val_slab else ""),
+             "- Segments per class (cases / segments / voxels):"]
+    for name, c in report["classes"].items():
+        lines.append(f"  - {name}: {c['cases']} / {c['segments']} / {c['voxels']}")
+    lines += ["", "## Validation metrics"]
+    metrics = meta.get("metrics") or {}
+    for key in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "n"):
+        if key in metrics:
+            lines.append(f"- {key}: {metrics[key]}")
+    if "per_class" in metrics:
+        lines.append(f"- per class: `{json.dumps(metrics['per_class'])}`")
+    lines += ["", "## Caveats",
+              "- Few labelled cases: metrics on so small a validation set are rough; check results visually in Slicer.",
+              "- Labels are whatever segments the user supplied; their quality bounds the model's."]
+    if report["warnings"]:
+        lines += ["", "## Data warnings"] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""The work folder of a fine-tuning run: where its checkpoint lives, what ran there, what it saved.
+
+The folder is keyed by the data (fingerprint), the base package and every setting that changes what is learnt,
+so running the same command again resumes the run. The number of epochs is not part of the key: re-running with
+more epochs continues the same run up to the new number instead of starting over (and a finished run re-run
+unchanged returns the package it saved).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import FinetuneConfig
+
+#: Settings that change nothing the run learns (where it writes, how it is resumed, where it runs).
+NOT_IN_KEY = ("work_dir", "resume", "command", "dest", "version")
+#: ``training`` settings left out of the key: how long it runs, and where.
+NOT_IN_KEY_TRAINING = ("epochs", "device")
+
+
+def run_key(cfg: FinetuneConfig, fingerprint: str, base_ref: str | None) -> str:
+    """Work-folder name: same data, base and settings (whatever the epochs) → same folder (so a re-run resumes)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
+    settings["training"] = {k: v for k, v in settings["training"].items() if k not in NOT_IN_KEY_TRAINING}
+    blob = json.dumps({"fingerprint": fingerprint, "base": base_ref, "settings": settings}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_work_dir(key: str) -> Path:
+    """``$MEDDEEPRECOG_HOME/finetune_runs/<key>`` (beside the user catalog)."""
+    from ..packages import user_models_dir
+
+    return user_models_dir().parent / "finetune_runs" / key
+
+
+def write_run(work_dir: Path, cfg: FinetuneConfig, fingerprint: str, base_ref: str | None, classes: list[str]) -> None:
+    """``run.json``: what this folder's run was started with."""
+    from ..io import atomic_write_json
+
+    atomic_write_json(work_dir / "run.json", {"config": asdict(cfg), "dataset_fingerprint": fingerprint,
+                                              "base": base_ref, "classes": classes})
+
+
+def write_result(work_dir: Path, summary: dict[str, Any], epochs_run: int) -> None:
+    """``result.json``: the package this folder's run saved after ``epochs_run`` epochs."""
+    from ..io import atomic_write_json
+
+    atomic_write_json(work_dir / "result.json", {"package": summary["package"], "id": summary["id"],
+                                                 "version": summary["version"], "epochs_run": epochs_run})
+
+
+def previous_result(work_dir: Path, epochs_run: int) -> dict[str, Any] | None:
+    """The package an earlier, finished run of this work folder saved, if it saw the same epochs and still exists."""
+    path = work_dir / "result.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved.get("epochs_run") != epochs_run or not Path(saved.get("package", "")).is_dir():
+        return None
+    return {k: saved[k] for k in ("package", "id", "version")}

@@ -1,0 +1,98 @@
+"""Starting a network from another one's weights: which parameters are encoder, the head, matching weights.
+
+- :func:`encoder_parameter_names` / :func:`encoder_module_paths`: what ``--freeze-encoder`` freezes (the
+  segmentation networks' own encoders, :data:`.segmentation.ENCODERS`; for a classifier everything but its head).
+- :func:`head_module_name`: the last parameterised layer (a classifier's output layer, a segmentation network's
+  final convolution).
+- :func:`load_matching_weights`: copy a base's weights wherever name and shape match (a new head or input layer
+  keeps its fresh initialisation).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .segmentation import ENCODERS
+
+
+def head_module_name(model: nn.Module) -> str | None:
+    """The last parameterised convolution or linear layer (the classifier / final 1x1 conv), or ``None``."""
+    head = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose3d)) and \
+                any(True for _ in module.parameters(recurse=False)):
+            head = module_name
+    return head
+
+
+def encoder_parameter_names(model: nn.Module, arch_name: str) -> list[str]:
+    """Names of the parameters ``--freeze-encoder`` freezes.
+
+    - ``monai_unet``: the down path and the bottom block; ``monai_segresnet``: ``convInit`` and ``down_layers``.
+    - any classification network: everything but its last parameterised layer (the head).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if arch_name in ENCODERS:
+        return [n for n in names if ENCODERS[arch_name](n)]
+    head = head_module_name(model)
+    if head is None:
+        return []
+    return [n for n in names if not (n == head or n.startswith(head + "."))]
+
+
+def encoder_module_paths(model: nn.Module, arch_name: str) -> list[str]:
+    """The fewest module paths whose parameters are exactly :func:`encoder_parameter_names` (for ``Hooks.frozen``)."""
+    encoder = set(encoder_parameter_names(model, arch_name))
+
+    def visit(module: nn.Module, prefix: str) -> list[str]:
+        names = {f"{prefix}{n}" for n, _ in module.named_parameters()}
+        if not names:
+            return []
+        if names <= encoder:
+            return [prefix.rstrip(".")]
+        if not names & encoder:
+            return []
+        out = []
+        for child_name, child in module.named_children():
+            out += visit(child, f"{prefix}{child_name}.")
+        return out
+
+    paths = visit(model, "")
+    return [p for p in paths if p]
+
+
+def freeze_parameters(model: nn.Module, names: Sequence[str]) -> int:
+    """Set ``requires_grad=False`` on ``names``; returns how many scalar weights were frozen."""
+    wanted = set(names)
+    frozen = 0
+    for name, param in model.named_parameters():
+        if name in wanted:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
+def load_matching_weights(model: nn.Module, state: Mapping[str, torch.Tensor],
+                          skip_prefixes: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """Copy every tensor of ``state`` whose name and shape match ``model``'s; the rest keep their fresh init.
+
+    Used when the fine-tuned model has another number of classes (new head) or input channels (mask channel)
+    than its base; ``skip_prefixes`` (e.g. the head when the class names changed but not their number) are never
+    copied. Returns ``(loaded, reinitialised)`` parameter/buffer names.
+    """
+    own = model.state_dict()
+    loaded, fresh = [], []
+    update = {}
+    skip = tuple(f"{p}." for p in skip_prefixes if p)
+    for name, tensor in own.items():
+        if name in state and tuple(state[name].shape) == tuple(tensor.shape) and not name.startswith(skip):
+            update[name] = state[name]
+            loaded.append(name)
+        else:
+            fresh.append(name)
+    own.update(update)
+    model.load_state_dict(own)
+    return loaded, fresh
