@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedDeepRecogLib.contract import EXPLAIN_METHODS
+from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MAX_EPOCHS
 from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
 from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, read_classify_result,
                                             read_segment_labels)
@@ -94,7 +94,7 @@ class MedDeepRecogParameterNode:
     trainingSegmentation: vtkMRMLSegmentationNode
     classMapTable: vtkMRMLTableNode
     finetuneTask: Annotated[str, Choice(["classify", "segment"])] = "classify"
-    epochs: Annotated[int, WithinRange(1, 1000)] = 10
+    epochs: Annotated[int, WithinRange(1, MAX_EPOCHS)] = FINETUNE_EPOCHS
 
 
 class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -112,6 +112,7 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
 
     from MedDeepRecogLib.models import build_model
     from MedDeepRecogLib.training.augment import BatchAugment, monai_transforms
+    from MedDeepRecogLib.inference import localisation  # noqa: F401  (the config's localisation block)
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
     from MedDeepRecogLib.training.data import load_train_val
     from MedDeepRecogLib.training.classification import fit_classifier, make_loader

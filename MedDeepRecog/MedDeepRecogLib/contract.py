@@ -67,3 +67,8 @@ GRADCAM_METHODS = ("gradcam", "gradcampp")
 UNCERTAINTY_MODES = ("auto", "none", "mc-dropout", "tta")
 #: ``--progress`` choices of every command.
 PROGRESS_MODES = ("json", "bar", "none")
+
+#: Training epochs: a whole number from 1 to this (train, fine-tune and the Slicer panel's epochs field).
+MAX_EPOCHS = 100_000
+#: Epochs a fine-tuning run trains when nothing says otherwise (command line, config file and Slicer panel alike).
+FINETUNE_EPOCHS = 20

@@ -162,3 +162,16 @@ def read_config(cls: type, raw: Mapping[str, Any], source: Any = None, *, where:
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise ConfigError(f"{key or 'config'}: {msg}, got {_describe(err.get('input'))}{more}", source) from None
+
+
+def resolve_relative(raw: str, source) -> Path:
+    """A data path as given, else relative to the config's folder or its parent (the repository root)."""
+    p = Path(raw).expanduser()
+    candidates = [p]
+    if not p.is_absolute() and source:
+        here = Path(source).resolve().parent
+        candidates += [here / p, here.parent / p]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise ConfigError(f"data path {raw!r} not found (looked in: {', '.join(map(str, candidates))})", source)

@@ -5,9 +5,8 @@ the Slicer module reaches the core only through torch-free seams. (b) No import 
 :data:`LAYERS`. (c) The only import cycles are the two registries (architectures, preprocessing steps), whose
 decorators live in the modules the registry imports.
 
-:data:`PENDING_EDGES` and :data:`PENDING_CYCLES` list what the other half of the reorganisation (training loop,
-adversarial hooks, the fine-tuning split) still has to move; they are deleted when those moves land, and a new
-entry is never the way to make this test pass.
+Parts above training add to it by registering (adversarial training and the heatmap localisation register their
+training-config blocks, ``training.hooks``), never by training importing them.
 """
 
 from __future__ import annotations
@@ -45,36 +44,12 @@ LAYERS: list[set[str]] = [
     {"slicer_bridge"},
 ]
 
-#: Imports that still run up the layers, all in files of the training / fine-tuning half of the reorganisation,
-#: each with the move that removes it. Delete an entry when its move lands (the test fails on a stale one).
-PENDING_EDGES = {
-    # SLICE_DEFAULTS / standardise_slices now live in preprocessing.slices (still importable from model_input)
-    ("training.config", "inference.model_input"),
-    ("training.data", "inference.model_input"),
-    # the localisation measured at the end of training classifies with inference; it moves above training
-    ("training.localisation", "inference.classify"),
-    # the DDP helpers move from finetune/distributed.py into training/distributed.py
-    ("training.loop", "finetune.distributed"),
-    ("training.train", "finetune.distributed"),
-    # adversarial training becomes a hook composed from robustness/, never named inside training
-    ("training.config", "robustness.training"),
-    ("training.train", "robustness.training"),
-    # the segmentation architectures move from finetune/seg_models.py into models/ (imported like the others)
-    ("models.registry", "finetune.seg_models"),
-}
-
 #: The two registry cycles: the registry imports its members so that their decorators run.
 REGISTRY_CYCLES = [
     {"models.registry", "models.attention_cnn", "models.cnn_lstm", "models.ensemble", "models.fusion_nets",
-     "models.monai_nets", "models.simple_cnn"},
+     "models.monai_nets", "models.segmentation", "models.simple_cnn"},
     {"preprocessing.steps", "preprocessing.denoise", "preprocessing.enhance", "preprocessing.intensity",
      "preprocessing.masks"},
-]
-#: Members the registry cycles hold until the moves of :data:`PENDING_EDGES` land, and the third cycle (training
-#: and adversarial training naming each other), which the adversarial hook removes.
-PENDING_CYCLES = [
-    {"finetune.seg_models"},
-    {"training.config", "training.train", "training.domain", "training.localisation", "robustness.training"},
 ]
 
 FORBIDDEN = {"slicer", "qt", "vtk", "ctk", "PythonQt", "mrml"}
@@ -225,22 +200,13 @@ def test_slicer_module_reaches_the_core_through_torch_free_seams():
 def test_no_import_runs_up_the_layers():
     edges, _ = _graph()
     up = {(m, t) for m, targets in edges.items() for t in targets if _layer(t) > _layer(m)}
-    unexpected = sorted(up - PENDING_EDGES)
-    assert not unexpected, "imports running up the layers: " + "; ".join(f"{m} -> {t}" for m, t in unexpected)
-    stale = sorted(PENDING_EDGES - up)
-    assert not stale, f"delete these entries of PENDING_EDGES, their moves have landed: {stale}"
+    assert not up, "imports running up the layers: " + "; ".join(f"{m} -> {t}" for m, t in sorted(up))
 
 
 def test_only_the_registry_cycles():
     edges, _ = _graph()
     cycles = _cycles(edges)
-    pending = set().union(*PENDING_CYCLES)
     expected = [frozenset(c) for c in REGISTRY_CYCLES]
     for comp in cycles:
-        known = comp - pending
-        assert frozenset(known) in expected or not known, f"import cycle: {sorted(comp)}"
-    for cycle in REGISTRY_CYCLES:
-        assert any(cycle <= comp for comp in cycles), f"the registry cycle {sorted(cycle)} changed; update the test"
-    assert len([c for c in cycles if c - pending]) == len(REGISTRY_CYCLES), cycles
-    for members in PENDING_CYCLES:
-        assert any(members & comp for comp in cycles), f"delete {sorted(members)} from PENDING_CYCLES: gone"
+        assert frozenset(comp) in expected, f"import cycle: {sorted(comp)}"
+    assert len(cycles) == len(REGISTRY_CYCLES), cycles

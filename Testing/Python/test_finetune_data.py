@@ -12,7 +12,8 @@ from finetune_helpers import synthetic_case, synthetic_dataset
 from MedDeepRecogLib.errors import ConfigError, MedDeepRecogError
 from MedDeepRecogLib.finetune.manifest import (Case, dataset_fingerprint, load_cases, pair_folder,
                                                parse_class_map, split_by_case)
-from MedDeepRecogLib.finetune.roi_crops import RoiSpec, crops_to_arrays, segment_crops
+from MedDeepRecogLib.finetune.roi_crops import crops_to_arrays, segment_crops
+from MedDeepRecogLib.inference.roi_classify import RoiSpec
 from MedDeepRecogLib.finetune.segment_data import load_case, resolve_classes
 from MedDeepRecogLib.io import write_image
 

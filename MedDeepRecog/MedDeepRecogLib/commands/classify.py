@@ -383,7 +383,7 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
     from ..contract import output_file
     from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..finetune.roi_crops import classify_segments
+    from ..inference.roi_classify import classify_segments
     from ..io import atomic_write_json
 
     kind = package.input_spec.get("kind")

@@ -18,6 +18,8 @@ import json
 import shlex
 import sys
 
+from ..contract import PROGRESS_MODES
+from ..devices import DEVICE_CHOICES
 from ..progress import PROGRESS_HELP
 
 #: Options that only apply to one task (checked before any data is read).
@@ -89,11 +91,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", help="checkpoint folder (default: keyed by data, base and settings)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--seed", type=int, help="random seed of the split, sampling and initialisation (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=None,
                    help="where the network trains: auto (a CUDA GPU when torch sees one), cpu or cuda: "
                         "training/device")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from ..contract import PROGRESS_MODES
 from ..errors import ConfigError, InputImageError, OutputError
 
 
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", nargs="?", help="output volume (.nrrd, .nii.gz, .nii, .mha)")
     p.add_argument("--pipeline", help="preset name (see --list) or a .json/.yaml pipeline file")
     p.add_argument("--mask", metavar="OUT.seg.nrrd", help="write the masks made by mask steps as a segmentation")
-    p.add_argument("--progress", choices=("json", "bar", "none"), default="none",
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="none",
                    help="progress as JSON lines on stdout, a bar on stderr, or none (default)")
     p.add_argument("--keep-resampled-grid", action="store_true",
                    help="write the result on the pipeline's grid instead of resampling back onto the input grid")

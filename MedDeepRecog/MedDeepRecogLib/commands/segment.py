@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..contract import PROGRESS_MODES
+from ..devices import DEVICE_CHOICES
 from ..progress import DEVICE_HELP, PROGRESS_HELP
 
 
@@ -22,8 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True,
                    help="output .seg.nrrd, or .dcm for a DICOM series input: a DICOM Segmentation object "
                         "referencing the series (what a PACS stores)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="none", help=PROGRESS_HELP)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help=DEVICE_HELP)
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="none", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 

@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 
+from ..contract import PROGRESS_MODES
+from ..devices import DEVICE_CHOICES
 from ..progress import PROGRESS_HELP
 
 
@@ -24,9 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--package-dest", help="catalog folder for the new package (default: the user catalog "
                                           "$MEDDEEPRECOG_HOME/models)")
     p.add_argument("--epochs", type=int, help="override training/epochs")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override training/device")
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="override training/device")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--progress", choices=["json", "bar", "none"], default="bar", help=PROGRESS_HELP)
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
 
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import robustness  # noqa: F401  (registers the training-config blocks it owns: adversarial)
+    from ..inference import localisation  # noqa: F401  (registers the localisation block)
     from ..progress import Progress
     from ..training.config import load_config
     from ..training.train import run_training

@@ -18,10 +18,6 @@ from ..errors import MedDeepRecogError
 from ..inference.roi_classify import RoiSpec, crop_cube, normalized_scan, roi_crop, segment_roi
 from .segment_data import CaseData
 
-# Temporary: ROI-classifier inference moved to inference/roi_classify.py; commands/classify.py still imports it from
-# here until it is switched to ..inference.roi_classify.
-from ..inference.roi_classify import classify_segments  # noqa: E402,F401
-
 
 @dataclass
 class RoiSample:

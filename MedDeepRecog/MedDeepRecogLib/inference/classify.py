@@ -192,7 +192,7 @@ def check_classifier(package) -> None:
             f"model {ref} is an ROI classifier (input.kind roi3d, from `meddeeprecog finetune --task classify`): it "
             "classifies segments of a segmentation, not whole scans; apply it with `meddeeprecog classify SCAN "
             f"--model {package.id}@{package.version} --segments SEG.seg.nrrd --out DIR` "
-            "(in Python: MedDeepRecogLib.finetune.roi_crops.classify_segments)")
+            "(in Python: MedDeepRecogLib.inference.roi_classify.classify_segments)")
 
 
 def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: str = "gradcam",

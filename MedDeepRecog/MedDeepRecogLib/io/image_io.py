@@ -725,7 +725,3 @@ def describe_geometry(image: sitk.Image) -> dict[str, Any]:
         **({"dicom_series": json.loads(image.GetMetaData(SERIES_KEY))} if image.HasMetaDataKey(SERIES_KEY) else {}),
     }
 
-
-# Former private names, still imported by training/data.py until it uses the public ones (issue 15 merge).
-_first_line = itk_error_line
-_declared_bytes_per_voxel = declared_bytes_per_voxel

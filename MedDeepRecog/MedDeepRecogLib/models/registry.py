@@ -246,8 +246,4 @@ def _ensure_loaded() -> None:
     Plain imports, so a missing dependency of any architecture is an ``ImportError`` naming it, never an
     "unknown architecture". A new architecture module in this package is added here.
     """
-    from . import attention_cnn, cnn_lstm, ensemble, fusion_nets, monai_nets, simple_cnn  # noqa: F401
-    # The segmentation networks (monai_unet, monai_segresnet) still live in finetune/seg_models.py; they move into
-    # this package with the fine-tuning split, and this upward import (an allowance listed in
-    # Testing/Python/test_architecture.py) becomes one more name on the line above.
-    from ..finetune import seg_models  # noqa: F401
+    from . import attention_cnn, cnn_lstm, ensemble, fusion_nets, monai_nets, segmentation, simple_cnn  # noqa: F401

@@ -168,10 +168,6 @@ def load_weights(path: Path) -> dict:
     return dict(state)
 
 
-#: Former private name, still imported by finetune/finetune.py until it uses :func:`load_weights` (issue 15 merge).
-_load_state_dict = load_weights
-
-
 # --------------------------------------------------------------------------------------------- ModelPackage
 @dataclass
 class ModelPackage:

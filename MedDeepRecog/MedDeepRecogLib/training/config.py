@@ -21,7 +21,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
                 folds: 0}                                 # K >= 2: a cross-validation ensemble (see training/train.py)
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
-    localisation: [{name, scan, lesion}, ...]            # heatmap scored on lesion labels (training/localisation.py)
+    localisation: [{name, scan, lesion}, ...]            # heatmap scored on lesion labels (a block inference/localisation.py registers)
     card: {intended_use: text, not_for: [text, ...]}      # the model card's use statements (model.json "use")
     <block>: {...}                                        # a block another part registered (training/hooks.py),
                                                           # e.g. robustness's adversarial training
@@ -37,7 +37,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..schema import (Float, Fraction, List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt, SideInt,
-                      load_mapping, read_config)
+                      load_mapping, read_config, resolve_relative)
 from .hooks import config_blocks
 from .sections import LoopConfig, OptimizerConfig, ScheduleConfig, check_choices
 
@@ -109,7 +109,6 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     explain: dict | None = None
     domain: dict | None = None  # out-of-domain check fitted after training (training/domain.py)
-    localisation: List(Any) | None = None  # scans with lesion labels the heatmap is scored on (training/localisation.py)
     card: dict | None = None  # model card text: {intended_use, not_for: [...]} (copied to model.json "use")
     blocks: dict[str, Any] = field(default_factory=dict)  # registered blocks (training/hooks.py) by their key
     source: str | None = None  # the config file (set by load_config)
@@ -142,8 +141,8 @@ def _check_keys(raw: Mapping, allowed: set[str], where: str, source: Any) -> Non
 def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -> TrainConfig:
     """Build a :class:`TrainConfig` from a dict through the one schema reader (:func:`..schema.read_config`):
     unknown keys, wrong types, out-of-range values and lists given as single words are errors naming the key and
-    the file; then the blocks with their own rules (augmentation, card, localisation, domain, the blocks other
-    parts registered in :mod:`.hooks`) and the cross-field rules below."""
+    the file; then the blocks with their own rules (augmentation, card, domain, the blocks other
+    parts registered (localisation, adversarial) in :mod:`.hooks`) and the cross-field rules below."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"config must be a mapping of settings, got {type(raw).__name__}", source)
     registered = config_blocks()
@@ -181,10 +180,6 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
                 or not all(isinstance(v, str) for v in not_for):
             raise ConfigError("card must be {intended_use: text, not_for: [text, ...]}", source)
         cfg.card = dict(value) if value else None
-    if "localisation" in raw:
-        from .localisation import check_localisation_block
-        check_localisation_block(raw["localisation"], source)
-        cfg.localisation = list(raw["localisation"]) if raw["localisation"] else None
     if "domain" in raw:
         from .domain import check_domain_block
         check_domain_block(raw["domain"], source)
@@ -226,7 +221,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     if folds and cfg.training.ensemble > 1:
         raise ConfigError("training/folds already trains one member per fold; leave training/ensemble at 1", source)
     if cfg.input.slices is not None:
-        from ..inference.model_input import SLICE_DEFAULTS
+        from ..preprocessing.slices import SLICE_DEFAULTS
         _check_keys(cfg.input.slices, set(SLICE_DEFAULTS), "input/slices", source)
         if cfg.data.kind != "slices2d":
             raise ConfigError("input/slices applies to data/kind slices2d only", source)
@@ -251,19 +246,6 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
             given = raw.get(section)
             raw[section] = {**(given if isinstance(given, Mapping) else {}), **values}
     return config_from_dict(raw, path)
-
-
-def resolve_relative(raw: str, source) -> Path:
-    """A data path as given, else relative to the config's folder or its parent (the repository root)."""
-    p = Path(raw).expanduser()
-    candidates = [p]
-    if not p.is_absolute() and source:
-        here = Path(source).resolve().parent
-        candidates += [here / p, here.parent / p]
-    for c in candidates:
-        if c.exists():
-            return c
-    raise ConfigError(f"data path {raw!r} not found (looked in: {', '.join(map(str, candidates))})", source)
 
 
 def resolve_data_path(cfg: TrainConfig) -> Path:

@@ -251,9 +251,9 @@ def load_train_val(cfg, path: Path) -> TrainValData:
 
 def standardise_images(images: np.ndarray, slices: dict, size, source) -> np.ndarray:
     """``(N, H, W)`` grey images → ``(N, 1, *size)`` float32 0..1 through
-    :func:`..inference.model_input.standardise_slices` with the package's ``input.slices`` options, so training sees
+    :func:`..preprocessing.slices.standardise_slices` with the package's ``input.slices`` options, so training sees
     exactly what classify feeds the network (8-bit images are not HU: the per-image percentile stretch applies)."""
-    from ..inference.model_input import standardise_slices
+    from ..preprocessing.slices import standardise_slices
 
     if images.ndim != 3:
         raise ConfigError(f"input/slices needs grey 2D images (N, H, W), got shape {images.shape}", source)

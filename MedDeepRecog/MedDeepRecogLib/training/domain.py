@@ -61,7 +61,7 @@ def features_of(model, images: np.ndarray, device, batch: int = 128) -> tuple[np
 
 
 def _negative_images(neg: Mapping[str, Any], slices: Mapping, size, source) -> np.ndarray:
-    from .config import resolve_relative
+    from ..schema import resolve_relative
     from .data import standardise_images
 
     path = resolve_relative(str(neg["path"]), source)

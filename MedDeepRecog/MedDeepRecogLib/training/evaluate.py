@@ -11,25 +11,6 @@ from ..errors import ConfigError, ModelPackageError
 from .data import load_eval_split
 
 
-def data_params(pkg) -> tuple[Any, Any]:
-    """Intensity range and size the package's pipeline expects (as recorded by ``train``): what to read a labelled
-    ``.npz`` split with so its arrays look like the package's training data."""
-    intensity, size = None, pkg.input_spec.get("size")
-    for step in (pkg.input_spec.get("pipeline") or {}).get("steps", []):
-        name = step.get("name", "")
-        if name == "window" and step.get("output", "unit") == "unit" and "center" in step:
-            intensity = (step["center"] - step["width"] / 2.0, step["center"] + step["width"] / 2.0)
-    cfg_data = ((pkg.meta.get("provenance") or {}).get("config") or {}).get("data") or {}
-    if intensity is None and cfg_data.get("intensity_range") is not None:
-        intensity = cfg_data["intensity_range"]
-    return intensity, size
-
-
-#: The former private name, kept until its callers outside training/ (uncertainty/calibrate.py,
-#: inference/calibrate.py, commands/robustness.py) import :func:`data_params`.
-_data_params = data_params
-
-
 def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = "test", out: str | Path | None = None,
                      device: str = "auto", batch_size: int = 64) -> dict:
     """Metrics of package ``model_ref`` on ``split`` of ``data_path``; with ``out`` also ``roc.png``,
@@ -47,7 +28,7 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     data_path = Path(data_path)
     if not data_path.is_file():
         raise ConfigError("evaluation data not found", data_path)
-    intensity, size = data_params(pkg)
+    intensity, size = pkg.data_params()
     ds = load_eval_split(data_path, split, pkg.input_spec["kind"], intensity, size,
                          slices=pkg.input_spec.get("slices"))
     k = len(pkg.class_names)

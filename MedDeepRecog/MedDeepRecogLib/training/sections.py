@@ -17,12 +17,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from ..contract import FINETUNE_EPOCHS, MAX_EPOCHS
 from ..devices import DEVICE_CHOICES
 from ..errors import ConfigError
 from ..schema import Fraction, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt
 
-#: Training epochs: a whole number from 1 to 100000 (the one place this range is written).
-Epochs = Annotated[PosInt, Field(le=100_000)]
+#: Training epochs: a whole number from 1 to ``contract.MAX_EPOCHS``.
+Epochs = Annotated[PosInt, Field(le=MAX_EPOCHS)]
 #: Samples per optimiser step (the global batch; split over DDP processes).
 BatchSize = Annotated[PosInt, Field(le=65_536)]
 
@@ -89,7 +90,7 @@ class FinetuneSchedule(ScheduleConfig):
 class FinetuneLoop(LoopConfig):
     """Fine-tuning's ``training:``: a few labelled cases, so a short run that stops early and clips gradients."""
 
-    epochs: Epochs = 20
+    epochs: Epochs = FINETUNE_EPOCHS
     batch_size: BatchSize = 8
     early_stopping_patience: NonNegInt | None = 10
     grad_clip: PosFloat | None = 5.0

@@ -97,7 +97,6 @@ def check_pipeline(pipeline: dict, source) -> None:
 def model_card(meta: dict, history: dict, data_desc: str) -> str:
     """A short Markdown model card from the package metadata and the training history."""
     from .domain import domain_card_lines
-    from .localisation import localisation_card_lines
     m = meta.get("metrics", {})
     p = meta.get("provenance", {})
     skip = ("per_class", "confusion_matrix", "class_names", "cross_validation")  # shown elsewhere or not scalars
@@ -121,7 +120,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
 
 Confusion matrix (rows true, columns predicted; {', '.join(meta['class_names'])}): `{m.get('confusion_matrix')}`
 
-{domain_card_lines(meta.get('domain'))}{localisation_card_lines(meta.get('localisation'), explain_method(meta))}
+{domain_card_lines(meta.get('domain'))}
 ## Reproduce
 ```
 {p.get('command')}
@@ -437,11 +436,6 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
         from .domain import calibrate_domain
         progress("domain check", 0.98)
         meta["domain"], extra_files[DOMAIN_FILE] = calibrate_domain(model, data, cfg, device)
-    if cfg.localisation:
-        from .localisation import measure_localisation
-        progress("heatmap localisation", 0.99)
-        meta["localisation"] = measure_localisation(cfg, model, {**meta, "version": version}, out_dir / "staging",
-                                                    extra_files)
     hist = history.to_dict()
     from .plots import training_curve_png
     curve = training_curve_png(hist["epochs"], out_dir / "training_curve.png", history.monitor)

@@ -1,6 +1,7 @@
 """Where the heatmap lands, measured at the end of training on scans with lesion labels, for the model card.
 
-Config block (optional)::
+Training-config block (optional), registered with the training config when this module is imported
+(``training.hooks.register_config_block``; ``meddeeprecog train`` imports it), so training never names inference::
 
     localisation:
       - {name: brain1, scan: ../shared/data/pyradiomics_testcases/brain1_image.nrrd,
@@ -15,28 +16,48 @@ their area, and the heatmap's faithfulness (deletion / insertion).
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError, MedDeepRecogError
+from ..training.hooks import ConfigBlock, PackageDraft, RunHooks, register_config_block
 
 
-def check_localisation_block(block: Any, source) -> None:
-    if block is None:
-        return
+def validate_block(block: Any) -> list[dict] | None:
+    """The ``localisation:`` block as kept in the config (``None`` when empty); raises :class:`ConfigError`."""
+    if not block:
+        return None
     if not isinstance(block, list) or not all(isinstance(c, Mapping) and set(c) == {"name", "scan", "lesion"}
                                               for c in block):
-        raise ConfigError("localisation must be a list of {name, scan, lesion}", source)
+        raise ConfigError("localisation must be a list of {name, scan, lesion}")
+    return [dict(c) for c in block]
 
 
-def measure_localisation(cfg, model, meta: dict, staging: Path,
+def localisation_hooks(block: list[dict], cfg: Any = None) -> RunHooks:
+    """Before the package is saved: score the heatmap on the block's cases, into ``model.json`` and the card."""
+
+    def before_save(draft: PackageDraft, progress) -> None:
+        from ..training.train import explain_method
+
+        progress("heatmap localisation", 0.99)
+        staging = Path(tempfile.mkdtemp(prefix="meddeeprecog-localisation-"))
+        draft.meta["localisation"] = measure_localisation(block, draft.config.source, draft.model, draft.meta,
+                                                          staging, draft.extra_files)
+        draft.card_sections.append(localisation_card_lines(draft.meta["localisation"], explain_method(draft.meta)))
+
+    return RunHooks(before_save=before_save)
+
+
+def measure_localisation(cases: list[Mapping[str, Any]], source, model, meta: dict, staging: Path,
                          extra_files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
-    """Classify every ``localisation`` case with the freshly trained model (staged as a package in ``staging``
-    with ``extra_files``, e.g. its domain statistics); returns ``{name: figures}``."""
-    from ..inference.classify import classify_scan
+    """Classify every case ``{name, scan, lesion}`` (paths relative to the config file ``source``) with the freshly
+    trained model (staged as a package in ``staging`` with ``extra_files``, e.g. its domain statistics); returns
+    ``{name: figures}``."""
     from ..io import read_lesion_mask
     from ..packages import load_package, save_package
-    from .config import resolve_relative
+    from ..schema import resolve_relative
+    from .classify import classify_scan
 
 
     staged = save_package(model, {k: v for k, v in meta.items() if k != "weights"}, staging,
@@ -44,9 +65,9 @@ def measure_localisation(cfg, model, meta: dict, staging: Path,
     try:
         package = load_package(staged)
         figures = {}
-        for case in cfg.localisation or []:
-            scan = resolve_relative(str(case["scan"]), cfg.source)
-            lesion = read_lesion_mask(resolve_relative(str(case["lesion"]), cfg.source))
+        for case in cases:
+            scan = resolve_relative(str(case["scan"]), source)
+            lesion = read_lesion_mask(resolve_relative(str(case["lesion"]), source))
             try:
                 result = classify_scan(scan, package, lesion=lesion, uncertainty="none")
             except MedDeepRecogError as exc:  # the scan cannot go to this model: say so in the card, don't fail
@@ -89,3 +110,7 @@ prediction more than removing random ones).
 |---|---|---|---|---|---|
 {rows}
 """
+
+
+#: The ``localisation:`` training-config block (registered when this module is imported).
+LOCALISATION_BLOCK = register_config_block(ConfigBlock("localisation", validate_block, localisation_hooks))
