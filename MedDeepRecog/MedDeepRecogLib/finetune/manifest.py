@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, MedDeepRecogError
+from ..schema import load_data
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,7 @@ def parse_class_map(spec: str | Path | Mapping[str, str] | None) -> ClassMap:
     text = str(spec)
     path = Path(text)
     if path.suffix.lower() == ".json" or path.exists():
-        if not path.exists():
-            raise ConfigError("class map file not found", path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"class map is not valid JSON ({exc})", path) from None
+        data = load_data(path, "class map file")
         if isinstance(data, dict) and "mapping" in data:
             return ClassMap({str(k): str(v) for k, v in data["mapping"].items()}, list(data.get("classes") or []))
         if not isinstance(data, dict):
@@ -197,10 +193,7 @@ def read_manifest(path: str | Path) -> tuple[list[Case], ClassMap | None]:
     base = path.parent
     class_map = None
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"manifest is not valid JSON ({exc})", path) from None
+        data = load_data(path, "manifest")
         if isinstance(data, list):
             records, table = data, None
         elif isinstance(data, dict):
