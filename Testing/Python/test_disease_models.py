@@ -152,6 +152,8 @@ def test_classify_auto_records_the_route_in_the_json(radiomics, run_cli_all, tmp
     record = json.loads((tmp_path / "brain2_image.json").read_text())
     assert record["model"]["id"] == BRAIN and record["route"]["model"] == BRAIN
     assert "chosen" in out
+    # the scan is read once for routing and classifying, and still named by its file
+    assert Path(record["input"]) == radiomics / "brain2_image.nrrd"
 
 
 @pytest.mark.parametrize("model_id", [BRAIN, LUNG, BREAST])

@@ -285,14 +285,14 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
         image = read_image(scan, spacing=args.spacing)
         check_input_content(image, {}, scan)  # a label map is not routed
         route = route_image(image, device)
-        del image
         package = load_package(require_route(route, scan))
     if second is not None or len(package.input_spec.get("modalities") or []) > 1:
         result = classify_fusion(scan, second, package, name=name, register=args.register)
     else:
-        result = classify_scan(scan, package, explain=args.explain, device=device, progress=report, name=name,
-                               uncertainty=args.uncertainty, faithfulness=not args.no_faithfulness,
-                               lesion=lesion, spacing=args.spacing, slice_mm=args.slice_mm)
+        result = classify_scan(scan if route is None else image, package, explain=args.explain, device=device,
+                               progress=report, name=name, uncertainty=args.uncertainty,
+                               faithfulness=not args.no_faithfulness, lesion=lesion, spacing=args.spacing,
+                               slice_mm=args.slice_mm, source=scan)  # a routed scan is not read twice
     if route is not None:
         result.route = route.to_json()
     outputs = write_outputs(result, out, png=not args.no_png, progress=report)

@@ -68,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
     results = []
 
     progress("route", 0.0, case=DEMO_SCAN)
-    route = route_image(read_image(sample_path(DEMO_SCAN)), device)
+    scan = read_image(sample_path(DEMO_SCAN))  # read once: routed, then classified
+    route = route_image(scan, device)
     if route.model is None:  # the bundled brain MR always routes; a broken install should say so plainly
         from ..errors import ModelPackageError
         raise ModelPackageError(f"the demo's brain MR was not routed to a disease model: {route.reason}")
     package = load_package(route.model)
-    result = classify_scan(sample_path(DEMO_SCAN), package, explain=args.explain, device=device,
+    result = classify_scan(scan, package, source=sample_path(DEMO_SCAN), explain=args.explain, device=device,
                            lesion=read_lesion_mask(sample_path(DEMO_LESION)),
                            progress=lambda stage, f, **extra: progress(stage, 0.05 + 0.85 * f, case=DEMO_SCAN, **extra))
     result.route = route.to_json()

@@ -199,11 +199,13 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
                   device: str = "auto", progress: ProgressFn | None = None, name: str | None = None,
                   keep_image: bool = False, uncertainty: str = "auto", faithfulness: bool = True,
                   lesion: sitk.Image | None = None, spacing: tuple[float, float] | None = None,
-                  slice_mm: float | None = None) -> ClassificationResult:
+                  slice_mm: float | None = None, source: str | Path | None = None) -> ClassificationResult:
     """Classify one scan and explain the prediction.
 
     Args:
         path_or_image: a scan file / DICOM folder, or a SimpleITK image (3D; 2D for slice models).
+        source: for an image already read (e.g. by the router), the file it came from: errors, the output name
+            and the result's ``input`` name it, as if the path had been given.
         package: a loaded ``ModelPackage``, or an id / path for ``load_package``.
         explain: ``gradcam``, ``gradcampp``, ``attention`` (models with attention) or ``none``.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -239,8 +241,9 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
                                 "--second-input SCAN (MedDeepRecogLib.fusion.classify_fusion)")
     spec = package.input_spec
     kind = spec.get("kind")
-    if isinstance(path_or_image, sitk.Image):
-        image, src = path_or_image, "<image>"
+    given = isinstance(path_or_image, sitk.Image)
+    if given:
+        image, src = path_or_image, ("<image>" if source is None else str(source))
     else:
         src = str(path_or_image)
         report("read", 0.0)
@@ -329,7 +332,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         peak = _peak_in_view(pred.heatmap, pred.grid, image)
         scan_planes = planes_through(image, peak)
         geometry = Geometry.of(image)
-        if not keep_image and src != "<image>":
+        if not keep_image and not given:
             image = prepared = None
         heatmap = heatmap_on_input_grid(pred.heatmap, pred.grid, geometry)
         if chosen_slice is not None:
