@@ -87,7 +87,8 @@ def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, k, shi
     loops vectorise and unused steps vanish. ``symmetric``: also credit ``c + o`` (offsets hold one of each ±o
     pair); otherwise only ``c`` (offsets hold every non-zero offset; the plain filter, for tests and the bench).
     ``stages``: bit mask of the steps to run, 7 = all (1: patch distances, 2: weights and the centre's credit,
-    4: the partner's credit); smaller masks only serve the per-stage profile of ``bench/preprocess.py``.
+    4: the partner's credit); smaller masks only serve the per-stage profile of ``bench/preprocess.py``. For
+    ``k = 1`` (bilateral) step 1 is empty: the squared difference is computed inside step 2.
     """
     p = (k - 1) // 2
     kk = k - 1
@@ -108,7 +109,7 @@ def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, k, shi
                     dy = offsets[io, 1]
                     dx = offsets[io, 2]
                     bias_o = bias[io]
-                    if stages & 1:
+                    if stages & 1 and k > 1:  # k = 1 (bilateral): the squared difference is taken inline below
                         for a in range(nz + kk):
                             zc = za - p + a
                             for b in range(ny + kk):
@@ -132,11 +133,15 @@ def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, k, shi
                                 num_row = num[zc, yc, x0:x1]
                                 den_row = den[zc, yc, x0:x1]
                                 moved = xp[zc + dz, yc + dy, x0 + dx: x1 + dx]
+                                here = xp[zc, yc, x0:x1]
                                 for c in range(nx):
-                                    dist = zero
-                                    for i in range(k):
-                                        for j in range(k):
-                                            dist += rows[a + i, b + j, c]
+                                    if k == 1:
+                                        dist = (moved[c] - here[c]) * (moved[c] - here[c])
+                                    else:
+                                        dist = zero
+                                        for i in range(k):
+                                            for j in range(k):
+                                                dist += rows[a + i, b + j, c]
                                     wc = _exp_nonpositive(max(dist - shift, zero) * scale + bias_o)
                                     w[c] = wc
                                     num_row[c] += wc * moved[c]
@@ -146,7 +151,6 @@ def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, k, shi
                                     # the row the loop above reads
                                     num_row = num[zc + dz, yc + dy, x0 + dx: x1 + dx]
                                     den_row = den[zc + dz, yc + dy, x0 + dx: x1 + dx]
-                                    here = xp[zc, yc, x0:x1]
                                     for c in range(nx):
                                         num_row[c] += w[c] * here[c]
                                         den_row[c] += w[c]
