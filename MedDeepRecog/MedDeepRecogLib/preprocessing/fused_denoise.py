@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from llvmlite import ir
-from numba import literally, njit, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 #: Tile of centres per kernel pass: ``TILE_Z`` slices x ``TILE_Y`` rows x the full padded width. With a 512-voxel
@@ -80,16 +80,19 @@ def _exp_nonpositive(t):
 
 
 @njit(fastmath=True, nogil=True, cache=True, boundscheck=False)
-def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, k, shift, scale, symmetric, stages):
+def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, patch, shift, scale, symmetric, stages):
     """Credit every pair (c, c + o) for centres ``c`` in ``[z0, z1) x [y0, y1) x [x_lo, x_hi)`` (padded coordinates).
 
-    ``k``, ``symmetric`` and ``stages`` are compile-time constants (numba literals): the ``k``-loops unroll, the X
-    loops vectorise and unused steps vanish. ``symmetric``: also credit ``c + o`` (offsets hold one of each ±o
+    ``patch`` is a tuple of ``k`` zeros: its length, the patch size ``k``, is part of the argument's type, so numba
+    compiles (and caches) one version per patch size in which the ``k``-loops unroll and the X loops vectorise.
+    (A numba literal would do the same, but calls with literal arguments go through the dispatcher's compile
+    lock and would serialise the threads.) ``symmetric``: also credit ``c + o`` (offsets hold one of each ±o
     pair); otherwise only ``c`` (offsets hold every non-zero offset; the plain filter, for tests and the bench).
     ``stages``: bit mask of the steps to run, 7 = all (1: patch distances, 2: weights and the centre's credit,
     4: the partner's credit); smaller masks only serve the per-stage profile of ``bench/preprocess.py``. For
     ``k = 1`` (bilateral) step 1 is empty: the squared difference is computed inside step 2.
     """
+    k = len(patch)
     p = (k - 1) // 2
     kk = k - 1
     q = kk - p
@@ -154,14 +157,6 @@ def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, k, shi
                                     for c in range(nx):
                                         num_row[c] += w[c] * here[c]
                                         den_row[c] += w[c]
-
-
-@njit(fastmath=True, nogil=True, cache=True)
-def _run_slab(xp, num, den, z0, z1, y0, y1, x0, x1, offsets, bias, k, shift, scale, symmetric, stages):
-    """Entry point: makes ``k``, ``symmetric`` and ``stages`` literals, so :func:`_slab_kernel` compiles (and
-    caches) one version per patch size and mode."""
-    _slab_kernel(xp, num, den, z0, z1, y0, y1, x0, x1, offsets, bias, literally(k), shift, scale,
-                 literally(symmetric), literally(stages))
 
 
 @njit(fastmath=True, nogil=True, cache=True, boundscheck=False)
@@ -265,12 +260,12 @@ def pair_average(x: np.ndarray, search: Sequence[int], patch: int, shift: float,
     if threads > 1:
         thickness = max(thickness, min(4 * TILE_Z, math.ceil((hi[0] - lo[0]) / (8 * threads))))
     slabs = _slabs(lo[0], hi[0], thickness)
-    args = (lo[1], hi[1], lo[2], hi[2], offs, bias_arr, k, np.float32(shift), np.float32(scale), bool(symmetric),
-            int(stages))
+    args = (lo[1], hi[1], lo[2], hi[2], offs, bias_arr, (0,) * k, np.float32(shift), np.float32(scale),
+            bool(symmetric), int(stages))
     done = 0
 
     def run(slab: tuple[int, int]) -> None:
-        _run_slab(xp, num, den, slab[0], slab[1], *args)
+        _slab_kernel(xp, num, den, slab[0], slab[1], *args)
 
     phases = (slabs[0::2], slabs[1::2]) if symmetric else (slabs,)
     with ThreadPoolExecutor(max_workers=threads) as pool:
