@@ -79,6 +79,21 @@ def _exp_nonpositive(t):
     return poly * _int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
+@njit(fastmath=True, inline="always", cache=True)
+def _pair_weight(rows, moved, here, a, b, c, k, shift, scale, bias_o):
+    """The weight of the pair (c, c + o): ``exp(max(S - shift, 0) * scale + bias_o)``, ``S`` summed from the k x k
+    rows of ``rows`` at (a, b) (the squared difference itself for ``k = 1``)."""
+    if k == 1:
+        d = moved[c] - here[c]
+        dist = d * d
+    else:
+        dist = np.float32(0.0)
+        for i in range(k):
+            for j in range(k):
+                dist += rows[a + i, b + j, c]
+    return _exp_nonpositive(max(dist - shift, np.float32(0.0)) * scale + bias_o)
+
+
 @njit(fastmath=True, nogil=True, cache=True, boundscheck=False)
 def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, patch, shift, scale, symmetric, stages):
     """Credit every pair (c, c + o) for centres ``c`` in ``[z0, z1) x [y0, y1) x [x_lo, x_hi)`` (padded coordinates).
@@ -137,40 +152,45 @@ def _slab_kernel(xp, num, den, z0, z1, y0, y1, x_lo, x_hi, offsets, bias, patch,
                                 den_row = den[zc, yc, x0:x1]
                                 moved = xp[zc + dz, yc + dy, x0 + dx: x1 + dx]
                                 here = xp[zc, yc, x0:x1]
+                                if symmetric and stages & 4 and (dz != 0 or dy != 0):
+                                    # the partner c + o lies on another row: both credits in one loop
+                                    num_o = num[zc + dz, yc + dy, x0 + dx: x1 + dx]
+                                    den_o = den[zc + dz, yc + dy, x0 + dx: x1 + dx]
+                                    for c in range(nx):
+                                        wc = _pair_weight(rows, moved, here, a, b, c, k, shift, scale, bias_o)
+                                        num_row[c] += wc * moved[c]
+                                        den_row[c] += wc
+                                        num_o[c] += wc * here[c]
+                                        den_o[c] += wc
+                                    continue
                                 for c in range(nx):
-                                    if k == 1:
-                                        dist = (moved[c] - here[c]) * (moved[c] - here[c])
-                                    else:
-                                        dist = zero
-                                        for i in range(k):
-                                            for j in range(k):
-                                                dist += rows[a + i, b + j, c]
-                                    wc = _exp_nonpositive(max(dist - shift, zero) * scale + bias_o)
+                                    wc = _pair_weight(rows, moved, here, a, b, c, k, shift, scale, bias_o)
                                     w[c] = wc
                                     num_row[c] += wc * moved[c]
                                     den_row[c] += wc
                                 if symmetric and stages & 4:
-                                    # the partner's credit; a loop of its own, since for o = (0, 0, dx) it writes
-                                    # the row the loop above reads
-                                    num_row = num[zc + dz, yc + dy, x0 + dx: x1 + dx]
-                                    den_row = den[zc + dz, yc + dy, x0 + dx: x1 + dx]
+                                    # o = (0, 0, dx): the partner's credit needs a loop of its own, since it
+                                    # writes the row the loop above reads
+                                    num_row = num[zc, yc, x0 + dx: x1 + dx]
+                                    den_row = den[zc, yc, x0 + dx: x1 + dx]
                                     for c in range(nx):
                                         num_row[c] += w[c] * here[c]
                                         den_row[c] += w[c]
 
 
 @njit(fastmath=True, nogil=True, cache=True, boundscheck=False)
-def _normalise_slab(xp, num, den, out, m0, m1, m2, z0, z1):
-    """``out[z] = (num + x) / (den + 1)`` for output slices ``[z0, z1)``: the centre voxel's own weight is 1."""
-    Y, X = out.shape[1], out.shape[2]
+def _normalise_slab(xp, num, den, m0, m1, m2, Y, X, z0, z1):
+    """``num = (num + x) / (den + 1)`` in place on the volume's slices ``[z0, z1)`` (the centre's own weight is 1).
+
+    In place, so the result needs no fourth volume-sized array: the peak stays at padded input + 2 accumulators.
+    """
     for z in range(z0, z1):
         for y in range(Y):
             n_row = num[z + m0, y + m1, m2: m2 + X]
             d_row = den[z + m0, y + m1, m2: m2 + X]
             x_row = xp[z + m0, y + m1, m2: m2 + X]
-            o_row = out[z, y]
             for c in range(X):
-                o_row[c] = (n_row[c] + x_row[c]) / (d_row[c] + np.float32(1.0))
+                n_row[c] = (n_row[c] + x_row[c]) / (d_row[c] + np.float32(1.0))
 
 
 def mirror_pad(x: np.ndarray, margin: Sequence[int]) -> np.ndarray:
@@ -222,7 +242,8 @@ def pair_average(x: np.ndarray, search: Sequence[int], patch: int, shift: float,
         stages: kernel steps to run (see :func:`_slab_kernel`); not 7 only for profiling.
 
     Returns:
-        The filtered ``(Z, Y, X)`` float32 volume.
+        The filtered ``(Z, Y, X)`` float32 volume: a view into the padded accumulator (not C-contiguous), which
+        saves a volume-sized copy at the peak.
     """
     import time
 
@@ -275,9 +296,9 @@ def pair_average(x: np.ndarray, search: Sequence[int], patch: int, shift: float,
                 if progress is not None:
                     progress(done / len(slabs))
         t2 = clock()
-        out = np.empty((Z, Y, X), np.float32)
         out_slabs = _slabs(0, Z, max(1, math.ceil(Z / (4 * threads))))
-        list(pool.map(lambda s: _normalise_slab(xp, num, den, out, m[0], m[1], m[2], s[0], s[1]), out_slabs))
+        list(pool.map(lambda s: _normalise_slab(xp, num, den, m[0], m[1], m[2], Y, X, s[0], s[1]), out_slabs))
+    out = num[m[0]:m[0] + Z, m[1]:m[1] + Y, m[2]:m[2] + X]
     if timings is not None:
         for key, seconds in (("pad", t1 - t0), ("pairs", t2 - t1), ("normalise", clock() - t2)):
             timings[key] = timings.get(key, 0.0) + seconds
