@@ -5,7 +5,7 @@ CPU path fast. The torch path of :mod:`.fast_denoise` runs each per-offset step 
 exponential, four accumulations) as a separate whole-array op, so every step streams its operands through memory:
 ≈ 20 B per voxel and offset, memory-bound. Here one compiled loop does all steps for a tile of
 ``tz × ty`` rows of the full width while the tile's inputs, row sums and accumulators stay in the L2 cache; only
-the input, the accumulators and the output cross main memory once per tile, not once per offset.
+the input and the accumulators cross main memory, once per tile, not once per offset.
 
 Per offset ``o`` and tile (rows of centres ``c``, all of them in registers or L1/L2):
 
@@ -15,7 +15,8 @@ Per offset ``o`` and tile (rows of centres ``c``, all of them in registers or L1
 3. ``w = exp(max(S - shift, 0) * scale + bias_o)`` with a vectorisable exponential (:func:`_exp_nonpositive`);
 4. ``num[c] += w x[c + o]``, ``den[c] += w`` and — the symmetry of the pair — ``num[c + o] += w x[c]``,
    ``den[c + o] += w``: the distance of (c, c + o) is the distance of (c + o, c) at the shifted position, so one
-   distance volume serves both offsets ``o`` and ``-o``.
+   distance volume serves both offsets ``o`` and ``-o``. Steps 2-4 are one loop over the row (the partner's credit
+   gets a loop of its own only when ``c + o`` is on the same row, where it would overwrite what the loop reads).
 
 Threads: Python threads over Z slabs of centres, the kernel releasing the GIL (``nogil``). A slab credits the
 slices ``[z0, z1 + o_z]``, so slabs at least ``o_z`` thick run in two phases (even slabs, then odd slabs) and no two
