@@ -1,25 +1,26 @@
-"""Fast 3D bilateral and non-local-means filters in torch (CPU or CUDA).
+"""Fast 3D bilateral and non-local-means filters: a fused numba kernel on CPU, torch ops on CUDA.
 
 Hand-written on purpose: SimpleITK's ``Bilateral`` and ``PatchBasedDenoising`` and scikit-image's 3D
 ``denoise_nl_means`` visit every neighbourhood voxel by voxel (≈0.03–0.3 Mvox/s on 2 cores). Here each filter is
-vectorised over *offsets* instead: for one offset ``o`` the whole volume is compared with itself shifted by ``o``
-(whole-array torch ops), so a (2r+1)^3 window costs (2r+1)^3 passes of a few vector ops each.
+vectorised over *offsets* instead: for one offset ``o`` the whole volume is compared with itself shifted by ``o``,
+so a (2r+1)^3 window costs (2r+1)^3 passes of a few vector ops each.
 
 Two more savings:
 
 * symmetry — the weight of the pair (x, x+o) equals that of (x+o, x), so only half of the offsets are visited and
   each weight is added to both ends of the pair;
 * for NLM the patch distance for one offset is a box filter of squared differences (Darbon et al. 2008, the
-  classical "fast NLM"), computed with separable running sums (shifted adds), not per patch.
+  classical "fast NLM"), computed with separable running sums, not per patch.
 
-The volume is processed in blocks (a few Z slices x some Y rows x all X) so that temporaries and the local
-accumulators stay in cache and memory stays bounded.
-Shapes: volumes are ``(Z, Y, X)`` float tensors/arrays; radii are ``(rz, ry, rx)`` voxels.
+Both filters are one weighted average with the weight ``exp(max(S - shift, 0) * scale + bias(o))``, ``S`` the sum
+of squared differences over the patches (one voxel for the bilateral filter): :func:`_pair_filter` runs it with the
+fused per-offset CPU kernel of :mod:`.fused_denoise` (numba), or with whole-array torch ops on CUDA
+(:func:`_symmetric_filter`, processed in blocks so temporaries stay bounded); the torch ops also serve CPU when
+numba is missing. Shapes: volumes are ``(Z, Y, X)`` float tensors/arrays; radii are ``(rz, ry, rx)`` voxels.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Sequence
 
@@ -27,22 +28,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Voxels per block (per temporary array): 64K float32 = 256 KB keeps the working set in the L2 cache
-#: (measured: 1.7x faster than 1M-voxel slabs on the 2-core Xeon).
+#: Voxels per block of the torch path (per temporary array): 64K float32 = 256 KB keeps the working set in the L2
+#: cache on CPU; on CUDA large blocks keep the GPU busy.
 BLOCK_VOXELS_CPU = 1 << 16
 BLOCK_VOXELS_CUDA = 1 << 26
-#: Below this many voxels the filters run single-threaded (see :func:`_threads_for`).
-SMALL_VOLUME_VOXELS = 1 << 21
+#: Below this many voxels the CPU filters run single-threaded: threads cost more than they save there.
+SMALL_VOLUME_VOXELS = 1 << 18
+#: :func:`estimate_noise_sigma` samples whole slices of volumes above twice this many voxels.
+SAMPLE_VOXELS = 1 << 22
 
 
 def estimate_noise_sigma(volume: np.ndarray | torch.Tensor) -> float:
     """Robust Gaussian noise standard deviation of a ``(Z, Y, X)`` volume.
 
     Uses the second difference along X (``x[i] - (x[i-1] + x[i+1]) / 2``, variance 1.5 σ² for white noise) and
-    the median absolute deviation, so edges and smooth anatomy barely bias it.
+    the median absolute deviation, so edges and smooth anatomy barely bias it. Large volumes are sampled by whole
+    slices (at least 4 M voxels), so a CT costs a few slices, not a pass over the volume.
     """
-    v = torch.as_tensor(np.asarray(volume, dtype=np.float32) if not isinstance(volume, torch.Tensor) else volume)
-    v = v.float()
+    v = volume
+    if v.ndim == 3 and math.prod(v.shape) > 2 * SAMPLE_VOXELS:
+        v = v[:: max(1, math.prod(v.shape) // SAMPLE_VOXELS)]
+    v = v.float() if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
     if v.shape[-1] < 3:
         return float(v.std())
     r = v[..., 1:-1] - 0.5 * (v[..., :-2] + v[..., 2:])
@@ -83,15 +89,14 @@ def _box_sum(v: torch.Tensor, size: int) -> torch.Tensor:
     return v
 
 
-def _symmetric_filter(x: torch.Tensor, search: Sequence[int], patch: int,
-                      weight: Callable[[torch.Tensor, tuple[int, int, int]], torch.Tensor],
+def _symmetric_filter(x: torch.Tensor, search: Sequence[int], patch: int, shift: float, scale: float,
+                      bias: Callable[[tuple[int, int, int]], float],
                       progress: Callable[[float], None] | None = None) -> torch.Tensor:
-    """Weighted average ``sum_o w(x, x+o) x[x+o] / sum_o w(x, x+o)`` over offsets ``|o_i| <= search_i``.
+    """The pair-weighted average of :func:`_pair_filter` with whole-array torch ops (the CUDA path).
 
-    ``weight(sqdiff, o)`` receives the squared differences ``(x[y+o] - x[y])^2`` for every y of a block, with a
-    margin for patches of ``patch`` voxels per side (``(patch - 1) // 2`` before, the rest after each voxel), and
-    returns the weights ``w(y, y+o)`` for the block (margin removed); ``w(y, y) = 1``. Pairs are visited once and
-    credited to both ends.
+    For each block of voxels and offset ``o``: squared differences ``(x[y+o] - x[y])^2`` with a margin for the
+    ``patch``^3 patches (``(patch - 1) // 2`` before, the rest after each voxel), their box sum ``S``, the weight
+    ``exp(max(S - shift, 0) * scale + bias(o))``, credited to both ends of the pair; ``w(y, y) = 1``.
     """
     sz, sy, sx = (int(s) for s in search)
     Z, Y, X = x.shape
@@ -130,7 +135,10 @@ def _symmetric_filter(x: torch.Tensor, search: Sequence[int], patch: int,
                          bx - p + dx: bx + ex + q + dx]
             torch.sub(s_patch, c_patch, out=diff)
             diff.mul_(diff)
-            w = weight(diff, (dz, dy, dx))
+            w = _box_sum(diff, k)
+            if k == 1:
+                w = w.clone()
+            w.sub_(shift).clamp_(min=0.0).mul_(scale).add_(bias((dz, dy, dx))).exp_()
             loc_num[centre].addcmul_(w, s_patch[p: p + n, p: p + ny, p: p + ex])
             loc_den[centre].add_(w)
             # the same weight credits the other end of the pair, x + o
@@ -147,20 +155,55 @@ def _symmetric_filter(x: torch.Tensor, search: Sequence[int], patch: int,
     return num[core] / den[core]
 
 
-def _to_tensor(volume: np.ndarray | torch.Tensor, device: str | torch.device | None) -> tuple[torch.Tensor, bool]:
+def _fused_kernel_available() -> bool:
+    """Whether the numba kernel of :mod:`.fused_denoise` imports (numba is a dependency; a broken install falls
+    back to the torch ops)."""
+    try:
+        from . import fused_denoise  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pair_filter(volume: np.ndarray | torch.Tensor, search: Sequence[int], patch: int, shift: float, scale: float,
+                 bias: Callable[[tuple[int, int, int]], float], device: str | torch.device | None,
+                 progress: Callable[[float], None] | None, threads: int | None) -> np.ndarray | torch.Tensor:
+    """Weighted average over ``|o_i| <= search_i`` with ``w = exp(max(S - shift, 0) * scale + bias(o))``.
+
+    CPU (arrays, CPU tensors, ``device="cpu"``): the fused numba kernel with ``threads`` threads (default torch's
+    thread count; one for volumes under :data:`SMALL_VOLUME_VOXELS`). CUDA: torch ops. Returns float32, numpy or
+    torch like the input (a tensor comes back on the device it was computed on).
+    """
     was_numpy = not isinstance(volume, torch.Tensor)
-    t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)) if was_numpy else volume.float()
-    if t.ndim != 3:
-        raise ValueError(f"expected a (Z, Y, X) volume, got shape {tuple(t.shape)}")
-    if device is not None:
-        t = t.to(device)
-    return t, was_numpy
+    shape = tuple(np.shape(volume))
+    if len(shape) != 3:
+        raise ValueError(f"expected a (Z, Y, X) volume, got shape {shape}")
+    target = torch.device(device) if device is not None else (torch.device("cpu") if was_numpy else volume.device)
+    if target.type == "cpu" and _fused_kernel_available():
+        from .fused_denoise import pair_average
+
+        if threads is None:
+            threads = 1 if math.prod(shape) < SMALL_VOLUME_VOXELS else torch.get_num_threads()
+        array = np.asarray(volume) if was_numpy else volume.detach().cpu().numpy()
+        out = pair_average(array, search, patch, shift, scale, bias, threads=threads, progress=progress)
+        return out if was_numpy else torch.from_numpy(out)
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)) if was_numpy else volume.float()
+    x = x.to(target)
+    previous = torch.get_num_threads()
+    if target.type == "cpu":
+        torch.set_num_threads(threads or (1 if x.numel() < SMALL_VOLUME_VOXELS else previous))
+    try:
+        out = _symmetric_filter(x, search, patch, shift, scale, bias, progress)
+    finally:
+        torch.set_num_threads(previous)
+    return out.cpu().numpy() if was_numpy else out
 
 
 def bilateral_filter(volume: np.ndarray | torch.Tensor, sigma_spatial: float | Sequence[float] = 1.0,
                      sigma_range: float | None = None, *, radius: Sequence[int] | None = None,
                      truncate: float = 2.0, device: str | torch.device | None = None,
-                     progress: Callable[[float], None] | None = None) -> np.ndarray | torch.Tensor:
+                     progress: Callable[[float], None] | None = None,
+                     threads: int | None = None) -> np.ndarray | torch.Tensor:
     """True 3D bilateral filter: spatial Gaussian × range Gaussian over a (2r+1)^3 window.
 
     Args:
@@ -169,31 +212,28 @@ def bilateral_filter(volume: np.ndarray | torch.Tensor, sigma_spatial: float | S
         sigma_range: range sigma in intensity units (HU for CT); default 2× the estimated noise sigma.
         radius: window radius ``(rz, ry, rx)`` in voxels; default ``ceil(truncate * sigma)`` per axis.
         device: torch device to compute on (default: the tensor's, CPU for arrays).
+        threads: CPU threads (default torch's thread count, one for small volumes).
 
     Returns:
         The filtered volume, float32, same type (numpy or torch) and shape as ``volume``.
     """
-    x, was_numpy = _to_tensor(volume, device)
     sig = np.broadcast_to(np.asarray(sigma_spatial, dtype=float), (3,))
     if radius is None:
         radius = [max(0, int(math.ceil(truncate * s))) for s in sig]
     if sigma_range is None:
-        sigma_range = 2.0 * estimate_noise_sigma(x)
+        sigma_range = 2.0 * estimate_noise_sigma(volume)
     sigma_range = max(float(sigma_range), 1e-6)
-    inv_2r2 = -0.5 / sigma_range ** 2
 
-    def weight(sqdiff: torch.Tensor, o: tuple[int, int, int]) -> torch.Tensor:
-        spatial = -sum(0.5 * (d / s) ** 2 for d, s in zip(o, sig))
-        return sqdiff.mul_(inv_2r2).add_(spatial).exp_()
+    def spatial(o: tuple[int, int, int]) -> float:
+        return -sum(0.5 * (d / s) ** 2 for d, s in zip(o, sig))
 
-    with _threads_for(x):
-        out = _symmetric_filter(x, radius, 1, weight, progress)
-    return out.cpu().numpy() if was_numpy else out
+    return _pair_filter(volume, radius, 1, 0.0, -0.5 / sigma_range ** 2, spatial, device, progress, threads)
 
 
 def nlm_filter(volume: np.ndarray | torch.Tensor, *, patch_size: int = 2, search_radius: int = 2,
                h: float | None = None, sigma: float | None = None, device: str | torch.device | None = None,
-               progress: Callable[[float], None] | None = None) -> np.ndarray | torch.Tensor:
+               progress: Callable[[float], None] | None = None,
+               threads: int | None = None) -> np.ndarray | torch.Tensor:
     """Non-local means (fast, per-offset patch distances) on a ``(Z, Y, X)`` volume.
 
     Weight of the pair (x, y): ``exp(-max(d² - 2σ², 0) / h²)`` with ``d²`` the mean squared difference of the
@@ -206,43 +246,19 @@ def nlm_filter(volume: np.ndarray | torch.Tensor, *, patch_size: int = 2, search
         h: filtering strength in intensity units; default ``1.6 * sigma`` (best PSNR on that phantom with 2³
             patches; distances are patch *means*, so a larger patch needs a smaller h).
         sigma: noise standard deviation; default estimated (:func:`estimate_noise_sigma`).
+        threads: CPU threads (default torch's thread count, one for small volumes).
 
     Returns:
         The filtered volume, float32, numpy or torch like the input.
     """
-    x, was_numpy = _to_tensor(volume, device)
     if sigma is None:
-        sigma = estimate_noise_sigma(x)
+        sigma = estimate_noise_sigma(volume)
     if h is None:
         h = 1.6 * sigma
     h = max(float(h), 1e-6)
     k = max(int(patch_size), 1)
     k3 = float(k ** 3)
     # box *sums* are compared, so scale the thresholds by the patch size instead of dividing every sum
-    shift = 2.0 * float(sigma) ** 2 * k3
-    scale = -1.0 / (h * h * k3)
-
-    def weight(sqdiff: torch.Tensor, o: tuple[int, int, int]) -> torch.Tensor:
-        d = _box_sum(sqdiff, k)
-        if k == 1:
-            d = d.clone()
-        return d.sub_(shift).clamp_(min=0.0).mul_(scale).exp_()
-
     s = int(search_radius)
-    with _threads_for(x):
-        out = _symmetric_filter(x, (s, s, s), k, weight, progress)
-    return out.cpu().numpy() if was_numpy else out
-
-
-@contextlib.contextmanager
-def _threads_for(x: torch.Tensor):
-    """Use one CPU thread for small volumes: on a busy machine OpenMP barriers cost far more than they save."""
-    previous = torch.get_num_threads()
-    small = (not x.is_cuda) and x.numel() < SMALL_VOLUME_VOXELS
-    if small and previous > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small and previous > 1:
-            torch.set_num_threads(previous)
+    return _pair_filter(volume, (s, s, s), k, 2.0 * float(sigma) ** 2 * k3, -1.0 / (h * h * k3),
+                        lambda o: 0.0, device, progress, threads)
