@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _proc_kb(key: str) -> int:
+def proc_kb(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
@@ -33,7 +33,7 @@ def _proc_kb(key: str) -> int:
     return -1
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
@@ -101,15 +101,15 @@ def main(argv=None) -> int:
         totals, peaks = [], []
         for r in range(args.repeats):
             out = tmp / f"out{r}"
-            base_rss = _proc_kb("VmRSS")
-            can_peak = _reset_peak()
+            base_rss = proc_kb("VmRSS")
+            can_peak = reset_peak()
             t = time.perf_counter()
             result = classify_scan(scan, package, explain="gradcam", device="cpu",
                                    faithfulness=not args.no_trust, uncertainty="none" if args.no_trust else "auto")
             write_outputs(result, out)
             totals.append(time.perf_counter() - t)
             if can_peak:
-                peaks.append((_proc_kb("VmHWM") - base_rss) * 1024)
+                peaks.append((proc_kb("VmHWM") - base_rss) * 1024)
             for k, v in result.timing_s.items():
                 stages.setdefault(k, []).append(v)
             del result

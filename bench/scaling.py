@@ -50,9 +50,9 @@ CASES = ("classify-body-region", "classify-brain-tumour-mri", "nlm", "bilateral"
 
 def _peak_kb() -> tuple[int, bool]:
     """(peak RSS in KiB, whether it was reset before the timed run) of this process."""
-    from classify import _proc_kb
+    from classify import proc_kb
 
-    peak = _proc_kb("VmHWM")
+    peak = proc_kb("VmHWM")
     if peak > 0:
         return peak, True
     import resource
@@ -65,7 +65,7 @@ def run_case(case: str, size_xyz: tuple[int, int, int], threads: int) -> dict:
     """Child process: warm up, then time one run of ``case`` on a synthetic CT; returns the figures."""
     import SimpleITK as sitk
     import torch
-    from classify import _proc_kb, _reset_peak, synthetic_ct
+    from classify import proc_kb, reset_peak, synthetic_ct
 
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
@@ -89,8 +89,8 @@ def run_case(case: str, size_xyz: tuple[int, int, int], threads: int) -> dict:
     step(synthetic_ct((64, 64, 8)))
     image = synthetic_ct(size_xyz)
     input_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
-    base = _proc_kb("VmRSS")
-    reset = _reset_peak()
+    base = proc_kb("VmRSS")
+    reset = reset_peak()
     start = time.perf_counter()
     out = step(image)
     seconds = time.perf_counter() - start
