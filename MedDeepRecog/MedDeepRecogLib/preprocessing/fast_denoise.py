@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .search_offsets import half_offsets
+
 #: Voxels per block of the torch path (per temporary array): 64K float32 = 256 KB keeps the working set in the L2
 #: cache on CPU; on CUDA large blocks keep the GPU busy.
 BLOCK_VOXELS_CPU = 1 << 16
@@ -57,13 +59,6 @@ def estimate_noise_sigma(volume: np.ndarray | torch.Tensor) -> float:
         r = r[:: r.numel() // 2_000_000 + 1]
     mad = (r - r.median()).abs().median()
     return float(mad) * 1.4826 / math.sqrt(1.5)
-
-
-def _half_offsets(radius: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Offsets in the (2r+1) box that are lexicographically positive (one of each ±o pair, zero excluded)."""
-    rz, ry, rx = radius
-    return [(dz, dy, dx) for dz in range(0, rz + 1) for dy in range(-ry, ry + 1) for dx in range(-rx, rx + 1)
-            if (dz, dy, dx) > (0, 0, 0)]
 
 
 def _pad(x: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
@@ -109,7 +104,7 @@ def _symmetric_filter(x: torch.Tensor, search: Sequence[int], patch: int, shift:
     ez, ey, ex = Z + 2 * sz, Y + 2 * sy, X + 2 * sx
     num = torch.zeros(Z + 4 * sz, Y + 4 * sy, X + 4 * sx, dtype=x.dtype, device=x.device)
     den = torch.zeros_like(num)
-    offsets = _half_offsets((sz, sy, sx))
+    offsets = half_offsets((sz, sy, sx))
     # blocks of (bz_n, by_n) rows x the full X width, so that temporaries and local accumulators stay in cache
     block_voxels = BLOCK_VOXELS_CUDA if x.is_cuda else BLOCK_VOXELS_CPU
     rows = max(1, block_voxels // (ex + k))

@@ -25,7 +25,7 @@ layer, so the kernel is safe to call from several threads at once (numba's defau
 
 Shapes: ``xp`` is the ``(Z, Y, X)`` float32 input mirror-padded by the caller; ``num``/``den`` have its shape;
 offsets are ``(n, 3)`` int64 ``(dz, dy, dx)`` with ``dz >= 0`` (one of each ±o pair, see
-:func:`.fast_denoise._half_offsets`).
+:func:`.search_offsets.half_offsets`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+from .search_offsets import half_offsets
 
 #: Tile of centres per kernel pass: ``TILE_Z`` slices x ``TILE_Y`` rows x the full padded width. With a 512-voxel
 #: row and search radius 3 the tile's inputs, row sums and accumulators take ≈ 0.7 MB, inside a 1 MB L2 cache
@@ -248,8 +250,6 @@ def pair_average(x: np.ndarray, search: Sequence[int], patch: int, shift: float,
     """
     import time
 
-    from .fast_denoise import _half_offsets
-
     clock = time.perf_counter
     t0 = clock()
     sz, sy, sx = (int(s) for s in search)
@@ -265,7 +265,7 @@ def pair_average(x: np.ndarray, search: Sequence[int], patch: int, shift: float,
     num = np.zeros(xp.shape, np.float32)
     den = np.zeros(xp.shape, np.float32)
     if symmetric:
-        offsets = _half_offsets((sz, sy, sx))
+        offsets = half_offsets((sz, sy, sx))
         # centres: z in [-sz, Z), y in [-sy, Y + sy), x in [-sx, X + sx) (volume coordinates) + m
         lo, hi = (m[0] - sz, m[1] - sy, m[2] - sx), (m[0] + Z, m[1] + Y + sy, m[2] + X + sx)
     else:
