@@ -108,9 +108,12 @@ def test_an_ensembles_features_are_its_members_side_by_side(tmp_path):
 
 def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
     """A tiny 2-class 2D problem: the check is fitted on train, its threshold is the val quantile, and the
-    negatives' flagged rates are measured and written into model.json and the card."""
+    negatives' flagged rates are measured and written into model.json and the card. The ``localisation`` block
+    (registered by ``inference.localisation``, as ``meddeeprecog train`` does) scores the heatmap on a scan with a
+    lesion label before the one save."""
     import yaml
 
+    from MedDeepRecogLib.inference import localisation  # noqa: F401  (registers the localisation block)
     from MedDeepRecogLib.training.train import run_training
 
     rng = np.random.default_rng(0)
@@ -132,11 +135,19 @@ def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
              train_groups=np.arange(80).astype(str), val_groups=np.arange(40).astype(str))
     noise = tmp_path / "noise.npz"
     np.savez(noise, val_images=rng.integers(0, 255, (30, 32, 32)).astype(np.uint8))
+    lesion = np.zeros((3, 32, 32), np.uint8)
+    lesion[:, 8:24, 8:24] = 1
+    scan = np.concatenate([images(3, 0)]).astype(np.int16)
+    for array, name in ((scan, "scan.nrrd"), (lesion, "lesion.nrrd")):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 3.0))
+        sitk.WriteImage(image, str(tmp_path / name))
     cfg = {"id": "toy-domain", "version": "1.0.0", "data": {"path": str(data), "kind": "slices2d", "size": [32, 32]},
            "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8, "pooled_size": 2}},
            "input": {"slices": {"crop_foreground": False}},
            "training": {"epochs": 2, "batch_size": 16, "monitor": "last"},
-           "domain": {"quantile": 0.9, "negatives": [{"name": "noise", "path": str(noise), "split": "val"}]}}
+           "domain": {"quantile": 0.9, "negatives": [{"name": "noise", "path": str(noise), "split": "val"}]},
+           "localisation": [{"name": "toy", "scan": str(tmp_path / "scan.nrrd"), "lesion": str(tmp_path / "lesion.nrrd")}]}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = run_training(path, out=tmp_path / "run", package_dest=tmp_path / "pkgs")
@@ -145,6 +156,11 @@ def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
     assert block["quantile"] == 0.9 and 0.85 <= block["val_in_domain_rate"] <= 0.95
     assert block["negatives"]["noise"]["n"] == 30 and 0.0 <= block["negatives"]["noise"]["flagged_rate"] <= 1.0
     assert meta["input"]["slices"] == {"crop_foreground": False}
-    assert "## Out-of-domain check" in (Path(out["package"]) / "MODEL_CARD.md").read_text()
+    card = (Path(out["package"]) / "MODEL_CARD.md").read_text()
+    assert "## Out-of-domain check" in card
+    toy = meta["localisation"]["toy"]
+    assert "refused" not in toy and toy["label"] in ("0", "1")
+    assert 1 <= toy["slices_with_lesion"] <= 3 and 0 <= toy["pointing_hits"] <= toy["slices_with_lesion"]
+    assert "## Where the heatmap lands" in card and "| toy |" in card
     package = load_package(out["package"])
     assert package.domain.threshold == pytest.approx(block["threshold"], rel=1e-5)
