@@ -17,10 +17,8 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import MedDeepRecogError
-from .limits import MAX_IMAGE_ENV, parse_size
-
-ALLOW_GAPS_ENV = "MEDDEEPRECOG_ALLOW_SLICE_GAPS"  # io.image_io.ALLOW_GAPS_ENV (not imported: SimpleITK is slow)
+from .errors import MedDeepRecogError, os_error_reason
+from .limits import ALLOW_GAPS_ENV, MAX_IMAGE_ENV, parse_size
 
 #: Sub-command modules under ``commands/``, in the order ``--help`` lists them.
 COMMANDS = [
@@ -44,14 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(f".commands.{name}", __package__).add_parser(subparsers)
     for sub in subparsers.choices.values():  # every command reads scans: one bound for all of them
-        if not any("--max-image-size" in a.option_strings for a in sub._actions):
-            sub.add_argument("--max-image-size", metavar="SIZE", default=None,
-                             help=f"refuse scans whose header declares more voxel bytes than SIZE (e.g. 8G, 512M; "
-                                  f"default ${MAX_IMAGE_ENV} or 4G)")
-        if not any("--allow-slice-gaps" in a.option_strings for a in sub._actions):
-            sub.add_argument("--allow-slice-gaps", action="store_true", default=None,
-                             help="read a DICOM series with missing slices or uneven spacing anyway (a warning is "
-                                  "noted in the output)")
+        sub.add_argument("--max-image-size", metavar="SIZE", default=None,
+                         help=f"refuse scans whose header declares more voxel bytes than SIZE (e.g. 8G, 512M; "
+                              f"default ${MAX_IMAGE_ENV} or 4G)")
+        sub.add_argument("--allow-slice-gaps", action="store_true", default=None,
+                         help="read a DICOM series with missing slices or uneven spacing anyway (a warning is "
+                              "noted in the output)")
     return parser
 
 
@@ -60,19 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def describe_os_error(exc: OSError) -> str:
     """One line for a file system fault, naming the path and what to do about it."""
     path = exc.filename if exc.filename is not None else None
-    reasons = {
-        errno.ENOSPC: "no space left on the device",
-        errno.EDQUOT: "disk quota exceeded",
-        errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "operation not permitted",
-        errno.ENOTDIR: "a part of the path is a regular file, not a folder",
-        errno.EISDIR: "is a folder, not a file",
-        errno.EEXIST: "already exists",
-        errno.ENOENT: "no such file or folder",
-        errno.ENAMETOOLONG: "file name too long",
-    }
-    problem = reasons.get(exc.errno, exc.strerror or type(exc).__name__)
+    problem = os_error_reason(exc)
     return f"{path}: {problem}" if path else problem
 
 

@@ -7,6 +7,7 @@ only its message (exit code 2), so users never see a traceback from deep inside 
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -39,3 +40,23 @@ class ModelPackageError(MedDeepRecogError):
 class OutputError(MedDeepRecogError):
     """An output that cannot be written: read-only or full destination, a path under a regular file, a folder
     where a file is wanted, an existing output not to be replaced."""
+
+
+#: What a file-system fault means, by errno, in the words every error line uses (writes and the command line).
+OS_ERROR_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a regular file, not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.EEXIST: "already exists",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def os_error_reason(exc: OSError) -> str:
+    """The reason of an ``OSError`` in plain words (its own text for an errno without an entry)."""
+    return OS_ERROR_REASONS.get(exc.errno, exc.strerror or type(exc).__name__)

@@ -15,6 +15,9 @@ import re
 
 #: Voxel bytes a scan's header may declare (all components, after decompression).
 MAX_IMAGE_ENV = "MEDDEEPRECOG_MAX_IMAGE_BYTES"
+#: Environment variable that lets a DICOM series with missing slices or uneven spacing be read anyway (the CLI's
+#: ``--allow-slice-gaps``); the image then carries a note saying so, which ends up in the output JSON.
+ALLOW_GAPS_ENV = "MEDDEEPRECOG_ALLOW_SLICE_GAPS"
 DEFAULT_MAX_IMAGE_BYTES = 4 << 30
 #: Bytes a model package zip may hold once extracted (declared and actually written).
 MAX_PACKAGE_ENV = "MEDDEEPRECOG_MAX_PACKAGE_BYTES"

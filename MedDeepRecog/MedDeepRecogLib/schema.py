@@ -41,10 +41,6 @@ def _no_text_list(value: Any) -> Any:
     return value
 
 
-#: The two validators above by their public names, for config schemas elsewhere (training/config.py and
-#: finetune/finetune.py still import the underscored names until they are switched).
-no_bool, whole_number = _no_bool, _whole_number
-
 #: Whole number (not true/false, not text; ``3.0`` is accepted as 3).
 Int = Annotated[int, BeforeValidator(_whole_number)]
 #: Number (not true/false; text that reads as a number is accepted: PyYAML reads ``1e-3`` as text).

@@ -2,7 +2,6 @@
 
 from .atomic import atomic_output, atomic_save_figure, check_output_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .geometry import Geometry, LPSView, lps_view
-from ..contract import PICTURE_SUFFIXES
 from .image_io import (
     array_from_image,
     as_single_slice,
@@ -28,7 +27,6 @@ __all__ = [
     "Geometry",
     "LPSView",
     "lps_view",
-    "PICTURE_SUFFIXES",
     "array_from_image",
     "as_single_slice",
     "describe_geometry",

@@ -19,20 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import OutputError
-
-_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-            errno.EROFS: "the destination is on a read-only file system", errno.EACCES: "permission denied",
-            errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a regular file, not a folder",
-            errno.EISDIR: "is a folder, not a file", errno.ENAMETOOLONG: "file name too long"}
-
+from ..errors import OutputError, os_error_reason
 
 def output_error(exc: BaseException, path: Path) -> OutputError:
     """An :class:`OutputError` for a failed write of ``path``: OSErrors by errno; writer errors (SimpleITK raises
     RuntimeError for every I/O fault) by the free space left, else their first line."""
     if isinstance(exc, OSError):
         where = Path(exc.filename) if exc.filename and exc.errno in (errno.ENOTDIR, errno.EISDIR) else path
-        return OutputError(f"cannot write: {_REASONS.get(exc.errno, exc.strerror or type(exc).__name__)}", where)
+        return OutputError(f"cannot write: {os_error_reason(exc)}", where)
     if _disk_full(path.parent):
         return OutputError("cannot write: no space left on the device", path)
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from ..contract import PICTURE_SUFFIXES, WRITABLE_SUFFIXES, suffix_of
 from ..errors import InputImageError
-from ..limits import check_declared_image
+from ..limits import ALLOW_GAPS_ENV, check_declared_image
 from .atomic import atomic_output
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,6 @@ MAX_PICTURE_SIDE = 16384
 MAX_PICTURE_PIXELS = 64 << 20
 
 
-#: Environment variable that lets a DICOM series with missing slices or uneven spacing be read anyway (the CLI's
-#: ``--allow-slice-gaps``); the image then carries a note saying so, which ends up in the output JSON.
-ALLOW_GAPS_ENV = "MEDDEEPRECOG_ALLOW_SLICE_GAPS"
 SERIES_KEY = "MedDeepRecog|series"  # JSON: {"uid", "description", "slices", "others": [...]}
 
 

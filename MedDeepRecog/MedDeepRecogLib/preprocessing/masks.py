@@ -168,24 +168,25 @@ class BodyParams:
     apply: bool = param(False, "also set the image to its minimum outside the mask")
 
 
-def _mr_tissue(image: sitk.Image, fraction: float) -> sitk.Image:
-    """MR voxels brighter than ``fraction`` of the smoothed image's 99th percentile (air is near 0 in MR)."""
-    smooth = sitk.SmoothingRecursiveGaussian(as_float32(image), max(image.GetSpacing()[:2]))
+def _mr_smoothed(image: sitk.Image) -> sitk.Image:
+    """The MR image smoothed at its in-plane voxel size, what both MR foreground rules threshold."""
+    return sitk.SmoothingRecursiveGaussian(as_float32(image), max(image.GetSpacing()[:2]))
+
+
+def _mr_tissue(smooth: sitk.Image, fraction: float) -> sitk.Image:
+    """MR voxels of the smoothed image brighter than ``fraction`` of its 99th percentile (air is near 0 in MR)."""
     level = float(np.percentile(sitk.GetArrayViewFromImage(smooth), 99)) * fraction
     return sitk.BinaryThreshold(smooth, level, 3.4e38, 1, 0)
 
 
-def _foreground(image: sitk.Image, modality: str, threshold_hu: float) -> sitk.Image:
-    if modality == "auto":
-        from ..io.image_io import guess_modality
-
-        modality = "CT" if guess_modality(image) == "CT" else "MR"
-    img = as_float32(image)
+def _foreground(image: sitk.Image, modality: str, threshold_hu: float,
+                smooth: sitk.Image | None = None) -> sitk.Image:
+    """Tissue voxels: CT above ``threshold_hu`` (after a 3x3x3 median); MR by Otsu on ``smooth``
+    (:func:`_mr_smoothed` of ``image``, computed here when not given)."""
     if modality == "CT":
-        return sitk.BinaryThreshold(sitk.Median(img, [1, 1, 1]), threshold_hu, 3.4e38, 1, 0)
-    smooth = sitk.SmoothingRecursiveGaussian(img, max(image.GetSpacing()[:2]))
+        return sitk.BinaryThreshold(sitk.Median(as_float32(image), [1, 1, 1]), threshold_hu, 3.4e38, 1, 0)
     # Otsu on the whole histogram lands between background noise and tissue for MR
-    return sitk.OtsuThreshold(smooth, 0, 1, 128)
+    return sitk.OtsuThreshold(_mr_smoothed(image) if smooth is None else smooth, 0, 1, 128)
 
 
 def _solid(mask: sitk.Image, image: sitk.Image, closing_mm: float) -> sitk.Image:
@@ -214,9 +215,10 @@ def body_mask(image: sitk.Image, p: BodyParams) -> sitk.Image:
         from ..io.image_io import guess_modality
 
         modality = "CT" if guess_modality(image) == "CT" else "MR"
-    foreground = _foreground(image, modality, p.threshold_hu)
+    smooth = _mr_smoothed(image) if modality == "MR" else None
+    foreground = _foreground(image, modality, p.threshold_hu, smooth)
     if modality == "MR" and p.mr_background > 0:
-        foreground = sitk.Or(foreground, _mr_tissue(image, p.mr_background))
+        foreground = sitk.Or(foreground, _mr_tissue(smooth, p.mr_background))
     return _solid(foreground, image, p.closing_mm)
 
 

@@ -129,10 +129,7 @@ def render_case_report(result, outputs: dict, package, *, command: str) -> str:
 
 def write_case_report(result, outputs: dict, package, out_dir: str | Path, *, command: str) -> Path:
     """Write ``out_dir/<name>_report.html`` atomically and return its path."""
-    from ..io import atomic_output
+    from ..io import atomic_write_text
 
     path = Path(out_dir) / output_file(result.name, "report")
-    html = render_case_report(result, outputs, package, command=command)
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text(html, encoding="utf-8")
-    return path
+    return atomic_write_text(path, render_case_report(result, outputs, package, command=command))
