@@ -77,11 +77,6 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside a DDP wrapper (what gets saved)."""
-    return model.module if hasattr(model, "module") else model
-
-
 def make_sampler(dataset: Any, ctx: DistContext, *, shuffle: bool, seed: int):
     """``DistributedSampler`` over ``dataset`` in a multi-process run, else ``None`` (the loader shuffles itself)."""
     if not ctx.enabled:
@@ -101,7 +96,9 @@ def all_reduce_mean(value: float, ctx: DistContext, weight: float = 1.0) -> floa
     """Weighted mean of ``value`` over ranks (``weight``: e.g. the samples it was computed on)."""
     if not ctx.enabled:
         return float(value)
-    t = torch.tensor([float(value) * weight, float(weight)], dtype=torch.float64)
+    # NCCL (the backend on CUDA) reduces only tensors on the process's GPU
+    t = torch.tensor([float(value) * weight, float(weight)], dtype=torch.float64,
+                     device=ctx.device if ctx.device.startswith("cuda") else "cpu")
     dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else 0.0
 
