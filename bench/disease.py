@@ -112,13 +112,14 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
 
     from MedDeepRecogLib.models import build_model
     from MedDeepRecogLib.training.augment import BatchAugment, monai_transforms
-    from MedDeepRecogLib.inference import localisation  # noqa: F401  (the config's localisation block)
+    from MedDeepRecogLib.commands import register_training_blocks
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
     from MedDeepRecogLib.training.data import load_train_val
     from MedDeepRecogLib.training.classification import fit_classifier, make_loader
     from MedDeepRecogLib.training.loop import FitConfig, Hooks
     from MedDeepRecogLib.training.sections import LoopConfig
 
+    register_training_blocks()  # the config's localisation block
     cfg = load_config(config)
     data = load_train_val(cfg, resolve_data_path(cfg))
     bs = int(cfg.training.batch_size)

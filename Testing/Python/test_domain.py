@@ -113,8 +113,10 @@ def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
     lesion label before the one save."""
     import yaml
 
-    from MedDeepRecogLib.inference import localisation  # noqa: F401  (registers the localisation block)
+    from MedDeepRecogLib.commands import register_training_blocks
     from MedDeepRecogLib.training.train import run_training
+
+    register_training_blocks()  # as meddeeprecog train does: the localisation block
 
     rng = np.random.default_rng(0)
 

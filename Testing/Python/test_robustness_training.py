@@ -145,3 +145,22 @@ def test_robustness_train_config_command_still_reproduces(tmp_path, capsys):
     assert pkg.meta["provenance"]["command"].startswith("meddeeprecog robustness --train-config")
     assert pkg.meta["robustness"]["adversarial_training"]["attack"] == "pgd"
     assert sorted(p.name for p in (dest / "blob-adv").iterdir()) == ["1.0.0"]
+
+
+def test_robustness_train_config_knows_every_registered_block(tmp_path):
+    """``robustness --train-config`` reads a config with the blocks ``train`` accepts (here an empty
+    ``localisation`` list beside ``adversarial``). A fresh process, so no earlier import has registered them."""
+    import subprocess
+    import sys
+
+    npz = write_blob_npz(tmp_path / "blobs.npz", n=32, seed=2)
+    cfg = _config(tmp_path, npz, {"attack": "fgsm_rs", "eps": 0.05, "bounds": [0, 1], "evaluate": {"eps": [0.05]}})
+    raw = json.loads(cfg.read_text(encoding="utf-8"))
+    raw["localisation"] = []
+    cfg.write_text(json.dumps(raw), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "MedDeepRecogLib", "robustness", "--train-config", str(cfg),
+                           "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "catalog"),
+                           "--epochs", "1", "--progress", "none", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert (tmp_path / "catalog" / "blob-adv" / "1.0.0" / "model.json").is_file()

@@ -11,3 +11,11 @@ def command_line() -> str:
     import shlex
 
     return "meddeeprecog " + " ".join(shlex.quote(a) for a in LAST_ARGV)
+
+
+def register_training_blocks() -> None:
+    """Import every part that registers a training-config block (``training.hooks``), so a config file read by
+    any command (``train``, ``robustness --train-config``) knows all of them: ``adversarial`` (robustness) and
+    ``localisation`` (inference)."""
+    from .. import robustness  # noqa: F401
+    from ..inference import localisation  # noqa: F401

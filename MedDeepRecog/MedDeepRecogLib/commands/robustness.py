@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.progress)
     if args.train_config:
         from ..robustness.training import run_adversarial_training
+        from . import register_training_blocks
+
+        register_training_blocks()
 
         result = run_adversarial_training(args.train_config, out=args.out, package_dest=args.package_dest,
                                           epochs=args.epochs, progress=progress)

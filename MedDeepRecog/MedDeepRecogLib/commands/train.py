@@ -47,11 +47,12 @@ def _command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import robustness  # noqa: F401  (registers the training-config blocks it owns: adversarial)
-    from ..inference import localisation  # noqa: F401  (registers the localisation block)
     from ..progress import Progress
     from ..training.config import load_config
     from ..training.train import run_training
+    from . import register_training_blocks
+
+    register_training_blocks()
 
     if args.threads:
         torch.set_num_threads(args.threads)
