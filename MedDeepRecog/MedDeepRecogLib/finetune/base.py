@@ -37,7 +37,6 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
     is the same: "mass" must not become "lesion" by position). Returns ``(model, arch_name, arch_kwargs,
     weight_report)``."""
     from ..models import build_model
-    from ..models import segmentation  # noqa: F401  (registers monai_unet / monai_segresnet)
     from ..models.transfer import head_module_name, load_matching_weights
 
     if base is not None:

@@ -34,7 +34,6 @@ DEFAULT_NORMALIZE: dict[str, Any] = {"kind": "auto", "ct_window_hu": [-200.0, 30
 
 def load_segmentation_package(model: Any):
     """``load_package`` for a segmentation model (refuses classification packages with a clear message)."""
-    from ..models import segmentation  # noqa: F401  (registers monai_unet / monai_segresnet)
     from ..packages import load_package
 
     pkg = load_package(model) if not hasattr(model, "meta") else model

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..progress import ProgressCallback, null_progress
-from ..training.metrics import roc_auc_ovr
+from ..training.metrics import accuracy, balanced_accuracy, roc_auc_ovr
 from .attacks import Bounds, attack, check_eps
 
 
@@ -61,9 +61,8 @@ def evaluate_robustness(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
     def summary(probs: list[np.ndarray]) -> dict[str, Any]:
         p = np.concatenate(probs)
         pred = p.argmax(1)
-        recalls = [float((pred[y_all == k] == k).mean()) for k in np.unique(y_all)]
         auc = roc_auc_ovr(y_all, p)[0]  # binary: the positive class; else macro one-vs-rest
-        return {"accuracy": float((pred == y_all).mean()), "balanced_accuracy": float(np.mean(recalls)),
+        return {"accuracy": accuracy(y_all, pred), "balanced_accuracy": balanced_accuracy(y_all, pred, p.shape[1]),
                 "auc": None if np.isnan(auc) else auc}
 
     return {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1, "n": int(len(y_all)),

@@ -122,8 +122,6 @@ class TrainConfig:
         return d
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "input": InputConfig, "optimizer": OptimizerConfig,
-             "schedule": ScheduleConfig, "training": TrainingConfig}
 _CHOICES = {("data", "format"): {"auto", "npz", "folder"}, ("data", "kind"): {"volume3d", "slices2d"},
             ("training", "monitor"): {"auc", "balanced_accuracy", "accuracy", "f1", "loss", "last"}}
 
