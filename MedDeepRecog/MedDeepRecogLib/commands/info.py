@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..contract import PICTURE_SUFFIXES, WRITABLE_SUFFIXES, suffix_of
+from ..errors import InputImageError
 from ..io import describe_geometry, read_image
 
 
@@ -25,12 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     image = read_image(args.input, spacing=args.spacing)
     record = {"input": str(args.input), **describe_geometry(image)}
-    from pathlib import Path
+    if suffix_of(args.input) not in WRITABLE_SUFFIXES + PICTURE_SUFFIXES:
+        from ..io.dicom_seg import describe_dicom
 
-    from ..io.dicom_seg import describe_dicom, is_dicom_input
-
-    if not Path(args.input).name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png",
-                                                   ".jpg", ".jpeg")) and is_dicom_input(args.input):
-        record["dicom"] = describe_dicom(args.input)
+        try:
+            record["dicom"] = describe_dicom(args.input)
+        except InputImageError:
+            pass  # read, but not as DICOM (an Analyze .img/.hdr pair, say)
     print(json.dumps(record, indent=2))
     return 0

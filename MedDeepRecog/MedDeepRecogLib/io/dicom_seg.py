@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError
 from .atomic import atomic_output
+from .image_io import dicom_series
 
 #: Tags ``info`` prints for a DICOM input: what the series is, never who the patient is.
 DESCRIPTIVE_TAGS = ("Modality", "SeriesDescription", "StudyDescription", "BodyPartExamined", "ProtocolName",
@@ -39,23 +40,11 @@ def dicom_series_files(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     try:
-        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)) or ()
-    except RuntimeError:
-        ids = ()
-    if not ids:
+        files_by_series, chosen = dicom_series(path)
+    except InputImageError:
         raise InputImageError("not a DICOM series: a DICOM Segmentation (.dcm) needs a DICOM input to reference; "
-                              "write a .seg.nrrd instead", path)
-    files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), sid) for sid in ids}
-    return [Path(f) for f in files[max(files, key=lambda s: len(files[s]))]]
-
-
-def is_dicom_input(path: str | Path) -> bool:
-    """Whether ``path`` is a DICOM file or a folder holding a DICOM series."""
-    try:
-        dicom_series_files(path) if Path(path).is_dir() else _read_header(Path(path))
-        return True
-    except Exception:
-        return False
+                              "write a .seg.nrrd instead", path) from None
+    return [Path(f) for f in files_by_series[chosen]]
 
 
 def _read_header(path: Path):

@@ -121,20 +121,31 @@ def _check_slice_positions(folder: Path, files: list[str], label: str, unassigne
                           "to read it anyway", folder)
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    """Read the DICOM series with most slices in ``folder``, named by SeriesInstanceUID and description (other
-    series are named in the log and the image's notes). Missing or unreadable slices and uneven spacing are
-    refused (see :func:`_check_slice_positions`)."""
-    import os
+def dicom_series(folder: str | Path) -> tuple[dict[str, tuple[str, ...]], str]:
+    """The DICOM series in ``folder`` (SeriesInstanceUID -> files in GDCM's order, the slice order of the image)
+    and the one :func:`read_image` reads: the series with most files.
 
+    Raises:
+        InputImageError: the folder cannot be scanned or holds no readable DICOM series.
+    """
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
     except RuntimeError as exc:  # GDCM raises on unreadable folders
         raise InputImageError(f"cannot scan folder for DICOM series ({exc})", folder) from None
     if not series_ids:
         raise InputImageError("folder contains no readable DICOM series", folder)
-    files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
-    chosen = max(files_by_series, key=lambda sid: len(files_by_series[sid]))
+    files_by_series = {sid: tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid))
+                       for sid in series_ids}
+    return files_by_series, max(files_by_series, key=lambda sid: len(files_by_series[sid]))
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    """Read the DICOM series with most slices in ``folder``, named by SeriesInstanceUID and description (other
+    series are named in the log and the image's notes). Missing or unreadable slices and uneven spacing are
+    refused (see :func:`_check_slice_positions`)."""
+    import os
+
+    files_by_series, chosen = dicom_series(folder)
     files = list(files_by_series[chosen])
 
     def description(sid: str) -> str:
