@@ -19,3 +19,12 @@ def register_training_blocks() -> None:
     ``localisation`` (inference)."""
     from .. import robustness  # noqa: F401
     from ..inference import localisation  # noqa: F401
+
+
+def case_report(result, package, out_dir):
+    """``extra`` for ``inference.classify.write_outputs``: the case's HTML report (``--report``), written with the
+    other outputs, before the JSON that lists it."""
+    from ..report import write_case_report
+
+    return lambda outputs: {"report": str(write_case_report(result, outputs, package, out_dir,
+                                                            command=command_line()))}

@@ -274,6 +274,7 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
     from ..fusion import classify_fusion
     from ..inference.classify import classify_scan, write_outputs
     from ..packages import load_package
+    from . import case_report
 
     route = None
     if package is None:
@@ -295,14 +296,8 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
                                slice_mm=args.slice_mm, source=scan)  # a routed scan is not read twice
     if route is not None:
         result.route = route.to_json()
-    outputs = write_outputs(result, out, png=not args.no_png, progress=report)
-    if args.report:
-        from ..io import atomic_write_json
-        from ..report import write_case_report
-        from . import command_line
-
-        outputs["report"] = str(write_case_report(result, outputs, package, out, command=command_line()))
-        atomic_write_json(Path(outputs["json"]), result.to_json(outputs))  # the JSON lists the report too
+    outputs = write_outputs(result, out, png=not args.no_png, progress=report,
+                            extra=case_report(result, package, out) if args.report else None)
     return result, outputs
 
 

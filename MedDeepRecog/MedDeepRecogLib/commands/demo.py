@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..packages import load_package
     from ..progress import Progress
     from ..resources import sample_path
+    from . import case_report
 
     if args.slicer_views:  # checked before any work
         from ..slicer_views import SlicerCoreMissing, import_slicer_core
@@ -78,14 +79,7 @@ def run(args: argparse.Namespace) -> int:
                            lesion=read_lesion_mask(sample_path(DEMO_LESION)),
                            progress=lambda stage, f, **extra: progress(stage, 0.05 + 0.85 * f, case=DEMO_SCAN, **extra))
     result.route = route.to_json()
-    outputs = write_outputs(result, out)
-    if args.report:
-        from ..io import atomic_write_json
-        from ..report import write_case_report
-        from . import command_line
-
-        outputs["report"] = str(write_case_report(result, outputs, package, out, command=command_line()))
-        atomic_write_json(Path(outputs["json"]), result.to_json(outputs))
+    outputs = write_outputs(result, out, extra=case_report(result, package, out) if args.report else None)
     if args.slicer_views and outputs.get("heatmap"):
         from ..slicer_views import render_classification
         views = render_classification(sample_path(DEMO_SCAN), Path(outputs["heatmap"]), out, result.name)

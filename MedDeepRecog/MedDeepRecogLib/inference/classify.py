@@ -501,15 +501,16 @@ def _check_fits(package, inp) -> None:
 
 
 def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: bool = True,
-                  progress: ProgressFn | None = None) -> dict[str, str | None]:
+                  progress: ProgressFn | None = None,
+                  extra: Callable[[dict], dict] | None = None) -> dict[str, str | None]:
     """:func:`write_case_outputs`, all or nothing: when a write fails (full disk, ...) the files this call made are
     removed again, and so is ``out_dir`` if it made it and it is left empty."""
     out_dir = Path(out_dir)
-    names = [output_file(result.name, role) for role in ("result", "heatmap", "heatmap_png")]
+    names = [output_file(result.name, role) for role in ("result", "heatmap", "heatmap_png", "report")]
     had_dir = out_dir.exists()
     existed = {n for n in names if (out_dir / n).exists()}
     try:
-        return write_case_outputs(result, out_dir, png=png, progress=progress)
+        return write_case_outputs(result, out_dir, png=png, progress=progress, extra=extra)
     except BaseException:
         for n in names:
             if n not in existed:
@@ -523,11 +524,14 @@ def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: boo
 
 
 def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png: bool = True,
-                       progress: ProgressFn | None = None) -> dict[str, str | None]:
+                       progress: ProgressFn | None = None,
+                       extra: Callable[[dict], dict] | None = None) -> dict[str, str | None]:
     """Write ``<name>.json``, ``<name>_heatmap.nrrd`` and ``<name>_heatmap.png`` into ``out_dir`` atomically.
 
     The heatmap NRRD is float32 on the scan's own grid (same size, origin, spacing, direction); the JSON is written
-    last, so a JSON present means its outputs are complete. Returns the paths written (``None`` for skipped ones).
+    last, so a JSON present means its outputs are complete. ``extra(outputs) -> {role: path}`` writes more files
+    from the ones above (the HTML report) before the JSON, which lists them too. Returns the paths written
+    (``None`` for skipped ones).
     """
     report = progress or (lambda *a, **k: None)
     out_dir = Path(out_dir)  # made by the first atomic write
@@ -557,6 +561,8 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
             outputs["png"] = str(png_path)
     result.timing_s["write"] = time.perf_counter() - t
     outputs["json"] = str(json_path)
+    if extra is not None:
+        outputs.update(extra(outputs))
     atomic_write_json(json_path, result.to_json(outputs))
     report("written", 1.0)
     return outputs
