@@ -378,7 +378,7 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
     from ..contract import output_file
     from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..inference.roi_classify import classify_segments
+    from ..inference.roi_classify import classify_scan_segments, read_scan_segments
     from ..io import atomic_write_json
 
     kind = package.input_spec.get("kind")
@@ -397,13 +397,14 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
 
         check_dicom_seg_source(scans[0])  # before any work
     progress("classify segments", 0.05)
-    rows = classify_segments(scans[0], segmentation, package, device=str(resolve_device(args.device)))
+    scan = read_scan_segments(scans[0], segmentation)
+    rows = classify_scan_segments(scan, package, device=str(resolve_device(args.device)))
     name = _unique_names(scans)[0]
     record = {"input": str(scans[0]), "segmentation": str(segmentation),
               "model": {"id": package.id, "version": package.version}, "class_names": list(package.class_names),
               "segments": rows}
     if dicom_out:
-        record["dicom_seg"] = str(_write_segments_dicom(scans[0], segmentation, rows, package, Path(args.out)))
+        record["dicom_seg"] = str(_write_segments_dicom(scans[0], scan, rows, package, Path(args.out)))
     path = atomic_write_json(out_dir / output_file(name, "segment_labels"), record)
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": [{"input": str(scans[0]), "segments_json": str(path)}]})
@@ -417,24 +418,22 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
     return 0
 
 
-def _write_segments_dicom(scan: Path, segmentation: Path, rows: list[dict], package, out: Path) -> Path:
-    """The classified segments as a DICOM Segmentation referencing the scan's series; each segment's label reads
+def _write_segments_dicom(source: Path, scan, rows: list[dict], package, out: Path) -> Path:
+    """The classified segments (``scan``: the :class:`..inference.roi_classify.ScanSegments` they were read as) as
+    a DICOM Segmentation referencing the ``source`` series; each segment's label reads
     ``<segment>: <class> <probability>``."""
     import numpy as np
 
-    from ..finetune.manifest import Case, parse_class_map
-    from ..finetune.segment_data import load_case
     from ..io.dicom_seg import write_dicom_seg
 
-    item = load_case(Case("input", Path(scan), Path(segmentation)), parse_class_map(None))
     by_name = {r["segment"]: r for r in rows}
     pairs = []
-    for k, seg in enumerate(item.segments, start=1):
-        r = by_name.get(seg.name)
+    for k, name in enumerate(scan.names, start=1):
+        r = by_name.get(name)
         if r is not None:
-            pairs.append((k, f"{seg.name}: {r['label']} {r['probabilities'][r['label']]:.2f}"))
-    keep = np.isin(item.segment_map, [k for k, _ in pairs])
-    labels = np.where(keep, item.segment_map, 0)
-    return write_dicom_seg(labels, item.image, scan, pairs, out,
+            pairs.append((k, f"{name}: {r['label']} {r['probabilities'][r['label']]:.2f}"))
+    keep = np.isin(scan.segment_map, [k for k, _ in pairs])
+    labels = np.where(keep, scan.segment_map, 0)
+    return write_dicom_seg(labels, scan.image, source, pairs, out,
                            series_description=f"{package.id} {package.version} segment labels",
                            algorithm=package.id, algorithm_version=package.version)

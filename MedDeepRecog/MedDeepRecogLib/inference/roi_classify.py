@@ -304,6 +304,7 @@ def classify_segments(image_path: Any, segmentation_path: Any, package: Any, *, 
     """Apply an ROI classification package (``input.kind == "roi3d"``) to every segment of a segmentation.
 
     Crops are taken exactly as in training (``input.roi``: size, margin or fixed mm, mask channel, normalisation).
+    The files are read by :func:`read_scan_segments`, then classified by :func:`classify_scan_segments`.
 
     Returns:
         One ``{"segment", "label", "probabilities": {class: p}, "center_mm"}`` per non-empty segment.
@@ -311,6 +312,12 @@ def classify_segments(image_path: Any, segmentation_path: Any, package: Any, *, 
     Raises:
         ModelPackageError: the package is not an ROI classifier.
     """
+    return classify_scan_segments(read_scan_segments(image_path, segmentation_path, label_table=label_table),
+                                  package, device=device)
+
+
+def classify_scan_segments(scan: ScanSegments, package: Any, *, device: str = "cpu") -> list[dict[str, Any]]:
+    """:func:`classify_segments` on a scan and segments already read (:func:`read_scan_segments`)."""
     import torch
 
     from ..errors import ModelPackageError
@@ -322,7 +329,6 @@ def classify_segments(image_path: Any, segmentation_path: Any, package: Any, *, 
         raise ModelPackageError(f"model {pkg.id}@{pkg.version} is not an ROI classifier (input.kind "
                                 f"{spec_json.get('kind')!r})", pkg.path)
     spec = RoiSpec.from_json(spec_json["roi"])
-    scan = read_scan_segments(image_path, segmentation_path, label_table=label_table)
     for message in scan.warnings:
         log.warning(message)
     normalized = normalized_scan(scan.image, scan.modality, spec)
