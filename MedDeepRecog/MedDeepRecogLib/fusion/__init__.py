@@ -1,6 +1,6 @@
 """Several modalities of one case: aligned on one grid, prepared like training data, classified by a fusion model.
 
-- :mod:`.grid`: physical boxes, overlap, optional rigid registration, resampling onto the reference modality.
+- :mod:`.grid`: overlap check (``io.geometry``), optional rigid registration, resampling onto the reference modality.
 - :mod:`.data`: manifests of cases (one column per modality) and their arrays; a missing modality is NaN.
 - :mod:`.infer`: ``classify_modalities`` (probabilities of one case) and ``classify_fusion`` (classify's result for
   ``meddeeprecog classify INPUT --second-input SCAN``).
@@ -10,7 +10,8 @@ The fusion networks (``early_fusion3d``, ``late_fusion3d``) are architectures li
 """
 
 from .data import FusionCase, check_modalities, load_case, manifest_to_npz, read_manifest
-from .grid import align_modalities, overlap_fraction, physical_box, rigid_register, stack_arrays
+from ..io.geometry import overlap_fraction, physical_box
+from .grid import align_modalities, rigid_register, stack_arrays
 from .infer import classify_fusion, classify_modalities, package_modalities
 
 __all__ = ["classify_fusion", "classify_modalities", "package_modalities",

@@ -9,7 +9,6 @@ refused with a clear error instead of producing a channel that is mostly padding
 from __future__ import annotations
 
 import logging
-from itertools import product
 from typing import Mapping
 
 import numpy as np
@@ -17,27 +16,9 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError
 from ..io import same_geometry
+from ..io.geometry import overlap_fraction
 
 log = logging.getLogger(__name__)
-
-
-def physical_box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned bounding box ``(low, high)`` (LPS, mm) of the image's voxel-edge corners."""
-    size = np.array(image.GetSize(), dtype=float)
-    # voxel centres are at integer indices, so the outer edges are at -0.5 and size - 0.5
-    corners = [image.TransformContinuousIndexToPhysicalPoint(tuple(float(c) - 0.5 for c in np.array(sel) * size))
-               for sel in product((0, 1), repeat=3)]
-    pts = np.array(corners)
-    return pts.min(0), pts.max(0)
-
-
-def overlap_fraction(reference: sitk.Image, moving: sitk.Image) -> float:
-    """Share of the reference's bounding box (by volume) that the moving image's box covers, 0..1."""
-    lo_r, hi_r = physical_box(reference)
-    lo_m, hi_m = physical_box(moving)
-    inter = np.clip(np.minimum(hi_r, hi_m) - np.maximum(lo_r, lo_m), 0, None)
-    vol_r = np.prod(hi_r - lo_r)
-    return float(np.prod(inter) / vol_r) if vol_r > 0 else 0.0
 
 
 def rigid_register(fixed: sitk.Image, moving: sitk.Image, *, iterations: int = 100, seed: int = 0) -> sitk.Transform:

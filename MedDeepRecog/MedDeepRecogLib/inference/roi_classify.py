@@ -28,6 +28,7 @@ import SimpleITK as sitk
 
 from ..errors import ConfigError, MedDeepRecogError
 from ..io import array_from_image, read_image, read_segmentation, require_3d, same_geometry, validate_intensities
+from ..io.geometry import overlap_fraction, physical_box
 from ..io.image_io import guess_modality
 from .segment import normalize_intensity
 
@@ -142,26 +143,6 @@ def read_label_table(spec: str | Path) -> dict[int, str]:
     return table
 
 
-def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned physical box (LPS mm: min corner, max corner) covered by ``image``'s voxels, edges included."""
-    size = np.array(image.GetSize())
-    corners = []
-    for corner in np.ndindex(2, 2, 2):
-        index = np.where(np.array(corner) == 1, size - 0.5, -0.5)
-        corners.append(image.TransformContinuousIndexToPhysicalPoint([float(i) for i in index]))
-    corners = np.array(corners)
-    return corners.min(axis=0), corners.max(axis=0)
-
-
-def overlap_fraction(a: sitk.Image, b: sitk.Image) -> float:
-    """Share of ``a``'s physical box that lies inside ``b``'s (0: disjoint)."""
-    lo_a, hi_a = physical_bounds(a)
-    lo_b, hi_b = physical_bounds(b)
-    inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None)
-    vol_a = float(np.prod(hi_a - lo_a))
-    return float(np.prod(inter)) / vol_a if vol_a > 0 else 0.0
-
-
 def align_to_scan(segment_map: np.ndarray, seg_grid: sitk.Image, scan: sitk.Image, *, where: str,
                   path: Path, geometry: str = "physical", warnings: list[str] | None = None) -> np.ndarray:
     """Put a ``(Z, Y, X)`` segment map from ``seg_grid`` onto ``scan``'s grid.
@@ -185,8 +166,8 @@ def align_to_scan(segment_map: np.ndarray, seg_grid: sitk.Image, scan: sitk.Imag
         return segment_map
     fraction = overlap_fraction(seg_grid, scan)
     if fraction <= 0.0:
-        lo_s, hi_s = physical_bounds(seg_grid)
-        lo_i, hi_i = physical_bounds(scan)
+        lo_s, hi_s = physical_box(seg_grid)
+        lo_i, hi_i = physical_box(scan)
         raise MedDeepRecogError(
             f"case {where!r}: segmentation and scan do not overlap in space (segmentation box "
             f"{np.round(lo_s, 1).tolist()}..{np.round(hi_s, 1).tolist()} mm, scan box "

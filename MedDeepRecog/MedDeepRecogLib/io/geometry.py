@@ -4,11 +4,14 @@
   can be made on it after the scan's voxels are released.
 - :func:`lps_view`: a 3D image seen in the axis order and sense nearest to LPS as a numpy view, with that view's
   geometry (:class:`LPSView`). Model inputs, heatmaps, overlays and localisation scores all index scans this way.
+- :func:`physical_box`, :func:`overlap_fraction`: how much of one scan's space another covers (a segmentation on
+  its scan, a second modality on the first).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 import SimpleITK as sitk
@@ -82,3 +85,22 @@ def lps_view(image: sitk.Image, array: np.ndarray | None = None) -> LPSView:
     new_dir = np.stack([d[:, perm[k]] * signs[k] for k in range(3)], axis=1)
     new_spacing = np.array([spacing[perm[k]] for k in range(3)])
     return LPSView(array=view, origin=origin, spacing=new_spacing, direction=new_dir)
+
+
+def physical_box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned bounding box ``(low, high)`` (LPS, mm) of the image's voxel-edge corners."""
+    size = np.array(image.GetSize(), dtype=float)
+    # voxel centres are at integer indices, so the outer edges are at -0.5 and size - 0.5
+    corners = [image.TransformContinuousIndexToPhysicalPoint(tuple(float(c) - 0.5 for c in np.array(sel) * size))
+               for sel in product((0, 1), repeat=3)]
+    pts = np.array(corners)
+    return pts.min(0), pts.max(0)
+
+
+def overlap_fraction(reference: sitk.Image, moving: sitk.Image) -> float:
+    """Share of the reference's bounding box (by volume) that the moving image's box covers, 0..1."""
+    lo_r, hi_r = physical_box(reference)
+    lo_m, hi_m = physical_box(moving)
+    inter = np.clip(np.minimum(hi_r, hi_m) - np.maximum(lo_r, lo_m), 0, None)
+    vol_r = np.prod(hi_r - lo_r)
+    return float(np.prod(inter) / vol_r) if vol_r > 0 else 0.0
