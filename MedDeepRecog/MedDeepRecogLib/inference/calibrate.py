@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..progress import ProgressCallback, null_progress
 from ..uncertainty.calibration import (expected_calibration_error, fit_temperature, low_confidence_threshold,
                                        normalized_entropy, softmax)
+from ..uncertainty.report import calibrated_probabilities, package_temperature
 
 
 def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +68,7 @@ def _csv_logits(pkg, path: Path, progress: ProgressCallback) -> tuple[np.ndarray
     names = pkg.class_names
     # classify's probabilities are temperature-scaled when the package is calibrated: T * log p gives the raw
     # logits back (up to a constant, which softmax ignores), so a temperature is fitted on the network's own output
-    t = float(((pkg.meta.get("calibration") or {}).get("temperature")) or 1.0)
+    t = package_temperature(pkg.meta)
     logits, labels = [], []
     for i, row in enumerate(rows):
         if row["label"] not in names:
@@ -197,15 +198,13 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         raise ConfigError(f"only {len(labels)} validation cases: too few to calibrate (need >= 10)", data)
     meta = copy.deepcopy(pkg.meta)
     cal, plots = None, None
-    t = float(((pkg.meta.get("calibration") or {}).get("temperature")) or 1.0)
     if temperature:
         progress("fit temperature", 0.85)
         cal, plots = _fit_temperature(pkg, data, logits, labels, split, split_desc, report_split, n_bins, progress)
-        t = cal["temperature"]
         meta["calibration"] = cal
     decision = None
     if decision_rules is not None:
-        decision = decision_block(softmax(logits, t), labels, decision_rules, quantile=quantile, data=data,
+        decision = decision_block(calibrated_probabilities(logits, meta), labels, decision_rules, quantile=quantile, data=data,
                                   split=split_desc, command=command)
         meta["decision"] = decision
 

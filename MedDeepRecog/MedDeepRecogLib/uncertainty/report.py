@@ -18,10 +18,15 @@ from .sampling import (default_tta, dropout_layers, ensemble_member_samples, mc_
                        tta_samples)
 
 
+def package_temperature(meta: Mapping[str, Any]) -> float:
+    """The temperature a package's ``calibration`` block fitted (1.0 without one)."""
+    return float(((meta.get("calibration") or {}).get("temperature")) or 1.0)
+
+
 def calibrated_probabilities(logits: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> np.ndarray:
     """``softmax(logits / T)`` with the package's fitted temperature (T = 1 without calibration); ``(N, K)``."""
     z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-    t = float(((meta.get("calibration") or {}).get("temperature")) or 1.0)
+    t = package_temperature(meta)
     return softmax(z, t)
 
 
@@ -93,7 +98,7 @@ def apply_temperature(probabilities: np.ndarray, meta: Mapping[str, Any]) -> np.
 
     Identity when the package has no ``calibration`` block.
     """
-    t = float(((meta.get("calibration") or {}).get("temperature")) or 1.0)
+    t = package_temperature(meta)
     p = np.asarray(probabilities, dtype=np.float64)
     if t == 1.0:
         return p
