@@ -204,8 +204,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         meta["calibration"] = cal
     decision = None
     if decision_rules is not None:
-        decision = decision_block(calibrated_probabilities(logits, meta), labels, decision_rules, quantile=quantile, data=data,
-                                  split=split_desc, command=command)
+        decision = decision_block(calibrated_probabilities(logits, meta), labels, decision_rules, quantile=quantile,
+                                  data=data, split=split_desc, command=command)
         meta["decision"] = decision
 
     root = Path(dest) if dest is not None else user_models_dir()
