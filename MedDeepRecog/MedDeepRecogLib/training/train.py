@@ -295,8 +295,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if n_members == 1:
-        fit_cfg, history = _fit_member(cfg, model, data, val_loader, out_dir / "checkpoints", cfg.seed, resume,
-                                       hooks, progress, ctx)
+        history = _fit_member(cfg, model, data, val_loader, out_dir / "checkpoints", cfg.seed, resume, hooks,
+                              progress, ctx)
     else:
         model = build_model(arch["name"], **arch["kwargs"])
         folds = stratified_folds(data.train.labels, n_folds, cfg.seed, cfg.source,
@@ -312,9 +312,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                 held = folds[i]
                 member_data = replace(data, train=data.train.subset(np.setdiff1d(np.arange(len(data.train)), held)))
                 member_val = make_loader(data.train.images[held], data.train.labels[held], max(bs, 64), shuffle=False)
-            fit_cfg, history = _fit_member(cfg, model.members[i], member_data, member_val,
-                                           out_dir / "checkpoints" / f"member{i + 1}", seed, resume, hooks,
-                                           _member_progress(progress, i, n_members), ctx)
+            history = _fit_member(cfg, model.members[i], member_data, member_val,
+                                  out_dir / "checkpoints" / f"member{i + 1}", seed, resume, hooks,
+                                  _member_progress(progress, i, n_members), ctx)
             member_histories.append(history)
             if history.stopped == "cancelled":
                 break
@@ -339,10 +339,10 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
 
 
 def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path, seed: int, resume: bool,
-                hooks: Hooks | None, progress, ctx) -> tuple[FitConfig, History]:
+                hooks: Hooks | None, progress, ctx) -> History:
     """Train ``model`` (one network, or one member of an ensemble) with ``seed`` deciding its data order and
     augmentation; checkpoints in ``checkpoint_dir``, on the device of ``ctx`` (this rank's GPU under DDP).
-    Returns the fit config and :class:`History`."""
+    Returns its :class:`History`."""
     from .distributed import per_rank_batch
 
     k = len(data.class_names)
@@ -360,7 +360,7 @@ def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path,
                              class_weights=class_weights_for(cfg, data.train.labels, k),
                              label_smoothing=float(t.label_smoothing), l1=float(t.l1), hooks=hooks,
                              progress=progress, class_names=data.class_names, ctx=ctx)
-    return fit_cfg, history
+    return history
 
 
 def _member_progress(progress, index: int, count: int):
