@@ -347,11 +347,10 @@ def _write_summary(out: Path, rows: list[dict], skipped: list[dict]) -> dict:
 
 
 def _print_result(scan: Path, result, outputs: dict) -> None:
-    from ..inference.classify import headline
+    from ..inference.classify import headline, probabilities_label, voting_slices
 
-    n_voting = sum(1 for r in result.per_slice if r.get("voted", True) and "label" in r)
-    basis = (f"scan probabilities (label vote: geometric mean over {n_voting} slices)" if n_voting > 1
-             else "probabilities")
+    basis = probabilities_label(result)
+    n_voting = voting_slices(result)
     probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
     extra = f" [{'; '.join(result.decision['reasons'])}]" if result.decision["uncertain"] else ""
     conf = (f"\n  confidence = mean over the {n_voting} voting slices of their {result.decision['top_class']} "

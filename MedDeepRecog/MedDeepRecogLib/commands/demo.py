@@ -93,12 +93,11 @@ def run(args: argparse.Namespace) -> int:
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": results})
         return 0
-    from ..inference.classify import headline
+    from ..inference.classify import headline, probabilities_label
 
     probs = "  ".join(f"{k} {v:.3f}" for k, v in sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
     note = f"  ({'; '.join(result.decision['reasons'])})" if result.decision["uncertain"] else ""
-    voting = sum(1 for r in result.per_slice if r.get("voted", True) and "label" in r)
-    basis = f"scan probabilities (label vote: geometric mean over {voting} slices)" if voting > 1 else "probabilities"
+    basis = probabilities_label(result)
     print(f"{DEMO_SCAN}: {headline(result)}{note}\n  model {package.id}@{package.version}: {route.reason}"
           f"\n  {basis}: {probs}")
     if result.finding:

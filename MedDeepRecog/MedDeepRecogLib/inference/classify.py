@@ -111,14 +111,15 @@ class ClassificationResult:
         }
 
 
-def _voting_slices(result: "ClassificationResult") -> int:
+def voting_slices(result: "ClassificationResult") -> int:
+    """How many slices voted on the scan's label (0 for a volume model)."""
     return sum(1 for r in result.per_slice if r.get("voted", True) and "label" in r)
 
 
 def confidence_basis(result: "ClassificationResult") -> str:
     """What ``confidence`` is, in words (the one number the CLI prints, the PNG and the report show)."""
     top = result.decision["top_class"]
-    n = _voting_slices(result)
+    n = voting_slices(result)
     if n > 1:
         return (f"mean over the {n} voting slices of each slice's probability for {top}: the figure the model's "
                 f"min_probability threshold is set on (one held-out image's probability)")
@@ -127,11 +128,17 @@ def confidence_basis(result: "ClassificationResult") -> str:
 
 def probabilities_basis(result: "ClassificationResult") -> str:
     """How ``probabilities`` aggregate the slices (they choose ``top_class``)."""
-    n = _voting_slices(result)
+    n = voting_slices(result)
     if n > 1:
         return (f"softmax of the mean log-probability over the {n} voting slices (a geometric mean: one slice "
                 f"confidently saying otherwise pulls it down); it picks top_class, and differs from confidence")
     return "softmax of the model's output (temperature-scaled when the package is calibrated)"
+
+
+def probabilities_label(result: "ClassificationResult") -> str:
+    """What the printed probabilities are, in a few words (the command line's second line)."""
+    n = voting_slices(result)
+    return f"scan probabilities (label vote: geometric mean over {n} slices)" if n > 1 else "probabilities"
 
 
 def headline(result: "ClassificationResult") -> str:
