@@ -208,3 +208,38 @@ def test_cross_validation_ensemble_never_sees_the_validation_split(tmp_path):
     assert metrics["auc"] == pytest.approx(pkg.meta["metrics"]["auc"], abs=1e-6)
     card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Cross-validation ensemble" in card and "fold 2 of the train split" in card
+
+
+def test_refit_packages_members_trained_on_every_train_case(tmp_path):
+    """``training/folds: 3, refit: 2``: the fold members give the out-of-fold estimate and are not packaged; the
+    package holds 2 members that each equal a single model trained on the whole train split with its seed
+    (seed + folds + j), so every train case shaped them; val still decides nothing."""
+    data = _split_npz(tmp_path / "split.npz", False)
+    training = {"epochs": 2, "batch_size": 16, "folds": 3, "refit": 2, "monitor": "last"}
+    run = run_training(config_from_dict(_config(data, id="refit", training=training)), out=tmp_path / "refit",
+                       package_dest=tmp_path / "cat")
+    pkg = load_package(run["package"])
+    assert pkg.meta["architecture"]["kwargs"]["members"] == 2
+    cv = pkg.meta["metrics"]["cross_validation"]
+    assert cv["folds"] == 3 and cv["n"] == 90 and "refitted" in cv["members"]
+    model = pkg.build_model("cpu")
+
+    # the same recipe as a plain single model on the whole train split, seed 0 + 3 folds + 1
+    single = run_training(config_from_dict(_config(data, id="single", seed=4,
+                                                   training={"epochs": 2, "batch_size": 16, "monitor": "last"})),
+                          out=tmp_path / "single", package_dest=tmp_path / "cat")
+    alone = load_package(single["package"]).build_model("cpu")
+    for k, v in alone.state_dict().items():
+        assert torch.equal(model.members[1].state_dict()[k], v), k
+    card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Cross-validation estimate of the recipe" in card and "refitted on the whole train split" in card
+    history = json.loads((tmp_path / "refit" / "history.json").read_text())
+    assert len(history["fold_members"]) == 3 and len(history["members"]) == 2
+    assert (tmp_path / "refit" / "checkpoints" / "refit2").is_dir()
+
+
+def test_refit_config_is_checked(npz):
+    with pytest.raises(ConfigError, match="training/refit needs training/folds"):
+        config_from_dict(_config(npz, training={"epochs": 1, "refit": 2, "monitor": "last"}))
+    with pytest.raises(ConfigError, match="set training/monitor to last"):
+        config_from_dict(_config(npz, training={"epochs": 1, "folds": 3, "refit": 2, "monitor": "auc"}))

@@ -25,6 +25,10 @@ Ensembles (one package, architecture ``ensemble``, probabilities averaged):
   estimate, and ``metrics.cross_validation`` adds out-of-fold metrics over the whole train split (each case
   predicted by the one member that did not train on it) — with a small validation split, the steadier figure for
   comparing configs.
+- ``training/folds: K`` with ``training/refit: N`` — the K fold members only estimate the recipe (out-of-fold
+  metrics); then N members (seeds ``seed + K + i``) train on the whole train split, final epoch kept
+  (``monitor: last``), and they alone form the package. Every member of the package has seen every train case;
+  the val split still takes no part.
 """
 
 from __future__ import annotations
@@ -169,20 +173,35 @@ def _selection_lines(history: dict) -> str:
 
     rows = "\n".join(member_line(i, m) for i, m in enumerate(members, start=1))
     cv = history.get("cross_validation")
+    if cv and history.get("fold_members"):
+        folds = "\n".join(member_line(i, m) for i, m in enumerate(history["fold_members"], start=1))
+        return (f"- **Cross-validation estimate of the recipe**: the train split cut into {cv['folds']} class-stratified "
+                f"folds{' that keep each patient group whole' if cv.get('grouped') else ''}; fold member i trains on "
+                f"the other folds and is scored on fold i (these members are not in the package):\n{folds}\n"
+                f"- **Out-of-fold** (every train case scored by the fold member that did not train on it, n={cv['n']}): "
+                f"AUC {_figure(cv['auc'])}, balanced accuracy {_figure(cv['balanced_accuracy'])}, accuracy "
+                f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}.\n"
+                f"- **The package: {len(members)} members refitted on the whole train split** with the same recipe "
+                f"(own seed, final epoch kept). Probabilities averaged; decision = argmax. The validation split took "
+                f"no part in training or selection, so its figures below are a held-out estimate.\n{rows}")
     if not cv:
         return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
                 f"augmentation, best epoch); probabilities averaged.\n- **Checkpoint selection**: each member's best "
                 f"epoch on the validation split (used for model selection, so its figures are optimistic; decision = "
                 f"argmax):\n{rows}")
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731 (a fold without every class has no AUC)
     return (f"- **Cross-validation ensemble** of {len(members)} members: the train split cut into {cv['folds']} "
             f"class-stratified folds{' that keep each patient group whole' if cv.get('grouped') else ''}; member i "
             f"trains on the other folds and is scored on fold i. Probabilities averaged; decision = argmax.\n"
             f"- **The validation split took no part in training or checkpoint selection**, so its figures below are a "
             f"held-out estimate.\n{rows}\n"
             f"- **Out-of-fold** (every train case scored by the member that did not train on it, n={cv['n']}): "
-            f"AUC {fmt(cv['auc'])}, balanced accuracy {fmt(cv['balanced_accuracy'])}, accuracy "
-            f"{fmt(cv.get('accuracy'))}; per fold AUC {', '.join(fmt(a) for a in cv['fold_auc'])}.")
+            f"AUC {_figure(cv['auc'])}, balanced accuracy {_figure(cv['balanced_accuracy'])}, accuracy "
+            f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}.")
+
+
+def _figure(value: float | None) -> str:
+    """A card figure to 4 places; ``n/a`` where there is none (a fold without every class has no AUC)."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def run_training(config: TrainConfig | str | Path, out: str | Path | None = None, resume: bool = False,
@@ -260,7 +279,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         input_spec["slices"] = dict(cfg.input.slices)
     cmd = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
     n_folds = int(cfg.training.folds)
-    n_members = n_folds or int(cfg.training.ensemble)
+    n_refit = int(cfg.training.refit)
+    n_members = n_refit or n_folds or int(cfg.training.ensemble)
     arch = {"name": cfg.model.name, "kwargs": kwargs}
     if n_members > 1:
         arch = {"name": "ensemble", "kwargs": {"member": cfg.model.name, "member_kwargs": dict(cfg.model.kwargs),
@@ -302,29 +322,34 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         folds = stratified_folds(data.train.labels, n_folds, cfg.seed, cfg.source,
                                  groups=data.train_groups) if n_folds else None
         oof = np.full((len(data.train), k), np.nan) if folds is not None else None  # out-of-fold probabilities
+        stages = n_folds + n_refit if n_refit else n_members  # members trained, for the progress fraction
+        fold_model = build_model(arch["name"], **{**arch["kwargs"], "members": n_folds}) if n_refit else model
         member_histories = []
-        for i in range(n_members):
+        for i in range(n_folds or n_members):
             seed = cfg.seed + i
             torch.manual_seed(seed)
-            model.members[i] = build_model(cfg.model.name, **kwargs)  # initialised as the single model with seed
+            fold_model.members[i] = build_model(cfg.model.name, **kwargs)  # initialised as the single model with seed
             member_data, member_val = data, val_loader
             if folds is not None:
                 held = folds[i]
                 member_data = replace(data, train=data.train.subset(np.setdiff1d(np.arange(len(data.train)), held)))
                 member_val = make_loader(data.train.images[held], data.train.labels[held], max(bs, 64), shuffle=False)
-            history = _fit_member(cfg, model.members[i], member_data, member_val,
+            history = _fit_member(cfg, fold_model.members[i], member_data, member_val,
                                   out_dir / "checkpoints" / f"member{i + 1}", seed, resume, hooks,
-                                  _member_progress(progress, i, n_members), ctx)
+                                  _member_progress(progress, i, stages), ctx)
             member_histories.append(history)
             if history.stopped == "cancelled":
                 break
             if folds is not None and ctx.is_main:
-                oof[folds[i]] = predict_proba(model.members[i], member_val, torch.device(ctx.device))[0]
+                oof[folds[i]] = predict_proba(fold_model.members[i], member_val, torch.device(ctx.device))[0]
         history = EnsembleHistory(member_histories, seeds=[cfg.seed + i for i in range(len(member_histories))],
                                   folds=folds)
         if folds is not None and history.stopped != "cancelled" and ctx.is_main:
             history.cross_validation = cross_validation_metrics(data.train.labels, oof, folds, data.class_names)
             history.cross_validation["grouped"] = data.train_groups is not None
+        if n_refit and history.stopped != "cancelled":
+            history = _refit(cfg, model, kwargs, data, val_loader, out_dir, resume, hooks, progress, ctx,
+                             estimate=history, first_stage=n_folds, stages=stages)
     train_s = time.perf_counter() - t0
     if history.stopped == "cancelled":
         raise KeyboardInterrupt
@@ -363,6 +388,29 @@ def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path,
     return history
 
 
+def _refit(cfg: TrainConfig, model, kwargs: dict, data, val_loader, out_dir: Path, resume: bool, hooks, progress,
+           ctx, estimate: "EnsembleHistory", first_stage: int, stages: int) -> "EnsembleHistory":
+    """``training/refit``: train the package's members on the whole train split (seeds after the folds'), final
+    epoch kept; ``estimate`` (the fold members' history) keeps the out-of-fold metrics of the recipe."""
+    import torch
+
+    from ..models import build_model
+
+    histories = []
+    for j in range(len(model.members)):
+        seed = cfg.seed + first_stage + j
+        torch.manual_seed(seed)
+        model.members[j] = build_model(cfg.model.name, **kwargs)
+        history = _fit_member(cfg, model.members[j], data, val_loader, out_dir / "checkpoints" / f"refit{j + 1}",
+                              seed, resume, hooks, _member_progress(progress, first_stage + j, stages), ctx)
+        histories.append(history)
+        if history.stopped == "cancelled":
+            break
+    refit = EnsembleHistory(histories, seeds=[cfg.seed + first_stage + j for j in range(len(histories))])
+    refit.cross_validation, refit.estimate = estimate.cross_validation, estimate
+    return refit
+
+
 def _member_progress(progress, index: int, count: int):
     """Member ``index`` of ``count`` reports its fraction as its share of the whole run, with ``member=``."""
     def report(stage: str, fraction: float, **info):
@@ -383,16 +431,20 @@ class EnsembleHistory:
         stopped = [h.stopped for h in members]
         self.stopped = "cancelled" if "cancelled" in stopped else ",".join(stopped)
         self.cross_validation: dict | None = None
+        self.estimate: EnsembleHistory | None = None  # refit: the fold members that estimated the recipe
 
     def to_dict(self) -> dict:
         members = [{"seed": s, **h.to_dict()} for s, h in zip(self.seeds, self.members)]
         if self.folds is not None:
             for i, m in enumerate(members):
                 m["selected_on"] = f"fold {i + 1} of the train split ({len(self.folds[i])} cases)"
-        return {"monitor": self.monitor, "best_epoch": self.best_epoch, "stopped": self.stopped,
-                "epochs": [{**r, "member": i + 1} for i, h in enumerate(self.members) for r in h.epochs],
-                "members": members,
-                **({"cross_validation": self.cross_validation} if self.cross_validation else {})}
+        out = {"monitor": self.monitor, "best_epoch": self.best_epoch, "stopped": self.stopped,
+               "epochs": [{**r, "member": i + 1} for i, h in enumerate(self.members) for r in h.epochs],
+               "members": members,
+               **({"cross_validation": self.cross_validation} if self.cross_validation else {})}
+        if self.estimate is not None:
+            out["fold_members"] = self.estimate.to_dict()["members"]
+        return out
 
 
 def cross_validation_metrics(labels: np.ndarray, oof_probs: np.ndarray, folds: list[np.ndarray],
@@ -428,8 +480,11 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
         meta["metrics"]["selected_by"] = "nothing: the final epoch is kept (val split unseen)"
     elif getattr(history, "folds", None) is not None:
         meta["metrics"]["selected_by"] = f"{history.monitor} on each member's own train fold (val split unseen)"
-    if getattr(history, "folds", None) is not None:
+    if getattr(history, "cross_validation", None) is not None:
         meta["metrics"]["cross_validation"] = history.cross_validation
+        if getattr(history, "estimate", None) is not None:
+            meta["metrics"]["cross_validation"]["members"] = "fold members (not packaged); the package's members " \
+                                                              "were refitted on the whole train split"
     extra_files = {}
     if cfg.domain is not None:
         from ..uncertainty.domain import DOMAIN_FILE
