@@ -41,7 +41,8 @@ from ..errors import ConfigError
 from ..schema import (Float, Fraction, List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt, SideInt,
                       load_mapping, read_config, resolve_relative)
 from .hooks import config_blocks
-from .sections import LoopConfig, OptimizerConfig, ScheduleConfig, check_choices
+from .sections import CHOICES as SECTION_CHOICES
+from .sections import CLASSIFIER_MONITORS, LoopConfig, OptimizerConfig, ScheduleConfig, check_choices
 
 
 @dataclass
@@ -126,8 +127,9 @@ class TrainConfig:
         return d
 
 
-_CHOICES = {("data", "format"): {"auto", "npz", "folder"}, ("data", "kind"): {"volume3d", "slices2d"},
-            ("training", "monitor"): {"auc", "balanced_accuracy", "accuracy", "f1", "loss", "last"}}
+#: The words this config's own sections may hold, besides the shared sections' (:data:`.sections.CHOICES`).
+CHOICES = {**SECTION_CHOICES, (DataConfig, "format"): ("auto", "npz", "folder"),
+           (DataConfig, "kind"): ("volume3d", "slices2d"), (TrainingConfig, "monitor"): CLASSIFIER_MONITORS}
 
 
 def _check_keys(raw: Mapping, allowed: set[str], where: str, source: Any) -> None:
@@ -158,12 +160,8 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
             raise ConfigError(exc.problem, source) from None
         if kept is not None:
             cfg.blocks[key] = kept
-    for sec in ("optimizer", "schedule", "training"):
-        check_choices(getattr(cfg, sec), sec, source)
-    for (sec, name), choices in _CHOICES.items():
-        if getattr(getattr(cfg, sec), name) not in choices:
-            raise ConfigError(f"{sec}/{name} is {getattr(getattr(cfg, sec), name)!r}; choose one of "
-                              f"{', '.join(sorted(choices))}", source)
+    for sec in ("data", "optimizer", "schedule", "training"):
+        check_choices(getattr(cfg, sec), sec, source, CHOICES)
     _check_keys(cfg.augmentation, set(AUG_KEYS), "augmentation", source)
     for name, params in cfg.augmentation.items():
         _check_keys(params or {}, AUG_KEYS[name], f"augmentation/{name}", source)

@@ -62,12 +62,10 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..progress import null_progress
-from .sections import LoopConfig, OptimizerConfig, ScheduleConfig
+from .sections import HIGHER_IS_BETTER, LoopConfig, OptimizerConfig, ScheduleConfig
 
 # "last": no selection, the final epoch's weights are kept, so the validation split decides nothing and its
 # figures are a held-out estimate (pair it with a schedule that anneals, e.g. cosine)
-HIGHER_IS_BETTER = {"auc": True, "balanced_accuracy": True, "accuracy": True, "f1": True, "loss": False,
-                    "last": True, "dice": True}
 
 CHECKPOINT = "last.pt"
 

@@ -13,7 +13,7 @@ of a few words are checked by :func:`check_choices`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import Field
 
@@ -95,6 +95,13 @@ class FinetuneLoop(LoopConfig):
     early_stopping_patience: NonNegInt | None = 10
     grad_clip: PosFloat | None = 5.0
 
+#: Validation metrics a run may select epochs on, and whether higher is better (``last``: no selection, the final
+#: epoch is kept; ``dice``: segmentation fine-tuning).
+HIGHER_IS_BETTER = {"auc": True, "balanced_accuracy": True, "accuracy": True, "f1": True, "loss": False,
+                    "last": True, "dice": True}
+#: The monitors of a classifier's training run (every metric above but segmentation's Dice).
+CLASSIFIER_MONITORS = tuple(m for m in HIGHER_IS_BETTER if m != "dice")
+
 #: The words a section field may hold: ``{(section class, field): choices}``.
 CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (OptimizerConfig, "name"): ("adam", "adamw", "sgd"),
@@ -103,9 +110,11 @@ CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
 }
 
 
-def check_choices(section: Any, where: str, source: Any = None) -> None:
-    """Refuse a section field that is not one of its words (``optimizer/name is 'x'; choose one of ...``)."""
-    for (cls, name), choices in CHOICES.items():
+def check_choices(section: Any, where: str, source: Any = None,
+                  choices_by_field: Mapping[tuple[type, str], tuple[str, ...]] = CHOICES) -> None:
+    """Refuse a section field that is not one of its words (``optimizer/name is 'x'; choose one of ...``);
+    ``choices_by_field``: the table to check against (a config adds its own sections' words to :data:`CHOICES`)."""
+    for (cls, name), choices in choices_by_field.items():
         if isinstance(section, cls) and getattr(section, name) not in choices:
             raise ConfigError(f"{where}/{name} is {getattr(section, name)!r}; choose one of "
                               f"{', '.join(sorted(choices))}", source)

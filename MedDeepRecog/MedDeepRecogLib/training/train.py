@@ -63,12 +63,12 @@ def fit_config_from(cfg: TrainConfig, checkpoint_dir: Path | None, resume: bool,
 
 def class_weights_for(cfg: TrainConfig, train_labels: np.ndarray, num_classes: int) -> list[float] | None:
     """``training/class_weights``: ``auto`` (inverse class frequency of ``train_labels``), ``none`` or the list."""
-    cw = cfg.training.class_weights
-    if cw in ("auto", True):
+    cw = cfg.training.class_weights  # the schema admits only "auto", "none" or a list of positive numbers
+    if cw == "auto":
         return class_weights_from_labels(train_labels, num_classes)
-    if cw in (None, "none", False):
+    if cw == "none":
         return None
-    if isinstance(cw, list) and len(cw) == num_classes:
+    if len(cw) == num_classes:
         return [float(v) for v in cw]
     raise ConfigError(f"training/class_weights must be auto, none or {num_classes} numbers, got {cw!r}", cfg.source)
 
