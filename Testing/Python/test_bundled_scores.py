@@ -102,3 +102,29 @@ def test_bundled_segmentation_labels_as_recorded(tmp_path, run_cli_all):
         assert abs(voxels[name] - count) <= max(1, 0.001 * count), name
     if voxels == expected["voxels"]:
         assert hashlib.sha256(labels.tobytes()).hexdigest() == expected["labels_sha256"]
+
+
+def record(case: str) -> dict:
+    """The entry ``test_bundled_package_scores_as_recorded`` compares for ``case`` ("<id>@<version> <input>"), as
+    ``classify_scan`` gives it now: used once, when a new bundled package is added, never to refresh a failing one."""
+    ref, name = case.split()
+    result = classify_scan(_input(name), load_package(ref), device="cpu")
+    entry = {"probabilities": [float(p) for p in result.probabilities], "label": result.decision["label"],
+             "faithfulness": (result.explain.get("faithfulness") or {}).get("score"),
+             "uncertainty": json.loads(json.dumps({k: v for k, v in (result.uncertainty or {}).items()
+                                                   if isinstance(v, (int, float, str, list, dict))}))}
+    if result.per_slice:
+        entry["per_slice"] = [round(float(s["probability"]), 4) for s in result.per_slice]
+    return entry
+
+
+if __name__ == "__main__":
+    # python Testing/Python/test_bundled_scores.py "<id>@<version> <input>" ...: add these cases to the record
+    import sys
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "Data" / "bundled_scores.json").read_text())
+    for case in sys.argv[1:]:
+        if case in data["classify"]:
+            raise SystemExit(f"{case} is already recorded; a recorded case is never overwritten")
+        data["classify"][case] = record(case)
+    (Path(__file__).resolve().parents[1] / "Data" / "bundled_scores.json").write_text(json.dumps(data, indent=1) + "\n")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MedDeepRecogLib.errors import ModelPackageError
 from MedDeepRecogLib.inference.classify import OUT_OF_DOMAIN, classify_scan
 from MedDeepRecogLib.packages import load_package
 
@@ -81,6 +82,45 @@ def test_heat_never_sits_in_the_air_around_the_head(radiomics):
         (z > np.percentile(scan, 40)).astype(np.uint8)))) for z in scan]).astype(bool)
     air = sitk.GetArrayFromImage(sitk.BinaryErode(sitk.GetImageFromArray((~head).astype(np.uint8)), [3, 3, 0]))
     assert air.sum() > 0.2 * air.size and heat[air.astype(bool)].max() == 0.0
+
+
+def test_heat_inset_keeps_the_heatmap_off_scalp_and_skull(radiomics, tmp_path):
+    """``explain.heat_inset_mm``: heat is cleared within that distance of the head outline (here 10 mm, about the
+    scalp and skull of brain1), measured on the scan grid with an outline found independently of the code."""
+    import json
+    import shutil
+
+    package = load_package(BRAIN)
+    copy = tmp_path / "catalog" / BRAIN / "9.9.9"
+    shutil.copytree(package.path, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["version"] = "9.9.9"
+    meta["explain"]["heat_inset_mm"] = 10.0
+    (copy / "model.json").write_text(json.dumps(meta))
+    result = classify_scan(radiomics / "brain1_image.nrrd", load_package(copy), uncertainty="none", keep_image=True,
+                           faithfulness=False)
+    scan = sitk.GetArrayViewFromImage(result.image).astype(np.float32)
+    heat = sitk.GetArrayViewFromImage(result.heatmap)
+    threshold = np.percentile(scan, 40)
+    depth = []  # per axial slice: mm inside the hole-filled head outline (negative outside)
+    for z in scan:
+        head = sitk.BinaryFillhole(sitk.GetImageFromArray((z > threshold).astype(np.uint8)))
+        head.SetSpacing(result.image.GetSpacing()[:2])
+        depth.append(sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(head, insideIsPositive=True,
+                                                                         useImageSpacing=True)))
+    depth = np.stack(depth)
+    rim = (depth < 7.0)  # 10 mm less 3 mm for the two outlines' and the resampling's differences
+    assert heat.max() > 0 and heat[rim].max() == 0.0
+    assert heat[depth >= 12.0].max() > 0.5 * heat.max()  # the inside keeps its heat
+
+
+def test_heat_inset_must_be_a_distance():
+    from MedDeepRecogLib.packages.package import validate_meta
+
+    meta = json.loads((load_package(BRAIN).path / "model.json").read_text())
+    for bad in (-1, "10", True, 1000):
+        with pytest.raises(ModelPackageError, match="explain.heat_inset_mm"):
+            validate_meta({**meta, "explain": {**meta["explain"], "heat_inset_mm": bad}})
 
 
 def test_a_brain_mr_without_tumour_is_not_given_a_tumour_type(mni152):

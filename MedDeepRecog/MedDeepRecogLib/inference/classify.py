@@ -295,7 +295,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     target_layer = target_layer_of(package, model) if explain in GRADCAM_METHODS else None
     if kind == "slices2d":
         pred = predict_slices(model, inp, explain=explain, target_layer=target_layer,
-                              class_names=package.class_names, device=dev, domain=package.domain)
+                              class_names=package.class_names, device=dev, domain=package.domain,
+                              heat_inset_mm=float((package.meta.get("explain") or {}).get("heat_inset_mm", 0.0)))
     else:
         pred = predict_volume(model, inp, explain=explain, target_layer=target_layer,
                               class_names=package.class_names, device=dev)

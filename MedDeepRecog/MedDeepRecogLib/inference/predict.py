@@ -57,12 +57,14 @@ class Prediction:
 
 
 def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, target_layer: str | None,
-                   class_names: list[str], device: str = "cpu", domain=None) -> Prediction:
+                   class_names: list[str], device: str = "cpu", domain=None, heat_inset_mm: float = 0.0) -> Prediction:
     """Classify the slices of ``inp`` with a 2D ``model`` and aggregate them (see the module docstring).
 
     Grad-CAM / Grad-CAM++ maps come from the same forward pass and explain the **scan's** class on every slice;
     they are scaled jointly over the stack (a slice that matters little stays dark), put on the working grid and
-    cleared outside the body (air around the patient carries no finding).
+    cleared outside the body (air around the patient carries no finding) and, with ``heat_inset_mm`` (the
+    package's ``explain.heat_inset_mm``), within that distance inside the body outline (scalp and skull on a head
+    MR: a brain lesion is never there).
 
     ``domain``: the package's :class:`..uncertainty.domain.DomainCheck`. Slices it flags as outside the model's
     domain do not vote (when at least one slice passes); ``Prediction.domain`` counts them.
@@ -139,15 +141,16 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
         # The smaller side of the body box, median over voting slices: how much of a cross-section the scan shows.
         pred.section_mm = round(float(np.median(inp.extent_mm[v].min(axis=1))), 1)
     if maps is not None:
-        pred.heatmap = maps_to_working_grid(maps, inp) * body_masks(inp)
+        pred.heatmap = maps_to_working_grid(maps, inp) * body_masks(inp, heat_inset_mm)
         pred.extra["target_layer"] = target_layer
     return pred
 
 
-def body_masks(inp: SliceInput) -> np.ndarray:
+def body_masks(inp: SliceInput, inset_mm: float = 0.0) -> np.ndarray:
     """``(N, Hw, Ww)`` float32 masks of the body on the working slices: pixels above the package's
     ``foreground_threshold`` on the standardised slice, small gaps closed and holes (lungs, ventricles) filled, so
-    only the air around the patient is cleared (SimpleITK binary morphology, per slice)."""
+    only the air around the patient is cleared (SimpleITK binary morphology, per slice). ``inset_mm`` > 0: only
+    pixels at least that far (mm, on the working grid's pixel spacing) inside the outline are kept."""
     import SimpleITK as sitk
 
     from ..preprocessing.slices import SLICE_DEFAULTS
@@ -157,8 +160,13 @@ def body_masks(inp: SliceInput) -> np.ndarray:
     out = np.zeros(inp.display.shape, dtype=np.float32)
     for i, sl in enumerate(inp.display):
         fg = sitk.GetImageFromArray((sl > threshold).astype(np.uint8))
-        fg = sitk.BinaryMorphologicalClosing(fg, [2, 2])
-        out[i] = sitk.GetArrayFromImage(sitk.BinaryFillhole(fg))
+        fg = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(fg, [2, 2]))
+        if inset_mm > 0:
+            fg.SetSpacing(tuple(float(v) for v in inp.grid.spacing[:2]))
+            depth = sitk.SignedMaurerDistanceMap(fg, insideIsPositive=True, squaredDistance=False,
+                                                 useImageSpacing=True)
+            fg = sitk.Cast(depth >= float(inset_mm), sitk.sitkUInt8)
+        out[i] = sitk.GetArrayFromImage(fg)
     return out
 
 

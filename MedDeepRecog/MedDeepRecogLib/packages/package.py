@@ -122,6 +122,13 @@ def validate_meta(meta: Mapping[str, Any], where: str | Path | None = None) -> N
                                            for v in spacing)):
         raise ModelPackageError(f"model.json input.spacing_mm must be null or a list of positive sizes in mm, got "
                                 f"{spacing!r}", where)
+    explain = meta.get("explain") or {}
+    if not isinstance(explain, Mapping):
+        raise ModelPackageError(f"model.json explain must be a mapping, got {explain!r}", where)
+    inset = explain.get("heat_inset_mm", 0.0)
+    if not isinstance(inset, (int, float)) or isinstance(inset, bool) or not 0 <= inset <= 100:
+        raise ModelPackageError(f"model.json explain.heat_inset_mm must be a distance from 0 to 100 mm, got "
+                                f"{inset!r}", where)
     weights = meta["weights"]
     if not isinstance(weights, Mapping) or weights.get("file") not in WEIGHT_FILES or not weights.get("sha256"):
         raise ModelPackageError(f"model.json weights must be {{\"file\": one of {list(WEIGHT_FILES)}, "
