@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from frontier_helpers import blob_data, save_blob_package, train, write_blob_scan
+from MedDeepRecogLib.explain import gradcam
 from MedDeepRecogLib.explain.faithfulness import model_randomization_check
 from MedDeepRecogLib.inference.classify import classify_scan
 from MedDeepRecogLib.inference.trust import (faithfulness_caption, heatmap_faithfulness, heatmap_localisation,
@@ -70,7 +72,7 @@ def test_uncertainty_block_and_temperature(pkg, tmp_path):
     assert scan_uncertainty(res, model, meta, "none") is None
 
 
-def test_slice_model_result(tmp_path):
+def test_slice_model_result(tmp_path, monkeypatch):
     torch.manual_seed(0)
     from MedDeepRecogLib.models import build_model
 
@@ -98,6 +100,17 @@ def test_slice_model_result(tmp_path):
     k = res.class_names.index(f["class"])
     assert f["deletion_curve"][0] == pytest.approx(float(res.probabilities[k]), abs=1e-4)
     assert heatmap_faithfulness(res, net, "features.conv2")["slices"] <= 4  # classify's default subset
+    # classify's own Grad-CAM pass is reused: the curves equal those of a fresh pass over the scored slices
+    assert res.feature_maps is not None and res.feature_maps.shape[0] == len(res.per_slice)
+    for method in ("gradcam", "gradcampp"):
+        res_m = classify_scan(scan, pkg, explain=method, device="cpu", faithfulness=False)
+        fresh = heatmap_faithfulness(dataclasses.replace(res_m, feature_maps=None), net, "features.conv2",
+                                     max_slices=100)
+        with monkeypatch.context() as patch:  # no second Grad-CAM pass
+            patch.setattr(gradcam, "explained_forward", lambda *a, **k: pytest.fail("Grad-CAM recomputed"))
+            reused = heatmap_faithfulness(res_m, net, "features.conv2", max_slices=100)
+        assert reused["deletion_curve"] == fresh["deletion_curve"], method
+        assert reused["insertion_curve"] == fresh["insertion_curve"], method
     u = scan_uncertainty(res, net, pkg.meta, "tta")
     assert u["tta"]["samples"] == 4 and "mc_dropout" not in u  # a slice stack is flipped in-plane only
     assert u["probabilities"]["a"] == pytest.approx(float(res.probabilities[0]), abs=1e-4)

@@ -32,11 +32,14 @@ class ExplainedPass:
         logits: ``(N, num_classes)`` logits of the pass (detached).
         maps: ``(N, *spatial)`` float32 maps in 0..1 on the target layer's grid, or ``None`` if none was asked.
         class_index: ``(N,)`` class whose score was explained for each input.
+        raw: ``(N, *spatial)`` the maps before scaling (ReLU'd weighted activations): :func:`scale_maps` of any
+            subset of them is what a pass over that subset alone would return, with the same classes and weights.
     """
 
     logits: torch.Tensor
     maps: torch.Tensor | None
     class_index: torch.Tensor
+    raw: torch.Tensor | None = None
 
 
 def resolve_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
@@ -90,7 +93,7 @@ def _activation_tensor(output) -> torch.Tensor:
     raise TypeError(f"target layer returned {type(output).__name__}, not a tensor")
 
 
-def _normalise(cam: torch.Tensor) -> torch.Tensor:
+def scale_maps(cam: torch.Tensor) -> torch.Tensor:
     """Scale each map of ``(N, *spatial)`` to 0..1 (a flat map becomes all zeros)."""
     flat = cam.reshape(cam.shape[0], -1)
     lo = flat.min(dim=1, keepdim=True).values
@@ -193,8 +196,8 @@ def explained_forward(model: nn.Module, x: torch.Tensor, target_layer: str, *, m
         alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
         weights = (alpha * torch.relu(grad)).sum(dim=spatial_dims, keepdim=True)
     cam = torch.relu((weights * act).sum(dim=1))
-    cam = _normalise(cam[None])[0] if joint else _normalise(cam)
-    return ExplainedPass(logits=logits.detach(), maps=cam.float(), class_index=idx.detach())
+    scaled = scale_maps(cam[None])[0] if joint else scale_maps(cam)
+    return ExplainedPass(logits=logits.detach(), maps=scaled.float(), class_index=idx.detach(), raw=cam.detach())
 
 
 def plain_forward(model: nn.Module, x: torch.Tensor, forward=None) -> torch.Tensor:

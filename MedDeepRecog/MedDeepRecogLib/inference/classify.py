@@ -73,6 +73,7 @@ class ClassificationResult:
     slice: dict | None = None  # classify --slice-mm: {"index", "position_mm"} of the one slice classified
     finding: dict | None = None  # slice models on a volume: the slices that carry the finding (see finding_range)
     route: dict | None = None  # --model auto: the chosen model and why (inference.route)
+    feature_maps: np.ndarray | None = None  # slice models: Grad-CAM on the target layer's grid (faithfulness reuses it)
 
     @property
     def label(self) -> str:
@@ -356,7 +357,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         model_grid=pred.grid, model_input=inp, image=image, overlay=overlay, modality_guess=modality,
         timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice,
         finding=finding_range(pred.per_slice, decision) if isinstance(inp, SliceInput) and len(pred.per_slice) > 1
-        else None)
+        else None, feature_maps=pred.feature_maps)
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,

@@ -41,6 +41,8 @@ class Prediction:
         section_mm: smaller side (mm) of the body box, median over voting slices (slice models).
         regions: runs of consecutive voting slices with the same label, inferior to superior (slice models).
         extra: method-specific details for the JSON (e.g. target layer).
+        feature_maps: slice models: the Grad-CAM maps ``(N, h, w)`` on the target layer's grid before any scaling
+            (:attr:`..explain.gradcam.ExplainedPass.raw`).
     """
 
     probabilities: np.ndarray
@@ -54,6 +56,7 @@ class Prediction:
     regions: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     domain: dict | None = None  # slice models with an out-of-domain check: how many slices passed it
+    feature_maps: np.ndarray | None = None
 
 
 def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, target_layer: str | None,
@@ -108,7 +111,7 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
                 raise ConfigError("the model package names no Grad-CAM target layer (explain.target_layer)")
             out = explained_forward(model, x, target_layer, method=explain, class_index=scan_class,
                                     score_weight=valid, joint=True)
-            logits, maps = out.logits, out.maps
+            logits, maps, raw_maps = out.logits, out.maps, out.raw
         else:
             logits = plain_forward(model, x)
     restrict_to_domain()
@@ -142,6 +145,7 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
         pred.section_mm = round(float(np.median(inp.extent_mm[v].min(axis=1))), 1)
     if maps is not None:
         pred.heatmap = maps_to_working_grid(maps, inp) * body_masks(inp, heat_inset_mm)
+        pred.feature_maps = raw_maps.float().cpu().numpy()
         pred.extra["target_layer"] = target_layer
     return pred
 

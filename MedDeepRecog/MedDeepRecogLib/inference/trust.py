@@ -63,7 +63,7 @@ def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str 
     if isinstance(inp, SliceInput):
         if method not in GRADCAM_METHODS or not target_layer:
             return None
-        from ..explain.gradcam import explained_forward
+        from ..explain.gradcam import explained_forward, scale_maps
 
         # score the slices that voted (body present and, with an out-of-domain check, inside the domain)
         voted = np.array([r.get("voted", True) for r in result.per_slice], dtype=bool) \
@@ -71,8 +71,15 @@ def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str 
         valid = np.flatnonzero(voted & np.asarray(inp.valid, dtype=bool))
         idx = _even_subset(valid if len(valid) else np.arange(len(inp.x)), max_slices)
         xs = torch.from_numpy(np.ascontiguousarray(inp.x[idx])).float()
-        maps = explained_forward(model, xs, target_layer, method=method,
-                                 class_index=torch.full((len(idx),), target, dtype=torch.long)).maps.detach()
+        explained = result.class_names.index(result.explain.get("class", "")) \
+            if result.explain.get("class") in result.class_names else None
+        if getattr(result, "feature_maps", None) is not None and explained == target:
+            # classify's own unscaled maps of these slices (the voting slices' scores had weight 1 in that pass),
+            # scaled per slice: what a fresh pass over them would give, without its forward and backward
+            maps = scale_maps(torch.from_numpy(np.ascontiguousarray(result.feature_maps[idx])).float())
+        else:
+            maps = explained_forward(model, xs, target_layer, method=method,
+                                     class_index=torch.full((len(idx),), target, dtype=torch.long)).maps.detach()
         x = stack_as_sample(xs)                   # (1, C, S, H, W): the stack as one sample
         saliency = maps.float()[None]             # (1, S, h, w)
         forward: torch.nn.Module = SliceStackClassifier(model)
