@@ -241,5 +241,7 @@ def test_refit_packages_members_trained_on_every_train_case(tmp_path):
 def test_refit_config_is_checked(npz):
     with pytest.raises(ConfigError, match="training/refit needs training/folds"):
         config_from_dict(_config(npz, training={"epochs": 1, "refit": 2, "monitor": "last"}))
+    with pytest.raises(ConfigError, match="training/refit must be 0"):
+        config_from_dict(_config(npz, training={"epochs": 1, "folds": 3, "refit": 1, "monitor": "last"}))
     with pytest.raises(ConfigError, match="set training/monitor to last"):
         config_from_dict(_config(npz, training={"epochs": 1, "folds": 3, "refit": 2, "monitor": "auc"}))

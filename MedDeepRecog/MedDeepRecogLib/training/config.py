@@ -19,7 +19,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
                 l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
                 ensemble: 1,                              # N > 1: a seed ensemble of N independently trained members
                 folds: 0,                                 # K >= 2: a cross-validation ensemble (see training/train.py)
-                refit: 0}                                 # N >= 1 (with folds): the package is N members trained on
+                refit: 0}                                 # N >= 2 (with folds): the package is N members trained on
                                                           # the whole train split; the folds only estimate the recipe
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
@@ -88,7 +88,7 @@ class TrainingConfig(LoopConfig):
     ensemble: Annotated[PosInt, Field(le=100)] = 1  # > 1: N members, seeds seed..
     folds: Annotated[NonNegInt, Field(le=100)] = 0  # >= 2: K members, member i trains
     # on the train split minus fold i and selects on fold i
-    refit: Annotated[NonNegInt, Field(le=100)] = 0  # >= 1 with folds: the K fold members give the
+    refit: Annotated[NonNegInt, Field(le=100)] = 0  # >= 2 with folds: the K fold members give the
     # out-of-fold estimate, then N members (seeds seed+K..) train on the whole train split and form the package
 
 
@@ -220,6 +220,9 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
         raise ConfigError(f"training/folds must be 0 (off) or a whole number >= 2, got {folds!r}", source)
     if folds and cfg.training.ensemble > 1:
         raise ConfigError("training/folds already trains one member per fold; leave training/ensemble at 1", source)
+    if cfg.training.refit == 1:
+        raise ConfigError("training/refit must be 0 (off) or at least 2 (the package is an ensemble of the refitted "
+                          "members)", source)
     if cfg.training.refit and not folds:
         raise ConfigError("training/refit needs training/folds >= 2 (the folds estimate what the refit members "
                           "cannot: they train on every train case)", source)
