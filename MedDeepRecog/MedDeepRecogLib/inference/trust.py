@@ -71,11 +71,10 @@ def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str 
         valid = np.flatnonzero(voted & np.asarray(inp.valid, dtype=bool))
         idx = _even_subset(valid if len(valid) else np.arange(len(inp.x)), max_slices)
         xs = torch.from_numpy(np.ascontiguousarray(inp.x[idx])).float()
-        explained = result.class_names.index(result.explain.get("class", "")) \
-            if result.explain.get("class") in result.class_names else None
-        if getattr(result, "feature_maps", None) is not None and explained == target:
-            # classify's own unscaled maps of these slices (the voting slices' scores had weight 1 in that pass),
-            # scaled per slice: what a fresh pass over them would give, without its forward and backward
+        if getattr(result, "feature_maps", None) is not None:
+            # classify's own unscaled maps of these slices, which explained ``target`` (the voting slices' scores
+            # had weight 1 in that pass), scaled per slice: what a fresh pass over them would give, without its
+            # forward and backward
             maps = scale_maps(torch.from_numpy(np.ascontiguousarray(result.feature_maps[idx])).float())
         else:
             maps = explained_forward(model, xs, target_layer, method=method,
