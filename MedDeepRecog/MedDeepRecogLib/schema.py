@@ -97,6 +97,17 @@ def load_mapping(path: str | Path, what: str = "config") -> dict:
     return raw
 
 
+def override_sections(raw: dict, overrides: Mapping[str, Mapping[str, Any]] | None) -> dict:
+    """Lay command-line settings over a config's sections in place (``{"training": {"epochs": 3}}``): each given
+    setting (``None``: not given) replaces that one setting of the file's section; returns ``raw``."""
+    for section, values in (overrides or {}).items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            given = raw.get(section)
+            raw[section] = {**(given if isinstance(given, Mapping) else {}), **values}
+    return raw
+
+
 @lru_cache(maxsize=None)
 def _adapter(cls: type) -> TypeAdapter:
     return TypeAdapter(cls)

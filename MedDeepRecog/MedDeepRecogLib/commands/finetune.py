@@ -103,6 +103,7 @@ def build_config(args: argparse.Namespace):
     """A :class:`FinetuneConfig` from the config file (if any) overridden by the command-line options."""
     from ..errors import ConfigError
     from ..finetune.config import FinetuneConfig, load_config_file
+    from ..schema import override_sections
 
     raw = load_config_file(args.config) if args.config else {}
     options = {
@@ -131,10 +132,7 @@ def build_config(args: argparse.Namespace):
             raise ConfigError(f"--val-slab must read START:STOP, got {args.val_slab!r}") from None
         options["val_slab"] = [start, stop]
     raw.update({k: v for k, v in options.items() if v is not None})
-    for name, values in sections.items():  # an option replaces that one setting of the file's section
-        given = {k: v for k, v in values.items() if v is not None}
-        if given:
-            raw[name] = {**(raw[name] if isinstance(raw.get(name), dict) else {}), **given}
+    override_sections(raw, sections)  # an option replaces that one setting of the file's section
     if args.restart:
         raw["resume"] = False
     raw["command"] = "meddeeprecog " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -78,8 +78,7 @@ def fit_classifier(model: nn.Module, train_loader, val_loader, cfg: FitConfig | 
     """
     cfg = cfg or FitConfig()
     step = ClassificationStep(model, class_weights, label_smoothing, l1)
-    validate = ClassificationValidation(val_loader, class_names, cfg.loop.amp, ctx if ctx is not None and ctx.enabled
-                                        else None)
+    validate = ClassificationValidation(val_loader, class_names, cfg.loop.amp, ctx)
     # 2D convolutions run about 1.6x faster on the CPU in channels-last layout (measured at 128x128, 2 threads);
     # the weights and results are the same, only the memory order differs
     layout = torch.channels_last if is_2d_input(train_loader) else None

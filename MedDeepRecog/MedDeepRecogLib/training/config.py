@@ -39,7 +39,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..schema import (Float, Fraction, List, Millimetres, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt, SideInt,
-                      load_mapping, read_config, resolve_relative)
+                      load_mapping, override_sections, read_config, resolve_relative)
 from .hooks import config_blocks
 from .sections import CHOICES as SECTION_CHOICES
 from .sections import CLASSIFIER_MONITORS, LoopConfig, OptimizerConfig, ScheduleConfig, check_choices
@@ -248,12 +248,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
     options); they are validated with the rest, so a bad one is named like a bad setting in the file.
     """
     path = Path(path)
-    raw = load_mapping(path, "training config")
-    for section, values in (overrides or {}).items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            given = raw.get(section)
-            raw[section] = {**(given if isinstance(given, Mapping) else {}), **values}
+    raw = override_sections(load_mapping(path, "training config"), overrides)
     return config_from_dict(raw, path)
 
 
