@@ -59,10 +59,9 @@ def measure_localisation(cases: list[Mapping[str, Any]], source, model, meta: di
     from ..schema import resolve_relative
     from .classify import classify_scan
 
-
-    staged = save_package(model, {k: v for k, v in meta.items() if k != "weights"}, staging,
-                          extra_files=dict(extra_files or {}))
     try:
+        staged = save_package(model, {k: v for k, v in meta.items() if k != "weights"}, staging,
+                              extra_files=dict(extra_files or {}))
         package = load_package(staged)
         figures = {}
         for case in cases:

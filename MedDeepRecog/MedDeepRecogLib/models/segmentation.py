@@ -18,10 +18,6 @@ from monai.networks import nets
 
 from .registry import register_model
 
-#: Architectures this module provides (their output is a voxel map, not a class vector).
-SEGMENTATION_ARCHITECTURES = ("monai_unet", "monai_segresnet")
-
-
 @register_model("monai_unet", "model.2", "volume3d", "MONAI UNet (residual units) for 3D segmentation")
 def monai_unet(in_channels: int = 1, num_classes: int = 2, channels: Sequence[int] = (16, 32, 64, 128),
                strides: Sequence[int] = (2, 2, 2), num_res_units: int = 2, norm: str = "instance",

@@ -64,17 +64,6 @@ def encoder_module_paths(model: nn.Module, arch_name: str) -> list[str]:
     return [p for p in paths if p]
 
 
-def freeze_parameters(model: nn.Module, names: Sequence[str]) -> int:
-    """Set ``requires_grad=False`` on ``names``; returns how many scalar weights were frozen."""
-    wanted = set(names)
-    frozen = 0
-    for name, param in model.named_parameters():
-        if name in wanted:
-            param.requires_grad_(False)
-            frozen += param.numel()
-    return frozen
-
-
 def load_matching_weights(model: nn.Module, state: Mapping[str, torch.Tensor],
                           skip_prefixes: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """Copy every tensor of ``state`` whose name and shape match ``model``'s; the rest keep their fresh init.
