@@ -245,3 +245,83 @@ def test_refit_config_is_checked(npz):
         config_from_dict(_config(npz, training={"epochs": 1, "folds": 3, "refit": 1, "monitor": "last"}))
     with pytest.raises(ConfigError, match="set training/monitor to last"):
         config_from_dict(_config(npz, training={"epochs": 1, "folds": 3, "refit": 2, "monitor": "auc"}))
+
+
+def test_prior_shift_offsets_raise_balanced_accuracy_of_a_rare_class():
+    """Probabilities that under-call a rare class: the fitted offsets favour it and lift balanced accuracy; a
+    metric the shift cannot improve keeps the plain argmax (all offsets 0)."""
+    from MedDeepRecogLib.training.metrics import classification_metrics
+    from MedDeepRecogLib.uncertainty.calibration import fit_class_offsets, softmax
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [400, 40, 200])
+    logits = rng.normal(0.0, 1.0, (len(y), 3))
+    logits[np.arange(len(y)), y] += 1.5
+    logits[:, 1] -= 1.5  # the rare class is systematically under-called
+    p = softmax(logits)
+    offsets = fit_class_offsets(p, y, "balanced_accuracy")
+    assert offsets[0] == 0.0 and offsets[1] > 0.5
+    before = classification_metrics(y, p)["balanced_accuracy"]
+    after = classification_metrics(y, softmax(np.log(p) + offsets))["balanced_accuracy"]
+    assert after > before + 0.05
+    perfect = np.eye(3)[y] * 0.9 + 0.05
+    assert np.array_equal(fit_class_offsets(perfect, y, "accuracy"), np.zeros(3))
+    with pytest.raises(ValueError, match="metric must be one of"):
+        fit_class_offsets(p, y, "auc")
+
+
+def test_ensemble_class_offsets_shift_the_mean_probabilities():
+    model = _ensemble(2)
+    torch.manual_seed(0)
+    shifted = build_model("ensemble", in_channels=1, num_classes=2, member="simple_cnn3d", member_kwargs=MEMBER,
+                          members=2, class_log_offsets=[0.0, 1.25]).eval()
+    assert set(shifted.state_dict()) == set(model.state_dict())  # offsets live in model.json, not the weights
+    x = torch.rand(3, 1, 8, 8, 8)
+    with torch.no_grad():
+        mean = torch.softmax(model(x), 1) * torch.exp(torch.tensor([0.0, 1.25]))
+        assert torch.allclose(torch.softmax(shifted(x), 1), mean / mean.sum(1, keepdim=True), atol=1e-6)
+        assert torch.allclose(torch.exp(shifted(x)).sum(1), torch.ones(3), atol=1e-5)
+    with pytest.raises(ConfigError, match="class_log_offsets must be 2 finite numbers"):
+        build_model("ensemble", in_channels=1, num_classes=2, member="simple_cnn3d", member_kwargs=MEMBER,
+                    members=2, class_log_offsets=[0.0, 1.0, 2.0])
+
+
+def test_prior_shift_is_fitted_out_of_fold_and_applied_by_the_package(tmp_path):
+    """``training/prior_shift``: the offsets reach the best out-of-fold balanced accuracy of the members' own
+    out-of-fold probabilities; the package applies them, so ``evaluate`` reproduces its val figures."""
+    from MedDeepRecogLib.training.data import stratified_folds
+    from MedDeepRecogLib.training.metrics import classification_metrics
+    from MedDeepRecogLib.uncertainty.calibration import fit_class_offsets, softmax
+
+    rng = np.random.default_rng(5)
+    x, y = separable(160, seed=5)
+    keep = np.flatnonzero((y == 0) | (rng.random(len(y)) < 0.3))  # class 1 rare
+    noisy = lambda a: (a[:, 0] * 100 + 100 + rng.normal(0, 60, a[:, 0].shape)).clip(0, 255).astype(np.uint8)  # noqa
+    path = tmp_path / "rare.npz"
+    np.savez(path, train_images=noisy(x[keep][:100]), train_labels=y[keep][:100, None],
+             val_images=noisy(x[keep][100:]), val_labels=y[keep][100:, None])
+    training = {"epochs": 2, "batch_size": 16, "folds": 3, "monitor": "last", "prior_shift": "balanced_accuracy",
+                "class_weights": "none"}  # trained on the class frequencies: the rare class is under-called
+    run = run_training(config_from_dict(_config(path, id="shift", training=training)), out=tmp_path / "shift",
+                       package_dest=tmp_path / "cat")
+    pkg = load_package(run["package"])
+    offsets = pkg.meta["architecture"]["kwargs"]["class_log_offsets"]
+    shift = pkg.meta["metrics"]["cross_validation"]["prior_shift"]
+    assert shift["class_log_offsets"] == offsets and shift["metric"] == "balanced_accuracy"
+
+    z = np.load(path)
+    xt, yt = z["train_images"].astype(np.float32)[:, None], z["train_labels"].ravel()
+    model = pkg.build_model("cpu")
+    oof = np.zeros((len(yt), 2))
+    with torch.no_grad():
+        for member, held in zip(model.members, stratified_folds(yt, 3, seed=0)):
+            oof[held] = torch.softmax(member(torch.from_numpy(xt[held])), 1).numpy()
+    bal = lambda b: classification_metrics(yt, softmax(np.log(oof) + b))["balanced_accuracy"]  # noqa: E731
+    assert bal(offsets) == pytest.approx(shift["balanced_accuracy"], abs=1e-6)
+    assert bal(offsets) == pytest.approx(bal(fit_class_offsets(oof, yt)), abs=1e-6)  # the grid's best
+    assert bal(offsets) >= pkg.meta["metrics"]["cross_validation"]["balanced_accuracy"] - 1e-6
+    metrics = evaluate_package(pkg.path, path, split="val")
+    assert metrics["balanced_accuracy"] == pytest.approx(pkg.meta["metrics"]["balanced_accuracy"], abs=1e-6)
+    assert "Prior shift" in (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    with pytest.raises(ConfigError, match="training/prior_shift is fitted on out-of-fold"):
+        config_from_dict(_config(path, training={"epochs": 1, "prior_shift": "accuracy"}))

@@ -34,20 +34,38 @@ class MeanEnsemble(nn.Module):
         member: registry name of the member architecture (e.g. ``"simple_cnn3d"``).
         member_kwargs: its keyword arguments (without ``in_channels`` / ``num_classes``).
         members: number of members (>= 1).
+        class_log_offsets: ``(num_classes,)`` log-odds offsets added to the log mean probabilities, renormalised:
+            a prior shift fitted out of fold (``training/prior_shift``,
+            :func:`..uncertainty.calibration.fit_class_offsets`). Stored in ``model.json``, not in the weights.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, member: str = "simple_cnn3d",
-                 member_kwargs: dict[str, Any] | None = None, members: int = 3):
+                 member_kwargs: dict[str, Any] | None = None, members: int = 3,
+                 class_log_offsets: list[float] | None = None):
         super().__init__()
         if int(members) < 1:
             raise ValueError(f"an ensemble needs at least one member, got {members}")
         kw = {**(member_kwargs or {}), "in_channels": in_channels, "num_classes": num_classes}
         self.members = nn.ModuleList(build_model(member, **kw) for _ in range(int(members)))
+        self.class_log_offsets: torch.Tensor | None = None
+        if class_log_offsets is not None:
+            self.set_class_log_offsets(class_log_offsets, num_classes)
+
+    def set_class_log_offsets(self, offsets: list[float], num_classes: int | None = None) -> None:
+        """Shift the output's class priors by ``offsets`` (K,) (see the class docstring)."""
+        values = [float(v) for v in offsets]
+        if (num_classes is not None and len(values) != int(num_classes)) or not all(map(math.isfinite, values)):
+            raise ValueError(f"class_log_offsets must be {num_classes} finite numbers, got {list(offsets)!r}")
+        self.class_log_offsets = torch.tensor(values, dtype=torch.float32, device="cpu")  # not the meta device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` as the member takes it (e.g. ``(B, C, Z, Y, X)``) -> ``(B, num_classes)`` log mean probabilities."""
+        """``x`` as the member takes it (e.g. ``(B, C, Z, Y, X)``) -> ``(B, num_classes)`` log mean probabilities
+        (prior-shifted and renormalised when the ensemble has ``class_log_offsets``)."""
         log_p = torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.members])
-        return torch.logsumexp(log_p, dim=0) - math.log(len(self.members))
+        out = torch.logsumexp(log_p, dim=0) - math.log(len(self.members))
+        if self.class_log_offsets is None:
+            return out
+        return torch.log_softmax(out + self.class_log_offsets.to(out.device, out.dtype), dim=-1)
 
 
 def _target(kw: dict) -> str:
@@ -57,5 +75,6 @@ def _target(kw: dict) -> str:
 @register_model("ensemble", _target, "as member",
                 "seed ensemble: N independently trained copies of one architecture, mean probabilities")
 def ensemble(in_channels: int = 1, num_classes: int = 2, member: str = "simple_cnn3d",
-             member_kwargs: dict[str, Any] | None = None, members: int = 3) -> MeanEnsemble:
-    return MeanEnsemble(in_channels, num_classes, member, member_kwargs, members)
+             member_kwargs: dict[str, Any] | None = None, members: int = 3,
+             class_log_offsets: list[float] | None = None) -> MeanEnsemble:
+    return MeanEnsemble(in_channels, num_classes, member, member_kwargs, members, class_log_offsets)

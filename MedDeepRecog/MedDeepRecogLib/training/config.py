@@ -19,8 +19,10 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
                 l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
                 ensemble: 1,                              # N > 1: a seed ensemble of N independently trained members
                 folds: 0,                                 # K >= 2: a cross-validation ensemble (see training/train.py)
-                refit: 0}                                 # N >= 2 (with folds): the package is N members trained on
+                refit: 0,                                 # N >= 2 (with folds): the package is N members trained on
                                                           # the whole train split; the folds only estimate the recipe
+                prior_shift: none}                        # balanced_accuracy|accuracy (with folds): class offsets
+                                                          # fitted out of fold (uncertainty/calibration.py)
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
     localisation: [{name, scan, lesion}, ...]            # heatmap scored on lesion labels (a block inference/localisation.py registers)
@@ -90,6 +92,8 @@ class TrainingConfig(LoopConfig):
     # on the train split minus fold i and selects on fold i
     refit: Annotated[NonNegInt, Field(le=100)] = 0  # >= 2 with folds: the K fold members give the
     # out-of-fold estimate, then N members (seeds seed+K..) train on the whole train split and form the package
+    prior_shift: Literal["none", "balanced_accuracy", "accuracy"] = "none"  # with folds: class log-odds offsets
+    # fitted on the out-of-fold probabilities for that metric, applied by the packaged ensemble
 
 
 AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
@@ -226,6 +230,9 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     if cfg.training.refit and not folds:
         raise ConfigError("training/refit needs training/folds >= 2 (the folds estimate what the refit members "
                           "cannot: they train on every train case)", source)
+    if cfg.training.prior_shift != "none" and not folds:
+        raise ConfigError("training/prior_shift is fitted on out-of-fold probabilities: it needs training/folds >= 2",
+                          source)
     if cfg.training.refit and cfg.training.monitor != "last":
         raise ConfigError("training/refit trains on every train case, so no split is left to select epochs on: set "
                           "training/monitor to last", source)

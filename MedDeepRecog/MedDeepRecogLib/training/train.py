@@ -181,8 +181,10 @@ def _selection_lines(history: dict) -> str:
                 f"- **Out-of-fold** (every train case scored by the fold member that did not train on it, n={cv['n']}): "
                 f"AUC {_figure(cv['auc'])}, balanced accuracy {_figure(cv['balanced_accuracy'])}, accuracy "
                 f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}.\n"
+                f"{_prior_shift_line(cv)}"
                 f"- **The package: {len(members)} members refitted on the whole train split** with the same recipe "
-                f"(own seed, final epoch kept). Probabilities averaged; decision = argmax. The validation split took "
+                f"(own seed, final epoch kept). Probabilities averaged; decision = argmax"
+                f"{' after the prior shift' if cv.get('prior_shift') else ''}. The validation split took "
                 f"no part in training or selection, so its figures below are a held-out estimate.\n{rows}")
     if not cv:
         return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
@@ -191,12 +193,27 @@ def _selection_lines(history: dict) -> str:
                 f"argmax):\n{rows}")
     return (f"- **Cross-validation ensemble** of {len(members)} members: the train split cut into {cv['folds']} "
             f"class-stratified folds{' that keep each patient group whole' if cv.get('grouped') else ''}; member i "
-            f"trains on the other folds and is scored on fold i. Probabilities averaged; decision = argmax.\n"
+            f"trains on the other folds and is scored on fold i. Probabilities averaged; decision = argmax"
+            f"{' after the prior shift' if cv.get('prior_shift') else ''}.\n"
             f"- **The validation split took no part in training or checkpoint selection**, so its figures below are a "
             f"held-out estimate.\n{rows}\n"
             f"- **Out-of-fold** (every train case scored by the member that did not train on it, n={cv['n']}): "
             f"AUC {_figure(cv['auc'])}, balanced accuracy {_figure(cv['balanced_accuracy'])}, accuracy "
-            f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}.")
+            f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}."
+            + (f"\n{_prior_shift_line(cv).rstrip()}" if cv.get("prior_shift") else ""))
+
+
+def _prior_shift_line(cv: dict) -> str:
+    """The card's line on ``training/prior_shift`` (empty without one), newline-terminated."""
+    shift = cv.get("prior_shift")
+    if not shift:
+        return ""
+    names = shift["metric"].replace("_", " ")
+    return (f"- **Prior shift** (`training/prior_shift: {shift['metric']}`): class log-odds offsets "
+            f"{shift['class_log_offsets']} chosen on the out-of-fold probabilities to maximise {names} there "
+            f"({_figure(cv.get(shift['metric']))} → {_figure(shift[shift['metric']])}; tuned on those cases, so not "
+            f"an estimate). The packaged ensemble adds them to its output, so every decision (scan, slices, "
+            f"heatmap class) and the validation figures below include them; decision = argmax after the shift.\n")
 
 
 def _figure(value: float | None) -> str:
@@ -350,6 +367,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         if n_refit and history.stopped != "cancelled":
             history = _refit(cfg, model, kwargs, data, val_loader, out_dir, resume, hooks, progress, ctx,
                              estimate=history, first_stage=n_folds, stages=stages)
+        if cfg.training.prior_shift != "none" and history.stopped != "cancelled" and ctx.is_main:
+            arch["kwargs"]["class_log_offsets"] = _fit_prior_shift(cfg.training.prior_shift, model, oof, data,
+                                                                   history.cross_validation)
     train_s = time.perf_counter() - t0
     if history.stopped == "cancelled":
         raise KeyboardInterrupt
@@ -409,6 +429,23 @@ def _refit(cfg: TrainConfig, model, kwargs: dict, data, val_loader, out_dir: Pat
     refit = EnsembleHistory(histories, seeds=[cfg.seed + first_stage + j for j in range(len(histories))])
     refit.cross_validation, refit.estimate = estimate.cross_validation, estimate
     return refit
+
+
+def _fit_prior_shift(metric: str, model, oof: np.ndarray, data, cross_validation: dict) -> list[float]:
+    """``training/prior_shift``: class log-odds offsets maximising ``metric`` on the out-of-fold probabilities
+    ``oof`` (N, K), set on the ensemble ``model``; ``cross_validation`` records them with the out-of-fold figures they
+    reach (tuned on those cases, so not an estimate). Returns the offsets for ``model.json``."""
+    from ..uncertainty.calibration import fit_class_offsets, softmax
+
+    offsets = [round(float(v), 6) for v in fit_class_offsets(oof, data.train.labels, metric)]
+    model.set_class_log_offsets(offsets, len(data.class_names))
+    shifted = classification_metrics(data.train.labels, softmax(np.log(np.clip(oof, 1e-12, 1.0)) + offsets),
+                                     data.class_names)
+    cross_validation["prior_shift"] = {"metric": metric, "class_log_offsets": offsets,
+                                       **{key: shifted[key] for key in ("balanced_accuracy", "accuracy",
+                                                                        "confusion_matrix")},
+                                       "note": "tuned on these out-of-fold cases: not an estimate"}
+    return offsets
 
 
 def _member_progress(progress, index: int, count: int):
