@@ -317,7 +317,14 @@ def test_prior_shift_is_fitted_out_of_fold_and_applied_by_the_package(tmp_path):
         for member, held in zip(model.members, stratified_folds(yt, 3, seed=0)):
             oof[held] = torch.softmax(member(torch.from_numpy(xt[held])), 1).numpy()
     bal = lambda b: classification_metrics(yt, softmax(np.log(oof) + b))["balanced_accuracy"]  # noqa: E731
-    assert bal(offsets) == pytest.approx(shift["balanced_accuracy"], abs=1e-6)
+    assert bal(offsets) == pytest.approx(shift["tuned"]["balanced_accuracy"], abs=1e-6)
+    folds = stratified_folds(yt, 3, seed=0)
+    crossed = np.zeros_like(oof)
+    for held in folds:
+        rest = np.setdiff1d(np.arange(len(yt)), held)
+        crossed[held] = softmax(np.log(oof[held]) + fit_class_offsets(oof[rest], yt[rest]))
+    assert shift["cross_fitted"]["balanced_accuracy"] == pytest.approx(
+        classification_metrics(yt, crossed)["balanced_accuracy"], abs=1e-6)
     assert bal(offsets) == pytest.approx(bal(fit_class_offsets(oof, yt)), abs=1e-6)  # the grid's best
     assert bal(offsets) >= pkg.meta["metrics"]["cross_validation"]["balanced_accuracy"] - 1e-6
     metrics = evaluate_package(pkg.path, path, split="val")
