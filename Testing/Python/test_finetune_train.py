@@ -271,3 +271,17 @@ def test_layout_keeping_norms_are_the_same_normalisation_in_channels_last():
         memory_format=torch.channels_last_3d)
     restore_norms(swapped)
     assert sum(isinstance(m, torch.nn.InstanceNorm3d) for m in net.modules()) == len(swapped)
+
+
+def test_scan_segments_read_a_dicom_series_once_and_keep_its_modality(monkeypatch, shared_data):
+    """The scan is read once: its modality comes from the DICOM tag before the float cast drops the tags."""
+    from MedDeepRecogLib.inference import roi_classify
+
+    ts = shared_data / "totalsegmentator_examples"
+    reads = []
+    original = roi_classify.read_image
+    monkeypatch.setattr(roi_classify, "read_image", lambda path, **kw: reads.append(path) or original(path, **kw))
+    scan = roi_classify.read_scan_segments(ts / "example_ct_dicom", ts / "example_seg_dicom.nii.gz",
+                                           label_table=f"{ts / 'label_names_total_and_total_mr.json'}#total")
+    assert scan.modality == "CT" and scan.image.GetPixelIDTypeAsString() == "32-bit float"
+    assert reads.count(ts / "example_ct_dicom") == 1  # the label map is read too

@@ -67,9 +67,11 @@ def read_scan_segments(image_path: str | Path, segmentation_path: str | Path, *,
         MedDeepRecogError / InputImageError: unreadable files, grids that do not overlap, no segments at all.
     """
     image_path, segmentation_path = Path(image_path), Path(segmentation_path)
-    image = require_3d(read_image(image_path, pixel_type=sitk.sitkFloat32), image_path)
+    stored = require_3d(read_image(image_path), image_path)
+    modality = guess_modality(stored)  # before the cast, which drops the DICOM tags
+    image = sitk.Cast(stored, sitk.sitkFloat32)
+    del stored
     validate_intensities(image, image_path)
-    modality = guess_modality(read_image(image_path)) if image_path.is_dir() else guess_modality(image)
     warnings: list[str] = []
     segment_map, grid, names = read_segment_map(segmentation_path, label_table, where)
     if not names:
