@@ -9,9 +9,7 @@ contrast, noise, smoothing). They differ only in the data path:
   ``RandCropByPosNegLabeld(num_samples=4)`` on the files (batch 2 volumes × 4 patches = 8);
 - ours (``finetune.seg_training.CachedPatchDataset`` + the fine-tuning loop's layout): the cases are read, resampled
   and normalised once, and the foreground/background indices computed once; steps only crop and augment in-memory
-  tensors; model and batches use ``torch.channels_last_3d`` (oneDNN's faster 3D-convolution layout on CPU), and the
-  loop's InstanceNorm layers run as the equal ``GroupNorm(C, C)``, which keeps that layout
-  (``training.loop.layout_keeping_norms``).
+  tensors; model and batches use ``torch.channels_last_3d`` (oneDNN's faster 3D-convolution layout on CPU).
 
 Data: the real TotalSegmentator CT examples in ``../shared/data`` (``example_ct_sm`` + the 20-slice DICOM series,
 converted once to NIfTI before timing, with their label maps; liver / spleen / kidneys), resampled to 1.5 mm. Prints samples/s of both, the ratio, the data-only
@@ -146,21 +144,17 @@ def data_rate(loader_fn, steps: int) -> tuple[float, float]:
 def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: bool) -> tuple[float, float]:
     """(setup seconds, training samples/s) over ``steps`` optimiser steps after one warm-up step.
 
-    ``channels_last``: the fine-tuning loop's memory layout (``torch.channels_last_3d``) for model and batches,
-    with its layout-keeping norms.
+    ``channels_last``: the fine-tuning loop's memory layout (``torch.channels_last_3d``) for model and batches.
     """
     import torch
     from monai.losses import DiceCELoss
 
     from MedDeepRecogLib.models.segmentation import monai_unet
-    from MedDeepRecogLib.training.loop import layout_keeping_norms
 
     torch.manual_seed(0)
     model = monai_unet(1, len(CLASSES) + 1).to(device)
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
-    if channels_last:
-        layout_keeping_norms(model)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     scaler = torch.amp.GradScaler("cuda") if amp else None

@@ -242,37 +242,6 @@ def test_cli_json_progress_and_errors(data_dir, tmp_path, capsys):
     assert rc == 2 and "missing-model" in capsys.readouterr().err
 
 
-def test_layout_keeping_norms_are_the_same_normalisation_in_channels_last():
-    """The loop's channels-last fine-tuning swaps InstanceNorm for GroupNorm(C, C): same outputs and gradients,
-    same state dict and parameters, the layout kept through the norm; the originals come back afterwards."""
-    import torch
-
-    from MedDeepRecogLib.models.segmentation import monai_unet
-    from MedDeepRecogLib.training.loop import layout_keeping_norms, restore_norms
-
-    torch.manual_seed(0)
-    net = monai_unet(1, 3, channels=(4, 8, 16), strides=(2, 2))
-    net.model[0].conv.unit0.adn.N = torch.nn.InstanceNorm3d(4, affine=True)  # one affine norm: its parameters
-    x = torch.rand(2, 1, 16, 16, 16).contiguous(memory_format=torch.channels_last_3d)
-    before = net(x)
-    grads = torch.autograd.grad(before.square().sum(), list(net.parameters()))
-    keys, params = list(net.state_dict()), list(net.parameters())
-    swapped = layout_keeping_norms(net)
-    assert len(swapped) == sum(isinstance(m, torch.nn.InstanceNorm3d) for _, _, m in swapped) > 4
-    assert not any(isinstance(m, torch.nn.InstanceNorm3d) for m in net.modules())
-    assert list(net.state_dict()) == keys and all(a is b for a, b in zip(net.parameters(), params))
-    after = net(x)
-    assert torch.allclose(after, before, atol=1e-5)
-    scale = max(float(g.abs().max()) for g in grads)  # a conv bias right before a norm has a zero gradient, up to
-    for a, b in zip(torch.autograd.grad(after.square().sum(), list(net.parameters())), grads):  # rounding noise
-        assert torch.allclose(a, b, atol=1e-4 * scale, rtol=1e-3)
-    norm = swapped[0][0].get_submodule(swapped[0][1])
-    assert norm(torch.rand(2, 4, 8, 8, 8).contiguous(memory_format=torch.channels_last_3d)).is_contiguous(
-        memory_format=torch.channels_last_3d)
-    restore_norms(swapped)
-    assert sum(isinstance(m, torch.nn.InstanceNorm3d) for m in net.modules()) == len(swapped)
-
-
 def test_scan_segments_read_a_dicom_series_once_and_keep_its_modality(monkeypatch, shared_data):
     """The scan is read once: its modality comes from the DICOM tag before the float cast drops the tags."""
     from MedDeepRecogLib.inference import roi_classify

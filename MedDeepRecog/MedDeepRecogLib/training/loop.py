@@ -279,36 +279,6 @@ def to_device(batch: Any, device: torch.device, memory_format: torch.memory_form
     return batch
 
 
-_SwappedNorms = list[tuple[nn.Module, str, nn.Module]]
-
-
-def layout_keeping_norms(model: nn.Module) -> _SwappedNorms:
-    """Swap, in place, every ``InstanceNorm2d/3d`` without running statistics for ``GroupNorm(C, C)``: the same
-    normalisation (each sample and channel over space, same ``eps``, the same affine ``Parameter`` objects, so the
-    state dict and an optimiser built on the parameters are unchanged). Why: on the CPU, InstanceNorm returns a
-    contiguous tensor from a ``channels_last`` input, so the next convolution converts it back (layout copies were
-    17 % of a MONAI UNet fine-tuning step); GroupNorm's CPU kernel keeps the layout. Returns what
-    :func:`restore_norms` puts back."""
-    swapped: _SwappedNorms = []
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (nn.InstanceNorm2d, nn.InstanceNorm3d)) and not child.track_running_stats:
-                group = nn.GroupNorm(child.num_features, child.num_features, eps=child.eps, affine=child.affine)
-                if child.affine:
-                    group.weight, group.bias = child.weight, child.bias
-                group.train(child.training)
-                setattr(parent, name, group)
-                swapped.append((parent, name, child))
-    return swapped
-
-
-def restore_norms(swapped: _SwappedNorms) -> None:
-    """Put back the modules :func:`layout_keeping_norms` replaced (their parameters were shared all along)."""
-    for parent, name, original in swapped:
-        original.train(getattr(parent, name).training)
-        setattr(parent, name, original)
-
-
 def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | None, cfg: FitConfig | None = None,
         hooks: Hooks | None = None, progress: Callable[..., None] | None = None, ctx: Any = None,
         memory_format: torch.memory_format | None = None) -> History:
@@ -337,10 +307,8 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
     device = torch.device(ctx.device) if ctx is not None else resolve_device(cfg.loop.device, setting="training/device")
     amp = use_amp(device, cfg.loop.amp)
     model.to(device)
-    swapped_norms: _SwappedNorms = []
     if memory_format is not None:
         model.to(memory_format=memory_format)
-        swapped_norms = layout_keeping_norms(model)
     frozen_modules = apply_frozen(model, hooks.frozen)
     params = hooks.param_groups(model) if hooks.param_groups else [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -490,7 +458,6 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
         model.load_state_dict(cpu_state(ema.module))
     if memory_format is not None:
         model.to(memory_format=torch.contiguous_format)
-        restore_norms(swapped_norms)
     model.eval()
     return history
 
