@@ -107,11 +107,44 @@ def test_heat_inset_keeps_the_heatmap_off_scalp_and_skull(radiomics, tmp_path):
         head = sitk.BinaryFillhole(sitk.GetImageFromArray((z > threshold).astype(np.uint8)))
         head.SetSpacing(result.image.GetSpacing()[:2])
         depth.append(sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(head, insideIsPositive=True,
+                                                                         squaredDistance=False,
                                                                          useImageSpacing=True)))
     depth = np.stack(depth)
-    rim = (depth < 7.0)  # 10 mm less 3 mm for the two outlines' and the resampling's differences
+    rim = (depth < 5.0)  # 10 mm less 5 mm for the two outlines' (about 4 mm apart) and the resampling's differences
     assert heat.max() > 0 and heat[rim].max() == 0.0
     assert heat[depth >= 12.0].max() > 0.5 * heat.max()  # the inside keeps its heat
+
+
+def test_body_masks_of_a_stack_equal_each_slice_on_its_own():
+    """``body_masks`` closes and fills all slices in one mosaic; each slice must get exactly what SimpleITK gives it
+    alone: rings (a hole), shapes open to the edge, foreground on the border, two blobs 3 px apart (closed into one),
+    speckle and an empty slice."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.inference.predict import body_masks
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:64, :48]
+    ring = (np.hypot(y - 30, x - 24) < 20) & (np.hypot(y - 30, x - 24) > 8)
+    open_c = ring & ~((x > 24) & (abs(y - 30) < 4))
+    edge = (x < 10) | (y > 58)
+    blobs = (np.hypot(y - 20, x - 10) < 6) | (np.hypot(y - 20, x - 22) < 5.5)
+    stack = np.stack([ring, open_c, edge, blobs, rng.random((64, 48)) > 0.8, np.zeros((64, 48), bool),
+                      ring | edge]).astype(np.float32) * 0.9
+    inp = SimpleNamespace(display=stack, foreground_threshold=0.5, grid=SimpleNamespace(spacing=(0.8, 0.8, 5.0)))
+    for inset in (0.0, 3.0):
+        expected = []
+        for sl in stack:
+            fg = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(sitk.GetImageFromArray((sl > 0.5).astype(np.uint8)),
+                                                                     [2, 2]))
+            if inset:
+                fg.SetSpacing((0.8, 0.8))
+                fg = sitk.SignedMaurerDistanceMap(fg, insideIsPositive=True, squaredDistance=False,
+                                                  useImageSpacing=True) >= inset
+            expected.append(sitk.GetArrayFromImage(fg))
+        got = body_masks(inp, inset)
+        assert got.dtype == np.float32 and np.array_equal(got, np.stack(expected).astype(np.float32)), inset
+    assert body_masks(inp)[0, 30, 24] == 1.0 and body_masks(inp)[1, 30, 24] == 0.0  # filled ring, open C
 
 
 def test_heat_inset_must_be_a_distance():
