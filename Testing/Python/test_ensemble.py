@@ -332,3 +332,10 @@ def test_prior_shift_is_fitted_out_of_fold_and_applied_by_the_package(tmp_path):
     assert "Prior shift" in (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     with pytest.raises(ConfigError, match="training/prior_shift is fitted on out-of-fold"):
         config_from_dict(_config(path, training={"epochs": 1, "prior_shift": "accuracy"}))
+    five = tmp_path / "five.npz"
+    np.savez(five, images=rng.integers(0, 255, (50, 8, 8), dtype=np.uint8), labels=np.arange(50)[:, None] % 5)
+    cfg = _config(five, id="five", training={"epochs": 1, "folds": 2, "prior_shift": "accuracy"})
+    cfg["data"]["class_names"] = list("abcde")
+    with pytest.raises(ConfigError, match="at most 4 classes; the data have 5"):
+        run_training(config_from_dict(cfg), out=tmp_path / "five", package_dest=tmp_path / "cat")
+    assert not (tmp_path / "five").exists()

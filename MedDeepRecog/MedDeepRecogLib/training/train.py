@@ -272,6 +272,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     from ..models import build_model, default_target_layer
     from ..packages import next_version, user_models_dir
     from ..packages.package import validate_meta
+    from ..uncertainty.calibration import PRIOR_SHIFT_MAX_CLASSES
     from .distributed import barrier, broadcast_object
 
     progress = progress or null_progress
@@ -287,6 +288,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     data_path = resolve_data_path(cfg)
     data = load_train_val(cfg, data_path)
     k = len(data.class_names)
+    if cfg.training.prior_shift != "none" and k > PRIOR_SHIFT_MAX_CLASSES:
+        raise ConfigError(f"training/prior_shift is fitted for at most {PRIOR_SHIFT_MAX_CLASSES} classes; the data "
+                          f"have {k}", cfg.source)
     channels = int(data.train.images.shape[1])
     kwargs = {**cfg.model.kwargs, "in_channels": channels, "num_classes": k}
     size = list(int(s) for s in data.train.images.shape[2:])

@@ -54,10 +54,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 2
 
 
 PRIOR_SHIFT_METRICS = ("balanced_accuracy", "accuracy")
+PRIOR_SHIFT_MAX_CLASSES = 4  # the exhaustive grid grows as 25 ** (K - 1)
 
 
 def fit_class_offsets(probabilities: np.ndarray, labels: np.ndarray, metric: str = "balanced_accuracy", *,
-                      span: float = 3.0, step: float = 0.25, max_classes: int = 4) -> np.ndarray:
+                      span: float = 3.0, step: float = 0.25,
+                      max_classes: int = PRIOR_SHIFT_MAX_CLASSES) -> np.ndarray:
     """Per-class log-probability offsets ``b`` (K,) maximising ``metric`` of ``argmax(log p + b)`` on labelled cases.
 
     A prior shift (logit adjustment): class k's odds are multiplied by ``exp(b_k)``; ``b_0`` stays 0, because only
@@ -94,9 +96,9 @@ def fit_class_offsets(probabilities: np.ndarray, labels: np.ndarray, metric: str
         else:
             score = np.mean([hit[:, y == c].mean(1) for c in present], axis=0)
         size = np.abs(chunk).sum(1)
-        for i in np.lexsort((size, -score))[:1]:
-            if score[i] > best_score + 1e-12 or (abs(score[i] - best_score) <= 1e-12 and size[i] < best_size):
-                best, best_score, best_size = chunk[i].copy(), float(score[i]), float(size[i])
+        i = np.lexsort((size, -score))[0]  # this chunk's best score, smallest shift among equals
+        if score[i] > best_score + 1e-12 or (abs(score[i] - best_score) <= 1e-12 and size[i] < best_size):
+            best, best_score, best_size = chunk[i].copy(), float(score[i]), float(size[i])
     return best
 
 
