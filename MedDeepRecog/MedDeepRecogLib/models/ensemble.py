@@ -26,8 +26,8 @@ from .registry import build_model, default_target_layer, register_model
 
 class MeanEnsemble(nn.Module):
     """``members`` copies of architecture ``member``; ``forward(x)`` = log of the mean of the members' softmax
-    probabilities, so ``softmax(forward(x))`` is exactly that mean (without ``class_log_offsets``) and the output can stand wherever logits do
-    (classify, Grad-CAM, temperature scaling, attacks).
+    probabilities, so ``softmax(forward(x))`` is exactly that mean (without ``class_log_offsets``) and the output
+    can stand wherever logits do (classify, Grad-CAM, temperature scaling, attacks).
 
     Args:
         in_channels, num_classes: as every architecture.
