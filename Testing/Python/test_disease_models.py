@@ -167,6 +167,23 @@ def test_a_chest_ct_given_to_the_brain_model_is_out_of_its_domain(shared_data):
     ct = shared_data / "totalsegmentator_examples" / "extra_ct" / "pulmonary_ct_cropped.nii.gz"
     result = classify_scan(ct, load_package(BRAIN), uncertainty="none", faithfulness=False)
     assert result.label == OUT_OF_DOMAIN
+    assert any("the scan is CT in Hounsfield units" in r and "brain-tumour-mri reads MR images" in r
+               for r in result.decision["reasons"]), result.decision["reasons"]
+
+
+def test_a_ct_in_hounsfield_units_is_outside_an_mr_models_domain_even_where_its_slices_pass(radiomics):
+    """The modality rule stands on its own: brain1 (an MR that passes the domain check) shifted into Hounsfield-like
+    values (air at -1000) is refused by the MR model with the modality reason, and the unshifted MR is not."""
+    mr = sitk.ReadImage(str(radiomics / "brain1_image.nrrd"), sitk.sitkFloat32)
+    as_hu = mr - 1000.0
+    as_hu.CopyInformation(mr)
+    package = load_package(BRAIN)
+    shifted = classify_scan(as_hu, package, uncertainty="none", faithfulness=False, explain="none")
+    plain = classify_scan(mr, package, uncertainty="none", faithfulness=False, explain="none")
+    assert plain.label in TUMOUR_TYPES and shifted.label == OUT_OF_DOMAIN
+    assert shifted.decision["domain"]["slices_in_domain"] > 0  # the intensities are standardised per slice
+    assert any("Hounsfield units" in r for r in shifted.decision["reasons"])
+    assert not any("Hounsfield units" in r for r in plain.decision["reasons"])
 
 
 def test_a_brain_slice_given_to_the_lung_model_is_out_of_its_domain(shared_data, tmp_path):

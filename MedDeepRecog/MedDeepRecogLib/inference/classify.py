@@ -326,6 +326,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
             decision["domain"] = pred.domain
             if pred.domain["slices_in_domain"] == 0:
                 _mark_out_of_domain(decision, package, pred.domain, len(pred.per_slice))
+    if modality == "CT" and package.meta.get("modality") not in ("CT", "any", None):
+        _mark_wrong_modality(decision, package)
 
     heatmap = None
     overlay = None
@@ -400,6 +402,16 @@ def _mark_out_of_domain(decision: dict, package, domain: dict, n_slices: int) ->
     decision["reasons"] = [*decision["reasons"],
                            f"outside this model's domain: {what} like the images {package.id} was trained on "
                            f"({package.meta.get('description', '').split('.')[0].strip()}); its class would be a guess"]
+    decision["uncertain"], decision["label"] = True, OUT_OF_DOMAIN
+
+
+def _mark_wrong_modality(decision: dict, package) -> None:
+    """A scan in Hounsfield units given to a model of another modality (an MR or ultrasound model): report no class.
+    Only this direction is certain: a picture or an MR volume is not in HU, but neither is an 8-bit CT export."""
+    reason = (f"outside this model's domain: the scan is CT in Hounsfield units (DICOM modality, or air below "
+              f"-500 HU), and {package.id} reads {package.meta.get('modality')} images")
+    if reason not in decision["reasons"]:
+        decision["reasons"] = [*decision["reasons"], reason]
     decision["uncertain"], decision["label"] = True, OUT_OF_DOMAIN
 
 
