@@ -135,8 +135,8 @@ def test_body_masks_of_a_stack_equal_each_slice_on_its_own():
     for inset in (0.0, 3.0):
         expected = []
         for sl in stack:
-            fg = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(sitk.GetImageFromArray((sl > 0.5).astype(np.uint8)),
-                                                                     [2, 2]))
+            fg = sitk.GetImageFromArray((sl > 0.5).astype(np.uint8))
+            fg = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(fg, [2, 2]))
             if inset:
                 fg.SetSpacing((0.8, 0.8))
                 fg = sitk.SignedMaurerDistanceMap(fg, insideIsPositive=True, squaredDistance=False,

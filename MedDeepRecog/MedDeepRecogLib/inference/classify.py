@@ -398,7 +398,8 @@ OUT_OF_DOMAIN = "out-of-domain"
 
 def _mark_out_of_domain(decision: dict, package, domain: dict, n_slices: int) -> None:
     """No slice passed the package's out-of-domain check: report no class, and say why."""
-    what = "the image does not look" if n_slices == 1 else f"none of the {domain['slices_checked']} slices checked looks"
+    what = ("the image does not look" if n_slices == 1
+            else f"none of the {domain['slices_checked']} slices checked looks")
     decision["reasons"] = [*decision["reasons"],
                            f"outside this model's domain: {what} like the images {package.id} was trained on "
                            f"({package.meta.get('description', '').split('.')[0].strip()}); its class would be a guess"]

@@ -157,9 +157,9 @@ def body_masks(inp: SliceInput, inset_mm: float = 0.0) -> np.ndarray:
     pixels at least that far (mm, on the working grid's pixel spacing) inside the outline are kept.
 
     The closing and the hole filling run once on the slices laid side by side with empty gaps between them (one
-    filter call instead of one per slice: 0.14 s against 0.22 s for a 38-slice 256x256 stack, best of 5), which gives each slice exactly its
-    own result: a gap wider than the closing's reach keeps slices apart, and a hole touching a slice's edge reaches
-    the mosaic's border through the gap, as it reaches the image border on its own."""
+    filter call instead of one per slice: 0.14 s against 0.22 s for a 38-slice 256x256 stack, best of 5), which
+    gives each slice exactly its own result: a gap wider than the closing's reach keeps slices apart, and a hole
+    touching a slice's edge reaches the mosaic's border through the gap, as it reaches the image border on its own."""
     import SimpleITK as sitk
 
     from ..preprocessing.slices import SLICE_DEFAULTS
@@ -167,6 +167,8 @@ def body_masks(inp: SliceInput, inset_mm: float = 0.0) -> np.ndarray:
     threshold = float(SLICE_DEFAULTS["foreground_threshold"] if inp.foreground_threshold is None
                       else inp.foreground_threshold)
     n, h, w = inp.display.shape
+    if n == 0:
+        return np.zeros(inp.display.shape, dtype=np.float32)
     radius, gap = 2, 8  # gap > 2 * radius: one slice's dilation never meets its neighbour's
     mosaic = np.zeros((h + 2 * gap, n * (w + gap) + gap), dtype=np.uint8)
     columns = [gap + i * (w + gap) for i in range(n)]
