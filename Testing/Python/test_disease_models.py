@@ -273,3 +273,17 @@ def test_demo_routes_the_brain_mr_to_the_brain_model_and_scores_its_heatmap(tmp_
     assert record["explain"]["localisation"]["per_slice"]["slices"] == 7  # brain1's tumour spans 7 slices
     assert (tmp_path / "brain1_mr_heatmap.png").stat().st_size > 10_000
     assert "brain1_mr.nrrd: " in out and "abdomen_ct.nii.gz: " in out and "no bundled disease model" in out
+
+
+def test_low_confidence_does_not_turn_out_of_domain_into_uncertain(shared_data, monkeypatch):
+    """A calibrated low-confidence flag adds its reason, but "outside the domain" stays the label: it says more."""
+    from MedDeepRecogLib.inference import trust
+
+    def low_confidence(*_args, **_kwargs):
+        return {"low_confidence": True, "predictive_entropy": 0.9, "low_confidence_threshold": 0.5}
+
+    monkeypatch.setattr(trust, "scan_uncertainty", low_confidence)
+    ct = shared_data / "totalsegmentator_examples" / "extra_ct" / "pulmonary_ct_cropped.nii.gz"
+    result = classify_scan(ct, load_package(BRAIN), faithfulness=False, explain="none")
+    assert result.label == OUT_OF_DOMAIN and result.decision["uncertain"]
+    assert any(r.startswith("predictive entropy 0.90") for r in result.decision["reasons"])

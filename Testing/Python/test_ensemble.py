@@ -281,6 +281,10 @@ def test_ensemble_class_offsets_shift_the_mean_probabilities():
         mean = torch.softmax(model(x), 1) * torch.exp(torch.tensor([0.0, 1.25]))
         assert torch.allclose(torch.softmax(shifted(x), 1), mean / mean.sum(1, keepdim=True), atol=1e-6)
         assert torch.allclose(torch.exp(shifted(x)).sum(1), torch.ones(3), atol=1e-5)
+        member = torch.softmax(shifted.members[1](x), 1) * torch.exp(torch.tensor([0.0, 1.25]))
+        assert torch.allclose(shifted.member_probabilities(x)[1], member / member.sum(1, keepdim=True), atol=1e-6)
+    assert "class_log_offsets" in dict(shifted.named_buffers()) and shifted.to(torch.float64).class_log_offsets.dtype \
+        == torch.float64  # a buffer: it follows .to()
     with pytest.raises(ConfigError, match="class_log_offsets must be 2 finite numbers"):
         build_model("ensemble", in_channels=1, num_classes=2, member="simple_cnn3d", member_kwargs=MEMBER,
                     members=2, class_log_offsets=[0.0, 1.0, 2.0])
@@ -327,6 +331,13 @@ def test_prior_shift_is_fitted_out_of_fold_and_applied_by_the_package(tmp_path):
         classification_metrics(yt, crossed)["balanced_accuracy"], abs=1e-6)
     assert bal(offsets) == pytest.approx(bal(fit_class_offsets(oof, yt)), abs=1e-6)  # the grid's best
     assert bal(offsets) >= pkg.meta["metrics"]["cross_validation"]["balanced_accuracy"] - 1e-6
+    with torch.no_grad():  # the package applies the offsets (whatever they came out as on this CPU)
+        mean = torch.stack([torch.softmax(m(torch.from_numpy(xt)), 1) for m in model.members]).mean(0)
+        mean = mean * torch.exp(torch.tensor(offsets))
+        assert torch.allclose(torch.softmax(model(torch.from_numpy(xt)), 1), mean / mean.sum(1, keepdim=True),
+                              atol=1e-5)
+        assert torch.allclose(model.member_probabilities(torch.from_numpy(xt)).sum(-1), torch.ones(len(model.members), len(yt)),
+                              atol=1e-5)
     metrics = evaluate_package(pkg.path, path, split="val")
     assert metrics["balanced_accuracy"] == pytest.approx(pkg.meta["metrics"]["balanced_accuracy"], abs=1e-6)
     assert "Prior shift" in (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")

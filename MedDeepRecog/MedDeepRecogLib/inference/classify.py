@@ -326,7 +326,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
             decision["domain"] = pred.domain
             if pred.domain["slices_in_domain"] == 0:
                 _mark_out_of_domain(decision, package, pred.domain, len(pred.per_slice))
-    if modality == "CT" and package.meta.get("modality") not in ("CT", "any", None):
+    if modality == "CT" and str(package.meta.get("modality") or "").upper() in ("MR", "US"):
         _mark_wrong_modality(decision, package)
 
     heatmap = None
@@ -390,7 +390,9 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
         d = result.decision
         d["reasons"] = [*d["reasons"], f"predictive entropy {u['predictive_entropy']:.2f} is at or above the "
                                        f"calibrated low-confidence threshold {u['low_confidence_threshold']:.2f}"]
-        d["uncertain"], d["label"] = True, "uncertain"
+        d["uncertain"] = True
+        if d["label"] != OUT_OF_DOMAIN:  # "outside the domain" says more than "unsure of the class"
+            d["label"] = "uncertain"
 
 
 OUT_OF_DOMAIN = "out-of-domain"
@@ -407,8 +409,9 @@ def _mark_out_of_domain(decision: dict, package, domain: dict, n_slices: int) ->
 
 
 def _mark_wrong_modality(decision: dict, package) -> None:
-    """A scan in Hounsfield units given to a model of another modality (an MR or ultrasound model): report no class.
-    Only this direction is certain: a picture or an MR volume is not in HU, but neither is an 8-bit CT export."""
+    """A scan in Hounsfield units given to an MR or ultrasound model: report no class. Only this direction is
+    judged: a picture or an MR volume is not in HU, but neither is an 8-bit CT export. (An MR padded with -1024
+    after resampling would read as HU; ``is_hounsfield`` samples the 0.5th percentile, so it takes a large pad.)"""
     reason = (f"outside this model's domain: the scan is CT in Hounsfield units (DICOM modality, or air below "
               f"-500 HU), and {package.id} reads {package.meta.get('modality')} images")
     if reason not in decision["reasons"]:

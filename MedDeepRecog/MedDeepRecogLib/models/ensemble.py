@@ -47,25 +47,35 @@ class MeanEnsemble(nn.Module):
             raise ValueError(f"an ensemble needs at least one member, got {members}")
         kw = {**(member_kwargs or {}), "in_channels": in_channels, "num_classes": num_classes}
         self.members = nn.ModuleList(build_model(member, **kw) for _ in range(int(members)))
-        self.class_log_offsets: torch.Tensor | None = None
+        self.register_buffer("class_log_offsets", None, persistent=False)
         if class_log_offsets is not None:
             self.set_class_log_offsets(class_log_offsets, num_classes)
 
     def set_class_log_offsets(self, offsets: list[float], num_classes: int | None = None) -> None:
-        """Shift the output's class priors by ``offsets`` (K,) (see the class docstring)."""
+        """Shift the output's class priors by ``offsets`` (K,) (see the class docstring); a buffer outside the
+        state dict, so it follows ``.to(device)`` and the weights file stays the same."""
         values = [float(v) for v in offsets]
         if (num_classes is not None and len(values) != int(num_classes)) or not all(map(math.isfinite, values)):
             raise ValueError(f"class_log_offsets must be {num_classes} finite numbers, got {list(offsets)!r}")
-        self.class_log_offsets = torch.tensor(values, dtype=torch.float32, device="cpu")  # not the meta device
+        # made on the CPU: a build under the meta device (the size check) must still hold the values
+        self.register_buffer("class_log_offsets", torch.tensor(values, dtype=torch.float32, device="cpu"),
+                             persistent=False)
+
+    def _shift(self, log_p: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(..., K)`` with the prior shift applied and renormalised (unchanged without one)."""
+        if self.class_log_offsets is None:
+            return log_p
+        return torch.log_softmax(log_p + self.class_log_offsets.to(log_p.dtype), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the member takes it (e.g. ``(B, C, Z, Y, X)``) -> ``(B, num_classes)`` log mean probabilities
         (prior-shifted and renormalised when the ensemble has ``class_log_offsets``)."""
         log_p = torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.members])
-        out = torch.logsumexp(log_p, dim=0) - math.log(len(self.members))
-        if self.class_log_offsets is None:
-            return out
-        return torch.log_softmax(out + self.class_log_offsets.to(out.device, out.dtype), dim=-1)
+        return self._shift(torch.logsumexp(log_p, dim=0) - math.log(len(self.members)))
+
+    def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's probabilities ``(members, B, K)``, with the ensemble's prior shift applied to each."""
+        return torch.stack([self._shift(torch.log_softmax(m(x), dim=-1)).exp() for m in self.members])
 
 
 def _target(kw: dict) -> str:

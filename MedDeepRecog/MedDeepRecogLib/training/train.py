@@ -213,7 +213,8 @@ def _prior_shift_line(cv: dict) -> str:
             f"{shift['class_log_offsets']} chosen on the out-of-fold probabilities to maximise "
             f"{metric.replace('_', ' ')} there. Out of fold {_figure(cv.get(metric))} without the shift; with it "
             f"{_figure(shift['cross_fitted'][metric])} cross-fitted (each fold scored with offsets fitted on the "
-            f"other folds: the estimate) and {_figure(shift['tuned'][metric])} tuned on all of them (optimistic). "
+            f"other folds: the estimate) and {_figure(shift['tuned'][metric])} tuned on all of them (optimistic); "
+            f"both are the fold members' figures, and refitted members may be calibrated differently. "
             f"The packaged ensemble adds the offsets to its output, so every decision (scan, slices, heatmap class) "
             f"and the validation figures below include them.\n")
 

@@ -75,6 +75,9 @@ def fit_class_offsets(probabilities: np.ndarray, labels: np.ndarray, metric: str
         labels: ``(N,)`` true class indices.
         metric: one of :data:`PRIOR_SHIFT_METRICS`.
         max_classes: the grid grows as ``(2 span / step + 1) ** (K - 1)``; more classes are refused.
+
+    Returns:
+        ``(K,)`` float64 offsets, ``b_0 = 0``.
     """
     if metric not in PRIOR_SHIFT_METRICS:
         raise ValueError(f"metric must be one of {', '.join(PRIOR_SHIFT_METRICS)}, got {metric!r}")
@@ -88,7 +91,7 @@ def fit_class_offsets(probabilities: np.ndarray, labels: np.ndarray, metric: str
     offsets = np.concatenate([np.zeros((len(grid), 1)), grid], axis=1)  # (M, K)
     present = np.unique(y)
     best, best_score, best_size = np.zeros(k), -np.inf, np.inf
-    for chunk in np.array_split(offsets, max(1, len(offsets) * len(y) // 2_000_000)):
+    for chunk in np.array_split(offsets, max(1, min(len(offsets), len(offsets) * len(y) // 2_000_000))):
         pred = (log_p[None] + chunk[:, None, :]).argmax(-1)  # (m, N)
         hit = pred == y[None]
         if metric == "accuracy":

@@ -110,8 +110,9 @@ def tta_samples(forward: Forward, x: torch.Tensor, transforms: Sequence[Callable
 
 def ensemble_member_samples(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Each member's probabilities for a seed ensemble (:class:`..models.ensemble.MeanEnsemble`, whose
-    ``members`` are independently trained networks): ``(members, B, K)``. Their spread is the ensemble's
-    disagreement (Lakshminarayanan et al. 2017, deep ensembles).
+    ``members`` are independently trained networks): ``(members, B, K)``, with the ensemble's prior shift
+    (``class_log_offsets``) applied to each. Their spread is the ensemble's disagreement (Lakshminarayanan et al.
+    2017, deep ensembles).
 
     Raises:
         ValueError: the model is not an ensemble.
@@ -120,6 +121,8 @@ def ensemble_member_samples(model: torch.nn.Module, x: torch.Tensor) -> torch.Te
     if not isinstance(members, torch.nn.ModuleList) or len(members) < 2:
         raise ValueError("the model is not an ensemble of two or more members")
     with torch.no_grad():
+        if hasattr(model, "member_probabilities"):  # a MeanEnsemble: its prior shift applies to every member
+            return model.member_probabilities(x)
         return torch.stack([torch.softmax(m(x), dim=-1) for m in members])
 
 
