@@ -325,9 +325,9 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         if pred.domain is not None:
             decision["domain"] = pred.domain
             if pred.domain["slices_in_domain"] == 0:
-                _mark_out_of_domain(decision, package, pred.domain, len(pred.per_slice))
+                _mark_out_of_domain(decision, _unlike_training_images(package, pred.domain, len(pred.per_slice)))
     if modality == "CT" and str(package.meta.get("modality") or "").upper() in ("MR", "US"):
-        _mark_wrong_modality(decision, package)
+        _mark_out_of_domain(decision, _wrong_modality(package))
 
     heatmap = None
     overlay = None
@@ -398,25 +398,26 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
 OUT_OF_DOMAIN = "out-of-domain"
 
 
-def _mark_out_of_domain(decision: dict, package, domain: dict, n_slices: int) -> None:
-    """No slice passed the package's out-of-domain check: report no class, and say why."""
+def _mark_out_of_domain(decision: dict, why: str) -> None:
+    """Report no class: the scan is outside the model's domain, for the reason ``why``."""
+    decision["reasons"] = [*decision["reasons"], f"outside this model's domain: {why}"]
+    decision["uncertain"], decision["label"] = True, OUT_OF_DOMAIN
+
+
+def _unlike_training_images(package, domain: dict, n_slices: int) -> str:
+    """Why a scan none of whose slices passed the package's out-of-domain check is outside the domain."""
     what = ("the image does not look" if n_slices == 1
             else f"none of the {domain['slices_checked']} slices checked looks")
-    decision["reasons"] = [*decision["reasons"],
-                           f"outside this model's domain: {what} like the images {package.id} was trained on "
-                           f"({package.meta.get('description', '').split('.')[0].strip()}); its class would be a guess"]
-    decision["uncertain"], decision["label"] = True, OUT_OF_DOMAIN
+    return (f"{what} like the images {package.id} was trained on "
+            f"({package.meta.get('description', '').split('.')[0].strip()}); its class would be a guess")
 
 
-def _mark_wrong_modality(decision: dict, package) -> None:
-    """A scan in Hounsfield units given to an MR or ultrasound model: report no class. Only this direction is
-    judged: a picture or an MR volume is not in HU, but neither is an 8-bit CT export. (An MR padded with -1024
-    after resampling would read as HU; ``is_hounsfield`` samples the 0.5th percentile, so it takes a large pad.)"""
-    reason = (f"outside this model's domain: the scan is CT in Hounsfield units (DICOM modality, or air below "
-              f"-500 HU), and {package.id} reads {package.meta.get('modality')} images")
-    if reason not in decision["reasons"]:
-        decision["reasons"] = [*decision["reasons"], reason]
-    decision["uncertain"], decision["label"] = True, OUT_OF_DOMAIN
+def _wrong_modality(package) -> str:
+    """Why a scan in Hounsfield units is outside an MR or ultrasound model's domain. Only this direction is judged:
+    a picture or an MR volume is not in HU, but neither is an 8-bit CT export. (An MR padded with -1024 after
+    resampling would read as HU; ``is_hounsfield`` samples the 0.5th percentile, so it takes a large pad.)"""
+    return (f"the scan is CT in Hounsfield units (DICOM modality, or air below -500 HU), and {package.id} reads "
+            f"{package.meta.get('modality')} images")
 
 
 def finding_range(per_slice: list[dict], decision: dict) -> dict | None:
