@@ -5,7 +5,8 @@ The figures in ``Testing/Data/bundled_scores.json`` were recorded on the tree be
 for bit on the recording machine; a package bundled later is recorded once when it is added (:func:`record`).
 Another CPU's floating-point kernels (oneDNN picks AVX2 or AVX-512 code) may move the last bits, so the comparison
 allows what rounding can explain and nothing a change of behaviour would give: probabilities within 1e-6, figures
-rounded to 4 places within one unit of the last place, and the segmentation's voxel counts within 0.1 %. The label-array hash is compared where the counts are identical (the recording CPU).
+rounded to 4 places within one unit of the last place, and the segmentation's voxel counts within 0.1 %. The
+label-array hash is compared where the counts are identical (the recording CPU).
 """
 
 from __future__ import annotations
