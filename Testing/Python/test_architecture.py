@@ -46,8 +46,8 @@ LAYERS: list[set[str]] = [
 
 #: The two registry cycles: the registry imports its members so that their decorators run.
 REGISTRY_CYCLES = [
-    {"models.registry", "models.attention_cnn", "models.cnn_lstm", "models.ensemble", "models.fusion_nets",
-     "models.monai_nets", "models.segmentation", "models.simple_cnn"},
+    {"models.registry", "models.attention_cnn", "models.cnn_lstm", "models.ensemble", "models.evidence_cnn",
+     "models.fusion_nets", "models.monai_nets", "models.segmentation", "models.simple_cnn"},
     {"preprocessing.steps", "preprocessing.denoise", "preprocessing.enhance", "preprocessing.intensity",
      "preprocessing.masks"},
 ]

@@ -14,8 +14,8 @@ import torch
 
 from MedDeepRecogLib.errors import ModelPackageError
 from MedDeepRecogLib.packages import load_package, save_package
-from MedDeepRecogLib.uncertainty.domain import (DOMAIN_FILE, DomainCheck, capture_features, feature_layers,
-                                               fit_domain_statistics)
+from MedDeepRecogLib.uncertainty.domain import (DOMAIN_FILE, DomainCheck, capture_features, feature_description,
+                                                feature_layers, fit_domain_statistics)
 from tiny_test_package import make_tiny_package
 
 
@@ -104,6 +104,20 @@ def test_an_ensembles_features_are_its_members_side_by_side(tmp_path):
         model(torch.zeros(2, 1, 16, 16, 16))
         model(torch.zeros(3, 1, 16, 16, 16))
     assert store.array().shape == (5, 3 * feature_layers(model)[0].in_features)
+
+
+def test_a_network_without_a_dense_layer_names_its_feature_layer():
+    """The class-evidence CNN has no nn.Linear: the check scores its grid-averaged features."""
+    from MedDeepRecogLib.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("evidence_cnn2d", num_classes=3, channels=[4, 8, 6]).eval()
+    assert feature_layers(model) == [model.feature_layer]
+    assert feature_description(model) == "the network's features averaged over its grid"
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad(), capture_features(model) as store:
+        model(x)
+    torch.testing.assert_close(torch.from_numpy(store.array()), model.features(x).mean(dim=(2, 3)))
 
 
 def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):

@@ -20,6 +20,7 @@ TINY = {
     "seresnet3d": {"layers": [1, 1, 1, 1], "inplanes": 8},
     "cnn_lstm": {"channels": [4, 8], "hidden": 8, "attention_dim": 4},
     "attention_cnn3d": {"channels": [4, 8], "gate_channels": 4},
+    "evidence_cnn2d": {"channels": [4, 8, 8]},
 }
 
 
@@ -71,6 +72,48 @@ def test_attention_cnn3d_returns_spatial_map_in_unit_range():
     assert logits.shape == (2, 2)
     assert att.shape == (2, 1, 8, 8, 8)  # one pooling between two blocks
     assert float(att.detach().min()) >= 0.0 and float(att.detach().max()) <= 1.0
+
+
+def test_evidence_cnn_logits_pool_the_centred_class_maps_between_mean_and_max():
+    torch.manual_seed(0)
+    model = build_model("evidence_cnn2d", num_classes=3, channels=[4, 8, 8], sharpness=3.0).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        maps = model.class_maps(x)
+        logits = model(x)
+    assert maps.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(maps.sum(dim=1), torch.zeros(2, 8, 8), atol=1e-5, rtol=0)
+    flat = maps.flatten(2)
+    assert torch.all(logits >= flat.mean(dim=2) - 1e-6) and torch.all(logits <= flat.amax(dim=2) + 1e-6)
+    expected = (torch.logsumexp(3.0 * flat, dim=2) - torch.log(torch.tensor(64.0))) / 3.0
+    torch.testing.assert_close(logits, expected)
+
+
+def test_evidence_cnn_gradcam_is_the_class_evidence_map():
+    from MedDeepRecogLib.explain.gradcam import explained_forward, scale_maps
+
+    torch.manual_seed(1)
+    model = build_model("evidence_cnn2d", num_classes=3, channels=[4, 8, 8]).eval()
+    x = torch.rand(3, 1, 32, 32)
+    explained = explained_forward(model, x, default_target_layer("evidence_cnn2d"))
+    with torch.no_grad():
+        maps = model.class_maps(x)
+    own = maps[torch.arange(3), explained.class_index]
+    torch.testing.assert_close(explained.maps, scale_maps(torch.relu(own)), atol=1e-5, rtol=0)
+
+
+def test_evidence_cnn_scores_are_local():
+    """A class score sees only its receptive field (4 blocks: 38 px): pixels further away do not move it."""
+    torch.manual_seed(2)
+    model = build_model("evidence_cnn2d", num_classes=3, channels=[4, 8, 8, 8]).eval()
+    x = torch.rand(1, 1, 128, 128)
+    far = x.clone()
+    far[..., :, :40] = torch.rand(1, 1, 128, 40)  # change the left 40 columns only
+    with torch.no_grad():
+        before, after = model.class_maps(x), model.class_maps(far)
+    # cell j (8 px, centre 8j + 3.5) reaches columns >= 8j + 3.5 - 19; cells 8.. start at column 48
+    torch.testing.assert_close(after[..., 8:], before[..., 8:], atol=1e-6, rtol=0)
+    assert not torch.allclose(after[..., :4], before[..., :4])
 
 
 def test_simple_cnn_target_layer_follows_block_count():

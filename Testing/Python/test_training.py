@@ -90,6 +90,11 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(tmp_path):
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
     assert h_resumed.epochs[-1]["val_loss"] == pytest.approx(h_straight.epochs[-1]["val_loss"], abs=1e-6)
+    # the run's training time counts the epochs of the first invocation too (the card's train_time_s)
+    from MedDeepRecogLib.training.train import epoch_seconds
+
+    assert epoch_seconds(h_resumed) == pytest.approx(sum(r["time_s"] for r in h_resumed.epochs))
+    assert all(r["time_s"] > 0 for r in h_resumed.epochs[:2])  # epochs 1-2 ran before the cancel
 
 
 def test_hooks_batch_transform_frozen_and_epoch_end():

@@ -246,4 +246,5 @@ def _ensure_loaded() -> None:
     Plain imports, so a missing dependency of any architecture is an ``ImportError`` naming it, never an
     "unknown architecture". A new architecture module in this package is added here.
     """
-    from . import attention_cnn, cnn_lstm, ensemble, fusion_nets, monai_nets, segmentation, simple_cnn  # noqa: F401
+    from . import (attention_cnn, cnn_lstm, ensemble, evidence_cnn, fusion_nets, monai_nets,  # noqa: F401
+                   segmentation, simple_cnn)

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ConfigError
-from ..uncertainty.domain import DOMAIN_FILE, DomainCheck, capture_features, fit_domain_statistics
+from ..uncertainty.domain import (DOMAIN_FILE, DomainCheck, capture_features, feature_description,
+                                  fit_domain_statistics)
 
 NEGATIVE_KEYS = {"name", "path", "split", "class", "max"}
 
@@ -105,7 +106,7 @@ def calibrate_domain(model, data, cfg, device) -> tuple[dict, bytes]:
         scores = check.scores(features_of(model, x, device)[0])
         negatives[str(neg["name"])] = {"n": int(len(x)), "flagged_rate": round(float(np.mean(scores > check.threshold)), 4)}
     payload = check.to_bytes()
-    meta = {"method": "mahalanobis", "features": "input of the last linear layer",
+    meta = {"method": "mahalanobis", "features": feature_description(model),
             "file": DOMAIN_FILE, "sha256": hashlib.sha256(payload).hexdigest(),
             "threshold": round(check.threshold, 6), "quantile": quantile,
             "fitted_on": f"train split ({len(f_train)} images)",

@@ -377,7 +377,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         if cfg.training.prior_shift != "none" and history.stopped != "cancelled" and ctx.is_main:
             arch["kwargs"]["class_log_offsets"] = _fit_prior_shift(cfg.training.prior_shift, model, oof, folds,
                                                                    data, history.cross_validation)
-    train_s = time.perf_counter() - t0
+    train_s = max(time.perf_counter() - t0, epoch_seconds(history))
     if history.stopped == "cancelled":
         raise KeyboardInterrupt
     if not ctx.is_main:
@@ -470,6 +470,15 @@ def _member_progress(progress, index: int, count: int):
     def report(stage: str, fraction: float, **info):
         progress(stage, (index + fraction) / count, member=index + 1, members=count, **info)
     return report
+
+
+def epoch_seconds(history: "History | EnsembleHistory") -> float:
+    """Seconds spent in training epochs over every invocation of the run, resumed ones included: the sum of the
+    epochs' ``time_s`` over all members (and, after a refit, the fold members that estimated the recipe)."""
+    if isinstance(history, EnsembleHistory):
+        parts = list(history.members) + ([history.estimate] if history.estimate is not None else [])
+        return sum(epoch_seconds(h) for h in parts)
+    return float(sum(float(r.get("time_s", 0.0)) for r in history.epochs))
 
 
 class EnsembleHistory:

@@ -2,8 +2,9 @@
 
 A classifier trained on tumour-bearing brain slices names a tumour type for *any* input: a healthy brain, a chest
 CT, a label map. This check scores how far an image's penultimate features (the input of the network's last
-linear layer, ``(D,)``; for an ensemble, every member's, side by side) lie from the training images', as the Mahalanobis distance to the nearest class mean under
-one shared covariance (Lee et al., "A simple unified framework for detecting out-of-distribution samples and
+linear layer, or of the layer a network names as ``feature_layer``, ``(D,)``; for an ensemble, every member's, side
+by side) lie from the training images', as the Mahalanobis distance to the nearest class mean under one shared
+covariance (Lee et al., "A simple unified framework for detecting out-of-distribution samples and
 adversarial attacks", NeurIPS 2018):
 
     score(f) = min_k (f - mu_k)^T P (f - mu_k),   P = inverse of the pooled within-class covariance
@@ -69,18 +70,33 @@ def fit_domain_statistics(features: np.ndarray, labels: np.ndarray, num_classes:
 
 
 def feature_layers(model) -> list:
-    """The last ``nn.Linear`` of the network, or of each member of an ensemble (``model.members``): their inputs are
-    the feature vector the check scores (an ensemble's members' features side by side)."""
+    """The layer whose input is the feature vector the check scores, per network or per member of an ensemble
+    (``model.members``; their features side by side): the network's ``feature_layer`` where it names one (a network
+    without a dense classifier), else its last ``nn.Linear``."""
     import torch.nn as nn
 
     nets = list(model.members) if hasattr(model, "members") else [model]
     layers = []
     for net in nets:
+        declared = getattr(net, "feature_layer", None)
+        if isinstance(declared, nn.Module):
+            layers.append(declared)
+            continue
         linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
         if not linears:
             raise ValueError(f"{type(net).__name__} has no linear layer whose input could be scored")
         layers.append(linears[-1])
     return layers
+
+
+def feature_description(model) -> str:
+    """What :func:`feature_layers` scores, in words (for ``model.json``)."""
+    import torch.nn as nn
+
+    nets = list(model.members) if hasattr(model, "members") else [model]
+    if any(isinstance(getattr(net, "feature_layer", None), nn.Module) for net in nets):
+        return "the network's features averaged over its grid"
+    return "input of the last linear layer"
 
 
 class FeatureStore:
@@ -98,7 +114,7 @@ class FeatureStore:
 
 @contextlib.contextmanager
 def capture_features(model) -> Iterator[FeatureStore]:
-    """Collect the input of the last linear layer(s) on every forward pass inside the ``with`` block."""
+    """Collect the inputs of :func:`feature_layers` on every forward pass inside the ``with`` block."""
     layers = feature_layers(model)
     store = FeatureStore(len(layers))
 
