@@ -288,6 +288,10 @@ def test_ensemble_class_offsets_shift_the_mean_probabilities():
     with pytest.raises(ConfigError, match="class_log_offsets must be 2 finite numbers"):
         build_model("ensemble", in_channels=1, num_classes=2, member="simple_cnn3d", member_kwargs=MEMBER,
                     members=2, class_log_offsets=[0.0, 1.0, 2.0])
+    # written by hand as whole numbers, negative ones included, they are the same real offsets
+    whole = build_model("ensemble", in_channels=1, num_classes=2, member="simple_cnn3d", member_kwargs=MEMBER,
+                        members=2, class_log_offsets=[-1, 2])
+    assert whole.class_log_offsets.tolist() == [-1.0, 2.0]
 
 
 def test_prior_shift_is_fitted_out_of_fold_and_applied_by_the_package(tmp_path):

@@ -89,6 +89,11 @@ def test_evidence_cnn_logits_pool_the_centred_class_maps_between_mean_and_max():
     torch.testing.assert_close(logits, expected)
 
 
+def test_evidence_cnn_refuses_a_pooling_sharpness_that_is_not_positive():
+    with pytest.raises(ConfigError, match="sharpness must be above 0"):
+        build_model("evidence_cnn2d", num_classes=3, sharpness=0)
+
+
 def test_evidence_cnn_gradcam_is_the_class_evidence_map():
     from MedDeepRecogLib.explain.gradcam import explained_forward, scale_maps
 

@@ -37,6 +37,8 @@ class EvidenceCNN2d(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 2, channels: Sequence[int] = (32, 64, 128, 128),
                  sharpness: float = 4.0, dropout: float = 0.2):
         super().__init__()
+        if not 0.0 < float(sharpness) <= 100.0:
+            raise ValueError(f"sharpness must be above 0 and at most 100, got {sharpness!r}")
         self.features = conv_pool_features(2, in_channels, tuple(channels), pool_last=False)
         self.dropout = nn.Dropout2d(dropout)
         self.classmap = nn.Conv2d(int(channels[-1]), num_classes, 1)

@@ -71,8 +71,9 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_value(name: str, key: str, value: Any, default: Any) -> None:
-    """Type of ``value`` against the factory's default ``default``; ranges of numbers anywhere in it."""
+def _check_value(name: str, key: str, value: Any, default: Any, real: bool = False) -> None:
+    """Type of ``value`` against the factory's default ``default``; ranges of numbers anywhere in it. ``real``: the
+    keyword holds real numbers (annotated ``float``), so a whole number in it is a real number, negative ones too."""
     where = f"architecture {name!r}: {key}"
     if value is None:
         return  # the factory's own default / "none"
@@ -102,10 +103,10 @@ def _check_value(name: str, key: str, value: Any, default: Any) -> None:
             stack.extend(v.values())
         elif isinstance(v, bool) or v is None or isinstance(v, str):
             continue
-        elif isinstance(v, int):
+        elif isinstance(v, int) and not real:
             if v < 0 or v > MAX_KWARG_INT:
                 raise ConfigError(f"{where} = {value!r}: whole numbers must be between 0 and {MAX_KWARG_INT}")
-        elif isinstance(v, float):
+        elif isinstance(v, (int, float)):
             if not math.isfinite(v) or abs(v) > 1e6:
                 raise ConfigError(f"{where} = {value!r}: numbers must be finite and at most 1e6 in size")
             if "dropout" in key and not 0.0 <= v < 1.0:
@@ -118,7 +119,8 @@ def check_kwargs(name: str, kwargs: Any) -> None:
     """Types and ranges of architecture keyword arguments, before anything is built.
 
     Types come from the factory's own defaults (an ``int`` default wants a whole number...); every number must be
-    finite, whole numbers between 0 and :data:`MAX_KWARG_INT`, dropout rates in [0, 1). Unknown keywords are named.
+    finite, whole numbers between 0 and :data:`MAX_KWARG_INT` (except in keywords annotated as real numbers, where
+    ``-1`` means ``-1.0``), dropout rates in [0, 1). Unknown keywords are named.
     """
     if not isinstance(kwargs, dict):
         raise ConfigError(f"architecture {name!r}: kwargs must be a mapping of keyword arguments, got "
@@ -137,7 +139,8 @@ def check_kwargs(name: str, kwargs: Any) -> None:
                                                                       inspect.Parameter.VAR_KEYWORD)]
             raise ConfigError(f"architecture {name!r}: unknown keyword {key!r}; known: {', '.join(allowed)}")
         default = params[key].default if key in params else None
-        _check_value(name, key, value, default)
+        annotation = str(params[key].annotation) if key in params else ""
+        _check_value(name, key, value, default, real="float" in annotation)
 
 
 #: Inputs this many times smaller than the activation limit skip the meta forward pass (its first call costs seconds
