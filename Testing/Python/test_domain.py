@@ -177,6 +177,7 @@ def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
     toy = meta["localisation"]["toy"]
     assert "refused" not in toy and toy["label"] in ("0", "1")
     assert 1 <= toy["slices_with_lesion"] <= 3 and 0 <= toy["pointing_hits"] <= toy["slices_with_lesion"]
-    assert "## Where the heatmap lands" in card and "| toy |" in card
+    assert "## Where the heatmap lands" in card and "| toy |" in card and "lesion filled / elsewhere" in card
+    assert "drop_lesion_filled" in toy
     package = load_package(out["package"])
     assert package.domain.threshold == pytest.approx(block["threshold"], rel=1e-5)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from frontier_helpers import blob_data, trained_blob_model
-from MedDeepRecogLib.explain.faithfulness import (deletion_insertion, faithfulness_scores, localisation_scores,
-                                                  mass_inside, methods_passing_sanity, model_randomization_check,
+from MedDeepRecogLib.explain.faithfulness import (deletion_insertion, faithfulness_scores, lesion_reliance,
+                                                  localisation_scores, mass_inside, methods_passing_sanity, model_randomization_check,
                                                   pointing_game, randomized_copy, saliency_to_input, spearman)
 from MedDeepRecogLib.explain.gradcam import explained_forward
 from MedDeepRecogLib.models import default_target_layer
@@ -97,6 +97,35 @@ def test_pointing_game_and_mass_inside():
     assert rep["lesion_voxels"] == 8 and rep["mass_inside"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         mass_inside(h, m[:5])
+
+
+def _slices_with_a_bright_lesion():
+    x = torch.full((2, 1, 32, 32), 0.3)
+    lesion = torch.zeros(2, 32, 32, dtype=torch.bool)
+    lesion[0, 10:14, 20:24] = True
+    lesion[1, 18:23, 6:10] = True
+    x[:, 0][lesion] = 1.0
+    x[:, :, :2] = 0.0  # air above the body
+    return x, lesion, x[:, 0] > 0.1
+
+
+def test_lesion_reliance_tells_a_lesion_detector_from_a_model_that_ignores_the_lesion():
+    x, lesion, body = _slices_with_a_bright_lesion()
+
+    def detector(b):  # class 1 when the slice holds something much brighter than tissue
+        return torch.stack([torch.zeros(len(b)), 20 * (b.amax(dim=(1, 2, 3)) - 0.6)], dim=1)
+
+    def context(b):  # class 1 from the air strip only: the lesion plays no part
+        return torch.stack([torch.zeros(len(b)), 5 - 20 * b[:, 0, :2].mean(dim=(1, 2))], dim=1)
+
+    rel = lesion_reliance(detector, x, lesion, body, placements=6)
+    assert rel["images"] == 2 and rel["lesion_above_elsewhere"] == 2
+    assert rel["drop_lesion"] > 0.99 and abs(rel["drop_elsewhere"]) < 1e-6
+    assert [r["placements"] for r in rel["per_image"]] == [6, 6]
+    assert all(r["class_index"] == 1 for r in rel["per_image"])
+    ignored = lesion_reliance(context, x, lesion, body, placements=6)
+    assert abs(ignored["drop_lesion"]) < 1e-6 and ignored["lesion_above_elsewhere"] == 0
+    assert lesion_reliance(detector, x, torch.zeros_like(lesion), body) is None
 
 
 def test_gradcam_on_trained_model_points_at_the_lesion(setup):

@@ -7,6 +7,10 @@
   the reference a map has to beat; all curves share their end points, so ``2 + 4 (steps - 1)`` perturbed inputs
   are classified, in batches.
 - **Pointing game** (Zhang et al. 2018) and **mass inside** the lesion, where a segmentation exists.
+- **Lesion reliance** (occlusion, Zeiler and Fergus 2014, of the labelled lesion itself): does the model's
+  probability fall when the lesion is filled with the surrounding tissue's intensity, more than when a region of the
+  same shape is filled elsewhere in the body? A heatmap can only land on the lesion if the decision rests on it;
+  this tells a misplaced heatmap apart from a model that does not look at the lesion.
 - **Model randomisation check** (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018): with the
   model's weights re-initialised the map must change substantially (Spearman rank correlation below a
   threshold); a method whose map barely changes explains the input, not the model, and is not offered
@@ -189,6 +193,80 @@ def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
         raise ValueError(f"heatmap shape {h.shape} and lesion mask shape {m.shape} differ")
     total = h.sum()
     return None if total <= 0 else float(h[m].sum() / total)
+
+
+def lesion_reliance(forward: Forward, x: torch.Tensor, lesion: torch.Tensor, body: torch.Tensor, *,
+                    placements: int = 8, margin: int = 2, seed: int = 0) -> dict[str, Any] | None:
+    """Probability drop of each image's predicted class when its lesion is filled, next to the same fill elsewhere.
+
+    Args:
+        forward: ``forward(x) -> logits (B, K)``.
+        x: ``(N, C, H, W)`` model inputs (slices), each with some lesion.
+        lesion: ``(N, H, W)`` bool lesion masks on the model grid; grown by ``margin`` pixels before filling, so the
+            lesion's rim does not remain as an outline.
+        body: ``(N, H, W)`` bool body masks: the fill value is the median of the body outside the lesion, and moved
+            regions must lie in the body (at least 90 %) without touching the lesion.
+        placements: positions of the moved region per image (seeded random shifts; fewer when the body is small).
+
+    Returns:
+        ``{"images", "drop_lesion", "drop_elsewhere", "lesion_above_elsewhere", "per_image"}``: the mean drop of
+        the predicted class's probability with the lesion filled and with the region filled elsewhere (mean over
+        placements), and how many images dropped more for their lesion than for every placement elsewhere;
+        ``None`` when no image has a lesion.
+    """
+    keep = [i for i in range(len(x)) if bool(lesion[i].any())]
+    if not keep:
+        return None
+    rng = np.random.default_rng(seed)
+    h, w = x.shape[-2:]
+    grown = F.max_pool2d(lesion.float()[:, None], 2 * margin + 1, 1, margin)[:, 0] > 0
+    batch, owner = [], []  # owner: (image, 0 for the lesion / 1 for a placement elsewhere)
+    for i in keep:
+        tissue = body[i] & ~grown[i]
+        fill = x[i][:, tissue].median(dim=1).values if tissue.any() else x[i].flatten(1).median(dim=1).values
+        filled = x[i].clone()
+        filled[:, grown[i]] = fill[:, None]
+        batch.append(filled)
+        owner.append((i, 0))
+        ys, xs = torch.nonzero(grown[i], as_tuple=True)
+        found = 0
+        for _ in range(placements * 30):
+            if found == placements:
+                break
+            dy, dx = (int(v) for v in rng.integers(-(h // 2), h // 2 + 1, 2))
+            ny, nx = ys + dy, xs + dx
+            if ny.min() < 0 or nx.min() < 0 or ny.max() >= h or nx.max() >= w:
+                continue
+            moved = torch.zeros_like(grown[i])
+            moved[ny, nx] = True
+            if (moved & grown[i]).any() or body[i][moved].float().mean() < 0.9:
+                continue
+            other = x[i].clone()
+            other[:, moved] = fill[:, None]
+            batch.append(other)
+            owner.append((i, 1))
+            found += 1
+    with torch.inference_mode():
+        base = torch.softmax(forward(x[keep]), dim=1)
+        probs = torch.cat([torch.softmax(forward(b), dim=1) for b in torch.stack(batch).split(64)])
+    target = {i: int(base[k].argmax()) for k, i in enumerate(keep)}
+    p0 = {i: float(base[k, target[i]]) for k, i in enumerate(keep)}
+    per_image = []
+    for i in keep:
+        rows = [k for k, (j, kind) in enumerate(owner) if j == i]
+        lesion_drop = p0[i] - float(probs[rows[0], target[i]])
+        others = [p0[i] - float(probs[k, target[i]]) for k in rows[1:]]
+        per_image.append({"image": i, "class_index": target[i], "probability": round(p0[i], 4),
+                          "drop_lesion": round(lesion_drop, 4),
+                          "drop_elsewhere": round(float(np.mean(others)), 4) if others else None,
+                          "placements": len(others),
+                          "lesion_above_elsewhere": bool(others) and lesion_drop > max(others)})
+    compared = [r for r in per_image if r["placements"]]
+    return {"images": len(per_image),
+            "drop_lesion": round(float(np.mean([r["drop_lesion"] for r in per_image])), 4),
+            "drop_elsewhere": round(float(np.mean([r["drop_elsewhere"] for r in compared])), 4) if compared else None,
+            "lesion_above_elsewhere": sum(r["lesion_above_elsewhere"] for r in per_image),
+            "per_image": per_image}
 
 
 def localisation_scores(heatmap: np.ndarray, mask: np.ndarray, *, spacing: Sequence[float] | None = None,

@@ -374,7 +374,8 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
                faithfulness: bool, lesion: sitk.Image | None, raw_probabilities: np.ndarray) -> None:
     """Faithfulness (+ caption), lesion localisation and the uncertainty block; a calibrated low-confidence flag
     also makes the reported label ``uncertain`` (with the reason)."""
-    from .trust import faithfulness_caption, heatmap_faithfulness, heatmap_localisation, scan_uncertainty
+    from .trust import (faithfulness_caption, heatmap_faithfulness, heatmap_localisation, scan_lesion_reliance,
+                        scan_uncertainty)
 
     if faithfulness and result.heatmap is not None:
         scores = heatmap_faithfulness(result, model, target_layer or package.target_layer)
@@ -383,6 +384,9 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
             result.explain["faithfulness_caption"] = faithfulness_caption(scores)
     if lesion is not None and result.heatmap is not None:
         result.explain["localisation"] = heatmap_localisation(result, lesion)
+        reliance = scan_lesion_reliance(result, model, lesion)
+        if reliance is not None:
+            result.explain["localisation"]["lesion_reliance"] = reliance
     result.uncertainty = scan_uncertainty(result, model, package.meta, uncertainty,
                                           raw_probabilities=raw_probabilities)
     u = result.uncertainty or {}

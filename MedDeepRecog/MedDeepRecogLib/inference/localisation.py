@@ -75,13 +75,15 @@ def measure_localisation(cases: list[Mapping[str, Any]], source, model, meta: di
             loc = (result.explain.get("localisation") or {})
             per_slice = loc.get("per_slice") or {}
             faith = result.explain.get("faithfulness") or {}
+            reliance = loc.get("lesion_reliance") or {}
             figures[str(case["name"])] = {
                 "label": result.label, "top_class": result.decision["top_class"],
                 "slices_with_lesion": per_slice.get("slices"), "pointing_hits": per_slice.get("pointing_hits"),
                 "pointing_rate": per_slice.get("pointing_rate"), "mean_mass_inside": per_slice.get("mean_mass_inside"),
                 "lesion_area_share": per_slice.get("lesion_area_share"),
                 "faithfulness": faith.get("score"), "deletion_auc": faith.get("deletion_auc"),
-                "insertion_auc": faith.get("insertion_auc")}
+                "insertion_auc": faith.get("insertion_auc"),
+                "drop_lesion_filled": reliance.get("drop_lesion"), "drop_filled_elsewhere": reliance.get("drop_elsewhere")}
         return figures
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -92,10 +94,11 @@ def localisation_card_lines(figures: Mapping[str, Any] | None, method: str) -> s
         return ""
     fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)  # noqa: E731
     rows = "\n".join(
-        f"| {name} | refused: {f['refused']} | | | | |" if f.get("refused") else
+        f"| {name} | refused: {f['refused']} | | | | | |" if f.get("refused") else
         f"| {name} | {f['label']} | {fmt(f['pointing_hits'], '{}')}/{fmt(f['slices_with_lesion'], '{}')} "
         f"({fmt(f['pointing_rate'], '{:.0%}')}) | {fmt(f['mean_mass_inside'], '{:.0%}')} | "
-        f"{fmt(f['lesion_area_share'], '{:.1%}')} | {fmt(f['faithfulness'], '{:+.2f}')} |"
+        f"{fmt(f['lesion_area_share'], '{:.1%}')} | {fmt(f['faithfulness'], '{:+.2f}')} | "
+        f"{fmt(f.get('drop_lesion_filled'), '{:+.3f}')} / {fmt(f.get('drop_filled_elsewhere'), '{:+.3f}')} |"
         for name, f in figures.items())
     return f"""
 ## Where the heatmap lands ({method})
@@ -103,10 +106,12 @@ Measured when the package was made, with `meddeeprecog classify SCAN --lesion LA
 (none of them training data). Pointing game: tumour-bearing slices whose heatmap peak lies inside the label. Heat
 inside: the share of those slices' heat inside the label, next to the label's share of their area (what uniform heat
 would give). Faithfulness: insertion minus deletion AUC, normalised (above 0: removing the hot pixels first hurts the
-prediction more than removing random ones).
+prediction more than removing random ones). Lesion reliance: how much the predicted class's probability falls when
+the lesion is filled with the surrounding tissue's intensity, next to the same region filled elsewhere in the body
+(a heatmap can only land on the lesion if the decision rests on it).
 
-| scan | label | pointing game | heat inside lesion | lesion area | faithfulness |
-|---|---|---|---|---|---|
+| scan | label | pointing game | heat inside lesion | lesion area | faithfulness | probability drop: lesion filled / elsewhere |
+|---|---|---|---|---|---|---|
 {rows}
 """
 

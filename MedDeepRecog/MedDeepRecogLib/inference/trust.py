@@ -6,6 +6,8 @@
   sample (:class:`MedDeepRecogLib.models.slice_stack.SliceStackClassifier`, the aggregation classify uses), so its
   cost does not grow with the number of slices.
 - :func:`heatmap_localisation`: pointing game and heatmap mass inside a lesion segmentation (``--lesion``).
+- :func:`scan_lesion_reliance`: for slice models, how much the predicted class's probability falls when the
+  labelled lesion is filled with the surrounding tissue, next to the same fill elsewhere (``--lesion``).
 - :func:`scan_uncertainty`: temperature-scaled probabilities, normalised predictive entropy and the calibrated
   ``low_confidence`` flag (:func:`MedDeepRecogLib.uncertainty.classify_uncertainty`), plus Monte-Carlo dropout
   or test-time augmentation spread when asked for.
@@ -23,7 +25,7 @@ import torch
 
 from ..contract import GRADCAM_METHODS, UNCERTAINTY_MODES
 from ..errors import ConfigError
-from ..explain.faithfulness import faithfulness_scores, localisation_scores, slice_localisation
+from ..explain.faithfulness import faithfulness_scores, lesion_reliance, localisation_scores, slice_localisation
 from ..models.slice_stack import SliceStackClassifier, stack_as_sample
 from .model_input import SliceInput
 
@@ -142,6 +144,44 @@ def heatmap_localisation(result: Any, lesion: Any, *, tolerance_mm: float = 0.0)
     scores = localisation_scores(heat, mask, spacing=tuple(reversed(ref.GetSpacing())), tolerance_mm=tolerance_mm)
     if len(getattr(result, "per_slice", None) or []) > 1 and "index" in result.per_slice[0]:
         scores["per_slice"] = slice_localisation(lps_view(ref).array, lps_view(lesion).array != 0)
+    return scores
+
+
+#: Lesion pixels a model-grid slice needs before its lesion is filled (smaller ones are a partial-volume rim).
+MIN_LESION_PIXELS = 4
+
+
+def scan_lesion_reliance(result: Any, model: torch.nn.Module, lesion: Any) -> dict[str, Any] | None:
+    """:func:`~MedDeepRecogLib.explain.faithfulness.lesion_reliance` on the voting slices of a slice model that hold
+    lesion; ``None`` for volume models or when no voting slice holds at least :data:`MIN_LESION_PIXELS` of it.
+
+    The lesion (any grid; non-zero = lesion) is resampled linearly onto the working slices, then onto the model
+    grid through each slice's crop/resize affine (the same one the heatmap goes back through), and kept where at
+    least half a pixel is lesion. The body is the model input above the package's foreground threshold.
+    """
+    import SimpleITK as sitk
+    import torch.nn.functional as F
+
+    inp = result.model_input
+    if not isinstance(inp, SliceInput):
+        return None
+    ref = inp.grid.image_from(np.zeros(tuple(reversed(inp.grid.size)), dtype=np.float32))
+    frac = sitk.Resample(sitk.Cast(lesion != 0, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, 0.0)
+    x = torch.from_numpy(inp.x)
+    grid = F.affine_grid(torch.from_numpy(inp.theta).to(x), [len(x), 1, *x.shape[-2:]], align_corners=False)
+    on_model = F.grid_sample(torch.from_numpy(sitk.GetArrayFromImage(frac))[:, None].to(x), grid,
+                             align_corners=False)[:, 0] >= 0.5
+    voted = np.asarray(inp.valid, dtype=bool)
+    if len(result.per_slice) == len(voted):
+        voted &= np.array([bool(r.get("voted", True)) for r in result.per_slice])
+    rows = [k for k in range(len(x)) if voted[k] and int(on_model[k].sum()) >= MIN_LESION_PIXELS]
+    if not rows:
+        return None
+    threshold = inp.foreground_threshold if inp.foreground_threshold is not None else 0.1
+    body = x[rows, 0] > threshold
+    scores = lesion_reliance(lambda b: model(b), x[rows], on_model[rows], body)
+    for rec in scores["per_image"]:
+        rec["slice_index"] = int(inp.slice_index[rows[rec.pop("image")]])
     return scores
 
 
