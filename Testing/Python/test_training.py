@@ -173,6 +173,22 @@ def test_tail_per_class_split_is_contiguous_per_class():
 
 
 # ------------------------------------------------------------------------------------------------ configs
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_recipe_parses_and_its_network_arguments_check(path):
+    """The recipes in configs/ (bundled or kept as measured experiments) are read by the same strict schema as
+    ``meddeeprecog train``, and each names an architecture whose keyword arguments pass its checks."""
+    from MedDeepRecogLib.commands import register_training_blocks
+    from MedDeepRecogLib.models.registry import check_kwargs
+
+    register_training_blocks()
+    cfg = load_config(path)
+    assert cfg.id and cfg.data.path
+    check_kwargs(cfg.model.name, dict(cfg.model.kwargs or {}))
+
+
 def _config(npz: Path, **over) -> dict:
     cfg = {"id": "synthetic", "seed": 0,
            "data": {"path": str(npz), "kind": "slices2d", "class_names": ["left", "right"], "val_fraction": 0.25},
