@@ -8,8 +8,9 @@ import torch
 
 from frontier_helpers import blob_data, trained_blob_model
 from MedDeepRecogLib.explain.faithfulness import (deletion_insertion, faithfulness_scores, lesion_reliance,
-                                                  localisation_scores, mass_inside, methods_passing_sanity, model_randomization_check,
-                                                  pointing_game, randomized_copy, saliency_to_input, spearman)
+                                                  localisation_scores, mass_inside, methods_passing_sanity,
+                                                  model_randomization_check, pointing_game, randomized_copy,
+                                                  saliency_to_input, spearman)
 from MedDeepRecogLib.explain.gradcam import explained_forward
 from MedDeepRecogLib.models import default_target_layer
 

@@ -220,14 +220,15 @@ def lesion_reliance(forward: Forward, x: torch.Tensor, lesion: torch.Tensor, bod
     rng = np.random.default_rng(seed)
     h, w = x.shape[-2:]
     grown = F.max_pool2d(lesion.float()[:, None], 2 * margin + 1, 1, margin)[:, 0] > 0
-    batch, owner = [], []  # owner: (image, 0 for the lesion / 1 for a placement elsewhere)
+    batch: list[torch.Tensor] = []
+    rows: dict[int, list[int]] = {}  # image -> its rows of ``batch``: the lesion filled first, then the placements
     for i in keep:
+        rows[i] = [len(batch)]
         tissue = body[i] & ~grown[i]
         fill = x[i][:, tissue].median(dim=1).values if tissue.any() else x[i].flatten(1).median(dim=1).values
         filled = x[i].clone()
         filled[:, grown[i]] = fill[:, None]
         batch.append(filled)
-        owner.append((i, 0))
         ys, xs = torch.nonzero(grown[i], as_tuple=True)
         found = 0
         for _ in range(placements * 30):
@@ -243,8 +244,8 @@ def lesion_reliance(forward: Forward, x: torch.Tensor, lesion: torch.Tensor, bod
                 continue
             other = x[i].clone()
             other[:, moved] = fill[:, None]
+            rows[i].append(len(batch))
             batch.append(other)
-            owner.append((i, 1))
             found += 1
     with torch.inference_mode():
         base = torch.softmax(forward(x[keep]), dim=1)
@@ -253,9 +254,8 @@ def lesion_reliance(forward: Forward, x: torch.Tensor, lesion: torch.Tensor, bod
     p0 = {i: float(base[k, target[i]]) for k, i in enumerate(keep)}
     per_image = []
     for i in keep:
-        rows = [k for k, (j, kind) in enumerate(owner) if j == i]
-        lesion_drop = p0[i] - float(probs[rows[0], target[i]])
-        others = [p0[i] - float(probs[k, target[i]]) for k in rows[1:]]
+        lesion_drop = p0[i] - float(probs[rows[i][0], target[i]])
+        others = [p0[i] - float(probs[k, target[i]]) for k in rows[i][1:]]
         per_image.append({"image": i, "class_index": target[i], "probability": round(p0[i], 4),
                           "drop_lesion": round(lesion_drop, 4),
                           "drop_elsewhere": round(float(np.mean(others)), 4) if others else None,

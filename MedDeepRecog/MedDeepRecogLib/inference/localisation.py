@@ -82,8 +82,8 @@ def measure_localisation(cases: list[Mapping[str, Any]], source, model, meta: di
                 "pointing_rate": per_slice.get("pointing_rate"), "mean_mass_inside": per_slice.get("mean_mass_inside"),
                 "lesion_area_share": per_slice.get("lesion_area_share"),
                 "faithfulness": faith.get("score"), "deletion_auc": faith.get("deletion_auc"),
-                "insertion_auc": faith.get("insertion_auc"),
-                "drop_lesion_filled": reliance.get("drop_lesion"), "drop_filled_elsewhere": reliance.get("drop_elsewhere")}
+                "insertion_auc": faith.get("insertion_auc"), "drop_lesion_filled": reliance.get("drop_lesion"),
+                "drop_filled_elsewhere": reliance.get("drop_elsewhere")}
         return figures
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -110,7 +110,7 @@ prediction more than removing random ones). Lesion reliance: how much the predic
 the lesion is filled with the surrounding tissue's intensity, next to the same region filled elsewhere in the body
 (a heatmap can only land on the lesion if the decision rests on it).
 
-| scan | label | pointing game | heat inside lesion | lesion area | faithfulness | probability drop: lesion filled / elsewhere |
+| scan | label | pointing game | heat inside lesion | lesion area | faithfulness | drop: lesion filled / elsewhere |
 |---|---|---|---|---|---|---|
 {rows}
 """

@@ -179,7 +179,7 @@ def scan_lesion_reliance(result: Any, model: torch.nn.Module, lesion: Any) -> di
         return None
     threshold = inp.foreground_threshold if inp.foreground_threshold is not None else 0.1
     body = x[rows, 0] > threshold
-    scores = lesion_reliance(lambda b: model(b), x[rows], on_model[rows], body)
+    scores = lesion_reliance(model, x[rows], on_model[rows], body)
     for rec in scores["per_image"]:
         rec["slice_index"] = int(inp.slice_index[rows[rec.pop("image")]])
     return scores

@@ -2,11 +2,12 @@
 
 Why it exists: a classifier with a large receptive field and global average pooling can name a brain tumour's type
 from the whole head (plane, skull shape, which hospital's series) without looking at the tumour; then no explanation
-method can point at the tumour, because the model's evidence is not there (occlusion of the tumour barely moves such
-a model's probability). This network limits each score to a local window (its receptive field, about a quarter of
-the input side) and pools the class scores, centred over the classes at each position, with a smooth maximum, so a class is called because some region looks
-like it: the map of that region's score is the heatmap (CAM, Zhou et al. 2016; log-sum-exp pooling, Pinheiro and
-Collobert 2015). Hand-written because MONAI has no 2D network with a class-score map and pooled class scores (its
+method can point at the tumour, because the model's evidence is not there (filling the tumour barely moves such a
+model's probability: ``lesion_reliance`` in :mod:`MedDeepRecogLib.explain.faithfulness`). This network limits each
+score to a local window (its receptive field, about a quarter of the input side) and pools the class scores, centred
+over the classes at each position, with a smooth maximum, so a class is called because some region looks like it:
+the map of that region's score is the heatmap (CAM, Zhou et al. 2016; log-sum-exp pooling, Pinheiro and Collobert
+2015). Hand-written because MONAI has no 2D network with a class-score map and pooled class scores (its
 ``MILModel`` embeds tiles with a torchvision ResNet-50, far too heavy for a CPU).
 """
 
