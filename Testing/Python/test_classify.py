@@ -20,7 +20,7 @@ from MedDeepRecogLib.inference.classify import classify_scan, write_outputs
 from MedDeepRecogLib.inference.heatmap import heatmap_on_input_grid, resample_sitk
 from MedDeepRecogLib.inference.model_input import slices_from_image, volume_from_image
 from MedDeepRecogLib.io.geometry import lps_view
-from MedDeepRecogLib.inference.predict import maps_to_working_grid
+from MedDeepRecogLib.inference.predict import maps_to_model_grid, maps_to_working_grid
 from MedDeepRecogLib.io import same_geometry, write_image
 from tiny_test_package import TINY_CLASSES, make_tiny_package
 
@@ -82,6 +82,16 @@ def test_heatmap_lands_on_the_anatomy_it_came_from():
     for axis in (1, 2):  # flipping the map front-back or left-right must be caught
         flipped = sitk.GetArrayFromImage(heatmap_on_input_grid(np.flip(back, axis).copy(), inp.grid, asym))
         assert aligned > _corr(flipped[body], scan[body]) + 0.2
+
+
+def test_working_slices_go_onto_the_model_grid_as_the_model_input_did():
+    """maps_to_model_grid applies each slice's crop/resize affine: the working slices land exactly where the
+    standardised model input came from (the lesion of --lesion takes this path)."""
+    image = make_volume(size=(60, 50, 30))
+    inp = slices_from_image(image, {"kind": "slices2d", "size": [64, 64]})
+    on_model = maps_to_model_grid(inp.display, inp).numpy()
+    assert on_model.shape == inp.x[:, 0].shape
+    assert np.abs(on_model - inp.x[:, 0]).max() < 1e-5
 
 
 @pytest.mark.parametrize("kind, explain", [("slices2d", "gradcam"), ("slices2d", "gradcampp"),

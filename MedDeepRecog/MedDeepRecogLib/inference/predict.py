@@ -227,6 +227,15 @@ def maps_to_working_grid(maps: torch.Tensor, inp: SliceInput) -> np.ndarray:
     return out[:, 0].cpu().numpy()
 
 
+def maps_to_model_grid(maps: np.ndarray, inp: SliceInput) -> torch.Tensor:
+    """The inverse of :func:`maps_to_working_grid`: working-slice maps ``(N, Hw, Ww)`` onto the model grid
+    ``(N, h, w)`` through each slice's crop/pad/resize affine (``inp.theta``), bilinear; outside the slice, 0."""
+    x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
+    theta = torch.from_numpy(inp.theta).to(x)
+    grid = F.affine_grid(theta, [x.shape[0], 1, *inp.x.shape[-2:]], align_corners=False)
+    return F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
 def predict_volume(model: torch.nn.Module, inp: VolumeInput, *, explain: str, target_layer: str | None,
                    class_names: list[str], device: str = "cpu") -> Prediction:
     """Classify a whole-volume input ``(1, C, D, H, W)``; heatmap from Grad-CAM(++) or the model's attention."""

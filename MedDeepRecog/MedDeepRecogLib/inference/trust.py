@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..explain.faithfulness import faithfulness_scores, lesion_reliance, localisation_scores, slice_localisation
 from ..models.slice_stack import SliceStackClassifier, stack_as_sample
 from .model_input import SliceInput
+from .predict import maps_to_model_grid
 
 #: Deletion/insertion steps (``steps + 1`` points per curve; 4 curves incl. the random reference).
 FAITHFULNESS_STEPS = 5
@@ -160,7 +161,6 @@ def scan_lesion_reliance(result: Any, model: torch.nn.Module, lesion: Any) -> di
     least half a pixel is lesion. The body is the model input above the package's foreground threshold.
     """
     import SimpleITK as sitk
-    import torch.nn.functional as F
 
     inp = result.model_input
     if not isinstance(inp, SliceInput):
@@ -168,9 +168,7 @@ def scan_lesion_reliance(result: Any, model: torch.nn.Module, lesion: Any) -> di
     ref = inp.grid.image_from(np.zeros(tuple(reversed(inp.grid.size)), dtype=np.float32))
     frac = sitk.Resample(sitk.Cast(lesion != 0, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, 0.0)
     x = torch.from_numpy(inp.x)
-    grid = F.affine_grid(torch.from_numpy(inp.theta).to(x), [len(x), 1, *x.shape[-2:]], align_corners=False)
-    on_model = F.grid_sample(torch.from_numpy(sitk.GetArrayFromImage(frac))[:, None].to(x), grid,
-                             align_corners=False)[:, 0] >= 0.5
+    on_model = maps_to_model_grid(sitk.GetArrayFromImage(frac), inp) >= 0.5
     voted = np.asarray(inp.valid, dtype=bool)
     if len(result.per_slice) == len(voted):
         voted &= np.array([bool(r.get("voted", True)) for r in result.per_slice])

@@ -90,13 +90,13 @@ def feature_layers(model) -> list:
 
 
 def feature_description(model) -> str:
-    """What :func:`feature_layers` scores, in words (for ``model.json``)."""
+    """What :func:`feature_layers` scores, in words (for ``model.json``): a layer other than a dense one is a
+    network's declared ``feature_layer`` (the class-evidence CNN's grid-averaged features)."""
     import torch.nn as nn
 
-    nets = list(model.members) if hasattr(model, "members") else [model]
-    if any(isinstance(getattr(net, "feature_layer", None), nn.Module) for net in nets):
-        return "the network's features averaged over its grid"
-    return "input of the last linear layer"
+    if all(isinstance(layer, nn.Linear) for layer in feature_layers(model)):
+        return "input of the last linear layer"
+    return "the network's features averaged over its grid"
 
 
 class FeatureStore:
