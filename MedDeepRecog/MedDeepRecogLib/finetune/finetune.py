@@ -59,9 +59,12 @@ def finetune(cfg: FinetuneConfig, progress: Callable[..., None] | None = None,
     ctx = init_distributed(cfg.training.device)
     report_progress = progress if (progress is not None and ctx.is_main) else null_progress
     try:
-        return _finetune(cfg, ctx, report_progress, should_stop)
-    finally:
-        shutdown(ctx)
+        summary = _finetune(cfg, ctx, report_progress, should_stop)
+    except BaseException:
+        shutdown(ctx, synchronise=False)
+        raise
+    shutdown(ctx)  # every rank waits here until rank 0 has written the package
+    return summary
 
 
 def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]:

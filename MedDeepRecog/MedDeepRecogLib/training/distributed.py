@@ -10,6 +10,7 @@ ranks so one process and N processes see the same number of samples per optimise
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -60,9 +61,20 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_s
     return DistContext(rank, world, local, dev)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (safe to call in a single process)."""
+def shutdown(ctx: DistContext, *, synchronise: bool = True) -> None:
+    """Leave the process group (safe to call in a single process).
+
+    ``destroy_process_group`` is meant to be called by every rank together. With ``synchronise`` the ranks meet at a
+    barrier first, so none tears down its connections while another is still writing (rank 0 saves the package after
+    the others have finished). Then the ``DistributedDataParallel`` wrappers left in reference cycles are collected
+    while the interpreter is fully alive: gloo work they hold, freed during interpreter shutdown instead, aborts the
+    process (SIGABRT, "terminate called without an active exception"). ``synchronise=False`` after an error, where
+    the barrier could wait for a rank that has already failed.
+    """
     if ctx.enabled and dist.is_initialized():
+        if synchronise:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -242,11 +242,15 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
     owned = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(cfg.training.device)
     try:
-        return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
-                             _with_batch_transforms(hooks, extensions), extensions, command)
-    finally:
-        if owned:  # leave a process group that the caller set up to the caller
-            shutdown(ctx)
+        result = _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
+                               _with_batch_transforms(hooks, extensions), extensions, command)
+    except BaseException:
+        if owned:
+            shutdown(ctx, synchronise=False)
+        raise
+    if owned:  # leave a process group that the caller set up to the caller
+        shutdown(ctx)
+    return result
 
 
 def _with_batch_transforms(hooks: Hooks | None, extensions: list[RunHooks]) -> Hooks | None:
