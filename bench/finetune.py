@@ -9,7 +9,11 @@ contrast, noise, smoothing). They differ only in the data path:
   ``RandCropByPosNegLabeld(num_samples=4)`` on the files (batch 2 volumes × 4 patches = 8);
 - ours (``finetune.seg_training.CachedPatchDataset`` + the fine-tuning loop's layout): the cases are read, resampled
   and normalised once, and the foreground/background indices computed once; steps only crop and augment in-memory
-  tensors; model and batches use ``torch.channels_last_3d`` (oneDNN's faster 3D-convolution layout on CPU).
+  tensors; model and batches use ``torch.channels_last_3d`` (oneDNN's faster 3D-convolution layout on CPU), and the
+  fine-tuning loop runs eager and, in runs long enough for ``training/compile: auto`` (``training/compilation.py``),
+  compiled with ``torch.compile``. Both are timed. The compile is a one-off cost, timed apart in the warm-up step
+  (it is quicker the second time: inductor caches on disk); whole runs of the default fine-tune (20 epochs x 4
+  steps) and of five times as many steps are then estimated with it, and with what ``auto`` would choose.
 
 Data: the real TotalSegmentator CT examples in ``../shared/data`` (``example_ct_sm`` + the 20-slice DICOM series,
 converted once to NIfTI before timing, with their label maps; liver / spleen / kidneys), resampled to 1.5 mm. Prints samples/s of both, the ratio, the data-only
@@ -141,10 +145,12 @@ def data_rate(loader_fn, steps: int) -> tuple[float, float]:
     return setup, n / (time.perf_counter() - t0)
 
 
-def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: bool) -> tuple[float, float]:
-    """(setup seconds, training samples/s) over ``steps`` optimiser steps after one warm-up step.
+def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: bool,
+               compile_step: bool = False) -> tuple[float, float, float]:
+    """(setup seconds, training samples/s over ``steps`` optimiser steps after one warm-up step, warm-up seconds).
 
     ``channels_last``: the fine-tuning loop's memory layout (``torch.channels_last_3d``) for model and batches.
+    ``compile_step``: the network compiled as the fine-tuning loop compiles it (the warm-up step compiles).
     """
     import torch
     from monai.losses import DiceCELoss
@@ -156,6 +162,11 @@ def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: boo
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    net = model
+    if compile_step:
+        from MedDeepRecogLib.training.compilation import compiled
+
+        net = compiled(model)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     scaler = torch.amp.GradScaler("cuda") if amp else None
     t0 = time.perf_counter()
@@ -168,7 +179,7 @@ def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: boo
         x, y = x.to(device, non_blocking=True, memory_format=layout), y.to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            loss = loss_fn(model(x).float(), y)
+            loss = loss_fn(net(x).float(), y)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -178,14 +189,16 @@ def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: boo
             opt.step()
         return len(x)
 
-    step()  # warm-up (allocator, cuDNN autotune, first-batch setup)
+    t0 = time.perf_counter()
+    step()  # warm-up (allocator, cuDNN autotune, first-batch setup; the compile)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+    warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     n = sum(step() for _ in range(steps))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return setup, n / (time.perf_counter() - t0)
+    return setup, n / (time.perf_counter() - t0), warm
 
 
 def main() -> None:
@@ -215,18 +228,35 @@ def main() -> None:
           f"| ratio {data_c / data_p:5.1f}x  (setup: plain {setup_p:.1f}s, cached {setup_c:.1f}s incl. one-time "
           "read+resample)")
     rows = [("cpu", False)] if device == "cpu" else [(device, False), (device, True)]
-    ratios = []
+    from MedDeepRecogLib.contract import FINETUNE_EPOCHS
+    from MedDeepRecogLib.models.segmentation import monai_unet
+    from MedDeepRecogLib.training.compilation import decide_compile
+
+    default_steps = FINETUNE_EPOCHS * (32 // BATCH)  # the default fine-tune: 20 epochs of 32 patches
+    runs = (default_steps, 5 * default_steps)  # whole runs estimated with the compile included
+    eager_ratios, compiled_ratios = [], []
     for dev, amp in rows:
         tag = f"{dev}{' AMP' if amp else ''}"
         for r in range(args.rounds):
-            _, plain = train_rate(plain_loader, args.steps, dev, amp, channels_last=False)
-            _, cached = train_rate(cached_loader, args.steps, dev, amp, channels_last=False)
-            _, ours = train_rate(cached_loader, args.steps, dev, amp, channels_last=True)
-            ratios.append(ours / plain)
+            _, plain, _ = train_rate(plain_loader, args.steps, dev, amp, channels_last=False)
+            _, eager, _ = train_rate(cached_loader, args.steps, dev, amp, channels_last=True)
+            _, fast, warm = train_rate(cached_loader, args.steps, dev, amp, channels_last=True, compile_step=True)
+            eager_ratios.append(eager / plain)
+            compiled_ratios.append(fast / plain)
+            whole = []
+            for n in runs:
+                t_plain, t_eager = n * BATCH / plain, n * BATCH / eager
+                t_fast = warm + (n - 1) * BATCH / fast
+                auto = decide_compile("auto", monai_unet(1, len(CLASSES) + 1), torch.device(dev), n, False).compile
+                whole.append(f"{n} steps: plain {t_plain:.0f} s, eager {t_eager:.0f} s, compiled {t_fast:.0f} s "
+                             f"(auto: {'compiled' if auto else 'eager'})")
             print(f"training {tag} round {r + 1}/{args.rounds}: plain MONAI-tutorial loop {plain:7.2f} samples/s | "
-                  f"cached data only {cached:7.2f} ({cached / plain:4.2f}x) | fine-tuning loop (cached + channels-last) "
-                  f"{ours:7.2f} samples/s | ratio {ours / plain:5.2f}x", flush=True)
-    print(f"smallest ratio over {len(ratios)} round(s): {min(ratios):.2f}x (all: {', '.join(f'{v:.2f}' for v in ratios)})")
+                  f"fine-tuning loop eager (cached + channels-last) {eager:7.2f} ({eager / plain:4.2f}x) | compiled "
+                  f"{fast:7.2f} ({fast / plain:4.2f}x), its first step (the compile) {warm:4.1f} s | whole runs: "
+                  f"{'; '.join(whole)}", flush=True)
+    for name, ratios in (("eager", eager_ratios), ("compiled", compiled_ratios)):
+        print(f"fine-tuning loop {name}: smallest ratio over {len(ratios)} round(s) {min(ratios):.2f}x "
+              f"(all: {', '.join(f'{v:.2f}' for v in ratios)})")
     print(json.dumps({"device": device, "threads": torch.get_num_threads(), "data_plain_patches_s": round(data_p, 3),
                       "data_cached_patches_s": round(data_c, 3)}))
 

@@ -94,6 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=DEVICE_CHOICES, default=None,
                    help="where the network trains: auto (a CUDA GPU when torch sees one), cpu or cuda: "
                         "training/device")
+    p.add_argument("--compile", choices=["auto", "true", "false"], default=None,
+                   help="torch.compile the training steps (auto, the default: 3D networks on the CPU in runs of 300 "
+                        "steps or more, when a C++ compiler is found): training/compile")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
@@ -117,7 +120,8 @@ def build_config(args: argparse.Namespace):
     }
     sections = {"optimizer": {"lr": args.lr},
                 "training": {"epochs": args.epochs, "batch_size": args.batch_size,
-                             "early_stopping_patience": args.early_stopping, "device": args.device}}
+                             "early_stopping_patience": args.early_stopping, "device": args.device,
+                             "compile": {"true": True, "false": False}.get(args.compile, args.compile)}}
     if args.arch_kwargs:
         try:
             options["arch_kwargs"] = json.loads(args.arch_kwargs)

@@ -15,7 +15,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}      # sections shared with fine-tuning
     schedule:  {name: none|step|cosine|plateau, step_size, gamma, factor, patience, min_lr, warmup_epochs}
     training:  {epochs, batch_size, early_stopping_patience, grad_clip, ema_decay, amp: auto|true|false,
-                device: auto|cpu|cuda,                    # (the shared loop settings, training/sections.py)
+                compile: auto|true|false, device: auto|cpu|cuda,  # (the shared loop settings, training/sections.py)
                 l1, class_weights: auto|none|[w...], label_smoothing, monitor: auc,
                 ensemble: 1,                              # N > 1: a seed ensemble of N independently trained members
                 folds: 0,                                 # K >= 2: a cross-validation ensemble (see training/train.py)

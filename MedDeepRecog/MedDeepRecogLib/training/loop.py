@@ -49,6 +49,7 @@ which only rank 0 restores). With ``ctx=None`` (or one process) nothing of this 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
@@ -63,6 +64,8 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..progress import null_progress
 from .sections import HIGHER_IS_BETTER, LoopConfig, OptimizerConfig, ScheduleConfig
+
+log = logging.getLogger(__name__)
 
 # "last": no selection, the final epoch's weights are kept, so the validation split decides nothing and its
 # figures are a held-out estimate (pair it with a schedule that anneals, e.g. cosine)
@@ -140,6 +143,7 @@ class History:
     monitor: str = "auc"
     stopped: str = "completed"  # completed | early_stopping | cancelled | hook
     resumed_from: int | None = None
+    compiled: str | None = None  # "on: <why>" / "off: <why>" (training/compile, :mod:`.compilation`)
     best_state: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -360,6 +364,15 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             start_epoch = epochs + 1
 
     n_batches = max(len(train_loader), 1)
+    eager_net, first_compiled_step = net, False
+    if start_epoch <= epochs:
+        from .compilation import compiled, decide_compile
+
+        decision = decide_compile(cfg.loop.compile, model, device, (epochs - start_epoch + 1) * n_batches, dist_on)
+        history.compiled = f"{'on' if decision.compile else 'off'}: {decision.reason}"
+        if decision.compile:
+            net, first_compiled_step = compiled(net), True
+            progress("compile", (start_epoch - 1) / epochs, reason=decision.reason)
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):  # DistributedSampler: a new shuffle
@@ -378,7 +391,19 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
                 set_train_mode(model, frozen_modules)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, amp):
-                out = step(net, batch)
+                try:
+                    out = step(net, batch)
+                except Exception as exc:
+                    if not first_compiled_step:
+                        raise
+                    # the first compiled step compiles: a failure there is torch.compile's (no compiler, an
+                    # unsupported layer); the eager network then trains, and re-raises a genuine error of the step
+                    log.warning("torch.compile failed (%s); training continues uncompiled",
+                                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                    history.compiled = f"off: torch.compile failed ({type(exc).__name__})"
+                    net = eager_net
+                    out = step(net, batch)
+            first_compiled_step = False
             if not torch.isfinite(out.loss.detach()):  # before the step: a diverged loss never moves the weights
                 raise ConfigError(f"training diverged (loss {float(out.loss.detach())} at epoch {epoch}); lower the "
                                   "learning rate")

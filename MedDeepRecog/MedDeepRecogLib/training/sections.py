@@ -67,6 +67,8 @@ class LoopConfig:
         grad_clip: clip the gradient norm to this value (``None``: no clipping).
         ema_decay: validate, select and return an exponential moving average of the weights (``None``: off).
         amp: mixed precision on CUDA (``auto`` = on when training on CUDA).
+        compile: ``torch.compile`` the training steps (``auto``: 3D networks on the CPU in runs long enough to pay
+            the compile back; the rule and its measurements are in :mod:`.compilation`).
         device: ``auto`` | ``cpu`` | ``cuda`` (resolved by :func:`..devices.resolve_device`).
     """
 
@@ -76,6 +78,7 @@ class LoopConfig:
     grad_clip: PosFloat | None = None
     ema_decay: Fraction | None = None
     amp: Literal["auto"] | bool = "auto"
+    compile: Literal["auto"] | bool = "auto"
     device: str = "auto"
 
 
