@@ -389,25 +389,19 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             if hooks.batch_transform is not None:
                 batch = hooks.batch_transform(model, batch, {"epoch": epoch, "step": step_index, "device": device})
                 set_train_mode(model, frozen_modules)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, amp):
-                try:
-                    out = step(net, batch)
-                except Exception as exc:
-                    if not first_compiled_step:
-                        raise
-                    # the first compiled step compiles: a failure there is torch.compile's (no compiler, an
-                    # unsupported layer); the eager network then trains, and re-raises a genuine error of the step
-                    log.warning("torch.compile failed (%s); training continues uncompiled",
-                                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-                    history.compiled = f"off: torch.compile failed ({type(exc).__name__})"
-                    net = eager_net
-                    out = step(net, batch)
+            try:
+                out = _train_step(net, step, batch, optimizer, scaler, model, cfg.loop.grad_clip, device, amp, epoch)
+            except Exception as exc:
+                if not first_compiled_step:
+                    raise
+                # the first compiled step compiles (forward, then backward): a failure there is torch.compile's (no
+                # compiler, an unsupported layer); the eager network redoes the step and re-raises a genuine error
+                log.warning("torch.compile failed (%s); training continues uncompiled",
+                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                history.compiled = f"off: torch.compile failed ({type(exc).__name__})"
+                net = eager_net
+                out = _train_step(net, step, batch, optimizer, scaler, model, cfg.loop.grad_clip, device, amp, epoch)
             first_compiled_step = False
-            if not torch.isfinite(out.loss.detach()):  # before the step: a diverged loss never moves the weights
-                raise ConfigError(f"training diverged (loss {float(out.loss.detach())} at epoch {epoch}); lower the "
-                                  "learning rate")
-            optimizer_step(out.loss, optimizer, scaler, model.parameters(), cfg.loop.grad_clip)
             if ema is not None:
                 ema.update_parameters(model)
             loss_sum += float(out.loss.detach()) * out.n
@@ -485,6 +479,19 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
         model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def _train_step(net: nn.Module, step: StepFn, batch, optimizer, scaler, model: nn.Module, grad_clip, device, amp: bool,
+                epoch: int) -> StepOutput:
+    """One optimiser step: gradients cleared, the task's ``step`` on ``net``, the loss checked, the update."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, amp):
+        out = step(net, batch)
+    if not torch.isfinite(out.loss.detach()):  # before the step: a diverged loss never moves the weights
+        raise ConfigError(f"training diverged (loss {float(out.loss.detach())} at epoch {epoch}); lower the "
+                          "learning rate")
+    optimizer_step(out.loss, optimizer, scaler, model.parameters(), grad_clip)
+    return out
 
 
 def _rank_mean(total: float, n: int, ctx) -> float:
