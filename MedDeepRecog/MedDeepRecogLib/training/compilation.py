@@ -4,7 +4,8 @@ What was measured on this project's 2-core CPU (torch 2.13, inductor; ``bench/fi
 
 - the fine-tuning UNet (MONAI ``UNet`` 16-32-64-128, instance norm, 64³ patches, batch 8, channels-last-3d): a
   training step 1.2× faster compiled than eager on 2 threads (7.2 against 6.0 samples/s) after a first compile of
-  28 s, and up to 1.9× on one thread after 45 s;
+  28 s; on one thread 1.3× in the bench (3.18 against 2.50 samples/s, another job on the other core) and 1.9×
+  on a bare forward/backward of random patches, after 45 s;
 - the adrenal 3D classifier (``simple_cnn3d`` 16-32-64-128, batch norm, 32³, batch 32): 1.46× per step (0.97 →
   0.66 s on one thread), compile 25 s;
 - the 2D disease networks (the ResNet, the class-evidence network and the plain CNN at 128², batch 32,
