@@ -237,6 +237,8 @@ def main() -> None:
     eager_ratios, compiled_ratios = [], []
     for dev, amp in rows:
         tag = f"{dev}{' AMP' if amp else ''}"
+        unet = monai_unet(1, len(CLASSES) + 1)
+        auto = {n: decide_compile("auto", unet, torch.device(dev), n, False).compile for n in runs}
         for r in range(args.rounds):
             _, plain, _ = train_rate(plain_loader, args.steps, dev, amp, channels_last=False)
             _, eager, _ = train_rate(cached_loader, args.steps, dev, amp, channels_last=True)
@@ -247,9 +249,8 @@ def main() -> None:
             for n in runs:
                 t_plain, t_eager = n * BATCH / plain, n * BATCH / eager
                 t_fast = warm + (n - 1) * BATCH / fast
-                auto = decide_compile("auto", monai_unet(1, len(CLASSES) + 1), torch.device(dev), n, False).compile
                 whole.append(f"{n} steps: plain {t_plain:.0f} s, eager {t_eager:.0f} s, compiled {t_fast:.0f} s "
-                             f"(auto: {'compiled' if auto else 'eager'})")
+                             f"(auto: {'compiled' if auto[n] else 'eager'})")
             print(f"training {tag} round {r + 1}/{args.rounds}: plain MONAI-tutorial loop {plain:7.2f} samples/s | "
                   f"fine-tuning loop eager (cached + channels-last) {eager:7.2f} ({eager / plain:4.2f}x) | compiled "
                   f"{fast:7.2f} ({fast / plain:4.2f}x), its first step (the compile) {warm:4.1f} s | whole runs: "

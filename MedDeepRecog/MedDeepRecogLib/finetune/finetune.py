@@ -53,18 +53,13 @@ def finetune(cfg: FinetuneConfig, progress: Callable[..., None] | None = None,
         MedDeepRecogError / ConfigError: bad data (no pairs, nothing maps to a class, one class only, grids that do
             not overlap), incompatible base. Raised before anything is written.
     """
-    from ..training.distributed import init_distributed, shutdown
+    from ..training.distributed import init_distributed, leaving_together
 
     cfg.validate()
     ctx = init_distributed(cfg.training.device)
     report_progress = progress if (progress is not None and ctx.is_main) else null_progress
-    try:
-        summary = _finetune(cfg, ctx, report_progress, should_stop)
-    except BaseException:
-        shutdown(ctx, synchronise=False)
-        raise
-    shutdown(ctx)  # every rank waits here until rank 0 has written the package
-    return summary
+    with leaving_together(ctx):  # every rank waits at the end until rank 0 has written the package
+        return _finetune(cfg, ctx, report_progress, should_stop)
 
 
 def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]:

@@ -46,8 +46,9 @@ class CompileDecision:
 def cxx_compiler() -> str | None:
     """Path of the C++ compiler inductor would use on the CPU (``$CXX``, else g++ / clang++ / c++), or ``None``."""
     for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 

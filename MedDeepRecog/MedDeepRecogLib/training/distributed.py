@@ -9,11 +9,12 @@ ranks so one process and N processes see the same number of samples per optimise
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -76,6 +77,21 @@ def shutdown(ctx: DistContext, *, synchronise: bool = True) -> None:
             dist.barrier()
         gc.collect()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def leaving_together(ctx: DistContext, owned: bool = True) -> Iterator[DistContext]:
+    """Run a job in the process group of ``ctx`` and leave it at the end: :func:`shutdown` after the job (every rank
+    waits for the others, e.g. for rank 0 to write the package), ``shutdown(synchronise=False)`` after an error.
+    ``owned=False``: the caller set the group up and leaves it itself."""
+    try:
+        yield ctx
+    except BaseException:
+        if owned:
+            shutdown(ctx, synchronise=False)
+        raise
+    if owned:
+        shutdown(ctx)
 
 
 def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:

@@ -154,7 +154,8 @@ class History:
     def summary(self) -> dict[str, Any]:
         """The short form the fine-tuning outputs record (``epochs_run``, best epoch/metric, ``history``)."""
         return {"epochs_run": len(self.epochs), "best_epoch": self.best_epoch, "best_metric": self.best_metric,
-                "stopped": self.stopped, "resumed_from": self.resumed_from, "history": self.epochs}
+                "stopped": self.stopped, "resumed_from": self.resumed_from, "compiled": self.compiled,
+                "history": self.epochs}
 
 
 def seed_everything(seed: int) -> None:

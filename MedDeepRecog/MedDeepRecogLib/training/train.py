@@ -235,22 +235,15 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
     """
     import torch.distributed as dist
 
-    from .distributed import init_distributed, shutdown
+    from .distributed import init_distributed, leaving_together
 
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     extensions = run_hooks(cfg.blocks, cfg)
     owned = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(cfg.training.device)
-    try:
-        result = _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
-                               _with_batch_transforms(hooks, extensions), extensions, command)
-    except BaseException:
-        if owned:
-            shutdown(ctx, synchronise=False)
-        raise
-    if owned:  # leave a process group that the caller set up to the caller
-        shutdown(ctx)
-    return result
+    with leaving_together(ctx, owned):  # a process group that the caller set up is left to the caller
+        return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
+                             _with_batch_transforms(hooks, extensions), extensions, command)
 
 
 def _with_batch_transforms(hooks: Hooks | None, extensions: list[RunHooks]) -> Hooks | None:
