@@ -1,6 +1,7 @@
 """Classify benchmark: a CT-sized volume end to end, and Grad-CAM's cost next to MONAI's GradCAM.
 
     python bench/classify.py [--size 512 512 300] [--model body-region] [--repeats 3] [--threads 2]
+                             [--device cpu|cuda|auto]
 
 Prints, for a synthetic int16 CT of ``--size`` (x, y, z) voxels written as uncompressed NRRD:
 - end-to-end time (read, preprocess, predict + Grad-CAM, heatmap resampled onto the scan grid, write NRRD/PNG/JSON),
@@ -10,6 +11,8 @@ Prints, for a synthetic int16 CT of ``--size`` (x, y, z) voxels written as uncom
 - the heatmap's cost as a multiple of a plain forward pass on the same slice batch: our same-pass Grad-CAM
   (``explain/gradcam.py``) and MONAI's ``GradCAM`` in the same run (interleaved rounds, medians), with their ratio.
 Targets (2-core CPU): <= 3 s end to end, heatmap <= 1.2x a forward pass, peak memory <= 3x the input.
+On CUDA (``--device cuda``) the model runs on the GPU (reading, resampling and writing stay on the CPU) and the
+GPU's peak allocated memory is printed too.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="body-region", help="package id/path (default: bundled body-region)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--no-trust", action="store_true",
                     help="classify without the faithfulness score and uncertainty block (the figures before them)")
     args = ap.parse_args(argv)
@@ -82,7 +86,15 @@ def main(argv=None) -> int:
     from MedDeepRecogLib.explain.gradcam import explained_forward, plain_forward
     from MedDeepRecogLib.inference.classify import classify_scan, model_for, target_layer_of, write_outputs
     from MedDeepRecogLib.inference.model_input import slices_from_image
+    from MedDeepRecogLib.devices import resolve_device
     from MedDeepRecogLib.packages import load_package
+
+    device = str(resolve_device(args.device))
+    on_cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if on_cuda:
+            torch.cuda.synchronize()
 
     package = load_package(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="bench_classify_"))
@@ -95,7 +107,9 @@ def main(argv=None) -> int:
         # Warm-up on a small volume (torch kernels, model build, matplotlib import) so timings are steady state.
         small = tmp / "small.nrrd"
         sitk.WriteImage(synthetic_ct((64, 64, 8)), str(small), False)
-        write_outputs(classify_scan(small, package, device="cpu"), tmp / "warm")
+        write_outputs(classify_scan(small, package, device=device), tmp / "warm")
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats()
 
         stages: dict[str, list[float]] = {}
         totals, peaks = [], []
@@ -104,7 +118,7 @@ def main(argv=None) -> int:
             base_rss = proc_kb("VmRSS")
             can_peak = reset_peak()
             t = time.perf_counter()
-            result = classify_scan(scan, package, explain="gradcam", device="cpu",
+            result = classify_scan(scan, package, explain="gradcam", device=device,
                                    faithfulness=not args.no_trust, uncertainty="none" if args.no_trust else "auto")
             write_outputs(result, out)
             totals.append(time.perf_counter() - t)
@@ -119,9 +133,10 @@ def main(argv=None) -> int:
         image = sitk.ReadImage(str(scan))
         inp = slices_from_image(image, package.input_spec)
         del image
-        model = model_for(package, "cpu")
+        gpu_peak = torch.cuda.max_memory_allocated() if on_cuda else None
+        model = model_for(package, device)
         layer = target_layer_of(package, model)
-        x = torch.from_numpy(inp.x)
+        x = torch.from_numpy(inp.x).to(device)
         from monai.visualize import GradCAM
 
         monai_cam = GradCAM(nn_module=model, target_layers=layer)
@@ -132,15 +147,19 @@ def main(argv=None) -> int:
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(max(9, args.repeats * 5)):
             for k, fn in runs.items():
+                sync()
                 t = time.perf_counter()
                 fn()
+                sync()
                 times[k].append(time.perf_counter() - t)
         t_fwd, t_ours, t_monai = (statistics.median(times[k]) for k in ("fwd", "ours", "monai"))
         for p in model.parameters():
             p.grad = None
 
         print(f"classify benchmark: {package.id}@{package.version}, volume {args.size[0]}x{args.size[1]}x{args.size[2]} "
-              f"int16 ({input_bytes / 2**20:.0f} MiB), {torch.get_num_threads()} torch threads, best of {args.repeats}"
+              f"int16 ({input_bytes / 2**20:.0f} MiB), {device}"
+              f"{' (' + torch.cuda.get_device_name() + ')' if on_cuda else ''}, {torch.get_num_threads()} torch "
+              f"threads, best of {args.repeats}"
               + (", without faithfulness/uncertainty" if args.no_trust else ""))
         print(f"  end to end (read .. write): {min(totals):.2f} s   (target <= 3 s)  runs: "
               + ", ".join(f"{t:.2f}" for t in totals))
@@ -150,6 +169,8 @@ def main(argv=None) -> int:
                   f"(target <= 3x)")
         else:
             print("  peak memory: /proc/self/clear_refs not writable here; not measured")
+        if gpu_peak is not None:
+            print(f"  peak GPU memory allocated by classify: {gpu_peak / 2**20:.0f} MiB")
         print(f"  slice batch {tuple(x.shape)}, target layer {layer}; medians of {len(times['fwd'])} interleaved rounds")
         print(f"  plain forward      {t_fwd * 1e3:8.1f} ms  1.00x")
         print(f"  ours Grad-CAM      {t_ours * 1e3:8.1f} ms  {t_ours / t_fwd:.2f}x forward  (target <= 1.2x)")

@@ -1,6 +1,7 @@
 """Disease-model benchmark: what a radiologist waits for, and training throughput next to a plain MONAI loop.
 
     python bench/disease.py [--model brain-tumour-mri] [--threads 2] [--repeats 3] [--train-steps 20]
+                            [--device cpu|cuda|auto] [--data NPZ]
 
 Prints, on this machine, in one run:
 1. **One 512x512 slice** (the brain MR sample's tumour slice, resampled to 512x512 and written as a 2D NRRD):
@@ -15,6 +16,11 @@ Prints, on this machine, in one run:
    augmentation, channels-last) vs a plain MONAI-tutorial loop (``monai.data.Dataset`` with per-sample
    ``Compose`` of the same random transforms, a ``DataLoader``, default memory layout), interleaved, median of the
    rounds; the ratio is the figure to read (machines are noisy).
+
+On CUDA (``--device cuda``) parts 1 and 2 run the model there, and in part 3 both loops use fp16 mixed precision
+(ours through ``training/amp: auto``, the plain loop with ``torch.autocast`` + ``GradScaler`` as in MONAI's AMP
+tutorial); the GPU's busy share while each loop runs (NVML, ``gpu_monitor.py``) and its peak memory are printed.
+``--data`` points part 3 at another copy of the training file (a subset carried to a GPU machine).
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
+
+from gpu_monitor import GpuUtilisation
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedDeepRecog"))
@@ -64,7 +73,7 @@ def _best(fn, repeats: int) -> tuple[float, list[float]]:
     return min(times), times
 
 
-def bench_inference(model_id: str, repeats: int) -> None:
+def bench_inference(model_id: str, repeats: int, device: str = "cpu") -> None:
     import torch
 
     from MedDeepRecogLib.inference.classify import classify_scan, model_for, write_outputs
@@ -76,16 +85,16 @@ def bench_inference(model_id: str, repeats: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_disease_"))
     try:
         slice_path, vol_path = _sample_slices(tmp)
-        classify_scan(slice_path, package, device="cpu")  # load the model once (cached), as the worker does
-        best, runs = _best(lambda: classify_scan(slice_path, package, device="cpu", uncertainty="none"), repeats)
+        classify_scan(slice_path, package, device=device)  # load the model once (cached), as the worker does
+        best, runs = _best(lambda: classify_scan(slice_path, package, device=device, uncertainty="none"), repeats)
         print(f"1. one 512x512 slice, {package.id}@{package.version}: classify + Grad-CAM + faithfulness + domain "
               f"check {best:.3f} s (runs {', '.join(f'{t:.3f}' for t in runs)}); target <= 0.3 s")
-        best_w, runs_w = _best(lambda: write_outputs(classify_scan(slice_path, package, device="cpu",
+        best_w, runs_w = _best(lambda: write_outputs(classify_scan(slice_path, package, device=device,
                                                                    uncertainty="none"), tmp / "out1"), repeats)
         print(f"   with outputs written (NRRD, PNG, JSON): {best_w:.3f} s (runs {', '.join(f'{t:.3f}' for t in runs_w)})")
 
         def volume_run():
-            result = classify_scan(vol_path, package, device="cpu", uncertainty="none")
+            result = classify_scan(vol_path, package, device=device, uncertainty="none")
             write_outputs(result, tmp / "out2")
             return result
 
@@ -95,17 +104,25 @@ def bench_inference(model_id: str, repeats: int) -> None:
         print(f"2. 512x512x150 volume slice by slice ({len(result.per_slice)} slices classified): end to end "
               f"{best_v:.3f} s (runs {', '.join(f'{t:.3f}' for t in runs_v)}); stages of the last run: {stages}; "
               f"target <= 3 s")
-        model = model_for(package, "cpu")
-        x = torch.from_numpy(slices_from_image(read_image(vol_path), package.input_spec).x)
+        model = model_for(package, device)
+        x = torch.from_numpy(slices_from_image(read_image(vol_path), package.input_spec).x).to(device)
+
+        def forward():
+            model(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
         with torch.inference_mode():
-            fwd, _ = _best(lambda: model(x), repeats)
+            forward()
+            fwd, _ = _best(forward, repeats)
         print(f"   anchor: one plain forward pass over the same {len(x)} slices {fwd:.3f} s; end to end = "
               f"{best_v / fwd:.1f}x a forward pass")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
+def bench_training(config: Path, steps: int, rounds: int = 3, device: str = "cpu",
+                   data_path: Path | None = None) -> None:
     import torch
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose
@@ -121,11 +138,12 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
 
     register_training_blocks()  # the config's localisation block
     cfg = load_config(config)
-    data = load_train_val(cfg, resolve_data_path(cfg))
+    data = load_train_val(cfg, data_path or resolve_data_path(cfg))
     bs = int(cfg.training.batch_size)
     n = steps * bs
     x, y = data.train.images[:n], data.train.labels[:n]
     k = len(data.class_names)
+    utils: dict[str, str] = {}
 
     def ours() -> float:
         torch.manual_seed(0)
@@ -133,8 +151,10 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
         loader = make_loader(x, y, bs, shuffle=True, seed=0)
         val = make_loader(x[:bs], y[:bs], bs, shuffle=False)
         t = time.perf_counter()
-        fit_classifier(model, loader, val, FitConfig(loop=LoopConfig(epochs=1, device="cpu")),
-                       hooks=Hooks(augment=BatchAugment(cfg.augmentation, spatial_dims=2, seed=0)))
+        with GpuUtilisation(device) as util:  # amp "auto": mixed precision on CUDA
+            fit_classifier(model, loader, val, FitConfig(loop=LoopConfig(epochs=1, device=device)),
+                           hooks=Hooks(augment=BatchAugment(cfg.augmentation, spatial_dims=2, seed=0)))
+        utils["ours"] = util.summary()
         return len(x) / (time.perf_counter() - t)
 
     def plain() -> float:
@@ -146,14 +166,26 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
         ds = Dataset([{"x": x[i], "y": int(y[i])} for i in range(len(x))],
                      transform=lambda d: (torch.as_tensor(augment(d["x"])).as_subclass(torch.Tensor), d["y"]))
         loader = DataLoader(ds, batch_size=bs, shuffle=True, num_workers=0)
+        amp = device.startswith("cuda")  # the tutorial's AMP recipe on CUDA, as ours uses it there
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+        t = time.perf_counter()
+        model.to(device).train()
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         loss_fn = torch.nn.CrossEntropyLoss()
-        t = time.perf_counter()
-        model.train()
-        for xb, yb in loader:
-            opt.zero_grad()
-            loss_fn(model(xb.float()), torch.as_tensor(yb)).backward()
-            opt.step()
+        with GpuUtilisation(device) as util:
+            for xb, yb in loader:
+                xb, yb = xb.float().to(device), torch.as_tensor(yb).to(device)
+                opt.zero_grad()
+                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                    loss = loss_fn(model(xb), yb)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+        utils["plain"] = util.summary()
         return len(x) / (time.perf_counter() - t)
 
     a, b = [], []
@@ -162,9 +194,11 @@ def bench_training(config: Path, steps: int, rounds: int = 3) -> None:
         b.append(plain())
     ma, mb = statistics.median(a), statistics.median(b)
     print(f"3. training throughput, {cfg.id} network at {list(data.train.images.shape[2:])}, batch {bs}, "
-          f"{len(x)} images, {rounds} interleaved rounds: ours {ma:.1f} images/s "
+          f"{len(x)} images, {device}, {rounds} interleaved rounds: ours {ma:.1f} images/s "
           f"({', '.join(f'{v:.1f}' for v in a)}), plain MONAI-tutorial loop {mb:.1f} images/s "
           f"({', '.join(f'{v:.1f}' for v in b)}); ratio {ma / mb:.2f}x")
+    if device.startswith("cuda"):
+        print(f"   {device}, AMP (fp16) in both; last round: ours {utils['ours']}; plain {utils['plain']}")
 
 
 def main(argv=None) -> int:
@@ -177,13 +211,28 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=20, help="training batches per round (0: skip part 3)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--data", type=Path, default=None,
+                    help="training images for part 3 (default: the config's data path), e.g. a subset carried to a "
+                         "GPU machine")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CUDA {'yes' if torch.cuda.is_available() else 'no'}")
-    bench_inference(args.model, args.repeats)
+    from MedDeepRecogLib.devices import resolve_device
+
+    device = str(resolve_device(args.device))
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__}, {args.threads} thread(s), device {device} ({name})")
+    parts = [lambda: bench_inference(args.model, args.repeats, device)]
     if args.train_steps:
-        bench_training(Path(args.config), args.train_steps)
-    return 0
+        parts.append(lambda: bench_training(Path(args.config), args.train_steps, device=device, data_path=args.data))
+    failed = 0
+    for part in parts:  # a part that fails (a new device, say) is reported and the others still run
+        try:
+            part()
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+            failed += 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ contrast, noise, smoothing). They differ only in the data path:
 
 Data: the real TotalSegmentator CT examples in ``../shared/data`` (``example_ct_sm`` + the 20-slice DICOM series,
 converted once to NIfTI before timing, with their label maps; liver / spleen / kidneys), resampled to 1.5 mm. Prints samples/s of both, the ratio, the data-only
-rate of both loaders, and, on CUDA, the same with AMP.
+rate of both loaders, and, on CUDA, the same with AMP (there eager only, as ``auto`` runs it), with the GPU's busy
+share (NVML) and peak memory while each loop trains.
 
     python bench/finetune.py [--steps 4] [--threads 1] [--device cpu|cuda|auto] [--rounds 3]
 """
@@ -29,6 +30,8 @@ import json
 import os
 import time
 from pathlib import Path
+
+from gpu_monitor import GpuUtilisation
 
 
 SHARED = Path(os.environ.get("MEDDEEPRECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -146,8 +149,9 @@ def data_rate(loader_fn, steps: int) -> tuple[float, float]:
 
 
 def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: bool,
-               compile_step: bool = False) -> tuple[float, float, float]:
-    """(setup seconds, training samples/s over ``steps`` optimiser steps after one warm-up step, warm-up seconds).
+               compile_step: bool = False) -> tuple[float, float, float, str]:
+    """(setup seconds, training samples/s over ``steps`` optimiser steps after one warm-up step, warm-up seconds,
+    the GPU's busy share and peak memory over those steps (``gpu_monitor.py``; says so on the CPU)).
 
     ``channels_last``: the fine-tuning loop's memory layout (``torch.channels_last_3d``) for model and batches.
     ``compile_step``: the network compiled as the fine-tuning loop compiles it (the warm-up step compiles).
@@ -195,10 +199,11 @@ def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: boo
         torch.cuda.synchronize()
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    n = sum(step() for _ in range(steps))
+    with GpuUtilisation(device) as util:
+        n = sum(step() for _ in range(steps))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return setup, n / (time.perf_counter() - t0), warm
+    return setup, n / (time.perf_counter() - t0), warm, util.summary()
 
 
 def main() -> None:
@@ -240,10 +245,16 @@ def main() -> None:
         unet = monai_unet(1, len(CLASSES) + 1)
         auto = {n: decide_compile("auto", unet, torch.device(dev), n, False).compile for n in runs}
         for r in range(args.rounds):
-            _, plain, _ = train_rate(plain_loader, args.steps, dev, amp, channels_last=False)
-            _, eager, _ = train_rate(cached_loader, args.steps, dev, amp, channels_last=True)
-            _, fast, warm = train_rate(cached_loader, args.steps, dev, amp, channels_last=True, compile_step=True)
+            _, plain, _, util_plain = train_rate(plain_loader, args.steps, dev, amp, channels_last=False)
+            _, eager, _, util_eager = train_rate(cached_loader, args.steps, dev, amp, channels_last=True)
             eager_ratios.append(eager / plain)
+            if dev != "cpu":
+                # training/compile: auto compiles only on the CPU; the fine-tuning loop runs eager on CUDA
+                print(f"training {tag} round {r + 1}/{args.rounds}: plain MONAI-tutorial loop {plain:7.2f} samples/s "
+                      f"({util_plain}) | fine-tuning loop (cached + channels-last) {eager:7.2f} ({eager / plain:4.2f}x; "
+                      f"{util_eager})", flush=True)
+                continue
+            _, fast, warm, _ = train_rate(cached_loader, args.steps, dev, amp, channels_last=True, compile_step=True)
             compiled_ratios.append(fast / plain)
             whole = []
             for n in runs:
@@ -256,6 +267,8 @@ def main() -> None:
                   f"{fast:7.2f} ({fast / plain:4.2f}x), its first step (the compile) {warm:4.1f} s | whole runs: "
                   f"{'; '.join(whole)}", flush=True)
     for name, ratios in (("eager", eager_ratios), ("compiled", compiled_ratios)):
+        if not ratios:
+            continue
         print(f"fine-tuning loop {name}: smallest ratio over {len(ratios)} round(s) {min(ratios):.2f}x "
               f"(all: {', '.join(f'{v:.2f}' for v in ratios)})")
     print(json.dumps({"device": device, "threads": torch.get_num_threads(), "data_plain_patches_s": round(data_p, 3),

@@ -2,6 +2,7 @@
 
     python bench/preprocess.py                              # 256x256x128 phantom, 1 and 2 threads (~2 min)
     python bench/preprocess.py --size 512 512 300           # a whole CT: the <= 10 s target (~5 min)
+    python bench/preprocess.py --size 512 512 300 --gpu-only   # CUDA rows + the same-run CPU anchors only
 
 A CT-like phantom (X×Y×Z voxels, 1 mm, HU: air, fat, soft tissue, organs, lungs with vessels, bone) gets Gaussian
 noise (σ = 40 HU) and is rounded to int16, as a CT is stored. Every denoiser is timed (wall clock, after a warm-up)
@@ -12,6 +13,9 @@ with ``--threads`` (side by side: the 2-core scaling); the earlier whole-array t
 path) and the plain filter without the pair symmetry run on a central block of at most 256×256×64 voxels, to show
 what each lever buys.
 Where torch.cuda is available our filters are timed on the GPU too; on CPU-only machines those rows are skipped.
+``--gpu-only`` times only those rows and the CPU anchors of the same run (SimpleITK Bilateral and scikit-image NLM
+on the sub-volume), and sets them against the GPU's own memory-bound limit: BW_GPU / (n × 20 B) as below, with
+BW_GPU a 1 GiB device-to-device copy (read + write) timed in the same run.
 
 Per-stage profile (NLM and bilateral, 1 thread, on the block): mirror padding + accumulators, the kernel's three
 steps (``fused_denoise._slab_kernel``'s ``stages``: patch distances; weight + the centre's credit; the partner's
@@ -131,6 +135,62 @@ def stage_profile(x: np.ndarray, search: int | tuple[int, int, int], patch: int,
             "partner credit (symmetry)": max(kernel[7] - kernel[3], 0.0), "normalise": full["normalise"]}
 
 
+def gpu_bandwidth() -> float:
+    """Device-to-device copy bandwidth of the GPU in GB/s (1 GiB, bytes read + written, best of 5)."""
+    import torch
+
+    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(6):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def gpu_only(args, noisy, clean, sub, sigma_est, h, sigma_r, data_range, add, rows, cuda_rows) -> int:
+    """The CUDA rows of ``main`` with the same-run CPU anchors on the sub-volume, and the GPU's memory-bound limit."""
+    import SimpleITK as sitk
+    import torch
+    from skimage.restoration import denoise_nl_means
+
+    img_sub = sitk.GetImageFromArray(noisy[sub].astype(np.float32))
+    res, t = timed(sitk.Bilateral, img_sub, 1.0, sigma_r)
+    add("itk_bil", f"SimpleITK Bilateral σd=1 mm, σr=2σ (r=3), {args.threads} thr", "cpu", t, noisy[sub].size,
+        sitk.GetArrayFromImage(res), sub)
+    pad = 3 + 3
+    padded_sub = tuple(slice(max(s.start - pad, 0), s.stop + pad) for s in sub)
+    inner = tuple(slice(s.start - p.start, s.start - p.start + (s.stop - s.start)) for s, p in zip(sub, padded_sub))
+    region = noisy[padded_sub].astype(np.float32)
+    h_same = h * math.sqrt(8.0 / 27.0)  # the same weights as ours (see main)
+    out, t = timed(denoise_nl_means, region, patch_size=3, patch_distance=3, h=h_same, sigma=sigma_est,
+                   fast_mode=True, channel_axis=None)
+    add("sk7", "skimage fast NLM patch_size=3 (2³), 7³ (= ours), 1 thr", "cpu", t, region.size,
+        out[inner].astype(np.float32), sub)
+    cuda_rows()
+    if "nlm7_cuda" not in rows:
+        return 0
+    r = {k: v[0] for k, v in rows.items()}
+    p = {k: v[1] for k, v in rows.items()}
+    bw = gpu_bandwidth()
+    n_pairs = (7 ** 3 - 1) // 2
+    limit = bw * 1e9 / (n_pairs * BYTES_PER_OFFSET_STREAMED) / 1e6
+    print(f"\n# {torch.cuda.get_device_name()}: copy bandwidth {bw:.0f} GB/s; memory-bound limit of the per-offset "
+          f"formulation (the CUDA path) {bw:.0f} GB/s / ({n_pairs} × {BYTES_PER_OFFSET_STREAMED} B) = {limit:.0f} "
+          f"Mvox/s; ours NLM {r['nlm7_cuda']:.0f} Mvox/s = {100 * r['nlm7_cuda'] / limit:.0f} % of it")
+    ct = 512 * 512 * 300 / 1e6
+    print(f"ours NLM 2³/7³ on CUDA: {ct / r['nlm7_cuda']:.2f} s for a 512×512×300 CT at this rate; "
+          f"{r['nlm7_cuda'] / r['sk7']:.0f}x skimage fast NLM (1 CPU thread), PSNR {p['nlm7_cuda']:.2f} vs "
+          f"{p['sk7']:.2f} dB")
+    print(f"ours bilateral 7³ on CUDA: {ct / r['bil7_cuda']:.2f} s for a 512×512×300 CT; "
+          f"{r['bil7_cuda'] / r['itk_bil']:.0f}x SimpleITK Bilateral ({args.threads} CPU thr), PSNR "
+          f"{p['bil7_cuda']:.2f} vs {p['itk_bil']:.2f} dB")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2,
@@ -139,6 +199,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 128), metavar=("X", "Y", "Z"))
     parser.add_argument("--noise", type=float, default=40.0, help="noise sigma in HU")
     parser.add_argument("--skip-slow", action="store_true", help="skip SimpleITK PatchBasedDenoising")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the CUDA rows and the CPU anchors (SimpleITK Bilateral, scikit-image NLM)")
     args = parser.parse_args()
 
     import SimpleITK as sitk
@@ -195,6 +257,25 @@ def main() -> int:
         return mvox
 
     sigma_r = 2.0 * args.noise
+
+    def cuda_rows() -> None:
+        if not torch.cuda.is_available():
+            print("# no CUDA device: GPU timings skipped")
+            return
+        x = torch.from_numpy(noisy.astype(np.float32)).cuda()
+        for fn, kw, key, label in ((bilateral_filter, dict(sigma_spatial=1.0, sigma_range=sigma_r, truncate=2.5),
+                                    "bil7_cuda", "ours bilateral r=3 (7³)"),
+                                   (nlm_filter, dict(patch_size=2, search_radius=3, h=h, sigma=sigma_est),
+                                    "nlm7_cuda", "ours NLM patch 2³, search 7³")):
+            fn(x, **kw)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            y = fn(x, **kw)
+            torch.cuda.synchronize()
+            add(key, label, "cuda", time.perf_counter() - start, noisy.size, y.cpu().numpy()[sub], sub)
+
+    if args.gpu_only:
+        return gpu_only(args, noisy, clean, sub, sigma_est, h, sigma_r, data_range, add, rows, cuda_rows)
     bilateral_filter(noisy[:8, :64, :64], 1.0, sigma_r)  # warm-up (numba loads its cached kernels)
     nlm_filter(noisy[:8, :64, :64], patch_size=2, search_radius=3, sigma=args.noise)
     for n_threads in sorted({1, threads}):
@@ -279,20 +360,7 @@ def main() -> int:
     add("diffusion", "SimpleITK CurvatureAnisotropicDiffusion 5 it.", "cpu", t, block_f.size,
         sitk.GetArrayFromImage(res)[sub_in_block], sub_of_block)
 
-    if torch.cuda.is_available():
-        x = torch.from_numpy(noisy.astype(np.float32)).cuda()
-        for fn, kw, key, label in ((bilateral_filter, dict(sigma_spatial=1.0, sigma_range=sigma_r, truncate=2.5),
-                                    "bil7_cuda", "ours bilateral r=3 (7³)"),
-                                   (nlm_filter, dict(patch_size=2, search_radius=3, h=h, sigma=sigma_est),
-                                    "nlm7_cuda", "ours NLM patch 2³, search 7³")):
-            fn(x, **kw)
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            y = fn(x, **kw)
-            torch.cuda.synchronize()
-            add(key, label, "cuda", time.perf_counter() - start, noisy.size, y.cpu().numpy()[sub], sub)
-    else:
-        print("# no CUDA device: GPU timings skipped")
+    cuda_rows()
 
     print("\n# where the time goes: stage profile, 1 thread, on the block "
           f"{block_f.shape[::-1]} ({block_f.size / 1e6:.2f} Mvox)")
