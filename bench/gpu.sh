@@ -11,7 +11,8 @@
 # (BRAIN_DATA, default ../shared/data/brain_tumor_mri/brain_tumor_mri_trainval.npz) and the TotalSegmentator
 # examples (MEDDEEPRECOG_SHARED_DATA, default ../shared/data). CPU threads: BENCH_THREADS (default 2, so the
 # CPU-side stages compare with the 2-core CPU figures). QUICK=1 runs small sizes (a dry run of the script itself,
-# also on a CPU-only machine, where every bench falls back to the CPU).
+# also on a CPU-only machine, where every bench falls back to the CPU). PARTS picks some of: tests (the CUDA paths'
+# tests, Testing/Python/test_cuda_paths.py, skipped without CUDA) classify disease denoise finetune (default: all).
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -43,8 +44,15 @@ run() {
     echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 
-run classify python3 bench/classify.py --device "$device" --size $ct --repeats 3 --threads "$threads"
-run disease python3 bench/disease.py --device "$device" --threads "$threads" --repeats 3 --train-steps "$steps" \
-    --data "$brain"
-run denoise python3 bench/preprocess.py --gpu-only --size $ct --threads "$threads"
-run finetune python3 bench/finetune.py --device "$device" --steps "$fsteps" --rounds "$rounds" --threads "$threads"
+for part in ${PARTS:-tests classify disease denoise finetune}; do
+    case $part in
+    tests) run tests python3 -m pytest -q -p no:cacheprovider Testing/Python/test_cuda_paths.py ;;
+    classify) run classify python3 bench/classify.py --device "$device" --size $ct --repeats 3 --threads "$threads" ;;
+    disease) run disease python3 bench/disease.py --device "$device" --threads "$threads" --repeats 3 \
+        --train-steps "$steps" --data "$brain" ;;
+    denoise) run denoise python3 bench/preprocess.py --gpu-only --size $ct --threads "$threads" ;;
+    finetune) run finetune python3 bench/finetune.py --device "$device" --steps "$fsteps" --rounds "$rounds" \
+        --threads "$threads" ;;
+    *) echo "unknown part $part" ;;
+    esac
+done

@@ -36,6 +36,23 @@ FAITHFULNESS_STEPS = 5
 FAITHFULNESS_MAX_SLICES = 4
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def on_model_device(model: torch.nn.Module, forward):
+    """``forward`` for CPU tensors: inputs go to ``model``'s device, logits come back to the CPU.
+
+    The trust checks build their inputs, masks and orders on the CPU; classify may run the model on a GPU.
+    """
+    device = model_device(model)
+    if device.type == "cpu":
+        return forward
+    return lambda x: forward(x.to(device)).cpu()
+
+
 def _even_subset(indices: np.ndarray, n: int) -> np.ndarray:
     if len(indices) <= n:
         return indices
@@ -80,8 +97,10 @@ def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str 
             # forward and backward
             maps = scale_maps(torch.from_numpy(np.ascontiguousarray(result.feature_maps[idx])).float())
         else:
-            maps = explained_forward(model, xs, target_layer, method=method,
-                                     class_index=torch.full((len(idx),), target, dtype=torch.long)).maps.detach()
+            device = model_device(model)
+            maps = explained_forward(model, xs.to(device), target_layer, method=method,
+                                     class_index=torch.full((len(idx),), target, dtype=torch.long, device=device)
+                                     ).maps.detach().cpu()
         x = stack_as_sample(xs)                   # (1, C, S, H, W): the stack as one sample
         saliency = maps.float()[None]             # (1, S, h, w)
         forward: torch.nn.Module = SliceStackClassifier(model)
@@ -92,7 +111,7 @@ def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str 
         x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
         saliency = torch.from_numpy(np.ascontiguousarray(result.model_map, dtype=np.float32))[None]
         forward = model
-    scores = faithfulness_scores(forward, x, saliency, target, steps=steps, seed=seed)
+    scores = faithfulness_scores(on_model_device(model, forward), x, saliency, target, steps=steps, seed=seed)
     for key in ("deletion_curve", "insertion_curve"):
         scores[key] = [round(float(v), 4) for v in scores[key]]
     for key in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "score", "baseline"):
@@ -177,7 +196,7 @@ def scan_lesion_reliance(result: Any, model: torch.nn.Module, lesion: Any) -> di
         return None
     threshold = inp.foreground_threshold if inp.foreground_threshold is not None else 0.1
     body = x[rows, 0] > threshold
-    scores = lesion_reliance(model, x[rows], on_model[rows], body)
+    scores = lesion_reliance(on_model_device(model, model), x[rows], on_model[rows], body)
     for rec in scores["per_image"]:
         rec["slice_index"] = int(inp.slice_index[rows[rec.pop("image")]])
     return scores
@@ -213,13 +232,14 @@ def scan_uncertainty(result: Any, model: torch.nn.Module, meta: dict, mode: str 
                           "available; use --uncertainty tta")
     mc = {"mc-dropout": 20, "auto": 8 if (has_dropout and not slices) else 0}.get(mode, 0)
     tta = 8 if mode == "tta" else 0
-    x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
+    x = torch.from_numpy(np.ascontiguousarray(inp.x)).float().to(model_device(model))
     forward = model
     if slices:  # the stack is one sample; test-time augmentation flips each slice in-plane only
         x, forward = stack_as_sample(x), SliceStackClassifier(model, inp.valid)
     logits = None
     if raw_probabilities is not None:
-        logits = torch.log(torch.as_tensor(np.clip(raw_probabilities, 1e-12, 1.0), dtype=torch.float32))[None]
+        logits = torch.log(torch.as_tensor(np.clip(raw_probabilities, 1e-12, 1.0), dtype=torch.float32,
+                                           device=x.device))[None]
     out = classify_uncertainty(model.eval(), x, meta, logits=logits, forward=forward, mc_samples=mc, tta=tta,
                                spatial_dims=2 if slices else None)
     out["mode"] = mode if mode != "auto" else ("mc-dropout" if mc else "calibration")
