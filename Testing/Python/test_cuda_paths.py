@@ -92,3 +92,29 @@ def test_finetune_on_cuda_with_mixed_precision_writes_a_package_that_segments(tm
                  "--device", "cuda"]) == 0
     labelmap, grid, _ = read_segmentation(out)
     assert grid.GetSize() == sitk.ReadImage(str(data / "case2.nii.gz")).GetSize()
+
+
+def test_batch_augmentation_on_cuda_equals_the_cpu_one_and_training_runs_there():
+    from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.training.augment import BatchAugment
+    from MedDeepRecogLib.training.classification import fit_classifier, make_loader
+    from MedDeepRecogLib.training.loop import FitConfig, Hooks
+    from MedDeepRecogLib.training.sections import LoopConfig
+
+    spec = {"flip": {"prob": 0.5, "axes": [1]}, "rotate": {"prob": 0.7, "degrees": 15},
+            "zoom": {"prob": 0.6, "min": 0.85, "max": 1.2}, "noise": {"prob": 0.5, "std": 0.05},
+            "intensity_shift": {"prob": 0.5, "offset": 0.1}, "gamma": {"prob": 0.5, "min": 0.7, "max": 1.4}}
+    x = torch.rand(16, 1, 48, 48, generator=torch.Generator().manual_seed(0))
+    on_cpu = BatchAugment(spec, spatial_dims=2, seed=5)(x)
+    on_gpu = BatchAugment(spec, spatial_dims=2, seed=5)(x.cuda())
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
+
+    images = np.random.default_rng(0).random((64, 1, 32, 32), dtype=np.float32)
+    labels = np.arange(64) % 3
+    model = build_model("simple_cnn2d", in_channels=1, num_classes=3)
+    history = fit_classifier(model, make_loader(images, labels, 16, shuffle=True),
+                             make_loader(images[:16], labels[:16], 16, shuffle=False),
+                             FitConfig(loop=LoopConfig(epochs=2, device="cuda")),
+                             hooks=Hooks(augment=BatchAugment(spec, spatial_dims=2, seed=0)))
+    assert len(history.epochs) == 2 and all(np.isfinite(e["train_loss"]) for e in history.epochs)

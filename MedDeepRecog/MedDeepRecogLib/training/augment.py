@@ -106,7 +106,9 @@ class BatchAugment:
     """``augment(x)`` for a batch ``(B, C, *spatial)`` tensor (2 or 3 spatial dims); each sample gets its own draw.
 
     The random state is a numpy ``RandomState`` seeded with ``seed``; ``get_state``/``set_state`` let a checkpoint
-    resume the same stream. The input tensor is never modified.
+    resume the same stream. The input tensor is never modified. It runs on the batch's device (the training loop
+    augments on the GPU when it trains there); the draws, Gaussian noise included, are made on the CPU either way,
+    so a seed gives the same augmentation on every device.
     """
 
     def __init__(self, spec: Mapping[str, Any], spatial_dims: int, seed: int = 0):
@@ -149,11 +151,11 @@ class BatchAugment:
             idx = np.nonzero(noisy)[0]
             noise = torch.randn(out[idx].shape, generator=gen, dtype=torch.float32)
             out[idx] = out[idx] + (noise * torch.from_numpy(stds[idx]).float().view(-1, *[1] * (x.ndim - 1))
-                                   ).to(out.dtype)
+                                   ).to(out.device, out.dtype)
         shifted, offsets = self._draw(n, p.shift_prob), self.rng.uniform(-p.shift_offset, p.shift_offset, size=n)
         if shifted.any():
             idx = np.nonzero(shifted)[0]
-            out[idx] = out[idx] + torch.from_numpy(offsets[idx]).to(out.dtype).view(-1, *[1] * (x.ndim - 1))
+            out[idx] = out[idx] + torch.from_numpy(offsets[idx]).to(out.device, out.dtype).view(-1, *[1] * (x.ndim - 1))
         contrast, gammas = self._draw(n, p.gamma_prob), self.rng.uniform(*p.gamma_range, size=n)
         if contrast.any():
             idx = np.nonzero(contrast)[0]
@@ -161,7 +163,7 @@ class BatchAugment:
             flat = sub.reshape(len(idx), -1)
             lo = flat.min(dim=1).values.view(-1, *[1] * (x.ndim - 1))
             span = (flat.max(dim=1).values.view_as(lo) - lo)
-            g = torch.from_numpy(gammas[idx]).to(out.dtype).view_as(lo)
+            g = torch.from_numpy(gammas[idx]).to(out.device, out.dtype).view_as(lo)
             out[idx] = ((sub - lo) / (span + 1e-7)).pow(g) * span + lo
         return out
 
@@ -182,7 +184,7 @@ class BatchAugment:
             if zoom[i]:
                 m = m / factors[i]  # zoom > 1 magnifies: an output pixel reads nearer the centre
             theta[i, :, :d] = (m * half[None, :]) / half[:, None]
-        theta_t = torch.from_numpy(theta).to(torch.float32)
+        theta_t = torch.from_numpy(theta).to(x.device, torch.float32)
         grid = F.affine_grid(theta_t, list(x.shape), align_corners=False)
         out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return out.to(x.dtype)

@@ -18,8 +18,9 @@ What the loop owns, once for every task:
   returned weights use an exponential moving average of the weights and BatchNorm statistics), AMP on CUDA, device)
   plus the monitored metric, the seed and the checkpoint folder.
 - ``hooks`` (:class:`Hooks`), all optional:
-    * ``augment(batch) -> batch``: random augmentation of a training batch on the CPU (e.g.
-      :class:`.augment.BatchAugment`); its ``get_state``/``set_state`` go into the checkpoint.
+    * ``augment(batch) -> batch``: random augmentation of a training batch (e.g. :class:`.augment.BatchAugment`),
+      on the CPU, or on the GPU when training there (the batch is copied first); its ``get_state``/``set_state`` go
+      into the checkpoint.
     * ``batch_transform(model, batch, info) -> batch``: called on every training batch on the device right before
       the loss (``info`` = {"epoch", "step", "device"}); other parts put their own batch work here (adversarial
       examples come from ``robustness/``). The model is in train mode and is put back in train mode afterwards.
@@ -29,8 +30,9 @@ What the loop owns, once for every task:
     * ``on_epoch_end(record, model) -> bool | None``: called after validation and checkpointing; ``True`` stops.
     * ``should_stop() -> bool``: polled before every batch; ``True`` cancels at once.
 - ``progress(stage, fraction, **extra)`` (:class:`..progress.Progress` or any callable), on rank 0 only.
-- Order of a training step: augment, to the device, ``batch_transform``, forward and loss (autocast on CUDA with
-  AMP), a non-finite loss stops the run **before** any optimiser step, backward (gradient clipping), step, EMA.
+- Order of a training step: augment, to the device (on CUDA: to the device, then augment there), ``batch_transform``,
+  forward and loss (autocast on CUDA with AMP), a non-finite loss stops the run **before** any optimiser step,
+  backward (gradient clipping), step, EMA.
 
 With ``cfg.checkpoint_dir`` the loop writes ``last.pt`` after every epoch (model, optimiser, scheduler, history,
 best weights, EMA weights, the torch and loader random states, the augmentation state of ``hooks.augment`` and of
@@ -384,6 +386,8 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             if hooks.should_stop and hooks.should_stop():
                 history.stopped = "cancelled"
                 break
+            if device.type == "cuda":  # the copy first: the batch's augmentation runs on the GPU
+                batch = to_device(batch, device)
             if hooks.augment is not None:
                 batch = hooks.augment(batch)
             batch = to_device(batch, device, memory_format)
