@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_monitor import GpuUtilisation
+from gpu_monitor import GpuUtilisation, backward_and_step
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedDeepRecog"))
@@ -178,13 +178,7 @@ def bench_training(config: Path, steps: int, rounds: int = 3, device: str = "cpu
                 opt.zero_grad()
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                     loss = loss_fn(model(xb), yb)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                backward_and_step(loss, opt, scaler)
         utils["plain"] = util.summary()
         return len(x) / (time.perf_counter() - t)
 

@@ -31,7 +31,7 @@ import os
 import time
 from pathlib import Path
 
-from gpu_monitor import GpuUtilisation
+from gpu_monitor import GpuUtilisation, backward_and_step
 
 
 SHARED = Path(os.environ.get("MEDDEEPRECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -184,13 +184,7 @@ def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: boo
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             loss = loss_fn(net(x).float(), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        backward_and_step(loss, opt, scaler)
         return len(x)
 
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""GPU utilisation while a block of work runs, for the benches' CUDA rows.
+"""GPU utilisation while a block of work runs, and the AMP optimiser step, for the benches' CUDA rows.
 
     with GpuUtilisation("cuda") as util:
         train()
@@ -70,3 +70,15 @@ class GpuUtilisation:
                 else f"GPU utilisation not readable ({self.error or 'no samples'})")
         peak = f", peak memory {self.peak_bytes / 2**30:.2f} GiB" if self.peak_bytes is not None else ""
         return busy + peak
+
+
+def backward_and_step(loss, optimizer, scaler) -> None:
+    """Backward pass and optimiser step as MONAI's AMP tutorial does them: through the ``GradScaler`` when there is
+    one (fp16 on CUDA), plainly otherwise."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
