@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_monitor import synchronise
+
 
 def proc_kb(key: str) -> int:
     with open("/proc/self/status") as f:
@@ -92,10 +94,6 @@ def main(argv=None) -> int:
     device = str(resolve_device(args.device))
     on_cuda = device.startswith("cuda")
 
-    def sync() -> None:
-        if on_cuda:
-            torch.cuda.synchronize()
-
     package = load_package(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="bench_classify_"))
     try:
@@ -147,10 +145,10 @@ def main(argv=None) -> int:
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(max(9, args.repeats * 5)):
             for k, fn in runs.items():
-                sync()
+                synchronise(device)
                 t = time.perf_counter()
                 fn()
-                sync()
+                synchronise(device)
                 times[k].append(time.perf_counter() - t)
         t_fwd, t_ours, t_monai = (statistics.median(times[k]) for k in ("fwd", "ours", "monai"))
         for p in model.parameters():

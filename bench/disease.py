@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_monitor import GpuUtilisation, backward_and_step
+from gpu_monitor import GpuUtilisation, backward_and_step, synchronise
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedDeepRecog"))
@@ -109,8 +109,7 @@ def bench_inference(model_id: str, repeats: int, device: str = "cpu") -> None:
 
         def forward():
             model(x)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            synchronise(device)
 
         with torch.inference_mode():
             forward()

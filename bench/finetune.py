@@ -31,7 +31,7 @@ import os
 import time
 from pathlib import Path
 
-from gpu_monitor import GpuUtilisation, backward_and_step
+from gpu_monitor import GpuUtilisation, backward_and_step, synchronise
 
 
 SHARED = Path(os.environ.get("MEDDEEPRECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -189,14 +189,11 @@ def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: boo
 
     t0 = time.perf_counter()
     step()  # warm-up (allocator, cuDNN autotune, first-batch setup; the compile)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    synchronise(device)
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     with GpuUtilisation(device) as util:
-        n = sum(step() for _ in range(steps))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        n = sum(step() for _ in range(steps))  # leaving the block waits for the GPU
     return setup, n / (time.perf_counter() - t0), warm, util.summary()
 
 

@@ -1,4 +1,5 @@
-"""GPU utilisation while a block of work runs, and the AMP optimiser step, for the benches' CUDA rows.
+"""GPU utilisation while a block of work runs, the AMP optimiser step and the wait for queued GPU work, for the
+benches' CUDA rows.
 
     with GpuUtilisation("cuda") as util:
         train()
@@ -82,3 +83,11 @@ def backward_and_step(loss, optimizer, scaler) -> None:
     else:
         loss.backward()
         optimizer.step()
+
+
+def synchronise(device: str) -> None:
+    """Wait for the work queued on a CUDA ``device`` (a timer read before it would miss it); nothing on the CPU."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)

@@ -151,25 +151,43 @@ def gpu_bandwidth() -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
-def gpu_only(args, noisy, clean, sub, sigma_est, h, sigma_r, data_range, add, rows, cuda_rows) -> int:
-    """The CUDA rows of ``main`` with the same-run CPU anchors on the sub-volume, and the GPU's memory-bound limit."""
+def itk_bilateral_anchor(noisy: np.ndarray, sub, sigma_r: float, threads: int, add) -> None:
+    """SimpleITK's Bilateral (the same 7³ window as ours) on the sub-volume ``sub``: row ``itk_bil``."""
     import SimpleITK as sitk
-    import torch
+
+    res, t = timed(sitk.Bilateral, sitk.GetImageFromArray(noisy[sub].astype(np.float32)), 1.0, sigma_r)
+    add("itk_bil", f"SimpleITK Bilateral σd=1 mm, σr=2σ (r=3), {threads} thr", "cpu", t, noisy[sub].size,
+        sitk.GetArrayFromImage(res), sub)
+
+
+def skimage_nlm_anchor(noisy: np.ndarray, sub, sigma_est: float, add, key: str, patch_size: int, distance: int,
+                       h_sk: float, label: str) -> None:
+    """scikit-image's fast NLM on the sub-volume ``sub`` (padded by its reach, scored inside): row ``key``."""
     from skimage.restoration import denoise_nl_means
 
-    img_sub = sitk.GetImageFromArray(noisy[sub].astype(np.float32))
-    res, t = timed(sitk.Bilateral, img_sub, 1.0, sigma_r)
-    add("itk_bil", f"SimpleITK Bilateral σd=1 mm, σr=2σ (r=3), {args.threads} thr", "cpu", t, noisy[sub].size,
-        sitk.GetArrayFromImage(res), sub)
-    pad = 3 + 3
+    pad = distance + patch_size
     padded_sub = tuple(slice(max(s.start - pad, 0), s.stop + pad) for s in sub)
     inner = tuple(slice(s.start - p.start, s.start - p.start + (s.stop - s.start)) for s, p in zip(sub, padded_sub))
     region = noisy[padded_sub].astype(np.float32)
-    h_same = h * math.sqrt(8.0 / 27.0)  # the same weights as ours (see main)
-    out, t = timed(denoise_nl_means, region, patch_size=3, patch_distance=3, h=h_same, sigma=sigma_est,
-                   fast_mode=True, channel_axis=None)
-    add("sk7", "skimage fast NLM patch_size=3 (2³), 7³ (= ours), 1 thr", "cpu", t, region.size,
-        out[inner].astype(np.float32), sub)
+    out, t = timed(denoise_nl_means, region, patch_size=patch_size, patch_distance=distance, h=h_sk,
+                   sigma=sigma_est, fast_mode=True, channel_axis=None)
+    add(key, label, "cpu", t, region.size, out[inner].astype(np.float32), sub)
+
+
+def skimage_same_h(h: float) -> float:
+    """skimage's h giving our weights: its fast mode sums patch_size-1 voxels per axis (box from -offset exclusive to
+    +offset), so its patch_size=3 compares 2³ patches, the same work as our patch 2³; it divides that 2³ sum by
+    3³ h² where we divide by 2³ h², so its h = ours × sqrt(8/27) (it also drops weights below e^-5)."""
+    return h * math.sqrt(8.0 / 27.0)
+
+
+def gpu_only(args, noisy, sub, sigma_est, h, sigma_r, add, rows, cuda_rows) -> int:
+    """The CUDA rows of ``main`` with the same-run CPU anchors on the sub-volume, and the GPU's memory-bound limit."""
+    import torch
+
+    itk_bilateral_anchor(noisy, sub, sigma_r, args.threads, add)
+    skimage_nlm_anchor(noisy, sub, sigma_est, add, "sk7", 3, 3, skimage_same_h(h),
+                       "skimage fast NLM patch_size=3 (2³), 7³ (= ours), 1 thr")
     cuda_rows()
     if "nlm7_cuda" not in rows:
         return 0
@@ -205,7 +223,6 @@ def main() -> int:
 
     import SimpleITK as sitk
     import torch
-    from skimage.restoration import denoise_nl_means
 
     from MedDeepRecogLib.preprocessing.fast_denoise import (_symmetric_filter, bilateral_filter,
                                                              estimate_noise_sigma, nlm_filter)
@@ -275,7 +292,7 @@ def main() -> int:
             add(key, label, "cuda", time.perf_counter() - start, noisy.size, y.cpu().numpy()[sub], sub)
 
     if args.gpu_only:
-        return gpu_only(args, noisy, clean, sub, sigma_est, h, sigma_r, data_range, add, rows, cuda_rows)
+        return gpu_only(args, noisy, sub, sigma_est, h, sigma_r, add, rows, cuda_rows)
     bilateral_filter(noisy[:8, :64, :64], 1.0, sigma_r)  # warm-up (numba loads its cached kernels)
     nlm_filter(noisy[:8, :64, :64], patch_size=2, search_radius=3, sigma=args.noise)
     for n_threads in sorted({1, threads}):
@@ -285,10 +302,7 @@ def main() -> int:
         out, t = timed(bilateral_filter, noisy, 1.0, sigma_r, truncate=2.5, threads=n_threads)
         add(f"bil7_{n_threads}", f"ours bilateral r=3 (7³, ITK's window), {n_threads} thr", "cpu", t,
             noisy.size, out[sub], sub)
-    img_sub = sitk.GetImageFromArray(noisy[sub].astype(np.float32))
-    res, t = timed(sitk.Bilateral, img_sub, 1.0, sigma_r)
-    add("itk_bil", f"SimpleITK Bilateral σd=1 mm, σr=2σ (r=3), {threads} thr", "cpu", t, noisy[sub].size,
-        sitk.GetArrayFromImage(res), sub)
+    itk_bilateral_anchor(noisy, sub, sigma_r, threads, add)
     sig3 = np.array([1.0, 1.0, 1.0])
 
     def spatial(o):
@@ -324,19 +338,9 @@ def main() -> int:
     torch.set_num_threads(threads)
 
     def skimage_nlm(key: str, patch_size: int, distance: int, h_sk: float, label: str) -> None:
-        pad = distance + patch_size
-        padded_sub = tuple(slice(max(s.start - pad, 0), s.stop + pad) for s in sub)
-        inner = tuple(slice(s.start - p.start, s.start - p.start + (s.stop - s.start))
-                      for s, p in zip(sub, padded_sub))
-        region = noisy[padded_sub].astype(np.float32)
-        out, t = timed(denoise_nl_means, region, patch_size=patch_size, patch_distance=distance, h=h_sk,
-                       sigma=sigma_est, fast_mode=True, channel_axis=None)
-        add(key, label, "cpu", t, region.size, out[inner].astype(np.float32), sub)
+        skimage_nlm_anchor(noisy, sub, sigma_est, add, key, patch_size, distance, h_sk, label)
 
-    # skimage's fast mode sums patch_size-1 voxels per axis (box from -offset exclusive to +offset), so its
-    # patch_size=3 compares 2³ patches: the same work as our patch 2³. It divides that 2³ sum by 3³ h² where we
-    # divide by 2³ h², so its h = ours × sqrt(8/27) gives the same weights (it also drops weights below e^-5)
-    h_same = h * math.sqrt(8.0 / 27.0)
+    h_same = skimage_same_h(h)
     skimage_nlm("sk7", 3, 3, h_same, f"skimage fast NLM patch_size=3 (2³), 7³, h={h_same / sigma_est:.2f}σ (= ours)")
     skimage_nlm("sk7doc", 3, 3, 0.8 * sigma_est, "skimage fast NLM patch_size=3 (2³), 7³, h=0.8σ (its advice)")
     skimage_nlm("sk13", 5, 6, 0.8 * sigma_est, "skimage fast NLM patch_size=5 (4³), 13³, h=0.8σ")
