@@ -102,6 +102,22 @@ def scale_maps(cam: torch.Tensor) -> torch.Tensor:
     return flat.reshape(cam.shape)
 
 
+def _merge_flip_view(model: nn.Module, act: torch.Tensor, grad: torch.Tensor, n: int,
+                     input_ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model with a test-time flip (``flip_dims``, :class:`..models.ensemble.MeanEnsemble`) runs each input twice
+    in one batch, ``(2n, K, *spatial)``: the originals, then their mirror images. The mirror view's activation and
+    gradient are flipped back onto the input's orientation and joined as further channels ``(n, 2K, *spatial)``:
+    Grad-CAM of the view-averaged score, as the members of an ensemble are joined. The channel weights of both
+    methods are spatial sums, which a flip leaves unchanged, so the map of a mirrored input is the mirrored map."""
+    dims = tuple(getattr(model, "flip_dims", ()) or ())
+    if not dims or act.shape[0] != 2 * n:
+        return act, grad
+    if act.ndim != input_ndim:
+        raise ValueError(f"a test-time flip is explained on a layer laid out like the input; this one has shape "
+                         f"{tuple(act.shape)}")
+    return (torch.cat([act[:n], act[n:].flip(dims)], dim=1), torch.cat([grad[:n], grad[n:].flip(dims)], dim=1))
+
+
 def explained_forward(model: nn.Module, x: torch.Tensor, target_layer: str, *, method: str = "gradcam",
                       class_index: Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
                       score_weight: torch.Tensor | None = None, joint: bool = False,
@@ -180,6 +196,7 @@ def explained_forward(model: nn.Module, x: torch.Tensor, target_layer: str, *, m
     grad = grad_parts[0] if len(grad_parts) == 1 else torch.cat(grad_parts, dim=1)
     act = act.detach()
     n = logits.shape[0]
+    act, grad = _merge_flip_view(model, act, grad, n, x.ndim)
     if act.shape[0] != n and act.shape[0] % n == 0:
         # A per-slice encoder inside a sequence model (CNN-LSTM): activations are (N*Z, K, y, x); explain the
         # volume as one 3D map (N, K, Z, y, x) so weights and scaling are shared across its slices.

@@ -11,6 +11,14 @@ and picks its epoch there); the package stores all members in one weights file.
 Grad-CAM target: ``members.*.<member layer>`` — a pattern over every member's layer
 (:func:`..explain.gradcam.resolve_layers`); the members' activations are explained as one layer whose channels
 are all members' channels, which is exactly Grad-CAM of the averaged score.
+
+Test-time flip (``flip_axes``, from ``training/test_time_flip``): every member also sees the input mirrored along
+those spatial axes, in the same batch (``(2B, ...)``: the originals, then their mirror images), and the output
+averages the probabilities of both views. For a network trained with the same flips as augmentation this removes
+the left/right bias a single pass keeps. Grad-CAM merges the mirror view's activations, flipped back, as further
+channels (:func:`..explain.gradcam.explained_forward` reads :attr:`MeanEnsemble.flip_dims`), and the domain check
+scores the views' mean features (:func:`..uncertainty.domain.capture_features`), so both stay one map and one
+feature vector per input.
 """
 
 from __future__ import annotations
@@ -37,14 +45,22 @@ class MeanEnsemble(nn.Module):
         class_log_offsets: ``(num_classes,)`` log-odds offsets added to the log mean probabilities, renormalised:
             a prior shift fitted out of fold (``training/prior_shift``,
             :func:`..uncertainty.calibration.fit_class_offsets`). Stored in ``model.json``, not in the weights.
+        flip_axes: spatial axes (0 = the first spatial axis of ``(B, C, *spatial)``) along which the input is also
+            seen mirrored, probabilities averaged over both views (test-time flip, see the module docstring);
+            ``None`` or empty: one view. Stored in ``model.json``, not in the weights.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, member: str = "simple_cnn3d",
                  member_kwargs: dict[str, Any] | None = None, members: int = 3,
-                 class_log_offsets: list[float] | None = None):
+                 class_log_offsets: list[float] | None = None, flip_axes: list[int] | None = None):
         super().__init__()
         if int(members) < 1:
             raise ValueError(f"an ensemble needs at least one member, got {members}")
+        axes = sorted({int(a) for a in (flip_axes or [])})
+        if any(a < 0 or a > 2 for a in axes):
+            raise ValueError(f"flip_axes are spatial axes 0..2, got {list(flip_axes)!r}")
+        # tensor dimensions of (B, C, *spatial); () = no test-time flip
+        self.flip_dims: tuple[int, ...] = tuple(a + 2 for a in axes)
         kw = {**(member_kwargs or {}), "in_channels": in_channels, "num_classes": num_classes}
         self.members = nn.ModuleList(build_model(member, **kw) for _ in range(int(members)))
         self.register_buffer("class_log_offsets", None, persistent=False)
@@ -67,15 +83,35 @@ class MeanEnsemble(nn.Module):
             return log_p
         return torch.log_softmax(log_p + self.class_log_offsets.to(log_p.dtype), dim=-1)
 
+    @property
+    def views(self) -> int:
+        """How many views of each input a forward pass runs: 2 with a test-time flip, else 1."""
+        return 2 if self.flip_dims else 1
+
+    def _member_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """``(members, B, K)`` each member's log-probabilities, averaged over the views (one batch of ``views * B``
+        per member: the originals, then their mirror images)."""
+        b = x.shape[0]
+        if self.flip_dims:
+            if any(d >= x.ndim for d in self.flip_dims):
+                raise ValueError(f"test-time flip over dimensions {self.flip_dims} of an input of shape "
+                                 f"{tuple(x.shape)}")
+            x = torch.cat([x, x.flip(self.flip_dims)])
+        log_p = torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.members])
+        if self.flip_dims:
+            log_p = torch.logsumexp(log_p.reshape(len(self.members), 2, b, -1), dim=1) - math.log(2)
+        return log_p
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the member takes it (e.g. ``(B, C, Z, Y, X)``) -> ``(B, num_classes)`` log mean probabilities
-        (prior-shifted and renormalised when the ensemble has ``class_log_offsets``)."""
-        log_p = torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.members])
+        over members and views (prior-shifted and renormalised when the ensemble has ``class_log_offsets``)."""
+        log_p = self._member_log_probs(x)
         return self._shift(torch.logsumexp(log_p, dim=0) - math.log(len(self.members)))
 
     def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Each member's probabilities ``(members, B, K)``, with the ensemble's prior shift applied to each."""
-        return torch.stack([self._shift(torch.log_softmax(m(x), dim=-1)).exp() for m in self.members])
+        """Each member's probabilities ``(members, B, K)`` (averaged over the views), with the ensemble's prior
+        shift applied to each."""
+        return self._shift(self._member_log_probs(x)).exp()
 
 
 def _target(kw: dict) -> str:
@@ -86,5 +122,5 @@ def _target(kw: dict) -> str:
                 "seed ensemble: N independently trained copies of one architecture, mean probabilities")
 def ensemble(in_channels: int = 1, num_classes: int = 2, member: str = "simple_cnn3d",
              member_kwargs: dict[str, Any] | None = None, members: int = 3,
-             class_log_offsets: list[float] | None = None) -> MeanEnsemble:
-    return MeanEnsemble(in_channels, num_classes, member, member_kwargs, members, class_log_offsets)
+             class_log_offsets: list[float] | None = None, flip_axes: list[int] | None = None) -> MeanEnsemble:
+    return MeanEnsemble(in_channels, num_classes, member, member_kwargs, members, class_log_offsets, flip_axes)

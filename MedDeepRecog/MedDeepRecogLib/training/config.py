@@ -21,8 +21,10 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
                 folds: 0,                                 # K >= 2: a cross-validation ensemble (see training/train.py)
                 refit: 0,                                 # N >= 2 (with folds): the package is N members trained on
                                                           # the whole train split; the folds only estimate the recipe
-                prior_shift: none}                        # balanced_accuracy|accuracy (with folds): class offsets
+                prior_shift: none,                        # balanced_accuracy|accuracy (with folds): class offsets
                                                           # fitted out of fold (uncertainty/calibration.py)
+                test_time_flip: null}                     # [axes] (ensembles): the package also sees each input
+                                                          # mirrored along those spatial axes, probabilities averaged
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
     localisation: [{name, scan, lesion}, ...]            # heatmap scored on lesion labels (a block inference/localisation.py registers)
@@ -94,6 +96,9 @@ class TrainingConfig(LoopConfig):
     # out-of-fold estimate, then N members (seeds seed+K..) train on the whole train split and form the package
     prior_shift: Literal["none", "balanced_accuracy", "accuracy"] = "none"  # with folds: class log-odds offsets
     # fitted on the out-of-fold probabilities for that metric, applied by the packaged ensemble
+    test_time_flip: List(Annotated[NonNegInt, Field(le=2)], 1, 3) | None = None  # spatial axes (as augmentation/
+    # flip's) along which the packaged ensemble also sees each input mirrored, probabilities averaged
+    # (models/ensemble.py); the out-of-fold and val figures are of that averaged prediction
 
 
 AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
@@ -233,6 +238,19 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     if cfg.training.prior_shift != "none" and not folds:
         raise ConfigError("training/prior_shift is fitted on out-of-fold probabilities: it needs training/folds >= 2",
                           source)
+    if cfg.training.test_time_flip:
+        if not (folds or cfg.training.ensemble > 1):
+            raise ConfigError("training/test_time_flip is applied by an ensemble: it needs training/folds or "
+                              "training/ensemble", source)
+        flip = cfg.augmentation.get("flip")
+        trained = set() if flip is None else set(flip.get("axes", [0, 1, 2]))  # augment.py: no axes = every axis
+        unseen = sorted(set(cfg.training.test_time_flip) - {int(a) for a in trained})
+        if unseen:
+            raise ConfigError(f"training/test_time_flip axes {unseen} are not flipped by augmentation/flip: the "
+                              f"network would be asked about mirror images it never saw", source)
+        if cfg.data.size is not None and max(cfg.training.test_time_flip) >= len(cfg.data.size):
+            raise ConfigError(f"training/test_time_flip axes {cfg.training.test_time_flip} do not exist in "
+                              f"{len(cfg.data.size)}D images", source)
     if cfg.training.refit and cfg.training.monitor != "last":
         raise ConfigError("training/refit trains on every train case, so no split is left to select epochs on: set "
                           "training/monitor to last", source)

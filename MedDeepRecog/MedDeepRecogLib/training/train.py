@@ -115,7 +115,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
 - **Input**: {meta['input']['kind']}, size {meta['input'].get('size')}, {meta['input'].get('channels', 1)} channel(s);
   pipeline {json.dumps(meta['input'].get('pipeline'))}
 - **Data**: {p.get('data')} — {data_desc}
-{_selection_lines(history)}
+{_selection_lines(history)}{_test_time_flip_line(meta['architecture'])}
 {_use_lines(meta.get('use'), meta.get('explain'))}
 ## Validation metrics ({m.get('split', 'val')})
 | metric | value |
@@ -131,6 +131,17 @@ Confusion matrix (rows true, columns predicted; {', '.join(meta['class_names'])}
 ```
 seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p.get('dataset_fingerprint')}`.
 """
+
+
+def _test_time_flip_line(architecture: dict) -> str:
+    """The card's line on ``training/test_time_flip`` (empty without one), starting with a newline."""
+    axes = (architecture.get("kwargs") or {}).get("flip_axes")
+    if not axes:
+        return ""
+    return (f"\n- **Test-time flip** (`training/test_time_flip: {axes}`): every member also sees the image mirrored "
+            f"along spatial axis {' and '.join(str(a) for a in axes)}, and the probabilities are averaged over both "
+            f"views; the out-of-fold, validation and calibration figures are of that averaged prediction, and the "
+            f"heatmap joins both views (the mirror view flipped back).")
 
 
 def _use_lines(use: dict | None, explain: dict | None) -> str:
@@ -306,6 +317,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     if n_members > 1:
         arch = {"name": "ensemble", "kwargs": {"member": cfg.model.name, "member_kwargs": dict(cfg.model.kwargs),
                                                "members": n_members, "in_channels": channels, "num_classes": k}}
+        if cfg.training.test_time_flip:
+            arch["kwargs"]["flip_axes"] = sorted(int(a) for a in cfg.training.test_time_flip)
     attention = ["attention"] if cfg.model.name in ("cnn_lstm", "attention_cnn3d") and n_members == 1 else []
     meta = {"id": cfg.id, "version": version, "task": "classification", "description": cfg.description,
             "architecture": arch, "class_names": data.class_names,
@@ -362,7 +375,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             if history.stopped == "cancelled":
                 break
             if folds is not None and ctx.is_main:
-                oof[folds[i]] = predict_proba(fold_model.members[i], member_val, torch.device(ctx.device))[0]
+                oof[folds[i]] = predict_proba(_as_packaged(fold_model.members[i], arch), member_val,
+                                              torch.device(ctx.device))[0]
         history = EnsembleHistory(member_histories, seeds=[cfg.seed + i for i in range(len(member_histories))],
                                   folds=folds)
         if folds is not None and history.stopped != "cancelled" and ctx.is_main:
@@ -385,6 +399,18 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                               progress, extensions)
     finally:
         barrier(ctx)
+
+
+def _as_packaged(member, arch: dict):
+    """``member`` predicting as the package's ensemble will (with its test-time flip, ``flip_axes``): a one-member
+    ensemble around it, or the member itself without a flip. Out-of-fold figures are then of the packaged rule."""
+    if not arch["kwargs"].get("flip_axes"):
+        return member
+    from ..models import build_model
+
+    one = build_model("ensemble", **{**arch["kwargs"], "members": 1})
+    one.members[0] = member  # the freshly built member is replaced by the trained one
+    return one.to(next(member.parameters()).device)
 
 
 def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path, seed: int, resume: bool,

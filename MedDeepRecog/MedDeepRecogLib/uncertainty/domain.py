@@ -114,12 +114,21 @@ class FeatureStore:
 
 @contextlib.contextmanager
 def capture_features(model) -> Iterator[FeatureStore]:
-    """Collect the inputs of :func:`feature_layers` on every forward pass inside the ``with`` block."""
+    """Collect the inputs of :func:`feature_layers` on every forward pass inside the ``with`` block. A model that
+    runs several views of each input in one batch (a test-time flip, ``model.views``) gives each input the mean of
+    its views' features, so the check sees one vector per input whether or not the views are on."""
     layers = feature_layers(model)
     store = FeatureStore(len(layers))
+    views = int(getattr(model, "views", 1) or 1)
+
+    def keep(slot: int, features: torch.Tensor) -> None:
+        f = features.detach().flatten(1).float().cpu()
+        if views > 1:
+            f = f.reshape(views, -1, f.shape[1]).mean(dim=0)
+        store.parts[slot].append(f)
 
     def hook(slot: int):
-        return lambda _module, inputs, _output: store.parts[slot].append(inputs[0].detach().flatten(1).float().cpu())
+        return lambda _module, inputs, _output: keep(slot, inputs[0])
 
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
