@@ -354,3 +354,88 @@ def test_prior_shift_is_fitted_out_of_fold_and_applied_by_the_package(tmp_path):
     with pytest.raises(ConfigError, match="at most 4 classes; the data have 5"):
         run_training(config_from_dict(cfg), out=tmp_path / "five", package_dest=tmp_path / "cat")
     assert not (tmp_path / "five").exists()
+
+
+def _flip_ensemble(flip_axes) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("ensemble", in_channels=1, num_classes=3, member="evidence_cnn2d",
+                       member_kwargs={"channels": [4, 8, 8, 8]}, members=2, flip_axes=flip_axes).eval()
+
+
+def test_test_time_flip_averages_both_views_and_mirrors_the_heatmap():
+    """``flip_axes``: the output is the mean of the members' probabilities over the image and its mirror image;
+    Grad-CAM of a mirrored image is the mirrored map, and the domain features of both are the same."""
+    from MedDeepRecogLib.uncertainty.domain import capture_features
+
+    flipped, plain = _flip_ensemble([1]), _flip_ensemble(None)
+    assert flipped.views == 2 and flipped.flip_dims == (3,) and plain.views == 1
+    x = torch.rand(3, 1, 48, 40)
+    with torch.no_grad():
+        expected = (torch.softmax(plain(x), 1) + torch.softmax(plain(x.flip(3)), 1)) / 2
+        assert torch.allclose(torch.softmax(flipped(x), 1), expected, atol=1e-6)
+        assert torch.allclose(flipped(x), flipped(x.flip(3)), atol=1e-5)  # a mirror image gets the same answer
+        members = flipped.member_probabilities(x)
+        assert members.shape == (2, 3, 3) and torch.allclose(members.mean(0), expected, atol=1e-6)
+        assert (plain(x) - plain(x.flip(3))).abs().max() > 1e-5  # without the flip it would not
+    layer = "members.*.classmap"
+    for method in ("gradcam", "gradcampp"):
+        here = explained_forward(flipped, x, layer, method=method)
+        mirrored = explained_forward(flipped, x.flip(3), layer, method=method)
+        assert here.maps.shape == (3, 6, 5)  # one map per image, on the layer's grid (stride 8)
+        assert torch.allclose(mirrored.maps, here.maps.flip(2), atol=1e-4)
+        assert torch.equal(here.class_index, mirrored.class_index)
+    # the maps are not those of the original view alone: the mirror view's evidence is joined in
+    alone = explained_forward(plain, x, layer).maps
+    assert (alone - explained_forward(flipped, x, layer).maps).abs().max() > 1e-2
+    with capture_features(flipped) as a, torch.no_grad():
+        flipped(x)
+    with capture_features(flipped) as b, torch.no_grad():
+        flipped(x.flip(3))
+    assert a.array().shape == (3, 16) and np.allclose(a.array(), b.array(), atol=1e-5)
+
+
+def test_test_time_flip_is_refused_without_an_ensemble_or_mirror_augmentation(tmp_path, npz):
+    with pytest.raises(ConfigError, match="training/test_time_flip is applied by an ensemble"):
+        config_from_dict(_config(npz, training={"epochs": 1, "test_time_flip": [1]}))
+    with pytest.raises(ConfigError, match=r"axes \[1\] are not flipped by augmentation/flip"):
+        config_from_dict(_config(npz, augmentation={"flip": {"prob": 0.5, "axes": [0]}},
+                                 training={"epochs": 1, "folds": 2, "test_time_flip": [1]}))
+    with pytest.raises(ConfigError, match="not flipped by augmentation/flip"):  # probability 0 flips nothing
+        config_from_dict(_config(npz, training={"epochs": 1, "folds": 2, "test_time_flip": [1]}))
+    with pytest.raises(ConfigError, match="test_time_flip"):
+        config_from_dict(_config(npz, augmentation={"flip": {"prob": 0.5}},
+                                 training={"epochs": 1, "folds": 2, "test_time_flip": [5]}))
+    with pytest.raises(ConfigError, match="flip_axes are spatial axes"):
+        _flip_ensemble([3])
+
+
+def test_test_time_flip_is_packaged_and_its_figures_are_of_the_averaged_prediction(tmp_path, npz):
+    """``training/test_time_flip``: the package's ensemble flips, the out-of-fold figures are those of the fold
+    members with the flip, ``evaluate`` reproduces the val figures, and the card says so."""
+    from MedDeepRecogLib.training.data import load_train_val, stratified_folds
+    from MedDeepRecogLib.training.metrics import classification_metrics
+
+    cfg = config_from_dict(_config(npz, id="mirror", augmentation={"flip": {"prob": 0.5, "axes": [1]}},
+                                   training={"epochs": 2, "batch_size": 16, "folds": 2, "monitor": "last",
+                                             "test_time_flip": [1]}))
+    run = run_training(cfg, out=tmp_path / "mirror", package_dest=tmp_path / "cat")
+    pkg = load_package(run["package"])
+    assert pkg.meta["architecture"]["kwargs"]["flip_axes"] == [1]
+    model = pkg.build_model("cpu")
+    assert model.flip_dims == (3,)
+    data = load_train_val(cfg, npz)
+    x, y = torch.from_numpy(data.train.images), data.train.labels
+    oof = np.zeros((len(y), 2))
+    with torch.no_grad():  # without refit the package's members are the fold members
+        for member, held in zip(model.members, stratified_folds(y, 2, seed=0)):
+            views = [torch.softmax(member(x[held].flip(dims)), 1) for dims in ((), (3,))]
+            oof[held] = ((views[0] + views[1]) / 2).numpy()
+    cv = pkg.meta["metrics"]["cross_validation"]
+    by_hand = classification_metrics(y, oof)
+    assert cv["auc"] == pytest.approx(by_hand["auc"], abs=1e-5)
+    assert cv["accuracy"] == pytest.approx(by_hand["accuracy"], abs=1e-6)
+    val = evaluate_package(pkg.path, npz, split="val")
+    assert val["accuracy"] == pytest.approx(pkg.meta["metrics"]["accuracy"], abs=1e-6)
+    assert val["auc"] == pytest.approx(pkg.meta["metrics"]["auc"], abs=1e-6)
+    card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Test-time flip" in card and "test_time_flip: [1]" in card

@@ -243,7 +243,8 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
             raise ConfigError("training/test_time_flip is applied by an ensemble: it needs training/folds or "
                               "training/ensemble", source)
         flip = cfg.augmentation.get("flip")
-        trained = set() if flip is None else set(flip.get("axes", [0, 1, 2]))  # augment.py: no axes = every axis
+        # augment.py's defaults: probability 0.5, every axis
+        trained = set() if flip is None or float(flip.get("prob", 0.5)) <= 0 else set(flip.get("axes", [0, 1, 2]))
         unseen = sorted(set(cfg.training.test_time_flip) - {int(a) for a in trained})
         if unseen:
             raise ConfigError(f"training/test_time_flip axes {unseen} are not flipped by augmentation/flip: the "
