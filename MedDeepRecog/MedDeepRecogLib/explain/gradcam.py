@@ -151,10 +151,13 @@ def explained_forward(model: nn.Module, x: torch.Tensor, target_layer: str, *, m
             # only the layers after it (nothing upstream is kept for backward, no parameter gets a gradient).
             act = _activation_tensor(output).detach().requires_grad_(True)
             kept[slot].append(act)
+            # The network goes on with a copy: an in-place op after the layer (an in-place ReLU) may change it,
+            # never the kept activation, and the gradient still reaches the activation through the copy.
+            flowing = act.clone()
             if isinstance(output, torch.Tensor):
-                return act
+                return flowing
             items = list(output)
-            items[next(i for i, v in enumerate(items) if isinstance(v, torch.Tensor))] = act
+            items[next(i for i, v in enumerate(items) if isinstance(v, torch.Tensor))] = flowing
             return type(output)(items) if isinstance(output, tuple) else items
         return hook
 

@@ -164,12 +164,30 @@ _MODEL_CACHE: dict[tuple, Any] = {}
 
 def model_for(package, device: str):
     """The package's network on ``device`` in eval mode, built once per package and device (batch runs of one
-    package reuse it; asking for another package frees the previous one)."""
+    package reuse it; asking for another package frees the previous one), fused for inference
+    (:func:`..models.eval_fusion.fuse_for_inference`: batch norms folded into their convolutions, in-place ReLUs;
+    the same outputs with less memory traffic; this model only predicts, it never trains)."""
+    from ..models.eval_fusion import fuse_for_inference
+
     key = (str(package.path), package.meta["weights"]["sha256"], device)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # keep one model: batch runs use one package
-        _MODEL_CACHE[key] = package.build_model(device)
+        model = package.build_model(device).eval()
+        fuse_for_inference(model, keep=_explained_layers(model, package))
+        _MODEL_CACHE[key] = model
     return _MODEL_CACHE[key]
+
+
+def _explained_layers(model, package) -> list:
+    """The modules the package's Grad-CAM target layer names (none when it names none, or nothing that exists:
+    classify reports that itself)."""
+    from ..explain.gradcam import resolve_layers
+
+    layer = (package.meta.get("explain") or {}).get("target_layer")
+    try:
+        return [m for _, m in resolve_layers(model, layer)] if layer else []
+    except KeyError:
+        return []
 
 
 def as_package(package):
