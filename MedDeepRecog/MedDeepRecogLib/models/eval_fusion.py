@@ -3,11 +3,11 @@ follows, and the ReLUs of MONAI's conv blocks made in-place. For inference only 
 
 In eval mode a batch norm is a fixed per-channel affine map, so ``bn(conv(x))`` equals one convolution with scaled
 weights and a shifted bias (``torch.nn.utils.fusion.fuse_conv_bn_eval`` computes them). Folding removes a
-memory-bound pass over every activation map: measured on this project's bundled 2D ensembles on 2 threads (a batch
-of 8 at 128x128, best of 7), folding made the class-evidence network of breast-us-lesion 1.37x faster (0.207 ->
-0.151 s) and the lung CNN 1.32x, the brain ResNets (whose ReLUs are in-place already) about the same;
-log-probabilities moved by at most 2e-6. The in-place ReLU then saves a second full-size pass: 0.151 -> 0.102 s and
-0.073 -> 0.046 s. ``bench/disease.py`` prints the figures of the whole classify path.
+memory-bound pass over every activation map, and an in-place ReLU a second one. ``bench/disease.py`` prints one
+forward pass over 38 slices fused against the network as built, in one run: on 2 threads (2026-12-04) the
+class-evidence ensembles of breast-us-lesion 1.60x (1.3.0) and 1.79x (1.2.0) faster, the brain ResNets, whose ReLUs
+are in-place already, 1.03x and 1.10x. Every bundled package still classifies as recorded in
+``Testing/Data/bundled_scores.json`` (probabilities within 1e-6).
 
 Only pairs whose order is certain are folded: a MONAI ``Convolution`` whose ``adn`` block starts with its norm
 (dropouts before it are identities in eval mode), the ``conv<i>``/``bn<i>`` pairs of MONAI's ResNet stem and blocks
@@ -31,8 +31,9 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _foldable(conv: nn.Module, norm: nn.Module, keep: set[int]) -> bool:
-    return (id(conv) not in keep and type(conv) in _CONVS and isinstance(norm, _NORMS) and norm.running_mean is not None
-            and norm.running_var is not None and conv.out_channels == norm.num_features)
+    return (id(conv) not in keep and type(conv) in _CONVS and isinstance(norm, _NORMS)
+            and norm.running_mean is not None and norm.running_var is not None
+            and conv.out_channels == norm.num_features)
 
 
 def _folded(conv: nn.Module, norm: nn.Module) -> nn.Module:
