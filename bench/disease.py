@@ -73,6 +73,19 @@ def _best(fn, repeats: int) -> tuple[float, list[float]]:
     return min(times), times
 
 
+def _forward_seconds(model, x, device: str, repeats: int) -> float:
+    """Best of ``repeats`` forward passes of ``model`` over ``x`` (after one warm-up), device work included."""
+    import torch
+
+    def forward():
+        model(x)
+        synchronise(device)
+
+    with torch.inference_mode():
+        forward()
+        return _best(forward, repeats)[0]
+
+
 def bench_inference(model_id: str, repeats: int, device: str = "cpu") -> None:
     import torch
 
@@ -104,28 +117,12 @@ def bench_inference(model_id: str, repeats: int, device: str = "cpu") -> None:
         print(f"2. 512x512x150 volume slice by slice ({len(result.per_slice)} slices classified): end to end "
               f"{best_v:.3f} s (runs {', '.join(f'{t:.3f}' for t in runs_v)}); stages of the last run: {stages}; "
               f"target <= 3 s")
-        model = model_for(package, device)
         x = torch.from_numpy(slices_from_image(read_image(vol_path), package.input_spec).x).to(device)
-
-        def forward():
-            model(x)
-            synchronise(device)
-
-        with torch.inference_mode():
-            forward()
-            fwd, _ = _best(forward, repeats)
+        # classify's network is fused for inference (models/eval_fusion.py); the network as built runs beside it
+        fwd = _forward_seconds(model_for(package, device), x, device, repeats)
         print(f"   anchor: one plain forward pass over the same {len(x)} slices {fwd:.3f} s; end to end = "
               f"{best_v / fwd:.1f}x a forward pass")
-        # classify's network is fused for inference (models/eval_fusion.py); the network as built, same slices
-        built = package.build_model(device).eval()
-
-        def forward_built():
-            built(x)
-            synchronise(device)
-
-        with torch.inference_mode():
-            forward_built()
-            fwd_built, _ = _best(forward_built, repeats)
+        fwd_built = _forward_seconds(package.build_model(device).eval(), x, device, repeats)
         print(f"   the same pass without inference fusion (batch norms unfolded, ReLUs not in place): "
               f"{fwd_built:.3f} s; fused {fwd_built / fwd:.2f}x faster")
     finally:
