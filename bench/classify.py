@@ -138,7 +138,9 @@ def main(argv=None) -> int:
         from monai.visualize import GradCAM
 
         monai_cam = GradCAM(nn_module=model, target_layers=layer)
+        built = package.build_model(device).eval()  # the network as built, without classify's inference fusion
         runs = {"fwd": lambda: plain_forward(model, x),
+                "fwd_built": lambda: plain_forward(built, x),
                 "ours": lambda: explained_forward(model, x, layer, method="gradcam"),
                 "monai": lambda: monai_cam(x)}
         # Interleaved rounds, median per method: on a shared machine, back-to-back blocks see different loads.
@@ -170,7 +172,9 @@ def main(argv=None) -> int:
         if gpu_peak is not None:
             print(f"  peak GPU memory allocated by classify: {gpu_peak / 2**20:.0f} MiB")
         print(f"  slice batch {tuple(x.shape)}, target layer {layer}; medians of {len(times['fwd'])} interleaved rounds")
-        print(f"  plain forward      {t_fwd * 1e3:8.1f} ms  1.00x")
+        print(f"  plain forward      {t_fwd * 1e3:8.1f} ms  1.00x  (classify's network, fused for inference)")
+        t_built = statistics.median(times["fwd_built"])
+        print(f"  as built, unfused  {t_built * 1e3:8.1f} ms  {t_built / t_fwd:.2f}x forward")
         print(f"  ours Grad-CAM      {t_ours * 1e3:8.1f} ms  {t_ours / t_fwd:.2f}x forward  (target <= 1.2x)")
         print(f"  MONAI GradCAM      {t_monai * 1e3:8.1f} ms  {t_monai / t_fwd:.2f}x forward")
         print(f"  MONAI / ours       {t_monai / t_ours:.2f}x")
