@@ -34,24 +34,23 @@ def figures(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> di
     return out
 
 
-def probabilities(model: torch.nn.Module, images: np.ndarray, flip_dims: tuple[int, ...],
-                  batch: int = 64) -> np.ndarray:
-    """``(N, K)`` softmax of ``model`` on ``images`` ``(N, C, H, W)``, averaged with the images mirrored along
-    ``flip_dims`` when given."""
-    out = []
+def probabilities(model: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """``(N, K)`` softmax of ``model`` on ``images`` ``(N, C, H, W)``."""
     with torch.no_grad():
-        for start in range(0, len(images), batch):
-            x = torch.from_numpy(images[start:start + batch])
-            p = torch.softmax(model(x), 1)
-            if flip_dims:
-                p = (p + torch.softmax(model(x.flip(flip_dims)), 1)) / 2
-            out.append(p.numpy())
-    return np.concatenate(out)
+        return np.concatenate([torch.softmax(model(torch.from_numpy(images[i:i + batch])), 1).numpy()
+                               for i in range(0, len(images), batch)])
+
+
+def with_views(model: torch.nn.Module, flip_dims: tuple[int, ...]) -> torch.nn.Module:
+    """The ensemble ``model`` with its test-time flip set to ``flip_dims`` (``()``: the image alone)."""
+    model.flip_dims = flip_dims
+    return model
 
 
 def main() -> None:
     import MedDeepRecogLib.inference.localisation  # noqa: F401  (registers the config's localisation block)
     from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.models.ensemble import ensemble_around
     from MedDeepRecogLib.packages import load_package
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
     from MedDeepRecogLib.training.data import load_eval_split, load_train_val, stratified_folds
@@ -80,9 +79,10 @@ def main() -> None:
         state = torch.load(Path(args.run) / "checkpoints" / f"member{i + 1}" / "last.pt", map_location="cpu",
                            weights_only=True)["model"]
         member.load_state_dict(state)
-        member.eval()
+        scored = ensemble_around(member, in_channels=kwargs["in_channels"], num_classes=kwargs["num_classes"],
+                                 member=cfg.model.name, member_kwargs=dict(cfg.model.kwargs), flip_axes=axes).eval()
         for views in oof:
-            oof[views][held] = probabilities(member, data.train.images[held], views)
+            oof[views][held] = probabilities(with_views(scored, views), data.train.images[held])
     print(f"{cfg.id}: {len(folds)} group-aware folds, n={len(data.train)}, flip axes {axes}")
     rows = [("out of fold, image alone", figures(data.train.labels, oof[()], names)),
             ("out of fold, with its mirror", figures(data.train.labels, oof[dims], names))]
@@ -93,11 +93,10 @@ def main() -> None:
                               slices=pkg.input_spec.get("slices"))
         model = pkg.build_model("cpu")
         packaged = tuple(getattr(model, "flip_dims", ()))
-        model.flip_dims = ()  # the members alone; the views are taken below
-        rows += [(f"val {pkg.id}@{pkg.version}, image alone", figures(val.labels, probabilities(model, val.images, ()),
-                                                                      names)),
+        rows += [(f"val {pkg.id}@{pkg.version}, image alone",
+                  figures(val.labels, probabilities(with_views(model, ()), val.images), names)),
                  (f"val {pkg.id}@{pkg.version}, with its mirror",
-                  figures(val.labels, probabilities(model, val.images, dims), names))]
+                  figures(val.labels, probabilities(with_views(model, dims), val.images), names))]
         print(f"package flip dims {packaged or 'none'}; val n={len(val)}")
     keys = list(rows[0][1])
     print(f"{'':42s}" + "".join(f"{k:>19s}" for k in keys))

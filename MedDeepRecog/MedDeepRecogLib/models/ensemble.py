@@ -114,6 +114,15 @@ class MeanEnsemble(nn.Module):
         return self._shift(self._member_log_probs(x)).exp()
 
 
+def ensemble_around(trained: nn.Module, /, **ensemble_kwargs: Any) -> MeanEnsemble:
+    """A one-member :class:`MeanEnsemble` around the ``trained`` member, with the ensemble settings
+    ``ensemble_kwargs`` (the package's architecture kwargs, e.g. its ``flip_axes``): the member predicting as the
+    package's ensemble does (out-of-fold figures of a test-time flip)."""
+    one = MeanEnsemble(**{**ensemble_kwargs, "members": 1})
+    one.members[0] = trained  # the freshly built member is replaced by the trained one
+    return one
+
+
 def _target(kw: dict) -> str:
     return "members.*." + default_target_layer(kw.get("member", "simple_cnn3d"), **(kw.get("member_kwargs") or {}))
 

@@ -90,6 +90,12 @@ class _Spec:
                                     self.shift_prob, self.gamma_prob))
 
 
+def flipped_axes(spec: Mapping[str, Any] | None, spatial_dims: int) -> set[int]:
+    """The spatial axes ``spec``'s ``flip`` block mirrors with a probability above 0 (its defaults included)."""
+    parsed = _Spec(spec, spatial_dims)
+    return set(parsed.flip_axes) if parsed.flip_prob > 0 else set()
+
+
 def _rotation(angles: np.ndarray, spatial_dims: int) -> np.ndarray:
     """Rotation matrix in (x, y[, z]) order (the order ``affine_grid`` uses) for one angle (2D) or three (3D)."""
     if spatial_dims == 2:

@@ -242,10 +242,10 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
         if not (folds or cfg.training.ensemble > 1):
             raise ConfigError("training/test_time_flip is applied by an ensemble: it needs training/folds or "
                               "training/ensemble", source)
-        flip = cfg.augmentation.get("flip")
-        # augment.py's defaults: probability 0.5, every axis
-        trained = set() if flip is None or float(flip.get("prob", 0.5)) <= 0 else set(flip.get("axes", [0, 1, 2]))
-        unseen = sorted(set(cfg.training.test_time_flip) - {int(a) for a in trained})
+        from .augment import flipped_axes
+
+        dims = len(cfg.data.size) if cfg.data.size is not None else 3
+        unseen = sorted(set(cfg.training.test_time_flip) - flipped_axes(cfg.augmentation, dims))
         if unseen:
             raise ConfigError(f"training/test_time_flip axes {unseen} are not flipped by augmentation/flip: the "
                               f"network would be asked about mirror images it never saw", source)

@@ -279,6 +279,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     import torch
 
     from ..models import build_model, default_target_layer
+    from ..models.ensemble import ensemble_around
     from ..packages import next_version, user_models_dir
     from ..packages.package import validate_meta
     from ..uncertainty.calibration import PRIOR_SHIFT_MAX_CLASSES
@@ -375,8 +376,10 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             if history.stopped == "cancelled":
                 break
             if folds is not None and ctx.is_main:
-                oof[folds[i]] = predict_proba(_as_packaged(fold_model.members[i], arch), member_val,
-                                              torch.device(ctx.device))[0]
+                # scored as the package predicts: with its test-time flip when it has one
+                member = fold_model.members[i]
+                scored = ensemble_around(member, **arch["kwargs"]) if arch["kwargs"].get("flip_axes") else member
+                oof[folds[i]] = predict_proba(scored, member_val, torch.device(ctx.device))[0]
         history = EnsembleHistory(member_histories, seeds=[cfg.seed + i for i in range(len(member_histories))],
                                   folds=folds)
         if folds is not None and history.stopped != "cancelled" and ctx.is_main:
@@ -399,18 +402,6 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                               progress, extensions)
     finally:
         barrier(ctx)
-
-
-def _as_packaged(member, arch: dict):
-    """``member`` predicting as the package's ensemble will (with its test-time flip, ``flip_axes``): a one-member
-    ensemble around it, or the member itself without a flip. Out-of-fold figures are then of the packaged rule."""
-    if not arch["kwargs"].get("flip_axes"):
-        return member
-    from ..models import build_model
-
-    one = build_model("ensemble", **{**arch["kwargs"], "members": 1})
-    one.members[0] = member  # the freshly built member is replaced by the trained one
-    return one.to(next(member.parameters()).device)
 
 
 def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path, seed: int, resume: bool,
