@@ -50,6 +50,29 @@ def test_brain_slice_model_with_every_trust_check_on_cuda_matches_cpu():
     assert abs(gpu.uncertainty["predictive_entropy"] - cpu.uncertainty["predictive_entropy"]) < 0.02
 
 
+@pytest.mark.parametrize("model_id,sample", [("breast-us-lesion", "mr"), ("lung-ct-cancer", "ct")])
+def test_mirrored_ensembles_fused_for_inference_on_cuda_match_cpu(tmp_path, model_id, sample):
+    """The newest breast and lung packages (test-time flip, batch norms folded by classify) on one 2D slice. The
+    slices are outside both models' domains, which does not matter here: the probabilities, heatmap and domain
+    distance are still computed, and must agree between the devices."""
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.resources import sample_path
+
+    if sample == "mr":
+        image = sitk.ReadImage(str(sample_path("brain1_mr.nrrd")))[:, :, 12]
+    else:
+        ct = sitk.ReadImage(str(sample_path("abdomen_ct.nii.gz")))
+        image = ct[:, :, ct.GetSize()[2] // 2]
+    scan = tmp_path / "slice.nrrd"
+    sitk.WriteImage(image, str(scan))
+    cpu, gpu = _both(scan, load_package(model_id))
+    np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=0.02)
+    assert gpu.decision["top_class"] == cpu.decision["top_class"]
+    assert gpu.decision["domain"]["slices_in_domain"] == cpu.decision["domain"]["slices_in_domain"]
+    assert _heat_correlation(cpu, gpu) > 0.99
+    assert abs(gpu.explain["faithfulness"]["score"] - cpu.explain["faithfulness"]["score"]) < 0.05
+
+
 @pytest.mark.parametrize("mode", ["mc-dropout", "tta"])
 def test_volume_model_uncertainty_on_cuda_matches_cpu(tmp_path, mode):
     from tiny_test_package import make_tiny_package
