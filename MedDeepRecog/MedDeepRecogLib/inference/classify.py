@@ -23,7 +23,7 @@ from ..io import atomic_output, atomic_write_json, image_notes, read_image, vali
 from ..io.geometry import Geometry, lps_view
 from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, nearest_axial_slice,
-                          slices_from_image, volume_from_image)
+                          slices_from_image, volume_from_image, whole_image_is_body)
 from .predict import decide, predict_slices, predict_volume
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         if slice_mm is not None:
             k, position = nearest_axial_slice(prepared, slice_mm)
             chosen_slice = {"index": k, "position_mm": round(position, 3), "requested_mm": float(slice_mm)}
-        inp = slices_from_image(prepared, spec, only_slice=None if chosen_slice is None else chosen_slice["index"])
+        inp = slices_from_image(prepared, spec, only_slice=None if chosen_slice is None else chosen_slice["index"],
+                                whole_image_body=whole_image_is_body(package.meta.get("modality")))
     elif kind in ("volume3d", "roi3d"):
         if image.GetSize()[2] < 2:
             raise InputImageError(f"model {package.id} needs a volume, but the scan has a single slice "

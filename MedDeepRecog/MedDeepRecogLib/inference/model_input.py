@@ -71,6 +71,7 @@ class SliceInput:
     display: np.ndarray
     extent_mm: np.ndarray | None = None
     foreground_threshold: float | None = None  # the package's body threshold on ``display`` (``None``: default)
+    whole_image_is_body: bool = False  # ultrasound: every pixel is tissue (see :func:`whole_image_is_body`)
 
 
 @dataclass
@@ -120,10 +121,20 @@ def nearest_axial_slice(image: sitk.Image, superior_mm: float) -> tuple[int, flo
     return k, float(s[k])
 
 
-def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: int | None = None) -> SliceInput:
+def whole_image_is_body(modality: str | None) -> bool:
+    """Whether every pixel of a ``modality`` image lies in the body. True for ultrasound (``US``): the image shows
+    only what lies under the transducer, and dark there is anechoic or shadowed tissue (a cyst, a mass, its
+    posterior acoustic shadow), not air, so no intensity threshold may tell body from background: one would clear
+    the heatmap on the very lesion, and more so where its shadow reaches the image edge."""
+    return str(modality or "").upper() == "US"
+
+
+def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: int | None = None, *,
+                      whole_image_body: bool = False) -> SliceInput:
     """Build the ``slices2d`` input of a 3D ``image`` (see the module docstring for the steps).
 
     ``only_slice``: classify that one axial slice (an index of the LPS view) instead of the evenly spaced stack.
+    ``whole_image_body``: every pixel is body (:func:`whole_image_is_body` of the package's modality).
 
     Raises:
         ModelPackageError: if the package asks for more than one channel (one scan is one channel).
@@ -159,7 +170,7 @@ def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: in
                      size=(work_slices.shape[2], work_slices.shape[1], work_slices.shape[0]))
     return SliceInput(x=x, slice_index=z_index, valid=valid, theta=theta, grid=grid,
                       work_shape=work_slices.shape[1:], display=scaled, extent_mm=extent,
-                      foreground_threshold=float(opt["foreground_threshold"]))
+                      foreground_threshold=float(opt["foreground_threshold"]), whole_image_is_body=whole_image_body)
 
 
 # --------------------------------------------------------------------------------------------- 3D volumes

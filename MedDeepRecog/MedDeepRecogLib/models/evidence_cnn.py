@@ -23,6 +23,29 @@ from .registry import register_model
 from .simple_cnn import conv_pool_features
 
 
+class InteriorScores(nn.Conv2d):
+    """The 1x1 class-score convolution, its scores set to 0 (no evidence either way) on the outer ``border`` cells of
+    the grid. Image borders carry what a lesion never is (ultrasound text, calipers and probe marks; CT table and
+    air; the zero padding of every convolution), so a model can be kept from calling a class there. The mask is
+    part of this layer's output, so Grad-CAM at ``classmap``, which reads that output, shows no heat there either.
+    Its parameters are those of a plain ``Conv2d`` (same state-dict keys)."""
+
+    def __init__(self, in_channels: int, out_channels: int, border: int):
+        super().__init__(in_channels, out_channels, 1)
+        self.border = int(border)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = super().forward(x)
+        b = self.border
+        if b <= 0:
+            return s
+        if min(s.shape[2:]) <= 2 * b:
+            raise ValueError(f"border_cells {b} leaves no interior on a {tuple(s.shape[2:])} class-score grid")
+        keep = torch.zeros_like(s[:1, :1])
+        keep[..., b:-b, b:-b] = 1.0
+        return s * keep
+
+
 class EvidenceCNN2d(nn.Module):
     """``(B, C, H, W) -> logits (B, K)`` from a class-score map ``(B, K, H / 2**(n-1), W / 2**(n-1))``.
 
@@ -33,16 +56,21 @@ class EvidenceCNN2d(nn.Module):
         sharpness: ``r`` of the log-sum-exp pooling ``(1/r) log mean exp(r s)``: near 0 it is the mean of the map,
             large it is its maximum.
         dropout: 2D dropout on the features before the class-score layer.
+        border_cells: grid cells at each edge whose class scores are held at 0 (:class:`InteriorScores`); 0 keeps
+            every cell.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, channels: Sequence[int] = (32, 64, 128, 128),
-                 sharpness: float = 4.0, dropout: float = 0.2):
+                 sharpness: float = 4.0, dropout: float = 0.2, border_cells: int = 0):
         super().__init__()
         if not 0.0 < float(sharpness) <= 100.0:
             raise ValueError(f"sharpness must be above 0 and at most 100, got {sharpness!r}")
         self.features = conv_pool_features(2, in_channels, tuple(channels), pool_last=False)
         self.dropout = nn.Dropout2d(dropout)
-        self.classmap = nn.Conv2d(int(channels[-1]), num_classes, 1)
+        if not 0 <= int(border_cells) <= 16:
+            raise ValueError(f"border_cells must be 0 to 16, got {border_cells!r}")
+        self.classmap = (InteriorScores(int(channels[-1]), num_classes, int(border_cells)) if int(border_cells)
+                         else nn.Conv2d(int(channels[-1]), num_classes, 1))
         self.sharpness = float(sharpness)
         # Its input, the features averaged over the grid (B, F), is what the out-of-domain check scores
         # (uncertainty.domain.feature_layers); the network itself has no dense layer.
