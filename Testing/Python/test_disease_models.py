@@ -138,7 +138,8 @@ def test_body_masks_of_a_stack_equal_each_slice_on_its_own():
     blobs = (np.hypot(y - 20, x - 10) < 6) | (np.hypot(y - 20, x - 22) < 5.5)
     stack = np.stack([ring, open_c, edge, blobs, rng.random((64, 48)) > 0.8, np.zeros((64, 48), bool),
                       ring | edge]).astype(np.float32) * 0.9
-    inp = SimpleNamespace(display=stack, foreground_threshold=0.5, grid=SimpleNamespace(spacing=(0.8, 0.8, 5.0)))
+    inp = SimpleNamespace(display=stack, foreground_threshold=0.5, grid=SimpleNamespace(spacing=(0.8, 0.8, 5.0)),
+                          whole_image_is_body=False)
     for inset in (0.0, 3.0):
         expected = []
         for sl in stack:
@@ -152,6 +153,37 @@ def test_body_masks_of_a_stack_equal_each_slice_on_its_own():
         got = body_masks(inp, inset)
         assert got.dtype == np.float32 and np.array_equal(got, np.stack(expected).astype(np.float32)), inset
     assert body_masks(inp)[0, 30, 24] == 1.0 and body_masks(inp)[1, 30, 24] == 0.0  # filled ring, open C
+
+
+def test_on_ultrasound_dark_tissue_is_body_so_a_shadowed_lesion_keeps_its_heat(tmp_path):
+    """An ultrasound image shows only tissue: a hypoechoic mass whose posterior shadow reaches the image edge is dark
+    and open to the border, so an intensity threshold would call it background and clear the heat on the lesion.
+    For an ultrasound package every pixel is body; CT and MR packages keep the threshold."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from MedDeepRecogLib.inference.model_input import whole_image_is_body
+    from MedDeepRecogLib.inference.predict import body_masks
+
+    assert whole_image_is_body("US") and whole_image_is_body("us")
+    assert not any(whole_image_is_body(m) for m in ("CT", "MR", None, ""))
+    rng = np.random.default_rng(0)
+    picture = np.clip(rng.normal(0.55, 0.12, (96, 96)), 0, 1).astype(np.float32)
+    picture[40:, 35:60] = 0.01  # the mass and its shadow, down to the bottom edge
+    for whole, body_there in ((False, 0.0), (True, 1.0)):
+        inp = SimpleNamespace(display=picture[None], foreground_threshold=0.05, whole_image_is_body=whole,
+                              grid=SimpleNamespace(spacing=(0.5, 0.5, 1.0)))
+        assert body_masks(inp)[0, 70, 47] == body_there
+
+    path = tmp_path / "us.png"
+    Image.fromarray((picture * 255).astype(np.uint8)).save(path)
+    breast = classify_scan(path, load_package(BREAST), uncertainty="none", faithfulness=False)
+    assert breast.model_input.whole_image_is_body
+    assert sitk.GetArrayViewFromImage(breast.heatmap)[0, 45:, 37:58].max() > 0  # the dark region keeps its heat
+    brain = classify_scan(path, load_package(BRAIN), uncertainty="none", faithfulness=False)
+    assert not brain.model_input.whole_image_is_body
+    assert sitk.GetArrayViewFromImage(brain.heatmap)[0, 45:, 37:58].max() == 0
 
 
 def test_heat_inset_must_be_a_distance():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -105,6 +107,37 @@ def test_evidence_cnn_gradcam_is_the_class_evidence_map():
         maps = model.class_maps(x)
     own = maps[torch.arange(3), explained.class_index]
     torch.testing.assert_close(explained.maps, scale_maps(torch.relu(own)), atol=1e-5, rtol=0)
+
+
+def test_evidence_cnn_border_cells_hold_no_evidence_for_the_logits_or_the_heatmap():
+    """``border_cells``: the outer cells' class scores are 0 in the map, in what the logits pool and in Grad-CAM at
+    ``classmap``; the parameters keep a plain network's names; a border that leaves no interior is refused."""
+    from MedDeepRecogLib.explain.gradcam import explained_forward
+
+    torch.manual_seed(3)
+    plain = build_model("evidence_cnn2d", num_classes=3, channels=[4, 8, 8, 8]).eval()
+    inner = build_model("evidence_cnn2d", num_classes=3, channels=[4, 8, 8, 8], border_cells=2).eval()
+    assert list(inner.state_dict()) == list(plain.state_dict())
+    inner.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        full, kept = plain.class_maps(x), inner.class_maps(x)
+    ring = torch.ones(16, 16, dtype=torch.bool)
+    ring[2:-2, 2:-2] = False
+    assert kept[..., ring].abs().max() == 0
+    torch.testing.assert_close(kept[..., 2:-2, 2:-2], full[..., 2:-2, 2:-2])
+    with torch.no_grad():  # the logits pool the map with its border at 0
+        masked = full.clone()
+        masked[..., ring] = 0.0
+        expected = (torch.logsumexp(inner.sharpness * masked.flatten(2), 2) - math.log(256)) / inner.sharpness
+        torch.testing.assert_close(inner(x), expected)
+    explained = explained_forward(inner, x, default_target_layer("evidence_cnn2d"))
+    assert explained.maps[:, ring].abs().max() == 0 and explained.maps.amax() > 0
+    for bad in (-1, 17):
+        with pytest.raises((ValueError, ConfigError), match="border_cells"):
+            build_model("evidence_cnn2d", num_classes=3, border_cells=bad)
+    with pytest.raises(ValueError, match="no interior"):
+        build_model("evidence_cnn2d", num_classes=3, channels=[4, 8, 8], border_cells=4)(torch.rand(1, 1, 32, 32))
 
 
 def test_evidence_cnn_scores_are_local():
