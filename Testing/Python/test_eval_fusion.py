@@ -15,6 +15,7 @@ from MedDeepRecogLib.models.eval_fusion import fold_batch_norm, fuse_for_inferen
 
 NETWORKS = [
     ("evidence_cnn2d", {"channels": [4, 8, 8]}, (2, 1, 32, 32)),
+    ("evidence_cnn2d", {"channels": [4, 8, 8], "border_cells": 2}, (2, 1, 32, 32)),
     ("resnet2d", {"depth": None, "layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 8, 8], "conv1_t_size": 5,
                   "conv1_t_stride": 2, "no_max_pool": True}, (2, 1, 32, 32)),
     ("simple_cnn2d", {"channels": [4, 8], "hidden": 8}, (2, 1, 24, 24)),
