@@ -34,11 +34,11 @@ def figures(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> di
     return out
 
 
-def probabilities(model: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """``(N, K)`` softmax of ``model`` on ``images`` ``(N, C, H, W)``."""
-    with torch.no_grad():
-        return np.concatenate([torch.softmax(model(torch.from_numpy(images[i:i + batch])), 1).numpy()
-                               for i in range(0, len(images), batch)])
+def probabilities(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(N, K)`` softmax of ``model`` on ``images`` ``(N, C, H, W)``, as training scores its members."""
+    from MedDeepRecogLib.training.classification import make_loader, predict_proba
+
+    return predict_proba(model, make_loader(images, labels, 64, shuffle=False), torch.device("cpu"))[0]
 
 
 def with_views(model: torch.nn.Module, flip_dims: tuple[int, ...]) -> torch.nn.Module:
@@ -82,7 +82,8 @@ def main() -> None:
         scored = ensemble_around(member, in_channels=kwargs["in_channels"], num_classes=kwargs["num_classes"],
                                  member=cfg.model.name, member_kwargs=dict(cfg.model.kwargs), flip_axes=axes).eval()
         for views in oof:
-            oof[views][held] = probabilities(with_views(scored, views), data.train.images[held])
+            oof[views][held] = probabilities(with_views(scored, views), data.train.images[held],
+                                             data.train.labels[held])
     print(f"{cfg.id}: {len(folds)} group-aware folds, n={len(data.train)}, flip axes {axes}")
     rows = [("out of fold, image alone", figures(data.train.labels, oof[()], names)),
             ("out of fold, with its mirror", figures(data.train.labels, oof[dims], names))]
@@ -94,9 +95,9 @@ def main() -> None:
         model = pkg.build_model("cpu")
         packaged = tuple(getattr(model, "flip_dims", ()))
         rows += [(f"val {pkg.id}@{pkg.version}, image alone",
-                  figures(val.labels, probabilities(with_views(model, ()), val.images), names)),
+                  figures(val.labels, probabilities(with_views(model, ()), val.images, val.labels), names)),
                  (f"val {pkg.id}@{pkg.version}, with its mirror",
-                  figures(val.labels, probabilities(with_views(model, dims), val.images), names))]
+                  figures(val.labels, probabilities(with_views(model, dims), val.images, val.labels), names))]
         print(f"package flip dims {packaged or 'none'}; val n={len(val)}")
     keys = list(rows[0][1])
     print(f"{'':42s}" + "".join(f"{k:>19s}" for k in keys))

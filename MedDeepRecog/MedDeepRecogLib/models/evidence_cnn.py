@@ -32,13 +32,14 @@ class InteriorScores(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, border: int):
         super().__init__(in_channels, out_channels, 1)
+        if int(border) < 1:
+            raise ValueError(f"an interior needs a border of at least 1 cell, got {border!r} (a plain Conv2d keeps "
+                             "every cell)")
         self.border = int(border)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = super().forward(x)
         b = self.border
-        if b <= 0:
-            return s
         if min(s.shape[2:]) <= 2 * b:
             raise ValueError(f"border_cells {b} leaves no interior on a {tuple(s.shape[2:])} class-score grid")
         keep = torch.zeros_like(s[:1, :1])
