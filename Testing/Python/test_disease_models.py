@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from MedDeepRecogLib.errors import ModelPackageError
 from MedDeepRecogLib.inference.classify import OUT_OF_DOMAIN, classify_scan
@@ -122,12 +123,22 @@ def test_heat_inset_keeps_the_heatmap_off_scalp_and_skull(radiomics, tmp_path):
     assert heat[depth >= 12.0].max() > 0.5 * heat.max()  # the inside keeps its heat
 
 
+def _working_slices(display: np.ndarray, threshold: float, whole_image_is_body: bool, spacing_mm: float):
+    """A :class:`SliceInput` holding only working slices ``display`` ``(N, H, W)`` on a ``spacing_mm`` grid: what
+    ``body_masks`` reads."""
+    from MedDeepRecogLib.inference.model_input import ModelGrid, SliceInput
+
+    n, h, w = display.shape
+    grid = ModelGrid(np.zeros(3), np.array([spacing_mm, spacing_mm, 5.0]), np.eye(3), (w, h, n))
+    return SliceInput(x=display[:, None], slice_index=np.arange(n), valid=np.ones(n, bool),
+                      theta=np.zeros((n, 2, 3), np.float32), grid=grid, work_shape=(h, w), display=display,
+                      foreground_threshold=threshold, whole_image_is_body=whole_image_is_body)
+
+
 def test_body_masks_of_a_stack_equal_each_slice_on_its_own():
     """``body_masks`` closes and fills all slices in one mosaic; each slice must get exactly what SimpleITK gives it
     alone: rings (a hole), shapes open to the edge, foreground on the border, two blobs 3 px apart (closed into one),
     speckle and an empty slice."""
-    from types import SimpleNamespace
-
     from MedDeepRecogLib.inference.predict import body_masks
 
     rng = np.random.default_rng(0)
@@ -138,8 +149,7 @@ def test_body_masks_of_a_stack_equal_each_slice_on_its_own():
     blobs = (np.hypot(y - 20, x - 10) < 6) | (np.hypot(y - 20, x - 22) < 5.5)
     stack = np.stack([ring, open_c, edge, blobs, rng.random((64, 48)) > 0.8, np.zeros((64, 48), bool),
                       ring | edge]).astype(np.float32) * 0.9
-    inp = SimpleNamespace(display=stack, foreground_threshold=0.5, grid=SimpleNamespace(spacing=(0.8, 0.8, 5.0)),
-                          whole_image_is_body=False)
+    inp = _working_slices(stack, 0.5, False, 0.8)
     for inset in (0.0, 3.0):
         expected = []
         for sl in stack:
@@ -159,8 +169,6 @@ def test_on_ultrasound_dark_tissue_is_body_so_a_shadowed_lesion_keeps_its_heat(t
     """An ultrasound image shows only tissue: a hypoechoic mass whose posterior shadow reaches the image edge is dark
     and open to the border, so an intensity threshold would call it background and clear the heat on the lesion.
     For an ultrasound package every pixel is body; CT and MR packages keep the threshold."""
-    from types import SimpleNamespace
-
     from PIL import Image
 
     from MedDeepRecogLib.inference.model_input import whole_image_is_body
@@ -172,9 +180,9 @@ def test_on_ultrasound_dark_tissue_is_body_so_a_shadowed_lesion_keeps_its_heat(t
     picture = np.clip(rng.normal(0.55, 0.12, (96, 96)), 0, 1).astype(np.float32)
     picture[40:, 35:60] = 0.01  # the mass and its shadow, down to the bottom edge
     for whole, body_there in ((False, 0.0), (True, 1.0)):
-        inp = SimpleNamespace(display=picture[None], foreground_threshold=0.05, whole_image_is_body=whole,
-                              grid=SimpleNamespace(spacing=(0.5, 0.5, 1.0)))
+        inp = _working_slices(picture[None], 0.05, whole, 0.5)
         assert body_masks(inp)[0, 70, 47] == body_there
+        assert inp.body(torch.from_numpy(picture))[70, 47].item() == bool(body_there)  # lesion reliance's body
 
     path = tmp_path / "us.png"
     Image.fromarray((picture * 255).astype(np.uint8)).save(path)

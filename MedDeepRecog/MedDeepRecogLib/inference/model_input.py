@@ -73,6 +73,22 @@ class SliceInput:
     foreground_threshold: float | None = None  # the package's body threshold on ``display`` (``None``: default)
     whole_image_is_body: bool = False  # ultrasound: every pixel is tissue (see :func:`whole_image_is_body`)
 
+    def body(self, images: np.ndarray | "torch.Tensor") -> np.ndarray | "torch.Tensor":
+        """Which pixels of ``images`` (``(..., H, W)`` on the 0..1 scale of ``display`` and of the model input) lie
+        in the body: those above the package's foreground threshold, or all of them for ultrasound
+        (:func:`whole_image_is_body`). The one body decision of the heatmap's clearing (:func:`.predict.body_masks`
+        adds closing and hole filling on the working slices) and of lesion reliance (on the model grid); a bool
+        array or tensor like ``images``."""
+        import torch
+
+        if self.whole_image_is_body:
+            if isinstance(images, torch.Tensor):
+                return torch.ones_like(images, dtype=torch.bool)
+            return np.ones(np.shape(images), dtype=bool)
+        threshold = (SLICE_DEFAULTS["foreground_threshold"] if self.foreground_threshold is None
+                     else self.foreground_threshold)
+        return images > float(threshold)
+
 
 @dataclass
 class VolumeInput:

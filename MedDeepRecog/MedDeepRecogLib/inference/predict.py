@@ -151,9 +151,9 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
 
 
 def body_masks(inp: SliceInput, inset_mm: float = 0.0) -> np.ndarray:
-    """``(N, Hw, Ww)`` float32 masks of the body on the working slices: pixels above the package's
-    ``foreground_threshold`` on the standardised slice, small gaps closed and holes (lungs, ventricles) filled, so
-    only the air around the patient is cleared (SimpleITK binary morphology, per slice). ``inset_mm`` > 0: only
+    """``(N, Hw, Ww)`` float32 masks of the body on the working slices: :meth:`.model_input.SliceInput.body` (above
+    the package's ``foreground_threshold`` on the standardised slice), small gaps closed and holes (lungs,
+    ventricles) filled, so only the air around the patient is cleared (SimpleITK binary morphology, per slice). ``inset_mm`` > 0: only
     pixels at least that far (mm, on the working grid's pixel spacing) inside the outline are kept. All ones where
     ``inp.whole_image_is_body`` (ultrasound: dark is tissue there, not air, and the image shows no body outline).
 
@@ -163,10 +163,6 @@ def body_masks(inp: SliceInput, inset_mm: float = 0.0) -> np.ndarray:
     touching a slice's edge reaches the mosaic's border through the gap, as it reaches the image border on its own."""
     import SimpleITK as sitk
 
-    from ..preprocessing.slices import SLICE_DEFAULTS
-
-    threshold = float(SLICE_DEFAULTS["foreground_threshold"] if inp.foreground_threshold is None
-                      else inp.foreground_threshold)
     n, h, w = inp.display.shape
     if n == 0:
         return np.zeros(inp.display.shape, dtype=np.float32)
@@ -176,7 +172,7 @@ def body_masks(inp: SliceInput, inset_mm: float = 0.0) -> np.ndarray:
     mosaic = np.zeros((h + 2 * gap, n * (w + gap) + gap), dtype=np.uint8)
     columns = [gap + i * (w + gap) for i in range(n)]
     for c, sl in zip(columns, inp.display):
-        mosaic[gap:gap + h, c:c + w] = sl > threshold
+        mosaic[gap:gap + h, c:c + w] = inp.body(sl)
     closed = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(sitk.GetImageFromArray(mosaic), [radius, radius]))
     filled = sitk.GetArrayViewFromImage(closed)
     out = np.stack([filled[gap:gap + h, c:c + w] for c in columns]).astype(np.float32)

@@ -177,8 +177,8 @@ def scan_lesion_reliance(result: Any, model: torch.nn.Module, lesion: Any) -> di
 
     The lesion (any grid; non-zero = lesion) is resampled linearly onto the working slices, then onto the model
     grid through each slice's crop/resize affine (the same one the heatmap goes back through), and kept where at
-    least half a pixel is lesion. The body is the model input above the package's foreground threshold (the whole
-    image for ultrasound, :func:`.model_input.whole_image_is_body`).
+    least half a pixel is lesion. The body is :meth:`.model_input.SliceInput.body` of the model input (above the
+    package's foreground threshold; the whole image for ultrasound).
     """
     import SimpleITK as sitk
 
@@ -195,9 +195,7 @@ def scan_lesion_reliance(result: Any, model: torch.nn.Module, lesion: Any) -> di
     rows = [k for k in range(len(x)) if voted[k] and int(on_model[k].sum()) >= MIN_LESION_PIXELS]
     if not rows:
         return None
-    threshold = inp.foreground_threshold if inp.foreground_threshold is not None else 0.1
-    body = torch.ones_like(x[rows, 0], dtype=torch.bool) if inp.whole_image_is_body else x[rows, 0] > threshold
-    scores = lesion_reliance(on_model_device(model, model), x[rows], on_model[rows], body)
+    scores = lesion_reliance(on_model_device(model, model), x[rows], on_model[rows], inp.body(x[rows, 0]))
     for rec in scores["per_image"]:
         rec["slice_index"] = int(inp.slice_index[rows[rec.pop("image")]])
     return scores
