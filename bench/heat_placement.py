@@ -11,8 +11,11 @@ written on the image's own grid it counts
 - **heat in border band**: the share of heat mass inside that band, against the same area share;
 - the same two for the images that carry the class the model predicted, per class.
 
-    python bench/heat_placement.py [--model brain-tumour-mri breast-us-lesion lung-ct-cancer] [--band 0.1]
-        [--max 0] [--threads 2]
+    python bench/heat_placement.py [--model brain-tumour-mri breast-us-lesion lung-ct-cancer] [--band 0.1 0.2]
+        [--max 0] [--threads 2] [--card]
+
+The measure itself is the library's (:mod:`MedDeepRecogLib.inference.placement`), which ``meddeeprecog train``
+also runs when a config holds a ``placement:`` block; ``--card`` prints the model-card section it writes.
 
 The images come from the data file recorded in the package (``provenance.data``, resolved beside the repository).
 """
@@ -21,94 +24,56 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MedDeepRecog"))
 
 
-def band_mask(shape: tuple[int, int], band: float) -> np.ndarray:
-    """True within ``band`` × side of any edge of a ``(H, W)`` image."""
-    h, w = shape
-    bh, bw = max(1, round(band * h)), max(1, round(band * w))
-    inner = np.zeros(shape, bool)
-    inner[bh:h - bh, bw:w - bw] = True
-    return ~inner
-
-
-def placement(heat: np.ndarray, band: np.ndarray) -> tuple[bool, float] | None:
-    """(peak inside the band, share of heat mass inside the band) of one ``(H, W)`` heatmap; ``None`` if it is
-    empty (nothing to place)."""
-    total = float(heat.sum())
-    if not np.isfinite(total) or total <= 0:
-        return None
-    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return bool(band[peak]), float(heat[band].sum() / total)
-
-
-def measure(model_id: str, band_fraction: float, limit: int) -> dict:
-    import SimpleITK as sitk
-    from PIL import Image
-
-    from MedDeepRecogLib.inference.classify import classify_scan
+def measure(model_id: str, bands: list[float], limit: int) -> dict:
+    """:func:`MedDeepRecogLib.inference.placement.measure_placement` of a package on its data file's val split."""
+    from MedDeepRecogLib.inference.placement import measure_placement
     from MedDeepRecogLib.packages import load_package
 
     package = load_package(model_id)
     data_path = (REPO / package.meta["provenance"]["data"]).resolve()
-    data = np.load(data_path)
-    images, labels = data["val_images"], data["val_labels"]
-    names = [str(s) for s in data["class_names"]]
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    band = band_mask(images.shape[1:], band_fraction)
-    rows = []
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "image.png"
-        for image, label in zip(images, labels):
-            Image.fromarray(image).save(path)
-            result = classify_scan(path, package, uncertainty="none")
-            heat = sitk.GetArrayFromImage(result.heatmap)[0] if result.heatmap is not None else None
-            placed = placement(heat, band) if heat is not None else None
-            rows.append({"label": names[int(label)], "predicted": result.decision.get("top_class"),
-                         "placed": placed})
-    seconds = time.perf_counter() - start
-    placed = [r for r in rows if r["placed"] is not None]
-    summary = {"model": f"{package.id}@{package.version}", "data": str(data_path.name), "images": len(rows),
-               "with_heat": len(placed), "band_area": round(float(band.mean()), 3),
-               "peak_in_band": round(float(np.mean([r["placed"][0] for r in placed])), 3) if placed else None,
-               "heat_in_band": round(float(np.mean([r["placed"][1] for r in placed])), 3) if placed else None,
-               "per_predicted_class": {}, "seconds": round(seconds, 1)}
-    for name in names:
-        sub = [r for r in placed if r["predicted"] == name]
-        if sub:
-            summary["per_predicted_class"][name] = {
-                "images": len(sub), "peak_in_band": round(float(np.mean([r["placed"][0] for r in sub])), 3),
-                "heat_in_band": round(float(np.mean([r["placed"][1] for r in sub])), 3)}
-    return summary
+    with np.load(data_path) as data:
+        images = data["val_images"][:limit or None]
+    figures = measure_placement(package, images, bands=bands)
+    return {"model": f"{package.id}@{package.version}", "data": data_path.name, **figures}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", nargs="+", default=["brain-tumour-mri", "breast-us-lesion", "lung-ct-cancer"])
-    ap.add_argument("--band", type=float, default=0.1, help="border band width, a fraction of the side")
+    ap.add_argument("--band", type=float, nargs="+", default=[0.1, 0.2],
+                    help="border band widths, fractions of the side")
     ap.add_argument("--max", type=int, default=0, help="at most this many val images per model (0: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--card", action="store_true", help="also print the model-card section")
     args = ap.parse_args(argv)
     import torch
+
+    from MedDeepRecogLib.inference.placement import placement_card_lines
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.training.train import explain_method
 
     torch.set_num_threads(args.threads)
     for model_id in args.model:
         s = measure(model_id, args.band, args.max)
-        print(f"{s['model']} on {s['data']} val ({s['images']} images, {s['with_heat']} with a heatmap; "
-              f"{s['seconds']} s): heatmap peak in the outer {args.band:.0%} band {s['peak_in_band']}, heat mass "
-              f"there {s['heat_in_band']}; the band is {s['band_area']} of the image (uniform placement)")
-        for name, c in s["per_predicted_class"].items():
-            print(f"   predicted {name} ({c['images']}): peak in band {c['peak_in_band']}, heat in band "
-                  f"{c['heat_in_band']}")
+        print(f"{s['model']} on {s['data']} val ({s['images']} images, {s['with_heat']} with a heatmap, "
+              f"{s['refused']} refused; {s['seconds']} s)")
+        for band, f in s["bands"].items():
+            print(f"  outer {float(band):.0%} band ({f['band_area']:.1%} of the image): heatmap peak there "
+                  f"{f['peak_in_band']}, heat mass there {f['heat_in_band']}")
+            for name, c in f["per_predicted_class"].items():
+                print(f"     called {name} ({c['images']}): peak in band {c['peak_in_band']}, heat in band "
+                      f"{c['heat_in_band']}")
+        if args.card:
+            print(placement_card_lines(s, explain_method(load_package(model_id).meta)))
         print(json.dumps(s))
     return 0
 

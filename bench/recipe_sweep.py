@@ -62,7 +62,8 @@ def standardised_copy(config: Path, raw: dict, dest: Path) -> float:
     """Write ``dest``: the config's train split standardised as training would (``input/slices`` at ``data/size``),
     8-bit, with the first 30 val images (the file format wants a val split; the sweep does not use its figures).
     Returns the intensity scale to put in ``data/intensity_range``."""
-    import MedDeepRecogLib.inference.localisation  # noqa: F401  (registers the config's localisation block)
+    from MedDeepRecogLib.commands import register_training_blocks
+    register_training_blocks()  # the configs' localisation and placement blocks
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
     from MedDeepRecogLib.training.data import standardise_images
 
@@ -82,12 +83,14 @@ def standardised_copy(config: Path, raw: dict, dest: Path) -> float:
 
 
 def variant_configs(config: Path, variants: dict, seeds: list[int], out: Path, copy_path: Path | None) -> list[Path]:
-    import MedDeepRecogLib.inference.localisation  # noqa: F401
+    from MedDeepRecogLib.commands import register_training_blocks
+    register_training_blocks()  # the configs' localisation and placement blocks
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
 
     raw = yaml.safe_load(config.read_text(encoding="utf-8"))
     raw.pop("version", None)
     raw.pop("localisation", None)
+    raw.pop("placement", None)
     raw["domain"] = None
     raw["training"]["refit"] = 0
     raw["data"]["path"] = str(resolve_data_path(load_config(config)))

@@ -48,7 +48,8 @@ def with_views(model: torch.nn.Module, flip_dims: tuple[int, ...]) -> torch.nn.M
 
 
 def main() -> None:
-    import MedDeepRecogLib.inference.localisation  # noqa: F401  (registers the config's localisation block)
+    from MedDeepRecogLib.commands import register_training_blocks
+    register_training_blocks()  # the configs' localisation and placement blocks
     from MedDeepRecogLib.models import build_model
     from MedDeepRecogLib.models.ensemble import ensemble_around
     from MedDeepRecogLib.packages import load_package

@@ -124,7 +124,7 @@ def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
     """A tiny 2-class 2D problem: the check is fitted on train, its threshold is the val quantile, and the
     negatives' flagged rates are measured and written into model.json and the card. The ``localisation`` block
     (registered by ``inference.localisation``, as ``meddeeprecog train`` does) scores the heatmap on a scan with a
-    lesion label before the one save."""
+    lesion label before the one save, and the ``placement`` block places the heatmap on every val image."""
     import yaml
 
     from MedDeepRecogLib.commands import register_training_blocks
@@ -163,7 +163,8 @@ def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
            "input": {"slices": {"crop_foreground": False}},
            "training": {"epochs": 2, "batch_size": 16, "monitor": "last"},
            "domain": {"quantile": 0.9, "negatives": [{"name": "noise", "path": str(noise), "split": "val"}]},
-           "localisation": [{"name": "toy", "scan": str(tmp_path / "scan.nrrd"), "lesion": str(tmp_path / "lesion.nrrd")}]}
+           "localisation": [{"name": "toy", "scan": str(tmp_path / "scan.nrrd"), "lesion": str(tmp_path / "lesion.nrrd")}],
+           "placement": {"bands": [0.1, 0.25]}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = run_training(path, out=tmp_path / "run", package_dest=tmp_path / "pkgs")
@@ -179,5 +180,13 @@ def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
     assert 1 <= toy["slices_with_lesion"] <= 3 and 0 <= toy["pointing_hits"] <= toy["slices_with_lesion"]
     assert "## Where the heatmap lands" in card and "| toy |" in card and "lesion filled / elsewhere" in card
     assert "drop_lesion_filled" in toy
+    placed = meta["placement"]  # every val image through classify as a PNG, its heatmap placed in both bands
+    assert placed["split"] == "val" and placed["images"] == 40 and placed["refused"] == 0
+    assert set(placed["bands"]) == {"0.1", "0.25"} and 0 < placed["with_heat"] <= 40
+    for band in placed["bands"].values():
+        assert 0.0 <= band["peak_in_band"] <= 1.0 and 0.0 <= band["heat_in_band"] <= 1.0
+        assert sum(c["images"] for c in band["per_predicted_class"].values()) == placed["with_heat"]
+    assert placed["bands"]["0.25"]["band_area"] > placed["bands"]["0.1"]["band_area"]
+    assert "## Where the heatmap sits on its val images" in card and "peak in outer 25% / heat there" in card
     package = load_package(out["package"])
     assert package.domain.threshold == pytest.approx(block["threshold"], rel=1e-5)

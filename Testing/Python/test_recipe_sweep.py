@@ -31,7 +31,8 @@ def test_deep_merge_overrides_nested_keys_replaces_network_kwargs_whole_and_none
                                              ("brain-tumour-mri.yaml", "brain-tumour-mri.yaml")])
 def test_every_committed_variant_is_a_valid_config_of_fold_members_whose_network_builds(tmp_path, config,
                                                                                        variants):
-    import MedDeepRecogLib.inference.localisation  # noqa: F401  (the configs' localisation block)
+    from MedDeepRecogLib.commands import register_training_blocks
+    register_training_blocks()  # the configs' localisation and placement blocks
     from MedDeepRecogLib.models import build_model
     from MedDeepRecogLib.training.config import load_config
 
@@ -43,7 +44,7 @@ def test_every_committed_variant_is_a_valid_config_of_fold_members_whose_network
     for path in paths:
         cfg = load_config(path)
         assert cfg.training.refit == 0 and cfg.training.folds >= 2 and cfg.domain is None
-        assert "localisation" not in cfg.blocks
+        assert "localisation" not in cfg.blocks and "placement" not in cfg.blocks
         assert cfg.seed == (0 if path.stem.endswith("-s0") else 100)
         build_model(cfg.model.name, in_channels=1, num_classes=3, **cfg.model.kwargs)
     anchor = load_config(paths[0])
@@ -53,7 +54,8 @@ def test_every_committed_variant_is_a_valid_config_of_fold_members_whose_network
 
 
 def test_standardised_copy_matches_what_training_computes(tmp_path):
-    import MedDeepRecogLib.inference.localisation  # noqa: F401
+    from MedDeepRecogLib.commands import register_training_blocks
+    register_training_blocks()  # the configs' localisation and placement blocks
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
     from MedDeepRecogLib.training.data import load_train_val
 

@@ -15,10 +15,10 @@ def command_line() -> str:
 
 def register_training_blocks() -> None:
     """Import every part that registers a training-config block (``training.hooks``), so a config file read by
-    any command (``train``, ``robustness --train-config``) knows all of them: ``adversarial`` (robustness) and
-    ``localisation`` (inference)."""
+    any command (``train``, ``robustness --train-config``) knows all of them: ``adversarial`` (robustness),
+    ``localisation`` and ``placement`` (inference)."""
     from .. import robustness  # noqa: F401
-    from ..inference import localisation  # noqa: F401
+    from ..inference import localisation, placement  # noqa: F401
 
 
 def case_report(result, package, out_dir):

@@ -15,9 +15,6 @@ their area, and the heatmap's faithfulness (deletion / insertion).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError, MedDeepRecogError
@@ -41,52 +38,43 @@ def localisation_hooks(block: list[dict], cfg: Any = None) -> RunHooks:
         from ..training.train import explain_method
 
         progress("heatmap localisation", 0.99)
-        staging = Path(tempfile.mkdtemp(prefix="meddeeprecog-localisation-"))
-        draft.meta["localisation"] = measure_localisation(block, draft.config.source, draft.model, draft.meta,
-                                                          staging, draft.extra_files)
+        with draft.staged_package() as package:
+            draft.meta["localisation"] = measure_localisation(block, draft.config.source, package)
         draft.card_sections.append(localisation_card_lines(draft.meta["localisation"], explain_method(draft.meta)))
 
     return RunHooks(before_save=before_save)
 
 
-def measure_localisation(cases: list[Mapping[str, Any]], source, model, meta: dict, staging: Path,
-                         extra_files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
-    """Classify every case ``{name, scan, lesion}`` (paths relative to the config file ``source``) with the freshly
-    trained model (staged as a package in ``staging`` with ``extra_files``, e.g. its domain statistics); returns
+def measure_localisation(cases: list[Mapping[str, Any]], source, package) -> dict[str, Any]:
+    """Classify every case ``{name, scan, lesion}`` (paths relative to the config file ``source``) with
+    ``package`` (the freshly trained model, staged: :meth:`.PackageDraft.staged_package`); returns
     ``{name: figures}``."""
     from ..io import read_lesion_mask
-    from ..packages import load_package, save_package
     from ..schema import resolve_relative
     from .classify import classify_scan
 
-    try:
-        staged = save_package(model, {k: v for k, v in meta.items() if k != "weights"}, staging,
-                              extra_files=dict(extra_files or {}))
-        package = load_package(staged)
-        figures = {}
-        for case in cases:
-            scan = resolve_relative(str(case["scan"]), source)
-            lesion = read_lesion_mask(resolve_relative(str(case["lesion"]), source))
-            try:
-                result = classify_scan(scan, package, lesion=lesion, uncertainty="none")
-            except MedDeepRecogError as exc:  # the scan cannot go to this model: say so in the card, don't fail
-                figures[str(case["name"])] = {"label": None, "refused": exc.problem}
-                continue
-            loc = (result.explain.get("localisation") or {})
-            per_slice = loc.get("per_slice") or {}
-            faith = result.explain.get("faithfulness") or {}
-            reliance = loc.get("lesion_reliance") or {}
-            figures[str(case["name"])] = {
-                "label": result.label, "top_class": result.decision["top_class"],
-                "slices_with_lesion": per_slice.get("slices"), "pointing_hits": per_slice.get("pointing_hits"),
-                "pointing_rate": per_slice.get("pointing_rate"), "mean_mass_inside": per_slice.get("mean_mass_inside"),
-                "lesion_area_share": per_slice.get("lesion_area_share"),
-                "faithfulness": faith.get("score"), "deletion_auc": faith.get("deletion_auc"),
-                "insertion_auc": faith.get("insertion_auc"), "drop_lesion_filled": reliance.get("drop_lesion"),
-                "drop_filled_elsewhere": reliance.get("drop_elsewhere")}
-        return figures
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    figures = {}
+    for case in cases:
+        scan = resolve_relative(str(case["scan"]), source)
+        lesion = read_lesion_mask(resolve_relative(str(case["lesion"]), source))
+        try:
+            result = classify_scan(scan, package, lesion=lesion, uncertainty="none")
+        except MedDeepRecogError as exc:  # the scan cannot go to this model: say so in the card, don't fail
+            figures[str(case["name"])] = {"label": None, "refused": exc.problem}
+            continue
+        loc = (result.explain.get("localisation") or {})
+        per_slice = loc.get("per_slice") or {}
+        faith = result.explain.get("faithfulness") or {}
+        reliance = loc.get("lesion_reliance") or {}
+        figures[str(case["name"])] = {
+            "label": result.label, "top_class": result.decision["top_class"],
+            "slices_with_lesion": per_slice.get("slices"), "pointing_hits": per_slice.get("pointing_hits"),
+            "pointing_rate": per_slice.get("pointing_rate"), "mean_mass_inside": per_slice.get("mean_mass_inside"),
+            "lesion_area_share": per_slice.get("lesion_area_share"),
+            "faithfulness": faith.get("score"), "deletion_auc": faith.get("deletion_auc"),
+            "insertion_auc": faith.get("insertion_auc"), "drop_lesion_filled": reliance.get("drop_lesion"),
+            "drop_filled_elsewhere": reliance.get("drop_elsewhere")}
+    return figures
 
 
 def localisation_card_lines(figures: Mapping[str, Any] | None, method: str) -> str:

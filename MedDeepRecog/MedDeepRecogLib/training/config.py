@@ -28,6 +28,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     explain: {methods: [...], target_layer: ...}          # optional, copied to the package
     domain: {quantile: 0.95, negatives: [...]}            # out-of-domain check (training/domain.py)
     localisation: [{name, scan, lesion}, ...]            # heatmap scored on lesion labels (a block inference/localisation.py registers)
+    placement: {bands: [0.1, 0.2]}                        # heatmap at the image border on val (inference/placement.py)
     card: {intended_use: text, not_for: [text, ...]}      # the model card's use statements (model.json "use")
     <block>: {...}                                        # a block another part registered (training/hooks.py),
                                                           # e.g. robustness's adversarial training

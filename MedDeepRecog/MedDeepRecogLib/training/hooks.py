@@ -16,8 +16,12 @@ the parts that register blocks (``commands/train.py``), so ``meddeeprecog train`
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 
 @dataclass
@@ -39,6 +43,19 @@ class PackageDraft:
     config: Any
     card_sections: list[str] = field(default_factory=list)
     extra_files: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def staged_package(self) -> Iterator[Any]:
+        """The draft saved as it stands to a temporary folder and loaded (a ``ModelPackage``), for a hook that
+        measures the model as a user will run it; the folder is removed afterwards."""
+        from ..packages import load_package, save_package
+
+        staging = Path(tempfile.mkdtemp(prefix="meddeeprecog-staged-"))
+        try:
+            yield load_package(save_package(self.model, {k: v for k, v in self.meta.items() if k != "weights"},
+                                            staging, extra_files=dict(self.extra_files)))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass
