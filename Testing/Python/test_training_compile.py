@@ -44,6 +44,68 @@ def test_auto_compiles_long_3d_runs_on_the_cpu_only(monkeypatch):
     assert not missing.compile and "C++ compiler" in missing.reason
 
 
+def test_auto_compiles_a_short_run_when_the_compile_cache_holds_the_network(monkeypatch, tmp_path):
+    """Under :data:`AUTO_MIN_STEPS` steps ``auto`` stays eager, unless a compiled run of the same network (same torch,
+    same device, same layers) at the same batch shape already filled inductor's disk cache, which makes the compile
+    about 1 s; the first batch decides."""
+    monkeypatch.setattr(compilation, "cxx_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(compilation, "compiled_graph_marker",
+                        lambda model, device, shape: tmp_path / f"{abs(hash((str(model), device.type, shape)))}.json")
+    net, shape = _net3d(), (4, 1, 8, 8, 8)
+    short = decide_compile("auto", net, CPU, 80, distributed=False)
+    assert not short.compile and short.if_cache_holds
+    assert not compilation.warm_decision(short, net, CPU, shape).compile  # a cold cache
+    compilation.note_compiled(net, CPU, shape)
+    warm = compilation.warm_decision(short, net, CPU, shape)
+    assert warm.compile and "compile cache" in warm.reason and "[4, 1, 8, 8, 8]" in warm.reason
+    assert not compilation.warm_decision(short, net, CPU, (2, 1, 8, 8, 8)).compile  # another shape compiles afresh
+    other = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 2, 1))  # another network
+    assert not compilation.warm_decision(decide_compile("auto", other, CPU, 80, False), other, CPU, shape).compile
+    for never in (decide_compile("auto", _net2d(), CPU, 80, distributed=False),  # 2D, off, DDP: warm or not
+                  decide_compile(False, net, CPU, 80, distributed=False),
+                  decide_compile("auto", net, CPU, 80, distributed=True)):
+        assert not never.if_cache_holds and not compilation.warm_decision(never, net, CPU, shape).compile
+
+
+def test_the_cache_note_is_keyed_by_torch_device_network_and_shape():
+    shape = (4, 1, 8, 8, 8)
+    a = compilation.compiled_graph_marker(_net3d(), CPU, shape)
+    if a is None:
+        pytest.skip("this torch has no inductor cache folder")
+    assert a == compilation.compiled_graph_marker(_net3d(), CPU, shape) and a.parent.name == "meddeeprecog-compiled"
+    assert compilation.compiled_graph_marker(_net2d(), CPU, shape) != a
+    assert compilation.compiled_graph_marker(_net3d(), torch.device("cuda"), shape) != a
+    assert compilation.compiled_graph_marker(_net3d(), CPU, (2, 1, 8, 8, 8)) != a
+    assert compilation.batch_shape([torch.zeros(shape), torch.zeros(4)]) == shape
+    assert compilation.batch_shape({"image": torch.zeros(shape)}) == shape and compilation.batch_shape("x") is None
+
+
+class _StandIn(nn.Module):
+    """What ``compilation.compiled`` returns, without compiling: the same network behind another module."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_short_run_compiles_at_its_first_batch_when_the_cache_holds_it(monkeypatch, tmp_path):
+    """In ``fit``: the first run (compiled on request) notes the cache; a short ``auto`` run of the same network and
+    batches then compiles, and its history says why; a short run without the note stays eager."""
+    monkeypatch.setattr(compilation, "cxx_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(compilation, "compiled_graph_marker",
+                        lambda model, device, shape: tmp_path / f"{abs(hash((str(model), device.type, shape)))}.json")
+    monkeypatch.setattr(compilation, "compiled", _StandIn)  # the decision is under test, not inductor
+    _, cold = _run("auto")
+    assert cold.compiled.startswith("off: auto: ") and not list(tmp_path.iterdir())
+    _, requested = _run(True)
+    assert requested.compiled == "on: training/compile is true" and len(list(tmp_path.iterdir())) == 1
+    _, warm = _run("auto")
+    assert warm.compiled.startswith("on: auto: a run under") and "[4, 1, 8, 8, 8]" in warm.compiled
+
+
 def _problem():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 8, 8, 8, generator=g)
@@ -67,9 +129,13 @@ def _run(setting) -> tuple[dict, object]:
 
 @pytest.mark.skipif(compilation.cxx_compiler() is None, reason="torch.compile needs a C++ compiler on the CPU")
 @pytest.mark.timeout(600)
-def test_compiled_training_matches_eager_training():
+def test_compiled_training_matches_eager_training(monkeypatch, tmp_path):
+    notes = []
+    monkeypatch.setattr(compilation, "note_compiled", lambda model, device, shape: notes.append((type(model), device)))
     eager, eager_history = _run(False)
+    assert notes == []
     compiled, compiled_history = _run(True)
+    assert notes == [(nn.Sequential, CPU)]  # noted once, after the first compiled step
     assert eager_history.compiled.startswith("off: training/compile is false")
     assert compiled_history.compiled == "on: training/compile is true"
     for name in eager:  # the saved (eager) module holds the compiled run's weights
@@ -108,7 +174,10 @@ class _BrokenBackward(nn.Module):
 def test_a_failing_compile_falls_back_to_the_eager_network(monkeypatch, broken):
     monkeypatch.setattr(compilation, "compiled", broken)
     eager, _ = _run(False)
+    notes = []
+    monkeypatch.setattr(compilation, "note_compiled", lambda model, device, shape: notes.append(model))
     fallback, history = _run(True)
     assert history.compiled == "off: torch.compile failed (RuntimeError)"
+    assert notes == []  # nothing was compiled: no note that the cache holds it
     for name in eager:  # the failed step moved nothing; the eager network redid it
         torch.testing.assert_close(fallback[name], eager[name])

@@ -95,8 +95,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="where the network trains: auto (a CUDA GPU when torch sees one), cpu or cuda: "
                         "training/device")
     p.add_argument("--compile", choices=["auto", "true", "false"], default=None,
-                   help="torch.compile the training steps (auto, the default: 3D networks on the CPU in runs of 300 "
-                        "steps or more, when a C++ compiler is found): training/compile")
+                   help="torch.compile the training steps (auto, the default: 3D networks on the CPU when a C++ "
+                        "compiler is found, in runs of 300 steps or more, or in shorter runs once a compiled run of the "
+                        "same network and patch batch has filled the compile cache; true fills it): training/compile")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)

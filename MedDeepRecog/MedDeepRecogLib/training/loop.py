@@ -65,6 +65,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..progress import null_progress
+from . import compilation
 from .sections import HIGHER_IS_BETTER, LoopConfig, OptimizerConfig, ScheduleConfig
 
 log = logging.getLogger(__name__)
@@ -367,14 +368,13 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             start_epoch = epochs + 1
 
     n_batches = max(len(train_loader), 1)
-    eager_net, first_compiled_step = net, False
+    eager_net, first_compiled_step, decision = net, False, None
     if start_epoch <= epochs:
-        from .compilation import compiled, decide_compile
-
-        decision = decide_compile(cfg.loop.compile, model, device, (epochs - start_epoch + 1) * n_batches, dist_on)
+        decision = compilation.decide_compile(cfg.loop.compile, model, device,
+                                              (epochs - start_epoch + 1) * n_batches, dist_on)
         history.compiled = f"{'on' if decision.compile else 'off'}: {decision.reason}"
         if decision.compile:
-            net, first_compiled_step = compiled(net), True
+            net, first_compiled_step = compilation.compiled(net), True
             progress("compile", (start_epoch - 1) / epochs, reason=decision.reason)
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
@@ -394,6 +394,13 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             if hooks.batch_transform is not None:
                 batch = hooks.batch_transform(model, batch, {"epoch": epoch, "step": step_index, "device": device})
                 set_train_mode(model, frozen_modules)
+            if decision is not None and decision.if_cache_holds:  # a short run's first batch: is the cache warm?
+                decision = compilation.warm_decision(decision, model, device, compilation.batch_shape(batch) or ())
+                if decision.compile:
+                    history.compiled = f"on: {decision.reason}"
+                    net, first_compiled_step = compilation.compiled(net), True
+                    progress("compile", (epoch - 1) / epochs, reason=decision.reason)
+                decision = compilation.CompileDecision(decision.compile, decision.reason)  # decided: ask once
             try:
                 out = _train_step(net, step, batch, optimizer, scaler, model, cfg.loop.grad_clip, device, amp, epoch)
             except Exception as exc:
@@ -406,6 +413,8 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
                 history.compiled = f"off: torch.compile failed ({type(exc).__name__})"
                 net = eager_net
                 out = _train_step(net, step, batch, optimizer, scaler, model, cfg.loop.grad_clip, device, amp, epoch)
+            if first_compiled_step and net is not eager_net:  # compiled, so the compile cache now holds it
+                compilation.note_compiled(model, device, compilation.batch_shape(batch) or ())
             first_compiled_step = False
             if ema is not None:
                 ema.update_parameters(model)
