@@ -61,7 +61,9 @@ def test_auto_compiles_a_short_run_when_the_compile_cache_holds_the_network(monk
     assert not compilation.warm_decision(short, net, CPU, (2, 1, 8, 8, 8)).compile  # another shape compiles afresh
     other = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 2, 1))  # another network
     assert not compilation.warm_decision(decide_compile("auto", other, CPU, 80, False), other, CPU, shape).compile
-    for never in (decide_compile("auto", _net2d(), CPU, 80, distributed=False),  # 2D, off, DDP: warm or not
+    too_short = decide_compile("auto", net, CPU, compilation.AUTO_WARM_MIN_STEPS - 1, distributed=False)
+    assert "even a compile from the cache" in too_short.reason
+    for never in (too_short, decide_compile("auto", _net2d(), CPU, 80, distributed=False),  # 2D, off, DDP too
                   decide_compile(False, net, CPU, 80, distributed=False),
                   decide_compile("auto", net, CPU, 80, distributed=True)):
         assert not never.if_cache_holds and not compilation.warm_decision(never, net, CPU, shape).compile
@@ -98,12 +100,15 @@ def test_a_short_run_compiles_at_its_first_batch_when_the_cache_holds_it(monkeyp
     monkeypatch.setattr(compilation, "compiled_graph_marker",
                         lambda model, device, shape: tmp_path / f"{abs(hash((str(model), device.type, shape)))}.json")
     monkeypatch.setattr(compilation, "compiled", _StandIn)  # the decision is under test, not inductor
-    _, cold = _run("auto")
+    epochs = compilation.AUTO_WARM_MIN_STEPS // 2  # 2 batches an epoch
+    _, cold = _run("auto", epochs)
     assert cold.compiled.startswith("off: auto: ") and not list(tmp_path.iterdir())
     _, requested = _run(True)
     assert requested.compiled == "on: training/compile is true" and len(list(tmp_path.iterdir())) == 1
-    _, warm = _run("auto")
+    _, warm = _run("auto", epochs)
     assert warm.compiled.startswith("on: auto: a run under") and "[4, 1, 8, 8, 8]" in warm.compiled
+    _, short = _run("auto", 2)  # warm, but too short to repay even that
+    assert short.compiled.startswith("off: auto:") and "even a compile from the cache" in short.compiled
 
 
 def _problem():
@@ -113,7 +118,7 @@ def _problem():
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4, shuffle=False)
 
 
-def _run(setting) -> tuple[dict, object]:
+def _run(setting, epochs: int = 2) -> tuple[dict, object]:
     torch.manual_seed(0)
     model = _net3d()
 
@@ -122,7 +127,7 @@ def _run(setting) -> tuple[dict, object]:
         return StepOutput(nn.functional.cross_entropy(net(xb), yb), len(xb))
 
     cfg = FitConfig(optimizer=OptimizerConfig(name="sgd", lr=0.1, weight_decay=0.0),
-                    loop=LoopConfig(epochs=2, compile=setting, device="cpu"), monitor="loss")
+                    loop=LoopConfig(epochs=epochs, compile=setting, device="cpu"), monitor="loss")
     history = fit(model, _problem(), step, None, cfg)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, history
 

@@ -96,7 +96,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "training/device")
     p.add_argument("--compile", choices=["auto", "true", "false"], default=None,
                    help="torch.compile the training steps (auto, the default: 3D networks on the CPU when a C++ "
-                        "compiler is found, in runs of 300 steps or more, or in shorter runs once a compiled run of the "
+                        "compiler is found, in runs of 300 steps or more, or of 50 or more once a compiled run of the "
                         "same network and patch batch has filled the compile cache; true fills it): training/compile")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)

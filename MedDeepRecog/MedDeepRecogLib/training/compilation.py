@@ -14,9 +14,9 @@ What was measured on this project's 2-core CPU (torch 2.13, inductor; ``bench/fi
 So ``auto`` compiles only 3D networks (any ``Conv3d``), only on the CPU, only in one process (DDP + compile was not
 measured), only when a C++ compiler is on the machine (inductor writes C++ for the CPU; Slicer's Python on Windows
 usually has none), and only when the compile pays: in runs of at least :data:`AUTO_MIN_STEPS` optimiser steps, or in
-shorter runs when inductor's disk cache already holds this network's compiled steps (a compile of about 1 s instead
-of about 30; :func:`compiled_graph_marker`), as it does for every fine-tune after the first compiled one on a
-machine. ``true`` compiles whatever the network and device. Either way a compile that fails falls back to the eager
+runs of at least :data:`AUTO_WARM_MIN_STEPS` when inductor's disk cache already holds this network's compiled steps at
+the run's batch shape (a compile of about 1-3.5 s instead of about 30; :func:`compiled_graph_marker`), as it does
+after one compiled run (``training/compile: true``, or a long run) on a machine. ``true`` compiles whatever the network and device. Either way a compile that fails falls back to the eager
 network with a warning (:func:`..loop.fit` does this at the first step). Only the training forward/backward is
 compiled: validation, checkpoints and the saved package use the eager module, whose weights are the same tensors.
 """
@@ -38,6 +38,13 @@ from torch import nn
 #: takes about 28-36 s (1 s when inductor's disk cache already holds the graph) and saves about 0.2 s per step, so it
 #: is paid back after about 150 steps; the default fine-tune (80 steps) stays eager unless the cache is warm.
 AUTO_MIN_STEPS = 300
+
+#: ``auto`` compiles a shorter run from a warm compile cache only from this many steps on. A compile from the cache
+#: still costs about 3.5 s in a new process (importing the compiler, tracing, loading the kernels; 0.9 s in one that
+#: has compiled before). The default fine-tune (80 steps of 8 patches of 64³) saves about 0.24 s a step compiled, so
+#: it repays that about five times over; a 20-step run of 8 patches of 32x64x64 saved 0.03 s a step and took 2.6 s
+#: longer compiled (``meddeeprecog finetune`` on the TotalSegmentator example CT, 2 threads, 2026-12-04).
+AUTO_WARM_MIN_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -75,10 +82,13 @@ def decide_compile(setting: Literal["auto"] | bool, model: nn.Module, device: to
         return CompileDecision(False, "auto: not used under distributed data parallel")
     if cxx_compiler() is None:
         return CompileDecision(False, "auto: no C++ compiler found (set CXX), which torch.compile needs on the CPU")
+    if steps < AUTO_WARM_MIN_STEPS:
+        return CompileDecision(False, f"auto: {steps} optimiser steps are too few to pay back even a compile from "
+                                      f"the cache (at least {AUTO_WARM_MIN_STEPS})")
     if steps < AUTO_MIN_STEPS:
         return CompileDecision(False, f"auto: {steps} optimiser steps are too few to pay back the compile "
-                                      f"(at least {AUTO_MIN_STEPS}, or a compile cache that holds this network)",
-                               if_cache_holds=True)
+                                      f"(at least {AUTO_MIN_STEPS}, or {AUTO_WARM_MIN_STEPS} with a compile cache "
+                                      "that holds this network)", if_cache_holds=True)
     return CompileDecision(True, f"auto: a 3D network on the CPU for {steps} optimiser steps")
 
 
@@ -92,7 +102,7 @@ def warm_decision(decision: CompileDecision, model: nn.Module, device: torch.dev
     if marker is not None and marker.is_file():
         return CompileDecision(True, f"auto: a run under {AUTO_MIN_STEPS} optimiser steps, but the compile cache "
                                      f"holds this network's compiled steps at batch shape {list(batch_shape)} (a "
-                                     "compile of about 1 s)")
+                                     "compile of a few seconds)")
     return decision
 
 
