@@ -60,3 +60,28 @@ def test_placement_block_defaults_and_keeps_its_bands():
     assert validate_block(None) is None
     assert validate_block({"bands": [0.05, 0.25]}) == {"bands": [0.05, 0.25]}
     assert validate_block({"bands": [0.1, 0.2]}) == validate_block({"bands": [0.1, 0.2]})
+
+
+def _config(tmp_path, kind: str, arrays: dict):
+    from MedDeepRecogLib.training.config import config_from_dict
+
+    data = tmp_path / "data.npz"
+    np.savez(data, **arrays)
+    return config_from_dict({"id": "toy", "data": {"path": str(data), "kind": kind, "size": [16, 16]},
+                             "model": {"name": "simple_cnn2d"}, "placement": {"bands": [0.1]}}, tmp_path / "c.yaml")
+
+
+def test_what_the_block_needs_is_refused_when_the_run_starts_not_after_training(tmp_path):
+    """A volume model, or a data file without validation images, is refused by ``run_hooks`` (the start of a run)
+    with the file named."""
+    from MedDeepRecogLib.inference.placement import placement_hooks
+
+    images, labels = np.zeros((4, 16, 16), np.uint8), np.array([0, 1, 0, 1])
+    ok = _config(tmp_path, "slices2d", {"train_images": images, "train_labels": labels, "val_images": images,
+                                        "val_labels": labels})
+    assert placement_hooks({"bands": [0.1]}, ok).before_save is not None
+    with pytest.raises(ConfigError, match="slice models; data/kind is volume3d"):
+        placement_hooks({"bands": [0.1]}, _config(tmp_path, "volume3d", {"images": images, "labels": labels}))
+    with pytest.raises(ConfigError, match="needs val_images") as err:
+        placement_hooks({"bands": [0.1]}, _config(tmp_path, "slices2d", {"images": images, "labels": labels}))
+    assert "data.npz" in str(err.value)

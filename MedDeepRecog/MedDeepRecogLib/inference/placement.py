@@ -173,27 +173,34 @@ def validate_block(block: Any) -> dict | None:
 
 def placement_hooks(block: dict, cfg: Any = None) -> RunHooks:
     """Before the package is saved: place the heatmap on the run's raw validation images, into ``model.json`` and
-    the card."""
+    the card. What the block needs (a slice model; an .npz holding the validation images) is checked when the run
+    starts, not after its training."""
+    from ..training.config import resolve_data_path
+
+    path = resolve_data_path(cfg)
+    key = f"{cfg.data.val_split}_images"
+    if cfg.data.kind != "slices2d":
+        raise ConfigError(f"placement measures slice models; data/kind is {cfg.data.kind}", cfg.source)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            found = key in z.files
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"placement reads the validation images from an .npz ({exc})", path) from None
+    if not found:
+        raise ConfigError(f"placement needs {key} in the data file (the validation images as a user would give "
+                          "them)", path)
 
     def before_save(draft: PackageDraft, progress) -> None:
-        from ..schema import resolve_relative
         from ..training.train import explain_method
 
-        config = draft.config
-        if config.data.kind != "slices2d":
-            raise ConfigError(f"placement measures slice models; data/kind is {config.data.kind}")
-        path = resolve_relative(str(config.data.path), config.source)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                images = z[f"{config.data.val_split}_images"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise ConfigError(f"placement needs the {config.data.val_split}_images of an .npz ({exc})", path) from None
+        with np.load(path, allow_pickle=False) as z:
+            images = z[key]
         progress("heatmap placement", 0.99)
         with draft.staged_package() as package:
             figures = measure_placement(package, images, bands=block["bands"])
-        draft.meta["placement"] = {"split": config.data.val_split, **figures}
+        draft.meta["placement"] = {"split": cfg.data.val_split, **figures}
         draft.card_sections.append(placement_card_lines(figures, explain_method(draft.meta),
-                                                        split=config.data.val_split))
+                                                        split=cfg.data.val_split))
 
     return RunHooks(before_save=before_save)
 
