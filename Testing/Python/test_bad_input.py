@@ -450,6 +450,29 @@ def test_picture_bombs_are_refused_before_decoding(tmp_path, case):
     assert rss < RSS_LIMIT_KB
 
 
+@pytest.mark.parametrize("case", ["truncated_jpeg", "truncated_png", "png_with_a_broken_chunk"])
+def test_a_damaged_picture_is_refused_in_one_line_not_classified(tmp_path, case):
+    """libjpeg (inside ITK) fills a truncated JPEG with grey and only prints a warning, and libpng prints its own
+    lines: the picture is decoded by Pillow first, so damage is one line naming the file, exit 2."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / ("whole.jpg" if case == "truncated_jpeg" else "whole.png")
+    Image.fromarray((rng.random((200, 200)) * 255).astype(np.uint8)).save(whole)
+    data = whole.read_bytes()
+    path = tmp_path / f"damaged{whole.suffix}"
+    if case == "png_with_a_broken_chunk":
+        path.write_bytes(data[:8] + b"broken chunk" * 8)
+    else:
+        path.write_bytes(data[: len(data) // 2])
+    for command in ("info", "classify"):
+        args = (command, path) if command == "info" else (command, path, "--model", "breast-us-lesion",
+                                                          "--out", tmp_path / "out")
+        code, _, err, _, _ = run_measured(*args)
+        clean_error(code, err, path.name, "cannot be read as a picture")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # no partial output
+
+
 def _tiny_package(tmp_path, **arch_over) -> Path:
     from tiny_test_package import make_tiny_package
     folder = make_tiny_package(tmp_path / "src", kind="volume3d")

@@ -483,6 +483,8 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
         if suffix_of(path) in (".nii", ".nii.gz"):
             _check_nifti_complete(path)
         picture = suffix_of(path) in PICTURE_SUFFIXES
+        if picture:
+            _check_picture_decodes(path)
         try:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
@@ -516,6 +518,31 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
     if pixel_type is not None:
         image = sitk.Cast(image, pixel_type)
     return image
+
+
+def _check_picture_decodes(path: Path) -> None:
+    """Decode a PNG/JPEG once with Pillow before ITK reads it, within the picture size limits (checked on the header
+    first). ITK's libjpeg fills a truncated JPEG with grey and only prints "Premature end of JPEG file", so a damaged
+    picture would be classified as if whole; and libpng prints its own lines before ITK's error. Pillow raises
+    instead, which gives one line naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limits, below, are checked on the header before anything is decoded
+    try:
+        with Image.open(path) as picture:
+            w, h = picture.size
+            if max(w, h) > MAX_PICTURE_SIDE:
+                raise InputImageError(f"picture of {w} x {h} pixels is larger than {MAX_PICTURE_SIDE} per side", path)
+            if w * h > MAX_PICTURE_PIXELS:
+                raise InputImageError(f"picture of {w} x {h} pixels has more than {MAX_PICTURE_PIXELS:,} pixels", path)
+            picture.load()
+    except InputImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+        raise InputImageError(f"cannot be read as a picture: damaged or not a PNG/JPEG ({exc})", path) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def _dicom_frames(reader: sitk.ImageFileReader) -> int:
