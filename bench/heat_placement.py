@@ -70,7 +70,7 @@ def main(argv=None) -> int:
             print(f"  outer {float(band):.0%} band ({f['band_area']:.1%} of the image): heatmap peak there "
                   f"{f['peak_in_band']}, heat mass there {f['heat_in_band']}")
             for name, c in f["per_predicted_class"].items():
-                print(f"     called {name} ({c['images']}): peak in band {c['peak_in_band']}, heat in band "
+                print(f"     top class {name} ({c['images']}): peak in band {c['peak_in_band']}, heat in band "
                       f"{c['heat_in_band']}")
         if args.card:
             print(placement_card_lines(s, explain_method(load_package(model_id).meta)))

@@ -44,7 +44,7 @@ def test_summary_per_predicted_class_and_its_card_section():
     card = placement_card_lines({"images": 4, "refused": 0, "bands": {"0.1": s}}, "gradcam on `x`")
     assert "## Where the heatmap sits on its val images (gradcam on `x`)" in card
     assert "| all images (3) | 66.7% / 50.0% |" in card
-    assert "| called benign (2) | 50.0% / 30.0% |" in card and "| called malignant (1) | 100.0% / 90.0% |" in card
+    assert "| top class benign (2) | 50.0% / 30.0% |" in card and "| top class malignant (1) | 100.0% / 90.0% |" in card
     assert f"| band's share of the image (uniform placement) | {band.mean():.1%} |" in card
     assert placement_card_lines(None, "gradcam") == ""
 

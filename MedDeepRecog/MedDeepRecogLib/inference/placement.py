@@ -11,7 +11,7 @@ give (1 mm pixels), heatmap clearing included, and on the heatmap on the image's
 - **peak in band**: images whose heatmap maximum lies within ``band`` (a fraction of the side) of an edge, next to
   the band's share of the image area (where uniformly placed peaks would fall);
 - **heat in band**: the mean share of the heat mass inside the band, next to the same area share;
-- both per predicted class (a shortcut is often one class's).
+- both per predicted class, the top class of each image (a shortcut is often one class's).
 
 Training-config block (optional), registered with the training config when this module is imported
 (``training.hooks.register_config_block``; ``meddeeprecog train`` imports it)::
@@ -106,7 +106,9 @@ def measure_placement(package: Any, images: np.ndarray, *, bands: Sequence[float
             except MedDeepRecogError:
                 refused += 1
                 continue
-            heat = sitk.GetArrayViewFromImage(result.heatmap)[0] if result.heatmap is not None else None
+            heat = None
+            if result.heatmap is not None:  # on the picture's own grid, as one slice (1, H, W)
+                heat = sitk.GetArrayViewFromImage(result.heatmap).reshape(images.shape[1:])
             rows.append({"predicted": result.decision.get("top_class"),
                          "placed": {b: None if heat is None else placement(heat, m) for b, m in masks.items()}})
             if progress:
@@ -142,7 +144,7 @@ def placement_card_lines(figures: Mapping[str, Any] | None, method: str, split: 
     rows = [row("all images", lambda f: f), "| band's share of the image (uniform placement) | "
             + " | ".join(f"{pct(f['band_area'])}" for _, f in bands) + " |"]
     names = list(bands[0][1]["per_predicted_class"])
-    rows[1:1] = [row(f"called {name}", lambda f, n=name: f["per_predicted_class"].get(n)) for name in names]
+    rows[1:1] = [row(f"top class {name}", lambda f, n=name: f["per_predicted_class"].get(n)) for name in names]
     refused = f"; {figures['refused']} refused" if figures.get("refused") else ""
     return f"""
 ## Where the heatmap sits on its {split} images ({method})
