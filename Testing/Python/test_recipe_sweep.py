@@ -28,7 +28,8 @@ def test_deep_merge_overrides_nested_keys_replaces_network_kwargs_whole_and_none
 
 
 @pytest.mark.parametrize("config,variants", [("lung-ct-cancer-cnn.yaml", "lung-ct-cancer.yaml"),
-                                             ("brain-tumour-mri.yaml", "brain-tumour-mri.yaml")])
+                                             ("brain-tumour-mri.yaml", "brain-tumour-mri.yaml"),
+                                             ("breast-us-lesion-evidence.yaml", "breast-us-lesion.yaml")])
 def test_every_committed_variant_is_a_valid_config_of_fold_members_whose_network_builds(tmp_path, config,
                                                                                        variants):
     from MedDeepRecogLib.commands import register_training_blocks
