@@ -16,9 +16,10 @@ measured), only when a C++ compiler is on the machine (inductor writes C++ for t
 usually has none), and only when the compile pays: in runs of at least :data:`AUTO_MIN_STEPS` optimiser steps, or in
 runs of at least :data:`AUTO_WARM_MIN_STEPS` when inductor's disk cache already holds this network's compiled steps at
 the run's batch shape (a compile of about 1-3.5 s instead of about 30; :func:`compiled_graph_marker`), as it does
-after one compiled run (``training/compile: true``, or a long run) on a machine. ``true`` compiles whatever the network and device. Either way a compile that fails falls back to the eager
-network with a warning (:func:`..loop.fit` does this at the first step). Only the training forward/backward is
-compiled: validation, checkpoints and the saved package use the eager module, whose weights are the same tensors.
+after one compiled run (``training/compile: true``, or a long run) on a machine. ``true`` compiles whatever the
+network and device. Either way a compile that fails falls back to the eager network with a warning
+(:func:`..loop.fit` does this at the first step). Only the training forward/backward is compiled: validation,
+checkpoints and the saved package use the eager module, whose weights are the same tensors.
 """
 
 from __future__ import annotations
