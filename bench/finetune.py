@@ -253,8 +253,8 @@ def main() -> None:
             for n in runs:
                 t_plain, t_eager = n * BATCH / plain, n * BATCH / eager
                 t_fast = warm + (n - 1) * BATCH / fast
-                choice = ("compiled" if auto[n].compile else
-                          "compiled once the compile cache holds it, eager before" if auto[n].if_cache_holds else "eager")
+                choice = ("compiled" if auto[n].compile else "compiled once the compile cache holds it, eager "
+                          "before" if auto[n].if_cache_holds else "eager")
                 whole.append(f"{n} steps: plain {t_plain:.0f} s, eager {t_eager:.0f} s, compiled {t_fast:.0f} s "
                              f"(auto: {choice})")
             print(f"training {tag} round {r + 1}/{args.rounds}: plain MONAI-tutorial loop {plain:7.2f} samples/s | "
