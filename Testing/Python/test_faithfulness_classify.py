@@ -146,3 +146,17 @@ def test_classify_fills_every_trust_field_in_one_call(pkg, tmp_path):
     assert res.uncertainty["mc_dropout"]["samples"] == 20 and res.uncertainty["low_confidence"] is None
     assert "trust" in res.timing_s
     json.dumps(res.to_json())  # everything added is JSON-able
+
+
+def test_the_faithfulness_subsample_is_bounded_in_network_passes():
+    """A slice of a stack costs an ensemble's members times its views: 4 slices of one network or of a 3-member
+    ensemble, 2 of a 3-member ensemble with a test-time flip, at least 1."""
+    from MedDeepRecogLib.inference.trust import FAITHFULNESS_MAX_SLICES, faithfulness_slices
+    from MedDeepRecogLib.models.ensemble import MeanEnsemble
+
+    kw = {"member": "simple_cnn2d", "member_kwargs": {"channels": [4, 8], "hidden": 0}, "in_channels": 1,
+          "num_classes": 3}
+    assert faithfulness_slices(torch.nn.Conv2d(1, 3, 3)) == FAITHFULNESS_MAX_SLICES == 4
+    assert faithfulness_slices(MeanEnsemble(**kw, members=3)) == 4
+    assert faithfulness_slices(MeanEnsemble(**kw, members=3, flip_axes=[1])) == 2
+    assert faithfulness_slices(MeanEnsemble(**kw, members=7, flip_axes=[1])) == 1

@@ -2,9 +2,10 @@
 
 - :func:`heatmap_faithfulness`: deletion / insertion AUC of the heatmap and of a random voxel order
   (:func:`MedDeepRecogLib.explain.faithfulness.faithfulness_scores`) with few steps, on the model's own input grid.
-  For slice models the stack is subsampled to ``max_slices`` evenly spaced voting slices and classified as one
-  sample (:class:`MedDeepRecogLib.models.slice_stack.SliceStackClassifier`, the aggregation classify uses), so its
-  cost does not grow with the number of slices.
+  For slice models the stack is subsampled to a few evenly spaced voting slices (:func:`faithfulness_slices`: fewer
+  for an ensemble with a test-time flip) and classified as one sample
+  (:class:`MedDeepRecogLib.models.slice_stack.SliceStackClassifier`, the aggregation classify uses), so its cost does
+  not grow with the number of slices.
 - :func:`heatmap_localisation`: pointing game and heatmap mass inside a lesion segmentation (``--lesion``).
 - :func:`scan_lesion_reliance`: for slice models, how much the predicted class's probability falls when the
   labelled lesion is filled with the surrounding tissue, next to the same fill elsewhere (``--lesion``).
@@ -34,6 +35,18 @@ from .predict import maps_to_model_grid
 FAITHFULNESS_STEPS = 5
 #: Slices of a slice stack used for the faithfulness score (measured on a 512x512x300 CT, body-region: ~0.3 s).
 FAITHFULNESS_MAX_SLICES = 4
+#: Network passes per slice subsample and curve point that the score may cost: each slice costs an ensemble's
+#: members times its views (the test-time flip doubles them). 4 slices of one network or of a 3-member ensemble;
+#: 2 of a 3-member ensemble with a flip, which at 4 slices took 1.1-1.7 s of a breast-us-lesion volume's 3.1-3.4 s
+#: (bench/disease.py, 2 threads).
+FAITHFULNESS_MAX_PASSES = 12
+
+
+def faithfulness_slices(model: torch.nn.Module) -> int:
+    """How many slices of a stack :func:`heatmap_faithfulness` scores for ``model``: :data:`FAITHFULNESS_MAX_SLICES`,
+    fewer where each slice costs more network passes than :data:`FAITHFULNESS_MAX_PASSES` allows (at least 1)."""
+    passes = len(getattr(model, "members", None) or [model]) * int(getattr(model, "views", 1))
+    return max(1, min(FAITHFULNESS_MAX_SLICES, FAITHFULNESS_MAX_PASSES // passes))
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -60,7 +73,7 @@ def _even_subset(indices: np.ndarray, n: int) -> np.ndarray:
 
 
 def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str | None, *,
-                         steps: int = FAITHFULNESS_STEPS, max_slices: int = FAITHFULNESS_MAX_SLICES,
+                         steps: int = FAITHFULNESS_STEPS, max_slices: int | None = None,
                          seed: int = 0) -> dict[str, Any] | None:
     """Deletion / insertion AUC of ``result``'s heatmap (None without a heatmap or for a method it cannot score).
 
@@ -68,6 +81,7 @@ def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str 
         result: a :class:`~MedDeepRecogLib.inference.classify.ClassificationResult` (model input, model map).
         model: the network classify used (eval mode).
         target_layer: Grad-CAM layer (slice models: maps are recomputed for the subsampled slices at model size).
+        max_slices: slices of a stack scored (default :func:`faithfulness_slices` of ``model``).
 
     Returns:
         :func:`~MedDeepRecogLib.explain.faithfulness.faithfulness_scores`' dict (AUCs and ``score`` rounded to 4
@@ -89,7 +103,8 @@ def heatmap_faithfulness(result: Any, model: torch.nn.Module, target_layer: str 
         voted = np.array([r.get("voted", True) for r in result.per_slice], dtype=bool) \
             if len(result.per_slice) == len(inp.x) else np.asarray(inp.valid, dtype=bool)
         valid = np.flatnonzero(voted & np.asarray(inp.valid, dtype=bool))
-        idx = _even_subset(valid if len(valid) else np.arange(len(inp.x)), max_slices)
+        idx = _even_subset(valid if len(valid) else np.arange(len(inp.x)),
+                           faithfulness_slices(model) if max_slices is None else max_slices)
         xs = torch.from_numpy(np.ascontiguousarray(inp.x[idx])).float()
         if getattr(result, "feature_maps", None) is not None:
             # classify's own unscaled maps of these slices, which explained ``target`` (the voting slices' scores
