@@ -38,7 +38,8 @@ FRAMES_KEY = "MedDeepRecog|frames"    # a single file holding several frames (mu
 PICTURE_KEY = "MedDeepRecog|picture"  # "png" / "jpeg": a picture file, no physical spacing of its own
 
 #: Pictures larger than this per side, or with more pixels than this in all, are refused before their pixels are
-#: decoded (a PNG of zeros compresses about 1000:1, so a small file can declare gigabytes).
+#: decoded (a PNG of zeros compresses about 1000:1, so a small file can declare gigabytes): checked on the header in
+#: :func:`_check_picture_decodes`, before Pillow or ITK decodes anything.
 MAX_PICTURE_SIDE = 16384
 MAX_PICTURE_PIXELS = 64 << 20
 
@@ -498,12 +499,6 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
                 _check_stream_complete(path, n)
             if reader.GetDimension() in (2, 3):
                 _check_direction(reader.GetDirection(), path, reader.GetDimension())
-            if picture and max(reader.GetSize()) > MAX_PICTURE_SIDE:
-                raise InputImageError(f"picture of {' x '.join(map(str, reader.GetSize()))} pixels is larger than "
-                                      f"{MAX_PICTURE_SIDE} per side", path)
-            if picture and int(np.prod([int(v) for v in reader.GetSize()])) > MAX_PICTURE_PIXELS:
-                raise InputImageError(f"picture of {' x '.join(map(str, reader.GetSize()))} pixels has more than "
-                                      f"{MAX_PICTURE_PIXELS:,} pixels", path)
             frames = _dicom_frames(reader)
             image = reader.Execute()
         except RuntimeError as exc:
