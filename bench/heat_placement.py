@@ -1,21 +1,14 @@
 """Does a disease model's heatmap sit at the image border? Measured through ``classify`` on its val split.
 
 The issue's baseline (a plain CNN's Grad-CAM) put its peaks at the image border; BUSI ultrasound carries text and
-calipers near the edges, and a CT slice has table and air there. No lesion outlines exist for these images, so this
-measures the one placement that needs none: each val image (never used in training or selection) goes through
-``classify_scan`` exactly as a user's PNG would (heatmap, clearing outside the body included), and on the heatmap
-written on the image's own grid it counts
-
-- **peak in border band**: images whose heatmap maximum lies within ``--band`` (a fraction of the side) of an edge,
-  against the band's share of the image area (where uniformly placed peaks would fall);
-- **heat in border band**: the share of heat mass inside that band, against the same area share;
-- the same two for the images that carry the class the model predicted, per class.
+calipers near the edges, and a CT slice has table and air there. Each val image (never used in training or
+selection) goes through ``classify_scan`` as a user's PNG would, and the measure is the library's
+(:mod:`MedDeepRecogLib.inference.placement`: heatmap peaks and heat mass in the outer band, next to the band's share
+of the area, overall and per top class), which ``meddeeprecog train`` also runs when a config holds a
+``placement:`` block; ``--card`` prints the model-card section it writes.
 
     python bench/heat_placement.py [--model brain-tumour-mri breast-us-lesion lung-ct-cancer] [--band 0.1 0.2]
         [--max 0] [--threads 2] [--card]
-
-The measure itself is the library's (:mod:`MedDeepRecogLib.inference.placement`), which ``meddeeprecog train``
-also runs when a config holds a ``placement:`` block; ``--card`` prints the model-card section it writes.
 
 The images come from the data file recorded in the package (``provenance.data``, resolved beside the repository).
 """
@@ -33,12 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedDeepRecog"))
 
 
-def measure(model_id: str, bands: list[float], limit: int) -> dict:
+def measure(package, bands: list[float], limit: int) -> dict:
     """:func:`MedDeepRecogLib.inference.placement.measure_placement` of a package on its data file's val split."""
     from MedDeepRecogLib.inference.placement import measure_placement
-    from MedDeepRecogLib.packages import load_package
 
-    package = load_package(model_id)
     data_path = (REPO / package.meta["provenance"]["data"]).resolve()
     with np.load(data_path) as data:
         images = data["val_images"][:limit or None]
@@ -63,7 +54,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     for model_id in args.model:
-        s = measure(model_id, args.band, args.max)
+        package = load_package(model_id)
+        s = measure(package, args.band, args.max)
         print(f"{s['model']} on {s['data']} val ({s['images']} images, {s['with_heat']} with a heatmap, "
               f"{s['refused']} refused; {s['seconds']} s)")
         for band, f in s["bands"].items():
@@ -73,7 +65,7 @@ def main(argv=None) -> int:
                 print(f"     top class {name} ({c['images']}): peak in band {c['peak_in_band']}, heat in band "
                       f"{c['heat_in_band']}")
         if args.card:
-            print(placement_card_lines(s, explain_method(load_package(model_id).meta)))
+            print(placement_card_lines(s, explain_method(package.meta)))
         print(json.dumps(s))
     return 0
 

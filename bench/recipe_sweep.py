@@ -1,8 +1,8 @@
 """Compare training recipes on their group-aware out-of-fold figures, many ``train`` runs side by side.
 
 Each variant is the base config with some keys overridden (a YAML mapping of variant name to a partial config,
-deep-merged, except ``model/kwargs``, which a variant replaces whole; ``null`` removes a key). Every variant runs ``meddeeprecog train`` with the config's own
-``training/folds`` and no refit, no out-of-domain fit and no lesion scoring: only the fold members, whose
+deep-merged, except ``model/kwargs``, which a variant replaces whole; ``null`` removes a key). Every variant runs
+``meddeeprecog train`` with the config's own ``training/folds`` and no refit, no out-of-domain fit and no lesion scoring: only the fold members, whose
 out-of-fold figures are what a recipe is chosen on (the val split is never used to choose). Runs go in parallel
 (``--parallel``), each in its own process under its own time limit, so one failure costs only itself.
 
@@ -19,7 +19,7 @@ machines that take only a small working tree: the brain tumour file at 224² is 
 21 MB. Variants may then not change ``data/size`` or ``input``.
 
 Sweeps run so far (variant files in ``bench/sweeps/``, figures in the README and the configs' comments):
-``bench/sweeps/lung-ct-cancer.yaml`` and ``bench/sweeps/brain-tumour-mri.yaml``.
+``bench/sweeps/lung-ct-cancer.yaml``, ``bench/sweeps/brain-tumour-mri.yaml`` and ``bench/sweeps/breast-us-lesion.yaml``.
 """
 
 from __future__ import annotations
@@ -58,21 +58,18 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def standardised_copy(config: Path, raw: dict, dest: Path) -> float:
-    """Write ``dest``: the config's train split standardised as training would (``input/slices`` at ``data/size``),
-    8-bit, with the first 30 val images (the file format wants a val split; the sweep does not use its figures).
-    Returns the intensity scale to put in ``data/intensity_range``."""
-    from MedDeepRecogLib.commands import register_training_blocks
-    register_training_blocks()  # the configs' localisation and placement blocks
-    from MedDeepRecogLib.training.config import load_config, resolve_data_path
+def standardised_copy(cfg, raw: dict, dest: Path) -> float:
+    """Write ``dest``: the train split of ``cfg`` (the loaded config) standardised as training would
+    (``input/slices`` at ``data/size``), 8-bit, with the first 30 val images (the file format wants a val split; the
+    sweep does not use its figures). Returns the intensity scale to put in ``data/intensity_range``."""
+    from MedDeepRecogLib.training.config import resolve_data_path
     from MedDeepRecogLib.training.data import standardise_images
 
-    cfg = load_config(config)
     source = np.load(resolve_data_path(cfg))
     arrays = {}
     scale = None
     for split, count in (("train", None), ("val", 30)):
-        x = standardise_images(source[f"{split}_images"][:count], raw["input"]["slices"], cfg.data.size, config)
+        x = standardise_images(source[f"{split}_images"][:count], raw["input"]["slices"], cfg.data.size, cfg.source)
         scale = scale or 255.0 / max(1.0, float(x.max()))
         arrays[f"{split}_images"] = np.clip(np.round(x[:, 0] * scale), 0, 255).astype(np.uint8)
         for key in ("labels", "groups"):
@@ -87,18 +84,19 @@ def variant_configs(config: Path, variants: dict, seeds: list[int], out: Path, c
     register_training_blocks()  # the configs' localisation and placement blocks
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
 
+    loaded = load_config(config)
     raw = yaml.safe_load(config.read_text(encoding="utf-8"))
     raw.pop("version", None)
     raw.pop("localisation", None)
     raw.pop("placement", None)
     raw["domain"] = None
     raw["training"]["refit"] = 0
-    raw["data"]["path"] = str(resolve_data_path(load_config(config)))
+    raw["data"]["path"] = str(resolve_data_path(loaded))
     if copy_path is not None:
         bad = [name for name, v in variants.items() if "input" in v or "size" in (v.get("data") or {})]
         if bad:
             raise SystemExit(f"recipe_sweep: --standardised-copy fixes data/size and input; variants {bad} change them")
-        scale = standardised_copy(config, raw, copy_path)
+        scale = standardised_copy(loaded, raw, copy_path)
         raw["data"]["path"] = str(copy_path.resolve())
         raw["data"]["intensity_range"] = [0.0, scale]
         raw["input"]["slices"] = None
