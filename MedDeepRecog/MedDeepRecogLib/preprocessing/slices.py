@@ -1,7 +1,8 @@
 """The 2D slices every ``slices2d`` model reads, prepared one way for training and for inference.
 
 MedNIST-style training slices are display-windowed 8-bit images, so a scan's slices are brought to the same look:
-a fixed window for CT in HU, a per-slice percentile stretch for anything else, then cropped to the body's box,
+a fixed window for CT in HU, a per-slice percentile stretch for anything else, the CT table blanked where the package
+asks (``remove_table``), then cropped to the body's box,
 padded to a square in mm and resized to the model's size (:func:`standardise_slices`). Training
 (``training.data``) and classify (``inference.model_input.slices_from_image``) both call it, so both see identical
 inputs; a package can override any of :data:`SLICE_DEFAULTS` in ``input.slices``.
@@ -28,6 +29,8 @@ SLICE_DEFAULTS: dict[str, Any] = {
     "min_foreground": 0.03,    # slices with less body than this fraction are skipped (not voted)
     "margin": 0.04,            # added around the body box, as a fraction of its side
     "crop_foreground": True,
+    # blank the CT table under the patient before cropping (:func:`.table.table_mask`), so the model never reads it
+    "remove_table": False,
     # an image smaller than this per side is refused rather than upsampled; None: half the model's input side
     # (enlarging more than 2x invents the detail the model was trained to read)
     "min_pixels": None,
@@ -68,6 +71,11 @@ def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1
     else:
         gain = float(opt.get("percentile_target", 1.0)) / np.maximum(span, 1e-6)
         scaled = np.clip((slices - lo[:, None, None]) * gain[:, None, None], 0.0, 1.0, dtype=np.float32)
+    if opt.get("remove_table"):
+        from .table import table_mask
+
+        for i in range(n):
+            scaled[i][table_mask(scaled[i], float(opt["foreground_threshold"]))] = 0.0
     fg = scaled > float(opt["foreground_threshold"])
     frac = fg.reshape(n, -1).mean(axis=1)
     valid = (frac >= float(opt["min_foreground"])) & (span > 1e-6)
