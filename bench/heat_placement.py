@@ -4,7 +4,7 @@ The issue's baseline (a plain CNN's Grad-CAM) put its peaks at the image border;
 calipers near the edges, and a CT slice has table and air there. Each val image (never used in training or
 selection) goes through ``classify_scan`` as a user's PNG would, and the measure is the library's
 (:mod:`MedDeepRecogLib.inference.placement`: heatmap peaks and heat mass in the outer band, next to the band's share
-of the area, overall and per top class), which ``meddeeprecog train`` also runs when a config holds a
+of the area, overall and per top class; for a CT slice model also on the CT table), which ``meddeeprecog train`` also runs when a config holds a
 ``placement:`` block; ``--card`` prints the model-card section it writes.
 
     python bench/heat_placement.py [--model brain-tumour-mri breast-us-lesion lung-ct-cancer] [--band 0.1 0.2]
@@ -64,6 +64,13 @@ def main(argv=None) -> int:
             for name, c in f["per_predicted_class"].items():
                 print(f"     top class {name} ({c['images']}): peak in band {c['peak_in_band']}, heat in band "
                       f"{c['heat_in_band']}")
+        if s.get("table"):  # CT slice models: on the table under the patient
+            t = s["table"]
+            print(f"  CT table found on {t['images_with_table']} images ({t['table_area']} of the image): heatmap "
+                  f"peak on it {t['peak_on_table']}, heat on it {t['heat_on_table']}")
+            for name, c in t["per_predicted_class"].items():
+                print(f"     top class {name} ({c['images']}): peak on the table {c['peak_on_table']}, heat on it "
+                      f"{c['heat_on_table']}")
         if args.card:
             print(placement_card_lines(s, explain_method(package.meta)))
         print(json.dumps(s))

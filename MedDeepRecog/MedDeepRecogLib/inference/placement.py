@@ -11,7 +11,11 @@ give (1 mm pixels), heatmap clearing included, and on the heatmap on the image's
 - **peak in band**: images whose heatmap maximum lies within ``band`` (a fraction of the side) of an edge, next to
   the band's share of the image area (where uniformly placed peaks would fall);
 - **heat in band**: the mean share of the heat mass inside the band, next to the same area share;
-- both per predicted class, the top class of each image (a shortcut is often one class's).
+- both per predicted class, the top class of each image (a shortcut is often one class's);
+- for a CT slice model, **on the table**: the same two counts over the CT table under the patient, found on each
+  image as the package standardises it but with the table kept (:func:`..preprocessing.table.table_mask`), next to
+  the table's share of the image. A package that blanks the table (``input.slices.remove_table``) cannot point
+  there, since the heatmap is cleared outside the body; what it shows is how often the table was found.
 
 Training-config block (optional), registered with the training config when this module is imported
 (``training.hooks.register_config_block``; ``meddeeprecog train`` imports it)::
@@ -75,6 +79,41 @@ def summarise(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], ban
     return out
 
 
+def table_masks(package: Any, images: np.ndarray) -> list[np.ndarray] | None:
+    """Per image ``(H, W)`` bool: the CT table on the image's own grid, found on the image standardised with the
+    package's slice options, table kept; ``None`` unless the package reads CT slices."""
+    from ..preprocessing.slices import SLICE_DEFAULTS, standardise_slices
+    from ..preprocessing.table import table_mask
+
+    spec = package.input_spec
+    if spec.get("kind") != "slices2d" or str(package.meta.get("modality", "")).upper() != "CT":
+        return None
+    options = {**SLICE_DEFAULTS, **(spec.get("slices") or {}), "remove_table": False}
+    scaled = standardise_slices(images, size=(8, 8), options=options)[3]
+    return [table_mask(s, float(options["foreground_threshold"])) for s in scaled]
+
+
+def summarise_table(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
+    """Figures of the table from ``rows`` ``{"predicted", "table_area": share of the image or None (no table
+    found), "on_table": placement(...) or None}``."""
+    found = [r for r in rows if r["table_area"] is not None]
+    placed = [r for r in found if r["on_table"] is not None]
+
+    def figures(sub):
+        return {"images": len(sub),
+                "peak_on_table": round(float(np.mean([r["on_table"][0] for r in sub])), 4) if sub else None,
+                "heat_on_table": round(float(np.mean([r["on_table"][1] for r in sub])), 4) if sub else None}
+
+    out = {"images_with_table": len(found),
+           "table_area": round(float(np.mean([r["table_area"] for r in found])), 4) if found else None,
+           **figures(placed), "per_predicted_class": {}}
+    for name in class_names:
+        sub = [r for r in placed if r["predicted"] == name]
+        if sub:
+            out["per_predicted_class"][name] = figures(sub)
+    return out
+
+
 def measure_placement(package: Any, images: np.ndarray, *, bands: Sequence[float] = DEFAULT_BANDS,
                       progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Classify every ``(N, H, W)`` image as a PNG (uint8 / uint16; other types as a 2D NRRD) with ``package``
@@ -82,7 +121,8 @@ def measure_placement(package: Any, images: np.ndarray, *, bands: Sequence[float
 
     Returns:
         ``{"images", "with_heat", "refused", "seconds", "bands": {"0.1": figures, ...}}`` (figures:
-        :func:`summarise`); images the model refuses (too small, unreadable) are counted, not placed.
+        :func:`summarise`), plus ``"table"`` (:func:`summarise_table`) for a CT slice model; images the model
+        refuses (too small, unreadable) are counted, not placed.
     """
     import SimpleITK as sitk
 
@@ -93,6 +133,7 @@ def measure_placement(package: Any, images: np.ndarray, *, bands: Sequence[float
         raise ConfigError(f"placement needs (N, H, W) images, got shape {images.shape}")
     suffix = ".png" if images.dtype in (np.uint8, np.uint16) else ".nrrd"
     masks = {f"{float(b):g}": band_mask(images.shape[1:], float(b)) for b in bands}
+    tables = table_masks(package, images)
     rows: list[dict[str, Any]] = []  # per image: the predicted class and its placement in each band
     refused = 0
     start = time.perf_counter()
@@ -109,18 +150,24 @@ def measure_placement(package: Any, images: np.ndarray, *, bands: Sequence[float
             heat = None
             if result.heatmap is not None:  # on the picture's own grid, as one slice (1, H, W)
                 heat = sitk.GetArrayViewFromImage(result.heatmap).reshape(images.shape[1:])
+            table = None if tables is None or not tables[i].any() else tables[i]
             rows.append({"predicted": result.decision.get("top_class"),
-                         "placed": {b: None if heat is None else placement(heat, m) for b, m in masks.items()}})
+                         "placed": {b: None if heat is None else placement(heat, m) for b, m in masks.items()},
+                         "table_area": None if table is None else float(table.mean()),
+                         "on_table": None if heat is None or table is None else placement(heat, table)})
             if progress:
                 progress(i + 1, len(images))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     first = next(iter(masks))
-    return {"images": len(images), "refused": refused,
-            "with_heat": sum(r["placed"][first] is not None for r in rows),
-            "seconds": round(time.perf_counter() - start, 1),
-            "bands": {b: summarise([{"predicted": r["predicted"], "placed": r["placed"][b]} for r in rows],
-                                   package.class_names, m) for b, m in masks.items()}}
+    out = {"images": len(images), "refused": refused,
+           "with_heat": sum(r["placed"][first] is not None for r in rows),
+           "seconds": round(time.perf_counter() - start, 1),
+           "bands": {b: summarise([{"predicted": r["predicted"], "placed": r["placed"][b]} for r in rows],
+                                  package.class_names, m) for b, m in masks.items()}}
+    if tables is not None:
+        out["table"] = summarise_table(rows, package.class_names)
+    return out
 
 
 def placement_card_lines(figures: Mapping[str, Any] | None, method: str, split: str = "val",
@@ -155,6 +202,25 @@ padding), and the share of heat there, next to the band's share of the area.
 
 | images | {head} |
 |{rule}|
+{chr(10).join(rows)}
+{table_card_lines(figures.get("table"))}"""
+
+
+def table_card_lines(table: Mapping[str, Any] | None) -> str:
+    """The card lines of :func:`summarise_table`'s figures (``""`` without them)."""
+    if not table:
+        return ""
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    rows = [f"| all images with a table ({table['images']}) | {pct(table['peak_on_table'])} | "
+            f"{pct(table['heat_on_table'])} |"]
+    rows += [f"| top class {name} ({c['images']}) | {pct(c['peak_on_table'])} | {pct(c['heat_on_table'])} |"
+             for name, c in table["per_predicted_class"].items()]
+    return f"""
+On the CT table (`preprocessing/table.py` finds it on each image as standardised, table kept): found on
+{table['images_with_table']} images, where it covers {pct(table['table_area'])} of the image on average.
+
+| images | heatmap peak on the table | heat on the table |
+|---|---|---|
 {chr(10).join(rows)}
 """
 

@@ -22,7 +22,7 @@ those pieces instead, from the bottom of the slice up:
 
 When the patient lies directly on the table, so that no air separates them, nothing is removed (the slice keeps
 its table). A slice without a table (a tight field of view) loses nothing either: its lowest piece is the spine,
-which is too thick or too narrow. Measured on the IQ-OTH/NCCD exports: ``bench/heat_placement.py --table``.
+which is too thick or too narrow. Measured on the IQ-OTH/NCCD exports by ``bench/heat_placement.py`` (the placement figures "on the table").
 """
 
 from __future__ import annotations
