@@ -74,8 +74,9 @@ def table_mask(slice_01: np.ndarray, threshold: float) -> np.ndarray:
         piece = (pieces == np.bincount(under[bottom[present], np.flatnonzero(present)]).argmax()) & live
         level_row = int(np.argmax(piece[:, middle].any(1)))  # the piece's highest row under the middle
         # Above that row a curved table's sides rise; closing along rows can merge them with the patient's flanks
-        # beside them. There only the piece's lowest run in each column is table, the rest is patient.
-        piece &= (rows >= level_row) | lowest_runs(piece)
+        # beside them. There only the piece's lowest run of foreground in each column is table (on the foreground
+        # itself, since the closing also fills the air between a side and a flank), the rest is patient.
+        piece &= (rows >= level_row) | lowest_runs(piece & fg)
         thickness = float(np.median(piece[:, middle].sum(0))) / height
         piece_cols = np.flatnonzero(piece.any(0))
         span = (piece_cols[-1] - piece_cols[0] + 1) / (c1 - c0)
@@ -102,12 +103,8 @@ def table_mask(slice_01: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def lowest_runs(mask: np.ndarray) -> np.ndarray:
-    """``(H, W)`` bool: in each column of ``mask``, its lowest run of True pixels (one-pixel gaps bridged)."""
-    import SimpleITK as sitk
-
-    bridged = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(
-        sitk.GetImageFromArray(mask.astype(np.uint8)), [0, 1])).astype(bool) | mask
-    from_bottom = bridged[::-1]
+    """``(H, W)`` bool: in each column of ``mask``, its lowest run of True pixels."""
+    from_bottom = mask[::-1]
     started = np.cumsum(from_bottom, axis=0) > 0
     ended = np.cumsum(started & ~from_bottom, axis=0) > 0
-    return (from_bottom & ~ended)[::-1] & mask
+    return (from_bottom & ~ended)[::-1]
