@@ -97,3 +97,18 @@ def test_on_the_lung_exports_the_table_is_found_below_the_patient(shared_data):
     tops = [np.flatnonzero(f.any(1))[0] / f.shape[0] for f in found if f.any()]
     heights = [np.flatnonzero(f.any(1)).size / f.shape[0] for f in found if f.any()]
     assert min(tops) > 0.35 and max(heights) < 0.5  # the U's arms rise at the sides, never to the top
+
+
+@pytest.mark.parametrize("radius", [1, 4, 8])
+def test_row_closing_matches_simpleitks_closing_along_rows(radius):
+    import SimpleITK as sitk
+
+    from MedDeepRecogLib.preprocessing.table import row_closing
+
+    rng = np.random.default_rng(radius)
+    for shape, density in [((40, 57), 0.1), ((64, 64), 0.5), ((7, 300), 0.8)]:
+        mask = rng.random(shape) < density
+        mask[:, :2] = True  # foreground at the border, where the safe border matters
+        expected = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(
+            sitk.GetImageFromArray(mask.astype(np.uint8)), [radius, 0])).astype(bool)
+        assert np.array_equal(row_closing(mask, radius), expected)
