@@ -112,3 +112,24 @@ def test_row_closing_matches_simpleitks_closing_along_rows(radius):
         expected = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(
             sitk.GetImageFromArray(mask.astype(np.uint8)), [radius, 0])).astype(bool)
         assert np.array_equal(row_closing(mask, radius), expected)
+
+
+def test_a_ct_in_hounsfield_units_loses_its_table_and_keeps_the_patient(shared_data):
+    """The DICOM CT series (HU, mediastinal window of the lung package): the table under the patient goes on every
+    slice, the patient's box only loses the rows below it."""
+    from MedDeepRecogLib.inference.model_input import slices_from_image
+    from MedDeepRecogLib.io.image_io import read_image
+    from MedDeepRecogLib.packages import load_package
+
+    image = read_image(shared_data / "totalsegmentator_examples" / "example_ct_dicom")
+    spec = load_package("lung-ct-cancer@1.2.0").input_spec
+    assert spec["slices"]["remove_table"] is True
+    kept = slices_from_image(image, {**spec, "slices": {**spec["slices"], "remove_table": False}})
+    blanked = slices_from_image(image, spec)
+    removed = kept.display != blanked.display
+    h = removed.shape[1]
+    assert removed.any(axis=(1, 2)).all()
+    assert np.flatnonzero(removed.any(axis=(0, 2)))[0] > 0.6 * h  # only low in the image
+    assert (blanked.display[~removed] == kept.display[~removed]).all()
+    assert (blanked.extent_mm[:, 0] < kept.extent_mm[:, 0]).all()  # the box lost the table's rows
+    assert np.allclose(blanked.extent_mm[:, 1], kept.extent_mm[:, 1], atol=5.0)  # and kept the patient's width
