@@ -14,8 +14,8 @@ give (1 mm pixels), heatmap clearing included, and on the heatmap on the image's
 - both per predicted class, the top class of each image (a shortcut is often one class's);
 - for a CT slice model, **on the table**: the same two counts over the CT table under the patient, found on each
   image as the package standardises it but with the table kept (:func:`..preprocessing.table.table_mask`), next to
-  the table's share of the image. A package that blanks the table (``input.slices.remove_table``) cannot point
-  there, since the heatmap is cleared outside the body; what it shows is how often the table was found.
+  the table's share of the image. A package that blanks the table (``input.slices.remove_table``) can hardly put
+  heat there, since the heatmap is cleared outside the body (what remains lies on the body mask's closed rim).
 
 Training-config block (optional), registered with the training config when this module is imported
 (``training.hooks.register_config_block``; ``meddeeprecog train`` imports it)::
