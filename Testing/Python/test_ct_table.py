@@ -133,3 +133,24 @@ def test_a_ct_in_hounsfield_units_loses_its_table_and_keeps_the_patient(shared_d
     assert (blanked.display[~removed] == kept.display[~removed]).all()
     assert (blanked.extent_mm[:, 0] < kept.extent_mm[:, 0]).all()  # the box lost the table's rows
     assert np.allclose(blanked.extent_mm[:, 1], kept.extent_mm[:, 1], atol=5.0)  # and kept the patient's width
+
+
+def test_placement_counts_the_table_for_a_ct_slice_package_only(tmp_path):
+    """``measure_placement`` finds the table on a CT slice package's images and places the heatmap against it; other
+    modalities get no table figures."""
+    import json
+
+    from MedDeepRecogLib.inference.placement import measure_placement
+    from MedDeepRecogLib.packages import load_package
+    from tiny_test_package import make_tiny_package
+
+    images = np.stack([(chest(kind, seed=i)[0] * 255).astype(np.uint8) for i, kind in enumerate(["line", "block"])])
+    folder = make_tiny_package(tmp_path)
+    assert "table" not in measure_placement(load_package(folder), images, bands=[0.1])
+    meta = json.loads((folder / "model.json").read_text())
+    meta["modality"] = "CT"
+    (folder / "model.json").write_text(json.dumps(meta))
+    figures = measure_placement(load_package(folder), images, bands=[0.1])
+    assert figures["table"]["images_with_table"] == 2
+    assert 0.0 < figures["table"]["table_area"] < 0.1
+    assert figures["table"]["images"] == figures["with_heat"]
