@@ -133,6 +133,17 @@ def test_a_ct_in_hounsfield_units_loses_its_table_and_keeps_the_patient(shared_d
     assert (blanked.display[~removed] == kept.display[~removed]).all()
     assert (blanked.extent_mm[:, 0] < kept.extent_mm[:, 0]).all()  # the box lost the table's rows
     assert np.allclose(blanked.extent_mm[:, 1], kept.extent_mm[:, 1], atol=5.0)  # and kept the patient's width
+    assert blanked.table_blanked.all() and kept.table_blanked is None
+
+    from MedDeepRecogLib.inference.classify import classify_scan
+
+    result = classify_scan(shared_data / "totalsegmentator_examples" / "example_ct_dicom",
+                           load_package("lung-ct-cancer@1.2.0"), uncertainty="none", faithfulness=False)
+    assert ("the CT table under the patient was blanked before classifying on 20 of 20 slices (the model was "
+            "trained without it: input.slices.remove_table)") in result.input_notes
+    brain = classify_scan(shared_data / "totalsegmentator_examples" / "example_ct_dicom",
+                          load_package("brain-tumour-mri"), uncertainty="none", faithfulness=False)
+    assert not any("CT table" in n for n in brain.input_notes)
 
 
 def test_placement_counts_the_table_for_a_ct_slice_package_only(tmp_path):

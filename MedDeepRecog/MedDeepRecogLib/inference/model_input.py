@@ -72,6 +72,9 @@ class SliceInput:
     extent_mm: np.ndarray | None = None
     foreground_threshold: float | None = None  # the package's body threshold on ``display`` (``None``: default)
     whole_image_is_body: bool = False  # ultrasound: every pixel is tissue (see :func:`whole_image_is_body`)
+    #: ``(N,)`` bool: the slices whose CT table was blanked (``input.slices.remove_table``); ``None`` when the
+    #: package does not ask for it
+    table_blanked: np.ndarray | None = None
 
     def body(self, images: np.ndarray | "torch.Tensor") -> np.ndarray | "torch.Tensor":
         """Which pixels of ``images`` (``(..., H, W)`` on the 0..1 scale of ``display`` and of the model input) lie
@@ -177,16 +180,17 @@ def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: in
     fx = max(1, int(round(base * min(view.spacing[0], view.spacing[1]) / view.spacing[0])))
     work_slices = _block_mean(view.array[z_index], fy, fx)
     spacing_w = np.array([view.spacing[0] * fx, view.spacing[1] * fy, view.spacing[2] * step])
-    x, valid, theta, scaled, extent = standardise_slices(work_slices, (spacing_w[1], spacing_w[0]), size=size, options=opt,
-                                                 hounsfield=is_hounsfield(image))
+    std = standardise_slices(work_slices, (spacing_w[1], spacing_w[0]), size=size, options=opt,
+                             hounsfield=is_hounsfield(image))
     # Working pixel (i, j, k) centre = LPS-view index ((i + .5) fx - .5, (j + .5) fy - .5, z0 + k step).
     offset = np.array([(fx - 1) / 2.0, (fy - 1) / 2.0, float(z_index[0])]) * view.spacing
     origin = view.origin + view.direction @ offset
     grid = ModelGrid(origin=origin, spacing=spacing_w, direction=view.direction,
                      size=(work_slices.shape[2], work_slices.shape[1], work_slices.shape[0]))
-    return SliceInput(x=x, slice_index=z_index, valid=valid, theta=theta, grid=grid,
-                      work_shape=work_slices.shape[1:], display=scaled, extent_mm=extent,
-                      foreground_threshold=float(opt["foreground_threshold"]), whole_image_is_body=whole_image_body)
+    return SliceInput(x=std.x, slice_index=z_index, valid=std.valid, theta=std.theta, grid=grid,
+                      work_shape=work_slices.shape[1:], display=std.scaled, extent_mm=std.extent_mm,
+                      foreground_threshold=float(opt["foreground_threshold"]), whole_image_is_body=whole_image_body,
+                      table_blanked=std.table_pixels > 0 if opt.get("remove_table") else None)
 
 
 # --------------------------------------------------------------------------------------------- 3D volumes

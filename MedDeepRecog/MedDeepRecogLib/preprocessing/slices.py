@@ -10,7 +10,7 @@ inputs; a package can override any of :data:`SLICE_DEFAULTS` in ``input.slices``
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -37,10 +37,20 @@ SLICE_DEFAULTS: dict[str, Any] = {
 }
 
 
+class StandardisedSlices(NamedTuple):
+    """What :func:`standardise_slices` returns (a tuple, so ``[0]`` is the model input)."""
+
+    x: np.ndarray  # (N, 1, H, W) float32 0..1, the model input
+    valid: np.ndarray  # (N,) bool: enough body to classify
+    theta: np.ndarray  # (N, 2, 3) affine from the model image to the slice (normalised, align_corners=False)
+    scaled: np.ndarray  # (N, H_in, W_in) the 0..1 slices before cropping (table blanked where asked)
+    extent_mm: np.ndarray  # (N, 2) the body box's height and width in mm
+    table_pixels: np.ndarray  # (N,) int: pixels blanked as CT table (0 everywhere without ``remove_table``)
+
+
 def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1.0), *,
                        size: Sequence[int] = (64, 64), options: Mapping[str, Any] | None = None,
-                       hounsfield: bool = False
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                       hounsfield: bool = False) -> StandardisedSlices:
     """Standardise 2D slices the way every ``slices2d`` model sees them (training and inference alike).
 
     Args:
@@ -51,10 +61,7 @@ def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1
         hounsfield: the slices are CT in HU: use the fixed ``ct_window`` instead of the per-slice stretch.
 
     Returns:
-        ``(x, valid, theta, scaled, extent_mm)``: ``x`` ``(N, 1, H, W)`` float32 0..1; ``valid`` ``(N,)`` bool
-        (enough body); ``theta`` ``(N, 2, 3)`` affine from the model image to the slice (normalised coordinates,
-        ``align_corners=False``); ``scaled`` ``(N, H_in, W_in)`` the 0..1 slices before cropping; ``extent_mm``
-        ``(N, 2)`` the body box's height and width in mm.
+        :class:`StandardisedSlices` ``(x, valid, theta, scaled, extent_mm, table_pixels)``.
     """
     import torch
     import torch.nn.functional as F
@@ -71,11 +78,14 @@ def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1
     else:
         gain = float(opt.get("percentile_target", 1.0)) / np.maximum(span, 1e-6)
         scaled = np.clip((slices - lo[:, None, None]) * gain[:, None, None], 0.0, 1.0, dtype=np.float32)
+    table_pixels = np.zeros(n, dtype=np.int64)
     if opt.get("remove_table"):
         from .table import table_mask
 
         for i in range(n):
-            scaled[i][table_mask(scaled[i], float(opt["foreground_threshold"]))] = 0.0
+            table = table_mask(scaled[i], float(opt["foreground_threshold"]))
+            scaled[i][table] = 0.0
+            table_pixels[i] = int(table.sum())
     fg = scaled > float(opt["foreground_threshold"])
     frac = fg.reshape(n, -1).mean(axis=1)
     valid = (frac >= float(opt["min_foreground"])) & (span > 1e-6)
@@ -105,4 +115,4 @@ def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1
     if shrink > 1:
         src = F.avg_pool2d(src, shrink, ceil_mode=True)
     x = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return x.numpy().astype(np.float32, copy=False), valid, theta, scaled, extent
+    return StandardisedSlices(x.numpy().astype(np.float32, copy=False), valid, theta, scaled, extent, table_pixels)
