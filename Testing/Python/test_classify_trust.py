@@ -162,3 +162,11 @@ def test_cli_lesion_localisation_and_slicer_reading(packages, scan, tmp_path, ca
     text = res.result_text()
     assert "uncertain" in text and record["top_class"] in text and "slices disagree (40%)" in text
     assert "low confidence" in res.heatmap_text()
+    # what was changed in the scan before the model saw it (colour, the CT table) is shown under the result
+    assert "<small>" not in text
+    record["input_notes"] = ["the CT table under the patient was blanked before classifying on 3 of 4 slices"]
+    (out / "ct.json").write_text(json.dumps(record), encoding="utf-8")
+    res = read_classify_result(out, scan)
+    assert res.input_notes == record["input_notes"]
+    assert res.result_text().endswith("<br><small>the CT table under the patient was blanked before classifying on "
+                                      "3 of 4 slices</small>")

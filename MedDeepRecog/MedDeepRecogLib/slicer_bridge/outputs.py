@@ -32,6 +32,7 @@ class ClassifyResult:
             ``faithfulness_caption``: its deletion / insertion AUCs in words.
         low_confidence: the calibrated low-confidence flag (None when the model is not calibrated);
             ``predictive_entropy``: normalised 0..1 (None when not reported).
+        input_notes: what reading or preparing the scan changed (colour made grey, the CT table blanked, ...).
         raw: the whole JSON record.
     """
 
@@ -49,6 +50,7 @@ class ClassifyResult:
     faithfulness_caption: str = ""
     low_confidence: bool | None = None
     predictive_entropy: float | None = None
+    input_notes: list[str] = field(default_factory=list)
 
     @property
     def confidence(self) -> float:
@@ -73,6 +75,8 @@ class ClassifyResult:
             text += "<br><b>low confidence</b>"
         if self.predictive_entropy is not None:
             text += f" (predictive entropy {self.predictive_entropy:.2f})"
+        if self.input_notes:  # what was changed in the scan before the model saw it
+            text += "<br><small>" + "<br>".join(html.escape(n) for n in self.input_notes) + "</small>"
         return text
 
     def heatmap_text(self) -> str:
@@ -150,6 +154,7 @@ def read_classify_result(out_dir: str | Path, input_path: str | Path) -> Classif
     entropy = uncertainty.get("predictive_entropy")
     low = uncertainty.get("low_confidence")
     reasons = record.get("uncertain_reasons")
+    notes = record.get("input_notes")
     model_name = f"{model.get('id', '')}@{model.get('version', '')}" if isinstance(model, dict) else str(model)
     return ClassifyResult(
         label=str(record["label"]),
@@ -160,7 +165,8 @@ def read_classify_result(out_dir: str | Path, input_path: str | Path) -> Classif
         uncertain_reasons=[str(r) for r in reasons] if isinstance(reasons, list) else [],
         faithfulness_caption=str(explain.get("faithfulness_caption") or ""),
         low_confidence=low if isinstance(low, bool) else None,
-        predictive_entropy=float(entropy) if isinstance(entropy, (int, float)) else None)
+        predictive_entropy=float(entropy) if isinstance(entropy, (int, float)) else None,
+        input_notes=[str(n) for n in notes] if isinstance(notes, list) else [])
 
 
 @dataclass
