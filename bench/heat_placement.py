@@ -4,8 +4,8 @@ The issue's baseline (a plain CNN's Grad-CAM) put its peaks at the image border;
 calipers near the edges, and a CT slice has table and air there. Each val image (never used in training or
 selection) goes through ``classify_scan`` as a user's PNG would, and the measure is the library's
 (:mod:`MedDeepRecogLib.inference.placement`: heatmap peaks and heat mass in the outer band, next to the band's share
-of the area, overall and per top class; for a CT slice model also on the CT table), which ``meddeeprecog train`` also runs when a config holds a
-``placement:`` block; ``--card`` prints the model-card section it writes.
+of the area, overall and per top class; for a CT slice model also on the CT table), which ``meddeeprecog train``
+also runs when a config holds a ``placement:`` block; ``--card`` prints the model-card section it writes.
 
     python bench/heat_placement.py [--model brain-tumour-mri breast-us-lesion lung-ct-cancer] [--band 0.1 0.2]
         [--max 0] [--threads 2] [--card]

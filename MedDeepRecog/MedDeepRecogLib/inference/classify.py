@@ -306,9 +306,10 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     else:
         raise ModelPackageError(f"model {package.id}: unsupported input kind {kind!r}")
     _check_fits(package, inp)
-    if isinstance(inp, SliceInput) and inp.table_blanked is not None:
-        notes.append(f"the CT table under the patient was blanked before classifying on {int(inp.table_blanked.sum())} "
-                     f"of {len(inp.table_blanked)} slices (the model was trained without it: input.slices.remove_table)")
+    if isinstance(inp, SliceInput) and inp.table_blanked is not None and inp.table_blanked.any():
+        notes.append(f"the CT table under the patient was blanked before classifying on "
+                     f"{int(inp.table_blanked.sum())} of {len(inp.table_blanked)} slices (the model was trained "
+                     "without it: input.slices.remove_table)")
     timing["preprocess"] = time.perf_counter() - t
 
     report("predict", 0.35)
