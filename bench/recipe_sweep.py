@@ -2,9 +2,10 @@
 
 Each variant is the base config with some keys overridden (a YAML mapping of variant name to a partial config,
 deep-merged, except ``model/kwargs``, which a variant replaces whole; ``null`` removes a key). Every variant runs
-``meddeeprecog train`` with the config's own ``training/folds`` and no refit, no out-of-domain fit and no lesion scoring: only the fold members, whose
-out-of-fold figures are what a recipe is chosen on (the val split is never used to choose). Runs go in parallel
-(``--parallel``), each in its own process under its own time limit, so one failure costs only itself.
+``meddeeprecog train`` with the config's own ``training/folds`` and no refit, no out-of-domain fit and no lesion
+scoring: only the fold members, whose out-of-fold figures are what a recipe is chosen on (the val split is never
+used to choose). Runs go in parallel (``--parallel``), each in its own process under its own time limit, so one
+failure costs only itself.
 
     python bench/recipe_sweep.py CONFIG VARIANTS.yaml --out DIR [--seeds 0 100] [--parallel 4] [--threads 1]
         [--device cpu|cuda] [--limit-s 3600] [--standardised-copy FILE]

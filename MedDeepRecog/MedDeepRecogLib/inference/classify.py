@@ -479,14 +479,14 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
         InputImageError: naming the frames or the size.
     """
     from ..io.image_io import FRAMES_KEY
-    from ..preprocessing.slices import SLICE_DEFAULTS
+    from ..preprocessing.slices import slice_options
 
     if image.HasMetaDataKey(FRAMES_KEY):
         raise InputImageError(
             f"a multi-frame file ({image.GetMetaData(FRAMES_KEY)} frames in one DICOM object) cannot go to the 2D "
             f"model {package.id}: its frames may be time points of a cine loop rather than slices of a volume; "
             "export the frame to classify as its own file, or give a DICOM series folder", path)
-    minimum = {**SLICE_DEFAULTS, **(package.input_spec.get("slices") or {})}["min_pixels"]
+    minimum = slice_options(package.input_spec)["min_pixels"]
     minimum = int(minimum) if minimum else max(1, min(int(s) for s in package.input_spec.get("size") or [2]) // 2)
     size = list(image.GetSize())[:2]
     if min(size) < minimum:

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError, ModelPackageError
 from ..io.geometry import lps_view
-from ..preprocessing.slices import SLICE_DEFAULTS, standardise_slices
+from ..preprocessing.slices import SLICE_DEFAULTS, slice_options, standardise_slices
 
 @dataclass
 class ModelGrid:
@@ -162,7 +162,7 @@ def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: in
     if channels != 1:
         raise ModelPackageError(f"the model expects {channels} input channels (modalities) per slice, but a "
                                 "single scan gives one; provide a model trained on one channel")
-    opt = {**SLICE_DEFAULTS, **(spec.get("slices") or {})}
+    opt = slice_options(spec)
     size = tuple(int(s) for s in (spec.get("size") or (64, 64)))
     view = lps_view(image)
     nz, ny, nx = view.array.shape

@@ -82,13 +82,13 @@ def summarise(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], ban
 def table_masks(package: Any, images: np.ndarray) -> list[np.ndarray] | None:
     """Per image ``(H, W)`` bool: the CT table on the image's own grid, found on the image standardised with the
     package's slice options, table kept; ``None`` unless the package reads CT slices."""
-    from ..preprocessing.slices import SLICE_DEFAULTS, standardise_slices
+    from ..preprocessing.slices import slice_options, standardise_slices
     from ..preprocessing.table import table_mask
 
     spec = package.input_spec
     if spec.get("kind") != "slices2d" or str(package.meta.get("modality", "")).upper() != "CT":
         return None
-    options = {**SLICE_DEFAULTS, **(spec.get("slices") or {}), "remove_table": False}
+    options = {**slice_options(spec), "remove_table": False}
     scaled = standardise_slices(images, size=(8, 8), options=options)[3]
     return [table_mask(s, float(options["foreground_threshold"])) for s in scaled]
 

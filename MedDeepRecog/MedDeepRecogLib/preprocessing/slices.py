@@ -37,6 +37,12 @@ SLICE_DEFAULTS: dict[str, Any] = {
 }
 
 
+def slice_options(input_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A package's slice options: its ``input.slices`` (``input_spec``: the package's ``input``) over
+    :data:`SLICE_DEFAULTS`."""
+    return {**SLICE_DEFAULTS, **(input_spec.get("slices") or {})}
+
+
 class StandardisedSlices(NamedTuple):
     """What :func:`standardise_slices` returns (a tuple, so ``[0]`` is the model input)."""
 
