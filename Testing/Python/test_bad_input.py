@@ -243,13 +243,37 @@ def run_all(run_cli_all):
     return run_cli_all
 
 
+#: Runs ``python -m MedDeepRecogLib`` and, at exit, writes the process's own peak resident memory (``VmHWM``, kB) to
+#: the file named by ``MEDDEEPRECOG_TEST_PEAK``. The rusage ``wait4`` returns is not the child's own: Linux carries
+#: the peak of the memory a child was started from (the pytest process, already over a gigabyte after the disease
+#: model tests) into its ``ru_maxrss`` across ``exec``, so that figure depended on which tests ran before.
+PEAK_REPORTING_MAIN = """
+import atexit, os, runpy, sys
+
+
+def report_peak():
+    with open("/proc/self/status") as status, open(os.environ["MEDDEEPRECOG_TEST_PEAK"], "w") as out:
+        out.write(next((line.split()[1] for line in status if line.startswith("VmHWM:")), ""))
+
+
+atexit.register(report_peak)
+sys.argv[0] = "MedDeepRecogLib"
+runpy.run_module("MedDeepRecogLib", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_measured(*argv, env_extra=None, timeout=120) -> tuple[int, str, str, int, float]:
-    """``python -m MedDeepRecogLib ARGS`` in a subprocess: (exit code, stdout, stderr, peak RSS in kB, seconds)."""
-    env = {**os.environ, "PYTHONPATH": str(PKG_ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    """``python -m MedDeepRecogLib ARGS`` in a subprocess: (exit code, stdout, stderr, peak RSS in kB, seconds).
+
+    The peak is the child's own (:data:`PEAK_REPORTING_MAIN`); where it could not report one (killed, or no
+    ``/proc``), the rusage figure, which can only be higher."""
     import tempfile
+    peak_file = Path(tempfile.mkdtemp(prefix="meddeeprecog-peak-")) / "peak_kb"
+    env = {**os.environ, "PYTHONPATH": str(PKG_ROOT), "OMP_NUM_THREADS": "1", "MEDDEEPRECOG_TEST_PEAK": str(peak_file),
+           **(env_extra or {})}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "MedDeepRecogLib", *map(str, argv)], stdout=out, stderr=err,
+        proc = subprocess.Popen([sys.executable, "-c", PEAK_REPORTING_MAIN, *map(str, argv)], stdout=out, stderr=err,
                                 env=env)
         deadline = time.time() + timeout
         while True:
@@ -265,8 +289,11 @@ def run_measured(*argv, env_extra=None, timeout=120) -> tuple[int, str, str, int
         seconds = time.perf_counter() - t
         out.seek(0)
         err.seek(0)
-        return (proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                int(usage.ru_maxrss), seconds)
+        reported = peak_file.read_text().strip() if peak_file.exists() else ""
+        shutil.rmtree(peak_file.parent, ignore_errors=True)
+        peak = int(reported) if reported.isdigit() else int(usage.ru_maxrss)
+        return (proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), peak,
+                seconds)
 
 
 def clean_error(code, err, *needles):
