@@ -2,9 +2,17 @@
 
 ``{"flip": {"prob": 0.5, "axes": [0, 1, 2]}, "rotate": {"prob": 0.3, "degrees": 15}, "rotate90": {"prob", "axes"},
 "zoom": {"prob": 0.3, "min": 0.9, "max": 1.1}, "noise": {"prob": 0.2, "std": 0.05},
-"intensity_shift": {"prob": 0.2, "offset": 0.1}, "gamma": {"prob": 0.3, "min": 0.7, "max": 1.5}}`` — axes are
-spatial (0 = first spatial axis); ``gamma`` changes contrast, e.g. to make a CT model indifferent to the exact
-display window of its training images.
+"intensity_shift": {"prob": 0.2, "offset": 0.1}, "gamma": {"prob": 0.3, "min": 0.7, "max": 1.5},
+"mixup": {"prob": 1.0, "alpha": 0.2}}`` — axes are spatial (0 = first spatial axis); ``gamma`` changes contrast, e.g.
+to make a CT model indifferent to the exact display window of its training images.
+
+``mixup`` (Zhang et al., ICLR 2018; classifiers only) comes last: a batch drawn to be mixed (``prob``) has each
+sample blended with another of the same batch, ``lam * x_i + (1 - lam) * x_perm(i)`` with ``lam ~ Beta(alpha,
+alpha)`` per sample, and its labels become the same blend of one-hot vectors, ``(B, K)`` float, which
+:class:`.classification.ClassificationStep` scores as probability targets. It draws what MONAI's
+``monai.transforms.MixUp`` draws (a Beta weight per sample, one permutation of the batch) but is written here: that
+transform keeps its weights on the CPU (it fails on a batch augmented on the GPU) and refuses ``(B, K)`` label
+vectors, and its own generator would be a second random stream for a checkpoint to carry.
 
 Each entry draws what the MONAI random array transform of the same name draws (``RandFlip``, ``RandRotate90``,
 ``RandRotate``, ``RandZoom``, ``RandGaussianNoise``, ``RandShiftIntensity``, ``RandAdjustContrast``), in that order,
@@ -85,9 +93,13 @@ class _Spec:
         g = block("gamma")
         self.gamma_prob = None if g is None else float(g.get("prob", 0.3))
         self.gamma_range = (float((g or {}).get("min", 0.7)), float((g or {}).get("max", 1.5)))
-        self.enabled = bool(self.flip_axes) or any(
+        m = block("mixup")
+        self.mixup_prob = None if m is None else float(m.get("prob", 1.0))
+        self.mixup_alpha = float((m or {}).get("alpha", 0.2))
+        self.per_sample = bool(self.flip_axes) or any(
             v is not None for v in (self.rot90_prob, self.rotate_prob, self.zoom_prob, self.noise_prob,
                                     self.shift_prob, self.gamma_prob))
+        self.enabled = self.per_sample or self.mixup_prob is not None
 
 
 def flipped_axes(spec: Mapping[str, Any] | None, spatial_dims: int) -> set[int]:
@@ -117,10 +129,13 @@ class BatchAugment:
     so a seed gives the same augmentation on every device.
     """
 
-    def __init__(self, spec: Mapping[str, Any], spatial_dims: int, seed: int = 0):
+    def __init__(self, spec: Mapping[str, Any], spatial_dims: int, seed: int = 0, num_classes: int | None = None):
         self.spec = _Spec(spec, spatial_dims)
         self.enabled = self.spec.enabled
         self.rng = np.random.RandomState(seed)
+        if self.spec.mixup_prob is not None and not (num_classes and num_classes >= 2):
+            raise ValueError("augmentation/mixup blends labels: it needs a classifier's number of classes")
+        self.num_classes = num_classes
 
     def _draw(self, n: int, prob: float | None) -> np.ndarray:
         if prob is None:
@@ -128,12 +143,35 @@ class BatchAugment:
         return self.rng.random_sample(n) < prob
 
     def __call__(self, batch: Any) -> Any:
-        """Augment a batch ``x`` or the images ``x`` of a batch ``(x, y, ...)`` (the rest passes unchanged)."""
+        """Augment a batch ``x`` or the images ``x`` of a batch ``(x, y, ...)`` (the rest passes unchanged, except
+        that ``mixup`` blends the images and turns the labels ``y`` (B,) into ``(B, K)`` float targets)."""
         if not self.enabled:
             return batch
         if isinstance(batch, (list, tuple)):
-            return type(batch)([self(batch[0]), *batch[1:]])
-        x = batch
+            x = self._per_sample(batch[0]) if self.spec.per_sample else batch[0]
+            if self.spec.mixup_prob is None:
+                return type(batch)([x, *batch[1:]])
+            return type(batch)([*self._mixup(x, batch[1]), *batch[2:]])
+        if self.spec.mixup_prob is not None:
+            raise ValueError("augmentation/mixup needs labelled batches (x, y)")
+        return self._per_sample(batch) if self.spec.per_sample else batch
+
+    def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blend the samples of a batch pairwise and their one-hot labels alike (module docstring); a batch drawn not
+        to be mixed keeps its images and gets one-hot targets, so every batch's labels have one form."""
+        n = x.shape[0]
+        targets = F.one_hot(y.long(), self.num_classes).to(torch.float32)
+        mixed = bool(self.rng.random_sample() < self.spec.mixup_prob)
+        lam, perm = self.rng.beta(self.spec.mixup_alpha, self.spec.mixup_alpha, size=n), self.rng.permutation(n)
+        if not mixed or n < 2:
+            return x, targets
+        w = torch.from_numpy(lam).to(x.device, torch.float32)
+        idx = torch.from_numpy(perm).to(x.device)
+        wx = w.view(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+        return wx * x + (1 - wx) * x[idx], w[:, None] * targets + (1 - w[:, None]) * targets[idx]
+
+    def _per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """Flip, turn, rotate, zoom, noise, shift and contrast: each sample of ``x`` its own draw."""
         p, n, d = self.spec, x.shape[0], x.ndim - 2
         out = x.clone()
         for ax in p.flip_axes:

@@ -1,7 +1,8 @@
 """Classification on the one loop: the training step, the validation, in-memory loaders and :func:`fit_classifier`.
 
 - :class:`ClassificationStep`: cross-entropy (class weights, label smoothing) plus an optional L1 penalty on the
-  weights, for batches ``(x (B, C, *spatial) float32, y (B,) int64)``.
+  weights, for batches ``(x (B, C, *spatial) float32, y (B,) int64)``, or ``y (B, K) float32`` probability targets
+  (what ``augmentation/mixup`` makes of the labels).
 - :class:`ClassificationValidation`: probabilities over a validation loader, then accuracy, balanced accuracy, F1,
   one-vs-rest AUC (:func:`.metrics.classification_metrics`) and the mean cross-entropy; under DDP rank 0 validates
   and broadcasts, so every rank takes the same decisions.
@@ -39,7 +40,8 @@ class ClassificationStep:
         loss = self.criterion.to(logits.device)(logits.float(), y)
         if self.l1_params:
             loss = loss + self.l1 * sum(p.abs().sum() for p in self.l1_params)
-        return StepOutput(loss, len(y), int((logits.argmax(1) == y).sum()))
+        label = y.argmax(1) if y.is_floating_point() else y  # mixed targets: the larger share counts as the label
+        return StepOutput(loss, len(y), int((logits.argmax(1) == label).sum()))
 
 
 class ClassificationValidation:

@@ -11,7 +11,8 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask,   # recorded in the package (kind/size/channels
              slices: {percentiles, percentile_target, crop_foreground, ct_window, ...}}  # from data); slices2d only
     augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
-                   noise: {prob, std}, intensity_shift: {prob, offset}, gamma: {prob, min, max}}
+                   noise: {prob, std}, intensity_shift: {prob, offset}, gamma: {prob, min, max},
+                   mixup: {prob, alpha}}  # mixup: classifiers only (it mixes the labels too)
     optimizer: {name: adam|adamw|sgd, lr, weight_decay, momentum}      # sections shared with fine-tuning
     schedule:  {name: none|step|cosine|plateau, step_size, gamma, factor, patience, min_lr, warmup_epochs}
     training:  {epochs, batch_size, early_stopping_patience, grad_clip, ema_decay, amp: auto|true|false,
@@ -104,7 +105,7 @@ class TrainingConfig(LoopConfig):
 
 AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
             "zoom": {"prob", "min", "max"}, "noise": {"prob", "std"}, "intensity_shift": {"prob", "offset"},
-            "gamma": {"prob", "min", "max"}}
+            "gamma": {"prob", "min", "max"}, "mixup": {"prob", "alpha"}}
 
 
 @dataclass
@@ -182,6 +183,9 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
                                   f"{value!r}", source)
             if key == "prob" and not 0.0 <= float(value if not isinstance(value, list) else -1) <= 1.0:
                 raise ConfigError(f"augmentation/{name}/prob: a probability between 0 and 1, got {value!r}", source)
+            if key == "alpha" and not (isinstance(value, (int, float)) and 0.0 < float(value) <= 10.0):
+                raise ConfigError(f"augmentation/{name}/alpha: a Beta distribution parameter in (0, 10], got "
+                                  f"{value!r}", source)
     if "card" in raw:
         value = raw["card"]
         _check_keys(value or {}, {"intended_use", "not_for"}, "card", source)

@@ -420,7 +420,8 @@ def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path,
     if hooks.augment is None and cfg.augmentation:
         from .augment import BatchAugment
         # each rank draws its own augmentations (one process: seed unchanged)
-        hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=data.train.images.ndim - 2, seed=seed + ctx.rank)
+        hooks.augment = BatchAugment(cfg.augmentation, spatial_dims=data.train.images.ndim - 2, seed=seed + ctx.rank,
+                                     num_classes=k)
     t = cfg.training
     history = fit_classifier(model, train_loader, val_loader, fit_cfg,
                              class_weights=class_weights_for(cfg, data.train.labels, k),
