@@ -76,3 +76,54 @@ def test_the_monai_anchor_is_built_from_the_same_spec():
     assert names == ["RandFlip", "RandRotate", "RandZoom", "RandGaussianNoise", "RandShiftIntensity",
                      "RandAdjustContrast"]
     assert monai_transforms({}, spatial_dims=2) is None
+
+
+def _coded_batch(n: int = 12, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample i is the constant image i + 1 with label i % k: a blend shows which two samples it came from."""
+    x = torch.arange(1, n + 1, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 6, 6).contiguous()
+    return x, torch.arange(n) % k
+
+
+def test_mixup_blends_each_sample_with_one_other_and_its_labels_alike():
+    x, y = _coded_batch()
+    mixed, targets = BatchAugment({"mixup": {"prob": 1.0, "alpha": 0.4}}, spatial_dims=2, seed=1, num_classes=3)((x, y))
+    assert mixed.shape == x.shape and targets.shape == (12, 3) and targets.dtype == torch.float32
+    assert torch.allclose(targets.sum(1), torch.ones(12))
+    values = x[:, 0, 0, 0]
+    for i in range(12):
+        v = float(mixed[i, 0, 0, 0])
+        assert torch.allclose(mixed[i], torch.full_like(mixed[i], v))  # a blend of two constant images is constant
+        # some partner p and weight lam in [0, 1] give both the image and the target
+        found = False
+        for p in range(12):
+            if values[p] == values[i]:
+                continue
+            lam = (v - float(values[p])) / float(values[i] - values[p])
+            if -1e-5 <= lam <= 1 + 1e-5:
+                expect = lam * torch.nn.functional.one_hot(y[i], 3) + (1 - lam) * torch.nn.functional.one_hot(y[p], 3)
+                found = found or torch.allclose(targets[i], expect.float(), atol=1e-5)
+        assert found or (float(v) == float(values[i]) and targets[i, y[i]] == 1.0), i
+    assert not torch.equal(mixed, x)  # with alpha 0.4 some sample is visibly blended
+
+
+def test_mixup_off_by_draw_keeps_images_and_gives_one_hot_targets_and_resumes():
+    x, y = _coded_batch()
+    kept, targets = BatchAugment({"mixup": {"prob": 0.0}}, spatial_dims=2, num_classes=3)((x, y))
+    assert torch.equal(kept, x) and torch.equal(targets, torch.nn.functional.one_hot(y, 3).float())
+    spec = {**FULL, "mixup": {"prob": 0.5, "alpha": 0.2}}
+    first = BatchAugment(spec, spatial_dims=2, seed=5, num_classes=3)
+    first((x, y))
+    state = first.get_state()
+    expected = [first((x, y)) for _ in range(3)]
+    resumed = BatchAugment(spec, spatial_dims=2, seed=77, num_classes=3)
+    resumed.set_state(state)
+    for (ex, et), (rx, rt) in zip(expected, [resumed((x, y)) for _ in range(3)]):
+        assert torch.equal(ex, rx) and torch.equal(et, rt)
+
+
+def test_mixup_needs_labels_and_a_class_count():
+    with pytest.raises(ValueError, match="number of classes"):
+        BatchAugment({"mixup": {}}, spatial_dims=2)
+    with pytest.raises(ValueError, match="labelled batches"):
+        BatchAugment({"mixup": {}}, spatial_dims=2, num_classes=2)(torch.zeros(4, 1, 8, 8))
+    assert monai_transforms({"mixup": {"alpha": 0.2}}, spatial_dims=2) is None  # not a per-sample transform

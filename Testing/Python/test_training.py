@@ -295,3 +295,34 @@ def test_image_folder_with_labels_csv(tmp_path):
     # labels follow the CSV: class 1 images are bright top-left
     bright_top_left = data.train.images[:, 0, 1:5, 1:5].mean((1, 2)) > data.train.images[:, 0, 7:11, 7:11].mean((1, 2))
     assert np.array_equal(bright_top_left, data.train.labels == 1)
+
+
+def test_mixed_targets_are_scored_as_probabilities():
+    from MedDeepRecogLib.training.classification import ClassificationStep
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 2, 1, 0])
+    step = ClassificationStep(net, label_smoothing=0.1)
+    hard, soft = step(net, (x, y)), step(net, (x, torch.nn.functional.one_hot(y, 3).float()))
+    assert hard.loss.item() == pytest.approx(soft.loss.item(), abs=1e-6) and hard.correct == soft.correct
+    blend = torch.tensor([[0.7, 0.3, 0.0]] * 6)  # the larger share is the label a mixed sample counts as
+    assert step(net, (x, blend)).correct == int((net(x).argmax(1) == 0).sum())
+
+
+def test_fit_learns_a_separable_task_under_mixup():
+    torch.manual_seed(0)
+    model = build_model("simple_cnn2d", **KW)
+    tl, vl = _loaders()
+    hooks = Hooks(augment=BatchAugment({"mixup": {"prob": 1.0, "alpha": 0.4}}, spatial_dims=2, seed=0, num_classes=2))
+    hist = fit(model, tl, vl, fit_config(8, lr=3e-3, monitor="accuracy"), hooks=hooks)
+    assert max(r["val_accuracy"] for r in hist.epochs) >= 0.9
+    assert hist.epochs[-1]["train_loss"] < hist.epochs[0]["train_loss"]
+
+
+def test_mixup_settings_are_checked(npz):
+    with pytest.raises(ConfigError, match="augmentation/mixup/alpha"):
+        config_from_dict(_config(npz, augmentation={"mixup": {"alpha": 0}}))
+    with pytest.raises(ConfigError, match="augmentation/mixup/prob"):
+        config_from_dict(_config(npz, augmentation={"mixup": {"prob": 2}}))
+    assert config_from_dict(_config(npz, augmentation={"mixup": {"alpha": 0.2}})).augmentation["mixup"]["alpha"] == 0.2
