@@ -204,10 +204,13 @@ def test_cross_validation_ensemble_never_sees_the_validation_split(tmp_path):
     assert cv["auc"] == pytest.approx(expected["auc"], abs=1e-6)
     assert cv["balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"], abs=1e-6)
     assert cv["fold_auc"] == pytest.approx([classification_metrics(y[f], oof[f])["auc"] for f in folds], abs=1e-6)
+    assert cv["fold_class_counts"] == [np.bincount(y[f], minlength=2).tolist() for f in folds]
     metrics = evaluate_package(pkg.path, tmp_path / "split0.npz", split="val")
     assert metrics["auc"] == pytest.approx(pkg.meta["metrics"]["auc"], abs=1e-6)
     card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Cross-validation ensemble" in card and "fold 2 of the train split" in card
+    sizes = ", ".join("/".join(str(c) for c in np.bincount(y[f], minlength=2)) for f in folds)
+    assert f"cases per class in each fold {sizes}." in card
 
 
 def test_refit_packages_members_trained_on_every_train_case(tmp_path):
@@ -233,6 +236,7 @@ def test_refit_packages_members_trained_on_every_train_case(tmp_path):
         assert torch.equal(model.members[1].state_dict()[k], v), k
     card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Cross-validation estimate of the recipe" in card and "refitted on the whole train split" in card
+    assert sum(map(sum, cv["fold_class_counts"])) == 90 and "cases per class in each fold " in card
     history = json.loads((tmp_path / "refit" / "history.json").read_text())
     assert len(history["fold_members"]) == 3 and len(history["members"]) == 2
     assert (tmp_path / "refit" / "checkpoints" / "refit2").is_dir()

@@ -191,7 +191,7 @@ def _selection_lines(history: dict) -> str:
                 f"the other folds and is scored on fold i (these members are not in the package):\n{folds}\n"
                 f"- **Out-of-fold** (every train case scored by the fold member that did not train on it, n={cv['n']}): "
                 f"AUC {_figure(cv['auc'])}, balanced accuracy {_figure(cv['balanced_accuracy'])}, accuracy "
-                f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}.\n"
+                f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}{_fold_sizes(cv)}.\n"
                 f"{_prior_shift_line(cv)}"
                 f"- **The package: {len(members)} members refitted on the whole train split** with the same recipe "
                 f"(own seed, final epoch kept). Probabilities averaged; decision = argmax"
@@ -210,8 +210,17 @@ def _selection_lines(history: dict) -> str:
             f"held-out estimate.\n{rows}\n"
             f"- **Out-of-fold** (every train case scored by the member that did not train on it, n={cv['n']}): "
             f"AUC {_figure(cv['auc'])}, balanced accuracy {_figure(cv['balanced_accuracy'])}, accuracy "
-            f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}."
+            f"{_figure(cv.get('accuracy'))}; per fold AUC {', '.join(_figure(a) for a in cv['fold_auc'])}"
+            f"{_fold_sizes(cv)}."
             + (f"\n{_prior_shift_line(cv).rstrip()}" if cv.get("prior_shift") else ""))
+
+
+def _fold_sizes(cv: dict) -> str:
+    """The card's clause on each fold's cases per class (empty for a record made before they were kept)."""
+    counts = cv.get("fold_class_counts")
+    if not counts:
+        return ""
+    return "; cases per class in each fold " + ", ".join("/".join(str(c) for c in fold) for fold in counts)
 
 
 def _prior_shift_line(cv: dict) -> str:
@@ -528,13 +537,15 @@ class EnsembleHistory:
 def cross_validation_metrics(labels: np.ndarray, oof_probs: np.ndarray, folds: list[np.ndarray],
                              class_names: list[str]) -> dict:
     """Out-of-fold metrics: ``oof_probs`` (N, K) holds, for every train case, the probabilities of the member that
-    did not train on it. Returns the pooled metrics plus each fold's AUC and balanced accuracy."""
+    did not train on it. Returns the pooled metrics plus each fold's AUC, balanced accuracy and cases per class (a
+    large patient group makes its fold uneven, and the member scored on it trains on the rest: the card shows it)."""
     pooled = classification_metrics(labels, oof_probs, class_names)
     per_fold = [classification_metrics(labels[f], oof_probs[f], class_names) for f in folds]
     keys = ("n", "auc", "balanced_accuracy", "accuracy", "f1", "confusion_matrix")
     return {"split": "train, out of fold", "folds": len(folds), **{key: pooled[key] for key in keys},
             "fold_auc": [m["auc"] for m in per_fold],
-            "fold_balanced_accuracy": [m["balanced_accuracy"] for m in per_fold]}
+            "fold_balanced_accuracy": [m["balanced_accuracy"] for m in per_fold],
+            "fold_class_counts": [np.bincount(labels[f], minlength=len(class_names)).tolist() for f in folds]}
 
 
 def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader, ctx, out_dir, dest,
