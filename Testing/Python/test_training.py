@@ -326,3 +326,43 @@ def test_mixup_settings_are_checked(npz):
     with pytest.raises(ConfigError, match="augmentation/mixup/prob"):
         config_from_dict(_config(npz, augmentation={"mixup": {"prob": 2}}))
     assert config_from_dict(_config(npz, augmentation={"mixup": {"alpha": 0.2}})).augmentation["mixup"]["alpha"] == 0.2
+
+
+def test_model_init_starts_every_network_from_the_file_and_refuses_another_networks(tmp_path, npz, capsys):
+    import yaml
+    from safetensors.torch import save_file
+
+    from MedDeepRecogLib.packages.package import sha256_file
+
+    torch.manual_seed(7)
+    start = build_model("simple_cnn2d", **KW).state_dict()
+    weights = tmp_path / "pretrained.safetensors"
+    save_file({k: v.contiguous() for k, v in start.items()}, str(weights))
+    cfg = _config(npz, model={"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8},
+                              "init": str(weights)},
+                  optimizer={"name": "sgd", "lr": 1e-12})  # a step too small to move the weights
+    cfg["training"].update(epochs=1, ensemble=2)
+    path = tmp_path / "init.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    cat = tmp_path / "catalog"
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--package-dest", str(cat),
+                 "--progress", "none"]) == 0
+    pkg = load_package(cat / "synthetic" / "1.0.0")
+    record = pkg.meta["provenance"]["init"]
+    assert record["sha256"] == sha256_file(weights) and record["tensors_set"] == record["tensors_total"]
+    model = pkg.build_model("cpu")
+    for member in model.members:  # each member started from the file, not from its own seed
+        for name, tensor in member.state_dict().items():
+            if "running" not in name and "num_batches" not in name:  # batch norm statistics move in training
+                assert torch.allclose(tensor.float(), start[name].float(), atol=1e-6), name
+    assert "**Started from**" in (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    # weights made for another network, and a missing file: one line naming the setting, exit 2, nothing written
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(tmp_path / "other.safetensors"))
+    for bad, words in (("other.safetensors", "made for another network"), ("absent.safetensors", "not found")):
+        cfg["model"]["init"] = str(tmp_path / bad)
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        assert main(["train", str(path), "--out", str(tmp_path / "run2"), "--package-dest", str(cat)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "model/init" in err and words in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]

@@ -7,7 +7,8 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     data:   {path, format: npz|folder, kind: volume3d|slices2d, train_split: train, val_split: val,
              val_fraction: 0.2 (npz with only images/labels: last fraction of each class, file order),
              labels_csv, class_names, intensity_range: [0, 255], size: [28, 28, 28], max_train: null}
-    model:  {name: simple_cnn3d, kwargs: {...}}          # registry name; in_channels/num_classes filled in
+    model:  {name: simple_cnn3d, kwargs: {...},          # registry name; in_channels/num_classes filled in
+             init: null}                                  # weights file the networks start from (name/shape match)
     input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask,   # recorded in the package (kind/size/channels
              slices: {percentiles, percentile_target, crop_foreground, ct_window, ...}}  # from data); slices2d only
     augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
@@ -70,6 +71,7 @@ class DataConfig:
 class ModelConfig:
     name: str = ""
     kwargs: dict = field(default_factory=dict)
+    init: str | None = None  # weights file every network starts from (training/init_weights.py)
 
 
 @dataclass
@@ -289,3 +291,11 @@ def resolve_data_path(cfg: TrainConfig) -> Path:
         return resolve_relative(cfg.data.path, cfg.source)
     except ConfigError as exc:
         raise ConfigError(exc.problem.replace("data path", "data/path", 1), cfg.source) from None
+
+
+def resolve_init_path(cfg: TrainConfig) -> Path:
+    """``model/init`` as given, else relative to the config's folder or its parent (the repository root)."""
+    try:
+        return resolve_relative(cfg.model.init, cfg.source)
+    except ConfigError as exc:
+        raise ConfigError(exc.problem.replace("data path", "model/init weights file", 1), cfg.source) from None

@@ -47,7 +47,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..progress import null_progress
 from .classification import class_weights_from_labels, fit_classifier, make_loader, predict_proba
-from .config import TrainConfig, load_config, resolve_data_path
+from .config import TrainConfig, load_config, resolve_data_path, resolve_init_path
 from .data import load_train_val, stratified_folds
 from .hooks import PackageDraft, RunHooks, run_hooks
 from .loop import FitConfig, History, Hooks
@@ -115,7 +115,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
 - **Input**: {meta['input']['kind']}, size {meta['input'].get('size')}, {meta['input'].get('channels', 1)} channel(s);
   pipeline {json.dumps(meta['input'].get('pipeline'))}
 - **Data**: {p.get('data')} — {data_desc}
-{_selection_lines(history)}{_test_time_flip_line(meta['architecture'])}
+{_init_line(p.get('init'))}{_selection_lines(history)}{_test_time_flip_line(meta['architecture'])}
 {_use_lines(meta.get('use'), meta.get('explain'))}
 ## Validation metrics ({m.get('split', 'val')})
 | metric | value |
@@ -221,6 +221,14 @@ def _fold_sizes(cv: dict) -> str:
     if not counts:
         return ""
     return "; cases per class in each fold " + ", ".join("/".join(str(c) for c in fold) for fold in counts)
+
+
+def _init_line(init: dict | None) -> str:
+    """The card's line on ``model/init`` (empty without one), newline-terminated."""
+    if not init:
+        return ""
+    return (f"- **Started from** `{init['file']}` (SHA-256 {init['sha256'][:16]}…): {init['tensors_set']} of the "
+            f"network's {init['tensors_total']} tensors, the rest initialised afresh (`model/init`)\n")
 
 
 def _prior_shift_line(cv: dict) -> str:
@@ -353,6 +361,10 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             raise ConfigError(f"model {cfg.model.name} does not accept inputs of shape "
                               f"{tuple(data.train.images.shape[1:])}: {str(exc).splitlines()[0][:200]}",
                               cfg.source) from None
+    init = None
+    if cfg.model.init:  # checked against the network before anything trains; every member starts from it
+        from .init_weights import read_init_state
+        init, meta["provenance"]["init"] = read_init_state(resolve_init_path(cfg), model, cfg.source)
     bs = int(cfg.training.batch_size)
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
     if ctx.is_main:
@@ -360,7 +372,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     t0 = time.perf_counter()
     if n_members == 1:
         history = _fit_member(cfg, model, data, val_loader, out_dir / "checkpoints", cfg.seed, resume, hooks,
-                              progress, ctx)
+                              progress, ctx, init)
     else:
         model = build_model(arch["name"], **arch["kwargs"])
         folds = stratified_folds(data.train.labels, n_folds, cfg.seed, cfg.source,
@@ -380,7 +392,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                 member_val = make_loader(data.train.images[held], data.train.labels[held], max(bs, 64), shuffle=False)
             history = _fit_member(cfg, fold_model.members[i], member_data, member_val,
                                   out_dir / "checkpoints" / f"member{i + 1}", seed, resume, hooks,
-                                  _member_progress(progress, i, stages), ctx)
+                                  _member_progress(progress, i, stages), ctx, init)
             member_histories.append(history)
             if history.stopped == "cancelled":
                 break
@@ -396,7 +408,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             history.cross_validation["grouped"] = data.train_groups is not None
         if n_refit and history.stopped != "cancelled":
             history = _refit(cfg, model, kwargs, data, val_loader, out_dir, resume, hooks, progress, ctx,
-                             estimate=history, first_stage=n_folds, stages=stages)
+                             estimate=history, first_stage=n_folds, stages=stages, init=init)
         if cfg.training.prior_shift != "none" and history.stopped != "cancelled" and ctx.is_main:
             arch["kwargs"]["class_log_offsets"] = _fit_prior_shift(cfg.training.prior_shift, model, oof, folds,
                                                                    data, history.cross_validation)
@@ -414,11 +426,15 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
 
 
 def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path, seed: int, resume: bool,
-                hooks: Hooks | None, progress, ctx) -> History:
+                hooks: Hooks | None, progress, ctx, init: dict | None = None) -> History:
     """Train ``model`` (one network, or one member of an ensemble) with ``seed`` deciding its data order and
-    augmentation; checkpoints in ``checkpoint_dir``, on the device of ``ctx`` (this rank's GPU under DDP).
-    Returns its :class:`History`."""
+    augmentation; checkpoints in ``checkpoint_dir``, on the device of ``ctx`` (this rank's GPU under DDP). ``init``
+    (``model/init``): the weights it starts from, where name and shape match. Returns its :class:`History`."""
+    from ..models.transfer import load_matching_weights
     from .distributed import per_rank_batch
+
+    if init is not None:
+        load_matching_weights(model, init)
 
     k = len(data.class_names)
     # DDP: each rank loads batch_size // world_size samples per step (the global batch stays ~batch_size)
@@ -440,7 +456,8 @@ def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path,
 
 
 def _refit(cfg: TrainConfig, model, kwargs: dict, data, val_loader, out_dir: Path, resume: bool, hooks, progress,
-           ctx, estimate: "EnsembleHistory", first_stage: int, stages: int) -> "EnsembleHistory":
+           ctx, estimate: "EnsembleHistory", first_stage: int, stages: int,
+           init: dict | None = None) -> "EnsembleHistory":
     """``training/refit``: train the package's members on the whole train split (seeds after the folds'), final
     epoch kept; ``estimate`` (the fold members' history) keeps the out-of-fold metrics of the recipe."""
     import torch
@@ -453,7 +470,7 @@ def _refit(cfg: TrainConfig, model, kwargs: dict, data, val_loader, out_dir: Pat
         torch.manual_seed(seed)
         model.members[j] = build_model(cfg.model.name, **kwargs)
         history = _fit_member(cfg, model.members[j], data, val_loader, out_dir / "checkpoints" / f"refit{j + 1}",
-                              seed, resume, hooks, _member_progress(progress, first_stage + j, stages), ctx)
+                              seed, resume, hooks, _member_progress(progress, first_stage + j, stages), ctx, init)
         histories.append(history)
         if history.stopped == "cancelled":
             break
