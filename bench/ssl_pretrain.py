@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from MedDeepRecogLib.commands import register_training_blocks
     from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.models.transfer import head_module_name
     from MedDeepRecogLib.training.augment import BatchAugment
     from MedDeepRecogLib.training.config import load_config
 
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
         torch.save({"net": net.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
                     "sched": sched.state_dict(), "rng": rng.get_state(), "views": [v.rng.get_state() for v in views],
                     "epoch": epoch + 1}, ckpt)
-    weights = {k: v.contiguous() for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    head_prefix = f"{head_module_name(net)}."  # the 128-wide embedding layer; a classifier gets its own head
+    weights = {k: v.contiguous() for k, v in net.state_dict().items() if not k.startswith(head_prefix)}
     if args.out.suffix == ".safetensors":
         from safetensors.torch import save_file
         save_file(weights, str(args.out))
