@@ -9,8 +9,9 @@ small projection head). The images are the *train* splits of the ``--pool`` conf
 config's ``input/slices`` at ``CONFIG``'s ``data/size``; labels are never read and no val split is used, so a model
 fine-tuned from these weights keeps its val split unseen. The views: the config-level batch augmentation
 (:class:`MedDeepRecogLib.training.augment.BatchAugment`: flip, rotation, zoom, noise, intensity shift, contrast) plus
-a random shift of up to 10 % of the side. The weights (head dropped) go to ``WEIGHTS`` (``.safetensors``, or ``.pt`` of plain tensors) for ``model/init``.
-A checkpoint after every epoch (``WEIGHTS.ckpt``) lets an interrupted run continue where it stopped.
+a random shift of up to 10 % of the side. The weights (head dropped) go to ``WEIGHTS`` (``.safetensors``, or ``.pt``
+of plain tensors) for ``model/init``. A checkpoint after every epoch (``WEIGHTS.ckpt``, tensors and numbers only,
+loaded with ``weights_only``) lets an interrupted run continue where it stopped.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     from MedDeepRecogLib.commands import register_training_blocks
     from MedDeepRecogLib.models import build_model
     from MedDeepRecogLib.models.transfer import head_module_name
-    from MedDeepRecogLib.training.augment import BatchAugment
+    from MedDeepRecogLib.training.augment import BatchAugment, _generator_state, _set_generator_state
     from MedDeepRecogLib.training.config import load_config
 
     register_training_blocks()
@@ -105,11 +106,11 @@ def main(argv=None) -> int:
     rng = np.random.RandomState(0)
     ckpt, start = args.out.with_name(args.out.name + ".ckpt"), 0
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         net.load_state_dict(state["net"]), head.load_state_dict(state["head"]), opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"]), rng.set_state(state["rng"])
+        sched.load_state_dict(state["sched"]), _set_generator_state(rng, state["rng"])
         for v, s in zip(views, state["views"]):
-            v.rng.set_state(s)
+            v.set_state(s)
         start = state["epoch"]
         print(f"resumed after epoch {start}", flush=True)
     net.train(), head.train()
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
         print(f"epoch {epoch + 1}/{args.epochs}: loss {total / steps_per_epoch:.4f} ({time.perf_counter() - t:.0f} s)",
               flush=True)
         torch.save({"net": net.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "rng": rng.get_state(), "views": [v.rng.get_state() for v in views],
+                    "sched": sched.state_dict(), "rng": _generator_state(rng), "views": [v.get_state() for v in views],
                     "epoch": epoch + 1}, ckpt)
     head_prefix = f"{head_module_name(net)}."  # the 128-wide embedding layer; a classifier gets its own head
     weights = {k: v.contiguous() for k, v in net.state_dict().items() if not k.startswith(head_prefix)}

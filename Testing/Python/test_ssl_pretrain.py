@@ -73,3 +73,33 @@ def test_pretrained_weights_start_a_training_run(tmp_path):
 
     _, record = read_init_state(out, net)
     assert record["tensors_set"] == len(net.state_dict()) - 2  # all but the new head's weight and bias
+
+
+def test_an_interrupted_pretraining_resumes_from_a_weights_only_checkpoint(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "pool.npz", images=(rng.random((32, 16, 16)) * 255).astype(np.uint8),
+             labels=(np.arange(32) % 2)[:, None])
+    cfg = {"id": "tiny", "seed": 0, "data": {"path": str(tmp_path / "pool.npz"), "kind": "slices2d",
+                                             "class_names": ["a", "b"], "size": [16, 16]},
+           "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8}}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    args = [str(path), "--pool", str(path), "--batch", "16", "--threads", "1"]
+    straight, halves = tmp_path / "straight.pt", tmp_path / "halves.pt"
+    assert ssl_pretrain.main([*args, "--out", str(straight), "--epochs", "2"]) == 0
+    loss, calls = ssl_pretrain.nt_xent, {"n": 0}
+
+    def interrupted_in_epoch_2(*a):  # 24 train images, batches of 16: one step an epoch
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return loss(*a)
+
+    monkeypatch.setattr(ssl_pretrain, "nt_xent", interrupted_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        ssl_pretrain.main([*args, "--out", str(halves), "--epochs", "2"])
+    assert not halves.exists() and halves.with_name("halves.pt.ckpt").is_file()
+    monkeypatch.setattr(ssl_pretrain, "nt_xent", loss)
+    assert ssl_pretrain.main([*args, "--out", str(halves), "--epochs", "2"]) == 0  # continues after epoch 1
+    a, b = torch.load(straight, weights_only=True), torch.load(halves, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

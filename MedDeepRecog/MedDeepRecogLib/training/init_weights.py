@@ -20,8 +20,8 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
     :func:`..limits.max_package_bytes` before it is read. Tensors are matched by name and shape as in
     :func:`..models.transfer.load_matching_weights` (a head of another width keeps its fresh initialisation);
     fewer than ``min_share`` of the network's tensors matching means the file is for another network, which is
-    refused rather than half used. Returns ``(state, record)``: the tensors, and for the package's provenance the file, its SHA-256 and how
-    many of the network's tensors it set.
+    refused rather than half used. Returns ``(state, record)``: the tensors, and for the package's provenance the
+    file, its SHA-256 and how many of the network's tensors it set.
     """
     path = Path(path)
     if not path.is_file():
