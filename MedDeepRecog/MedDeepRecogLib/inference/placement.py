@@ -89,7 +89,7 @@ def table_masks(package: Any, images: np.ndarray) -> list[np.ndarray] | None:
     if spec.get("kind") != "slices2d" or str(package.meta.get("modality", "")).upper() != "CT":
         return None
     options = {**slice_options(spec), "remove_table": False}
-    scaled = standardise_slices(images, size=(8, 8), options=options)[3]
+    scaled = standardise_slices(images, size=(8, 8), options=options).scaled
     return [table_mask(s, float(options["foreground_threshold"])) for s in scaled]
 
 

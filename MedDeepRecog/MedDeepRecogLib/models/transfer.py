@@ -4,7 +4,8 @@
   segmentation networks' own encoders, :data:`.segmentation.ENCODERS`; for a classifier everything but its head).
 - :func:`head_module_name`: the last parameterised layer (a classifier's output layer, a segmentation network's
   final convolution).
-- :func:`load_matching_weights`: copy a base's weights wherever name and shape match (a new head or input layer
+- :func:`matching_names` / :func:`load_matching_weights`: which of a base's weights match by name and shape, and
+  copying them (a new head or input layer
   keeps its fresh initialisation).
 """
 
@@ -73,15 +74,17 @@ def load_matching_weights(model: nn.Module, state: Mapping[str, torch.Tensor],
     copied. Returns ``(loaded, reinitialised)`` parameter/buffer names.
     """
     own = model.state_dict()
-    loaded, fresh = [], []
-    update = {}
-    skip = tuple(f"{p}." for p in skip_prefixes if p)
-    for name, tensor in own.items():
-        if name in state and tuple(state[name].shape) == tuple(tensor.shape) and not name.startswith(skip):
-            update[name] = state[name]
-            loaded.append(name)
-        else:
-            fresh.append(name)
-    own.update(update)
+    loaded = matching_names(own, state, skip_prefixes)
+    own.update({name: state[name] for name in loaded})
     model.load_state_dict(own)
-    return loaded, fresh
+    copied = set(loaded)
+    return loaded, [name for name in own if name not in copied]
+
+
+def matching_names(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                   skip_prefixes: Sequence[str] = ()) -> list[str]:
+    """The names of ``own`` (a network's state dict) that ``state`` holds with the same shape, outside
+    ``skip_prefixes``, in ``own``'s order: what :func:`load_matching_weights` copies."""
+    skip = tuple(f"{p}." for p in skip_prefixes if p)
+    return [name for name, tensor in own.items()
+            if name in state and tuple(state[name].shape) == tuple(tensor.shape) and not name.startswith(skip)]

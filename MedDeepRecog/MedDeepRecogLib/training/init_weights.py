@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError, ModelPackageError
 from ..limits import MAX_PACKAGE_ENV, human_bytes, max_package_bytes
+from ..models.transfer import matching_names
 from ..packages.package import load_weights, sha256_file
 
 
@@ -18,7 +19,7 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
 
     The file (``.safetensors``, or a ``.pt`` of plain tensors loaded with ``weights_only``) is bounded by
     :func:`..limits.max_package_bytes` before it is read. Tensors are matched by name and shape as in
-    :func:`..models.transfer.load_matching_weights` (a head of another width keeps its fresh initialisation);
+    :func:`..models.transfer.matching_names` (a head of another width keeps its fresh initialisation);
     fewer than ``min_share`` of the network's tensors matching means the file is for another network, which is
     refused rather than half used. Returns ``(state, record)``: the tensors, and for the package's provenance the
     file, its SHA-256 and how many of the network's tensors it set.
@@ -35,7 +36,7 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
     except ModelPackageError as exc:
         raise ConfigError(f"model/init: {exc.problem}", path) from None
     own = model.state_dict()
-    matched = [n for n, t in own.items() if n in state and tuple(state[n].shape) == tuple(t.shape)]
+    matched = matching_names(own, state)
     if len(matched) < min_share * len(own):
         raise ConfigError(f"model/init: {path} sets only {len(matched)} of the network's {len(own)} tensors (names "
                           f"and shapes must match); it was made for another network", source)
