@@ -5,8 +5,7 @@
 - :func:`head_module_name`: the last parameterised layer (a classifier's output layer, a segmentation network's
   final convolution).
 - :func:`matching_names` / :func:`load_matching_weights`: which of a base's weights match by name and shape, and
-  copying them (a new head or input layer
-  keeps its fresh initialisation).
+  copying them (a new head or input layer keeps its fresh initialisation).
 """
 
 from __future__ import annotations
