@@ -25,7 +25,7 @@ COMMANDS = [
     "info",
     "preprocess",
     "device",
-    "models", "train", "evaluate",
+    "models", "train", "pretrain", "evaluate",
     "finetune", "segment",
     "classify", "demo",
     "robustness", "calibrate",

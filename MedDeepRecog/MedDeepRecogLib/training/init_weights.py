@@ -1,5 +1,5 @@
 """``model/init``: the weights every network of a training run starts from (e.g. self-supervised pretraining,
-``bench/ssl_pretrain.py``), read safely and checked against the run's network before any training."""
+``meddeeprecog pretrain``, :mod:`.pretrain`), read safely and checked against the run's network before any training."""
 
 from __future__ import annotations
 

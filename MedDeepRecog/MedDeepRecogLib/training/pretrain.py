@@ -1,0 +1,231 @@
+"""Self-supervised pretraining (SimCLR) of a 2D classifier's network on unlabelled training images, on the one loop.
+
+``pretrain(config, pool, out, settings) -> dict`` (``meddeeprecog pretrain``): the network of a training config
+(``model/name`` and ``kwargs``, its last layer widened to an ``embedding``-wide output) learns to tell each image's
+two random views from every other image's in the batch: the NT-Xent loss of Chen et al. 2020 (:func:`nt_xent`)
+through a small projection head (:class:`ProjectionNet`). The images are the *train* splits of the ``pool`` configs,
+each standardised by its own config's ``input/slices`` at the pretrained config's ``data/size``; labels are never
+used and no val split is read into the pool, so a model fine-tuned from these weights keeps its val split unseen.
+
+The run is :func:`.loop.fit` with a contrastive step: :class:`ContrastiveViews` is its augment hook (two views of
+every batch: the config-level :class:`.augment.BatchAugment` at :data:`VIEW_AUGMENTATION`'s strength, plus a random
+whole-pixel shift), :class:`ContrastiveStep` its step, no validation (the training loss is recorded), the last
+epoch's weights kept. The loop's checkpoint (``OUT.run/last.pt``, loaded with ``weights_only``) lets a cancelled or
+killed run continue with ``--resume`` to the weights an uninterrupted run ends with. The weights, the widened last
+layer and the projection head dropped, go atomically to ``OUT`` (``.safetensors``), which ``model/init`` reads
+(:mod:`.init_weights`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .augment import BatchAugment, _generator_state, _set_generator_state
+from .loop import Hooks, StepOutput
+
+#: The views' augmentation: stronger than a classifier's, since telling views apart is the whole task.
+VIEW_AUGMENTATION = {"flip": {"prob": 0.5, "axes": [1]}, "rotate": {"prob": 0.8, "degrees": 20},
+                     "zoom": {"prob": 1.0, "min": 0.75, "max": 1.3}, "noise": {"prob": 0.5, "std": 0.05},
+                     "intensity_shift": {"prob": 0.8, "offset": 0.2}, "gamma": {"prob": 0.8, "min": 0.6, "max": 1.6}}
+
+
+@dataclass
+class PretrainSettings:
+    """One pretraining run's choices.
+
+    Attributes:
+        epochs: passes over the pool; batch_size: images per step (each gives two views, so 2 x batch_size
+            forward passes; the last partial batch is dropped, as the loss needs negatives).
+        lr, weight_decay: AdamW; the rate warms up over ``warmup_epochs`` and falls on a cosine to 0.
+        temperature: of the NT-Xent softmax. embedding, projection: widths of the network's widened last layer
+            and of the projection head's output. shift: largest view shift, as a fraction of the side.
+        seed: of the loop (weights, shuffling) and the views.
+    """
+
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    temperature: float = 0.2
+    embedding: int = 128
+    projection: int = 64
+    shift: float = 0.1
+    seed: int = 0
+
+    def check(self) -> None:
+        """Refuse settings the run cannot use, naming the setting."""
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 2:
+            raise ConfigError(f"--batch must be at least 2: each image's negatives are the batch's other images "
+                              f"(got {self.batch_size})")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be above 0 (got {self.lr})")
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be above 0 (got {self.temperature})")
+        if not 0 <= self.shift < 0.5:
+            raise ConfigError(f"the view shift must be a fraction of the side in [0, 0.5) (got {self.shift})")
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss for the projections ``(B, D)`` of two views of the same ``B`` images: each view's partner is
+    its positive, the other ``2B - 2`` views its negatives (cross-entropy over cosine similarities / temperature)."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    sim = z @ z.T / temperature
+    n = z1.shape[0]
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    return F.cross_entropy(sim, target)
+
+
+def shifted(x: torch.Tensor, rng: np.random.RandomState, fraction: float) -> torch.Tensor:
+    """Each sample of ``x`` (B, C, H, W) moved by a random whole-pixel shift of up to ``fraction`` of its side, zeros
+    coming in. Written here because ``BatchAugment`` has no translation; whole pixels keep the image values exact."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    my, mx = int(fraction * h), int(fraction * w)
+    for i in range(len(x)):
+        dy, dx = int(rng.randint(-my, my + 1)), int(rng.randint(-mx, mx + 1))
+        ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+        xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+        out[i, :, yd, xd] = x[i, :, ys, xs]
+    return out
+
+
+class ContrastiveViews:
+    """The loop's augment hook: a batch ``[x]`` (x: (B, 1, H, W)) becomes two random views ``(a, b)`` of it.
+
+    Each view has its own :class:`.augment.BatchAugment` stream, and the shifts a third; ``get_state`` /
+    ``set_state`` carry all three through the loop's checkpoint.
+    """
+
+    def __init__(self, settings: PretrainSettings, augmentation: dict | None = None):
+        spec = VIEW_AUGMENTATION if augmentation is None else augmentation
+        self.views = [BatchAugment(spec, spatial_dims=2, seed=settings.seed + k) for k in (1, 2)]
+        self.rng = np.random.RandomState(settings.seed)
+        self.fraction = settings.shift
+
+    def __call__(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        a, b = (shifted(view(x), self.rng, self.fraction) for view in self.views)
+        return a, b
+
+    def get_state(self) -> dict:
+        return {"views": [v.get_state() for v in self.views], "shift": _generator_state(self.rng)}
+
+    def set_state(self, state: dict) -> None:
+        for view, s in zip(self.views, state["views"]):
+            view.set_state(s)
+        _set_generator_state(self.rng, state["shift"])
+
+
+class ProjectionNet(nn.Module):
+    """``backbone`` (the classifier's network, last layer ``embedding`` wide) followed by the projection head
+    (ReLU, linear to ``projection``): what the contrastive loss sees. Only the backbone's weights are kept."""
+
+    def __init__(self, backbone: nn.Module, embedding: int, projection: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(embedding, projection))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class ContrastiveStep:
+    """The loop's step: the NT-Xent loss of the two views' projections (``n``: the images of the batch)."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+
+    def __call__(self, net: nn.Module, views: tuple[torch.Tensor, torch.Tensor]) -> StepOutput:
+        a, b = views
+        return StepOutput(nt_xent(net(a), net(b), self.temperature), n=int(a.shape[0]))
+
+
+def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
+    """The train images of every config, each standardised by its own ``input/slices`` at ``size``:
+    ``(N, 1, H, W)`` float32, and per config its name and image count."""
+    from .config import load_config, resolve_data_path
+    from .data import load_train_val
+
+    images, sources = [], []
+    for path in configs:
+        cfg = load_config(path)
+        if cfg.data.kind != "slices2d":
+            raise ConfigError(f"the pool takes 2D image sets (data/kind: slices2d), not {cfg.data.kind!r}", path)
+        cfg.data.size = list(size)
+        data = load_train_val(cfg, resolve_data_path(cfg))
+        images.append(np.asarray(data.train.images, dtype=np.float32))
+        sources.append({"config": str(path), "train_images": int(len(data.train.images))})
+    return np.concatenate(images), sources
+
+
+def pretrain(config: str | Path, pool: Sequence[str | Path], out: str | Path, settings: PretrainSettings,
+             resume: bool = False, progress=None) -> dict:
+    """Pretrain ``config``'s network on the ``pool`` configs' train images and write its weights to ``out``.
+
+    ``out`` must be a new ``.safetensors`` file (nothing is overwritten); the loop's checkpoint goes to
+    ``out`` + ``.run/``, which a run without ``resume`` refuses to reuse. Returns what was done (the pool, the
+    loss per epoch, the tensors written).
+    """
+    from safetensors.torch import save_file
+
+    from ..io import atomic_output
+    from ..models import build_model
+    from ..models.transfer import head_module_name
+    from .config import load_config
+    from .loop import FitConfig, fit
+    from .sections import LoopConfig, OptimizerConfig, ScheduleConfig
+
+    settings.check()
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError("the pretrained weights go to a .safetensors file (what model/init reads)", out)
+    if out.exists():
+        raise ConfigError("already exists; pretraining writes a new file and never replaces one", out)
+    run_dir = out.with_name(out.name + ".run")
+    if (run_dir / "last.pt").exists() and not resume:
+        raise ConfigError("holds an unfinished run: --resume continues it, or delete it to start over", run_dir)
+    cfg = load_config(config)
+    if cfg.data.kind != "slices2d":
+        raise ConfigError(f"pretraining is for 2D classifiers (data/kind: slices2d), not {cfg.data.kind!r}", config)
+    images, sources = pool_images(pool, cfg.data.size)
+    if len(images) < settings.batch_size:
+        raise ConfigError(f"--batch {settings.batch_size} is more than the pool's {len(images)} images")
+
+    torch.manual_seed(settings.seed)
+    backbone = build_model(cfg.model.name, in_channels=1, num_classes=settings.embedding, **cfg.model.kwargs)
+    net = ProjectionNet(backbone, settings.embedding, settings.projection)
+    generator = torch.Generator().manual_seed(settings.seed)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(images)),
+                                         batch_size=settings.batch_size, shuffle=True, drop_last=True,
+                                         generator=generator)
+    fit_cfg = FitConfig(optimizer=OptimizerConfig(name="adamw", lr=settings.lr, weight_decay=settings.weight_decay),
+                        schedule=ScheduleConfig(name="cosine", warmup_epochs=settings.warmup_epochs, min_lr=0.0),
+                        loop=LoopConfig(epochs=settings.epochs, batch_size=settings.batch_size, compile=False),
+                        monitor="last", seed=settings.seed, checkpoint_dir=run_dir, resume=resume,
+                        restore_best=False)
+    history = fit(net, loader, ContrastiveStep(settings.temperature), None, fit_cfg,
+                  hooks=Hooks(augment=ContrastiveViews(settings)), progress=progress,
+                  memory_format=torch.channels_last)
+    if history.stopped == "cancelled":
+        return {"stopped": "cancelled", "checkpoint": str(run_dir / "last.pt")}
+    dropped = f"{head_module_name(backbone)}."  # the widened last layer: a classifier brings its own head
+    weights = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items() if not k.startswith(dropped)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as tmp:
+        save_file(weights, str(tmp), metadata={"made_by": "meddeeprecog pretrain", "config": str(config)})
+    return {"weights": str(out), "tensors": len(weights), "pool": sources, "pool_images": int(len(images)),
+            "epochs": [{"epoch": r["epoch"], "loss": r["train_loss"], "time_s": r["time_s"]} for r in history.epochs],
+            "resumed_from": history.resumed_from, "checkpoint": str(run_dir / "last.pt")}
+

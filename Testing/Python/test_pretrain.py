@@ -1,0 +1,152 @@
+"""Self-supervised pretraining (``meddeeprecog pretrain``, training/pretrain.py): the contrastive loss, the views, a
+run on the one loop whose weights a training run starts from through ``model/init``, resuming, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from MedDeepRecogLib.cli import main
+from MedDeepRecogLib.training import pretrain as pretraining
+
+
+def test_nt_xent_rewards_views_that_match_their_partner():
+    torch.manual_seed(0)
+    z = torch.randn(16, 8)
+    matched = pretraining.nt_xent(z, z + 0.01 * torch.randn(16, 8), 0.2)
+    unmatched = pretraining.nt_xent(z, torch.randn(16, 8), 0.2)
+    assert float(matched) < 0.5 < float(unmatched)
+    # the loss is the cross-entropy of each view against its partner among the other 2B - 1 views
+    a, b = torch.nn.functional.normalize(z[:2], dim=1), torch.nn.functional.normalize(-z[:2], dim=1)
+    sim = torch.cat([a, b]) @ torch.cat([a, b]).T / 0.5
+    sim.fill_diagonal_(float("-inf"))
+    expected = torch.nn.functional.cross_entropy(sim, torch.tensor([2, 3, 0, 1]))
+    assert float(pretraining.nt_xent(z[:2], -z[:2], 0.5)) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_shifted_moves_whole_pixels_and_lets_zeros_in():
+    x = torch.arange(1, 1 + 2 * 20 * 20, dtype=torch.float32).view(2, 1, 20, 20)
+    out = pretraining.shifted(x, np.random.RandomState(3), fraction=0.1)
+    for i in range(2):
+        matches = []
+        for dy in range(-2, 3):  # 10 % of 20 pixels
+            for dx in range(-2, 3):
+                moved = torch.zeros(20, 20)
+                moved[max(0, -dy):20 - max(0, dy), max(0, -dx):20 - max(0, dx)] = \
+                    x[i, 0, max(0, dy):20 - max(0, -dy), max(0, dx):20 - max(0, -dx)]
+                matches.append(torch.equal(out[i, 0], moved))
+        assert sum(matches) == 1
+
+
+def test_views_differ_and_their_state_replays_the_same_draws():
+    x = torch.rand(6, 1, 24, 24)
+    views = pretraining.ContrastiveViews(pretraining.PretrainSettings(seed=3))
+    state = views.get_state()
+    a, b = views([x])
+    assert a.shape == b.shape == x.shape and not torch.equal(a, b) and torch.equal(x, x.clone())
+    views.set_state(state)
+    a2, b2 = views([x])
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+
+
+def _tiny_config(tmp_path: Path, n: int = 48, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    np.savez(tmp_path / "pool.npz", images=(rng.random((n, 16, 16)) * 255).astype(np.uint8),
+             labels=(np.arange(n) % 2)[:, None])
+    cfg = {"id": "tiny", "seed": 0,
+           "data": {"path": str(tmp_path / "pool.npz"), "kind": "slices2d", "class_names": ["a", "b"],
+                    "size": [16, 16]},
+           "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8}},
+           "training": {"epochs": 1, "batch_size": 16}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def _pretrain(config: Path, out: Path, *extra: str) -> int:
+    return main(["pretrain", str(config), "--pool", str(config), "--out", str(out), "--epochs", "2", "--batch", "16",
+                 "--threads", "1", "--progress", "none", *extra])
+
+
+def test_pretrained_weights_start_a_training_run(tmp_path, capsys):
+    """A tiny pool, two epochs on the loop: the file holds every tensor but the widened last layer, the weights
+    moved, and ``model/init`` takes them."""
+    config = _tiny_config(tmp_path)
+    out = tmp_path / "pretrained.safetensors"
+    assert _pretrain(config, out) == 0
+    result = __import__("json").loads(capsys.readouterr().out)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2] and result["pool_images"] == 38  # 80 % train split
+    from safetensors.torch import load_file
+
+    from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.models.transfer import head_module_name
+    from MedDeepRecogLib.training.init_weights import read_init_state
+
+    weights = load_file(str(out))
+    net = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    head = head_module_name(net)
+    assert set(weights) == {k for k in net.state_dict() if not k.startswith(f"{head}.")}
+    torch.manual_seed(0)
+    fresh = build_model("simple_cnn2d", in_channels=1, num_classes=128, channels=[4, 8], hidden=8).state_dict()
+    assert any(not torch.equal(weights[k], fresh[k]) for k in weights if k.endswith("weight"))
+    _, record = read_init_state(out, net)
+    assert record["tensors_set"] == len(net.state_dict()) - 2  # all but the new head's weight and bias
+
+
+def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, capsys):
+    config = _tiny_config(tmp_path, n=40, seed=1)  # 32 train images, batches of 16: two steps an epoch
+    straight, halves = tmp_path / "straight.safetensors", tmp_path / "halves.safetensors"
+    assert _pretrain(config, straight) == 0
+    step, calls = pretraining.ContrastiveStep.__call__, {"n": 0}
+
+    def interrupted_in_epoch_2(self, net, views):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return step(self, net, views)
+
+    monkeypatch.setattr(pretraining.ContrastiveStep, "__call__", interrupted_in_epoch_2)
+    assert _pretrain(config, halves) == 130
+    run_dir = tmp_path / "halves.safetensors.run"
+    assert not halves.exists() and (run_dir / "last.pt").is_file()
+    monkeypatch.setattr(pretraining.ContrastiveStep, "__call__", step)
+    capsys.readouterr()
+    assert _pretrain(config, halves) == 2  # an unfinished run is not started over by accident
+    assert "--resume" in capsys.readouterr().err
+    assert _pretrain(config, halves, "--resume") == 0
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(straight)), load_file(str(halves))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("case", ["exists", "suffix", "batch", "temperature", "volume_config"])
+def test_bad_pretraining_input_is_one_line_and_exit_2(tmp_path, capsys, case):
+    config = _tiny_config(tmp_path)
+    out = tmp_path / "w.safetensors"
+    extra: list[str] = []
+    if case == "exists":
+        out.write_bytes(b"the user's file")
+    elif case == "suffix":
+        out = tmp_path / "w.pt"
+    elif case == "batch":
+        extra = ["--batch", "500"]
+    elif case == "temperature":
+        extra = ["--temperature", "0"]
+    else:
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+        cfg["data"]["kind"] = "volumes3d"
+        config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert _pretrain(config, out, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert {"exists": "w.safetensors", "suffix": ".safetensors", "batch": "--batch", "temperature": "--temperature",
+            "volume_config": "slices2d"}[case] in err
+    if case == "exists":
+        assert out.read_bytes() == b"the user's file"
+    else:
+        assert not out.exists()
