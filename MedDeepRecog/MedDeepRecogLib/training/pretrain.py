@@ -178,9 +178,9 @@ def pretrain(config: str | Path, pool: Sequence[str | Path], out: str | Path, se
     ``out`` + ``.run/``, which a run without ``resume`` refuses to reuse. Returns what was done (the pool, the
     loss per epoch, the tensors written).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from ..io import atomic_output
+    from ..io import atomic_write_bytes
     from ..models import build_model
     from ..models.transfer import head_module_name
     from .config import load_config
@@ -222,9 +222,7 @@ def pretrain(config: str | Path, pool: Sequence[str | Path], out: str | Path, se
         return {"stopped": "cancelled", "checkpoint": str(run_dir / "last.pt")}
     dropped = f"{head_module_name(backbone)}."  # the widened last layer: a classifier brings its own head
     weights = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items() if not k.startswith(dropped)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out) as tmp:
-        save_file(weights, str(tmp), metadata={"made_by": "meddeeprecog pretrain", "config": str(config)})
+    atomic_write_bytes(out, save(weights, metadata={"made_by": "meddeeprecog pretrain", "config": str(config)}))
     return {"weights": str(out), "tensors": len(weights), "pool": sources, "pool_images": int(len(images)),
             "epochs": [{"epoch": r["epoch"], "loss": r["train_loss"], "time_s": r["time_s"]} for r in history.epochs],
             "resumed_from": history.resumed_from, "checkpoint": str(run_dir / "last.pt")}
