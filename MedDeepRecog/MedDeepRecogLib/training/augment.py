@@ -234,24 +234,24 @@ class BatchAugment:
         return out.to(x.dtype)
 
     def get_state(self) -> dict:
-        return {"rng": _generator_state(self.rng)} if self.enabled else {}
+        return {"rng": generator_state(self.rng)} if self.enabled else {}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Resume the stream saved by :meth:`get_state` (a state in another format starts the seeded stream)."""
         if not self.enabled or not state or "rng" not in state:
             return
-        _set_generator_state(self.rng, state["rng"])
+        set_generator_state(self.rng, state["rng"])
 
 
-def _generator_state(generator: np.random.RandomState) -> dict:
+def generator_state(generator: np.random.RandomState) -> dict:
     """A ``RandomState``'s state as tensors and numbers (what a ``weights_only`` checkpoint can hold)."""
     _name, keys, pos, has_gauss, cached = generator.get_state()
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
             "cached": float(cached)}
 
 
-def _set_generator_state(generator: np.random.RandomState, s: Mapping[str, Any]) -> None:
-    """Put back what :func:`_generator_state` returned."""
+def set_generator_state(generator: np.random.RandomState, s: Mapping[str, Any]) -> None:
+    """Put back what :func:`generator_state` returned."""
     generator.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
 
 
@@ -274,10 +274,10 @@ def _random_generators(transform: Any) -> list[np.random.RandomState]:
 def random_state(transform: Any) -> dict:
     """The random state of the MONAI random transforms in ``transform`` as tensors and numbers (what a
     ``weights_only`` checkpoint can hold); :func:`set_random_state` puts it back."""
-    return {"transforms": [_generator_state(generator) for generator in _random_generators(transform)]}
+    return {"transforms": [generator_state(generator) for generator in _random_generators(transform)]}
 
 
 def set_random_state(transform: Any, state: Mapping[str, Any]) -> None:
     """Restore what :func:`random_state` returned for the same transform."""
     for generator, s in zip(_random_generators(transform), state["transforms"]):
-        _set_generator_state(generator, s)
+        set_generator_state(generator, s)

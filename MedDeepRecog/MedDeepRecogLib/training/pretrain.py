@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .augment import BatchAugment, _generator_state, _set_generator_state
+from .augment import BatchAugment, generator_state, set_generator_state
 from .loop import Hooks, StepOutput
 
 #: The views' augmentation: stronger than a classifier's, since telling views apart is the whole task.
@@ -120,12 +120,12 @@ class ContrastiveViews:
         return a, b
 
     def get_state(self) -> dict:
-        return {"views": [v.get_state() for v in self.views], "shift": _generator_state(self.rng)}
+        return {"views": [v.get_state() for v in self.views], "shift": generator_state(self.rng)}
 
     def set_state(self, state: dict) -> None:
         for view, s in zip(self.views, state["views"]):
             view.set_state(s)
-        _set_generator_state(self.rng, state["shift"])
+        set_generator_state(self.rng, state["shift"])
 
 
 class ProjectionNet(nn.Module):
@@ -156,7 +156,7 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
     """The train images of every config, each standardised by its own ``input/slices`` at ``size``:
     ``(N, 1, H, W)`` float32, and per config its name and image count."""
     from .config import load_config, resolve_data_path
-    from .data import load_train_val
+    from .data import load_eval_split, load_train_val
 
     images, sources = [], []
     for path in configs:
@@ -164,9 +164,15 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
         if cfg.data.kind != "slices2d":
             raise ConfigError(f"the pool takes 2D image sets (data/kind: slices2d), not {cfg.data.kind!r}", path)
         cfg.data.size = list(size)
-        data = load_train_val(cfg, resolve_data_path(cfg))
-        images.append(np.asarray(data.train.images, dtype=np.float32))
-        sources.append({"config": str(path), "train_images": int(len(data.train.images))})
+        data_path = resolve_data_path(cfg)
+        if cfg.data.format == "folder" or (cfg.data.format == "auto" and data_path.is_dir()):
+            train = load_train_val(cfg, data_path).train   # a folder's split is made while it is read
+        else:   # only the train split is standardised: the val images take no part
+            slices = getattr(getattr(cfg, "input", None), "slices", None)
+            train = load_eval_split(data_path, cfg.data.train_split, cfg.data.kind, cfg.data.intensity_range,
+                                    cfg.data.size, cfg.data.val_fraction, slices)
+        images.append(np.asarray(train.images, dtype=np.float32))
+        sources.append({"config": str(path), "train_images": int(len(train.images))})
     return np.concatenate(images), sources
 
 
