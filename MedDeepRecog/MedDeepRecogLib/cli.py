@@ -32,13 +32,21 @@ COMMANDS = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as the project's other errors: one line naming the option and the problem,
+    and where to read the usage, exit code 2 (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="meddeeprecog",
         description="Deep-learning recognition for CT/MRI scans: preprocess, classify with heatmaps, train, fine-tune.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (and show tracebacks on errors)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for name in COMMANDS:
         importlib.import_module(f".commands.{name}", __package__).add_parser(subparsers)
     for sub in subparsers.choices.values():  # every command reads scans: one bound for all of them

@@ -72,3 +72,21 @@ PROGRESS_MODES = ("json", "bar", "none")
 MAX_EPOCHS = 100_000
 #: Epochs a fine-tuning run trains when nothing says otherwise (command line, config file and Slicer panel alike).
 FINETUNE_EPOCHS = 20
+
+
+#: CPU threads a command may be given (``--threads``): from 1 to this.
+MAX_THREADS = 1024
+
+
+def thread_count(text: str) -> int:
+    """``--threads`` as argparse reads it: a whole number from 1 to :data:`MAX_THREADS` (torch refuses 0 and below
+    only once training has begun)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of threads, got {text!r}") from None
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_THREADS}, got {value}")
+    return value

@@ -227,3 +227,155 @@ def test_preprocess_keeps_a_one_slice_dicom_on_its_own_3d_grid(run_cli, tmp_path
     assert np.allclose(result.GetSpacing(), source.GetSpacing()) and np.allclose(result.GetOrigin(), source.GetOrigin())
     mask = sitk.ReadImage(str(tmp_path / "head.seg.nrrd"))
     assert mask.GetSize()[:2] == (64, 48) and np.allclose(mask.GetOrigin(), source.GetOrigin())
+
+
+# ------------------------------------------------------------------------------------------------ bad 2D input
+def _clean_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 0.0), (-0.5, 0.5), (float("nan"), float("nan"))])
+def test_a_dicom_pixel_spacing_of_zero_negative_or_nan_is_refused_not_taken_as_1mm(run_cli, tmp_path, tiny_2d,
+                                                                                     spacing):
+    src = write_dicom(tmp_path / "slice.dcm", (_brainish().astype(np.uint16) * 4), spacing=spacing)
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    _clean_error(code, err, "slice.dcm", "PixelSpacing (0028,0030)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dicom_whose_pixel_data_is_shorter_than_its_rows_and_columns_is_refused(run_cli, tmp_path, tiny_2d):
+    pydicom = pytest.importorskip("pydicom")
+    src = write_dicom(tmp_path / "short.dcm", _brainish().astype(np.uint16))
+    ds = pydicom.dcmread(str(src))
+    ds.Rows, ds.Columns = 1000, 1000   # the pixel data still hold 96 x 96
+    ds.save_as(str(src))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    _clean_error(code, err, "short.dcm", "pixel data is shorter than its 1000 x 1000 pixels")
+
+
+@pytest.mark.parametrize("spacing", [("1e300", "1e300"), ("1e-300", "1e-300"), ("0", "1")])
+def test_spacing_outside_a_micrometre_to_a_metre_is_refused(run_cli, tmp_path, tiny_2d, spacing):
+    src = _picture(tmp_path / "case.png", _brainish())
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                           "--spacing", *spacing)
+    _clean_error(code, err, "case.png", "--spacing must be two pixel sizes of 0.001 to 1000 mm")
+
+
+def test_spacing_given_for_a_file_with_its_own_pixel_size_is_ignored_with_a_note(run_cli, tmp_path, tiny_2d):
+    image = sitk.GetImageFromArray(_brainish())
+    image.SetSpacing((0.7, 0.7))
+    src = tmp_path / "case.nrrd"
+    sitk.WriteImage(image, str(src))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                           "--spacing", "2", "2")
+    assert code == 0, err
+    notes = json.loads((tmp_path / "out" / "case.json").read_text())["input_notes"]
+    assert any("--spacing ignored" in n and "0.7 x 0.7 mm" in n for n in notes), notes
+
+
+def test_intensities_that_overflow_float32_are_refused_not_classified_as_nan(run_cli, tmp_path, tiny_2d):
+    src = tmp_path / "huge.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(_brainish().astype(np.float64) * 1e300), str(src))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    _clean_error(code, err, "huge.nrrd", "intensities reach")
+
+
+@pytest.mark.parametrize("slice_mm", ["1000", "-50", "nan", "inf"])
+def test_slice_mm_outside_the_scan_is_refused_with_its_range_not_moved_to_the_edge(run_cli, tmp_path, tiny_2d,
+                                                                                  oblique_volume, slice_mm):
+    src = tmp_path / "vol.nrrd"
+    sitk.WriteImage(oblique_volume, str(src))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                           "--slice-mm", slice_mm)
+    _clean_error(code, err, "vol.nrrd", f"--slice-mm {slice_mm}", "lies outside the scan", "run from S 101.0")
+
+
+def _lesion_on(tmp_path, shape, value=1, name="lesion.nrrd", spacing=None, dtype=np.uint8):
+    mask = np.zeros(shape, dtype)
+    mask[..., 40:56, 40:56] = value
+    image = sitk.GetImageFromArray(mask)
+    if spacing is not None:
+        image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(tmp_path / name))
+    return tmp_path / name
+
+
+def test_a_2d_lesion_label_scores_the_heatmap_on_a_picture(run_cli, tmp_path, tiny_2d):
+    src = _picture(tmp_path / "case.png", _brainish())
+    for lesion in (_lesion_on(tmp_path, (96, 96)), _lesion_on(tmp_path, (96, 96), 255, "lesion.png")):
+        out = tmp_path / f"out_{lesion.suffix[1:]}"
+        code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", out, "--progress", "none",
+                               "--lesion", lesion)
+        assert code == 0, err
+        localisation = json.loads((out / "case.json").read_text())["explain"]["localisation"]
+        assert localisation["lesion_voxels"] == 16 * 16 and "hit" in localisation["pointing_game"]
+
+
+def test_a_lesion_on_another_grid_is_resampled_with_a_note_and_one_outside_the_scan_refused(
+        run_cli, tmp_path, tiny_2d, oblique_volume):
+    src = tmp_path / "vol.nrrd"
+    sitk.WriteImage(oblique_volume, str(src))
+    inside = sitk.Resample(sitk.Cast(oblique_volume > 400, sitk.sitkUInt8), oblique_volume)
+    inside.SetSpacing([s * 0.5 for s in inside.GetSpacing()])   # same voxels, half the size: another grid
+    sitk.WriteImage(inside, str(tmp_path / "half.nrrd"))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                           "--lesion", tmp_path / "half.nrrd")
+    assert code == 0, err
+    notes = json.loads((tmp_path / "out" / "vol.json").read_text())["input_notes"]
+    assert any("resampled onto the scan's" in n for n in notes), notes
+    far = sitk.Image(inside)
+    far.SetOrigin([o + 5000.0 for o in inside.GetOrigin()])
+    sitk.WriteImage(far, str(tmp_path / "far.nrrd"))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out2", "--progress", "none",
+                           "--lesion", tmp_path / "far.nrrd")
+    _clean_error(code, err, "--lesion does not overlap the scan")
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("case, needle", [("empty", "the lesion label is empty"),
+                                          ("fractional", "fractional values"),
+                                          ("itself", "--lesion names the scan itself")])
+def test_an_unusable_lesion_label_is_refused_before_classifying(run_cli, tmp_path, tiny_2d, case, needle):
+    src = _picture(tmp_path / "case.png", _brainish())
+    if case == "empty":
+        lesion = _lesion_on(tmp_path, (96, 96), 0)
+    elif case == "fractional":
+        lesion = _lesion_on(tmp_path, (96, 96), 0.37, dtype=np.float32)
+    else:
+        lesion = src
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                           "--lesion", lesion)
+    _clean_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_into_the_same_folder_keeps_the_users_files_and_writes_a_new_version(run_cli, tmp_path,
+                                                                                         tiny_2d):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(2):
+        _picture(folder / f"case{i}.png", _brainish(seed=i))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case0.json").write_text("the user's notes")
+    (out / "summary.csv").write_text("the user's table")
+    code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", out, "--progress", "none")
+    assert code == 0, err
+    assert (out / "case0.json").read_text() == "the user's notes"
+    assert (out / "summary.csv").read_text() == "the user's table"
+    record = json.loads((out / "case0-2.json").read_text())
+    assert record["outputs"]["heatmap"].endswith("case0-2_heatmap.nrrd") and (out / "case0-2_heatmap.nrrd").exists()
+    assert (out / "case1.json").exists() and (out / "summary-2.csv").exists()
+    code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", out, "--progress", "none")
+    assert code == 0 and (out / "case1-2.json").exists() and (out / "case0-3.json").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [(["--spacing", "abc", "1"], "argument --spacing"),
+                                          (["--no-such-option"], "unrecognized arguments")])
+def test_usage_errors_are_one_line_naming_the_option(run_cli, tmp_path, argv, needle):
+    code, _, err = run_cli("classify", "--model", "brain-tumour-mri", "--out", tmp_path / "out", *argv,
+                           tmp_path / "case.png")
+    _clean_error(code, err, needle, "--help)")

@@ -135,3 +135,14 @@ def test_info_on_dicom_prints_what_the_series_is_not_who(dicom_series, capsys):
     assert info["files"] == 20
     assert FAKE_NAME not in text and FAKE_ID not in text and "Doe" not in text
     assert "PatientName" not in text and "PatientID" not in text
+
+
+def test_segment_never_replaces_an_existing_output(dicom_series, tmp_path, capsys):
+    series, _ = dicom_series
+    for name in ("organs.seg.nrrd", "organs.dcm"):
+        out = tmp_path / name
+        out.write_bytes(b"the user's earlier segmentation")
+        assert main(["segment", str(series), "--model", "ts-organs-seg", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and name in err and "already exists" in err
+        assert out.read_bytes() == b"the user's earlier segmentation"

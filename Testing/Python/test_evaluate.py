@@ -93,6 +93,52 @@ def test_evaluate_errors_are_one_line(tmp_path, package_and_data, capsys):
     assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", "nope"]) == 2
     assert "no split 'nope'" in capsys.readouterr().err
     rgb = tmp_path / "rgb.npz"
-    np.savez(rgb, test_images=np.zeros((4, 12, 12, 3), np.uint8), test_labels=np.zeros((4, 1)))
+    rng = np.random.default_rng(0)
+    np.savez(rgb, test_images=rng.integers(0, 255, (4, 12, 12, 3), np.uint8), test_labels=np.zeros((4, 1)))
     assert main(["evaluate", "--model", str(pkg), "--data", str(rgb)]) == 2
     assert "expects 1 channel" in capsys.readouterr().err
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("no_labels", "no test_labels"), ("empty", "holds no images"), ("objects", "Python objects"),
+    ("text", "not a NumPy .npz archive"), ("npy", "single NumPy array"), ("blank", "every image is blank"),
+])
+def test_evaluate_refuses_unusable_data_in_one_line_naming_the_file(tmp_path, package_and_data, capsys, case,
+                                                                   needle):
+    pkg, _ = package_and_data
+    rng = np.random.default_rng(0)
+    path = tmp_path / ("data.npy" if case == "npy" else "data.npz")
+    if case == "no_labels":
+        np.savez(path, test_images=rng.random((4, 12, 12)))
+    elif case == "empty":
+        np.savez(path, test_images=np.zeros((0, 12, 12)), test_labels=np.zeros(0))
+    elif case == "objects":
+        np.savez(path, test_images=np.array([np.zeros(3), np.zeros(4)], dtype=object), test_labels=np.zeros(2))
+    elif case == "text":
+        path.write_text("not an archive\n")
+    elif case == "npy":
+        np.save(path, rng.random((4, 12, 12)))
+    else:
+        np.savez(path, test_images=np.zeros((4, 12, 12)), test_labels=np.zeros(4))
+    assert main(["evaluate", "--model", str(pkg), "--data", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = _one_line(capsys)
+    assert str(path) in err and needle in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_second_evaluation_into_the_same_folder_keeps_the_first(tmp_path, package_and_data, capsys):
+    pkg, npz = package_and_data
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text("the user's own notes")
+    assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--out", str(out)]) == 0
+    outputs = json.loads(capsys.readouterr().out)["outputs"]
+    assert (out / "metrics.json").read_text() == "the user's own notes"
+    assert outputs["metrics"].endswith("metrics-2.json") and outputs["roc"].endswith("roc-2.png")
+    assert json.loads((out / "metrics-2.json").read_text())["n"] == 40

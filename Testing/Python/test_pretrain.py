@@ -150,3 +150,30 @@ def test_bad_pretraining_input_is_one_line_and_exit_2(tmp_path, capsys, case):
         assert out.read_bytes() == b"the user's file"
     else:
         assert not out.exists()
+
+
+@pytest.mark.parametrize("case, needle", [("blank", "every image is blank"), ("tiny", "too small"),
+                                          ("colour", "grey images"), ("none", "holds no images")])
+def test_a_pool_that_cannot_be_learnt_from_is_refused_before_training(tmp_path, capsys, case, needle):
+    config = _tiny_config(tmp_path)
+    rng = np.random.default_rng(1)
+    images = {"blank": np.zeros((48, 16, 16), np.uint8), "tiny": (rng.random((48, 1, 1)) * 255).astype(np.uint8),
+              "colour": (rng.random((48, 16, 16, 3)) * 255).astype(np.uint8),
+              "none": np.zeros((0, 16, 16), np.uint8)}[case]
+    np.savez(tmp_path / "pool.npz", images=images, labels=(np.arange(len(images)) % 2)[:, None])
+    out = tmp_path / "w.safetensors"
+    assert _pretrain(config, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "pool.npz" in err and needle in err, err
+    assert not out.exists() and not Path(f"{out}.run").exists()
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "two"])
+def test_threads_below_one_are_a_usage_error(tmp_path, capsys, threads):
+    config = _tiny_config(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["pretrain", str(config), "--pool", str(config), "--out", str(tmp_path / "w.safetensors"),
+              "--threads", threads])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--threads" in err

@@ -212,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
                               Path(args.inputs[0]))
     from ..io import read_lesion_mask
 
+    if args.lesion and any(Path(args.lesion).resolve() == Path(scan).resolve() for scan in scans):
+        raise InputImageError("--lesion names the scan itself; give the scan's lesion label", Path(args.lesion))
     lesion = read_lesion_mask(args.lesion) if args.lesion else None
     out = Path(args.out)
     batch = len(scans) + len(skipped) > 1
@@ -319,9 +321,10 @@ def _write_summary(out: Path, rows: list[dict], skipped: list[dict]) -> dict:
     import csv
     import io
 
-    from ..io import atomic_output, atomic_write_json
+    from ..io import atomic_output, atomic_write_json, free_version
 
     out.mkdir(parents=True, exist_ok=True)
+    stem = free_version(out, "summary", lambda v: [f"{v}.csv", f"{v}.json"])   # an earlier batch's summary is kept
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -336,10 +339,10 @@ def _write_summary(out: Path, rows: list[dict], skipped: list[dict]) -> dict:
                          "report": o.get("report", ""), "error": r.get("error", "")})
     for s in skipped:
         writer.writerow({"input": s["input"], "status": "skipped", "error": s["reason"]})
-    csv_path = out / "summary.csv"
+    csv_path = out / f"{stem}.csv"
     with atomic_output(csv_path) as tmp:
         Path(tmp).write_text(buf.getvalue(), encoding="utf-8")
-    json_path = atomic_write_json(out / "summary.json", {
+    json_path = atomic_write_json(out / f"{stem}.json", {
         "cases": rows, "skipped": skipped,
         "counts": {"classified": sum(r["status"] == "ok" for r in rows),
                    "failed": sum(r["status"] == "error" for r in rows), "skipped": len(skipped)}})
@@ -378,7 +381,7 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
     from ..devices import resolve_device
     from ..errors import ConfigError
     from ..inference.roi_classify import classify_scan_segments, read_scan_segments
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, free_version
 
     kind = package.input_spec.get("kind")
     if kind != "roi3d":
@@ -404,6 +407,7 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
               "segments": rows}
     if dicom_out:
         record["dicom_seg"] = str(_write_segments_dicom(scans[0], scan, rows, package, Path(args.out)))
+    name = free_version(out_dir, name, lambda stem: [output_file(stem, "segment_labels")])   # earlier kept
     path = atomic_write_json(out_dir / output_file(name, "segment_labels"), record)
     if args.progress == "json":
         progress("done", 1.0, result={"outputs": [{"input": str(scans[0]), "segments_json": str(path)}]})

@@ -18,7 +18,7 @@ import json
 import shlex
 import sys
 
-from ..contract import PROGRESS_MODES
+from ..contract import PROGRESS_MODES, thread_count
 from ..devices import DEVICE_CHOICES
 from ..progress import PROGRESS_HELP
 
@@ -98,7 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="torch.compile the training steps (auto, the default: 3D networks on the CPU when a C++ "
                         "compiler is found, in runs of 300 steps or more, or of 50 or more once a compiled run of the "
                         "same network and patch batch has filled the compile cache; true fills it): training/compile")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads per process")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..contract import PROGRESS_MODES
+from ..contract import PROGRESS_MODES, thread_count
 from ..progress import PROGRESS_HELP
 
 
@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=d.temperature,
                    help=f"of the contrastive softmax (default {d.temperature})")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in OUT.run/")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 

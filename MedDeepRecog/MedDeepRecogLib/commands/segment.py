@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..contract import PROGRESS_MODES
 from ..devices import DEVICE_CHOICES
@@ -31,13 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
-    from ..errors import InputImageError
+    from ..errors import InputImageError, OutputError
     from ..inference.segment import segment_file
     from ..progress import Progress
 
     if not args.out.lower().endswith((".seg.nrrd", ".dcm")):
         raise InputImageError("the output must be a .seg.nrrd file, or .dcm (DICOM Segmentation) for a DICOM "
                               "input", args.out)
+    if Path(args.out).exists():
+        raise OutputError("already exists; name a new file (an earlier segmentation is never replaced)", args.out)
     device = str(resolve_device(args.device))
     progress = Progress(args.progress)
     result = segment_file(args.input, args.model, args.out, device=device, progress=progress)

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from ..contract import PROGRESS_MODES
+from ..contract import PROGRESS_MODES, thread_count
 from ..devices import DEVICE_CHOICES
 from ..progress import PROGRESS_HELP
 
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                           "$MEDDEEPRECOG_HOME/models)")
     p.add_argument("--epochs", type=int, help="override training/epochs")
     p.add_argument("--device", choices=DEVICE_CHOICES, help="override training/device")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 

@@ -286,6 +286,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     image = as_volume(image, where, allow_2d=(kind == "slices2d"))
     validate_intensities(image, where)
     check_input_content(image, spec, where)
+    if lesion is not None:
+        lesion = lesion_on_scan_grid(lesion, image, notes)
     timing["read"] = time.perf_counter() - t0
 
     report("preprocess", 0.15)
@@ -294,7 +296,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     chosen_slice = None
     if kind == "slices2d":
         if slice_mm is not None:
-            k, position = nearest_axial_slice(prepared, slice_mm)
+            k, position = nearest_axial_slice(prepared, slice_mm, where)
             chosen_slice = {"index": k, "position_mm": round(position, 3), "requested_mm": float(slice_mm)}
         inp = slices_from_image(prepared, spec, only_slice=None if chosen_slice is None else chosen_slice["index"],
                                 whole_image_body=whole_image_is_body(package.meta.get("modality")))
@@ -479,15 +481,14 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
         InputImageError: naming the frames or the size.
     """
     from ..io.image_io import FRAMES_KEY
-    from ..preprocessing.slices import slice_options
+    from ..preprocessing.slices import min_slice_side
 
     if image.HasMetaDataKey(FRAMES_KEY):
         raise InputImageError(
             f"a multi-frame file ({image.GetMetaData(FRAMES_KEY)} frames in one DICOM object) cannot go to the 2D "
             f"model {package.id}: its frames may be time points of a cine loop rather than slices of a volume; "
             "export the frame to classify as its own file, or give a DICOM series folder", path)
-    minimum = slice_options(package.input_spec)["min_pixels"]
-    minimum = int(minimum) if minimum else max(1, min(int(s) for s in package.input_spec.get("size") or [2]) // 2)
+    minimum = min_slice_side(package.input_spec)
     size = list(image.GetSize())[:2]
     if min(size) < minimum:
         raise InputImageError(f"the image is {size[0]} x {size[1]} pixels, too small for model {package.id} "
@@ -553,13 +554,51 @@ def _check_fits(package, inp) -> None:
         raise ModelPackageError(f"model {package.id} does not accept input of shape {tuple(x.shape)}: {exc}") from None
 
 
+def lesion_on_scan_grid(lesion: sitk.Image, scan: sitk.Image, notes: list[str]) -> sitk.Image:
+    """``lesion`` (0/1, 2D or 3D, any grid) on the 3D ``scan``'s grid: a 2D label becomes a one-slice volume as a
+    2D scan does; a label on another grid is resampled (nearest neighbour, in physical space) with a note in
+    ``notes``, since its voxel counts then differ from the file's.
+
+    Raises:
+        InputImageError: the label and the scan do not overlap (no labelled voxel lies inside the scan), before
+            any model runs.
+    """
+    from ..errors import InputImageError
+    from ..io import is_picture, same_geometry
+
+    picture = is_picture(lesion)
+    if lesion.GetDimension() == 2:
+        lesion = sitk.JoinSeries([lesion])
+    if picture:   # a label drawn on the picture (PNG/JPEG): pixel for pixel, whatever --spacing gave the scan
+        if lesion.GetSize() != scan.GetSize():
+            raise InputImageError(f"--lesion is a picture of {lesion.GetSize()[0]} x {lesion.GetSize()[1]} pixels; "
+                                  f"a label drawn on a picture must have its size ({scan.GetSize()[0]} x "
+                                  f"{scan.GetSize()[1]})")
+        lesion.CopyInformation(scan)
+    if not same_geometry(lesion, scan):
+        labelled = int(np.count_nonzero(sitk.GetArrayViewFromImage(lesion)))
+        lesion = sitk.Resample(lesion, scan, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        kept = int(np.count_nonzero(sitk.GetArrayViewFromImage(lesion)))
+        if kept == 0:
+            raise InputImageError(f"--lesion does not overlap the scan: none of its {labelled:,} labelled voxels "
+                                  f"lies inside the scan's grid (size, origin, spacing or direction differ)")
+        notes.append(f"the lesion label lies on another grid and was resampled onto the scan's (nearest "
+                     f"neighbour): {labelled:,} labelled voxels there, {kept:,} on the scan's grid")
+    return lesion
+
+
 def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: bool = True,
                   progress: ProgressFn | None = None,
                   extra: Callable[[dict], dict] | None = None) -> dict[str, str | None]:
     """:func:`write_case_outputs`, all or nothing: when a write fails (full disk, ...) the files this call made are
-    removed again, and so is ``out_dir`` if it made it and it is left empty."""
+    removed again, and so is ``out_dir`` if it made it and it is left empty. Outputs of an earlier run in ``out_dir``
+    are kept: this case's files then take the next free version of its name (``scan-2.json``, ...)."""
+    from ..io import free_version
+
     out_dir = Path(out_dir)
-    names = [output_file(result.name, role) for role in ("result", "heatmap", "heatmap_png", "report")]
+    roles = ("result", "heatmap", "heatmap_png", "report")
+    result.name = free_version(out_dir, result.name, lambda stem: [output_file(stem, role) for role in roles])
+    names = [output_file(result.name, role) for role in roles]
     had_dir = out_dir.exists()
     existed = {n for n in names if (out_dir / n).exists()}
     try:

@@ -129,14 +129,26 @@ def is_hounsfield(image: sitk.Image) -> bool:
     return bool(arr.size) and float(np.percentile(arr, 0.5)) < -500
 
 
-def nearest_axial_slice(image: sitk.Image, superior_mm: float) -> tuple[int, float]:
+def nearest_axial_slice(image: sitk.Image, superior_mm: float, source=None) -> tuple[int, float]:
     """``(k, s_k)``: the axial slice (index of the LPS view, 0 = most inferior) whose centre is nearest to the
     superior coordinate ``superior_mm`` (the same number in LPS and RAS: Slicer's axial slice offset), and that
-    slice's own superior coordinate."""
+    slice's own superior coordinate.
+
+    Raises:
+        InputImageError: ``superior_mm`` is not a number, or lies more than half a slice beyond the scan's first or
+            last slice (naming ``source`` and the scan's range), rather than silently taking the edge slice.
+    """
     view = lps_view(image)
     nz = view.array.shape[0]
-    s = view.origin[2] + view.direction[2, 2] * view.spacing[2] * np.arange(nz)
-    k = int(np.argmin(np.abs(s - float(superior_mm))))
+    step = view.direction[2, 2] * view.spacing[2]
+    s = view.origin[2] + step * np.arange(nz)
+    half = abs(step) / 2
+    target = float(superior_mm)
+    if not (np.isfinite(target) and s.min() - half <= target <= s.max() + half):
+        span = (f"its {nz} axial slices run from S {s.min():.1f} to {s.max():.1f} mm" if nz > 1 else
+                f"its one slice lies at S {s[0]:.1f} mm")
+        raise InputImageError(f"--slice-mm {superior_mm:g} lies outside the scan: {span}", source)
+    k = int(np.argmin(np.abs(s - target)))
     return k, float(s[k])
 
 

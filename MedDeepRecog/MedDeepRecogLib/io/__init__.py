@@ -1,6 +1,6 @@
 """Reading and writing scans, label maps and segmentations without losing geometry."""
 
-from .atomic import atomic_output, atomic_save_figure, check_output_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .atomic import atomic_output, atomic_save_figure, check_output_dir, free_version, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .geometry import Geometry, LPSView, lps_view
 from .image_io import (
     array_from_image,
@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_output_dir",
+    "free_version",
     "Geometry",
     "LPSView",
     "lps_view",

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import OutputError, os_error_reason
 
@@ -65,6 +65,18 @@ def check_output_dir(folder: str | Path, what: str = "output folder") -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{what} cannot be written: permission denied on {probe}", folder)
     return folder
+
+
+def free_version(folder: str | Path, stem: str, names: Callable[[str], Iterable[str]]) -> str:
+    """``stem``, else ``stem-2``, ``stem-3``...: the first version for which none of ``names(version)`` exists in
+    ``folder``. A rerun into the same folder then writes beside the earlier outputs (a user's notes, an earlier
+    result) instead of replacing them; the files a call writes share one version."""
+    folder = Path(folder)
+    version, k = stem, 1
+    while any((folder / name).exists() for name in names(version)):
+        k += 1
+        version = f"{stem}-{k}"
+    return version
 
 
 def _make_parents(folder: Path) -> list[Path]:

@@ -42,6 +42,13 @@ PICTURE_KEY = "MedDeepRecog|picture"  # "png" / "jpeg": a picture file, no physi
 #: :func:`_check_picture_decodes`, before Pillow or ITK decodes anything.
 MAX_PICTURE_SIDE = 16384
 MAX_PICTURE_PIXELS = 64 << 20
+#: The pixel sizes (mm) a picture's --spacing or a DICOM file's PixelSpacing may give: from 1 micrometre to 1 metre.
+SPACING_RANGE_MM = (1e-3, 1e3)
+#: The largest intensity magnitude accepted: filters and networks compute in float32, and squared sums of larger
+#: values overflow it (no scanner stores values near this: CT spans about -1024..3071 HU, MR 12-16 bits).
+MAX_ABS_INTENSITY = 1e12
+#: DICOM transfer syntaxes whose pixel data is stored raw, so its length follows from rows, columns and bits.
+_UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 
 
 SERIES_KEY = "MedDeepRecog|series"  # JSON: {"uid", "description", "slices", "others": [...]}
@@ -500,13 +507,18 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
             if reader.GetDimension() in (2, 3):
                 _check_direction(reader.GetDirection(), path, reader.GetDimension())
             frames = _dicom_frames(reader)
+            _check_dicom_pixels(reader, path, frames)
             image = reader.Execute()
         except RuntimeError as exc:
             raise InputImageError(f"cannot be read as an image ({itk_error_line(exc)})", path) from None
         if picture:
             image = _as_picture(image, path, spacing)
-        elif frames > 1:
-            image.SetMetaData(FRAMES_KEY, str(frames))
+        else:
+            if frames > 1:
+                image.SetMetaData(FRAMES_KEY, str(frames))
+            if spacing is not None:
+                _add_note(image, "--spacing ignored: the file stores its own pixel size "
+                                 f"({' x '.join(f'{s:g}' for s in image.GetSpacing())} mm)")
     colour_source = path.is_dir() or suffix_of(path) in PICTURE_SUFFIXES + (".dcm", ".ima")
     if colour_source and image.GetNumberOfComponentsPerPixel() in (3, 4) and image.GetDimension() in (2, 3):
         image = _to_grey(image)  # a vector NRRD/MHA (e.g. a displacement field) is left as it is
@@ -550,14 +562,49 @@ def _dicom_frames(reader: sitk.ImageFileReader) -> int:
     return 1
 
 
+def _check_dicom_pixels(reader: sitk.ImageFileReader, path: Path, frames: int) -> None:
+    """Refuse a DICOM file whose PixelSpacing (0028,0030) is not two sizes in :data:`SPACING_RANGE_MM` (the reader
+    would silently take 1 mm for 0 or NaN, and flip the image for a negative size), or whose raw pixel data is
+    shorter than its rows x columns x frames declare (the reader would fill the rest with whatever follows)."""
+    def tag(key: str) -> str:
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+    if not (tag("0008|0016") or tag("0002|0010")):
+        return  # not DICOM
+    raw = tag("0028|0030")
+    if raw:
+        try:
+            sizes = [float(v) for v in raw.replace(" ", "").split("\\") if v]
+        except ValueError:
+            sizes = []
+        lo, hi = SPACING_RANGE_MM
+        if len(sizes) != 2 or not all(np.isfinite(v) and lo <= v <= hi for v in sizes):
+            raise InputImageError(f"DICOM PixelSpacing (0028,0030) is '{raw}': not two pixel sizes of {lo:g} to "
+                                  f"{hi:g} mm", path)
+    if tag("0002|0010").rstrip("\x00") in _UNCOMPRESSED_SYNTAXES + ("",):   # none given: implicit VR, raw
+        try:
+            rows, cols = int(tag("0028|0010")), int(tag("0028|0011"))
+            bits, samples = int(tag("0028|0100") or 16), int(tag("0028|0002") or 1)
+        except ValueError:
+            return
+        if bits % 8:
+            return  # bit-packed (1-bit segmentations): not checked
+        need = rows * cols * max(1, frames) * samples * (bits // 8)
+        if path.stat().st_size < need:
+            raise InputImageError(f"DICOM pixel data is shorter than its {cols} x {rows} pixels"
+                                  f"{f' x {frames} frames' if frames > 1 else ''} declare ({need:,} bytes; the "
+                                  f"file holds {path.stat().st_size:,}): truncated or inconsistent header", path)
+
+
 def _as_picture(image: sitk.Image, path: Path, spacing) -> sitk.Image:
     """A PNG/JPEG as a 2D image: 1 mm pixels (or ``spacing``), origin 0, rows running down (+y)."""
     if image.GetDimension() != 2:
         raise InputImageError(f"a picture file should hold one 2D image, got {image.GetDimension()}D "
                               f"{list(image.GetSize())}", path)
     sx, sy = (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1]))
-    if not (np.isfinite([sx, sy]).all() and sx > 0 and sy > 0):
-        raise InputImageError(f"--spacing must be two positive sizes in mm, got {list(spacing)}", path)
+    lo, hi = SPACING_RANGE_MM
+    if not (np.isfinite([sx, sy]).all() and lo <= sx <= hi and lo <= sy <= hi):
+        raise InputImageError(f"--spacing must be two pixel sizes of {lo:g} to {hi:g} mm, got {list(spacing)}", path)
     image.SetSpacing((sx, sy))
     image.SetOrigin((0.0, 0.0))
     image.SetDirection((1.0, 0.0, 0.0, 1.0))
@@ -646,10 +693,12 @@ def validate_intensities(image: sitk.Image, path: str | Path | None = None, *, a
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         if bad:
             raise InputImageError(f"{bad} voxel(s) are NaN or infinite", path)
-    if not allow_constant:
-        lo, hi = arr.min(), arr.max()
-        if lo == hi:
-            raise InputImageError(f"the volume is empty: every voxel equals {lo}", path)
+    lo, hi = arr.min(), arr.max()
+    if max(abs(float(lo)), abs(float(hi))) > MAX_ABS_INTENSITY:
+        raise InputImageError(f"intensities reach {max(abs(float(lo)), abs(float(hi))):.3g}, beyond the "
+                              f"{MAX_ABS_INTENSITY:.0e} that filters and models compute with", path)
+    if not allow_constant and lo == hi:
+        raise InputImageError(f"the volume is empty: every voxel equals {lo}", path)
 
 
 def array_from_image(image: sitk.Image, dtype: Any = None) -> np.ndarray:

@@ -136,12 +136,48 @@ def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[Se
 
 
 
+#: Distinct values a lesion label may hold (0 and the labels): more are an image's grey levels, not labels.
+MAX_LESION_LABELS = 256
+
+
 def read_lesion_mask(path: str | Path) -> sitk.Image:
-    """A lesion mask as a uint8 0/1 SimpleITK image on the segmentation's own grid: any segmentation
-    (``.seg.nrrd``, label map) read by :func:`read_segmentation`, every segment counting as lesion."""
-    labelmap, reference, _ = read_segmentation(path)
-    lesion = sitk.GetImageFromArray((labelmap != 0).astype(np.uint8))
+    """A lesion mask as a uint8 0/1 SimpleITK image on the label's own grid, every non-zero label counting as lesion:
+    a ``.seg.nrrd`` through :func:`read_segmentation`, any other label map (NRRD, NIfTI, a PNG drawn on a picture;
+    2D or 3D) through the geometry-keeping image reader.
+
+    Raises:
+        InputImageError: naming the file, for a label without any labelled voxel, NaN or fractional values, or
+            more than :data:`MAX_LESION_LABELS` distinct values (a scan given as its own label).
+    """
+    from .image_io import PICTURE_KEY, read_image
+
+    path = Path(path)
+    if path.name.lower().endswith(".seg.nrrd"):
+        labelmap, reference, _ = read_segmentation(path)
+    else:
+        reference = read_image(path)
+        if reference.GetNumberOfComponentsPerPixel() != 1:
+            raise InputImageError("a lesion label needs one value per voxel, not "
+                                  f"{reference.GetNumberOfComponentsPerPixel()} components", path)
+        labelmap = sitk.GetArrayViewFromImage(reference)
+        if np.issubdtype(labelmap.dtype, np.floating):
+            if not np.isfinite(labelmap).all():
+                raise InputImageError("a lesion label must hold whole-number labels; this one has NaN or infinite "
+                                      "values", path)
+            if not np.array_equal(labelmap, np.round(labelmap)):
+                raise InputImageError("a lesion label must hold whole-number labels; this one has fractional "
+                                      "values (a scan rather than its label map?)", path)
+        distinct = np.unique(labelmap)
+        if len(distinct) > MAX_LESION_LABELS:
+            raise InputImageError(f"has {len(distinct):,} distinct values: a scan or image, not a lesion label "
+                                  f"(at most {MAX_LESION_LABELS})", path)
+    mask = (np.asarray(labelmap) != 0).astype(np.uint8)
+    if not mask.any():
+        raise InputImageError("the lesion label is empty: no voxel is labelled", path)
+    lesion = sitk.GetImageFromArray(mask)
     lesion.CopyInformation(reference)
+    if reference.HasMetaDataKey(PICTURE_KEY):   # a label drawn on a picture: pixels, no physical size of its own
+        lesion.SetMetaData(PICTURE_KEY, reference.GetMetaData(PICTURE_KEY))
     return lesion
 
 def write_segment_masks(masks: Sequence[tuple[SegmentSpec, np.ndarray]], reference: sitk.Image,

@@ -43,6 +43,13 @@ def slice_options(input_spec: Mapping[str, Any]) -> dict[str, Any]:
     return {**SLICE_DEFAULTS, **(input_spec.get("slices") or {})}
 
 
+def min_slice_side(input_spec: Mapping[str, Any]) -> int:
+    """The fewest pixels per side an image needs for a slice model: its ``input.slices.min_pixels``, else half the
+    smaller side of the model's input size."""
+    minimum = slice_options(input_spec)["min_pixels"]
+    return int(minimum) if minimum else max(1, min(int(s) for s in input_spec.get("size") or [2]) // 2)
+
+
 class StandardisedSlices(NamedTuple):
     """What :func:`standardise_slices` returns (a tuple, so ``[0]`` is the model input)."""
 

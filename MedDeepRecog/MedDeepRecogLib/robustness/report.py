@@ -65,7 +65,7 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
     summary (``json``, ``png``, ``smallest_flipping_eps`` ...), or ``{"scans": [...]}`` for several.
     """
     from ..contract import output_file, output_stem
-    from ..io import atomic_write_json, check_output_dir, write_image
+    from ..io import atomic_write_json, check_output_dir, free_version, write_image
     from ..io.image_io import guess_modality
     from ..packages import load_package
     from .curve import save_curve_png, scan_robustness
@@ -78,7 +78,8 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
     results = []
     n = len(scans)
     for i, scan in enumerate(scans):
-        name = output_stem(scan)
+        roles = ("robustness_png", "perturbation", "robustness")   # an earlier run's files are kept
+        name = free_version(out, output_stem(scan), lambda stem: [output_file(stem, r) for r in roles])
 
         def prog(stage, fraction, _i=i, _name=name, **extra):
             progress(stage, (_i + 0.1 + 0.8 * fraction) / n, case=_name, **extra)

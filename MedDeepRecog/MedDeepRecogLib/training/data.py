@@ -136,12 +136,46 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
     return np.stack(arrays), labels, [str(csv_path)]
 
 
+def open_npz(path: Path):
+    """``np.load`` of an ``.npz`` archive without pickle, its faults as one :class:`ConfigError` naming the file: not
+    an archive (text, a single ``.npy`` array, damaged) and arrays of Python objects, which are never loaded."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):   # numpy's guess for any file without the .npy/.npz magic bytes
+            raise ConfigError("cannot read .npz: not a NumPy .npz archive", path) from None
+        raise ConfigError(f"cannot read .npz ({exc})", path) from None
+    except Exception as exc:
+        raise ConfigError(f"cannot read .npz ({exc})", path) from None
+    if not hasattr(z, "files"):
+        raise ConfigError(f"is a single NumPy array of shape {z.shape} (.npy), not an .npz archive of named "
+                          "{split}_images / {split}_labels arrays", path)
+    return z
+
+
+def npz_array(z, key: str, path: Path) -> np.ndarray:
+    """Array ``key`` of archive ``z``, refusing object arrays (pickled Python data) and damaged members."""
+    try:
+        return z[key]
+    except ValueError as exc:
+        if "pickle" in str(exc) or "Object arrays" in str(exc):
+            raise ConfigError(f"array {key!r} holds Python objects, which are never loaded; store numbers", path) \
+                from None
+        raise ConfigError(f"array {key!r} cannot be read ({exc})", path) from None
+    except Exception as exc:
+        raise ConfigError(f"array {key!r} cannot be read ({exc})", path) from None
+
+
 def check_images_labels(x: np.ndarray, y: np.ndarray, what: str, path: Path) -> None:
     """Refuse image/label arrays that cannot train a classifier, naming the file, the arrays and the first bad
     entry: counts that differ, labels that are not whole numbers >= 0, images with NaN or infinite values."""
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0:
         raise ConfigError(f"{what}: images and labels must be arrays, got shapes {x.shape} and {y.shape}", path)
+    if len(x) == 0:
+        raise ConfigError(f"{what}: holds no images", path)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise ConfigError(f"{what}: images must be numbers, got {x.dtype}", path)
     y = y.reshape(len(y), -1)[:, 0] if y.ndim > 1 and y.shape[1:] and int(np.prod(y.shape[1:])) == 1 else y
     if len(x) != len(y):
         raise ConfigError(f"{what}: {len(x)} images but {len(y)} labels; they must pair up one to one", path)
@@ -167,17 +201,14 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     d = cfg.data
     fmt = d.format if d.format != "auto" else ("folder" if path.is_dir() else "npz")
     if fmt == "npz":
-        try:
-            z = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise ConfigError(f"cannot read .npz ({exc})", path) from None
+        z = open_npz(path)
         keys = set(z.files)
         tk, vk = d.train_split, d.val_split
         if {f"{tk}_images", f"{tk}_labels"} <= keys:
-            x_tr, y_tr = z[f"{tk}_images"], z[f"{tk}_labels"]
+            x_tr, y_tr = npz_array(z, f"{tk}_images", path), npz_array(z, f"{tk}_labels", path)
             check_images_labels(x_tr, y_tr, f"{tk}_images/{tk}_labels", path)
             if {f"{vk}_images", f"{vk}_labels"} <= keys:
-                x_va, y_va = z[f"{vk}_images"], z[f"{vk}_labels"]
+                x_va, y_va = npz_array(z, f"{vk}_images", path), npz_array(z, f"{vk}_labels", path)
                 check_images_labels(x_va, y_va, f"{vk}_images/{vk}_labels", path)
                 how = f"splits {tk}/{vk} of the file"
             else:
@@ -185,7 +216,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                 x_tr, y_tr, x_va, y_va = x_tr[tr], y_tr[tr], x_tr[va], y_tr[va]
                 how = f"split {tk}; validation = last {d.val_fraction:.0%} of each class (file order)"
         elif {"images", "labels"} <= keys:
-            x, y = z["images"], z["labels"]
+            x, y = npz_array(z, "images", path), npz_array(z, "labels", path)
             check_images_labels(x, y, "images/labels", path)
             tr, va = tail_per_class_split(y.ravel(), d.val_fraction)
             x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
@@ -283,28 +314,41 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None,
 
 
 def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, size=None,
-                    val_fraction: float = 0.2, slices: dict | None = None) -> ArrayDataset:
+                    val_fraction: float = 0.2, slices: dict | None = None,
+                    min_side: int | None = None) -> ArrayDataset:
     """One split of a ``.npz`` for evaluation (``{split}_images``; for a file with only ``images``, ``split="val"``
     is the last ``val_fraction`` of each class and ``"all"`` everything). ``slices``: the package's
-    ``input.slices``; the images are then standardised exactly as in training and classify."""
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ConfigError(f"cannot read .npz ({exc})", path) from None
+    ``input.slices``; the images are then standardised exactly as in training and classify.
+
+    Refused with one line naming the file, as classify refuses a single image: a split without its labels, no
+    images, images all blank (one value each), and 2D images under ``min_side`` pixels per side."""
+    z = open_npz(path)
     if f"{split}_images" in z.files:
-        x, y = z[f"{split}_images"], z[f"{split}_labels"]
-    elif "images" in z.files:
-        x, y = z["images"], z["labels"]
+        if f"{split}_labels" not in z.files:
+            raise ConfigError(f"npz has {split}_images but no {split}_labels to score them against", path)
+        x, y = npz_array(z, f"{split}_images", path), npz_array(z, f"{split}_labels", path)
+    elif "images" in z.files and "labels" in z.files:
+        x, y = npz_array(z, "images", path), npz_array(z, "labels", path)
+        check_images_labels(x, y, "images/labels", path)
         if split != "all":
             tr, va = tail_per_class_split(np.asarray(y).ravel(), val_fraction)
             x, y = (x[va], y[va]) if split == "val" else (x[tr], y[tr])
     else:
         raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
     check_images_labels(x, y, f"split {split!r}", path)
+    x = np.asarray(x)
+    if kind == "slices2d" and min_side and x.ndim >= 3:
+        side = min(x.shape[1:3]) if x.ndim == 4 and x.shape[-1] <= 4 else min(x.shape[-2:])
+        if side < min_side:
+            raise ConfigError(f"split {split!r}: images of {' x '.join(map(str, x.shape[1:]))} pixels are too small "
+                              f"for the model (at least {min_side} pixels per side)", path)
+    flat = x.reshape(len(x), -1)
+    if (flat.min(axis=1) == flat.max(axis=1)).all():
+        raise ConfigError(f"split {split!r}: every image is blank (a single value each)", path)
     if slices is not None:
-        x = standardise_images(np.asarray(x), slices, size, path)
+        x = standardise_images(x, slices, size, path)
     else:
-        x = scale_and_resize(to_channels_first(np.asarray(x), kind, path), intensity_range, size)
+        x = scale_and_resize(to_channels_first(x, kind, path), intensity_range, size)
     return ArrayDataset(x, np.asarray(y).ravel().astype(np.int64))
 
 

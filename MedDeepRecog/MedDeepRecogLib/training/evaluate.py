@@ -16,11 +16,12 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     ``confusion_matrix.png`` and ``metrics.json`` there. Returns the metrics dict (see ``metrics``)."""
     import torch
 
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, free_version
     from ..packages import load_package
     from ..devices import resolve_device
     from .classification import make_loader, predict_proba
     from .metrics import classification_metrics
+    from ..preprocessing.slices import min_slice_side
     from .plots import confusion_png, roc_png
 
     pkg = load_package(model_ref)
@@ -28,8 +29,9 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     if not data_path.is_file():
         raise ConfigError("evaluation data not found", data_path)
     intensity, size = pkg.data_params()
-    ds = load_eval_split(data_path, split, pkg.input_spec["kind"], intensity, size,
-                         slices=pkg.input_spec.get("slices"))
+    kind = pkg.input_spec["kind"]
+    ds = load_eval_split(data_path, split, kind, intensity, size, slices=pkg.input_spec.get("slices"),
+                         min_side=min_slice_side(pkg.input_spec) if kind == "slices2d" else None)
     k = len(pkg.class_names)
     if len(ds) == 0:
         raise ConfigError(f"split {split!r} is empty", data_path)
@@ -50,9 +52,11 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
               "split": split, "loss": round(loss, 6), **m}
     if out is not None:
         out = Path(out)
-        outputs = {"roc": str(roc_png(labels, probs, pkg.class_names, out / "roc.png")),
+        # an earlier evaluation's files in ``out`` are kept: these take the next free version (metrics-2.json, ...)
+        v = free_version(out, "", lambda v: [f"roc{v}.png", f"confusion_matrix{v}.png", f"metrics{v}.json"])
+        outputs = {"roc": str(roc_png(labels, probs, pkg.class_names, out / f"roc{v}.png")),
                    "confusion_matrix": str(confusion_png(np.asarray(m["confusion_matrix"]), pkg.class_names,
-                                                         out / "confusion_matrix.png"))}
-        result["outputs"] = {**outputs, "metrics": str(out / "metrics.json")}
-        atomic_write_json(out / "metrics.json", result)
+                                                         out / f"confusion_matrix{v}.png"))}
+        result["outputs"] = {**outputs, "metrics": str(out / f"metrics{v}.json")}
+        atomic_write_json(out / f"metrics{v}.json", result)
     return result

@@ -156,6 +156,7 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
     """The train images of every config, each standardised by its own ``input/slices`` at ``size``:
     ``(N, 1, H, W)`` float32, and per config its name and image count."""
     from .config import load_config, resolve_data_path
+    from ..preprocessing.slices import min_slice_side
     from .data import load_eval_split, load_train_val
 
     images, sources = [], []
@@ -170,7 +171,11 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
         else:   # only the train split is standardised: the val images take no part
             slices = getattr(getattr(cfg, "input", None), "slices", None)
             train = load_eval_split(data_path, cfg.data.train_split, cfg.data.kind, cfg.data.intensity_range,
-                                    cfg.data.size, cfg.data.val_fraction, slices)
+                                    cfg.data.size, cfg.data.val_fraction, slices,
+                                    min_side=min_slice_side({"size": cfg.data.size, "slices": slices or {}}))
+        if train.images.shape[1] != 1:
+            raise ConfigError(f"the pool takes grey images (one channel); this set's images have "
+                              f"{train.images.shape[1]}", data_path)
         images.append(np.asarray(train.images, dtype=np.float32))
         sources.append({"config": str(path), "train_images": int(len(train.images))})
     return np.concatenate(images), sources
