@@ -78,15 +78,24 @@ FINETUNE_EPOCHS = 20
 MAX_THREADS = 1024
 
 
-def thread_count(text: str) -> int:
-    """``--threads`` as argparse reads it: a whole number from 1 to :data:`MAX_THREADS` (torch refuses 0 and below
-    only once training has begun)."""
+def bounded_int(low: int, high: int, what: str = "a whole number"):
+    """An argparse ``type`` reading a whole number from ``low`` to ``high``: an option's bound is checked when the
+    command line is read, before anything is allocated or run."""
     import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of threads, got {text!r}") from None
-    if not 1 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_THREADS}, got {value}")
-    return value
+    def read(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, got {value}")
+        return value
+
+    read.__name__ = what   # argparse names the type in its own messages
+    return read
+
+
+#: ``--threads`` as argparse reads it: a whole number from 1 to :data:`MAX_THREADS` (torch refuses 0 and below only
+#: once training has begun).
+thread_count = bounded_int(1, MAX_THREADS, "a whole number of threads")

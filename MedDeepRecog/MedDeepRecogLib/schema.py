@@ -49,6 +49,8 @@ PosInt = Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]
 NonNegInt = Annotated[int, BeforeValidator(_whole_number), Field(ge=0)]
 PosFloat = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
+#: A learning rate: above 0, at most 10 (far above any that trains; larger ones overflow the optimiser's state).
+LearningRate = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=10, allow_inf_nan=False)]
 #: In [0, 1).
 Fraction = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, lt=1)]
 #: In (0, 1).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -257,10 +258,40 @@ def test_train_cli_end_to_end(tmp_path, npz, capsys):
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["n"] == 30
     # a second run takes the next version; the first is untouched
     before = (pkg.path / "weights.safetensors").read_bytes()
-    assert main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none",
-                 "--epochs", "1"]) == 0
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run2"), "--package-dest", str(cat), "--progress",
+                 "none", "--epochs", "1"]) == 0
     assert load_package(cat / "synthetic" / "1.0.1").version == "1.0.1"
     assert (pkg.path / "weights.safetensors").read_bytes() == before
+    # the first run's folder is never trained over without --resume, nor a folder of the user's
+    history = (out / "history.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier run" in err and len(err.strip().splitlines()) == 1
+    assert (out / "history.json").read_bytes() == history and not (cat / "synthetic" / "1.0.2").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    assert main(["train", str(cfg_path), "--out", str(mine), "--package-dest", str(cat), "--progress", "none"]) == 2
+    assert "is not empty (notes.txt)" in capsys.readouterr().err and sorted(os.listdir(mine)) == ["notes.txt"]
+
+
+def test_train_checks_its_folders_before_training_and_leaves_none_empty(tmp_path, npz, capsys):
+    import yaml
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz)), encoding="utf-8")
+    blocker = tmp_path / "catalog"
+    blocker.write_text("a file where the package folder should go")
+    out = tmp_path / "new" / "run"
+    assert main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(blocker), "--progress",
+                 "none"]) == 2
+    assert "--package-dest" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    bad = _config(npz)
+    bad["training"]["class_weights"] = [1.0, 2.0, 3.0]   # three weights for two classes: refused at the first step
+    cfg_path.write_text(yaml.safe_dump(bad), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "new").exists()
 
 
 def test_train_cli_user_errors_exit_2(tmp_path, npz, capsys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..contract import PROGRESS_MODES
+from ..contract import PROGRESS_MODES, bounded_int
 from ..progress import PROGRESS_HELP
 
 
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="keep the probabilities as they are: write only the decision rules")
     p.add_argument("--dest", help="catalog folder for the new version (default: the user catalog)")
     p.add_argument("--version", help="version of the new package (default: next free patch version)")
-    p.add_argument("--bins", type=int, default=10, help="confidence bins of the ECE (default 10)")
+    p.add_argument("--bins", type=bounded_int(2, 1000), default=10, help="confidence bins of the ECE (default 10)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..contract import PROGRESS_MODES
+from ..contract import PROGRESS_MODES, bounded_int
 from ..progress import PROGRESS_HELP
 
 
@@ -45,14 +45,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "the eps ball (stronger; default)")
     p.add_argument("--eps", nargs="+", help="attack budget(s) in model input units (space or comma separated); "
                    "for CT scans the output also gives each in HU")
-    p.add_argument("--steps", type=int, default=10, help="PGD iterations (default 10)")
+    p.add_argument("--steps", type=bounded_int(1, 1000), default=10, help="PGD iterations (default 10)")
     p.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="valid intensity range of the model input (default: from the package's preprocessing, "
                         "else the input's own min/max)")
-    p.add_argument("--refine", type=int, default=5, help="bisection steps refining the smallest flipping eps")
+    p.add_argument("--refine", type=bounded_int(0, 50), default=5, help="bisection steps refining the smallest flipping eps")
     p.add_argument("--write-perturbation", action="store_true", help="write the perturbation volume (scan mode)")
-    p.add_argument("--max-cases", type=int, help="use at most N cases of --data")
-    p.add_argument("--batch-size", type=int, default=32, help="--data cases attacked per batch (default 32)")
+    p.add_argument("--max-cases", type=bounded_int(1, 10_000_000), help="use at most N cases of --data")
+    p.add_argument("--batch-size", type=bounded_int(1, 4096), default=32, help="--data cases attacked per batch (default 32)")
     p.add_argument("--package-dest", help="--train-config: catalog folder for the new package")
     p.add_argument("--epochs", type=int, help="--train-config: override training/epochs")
     p.add_argument("--threads", type=int, help="torch CPU threads")

@@ -165,6 +165,9 @@ def _cases_from_records(records: Sequence[Mapping[str, Any]], base: Path, source
                         default_table: str | None) -> list[Case]:
     cases = []
     for index, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise ConfigError(f"entry {index + 1} must be a mapping with 'image' and 'segmentation', got "
+                              f"{type(record).__name__} {str(record)[:40]!r}", source)
         image = _resolve(base, record.get("image"))
         segmentation = _resolve(base, record.get("segmentation") or record.get("seg") or record.get("label_map"))
         if image is None or segmentation is None:

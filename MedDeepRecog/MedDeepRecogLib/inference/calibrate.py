@@ -49,7 +49,7 @@ def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.n
     ds = load_eval_split(path, split, pkg.input_spec["kind"], intensity, size, slices=pkg.input_spec.get("slices"))
     if len(ds) == 0:
         raise ConfigError(f"split {split!r} is empty", path)
-    pkg.check_input(torch.as_tensor(ds.images[:1]))
+    pkg.check_input(torch.as_tensor(ds.images[:1]), path)
     model = pkg.build_model("cpu")
     out = []
     with torch.no_grad():
@@ -130,6 +130,15 @@ def decision_block(probabilities: np.ndarray, labels: np.ndarray, rules: Mapping
                           "(min_probability is chosen on the data)")
     if not 0.0 <= quantile < 1.0:
         raise ConfigError(f"--quantile must be in [0, 1), got {quantile}")
+    agreement = rules.get("min_agreement")
+    if agreement is not None and (isinstance(agreement, bool) or not isinstance(agreement, (int, float))
+                                  or not 0.0 <= float(agreement) <= 1.0):
+        raise ConfigError(f"decision rule min_agreement is the fraction of voting slices that must agree, 0 to 1; "
+                          f"got {agreement!r}")
+    section = rules.get("min_section_mm")
+    if section is not None and (isinstance(section, bool) or not isinstance(section, (int, float))
+                                or not 0.0 <= float(section) <= 1000.0):
+        raise ConfigError(f"decision rule min_section_mm is a length in mm, 0 to 1000; got {section!r}")
     top = probabilities.max(1)
     correct = probabilities.argmax(1) == labels
     threshold = choose_min_probability(top, correct, quantile)
@@ -196,6 +205,9 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         raise ConfigError(f"labels {labels.min()}..{labels.max()} do not fit the model's {k} classes", data)
     if len(labels) < 10:
         raise ConfigError(f"only {len(labels)} validation cases: too few to calibrate (need >= 10)", data)
+    if len(np.unique(labels)) < 2:
+        raise ConfigError(f"every case is of class {pkg.class_names[int(labels[0])]!r}: calibration needs held-out "
+                          "cases of at least two classes", data)
     meta = copy.deepcopy(pkg.meta)
     cal, plots = None, None
     if temperature:

@@ -213,7 +213,7 @@ def build_model(name: str, input_shape: Sequence[int] | None = None, **kwargs: A
         with torch.device("meta"):
             ghost = spec.factory(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"architecture {name!r}: bad keyword arguments {sorted(kwargs)} ({exc})") from None
+        raise ConfigError(_bad_kwargs(name, spec.factory, kwargs, exc)) from None
     except (ValueError, RuntimeError, AssertionError, ZeroDivisionError, IndexError, KeyError) as exc:
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ConfigError(f"architecture {name!r} cannot be built with {kwargs}: {first[:200]}") from None
@@ -222,7 +222,25 @@ def build_model(name: str, input_shape: Sequence[int] | None = None, **kwargs: A
     try:
         return spec.factory(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"architecture {name!r}: bad keyword arguments {sorted(kwargs)} ({exc})") from None
+        raise ConfigError(_bad_kwargs(name, spec.factory, kwargs, exc)) from None
+
+
+def _bad_kwargs(name: str, factory: Any, kwargs: dict, exc: Exception) -> str:
+    """The line for keyword arguments ``factory`` refused: the unknown ones and those it takes, when its signature
+    says (model/kwargs in a config, --arch-kwargs on the command line), else the error itself."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(kwargs) - set(params)) if params and not open_ended else []
+    if unknown:
+        takes = sorted(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+        return (f"architecture {name!r} (model/kwargs or --arch-kwargs) has no setting {', '.join(map(repr, unknown))}"
+                f"; it takes {', '.join(takes)}")
+    return f"architecture {name!r} (model/kwargs or --arch-kwargs): {str(exc).splitlines()[0][:200]}"
 
 
 def default_target_layer(name: str, **kwargs: Any) -> str:

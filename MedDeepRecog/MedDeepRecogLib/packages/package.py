@@ -29,6 +29,12 @@ REQUIRED_KEYS = ("id", "version", "architecture", "class_names", "input", "weigh
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def is_plain_name(text: str) -> bool:
+    """Whether ``text`` may be a package id or version: letters, digits, ``.``, ``_``, ``-``, not starting with a
+    dot or dash, so it can never name a path outside the catalog."""
+    return bool(_ID_RE.match(str(text)))
+
+
 # --------------------------------------------------------------------------------------------- catalog locations
 def user_models_dir() -> Path:
     """``$MEDDEEPRECOG_HOME/models`` (default ``~/.meddeeprecog/models``); not created here."""
@@ -292,8 +298,9 @@ class ModelPackage:
                 raise ModelPackageError(f"the network gives outputs of shape {tuple(out.shape)} for "
                                         f"{len(self.class_names)} class names", self.path / META_FILE)
 
-    def check_input(self, x) -> None:
-        """Raise :class:`ModelPackageError` if batch ``x`` does not fit the input spec (dimensions, channels).
+    def check_input(self, x, source=None) -> None:
+        """Raise :class:`ModelPackageError` if batch ``x`` does not fit the input spec (dimensions, channels),
+        naming ``source`` (the data file) when given.
 
         2D: (B, C, H, W); volumes and CNN-LSTM: (B, C, Z, Y, X).
         """
@@ -302,10 +309,11 @@ class ModelPackage:
         channels = spec.get("channels", 1)
         if x.ndim != want_dims:
             raise ModelPackageError(f"model {self.id}@{self.version} expects {want_dims}-D input "
-                                    f"(B, C, {'H, W' if want_dims == 4 else 'Z, Y, X'}), got shape {tuple(x.shape)}")
+                                    f"(B, C, {'H, W' if want_dims == 4 else 'Z, Y, X'}), got shape {tuple(x.shape)}",
+                                    source)
         if x.shape[1] != channels:
             raise ModelPackageError(f"model {self.id}@{self.version} expects {channels} channel(s), got "
-                                    f"{x.shape[1]} (input shape {tuple(x.shape)})")
+                                    f"{x.shape[1]} (input shape {tuple(x.shape)})", source)
 
     def __str__(self) -> str:
         return f"{self.id}@{self.version} ({self.path})"
@@ -395,7 +403,10 @@ def _catalog_entries() -> list[tuple[str, str, Path, str]]:
 
 
 def _resolve_id(ref: str) -> tuple[Path, str]:
-    pkg_id, _, version = ref.partition("@")
+    pkg_id, at, version = ref.partition("@")
+    if not is_plain_name(pkg_id) or (at and not is_plain_name(version)):
+        raise ModelPackageError(f"model {ref!r} is not ID or ID@VERSION (plain names: letters, digits, '.', '_', "
+                                "'-'), a package folder or a .zip")
     found = [e for e in _catalog_entries() if e[0] == pkg_id]
     if not found:
         known = sorted({e[0] for e in _catalog_entries()})

@@ -23,7 +23,7 @@ from .steps import param, register
 
 @dataclass(frozen=True)
 class BilateralParams:
-    sigma_spatial_mm: float = param(1.5, "spatial Gaussian sigma in mm", minimum=1e-3)
+    sigma_spatial_mm: float = param(1.5, "spatial Gaussian sigma in mm", minimum=1e-3, maximum=100)
     sigma_range: float | None = param(None, "range Gaussian sigma in intensity units (HU for CT); "
                                             "default 2x the estimated noise sigma", minimum=1e-6)
     truncate: float = param(2.0, "window radius in sigmas (torch backend)", minimum=0.5, maximum=4.0)

@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io import image_from_array
+from ..limits import check_declared_image
 from .steps import param, register
 
 #: CT window presets as (center, width) in HU.
@@ -78,6 +79,7 @@ def resample(image: sitk.Image, p: ResampleParams) -> sitk.Image:
     # Keep the physical box: the first voxel center moves by half the change of voxel size.
     direction = np.array(image.GetDirection()).reshape(3, 3)
     origin = np.array(image.GetOrigin()) + direction @ ((spacing - in_spacing) / 2.0)
+    check_declared_image(size, 4, None, "resample's output")   # bounded before SimpleITK allocates it
     image_f = image if p.interpolator == "nearest" else as_float32(image)
     default = float(sitk.GetArrayViewFromImage(image).min())
     return sitk.Resample(image_f, [int(s) for s in size], sitk.Transform(), _INTERPOLATORS[p.interpolator],
@@ -99,6 +101,7 @@ def crop_pad(image: sitk.Image, p: CropPadParams) -> sitk.Image:
     target = np.array(p.size)
     pad_value = float(sitk.GetArrayViewFromImage(image).min()) if p.pad_value is None else p.pad_value
     grow = np.maximum(target - size, 0)
+    check_declared_image(np.maximum(target, size), 4, None, "crop_pad's output")   # bounded before padding
     if grow.any():
         lower = (grow // 2).astype(int).tolist()
         upper = (grow - grow // 2).astype(int).tolist()

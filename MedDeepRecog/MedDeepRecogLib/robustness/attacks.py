@@ -126,7 +126,10 @@ def attack(name: str, model: torch.nn.Module, x: torch.Tensor, target: torch.Ten
 def parse_eps_list(values: Sequence[float | str] | str) -> list[float]:
     """``"0.01,0.02"`` or ``[0.01, "0.02"]`` -> sorted unique positive floats (each validated by :func:`check_eps`)."""
     if isinstance(values, str):
-        values = [v for v in values.replace(" ", ",").split(",") if v]
+        items = values.replace(" ", ",").split(",")
+        if any(not v for v in values.strip().split(",")):
+            raise ConfigError(f"--eps {values!r} has an empty item; give numbers separated by commas")
+        values = [v for v in items if v]
     out = sorted({check_eps(v) for v in values})
     if not out:
         raise ConfigError("--eps needs at least one value")

@@ -151,7 +151,7 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
     prepares it); writes ``robustness.json`` and ``robustness.png`` into ``out``."""
     import torch
 
-    from ..io import atomic_write_json, check_output_dir
+    from ..io import atomic_write_json, check_output_dir, free_version
     from ..packages import load_package
     from ..training.data import load_eval_split
     from .curve import evaluate_robustness, save_curve_png
@@ -169,7 +169,13 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
         x, y = x[:max_cases], y[:max_cases]
     if len(y) == 0:
         raise ConfigError(f"split {split!r} is empty", data)
-    pkg.check_input(torch.as_tensor(x[:1]))
+    k = len(pkg.class_names)
+    if y.min() < 0 or y.max() >= k:
+        raise ConfigError(f"labels range {y.min()}..{y.max()} does not fit the model's {k} classes "
+                          f"{pkg.class_names}", data)
+    out = check_output_dir(out, "--out")  # before the attack; made by the first (atomic) write
+    version = free_version(out, "", lambda v: [f"robustness{v}.json", f"robustness{v}.png"])  # earlier ones kept
+    pkg.check_input(torch.as_tensor(x[:1]), data)
     model = pkg.build_model("cpu")
     valid = (tuple(float(v) for v in bounds) if bounds else
              ((0.0, 1.0) if intensity is not None else (float(np.min(x)), float(np.max(x)))))
@@ -180,10 +186,9 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
                               progress=progress)
     res.update({"model": {"id": pkg.id, "version": pkg.version}, "data": str(data), "split": split,
                 "eps_units": "model input"})
-    out = check_output_dir(out, "--out")  # made by the first (atomic) write, so a failed run leaves none
-    png = out / "robustness.png"
+    png = out / f"robustness{version}.png"
     save_curve_png(res, png, title=f"{pkg.id} {pkg.version}: {split} of {data.name}")
-    js = out / "robustness.json"
+    js = out / f"robustness{version}.json"
     res["outputs"] = {"png": str(png), "json": str(js)}
     atomic_write_json(js, res)
     return {"json": str(js), "png": str(png), "clean": res["clean"], "robust": res["robust"]}

@@ -38,6 +38,8 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -105,6 +107,8 @@ class TrainingConfig(LoopConfig):
     # (models/ensemble.py); the out-of-fold and val figures are of that averaged prediction
 
 
+#: The largest magnitude an augmentation setting may take (degrees go to 180, zoom and gamma factors to a few).
+AUG_MAX_MAGNITUDE = 360.0
 AUG_KEYS = {"flip": {"prob", "axes"}, "rotate": {"prob", "degrees"}, "rotate90": {"prob", "axes"},
             "zoom": {"prob", "min", "max"}, "noise": {"prob", "std"}, "intensity_shift": {"prob", "offset"},
             "gamma": {"prob", "min", "max"}, "mixup": {"prob", "alpha"}}
@@ -183,11 +187,18 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
             if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 raise ConfigError(f"augmentation/{name}/{key}: expected a number or a list of numbers, got "
                                   f"{value!r}", source)
+            if not all(math.isfinite(v) and abs(v) <= AUG_MAX_MAGNITUDE for v in values):
+                raise ConfigError(f"augmentation/{name}/{key}: expected finite numbers of magnitude at most "
+                                  f"{AUG_MAX_MAGNITUDE:g}, got {value!r}", source)
             if key == "prob" and not 0.0 <= float(value if not isinstance(value, list) else -1) <= 1.0:
                 raise ConfigError(f"augmentation/{name}/prob: a probability between 0 and 1, got {value!r}", source)
             if key == "alpha" and not (isinstance(value, (int, float)) and 0.0 < float(value) <= 10.0):
                 raise ConfigError(f"augmentation/{name}/alpha: a Beta distribution parameter in (0, 10], got "
                                   f"{value!r}", source)
+    for name, params in cfg.augmentation.items():
+        low, high = (params or {}).get("min"), (params or {}).get("max")
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+            raise ConfigError(f"augmentation/{name}: min ({low}) is above max ({high})", source)
     if "card" in raw:
         value = raw["card"]
         _check_keys(value or {}, {"intended_use", "not_for"}, "card", source)

@@ -40,7 +40,7 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
                           f"{pkg.class_names}", data_path)
     dev = resolve_device(device)
     model = pkg.build_model(str(dev))
-    pkg.check_input(torch.as_tensor(ds.images[:1]))
+    pkg.check_input(torch.as_tensor(ds.images[:1]), data_path)
     loader = make_loader(ds.images, ds.labels, batch_size, shuffle=False)
     try:
         probs, labels, loss = predict_proba(model, loader, dev)

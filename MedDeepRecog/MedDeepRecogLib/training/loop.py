@@ -348,8 +348,8 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except Exception as exc:
-            raise ConfigError(f"cannot resume from this checkpoint ({str(exc).splitlines()[0][:200]}); "
-                              "delete it to start over", ckpt) from None
+            raise ConfigError(f"cannot resume from this checkpoint ({checkpoint_fault(exc)}); delete it to start over",
+                              ckpt) from None
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         history.epochs = list(state["history"])
@@ -543,3 +543,20 @@ class _RandomStates:
             self.augment.set_state(state["augment"])
         if self.dataset is not None and state.get("dataset_rng"):
             self.dataset.set_state(state["dataset_rng"])
+
+
+def checkpoint_fault(exc: BaseException) -> str:
+    """Why a checkpoint could not be loaded, in a few words: for weights of another network, its first missing,
+    unexpected or mis-sized parameter (torch's first line only names the class); for a file torch cannot read at
+    all, that it is not a checkpoint (torch's own words can be a bare number)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Error(s) in loading state_dict"):
+        detail = lines[1] if len(lines) > 1 else ""
+        return f"weights of another network: {detail[:200]}"
+    text = " ".join(lines).lower()
+    if isinstance(exc, (KeyError, TypeError, EOFError)) or not lines or lines[0].isdigit() or any(
+            word in text for word in ("pickle", "weights_only", "weights only", "zip archive", "streamreader")):
+        # torch's own words for an unreadable file suggest loading it unsafely (weights_only=False): never done
+        return f"not a training checkpoint ({type(exc).__name__})"
+    return lines[0][:200]
+

@@ -68,8 +68,8 @@ class PretrainSettings:
         if self.batch_size < 2:
             raise ConfigError(f"--batch must be at least 2: each image's negatives are the batch's other images "
                               f"(got {self.batch_size})")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be above 0 (got {self.lr})")
+        if not 0 < self.lr <= 10:
+            raise ConfigError(f"--lr must be above 0 and at most 10 (got {self.lr})")
         if not self.temperature > 0:
             raise ConfigError(f"--temperature must be above 0 (got {self.temperature})")
         if not 0 <= self.shift < 0.5:

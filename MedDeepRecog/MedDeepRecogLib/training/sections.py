@@ -20,7 +20,7 @@ from pydantic import Field
 from ..contract import FINETUNE_EPOCHS, MAX_EPOCHS
 from ..devices import DEVICE_CHOICES
 from ..errors import ConfigError
-from ..schema import Fraction, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt
+from ..schema import Fraction, LearningRate, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt
 
 #: Training epochs: a whole number from 1 to ``contract.MAX_EPOCHS``.
 Epochs = Annotated[PosInt, Field(le=MAX_EPOCHS)]
@@ -33,7 +33,7 @@ class OptimizerConfig:
     """``optimizer:``: ``name`` adam | adamw | sgd, learning rate ``lr``, ``weight_decay`` (L2), SGD ``momentum``."""
 
     name: str = "adamw"
-    lr: PosFloat = 1e-3
+    lr: LearningRate = 1e-3
     weight_decay: NonNegFloat = 1e-4
     momentum: Fraction = 0.9
 
@@ -51,8 +51,8 @@ class ScheduleConfig:
     gamma: PosFloat = 0.1
     factor: OpenFraction = 0.5
     patience: NonNegInt = 3
-    min_lr: NonNegFloat = 0.0
-    warmup_epochs: NonNegInt = 0
+    min_lr: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.0
+    warmup_epochs: Annotated[NonNegInt, Field(le=MAX_EPOCHS)] = 0
 
 
 @dataclass

@@ -270,9 +270,49 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
     extensions = run_hooks(cfg.blocks, cfg)
     owned = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(cfg.training.device)
+    made: list[Path] = []   # the run folders this call creates
     with leaving_together(ctx, owned):  # a process group that the caller set up is left to the caller
-        return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
-                             _with_batch_transforms(hooks, extensions), extensions, command)
+        try:
+            return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
+                                 _with_batch_transforms(hooks, extensions), extensions, command, made)
+        except BaseException:
+            if made:
+                remove_empty_folders(made[0], made)   # a run refused at its first step leaves no empty folder
+            raise
+
+
+def check_run_folder(out_dir: Path, resume: bool) -> None:
+    """Refuse ``--out`` when it holds an earlier run and ``resume`` is off (its checkpoints, history and metrics
+    would be replaced), or any other files (a run does not write into a user's folder); an empty or new folder is
+    fine, and so is a run with ``resume``."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError("--out is an existing file; name a folder for the run", out_dir)
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    if {"checkpoints", "history.json"} & set(entries):
+        if not resume:
+            raise ConfigError("holds an earlier run: --resume continues it, or give a new --out folder", out_dir)
+        return
+    raise ConfigError(f"is not empty ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}): give a new "
+                      f"or empty --out folder for the run", out_dir)
+
+
+def remove_empty_folders(top: Path, made: list[Path]) -> None:
+    """Remove the empty folders under ``top`` and those of ``made`` (folders this run created) left empty."""
+    if top.is_dir():
+        for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    for folder in made:   # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _with_batch_transforms(hooks: Hooks | None, extensions: list[RunHooks]) -> Hooks | None:
@@ -293,9 +333,10 @@ def _with_batch_transforms(hooks: Hooks | None, extensions: list[RunHooks]) -> H
 
 
 def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, hooks, extensions,
-                  command) -> dict[str, Any]:
+                  command, made: list[Path]) -> dict[str, Any]:
     import torch
 
+    from ..io import check_output_dir
     from ..models import build_model, default_target_layer
     from ..models.ensemble import ensemble_around
     from ..packages import next_version, user_models_dir
@@ -304,6 +345,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     from .distributed import barrier, broadcast_object
 
     progress = progress or null_progress
+    if out is None and cfg.out is None and not resume:   # the default folder: an earlier run there is kept
+        from ..io import free_version
+        out = Path("runs") / free_version("runs", cfg.id, lambda name: [name])
     out_dir = Path(out or cfg.out or f"runs/{cfg.id}")
     if not Path(out_dir).is_absolute() and out is None and cfg.out and cfg.source:
         out_dir = Path(cfg.source).resolve().parent / out_dir
@@ -311,6 +355,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     version = broadcast_object(cfg.version or next_version(cfg.id, [dest]), ctx)
     if (dest / cfg.id / version).exists():
         raise ConfigError(f"package {cfg.id}@{version} already exists in {dest}; set another version", cfg.source)
+    if ctx.is_main:   # both folders are checked before the data are read: a run never fails on them at its end
+        check_output_dir(dest, "--package-dest")
+        check_run_folder(out_dir, resume)
 
     progress("load data", 0.0)
     data_path = resolve_data_path(cfg)
@@ -369,6 +416,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     bs = int(cfg.training.batch_size)
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
     if ctx.is_main:
+        made.extend(d for d in (out_dir, *out_dir.parents) if not d.exists())   # deepest first
         out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if n_members == 1:

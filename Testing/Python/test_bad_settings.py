@@ -1,0 +1,171 @@
+"""Settings and files outside what a command can use are refused in one line naming them (exit 2), before any
+training, attack or allocation, and leave nothing behind: config values (NaN augmentation, an overflowing learning
+rate, min above max), option bounds, labels that do not fit the model, unusable manifests and package names,
+damaged checkpoints, and preprocessing sizes beyond the image limit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from MedDeepRecogLib.cli import main
+from tiny_test_package import make_tiny_package
+
+
+def _one_line(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err and "unexpected" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _run(*argv) -> int:
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as stop:   # argparse: a bound checked when the command line is read
+        return int(stop.code)
+
+
+@pytest.fixture
+def train_config(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", images=(rng.random((40, 16, 16)) * 255).astype(np.uint8),
+             labels=(np.arange(40) % 2)[:, None])
+    cfg = {"id": "tiny", "seed": 0, "data": {"path": str(tmp_path / "data.npz"), "kind": "slices2d",
+                                             "class_names": ["a", "b"], "size": [16, 16]},
+           "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8}},
+           "training": {"epochs": 1, "batch_size": 8}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("section, value, needle", [
+    ("augmentation", {"noise": {"prob": 0.5, "std": float("nan")}}, "augmentation/noise/std"),
+    ("augmentation", {"zoom": {"prob": 0.5, "min": 2.0, "max": 0.5}}, "min (2.0) is above max (0.5)"),
+    ("optimizer", {"name": "adamw", "lr": 1e300}, "optimizer/lr"),
+    ("schedule", {"name": "cosine", "warmup_epochs": 10 ** 9}, "schedule/warmup_epochs"),
+])
+def test_a_config_value_training_cannot_use_is_refused_before_training(tmp_path, capsys, train_config, section,
+                                                                       value, needle):
+    cfg = yaml.safe_load(train_config.read_text(encoding="utf-8"))
+    cfg[section] = value
+    train_config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = tmp_path / "run"
+    assert _run("train", train_config, "--out", out, "--package-dest", tmp_path / "cat", "--progress", "none") == 2
+    _one_line(capsys, needle)
+    assert not out.exists() and not (tmp_path / "cat").exists()
+
+
+def test_a_damaged_checkpoint_is_named_as_not_a_checkpoint(tmp_path, capsys, train_config):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"\x00" * 64)
+    assert _run("train", train_config, "--out", out, "--package-dest", tmp_path / "cat", "--resume",
+                "--progress", "none") == 2
+    _one_line(capsys, "last.pt", "cannot resume from this checkpoint (not a training checkpoint")
+
+
+@pytest.fixture(scope="module")
+def tiny_pkg(tmp_path_factory) -> Path:
+    return make_tiny_package(tmp_path_factory.mktemp("pkg"))
+
+
+def _labelled(path: Path, labels) -> Path:
+    rng = np.random.default_rng(1)
+    labels = np.asarray(labels)
+    np.savez(path, val_images=(rng.random((len(labels), 64, 64)) * 255).astype(np.uint8), val_labels=labels)
+    return path
+
+
+def test_robustness_refuses_labels_outside_the_model_and_keeps_an_earlier_report(tmp_path, capsys, tiny_pkg):
+    bad = _labelled(tmp_path / "bad.npz", [0, 1, 5, 2] * 3)
+    assert _run("robustness", "--model", tiny_pkg, "--data", bad, "--split", "val", "--out", tmp_path / "o",
+                "--eps", "0.01", "--attack", "fgsm") == 2
+    _one_line(capsys, "bad.npz", "labels range 0..5")
+    good = _labelled(tmp_path / "good.npz", [0, 1, 2] * 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "robustness.json").write_text("an earlier report")
+    assert _run("robustness", "--model", tiny_pkg, "--data", good, "--split", "val", "--out", out, "--eps", "0.01",
+                "--attack", "fgsm", "--progress", "none") == 0
+    capsys.readouterr()
+    assert (out / "robustness.json").read_text() == "an earlier report" and (out / "robustness-2.json").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--steps", "1000000000"], "--steps"), (["--refine", "1000000000"], "--refine"),
+    (["--max-cases", "0"], "--max-cases"), (["--batch-size", "0"], "--batch-size"),
+    (["--eps", "0.1,,0.2"], "empty item"),
+])
+def test_robustness_bounds_its_options_before_attacking(tmp_path, capsys, tiny_pkg, argv, needle):
+    data = _labelled(tmp_path / "d.npz", [0, 1, 2] * 4)
+    assert _run("robustness", "--model", tiny_pkg, "--data", data, "--split", "val", "--out", tmp_path / "o",
+                "--attack", "fgsm", *(["--eps", "0.01"] if "--eps" not in argv else []), *argv) == 2
+    _one_line(capsys, needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("case, needle", [("one_class", "at least two classes"), ("bins", "--bins"),
+                                          ("agreement", "min_agreement")])
+def test_calibrate_refuses_what_it_cannot_fit(tmp_path, capsys, tiny_pkg, case, needle):
+    data = _labelled(tmp_path / "d.npz", [0] * 12 if case == "one_class" else [0, 1, 2] * 4)
+    extra = []
+    if case == "bins":
+        extra = ["--bins", "1000000000"]
+    elif case == "agreement":
+        rules = tmp_path / "rules.json"
+        rules.write_text(json.dumps({"min_agreement": 5}))
+        extra = ["--decision-rules", str(rules)]
+    assert _run("calibrate", "--model", tiny_pkg, "--data", data, "--split", "val", "--dest", tmp_path / "cat",
+                "--progress", "none", *extra) == 2
+    _one_line(capsys, needle)
+    assert not (tmp_path / "cat").exists()
+
+
+@pytest.mark.parametrize("ref", ["brain-tumour-mri@", "brain-tumour-mri@1.3.0@x"])
+def test_a_model_name_that_is_not_id_or_id_at_version_is_refused(tmp_path, capsys, ref):
+    data = _labelled(tmp_path / "d.npz", [0, 1, 2] * 4)
+    assert _run("evaluate", "--model", ref, "--data", data, "--split", "val") == 2
+    _one_line(capsys, "not ID or ID@VERSION")
+
+
+def test_preprocess_bounds_output_sizes_and_filter_windows_before_allocating(tmp_path, capsys):
+    src = tmp_path / "scan.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((8, 16, 16)).astype(np.float32)), str(src))
+    for name, step, needle in (("crop", {"name": "crop_pad", "size": [100000] * 3}, "crop_pad's output"),
+                               ("resample", {"name": "resample", "size": [100000] * 3}, "resample's output"),
+                               ("bilateral", {"name": "bilateral", "sigma_spatial_mm": 1e9}, "above the maximum")):
+        pipeline = tmp_path / f"{name}.json"
+        pipeline.write_text(json.dumps({"steps": [step]}))
+        assert _run("preprocess", src, tmp_path / f"{name}.nrrd", "--pipeline", pipeline) == 2
+        _one_line(capsys, needle)
+        assert not (tmp_path / f"{name}.nrrd").exists()
+
+
+@pytest.mark.parametrize("case, needle", [("id", "--id '../x' must be a plain name"), ("dest", "--dest"),
+                                          ("manifest", "entry 1 must be a mapping")])
+def test_finetune_checks_its_names_folders_and_manifest_before_training(tmp_path, capsys, case, needle):
+    from finetune_helpers import synthetic_dataset
+
+    data = synthetic_dataset(tmp_path / "data", n=2)
+    argv = ["finetune", "--base", "none", "--task", "segment", "--data", data / "manifest.json", "--epochs", "1",
+            "--work-dir", tmp_path / "wd", "--progress", "none", "--threads", "1"]
+    if case == "id":
+        argv += ["--id", "../x", "--dest", tmp_path / "cat"]
+    elif case == "dest":
+        (tmp_path / "cat").write_text("a file where the catalog should be")
+        argv += ["--dest", tmp_path / "cat"]
+    else:
+        (data / "manifest.json").write_text(json.dumps([1, 2]))
+        argv += ["--dest", tmp_path / "cat"]
+    assert _run(*argv) == 2
+    _one_line(capsys, needle)
+    assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
