@@ -379,3 +379,10 @@ def test_usage_errors_are_one_line_naming_the_option(run_cli, tmp_path, argv, ne
     code, _, err = run_cli("classify", "--model", "brain-tumour-mri", "--out", tmp_path / "out", *argv,
                            tmp_path / "case.png")
     _clean_error(code, err, needle, "--help)")
+
+
+def test_an_empty_folder_is_named_as_empty(run_cli, tmp_path, tiny_2d):
+    (tmp_path / "nothing").mkdir()
+    code, _, err = run_cli("classify", tmp_path / "nothing", "--model", tiny_2d, "--out", tmp_path / "out",
+                           "--progress", "none")
+    _clean_error(code, err, "nothing", "the folder is empty")

@@ -141,6 +141,9 @@ def dicom_series(folder: str | Path) -> tuple[dict[str, tuple[str, ...]], str]:
     except RuntimeError as exc:  # GDCM raises on unreadable folders
         raise InputImageError(f"cannot scan folder for DICOM series ({exc})", folder) from None
     if not series_ids:
+        if not any(Path(folder).iterdir()):
+            raise InputImageError("the folder is empty: give a scan, a DICOM series folder or a folder of PNG/JPEG "
+                                  "pictures", folder)
         raise InputImageError("folder contains no readable DICOM series", folder)
     files_by_series = {sid: tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid))
                        for sid in series_ids}

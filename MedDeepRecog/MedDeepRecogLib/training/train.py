@@ -347,7 +347,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     progress = progress or null_progress
     if out is None and cfg.out is None and not resume:   # the default folder: an earlier run there is kept
         from ..io import free_version
-        out = Path("runs") / free_version("runs", cfg.id, lambda name: [name])
+        out = broadcast_object(str(Path("runs") / free_version("runs", cfg.id, lambda name: [name])), ctx)
     out_dir = Path(out or cfg.out or f"runs/{cfg.id}")
     if not Path(out_dir).is_absolute() and out is None and cfg.out and cfg.source:
         out_dir = Path(cfg.source).resolve().parent / out_dir
