@@ -386,3 +386,18 @@ def test_an_empty_folder_is_named_as_empty(run_cli, tmp_path, tiny_2d):
     code, _, err = run_cli("classify", tmp_path / "nothing", "--model", tiny_2d, "--out", tmp_path / "out",
                            "--progress", "none")
     _clean_error(code, err, "nothing", "the folder is empty")
+
+
+@pytest.mark.parametrize("step, size, spacing", [({"name": "resample", "spacing": [1.0, 1.0]}, (60, 50), (1.0, 1.0)),
+                                                 ({"name": "crop_pad", "size": [64, 80]}, (64, 80), (0.5, 0.5))])
+def test_a_2d_picture_takes_x_y_sizes_in_grid_steps(run_cli, tmp_path, step, size, spacing):
+    image = sitk.GetImageFromArray(_brainish(120)[:100])
+    image.SetSpacing((0.5, 0.5))
+    src = tmp_path / "slice.nrrd"
+    sitk.WriteImage(image, str(src))
+    pipeline = tmp_path / "p.json"
+    pipeline.write_text(json.dumps({"steps": [step]}))
+    code, _, err = run_cli("preprocess", src, tmp_path / "out.nrrd", "--pipeline", pipeline, "--keep-resampled-grid")
+    assert code == 0, err
+    out = sitk.ReadImage(str(tmp_path / "out.nrrd"))
+    assert out.GetDimension() == 2 and out.GetSize() == size and out.GetSpacing() == pytest.approx(spacing)

@@ -72,7 +72,7 @@ def test_from_data_accepts_list_dict_and_aliases_and_fills_defaults():
     ({"steps": [{"name": "median", "radius": 1.5}]}, "whole number"),
     ({"steps": [{"name": "bilateral", "sigma_spatial_mm": "wide"}]}, "expected a number"),
     ({"steps": [{"name": "nlm", "patch": 2}]}, "unknown parameter(s) 'patch'"),
-    ({"steps": [{"name": "resample", "spacing": [1, 2]}]}, "expected 3 values"),
+    ({"steps": [{"name": "resample", "spacing": [1, 2, 3, 4]}]}, "expected 2 or 3 values"),
     ({"steps": [{"name": "resample"}]}, "exactly one of 'spacing' or 'size'"),
     ({"steps": [{"name": "normalize", "lower": 90, "upper": 10}]}, "'lower' must be below 'upper'"),
     ({"steps": [{"name": "otsu", "apply": "yes"}]}, "true or false"),

@@ -52,10 +52,10 @@ def resample_to_reference(image: sitk.Image, reference: sitk.Image, *, is_label:
 
 @dataclass(frozen=True)
 class ResampleParams:
-    spacing: tuple[float, ...] | None = param(None, "output spacing (x, y, z) in mm; one number for isotropic",
-                                              minimum=1e-3, length=3)
-    size: tuple[int, ...] | None = param(None, "output size (x, y, z) in voxels (the field of view is kept)",
-                                         minimum=1, length=3)
+    spacing: tuple[float, ...] | None = param(None, "output spacing (x, y, z) in mm, or (x, y) keeping z (a 2D "
+                                              "image); one number for isotropic", minimum=1e-3, length=(2, 3))
+    size: tuple[int, ...] | None = param(None, "output size (x, y, z) in voxels, or (x, y) keeping z (the field "
+                                         "of view is kept)", minimum=1, length=(2, 3))
     interpolator: Literal["linear", "bspline", "nearest"] = param("linear", "interpolation for the image")
 
     def validate(self) -> str | None:
@@ -71,10 +71,10 @@ def resample(image: sitk.Image, p: ResampleParams) -> sitk.Image:
     in_spacing = np.array(image.GetSpacing(), dtype=float)
     extent = in_size * in_spacing
     if p.spacing is not None:
-        spacing = np.array(p.spacing, dtype=float)
+        spacing = np.array(list(p.spacing) + list(in_spacing[len(p.spacing):]), dtype=float)   # (x, y): z kept
         size = np.maximum(np.round(extent / spacing), 1).astype(int)
     else:
-        size = np.array(p.size, dtype=int)
+        size = np.array(list(p.size) + list(in_size[len(p.size):]), dtype=int)
         spacing = extent / size
     # Keep the physical box: the first voxel center moves by half the change of voxel size.
     direction = np.array(image.GetDirection()).reshape(3, 3)
@@ -88,8 +88,8 @@ def resample(image: sitk.Image, p: ResampleParams) -> sitk.Image:
 
 @dataclass(frozen=True)
 class CropPadParams:
-    size: tuple[int, ...] = param((128, 128, 64), "output size (x, y, z) in voxels, centred crop or pad",
-                                  minimum=1, length=3)
+    size: tuple[int, ...] = param((128, 128, 64), "output size (x, y, z) in voxels, or (x, y) keeping z (a 2D "
+                                  "image); centred crop or pad", minimum=1, length=(2, 3))
     pad_value: float | None = param(None, "value of padded voxels (default: the image minimum)")
 
 
@@ -98,7 +98,7 @@ class CropPadParams:
 def crop_pad(image: sitk.Image, p: CropPadParams) -> sitk.Image:
     """Centred crop/pad; the origin moves so every kept voxel stays at its physical position."""
     size = np.array(image.GetSize())
-    target = np.array(p.size)
+    target = np.array(list(p.size) + list(size[len(p.size):]))   # (x, y): z kept
     pad_value = float(sitk.GetArrayViewFromImage(image).min()) if p.pad_value is None else p.pad_value
     grow = np.maximum(target - size, 0)
     check_declared_image(np.maximum(target, size), 4, None, "crop_pad's output")   # bounded before padding

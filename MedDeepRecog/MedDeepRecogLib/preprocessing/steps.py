@@ -30,8 +30,9 @@ StepFunction = Callable[[sitk.Image, Any], sitk.Image]
 
 
 def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-          length: int | None = None) -> Any:
-    """A dataclass field carrying its help text and numeric bounds (``length`` for fixed-length lists)."""
+          length: int | tuple[int, ...] | None = None) -> Any:
+    """A dataclass field carrying its help text and numeric bounds (``length`` for fixed-length lists: one length,
+    or the lengths allowed, the longest being what a single number is repeated to)."""
     return field(default=default, metadata={"help": help, "min": minimum, "max": maximum, "length": length})
 
 
@@ -156,13 +157,13 @@ def _coerce(step: str, key: str, raw: Any, hint: Any, meta: typing.Mapping[str, 
         return raw
     if origin is tuple:
         if not isinstance(raw, (list, tuple)):
-            raw = [raw] * (meta.get("length") or 3) if isinstance(raw, (int, float)) and not isinstance(raw, bool) \
+            raw = [raw] * max(_lengths(meta) or (3,)) if isinstance(raw, (int, float)) and not isinstance(raw, bool) \
                 else raw
         if not isinstance(raw, (list, tuple)):
             raise ConfigError(f"{where}: expected a list of numbers, got {raw!r}")
-        length = meta.get("length")
-        if length and len(raw) != length:
-            raise ConfigError(f"{where}: expected {length} values, got {len(raw)}")
+        lengths = _lengths(meta)
+        if lengths and len(raw) not in lengths:
+            raise ConfigError(f"{where}: expected {' or '.join(map(str, lengths))} values, got {len(raw)}")
         item = args[0]
         return tuple(_coerce(step, key, v, item, meta) for v in raw)
     if hint is bool:
@@ -229,3 +230,10 @@ def _type_name(hint: Any) -> str:
 def _ensure_loaded() -> None:
     """Import the modules whose decorators fill :data:`REGISTRY` (kept lazy to avoid import cycles)."""
     from . import denoise, enhance, intensity, masks  # noqa: F401
+
+
+def _lengths(meta) -> tuple[int, ...]:
+    """The list lengths a parameter allows (``()``: any)."""
+    length = meta.get("length")
+    return () if not length else (tuple(length) if isinstance(length, (tuple, list)) else (int(length),))
+
