@@ -169,3 +169,11 @@ def test_finetune_checks_its_names_folders_and_manifest_before_training(tmp_path
     assert _run(*argv) == 2
     _one_line(capsys, needle)
     assert not (tmp_path / "wd").exists() or not any((tmp_path / "wd").iterdir())
+
+
+def test_resume_without_a_checkpoint_says_the_run_starts_afresh(tmp_path, caplog, train_config):
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        assert _run("train", train_config, "--out", out, "--package-dest", tmp_path / "cat", "--resume",
+                    "--progress", "none") == 0
+    assert "holds no checkpoint; the run starts from its first epoch" in caplog.text

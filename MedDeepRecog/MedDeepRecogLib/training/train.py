@@ -284,7 +284,12 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
 def check_run_folder(out_dir: Path, resume: bool) -> None:
     """Refuse ``--out`` when it holds an earlier run and ``resume`` is off (its checkpoints, history and metrics
     would be replaced), or any other files (a run does not write into a user's folder); an empty or new folder is
-    fine, and so is a run with ``resume``."""
+    fine, and so is a run with ``resume`` (which says so when there is nothing to resume)."""
+    if resume and not (out_dir / "checkpoints").is_dir():
+        import logging
+
+        logging.getLogger(__name__).warning("--resume: %s holds no checkpoint; the run starts from its first epoch",
+                                            out_dir)
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
