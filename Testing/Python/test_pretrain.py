@@ -177,3 +177,11 @@ def test_threads_below_one_are_a_usage_error(tmp_path, capsys, threads):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--threads" in err
+
+
+def test_resume_without_a_run_says_pretraining_starts_afresh(tmp_path, capsys, caplog):
+    config = _tiny_config(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert _pretrain(config, tmp_path / "w.safetensors", "--resume") == 0
+    assert "holds no checkpoint; pretraining starts from its first epoch" in caplog.text
+    assert (tmp_path / "w.safetensors").is_file()

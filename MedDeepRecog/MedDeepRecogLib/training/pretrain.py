@@ -207,6 +207,11 @@ def pretrain(config: str | Path, pool: Sequence[str | Path], out: str | Path, se
     run_dir = out.with_name(out.name + ".run")
     if (run_dir / "last.pt").exists() and not resume:
         raise ConfigError("holds an unfinished run: --resume continues it, or delete it to start over", run_dir)
+    if resume and not (run_dir / "last.pt").exists():
+        import logging
+
+        logging.getLogger(__name__).warning("--resume: %s holds no checkpoint; pretraining starts from its first "
+                                            "epoch", run_dir)
     cfg = load_config(config)
     if cfg.data.kind != "slices2d":
         raise ConfigError(f"pretraining is for 2D classifiers (data/kind: slices2d), not {cfg.data.kind!r}", config)
