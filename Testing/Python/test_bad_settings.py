@@ -177,3 +177,14 @@ def test_resume_without_a_checkpoint_says_the_run_starts_afresh(tmp_path, caplog
         assert _run("train", train_config, "--out", out, "--package-dest", tmp_path / "cat", "--resume",
                     "--progress", "none") == 0
     assert "holds no checkpoint; the run starts from its first epoch" in caplog.text
+
+
+def test_a_warm_up_as_long_as_the_run_is_named_in_a_warning(tmp_path, caplog, train_config):
+    cfg = yaml.safe_load(train_config.read_text(encoding="utf-8"))
+    cfg["schedule"] = {"name": "cosine", "warmup_epochs": 5}
+    cfg["training"]["epochs"] = 2
+    train_config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        assert _run("train", train_config, "--out", tmp_path / "run", "--package-dest", tmp_path / "cat",
+                    "--progress", "none") == 0
+    assert "never leaves its warm-up ramp" in caplog.text

@@ -363,6 +363,13 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     if ctx.is_main:   # both folders are checked before the data are read: a run never fails on them at its end
         check_output_dir(dest, "--package-dest")
         check_run_folder(out_dir, resume)
+        warmup, epochs = int(cfg.schedule.warmup_epochs or 0), int(cfg.training.epochs)
+        if warmup >= epochs > 1:   # allowed (a short --epochs override of a long recipe), but worth a word
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "schedule/warmup_epochs (%d) is not below training/epochs (%d): the learning rate never leaves its "
+                "warm-up ramp", warmup, epochs)
 
     progress("load data", 0.0)
     data_path = resolve_data_path(cfg)
