@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..contract import PROGRESS_MODES, bounded_int
+from ..contract import PROGRESS_MODES, bounded_int, thread_count
 from ..progress import PROGRESS_HELP
 
 
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dest", help="catalog folder for the new version (default: the user catalog)")
     p.add_argument("--version", help="version of the new package (default: next free patch version)")
     p.add_argument("--bins", type=bounded_int(2, 1000), default=10, help="confidence bins of the ECE (default 10)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..contract import PROGRESS_MODES, bounded_int
+from ..contract import PROGRESS_MODES, bounded_int, thread_count
 from ..progress import PROGRESS_HELP
 
 
@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=bounded_int(1, 4096), default=32, help="--data cases attacked per batch (default 32)")
     p.add_argument("--package-dest", help="--train-config: catalog folder for the new package")
     p.add_argument("--epochs", type=int, help="--train-config: override training/epochs")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 

@@ -155,7 +155,8 @@ def heatmap_localisation(result: Any, lesion: Any, *, tolerance_mm: float = 0.0)
 
     Args:
         result: a ``classify_scan`` result with a heatmap.
-        lesion: a label image (SimpleITK; non-zero = lesion), resampled (nearest neighbour) onto the scan if needed.
+        lesion: a label image (SimpleITK; non-zero = lesion) on the scan's grid, where ``classify_scan`` puts it
+            (:func:`.classify.lesion_on_scan_grid`, before any model runs).
         tolerance_mm: a peak this close to the lesion counts as a hit.
 
     Returns:
@@ -165,15 +166,14 @@ def heatmap_localisation(result: Any, lesion: Any, *, tolerance_mm: float = 0.0)
     """
     import SimpleITK as sitk
 
+    from ..io import same_geometry
     from ..io.geometry import lps_view
 
     if result.heatmap is None:
         return None
     ref = result.heatmap
-    if (lesion.GetSize() != ref.GetSize() or not np.allclose(lesion.GetSpacing(), ref.GetSpacing())
-            or not np.allclose(lesion.GetOrigin(), ref.GetOrigin())
-            or not np.allclose(lesion.GetDirection(), ref.GetDirection())):
-        lesion = sitk.Resample(lesion, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    if not same_geometry(lesion, ref):
+        raise ValueError("the lesion is not on the heatmap's grid: classify_scan resamples it first")
     mask = sitk.GetArrayViewFromImage(lesion) != 0
     heat = sitk.GetArrayViewFromImage(ref)
     scores = localisation_scores(heat, mask, spacing=tuple(reversed(ref.GetSpacing())), tolerance_mm=tolerance_mm)

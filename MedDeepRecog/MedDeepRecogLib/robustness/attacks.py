@@ -126,10 +126,10 @@ def attack(name: str, model: torch.nn.Module, x: torch.Tensor, target: torch.Ten
 def parse_eps_list(values: Sequence[float | str] | str) -> list[float]:
     """``"0.01,0.02"`` or ``[0.01, "0.02"]`` -> sorted unique positive floats (each validated by :func:`check_eps`)."""
     if isinstance(values, str):
-        items = values.replace(" ", ",").split(",")
-        if any(not v for v in values.strip().split(",")):
+        parts = [part.strip() for part in values.strip().split(",")]
+        if not all(parts):
             raise ConfigError(f"--eps {values!r} has an empty item; give numbers separated by commas")
-        values = [v for v in items if v]
+        values = [v for part in parts for v in part.split()]
     out = sorted({check_eps(v) for v in values})
     if not out:
         raise ConfigError("--eps needs at least one value")
