@@ -44,7 +44,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..errors import ConfigError
     from ..inference.calibrate import calibrate_package
     from ..progress import Progress
     from ..schema import load_mapping
@@ -54,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.bins < 2:
-        raise ConfigError(f"--bins must be >= 2, got {args.bins}")
     rules = load_mapping(args.decision_rules, "decision rules file") if args.decision_rules else None
     progress = Progress(args.progress)
     result = calibrate_package(args.model, args.data, split=args.split, dest=args.dest, version=args.version,
