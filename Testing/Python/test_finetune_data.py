@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from MedDeepRecogLib.finetune.manifest import (Case, dataset_fingerprint, load_c
                                                parse_class_map, split_by_case)
 from MedDeepRecogLib.finetune.roi_crops import crops_to_arrays, segment_crops
 from MedDeepRecogLib.inference.roi_classify import RoiSpec
-from MedDeepRecogLib.finetune.segment_data import load_case, resolve_classes
+from MedDeepRecogLib.finetune.segment_data import load_case, log_segment_summary, resolve_classes
 from MedDeepRecogLib.io import write_image
 
 
@@ -223,3 +224,20 @@ def test_base_weights_load_where_shapes_match_and_head_restarts():
     unet = build_model("monai_unet", in_channels=1, num_classes=3, channels=[4, 8, 16], strides=[2, 2])
     paths = encoder_module_paths(unet, "monai_unet")
     assert "model.0" in paths and not any(p.startswith("model.2") for p in paths)
+
+
+def test_unmapped_segments_logged_once_for_all_cases(tmp_path, caplog):
+    """A class map that leaves a segment out gives one warning line for the data set, not one per case; each case's
+    warning is still kept for the model card."""
+    cases = []
+    for name in ("c1", "c2", "c3"):
+        image, seg = synthetic_case(tmp_path / name, name)
+        cases.append(Case(name, image, seg))
+    with caplog.at_level(logging.WARNING):
+        loaded = [load_case(case, parse_class_map("organ_a=A")) for case in cases]
+        assert not [r for r in caplog.records if "organ_b" in r.getMessage()]
+        lines = log_segment_summary(loaded, tmp_path)
+    assert all(any("organ_b" in w for w in item.warnings) for item in loaded)
+    logged = [r.getMessage() for r in caplog.records if "organ_b" in r.getMessage()]
+    assert logged == lines and len(lines) == 1
+    assert "mapped to no class" in lines[0] and "organ_b (3 of 3 cases)" in lines[0] and str(tmp_path) in lines[0]

@@ -37,7 +37,7 @@ from .config import FinetuneConfig
 from .manifest import ClassMap, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .roi_task import RoiClassificationTask
 from .runs import default_work_dir, previous_result, run_key, write_result, write_run
-from .segment_data import CaseData, dataset_report, load_case, resolve_classes
+from .segment_data import CaseData, dataset_report, load_case, log_segment_summary, resolve_classes
 from .segmentation_task import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         classes = sorted({c.label for c in cases})
     else:
         classes = resolve_classes(loaded, class_map, data_path)
+    if ctx.is_main:
+        log_segment_summary(loaded, data_path)
     if cfg.task == "classify" and cfg.negatives > 0 and "background" not in classes:
         classes = classes + ["background"]
     if cfg.task == "classify" and len(classes) < 2:

@@ -64,14 +64,18 @@ def load_case(case: Case, class_map: ClassMap, *, geometry: str = "physical") ->
     (:func:`..inference.roi_classify.read_scan_segments`), segment names mapped to classes.
 
     Warnings (segments resampled, empty after resampling, or mapped to no class) are collected in
-    ``CaseData.warnings`` and logged, each naming the case.
+    ``CaseData.warnings``, each naming the case (the model card lists them). Resampling is logged here, per case;
+    empty and unmapped segments are logged once for the whole data set by :func:`log_segment_summary`, since the
+    same names usually recur in every case.
 
     Raises:
         MedDeepRecogError / InputImageError: unreadable files, grids that do not overlap, no segments at all.
     """
     scan = read_scan_segments(case.image, case.segmentation, label_table=case.label_table,
                               geometry=case.geometry if geometry == "physical" else geometry, where=case.case_id)
-    warnings = scan.warnings
+    for message in scan.warnings:  # resampling: case by case
+        log.warning(message)
+    warnings = list(scan.warnings)
     counts = np.bincount(scan.segment_map.ravel(), minlength=len(scan.names) + 1)
     segments = [SegmentInfo(name, class_map.class_of(name), int(counts[i]))
                 for i, name in enumerate(scan.names, start=1)]
@@ -81,9 +85,28 @@ def load_case(case: Case, class_map: ClassMap, *, geometry: str = "physical") ->
     unmapped = [s.name for s in segments if s.class_name is None and s.voxels > 0]
     if unmapped:
         warnings.append(f"case {case.case_id!r}: segment(s) mapped to no class (ignored): {', '.join(unmapped)}")
-    for message in warnings:
-        log.warning(message)
     return CaseData(case, scan.image, scan.segment_map, segments, scan.modality, warnings)
+
+
+def log_segment_summary(data: Sequence[CaseData], source: str | Path) -> list[str]:
+    """Log, once for all cases, the segments that were empty or mapped to no class, each name with the number of
+    cases it was so in; returns the lines logged."""
+    empty: dict[str, int] = {}
+    unmapped: dict[str, int] = {}
+    for item in data:
+        for seg in item.segments:
+            if seg.voxels == 0:
+                empty[seg.name] = empty.get(seg.name, 0) + 1
+            elif seg.class_name is None:
+                unmapped[seg.name] = unmapped.get(seg.name, 0) + 1
+    lines = []
+    for what, counts in (("empty segment(s) skipped", empty), ("segment(s) mapped to no class (ignored)", unmapped)):
+        if counts:
+            names = ", ".join(f"{name} ({n} of {len(data)} cases)" for name, n in sorted(counts.items()))
+            lines.append(f"{source}: {what}: {names}")
+    for line in lines:
+        log.warning(line)
+    return lines
 
 
 def dataset_report(data: Sequence[CaseData], classes: Sequence[str]) -> dict[str, Any]:
