@@ -49,8 +49,10 @@ PosInt = Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]
 NonNegInt = Annotated[int, BeforeValidator(_whole_number), Field(ge=0)]
 PosFloat = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
-#: A learning rate: above 0, at most 10 (far above any that trains; larger ones overflow the optimiser's state).
-LearningRate = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=10, allow_inf_nan=False)]
+#: The largest learning rate accepted: far above any that trains; larger ones overflow the optimiser's state.
+MAX_LEARNING_RATE = 10.0
+#: A learning rate: above 0, at most :data:`MAX_LEARNING_RATE`.
+LearningRate = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=MAX_LEARNING_RATE, allow_inf_nan=False)]
 #: In [0, 1).
 Fraction = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, lt=1)]
 #: In (0, 1).

@@ -52,6 +52,8 @@ def train_config(tmp_path) -> Path:
     ("augmentation", {"zoom": {"prob": 0.5, "min": 2.0, "max": 0.5}}, "min (2.0) is above max (0.5)"),
     ("optimizer", {"name": "adamw", "lr": 1e300}, "optimizer/lr"),
     ("schedule", {"name": "cosine", "warmup_epochs": 10 ** 9}, "schedule/warmup_epochs"),
+    ("schedule", {"name": "cosine", "min_lr": 1e300}, "schedule/min_lr"),
+    ("schedule", {"name": "cosine", "min_lr": True}, "schedule/min_lr"),
 ])
 def test_a_config_value_training_cannot_use_is_refused_before_training(tmp_path, capsys, train_config, section,
                                                                        value, needle):

@@ -600,13 +600,11 @@ def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: boo
     result.name = free_version(out_dir, result.name, lambda stem: [output_file(stem, role) for role in roles])
     names = [output_file(result.name, role) for role in roles]
     had_dir = out_dir.exists()
-    existed = {n for n in names if (out_dir / n).exists()}
     try:
         return write_case_outputs(result, out_dir, png=png, progress=progress, extra=extra)
     except BaseException:
-        for n in names:
-            if n not in existed:
-                (out_dir / n).unlink(missing_ok=True)
+        for n in names:   # none of them existed before (free_version), so each is this call's
+            (out_dir / n).unlink(missing_ok=True)
         if not had_dir:
             try:
                 out_dir.rmdir()

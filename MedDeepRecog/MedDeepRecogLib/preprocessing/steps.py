@@ -236,4 +236,3 @@ def _lengths(meta) -> tuple[int, ...]:
     """The list lengths a parameter allows (``()``: any)."""
     length = meta.get("length")
     return () if not length else (tuple(length) if isinstance(length, (tuple, list)) else (int(length),))
-

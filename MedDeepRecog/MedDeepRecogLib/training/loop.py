@@ -559,4 +559,3 @@ def checkpoint_fault(exc: BaseException) -> str:
         # torch's own words for an unreadable file suggest loading it unsafely (weights_only=False): never done
         return f"not a training checkpoint ({type(exc).__name__})"
     return lines[0][:200]
-

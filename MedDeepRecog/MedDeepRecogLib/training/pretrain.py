@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..schema import MAX_LEARNING_RATE
 from .augment import BatchAugment, generator_state, set_generator_state
 from .loop import Hooks, StepOutput
 
@@ -68,8 +69,8 @@ class PretrainSettings:
         if self.batch_size < 2:
             raise ConfigError(f"--batch must be at least 2: each image's negatives are the batch's other images "
                               f"(got {self.batch_size})")
-        if not 0 < self.lr <= 10:
-            raise ConfigError(f"--lr must be above 0 and at most 10 (got {self.lr})")
+        if not 0 < self.lr <= MAX_LEARNING_RATE:
+            raise ConfigError(f"--lr must be above 0 and at most {MAX_LEARNING_RATE:g} (got {self.lr})")
         if not self.temperature > 0:
             raise ConfigError(f"--temperature must be above 0 (got {self.temperature})")
         if not 0 <= self.shift < 0.5:

@@ -20,7 +20,7 @@ from pydantic import Field
 from ..contract import FINETUNE_EPOCHS, MAX_EPOCHS
 from ..devices import DEVICE_CHOICES
 from ..errors import ConfigError
-from ..schema import Fraction, LearningRate, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt
+from ..schema import MAX_LEARNING_RATE, Fraction, LearningRate, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt
 
 #: Training epochs: a whole number from 1 to ``contract.MAX_EPOCHS``.
 Epochs = Annotated[PosInt, Field(le=MAX_EPOCHS)]
@@ -51,7 +51,7 @@ class ScheduleConfig:
     gamma: PosFloat = 0.1
     factor: OpenFraction = 0.5
     patience: NonNegInt = 3
-    min_lr: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.0
+    min_lr: Annotated[NonNegFloat, Field(le=MAX_LEARNING_RATE)] = 0.0
     warmup_epochs: Annotated[NonNegInt, Field(le=MAX_EPOCHS)] = 0
 
 

@@ -34,6 +34,7 @@ Ensembles (one package, architecture ``ensemble``, probabilities averaged):
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 import time
@@ -52,6 +53,8 @@ from .data import load_train_val, stratified_folds
 from .hooks import PackageDraft, RunHooks, run_hooks
 from .loop import FitConfig, History, Hooks
 from .metrics import classification_metrics
+
+log = logging.getLogger(__name__)
 
 
 def fit_config_from(cfg: TrainConfig, checkpoint_dir: Path | None, resume: bool, seed: int | None = None) -> FitConfig:
@@ -286,10 +289,7 @@ def check_run_folder(out_dir: Path, resume: bool) -> None:
     would be replaced), or any other files (a run does not write into a user's folder); an empty or new folder is
     fine, and so is a run with ``resume`` (which says so when there is nothing to resume)."""
     if resume and not (out_dir / "checkpoints").is_dir():
-        import logging
-
-        logging.getLogger(__name__).warning("--resume: %s holds no checkpoint; the run starts from its first epoch",
-                                            out_dir)
+        log.warning("--resume: %s holds no checkpoint; the run starts from its first epoch", out_dir)
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -365,9 +365,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         check_run_folder(out_dir, resume)
         warmup, epochs = int(cfg.schedule.warmup_epochs or 0), int(cfg.training.epochs)
         if warmup >= epochs > 1:   # allowed (a short --epochs override of a long recipe), but worth a word
-            import logging
-
-            logging.getLogger(__name__).warning(
+            log.warning(
                 "schedule/warmup_epochs (%d) is not below training/epochs (%d): the learning rate never leaves its "
                 "warm-up ramp", warmup, epochs)
 
