@@ -331,8 +331,17 @@ def test_a_lesion_on_another_grid_is_resampled_with_a_note_and_one_outside_the_s
     sitk.WriteImage(far, str(tmp_path / "far.nrrd"))
     code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out2", "--progress", "none",
                            "--lesion", tmp_path / "far.nrrd")
-    _clean_error(code, err, "--lesion does not overlap the scan")
+    _clean_error(code, err, "far.nrrd", "--lesion does not overlap the scan")
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_picture_label_of_another_size_than_the_picture_is_refused_naming_the_label(run_cli, tmp_path, tiny_2d):
+    src = _picture(tmp_path / "case.png", _brainish())
+    lesion = _lesion_on(tmp_path, (80, 96), 255, "small_label.png")
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                           "--lesion", lesion)
+    _clean_error(code, err, "small_label.png", "is a picture of 96 x 80 pixels", "(96 x 96)")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case, needle", [("empty", "the lesion label is empty"),

@@ -115,20 +115,45 @@ def test_robustness_bounds_its_options_before_attacking(tmp_path, capsys, tiny_p
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("case, needle", [("one_class", "at least two classes"), ("bins", "--bins"),
-                                          ("agreement", "min_agreement")])
+DECISION_RULES_REFUSED = {
+    "agreement": ({"min_agreement": 5}, "min_agreement"),
+    "agreement_bool": ({"min_agreement": True}, "min_agreement: expected a number, not true/false"),
+    "section": ({"min_section_mm": -1}, "min_section_mm"),
+    "excluded_word": ({"volume_excluded_classes": "CXR"}, "volume_excluded_classes: expected a list"),
+    "modality": ({"class_modality": {"c0": "PET"}}, "class_modality/c0"),
+    "unknown_class": ({"volume_excluded_classes": ["CXR"]}, "class 'CXR', which the model does not have"),
+    "unknown_rule": ({"min_agreeement": 0.5}, "unknown decision rule 'min_agreeement'"),
+}
+
+
+@pytest.mark.parametrize("case, needle", [("one_class", "at least two classes"), ("bins", "--bins")])
 def test_calibrate_refuses_what_it_cannot_fit(tmp_path, capsys, tiny_pkg, case, needle):
     data = _labelled(tmp_path / "d.npz", [0] * 12 if case == "one_class" else [0, 1, 2] * 4)
-    extra = []
-    if case == "bins":
-        extra = ["--bins", "1000000000"]
-    elif case == "agreement":
-        rules = tmp_path / "rules.json"
-        rules.write_text(json.dumps({"min_agreement": 5}))
-        extra = ["--decision-rules", str(rules)]
+    extra = ["--bins", "1000000000"] if case == "bins" else []
     assert _run("calibrate", "--model", tiny_pkg, "--data", data, "--split", "val", "--dest", tmp_path / "cat",
                 "--progress", "none", *extra) == 2
     _one_line(capsys, needle)
+    assert not (tmp_path / "cat").exists()
+
+
+@pytest.mark.parametrize("rules, needle", [
+    ({"min_agreement": 5}, "min_agreement"),
+    ({"min_agreement": True}, "min_agreement: expected a number, not true/false"),
+    ({"min_section_mm": -1}, "min_section_mm"),
+    ({"volume_excluded_classes": "CXR"}, "volume_excluded_classes: expected a list"),
+    ({"class_modality": {"c0": "PET"}}, "class_modality/c0"),
+    ({"volume_excluded_classes": ["CXR"]}, "class 'CXR', which the model does not have"),
+    ({"min_agreeement": 0.5}, "unknown decision rule 'min_agreeement'"),
+])
+def test_calibrate_refuses_decision_rules_it_cannot_apply_naming_the_rules_file(tmp_path, capsys, tiny_pkg, rules,
+                                                                                 needle):
+    data = _labelled(tmp_path / "d.npz", [0, 1, 2] * 4)
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    assert _run("calibrate", "--model", tiny_pkg, "--data", data, "--split", "val", "--dest", tmp_path / "cat",
+                "--progress", "none", "--decision-rules", rules_file) == 2
+    line = _one_line(capsys, needle)
+    assert line.startswith(f"{rules_file}: ") or f": {rules_file}: " in line, line
     assert not (tmp_path / "cat").exists()
 
 

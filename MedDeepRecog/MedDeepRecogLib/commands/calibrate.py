@@ -46,19 +46,17 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference.calibrate import calibrate_package
     from ..progress import Progress
-    from ..schema import load_mapping
     from . import command_line
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    rules = load_mapping(args.decision_rules, "decision rules file") if args.decision_rules else None
     progress = Progress(args.progress)
     result = calibrate_package(args.model, args.data, split=args.split, dest=args.dest, version=args.version,
                                n_bins=args.bins, progress=progress, report_split=args.report_split,
-                               temperature=args.temperature, decision_rules=rules, quantile=args.quantile,
-                               command=command_line())
+                               temperature=args.temperature, decision_rules=args.decision_rules,
+                               quantile=args.quantile, command=command_line())
     if result["calibration"] is not None:
         print(f"meddeeprecog calibrate: {result['calibration']['note']}", file=sys.stderr)
     if args.progress == "json":

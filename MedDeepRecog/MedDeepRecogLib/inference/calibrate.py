@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import numpy as np
+from pydantic import Field
 
 from ..errors import ConfigError
+from ..schema import List, NonNegFloat, load_mapping, read_config
 from ..progress import ProgressCallback, null_progress
 from ..uncertainty.calibration import (expected_calibration_error, fit_temperature, low_confidence_threshold,
                                        normalized_entropy, softmax)
@@ -116,29 +119,44 @@ def choose_min_probability(top_probability: np.ndarray, correct: np.ndarray, qua
     return max(0.05, np.floor(q * 20) / 20)
 
 
-#: Decision rules a rules file may give (``min_probability`` is chosen here; see ``inference.predict.decide``).
-DECISION_RULES = ("min_agreement", "volume_excluded_classes", "class_modality", "min_section_mm")
+@dataclasses.dataclass
+class DecisionRules:
+    """The decision rules a rules file may give, all optional (``min_probability`` is chosen on the data here; what
+    each rule does: ``inference.predict.decide``).
+
+    ``min_agreement``: fraction of voting slices, 0 to 1; ``volume_excluded_classes``: class names;
+    ``class_modality``: ``{class name: "CT" | "MR"}``; ``min_section_mm``: mm, 0 to 1000."""
+
+    min_agreement: Annotated[NonNegFloat, Field(le=1)] | None = None
+    volume_excluded_classes: List(str) | None = None
+    class_modality: dict[str, Literal["CT", "MR"]] | None = None
+    min_section_mm: Annotated[NonNegFloat, Field(le=1000)] | None = None
+
+
+def read_decision_rules(rules: Mapping[str, Any] | str | Path, class_names: list[str]) -> dict[str, Any]:
+    """``rules`` (a mapping, or a JSON/YAML file named in every error) checked against :class:`DecisionRules` and
+    the model's ``class_names`` (a class the model lacks, a typo, would leave its rule silently unused); returns
+    the rules as given."""
+    source = None
+    if isinstance(rules, (str, Path)):
+        source = Path(rules)
+        rules = load_mapping(source, "decision rules file")
+    read_config(DecisionRules, rules, source, noun="decision rule")
+    named = [*(rules.get("volume_excluded_classes") or []), *(rules.get("class_modality") or {})]
+    unknown = [name for name in named if name not in class_names]
+    if unknown:
+        raise ConfigError(f"decision rules name class {unknown[0]!r}, which the model does not have (its classes: "
+                          f"{', '.join(class_names)})", source)
+    return dict(rules)
 
 
 def decision_block(probabilities: np.ndarray, labels: np.ndarray, rules: Mapping[str, Any], *, quantile: float,
                    data: Path, split: str, command: str) -> dict[str, Any]:
-    """``model.json["decision"]``: ``rules`` plus ``min_probability`` chosen on held-out ``probabilities`` ``(N, K)``
-    (those classify compares: temperature-scaled when the package is calibrated) and how it was chosen."""
-    unknown = sorted(set(rules) - set(DECISION_RULES))
-    if unknown:
-        raise ConfigError(f"unknown decision rule {unknown[0]!r}; the rules are {', '.join(DECISION_RULES)} "
-                          "(min_probability is chosen on the data)")
+    """``model.json["decision"]``: ``rules`` (checked by :func:`read_decision_rules`) plus ``min_probability``
+    chosen on held-out ``probabilities`` ``(N, K)`` (those classify compares: temperature-scaled when the package
+    is calibrated) and how it was chosen."""
     if not 0.0 <= quantile < 1.0:
         raise ConfigError(f"--quantile must be in [0, 1), got {quantile}")
-    agreement = rules.get("min_agreement")
-    if agreement is not None and (isinstance(agreement, bool) or not isinstance(agreement, (int, float))
-                                  or not 0.0 <= float(agreement) <= 1.0):
-        raise ConfigError(f"decision rule min_agreement is the fraction of voting slices that must agree, 0 to 1; "
-                          f"got {agreement!r}")
-    section = rules.get("min_section_mm")
-    if section is not None and (isinstance(section, bool) or not isinstance(section, (int, float))
-                                or not 0.0 <= float(section) <= 1000.0):
-        raise ConfigError(f"decision rule min_section_mm is a length in mm, 0 to 1000; got {section!r}")
     top = probabilities.max(1)
     correct = probabilities.argmax(1) == labels
     threshold = choose_min_probability(top, correct, quantile)
@@ -156,7 +174,8 @@ def decision_block(probabilities: np.ndarray, labels: np.ndarray, rules: Mapping
 def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "val", dest: str | Path | None = None,
                       version: str | None = None, n_bins: int = 10, progress: ProgressCallback = null_progress,
                       command: str | None = None, report_split: str | None = None, temperature: bool = True,
-                      decision_rules: Mapping[str, Any] | None = None, quantile: float = 0.02) -> dict[str, Any]:
+                      decision_rules: Mapping[str, Any] | str | Path | None = None,
+                      quantile: float = 0.02) -> dict[str, Any]:
     """Fit the package's calibration on ``split`` of ``data``; write a new package version.
 
     Args:
@@ -169,7 +188,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         dest: catalog root for the new version (default: the user catalog).
         version: version of the new package (default: the next free patch version).
         temperature: fit temperature scaling and the low-confidence threshold (``calibration`` block).
-        decision_rules: write a ``decision`` block: these rules plus ``min_probability`` at ``quantile`` of the
+        decision_rules: write a ``decision`` block: these rules (a mapping, or a JSON/YAML file; checked by
+            :func:`read_decision_rules` before any prediction) plus ``min_probability`` at ``quantile`` of the
             correct calls' probability (see the module docstring).
 
     Returns:
@@ -186,6 +206,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     if not temperature and decision_rules is None:
         raise ConfigError("nothing to calibrate: drop --no-temperature, or give --decision-rules RULES")
     pkg = load_package(model_ref)
+    if decision_rules is not None:
+        decision_rules = read_decision_rules(decision_rules, pkg.class_names)
     data = Path(data)
     if not data.exists():
         raise ConfigError("calibration data not found", data)

@@ -225,7 +225,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
                   device: str = "auto", progress: ProgressFn | None = None, name: str | None = None,
                   keep_image: bool = False, uncertainty: str = "auto", faithfulness: bool = True,
                   lesion: sitk.Image | None = None, spacing: tuple[float, float] | None = None,
-                  slice_mm: float | None = None, source: str | Path | None = None) -> ClassificationResult:
+                  slice_mm: float | None = None, source: str | Path | None = None,
+                  lesion_source: str | Path | None = None) -> ClassificationResult:
     """Classify one scan and explain the prediction.
 
     Args:
@@ -243,6 +244,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
             package's calibrated temperature is applied to the probabilities in every case.
         faithfulness: score the heatmap (deletion / insertion AUC, :func:`.trust.heatmap_faithfulness`).
         lesion: optional lesion label image (any grid): pointing game and heatmap mass inside it.
+        lesion_source: the file ``lesion`` was read from, named when the label does not fit the scan.
         spacing: pixel size (mm, (x, y)) of a PNG/JPEG input, which stores none (default 1 mm).
         slice_mm: slice models only: classify just the axial slice nearest this superior coordinate (mm, LPS = RAS
             S; Slicer's red slice offset); the heatmap is on the scan's grid with heat on that slice only.
@@ -287,7 +289,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     validate_intensities(image, where)
     check_input_content(image, spec, where)
     if lesion is not None:
-        lesion = lesion_on_scan_grid(lesion, image, notes)
+        lesion = lesion_on_scan_grid(lesion, image, notes, lesion_source)
     timing["read"] = time.perf_counter() - t0
 
     report("preprocess", 0.15)
@@ -554,10 +556,11 @@ def _check_fits(package, inp) -> None:
         raise ModelPackageError(f"model {package.id} does not accept input of shape {tuple(x.shape)}: {exc}") from None
 
 
-def lesion_on_scan_grid(lesion: sitk.Image, scan: sitk.Image, notes: list[str]) -> sitk.Image:
+def lesion_on_scan_grid(lesion: sitk.Image, scan: sitk.Image, notes: list[str],
+                        source: str | Path | None = None) -> sitk.Image:
     """``lesion`` (0/1, 2D or 3D, any grid) on the 3D ``scan``'s grid: a 2D label becomes a one-slice volume as a
     2D scan does; a label on another grid is resampled (nearest neighbour, in physical space) with a note in
-    ``notes``, since its voxel counts then differ from the file's.
+    ``notes``, since its voxel counts then differ from the file's. ``source``: the label's file, named in errors.
 
     Raises:
         InputImageError: the label and the scan do not overlap (no labelled voxel lies inside the scan), before
@@ -573,7 +576,7 @@ def lesion_on_scan_grid(lesion: sitk.Image, scan: sitk.Image, notes: list[str]) 
         if lesion.GetSize() != scan.GetSize():
             raise InputImageError(f"--lesion is a picture of {lesion.GetSize()[0]} x {lesion.GetSize()[1]} pixels; "
                                   f"a label drawn on a picture must have its size ({scan.GetSize()[0]} x "
-                                  f"{scan.GetSize()[1]})")
+                                  f"{scan.GetSize()[1]})", source)
         lesion.CopyInformation(scan)
     if not same_geometry(lesion, scan):
         labelled = int(np.count_nonzero(sitk.GetArrayViewFromImage(lesion)))
@@ -581,7 +584,8 @@ def lesion_on_scan_grid(lesion: sitk.Image, scan: sitk.Image, notes: list[str]) 
         kept = int(np.count_nonzero(sitk.GetArrayViewFromImage(lesion)))
         if kept == 0:
             raise InputImageError(f"--lesion does not overlap the scan: none of its {labelled:,} labelled voxels "
-                                  f"lies inside the scan's grid (size, origin, spacing or direction differ)")
+                                  f"lies inside the scan's grid (size, origin, spacing or direction differ)",
+                                  source)
         notes.append(f"the lesion label lies on another grid and was resampled onto the scan's (nearest "
                      f"neighbour): {labelled:,} labelled voxels there, {kept:,} on the scan's grid")
     return lesion

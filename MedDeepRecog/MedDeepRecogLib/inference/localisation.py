@@ -56,9 +56,10 @@ def measure_localisation(cases: list[Mapping[str, Any]], source, package) -> dic
     figures = {}
     for case in cases:
         scan = resolve_relative(str(case["scan"]), source)
-        lesion = read_lesion_mask(resolve_relative(str(case["lesion"]), source))
+        lesion_path = resolve_relative(str(case["lesion"]), source)
+        lesion = read_lesion_mask(lesion_path)
         try:
-            result = classify_scan(scan, package, lesion=lesion, uncertainty="none")
+            result = classify_scan(scan, package, lesion=lesion, lesion_source=lesion_path, uncertainty="none")
         except MedDeepRecogError as exc:  # the scan cannot go to this model: say so in the card, don't fail
             figures[str(case["name"])] = {"label": None, "refused": exc.problem}
             continue

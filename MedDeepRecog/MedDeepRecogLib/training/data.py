@@ -327,15 +327,18 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
         if f"{split}_labels" not in z.files:
             raise ConfigError(f"npz has {split}_images but no {split}_labels to score them against", path)
         x, y = npz_array(z, f"{split}_images", path), npz_array(z, f"{split}_labels", path)
+        check_images_labels(x, y, f"split {split!r}", path)
     elif "images" in z.files and "labels" in z.files:
         x, y = npz_array(z, "images", path), npz_array(z, "labels", path)
-        check_images_labels(x, y, "images/labels", path)
+        check_images_labels(x, y, "images/labels", path)   # whole, before it is split by class
         if split != "all":
             tr, va = tail_per_class_split(np.asarray(y).ravel(), val_fraction)
             x, y = (x[va], y[va]) if split == "val" else (x[tr], y[tr])
+            if len(x) == 0:   # the one thing the split can change: every class had a single image
+                raise ConfigError(f"split {split!r} of images/labels holds no images (the last {val_fraction:.0%} "
+                                  f"of each class with more than one image)", path)
     else:
         raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
-    check_images_labels(x, y, f"split {split!r}", path)
     x = np.asarray(x)
     if kind == "slices2d" and min_side and x.ndim >= 3:
         side = min(x.shape[1:3]) if x.ndim == 4 and x.shape[-1] <= 4 else min(x.shape[-2:])
