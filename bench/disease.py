@@ -15,7 +15,12 @@ Prints, on this machine, in one run:
    our loop (``training.classification.fit_classifier`` on ``training.loop.fit``: tensors decoded once, batch
    augmentation, channels-last) vs a plain MONAI-tutorial loop (``monai.data.Dataset`` with per-sample
    ``Compose`` of the same random transforms, a ``DataLoader``, default memory layout), interleaved, median of the
-   rounds; the ratio is the figure to read (machines are noisy).
+   rounds; the ratio is the figure to read (machines are noisy). Then how close the step is to the CPU's compute
+   limit: the network's floating-point work per image (``torch.utils.flop_counter``: convolutions and the linear
+   layer, forward and backward; batch norms and ReLUs not counted), our loop's achieved rate (that work times our
+   images/s), and, as the attainable rate of these cores at these threads, a large fp32 matrix product (2048^3, the
+   best of 5) measured in the same run. A loop whose achieved rate is a large share of the product's is bound by
+   the network's arithmetic, so a faster data path cannot raise the ratio further.
 
 On CUDA (``--device cuda``) parts 1 and 2 run the model there, and in part 3 both loops use fp16 mixed precision
 (ours through ``training/amp: auto``, the plain loop with ``torch.autocast`` + ``GradScaler`` as in MONAI's AMP
@@ -199,8 +204,43 @@ def bench_training(config: Path, steps: int, rounds: int = 3, device: str = "cpu
           f"{len(x)} images, {device}, {rounds} interleaved rounds: ours {ma:.1f} images/s "
           f"({', '.join(f'{v:.1f}' for v in a)}), plain MONAI-tutorial loop {mb:.1f} images/s "
           f"({', '.join(f'{v:.1f}' for v in b)}); ratio {ma / mb:.2f}x")
+    if not device.startswith("cuda"):
+        model = build_model(cfg.model.name, in_channels=1, num_classes=k, **cfg.model.kwargs)
+        per_image = step_flops(model, torch.as_tensor(x[:bs]).float(), torch.as_tensor(y[:bs]).long()) / bs
+        peak = matmul_rate()
+        achieved = per_image * ma
+        print(f"   compute: {per_image / 1e9:.3f} GFLOP per image (forward + backward); ours achieves "
+              f"{achieved / 1e9:.0f} GFLOP/s, {achieved / peak:.0%} of a 2048^3 fp32 matrix product's "
+              f"{peak / 1e9:.0f} GFLOP/s on the same threads; the plain loop {per_image * mb / 1e9:.0f} GFLOP/s")
     if device.startswith("cuda"):
         print(f"   {device}, AMP (fp16) in both; last round: ours {utils['ours']}; plain {utils['plain']}")
+
+
+def step_flops(model, images, labels) -> float:
+    """Floating-point operations of one training step (forward, loss, backward) of ``model`` on the batch
+    ``images`` ``(B, C, Y, X)``, as ``torch.utils.flop_counter`` counts them (convolutions and matrix products)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+    return float(counter.get_total_flops())
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an ``n``-cubed fp32 matrix product on the current torch threads, the best of ``repeats``: the
+    rate these cores attain on dense arithmetic, the anchor for a compute-bound step."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: threads, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best
 
 
 def main(argv=None) -> int:
