@@ -294,8 +294,8 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
     else:
         result = classify_scan(scan if route is None else image, package, explain=args.explain, device=device,
                                progress=report, name=name, uncertainty=args.uncertainty,
-                               faithfulness=not args.no_faithfulness, lesion=lesion, lesion_source=args.lesion, spacing=args.spacing,
-                               slice_mm=args.slice_mm, source=scan)  # a routed scan is not read twice
+                               faithfulness=not args.no_faithfulness, lesion=lesion, lesion_source=args.lesion,
+                               spacing=args.spacing, slice_mm=args.slice_mm, source=scan)  # a routed scan is not read twice
     if route is not None:
         result.route = route.to_json()
     outputs = write_outputs(result, out, png=not args.no_png, progress=report,
