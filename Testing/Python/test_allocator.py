@@ -48,8 +48,9 @@ def test_training_steps_reuse_kept_memory_where_a_fresh_process_faults_it_in_aga
     ["train", "missing.yaml"],
     ["pretrain", "missing.yaml", "--pool", "missing.yaml", "--out", "start.safetensors"],
     ["finetune", "--base", "ts-organs-seg", "--task", "segment", "--data", "missing_cases"],
+    ["robustness", "--model", "body-region", "--input", "missing.nii.gz", "--out", "rob", "--attack", "fgsm"],
 ])
-def test_the_training_commands_set_it_before_their_first_step(run_cli_all, monkeypatch, tmp_path, argv):
+def test_the_gradient_step_commands_set_it_before_their_first_step(run_cli_all, monkeypatch, tmp_path, argv):
     from MedDeepRecogLib import allocator
 
     calls = []
