@@ -144,6 +144,7 @@ def test_calibrate_refuses_what_it_cannot_fit(tmp_path, capsys, tiny_pkg, case, 
     ({"class_modality": {"c0": "PET"}}, "class_modality/c0"),
     ({"volume_excluded_classes": ["CXR"]}, "class 'CXR', which the model does not have"),
     ({"min_agreeement": 0.5}, "unknown decision rule 'min_agreeement'"),
+    ({"min_probability": 0.5}, "min_probability is chosen on the data"),
 ])
 def test_calibrate_refuses_decision_rules_it_cannot_apply_naming_the_rules_file(tmp_path, capsys, tiny_pkg, rules,
                                                                                  needle):

@@ -35,8 +35,8 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import ConfigError
-from ..schema import List, NonNegFloat, load_mapping, read_config
 from ..progress import ProgressCallback, null_progress
+from ..schema import List, NonNegFloat, load_mapping, read_config
 from ..uncertainty.calibration import (expected_calibration_error, fit_temperature, low_confidence_threshold,
                                        normalized_entropy, softmax)
 from ..uncertainty.report import calibrated_probabilities, package_temperature
@@ -141,6 +141,9 @@ def read_decision_rules(rules: Mapping[str, Any] | str | Path, class_names: list
     if isinstance(rules, (str, Path)):
         source = Path(rules)
         rules = load_mapping(source, "decision rules file")
+    if isinstance(rules, Mapping) and "min_probability" in rules:
+        raise ConfigError("decision rule min_probability is chosen on the data by calibrate (--quantile): leave it "
+                          "out of the rules", source)
     read_config(DecisionRules, rules, source, noun="decision rule")
     named = [*(rules.get("volume_excluded_classes") or []), *(rules.get("class_modality") or {})]
     unknown = [name for name in named if name not in class_names]
