@@ -28,8 +28,11 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _probe(mode: str) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True).stdout
+def _probe(mode: str, env: dict | None = None) -> tuple[str, int]:
+    import os
+
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})}).stdout
     applied, faults = out.split()
     return applied, int(faults)
 
@@ -42,6 +45,8 @@ def test_training_steps_reuse_kept_memory_where_a_fresh_process_faults_it_in_aga
     _, default = _probe("default")
     assert default > 10_000, default    # the control: glibc hands each activation back and faults it in again
     assert kept * 10 < default, (kept, default)
+    applied, off = _probe("keep", {"MEDDEEPRECOG_KEEP_FREED_MEMORY": "0"})   # the opt-out leaves it as it starts
+    assert applied == "False" and off > 10_000, (applied, off)
 
 
 @pytest.mark.parametrize("argv", [
