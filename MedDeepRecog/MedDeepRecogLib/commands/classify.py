@@ -292,10 +292,11 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
     if second is not None or len(package.input_spec.get("modalities") or []) > 1:
         result = classify_fusion(scan, second, package, name=name, register=args.register)
     else:
+        # a routed scan is not read twice
         result = classify_scan(scan if route is None else image, package, explain=args.explain, device=device,
                                progress=report, name=name, uncertainty=args.uncertainty,
                                faithfulness=not args.no_faithfulness, lesion=lesion, lesion_source=args.lesion,
-                               spacing=args.spacing, slice_mm=args.slice_mm, source=scan)  # a routed scan is not read twice
+                               spacing=args.spacing, slice_mm=args.slice_mm, source=scan)
     if route is not None:
         result.route = route.to_json()
     outputs = write_outputs(result, out, png=not args.no_png, progress=report,
