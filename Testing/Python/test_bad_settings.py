@@ -115,17 +115,6 @@ def test_robustness_bounds_its_options_before_attacking(tmp_path, capsys, tiny_p
     assert not (tmp_path / "o").exists()
 
 
-DECISION_RULES_REFUSED = {
-    "agreement": ({"min_agreement": 5}, "min_agreement"),
-    "agreement_bool": ({"min_agreement": True}, "min_agreement: expected a number, not true/false"),
-    "section": ({"min_section_mm": -1}, "min_section_mm"),
-    "excluded_word": ({"volume_excluded_classes": "CXR"}, "volume_excluded_classes: expected a list"),
-    "modality": ({"class_modality": {"c0": "PET"}}, "class_modality/c0"),
-    "unknown_class": ({"volume_excluded_classes": ["CXR"]}, "class 'CXR', which the model does not have"),
-    "unknown_rule": ({"min_agreeement": 0.5}, "unknown decision rule 'min_agreeement'"),
-}
-
-
 @pytest.mark.parametrize("case, needle", [("one_class", "at least two classes"), ("bins", "--bins")])
 def test_calibrate_refuses_what_it_cannot_fit(tmp_path, capsys, tiny_pkg, case, needle):
     data = _labelled(tmp_path / "d.npz", [0] * 12 if case == "one_class" else [0, 1, 2] * 4)
