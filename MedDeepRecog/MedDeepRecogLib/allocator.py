@@ -1,5 +1,5 @@
-"""Process-wide C allocator setting for the processes that run many gradient steps: ``train``, ``pretrain``,
-``finetune`` and ``robustness`` (attacks, adversarial training).
+"""Process-wide C allocator setting for the processes that run many gradient steps: the command line applies it to
+``cli.GRADIENT_STEP_COMMANDS`` (``train``, ``pretrain``, ``finetune``, ``robustness``).
 
 Why: glibc's ``malloc`` serves a block above its mmap threshold (128 KiB, raised adaptively to at most 32 MiB) with
 fresh pages from the kernel and hands them back on ``free``. A training step frees and re-allocates its

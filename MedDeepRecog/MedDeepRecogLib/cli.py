@@ -20,6 +20,9 @@ from . import __version__
 from .errors import MedDeepRecogError, os_error_reason
 from .limits import ALLOW_GAPS_ENV, MAX_IMAGE_ENV, parse_size
 
+#: Commands that run many gradient steps: their process keeps freed memory for the next step (``allocator.py``).
+GRADIENT_STEP_COMMANDS = ("train", "pretrain", "finetune", "robustness")
+
 #: Sub-command modules under ``commands/``, in the order ``--help`` lists them.
 COMMANDS = [
     "info",
@@ -91,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  ALLOW_GAPS_ENV: "1" if getattr(args, "allow_slice_gaps", None) else None}
     saved = {k: os.environ.get(k) for k, v in overrides.items() if v}
     os.environ.update({k: v for k, v in overrides.items() if v})
+    if args.command in GRADIENT_STEP_COMMANDS:
+        from . import allocator
+
+        allocator.reuse_freed_memory()
     try:
         return _run(args)
     finally:

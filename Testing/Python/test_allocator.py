@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -29,8 +30,6 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _probe(mode: str, env: dict | None = None) -> tuple[str, int]:
-    import os
-
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
                          env={**os.environ, **(env or {})}).stdout
     applied, faults = out.split()
@@ -64,3 +63,13 @@ def test_the_gradient_step_commands_set_it_before_their_first_step(run_cli_all, 
     code, _, err = run_cli_all(*argv)
     assert code == 2 and "missing" in err, err   # refused further on, on the missing input
     assert calls == [argv[0]]
+
+
+def test_other_commands_leave_the_allocator_as_it_starts(run_cli_all, monkeypatch, tmp_path):
+    from MedDeepRecogLib import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(1) or False)
+    code, _, err = run_cli_all("info", tmp_path / "missing.nii.gz")
+    assert code == 2 and "missing" in err, err
+    assert calls == []

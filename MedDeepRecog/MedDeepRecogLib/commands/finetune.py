@@ -188,11 +188,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads or int(os.environ.get("MEDDEEPRECOG_THREADS", "0")) or torch.get_num_threads())
-    from ..allocator import reuse_freed_memory
     from ..finetune.finetune import finetune
     from ..progress import Progress
-
-    reuse_freed_memory()   # steps re-allocate their activations: keep the pages (allocator.py)
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     progress = Progress(args.progress if rank0 else "none")

@@ -39,13 +39,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..allocator import reuse_freed_memory
     from ..progress import Progress
     from ..training.pretrain import PretrainSettings, pretrain
     from . import register_training_blocks
 
     register_training_blocks()
-    reuse_freed_memory()   # steps re-allocate their activations: keep the pages (allocator.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = PretrainSettings(epochs=args.epochs, batch_size=args.batch, lr=args.lr, temperature=args.temperature)

@@ -63,13 +63,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..allocator import reuse_freed_memory
     from ..errors import ConfigError
     from ..progress import Progress
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    reuse_freed_memory()   # attack steps re-allocate their gradients: keep the pages (allocator.py)
     progress = Progress(args.progress)
     if args.train_config:
         from ..robustness.training import run_adversarial_training

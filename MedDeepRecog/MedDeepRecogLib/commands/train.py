@@ -47,14 +47,12 @@ def _command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..allocator import reuse_freed_memory
     from ..progress import Progress
     from ..training.config import load_config
     from ..training.train import run_training
     from . import register_training_blocks
 
     register_training_blocks()
-    reuse_freed_memory()   # steps re-allocate their activations: keep the pages (allocator.py)
 
     if args.threads:
         torch.set_num_threads(args.threads)
