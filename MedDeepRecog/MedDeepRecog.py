@@ -5,6 +5,7 @@ This file is the thin Slicer layer. The work happens in a separate ``PythonSlice
 progress, ``MedDeepRecogSlicerLib`` moves nodes to files and back. The GUI thread never waits on the worker.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import qt
 import slicer
 import vtk
@@ -29,6 +31,7 @@ from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_inp
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
 from MedDeepRecogLib.slicer_bridge.process_runner import python_executable
+from MedDeepRecogLib.slicer_bridge.slice_geometry import axial_slice_centre, axial_slice_in_view
 from MedDeepRecogSlicerLib import scene_io
 from MedDeepRecogSlicerLib.jobs import WorkerJob
 
@@ -40,6 +43,8 @@ PIPELINE_FIELDS = {"resample": "resample", "resample_spacing": "resampleSpacing"
 
 #: Heatmap values at or above this become the "hot region" segment.
 HOT_REGION_THRESHOLD = 0.5
+#: The model list's first entry: ``classify --model auto`` routes each scan to the disease model that applies.
+AUTO_MODEL = "auto"
 
 
 def _importName(requirement):
@@ -152,7 +157,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            self._parameterNode.inputVolume = self.logic.defaultInputVolume(self._parameterNode)
 
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
@@ -160,6 +165,9 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            # a node's saved preset and check boxes are its own: only a preset changed from here on resets them
+            self._preset = self._parameterNode.preset
+            self._heatmapOpacity = None
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.onParameterNodeModified()
@@ -196,8 +204,11 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if p.classMapTable.GetNumberOfRows() != p.trainingSegmentation.GetSegmentation().GetNumberOfSegments():
                 scene_io.fillClassMapTable(p.classMapTable, p.trainingSegmentation)
         self.ui.classMapTableView.setMRMLTableNode(p.classMapTable)
-        if p.outputHeatmap:
-            scene_io.updateHeatmapDisplay(p.outputHeatmap, p.heatmapThreshold, p.heatmapOpacity)
+        if p.outputHeatmap:  # the views' foreground opacity only when the slider moved: it is every view's setting
+            opacityChanged = getattr(self, "_heatmapOpacity", None) != p.heatmapOpacity
+            self._heatmapOpacity = p.heatmapOpacity
+            scene_io.updateHeatmapDisplay(p.outputHeatmap, p.heatmapThreshold,
+                                          p.heatmapOpacity if opacityChanged else None)
         index = self.ui.modelComboBox.findData(p.model)
         if index >= 0 and index != self.ui.modelComboBox.currentIndex:
             self.ui.modelComboBox.currentIndex = index
@@ -212,6 +223,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showModels(self, models, error, select):
         self.ui.modelComboBox.clear()
+        if any(not m.get("error") for m in models):  # classify --model auto: the core picks the disease model
+            self.ui.modelComboBox.addItem("auto: disease model chosen by modality and body region", AUTO_MODEL)
         for m in models:
             if not m.get("error"):
                 self.ui.modelComboBox.addItem(f"{m['id']} {m['version']} ({m.get('source', '')})",
@@ -228,7 +241,10 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None and key:  # "" while the list is loading: keep the saved choice
             self._parameterNode.model = key
         info = getattr(self, "_models", {}).get(key or "")
-        if info:
+        if key == AUTO_MODEL:
+            self.ui.modelInfoLabel.text = ("Each scan goes to the disease model that applies (brain MR, chest CT, "
+                                           "breast ultrasound); the result says which and why.")
+        elif info:
             metrics = ", ".join(f"{k} {v:.2f}" for k, v in (info.get("metrics") or {}).items() if isinstance(v, float))
             self.ui.modelInfoLabel.text = f"classes: {', '.join(info.get('class_names') or [])}. {metrics}"
 
@@ -280,7 +296,9 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run("classify", self.logic.classify, self.ui.classifyProgressBar, self.ui.statusLabel, self._showResult)
 
     def _showResult(self, result):
-        self.ui.statusLabel.text = f"Done ({result.model})."
+        route = result.raw.get("route") if isinstance(result.raw.get("route"), dict) else {}
+        self.ui.statusLabel.text = f"Done ({result.model})." + (f" Chosen: {route['reason']}" if route.get("reason")
+                                                                else "")
         self.ui.resultLabel.text = result.result_text()
         self.ui.faithfulnessLabel.text = result.heatmap_text()
 
@@ -300,7 +318,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         row = self.ui.sliceTableView.currentIndex().row()
         position = scene_io.slicePositionOfRow(self._parameterNode.sliceTable if self._parameterNode else None, row)
         if position is not None:
-            self.logic.jumpToSlice(position)
+            with slicer.util.tryWithErrorDisplay("MedDeepRecog: cannot show that slice."):
+                self.logic.jumpToSlice(self._parameterNode.inputVolume, position)
 
     def onPreviewButton(self):
         self._run("preview", self.logic.preview, self.ui.classifyProgressBar, self.ui.statusLabel,
@@ -359,6 +378,17 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         else:
             slicer.packaging.pip_ensure(slicer.packaging.load_requirements(requirements), requester="MedDeepRecog")
 
+    @staticmethod
+    def defaultInputVolume(p):
+        """The first scan in the scene: a scalar or colour (vector) volume that is not a label map and not one of
+        this module's outputs (heatmap, preprocessed volume), or ``None``."""
+        outputs = {node.GetID() for node in (p.outputHeatmap, p.preprocessedVolume) if node is not None}
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):  # label maps, DWI, DTI are subclasses
+            if node.GetClassName() in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode") \
+                    and node.GetID() not in outputs:
+                return node
+        return None
+
     def isRunning(self, kind):
         job = self._jobs.get(kind)
         return bool(job and job.running)
@@ -371,12 +401,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     def _start(self, kind, command, load, workDir=None, onProgress=None, onFinished=None, waitForCompletion=False):
         if self.isRunning(kind):
             raise RuntimeError(f"a {kind} run is already in progress")
-        try:
-            command.validate()  # a panel/worker version mismatch is reported before anything starts
-        except Exception:
-            if workDir:
-                shutil.rmtree(workDir, ignore_errors=True)
-            raise
+        command.validate()  # a panel/worker version mismatch is reported before anything starts
         outcome = {}
 
         def finished(result, error):
@@ -403,8 +428,16 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         return job
 
     @staticmethod
+    @contextlib.contextmanager
     def _workDir():
-        return Path(tempfile.mkdtemp(prefix="MedDeepRecog-", dir=slicer.app.temporaryPath))
+        """A new exchange folder for one run. It is removed if preparing or starting the run fails (an export
+        error, a run already in progress, no Python to start); once the run has started its job removes it."""
+        workDir = Path(tempfile.mkdtemp(prefix="MedDeepRecog-", dir=slicer.app.temporaryPath))
+        try:
+            yield workDir
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
 
     # -- catalog and device -----------------------------------------------------------------------------------
     def listModels(self, **kwargs):
@@ -432,25 +465,26 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             setattr(p, PIPELINE_FIELDS[key], value)
 
     def preview(self, p, **kwargs):
-        workDir = self._workDir()
-        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
-        pipelinePath = workDir / "pipeline.json"
-        pipelinePath.write_text(json.dumps(build_pipeline(p.preset, self.pipelineSettings(p)), indent=2), encoding="utf-8")
-        outPath, maskPath = workDir / "preprocessed.nrrd", workDir / "mask.seg.nrrd"
-        command = WorkerCommand.preprocess(inputPath, outPath, pipelinePath, python=self.python,
-                                           mask=maskPath if p.bodyMask else None)
+        with self._workDir() as workDir:
+            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            pipelinePath = workDir / "pipeline.json"
+            pipelinePath.write_text(json.dumps(build_pipeline(p.preset, self.pipelineSettings(p)), indent=2),
+                                    encoding="utf-8")
+            outPath, maskPath = workDir / "preprocessed.nrrd", workDir / "mask.seg.nrrd"
+            command = WorkerCommand.preprocess(inputPath, outPath, pipelinePath, python=self.python,
+                                               mask=maskPath if p.bodyMask else None)
 
-        def load(result, job):
-            name = p.inputVolume.GetName()
-            p.preprocessedVolume = scene_io.loadVolumeInto(outPath, p.preprocessedVolume, f"{name} preprocessed")
-            scene_io.placeUnderStudy(p.preprocessedVolume, p.inputVolume)
-            slicer.util.setSliceViewerLayers(background=p.preprocessedVolume)
-            if maskPath.exists():
-                self._segmentationFor(p, name)
-                scene_io.replaceSegments(p.outputSegmentation, maskPath, p.inputVolume)
-                scene_io.showSegmentationIn3D(p.outputSegmentation)
-            return p.preprocessedVolume
-        return self._start("preview", command, load, workDir, **kwargs)
+            def load(result, job):
+                name = p.inputVolume.GetName()
+                p.preprocessedVolume = scene_io.loadVolumeInto(outPath, p.preprocessedVolume, f"{name} preprocessed")
+                scene_io.placeUnderStudy(p.preprocessedVolume, p.inputVolume)
+                slicer.util.setSliceViewerLayers(background=p.preprocessedVolume)
+                if maskPath.exists():
+                    self._segmentationFor(p, name)
+                    scene_io.replaceSegments(p.outputSegmentation, maskPath, p.inputVolume)
+                    scene_io.showSegmentationIn3D(p.outputSegmentation)
+                return p.preprocessedVolume
+            return self._start("preview", command, load, workDir, **kwargs)
 
     def _segmentationFor(self, p, name):
         p.outputSegmentation = scene_io.getOrCreateNode(p.outputSegmentation, "vtkMRMLSegmentationNode",
@@ -466,16 +500,16 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         ``p.trainingSegmentation`` instead (:meth:`classifySegments`)."""
         if model_input_kind(p.model) == "roi3d":
             return self.classifySegments(p, **kwargs)
-        workDir = self._workDir()
-        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
-        outDir = workDir / "out"
-        secondPath = scene_io.exportVolume(p.secondVolume, workDir / "second") if p.secondVolume else None
-        command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python,
-                                         explain=p.explainMethod, device=p.device, second_input=secondPath)
+        with self._workDir() as workDir:
+            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            outDir = workDir / "out"
+            secondPath = scene_io.exportVolume(p.secondVolume, workDir / "second") if p.secondVolume else None
+            command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python,
+                                             explain=p.explainMethod, device=p.device, second_input=secondPath)
 
-        def load(result, job):
-            return self._loadClassification(p, outDir, inputPath)
-        return self._start("classify", command, load, workDir, **kwargs)
+            def load(result, job):
+                return self._loadClassification(p, outDir, inputPath)
+            return self._start("classify", command, load, workDir, **kwargs)
 
     def _loadClassification(self, p, outDir, inputPath):
         """The worker's classify outputs into the reused nodes: probability table, heatmap (Inferno over the scan),
@@ -491,20 +525,30 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         p.outputTable.SetAttribute("MedDeepRecog.slice", json.dumps(sliceRecord) if sliceRecord else "")
         scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
         perSlice = res.raw.get("per_slice") or []
-        if perSlice and all("label" in r for r in perSlice):  # slice models (CNN-LSTM records are attention)
+        if sliceRecord:  # one slice's result (Classify current slice): the volume's per-slice table stays
+            pass
+        elif perSlice and all("label" in r for r in perSlice):  # slice models (CNN-LSTM records are attention)
             p.sliceTable = scene_io.getOrCreateNode(p.sliceTable, "vtkMRMLTableNode", f"{name} per-slice results")
             scene_io.updateSliceTable(p.sliceTable, perSlice)
             scene_io.placeUnderStudy(p.sliceTable, p.inputVolume)
+        elif p.sliceTable:  # a 3D model's result: an earlier per-slice table would be read as this one's
+            scene_io.removeNodeAndHelpers(p.sliceTable)
+            p.sliceTable = None
         self._segmentationFor(p, name)
         for segPath in res.segmentations:
             scene_io.replaceSegments(p.outputSegmentation, segPath, p.inputVolume)
+        hotName = f"heatmap >= {HOT_REGION_THRESHOLD}"
         if res.heatmap is not None:
             p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, p.outputHeatmap, f"{name} heatmap")
             scene_io.placeUnderStudy(p.outputHeatmap, p.inputVolume)
             scene_io.showHeatmap(p.outputHeatmap, p.inputVolume, p.heatmapThreshold, p.heatmapOpacity)
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
-            scene_io.setSegmentFromMask(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}", hot,
-                                        (0.99, 0.65, 0.04), p.outputHeatmap)
+            scene_io.setSegmentFromMask(p.outputSegmentation, hotName, hot, (0.99, 0.65, 0.04), p.outputHeatmap)
+        else:  # no heatmap this time (explain none, or a model without one): the last run's must not stay shown
+            if p.outputHeatmap:
+                scene_io.removeNodeAndHelpers(p.outputHeatmap)
+                p.outputHeatmap = None
+            scene_io.removeSegmentByName(p.outputSegmentation, hotName)
         scene_io.showSegmentationIn3D(p.outputSegmentation)
         return res
 
@@ -518,29 +562,56 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     def _redSliceLogic():
         return slicer.app.applicationLogic().GetSliceLogicByLayoutName("Red")
 
-    def currentSliceMm(self):
-        """The red (axial) view's slice offset: the superior coordinate S in mm (the same number in RAS and LPS)."""
-        return float(self._redSliceLogic().GetSliceOffset())
+    @staticmethod
+    def _scanGeometry(volumeNode):
+        """``(IJKToRAS, dims, fromWorld, toWorld)`` of ``volumeNode``: its own grid and the 4x4 matrices between
+        the scene and its own coordinates (identity without a parent transform)."""
+        ijkToRAS = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRAS)
+        fromWorld, toWorld = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        parent = volumeNode.GetParentTransformNode()
+        if parent is not None:
+            if not parent.IsTransformToWorldLinear():
+                raise ValueError(f"{volumeNode.GetName()} is under a non-linear transform: harden it, or classify "
+                                 "the whole volume, so that the slice shown is a slice of the scan")
+            parent.GetMatrixTransformFromWorld(fromWorld)
+            parent.GetMatrixTransformToWorld(toWorld)
+        return (slicer.util.arrayFromVTKMatrix(ijkToRAS), volumeNode.GetImageData().GetDimensions(),
+                slicer.util.arrayFromVTKMatrix(fromWorld), slicer.util.arrayFromVTKMatrix(toWorld))
 
-    def jumpToSlice(self, positionMm):
-        """Show the axial slice at superior coordinate ``positionMm`` in the red view."""
-        self._redSliceLogic().SetSliceOffset(float(positionMm))
+    def currentSliceMm(self, volumeNode):
+        """``--slice-mm`` for the axial slice of ``volumeNode`` that the red view shows at its centre: the
+        superior coordinate of that slice's centre in the scan's own coordinates (the core's count; see
+        ``slicer_bridge.slice_geometry``). Raises ValueError when the red view is not parallel to the scan's
+        axial slices (a sagittal or coronal view, or an oblique reformat)."""
+        ijkToRAS, dims, fromWorld, _ = self._scanGeometry(volumeNode)
+        sliceToRAS = slicer.util.arrayFromVTKMatrix(self._redSliceLogic().GetSliceNode().GetSliceToRAS())
+        centre = (fromWorld @ sliceToRAS[:, 3])[:3]
+        normal = fromWorld[:3, :3] @ sliceToRAS[:3, 2]
+        return axial_slice_in_view(ijkToRAS, dims, centre, normal)
+
+    def jumpToSlice(self, volumeNode, positionMm):
+        """Move the red view along its normal to the centre of ``volumeNode``'s axial slice at ``positionMm`` (a
+        per-slice table row's superior coordinate, in the scan's own coordinates)."""
+        ijkToRAS, dims, _, toWorld = self._scanGeometry(volumeNode)
+        centre = (toWorld @ np.append(axial_slice_centre(ijkToRAS, dims, positionMm), 1.0))[:3]
+        self._redSliceLogic().GetSliceNode().JumpSliceByOffsetting(*(float(v) for v in centre))
 
     def classifySlice(self, p, sliceMm=None, **kwargs):
-        """Classify the single axial slice of ``p.inputVolume`` nearest ``sliceMm`` (default: the red view's)
-        with the 2D model ``p.model``: ``classify VOLUME --slice-mm S``. Fills the probability table with that
-        slice's result (its index and position in the table's ``MedDeepRecog.slice`` attribute) and shows its
-        heatmap (on the volume's grid, heat on that slice only)."""
+        """Classify the single axial slice of ``p.inputVolume`` nearest ``sliceMm`` (default: the one the red view
+        shows, :meth:`currentSliceMm`) with the 2D model ``p.model``: ``classify VOLUME --slice-mm S``. Fills the
+        probability table with that slice's result (its index and position in the table's ``MedDeepRecog.slice``
+        attribute) and shows its heatmap (on the volume's grid, heat on that slice only)."""
         if not self.isSliceModel(p.model):
             raise ValueError(f"{p.model} is not a 2D slice model: use Classify for the whole volume.")
-        sliceMm = self.currentSliceMm() if sliceMm is None else float(sliceMm)
-        workDir = self._workDir()
-        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
-        outDir = workDir / "out"
-        command = WorkerCommand.build("classify", inputPath, python=self.python, model=p.model, out=outDir,
-                                      explain=p.explainMethod, device=p.device, slice_mm=f"{sliceMm:.4f}")
-        return self._start("classify", command, lambda result, job: self._loadClassification(p, outDir, inputPath),
-                           workDir, **kwargs)
+        sliceMm = self.currentSliceMm(p.inputVolume) if sliceMm is None else float(sliceMm)
+        with self._workDir() as workDir:
+            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            outDir = workDir / "out"
+            command = WorkerCommand.build("classify", inputPath, python=self.python, model=p.model, out=outDir,
+                                          explain=p.explainMethod, device=p.device, slice_mm=f"{sliceMm:.4f}")
+            return self._start("classify", command, lambda result, job: self._loadClassification(p, outDir, inputPath),
+                               workDir, **kwargs)
 
     def classifySegments(self, p, **kwargs):
         """Label every segment of ``p.trainingSegmentation`` with the ROI classifier ``p.model``; fills a
@@ -548,51 +619,51 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         if not p.trainingSegmentation:
             raise ValueError(f"{p.model} is an ROI classifier: it labels segments. Select the segmentation whose "
                              "segments it should label as the Fine-tune section's Segmentation.")
-        workDir = self._workDir()
-        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
-        outDir = workDir / "out"
-        command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python, device=p.device,
-                                         segments=scene_io.exportSegmentation(p.trainingSegmentation, workDir))
+        with self._workDir() as workDir:
+            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            outDir = workDir / "out"
+            command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python, device=p.device,
+                                             segments=scene_io.exportSegmentation(p.trainingSegmentation, workDir))
 
-        def load(result, job):
-            res = read_segment_labels(outDir, inputPath)
-            name = p.inputVolume.GetName()
-            p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} segment labels")
-            scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names)
-            p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
-            scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
-            return res
-        return self._start("classify", command, load, workDir, **kwargs)
+            def load(result, job):
+                res = read_segment_labels(outDir, inputPath)
+                name = p.inputVolume.GetName()
+                p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} segment labels")
+                scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names)
+                p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
+                scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
+                return res
+            return self._start("classify", command, load, workDir, **kwargs)
 
     # -- robustness ---------------------------------------------------------------------------------------------
     def robustness(self, p, **kwargs):
         """Smallest eps that flips the prediction on the loaded scan; returns one sentence."""
-        workDir = self._workDir()
-        inputPath = scene_io.exportVolume(p.inputVolume, workDir)
-        command = WorkerCommand.robustness(p.model, inputPath, workDir / "robustness", python=self.python)
-        return self._start("robustness", command, lambda result, job: robustness_summary(result)[0], workDir,
-                           **kwargs)
+        with self._workDir() as workDir:
+            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            command = WorkerCommand.robustness(p.model, inputPath, workDir / "robustness", python=self.python)
+            return self._start("robustness", command, lambda result, job: robustness_summary(result)[0], workDir,
+                               **kwargs)
 
     # -- fine-tuning --------------------------------------------------------------------------------------------
     def finetune(self, p, **kwargs):
         """Fine-tune ``p.model`` on the input and its segments; returns the new package's ``id@version``."""
-        workDir = self._workDir()
-        classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
-        if not classMap:
-            raise ValueError("Map at least one segment to a class in the segment → class table.")
-        manifest = {"cases": [{"id": p.inputVolume.GetName(),
-                               "image": str(scene_io.exportVolume(p.inputVolume, workDir)),
-                               "segmentation": str(scene_io.exportSegmentation(p.trainingSegmentation, workDir))}],
-                    "class_map": classMap}
-        manifestPath = workDir / "manifest.json"
-        manifestPath.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        command = WorkerCommand.finetune(p.model, manifestPath, python=self.python, task=p.finetuneTask,
-                                         epochs=p.epochs, device=p.device)
+        with self._workDir() as workDir:
+            classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
+            if not classMap:
+                raise ValueError("Map at least one segment to a class in the segment → class table.")
+            manifest = {"cases": [{"id": p.inputVolume.GetName(),
+                                   "image": str(scene_io.exportVolume(p.inputVolume, workDir)),
+                                   "segmentation": str(scene_io.exportSegmentation(p.trainingSegmentation, workDir))}],
+                        "class_map": classMap}
+            manifestPath = workDir / "manifest.json"
+            manifestPath.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            command = WorkerCommand.finetune(p.model, manifestPath, python=self.python, task=p.finetuneTask,
+                                             epochs=p.epochs, device=p.device)
 
-        def load(result, job):
-            meta = json.loads((Path(result["package"]) / "model.json").read_text(encoding="utf-8"))
-            return f"{meta['id']}@{meta['version']}"
-        return self._start("finetune", command, load, workDir, **kwargs)
+            def load(result, job):
+                meta = json.loads((Path(result["package"]) / "model.json").read_text(encoding="utf-8"))
+                return f"{meta['id']}@{meta['version']}"
+            return self._start("finetune", command, load, workDir, **kwargs)
 
 
 class MedDeepRecogTest(ScriptedLoadableModuleTest):

@@ -51,8 +51,9 @@ def loadVolumeInto(path: Path, targetNode: vtkMRMLScalarVolumeNode | None, name:
     never keeps a storage node pointing into the worker's exchange folder (deleted after the run), and it is
     marked modified, so Slicer's Save dialog writes it with the scene."""
     loaded = slicer.util.loadVolume(str(path), {"name": name, "show": False})
-    if targetNode is None:
+    if targetNode is None or not slicer.mrmlScene.IsNodePresent(targetNode):
         targetNode = slicer.mrmlScene.AddNewNodeByClass(loaded.GetClassName(), name)
+    targetNode.SetName(name)
     targetNode.SetAndObserveImageData(loaded.GetImageData())
     targetNode.CopyOrientation(loaded)  # IJK-to-RAS: origin, spacing, directions
     removeNodeAndHelpers(loaded)
@@ -250,7 +251,9 @@ def placeUnderStudy(node: vtkMRMLNode, referenceNode: vtkMRMLTransformableNode) 
 
 
 def getOrCreateNode(node, className: str, name: str):
-    """``node`` if it is still in the scene, else a new ``className`` node called ``name``."""
+    """``node`` if it is still in the scene, renamed ``name`` (an output reused for another scan takes that scan's
+    name), else a new ``className`` node called ``name``."""
     if node is not None and slicer.mrmlScene.IsNodePresent(node):
+        node.SetName(name)
         return node
     return slicer.mrmlScene.AddNewNodeByClass(className, name)

@@ -410,3 +410,53 @@ def test_a_2d_picture_takes_x_y_sizes_in_grid_steps(run_cli, tmp_path, step, siz
     assert code == 0, err
     out = sitk.ReadImage(str(tmp_path / "out.nrrd"))
     assert out.GetDimension() == 2 and out.GetSize() == size and out.GetSpacing() == pytest.approx(spacing)
+
+
+def _with_ultrasound_regions(path: Path, regions) -> Path:
+    """Drop PixelSpacing from the DICOM at ``path`` and give it ``regions``: (units code, dx cm, dy cm) each."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(str(path))
+    del ds.PixelSpacing
+    items = []
+    for units, dx, dy in regions:
+        item = Dataset()
+        item.PhysicalUnitsXDirection, item.PhysicalUnitsYDirection = units, units
+        item.PhysicalDeltaX, item.PhysicalDeltaY = dx, dy
+        items.append(item)
+    if items:
+        ds.SequenceOfUltrasoundRegions = items
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("regions, spacing, note", [
+    ([(3, 0.03, 0.02)], (0.3, 0.2), "pixel size 0.3 x 0.2 mm from the ultrasound region calibration"),
+    ([(3, 0.03, 0.02), (3, 0.03, 0.02)], (0.3, 0.2), "from the ultrasound region calibration"),
+    ([(3, 0.03, 0.02), (3, 0.05, 0.05)], (1.0, 1.0), "ultrasound regions give different pixel sizes"),
+    ([(0, 1.0, 1.0)], (1.0, 1.0), "no PixelSpacing, no calibrated ultrasound region): 1 mm pixels assumed"),
+    ([], (1.0, 1.0), "no PixelSpacing, no calibrated ultrasound region): 1 mm pixels assumed")])
+def test_ultrasound_dicom_takes_its_pixel_size_from_the_region_calibration_or_says_1_mm_is_assumed(
+        tmp_path, run_cli_all, regions, spacing, note):
+    """Ultrasound DICOM stores its pixel size in the Sequence of Ultrasound Regions (cm, units code 3), not in
+    PixelSpacing; without either, 1 mm is assumed and said, as for a picture. ``info`` also names the modality."""
+    path = _with_ultrasound_regions(write_dicom(tmp_path / "us.dcm", _brainish(), modality="US"), regions)
+    code, out, err = run_cli_all("info", path)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["spacing_mm"][:2] == pytest.approx(spacing)
+    assert any(note in n for n in record["notes"]), record["notes"]
+    assert record["modality_guess"] == "US"
+
+
+def test_classify_reports_the_modality_as_info_does(tmp_path, run_cli_all):
+    """classify's modality_guess is the DICOM tag (US here) or, for a picture, unknown: not "MR" for whatever is
+    not in Hounsfield units."""
+    us = write_dicom(tmp_path / "us.dcm", _brainish(160), modality="US")
+    png = _picture(tmp_path / "pic.png", _brainish(160))
+    for path, expected in ((us, "US"), (png, "unknown")):
+        code, _, err = run_cli_all("classify", path, "--model", "breast-us-lesion", "--out", tmp_path / path.stem,
+                                   "--explain", "none", "--no-faithfulness", "--progress", "none")
+        assert code == 0, err
+        assert json.loads((tmp_path / path.stem / f"{path.stem}.json").read_text())["modality_guess"] == expected

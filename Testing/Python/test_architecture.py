@@ -25,7 +25,7 @@ MODULE_FILES = [REPO / "MedDeepRecog" / "MedDeepRecog.py", *sorted((REPO / "MedD
 #: Top-level parts of ``MedDeepRecogLib``, lowest layer first; a part imports only from its own layer or below.
 LAYERS: list[set[str]] = [
     # plain building blocks, no part of the core below them
-    {"__init__", "errors", "limits", "progress", "contract", "devices", "schema", "resources", "allocator"},
+    {"__init__", "errors", "limits", "progress", "contract", "devices", "schema", "resources", "allocator", "axes"},
     {"io"},
     {"preprocessing"},
     {"models"},

@@ -170,3 +170,10 @@ def test_cli_lesion_localisation_and_slicer_reading(packages, scan, tmp_path, ca
     assert res.input_notes == record["input_notes"]
     assert res.result_text().endswith("<br><small>the CT table under the patient was blanked before classifying on "
                                       "3 of 4 slices</small>")
+    # an out-of-domain record: the panel names no class, not even as "most likely", and says why
+    record.update(label="out-of-domain", uncertain_reasons=["outside this model's domain: none of the 4 slices "
+                                                            "checked looks like the images it was trained on"])
+    (out / "ct.json").write_text(json.dumps(record), encoding="utf-8")
+    text = read_classify_result(out, scan).result_text()
+    assert text.startswith("<b>outside this model's domain</b>: no class reported<br><i>outside this model&#x27;s")
+    assert record["top_class"] not in text and "most likely" not in text and "p = " not in text

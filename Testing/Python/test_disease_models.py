@@ -274,6 +274,34 @@ def test_router_sends_brain_mr_to_the_brain_model_and_says_why(radiomics, mni152
         assert "MRBrain" in route.reason
 
 
+def test_router_says_when_the_body_region_is_only_the_nearest_class(shared_data, radiomics):
+    """An abdominal MR: the body-region model knows no MR region but brain and breast, so MRBrain comes out as the
+    nearest at p 0.25; the route must say so (and leave the refusal to the brain model's domain check), while a
+    brain MR's route states its region as recognised."""
+    from MedDeepRecogLib.inference.route import route_image
+    from MedDeepRecogLib.io import read_image
+
+    weak = route_image(read_image(shared_data / "totalsegmentator_examples" / "example_mr_sm.nii.gz"))
+    assert weak.evidence["body_region_evidence"] == "weak" and weak.evidence["body_region_probability"] < 0.5
+    assert "only the nearest of the body-region model's MR classes" in weak.reason
+    assert "out-of-domain check decides" in weak.reason
+    strong = route_image(read_image(radiomics / "brain1_image.nrrd"))
+    assert strong.evidence["body_region_evidence"] == "strong" and "of region MRBrain" in strong.reason
+
+
+def test_an_out_of_domain_scan_is_printed_without_a_class_or_its_confidence(mni152, run_cli_all, tmp_path):
+    """The MNI152 template (no tumour): the printed line, like the label, names no tumour type and no confidence;
+    the JSON keeps the network's own output for researchers, marked by the label."""
+    code, out, err = run_cli_all("classify", mni152, "--model", BRAIN, "--out", tmp_path / "out", "--progress", "none",
+                                 "--no-faithfulness", "--explain", "none")
+    assert code == 0, err
+    headline = out.splitlines()[0].split(" [")[0]  # the reasons in brackets quote the model's description
+    assert headline.endswith("out-of-domain: no class reported") and not any(t in headline for t in TUMOUR_TYPES)
+    assert "the model's output, not a finding" in out and "confidence = mean" not in out and "finding on" not in out
+    record = json.loads((tmp_path / "out" / "mni152_t1.json").read_text())
+    assert record["label"] == OUT_OF_DOMAIN and record["top_class"] in TUMOUR_TYPES and "finding" not in record
+
+
 def test_router_says_plainly_when_no_disease_model_covers_a_scan(shared_data):
     from MedDeepRecogLib.inference.route import route_image
     from MedDeepRecogLib.io import read_image

@@ -165,6 +165,82 @@ def test_parameter_node_rejects_what_slicer_rejects(slicer_core):
     assert p.parameterNode.GetParameter("epochs") == "3"  # stored in the real parameter node
 
 
+def test_a_run_without_heatmap_takes_the_last_ones_off_and_outputs_take_the_new_scans_name(slicer_core,
+                                                                                          tiny_package):
+    """Scan A classified with a heatmap (and a per-slice table left from a 2D model), then scan B with explain
+    none: nothing of A's may stay shown as B's result, and the reused nodes are named for B."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device = add_volume(env, "scan A"), str(tiny_package), "cpu"
+    logic.classify(p, waitForCompletion=True)
+    heatmapId = p.outputHeatmap.GetID()
+    assert p.outputHeatmap.GetName() == "scan A heatmap" and p.outputTable.GetName() == "scan A probabilities"
+    p.sliceTable = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "scan A per-slice results")
+
+    p.inputVolume, p.explainMethod = add_volume(env, "scan B"), "none"
+    logic.classify(p, waitForCompletion=True)
+    assert p.outputHeatmap is None and env.scene.GetNodeByID(heatmapId) is None
+    assert p.sliceTable is None and env.count("vtkMRMLTableNode") == 1
+    segmentation = p.outputSegmentation.GetSegmentation()
+    assert not [segmentation.GetSegment(s).GetName() for s in segmentation.GetSegmentIDs()]
+    assert p.outputTable.GetName() == "scan B probabilities" and p.outputSegmentation.GetName() == "scan B segmentations"
+    for view in ("Red", "Yellow", "Green"):
+        assert env.core.composite_node(view).GetForegroundVolumeID() is None
+
+
+def test_a_run_that_cannot_start_leaves_no_exchange_folder(slicer_core, tiny_package, monkeypatch):
+    """The scan is exported into a new folder before the worker starts; if the export or the start fails, the folder
+    (a full copy of the scan) is removed, as after a run."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device = add_volume(env), str(tiny_package), "cpu"
+
+    def broken(volumeNode, folder):
+        (folder / "partial.nrrd").write_bytes(b"NRRD0004")
+        raise RuntimeError("disk full")
+    with monkeypatch.context() as patch:
+        patch.setattr(module.scene_io, "exportVolume", broken)
+        for run in (logic.classify, logic.preview, logic.robustness):
+            with pytest.raises(RuntimeError, match="disk full"):
+                run(p)
+    with monkeypatch.context() as patch:
+        patch.setattr(module.MedDeepRecogLogic, "isRunning", lambda self, kind: True)
+        with pytest.raises(RuntimeError, match="already in progress"):
+            logic.classify(p)
+    assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
+
+
+def test_the_default_input_is_a_scan_not_a_label_map_or_an_output(slicer_core, tiny_package):
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "tumour label")
+    p.outputHeatmap = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "old heatmap")
+    assert logic.defaultInputVolume(p) is None
+    colour = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "ultrasound (RGB)")
+    scan = add_volume(env, "CT")
+    assert logic.defaultInputVolume(p) is colour  # the first scan, a colour ultrasound as much as a CT
+    env.slicer.mrmlScene.RemoveNode(colour)
+    assert logic.defaultInputVolume(p) is scan
+
+
+def test_auto_classifies_a_brain_mr_with_the_model_the_core_chose(slicer_core, shared_data):
+    """The panel's "auto" entry: the worker routes brain1 to the brain model, and the result, its route and the
+    per-slice table come back into the scene."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    scan = shared_data / "pyradiomics_testcases" / "brain1_image.nrrd"
+    p.inputVolume = env.slicer.util.loadVolume(str(scan), {"name": "brain1"})
+    p.model, p.device, p.explainMethod = module.AUTO_MODEL, "cpu", "none"
+    result = logic.classify(p, waitForCompletion=True)
+    assert result.model.startswith("brain-tumour-mri@") and result.raw["route"]["model"] == "brain-tumour-mri"
+    assert "MRBrain" in result.raw["route"]["reason"]
+    assert p.sliceTable is not None and p.sliceTable.GetNumberOfRows() == len(result.raw["per_slice"])
+
+
 def test_blocking_failure_raises_the_workers_message(slicer_core):
     logic = slicer_core.module.MedDeepRecogLogic()
     p = logic.getParameterNode()

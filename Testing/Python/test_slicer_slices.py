@@ -92,12 +92,12 @@ def test_classify_current_slice_and_jump_from_the_per_slice_table(slicer_core, s
     assert positions == pytest.approx([-30.0 + 2.5 * k for k in range(14)])
     assert [table.GetCellText(r, 2) for r in (5, 6, 9, 10)] == ["normal", "lesion", "lesion", "normal"]
 
-    logic.jumpToSlice(positions[7])  # clicking row 7
+    logic.jumpToSlice(p.inputVolume, positions[7])  # clicking row 7
     red = env.core.slice_logics["Red"]
     assert red.GetSliceOffset() == pytest.approx(positions[7])
-    red.SetSliceOffset(positions[7] + 0.9)  # the radiologist scrolls a little: still nearest to slice 7
+    red.SetSliceOffset(positions[7] + 0.9)  # the radiologist scrolls a little: still within slice 7
     result = logic.classifySlice(p, waitForCompletion=True)
-    assert float(slice_model[-1][slice_model[-1].index("--slice-mm") + 1]) == pytest.approx(positions[7] + 0.9)
+    assert float(slice_model[-1][slice_model[-1].index("--slice-mm") + 1]) == pytest.approx(positions[7])
     assert result.raw["slice"] == {"index": 7, "position_mm": pytest.approx(positions[7])}
     assert result.label == "lesion" and json.loads(p.outputTable.GetAttribute("MedDeepRecog.slice"))["index"] == 7
     heat = env.slicer.util.arrayFromVolume(p.outputHeatmap)
@@ -125,9 +125,70 @@ def test_classify_current_slice_with_the_real_worker(slicer_core, tmp_path):
     positions = [module.scene_io.slicePositionOfRow(table, r) for r in range(rows)]
     assert rows == 14 and positions == pytest.approx([-30.0 + 2.5 * k for k in range(14)])
 
-    logic.jumpToSlice(positions[4])
+    logic.jumpToSlice(p.inputVolume, positions[4])
     env.core.slice_logics["Red"].SetSliceOffset(positions[4] - 1.0)
     result = logic.classifySlice(p, waitForCompletion=True)
     assert result.raw["slice"]["index"] == 4 and result.raw["slice"]["position_mm"] == pytest.approx(positions[4])
     heat = env.slicer.util.arrayFromVolume(p.outputHeatmap)
     assert heat.shape == (14, 20, 24) and heat[4].max() > 0 and np.delete(heat, 4, axis=0).max() == 0
+
+
+def _tilted_volume(env, tilt_deg=15.0):
+    """A 40x64x64 scan (0.7 x 0.7 x 2.5 mm) tilted about R-L, as an oblique acquisition is."""
+    z, y, x = np.mgrid[:40, :64, :64]
+    voxels = (100 * np.exp(-((x - 32) ** 2 + (y - 32) ** 2) / 200.0) * (z + 1)).astype(np.int16)
+    a = np.radians(tilt_deg)
+    rotation = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = rotation @ np.diag([0.7, 0.7, 2.5])
+    ijk_to_ras[:3, 3] = [-20.0, 15.0, -40.0]
+    return env.slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijk_to_ras, name="tilted scan"), ijk_to_ras
+
+
+def test_classify_current_slice_takes_the_slice_the_red_view_shows_on_tilted_and_transformed_scans(slicer_core,
+                                                                                                    tmp_path):
+    """The red view's plane, not its offset, picks the slice: on a scan tilted 15° (red view rotated to the volume
+    plane, centred away from the slice centre) and under a parent transform, the real core classifies exactly the
+    slice the view shows, a table row jumps the view back onto it, and a sagittal view is refused in words."""
+    from tiny_test_package import make_tiny_package
+
+    env, module = slicer_core, slicer_core.module
+    slicer, vtk = env.slicer, module.vtk
+    package = make_tiny_package(tmp_path / "catalog")
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    volume, ijk_to_ras = _tilted_volume(env)
+    p.inputVolume, p.model, p.device = volume, str(package), "cpu"
+    shift = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    for row, value in enumerate((12.0, -7.0, 30.0)):
+        matrix.SetElement(row, 3, value)
+    shift.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(shift.GetID())
+    to_world = slicer.util.arrayFromVTKMatrix(matrix)
+
+    red = env.core.slice_logics["Red"].GetSliceNode()
+    slice_to_ras = np.eye(4)  # the red view rotated to the volume plane, centred 20 mm off the slice centre
+    slice_to_ras[:3, :3] = ijk_to_ras[:3, :3] / np.array([0.7, 0.7, 2.5])
+    for k in (9, 26):
+        centre_local = ijk_to_ras @ [31.5, 31.5 + 20 / 0.7, k + 0.3, 1]
+        slice_to_ras[:3, 3] = (to_world @ centre_local)[:3]
+        red.GetSliceToRAS().DeepCopy(slicer.util.vtkMatrixFromArray(slice_to_ras))
+        red.UpdateMatrices()
+        result = logic.classifySlice(p, waitForCompletion=True)
+        assert result.raw["slice"]["index"] == k
+        heat = slicer.util.arrayFromVolume(p.outputHeatmap)
+        assert heat[k].max() > 0 and np.delete(heat, k, axis=0).max() == 0
+
+    logic.classify(p, waitForCompletion=True)  # the per-slice table; a row sends the view onto that slice
+    rows = p.sliceTable.GetNumberOfRows()
+    position = module.scene_io.slicePositionOfRow(p.sliceTable, rows // 2)
+    index = int(p.sliceTable.GetCellText(rows // 2, 0))
+    logic.jumpToSlice(volume, position)
+    shown = logic.classifySlice(p, waitForCompletion=True).raw["slice"]
+    assert shown["index"] == index and p.sliceTable.GetNumberOfRows() == rows  # the volume's table stays
+    assert shown["position_mm"] == pytest.approx(position, abs=0.01)  # the table keeps 2 decimals
+
+    red.SetOrientation("Sagittal")
+    with pytest.raises(ValueError, match="90° from the scan's axial slices.*set the red view to Axial"):
+        logic.classifySlice(p, waitForCompletion=True)

@@ -351,14 +351,17 @@ def _write_summary(out: Path, rows: list[dict], skipped: list[dict]) -> dict:
 
 
 def _print_result(scan: Path, result, outputs: dict) -> None:
-    from ..inference.classify import headline, probabilities_label, voting_slices
+    from ..inference.classify import OUT_OF_DOMAIN, headline, probabilities_label, voting_slices
 
     basis = probabilities_label(result)
     n_voting = voting_slices(result)
     probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
     extra = f" [{'; '.join(result.decision['reasons'])}]" if result.decision["uncertain"] else ""
+    outside = result.decision["label"] == OUT_OF_DOMAIN
     conf = (f"\n  confidence = mean over the {n_voting} voting slices of their {result.decision['top_class']} "
-            f"probability") if n_voting > 1 else ""
+            f"probability") if n_voting > 1 and not outside else ""
+    if outside:  # what the network computed, shown as such: not a finding
+        basis = f"the model's output, not a finding ({basis})"
     mod = result.decision.get("modality") or {}
     mod_txt = f" (modality {mod['label']})" if mod.get("source") else ""
     caption = result.explain.get("faithfulness_caption")

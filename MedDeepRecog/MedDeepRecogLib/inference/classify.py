@@ -143,9 +143,12 @@ def probabilities_label(result: "ClassificationResult") -> str:
 
 
 def headline(result: "ClassificationResult") -> str:
-    """``MRBrain, confidence 0.83`` (or ``uncertain (top class MRBrain, confidence 0.41)``): the same number in
-    the printed line, the PNG title, the HTML report and ``confidence`` in the JSON."""
+    """``MRBrain, confidence 0.83`` (or ``uncertain (top class MRBrain, confidence 0.41)``, or ``out-of-domain: no
+    class reported``): the same number in the printed line, the PNG title, the HTML report and ``confidence`` in
+    the JSON."""
     d = result.decision
+    if d["label"] == OUT_OF_DOMAIN:  # no class is reported, so no class's confidence either (the JSON keeps both)
+        return f"{OUT_OF_DOMAIN}: no class reported"
     if d["label"] == d["top_class"]:
         return f"{d['label']}, confidence {d['confidence']:.2f}"
     return f"{d['label']} (top class {d['top_class']}, confidence {d['confidence']:.2f})"
@@ -285,6 +288,9 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     if slice_mm is not None and kind != "slices2d":
         raise ConfigError(f"--slice-mm classifies one slice with a 2D (slice) model; {package.id} is a "
                           f"{kind} model")
+    from ..io import is_picture
+
+    picture = is_picture(image)  # as_volume keeps the voxels and geometry, not the reader's notes
     image = as_volume(image, where, allow_2d=(kind == "slices2d"))
     validate_intensities(image, where)
     check_input_content(image, spec, where)
@@ -335,6 +341,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     pred.probabilities = apply_temperature(pred.probabilities, package.meta)  # identity when not calibrated
 
     modality = "CT" if is_hounsfield(image) else "MR"  # "MR" here means: not in HU
+    modality_guess = _modality_guess(image, modality, picture)
     n_slices = int(inp.valid.sum()) if isinstance(inp, SliceInput) else int(image.GetSize()[2])
     decision = decide(pred.probabilities, package.class_names, package.meta.get("decision"),
                       agreement=pred.agreement, confidence=pred.slice_confidence, n_slices=n_slices,
@@ -383,7 +390,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         input=src, name=name, model={"id": package.id, "version": package.version},
         class_names=package.class_names, probabilities=pred.probabilities, decision=decision,
         per_slice=pred.per_slice, explain=explain_info, heatmap=heatmap, model_map=pred.heatmap,
-        model_grid=pred.grid, model_input=inp, image=image, overlay=overlay, modality_guess=modality,
+        model_grid=pred.grid, model_input=inp, image=image, overlay=overlay,
+        modality_guess=modality_guess,
         timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice,
         finding=finding_range(pred.per_slice, decision) if isinstance(inp, SliceInput) and len(pred.per_slice) > 1
         else None, feature_maps=pred.feature_maps)
@@ -427,6 +435,18 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
 
 
 OUT_OF_DOMAIN = "out-of-domain"
+
+
+def _modality_guess(image: sitk.Image, hounsfield_or_not: str, picture: bool) -> str:
+    """The JSON's ``modality_guess``, as ``info`` reports it (:func:`..io.image_io.guess_modality`) but from the
+    HU test already made on a subsample: the DICOM tag (CT, MR, US), else CT for HU, unknown for a picture, else MR.
+    ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or ``"MR"`` (not HU), which its decision rules read."""
+    tag = image.GetMetaData("0008|0060").strip().upper() if image.HasMetaDataKey("0008|0060") else ""
+    if tag in ("CT", "MR", "US"):
+        return tag
+    if hounsfield_or_not == "CT":
+        return "CT"
+    return "unknown" if picture else "MR"
 
 
 def _mark_out_of_domain(decision: dict, why: str) -> None:

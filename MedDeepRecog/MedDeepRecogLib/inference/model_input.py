@@ -131,17 +131,19 @@ def is_hounsfield(image: sitk.Image) -> bool:
 
 def nearest_axial_slice(image: sitk.Image, superior_mm: float, source=None) -> tuple[int, float]:
     """``(k, s_k)``: the axial slice (index of the LPS view, 0 = most inferior) whose centre is nearest to the
-    superior coordinate ``superior_mm`` (the same number in LPS and RAS: Slicer's axial slice offset), and that
-    slice's own superior coordinate.
+    superior coordinate ``superior_mm`` (the same number in LPS and RAS: Slicer's axial slice offset), and the
+    superior coordinate of that slice's centre, the ``position_mm`` that classify reports for it. On a tilted scan
+    a slice's corner and centre lie at different heights, so centres are what both sides count.
 
     Raises:
         InputImageError: ``superior_mm`` is not a number, or lies more than half a slice beyond the scan's first or
             last slice (naming ``source`` and the scan's range), rather than silently taking the edge slice.
     """
     view = lps_view(image)
-    nz = view.array.shape[0]
+    nz, ny, nx = view.array.shape
     step = view.direction[2, 2] * view.spacing[2]
-    s = view.origin[2] + step * np.arange(nz)
+    in_plane_centre = view.direction[2, :2] @ (np.array([nx - 1, ny - 1]) / 2 * view.spacing[:2])
+    s = view.origin[2] + in_plane_centre + step * np.arange(nz)
     half = abs(step) / 2
     target = float(superior_mm)
     if not (np.isfinite(target) and s.min() - half <= target <= s.max() + half):

@@ -26,6 +26,11 @@ ROUTES: dict[tuple[str, str], str] = {("MR", "MRBrain"): "brain-tumour-mri", ("C
 #: Disease models a picture or ultrasound image may go to (scored by their own out-of-domain checks).
 PICTURE_MODELS = ("breast-us-lesion", "brain-tumour-mri", "lung-ct-cancer")
 REGION_MODEL = "body-region"
+#: Below this body-region probability the route's reason says the region is only the nearest class, not a
+#: recognised one. It words the reason and does not change the choice: on the volumes at hand the body-region
+#: probability does not separate right from wrong routes (a chest CT crop 0.09-0.12 for CTChest, an abdominal MR
+#: 0.25 and a breast MR 0.996 for MRBrain), so the chosen model's own out-of-domain check is what refuses a scan.
+WEAK_REGION_PROBABILITY = 0.5
 
 
 @dataclass
@@ -75,6 +80,13 @@ def _route_by_region(image: sitk.Image, device: str, modality: str) -> Route:
         have = ", ".join(f"{m} {r}" for (m, r) in ROUTES)
         return Route(None, f"{modality} of region {best} (body-region p={probs[best]:.2f}): no bundled disease model "
                            f"covers it (models exist for: {have})", evidence)
+    if probs[best] < WEAK_REGION_PROBABILITY:
+        evidence["body_region_evidence"] = "weak"
+        return Route(model, f"{modality} (from {evidence['modality_source']}); {best} is only the nearest of the "
+                            f"body-region model's {modality} classes (p={probs[best]:.2f}, {share:.0%} of them), not "
+                            f"a recognised region, so {model}'s own out-of-domain check decides whether it applies "
+                            f"-> {model}", evidence)
+    evidence["body_region_evidence"] = "strong"
     return Route(model, f"{modality} (from {evidence['modality_source']}) of region {best} (body-region "
                         f"p={probs[best]:.2f}, {share:.0%} of the {modality} classes) -> {model}", evidence)
 

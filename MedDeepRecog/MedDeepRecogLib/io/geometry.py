@@ -16,6 +16,8 @@ from itertools import product
 import numpy as np
 import SimpleITK as sitk
 
+from ..axes import lps_axis_order
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -65,15 +67,7 @@ def lps_view(image: sitk.Image, array: np.ndarray | None = None) -> LPSView:
     d = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     size = np.array(image.GetSize())
     spacing = np.array(image.GetSpacing(), dtype=float)
-    # Assign each physical axis k the index axis most aligned with it (greedy on the largest cosines).
-    perm = [-1, -1, -1]
-    free_idx, free_phys = {0, 1, 2}, {0, 1, 2}
-    for _ in range(3):
-        k, i = max(((k, i) for k in free_phys for i in free_idx), key=lambda ki: abs(d[ki[0], ki[1]]))
-        perm[k] = i
-        free_phys.discard(k)
-        free_idx.discard(i)
-    signs = [1 if d[k, perm[k]] >= 0 else -1 for k in range(3)]
+    perm, signs = lps_axis_order(d)
     # numpy axis of index axis i is (2 - i); new numpy axis (2 - k) takes old numpy axis (2 - perm[k]).
     view = np.transpose(arr, [2 - perm[2 - a] for a in range(3)])
     slicer = tuple(slice(None, None, -1) if signs[2 - a] < 0 else slice(None) for a in range(3))

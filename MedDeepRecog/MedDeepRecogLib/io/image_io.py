@@ -517,14 +517,19 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
         if picture:
             image = _as_picture(image, path, spacing)
         else:
+            if reader.HasMetaDataKey("0008|0016") and not reader.HasMetaDataKey("0028|0030"):
+                _dicom_pixel_size_without_pixel_spacing(image, path)
             if frames > 1:
                 image.SetMetaData(FRAMES_KEY, str(frames))
             if spacing is not None:
                 _add_note(image, "--spacing ignored: the file stores its own pixel size "
                                  f"({' x '.join(f'{s:g}' for s in image.GetSpacing())} mm)")
-    colour_source = path.is_dir() or suffix_of(path) in PICTURE_SUFFIXES + (".dcm", ".ima")
+    # Colour: pictures and DICOM, and 8/16-bit RGB(A) in any format (an ultrasound that Slicer loaded as a vector
+    # volume reaches the worker as such a NRRD). A float vector NRRD/MHA (e.g. a displacement field) is left as is.
+    colour_source = (path.is_dir() or suffix_of(path) in PICTURE_SUFFIXES + (".dcm", ".ima")
+                     or image.GetPixelID() in (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16))
     if colour_source and image.GetNumberOfComponentsPerPixel() in (3, 4) and image.GetDimension() in (2, 3):
-        image = _to_grey(image)  # a vector NRRD/MHA (e.g. a displacement field) is left as it is
+        image = _to_grey(image)
     if pixel_type is not None:
         image = sitk.Cast(image, pixel_type)
     return image
@@ -563,6 +568,36 @@ def _dicom_frames(reader: sitk.ImageFileReader) -> int:
     except (RuntimeError, ValueError):
         pass
     return 1
+
+
+def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, path: Path) -> None:
+    """Set the pixel size of a DICOM image that has no PixelSpacing (0028,0030), or say that 1 mm is assumed.
+
+    Ultrasound stores its calibration per region instead (Sequence of Ultrasound Regions, PhysicalDeltaX/Y in cm
+    when the units code is 3): when every calibrated region gives the same size, that size is the image's. GDCM does
+    not expose sequences to SimpleITK, so pydicom reads them (header only).
+    """
+    import pydicom
+
+    sizes: set[tuple[float, float]] = set()
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SequenceOfUltrasoundRegions"])
+        for region in ds.get("SequenceOfUltrasoundRegions") or []:
+            if region.get("PhysicalUnitsXDirection") == 3 and region.get("PhysicalUnitsYDirection") == 3:
+                sizes.add((abs(float(region.PhysicalDeltaX)) * 10, abs(float(region.PhysicalDeltaY)) * 10))
+    except (pydicom.errors.InvalidDicomError, AttributeError, TypeError, ValueError, OSError):
+        sizes = set()
+    lo, hi = SPACING_RANGE_MM
+    if len(sizes) == 1 and all(lo <= v <= hi for v in next(iter(sizes))):
+        sx, sy = sizes.pop()
+        image.SetSpacing((sx, sy, *image.GetSpacing()[2:]))
+        _add_note(image, f"pixel size {sx:g} x {sy:g} mm from the ultrasound region calibration (no PixelSpacing)")
+    elif sizes:
+        _add_note(image, "ultrasound regions give different pixel sizes and there is no PixelSpacing: 1 mm pixels "
+                         "assumed, so sizes in mm are not physical")
+    else:
+        _add_note(image, "DICOM file without a pixel size (no PixelSpacing, no calibrated ultrasound region): "
+                         "1 mm pixels assumed, so sizes in mm are not physical")
 
 
 def _check_dicom_pixels(reader: sitk.ImageFileReader, path: Path, frames: int) -> None:
@@ -760,13 +795,14 @@ def same_geometry(a: sitk.Image, b: sitk.Image, *, tolerance: float = 1e-4) -> b
 
 
 def guess_modality(image: sitk.Image) -> str:
-    """Best guess of ``"CT"``, ``"MR"`` or ``"unknown"``: DICOM tag first, else intensity statistics.
+    """Best guess of ``"CT"``, ``"MR"``, ``"US"`` or ``"unknown"``: DICOM tag first, else intensity statistics.
 
-    CT voxels are in HU: air near -1000 and a minimum below -500; MR intensities are non-negative.
+    CT voxels are in HU: air near -1000 and a minimum below -500; MR intensities are non-negative. Ultrasound is
+    known only from its DICOM tag (its intensities look like an MR's or a picture's).
     """
     if image.HasMetaDataKey("0008|0060"):
         tag = image.GetMetaData("0008|0060").strip().upper()
-        if tag in ("CT", "MR"):
+        if tag in ("CT", "MR", "US"):
             return tag
     arr = sitk.GetArrayViewFromImage(image)
     lo = float(np.percentile(arr, 1)) if arr.size else 0.0

@@ -66,7 +66,10 @@ class ClassifyResult:
         import html
 
         top = html.escape(self.top_class or self.label)
-        if not self.uncertain:
+        if self.label == "out-of-domain":  # no class is reported: not even as "most likely"
+            why = "; ".join(html.escape(r) for r in self.uncertain_reasons) or "unlike the model's training images"
+            text = f"<b>outside this model's domain</b>: no class reported<br><i>{why}</i>"
+        elif not self.uncertain:
             text = f"<b>{top}</b> (p = {self.confidence:.2f})"
         else:
             why = "; ".join(html.escape(r) for r in self.uncertain_reasons) or "no reason given"
