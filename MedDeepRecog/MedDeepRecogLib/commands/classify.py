@@ -65,8 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=float, nargs=2, metavar=("X_MM", "Y_MM"),
                    help="pixel size of PNG/JPEG inputs in mm (they store none; default 1 mm)")
     p.add_argument("--slice-mm", type=float, metavar="S",
-                   help="2D (slice) models: classify only the axial slice nearest this superior coordinate (mm; "
-                        "Slicer's red slice offset) and put its heatmap on that slice")
+                   help="2D (slice) models: classify only the axial slice whose centre is nearest this superior "
+                        "coordinate (mm, the scan's own coordinates; a per-slice position_mm) and put its heatmap "
+                        "on that slice")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
 
