@@ -199,10 +199,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.finetuneButton.enabled = bool(ready and p.trainingSegmentation) or busy["finetune"]
         self.ui.probabilityTableView.setMRMLTableNode(p.outputTable)
         self.ui.show3DButton.setSegmentationNode(p.outputSegmentation)
-        if p.trainingSegmentation:
-            p.classMapTable = scene_io.getOrCreateNode(p.classMapTable, "vtkMRMLTableNode", "MedDeepRecog segment classes")
-            if p.classMapTable.GetNumberOfRows() != p.trainingSegmentation.GetSegmentation().GetNumberOfSegments():
-                scene_io.fillClassMapTable(p.classMapTable, p.trainingSegmentation)
+        self.logic.syncClassMap(p)
+        self._observeSegments(p.trainingSegmentation)
         self.ui.classMapTableView.setMRMLTableNode(p.classMapTable)
         if p.outputHeatmap:  # the views' foreground opacity only when the slider moved: it is every view's setting
             opacityChanged = getattr(self, "_heatmapOpacity", None) != p.heatmapOpacity
@@ -212,6 +210,26 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.modelComboBox.findData(p.model)
         if index >= 0 and index != self.ui.modelComboBox.currentIndex:
             self.ui.modelComboBox.currentIndex = index
+
+    def _observeSegments(self, segmentationNode):
+        """Follow the Fine-tune segmentation's segments (added, removed, renamed) into the segment → class table."""
+        segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
+        previous = getattr(self, "_observedSegmentation", None)
+        if segmentation is previous:
+            return
+        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+        if previous is not None:
+            for event in events:
+                self.removeObserver(previous, event, self.onSegmentsChanged)
+        self._observedSegmentation = segmentation
+        if segmentation is not None:
+            for event in events:
+                self.addObserver(segmentation, event, self.onSegmentsChanged)
+
+    def onSegmentsChanged(self, caller=None, event=None):
+        if self._parameterNode:
+            self.logic.syncClassMap(self._parameterNode)
 
     # -- models --------------------------------------------------------------------------------------------
     def refreshModels(self, select=None):
@@ -255,9 +273,16 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if Path(path).name == "model.json":
             path = str(Path(path).parent)
-        with slicer.util.tryWithErrorDisplay("Importing the model failed.", waitCursor=True):
-            imported = self.logic.importModel(path)
-            self.refreshModels(select=f"{imported['id']}@{imported['version']}")
+        def done(imported, error):  # the worker unpacks and checks the package off the GUI thread
+            self.ui.modelInfoLabel.text = ""
+            with slicer.util.tryWithErrorDisplay("Importing the model failed."):
+                if error is not None:
+                    raise error
+                self.refreshModels(select=f"{imported['id']}@{imported['version']}")
+
+        with slicer.util.tryWithErrorDisplay("Importing the model could not start."):
+            self.ui.modelInfoLabel.text = f"Importing {Path(path).name}…"
+            self.logic.importModel(path, onFinished=done)
 
     # -- runs ----------------------------------------------------------------------------------------------
     def _progress(self, bar, label):
@@ -379,6 +404,15 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             slicer.packaging.pip_ensure(slicer.packaging.load_requirements(requirements), requester="MedDeepRecog")
 
     @staticmethod
+    def syncClassMap(p):
+        """Make ``p.classMapTable`` list the segments of ``p.trainingSegmentation`` as they are now (the panel calls
+        it on every segment change, Fine-tune once more before it reads the table)."""
+        if not p.trainingSegmentation:
+            return
+        p.classMapTable = scene_io.getOrCreateNode(p.classMapTable, "vtkMRMLTableNode", "MedDeepRecog segment classes")
+        scene_io.syncClassMapTable(p.classMapTable, p.trainingSegmentation)
+
+    @staticmethod
     def defaultInputVolume(p):
         """The first scan in the scene: a scalar or colour (vector) volume that is not a label map and not one of
         this module's outputs (heatmap, preprocessed volume), or ``None``."""
@@ -445,8 +479,10 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                            lambda result, job: parse_json_output(job.lines), **kwargs)
 
     def importModel(self, path, **kwargs):
+        """Install a package folder or ``.zip`` into the user catalog (the worker checks it); returns the job, or
+        with ``waitForCompletion=True`` the imported package's ``{"id", "version", ...}``."""
         return self._start("import", WorkerCommand.import_model(path, python=self.python),
-                           lambda result, job: parse_json_output(job.lines), waitForCompletion=True, **kwargs)
+                           lambda result, job: parse_json_output(job.lines), **kwargs)
 
     def deviceInfo(self, **kwargs):
         def load(result, job):
@@ -647,6 +683,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     # -- fine-tuning --------------------------------------------------------------------------------------------
     def finetune(self, p, **kwargs):
         """Fine-tune ``p.model`` on the input and its segments; returns the new package's ``id@version``."""
+        self.syncClassMap(p)
         with self._workDir() as workDir:
             classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
             if not classMap:

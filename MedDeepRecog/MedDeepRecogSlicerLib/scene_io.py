@@ -197,12 +197,26 @@ def readTableColumns(tableNode: vtkMRMLTableNode, first: int = 0, second: int = 
             for row in range(tableNode.GetNumberOfRows())]
 
 
+def segmentNames(segmentationNode: vtkMRMLSegmentationNode) -> list[str]:
+    segmentation = segmentationNode.GetSegmentation()
+    return [segmentation.GetSegment(i).GetName() for i in segmentation.GetSegmentIDs()]
+
+
+def syncClassMapTable(tableNode: vtkMRMLTableNode, segmentationNode: vtkMRMLSegmentationNode) -> bool:
+    """Refill the segment → class table when its segment column no longer lists the segmentation's segments (added,
+    removed or renamed), keeping the classes of segments that stay; ``True`` if it was refilled."""
+    listed = [segment for segment, _ in readTableColumns(tableNode)] if tableNode.GetNumberOfColumns() >= 2 else None
+    if listed == segmentNames(segmentationNode):
+        return False
+    fillClassMapTable(tableNode, segmentationNode)
+    return True
+
+
 def fillClassMapTable(tableNode: vtkMRMLTableNode, segmentationNode: vtkMRMLSegmentationNode) -> None:
     """One row per segment: ``segment`` and ``class`` (kept from earlier edits, else the segment's name)."""
     previous = {segment: cls for segment, cls in readTableColumns(tableNode)} if tableNode.GetNumberOfColumns() >= 2 \
         else {}
-    segmentation = segmentationNode.GetSegmentation()
-    names = [segmentation.GetSegment(i).GetName() for i in segmentation.GetSegmentIDs()]
+    names = segmentNames(segmentationNode)
     segmentColumn = vtk.vtkStringArray()
     segmentColumn.SetName("segment")
     classColumn = vtk.vtkStringArray()

@@ -241,6 +241,32 @@ def test_auto_classifies_a_brain_mr_with_the_model_the_core_chose(slicer_core, s
     assert p.sliceTable is not None and p.sliceTable.GetNumberOfRows() == len(result.raw["per_slice"])
 
 
+def test_the_segment_class_table_follows_added_removed_and_renamed_segments(slicer_core):
+    """What Fine-tune sends as its class map: one row per segment as the segmentation is now, a class the user typed
+    kept while its segment stays."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    node = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "labels")
+    segmentation = node.GetSegmentation()
+    for name in ("liver", "cyst"):
+        segmentation.AddEmptySegment(name, name)
+    p.trainingSegmentation = node
+    logic.syncClassMap(p)
+    assert module.scene_io.readTableColumns(p.classMapTable) == [("liver", "liver"), ("cyst", "cyst")]
+    p.classMapTable.SetCellText(0, 1, "organ")
+
+    segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("cyst")).SetName("lesion")
+    segmentation.AddEmptySegment("spleen", "spleen")
+    logic.syncClassMap(p)
+    assert module.scene_io.readTableColumns(p.classMapTable) == [("liver", "organ"), ("lesion", "lesion"),
+                                                                 ("spleen", "spleen")]
+    segmentation.RemoveSegment("liver")
+    logic.syncClassMap(p)
+    assert module.scene_io.readTableColumns(p.classMapTable) == [("lesion", "lesion"), ("spleen", "spleen")]
+    assert env.count("vtkMRMLTableNode") == 1
+
+
 def test_blocking_failure_raises_the_workers_message(slicer_core):
     logic = slicer_core.module.MedDeepRecogLogic()
     p = logic.getParameterNode()
@@ -283,6 +309,25 @@ def test_non_blocking_classify_calls_back_on_the_main_thread(slicer_core, tiny_p
     assert summary.label in ("normal", "lesion", "uncertain") and p.outputHeatmap is not None
     assert events and events[-1].stage == "done" and not logic.isRunning("classify")
     assert (job._timer is not None) == (slicer_version == "5.10")
+
+
+def test_import_model_runs_in_the_background_and_reports_the_package(slicer_core, tiny_package):
+    """Import model unpacks and checks a package in the worker: the call returns at once, the package's id and
+    version arrive through the callback, and a bad package's message arrives the same way."""
+    env = slicer_core
+    logic = env.module.MedDeepRecogLogic()
+    finished = []
+    job = logic.importModel(str(tiny_package), onFinished=lambda summary, error: finished.append((summary, error)))
+    assert job.running and not finished
+    env.loop.run_until(lambda: finished)
+    imported, error = finished[0]
+    assert error is None, error
+    assert imported["id"] == tiny_package.parent.name and imported["version"] == tiny_package.name
+    finished.clear()
+    logic.importModel(str(tiny_package.parent / "no-such-version"),
+                      onFinished=lambda summary, error: finished.append((summary, error)))
+    env.loop.run_until(lambda: finished)
+    assert finished[0][0] is None and "no-such-version" in str(finished[0][1])
 
 
 @pytest.mark.parametrize("slicer_version", ["5.12", "5.10"])
