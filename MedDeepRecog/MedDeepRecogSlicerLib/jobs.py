@@ -20,6 +20,18 @@ from MedDeepRecogLib.slicer_bridge import (ProgressEvent, ProgressReader, Worker
 #: Environment variables the worker needs on top of Slicer's own environment.
 _ENV_KEYS = ("PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONIOENCODING")
 
+
+def consoleEnvironment(env: dict) -> dict:
+    """The worker's variables for ``slicer.util.launchConsoleProcess``, which reads its output as text in the
+    locale's preferred encoding (``universal_newlines`` without an encoding: cp1252 on a Windows Slicer not in UTF-8
+    mode). The worker writes in that same encoding, escaping what it cannot represent, so a line with a non-ASCII
+    path (the JSON result line, the one-line error) is neither garbled nor dropped by a decode error."""
+    import locale
+
+    update = {k: env[k] for k in _ENV_KEYS}
+    update["PYTHONIOENCODING"] = f"{locale.getpreferredencoding(False)}:backslashreplace"
+    return update
+
 ProgressCallback = Callable[[ProgressEvent], None]
 FinishedCallback = Callable[[dict, "WorkerError | None"], None]
 
@@ -67,7 +79,7 @@ class WorkerJob:
             return self
         try:
             self._proc = slicer.util.launchConsoleProcess(
-                self.command.args, useStartupEnvironment=False, updateEnvironment={k: env[k] for k in _ENV_KEYS},
+                self.command.args, useStartupEnvironment=False, updateEnvironment=consoleEnvironment(env),
                 blocking=False, logCallback=self._onLine, completedCallback=self._finish)
         except TypeError:  # Slicer 5.10: launchConsoleProcess has no non-blocking mode
             self._worker = WorkerProcess(self.command.args, env, on_line=self._onLine).start()

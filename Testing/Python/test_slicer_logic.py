@@ -364,3 +364,21 @@ def test_second_volume_needs_a_worker_that_accepts_it(slicer_core, tiny_package)
         with pytest.raises(WorkerError, match="takes one modality"):
             logic.classify(p, waitForCompletion=True)
     assert p.outputTable is None and not logic.isRunning("classify")
+
+
+def test_worker_output_is_written_in_the_encoding_the_console_reader_decodes(slicer_core, monkeypatch):
+    """launchConsoleProcess decodes the worker's output in the locale's encoding (cp1252 on a Windows Slicer): the
+    worker is told to write in that encoding, escaping what it lacks, so a line naming a file 'Álvaro_ĉ.nrrd' reads
+    back whole instead of raising a decode error that drops it."""
+    import locale
+    import subprocess
+
+    from MedDeepRecogSlicerLib.jobs import consoleEnvironment
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "cp1252")
+    update = consoleEnvironment(worker_environment())
+    assert update["PYTHONIOENCODING"] == "cp1252:backslashreplace"
+    env = {**worker_environment(), **update}
+    line = subprocess.run([sys.executable, "-c", "print('error: /data/\u00c1lvaro_\u0109.nrrd: no such file')"],
+                          env=env, capture_output=True, encoding="cp1252", check=True).stdout.strip()
+    assert line == "error: /data/\u00c1lvaro_\\u0109.nrrd: no such file"
