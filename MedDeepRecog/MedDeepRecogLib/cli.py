@@ -17,7 +17,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import MedDeepRecogError, os_error_reason
+from .errors import NOT_TEXT_PATH, MedDeepRecogError, is_text_path, os_error_reason, printable_path
 from .limits import ALLOW_GAPS_ENV, MAX_IMAGE_ENV, parse_size
 
 #: Commands that run many gradient steps: their process keeps freed memory for the next step (``allocator.py``).
@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.LAST_ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    untext = next((a for a in commands.LAST_ARGV if not is_text_path(a)), None)
+    if untext is not None:  # a file or folder name in another encoding: refused before any reader sees it
+        return _error(args, f"{printable_path(untext)}: {NOT_TEXT_PATH}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     if getattr(args, "max_image_size", None):

@@ -25,6 +25,27 @@ class MedDeepRecogError(Exception):
         super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
 
 
+#: Why a path that is not UTF-8 text is refused (a file name in another encoding, which Python holds as surrogates).
+NOT_TEXT_PATH = ("its name is not valid UTF-8 text, and SimpleITK, which reads and writes the images, aborts the "
+                 "process on such a path: rename it")
+
+
+def is_text_path(path: str | Path) -> bool:
+    """Whether ``path`` can be handed to SimpleITK: its text encodes as UTF-8 (no undecodable bytes)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: str | Path) -> str:
+    """``path`` as text that can be printed, its undecodable bytes shown as ``\\xff``."""
+    import os
+
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 class InputImageError(MedDeepRecogError):
     """A scan that cannot be read or is unusable (missing, corrupt, wrong dimension, NaN voxels...)."""
 

@@ -1019,3 +1019,86 @@ def test_system_faults_are_one_line_exit_2(run_all, monkeypatch, good_volume, ex
 def test_usage_errors_exit_2(run_all):
     code, _, err = run_all("info")
     assert code == 2 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------ review findings
+def test_a_file_name_that_is_not_utf8_is_refused_in_one_line_not_an_abort(run_all, tmp_path, good_volume):
+    """SimpleITK aborts the whole process (SIGABRT, C++ text on stderr) on a path holding undecodable bytes: such a
+    name is refused in one line before any reader or writer sees it, and a folder batch skips it with the reason."""
+    import os
+
+    name = os.fsdecode(b"scan_\xff\xfe.nrrd")
+    bad = tmp_path / name
+    bad.write_bytes(good_volume.read_bytes())
+    code, _, err = run_all("info", bad)
+    _assert_clean_error(code, err, "scan_\\xff\\xfe.nrrd", "not valid UTF-8 text")
+    out = tmp_path / os.fsdecode(b"out_\xff.nrrd")
+    code, _, err = run_all("preprocess", good_volume, out, "--pipeline", "lung-ct")
+    _assert_clean_error(code, err, "out_\\xff.nrrd", "not valid UTF-8 text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["good.nrrd", name])  # no partial output
+
+    from MedDeepRecogLib.commands.classify import expand_inputs
+
+    skipped = []
+    assert expand_inputs([tmp_path], skipped=skipped) == [good_volume]
+    assert skipped == [{"input": str(tmp_path / "scan_\\xff\\xfe.nrrd"), "reason": skipped[0]["reason"]}]
+    assert "not valid UTF-8 text" in skipped[0]["reason"]
+
+
+def test_a_nifti_the_writer_could_not_finish_is_an_error_not_a_truncated_file(run_cli, tmp_path, good_volume,
+                                                                               monkeypatch):
+    """ITK's NIfTI writer reports a full disk only by printing "NWAD: wrote only ..." and returns normally: the
+    written file is checked, the command fails in one line (the C library's own line is not passed on), and no
+    file is left. Simulated here by a writer that stops half-way and a disk that reads as full."""
+    import os
+
+    import MedDeepRecogLib.io.atomic as atomic
+    import MedDeepRecogLib.io.image_io as image_io
+
+    real_write = sitk.WriteImage
+
+    def short_write(image, path, *args):
+        real_write(image, path, *args)
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+        os.write(2, b"** ERROR: NWAD: wrote only 204448 of 1478640 bytes to file\n")
+    monkeypatch.setattr(image_io.sitk, "WriteImage", short_write)
+    out = tmp_path / "out.nii"
+    code, _, err = _preprocess(run_cli, good_volume, out)
+    _assert_clean_error(code, err, "out.nii", "cannot write")
+    assert "NWAD" not in err and not out.exists() and not list(tmp_path.glob(".out.nii*"))
+
+    monkeypatch.setattr(image_io.sitk, "WriteImage", real_write)
+    monkeypatch.setattr(atomic, "disk_nearly_full", lambda folder: True)
+    code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.nii.gz")
+    _assert_clean_error(code, err, "out.nii.gz", "no space left on the device")
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_an_npz_array_declaring_more_than_the_limit_is_refused_before_it_is_inflated(run_all, tmp_path):
+    """A few KB of deflate can declare gigabytes: the member's .npy header is read and checked against the image
+    limit before any data is decompressed (the calibrate/robustness/train readers share it)."""
+    import zipfile
+
+    from MedDeepRecogLib.training.data import npz_array, open_npz
+
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("val_images.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (100_000, 512, 512)})
+            member.write(b"\0" * 4096)  # far fewer bytes than declared: never read
+        np.save(z.open("val_labels.npy", "w"), np.zeros(3, np.int64))
+    archive = open_npz(path)
+    with pytest.raises(Exception, match=r"array 'val_images' declares 100000 x 512 x 512 voxels \(24.4 GiB\)"):
+        npz_array(archive, "val_images", path)
+    assert npz_array(archive, "val_labels", path).shape == (3,)
+    code, _, err = run_all("calibrate", "--model", "body-region", "--data", path, "--dest", tmp_path / "cat")
+    _assert_clean_error(code, err, "bomb.npz", "more than the limit")
+
+
+def test_an_empty_output_folder_setting_is_refused(run_all, tmp_path, good_volume, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_all("classify", good_volume, "--model", "body-region", "--out", "")
+    _assert_clean_error(code, err, "--out is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.nrrd"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..contract import EXPLAIN_METHODS, PICTURE_SUFFIXES, PROGRESS_MODES, UNCERTAINTY_MODES, WRITABLE_SUFFIXES
 from ..devices import DEVICE_CHOICES
-from ..errors import InputImageError
+from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..progress import DEVICE_HELP, PROGRESS_HELP
 
 #: Files of a folder input that are scans (one case each); DICOM files in a folder make one series instead.
@@ -113,6 +113,10 @@ def expand_inputs(inputs: list[str], *, skip_masks: bool = True,
                        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_VOLUME_SUFFIXES))
         volumes = []
         for f in found:
+            if not is_text_path(f):
+                skipped.append({"input": printable_path(f),
+                                "reason": NOT_TEXT_PATH})
+                continue
             reason = mask_reason(f)
             if reason and (skip_masks or f.name.lower().endswith(".seg.nrrd")):
                 skipped.append({"input": str(f), "reason": reason})

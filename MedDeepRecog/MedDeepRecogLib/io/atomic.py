@@ -27,13 +27,14 @@ def output_error(exc: BaseException, path: Path) -> OutputError:
     if isinstance(exc, OSError):
         where = Path(exc.filename) if exc.filename and exc.errno in (errno.ENOTDIR, errno.EISDIR) else path
         return OutputError(f"cannot write: {os_error_reason(exc)}", where)
-    if _disk_full(path.parent):
+    if disk_nearly_full(path.parent):
         return OutputError("cannot write: no space left on the device", path)
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return OutputError(f"cannot write ({(lines[-1] if lines else type(exc).__name__)[:200]})", path)
 
 
-def _disk_full(folder: Path) -> bool:
+def disk_nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB left on ``folder``'s device (a write there has most likely failed)."""
     try:
         st = os.statvfs(folder)
     except OSError:
@@ -46,6 +47,8 @@ def check_output_dir(folder: str | Path, what: str = "output folder") -> Path:
 
     Nothing is created: the folder itself is made by the first write (and removed again if that write fails).
     """
+    if not str(folder).strip():  # Path("") is the current folder: an empty setting would write there unasked
+        raise OutputError(f"{what} is empty: name a folder")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{what} is an existing regular file, not a folder", folder)
@@ -158,7 +161,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         # OSErrors by errno; a writer's own error (SimpleITK raises RuntimeError) when the disk is full. Judged
         # before the temporary goes: a full disk is still full then
         error = output_error(exc, path) if isinstance(exc, OSError) or (isinstance(exc, RuntimeError)
-                                                                         and _disk_full(path.parent)) else None
+                                                                         and disk_nearly_full(path.parent)) else None
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         _remove_empty(created)

@@ -13,7 +13,10 @@ import gzip
 import json
 import locale
 import logging
+import os
 import struct
+import sys
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..contract import PICTURE_SUFFIXES, WRITABLE_SUFFIXES, suffix_of
-from ..errors import InputImageError
+from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..limits import ALLOW_GAPS_ENV, check_declared_image
 from .atomic import atomic_output
 
@@ -484,6 +487,8 @@ def _kept_locale():
 
 
 def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
+    if not is_text_path(path):
+        raise InputImageError(NOT_TEXT_PATH, printable_path(path))
     if not path.exists():
         raise InputImageError("no such file or folder", path)
     if path.is_dir():
@@ -778,10 +783,53 @@ def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -
 
     with atomic_output(path) as tmp:
         try:
-            sitk.WriteImage(image, str(tmp), compress)
+            with _writer_messages_captured() as messages:
+                sitk.WriteImage(image, str(tmp), compress)
         except RuntimeError as exc:  # ITK reports a full disk or a failed write as a RuntimeError
             raise output_error(exc, path) from None
+        if suffix_of(path) in (".nii", ".nii.gz") and _nifti_write_failed(image, tmp):
+            raise output_error(RuntimeError("the NIfTI writer wrote only part of the image"), path)
+        if messages:
+            logging.getLogger(__name__).info("%s: the writer said: %s", path, " ".join(messages))
     return path
+
+
+@contextlib.contextmanager
+def _writer_messages_captured():
+    """Collect what the C writers print on the process's stderr during a write (the NIfTI library's "NWAD: wrote
+    only ..." on a full disk, MetaImage's stream errors) into the yielded list, so the command's own one-line error
+    is all the user reads; a successful write's messages go to the log."""
+    messages: list[str] = []
+    try:
+        sys.stderr.flush()
+        sink = tempfile.TemporaryFile()
+    except (OSError, ValueError):  # no real stderr, or no room for the capture: the messages stay where they go
+        yield messages
+        return
+    with sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines()
+                            if line.strip())
+
+
+def _nifti_write_failed(image: sitk.Image, written: Path) -> bool:
+    """ITK's NIfTI writer reports a short write (a full disk) only on stderr and returns normally, so the file is
+    checked: an uncompressed ``.nii`` shorter than its voxels, or any NIfTI after which the disk is full."""
+    from .atomic import disk_nearly_full
+
+    if disk_nearly_full(written.parent):
+        return True
+    if suffix_of(written) == ".nii":
+        voxels = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
+        return written.stat().st_size < voxels * image.GetSizeOfPixelComponent()
+    return False
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, *, tolerance: float = 1e-4) -> bool:

@@ -153,8 +153,34 @@ def open_npz(path: Path):
     return z
 
 
+def _declared_npz_array(z, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` that member ``key`` of archive ``z`` declares in its ``.npy`` header, read without its
+    data; ``None`` when the member has no readable header (loading it then reports why)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with z.zip.open(f"{key}.npy") as member:
+            read = readers.get(np.lib.format.read_magic(member))
+            if read is None:
+                return None
+            shape, _, dtype = read(member)
+    except Exception:  # a damaged member: loading it says what is wrong
+        return None
+    return tuple(int(d) for d in shape), dtype
+
+
 def npz_array(z, key: str, path: Path) -> np.ndarray:
-    """Array ``key`` of archive ``z``, refusing object arrays (pickled Python data) and damaged members."""
+    """Array ``key`` of archive ``z``, refusing object arrays (pickled Python data) and damaged members, and an
+    array whose header declares more bytes than the image limit (a few MB of deflate can hold GBs of zeros), before
+    any of it is decompressed."""
+    declared = _declared_npz_array(z, key)
+    if declared is not None and declared[1].itemsize:
+        from ..errors import InputImageError
+        from ..limits import check_declared_image
+
+        try:
+            check_declared_image(declared[0], declared[1].itemsize, path, what=f"array {key!r}")
+        except InputImageError as exc:  # the same words, raised as data files' errors are
+            raise ConfigError(exc.problem, path) from None
     try:
         return z[key]
     except ValueError as exc:
