@@ -460,3 +460,19 @@ def test_classify_reports_the_modality_as_info_does(tmp_path, run_cli_all):
                                    "--explain", "none", "--no-faithfulness", "--progress", "none")
         assert code == 0, err
         assert json.loads((tmp_path / path.stem / f"{path.stem}.json").read_text())["modality_guess"] == expected
+
+
+def test_a_grey_picture_with_transparency_is_read_as_its_grey_channel(tmp_path, run_cli_all):
+    """A PNG in Pillow's LA mode (grey + alpha), which ITK's reader cannot read: its grey values, a note that the
+    transparency was dropped, and the picture's own 2D grid."""
+    from PIL import Image
+
+    grey = _brainish(120)
+    alpha = np.full_like(grey, 200)
+    Image.merge("LA", (Image.fromarray(grey), Image.fromarray(alpha))).save(tmp_path / "la.png")
+    image = read_image(tmp_path / "la.png")
+    assert image.GetDimension() == 2 and image.GetNumberOfComponentsPerPixel() == 1
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), grey)
+    assert any("transparency (alpha) was dropped" in n for n in image_notes(image))
+    code, out, err = run_cli_all("info", tmp_path / "la.png")
+    assert code == 0 and json.loads(out)["size"] == [120, 120], err

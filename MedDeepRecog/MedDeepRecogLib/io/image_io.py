@@ -499,8 +499,8 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
         if suffix_of(path) in (".nii", ".nii.gz"):
             _check_nifti_complete(path)
         picture = suffix_of(path) in PICTURE_SUFFIXES
-        if picture:
-            _check_picture_decodes(path)
+        if picture and _check_picture_decodes(path) in ("LA", "La"):
+            return _grey_alpha_picture(path, spacing, pixel_type)
         try:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
@@ -540,9 +540,21 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
     return image
 
 
-def _check_picture_decodes(path: Path) -> None:
+def _grey_alpha_picture(path: Path, spacing, pixel_type) -> sitk.Image:
+    """A grey picture with transparency (Pillow mode ``LA``), which ITK's PNG reader cannot read (two components):
+    its grey channel, read with Pillow, as :func:`_as_picture` makes any picture, transparency dropped and noted."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        grey = np.asarray(picture.getchannel("L"))
+    image = _as_picture(sitk.GetImageFromArray(grey), path, spacing)
+    _add_note(image, "grey picture with transparency: the transparency (alpha) was dropped")
+    return image if pixel_type is None else sitk.Cast(image, pixel_type)
+
+
+def _check_picture_decodes(path: Path) -> str:
     """Decode a PNG/JPEG once with Pillow before ITK reads it, within the picture size limits (checked on the header
-    first). ITK's libjpeg fills a truncated JPEG with grey and only prints "Premature end of JPEG file", so a damaged
+    first), and return its Pillow mode (``L``, ``RGB``, ``LA``, ...). ITK's libjpeg fills a truncated JPEG with grey and only prints "Premature end of JPEG file", so a damaged
     picture would be classified as if whole; and libpng prints its own lines before ITK's error. Pillow raises
     instead, which gives one line naming the file."""
     from PIL import Image, UnidentifiedImageError
@@ -557,6 +569,7 @@ def _check_picture_decodes(path: Path) -> None:
             if w * h > MAX_PICTURE_PIXELS:
                 raise InputImageError(f"picture of {w} x {h} pixels has more than {MAX_PICTURE_PIXELS:,} pixels", path)
             picture.load()
+            return picture.mode
     except InputImageError:
         raise
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
