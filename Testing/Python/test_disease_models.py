@@ -75,6 +75,8 @@ def test_brain_model_names_a_tumour_type_finds_the_tumour_slices_and_scores_its_
     assert reliance["drop_lesion"] == pytest.approx({"brain1": 0.025, "brain2": -0.009}[case], abs=0.01)
     finding = result.finding
     assert finding is not None and finding["label"] == result.decision["top_class"]
+    # no "normal" class: the run is where the model reads that tumour type, and the record says it is no extent
+    assert finding["extent"] is False and "not the lesion's extent" in finding["caveat"]
     if case == "brain1":  # brain2's run of glioma slices (11-17) lies just above its small tumour (slices 8-10)
         assert set(per_slice["slice_indices"]) & set(range(finding["first_index"], finding["last_index"] + 1))
 
@@ -297,7 +299,7 @@ def test_an_out_of_domain_scan_is_printed_without_a_class_or_its_confidence(mni1
     assert code == 0, err
     headline = out.splitlines()[0].split(" [")[0]  # the reasons in brackets quote the model's description
     assert headline.endswith("out-of-domain: no class reported") and not any(t in headline for t in TUMOUR_TYPES)
-    assert "the model's output, not a finding" in out and "confidence = mean" not in out and "finding on" not in out
+    assert "the model's output, not a finding" in out and "confidence = mean" not in out and " on slices " not in out
     record = json.loads((tmp_path / "out" / "mni152_t1.json").read_text())
     assert record["label"] == OUT_OF_DOMAIN and record["top_class"] in TUMOUR_TYPES and "finding" not in record
 
@@ -362,3 +364,15 @@ def test_low_confidence_does_not_turn_out_of_domain_into_uncertain(shared_data, 
     result = classify_scan(ct, load_package(BRAIN), faithfulness=False, explain="none")
     assert result.label == OUT_OF_DOMAIN and result.decision["uncertain"]
     assert any(r.startswith("predictive entropy 0.90") for r in result.decision["reasons"])
+
+
+def test_a_normal_label_is_no_finding_and_a_model_with_a_normal_class_reports_an_extent():
+    from MedDeepRecogLib.inference.classify import finding_range
+
+    per_slice = [{"index": k, "label": lab, "probability": 0.8, "position_mm": 2.5 * k}
+                 for k, lab in enumerate(["normal", "malignant", "malignant", "normal", "malignant"])]
+    lung = ["normal", "benign", "malignant"]
+    assert finding_range(per_slice, {"label": "normal", "top_class": "normal"}, lung) is None
+    run = finding_range(per_slice, {"label": "malignant", "top_class": "malignant"}, lung)
+    assert (run["first_index"], run["last_index"], run["from_mm"], run["to_mm"]) == (1, 2, 2.5, 5.0)
+    assert run["extent"] is True and "caveat" not in run and run["slices_with_label"] == 3

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -393,8 +393,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         model_grid=pred.grid, model_input=inp, image=image, overlay=overlay,
         modality_guess=modality_guess,
         timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice,
-        finding=finding_range(pred.per_slice, decision) if isinstance(inp, SliceInput) and len(pred.per_slice) > 1
-        else None, feature_maps=pred.feature_maps)
+        finding=finding_range(pred.per_slice, decision, package.class_names)
+        if isinstance(inp, SliceInput) and len(pred.per_slice) > 1 else None, feature_maps=pred.feature_maps)
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,
@@ -471,11 +471,19 @@ def _wrong_modality(package) -> str:
             f"{package.meta.get('modality')} images")
 
 
-def finding_range(per_slice: list[dict], decision: dict) -> dict | None:
+#: The class name that means "nothing found" (the lung and breast models'); a model without it names a finding on
+#: every slice it reads.
+NO_FINDING_CLASS = "normal"
+
+
+def finding_range(per_slice: list[dict], decision: dict, class_names: Sequence[str] = ()) -> dict | None:
     """Which slices carry the reported finding: the longest run of consecutive voting slices whose own label is the
-    scan's label, as axial indices and superior coordinates (mm, LPS z = RAS S). ``None`` without a label."""
+    scan's label, as axial indices and superior coordinates (mm, LPS z = RAS S). ``None`` without a label, and for
+    a "normal" label (nothing found). A model without a "normal" class (the brain tumour model) labels every slice
+    it reads with a finding, so its run is where it reads that class, not the lesion's extent: ``extent`` says which
+    of the two the run is, and ``caveat`` says so in words."""
     label = decision.get("top_class") if decision.get("label") != OUT_OF_DOMAIN else None
-    if label is None:
+    if label is None or label.lower() == NO_FINDING_CLASS:
         return None
     runs, current = [], []
     for rec in per_slice:
@@ -490,9 +498,14 @@ def finding_range(per_slice: list[dict], decision: dict) -> dict | None:
         return None
     best = max(runs, key=lambda r: (len(r), sum(x["probability"] for x in r)))
     lo, hi = sorted((best[0].get("position_mm"), best[-1].get("position_mm")), key=lambda v: (v is None, v))
+    extent = any(c.lower() == NO_FINDING_CLASS for c in class_names)
     return {"label": label, "first_index": best[0]["index"], "last_index": best[-1]["index"], "slices": len(best),
             "from_mm": lo, "to_mm": hi,
-            "slices_with_label": sum(1 for r in per_slice if r.get("voted", True) and r["label"] == label)}
+            "slices_with_label": sum(1 for r in per_slice if r.get("voted", True) and r["label"] == label),
+            "extent": extent,
+            **({} if extent else {"caveat": f"the model has no '{NO_FINDING_CLASS}' class, so every slice it reads "
+                                            f"gets a finding: these are the slices it reads as {label}, not the "
+                                            "lesion's extent"})}
 
 
 def _check_slice_input(image: sitk.Image, package, path) -> None:
