@@ -299,7 +299,7 @@ def test_an_out_of_domain_scan_is_printed_without_a_class_or_its_confidence(mni1
     assert code == 0, err
     headline = out.splitlines()[0].split(" [")[0]  # the reasons in brackets quote the model's description
     assert headline.endswith("out-of-domain: no class reported") and not any(t in headline for t in TUMOUR_TYPES)
-    assert "the model's output, not a finding" in out and "confidence = mean" not in out and " on slices " not in out
+    assert "the model's output, not a finding" in out and "confidence = mean" not in out and " on axial slices " not in out
     record = json.loads((tmp_path / "out" / "mni152_t1.json").read_text())
     assert record["label"] == OUT_OF_DOMAIN and record["top_class"] in TUMOUR_TYPES and "finding" not in record
 

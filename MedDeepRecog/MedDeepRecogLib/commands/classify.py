@@ -377,8 +377,8 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
         trust += f"\n  WARNING: {warning}"
     routed = f"\n  model {result.model['id']} chosen: {result.route['reason']}" if result.route else ""
     finding = result.finding
-    where = (f"\n  {finding['label']} on slices {finding['first_index']}-{finding['last_index']} "
-             f"(S {finding['from_mm']:.1f} to {finding['to_mm']:.1f} mm)"
+    where = (f"\n  {finding['label']} on axial slices {finding['first_index']}-{finding['last_index']} counted "
+             f"from the most inferior (S {finding['from_mm']:.1f} to {finding['to_mm']:.1f} mm)"
              + (f"; {finding['caveat']}" if finding.get("caveat") else "")) if finding else ""
     report = f"\n  report: {outputs['report']}" if outputs.get("report") else ""
     print(f"{scan}: {headline(result)}{mod_txt}{extra}{routed}{conf}\n  {basis}: {probs}{where}{trust}"

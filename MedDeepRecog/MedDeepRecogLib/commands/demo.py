@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if result.finding:
         f = result.finding
         print(f"  {f['label']} on {f['slices']} slices, S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm "
-              f"(axial slices {f['first_index']}-{f['last_index']})" + (f": {f['caveat']}" if f.get("caveat") else ""))
+              f"(axial slices {f['first_index']}-{f['last_index']} counted from the most inferior)"
+              + (f": {f['caveat']}" if f.get("caveat") else ""))
     loc = (result.explain.get("localisation") or {}).get("per_slice")
     if loc and loc["slices"]:
         print(f"  heatmap peak inside the tumour label on {loc['pointing_hits']} of {loc['slices']} tumour slices; "
