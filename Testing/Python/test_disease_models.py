@@ -76,7 +76,7 @@ def test_brain_model_names_a_tumour_type_finds_the_tumour_slices_and_scores_its_
     finding = result.finding
     assert finding is not None and finding["label"] == result.decision["top_class"]
     # no "normal" class: the run is where the model reads that tumour type, and the record says it is no extent
-    assert finding["extent"] is False and "not the lesion's extent" in finding["caveat"]
+    assert finding["extent"] is False and "not the extent of a lesion" in finding["caveat"]
     if case == "brain1":  # brain2's run of glioma slices (11-17) lies just above its small tumour (slices 8-10)
         assert set(per_slice["slice_indices"]) & set(range(finding["first_index"], finding["last_index"] + 1))
 

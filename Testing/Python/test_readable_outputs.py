@@ -237,3 +237,36 @@ def test_demo_writes_the_report_by_default(run_cli_all, tmp_path, monkeypatch):
     code, _, err = run_cli_all("demo", "--out", tmp_path / "b", "--no-report")
     assert code == 0, err
     assert not list((tmp_path / "b").glob("*_report.html"))
+
+
+def test_report_of_a_lung_finding_and_of_a_case_scored_against_its_lesion(run_cli_all, shared_data, tmp_path):
+    """A finding from a model with a "normal" class (an extent, no caveat) renders, and a case classified with
+    ``--lesion`` shows its own pointing game, heat inside the lesion and lesion reliance, as the JSON has them."""
+    import SimpleITK as sitk
+
+    z = np.load(shared_data / "lung_ct_iqothnccd" / "lung_ct_iqothnccd_trainval.npz")
+    picks = np.flatnonzero(z["val_labels"] == 2)[:6]
+    hu = z["val_images"][picks].astype(np.float32) / 255 * 400 - 160  # the mediastinal window W400/L40, undone
+    volume = sitk.GetImageFromArray(hu.astype(np.int16))
+    volume.SetSpacing((0.7, 0.7, 5.0))
+    scan = tmp_path / "lung.nrrd"
+    sitk.WriteImage(volume, str(scan))
+    code, _, err = run_cli_all("classify", scan, "--model", "lung-ct-cancer", "--out", tmp_path / "lung",
+                               "--progress", "none", "--no-faithfulness", "--report")
+    assert code == 0, err
+    record = json.loads((tmp_path / "lung" / "lung.json").read_text(encoding="utf-8"))
+    html = (tmp_path / "lung" / "lung_report.html").read_text(encoding="utf-8")
+    assert record["label"] == "malignant" and record["finding"]["extent"] is True  # six malignant val slices
+    assert "caveat" not in record["finding"] and "Finding (malignant)" in html
+
+    brain = shared_data / "pyradiomics_testcases"
+    code, _, err = run_cli_all("classify", brain / "brain1_image.nrrd", "--model", "brain-tumour-mri", "--out",
+                               tmp_path / "brain", "--lesion", brain / "brain1_label.nrrd", "--progress", "none",
+                               "--no-faithfulness", "--report")
+    assert code == 0, err
+    record = json.loads((tmp_path / "brain" / "brain1_image.json").read_text(encoding="utf-8"))
+    html = (tmp_path / "brain" / "brain1_image_report.html").read_text(encoding="utf-8")
+    per_slice = record["explain"]["localisation"]["per_slice"]
+    assert "This heatmap against the lesion label" in html
+    assert f"inside the lesion on {per_slice['pointing_hits']} of {per_slice['slices']} lesion slices" in html
+    assert "not the extent of a lesion" in html and "from -2 to +2" not in html  # faithfulness not scored here

@@ -504,8 +504,8 @@ def finding_range(per_slice: list[dict], decision: dict, class_names: Sequence[s
             "slices_with_label": sum(1 for r in per_slice if r.get("voted", True) and r["label"] == label),
             "extent": extent,
             **({} if extent else {"caveat": f"the model has no '{NO_FINDING_CLASS}' class, so every slice it reads "
-                                            f"gets a finding: these are the slices it reads as {label}, not the "
-                                            "lesion's extent"})}
+                                            f"gets one of its classes: these are the slices it reads as {label}, "
+                                            "not the extent of a lesion"})}
 
 
 def _check_slice_input(image: sitk.Image, package, path) -> None:

@@ -105,8 +105,13 @@ def n4(image: sitk.Image, p: N4Params, masks: dict[str, sitk.Image] | None = Non
         mask = sitk.Cast(masks[p.mask] > 0, sitk.sitkUInt8)
     else:
         mask = sitk.OtsuThreshold(shifted, 0, 1, 200)
-    # shrink in-plane only where slices are thick (keep at least 1 voxel along z)
-    factors = [p.shrink if s * p.shrink <= 4 * max(image.GetSpacing()) else 1 for s in image.GetSpacing()]
+    # Shrink an axis only if its shrunk voxel is no coarser than the thickest axis or the shrunk finest one: all
+    # axes of a near-isotropic scan, only the in-plane axes of one with thick slices (0.8 x 0.8 x 6.5 mm: 3.1 x 3.1
+    # x 6.5). Shrinking thick slices as well made the fit depend on how the voxels are stored (sitk.Shrink drops
+    # the trailing slices that do not fill a block: a flipped copy of the same scan fitted another bias field).
+    spacing = image.GetSpacing()
+    coarsest = max(max(spacing), p.shrink * min(spacing))
+    factors = [p.shrink if s * p.shrink <= coarsest * (1 + 1e-6) else 1 for s in spacing]
     factors = [f if n // f >= 4 else 1 for f, n in zip(factors, image.GetSize())]
     small = sitk.Shrink(shifted, factors)
     small_mask = sitk.Shrink(mask, factors)

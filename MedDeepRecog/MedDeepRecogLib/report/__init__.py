@@ -59,13 +59,39 @@ def uncertainty_words(result) -> list[str]:
     return out
 
 
+def lesion_words(result) -> list[str]:
+    """This case's heatmap against the lesion label given with ``--lesion`` (none without one): the pointing game,
+    the heat inside the lesion, per lesion slice for a slice model, and how much the label rests on the lesion."""
+    loc = result.explain.get("localisation") or {}
+    if not loc:
+        return []
+    words = []
+    per_slice = loc.get("per_slice") or {}
+    if per_slice.get("slices"):
+        words.append(f"Heatmap peak inside the lesion on {per_slice['pointing_hits']} of {per_slice['slices']} lesion "
+                     f"slices; {per_slice['mean_mass_inside']:.0%} of their heat inside it (the lesion covers "
+                     f"{per_slice['lesion_area_share']:.1%} of those slices).")
+    game = loc.get("pointing_game") or {}
+    if "hit" in game:
+        where = "inside" if game["hit"] else f"outside, {game.get('distance_mm', float('nan')):.1f} mm from"
+        words.append(f"Peak of the whole heatmap: {where} the lesion; {loc.get('mass_inside', float('nan')):.1%} of "
+                     f"all heat inside it ({loc.get('lesion_voxels', 0)} lesion voxels).")
+    reliance = loc.get("lesion_reliance") or {}
+    if reliance.get("drop_elsewhere") is not None:
+        words.append(f"Filling the lesion with the surrounding tissue lowers each slice's label probability by "
+                     f"{reliance['drop_lesion']:+.3f} on average; the same fill elsewhere: "
+                     f"{reliance['drop_elsewhere']:+.3f}.")
+    return words
+
+
 def faithfulness_words(result) -> list[str]:
     """The faithfulness score in words (what the heatmap's hot pixels do to the prediction)."""
     f = result.explain.get("faithfulness") or {}
     if "score" not in f:
         return ["The heatmap's faithfulness was not scored."]
     s = float(f["score"])
-    words = [f"Faithfulness {s:+.2f} (from -1 to +1). Deleting the hottest pixels first drops the class "
+    words = [f"Faithfulness {s:+.2f} (from -2 to +2: insertion less deletion area, less the same for a random "
+             f"order; 0 is no better than random). Deleting the hottest pixels first drops the class "
              f"probability with area {f['deletion_auc']:.2f} under the curve (random order: "
              f"{f.get('random_deletion_auc', float('nan')):.2f}; lower is better); revealing them first restores it "
              f"with area {f['insertion_auc']:.2f} (random: {f.get('random_insertion_auc', float('nan')):.2f}; "
@@ -121,7 +147,8 @@ def render_case_report(result, outputs: dict, package, *, command: str) -> str:
         uncertain=d["uncertain"], reasons=list(d["reasons"]), image=image,
         method=result.explain.get("method"), explained_class=result.explain.get("class"),
         warning=heatmap_warning(result), uncertainty=uncertainty_words(result),
-        faithfulness=faithfulness_words(result), finding=result.finding, route=result.route,
+        faithfulness=faithfulness_words(result), lesion=lesion_words(result), finding=result.finding,
+        route=result.route,
         card=model_card(package), command=command, cwd=str(Path.cwd()),
         outputs={k: Path(v).name for k, v in outputs.items() if v},
         created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
