@@ -196,6 +196,32 @@ def test_resume_without_a_checkpoint_says_the_run_starts_afresh(tmp_path, caplog
     assert "holds no checkpoint; the run starts from its first epoch" in caplog.text
 
 
+def test_resume_refuses_a_run_folder_of_other_settings_and_continues_its_own(tmp_path, capsys, train_config):
+    """A run folder records the settings that decide its weights; --resume with another seed or learning rate (or
+    other data) is refused in one line naming what differs, and nothing of the folder changes; the run's own
+    config still resumes it (and the path the data file is named by does not matter, its content does)."""
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    assert _run("train", train_config, "--out", out, "--package-dest", cat, "--progress", "none") == 0
+    capsys.readouterr()
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert record["settings"]["seed"] == 0 and record["data_sha256"] and "path" not in record["settings"]["data"]
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    cfg = yaml.safe_load(train_config.read_text(encoding="utf-8"))
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**cfg, "seed": 7, "optimizer": {"name": "adamw", "lr": 0.05}}), encoding="utf-8")
+    assert _run("train", other, "--out", out, "--package-dest", cat, "--resume", "--progress", "none") == 2
+    _one_line(capsys, "run", "--resume: the run in this folder had other settings", "seed: 0 -> 7",
+              "optimizer/lr: 0.001 -> 0.05")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    moved = tmp_path / "moved.npz"
+    moved.write_bytes(Path(cfg["data"]["path"]).read_bytes())
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], "path": str(moved)}}), encoding="utf-8")
+    assert _run("train", same, "--out", out, "--package-dest", cat, "--resume", "--progress", "none") == 0
+
+
 def test_a_warm_up_as_long_as_the_run_is_named_in_a_warning(tmp_path, caplog, train_config):
     cfg = yaml.safe_load(train_config.read_text(encoding="utf-8"))
     cfg["schedule"] = {"name": "cosine", "warmup_epochs": 5}

@@ -279,9 +279,62 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
             return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
                                  _with_batch_transforms(hooks, extensions), extensions, command, made)
         except BaseException:
-            if made:
-                remove_empty_folders(made[0], made)   # a run refused at its first step leaves no empty folder
+            if made:   # a run refused at its first step leaves no folder behind (its record goes with it)
+                if not (made[0] / "checkpoints").exists():
+                    (made[0] / RUN_RECORD).unlink(missing_ok=True)
+                remove_empty_folders(made[0], made)
             raise
+
+
+#: What a run folder records of the run that made it, so that ``--resume`` continues only that run.
+RUN_RECORD = "run.json"
+#: The config sections that decide the weights (the package's id, version, card and domain check do not).
+RUN_SECTIONS = ("seed", "data", "model", "input", "augmentation", "optimizer", "schedule", "training")
+
+
+def run_record(cfg: TrainConfig, data_fingerprint: str) -> dict:
+    """The settings that decide a run's weights, as JSON data: those sections of the config (the data file by
+    content, not by the path it was named by) and the data's fingerprint."""
+    import dataclasses
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k in RUN_SECTIONS}
+    settings["data"] = {k: v for k, v in settings["data"].items() if k != "path"}
+    return json.loads(json.dumps({"settings": settings, "data_sha256": data_fingerprint}, sort_keys=True,
+                                 default=str))
+
+
+def _differences(before: Any, now: Any, where: str = "") -> list[str]:
+    """``section/key: before -> now`` for every value both records hold and that differs (a key only one holds is
+    a setting added or dropped by another version of the code, not a change of the run)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(before) & set(now))
+                for d in _differences(before[k], now[k], f"{where}/{k}" if where else k)]
+    return [] if before == now else [f"{where}: {before!r} -> {now!r}"]
+
+
+def check_resumed_run(out_dir: Path, record: dict, resume: bool) -> None:
+    """Record this run's settings in ``out_dir``; with ``resume`` and checkpoints there, first refuse a folder whose
+    run had other settings (its checkpoints would be continued as if they were this config's, and the package
+    would claim settings its weights were not trained with)."""
+    path = out_dir / RUN_RECORD
+    if resume and (out_dir / "checkpoints").is_dir():
+        if path.is_file():
+            try:
+                before = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                before = None
+            if not isinstance(before, dict):
+                raise ConfigError(f"--resume: {RUN_RECORD} cannot be read, so the run there cannot be matched to "
+                                  "this config; give a new --out folder", out_dir)
+            changed = _differences(before, record)
+            if changed:
+                raise ConfigError(f"--resume: the run in this folder had other settings ({'; '.join(changed[:3])}"
+                                  f"{'; ...' if len(changed) > 3 else ''}); resume it with its own config and "
+                                  "options, or give a new --out folder", out_dir)
+        else:
+            log.warning("--resume: %s has no %s (made by an earlier version), so its settings cannot be matched to "
+                        "this config's", out_dir, RUN_RECORD)
+    atomic_write_json(path, record)
 
 
 def check_run_folder(out_dir: Path, resume: bool) -> None:
@@ -295,7 +348,7 @@ def check_run_folder(out_dir: Path, resume: bool) -> None:
     if not out_dir.is_dir():
         raise ConfigError("--out is an existing file; name a folder for the run", out_dir)
     entries = sorted(p.name for p in out_dir.iterdir())
-    if not entries:
+    if not entries or entries == [RUN_RECORD]:  # a run that stopped before its first checkpoint
         return
     if {"checkpoints", "history.json"} & set(entries):
         if not resume:
@@ -372,6 +425,10 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     progress("load data", 0.0)
     data_path = resolve_data_path(cfg)
     data = load_train_val(cfg, data_path)
+    if ctx.is_main:
+        made.extend(d for d in (out_dir, *out_dir.parents) if not d.exists())   # deepest first
+        out_dir.mkdir(parents=True, exist_ok=True)
+        check_resumed_run(out_dir, run_record(cfg, data.fingerprint), resume)
     k = len(data.class_names)
     if cfg.training.prior_shift != "none" and k > PRIOR_SHIFT_MAX_CLASSES:
         raise ConfigError(f"training/prior_shift is fitted for at most {PRIOR_SHIFT_MAX_CLASSES} classes; the data "
@@ -425,9 +482,6 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         init, meta["provenance"]["init"] = read_init_state(resolve_init_path(cfg), model, cfg.source)
     bs = int(cfg.training.batch_size)
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
-    if ctx.is_main:
-        made.extend(d for d in (out_dir, *out_dir.parents) if not d.exists())   # deepest first
-        out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if n_members == 1:
         history = _fit_member(cfg, model, data, val_loader, out_dir / "checkpoints", cfg.seed, resume, hooks,
