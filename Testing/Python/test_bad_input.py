@@ -1102,3 +1102,36 @@ def test_an_empty_output_folder_setting_is_refused(run_all, tmp_path, good_volum
     code, _, err = run_all("classify", good_volume, "--model", "body-region", "--out", "")
     _assert_clean_error(code, err, "--out is empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.nrrd"]
+
+
+@pytest.mark.parametrize("case", ["link_to_a_file_outside", "weights_as_a_link", "script", "zip_link_entry"])
+def test_a_package_holding_links_or_foreign_files_is_refused_not_imported(run_all, tmp_path, case):
+    """A symbolic link in a package would copy whatever it points at into the catalog (past the size limit), and
+    a script is no part of a model: import refuses both in one line naming the entry, and installs nothing."""
+    from tiny_test_package import make_tiny_package
+
+    folder = make_tiny_package(tmp_path / "src", kind="volume3d")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of any model")
+    source, needle = folder, "symbolic link"
+    if case == "link_to_a_file_outside":
+        (folder / "notes.txt").symlink_to(secret)
+    elif case == "weights_as_a_link":
+        real = tmp_path / "weights_elsewhere.safetensors"
+        (folder / "weights.safetensors").rename(real)
+        (folder / "weights.safetensors").symlink_to(real)
+    elif case == "script":
+        (folder / "evil.py").write_text("import os\n")
+        needle = "not a file a model package holds"
+    else:
+        source = tmp_path / "pkg.zip"
+        with zipfile.ZipFile(source, "w") as zf:
+            for f in folder.iterdir():
+                zf.write(f, f"pkg/{f.name}")
+            link = zipfile.ZipInfo("pkg/notes.txt")
+            link.external_attr = (0o120777 << 16)
+            zf.writestr(link, str(secret))
+    code, _, err = run_all("models", "import", source)
+    _assert_clean_error(code, err, needle)
+    home = Path(os.environ["MEDDEEPRECOG_HOME"])
+    assert not list(home.rglob("notes.txt")) and not list(home.rglob("evil.py"))

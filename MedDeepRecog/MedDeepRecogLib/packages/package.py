@@ -319,7 +319,27 @@ class ModelPackage:
         return f"{self.id}@{self.version} ({self.path})"
 
 
+#: What a package may hold: its metadata and card, weights and the domain check (safetensors), and the plots and
+#: records training and calibration write. A script, a library or any other file is no part of a model.
+PACKAGE_SUFFIXES = (".json", ".safetensors", ".md", ".png", ".txt", ".csv")
+
+
+def _check_package_files(folder: Path) -> None:
+    """Refuse a package folder holding a symbolic link (it would import whatever file it points at, past the size
+    limit) or a file of a kind a package does not hold (:data:`PACKAGE_SUFFIXES`), naming it."""
+    for root, dirs, files in os.walk(folder):  # os.walk does not follow links to folders
+        for name in dirs + files:
+            entry = Path(root) / name
+            if entry.is_symlink():
+                raise ModelPackageError("a model package holds no symbolic links; this one points elsewhere", entry)
+        for name in files:
+            if not name.lower().endswith(PACKAGE_SUFFIXES):
+                raise ModelPackageError(f"not a file a model package holds (only {', '.join(PACKAGE_SUFFIXES)})",
+                                        Path(root) / name)
+
+
 def _open_folder(folder: Path, source: str = "path", tmpdir: Any = None) -> ModelPackage:
+    _check_package_files(folder)
     meta = _read_meta(folder)
     wfile = folder / meta["weights"]["file"]
     if not wfile.is_file():
@@ -372,10 +392,13 @@ def _open_zip(path: Path) -> ModelPackage:
     root = Path(tmp.name)
     try:
         with zipfile.ZipFile(path) as zf:
-            for name in zf.namelist():
-                target = (root / name).resolve()
-                if not str(target).startswith(str(root.resolve())):
-                    raise ModelPackageError(f"zip entry {name!r} points outside the package", path)
+            for info in zf.infolist():
+                target = (root / info.filename).resolve()
+                if not target.is_relative_to(root.resolve()):
+                    raise ModelPackageError(f"zip entry {info.filename!r} points outside the package", path)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:  # a symbolic link stored as a Unix mode
+                    raise ModelPackageError(f"zip entry {info.filename!r} is a symbolic link; a model package "
+                                            "holds none", path)
             _extract_bounded(zf, root, path)
     except zipfile.BadZipFile as exc:
         tmp.cleanup()
