@@ -231,3 +231,42 @@ def test_a_warm_up_as_long_as_the_run_is_named_in_a_warning(tmp_path, caplog, tr
         assert _run("train", train_config, "--out", tmp_path / "run", "--package-dest", tmp_path / "cat",
                     "--progress", "none") == 0
     assert "never leaves its warm-up ramp" in caplog.text
+
+
+def _sorted_npz(path: Path, **extra) -> Path:
+    """40 train images sorted by class (20 of a, then 20 of b), 12 val images of both; ``extra`` arrays added."""
+    rng = np.random.default_rng(2)
+    arrays = {"train_images": (rng.random((40, 16, 16)) * 255).astype(np.uint8),
+              "train_labels": np.repeat([0, 1], 20), "val_images": (rng.random((12, 16, 16)) * 255).astype(np.uint8),
+              "val_labels": np.tile([0, 1], 6)}
+    np.savez(path, **{**arrays, **extra})
+    return path
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"val_labels": np.tile([0, 1, 5], 4)}, "val labels go up to 5 but the train labels only to 1"),
+    ({"train_groups": np.arange(39)}, "train_groups holds 39 groups for 40 train images"),
+    ({"train_groups": np.linspace(0, 1, 40)}, "train_groups must be integers or strings"),
+])
+def test_training_data_that_would_train_a_wrong_model_is_refused_naming_the_array(tmp_path, capsys, train_config,
+                                                                                   extra, needle):
+    cfg = yaml.safe_load(train_config.read_text(encoding="utf-8"))
+    cfg["data"]["path"] = str(_sorted_npz(tmp_path / "sorted.npz", **extra))
+    del cfg["data"]["class_names"]
+    train_config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert _run("train", train_config, "--out", tmp_path / "run", "--package-dest", tmp_path / "cat",
+                "--progress", "none") == 2
+    _one_line(capsys, "sorted.npz", needle)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cat").exists()
+
+
+def test_max_train_keeps_every_class_of_a_file_sorted_by_class(tmp_path):
+    """The first N cases of a file sorted by class would all be one class: max_train keeps each class's share."""
+    from MedDeepRecogLib.training.config import TrainConfig
+    from MedDeepRecogLib.training.data import load_train_val
+
+    path = _sorted_npz(tmp_path / "sorted.npz")
+    cfg = TrainConfig(id="t")
+    cfg.data.path, cfg.data.kind, cfg.data.max_train = str(path), "slices2d", 10
+    data = load_train_val(cfg, path)
+    assert np.bincount(data.train.labels).tolist() == [5, 5]

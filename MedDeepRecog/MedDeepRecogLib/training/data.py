@@ -250,7 +250,15 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         else:
             raise ConfigError(f"npz has neither {tk}_images/{tk}_labels nor images/labels (keys: {sorted(keys)})",
                               path)
-        groups = z[f"{tk}_groups"] if f"{tk}_groups" in keys and f"{vk}_images" in keys else None
+        groups = None
+        if f"{tk}_groups" in keys and f"{vk}_images" in keys:
+            groups = np.asarray(npz_array(z, f"{tk}_groups", path)).ravel()
+            if len(groups) != len(x_tr):
+                raise ConfigError(f"{tk}_groups holds {len(groups)} groups for {len(x_tr)} {tk} images; give one "
+                                  "patient group per image", path)
+            if not (np.issubdtype(groups.dtype, np.integer) or groups.dtype.kind in "US"):
+                raise ConfigError(f"{tk}_groups must be integers or strings naming each image's patient group, got "
+                                  f"{groups.dtype}", path)
         names = d.class_names
         if "class_names" in keys:
             stored = [str(s) for s in np.asarray(z["class_names"]).ravel()]
@@ -260,7 +268,11 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                 raise ConfigError(f"data/class_names {list(names)} do not match the class_names stored in the file "
                                   f"{stored}", path)
         y_tr, y_va = np.asarray(y_tr).ravel().astype(np.int64), np.asarray(y_va).ravel().astype(np.int64)
-        k = int(max(y_tr.max(initial=0), y_va.max(initial=0)) + 1)
+        if names is None and y_va.max(initial=0) > y_tr.max(initial=0):
+            raise ConfigError(f"{vk} labels go up to {int(y_va.max())} but the {tk} labels only to "
+                              f"{int(y_tr.max())}: a class the model never trains on cannot be scored; name the "
+                              "classes in data/class_names if that is meant", path)
+        k = int(y_tr.max(initial=0) + 1)
         names = names or [str(i) for i in range(k)]
         fingerprint = _file_sha(path)
     else:
@@ -290,9 +302,15 @@ def load_train_val(cfg, path: Path) -> TrainValData:
             and int(used.max()) < len(d.class_names):
         raise ConfigError(f"data/class_names lists {len(d.class_names)} classes {list(d.class_names)} but the labels "
                           f"use {int(used.max()) + 1} (0..{int(used.max())}); name one class per label", cfg.source)
-    if d.max_train:
-        x_tr, y_tr = x_tr[: d.max_train], y_tr[: d.max_train]
-        groups = groups[: d.max_train] if groups is not None else None
+    if d.max_train and d.max_train < len(y_tr):
+        # the first cases of every class, each class keeping its share (files are often sorted by class, so the
+        # first N cases would be one class); rounding may keep a case or two more than max_train
+        share = {c: max(1, int(round(d.max_train * np.mean(y_tr == c)))) for c in np.unique(y_tr)}
+        keep = np.sort(np.concatenate([np.flatnonzero(y_tr == c)[:n] for c, n in share.items()]))
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+        groups = groups[keep] if groups is not None else None
+        if len(np.unique(y_tr)) < 2:
+            raise ConfigError(f"data/max_train {d.max_train} leaves one class to train on; raise it", cfg.source)
     slices = getattr(getattr(cfg, "input", None), "slices", None)
     if slices is not None:
         how += "; each image standardised as at inference (input/slices)"
