@@ -144,6 +144,10 @@ def test_readme_finetune_example_reads_the_shared_data(shared_data, monkeypatch)
 def test_calibrate_says_when_fit_and_report_share_a_split(tmp_path, capsys):
     catalog = tmp_path / "catalog"
     parent = save_blob_package(catalog)
+    meta_path = Path(parent) / "model.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["metrics"] = {**(meta.get("metrics") or {}), "selected_by": "nothing: the final epoch is kept (val split unseen)"}
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
     npz = tmp_path / "d.npz"
     import numpy as np
 
@@ -154,9 +158,15 @@ def test_calibrate_says_when_fit_and_report_share_a_split(tmp_path, capsys):
     assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--dest", str(catalog),
                  "--progress", "none"]) == 0
     captured = capsys.readouterr()
-    cal = json.loads(captured.out)["calibration"]
+    result = json.loads(captured.out)
+    cal = result["calibration"]
     assert cal["same_split"] is True and "fitted and reported on the same split (val)" in captured.err
     assert "optimistic" in cal["note"]
+    # the new version's metrics say that its calibration was fitted on val, whatever chose the weights
+    selected_by = json.loads((Path(result["package"]) / "model.json").read_text(encoding="utf-8"))["metrics"][
+        "selected_by"]
+    assert selected_by.startswith("nothing: the final epoch is kept (val split unseen); the temperature and "
+                                  "low-confidence threshold of this calibrated version fitted on")
     assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--dest", str(catalog),
                  "--fit-split", "val", "--report-split", "test", "--progress", "none"]) == 0
     captured = capsys.readouterr()

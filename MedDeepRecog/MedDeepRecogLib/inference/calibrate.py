@@ -249,6 +249,13 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     version = version or next_version(pkg.id, [root] + [d for d in catalog_dirs() if d != root])
     meta.pop("weights", None)
     meta["version"] = version
+    metrics = meta.get("metrics")
+    if isinstance(metrics, dict) and "selected_by" in metrics and (cal is not None or decision is not None):
+        # the weights were chosen without that split, but this version's calibration was fitted on it
+        fitted = " and ".join(w for w, on in (("the temperature and low-confidence threshold", cal is not None),
+                                              ("the decision rules' thresholds", decision is not None)) if on)
+        metrics["selected_by"] = (f"{metrics['selected_by']}; {fitted} of this calibrated version fitted on "
+                                  f"{split_desc}")
     prov = dict(meta.get("provenance") or {})
     prov.pop("created", None)
     prov["parent"] = f"{pkg.id}@{pkg.version}"
