@@ -146,7 +146,8 @@ def test_calibrate_says_when_fit_and_report_share_a_split(tmp_path, capsys):
     parent = save_blob_package(catalog)
     meta_path = Path(parent) / "model.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["metrics"] = {**(meta.get("metrics") or {}), "selected_by": "nothing: the final epoch is kept (val split unseen)"}
+    meta["metrics"] = {**(meta.get("metrics") or {}),
+                       "selected_by": "nothing: the final epoch is kept (val split unseen)"}
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
     npz = tmp_path / "d.npz"
     import numpy as np
