@@ -94,6 +94,26 @@ def test_one_slice_input_gets_one_panel(monkeypatch, tmp_path):
     assert seen["n"] == 1
 
 
+def test_a_picture_gets_no_patient_letters_or_slice_position(run_cli_all, tiny, tmp_path, monkeypatch):
+    """A PNG stores no orientation: its panel shows the picture as stored, without R/L/A/P letters or "axial S"."""
+    drawn = {}
+    original = overlay.atomic_save_figure
+
+    def capture(fig, path):
+        drawn["texts"] = [t.get_text() for ax in fig.axes for t in ax.texts]
+        drawn["titles"] = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        return original(fig, path)
+    monkeypatch.setattr(overlay, "atomic_save_figure", capture)
+    rng = np.random.default_rng(0)
+    picture = tmp_path / "pic.png"
+    sitk.WriteImage(sitk.GetImageFromArray((rng.random((96, 96)) * 255).astype(np.uint8)), str(picture))
+    code, _, err = run_cli_all("classify", picture, "--model", tiny["slices2d"], "--out", tmp_path / "o",
+                               "--progress", "none", "--no-faithfulness")
+    assert code == 0, err
+    assert drawn["titles"] == ["picture as stored (no patient orientation in the file)"]
+    assert not set("RLAPSI") & set(drawn["texts"])
+
+
 # ------------------------------------------------------------------------------------------------ 2. one confidence
 def test_printed_png_and_json_confidence_agree(run_cli_all, shared_data, tmp_path, monkeypatch):
     """brain1 with body-region: the headline printed, the PNG title and the JSON's ``confidence`` are one number;

@@ -47,6 +47,8 @@ class Planes:
     peak_view_zyx: tuple[int, int, int]
     offsets_mm: list[float] = field(default_factory=lambda: [float("nan")] * 3)
     n_axial: int = 0
+    #: False for a picture (PNG/JPEG), which stores no orientation: no patient letters or slice position are drawn
+    oriented: bool = True
 
 
 def planes_through(image: sitk.Image, peak_view_zyx: tuple[int, int, int]) -> Planes:
@@ -113,11 +115,14 @@ def planes_png(scan: Planes, heat: Planes, path: str | Path, *, title: str = "",
         rgb = blend_images(s01[None], h01[None], alpha=opacity[None], cmap=cmap, rescale_arrays=False,
                            transparent_background=True)
         ax.imshow(np.moveaxis(np.asarray(rgb), 0, -1).clip(0, 1), aspect=aspect, interpolation="antialiased")
-        letter = _OFFSET_AXIS[name][0]
-        offset = scan.offsets_mm[i]
-        where = f"{letter} {offset:+.1f} mm" if np.isfinite(offset) else ""
-        ax.set_title(f"{name}  {where}".strip(), fontsize=10)
-        _letters(ax, name)
+        if scan.oriented:
+            letter = _OFFSET_AXIS[name][0]
+            offset = scan.offsets_mm[i]
+            where = f"{letter} {offset:+.1f} mm" if np.isfinite(offset) else ""
+            ax.set_title(f"{name}  {where}".strip(), fontsize=10)
+            _letters(ax, name)
+        else:  # a picture: as stored, top row up; the letters burned into it (if any) are its own
+            ax.set_title("picture as stored (no patient orientation in the file)", fontsize=10)
         ax.axis("off")
     top = 0.92 - 0.035 * (title.count("\n") + 1)
     bottom = 0.02 + (0.035 * (warning.count("\n") + 1) if warning else 0)
@@ -125,8 +130,9 @@ def planes_png(scan: Planes, heat: Planes, path: str | Path, *, title: str = "",
     fig.subplots_adjust(left=0.01, right=right, bottom=bottom, top=top, wspace=0.04)
     cax = fig.add_axes([right + 0.02, bottom + 0.1, 0.014 if len(shown) > 1 else 0.03, top - bottom - 0.2], label="colorbar")
     bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), cax=cax, ticks=[0, floor, 0.5, 1.0])
-    bar.ax.set_yticklabels(["0", f"{floor:g}", "0.5", "1 peak"], fontsize=7)
-    bar.set_label(f"{colorbar_label}; clear below {floor:g}", fontsize=7)
+    # 1 is the peak of the model's own map; clearing the air and resampling onto the scan can leave less than 1
+    bar.ax.set_yticklabels(["0", f"{floor:g}", "0.5", "1"], fontsize=7)
+    bar.set_label(f"{colorbar_label}, 1 = the model map's peak; clear below {floor:g}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     if warning:
         fig.text(0.5, 0.01, warning, ha="center", va="bottom", color="red", fontsize=8,

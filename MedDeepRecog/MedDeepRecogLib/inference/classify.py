@@ -376,6 +376,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         # read them) before the full-size float32 heatmap exists: peak memory stays ~2x the input, not 3x.
         peak = _peak_in_view(pred.heatmap, pred.grid, image)
         scan_planes = planes_through(image, peak)
+        scan_planes.oriented = not picture
         geometry = Geometry.of(image)
         if not keep_image and not given:
             image = prepared = None
