@@ -80,12 +80,15 @@ def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overl
     if work is image:
         labels = probs.argmax(0).astype(np.uint8)
     else:  # probabilities back onto the scan grid, then arg-max: smoother borders than resampling labels
+        # The work grid keeps the scan's origin and a rounded size, so its last sample can lie up to about half a
+        # work voxel inside the scan's last slice: nearest-neighbour extrapolation carries its probabilities out
+        # to the scan's edge (with a default of 0 the scan's last slice came back all background).
         back = []
         for channel in probs:
             p = sitk.GetImageFromArray(channel)
             p.CopyInformation(work)
             back.append(sitk.GetArrayFromImage(sitk.Resample(p, image, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                             sitk.sitkFloat32)))
+                                                             sitk.sitkFloat32, True)))
         labels = np.stack(back).argmax(0).astype(np.uint8)
     timings["resample"] = time.perf_counter() - t0
     if min_component_fraction is None:
