@@ -241,3 +241,14 @@ def test_unmapped_segments_logged_once_for_all_cases(tmp_path, caplog):
     logged = [r.getMessage() for r in caplog.records if "organ_b" in r.getMessage()]
     assert logged == lines and len(lines) == 1
     assert "mapped to no class" in lines[0] and "organ_b (3 of 3 cases)" in lines[0] and str(tmp_path) in lines[0]
+
+
+def test_a_class_of_the_class_map_with_no_voxels_is_refused_not_trained(tmp_path):
+    """A --class-map class that no segment fills (a typo, or a segment left empty) would be a class of the new
+    package whose output never trained: it is refused, naming the class and what the cases do hold."""
+    image, seg = synthetic_case(tmp_path / "c1", "c1")
+    loaded = [load_case(Case("c1", image, seg), parse_class_map("organ_a=A,tumour=T"))]
+    with pytest.raises(MedDeepRecogError, match=r"class\(es\) T of --class-map have no voxels in any case "
+                                                r"\(non-empty segments: organ_a, organ_b\)"):
+        resolve_classes(loaded, parse_class_map("organ_a=A,tumour=T"), tmp_path)
+    assert resolve_classes(loaded, parse_class_map("organ_a=A"), tmp_path) == ["A"]

@@ -136,6 +136,9 @@ def resolve_classes(data: Sequence[CaseData], class_map: ClassMap, source: str |
                                 f"{' …' if len(names) > 20 else ''}); give --class-map SEGMENT=CLASS,…", source)
     classes = list(class_map.classes) if class_map.mapping is not None else present
     missing = [c for c in classes if c not in present]
-    if missing:
-        log.warning("%s: class(es) with no voxels in any case: %s", source, ", ".join(missing))
+    if missing:  # a class the network never sees would be in the package, its output untrained
+        names = sorted({s.name for d in data for s in d.segments if s.voxels > 0})
+        raise MedDeepRecogError(f"class(es) {', '.join(missing)} of --class-map have no voxels in any case (non-empty "
+                                f"segments: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}); label them or "
+                                "leave them out of the class map", source)
     return classes
