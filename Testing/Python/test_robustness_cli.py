@@ -93,3 +93,51 @@ def test_missing_model_or_source_is_a_clear_error(pkg, tmp_path, capsys):
     assert "--model is required" in capsys.readouterr().err
     assert main(["robustness", "--model", str(pkg), "--out", str(tmp_path)]) == 2
     assert "--input SCAN, --data NPZ" in capsys.readouterr().err
+
+
+def test_bounds_that_do_not_contain_the_input_are_refused(pkg, tmp_path, capsys):
+    """Every attacked input is clipped to --bounds: bounds narrower than the clean input would move the scan itself
+    by more than eps (a perturbation of -0.5 at eps 0.01), so they are refused for a scan and for a data set."""
+    scan = write_blob_scan(tmp_path / "c.nii.gz")  # the blob's intensities run up to about 1
+    npz = write_blob_npz(tmp_path / "blobs.npz")
+    for source in (["--input", str(scan)], ["--data", str(npz)]):
+        rc = main(["robustness", "--model", str(pkg), *source, "--out", str(tmp_path / "o"), "--eps", "0.01",
+                   "--bounds", "0", "0.5", "--progress", "none"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--bounds 0 0.5 do not contain the model input" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_bad_second_scan_leaves_no_output_of_the_first(pkg, tmp_path, capsys):
+    good = write_blob_scan(tmp_path / "good.nii.gz")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti at all")
+    rc = main(["robustness", "--model", str(pkg), "--input", str(good), str(bad), "--out", str(tmp_path / "o"),
+               "--eps", "0.05", "--steps", "1", "--refine", "0", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.nii.gz" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_fusion_refuses_uncertainty_it_does_not_compute(tmp_path, capsys):
+    scan = write_blob_scan(tmp_path / "a.nii.gz")
+    rc = main(["classify", str(scan), "--model", "body-region", "--second-input", str(scan), "--uncertainty", "tta",
+               "--out", str(tmp_path / "o"), "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--uncertainty tta is not available with --second-input" in err
+
+
+def test_a_binary_mask_model_reports_eps_without_hu(shared_data, tmp_path, capsys):
+    """adrenal-mass-3d-adv reads shape masks (0/255), not CT intensities: its eps has no HU equivalent, and the
+    record says its probabilities are the network's own, before the package's temperature."""
+    z = np.load(shared_data / "adrenalmnist3d" / "adrenalmnist3d_trainval.npz")
+    mask = sitk.GetImageFromArray((z["val_images"][0] > 0).astype(np.uint8) * 255)
+    scan = tmp_path / "case0.nii.gz"
+    sitk.WriteImage(mask, str(scan))
+    rc = main(["robustness", "--model", "adrenal-mass-3d-adv", "--input", str(scan), "--out", str(tmp_path / "o"),
+               "--eps", "0.1", "--steps", "1", "--refine", "0", "--progress", "none"])
+    assert rc == 0, capsys.readouterr().err
+    rec = json.loads((tmp_path / "o" / "case0_robustness.json").read_text(encoding="utf-8"))
+    assert rec["hu_per_unit"] is None and "eps_hu" not in rec["curve"][0]
+    assert "before the package's temperature" in rec["probability_scale"]
+    assert "HU" not in capsys.readouterr().out

@@ -135,13 +135,17 @@ def check_options(args: argparse.Namespace, package) -> None:
     Raises:
         ConfigError: ``--explain attention`` for a model without attention (slice models, ``--model auto``, whose
             disease models classify slices), ``--slice-mm`` for a volume model, ``--register`` without
-            ``--second-input``. (``--uncertainty mc-dropout`` for a model without dropout is refused in ``run``,
+            ``--second-input``, ``--uncertainty tta / mc-dropout`` with ``--second-input``. (``--uncertainty
+            mc-dropout`` for a model without dropout is refused in ``run``,
             once the network is built.)
     """
     from ..errors import ConfigError
 
     if args.register and not args.second_input:
         raise ConfigError("--register aligns --second-input to INPUT; give --second-input SCAN or drop --register")
+    if args.second_input and args.uncertainty in ("tta", "mc-dropout"):  # the fusion path computes neither
+        raise ConfigError(f"--uncertainty {args.uncertainty} is not available with --second-input (fusion models): "
+                          "leave it at auto")
     if package is None:
         if args.explain == "attention":
             raise ConfigError("--model auto chooses among slice (2D) models, which have no attention to show; use "

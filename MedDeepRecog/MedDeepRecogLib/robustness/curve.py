@@ -156,7 +156,7 @@ def save_curve_png(result: dict[str, Any], path, *, title: str = "") -> None:
         ax.plot(eps, [result["clean"]["accuracy"]] + [r["accuracy"] for r in result["robust"]], "o-",
                 label="accuracy")
         if result["clean"]["auc"] is not None:
-            ax.plot(eps, [result["clean"]["auc"]] + [r["auc"] or math.nan for r in result["robust"]], "s--",
+            ax.plot(eps, [result["clean"]["auc"]] + [math.nan if r["auc"] is None else r["auc"] for r in result["robust"]], "s--",
                     label="AUC")
         ax.set_ylabel("metric")
     else:

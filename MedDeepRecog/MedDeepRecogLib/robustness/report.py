@@ -36,6 +36,18 @@ def eps_values(eps: Sequence[float | str] | None, bounds: Bounds) -> list[float]
     return [check_eps(e, bounds) for e in values]
 
 
+def check_input_within(x, lo: float, hi: float) -> None:
+    """Refuse ``--bounds`` that do not contain the clean model input: every attacked input is clipped to them, so the
+    clip would move the scan itself by more than eps (a perturbation of -0.5 at eps 0.01) and the curve would
+    measure that, not the attack."""
+    x_lo, x_hi = float(x.min()), float(x.max())  # a tensor (one scan) or an array (a data set)
+    slack = 1e-6 * max(1.0, hi - lo)
+    if x_lo < lo - slack or x_hi > hi + slack:
+        raise ConfigError(f"--bounds {lo:g} {hi:g} do not contain the model input, which runs from {x_lo:.4g} to "
+                          f"{x_hi:.4g}: clipping to them would change the input by more than eps; widen them or "
+                          "leave them to the package")
+
+
 def input_bounds(bounds: Sequence[float] | None, spec: dict, x) -> tuple[float, float]:
     """The valid intensity range of the model input: ``bounds`` as given, else what the package's preprocessing
     fixes (:func:`.scan.pipeline_bounds`), else the input's own min/max."""
@@ -45,6 +57,7 @@ def input_bounds(bounds: Sequence[float] | None, spec: dict, x) -> tuple[float, 
         lo, hi = (float(v) for v in bounds)
         if not hi > lo:
             raise ConfigError(f"--bounds must have LOW < HIGH, got {lo} {hi}")
+        check_input_within(x, lo, hi)
         return lo, hi
     b = pipeline_bounds(spec)
     if b is not None:
@@ -75,6 +88,11 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     pkg = load_package(model_ref)
     out = check_output_dir(out, "--out")  # made by the first (atomic) write, so a failed run leaves none
+    if len(scans) > 1:  # every scan read once first: a bad second scan must not leave the first one's outputs
+        from ..io import read_image
+
+        for scan in scans:
+            read_image(scan)
     results = []
     n = len(scans)
     for i, scan in enumerate(scans):
@@ -91,10 +109,15 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         record, deltas = scan_robustness(forward, x, budgets, attack_name=attack, steps=steps, bounds=valid,
                                          refine_steps=refine, class_names=pkg.class_names, progress=prog)
         modality = pkg.meta.get("modality") if pkg.meta.get("modality") in ("CT", "MR") else guess_modality(res.image)
-        units = hu_per_unit(res.image, pkg) if modality == "CT" else None
+        # HU only where the input is a CT's intensities (a binary-mask package reads shapes, not HU)
+        in_hu = modality == "CT" and pkg.input_spec.get("content") != "binary_mask"
+        units = hu_per_unit(res.image, pkg) if in_hu else None
         record.update({"input": str(scan), "model": {"id": pkg.id, "version": pkg.version},
                        "eps_units": "model input", "modality": modality,
-                       "hu_per_unit": None if units is None else 1.0 / units})
+                       "hu_per_unit": None if units is None else 1.0 / units,
+                       **({"probability_scale": "the network's softmax, before the package's temperature "
+                                                "(classify reports calibrated probabilities)"}
+                          if (pkg.meta.get("calibration") or {}).get("temperature") else {})})
         if units is not None:
             for point in record["curve"] + ([record["flip"]] if record["flip"] else []):
                 point["eps_hu"] = point["eps"] / units
@@ -179,6 +202,8 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
     model = pkg.build_model("cpu")
     valid = (tuple(float(v) for v in bounds) if bounds else
              ((0.0, 1.0) if intensity is not None else (float(np.min(x)), float(np.max(x)))))
+    if bounds:
+        check_input_within(x, *valid)
     budgets = eps_values(eps, valid)
     bs = max(1, int(batch_size))
     batches = [(torch.from_numpy(x[i:i + bs]), torch.from_numpy(y[i:i + bs])) for i in range(0, len(y), bs)]
