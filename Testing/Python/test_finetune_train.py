@@ -56,7 +56,19 @@ def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
     assert 0.0 <= meta["metrics"]["dice"] <= 1.0
     card = (pkg_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "2 training case(s)" in card and "none (trained from scratch)" in card
+    # the counts of the training cases and, apart, of the validation case (it was counted as training data)
+    assert meta["training"]["data"]["cases"] == 2 and meta["training"]["data"]["validation"]["cases"] == 1
+    assert "Segments per class in the validation case(s):" in card
     before = _tree_hash(pkg_dir)
+
+    # the finished run again: the same command has nothing new to save; another destination gets a new package
+    # from the same weights, not the old one
+    same = finetune(seg_config(2, data=str(data_dir), base=None, id="organs", val_cases=["case2"], dest=str(cat),
+                               work_dir=str(tmp_path / "w1")))
+    assert Path(same["package"]) == pkg_dir
+    elsewhere = finetune(seg_config(2, data=str(data_dir), base=None, id="organs", val_cases=["case2"],
+                                    dest=str(tmp_path / "other"), work_dir=str(tmp_path / "w1")))
+    assert Path(elsewhere["package"]) == tmp_path / "other" / "organs" / "1.0.0"
 
     second = finetune(seg_config(1, data=str(data_dir), base=str(pkg_dir), freeze_encoder=True, val_cases=["case2"],
                                  dest=str(cat), work_dir=str(tmp_path / "w2")))

@@ -17,6 +17,7 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
 from ..contract import PROGRESS_MODES, thread_count
 from ..devices import DEVICE_CHOICES
@@ -207,8 +208,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if result["cancelled"]:
-        print(f"meddeeprecog finetune: cancelled; checkpoint kept in {result['work_dir']} (run the same command "
-              "again to resume)", file=sys.stderr)
+        from ..training.loop import CHECKPOINT
+
+        if (Path(result["work_dir"]) / CHECKPOINT).is_file():
+            print(f"meddeeprecog finetune: cancelled; checkpoint kept in {result['work_dir']} (run the same command "
+                  "again to resume)", file=sys.stderr)
+        else:  # cancelled within the first epoch: nothing to resume from
+            print("meddeeprecog finetune: cancelled before the first epoch ended; no checkpoint was kept, so the "
+                  "same command starts again from the first epoch", file=sys.stderr)
         return 130
     if not rank0:
         return 0

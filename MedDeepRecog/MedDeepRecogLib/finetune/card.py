@@ -31,9 +31,14 @@ def model_card(meta: dict[str, Any], cfg: FinetuneConfig, report: dict[str, Any]
              f"- **{len(prov['cases']['train'])} training case(s)**: {', '.join(prov['cases']['train'])}",
              f"- {len(prov['cases']['val'])} validation case(s): {', '.join(prov['cases']['val']) or 'none'}"
              + (f" (held-out slab {cfg.val_slab} of the training scan)" if cfg.val_slab else ""),
-             "- Segments per class (cases / segments / voxels):"]
+             "- Segments per class in the training case(s) (cases / segments / voxels)"
+             + (f"; {report['note']}" if report.get("note") else "") + ":"]
     for name, c in report["classes"].items():
         lines.append(f"  - {name}: {c['cases']} / {c['segments']} / {c['voxels']}")
+    if report.get("validation"):
+        lines.append("- Segments per class in the validation case(s):")
+        for name, c in report["validation"]["classes"].items():
+            lines.append(f"  - {name}: {c['cases']} / {c['segments']} / {c['voxels']}")
     lines += ["", "## Validation metrics"]
     metrics = meta.get("metrics") or {}
     for key in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "n"):

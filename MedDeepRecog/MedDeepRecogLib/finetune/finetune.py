@@ -94,8 +94,6 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         raise MedDeepRecogError(f"ROI classification needs at least two classes, but every mapped segment is "
                                 f"{classes[0]!r}; map more segment names to classes or add negatives "
                                 "(--negatives N)", data_path)
-    report = dataset_report(loaded, classes)
-
     if cfg.val_slab is not None:
         if len(loaded) != 1 and not cfg.val_cases:
             raise ConfigError("--val-slab holds out a slab of one scan: give a data set with one case "
@@ -108,6 +106,12 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         train_ids = {c.case_id for c in train_cases}
         train_data = [d for d in loaded if d.case.case_id in train_ids]
         val_data = [d for d in loaded if d.case.case_id not in train_ids]
+    # what the card says the model saw: the training cases' counts (validation apart), every case's warnings
+    report = {**dataset_report(train_data, classes), "warnings": dataset_report(loaded, classes)["warnings"]}
+    if val_data:
+        report["validation"] = dataset_report(val_data, classes)
+    if cfg.val_slab is not None:
+        report["note"] = "the validation slab is part of the one case, so its voxels are in these counts"
 
     fingerprint = dataset_fingerprint(cases, class_map, {"label_source": cfg.label_source})
     base_ref = f"{base.id}@{base.version}" if base is not None else None
@@ -131,7 +135,8 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     if result.stopped == "cancelled" or not ctx.is_main:
         return summary
     nothing_new = result.resumed_from is not None and result.resumed_from == len(result.epochs)
-    previous = previous_result(work_dir, len(result.epochs)) if nothing_new else None
+    previous = (previous_result(work_dir, len(result.epochs), dest=cfg.dest, version=cfg.version, pkg_id=cfg.id)
+                if nothing_new else None)
     if previous is not None:  # a finished run re-run with the same command: nothing new to save
         summary.update(previous)
         return summary

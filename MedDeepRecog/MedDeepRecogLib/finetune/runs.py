@@ -54,13 +54,21 @@ def write_result(work_dir: Path, summary: dict[str, Any], epochs_run: int) -> No
                                                  "version": summary["version"], "epochs_run": epochs_run})
 
 
-def previous_result(work_dir: Path, epochs_run: int) -> dict[str, Any] | None:
-    """The package an earlier, finished run of this work folder saved, if it saw the same epochs and still exists."""
+def previous_result(work_dir: Path, epochs_run: int, *, dest: str | Path | None = None, version: str | None = None,
+                    pkg_id: str | None = None) -> dict[str, Any] | None:
+    """The package an earlier, finished run of this work folder saved, if it saw the same epochs, still exists, and
+    is what this command asks for: in ``dest``, of ``version`` and ``pkg_id``, each when given (a re-run that names
+    another destination, version or id gets a new package from the same weights)."""
     path = work_dir / "result.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if saved.get("epochs_run") != epochs_run or not Path(saved.get("package", "")).is_dir():
+    package = Path(saved.get("package", ""))
+    if saved.get("epochs_run") != epochs_run or not package.is_dir():
+        return None
+    if dest is not None and package.parent.parent.resolve() != Path(dest).expanduser().resolve():
+        return None
+    if (version is not None and saved.get("version") != version) or (pkg_id is not None and saved.get("id") != pkg_id):
         return None
     return {k: saved[k] for k in ("package", "id", "version")}
