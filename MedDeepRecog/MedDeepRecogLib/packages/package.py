@@ -319,9 +319,10 @@ class ModelPackage:
         return f"{self.id}@{self.version} ({self.path})"
 
 
-#: What a package may hold: its metadata and card, weights and the domain check (safetensors), and the plots and
-#: records training and calibration write. A script, a library or any other file is no part of a model.
-PACKAGE_SUFFIXES = (".json", ".safetensors", ".md", ".png", ".txt", ".csv")
+#: What a package may hold: its metadata and card, weights and the domain check (safetensors, or a plain state dict
+#: read with weights_only), and the plots and records training and calibration write. A script, a library or any
+#: other file is no part of a model.
+PACKAGE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".md", ".png", ".txt", ".csv")
 
 
 def _check_package_files(folder: Path) -> None:

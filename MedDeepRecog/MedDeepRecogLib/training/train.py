@@ -290,6 +290,9 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
 RUN_RECORD = "run.json"
 #: The config sections that decide the weights (the package's id, version, card and domain check do not).
 RUN_SECTIONS = ("seed", "data", "model", "input", "augmentation", "optimizer", "schedule", "training")
+#: ``training`` settings a resume may change: how long the run goes on (a finished run resumed with more epochs
+#: continues it), and where and how the steps run.
+RESUMABLE_TRAINING = ("epochs", "device", "compile")
 
 
 def run_record(cfg: TrainConfig, data_fingerprint: str) -> dict:
@@ -299,6 +302,7 @@ def run_record(cfg: TrainConfig, data_fingerprint: str) -> dict:
 
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k in RUN_SECTIONS}
     settings["data"] = {k: v for k, v in settings["data"].items() if k != "path"}
+    settings["training"] = {k: v for k, v in settings["training"].items() if k not in RESUMABLE_TRAINING}
     return json.loads(json.dumps({"settings": settings, "data_sha256": data_fingerprint}, sort_keys=True,
                                  default=str))
 
