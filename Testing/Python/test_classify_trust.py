@@ -89,6 +89,11 @@ def test_calibration_scales_probabilities_and_flags_low_confidence(packages, sca
     assert res.uncertainty["low_confidence"] is True and res.uncertainty["temperature"] == 3.0
     assert res.label == "uncertain" and res.decision["top_class"] == plain.decision["top_class"]
     assert any("low-confidence threshold" in r for r in res.decision["reasons"])
+    # the TTA block's samples are the network's own softmax, and it says so beside the calibrated figures
+    tta = classify_scan(scan, cal, explain="none", device="cpu", uncertainty="tta").uncertainty
+    assert tta["calibrated"] and "before the package's temperature" in tta["tta"]["probability_scale"]
+    assert "probability_scale" not in classify_scan(scan, packages["slices2d"], explain="none", device="cpu",
+                                                    uncertainty="tta").uncertainty["tta"]
 
 
 def test_segmentation_and_roi_packages_are_refused(packages, scan, tmp_path, capsys):

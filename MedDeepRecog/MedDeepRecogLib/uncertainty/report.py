@@ -52,7 +52,8 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
         JSON-able dict: ``temperature``, ``probabilities`` (calibrated, by class name), ``predictive_entropy``
         (normalised 0..1, of the calibrated probabilities), ``low_confidence`` (bool, or None when the package is
         not calibrated), ``low_confidence_threshold``, and ``mc_dropout`` / ``tta`` blocks with ``predictive_entropy``,
-        ``mutual_information``, ``variance``, ``mean_probabilities`` (or ``{"available": false, "reason"}``); for a
+        ``mutual_information``, ``variance``, ``mean_probabilities`` (the network's own softmax: ``probability_scale``
+        says so for a calibrated package) (or ``{"available": false, "reason"}``); for a
         seed ensemble on volumes also an ``ensemble`` block of the same form over its members (one pass each).
     """
     plain = forward is None or forward is model  # rows independent: MC dropout / TTA may run as batches
@@ -77,9 +78,12 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
     def block(samples: torch.Tensor) -> dict[str, Any]:
         s = summarize_samples(samples)
         mean = s["mean_probabilities"][0]
+        # the samples are the network's own softmax: the spread between passes is the point, and a temperature
+        # fitted to single predictions would rescale it; the block says so beside the calibrated figures above
         return {"available": True, "samples": s["samples"], "predictive_entropy": s["predictive_entropy"][0],
                 "mutual_information": s["mutual_information"][0], "variance": s["variance"][0],
-                "mean_probabilities": dict(zip(names, mean)) if names else mean}
+                "mean_probabilities": dict(zip(names, mean)) if names else mean,
+                **({"probability_scale": "the network's softmax, before the package's temperature"} if cal else {})}
 
     if mc_samples > 0:
         if dropout_layers(model):
