@@ -141,3 +141,16 @@ def test_a_binary_mask_model_reports_eps_without_hu(shared_data, tmp_path, capsy
     assert rec["hu_per_unit"] is None and "eps_hu" not in rec["curve"][0]
     assert "before the package's temperature" in rec["probability_scale"]
     assert "HU" not in capsys.readouterr().out
+
+
+def test_eps_in_hu_of_a_thin_ct_stack_follows_the_window(shared_data):
+    """A CT of a few slices: the lung model's mediastinal window (W400) makes one model unit 400 HU, whatever the
+    stack's depth (1-voxel checkerboard blocks on a 4-slice stack read 464)."""
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.robustness.scan import hu_per_unit
+
+    ct = sitk.ReadImage(str(shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"))
+    pkg = load_package("lung-ct-cancer")
+    for depth in (1, 4):
+        stack = ct[:, :, 13:13 + depth]
+        assert 1.0 / hu_per_unit(stack, pkg) == pytest.approx(400.0, rel=0.02), depth

@@ -62,7 +62,7 @@ def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: in
     """Model-input units per HU (the slope of the package's preprocessing), measured through that preprocessing.
 
     ``1 / hu_per_unit(...)`` is how many HU one model-input unit is. A checkerboard of ``block``-voxel cubes
-    (default: a quarter of the smallest side, at most 16), +``delta_hu`` on half of them, is added to the scan and
+    (default: a quarter of the smallest side, 2 to 16), +``delta_hu`` on half of them, is added to the scan and
     both versions are prepared as classify would; the 90th percentile of the change of the voxels that moved,
     divided by ``delta_hu``, is the slope (lower changes come from voxels that a window clips partly or that
     interpolation mixes with an unshifted block). A checkerboard rather than a uniform offset keeps per-scan
@@ -74,7 +74,9 @@ def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: in
 
     spec = package.input_spec
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    block = block or int(np.clip(min(arr.shape) // 4, 1, 16))
+    # at least 2 voxels: on a stack of a few slices a quarter of the smallest side is 1, and the in-plane resize
+    # blurs a 1-voxel pattern (a 4-slice CT read 464 HU per unit for its 400 HU window; 2-voxel blocks read 400)
+    block = block or int(np.clip(min(arr.shape) // 4, 2, 16))
     zz, yy, xx = np.indices(arr.shape, sparse=True)
     pattern = (((zz // block) + (yy // block) + (xx // block)) % 2).astype(np.float32) * float(delta_hu)
     shifted = sitk.GetImageFromArray(arr + pattern)
