@@ -476,3 +476,18 @@ def test_a_grey_picture_with_transparency_is_read_as_its_grey_channel(tmp_path, 
     assert any("transparency (alpha) was dropped" in n for n in image_notes(image))
     code, out, err = run_cli_all("info", tmp_path / "la.png")
     assert code == 0 and json.loads(out)["size"] == [120, 120], err
+
+
+def test_a_pixel_size_the_reader_found_elsewhere_is_not_called_assumed(tmp_path):
+    """A radiograph stores its pixel size as ImagerPixelSpacing, not PixelSpacing: whatever size the reader takes
+    from it stands, and "1 mm pixels assumed" is said only when the image really got 1 mm."""
+    import pydicom
+
+    path = write_dicom(tmp_path / "cr.dcm", _brainish(), modality="CR")
+    ds = pydicom.dcmread(str(path))
+    del ds.PixelSpacing
+    ds.ImagerPixelSpacing = ["0.15", "0.15"]
+    ds.save_as(str(path), enforce_file_format=True)
+    image = read_image(path)
+    assumed = any("1 mm pixels assumed" in n for n in image_notes(image))
+    assert assumed == bool(np.allclose(image.GetSpacing()[:2], 1.0)), (image.GetSpacing(), image_notes(image))

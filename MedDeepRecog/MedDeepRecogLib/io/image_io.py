@@ -554,9 +554,9 @@ def _grey_alpha_picture(path: Path, spacing, pixel_type) -> sitk.Image:
 
 def _check_picture_decodes(path: Path) -> str:
     """Decode a PNG/JPEG once with Pillow before ITK reads it, within the picture size limits (checked on the header
-    first), and return its Pillow mode (``L``, ``RGB``, ``LA``, ...). ITK's libjpeg fills a truncated JPEG with grey and only prints "Premature end of JPEG file", so a damaged
-    picture would be classified as if whole; and libpng prints its own lines before ITK's error. Pillow raises
-    instead, which gives one line naming the file."""
+    first), and return its Pillow mode (``L``, ``RGB``, ``LA``, ...). ITK's libjpeg fills a truncated JPEG with grey
+    and only prints "Premature end of JPEG file", so a damaged picture would be classified as if whole; and libpng
+    prints its own lines before ITK's error. Pillow raises instead, which gives one line naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     pillow_limit = Image.MAX_IMAGE_PIXELS
@@ -597,6 +597,8 @@ def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, path: Path) -> No
     """
     import pydicom
 
+    if not np.allclose(image.GetSpacing()[:2], (1.0, 1.0)):
+        return  # the reader found a pixel size elsewhere (ImagerPixelSpacing of a radiograph)
     sizes: set[tuple[float, float]] = set()
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SequenceOfUltrasoundRegions"])
