@@ -21,6 +21,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
 from ..io.geometry import Geometry, lps_view
+from ..io.image_io import dicom_modality
 from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, nearest_axial_slice,
                           slices_from_image, volume_from_image, whole_image_is_body)
@@ -442,7 +443,7 @@ def _modality_guess(image: sitk.Image, hounsfield_or_not: str, picture: bool) ->
     """The JSON's ``modality_guess``, as ``info`` reports it (:func:`..io.image_io.guess_modality`) but from the
     HU test already made on a subsample: the DICOM tag (CT, MR, US), else CT for HU, unknown for a picture, else MR.
     ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or ``"MR"`` (not HU), which its decision rules read."""
-    tag = image.GetMetaData("0008|0060").strip().upper() if image.HasMetaDataKey("0008|0060") else ""
+    tag = dicom_modality(image)
     if tag in ("CT", "MR", "US"):
         return tag
     if hounsfield_or_not == "CT":

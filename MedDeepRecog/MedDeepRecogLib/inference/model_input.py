@@ -24,6 +24,7 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError, ModelPackageError
 from ..io.geometry import lps_view
+from ..io.image_io import dicom_modality
 from ..preprocessing.slices import SLICE_DEFAULTS, slice_options, standardise_slices
 
 @dataclass
@@ -120,10 +121,9 @@ def is_hounsfield(image: sitk.Image) -> bool:
 
     Estimated on a strided subsample of about 200,000 voxels, so a 512x512x300 CT costs milliseconds.
     """
-    if image.HasMetaDataKey("0008|0060"):
-        tag = image.GetMetaData("0008|0060").strip().upper()
-        if tag in ("CT", "MR"):
-            return tag == "CT"
+    tag = dicom_modality(image)
+    if tag in ("CT", "MR"):
+        return tag == "CT"
     flat = sitk.GetArrayViewFromImage(image).reshape(-1)
     arr = flat[:: max(1, flat.size // 200_003)]
     return bool(arr.size) and float(np.percentile(arr, 0.5)) < -500

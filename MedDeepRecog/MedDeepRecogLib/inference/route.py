@@ -48,9 +48,10 @@ class Route:
 def route_image(image: sitk.Image, device: str = "cpu") -> Route:
     """Choose a disease model for ``image`` (as read by :func:`..io.read_image`)."""
     from ..io import is_picture
+    from ..io.image_io import dicom_modality
     from .model_input import is_hounsfield
 
-    modality_tag = image.GetMetaData("0008|0060").strip().upper() if image.HasMetaDataKey("0008|0060") else ""
+    modality_tag = dicom_modality(image)
     one_slice = image.GetDimension() == 2 or image.GetSize()[2] == 1
     if is_picture(image) or modality_tag == "US" or (one_slice and modality_tag not in ("CT", "MR")
                                                        and not is_hounsfield(image)):

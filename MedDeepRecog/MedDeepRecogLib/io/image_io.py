@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from ..contract import PICTURE_SUFFIXES, WRITABLE_SUFFIXES, suffix_of
 from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..limits import ALLOW_GAPS_ENV, check_declared_image
-from .atomic import atomic_output
+from .atomic import atomic_output, disk_nearly_full
 
 log = logging.getLogger(__name__)
 # ITK prints its own warnings (e.g. "Non uniform sampling") as multi-line text on stderr; the reader checks those
@@ -837,8 +837,6 @@ def _writer_messages_captured():
 def _nifti_write_failed(image: sitk.Image, written: Path) -> bool:
     """ITK's NIfTI writer reports a short write (a full disk) only on stderr and returns normally, so the file is
     checked: an uncompressed ``.nii`` shorter than its voxels, or any NIfTI after which the disk is full."""
-    from .atomic import disk_nearly_full
-
     if disk_nearly_full(written.parent):
         return True
     if suffix_of(written) == ".nii":
@@ -857,16 +855,21 @@ def same_geometry(a: sitk.Image, b: sitk.Image, *, tolerance: float = 1e-4) -> b
     )
 
 
+def dicom_modality(image: sitk.Image) -> str:
+    """The DICOM Modality tag (0008,0060) of ``image`` as read, upper case (``"CT"``, ``"MR"``, ``"US"``...), or ``""``
+    for an image without one (NIfTI, NRRD, a picture)."""
+    return image.GetMetaData("0008|0060").strip().upper() if image.HasMetaDataKey("0008|0060") else ""
+
+
 def guess_modality(image: sitk.Image) -> str:
     """Best guess of ``"CT"``, ``"MR"``, ``"US"`` or ``"unknown"``: DICOM tag first, else intensity statistics.
 
     CT voxels are in HU: air near -1000 and a minimum below -500; MR intensities are non-negative. Ultrasound is
     known only from its DICOM tag (its intensities look like an MR's or a picture's).
     """
-    if image.HasMetaDataKey("0008|0060"):
-        tag = image.GetMetaData("0008|0060").strip().upper()
-        if tag in ("CT", "MR", "US"):
-            return tag
+    tag = dicom_modality(image)
+    if tag in ("CT", "MR", "US"):
+        return tag
     arr = sitk.GetArrayViewFromImage(image)
     lo = float(np.percentile(arr, 1)) if arr.size else 0.0
     if lo < -500:
