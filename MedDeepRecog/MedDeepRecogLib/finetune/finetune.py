@@ -107,7 +107,7 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         train_data = [d for d in loaded if d.case.case_id in train_ids]
         val_data = [d for d in loaded if d.case.case_id not in train_ids]
     # what the card says the model saw: the training cases' counts (validation apart), every case's warnings
-    report = {**dataset_report(train_data, classes), "warnings": dataset_report(loaded, classes)["warnings"]}
+    report = {**dataset_report(train_data, classes), "warnings": [w for item in loaded for w in item.warnings]}
     if val_data:
         report["validation"] = dataset_report(val_data, classes)
     if cfg.val_slab is not None:

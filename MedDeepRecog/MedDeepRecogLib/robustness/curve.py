@@ -156,7 +156,8 @@ def save_curve_png(result: dict[str, Any], path, *, title: str = "") -> None:
         ax.plot(eps, [result["clean"]["accuracy"]] + [r["accuracy"] for r in result["robust"]], "o-",
                 label="accuracy")
         if result["clean"]["auc"] is not None:
-            ax.plot(eps, [result["clean"]["auc"]] + [math.nan if r["auc"] is None else r["auc"] for r in result["robust"]], "s--",
+            aucs = [math.nan if r["auc"] is None else r["auc"] for r in result["robust"]]  # 0.0 is plotted
+            ax.plot(eps, [result["clean"]["auc"]] + aucs, "s--",
                     label="AUC")
         ax.set_ylabel("metric")
     else:

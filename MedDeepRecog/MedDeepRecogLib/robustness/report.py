@@ -82,6 +82,7 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
     from ..io.image_io import guess_modality
     from ..packages import load_package
     from .curve import save_curve_png, scan_robustness
+    from ..uncertainty.report import UNCALIBRATED_SCALE
     from .scan import hu_per_unit, model_input_of, perturbation_on_scan
 
     if int(steps) < 1:
@@ -115,8 +116,7 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         record.update({"input": str(scan), "model": {"id": pkg.id, "version": pkg.version},
                        "eps_units": "model input", "modality": modality,
                        "hu_per_unit": None if units is None else 1.0 / units,
-                       **({"probability_scale": "the network's softmax, before the package's temperature "
-                                                "(classify reports calibrated probabilities)"}
+                       **({"probability_scale": f"{UNCALIBRATED_SCALE} (classify reports calibrated probabilities)"}
                           if (pkg.meta.get("calibration") or {}).get("temperature") else {})})
         if units is not None:
             for point in record["curve"] + ([record["flip"]] if record["flip"] else []):

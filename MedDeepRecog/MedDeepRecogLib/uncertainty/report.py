@@ -30,6 +30,10 @@ def calibrated_probabilities(logits: np.ndarray | torch.Tensor, meta: Mapping[st
     return softmax(z, t)
 
 
+#: ``probability_scale`` of figures computed from the network's own softmax in a package that is calibrated.
+UNCALIBRATED_SCALE = "the network's softmax, before the package's temperature"
+
+
 def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[str, Any], *,
                          logits: torch.Tensor | None = None,
                          forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -83,7 +87,7 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
         return {"available": True, "samples": s["samples"], "predictive_entropy": s["predictive_entropy"][0],
                 "mutual_information": s["mutual_information"][0], "variance": s["variance"][0],
                 "mean_probabilities": dict(zip(names, mean)) if names else mean,
-                **({"probability_scale": "the network's softmax, before the package's temperature"} if cal else {})}
+                **({"probability_scale": UNCALIBRATED_SCALE} if cal else {})}
 
     if mc_samples > 0:
         if dropout_layers(model):
