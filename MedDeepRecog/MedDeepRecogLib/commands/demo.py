@@ -105,15 +105,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {f['label']} on {f['slices']} slices, S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm "
               f"(axial slices {f['first_index']}-{f['last_index']} counted from the most inferior)"
               + (f": {f['caveat']}" if f.get("caveat") else ""))
-    loc = (result.explain.get("localisation") or {}).get("per_slice")
-    if loc and loc["slices"]:
-        print(f"  heatmap peak inside the tumour label on {loc['pointing_hits']} of {loc['slices']} tumour slices; "
-              f"{loc['mean_mass_inside']:.0%} of their heat inside it (the tumour covers "
-              f"{loc['lesion_area_share']:.1%} of those slices)")
-    reliance = (result.explain.get("localisation") or {}).get("lesion_reliance")
-    if reliance and reliance.get("drop_elsewhere") is not None:
-        print(f"  probability drop of each slice's label when the tumour is filled with the surrounding tissue: "
-              f"{reliance['drop_lesion']:+.3f} on average (the same fill elsewhere: {reliance['drop_elsewhere']:+.3f})")
+    from ..report import lesion_words
+
+    for line in lesion_words(result):  # the heatmap against the bundled tumour label, as the report words it
+        print(f"  {line}")
     if result.explain.get("faithfulness_caption"):
         print(f"  heatmap {result.explain['faithfulness_caption']}")
     print(f"  outputs: {out / result.name}{{.json,_heatmap.nrrd,_heatmap.png"
