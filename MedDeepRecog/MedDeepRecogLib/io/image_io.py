@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from ..contract import PICTURE_SUFFIXES, WRITABLE_SUFFIXES, suffix_of
 from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..limits import ALLOW_GAPS_ENV, check_declared_image
-from .atomic import atomic_output, disk_nearly_full
+from .atomic import atomic_output
 
 log = logging.getLogger(__name__)
 # ITK prints its own warnings (e.g. "Non uniform sampling") as multi-line text on stderr; the reader checks those
@@ -837,7 +837,9 @@ def _writer_messages_captured():
 def _nifti_write_failed(image: sitk.Image, written: Path) -> bool:
     """ITK's NIfTI writer reports a short write (a full disk) only on stderr and returns normally, so the file is
     checked: an uncompressed ``.nii`` shorter than its voxels, or any NIfTI after which the disk is full."""
-    if disk_nearly_full(written.parent):
+    from . import atomic  # looked up at call time, as atomic_output's own check is
+
+    if atomic.disk_nearly_full(written.parent):
         return True
     if suffix_of(written) == ".nii":
         voxels = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
