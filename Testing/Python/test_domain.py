@@ -190,3 +190,72 @@ def test_train_fits_and_calibrates_the_check_and_records_it(tmp_path):
     assert "## Where the heatmap sits on its val images" in card and "peak in outer 25% / heat there" in card
     package = load_package(out["package"])
     assert package.domain.threshold == pytest.approx(block["threshold"], rel=1e-5)
+
+
+def test_calibrate_moves_the_out_of_domain_threshold_and_measures_the_negatives_there(shared_data, tmp_path,
+                                                                                    run_cli_all):
+    """``calibrate --domain-quantile Q``: at the parent's own quantile of its val split the threshold comes back as
+    training set it; at another quantile the new version keeps the parent's weights and statistics, records where
+    the threshold came from, measures the config's negatives at it, rewrites the card's section in place, and
+    classify applies it. The options refuse what they cannot do, in one line."""
+    import yaml
+
+    parent = load_package("breast-us-lesion@1.5.0")
+    npz = shared_data / "breast_us_busi" / "breast_us_busi_trainval.npz"
+    negatives = tmp_path / "negatives.yaml"
+    negatives.write_text(yaml.safe_dump({"domain": {"negatives": [
+        {"name": "lung CT", "path": str(shared_data / "lung_ct_iqothnccd" / "lung_ct_iqothnccd_trainval.npz"),
+         "split": "val", "max": 20}]}}))
+    base = ["calibrate", "--model", "breast-us-lesion@1.5.0", "--data", npz, "--no-temperature", "--dest",
+            tmp_path / "pkgs", "--progress", "none"]
+    code, out, err = run_cli_all(*base, "--domain-quantile", 0.95, "--version", "1.5.90")
+    assert code == 0, err
+    same = json.loads(out)["domain"]
+    assert same["threshold"] == pytest.approx(parent.meta["domain"]["threshold"], rel=1e-4)
+    assert same["negatives"] == {}  # the parent's figures are not carried over unmeasured
+
+    code, out, err = run_cli_all(*base, "--domain-quantile", 0.97, "--domain-negatives", negatives,
+                                 "--version", "1.5.91")
+    assert code == 0, err
+    new = load_package(tmp_path / "pkgs" / "breast-us-lesion" / "1.5.91")
+    block = new.meta["domain"]
+    assert block["quantile"] == 0.97 and block["threshold"] > parent.meta["domain"]["threshold"]
+    assert 0.96 <= block["val_in_domain_rate"] <= 0.98
+    assert block["negatives"] == {"lung CT": {"n": 20, "flagged_rate": 1.0}}
+    assert block["chosen_on"]["parent_threshold"] == parent.meta["domain"]["threshold"]
+    assert block["sha256"] == parent.meta["domain"]["sha256"]
+    np.testing.assert_array_equal(new.domain.precision, parent.domain.precision)
+    assert new.domain.threshold == pytest.approx(block["threshold"])
+    for name, tensor in parent.build_model("cpu").state_dict().items():
+        torch.testing.assert_close(new.build_model("cpu").state_dict()[name], tensor, rtol=0, atol=0)
+    card = (new.path / "MODEL_CARD.md").read_text()
+    assert card.count("## Out-of-domain check") == 1 and "the 97% quantile of the validation split" in card
+    assert "| lung CT | 20 | 100.0% |" in card and "moved from the parent package's" in card
+    assert "out-of-domain threshold of this calibrated version fitted on val" in new.meta["metrics"]["selected_by"]
+
+    # an image scored between the two thresholds: out of the parent's domain, inside the new one
+    from MedDeepRecogLib.inference.calibrate import _npz_split
+    from MedDeepRecogLib.training.domain import features_of
+
+    val = _npz_split(parent, npz, "val")
+    scores = parent.domain.scores(features_of(parent.build_model("cpu"), val.images, torch.device("cpu"))[0])
+    between = np.flatnonzero((scores > parent.domain.threshold) & (scores <= new.domain.threshold))
+    assert len(between) >= 1
+    from PIL import Image
+
+    from MedDeepRecogLib.inference.classify import classify_scan
+
+    png = tmp_path / "between.png"
+    Image.fromarray(np.load(npz)["val_images"][between[0]]).save(png)
+    assert classify_scan(png, parent, explain="none", uncertainty="none").label == "out-of-domain"
+    assert classify_scan(png, new, explain="none", uncertainty="none").label != "out-of-domain"
+
+    for extra, words in ((["--domain-negatives", negatives], "give --domain-quantile Q with it"),
+                         (["--domain-quantile", 1.0], "domain/quantile must be a number in [0.5, 1)"),
+                         (["--domain-quantile", 0.97, "--domain-negatives", tmp_path / "pkgs" / "none.yaml"],
+                          "none.yaml")):
+        code, out, err = run_cli_all(*base, *extra)
+        assert code == 2 and words in err and "Traceback" not in err, err
+    code, _, err = run_cli_all("calibrate", "--model", "body-region", "--data", npz, "--no-temperature",
+                               "--domain-quantile", 0.97, "--dest", tmp_path / "pkgs", "--progress", "none")
+    assert code == 2 and "has no out-of-domain check" in err, err

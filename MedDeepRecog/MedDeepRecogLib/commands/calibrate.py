@@ -1,9 +1,11 @@
 """``meddeeprecog calibrate --model ID --data NPZ|CSV [--fit-split val] [--report-split test]
-[--decision-rules RULES.json [--quantile 0.02]] [--no-temperature] [--dest DIR] [--version V] [--progress json]``.
+[--decision-rules RULES.json [--quantile 0.02]] [--domain-quantile Q [--domain-negatives CONFIG]] [--no-temperature]
+[--dest DIR] [--version V] [--progress json]``.
 
 Fits temperature scaling and the low-confidence threshold on validation data and, with ``--decision-rules``, the
 "uncertain" threshold ``min_probability`` of the decision rules; writes a NEW package version whose model.json has
-``"calibration"`` (and ``"decision"``) blocks (see ``inference/calibrate.py``). The source package is never changed.
+``"calibration"`` (and ``"decision"``) blocks (see ``inference/calibrate.py``); with ``--domain-quantile`` the
+out-of-domain check's threshold is moved to that quantile of the fitting split's scores. The source package is never changed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "probability, rounded down to 0.05 (default 0.02: 98%% of correct calls pass)")
     p.add_argument("--no-temperature", dest="temperature", action="store_false",
                    help="keep the probabilities as they are: write only the decision rules")
+    p.add_argument("--domain-quantile", type=float, metavar="Q",
+                   help="move the out-of-domain threshold to this quantile (0.5 to <1) of the fitting split's "
+                        "scores (.npz data); the check's statistics are kept")
+    p.add_argument("--domain-negatives", metavar="CONFIG",
+                   help="with --domain-quantile: a train config whose domain/negatives (other data sets) are "
+                        "measured at the new threshold for the model card")
     p.add_argument("--dest", help="catalog folder for the new version (default: the user catalog)")
     p.add_argument("--version", help="version of the new package (default: next free patch version)")
     p.add_argument("--bins", type=bounded_int(2, 1000), default=10, help="confidence bins of the ECE (default 10)")
@@ -56,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     result = calibrate_package(args.model, args.data, split=args.split, dest=args.dest, version=args.version,
                                n_bins=args.bins, progress=progress, report_split=args.report_split,
                                temperature=args.temperature, decision_rules=args.decision_rules,
-                               quantile=args.quantile, command=command_line())
+                               quantile=args.quantile, domain_quantile=args.domain_quantile,
+                               domain_negatives=args.domain_negatives, command=command_line())
     if result["calibration"] is not None:
         print(f"meddeeprecog calibrate: {result['calibration']['note']}", file=sys.stderr)
     if args.progress == "json":

@@ -42,8 +42,9 @@ from ..uncertainty.calibration import (expected_calibration_error, fit_temperatu
 from ..uncertainty.report import calibrated_probabilities, package_temperature
 
 
-def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of ``split`` of a labelled ``.npz``, prepared as ``evaluate`` prepares it."""
+def _npz_split(pkg, path: Path, split: str):
+    """``split`` of a labelled ``.npz`` as an ``ArrayDataset``, prepared as ``evaluate`` prepares it (images
+    ``(N, C, ...)`` standardised as in training and classify)."""
     import torch
 
     from ..training.data import load_eval_split
@@ -53,6 +54,14 @@ def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.n
     if len(ds) == 0:
         raise ConfigError(f"split {split!r} is empty", path)
     pkg.check_input(torch.as_tensor(ds.images[:1]), path)
+    return ds
+
+
+def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``split`` of a labelled ``.npz``, prepared as ``evaluate`` prepares it."""
+    import torch
+
+    ds = _npz_split(pkg, path, split)
     model = pkg.build_model("cpu")
     out = []
     with torch.no_grad():
@@ -178,7 +187,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
                       version: str | None = None, n_bins: int = 10, progress: ProgressCallback = null_progress,
                       command: str | None = None, report_split: str | None = None, temperature: bool = True,
                       decision_rules: Mapping[str, Any] | str | Path | None = None,
-                      quantile: float = 0.02) -> dict[str, Any]:
+                      quantile: float = 0.02, domain_quantile: float | None = None,
+                      domain_negatives: str | Path | None = None) -> dict[str, Any]:
     """Fit the package's calibration on ``split`` of ``data``; write a new package version.
 
     Args:
@@ -194,6 +204,9 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         decision_rules: write a ``decision`` block: these rules (a mapping, or a JSON/YAML file; checked by
             :func:`read_decision_rules` before any prediction) plus ``min_probability`` at ``quantile`` of the
             correct calls' probability (see the module docstring).
+        domain_quantile: move the out-of-domain threshold to this quantile of ``split``'s scores (``.npz`` only;
+            the package's check statistics are kept, :func:`..training.domain.rethreshold_domain`).
+        domain_negatives: a train config whose ``domain/negatives`` are measured at the new threshold.
 
     Returns:
         ``{"package": new folder, "id", "version", "parent", "calibration": {...} or None, "decision": {...} or
@@ -206,9 +219,27 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
 
     from ..packages import catalog_dirs, load_package, next_version, save_package, user_models_dir
 
-    if not temperature and decision_rules is None:
-        raise ConfigError("nothing to calibrate: drop --no-temperature, or give --decision-rules RULES")
+    if domain_negatives is not None and domain_quantile is None:
+        raise ConfigError("--domain-negatives measures the negatives at a new out-of-domain threshold: give "
+                          "--domain-quantile Q with it")
+    if not temperature and decision_rules is None and domain_quantile is None:
+        raise ConfigError("nothing to calibrate: drop --no-temperature, or give --decision-rules RULES or "
+                          "--domain-quantile Q")
+    negatives = None
+    if domain_quantile is not None:  # checked before any prediction
+        from ..training.domain import check_domain_block
+
+        if domain_negatives is not None:
+            domain_negatives = Path(domain_negatives)
+            negatives = (load_mapping(domain_negatives, "train config").get("domain") or {}).get("negatives")
+            if not negatives:
+                raise ConfigError("no domain/negatives in this config to measure", domain_negatives)
+        check_domain_block({"quantile": domain_quantile, "negatives": negatives or []}, domain_negatives)
     pkg = load_package(model_ref)
+    if domain_quantile is not None:
+        from ..training.domain import require_domain_check
+
+        require_domain_check(pkg)
     if decision_rules is not None:
         decision_rules = read_decision_rules(decision_rules, pkg.class_names)
     data = Path(data)
@@ -222,6 +253,9 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
                               "report data as another .npz, or drop --report-split", data)
         logits, labels = _csv_logits(pkg, data, progress)
         split_desc = "all rows of the CSV"
+        if domain_quantile is not None:
+            raise ConfigError("--domain-quantile sets the threshold on an .npz split (images as in training); a "
+                              "CSV of scans is not supported for it", data)
     else:
         logits, labels = _npz_logits(pkg, data, split)
         split_desc = split
@@ -244,16 +278,27 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         decision = decision_block(calibrated_probabilities(logits, meta), labels, decision_rules, quantile=quantile,
                                   data=data, split=split_desc, command=command)
         meta["decision"] = decision
+    if domain_quantile is not None:
+        from ..training.domain import rethreshold_domain
+
+        progress("out-of-domain threshold", 0.9)
+        domain = rethreshold_domain(pkg, _npz_split(pkg, data, split).images, domain_quantile, negatives,
+                                    domain_negatives)
+        domain["chosen_on"] = {"data": data.name, "split": split, "n": int(len(labels)),
+                               "parent_threshold": pkg.meta["domain"]["threshold"],
+                               "parent_quantile": pkg.meta["domain"]["quantile"], "command": command}
+        meta["domain"] = domain
 
     root = Path(dest) if dest is not None else user_models_dir()
     version = version or next_version(pkg.id, [root] + [d for d in catalog_dirs() if d != root])
     meta.pop("weights", None)
     meta["version"] = version
     metrics = meta.get("metrics")
-    if isinstance(metrics, dict) and "selected_by" in metrics and (cal is not None or decision is not None):
+    if isinstance(metrics, dict) and "selected_by" in metrics:
         # the weights were chosen without that split, but this version's calibration was fitted on it
         fitted = " and ".join(w for w, on in (("the temperature and low-confidence threshold", cal is not None),
-                                              ("the decision rules' thresholds", decision is not None)) if on)
+                                              ("the decision rules' thresholds", decision is not None),
+                                              ("the out-of-domain threshold", domain_quantile is not None)) if on)
         metrics["selected_by"] = (f"{metrics['selected_by']}; {fitted} of this calibrated version fitted on "
                                   f"{split_desc}")
     prov = dict(meta.get("provenance") or {})
@@ -270,6 +315,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         card += calibration_card_section(cal, f"{pkg.id}@{pkg.version}")
     if decision is not None:
         card = decision_card_section(card, decision)
+    if domain_quantile is not None:
+        card = domain_card_section(card, meta["domain"])
     extra: dict[str, Any] = {"MODEL_CARD.md": card}
     replaced = {"model.json", "MODEL_CARD.md", pkg.meta["weights"]["file"]} | ({"reliability.png"} if cal else set())
     for f in pkg.path.iterdir():
@@ -284,7 +331,9 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         progress("save", 0.95)
         new = save_package(pkg.build_model("cpu"), meta, dest, extra_files=extra)
     return {"package": str(new), "id": pkg.id, "version": new.name, "parent": f"{pkg.id}@{pkg.version}",
-            "calibration": cal, "decision": decision}
+            "calibration": cal, "decision": decision,
+            "domain": None if domain_quantile is None else {k: v for k, v in meta["domain"].items()
+                                                            if k not in ("file", "sha256", "features")}}
 
 
 def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, split: str, split_desc: str,
@@ -360,6 +409,22 @@ def decision_card_section(card: str, decision: dict[str, Any]) -> str:
                f"down); {chosen['correct_passing']:.2%} of correct calls pass{flagged}.\n"
                f"- Other rules as configured: `{json.dumps(others)}`\n")
     start = card.find(f"\n{DECISION_HEADING}\n")
+    if start < 0:
+        return card.rstrip("\n") + "\n\n" + section
+    end = card.find("\n## ", start + 1)
+    return card[:start + 1] + section + ("" if end < 0 else card[end:])
+
+
+DOMAIN_HEADING = "## Out-of-domain check"
+
+
+def domain_card_section(card: str, domain: dict[str, Any]) -> str:
+    """``card`` with its out-of-domain section written for ``domain`` (replacing the parent's, up to the next
+    section, or appended)."""
+    from ..training.domain import domain_card_lines
+
+    section = domain_card_lines(domain).lstrip("\n")
+    start = card.find(f"\n{DOMAIN_HEADING}\n")
     if start < 0:
         return card.rstrip("\n") + "\n\n" + section
     end = card.find("\n## ", start + 1)

@@ -99,12 +99,8 @@ def calibrate_domain(model, data, cfg, device) -> tuple[dict, bytes]:
     f_val, _ = features_of(model, data.val.images, device)
     val_scores = check.scores(f_val)
     check.threshold = float(np.quantile(val_scores, quantile))
-    size = list(data.train.images.shape[2:])
-    negatives = {}
-    for neg in block.get("negatives") or []:
-        x = _negative_images(neg, cfg.input.slices or {}, size, cfg.source)
-        scores = check.scores(features_of(model, x, device)[0])
-        negatives[str(neg["name"])] = {"n": int(len(x)), "flagged_rate": round(float(np.mean(scores > check.threshold)), 4)}
+    negatives = negatives_flagged(model, check, block.get("negatives") or [], cfg.input.slices or {},
+                                  list(data.train.images.shape[2:]), cfg.source, device)
     payload = check.to_bytes()
     meta = {"method": "mahalanobis", "features": feature_description(model),
             "file": DOMAIN_FILE, "sha256": hashlib.sha256(payload).hexdigest(),
@@ -115,20 +111,70 @@ def calibrate_domain(model, data, cfg, device) -> tuple[dict, bytes]:
     return meta, payload
 
 
+def negatives_flagged(model, check: DomainCheck, negatives: list, slices: Mapping, size, source, device) -> dict:
+    """``{name: {"n", "flagged_rate"}}``: the share of each negative set (``domain/negatives`` entries, paths relative
+    to ``source``) that ``check`` flags, the images standardised as the model's own (``slices``, ``size``)."""
+    out = {}
+    for neg in negatives:
+        x = _negative_images(neg, slices, size, source)
+        scores = check.scores(features_of(model, x, device)[0])
+        out[str(neg["name"])] = {"n": int(len(x)), "flagged_rate": round(float(np.mean(scores > check.threshold)), 4)}
+    return out
+
+
+def require_domain_check(pkg) -> None:
+    """Refuse, in one line, a package without an out-of-domain check to re-threshold."""
+    if pkg.domain is None:
+        raise ConfigError(f"{pkg.id}@{pkg.version} has no out-of-domain check (no domain block in model.json) to "
+                          "set a threshold for")
+
+
+def rethreshold_domain(pkg, images: np.ndarray, quantile: float, negatives: list | None, source) -> dict:
+    """The package's ``domain`` block with its threshold moved to ``quantile`` of the scores of ``images``
+    ``(N, C, H, W)`` (in-domain held-out images, standardised as the package's input): the statistics (class means,
+    precision; ``domain.safetensors``) are kept, only the cut-off changes. ``negatives`` (``domain/negatives``
+    entries of a train config at ``source``) are measured at the new threshold; without them the parent's
+    figures, which no longer hold, are dropped.
+
+    Raises:
+        ConfigError: the package has no out-of-domain check, or ``quantile`` is outside ``[0.5, 1)``.
+    """
+    import torch
+
+    require_domain_check(pkg)
+    check_domain_block({"quantile": quantile, "negatives": negatives or []}, source)
+    model = pkg.build_model("cpu")
+    device = torch.device("cpu")
+    scores = pkg.domain.scores(features_of(model, images, device)[0])
+    check = DomainCheck(pkg.domain.means, pkg.domain.precision, threshold=float(np.quantile(scores, quantile)))
+    block = dict(pkg.meta["domain"])
+    block.update(threshold=round(check.threshold, 6), quantile=float(quantile),
+                 val_in_domain_rate=round(float(np.mean(scores <= check.threshold)), 4),
+                 negatives=negatives_flagged(model, check, negatives or [], pkg.input_spec.get("slices") or {},
+                                             list(images.shape[2:]), source, device))
+    return block
+
+
 def domain_card_lines(block: Mapping[str, Any] | None) -> str:
     """The model card's paragraph on the out-of-domain check."""
     if not block:
         return ""
     rows = "\n".join(f"| {name} | {v['n']} | {v['flagged_rate']:.1%} |" for name, v in block["negatives"].items())
-    return f"""
-## Out-of-domain check
-Images whose penultimate features lie farther from every class than the threshold (squared Mahalanobis distance
-{block['threshold']:.1f}, the {block['quantile']:.0%} quantile of the validation split, fitted on the
-{block['fitted_on']}) are reported as **outside this model's domain** instead of being given a class; a volume in
-which no slice is in the domain gets no class at all. Validation images kept: {block['val_in_domain_rate']:.1%}.
-Share of other data sets flagged (not used to set the threshold):
+    chosen = block.get("chosen_on")
+    moved = "" if not chosen else (
+        f"\nThe threshold was moved from the parent package's ({chosen['parent_threshold']:.1f}, the "
+        f"{100 * chosen['parent_quantile']:g}% quantile) by `meddeeprecog calibrate` on split `{chosen['split']}` of "
+        f"`{chosen['data']}` ({chosen['n']} images); the statistics are the parent's.\n```\n{chosen['command']}\n```\n")
+    negatives = (f"""Share of other data sets flagged (not used to set the threshold):
 
 | data set | images | flagged out of domain |
 |---|---|---|
 {rows}
-"""
+""" if rows else "No other data set was measured at this threshold.\n")
+    return f"""
+## Out-of-domain check
+Images whose penultimate features lie farther from every class than the threshold (squared Mahalanobis distance
+{block['threshold']:.1f}, the {100 * block['quantile']:g}% quantile of the validation split, fitted on the
+{block['fitted_on']}) are reported as **outside this model's domain** instead of being given a class; a volume in
+which no slice is in the domain gets no class at all. Validation images kept: {block['val_in_domain_rate']:.1%}.
+{moved}{negatives}"""
