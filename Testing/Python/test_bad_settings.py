@@ -270,3 +270,29 @@ def test_max_train_keeps_every_class_of_a_file_sorted_by_class(tmp_path):
     cfg.data.path, cfg.data.kind, cfg.data.max_train = str(path), "slices2d", 10
     data = load_train_val(cfg, path)
     assert np.bincount(data.train.labels).tolist() == [5, 5]
+
+
+@pytest.mark.parametrize("mode, argv, needle", [
+    ("input", ["--split", "val"], "--split does nothing with --input"),
+    ("input", ["--batch-size", "8"], "--batch-size does nothing with --input"),
+    ("data", ["--refine", "3"], "--refine does nothing with --data"),
+    ("data", ["--write-perturbation"], "--write-perturbation does nothing with --data"),
+    ("train", ["--eps", "0.1"], "--eps does nothing with --train-config"),
+    ("train", ["--model", "x"], "--model does nothing with --train-config"),
+    ("data", ["--attack", "fgsm", "--steps", "3"], "FGSM is one step"),
+])
+def test_robustness_refuses_an_option_its_mode_would_ignore(tmp_path, capsys, tiny_pkg, mode, argv, needle):
+    """Each mode reads its own options; one the mode would silently ignore is refused by name before anything is
+    read or attacked, and the same option is accepted in the mode that reads it."""
+    data = _labelled(tmp_path / "d.npz", [0, 1, 2] * 4)
+    source = {"input": ["--input", tmp_path / "missing.nrrd"], "data": ["--data", data],
+              "train": ["--train-config", tmp_path / "missing.yaml"]}[mode]
+    model = [] if mode == "train" else ["--model", tiny_pkg]
+    assert _run("robustness", *model, *source, "--out", tmp_path / "o", "--progress", "none", *argv) == 2
+    _one_line(capsys, needle)
+    assert not (tmp_path / "o").exists()
+    if argv[0] == "--batch-size":  # read by --data
+        assert _run("robustness", "--model", tiny_pkg, "--data", data, "--out", tmp_path / "o", "--eps", "0.01",
+                    "--attack", "fgsm", "--progress", "none", *argv) == 0
+        capsys.readouterr()
+        assert json.loads((tmp_path / "o" / "robustness.json").read_text())["n"] == 12

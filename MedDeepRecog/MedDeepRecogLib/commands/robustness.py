@@ -38,26 +38,58 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--input", nargs="+", metavar="SCAN", help="scan(s): how far does the prediction move?")
     src.add_argument("--data", help="labelled .npz (MedMNIST-style) for clean vs robust accuracy")
     src.add_argument("--train-config", help="train a config with an 'adversarial' block into a new package")
-    p.add_argument("--split", default="val", help="split of --data (default val)")
+    p.add_argument("--split", help="split of --data (default val)")
     p.add_argument("--out", help="output folder")
-    p.add_argument("--attack", choices=["fgsm", "pgd"], default="pgd",
+    p.add_argument("--attack", choices=["fgsm", "pgd"],
                    help="fgsm: one signed-gradient step of size eps; pgd: --steps projected gradient steps inside "
                         "the eps ball (stronger; default)")
     p.add_argument("--eps", nargs="+", help="attack budget(s) in model input units (space or comma separated); "
                    "for CT scans the output also gives each in HU")
-    p.add_argument("--steps", type=bounded_int(1, 1000), default=10, help="PGD iterations (default 10)")
+    p.add_argument("--steps", type=bounded_int(1, 1000), help="PGD iterations (default 10)")
     p.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="valid intensity range of the model input (default: from the package's preprocessing, "
                         "else the input's own min/max)")
-    p.add_argument("--refine", type=bounded_int(0, 50), default=5, help="bisection steps refining the smallest flipping eps")
+    p.add_argument("--refine", type=bounded_int(0, 50),
+                   help="--input: bisection steps refining the smallest flipping eps (default 5)")
     p.add_argument("--write-perturbation", action="store_true", help="write the perturbation volume (scan mode)")
-    p.add_argument("--max-cases", type=bounded_int(1, 10_000_000), help="use at most N cases of --data")
-    p.add_argument("--batch-size", type=bounded_int(1, 4096), default=32, help="--data cases attacked per batch (default 32)")
+    p.add_argument("--max-cases", type=bounded_int(1, 10_000_000), help="--data: use at most N cases")
+    p.add_argument("--batch-size", type=bounded_int(1, 4096), help="--data: cases attacked per batch (default 32)")
     p.add_argument("--package-dest", help="--train-config: catalog folder for the new package")
     p.add_argument("--epochs", type=int, help="--train-config: override training/epochs")
     p.add_argument("--threads", type=thread_count, help="torch CPU threads")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)
     p.set_defaults(func=run)
+
+
+#: the options each mode reads (beyond --threads and --progress, which all read); any other option given is refused
+#: rather than silently ignored
+MODE_OPTIONS = {
+    "input": ("model", "out", "attack", "eps", "steps", "bounds", "refine", "write_perturbation"),
+    "data": ("model", "out", "attack", "eps", "steps", "bounds", "split", "max_cases", "batch_size"),
+    "train_config": ("out", "package_dest", "epochs"),
+}
+#: the defaults of options whose absence must be told apart from their default value
+DEFAULTS = {"attack": "pgd", "steps": 10, "refine": 5, "split": "val", "batch_size": 32}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, in one line, an option the chosen mode would ignore (``--split`` with ``--input``, ``--eps`` with
+    ``--train-config``, ``--steps`` with the one-step FGSM), then fill in the defaults."""
+    from ..errors import ConfigError
+
+    mode = next((m for m in MODE_OPTIONS if getattr(args, m)), None)
+    if mode is not None:
+        flag = f"--{mode.replace('_', '-')}"
+        for name in sorted(set(DEFAULTS) | {"eps", "bounds", "max_cases", "write_perturbation", "model",
+                                               "package_dest", "epochs"}):
+            if name not in MODE_OPTIONS[mode] and getattr(args, name) not in (None, False):
+                reads = ", ".join(f"--{o.replace('_', '-')}" for o in MODE_OPTIONS[mode])
+                raise ConfigError(f"--{name.replace('_', '-')} does nothing with {flag} (it reads {reads}): drop it")
+    if args.steps is not None and args.attack == "fgsm":
+        raise ConfigError("--steps counts PGD iterations; FGSM is one step: drop --steps or use --attack pgd")
+    for name, value in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..progress import Progress
 
+    check_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = Progress(args.progress)
