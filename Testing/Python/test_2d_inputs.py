@@ -478,6 +478,63 @@ def test_a_grey_picture_with_transparency_is_read_as_its_grey_channel(tmp_path, 
     assert code == 0 and json.loads(out)["size"] == [120, 120], err
 
 
+def _radiograph(path: Path, imager_spacing, magnification=None, sop_class="1.2.840.10008.5.1.4.1.1.7") -> Path:
+    """A radiograph DICOM with ImagerPixelSpacing (row, column mm) and no PixelSpacing; a secondary capture by
+    default (GDCM gives it 1 mm), or ``sop_class`` (DX, CR: GDCM takes ImagerPixelSpacing itself)."""
+    import pydicom
+
+    path = write_dicom(path, _brainish(), modality="DX")
+    ds = pydicom.dcmread(str(path))
+    del ds.PixelSpacing
+    ds.ImagerPixelSpacing = [str(v) for v in imager_spacing]
+    if magnification is not None:
+        ds.EstimatedRadiographicMagnificationFactor = str(magnification)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.7", DX_STORAGE])
+@pytest.mark.parametrize("magnification, spacing, notes", [
+    (None, (0.2, 0.15), ["pixel size 0.2 x 0.15 mm from ImagerPixelSpacing (0018,1164) (no PixelSpacing)",
+                         "at the detector plane, not corrected for geometric magnification",
+                         "no EstimatedRadiographicMagnificationFactor (0018,1114)"]),
+    (1.25, (0.16, 0.12), ["pixel size 0.16 x 0.12 mm: ImagerPixelSpacing (0018,1164) 0.2 x 0.15 mm at the detector "
+                          "plane divided by EstimatedRadiographicMagnificationFactor (0018,1114) 1.25"]),
+    (0.5, (0.2, 0.15), ["not corrected for geometric magnification (EstimatedRadiographicMagnificationFactor "
+                        "(0018,1114) '0.5' is not a factor of 1 to 10)"])])
+def test_a_radiograph_without_pixel_spacing_takes_its_imager_pixel_spacing_and_says_where_it_is_measured(
+        tmp_path, run_cli_all, sop_class, magnification, spacing, notes):
+    """A projection radiograph stores its pixel size at the detector, as ImagerPixelSpacing (0018,1164): that size
+    is read (not 1 mm), divided by EstimatedRadiographicMagnificationFactor when there is a usable one, and the note
+    says which; "1 mm pixels assumed" is not said. Whatever the storage class (GDCM read a secondary capture at 1 mm
+    and a DX at the uncorrected detector size without a word)."""
+    path = _radiograph(tmp_path / "dx.dcm", (0.15, 0.2), magnification, sop_class)
+    image = read_image(path)
+    assert image.GetSpacing()[:2] == pytest.approx(spacing)
+    code, out, err = run_cli_all("info", path)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["spacing_mm"][:2] == pytest.approx(spacing)
+    assert record["notes"] == image_notes(image) and len(record["notes"]) == 1, record["notes"]
+    for needle in notes:
+        assert needle in record["notes"][0], (needle, record["notes"])
+    assert "1 mm pixels assumed" not in record["notes"][0]
+
+
+@pytest.mark.parametrize("imager_spacing", [(0.0, 0.2), (-0.15, 0.2), ("nan", "nan")])
+def test_a_radiograph_whose_imager_pixel_spacing_is_unusable_is_refused_not_taken_as_1mm(
+        tmp_path, run_cli_all, imager_spacing):
+    """Without PixelSpacing, a zero, negative or NaN ImagerPixelSpacing is refused as a bad PixelSpacing is (GDCM
+    would take 1 mm for one axis of a DX, or flip the image for a negative size)."""
+    path = _radiograph(tmp_path / "dx.dcm", imager_spacing, sop_class=DX_STORAGE)
+    code, _, err = run_cli_all("info", path)
+    _clean_error(code, err, "dx.dcm", "ImagerPixelSpacing (0018,1164)", "no PixelSpacing")
+
+
 def test_a_pixel_size_the_reader_found_elsewhere_is_not_called_assumed(tmp_path):
     """A radiograph stores its pixel size as ImagerPixelSpacing, not PixelSpacing: whatever size the reader takes
     from it stands, and "1 mm pixels assumed" is said only when the image really got 1 mm."""

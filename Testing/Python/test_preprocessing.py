@@ -268,6 +268,36 @@ def test_cli_resampling_pipeline_output_overlays_input(run_cli, tmp_path):
     assert read_image(kept).GetSpacing() == pytest.approx((1.5, 1.5, 1.5))
 
 
+@pytest.mark.parametrize("setting, value", [("search_radius", 3), ("h", 30.0), ("sigma", 10.0)])
+def test_cli_refuses_nlm_settings_the_sitk_backend_cannot_honour(run_cli_all, tmp_path, setting, value):
+    """SimpleITK's PatchBasedDenoising samples its candidates at random and estimates its own kernel bandwidth:
+    a search radius, h or noise sigma given with backend 'sitk' would be silently ignored, so it is refused in
+    one line naming the setting and the backend that honours it (exit 2), before anything is written."""
+    source = write_image(make_volume(size=(16, 16, 6), spacing=(1.0, 1.0, 1.0)), tmp_path / "in.nrrd")
+    pipe = tmp_path / "pipe.json"
+    pipe.write_text(json.dumps({"steps": [{"name": "nlm", "backend": "sitk", setting: value}]}))
+    out = tmp_path / "out.nrrd"
+    code, _, err = run_cli_all("preprocess", source, out, "--pipeline", pipe)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for needle in (f"parameter {setting!r}", "backend 'sitk'", "use backend 'torch', which honours it"):
+        assert needle in lines[0], (needle, lines[0])
+    assert not out.exists()
+
+
+def test_sitk_nlm_runs_with_the_settings_it_honours_and_refuses_others_built_in_code(tmp_path):
+    from MedDeepRecogLib.preprocessing.denoise import NlmParams, nlm
+
+    # isotropic: SimpleITK's filter fails on spacings that are not whole multiples of each other (its own
+    # 'Patch weights must be in the range [0,1]', reported as a one-line ConfigError by the pipeline)
+    image = make_volume(size=(12, 12, 4), spacing=(1.0, 1.0, 1.0))
+    out = Pipeline.from_data([{"name": "nlm", "backend": "sitk", "patch_size": 2, "search_radius": 2}]).run(image)
+    assert not np.array_equal(sitk.GetArrayFromImage(out.image), sitk.GetArrayFromImage(image))
+    assert NlmParams(backend="torch", search_radius=3, h=30.0, sigma=10.0).validate() is None
+    with pytest.raises(ConfigError, match="step 'nlm': parameter 'h'"):
+        nlm(image, NlmParams(backend="sitk", h=30.0))
+
+
 # ------------------------------------------------------------------------------------------ real scans
 
 @pytest.fixture(scope="module")

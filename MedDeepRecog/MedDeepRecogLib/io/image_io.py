@@ -47,6 +47,9 @@ MAX_PICTURE_SIDE = 16384
 MAX_PICTURE_PIXELS = 64 << 20
 #: The pixel sizes (mm) a picture's --spacing or a DICOM file's PixelSpacing may give: from 1 micrometre to 1 metre.
 SPACING_RANGE_MM = (1e-3, 1e3)
+#: The EstimatedRadiographicMagnificationFactor (0018,1114) a radiograph may give: source-to-detector over
+#: source-to-object distance, so at least 1; 10 is far beyond any projection geometry.
+MAGNIFICATION_RANGE = (1.0, 10.0)
 #: The largest intensity magnitude accepted: filters and networks compute in float32, and squared sums of larger
 #: values overflow it (no scanner stores values near this: CT spans about -1024..3071 HU, MR 12-16 bits).
 MAX_ABS_INTENSITY = 1e12
@@ -591,14 +594,18 @@ def _dicom_frames(reader: sitk.ImageFileReader) -> int:
 def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, path: Path) -> None:
     """Set the pixel size of a DICOM image that has no PixelSpacing (0028,0030), or say that 1 mm is assumed.
 
-    Ultrasound stores its calibration per region instead (Sequence of Ultrasound Regions, PhysicalDeltaX/Y in cm
-    when the units code is 3): when every calibrated region gives the same size, that size is the image's. GDCM does
-    not expose sequences to SimpleITK, so pydicom reads them (header only).
+    A projection radiograph (CR, DX, MG, XA, ...) stores the size at the detector instead, as ImagerPixelSpacing
+    (0018,1164): see :func:`_radiograph_pixel_size`. Ultrasound stores its calibration per region (Sequence of
+    Ultrasound Regions, PhysicalDeltaX/Y in cm when the units code is 3): when every calibrated region gives the
+    same size, that size is the image's. GDCM does not expose sequences to SimpleITK, so pydicom reads them (header
+    only). "1 mm pixels assumed" is said only when the image keeps 1 mm.
     """
     import pydicom
 
+    if _radiograph_pixel_size(image):
+        return
     if not np.allclose(image.GetSpacing()[:2], (1.0, 1.0)):
-        return  # the reader found a pixel size elsewhere (ImagerPixelSpacing of a radiograph)
+        return  # the reader found a pixel size in another tag it knows
     sizes: set[tuple[float, float]] = set()
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SequenceOfUltrasoundRegions"])
@@ -616,29 +623,87 @@ def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, path: Path) -> No
         _add_note(image, "ultrasound regions give different pixel sizes and there is no PixelSpacing: 1 mm pixels "
                          "assumed, so sizes in mm are not physical")
     else:
-        _add_note(image, "DICOM file without a pixel size (no PixelSpacing, no calibrated ultrasound region): "
-                         "1 mm pixels assumed, so sizes in mm are not physical")
+        _add_note(image, "DICOM file without a pixel size (no ImagerPixelSpacing, no PixelSpacing, no calibrated "
+                         "ultrasound region): 1 mm pixels assumed, so sizes in mm are not physical")
+
+
+def _pixel_sizes(raw: str) -> list[float] | None:
+    """The (row, column) sizes of a DICOM PixelSpacing-like value ``"0.15\\0.2"``, or ``None`` unless they are two
+    finite sizes in :data:`SPACING_RANGE_MM`."""
+    try:
+        sizes = [float(v) for v in raw.replace(" ", "").split("\\") if v]
+    except ValueError:
+        return None
+    lo, hi = SPACING_RANGE_MM
+    return sizes if len(sizes) == 2 and all(np.isfinite(v) and lo <= v <= hi for v in sizes) else None
+
+
+def _radiograph_pixel_size(image: sitk.Image) -> bool:
+    """Give a DICOM image without PixelSpacing the pixel size of its ImagerPixelSpacing (0018,1164), with a note;
+    False when it has none.
+
+    ImagerPixelSpacing is measured at the front of the detector; the anatomy, nearer the source, is magnified onto
+    it (the more, the further it lies from the detector). With EstimatedRadiographicMagnificationFactor
+    (0018,1114) (source-to-detector over source-to-object distance) the size is divided by it, as DICOM's "pixel
+    spacing calibration" does; without it the detector size is kept and the note says lengths in mm are larger than
+    in the patient. GDCM itself takes ImagerPixelSpacing, uncorrected and unsaid, for some storage classes only (CR,
+    DX, MG and XA among them; a secondary capture gets 1 mm): the size is set here for all. An unusable
+    ImagerPixelSpacing is refused earlier (:func:`_check_dicom_pixels`).
+    """
+    raw = image.GetMetaData("0018|1164").strip() if image.HasMetaDataKey("0018|1164") else ""
+    sizes = _pixel_sizes(raw) if raw else None
+    if sizes is None:
+        return False
+    iy, ix = sizes  # DICOM order: row spacing (y), column spacing (x)
+    where = "ImagerPixelSpacing (0018,1164)"
+    factor_raw = image.GetMetaData("0018|1114").strip() if image.HasMetaDataKey("0018|1114") else ""
+    factor = None
+    if factor_raw:
+        try:
+            factor = float(factor_raw)
+        except ValueError:
+            factor = None
+        m_lo, m_hi = MAGNIFICATION_RANGE
+        lo, hi = SPACING_RANGE_MM
+        if factor is not None and not (np.isfinite(factor) and m_lo <= factor <= m_hi
+                                       and all(lo <= v / factor <= hi for v in (ix, iy))):
+            factor = None
+    if factor is not None:
+        sx, sy = ix / factor, iy / factor
+        note = (f"pixel size {sx:g} x {sy:g} mm: {where} {ix:g} x {iy:g} mm at the detector plane divided by "
+                f"EstimatedRadiographicMagnificationFactor (0018,1114) {factor:g}, correcting the geometric "
+                f"magnification (no PixelSpacing)")
+    else:
+        sx, sy = ix, iy
+        why = (f"EstimatedRadiographicMagnificationFactor (0018,1114) '{factor_raw}' is not a factor of "
+               f"{MAGNIFICATION_RANGE[0]:g} to {MAGNIFICATION_RANGE[1]:g}" if factor_raw
+               else "no EstimatedRadiographicMagnificationFactor (0018,1114) to correct it")
+        note = (f"pixel size {sx:g} x {sy:g} mm from {where} (no PixelSpacing): measured at the detector plane, "
+                f"not corrected for geometric magnification ({why}), so lengths in mm are larger than in the patient")
+    image.SetSpacing((sx, sy, *image.GetSpacing()[2:]))
+    _add_note(image, note)
+    return True
 
 
 def _check_dicom_pixels(reader: sitk.ImageFileReader, path: Path, frames: int) -> None:
-    """Refuse a DICOM file whose PixelSpacing (0028,0030) is not two sizes in :data:`SPACING_RANGE_MM` (the reader
-    would silently take 1 mm for 0 or NaN, and flip the image for a negative size), or whose raw pixel data is
-    shorter than its rows x columns x frames declare (the reader would fill the rest with whatever follows)."""
+    """Refuse a DICOM file whose PixelSpacing (0028,0030), or without it ImagerPixelSpacing (0018,1164), is not two
+    sizes in :data:`SPACING_RANGE_MM` (the reader would silently take 1 mm for 0 or NaN, and flip the image for a
+    negative size), or whose raw pixel data is shorter than its rows x columns x frames declare (the reader would
+    fill the rest with whatever follows)."""
     def tag(key: str) -> str:
         return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
     if not (tag("0008|0016") or tag("0002|0010")):
         return  # not DICOM
     raw = tag("0028|0030")
+    lo, hi = SPACING_RANGE_MM
     if raw:
-        try:
-            sizes = [float(v) for v in raw.replace(" ", "").split("\\") if v]
-        except ValueError:
-            sizes = []
-        lo, hi = SPACING_RANGE_MM
-        if len(sizes) != 2 or not all(np.isfinite(v) and lo <= v <= hi for v in sizes):
+        if _pixel_sizes(raw) is None:
             raise InputImageError(f"DICOM PixelSpacing (0028,0030) is '{raw}': not two pixel sizes of {lo:g} to "
                                   f"{hi:g} mm", path)
+    elif (imager := tag("0018|1164")) and _pixel_sizes(imager) is None:
+        raise InputImageError(f"DICOM ImagerPixelSpacing (0018,1164) is '{imager}' and there is no PixelSpacing: "
+                              f"not two pixel sizes of {lo:g} to {hi:g} mm", path)
     if tag("0002|0010").rstrip("\x00") in _UNCOMPRESSED_SYNTAXES + ("",):   # none given: implicit VR, raw
         try:
             rows, cols = int(tag("0028|0010")), int(tag("0028|0011"))

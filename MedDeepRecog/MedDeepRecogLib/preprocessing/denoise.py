@@ -3,7 +3,9 @@
 Bilateral and non-local means default to the filters of :mod:`.fast_denoise` (a fused numba kernel on CPU, torch
 ops on CUDA; 10×+ faster than the voxel-by-voxel SimpleITK filters, see ``bench/preprocess.py``); the backend is
 still called ``"torch"`` so that saved pipelines keep working. ``backend="sitk"`` runs SimpleITK's
-``Bilateral`` / ``PatchBasedDenoising`` instead. Spatial sizes are in mm, intensities in the image's units (HU for CT).
+``Bilateral`` / ``PatchBasedDenoising`` instead (NLM's ``search_radius``, ``h`` and ``sigma`` have no SimpleITK
+equivalent and are refused with it: :meth:`NlmParams.validate`). Spatial sizes are in mm, intensities in the
+image's units (HU for CT).
 """
 
 from __future__ import annotations
@@ -49,32 +51,78 @@ def bilateral(image: sitk.Image, p: BilateralParams) -> sitk.Image:
     return image_from_array(out.astype(np.float32), image)
 
 
+#: NLM settings that only the torch backend uses, with their defaults; see :meth:`NlmParams.validate`.
+NLM_TORCH_ONLY = {"search_radius": 2, "h": None, "sigma": None}
+
+
 @dataclass(frozen=True)
 class NlmParams:
     patch_size: int = param(2, "patch edge in voxels (patches are size^3)", minimum=1, maximum=9)
-    search_radius: int = param(2, "search radius s in voxels (candidates in (2s+1)^3)", minimum=1, maximum=10)
-    h: float | None = param(None, "filtering strength (intensity units); default 1.6 x noise sigma", minimum=1e-6)
-    sigma: float | None = param(None, "noise sigma (intensity units); default estimated from the image",
-                                minimum=0.0)
+    search_radius: int = param(2, "search radius s in voxels (candidates in (2s+1)^3); torch backend only",
+                               minimum=1, maximum=10)
+    h: float | None = param(None, "filtering strength (intensity units); default 1.6 x noise sigma; torch backend "
+                                  "only", minimum=1e-6)
+    sigma: float | None = param(None, "noise sigma (intensity units); default estimated from the image; torch "
+                                      "backend only", minimum=0.0)
     backend: Literal["torch", "sitk"] = param("torch", "torch: fast per-offset NLM (numba kernel on CPU, torch on "
-                                                          "CUDA); sitk: PatchBasedDenoising")
+                                                          "CUDA); sitk: SimpleITK PatchBasedDenoising (its own "
+                                                          "random patch sampling and kernel bandwidth estimate)")
     device: Literal["auto", "cpu", "cuda"] = param("auto", "torch device")
+
+    def validate(self) -> str | None:
+        """Refuse ``search_radius``, ``h`` and ``sigma`` away from their defaults with ``backend="sitk"``.
+
+        SimpleITK's ``PatchBasedDenoisingImageFilter`` has no setting that means the same, so these would be
+        silently ignored:
+
+        * ``search_radius``: SimpleITK always samples ``NumberOfSamplePatches`` (200) candidate patches at random
+          from a Gaussian of variance ``SampleVariance`` (400 voxels², cut at 2.5 standard deviations) around each
+          voxel; there is no (2s+1)^3 box of every candidate. Mapping ``s`` to a variance would give another,
+          random filter under the same name.
+        * ``h``: the nearest knob, ``KernelBandwidthSigma``, is the bandwidth of a Gaussian kernel on a patch
+          distance weighted by a smooth disc (Awate and Whitaker) and without the ``2 sigma²`` offset used here, so
+          the same number filters with another strength; the backend estimates the bandwidth from the image.
+        * ``sigma``: SimpleITK's ``NoiseSigma`` is read only by its noise-model fidelity term, which is off
+          (``NoiseModelFidelityWeight`` 0): the value changes nothing (checked: outputs at 1 and 100 are equal);
+          giving it used to switch the bandwidth estimate off, leaving SimpleITK's fixed bandwidth of 400.
+
+        Refusing is better than an approximate mapping: a pipeline that names these values promises the filter they
+        define. ``patch_size`` maps to ``PatchRadius = max(patch_size // 2, 1)`` (coarsely: 1 to 3 all give radius
+        1). The torch backend honours all of them.
+        """
+        if self.backend != "sitk":
+            return None
+        for name, default in NLM_TORCH_ONLY.items():
+            value = getattr(self, name)
+            if value != default:
+                leave = "unset" if default is None else f"at its default {default}"
+                return (f"parameter {name!r} ({value}) has no effect with backend 'sitk' (SimpleITK's "
+                        f"PatchBasedDenoising has no equivalent setting); use backend 'torch', which honours it, or "
+                        f"leave {name!r} {leave}")
+        return None
 
 
 @register("nlm", NlmParams, summary="non-local means denoising", aliases=("non_local_means",))
 def nlm(image: sitk.Image, p: NlmParams) -> sitk.Image:
-    """Non-local means; the torch backend uses the weight rule of scikit-image's fast mode."""
+    """Non-local means; the torch backend uses the weight rule of scikit-image's fast mode.
+
+    ``backend="sitk"`` runs SimpleITK's PatchBasedDenoising with its own kernel bandwidth estimate; the settings it
+    cannot honour (``search_radius``, ``h``, ``sigma``) are refused by :meth:`NlmParams.validate` when given.
+    """
     from .fast_denoise import estimate_noise_sigma, nlm_filter
 
-    arr = float_array(image)
+    problem = p.validate()
+    if problem:  # parameters built in code skip make_step's check
+        from ..errors import ConfigError
+
+        raise ConfigError(f"step 'nlm': {problem}")
     if p.backend == "sitk":
         f = sitk.PatchBasedDenoisingImageFilter()
         f.SetPatchRadius(max(p.patch_size // 2, 1))
         f.SetNumberOfIterations(1)
-        f.SetKernelBandwidthEstimation(p.sigma is None)
-        if p.sigma is not None:
-            f.SetNoiseSigma(p.sigma)
+        f.SetKernelBandwidthEstimation(True)
         return f.Execute(as_float32(image))
+    arr = float_array(image)
     sigma = p.sigma if p.sigma is not None else estimate_noise_sigma(arr)
     if sigma <= 0:
         return as_float32(image)
