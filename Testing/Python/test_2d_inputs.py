@@ -548,3 +548,24 @@ def test_a_pixel_size_the_reader_found_elsewhere_is_not_called_assumed(tmp_path)
     image = read_image(path)
     assumed = any("1 mm pixels assumed" in n for n in image_notes(image))
     assert assumed == bool(np.allclose(image.GetSpacing()[:2], 1.0)), (image.GetSpacing(), image_notes(image))
+
+
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.7", DX_STORAGE])
+def test_a_radiograph_with_both_spacings_is_measured_with_pixel_spacing(tmp_path, sop_class):
+    """PixelSpacing (0028,0030) is the size calibrated to the patient; GDCM takes ImagerPixelSpacing (the detector)
+    for a DX even when PixelSpacing is there. PixelSpacing stands, and a note names the detector size the reader
+    had taken; where the reader took PixelSpacing already (a secondary capture) nothing is said."""
+    import pydicom
+
+    path = _radiograph(tmp_path / "dx.dcm", (0.15, 0.2), sop_class=sop_class)
+    ds = pydicom.dcmread(str(path))
+    ds.PixelSpacing = ["0.1", "0.12"]
+    ds.save_as(str(path), enforce_file_format=True)
+    image = read_image(path)
+    assert image.GetSpacing()[:2] == pytest.approx((0.12, 0.1))
+    notes = image_notes(image)
+    if sop_class == DX_STORAGE:
+        assert len(notes) == 1 and "pixel size 0.12 x 0.1 mm from PixelSpacing (0028,0030)" in notes[0], notes
+        assert "ImagerPixelSpacing (0018,1164), at the detector: '0.15\\0.2'" in notes[0], notes
+    else:
+        assert not any("PixelSpacing" in n for n in notes), notes

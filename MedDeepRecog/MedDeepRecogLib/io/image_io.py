@@ -527,6 +527,8 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
         else:
             if reader.HasMetaDataKey("0008|0016") and not reader.HasMetaDataKey("0028|0030"):
                 _dicom_pixel_size_without_pixel_spacing(image, path)
+            elif reader.HasMetaDataKey("0008|0016"):
+                _dicom_pixel_spacing_over_imager_spacing(image)
             if frames > 1:
                 image.SetMetaData(FRAMES_KEY, str(frames))
             if spacing is not None:
@@ -625,6 +627,27 @@ def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, path: Path) -> No
     else:
         _add_note(image, "DICOM file without a pixel size (no ImagerPixelSpacing, no PixelSpacing, no calibrated "
                          "ultrasound region): 1 mm pixels assumed, so sizes in mm are not physical")
+
+
+def _dicom_pixel_spacing_over_imager_spacing(image: sitk.Image) -> None:
+    """Give a DICOM image the pixel size of its PixelSpacing (0028,0030) where the reader took another.
+
+    GDCM takes ImagerPixelSpacing (0018,1164), the size at the detector, for some radiograph storage classes (CR,
+    DX, MG, XA) even when PixelSpacing is present; PixelSpacing is then the size calibrated to the patient (DICOM
+    PS3.3 C.8.11.4 / 10.7.1.3), the one lengths in the patient are measured with. PixelSpacing is checked before the
+    read (:func:`_check_dicom_pixels`); the note says which was used and what the detector size was.
+    """
+    sizes = _pixel_sizes(image.GetMetaData("0028|0030").strip()) if image.HasMetaDataKey("0028|0030") else None
+    if sizes is None:
+        return
+    sy, sx = sizes  # DICOM order: row spacing (y), column spacing (x)
+    if np.allclose(image.GetSpacing()[:2], (sx, sy), rtol=1e-6):
+        return
+    detector = image.GetMetaData("0018|1164").strip() if image.HasMetaDataKey("0018|1164") else "not given"
+    _add_note(image, f"pixel size {sx:g} x {sy:g} mm from PixelSpacing (0028,0030), the size at the patient; the "
+                     f"reader had taken {' x '.join(f'{v:g}' for v in image.GetSpacing()[:2])} mm "
+                     f"(ImagerPixelSpacing (0018,1164), at the detector: '{detector}')")
+    image.SetSpacing((sx, sy, *image.GetSpacing()[2:]))
 
 
 def _pixel_sizes(raw: str) -> list[float] | None:
