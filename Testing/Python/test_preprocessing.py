@@ -288,11 +288,14 @@ def test_cli_refuses_nlm_settings_the_sitk_backend_cannot_honour(run_cli_all, tm
 def test_sitk_nlm_runs_with_the_settings_it_honours_and_refuses_others_built_in_code(tmp_path):
     from MedDeepRecogLib.preprocessing.denoise import NlmParams, nlm
 
-    # isotropic: SimpleITK's filter fails on spacings that are not whole multiples of each other (its own
-    # 'Patch weights must be in the range [0,1]', reported as a one-line ConfigError by the pipeline)
-    image = make_volume(size=(12, 12, 4), spacing=(1.0, 1.0, 1.0))
+    # anisotropic and oblique: SimpleITK's filter, given the physical grid, stops with 'Patch weights must be in
+    # the range [0,1]' on spacings that are not whole multiples of each other; the step filters in voxels and
+    # returns the input's own geometry
+    image = make_volume(size=(12, 12, 4), spacing=(0.8, 1.1, 2.5))
     out = Pipeline.from_data([{"name": "nlm", "backend": "sitk", "patch_size": 2, "search_radius": 2}]).run(image)
     assert not np.array_equal(sitk.GetArrayFromImage(out.image), sitk.GetArrayFromImage(image))
+    for get in ("GetSpacing", "GetOrigin", "GetDirection", "GetSize"):
+        assert getattr(out.image, get)() == pytest.approx(getattr(image, get)()), get
     assert NlmParams(backend="torch", search_radius=3, h=30.0, sigma=10.0).validate() is None
     with pytest.raises(ConfigError, match="step 'nlm': parameter 'h'"):
         nlm(image, NlmParams(backend="sitk", h=30.0))

@@ -121,7 +121,17 @@ def nlm(image: sitk.Image, p: NlmParams) -> sitk.Image:
         f.SetPatchRadius(max(p.patch_size // 2, 1))
         f.SetNumberOfIterations(1)
         f.SetKernelBandwidthEstimation(True)
-        return f.Execute(as_float32(image))
+        # on a unit-spacing copy: ITK weights the patch by physical distance and stops with "Patch weights must be
+        # in the range [0,1]" on most anisotropic grids (e.g. 0.8 x 1.1 x 2.5 mm); the patch is in voxels, as the
+        # torch backend's is
+        grid = as_float32(image)
+        unit = sitk.Image(grid)
+        unit.SetSpacing((1.0,) * grid.GetDimension())
+        unit.SetOrigin((0.0,) * grid.GetDimension())
+        unit.SetDirection(np.eye(grid.GetDimension()).ravel().tolist())
+        out = f.Execute(unit)
+        out.CopyInformation(grid)
+        return out
     arr = float_array(image)
     sigma = p.sigma if p.sigma is not None else estimate_noise_sigma(arr)
     if sigma <= 0:
