@@ -268,14 +268,17 @@ def test_cli_resampling_pipeline_output_overlays_input(run_cli, tmp_path):
     assert read_image(kept).GetSpacing() == pytest.approx((1.5, 1.5, 1.5))
 
 
-@pytest.mark.parametrize("setting, value", [("search_radius", 3), ("h", 30.0), ("sigma", 10.0)])
-def test_cli_refuses_nlm_settings_the_sitk_backend_cannot_honour(run_cli_all, tmp_path, setting, value):
-    """SimpleITK's PatchBasedDenoising samples its candidates at random and estimates its own kernel bandwidth:
-    a search radius, h or noise sigma given with backend 'sitk' would be silently ignored, so it is refused in
-    one line naming the setting and the backend that honours it (exit 2), before anything is written."""
+@pytest.mark.parametrize("step, setting, value", [("nlm", "search_radius", 3), ("nlm", "h", 30.0),
+                                                  ("nlm", "sigma", 10.0), ("nlm", "device", "cpu"),
+                                                  ("bilateral", "truncate", 2.5), ("bilateral", "device", "cuda")])
+def test_cli_refuses_denoise_settings_the_sitk_backend_cannot_honour(run_cli_all, tmp_path, step, setting, value):
+    """SimpleITK's PatchBasedDenoising samples its candidates at random and estimates its own kernel bandwidth, its
+    Bilateral truncates at its own 2.5 sigmas, and both run on the CPU: a search radius, h, noise sigma, truncate or
+    device given with backend 'sitk' would be silently ignored, so it is refused in one line naming the setting and
+    the backend that honours it (exit 2), before anything is written."""
     source = write_image(make_volume(size=(16, 16, 6), spacing=(1.0, 1.0, 1.0)), tmp_path / "in.nrrd")
     pipe = tmp_path / "pipe.json"
-    pipe.write_text(json.dumps({"steps": [{"name": "nlm", "backend": "sitk", setting: value}]}))
+    pipe.write_text(json.dumps({"steps": [{"name": step, "backend": "sitk", setting: value}]}))
     out = tmp_path / "out.nrrd"
     code, _, err = run_cli_all("preprocess", source, out, "--pipeline", pipe)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]

@@ -3,9 +3,9 @@
 Bilateral and non-local means default to the filters of :mod:`.fast_denoise` (a fused numba kernel on CPU, torch
 ops on CUDA; 10×+ faster than the voxel-by-voxel SimpleITK filters, see ``bench/preprocess.py``); the backend is
 still called ``"torch"`` so that saved pipelines keep working. ``backend="sitk"`` runs SimpleITK's
-``Bilateral`` / ``PatchBasedDenoising`` instead (NLM's ``search_radius``, ``h`` and ``sigma`` have no SimpleITK
-equivalent and are refused with it: :meth:`NlmParams.validate`). Spatial sizes are in mm, intensities in the
-image's units (HU for CT).
+``Bilateral`` / ``PatchBasedDenoising`` instead; the settings those have no equivalent for (NLM's ``search_radius``,
+``h`` and ``sigma``, bilateral's ``truncate``, and ``device`` for both) are refused with it rather than ignored
+(:func:`torch_only_problem`). Spatial sizes are in mm, intensities in the image's units (HU for CT).
 """
 
 from __future__ import annotations
@@ -23,6 +23,25 @@ from .intensity import as_float32, float_array
 from .steps import param, register
 
 
+def torch_only_problem(params, torch_only: dict, filter_name: str) -> str | None:
+    """The one-line refusal for the first of ``torch_only`` (setting -> default) that ``params`` sets away from its
+    default while ``backend`` is ``"sitk"``, whose SimpleITK ``filter_name`` has no such setting; None otherwise."""
+    if params.backend != "sitk":
+        return None
+    for name, default in torch_only.items():
+        value = getattr(params, name)
+        if value != default:
+            leave = "unset" if default is None else f"at its default {default}"
+            return (f"parameter {name!r} ({value}) has no effect with backend 'sitk' (SimpleITK's {filter_name} has "
+                    f"no equivalent setting); use backend 'torch', which honours it, or leave {name!r} {leave}")
+    return None
+
+
+#: bilateral settings only the torch backend uses, with their defaults (SimpleITK's Bilateral truncates at 2.5
+#: sigmas of its own and runs on the CPU)
+BILATERAL_TORCH_ONLY = {"truncate": 2.0, "device": "auto"}
+
+
 @dataclass(frozen=True)
 class BilateralParams:
     sigma_spatial_mm: float = param(1.5, "spatial Gaussian sigma in mm", minimum=1e-3, maximum=100)
@@ -33,7 +52,12 @@ class BilateralParams:
                                  "voxel, so the outer few voxels differ)", minimum=0.5, maximum=4.0)
     backend: Literal["torch", "sitk"] = param("torch", "torch: fast filter (numba kernel on CPU, torch on CUDA); "
                                                           "sitk: SimpleITK Bilateral")
-    device: Literal["auto", "cpu", "cuda"] = param("auto", "torch device")
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "torch device (torch backend only)")
+
+    def validate(self) -> str | None:
+        """Refuse ``truncate`` and ``device`` away from their defaults with ``backend="sitk"``, which would ignore
+        them."""
+        return torch_only_problem(self, BILATERAL_TORCH_ONLY, "Bilateral")
 
 
 @register("bilateral", BilateralParams, summary="edge-preserving bilateral filter (spatial x range Gaussian)")
@@ -41,6 +65,11 @@ def bilateral(image: sitk.Image, p: BilateralParams) -> sitk.Image:
     """Bilateral filter; the spatial sigma is converted to voxels per axis with the image spacing."""
     from .fast_denoise import bilateral_filter, estimate_noise_sigma
 
+    problem = p.validate()
+    if problem:  # parameters built in code skip make_step's check
+        from ..errors import ConfigError
+
+        raise ConfigError(f"step 'bilateral': {problem}")
     arr = float_array(image)
     sigma_range = p.sigma_range if p.sigma_range is not None else 2.0 * estimate_noise_sigma(arr)
     if p.backend == "sitk":
@@ -52,7 +81,7 @@ def bilateral(image: sitk.Image, p: BilateralParams) -> sitk.Image:
 
 
 #: NLM settings that only the torch backend uses, with their defaults; see :meth:`NlmParams.validate`.
-NLM_TORCH_ONLY = {"search_radius": 2, "h": None, "sigma": None}
+NLM_TORCH_ONLY = {"search_radius": 2, "h": None, "sigma": None, "device": "auto"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +96,7 @@ class NlmParams:
     backend: Literal["torch", "sitk"] = param("torch", "torch: fast per-offset NLM (numba kernel on CPU, torch on "
                                                           "CUDA); sitk: SimpleITK PatchBasedDenoising (its own "
                                                           "random patch sampling and kernel bandwidth estimate)")
-    device: Literal["auto", "cpu", "cuda"] = param("auto", "torch device")
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "torch device (torch backend only)")
 
     def validate(self) -> str | None:
         """Refuse ``search_radius``, ``h`` and ``sigma`` away from their defaults with ``backend="sitk"``.
@@ -88,18 +117,9 @@ class NlmParams:
 
         Refusing is better than an approximate mapping: a pipeline that names these values promises the filter they
         define. ``patch_size`` maps to ``PatchRadius = max(patch_size // 2, 1)`` (coarsely: 1 to 3 all give radius
-        1). The torch backend honours all of them.
+        1). ``device`` is refused too: SimpleITK runs on the CPU. The torch backend honours all of them.
         """
-        if self.backend != "sitk":
-            return None
-        for name, default in NLM_TORCH_ONLY.items():
-            value = getattr(self, name)
-            if value != default:
-                leave = "unset" if default is None else f"at its default {default}"
-                return (f"parameter {name!r} ({value}) has no effect with backend 'sitk' (SimpleITK's "
-                        f"PatchBasedDenoising has no equivalent setting); use backend 'torch', which honours it, or "
-                        f"leave {name!r} {leave}")
-        return None
+        return torch_only_problem(self, NLM_TORCH_ONLY, "PatchBasedDenoising")
 
 
 @register("nlm", NlmParams, summary="non-local means denoising", aliases=("non_local_means",))
