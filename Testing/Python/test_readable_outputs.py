@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from conftest import make_volume
 from MedDeepRecogLib.explain import overlay
 from MedDeepRecogLib.io import write_image
+from MedDeepRecogLib.io.geometry import lps_view
 from tiny_test_package import make_tiny_package
 
 
@@ -112,6 +113,54 @@ def test_a_picture_gets_no_patient_letters_or_slice_position(run_cli_all, tiny, 
     assert code == 0, err
     assert drawn["titles"] == ["picture as stored (no patient orientation in the file)"]
     assert not set("RLAPSI") & set(drawn["texts"])
+
+
+def test_png_planes_cross_the_written_heatmaps_peak(run_cli_all, tiny, oblique_volume, tmp_path, monkeypatch):
+    """The overlay's three planes go through the hottest voxel of the heatmap NRRD as written on the scan's grid
+    (anisotropic 0.8 x 1.1 x 2.5 mm, rotated, against the 3D model's 16^3 grid), so the PNG's crosshair sits on the
+    voxel a radiologist finds in Slicer: the model grid's peak carried over lands one voxel off for this scan."""
+    drawn = []
+    real = overlay.planes_png
+    monkeypatch.setattr(overlay, "planes_png",
+                        lambda scan, heat, *a, **k: drawn.append((scan, heat)) or real(scan, heat, *a, **k))
+    scan = write_image(oblique_volume, tmp_path / "oblique.nrrd")
+    code, _, err = run_cli_all("classify", scan, "--model", tiny["volume3d"], "--out", tmp_path / "o",
+                               "--progress", "none", "--no-faithfulness")
+    assert code == 0, err
+    written = sitk.ReadImage(str(tmp_path / "o" / "oblique_heatmap.nrrd"))
+    arr = sitk.GetArrayFromImage(written)
+    assert arr.shape == sitk.GetArrayViewFromImage(oblique_volume).shape  # the scan's grid, not the model's
+    np.testing.assert_array_equal(lps_view(written).array, arr)  # this scan's LPS view is its stored order
+    peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(arr)), arr.shape))
+    assert len(drawn) == 1
+    scan_planes, heat_planes = drawn[0]
+    assert heat_planes.peak_view_zyx == peak
+    assert scan_planes.peak_view_zyx == peak
+    z, y, x = peak
+    np.testing.assert_array_equal(heat_planes.planes[0], arr[z])
+    np.testing.assert_array_equal(heat_planes.planes[1], arr[:, y, :][::-1])
+    np.testing.assert_array_equal(heat_planes.planes[2], arr[:, :, x][::-1])
+    np.testing.assert_array_equal(scan_planes.planes[0], sitk.GetArrayViewFromImage(oblique_volume)[z])
+
+
+def test_overlay_peak_is_the_stored_arrays_first_maximum_in_any_orientation():
+    """Ties and orientation: the overlay's peak is ``np.unravel_index(np.argmax(array))`` of the stored array (the
+    NRRD's voxel order, first maximum in C order), located in the LPS view of a scan stored transposed and flipped
+    (where the LPS view's own C order would meet the other maximum first)."""
+    image = make_volume(size=(12, 10, 8), direction=(0.0, -1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+    arr = np.zeros((8, 10, 12), dtype=np.float32)
+    arr[2, 7, 3] = arr[5, 1, 9] = 1.0
+    heat = sitk.GetImageFromArray(arr)
+    heat.CopyInformation(image)
+    first = np.unravel_index(int(np.argmax(arr)), arr.shape)  # (z, y, x) of the stored array
+    zyx = overlay.peak_view_index(heat)
+    view = lps_view(heat)
+    assert view.array[zyx] == 1.0
+    hv = view.array
+    assert np.unravel_index(int(np.argmax(hv)), hv.shape) != zyx  # the view's order would choose the other one
+    point = view.origin + view.direction @ (np.array(zyx[::-1], dtype=float) * view.spacing)
+    np.testing.assert_allclose(point, heat.TransformIndexToPhysicalPoint(tuple(int(v) for v in first[::-1])),
+                               atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------ 2. one confidence

@@ -66,9 +66,22 @@ def planes_through(image: sitk.Image, peak_view_zyx: tuple[int, int, int]) -> Pl
 
 
 def peak_view_index(heatmap: sitk.Image) -> tuple[int, int, int]:
-    """``(z, y, x)`` index of the heatmap's maximum in its LPS view."""
-    hv = lps_view(heatmap).array
-    return tuple(int(v) for v in np.unravel_index(int(np.argmax(hv)), hv.shape))
+    """``(z, y, x)`` index, in the heatmap's LPS view, of its maximum as stored: the overlay's planes go through it.
+
+    The one peak of the overlay (``classify`` calls it on the heatmap it writes, after resampling onto the scan's
+    grid, so the PNG's planes cross the NRRD's hottest voxel). Ties: the first maximum in C order of the stored
+    ``(z, y, x)`` array (``sitk.GetArrayFromImage``, the NRRD's voxel order), i.e.
+    ``np.unravel_index(np.argmax(array), array.shape)``, whatever the scan's orientation.
+    """
+    arr = sitk.GetArrayViewFromImage(heatmap)
+    # np.argmax copies a read-only array (SimpleITK's view) whole: find the first slice holding the maximum (a
+    # reduction, no copy), then the first maximum in it; the same voxel as np.argmax over the whole array.
+    k = int(np.argmax(arr.max(axis=(1, 2))))
+    j, i = np.unravel_index(int(np.argmax(arr[k])), arr.shape[1:])
+    point = np.array(heatmap.TransformIndexToPhysicalPoint((int(i), int(j), int(k))), dtype=float)
+    view = lps_view(heatmap)  # the same voxels permuted/flipped: the point sits on an integer index of the view
+    x, y, z = np.rint(np.linalg.solve(view.direction * view.spacing[None, :], point - view.origin)).astype(int)
+    return int(z), int(y), int(x)
 
 
 def _letters(ax, name: str) -> None:

@@ -20,7 +20,6 @@ from ..contract import EXPLAIN_METHODS, GRADCAM_METHODS, output_file, output_ste
 from ..devices import resolve_device
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
-from ..io.geometry import Geometry, lps_view
 from ..io.image_io import dicom_modality
 from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, nearest_axial_slice,
@@ -47,7 +46,8 @@ class ClassificationResult:
         explain: ``{"method", ...}``; ``heatmap``: float32 0..1 on the scan's grid, or ``None``.
         model_map / model_grid: the model-space map and where it sits (for faithfulness scores and checks).
         image: the scan (``None`` unless given as an image or ``keep_image``); ``overlay``: (scan, heatmap)
-            :class:`~MedDeepRecogLib.explain.overlay.Planes` through the peak; ``timing_s``: seconds per stage.
+            :class:`~MedDeepRecogLib.explain.overlay.Planes` through ``heatmap``'s peak on the scan's grid
+            (:func:`~MedDeepRecogLib.explain.overlay.peak_view_index`); ``timing_s``: seconds per stage.
         uncertainty: temperature-scaled probabilities, predictive entropy, ``low_confidence`` and MC-dropout / TTA
             spread (:func:`.trust.scan_uncertainty`), or ``None``.
     """
@@ -242,8 +242,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: ``progress(stage, fraction, **extra)`` with fraction 0..1 of this scan.
         name: output base name (default from the path).
-        keep_image: keep the scan read from a path in ``result.image`` (by default its voxels are released before
-            the full-size heatmap is made, to bound peak memory).
+        keep_image: keep the scan read from a path in ``result.image`` (by default its voxels are released once
+            the overlay's planes are cut, before the trust scores, to bound peak memory).
         uncertainty: ``auto``, ``none``, ``mc-dropout`` or ``tta`` (see :func:`.trust.scan_uncertainty`); the
             package's calibrated temperature is applied to the probabilities in every case.
         faithfulness: score the heatmap (deletion / insertion AUC, :func:`.trust.heatmap_faithfulness`).
@@ -370,21 +370,24 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     if pred.heatmap is not None:
         report("heatmap", 0.6)
         t = time.perf_counter()
-        from ..explain.overlay import planes_through
+        from ..explain.overlay import peak_view_index, planes_through
         from .heatmap import heatmap_on_input_grid
 
-        # Cut the scan's overlay planes through the map's peak now, then let go of the scan's voxels (when we
-        # read them) before the full-size float32 heatmap exists: peak memory stays ~2x the input, not 3x.
-        peak = _peak_in_view(pred.heatmap, pred.grid, image)
-        scan_planes = planes_through(image, peak)
-        scan_planes.oriented = not picture
-        geometry = Geometry.of(image)
-        if not keep_image and not given:
-            image = prepared = None
-        heatmap = heatmap_on_input_grid(pred.heatmap, pred.grid, geometry)
+        # The overlay's planes go through the peak of the heatmap as written (on the scan's grid), not the model
+        # grid's peak: resampling can move the hottest voxel by one or more voxels, and the PNG must match the NRRD.
+        # So the scan's voxels stay until the planes are cut: the scan and the float32 heatmap are held together
+        # (512x512x200 int16: +100 MB peak for a slice model, +18 MB for a 3D model whose peak lies elsewhere); the
+        # pipeline's own copy of the scan (when it made one) is let go of first.
+        prepared = None
+        heatmap = heatmap_on_input_grid(pred.heatmap, pred.grid, image)
         if chosen_slice is not None:
             from .heatmap import keep_axial_slice
             heatmap = keep_axial_slice(heatmap, chosen_slice["index"])
+        peak = peak_view_index(heatmap)
+        scan_planes = planes_through(image, peak)
+        scan_planes.oriented = not picture
+        if not keep_image and not given:
+            image = None
         overlay = (scan_planes, planes_through(heatmap, peak))
         timing["heatmap"] = time.perf_counter() - t
         explain_info.update({"class": package.class_names[pred.explained_class], **pred.extra})
@@ -531,16 +534,6 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
         raise InputImageError(f"the image is {size[0]} x {size[1]} pixels, too small for model {package.id} "
                               f"(at least {minimum} pixels per side; it works at "
                               f"{' x '.join(map(str, package.input_spec.get('size') or []))})", path)
-
-
-def _peak_in_view(model_map: np.ndarray, grid: ModelGrid, image: sitk.Image) -> tuple[int, int, int]:
-    """``(z, y, x)`` index in ``image``'s LPS view of the model-space map's maximum (where the heatmap peaks)."""
-    k, j, i = np.unravel_index(int(np.argmax(model_map)), model_map.shape)
-    point = grid.origin + grid.direction @ (np.array([i, j, k], dtype=float) * grid.spacing)
-    view = lps_view(image)
-    idx = np.linalg.solve(view.direction * view.spacing[None, :], point - view.origin)
-    x, y, z = (int(np.clip(round(v), 0, n - 1)) for v, n in zip(idx, view.array.shape[::-1]))
-    return z, y, x
 
 
 def target_layer_of(package, model) -> str:
