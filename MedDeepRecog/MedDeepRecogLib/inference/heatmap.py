@@ -107,8 +107,9 @@ def resample_separable(heatmap_zyx: np.ndarray, grid: ModelGrid, reference: "sit
     iy0, iy1, wy = _axis_weights(ny, offset[1], view.spacing[1], grid.spacing[1], src.shape[1])
     iz0, iz1, wz = _axis_weights(nz, offset[2], view.spacing[2], grid.spacing[2], src.shape[0])
     a = src[:, :, ix0] * (1 - wx) + src[:, :, ix1] * wx                      # (Zs, Ys, nx), small
-    # In-plane pass one source slice at a time, then the z pass one output slice at a time, with out= buffers:
-    # no full-size temporaries besides the output itself.
+    # In-plane pass one source slice at a time, then the z pass one output slice at a time, with out= buffers. The
+    # one temporary is b, a slice at the scan's in-plane size per model-grid slice: small for a volume model's grid,
+    # about the output's size for a slice model's (one model slice per scan slice).
     b = np.empty((src.shape[0], ny, nx), dtype=np.float32)                   # (Zs, ny, nx)
     tmp = np.empty((ny, nx), dtype=np.float32)
     wy0, wy1 = (1 - wy)[:, None], wy[:, None]
@@ -134,10 +135,3 @@ def keep_axial_slice(heatmap: sitk.Image, index: int) -> sitk.Image:
     view[:index] = 0.0
     view[index + 1:] = 0.0
     return heatmap
-
-
-def peak_index(heatmap: sitk.Image) -> tuple[int, int, int]:
-    """ITK index ``(x, y, z)`` of the heatmap's maximum (first one if tied)."""
-    arr = sitk.GetArrayViewFromImage(heatmap)
-    z, y, x = np.unravel_index(int(np.argmax(arr)), arr.shape)
-    return int(x), int(y), int(z)
