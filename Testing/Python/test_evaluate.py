@@ -142,3 +142,30 @@ def test_a_second_evaluation_into_the_same_folder_keeps_the_first(tmp_path, pack
     assert (out / "metrics.json").read_text() == "the user's own notes"
     assert outputs["metrics"].endswith("metrics-2.json") and outputs["roc"].endswith("roc-2.png")
     assert json.loads((out / "metrics-2.json").read_text())["n"] == 40
+
+
+def test_reported_metrics_count_a_flagged_image_as_not_correct():
+    from MedDeepRecogLib.training.evaluate import reported_metrics
+
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.4, 0.6]])  # 4 of 5 right
+    kept = np.array([True, True, False, True, True])                               # a right one flagged
+    r = reported_metrics(labels, probs, kept, {"threshold": 12.0, "quantile": 0.95})
+    assert r["flagged_out_of_domain"] == 1 and r["flagged_rate"] == 0.2
+    assert r["accuracy"] == pytest.approx(3 / 5) and r["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_evaluate_reports_accuracy_as_classify_reports_it_beside_the_networks(shared_data, capsys):
+    """A package with an out-of-domain check: evaluate gives the network's figures and, beside them, those of the
+    labels classify prints (a flagged image gets no class); on the split the threshold was set on, the flagged share
+    is the one model.json records."""
+    from MedDeepRecogLib.packages import load_package
+
+    npz = shared_data / "breast_us_busi" / "breast_us_busi_trainval.npz"
+    assert main(["evaluate", "--model", "breast-us-lesion@1.5.1", "--data", str(npz), "--split", "val"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    reported = res["as_classify_reports"]
+    domain = load_package("breast-us-lesion@1.5.1").meta["domain"]
+    assert reported["flagged_rate"] == pytest.approx(1 - domain["val_in_domain_rate"], abs=1e-3)
+    assert reported["flagged_out_of_domain"] == round(reported["flagged_rate"] * res["n"]) >= 1
+    assert reported["accuracy"] <= res["accuracy"] and reported["threshold"] == domain["threshold"]

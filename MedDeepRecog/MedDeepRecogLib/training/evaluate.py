@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     from .metrics import classification_metrics
     from ..preprocessing.slices import min_slice_side
     from .plots import confusion_png, roc_png
+    from ..uncertainty.domain import capture_features
 
     pkg = load_package(model_ref)
     data_path = Path(data_path)
@@ -43,13 +45,17 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     pkg.check_input(torch.as_tensor(ds.images[:1]), data_path)
     loader = make_loader(ds.images, ds.labels, batch_size, shuffle=False)
     try:
-        probs, labels, loss = predict_proba(model, loader, dev)
+        with capture_features(model) if pkg.domain is not None else contextlib.nullcontext() as store:
+            probs, labels, loss = predict_proba(model, loader, dev)
     except RuntimeError as exc:
         raise ModelPackageError(f"model {pkg.id} cannot run on data of shape {ds.images.shape[1:]}: "
                                 f"{str(exc).splitlines()[0][:200]}", data_path) from None
     m = classification_metrics(labels, probs, pkg.class_names)
     result = {"model": {"id": pkg.id, "version": pkg.version, "path": str(pkg.path)}, "data": str(data_path),
               "split": split, "loss": round(loss, 6), **m}
+    if store is not None:
+        result["as_classify_reports"] = reported_metrics(labels, probs, pkg.domain.in_domain(store.array()),
+                                                         pkg.meta["domain"])
     if out is not None:
         out = Path(out)
         # an earlier evaluation's files in ``out`` are kept: these take the next free version (metrics-2.json, ...)
@@ -60,3 +66,18 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
         result["outputs"] = {**outputs, "metrics": str(out / f"metrics{v}.json")}
         atomic_write_json(out / f"metrics{v}.json", result)
     return result
+
+
+def reported_metrics(labels: np.ndarray, probs: np.ndarray, in_domain: np.ndarray, domain: dict) -> dict:
+    """The figures as ``classify`` reports them, next to the network's (the top-level metrics): an image the
+    out-of-domain check flags gets no class there, so it counts as not correct. ``labels`` (N,), ``probs`` (N, K),
+    ``in_domain`` (N,) bool; ``domain`` is the package's ``model.json`` block (its threshold and quantile)."""
+    correct = (probs.argmax(1) == labels) & in_domain
+    classes = np.unique(labels)
+    return {"flagged_out_of_domain": int((~in_domain).sum()),
+            "flagged_rate": round(float(np.mean(~in_domain)), 4),
+            "accuracy": round(float(correct.mean()), 6),
+            "balanced_accuracy": round(float(np.mean([correct[labels == c].mean() for c in classes])), 6),
+            "threshold": domain.get("threshold"), "quantile": domain.get("quantile"),
+            "note": "an image flagged out of domain gets no class from classify, so it counts as not correct here; "
+                    "the top-level figures are the network's own top class"}
