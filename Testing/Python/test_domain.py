@@ -229,9 +229,27 @@ def test_calibrate_moves_the_out_of_domain_threshold_and_measures_the_negatives_
     for name, tensor in parent.build_model("cpu").state_dict().items():
         torch.testing.assert_close(new.build_model("cpu").state_dict()[name], tensor, rtol=0, atol=0)
     card = (new.path / "MODEL_CARD.md").read_text()
-    assert card.count("## Out-of-domain check") == 1 and "the 97% quantile of the validation split" in card
+    assert card.count("## Out-of-domain check") == 1
+    assert "the 97% quantile of split `val` of `breast_us_busi_trainval.npz`" in card
     assert "| lung CT | 20 | 100.0% |" in card and "moved from the parent package's" in card
-    assert "out-of-domain threshold of this calibrated version fitted on val" in new.meta["metrics"]["selected_by"]
+    selected_by = new.meta["metrics"]["selected_by"]
+    assert selected_by.endswith("fitted after training, on held-out data: the out-of-domain threshold (val)")
+    assert selected_by in card and parent.meta["metrics"]["selected_by"] + "\n" not in card  # card = model.json
+    assert card.startswith("# breast-us-lesion 1.5.91\n\n> **Calibrated version** of `breast-us-lesion@1.5.0`")
+
+    # calibrated again (temperature now): one title, one line naming everything fitted, no repeated suffix
+    code, out, err = run_cli_all("calibrate", "--model", tmp_path / "pkgs" / "breast-us-lesion" / "1.5.91",
+                                 "--data", npz, "--dest", tmp_path / "pkgs", "--progress", "none",
+                                 "--version", "1.5.92")
+    assert code == 0, err
+    again = load_package(tmp_path / "pkgs" / "breast-us-lesion" / "1.5.92")
+    card = (again.path / "MODEL_CARD.md").read_text()
+    assert card.startswith("# breast-us-lesion 1.5.92\n\n> **Calibrated version** of `breast-us-lesion@1.5.91`")
+    assert card.count("> **Calibrated version**") == 1 and card.count("## Calibration (temperature scaling)") == 1
+    assert again.meta["metrics"]["selected_by"].count("fitted after training") == 1
+    assert again.meta["metrics"]["selected_by"].endswith(
+        "the temperature and low-confidence threshold (val), the out-of-domain threshold (val)")
+    assert again.meta["domain"]["threshold"] == block["threshold"]  # kept from its parent
 
     # an image scored between the two thresholds: out of the parent's domain, inside the new one
     from MedDeepRecogLib.inference.calibrate import _npz_split
@@ -250,12 +268,39 @@ def test_calibrate_moves_the_out_of_domain_threshold_and_measures_the_negatives_
     assert classify_scan(png, parent, explain="none", uncertainty="none").label == "out-of-domain"
     assert classify_scan(png, new, explain="none", uncertainty="none").label != "out-of-domain"
 
-    for extra, words in ((["--domain-negatives", negatives], "give --domain-quantile Q with it"),
-                         (["--domain-quantile", 1.0], "domain/quantile must be a number in [0.5, 1)"),
-                         (["--domain-quantile", 0.97, "--domain-negatives", tmp_path / "pkgs" / "none.yaml"],
-                          "none.yaml")):
+    bad_negative = tmp_path / "bad_negative.yaml"
+    bad_negative.write_text(yaml.safe_dump({"domain": {"negatives": [
+        {"name": "no labels", "path": str(npz), "split": "val", "class": 0, "max": 5},
+        {"name": "labels", "path": str(tmp_path / "flat.npz"), "class": 0}]}}))
+    np.savez(tmp_path / "flat.npz", images=np.zeros((4, 64, 64), np.uint8))
+    cases = [(["--domain-negatives", negatives], "give --domain-quantile Q with it"),
+             (["--domain-quantile", 1.0], "--domain-quantile must be a number in [0.5, 1)"),
+             (["--domain-quantile", 0.97, "--domain-negatives", tmp_path / "pkgs" / "none.yaml"], "none.yaml"),
+             (["--domain-quantile", 0.97, "--domain-negatives", bad_negative], "the file has no labels"),
+             (["--domain-quantile", 0.97, "--split", "train"], "is what breast-us-lesion@1.5.0 was trained on"),
+             (["--domain-quantile", 0.97, "--version", "1.5.1"], "already exists"),
+             (["--domain-quantile", 0.97, "--report-split", "test"], "does nothing with --no-temperature"),
+             (["--domain-quantile", 0.97, "--quantile", "0.1"], "give --decision-rules RULES with it")]
+    for extra, words in cases:
         code, out, err = run_cli_all(*base, *extra)
-        assert code == 2 and words in err and "Traceback" not in err, err
+        assert code == 2 and words in err and "Traceback" not in err, (extra, err)
+    assert sorted(p.name for p in (tmp_path / "pkgs" / "breast-us-lesion").iterdir()) == ["1.5.90", "1.5.91",
+                                                                                         "1.5.92"]
+    # without --version, the parent's next free patch: a recalibrated 1.3.0 never outranks 1.5.x
+    code, out, err = run_cli_all("calibrate", "--model", "breast-us-lesion@1.3.0", "--data", npz,
+                                 "--dest", tmp_path / "pkgs", "--progress", "none")
+    assert code == 0 and json.loads(out)["version"] == "1.3.1", err
     code, _, err = run_cli_all("calibrate", "--model", "body-region", "--data", npz, "--no-temperature",
                                "--domain-quantile", 0.97, "--dest", tmp_path / "pkgs", "--progress", "none")
     assert code == 2 and "has no out-of-domain check" in err, err
+
+
+def test_models_lists_where_a_recalibrated_bundled_package_comes_from(run_cli_all):
+    code, out, err = run_cli_all("models")
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("breast-us-lesion") and " 1.5.1 " in ln)
+    assert line.endswith("(from breast-us-lesion@1.5.0)")
+    code, out, _ = run_cli_all("models", "--json")
+    rows = {(r["id"], r["version"]): r for r in json.loads(out)}
+    assert rows[("lung-ct-cancer", "1.2.1")]["parent"] == "lung-ct-cancer@1.2.0"
+    assert rows[("lung-ct-cancer", "1.2.0")]["parent"] is None

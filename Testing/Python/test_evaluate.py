@@ -150,9 +150,15 @@ def test_reported_metrics_count_a_flagged_image_as_not_correct():
     labels = np.array([0, 0, 1, 1, 1])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.4, 0.6]])  # 4 of 5 right
     kept = np.array([True, True, False, True, True])                               # a right one flagged
-    r = reported_metrics(labels, probs, kept, {"threshold": 12.0, "quantile": 0.95})
-    assert r["flagged_out_of_domain"] == 1 and r["flagged_rate"] == 0.2
+    r = reported_metrics(labels, probs, kept, {"domain": {"threshold": 12.0, "quantile": 0.95}})
+    assert r["flagged_out_of_domain"] == 1 and r["flagged_rate"] == 0.2 and r["uncertain"] == 0
     assert r["accuracy"] == pytest.approx(3 / 5) and r["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # decision rules: under min_probability 0.65 (after the temperature) the 0.6 call is 'uncertain'
+    meta = {"domain": {"threshold": 12.0}, "decision": {"min_probability": 0.65, "min_agreement": 0.5}}
+    r = reported_metrics(labels, probs, kept, meta)
+    assert r["uncertain"] == 1 and r["accuracy"] == pytest.approx(2 / 5) and "min_agreement" in r["not_applied"]
+    meta["calibration"] = {"temperature": 0.5}  # sharper: 0.6 vs 0.4 becomes 0.69, above the threshold
+    assert reported_metrics(labels, probs, kept, meta)["uncertain"] == 0
 
 
 def test_evaluate_reports_accuracy_as_classify_reports_it_beside_the_networks(shared_data, capsys):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from frontier_helpers import save_blob_package, write_blob_npz, write_blob_scan
 from MedDeepRecogLib.cli import main
@@ -149,3 +150,56 @@ def test_body_region_card_reproduces_its_decision_rules(tmp_path, shared_data, c
             / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "python -m MedDeepRecogLib.inference.calibrate" not in card
     assert "meddeeprecog calibrate --model body-region@1.0.0" in card and "--decision-rules" in card
+
+
+def test_refitting_the_temperature_chooses_the_parents_min_probability_again(tmp_path, capsys):
+    """A parent whose decision rules chose min_probability at its own temperature: a new temperature re-chooses it
+    on the new scale, with the parent's other rules and quantile, rather than keeping a threshold from another
+    scale."""
+    from MedDeepRecogLib.inference.calibrate import choose_min_probability
+    from MedDeepRecogLib.uncertainty import softmax
+
+    catalog = tmp_path / "catalog"
+    parent = save_blob_package(catalog)
+    npz = write_blob_npz(tmp_path / "val.npz", n=60, seed=12)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("min_agreement: 0.5\n", encoding="utf-8")
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--dest", str(catalog),
+                 "--decision-rules", str(rules), "--quantile", "0.1", "--no-temperature", "--progress", "none"]) == 0
+    assert main(["calibrate", "--model", str(catalog / "blob-test" / "1.0.1"), "--data", str(npz), "--dest",
+                 str(catalog), "--progress", "none"]) == 0
+    capsys.readouterr()
+    new = load_package(catalog / "blob-test" / "1.0.2").meta
+    z = np.load(npz)
+    import torch
+    with torch.no_grad():
+        logits = load_package(parent).build_model()(torch.from_numpy(z["val_images"][:, None])).numpy()
+    scaled = softmax(logits, new["calibration"]["temperature"])
+    correct = scaled.argmax(1) == z["val_labels"].ravel()
+    assert new["decision"]["min_agreement"] == 0.5 and new["decision"]["chosen_on"]["quantile_of_correct"] == 0.1
+    assert new["decision"]["min_probability"] == choose_min_probability(scaled.max(1), correct, 0.1)
+
+
+def test_a_slice_models_confidence_is_on_the_scale_min_probability_was_chosen_on(shared_data, tmp_path, capsys):
+    """A calibrated 2D package: the confidence classify compares with the decision rules' min_probability is the
+    temperature-scaled probability that calibrate chose it on (one picture: the reported probability of the label),
+    not the network's raw softmax."""
+    from PIL import Image
+
+    npz = shared_data / "breast_us_busi" / "breast_us_busi_trainval.npz"
+    rules = tmp_path / "rules.json"
+    rules.write_text("{}", encoding="utf-8")
+    assert main(["calibrate", "--model", "breast-us-lesion@1.5.0", "--data", str(npz), "--decision-rules",
+                 str(rules), "--dest", str(tmp_path / "pkgs"), "--version", "9.0.0",
+                 "--progress", "none"]) == 0
+    capsys.readouterr()
+    pkg = load_package(tmp_path / "pkgs" / "breast-us-lesion" / "9.0.0")
+    assert abs(pkg.meta["calibration"]["temperature"] - 1.0) > 0.05  # a temperature that changes the scale
+    png = tmp_path / "us.png"
+    Image.fromarray(np.load(npz)["val_images"][3]).save(png)
+    from MedDeepRecogLib.inference.classify import classify_scan
+
+    result = classify_scan(png, pkg, explain="none", faithfulness=False)
+    label = result.decision["top_class"]
+    probability = result.uncertainty["probabilities"][label]
+    assert result.decision["confidence"] == pytest.approx(probability, abs=1e-4)

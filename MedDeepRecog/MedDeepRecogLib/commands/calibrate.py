@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--decision-rules", metavar="RULES",
                    help="JSON/YAML file of decision rules (min_agreement, volume_excluded_classes, class_modality, "
                         "min_section_mm) written with min_probability chosen on the fitting split")
-    p.add_argument("--quantile", type=float, default=0.02,
+    p.add_argument("--quantile", type=float,
                    help="with --decision-rules: min_probability is this quantile of the correct held-out calls' "
                         "probability, rounded down to 0.05 (default 0.02: 98%% of correct calls pass)")
     p.add_argument("--no-temperature", dest="temperature", action="store_false",

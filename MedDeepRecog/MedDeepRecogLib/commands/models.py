@@ -72,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
         score = " ".join(f"{k}={m[k]:.3f}" for k in shown if isinstance(m.get(k), float))
         score = f"{m.get('split', '')}: {score}" if score else ""
         kind = (i.input or {}).get("kind", "?")
-        print(f"{i.id:<22} {i.version:<8} {i.source:<7} {kind:<9} classes={','.join(i.class_names or [])} {score}")
+        derived = f" (from {i.parent})" if i.parent else ""
+        print(f"{i.id:<22} {i.version:<8} {i.source:<7} {kind:<9} classes={','.join(i.class_names or [])} "
+              f"{score}{derived}")
     return 0

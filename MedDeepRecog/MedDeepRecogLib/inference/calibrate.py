@@ -70,6 +70,31 @@ def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.n
     return np.concatenate(out), ds.labels
 
 
+def _refuse_training_split(pkg, data: Path, split: str) -> None:
+    """Refuse fitting on the split the package was trained on: the same file (its sha256 is the package's
+    ``dataset_fingerprint``) and the config's ``train_split``. A network's scores on its own training images are not
+    those of unseen ones (a threshold or temperature fitted there fails on every real image)."""
+    from ..packages import sha256_file
+
+    prov = pkg.meta.get("provenance") or {}
+    train_split = ((prov.get("config") or {}).get("data") or {}).get("train_split", "train")
+    fingerprint = str(prov.get("dataset_fingerprint") or "")
+    if split == train_split and fingerprint.startswith("sha256:") and sha256_file(data) == fingerprint[7:]:
+        raise ConfigError(f"split {split!r} of this file is what {pkg.id}@{pkg.version} was trained on: scores on "
+                          "training images are not those of unseen ones; fit on held-out data (e.g. --split val)",
+                          data)
+
+
+def _npz_split_exists(path: Path, split: str) -> None:
+    """Refuse a split the ``.npz`` does not hold, before any prediction."""
+    from ..training.data import open_npz
+
+    files = open_npz(path).files
+    if f"{split}_images" not in files and not (split in ("val", "all") and "images" in files):
+        names = sorted(f[: -len("_images")] for f in files if f.endswith("_images"))
+        raise ConfigError(f"no split {split!r} in the file (splits: {', '.join(names) or 'none'})", path)
+
+
 def _csv_logits(pkg, path: Path, progress: ProgressCallback) -> tuple[np.ndarray, np.ndarray]:
     from .classify import classify_scan
 
@@ -187,7 +212,7 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
                       version: str | None = None, n_bins: int = 10, progress: ProgressCallback = null_progress,
                       command: str | None = None, report_split: str | None = None, temperature: bool = True,
                       decision_rules: Mapping[str, Any] | str | Path | None = None,
-                      quantile: float = 0.02, domain_quantile: float | None = None,
+                      quantile: float | None = None, domain_quantile: float | None = None,
                       domain_negatives: str | Path | None = None) -> dict[str, Any]:
     """Fit the package's calibration on ``split`` of ``data``; write a new package version.
 
@@ -217,24 +242,48 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     """
     import tempfile
 
-    from ..packages import catalog_dirs, load_package, next_version, save_package, user_models_dir
+    from ..packages import catalog_dirs, derived_version, load_package, save_package, user_models_dir
 
+    # what the options ask for, before anything is read
     if domain_negatives is not None and domain_quantile is None:
         raise ConfigError("--domain-negatives measures the negatives at a new out-of-domain threshold: give "
                           "--domain-quantile Q with it")
     if not temperature and decision_rules is None and domain_quantile is None:
         raise ConfigError("nothing to calibrate: drop --no-temperature, or give --decision-rules RULES or "
                           "--domain-quantile Q")
+    if report_split is not None and not temperature:
+        raise ConfigError("--report-split is where the temperature's figures are reported: it does nothing with "
+                          "--no-temperature (drop one of them)")
+    if quantile is not None and decision_rules is None:
+        raise ConfigError("--quantile chooses the decision rules' min_probability: give --decision-rules RULES with "
+                          "it")
+    quantile = 0.02 if quantile is None else quantile
+    if domain_quantile is not None and (isinstance(domain_quantile, bool)
+                                        or not isinstance(domain_quantile, (int, float))
+                                        or not 0.5 <= float(domain_quantile) < 1.0):
+        raise ConfigError(f"--domain-quantile must be a number in [0.5, 1), got {domain_quantile!r}")
+    data = Path(data)
+    if not data.exists():
+        raise ConfigError("calibration data not found", data)
+    csv_data = data.suffix.lower() == ".csv"
+    if csv_data and report_split is not None:
+        raise ConfigError("--report-split picks a split of an .npz; a CSV is one set (every row): give the "
+                          "report data as another .npz, or drop --report-split", data)
+    if csv_data and domain_quantile is not None:
+        raise ConfigError("--domain-quantile sets the threshold on an .npz split (images as in training); a "
+                          "CSV of scans is not supported for it", data)
     negatives = None
-    if domain_quantile is not None:  # checked before any prediction
+    if domain_negatives is not None:
         from ..training.domain import check_domain_block
 
-        if domain_negatives is not None:
-            domain_negatives = Path(domain_negatives)
-            negatives = (load_mapping(domain_negatives, "train config").get("domain") or {}).get("negatives")
-            if not negatives:
-                raise ConfigError("no domain/negatives in this config to measure", domain_negatives)
-        check_domain_block({"quantile": domain_quantile, "negatives": negatives or []}, domain_negatives)
+        domain_negatives = Path(domain_negatives)
+        block = load_mapping(domain_negatives, "train config").get("domain")
+        if block is not None and not isinstance(block, Mapping):
+            raise ConfigError("domain must be a mapping {quantile, negatives}", domain_negatives)
+        negatives = (block or {}).get("negatives")
+        if not negatives:
+            raise ConfigError("no domain/negatives in this config to measure", domain_negatives)
+        check_domain_block({"negatives": negatives}, domain_negatives)
     pkg = load_package(model_ref)
     if domain_quantile is not None:
         from ..training.domain import require_domain_check
@@ -242,21 +291,33 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         require_domain_check(pkg)
     if decision_rules is not None:
         decision_rules = read_decision_rules(decision_rules, pkg.class_names)
-    data = Path(data)
-    if not data.exists():
-        raise ConfigError("calibration data not found", data)
+    elif temperature and (pkg.meta.get("decision") or {}).get("chosen_on"):
+        # the parent's min_probability was chosen at its temperature: choose it again at the new one, with the
+        # parent's other rules and quantile
+        parent_rules = pkg.meta["decision"]
+        decision_rules = {k: v for k, v in parent_rules.items() if k not in ("min_probability", "chosen_on")}
+        quantile = float(parent_rules["chosen_on"].get("quantile_of_correct", quantile))
+    if not csv_data:
+        _refuse_training_split(pkg, data, split)
+    root = Path(dest) if dest is not None else user_models_dir()
+    if root.exists() and not root.is_dir():
+        raise ConfigError("--dest is a file, not a catalog folder", root)
+    version = derived_version(pkg.id, pkg.version, version, [root] + [d for d in catalog_dirs() if d != root])
+    negative_images = None
+    if negatives:  # read before any prediction: a bad negative set is refused first
+        from ..training.domain import negative_image_sets
+
+        intensity, size = pkg.data_params()
+        negative_images = negative_image_sets(negatives, pkg.input_spec.get("slices") or {}, list(size),
+                                              domain_negatives)
     command = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
     progress("predict", 0.0)
-    if data.suffix.lower() == ".csv":
-        if report_split is not None:
-            raise ConfigError("--report-split picks a split of an .npz; a CSV is one set (every row): give the "
-                              "report data as another .npz, or drop --report-split", data)
+    if csv_data:
         logits, labels = _csv_logits(pkg, data, progress)
         split_desc = "all rows of the CSV"
-        if domain_quantile is not None:
-            raise ConfigError("--domain-quantile sets the threshold on an .npz split (images as in training); a "
-                              "CSV of scans is not supported for it", data)
     else:
+        if report_split is not None:
+            _npz_split_exists(data, report_split)
         logits, labels = _npz_logits(pkg, data, split)
         split_desc = split
     k = len(pkg.class_names)
@@ -282,25 +343,19 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         from ..training.domain import rethreshold_domain
 
         progress("out-of-domain threshold", 0.9)
-        domain = rethreshold_domain(pkg, _npz_split(pkg, data, split).images, domain_quantile, negatives,
-                                    domain_negatives)
+        domain = rethreshold_domain(pkg, _npz_split(pkg, data, split).images, domain_quantile, negative_images)
         domain["chosen_on"] = {"data": data.name, "split": split, "n": int(len(labels)),
                                "parent_threshold": pkg.meta["domain"]["threshold"],
-                               "parent_quantile": pkg.meta["domain"]["quantile"], "command": command}
+                               "parent_quantile": pkg.meta["domain"].get("quantile"), "command": command}
         meta["domain"] = domain
 
-    root = Path(dest) if dest is not None else user_models_dir()
-    version = version or next_version(pkg.id, [root] + [d for d in catalog_dirs() if d != root])
     meta.pop("weights", None)
     meta["version"] = version
     metrics = meta.get("metrics")
-    if isinstance(metrics, dict) and "selected_by" in metrics:
+    old_selected_by = metrics.get("selected_by") if isinstance(metrics, dict) else None
+    if old_selected_by is not None:
         # the weights were chosen without that split, but this version's calibration was fitted on it
-        fitted = " and ".join(w for w, on in (("the temperature and low-confidence threshold", cal is not None),
-                                              ("the decision rules' thresholds", decision is not None),
-                                              ("the out-of-domain threshold", domain_quantile is not None)) if on)
-        metrics["selected_by"] = (f"{metrics['selected_by']}; {fitted} of this calibrated version fitted on "
-                                  f"{split_desc}")
+        metrics["selected_by"] = f"{old_selected_by.split(CALIBRATED_MARK)[0]}{CALIBRATED_MARK}{fitted_parts(meta)}"
     prov = dict(meta.get("provenance") or {})
     prov.pop("created", None)
     prov["parent"] = f"{pkg.id}@{pkg.version}"
@@ -308,11 +363,12 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     meta["provenance"] = prov
     card_path = pkg.path / "MODEL_CARD.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {pkg.id}\n"
-    title = f"# {pkg.id} {pkg.version}"
-    if card.startswith(title):  # the card's title names the version: make it the new one
-        card = f"# {pkg.id} {version} (calibrated {pkg.version})" + card[len(title):]
+    card = calibrated_card_head(card, pkg.id, pkg.version, version, fitted_parts(meta))
+    if old_selected_by is not None and old_selected_by != metrics["selected_by"]:
+        card = card.replace(old_selected_by, metrics["selected_by"])  # the card's metrics table, as model.json
     if cal is not None:
-        card += calibration_card_section(cal, f"{pkg.id}@{pkg.version}")
+        card = replace_card_section(card, CALIBRATION_HEADING,
+                                    calibration_card_section(cal, f"{pkg.id}@{pkg.version}").lstrip("\n"))
     if decision is not None:
         card = decision_card_section(card, decision)
     if domain_quantile is not None:
@@ -372,6 +428,58 @@ def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, sp
     return cal, (before, after, labels)
 
 
+#: Where a calibrated version's ``selected_by`` says what was fitted after training (and on which split).
+CALIBRATED_MARK = "; fitted after training, on held-out data: "
+#: The card's line (just under the title) that says which parts of a calibrated version were fitted, and on what.
+CALIBRATED_LINE = "> **Calibrated version**"
+
+
+def fitted_parts(meta: Mapping[str, Any]) -> str:
+    """What calibration fitted into the package ``meta`` describes, with the split each was fitted on: its
+    temperature, its decision rules' threshold, its moved out-of-domain threshold (empty when none)."""
+    parts = []
+    cal = meta.get("calibration") or {}
+    if cal.get("temperature") is not None:
+        parts.append(f"the temperature and low-confidence threshold ({cal.get('fit_split', cal.get('split'))})")
+    chosen = (meta.get("decision") or {}).get("chosen_on")
+    if chosen:
+        parts.append(f"the decision rules' min_probability ({chosen.get('split')})")
+    chosen = (meta.get("domain") or {}).get("chosen_on")
+    if chosen:
+        parts.append(f"the out-of-domain threshold ({chosen.get('split')})")
+    return ", ".join(parts)
+
+
+def calibrated_card_head(card: str, pkg_id: str, parent_version: str, version: str, parts: str) -> str:
+    """``card`` with its title naming ``version`` and, under it, one line saying this version is ``parent_version``
+    recalibrated: the weights are the parent's (so the card's training and validation figures describe them) and
+    ``parts`` (:func:`fitted_parts`) were fitted afterwards. A parent's own such line is replaced, not repeated."""
+    lines = card.split("\n")
+    if lines and lines[0].startswith("# "):
+        lines[0] = f"# {pkg_id} {version}"
+    else:
+        lines.insert(0, f"# {pkg_id} {version}")
+    line = (f"{CALIBRATED_LINE} of `{pkg_id}@{parent_version}`, same weights: the training, selection and "
+            f"validation figures below are the network's; fitted afterwards: {parts}.")
+    rest = [ln for ln in lines[1:] if not ln.startswith(CALIBRATED_LINE)]
+    while rest and not rest[0].strip():
+        rest.pop(0)
+    return "\n".join([lines[0], "", line, "", *rest])
+
+
+def replace_card_section(card: str, heading: str, section: str) -> str:
+    """``card`` with the section under ``heading`` (up to the next ``## `` heading) replaced by ``section``, or
+    ``section`` appended when the card has none."""
+    start = card.find(f"\n{heading}\n")
+    if start < 0:
+        return card.rstrip("\n") + "\n\n" + section
+    end = card.find("\n## ", start + 1)
+    return card[:start + 1] + section + ("" if end < 0 else card[end:])
+
+
+CALIBRATION_HEADING = "## Calibration (temperature scaling)"
+
+
 def calibration_card_section(cal: dict[str, Any], parent: str) -> str:
     """Markdown "Calibration" section for a model card."""
     return f"""
@@ -408,11 +516,7 @@ def decision_card_section(card: str, decision: dict[str, Any]) -> str:
                f"{chosen['quantile_of_correct']:.0%} quantile of the correct held-out calls' probability (rounded "
                f"down); {chosen['correct_passing']:.2%} of correct calls pass{flagged}.\n"
                f"- Other rules as configured: `{json.dumps(others)}`\n")
-    start = card.find(f"\n{DECISION_HEADING}\n")
-    if start < 0:
-        return card.rstrip("\n") + "\n\n" + section
-    end = card.find("\n## ", start + 1)
-    return card[:start + 1] + section + ("" if end < 0 else card[end:])
+    return replace_card_section(card, DECISION_HEADING, section)
 
 
 DOMAIN_HEADING = "## Out-of-domain check"
@@ -423,9 +527,4 @@ def domain_card_section(card: str, domain: dict[str, Any]) -> str:
     section, or appended)."""
     from ..training.domain import domain_card_lines
 
-    section = domain_card_lines(domain).lstrip("\n")
-    start = card.find(f"\n{DOMAIN_HEADING}\n")
-    if start < 0:
-        return card.rstrip("\n") + "\n\n" + section
-    end = card.find("\n## ", start + 1)
-    return card[:start + 1] + section + ("" if end < 0 else card[end:])
+    return replace_card_section(card, DOMAIN_HEADING, domain_card_lines(domain).lstrip("\n"))

@@ -329,9 +329,12 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     model = model_for(package, dev)
     target_layer = target_layer_of(package, model) if explain in GRADCAM_METHODS else None
     if kind == "slices2d":
+        from ..uncertainty.report import package_temperature
+
         pred = predict_slices(model, inp, explain=explain, target_layer=target_layer,
                               class_names=package.class_names, device=dev, domain=package.domain,
-                              heat_inset_mm=float((package.meta.get("explain") or {}).get("heat_inset_mm", 0.0)))
+                              heat_inset_mm=float((package.meta.get("explain") or {}).get("heat_inset_mm", 0.0)),
+                              temperature=package_temperature(package.meta))
     else:
         pred = predict_volume(model, inp, explain=explain, target_layer=target_layer,
                               class_names=package.class_names, device=dev)

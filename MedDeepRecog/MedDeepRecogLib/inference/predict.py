@@ -35,8 +35,9 @@ class Prediction:
         grid: where ``heatmap`` sits in physical space.
         explained_class: index of the class the heatmap explains.
         agreement: fraction of voting slices whose own label is the scan's label (1.0 for volume models).
-        slice_confidence: mean over voting slices of their probability for the scan's label (the quantity the
-            ``min_probability`` rule compares, on the same scale as a single held-out image's probability);
+        slice_confidence: mean over voting slices of their probability for the scan's label, temperature-scaled
+            when the package is calibrated (the quantity the ``min_probability`` rule compares, on the same scale
+            as a single held-out image's probability in ``calibrate``);
             the scan probability for volume models.
         section_mm: smaller side (mm) of the body box, median over voting slices (slice models).
         regions: runs of consecutive voting slices with the same label, inferior to superior (slice models).
@@ -60,7 +61,8 @@ class Prediction:
 
 
 def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, target_layer: str | None,
-                   class_names: list[str], device: str = "cpu", domain=None, heat_inset_mm: float = 0.0) -> Prediction:
+                   class_names: list[str], device: str = "cpu", domain=None, heat_inset_mm: float = 0.0,
+                   temperature: float = 1.0) -> Prediction:
     """Classify the slices of ``inp`` with a 2D ``model`` and aggregate them (see the module docstring).
 
     Grad-CAM / Grad-CAM++ maps come from the same forward pass and explain the **scan's** class on every slice;
@@ -71,6 +73,10 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
 
     ``domain``: the package's :class:`..uncertainty.domain.DomainCheck`. Slices it flags as outside the model's
     domain do not vote (when at least one slice passes); ``Prediction.domain`` counts them.
+
+    ``temperature``: the package's fitted temperature. ``slice_confidence`` is taken from the slices' softmax at
+    that temperature, the scale ``calibrate`` chooses ``min_probability`` on; the per-slice probabilities stay the
+    network's own softmax.
     """
     from ..explain.gradcam import explained_forward, plain_forward
     from ..uncertainty.domain import capture_features
@@ -125,7 +131,8 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
     slice_probs = logp.exp().cpu().numpy()
     slice_labels = slice_probs.argmax(axis=1)
     agreement = float((slice_labels[v] == label).mean()) if v.any() else 0.0
-    slice_confidence = float(slice_probs[v, label].mean()) if v.any() else 0.0
+    scaled = torch.softmax(logits.detach().float() / float(temperature), dim=1).cpu().numpy()
+    slice_confidence = float(scaled[v, label].mean()) if v.any() else 0.0
     voted = v & in_domain if in_domain.any() else v
     per_slice = [{"index": int(z), "label": class_names[int(k)], "probability": round(float(p[k]), 4),
                   "voted": bool(ok)}

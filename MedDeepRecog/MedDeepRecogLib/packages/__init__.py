@@ -20,7 +20,7 @@ API (everything else here is internal):
   (temp dir + rename); ``meta["version"]`` may be ``None`` to take the next free patch version. Never overwrites.
 - ``ModelPackage.verify()``: a dry run on zeros of the declared input size (done by ``import_package``).
 - ``list_packages() -> list[PackageInfo]``; ``import_package(path) -> Path`` (validated copy into the user catalog).
-- ``user_models_dir()``, ``catalog_dirs()``, ``next_version(id)``.
+- ``user_models_dir()``, ``catalog_dirs()``, ``next_version(id)``, ``derived_version(...)``.
 
 Weights are never unpickled with arbitrary classes: a ``.pt`` file with anything but tensors is refused.
 """
@@ -34,6 +34,7 @@ from .package import (
     list_packages,
     load_package,
     load_weights,
+    derived_version,
     next_version,
     read_package_meta,
     save_package,
@@ -51,6 +52,7 @@ __all__ = [
     "list_packages",
     "load_package",
     "load_weights",
+    "derived_version",
     "next_version",
     "read_package_meta",
     "save_package",

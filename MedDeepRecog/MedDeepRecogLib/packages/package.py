@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import resources
-from ..errors import ModelPackageError
+from ..errors import ConfigError, ModelPackageError
 
 FORMAT_VERSION = 1
 META_FILE = "model.json"
@@ -496,6 +496,7 @@ class PackageInfo:
     input: dict | None = None
     metrics: dict | None = None
     error: str | None = None
+    parent: str | None = None  # "id@version" a calibrated or fine-tuned package was derived from
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -516,7 +517,8 @@ def list_packages(check_weights: bool = False) -> list[PackageInfo]:
             else:
                 meta = _read_meta(folder)
             out.append(PackageInfo(pkg_id, version, str(folder), source, meta.get("task", "classification"),
-                                   meta.get("description"), meta["class_names"], meta["input"], meta.get("metrics")))
+                                   meta.get("description"), meta["class_names"], meta["input"], meta.get("metrics"),
+                                   parent=(meta.get("provenance") or {}).get("parent")))
         except ModelPackageError as exc:
             out.append(PackageInfo(pkg_id, version, str(folder), source, error=str(exc)))
     return sorted(out, key=lambda p: (p.id, _version_key(p.version), p.source))
@@ -589,6 +591,35 @@ def next_version(pkg_id: str, roots: list[Path] | None = None) -> str:
         parts[-1] = str(int(parts[-1]) + 1)
         return ".".join(parts)
     return f"{top}.1"
+
+
+def derived_version(pkg_id: str, parent_version: str, version: str | None, roots: list[Path],
+                    option: str = "--version") -> str:
+    """The version a package derived from ``parent_version`` (a recalibration) is saved as.
+
+    ``version`` when given: a plain name (letters, digits, '.', '_', '-') that no catalog in ``roots`` holds for
+    ``pkg_id``, since a second package of the same id and version would hide one of the two. Without it, the parent's
+    next free patch version (1.3.0 -> 1.3.1, or 1.3.2 when that is taken), so a package derived from an older
+    version never becomes the default over newer ones. Raises :class:`ConfigError` naming ``option``.
+    """
+    def taken(v: str) -> Path | None:
+        return next((Path(r) / pkg_id / v for r in roots if (Path(r) / pkg_id / v).exists()), None)
+
+    if version is not None:
+        if not isinstance(version, str) or not _ID_RE.match(version):
+            raise ConfigError(f"{option} {version!r} must be a plain name (letters, digits, '.', '_', '-')")
+        where = taken(version)
+        if where is not None:
+            raise ConfigError(f"{option} {version}: {pkg_id}@{version} already exists at {where}; packages are "
+                              "never overwritten or shadowed: give another version")
+        return version
+    parts = parent_version.split(".")
+    if not all(part.isdigit() for part in parts):
+        parts = [parent_version, "0"]
+    candidate = parts[:-1] + [str(int(parts[-1]) + 1)]
+    while taken(".".join(candidate)) is not None:
+        candidate[-1] = str(int(candidate[-1]) + 1)
+    return ".".join(candidate)
 
 
 def _jsonable(obj: Any) -> Any:

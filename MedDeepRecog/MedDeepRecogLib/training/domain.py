@@ -25,6 +25,8 @@ from ..uncertainty.domain import (DOMAIN_FILE, DomainCheck, capture_features, fe
                                   fit_domain_statistics)
 
 NEGATIVE_KEYS = {"name", "path", "split", "class", "max"}
+#: the most images one negative set may give (``max``): they are standardised and scored in memory
+MAX_NEGATIVES = 10_000
 
 
 def check_domain_block(block: Mapping[str, Any] | None, source) -> None:
@@ -46,6 +48,14 @@ def check_domain_block(block: Mapping[str, Any] | None, source) -> None:
         if not isinstance(neg, Mapping) or not {"name", "path"} <= set(neg) or set(neg) - NEGATIVE_KEYS:
             raise ConfigError(f"domain/negatives[{i}] needs name and path (optional split, class, max), got {neg!r}",
                               source)
+        for key, low, high in (("max", 1, MAX_NEGATIVES), ("class", 0, 10_000)):
+            value = neg.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not low <= value <= high):
+                raise ConfigError(f"domain/negatives[{i}]/{key} must be a whole number from {low} to {high}, got "
+                                  f"{value!r}", source)
+        if not isinstance(neg["path"], str) or not isinstance(neg.get("split", "val"), str):
+            raise ConfigError(f"domain/negatives[{i}]: path and split must be text", source)
 
 
 def features_of(model, images: np.ndarray, device, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -61,24 +71,51 @@ def features_of(model, images: np.ndarray, device, batch: int = 128) -> tuple[np
     return store.array(), torch.cat(probs).numpy()
 
 
-def _negative_images(neg: Mapping[str, Any], slices: Mapping, size, source) -> np.ndarray:
+def check_negative_files(negatives: list, source) -> None:
+    """Refuse, in one line and without decompressing any image, a ``domain/negatives`` entry whose file cannot give
+    its images: missing, not an ``.npz``, no ``{split}_images`` or ``images``, no labels for a ``class``."""
+    for neg in negatives:
+        _negative_arrays(neg, source, load=False)
+
+
+def _negative_arrays(neg: Mapping[str, Any], source, load: bool = True):
+    """``(images, labels or None, path, key)`` of one negative entry (arrays only when ``load``)."""
     from ..schema import resolve_relative
-    from .data import standardise_images
+    from .data import npz_array, open_npz
 
     path = resolve_relative(str(neg["path"]), source)
+    what = f"domain negative {neg['name']!r}"
     try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ConfigError(f"domain negative {neg['name']!r}: cannot read .npz ({exc})", path) from None
+        z = open_npz(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc.problem}", path) from None
     split = neg.get("split", "val")
     key = f"{split}_images" if f"{split}_images" in z.files else "images"
     if key not in z.files:
-        raise ConfigError(f"domain negative {neg['name']!r}: no {split}_images or images in the file", path)
-    x = z[key]
-    if "class" in neg:
-        labels = np.asarray(z[key.replace("images", "labels")]).ravel()
+        raise ConfigError(f"{what}: no {split}_images or images in the file", path)
+    label_key = key.replace("images", "labels")
+    if "class" in neg and label_key not in z.files:
+        raise ConfigError(f"{what}: class {neg['class']} asked for, but the file has no {label_key}", path)
+    if not load:
+        return None, None, path, key
+    x = npz_array(z, key, path)
+    labels = np.asarray(npz_array(z, label_key, path)).ravel() if "class" in neg else None
+    if labels is not None and len(labels) != len(x):
+        raise ConfigError(f"{what}: {len(labels)} {label_key} for {len(x)} {key}", path)
+    return x, labels, path, key
+
+
+def _negative_images(neg: Mapping[str, Any], slices: Mapping, size, source) -> np.ndarray:
+    from .data import standardise_images
+
+    x, labels, path, key = _negative_arrays(neg, source)
+    what = f"domain negative {neg['name']!r}"
+    if labels is not None:
         x = x[labels == int(neg["class"])]
     x = x[: int(neg.get("max", 300))]
+    if len(x) == 0:
+        raise ConfigError(f"{what}: no images{' of class ' + str(neg['class']) if 'class' in neg else ''} in "
+                          f"{key}", path)
     if x.ndim == 4 and x.shape[-1] in (3, 4):  # colour: grey as the image reader makes it
         from ..io.image_io import luma
         x = luma(x)
@@ -99,8 +136,10 @@ def calibrate_domain(model, data, cfg, device) -> tuple[dict, bytes]:
     f_val, _ = features_of(model, data.val.images, device)
     val_scores = check.scores(f_val)
     check.threshold = float(np.quantile(val_scores, quantile))
-    negatives = negatives_flagged(model, check, block.get("negatives") or [], cfg.input.slices or {},
-                                  list(data.train.images.shape[2:]), cfg.source, device)
+    negatives = negatives_flagged(model, check, negative_image_sets(block.get("negatives") or [],
+                                                                    cfg.input.slices or {},
+                                                                    list(data.train.images.shape[2:]), cfg.source),
+                                  device)
     payload = check.to_bytes()
     meta = {"method": "mahalanobis", "features": feature_description(model),
             "file": DOMAIN_FILE, "sha256": hashlib.sha256(payload).hexdigest(),
@@ -111,14 +150,19 @@ def calibrate_domain(model, data, cfg, device) -> tuple[dict, bytes]:
     return meta, payload
 
 
-def negatives_flagged(model, check: DomainCheck, negatives: list, slices: Mapping, size, source, device) -> dict:
-    """``{name: {"n", "flagged_rate"}}``: the share of each negative set (``domain/negatives`` entries, paths relative
-    to ``source``) that ``check`` flags, the images standardised as the model's own (``slices``, ``size``)."""
+def negative_image_sets(negatives: list, slices: Mapping, size, source) -> dict[str, np.ndarray]:
+    """``{name: images (N, 1, H, W)}`` of each ``domain/negatives`` entry (paths relative to ``source``), standardised
+    as the model's own images (``slices``, ``size``); a set that cannot be read is refused in one line."""
+    return {str(neg["name"]): _negative_images(neg, slices, size, source) for neg in negatives}
+
+
+def negatives_flagged(model, check: DomainCheck, image_sets: Mapping[str, np.ndarray], device) -> dict:
+    """``{name: {"n", "flagged_rate"}}``: the share of each negative set (:func:`negative_image_sets`) that
+    ``check`` flags."""
     out = {}
-    for neg in negatives:
-        x = _negative_images(neg, slices, size, source)
+    for name, x in image_sets.items():
         scores = check.scores(features_of(model, x, device)[0])
-        out[str(neg["name"])] = {"n": int(len(x)), "flagged_rate": round(float(np.mean(scores > check.threshold)), 4)}
+        out[name] = {"n": int(len(x)), "flagged_rate": round(float(np.mean(scores > check.threshold)), 4)}
     return out
 
 
@@ -129,12 +173,12 @@ def require_domain_check(pkg) -> None:
                           "set a threshold for")
 
 
-def rethreshold_domain(pkg, images: np.ndarray, quantile: float, negatives: list | None, source) -> dict:
+def rethreshold_domain(pkg, images: np.ndarray, quantile: float, negatives: Mapping[str, np.ndarray] | None) -> dict:
     """The package's ``domain`` block with its threshold moved to ``quantile`` of the scores of ``images``
     ``(N, C, H, W)`` (in-domain held-out images, standardised as the package's input): the statistics (class means,
-    precision; ``domain.safetensors``) are kept, only the cut-off changes. ``negatives`` (``domain/negatives``
-    entries of a train config at ``source``) are measured at the new threshold; without them the parent's
-    figures, which no longer hold, are dropped.
+    precision; ``domain.safetensors``) are kept, only the cut-off changes. ``negatives``
+    (:func:`negative_image_sets`) are measured at the new threshold; without them the parent's figures, which no
+    longer hold, are dropped.
 
     Raises:
         ConfigError: the package has no out-of-domain check, or ``quantile`` is outside ``[0.5, 1)``.
@@ -142,7 +186,7 @@ def rethreshold_domain(pkg, images: np.ndarray, quantile: float, negatives: list
     import torch
 
     require_domain_check(pkg)
-    check_domain_block({"quantile": quantile, "negatives": negatives or []}, source)
+    check_domain_block({"quantile": quantile}, None)
     model = pkg.build_model("cpu")
     device = torch.device("cpu")
     scores = pkg.domain.scores(features_of(model, images, device)[0])
@@ -150,8 +194,7 @@ def rethreshold_domain(pkg, images: np.ndarray, quantile: float, negatives: list
     block = dict(pkg.meta["domain"])
     block.update(threshold=round(check.threshold, 6), quantile=float(quantile),
                  val_in_domain_rate=round(float(np.mean(scores <= check.threshold)), 4),
-                 negatives=negatives_flagged(model, check, negatives or [], pkg.input_spec.get("slices") or {},
-                                             list(images.shape[2:]), source, device))
+                 negatives=negatives_flagged(model, check, negatives or {}, device))
     return block
 
 
@@ -161,10 +204,14 @@ def domain_card_lines(block: Mapping[str, Any] | None) -> str:
         return ""
     rows = "\n".join(f"| {name} | {v['n']} | {v['flagged_rate']:.1%} |" for name, v in block["negatives"].items())
     chosen = block.get("chosen_on")
+    parent_q = chosen.get("parent_quantile") if chosen else None
     moved = "" if not chosen else (
-        f"\nThe threshold was moved from the parent package's ({chosen['parent_threshold']:.1f}, the "
-        f"{100 * chosen['parent_quantile']:g}% quantile) by `meddeeprecog calibrate` on split `{chosen['split']}` of "
-        f"`{chosen['data']}` ({chosen['n']} images); the statistics are the parent's.\n```\n{chosen['command']}\n```\n")
+        f"\nThe threshold was moved from the parent package's ({chosen['parent_threshold']:.1f}"
+        f"{'' if parent_q is None else f', the {100 * parent_q:g}% quantile'}) by `meddeeprecog calibrate` on split "
+        f"`{chosen['split']}` of `{chosen['data']}` ({chosen['n']} images); the statistics are the parent's.\n```\n"
+        f"{chosen['command']}\n```\n")
+    where = "the validation split" if not chosen else f"split `{chosen['split']}` of `{chosen['data']}`"
+    quantile = "" if block.get("quantile") is None else f", the {100 * block['quantile']:g}% quantile of {where}"
     negatives = (f"""Share of other data sets flagged (not used to set the threshold):
 
 | data set | images | flagged out of domain |
@@ -174,7 +221,7 @@ def domain_card_lines(block: Mapping[str, Any] | None) -> str:
     return f"""
 ## Out-of-domain check
 Images whose penultimate features lie farther from every class than the threshold (squared Mahalanobis distance
-{block['threshold']:.1f}, the {100 * block['quantile']:g}% quantile of the validation split, fitted on the
+{block['threshold']:.1f}{quantile}, fitted on the
 {block['fitted_on']}) are reported as **outside this model's domain** instead of being given a class; a volume in
-which no slice is in the domain gets no class at all. Validation images kept: {block['val_in_domain_rate']:.1%}.
+which no slice is in the domain gets no class at all. Images of {where} kept: {block['val_in_domain_rate']:.1%}.
 {moved}{negatives}"""

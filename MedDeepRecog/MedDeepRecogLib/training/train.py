@@ -429,6 +429,10 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     progress("load data", 0.0)
     data_path = resolve_data_path(cfg)
     data = load_train_val(cfg, data_path)
+    if cfg.domain:  # the negatives are read after training: a set that cannot be read is refused now
+        from .domain import check_negative_files
+
+        check_negative_files((cfg.domain or {}).get("negatives") or [], cfg.source)
     if ctx.is_main:
         made.extend(d for d in (out_dir, *out_dir.parents) if not d.exists())   # deepest first
         out_dir.mkdir(parents=True, exist_ok=True)
