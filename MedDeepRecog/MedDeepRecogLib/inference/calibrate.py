@@ -258,6 +258,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         raise ConfigError("--quantile chooses the decision rules' min_probability: give --decision-rules RULES with "
                           "it")
     quantile = 0.02 if quantile is None else quantile
+    if not 0.0 <= quantile < 1.0:  # NaN too
+        raise ConfigError(f"--quantile must be in [0, 1), got {quantile}")
     if domain_quantile is not None and (isinstance(domain_quantile, bool)
                                         or not isinstance(domain_quantile, (int, float))
                                         or not 0.5 <= float(domain_quantile) < 1.0):
