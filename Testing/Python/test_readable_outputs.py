@@ -115,10 +115,25 @@ def test_a_picture_gets_no_patient_letters_or_slice_position(run_cli_all, tiny, 
     assert not set("RLAPSI") & set(drawn["texts"])
 
 
-def test_png_planes_cross_the_written_heatmaps_peak(run_cli_all, tiny, oblique_volume, tmp_path, monkeypatch):
+@pytest.mark.parametrize("slabs_miss", [False, True])
+def test_png_planes_cross_the_written_heatmaps_peak(run_cli_all, tiny, oblique_volume, tmp_path, monkeypatch,
+                                                    slabs_miss):
     """The overlay's three planes go through the hottest voxel of the heatmap NRRD as written on the scan's grid
     (anisotropic 0.8 x 1.1 x 2.5 mm, rotated, against the 3D model's 16^3 grid), so the PNG's crosshair sits on the
-    voxel a radiologist finds in Slicer: the model grid's peak carried over lands one voxel off for this scan."""
+    voxel a radiologist finds in Slicer: the model grid's peak carried over lands one voxel off for this scan. The
+    scan is let go of before the heatmap exists, keeping thin slabs around the expected peak; when the written peak
+    falls outside them (``slabs_miss``: slabs cut at the far corner) the scan is read again and the planes still
+    cross it."""
+    from MedDeepRecogLib.inference import classify as classify_module
+
+    reads = []
+    real_read = classify_module.read_image
+    monkeypatch.setattr(classify_module, "read_image", lambda *a, **k: reads.append(a) or real_read(*a, **k))
+    if slabs_miss:
+        monkeypatch.setattr(classify_module, "_peak_in_view", lambda *a, **k: (0, 0, 0))
+        cut = overlay.ScanSlabs.cut
+        monkeypatch.setattr(overlay.ScanSlabs, "cut", classmethod(lambda cls, image, centre, radius=2:
+                                                                  cut(image, centre, radius=0)))
     drawn = []
     real = overlay.planes_png
     monkeypatch.setattr(overlay, "planes_png",
@@ -141,6 +156,8 @@ def test_png_planes_cross_the_written_heatmaps_peak(run_cli_all, tiny, oblique_v
     np.testing.assert_array_equal(heat_planes.planes[1], arr[:, y, :][::-1])
     np.testing.assert_array_equal(heat_planes.planes[2], arr[:, :, x][::-1])
     np.testing.assert_array_equal(scan_planes.planes[0], sitk.GetArrayViewFromImage(oblique_volume)[z])
+    np.testing.assert_array_equal(scan_planes.planes[1], sitk.GetArrayViewFromImage(oblique_volume)[:, y, :][::-1])
+    assert len(reads) == (2 if slabs_miss else 1)  # read again only when the slabs miss the written peak
 
 
 def test_overlay_peak_is_the_stored_arrays_first_maximum_in_any_orientation():

@@ -21,6 +21,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
 from ..io.image_io import dicom_modality
+from ..io.geometry import Geometry, lps_view
 from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, nearest_axial_slice,
                           slices_from_image, volume_from_image, whole_image_is_body)
@@ -373,24 +374,35 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     if pred.heatmap is not None:
         report("heatmap", 0.6)
         t = time.perf_counter()
-        from ..explain.overlay import peak_view_index, planes_through
+        from ..explain.overlay import ScanSlabs, peak_view_index, planes_through
         from .heatmap import heatmap_on_input_grid
 
         # The overlay's planes go through the peak of the heatmap as written (on the scan's grid), not the model
-        # grid's peak: resampling can move the hottest voxel by one or more voxels, and the PNG must match the NRRD.
-        # So the scan's voxels stay until the planes are cut: the scan and the float32 heatmap are held together
-        # (512x512x200 int16: +100 MB peak for a slice model, +18 MB for a 3D model whose peak lies elsewhere); the
-        # pipeline's own copy of the scan (when it made one) is let go of first.
+        # grid's: resampling moves the hottest voxel by a voxel or so, and the PNG must match the NRRD. The scan is
+        # let go of before the full-size float32 heatmap exists (peak memory about 2.5x the input, not 3.4x), so thin
+        # slabs of it are kept around the model map's peak; the written peak lies within a voxel of it (linear
+        # interpolation peaks next to a grid node), and in the rare case it does not (a tied maximum elsewhere) the
+        # scan is read again.
         prepared = None
-        heatmap = heatmap_on_input_grid(pred.heatmap, pred.grid, image)
+        release = not keep_image and not given
+        geometry = Geometry.of(image)
+        slabs = ScanSlabs.cut(image, _peak_in_view(pred.heatmap, pred.grid, image,
+                                                   None if chosen_slice is None else chosen_slice["index"]))
+        if release:
+            image = None
+        heatmap = heatmap_on_input_grid(pred.heatmap, pred.grid, geometry)
         if chosen_slice is not None:
             from .heatmap import keep_axial_slice
             heatmap = keep_axial_slice(heatmap, chosen_slice["index"])
         peak = peak_view_index(heatmap)
-        scan_planes = planes_through(image, peak)
+        scan_planes = slabs.planes(peak)
+        if scan_planes is None:
+            scan = image if image is not None else as_volume(read_image(path_or_image, spacing=spacing), where,
+                                                             allow_2d=(kind == "slices2d"))
+            scan_planes = planes_through(scan, peak)
+            del scan
+        del slabs
         scan_planes.oriented = not picture
-        if not keep_image and not given:
-            image = None
         overlay = (scan_planes, planes_through(heatmap, peak))
         timing["heatmap"] = time.perf_counter() - t
         explain_info.update({"class": package.class_names[pred.explained_class], **pred.extra})
@@ -537,6 +549,28 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
         raise InputImageError(f"the image is {size[0]} x {size[1]} pixels, too small for model {package.id} "
                               f"(at least {minimum} pixels per side; it works at "
                               f"{' x '.join(map(str, package.input_spec.get('size') or []))})", path)
+
+
+def _peak_in_view(model_map: np.ndarray, grid: ModelGrid, image: sitk.Image,
+                  axial_index: int | None = None) -> tuple[int, int, int]:
+    """``(z, y, x)`` index in ``image``'s LPS view of the model-space map's maximum ``model_map`` ``(Z, Y, X)``:
+    where the written heatmap will peak, to within a voxel. ``axial_index``: the one axial slice of the view the
+    written heatmap keeps (``--slice-mm``); the map's maximum is then taken on the model slice nearest it."""
+    view = lps_view(image)
+    to_view = view.direction * view.spacing[None, :]
+
+    def in_view(k: int, j: int, i: int) -> np.ndarray:
+        point = grid.origin + grid.direction @ (np.array([i, j, k], dtype=float) * grid.spacing)
+        return np.linalg.solve(to_view, point - view.origin)  # (x, y, z) of the view
+
+    if axial_index is None:
+        k, j, i = np.unravel_index(int(np.argmax(model_map)), model_map.shape)
+    else:
+        k = int(np.argmin([abs(in_view(kk, 0, 0)[2] - axial_index) for kk in range(model_map.shape[0])]))
+        j, i = np.unravel_index(int(np.argmax(model_map[k])), model_map.shape[1:])
+    idx = in_view(int(k), int(j), int(i))
+    x, y, z = (int(np.clip(round(v), 0, n - 1)) for v, n in zip(idx, view.array.shape[::-1]))
+    return (int(axial_index) if axial_index is not None else z), y, x
 
 
 def target_layer_of(package, model) -> str:
