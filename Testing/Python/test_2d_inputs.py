@@ -567,5 +567,10 @@ def test_a_radiograph_with_both_spacings_is_measured_with_pixel_spacing(tmp_path
     if sop_class == DX_STORAGE:
         assert len(notes) == 1 and "pixel size 0.12 x 0.1 mm from PixelSpacing (0028,0030)" in notes[0], notes
         assert "ImagerPixelSpacing (0018,1164), at the detector: '0.15\\0.2'" in notes[0], notes
+        assert "no PixelSpacingCalibrationType (0028,0A02)" in notes[0], notes
+        ds.PixelSpacingCalibrationType = "GEOMETRY"
+        ds.save_as(str(path), enforce_file_format=True)
+        calibrated = image_notes(read_image(path))
+        assert "calibrated to the patient (GEOMETRY, PixelSpacingCalibrationType (0028,0A02))" in calibrated[0]
     else:
         assert not any("PixelSpacing" in n for n in notes), notes

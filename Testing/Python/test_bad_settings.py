@@ -276,6 +276,8 @@ def test_max_train_keeps_every_class_of_a_file_sorted_by_class(tmp_path):
     ("input", ["--split", "val"], "--split does nothing with --input"),
     ("input", ["--batch-size", "8"], "--batch-size does nothing with --input"),
     ("data", ["--refine", "3"], "--refine does nothing with --data"),
+    ("data", ["--refine", "0"], "--refine does nothing with --data"),
+    ("input", ["--epochs", "0"], "--epochs does nothing with --input"),
     ("data", ["--write-perturbation"], "--write-perturbation does nothing with --data"),
     ("train", ["--eps", "0.1"], "--eps does nothing with --train-config"),
     ("train", ["--model", "x"], "--model does nothing with --train-config"),

@@ -233,8 +233,9 @@ def test_calibrate_moves_the_out_of_domain_threshold_and_measures_the_negatives_
     assert "the 97% quantile of split `val` of `breast_us_busi_trainval.npz`" in card
     assert "| lung CT | 20 | 100.0% |" in card and "moved from the parent package's" in card
     selected_by = new.meta["metrics"]["selected_by"]
-    assert selected_by.endswith("fitted after training, on held-out data: the out-of-domain threshold (val)")
-    assert selected_by in card and parent.meta["metrics"]["selected_by"] + "\n" not in card  # card = model.json
+    assert selected_by.endswith("; fitted after training: the out-of-domain threshold (val)")
+    assert f"| selected_by | {selected_by} |" in card  # the card's metrics row says what model.json says
+    assert f"| selected_by | {parent.meta['metrics']['selected_by']} |" not in card
     assert card.startswith("# breast-us-lesion 1.5.91\n\n> **Calibrated version** of `breast-us-lesion@1.5.0`")
 
     # calibrated again (temperature now): one title, one line naming everything fitted, no repeated suffix
@@ -304,3 +305,7 @@ def test_models_lists_where_a_recalibrated_bundled_package_comes_from(run_cli_al
     rows = {(r["id"], r["version"]): r for r in json.loads(out)}
     assert rows[("lung-ct-cancer", "1.2.1")]["parent"] == "lung-ct-cancer@1.2.0"
     assert rows[("lung-ct-cancer", "1.2.0")]["parent"] is None
+    from MedDeepRecogLib.packages.package import _parent_ref
+
+    # a fine-tuned package records its parent as a mapping (with the folder of the machine that made it)
+    assert _parent_ref({"id": "ts-organs-seg", "version": "1.0.0", "path": "/home/x/models"}) == "ts-organs-seg@1.0.0"

@@ -159,6 +159,11 @@ def test_reported_metrics_count_a_flagged_image_as_not_correct():
     assert r["uncertain"] == 1 and r["accuracy"] == pytest.approx(2 / 5) and "min_agreement" in r["not_applied"]
     meta["calibration"] = {"temperature": 0.5}  # sharper: 0.6 vs 0.4 becomes 0.69, above the threshold
     assert reported_metrics(labels, probs, kept, meta)["uncertain"] == 0
+    # classify's low-confidence flag: normalised entropy of the calibrated probabilities at or above the threshold
+    # (0.69/0.31 has entropy 0.89; 0.84/0.16 has 0.63; the others are below 0.5)
+    meta["calibration"]["low_confidence_threshold"] = 0.6
+    r = reported_metrics(labels, probs, kept, meta)
+    assert r["uncertain"] == 2 and r["accuracy"] == pytest.approx(1 / 5)
 
 
 def test_evaluate_reports_accuracy_as_classify_reports_it_beside_the_networks(shared_data, capsys):
@@ -174,4 +179,8 @@ def test_evaluate_reports_accuracy_as_classify_reports_it_beside_the_networks(sh
     domain = load_package("breast-us-lesion@1.5.1").meta["domain"]
     assert reported["flagged_rate"] == pytest.approx(1 - domain["val_in_domain_rate"], abs=1e-3)
     assert reported["flagged_out_of_domain"] == round(reported["flagged_rate"] * res["n"]) >= 1
-    assert reported["accuracy"] <= res["accuracy"] and reported["threshold"] == domain["threshold"]
+    assert reported["threshold"] == domain["threshold"] and reported["uncertain"] == 0  # no rules, no temperature
+    # the network's correct calls less any flagged among them, as whole images
+    n_correct = round(reported["accuracy"] * res["n"])
+    assert abs(reported["accuracy"] * res["n"] - n_correct) < 1e-3
+    assert round(res["accuracy"] * res["n"]) - reported["flagged_out_of_domain"] <= n_correct

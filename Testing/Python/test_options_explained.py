@@ -166,8 +166,8 @@ def test_calibrate_says_when_fit_and_report_share_a_split(tmp_path, capsys):
     # the new version's metrics say that its calibration was fitted on val, whatever chose the weights
     selected_by = json.loads((Path(result["package"]) / "model.json").read_text(encoding="utf-8"))["metrics"][
         "selected_by"]
-    assert selected_by.startswith("nothing: the final epoch is kept (val split unseen); fitted after training, on "
-                                  "held-out data: the temperature and low-confidence threshold (")
+    assert selected_by.startswith("nothing: the final epoch is kept (val split unseen); fitted after training: the "
+                                  "temperature and low-confidence threshold (")
     assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--dest", str(catalog),
                  "--fit-split", "val", "--report-split", "test", "--progress", "none"]) == 0
     captured = capsys.readouterr()

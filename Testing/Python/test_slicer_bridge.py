@@ -216,6 +216,11 @@ def test_read_classify_result_resolves_outputs_and_faithfulness(tmp_path):
     assert result.faithfulness == 0.42 and result.explain_method == "gradcam"
     with pytest.raises(MedDeepRecogError, match="no result file"):
         read_classify_result(tmp_path, "other.nrrd")
+    # a slice model on a volume: the panel shows the JSON's confidence (as the PNG and the command line do), not
+    # the aggregate's probability
+    (tmp_path / "scan.json").write_text(json.dumps({**record, "confidence": 0.61}), encoding="utf-8")
+    result = read_classify_result(tmp_path, "/somewhere/scan.nrrd")
+    assert result.confidence == 0.61 and "(p = 0.61)" in result.result_text()
 
 
 def test_robustness_summary_sentences():

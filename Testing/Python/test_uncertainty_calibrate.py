@@ -203,3 +203,14 @@ def test_a_slice_models_confidence_is_on_the_scale_min_probability_was_chosen_on
     label = result.decision["top_class"]
     probability = result.uncertainty["probabilities"][label]
     assert result.decision["confidence"] == pytest.approx(probability, abs=1e-4)
+
+
+def test_calibrate_refuses_the_data_the_package_was_trained_on(shared_data, tmp_path, capsys):
+    """body-region was trained on the first 80 % of each class of this file: its 'all' split holds them, so a
+    temperature fitted there would be fitted on training images; refused in one line before any prediction."""
+    npz = shared_data / "mednist" / "mednist64_shared.npz"
+    assert main(["calibrate", "--model", "body-region", "--data", str(npz), "--split", "all", "--dest",
+                 str(tmp_path / "pkgs"), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "split 'all' of this file holds what body-region@1.0.0 was trained on" in err and "Traceback" not in err
+    assert not (tmp_path / "pkgs").exists()

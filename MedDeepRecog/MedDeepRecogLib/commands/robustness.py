@@ -82,7 +82,8 @@ def check_options(args: argparse.Namespace) -> None:
         flag = f"--{mode.replace('_', '-')}"
         for name in sorted(set(DEFAULTS) | {"eps", "bounds", "max_cases", "write_perturbation", "model",
                                                "package_dest", "epochs"}):
-            if name not in MODE_OPTIONS[mode] and getattr(args, name) not in (None, False):
+            value = getattr(args, name)
+            if name not in MODE_OPTIONS[mode] and value is not None and value is not False:  # 0 is a value given
                 reads = ", ".join(f"--{o.replace('_', '-')}" for o in MODE_OPTIONS[mode])
                 raise ConfigError(f"--{name.replace('_', '-')} does nothing with {flag} (it reads {reads}): drop it")
     if args.steps is not None and args.attack == "fgsm":

@@ -1,7 +1,7 @@
 """``calibrate_package``: fit a package's calibration on held-out data and write it as a NEW package version.
 
-The source package is never edited (``meddeeprecog calibrate`` is the one command behind this). Two things can be
-fitted, together or apart:
+The source package is never edited (``meddeeprecog calibrate`` is the one command behind this). Three things can
+be fitted, together or apart:
 
 - **temperature scaling** and the **low-confidence threshold** (default): the new ``model.json`` gets::
 
@@ -13,7 +13,15 @@ fitted, together or apart:
   threshold, is set to the ``quantile`` (default 2 %) of the correct held-out calls' probability, rounded down to a
   multiple of 0.05, and written with the other rules of the file (``min_agreement``, ``volume_excluded_classes``,
   ``class_modality``, ``min_section_mm``; see ``inference.predict.decide``) as ``"decision"``, with how it was
-  chosen; the model card gets a "Decision rules (calibrated)" section.
+  chosen; the model card gets a "Decision rules (calibrated)" section. A new temperature without new rules
+  chooses the parent's ``min_probability`` again, on the new scale, with the parent's rules and quantile;
+- the **out-of-domain threshold** (``domain_quantile``, ``--domain-quantile Q``): moved to quantile Q of the split's
+  distances (the check's statistics are kept), the other data sets of ``--domain-negatives CONFIG`` measured there;
+  ``domain.chosen_on`` records how, and the card's out-of-domain section is rewritten.
+
+The new version is the parent's next free patch version unless ``--version`` names one that no catalog holds; the
+card says under its title what was fitted after training and on which split. The package's own training split is
+refused as fitting data.
 
 Validation data: a MedMNIST-style ``.npz`` split (prepared as ``meddeeprecog evaluate`` prepares it) or a CSV of
 scans (``path,label``; each scan prepared and predicted exactly as ``classify`` does, slice models aggregated).
@@ -72,27 +80,24 @@ def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.n
 
 def _refuse_training_split(pkg, data: Path, split: str) -> None:
     """Refuse fitting on the split the package was trained on: the same file (its sha256 is the package's
-    ``dataset_fingerprint``) and the config's ``train_split``. A network's scores on its own training images are not
+    ``dataset_fingerprint``) and the config's ``train_split``, or ``all`` of it. A network's scores on its own training images are not
     those of unseen ones (a threshold or temperature fitted there fails on every real image)."""
     from ..packages import sha256_file
 
     prov = pkg.meta.get("provenance") or {}
     train_split = ((prov.get("config") or {}).get("data") or {}).get("train_split", "train")
     fingerprint = str(prov.get("dataset_fingerprint") or "")
-    if split == train_split and fingerprint.startswith("sha256:") and sha256_file(data) == fingerprint[7:]:
-        raise ConfigError(f"split {split!r} of this file is what {pkg.id}@{pkg.version} was trained on: scores on "
-                          "training images are not those of unseen ones; fit on held-out data (e.g. --split val)",
-                          data)
+    if split in (train_split, "all") and fingerprint.startswith("sha256:") and sha256_file(data) == fingerprint[7:]:
+        raise ConfigError(f"split {split!r} of this file {'is' if split == train_split else 'holds'} what "
+                          f"{pkg.id}@{pkg.version} was trained on: scores on training images are not those of unseen "
+                          "ones; fit on held-out data (e.g. --split val)", data)
 
 
 def _npz_split_exists(path: Path, split: str) -> None:
-    """Refuse a split the ``.npz`` does not hold, before any prediction."""
-    from ..training.data import open_npz
+    """Refuse a split the ``.npz`` does not hold, by ``load_eval_split``'s rule, before any prediction."""
+    from ..training.data import eval_split_source, open_npz
 
-    files = open_npz(path).files
-    if f"{split}_images" not in files and not (split in ("val", "all") and "images" in files):
-        names = sorted(f[: -len("_images")] for f in files if f.endswith("_images"))
-        raise ConfigError(f"no split {split!r} in the file (splits: {', '.join(names) or 'none'})", path)
+    eval_split_source(open_npz(path), split, path)
 
 
 def _csv_logits(pkg, path: Path, progress: ProgressCallback) -> tuple[np.ndarray, np.ndarray]:
@@ -233,9 +238,12 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
             the package's check statistics are kept, :func:`..training.domain.rethreshold_domain`).
         domain_negatives: a train config whose ``domain/negatives`` are measured at the new threshold.
 
+        quantile: with ``decision_rules``: the quantile of the correct calls' probability ``min_probability`` is
+            set at (default 0.02; refused without rules).
+
     Returns:
         ``{"package": new folder, "id", "version", "parent", "calibration": {...} or None, "decision": {...} or
-        None}``.
+        None, "domain": the new out-of-domain block (without its file checksum) or None}``.
 
     Raises:
         ConfigError: nothing to fit, missing or unusable data, too few cases.
@@ -431,7 +439,7 @@ def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, sp
 
 
 #: Where a calibrated version's ``selected_by`` says what was fitted after training (and on which split).
-CALIBRATED_MARK = "; fitted after training, on held-out data: "
+CALIBRATED_MARK = "; fitted after training: "
 #: The card's line (just under the title) that says which parts of a calibrated version were fitted, and on what.
 CALIBRATED_LINE = "> **Calibrated version**"
 

@@ -124,7 +124,8 @@ def confidence_basis(result: "ClassificationResult") -> str:
     top = result.decision["top_class"]
     n = voting_slices(result)
     if n > 1:
-        return (f"mean over the {n} voting slices of each slice's probability for {top}: the figure the model's "
+        return (f"mean over the {n} voting slices of each slice's probability for {top} (temperature-scaled when "
+                f"the package is calibrated; per_slice probabilities are the network's own): the figure the model's "
                 f"min_probability threshold is set on (one held-out image's probability)")
     return f"the scan's probability for {top}"
 

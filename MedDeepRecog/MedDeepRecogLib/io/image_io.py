@@ -633,9 +633,10 @@ def _dicom_pixel_spacing_over_imager_spacing(image: sitk.Image) -> None:
     """Give a DICOM image the pixel size of its PixelSpacing (0028,0030) where the reader took another.
 
     GDCM takes ImagerPixelSpacing (0018,1164), the size at the detector, for some radiograph storage classes (CR,
-    DX, MG, XA) even when PixelSpacing is present; PixelSpacing is then the size calibrated to the patient (DICOM
-    PS3.3 C.8.11.4 / 10.7.1.3), the one lengths in the patient are measured with. PixelSpacing is checked before the
-    read (:func:`_check_dicom_pixels`); the note says which was used and what the detector size was.
+    DX, MG, XA) even when PixelSpacing is present; PixelSpacing is then the size in the patient plane (DICOM PS3.3
+    10.7.1.3), calibrated as PixelSpacingCalibrationType (0028,0A02) says when it is there. PixelSpacing is checked
+    before the read (:func:`_check_dicom_pixels`); the note says which size was used, how it was calibrated, and
+    what the detector size was.
     """
     sizes = _pixel_sizes(image.GetMetaData("0028|0030").strip()) if image.HasMetaDataKey("0028|0030") else None
     if sizes is None:
@@ -644,9 +645,13 @@ def _dicom_pixel_spacing_over_imager_spacing(image: sitk.Image) -> None:
     if np.allclose(image.GetSpacing()[:2], (sx, sy), rtol=1e-6):
         return
     detector = image.GetMetaData("0018|1164").strip() if image.HasMetaDataKey("0018|1164") else "not given"
-    _add_note(image, f"pixel size {sx:g} x {sy:g} mm from PixelSpacing (0028,0030), the size at the patient; the "
-                     f"reader had taken {' x '.join(f'{v:g}' for v in image.GetSpacing()[:2])} mm "
-                     f"(ImagerPixelSpacing (0018,1164), at the detector: '{detector}')")
+    kind = image.GetMetaData("0028|0a02").strip() if image.HasMetaDataKey("0028|0a02") else ""
+    how = (f"calibrated to the patient ({kind}, PixelSpacingCalibrationType (0028,0A02))" if kind else
+           "the file's pixel size for the patient plane (no PixelSpacingCalibrationType (0028,0A02) says how it "
+           "was calibrated; some devices copy the detector size into it)")
+    _add_note(image, f"pixel size {sx:g} x {sy:g} mm from PixelSpacing (0028,0030), {how}; the reader had taken "
+                     f"{' x '.join(f'{v:g}' for v in image.GetSpacing()[:2])} mm (ImagerPixelSpacing (0018,1164), at "
+                     f"the detector: '{detector}')")
     image.SetSpacing((sx, sy, *image.GetSpacing()[2:]))
 
 

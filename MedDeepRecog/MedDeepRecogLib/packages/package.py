@@ -518,10 +518,18 @@ def list_packages(check_weights: bool = False) -> list[PackageInfo]:
                 meta = _read_meta(folder)
             out.append(PackageInfo(pkg_id, version, str(folder), source, meta.get("task", "classification"),
                                    meta.get("description"), meta["class_names"], meta["input"], meta.get("metrics"),
-                                   parent=(meta.get("provenance") or {}).get("parent")))
+                                   parent=_parent_ref((meta.get("provenance") or {}).get("parent"))))
         except ModelPackageError as exc:
             out.append(PackageInfo(pkg_id, version, str(folder), source, error=str(exc)))
     return sorted(out, key=lambda p: (p.id, _version_key(p.version), p.source))
+
+
+def _parent_ref(parent: Any) -> str | None:
+    """``"id@version"`` of a package's ``provenance.parent``: calibrate writes that string, finetune a mapping
+    ``{"id", "version", "path"}`` (whose path, a folder on the machine that made it, is not shown)."""
+    if isinstance(parent, Mapping):
+        return f"{parent.get('id')}@{parent.get('version')}" if parent.get("id") else None
+    return str(parent) if parent else None
 
 
 def import_package(path: str | Path, dest: str | Path | None = None) -> Path:

@@ -47,9 +47,10 @@ class BilateralParams:
     sigma_spatial_mm: float = param(1.5, "spatial Gaussian sigma in mm", minimum=1e-3, maximum=100)
     sigma_range: float | None = param(None, "range Gaussian sigma in intensity units (HU for CT); "
                                             "default 2x the estimated noise sigma", minimum=1e-6)
-    truncate: float = param(2.0, "window radius in sigmas (torch backend; SimpleITK's Bilateral uses 2.5, so set "
-                                 "2.5 to match it; the volume's faces are mirrored where SimpleITK repeats the edge "
-                                 "voxel, so the outer few voxels differ)", minimum=0.5, maximum=4.0)
+    truncate: float = param(2.0, "window radius in sigmas (torch backend only; SimpleITK's Bilateral uses its own "
+                                 "2.5, so set 2.5 with backend torch to compare the two; the volume's faces are "
+                                 "mirrored where SimpleITK repeats the edge voxel, so the outer few voxels differ)",
+                            minimum=0.5, maximum=4.0)
     backend: Literal["torch", "sitk"] = param("torch", "torch: fast filter (numba kernel on CPU, torch on CUDA); "
                                                           "sitk: SimpleITK Bilateral")
     device: Literal["auto", "cpu", "cuda"] = param("auto", "torch device (torch backend only)")

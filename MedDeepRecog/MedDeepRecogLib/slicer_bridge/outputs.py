@@ -54,7 +54,12 @@ class ClassifyResult:
 
     @property
     def confidence(self) -> float:
-        """Probability of the top class (also when the label is ``"uncertain"``)."""
+        """The JSON's ``confidence``, the one number the command line, the PNG and the report show (for a slice
+        model on a volume, the mean over the voting slices of their probability for the label); the top class's
+        probability when the record has none (also when the label is ``"uncertain"``)."""
+        value = self.raw.get("confidence")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
         return dict(self.probabilities).get(self.top_class or self.label, 0.0)
 
     @property

@@ -357,6 +357,19 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None,
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
+def eval_split_source(z, split: str, path: Path) -> str:
+    """Where :func:`load_eval_split` takes ``split`` of the open archive ``z`` from: ``"split"`` (its own
+    ``{split}_images``/``{split}_labels``) or ``"whole"`` (``images``/``labels``, cut by class); refused in one line
+    naming the file when it has neither, before anything is decompressed."""
+    if f"{split}_images" in z.files:
+        if f"{split}_labels" not in z.files:
+            raise ConfigError(f"npz has {split}_images but no {split}_labels to score them against", path)
+        return "split"
+    if "images" in z.files and "labels" in z.files:
+        return "whole"
+    raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
+
+
 def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, size=None,
                     val_fraction: float = 0.2, slices: dict | None = None,
                     min_side: int | None = None) -> ArrayDataset:
@@ -367,12 +380,10 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
     Refused with one line naming the file, as classify refuses a single image: a split without its labels, no
     images, images all blank (one value each), and 2D images under ``min_side`` pixels per side."""
     z = open_npz(path)
-    if f"{split}_images" in z.files:
-        if f"{split}_labels" not in z.files:
-            raise ConfigError(f"npz has {split}_images but no {split}_labels to score them against", path)
+    if eval_split_source(z, split, path) == "split":
         x, y = npz_array(z, f"{split}_images", path), npz_array(z, f"{split}_labels", path)
         check_images_labels(x, y, f"split {split!r}", path)
-    elif "images" in z.files and "labels" in z.files:
+    else:
         x, y = npz_array(z, "images", path), npz_array(z, "labels", path)
         check_images_labels(x, y, "images/labels", path)   # whole, before it is split by class
         if split != "all":
@@ -381,8 +392,6 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
             if len(x) == 0:   # the one thing the split can change: every class had a single image
                 raise ConfigError(f"split {split!r} of images/labels holds no images (the last {val_fraction:.0%} "
                                   f"of each class with more than one image)", path)
-    else:
-        raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
     x = np.asarray(x)
     if kind == "slices2d" and min_side and x.ndim >= 3:
         side = min(x.shape[1:3]) if x.ndim == 4 and x.shape[-1] <= 4 else min(x.shape[-2:])

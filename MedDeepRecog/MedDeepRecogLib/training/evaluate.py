@@ -53,7 +53,8 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     m = classification_metrics(labels, probs, pkg.class_names)
     result = {"model": {"id": pkg.id, "version": pkg.version, "path": str(pkg.path)}, "data": str(data_path),
               "split": split, "loss": round(loss, 6), **m}
-    if store is not None or (pkg.meta.get("decision") or {}).get("min_probability") is not None:
+    if (store is not None or (pkg.meta.get("decision") or {}).get("min_probability") is not None
+            or (pkg.meta.get("calibration") or {}).get("low_confidence_threshold") is not None):
         kept = pkg.domain.in_domain(store.array()) if store is not None else np.ones(len(labels), bool)
         result["as_classify_reports"] = reported_metrics(labels, probs, kept, pkg.meta)
     if out is not None:
@@ -71,17 +72,22 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
 def reported_metrics(labels: np.ndarray, probs: np.ndarray, in_domain: np.ndarray, meta: dict) -> dict:
     """The figures as ``classify`` reports them for single images, next to the network's (the top-level metrics):
     an image the out-of-domain check flags gets no class, and one whose top probability (temperature-scaled when the
-    package is calibrated) is under the decision rules' ``min_probability`` is reported "uncertain"; either counts
-    as not correct. ``labels`` (N,), ``probs`` (N, K) the network's softmax, ``in_domain`` (N,) bool, ``meta`` the
+    package is calibrated) is under the decision rules' ``min_probability``, or whose normalised predictive entropy
+    is at or above the calibration's ``low_confidence_threshold``, is reported "uncertain"; either counts as not
+    correct. ``labels`` (N,), ``probs`` (N, K) the network's softmax, ``in_domain`` (N,) bool, ``meta`` the
     package's model.json. The rules that need the whole scan (``min_agreement``, ``class_modality``,
     ``min_section_mm``, ``volume_excluded_classes``) are not applied to an ``.npz`` of images, and the output says so.
     """
     from ..uncertainty import apply_temperature
+    from ..uncertainty.calibration import normalized_entropy
 
     decision = meta.get("decision") or {}
     min_p = decision.get("min_probability")
+    low_h = (meta.get("calibration") or {}).get("low_confidence_threshold")
     calibrated = apply_temperature(probs, meta)
     confident = calibrated.max(1) >= float(min_p) if min_p is not None else np.ones(len(labels), bool)
+    if low_h is not None:
+        confident &= normalized_entropy(calibrated) < float(low_h)
     correct = (probs.argmax(1) == labels) & in_domain & confident
     classes = np.unique(labels)
     domain = meta.get("domain") or {}
@@ -91,9 +97,10 @@ def reported_metrics(labels: np.ndarray, probs: np.ndarray, in_domain: np.ndarra
            "accuracy": round(float(correct.mean()), 6),
            "balanced_accuracy": round(float(np.mean([correct[labels == c].mean() for c in classes])), 6),
            "threshold": domain.get("threshold"), "quantile": domain.get("quantile"), "min_probability": min_p,
+           "low_confidence_threshold": low_h,
            "note": "an image flagged out of domain gets no class from classify, and one under the decision rules' "
-                   "min_probability is reported 'uncertain': both count as not correct here; the top-level figures "
-                   "are the network's own top class"}
+                   "min_probability or at or above the low-confidence entropy threshold is reported 'uncertain': "
+                   "both count as not correct here; the top-level figures are the network's own top class"}
     scan_rules = sorted(k for k in decision if k not in ("min_probability", "chosen_on"))
     if scan_rules:
         out["not_applied"] = f"decision rules that need the whole scan: {', '.join(scan_rules)}"
