@@ -5,7 +5,8 @@
 Fits temperature scaling and the low-confidence threshold on validation data and, with ``--decision-rules``, the
 "uncertain" threshold ``min_probability`` of the decision rules; writes a NEW package version whose model.json has
 ``"calibration"`` (and ``"decision"``) blocks (see ``inference/calibrate.py``); with ``--domain-quantile`` the
-out-of-domain check's threshold is moved to that quantile of the fitting split's scores. The source package is never changed.
+out-of-domain check's threshold is moved to that quantile of the fitting split's scores. The source package is
+never changed.
 """
 
 from __future__ import annotations

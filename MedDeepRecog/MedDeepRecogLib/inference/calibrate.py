@@ -80,8 +80,8 @@ def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.n
 
 def _refuse_training_split(pkg, data: Path, split: str) -> None:
     """Refuse fitting on the split the package was trained on: the same file (its sha256 is the package's
-    ``dataset_fingerprint``) and the config's ``train_split``, or ``all`` of it. A network's scores on its own training images are not
-    those of unseen ones (a threshold or temperature fitted there fails on every real image)."""
+    ``dataset_fingerprint``) and the config's ``train_split``, or ``all`` of it. A network's scores on its own
+    training images are not those of unseen ones (a threshold or temperature fitted there fails on real images)."""
     from ..packages import sha256_file
 
     prov = pkg.meta.get("provenance") or {}
@@ -317,7 +317,7 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     if negatives:  # read before any prediction: a bad negative set is refused first
         from ..training.domain import negative_image_sets
 
-        intensity, size = pkg.data_params()
+        _, size = pkg.data_params()
         negative_images = negative_image_sets(negatives, pkg.input_spec.get("slices") or {}, list(size),
                                               domain_negatives)
     command = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
