@@ -244,8 +244,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: ``progress(stage, fraction, **extra)`` with fraction 0..1 of this scan.
         name: output base name (default from the path).
-        keep_image: keep the scan read from a path in ``result.image`` (by default its voxels are released once
-            the overlay's planes are cut, before the trust scores, to bound peak memory).
+        keep_image: keep the scan read from a path in ``result.image`` (by default its voxels are released before
+            the full-size heatmap is made, thin slabs kept for the overlay's planes, to bound peak memory).
         uncertainty: ``auto``, ``none``, ``mc-dropout`` or ``tta`` (see :func:`.trust.scan_uncertainty`); the
             package's calibrated temperature is applied to the probabilities in every case.
         faithfulness: score the heatmap (deletion / insertion AUC, :func:`.trust.heatmap_faithfulness`).
