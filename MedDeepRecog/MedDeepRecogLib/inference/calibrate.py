@@ -65,17 +65,23 @@ def _npz_split(pkg, path: Path, split: str):
     return ds
 
 
-def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of ``split`` of a labelled ``.npz``, prepared as ``evaluate`` prepares it."""
+def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64, features: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Logits and labels of ``split`` of a labelled ``.npz``, prepared as ``evaluate`` prepares it; with
+    ``features`` also the penultimate features ``(N, D)`` the out-of-domain check scores, from the same pass."""
+    import contextlib
+
     import torch
+
+    from ..uncertainty.domain import capture_features
 
     ds = _npz_split(pkg, path, split)
     model = pkg.build_model("cpu")
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), capture_features(model) if features else contextlib.nullcontext() as store:
         for i in range(0, len(ds), batch_size):
             out.append(model(torch.as_tensor(ds.images[i:i + batch_size])).float().numpy())
-    return np.concatenate(out), ds.labels
+    return np.concatenate(out), ds.labels, (store.array() if features else None)
 
 
 def _refuse_training_split(pkg, data: Path, split: str) -> None:
@@ -328,7 +334,7 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     else:
         if report_split is not None:
             _npz_split_exists(data, report_split)
-        logits, labels = _npz_logits(pkg, data, split)
+        logits, labels, split_features = _npz_logits(pkg, data, split, features=domain_quantile is not None)
         split_desc = split
     k = len(pkg.class_names)
     if labels.max() >= k or labels.min() < 0:
@@ -353,7 +359,7 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         from ..training.domain import rethreshold_domain
 
         progress("out-of-domain threshold", 0.9)
-        domain = rethreshold_domain(pkg, _npz_split(pkg, data, split).images, domain_quantile, negative_images)
+        domain = rethreshold_domain(pkg, split_features, domain_quantile, negative_images)
         domain["chosen_on"] = {"data": data.name, "split": split, "n": int(len(labels)),
                                "parent_threshold": pkg.meta["domain"]["threshold"],
                                "parent_quantile": pkg.meta["domain"].get("quantile"), "command": command}
@@ -413,7 +419,7 @@ def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, sp
     fit_n = int(len(labels))
     if not same:  # report on data the fit did not see
         progress("predict", 0.9, split=report_split)
-        logits, labels = _npz_logits(pkg, data, report_split)
+        logits, labels, _ = _npz_logits(pkg, data, report_split)
         if labels.max() >= k or labels.min() < 0:
             raise ConfigError(f"labels of split {report_split!r} do not fit the model's {k} classes", data)
     before, after = softmax(logits), softmax(logits, t)

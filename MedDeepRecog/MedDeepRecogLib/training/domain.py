@@ -173,10 +173,12 @@ def require_domain_check(pkg) -> None:
                           "set a threshold for")
 
 
-def rethreshold_domain(pkg, images: np.ndarray, quantile: float, negatives: Mapping[str, np.ndarray] | None) -> dict:
-    """The package's ``domain`` block with its threshold moved to ``quantile`` of the scores of ``images``
-    ``(N, C, H, W)`` (in-domain held-out images, standardised as the package's input): the statistics (class means,
-    precision; ``domain.safetensors``) are kept, only the cut-off changes. ``negatives``
+def rethreshold_domain(pkg, features: np.ndarray, quantile: float,
+                       negatives: Mapping[str, np.ndarray] | None) -> dict:
+    """The package's ``domain`` block with its threshold moved to ``quantile`` of the scores of ``features``
+    ``(N, D)`` (the penultimate features of in-domain held-out images, as :func:`features_of` or
+    :func:`..uncertainty.domain.capture_features` give them): the statistics (class means, precision;
+    ``domain.safetensors``) are kept, only the cut-off changes. ``negatives``
     (:func:`negative_image_sets`) are measured at the new threshold; without them the parent's figures, which no
     longer hold, are dropped.
 
@@ -187,14 +189,13 @@ def rethreshold_domain(pkg, images: np.ndarray, quantile: float, negatives: Mapp
 
     require_domain_check(pkg)
     check_domain_block({"quantile": quantile}, None)
-    model = pkg.build_model("cpu")
-    device = torch.device("cpu")
-    scores = pkg.domain.scores(features_of(model, images, device)[0])
+    scores = pkg.domain.scores(features)
     check = DomainCheck(pkg.domain.means, pkg.domain.precision, threshold=float(np.quantile(scores, quantile)))
     block = dict(pkg.meta["domain"])
     block.update(threshold=round(check.threshold, 6), quantile=float(quantile),
                  val_in_domain_rate=round(float(np.mean(scores <= check.threshold)), 4),
-                 negatives=negatives_flagged(model, check, negatives or {}, device))
+                 negatives=negatives_flagged(pkg.build_model("cpu") if negatives else None, check, negatives or {},
+                                             torch.device("cpu")))
     return block
 
 
