@@ -80,8 +80,7 @@ def check_options(args: argparse.Namespace) -> None:
     mode = next((m for m in MODE_OPTIONS if getattr(args, m)), None)
     if mode is not None:
         flag = f"--{mode.replace('_', '-')}"
-        for name in sorted(set(DEFAULTS) | {"eps", "bounds", "max_cases", "write_perturbation", "model",
-                                               "package_dest", "epochs"}):
+        for name in sorted(set().union(*MODE_OPTIONS.values())):  # any mode's option the chosen one lacks
             value = getattr(args, name)
             if name not in MODE_OPTIONS[mode] and value is not None and value is not False:  # 0 is a value given
                 reads = ", ".join(f"--{o.replace('_', '-')}" for o in MODE_OPTIONS[mode])
