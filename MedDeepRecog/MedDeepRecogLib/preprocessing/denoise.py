@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from ..devices import resolve_device
 from ..io import image_from_array
 from .intensity import as_float32, float_array
-from .steps import param, register
+from .steps import check_params, param, register
 
 
 def torch_only_problem(params, torch_only: dict, filter_name: str) -> str | None:
@@ -66,11 +66,7 @@ def bilateral(image: sitk.Image, p: BilateralParams) -> sitk.Image:
     """Bilateral filter; the spatial sigma is converted to voxels per axis with the image spacing."""
     from .fast_denoise import bilateral_filter, estimate_noise_sigma
 
-    problem = p.validate()
-    if problem:  # parameters built in code skip make_step's check
-        from ..errors import ConfigError
-
-        raise ConfigError(f"step 'bilateral': {problem}")
+    check_params("bilateral", p)  # parameters built in code skip make_step's check
     arr = float_array(image)
     sigma_range = p.sigma_range if p.sigma_range is not None else 2.0 * estimate_noise_sigma(arr)
     if p.backend == "sitk":
@@ -132,11 +128,7 @@ def nlm(image: sitk.Image, p: NlmParams) -> sitk.Image:
     """
     from .fast_denoise import estimate_noise_sigma, nlm_filter
 
-    problem = p.validate()
-    if problem:  # parameters built in code skip make_step's check
-        from ..errors import ConfigError
-
-        raise ConfigError(f"step 'nlm': {problem}")
+    check_params("nlm", p)  # parameters built in code skip make_step's check
     if p.backend == "sitk":
         f = sitk.PatchBasedDenoisingImageFilter()
         f.SetPatchRadius(max(p.patch_size // 2, 1))

@@ -126,12 +126,17 @@ def make_step(data: dict[str, Any] | str) -> Step:
         params = spec.params(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"step {spec.name!r}: {exc}") from None
-    check = getattr(params, "validate", None)
-    if check is not None:
-        problem = check()
-        if problem:
-            raise ConfigError(f"step {spec.name!r}: {problem}")
+    check_params(spec.name, params)
     return Step(spec, params)
+
+
+def check_params(step: str, params: Any) -> None:
+    """Refuse ``params`` when their ``validate()`` (a parameter dataclass's own cross-field check) names a problem:
+    :func:`make_step` calls it for pipelines given as data, a step function for parameters built in code."""
+    check = getattr(params, "validate", None)
+    problem = check() if check is not None else None
+    if problem:
+        raise ConfigError(f"step {step!r}: {problem}")
 
 
 def _coerce(step: str, key: str, raw: Any, hint: Any, meta: typing.Mapping[str, Any]) -> Any:
