@@ -203,6 +203,44 @@ def test_a_slice_models_confidence_is_on_the_scale_min_probability_was_chosen_on
     label = result.decision["top_class"]
     probability = result.uncertainty["probabilities"][label]
     assert result.decision["confidence"] == pytest.approx(probability, abs=1e-4)
+    # the val images the out-of-domain check flags get no class from classify, so the rule was chosen without them
+    from MedDeepRecogLib.inference.calibrate import choose_min_probability
+    from MedDeepRecogLib.training.evaluate import evaluate_package
+    from MedDeepRecogLib.uncertainty import apply_temperature
+
+    chosen = pkg.meta["decision"]["chosen_on"]
+    evaluated = evaluate_package(pkg.path, npz, split="val")
+    flagged = evaluated["as_classify_reports"]["flagged_out_of_domain"]
+    assert flagged > 0 and chosen["out_of_domain"] == flagged and chosen["n"] + flagged == evaluated["n"]
+    assert "more flagged outside the model's domain" in (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+
+
+def test_min_probability_of_a_slice_model_on_volumes_is_chosen_on_the_confidence_classify_compares(tmp_path, capsys):
+    """A CSV of volumes for a slice model: classify compares min_probability with the voting slices' mean
+    probability of the scan's class, not with the aggregated scan probability, so calibrate chooses it on that.
+    Here the correct calls (the brain MR) have confidence 0.83 and scan probability 0.87: 0.80 against 0.85."""
+    from MedDeepRecogLib.inference.calibrate import choose_min_probability
+    from MedDeepRecogLib.inference.classify import classify_scan
+    from MedDeepRecogLib.resources import sample_path
+
+    brain, abdomen = sample_path("brain1_mr.nrrd"), sample_path("abdomen_ct.nii.gz")
+    rows = [(brain, "MRBrain")] * 8 + [(abdomen, "CTChest")] * 2  # the abdomen rows are wrong calls
+    (tmp_path / "val.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in rows), encoding="utf-8")
+    rules = tmp_path / "rules.json"
+    rules.write_text("{}", encoding="utf-8")
+    assert main(["calibrate", "--model", "body-region@1.0.0", "--data", str(tmp_path / "val.csv"),
+                 "--decision-rules", str(rules), "--quantile", "0", "--no-temperature", "--dest",
+                 str(tmp_path / "pkgs"), "--progress", "none"]) == 0
+    capsys.readouterr()
+    decision = load_package(tmp_path / "pkgs" / "body-region" / "1.0.1").meta["decision"]
+    seen = classify_scan(brain, "body-region@1.0.0", explain="none", faithfulness=False)
+    assert seen.decision["top_class"] == "MRBrain"
+    confidence, scan_probability = seen.decision["confidence"], float(seen.probabilities.max())
+    assert choose_min_probability(np.array([confidence]), np.array([True]), 0.0) != \
+        choose_min_probability(np.array([scan_probability]), np.array([True]), 0.0)  # the two scales differ here
+    assert decision["min_probability"] == choose_min_probability(np.array([confidence]), np.array([True]), 0.0)
+    assert decision["chosen_on"]["n"] == 10 and decision["chosen_on"]["accuracy"] == 0.8
+    assert "out_of_domain" not in decision["chosen_on"]  # no scan was flagged outside body-region's domain
 
 
 def test_calibrate_refuses_the_data_the_package_was_trained_on(shared_data, tmp_path, capsys):

@@ -11,7 +11,8 @@ be fitted, together or apart:
   and the model card a "Calibration" section plus ``reliability.png`` (reliability diagram before/after);
 - **decision rules** (``decision_rules``, ``--decision-rules RULES.json``): ``min_probability``, the "uncertain"
   threshold, is set to the ``quantile`` (default 2 %) of the correct held-out calls' probability, rounded down to a
-  multiple of 0.05, and written with the other rules of the file (``min_agreement``, ``volume_excluded_classes``,
+  multiple of 0.05 (the probability classify compares: for a slice model on a volume, the voting slices' mean
+  probability of the scan's class; cases the out-of-domain check flags get no class and are left out), and written with the other rules of the file (``min_agreement``, ``volume_excluded_classes``,
   ``class_modality``, ``min_section_mm``; see ``inference.predict.decide``) as ``"decision"``, with how it was
   chosen; the model card gets a "Decision rules (calibrated)" section. A new temperature without new rules
   chooses the parent's ``min_probability`` again, on the new scale, with the parent's rules and quantile;
@@ -106,8 +107,14 @@ def _npz_split_exists(path: Path, split: str) -> None:
     eval_split_source(open_npz(path), split, path)
 
 
-def _csv_logits(pkg, path: Path, progress: ProgressCallback) -> tuple[np.ndarray, np.ndarray]:
-    from .classify import classify_scan
+def _csv_logits(pkg, path: Path, progress: ProgressCallback
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None], np.ndarray]:
+    """Each CSV scan classified as ``classify`` does: ``(logits (N, K), labels (N,), voting logits, in_domain (N,))``.
+
+    ``voting logits``: per scan, a slice model's logits ``(V, K)`` of the slices whose mean probability the
+    ``min_probability`` rule compares (:func:`.predict.slice_confidence`), else ``None``. ``in_domain``: false for a
+    scan ``classify`` reports outside the model's domain."""
+    from .classify import OUT_OF_DOMAIN, classify_scan
 
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -117,7 +124,7 @@ def _csv_logits(pkg, path: Path, progress: ProgressCallback) -> tuple[np.ndarray
     # classify's probabilities are temperature-scaled when the package is calibrated: T * log p gives the raw
     # logits back (up to a constant, which softmax ignores), so a temperature is fitted on the network's own output
     t = package_temperature(pkg.meta)
-    logits, labels = [], []
+    logits, labels, voting, in_domain = [], [], [], []
     for i, row in enumerate(rows):
         if row["label"] not in names:
             raise ConfigError(f"line {i + 2}: label {row['label']!r} is not one of the model's classes {names}", path)
@@ -125,8 +132,10 @@ def _csv_logits(pkg, path: Path, progress: ProgressCallback) -> tuple[np.ndarray
         res = classify_scan(scan, pkg, explain="none", device="cpu")
         logits.append(t * np.log(np.clip(np.asarray(res.probabilities, dtype=np.float64), 1e-12, 1.0)))
         labels.append(names.index(row["label"]))
+        voting.append(res.voting_logits)
+        in_domain.append(res.label != OUT_OF_DOMAIN)
         progress("predict", 0.8 * (i + 1) / len(rows), case=res.name)
-    return np.stack(logits), np.asarray(labels)
+    return np.stack(logits), np.asarray(labels), voting, np.asarray(in_domain, dtype=bool)
 
 
 def reliability_png(probs_before: np.ndarray, probs_after: np.ndarray, labels: np.ndarray, path: Path,
@@ -199,24 +208,36 @@ def read_decision_rules(rules: Mapping[str, Any] | str | Path, class_names: list
 
 
 def decision_block(probabilities: np.ndarray, labels: np.ndarray, rules: Mapping[str, Any], *, quantile: float,
-                   data: Path, split: str, command: str) -> dict[str, Any]:
+                   data: Path, split: str, command: str, confidence: np.ndarray | None = None,
+                   in_domain: np.ndarray | None = None) -> dict[str, Any]:
     """``model.json["decision"]``: ``rules`` (checked by :func:`read_decision_rules`) plus ``min_probability``
-    chosen on held-out ``probabilities`` ``(N, K)`` (those classify compares: temperature-scaled when the package
-    is calibrated) and how it was chosen."""
+    chosen on held-out ``probabilities`` ``(N, K)`` (those classify reports: temperature-scaled when the package
+    is calibrated) and how it was chosen.
+
+    ``confidence`` ``(N,)``: what classify compares with ``min_probability`` (default: the top probability; for a
+    slice model on a volume, the voting slices' mean probability of the scan's class). ``in_domain`` ``(N,)``: the
+    cases the out-of-domain check lets through; classify gives the others no class, so the rule never sees them and
+    they are left out of the choice and of the figures (``chosen_on.out_of_domain`` counts them, when any)."""
     if not 0.0 <= quantile < 1.0:
         raise ConfigError(f"--quantile must be in [0, 1), got {quantile}")
-    top = probabilities.max(1)
-    correct = probabilities.argmax(1) == labels
+    kept = np.ones(len(labels), bool) if in_domain is None else np.asarray(in_domain, bool)
+    if not kept.any():
+        raise ConfigError("every held-out case is flagged outside the model's domain, so no probability threshold "
+                          "can be chosen", data)
+    top = (probabilities.max(1) if confidence is None else np.asarray(confidence, dtype=np.float64))[kept]
+    correct = (probabilities.argmax(1) == labels)[kept]
     threshold = choose_min_probability(top, correct, quantile)
     wrong = ~correct
     passed_correct = float((top[correct] >= threshold).mean())
     flagged_wrong = float((top[wrong] < threshold).mean()) if wrong.any() else None
-    return {**dict(rules), "min_probability": threshold,
-            "chosen_on": {"data": data.name, "split": split, "n": int(len(correct)),
-                          "accuracy": round(float(correct.mean()), 4), "quantile_of_correct": quantile,
-                          "correct_passing": round(passed_correct, 4),
-                          "wrong_flagged": None if flagged_wrong is None else round(flagged_wrong, 4),
-                          "command": command}}
+    chosen_on = {"data": data.name, "split": split, "n": int(kept.sum()),
+                 "accuracy": round(float(correct.mean()), 4), "quantile_of_correct": quantile,
+                 "correct_passing": round(passed_correct, 4),
+                 "wrong_flagged": None if flagged_wrong is None else round(flagged_wrong, 4), "command": command}
+    if not kept.all():  # recorded when cases were left out (absent: none was)
+        chosen_on = {**dict(list(chosen_on.items())[:3]), "out_of_domain": int((~kept).sum()),
+                     **dict(list(chosen_on.items())[3:])}
+    return {**dict(rules), "min_probability": threshold, "chosen_on": chosen_on}
 
 
 def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "val", dest: str | Path | None = None,
@@ -328,13 +349,15 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
                                               domain_negatives)
     command = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
     progress("predict", 0.0)
+    voting, in_domain, split_features = None, None, None
     if csv_data:
-        logits, labels = _csv_logits(pkg, data, progress)
+        logits, labels, voting, in_domain = _csv_logits(pkg, data, progress)
         split_desc = "all rows of the CSV"
     else:
         if report_split is not None:
             _npz_split_exists(data, report_split)
-        logits, labels, split_features = _npz_logits(pkg, data, split, features=domain_quantile is not None)
+        with_features = domain_quantile is not None or (decision_rules is not None and pkg.domain is not None)
+        logits, labels, split_features = _npz_logits(pkg, data, split, features=with_features)
         split_desc = split
     k = len(pkg.class_names)
     if labels.max() >= k or labels.min() < 0:
@@ -350,11 +373,6 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         progress("fit temperature", 0.85)
         cal, plots = _fit_temperature(pkg, data, logits, labels, split, split_desc, report_split, n_bins, progress)
         meta["calibration"] = cal
-    decision = None
-    if decision_rules is not None:
-        decision = decision_block(calibrated_probabilities(logits, meta), labels, decision_rules, quantile=quantile,
-                                  data=data, split=split_desc, command=command)
-        meta["decision"] = decision
     if domain_quantile is not None:
         from ..training.domain import rethreshold_domain
 
@@ -364,6 +382,21 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
                                "parent_threshold": pkg.meta["domain"]["threshold"],
                                "parent_quantile": pkg.meta["domain"].get("quantile"), "command": command}
         meta["domain"] = domain
+    decision = None
+    if decision_rules is not None:
+        probabilities = calibrated_probabilities(logits, meta)
+        confidence = None
+        if voting is not None and any(v is not None for v in voting):
+            from .predict import slice_confidence
+
+            t_new = package_temperature(meta)
+            confidence = np.array([p.max() if v is None else slice_confidence(v, int(p.argmax()), t_new)
+                                   for p, v in zip(probabilities, voting)])
+        if in_domain is None and split_features is not None:  # images of an .npz, at this version's threshold
+            in_domain = pkg.domain.scores(split_features) <= float(meta["domain"]["threshold"])
+        decision = decision_block(probabilities, labels, decision_rules, quantile=quantile, data=data,
+                                  split=split_desc, command=command, confidence=confidence, in_domain=in_domain)
+        meta["decision"] = decision
 
     meta.pop("weights", None)
     meta["version"] = version
@@ -526,8 +559,10 @@ def decision_card_section(card: str, decision: dict[str, Any]) -> str:
     wrong = chosen["n"] - round(chosen["accuracy"] * chosen["n"])
     flagged = (f", {chosen['wrong_flagged']:.0%} of the {wrong} wrong calls are flagged"
                if chosen["wrong_flagged"] is not None else "")
+    left_out = (f"; {chosen['out_of_domain']} more flagged outside the model's domain, which get no class, are left "
+                "out" if chosen.get("out_of_domain") else "")
     section = (f"{DECISION_HEADING}\nChosen on `{chosen['data']}` split `{chosen['split']}` ({chosen['n']} images, "
-               f"accuracy {chosen['accuracy']:.4f}) by\n```\n{chosen['command']}\n```\n"
+               f"accuracy {chosen['accuracy']:.4f}{left_out}) by\n```\n{chosen['command']}\n```\n"
                f"- `min_probability` = **{decision['min_probability']:.2f}**: the "
                f"{chosen['quantile_of_correct']:.0%} quantile of the correct held-out calls' probability (rounded "
                f"down); {chosen['correct_passing']:.2%} of correct calls pass{flagged}.\n"

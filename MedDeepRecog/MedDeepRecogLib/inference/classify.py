@@ -76,6 +76,7 @@ class ClassificationResult:
     finding: dict | None = None  # slice models on a volume: the slices that carry the finding (see finding_range)
     route: dict | None = None  # --model auto: the chosen model and why (inference.route)
     feature_maps: np.ndarray | None = None  # slice models: Grad-CAM on the target layer's grid (faithfulness reuses it)
+    voting_logits: np.ndarray | None = None  # slice models: the voting slices' logits (predict.Prediction)
 
     @property
     def label(self) -> str:
@@ -415,7 +416,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         modality_guess=modality_guess,
         timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice,
         finding=finding_range(pred.per_slice, decision, package.class_names)
-        if isinstance(inp, SliceInput) and len(pred.per_slice) > 1 else None, feature_maps=pred.feature_maps)
+        if isinstance(inp, SliceInput) and len(pred.per_slice) > 1 else None, feature_maps=pred.feature_maps,
+        voting_logits=pred.voting_logits)
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,

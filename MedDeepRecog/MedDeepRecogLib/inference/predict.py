@@ -44,6 +44,8 @@ class Prediction:
         extra: method-specific details for the JSON (e.g. target layer).
         feature_maps: slice models: the Grad-CAM maps ``(N, h, w)`` on the target layer's grid before any scaling
             (:attr:`..explain.gradcam.ExplainedPass.raw`).
+        voting_logits: slice models: the network's logits ``(V, K)`` of the ``V`` slices ``slice_confidence`` is
+            averaged over, so ``calibrate`` can recompute it at a new temperature (:func:`slice_confidence`).
     """
 
     probabilities: np.ndarray
@@ -58,6 +60,20 @@ class Prediction:
     extra: dict = field(default_factory=dict)
     domain: dict | None = None  # slice models with an out-of-domain check: how many slices passed it
     feature_maps: np.ndarray | None = None
+    voting_logits: np.ndarray | None = None
+
+
+def slice_confidence(logits: np.ndarray, label: int, temperature: float = 1.0) -> float:
+    """What the ``min_probability`` rule compares for a slice stack: the mean over the voting slices' softmax at
+    ``temperature`` of the scan's ``label``. ``logits`` ``(V, K)``; 0.0 when no slice votes. For one image this is
+    its temperature-scaled probability of ``label``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if len(logits) == 0:
+        return 0.0
+    z = logits / float(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return float((p[:, label] / p.sum(axis=1)).mean())
 
 
 def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, target_layer: str | None,
@@ -131,8 +147,7 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
     slice_probs = logp.exp().cpu().numpy()
     slice_labels = slice_probs.argmax(axis=1)
     agreement = float((slice_labels[v] == label).mean()) if v.any() else 0.0
-    scaled = torch.softmax(logits.detach().float() / float(temperature), dim=1).cpu().numpy()
-    slice_confidence = float(scaled[v, label].mean()) if v.any() else 0.0
+    voting_logits = logits.detach().float().cpu().numpy()[v]
     voted = v & in_domain if in_domain.any() else v
     per_slice = [{"index": int(z), "label": class_names[int(k)], "probability": round(float(p[k]), 4),
                   "voted": bool(ok)}
@@ -141,7 +156,8 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
         for rec, sc, ok in zip(per_slice, scores, in_domain):
             rec["in_domain"], rec["domain_distance"] = bool(ok), round(float(sc), 2)
     pred = Prediction(probabilities=probs, per_slice=per_slice, grid=inp.grid, explained_class=label,
-                      agreement=agreement, slice_confidence=slice_confidence)
+                      agreement=agreement, slice_confidence=slice_confidence(voting_logits, label, temperature),
+                      voting_logits=voting_logits)
     pred.regions = label_runs(per_slice)
     if scores is not None:
         checked = inp.valid if inp.valid.any() else np.ones_like(inp.valid)
