@@ -91,14 +91,6 @@ def scale_and_resize(images: np.ndarray, intensity_range: Sequence[float] | None
     return x
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list[str], list[str]]:
     """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``, read
     by the one image reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at
@@ -274,7 +266,9 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                               "classes in data/class_names if that is meant", path)
         k = int(y_tr.max(initial=0) + 1)
         names = names or [str(i) for i in range(k)]
-        fingerprint = _file_sha(path)
+        from ..packages.package import sha256_file
+
+        fingerprint = sha256_file(path)
     else:
         groups = None
         x, labels, _ = _read_folder(path, d.labels_csv)
