@@ -256,6 +256,28 @@ def test_a_dicom_whose_pixel_data_is_shorter_than_its_rows_and_columns_is_refuse
     _clean_error(code, err, "short.dcm", "pixel data is shorter than its 1000 x 1000 pixels")
 
 
+def test_a_compressed_dicom_slice_is_not_refused_as_truncated(shared_data, tmp_path, run_cli_all):
+    """A JPEG 2000 CT slice holds fewer bytes than rows x columns x 2. GDCM does not pass its transfer syntax to
+    SimpleITK, which made the raw-size check take it for an uncompressed, truncated file whenever it had a
+    SOPClassUID (as every real slice has): it is read, alone and in its folder, with its own pixel size."""
+    import pydicom
+
+    src = sorted((shared_data / "totalsegmentator_examples" / "example_ct_dicom").iterdir())[0]
+    ds = pydicom.dcmread(str(src))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # JPEG 2000 lossless
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    (tmp_path / "ct").mkdir()
+    path = tmp_path / "ct" / "slice.dcm"
+    ds.save_as(str(path))
+    assert path.stat().st_size < int(ds.Rows) * int(ds.Columns) * 2
+    for source in (path, path.parent):
+        code, out, err = run_cli_all("info", source)
+        assert code == 0, err
+        record = json.loads(out)
+        assert record["size"][:2] == [512, 512]
+        assert record["spacing_mm"][:2] == pytest.approx([float(v) for v in ds.PixelSpacing][::-1])
+
+
 @pytest.mark.parametrize("spacing", [("1e300", "1e300"), ("1e-300", "1e-300"), ("0", "1")])
 def test_spacing_outside_a_micrometre_to_a_metre_is_refused(run_cli, tmp_path, tiny_2d, spacing):
     src = _picture(tmp_path / "case.png", _brainish())
@@ -523,6 +545,27 @@ def test_a_radiograph_without_pixel_spacing_takes_its_imager_pixel_spacing_and_s
     for needle in notes:
         assert needle in record["notes"][0], (needle, record["notes"])
     assert "1 mm pixels assumed" not in record["notes"][0]
+
+
+def test_a_radiograph_or_ultrasound_dicom_in_a_folder_gets_the_pixel_size_the_file_alone_gets(tmp_path, run_cli_all):
+    """A DICOM folder goes through the series reader, which took 1 mm without a word for a radiograph (no
+    PixelSpacing, ImagerPixelSpacing) and an ultrasound (region calibration): now the folder and the file give the
+    same pixel size and the same note, and an unusable ImagerPixelSpacing in a folder is refused as in a file."""
+    dx, us, bad = (tmp_path / name for name in ("dx", "us", "bad"))
+    for folder in (dx, us, bad):
+        folder.mkdir()
+    files = [_radiograph(dx / "dx.dcm", (0.15, 0.2), 1.25, DX_STORAGE),
+             _with_ultrasound_regions(write_dicom(us / "us.dcm", _brainish(), modality="US"), [(3, 0.03, 0.02)])]
+    for file, spacing in zip(files, ((0.16, 0.12), (0.3, 0.2))):
+        alone, in_folder = read_image(file), read_image(file.parent)
+        assert alone.GetSpacing()[:2] == pytest.approx(spacing)
+        assert in_folder.GetSpacing()[:2] == pytest.approx(spacing)
+        assert image_notes(in_folder) == image_notes(alone) and len(image_notes(alone)) == 1
+        code, out, err = run_cli_all("info", file.parent)
+        assert code == 0 and json.loads(out)["spacing_mm"][:2] == pytest.approx(spacing), err
+    _radiograph(bad / "dx.dcm", (-0.15, 0.2), sop_class=DX_STORAGE)
+    code, _, err = run_cli_all("info", bad)
+    _clean_error(code, err, "dx.dcm", "ImagerPixelSpacing (0018,1164)", "no PixelSpacing")
 
 
 @pytest.mark.parametrize("imager_spacing", [(0.0, 0.2), (-0.15, 0.2), ("nan", "nan")])

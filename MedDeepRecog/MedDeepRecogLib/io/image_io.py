@@ -159,7 +159,9 @@ def dicom_series(folder: str | Path) -> tuple[dict[str, tuple[str, ...]], str]:
 def _read_dicom_folder(folder: Path) -> sitk.Image:
     """Read the DICOM series with most slices in ``folder``, named by SeriesInstanceUID and description (other
     series are named in the log and the image's notes). Missing or unreadable slices and uneven spacing are
-    refused (see :func:`_check_slice_positions`)."""
+    refused (see :func:`_check_slice_positions`). The pixel size comes from the first slice's tags as for one file
+    (:func:`_dicom_pixel_size`: a radiograph's ImagerPixelSpacing, an ultrasound's region calibration), and an
+    unusable one is refused (:func:`_check_dicom_pixels`)."""
     import os
 
     files_by_series, chosen = dicom_series(folder)
@@ -195,6 +197,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
                               files[0]) from None
     check_declared_image(list(first.GetSize()[:2]) + [len(files) * max(1, _dicom_frames(first))],
                          declared_bytes_per_voxel(first), folder, f"DICOM series {label}")
+    _check_dicom_pixels(first, Path(files[0]), _dicom_frames(first))  # pixel size and data, as for one file
     allow = os.environ.get(ALLOW_GAPS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     broken = [p for p in unassigned if _mentions(p, chosen)]  # slices of this series GDCM could not read
     gap_note = _check_slice_positions(folder, files, label, unassigned, allow)
@@ -217,6 +220,8 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     for key in ("0008|0060", "0008|103e", "0020|000e"):  # modality, series description, series UID
         if reader.HasMetaDataKey(0, key):
             image.SetMetaData(key, reader.GetMetaData(0, key).strip())
+    # a radiograph or ultrasound image in a folder: its pixel size from the same tags as the file alone
+    _dicom_pixel_size(image, first, Path(files[0]))
     image.SetMetaData(SERIES_KEY, json.dumps({"uid": chosen, "description": description(chosen),
                                               "slices": len(files), "others": others}))
     if others:
@@ -525,10 +530,7 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
         if picture:
             image = _as_picture(image, path, spacing)
         else:
-            if reader.HasMetaDataKey("0008|0016") and not reader.HasMetaDataKey("0028|0030"):
-                _dicom_pixel_size_without_pixel_spacing(image, path)
-            elif reader.HasMetaDataKey("0008|0016"):
-                _dicom_pixel_spacing_over_imager_spacing(image)
+            _dicom_pixel_size(image, reader, path)
             if frames > 1:
                 image.SetMetaData(FRAMES_KEY, str(frames))
             if spacing is not None:
@@ -593,7 +595,19 @@ def _dicom_frames(reader: sitk.ImageFileReader) -> int:
     return 1
 
 
-def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, path: Path) -> None:
+def _dicom_pixel_size(image: sitk.Image, header, path: Path) -> None:
+    """Give a DICOM ``image`` the pixel size its ``header`` (the file's reader; a series' first slice) says, where
+    the reader took another or none: :func:`_dicom_pixel_size_without_pixel_spacing` without PixelSpacing, else
+    :func:`_dicom_pixel_spacing_over_imager_spacing`. Not DICOM (no SOPClassUID): nothing."""
+    if not header.HasMetaDataKey("0008|0016"):
+        return
+    if header.HasMetaDataKey("0028|0030"):
+        _dicom_pixel_spacing_over_imager_spacing(image, header)
+    else:
+        _dicom_pixel_size_without_pixel_spacing(image, header, path)
+
+
+def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, header, path: Path) -> None:
     """Set the pixel size of a DICOM image that has no PixelSpacing (0028,0030), or say that 1 mm is assumed.
 
     A projection radiograph (CR, DX, MG, XA, ...) stores the size at the detector instead, as ImagerPixelSpacing
@@ -604,7 +618,7 @@ def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, path: Path) -> No
     """
     import pydicom
 
-    if _radiograph_pixel_size(image):
+    if _radiograph_pixel_size(image, header):
         return
     if not np.allclose(image.GetSpacing()[:2], (1.0, 1.0)):
         return  # the reader found a pixel size in another tag it knows
@@ -629,7 +643,7 @@ def _dicom_pixel_size_without_pixel_spacing(image: sitk.Image, path: Path) -> No
                          "ultrasound region): 1 mm pixels assumed, so sizes in mm are not physical")
 
 
-def _dicom_pixel_spacing_over_imager_spacing(image: sitk.Image) -> None:
+def _dicom_pixel_spacing_over_imager_spacing(image: sitk.Image, header) -> None:
     """Give a DICOM image the pixel size of its PixelSpacing (0028,0030) where the reader took another.
 
     GDCM takes ImagerPixelSpacing (0018,1164), the size at the detector, for some radiograph storage classes (CR,
@@ -638,14 +652,14 @@ def _dicom_pixel_spacing_over_imager_spacing(image: sitk.Image) -> None:
     before the read (:func:`_check_dicom_pixels`); the note says which size was used, how it was calibrated, and
     what the detector size was.
     """
-    sizes = _pixel_sizes(image.GetMetaData("0028|0030").strip()) if image.HasMetaDataKey("0028|0030") else None
+    sizes = _pixel_sizes(_dicom_tag(header, "0028|0030")) if header.HasMetaDataKey("0028|0030") else None
     if sizes is None:
         return
     sy, sx = sizes  # DICOM order: row spacing (y), column spacing (x)
     if np.allclose(image.GetSpacing()[:2], (sx, sy), rtol=1e-6):
         return
-    detector = image.GetMetaData("0018|1164").strip() if image.HasMetaDataKey("0018|1164") else "not given"
-    kind = image.GetMetaData("0028|0a02").strip() if image.HasMetaDataKey("0028|0a02") else ""
+    detector = _dicom_tag(header, "0018|1164") or "not given"
+    kind = _dicom_tag(header, "0028|0a02")
     how = (f"calibrated to the patient ({kind}, PixelSpacingCalibrationType (0028,0A02))" if kind else
            "the file's pixel size for the patient plane (no PixelSpacingCalibrationType (0028,0A02) says how it "
            "was calibrated; some devices copy the detector size into it)")
@@ -666,7 +680,7 @@ def _pixel_sizes(raw: str) -> list[float] | None:
     return sizes if len(sizes) == 2 and all(np.isfinite(v) and lo <= v <= hi for v in sizes) else None
 
 
-def _radiograph_pixel_size(image: sitk.Image) -> bool:
+def _radiograph_pixel_size(image: sitk.Image, header) -> bool:
     """Give a DICOM image without PixelSpacing the pixel size of its ImagerPixelSpacing (0018,1164), with a note;
     False when it has none.
 
@@ -678,13 +692,13 @@ def _radiograph_pixel_size(image: sitk.Image) -> bool:
     DX, MG and XA among them; a secondary capture gets 1 mm): the size is set here for all. An unusable
     ImagerPixelSpacing is refused earlier (:func:`_check_dicom_pixels`).
     """
-    raw = image.GetMetaData("0018|1164").strip() if image.HasMetaDataKey("0018|1164") else ""
+    raw = _dicom_tag(header, "0018|1164")
     sizes = _pixel_sizes(raw) if raw else None
     if sizes is None:
         return False
     iy, ix = sizes  # DICOM order: row spacing (y), column spacing (x)
     where = "ImagerPixelSpacing (0018,1164)"
-    factor_raw = image.GetMetaData("0018|1114").strip() if image.HasMetaDataKey("0018|1114") else ""
+    factor_raw = _dicom_tag(header, "0018|1114")
     factor = None
     if factor_raw:
         try:
@@ -713,6 +727,22 @@ def _radiograph_pixel_size(image: sitk.Image) -> bool:
     return True
 
 
+def _transfer_syntax(path: Path, header_value: str) -> str:
+    """The file's TransferSyntaxUID (0002,0010), "" when it has none (implicit VR little endian, raw pixels).
+
+    GDCM does not always pass the file meta group to SimpleITK (a JPEG 2000 CT slice comes without 0002|0010), so
+    when the reader gives none, pydicom reads the meta group alone (well under a millisecond)."""
+    import pydicom
+    from pydicom.filereader import read_file_meta_info
+
+    if header_value.strip("\x00 "):
+        return header_value.strip("\x00 ")
+    try:
+        return str(read_file_meta_info(str(path)).get("TransferSyntaxUID", "")).strip("\x00 ")
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, TypeError, AttributeError):
+        return ""
+
+
 def _check_dicom_pixels(reader: sitk.ImageFileReader, path: Path, frames: int) -> None:
     """Refuse a DICOM file whose PixelSpacing (0028,0030), or without it ImagerPixelSpacing (0018,1164), is not two
     sizes in :data:`SPACING_RANGE_MM` (the reader would silently take 1 mm for 0 or NaN, and flip the image for a
@@ -732,7 +762,7 @@ def _check_dicom_pixels(reader: sitk.ImageFileReader, path: Path, frames: int) -
     elif (imager := tag("0018|1164")) and _pixel_sizes(imager) is None:
         raise InputImageError(f"DICOM ImagerPixelSpacing (0018,1164) is '{imager}' and there is no PixelSpacing: "
                               f"not two pixel sizes of {lo:g} to {hi:g} mm", path)
-    if tag("0002|0010").rstrip("\x00") in _UNCOMPRESSED_SYNTAXES + ("",):   # none given: implicit VR, raw
+    if _transfer_syntax(path, tag("0002|0010")) in _UNCOMPRESSED_SYNTAXES + ("",):   # none given: implicit VR, raw
         try:
             rows, cols = int(tag("0028|0010")), int(tag("0028|0011"))
             bits, samples = int(tag("0028|0100") or 16), int(tag("0028|0002") or 1)
