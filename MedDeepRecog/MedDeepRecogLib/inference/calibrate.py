@@ -12,9 +12,9 @@ be fitted, together or apart:
 - **decision rules** (``decision_rules``, ``--decision-rules RULES.json``): ``min_probability``, the "uncertain"
   threshold, is set to the ``quantile`` (default 2 %) of the correct held-out calls' probability, rounded down to a
   multiple of 0.05 (the probability classify compares: for a slice model on a volume, the voting slices' mean
-  probability of the scan's class; cases the out-of-domain check flags get no class and are left out), and written with the other rules of the file (``min_agreement``, ``volume_excluded_classes``,
-  ``class_modality``, ``min_section_mm``; see ``inference.predict.decide``) as ``"decision"``, with how it was
-  chosen; the model card gets a "Decision rules (calibrated)" section. A new temperature without new rules
+  probability of the scan's class; cases the out-of-domain check flags get no class and are left out), and
+  written with the other rules of the file (``min_agreement``, ``volume_excluded_classes``, ``class_modality``,
+  ``min_section_mm``; see ``inference.predict.decide``) as ``"decision"``, with how it was chosen; the model card gets a "Decision rules (calibrated)" section. A new temperature without new rules
   chooses the parent's ``min_probability`` again, on the new scale, with the parent's rules and quantile;
 - the **out-of-domain threshold** (``domain_quantile``, ``--domain-quantile Q``): moved to quantile Q of the split's
   distances (the check's statistics are kept), the other data sets of ``--domain-negatives CONFIG`` measured there;
