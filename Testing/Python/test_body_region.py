@@ -95,3 +95,21 @@ def test_bridge_brings_real_slices_to_mednist_intensities(shared_data):
     z = np.load(shared_data / "mednist" / "mednist64_shared.npz")
     mednist_ct = z["images"][z["labels"] == 0].astype(np.float32) / 255
     assert abs(np.median(ct_body) - np.median(mednist_ct[mednist_ct > 0.06])) < 0.15
+
+
+def test_a_ct_picture_is_not_refused_for_lacking_hounsfield_units(shared_data, tmp_path):
+    """A PNG holds grey levels, never HU: the class_modality rule ("a CT class needs a scan in HU") does not apply
+    to a picture, so held-out MedNIST CT pictures get their CT class, and the coarse modality comes from the model
+    alone. A CT volume in HU is still judged by its intensities (test_ct_is_called_ct)."""
+    from PIL import Image
+
+    z = np.load(shared_data / "mednist" / "mednist64_shared.npz")
+    names, labels = [str(c) for c in z["class_names"]], z["labels"].ravel()
+    for cls in ("CTChest", "CTHead"):
+        index = int(np.flatnonzero(labels == names.index(cls))[-1])  # the last 20 %: held out from training
+        path = tmp_path / f"{cls}.png"
+        Image.fromarray(z["images"][index]).save(path)
+        decision = classify_scan(path, "body-region", explain="none", faithfulness=False).decision
+        assert decision["top_class"] == cls and decision["label"] == cls, decision
+        assert not any("HU" in r for r in decision["reasons"]), decision["reasons"]
+        assert decision["modality"]["label"] == "CT" and "picture" in decision["modality"]["source"]

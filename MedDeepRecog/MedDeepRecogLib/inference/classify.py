@@ -352,7 +352,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     n_slices = int(inp.valid.sum()) if isinstance(inp, SliceInput) else int(image.GetSize()[2])
     decision = decide(pred.probabilities, package.class_names, package.meta.get("decision"),
                       agreement=pred.agreement, confidence=pred.slice_confidence, n_slices=n_slices,
-                      modality=modality, section_mm=pred.section_mm)
+                      modality=None if picture else modality, section_mm=pred.section_mm)
     if isinstance(inp, SliceInput):
         g = inp.grid
         for k, rec in enumerate(pred.per_slice):  # centre of each classified slice, LPS mm

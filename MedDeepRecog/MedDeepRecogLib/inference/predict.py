@@ -323,7 +323,8 @@ def decide(probabilities: np.ndarray, class_names: list[str], rules: Mapping[str
         ``min_agreement``: fraction of voting slices that must agree with the scan label;
         ``volume_excluded_classes``: classes that cannot describe a multi-slice volume (e.g. ``CXR``, a radiograph);
         ``class_modality``: ``{class: "CT"|"MR"}``; a class whose modality contradicts the scan's (``modality``:
-        ``"CT"`` for a scan in HU, with air near -1000, else ``"MR"``) is not reported;
+        ``"CT"`` for a scan in HU, with air near -1000, else ``"MR"``; ``None`` for a picture, PNG/JPEG, whose grey
+        levels say nothing of HU, so the rule is not applied) is not reported;
         ``min_section_mm``: the classes are whole axial cross-sections; a volume whose body box (smaller side,
         median over slices: ``section_mm``) is smaller than this shows too little anatomy to be one of them.
 
@@ -331,6 +332,7 @@ def decide(probabilities: np.ndarray, class_names: list[str], rules: Mapping[str
         ``{"label", "top_class", "confidence", "uncertain", "reasons", "modality"}`` where ``modality`` is the
         coarse call ``{"label": "CT"|"MR"|"uncertain", "probability", "source"}``: CT when the scan is in HU
         (physical evidence), else MR when the model's summed MR probability is the larger and passes
+        ``min_probability``; for a picture (``modality`` ``None``) the model's larger sum when it passes
         ``min_probability``; ``probability`` is the model's summed probability of the CT or MR classes. A scan can be
         surely CT while its region is uncertain.
     """
@@ -366,6 +368,10 @@ def decide(probabilities: np.ndarray, class_names: list[str], rules: Mapping[str
             # network's own CT probability is reported beside it.
             coarse = {"label": "CT", "probability": round(sums["CT"], 4), "source": "HU intensities"
                       + (" and model" if best == "CT" else "; the model disagrees")}
+        elif modality is None:  # a picture: the model alone
+            ok = sums[best] >= float(rules.get("min_probability", 0.5))
+            coarse = {"label": best if ok else "uncertain", "probability": round(sums[best], 4),
+                      "source": "model (a picture holds no HU values to judge by)"}
         else:
             ok = best == "MR" and sums[best] >= float(rules.get("min_probability", 0.5))
             coarse = {"label": "MR" if ok else "uncertain", "probability": round(sums[best], 4),
