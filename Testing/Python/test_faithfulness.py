@@ -190,3 +190,29 @@ def test_batched_curves_with_shared_end_points_equal_one_input_at_a_time():
     assert curve["deletion_curve"] == pytest.approx(batched["deletion_curve"], abs=1e-6)
     with pytest.raises(ValueError, match="batch 1"):
         deletion_insertion(model, torch.cat([x, x]), torch.cat([sal, sal]), 2)
+
+
+@pytest.mark.parametrize("aucs, expected", [
+    # deletion better than random (0.67 < 0.74), insertion worse: only insertion is named
+    ((0.67, 0.74, 0.30, 0.40), ["restoring them first raises it less"]),
+    ((0.80, 0.70, 0.60, 0.55), ["removing its hot pixels first lowers the prediction less"]),
+    ((0.80, 0.70, 0.50, 0.55), ["removing its hot pixels first lowers the prediction less",
+                                "restoring them first raises it less"]),
+    ((0.70, 0.70, 0.496, 0.50), None),   # score -0.004: printed as -0.00, no warning
+    ((0.60, 0.70, 0.60, 0.55), None)])   # faithful
+def test_the_unfaithful_warning_names_the_part_that_failed(aucs, expected):
+    """The warning's reason matches the AUCs printed beside it, and a score that rounds to 0.00 does not warn."""
+    from MedDeepRecogLib.explain.faithfulness import unfaithful_warning
+
+    deletion, random_deletion, insertion, random_insertion = aucs
+    scores = {"deletion_auc": deletion, "random_deletion_auc": random_deletion, "insertion_auc": insertion,
+              "random_insertion_auc": random_insertion,
+              "score": (insertion - deletion) - (random_insertion - random_deletion)}
+    warning = unfaithful_warning(scores)
+    if expected is None:
+        assert warning is None
+    else:
+        assert warning.startswith("this heatmap is not a faithful explanation (")
+        for part in expected:
+            assert part in warning
+        assert len(expected) == warning.count(";") + 1

@@ -64,7 +64,8 @@ def test_png_draws_inferno_colorbar_letters_and_mm(monkeypatch, tmp_path):
     heat.CopyInformation(image)
     heat[15, 14, 5] = 1.0
     path = overlay.three_plane_png(image, heat, tmp_path / "o.png", title="m 1.0: beta, confidence 0.71",
-                                   warning=overlay.UNFAITHFUL_WARNING)
+                                   warning="this heatmap is not a faithful explanation (restoring its hot pixels "
+                                           "first raises it less than restoring random ones)")
     assert path.is_file()
     assert overlay.HEATMAP_CMAP == "inferno"
     bars = [ax for ax in drawn["axes"] if ax.get_label() == "colorbar"]

@@ -159,6 +159,23 @@ def faithfulness_scores(forward: Forward, x: torch.Tensor, saliency: torch.Tenso
     return out
 
 
+def unfaithful_warning(scores: dict[str, Any] | None) -> str | None:
+    """The warning for a heatmap whose faithfulness ``score`` (:func:`faithfulness_scores`) is at or below -0.01,
+    the figure printed beside it, else ``None``. The score is the sum of two gains over the random order: deletion
+    (``random_deletion_auc - deletion_auc``: removing the hot pixels first lowers the prediction more) and insertion
+    (``insertion_auc - random_insertion_auc``: restoring them first raises it more). The warning names the gain that
+    is negative, so it never contradicts the AUCs printed beside it."""
+    score = (scores or {}).get("score")
+    if not isinstance(score, (int, float)) or round(float(score), 2) >= 0:
+        return None
+    failed = []
+    if scores["random_deletion_auc"] - scores["deletion_auc"] < 0:
+        failed.append("removing its hot pixels first lowers the prediction less than removing random ones")
+    if scores["insertion_auc"] - scores["random_insertion_auc"] < 0:
+        failed.append("restoring them first raises it less than restoring random ones")
+    return f"this heatmap is not a faithful explanation ({'; '.join(failed)})"
+
+
 # ------------------------------------------------------------------------------------------- localisation
 def pointing_game(heatmap: np.ndarray, mask: np.ndarray, *, spacing: Sequence[float] | None = None,
                   tolerance_mm: float = 0.0) -> dict[str, Any]:

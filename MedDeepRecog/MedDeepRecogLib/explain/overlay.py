@@ -31,9 +31,6 @@ HEATMAP_CMAP = "inferno"
 ORIENTATION = {"axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"), "sagittal": ("S", "I", "A", "P")}
 #: Each panel's slice position as Slicer's slice offset (RAS, mm): axis letter and LPS coordinate sign.
 _OFFSET_AXIS = {"axial": ("S", 2, 1.0), "coronal": ("A", 1, -1.0), "sagittal": ("R", 0, -1.0)}
-#: Warning printed on a heatmap whose faithfulness score is negative.
-UNFAITHFUL_WARNING = "this heatmap is not a faithful explanation (removing its hot pixels hurts the prediction " \
-                     "less than removing random ones)"
 
 
 @dataclass
@@ -146,7 +143,7 @@ def planes_png(scan: Planes, heat: Planes, path: str | Path, *, title: str = "",
     atomically.
 
     ``floor``: heat below it is fully transparent; above it the opacity rises linearly to ``alpha``.
-    ``warning``: a red line under the title (e.g. :data:`UNFAITHFUL_WARNING`).
+    ``warning``: a red line under the title (e.g. :func:`..explain.faithfulness.unfaithful_warning`).
     """
     import matplotlib
 

@@ -159,11 +159,11 @@ def headline(result: "ClassificationResult") -> str:
 
 
 def heatmap_warning(result: "ClassificationResult") -> str | None:
-    """The warning line for a heatmap whose faithfulness score is negative, else ``None``."""
-    from ..explain.overlay import UNFAITHFUL_WARNING
+    """The warning line for a heatmap whose faithfulness score is negative, else ``None``
+    (:func:`..explain.faithfulness.unfaithful_warning`)."""
+    from ..explain.faithfulness import unfaithful_warning
 
-    score = (result.explain.get("faithfulness") or {}).get("score")
-    return UNFAITHFUL_WARNING if isinstance(score, (int, float)) and score < 0 else None
+    return unfaithful_warning(result.explain.get("faithfulness"))
 
 
 _MODEL_CACHE: dict[tuple, Any] = {}
