@@ -269,3 +269,22 @@ def test_adrenal_model_sees_in_classify_what_it_saw_in_training(tmp_path, shared
     with torch.no_grad():
         expected = torch.softmax(pkg.build_model("cpu")(torch.from_numpy(x)), 1)[0].numpy()
     assert [got["normal"], got["mass"]] == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_the_finding_in_words_says_when_its_run_is_only_the_longest_of_several():
+    """The printed finding names one run of slices; when other slices are read as the label too it says it is the
+    longest run and how many slices carry the label in all, so it never reads as every slice with the label."""
+    from MedDeepRecogLib.inference.classify import finding_range, finding_words
+
+    labels = ["glioma"] * 4 + ["pituitary"] * 3 + ["glioma"] * 6
+    per_slice = [{"index": i, "label": c, "probability": 0.8, "voted": True, "position_mm": 3.0 * i}
+                 for i, c in enumerate(labels)]
+    finding = finding_range(per_slice, {"label": "glioma", "top_class": "glioma"}, ["glioma", "pituitary"])
+    assert (finding["first_index"], finding["last_index"], finding["slices"]) == (7, 12, 6)
+    assert finding["slices_with_label"] == 10
+    words = finding_words(finding)
+    assert words.startswith("glioma on axial slices 7-12 counted from the most inferior (S 21.0 to 36.0 mm)")
+    assert "the longest run of consecutive slices read as glioma (6 slices; 10 in all)" in words
+    assert "not the extent of a lesion" in words
+    single = finding_range(per_slice[7:], {"label": "glioma", "top_class": "glioma"}, ["glioma", "normal"])
+    assert "longest run" not in finding_words(single) and "caveat" not in single

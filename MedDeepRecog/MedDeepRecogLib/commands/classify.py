@@ -375,15 +375,13 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
     mod_txt = f" (modality {mod['label']})" if mod.get("source") else ""
     caption = result.explain.get("faithfulness_caption")
     trust = f"\n  heatmap {caption}" if caption else ""
-    from ..inference.classify import heatmap_warning
+    from ..inference.classify import finding_words, heatmap_warning
     warning = heatmap_warning(result)
     if warning:
         trust += f"\n  WARNING: {warning}"
     routed = f"\n  model {result.model['id']} chosen: {result.route['reason']}" if result.route else ""
     finding = result.finding
-    where = (f"\n  {finding['label']} on axial slices {finding['first_index']}-{finding['last_index']} counted "
-             f"from the most inferior (S {finding['from_mm']:.1f} to {finding['to_mm']:.1f} mm)"
-             + (f"; {finding['caveat']}" if finding.get("caveat") else "")) if finding else ""
+    where = f"\n  {finding_words(finding)}" if finding else ""
     report = f"\n  report: {outputs['report']}" if outputs.get("report") else ""
     print(f"{scan}: {headline(result)}{mod_txt}{extra}{routed}{conf}\n  {basis}: {probs}{where}{trust}"
           f"\n  -> {outputs['json']}{report}")

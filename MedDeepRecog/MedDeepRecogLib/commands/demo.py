@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
-    from ..inference.classify import classify_scan, write_outputs
+    from ..inference.classify import classify_scan, finding_words, write_outputs
     from ..inference.route import route_image
     from ..io import read_image, read_lesion_mask
     from ..packages import load_package
@@ -101,10 +101,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{DEMO_SCAN}: {headline(result)}{note}\n  model {package.id}@{package.version}: {route.reason}"
           f"\n  {basis}: {probs}")
     if result.finding:
-        f = result.finding
-        print(f"  {f['label']} on {f['slices']} slices, S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm "
-              f"(axial slices {f['first_index']}-{f['last_index']} counted from the most inferior)"
-              + (f": {f['caveat']}" if f.get("caveat") else ""))
+        print(f"  {finding_words(result.finding)}")
     from ..report import lesion_words
 
     for line in lesion_words(result):  # the heatmap against the bundled tumour label, as the report words it

@@ -527,8 +527,20 @@ def finding_range(per_slice: list[dict], decision: dict, class_names: Sequence[s
             "slices_with_label": sum(1 for r in per_slice if r.get("voted", True) and r["label"] == label),
             "extent": extent,
             **({} if extent else {"caveat": f"the model has no '{NO_FINDING_CLASS}' class, so every slice it reads "
-                                            f"gets one of its classes: these are the slices it reads as {label}, "
+                                            f"gets one of its classes: this is where it reads {label}, "
                                             "not the extent of a lesion"})}
+
+
+def finding_words(finding: dict) -> str:
+    """The finding in words, the same in the printed lines, the demo and the HTML report: the run's slices and
+    superior range, that it is the longest run when other slices are read as the label too, and the caveat."""
+    f = finding
+    words = (f"{f['label']} on axial slices {f['first_index']}-{f['last_index']} counted from the most inferior "
+             f"(S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm)")
+    if f.get("slices_with_label", f["slices"]) > f["slices"]:
+        words += (f", the longest run of consecutive slices read as {f['label']} ({f['slices']} slices; "
+                  f"{f['slices_with_label']} in all)")
+    return words + (f"; {f['caveat']}" if f.get("caveat") else "")
 
 
 def _check_slice_input(image: sitk.Image, package, path) -> None:

@@ -132,7 +132,7 @@ def model_card(package) -> dict[str, Any]:
 
 def render_case_report(result, outputs: dict, package, *, command: str) -> str:
     """The HTML page (a string) for one classified case."""
-    from ..inference.classify import confidence_basis, headline, heatmap_warning, probabilities_basis
+    from ..inference.classify import confidence_basis, finding_words, headline, heatmap_warning, probabilities_basis
 
     png = outputs.get("png")
     image = None
@@ -148,6 +148,7 @@ def render_case_report(result, outputs: dict, package, *, command: str) -> str:
         method=result.explain.get("method"), explained_class=result.explain.get("class"),
         warning=heatmap_warning(result), uncertainty=uncertainty_words(result),
         faithfulness=faithfulness_words(result), lesion=lesion_words(result), finding=result.finding,
+        finding_words=finding_words(result.finding) if result.finding else None,
         route=result.route,
         card=model_card(package), command=command, cwd=str(Path.cwd()),
         outputs={k: Path(v).name for k, v in outputs.items() if v},
