@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from . import __version__
@@ -72,6 +73,10 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def _error(args: argparse.Namespace, message: str) -> int:
+    """Print the one error line (after the traceback with ``--verbose``, called from an ``except`` block) and give
+    exit code 2: the code stays the same whether or not the traceback is shown."""
+    if getattr(args, "verbose", False) and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     print(f"meddeeprecog {getattr(args, 'command', '')}: error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
 
@@ -120,20 +125,12 @@ def _run(args: argparse.Namespace) -> int:
     except SystemExit:
         raise
     except MedDeepRecogError as exc:
-        if args.verbose:
-            raise
         return _error(args, str(exc))
     except OSError as exc:
-        if args.verbose:
-            raise
         return _error(args, describe_os_error(exc))
     except MemoryError:
-        if args.verbose:
-            raise
         return _error(args, "out of memory (the input or the model is too large for this machine)")
     except Exception as exc:  # a fault not foreseen: still one line and exit 2, never a traceback
-        if args.verbose:
-            raise
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         return _error(args, f"unexpected {type(exc).__name__}: {first[:300]} (run `meddeeprecog -v ...` for the traceback)")
 

@@ -313,6 +313,21 @@ def test_router_says_plainly_when_no_disease_model_covers_a_scan(shared_data):
     assert route.model is None and "no bundled disease model" in route.reason
 
 
+def test_auto_never_routes_to_a_model_that_would_refuse_the_scan(radiomics, run_cli_all, tmp_path):
+    """The pyradiomics breast MR crop (45 x 120 pixels) reads as MR of region MRBrain, but the brain model needs
+    at least 64 pixels a side: --model auto says no bundled model applies, and why, instead of an error about a
+    model the user never chose. With --verbose the traceback is shown and the exit code stays 2."""
+    scan = radiomics / "breast1_image.nrrd"
+    code, _, err = run_cli_all("classify", scan, "--model", "auto", "--out", tmp_path / "out", "--progress", "none")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "no bundled model applies" in err and "would go to brain-tumour-mri" in err
+    assert "45 x 120 pixels, too small for it" in err and "breast1_image.nrrd" in err
+    assert not (tmp_path / "out").exists()
+    code, _, err = run_cli_all("-v", "classify", scan, "--model", "auto", "--out", tmp_path / "out", "--progress",
+                               "none")
+    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("meddeeprecog classify: error:")
+
+
 def test_classify_auto_records_the_route_in_the_json(radiomics, run_cli_all, tmp_path):
     code, out, err = run_cli_all("classify", radiomics / "brain2_image.nrrd", "--model", "auto", "--out", tmp_path,
                                  "--progress", "none", "--no-faithfulness")

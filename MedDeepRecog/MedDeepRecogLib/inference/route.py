@@ -81,6 +81,10 @@ def _route_by_region(image: sitk.Image, device: str, modality: str) -> Route:
         have = ", ".join(f"{m} {r}" for (m, r) in ROUTES)
         return Route(None, f"{modality} of region {best} (body-region p={probs[best]:.2f}): no bundled disease model "
                            f"covers it (models exist for: {have})", evidence)
+    too_small = _too_small_for(image, load_package(model))
+    if too_small:
+        return Route(None, f"{modality} of region {best} (body-region p={probs[best]:.2f}) would go to {model}, but "
+                           f"{too_small}", evidence)
     if probs[best] < WEAK_REGION_PROBABILITY:
         evidence["body_region_evidence"] = "weak"
         return Route(model, f"{modality} (from {evidence['modality_source']}); {best} is only the nearest of the "
@@ -108,7 +112,7 @@ def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
             package = load_package(model_id)
         except ModelPackageError:  # not installed here (or unusable): not a candidate
             continue
-        if package.domain is None:
+        if package.domain is None or _too_small_for(image, package):
             continue
         inp = slices_from_image(volume, package.input_spec)
         model = model_for(package, device)
@@ -124,6 +128,20 @@ def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
                            f"{listing})", evidence)
     best = min(inside, key=inside.get)
     return Route(best, f"{why}: it fits {best}'s domain best (distance {inside[best]:.2f}x its threshold)", evidence)
+
+
+def _too_small_for(image: sitk.Image, package) -> str | None:
+    """Why ``image``'s slices are too small for a slice ``package`` (as classify would refuse them), else ``None``:
+    a route never names a model that will refuse the scan."""
+    from ..preprocessing.slices import min_slice_side
+
+    if (package.input_spec.get("kind") or "") != "slices2d":
+        return None
+    width, height = list(image.GetSize())[:2]
+    minimum = min_slice_side(package.input_spec)
+    if min(width, height) >= minimum:
+        return None
+    return f"the image is {width} x {height} pixels, too small for it (at least {minimum} pixels per side)"
 
 
 def require_route(route: Route, path) -> str:
