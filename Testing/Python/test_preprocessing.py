@@ -425,3 +425,28 @@ def test_n4_fits_thick_slices_unshrunk_so_a_flipped_copy_gets_the_same_correctio
     inside = sitk.GetArrayFromImage(first.masks["head"]) > 0
     assert inside.sum() > 1000
     assert np.abs(a - b)[inside].mean() < 1e-5 * a[inside].mean()  # before: 5e-5 here, 3.6e-2 on the whole scan
+
+
+def test_steps_that_read_hu_refuse_a_picture_and_warn_on_an_image_without_hu(run_cli, tmp_path):
+    """The lung-ct preset's body_mask (modality CT), lung_mask and window take intensities as HU. A PNG holds grey
+    levels, never HU: refused in one line before any output (the result was a nearly flat image). A volume without
+    air below -500 and without DICOM modality CT may still be a CT crop: it is processed, with a warning."""
+    from PIL import Image
+
+    assert load_pipeline("lung-ct").hu_steps == ["body_mask", "lung_mask", "window"]
+    assert load_pipeline("brain-mri").hu_steps == []
+    assert load_pipeline([{"name": "body_mask", "modality": "MR"}]).hu_steps == []
+    picture = tmp_path / "chest.png"
+    Image.fromarray(np.tile(np.arange(0, 256, 2, dtype=np.uint8), (128, 1))).save(picture)
+    code, _, err = run_cli("preprocess", picture, tmp_path / "out.nrrd", "--pipeline", "lung-ct")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "chest.png" in err, err
+    assert "body_mask, lung_mask, window read CT intensities in HU" in err and "picture" in err
+    assert not (tmp_path / "out.nrrd").exists()
+    soft = tmp_path / "soft.nrrd"
+    sitk.WriteImage(sitk.Cast(make_volume(size=(16, 14, 8)), sitk.sitkFloat32) + 1100.0, str(soft))  # no air
+    assert float(sitk.GetArrayViewFromImage(read_image(soft)).min()) > -500
+    code, _, err = run_cli("preprocess", soft, tmp_path / "soft_out.nrrd", "--pipeline", "lung-ct")
+    assert code == 0 and (tmp_path / "soft_out.nrrd").is_file()
+    assert "warning" in err and "no air below -500" in err and "soft.nrrd" in err
+    code, _, err = run_cli("preprocess", picture, tmp_path / "mr.nrrd", "--pipeline", "brain-mri")
+    assert code == 0 and "HU" not in err, err

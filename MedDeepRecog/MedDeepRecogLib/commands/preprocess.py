@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..contract import PROGRESS_MODES
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         image = sitk.JoinSeries([single] * _FLAT_COPIES)
     image = require_3d(image, source)
     validate_intensities(image, source)
+    _check_hounsfield(pipeline, args.pipeline, original, image, source)
 
     def step_progress(stage: str, fraction: float, **extra) -> None:
         progress(stage, 0.05 + 0.85 * fraction, **extra)
@@ -146,6 +148,27 @@ def run(args: argparse.Namespace) -> int:
         outputs["mask"] = str(_write_masks(result, mask_path, original if flat else None))
     progress("done", 1.0, result=outputs)
     return 0
+
+
+def _check_hounsfield(pipeline, name: str, original, image, source: Path) -> None:
+    """Refuse a picture (PNG/JPEG: grey levels, never HU) for a pipeline with steps that read CT intensities in HU,
+    before any output; for another image whose intensities do not look like HU (no DICOM modality CT, no air below
+    -500), print a warning and go on: a CT crop without air is still in HU."""
+    from ..inference.model_input import is_hounsfield
+    from ..io import is_picture
+
+    steps = pipeline.hu_steps
+    if not steps:
+        return
+    what = f"pipeline {pipeline.name or name!r} step{'s' if len(steps) > 1 else ''} {', '.join(steps)}"
+    if is_picture(original):
+        raise InputImageError(f"{what} read{'' if len(steps) > 1 else 's'} CT intensities in HU, and a picture "
+                              "(PNG/JPEG) holds grey levels, not HU: give the CT in HU (NIfTI, NRRD or DICOM) or "
+                              "a pipeline without those steps", source)
+    if not is_hounsfield(image):
+        print(f"meddeeprecog preprocess: warning: {source}: {what} read{'' if len(steps) > 1 else 's'} CT "
+              "intensities in HU, but this image has no DICOM modality CT and no air below -500: if it is not a CT "
+              "in HU, the result means nothing", file=sys.stderr)
 
 
 def _back_on_input_grid(filtered, original):

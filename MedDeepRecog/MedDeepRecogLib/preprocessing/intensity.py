@@ -132,7 +132,8 @@ class WindowParams:
         return None
 
 
-@register("window", WindowParams, summary="CT windowing (HU) with presets; output 0..1 or clipped HU")
+@register("window", WindowParams, summary="CT windowing (HU) with presets; output 0..1 or clipped HU",
+          reads_hu=True)
 def window(image: sitk.Image, p: WindowParams) -> sitk.Image:
     """Clip to ``[center - width/2, center + width/2]`` HU and map to 0..1 (``output="unit"``) or keep HU."""
     center, width = WINDOW_PRESETS[p.preset] if p.preset else (p.center, p.width)

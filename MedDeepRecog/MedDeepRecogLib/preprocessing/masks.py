@@ -125,7 +125,8 @@ class LungParams:
 
 
 @register("lung_mask", LungParams, kind="mask", summary="lungs from CT (HU): air-like components with "
-                                                           "parenchyma density, holes (vessels) filled")
+                                                           "parenchyma density, holes (vessels) filled",
+          reads_hu=True)
 def lung_mask(image: sitk.Image, p: LungParams) -> sitk.Image:
     """Lung mask from a CT in HU.
 
@@ -202,7 +203,8 @@ def _solid(mask: sitk.Image, image: sitk.Image, closing_mm: float) -> sitk.Image
     return _largest_components(mask, 1)
 
 
-@register("body_mask", BodyParams, kind="mask", summary="body (or head) outline from CT (HU threshold) or MR (Otsu)")
+@register("body_mask", BodyParams, kind="mask", summary="body (or head) outline from CT (HU threshold) or MR (Otsu)",
+          reads_hu=lambda p: p.modality == "CT")
 def body_mask(image: sitk.Image, p: BodyParams) -> sitk.Image:
     """Largest tissue component, closed and with holes (lungs, bowel gas) filled slice by slice.
 

@@ -126,6 +126,11 @@ class Pipeline:
     def changes_grid(self) -> bool:
         return any(step.spec.kind == "grid" for step in self.steps)
 
+    @property
+    def hu_steps(self) -> list[str]:
+        """Names of the steps that take their input's intensities as CT Hounsfield units."""
+        return [step.name for step in self.steps if step.reads_hu]
+
     def run(self, image: sitk.Image, progress: Callable[..., None] | None = None) -> PipelineResult:
         """Run every step on ``image`` (a 3D scalar ``sitk.Image``).
 

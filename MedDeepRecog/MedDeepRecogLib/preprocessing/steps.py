@@ -45,6 +45,8 @@ class StepSpec:
     params: type
     fn: StepFunction
     summary: str
+    #: whether the step reads CT intensities in HU: a bool, or a function of the step's parameters
+    reads_hu: bool | Callable[[Any], bool] = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class Step:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def reads_hu(self) -> bool:
+        """True when this step, with these parameters, takes its input's intensities as HU."""
+        rule = self.spec.reads_hu
+        return bool(rule(self.params) if callable(rule) else rule)
 
     def __call__(self, image: sitk.Image) -> sitk.Image:
         return self.spec.fn(image, self.params)
@@ -74,15 +82,16 @@ REGISTRY: dict[str, StepSpec] = {}
 ALIASES: dict[str, str] = {}
 
 
-def register(name: str, params: type, *, kind: str = "image", summary: str = "",
-             aliases: tuple[str, ...] = ()) -> Callable[[StepFunction], StepFunction]:
-    """Decorator registering ``fn`` as step ``name`` with parameter dataclass ``params``."""
+def register(name: str, params: type, *, kind: str = "image", summary: str = "", aliases: tuple[str, ...] = (),
+             reads_hu: bool | Callable[[Any], bool] = False) -> Callable[[StepFunction], StepFunction]:
+    """Decorator registering ``fn`` as step ``name`` with parameter dataclass ``params``; ``reads_hu``: the step
+    takes intensities as CT Hounsfield units (or a function of its parameters saying when)."""
     if kind not in ("image", "grid", "mask"):
         raise ValueError(f"unknown step kind {kind!r}")
 
     def decorate(fn: StepFunction) -> StepFunction:
         doc = summary or (fn.__doc__ or "").strip().splitlines()[0]
-        REGISTRY[name] = StepSpec(name, kind, params, fn, doc)
+        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu)
         for alias in aliases:
             ALIASES[alias] = name
         return fn
