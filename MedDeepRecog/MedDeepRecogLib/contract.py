@@ -31,14 +31,16 @@ def suffix_of(path: str | Path) -> str:
 def output_stem(path: str | Path) -> str:
     """The base name of a scan's outputs (``<stem>.json``, ``<stem>_heatmap.nrrd`` ...): the file name without a
     readable extension (``scan`` for ``scan.nii.gz``, ``scan.png`` or ``scan.ima``), the file name without its last
-    extension otherwise; a folder (a DICOM series) keeps its own name."""
+    extension otherwise; a folder (a DICOM series) keeps its own name, and so does a file whose last "extension" is
+    all digits (a DICOM file named by its UID, ``CT.1.3.12.2.1107.5.1.4.60064.300000221208``, or ``IM.0001``): two
+    slices of one series must not share ``CT.1.3.12.2.1107.5.1.4.60064``."""
     p = Path(path)
     if p.is_dir():
         return p.name
     suffix = suffix_of(p)
     if suffix in READABLE_SUFFIXES:
         return p.name[: -len(suffix)]
-    return p.stem
+    return p.name if suffix[1:].isdigit() else p.stem
 
 
 #: Files written for one scan, ``<stem><suffix>`` in the output folder, by role.

@@ -31,6 +31,10 @@ def test_output_stem_examples(tmp_path):
     folder = tmp_path / "series.1"
     folder.mkdir()
     assert output_stem(folder) == "series.1"  # a DICOM folder keeps its whole name
+    # a DICOM file named by its UID keeps its whole name: two slices of a series must not share a stem
+    uid = "CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016583"
+    assert output_stem(f"/in/{uid}") == uid and output_stem("/in/IM.0001") == "IM.0001"
+    assert output_stem("/in/notes.txt") == "notes"
     assert suffix_of("A.SEG.NRRD") == ".seg.nrrd" and suffix_of("b.nii.gz") == ".nii.gz" and suffix_of("c") == ""
     assert output_file("scan", "heatmap") == "scan_heatmap.nrrd"
 

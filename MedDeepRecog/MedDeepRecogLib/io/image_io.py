@@ -65,6 +65,8 @@ def _dicom_tag(reader: sitk.ImageFileReader, key: str) -> str:
 
 
 def _series_label(uid: str, description: str) -> str:
+    """How notes and errors name a series: its SeriesInstanceUID and description, either of which may be missing."""
+    uid = uid.strip() or "without SeriesInstanceUID"
     return f"{uid} ({description!r})" if description else f"{uid} (no description)"
 
 
