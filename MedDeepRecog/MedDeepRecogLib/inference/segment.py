@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ConfigError, ModelPackageError
+from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import SegmentSpec, read_image, require_3d, validate_intensities, write_segmentation
 from ..io.image_io import guess_modality
 from ..progress import null_progress
+from .model_input import is_hounsfield
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +50,22 @@ def load_segmentation_package(model: Any):
         raise ModelPackageError(f"model {pkg.id}@{pkg.version} is a {pkg.meta.get('task', 'classification')} "
                                 "model; segment needs a segmentation package", pkg.path)
     return pkg
+
+
+def check_scan_modality(image: sitk.Image, pkg: Any, source: str | Path | None = None) -> None:
+    """Refuse a scan that is not in Hounsfield units for a package trained on CT (``"modality": "CT"``).
+
+    A CT network on an MR scan runs without complaint and returns organ volumes that are all wrong; the HU
+    window normalisation turns MR intensities into near-constant soft tissue. Same test as classify's
+    (:func:`.model_input.is_hounsfield`: DICOM modality, else air below -500).
+
+    Raises:
+        InputImageError: naming ``source``, before any model work.
+    """
+    if str(pkg.meta.get("modality", "")).upper() == "CT" and not is_hounsfield(image):
+        raise InputImageError(f"not a CT scan in Hounsfield units (no air below -500, or a DICOM modality other than "
+                              f"CT), but model {pkg.id}@{pkg.version} segments CT only: give it a CT scan, or use a "
+                              "package trained on this modality", source)
 
 
 def package_orientation(spec: dict[str, Any], where: str | Path | None = None) -> str:
@@ -91,11 +108,15 @@ def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overl
 
     ``overlap`` / ``min_component_fraction``: override the package's ``input.inference`` settings. ``source``:
     the file named in errors.
+
+    Raises:
+        InputImageError: a CT package and a scan not in HU (:func:`check_scan_modality`).
     """
     import torch
 
     pkg = load_segmentation_package(package)
     spec = pkg.input_spec
+    check_scan_modality(image, pkg, source)
     orientation = package_orientation(spec, pkg.path)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
