@@ -1135,3 +1135,21 @@ def test_a_package_holding_links_or_foreign_files_is_refused_not_imported(run_al
     _assert_clean_error(code, err, needle)
     home = Path(os.environ["MEDDEEPRECOG_HOME"])
     assert not list(home.rglob("notes.txt")) and not list(home.rglob("evil.py"))
+
+
+def test_segment_refuses_a_scan_not_in_hu_for_a_ct_package(run_all, shared_data, tmp_path, monkeypatch):
+    """A CT-only segmentation package on MR: one line naming the file, before the network is even built."""
+    from MedDeepRecogLib.packages.package import ModelPackage
+
+    def build_model(*args, **kwargs):
+        raise AssertionError("the network was built for a scan that is refused")
+
+    monkeypatch.setattr(ModelPackage, "build_model", build_model)
+    mr = shared_data / "totalsegmentator_examples" / "example_mr_sm.nii.gz"
+    synthetic = tmp_path / "not_hu.nrrd"
+    sitk.WriteImage(sitk.Cast(make_volume(size=(16, 14, 8)) + 1024, sitk.sitkInt16), str(synthetic))
+    for scan in (mr, synthetic):
+        out = tmp_path / f"{scan.name}.seg.nrrd"
+        code, stdout, err = run_all("segment", scan, "--model", "ts-organs-seg", "--out", out)
+        clean_error(code, err, str(scan), "not a CT scan in Hounsfield units", "ts-organs-seg@1.0.0 segments CT only")
+        assert not out.exists() and not stdout

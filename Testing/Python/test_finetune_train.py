@@ -1,5 +1,6 @@
 """Fine-tuning end to end on tiny synthetic data: new package versions with provenance, resume, cancel,
-segmentation written as .seg.nrrd on the scan's grid, ROI classification, CLI contract and bad input."""
+segmentation written as .seg.nrrd on the scan's grid, ROI classification, CLI contract and bad input; training
+volumes and the scans ``segment`` sees in one orientation, so the labels do not depend on how a scan is stored."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
     meta = json.loads((pkg_dir / "model.json").read_text(encoding="utf-8"))
     assert meta["task"] == "segmentation" and meta["class_names"] == ["background", "organ_a", "organ_b"]
     assert meta["provenance"]["parent"] is None
+    assert meta["input"]["orientation"] == "RAS"  # trained in the order segment puts scans in
     assert meta["provenance"]["dataset_fingerprint"].startswith("sha256:")
     assert meta["provenance"]["cases"] == {"train": ["case0", "case1"], "val": ["case2"]}
     assert 0.0 <= meta["metrics"]["dice"] <= 1.0
@@ -76,6 +78,7 @@ def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
     meta2 = json.loads((Path(second["package"]) / "model.json").read_text(encoding="utf-8"))
     assert meta2["provenance"]["parent"]["id"] == "organs" and meta2["provenance"]["parent"]["version"] == "1.0.0"
     assert meta2["training"]["frozen_modules"] and meta2["training"]["base_weights"]["reinitialised"] == []
+    assert meta2["input"]["orientation"] == meta["input"]["orientation"]  # the base's weights learnt that order
     assert _tree_hash(pkg_dir) == before  # the base is untouched
 
     # frozen encoder: its weights equal the base's
@@ -266,3 +269,78 @@ def test_scan_segments_read_a_dicom_series_once_and_keep_its_modality(monkeypatc
                                            label_table=f"{ts / 'label_names_total_and_total_mr.json'}#total")
     assert scan.modality == "CT" and scan.image.GetPixelIDTypeAsString() == "32-bit float"
     assert reads.count(ts / "example_ct_dicom") == 1  # the label map is read too
+
+
+def test_training_volumes_are_put_in_the_package_orientation(tmp_path):
+    """A case stored LPS, RAS or PIL becomes the same training arrays: fine-tuning sees what segment will see."""
+    from MedDeepRecogLib.finetune.manifest import Case
+    from MedDeepRecogLib.finetune.seg_training import prepare_volume
+    from MedDeepRecogLib.finetune.segment_data import CaseData, SegmentInfo
+
+    image_path, seg_path = synthetic_case(tmp_path, "case")  # stored LPS (identity direction)
+    scan = sitk.Cast(sitk.ReadImage(str(image_path)), sitk.sitkFloat32)
+    organ = sitk.Cast(scan > 100, sitk.sitkUInt16)
+    volumes = []
+    for code in ("LPS", "RAS", "PIL"):
+        item = CaseData(Case("case", image_path, seg_path), sitk.DICOMOrient(scan, code),
+                        sitk.GetArrayFromImage(sitk.DICOMOrient(organ, code)), [SegmentInfo("organ_a", "organ_a", 1)],
+                        "CT")
+        volumes.append(prepare_volume(item, ["organ_a"], None, None, "RAS"))
+    expected = sitk.GetArrayFromImage(sitk.DICOMOrient(organ, "RAS"))
+    for volume in volumes:
+        assert np.array_equal(volume.label[0], expected)
+        np.testing.assert_array_equal(volume.image, volumes[0].image)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+@pytest.mark.parametrize("spacing_mm", [None, 2.5], ids=["at-the-model-spacing", "resampled"])
+def test_bundled_segmentation_does_not_depend_on_how_the_scan_is_stored(shared_data, spacing_mm):
+    """ts-organs-seg on the same CT stored RAS (as trained), LPS (as DICOM) and PIL: the same organs, each label
+    map on its own input's grid. At the model's 3 mm the work grid is the scan's own voxels (labels identical);
+    at 2.5 mm it is resampled from a different corner per storage order (Dice > 0.99)."""
+    from MedDeepRecogLib.inference.segment import resample_to_spacing, segment_image
+
+    ct = sitk.ReadImage(str(shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"))  # stored RAS
+    if spacing_mm is not None:
+        ct = resample_to_spacing(ct, [spacing_mm] * 3, default=-1024.0)
+    pkg = load_package("ts-organs-seg")
+    names = pkg.class_names[1:]
+    reference = None
+    for code in ("RAS", "LPS", "PIL"):
+        scan = sitk.DICOMOrient(ct, code)
+        labels, _ = segment_image(scan, pkg)
+        assert labels.shape == sitk.GetArrayViewFromImage(scan).shape, code  # on its own input's grid
+        image = sitk.GetImageFromArray(labels)
+        image.CopyInformation(scan)
+        labels = sitk.GetArrayFromImage(sitk.DICOMOrient(image, "RAS"))  # back in the original array order
+        if reference is None:
+            reference = labels
+            assert all((reference == i).sum() > 500 for i in range(1, len(names) + 1)), np.bincount(reference.ravel())
+            continue
+        dice = {name: _dice(labels == i, reference == i) for i, name in enumerate(names, start=1)}
+        assert min(dice.values()) > (0.999999 if spacing_mm is None else 0.99), (code, dice)
+
+
+def test_segment_writes_a_scan_stored_lps_on_its_own_grid(shared_data, tmp_path):
+    """The command line on an LPS copy of the CT: the .seg.nrrd has the copy's geometry and the labels of the
+    original at the same places."""
+    ct = sitk.ReadImage(str(shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"))
+    lps = tmp_path / "ct_lps.nii.gz"
+    sitk.WriteImage(sitk.DICOMOrient(ct, "LPS"), str(lps))
+    outs = {}
+    for name, path in (("ras", shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"), ("lps", lps)):
+        outs[name] = tmp_path / f"{name}.seg.nrrd"
+        assert main(["segment", str(path), "--model", "ts-organs-seg", "--out", str(outs[name]),
+                     "--device", "cpu"]) == 0
+    labels, grid, _ = read_segmentation(outs["lps"])
+    scan = sitk.ReadImage(str(lps))
+    assert grid.GetSize() == scan.GetSize()
+    np.testing.assert_allclose(grid.GetOrigin(), scan.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(grid.GetDirection(), scan.GetDirection(), atol=1e-6)
+    image = sitk.GetImageFromArray(labels.astype(np.uint8))
+    image.CopyInformation(grid)
+    original, _, _ = read_segmentation(outs["ras"])
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(image, "RAS")), original)

@@ -76,7 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "off): training/early_stopping_patience")
     p.add_argument("--val-cases", help="comma-separated case ids for validation")
     p.add_argument("--val-fraction", type=float, help="share of cases held out (default 0.25)")
-    p.add_argument("--val-slab", help="START:STOP slices (training grid) of a one-case data set held out")
+    p.add_argument("--val-slab", help="START:STOP slices (training grid, in the package's orientation, RAS by "
+                                      "default: 0 = most inferior) of a one-case data set held out")
     p.add_argument("--spacing", type=_floats, help="training spacing x,y,z mm (segmentation)")
     p.add_argument("--patch-size", type=_ints, help="patch Z,Y,X voxels (segmentation; default 64,64,64)")
     p.add_argument("--patches-per-epoch", type=int,

@@ -43,7 +43,8 @@ class FinetuneConfig:
     (``FILE.json[#KEY]`` id → name table, or a Slicer ``.ctbl``, for plain label maps without their own),
     ``class_map`` (``"a=x,b=y"``, dict or JSON file), ``label_source`` (``"segment"``: class from the segment name;
     ``"case"``: the case's label), ``val_cases`` / ``val_fraction`` (split by case) or ``val_slab`` (``[start,
-    stop)`` slices of a one-case data set at the training spacing).
+    stop)`` slices of a one-case data set at the training spacing, in the package's orientation: RAS unless the
+    base says otherwise, slice 0 the most inferior).
     Model: ``base`` (package id, ``ID@VERSION`` or path; ``None``: from scratch with ``arch`` / ``arch_kwargs``),
     ``freeze_encoder``, output ``id`` / ``version`` / ``dest`` (catalog root; default the user catalog).
     Training: the shared sections ``optimizer``, ``schedule`` (cosine) and ``training`` (epochs 20, batch size 8,

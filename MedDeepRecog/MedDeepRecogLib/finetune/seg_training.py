@@ -2,10 +2,11 @@
 MONAI augmentation, validation by sliding window with Dice and HD95 (mm), predicted as at inference
 (:mod:`..inference.segment`: the same normalisation, resampling, sliding window and speck removal).
 
-Speed comes from doing the expensive work once: every case is read, resampled to ``spacing_mm`` and normalised
-when the data set is built, and foreground/background voxel indices for ``RandCropByPosNegLabeld`` are computed
-once per volume (MONAI's ``FgBgToIndicesd``) instead of on every step; training steps only crop and augment
-in-memory tensors. Volumes are ``(1, Z, Y, X)`` tensors (channel first), labels are class indices.
+Speed comes from doing the expensive work once: every case is read, reoriented to the package's orientation,
+resampled to ``spacing_mm`` and normalised when the data set is built, and foreground/background voxel indices
+for ``RandCropByPosNegLabeld`` are computed once per volume (MONAI's ``FgBgToIndicesd``) instead of on every step;
+training steps only crop and augment in-memory tensors. Volumes are ``(1, Z, Y, X)`` tensors (channel first),
+labels are class indices.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 
 from ..errors import ConfigError, MedDeepRecogError
 from ..training.augment import random_state, set_random_state
-from ..inference.segment import normalize_intensity, remove_small_components, resample_to_spacing, sliding_window_logits
+from ..inference.segment import (DEFAULT_ORIENTATION, normalize_intensity, orient, remove_small_components,
+                                 resample_to_spacing, sliding_window_logits)
 from .segment_data import CaseData
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SegVolume:
     """A case ready for training: ``image (1, Z, Y, X)`` float32 in 0..1 and ``label (1, Z, Y, X)`` class indices
-    at ``spacing_mm`` (x, y, z)."""
+    at ``spacing_mm`` (x, y, z), the axes in the package's orientation (e.g. RAS: Z runs inferior to superior)."""
 
     case_id: str
     image: np.ndarray
@@ -39,13 +41,15 @@ class SegVolume:
 
 
 def prepare_volume(item: CaseData, classes: Sequence[str], spacing_mm: Sequence[float] | None,
-                   normalize: dict[str, Any] | None) -> SegVolume:
-    """Resample a case to ``spacing_mm`` (linear for the scan, nearest for labels) and normalise intensities."""
+                   normalize: dict[str, Any] | None, orientation: str = DEFAULT_ORIENTATION) -> SegVolume:
+    """Reorient a case to ``orientation`` (``DICOMOrient`` code, as :func:`..inference.segment.segment_image` does
+    before its network sees a scan, so a package learns the array order it is run in), resample it to
+    ``spacing_mm`` (linear for the scan, nearest for labels) and normalise intensities."""
     labels = sitk.GetImageFromArray(item.class_labels(list(classes)))
     labels.CopyInformation(item.image)
-    image = item.image
+    image, labels = orient(item.image, orientation), orient(labels, orientation)
     if spacing_mm is not None:
-        image = resample_to_spacing(item.image, spacing_mm, interpolator=sitk.sitkLinear,
+        image = resample_to_spacing(image, spacing_mm, interpolator=sitk.sitkLinear,
                                     default=float(sitk.GetArrayViewFromImage(item.image).min()))
         labels = resample_to_spacing(labels, spacing_mm, interpolator=sitk.sitkNearestNeighbor)
     array = normalize_intensity(sitk.GetArrayViewFromImage(image), item.modality, normalize)

@@ -38,6 +38,7 @@ class SegmentationTask:
                  ctx):
         from monai.losses import DiceCELoss
 
+        from ..inference.segment import package_orientation
         from ..models.transfer import encoder_module_paths
         from ..training.distributed import make_sampler, per_rank_batch
         from .seg_training import CachedPatchDataset, prepare_volume, split_slab
@@ -48,11 +49,13 @@ class SegmentationTask:
         self.spacing = list(cfg.spacing_mm or spec.get("spacing_mm") or median_spacing(train + val))
         self.patch = list(cfg.patch_size or spec.get("size") or [64, 64, 64])
         self.normalize = cfg.normalize or spec.get("normalize")
+        # a base's weights learnt anatomy in its orientation: keep it (the default for a package without the key)
+        self.orientation = package_orientation(spec, base.path if base is not None else None)
         if base is not None and base.class_names[1:] != classes:
             log.info("classes %s replace the base's %s: the output layer is re-initialised", classes,
                      base.class_names[1:])
-        train_vols = [prepare_volume(d, classes, self.spacing, self.normalize) for d in train]
-        val_vols = [prepare_volume(d, classes, self.spacing, self.normalize) for d in val]
+        train_vols = [prepare_volume(d, classes, self.spacing, self.normalize, self.orientation) for d in train]
+        val_vols = [prepare_volume(d, classes, self.spacing, self.normalize, self.orientation) for d in val]
         if cfg.val_slab is not None:
             target = cfg.val_cases[0] if cfg.val_cases else train_vols[0].case_id
             pieces = []
@@ -106,7 +109,8 @@ class SegmentationTask:
             "class_names": ["background"] + list(self.classes),
             "modality": modality_of(self.modalities),
             "input": {"kind": "volume3d", "size": [int(s) for s in self.patch],
-                      "spacing_mm": [float(s) for s in self.spacing], "channels": 1,
+                      "spacing_mm": [float(s) for s in self.spacing], "orientation": self.orientation,
+                      "channels": 1,
                       "normalize": self.normalize or None, "pipeline": None,
                       "inference": {"method": "sliding_window", "overlap": 0.25,
                                     "min_component_fraction": self.cfg.min_component_fraction}},

@@ -1,13 +1,15 @@
 """Segmentation inference: segment a scan with a segmentation package and write the result on the scan's own grid.
 
-The scan is resampled to the package's ``input.spacing_mm``, normalised as in training (``input.normalize``),
+The scan is reoriented to the package's ``input.orientation`` (voxels permuted and flipped by SimpleITK's
+``DICOMOrient``, no interpolation), so the network sees the same anatomy in the same array axes however the file
+stores it, then resampled to ``input.spacing_mm``, normalised as in training (``input.normalize``),
 predicted patch by patch with ``monai.inferers.sliding_window_inference`` (Gaussian blending), and the class
 probabilities are resampled back onto the scan's grid (linear) before the arg-max, so the segments overlay the
 scan exactly in Slicer's slice and 3D views. Specks smaller than ``input.inference.min_component_fraction`` of a
 class's largest component are removed, as in validation.
 
 The steps are shared with fine-tuning, which prepares its training volumes and validates the same way:
-:func:`normalize_intensity`, :func:`resample_to_spacing`, :func:`sliding_window_logits`,
+:func:`orient`, :func:`normalize_intensity`, :func:`resample_to_spacing`, :func:`sliding_window_logits`,
 :func:`remove_small_components`.
 """
 
@@ -20,16 +22,23 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ConfigError, ModelPackageError
+from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import SegmentSpec, read_image, require_3d, validate_intensities, write_segmentation
 from ..io.image_io import guess_modality
 from ..progress import null_progress
+from .model_input import is_hounsfield
 
 if TYPE_CHECKING:
     import torch
 
 #: Default intensity normalisation: CT in a soft-tissue window (HU), MR by per-scan percentiles; result in 0..1.
 DEFAULT_NORMALIZE: dict[str, Any] = {"kind": "auto", "ct_window_hu": [-200.0, 300.0], "percentiles": [0.5, 99.5]}
+
+#: Orientation (SimpleITK ``DICOMOrient`` code: the direction each index axis x, y, z runs towards) the network sees
+#: a scan in when the package's ``input.orientation`` does not say: the storage order of the CT the bundled
+#: ts-organs-seg 1.0.0 was trained on (NIfTI RAS, as SimpleITK reads it), which predates the key. A default here
+#: rather than an edit of that package's model.json, which records what fine-tuning wrote when it trained.
+DEFAULT_ORIENTATION = "RAS"
 
 
 def load_segmentation_package(model: Any):
@@ -43,17 +52,72 @@ def load_segmentation_package(model: Any):
     return pkg
 
 
+def check_scan_modality(image: sitk.Image, pkg: Any, source: str | Path | None = None) -> None:
+    """Refuse a scan that is not in Hounsfield units for a package trained on CT (``"modality": "CT"``).
+
+    A CT network on an MR scan runs without complaint and returns organ volumes that are all wrong; the HU
+    window normalisation turns MR intensities into near-constant soft tissue. Same test as classify's
+    (:func:`.model_input.is_hounsfield`: DICOM modality, else air below -500).
+
+    Raises:
+        InputImageError: naming ``source``, before any model work.
+    """
+    if str(pkg.meta.get("modality", "")).upper() == "CT" and not is_hounsfield(image):
+        raise InputImageError(f"not a CT scan in Hounsfield units (no air below -500, or a DICOM modality other than "
+                              f"CT), but model {pkg.id}@{pkg.version} segments CT only: give it a CT scan, or use a "
+                              "package trained on this modality", source)
+
+
+def package_orientation(spec: dict[str, Any], where: str | Path | None = None) -> str:
+    """The orientation code a package's network sees scans in: ``input.orientation``, else
+    :data:`DEFAULT_ORIENTATION` (packages made before the key was written)."""
+    code = spec.get("orientation") or DEFAULT_ORIENTATION
+    if not is_orientation_code(code):
+        raise ModelPackageError(f"model.json input.orientation {code!r} must be a three-letter orientation code "
+                                "such as RAS or LPS (one of R/L, A/P, S/I each)", where)
+    return str(code).upper()
+
+
+def is_orientation_code(code: Any) -> bool:
+    """Whether ``code`` is a ``DICOMOrient`` code: three letters, one from each of R/L, A/P and S/I."""
+    if not isinstance(code, str) or len(code) != 3:
+        return False
+    axes = [next((i for i, pair in enumerate(("RL", "AP", "SI")) if c in pair), None) for c in code.upper()]
+    return sorted(a for a in axes if a is not None) == [0, 1, 2]
+
+
+def orientation_of(image: sitk.Image) -> str:
+    """The ``DICOMOrient`` code of the order ``image`` is stored in (nearest one for an oblique scan)."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+def orient(image: sitk.Image, orientation: str) -> sitk.Image:
+    """``image`` with its voxels permuted and flipped so the index axes run towards ``orientation`` (e.g.
+    ``"RAS"``: x towards the patient's right, y anterior, z superior); the same voxels at the same physical
+    places, only stored in another order. An oblique scan gets the nearest orientation (SimpleITK ``DICOMOrient``).
+    """
+    if orientation_of(image) == orientation:
+        return image  # already stored so: no copy of a large scan
+    return sitk.DICOMOrient(image, orientation)
+
+
 def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overlap: float | None = None,
-                  min_component_fraction: float | None = None,
-                  progress: Callable[..., None] = null_progress) -> tuple[np.ndarray, dict[str, Any]]:
+                  min_component_fraction: float | None = None, progress: Callable[..., None] = null_progress,
+                  source: str | Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Label map ``(Z, Y, X)`` uint8 on ``image``'s grid (0 background, ``i`` = ``class_names[i]``) and timings.
 
-    ``overlap`` / ``min_component_fraction``: override the package's ``input.inference`` settings.
+    ``overlap`` / ``min_component_fraction``: override the package's ``input.inference`` settings. ``source``:
+    the file named in errors.
+
+    Raises:
+        InputImageError: a CT package and a scan not in HU (:func:`check_scan_modality`).
     """
     import torch
 
     pkg = load_segmentation_package(package)
     spec = pkg.input_spec
+    check_scan_modality(image, pkg, source)
+    orientation = package_orientation(spec, pkg.path)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = pkg.build_model(device)
@@ -61,9 +125,11 @@ def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overl
     t0 = time.perf_counter()
     image = sitk.Cast(image, sitk.sitkFloat32)
     modality = guess_modality(image)
-    work = image
+    # the network was trained on arrays in this orientation: a scan stored otherwise is the same anatomy in
+    # permuted / mirrored array axes, which it does not recognise
+    oriented = work = orient(image, orientation)
     if spec.get("spacing_mm"):
-        work = resample_to_spacing(image, spec["spacing_mm"], interpolator=sitk.sitkLinear,
+        work = resample_to_spacing(oriented, spec["spacing_mm"], interpolator=sitk.sitkLinear,
                                    default=float(sitk.GetArrayViewFromImage(image).min()))
     array = normalize_intensity(sitk.GetArrayViewFromImage(work), modality, spec.get("normalize"))
     timings["preprocess"] = time.perf_counter() - t0
@@ -77,8 +143,10 @@ def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overl
     timings["predict"] = time.perf_counter() - t0
     progress("resample", 0.8)
     t0 = time.perf_counter()
-    if work is image:
-        labels = probs.argmax(0).astype(np.uint8)
+    if work is oriented:  # the scan's own voxels, maybe stored in another order: put the labels back in its order
+        labels = sitk.GetImageFromArray(probs.argmax(0).astype(np.uint8))
+        labels.CopyInformation(work)
+        labels = sitk.GetArrayFromImage(orient(labels, orientation_of(image)))
     else:  # probabilities back onto the scan grid, then arg-max: smoother borders than resampling labels
         # The work grid keeps the scan's origin and a rounded size, so its last sample can lie up to about half a
         # work voxel inside the scan's last slice: nearest-neighbour extrapolation carries its probabilities out
@@ -115,7 +183,7 @@ def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, 
     image = require_3d(read_image(input_path), input_path)
     validate_intensities(image, input_path)
     pkg = load_segmentation_package(package)
-    labels, info = segment_image(image, pkg, device=device, progress=progress)
+    labels, info = segment_image(image, pkg, device=device, progress=progress, source=input_path)
     names = pkg.class_names[1:]
     specs = [SegmentSpec(name, i) for i, name in enumerate(names, start=1)]
     if dicom_out:
