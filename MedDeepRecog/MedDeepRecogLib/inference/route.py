@@ -123,7 +123,7 @@ def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
     evidence = {"modality": why, "domain_distance_over_threshold": fits}
     inside = {m: v for m, v in fits.items() if v <= 1.0}
     if not inside:
-        listing = ", ".join(f"{m} {v:.1f}x" for m, v in fits.items()) or "none installed"
+        listing = ", ".join(f"{m} {v:.2f}x" for m, v in fits.items()) or "none installed"
         return Route(None, f"{why}: it lies outside every 2D disease model's domain (distance / threshold: "
                            f"{listing})", evidence)
     best = min(inside, key=inside.get)
