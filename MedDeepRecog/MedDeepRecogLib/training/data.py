@@ -351,6 +351,27 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None,
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
+def even_class_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` of the cases (all of them when ``n`` is not fewer), spread over the classes as evenly
+    as their counts allow and drawn at random within each class with ``seed`` (the same every run).
+
+    Files are often sorted by class, so their first ``n`` cases can be one class; an even share per class (rather
+    than each class's share of the file) gives balanced accuracy and AUC something to measure on every class. A
+    class with fewer cases than its share gives all it has and the others share the rest; the remainder of an
+    uneven division goes to the largest classes."""
+    labels = np.asarray(labels).ravel()
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota, left = np.zeros(len(classes), dtype=np.int64), int(n)
+    for rank, i in enumerate(np.argsort(counts, kind="stable")):   # smallest class first: its spare share moves on
+        quota[i] = min(int(counts[i]), left // (len(classes) - rank))
+        left -= quota[i]
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 #: the splits a file of ``images``/``labels`` only offers, cut by class as training cuts it
 WHOLE_FILE_SPLITS = ("train", "val", "all")
 
