@@ -132,6 +132,52 @@ def test_evaluate_refuses_unusable_data_in_one_line_naming_the_file(tmp_path, pa
     assert not (tmp_path / "o").exists()
 
 
+@pytest.fixture
+def images_labels_npz(tmp_path):
+    """A file of ``images``/``labels`` only, sorted by class (30 "no" then 20 "yes"), as MedNIST's is."""
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], [30, 20])
+    x = rng.integers(0, 40, size=(len(y), 12, 12)).astype(np.uint8)
+    x[y == 1, 2:6, 2:6] = 250
+    path = tmp_path / "whole.npz"
+    np.savez(path, images=x, labels=y)
+    return path
+
+
+@pytest.mark.parametrize("split", ["test", "foo"])
+def test_a_split_the_file_lacks_is_refused_naming_the_file_and_its_splits(tmp_path, package_and_data,
+                                                                         images_labels_npz, capsys, split):
+    """No other part of the file is scored under the asked name: ``test`` of a file of images/labels only was its
+    training part (the first 80 % of each class), which a model scores near perfectly."""
+    pkg, _ = package_and_data
+    out = tmp_path / "o"
+    assert main(["evaluate", "--model", str(pkg), "--data", str(images_labels_npz), "--split", split,
+                 "--out", str(out)]) == 2
+    err = _one_line(capsys)
+    assert str(images_labels_npz) in err and f"no split {split!r}" in err
+    assert "it holds 'train', 'val', 'all'" in err and "last 20% of each class" in err
+    assert capsys.readouterr().out == "" and not out.exists()
+
+
+def test_a_file_with_named_splits_lists_them_when_refusing_another(package_and_data, capsys):
+    pkg, npz = package_and_data   # test_ and val_ arrays
+    assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", "train"]) == 2
+    err = _one_line(capsys)
+    assert str(npz) in err and "no split 'train'; it holds 'test', 'val'" in err
+
+
+@pytest.mark.parametrize("split, n", [("val", 10), ("train", 40), ("all", 50)])
+def test_an_images_labels_file_is_cut_by_class_as_training_cuts_it(package_and_data, images_labels_npz, capsys,
+                                                                   split, n):
+    """``val`` is the last 20 % of each class (6 of 30 + 4 of 20), what ``train`` holds out; ``train`` the rest."""
+    pkg, _ = package_and_data
+    assert main(["evaluate", "--model", str(pkg), "--data", str(images_labels_npz), "--split", split]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["split"] == split and res["n"] == n
+    if split == "val":
+        assert np.asarray(res["confusion_matrix"]).sum(1).tolist() == [6, 4]
+
+
 def test_a_second_evaluation_into_the_same_folder_keeps_the_first(tmp_path, package_and_data, capsys):
     pkg, npz = package_and_data
     out = tmp_path / "eval"

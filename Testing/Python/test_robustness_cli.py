@@ -77,6 +77,60 @@ def test_data_mode_clean_vs_robust(pkg, tmp_path, capsys):
     assert (out / "robustness.png").is_file()
 
 
+def _sorted_blob_npz(path, classes=(0, 1)):
+    """A val split sorted by class (all "normal" first), as real files often are, of only ``classes``."""
+    from frontier_helpers import blob_data
+
+    x, y, _ = blob_data(40, seed=4)
+    x, y = x[:, 0].numpy(), y.numpy()
+    keep = np.concatenate([np.flatnonzero(y == c) for c in classes])
+    np.savez_compressed(path, val_images=x[keep], val_labels=y[keep])
+    return path
+
+
+def test_even_class_sample_spreads_over_the_classes_the_same_every_run():
+    from MedDeepRecogLib.training.data import even_class_sample
+
+    y = np.repeat([0, 1, 2], [20, 50, 27])   # BUSI's val split: normal, benign, malignant
+    idx = even_class_sample(y, 16, seed=0)
+    assert np.bincount(y[idx]).tolist() == [5, 6, 5] and np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, even_class_sample(y, 16, seed=0))
+    assert np.bincount(y[even_class_sample(y, 70)]).tolist() == [20, 25, 25]   # a small class gives all it has
+    assert np.array_equal(even_class_sample(y, 500), np.arange(len(y)))
+
+
+def test_max_cases_takes_both_classes_of_a_split_sorted_by_class(pkg, tmp_path, capsys):
+    """The first 8 cases of the file are all "normal"; --max-cases 8 takes 4 of each, the same ones every run,
+    and the JSON says how."""
+    npz = _sorted_blob_npz(tmp_path / "sorted.npz")
+    runs = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert main(["robustness", "--model", str(pkg), "--data", str(npz), "--split", "val", "--max-cases", "8",
+                     "--out", str(out), "--attack", "fgsm", "--eps", "0.05", "--progress", "none"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        runs.append(json.loads((out / "robustness.json").read_text(encoding="utf-8")))
+        assert printed["cases"] == runs[-1]["cases"]
+    rec = runs[0]
+    assert rec["n"] == 8 and rec["cases"]["per_class"] == {"normal": {"used": 4, "of": 20},
+                                                           "mass": {"used": 4, "of": 20}}
+    assert rec["cases"]["seed"] == 0 and "even over the classes" in rec["cases"]["chosen"]
+    assert rec["clean"]["balanced_accuracy"] is not None and rec["clean"]["auc"] is not None and "note" not in rec
+    assert runs[1]["clean"] == rec["clean"] and runs[1]["robust"] == rec["robust"]
+
+
+def test_one_class_gets_a_note_not_balanced_accuracy_or_auc(pkg, tmp_path, capsys):
+    npz = _sorted_blob_npz(tmp_path / "normal_only.npz", classes=(0,))
+    out = tmp_path / "o"
+    assert main(["robustness", "--model", str(pkg), "--data", str(npz), "--split", "val", "--out", str(out),
+                 "--attack", "fgsm", "--eps", "0.05", "--progress", "none"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    rec = json.loads((out / "robustness.json").read_text(encoding="utf-8"))
+    assert rec["cases"]["chosen"] == "all cases of the split" and rec["n"] == 20
+    for figures in (rec["clean"], *rec["robust"], printed["clean"]):
+        assert figures["balanced_accuracy"] is None and figures["auc"] is None and figures["accuracy"] is not None
+    assert "one class (normal)" in rec["note"] and printed["note"] == rec["note"]
+
+
 @pytest.mark.parametrize("eps,msg", [("0", "eps must be > 0"), ("-0.1", "eps must be > 0"),
                                      ("2", "outside the model's intensity range")])
 def test_bad_eps_is_a_one_line_error(pkg, tmp_path, capsys, eps, msg):

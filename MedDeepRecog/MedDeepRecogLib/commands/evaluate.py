@@ -1,6 +1,10 @@
 """``meddeeprecog evaluate --model ID|PATH --data FILE.npz [--split test] [--out DIR]``: metrics as JSON on stdout
 (accuracy, balanced accuracy, precision, recall, F1, one-vs-rest AUC, confusion matrix); with ``--out`` also
-``roc.png``, ``confusion_matrix.png`` and ``metrics.json``."""
+``roc.png``, ``confusion_matrix.png`` and ``metrics.json``.
+
+``--split`` names the file's ``{split}_images``/``{split}_labels``; a file of ``images``/``labels`` only offers
+``val`` (the last 20 % of each class, what training holds out), ``train`` (the rest) and ``all``. A split the file
+does not hold is refused, naming those it does (exit 2): ``test`` on a file without one is never another part."""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="metrics of a model package on a labelled .npz split")
     p.add_argument("--model", required=True, help="package id, id@version, folder or .zip")
     p.add_argument("--data", required=True, help="MedMNIST-style .npz ({split}_images/{split}_labels)")
-    p.add_argument("--split", default="test", help="split name (default: test)")
+    p.add_argument("--split", default="test",
+                   help="split of --data (default: test); a file of images/labels only offers val (last 20%% of "
+                        "each class, as training holds it out), train and all")
     p.add_argument("--out", help="folder for roc.png, confusion_matrix.png and metrics.json")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help=DEVICE_HELP)
     p.set_defaults(func=run)

@@ -10,8 +10,9 @@ null, the curve point where it flips, eps also in HU for CT), ``DIR/<name>_robus
 ``--write-perturbation`` ``DIR/<name>_perturbation.nrrd`` (the perturbation at the flipping eps, or the largest
 eps, on the scan's grid, in model input units).
 
-A data set (``--data NPZ [--split val]``): clean vs robust accuracy / balanced accuracy / AUC at each eps,
-``DIR/robustness.json`` + ``DIR/robustness.png``.
+A data set (``--data NPZ [--split val] [--max-cases N]``): clean vs robust accuracy / balanced accuracy / AUC at
+each eps, ``DIR/robustness.json`` + ``DIR/robustness.png``; ``--max-cases`` takes a class-stratified, seeded sample
+(files are often sorted by class), and cases of one class alone get a note instead of balanced accuracy and AUC.
 
 Adversarial training (``--train-config CONFIG``): trains a config with an ``adversarial`` block
 (see ``robustness/training.py``) into a new package version.
@@ -52,7 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", type=bounded_int(0, 50),
                    help="--input: bisection steps refining the smallest flipping eps (default 5)")
     p.add_argument("--write-perturbation", action="store_true", help="write the perturbation volume (scan mode)")
-    p.add_argument("--max-cases", type=bounded_int(1, 10_000_000), help="--data: use at most N cases")
+    p.add_argument("--max-cases", type=bounded_int(1, 10_000_000),
+                   help="--data: use at most N cases, as even over the classes as their counts allow, drawn with a "
+                        "fixed seed (the same cases every run; the output's 'cases' says which)")
     p.add_argument("--batch-size", type=bounded_int(1, 4096), help="--data: cases attacked per batch (default 32)")
     p.add_argument("--package-dest", help="--train-config: catalog folder for the new package")
     p.add_argument("--epochs", type=int, help="--train-config: override training/epochs")

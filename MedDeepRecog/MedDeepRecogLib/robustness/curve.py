@@ -27,7 +27,8 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def evaluate_robustness(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                         eps_list: Sequence[float], *, attack_name: str = "pgd", steps: int = 10,
                         bounds: Bounds = None, progress: ProgressCallback = null_progress,
-                        total_batches: int | None = None) -> dict[str, Any]:
+                        total_batches: int | None = None, class_names: Sequence[str] | None = None
+                        ) -> dict[str, Any]:
     """Clean and robust accuracy / AUC over a labelled data set, at each eps.
 
     Args:
@@ -37,10 +38,12 @@ def evaluate_robustness(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
         attack_name: ``"fgsm"`` or ``"pgd"`` (untargeted, on the true label).
         steps: PGD iterations.
         bounds: valid intensity range of the model input, or None.
+        class_names: names of the label indices, for the note on a single class.
 
     Returns:
         ``{"attack", "steps", "n", "clean": {"accuracy", "balanced_accuracy", "auc"},
-        "robust": [{"eps", "accuracy", "balanced_accuracy", "auc"}, ...]}``.
+        "robust": [{"eps", "accuracy", "balanced_accuracy", "auc"}, ...]}``; with fewer than two classes among the
+        labels, balanced accuracy and AUC are null and ``"note"`` says why.
     """
     eps_list = [check_eps(e, bounds) for e in eps_list]
     labels: list[np.ndarray] = []
@@ -57,17 +60,26 @@ def evaluate_robustness(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
             adv[eps].append(_predict(model, x_adv).numpy())
         progress("attacking", (i + 1) / max(total, 1), batch=i + 1)
     y_all = np.concatenate(labels)
+    # one class alone: its recall would pass for balanced accuracy and no AUC exists; say so instead
+    one_class = len(np.unique(y_all)) < 2
 
     def summary(probs: list[np.ndarray]) -> dict[str, Any]:
         p = np.concatenate(probs)
         pred = p.argmax(1)
         auc = roc_auc_ovr(y_all, p)[0]  # binary: the positive class; else macro one-vs-rest
-        return {"accuracy": accuracy(y_all, pred), "balanced_accuracy": balanced_accuracy(y_all, pred, p.shape[1]),
-                "auc": None if np.isnan(auc) else auc}
+        return {"accuracy": accuracy(y_all, pred),
+                "balanced_accuracy": None if one_class else balanced_accuracy(y_all, pred, p.shape[1]),
+                "auc": None if one_class or np.isnan(auc) else auc}
 
-    return {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1, "n": int(len(y_all)),
-            "bounds": None if bounds is None else [float(bounds[0]), float(bounds[1])],
-            "clean": summary(clean), "robust": [{"eps": e, **summary(adv[e])} for e in eps_list]}
+    res = {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1, "n": int(len(y_all)),
+           "bounds": None if bounds is None else [float(bounds[0]), float(bounds[1])],
+           "clean": summary(clean), "robust": [{"eps": e, **summary(adv[e])} for e in eps_list]}
+    if one_class:
+        label = int(y_all[0])
+        name = class_names[label] if class_names is not None and label < len(class_names) else f"label {label}"
+        res["note"] = (f"every case ({len(y_all)}) is of one class ({name}): balanced accuracy and AUC need at least "
+                       "two and are null; accuracy is that class's recall alone")
+    return res
 
 
 def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[float], *,

@@ -21,6 +21,9 @@ from ..errors import ConfigError
 from ..progress import ProgressCallback, null_progress
 from .attacks import Bounds, check_eps, parse_eps_list
 
+#: the seed of the cases ``--max-cases`` draws: the same cases every run, so that runs compare
+CASE_SEED = 0
+
 #: Default attack budgets as fractions of the valid intensity range: 0.5 %, 1 %, 2 %, 5 % and 10 %.
 DEFAULT_EPS_FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1)
 
@@ -171,12 +174,15 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
                    bounds: Sequence[float] | None = None, max_cases: int | None = None, batch_size: int = 32,
                    progress: ProgressCallback = null_progress) -> dict[str, Any]:
     """Clean vs robust metrics of a package on ``split`` of a labelled ``.npz`` (prepared as ``evaluate``
-    prepares it); writes ``robustness.json`` and ``robustness.png`` into ``out``."""
+    prepares it); writes ``robustness.json`` and ``robustness.png`` into ``out``.
+
+    ``max_cases``: at most that many cases, as even over the classes as their counts allow and drawn with a fixed
+    seed (:func:`..training.data.even_class_sample`); ``"cases"`` in the output says how they were chosen."""
     import torch
 
     from ..io import atomic_write_json, check_output_dir, free_version
     from ..packages import load_package
-    from ..training.data import load_eval_split
+    from ..training.data import even_class_sample, load_eval_split
     from .curve import evaluate_robustness, save_curve_png
 
     if int(steps) < 1:
@@ -188,14 +194,16 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
     intensity, size = pkg.data_params()
     ds = load_eval_split(data, split, pkg.input_spec["kind"], intensity, size, slices=pkg.input_spec.get("slices"))
     x, y = ds.images, ds.labels
-    if max_cases:
-        x, y = x[:max_cases], y[:max_cases]
     if len(y) == 0:
         raise ConfigError(f"split {split!r} is empty", data)
     k = len(pkg.class_names)
     if y.min() < 0 or y.max() >= k:
         raise ConfigError(f"labels range {y.min()}..{y.max()} does not fit the model's {k} classes "
                           f"{pkg.class_names}", data)
+    keep = even_class_sample(y, max_cases or len(y), seed=CASE_SEED)
+    cases = chosen_cases(y, keep, pkg.class_names, max_cases)
+    if len(keep) < len(y):
+        x, y = x[keep], y[keep]
     out = check_output_dir(out, "--out")  # before the attack; made by the first (atomic) write
     version = free_version(out, "", lambda v: [f"robustness{v}.json", f"robustness{v}.png"])  # earlier ones kept
     pkg.check_input(torch.as_tensor(x[:1]), data)
@@ -208,12 +216,27 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
     bs = max(1, int(batch_size))
     batches = [(torch.from_numpy(x[i:i + bs]), torch.from_numpy(y[i:i + bs])) for i in range(0, len(y), bs)]
     res = evaluate_robustness(model, batches, budgets, attack_name=attack, steps=steps, bounds=valid,
-                              progress=progress)
+                              progress=progress, class_names=pkg.class_names)
     res.update({"model": {"id": pkg.id, "version": pkg.version}, "data": str(data), "split": split,
-                "eps_units": "model input"})
+                "eps_units": "model input", "cases": cases})
     png = out / f"robustness{version}.png"
     save_curve_png(res, png, title=f"{pkg.id} {pkg.version}: {split} of {data.name}")
     js = out / f"robustness{version}.json"
     res["outputs"] = {"png": str(png), "json": str(js)}
     atomic_write_json(js, res)
-    return {"json": str(js), "png": str(png), "clean": res["clean"], "robust": res["robust"]}
+    summary = {"json": str(js), "png": str(png), "cases": cases, "clean": res["clean"], "robust": res["robust"]}
+    return {**summary, "note": res["note"]} if "note" in res else summary
+
+
+def chosen_cases(labels: np.ndarray, keep: np.ndarray, class_names: Sequence[str], max_cases: int | None
+                 ) -> dict[str, Any]:
+    """How the cases of a data-set report were chosen, for its JSON: the rule, and per class the cases taken of
+    those the split holds."""
+    taken = np.bincount(labels[keep], minlength=len(class_names))
+    held = np.bincount(labels, minlength=len(class_names))
+    per_class = {name: {"used": int(taken[i]), "of": int(held[i])} for i, name in enumerate(class_names)}
+    if len(keep) == len(labels):
+        return {"n": int(len(keep)), "of": int(len(labels)), "chosen": "all cases of the split", "per_class": per_class}
+    return {"n": int(len(keep)), "of": int(len(labels)), "per_class": per_class, "seed": CASE_SEED,
+            "chosen": f"--max-cases {max_cases}: as even over the classes as their counts allow, drawn at random "
+                      f"within each class (seed {CASE_SEED}, the same every run)"}

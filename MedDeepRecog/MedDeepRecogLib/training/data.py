@@ -351,30 +351,82 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None,
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def eval_split_source(z, split: str, path: Path) -> str:
+def even_class_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` of the cases (all of them when ``n`` is not fewer), spread over the classes as evenly
+    as their counts allow and drawn at random within each class with ``seed`` (the same every run).
+
+    Files are often sorted by class, so their first ``n`` cases can be one class; an even share per class (rather
+    than each class's share of the file) gives balanced accuracy and AUC something to measure on every class. A
+    class with fewer cases than its share gives all it has and the others share the rest; the remainder of an
+    uneven division goes to the largest classes."""
+    labels = np.asarray(labels).ravel()
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota, left = np.zeros(len(classes), dtype=np.int64), int(n)
+    for rank, i in enumerate(np.argsort(counts, kind="stable")):   # smallest class first: its spare share moves on
+        quota[i] = min(int(counts[i]), left // (len(classes) - rank))
+        left -= quota[i]
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+#: the splits a file of ``images``/``labels`` only offers, cut by class as training cuts it
+WHOLE_FILE_SPLITS = ("train", "val", "all")
+
+
+def npz_splits(z) -> list[str]:
+    """The labelled splits of the open archive ``z``: each ``{name}_images`` that has its ``{name}_labels``, then,
+    for a file with ``images``/``labels``, those of :data:`WHOLE_FILE_SPLITS` it does not name itself."""
+    keys = set(z.files)
+    named = sorted(k.removesuffix("_images") for k in keys
+                   if k.endswith("_images") and f"{k.removesuffix('_images')}_labels" in keys)
+    whole = [s for s in WHOLE_FILE_SPLITS if s not in named] if {"images", "labels"} <= keys else []
+    return named + whole
+
+
+def _held_splits(z, val_fraction: float) -> str:
+    """The splits ``z`` holds, as the end of a refusal: what a user may ask for instead."""
+    splits = npz_splits(z)
+    if not splits:
+        return f"it holds no labelled split (keys: {sorted(z.files)})"
+    text = f"it holds {', '.join(repr(s) for s in splits)}"
+    if {"images", "labels"} <= set(z.files):
+        text += (f" (of its images/labels as training cuts them: 'val' = the last {val_fraction:.0%} of each class "
+                 "in file order, 'train' the rest, 'all' every image)")
+    return text
+
+
+def eval_split_source(z, split: str, path: Path, val_fraction: float = 0.2) -> str:
     """Where :func:`load_eval_split` takes ``split`` of the open archive ``z`` from: ``"split"`` (its own
-    ``{split}_images``/``{split}_labels``) or ``"whole"`` (``images``/``labels``, cut by class); refused in one line
-    naming the file when it has neither, before anything is decompressed."""
+    ``{split}_images``/``{split}_labels``) or ``"whole"`` (``images``/``labels``, cut by class: ``train``, ``val``
+    or ``all``). Any other split is refused in one line naming the file and the splits it holds, before anything is
+    decompressed: scoring some other part of the file under the asked name (e.g. the training images as ``test``)
+    would report figures that are not what they say."""
     if f"{split}_images" in z.files:
         if f"{split}_labels" not in z.files:
-            raise ConfigError(f"npz has {split}_images but no {split}_labels to score them against", path)
+            raise ConfigError(f"npz has {split}_images but no {split}_labels to score them against; "
+                              f"{_held_splits(z, val_fraction)}", path)
         return "split"
-    if "images" in z.files and "labels" in z.files:
+    if split in WHOLE_FILE_SPLITS and {"images", "labels"} <= set(z.files):
         return "whole"
-    raise ConfigError(f"npz has no split {split!r} (keys: {sorted(z.files)})", path)
+    raise ConfigError(f"npz has no split {split!r}; {_held_splits(z, val_fraction)}", path)
 
 
 def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, size=None,
                     val_fraction: float = 0.2, slices: dict | None = None,
                     min_side: int | None = None) -> ArrayDataset:
-    """One split of a ``.npz`` for evaluation (``{split}_images``; for a file with only ``images``, ``split="val"``
-    is the last ``val_fraction`` of each class and ``"all"`` everything). ``slices``: the package's
+    """One split of a ``.npz`` for evaluation: its ``{split}_images``/``{split}_labels``; for a file with only
+    ``images``/``labels``, ``"val"`` is the last ``val_fraction`` of each class (what training holds out),
+    ``"train"`` the rest and ``"all"`` everything (see :func:`eval_split_source`). ``slices``: the package's
     ``input.slices``; the images are then standardised exactly as in training and classify.
 
-    Refused with one line naming the file, as classify refuses a single image: a split without its labels, no
-    images, images all blank (one value each), and 2D images under ``min_side`` pixels per side."""
+    Refused with one line naming the file, as classify refuses a single image: a split the file does not hold
+    (naming those it does), a split without its labels, no images, images all blank (one value each), and 2D images
+    under ``min_side`` pixels per side."""
     z = open_npz(path)
-    if eval_split_source(z, split, path) == "split":
+    if eval_split_source(z, split, path, val_fraction) == "split":
         x, y = npz_array(z, f"{split}_images", path), npz_array(z, f"{split}_labels", path)
         check_images_labels(x, y, f"split {split!r}", path)
     else:

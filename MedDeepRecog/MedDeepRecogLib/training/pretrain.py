@@ -153,6 +153,15 @@ class ContrastiveStep:
         return StepOutput(nt_xent(net(a), net(b), self.temperature), n=int(a.shape[0]))
 
 
+def _train_split_name(data_path: Path, train_split: str) -> str:
+    """The split of ``data_path`` that training trains on, as ``load_eval_split`` names it: ``train_split`` when the
+    file holds it, else ``"train"`` (a file of images/labels only, which training cuts by class whatever
+    ``train_split`` says)."""
+    from .data import open_npz
+
+    return train_split if f"{train_split}_images" in open_npz(data_path).files else "train"
+
+
 def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
     """The train images of every config, each standardised by its own ``input/slices`` at ``size``:
     ``(N, 1, H, W)`` float32, and per config its name and image count."""
@@ -171,8 +180,8 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
             train = load_train_val(cfg, data_path).train   # a folder's split is made while it is read
         else:   # only the train split is standardised: the val images take no part
             slices = getattr(getattr(cfg, "input", None), "slices", None)
-            train = load_eval_split(data_path, cfg.data.train_split, cfg.data.kind, cfg.data.intensity_range,
-                                    cfg.data.size, cfg.data.val_fraction, slices,
+            train = load_eval_split(data_path, _train_split_name(data_path, cfg.data.train_split), cfg.data.kind,
+                                    cfg.data.intensity_range, cfg.data.size, cfg.data.val_fraction, slices,
                                     min_side=min_slice_side({"size": cfg.data.size, "slices": slices or {}}))
         if train.images.shape[1] != 1:
             raise ConfigError(f"the pool takes grey images (one channel); this set's images have "
