@@ -230,3 +230,20 @@ def test_evaluate_reports_accuracy_as_classify_reports_it_beside_the_networks(sh
     n_correct = round(reported["accuracy"] * res["n"])
     assert abs(reported["accuracy"] * res["n"] - n_correct) < 1e-3
     assert round(res["accuracy"] * res["n"]) - reported["flagged_out_of_domain"] <= n_correct
+
+
+def test_evaluating_the_split_a_package_was_trained_on_says_so(shared_data, run_cli_all):
+    """body-region was trained on the 'train' part of this file (recognised by its sha256): evaluate still scores
+    it (a training-fit check), but the JSON and a warning line say the figures are not those of unseen images;
+    the held-out 'val' part gets no warning."""
+    data = shared_data / "mednist" / "mednist64_shared.npz"
+    for split, warned in (("train", "is the images"), ("all", "holds the images"), ("val", None)):
+        code, out, err = run_cli_all("evaluate", "--model", "body-region", "--data", data, "--split", split,
+                                     "--device", "cpu")
+        assert code == 0, err
+        record = json.loads(out)
+        if warned is None:
+            assert "warning" not in record and "warning" not in err
+        else:
+            assert warned in record["warning"] and "not those of unseen images" in record["warning"]
+            assert err.strip().startswith("meddeeprecog evaluate: warning:") and "mednist64_shared.npz" in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..devices import DEVICE_CHOICES
 from ..progress import DEVICE_HELP
@@ -32,4 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate_package(args.model, args.data, args.split, args.out, args.device)
     print(json.dumps(result, indent=2))
+    if result.get("warning"):
+        print(f"meddeeprecog evaluate: warning: {args.data}: {result['warning']}", file=sys.stderr)
     return 0

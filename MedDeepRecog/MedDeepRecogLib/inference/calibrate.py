@@ -86,18 +86,16 @@ def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64, features: boo
 
 
 def _refuse_training_split(pkg, data: Path, split: str) -> None:
-    """Refuse fitting on the split the package was trained on: the same file (its sha256 is the package's
-    ``dataset_fingerprint``) and the config's ``train_split``, or ``all`` of it. A network's scores on its own
-    training images are not those of unseen ones (a threshold or temperature fitted there fails on real images)."""
-    from ..packages import sha256_file
+    """Refuse fitting on the split the package was trained on (:func:`..training.data.holds_training_rows`). A
+    network's scores on its own training images are not those of unseen ones (a threshold or temperature fitted
+    there fails on real images)."""
+    from ..training.data import holds_training_rows
 
-    prov = pkg.meta.get("provenance") or {}
-    train_split = ((prov.get("config") or {}).get("data") or {}).get("train_split", "train")
-    fingerprint = str(prov.get("dataset_fingerprint") or "")
-    if split in (train_split, "all") and fingerprint.startswith("sha256:") and sha256_file(data) == fingerprint[7:]:
-        raise ConfigError(f"split {split!r} of this file {'is' if split == train_split else 'holds'} what "
-                          f"{pkg.id}@{pkg.version} was trained on: scores on training images are not those of unseen "
-                          "ones; fit on held-out data (e.g. --split val)", data)
+    held = holds_training_rows(pkg, data, split)
+    if held:
+        raise ConfigError(f"split {split!r} of this file {held} what {pkg.id}@{pkg.version} was trained on: scores on "
+                          "training images are not those of unseen ones; fit on held-out data (e.g. --split val)",
+                          data)
 
 
 def _npz_split_exists(path: Path, split: str) -> None:

@@ -351,6 +351,22 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None,
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
+def holds_training_rows(pkg, data: Path, split: str) -> str | None:
+    """``"is"`` when ``split`` of ``data`` is the split package ``pkg`` was trained on (the same file, recognised by
+    its sha256 as the package's ``dataset_fingerprint``, and the config's ``train_split``), ``"holds"`` for ``all``
+    of that file, else ``None``."""
+    from ..packages import sha256_file
+
+    prov = pkg.meta.get("provenance") or {}
+    train_split = ((prov.get("config") or {}).get("data") or {}).get("train_split", "train")
+    fingerprint = str(prov.get("dataset_fingerprint") or "")
+    if split not in (train_split, "all") or not fingerprint.startswith("sha256:"):
+        return None
+    if sha256_file(data) != fingerprint[7:]:
+        return None
+    return "is" if split == train_split else "holds"
+
+
 def even_class_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``n`` of the cases (all of them when ``n`` is not fewer), spread over the classes as evenly
     as their counts allow and drawn at random within each class with ``seed`` (the same every run).

@@ -21,6 +21,7 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     from ..packages import load_package
     from ..devices import resolve_device
     from .classification import make_loader, predict_proba
+    from .data import holds_training_rows
     from .metrics import classification_metrics
     from ..preprocessing.slices import min_slice_side
     from .plots import confusion_png, roc_png
@@ -53,6 +54,10 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     m = classification_metrics(labels, probs, pkg.class_names)
     result = {"model": {"id": pkg.id, "version": pkg.version, "path": str(pkg.path)}, "data": str(data_path),
               "split": split, "loss": round(loss, 6), **m}
+    held = holds_training_rows(pkg, data_path, split)
+    if held:  # allowed (a training-fit check), but never to be read as a held-out figure
+        result["warning"] = (f"split {split!r} of this file {held} the images {pkg.id}@{pkg.version} was trained on: "
+                             "these figures are not those of unseen images")
     if (store is not None or (pkg.meta.get("decision") or {}).get("min_probability") is not None
             or (pkg.meta.get("calibration") or {}).get("low_confidence_threshold") is not None):
         kept = pkg.domain.in_domain(store.array()) if store is not None else np.ones(len(labels), bool)
