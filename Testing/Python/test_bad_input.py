@@ -1153,3 +1153,18 @@ def test_segment_refuses_a_scan_not_in_hu_for_a_ct_package(run_all, shared_data,
         code, stdout, err = run_all("segment", scan, "--model", "ts-organs-seg", "--out", out)
         clean_error(code, err, str(scan), "not a CT scan in Hounsfield units", "ts-organs-seg@1.0.0 segments CT only")
         assert not out.exists() and not stdout
+
+
+def test_segment_refuses_a_ct_in_hu_for_an_mr_package(tmp_path):
+    """The other direction: an MR-only segmentation package given a CT in HU is refused, naming the file."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.inference.segment import check_scan_modality
+
+    ct = make_volume(size=(16, 14, 8))  # air at -1000: HU
+    mr_package = SimpleNamespace(meta={"modality": "MR"}, id="mr-seg", version="1.0.0")
+    with pytest.raises(MedDeepRecogLib.errors.InputImageError,
+                       match="a CT scan in Hounsfield units.*mr-seg@1.0.0 segments MR only") as err:
+        check_scan_modality(ct, mr_package, tmp_path / "ct.nrrd")
+    assert "ct.nrrd" in str(err.value)
+    check_scan_modality(sitk.Cast(ct, sitk.sitkInt16) + 1024, mr_package, tmp_path / "mr.nrrd")  # not HU: accepted

@@ -53,19 +53,25 @@ def load_segmentation_package(model: Any):
 
 
 def check_scan_modality(image: sitk.Image, pkg: Any, source: str | Path | None = None) -> None:
-    """Refuse a scan that is not in Hounsfield units for a package trained on CT (``"modality": "CT"``).
+    """Refuse a scan that is not in Hounsfield units for a package trained on CT (``"modality": "CT"``), and a CT
+    in HU for a package trained on MR.
 
-    A CT network on an MR scan runs without complaint and returns organ volumes that are all wrong; the HU
-    window normalisation turns MR intensities into near-constant soft tissue. Same test as classify's
-    (:func:`.model_input.is_hounsfield`: DICOM modality, else air below -500).
+    A network of the other modality runs without complaint and returns organ volumes that are all wrong: the HU
+    window turns MR intensities into near-constant soft tissue, and per-scan percentiles of a CT are not an MR's.
+    Same test as classify's (:func:`.model_input.is_hounsfield`: DICOM modality, else air below -500).
 
     Raises:
         InputImageError: naming ``source``, before any model work.
     """
-    if str(pkg.meta.get("modality", "")).upper() == "CT" and not is_hounsfield(image):
+    modality = str(pkg.meta.get("modality", "")).upper()
+    if modality == "CT" and not is_hounsfield(image):
         raise InputImageError(f"not a CT scan in Hounsfield units (no air below -500, or a DICOM modality other than "
                               f"CT), but model {pkg.id}@{pkg.version} segments CT only: give it a CT scan, or use a "
                               "package trained on this modality", source)
+    if modality == "MR" and is_hounsfield(image):
+        raise InputImageError(f"a CT scan in Hounsfield units (DICOM modality CT, or air below -500), but model "
+                              f"{pkg.id}@{pkg.version} segments MR only: give it an MR scan, or use a package trained "
+                              "on CT", source)
 
 
 def package_orientation(spec: dict[str, Any], where: str | Path | None = None) -> str:
