@@ -288,3 +288,29 @@ def test_the_finding_in_words_says_when_its_run_is_only_the_longest_of_several()
     assert "not the extent of a lesion" in words
     single = finding_range(per_slice[7:], {"label": "glioma", "top_class": "glioma"}, ["glioma", "normal"])
     assert "longest run" not in finding_words(single) and "caveat" not in single
+
+
+def test_a_folder_batch_names_what_it_left_out_and_a_folder_of_junk_says_it_holds_no_scan(tmp_path, run_cli_all):
+    """A folder of scans with a text file, a subfolder (a DICOM series) and a BIDS-style sidecar: the scans are
+    classified, the text file and the subfolder are named as skipped (the sidecar is not); a folder holding only
+    text files is refused as holding no scan, not as "no readable DICOM series"."""
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    (folder / "series").mkdir(parents=True)
+    Image.fromarray((np.indices((64, 64)).sum(0) * 2).astype(np.uint8)).save(folder / "case.png")
+    (folder / "case.json").write_text("{}", encoding="utf-8")
+    (folder / "notes.txt").write_text("x", encoding="utf-8")
+    (folder / "series" / "slice.dcm").write_bytes(b"x")
+    code, out, err = run_cli_all("classify", folder, "--model", "body-region", "--out", tmp_path / "out",
+                                 "--explain", "none", "--progress", "none")
+    assert code == 0, err
+    assert "skipped" in out and "notes.txt" in out and "series: a subfolder" in out and "mixed/case.json" not in out
+    assert "1 classified, 0 failed, 2 skipped" in out
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.txt").write_text("a", encoding="utf-8")
+    code, _, err = run_cli_all("classify", junk, "--model", "body-region", "--out", tmp_path / "out2",
+                               "--progress", "none")
+    assert code == 2 and "the folder holds no scan" in err and "a.txt" in err and "junk" in err
+    assert not (tmp_path / "out2").exists()

@@ -124,9 +124,30 @@ def expand_inputs(inputs: list[str], *, skip_masks: bool = True,
                 volumes.append(f)
         if volumes:
             scans.extend(volumes)
+            skipped.extend(_left_in_folder(path, set(found)))
         elif not found:
             scans.append(path)  # read_image reads it as a DICOM series or says why it cannot
     return scans
+
+
+def _left_in_folder(folder: Path, taken: set[Path]) -> list[dict]:
+    """``{"input", "reason"}`` for what a folder of scan files holds besides them (other files, subfolders), so a
+    batch names everything it did not classify: a DICOM series in a subfolder is read only when given itself. A
+    scan's sidecar (``scan.json`` beside ``scan.nii.gz``, as BIDS keeps them) is not a left-out file."""
+    from ..contract import output_stem
+
+    stems = {output_stem(t) for t in taken}
+    left = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry in taken or (entry.is_file() and output_stem(entry) in stems):
+            continue
+        if entry.is_dir():
+            left.append({"input": printable_path(entry), "reason": "a subfolder (a DICOM series is classified when "
+                                                                  "its folder is given as an input)"})
+        elif entry.is_file():
+            left.append({"input": printable_path(entry), "reason": "not a scan file classify reads from a folder "
+                                                                   f"({', '.join(_VOLUME_SUFFIXES)})"})
+    return left
 
 
 def check_options(args: argparse.Namespace, package) -> None:

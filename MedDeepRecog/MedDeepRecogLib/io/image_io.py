@@ -152,6 +152,11 @@ def dicom_series(folder: str | Path) -> tuple[dict[str, tuple[str, ...]], str]:
         if not any(Path(folder).iterdir()):
             raise InputImageError("the folder is empty: give a scan, a DICOM series folder or a folder of PNG/JPEG "
                                   "pictures", folder)
+        files = sorted(f for f in Path(folder).iterdir() if f.is_file() and not f.name.startswith("."))
+        if files and not any(_looks_like_dicom(f) for f in files):
+            names = ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            raise InputImageError(f"the folder holds no scan: no DICOM file and no NIfTI, NRRD, MHA, PNG or JPEG file "
+                                  f"(it holds {names})", folder)
         raise InputImageError("folder contains no readable DICOM series", folder)
     files_by_series = {sid: tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid))
                        for sid in series_ids}
