@@ -185,3 +185,21 @@ def test_resume_without_a_run_says_pretraining_starts_afresh(tmp_path, capsys, c
         assert _pretrain(config, tmp_path / "w.safetensors", "--resume") == 0
     assert "holds no checkpoint; pretraining starts from its first epoch" in caplog.text
     assert (tmp_path / "w.safetensors").is_file()
+
+
+def test_the_pool_takes_the_training_rows_data_max_train_keeps(tmp_path):
+    """A pool config with ``data/max_train`` gives pretraining the rows training takes (the first cases of each
+    class, each class its share), not the whole training split."""
+    from MedDeepRecogLib.training.config import load_config
+    from MedDeepRecogLib.training.data import load_train_val
+    from MedDeepRecogLib.training.pretrain import pool_images
+
+    config = _tiny_config(tmp_path)
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["data"]["max_train"] = 10
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    images, sources = pool_images([config], [16, 16])
+    cfg = load_config(config)
+    trained_on = load_train_val(cfg, Path(cfg.data.path)).train
+    assert sources[0]["train_images"] == len(images) == len(trained_on) == 10
+    assert np.allclose(images, trained_on.images)

@@ -296,15 +296,10 @@ def load_train_val(cfg, path: Path) -> TrainValData:
             and int(used.max()) < len(d.class_names):
         raise ConfigError(f"data/class_names lists {len(d.class_names)} classes {list(d.class_names)} but the labels "
                           f"use {int(used.max()) + 1} (0..{int(used.max())}); name one class per label", cfg.source)
-    if d.max_train and d.max_train < len(y_tr):
-        # the first cases of every class, each class keeping its share (files are often sorted by class, so the
-        # first N cases would be one class); rounding may keep a case or two more than max_train
-        share = {c: max(1, int(round(d.max_train * np.mean(y_tr == c)))) for c in np.unique(y_tr)}
-        keep = np.sort(np.concatenate([np.flatnonzero(y_tr == c)[:n] for c, n in share.items()]))
+    keep = max_train_rows(y_tr, d.max_train, cfg.source)
+    if keep is not None:
         x_tr, y_tr = x_tr[keep], y_tr[keep]
         groups = groups[keep] if groups is not None else None
-        if len(np.unique(y_tr)) < 2:
-            raise ConfigError(f"data/max_train {d.max_train} leaves one class to train on; raise it", cfg.source)
     slices = getattr(getattr(cfg, "input", None), "slices", None)
     if slices is not None:
         how += "; each image standardised as at inference (input/slices)"
@@ -349,6 +344,25 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, source=None,
     parts = partition_dataset_classes(list(range(len(labels))), labels.tolist(), num_partitions=folds, shuffle=True,
                                       seed=seed)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def max_train_rows(labels: np.ndarray, max_train: int | None, source=None) -> np.ndarray | None:
+    """The training rows ``data/max_train`` keeps (sorted indices), ``None`` when it keeps them all: the first cases
+    of every class, each class keeping its share (files are often sorted by class, so the first N cases would be
+    one class); rounding may keep a case or two more than ``max_train``. Training and pretraining's pool take the
+    same rows.
+
+    Raises:
+        ConfigError: the rows kept hold one class only.
+    """
+    labels = np.asarray(labels).ravel()
+    if not max_train or max_train >= len(labels):
+        return None
+    share = {c: max(1, int(round(max_train * np.mean(labels == c)))) for c in np.unique(labels)}
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c, n in share.items()]))
+    if len(np.unique(labels[keep])) < 2:
+        raise ConfigError(f"data/max_train {max_train} leaves one class to train on; raise it", source)
+    return keep
 
 
 def holds_training_rows(pkg, data: Path, split: str) -> str | None:

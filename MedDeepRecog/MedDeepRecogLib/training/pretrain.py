@@ -167,7 +167,7 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
     ``(N, 1, H, W)`` float32, and per config its name and image count."""
     from .config import load_config, resolve_data_path
     from ..preprocessing.slices import min_slice_side
-    from .data import load_eval_split, load_train_val
+    from .data import load_eval_split, load_train_val, max_train_rows
 
     images, sources = [], []
     for path in configs:
@@ -183,6 +183,9 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
             train = load_eval_split(data_path, _train_split_name(data_path, cfg.data.train_split), cfg.data.kind,
                                     cfg.data.intensity_range, cfg.data.size, cfg.data.val_fraction, slices,
                                     min_side=min_slice_side({"size": cfg.data.size, "slices": slices or {}}))
+            keep = max_train_rows(train.labels, cfg.data.max_train, path)   # the rows training takes
+            if keep is not None:
+                train = train.subset(keep)
         if train.images.shape[1] != 1:
             raise ConfigError(f"the pool takes grey images (one channel); this set's images have "
                               f"{train.images.shape[1]}", data_path)
