@@ -218,6 +218,10 @@ def test_roi_classification_from_segments(data_dir, tmp_path):
     assert record["segments"] == per_segment
     assert main(["classify", str(data_dir / "case2.nii.gz"), "--model", result["package"], "--out",
                  str(tmp_path / "none"), "--progress", "none"]) == 2
+    # options that shape a whole-scan classification are refused with --segments, not silently dropped
+    assert main(["classify", str(data_dir / "case2.nii.gz"), "--model", result["package"], "--segments",
+                 str(data_dir / "case2.seg.nrrd"), "--out", str(tmp_path / "none"), "--report", "--no-png",
+                 "--progress", "none"]) == 2
     assert main(["classify", str(data_dir / "case2.nii.gz"), "--model", "body-region", "--segments",
                  str(data_dir / "case2.seg.nrrd"), "--out", str(tmp_path / "none"), "--progress", "none"]) == 2
     assert not (tmp_path / "none").exists()

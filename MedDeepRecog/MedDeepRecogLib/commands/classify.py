@@ -408,6 +408,16 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
           f"\n  -> {outputs['json']}{report}")
 
 
+#: Options a whole-scan classification uses and ``--segments`` does not, and when each counts as given.
+SEGMENTS_IGNORE = {
+    "--report": lambda a: a.report, "--lesion": lambda a: a.lesion is not None,
+    "--slice-mm": lambda a: a.slice_mm is not None, "--second-input": lambda a: a.second_input is not None,
+    "--register": lambda a: a.register, "--no-png": lambda a: a.no_png, "--no-faithfulness": lambda a: a.no_faithfulness,
+    "--explain": lambda a: a.explain != "gradcam", "--uncertainty": lambda a: a.uncertainty != "auto",
+    "--spacing": lambda a: a.spacing is not None,
+}
+
+
 def _classify_segments(args: argparse.Namespace, scans: list[Path], package, progress) -> int:
     """``--segments``: label every segment of one segmentation with an ROI classifier (``<name>_segments.json``)."""
     from ..contract import output_file
@@ -422,6 +432,11 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
                           f"classify`); {package.id}@{package.version} has input.kind {kind!r}")
     if len(scans) != 1:
         raise ConfigError(f"--segments goes with exactly one INPUT scan, got {len(scans)}")
+    ignored = [option for option, given in SEGMENTS_IGNORE.items() if given(args)]
+    if ignored:   # said rather than silently dropped: these shape a whole-scan classification's outputs
+        raise ConfigError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply with --segments "
+                          "(each segment gets a label and probabilities in <name>_segments.json, with no heatmap, "
+                          "report or uncertainty): drop " + ("it" if len(ignored) == 1 else "them"))
     segmentation = Path(args.segments)
     if not segmentation.exists():
         raise InputImageError("no such file (--segments)", segmentation)
