@@ -250,5 +250,11 @@ def test_calibrate_refuses_the_data_the_package_was_trained_on(shared_data, tmp_
     assert main(["calibrate", "--model", "body-region", "--data", str(npz), "--split", "all", "--dest",
                  str(tmp_path / "pkgs"), "--progress", "none"]) == 2
     err = capsys.readouterr().err
-    assert "split 'all' of this file holds what body-region@1.0.0 was trained on" in err and "Traceback" not in err
-    assert not (tmp_path / "pkgs").exists()
+    assert "--split 'all': this split of the file holds what body-region@1.0.0 was trained on" in err
+    assert "Traceback" not in err and not (tmp_path / "pkgs").exists()
+    # nor are the calibration's figures reported on the training rows
+    assert main(["calibrate", "--model", "body-region", "--data", str(npz), "--split", "val", "--report-split",
+                 "train", "--dest", str(tmp_path / "pkgs"), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "--report-split 'train': this split of the file is what body-region@1.0.0 was trained on" in err
+    assert "report on held-out data" in err and not (tmp_path / "pkgs").exists()

@@ -85,17 +85,19 @@ def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64, features: boo
     return np.concatenate(out), ds.labels, (store.array() if features else None)
 
 
-def _refuse_training_split(pkg, data: Path, split: str) -> None:
-    """Refuse fitting on the split the package was trained on (:func:`..training.data.holds_training_rows`). A
-    network's scores on its own training images are not those of unseen ones (a threshold or temperature fitted
-    there fails on real images)."""
+def _refuse_training_split(pkg, data: Path, split: str, option: str = "--split") -> None:
+    """Refuse fitting on, or reporting on (``option`` ``--report-split``), the split the package was trained on
+    (:func:`..training.data.holds_training_rows`). A network's scores on its own training images are not those of
+    unseen ones: a threshold or temperature fitted there fails on real images, and figures reported there flatter
+    it."""
     from ..training.data import holds_training_rows
 
     held = holds_training_rows(pkg, data, split)
     if held:
-        raise ConfigError(f"split {split!r} of this file {held} what {pkg.id}@{pkg.version} was trained on: scores on "
-                          "training images are not those of unseen ones; fit on held-out data (e.g. --split val)",
-                          data)
+        verb = "report on" if option == "--report-split" else "fit on"
+        raise ConfigError(f"{option} {split!r}: this split of the file {held} what {pkg.id}@{pkg.version} was trained "
+                          f"on: scores on training images are not those of unseen ones; {verb} held-out data "
+                          f"(e.g. {option} val)", data)
 
 
 def _npz_split_exists(path: Path, split: str) -> None:
@@ -354,6 +356,7 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     else:
         if report_split is not None:
             _npz_split_exists(data, report_split)
+            _refuse_training_split(pkg, data, report_split, "--report-split")
         with_features = domain_quantile is not None or (decision_rules is not None and pkg.domain is not None)
         logits, labels, split_features = _npz_logits(pkg, data, split, features=with_features)
         split_desc = split
