@@ -137,6 +137,18 @@ def test_rerun_with_more_epochs_continues_the_same_run(data_dir, tmp_path):
     assert other["work_dir"] != first["work_dir"] and other["epochs"]["resumed_from"] is None
 
 
+def test_a_2d_slice_base_is_refused_for_roi_classification(data_dir, tmp_path, capsys):
+    """ROI crops are 3D: a 2D-slice base is refused in one line naming it, before any run folder is made (it
+    used to crash in its first conv2d and leave run.json behind)."""
+    rc = main(["finetune", "--base", "brain-tumour-mri", "--task", "classify", "--data", str(data_dir),
+               "--epochs", "1", "--dest", str(tmp_path / "cat"), "--work-dir", str(tmp_path / "w"),
+               "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "RuntimeError" not in err
+    assert "brain-tumour-mri" in err and "2D slices" in err and "3D volume network" in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
+
+
 def _roi_run(data_dir: Path, tmp_path: Path, name: str, **hooks) -> dict:
     return finetune(FinetuneConfig.from_dict(dict(
         task="classify", data=str(data_dir), base=None, arch="simple_cnn3d", arch_kwargs={"channels": [4, 8], "hidden": 8},
