@@ -137,6 +137,30 @@ def test_rerun_with_more_epochs_continues_the_same_run(data_dir, tmp_path):
     assert other["work_dir"] != first["work_dir"] and other["epochs"]["resumed_from"] is None
 
 
+def test_rerun_with_more_epochs_rebuilds_the_lr_schedule(data_dir, tmp_path):
+    """A finished cosine run ends at lr 0; re-run with more epochs, it follows the curve of the new total from the
+    resumed epoch on (not the checkpoint's 0), so no epoch before the last trains at 0 and the rate then falls."""
+    import math
+
+    def run(epochs: int) -> list[float]:
+        result = finetune(FinetuneConfig.from_dict(dict(
+            task="classify", data=str(data_dir), base=None, arch="simple_cnn3d",
+            arch_kwargs={"channels": [4, 8], "hidden": 8}, roi_size=[16, 16, 16], samples_per_segment=2,
+            val_cases=["case2"], training={"epochs": epochs, "batch_size": 4, "early_stopping_patience": 0},
+            dest=str(tmp_path / "cat"), id="lr", work_dir=str(tmp_path / "w"))))
+        return [e["lr"] for e in result["epochs"]["history"]]
+
+    def cosine(epoch: int, total: int) -> float:  # the rate of 1-based ``epoch`` on a cosine over ``total``
+        return 1e-3 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / total))
+
+    first = run(3)
+    assert first == pytest.approx([cosine(e, 3) for e in (1, 2, 3)])
+    longer = run(5)
+    assert longer[:3] == first  # the epochs already run keep their rates
+    assert longer[3:] == pytest.approx([cosine(4, 5), cosine(5, 5)])  # the rest: the 5-epoch curve
+    assert min(longer) > 0 and longer[4] < longer[3]
+
+
 def test_a_2d_slice_base_is_refused_for_roi_classification(data_dir, tmp_path, capsys):
     """ROI crops are 3D: a 2D-slice base is refused in one line naming it, before any run folder is made (it
     used to crash in its first conv2d and leave run.json behind)."""

@@ -195,7 +195,10 @@ def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
 def make_scheduler(opt: torch.optim.Optimizer, cfg: FitConfig):
     """Epoch-wise schedule from ``cfg.schedule``; ``warmup_epochs`` ramps the lr linearly first (step/cosine).
 
-    The cosine curve spans ``cfg.loop.epochs``: a run resumed with more epochs continues on the longer curve.
+    The cosine curve spans ``cfg.loop.epochs``. A run resumed with more epochs (``train --resume``, a ``finetune``
+    re-run) is rebuilt for the new total: the epochs already run keep the rates they had, the next ones follow the
+    longer curve from the resumed epoch on (:func:`resume_schedule`), so the rate steps up once (the longer curve
+    stands higher there than the shorter one ended) and only reaches ``min_lr`` after the new last epoch.
     """
     s, lr = cfg.schedule, cfg.optimizer.lr
     name = s.name.lower()
@@ -218,6 +221,22 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: FitConfig):
         return None
     f = (lambda e: (e + 1) / (w + 1) if e < w else (main(e) if main else 1.0))
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def resume_schedule(scheduler, optimizer: torch.optim.Optimizer) -> None:
+    """Give the resumed epoch the learning rate of this run's schedule, not the one the checkpoint carries.
+
+    The checkpointed optimiser holds the rate that the schedule of the run which wrote it set for the next epoch:
+    after a finished cosine run that is ``min_lr`` (0), and a run resumed with more epochs would train its first new
+    epoch there. The schedule's function is rebuilt from this run's config (only the epoch reached comes from the
+    checkpoint), so it gives the rate for the new total; with unchanged epochs it is the checkpointed one. A plateau
+    schedule has no such function: its rate is its state, kept as it was.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
 
 
 def autocast(device: torch.device, amp: bool):
@@ -352,6 +371,7 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
                               ckpt) from None
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
+            resume_schedule(scheduler, optimizer)
         history.epochs = list(state["history"])
         history.best_epoch, history.best_metric = state["best_epoch"], state["best_metric"]
         history.best_val, history.best_state = state.get("best_val"), state.get("best_state")
