@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     done = {"package": result["package"], "id": result.get("id"), "version": result.get("version"),
             "metrics": {k: v for k, v in (result.get("metrics") or {}).items()
-                        if k in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "per_class", "n")},
+                        if k in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "per_class", "n",
+                                 "note", "selected_by")},
             "warnings": result.get("warnings", []), "work_dir": result["work_dir"],
             "epochs_run": result["epochs"]["epochs_run"],
             "stopped": result["epochs"]["stopped"]}

@@ -8,8 +8,10 @@ What a task plugs in:
   the device (e.g. :class:`.classification.ClassificationStep`: cross-entropy plus L1; fine-tuning: Dice-CE).
 - ``validate(model, device) -> Validation``: metrics of this epoch's weights (``metrics`` holds the monitored one,
   or ``loss`` for ``monitor: loss``). Under DDP every rank calls it and must get the same answer (validate on rank 0
-  and broadcast, or shard and gather). ``None``: no validation data; the training loss decides (lower is better),
-  recorded as ``val_metric`` = minus the training loss.
+  and broadcast, or shard and gather). ``None``: no validation data, so nothing is scored: ``best_val`` stays
+  ``None``, every epoch records ``val_metric: null`` and the ``monitor`` it was ranked by, ``train_loss`` (lower is
+  better) or, with ``monitor: last``, ``last`` (the final epoch is kept). A training loss is never reported as a
+  validation metric.
 
 What the loop owns, once for every task:
 
@@ -357,6 +359,8 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
     history = History(monitor=cfg.monitor)
     # without validation the epochs are ranked by minus the training loss: higher is better whatever the monitor
     higher = HIGHER_IS_BETTER[cfg.monitor] if validate is not None else True
+    # what the records say ranked the epochs: without validation the training loss (or just the last epoch)
+    ranked_by = cfg.monitor if validate is not None or cfg.monitor == "last" else "train_loss"
     better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
     since_best = 0
     start_epoch = 1
@@ -451,15 +455,15 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
         if validate is not None:
             val = validate(eval_model, device)
             current = val.loss if cfg.monitor == "loss" else val.metrics.get(cfg.monitor)
-        else:  # no validation data: the training loss decides
+        else:  # no validation data: minus the training loss ranks the epochs, but it is no validation metric
             current = -train_loss
-            val = Validation({cfg.monitor: current})
+            val = Validation({}, record={"val_metric": None, "monitor": ranked_by})
         if cfg.monitor == "last":
             current = float(epoch)
         current = float("nan") if current is None else float(current)
         improved = not math.isnan(current) and (history.best_metric is None or better(current, history.best_metric))
         if improved:
-            history.best_epoch, history.best_metric, history.best_val = epoch, current, val.metrics
+            history.best_epoch, history.best_metric, history.best_val = epoch, current, val.metrics or None
             history.best_state = cpu_state(eval_model)
             since_best = 0
         else:
@@ -491,7 +495,7 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             from .distributed import barrier
             barrier(ctx)  # no rank runs ahead of rank 0's checkpoint
         progress("validate", epoch / epochs, epoch=epoch, epochs=epochs, train_loss=record["train_loss"],
-                 val_metric=None if math.isnan(current) else current, monitor=cfg.monitor,
+                 val_metric=None if math.isnan(current) or validate is None else current, monitor=ranked_by,
                  best_epoch=history.best_epoch,
                  **({"val_loss": round(val.loss, 5)} if val.loss is not None else {}))
         hook_stop = hooks.on_epoch_end is not None and bool(hooks.on_epoch_end(record, model))
