@@ -137,6 +137,73 @@ def test_rerun_with_more_epochs_continues_the_same_run(data_dir, tmp_path):
     assert other["work_dir"] != first["work_dir"] and other["epochs"]["resumed_from"] is None
 
 
+def test_rerun_with_more_epochs_rebuilds_the_lr_schedule(data_dir, tmp_path):
+    """A finished cosine run ends at lr 0; re-run with more epochs, it follows the curve of the new total from the
+    resumed epoch on (not the checkpoint's 0), so no epoch before the last trains at 0 and the rate then falls."""
+    import math
+
+    def run(epochs: int) -> list[float]:
+        result = finetune(FinetuneConfig.from_dict(dict(
+            task="classify", data=str(data_dir), base=None, arch="simple_cnn3d",
+            arch_kwargs={"channels": [4, 8], "hidden": 8}, roi_size=[16, 16, 16], samples_per_segment=2,
+            val_cases=["case2"], training={"epochs": epochs, "batch_size": 4, "early_stopping_patience": 0},
+            dest=str(tmp_path / "cat"), id="lr", work_dir=str(tmp_path / "w"))))
+        return [e["lr"] for e in result["epochs"]["history"]]
+
+    def cosine(epoch: int, total: int) -> float:  # the rate of 1-based ``epoch`` on a cosine over ``total``
+        return 1e-3 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / total))
+
+    first = run(3)
+    assert first == pytest.approx([cosine(e, 3) for e in (1, 2, 3)])
+    longer = run(5)
+    assert longer[:3] == first  # the epochs already run keep their rates
+    assert longer[3:] == pytest.approx([cosine(4, 5), cosine(5, 5)])  # the rest: the 5-epoch curve
+    assert min(longer) > 0 and longer[4] < longer[3]
+
+
+def test_without_validation_data_nothing_is_scored(tmp_path, capsys):
+    """One case and no held-out slab: the package records no validation metric (the loop ranked epochs by the
+    training loss, which is no Dice or accuracy); model.json, the card, the history and `models` say so plainly,
+    and the last epoch is kept."""
+    from MedDeepRecogLib.finetune.card import NOT_SCORED
+
+    one = synthetic_dataset(tmp_path / "one", n=1)
+    runs = {"segment": seg_config(2, data=str(one), base=None, id="noval-seg"),
+            "classify": FinetuneConfig.from_dict(dict(
+                task="classify", data=str(one), base=None, arch="simple_cnn3d", id="noval-roi",
+                arch_kwargs={"channels": [4, 8], "hidden": 8}, roi_size=[16, 16, 16], samples_per_segment=2,
+                training={"epochs": 2, "batch_size": 4, "early_stopping_patience": 0}))}
+    for task, cfg in runs.items():
+        result = finetune(cfg)
+        pkg = Path(result["package"])
+        meta = json.loads((pkg / "model.json").read_text(encoding="utf-8"))
+        assert meta["metrics"]["note"] == NOT_SCORED and result["metrics"]["note"] == NOT_SCORED, task
+        assert not {"dice", "auc", "balanced_accuracy", "accuracy"} & set(meta["metrics"]), task
+        assert meta["metrics"]["best_epoch"] == 2 and "last epoch" in meta["metrics"]["selected_by"]
+        assert meta["training"]["best_epoch"] == 2 and meta["training"]["monitor"] == "last"
+        history = json.loads((pkg / "history.json").read_text(encoding="utf-8"))["history"]
+        assert [e["val_metric"] for e in history] == [None, None]
+        card = (pkg / "MODEL_CARD.md").read_text(encoding="utf-8")
+        assert NOT_SCORED in card and "kept epoch 2 (the last" in card
+        assert not any(line.startswith(("- dice", "- auc", "- balanced_accuracy")) for line in card.splitlines())
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    listed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("noval-")]
+    assert len(listed) == 2 and all(NOT_SCORED in ln and "val:" not in ln for ln in listed)
+
+
+def test_a_2d_slice_base_is_refused_for_roi_classification(data_dir, tmp_path, capsys):
+    """ROI crops are 3D: a 2D-slice base is refused in one line naming it, before any run folder is made (it
+    used to crash in its first conv2d and leave run.json behind)."""
+    rc = main(["finetune", "--base", "brain-tumour-mri", "--task", "classify", "--data", str(data_dir),
+               "--epochs", "1", "--dest", str(tmp_path / "cat"), "--work-dir", str(tmp_path / "w"),
+               "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "RuntimeError" not in err
+    assert "brain-tumour-mri" in err and "2D slices" in err and "3D volume network" in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
+
+
 def _roi_run(data_dir: Path, tmp_path: Path, name: str, **hooks) -> dict:
     return finetune(FinetuneConfig.from_dict(dict(
         task="classify", data=str(data_dir), base=None, arch="simple_cnn3d", arch_kwargs={"channels": [4, 8], "hidden": 8},

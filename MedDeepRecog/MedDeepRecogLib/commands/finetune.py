@@ -67,7 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch-kwargs", help="JSON object of architecture keyword arguments")
     p.add_argument("--freeze-encoder", action="store_true", default=None, help="train only the decoder / head")
     p.add_argument("--epochs", type=int, help="training epochs (default 20; early stopping may end sooner; a "
-                   "finished or cancelled run re-run with more epochs continues): training/epochs")
+                   "finished or cancelled run re-run with more epochs continues, on a learning-rate schedule "
+                   "rebuilt for the new total): training/epochs")
     p.add_argument("--batch-size", type=int, help="global batch size (split over DDP processes; default 8): "
                    "training/batch_size")
     p.add_argument("--lr", type=float, help="learning rate of the optimiser (AdamW unless the config's optimizer "
@@ -222,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     done = {"package": result["package"], "id": result.get("id"), "version": result.get("version"),
             "metrics": {k: v for k, v in (result.get("metrics") or {}).items()
-                        if k in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "per_class", "n")},
+                        if k in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "per_class", "n",
+                                 "note", "selected_by")},
             "warnings": result.get("warnings", []), "work_dir": result["work_dir"],
             "epochs_run": result["epochs"]["epochs_run"],
             "stopped": result["epochs"]["stopped"]}

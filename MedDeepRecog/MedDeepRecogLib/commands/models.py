@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         m = i.metrics or {}
         shown = ("auc", "balanced_accuracy", "accuracy", "dice")
         score = " ".join(f"{k}={m[k]:.3f}" for k in shown if isinstance(m.get(k), float))
-        score = f"{m.get('split', '')}: {score}" if score else ""
+        score = f"{m.get('split', '')}: {score}" if score else m.get("note", "")  # e.g. "no validation data: ..."
         kind = (i.input or {}).get("kind", "?")
         derived = f" (from {i.parent})" if i.parent else ""
         print(f"{i.id:<22} {i.version:<8} {i.source:<7} {kind:<9} classes={','.join(i.class_names or [])} "

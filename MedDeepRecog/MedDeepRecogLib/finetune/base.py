@@ -13,11 +13,13 @@ def base_package(ref: str | None, task: str):
     """The base package ``ref`` (``None``, ``"none"`` or ``"scratch"``: train from scratch, returns ``None``).
 
     Raises:
-        ConfigError: a classification base for ``task`` segment, or a segmentation base for ``task`` classify.
+        ConfigError: a classification base for ``task`` segment, a segmentation base for ``task`` classify, or a
+            2D-slice base for ``task`` classify (its crops are 3D volumes).
     """
     if not ref or ref.lower() in ("none", "scratch"):
         return None
     from ..packages import load_package
+    from ..packages.package import INPUT_KINDS
 
     pkg = load_package(ref)
     base_task = pkg.meta.get("task", "classification")
@@ -27,6 +29,12 @@ def base_package(ref: str | None, task: str):
     if task == "classify" and base_task == "segmentation":
         raise ConfigError(f"base model {pkg.id}@{pkg.version} is a segmentation model; --task classify needs a "
                           "classification base (or --base none)", pkg.path)
+    kind = pkg.input_spec.get("kind")
+    if task == "classify" and INPUT_KINDS.get(kind) == 2:
+        # refused here, before any run folder is made: its 2D convolutions would fail on the first 3D crop batch
+        raise ConfigError(f"base model {pkg.id}@{pkg.version} reads 2D slices (input kind {kind}); --task classify "
+                          "crops 3D volumes around segments and needs a 3D volume network (a volume3d or roi3d "
+                          "base, or --base none)", pkg.path)
     return pkg
 
 

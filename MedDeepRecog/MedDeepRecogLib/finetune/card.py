@@ -7,6 +7,11 @@ from typing import Any
 
 from .config import FinetuneConfig
 
+#: What a package fine-tuned without validation data says in place of metrics (model.json, card, ``models``).
+NOT_SCORED = "no validation data: not scored"
+#: How such a run picks its weights: nothing measures the epochs, so the last one is kept.
+KEPT_WITHOUT_VALIDATION = "nothing: the last epoch is kept (no validation data)"
+
 
 def clean_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics for model.json: drop bulky parts (per-case detail stays in the model card)."""
@@ -15,10 +20,23 @@ def clean_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def unscored_metrics(kept_epoch: int | None) -> dict[str, Any]:
+    """Metrics of a run without validation data: a plain note and the epoch kept, no figure at all (the loop
+    ranked its epochs by the training loss, which is no Dice or accuracy)."""
+    return {"note": NOT_SCORED, "selected_by": KEPT_WITHOUT_VALIDATION, "best_epoch": kept_epoch}
+
+
+def package_metrics(best_val: dict[str, Any] | None, kept_epoch: int | None) -> dict[str, Any]:
+    """model.json ``metrics``: the kept epoch's validation metrics, or :func:`unscored_metrics` without them."""
+    return clean_metrics(best_val) if best_val else unscored_metrics(kept_epoch)
+
+
 def model_card(meta: dict[str, Any], cfg: FinetuneConfig, report: dict[str, Any], result) -> str:
     """Markdown model card: what it does, what it started from, how many cases it saw, metrics, caveats."""
     prov = meta["provenance"]
     parent = prov["parent"]
+    metrics = meta.get("metrics") or {}
+    scored = metrics.get("note") != NOT_SCORED
     lines = [f"# {meta['id']} (fine-tuned, task {meta['task']})", "",
              meta.get("description", ""), "",
              "## Origin",
@@ -26,7 +44,8 @@ def model_card(meta: dict[str, Any], cfg: FinetuneConfig, report: dict[str, Any]
              f"- Command: `{prov['command']}`",
              f"- Data: `{prov['data']}` (fingerprint `{prov['dataset_fingerprint']}`)",
              f"- Frozen encoder: {cfg.freeze_encoder}; epochs run {len(result.epochs)} of {cfg.training.epochs}, "
-             f"best epoch {result.best_epoch}, stopped: {result.stopped}", "",
+             + (f"best epoch {result.best_epoch}" if scored else f"kept epoch {result.best_epoch} (the last: no "
+                "validation data to select on)") + f", stopped: {result.stopped}", "",
              "## Data it saw",
              f"- **{len(prov['cases']['train'])} training case(s)**: {', '.join(prov['cases']['train'])}",
              f"- {len(prov['cases']['val'])} validation case(s): {', '.join(prov['cases']['val']) or 'none'}"
@@ -40,14 +59,17 @@ def model_card(meta: dict[str, Any], cfg: FinetuneConfig, report: dict[str, Any]
         for name, c in report["validation"]["classes"].items():
             lines.append(f"  - {name}: {c['cases']} / {c['segments']} / {c['voxels']}")
     lines += ["", "## Validation metrics"]
-    metrics = meta.get("metrics") or {}
+    if not scored:
+        lines.append(f"- {NOT_SCORED}; kept: the last epoch's weights (nothing selected them)")
     for key in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "n"):
         if key in metrics:
             lines.append(f"- {key}: {metrics[key]}")
     if "per_class" in metrics:
         lines.append(f"- per class: `{json.dumps(metrics['per_class'])}`")
     lines += ["", "## Caveats",
-              "- Few labelled cases: metrics on so small a validation set are rough; check results visually in Slicer.",
+              "- Few labelled cases: metrics on so small a validation set are rough; check results visually in Slicer."
+              if scored else "- Nothing measured this model on data it did not train on; check results visually in "
+                             "Slicer before relying on it.",
               "- Labels are whatever segments the user supplied; their quality bounds the model's."]
     if report["warnings"]:
         lines += ["", "## Data warnings"] + [f"- {w}" for w in report["warnings"]]

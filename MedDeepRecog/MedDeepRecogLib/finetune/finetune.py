@@ -32,7 +32,7 @@ from ..errors import ConfigError, MedDeepRecogError
 from ..progress import null_progress
 from ..training.loop import FitConfig, Hooks, fit
 from .base import base_package
-from .card import clean_metrics, model_card
+from .card import model_card, package_metrics
 from .config import FinetuneConfig
 from .manifest import ClassMap, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .roi_task import RoiClassificationTask
@@ -125,13 +125,16 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     if ctx.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         write_run(work_dir, cfg, fingerprint, base_ref, classes)
-    fit_cfg = FitConfig(optimizer=cfg.optimizer, schedule=cfg.schedule, loop=cfg.training, monitor=task.monitor,
+    # no validation data: nothing can select an epoch, so the last is kept (the training loss would only pick the
+    # most fitted one, and no early stopping on it)
+    monitor = task.monitor if task.has_val else "last"
+    fit_cfg = FitConfig(optimizer=cfg.optimizer, schedule=cfg.schedule, loop=cfg.training, monitor=monitor,
                         seed=cfg.seed, checkpoint_dir=work_dir, resume=cfg.resume)
     result = fit(task.model, task.train_loader, task.step, task.validate if task.has_val else None, fit_cfg,
                  Hooks(frozen=task.frozen, should_stop=should_stop), progress, ctx, memory_format=task.memory_format)
     summary = {"work_dir": str(work_dir), "classes": classes, "epochs": result.summary(),
                "cancelled": result.stopped == "cancelled", "package": None,
-               "metrics": result.best_val, "warnings": report["warnings"]}
+               "metrics": result.best_val or package_metrics(None, result.best_epoch), "warnings": report["warnings"]}
     if result.stopped == "cancelled" or not ctx.is_main:
         return summary
     nothing_new = result.resumed_from is not None and result.resumed_from == len(result.epochs)
@@ -152,14 +155,13 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         "cases": {"train": [d.case.case_id for d in train_data], "val": [d.case.case_id for d in val_data]},
         "world_size": ctx.world_size,
     }
-    meta["metrics"] = clean_metrics(result.best_val) if result.best_val else {"split": "train", "note":
-                                                                              "no validation data"}
+    meta["metrics"] = package_metrics(result.best_val, result.best_epoch)
     meta["training"] = {"epochs_run": len(result.epochs), "best_epoch": result.best_epoch,
                         "stopped": result.stopped, "freeze_encoder": cfg.freeze_encoder,
                         "frozen_modules": task.frozen, "base_weights": {
                             "loaded": task.weight_report["loaded"],
                             "reinitialised": task.weight_report["reinitialised"][:20]},
-                        "data": report, "monitor": task.monitor}
+                        "data": report, "monitor": monitor}
     from ..packages import save_package
 
     card = model_card(meta, cfg, report, result)

@@ -2,8 +2,9 @@
 
 The folder is keyed by the data (fingerprint), the base package and every setting that changes what is learnt,
 so running the same command again resumes the run. The number of epochs is not part of the key: re-running with
-more epochs continues the same run up to the new number instead of starting over (and a finished run re-run
-unchanged returns the package it saved).
+more epochs continues the same run up to the new number instead of starting over, its learning-rate schedule
+rebuilt for the new total (:func:`..training.loop.make_scheduler`); a finished run re-run unchanged returns the
+package it saved.
 """
 
 from __future__ import annotations

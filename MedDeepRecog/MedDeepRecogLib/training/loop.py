@@ -8,8 +8,10 @@ What a task plugs in:
   the device (e.g. :class:`.classification.ClassificationStep`: cross-entropy plus L1; fine-tuning: Dice-CE).
 - ``validate(model, device) -> Validation``: metrics of this epoch's weights (``metrics`` holds the monitored one,
   or ``loss`` for ``monitor: loss``). Under DDP every rank calls it and must get the same answer (validate on rank 0
-  and broadcast, or shard and gather). ``None``: no validation data; the training loss decides (lower is better),
-  recorded as ``val_metric`` = minus the training loss.
+  and broadcast, or shard and gather). ``None``: no validation data, so nothing is scored: ``best_val`` stays
+  ``None``, every epoch records ``val_metric: null`` and the ``monitor`` it was ranked by, ``train_loss`` (lower is
+  better) or, with ``monitor: last``, ``last`` (the final epoch is kept). A training loss is never reported as a
+  validation metric.
 
 What the loop owns, once for every task:
 
@@ -195,7 +197,10 @@ def make_optimizer(params: Any, cfg: OptimizerConfig) -> torch.optim.Optimizer:
 def make_scheduler(opt: torch.optim.Optimizer, cfg: FitConfig):
     """Epoch-wise schedule from ``cfg.schedule``; ``warmup_epochs`` ramps the lr linearly first (step/cosine).
 
-    The cosine curve spans ``cfg.loop.epochs``: a run resumed with more epochs continues on the longer curve.
+    The cosine curve spans ``cfg.loop.epochs``. A run resumed with more epochs (``train --resume``, a ``finetune``
+    re-run) is rebuilt for the new total: the epochs already run keep the rates they had, the next ones follow the
+    longer curve from the resumed epoch on (:func:`resume_schedule`), so the rate steps up once (the longer curve
+    stands higher there than the shorter one ended) and only reaches ``min_lr`` after the new last epoch.
     """
     s, lr = cfg.schedule, cfg.optimizer.lr
     name = s.name.lower()
@@ -218,6 +223,22 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: FitConfig):
         return None
     f = (lambda e: (e + 1) / (w + 1) if e < w else (main(e) if main else 1.0))
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def resume_schedule(scheduler, optimizer: torch.optim.Optimizer) -> None:
+    """Give the resumed epoch the learning rate of this run's schedule, not the one the checkpoint carries.
+
+    The checkpointed optimiser holds the rate that the schedule of the run which wrote it set for the next epoch:
+    after a finished cosine run that is ``min_lr`` (0), and a run resumed with more epochs would train its first new
+    epoch there. The schedule's function is rebuilt from this run's config (only the epoch reached comes from the
+    checkpoint), so it gives the rate for the new total; with unchanged epochs it is the checkpointed one. A plateau
+    schedule has no such function: its rate is its state, kept as it was.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
 
 
 def autocast(device: torch.device, amp: bool):
@@ -338,6 +359,8 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
     history = History(monitor=cfg.monitor)
     # without validation the epochs are ranked by minus the training loss: higher is better whatever the monitor
     higher = HIGHER_IS_BETTER[cfg.monitor] if validate is not None else True
+    # what the records say ranked the epochs: without validation the training loss (or just the last epoch)
+    ranked_by = cfg.monitor if validate is not None or cfg.monitor == "last" else "train_loss"
     better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
     since_best = 0
     start_epoch = 1
@@ -352,6 +375,7 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
                               ckpt) from None
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
+            resume_schedule(scheduler, optimizer)
         history.epochs = list(state["history"])
         history.best_epoch, history.best_metric = state["best_epoch"], state["best_metric"]
         history.best_val, history.best_state = state.get("best_val"), state.get("best_state")
@@ -431,15 +455,15 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
         if validate is not None:
             val = validate(eval_model, device)
             current = val.loss if cfg.monitor == "loss" else val.metrics.get(cfg.monitor)
-        else:  # no validation data: the training loss decides
+        else:  # no validation data: minus the training loss ranks the epochs, but it is no validation metric
             current = -train_loss
-            val = Validation({cfg.monitor: current})
+            val = Validation({}, record={"val_metric": None, "monitor": ranked_by})
         if cfg.monitor == "last":
             current = float(epoch)
         current = float("nan") if current is None else float(current)
         improved = not math.isnan(current) and (history.best_metric is None or better(current, history.best_metric))
         if improved:
-            history.best_epoch, history.best_metric, history.best_val = epoch, current, val.metrics
+            history.best_epoch, history.best_metric, history.best_val = epoch, current, val.metrics or None
             history.best_state = cpu_state(eval_model)
             since_best = 0
         else:
@@ -471,7 +495,7 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             from .distributed import barrier
             barrier(ctx)  # no rank runs ahead of rank 0's checkpoint
         progress("validate", epoch / epochs, epoch=epoch, epochs=epochs, train_loss=record["train_loss"],
-                 val_metric=None if math.isnan(current) else current, monitor=cfg.monitor,
+                 val_metric=None if math.isnan(current) or validate is None else current, monitor=ranked_by,
                  best_epoch=history.best_epoch,
                  **({"val_loss": round(val.loss, 5)} if val.loss is not None else {}))
         hook_stop = hooks.on_epoch_end is not None and bool(hooks.on_epoch_end(record, model))
