@@ -328,6 +328,62 @@ def test_cli_json_progress_and_errors(data_dir, tmp_path, capsys):
     assert rc == 2 and "missing-model" in capsys.readouterr().err
 
 
+def _one_refusal(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_finetune_refuses_a_version_a_catalog_holds_before_reading_a_scan(data_dir, tmp_path, capsys, monkeypatch):
+    """``--version`` of a version the bundled (or user) catalog holds for the new package's id (the base's, or
+    ``--id``) would shadow it: refused with the check train, calibrate and import make, before any scan is decoded
+    and with nothing written; a --version that is not MAJOR.MINOR.PATCH is refused before the data are looked at."""
+    from MedDeepRecogLib.finetune import finetune as finetune_module
+    from MedDeepRecogLib.packages import user_models_dir
+
+    def decode(*args, **kwargs):
+        raise AssertionError("a scan was decoded: the run was not refused first")
+
+    monkeypatch.setattr(finetune_module, "load_case", decode)
+    common = ["--task", "segment", "--data", str(data_dir), "--epochs", "1", "--work-dir", str(tmp_path / "w"),
+              "--progress", "none", "--threads", "1"]
+    assert main(["finetune", "--base", "ts-organs-seg", "--version", "1.0.0", *common]) == 2
+    _one_refusal(capsys, "--version 1.0.0: ts-organs-seg@1.0.0 already exists in the bundled catalog",
+                 "never overwritten or shadowed", "bump the version (1.0.1 is free)")
+    assert main(["finetune", "--base", "none", "--id", "ts-organs-seg", "--version", "1.0.0",
+                 "--dest", str(tmp_path / "cat"), *common]) == 2
+    _one_refusal(capsys, "ts-organs-seg@1.0.0 already exists in the bundled catalog")
+    (user_models_dir() / "organs" / "3.0.0").mkdir(parents=True)
+    assert main(["finetune", "--base", "none", "--id", "organs", "--version", "3.0.0", *common]) == 2
+    _one_refusal(capsys, f"organs@3.0.0 already exists in the user catalog {user_models_dir()}")
+    for bad in ("notsemver", "1.0", "1.0.0-beta"):
+        assert main(["finetune", "--base", "ts-organs-seg", "--version", bad, *common]) == 2
+        _one_refusal(capsys, f"--version {bad!r} is not a package version (MAJOR.MINOR.PATCH")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
+    assert [p.name for p in (user_models_dir() / "organs").iterdir()] == ["3.0.0"]
+
+
+def test_a_finished_run_asked_again_for_its_version_returns_its_package(data_dir, tmp_path):
+    """The version check lets the same command, run again, return the package its finished run saved (nothing new
+    is trained); more epochs would train a new package under a version already taken: refused before training."""
+    common = dict(data=str(data_dir), base=None, id="versioned", version="2.0.0", val_cases=["case2"],
+                  dest=str(tmp_path / "cat"), work_dir=str(tmp_path / "w"))
+    first = finetune(seg_config(1, **common))
+    assert Path(first["package"]) == tmp_path / "cat" / "versioned" / "2.0.0"
+    again = finetune(seg_config(1, **common))
+    assert again["package"] == first["package"] and again["epochs"]["resumed_from"] == 1
+    with pytest.raises(MedDeepRecogError, match="--version 2.0.0: versioned@2.0.0 already exists in the catalog"):
+        finetune(seg_config(2, **common))
+    with pytest.raises(MedDeepRecogError, match="already exists"):   # another work folder: another run's package
+        finetune(seg_config(1, **{**common, "work_dir": str(tmp_path / "w2")}))
+    assert not (tmp_path / "w2").exists()
+    assert [p.name for p in (tmp_path / "cat" / "versioned").iterdir()] == ["2.0.0"]
+    assert json.loads((tmp_path / "w" / "result.json").read_text())["stopped"] == "completed"
+
+
 def test_scan_segments_read_a_dicom_series_once_and_keep_its_modality(monkeypatch, shared_data):
     """The scan is read once: its modality comes from the DICOM tag before the float cast drops the tags."""
     from MedDeepRecogLib.inference import roi_classify

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from MedDeepRecogLib.errors import ModelPackageError
+from MedDeepRecogLib.errors import ConfigError, ModelPackageError
 from MedDeepRecogLib.models import build_model
 from MedDeepRecogLib.packages.package import load_weights
 from MedDeepRecogLib.packages import (import_package, list_packages, load_package, next_version, save_package,
@@ -127,6 +127,63 @@ def test_catalog_resolution_by_id_and_version():
         load_package("toy@2.0")
     with pytest.raises(ModelPackageError, match="no model package 'missing'"):
         load_package("missing")
+
+
+def _with_bad_version(pkg_dir: Path, version: str) -> Path:
+    """``pkg_dir`` renamed to ``version`` in folder and model.json: a package a user catalog may hold from before
+    versions were checked (its weights' checksum is unchanged)."""
+    bad = pkg_dir.parent / version
+    pkg_dir.rename(bad)
+    _edit_meta(bad, lambda m: m.update(version=version))
+    return bad
+
+
+def test_a_package_whose_version_is_not_one_is_never_the_latest(tmp_path, capsys):
+    """A user catalog made before versions were checked may hold ``toy/notsemver`` (or ``x.y``): it is listed with
+    a note and loaded when asked for by name, but ``toy`` alone is the highest MAJOR.MINOR.PATCH, the next version
+    ignores it, and an id with no proper version at all is refused with the versions it has."""
+    from MedDeepRecogLib.cli import main
+    from MedDeepRecogLib.packages import derived_version
+
+    save_package(_model(), _meta(version="1.0.0"))
+    for name, seed in (("notsemver", 1), ("x.y", 2), ("9.9", 3)):
+        _with_bad_version(save_package(_model(seed), _meta(version="2.0.0")), name)
+    assert load_package("toy").version == "1.0.0"
+    assert load_package("toy@x.y").version == "x.y"
+    assert next_version("toy") == "1.0.1"
+    assert derived_version("toy", "x.y", None, [user_models_dir()]) == "1.0.1"
+    listed = {p.version: p for p in list_packages() if p.id == "toy"}
+    assert set(listed) == {"1.0.0", "notsemver", "x.y", "9.9"} and not any(p.error for p in listed.values())
+    assert listed["1.0.0"].note is None and "never taken as the latest" in listed["9.9"].note
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "toy@notsemver" in out and out.count("NOTE:") == 3
+
+    _with_bad_version(save_package(_model(), _meta(pkg_id="only-bad", version="1.0.0")), "v1")
+    with pytest.raises(ModelPackageError, match=r"no MAJOR.MINOR.PATCH version .*installed: v1.*only-bad@VERSION"):
+        load_package("only-bad")
+    assert load_package("only-bad@v1").version == "v1"
+
+
+def test_save_and_import_refuse_a_version_that_is_not_one(tmp_path):
+    """The version rule is the last guard of save_package, and import checks the package's model.json."""
+    for bad in ("1.0", "notsemver", "1.01.0", "1.0.0-rc1", "v1.0.0"):
+        with pytest.raises(ConfigError, match=f"model.json version '{bad}' is not a package version"):
+            save_package(_model(), _meta(version=bad), tmp_path)
+    assert not (tmp_path / "toy").exists()
+    src = _with_bad_version(save_package(_model(), _meta(pkg_id="oldbad"), tmp_path), "2.0")
+    with pytest.raises(ConfigError, match=r"model.json version '2.0' is not a package version \(MAJOR.MINOR.PATCH"):
+        import_package(src)
+    assert not (user_models_dir() / "oldbad").exists()
+
+
+def test_import_refuses_a_version_the_bundled_catalog_holds(tmp_path):
+    """Importing a package with a bundled id and version would hide the bundled one: refused, naming it."""
+    src = save_package(_model(), _meta(pkg_id="body-region", version="1.0.0"), tmp_path)
+    with pytest.raises(ConfigError, match="model.json version 1.0.0: body-region@1.0.0 already exists in the "
+                                          "bundled catalog .*never overwritten or shadowed: bump the version"):
+        import_package(src)
+    assert not (user_models_dir() / "body-region").exists()
 
 
 def test_tampered_weights_fail_checksum(tmp_path):
@@ -249,7 +306,7 @@ def test_zip_package_and_import(tmp_path):
     assert installed == user_models_dir() / "zipped" / "1.0.0"
     assert load_package("zipped").path == installed
     before = sha256_file(installed / "weights.safetensors")
-    with pytest.raises(ModelPackageError, match="already installed"):
+    with pytest.raises(ConfigError, match="zipped@1.0.0 already exists in the user catalog"):
         import_package(src)
     assert sha256_file(installed / "weights.safetensors") == before
 
@@ -274,7 +331,7 @@ def test_models_cli_lists_and_imports(tmp_path):
     assert r.returncode == 0
     assert ("clitoy", "1.0.0") in {(p["id"], p["version"]) for p in json.loads(r.stdout)}
     r = run("models", "import", str(src))
-    assert r.returncode == 2 and "already installed" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_import_refuses_a_package_whose_input_size_does_not_fit(tmp_path):

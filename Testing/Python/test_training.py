@@ -304,6 +304,110 @@ def test_train_cli_user_errors_exit_2(tmp_path, npz, capsys):
     assert "training/epoch" in err and str(path) in err
 
 
+def _refusal(capsys, *needles: str) -> str:
+    """The one stderr line of a refused command, holding every needle."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Reading the training data fails the test: a refused run must stop before it."""
+    from MedDeepRecogLib.training import train
+
+    def read_data(*args, **kwargs):
+        raise AssertionError("the run read its data: it was not refused first")
+
+    monkeypatch.setattr(train, "load_train_val", read_data)
+
+
+def test_train_refuses_a_version_any_catalog_holds_before_training(tmp_path, npz, capsys, monkeypatch, no_training):
+    """A config's version that the bundled or the user catalog holds for its id would shadow (or overwrite) that
+    package: refused before the data are read, naming the setting and the catalog, nothing written. Rebuilding a
+    bundled package into the bundled folder (the configs' "Reproduce" commands) is refused the same way while the
+    old version is there, and the line says what to do."""
+    import yaml
+
+    from MedDeepRecogLib import resources
+    from MedDeepRecogLib.packages import user_models_dir
+
+    bundled = tmp_path / "bundled"   # a stand-in, so that no failure can write into the real bundled folder
+    (bundled / "lung-ct-cancer" / "1.2.0").mkdir(parents=True)
+    (bundled / "lung-ct-cancer" / "1.2.1").mkdir()
+    monkeypatch.setattr(resources, "BUNDLED_MODELS_DIR", bundled)
+    cfg_path = tmp_path / "lung.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, id="lung-ct-cancer", version="1.2.0")), encoding="utf-8")
+    for dest in (user_models_dir(), tmp_path / "cat", bundled):
+        assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(dest),
+                     "--progress", "none"]) == 2
+        _refusal(capsys, str(cfg_path), "version 1.2.0: lung-ct-cancer@1.2.0 already exists in the bundled "
+                 f"catalog {bundled}", "never overwritten or shadowed", "bump the version (1.2.2 is free) or "
+                 f"remove {bundled / 'lung-ct-cancer' / '1.2.0'} first")
+    (user_models_dir() / "synthetic" / "2.0.0").mkdir(parents=True)   # and the user catalog's own versions
+    cfg_path.write_text(yaml.safe_dump(_config(npz, version="2.0.0")), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none"]) == 2
+    _refusal(capsys, f"synthetic@2.0.0 already exists in the user catalog {user_models_dir()}", "2.0.1 is free")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cat").exists()
+    assert sorted(p.name for p in (bundled / "lung-ct-cancer").iterdir()) == ["1.2.0", "1.2.1"]
+
+
+@pytest.mark.parametrize("version", ["1.0", "x.y", "1.0.0.0", "01.0.0", ""])
+def test_train_refuses_a_config_version_that_is_not_major_minor_patch(tmp_path, npz, capsys, no_training, version):
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(_config(npz, version=version)), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none"]) == 2
+    _refusal(capsys, str(cfg_path), "version", "MAJOR.MINOR.PATCH")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cat").exists()
+
+
+def test_train_without_a_version_takes_one_free_in_every_catalog(tmp_path, npz, monkeypatch):
+    """The default version is the next free one over the bundled and user catalogs too, not only --package-dest
+    (a first user package of a bundled id would otherwise be 1.0.0 beside the bundled 1.0.0)."""
+    from MedDeepRecogLib import resources
+    from MedDeepRecogLib.training.train import run_training
+
+    bundled = tmp_path / "bundled"
+    (bundled / "synthetic" / "1.4.0").mkdir(parents=True)
+    (bundled / "synthetic" / "junk").mkdir()
+    monkeypatch.setattr(resources, "BUNDLED_MODELS_DIR", bundled)
+    cfg = config_from_dict(_config(npz, training={"epochs": 1, "batch_size": 16}))
+    result = run_training(cfg, out=tmp_path / "run", package_dest=tmp_path / "cat")
+    assert Path(result["package"]) == tmp_path / "cat" / "synthetic" / "1.4.1"
+
+
+def test_resume_with_the_checks_on_versions(tmp_path, npz, capsys):
+    """--resume of a run stopped before its package was written saves that version; resuming a finished run whose
+    config names a version is refused before training, since its package is there (a resumed run that trains on
+    makes a new package), and goes on once the version is bumped."""
+    import shutil
+
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, version="1.0.0")), encoding="utf-8")
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    argv = ["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]
+    assert main(argv + ["--epochs", "1"]) == 0
+    shutil.rmtree(cat / "synthetic" / "1.0.0")   # as if the run had been stopped before it saved its package
+    capsys.readouterr()
+    assert main(argv + ["--resume", "--epochs", "2"]) == 0
+    assert load_package(cat / "synthetic" / "1.0.0").meta["metrics"]["best_epoch"] in (1, 2)
+    history = (out / "history.json").read_bytes()
+    capsys.readouterr()
+    assert main(argv + ["--resume", "--epochs", "3"]) == 2
+    _refusal(capsys, "synthetic@1.0.0 already exists in the catalog", "bump the version (1.0.1 is free)")
+    assert (out / "history.json").read_bytes() == history
+    cfg_path.write_text(yaml.safe_dump(_config(npz, version="1.0.1")), encoding="utf-8")   # as the line says
+    assert main(argv + ["--resume", "--epochs", "3"]) == 0
+    assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0", "1.0.1"]
+
+
 def test_image_folder_with_labels_csv(tmp_path):
     import SimpleITK as sitk
 

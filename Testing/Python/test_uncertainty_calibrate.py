@@ -45,6 +45,43 @@ def test_calibrate_npz_writes_new_version(tmp_path, capsys):
     assert (catalog / "blob-test" / "1.0.2" / "model.json").is_file()
 
 
+def test_calibrate_version_must_be_new_and_major_minor_patch(tmp_path, capsys, monkeypatch):
+    """``--version`` that is not MAJOR.MINOR.PATCH is refused before the package is read, one a catalog holds
+    before any prediction (one line naming --version, exit 2, nothing written); a parent whose own version is not
+    one (a user package made before versions were checked) gets the id's next free version."""
+    import shutil
+
+    from tiny_test_package import make_tiny_package
+
+    from MedDeepRecogLib.inference import calibrate
+    from MedDeepRecogLib.packages import user_models_dir
+
+    npz = write_blob_npz(tmp_path / "val.npz", n=24, seed=12)
+    predict = calibrate._npz_logits
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("the package predicted: the version was not refused first")
+
+    monkeypatch.setattr(calibrate, "_npz_logits", no_prediction)
+    for bad, holder in (("x.y", None), ("1.0", None), ("1.3.0", "bundled catalog")):
+        assert main(["calibrate", "--model", "adrenal-mass-3d", "--data", str(npz), "--split", "val", "--version",
+                     bad, "--dest", str(tmp_path / "pkgs"), "--progress", "none"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("meddeeprecog calibrate: error: --version "), err
+        assert (f"adrenal-mass-3d@1.3.0 already exists in the {holder}" if holder else "MAJOR.MINOR.PATCH") in err
+    assert not (tmp_path / "pkgs").exists()
+
+    monkeypatch.setattr(calibrate, "_npz_logits", predict)
+    old = make_tiny_package(user_models_dir(), kind="volume3d", package_id="oldver", version="1.0.0")
+    shutil.copytree(old, old.parent / "x.y")
+    meta = json.loads((old / "model.json").read_text(encoding="utf-8"))
+    (old.parent / "x.y" / "model.json").write_text(json.dumps({**meta, "version": "x.y"}), encoding="utf-8")
+    assert main(["calibrate", "--model", "oldver@x.y", "--data", str(npz), "--split", "val", "--progress",
+                 "none"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["version"] == "1.0.1"
+    assert load_package("oldver").version == "1.0.1"
+
+
 def test_calibrate_csv_of_scans(tmp_path, capsys):
     catalog = tmp_path / "catalog"
     parent = save_blob_package(catalog)

@@ -43,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="with --domain-quantile: a train config whose domain/negatives (other data sets) are "
                         "measured at the new threshold for the model card")
     p.add_argument("--dest", help="catalog folder for the new version (default: the user catalog)")
-    p.add_argument("--version", help="version of the new package (default: next free patch version)")
+    p.add_argument("--version", help="version of the new package, MAJOR.MINOR.PATCH that no catalog holds for the "
+                                       "id (default: the parent's next free patch version)")
     p.add_argument("--bins", type=bounded_int(2, 1000), default=10, help="confidence bins of the ECE (default 10)")
     p.add_argument("--threads", type=thread_count, help="torch CPU threads")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="bar", help=PROGRESS_HELP)

@@ -89,7 +89,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-channel", action="store_true", default=None, help="add the segment mask as channel 2")
     p.add_argument("--negatives", type=int, help="background crops per case, away from all segments")
     p.add_argument("--id", help="id of the new package (default: the base's id → its next version)")
-    p.add_argument("--version", help="version of the new package (default: next free patch version)")
+    p.add_argument("--version", help="version of the new package, MAJOR.MINOR.PATCH that no catalog holds for "
+                   "the id (default: the next free patch version)")
     p.add_argument("--dest", help="catalog folder to write into (default: the user catalog)")
     p.add_argument("--work-dir", help="checkpoint folder (default: keyed by data, base and settings)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         score = f"{m.get('split', '')}: {score}" if score else m.get("note", "")  # e.g. "no validation data: ..."
         kind = (i.input or {}).get("kind", "?")
         derived = f" (from {i.parent})" if i.parent else ""
+        note = f" NOTE: {i.note}" if i.note else ""
         print(f"{i.id:<22} {i.version:<8} {i.source:<7} {kind:<9} classes={','.join(i.class_names or [])} "
-              f"{score}{derived}")
+              f"{score}{derived}{note}")
     return 0

@@ -125,13 +125,15 @@ class FinetuneConfig:
             raise ConfigError("no data given (--data MANIFEST|FOLDER|FILE.seg.nrrd)")
         if self.val_slab is not None and (len(self.val_slab) != 2 or self.val_slab[1] <= self.val_slab[0]):
             raise ConfigError(f"val_slab must be [start, stop) with stop > start, got {self.val_slab}")
-        from ..packages.package import is_plain_name
+        from ..packages.package import check_version, is_plain_name
 
-        for key in ("id", "version"):   # checked here, not when the package is saved after training
-            value = getattr(self, key, None)
-            if value is not None and not is_plain_name(value):
-                raise ConfigError(f"--{key} {value!r} must be a plain name (letters, digits, '.', '_', '-'; no "
-                                  "path parts)")
+        # checked here, not when the package is saved after training (whether a catalog already holds the version
+        # is checked once the id is known: finetune.check_output_version)
+        if self.id is not None and not is_plain_name(self.id):
+            raise ConfigError(f"--id {self.id!r} must be a plain name (letters, digits, '.', '_', '-'; no path "
+                              "parts)")
+        if self.version is not None:
+            check_version(self.version, "--version")
         if self.dest:
             from ..io import check_output_dir
 

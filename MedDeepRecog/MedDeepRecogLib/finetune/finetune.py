@@ -36,7 +36,7 @@ from .card import model_card, package_metrics
 from .config import FinetuneConfig
 from .manifest import ClassMap, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .roi_task import RoiClassificationTask
-from .runs import default_work_dir, previous_result, run_key, write_result, write_run
+from .runs import default_work_dir, previous_result, rerun_package, run_key, write_result, write_run
 from .segment_data import CaseData, dataset_report, load_case, log_segment_summary, resolve_classes
 from .segmentation_task import SegmentationTask
 
@@ -62,6 +62,24 @@ def finetune(cfg: FinetuneConfig, progress: Callable[..., None] | None = None,
         return _finetune(cfg, ctx, report_progress, should_stop)
 
 
+def new_package_id(cfg: FinetuneConfig, base) -> str:
+    """The id the new package is saved under: ``--id``, else the base's (a new version of it)."""
+    return cfg.id or (base.id if base is not None else f"finetuned-{cfg.task}")
+
+
+def check_output_version(cfg: FinetuneConfig, pkg_id: str, work_dir: Path) -> None:
+    """Refuse a ``--version`` that any catalog already holds for ``pkg_id`` (the check train, calibrate and
+    ``models import`` make: :func:`..packages.check_new_version`), except the package this work folder's finished
+    run saved, which the same command run again returns instead of training (:func:`.runs.rerun_package`).
+    Without ``--version`` the package takes the next version free in every catalog when it is saved."""
+    if cfg.version is None:
+        return
+    from ..packages import catalogs_with, check_new_version
+
+    roots = catalogs_with(cfg.dest)
+    check_new_version(pkg_id, cfg.version, roots, "--version", own=rerun_package(work_dir, cfg, roots[0]))
+
+
 def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]:
     import torch
 
@@ -69,6 +87,13 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     cases, manifest_map = load_cases(data_path, image=cfg.image, label_table=cfg.label_table)
     class_map = parse_class_map(cfg.class_map) if cfg.class_map else (manifest_map or ClassMap(None))
     base = base_package(cfg.base, cfg.task)
+    pkg_id = new_package_id(cfg, base)
+    # the work folder is known from the files' bytes, before any scan is decoded: a --version that would overwrite
+    # or hide a package is refused first
+    fingerprint = dataset_fingerprint(cases, class_map, {"label_source": cfg.label_source})
+    base_ref = f"{base.id}@{base.version}" if base is not None else None
+    work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(run_key(cfg, fingerprint, base_ref))
+    check_output_version(cfg, pkg_id, work_dir)
     progress("load", 0.0, cases=len(cases))
     loaded: list[CaseData] = []
     for i, case in enumerate(cases):
@@ -113,9 +138,6 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     if cfg.val_slab is not None:
         report["note"] = "the validation slab is part of the one case, so its voxels are in these counts"
 
-    fingerprint = dataset_fingerprint(cases, class_map, {"label_source": cfg.label_source})
-    base_ref = f"{base.id}@{base.version}" if base is not None else None
-    work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(run_key(cfg, fingerprint, base_ref))
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
 
     task = (SegmentationTask if cfg.task == "segment" else RoiClassificationTask)(cfg, base, classes, train_data,
@@ -145,7 +167,7 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         return summary
 
     meta = task.package_meta()
-    meta["id"] = cfg.id or (base.id if base is not None else f"finetuned-{cfg.task}")
+    meta["id"] = pkg_id
     meta["version"] = cfg.version
     meta["provenance"] = {
         "data": str(data_path.resolve()), "command": cfg.command or " ".join(shlex.quote(a) for a in sys.argv),

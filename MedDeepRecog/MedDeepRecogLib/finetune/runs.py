@@ -52,7 +52,29 @@ def write_result(work_dir: Path, summary: dict[str, Any], epochs_run: int) -> No
     from ..io import atomic_write_json
 
     atomic_write_json(work_dir / "result.json", {"package": summary["package"], "id": summary["id"],
-                                                 "version": summary["version"], "epochs_run": epochs_run})
+                                                 "version": summary["version"], "epochs_run": epochs_run,
+                                                 "stopped": summary["epochs"]["stopped"]})
+
+
+def rerun_package(work_dir: Path, cfg: FinetuneConfig, dest: Path) -> Path | None:
+    """The package in catalog ``dest`` that this work folder's finished run saved, when running it again with
+    ``cfg`` trains no further and so returns that package (:func:`previous_result`) rather than saving another:
+    resumed from the checkpoint there, asking no more epochs than the run ran, or the run stopped early."""
+    from ..training.loop import CHECKPOINT
+
+    try:
+        saved = json.loads((work_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    package = Path(str(saved.get("package") or ""))
+    if not cfg.resume or not (work_dir / CHECKPOINT).is_file() or not package.is_dir():
+        return None
+    if package.parent.parent.resolve() != Path(dest).expanduser().resolve():
+        return None
+    ran = saved.get("epochs_run")
+    if not isinstance(ran, int) or (ran < cfg.training.epochs and saved.get("stopped") != "early_stopping"):
+        return None
+    return package
 
 
 def previous_result(work_dir: Path, epochs_run: int, *, dest: str | Path | None = None, version: str | None = None,

@@ -277,7 +277,7 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     """
     import tempfile
 
-    from ..packages import catalog_dirs, derived_version, load_package, save_package, user_models_dir
+    from ..packages import catalogs_with, check_version, derived_version, load_package, save_package
 
     # what the options ask for, before anything is read
     if domain_negatives is not None and domain_quantile is None:
@@ -292,6 +292,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     if quantile is not None and decision_rules is None:
         raise ConfigError("--quantile chooses the decision rules' min_probability: give --decision-rules RULES with "
                           "it")
+    if version is not None:
+        check_version(version, "--version")
     quantile = 0.02 if quantile is None else quantile
     if not 0.0 <= quantile < 1.0:  # NaN too
         raise ConfigError(f"--quantile must be in [0, 1), got {quantile}")
@@ -336,10 +338,10 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         quantile = float(parent_rules["chosen_on"].get("quantile_of_correct", quantile))
     if not csv_data:
         _refuse_training_split(pkg, data, split)
-    root = Path(dest) if dest is not None else user_models_dir()
-    if root.exists() and not root.is_dir():
-        raise ConfigError("--dest is a file, not a catalog folder", root)
-    version = derived_version(pkg.id, pkg.version, version, [root] + [d for d in catalog_dirs() if d != root])
+    roots = catalogs_with(dest)
+    if roots[0].exists() and not roots[0].is_dir():
+        raise ConfigError("--dest is a file, not a catalog folder", roots[0])
+    version = derived_version(pkg.id, pkg.version, version, roots)
     negative_images = None
     if negatives:  # read before any prediction: a bad negative set is refused first
         from ..training.domain import negative_image_sets

@@ -20,7 +20,10 @@ API (everything else here is internal):
   (temp dir + rename); ``meta["version"]`` may be ``None`` to take the next free patch version. Never overwrites.
 - ``ModelPackage.verify()``: a dry run on zeros of the declared input size (done by ``import_package``).
 - ``list_packages() -> list[PackageInfo]``; ``import_package(path) -> Path`` (validated copy into the user catalog).
-- ``user_models_dir()``, ``catalog_dirs()``, ``next_version(id)``, ``derived_version(...)``.
+- ``user_models_dir()``, ``catalog_dirs()``, ``catalogs_with(dest)``, ``next_version(id)``, ``derived_version(...)``.
+- Versions are ``MAJOR.MINOR.PATCH`` (``is_version``, ``check_version``); ``check_new_version(id, version, roots,
+  setting)`` is the one check before a package is written with a chosen version: a version no catalog holds for
+  that id (a second package of the same id and version would overwrite or hide the first).
 
 Weights are never unpickled with arbitrary classes: a ``.pt`` file with anything but tensors is refused.
 """
@@ -30,7 +33,11 @@ from .package import (
     ModelPackage,
     PackageInfo,
     catalog_dirs,
+    catalogs_with,
+    check_new_version,
+    check_version,
     import_package,
+    is_version,
     list_packages,
     load_package,
     load_weights,
@@ -48,7 +55,11 @@ __all__ = [
     "ModelPackage",
     "PackageInfo",
     "catalog_dirs",
+    "catalogs_with",
+    "check_new_version",
+    "check_version",
     "import_package",
+    "is_version",
     "list_packages",
     "load_package",
     "load_weights",

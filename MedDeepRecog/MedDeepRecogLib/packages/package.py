@@ -47,9 +47,67 @@ def catalog_dirs() -> list[Path]:
     return [resources.BUNDLED_MODELS_DIR, user_models_dir()]
 
 
+def catalogs_with(dest: str | Path | None) -> list[Path]:
+    """``dest`` (default: the user catalog) and every catalog a package id is resolved in: the folders a new
+    version must be free in, since one written to ``dest`` would otherwise hide (or be hidden by) another."""
+    root = Path(dest) if dest is not None else user_models_dir()
+    return [root] + [d for d in catalog_dirs() if d.resolve() != root.resolve()]
+
+
+# --------------------------------------------------------------------------------------------- versions
+#: A package version: MAJOR.MINOR.PATCH of non-negative whole numbers, as the bundled packages use. No leading
+#: zeros, so two folder names never mean the same version (``1.01.0`` and ``1.1.0`` would tie for "latest").
+_VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+VERSION_RULE = "MAJOR.MINOR.PATCH of whole numbers without leading zeros, e.g. 1.2.0"
+
+
+def is_version(text: Any) -> bool:
+    """Whether ``text`` is a package version (see :data:`VERSION_RULE`); only such versions are ever "latest"."""
+    return isinstance(text, str) and bool(_VERSION_RE.match(text))
+
+
+def check_version(version: Any, setting: str, where: str | Path | None = None) -> str:
+    """``version`` if it is a package version; else :class:`ConfigError` naming ``setting`` (and ``where``)."""
+    if not is_version(version):
+        raise ConfigError(f"{setting} {version!r} is not a package version ({VERSION_RULE})", where)
+    return version
+
+
 def _version_key(version: str) -> tuple:
-    """Sort key for versions such as ``1.0.10`` > ``1.0.9``; non-numeric parts sort as text."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-+]", str(version)))
+    """Sort key: ``1.0.10`` > ``1.0.9``; a folder whose name is not a version (made before versions were
+    checked) sorts below every version, so it is never the latest."""
+    if is_version(version):
+        return (1, *(int(p) for p in version.split(".")))
+    return (0, str(version))
+
+
+def version_holders(pkg_id: str, version: str, roots: list[Path]) -> list[Path]:
+    """The folders ``<root>/<pkg_id>/<version>`` that exist under ``roots`` (a package, or what blocks one)."""
+    return [Path(r) / pkg_id / version for r in roots if (Path(r) / pkg_id / version).exists()]
+
+
+def check_new_version(pkg_id: str, version: Any, roots: list[Path], setting: str,
+                      where: str | Path | None = None, own: Path | None = None) -> str:
+    """``version`` if a new package ``pkg_id@version`` may be written to ``roots[0]``: it is a package version and
+    no catalog in ``roots`` (:func:`catalogs_with`) holds that id and version, since a second package of the same
+    id and version would overwrite or hide the first. The one check of every command that writes a package with a
+    version the user chose (train, finetune, calibrate, models import).
+
+    ``own``: a package this very run saved earlier, which running it again returns rather than saving anew.
+    Raises :class:`ConfigError` naming ``setting`` and the catalog that holds the version (``where``: the file
+    the setting is in).
+    """
+    check_version(version, setting, where)
+    taken = [p for p in version_holders(pkg_id, version, roots)
+             if own is None or p.resolve() != Path(own).resolve()]
+    if taken:
+        holder = taken[0].parent.parent
+        label = {resources.BUNDLED_MODELS_DIR.resolve(): "bundled catalog ",
+                 user_models_dir().resolve(): "user catalog "}.get(holder.resolve(), "catalog ")
+        raise ConfigError(f"{setting} {version}: {pkg_id}@{version} already exists in the {label}{holder}; packages "
+                          f"are never overwritten or shadowed: bump the version ({next_version(pkg_id, roots)} is "
+                          f"free) or remove {taken[0]} first", where)
+    return version
 
 
 # --------------------------------------------------------------------------------------------- hashing / meta
@@ -442,7 +500,12 @@ def _resolve_id(ref: str) -> tuple[Path, str]:
             raise ModelPackageError(f"model package {pkg_id!r} has no version {version!r} "
                                     f"(installed: {', '.join(e[1] for e in found)})")
         return match[-1][2], match[-1][3]
-    best = max(found, key=lambda e: (_version_key(e[1]), e[3] == "user"))
+    versions = [e for e in found if is_version(e[1])]
+    if not versions:
+        raise ModelPackageError(f"model package {pkg_id!r} has no MAJOR.MINOR.PATCH version to take as the "
+                                f"latest (installed: {', '.join(e[1] for e in found)}); name one as "
+                                f"{pkg_id}@VERSION")
+    best = max(versions, key=lambda e: (_version_key(e[1]), e[3] == "user"))
     return best[2], best[3]
 
 
@@ -497,6 +560,7 @@ class PackageInfo:
     metrics: dict | None = None
     error: str | None = None
     parent: str | None = None  # "id@version" a calibrated or fine-tuned package was derived from
+    note: str | None = None  # e.g. a folder whose name is not a version (never taken as the latest)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -518,10 +582,19 @@ def list_packages(check_weights: bool = False) -> list[PackageInfo]:
                 meta = _read_meta(folder)
             out.append(PackageInfo(pkg_id, version, str(folder), source, meta.get("task", "classification"),
                                    meta.get("description"), meta["class_names"], meta["input"], meta.get("metrics"),
-                                   parent=_parent_ref((meta.get("provenance") or {}).get("parent"))))
+                                   parent=_parent_ref((meta.get("provenance") or {}).get("parent")),
+                                   note=_version_note(pkg_id, version)))
         except ModelPackageError as exc:
             out.append(PackageInfo(pkg_id, version, str(folder), source, error=str(exc)))
     return sorted(out, key=lambda p: (p.id, _version_key(p.version), p.source))
+
+
+def _version_note(pkg_id: str, version: str) -> str | None:
+    """Why a package whose folder name is not a version is listed apart (it was saved before versions were
+    checked): it is never chosen for ``ID`` alone."""
+    if is_version(version):
+        return None
+    return f"version {version!r} is not MAJOR.MINOR.PATCH: never taken as the latest (ask for {pkg_id}@{version})"
 
 
 def _parent_ref(parent: Any) -> str | None:
@@ -535,7 +608,8 @@ def _parent_ref(parent: Any) -> str | None:
 def import_package(path: str | Path, dest: str | Path | None = None) -> Path:
     """Check the package at ``path`` (folder or zip) and copy it into the user catalog as ``<id>/<version>/``.
 
-    Refuses to replace an installed id+version (in any catalog). Returns the new folder.
+    Refuses a version that is not ``MAJOR.MINOR.PATCH`` or that any catalog holds for the id
+    (:func:`check_new_version`). Returns the new folder.
     """
     pkg = load_package(Path(path).expanduser()) if Path(path).expanduser().exists() else None
     if pkg is None:
@@ -545,13 +619,10 @@ def import_package(path: str | Path, dest: str | Path | None = None) -> Path:
     if total > max_package_bytes():
         raise ModelPackageError(f"package holds {human_bytes(total)}, more than the limit of "
                                 f"{human_bytes(max_package_bytes())} ({MAX_PACKAGE_ENV})", path)
+    roots = catalogs_with(dest)
+    check_new_version(pkg.id, pkg.version, roots, "model.json version", path)
     pkg.verify()
-    root = Path(dest) if dest is not None else user_models_dir()
-    for e in _catalog_entries():
-        if e[0] == pkg.id and e[1] == pkg.version and dest is None:
-            raise ModelPackageError(f"model {pkg.id}@{pkg.version} is already installed at {e[2]}; "
-                                    "give the new one another version", path)
-    return _copy_atomically(pkg.path, root / pkg.id / pkg.version, where=path)
+    return _copy_atomically(pkg.path, roots[0] / pkg.id / pkg.version, where=path)
 
 
 def _copy_atomically(src: Path, target: Path, where: Any) -> Path:
@@ -585,49 +656,37 @@ def _rename_new(tmp: Path, target: Path, where: Any) -> None:
 
 # --------------------------------------------------------------------------------------------- saving
 def next_version(pkg_id: str, roots: list[Path] | None = None) -> str:
-    """The next free patch version of ``pkg_id`` over ``roots`` (default: all catalogs); ``1.0.0`` if none."""
+    """The next free patch version of ``pkg_id`` over ``roots`` (default: all catalogs); ``1.0.0`` if none.
+    Folders whose name is not a version are passed over (they are never the latest)."""
     versions = []
     for root in roots or catalog_dirs():
         d = Path(root) / pkg_id
         if d.is_dir():
-            versions += [p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            versions += [p.name for p in d.iterdir() if p.is_dir() and is_version(p.name)]
     if not versions:
         return "1.0.0"
-    top = max(versions, key=_version_key)
-    parts = top.split(".")
-    if all(p.isdigit() for p in parts):
-        parts[-1] = str(int(parts[-1]) + 1)
-        return ".".join(parts)
-    return f"{top}.1"
+    major, minor, patch = max(versions, key=_version_key).split(".")
+    return f"{major}.{minor}.{int(patch) + 1}"
 
 
 def derived_version(pkg_id: str, parent_version: str, version: str | None, roots: list[Path],
                     option: str = "--version") -> str:
     """The version a package derived from ``parent_version`` (a recalibration) is saved as.
 
-    ``version`` when given: a plain name (letters, digits, '.', '_', '-') that no catalog in ``roots`` holds for
-    ``pkg_id``, since a second package of the same id and version would hide one of the two. Without it, the parent's
-    next free patch version (1.3.0 -> 1.3.1, or 1.3.2 when that is taken), so a package derived from an older
-    version never becomes the default over newer ones. Raises :class:`ConfigError` naming ``option``.
+    ``version`` when given: a package version that no catalog in ``roots`` holds for ``pkg_id``
+    (:func:`check_new_version`). Without it, the parent's next free patch version (1.3.0 -> 1.3.1, or 1.3.2 when
+    that is taken), so a package derived from an older version never becomes the default over newer ones; a parent
+    whose version is not one (made before versions were checked) gets the id's next free version.
+    Raises :class:`ConfigError` naming ``option``.
     """
-    def taken(v: str) -> Path | None:
-        return next((Path(r) / pkg_id / v for r in roots if (Path(r) / pkg_id / v).exists()), None)
-
     if version is not None:
-        if not isinstance(version, str) or not _ID_RE.match(version):
-            raise ConfigError(f"{option} {version!r} must be a plain name (letters, digits, '.', '_', '-')")
-        where = taken(version)
-        if where is not None:
-            raise ConfigError(f"{option} {version}: {pkg_id}@{version} already exists at {where}; packages are "
-                              "never overwritten or shadowed: give another version")
-        return version
-    parts = parent_version.split(".")
-    if not all(part.isdigit() for part in parts):
-        parts = [parent_version, "0"]
-    candidate = parts[:-1] + [str(int(parts[-1]) + 1)]
-    while taken(".".join(candidate)) is not None:
-        candidate[-1] = str(int(candidate[-1]) + 1)
-    return ".".join(candidate)
+        return check_new_version(pkg_id, version, roots, option)
+    if not is_version(parent_version):
+        return next_version(pkg_id, roots)
+    major, minor, patch = (int(p) for p in parent_version.split("."))
+    while version_holders(pkg_id, f"{major}.{minor}.{patch + 1}", roots):
+        patch += 1
+    return f"{major}.{minor}.{patch + 1}"
 
 
 def _jsonable(obj: Any) -> Any:
@@ -666,7 +725,7 @@ def save_package(model, meta: Mapping[str, Any], dest: str | Path | None = None,
     meta = _jsonable(dict(meta))
     meta.setdefault("task", "classification")
     if not meta.get("version"):
-        meta["version"] = next_version(str(meta.get("id")), [root] + [d for d in catalog_dirs() if d != root])
+        meta["version"] = next_version(str(meta.get("id")), catalogs_with(root))
     meta["format_version"] = FORMAT_VERSION
     prov = dict(meta.get("provenance") or {})
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -674,6 +733,8 @@ def save_package(model, meta: Mapping[str, Any], dest: str | Path | None = None,
     meta["provenance"] = prov
     meta["weights"] = {"file": "weights.safetensors", "sha256": "pending"}
     validate_meta(meta, "model.json (to be saved)")
+    # the last guard: a package saved under a name that is not a version could never be the latest
+    check_version(meta["version"], "model.json version", "model.json (to be saved)")
     target = root / meta["id"] / meta["version"]
     if target.exists():
         raise ModelPackageError(f"{target} already exists; packages are never overwritten (choose a new version)")

@@ -2,7 +2,8 @@
 
 Layout (every section optional except ``id``, ``data``, ``model``)::
 
-    id: adrenal-mass-3d            # package id; version: "1.0.0" (default: next free version)
+    id: adrenal-mass-3d            # package id; version: "1.0.0" (MAJOR.MINOR.PATCH that no catalog holds for
+                                   # the id; default: the next version free in every catalog)
     description: "…"; modality: CT; seed: 0; out: runs/adrenal   # output dir (or --out)
     data:   {path, format: npz|folder, kind: volume3d|slices2d, train_split: train, val_split: val,
              val_fraction: 0.2 (npz with only images/labels: last fraction of each class, file order),
@@ -226,6 +227,10 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
                               f"limit of {human_bytes(max_image_bytes())}", source)
     if not cfg.id:
         raise ConfigError("config needs an 'id' (the model package id)", source)
+    if cfg.version is not None:
+        from ..packages import check_version
+
+        check_version(cfg.version, "version", source)
     if not cfg.data.path:
         raise ConfigError("config needs data/path (a .npz file or an image folder)", source)
     if not cfg.model.name:

@@ -401,7 +401,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     from ..io import check_output_dir
     from ..models import build_model, default_target_layer
     from ..models.ensemble import ensemble_around
-    from ..packages import next_version, user_models_dir
+    from ..packages import catalogs_with, check_new_version, next_version
     from ..packages.package import validate_meta
     from ..uncertainty.calibration import PRIOR_SHIFT_MAX_CLASSES
     from .distributed import barrier, broadcast_object
@@ -413,10 +413,12 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     out_dir = Path(out or cfg.out or f"runs/{cfg.id}")
     if not Path(out_dir).is_absolute() and out is None and cfg.out and cfg.source:
         out_dir = Path(cfg.source).resolve().parent / out_dir
-    dest = Path(package_dest) if package_dest else user_models_dir()
-    version = broadcast_object(cfg.version or next_version(cfg.id, [dest]), ctx)
-    if (dest / cfg.id / version).exists():
-        raise ConfigError(f"package {cfg.id}@{version} already exists in {dest}; set another version", cfg.source)
+    roots = catalogs_with(package_dest or None)
+    dest = roots[0]
+    # a chosen version is refused before anything is read if any catalog holds it (the bundled package a config
+    # in configs/ rebuilt included); the default is the next version free in all of them
+    version = broadcast_object(check_new_version(cfg.id, cfg.version, roots, "version", cfg.source)
+                               if cfg.version is not None else next_version(cfg.id, roots), ctx)
     if ctx.is_main:   # both folders are checked before the data are read: a run never fails on them at its end
         check_output_dir(dest, "--package-dest")
         check_run_folder(out_dir, resume)
