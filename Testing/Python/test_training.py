@@ -397,3 +397,43 @@ def test_model_init_starts_every_network_from_the_file_and_refuses_another_netwo
         err = capsys.readouterr().err.strip()
         assert "model/init" in err and words in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]
+
+
+# ------------------------------------------------------------------------------------------------ heatmap layer
+def test_train_names_the_heatmap_layer_of_the_network_it_packages(tmp_path, npz):
+    """A config's explain/target_layer written for an ensemble (``members.*.``) names the one network a run with
+    folds 0 packages, and a member's layer gets the prefix when the run packages an ensemble: classify (and
+    ``models --verify``) find the layer either way."""
+    from MedDeepRecogLib.models.ensemble import ensemble_around
+    from MedDeepRecogLib.packages.package import target_layer_of
+    from MedDeepRecogLib.training.train import package_explain, run_training
+
+    explain = {"methods": ["gradcam"], "target_layer": "members.*.features.conv2", "rationale": "why"}
+    cfg = config_from_dict(_config(npz, explain=explain, training={"epochs": 1, "batch_size": 16}))
+    result = run_training(cfg, out=tmp_path / "run", package_dest=tmp_path / "cat")
+    pkg = load_package(result["package"])
+    assert pkg.meta["architecture"]["name"] == "simple_cnn2d"
+    assert pkg.meta["explain"] == {**explain, "target_layer": "features.conv2"}
+    assert target_layer_of(pkg, pkg.build_model()) == "features.conv2"
+    pkg.verify()
+
+    member = build_model("simple_cnn2d", **KW)
+    ensemble = ensemble_around(member, member="simple_cnn2d", member_kwargs={"channels": [4, 8], "hidden": 8},
+                               in_channels=1, num_classes=2)
+    for named in ("features.conv2", "members.*.features.conv2"):
+        assert package_explain({"target_layer": named}, ensemble, cfg)["target_layer"] == "members.*.features.conv2"
+    assert package_explain({"methods": ["gradcam"]}, member, cfg) == {"methods": ["gradcam"]}  # none named
+
+
+def test_train_refuses_a_heatmap_layer_the_network_lacks_before_training(tmp_path, npz, capsys):
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, explain={"target_layer": "features.nope"})), encoding="utf-8")
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    assert main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "explain/target_layer 'features.nope' is not a layer" in err[0]
+    assert "simple_cnn2d" in err[0] and str(cfg_path) in err[0]
+    assert not out.exists() and not cat.exists()
+

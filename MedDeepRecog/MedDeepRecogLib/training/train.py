@@ -466,6 +466,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             "modality": cfg.modality, "input": input_spec,
             "explain": cfg.explain or {"methods": ["gradcam"] + attention,
                                        "target_layer": default_target_layer(arch["name"], **arch["kwargs"])},
+            # explain.target_layer is named for the network the package holds once it is built (package_explain)
             "provenance": {"data": str(data_path), "split": data.description, "command": cmd, "seed": cfg.seed,
                            "parent": None, "dataset_fingerprint": data.fingerprint, "config": cfg.to_dict(),
                            **({"world_size": ctx.world_size} if ctx.enabled else {})},
@@ -484,6 +485,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             raise ConfigError(f"model {cfg.model.name} does not accept inputs of shape "
                               f"{tuple(data.train.images.shape[1:])}: {str(exc).splitlines()[0][:200]}",
                               cfg.source) from None
+    # the package's network: one trained network, or an ensemble of them (its layers are its members')
+    meta["explain"] = package_explain(meta["explain"], model if n_members == 1 else
+                                      ensemble_around(model, **arch["kwargs"]), cfg)
     init = None
     if cfg.model.init:  # checked against the network before anything trains; every member starts from it
         from .init_weights import read_init_state
@@ -544,6 +548,41 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                               progress, extensions)
     finally:
         barrier(ctx)
+
+
+#: How an ensemble names a layer of every member (:mod:`..models.ensemble`): ``members.*.<member layer>``.
+MEMBER_LAYERS = "members.*."
+
+
+def package_explain(explain: dict, network, cfg: TrainConfig) -> dict:
+    """``model.json``'s ``explain`` with its ``target_layer`` named as a layer of ``network``, the network the
+    package holds, checked before anything trains (classify refuses a package whose layer it cannot find).
+
+    Why the name may change: a config names the layer for the network it describes, but whether train wraps that
+    network in an ensemble is decided by ``training/folds``, ``refit`` and ``ensemble`` (a quick run with folds 0
+    packages one network). So a member's layer (``features.conv3``) gets the ensemble's ``members.*.`` prefix when
+    the package is an ensemble, and a layer named with that prefix loses it when the package is one network.
+
+    Raises:
+        ConfigError: naming ``explain/target_layer``, when neither form is a layer of ``network``.
+    """
+    from ..explain.gradcam import has_layer, last_conv_layer
+    from ..models.ensemble import MeanEnsemble
+
+    named = explain.get("target_layer")
+    if not named:   # none named: classify takes the registry's default layer, else the last convolution
+        return explain
+    is_ensemble = isinstance(network, MeanEnsemble)
+    other = MEMBER_LAYERS + named if is_ensemble else named.removeprefix(MEMBER_LAYERS)
+    layer = next((name for name in (named, other) if has_layer(network, name)), None)
+    if layer is None:
+        what = f"an ensemble of {cfg.model.name}" if is_ensemble else cfg.model.name
+        raise ConfigError(f"explain/target_layer {named!r} is not a layer of the network this run packages "
+                          f"({what}; its last convolution is {last_conv_layer(network)})", cfg.source)
+    if layer != named:
+        log.info("explain/target_layer %r is %r in the package (%s)", named, layer,
+                 "an ensemble" if is_ensemble else "one network, not an ensemble")
+    return {**explain, "target_layer": layer}
 
 
 def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path, seed: int, resume: bool,
