@@ -437,3 +437,38 @@ def test_train_refuses_a_heatmap_layer_the_network_lacks_before_training(tmp_pat
     assert "simple_cnn2d" in err[0] and str(cfg_path) in err[0]
     assert not out.exists() and not cat.exists()
 
+
+# ------------------------------------------------------------------------------------------------ resume
+def test_resume_neither_shortens_a_run_nor_packages_a_finished_one_twice(tmp_path, npz, capsys, caplog):
+    """A finished run resumed with fewer epochs is refused in one line naming the folder and the epochs it
+    completed; with the same epochs it is complete (its package named, exit 0, nothing written); with more it goes
+    on into a new package whose provenance says so."""
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, training={"epochs": 2, "batch_size": 16})), encoding="utf-8")
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    common = [str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]
+    assert main(["train", *common]) == 0
+    capsys.readouterr()
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    assert main(["train", *common, "--resume", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "has completed 2 epochs" in err[0] and "--epochs 2" in err[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]
+
+    with caplog.at_level("WARNING"):
+        assert main(["train", *common, "--resume"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["package"] == str(cat / "synthetic" / "1.0.0") and "nothing trained" in result["complete"]
+    assert f"the run in {out} is complete (2 epochs); its package is {cat / 'synthetic' / '1.0.0'}" in caplog.text
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]
+
+    assert main(["train", *common, "--resume", "--epochs", "3"]) == 0
+    longer = load_package(cat / "synthetic" / "1.0.1")
+    assert longer.meta["provenance"]["config"]["training"]["epochs"] == 3
+    assert "--epochs 3" in longer.meta["provenance"]["command"]
+    assert len(json.loads((out / "history.json").read_text(encoding="utf-8"))["epochs"]) == 3

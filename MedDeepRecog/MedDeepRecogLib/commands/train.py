@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="training config (.yaml/.yml/.json)")
     p.add_argument("--out", help="output folder for checkpoints, metrics and curves (default: config 'out' or "
                                  "runs/<id>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/last.pt (a finished run: more epochs continue it into a new "
+                        "package; the same epochs name its package and write nothing; fewer are refused)")
     p.add_argument("--package-dest", help="catalog folder for the new package (default: the user catalog "
                                           "$MEDDEEPRECOG_HOME/models)")
     p.add_argument("--epochs", type=int, help="override training/epochs")

@@ -51,7 +51,7 @@ from .classification import class_weights_from_labels, fit_classifier, make_load
 from .config import TrainConfig, load_config, resolve_data_path, resolve_init_path
 from .data import load_train_val, stratified_folds
 from .hooks import PackageDraft, RunHooks, run_hooks
-from .loop import FitConfig, History, Hooks
+from .loop import CHECKPOINT, FitConfig, History, Hooks
 from .metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -335,10 +335,65 @@ def check_resumed_run(out_dir: Path, record: dict, resume: bool) -> None:
                 raise ConfigError(f"--resume: the run in this folder had other settings ({'; '.join(changed[:3])}"
                                   f"{'; ...' if len(changed) > 3 else ''}); resume it with its own config and "
                                   "options, or give a new --out folder", out_dir)
+            if before == record:
+                return   # unchanged: a resumed run that trains nothing leaves its folder as it was
         else:
             log.warning("--resume: %s has no %s (made by an earlier version), so its settings cannot be matched to "
                         "this config's", out_dir, RUN_RECORD)
     atomic_write_json(path, record)
+
+
+def completed_epochs(out_dir: Path) -> int | None:
+    """The most epochs any network of the run in ``out_dir`` has completed, read from its checkpoints (one
+    ``last.pt``, or one per ensemble member); ``None`` when it holds none that can be read (a damaged checkpoint is
+    refused where the loop loads it)."""
+    import torch
+
+    counts = []
+    for ckpt in sorted((out_dir / "checkpoints").rglob(CHECKPOINT)):
+        try:   # mapped, not read: only the epoch number is wanted
+            counts.append(int(torch.load(str(ckpt), map_location="cpu", weights_only=True, mmap=True)["epoch"]))
+        except Exception:
+            continue
+    return max(counts) if counts else None
+
+
+def check_resume_epochs(out_dir: Path, epochs: int) -> None:
+    """Refuse ``--resume`` with fewer epochs than the run in ``out_dir`` has completed: the loop would train
+    nothing, and the package would carry the longer run's weights and metrics under the shorter run's config and
+    reproduce command."""
+    done = completed_epochs(out_dir)
+    if done is not None and done > epochs:
+        raise ConfigError(f"--resume: the run in this folder has completed {done} epochs, more than the {epochs} "
+                          f"asked (training/epochs or --epochs); a run is not shortened: resume it with --epochs "
+                          f"{done} or more, or give a new --out folder", out_dir)
+
+
+def finished_run(out_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """What the finished run in ``out_dir`` wrote, when resuming it to ``epochs`` would train nothing more: its
+    package is written (``metrics.json`` names it), no checkpoint is further than that package, and every network
+    has either reached ``epochs`` or stopped early. ``None`` otherwise (the run goes on, or has not finished).
+    A resumed run that trains nothing writes no second package with the same weights."""
+    try:
+        metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+        history = json.loads((out_dir / "history.json").read_text(encoding="utf-8"))
+        package = Path(metrics["package"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    networks = [*(history.get("members") or [history]), *(history.get("fold_members") or [])]
+    trained = [len(n.get("epochs") or []) for n in networks]
+    if not trained or completed_epochs(out_dir) != max(trained):
+        return None   # a resumed run went further after the package was written (then stopped)
+    if any(n.get("stopped") == "completed" and count < epochs for n, count in zip(networks, trained)):
+        return None
+    log.warning("--resume: the run in %s is complete (%d epochs); its package is %s: nothing to train, no new "
+                "package (more epochs continue it; a new --out folder starts another run)", out_dir, max(trained),
+                package)
+    return {"package": str(package), "id": package.parent.name, "version": package.name,
+            "metrics": str(out_dir / "metrics.json"), "training_curve": str(out_dir / "training_curve.png"),
+            "history": str(out_dir / "history.json"), "val_auc": metrics.get("auc"),
+            "val_balanced_accuracy": metrics.get("balanced_accuracy"),
+            "complete": f"already trained {max(trained)} epochs; nothing trained, no package written"}
 
 
 def check_run_folder(out_dir: Path, resume: bool) -> None:
@@ -420,6 +475,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     if ctx.is_main:   # both folders are checked before the data are read: a run never fails on them at its end
         check_output_dir(dest, "--package-dest")
         check_run_folder(out_dir, resume)
+        if resume:
+            check_resume_epochs(out_dir, int(cfg.training.epochs))
         warmup, epochs = int(cfg.schedule.warmup_epochs or 0), int(cfg.training.epochs)
         if warmup >= epochs > 1:   # allowed (a short --epochs override of a long recipe), but worth a word
             log.warning(
@@ -437,6 +494,10 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         made.extend(d for d in (out_dir, *out_dir.parents) if not d.exists())   # deepest first
         out_dir.mkdir(parents=True, exist_ok=True)
         check_resumed_run(out_dir, run_record(cfg, data.fingerprint), resume)
+    finished = broadcast_object(finished_run(out_dir, int(cfg.training.epochs)) if resume and ctx.is_main
+                                else None, ctx)
+    if finished is not None:
+        return finished
     k = len(data.class_names)
     if cfg.training.prior_shift != "none" and k > PRIOR_SHIFT_MAX_CLASSES:
         raise ConfigError(f"training/prior_shift is fitted for at most {PRIOR_SHIFT_MAX_CLASSES} classes; the data "
