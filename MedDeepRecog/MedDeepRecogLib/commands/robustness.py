@@ -106,13 +106,16 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     progress = Progress(args.progress)
     if args.train_config:
+        from ..contract import reproduce_command
         from ..robustness.training import run_adversarial_training
         from . import register_training_blocks
 
         register_training_blocks()
-
+        # every option the run read goes into its reproduce command, as train's do (contract.reproduce_command)
+        command = reproduce_command(["robustness", "--train-config", args.train_config],
+                                    {opt: getattr(args, opt) for opt in ("out", "package_dest", "epochs", "threads")})
         result = run_adversarial_training(args.train_config, out=args.out, package_dest=args.package_dest,
-                                          epochs=args.epochs, progress=progress)
+                                          epochs=args.epochs, progress=progress, command=command)
     else:
         from ..robustness.report import dataset_report, scan_lines, scan_reports
 

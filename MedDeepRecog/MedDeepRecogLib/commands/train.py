@@ -36,14 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (recorded in the package provenance and model card)."""
-    import shlex
+    from ..contract import reproduce_command
 
-    parts = ["meddeeprecog", "train", args.config]
-    for opt in ("out", "package_dest", "epochs", "device", "threads"):
-        value = getattr(args, opt)
-        if value is not None:
-            parts += [f"--{opt.replace('_', '-')}", str(value)]
-    return " ".join(shlex.quote(p) for p in parts)
+    return reproduce_command(["train", args.config],
+                             {opt: getattr(args, opt) for opt in ("out", "package_dest", "epochs", "device", "threads")})
 
 
 def run(args: argparse.Namespace) -> int:
