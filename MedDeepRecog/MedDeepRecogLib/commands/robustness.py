@@ -6,7 +6,9 @@ One scan (``--input SCAN``; the Slicer panel's "Robustness check")::
                             [--write-perturbation] [--progress json]
 
 writes ``DIR/<name>_robustness.json`` (probability of the clean label at each eps, ``smallest_flipping_eps`` or
-null, the curve point where it flips, eps also in HU for CT), ``DIR/<name>_robustness.png`` (the curve) and with
+null, the curve point where it flips, eps also in HU for CT; ``model_modality`` and ``scan_modality``; a scan that
+classify reports no class for has ``clean_label`` ``out-of-domain`` and ``out_of_domain``, the reason, while the
+curve follows the network's ``top_class``), ``DIR/<name>_robustness.png`` (the curve) and with
 ``--write-perturbation`` ``DIR/<name>_perturbation.nrrd`` (the perturbation at the flipping eps, or the largest
 eps, on the scan's grid, in model input units).
 

@@ -473,10 +473,26 @@ def _modality_guess(image: sitk.Image, hounsfield_or_not: str, picture: bool) ->
     return "unknown" if picture else "MR"
 
 
+#: How a reason for reporting no class begins (:func:`_mark_out_of_domain`).
+OUT_OF_DOMAIN_REASON = "outside this model's domain: "
+
+
 def _mark_out_of_domain(decision: dict, why: str) -> None:
     """Report no class: the scan is outside the model's domain, for the reason ``why``."""
-    decision["reasons"] = [*decision["reasons"], f"outside this model's domain: {why}"]
+    decision["reasons"] = [*decision["reasons"], f"{OUT_OF_DOMAIN_REASON}{why}"]
     decision["uncertain"], decision["label"] = True, OUT_OF_DOMAIN
+
+
+def out_of_domain_reason(decision: dict) -> str | None:
+    """Why classify reported no class for a scan (``decision`` as :func:`classify_scan` made it: the package's
+    out-of-domain check, or a CT in HU for an MR / ultrasound model), in words; ``None`` for a scan within the
+    model's domain. Other commands that run a package on a scan (``robustness --input``) report the same judgement
+    from here rather than judging again."""
+    if decision.get("label") != OUT_OF_DOMAIN:
+        return None
+    why = [r.removeprefix(OUT_OF_DOMAIN_REASON) for r in decision.get("reasons", [])
+           if r.startswith(OUT_OF_DOMAIN_REASON)]
+    return "; ".join(why) or "outside this model's domain"
 
 
 def _unlike_training_images(package, domain: dict, n_slices: int) -> str:
