@@ -8,6 +8,7 @@ are described for people in ``docs/worker-protocol.md``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 #: Extensions SimpleITK writes and Slicer reads back with geometry intact.
 WRITABLE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -101,3 +102,18 @@ def bounded_int(low: int, high: int, what: str = "a whole number"):
 #: ``--threads`` as argparse reads it: a whole number from 1 to :data:`MAX_THREADS` (torch refuses 0 and below only
 #: once training has begun).
 thread_count = bounded_int(1, MAX_THREADS, "a whole number of threads")
+
+
+def reproduce_command(words: Sequence[str], options: Mapping[str, Any]) -> str:
+    """The command that reproduces a training run, for its package's provenance and model card:
+    ``meddeeprecog WORDS`` and each of ``options`` given (``{"package_dest": "cat"}`` -> ``--package-dest cat``;
+    ``None`` is an option not given), shell-quoted. ``train`` and ``robustness --train-config`` both record theirs
+    here, so neither drops an option that decides the run (``--epochs``) or where it went; options that do not
+    (``--progress``, ``--resume``: a resumed run ends where an uninterrupted one would) are not passed."""
+    import shlex
+
+    parts = ["meddeeprecog", *words]
+    for name, value in options.items():
+        if value is not None:
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(shlex.quote(str(p)) for p in parts)

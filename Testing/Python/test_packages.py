@@ -341,3 +341,25 @@ def test_import_refuses_a_package_whose_input_size_does_not_fit(tmp_path):
     with pytest.raises(ModelPackageError, match="does not accept its declared input"):
         import_package(src)
     assert not (user_models_dir() / "tiny").exists()
+
+
+def test_verify_makes_classifys_heatmap_layer_check(tmp_path):
+    """A package naming a Grad-CAM layer its network lacks (an ensemble's ``members.*.`` layer on one network) is
+    refused by classify at load; ``verify`` (``models --verify``, ``models import``) makes the same check, with the
+    same function, so such a package is never reported ok."""
+    from MedDeepRecogLib.inference import classify
+    from MedDeepRecogLib.packages import package
+
+    assert classify.target_layer_of is package.target_layer_of
+    src = save_package(_model(), _meta(pkg_id="nolayer", explain={"methods": ["gradcam"],
+                                                                  "target_layer": "members.*.features.conv2"}),
+                       tmp_path)
+    pkg = load_package(src)
+    with pytest.raises(ModelPackageError, match=r"explain.target_layer 'members.\*.features.conv2' is not a layer"):
+        pkg.verify()
+    with pytest.raises(ModelPackageError, match="is not a layer of simple_cnn2d"):
+        import_package(src)
+    assert not (user_models_dir() / "nolayer").exists()
+    good = load_package(save_package(_model(), _meta(pkg_id="layer", explain={"target_layer": "features.conv2"}),
+                                     tmp_path))
+    good.verify()

@@ -35,7 +35,8 @@ def test_scan_mode_reports_smallest_flipping_eps_and_writes_outputs(pkg, tmp_pat
     result = _last_json(capsys)
     rec = json.loads((out / "case_robustness.json").read_text(encoding="utf-8"))
     assert result["json"] == str(out / "case_robustness.json")
-    assert rec["clean_label"] == "normal"
+    assert rec["clean_label"] == rec["top_class"] == "normal" and "out_of_domain" not in rec
+    assert rec["model_modality"] == "CT" and rec["scan_modality"] == "MR"  # the blob scan is not in HU
     assert [p["eps"] for p in rec["curve"]] == [0.01, 0.05, 0.1, 0.3]
     e = rec["smallest_flipping_eps"]
     assert e is not None and result["smallest_flipping_eps"] == e
@@ -49,6 +50,27 @@ def test_scan_mode_reports_smallest_flipping_eps_and_writes_outputs(pkg, tmp_pat
     assert pert.GetSize() == src.GetSize() and np.allclose(pert.GetSpacing(), src.GetSpacing())
     arr = sitk.GetArrayFromImage(pert)
     assert 0 < np.abs(arr).max() <= e + 1e-5
+
+
+def test_an_out_of_domain_scan_is_reported_as_classify_reports_it(tmp_path, capsys):
+    """A CT in HU through an MR model: classify reports no class ("out-of-domain", with the reason), so robustness
+    says the same in its JSON, its summary and its printed lines, and names whose modality is whose."""
+    from MedDeepRecogLib.slicer_bridge.outputs import robustness_summary
+
+    mr = save_blob_package(tmp_path / "cat", modality="MR", pkg_id="blob-mr")
+    scan = write_blob_scan(tmp_path / "ct.nii.gz", label=0, scale=1000.0, offset=-1000.0)
+    out = tmp_path / "out"
+    assert main(["robustness", "--model", str(mr), "--input", str(scan), "--out", str(out), "--attack", "fgsm",
+                 "--eps", "0.05", "--refine", "0", "--progress", "none"]) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads((out / "ct_robustness.json").read_text(encoding="utf-8"))
+    assert rec["clean_label"] == "out-of-domain" and rec["top_class"] in ("normal", "mass")
+    assert "is CT in Hounsfield units" in rec["out_of_domain"] and "reads MR images" in rec["out_of_domain"]
+    assert rec["model_modality"] == "MR" and rec["scan_modality"] == "CT" and "modality" not in rec
+    assert printed.splitlines()[0] == f"{scan}: out-of-domain: {rec['out_of_domain']}"
+    assert f"the network's top class {rec['top_class']}" in printed and "is a guess" in printed
+    assert json.loads(printed[printed.index("{"):])["out_of_domain"] == rec["out_of_domain"]
+    assert robustness_summary(rec)[0].startswith("Out-of-domain (")
 
 
 def test_eps_in_hu_follows_the_window(tmp_path):

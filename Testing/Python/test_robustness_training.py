@@ -142,7 +142,11 @@ def test_robustness_train_config_command_still_reproduces(tmp_path, capsys):
     assert main(["robustness", "--train-config", str(cfg), "--out", str(tmp_path / "run"), "--package-dest",
                  str(dest), "--epochs", "1", "--progress", "none"]) == 0
     pkg = load_package(dest / "blob-adv" / "1.0.0")
-    assert pkg.meta["provenance"]["command"].startswith("meddeeprecog robustness --train-config")
+    # every option of the run is in its reproduce command, as train records its own (--epochs 1, not the config's)
+    command = (f"meddeeprecog robustness --train-config {cfg} --out {tmp_path / 'run'} --package-dest {dest} "
+               f"--epochs 1")
+    assert pkg.meta["provenance"]["command"] == command
+    assert f"## Reproduce\n```\n{command}\n```" in (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert pkg.meta["robustness"]["adversarial_training"]["attack"] == "pgd"
     assert sorted(p.name for p in (dest / "blob-adv").iterdir()) == ["1.0.0"]
 

@@ -501,3 +501,78 @@ def test_model_init_starts_every_network_from_the_file_and_refuses_another_netwo
         err = capsys.readouterr().err.strip()
         assert "model/init" in err and words in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]
+
+
+# ------------------------------------------------------------------------------------------------ heatmap layer
+def test_train_names_the_heatmap_layer_of_the_network_it_packages(tmp_path, npz):
+    """A config's explain/target_layer written for an ensemble (``members.*.``) names the one network a run with
+    folds 0 packages, and a member's layer gets the prefix when the run packages an ensemble: classify (and
+    ``models --verify``) find the layer either way."""
+    from MedDeepRecogLib.models.ensemble import ensemble_around
+    from MedDeepRecogLib.packages.package import target_layer_of
+    from MedDeepRecogLib.training.train import package_explain, run_training
+
+    explain = {"methods": ["gradcam"], "target_layer": "members.*.features.conv2", "rationale": "why"}
+    cfg = config_from_dict(_config(npz, explain=explain, training={"epochs": 1, "batch_size": 16}))
+    result = run_training(cfg, out=tmp_path / "run", package_dest=tmp_path / "cat")
+    pkg = load_package(result["package"])
+    assert pkg.meta["architecture"]["name"] == "simple_cnn2d"
+    assert pkg.meta["explain"] == {**explain, "target_layer": "features.conv2"}
+    assert target_layer_of(pkg, pkg.build_model()) == "features.conv2"
+    pkg.verify()
+
+    member = build_model("simple_cnn2d", **KW)
+    ensemble = ensemble_around(member, member="simple_cnn2d", member_kwargs={"channels": [4, 8], "hidden": 8},
+                               in_channels=1, num_classes=2)
+    for named in ("features.conv2", "members.*.features.conv2"):
+        assert package_explain({"target_layer": named}, ensemble, cfg)["target_layer"] == "members.*.features.conv2"
+    assert package_explain({"methods": ["gradcam"]}, member, cfg) == {"methods": ["gradcam"]}  # none named
+
+
+def test_train_refuses_a_heatmap_layer_the_network_lacks_before_training(tmp_path, npz, capsys):
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, explain={"target_layer": "features.nope"})), encoding="utf-8")
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    assert main(["train", str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "explain/target_layer 'features.nope' is not a layer" in err[0]
+    assert "simple_cnn2d" in err[0] and str(cfg_path) in err[0]
+    assert not out.exists() and not cat.exists()
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def test_resume_neither_shortens_a_run_nor_packages_a_finished_one_twice(tmp_path, npz, capsys, caplog):
+    """A finished run resumed with fewer epochs is refused in one line naming the folder and the epochs it
+    completed; with the same epochs it is complete (its package named, exit 0, nothing written); with more it goes
+    on into a new package whose provenance says so."""
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, training={"epochs": 2, "batch_size": 16})), encoding="utf-8")
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    common = [str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]
+    assert main(["train", *common]) == 0
+    capsys.readouterr()
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    assert main(["train", *common, "--resume", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "has completed 2 epochs" in err[0] and "--epochs 2" in err[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]
+
+    with caplog.at_level("WARNING"):
+        assert main(["train", *common, "--resume"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["package"] == str(cat / "synthetic" / "1.0.0") and "nothing trained" in result["complete"]
+    assert f"the run in {out} is complete (2 epochs); its package is {cat / 'synthetic' / '1.0.0'}" in caplog.text
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]
+
+    assert main(["train", *common, "--resume", "--epochs", "3"]) == 0
+    longer = load_package(cat / "synthetic" / "1.0.1")
+    assert longer.meta["provenance"]["config"]["training"]["epochs"] == 3
+    assert "--epochs 3" in longer.meta["provenance"]["command"]
+    assert len(json.loads((out / "history.json").read_text(encoding="utf-8"))["epochs"]) == 3

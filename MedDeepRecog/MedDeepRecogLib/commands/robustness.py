@@ -6,7 +6,9 @@ One scan (``--input SCAN``; the Slicer panel's "Robustness check")::
                             [--write-perturbation] [--progress json]
 
 writes ``DIR/<name>_robustness.json`` (probability of the clean label at each eps, ``smallest_flipping_eps`` or
-null, the curve point where it flips, eps also in HU for CT), ``DIR/<name>_robustness.png`` (the curve) and with
+null, the curve point where it flips, eps also in HU for CT; ``model_modality`` and ``scan_modality``; a scan that
+classify reports no class for has ``clean_label`` ``out-of-domain`` and ``out_of_domain``, the reason, while the
+curve follows the network's ``top_class``), ``DIR/<name>_robustness.png`` (the curve) and with
 ``--write-perturbation`` ``DIR/<name>_perturbation.nrrd`` (the perturbation at the flipping eps, or the largest
 eps, on the scan's grid, in model input units).
 
@@ -106,13 +108,16 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     progress = Progress(args.progress)
     if args.train_config:
+        from ..contract import reproduce_command
         from ..robustness.training import run_adversarial_training
         from . import register_training_blocks
 
         register_training_blocks()
-
+        # every option the run read goes into its reproduce command, as train's do (contract.reproduce_command)
+        command = reproduce_command(["robustness", "--train-config", args.train_config],
+                                    {opt: getattr(args, opt) for opt in ("out", "package_dest", "epochs", "threads")})
         result = run_adversarial_training(args.train_config, out=args.out, package_dest=args.package_dest,
-                                          epochs=args.epochs, progress=progress)
+                                          epochs=args.epochs, progress=progress, command=command)
     else:
         from ..robustness.report import dataset_report, scan_lines, scan_reports
 

@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="training config (.yaml/.yml/.json)")
     p.add_argument("--out", help="output folder for checkpoints, metrics and curves (default: config 'out' or "
                                  "runs/<id>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/last.pt (a finished run: more epochs continue it into a new "
+                        "package; the same epochs name its package and write nothing; fewer are refused)")
     p.add_argument("--package-dest", help="catalog folder for the new package (default: the user catalog "
                                           "$MEDDEEPRECOG_HOME/models)")
     p.add_argument("--epochs", type=int, help="override training/epochs")
@@ -34,14 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (recorded in the package provenance and model card)."""
-    import shlex
+    from ..contract import reproduce_command
 
-    parts = ["meddeeprecog", "train", args.config]
-    for opt in ("out", "package_dest", "epochs", "device", "threads"):
-        value = getattr(args, opt)
-        if value is not None:
-            parts += [f"--{opt.replace('_', '-')}", str(value)]
-    return " ".join(shlex.quote(p) for p in parts)
+    return reproduce_command(["train", args.config],
+                             {opt: getattr(args, opt) for opt in ("out", "package_dest", "epochs", "device", "threads")})
 
 
 def run(args: argparse.Namespace) -> int:

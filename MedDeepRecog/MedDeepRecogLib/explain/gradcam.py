@@ -61,6 +61,15 @@ def resolve_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
     raise KeyError(f"model has no layer {name!r}; convolution layers are: {', '.join(convs[-6:]) or 'none'}")
 
 
+def has_layer(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` (a dotted path or a ``*`` pattern, as :func:`resolve_layers` reads it) names a layer of
+    ``model``."""
+    try:
+        return bool(resolve_layers(model, name))
+    except KeyError:
+        return False
+
+
 def last_conv_layer(model: nn.Module) -> str:
     """Name of the last ``Conv2d``/``Conv3d`` in registration order (a sensible default Grad-CAM target)."""
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]

@@ -22,6 +22,7 @@ from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
 from ..io.image_io import dicom_modality
 from ..io.geometry import Geometry, lps_view
+from ..packages.package import target_layer_of  # the check models --verify makes too
 from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, nearest_axial_slice,
                           slices_from_image, volume_from_image, whole_image_is_body)
@@ -472,10 +473,26 @@ def _modality_guess(image: sitk.Image, hounsfield_or_not: str, picture: bool) ->
     return "unknown" if picture else "MR"
 
 
+#: How a reason for reporting no class begins (:func:`_mark_out_of_domain`).
+OUT_OF_DOMAIN_REASON = "outside this model's domain: "
+
+
 def _mark_out_of_domain(decision: dict, why: str) -> None:
     """Report no class: the scan is outside the model's domain, for the reason ``why``."""
-    decision["reasons"] = [*decision["reasons"], f"outside this model's domain: {why}"]
+    decision["reasons"] = [*decision["reasons"], f"{OUT_OF_DOMAIN_REASON}{why}"]
     decision["uncertain"], decision["label"] = True, OUT_OF_DOMAIN
+
+
+def out_of_domain_reason(decision: dict) -> str | None:
+    """Why classify reported no class for a scan (``decision`` as :func:`classify_scan` made it: the package's
+    out-of-domain check, or a CT in HU for an MR / ultrasound model), in words; ``None`` for a scan within the
+    model's domain. Other commands that run a package on a scan (``robustness --input``) report the same judgement
+    from here rather than judging again."""
+    if decision.get("label") != OUT_OF_DOMAIN:
+        return None
+    why = [r.removeprefix(OUT_OF_DOMAIN_REASON) for r in decision.get("reasons", [])
+           if r.startswith(OUT_OF_DOMAIN_REASON)]
+    return "; ".join(why) or "outside this model's domain"
 
 
 def _unlike_training_images(package, domain: dict, n_slices: int) -> str:
@@ -586,40 +603,6 @@ def _peak_in_view(model_map: np.ndarray, grid: ModelGrid, image: sitk.Image,
     idx = in_view(int(k), int(j), int(i))
     x, y, z = (int(np.clip(round(v), 0, n - 1)) for v, n in zip(idx, view.array.shape[::-1]))
     return (int(axial_index) if axial_index is not None else z), y, x
-
-
-def target_layer_of(package, model) -> str:
-    """The Grad-CAM layer: the package's ``explain.target_layer``, else the registry default for the architecture
-    *with its kwargs* (the number of conv blocks decides the last one), else the last convolution.
-
-    Raises:
-        ModelPackageError: the package names a layer the network does not have.
-    """
-    from ..explain.gradcam import last_conv_layer, resolve_layers
-
-    def exists(name: str) -> bool:
-        try:
-            return bool(resolve_layers(model, name))
-        except KeyError:
-            return False
-
-    named = (package.meta.get("explain") or {}).get("target_layer")
-    if named:
-        if not exists(named):
-            raise ModelPackageError(f"model.json explain.target_layer {named!r} is not a layer of "
-                                    f"{package.meta['architecture']['name']} (last convolution: "
-                                    f"{last_conv_layer(model)})", package.path / "model.json")
-        return named
-    try:
-        from ..models import default_target_layer
-
-        arch = package.meta["architecture"]
-        layer = default_target_layer(arch["name"], **(arch.get("kwargs") or {}))
-        if exists(layer):
-            return layer
-    except Exception:  # unknown to the registry: fall back to the network itself
-        pass
-    return last_conv_layer(model)
 
 
 def _check_fits(package, inp) -> None:

@@ -337,10 +337,16 @@ class ModelPackage:
 
     def verify(self, device: str = "cpu") -> None:
         """Dry run: build the model and feed zeros of the input spec's size; a classifier must give
-        ``(1, len(class_names))`` logits. Raises :class:`ModelPackageError` otherwise (slow for big 3D nets)."""
+        ``(1, len(class_names))`` logits and have the Grad-CAM layer classify explains (:func:`target_layer_of`).
+        Raises :class:`ModelPackageError` otherwise (slow for big 3D nets)."""
         import torch
 
         model = self.build_model(device)
+        if self.meta.get("task", "classification") == "classification":
+            try:
+                target_layer_of(self, model)  # classify's own check of the heatmap layer: it refuses the package
+            except KeyError:  # no convolution at all and none named: nothing to check
+                pass
         spec = self.input_spec
         if not spec.get("size"):
             return
@@ -375,6 +381,36 @@ class ModelPackage:
 
     def __str__(self) -> str:
         return f"{self.id}@{self.version} ({self.path})"
+
+
+def target_layer_of(package: ModelPackage, model) -> str:
+    """The Grad-CAM layer of ``package``'s built ``model``: the package's ``explain.target_layer``, else the registry
+    default for the architecture *with its kwargs* (the number of conv blocks decides the last one), else the last
+    convolution. ``classify`` takes its layer from here and ``models --verify`` (:meth:`ModelPackage.verify`) makes
+    the same check, so a package classify refuses is never reported ok.
+
+    Raises:
+        ModelPackageError: the package names a layer the network does not have.
+    """
+    from ..explain.gradcam import has_layer, last_conv_layer
+
+    named = (package.meta.get("explain") or {}).get("target_layer")
+    if named:
+        if not has_layer(model, named):
+            raise ModelPackageError(f"model.json explain.target_layer {named!r} is not a layer of "
+                                    f"{package.meta['architecture']['name']} (last convolution: "
+                                    f"{last_conv_layer(model)})", package.path / META_FILE)
+        return named
+    try:
+        from ..models import default_target_layer
+
+        arch = package.meta["architecture"]
+        layer = default_target_layer(arch["name"], **(arch.get("kwargs") or {}))
+        if has_layer(model, layer):
+            return layer
+    except Exception:  # unknown to the registry: fall back to the network itself
+        pass
+    return last_conv_layer(model)
 
 
 #: What a package may hold: its metadata and card, weights and the domain check (safetensors, or a plain state dict

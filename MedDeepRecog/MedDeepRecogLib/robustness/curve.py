@@ -97,8 +97,9 @@ def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[
         x: one input in model units.
 
     Returns:
-        ``(result, perturbations)``: result is JSON-able (``clean_label``, ``clean_probability``,
-        ``curve`` [{"eps", "probability" of the clean label, "label", "flipped"}], ``smallest_flipping_eps``,
+        ``(result, perturbations)``: result is JSON-able (``clean_label`` and ``top_class``: the clean predicted
+        class, ``clean_probability``: its probability, ``curve`` [{"eps", "probability" of that class, "label",
+        "flipped"}], ``smallest_flipping_eps``,
         ``flip``: the curve point at that eps); perturbations maps each eps (and the refined flip eps) to
         ``x_adv - x``.
     """
@@ -141,7 +142,8 @@ def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[
         smallest = float(hi)
     result = {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1,
               "bounds": None if bounds is None else [float(bounds[0]), float(bounds[1])],
-              "clean_label": names[label] if names else label, "clean_probability": float(probs[label]),
+              "clean_label": names[label] if names else label, "top_class": names[label] if names else label,
+              "clean_probability": float(probs[label]),
               "clean_probabilities": _named(probs, names), "curve": curve,
               "smallest_flipping_eps": smallest, "flip": flip,
               "probability_drop_at_max_eps": float(probs[label]) - curve[-1]["probability"]}
@@ -176,12 +178,12 @@ def save_curve_png(result: dict[str, Any], path, *, title: str = "") -> None:
         flip = [(result["flip"]["eps"], result["flip"]["probability"])] if result.get("flip") else []
         pts = sorted(set([(0.0, result["clean_probability"])] + [(r["eps"], r["probability"]) for r in result["curve"]]
                          + flip))
-        ax.plot(*zip(*pts), "o-", label=f"p({result['clean_label']})")
+        ax.plot(*zip(*pts), "o-", label=f"p({result.get('top_class', result['clean_label'])})")
         ax.axhline(0.5, color="grey", lw=0.5)
         if result.get("smallest_flipping_eps") is not None:
             ax.axvline(result["smallest_flipping_eps"], color="red", ls=":",
                        label=f"flips at eps={result['smallest_flipping_eps']:.3g}")
-        ax.set_ylabel("probability of clean label")
+        ax.set_ylabel("probability of clean top class")
     ax.set_xlabel(f"eps ({result['attack']}, model input units)")
     per_unit = result.get("hu_per_unit")
     if per_unit:  # CT: the same axis in HU on top

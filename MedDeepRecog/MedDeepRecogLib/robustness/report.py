@@ -82,7 +82,6 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
     """
     from ..contract import output_file, output_stem
     from ..io import atomic_write_json, check_output_dir, free_version, write_image
-    from ..io.image_io import guess_modality
     from ..packages import load_package
     from .curve import save_curve_png, scan_robustness
     from ..uncertainty.report import UNCALIBRATED_SCALE
@@ -112,12 +111,16 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         budgets = eps_values(eps, valid)
         record, deltas = scan_robustness(forward, x, budgets, attack_name=attack, steps=steps, bounds=valid,
                                          refine_steps=refine, class_names=pkg.class_names, progress=prog)
-        modality = pkg.meta.get("modality") if pkg.meta.get("modality") in ("CT", "MR") else guess_modality(res.image)
-        # HU only where the input is a CT's intensities (a binary-mask package reads shapes, not HU)
-        in_hu = modality == "CT" and pkg.input_spec.get("content") != "binary_mask"
+        mark_out_of_domain(record, res.decision)
+        model_modality = pkg.meta.get("modality")
+        # HU only where the input is a CT's intensities (the model's, else the scan's; a binary-mask package reads
+        # shapes, not HU)
+        reads = model_modality if model_modality in ("CT", "MR") else res.modality_guess
+        in_hu = reads == "CT" and pkg.input_spec.get("content") != "binary_mask"
         units = hu_per_unit(res.image, pkg) if in_hu else None
         record.update({"input": str(scan), "model": {"id": pkg.id, "version": pkg.version},
-                       "eps_units": "model input", "modality": modality,
+                       "eps_units": "model input", "model_modality": model_modality,
+                       "scan_modality": res.modality_guess,   # classify's guess: DICOM tag, else HU or not
                        "hu_per_unit": None if units is None else 1.0 / units,
                        **({"probability_scale": f"{UNCALIBRATED_SCALE} (classify reports calibrated probabilities)"}
                           if (pkg.meta.get("calibration") or {}).get("temperature") else {})})
@@ -128,7 +131,8 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
                 record["smallest_flipping_eps_hu"] = record["smallest_flipping_eps"] / units
         outputs = {}
         png = out / output_file(name, "robustness_png")
-        save_curve_png(record, png, title=f"{pkg.id} {pkg.version} on {name}")
+        save_curve_png(record, png, title=f"{pkg.id} {pkg.version} on {name}"
+                                          f"{' (out-of-domain: the class is a guess)' if 'out_of_domain' in record else ''}")
         outputs["png"] = str(png)
         if write_perturbation:
             e = record["smallest_flipping_eps"] if record["smallest_flipping_eps"] is not None else max(budgets)
@@ -140,12 +144,25 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         record["outputs"] = {**outputs, "json": str(js)}
         atomic_write_json(js, record)
         results.append({"input": str(scan), "json": str(js), **outputs,
+                        **({"out_of_domain": record["out_of_domain"]} if "out_of_domain" in record else {}),
                         "smallest_flipping_eps": record["smallest_flipping_eps"],
                         **({"smallest_flipping_eps_hu": record.get("smallest_flipping_eps_hu"),
                             "hu_per_unit": record["hu_per_unit"]} if units is not None else {})})
         if on_record is not None:
             on_record(record)
     return results[0] if len(results) == 1 else {"scans": results}
+
+
+def mark_out_of_domain(record: dict[str, Any], decision: dict) -> None:
+    """Carry classify's judgement of the scan into its robustness record: for a scan classify reports no class for
+    (:func:`..inference.classify.out_of_domain_reason`), ``clean_label`` is ``out-of-domain`` and
+    ``out_of_domain`` says why; ``top_class`` stays the class the network's output favours, whose probability the
+    curve follows (a guess outside the domain, and so is how far an attack moves it)."""
+    from ..inference.classify import OUT_OF_DOMAIN, out_of_domain_reason
+
+    why = out_of_domain_reason(decision)
+    if why is not None:
+        record.update({"clean_label": OUT_OF_DOMAIN, "out_of_domain": why})
 
 
 def _eps_text(eps: float, point: dict | None = None, per_unit: float | None = None) -> str:
@@ -158,10 +175,15 @@ def scan_lines(record: dict[str, Any]) -> str:
     """The attack on one scan as text: eps in model units and, for CT, in HU; the probability of the clean label."""
     per_unit = record.get("hu_per_unit")
     unit = "model input units (HU in brackets)" if per_unit else "model input units"
-    lines = [f"{record['input']}: {record['clean_label']} p={record['clean_probability']:.3f}; "
-             f"{record['attack']} eps in {unit}"]
+    top = record.get("top_class", record["clean_label"])
+    if record.get("out_of_domain"):
+        lines = [f"{record['input']}: {record['clean_label']}: {record['out_of_domain']}",
+                 f"  the network's top class {top} p={record['clean_probability']:.3f} is a guess, and so is how far "
+                 f"an attack moves it; {record['attack']} eps in {unit}"]
+    else:
+        lines = [f"{record['input']}: {top} p={record['clean_probability']:.3f}; {record['attack']} eps in {unit}"]
     for point in record["curve"]:
-        lines.append(f"  eps {_eps_text(point['eps'], point)}: p({record['clean_label']})={point['probability']:.3f}"
+        lines.append(f"  eps {_eps_text(point['eps'], point)}: p({top})={point['probability']:.3f}"
                      f" -> {point.get('label', '')}")
     flip = record.get("smallest_flipping_eps")
     lines.append(f"  smallest eps that flips the label: {_eps_text(flip, None, per_unit)}" if flip is not None

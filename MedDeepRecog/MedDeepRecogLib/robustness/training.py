@@ -150,8 +150,13 @@ def run_adversarial_training(config: str | Path, *, out: str | Path | None = Non
     cfg = load_config(path, {"training": {"epochs": epochs, "device": device}})
     if cfg.blocks.get(ADVERSARIAL_BLOCK.key) is None:
         raise ConfigError("the config has no enabled 'adversarial' block", path)
-    cmd = command or f"meddeeprecog robustness --train-config {path}"
-    return run_training(cfg, out=out, resume=resume, package_dest=package_dest, progress=progress, command=cmd)
+    if command is None:   # called from Python: the command line that does the same (only train reads --device)
+        from ..contract import reproduce_command
+
+        words = ["train", str(path)] if device else ["robustness", "--train-config", str(path)]
+        command = reproduce_command(words, {"out": out, "package_dest": package_dest, "epochs": epochs,
+                                            "device": device})
+    return run_training(cfg, out=out, resume=resume, package_dest=package_dest, progress=progress, command=command)
 
 
 def add_robustness_table(draft: PackageDraft, adv: AdversarialTraining, evaluate: dict[str, Any], *,

@@ -253,27 +253,31 @@ def _first_json(result: dict[str, Any]) -> dict[str, Any] | None:
 def robustness_summary(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """One sentence for the panel from a ``robustness --input`` run's final ``result`` (or the JSON it names).
 
-    Reads ``clean_label``, ``clean_probability``, ``smallest_flipping_eps`` and ``flip`` (the curve point at that
-    eps) as written by ``robustness.curve.scan_robustness``. Returns ``(text, record)``.
+    Reads ``clean_label`` / ``top_class``, ``clean_probability``, ``smallest_flipping_eps``, ``flip`` (the curve
+    point at that eps) and ``out_of_domain`` as ``robustness.report.scan_reports`` writes them. Returns
+    ``(text, record)``.
     """
     record = result if "clean_label" in result else (_first_json(result) or {})
     if isinstance(record.get("scans"), list) and record["scans"]:  # one record per input
         record = record["scans"][0]
     if "clean_label" not in record:
         raise MedDeepRecogError("the robustness result has no clean_label (unexpected worker output)")
-    label, p = record["clean_label"], float(record.get("clean_probability", float("nan")))
+    label, p = record.get("top_class", record["clean_label"]), float(record.get("clean_probability", float("nan")))
+    # a scan classify reports no class for: said first, as classify says it (the class below is a guess)
+    ood = (f"Out-of-domain ({record['out_of_domain']}): no class is reported; the network's guess "
+           if record.get("out_of_domain") else "")
     eps = record.get("smallest_flipping_eps")
     if eps is None:
         curve = record.get("curve") or []
         top = max((c.get("eps", 0.0) for c in curve), default=0.0)
         drop = record.get("probability_drop_at_max_eps")
-        text = f"'{label}' (p={p:.2f}) did not flip up to eps={top:.3g}"
+        text = f"{ood}'{label}' (p={p:.2f}) did not flip up to eps={top:.3g}"
         if isinstance(drop, (int, float)):
             text += f"; its probability fell by {drop:.2f}"
         return text + ".", record
     flip = record.get("flip") or {}
     hu = record.get("smallest_flipping_eps_hu")
     at = f"eps={float(eps):.3g}" + (f" (≈{float(hu):.3g} HU)" if isinstance(hu, (int, float)) else "")
-    text = (f"'{label}' (p={p:.2f}) flips to '{flip.get('label', '?')}' at {at}; "
+    text = (f"{ood}'{label}' (p={p:.2f}) flips to '{flip.get('label', '?')}' at {at}; "
             f"p('{label}') {p:.2f} → {float(flip.get('probability', float('nan'))):.2f}.")
     return text, record

@@ -51,7 +51,7 @@ from .classification import class_weights_from_labels, fit_classifier, make_load
 from .config import TrainConfig, load_config, resolve_data_path, resolve_init_path
 from .data import load_train_val, stratified_folds
 from .hooks import PackageDraft, RunHooks, run_hooks
-from .loop import FitConfig, History, Hooks
+from .loop import CHECKPOINT, FitConfig, History, Hooks
 from .metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -335,10 +335,65 @@ def check_resumed_run(out_dir: Path, record: dict, resume: bool) -> None:
                 raise ConfigError(f"--resume: the run in this folder had other settings ({'; '.join(changed[:3])}"
                                   f"{'; ...' if len(changed) > 3 else ''}); resume it with its own config and "
                                   "options, or give a new --out folder", out_dir)
+            if before == record:
+                return   # unchanged: a resumed run that trains nothing leaves its folder as it was
         else:
             log.warning("--resume: %s has no %s (made by an earlier version), so its settings cannot be matched to "
                         "this config's", out_dir, RUN_RECORD)
     atomic_write_json(path, record)
+
+
+def completed_epochs(out_dir: Path) -> int | None:
+    """The most epochs any network of the run in ``out_dir`` has completed, read from its checkpoints (one
+    ``last.pt``, or one per ensemble member); ``None`` when it holds none that can be read (a damaged checkpoint is
+    refused where the loop loads it)."""
+    import torch
+
+    counts = []
+    for ckpt in sorted((out_dir / "checkpoints").rglob(CHECKPOINT)):
+        try:   # mapped, not read: only the epoch number is wanted
+            counts.append(int(torch.load(str(ckpt), map_location="cpu", weights_only=True, mmap=True)["epoch"]))
+        except Exception:
+            continue
+    return max(counts) if counts else None
+
+
+def check_resume_epochs(out_dir: Path, epochs: int) -> None:
+    """Refuse ``--resume`` with fewer epochs than the run in ``out_dir`` has completed: the loop would train
+    nothing, and the package would carry the longer run's weights and metrics under the shorter run's config and
+    reproduce command."""
+    done = completed_epochs(out_dir)
+    if done is not None and done > epochs:
+        raise ConfigError(f"--resume: the run in this folder has completed {done} epochs, more than the {epochs} "
+                          f"asked (training/epochs or --epochs); a run is not shortened: resume it with --epochs "
+                          f"{done} or more, or give a new --out folder", out_dir)
+
+
+def finished_run(out_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """What the finished run in ``out_dir`` wrote, when resuming it to ``epochs`` would train nothing more: its
+    package is written (``metrics.json`` names it), no checkpoint is further than that package, and every network
+    has either reached ``epochs`` or stopped early. ``None`` otherwise (the run goes on, or has not finished).
+    A resumed run that trains nothing writes no second package with the same weights."""
+    try:
+        metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+        history = json.loads((out_dir / "history.json").read_text(encoding="utf-8"))
+        package = Path(metrics["package"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    networks = [*(history.get("members") or [history]), *(history.get("fold_members") or [])]
+    trained = [len(n.get("epochs") or []) for n in networks]
+    if not trained or completed_epochs(out_dir) != max(trained):
+        return None   # a resumed run went further after the package was written (then stopped)
+    if any(n.get("stopped") == "completed" and count < epochs for n, count in zip(networks, trained)):
+        return None
+    log.warning("--resume: the run in %s is complete (%d epochs); its package is %s: nothing to train, no new "
+                "package (more epochs continue it; a new --out folder starts another run)", out_dir, max(trained),
+                package)
+    return {"package": str(package), "id": package.parent.name, "version": package.name,
+            "metrics": str(out_dir / "metrics.json"), "training_curve": str(out_dir / "training_curve.png"),
+            "history": str(out_dir / "history.json"), "val_auc": metrics.get("auc"),
+            "val_balanced_accuracy": metrics.get("balanced_accuracy"),
+            "complete": f"already trained {max(trained)} epochs; nothing trained, no package written"}
 
 
 def check_run_folder(out_dir: Path, resume: bool) -> None:
@@ -422,6 +477,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     if ctx.is_main:   # both folders are checked before the data are read: a run never fails on them at its end
         check_output_dir(dest, "--package-dest")
         check_run_folder(out_dir, resume)
+        if resume:
+            check_resume_epochs(out_dir, int(cfg.training.epochs))
         warmup, epochs = int(cfg.schedule.warmup_epochs or 0), int(cfg.training.epochs)
         if warmup >= epochs > 1:   # allowed (a short --epochs override of a long recipe), but worth a word
             log.warning(
@@ -439,6 +496,10 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         made.extend(d for d in (out_dir, *out_dir.parents) if not d.exists())   # deepest first
         out_dir.mkdir(parents=True, exist_ok=True)
         check_resumed_run(out_dir, run_record(cfg, data.fingerprint), resume)
+    finished = broadcast_object(finished_run(out_dir, int(cfg.training.epochs)) if resume and ctx.is_main
+                                else None, ctx)
+    if finished is not None:
+        return finished
     k = len(data.class_names)
     if cfg.training.prior_shift != "none" and k > PRIOR_SHIFT_MAX_CLASSES:
         raise ConfigError(f"training/prior_shift is fitted for at most {PRIOR_SHIFT_MAX_CLASSES} classes; the data "
@@ -468,6 +529,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             "modality": cfg.modality, "input": input_spec,
             "explain": cfg.explain or {"methods": ["gradcam"] + attention,
                                        "target_layer": default_target_layer(arch["name"], **arch["kwargs"])},
+            # explain.target_layer is named for the network the package holds once it is built (package_explain)
             "provenance": {"data": str(data_path), "split": data.description, "command": cmd, "seed": cfg.seed,
                            "parent": None, "dataset_fingerprint": data.fingerprint, "config": cfg.to_dict(),
                            **({"world_size": ctx.world_size} if ctx.enabled else {})},
@@ -486,6 +548,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
             raise ConfigError(f"model {cfg.model.name} does not accept inputs of shape "
                               f"{tuple(data.train.images.shape[1:])}: {str(exc).splitlines()[0][:200]}",
                               cfg.source) from None
+    # the package's network: one trained network, or an ensemble of them (its layers are its members')
+    meta["explain"] = package_explain(meta["explain"], model if n_members == 1 else
+                                      ensemble_around(model, **arch["kwargs"]), cfg)
     init = None
     if cfg.model.init:  # checked against the network before anything trains; every member starts from it
         from .init_weights import read_init_state
@@ -546,6 +611,41 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                               progress, extensions)
     finally:
         barrier(ctx)
+
+
+#: How an ensemble names a layer of every member (:mod:`..models.ensemble`): ``members.*.<member layer>``.
+MEMBER_LAYERS = "members.*."
+
+
+def package_explain(explain: dict, network, cfg: TrainConfig) -> dict:
+    """``model.json``'s ``explain`` with its ``target_layer`` named as a layer of ``network``, the network the
+    package holds, checked before anything trains (classify refuses a package whose layer it cannot find).
+
+    Why the name may change: a config names the layer for the network it describes, but whether train wraps that
+    network in an ensemble is decided by ``training/folds``, ``refit`` and ``ensemble`` (a quick run with folds 0
+    packages one network). So a member's layer (``features.conv3``) gets the ensemble's ``members.*.`` prefix when
+    the package is an ensemble, and a layer named with that prefix loses it when the package is one network.
+
+    Raises:
+        ConfigError: naming ``explain/target_layer``, when neither form is a layer of ``network``.
+    """
+    from ..explain.gradcam import has_layer, last_conv_layer
+    from ..models.ensemble import MeanEnsemble
+
+    named = explain.get("target_layer")
+    if not named:   # none named: classify takes the registry's default layer, else the last convolution
+        return explain
+    is_ensemble = isinstance(network, MeanEnsemble)
+    other = MEMBER_LAYERS + named if is_ensemble else named.removeprefix(MEMBER_LAYERS)
+    layer = next((name for name in (named, other) if has_layer(network, name)), None)
+    if layer is None:
+        what = f"an ensemble of {cfg.model.name}" if is_ensemble else cfg.model.name
+        raise ConfigError(f"explain/target_layer {named!r} is not a layer of the network this run packages "
+                          f"({what}; its last convolution is {last_conv_layer(network)})", cfg.source)
+    if layer != named:
+        log.info("explain/target_layer %r is %r in the package (%s)", named, layer,
+                 "an ensemble" if is_ensemble else "one network, not an ensemble")
+    return {**explain, "target_layer": layer}
 
 
 def _fit_member(cfg: TrainConfig, model, data, val_loader, checkpoint_dir: Path, seed: int, resume: bool,
