@@ -576,3 +576,31 @@ def test_resume_neither_shortens_a_run_nor_packages_a_finished_one_twice(tmp_pat
     assert longer.meta["provenance"]["config"]["training"]["epochs"] == 3
     assert "--epochs 3" in longer.meta["provenance"]["command"]
     assert len(json.loads((out / "history.json").read_text(encoding="utf-8"))["epochs"]) == 3
+
+
+def test_a_terminated_training_says_so_and_resumes(tmp_path, npz):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler) ended ``train`` without a word; it now ends as Ctrl-C does:
+    exit 130 and a line saying where the completed epochs' checkpoints are (which ``--resume`` continues from, as
+    the resume tests here check), and no package."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "long.yaml"
+    config.write_text(json.dumps(_config(npz, training={"epochs": 400, "batch_size": 16})), encoding="utf-8")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDDEEPRECOG_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "MedDeepRecog")}
+    proc = subprocess.Popen([sys.executable, "-m", "MedDeepRecogLib", "train", str(config), "--out", str(out),
+                             "--package-dest", str(tmp_path / "pkgs"), "--threads", "1", "--progress", "none"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("last.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None and list(out.rglob("last.pt")), "no checkpoint appeared"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "cancelled; the checkpoints of the epochs completed are kept in" in err and str(out) in err
+    assert "Traceback" not in err and not (tmp_path / "pkgs").exists()

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
+import threading
 
 from ..contract import PROGRESS_MODES, thread_count
 from ..devices import DEVICE_CHOICES
@@ -57,8 +60,21 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"training": {"epochs": args.epochs, "device": args.device}})
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports (and writes)
     progress = Progress(args.progress if rank0 else "none")
-    result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest,
-                          progress=progress, command=_command_line(args))
+    def on_term(signum, frame):   # `kill`, `timeout`, a scheduler's stop: end as Ctrl-C does, and say so
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()   # only there may a handler be set
+    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    try:
+        result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest,
+                              progress=progress, command=_command_line(args))
+    except KeyboardInterrupt:
+        print(f"meddeeprecog train: cancelled; the checkpoints of the epochs completed are kept in {args.out}: run "
+              "the same command with --resume to continue", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if not rank0:
         return 0
     if args.progress == "json":
