@@ -252,3 +252,17 @@ def test_a_class_of_the_class_map_with_no_voxels_is_refused_not_trained(tmp_path
                                                 r"\(non-empty segments: organ_a, organ_b\)"):
         resolve_classes(loaded, parse_class_map("organ_a=A,tumour=T"), tmp_path)
     assert resolve_classes(loaded, parse_class_map("organ_a=A"), tmp_path) == ["A"]
+
+
+def test_a_validation_slab_outside_the_volume_is_refused_as_written():
+    """``--val-slab 30:40`` on a 30-slice volume: the refusal quotes 30:40, not the clipped 30:30."""
+    from MedDeepRecogLib.errors import ConfigError
+    from MedDeepRecogLib.finetune.seg_training import SegVolume, split_slab
+
+    volume = SegVolume("case", np.zeros((1, 30, 8, 8), np.float32), np.zeros((1, 30, 8, 8), np.uint8), (3.0,) * 3)
+    with pytest.raises(ConfigError, match=r"--val-slab 30:40 is outside the volume's 30 slices \(0:30"):
+        split_slab(volume, 30, 40)
+    with pytest.raises(ConfigError, match="--val-slab 2:28 leaves fewer than 4 slices of 30"):
+        split_slab(volume, 2, 28)
+    train, val = split_slab(volume, 20, 30)
+    assert val.image.shape[1] == 10 and train.image.shape[1] == 18

@@ -65,14 +65,16 @@ def split_slab(volume: SegVolume, start: int, stop: int, gap: int = 2) -> tuple[
     joined along Z only when the slab is at one end (a slab in the middle keeps the larger piece).
     """
     depth = volume.image.shape[1]
+    asked = f"{start}:{stop}"   # as the user wrote it: the clipped range below could read 30:30
     start, stop = max(0, start), min(depth, stop)
     if stop - start < 1 or start >= depth:
-        raise ConfigError(f"validation slab {start}:{stop} is outside the volume's {depth} slices")
+        raise ConfigError(f"--val-slab {asked} is outside the volume's {depth} slices (0:{depth} at the training "
+                          "spacing)")
     below = (0, max(0, start - gap))
     above = (min(depth, stop + gap), depth)
     keep = max((below, above), key=lambda r: r[1] - r[0])
     if keep[1] - keep[0] < 4:
-        raise ConfigError(f"validation slab {start}:{stop} leaves fewer than 4 slices of {depth} for training")
+        raise ConfigError(f"--val-slab {asked} leaves fewer than 4 slices of {depth} for training")
 
     def part(lo: int, hi: int, suffix: str) -> SegVolume:
         return SegVolume(f"{volume.case_id}[{suffix}]", volume.image[:, lo:hi].copy(), volume.label[:, lo:hi].copy(),
