@@ -82,6 +82,16 @@ def test_what_the_block_needs_is_refused_when_the_run_starts_not_after_training(
     assert placement_hooks({"bands": [0.1]}, ok).before_save is not None
     with pytest.raises(ConfigError, match="slice models; data/kind is volume3d"):
         placement_hooks({"bands": [0.1]}, _config(tmp_path, "volume3d", {"images": images, "labels": labels}))
-    with pytest.raises(ConfigError, match="needs val_images") as err:
+    with pytest.raises(ConfigError, match="placement block needs val_images.*drop placement") as err:
         placement_hooks({"bands": [0.1]}, _config(tmp_path, "slices2d", {"images": images, "labels": labels}))
     assert "data.npz" in str(err.value)
+    # a data/path that is not an .npz (a README given by mistake) is named as such, not as a pickle error
+    from MedDeepRecogLib.training.config import config_from_dict
+
+    (tmp_path / "README.md").write_text("# notes\n", encoding="utf-8")
+    text = config_from_dict({"id": "toy", "data": {"path": str(tmp_path / "README.md"), "kind": "slices2d",
+                                                   "size": [16, 16]}, "model": {"name": "simple_cnn2d"},
+                             "placement": {"bands": [0.1]}}, tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="data/path is not an .npz file") as err:
+        placement_hooks({"bands": [0.1]}, text)
+    assert "README.md" in str(err.value) and "pickle" not in str(err.value)

@@ -249,14 +249,17 @@ def placement_hooks(block: dict, cfg: Any = None) -> RunHooks:
     key = f"{cfg.data.val_split}_images"
     if cfg.data.kind != "slices2d":
         raise ConfigError(f"placement measures slice models; data/kind is {cfg.data.kind}", cfg.source)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            found = key in z.files
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"placement reads the validation images from an .npz ({exc})", path) from None
+    from ..training.data import open_npz
+
+    if path.is_dir() or path.suffix.lower() != ".npz":
+        raise ConfigError(f"the config's placement block measures the heatmap on the validation images of an .npz; "
+                          f"data/path is {'a folder' if path.is_dir() else 'not an .npz file'}: drop placement, or "
+                          "give an .npz with a validation split", path)
+    with open_npz(path) as z:   # an unreadable file is refused there, naming it
+        found = key in z.files
     if not found:
-        raise ConfigError(f"placement needs {key} in the data file (the validation images as a user would give "
-                          "them)", path)
+        raise ConfigError(f"the config's placement block needs {key} in the data file (the validation images as a "
+                          "user would give them): drop placement, or give a file with that split", path)
 
     def before_save(draft: PackageDraft, progress) -> None:
         from ..training.train import explain_method
