@@ -266,3 +266,18 @@ def test_a_validation_slab_outside_the_volume_is_refused_as_written():
         split_slab(volume, 2, 28)
     train, val = split_slab(volume, 20, 30)
     assert val.image.shape[1] == 10 and train.image.shape[1] == 18
+
+
+@pytest.mark.parametrize("task, arch, example", [("classify", "simple_cnn2d", "simple_cnn3d"),
+                                                 ("segment", "resnet2d", "monai_unet")])
+def test_a_2d_architecture_from_scratch_is_refused_in_one_line(tmp_path, capsys, task, arch, example):
+    """``--base none --arch <2D network>``: both tasks train on 3D crops, so a slice network is refused before
+    anything is read (it failed with an internal error on the first batch), naming a 3D one to use."""
+    from MedDeepRecogLib.cli import main
+
+    code = main(["finetune", "--base", "none", "--arch", arch, "--task", task, "--data", str(tmp_path / "none.json"),
+                 "--dest", str(tmp_path / "pkgs")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"--arch {arch} is a 2D (slice) network" in err and example in err
+    assert not (tmp_path / "pkgs").exists()

@@ -125,6 +125,14 @@ class FinetuneConfig:
             raise ConfigError("no data given (--data MANIFEST|FOLDER|FILE.seg.nrrd)")
         if self.val_slab is not None and (len(self.val_slab) != 2 or self.val_slab[1] <= self.val_slab[0]):
             raise ConfigError(f"val_slab must be [start, stop) with stop > start, got {self.val_slab}")
+        if self.arch:
+            from ..models.registry import input_kind
+
+            # both tasks train on 3D crops (patches or ROI boxes): a 2D network fails on the first batch
+            if input_kind(self.arch) == "slices2d":
+                examples = "monai_unet, monai_segresnet" if self.task == "segment" else "simple_cnn3d, resnet3d"
+                raise ConfigError(f"--arch {self.arch} is a 2D (slice) network; --task {self.task} trains on 3D "
+                                  f"crops of the volumes: choose a 3D one (e.g. {examples})")
         from ..packages.package import check_version, is_plain_name
 
         # checked here, not when the package is saved after training (whether a catalog already holds the version
