@@ -347,13 +347,14 @@ def test_report_of_a_lung_finding_and_of_a_case_scored_against_its_lesion(run_cl
     assert "caveat" not in record["finding"] and "Finding (malignant)" in html
 
     brain = shared_data / "pyradiomics_testcases"
-    code, _, err = run_cli_all("classify", brain / "brain1_image.nrrd", "--model", "brain-tumour-mri", "--out",
-                               tmp_path / "brain", "--lesion", brain / "brain1_label.nrrd", "--progress", "none",
-                               "--no-faithfulness", "--report")
+    code, out, err = run_cli_all("classify", brain / "brain1_image.nrrd", "--model", "brain-tumour-mri", "--out",
+                                 tmp_path / "brain", "--lesion", brain / "brain1_label.nrrd", "--progress", "none",
+                                 "--no-faithfulness", "--report")
     assert code == 0, err
     record = json.loads((tmp_path / "brain" / "brain1_image.json").read_text(encoding="utf-8"))
     html = (tmp_path / "brain" / "brain1_image_report.html").read_text(encoding="utf-8")
     per_slice = record["explain"]["localisation"]["per_slice"]
     assert "This heatmap against the lesion label" in html
-    assert f"inside the lesion on {per_slice['pointing_hits']} of {per_slice['slices']} lesion slices" in html
+    hits = f"inside the lesion on {per_slice['pointing_hits']} of {per_slice['slices']} lesion slices"
+    assert hits in html and f"lesion: Heatmap peak {hits}" in out  # the printed lines say it too
     assert "not the extent of a lesion" in html and "from -2 to +2" not in html  # faithfulness not scored here

@@ -403,6 +403,9 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
     routed = f"\n  model {result.model['id']} chosen: {result.route['reason']}" if result.route else ""
     finding = result.finding
     where = f"\n  {finding_words(finding)}" if finding else ""
+    from ..report import lesion_words
+
+    where += "".join(f"\n  lesion: {line}" for line in lesion_words(result))   # --lesion: the heatmap against it
     report = f"\n  report: {outputs['report']}" if outputs.get("report") else ""
     print(f"{scan}: {headline(result)}{mod_txt}{extra}{routed}{conf}\n  {basis}: {probs}{where}{trust}"
           f"\n  -> {outputs['json']}{report}")
