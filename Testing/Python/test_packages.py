@@ -158,6 +158,8 @@ def test_a_package_whose_version_is_not_one_is_never_the_latest(tmp_path, capsys
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "toy@notsemver" in out and out.count("NOTE:") == 3
+    main(["models", "--verify"])
+    assert capsys.readouterr().out.count("NOTE:") == 3  # verify says it too
 
     _with_bad_version(save_package(_model(), _meta(pkg_id="only-bad", version="1.0.0")), "v1")
     with pytest.raises(ModelPackageError, match=r"no MAJOR.MINOR.PATCH version .*installed: v1.*only-bad@VERSION"):

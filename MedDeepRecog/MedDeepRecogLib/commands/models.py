@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         for i in infos:
             what = ("ok (checksums match; the network accepts its declared input)"
                     if not i.error else f"FAILED: {i.error}")
-            print(f"{i.id:<22} {i.version:<8} {i.source:<7} {what}")
+            note = f" NOTE: {i.note}" if i.note else ""   # e.g. a version never chosen as latest
+            print(f"{i.id:<22} {i.version:<8} {i.source:<7} {what}{note}")
         if not infos:
             print(f"no model packages installed (user catalog: {user_models_dir()})")
         print(f"{sum(not i.error for i in infos)} of {len(infos)} packages ok")
