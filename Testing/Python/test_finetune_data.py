@@ -265,7 +265,8 @@ def test_a_validation_slab_outside_the_volume_is_refused_as_written():
     with pytest.raises(ConfigError, match="--val-slab 2:28 leaves fewer than 4 slices of 30"):
         split_slab(volume, 2, 28)
     train, val = split_slab(volume, 20, 30)
-    assert val.image.shape[1] == 10 and train.image.shape[1] == 18
+    assert train.image.shape[1] == 18   # slices 0:18, two slices of gap before the slab
+    assert val.image.shape[1] == 30 and val.score_z == (20, 30)   # predicted whole, as segment does; slab scored
 
 
 @pytest.mark.parametrize("task, arch, example", [("classify", "simple_cnn2d", "simple_cnn3d"),

@@ -38,6 +38,8 @@ class SegVolume:
     image: np.ndarray
     label: np.ndarray
     spacing_mm: tuple[float, float, float]
+    #: validation: only slices ``[start, stop)`` are scored; the whole volume is predicted, as ``segment`` runs
+    score_z: tuple[int, int] | None = None
 
 
 def prepare_volume(item: CaseData, classes: Sequence[str], spacing_mm: Sequence[float] | None,
@@ -62,7 +64,9 @@ def split_slab(volume: SegVolume, start: int, stop: int, gap: int = 2) -> tuple[
 
     The training part is the rest minus ``gap`` slices on each side of the slab, so no training patch centre
     sits right next to a validation slice. Returns ``(train, val)``; the train part is the two remaining pieces
-    joined along Z only when the slab is at one end (a slab in the middle keeps the larger piece).
+    joined along Z only when the slab is at one end (a slab in the middle keeps the larger piece). The val part is
+    the whole volume with only the slab scored (``score_z``): ``segment`` predicts a slab with the rest of the scan
+    around it, and a slab predicted alone scored higher than that (Dice 0.54 against 0.45 for the same slab).
     """
     depth = volume.image.shape[1]
     asked = f"{start}:{stop}"   # as the user wrote it: the clipped range below could read 30:30
@@ -80,7 +84,9 @@ def split_slab(volume: SegVolume, start: int, stop: int, gap: int = 2) -> tuple[
         return SegVolume(f"{volume.case_id}[{suffix}]", volume.image[:, lo:hi].copy(), volume.label[:, lo:hi].copy(),
                          volume.spacing_mm)
 
-    return part(keep[0], keep[1], f"z{keep[0]}:{keep[1]}"), part(start, stop, f"z{start}:{stop}")
+    val = SegVolume(f"{volume.case_id}[z{start}:{stop}]", volume.image, volume.label, volume.spacing_mm,
+                    score_z=(start, stop))
+    return part(keep[0], keep[1], f"z{keep[0]}:{keep[1]}"), val
 
 
 def train_transforms(patch_size: Sequence[int], num_classes: int, *, strong: bool = True, samples: int = 1,
@@ -203,14 +209,17 @@ def evaluate_volumes(model: torch.nn.Module, volumes: Sequence[SegVolume], class
                      patch_size: Sequence[int], device: str = "cpu", amp: bool = False,
                      min_component_fraction: float = 0.1) -> dict[str, dict]:
     """Sliding-window prediction of every volume, small components removed as at inference;
-    ``{case_id: segmentation_metrics(...)}``."""
+    ``{case_id: segmentation_metrics(...)}`` over the whole volume, or its ``score_z`` slices."""
     was_training = model.training
     model.eval()
     per_case = {}
     for vol in volumes:
         logits = sliding_window_logits(model, torch.from_numpy(vol.image)[None].to(device), patch_size, amp=amp)
         pred = remove_small_components(logits.argmax(1)[0].cpu().numpy(), min_component_fraction)
-        per_case[vol.case_id] = segmentation_metrics(pred, vol.label[0], classes, vol.spacing_mm)
+        truth = vol.label[0]
+        if vol.score_z is not None:
+            pred, truth = pred[slice(*vol.score_z)], truth[slice(*vol.score_z)]
+        per_case[vol.case_id] = segmentation_metrics(pred, truth, classes, vol.spacing_mm)
     model.train(was_training)
     return per_case
 
