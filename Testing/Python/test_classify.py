@@ -314,3 +314,23 @@ def test_a_folder_batch_names_what_it_left_out_and_a_folder_of_junk_says_it_hold
                                "--progress", "none")
     assert code == 2 and "the folder holds no scan" in err and "a.txt" in err and "junk" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_study_folder_of_series_subfolders_is_a_batch_of_one_scan_per_series(shared_data, tmp_path, run_cli_all):
+    """A folder holding series subfolders and no DICOM file of its own (as PACS exports lay a study out) is a batch:
+    each subfolder is read as one series, named by its folder."""
+    import shutil
+
+    slices = sorted((shared_data / "totalsegmentator_examples" / "example_ct_dicom").iterdir())
+    study = tmp_path / "study"
+    for name, part in (("series_a", slices[:6]), ("series_b", slices[-6:])):
+        (study / name).mkdir(parents=True)
+        for f in part:
+            shutil.copy(f, study / name / f.name)
+    code, out, err = run_cli_all("classify", study, "--model", "body-region", "--out", tmp_path / "out",
+                                 "--explain", "none", "--no-faithfulness", "--progress", "none")
+    assert code == 0, err
+    assert "batch: 2 classified, 0 failed, 0 skipped" in out
+    for name in ("series_a", "series_b"):
+        record = json.loads((tmp_path / "out" / f"{name}.json").read_text(encoding="utf-8"))
+        assert record["input"].endswith(name) and record["top_class"] == "CTAbd"

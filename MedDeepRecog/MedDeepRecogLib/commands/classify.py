@@ -91,7 +91,8 @@ def mask_reason(path: Path) -> str | None:
 
 def expand_inputs(inputs: list[str], *, skip_masks: bool = True,
                   skipped: list[dict] | None = None) -> list[Path]:
-    """Scans named by ``inputs``: files as given; a folder is one DICOM series, or every volume file inside it.
+    """Scans named by ``inputs``: files as given; a folder is one DICOM series, or every volume file inside it,
+    or (a study: subfolders and no DICOM file of its own) each of its subfolders, one series each.
 
     ``skip_masks``: leave out of a folder the files :func:`mask_reason` names (grey-level models; a binary-mask
     model classifies masks), appending ``{"input", "reason"}`` to ``skipped``. A file named explicitly is kept
@@ -126,8 +127,20 @@ def expand_inputs(inputs: list[str], *, skip_masks: bool = True,
             scans.extend(volumes)
             skipped.extend(_left_in_folder(path, set(found)))
         elif not found:
-            scans.append(path)  # read_image reads it as a DICOM series or says why it cannot
+            series = _study_series(path)
+            scans.extend(series or [path])  # read_image reads each as a DICOM series or says why it cannot
     return scans
+
+
+def _study_series(folder: Path) -> list[Path]:
+    """The subfolders of a study folder (one DICOM series each, as PACS exports and DICOMDIR media lay them out),
+    or ``[]`` when ``folder`` holds DICOM files itself (it is then one series) or has no subfolder."""
+    from ..io.image_io import looks_like_dicom
+
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    subfolders = sorted(e for e in entries if e.is_dir())
+    own = [e for e in entries if e.is_file() and e.name.upper() != "DICOMDIR" and looks_like_dicom(e)]
+    return [] if own else subfolders
 
 
 def _left_in_folder(folder: Path, taken: set[Path]) -> list[dict]:

@@ -70,7 +70,9 @@ def _series_label(uid: str, description: str) -> str:
     return f"{uid} ({description!r})" if description else f"{uid} (no description)"
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def looks_like_dicom(path: Path) -> bool:
+    """A DICOM file by its extension (.dcm, .ima, .dicom) or its "DICM" preamble (files of a series often have
+    no extension)."""
     if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
         return True
     try:
@@ -153,7 +155,7 @@ def dicom_series(folder: str | Path) -> tuple[dict[str, tuple[str, ...]], str]:
             raise InputImageError("the folder is empty: give a scan, a DICOM series folder or a folder of PNG/JPEG "
                                   "pictures", folder)
         files = sorted(f for f in Path(folder).iterdir() if f.is_file() and not f.name.startswith("."))
-        if files and not any(_looks_like_dicom(f) for f in files):
+        if files and not any(looks_like_dicom(f) for f in files):
             names = ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
             raise InputImageError(f"the folder holds no scan: no DICOM file and no NIfTI, NRRD, MHA, PNG or JPEG file "
                                   f"(it holds {names})", folder)
@@ -192,7 +194,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
                     folder, label, len(files), "; ".join(others))
     assigned = {Path(f).resolve() for fs in files_by_series.values() for f in fs}
     unassigned = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                        and p.resolve() not in assigned and p.name.upper() != "DICOMDIR" and _looks_like_dicom(p))
+                        and p.resolve() not in assigned and p.name.upper() != "DICOMDIR" and looks_like_dicom(p))
     # the declared size (one slice's header x the number of slices) is bounded before any voxel is read
     first = sitk.ImageFileReader()
     first.SetFileName(files[0])
