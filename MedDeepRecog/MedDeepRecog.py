@@ -240,19 +240,32 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.listModels(onFinished=lambda models, error: self._showModels(models or [], error, select))
 
     def _showModels(self, models, error, select):
-        self.ui.modelComboBox.clear()
-        if any(not m.get("error") for m in models):  # classify --model auto: the core picks the disease model
-            self.ui.modelComboBox.addItem("auto: disease model chosen by modality and body region", AUTO_MODEL)
-        for m in models:
-            if not m.get("error"):
-                self.ui.modelComboBox.addItem(f"{m['id']} {m['version']} ({m.get('source', '')})",
-                                              f"{m['id']}@{m['version']}")
-        self.ui.modelInfoLabel.text = str(error) if error else ("" if models else "No model installed: use Import model…")
-        self._models = {m["id"] + "@" + m["version"]: m for m in models}
+        # read before the list changes: clearing and refilling the combo box selects its first item, and the
+        # selection signal would write that item over the model saved in the scene
         wanted = select or (self._parameterNode.model if self._parameterNode else "")
-        index = self.ui.modelComboBox.findData(wanted)
-        self.ui.modelComboBox.currentIndex = index if index >= 0 else 0
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        try:
+            combo.clear()
+            if any(not m.get("error") for m in models):  # classify --model auto: the core picks the disease model
+                combo.addItem("auto: disease model chosen by modality and body region", AUTO_MODEL)
+            for m in models:
+                if not m.get("error"):
+                    combo.addItem(f"{m['id']} {m['version']} ({m.get('source', '')})", f"{m['id']}@{m['version']}")
+            missing = bool(wanted) and combo.findData(wanted) < 0
+            if missing:  # kept and said, not silently replaced: the scene asks for a model this machine lacks
+                combo.addItem(f"{wanted} (saved in the scene; not installed here)", wanted)
+            index = combo.findData(wanted)
+            combo.currentIndex = index if index >= 0 else 0
+        finally:
+            combo.blockSignals(False)
+        self._models = {m["id"] + "@" + m["version"]: m for m in models}
         self.onModelSelected()
+        if missing:
+            self.ui.modelInfoLabel.text = (f"The scene's model {wanted} is not installed here: import it (Import "
+                                           "model…) or choose another.")
+        elif error or not models:
+            self.ui.modelInfoLabel.text = str(error) if error else "No model installed: use Import model…"
 
     def onModelSelected(self, index=None):
         key = self.ui.modelComboBox.currentData

@@ -10,6 +10,7 @@ callbacks arriving on the main thread through Qt timers (Slicer 5.12) or the bri
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -382,3 +383,50 @@ def test_worker_output_is_written_in_the_encoding_the_console_reader_decodes(sli
     line = subprocess.run([sys.executable, "-c", "print('error: /data/\u00c1lvaro_\u0109.nrrd: no such file')"],
                           env=env, capture_output=True, encoding="cp1252", check=True).stdout.strip()
     assert line == "error: /data/\u00c1lvaro_\\u0109.nrrd: no such file"
+
+
+class _PropertyComboBox:
+    """A real Qt combo box with PythonQt's property-style API (``currentData``, ``currentIndex = i``), as the
+    module's widget code sees ``ui.modelComboBox`` in Slicer."""
+
+    def __init__(self):
+        widgets = pytest.importorskip("PySide6.QtWidgets")
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        self.__dict__["app"] = widgets.QApplication.instance() or widgets.QApplication([])
+        self.__dict__["box"] = widgets.QComboBox()
+
+    def __getattr__(self, name):
+        if name == "currentData":
+            return self.box.currentData()
+        if name == "currentIndex":
+            return self.box.currentIndex()
+        return getattr(self.box, name)
+
+    def __setattr__(self, name, value):
+        assert name == "currentIndex", name
+        self.box.setCurrentIndex(value)
+
+
+def test_the_model_saved_in_the_scene_survives_the_model_list_loading(slicer_core):
+    """Refilling the model list selects its first item ("auto"), and the selection signal wrote that over the
+    model a loaded scene had saved. The saved model is kept; one this machine lacks is kept, listed as not
+    installed, and said, never silently replaced."""
+    from types import SimpleNamespace
+
+    module = slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)   # the panel's methods, no Qt panel
+    combo = _PropertyComboBox()
+    widget.ui = SimpleNamespace(modelComboBox=combo, modelInfoLabel=SimpleNamespace(text=""))
+    widget._parameterNode = module.MedDeepRecogLogic().getParameterNode()
+    combo.box.currentIndexChanged.connect(widget.onModelSelected)
+    installed = [{"id": "body-region", "version": "1.0.0", "source": "bundled", "class_names": ["a", "b"]},
+                 {"id": "brain-tumour-mri", "version": "1.3.0", "source": "bundled", "class_names": ["c", "d"]}]
+    widget._parameterNode.model = "brain-tumour-mri@1.3.0"
+    widget._showModels(installed, None, None)
+    assert widget._parameterNode.model == "brain-tumour-mri@1.3.0" and combo.currentData == "brain-tumour-mri@1.3.0"
+    widget._parameterNode.model = "adrenal-mass-3d@9.9.9"
+    widget._showModels(installed, None, None)
+    assert widget._parameterNode.model == "adrenal-mass-3d@9.9.9" and combo.currentData == "adrenal-mass-3d@9.9.9"
+    assert "adrenal-mass-3d@9.9.9 is not installed here" in widget.ui.modelInfoLabel.text
+    combo.currentIndex = combo.box.findData("body-region@1.0.0")   # the user's own choice is stored
+    assert widget._parameterNode.model == "body-region@1.0.0"
