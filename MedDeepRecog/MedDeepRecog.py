@@ -323,18 +323,26 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.isRunning(kind):
             self.logic.cancel(kind)
             return
+        if kind == "classify":  # a new answer is coming: the last one must not stand beside a failure
+            self.ui.resultLabel.text = ""
+            self.ui.faithfulnessLabel.text = ""
         with slicer.util.tryWithErrorDisplay(f"MedDeepRecog: {kind} could not start.", waitCursor=True):
             self.logic.ensureDependencies()
             label.text = "Starting…"
-            method(self._parameterNode, onProgress=self._progress(bar, label),
-                   onFinished=self._finished(kind, bar, label, onSuccess))
+            try:
+                method(self._parameterNode, onProgress=self._progress(bar, label),
+                       onFinished=self._finished(kind, bar, label, onSuccess))
+            except Exception:
+                label.text = ""  # nothing started; the error display says why
+                raise
         self.onParameterNodeModified()
 
     def onClassifyButton(self):
         self._run("classify", self.logic.classify, self.ui.classifyProgressBar, self.ui.statusLabel, self._showResult)
 
     def _showResult(self, result):
-        route = result.raw.get("route") if isinstance(result.raw.get("route"), dict) else {}
+        raw = getattr(result, "raw", None) or {}  # an ROI classifier's SegmentLabels has no worker JSON of its own
+        route = raw.get("route") if isinstance(raw.get("route"), dict) else {}
         self.ui.statusLabel.text = f"Done ({result.model})." + (f" Chosen: {route['reason']}" if route.get("reason")
                                                                 else "")
         self.ui.resultLabel.text = result.result_text()

@@ -430,3 +430,33 @@ def test_the_model_saved_in_the_scene_survives_the_model_list_loading(slicer_cor
     assert "adrenal-mass-3d@9.9.9 is not installed here" in widget.ui.modelInfoLabel.text
     combo.currentIndex = combo.box.findData("body-region@1.0.0")   # the user's own choice is stored
     assert widget._parameterNode.model == "body-region@1.0.0"
+
+
+def test_the_panel_shows_an_roi_result_and_resets_after_a_run_that_cannot_start(slicer_core):
+    """Classify with an ROI classifier (a fine-tuned model) returned segment labels, which have no worker JSON of
+    their own: the panel reported "classify failed" although the labels were in. And a run refused before its
+    worker started left "Starting…" in the status line and the previous run's answer beside the error."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.slicer_bridge.outputs import SegmentLabels
+
+    module = slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)
+    widget.ui = SimpleNamespace(statusLabel=SimpleNamespace(text=""), resultLabel=SimpleNamespace(text=""),
+                                faithfulnessLabel=SimpleNamespace(text=""))
+    labels = SegmentLabels("roi@1.0.1", ["x", "y"],
+                           [{"segment": "a", "label": "y", "probabilities": {"x": 0.25, "y": 0.75}}])
+    widget._showResult(labels)
+    assert widget.ui.statusLabel.text == "Done (roi@1.0.1)." and widget.ui.resultLabel.text == labels.result_text()
+
+    widget._parameterNode = None
+    widget.logic = SimpleNamespace(isRunning=lambda kind: False, ensureDependencies=lambda: None)
+    widget.onParameterNodeModified = lambda *a: None
+
+    def refuse(*args, **kwargs):
+        raise ValueError("the view is 90° from the scan's axial slices")
+
+    widget.ui.resultLabel.text = "<b>benign</b> (0.80)"   # the previous run's answer
+    with pytest.raises(ValueError, match="90°"):   # Slicer's tryWithErrorDisplay shows it, then re-raises it
+        widget._run("classify", refuse, None, widget.ui.statusLabel, None)
+    assert widget.ui.statusLabel.text == "" and widget.ui.resultLabel.text == ""   # no "Starting…", no old answer
