@@ -617,3 +617,25 @@ def test_a_radiograph_with_both_spacings_is_measured_with_pixel_spacing(tmp_path
         assert "calibrated to the patient (GEOMETRY, PixelSpacingCalibrationType (0028,0A02))" in calibrated[0]
     else:
         assert not any("PixelSpacing" in n for n in notes), notes
+
+
+def test_the_size_check_reads_the_axial_planes_whatever_order_the_file_stores_its_axes_in(shared_data, tmp_path):
+    """A CT stored with its superior axis second (J) is the same scan: a slice model classifies it exactly as the
+    axially stored file (it was refused as "122 x 30 pixels, too small"). A single coronal slice, which a 2D model
+    would read as 1-pixel rows of axial pixels, is refused saying so."""
+    from MedDeepRecogLib.inference.classify import classify_scan
+
+    ct = sitk.ReadImage(str(shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"))
+    sitk.WriteImage(sitk.PermuteAxes(ct, [0, 2, 1]), str(tmp_path / "j_superior.nrrd"))
+    stored = classify_scan(tmp_path / "j_superior.nrrd", "body-region", explain="none", faithfulness=False)
+    axial = classify_scan(shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz", "body-region",
+                          explain="none", faithfulness=False)
+    assert np.allclose(stored.probabilities, axial.probabilities, atol=1e-6)
+    assert len(stored.per_slice) == len(axial.per_slice)
+    coronal = sitk.GetImageFromArray((np.random.default_rng(0).random((1, 200, 180)) * 100).astype(np.float32))
+    coronal.SetDirection((1, 0, 0, 0, 0, -1, 0, 1, 0))
+    sitk.WriteImage(coronal, str(tmp_path / "coronal.nrrd"))
+    from MedDeepRecogLib.errors import InputImageError
+
+    with pytest.raises(InputImageError, match=r"axial slices .* are 180 x 1 pixels .*single coronal or sagittal"):
+        classify_scan(tmp_path / "coronal.nrrd", "brain-tumour-mri", explain="none", faithfulness=False)

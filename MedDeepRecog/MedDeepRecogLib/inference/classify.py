@@ -560,6 +560,19 @@ def finding_words(finding: dict) -> str:
     return words + (f"; {f['caveat']}" if f.get("caveat") else "")
 
 
+def axial_plane_size(image: sitk.Image) -> list[int]:
+    """``[width, height]`` in pixels of the slices a 2D model reads: a 2D image's own plane; a volume's axial
+    planes (the index axes nearest L and P, as :func:`..io.geometry.lps_view` orders them), whatever order the
+    file stores its axes in."""
+    from ..axes import lps_axis_order
+
+    size = list(image.GetSize())
+    if image.GetDimension() == 2:
+        return size[:2]
+    perm, _ = lps_axis_order(np.array(image.GetDirection(), dtype=float).reshape(3, 3))
+    return [size[perm[0]], size[perm[1]]]
+
+
 def _check_slice_input(image: sitk.Image, package, path) -> None:
     """Refuse what a 2D (slice) model cannot read: a multi-frame file (cine frames are time points, not slices)
     and an image smaller than ``input.slices.min_pixels`` per side.
@@ -576,11 +589,17 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
             f"model {package.id}: its frames may be time points of a cine loop rather than slices of a volume; "
             "export the frame to classify as its own file, or give a DICOM series folder", path)
     minimum = min_slice_side(package.input_spec)
-    size = list(image.GetSize())[:2]
+    size = axial_plane_size(image)
     if min(size) < minimum:
-        raise InputImageError(f"the image is {size[0]} x {size[1]} pixels, too small for model {package.id} "
-                              f"(at least {minimum} pixels per side; it works at "
-                              f"{' x '.join(map(str, package.input_spec.get('size') or []))})", path)
+        stored = list(image.GetSize())
+        what = (f"the image is {size[0]} x {size[1]} pixels" if image.GetDimension() == 2 or size == stored[:2]
+                else f"its axial slices (the planes a 2D model reads) are {size[0]} x {size[1]} pixels (stored as "
+                     f"{' x '.join(map(str, stored))})")
+        hint = ("; a single coronal or sagittal slice is read as rows of axial pixels: give it as a picture "
+                "(PNG) or give its series" if image.GetDimension() == 3 and stored[2] == 1 and size != stored[:2]
+                else "")
+        raise InputImageError(f"{what}, too small for model {package.id} (at least {minimum} pixels per side; it "
+                              f"works at {' x '.join(map(str, package.input_spec.get('size') or []))}){hint}", path)
 
 
 def _peak_in_view(model_map: np.ndarray, grid: ModelGrid, image: sitk.Image,

@@ -134,10 +134,11 @@ def _too_small_for(image: sitk.Image, package) -> str | None:
     """Why ``image``'s slices are too small for a slice ``package`` (as classify would refuse them), else ``None``:
     a route never names a model that will refuse the scan."""
     from ..preprocessing.slices import min_slice_side
+    from .classify import axial_plane_size
 
     if (package.input_spec.get("kind") or "") != "slices2d":
         return None
-    width, height = list(image.GetSize())[:2]
+    width, height = axial_plane_size(image)
     minimum = min_slice_side(package.input_spec)
     if min(width, height) >= minimum:
         return None
