@@ -179,6 +179,13 @@ def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
     tableNode.RemoveAllColumns()
     for array in (index, position, label, probability):
         tableNode.AddColumn(array)
+    # the index counts axial slices from the most inferior, which is not the volume's own K when K runs downwards:
+    # the header says which, and position_mm is the red view's offset
+    tableNode.SetColumnTitle("index", "slice from inferior")
+    tableNode.SetColumnDescription("index", "axial slice counted from the most inferior (0 = lowest), not the "
+                                            "volume's K index")
+    tableNode.SetColumnTitle("position_mm", "S (mm)")
+    tableNode.SetColumnDescription("position_mm", "superior coordinate of the slice centre: the red view's offset")
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 

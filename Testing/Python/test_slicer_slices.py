@@ -87,6 +87,7 @@ def test_classify_current_slice_and_jump_from_the_per_slice_table(slicer_core, s
     logic.classify(p, waitForCompletion=True)  # the whole volume: one row per axial slice
     table = p.sliceTable
     assert [table.GetColumnName(i) for i in range(4)] == ["index", "position_mm", "label", "probability"]
+    assert table.GetColumnTitle("index") == "slice from inferior" and table.GetColumnTitle("position_mm") == "S (mm)"
     assert table.GetNumberOfRows() == 14
     positions = [module.scene_io.slicePositionOfRow(table, r) for r in range(14)]
     assert positions == pytest.approx([-30.0 + 2.5 * k for k in range(14)])
