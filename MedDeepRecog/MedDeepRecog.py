@@ -26,8 +26,8 @@ from slicer.util import VTKObservationMixin
 
 from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MAX_EPOCHS
 from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
-from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, read_classify_result,
-                                            read_segment_labels)
+from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, model_task,
+                                            read_classify_result, read_segment_labels, read_segment_volumes)
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
 from MedDeepRecogLib.slicer_bridge.process_runner import python_executable
@@ -63,8 +63,8 @@ class MedDeepRecog(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedDeepRecog developers"]
         self.parent.helpText = (
-            "Classify the loaded CT/MRI volume with a deep-learning model, overlay its heatmap, show segmentations "
-            "in 3D and fine-tune models from your segments. See "
+            "Classify the loaded CT/MRI volume with a deep-learning model, overlay its heatmap, segment it with a "
+            "segmentation model, show segmentations in 3D and fine-tune models from your segments. See "
             "<a href='https://github.com/MedDeepRecog/SlicerMedDeepRecog'>the documentation</a>.")
         self.parent.acknowledgementText = "Built on MONAI, PyTorch, SimpleITK and slicerio."
 
@@ -121,6 +121,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.classifyButton.connect("clicked(bool)", self.onClassifyButton)
         self.ui.classifySliceButton.connect("clicked(bool)", self.onClassifySliceButton)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.sliceTableView.connect("selectionChanged()", self.onSliceRowSelected)
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
         self.ui.robustnessButton.connect("clicked(bool)", self.onRobustnessButton)
@@ -182,21 +183,9 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("MedDeepRecog: cannot read the preset."):
                 self.logic.applyPreset(p)
         self._preset = p.preset
-        busy = {kind: self.logic.isRunning(kind) for kind in ("classify", "finetune", "robustness", "preview")}
-        ready = bool(p.inputVolume and p.model)
-        self.ui.classifyButton.text = "Cancel" if busy["classify"] else "Classify"
-        self.ui.classifyButton.enabled = ready or busy["classify"]
-        sliceModel = ready and self.logic.isSliceModel(p.model)  # model.json only: cheap on the GUI thread
-        self.ui.classifySliceButton.text = "Cancel" if busy["classify"] else "Classify current slice"
-        self.ui.classifySliceButton.enabled = sliceModel or busy["classify"]
+        self._updateRunButtons(p)
         self.ui.sliceTableView.setMRMLTableNode(p.sliceTable)
         self.ui.sliceTableView.visible = bool(p.sliceTable)
-        self.ui.robustnessButton.text = "Cancel" if busy["robustness"] else "Robustness check"
-        self.ui.robustnessButton.enabled = ready or busy["robustness"]
-        self.ui.previewButton.text = "Cancel" if busy["preview"] else "Preview"
-        self.ui.previewButton.enabled = bool(p.inputVolume) or busy["preview"]
-        self.ui.finetuneButton.text = "Cancel" if busy["finetune"] else "Start fine-tuning"
-        self.ui.finetuneButton.enabled = bool(ready and p.trainingSegmentation) or busy["finetune"]
         self.ui.probabilityTableView.setMRMLTableNode(p.outputTable)
         self.ui.show3DButton.setSegmentationNode(p.outputSegmentation)
         self.logic.syncClassMap(p)
@@ -210,6 +199,35 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.modelComboBox.findData(p.model)
         if index >= 0 and index != self.ui.modelComboBox.currentIndex:
             self.ui.modelComboBox.currentIndex = index
+
+    def _updateRunButtons(self, p):
+        """Each run button is offered for the models that run it (a segmentation package segments; the worker
+        refuses it for classify and robustness), and turns into Cancel while its run is going."""
+        busy = {kind: self.logic.isRunning(kind)
+                for kind in ("classify", "segment", "finetune", "robustness", "preview")}
+        ready = bool(p.inputVolume and p.model)
+        segmentation = ready and self._modelTask(p.model) == "segmentation"
+        self.ui.classifyButton.text = "Cancel" if busy["classify"] else "Classify"
+        self.ui.classifyButton.enabled = (ready and not segmentation) or busy["classify"]
+        sliceModel = ready and self.logic.isSliceModel(p.model)  # model.json only: cheap on the GUI thread
+        self.ui.classifySliceButton.text = "Cancel" if busy["classify"] else "Classify current slice"
+        self.ui.classifySliceButton.enabled = sliceModel or busy["classify"]
+        self.ui.segmentButton.text = "Cancel" if busy["segment"] else "Segment"
+        self.ui.segmentButton.enabled = segmentation or busy["segment"]
+        self.ui.robustnessButton.text = "Cancel" if busy["robustness"] else "Robustness check"
+        self.ui.robustnessButton.enabled = (ready and not segmentation) or busy["robustness"]
+        self.ui.previewButton.text = "Cancel" if busy["preview"] else "Preview"
+        self.ui.previewButton.enabled = bool(p.inputVolume) or busy["preview"]
+        self.ui.finetuneButton.text = "Cancel" if busy["finetune"] else "Start fine-tuning"
+        self.ui.finetuneButton.enabled = bool(ready and p.trainingSegmentation) or busy["finetune"]
+
+    def _modelTask(self, model):
+        """``"segmentation"`` or ``"classification"``: the task ``models --json`` listed for ``model``, else (a
+        model saved in the scene by id or path, not an ``id@version`` entry of the list) its model.json's."""
+        info = getattr(self, "_models", {}).get(model)
+        if info is not None:
+            return info.get("task") or "classification"
+        return self.logic.modelTask(model)
 
     def _observeSegments(self, segmentationNode):
         """Follow the Fine-tune segmentation's segments (added, removed, renamed) into the segment → class table."""
@@ -251,7 +269,9 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.addItem("auto: disease model chosen by modality and body region", AUTO_MODEL)
             for m in models:
                 if not m.get("error"):
-                    combo.addItem(f"{m['id']} {m['version']} ({m.get('source', '')})", f"{m['id']}@{m['version']}")
+                    task = " (segmentation)" if m.get("task") == "segmentation" else ""  # runs Segment, not Classify
+                    combo.addItem(f"{m['id']} {m['version']} ({m.get('source', '')}){task}",
+                                  f"{m['id']}@{m['version']}")
             missing = bool(wanted) and combo.findData(wanted) < 0
             if missing:  # kept and said, not silently replaced: the scene asks for a model this machine lacks
                 combo.addItem(f"{wanted} (saved in the scene; not installed here)", wanted)
@@ -277,7 +297,11 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                            "breast ultrasound); the result says which and why.")
         elif info:
             metrics = ", ".join(f"{k} {v:.2f}" for k, v in (info.get("metrics") or {}).items() if isinstance(v, float))
-            self.ui.modelInfoLabel.text = f"classes: {', '.join(info.get('class_names') or [])}. {metrics}"
+            if info.get("task") == "segmentation":  # class 0 is the background, not a segment
+                self.ui.modelInfoLabel.text = (f"segments: {', '.join((info.get('class_names') or [])[1:])} "
+                                               f"(use Segment). {metrics}")
+            else:
+                self.ui.modelInfoLabel.text = f"classes: {', '.join(info.get('class_names') or [])}. {metrics}"
 
     def onImportModelButton(self):
         path = qt.QFileDialog.getOpenFileName(self.parent, "Import model package", "",
@@ -323,7 +347,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.isRunning(kind):
             self.logic.cancel(kind)
             return
-        if kind == "classify":  # a new answer is coming: the last one must not stand beside a failure
+        if kind in ("classify", "segment"):  # a new answer is coming: the last one must not stand beside a failure
             self.ui.resultLabel.text = ""
             self.ui.faithfulnessLabel.text = ""
         with slicer.util.tryWithErrorDisplay(f"MedDeepRecog: {kind} could not start.", waitCursor=True):
@@ -340,7 +364,12 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onClassifyButton(self):
         self._run("classify", self.logic.classify, self.ui.classifyProgressBar, self.ui.statusLabel, self._showResult)
 
+    def onSegmentButton(self):
+        self._run("segment", self.logic.segment, self.ui.classifyProgressBar, self.ui.statusLabel, self._showResult)
+
     def _showResult(self, result):
+        """Status and result line of a Classify (label), an ROI classifier (segment labels) or a Segment (each
+        segment's volume in ml)."""
         raw = getattr(result, "raw", None) or {}  # an ROI classifier's SegmentLabels has no worker JSON of its own
         route = raw.get("route") if isinstance(raw.get("route"), dict) else {}
         self.ui.statusLabel.text = f"Done ({result.model})." + (f" Chosen: {route['reason']}" if route.get("reason")
@@ -537,11 +566,16 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 scene_io.placeUnderStudy(p.preprocessedVolume, p.inputVolume)
                 slicer.util.setSliceViewerLayers(background=p.preprocessedVolume)
                 if maskPath.exists():
-                    self._segmentationFor(p, name)
-                    scene_io.replaceSegments(p.outputSegmentation, maskPath, p.inputVolume)
-                    scene_io.showSegmentationIn3D(p.outputSegmentation)
+                    self._loadSegments(p, maskPath)
                 return p.preprocessedVolume
             return self._start("preview", command, load, workDir, **kwargs)
+
+    def _loadSegments(self, p, path):
+        """The segments of a worker's ``.seg.nrrd`` (Preview's mask, Segment's organs) into the output segmentation,
+        replacing same-named ones and keeping the others, shown in 3D."""
+        self._segmentationFor(p, p.inputVolume.GetName())
+        scene_io.replaceSegments(p.outputSegmentation, path, p.inputVolume)
+        scene_io.showSegmentationIn3D(p.outputSegmentation)
 
     def _segmentationFor(self, p, name):
         p.outputSegmentation = scene_io.getOrCreateNode(p.outputSegmentation, "vtkMRMLSegmentationNode",
@@ -557,6 +591,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         ``p.trainingSegmentation`` instead (:meth:`classifySegments`)."""
         if model_input_kind(p.model) == "roi3d":
             return self.classifySegments(p, **kwargs)
+        if self.modelTask(p.model) == "segmentation":  # said in the panel's words, not the command line's
+            raise ValueError(f"{p.model} is a segmentation model: use Segment.")
         with self._workDir() as workDir:
             inputPath = scene_io.exportVolume(p.inputVolume, workDir)
             outDir = workDir / "out"
@@ -608,6 +644,32 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             scene_io.removeSegmentByName(p.outputSegmentation, hotName)
         scene_io.showSegmentationIn3D(p.outputSegmentation)
         return res
+
+    # -- segmentation ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def modelTask(model):
+        """``"segmentation"``, ``"classification"`` (also for ``auto``, which routes to classifiers), or ``None``
+        when the package cannot be read; from its model.json alone (cheap on the GUI thread)."""
+        if model == AUTO_MODEL:
+            return "classification"
+        return model_task(model) if model else None
+
+    def segment(self, p, **kwargs):
+        """Segment ``p.inputVolume`` with the segmentation package ``p.model``: its segments (one per class, on the
+        volume's grid) go into the output segmentation, as Preview's mask does, replacing same-named segments of an
+        earlier run, and are shown in 3D. Returns each segment's volume (:class:`SegmentVolumes`)."""
+        if self.modelTask(p.model) != "segmentation":
+            raise ValueError(f"{p.model} is not a segmentation model: use Classify.")
+        with self._workDir() as workDir:
+            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            outPath = workDir / "segmentation.seg.nrrd"  # a new folder: the worker never replaces a file
+            command = WorkerCommand.segment(inputPath, p.model, outPath, python=self.python, device=p.device)
+
+            def load(result, job):
+                volumes = read_segment_volumes(result, outPath)
+                self._loadSegments(p, volumes.output)
+                return volumes
+            return self._start("segment", command, load, workDir, **kwargs)
 
     # -- 2D (slice) models: the slice shown in the red view -------------------------------------------------------
     @staticmethod
@@ -737,6 +799,8 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         self.test_PreviewLoadsFilteredVolumeAndMask()
         self.setUp()
         self.test_FinetuneThenClassifySegments()
+        self.setUp()
+        self.test_SegmentLoadsOrgansOnTheScanGrid()
 
     def _syntheticVolume(self):
         import numpy as np
@@ -760,6 +824,25 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.any(slicer.util.arrayFromSegmentBinaryLabelmap(p.outputSegmentation,
                                                                            segmentation.GetSegmentIDs()[0],
                                                                            p.inputVolume)))
+
+    def test_SegmentLoadsOrgansOnTheScanGrid(self):
+        """The bundled abdominal CT with the bundled ts-organs-seg: liver, spleen and kidney on the scan's grid."""
+        import numpy as np
+        from MedDeepRecogLib.slicer_bridge import sample_path
+
+        logic = MedDeepRecogLogic()
+        p = logic.getParameterNode()
+        p.inputVolume = slicer.util.loadVolume(str(sample_path("abdomen_ct.nii.gz")), {"name": "abdomen_ct"})
+        p.model, p.device = "ts-organs-seg", "cpu"
+        volumes = logic.segment(p, waitForCompletion=True)
+        self.assertEqual([name for name, _, _ in volumes.segments], ["liver", "spleen", "kidney"])
+        self.assertTrue(all(ml > 0 for _, ml, _ in volumes.segments))
+        self.assertEqual(scene_io.segmentNames(p.outputSegmentation), ["liver", "spleen", "kidney"])
+        liverId = p.outputSegmentation.GetSegmentation().GetSegmentIdBySegmentName("liver")
+        liver = slicer.util.arrayFromSegmentBinaryLabelmap(p.outputSegmentation, liverId, p.inputVolume)
+        self.assertEqual(liver.shape, slicer.util.arrayFromVolume(p.inputVolume).shape)
+        self.assertTrue(np.any(liver))
+        self.delayDisplay("MedDeepRecog segment test passed")
 
     def _inIsolatedHome(self, body):
         """Run ``body(home)`` with the worker's user catalog in a fresh folder, isolated from the user's."""

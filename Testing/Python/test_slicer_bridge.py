@@ -87,6 +87,7 @@ def test_command_lines_parse_with_the_real_cli():
         "device": WorkerCommand.device_info(python=PY),
         "finetune": WorkerCommand.finetune("body-region", "manifest.json", python=PY, task="classify", epochs=3),
         "robustness": WorkerCommand.robustness("body-region", "a.nrrd", "out", python=PY, eps=[0.01, 0.02]),
+        "segment": WorkerCommand.segment("a.nrrd", "ts-organs-seg", "o.seg.nrrd", python=PY, device="cpu"),
     }
     checked = []
     for name, command in built.items():
@@ -102,6 +103,8 @@ def test_command_lines_parse_with_the_real_cli():
     assert "device" in checked and "models" in checked
     assert built["classify"].cli_args() == ["classify", "a.nrrd", "--model", "body-region@1.0.0", "--out", "out",
                                             "--explain", "gradcam", "--device", "cpu", "--progress", "json"]
+    assert built["segment"].cli_args() == ["segment", "a.nrrd", "--model", "ts-organs-seg", "--out", "o.seg.nrrd",
+                                           "--device", "cpu", "--progress", "json"]
 
 
 def test_validate_reports_options_the_worker_lacks():
@@ -400,3 +403,24 @@ def test_segment_labels_are_read_or_refused_with_the_file_named(tmp_path):
     command = WorkerCommand.classify(["scan.nrrd"], "roi", "out", python=sys.executable, segments="s.seg.nrrd")
     assert command.args[command.args.index("--segments") + 1] == "s.seg.nrrd"
     assert "--explain" not in command.args
+
+
+def test_segment_volumes_are_read_or_refused_with_the_file_named(tmp_path):
+    """Segment's answer is its final progress line's result: each segment's ml, with the .seg.nrrd it wrote."""
+    from MedDeepRecogLib.slicer_bridge import model_task, read_segment_volumes
+
+    out = tmp_path / "scan.seg.nrrd"
+    result = {"output": str(out), "model": {"id": "ts-organs-seg", "version": "1.0.0"},
+              "segments": {"liver": {"voxels": 27596, "volume_ml": 745.09}, "kidney": {"voxels": 0, "volume_ml": 0.0}}}
+    with pytest.raises(MedDeepRecogError, match="wrote no segmentation") as err:
+        read_segment_volumes(result, out)
+    assert "scan.seg.nrrd" in str(err.value)
+    out.write_bytes(b"NRRD0004")
+    with pytest.raises(MedDeepRecogError, match="no per-segment volumes"):
+        read_segment_volumes({"output": str(out)}, out)
+    volumes = read_segment_volumes(result, out)
+    assert volumes.model == "ts-organs-seg@1.0.0" and volumes.output == out
+    assert volumes.segments == [("liver", 745.09, 27596), ("kidney", 0.0, 0)]
+    assert volumes.result_text() == "liver: <b>745.1 ml</b><br>kidney: <b>0.0 ml</b> (not found)"
+    assert (model_task("ts-organs-seg"), model_task("body-region"), model_task("no-such-model")) == \
+        ("segmentation", "classification", None)

@@ -460,3 +460,108 @@ def test_the_panel_shows_an_roi_result_and_resets_after_a_run_that_cannot_start(
     with pytest.raises(ValueError, match="90°"):   # Slicer's tryWithErrorDisplay shows it, then re-raises it
         widget._run("classify", refuse, None, widget.ui.statusLabel, None)
     assert widget.ui.statusLabel.text == "" and widget.ui.resultLabel.text == ""   # no "Starting…", no old answer
+
+
+def _labelmap_geometry(env, segmentation_node, segment_id):
+    """``(image-to-world matrix, extent)`` of a segment's binary labelmap as the segmentation holds it."""
+    import vtk
+    labelmap = env.slicer.vtkOrientedImageData()
+    segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap)
+    m = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(m)
+    return env.slicer.util.arrayFromVTKMatrix(m), labelmap.GetExtent()
+
+
+def test_segment_loads_the_organs_on_the_scans_grid_and_reruns_reuse_the_node(slicer_core):
+    """Segment with the bundled ts-organs-seg on the bundled abdominal CT: liver, spleen and kidney in the output
+    segmentation, on the scan's own grid (each segment's voxels on the scan's grid are the ones the worker counted),
+    shown in 3D; a re-run replaces them in the same node and keeps segments of other origins."""
+    from MedDeepRecogLib.resources import sample_path
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    volume = env.slicer.util.loadVolume(str(sample_path("abdomen_ct.nii.gz")), {"name": "abdomen_ct"})
+    p.inputVolume, p.model, p.device = volume, "ts-organs-seg", "cpu"
+    volumes = logic.segment(p, waitForCompletion=True)
+    node = p.outputSegmentation
+    assert module.scene_io.segmentNames(node) == ["liver", "spleen", "kidney"]
+    assert [name for name, _, _ in volumes.segments] == ["liver", "spleen", "kidney"]
+    assert all(ml > 0 and voxels > 0 for _, ml, voxels in volumes.segments) and volumes.model == "ts-organs-seg@1.0.0"
+    dims = volume.GetImageData().GetDimensions()
+    segmentation = node.GetSegmentation()
+    for name, _, voxels in volumes.segments:
+        segment_id = segmentation.GetSegmentIdBySegmentName(name)
+        to_world, extent = _labelmap_geometry(env, node, segment_id)
+        assert np.allclose(to_world, matrix(env, volume), rtol=0, atol=1e-6), name
+        assert all(0 <= extent[2 * i] and extent[2 * i + 1] < dims[i] for i in range(3)), (name, extent, dims)
+        mask = env.slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, volume)
+        assert mask.shape == env.slicer.util.arrayFromVolume(volume).shape and int(mask.sum()) == voxels, name
+    assert segmentation.ContainsRepresentation("Closed surface")
+
+    segmentation.AddEmptySegment("tumour", "tumour")   # drawn by the user: not the model's
+    counts = {cls: env.count(cls) for cls in NODE_CLASSES}
+    again = logic.segment(p, waitForCompletion=True)
+    assert p.outputSegmentation is node and env.count("vtkMRMLSegmentationNode") == 1
+    assert {cls: env.count(cls) for cls in NODE_CLASSES} == counts
+    assert sorted(module.scene_io.segmentNames(node)) == ["kidney", "liver", "spleen", "tumour"]
+    assert again.segments == volumes.segments
+    assert not list(env.temporaryPath.glob("MedDeepRecog-*"))  # exchange folders removed
+
+
+def test_segment_and_classify_each_refuse_the_others_model_in_the_panels_words(slicer_core, tiny_package):
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device = add_volume(env), str(tiny_package), "cpu"
+    with pytest.raises(ValueError, match="not a segmentation model: use Classify"):
+        logic.segment(p)
+    p.model = "ts-organs-seg"
+    with pytest.raises(ValueError, match="is a segmentation model: use Segment"):
+        logic.classify(p)
+    assert not logic.isRunning("segment") and not logic.isRunning("classify")
+    assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
+
+
+def test_segment_is_offered_for_segmentation_models_and_classify_for_classifiers(slicer_core):
+    """The run buttons follow the task ``models --json`` lists for the chosen model (model.json for a model saved
+    by id); the list marks segmentation packages; Segment's result line lists each segment's ml."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.slicer_bridge.outputs import SegmentVolumes
+
+    env, module = slicer_core, slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)   # the panel's methods, no Qt panel
+    widget.logic = module.MedDeepRecogLogic()
+    combo = _PropertyComboBox()
+    buttons = ("classifyButton", "classifySliceButton", "segmentButton", "robustnessButton", "previewButton",
+               "finetuneButton")
+    widget.ui = SimpleNamespace(modelComboBox=combo, modelInfoLabel=SimpleNamespace(text=""),
+                                statusLabel=SimpleNamespace(text=""), resultLabel=SimpleNamespace(text=""),
+                                faithfulnessLabel=SimpleNamespace(text=""),
+                                **{name: SimpleNamespace(text="", enabled=False) for name in buttons})
+    p = widget._parameterNode = widget.logic.getParameterNode()
+    models = widget.logic.listModels(waitForCompletion=True)   # the real catalog, with each package's task
+    assert {m["id"]: m["task"] for m in models}["ts-organs-seg"] == "segmentation"
+    widget._showModels(models, None, None)
+    labels = {combo.box.itemData(i): combo.box.itemText(i) for i in range(combo.box.count())}
+    assert labels["ts-organs-seg@1.0.0"].endswith("(segmentation)")
+    assert not labels["body-region@1.0.0"].endswith("(segmentation)")
+
+    def offered(model, volume=True):
+        p.inputVolume, p.model = (add_volume(env) if volume else None), model
+        widget._updateRunButtons(p)
+        return {name for name in buttons if getattr(widget.ui, name).enabled}
+    assert offered("ts-organs-seg@1.0.0") == {"segmentButton", "previewButton"}
+    assert offered("ts-organs-seg") == {"segmentButton", "previewButton"}   # saved by id: read from model.json
+    assert offered("ts-organs-seg@1.0.0", volume=False) == set()
+    for classifier in ("body-region@1.0.0", module.AUTO_MODEL):   # body-region, a 2D model, also classifies slices
+        assert offered(classifier) - {"classifySliceButton"} == {"classifyButton", "robustnessButton",
+                                                                   "previewButton"}, classifier
+    combo.currentIndex = combo.box.findData("ts-organs-seg@1.0.0")
+    widget.onModelSelected()
+    assert widget.ui.modelInfoLabel.text.startswith("segments: liver, spleen, kidney (use Segment).")
+
+    widget._showResult(SegmentVolumes("ts-organs-seg@1.0.0", Path("x.seg.nrrd"),
+                                      [("liver", 745.09, 27596), ("spleen", 253.91, 9404)]))
+    assert widget.ui.statusLabel.text == "Done (ts-organs-seg@1.0.0)."
+    assert widget.ui.resultLabel.text == "liver: <b>745.1 ml</b><br>spleen: <b>253.9 ml</b>"

@@ -7,16 +7,21 @@ lines (:mod:`.progress_reader`), running the worker as a separate process whose 
 Nothing here imports torch, SimpleITK or Slicer, so ``MedDeepRecog.py`` can import it at Slicer start-up.
 """
 
-from .outputs import ClassifyResult, SegmentLabels, read_classify_result, read_segment_labels
+from ..resources import sample_path  # the module's self-test scans; a plain path lookup, no heavy import
+from .outputs import (ClassifyResult, SegmentLabels, SegmentVolumes, read_classify_result, read_segment_labels,
+                      read_segment_volumes)
 from .process_runner import WorkerError, WorkerProcess, descendant_pids, kill_process_tree, run_worker
 from .progress_reader import ProgressEvent, ProgressReader, parse_progress_line
-from .worker_command import WorkerCommand, model_input_kind, module_root, worker_environment
+from .worker_command import WorkerCommand, model_input_kind, model_task, module_root, worker_environment
 
 __all__ = [
     "ClassifyResult",
     "SegmentLabels",
+    "SegmentVolumes",
     "read_classify_result",
     "read_segment_labels",
+    "read_segment_volumes",
+    "sample_path",
     "WorkerError",
     "WorkerProcess",
     "descendant_pids",
@@ -27,6 +32,7 @@ __all__ = [
     "parse_progress_line",
     "WorkerCommand",
     "model_input_kind",
+    "model_task",
     "module_root",
     "worker_environment",
 ]

@@ -219,6 +219,54 @@ def read_segment_labels(out_dir: str | Path, input_path: str | Path) -> SegmentL
                          class_names=[str(c) for c in record.get("class_names") or []], segments=rows)
 
 
+@dataclass
+class SegmentVolumes:
+    """What ``segment`` reported (the ``result`` of its final progress line).
+
+    Attributes:
+        model: ``id@version``; ``output``: the ``.seg.nrrd`` it wrote (one segment per class, on the input's grid).
+        segments: ``[(name, volume_ml, voxels), ...]`` in the package's class order (an empty class has 0 voxels).
+        raw: the whole result.
+    """
+
+    model: str
+    output: Path
+    segments: list[tuple[str, float, int]]
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def result_text(self) -> str:
+        """Rich text for the panel's result line: one ``segment: N ml`` per segment."""
+        if not self.segments:
+            return "The model has no segment classes."
+        import html
+
+        return "<br>".join(f"{html.escape(name)}: <b>{ml:.1f} ml</b>" + (" (not found)" if voxels == 0 else "")
+                           for name, ml, voxels in self.segments)
+
+    def heatmap_text(self) -> str:
+        return ""  # segmentation packages have no heatmap
+
+
+def read_segment_volumes(result: dict[str, Any], out_path: str | Path) -> SegmentVolumes:
+    """The ``segment`` run's ``result`` (``{"output", "model": {"id", "version"}, "segments": {name: {"voxels",
+    "volume_ml"}}, ...}``) with the ``.seg.nrrd`` it wrote at ``out_path``.
+
+    Raises:
+        MedDeepRecogError: no segmentation file, or no per-segment volumes (the worker did not finish).
+    """
+    out_path = Path(out_path)
+    if not out_path.is_file():
+        raise MedDeepRecogError("segment wrote no segmentation here (did the worker finish?)", out_path)
+    rows = result.get("segments")
+    if not isinstance(rows, dict) or not all(isinstance(r, dict) and "volume_ml" in r for r in rows.values()):
+        raise MedDeepRecogError("the segment result has no per-segment volumes (unexpected worker output)", out_path)
+    model = result.get("model") or {}
+    model_name = f"{model.get('id', '')}@{model.get('version', '')}" if isinstance(model, dict) else str(model)
+    return SegmentVolumes(model=model_name.strip("@"), output=out_path,
+                          segments=[(str(name), float(r["volume_ml"]), int(r.get("voxels", 0)))
+                                    for name, r in rows.items()], raw=result)
+
+
 def parse_json_output(lines: list[str] | str) -> Any:
     """The JSON document a ``--json`` command (``models``, ``device``) printed, ignoring log lines around it.
 

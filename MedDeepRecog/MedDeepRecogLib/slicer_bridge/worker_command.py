@@ -90,6 +90,14 @@ class WorkerCommand:
                          device=device, second_input=second_input)
 
     @classmethod
+    def segment(cls, input: str | Path, model: str, out: str | Path, *, python: str,
+                device: str = "auto") -> "WorkerCommand":
+        """``segment INPUT --model M --out OUT.seg.nrrd --device D``: one segment per class of the segmentation
+        package ``M``, on the input's grid; the final progress line's ``result`` holds each segment's voxels and ml
+        (:func:`.outputs.read_segment_volumes`). ``OUT`` must not exist: the worker never replaces a file."""
+        return cls.build("segment", input, python=python, model=model, out=out, device=device)
+
+    @classmethod
     def preprocess(cls, input: str | Path, output: str | Path, pipeline: str | Path, *, python: str,
                    mask: str | Path | None = None) -> "WorkerCommand":
         """``preprocess INPUT OUTPUT --pipeline NAME|FILE [--mask OUT.seg.nrrd]``."""
@@ -151,14 +159,27 @@ class WorkerCommand:
         return self.args[3:]
 
 
-def model_input_kind(model: str) -> str | None:
-    """The package's ``input.kind`` (``roi3d`` for an ROI classifier that labels segments), read from its
-    ``model.json`` alone (no torch, no weights: this runs on Slicer's GUI thread); ``None`` when the package
-    cannot be read (the worker will say why)."""
+def _package_meta(model: str) -> dict | None:
+    """The package's ``model.json`` alone (no torch, no weights: this runs on Slicer's GUI thread); ``None`` when
+    the package cannot be read (the worker will say why)."""
     from ..errors import MedDeepRecogError
     from ..packages import read_package_meta
 
     try:
-        return read_package_meta(model)["input"].get("kind")
+        return read_package_meta(model)
     except (MedDeepRecogError, OSError, ValueError):
         return None
+
+
+def model_input_kind(model: str) -> str | None:
+    """The package's ``input.kind`` (``roi3d`` for an ROI classifier that labels segments), read from its
+    ``model.json``; ``None`` when the package cannot be read."""
+    meta = _package_meta(model)
+    return meta["input"].get("kind") if meta and isinstance(meta.get("input"), dict) else None
+
+
+def model_task(model: str) -> str | None:
+    """The package's ``task`` (``"segmentation"`` for a package that ``segment`` runs, ``"classification"``
+    otherwise, as ``models --json`` lists it), read from its ``model.json``; ``None`` when it cannot be read."""
+    meta = _package_meta(model)
+    return meta.get("task", "classification") if meta else None
