@@ -39,6 +39,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def refusal_line(capsys, *needles: str) -> str:
+    """The one stderr line of a refused command (no traceback), holding every needle."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 def make_volume(size=(40, 32, 24), spacing=(0.8, 1.1, 2.5), origin=(-12.5, 30.0, 101.0),
                 direction=None, dtype=np.int16, seed: int = 0) -> sitk.Image:
     """A synthetic CT-like volume ((x, y, z) ``size``) with an oblique direction by default."""

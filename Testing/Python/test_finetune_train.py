@@ -19,6 +19,7 @@ from MedDeepRecogLib.finetune.config import FinetuneConfig
 from MedDeepRecogLib.finetune.finetune import finetune
 from MedDeepRecogLib.io import read_segmentation
 from MedDeepRecogLib.packages import load_package
+from conftest import refusal_line
 
 SEG = dict(task="segment", patch_size=[16, 16, 16], patches_per_epoch=4, arch_kwargs=TINY_UNET,
            spacing_mm=[3.0, 3.0, 3.0], optimizer={"lr": 3e-3})
@@ -328,15 +329,6 @@ def test_cli_json_progress_and_errors(data_dir, tmp_path, capsys):
     assert rc == 2 and "missing-model" in capsys.readouterr().err
 
 
-def _one_refusal(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 def test_finetune_refuses_a_version_a_catalog_holds_before_reading_a_scan(data_dir, tmp_path, capsys, monkeypatch):
     """``--version`` of a version the bundled (or user) catalog holds for the new package's id (the base's, or
     ``--id``) would shadow it: refused with the check train, calibrate and import make, before any scan is decoded
@@ -351,17 +343,17 @@ def test_finetune_refuses_a_version_a_catalog_holds_before_reading_a_scan(data_d
     common = ["--task", "segment", "--data", str(data_dir), "--epochs", "1", "--work-dir", str(tmp_path / "w"),
               "--progress", "none", "--threads", "1"]
     assert main(["finetune", "--base", "ts-organs-seg", "--version", "1.0.0", *common]) == 2
-    _one_refusal(capsys, "--version 1.0.0: ts-organs-seg@1.0.0 already exists in the bundled catalog",
+    refusal_line(capsys, "--version 1.0.0: ts-organs-seg@1.0.0 already exists in the bundled catalog",
                  "never overwritten or shadowed", "bump the version (1.0.1 is free)")
     assert main(["finetune", "--base", "none", "--id", "ts-organs-seg", "--version", "1.0.0",
                  "--dest", str(tmp_path / "cat"), *common]) == 2
-    _one_refusal(capsys, "ts-organs-seg@1.0.0 already exists in the bundled catalog")
+    refusal_line(capsys, "ts-organs-seg@1.0.0 already exists in the bundled catalog")
     (user_models_dir() / "organs" / "3.0.0").mkdir(parents=True)
     assert main(["finetune", "--base", "none", "--id", "organs", "--version", "3.0.0", *common]) == 2
-    _one_refusal(capsys, f"organs@3.0.0 already exists in the user catalog {user_models_dir()}")
+    refusal_line(capsys, f"organs@3.0.0 already exists in the user catalog {user_models_dir()}")
     for bad in ("notsemver", "1.0", "1.0.0-beta"):
         assert main(["finetune", "--base", "ts-organs-seg", "--version", bad, *common]) == 2
-        _one_refusal(capsys, f"--version {bad!r} is not a package version (MAJOR.MINOR.PATCH")
+        refusal_line(capsys, f"--version {bad!r} is not a package version (MAJOR.MINOR.PATCH")
     assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
     assert [p.name for p in (user_models_dir() / "organs").iterdir()] == ["3.0.0"]
 

@@ -20,6 +20,7 @@ from MedDeepRecogLib.training.data import tail_per_class_split
 from MedDeepRecogLib.training.classification import fit_classifier as fit, make_loader
 from MedDeepRecogLib.training.loop import FitConfig, Hooks
 from MedDeepRecogLib.training.sections import LoopConfig, OptimizerConfig, ScheduleConfig
+from conftest import refusal_line
 
 KW = {"in_channels": 1, "num_classes": 2, "channels": [4, 8], "hidden": 8, "dropout": 0.0}
 
@@ -304,16 +305,6 @@ def test_train_cli_user_errors_exit_2(tmp_path, npz, capsys):
     assert "training/epoch" in err and str(path) in err
 
 
-def _refusal(capsys, *needles: str) -> str:
-    """The one stderr line of a refused command, holding every needle."""
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 @pytest.fixture
 def no_training(monkeypatch):
     """Reading the training data fails the test: a refused run must stop before it."""
@@ -344,14 +335,14 @@ def test_train_refuses_a_version_any_catalog_holds_before_training(tmp_path, npz
     for dest in (user_models_dir(), tmp_path / "cat", bundled):
         assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(dest),
                      "--progress", "none"]) == 2
-        _refusal(capsys, str(cfg_path), "version 1.2.0: lung-ct-cancer@1.2.0 already exists in the bundled "
+        refusal_line(capsys, str(cfg_path), "version 1.2.0: lung-ct-cancer@1.2.0 already exists in the bundled "
                  f"catalog {bundled}", "never overwritten or shadowed", "bump the version (1.2.2 is free) or "
                  f"remove {bundled / 'lung-ct-cancer' / '1.2.0'} first")
     (user_models_dir() / "synthetic" / "2.0.0").mkdir(parents=True)   # and the user catalog's own versions
     cfg_path.write_text(yaml.safe_dump(_config(npz, version="2.0.0")), encoding="utf-8")
     assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
                  "--progress", "none"]) == 2
-    _refusal(capsys, f"synthetic@2.0.0 already exists in the user catalog {user_models_dir()}", "2.0.1 is free")
+    refusal_line(capsys, f"synthetic@2.0.0 already exists in the user catalog {user_models_dir()}", "2.0.1 is free")
     assert not (tmp_path / "run").exists() and not (tmp_path / "cat").exists()
     assert sorted(p.name for p in (bundled / "lung-ct-cancer").iterdir()) == ["1.2.0", "1.2.1"]
 
@@ -362,7 +353,7 @@ def test_train_refuses_a_config_version_that_is_not_major_minor_patch(tmp_path, 
     cfg_path.write_text(json.dumps(_config(npz, version=version)), encoding="utf-8")
     assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
                  "--progress", "none"]) == 2
-    _refusal(capsys, str(cfg_path), "version", "MAJOR.MINOR.PATCH")
+    refusal_line(capsys, str(cfg_path), "version", "MAJOR.MINOR.PATCH")
     assert not (tmp_path / "run").exists() and not (tmp_path / "cat").exists()
 
 
@@ -401,7 +392,7 @@ def test_resume_with_the_checks_on_versions(tmp_path, npz, capsys):
     history = (out / "history.json").read_bytes()
     capsys.readouterr()
     assert main(argv + ["--resume", "--epochs", "3"]) == 2
-    _refusal(capsys, "synthetic@1.0.0 already exists in the catalog", "bump the version (1.0.1 is free)")
+    refusal_line(capsys, "synthetic@1.0.0 already exists in the catalog", "bump the version (1.0.1 is free)")
     assert (out / "history.json").read_bytes() == history
     cfg_path.write_text(yaml.safe_dump(_config(npz, version="1.0.1")), encoding="utf-8")   # as the line says
     assert main(argv + ["--resume", "--epochs", "3"]) == 0
