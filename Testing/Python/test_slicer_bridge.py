@@ -424,3 +424,21 @@ def test_segment_volumes_are_read_or_refused_with_the_file_named(tmp_path):
     assert volumes.result_text() == "liver: <b>745.1 ml</b><br>kidney: <b>0.0 ml</b> (not found)"
     assert (model_task("ts-organs-seg"), model_task("body-region"), model_task("no-such-model")) == \
         ("segmentation", "classification", None)
+
+
+def test_worker_errors_reach_the_panel_in_its_words(tmp_path):
+    """The worker names the exchange file a node was written to (deleted when the run ends) and its own options;
+    the panel shows the node's name and its own names for them, keeping exit code and tail."""
+    from MedDeepRecogLib.slicer_bridge.process_runner import WorkerError, in_panel_words
+
+    exchange = tmp_path / "MedDeepRecog-r0nhep6e"
+    error = WorkerError(f"{exchange / 'brain1_label.nrrd'}: this looks like a label map (integer values 0..2)", 2,
+                        tail=["last line"])
+    shown = in_panel_words(error, exchange)
+    assert str(shown) == "'brain1_label': this looks like a label map (integer values 0..2)"
+    assert shown.returncode == 2 and shown.tail == ["last line"] and not shown.cancelled
+    shown = in_panel_words(WorkerError(f"{exchange / 'scan.nrrd'}: --slice-mm 500.5 lies outside the scan"), exchange)
+    assert str(shown) == "'scan': the red view's slice offset 500.5 lies outside the scan"
+    assert str(in_panel_words(WorkerError("one modality: drop --second-input"), exchange)).endswith("the second volume")
+    untouched = WorkerError("out of memory")
+    assert in_panel_words(untouched, exchange) is untouched

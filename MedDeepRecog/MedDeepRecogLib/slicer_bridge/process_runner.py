@@ -46,6 +46,29 @@ class WorkerError(RuntimeError):
         self.tail = list(tail)
 
 
+#: Worker options in an error line, and what the panel calls them.
+PANEL_NAMES = {"--slice-mm": "the red view's slice offset", "--second-input": "the second volume",
+               "--segments": "the segmentation", "--lesion": "the lesion label"}
+
+
+def in_panel_words(error: WorkerError, exchange_dir: str | Path) -> WorkerError:
+    """``error`` reworded for the panel: a path into the run's exchange folder (a file written only to hand the
+    node to the worker, deleted when the run ends) becomes the node's name, as its file was named after it
+    (``.../MedDeepRecog-x/brain1_label.nrrd`` -> ``'brain1_label'``), and command-line options become the panel's
+    names for them (:data:`PANEL_NAMES`). Exit code, cancel flag and output tail are kept."""
+    import re
+
+    message = str(error)
+    folder = re.escape(str(Path(exchange_dir)))
+    message = re.sub(folder + r"[/\\](?:[^\s:/\\]+[/\\])*([^\s:/\\]+?)(?:\.seg)?\.(?:nrrd|nii\.gz|json|csv)",
+                     lambda m: f"'{m.group(1)}'", message)
+    for option, words in PANEL_NAMES.items():
+        message = re.sub(re.escape(option) + r"(?![\w-])", words, message)
+    if message == str(error):
+        return error
+    return WorkerError(message, error.returncode, error.cancelled, error.tail)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # process trees
 
