@@ -573,6 +573,17 @@ def axial_plane_size(image: sitk.Image) -> list[int]:
     return [size[perm[0]], size[perm[1]]]
 
 
+def slice_size_shortfall(image: sitk.Image, package) -> tuple[list[int], int] | None:
+    """``(axial plane size, minimum side)`` when the planes a slice ``package`` reads in ``image``
+    (:func:`axial_plane_size`) are smaller than its ``input.slices.min_pixels`` per side, else ``None``. Classify
+    refuses such a scan (:func:`_check_slice_input`), and ``--model auto`` never routes one to that package."""
+    from ..preprocessing.slices import min_slice_side
+
+    minimum = min_slice_side(package.input_spec)
+    size = axial_plane_size(image)
+    return (size, minimum) if min(size) < minimum else None
+
+
 def _check_slice_input(image: sitk.Image, package, path) -> None:
     """Refuse what a 2D (slice) model cannot read: a multi-frame file (cine frames are time points, not slices)
     and an image smaller than ``input.slices.min_pixels`` per side.
@@ -581,16 +592,15 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
         InputImageError: naming the frames or the size.
     """
     from ..io.image_io import FRAMES_KEY
-    from ..preprocessing.slices import min_slice_side
 
     if image.HasMetaDataKey(FRAMES_KEY):
         raise InputImageError(
             f"a multi-frame file ({image.GetMetaData(FRAMES_KEY)} frames in one DICOM object) cannot go to the 2D "
             f"model {package.id}: its frames may be time points of a cine loop rather than slices of a volume; "
             "export the frame to classify as its own file, or give a DICOM series folder", path)
-    minimum = min_slice_side(package.input_spec)
-    size = axial_plane_size(image)
-    if min(size) < minimum:
+    shortfall = slice_size_shortfall(image, package)
+    if shortfall is not None:
+        size, minimum = shortfall
         stored = list(image.GetSize())
         what = (f"the image is {size[0]} x {size[1]} pixels" if image.GetDimension() == 2 or size == stored[:2]
                 else f"its axial slices (the planes a 2D model reads) are {size[0]} x {size[1]} pixels (stored as "

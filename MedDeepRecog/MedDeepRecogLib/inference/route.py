@@ -133,15 +133,14 @@ def _route_by_domain(image: sitk.Image, device: str, why: str) -> Route:
 def _too_small_for(image: sitk.Image, package) -> str | None:
     """Why ``image``'s slices are too small for a slice ``package`` (as classify would refuse them), else ``None``:
     a route never names a model that will refuse the scan."""
-    from ..preprocessing.slices import min_slice_side
-    from .classify import axial_plane_size
+    from .classify import slice_size_shortfall
 
     if (package.input_spec.get("kind") or "") != "slices2d":
         return None
-    width, height = axial_plane_size(image)
-    minimum = min_slice_side(package.input_spec)
-    if min(width, height) >= minimum:
+    shortfall = slice_size_shortfall(image, package)
+    if shortfall is None:
         return None
+    (width, height), minimum = shortfall
     return f"the image is {width} x {height} pixels, too small for it (at least {minimum} pixels per side)"
 
 
