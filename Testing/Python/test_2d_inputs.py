@@ -144,7 +144,7 @@ def test_classify_rgb_picture_notes_the_grey_conversion(run_cli, tmp_path, tiny_
     code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
     assert code == 0, err
     notes = json.loads((tmp_path / "out" / "colour.json").read_text())["input_notes"]
-    assert any("converted to grey" in n for n in notes) and any("1 mm" in n for n in notes)
+    assert any("(RGB, 8-bit) converted to grey" in n for n in notes) and any("1 mm" in n for n in notes)
 
 
 def test_a_folder_of_pictures_is_a_batch(run_cli, tmp_path, tiny_2d):

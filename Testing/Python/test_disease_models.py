@@ -246,6 +246,13 @@ def test_a_label_map_is_refused_not_classified(radiomics, run_cli_all, tmp_path)
     assert code == 2 and "label map or mask" in err and "Traceback" not in err
 
 
+def test_a_multi_organ_label_map_is_refused_not_classified(shared_data, run_cli_all, tmp_path):
+    seg = shared_data / "totalsegmentator_examples" / "example_seg.nii.gz"  # 42 labels: lung-ct-cancer called it
+    code, _, err = run_cli_all("classify", seg, "--model", LUNG, "--out", tmp_path / "out")  # malignant 0.98
+    assert code == 2 and "label map or mask" in err and "42 distinct values" in err and str(seg) in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name, npz, model", [
     ("lung", "lung_ct_iqothnccd/lung_ct_iqothnccd_trainval.npz", LUNG),
     ("breast", "breast_us_busi/breast_us_busi_trainval.npz", BREAST),

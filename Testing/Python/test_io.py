@@ -213,6 +213,15 @@ def test_dicom_folder_with_two_series_reads_the_larger_and_names_the_other(share
     assert "1.2.826.0.1.3680043.2.1125.1.99999" in caplog.text
 
 
+def test_info_names_a_multi_label_map_and_guesses_no_modality_for_it(shared_data):
+    ts = shared_data / "totalsegmentator_examples"
+    seg = describe_geometry(read_image(ts / "example_seg_mr.nii.gz"))
+    assert seg["modality_guess"] == "unknown" and len(seg["label_map_values"]) == 24
+    mr = describe_geometry(read_image(ts / "example_mr_sm.nii.gz"))  # resampled: undershoots to -47 at edges
+    assert mr["modality_guess"] == "MR" and "label_map_values" not in mr
+    assert "label_map_values" not in describe_geometry(read_image(ts / "example_ct_sm.nii.gz"))
+
+
 def test_describe_geometry_on_real_ct(shared_data):
     info = describe_geometry(read_image(shared_data / "totalsegmentator_examples" / "example_ct.nii.gz"))
     assert info["size"] == [122, 101, 112]

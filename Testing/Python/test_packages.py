@@ -16,8 +16,8 @@ import torch
 from MedDeepRecogLib.errors import ConfigError, ModelPackageError
 from MedDeepRecogLib.models import build_model
 from MedDeepRecogLib.packages.package import load_weights
-from MedDeepRecogLib.packages import (import_package, list_packages, load_package, next_version, save_package,
-                                      sha256_file, user_models_dir)
+from MedDeepRecogLib.packages import (import_package, list_packages, load_package, next_version, read_package_meta,
+                                      save_package, sha256_file, user_models_dir)
 
 KW = {"in_channels": 1, "num_classes": 2, "channels": [4, 8], "hidden": 8}
 
@@ -127,6 +127,19 @@ def test_catalog_resolution_by_id_and_version():
         load_package("toy@2.0")
     with pytest.raises(ModelPackageError, match="no model package 'missing'"):
         load_package("missing")
+
+
+def test_a_folder_named_like_a_model_in_the_working_directory_does_not_hide_the_catalog(tmp_path, monkeypatch):
+    """``classify --out toy`` leaves a folder ``toy`` of results; a second ``--model toy`` run from there still
+    loads the catalog's package. A folder that is a package, or a path with a separator, is still taken as given."""
+    save_package(_model(), _meta(version="1.0.0"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "scan.json").write_text("{}")
+    assert load_package("toy").version == "1.0.0"
+    assert read_package_meta("toy")["version"] == "1.0.0"
+    with pytest.raises(ModelPackageError, match="not a model package"):
+        load_package("./toy")
 
 
 def _with_bad_version(pkg_dir: Path, version: str) -> Path:

@@ -20,7 +20,7 @@ from ..contract import EXPLAIN_METHODS, GRADCAM_METHODS, output_file, output_ste
 from ..devices import resolve_device
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
-from ..io.image_io import dicom_modality
+from ..io.image_io import dicom_modality, label_map_values
 from ..io.geometry import Geometry, lps_view
 from ..packages.package import target_layer_of  # the check models --verify makes too
 from ..preprocessing.pipeline import run_input_pipeline
@@ -463,14 +463,15 @@ OUT_OF_DOMAIN = "out-of-domain"
 
 def _modality_guess(image: sitk.Image, hounsfield_or_not: str, picture: bool) -> str:
     """The JSON's ``modality_guess``, as ``info`` reports it (:func:`..io.image_io.guess_modality`) but from the
-    HU test already made on a subsample: the DICOM tag (CT, MR, US), else CT for HU, unknown for a picture, else MR.
-    ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or ``"MR"`` (not HU), which its decision rules read."""
+    HU test already made on a subsample: the DICOM tag (CT, MR, US), else CT for HU, unknown for a picture or a label
+    map (the masks the adrenal models classify), else MR. ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or
+    ``"MR"`` (not HU), which its decision rules read."""
     tag = dicom_modality(image)
     if tag in ("CT", "MR", "US"):
         return tag
     if hounsfield_or_not == "CT":
         return "CT"
-    return "unknown" if picture else "MR"
+    return "unknown" if picture or label_map_values(image) is not None else "MR"
 
 
 #: How a reason for reporting no class begins (:func:`_mark_out_of_domain`).

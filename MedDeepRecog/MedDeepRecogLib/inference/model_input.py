@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError, ModelPackageError
 from ..io.geometry import lps_view
-from ..io.image_io import dicom_modality
+from ..io.image_io import dicom_modality, label_map_values
 from ..preprocessing.slices import SLICE_DEFAULTS, slice_options, standardise_slices
 
 @dataclass
@@ -223,9 +223,9 @@ def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = 
         labels = label_map_values(image)
         if labels is not None:
             raise LabelMapError(
-                f"this looks like a label map or mask, not a scan: integer voxels with only {len(labels)} distinct "
-                f"values ({', '.join(map(str, labels[:6]))}{'…' if len(labels) > 6 else ''}); the model classifies "
-                "grey-level images", path)
+                f"this looks like a label map or mask, not a scan: integer voxels with {len(labels)} distinct "
+                f"values ({', '.join(map(str, labels[:6]))}{'…' if len(labels) > 6 else ''}) in regions of one "
+                "value each; the model classifies grey-level images", path)
         return
     values = np.unique(sitk.GetArrayViewFromImage(image)[::2, ::2, ::2])
     if values.size > 2:
@@ -233,22 +233,6 @@ def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = 
             f"this model classifies a binary mask of one structure (a segment exported as a label map, "
             f"cropped around it), but the image has {values.size}+ distinct intensities: it looks like a scan, "
             f"not a mask", path)
-
-
-#: An integer image with at most this many distinct values is a label map or mask, not a scan (a real CT, MR or
-#: 8-bit picture has hundreds).
-MAX_LABEL_VALUES = 16
-
-
-def label_map_values(image: sitk.Image) -> list[int] | None:
-    """The distinct values when ``image`` looks like a label map or mask (integer voxels, at most
-    :data:`MAX_LABEL_VALUES` values, counted on a strided sample of about a million voxels), else ``None``."""
-    arr = sitk.GetArrayViewFromImage(image)
-    if not np.issubdtype(arr.dtype, np.integer):
-        return None
-    flat = arr.reshape(-1)
-    values = np.unique(flat[:: max(1, flat.size // 1_000_003)])
-    return [int(v) for v in values] if values.size <= MAX_LABEL_VALUES else None
 
 
 def volume_from_image(image: sitk.Image, spec: Mapping[str, Any]) -> VolumeInput:

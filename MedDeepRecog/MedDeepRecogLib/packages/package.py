@@ -545,13 +545,32 @@ def _resolve_id(ref: str) -> tuple[Path, str]:
     return best[2], best[3]
 
 
+def _is_path_ref(ref: str) -> bool:
+    """Whether ``ref`` can only be a path (it has a folder separator or ends in ``.zip``), not ``ID[@VERSION]``."""
+    return "/" in ref or "\\" in ref or ref.endswith(".zip")
+
+
+def _local_package_path(ref: str) -> Path | None:
+    """The file or folder ``ref`` names on disk, or ``None`` when it is a catalog reference.
+
+    A bare name (``lung-ct-cancer``) that is also a folder in the working directory without a ``model.json`` (the
+    output folder of an earlier ``classify --out lung-ct-cancer``, say) names the catalog's package, not that
+    folder: refusing it as "not a model package" would make a command fail only because of where it is run."""
+    path = Path(ref).expanduser()
+    if not path.exists():
+        return None
+    if not _is_path_ref(ref) and path.is_dir() and not (path / META_FILE).is_file():
+        return None
+    return path
+
+
 def load_package(id_or_path: str | Path) -> ModelPackage:
     """Open and check a package: a folder, a ``.zip``, ``"ID"`` (highest version) or ``"ID@VERSION"``."""
     if isinstance(id_or_path, ModelPackage):
         return id_or_path
     ref = str(id_or_path)
-    path = Path(ref).expanduser()
-    if path.exists():
+    path = _local_package_path(ref)
+    if path is not None:
         if path.is_dir():
             return _open_folder(path)
         if zipfile.is_zipfile(path):
@@ -559,8 +578,8 @@ def load_package(id_or_path: str | Path) -> ModelPackage:
         if path.name == META_FILE:
             return _open_folder(path.parent)
         raise ModelPackageError("not a model package (expected a folder with model.json or a .zip of one)", path)
-    if "/" in ref or "\\" in ref or ref.endswith(".zip"):
-        raise ModelPackageError("model package not found", path)
+    if _is_path_ref(ref):
+        raise ModelPackageError("model package not found", Path(ref).expanduser())
     folder, source = _resolve_id(ref)
     return _open_folder(folder, source=source)
 
@@ -570,13 +589,13 @@ def read_package_meta(id_or_path: str | Path) -> dict:
     decisions such as which command a model needs; the weights are checked when the package is loaded.
     A ``.zip`` is opened (and checked) by :func:`load_package`."""
     ref = str(id_or_path)
-    path = Path(ref).expanduser()
-    if path.is_dir():
+    path = _local_package_path(ref)
+    if path is not None and path.is_dir():
         return _read_meta(path)
-    if path.name == META_FILE and path.is_file():
+    if path is not None and path.name == META_FILE and path.is_file():
         return _read_meta(path.parent)
-    if path.exists() or "/" in ref or "\\" in ref or ref.endswith(".zip"):
-        return load_package(path).meta  # a zip, or the same clear error load_package gives
+    if path is not None or _is_path_ref(ref):
+        return load_package(ref).meta  # a zip, or the same clear error load_package gives
     return _read_meta(_resolve_id(ref)[0])
 
 
