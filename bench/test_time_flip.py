@@ -54,7 +54,7 @@ def main() -> None:
     from MedDeepRecogLib.models.ensemble import ensemble_around
     from MedDeepRecogLib.packages import load_package
     from MedDeepRecogLib.training.config import load_config, resolve_data_path
-    from MedDeepRecogLib.training.data import load_eval_split, load_train_val, stratified_folds
+    from MedDeepRecogLib.training.data import load_package_split, load_train_val, stratified_folds
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
@@ -90,9 +90,7 @@ def main() -> None:
             ("out of fold, with its mirror", figures(data.train.labels, oof[dims], names))]
     if args.package:
         pkg = load_package(args.package)
-        intensity, size = pkg.data_params()
-        val = load_eval_split(resolve_data_path(cfg), "val", pkg.input_spec["kind"], intensity, size,
-                              slices=pkg.input_spec.get("slices"))
+        val = load_package_split(pkg, resolve_data_path(cfg), "val")
         model = pkg.build_model("cpu")
         packaged = tuple(getattr(model, "flip_dims", ()))
         rows += [(f"val {pkg.id}@{pkg.version}, image alone",

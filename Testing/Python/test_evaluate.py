@@ -88,6 +88,25 @@ def test_evaluate_cli_writes_metrics_and_figures(tmp_path, package_and_data, cap
     assert json.loads(capsys.readouterr().out)["n"] == 10
 
 
+def test_evaluate_cuts_a_file_of_images_and_labels_as_the_package_was_trained(tmp_path, capsys):
+    """'val' of a file with only images/labels is the last data/val_fraction of each class that the package's
+    training held out (here 0.5), not a fixed 20 %."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    x = rng.integers(0, 255, size=(40, 12, 12)).astype(np.uint8)
+    npz = tmp_path / "whole.npz"
+    np.savez(npz, images=x, labels=y[:, None])
+    model = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    meta = {"id": "halftoy", "version": "1.0.0", "architecture": {"name": "simple_cnn2d", "kwargs": {
+        "in_channels": 1, "num_classes": 2, "channels": [4, 8], "hidden": 8}}, "class_names": ["no", "yes"],
+        "input": {"kind": "slices2d", "size": [12, 12], "channels": 1},
+        "provenance": {"config": {"data": {"val_fraction": 0.5}}}}
+    pkg = save_package(model, meta, tmp_path / "cat")
+    for split, n in (("val", 20), ("train", 20), ("all", 40)):
+        assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", split]) == 0
+        assert json.loads(capsys.readouterr().out)["n"] == n
+
+
 def test_evaluate_errors_are_one_line(tmp_path, package_and_data, capsys):
     pkg, npz = package_and_data
     assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", "nope"]) == 2

@@ -56,10 +56,9 @@ def _npz_split(pkg, path: Path, split: str):
     ``(N, C, ...)`` standardised as in training and classify)."""
     import torch
 
-    from ..training.data import load_eval_split
+    from ..training.data import load_package_split
 
-    intensity, size = pkg.data_params()
-    ds = load_eval_split(path, split, pkg.input_spec["kind"], intensity, size, slices=pkg.input_spec.get("slices"))
+    ds = load_package_split(pkg, path, split)
     if len(ds) == 0:
         raise ConfigError(f"split {split!r} is empty", path)
     pkg.check_input(torch.as_tensor(ds.images[:1]), path)
@@ -100,11 +99,11 @@ def _refuse_training_split(pkg, data: Path, split: str, option: str = "--split")
                           f"(e.g. {option} val)", data)
 
 
-def _npz_split_exists(path: Path, split: str) -> None:
+def _npz_split_exists(pkg, path: Path, split: str) -> None:
     """Refuse a split the ``.npz`` does not hold, by ``load_eval_split``'s rule, before any prediction."""
-    from ..training.data import eval_split_source, open_npz
+    from ..training.data import eval_split_source, open_npz, package_val_fraction
 
-    eval_split_source(open_npz(path), split, path)
+    eval_split_source(open_npz(path), split, path, package_val_fraction(pkg))
 
 
 def _csv_logits(pkg, path: Path, progress: ProgressCallback
@@ -357,7 +356,7 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         split_desc = "all rows of the CSV"
     else:
         if report_split is not None:
-            _npz_split_exists(data, report_split)
+            _npz_split_exists(pkg, data, report_split)
             _refuse_training_split(pkg, data, report_split, "--report-split")
         with_features = domain_quantile is not None or (decision_rules is not None and pkg.domain is not None)
         logits, labels, split_features = _npz_logits(pkg, data, split, features=with_features)

@@ -17,7 +17,7 @@ Every result carries a :class:`ModelGrid`: where each model-space value sits in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import SimpleITK as sitk

@@ -204,7 +204,7 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
 
     from ..io import atomic_write_json, check_output_dir, free_version
     from ..packages import load_package
-    from ..training.data import even_class_sample, load_eval_split
+    from ..training.data import even_class_sample, load_package_split
     from .curve import evaluate_robustness, save_curve_png
 
     if int(steps) < 1:
@@ -213,8 +213,7 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
     data = Path(data)
     if not data.is_file():
         raise ConfigError("data file not found", data)
-    intensity, size = pkg.data_params()
-    ds = load_eval_split(data, split, pkg.input_spec["kind"], intensity, size, slices=pkg.input_spec.get("slices"))
+    ds = load_package_split(pkg, data, split)
     x, y = ds.images, ds.labels
     if len(y) == 0:
         raise ConfigError(f"split {split!r} is empty", data)
@@ -231,7 +230,7 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
     pkg.check_input(torch.as_tensor(x[:1]), data)
     model = pkg.build_model("cpu")
     valid = (tuple(float(v) for v in bounds) if bounds else
-             ((0.0, 1.0) if intensity is not None else (float(np.min(x)), float(np.max(x)))))
+             ((0.0, 1.0) if pkg.data_params()[0] is not None else (float(np.min(x)), float(np.max(x)))))
     if bounds:
         check_input_within(x, *valid)
     budgets = eps_values(eps, valid)

@@ -484,6 +484,22 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
     return ArrayDataset(x, np.asarray(y).ravel().astype(np.int64))
 
 
+def package_val_fraction(pkg) -> float:
+    """The share of each class that training held out of a file of ``images``/``labels`` only for ``pkg`` (its
+    config's ``data/val_fraction``; 0.2, the default, for a package that does not record it)."""
+    cfg_data = ((pkg.meta.get("provenance") or {}).get("config") or {}).get("data") or {}
+    return float(cfg_data.get("val_fraction") or 0.2)
+
+
+def load_package_split(pkg, path: Path, split: str, min_side: int | None = None) -> ArrayDataset:
+    """``split`` of a labelled ``.npz`` prepared for package ``pkg`` as its training prepared it (:func:`load_eval_split`
+    with the package's intensity range, size, ``input.slices`` and held-out share): what ``evaluate``, ``calibrate``
+    and ``robustness --data`` score."""
+    intensity, size = pkg.data_params()
+    return load_eval_split(path, split, pkg.input_spec["kind"], intensity, size, package_val_fraction(pkg),
+                           slices=pkg.input_spec.get("slices"), min_side=min_side)
+
+
 def group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """Group-aware, class-balanced folds: every case of a group (patient) lands in the same fold.
 

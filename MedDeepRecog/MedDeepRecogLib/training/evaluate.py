@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelPackageError
-from .data import load_eval_split
+from .data import load_package_split
 
 
 def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = "test", out: str | Path | None = None,
@@ -31,10 +31,9 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     data_path = Path(data_path)
     if not data_path.is_file():
         raise ConfigError("evaluation data not found", data_path)
-    intensity, size = pkg.data_params()
     kind = pkg.input_spec["kind"]
-    ds = load_eval_split(data_path, split, kind, intensity, size, slices=pkg.input_spec.get("slices"),
-                         min_side=min_slice_side(pkg.input_spec) if kind == "slices2d" else None)
+    ds = load_package_split(pkg, data_path, split,
+                            min_side=min_slice_side(pkg.input_spec) if kind == "slices2d" else None)
     k = len(pkg.class_names)
     if len(ds) == 0:
         raise ConfigError(f"split {split!r} is empty", data_path)
