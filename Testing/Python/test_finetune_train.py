@@ -345,8 +345,7 @@ def test_finetune_refuses_a_version_a_catalog_holds_before_reading_a_scan(data_d
     assert main(["finetune", "--base", "ts-organs-seg", "--version", "1.0.0", *common]) == 2
     refusal_line(capsys, "--version 1.0.0: ts-organs-seg@1.0.0 already exists in the bundled catalog",
                  "never overwritten or shadowed", "bump the version (1.0.1 is free)")
-    assert main(["finetune", "--base", "none", "--id", "ts-organs-seg", "--version", "1.0.0",
-                 "--dest", str(tmp_path / "cat"), *common]) == 2
+    assert main(["finetune", "--base", "none", "--id", "ts-organs-seg", "--version", "1.0.0", *common]) == 2
     refusal_line(capsys, "ts-organs-seg@1.0.0 already exists in the bundled catalog")
     (user_models_dir() / "organs" / "3.0.0").mkdir(parents=True)
     assert main(["finetune", "--base", "none", "--id", "organs", "--version", "3.0.0", *common]) == 2
@@ -354,7 +353,7 @@ def test_finetune_refuses_a_version_a_catalog_holds_before_reading_a_scan(data_d
     for bad in ("notsemver", "1.0", "1.0.0-beta"):
         assert main(["finetune", "--base", "ts-organs-seg", "--version", bad, *common]) == 2
         refusal_line(capsys, f"--version {bad!r} is not a package version (MAJOR.MINOR.PATCH")
-    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
+    assert not (tmp_path / "w").exists()
     assert [p.name for p in (user_models_dir() / "organs").iterdir()] == ["3.0.0"]
 
 

@@ -319,12 +319,12 @@ def no_training(monkeypatch):
 def test_train_refuses_a_version_any_catalog_holds_before_training(tmp_path, npz, capsys, monkeypatch, no_training):
     """A config's version that the bundled or the user catalog holds for its id would shadow (or overwrite) that
     package: refused before the data are read, naming the setting and the catalog, nothing written. Rebuilding a
-    bundled package into the bundled folder (the configs' "Reproduce" commands) is refused the same way while the
-    old version is there, and the line says what to do."""
+    bundled package into the bundled folder is refused the same way while the old version is there, and the line
+    says what to do; into a folder outside the catalogs (the cards' "Reproduce" commands) it may keep its version."""
     import yaml
 
     from MedDeepRecogLib import resources
-    from MedDeepRecogLib.packages import user_models_dir
+    from MedDeepRecogLib.packages import catalogs_with, check_new_version, user_models_dir
 
     bundled = tmp_path / "bundled"   # a stand-in, so that no failure can write into the real bundled folder
     (bundled / "lung-ct-cancer" / "1.2.0").mkdir(parents=True)
@@ -332,16 +332,20 @@ def test_train_refuses_a_version_any_catalog_holds_before_training(tmp_path, npz
     monkeypatch.setattr(resources, "BUNDLED_MODELS_DIR", bundled)
     cfg_path = tmp_path / "lung.yaml"
     cfg_path.write_text(yaml.safe_dump(_config(npz, id="lung-ct-cancer", version="1.2.0")), encoding="utf-8")
-    for dest in (user_models_dir(), tmp_path / "cat", bundled):
+    for dest in (user_models_dir(), bundled):
         assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(dest),
                      "--progress", "none"]) == 2
         refusal_line(capsys, str(cfg_path), "version 1.2.0: lung-ct-cancer@1.2.0 already exists in the bundled "
                  f"catalog {bundled}", "never overwritten or shadowed", "bump the version (1.2.2 is free) or "
                  f"remove {bundled / 'lung-ct-cancer' / '1.2.0'} first")
+    scratch = catalogs_with(tmp_path / "reproduce")   # opened by path only: it hides no catalog's package
+    assert check_new_version("lung-ct-cancer", "1.2.0", scratch, "version") == "1.2.0"
+    (tmp_path / "reproduce" / "lung-ct-cancer" / "1.2.0").mkdir(parents=True)   # but is never overwritten
+    with pytest.raises(ConfigError, match="lung-ct-cancer@1.2.0 already exists in the catalog"):
+        check_new_version("lung-ct-cancer", "1.2.0", scratch, "version")
     (user_models_dir() / "synthetic" / "2.0.0").mkdir(parents=True)   # and the user catalog's own versions
     cfg_path.write_text(yaml.safe_dump(_config(npz, version="2.0.0")), encoding="utf-8")
-    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
-                 "--progress", "none"]) == 2
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
     refusal_line(capsys, f"synthetic@2.0.0 already exists in the user catalog {user_models_dir()}", "2.0.1 is free")
     assert not (tmp_path / "run").exists() and not (tmp_path / "cat").exists()
     assert sorted(p.name for p in (bundled / "lung-ct-cancer").iterdir()) == ["1.2.0", "1.2.1"]

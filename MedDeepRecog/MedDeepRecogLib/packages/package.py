@@ -90,14 +90,20 @@ def check_new_version(pkg_id: str, version: Any, roots: list[Path], setting: str
                       where: str | Path | None = None, own: Path | None = None) -> str:
     """``version`` if a new package ``pkg_id@version`` may be written to ``roots[0]``: it is a package version and
     no catalog in ``roots`` (:func:`catalogs_with`) holds that id and version, since a second package of the same
-    id and version would overwrite or hide the first. The one check of every command that writes a package with a
-    version the user chose (train, finetune, calibrate, models import).
+    id and version would overwrite or hide the first. When ``roots[0]`` is not a catalog searched by id
+    (:func:`catalog_dirs`), only it must be free: the bundled packages are reproduced into such a folder under their
+    own versions. The one check of every command that writes a package with a version the user chose (train,
+    finetune, calibrate, models import).
 
     ``own``: a package this very run saved earlier, which running it again returns rather than saving anew.
     Raises :class:`ConfigError` naming ``setting`` and the catalog that holds the version (``where``: the file
     the setting is in).
     """
     check_version(version, setting, where)
+    if Path(roots[0]).resolve() not in {d.resolve() for d in catalog_dirs()}:
+        # a folder outside the catalogs (a scratch --package-dest to reproduce a bundled package): its packages are
+        # opened by path and hide nothing, so only that folder must be free; `models import` checks again
+        roots = roots[:1]
     taken = [p for p in version_holders(pkg_id, version, roots)
              if own is None or p.resolve() != Path(own).resolve()]
     if taken:
