@@ -246,6 +246,20 @@ def test_a_label_map_is_refused_not_classified(radiomics, run_cli_all, tmp_path)
     assert code == 2 and "label map or mask" in err and "Traceback" not in err
 
 
+def test_a_4d_series_is_refused_in_one_line_by_slice_models_and_the_router(run_cli_all, tmp_path):
+    """A 4D file reached the slice models' plane-size check before any dimension check ("unexpected ValueError:
+    cannot reshape array of size 16 into shape (3,3)"); now one line naming the file, as volume models give."""
+    series = tmp_path / "series.nii.gz"
+    four_d = np.random.default_rng(0).integers(0, 1000, (3, 20, 64, 64)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(four_d, isVector=False), str(series))
+    for argv in (["classify", series, "--model", BRAIN, "--out", tmp_path / "a"],
+                 ["classify", series, "--model", "auto", "--out", tmp_path / "b"],
+                 ["robustness", "--model", "body-region", "--input", series, "--out", tmp_path / "c"]):
+        code, _, err = run_cli_all(*argv)
+        assert code == 2 and f"{series}: a 3D volume is needed, but this image is 4D" in err, err
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
 def test_a_multi_organ_label_map_is_refused_not_classified(shared_data, run_cli_all, tmp_path):
     seg = shared_data / "totalsegmentator_examples" / "example_seg.nii.gz"  # 42 labels: lung-ct-cancer called it
     code, _, err = run_cli_all("classify", seg, "--model", LUNG, "--out", tmp_path / "out")  # malignant 0.98

@@ -107,6 +107,30 @@ def test_evaluate_cuts_a_file_of_images_and_labels_as_the_package_was_trained(tm
         assert json.loads(capsys.readouterr().out)["n"] == n
 
 
+def test_scoring_refuses_other_classes_and_models_that_do_not_classify_images(tmp_path, package_and_data, capsys):
+    """A file whose stored class_names are not the model's, or a segmentation model, is refused in one line by each
+    command that scores labelled images (it printed accuracy 0.0, or a PyTorch target-size error)."""
+    from conftest import refusal_line
+
+    pkg, npz = package_and_data
+    other = tmp_path / "other.npz"
+    with np.load(npz) as z:
+        np.savez(other, **{k: z[k] for k in z.files}, class_names=np.array(["cat", "dog"]))
+    named = tmp_path / "named.npz"
+    with np.load(npz) as z:
+        np.savez(named, **{k: z[k] for k in z.files}, class_names=np.array(["no", "yes"]))
+    assert main(["evaluate", "--model", str(pkg), "--data", str(named)]) == 0
+    capsys.readouterr()
+    commands = (["evaluate"], ["calibrate", "--dest", str(tmp_path / "cat2")],
+                ["robustness", "--out", str(tmp_path / "rob"), "--split", "test"])
+    for command in commands:
+        assert main([*command, "--model", str(pkg), "--data", str(other)]) == 2
+        refusal_line(capsys, str(other), "class_names ['cat', 'dog'] are not the classes of evaltoy@1.0.0")
+        assert main([*command, "--model", "ts-organs-seg", "--data", str(named)]) == 2
+        refusal_line(capsys, "ts-organs-seg@1.0.0 is a segmentation model")
+    assert not (tmp_path / "cat2").exists() and not (tmp_path / "rob").exists()
+
+
 def test_evaluate_errors_are_one_line(tmp_path, package_and_data, capsys):
     pkg, npz = package_and_data
     assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", "nope"]) == 2

@@ -330,7 +330,7 @@ def _classify_one(args, scan: Path, name: str, package, device: str, second, les
         report("route", 0.0)
         image = read_image(scan, spacing=args.spacing)
         check_input_content(image, {}, scan)  # a label map is not routed
-        route = route_image(image, device)
+        route = route_image(image, device, source=scan)
         package = load_package(require_route(route, scan))
     if second is not None or len(package.input_spec.get("modalities") or []) > 1:
         result = classify_fusion(scan, second, package, name=name, register=args.register)

@@ -218,7 +218,7 @@ def check_classifier(package) -> None:
     ref = f"{package.id}@{package.version}"
     if task == "segmentation":
         raise ModelPackageError(f"model {ref} is a segmentation model, not a classifier; run "
-                                f"`meddeeprecog segment INPUT --model {package.id} --out DIR` instead")
+                                f"`meddeeprecog segment INPUT --model {package.id} --out OUTPUT.seg.nrrd` instead")
     if task != "classification":
         raise ModelPackageError(f"model {ref} has task {task!r}; classify needs a classification model")
     if package.input_spec.get("kind") == "roi3d":
@@ -287,6 +287,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     name = name or (output_stem(src) if src != "<image>" else "image")
     where = None if src == "<image>" else src
     notes = image_notes(image)
+    if image.GetDimension() > 3:  # a singleton 4th axis is dropped, a 4D series refused (one line), before the
+        image = as_volume(image, where, allow_2d=True)  # slice checks read the image's planes
     input_dimension = image.GetDimension()
     if kind == "slices2d":
         _check_slice_input(image, package, where)

@@ -14,6 +14,7 @@ The chosen model still applies its out-of-domain check to every slice, so a rout
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,8 +46,9 @@ class Route:
         return {"model": self.model, "reason": self.reason, **self.evidence}
 
 
-def route_image(image: sitk.Image, device: str = "cpu") -> Route:
-    """Choose a disease model for ``image`` (as read by :func:`..io.read_image`)."""
+def route_image(image: sitk.Image, device: str = "cpu", source: str | Path | None = None) -> Route:
+    """Choose a disease model for ``image`` (as read by :func:`..io.read_image` from ``source``, which refusals
+    name)."""
     from ..io import is_picture
     from ..io.image_io import dicom_modality
     from .model_input import is_hounsfield
@@ -57,15 +59,16 @@ def route_image(image: sitk.Image, device: str = "cpu") -> Route:
                                                        and not is_hounsfield(image)):
         return _route_by_domain(image, device, why=("ultrasound (DICOM modality US)" if modality_tag == "US" else
                                                     "a picture without modality"))
-    return _route_by_region(image, device, "CT" if is_hounsfield(image) else "MR")
+    return _route_by_region(image, device, "CT" if is_hounsfield(image) else "MR", source)
 
 
-def _route_by_region(image: sitk.Image, device: str, modality: str) -> Route:
+def _route_by_region(image: sitk.Image, device: str, modality: str, source: str | Path | None = None) -> Route:
     from ..packages import load_package
     from .classify import classify_scan
 
     package = load_package(REGION_MODEL)
-    region = classify_scan(image, package, explain="none", device=device, uncertainty="none", faithfulness=False)
+    region = classify_scan(image, package, explain="none", device=device, uncertainty="none", faithfulness=False,
+                           source=source)
     probs = region.probability_map()
     # each class's modality, as the body-region package's own decision rules state it
     class_modality = (package.meta.get("decision") or {}).get("class_modality") or {}

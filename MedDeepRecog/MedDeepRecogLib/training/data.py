@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelPackageError
 
 
 @dataclass
@@ -494,7 +494,25 @@ def package_val_fraction(pkg) -> float:
 def load_package_split(pkg, path: Path, split: str, min_side: int | None = None) -> ArrayDataset:
     """``split`` of a labelled ``.npz`` prepared for package ``pkg`` as its training prepared it (:func:`load_eval_split`
     with the package's intensity range, size, ``input.slices`` and held-out share): what ``evaluate``, ``calibrate``
-    and ``robustness --data`` score."""
+    and ``robustness --data`` score.
+
+    Refused in one line before any image is decoded: a package that does not classify whole images (a
+    segmentation model, an ROI classifier), and a file whose stored ``class_names`` are
+    not the package's (scoring brain tumour labels as body regions would print figures of nothing)."""
+    ref = f"{pkg.id}@{pkg.version}"
+    task = pkg.meta.get("task", "classification")
+    if task != "classification":
+        raise ModelPackageError(f"model {ref} is a {task} model: evaluate, calibrate and robustness --data score a "
+                                "classifier on labelled images")
+    if pkg.input_spec.get("kind") not in ("slices2d", "volume3d"):
+        raise ModelPackageError(f"model {ref} (input.kind {pkg.input_spec.get('kind')!r}) does not classify whole "
+                                "images: evaluate, calibrate and robustness --data score an image classifier")
+    z = open_npz(path)
+    if "class_names" in z.files:
+        stored = [str(s) for s in np.asarray(z["class_names"]).ravel()]
+        if stored != [str(c) for c in pkg.class_names]:
+            raise ConfigError(f"the file's class_names {stored} are not the classes of {ref} "
+                              f"{list(pkg.class_names)}: its labels would be scored as other classes", path)
     intensity, size = pkg.data_params()
     return load_eval_split(path, split, pkg.input_spec["kind"], intensity, size, package_val_fraction(pkg),
                            slices=pkg.input_spec.get("slices"), min_side=min_side)
