@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import slicerio
 
 from conftest import make_volume
-from MedDeepRecogLib.errors import InputImageError
+from MedDeepRecogLib.errors import InputImageError, OutputError
 from MedDeepRecogLib.io import (
     SegmentSpec,
     atomic_output,
@@ -59,6 +59,24 @@ def test_round_trip_keeps_geometry_and_voxels(tmp_path, suffix, kind):
     # the same physical point maps to the same index, so overlays line up in Slicer
     point = image.TransformIndexToPhysicalPoint((5, 7, 3))
     assert back.TransformPhysicalPointToIndex(point) == (5, 7, 3)
+
+
+@pytest.mark.parametrize("suffix, data", [(".nhdr", "vol.raw.gz"), (".mhd", "vol.zraw")])
+def test_a_detached_header_names_its_data_file_and_both_move_together(tmp_path, suffix, data):
+    """A .nhdr / .mhd header names its data file: it must name the final one (it named a hidden temporary,
+    so the output broke once copied), and another header's data file is never replaced."""
+    image = make_volume(size=(7, 6, 5), spacing=(0.5, 0.7, 2.0))
+    path = write_image(image, tmp_path / "out" / f"vol{suffix}")
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([f"vol{suffix}", data])
+    copy = shutil.copytree(path.parent, tmp_path / "copy")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(copy / f"vol{suffix}")),
+                                  sitk.GetArrayFromImage(image))
+    write_image(image, path)   # the same output again (a caller's --overwrite) replaces its own data file
+    (copy / f"vol{suffix}").unlink()
+    before = (copy / data).read_bytes()
+    with pytest.raises(OutputError, match=f"its data file {data} exists already"):
+        write_image(image, copy / f"vol{suffix}")
+    assert sorted(p.name for p in copy.iterdir()) == [data] and (copy / data).read_bytes() == before
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])

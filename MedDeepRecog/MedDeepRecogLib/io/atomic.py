@@ -15,6 +15,7 @@ import errno
 import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -115,17 +116,67 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 def remove_stale_partials(path: Path) -> None:
-    """Delete temporaries of this module's naming (``.<name>.*.partial*``) left for ``path`` by a killed write."""
+    """Delete temporaries of this module's naming (``.<name>.*.partial*``, files and the folders of
+    :func:`atomic_output_pair`) left for ``path`` by a killed write."""
     with contextlib.suppress(OSError):
         for stale in path.parent.glob(glob.escape(f".{path.name}.") + "*.partial*"):
             with contextlib.suppress(OSError):
-                if stale.is_file() and not stale.is_symlink():
+                if stale.is_symlink():
+                    continue
+                if stale.is_file():
                     stale.unlink()
+                elif stale.is_dir():
+                    shutil.rmtree(stale)
 
 
 def _full_suffix(path: Path) -> str:
     """``.nii.gz`` for ``a.nii.gz``, ``.seg.nrrd`` for ``b.seg.nrrd``: writers sniff the whole suffix."""
     return "".join(path.suffixes[-2:]) if len(path.suffixes) >= 2 else path.suffix
+
+
+@contextlib.contextmanager
+def atomic_output_pair(path: str | Path) -> Iterator[Path]:
+    """Yield ``path``'s name inside a private temporary folder next to it, for a writer that makes a header and a
+    data file it names after the header (NRRD ``.nhdr`` + ``.raw.gz``, MetaImage ``.mhd`` + ``.zraw``); on
+    success move the data files, then the header, into place, on error delete the folder.
+
+    The header must name its data file by the final name, so neither can be written under a temporary name of its
+    own (:func:`atomic_output` would leave the header pointing at a hidden temporary). A data file that already
+    exists beside ``path`` without ``path`` itself (another header's) is never replaced: the write is refused,
+    naming it, with nothing moved.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError("cannot write: is a folder, not a file", path)
+    created = _make_parents(path.parent)
+    remove_stale_partials(path)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    except OSError as exc:
+        _remove_empty(created)
+        raise output_error(exc, path) from None
+    try:
+        yield folder / path.name
+        companions = sorted(p for p in folder.iterdir() if p.name != path.name)
+        # replacing the header (a caller's --overwrite) replaces its own data file; a data file without that
+        # header belongs to something else
+        taken = [] if path.exists() else [path.parent / p.name for p in companions if (path.parent / p.name).exists()]
+        if taken:
+            raise OutputError(f"cannot write: its data file {taken[0].name} exists already beside it (from another "
+                              "header?) and is never replaced; choose another name", path)
+        umask = os.umask(0)
+        os.umask(umask)
+        for p in [*companions, folder / path.name]:   # the header last: it is complete only with its data
+            os.chmod(p, 0o666 & ~umask)
+            os.replace(p, path.parent / p.name)
+    except BaseException as exc:
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and disk_nearly_full(path.parent)):
+            raise output_error(exc, path) from None
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if not path.exists():
+            _remove_empty(created)   # only folders this write made and left empty
 
 
 @contextlib.contextmanager

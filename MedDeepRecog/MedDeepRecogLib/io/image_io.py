@@ -919,6 +919,10 @@ def image_from_array(array: np.ndarray, reference: sitk.Image, *, copy_metadata:
     return image
 
 
+#: Formats whose header names a separate data file (written beside it by :func:`.atomic.atomic_output_pair`).
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")
+
+
 def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:
     """Write ``image`` atomically; the format follows the extension (NRRD, NIfTI, MHA...).
 
@@ -929,9 +933,9 @@ def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -
     if suffix_of(path) not in WRITABLE_SUFFIXES:
         raise InputImageError(f"unsupported output format {suffix_of(path) or '(none)'}; use one of "
                               f"{', '.join(WRITABLE_SUFFIXES)}", path)
-    from .atomic import output_error
+    from .atomic import atomic_output_pair, output_error
 
-    with atomic_output(path) as tmp:
+    with (atomic_output_pair if suffix_of(path) in DETACHED_HEADER_SUFFIXES else atomic_output)(path) as tmp:
         try:
             with _writer_messages_captured() as messages:
                 sitk.WriteImage(image, str(tmp), compress)
