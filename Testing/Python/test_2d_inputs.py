@@ -473,11 +473,14 @@ def test_ultrasound_dicom_takes_its_pixel_size_from_the_region_calibration_or_sa
 
 
 def test_classify_reports_the_modality_as_info_does(tmp_path, run_cli_all):
-    """classify's modality_guess is the DICOM tag (US here) or, for a picture, unknown: not "MR" for whatever is
-    not in Hounsfield units."""
+    """classify's modality_guess is the DICOM tag (US here) or, for a picture or a DICOM object tagged as another
+    modality, unknown: not "MR" for whatever is not in Hounsfield units; and it is info's."""
     us = write_dicom(tmp_path / "us.dcm", _brainish(160), modality="US")
     png = _picture(tmp_path / "pic.png", _brainish(160))
-    for path, expected in ((us, "US"), (png, "unknown")):
+    other = write_dicom(tmp_path / "ot.dcm", _brainish(160), modality="OT")   # non-negative, tagged "other": was MR
+    for path, expected in ((us, "US"), (png, "unknown"), (other, "unknown")):
+        info = run_cli_all("info", path)
+        assert info[0] == 0 and json.loads(info[1])["modality_guess"] == expected
         code, _, err = run_cli_all("classify", path, "--model", "breast-us-lesion", "--out", tmp_path / path.stem,
                                    "--explain", "none", "--no-faithfulness", "--progress", "none")
         assert code == 0, err

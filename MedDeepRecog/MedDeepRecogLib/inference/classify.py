@@ -465,15 +465,15 @@ OUT_OF_DOMAIN = "out-of-domain"
 
 def _modality_guess(image: sitk.Image, hounsfield_or_not: str, picture: bool) -> str:
     """The JSON's ``modality_guess``, as ``info`` reports it (:func:`..io.image_io.guess_modality`) but from the
-    HU test already made on a subsample: the DICOM tag (CT, MR, US), else CT for HU, unknown for a picture or a label
-    map (the masks the adrenal models classify), else MR. ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or
+    HU test already made on a subsample: the DICOM tag (CT, MR, US), else CT for HU, unknown for a picture, a label
+    map (the masks the adrenal models classify) or a DICOM object tagged as another modality, else MR. ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or
     ``"MR"`` (not HU), which its decision rules read."""
     tag = dicom_modality(image)
     if tag in ("CT", "MR", "US"):
         return tag
     if hounsfield_or_not == "CT":
         return "CT"
-    return "unknown" if picture or label_map_values(image) is not None else "MR"
+    return "unknown" if picture or tag or label_map_values(image) is not None else "MR"
 
 
 #: How a reason for reporting no class begins (:func:`_mark_out_of_domain`).

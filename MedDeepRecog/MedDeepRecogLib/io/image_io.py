@@ -1039,7 +1039,8 @@ def label_map_values(image: sitk.Image) -> list[int] | None:
 
 
 def guess_modality(image: sitk.Image) -> str:
-    """Best guess of ``"CT"``, ``"MR"``, ``"US"`` or ``"unknown"``: DICOM tag first, else intensity statistics.
+    """Best guess of ``"CT"``, ``"MR"``, ``"US"`` or ``"unknown"``: DICOM tag first, else intensity statistics
+    (only HU makes a CT of a DICOM object tagged otherwise).
 
     CT voxels are in HU: air near -1000 and a minimum below -500; MR intensities are non-negative. Ultrasound is
     known only from its DICOM tag (its intensities look like an MR's or a picture's).
@@ -1053,8 +1054,10 @@ def guess_modality(image: sitk.Image) -> str:
     lo, hi = (float(v) for v in np.percentile(arr, [1, 99]))
     if lo < -500:
         return "CT"
-    if is_picture(image) or label_map_values(image) is not None:
-        return "unknown"  # display values of a picture, or the labels of a mask, say nothing about the modality
+    if is_picture(image) or label_map_values(image) is not None or tag:
+        # display values of a picture, or the labels of a mask, say nothing about the modality; nor do non-negative
+        # values of a DICOM object whose tag names another one (RTDOSE, OT, PT, DX...)
+        return "unknown"
     # MR intensities are non-negative; resampling with a smooth kernel undershoots a little at edges (down to
     # about -2 at the 1st percentile of the TotalSegmentator abdominal MR, range 0..~800)
     if lo >= -0.02 * max(hi, 1.0):
