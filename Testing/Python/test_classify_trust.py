@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_volume
+from conftest import make_volume, refusal_line
 from MedDeepRecogLib.cli import main
 from MedDeepRecogLib.errors import ConfigError, ModelPackageError
 from MedDeepRecogLib.fusion import classify_fusion
@@ -138,6 +138,17 @@ def test_fusion_package_classifies_two_scans(tmp_path, capsys):
     assert record["probabilities"] == pytest.approx(res.probability_map(), abs=1e-5)
     with pytest.raises(ModelPackageError, match="takes 2 modalities"):
         classify_scan(ct, load_package(pkg_dir), device="cpu")
+    capsys.readouterr()
+    assert main(["classify", str(ct), "--model", str(pkg_dir), "--out", str(tmp_path / "alone"),
+                 "--progress", "none"]) == 0   # late fusion classifies without MR, and says so
+    assert "NOTE: classified without MR: not given (the model was trained on CT, MR)" in capsys.readouterr().out
+    labels = write_image(sitk.Cast(make_volume(size=(16, 16, 12)) > 0, sitk.sitkUInt8), tmp_path / "labels.nrrd")
+    for second, problem in ((labels, "label map or mask"), (ct, "given as the MR channel, but it is a CT in "
+                                                                "Hounsfield units")):
+        assert main(["classify", str(ct), "--model", str(pkg_dir), "--out", str(tmp_path / "bad"),
+                     "--second-input", str(second), "--progress", "none"]) == 2
+        refusal_line(capsys, str(second), problem)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_lesion_localisation_and_slicer_reading(packages, scan, tmp_path, capsys):

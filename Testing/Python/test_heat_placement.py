@@ -41,8 +41,9 @@ def test_summary_per_predicted_class_and_its_card_section():
     assert s["heat_in_band"] == pytest.approx(0.5, abs=1e-4) and s["band_area"] == pytest.approx(band.mean(), 1e-3)
     assert s["per_predicted_class"] == {"benign": {"images": 2, "peak_in_band": 0.5, "heat_in_band": 0.3},
                                         "malignant": {"images": 1, "peak_in_band": 1.0, "heat_in_band": 0.9}}
-    card = placement_card_lines({"images": 4, "refused": 0, "bands": {"0.1": s}}, "gradcam on `x`")
+    card = placement_card_lines({"images": 4, "refused": 0, "with_heat": 3, "bands": {"0.1": s}}, "gradcam on `x`")
     assert "## Where the heatmap sits on its val images (gradcam on `x`)" in card
+    assert "every val image (4; 1 whose heatmap held no heat after clearing, left out of the table;" in card
     assert "| all images (3) | 66.7% / 50.0% |" in card
     assert "| top class benign (2) | 50.0% / 30.0% |" in card and "| top class malignant (1) | 100.0% / 90.0% |" in card
     assert f"| band's share of the image (uniform placement) | {band.mean():.1%} |" in card

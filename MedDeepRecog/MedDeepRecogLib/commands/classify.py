@@ -414,6 +414,9 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
     if warning:
         trust += f"\n  WARNING: {warning}"
     routed = f"\n  model {result.model['id']} chosen: {result.route['reason']}" if result.route else ""
+    if result.explain.get("missing"):   # a late-fusion model classified without a modality it was trained on
+        routed += (f"\n  NOTE: classified without {', '.join(result.explain['missing'])}: not given (the model "
+                   f"was trained on {', '.join(result.explain.get('modalities') or [])})")
     finding = result.finding
     where = f"\n  {finding_words(finding)}" if finding else ""
     from ..report import lesion_words

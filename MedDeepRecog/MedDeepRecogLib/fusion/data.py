@@ -78,17 +78,31 @@ def _scale01(arr: np.ndarray) -> np.ndarray:
     return np.clip((arr - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+def checked_modality(image, modality: str, path: Path):
+    """``image`` as one single-channel 3D volume of ``modality``, refused in one line naming ``path`` otherwise:
+    a 2D, 4D or colour (vector) image, a label map or mask, and a CT in HU given as any other modality (its HU
+    would be scaled as MR intensities)."""
+    from ..inference.model_input import as_volume, check_input_content, is_hounsfield
+
+    image = as_volume(image, path, allow_2d=False)
+    check_input_content(image, {}, path)
+    if modality.upper() != "CT" and is_hounsfield(image):
+        raise InputImageError(f"given as the {modality} channel, but it is a CT in Hounsfield units (DICOM modality, "
+                              "or air below -500 HU)", path)
+    return image
+
+
 def load_case(case: FusionCase, spec: Mapping[str, Any], *, reference: str | None = None,
               register: bool = False) -> np.ndarray:
     """Model input of one case: ``(M, D, H, W)`` float32 in 0..1, NaN channels for missing modalities.
 
     The reference grid is ``reference`` if given and present, else the first modality present.
     """
-    from ..inference.model_input import volume_from_image
-
-    images = {m: read_image(p) for m, p in case.paths.items() if p is not None}
+    images = {m: checked_modality(read_image(p), m, p) for m, p in case.paths.items() if p is not None}
     ref = reference if reference in images else next(iter(images))
     aligned = align_modalities(images, ref, register=register)
+    from ..inference.model_input import volume_from_image
+
     one = {**dict(spec), "channels": 1}
     size = tuple(int(s) for s in spec["size"])
     channels = []

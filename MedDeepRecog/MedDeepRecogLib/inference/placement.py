@@ -193,6 +193,9 @@ def placement_card_lines(figures: Mapping[str, Any] | None, method: str, split: 
     names = list(bands[0][1]["per_predicted_class"])
     rows[1:1] = [row(f"top class {name}", lambda f, n=name: f["per_predicted_class"].get(n)) for name in names]
     refused = f"; {figures['refused']} refused" if figures.get("refused") else ""
+    cold = figures["images"] - figures.get("refused", 0) - figures.get("with_heat", figures["images"])
+    if cold > 0:   # a map cleared whole (heat outside the body, or in a cleared rim) has no peak to place
+        refused += f"; {cold} whose heatmap held no heat after clearing, left out of the table"
     return f"""
 ## Where the heatmap sits on its {split} images ({method})
 Measured {measured}: every {split} image ({figures['images']}{refused}; none used in training or selection)
