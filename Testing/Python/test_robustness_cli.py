@@ -230,3 +230,27 @@ def test_eps_in_hu_of_a_thin_ct_stack_follows_the_window(shared_data):
     for depth in (1, 4):
         stack = ct[:, :, 13:13 + depth]
         assert 1.0 / hu_per_unit(stack, pkg) == pytest.approx(400.0, rel=0.02), depth
+
+
+def test_eps_in_hu_of_body_region_is_its_ct_window_in_any_file_format(shared_data, tmp_path, capsys):
+    """body-region maps a CT's HU through its fixed window, so one model unit is the window's width in HU whether
+    the CT comes as a DICOM series, one DICOM file of it or an NRRD of it (a test pattern pushed through the whole
+    slice preparation moved each slice's crop box, and read 234 to 1326 HU per unit for the 2000 HU window)."""
+    from MedDeepRecogLib.io import read_image
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.preprocessing.slices import slice_options
+
+    low, high = slice_options(load_package("body-region").input_spec)["ct_window"]
+    width = float(high) - float(low)   # HU
+    series = shared_data / "totalsegmentator_examples" / "example_ct_dicom"
+    nrrd = tmp_path / "series.nrrd"
+    sitk.WriteImage(read_image(series), str(nrrd))
+    for k, scan in enumerate((series, sorted(series.iterdir())[0], nrrd)):
+        out = tmp_path / f"o{k}"
+        assert main(["robustness", "--model", "body-region", "--input", str(scan), "--out", str(out), "--attack",
+                     "fgsm", "--eps", "0.1", "--refine", "0", "--progress", "none"]) == 0, capsys.readouterr().err
+        rec = json.loads(next(out.glob("*_robustness.json")).read_text(encoding="utf-8"))
+        assert rec["scan_modality"] == "CT"
+        assert rec["hu_per_unit"] == pytest.approx(width, rel=1e-6), scan
+        assert rec["curve"][0]["eps_hu"] == pytest.approx(0.1 * width, rel=1e-6)
+        assert f"eps 0.1 ({0.1 * width:.1f} HU)" in capsys.readouterr().out
