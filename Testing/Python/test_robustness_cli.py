@@ -254,3 +254,19 @@ def test_eps_in_hu_of_body_region_is_its_ct_window_in_any_file_format(shared_dat
         assert rec["hu_per_unit"] == pytest.approx(width, rel=1e-6), scan
         assert rec["curve"][0]["eps_hu"] == pytest.approx(0.1 * width, rel=1e-6)
         assert f"eps 0.1 ({0.1 * width:.1f} HU)" in capsys.readouterr().out
+
+
+def test_clean_probability_is_the_one_classify_reports(shared_data, tmp_path, capsys):
+    """brain1 through the brain tumour model: some slices with body fail the package's out-of-domain check and do not
+    vote in classify's prediction, so they do not vote in the attacked prediction either, and robustness starts from
+    the probability classify reports (it read 0.788 where classify reported 0.821 when every body slice voted)."""
+    scan = shared_data / "pyradiomics_testcases" / "brain1_image.nrrd"
+    assert main(["classify", str(scan), "--model", "brain-tumour-mri", "--out", str(tmp_path / "c"), "--explain",
+                 "none", "--uncertainty", "none", "--progress", "none"]) == 0, capsys.readouterr().err
+    classified = json.loads((tmp_path / "c" / "brain1_image.json").read_text(encoding="utf-8"))
+    assert any(r.get("in_domain") is False for r in classified["per_slice"])  # the case this test is about
+    assert main(["robustness", "--model", "brain-tumour-mri", "--input", str(scan), "--out", str(tmp_path / "r"),
+                 "--attack", "fgsm", "--eps", "0.01", "--refine", "0", "--progress", "none"]) == 0
+    rec = json.loads((tmp_path / "r" / "brain1_image_robustness.json").read_text(encoding="utf-8"))
+    assert rec["top_class"] == classified["top_class"]
+    assert rec["clean_probability"] == pytest.approx(classified["probabilities"][classified["top_class"]], abs=1e-3)

@@ -117,7 +117,7 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         # shapes, not HU)
         reads = model_modality if model_modality in ("CT", "MR") else res.modality_guess
         in_hu = reads == "CT" and pkg.input_spec.get("content") != "binary_mask"
-        units = hu_per_unit(res.image, pkg) if in_hu else None
+        units = hu_per_unit(res.image, pkg, voting=res.voting) if in_hu else None
         record.update({"input": str(scan), "model": {"id": pkg.id, "version": pkg.version},
                        "eps_units": "model input", "model_modality": model_modality,
                        "scan_modality": res.modality_guess,   # classify's guess: DICOM tag, else HU or not

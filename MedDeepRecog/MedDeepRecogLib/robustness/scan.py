@@ -43,7 +43,9 @@ def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.
     """``(classification_result, x (1, C, *spatial) tensor, forward)`` for one scan, exactly as classify sees it.
 
     ``forward`` maps ``x`` to scan-level logits ``(1, K)``: a slice model's stack is one sample ``(1, C, S, H, W)``
-    read by :class:`..models.slice_stack.SliceStackClassifier` (the aggregation classify uses).
+    read by :class:`..models.slice_stack.SliceStackClassifier` (the aggregation classify uses) over the slices that
+    voted in classify's prediction (``result.voting``: those with body that pass the package's out-of-domain check),
+    so the clean probability is the one classify reports and the attack moves that prediction.
     """
     from ..inference.classify import classify_scan, model_for
     from ..inference.model_input import SliceInput
@@ -54,7 +56,7 @@ def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.
     x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
     model = model_for(package, "cpu")
     if isinstance(inp, SliceInput):
-        return result, stack_as_sample(x), SliceStackClassifier(model, inp.valid).eval()
+        return result, stack_as_sample(x), SliceStackClassifier(model, result.voting).eval()
     return result, x, model
 
 
