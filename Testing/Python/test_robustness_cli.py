@@ -270,3 +270,54 @@ def test_clean_probability_is_the_one_classify_reports(shared_data, tmp_path, ca
     rec = json.loads((tmp_path / "r" / "brain1_image_robustness.json").read_text(encoding="utf-8"))
     assert rec["top_class"] == classified["top_class"]
     assert rec["clean_probability"] == pytest.approx(classified["probabilities"][classified["top_class"]], abs=1e-3)
+
+
+def _four_d(path):
+    """A 4D image (two time points of a blob scan): classify refuses it."""
+    vol = sitk.GetImageFromArray(np.zeros((16, 16, 16), dtype=np.float32))
+    sitk.WriteImage(sitk.JoinSeries([vol, vol]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("bad", ["label map", "4D"])
+def test_a_scan_classify_refuses_leaves_no_output_of_the_scans_before_it(pkg, shared_data, tmp_path, capsys, bad):
+    """robustness --input A B where B reads as an image but classify refuses it (a label map, a 4D file): one line
+    naming B, exit 2, and nothing of A in --out, whether robustness made --out or it held a user's file already."""
+    good = write_blob_scan(tmp_path / "good.nii.gz")
+    wrong = (shared_data / "pyradiomics_testcases" / "brain1_label.nrrd" if bad == "label map"
+             else _four_d(tmp_path / "series4d.nii.gz"))
+    notes = tmp_path / "kept" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine", encoding="utf-8")
+    for out in (tmp_path / "new", notes.parent):
+        rc = main(["robustness", "--model", str(pkg), "--input", str(good), str(wrong), "--out", str(out),
+                   "--eps", "0.05", "--steps", "1", "--refine", "0", "--progress", "none"])
+        err = capsys.readouterr().err
+        assert rc == 2 and str(wrong) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in notes.parent.iterdir()) == ["notes.txt"]
+    assert notes.read_text(encoding="utf-8") == "mine"
+
+
+def test_a_failed_write_removes_the_files_of_the_run(pkg, tmp_path, capsys, monkeypatch):
+    """The second scan's JSON cannot be written (a full disk, say): the first scan's files, written a moment before,
+    are removed again, and so is the --out folder the run made."""
+    import MedDeepRecogLib.io as io
+    from MedDeepRecogLib.errors import OutputError
+
+    real, calls = io.atomic_write_json, []
+
+    def failing_second(path, data, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OutputError("cannot write: no space left on the device", path)
+        return real(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(io, "atomic_write_json", failing_second)
+    scans = [write_blob_scan(tmp_path / f"{name}.nii.gz", label=k) for k, name in enumerate(("a", "b"))]
+    out = tmp_path / "o"
+    rc = main(["robustness", "--model", str(pkg), "--input", *map(str, scans), "--out", str(out), "--eps", "0.05",
+               "--steps", "1", "--refine", "0", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no space left" in err and len(err.strip().splitlines()) == 1
+    assert len(calls) == 2 and not out.exists()

@@ -129,8 +129,11 @@ def pipeline_slope(image: sitk.Image, pipeline: Mapping[str, Any] | list | None,
     return slope if slope > 0 else None
 
 
-def perturbation_on_scan(delta: torch.Tensor, result) -> sitk.Image:
+def perturbation_on_scan(delta: torch.Tensor, result, reference=None) -> sitk.Image:
     """Put a model-space perturbation (same shape as the model input) on the scan's own grid (float32).
+
+    ``reference``: the scan or its :class:`..io.geometry.Geometry` (default ``result.image``), so the scan's voxels
+    need not stay in memory until the perturbation is written.
 
     Volume inputs: ``(1, 1, D, H, W)`` on the model grid, resampled linearly. Slice inputs (the stack as one sample,
     ``(1, 1, S, H, W)``): each slice's ``(H, W)`` is mapped back through its crop/resize affine onto the working
@@ -149,4 +152,5 @@ def perturbation_on_scan(delta: torch.Tensor, result) -> sitk.Image:
         arr = maps_to_working_grid(sample_as_stack(d)[:, 0], inp)
     else:
         arr = d[0, 0].numpy()
-    return heatmap_on_input_grid(np.ascontiguousarray(arr, dtype=np.float32), inp.grid, result.image)
+    return heatmap_on_input_grid(np.ascontiguousarray(arr, dtype=np.float32), inp.grid,
+                                 result.image if reference is None else reference)
