@@ -230,3 +230,94 @@ def test_eps_in_hu_of_a_thin_ct_stack_follows_the_window(shared_data):
     for depth in (1, 4):
         stack = ct[:, :, 13:13 + depth]
         assert 1.0 / hu_per_unit(stack, pkg) == pytest.approx(400.0, rel=0.02), depth
+
+
+def test_eps_in_hu_of_body_region_is_its_ct_window_in_any_file_format(shared_data, tmp_path, capsys):
+    """body-region maps a CT's HU through its fixed window, so one model unit is the window's width in HU whether
+    the CT comes as a DICOM series, one DICOM file of it or an NRRD of it (a test pattern pushed through the whole
+    slice preparation moved each slice's crop box, and read 234 to 1326 HU per unit for the 2000 HU window)."""
+    from MedDeepRecogLib.io import read_image
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.preprocessing.slices import slice_options
+
+    low, high = slice_options(load_package("body-region").input_spec)["ct_window"]
+    width = float(high) - float(low)   # HU
+    series = shared_data / "totalsegmentator_examples" / "example_ct_dicom"
+    nrrd = tmp_path / "series.nrrd"
+    sitk.WriteImage(read_image(series), str(nrrd))
+    for k, scan in enumerate((series, sorted(series.iterdir())[0], nrrd)):
+        out = tmp_path / f"o{k}"
+        assert main(["robustness", "--model", "body-region", "--input", str(scan), "--out", str(out), "--attack",
+                     "fgsm", "--eps", "0.1", "--refine", "0", "--progress", "none"]) == 0, capsys.readouterr().err
+        rec = json.loads(next(out.glob("*_robustness.json")).read_text(encoding="utf-8"))
+        assert rec["scan_modality"] == "CT"
+        assert rec["hu_per_unit"] == pytest.approx(width, rel=1e-6), scan
+        assert rec["curve"][0]["eps_hu"] == pytest.approx(0.1 * width, rel=1e-6)
+        assert f"eps 0.1 ({0.1 * width:.1f} HU)" in capsys.readouterr().out
+
+
+def test_clean_probability_is_the_one_classify_reports(shared_data, tmp_path, capsys):
+    """brain1 through the brain tumour model: some slices with body fail the package's out-of-domain check and do not
+    vote in classify's prediction, so they do not vote in the attacked prediction either, and robustness starts from
+    the probability classify reports (it read 0.788 where classify reported 0.821 when every body slice voted)."""
+    scan = shared_data / "pyradiomics_testcases" / "brain1_image.nrrd"
+    assert main(["classify", str(scan), "--model", "brain-tumour-mri", "--out", str(tmp_path / "c"), "--explain",
+                 "none", "--uncertainty", "none", "--progress", "none"]) == 0, capsys.readouterr().err
+    classified = json.loads((tmp_path / "c" / "brain1_image.json").read_text(encoding="utf-8"))
+    assert any(r.get("in_domain") is False for r in classified["per_slice"])  # the case this test is about
+    assert main(["robustness", "--model", "brain-tumour-mri", "--input", str(scan), "--out", str(tmp_path / "r"),
+                 "--attack", "fgsm", "--eps", "0.01", "--refine", "0", "--progress", "none"]) == 0
+    rec = json.loads((tmp_path / "r" / "brain1_image_robustness.json").read_text(encoding="utf-8"))
+    assert rec["top_class"] == classified["top_class"]
+    assert rec["clean_probability"] == pytest.approx(classified["probabilities"][classified["top_class"]], abs=1e-3)
+
+
+def _four_d(path):
+    """A 4D image (two time points of a blob scan): classify refuses it."""
+    vol = sitk.GetImageFromArray(np.zeros((16, 16, 16), dtype=np.float32))
+    sitk.WriteImage(sitk.JoinSeries([vol, vol]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("bad", ["label map", "4D"])
+def test_a_scan_classify_refuses_leaves_no_output_of_the_scans_before_it(pkg, shared_data, tmp_path, capsys, bad):
+    """robustness --input A B where B reads as an image but classify refuses it (a label map, a 4D file): one line
+    naming B, exit 2, and nothing of A in --out, whether robustness made --out or it held a user's file already."""
+    good = write_blob_scan(tmp_path / "good.nii.gz")
+    wrong = (shared_data / "pyradiomics_testcases" / "brain1_label.nrrd" if bad == "label map"
+             else _four_d(tmp_path / "series4d.nii.gz"))
+    notes = tmp_path / "kept" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine", encoding="utf-8")
+    for out in (tmp_path / "new", notes.parent):
+        rc = main(["robustness", "--model", str(pkg), "--input", str(good), str(wrong), "--out", str(out),
+                   "--eps", "0.05", "--steps", "1", "--refine", "0", "--progress", "none"])
+        err = capsys.readouterr().err
+        assert rc == 2 and str(wrong) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in notes.parent.iterdir()) == ["notes.txt"]
+    assert notes.read_text(encoding="utf-8") == "mine"
+
+
+def test_a_failed_write_removes_the_files_of_the_run(pkg, tmp_path, capsys, monkeypatch):
+    """The second scan's JSON cannot be written (a full disk, say): the first scan's files, written a moment before,
+    are removed again, and so is the --out folder the run made."""
+    import MedDeepRecogLib.io as io
+    from MedDeepRecogLib.errors import OutputError
+
+    real, calls = io.atomic_write_json, []
+
+    def failing_second(path, data, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OutputError("cannot write: no space left on the device", path)
+        return real(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(io, "atomic_write_json", failing_second)
+    scans = [write_blob_scan(tmp_path / f"{name}.nii.gz", label=k) for k, name in enumerate(("a", "b"))]
+    out = tmp_path / "o"
+    rc = main(["robustness", "--model", str(pkg), "--input", *map(str, scans), "--out", str(out), "--eps", "0.05",
+               "--steps", "1", "--refine", "0", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no space left" in err and len(err.strip().splitlines()) == 1
+    assert len(calls) == 2 and not out.exists()

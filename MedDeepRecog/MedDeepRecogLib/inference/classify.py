@@ -78,6 +78,7 @@ class ClassificationResult:
     route: dict | None = None  # --model auto: the chosen model and why (inference.route)
     feature_maps: np.ndarray | None = None  # slice models: Grad-CAM on the target layer's grid (faithfulness reuses it)
     voting_logits: np.ndarray | None = None  # slice models: the voting slices' logits (predict.Prediction)
+    voting: np.ndarray | None = None  # slice models: (N,) bool, the slices that voted (predict.Prediction)
 
     @property
     def label(self) -> str:
@@ -420,7 +421,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice,
         finding=finding_range(pred.per_slice, decision, package.class_names)
         if isinstance(inp, SliceInput) and len(pred.per_slice) > 1 else None, feature_maps=pred.feature_maps,
-        voting_logits=pred.voting_logits)
+        voting_logits=pred.voting_logits, voting=pred.voting)
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,

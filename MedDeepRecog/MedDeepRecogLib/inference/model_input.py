@@ -76,6 +76,9 @@ class SliceInput:
     #: ``(N,)`` bool: the slices whose CT table was blanked (``input.slices.remove_table``); ``None`` when the
     #: package does not ask for it
     table_blanked: np.ndarray | None = None
+    #: ``(N,)`` model-input units per unit of the scan's intensity (per HU for CT) on each slice: the slope of the
+    #: slice standardisation (:attr:`..preprocessing.slices.StandardisedSlices.gain`); ``None`` when not known
+    gain: np.ndarray | None = None
 
     def body(self, images: np.ndarray | "torch.Tensor") -> np.ndarray | "torch.Tensor":
         """Which pixels of ``images`` (``(..., H, W)`` on the 0..1 scale of ``display`` and of the model input) lie
@@ -204,7 +207,7 @@ def slices_from_image(image: sitk.Image, spec: Mapping[str, Any], only_slice: in
     return SliceInput(x=std.x, slice_index=z_index, valid=std.valid, theta=std.theta, grid=grid,
                       work_shape=work_slices.shape[1:], display=std.scaled, extent_mm=std.extent_mm,
                       foreground_threshold=float(opt["foreground_threshold"]), whole_image_is_body=whole_image_body,
-                      table_blanked=std.table_pixels > 0 if opt.get("remove_table") else None)
+                      table_blanked=std.table_pixels > 0 if opt.get("remove_table") else None, gain=std.gain)
 
 
 # --------------------------------------------------------------------------------------------- 3D volumes

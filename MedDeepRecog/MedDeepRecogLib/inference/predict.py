@@ -46,6 +46,10 @@ class Prediction:
             (:attr:`..explain.gradcam.ExplainedPass.raw`).
         voting_logits: slice models: the network's logits ``(V, K)`` of the ``V`` slices ``slice_confidence`` is
             averaged over, so ``calibrate`` can recompute it at a new temperature (:func:`slice_confidence`).
+        voting: slice models: ``(N,)`` bool, the slices whose log-probabilities ``probabilities`` averages (body
+            present and, with an out-of-domain check that some of them pass, inside the domain; every slice when
+            none has body), so other commands score the very prediction classify made
+            (:class:`..models.slice_stack.SliceStackClassifier`).
     """
 
     probabilities: np.ndarray
@@ -61,6 +65,7 @@ class Prediction:
     domain: dict | None = None  # slice models with an out-of-domain check: how many slices passed it
     feature_maps: np.ndarray | None = None
     voting_logits: np.ndarray | None = None
+    voting: np.ndarray | None = None
 
 
 def slice_confidence(logits: np.ndarray, label: int, temperature: float = 1.0) -> float:
@@ -157,7 +162,7 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
             rec["in_domain"], rec["domain_distance"] = bool(ok), round(float(sc), 2)
     pred = Prediction(probabilities=probs, per_slice=per_slice, grid=inp.grid, explained_class=label,
                       agreement=agreement, slice_confidence=slice_confidence(voting_logits, label, temperature),
-                      voting_logits=voting_logits)
+                      voting_logits=voting_logits, voting=v)
     pred.regions = label_runs(per_slice)
     if scores is not None:
         checked = inp.valid if inp.valid.any() else np.ones_like(inp.valid)

@@ -59,6 +59,10 @@ class StandardisedSlices(NamedTuple):
     scaled: np.ndarray  # (N, H_in, W_in) the 0..1 slices before cropping (table blanked where asked)
     extent_mm: np.ndarray  # (N, 2) the body box's height and width in mm
     table_pixels: np.ndarray  # (N,) int: pixels blanked as CT table (0 everywhere without ``remove_table``)
+    #: (N,) float: model-input units per unit of the raw intensity (per HU for CT) of each slice, the slope of the
+    #: intensity scaling within its unclipped range; the block averaging and resizing around it keep it (their
+    #: weights sum to 1)
+    gain: np.ndarray
 
 
 def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1.0), *,
@@ -74,7 +78,7 @@ def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1
         hounsfield: the slices are CT in HU: use the fixed ``ct_window`` instead of the per-slice stretch.
 
     Returns:
-        :class:`StandardisedSlices` ``(x, valid, theta, scaled, extent_mm, table_pixels)``.
+        :class:`StandardisedSlices` ``(x, valid, theta, scaled, extent_mm, table_pixels, gain)``.
     """
     import torch
     import torch.nn.functional as F
@@ -88,6 +92,7 @@ def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1
     if hounsfield and opt.get("ct_window"):
         w0, w1 = (float(v) for v in opt["ct_window"])
         scaled = np.clip((slices - w0) / (w1 - w0), 0.0, 1.0, dtype=np.float32)
+        gain = np.full(n, 1.0 / (w1 - w0))
     else:
         gain = float(opt.get("percentile_target", 1.0)) / np.maximum(span, 1e-6)
         scaled = np.clip((slices - lo[:, None, None]) * gain[:, None, None], 0.0, 1.0, dtype=np.float32)
@@ -128,4 +133,5 @@ def standardise_slices(slices: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1
     if shrink > 1:
         src = F.avg_pool2d(src, shrink, ceil_mode=True)
     x = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return StandardisedSlices(x.numpy().astype(np.float32, copy=False), valid, theta, scaled, extent, table_pixels)
+    return StandardisedSlices(x.numpy().astype(np.float32, copy=False), valid, theta, scaled, extent, table_pixels,
+                              np.asarray(gain, dtype=np.float64))

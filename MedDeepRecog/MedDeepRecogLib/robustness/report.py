@@ -77,49 +77,54 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
                  on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Attack each scan's prediction with growing eps and write its JSON, PNG (and perturbation) into ``out``.
 
-    ``on_record(record)`` is called with each scan's record once its files are written. Returns the one scan's
-    summary (``json``, ``png``, ``smallest_flipping_eps`` ...), or ``{"scans": [...]}`` for several.
+    All or nothing: every scan is first prepared as classify prepares it (every refusal classify makes: unreadable,
+    4D, a label map, too small, ...) and checked against ``bounds`` / ``eps``, then attacked, and only when all of
+    them succeeded are the files written, so a bad scan anywhere in the list leaves no output of the others (a write
+    that fails removes this call's files again). ``on_record(record)`` is called with each scan's record once every
+    file is written. Returns the one scan's summary (``json``, ``png``, ``smallest_flipping_eps`` ...), or
+    ``{"scans": [...]}`` for several.
     """
-    from ..contract import output_file, output_stem
-    from ..io import atomic_write_json, check_output_dir, free_version, write_image
+    from ..contract import output_stem
+    from ..io import check_output_dir
+    from ..io.geometry import Geometry
     from ..packages import load_package
-    from .curve import save_curve_png, scan_robustness
+    from .curve import scan_robustness
     from ..uncertainty.report import UNCALIBRATED_SCALE
-    from .scan import hu_per_unit, model_input_of, perturbation_on_scan
+    from .scan import hu_per_unit, model_input_of
 
     if int(steps) < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     pkg = load_package(model_ref)
     out = check_output_dir(out, "--out")  # made by the first (atomic) write, so a failed run leaves none
-    if len(scans) > 1:  # every scan read once first: a bad second scan must not leave the first one's outputs
-        from ..io import read_image
-
-        for scan in scans:
-            read_image(scan)
-    results = []
     n = len(scans)
-    for i, scan in enumerate(scans):
-        roles = ("robustness_png", "perturbation", "robustness")   # an earlier run's files are kept
-        name = free_version(out, output_stem(scan), lambda stem: [output_file(stem, r) for r in roles])
-
-        def prog(stage, fraction, _i=i, _name=name, **extra):
-            progress(stage, (_i + 0.1 + 0.8 * fraction) / n, case=_name, **extra)
-
-        prog("prepare", 0.0)
+    prepared = []
+    for i, scan in enumerate(scans):   # every refusal, for every scan, before any attack or write
+        progress("prepare", 0.1 * i / n, case=output_stem(scan))
         res, x, forward = model_input_of(scan, pkg)
         valid = input_bounds(bounds, pkg.input_spec, x)
         budgets = eps_values(eps, valid)
-        record, deltas = scan_robustness(forward, x, budgets, attack_name=attack, steps=steps, bounds=valid,
-                                         refine_steps=refine, class_names=pkg.class_names, progress=prog)
-        mark_out_of_domain(record, res.decision)
         model_modality = pkg.meta.get("modality")
         # HU only where the input is a CT's intensities (the model's, else the scan's; a binary-mask package reads
         # shapes, not HU)
         reads = model_modality if model_modality in ("CT", "MR") else res.modality_guess
         in_hu = reads == "CT" and pkg.input_spec.get("content") != "binary_mask"
-        units = hu_per_unit(res.image, pkg) if in_hu else None
-        record.update({"input": str(scan), "model": {"id": pkg.id, "version": pkg.version},
-                       "eps_units": "model input", "model_modality": model_modality,
+        units = hu_per_unit(res.image, pkg, voting=res.voting) if in_hu else None
+        geometry = Geometry.of(res.image)
+        res.image = None  # the perturbation needs only the scan's grid: no scan's voxels wait for the others
+        prepared.append({"scan": scan, "result": res, "x": x, "forward": forward, "valid": valid,
+                         "budgets": budgets, "units": units, "geometry": geometry, "model_modality": model_modality})
+    done = []
+    for i, p in enumerate(prepared):
+        def prog(stage, fraction, _i=i, _name=output_stem(p["scan"]), **extra):
+            progress(stage, 0.1 + 0.8 * (_i + fraction) / n, case=_name, **extra)
+
+        record, deltas = scan_robustness(p["forward"], p["x"], p["budgets"], attack_name=attack, steps=steps,
+                                         bounds=p["valid"], refine_steps=refine, class_names=pkg.class_names,
+                                         progress=prog)
+        res, units = p["result"], p["units"]
+        mark_out_of_domain(record, res.decision)
+        record.update({"input": str(p["scan"]), "model": {"id": pkg.id, "version": pkg.version},
+                       "eps_units": "model input", "model_modality": p["model_modality"],
                        "scan_modality": res.modality_guess,   # classify's guess: DICOM tag, else HU or not
                        "hu_per_unit": None if units is None else 1.0 / units,
                        **({"probability_scale": f"{UNCALIBRATED_SCALE} (classify reports calibrated probabilities)"}
@@ -129,28 +134,70 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
                 point["eps_hu"] = point["eps"] / units
             if record["smallest_flipping_eps"] is not None:
                 record["smallest_flipping_eps_hu"] = record["smallest_flipping_eps"] / units
-        outputs = {}
-        png = out / output_file(name, "robustness_png")
-        save_curve_png(record, png, title=f"{pkg.id} {pkg.version} on {name}"
-                                          f"{' (out-of-domain: the class is a guess)' if 'out_of_domain' in record else ''}")
-        outputs["png"] = str(png)
+        delta = None
         if write_perturbation:
-            e = record["smallest_flipping_eps"] if record["smallest_flipping_eps"] is not None else max(budgets)
-            vol = out / output_file(name, "perturbation")
-            write_image(perturbation_on_scan(deltas[e], res), vol)
-            outputs["perturbation"] = str(vol)
+            e = record["smallest_flipping_eps"] if record["smallest_flipping_eps"] is not None else max(p["budgets"])
             record["perturbation_eps"] = e
-        js = out / output_file(name, "robustness")
-        record["outputs"] = {**outputs, "json": str(js)}
-        atomic_write_json(js, record)
-        results.append({"input": str(scan), "json": str(js), **outputs,
-                        **({"out_of_domain": record["out_of_domain"]} if "out_of_domain" in record else {}),
-                        "smallest_flipping_eps": record["smallest_flipping_eps"],
-                        **({"smallest_flipping_eps_hu": record.get("smallest_flipping_eps_hu"),
-                            "hu_per_unit": record["hu_per_unit"]} if units is not None else {})})
-        if on_record is not None:
+            delta = deltas[e]
+        done.append((p, record, delta))
+    results = write_scan_reports(pkg, out, done, progress)
+    if on_record is not None:
+        for _, record, _ in done:
             on_record(record)
     return results[0] if len(results) == 1 else {"scans": results}
+
+
+def write_scan_reports(pkg, out: Path, done: list, progress: ProgressCallback = null_progress
+                       ) -> list[dict[str, Any]]:
+    """Write each attacked scan's PNG (and perturbation) and then its JSON into ``out``, all or nothing: when a write
+    fails, the files this call wrote are removed again, and so is ``out`` when this call made it. Each scan's files
+    take the first free version of its name (an earlier run's files, and a user's, are kept; so are the ones of an
+    earlier scan of this call with the same name), chosen just before they are written. ``done``: ``(prepared,
+    record, delta or None)`` per scan, as :func:`scan_reports` makes them. Returns each scan's summary."""
+    from ..contract import output_file, output_stem
+    from ..io import atomic_write_json, free_version, write_image
+    from .curve import save_curve_png
+    from .scan import perturbation_on_scan
+
+    roles = ("robustness_png", "perturbation", "robustness")
+    had_dir = out.exists()
+    written: list[Path] = []
+    results = []
+    try:
+        for i, (p, record, delta) in enumerate(done):
+            name = free_version(out, output_stem(p["scan"]), lambda stem: [output_file(stem, r) for r in roles])
+            progress("write", 0.9 + 0.1 * i / len(done), case=name)
+            units = p["units"]
+            outputs = {}
+            png = out / output_file(name, "robustness_png")
+            guess = " (out-of-domain: the class is a guess)" if "out_of_domain" in record else ""
+            save_curve_png(record, png, title=f"{pkg.id} {pkg.version} on {name}{guess}")
+            written.append(png)   # each write is atomic: a file is listed once it is there, complete, and ours
+            outputs["png"] = str(png)
+            if delta is not None:
+                vol = out / output_file(name, "perturbation")
+                write_image(perturbation_on_scan(delta, p["result"], p["geometry"]), vol)
+                written.append(vol)
+                outputs["perturbation"] = str(vol)
+            js = out / output_file(name, "robustness")
+            record["outputs"] = {**outputs, "json": str(js)}
+            atomic_write_json(js, record)
+            written.append(js)
+            results.append({"input": str(p["scan"]), "json": str(js), **outputs,
+                            **({"out_of_domain": record["out_of_domain"]} if "out_of_domain" in record else {}),
+                            "smallest_flipping_eps": record["smallest_flipping_eps"],
+                            **({"smallest_flipping_eps_hu": record.get("smallest_flipping_eps_hu"),
+                                "hu_per_unit": record["hu_per_unit"]} if units is not None else {})})
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if not had_dir:
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
+    return results
 
 
 def mark_out_of_domain(record: dict[str, Any], decision: dict) -> None:

@@ -43,7 +43,9 @@ def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.
     """``(classification_result, x (1, C, *spatial) tensor, forward)`` for one scan, exactly as classify sees it.
 
     ``forward`` maps ``x`` to scan-level logits ``(1, K)``: a slice model's stack is one sample ``(1, C, S, H, W)``
-    read by :class:`..models.slice_stack.SliceStackClassifier` (the aggregation classify uses).
+    read by :class:`..models.slice_stack.SliceStackClassifier` (the aggregation classify uses) over the slices that
+    voted in classify's prediction (``result.voting``: those with body that pass the package's out-of-domain check),
+    so the clean probability is the one classify reports and the attack moves that prediction.
     """
     from ..inference.classify import classify_scan, model_for
     from ..inference.model_input import SliceInput
@@ -54,28 +56,61 @@ def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.
     x = torch.from_numpy(np.ascontiguousarray(inp.x)).float()
     model = model_for(package, "cpu")
     if isinstance(inp, SliceInput):
-        return result, stack_as_sample(x), SliceStackClassifier(model, inp.valid).eval()
+        return result, stack_as_sample(x), SliceStackClassifier(model, result.voting).eval()
     return result, x, model
 
 
-def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: int | None = None) -> float | None:
-    """Model-input units per HU (the slope of the package's preprocessing), measured through that preprocessing.
+def hu_per_unit(image: sitk.Image, package, *, voting: np.ndarray | None = None, delta_hu: float = 20.0,
+                block: int | None = None) -> float | None:
+    """Model-input units per HU: the slope of the package's preprocessing of ``image`` (a 3D scan, as classify reads
+    it), within the intensities that preprocessing does not clip.
 
-    ``1 / hu_per_unit(...)`` is how many HU one model-input unit is. A checkerboard of ``block``-voxel cubes
-    (default: a quarter of the smallest side, 2 to 16), +``delta_hu`` on half of them, is added to the scan and
-    both versions are prepared as classify would; the 90th percentile of the change of the voxels that moved,
-    divided by ``delta_hu``, is the slope (lower changes come from voxels that a window clips partly or that
-    interpolation mixes with an unshifted block). A checkerboard rather than a uniform offset keeps per-scan
-    normalisation (percentile stretch, z-score) from cancelling the change. Returns None when the input does not
-    depend on HU.
+    ``1 / hu_per_unit(...)`` is how many HU one model-input unit is. It is the slope of the ``input.pipeline``
+    (:func:`pipeline_slope`) times, for a slice model, the slope of the slice standardisation as
+    :func:`..preprocessing.slices.standardise_slices` scales each slice (``SliceInput.gain``: a fixed CT window of
+    width W gives 1/W, a per-slice percentile stretch its own factor), the median over the ``voting`` slices
+    (``(N,)`` bool; default: the slices with enough body). The slices' slope is read from the standardisation rather
+    than measured: a test pattern added to the scan pushes voxels across the body threshold, which moves each slice's
+    crop box and resizes it, and that change is no intensity slope (a body-region CT read 234 to 1326 HU per unit for
+    its 2000 HU window). Volume models resample linearly, whose weights sum to 1, so the pipeline's slope is theirs.
+    Returns None when the input does not depend on the intensities (a pipeline that clips all of them).
     """
-    from ..inference.model_input import slices_from_image, volume_from_image
+    from ..inference.model_input import slices_from_image
     from ..preprocessing.pipeline import run_input_pipeline
 
     spec = package.input_spec
+    slope = pipeline_slope(image, spec.get("pipeline"), delta_hu=delta_hu, block=block)
+    if slope is None or spec.get("kind") != "slices2d":
+        return slope
+    inp = slices_from_image(run_input_pipeline(image, spec.get("pipeline")), spec)
+    keep = np.asarray(inp.valid if voting is None else voting, dtype=bool)
+    if keep.shape != inp.gain.shape or not keep.any():  # no slice has body: classify lets every slice vote then
+        keep = np.ones(inp.gain.shape, dtype=bool)
+    units_per_hu = slope * float(np.median(inp.gain[keep]))
+    return units_per_hu if units_per_hu > 0 else None
+
+
+def pipeline_slope(image: sitk.Image, pipeline: Mapping[str, Any] | list | None, *, delta_hu: float = 20.0,
+                   block: int | None = None) -> float | None:
+    """Output units per input unit (per HU for CT) of a package's ``input.pipeline`` on ``image``: 1.0 without steps.
+
+    Measured through the pipeline: a checkerboard of ``block``-voxel cubes (default: a quarter of the smallest side,
+    2 to 16), +``delta_hu`` on half of them, is added to the scan and both versions are run; the 90th percentile of
+    the change of the voxels that moved, divided by ``delta_hu``, is the slope (lower changes come from voxels that a
+    window clips partly or that a resampling step mixes with an unshifted block). A checkerboard rather than a
+    uniform offset keeps per-scan normalisation (percentile stretch, z-score) from cancelling the change. Grid steps
+    crop or resample by size, not by content, so the pattern cannot move what the output covers; a mask step with
+    ``apply`` moves only the voxels within ``delta_hu`` of its threshold, a thin shell the percentile passes over.
+    None when nothing moved.
+    """
+    from ..preprocessing.pipeline import run_input_pipeline
+
+    steps = pipeline.get("steps") if isinstance(pipeline, Mapping) else pipeline
+    if not steps:
+        return 1.0
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    # at least 2 voxels: on a stack of a few slices a quarter of the smallest side is 1, and the in-plane resize
-    # blurs a 1-voxel pattern (a 4-slice CT read 464 HU per unit for its 400 HU window; 2-voxel blocks read 400)
+    # at least 2 voxels: on a stack of a few slices a quarter of the smallest side is 1, and a resampling step
+    # blurs a 1-voxel pattern
     block = block or int(np.clip(min(arr.shape) // 4, 2, 16))
     zz, yy, xx = np.indices(arr.shape, sparse=True)
     pattern = (((zz // block) + (yy // block) + (xx // block)) % 2).astype(np.float32) * float(delta_hu)
@@ -83,21 +118,22 @@ def hu_per_unit(image: sitk.Image, package, *, delta_hu: float = 20.0, block: in
     shifted.CopyInformation(image)
     base = sitk.Cast(image, sitk.sitkFloat32)
 
-    def prep(img: sitk.Image) -> np.ndarray:
-        img = run_input_pipeline(img, spec.get("pipeline"))
-        inp = slices_from_image(img, spec) if spec.get("kind") == "slices2d" else volume_from_image(img, spec)
-        return inp.x
+    def run(img: sitk.Image) -> np.ndarray:
+        return sitk.GetArrayFromImage(run_input_pipeline(img, pipeline)).astype(np.float32)
 
-    diff = np.abs(prep(shifted) - prep(base))
+    diff = np.abs(run(shifted) - run(base))
     moved = diff[diff > 1e-7]
     if moved.size < 10:
         return None
-    units_per_hu = float(np.percentile(moved, 90)) / float(delta_hu)
-    return None if units_per_hu <= 0 else units_per_hu
+    slope = float(np.percentile(moved, 90)) / float(delta_hu)
+    return slope if slope > 0 else None
 
 
-def perturbation_on_scan(delta: torch.Tensor, result) -> sitk.Image:
+def perturbation_on_scan(delta: torch.Tensor, result, reference=None) -> sitk.Image:
     """Put a model-space perturbation (same shape as the model input) on the scan's own grid (float32).
+
+    ``reference``: the scan or its :class:`..io.geometry.Geometry` (default ``result.image``), so the scan's voxels
+    need not stay in memory until the perturbation is written.
 
     Volume inputs: ``(1, 1, D, H, W)`` on the model grid, resampled linearly. Slice inputs (the stack as one sample,
     ``(1, 1, S, H, W)``): each slice's ``(H, W)`` is mapped back through its crop/resize affine onto the working
@@ -116,4 +152,5 @@ def perturbation_on_scan(delta: torch.Tensor, result) -> sitk.Image:
         arr = maps_to_working_grid(sample_as_stack(d)[:, 0], inp)
     else:
         arr = d[0, 0].numpy()
-    return heatmap_on_input_grid(np.ascontiguousarray(arr, dtype=np.float32), inp.grid, result.image)
+    return heatmap_on_input_grid(np.ascontiguousarray(arr, dtype=np.float32), inp.grid,
+                                 result.image if reference is None else reference)
