@@ -96,6 +96,31 @@ def test_only_in_domain_slices_vote(tmp_path, oblique_volume, monkeypatch):
     assert voted[0] and not voted[1]
 
 
+def test_test_time_augmentation_scores_the_slices_that_voted(tmp_path, oblique_volume, monkeypatch):
+    """--uncertainty tta classifies the stack the prediction voted on (it let every body slice vote, out-of-domain
+    ones too), and each slice's "voted" flag is that vote."""
+    from MedDeepRecogLib.inference import classify as classify_mod
+    from MedDeepRecogLib.inference import trust as trust_mod
+    from MedDeepRecogLib.uncertainty import domain as domain_mod
+
+    pkg = _with_domain(make_tiny_package(tmp_path / "a"), tmp_path / "b", 0.5, "0.0.2")
+    monkeypatch.setattr(domain_mod.DomainCheck, "scores",
+                        lambda self, features: np.where(np.arange(len(features)) % 2 == 0, 0.0, 1.0))
+    stacks = []
+    real = trust_mod.SliceStackClassifier
+
+    def recording(model, voting=None):
+        stacks.append(None if voting is None else np.asarray(voting, dtype=bool).copy())
+        return real(model, voting)
+
+    monkeypatch.setattr(trust_mod, "SliceStackClassifier", recording)
+    result = classify_mod.classify_scan(oblique_volume, pkg, device="cpu", uncertainty="tta")
+    assert [r["voted"] for r in result.per_slice] == result.voting.tolist()
+    assert not result.voting[1::2].any() and result.voting[0]
+    # the uncertainty's stack (faithfulness passes only the voting slices, with no mask of its own)
+    assert [v.tolist() for v in stacks if v is not None] == [result.voting.tolist()]
+
+
 def test_an_ensembles_features_are_its_members_side_by_side(tmp_path):
     package = load_package(make_tiny_package(tmp_path, kind="ensemble3d"))
     model = package.build_model()
@@ -279,7 +304,7 @@ def test_calibrate_moves_the_out_of_domain_threshold_and_measures_the_negatives_
              (["--domain-quantile", 0.97, "--domain-negatives", tmp_path / "pkgs" / "none.yaml"], "none.yaml"),
              (["--domain-quantile", 0.97, "--domain-negatives", bad_negative], "the file has no labels"),
              (["--domain-quantile", 0.97, "--split", "train"], "is what breast-us-lesion@1.5.0 was trained on"),
-             (["--domain-quantile", 0.97, "--version", "1.5.1"], "already exists"),
+             (["--domain-quantile", 0.97, "--version", "1.5.90"], "already exists"),
              (["--domain-quantile", 0.97, "--report-split", "test"], "does nothing with --no-temperature"),
              (["--domain-quantile", 0.97, "--quantile", "0.1"], "give --decision-rules RULES with it")]
     for extra, words in cases:

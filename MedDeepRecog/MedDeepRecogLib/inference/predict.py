@@ -153,10 +153,11 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
     slice_labels = slice_probs.argmax(axis=1)
     agreement = float((slice_labels[v] == label).mean()) if v.any() else 0.0
     voting_logits = logits.detach().float().cpu().numpy()[v]
-    voted = v & in_domain if in_domain.any() else v
+    # "voted" is the vote itself (v): when no body slice passes the out-of-domain check the body slices vote,
+    # even if a near-empty slice passed it
     per_slice = [{"index": int(z), "label": class_names[int(k)], "probability": round(float(p[k]), 4),
                   "voted": bool(ok)}
-                 for z, k, p, ok in zip(inp.slice_index, slice_labels, slice_probs, voted)]
+                 for z, k, p, ok in zip(inp.slice_index, slice_labels, slice_probs, v)]
     if scores is not None:
         for rec, sc, ok in zip(per_slice, scores, in_domain):
             rec["in_domain"], rec["domain_distance"] = bool(ok), round(float(sc), 2)

@@ -249,7 +249,9 @@ def scan_uncertainty(result: Any, model: torch.nn.Module, meta: dict, mode: str 
     x = torch.from_numpy(np.ascontiguousarray(inp.x)).float().to(model_device(model))
     forward = model
     if slices:  # the stack is one sample; test-time augmentation flips each slice in-plane only
-        x, forward = stack_as_sample(x), SliceStackClassifier(model, inp.valid)
+        # the slices that voted in classify's prediction (body present and inside the domain), as it scored them
+        voting = getattr(result, "voting", None)
+        x, forward = stack_as_sample(x), SliceStackClassifier(model, inp.valid if voting is None else voting)
     logits = None
     if raw_probabilities is not None:
         logits = torch.log(torch.as_tensor(np.clip(raw_probabilities, 1e-12, 1.0), dtype=torch.float32,
