@@ -64,12 +64,13 @@ def test_calibrate_version_must_be_new_and_major_minor_patch(tmp_path, capsys, m
 
     monkeypatch.setattr(calibrate, "_npz_logits", no_prediction)
     for bad, holder in (("x.y", None), ("1.0", None), ("1.3.0", "bundled catalog")):
+        # into the user catalog (no --dest), where a second 1.3.0 would hide or be hidden by the bundled one
         assert main(["calibrate", "--model", "adrenal-mass-3d", "--data", str(npz), "--split", "val", "--version",
-                     bad, "--dest", str(tmp_path / "pkgs"), "--progress", "none"]) == 2
+                     bad, "--progress", "none"]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("meddeeprecog calibrate: error: --version "), err
         assert (f"adrenal-mass-3d@1.3.0 already exists in the {holder}" if holder else "MAJOR.MINOR.PATCH") in err
-    assert not (tmp_path / "pkgs").exists()
+    assert not (user_models_dir() / "adrenal-mass-3d").exists()
 
     monkeypatch.setattr(calibrate, "_npz_logits", predict)
     old = make_tiny_package(user_models_dir(), kind="volume3d", package_id="oldver", version="1.0.0")
