@@ -1,0 +1,104 @@
+"""``meddeeprecog preprocess`` as a command: outputs written together, settings bounded before any work, the
+reader's notes passed on, segment names checked."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_volume
+
+
+@pytest.fixture
+def run_cli(run_cli_area):
+    """``meddeeprecog ARGS`` in-process with only ``info`` and ``preprocess`` registered; (code, out, err)."""
+    return run_cli_area
+
+
+@pytest.fixture
+def volume(tmp_path) -> Path:
+    path = tmp_path / "in.nrrd"
+    sitk.WriteImage(make_volume(size=(24, 20, 10)), str(path))
+    return path
+
+
+def _one_line_error(code: int, err: str, *needles: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------- OUTPUT and --mask together
+
+def test_a_failed_mask_write_leaves_no_output_and_a_rerun_works(run_cli, volume, tmp_path, monkeypatch):
+    import slicerio
+
+    out, mask = tmp_path / "ok.nrrd", tmp_path / "m.seg.nrrd"
+    real = slicerio.write_segmentation
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(slicerio, "write_segmentation", full_disk)
+    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask)
+    line = _one_line_error(code, err, "no space left")
+    assert f"error: {mask}: " in line, line  # the user's path, not the hidden temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd"]  # no OUTPUT, no temporaries
+
+    monkeypatch.setattr(slicerio, "write_segmentation", real)
+    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask)
+    assert code == 0, err
+    assert out.is_file() and mask.is_file()
+
+
+def test_a_failed_mask_write_keeps_the_users_earlier_output_under_overwrite(run_cli, volume, tmp_path, monkeypatch):
+    import slicerio
+
+    out, mask = tmp_path / "ok.nrrd", tmp_path / "m.seg.nrrd"
+    out.write_bytes(b"earlier result")
+    monkeypatch.setattr(slicerio, "write_segmentation",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask, "--overwrite")
+    _one_line_error(code, err, "m.seg.nrrd")
+    assert out.read_bytes() == b"earlier result"
+
+
+def test_an_unwritable_mask_folder_is_refused_before_any_work(run_cli, volume, tmp_path, monkeypatch):
+    """A folder where no file can be created although permissions say yes (root on /sys): the probe of
+    check_output_dir finds it before the scan is read or OUTPUT written."""
+    import tempfile
+
+    from MedDeepRecogLib.io import atomic
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
+    out = tmp_path / "ok.nrrd"
+    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", locked / "m.seg.nrrd")
+    _one_line_error(code, err, "--mask", "permission denied")
+    assert not out.exists()
+    assert list(locked.iterdir()) == [] and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.skipif(not (os.path.isdir("/sys") and os.access("/sys", os.W_OK)),
+                    reason="needs a /sys that permissions call writable (root)")
+def test_mask_under_sys_is_refused_and_leaves_no_output(run_cli, volume, tmp_path):
+    out = tmp_path / "ok.nrrd"
+    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", "/sys/m.seg.nrrd")
+    _one_line_error(code, err, "/sys", "cannot be written")
+    assert not out.exists()
