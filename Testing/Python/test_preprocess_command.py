@@ -102,3 +102,49 @@ def test_mask_under_sys_is_refused_and_leaves_no_output(run_cli, volume, tmp_pat
     code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", "/sys/m.seg.nrrd")
     _one_line_error(code, err, "/sys", "cannot be written")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------- settings bounded by the grid
+
+def _pipeline_file(tmp_path: Path, steps: list[dict], name: str = "p") -> Path:
+    import json
+
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"steps": steps}))
+    return path
+
+
+def _volume(tmp_path: Path, spacing: tuple[float, float, float], size=(24, 20, 10), name: str = "v.nrrd") -> Path:
+    image = make_volume(size=size)
+    image.SetSpacing(spacing)
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_an_unstable_diffusion_time_step_is_refused_naming_the_limit_for_this_scan(run_cli, tmp_path):
+    source = _volume(tmp_path, (3.0, 3.0, 3.0))
+    out = tmp_path / "o.nrrd"
+    code, _, err = run_cli("preprocess", source, out, "--pipeline",
+                           _pipeline_file(tmp_path, [{"name": "anisotropic_diffusion", "time_step": 10}]))
+    _one_line_error(code, err, "time_step", "10", "stable limit 0.1875", "3 mm / 16")
+    assert not out.exists()
+    # the limit itself is stable: accepted, and the result stays within the input's range
+    code, _, err = run_cli("preprocess", source, out, "--pipeline",
+                           _pipeline_file(tmp_path, [{"name": "anisotropic_diffusion", "time_step": 0.1875}]))
+    assert code == 0, err
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
+    after = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert before.min() - 1 <= after.min() and after.max() <= before.max() + 1
+
+
+def test_the_diffusion_limit_follows_a_resampling_step_before_it():
+    from MedDeepRecogLib.errors import ConfigError
+    from MedDeepRecogLib.preprocessing import Pipeline
+
+    image = make_volume(size=(24, 20, 10))
+    image.SetSpacing((3.0, 3.0, 3.0))
+    diffuse = {"name": "anisotropic_diffusion", "time_step": 0.15}
+    Pipeline.from_data([diffuse]).check(image)   # below 3/16
+    with pytest.raises(ConfigError, match=r"step 2 \(anisotropic_diffusion\).*stable limit 0.0625"):
+        Pipeline.from_data([{"name": "resample", "spacing": 1.0}, diffuse]).check(image)

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from ..devices import resolve_device
 from ..io import image_from_array
 from .intensity import as_float32, float_array
-from .steps import check_params, param, register
+from .steps import Grid, check_params, param, register
 
 
 def torch_only_problem(params, torch_only: dict, filter_name: str) -> str | None:
@@ -158,14 +158,37 @@ def nlm(image: sitk.Image, p: NlmParams) -> sitk.Image:
 class DiffusionParams:
     iterations: int = param(5, "number of diffusion iterations", minimum=1, maximum=100)
     conductance: float = param(3.0, "conductance (higher smooths across stronger edges)", minimum=0.0)
-    time_step: float | None = param(None, "time step; default the stable limit min(spacing)/16", minimum=1e-6)
+    time_step: float | None = param(None, "time step in ITK's physical units (mm); default and largest allowed: "
+                                          "the stable limit min(spacing)/16", minimum=1e-6)
+
+
+def stable_time_step(grid: Grid) -> float:
+    """The largest stable time step of ITK's anisotropic diffusion filters on ``grid``: min(spacing) / 2^(dim+1)
+    (mm; 1/16 of the finest spacing in 3D). ITK itself only prints a warning above it and the result grows
+    without bound (values of ±8e9 from a CT at time step 10)."""
+    return min(grid.spacing) / 2.0 ** (len(grid.spacing) + 1)
+
+
+#: relative slack on the stable limit, so that the limit itself, written out in a pipeline file, is accepted
+_STABLE_SLACK = 1e-6
+
+
+def _diffusion_problem(p: DiffusionParams, grid: Grid) -> str | None:
+    limit = stable_time_step(grid)
+    if p.time_step is not None and p.time_step > limit * (1 + _STABLE_SLACK):
+        spacing = " x ".join(f"{s:g}" for s in grid.spacing)
+        return (f"parameter 'time_step' {p.time_step:g} is above the stable limit {limit:.6g} for this scan (its "
+                f"smallest spacing {min(grid.spacing):g} mm / {2 ** (len(grid.spacing) + 1)}; spacing {spacing} mm): "
+                "the diffusion would blow up; give at most that, or leave 'time_step' unset")
+    return None
 
 
 @register("anisotropic_diffusion", DiffusionParams, summary="curvature anisotropic diffusion (SimpleITK)",
-          aliases=("curvature_anisotropic_diffusion",))
+          aliases=("curvature_anisotropic_diffusion",), check=_diffusion_problem)
 def anisotropic_diffusion(image: sitk.Image, p: DiffusionParams) -> sitk.Image:
-    """SimpleITK CurvatureAnisotropicDiffusion; the default time step is the 3D stability bound."""
-    step = p.time_step if p.time_step is not None else min(image.GetSpacing()) / 2.0 ** (image.GetDimension() + 1)
+    """SimpleITK CurvatureAnisotropicDiffusion; the default time step is the stability bound
+    (:func:`stable_time_step`), a larger one is refused by the pipeline's check before any step runs."""
+    step = p.time_step if p.time_step is not None else stable_time_step(Grid.of(image))
     return sitk.CurvatureAnisotropicDiffusion(as_float32(image), timeStep=step, conductanceParameter=p.conductance,
                                               numberOfIterations=p.iterations)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import SimpleITK as sitk
 
 from ..errors import ConfigError
-from .steps import Step, make_step
+from .steps import Grid, Step, make_step
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -131,6 +131,20 @@ class Pipeline:
         """Names of the steps that take their input's intensities as CT Hounsfield units."""
         return [step.name for step in self.steps if step.reads_hu]
 
+    def check(self, image: sitk.Image) -> None:
+        """Refuse settings that do not fit ``image``'s grid (an unstable time step, a window of too many voxels),
+        following the grid through resampling and cropping steps, before any step runs.
+
+        Raises:
+            ConfigError: naming the step, its setting, the figure and the limit.
+        """
+        grid = Grid.of(image)
+        for index, step in enumerate(self.steps, start=1):
+            problem = step.grid_problem(grid)
+            if problem:
+                raise ConfigError(f"step {index} ({step.name}): {problem}")
+            grid = step.next_grid(grid)
+
     def run(self, image: sitk.Image, progress: Callable[..., None] | None = None) -> PipelineResult:
         """Run every step on ``image`` (a 3D scalar ``sitk.Image``).
 
@@ -144,6 +158,7 @@ class Pipeline:
         from .intensity import resample_to_reference
         from .masks import apply_mask
 
+        self.check(image)
         masks: dict[str, sitk.Image] = {}
         n = max(len(self.steps), 1)
         for index, step in enumerate(self.steps):

@@ -29,6 +29,25 @@ from ..errors import ConfigError
 StepFunction = Callable[[sitk.Image, Any], sitk.Image]
 
 
+@dataclass(frozen=True)
+class Grid:
+    """The voxel grid a step runs on, as far as its settings' limits depend on it: ``size`` in voxels and
+    ``spacing`` in mm, both (x, y, z)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Grid":
+        return cls(tuple(int(n) for n in image.GetSize()), tuple(float(s) for s in image.GetSpacing()))
+
+
+#: ``check(params, grid)``: the one-line problem of these settings on this grid (None when fine), judged before
+#: any step runs; ``regrid(params, grid)``: the grid a grid step makes, so later steps are judged on it.
+GridCheck = Callable[[Any, Grid], "str | None"]
+Regrid = Callable[[Any, Grid], Grid]
+
+
 def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
           length: int | tuple[int, ...] | None = None) -> Any:
     """A dataclass field carrying its help text and numeric bounds (``length`` for fixed-length lists: one length,
@@ -47,6 +66,10 @@ class StepSpec:
     summary: str
     #: whether the step reads CT intensities in HU: a bool, or a function of the step's parameters
     reads_hu: bool | Callable[[Any], bool] = False
+    #: the step's limits that depend on the grid (spacing, size), see :data:`GridCheck`
+    check: GridCheck | None = None
+    #: a grid step's output grid, see :data:`Regrid`
+    regrid: Regrid | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +89,19 @@ class Step:
         rule = self.spec.reads_hu
         return bool(rule(self.params) if callable(rule) else rule)
 
+    def grid_problem(self, grid: Grid) -> str | None:
+        """What is wrong with these settings on ``grid`` (None when nothing is), e.g. an unstable time step or a
+        window of too many voxels: judged before any voxel is touched."""
+        return self.spec.check(self.params, grid) if self.spec.check is not None else None
+
+    def next_grid(self, grid: Grid) -> Grid:
+        """The grid this step's output lies on (``grid`` itself for image and mask steps)."""
+        return self.spec.regrid(self.params, grid) if self.spec.regrid is not None else grid
+
     def __call__(self, image: sitk.Image) -> sitk.Image:
+        problem = self.grid_problem(Grid.of(image))
+        if problem:
+            raise ConfigError(f"step {self.name!r}: {problem}")
         return self.spec.fn(image, self.params)
 
     def to_data(self) -> dict[str, Any]:
@@ -83,15 +118,17 @@ ALIASES: dict[str, str] = {}
 
 
 def register(name: str, params: type, *, kind: str = "image", summary: str = "", aliases: tuple[str, ...] = (),
-             reads_hu: bool | Callable[[Any], bool] = False) -> Callable[[StepFunction], StepFunction]:
+             reads_hu: bool | Callable[[Any], bool] = False, check: GridCheck | None = None,
+             regrid: Regrid | None = None) -> Callable[[StepFunction], StepFunction]:
     """Decorator registering ``fn`` as step ``name`` with parameter dataclass ``params``; ``reads_hu``: the step
-    takes intensities as CT Hounsfield units (or a function of its parameters saying when)."""
+    takes intensities as CT Hounsfield units (or a function of its parameters saying when); ``check`` / ``regrid``:
+    see :class:`StepSpec`."""
     if kind not in ("image", "grid", "mask"):
         raise ValueError(f"unknown step kind {kind!r}")
 
     def decorate(fn: StepFunction) -> StepFunction:
         doc = summary or (fn.__doc__ or "").strip().splitlines()[0]
-        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu)
+        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu, check, regrid)
         for alias in aliases:
             ALIASES[alias] = name
         return fn
