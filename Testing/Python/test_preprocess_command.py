@@ -7,6 +7,7 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -148,3 +149,28 @@ def test_the_diffusion_limit_follows_a_resampling_step_before_it():
     Pipeline.from_data([diffuse]).check(image)   # below 3/16
     with pytest.raises(ConfigError, match=r"step 2 \(anisotropic_diffusion\).*stable limit 0.0625"):
         Pipeline.from_data([{"name": "resample", "spacing": 1.0}, diffuse]).check(image)
+
+
+# ------------------------------------------------------------------------------------------- the reader's notes
+
+def test_the_readers_notes_are_warned_and_kept_in_an_nrrd_output(run_cli, tmp_path):
+    rgb = np.zeros((20, 24, 3), np.uint8)
+    rgb[5:15, 6:18] = (200, 120, 40)
+    rgb[8:12, 9:14] = (30, 220, 90)
+    picture = tmp_path / "colour.png"
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(picture))
+    out = tmp_path / "o.nrrd"
+    code, _, err = run_cli("preprocess", picture, out, "--pipeline", "brain-mri")
+    assert code == 0, err
+    warnings = [ln for ln in err.splitlines() if "warning" in ln]
+    assert any("1 mm pixels assumed" in ln and "colour.png" in ln for ln in warnings), err
+    assert any("converted to grey" in ln for ln in warnings), err
+    written = sitk.ReadImage(str(out))
+    notes = written.GetMetaData("MedDeepRecog|notes")
+    assert "1 mm pixels assumed" in notes and "converted to grey" in notes
+
+
+def test_spacing_ignored_is_said_for_a_volume(run_cli, volume, tmp_path):
+    code, _, err = run_cli("preprocess", volume, tmp_path / "o.nrrd", "--pipeline", "brain-mri", "--spacing", "2", "2")
+    assert code == 0, err
+    assert "warning" in err and "--spacing ignored" in err

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("INPUT and OUTPUT are required (or use --list)")
     if not args.pipeline:
         raise ConfigError("--pipeline NAME|FILE is required (presets: see --list)")
-    from ..io import as_single_slice, read_image, require_3d, validate_intensities
+    from ..io import as_single_slice, carry_notes, image_notes, read_image, require_3d, validate_intensities
     from ..contract import WRITABLE_SUFFIXES, suffix_of
     from ..preprocessing import load_pipeline
     from ..progress import Progress
@@ -142,9 +142,13 @@ def run(args: argparse.Namespace) -> int:
         result = result.on_grid(image)
 
     progress("writing", 0.92, output=str(target))
-    out_image = _back_on_input_grid(result.image, original) if flat else result.image
+    out_image = carry_notes(original, _back_on_input_grid(result.image, original) if flat else result.image)
     outputs = _write_outputs(out_image, target, result, mask_path, original if flat else None)
-    progress("done", 1.0, result=outputs)
+    notes = image_notes(original)
+    # said after the writes, not before the work: a refusal on the way stays the one line the user reads
+    for note in notes:
+        print(f"meddeeprecog preprocess: warning: {source}: {note}", file=sys.stderr)
+    progress("done", 1.0, result=outputs, **({"notes": notes} if notes else {}))
     return 0
 
 
