@@ -174,3 +174,53 @@ def test_spacing_ignored_is_said_for_a_volume(run_cli, volume, tmp_path):
     code, _, err = run_cli("preprocess", volume, tmp_path / "o.nrrd", "--pipeline", "brain-mri", "--spacing", "2", "2")
     assert code == 0, err
     assert "warning" in err and "--spacing ignored" in err
+
+
+# ---------------------------------------------------------------------------------- per-voxel work bounded first
+
+@pytest.mark.parametrize("step, needles", [
+    ({"name": "median", "radius_mm": 1000}, ["'radius_mm' 1000", "667 x 667 x 667", "3 x 3 x 3 mm", "9,261"]),
+    ({"name": "bilateral", "sigma_spatial_mm": 100}, ["'sigma_spatial_mm' 100", "135 x 135 x 135", "9,261"]),
+    ({"name": "body_mask", "closing_mm": 500}, ["'closing_mm' 500", "68,921"]),
+], ids=["median", "bilateral", "body_mask"])
+def test_a_window_of_too_many_voxels_is_refused_before_any_work(run_cli, tmp_path, step, needles):
+    import time
+
+    source = _volume(tmp_path, (3.0, 3.0, 3.0))
+    out = tmp_path / "o.nrrd"
+    start = time.perf_counter()
+    code, _, err = run_cli("preprocess", source, out, "--pipeline", _pipeline_file(tmp_path, [step]))
+    _one_line_error(code, err, "step 1", *needles)
+    assert not out.exists()
+    assert time.perf_counter() - start < 10   # refused from the settings, not after minutes of filtering
+
+
+def test_nlm_work_per_voxel_is_bounded_when_the_pipeline_is_read():
+    from MedDeepRecogLib.errors import ConfigError
+    from MedDeepRecogLib.preprocessing import Pipeline
+
+    with pytest.raises(ConfigError, match=r"'patch_size' 9 with 'search_radius' 10 .*6,751,269.*100,000"):
+        Pipeline.from_data([{"name": "nlm", "patch_size": 9, "search_radius": 10}])
+    Pipeline.from_data([{"name": "nlm", "patch_size": 2, "search_radius": 3}])   # the README's 2^3 x 7^3
+
+
+def test_a_tiny_spacing_mask_closing_is_refused_not_an_allocation_failure(run_cli, tmp_path):
+    source = _volume(tmp_path, (0.001, 0.001, 0.001))
+    out = tmp_path / "o.nrrd"
+    code, _, err = run_cli("preprocess", source, out, "--pipeline", "lung-ct")
+    _one_line_error(code, err, "body_mask", "'closing_mm' 3", "6001 x 6001 x 6001", "0.001 x 0.001 x 0.001 mm")
+    assert "allocate" not in err and not out.exists()
+    code, _, err = run_cli("preprocess", source, out, "--pipeline",
+                           _pipeline_file(tmp_path, [{"name": "lung_mask"}]))
+    _one_line_error(code, err, "lung_mask", "fixed 2 mm closing", "resample")
+
+
+def test_every_preset_and_the_largest_median_radius_fit_the_bounds():
+    from MedDeepRecogLib.preprocessing import Pipeline, list_presets, load_pipeline
+
+    for spacing in [(0.5, 0.5, 0.5), (0.7, 0.7, 3.0), (3.0, 3.0, 3.0)]:
+        image = make_volume(size=(24, 20, 10), spacing=spacing)
+        for name in list_presets():
+            load_pipeline(name).check(image)
+        Pipeline.from_data([{"name": "median", "radius": 10}, {"name": "bilateral", "sigma_spatial_mm": 1.0},
+                            {"name": "head_mask", "closing_mm": 5.0}]).check(image)

@@ -17,6 +17,7 @@ Step kinds:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -111,6 +112,21 @@ class Step:
             value = getattr(self.params, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
         return data
+
+
+def window_problem(what: str, radius: list[int] | tuple[int, ...], limit: int, grid: Grid | None,
+                   fix: str) -> str | None:
+    """The one-line refusal of a window of ``radius`` voxels per axis ((x, y, z)) that holds more than ``limit``
+    voxels, each of which every output voxel reads; None when it fits. ``what`` names its cause (``"parameter
+    'radius_mm' 1000"``), ``grid`` the grid it was converted on (its spacing is named; None for a radius in
+    voxels), ``fix`` what to do."""
+    edges = [2 * int(r) + 1 for r in radius]
+    voxels = math.prod(edges)
+    if voxels <= limit:
+        return None
+    on = f" on this scan's {' x '.join(f'{s:g}' for s in grid.spacing)} mm spacing" if grid is not None else ""
+    return (f"{what} makes a {' x '.join(map(str, edges))}-voxel window ({voxels:,} voxels read for each output "
+            f"voxel){on}, above the limit of {limit:,}: {fix}")
 
 
 REGISTRY: dict[str, StepSpec] = {}
