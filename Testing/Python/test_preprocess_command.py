@@ -224,3 +224,18 @@ def test_every_preset_and_the_largest_median_radius_fit_the_bounds():
             load_pipeline(name).check(image)
         Pipeline.from_data([{"name": "median", "radius": 10}, {"name": "bilateral", "sigma_spatial_mm": 1.0},
                             {"name": "head_mask", "closing_mm": 5.0}]).check(image)
+
+
+# ------------------------------------------------------------------------------------------------ segment names
+
+@pytest.mark.parametrize("steps, needles", [
+    ([{"name": "otsu", "segment": ""}], ["step 1", "'segment'", "empty"]),
+    ([{"name": "otsu", "segment": "  "}], ["step 1", "'segment'", "empty"]),
+    ([{"name": "body_mask"}, {"name": "threshold", "lower": 0, "segment": "body"}],
+     ["step 2", "'segment'", "'body'", "step 1"]),
+], ids=["empty", "blank", "duplicate"])
+def test_mask_segment_names_must_be_given_and_distinct(run_cli, volume, tmp_path, steps, needles):
+    out, mask = tmp_path / "o.nrrd", tmp_path / "m.seg.nrrd"
+    code, _, err = run_cli("preprocess", volume, out, "--pipeline", _pipeline_file(tmp_path, steps), "--mask", mask)
+    _one_line_error(code, err, *needles)
+    assert not out.exists() and not mask.exists()

@@ -91,6 +91,7 @@ class Pipeline:
                 steps.append(make_step(raw))
             except ConfigError as exc:
                 raise ConfigError(f"step {index}: {exc}") from None
+        _check_segment_names(steps)
         return cls(steps, name=name, description=description)
 
     @classmethod
@@ -187,6 +188,24 @@ class Pipeline:
         if progress is not None:
             progress("pipeline done", 1.0, steps=len(self.steps))
         return PipelineResult(image, masks)
+
+
+def _check_segment_names(steps: list[Step]) -> None:
+    """Refuse a mask step whose ``segment`` is empty (a nameless segment in the ``--mask`` file) or repeats an
+    earlier mask step's (its mask would silently replace the earlier one)."""
+    seen: dict[str, int] = {}
+    for index, step in enumerate(steps, start=1):
+        if step.spec.kind != "mask":
+            continue
+        segment = step.params.segment
+        if not segment.strip():
+            raise ConfigError(f"step {index}: step {step.name!r}, parameter 'segment': the segment name is empty; "
+                              "name the mask")
+        if segment in seen:
+            raise ConfigError(f"step {index}: step {step.name!r}, parameter 'segment': {segment!r} is already the "
+                              f"segment of step {seen[segment]}, whose mask would be replaced; give each mask step "
+                              "its own 'segment'")
+        seen[segment] = index
 
 
 def run_input_pipeline(image: sitk.Image, pipeline: Mapping[str, Any] | list | None) -> sitk.Image:
