@@ -30,6 +30,16 @@ DEFAULT_MAX_PARAMS = 500_000_000
 MAX_ACTIVATION_ENV = "MEDDEEPRECOG_MAX_ACTIVATION_BYTES"
 DEFAULT_MAX_ACTIVATION_BYTES = 16 << 30
 
+#: Voxels a filter window may hold (median, bilateral): what an output voxel reads. 21^3, the median's largest
+#: ``radius`` (10 voxels); 27x the README's bilateral 7^3. A median of 21^3 takes ~23 s on 0.37 Mvox (2 cores).
+MAX_FILTER_WINDOW_VOXELS = 21 ** 3
+#: Voxels a mask step's closing ball may span (body, head, lung masks): 41^3, a 20-voxel radius, ~1 s on 0.37 Mvox;
+#: the presets' 2-5 mm closings need 5^3 to 21^3 at 0.5 mm. A 0.001 mm grid asked for 6001^3 and failed to allocate.
+MAX_MORPHOLOGY_WINDOW_VOXELS = 41 ** 3
+#: Non-local means work per voxel, patch_size^3 x (2 search_radius + 1)^3: 100,000, 36x the README's 2^3 x 7^3
+#: (2,744) and 100x the presets' 2^3 x 5^3; patch 9 / search 10 (6.75 M) ran for minutes on 0.37 Mvox.
+MAX_NLM_WORK = 100_000
+
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
           "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
 

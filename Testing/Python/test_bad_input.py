@@ -669,6 +669,12 @@ def test_damaged_series_reads_with_the_explicit_option_and_says_so(run_all, tmp_
     assert code == 0, err
     record = json.loads((res / "series.json").read_text())
     assert any("not evenly spaced" in n for n in record["input_notes"])
+    # preprocess's help promises the same: a warning, and the note kept in the NRRD output
+    out = tmp_path / "out.nrrd"
+    code, _, err = run_all("preprocess", folder, out, "--pipeline", "brain-mri", "--allow-slice-gaps")
+    assert code == 0, err
+    assert any("warning" in ln and "not evenly spaced" in ln for ln in err.splitlines()), err
+    assert "not evenly spaced" in sitk.ReadImage(str(out)).GetMetaData("MedDeepRecog|notes")
 
 
 def test_chosen_dicom_series_is_named_by_uid_and_description(run_all, tmp_path):

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("INPUT and OUTPUT are required (or use --list)")
     if not args.pipeline:
         raise ConfigError("--pipeline NAME|FILE is required (presets: see --list)")
-    from ..io import as_single_slice, read_image, require_3d, validate_intensities, write_image
+    from ..io import as_single_slice, carry_notes, image_notes, read_image, require_3d, validate_intensities
     from ..contract import WRITABLE_SUFFIXES, suffix_of
     from ..preprocessing import load_pipeline
     from ..progress import Progress
@@ -142,12 +142,48 @@ def run(args: argparse.Namespace) -> int:
         result = result.on_grid(image)
 
     progress("writing", 0.92, output=str(target))
-    out_image = _back_on_input_grid(result.image, original) if flat else result.image
-    outputs = {"output": str(write_image(out_image, target))}
-    if mask_path is not None:
-        outputs["mask"] = str(_write_masks(result, mask_path, original if flat else None))
-    progress("done", 1.0, result=outputs)
+    out_image = carry_notes(original, _back_on_input_grid(result.image, original) if flat else result.image)
+    outputs = _write_outputs(out_image, target, result, mask_path, original if flat else None)
+    notes = image_notes(original)
+    # said after the writes, not before the work: a refusal on the way stays the one line the user reads
+    for note in notes:
+        print(f"meddeeprecog preprocess: warning: {source}: {note}", file=sys.stderr)
+    progress("done", 1.0, result=outputs, **({"notes": notes} if notes else {}))
     return 0
+
+
+def _write_outputs(out_image, target: Path, result, mask_path: Path | None, flat_input=None) -> dict[str, str]:
+    """Write OUTPUT and the ``--mask`` segmentation as one: both or neither.
+
+    The mask is written first under a hidden temporary name beside ``mask_path``, then OUTPUT, then the mask is
+    renamed into place. A failed write of either leaves no new file (so a rerun is not refused for an existing
+    OUTPUT), and with ``--overwrite`` a failed mask write keeps the user's earlier OUTPUT. Only if the final rename
+    fails after OUTPUT was written are the files this run added for OUTPUT removed again.
+    """
+    from ..errors import OutputError
+    from ..io import atomic_output, write_image
+
+    if mask_path is None:
+        return {"output": str(write_image(out_image, target))}
+    folder = target.parent
+    before = set(os.listdir(folder)) if folder.is_dir() else set()
+    written = False
+    try:
+        with atomic_output(mask_path) as staged:
+            try:
+                _write_masks(result, staged, flat_input)
+            except OutputError as exc:  # name the user's --mask path, not the hidden temporary
+                raise OutputError(exc.problem, mask_path) from None
+            write_image(out_image, target)
+            written = True
+    except BaseException:
+        if written:  # OUTPUT (and a .nhdr/.mhd's data file) is this run's own new file: remove it
+            stem = target.name.split(".")[0]
+            for name in set(os.listdir(folder)) - before:
+                if name.split(".")[0] == stem:
+                    (folder / name).unlink(missing_ok=True)
+        raise
+    return {"output": str(target), "mask": str(mask_path)}
 
 
 def _check_hounsfield(pipeline, name: str, original, image, source: Path) -> None:

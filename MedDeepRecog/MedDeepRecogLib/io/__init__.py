@@ -5,6 +5,7 @@ from .geometry import Geometry, LPSView, lps_view
 from .image_io import (
     array_from_image,
     as_single_slice,
+    carry_notes,
     describe_geometry,
     image_notes,
     is_picture,
@@ -30,6 +31,7 @@ __all__ = [
     "lps_view",
     "array_from_image",
     "as_single_slice",
+    "carry_notes",
     "describe_geometry",
     "image_notes",
     "is_picture",

@@ -46,7 +46,10 @@ def disk_nearly_full(folder: Path) -> bool:
 def check_output_dir(folder: str | Path, what: str = "output folder") -> Path:
     """Refuse an output folder that is a regular file, lies under a regular file, or cannot be written.
 
-    Nothing is created: the folder itself is made by the first write (and removed again if that write fails).
+    The folder itself is not created: the first write makes it (and removes it again if that write fails). The
+    nearest existing folder gets a real probe, an empty hidden file created and deleted at once: permission bits
+    and mount flags do not tell everything (root passes ``os.access`` on ``/sys``, where no file can be created),
+    and a command that writes two outputs must learn before any work that the second cannot be written.
     """
     if not str(folder).strip():  # Path("") is the current folder: an empty setting would write there unasked
         raise OutputError(f"{what} is empty: name a folder")
@@ -68,6 +71,13 @@ def check_output_dir(folder: str | Path, what: str = "output folder") -> Path:
         raise OutputError(f"{what} is on a read-only file system ({probe})", folder)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{what} cannot be written: permission denied on {probe}", folder)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".meddeeprecog-probe.", suffix=".partial", dir=probe)
+    except OSError as exc:
+        raise OutputError(f"{what} cannot be written: {os_error_reason(exc)} on {probe}", folder) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
     return folder
 
 

@@ -842,6 +842,15 @@ def image_notes(image: sitk.Image) -> list[str]:
     return [n for n in image.GetMetaData(NOTES_KEY).split("; ") if n] if image.HasMetaDataKey(NOTES_KEY) else []
 
 
+def carry_notes(source: sitk.Image, target: sitk.Image) -> sitk.Image:
+    """Put ``source``'s notes (:data:`NOTES_KEY`) on ``target`` and return it: a filtered image is a new image
+    without the reader's metadata, and a format with key/value metadata (NRRD, MetaImage) then keeps what the
+    reader changed or assumed beside the voxels it concerns."""
+    if source.HasMetaDataKey(NOTES_KEY):
+        target.SetMetaData(NOTES_KEY, source.GetMetaData(NOTES_KEY))
+    return target
+
+
 def is_picture(image: sitk.Image) -> bool:
     """True for an image read from a PNG/JPEG (display values, no physical units or spacing of its own)."""
     return image.HasMetaDataKey(PICTURE_KEY)

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from ..devices import resolve_device
 from ..io import image_from_array
 from .intensity import as_float32, float_array
-from .steps import check_params, param, register
+from .steps import Grid, check_params, param, register, window_problem
 
 
 def torch_only_problem(params, torch_only: dict, filter_name: str) -> str | None:
@@ -61,7 +61,23 @@ class BilateralParams:
         return torch_only_problem(self, BILATERAL_TORCH_ONLY, "Bilateral")
 
 
-@register("bilateral", BilateralParams, summary="edge-preserving bilateral filter (spatial x range Gaussian)")
+#: SimpleITK's Bilateral cuts its spatial Gaussian at this many sigmas (ITK's DomainMu)
+SITK_BILATERAL_TRUNCATE = 2.5
+
+
+def _bilateral_problem(p: BilateralParams, grid: Grid) -> str | None:
+    """A window of more than :data:`~..limits.MAX_FILTER_WINDOW_VOXELS` from ``sigma_spatial_mm`` on this grid."""
+    from ..limits import MAX_FILTER_WINDOW_VOXELS
+    from .fast_denoise import window_radius
+
+    truncate = SITK_BILATERAL_TRUNCATE if p.backend == "sitk" else p.truncate
+    radius = window_radius([p.sigma_spatial_mm / s for s in grid.spacing], truncate)
+    return window_problem(f"parameter 'sigma_spatial_mm' {p.sigma_spatial_mm:g}", radius, MAX_FILTER_WINDOW_VOXELS,
+                          grid, "give a smaller 'sigma_spatial_mm' (or resample to a coarser spacing first)")
+
+
+@register("bilateral", BilateralParams, summary="edge-preserving bilateral filter (spatial x range Gaussian)",
+          check=_bilateral_problem)
 def bilateral(image: sitk.Image, p: BilateralParams) -> sitk.Image:
     """Bilateral filter; the spatial sigma is converted to voxels per axis with the image spacing."""
     from .fast_denoise import bilateral_filter, estimate_noise_sigma
@@ -112,10 +128,20 @@ class NlmParams:
           (``NoiseModelFidelityWeight`` 0): the value changes nothing (checked: outputs at 1 and 100 are equal);
           giving it used to switch the bandwidth estimate off, leaving SimpleITK's fixed bandwidth of 400.
 
+        The work per voxel, ``patch_size^3 x (2 search_radius + 1)^3``, is bounded by
+        :data:`~..limits.MAX_NLM_WORK` (patch 9 with search 10 ran for minutes on a small CT).
+
         Refusing is better than an approximate mapping: a pipeline that names these values promises the filter they
         define. ``patch_size`` maps to ``PatchRadius = max(patch_size // 2, 1)`` (coarsely: 1 to 3 all give radius
         1). ``device`` is refused too: SimpleITK runs on the CPU. The torch backend honours all of them.
         """
+        from ..limits import MAX_NLM_WORK
+
+        work = self.patch_size ** 3 * (2 * self.search_radius + 1) ** 3
+        if work > MAX_NLM_WORK:
+            return (f"'patch_size' {self.patch_size} with 'search_radius' {self.search_radius} compares "
+                    f"{self.patch_size}^3 x {2 * self.search_radius + 1}^3 = {work:,} voxel pairs for each output "
+                    f"voxel, above the limit of {MAX_NLM_WORK:,}: give a smaller patch or search radius")
         return torch_only_problem(self, NLM_TORCH_ONLY, "PatchBasedDenoising")
 
 
@@ -158,14 +184,37 @@ def nlm(image: sitk.Image, p: NlmParams) -> sitk.Image:
 class DiffusionParams:
     iterations: int = param(5, "number of diffusion iterations", minimum=1, maximum=100)
     conductance: float = param(3.0, "conductance (higher smooths across stronger edges)", minimum=0.0)
-    time_step: float | None = param(None, "time step; default the stable limit min(spacing)/16", minimum=1e-6)
+    time_step: float | None = param(None, "time step in ITK's physical units (mm); default and largest allowed: "
+                                          "the stable limit min(spacing)/16", minimum=1e-6)
+
+
+def stable_time_step(grid: Grid) -> float:
+    """The largest stable time step of ITK's anisotropic diffusion filters on ``grid``: min(spacing) / 2^(dim+1)
+    (mm; 1/16 of the finest spacing in 3D). ITK itself only prints a warning above it and the result grows
+    without bound (values of ±8e9 from a CT at time step 10)."""
+    return min(grid.spacing) / 2.0 ** (len(grid.spacing) + 1)
+
+
+#: relative slack on the stable limit, so that the limit itself, written out in a pipeline file, is accepted
+_STABLE_SLACK = 1e-6
+
+
+def _diffusion_problem(p: DiffusionParams, grid: Grid) -> str | None:
+    limit = stable_time_step(grid)
+    if p.time_step is not None and p.time_step > limit * (1 + _STABLE_SLACK):
+        spacing = " x ".join(f"{s:g}" for s in grid.spacing)
+        return (f"parameter 'time_step' {p.time_step:g} is above the stable limit {limit:.6g} for this scan (its "
+                f"smallest spacing {min(grid.spacing):g} mm / {2 ** (len(grid.spacing) + 1)}; spacing {spacing} mm): "
+                "the diffusion would blow up; give at most that, or leave 'time_step' unset")
+    return None
 
 
 @register("anisotropic_diffusion", DiffusionParams, summary="curvature anisotropic diffusion (SimpleITK)",
-          aliases=("curvature_anisotropic_diffusion",))
+          aliases=("curvature_anisotropic_diffusion",), check=_diffusion_problem)
 def anisotropic_diffusion(image: sitk.Image, p: DiffusionParams) -> sitk.Image:
-    """SimpleITK CurvatureAnisotropicDiffusion; the default time step is the 3D stability bound."""
-    step = p.time_step if p.time_step is not None else min(image.GetSpacing()) / 2.0 ** (image.GetDimension() + 1)
+    """SimpleITK CurvatureAnisotropicDiffusion; the default time step is the stability bound
+    (:func:`stable_time_step`), a larger one is refused by the pipeline's check before any step runs."""
+    step = p.time_step if p.time_step is not None else stable_time_step(Grid.of(image))
     return sitk.CurvatureAnisotropicDiffusion(as_float32(image), timeStep=step, conductanceParameter=p.conductance,
                                               numberOfIterations=p.iterations)
 
@@ -177,11 +226,23 @@ class MedianParams:
     radius: int = param(1, "radius in voxels (used when radius_mm is not given)", minimum=0, maximum=10)
 
 
-@register("median", MedianParams, summary="median filter (SimpleITK)")
+def _median_radius(p: MedianParams, grid: Grid) -> list[int]:
+    """The median's radius in voxels per axis (x, y, z): ``radius_mm`` over the spacing, else ``radius``."""
+    if p.radius_mm is not None:
+        return [max(0, int(math.floor(p.radius_mm / s + 0.5))) for s in grid.spacing]
+    return [p.radius] * len(grid.spacing)
+
+
+def _median_problem(p: MedianParams, grid: Grid) -> str | None:
+    """A window of more than :data:`~..limits.MAX_FILTER_WINDOW_VOXELS` (what ``radius`` 10 gives)."""
+    from ..limits import MAX_FILTER_WINDOW_VOXELS
+
+    setting, value = ("radius_mm", p.radius_mm) if p.radius_mm is not None else ("radius", p.radius)
+    return window_problem(f"parameter {setting!r} {value:g}", _median_radius(p, grid), MAX_FILTER_WINDOW_VOXELS,
+                          grid if p.radius_mm is not None else None, f"give a smaller {setting!r}")
+
+
+@register("median", MedianParams, summary="median filter (SimpleITK)", check=_median_problem)
 def median(image: sitk.Image, p: MedianParams) -> sitk.Image:
     """SimpleITK Median; keeps the pixel type (a median of integers is an integer)."""
-    if p.radius_mm is not None:
-        radius = [max(0, int(math.floor(p.radius_mm / s + 0.5))) for s in image.GetSpacing()]
-    else:
-        radius = [p.radius] * image.GetDimension()
-    return sitk.Median(image, radius)
+    return sitk.Median(image, _median_radius(p, Grid.of(image)))

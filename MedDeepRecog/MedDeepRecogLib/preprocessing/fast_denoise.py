@@ -194,6 +194,11 @@ def _pair_filter(volume: np.ndarray | torch.Tensor, search: Sequence[int], patch
     return out.cpu().numpy() if was_numpy else out
 
 
+def window_radius(sigma: Sequence[float], truncate: float) -> list[int]:
+    """The bilateral window radius in voxels per axis: ``ceil(truncate * sigma)``, ``sigma`` in voxels."""
+    return [max(0, int(math.ceil(truncate * s))) for s in sigma]
+
+
 def bilateral_filter(volume: np.ndarray | torch.Tensor, sigma_spatial: float | Sequence[float] = 1.0,
                      sigma_range: float | None = None, *, radius: Sequence[int] | None = None,
                      truncate: float = 2.0, device: str | torch.device | None = None,
@@ -214,7 +219,7 @@ def bilateral_filter(volume: np.ndarray | torch.Tensor, sigma_spatial: float | S
     """
     sig = np.broadcast_to(np.asarray(sigma_spatial, dtype=float), (3,))
     if radius is None:
-        radius = [max(0, int(math.ceil(truncate * s))) for s in sig]
+        radius = window_radius(sig, truncate)
     if sigma_range is None:
         sigma_range = 2.0 * estimate_noise_sigma(volume)
     sigma_range = max(float(sigma_range), 1e-6)

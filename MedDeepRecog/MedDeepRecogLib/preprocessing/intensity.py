@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from ..io import image_from_array
 from ..limits import check_declared_image
-from .steps import param, register
+from .steps import Grid, param, register
 
 #: CT window presets as (center, width) in HU.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -64,11 +64,11 @@ class ResampleParams:
         return None
 
 
-@register("resample", ResampleParams, kind="grid", summary="resample to a spacing (mm) or size (voxels), same extent")
-def resample(image: sitk.Image, p: ResampleParams) -> sitk.Image:
-    """Resample keeping origin and direction; the physical extent is kept (size = extent / spacing, rounded)."""
-    in_size = np.array(image.GetSize(), dtype=float)
-    in_spacing = np.array(image.GetSpacing(), dtype=float)
+def _resampled_grid(p: ResampleParams, grid: Grid) -> Grid:
+    """The grid :func:`resample` makes from ``grid``: the physical extent kept, size = extent / spacing rounded
+    (at least 1 voxel), or spacing = extent / size."""
+    in_size = np.array(grid.size, dtype=float)
+    in_spacing = np.array(grid.spacing, dtype=float)
     extent = in_size * in_spacing
     if p.spacing is not None:
         spacing = np.array(list(p.spacing) + list(in_spacing[len(p.spacing):]), dtype=float)   # (x, y): z kept
@@ -76,6 +76,16 @@ def resample(image: sitk.Image, p: ResampleParams) -> sitk.Image:
     else:
         size = np.array(list(p.size) + list(in_size[len(p.size):]), dtype=int)
         spacing = extent / size
+    return Grid(tuple(int(n) for n in size), tuple(float(s) for s in spacing))
+
+
+@register("resample", ResampleParams, kind="grid", summary="resample to a spacing (mm) or size (voxels), same extent",
+          regrid=_resampled_grid)
+def resample(image: sitk.Image, p: ResampleParams) -> sitk.Image:
+    """Resample keeping origin and direction; the physical extent is kept (size = extent / spacing, rounded)."""
+    in_spacing = np.array(image.GetSpacing(), dtype=float)
+    out = _resampled_grid(p, Grid.of(image))
+    size, spacing = np.array(out.size), np.array(out.spacing)
     # Keep the physical box: the first voxel center moves by half the change of voxel size.
     direction = np.array(image.GetDirection()).reshape(3, 3)
     origin = np.array(image.GetOrigin()) + direction @ ((spacing - in_spacing) / 2.0)
@@ -93,8 +103,13 @@ class CropPadParams:
     pad_value: float | None = param(None, "value of padded voxels (default: the image minimum)")
 
 
+def _cropped_grid(p: CropPadParams, grid: Grid) -> Grid:
+    """The grid :func:`crop_pad` makes: the new size ((x, y): z kept), the spacing unchanged."""
+    return Grid(tuple(int(n) for n in p.size) + grid.size[len(p.size):], grid.spacing)
+
+
 @register("crop_pad", CropPadParams, kind="grid", summary="centred crop and/or pad to a size (voxels)",
-          aliases=("crop", "pad"))
+          aliases=("crop", "pad"), regrid=_cropped_grid)
 def crop_pad(image: sitk.Image, p: CropPadParams) -> sitk.Image:
     """Centred crop/pad; the origin moves so every kept voxel stays at its physical position."""
     size = np.array(image.GetSize())

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from ..io import image_from_array
 from .intensity import as_float32, float_array
-from .steps import param, register
+from .steps import Grid, param, register, window_problem
 
 #: Default segment colors (RGB 0..1) by mask name, close to Slicer's anatomy colors.
 MASK_COLORS: dict[str, tuple[float, float, float]] = {
@@ -42,8 +42,25 @@ def fill_holes_slicewise(mask: sitk.Image) -> sitk.Image:
     return image_from_array(arr, mask)
 
 
-def _radius_vox(image: sitk.Image, mm: float) -> list[int]:
-    return [max(0, int(round(mm / s))) for s in image.GetSpacing()]
+def _radius_vox(image: sitk.Image | Grid, mm: float) -> list[int]:
+    """A radius of ``mm`` in voxels per axis (x, y, z) on ``image``'s grid."""
+    spacing = image.spacing if isinstance(image, Grid) else image.GetSpacing()
+    return [max(0, int(round(mm / s))) for s in spacing]
+
+
+#: the closing radius lung_mask uses (mm): vessels and airway walls at the lung border are bridged
+LUNG_CLOSING_MM = 2.0
+
+
+def _closing_problem(setting: str | None, mm: float, grid: Grid) -> str | None:
+    """A closing ball of ``mm`` (from parameter ``setting``; None: the step's fixed closing) holding more than
+    :data:`~..limits.MAX_MORPHOLOGY_WINDOW_VOXELS` on this grid (a 0.001 mm grid turned a 3 mm closing into a
+    6001^3 ball that could not be allocated)."""
+    from ..limits import MAX_MORPHOLOGY_WINDOW_VOXELS
+
+    what = f"parameter {setting!r} {mm:g}" if setting else f"the step's fixed {mm:g} mm closing"
+    fix = (f"give a smaller {setting!r} or " if setting else "") + "resample to a coarser spacing first"
+    return window_problem(what, _radius_vox(grid, mm), MAX_MORPHOLOGY_WINDOW_VOXELS, grid, fix)
 
 
 @dataclass(frozen=True)
@@ -126,7 +143,7 @@ class LungParams:
 
 @register("lung_mask", LungParams, kind="mask", summary="lungs from CT (HU): air-like components with "
                                                            "parenchyma density, holes (vessels) filled",
-          reads_hu=True)
+          reads_hu=True, check=lambda p, grid: _closing_problem(None, LUNG_CLOSING_MM, grid))
 def lung_mask(image: sitk.Image, p: LungParams) -> sitk.Image:
     """Lung mask from a CT in HU.
 
@@ -153,7 +170,7 @@ def lung_mask(image: sitk.Image, p: LungParams) -> sitk.Image:
     lungs = image_from_array(keep[sitk.GetArrayViewFromImage(cc)].astype(np.uint8), image)
     if not keep.any():
         return lungs
-    lungs = sitk.BinaryMorphologicalClosing(lungs, _radius_vox(image, 2.0), sitk.sitkBall, 1)
+    lungs = sitk.BinaryMorphologicalClosing(lungs, _radius_vox(image, LUNG_CLOSING_MM), sitk.sitkBall, 1)
     return fill_holes_slicewise(lungs)
 
 
@@ -204,7 +221,8 @@ def _solid(mask: sitk.Image, image: sitk.Image, closing_mm: float) -> sitk.Image
 
 
 @register("body_mask", BodyParams, kind="mask", summary="body (or head) outline from CT (HU threshold) or MR (Otsu)",
-          reads_hu=lambda p: p.modality == "CT")
+          reads_hu=lambda p: p.modality == "CT",
+          check=lambda p, grid: _closing_problem("closing_mm", p.closing_mm, grid))
 def body_mask(image: sitk.Image, p: BodyParams) -> sitk.Image:
     """Largest tissue component, closed and with holes (lungs, bowel gas) filled slice by slice.
 
@@ -232,7 +250,8 @@ class HeadParams:
 
 
 @register("head_mask", HeadParams, kind="mask", summary="head (brain, skull, scalp) from MR: Otsu, largest "
-                                                           "component, closed, holes filled")
+                                                           "component, closed, holes filled",
+          check=lambda p, grid: _closing_problem("closing_mm", p.closing_mm, grid))
 def head_mask(image: sitk.Image, p: HeadParams) -> sitk.Image:
     """Head mask from a brain MR (any weighting with dark background)."""
     return _solid(_foreground(image, "MR", 0.0), image, p.closing_mm)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import SimpleITK as sitk
 
 from ..errors import ConfigError
-from .steps import Step, make_step
+from .steps import Grid, Step, make_step
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -91,6 +91,7 @@ class Pipeline:
                 steps.append(make_step(raw))
             except ConfigError as exc:
                 raise ConfigError(f"step {index}: {exc}") from None
+        _check_segment_names(steps)
         return cls(steps, name=name, description=description)
 
     @classmethod
@@ -131,6 +132,20 @@ class Pipeline:
         """Names of the steps that take their input's intensities as CT Hounsfield units."""
         return [step.name for step in self.steps if step.reads_hu]
 
+    def check(self, image: sitk.Image) -> None:
+        """Refuse settings that do not fit ``image``'s grid (an unstable time step, a window of too many voxels),
+        following the grid through resampling and cropping steps, before any step runs.
+
+        Raises:
+            ConfigError: naming the step, its setting, the figure and the limit.
+        """
+        grid = Grid.of(image)
+        for index, step in enumerate(self.steps, start=1):
+            problem = step.grid_problem(grid)
+            if problem:
+                raise ConfigError(f"step {index} ({step.name}): {problem}")
+            grid = step.next_grid(grid)
+
     def run(self, image: sitk.Image, progress: Callable[..., None] | None = None) -> PipelineResult:
         """Run every step on ``image`` (a 3D scalar ``sitk.Image``).
 
@@ -144,6 +159,7 @@ class Pipeline:
         from .intensity import resample_to_reference
         from .masks import apply_mask
 
+        self.check(image)
         masks: dict[str, sitk.Image] = {}
         n = max(len(self.steps), 1)
         for index, step in enumerate(self.steps):
@@ -172,6 +188,24 @@ class Pipeline:
         if progress is not None:
             progress("pipeline done", 1.0, steps=len(self.steps))
         return PipelineResult(image, masks)
+
+
+def _check_segment_names(steps: list[Step]) -> None:
+    """Refuse a mask step whose ``segment`` is empty (a nameless segment in the ``--mask`` file) or repeats an
+    earlier mask step's (its mask would silently replace the earlier one)."""
+    seen: dict[str, int] = {}
+    for index, step in enumerate(steps, start=1):
+        if step.spec.kind != "mask":
+            continue
+        segment = step.params.segment
+        if not segment.strip():
+            raise ConfigError(f"step {index}: step {step.name!r}, parameter 'segment': the segment name is empty; "
+                              "name the mask")
+        if segment in seen:
+            raise ConfigError(f"step {index}: step {step.name!r}, parameter 'segment': {segment!r} is already the "
+                              f"segment of step {seen[segment]}, whose mask would be replaced; give each mask step "
+                              "its own 'segment'")
+        seen[segment] = index
 
 
 def run_input_pipeline(image: sitk.Image, pipeline: Mapping[str, Any] | list | None) -> sitk.Image:

@@ -17,6 +17,7 @@ Step kinds:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,25 @@ import SimpleITK as sitk
 from ..errors import ConfigError
 
 StepFunction = Callable[[sitk.Image, Any], sitk.Image]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The voxel grid a step runs on, as far as its settings' limits depend on it: ``size`` in voxels and
+    ``spacing`` in mm, both (x, y, z)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Grid":
+        return cls(tuple(int(n) for n in image.GetSize()), tuple(float(s) for s in image.GetSpacing()))
+
+
+#: ``check(params, grid)``: the one-line problem of these settings on this grid (None when fine), judged before
+#: any step runs; ``regrid(params, grid)``: the grid a grid step makes, so later steps are judged on it.
+GridCheck = Callable[[Any, Grid], "str | None"]
+Regrid = Callable[[Any, Grid], Grid]
 
 
 def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
@@ -47,6 +67,10 @@ class StepSpec:
     summary: str
     #: whether the step reads CT intensities in HU: a bool, or a function of the step's parameters
     reads_hu: bool | Callable[[Any], bool] = False
+    #: the step's limits that depend on the grid (spacing, size), see :data:`GridCheck`
+    check: GridCheck | None = None
+    #: a grid step's output grid, see :data:`Regrid`
+    regrid: Regrid | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +90,19 @@ class Step:
         rule = self.spec.reads_hu
         return bool(rule(self.params) if callable(rule) else rule)
 
+    def grid_problem(self, grid: Grid) -> str | None:
+        """What is wrong with these settings on ``grid`` (None when nothing is), e.g. an unstable time step or a
+        window of too many voxels: judged before any voxel is touched."""
+        return self.spec.check(self.params, grid) if self.spec.check is not None else None
+
+    def next_grid(self, grid: Grid) -> Grid:
+        """The grid this step's output lies on (``grid`` itself for image and mask steps)."""
+        return self.spec.regrid(self.params, grid) if self.spec.regrid is not None else grid
+
     def __call__(self, image: sitk.Image) -> sitk.Image:
+        problem = self.grid_problem(Grid.of(image))
+        if problem:
+            raise ConfigError(f"step {self.name!r}: {problem}")
         return self.spec.fn(image, self.params)
 
     def to_data(self) -> dict[str, Any]:
@@ -78,20 +114,37 @@ class Step:
         return data
 
 
+def window_problem(what: str, radius: list[int] | tuple[int, ...], limit: int, grid: Grid | None,
+                   fix: str) -> str | None:
+    """The one-line refusal of a window of ``radius`` voxels per axis ((x, y, z)) that holds more than ``limit``
+    voxels, each of which every output voxel reads; None when it fits. ``what`` names its cause (``"parameter
+    'radius_mm' 1000"``), ``grid`` the grid it was converted on (its spacing is named; None for a radius in
+    voxels), ``fix`` what to do."""
+    edges = [2 * int(r) + 1 for r in radius]
+    voxels = math.prod(edges)
+    if voxels <= limit:
+        return None
+    on = f" on this scan's {' x '.join(f'{s:g}' for s in grid.spacing)} mm spacing" if grid is not None else ""
+    return (f"{what} makes a {' x '.join(map(str, edges))}-voxel window ({voxels:,} voxels read for each output "
+            f"voxel){on}, above the limit of {limit:,}: {fix}")
+
+
 REGISTRY: dict[str, StepSpec] = {}
 ALIASES: dict[str, str] = {}
 
 
 def register(name: str, params: type, *, kind: str = "image", summary: str = "", aliases: tuple[str, ...] = (),
-             reads_hu: bool | Callable[[Any], bool] = False) -> Callable[[StepFunction], StepFunction]:
+             reads_hu: bool | Callable[[Any], bool] = False, check: GridCheck | None = None,
+             regrid: Regrid | None = None) -> Callable[[StepFunction], StepFunction]:
     """Decorator registering ``fn`` as step ``name`` with parameter dataclass ``params``; ``reads_hu``: the step
-    takes intensities as CT Hounsfield units (or a function of its parameters saying when)."""
+    takes intensities as CT Hounsfield units (or a function of its parameters saying when); ``check`` / ``regrid``:
+    see :class:`StepSpec`."""
     if kind not in ("image", "grid", "mask"):
         raise ValueError(f"unknown step kind {kind!r}")
 
     def decorate(fn: StepFunction) -> StepFunction:
         doc = summary or (fn.__doc__ or "").strip().splitlines()[0]
-        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu)
+        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu, check, regrid)
         for alias in aliases:
             ALIASES[alias] = name
         return fn
