@@ -166,3 +166,11 @@ def test_noise_estimate_samples_large_volumes_by_slices():
     """Above 8 M voxels the estimate reads every n-th slice only; still close to the truth."""
     noisy = np.random.default_rng(6).normal(0, 25.0, (40, 460, 460)).astype(np.float32)
     assert 24.0 < estimate_noise_sigma(noisy) < 26.0
+
+
+def test_noise_estimate_ignores_padding_of_one_value():
+    """A CT's outside-the-field-of-view padding (one exact value, a fifth of the TotalSegmentator DICOM CT) has no
+    noise: counted in, it halved the estimate and the default NLM barely denoised the scan."""
+    noisy = np.random.default_rng(7).normal(40.0, 10.0, (8, 96, 96)).astype(np.float32)
+    noisy[:, :, :40] = -1024.0   # 42 % of the voxels
+    assert 9.5 < estimate_noise_sigma(noisy) < 10.5

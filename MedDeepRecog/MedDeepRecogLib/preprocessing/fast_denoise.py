@@ -44,7 +44,8 @@ def estimate_noise_sigma(volume: np.ndarray | torch.Tensor) -> float:
     """Robust Gaussian noise standard deviation of a ``(Z, Y, X)`` volume.
 
     Uses the second difference along X (``x[i] - (x[i-1] + x[i+1]) / 2``, variance 1.5 σ² for white noise) and
-    the median absolute deviation, so edges and smooth anatomy barely bias it. Large volumes are sampled by whole
+    the median absolute deviation, so edges and smooth anatomy barely bias it; voxels in runs of one exact value
+    (padding, clipped air) are left out. Large volumes are sampled by whole
     slices (at least 4 M voxels), so a CT costs a few slices, not a pass over the volume.
     """
     v = volume
@@ -53,7 +54,14 @@ def estimate_noise_sigma(volume: np.ndarray | torch.Tensor) -> float:
     v = v.float() if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
     if v.shape[-1] < 3:
         return float(v.std())
-    r = v[..., 1:-1] - 0.5 * (v[..., :-2] + v[..., 2:])
+    mid = v[..., 1:-1]
+    r = mid - 0.5 * (v[..., :-2] + v[..., 2:])
+    # Runs of one exact value carry no noise: the padding outside a CT's field of view (a fifth of the
+    # TotalSegmentator DICOM CT, at -1024), air clipped at the scanner's minimum, a mask's background. Counted in,
+    # their zero residuals halved the estimate there (3.6 HU against 6.7 HU measured inside the liver).
+    varying = (mid != v[..., :-2]) | (mid != v[..., 2:])
+    if int(varying.sum()) >= 1000:
+        r = r[varying]
     r = r.flatten()
     if r.numel() > 2_000_000:  # a strided sample is enough for a median
         r = r[:: r.numel() // 2_000_000 + 1]
