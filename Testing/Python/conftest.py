@@ -41,7 +41,16 @@ def shared_data() -> Path:
 
 def refusal_line(capsys, *needles: str) -> str:
     """The one stderr line of a refused command (no traceback), holding every needle."""
-    err = capsys.readouterr().err
+    return _the_one_line(capsys.readouterr().err, needles)
+
+
+def error_line(code: int, err: str, *needles: str) -> str:
+    """The one stderr line ``err`` of a command that exited with ``code`` 2 (no traceback), holding every needle."""
+    assert code == 2, err
+    return _the_one_line(err, needles)
+
+
+def _the_one_line(err: str, needles) -> str:
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     for needle in needles:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_volume
+from conftest import error_line, make_volume
 
 
 @pytest.fixture
@@ -19,14 +19,6 @@ def run_cli(run_cli_area):
     """Run ``meddeeprecog ARGS`` in-process with only the commands under test; returns (code, stdout, stderr)."""
     return run_cli_area
 
-
-def _assert_clean_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture
@@ -44,10 +36,10 @@ def test_missing_file(run_cli, tmp_path):
     missing = tmp_path / "nope.nii.gz"
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, missing, out)
-    _assert_clean_error(code, err, "nope.nii.gz", "no such file")
+    error_line(code, err, "nope.nii.gz", "no such file")
     assert not out.exists()
     code, _, err = run_cli("info", missing)
-    _assert_clean_error(code, err, "nope.nii.gz")
+    error_line(code, err, "nope.nii.gz")
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
@@ -64,7 +56,7 @@ def test_truncated_nifti(run_cli, tmp_path, suffix):
     bad.write_bytes(truncated_bytes)
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, bad, out)
-    _assert_clean_error(code, err, bad.name, "truncated")
+    error_line(code, err, bad.name, "truncated")
     assert not out.exists()
 
 
@@ -74,7 +66,7 @@ def test_cut_gzip_stream(run_cli, tmp_path):
     bad = tmp_path / "cut.nii.gz"
     bad.write_bytes(full.read_bytes()[:-200])
     code, _, err = run_cli("info", bad)
-    _assert_clean_error(code, err, "cut.nii.gz")
+    error_line(code, err, "cut.nii.gz")
 
 
 def test_garbled_nrrd(run_cli, tmp_path, good_volume):
@@ -84,19 +76,19 @@ def test_garbled_nrrd(run_cli, tmp_path, good_volume):
     bad.write_bytes(bytes(data[:header_end]) + b"\x00\xff" * 50)  # header intact, voxel data garbage/short
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, bad, out)
-    _assert_clean_error(code, err, "garbled.nrrd")
+    error_line(code, err, "garbled.nrrd")
     assert not out.exists()
     noise = tmp_path / "noise.nrrd"
     noise.write_bytes(np.random.default_rng(0).bytes(3000))
     code, _, err = _preprocess(run_cli, noise, out)
-    _assert_clean_error(code, err, "noise.nrrd", "cannot be read")
+    error_line(code, err, "noise.nrrd", "cannot be read")
 
 
 def test_empty_file(run_cli, tmp_path):
     empty = tmp_path / "empty.nii.gz"
     empty.write_bytes(b"")
     code, _, err = run_cli("info", empty)
-    _assert_clean_error(code, err, "empty.nii.gz", "empty")
+    error_line(code, err, "empty.nii.gz", "empty")
 
 
 def test_unreadable_dicom_folder(run_cli, tmp_path):
@@ -106,7 +98,7 @@ def test_unreadable_dicom_folder(run_cli, tmp_path):
         (folder / f"IM{k}.dcm").write_bytes(b"DICM" + bytes(300))
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, folder, out)
-    _assert_clean_error(code, err, "dicom", "DICOM")
+    error_line(code, err, "dicom", "DICOM")
     assert not out.exists()
 
 
@@ -131,7 +123,7 @@ def test_4d_image_is_refused(run_cli, tmp_path):
                                            isVector=False), str(path))
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, path, out)
-    _assert_clean_error(code, err, "series.nii.gz", "4D")
+    error_line(code, err, "series.nii.gz", "4D")
     assert not out.exists()
 
 
@@ -140,7 +132,7 @@ def test_constant_volume_is_refused(run_cli, tmp_path):
     sitk.WriteImage(sitk.Image(10, 10, 10, sitk.sitkInt16), str(path))
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, path, out)
-    _assert_clean_error(code, err, "blank.nrrd", "empty")
+    error_line(code, err, "blank.nrrd", "empty")
     assert not out.exists()
 
 
@@ -152,7 +144,7 @@ def test_nan_inf_voxels(run_cli, tmp_path, bad_value):
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, path, out, "brain-mri")
-    _assert_clean_error(code, err, "nan.nii.gz", "NaN or infinite")
+    error_line(code, err, "nan.nii.gz", "NaN or infinite")
     assert not out.exists()
 
 
@@ -161,7 +153,7 @@ def test_pipeline_with_unknown_step(run_cli, tmp_path, good_volume):
     pipe.write_text(json.dumps({"steps": [{"name": "median"}, {"name": "sharpen_magic"}]}), encoding="utf-8")
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, good_volume, out, str(pipe))
-    _assert_clean_error(code, err, "pipe.json", "step 2", "unknown step 'sharpen_magic'")
+    error_line(code, err, "pipe.json", "step 2", "unknown step 'sharpen_magic'")
     assert not out.exists()
 
 
@@ -170,13 +162,13 @@ def test_pipeline_with_wrong_parameter(run_cli, tmp_path, good_volume):
     pipe.write_text("steps:\n  - name: window\n    preset: liver\n", encoding="utf-8")
     out = tmp_path / "out.nrrd"
     code, _, err = _preprocess(run_cli, good_volume, out, str(pipe))
-    _assert_clean_error(code, err, "pipe.yaml", "'preset'", "'liver'")
+    error_line(code, err, "pipe.yaml", "'preset'", "'liver'")
     pipe.write_text("steps:\n  - name: median\n    radius: two\n", encoding="utf-8")
     code, _, err = _preprocess(run_cli, good_volume, out, str(pipe))
-    _assert_clean_error(code, err, "pipe.yaml", "'radius'", "whole number")
+    error_line(code, err, "pipe.yaml", "'radius'", "whole number")
     pipe.write_text("steps:\n  - name: median\n    radus: 2\n", encoding="utf-8")
     code, _, err = _preprocess(run_cli, good_volume, out, str(pipe))
-    _assert_clean_error(code, err, "pipe.yaml", "unknown parameter", "'radus'")
+    error_line(code, err, "pipe.yaml", "unknown parameter", "'radus'")
     assert not out.exists()
 
 
@@ -184,35 +176,35 @@ def test_pipeline_file_not_json(run_cli, tmp_path, good_volume):
     pipe = tmp_path / "pipe.json"
     pipe.write_text("{steps: [", encoding="utf-8")
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.nrrd", str(pipe))
-    _assert_clean_error(code, err, "pipe.json", "not valid JSON")
+    error_line(code, err, "pipe.json", "not valid JSON")
 
 
 def test_unknown_preset(run_cli, tmp_path, good_volume):
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.nrrd", "liver-ct")
-    _assert_clean_error(code, err, "liver-ct", "lung-ct")
+    error_line(code, err, "liver-ct", "lung-ct")
 
 
 def test_output_equal_to_input_is_refused(run_cli, good_volume, tmp_path):
     before = good_volume.read_bytes()
     code, _, err = _preprocess(run_cli, good_volume, good_volume)
-    _assert_clean_error(code, err, "good.nrrd", "INPUT")
+    error_line(code, err, "good.nrrd", "INPUT")
     # also through a different spelling of the same path
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "." / "good.nrrd")
-    _assert_clean_error(code, err, "INPUT")
+    error_line(code, err, "INPUT")
     assert good_volume.read_bytes() == before
 
 
 def test_bad_output_format_and_mask_name(run_cli, tmp_path, good_volume):
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.png")
-    _assert_clean_error(code, err, "out.png", "unsupported output format")
+    error_line(code, err, "out.png", "unsupported output format")
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.nrrd", "lung-ct", "--mask",
                                str(tmp_path / "mask.nrrd"))
-    _assert_clean_error(code, err, "mask.nrrd", ".seg.nrrd")
+    error_line(code, err, "mask.nrrd", ".seg.nrrd")
     pipe = tmp_path / "median.json"
     pipe.write_text('[{"name": "median"}]', encoding="utf-8")
     code, _, err = run_cli("preprocess", good_volume, tmp_path / "out.nrrd", "--pipeline", pipe,
                            "--mask", tmp_path / "m.seg.nrrd")
-    _assert_clean_error(code, err, "m.seg.nrrd", "no mask step")
+    error_line(code, err, "m.seg.nrrd", "no mask step")
     assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
 
 
@@ -297,7 +289,7 @@ def run_measured(*argv, env_extra=None, timeout=120) -> tuple[int, str, str, int
 
 
 def clean_error(code, err, *needles):
-    _assert_clean_error(code, err, *needles)
+    error_line(code, err, *needles)
 
 
 # ---------------------------------------------------------------- 2. bounded resources: headers, gzip, zip, networks
@@ -1037,10 +1029,10 @@ def test_a_file_name_that_is_not_utf8_is_refused_in_one_line_not_an_abort(run_al
     bad = tmp_path / name
     bad.write_bytes(good_volume.read_bytes())
     code, _, err = run_all("info", bad)
-    _assert_clean_error(code, err, "scan_\\xff\\xfe.nrrd", "not valid UTF-8 text")
+    error_line(code, err, "scan_\\xff\\xfe.nrrd", "not valid UTF-8 text")
     out = tmp_path / os.fsdecode(b"out_\xff.nrrd")
     code, _, err = run_all("preprocess", good_volume, out, "--pipeline", "lung-ct")
-    _assert_clean_error(code, err, "out_\\xff.nrrd", "not valid UTF-8 text")
+    error_line(code, err, "out_\\xff.nrrd", "not valid UTF-8 text")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["good.nrrd", name])  # no partial output
 
     from MedDeepRecogLib.commands.classify import expand_inputs
@@ -1071,13 +1063,13 @@ def test_a_nifti_the_writer_could_not_finish_is_an_error_not_a_truncated_file(ru
     monkeypatch.setattr(image_io.sitk, "WriteImage", short_write)
     out = tmp_path / "out.nii"
     code, _, err = _preprocess(run_cli, good_volume, out)
-    _assert_clean_error(code, err, "out.nii", "cannot write")
+    error_line(code, err, "out.nii", "cannot write")
     assert "NWAD" not in err and not out.exists() and not list(tmp_path.glob(".out.nii*"))
 
     monkeypatch.setattr(image_io.sitk, "WriteImage", real_write)
     monkeypatch.setattr(atomic, "disk_nearly_full", lambda folder: True)
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.nii.gz")
-    _assert_clean_error(code, err, "out.nii.gz", "no space left on the device")
+    error_line(code, err, "out.nii.gz", "no space left on the device")
     assert not (tmp_path / "out.nii.gz").exists()
 
 
@@ -1100,13 +1092,13 @@ def test_an_npz_array_declaring_more_than_the_limit_is_refused_before_it_is_infl
         npz_array(archive, "val_images", path)
     assert npz_array(archive, "val_labels", path).shape == (3,)
     code, _, err = run_all("calibrate", "--model", "body-region", "--data", path, "--dest", tmp_path / "cat")
-    _assert_clean_error(code, err, "bomb.npz", "more than the limit")
+    error_line(code, err, "bomb.npz", "more than the limit")
 
 
 def test_an_empty_output_folder_setting_is_refused(run_all, tmp_path, good_volume, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_all("classify", good_volume, "--model", "body-region", "--out", "")
-    _assert_clean_error(code, err, "--out is empty")
+    error_line(code, err, "--out is empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.nrrd"]
 
 
@@ -1138,7 +1130,7 @@ def test_a_package_holding_links_or_foreign_files_is_refused_not_imported(run_al
             link.external_attr = (0o120777 << 16)
             zf.writestr(link, str(secret))
     code, _, err = run_all("models", "import", source)
-    _assert_clean_error(code, err, needle)
+    error_line(code, err, needle)
     home = Path(os.environ["MEDDEEPRECOG_HOME"])
     assert not list(home.rglob("notes.txt")) and not list(home.rglob("evil.py"))
 

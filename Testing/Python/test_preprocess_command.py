@@ -11,13 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_volume
-
-
-@pytest.fixture
-def run_cli(run_cli_area):
-    """``meddeeprecog ARGS`` in-process with only ``info`` and ``preprocess`` registered; (code, out, err)."""
-    return run_cli_area
+from conftest import error_line, make_volume
 
 
 @pytest.fixture
@@ -27,19 +21,9 @@ def volume(tmp_path) -> Path:
     return path
 
 
-def _one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 # ------------------------------------------------------------------------------------- OUTPUT and --mask together
 
-def test_a_failed_mask_write_leaves_no_output_and_a_rerun_works(run_cli, volume, tmp_path, monkeypatch):
+def test_a_failed_mask_write_leaves_no_output_and_a_rerun_works(run_cli_area, volume, tmp_path, monkeypatch):
     import slicerio
 
     out, mask = tmp_path / "ok.nrrd", tmp_path / "m.seg.nrrd"
@@ -49,30 +33,30 @@ def test_a_failed_mask_write_leaves_no_output_and_a_rerun_works(run_cli, volume,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(slicerio, "write_segmentation", full_disk)
-    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask)
-    line = _one_line_error(code, err, "no space left")
+    code, _, err = run_cli_area("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask)
+    line = error_line(code, err, "no space left")
     assert f"error: {mask}: " in line, line  # the user's path, not the hidden temporary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd"]  # no OUTPUT, no temporaries
 
     monkeypatch.setattr(slicerio, "write_segmentation", real)
-    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask)
+    code, _, err = run_cli_area("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask)
     assert code == 0, err
     assert out.is_file() and mask.is_file()
 
 
-def test_a_failed_mask_write_keeps_the_users_earlier_output_under_overwrite(run_cli, volume, tmp_path, monkeypatch):
+def test_a_failed_mask_write_keeps_the_users_earlier_output_under_overwrite(run_cli_area, volume, tmp_path, monkeypatch):
     import slicerio
 
     out, mask = tmp_path / "ok.nrrd", tmp_path / "m.seg.nrrd"
     out.write_bytes(b"earlier result")
     monkeypatch.setattr(slicerio, "write_segmentation",
                         lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
-    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask, "--overwrite")
-    _one_line_error(code, err, "m.seg.nrrd")
+    code, _, err = run_cli_area("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", mask, "--overwrite")
+    error_line(code, err, "m.seg.nrrd")
     assert out.read_bytes() == b"earlier result"
 
 
-def test_an_unwritable_mask_folder_is_refused_before_any_work(run_cli, volume, tmp_path, monkeypatch):
+def test_an_unwritable_mask_folder_is_refused_before_any_work(run_cli_area, volume, tmp_path, monkeypatch):
     """A folder where no file can be created although permissions say yes (root on /sys): the probe of
     check_output_dir finds it before the scan is read or OUTPUT written."""
     import tempfile
@@ -90,18 +74,18 @@ def test_an_unwritable_mask_folder_is_refused_before_any_work(run_cli, volume, t
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
     out = tmp_path / "ok.nrrd"
-    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", locked / "m.seg.nrrd")
-    _one_line_error(code, err, "--mask", "permission denied")
+    code, _, err = run_cli_area("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", locked / "m.seg.nrrd")
+    error_line(code, err, "--mask", "permission denied")
     assert not out.exists()
     assert list(locked.iterdir()) == [] and not list(tmp_path.glob(".*"))
 
 
 @pytest.mark.skipif(not (os.path.isdir("/sys") and os.access("/sys", os.W_OK)),
                     reason="needs a /sys that permissions call writable (root)")
-def test_mask_under_sys_is_refused_and_leaves_no_output(run_cli, volume, tmp_path):
+def test_mask_under_sys_is_refused_and_leaves_no_output(run_cli_area, volume, tmp_path):
     out = tmp_path / "ok.nrrd"
-    code, _, err = run_cli("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", "/sys/m.seg.nrrd")
-    _one_line_error(code, err, "/sys", "cannot be written")
+    code, _, err = run_cli_area("preprocess", volume, out, "--pipeline", "lung-ct", "--mask", "/sys/m.seg.nrrd")
+    error_line(code, err, "/sys", "cannot be written")
     assert not out.exists()
 
 
@@ -123,15 +107,15 @@ def _volume(tmp_path: Path, spacing: tuple[float, float, float], size=(24, 20, 1
     return path
 
 
-def test_an_unstable_diffusion_time_step_is_refused_naming_the_limit_for_this_scan(run_cli, tmp_path):
+def test_an_unstable_diffusion_time_step_is_refused_naming_the_limit_for_this_scan(run_cli_area, tmp_path):
     source = _volume(tmp_path, (3.0, 3.0, 3.0))
     out = tmp_path / "o.nrrd"
-    code, _, err = run_cli("preprocess", source, out, "--pipeline",
+    code, _, err = run_cli_area("preprocess", source, out, "--pipeline",
                            _pipeline_file(tmp_path, [{"name": "anisotropic_diffusion", "time_step": 10}]))
-    _one_line_error(code, err, "time_step", "10", "stable limit 0.1875", "3 mm / 16")
+    error_line(code, err, "time_step", "10", "stable limit 0.1875", "3 mm / 16")
     assert not out.exists()
     # the limit itself is stable: accepted, and the result stays within the input's range
-    code, _, err = run_cli("preprocess", source, out, "--pipeline",
+    code, _, err = run_cli_area("preprocess", source, out, "--pipeline",
                            _pipeline_file(tmp_path, [{"name": "anisotropic_diffusion", "time_step": 0.1875}]))
     assert code == 0, err
     before = sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
@@ -153,14 +137,14 @@ def test_the_diffusion_limit_follows_a_resampling_step_before_it():
 
 # ------------------------------------------------------------------------------------------- the reader's notes
 
-def test_the_readers_notes_are_warned_and_kept_in_an_nrrd_output(run_cli, tmp_path):
+def test_the_readers_notes_are_warned_and_kept_in_an_nrrd_output(run_cli_area, tmp_path):
     rgb = np.zeros((20, 24, 3), np.uint8)
     rgb[5:15, 6:18] = (200, 120, 40)
     rgb[8:12, 9:14] = (30, 220, 90)
     picture = tmp_path / "colour.png"
     sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(picture))
     out = tmp_path / "o.nrrd"
-    code, _, err = run_cli("preprocess", picture, out, "--pipeline", "brain-mri")
+    code, _, err = run_cli_area("preprocess", picture, out, "--pipeline", "brain-mri")
     assert code == 0, err
     warnings = [ln for ln in err.splitlines() if "warning" in ln]
     assert any("1 mm pixels assumed" in ln and "colour.png" in ln for ln in warnings), err
@@ -170,8 +154,8 @@ def test_the_readers_notes_are_warned_and_kept_in_an_nrrd_output(run_cli, tmp_pa
     assert "1 mm pixels assumed" in notes and "converted to grey" in notes
 
 
-def test_spacing_ignored_is_said_for_a_volume(run_cli, volume, tmp_path):
-    code, _, err = run_cli("preprocess", volume, tmp_path / "o.nrrd", "--pipeline", "brain-mri", "--spacing", "2", "2")
+def test_spacing_ignored_is_said_for_a_volume(run_cli_area, volume, tmp_path):
+    code, _, err = run_cli_area("preprocess", volume, tmp_path / "o.nrrd", "--pipeline", "brain-mri", "--spacing", "2", "2")
     assert code == 0, err
     assert "warning" in err and "--spacing ignored" in err
 
@@ -183,14 +167,14 @@ def test_spacing_ignored_is_said_for_a_volume(run_cli, volume, tmp_path):
     ({"name": "bilateral", "sigma_spatial_mm": 100}, ["'sigma_spatial_mm' 100", "135 x 135 x 135", "9,261"]),
     ({"name": "body_mask", "closing_mm": 500}, ["'closing_mm' 500", "68,921"]),
 ], ids=["median", "bilateral", "body_mask"])
-def test_a_window_of_too_many_voxels_is_refused_before_any_work(run_cli, tmp_path, step, needles):
+def test_a_window_of_too_many_voxels_is_refused_before_any_work(run_cli_area, tmp_path, step, needles):
     import time
 
     source = _volume(tmp_path, (3.0, 3.0, 3.0))
     out = tmp_path / "o.nrrd"
     start = time.perf_counter()
-    code, _, err = run_cli("preprocess", source, out, "--pipeline", _pipeline_file(tmp_path, [step]))
-    _one_line_error(code, err, "step 1", *needles)
+    code, _, err = run_cli_area("preprocess", source, out, "--pipeline", _pipeline_file(tmp_path, [step]))
+    error_line(code, err, "step 1", *needles)
     assert not out.exists()
     assert time.perf_counter() - start < 10   # refused from the settings, not after minutes of filtering
 
@@ -204,15 +188,15 @@ def test_nlm_work_per_voxel_is_bounded_when_the_pipeline_is_read():
     Pipeline.from_data([{"name": "nlm", "patch_size": 2, "search_radius": 3}])   # the README's 2^3 x 7^3
 
 
-def test_a_tiny_spacing_mask_closing_is_refused_not_an_allocation_failure(run_cli, tmp_path):
+def test_a_tiny_spacing_mask_closing_is_refused_not_an_allocation_failure(run_cli_area, tmp_path):
     source = _volume(tmp_path, (0.001, 0.001, 0.001))
     out = tmp_path / "o.nrrd"
-    code, _, err = run_cli("preprocess", source, out, "--pipeline", "lung-ct")
-    _one_line_error(code, err, "body_mask", "'closing_mm' 3", "6001 x 6001 x 6001", "0.001 x 0.001 x 0.001 mm")
+    code, _, err = run_cli_area("preprocess", source, out, "--pipeline", "lung-ct")
+    error_line(code, err, "body_mask", "'closing_mm' 3", "6001 x 6001 x 6001", "0.001 x 0.001 x 0.001 mm")
     assert "allocate" not in err and not out.exists()
-    code, _, err = run_cli("preprocess", source, out, "--pipeline",
+    code, _, err = run_cli_area("preprocess", source, out, "--pipeline",
                            _pipeline_file(tmp_path, [{"name": "lung_mask"}]))
-    _one_line_error(code, err, "lung_mask", "fixed 2 mm closing", "resample")
+    error_line(code, err, "lung_mask", "fixed 2 mm closing", "resample")
 
 
 def test_every_preset_and_the_largest_median_radius_fit_the_bounds():
@@ -234,8 +218,8 @@ def test_every_preset_and_the_largest_median_radius_fit_the_bounds():
     ([{"name": "body_mask"}, {"name": "threshold", "lower": 0, "segment": "body"}],
      ["step 2", "'segment'", "'body'", "step 1"]),
 ], ids=["empty", "blank", "duplicate"])
-def test_mask_segment_names_must_be_given_and_distinct(run_cli, volume, tmp_path, steps, needles):
+def test_mask_segment_names_must_be_given_and_distinct(run_cli_area, volume, tmp_path, steps, needles):
     out, mask = tmp_path / "o.nrrd", tmp_path / "m.seg.nrrd"
-    code, _, err = run_cli("preprocess", volume, out, "--pipeline", _pipeline_file(tmp_path, steps), "--mask", mask)
-    _one_line_error(code, err, *needles)
+    code, _, err = run_cli_area("preprocess", volume, out, "--pipeline", _pipeline_file(tmp_path, steps), "--mask", mask)
+    error_line(code, err, *needles)
     assert not out.exists() and not mask.exists()

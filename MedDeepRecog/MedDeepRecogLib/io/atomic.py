@@ -144,6 +144,16 @@ def _full_suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if len(path.suffixes) >= 2 else path.suffix
 
 
+def _prepare_destination(path: Path) -> list[Path]:
+    """Refuse a folder as the file ``path``, make its missing parent folders (returned, deepest last, for removal
+    after a failed write) and delete temporaries a killed earlier write of it left behind."""
+    if path.is_dir():
+        raise OutputError("cannot write: is a folder, not a file", path)
+    created = _make_parents(path.parent)
+    remove_stale_partials(path)
+    return created
+
+
 @contextlib.contextmanager
 def atomic_output_pair(path: str | Path) -> Iterator[Path]:
     """Yield ``path``'s name inside a private temporary folder next to it, for a writer that makes a header and a
@@ -156,10 +166,7 @@ def atomic_output_pair(path: str | Path) -> Iterator[Path]:
     naming it, with nothing moved.
     """
     path = Path(path)
-    if path.is_dir():
-        raise OutputError("cannot write: is a folder, not a file", path)
-    created = _make_parents(path.parent)
-    remove_stale_partials(path)
+    created = _prepare_destination(path)
     try:
         folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     except OSError as exc:
@@ -199,10 +206,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             sitk.WriteImage(image, str(tmp))
     """
     path = Path(path)
-    if path.is_dir():
-        raise OutputError("cannot write: is a folder, not a file", path)
-    created = _make_parents(path.parent)
-    remove_stale_partials(path)
+    created = _prepare_destination(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + _full_suffix(path),
                                         dir=path.parent)
