@@ -462,3 +462,38 @@ def test_segment_writes_a_scan_stored_lps_on_its_own_grid(shared_data, tmp_path)
     image.CopyInformation(grid)
     original, _, _ = read_segmentation(outs["ras"])
     assert np.array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(image, "RAS")), original)
+
+
+def test_a_work_folder_of_another_run_or_with_the_users_files_is_refused(data_dir, tmp_path):
+    """``--work-dir`` continues only the run it holds: another run's folder (other settings, data or base) is
+    refused naming what differs, before anything there is read into training or replaced; so is a folder holding
+    files fine-tuning did not write (the user's own run.json and result.json stay as they were)."""
+    common = dict(data=str(data_dir), base=None, id="wd", val_cases=["case2"], dest=str(tmp_path / "cat"),
+                  work_dir=str(tmp_path / "w"))
+    finetune(seg_config(1, **common))
+    before = _tree_hash(tmp_path / "w")
+    with pytest.raises(MedDeepRecogError, match=r"holds another fine-tuning run.*optimizer\.lr.*new --work-dir"):
+        finetune(seg_config(2, **{**common, "optimizer": {"lr": 1e-2}}))
+    with pytest.raises(MedDeepRecogError, match=r"holds another fine-tuning run.*val_cases"):
+        finetune(seg_config(2, **{**common, "val_cases": None}))
+    with pytest.raises(MedDeepRecogError, match=r"holds another fine-tuning run.*data or class map"):
+        finetune(seg_config(2, **{**common, "class_map": "organ_a=A,organ_b=B"}))
+    other = synthetic_dataset(tmp_path / "other" / "data", n=4)
+    with pytest.raises(MedDeepRecogError, match=r"holds another fine-tuning run.*data or class map"):
+        finetune(seg_config(2, **{**common, "data": str(other)}))
+    assert _tree_hash(tmp_path / "w") == before
+    assert [p.name for p in (tmp_path / "cat" / "wd").iterdir()] == ["1.0.0"]
+    # the same run (more epochs) still continues it
+    assert finetune(seg_config(2, **common))["epochs"]["resumed_from"] == 1
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "run.json").write_text('{"my": "experiment"}')
+    (mine / "result.json").write_text('{"auc": 0.9}')
+    for extra in ([], ["notes.txt"]):
+        for name in extra:
+            (mine / name).write_text("mine")
+        with pytest.raises(MedDeepRecogError, match="fine-tuning did not write|no run.json that a fine-tuning run"):
+            finetune(seg_config(1, **{**common, "work_dir": str(mine)}))
+    assert (mine / "run.json").read_text() == '{"my": "experiment"}'
+    assert (mine / "result.json").read_text() == '{"auc": 0.9}'

@@ -36,7 +36,7 @@ from .card import model_card, package_metrics
 from .config import FinetuneConfig
 from .manifest import ClassMap, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .roi_task import RoiClassificationTask
-from .runs import default_work_dir, previous_result, rerun_package, run_key, write_result, write_run
+from .runs import check_work_dir, default_work_dir, previous_result, rerun_package, run_key, write_result, write_run
 from .segment_data import CaseData, dataset_report, load_case, log_segment_summary, resolve_classes
 from .segmentation_task import SegmentationTask
 
@@ -93,6 +93,7 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     fingerprint = dataset_fingerprint(cases, class_map, {"label_source": cfg.label_source})
     base_ref = f"{base.id}@{base.version}" if base is not None else None
     work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(run_key(cfg, fingerprint, base_ref))
+    check_work_dir(work_dir, cfg, fingerprint, base_ref)
     check_output_version(cfg, pkg_id, work_dir)
     progress("load", 0.0, cases=len(cases))
     loaded: list[CaseData] = []
