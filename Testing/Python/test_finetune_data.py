@@ -282,3 +282,37 @@ def test_a_2d_architecture_from_scratch_is_refused_in_one_line(tmp_path, capsys,
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert f"--arch {arch} is a 2D (slice) network" in err and example in err
     assert not (tmp_path / "pkgs").exists()
+
+
+def test_an_ensemble_base_gets_a_new_head_in_every_member_and_freezes_only_their_encoders(tmp_path):
+    """Fine-tuning an ensemble to other classes (as many as the base's): each member's output layer restarts (not
+    only the last member's, which left the others answering the new classes by position), its prior shift (fitted
+    to the base's classes) is dropped, and --freeze-encoder freezes every member's body but none of the heads."""
+    import torch
+
+    from MedDeepRecogLib.finetune.base import build_from_base
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
+    from MedDeepRecogLib.models.transfer import encoder_module_paths
+    from MedDeepRecogLib.packages import load_package
+    from tiny_test_package import make_tiny_package
+
+    path = make_tiny_package(tmp_path / "cat", kind="ensemble3d")
+    base = load_package(path)
+    base.meta["architecture"]["kwargs"]["class_log_offsets"] = [0.5, -0.5, 0.0]
+    cfg = FinetuneConfig.from_dict(dict(task="classify", data="x", freeze_encoder=True))
+    torch.manual_seed(3)
+    model, name, kwargs, report = build_from_base(cfg, base, 3, 1, ["cyst", "mass", "normal"])
+    heads = [f"members.{i}.classifier.out.{p}" for i in range(3) for p in ("weight", "bias")]
+    assert sorted(report["reinitialised"]) == sorted(heads)
+    base_state = base.build_model("cpu").state_dict()
+    for i in range(3):
+        assert not torch.equal(model.state_dict()[f"members.{i}.classifier.out.weight"],
+                               base_state[f"members.{i}.classifier.out.weight"])
+    assert "class_log_offsets" not in kwargs and model.class_log_offsets is None
+    frozen = encoder_module_paths(model, name)
+    assert frozen and not any(p == f"members.{i}" or p.startswith(f"members.{i}.classifier.out")
+                              for p in frozen for i in range(3))
+    assert all(any(p.startswith(f"members.{i}.") for p in frozen) for i in range(3))
+    # the same classes: every weight kept, the prior shift too
+    _, _, kwargs, report = build_from_base(cfg, base, 3, 1, list(base.class_names))
+    assert report["reinitialised"] == [] and kwargs["class_log_offsets"] == [0.5, -0.5, 0.0]

@@ -45,7 +45,7 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
     is the same: "mass" must not become "lesion" by position). Returns ``(model, arch_name, arch_kwargs,
     weight_report)``."""
     from ..models import build_model
-    from ..models.transfer import head_module_name, load_matching_weights
+    from ..models.transfer import head_module_names, load_matching_weights
 
     if base is not None:
         name = base.meta["architecture"]["name"]
@@ -57,12 +57,16 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
     kwargs["num_classes"] = num_outputs
     kwargs["in_channels"] = in_channels
     kwargs.pop("out_channels", None)
+    same_classes = base is not None and (not class_names or list(base.class_names) == list(class_names))
+    if not same_classes:
+        # an ensemble's prior shift was fitted to the base's classes: it would shift the new ones by position
+        kwargs.pop("class_log_offsets", None)
     size = cfg.patch_size if cfg.task == "segment" else cfg.roi_size
     model = build_model(name, input_shape=[in_channels, *size] if size else None, **kwargs)
     report = {"loaded": 0, "reinitialised": []}
     if base is not None:
-        same_classes = list(base.class_names) == list(class_names)
-        skip = [] if same_classes or not class_names else [head_module_name(model)]
+        # every output layer: an ensemble's members each have one
+        skip = [] if same_classes else head_module_names(model)
         # the base's weights as its package gives them (checked against its checksum and architecture)
         base_state = base.build_model("cpu").state_dict()
         loaded, fresh = load_matching_weights(model, base_state, skip)

@@ -3,7 +3,7 @@
 - :func:`encoder_parameter_names` / :func:`encoder_module_paths`: what ``--freeze-encoder`` freezes (the
   segmentation networks' own encoders, :data:`.segmentation.ENCODERS`; for a classifier everything but its head).
 - :func:`head_module_name`: the last parameterised layer (a classifier's output layer, a segmentation network's
-  final convolution).
+  final convolution); :func:`head_module_names`: every output layer (one per member of an ensemble).
 - :func:`matching_names` / :func:`load_matching_weights`: which of a base's weights match by name and shape, and
   copying them (a new head or input layer keeps its fresh initialisation).
 """
@@ -28,19 +28,31 @@ def head_module_name(model: nn.Module) -> str | None:
     return head
 
 
+def head_module_names(model: nn.Module) -> list[str]:
+    """Every layer that answers the classes: each member's :func:`head_module_name` for an ensemble (its members,
+    ``members.<i>``, each have their own head and the ensemble averages them), else the one last layer."""
+    members = getattr(model, "members", None)
+    if isinstance(members, nn.ModuleList):
+        return [f"members.{i}.{head}" for i, member in enumerate(members)
+                if (head := head_module_name(member)) is not None]
+    head = head_module_name(model)
+    return [] if head is None else [head]
+
+
 def encoder_parameter_names(model: nn.Module, arch_name: str) -> list[str]:
     """Names of the parameters ``--freeze-encoder`` freezes.
 
     - ``monai_unet``: the down path and the bottom block; ``monai_segresnet``: ``convInit`` and ``down_layers``.
-    - any classification network: everything but its last parameterised layer (the head).
+    - any classification network: everything but its heads (:func:`head_module_names`: the last parameterised
+      layer, or each ensemble member's).
     """
     names = [n for n, _ in model.named_parameters()]
     if arch_name in ENCODERS:
         return [n for n in names if ENCODERS[arch_name](n)]
-    head = head_module_name(model)
-    if head is None:
+    heads = tuple(head_module_names(model))
+    if not heads:
         return []
-    return [n for n in names if not (n == head or n.startswith(head + "."))]
+    return [n for n in names if not (n in heads or n.startswith(tuple(f"{h}." for h in heads)))]
 
 
 def encoder_module_paths(model: nn.Module, arch_name: str) -> list[str]:
