@@ -497,3 +497,19 @@ def test_a_work_folder_of_another_run_or_with_the_users_files_is_refused(data_di
             finetune(seg_config(1, **{**common, "work_dir": str(mine)}))
     assert (mine / "run.json").read_text() == '{"my": "experiment"}'
     assert (mine / "result.json").read_text() == '{"auc": 0.9}'
+
+
+def test_val_slab_with_an_unknown_val_case_is_refused_like_a_split_by_case(data_dir, tmp_path, capsys):
+    """``--val-slab`` with ``--val-cases`` naming no case of the data set trained with no validation at all; it is
+    refused as the split by case refuses the name, and so is more than one case for the one slab."""
+    common = ["finetune", "--base", "none", "--task", "segment", "--data", str(data_dir), "--epochs", "1",
+              "--patch-size", "16,16,16", "--patches-per-epoch", "2", "--batch-size", "2", "--spacing", "3,3,3",
+              "--arch-kwargs", json.dumps(TINY_UNET), "--dest", str(tmp_path / "cat"), "--id", "slab",
+              "--work-dir", str(tmp_path / "w"), "--progress", "none"]
+    assert main([*common, "--val-cases", "nosuch"]) == 2
+    plain = refusal_line(capsys, "validation case(s) ['nosuch'] not in the data set")
+    assert main([*common, "--val-slab", "0:10", "--val-cases", "nosuch"]) == 2
+    assert refusal_line(capsys, "validation case(s) ['nosuch'] not in the data set") == plain
+    assert main([*common, "--val-slab", "0:10", "--val-cases", "case0,case1"]) == 2
+    refusal_line(capsys, "--val-slab holds out a slab of one scan: name one case with --val-cases")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()

@@ -34,7 +34,7 @@ from ..training.loop import FitConfig, Hooks, fit
 from .base import base_package
 from .card import model_card, package_metrics
 from .config import FinetuneConfig
-from .manifest import ClassMap, dataset_fingerprint, load_cases, parse_class_map, split_by_case
+from .manifest import ClassMap, check_val_cases, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .roi_task import RoiClassificationTask
 from .runs import check_work_dir, default_work_dir, previous_result, rerun_package, run_key, write_result, write_run
 from .segment_data import CaseData, dataset_report, load_case, log_segment_summary, resolve_classes
@@ -124,6 +124,11 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         if len(loaded) != 1 and not cfg.val_cases:
             raise ConfigError("--val-slab holds out a slab of one scan: give a data set with one case "
                               "(or name it with --val-cases)")
+        if cfg.val_cases:
+            if len(cfg.val_cases) != 1:
+                raise ConfigError(f"--val-slab holds out a slab of one scan: name one case with --val-cases, not "
+                                  f"{len(cfg.val_cases)}")
+            check_val_cases([d.case for d in loaded], cfg.val_cases)
         if cfg.task != "segment":
             raise ConfigError("--val-slab is for segmentation; ROI classification splits by case")
         train_data, val_data = loaded, []

@@ -333,6 +333,18 @@ def dataset_fingerprint(cases: Sequence[Case], class_map: ClassMap | None = None
     return "sha256:" + digest.hexdigest()
 
 
+def check_val_cases(cases: Sequence[Case], val_cases: Sequence[str]) -> None:
+    """Refuse a ``--val-cases`` name that is no case of the data set (a split by case and ``--val-slab`` alike).
+
+    Raises:
+        ConfigError: naming the unknown ids and the cases there are.
+    """
+    known = {c.case_id for c in cases}
+    unknown = [v for v in val_cases if v not in known]
+    if unknown:
+        raise ConfigError(f"validation case(s) {unknown} not in the data set (cases: {sorted(known)})")
+
+
 def split_by_case(cases: Sequence[Case], val_fraction: float = 0.25, val_cases: Sequence[str] | None = None,
                   seed: int = 0) -> tuple[list[Case], list[Case]]:
     """Split cases (never slices or crops of one scan) into training and validation.
@@ -347,10 +359,7 @@ def split_by_case(cases: Sequence[Case], val_fraction: float = 0.25, val_cases: 
     import random
 
     if val_cases:
-        known = {c.case_id for c in cases}
-        unknown = [v for v in val_cases if v not in known]
-        if unknown:
-            raise ConfigError(f"validation case(s) {unknown} not in the data set (cases: {sorted(known)})")
+        check_val_cases(cases, val_cases)
         val = [c for c in cases if c.case_id in set(val_cases)]
     else:
         if len(cases) < 2 or val_fraction <= 0:
