@@ -513,3 +513,21 @@ def test_val_slab_with_an_unknown_val_case_is_refused_like_a_split_by_case(data_
     assert main([*common, "--val-slab", "0:10", "--val-cases", "case0,case1"]) == 2
     refusal_line(capsys, "--val-slab holds out a slab of one scan: name one case with --val-cases")
     assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
+
+
+def test_a_case_label_only_the_validation_cases_hold_is_refused(data_dir, tmp_path):
+    """``label_source`` ``case``: a label that only a validation case has would be a package output the network
+    never learnt (and scored as perfect on that one case); it is refused naming the class and the case, before
+    anything is written."""
+    manifest = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8"))
+    for case, label in zip(manifest["cases"], ["mass", "normal", "glioma"]):
+        case["label"] = label
+        for key in ("image", "segmentation"):
+            case[key] = str(data_dir / case[key])
+    (tmp_path / "labels.json").write_text(json.dumps(manifest), encoding="utf-8")
+    settings = dict(task="classify", data=str(tmp_path / "labels.json"), label_source="case", val_cases=["case2"],
+                    class_map="organ_a=organ,organ_b=organ", roi_size=[16, 16, 16], training={"epochs": 1},
+                    dest=str(tmp_path / "cat"), work_dir=str(tmp_path / "w"))
+    with pytest.raises(MedDeepRecogError, match=r"class\(es\) glioma appear only in the validation case\(s\) case2"):
+        finetune(FinetuneConfig.from_dict(settings))
+    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()

@@ -37,7 +37,8 @@ from .config import FinetuneConfig
 from .manifest import ClassMap, check_val_cases, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .roi_task import RoiClassificationTask
 from .runs import check_work_dir, default_work_dir, previous_result, rerun_package, run_key, write_result, write_run
-from .segment_data import CaseData, dataset_report, load_case, log_segment_summary, resolve_classes
+from .segment_data import (CaseData, check_training_classes, dataset_report, load_case, log_segment_summary,
+                           resolve_classes)
 from .segmentation_task import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         classes = resolve_classes(loaded, class_map, data_path)
     if ctx.is_main:
         log_segment_summary(loaded, data_path)
+    labelled = list(classes)  # the classes segments hold (not the negatives' background)
     if cfg.task == "classify" and cfg.negatives > 0 and "background" not in classes:
         classes = classes + ["background"]
     if cfg.task == "classify" and len(classes) < 2:
@@ -137,6 +139,7 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         train_ids = {c.case_id for c in train_cases}
         train_data = [d for d in loaded if d.case.case_id in train_ids]
         val_data = [d for d in loaded if d.case.case_id not in train_ids]
+    check_training_classes(train_data, val_data, labelled, data_path)
     # what the card says the model saw: the training cases' counts (validation apart), every case's warnings
     report = {**dataset_report(train_data, classes), "warnings": [w for item in loaded for w in item.warnings]}
     if val_data:

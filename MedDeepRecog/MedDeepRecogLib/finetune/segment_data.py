@@ -142,3 +142,23 @@ def resolve_classes(data: Sequence[CaseData], class_map: ClassMap, source: str |
                                 f"segments: {', '.join(names[:20])}{' …' if len(names) > 20 else ''}); label them or "
                                 "leave them out of the class map", source)
     return classes
+
+
+def check_training_classes(train: Sequence[CaseData], val: Sequence[CaseData], classes: Sequence[str],
+                           source: str | Path) -> None:
+    """Refuse classes that only the validation cases hold (whether from segment names or, with ``label_source``
+    ``"case"``, the cases' labels): the package would have an output the network never learnt, and validation
+    would score it as if it had.
+
+    Raises:
+        MedDeepRecogError: naming the classes and the validation cases that hold them.
+    """
+    seen = {s.class_name for d in train for s in d.segments if s.class_name is not None and s.voxels > 0}
+    missing = [c for c in classes if c not in seen]
+    if not missing:
+        return
+    where = sorted({d.case.case_id for d in val for s in d.segments if s.class_name in missing and s.voxels > 0})
+    raise MedDeepRecogError(f"class(es) {', '.join(missing)} appear only in the validation case(s) "
+                            f"{', '.join(where) or '(none)'}, so the network would never learn them: put a case of "
+                            "theirs in training (--val-cases names the validation cases) or leave them out",
+                            source)
