@@ -553,8 +553,9 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             setattr(p, PIPELINE_FIELDS[key], value)
 
     def preview(self, p, **kwargs):
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             pipelinePath = workDir / "pipeline.json"
             pipelinePath.write_text(json.dumps(build_pipeline(p.preset, self.pipelineSettings(p)), indent=2),
                                     encoding="utf-8")
@@ -563,27 +564,43 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                                                mask=maskPath if p.bodyMask else None)
 
             def load(result, job):
-                name = p.inputVolume.GetName()
+                self._checkStillInScene(volume)
+                name = volume.GetName()
                 p.preprocessedVolume = scene_io.loadVolumeInto(outPath, p.preprocessedVolume, f"{name} preprocessed")
-                scene_io.placeUnderStudy(p.preprocessedVolume, p.inputVolume)
+                scene_io.placeUnderStudy(p.preprocessedVolume, volume)
                 slicer.util.setSliceViewerLayers(background=p.preprocessedVolume)
                 if maskPath.exists():
-                    self._loadSegments(p, maskPath)
+                    self._loadSegments(p, volume, maskPath)
                 return p.preprocessedVolume
             return self._start("preview", command, load, workDir, **kwargs)
 
-    def _loadSegments(self, p, path):
-        """The segments of a worker's ``.seg.nrrd`` (Preview's mask, Segment's organs) into the output segmentation,
-        replacing same-named ones and keeping the others, shown in 3D."""
-        self._segmentationFor(p, p.inputVolume.GetName())
-        scene_io.replaceSegments(p.outputSegmentation, path, p.inputVolume)
+    def _loadSegments(self, p, volume, path):
+        """The segments of a worker's ``.seg.nrrd`` (Preview's mask, Segment's organs) into ``volume``'s output
+        segmentation, replacing same-named ones and keeping the others, shown in 3D."""
+        self._segmentationFor(p, volume)
+        scene_io.replaceSegments(p.outputSegmentation, path, volume)
         scene_io.showSegmentationIn3D(p.outputSegmentation)
 
-    def _segmentationFor(self, p, name):
+    def _segmentationFor(self, p, volume):
         p.outputSegmentation = scene_io.getOrCreateNode(p.outputSegmentation, "vtkMRMLSegmentationNode",
-                                                        f"{name} segmentations")
-        p.outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(p.inputVolume)
-        scene_io.placeUnderStudy(p.outputSegmentation, p.inputVolume)
+                                                        f"{volume.GetName()} segmentations")
+        p.outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        scene_io.placeUnderStudy(p.outputSegmentation, volume)
+
+    @staticmethod
+    def _runInput(p):
+        """The scan a run reads, taken when it starts: its results are loaded for that node (named after it, shown
+        over it) even if the panel's input changes while the worker runs."""
+        if not p.inputVolume:
+            raise ValueError("Select the input volume.")
+        return p.inputVolume
+
+    @staticmethod
+    def _checkStillInScene(volume):
+        """A run's results are not loaded once its scan was removed from the scene (deleted, or the scene closed)."""
+        if not slicer.mrmlScene.IsNodePresent(volume):
+            raise ValueError(f"the input volume '{volume.GetName()}' was removed from the scene during the run: its "
+                             "result was not loaded")
 
     # -- classification -----------------------------------------------------------------------------------------
     def classify(self, p, **kwargs):
@@ -595,22 +612,25 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             return self.classifySegments(p, **kwargs)
         if self.modelTask(p.model) == "segmentation":  # said in the panel's words, not the command line's
             raise ValueError(f"{p.model} is a segmentation model: use Segment.")
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             outDir = workDir / "out"
             secondPath = scene_io.exportVolume(p.secondVolume, workDir / "second") if p.secondVolume else None
             command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python,
                                              explain=p.explainMethod, device=p.device, second_input=secondPath)
 
             def load(result, job):
-                return self._loadClassification(p, outDir, inputPath)
+                return self._loadClassification(p, volume, outDir, inputPath)
             return self._start("classify", command, load, workDir, **kwargs)
 
-    def _loadClassification(self, p, outDir, inputPath):
-        """The worker's classify outputs into the reused nodes: probability table, heatmap (Inferno over the scan),
-        hot-region segment, and for a 2D model the per-slice table."""
+    def _loadClassification(self, p, volume, outDir, inputPath):
+        """The worker's classify outputs of ``volume`` (the scan the run started on) into the reused nodes:
+        probability table, heatmap (Inferno over the scan), hot-region segment, and for a 2D model the per-slice
+        table."""
+        self._checkStillInScene(volume)
         res = read_classify_result(outDir, inputPath)
-        name = p.inputVolume.GetName()
+        name = volume.GetName()
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
         scene_io.updateProbabilityTable(p.outputTable, res.probabilities)
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
@@ -618,25 +638,25 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
         sliceRecord = res.raw.get("slice") if isinstance(res.raw.get("slice"), dict) else None
         p.outputTable.SetAttribute("MedDeepRecog.slice", json.dumps(sliceRecord) if sliceRecord else "")
-        scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
+        scene_io.placeUnderStudy(p.outputTable, volume)
         perSlice = res.raw.get("per_slice") or []
         if sliceRecord:  # one slice's result (Classify current slice): the volume's per-slice table stays
             pass
         elif perSlice and all("label" in r for r in perSlice):  # slice models (CNN-LSTM records are attention)
             p.sliceTable = scene_io.getOrCreateNode(p.sliceTable, "vtkMRMLTableNode", f"{name} per-slice results")
             scene_io.updateSliceTable(p.sliceTable, perSlice)
-            scene_io.placeUnderStudy(p.sliceTable, p.inputVolume)
+            scene_io.placeUnderStudy(p.sliceTable, volume)
         elif p.sliceTable:  # a 3D model's result: an earlier per-slice table would be read as this one's
             scene_io.removeNodeAndHelpers(p.sliceTable)
             p.sliceTable = None
-        self._segmentationFor(p, name)
+        self._segmentationFor(p, volume)
         for segPath in res.segmentations:
-            scene_io.replaceSegments(p.outputSegmentation, segPath, p.inputVolume)
+            scene_io.replaceSegments(p.outputSegmentation, segPath, volume)
         hotName = f"heatmap >= {HOT_REGION_THRESHOLD}"
         if res.heatmap is not None:
             p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, p.outputHeatmap, f"{name} heatmap")
-            scene_io.placeUnderStudy(p.outputHeatmap, p.inputVolume)
-            scene_io.showHeatmap(p.outputHeatmap, p.inputVolume, p.heatmapThreshold, p.heatmapOpacity)
+            scene_io.placeUnderStudy(p.outputHeatmap, volume)
+            scene_io.showHeatmap(p.outputHeatmap, volume, p.heatmapThreshold, p.heatmapOpacity)
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
             scene_io.setSegmentFromMask(p.outputSegmentation, hotName, hot, (0.99, 0.65, 0.04), p.outputHeatmap)
         else:  # no heatmap this time (explain none, or a model without one): the last run's must not stay shown
@@ -662,14 +682,16 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         earlier run, and are shown in 3D. Returns each segment's volume (:class:`SegmentVolumes`)."""
         if self.modelTask(p.model) != "segmentation":
             raise ValueError(f"{p.model} is not a segmentation model: use Classify.")
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             outPath = workDir / "segmentation.seg.nrrd"  # a new folder: the worker never replaces a file
             command = WorkerCommand.segment(inputPath, p.model, outPath, python=self.python, device=p.device)
 
             def load(result, job):
+                self._checkStillInScene(volume)
                 volumes = read_segment_volumes(result, outPath)
-                self._loadSegments(p, volumes.output)
+                self._loadSegments(p, volume, volumes.output)
                 return volumes
             return self._start("segment", command, load, workDir, **kwargs)
 
@@ -725,13 +747,14 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         attribute) and shows its heatmap (on the volume's grid, heat on that slice only)."""
         if not self.isSliceModel(p.model):
             raise ValueError(f"{p.model} is not a 2D slice model: use Classify for the whole volume.")
-        sliceMm = self.currentSliceMm(p.inputVolume) if sliceMm is None else float(sliceMm)
+        volume = self._runInput(p)
+        sliceMm = self.currentSliceMm(volume) if sliceMm is None else float(sliceMm)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             outDir = workDir / "out"
             command = WorkerCommand.build("classify", inputPath, python=self.python, model=p.model, out=outDir,
                                           explain=p.explainMethod, device=p.device, slice_mm=f"{sliceMm:.4f}")
-            return self._start("classify", command, lambda result, job: self._loadClassification(p, outDir, inputPath),
+            return self._start("classify", command, lambda result, job: self._loadClassification(p, volume, outDir, inputPath),
                                workDir, **kwargs)
 
     def classifySegments(self, p, **kwargs):
@@ -740,19 +763,21 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         if not p.trainingSegmentation:
             raise ValueError(f"{p.model} is an ROI classifier: it labels segments. Select the segmentation whose "
                              "segments it should label as the Fine-tune section's Segmentation.")
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             outDir = workDir / "out"
             command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python, device=p.device,
                                              segments=scene_io.exportSegmentation(p.trainingSegmentation, workDir))
 
             def load(result, job):
+                self._checkStillInScene(volume)
                 res = read_segment_labels(outDir, inputPath)
-                name = p.inputVolume.GetName()
+                name = volume.GetName()
                 p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} segment labels")
                 scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names)
                 p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
-                scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
+                scene_io.placeUnderStudy(p.outputTable, volume)
                 return res
             return self._start("classify", command, load, workDir, **kwargs)
 

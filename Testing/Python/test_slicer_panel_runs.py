@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 import pytest
 
 #: What Slicer does not bundle: torch (PyTorch extension) and Resources/requirements.txt, installed on first use.
@@ -43,3 +45,65 @@ def test_the_panel_opens_in_a_slicer_without_the_modules_dependencies(monkeypatc
         assert all(sys.modules[name] is None for name in NOT_BUNDLED)
     finally:
         env.core.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory):
+    from MedDeepRecogLib.slicer_bridge import run_worker, worker_environment
+    catalog = tmp_path_factory.mktemp("catalog")
+    run_worker([sys.executable, "-m", "MedDeepRecogLib.slicer_bridge.tiny_model", str(catalog)], worker_environment(),
+               timeout=300)
+    return next((catalog / "tiny-test-cnn3d").iterdir())
+
+
+def add_volume(env, name, shift=(0.0, 0.0, 0.0), shape=(18, 26, 30)):
+    """An int16 scan with a bright blob, at ``shift`` mm."""
+    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    voxels = (200 * np.exp(-((x - shape[2] // 2) ** 2 + (y - 10) ** 2 + (z - 9) ** 2) / 30.0)).astype(np.int16)
+    ijk_to_ras = np.array([[-0.7, 0, 0, shift[0]], [0, -1.3, 0, shift[1]], [0, 0, 3.0, shift[2]], [0, 0, 0, 1]])
+    return env.slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijk_to_ras, name=name)
+
+
+def ijk_to_ras(env, node):
+    import vtk
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return env.slicer.util.arrayFromVTKMatrix(m)
+
+
+def start_and_wait(env, logic, run, p, switch=None, kind="classify"):
+    """Start ``run(p)`` as the panel does (non-blocking), call ``switch()`` while its worker runs, wait for its end;
+    returns ``(summary, error)``."""
+    finished = []
+    run(p, onFinished=lambda summary, error: finished.append((summary, error)))
+    assert logic.isRunning(kind)
+    if switch is not None:
+        switch()
+    env.loop.run_until(lambda: finished, timeout_s=300)
+    return finished[0]
+
+
+def test_a_result_belongs_to_the_scan_the_run_started_on(slicer_core, tiny_package):
+    """The input volume changed while Classify ran: the result of scan A was named after scan B and drawn over it
+    (the load read the panel's input at the end of the run)."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    scanA, scanB = add_volume(env, "scan A"), add_volume(env, "scan B", shift=(30.0, -20.0, 5.0), shape=(14, 22, 28))
+    p.inputVolume, p.model, p.device = scanA, str(tiny_package), "cpu"
+
+    def switch():
+        p.inputVolume = scanB
+    summary, error = start_and_wait(env, logic, logic.classify, p, switch)
+    assert error is None and p.inputVolume is scanB
+    assert p.outputTable.GetName() == "scan A probabilities" and p.outputHeatmap.GetName() == "scan A heatmap"
+    assert p.outputSegmentation.GetName() == "scan A segmentations"
+    assert p.outputHeatmap.GetImageData().GetDimensions() == scanA.GetImageData().GetDimensions()
+    assert np.allclose(ijk_to_ras(env, p.outputHeatmap), ijk_to_ras(env, scanA))
+    for view in ("Red", "Yellow", "Green"):  # shown over the scan it is the heatmap of
+        assert env.core.composite_node(view).GetBackgroundVolumeID() == scanA.GetID()
+
+    p.inputVolume = scanA  # Preview and Segment's loads too
+    summary, error = start_and_wait(env, logic, logic.preview, p, switch, kind="preview")
+    assert error is None and p.preprocessedVolume.GetName() == "scan A preprocessed"
+    assert p.preprocessedVolume.GetImageData().GetDimensions() == scanA.GetImageData().GetDimensions()
