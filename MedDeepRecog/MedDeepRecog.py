@@ -582,9 +582,9 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         scene_io.showSegmentationIn3D(p.outputSegmentation)
 
     def _segmentationFor(self, p, volume):
-        p.outputSegmentation = scene_io.getOrCreateNode(p.outputSegmentation, "vtkMRMLSegmentationNode",
-                                                        f"{volume.GetName()} segmentations")
-        p.outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        """``volume``'s own output segmentation (:func:`scene_io.outputSegmentationOf`) as ``p.outputSegmentation``:
+        a result of one scan never adds to, or keeps, another scan's segments."""
+        p.outputSegmentation = scene_io.outputSegmentationOf(volume, p.outputSegmentation)
         scene_io.placeUnderStudy(p.outputSegmentation, volume)
 
     @staticmethod
@@ -640,13 +640,17 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         p.outputTable.SetAttribute("MedDeepRecog.slice", json.dumps(sliceRecord) if sliceRecord else "")
         scene_io.placeUnderStudy(p.outputTable, volume)
         perSlice = res.raw.get("per_slice") or []
-        if sliceRecord:  # one slice's result (Classify current slice): the volume's per-slice table stays
+        slicesOfThisScan = scene_io.scanOf(p.sliceTable) == volume.GetID()
+        if sliceRecord and slicesOfThisScan:  # one slice's result (Classify current slice): its per-slice table stays
             pass
-        elif perSlice and all("label" in r for r in perSlice):  # slice models (CNN-LSTM records are attention)
+        elif not sliceRecord and perSlice and all("label" in r for r in perSlice):  # slice models (CNN-LSTM records
+            # are attention)
             p.sliceTable = scene_io.getOrCreateNode(p.sliceTable, "vtkMRMLTableNode", f"{name} per-slice results")
+            scene_io.markScan(p.sliceTable, volume)
             scene_io.updateSliceTable(p.sliceTable, perSlice)
             scene_io.placeUnderStudy(p.sliceTable, volume)
-        elif p.sliceTable:  # a 3D model's result: an earlier per-slice table would be read as this one's
+        elif p.sliceTable:  # a 3D model's result, or one slice of another scan: an earlier per-slice table would be
+            # read as this one's
             scene_io.removeNodeAndHelpers(p.sliceTable)
             p.sliceTable = None
         self._segmentationFor(p, volume)

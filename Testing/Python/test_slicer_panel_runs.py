@@ -107,3 +107,34 @@ def test_a_result_belongs_to_the_scan_the_run_started_on(slicer_core, tiny_packa
     summary, error = start_and_wait(env, logic, logic.preview, p, switch, kind="preview")
     assert error is None and p.preprocessedVolume.GetName() == "scan A preprocessed"
     assert p.preprocessedVolume.GetImageData().GetDimensions() == scanA.GetImageData().GetDimensions()
+
+
+def test_each_scan_has_its_own_output_segmentation(slicer_core, tiny_package):
+    """Segment on a CT, then Classify a second scan: the one output segmentation was renamed for the second scan
+    and kept the CT's liver, spleen and kidney beside its hot region. Each scan now has its own, the other scans'
+    are hidden, and going back to the CT reuses the CT's."""
+    from MedDeepRecogLib.resources import sample_path
+    env, module = slicer_core, slicer_core.module
+    names = module.scene_io.segmentNames
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    ct = env.slicer.util.loadVolume(str(sample_path("abdomen_ct.nii.gz")), {"name": "abdomen_ct"})
+    p.inputVolume, p.model, p.device = ct, "ts-organs-seg", "cpu"
+    logic.segment(p, waitForCompletion=True)
+    ctSegmentation = p.outputSegmentation
+    assert names(ctSegmentation) == ["liver", "spleen", "kidney"]
+
+    scan = add_volume(env, "scan B")
+    p.inputVolume, p.model = scan, str(tiny_package)
+    logic.classify(p, waitForCompletion=True)
+    assert p.outputSegmentation is not ctSegmentation and p.outputSegmentation.GetName() == "scan B segmentations"
+    assert names(p.outputSegmentation) == [f"heatmap >= {module.HOT_REGION_THRESHOLD}"]
+    assert names(ctSegmentation) == ["liver", "spleen", "kidney"] and ctSegmentation.GetName() == "abdomen_ct segmentations"
+    assert not ctSegmentation.GetDisplayVisibility() and p.outputSegmentation.GetDisplayVisibility()
+    scanSegmentation = p.outputSegmentation
+
+    p.inputVolume, p.model = ct, "ts-organs-seg"
+    logic.segment(p, waitForCompletion=True)
+    assert p.outputSegmentation is ctSegmentation and names(ctSegmentation) == ["liver", "spleen", "kidney"]
+    assert ctSegmentation.GetDisplayVisibility() and not scanSegmentation.GetDisplayVisibility()
+    assert env.count("vtkMRMLSegmentationNode") == 2
