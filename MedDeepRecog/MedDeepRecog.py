@@ -43,6 +43,8 @@ PIPELINE_FIELDS = {"resample": "resample", "resample_spacing": "resampleSpacing"
 
 #: Heatmap values at or above this become the "hot region" segment.
 HOT_REGION_THRESHOLD = 0.5
+#: Attribute of the volumes this module makes (``"heatmap"``, ``"preprocessed"``): a heatmap is no scan to run on.
+OUTPUT_ATTRIBUTE = "MedDeepRecog.output"
 #: The model list's first entry: ``classify --model auto`` routes each scan to the disease model that applies.
 AUTO_MODEL = "auto"
 
@@ -469,7 +471,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         outputs = {node.GetID() for node in (p.outputHeatmap, p.preprocessedVolume) if node is not None}
         for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):  # label maps, DWI, DTI are subclasses
             if node.GetClassName() in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode") \
-                    and node.GetID() not in outputs:
+                    and node.GetID() not in outputs and not node.GetAttribute(OUTPUT_ATTRIBUTE):
                 return node
         return None
 
@@ -566,7 +568,9 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             def load(result, job):
                 self._checkStillInScene(volume)
                 name = volume.GetName()
-                p.preprocessedVolume = scene_io.loadVolumeInto(outPath, p.preprocessedVolume, f"{name} preprocessed")
+                p.preprocessedVolume = scene_io.loadVolumeInto(outPath, self._outputVolume(p.preprocessedVolume, volume),
+                                                               f"{name} preprocessed")
+                p.preprocessedVolume.SetAttribute(OUTPUT_ATTRIBUTE, "preprocessed")
                 scene_io.placeUnderStudy(p.preprocessedVolume, volume)
                 slicer.util.setSliceViewerLayers(background=p.preprocessedVolume)
                 if maskPath.exists():
@@ -590,10 +594,22 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _runInput(p):
         """The scan a run reads, taken when it starts: its results are loaded for that node (named after it, shown
-        over it) even if the panel's input changes while the worker runs."""
-        if not p.inputVolume:
+        over it) even if the panel's input changes while the worker runs. A heatmap this module made is refused:
+        it is no scan, and its run would write the new heatmap into it."""
+        volume = p.inputVolume
+        if not volume:
             raise ValueError("Select the input volume.")
-        return p.inputVolume
+        if volume.GetAttribute(OUTPUT_ATTRIBUTE) == "heatmap" or (p.outputHeatmap and
+                                                                  p.outputHeatmap.GetID() == volume.GetID()):
+            raise ValueError(f"'{volume.GetName()}' is a heatmap made by MedDeepRecog, not a scan: select the scan "
+                             "itself as the input volume.")
+        return volume
+
+    @staticmethod
+    def _outputVolume(node, volume):
+        """``node`` to load a run's output volume into, unless it is the run's input ``volume`` (an output is never
+        written into the scan it was made from): then ``None``, and a new node is made."""
+        return None if node is not None and node.GetID() == volume.GetID() else node
 
     @staticmethod
     def _checkStillInScene(volume):
@@ -658,7 +674,9 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             scene_io.replaceSegments(p.outputSegmentation, segPath, volume)
         hotName = f"heatmap >= {HOT_REGION_THRESHOLD}"
         if res.heatmap is not None:
-            p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, p.outputHeatmap, f"{name} heatmap")
+            p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, self._outputVolume(p.outputHeatmap, volume),
+                                                      f"{name} heatmap")
+            p.outputHeatmap.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
             scene_io.placeUnderStudy(p.outputHeatmap, volume)
             scene_io.showHeatmap(p.outputHeatmap, volume, p.heatmapThreshold, p.heatmapOpacity)
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
@@ -788,8 +806,9 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     # -- robustness ---------------------------------------------------------------------------------------------
     def robustness(self, p, **kwargs):
         """Smallest eps that flips the prediction on the loaded scan; returns one sentence."""
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             command = WorkerCommand.robustness(p.model, inputPath, workDir / "robustness", python=self.python)
             return self._start("robustness", command, lambda result, job: robustness_summary(result)[0], workDir,
                                **kwargs)
@@ -797,13 +816,14 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     # -- fine-tuning --------------------------------------------------------------------------------------------
     def finetune(self, p, **kwargs):
         """Fine-tune ``p.model`` on the input and its segments; returns the new package's ``id@version``."""
+        volume = self._runInput(p)
         self.syncClassMap(p)
         with self._workDir() as workDir:
             classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
             if not classMap:
                 raise ValueError("Map at least one segment to a class in the segment → class table.")
-            manifest = {"cases": [{"id": p.inputVolume.GetName(),
-                                   "image": str(scene_io.exportVolume(p.inputVolume, workDir)),
+            manifest = {"cases": [{"id": volume.GetName(),
+                                   "image": str(scene_io.exportVolume(volume, workDir)),
                                    "segmentation": str(scene_io.exportSegmentation(p.trainingSegmentation, workDir))}],
                         "class_map": classMap}
             manifestPath = workDir / "manifest.json"

@@ -138,3 +138,34 @@ def test_each_scan_has_its_own_output_segmentation(slicer_core, tiny_package):
     assert p.outputSegmentation is ctSegmentation and names(ctSegmentation) == ["liver", "spleen", "kidney"]
     assert ctSegmentation.GetDisplayVisibility() and not scanSegmentation.GetDisplayVisibility()
     assert env.count("vtkMRMLSegmentationNode") == 2
+
+
+def test_an_output_volume_is_never_the_input_a_run_writes_into(slicer_core, tiny_package):
+    """The heatmap could be chosen as the input volume: Classify then wrote the new heatmap into its own input. It
+    is refused (it is no scan); a preprocessed volume may be the input, and Preview then makes a new one."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    scan = add_volume(env, "scan")
+    p.inputVolume, p.model, p.device, p.preset = scan, str(tiny_package), "cpu", "custom"
+    logic.classify(p, waitForCompletion=True)
+    heatmap = p.outputHeatmap
+    before = env.slicer.util.arrayFromVolume(heatmap).copy()
+    p.inputVolume = heatmap
+    for run in (logic.classify, logic.preview, logic.robustness):
+        with pytest.raises(ValueError, match="'scan heatmap' is a heatmap made by MedDeepRecog, not a scan"):
+            run(p)
+    assert np.array_equal(env.slicer.util.arrayFromVolume(heatmap), before)
+    p.outputHeatmap = None  # a heatmap no longer the panel's output is still known as one
+    with pytest.raises(ValueError, match="is a heatmap made by MedDeepRecog"):
+        logic.classify(p)
+    assert logic.defaultInputVolume(p) is scan
+
+    p.inputVolume, p.clipIntensity, p.clipMin, p.clipMax = scan, True, 10.0, 60.0
+    preprocessed = logic.preview(p, waitForCompletion=True)
+    p.inputVolume = preprocessed
+    before = env.slicer.util.arrayFromVolume(preprocessed).copy()
+    again = logic.preview(p, waitForCompletion=True)
+    assert again.GetID() != preprocessed.GetID() and p.preprocessedVolume is again
+    assert np.array_equal(env.slicer.util.arrayFromVolume(preprocessed), before)
+    assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
