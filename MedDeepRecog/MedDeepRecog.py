@@ -30,7 +30,7 @@ from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_inp
                                             read_classify_result, read_segment_labels, read_segment_volumes)
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
-from MedDeepRecogLib.slicer_bridge.process_runner import in_panel_words, python_executable
+from MedDeepRecogLib.slicer_bridge.process_runner import in_panel_words, panel_event, python_executable
 from MedDeepRecogLib.slicer_bridge.slice_geometry import axial_slice_centre, axial_slice_in_view
 from MedDeepRecogSlicerLib import scene_io
 from MedDeepRecogSlicerLib.jobs import WorkerJob
@@ -498,15 +498,16 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 except Exception as exc:  # an unexpected output must reach the user as a message
                     logging.exception("MedDeepRecog: loading the %s outputs failed", kind)
                     error = WorkerError(str(exc))
-            if isinstance(error, WorkerError) and workDir:  # the nodes' names, not the deleted exchange files'
-                error = in_panel_words(error, workDir)
+            if isinstance(error, WorkerError):  # the nodes' names, not the deleted exchange files'; the panel's
+                error = in_panel_words(error, workDir)  # names for the options
             if workDir and not os.environ.get("MEDDEEPRECOG_KEEP_TEMP"):
                 shutil.rmtree(workDir, ignore_errors=True)
             outcome.update(summary=summary, error=error)
             if onFinished:
                 onFinished(summary, error)
 
-        job = WorkerJob(command, onProgress, finished)
+        show = onProgress and (lambda event: onProgress(panel_event(event, workDir)))  # the status line's words
+        job = WorkerJob(command, show, finished)
         self._jobs[kind] = job
         job.start(waitForCompletion)
         if waitForCompletion:

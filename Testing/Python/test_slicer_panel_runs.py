@@ -169,3 +169,34 @@ def test_an_output_volume_is_never_the_input_a_run_writes_into(slicer_core, tiny
     assert again.GetID() != preprocessed.GetID() and p.preprocessedVolume is again
     assert np.array_equal(env.slicer.util.arrayFromVolume(preprocessed), before)
     assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
+
+
+def test_the_status_line_and_errors_name_nodes_and_panel_settings(slicer_core, tiny_package):
+    """The status line showed the worker's progress with the exchange folder's paths ("reading: input
+    /tmp/.../MedDeepRecog-x/scan.nrrd"), and errors named command-line options the panel does not show
+    (--device, --explain, --model)."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device, p.preset = add_volume(env, "scan"), str(tiny_package), "cpu", "custom"
+    p.clipIntensity = True
+    shown = []
+    finished = []
+    logic.preview(p, onProgress=lambda event: shown.append(event.describe()),
+                  onFinished=lambda summary, error: finished.append(error))
+    env.loop.run_until(lambda: finished, timeout_s=300)
+    assert finished == [None] and shown
+    assert not [text for text in shown if str(env.temporaryPath) in text or "MedDeepRecog-" in text], shown
+    assert any("'scan'" in text for text in shown), shown
+
+    from MedDeepRecogLib.slicer_bridge.process_runner import panel_text
+    exchange = env.temporaryPath / "MedDeepRecog-abc"
+    assert panel_text("--device cuda was asked for but no CUDA GPU is available (use auto or cpu)", None) == \
+        "the device cuda was asked for but no CUDA GPU is available (use auto or cpu)"
+    assert panel_text("no attention map to show; use --explain gradcam or gradcampp", None) == \
+        "no attention map to show; use the heatmap method gradcam or gradcampp"
+    assert panel_text("--model-dir stays", None) == "--model-dir stays"
+    assert panel_text(f"cannot write {exchange / 'out'}: disk full", exchange) == \
+        "cannot write the run's temporary folder: disk full"
+    assert panel_text(f"--base m: {exchange / 'manifest.json'} lists no case", exchange) == \
+        "the model m: 'manifest' lists no case"
