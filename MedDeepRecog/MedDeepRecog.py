@@ -649,7 +649,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         res = read_classify_result(outDir, inputPath)
         name = volume.GetName()
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
-        scene_io.updateProbabilityTable(p.outputTable, res.probabilities)
+        scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain)
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
         p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
         p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
@@ -674,7 +674,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         for segPath in res.segmentations:
             scene_io.replaceSegments(p.outputSegmentation, segPath, volume)
         hotName = f"heatmap >= {HOT_REGION_THRESHOLD}"
-        if res.heatmap is not None:
+        if res.heatmap is not None and not res.out_of_domain:  # outside the domain: no heat is a finding either
             p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, self._outputVolume(p.outputHeatmap, volume),
                                                       f"{name} heatmap")
             p.outputHeatmap.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
@@ -682,7 +682,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             scene_io.showHeatmap(p.outputHeatmap, volume, p.heatmapThreshold, p.heatmapOpacity)
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
             scene_io.setSegmentFromMask(p.outputSegmentation, hotName, hot, (0.99, 0.65, 0.04), p.outputHeatmap)
-        else:  # no heatmap this time (explain none, or a model without one): the last run's must not stay shown
+        else:  # no heatmap this time (explain none, a model without one, out of domain): the last one must go
             if p.outputHeatmap:
                 scene_io.removeNodeAndHelpers(p.outputHeatmap)
                 p.outputHeatmap = None

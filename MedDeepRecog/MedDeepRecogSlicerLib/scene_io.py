@@ -122,8 +122,14 @@ def showSegmentationIn3D(segmentationNode: vtkMRMLSegmentationNode) -> None:
     apply_segmentation_display(segmentationNode)
 
 
-def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]]) -> None:
-    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order)."""
+#: The probability column's header when the scan is outside the model's domain (as the command line says it).
+NOT_A_FINDING = "model output, not a finding"
+
+
+def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]],
+                           outOfDomain: bool = False) -> None:
+    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order). ``outOfDomain``: the
+    probability column is headed :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis."""
     classes = vtk.vtkStringArray()
     classes.SetName("class")
     probs = vtk.vtkDoubleArray()
@@ -134,6 +140,10 @@ def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tupl
     tableNode.RemoveAllColumns()
     tableNode.AddColumn(classes)
     tableNode.AddColumn(probs)
+    if outOfDomain:
+        tableNode.SetColumnTitle("probability", NOT_A_FINDING)
+        tableNode.SetColumnDescription("probability", "the scan is outside this model's domain: no class is "
+                                                      "reported, these are the network's numbers only")
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 

@@ -200,3 +200,34 @@ def test_the_status_line_and_errors_name_nodes_and_panel_settings(slicer_core, t
         "cannot write the run's temporary folder: disk full"
     assert panel_text(f"--base m: {exchange / 'manifest.json'} lists no case", exchange) == \
         "the model m: 'manifest' lists no case"
+
+
+def test_an_out_of_domain_scan_shows_no_heat_and_no_finding(slicer_core, tiny_package, monkeypatch):
+    """The worker said the scan is outside the model's domain (no class reported); the panel still drew its heatmap
+    and hot region and listed the probabilities as a finding."""
+    import dataclasses
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    scan = add_volume(env, "scan")
+    p.inputVolume, p.model, p.device = scan, str(tiny_package), "cpu"
+    logic.classify(p, waitForCompletion=True)  # an earlier answer within the domain: heatmap and hot region
+    assert p.outputHeatmap is not None
+    real = module.read_classify_result
+    reason = "outside this model's domain: unlike the model's training images"
+    monkeypatch.setattr(module, "read_classify_result", lambda *a: dataclasses.replace(
+        real(*a), label="out-of-domain", uncertain_reasons=[reason]))
+    result = logic.classify(p, waitForCompletion=True)
+    assert result.heatmap is not None  # the worker wrote one; it is not shown
+    assert p.outputHeatmap is None and env.count("vtkMRMLScalarVolumeNode") == 1
+    assert module.scene_io.segmentNames(p.outputSegmentation) == []
+    for view in ("Red", "Yellow", "Green"):
+        assert env.core.composite_node(view).GetForegroundVolumeID() is None
+    table = p.outputTable
+    assert table.GetColumnTitle("probability") == "model output, not a finding" and table.GetNumberOfRows() == 2
+    assert "outside this model's domain</b>: no class reported" in result.result_text()
+    assert "p = " not in result.result_text() and "no heatmap shown" in result.heatmap_text()
+
+    monkeypatch.setattr(module, "read_classify_result", real)  # back within the domain: a plain probability column
+    logic.classify(p, waitForCompletion=True)
+    assert p.outputTable.GetColumnTitle("probability") in ("", "probability") and p.outputHeatmap is not None
