@@ -562,7 +562,9 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             pipelinePath = workDir / "pipeline.json"
             pipelinePath.write_text(json.dumps(build_pipeline(p.preset, self.pipelineSettings(p)), indent=2),
                                     encoding="utf-8")
-            outPath, maskPath = workDir / "preprocessed.nrrd", workDir / "mask.seg.nrrd"
+            outDir = workDir / "out"  # apart from the exported scan, which may be called "preprocessed" or "mask"
+            outDir.mkdir()
+            outPath, maskPath = outDir / "preprocessed.nrrd", outDir / "mask.seg.nrrd"
             command = WorkerCommand.preprocess(inputPath, outPath, pipelinePath, python=self.python,
                                                mask=maskPath if p.bodyMask else None)
 
@@ -708,7 +710,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         volume = self._runInput(p)
         with self._workDir() as workDir:
             inputPath = scene_io.exportVolume(volume, workDir)
-            outPath = workDir / "segmentation.seg.nrrd"  # a new folder: the worker never replaces a file
+            (workDir / "out").mkdir()  # a new folder apart from the exported scan: the worker never replaces a file
+            outPath = workDir / "out" / "segmentation.seg.nrrd"
             command = WorkerCommand.segment(inputPath, p.model, outPath, python=self.python, device=p.device)
 
             def load(result, job):

@@ -231,3 +231,17 @@ def test_an_out_of_domain_scan_shows_no_heat_and_no_finding(slicer_core, tiny_pa
     monkeypatch.setattr(module, "read_classify_result", real)  # back within the domain: a plain probability column
     logic.classify(p, waitForCompletion=True)
     assert p.outputTable.GetColumnTitle("probability") in ("", "probability") and p.outputHeatmap is not None
+
+
+def test_preview_of_a_volume_named_like_its_output(slicer_core):
+    """The scan is exported as <name>.nrrd beside Preview's output "preprocessed.nrrd": a scan named "preprocessed"
+    (or "mask") clashed with it and Preview failed."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.preset, p.clipIntensity, p.clipMin, p.clipMax, p.bodyMask = "custom", True, 10.0, 60.0, True
+    for name in ("preprocessed", "mask.seg"):
+        p.inputVolume = add_volume(env, name)
+        filtered = logic.preview(p, waitForCompletion=True)
+        assert filtered.GetName() == f"{name} preprocessed"
+        assert env.slicer.util.arrayFromVolume(filtered).max() <= 60.0 + 1e-3
