@@ -334,6 +334,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _finished(self, kind, bar, label, onSuccess):
         def done(summary, error):
             bar.hide()
+            if error is not None and kind == "classify" and self._parameterNode:  # cancelled or failed: the last
+                self.logic.clearClassification(self._parameterNode)  # answer must not stand as this run's
             self.onParameterNodeModified()
             if error is not None and getattr(error, "cancelled", False):
                 label.text = "Cancelled."
@@ -691,6 +693,19 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             scene_io.removeSegmentByName(p.outputSegmentation, hotName)
         scene_io.showSegmentationIn3D(p.outputSegmentation)
         return res
+
+    @staticmethod
+    def clearClassification(p):
+        """Take the last Classify answer off the scene and the panel (after a cancelled or failed run, which must not
+        look like its answer): the probability and per-slice tables, the heatmap (and the views' foreground) and its
+        hot region."""
+        for field in ("outputTable", "sliceTable", "outputHeatmap"):
+            node = getattr(p, field)
+            if node is not None:
+                scene_io.removeNodeAndHelpers(node)
+                setattr(p, field, None)
+        if p.outputSegmentation:
+            scene_io.removeSegmentByName(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}")
 
     # -- segmentation ---------------------------------------------------------------------------------------------
     @staticmethod

@@ -245,3 +245,30 @@ def test_preview_of_a_volume_named_like_its_output(slicer_core):
         filtered = logic.preview(p, waitForCompletion=True)
         assert filtered.GetName() == f"{name} preprocessed"
         assert env.slicer.util.arrayFromVolume(filtered).max() <= 60.0 + 1e-3
+
+
+def test_a_cancelled_or_failed_classify_takes_the_last_answer_off(slicer_core, tiny_package):
+    """After Cancel or a failure the previous run's probability table and heatmap stayed up beside "Cancelled." or
+    "Failed: ...", as if they were this run's answer."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.slicer_bridge import WorkerError
+    env, module = slicer_core, slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)  # the panel's methods, no Qt panel
+    widget.logic = module.MedDeepRecogLogic()
+    widget.onParameterNodeModified = lambda *a: None
+    p = widget._parameterNode = widget.logic.getParameterNode()
+    p.inputVolume, p.model, p.device = add_volume(env, "scan"), str(tiny_package), "cpu"
+    label, bar = SimpleNamespace(text=""), SimpleNamespace(hide=lambda: None)
+    for error in (WorkerError("cancelled", cancelled=True), WorkerError("out of memory", 2)):
+        widget.logic.classify(p, waitForCompletion=True)
+        assert p.outputTable is not None and p.outputHeatmap is not None
+        try:
+            widget._finished("classify", bar, label, lambda summary: None)(None, error)
+        except WorkerError:
+            pass  # Slicer's error display shows it
+        assert p.outputTable is None and p.outputHeatmap is None
+        assert env.count("vtkMRMLTableNode") == 0 and env.count("vtkMRMLScalarVolumeNode") == 1
+        assert module.scene_io.segmentNames(p.outputSegmentation) == []
+        assert env.core.composite_node("Red").GetForegroundVolumeID() is None
+        assert label.text in ("Cancelled.", "Failed: out of memory")
