@@ -30,7 +30,7 @@ from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_inp
                                             read_classify_result, read_segment_labels, read_segment_volumes)
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
-from MedDeepRecogLib.slicer_bridge.process_runner import in_panel_words, python_executable
+from MedDeepRecogLib.slicer_bridge.process_runner import in_panel_words, panel_event, python_executable
 from MedDeepRecogLib.slicer_bridge.slice_geometry import axial_slice_centre, axial_slice_in_view
 from MedDeepRecogSlicerLib import scene_io
 from MedDeepRecogSlicerLib.jobs import WorkerJob
@@ -43,6 +43,8 @@ PIPELINE_FIELDS = {"resample": "resample", "resample_spacing": "resampleSpacing"
 
 #: Heatmap values at or above this become the "hot region" segment.
 HOT_REGION_THRESHOLD = 0.5
+#: Attribute of the volumes this module makes (``"heatmap"``, ``"preprocessed"``): a heatmap is no scan to run on.
+OUTPUT_ATTRIBUTE = "MedDeepRecog.output"
 #: The model list's first entry: ``classify --model auto`` routes each scan to the disease model that applies.
 AUTO_MODEL = "auto"
 
@@ -332,6 +334,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _finished(self, kind, bar, label, onSuccess):
         def done(summary, error):
             bar.hide()
+            if error is not None and kind == "classify" and self._parameterNode:  # cancelled or failed: the last
+                self.logic.clearClassification(self._parameterNode)  # answer must not stand as this run's
             self.onParameterNodeModified()
             if error is not None and getattr(error, "cancelled", False):
                 label.text = "Cancelled."
@@ -469,7 +473,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         outputs = {node.GetID() for node in (p.outputHeatmap, p.preprocessedVolume) if node is not None}
         for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):  # label maps, DWI, DTI are subclasses
             if node.GetClassName() in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode") \
-                    and node.GetID() not in outputs:
+                    and node.GetID() not in outputs and not node.GetAttribute(OUTPUT_ATTRIBUTE):
                 return node
         return None
 
@@ -496,15 +500,16 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 except Exception as exc:  # an unexpected output must reach the user as a message
                     logging.exception("MedDeepRecog: loading the %s outputs failed", kind)
                     error = WorkerError(str(exc))
-            if isinstance(error, WorkerError) and workDir:  # the nodes' names, not the deleted exchange files'
-                error = in_panel_words(error, workDir)
+            if isinstance(error, WorkerError):  # the nodes' names, not the deleted exchange files'; the panel's
+                error = in_panel_words(error, workDir)  # names for the options
             if workDir and not os.environ.get("MEDDEEPRECOG_KEEP_TEMP"):
                 shutil.rmtree(workDir, ignore_errors=True)
             outcome.update(summary=summary, error=error)
             if onFinished:
                 onFinished(summary, error)
 
-        job = WorkerJob(command, onProgress, finished)
+        show = onProgress and (lambda event: onProgress(panel_event(event, workDir)))  # the status line's words
+        job = WorkerJob(command, show, finished)
         self._jobs[kind] = job
         job.start(waitForCompletion)
         if waitForCompletion:
@@ -553,37 +558,70 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             setattr(p, PIPELINE_FIELDS[key], value)
 
     def preview(self, p, **kwargs):
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             pipelinePath = workDir / "pipeline.json"
             pipelinePath.write_text(json.dumps(build_pipeline(p.preset, self.pipelineSettings(p)), indent=2),
                                     encoding="utf-8")
-            outPath, maskPath = workDir / "preprocessed.nrrd", workDir / "mask.seg.nrrd"
+            outDir = workDir / "out"  # apart from the exported scan, which may be called "preprocessed" or "mask"
+            outDir.mkdir()
+            outPath, maskPath = outDir / "preprocessed.nrrd", outDir / "mask.seg.nrrd"
             command = WorkerCommand.preprocess(inputPath, outPath, pipelinePath, python=self.python,
                                                mask=maskPath if p.bodyMask else None)
 
             def load(result, job):
-                name = p.inputVolume.GetName()
-                p.preprocessedVolume = scene_io.loadVolumeInto(outPath, p.preprocessedVolume, f"{name} preprocessed")
-                scene_io.placeUnderStudy(p.preprocessedVolume, p.inputVolume)
+                self._checkStillInScene(volume)
+                name = volume.GetName()
+                p.preprocessedVolume = scene_io.loadVolumeInto(outPath, self._outputVolume(p.preprocessedVolume, volume),
+                                                               f"{name} preprocessed")
+                p.preprocessedVolume.SetAttribute(OUTPUT_ATTRIBUTE, "preprocessed")
+                scene_io.placeUnderStudy(p.preprocessedVolume, volume)
                 slicer.util.setSliceViewerLayers(background=p.preprocessedVolume)
                 if maskPath.exists():
-                    self._loadSegments(p, maskPath)
+                    self._loadSegments(p, volume, maskPath)
                 return p.preprocessedVolume
             return self._start("preview", command, load, workDir, **kwargs)
 
-    def _loadSegments(self, p, path):
-        """The segments of a worker's ``.seg.nrrd`` (Preview's mask, Segment's organs) into the output segmentation,
-        replacing same-named ones and keeping the others, shown in 3D."""
-        self._segmentationFor(p, p.inputVolume.GetName())
-        scene_io.replaceSegments(p.outputSegmentation, path, p.inputVolume)
+    def _loadSegments(self, p, volume, path):
+        """The segments of a worker's ``.seg.nrrd`` (Preview's mask, Segment's organs) into ``volume``'s output
+        segmentation, replacing same-named ones and keeping the others, shown in 3D."""
+        self._segmentationFor(p, volume)
+        scene_io.replaceSegments(p.outputSegmentation, path, volume)
         scene_io.showSegmentationIn3D(p.outputSegmentation)
 
-    def _segmentationFor(self, p, name):
-        p.outputSegmentation = scene_io.getOrCreateNode(p.outputSegmentation, "vtkMRMLSegmentationNode",
-                                                        f"{name} segmentations")
-        p.outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(p.inputVolume)
-        scene_io.placeUnderStudy(p.outputSegmentation, p.inputVolume)
+    def _segmentationFor(self, p, volume):
+        """``volume``'s own output segmentation (:func:`scene_io.outputSegmentationOf`) as ``p.outputSegmentation``:
+        a result of one scan never adds to, or keeps, another scan's segments."""
+        p.outputSegmentation = scene_io.outputSegmentationOf(volume, p.outputSegmentation)
+        scene_io.placeUnderStudy(p.outputSegmentation, volume)
+
+    @staticmethod
+    def _runInput(p):
+        """The scan a run reads, taken when it starts: its results are loaded for that node (named after it, shown
+        over it) even if the panel's input changes while the worker runs. A heatmap this module made is refused:
+        it is no scan, and its run would write the new heatmap into it."""
+        volume = p.inputVolume
+        if not volume:
+            raise ValueError("Select the input volume.")
+        if volume.GetAttribute(OUTPUT_ATTRIBUTE) == "heatmap" or (p.outputHeatmap and
+                                                                  p.outputHeatmap.GetID() == volume.GetID()):
+            raise ValueError(f"'{volume.GetName()}' is a heatmap made by MedDeepRecog, not a scan: select the scan "
+                             "itself as the input volume.")
+        return volume
+
+    @staticmethod
+    def _outputVolume(node, volume):
+        """``node`` to load a run's output volume into, unless it is the run's input ``volume`` (an output is never
+        written into the scan it was made from): then ``None``, and a new node is made."""
+        return None if node is not None and node.GetID() == volume.GetID() else node
+
+    @staticmethod
+    def _checkStillInScene(volume):
+        """A run's results are not loaded once its scan was removed from the scene (deleted, or the scene closed)."""
+        if not slicer.mrmlScene.IsNodePresent(volume):
+            raise ValueError(f"the input volume '{volume.GetName()}' was removed from the scene during the run: its "
+                             "result was not loaded")
 
     # -- classification -----------------------------------------------------------------------------------------
     def classify(self, p, **kwargs):
@@ -595,57 +633,79 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             return self.classifySegments(p, **kwargs)
         if self.modelTask(p.model) == "segmentation":  # said in the panel's words, not the command line's
             raise ValueError(f"{p.model} is a segmentation model: use Segment.")
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             outDir = workDir / "out"
             secondPath = scene_io.exportVolume(p.secondVolume, workDir / "second") if p.secondVolume else None
             command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python,
                                              explain=p.explainMethod, device=p.device, second_input=secondPath)
 
             def load(result, job):
-                return self._loadClassification(p, outDir, inputPath)
+                return self._loadClassification(p, volume, outDir, inputPath)
             return self._start("classify", command, load, workDir, **kwargs)
 
-    def _loadClassification(self, p, outDir, inputPath):
-        """The worker's classify outputs into the reused nodes: probability table, heatmap (Inferno over the scan),
-        hot-region segment, and for a 2D model the per-slice table."""
+    def _loadClassification(self, p, volume, outDir, inputPath):
+        """The worker's classify outputs of ``volume`` (the scan the run started on) into the reused nodes:
+        probability table, heatmap (Inferno over the scan), hot-region segment, and for a 2D model the per-slice
+        table."""
+        self._checkStillInScene(volume)
         res = read_classify_result(outDir, inputPath)
-        name = p.inputVolume.GetName()
+        name = volume.GetName()
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
-        scene_io.updateProbabilityTable(p.outputTable, res.probabilities)
+        scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain)
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
         p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
         p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
         sliceRecord = res.raw.get("slice") if isinstance(res.raw.get("slice"), dict) else None
         p.outputTable.SetAttribute("MedDeepRecog.slice", json.dumps(sliceRecord) if sliceRecord else "")
-        scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
+        scene_io.placeUnderStudy(p.outputTable, volume)
         perSlice = res.raw.get("per_slice") or []
-        if sliceRecord:  # one slice's result (Classify current slice): the volume's per-slice table stays
+        slicesOfThisScan = scene_io.scanOf(p.sliceTable) == volume.GetID()
+        if sliceRecord and slicesOfThisScan:  # one slice's result (Classify current slice): its per-slice table stays
             pass
-        elif perSlice and all("label" in r for r in perSlice):  # slice models (CNN-LSTM records are attention)
+        elif not sliceRecord and perSlice and all("label" in r for r in perSlice):  # slice models (CNN-LSTM records
+            # are attention)
             p.sliceTable = scene_io.getOrCreateNode(p.sliceTable, "vtkMRMLTableNode", f"{name} per-slice results")
+            scene_io.markScan(p.sliceTable, volume)
             scene_io.updateSliceTable(p.sliceTable, perSlice)
-            scene_io.placeUnderStudy(p.sliceTable, p.inputVolume)
-        elif p.sliceTable:  # a 3D model's result: an earlier per-slice table would be read as this one's
+            scene_io.placeUnderStudy(p.sliceTable, volume)
+        elif p.sliceTable:  # a 3D model's result, or one slice of another scan: an earlier per-slice table would be
+            # read as this one's
             scene_io.removeNodeAndHelpers(p.sliceTable)
             p.sliceTable = None
-        self._segmentationFor(p, name)
+        self._segmentationFor(p, volume)
         for segPath in res.segmentations:
-            scene_io.replaceSegments(p.outputSegmentation, segPath, p.inputVolume)
+            scene_io.replaceSegments(p.outputSegmentation, segPath, volume)
         hotName = f"heatmap >= {HOT_REGION_THRESHOLD}"
-        if res.heatmap is not None:
-            p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, p.outputHeatmap, f"{name} heatmap")
-            scene_io.placeUnderStudy(p.outputHeatmap, p.inputVolume)
-            scene_io.showHeatmap(p.outputHeatmap, p.inputVolume, p.heatmapThreshold, p.heatmapOpacity)
+        if res.heatmap is not None and not res.out_of_domain:  # outside the domain: no heat is a finding either
+            p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, self._outputVolume(p.outputHeatmap, volume),
+                                                      f"{name} heatmap")
+            p.outputHeatmap.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
+            scene_io.placeUnderStudy(p.outputHeatmap, volume)
+            scene_io.showHeatmap(p.outputHeatmap, volume, p.heatmapThreshold, p.heatmapOpacity)
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
             scene_io.setSegmentFromMask(p.outputSegmentation, hotName, hot, (0.99, 0.65, 0.04), p.outputHeatmap)
-        else:  # no heatmap this time (explain none, or a model without one): the last run's must not stay shown
+        else:  # no heatmap this time (explain none, a model without one, out of domain): the last one must go
             if p.outputHeatmap:
                 scene_io.removeNodeAndHelpers(p.outputHeatmap)
                 p.outputHeatmap = None
             scene_io.removeSegmentByName(p.outputSegmentation, hotName)
         scene_io.showSegmentationIn3D(p.outputSegmentation)
         return res
+
+    @staticmethod
+    def clearClassification(p):
+        """Take the last Classify answer off the scene and the panel (after a cancelled or failed run, which must not
+        look like its answer): the probability and per-slice tables, the heatmap (and the views' foreground) and its
+        hot region."""
+        for field in ("outputTable", "sliceTable", "outputHeatmap"):
+            node = getattr(p, field)
+            if node is not None:
+                scene_io.removeNodeAndHelpers(node)
+                setattr(p, field, None)
+        if p.outputSegmentation:
+            scene_io.removeSegmentByName(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}")
 
     # -- segmentation ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -662,14 +722,17 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         earlier run, and are shown in 3D. Returns each segment's volume (:class:`SegmentVolumes`)."""
         if self.modelTask(p.model) != "segmentation":
             raise ValueError(f"{p.model} is not a segmentation model: use Classify.")
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
-            outPath = workDir / "segmentation.seg.nrrd"  # a new folder: the worker never replaces a file
+            inputPath = scene_io.exportVolume(volume, workDir)
+            (workDir / "out").mkdir()  # a new folder apart from the exported scan: the worker never replaces a file
+            outPath = workDir / "out" / "segmentation.seg.nrrd"
             command = WorkerCommand.segment(inputPath, p.model, outPath, python=self.python, device=p.device)
 
             def load(result, job):
+                self._checkStillInScene(volume)
                 volumes = read_segment_volumes(result, outPath)
-                self._loadSegments(p, volumes.output)
+                self._loadSegments(p, volume, volumes.output)
                 return volumes
             return self._start("segment", command, load, workDir, **kwargs)
 
@@ -725,13 +788,14 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         attribute) and shows its heatmap (on the volume's grid, heat on that slice only)."""
         if not self.isSliceModel(p.model):
             raise ValueError(f"{p.model} is not a 2D slice model: use Classify for the whole volume.")
-        sliceMm = self.currentSliceMm(p.inputVolume) if sliceMm is None else float(sliceMm)
+        volume = self._runInput(p)
+        sliceMm = self.currentSliceMm(volume) if sliceMm is None else float(sliceMm)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             outDir = workDir / "out"
             command = WorkerCommand.build("classify", inputPath, python=self.python, model=p.model, out=outDir,
                                           explain=p.explainMethod, device=p.device, slice_mm=f"{sliceMm:.4f}")
-            return self._start("classify", command, lambda result, job: self._loadClassification(p, outDir, inputPath),
+            return self._start("classify", command, lambda result, job: self._loadClassification(p, volume, outDir, inputPath),
                                workDir, **kwargs)
 
     def classifySegments(self, p, **kwargs):
@@ -740,27 +804,30 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         if not p.trainingSegmentation:
             raise ValueError(f"{p.model} is an ROI classifier: it labels segments. Select the segmentation whose "
                              "segments it should label as the Fine-tune section's Segmentation.")
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             outDir = workDir / "out"
             command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python, device=p.device,
                                              segments=scene_io.exportSegmentation(p.trainingSegmentation, workDir))
 
             def load(result, job):
+                self._checkStillInScene(volume)
                 res = read_segment_labels(outDir, inputPath)
-                name = p.inputVolume.GetName()
+                name = volume.GetName()
                 p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} segment labels")
                 scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names)
                 p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
-                scene_io.placeUnderStudy(p.outputTable, p.inputVolume)
+                scene_io.placeUnderStudy(p.outputTable, volume)
                 return res
             return self._start("classify", command, load, workDir, **kwargs)
 
     # -- robustness ---------------------------------------------------------------------------------------------
     def robustness(self, p, **kwargs):
         """Smallest eps that flips the prediction on the loaded scan; returns one sentence."""
+        volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(p.inputVolume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             command = WorkerCommand.robustness(p.model, inputPath, workDir / "robustness", python=self.python)
             return self._start("robustness", command, lambda result, job: robustness_summary(result)[0], workDir,
                                **kwargs)
@@ -768,13 +835,14 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     # -- fine-tuning --------------------------------------------------------------------------------------------
     def finetune(self, p, **kwargs):
         """Fine-tune ``p.model`` on the input and its segments; returns the new package's ``id@version``."""
+        volume = self._runInput(p)
         self.syncClassMap(p)
         with self._workDir() as workDir:
             classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
             if not classMap:
                 raise ValueError("Map at least one segment to a class in the segment → class table.")
-            manifest = {"cases": [{"id": p.inputVolume.GetName(),
-                                   "image": str(scene_io.exportVolume(p.inputVolume, workDir)),
+            manifest = {"cases": [{"id": volume.GetName(),
+                                   "image": str(scene_io.exportVolume(volume, workDir)),
                                    "segmentation": str(scene_io.exportSegmentation(p.trainingSegmentation, workDir))}],
                         "class_map": classMap}
             manifestPath = workDir / "manifest.json"

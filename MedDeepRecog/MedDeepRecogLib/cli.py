@@ -44,14 +44,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``commands``, only those sub-commands are registered (the Slicer module checks
+    one worker command at a time). Building it imports no heavy package (torch, pydantic, monai, slicerio...): each
+    command module imports those in its ``run``, as the Slicer module builds this parser in Slicer's own process
+    before its dependencies are installed."""
     parser = OneLineParser(
         prog="meddeeprecog",
         description="Deep-learning recognition for CT/MRI scans: preprocess, classify with heatmaps, train, fine-tune.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (and show tracebacks on errors)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
-    for name in COMMANDS:
+    for name in COMMANDS if commands is None else [c for c in COMMANDS if c in commands]:
         importlib.import_module(f".commands.{name}", __package__).add_parser(subparsers)
     for sub in subparsers.choices.values():  # every command reads scans: one bound for all of them
         sub.add_argument("--max-image-size", metavar="SIZE", default=None,

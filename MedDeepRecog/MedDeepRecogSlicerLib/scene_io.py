@@ -122,8 +122,14 @@ def showSegmentationIn3D(segmentationNode: vtkMRMLSegmentationNode) -> None:
     apply_segmentation_display(segmentationNode)
 
 
-def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]]) -> None:
-    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order)."""
+#: The probability column's header when the scan is outside the model's domain (as the command line says it).
+NOT_A_FINDING = "model output, not a finding"
+
+
+def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]],
+                           outOfDomain: bool = False) -> None:
+    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order). ``outOfDomain``: the
+    probability column is headed :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis."""
     classes = vtk.vtkStringArray()
     classes.SetName("class")
     probs = vtk.vtkDoubleArray()
@@ -134,6 +140,10 @@ def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tupl
     tableNode.RemoveAllColumns()
     tableNode.AddColumn(classes)
     tableNode.AddColumn(probs)
+    if outOfDomain:
+        tableNode.SetColumnTitle("probability", NOT_A_FINDING)
+        tableNode.SetColumnDescription("probability", "the scan is outside this model's domain: no class is "
+                                                      "reported, these are the network's numbers only")
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 
@@ -269,6 +279,45 @@ def placeUnderStudy(node: vtkMRMLNode, referenceNode: vtkMRMLTransformableNode) 
     transformable = vtkMRMLTransformableNode.SafeDownCast(node)  # tables have no transform
     if transformable is not None:
         transformable.SetAndObserveTransformNodeID(referenceNode.GetTransformNodeID())
+
+
+#: Node reference from an output that holds one scan's results (its segmentation, its per-slice table) to that scan.
+SCAN_REFERENCE_ROLE = "MedDeepRecogScan"
+
+
+def scanOf(node: vtkMRMLNode | None) -> str | None:
+    """The ID of the scan whose results ``node`` holds (:func:`markScan`), or ``None``."""
+    if node is None or not slicer.mrmlScene.IsNodePresent(node):
+        return None
+    return node.GetNodeReferenceID(SCAN_REFERENCE_ROLE) or None
+
+
+def markScan(node: vtkMRMLNode, volumeNode: vtkMRMLVolumeNode) -> None:
+    """Record that ``node`` holds ``volumeNode``'s results (a node reference: saved with the scene, and kept when a
+    loaded scene's node IDs change)."""
+    node.SetNodeReferenceID(SCAN_REFERENCE_ROLE, volumeNode.GetID())
+
+
+def outputSegmentationOf(volumeNode: vtkMRMLVolumeNode, current: vtkMRMLSegmentationNode | None = None
+                         ) -> vtkMRMLSegmentationNode:
+    """The output segmentation of ``volumeNode``: each scan has its own, so one scan's segments (organs, a body
+    mask, a hot region) never stand in another's. ``current`` if it is that scan's, else the scene's segmentation
+    marked for it, else a new one, named ``"<scan> segmentations"``. The other scans' output segmentations are hidden
+    (each lies where its own scan is, which may be where this one is)."""
+    scanId = volumeNode.GetID()
+    outputs = [node for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode") if scanOf(node)]
+    node = current if scanOf(current) == scanId else next((n for n in outputs if scanOf(n) == scanId), None)
+    if node is None:
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volumeNode.GetName()} segmentations")
+        markScan(node, volumeNode)
+    node.SetName(f"{volumeNode.GetName()} segmentations")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    node.CreateDefaultDisplayNodes()
+    node.SetDisplayVisibility(True)
+    for other in outputs:
+        if other is not node and scanOf(other) != scanId:
+            other.SetDisplayVisibility(False)
+    return node
 
 
 def getOrCreateNode(node, className: str, name: str):

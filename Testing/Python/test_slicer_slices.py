@@ -193,3 +193,23 @@ def test_classify_current_slice_takes_the_slice_the_red_view_shows_on_tilted_and
     red.SetOrientation("Sagittal")
     with pytest.raises(ValueError, match="90° from the scan's axial slices.*set the red view to Axial"):
         logic.classifySlice(p, waitForCompletion=True)
+
+
+def test_classify_current_slice_of_another_scan_takes_the_last_scans_per_slice_table_off(slicer_core, slice_model):
+    """Scan A classified slice by slice, then one slice of scan B: A's per-slice table stayed beside B's result (and
+    clicking a row moved the red view to A's slice positions)."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device = _volume(env), "tiny-2d", "cpu"
+    logic.classify(p, waitForCompletion=True)
+    tableA = p.sliceTable
+    assert tableA.GetNumberOfRows() == 14
+    logic.classifySlice(p, waitForCompletion=True)
+    assert p.sliceTable is tableA  # one slice of the same scan: its per-slice table stays
+
+    p.inputVolume = _volume(env)
+    p.inputVolume.SetName("scan B")
+    logic.classifySlice(p, waitForCompletion=True)
+    assert p.sliceTable is None and env.count("vtkMRMLTableNode") == 1
+    assert p.outputTable.GetName() == "scan B probabilities"

@@ -12,7 +12,6 @@ import json
 
 from ..contract import PICTURE_SUFFIXES, WRITABLE_SUFFIXES, suffix_of
 from ..errors import InputImageError
-from ..io import describe_geometry, read_image
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import describe_geometry, read_image  # SimpleITK, slicerio: not when the parser is only built
+
     image = read_image(args.input, spacing=args.spacing)
     record = {"input": str(args.input), **describe_geometry(image)}
     if suffix_of(args.input) not in WRITABLE_SUFFIXES + PICTURE_SUFFIXES:

@@ -15,7 +15,7 @@ from ..progress import PROGRESS_HELP
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..training.pretrain import PretrainSettings
+    from ..training.pretrain_settings import PretrainSettings
 
     d = PretrainSettings()
     p = subparsers.add_parser("pretrain", help="self-supervised pretraining of a 2D network on unlabelled images "

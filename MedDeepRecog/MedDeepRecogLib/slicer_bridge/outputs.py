@@ -63,6 +63,12 @@ class ClassifyResult:
         return dict(self.probabilities).get(self.top_class or self.label, 0.0)
 
     @property
+    def out_of_domain(self) -> bool:
+        """The scan is outside the model's domain: no class is reported, and its probabilities and heatmap are what
+        the network computed on something it was not made for, not a finding."""
+        return self.label == "out-of-domain"
+
+    @property
     def uncertain(self) -> bool:
         return self.label == "uncertain" or bool(self.uncertain_reasons)
 
@@ -71,7 +77,7 @@ class ClassifyResult:
         import html
 
         top = html.escape(self.top_class or self.label)
-        if self.label == "out-of-domain":  # no class is reported: not even as "most likely"
+        if self.out_of_domain:  # no class is reported: not even as "most likely"
             why = "; ".join(html.escape(r) for r in self.uncertain_reasons) or "unlike the model's training images"
             text = f"<b>outside this model's domain</b>: no class reported<br><i>{why}</i>"
         elif not self.uncertain:
@@ -89,6 +95,8 @@ class ClassifyResult:
 
     def heatmap_text(self) -> str:
         """The heatmap's faithfulness for the panel, next to the heatmap controls ("" without a score)."""
+        if self.out_of_domain:  # the panel shows no heatmap then
+            return "no heatmap shown: the scan is outside this model's domain"
         if self.faithfulness is None:
             return ""
         text = f"{self.faithfulness:+.2f} ({self.explain_method or 'heatmap'}, better than random when > 0)"

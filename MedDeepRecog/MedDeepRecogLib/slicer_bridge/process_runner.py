@@ -48,25 +48,46 @@ class WorkerError(RuntimeError):
 
 #: Worker options in an error line, and what the panel calls them.
 PANEL_NAMES = {"--slice-mm": "the red view's slice offset", "--second-input": "the second volume",
-               "--segments": "the segmentation", "--lesion": "the lesion label"}
+               "--segments": "the segmentation", "--lesion": "the lesion label", "--model": "the model",
+               "--base": "the model", "--device": "the device", "--explain": "the heatmap method",
+               "--task": "the fine-tune task", "--epochs": "the epochs", "--input": "the input volume",
+               "--data": "the fine-tune segments", "--pipeline": "the preprocessing", "--mask": "the masks"}
 
 
-def in_panel_words(error: WorkerError, exchange_dir: str | Path) -> WorkerError:
-    """``error`` reworded for the panel: a path into the run's exchange folder (a file written only to hand the
-    node to the worker, deleted when the run ends) becomes the node's name, as its file was named after it
-    (``.../MedDeepRecog-x/brain1_label.nrrd`` -> ``'brain1_label'``), and command-line options become the panel's
-    names for them (:data:`PANEL_NAMES`). Exit code, cancel flag and output tail are kept."""
+def panel_text(text: str, exchange_dir: str | Path | None) -> str:
+    """``text`` (a worker's error line, or a value of its progress lines) in the panel's words: a path into the run's
+    exchange folder (a file written only to hand a node to the worker, deleted when the run ends) becomes the node's
+    name, as its file was named after it (``.../MedDeepRecog-x/brain1_label.nrrd`` -> ``'brain1_label'``), any other
+    path there "the run's temporary folder", and command-line options the panel's names for them
+    (:data:`PANEL_NAMES`)."""
     import re
 
-    message = str(error)
-    folder = re.escape(str(Path(exchange_dir)))
-    message = re.sub(folder + r"[/\\](?:[^\s:/\\]+[/\\])*([^\s:/\\]+?)(?:\.seg)?\.(?:nrrd|nii\.gz|json|csv)",
-                     lambda m: f"'{m.group(1)}'", message)
+    if exchange_dir is not None:
+        folder = re.escape(str(Path(exchange_dir)))
+        text = re.sub(folder + r"[/\\](?:[^\s:/\\]+[/\\])*([^\s:/\\]+?)(?:\.seg)?\.(?:nrrd|nii\.gz|json|csv)",
+                      lambda m: f"'{m.group(1)}'", text)
+        text = re.sub(folder + r"(?:[/\\][^\s:,;'\"()]*)?", "the run's temporary folder", text)
     for option, words in PANEL_NAMES.items():
-        message = re.sub(re.escape(option) + r"(?![\w-])", words, message)
+        text = re.sub(re.escape(option) + r"(?![\w-])", words, text)
+    return text
+
+
+def in_panel_words(error: WorkerError, exchange_dir: str | Path | None) -> WorkerError:
+    """``error`` reworded for the panel (:func:`panel_text`). Exit code, cancel flag and output tail are kept."""
+    message = panel_text(str(error), exchange_dir)
     if message == str(error):
         return error
     return WorkerError(message, error.returncode, error.cancelled, error.tail)
+
+
+def panel_event(event: ProgressEvent, exchange_dir: str | Path | None) -> ProgressEvent:
+    """A progress event whose text values are in the panel's words (:func:`panel_text`): what the status line shows
+    (``ProgressEvent.describe``) names nodes, not the exchange folder's files."""
+    import dataclasses
+
+    extra = {key: panel_text(value, exchange_dir) if isinstance(value, str) else value
+             for key, value in event.extra.items()}
+    return event if extra == event.extra else dataclasses.replace(event, extra=extra)
 
 
 # ----------------------------------------------------------------------------------------------------------------

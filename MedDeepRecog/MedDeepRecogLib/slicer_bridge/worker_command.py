@@ -136,17 +136,27 @@ class WorkerCommand:
         """Check the arguments with the core's own parser, without starting a process.
 
         A version mismatch between panel and worker (an option the worker lacks) is then reported at once as a
-        :class:`ConfigError` instead of an argparse usage dump from the worker.
+        :class:`ConfigError` instead of an argparse usage dump from the worker. Only this command's sub-parser is
+        built, and building it imports no heavy package (``cli.build_parser``): this runs in Slicer's process, also
+        before the module's dependencies (torch, pydantic...) are installed. Should a parser still need one, the
+        check is left to the worker, which reports the same error line.
         """
         import contextlib
         import io
+        import logging
 
-        from ..cli import build_parser
+        try:
+            from ..cli import build_parser
 
+            parser = build_parser([self.command])
+        except ImportError as exc:
+            logging.getLogger(__name__).warning("not checking the %s command here (%s): the worker will",
+                                                self.command, exc)
+            return
         messages = io.StringIO()
         try:
             with contextlib.redirect_stderr(messages), contextlib.redirect_stdout(io.StringIO()):
-                build_parser().parse_args(self.cli_args())
+                parser.parse_args(self.cli_args())
         except SystemExit as exc:
             if exc.code in (0, None):
                 return

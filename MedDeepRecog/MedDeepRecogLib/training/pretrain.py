@@ -18,7 +18,6 @@ layer and the projection head dropped, go atomically to ``OUT`` (``.safetensors`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,53 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..schema import MAX_LEARNING_RATE
 from .augment import BatchAugment, generator_state, set_generator_state
 from .loop import Hooks, StepOutput
+from .pretrain_settings import PretrainSettings  # torch-free: the command line's parser shows its defaults
 
 #: The views' augmentation: stronger than a classifier's, since telling views apart is the whole task.
 VIEW_AUGMENTATION = {"flip": {"prob": 0.5, "axes": [1]}, "rotate": {"prob": 0.8, "degrees": 20},
                      "zoom": {"prob": 1.0, "min": 0.75, "max": 1.3}, "noise": {"prob": 0.5, "std": 0.05},
                      "intensity_shift": {"prob": 0.8, "offset": 0.2}, "gamma": {"prob": 0.8, "min": 0.6, "max": 1.6}}
-
-
-@dataclass
-class PretrainSettings:
-    """One pretraining run's choices.
-
-    Attributes:
-        epochs: passes over the pool; batch_size: images per step (each gives two views, so 2 x batch_size
-            forward passes; the last partial batch is dropped, as the loss needs negatives).
-        lr, weight_decay: AdamW; the rate warms up over ``warmup_epochs`` and falls on a cosine to 0.
-        temperature: of the NT-Xent softmax. embedding, projection: widths of the network's widened last layer
-            and of the projection head's output. shift: largest view shift, as a fraction of the side.
-        seed: of the loop (weights, shuffling) and the views.
-    """
-
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 2
-    temperature: float = 0.2
-    embedding: int = 128
-    projection: int = 64
-    shift: float = 0.1
-    seed: int = 0
-
-    def check(self) -> None:
-        """Refuse settings the run cannot use, naming the setting."""
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
-        if self.batch_size < 2:
-            raise ConfigError(f"--batch must be at least 2: each image's negatives are the batch's other images "
-                              f"(got {self.batch_size})")
-        if not 0 < self.lr <= MAX_LEARNING_RATE:
-            raise ConfigError(f"--lr must be above 0 and at most {MAX_LEARNING_RATE:g} (got {self.lr})")
-        if not self.temperature > 0:
-            raise ConfigError(f"--temperature must be above 0 (got {self.temperature})")
-        if not 0 <= self.shift < 0.5:
-            raise ConfigError(f"the view shift must be a fraction of the side in [0, 0.5) (got {self.shift})")
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
