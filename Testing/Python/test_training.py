@@ -599,3 +599,68 @@ def test_a_terminated_training_says_so_and_resumes(tmp_path, npz):
     assert proc.returncode == 130, err
     assert "cancelled; the checkpoints of the epochs completed are kept in" in err and str(out) in err
     assert "Traceback" not in err and not (tmp_path / "pkgs").exists()
+
+
+@pytest.fixture
+def no_fitting(monkeypatch):
+    """Fitting a network fails the test: a run refused up front must stop before it."""
+    from MedDeepRecogLib.training import train
+
+    def fit_member(*args, **kwargs):
+        raise AssertionError("the run started training: it was not refused first")
+
+    monkeypatch.setattr(train, "_fit_member", fit_member)
+
+
+def _lesion_case(tmp_path: Path, lesion: np.ndarray, origin=(0.0, 0.0, 0.0)) -> dict:
+    import SimpleITK as sitk
+
+    scan = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 200, (3, 12, 12)).astype(np.int16))
+    sitk.WriteImage(scan, str(tmp_path / "scan.nrrd"))
+    label = sitk.GetImageFromArray(lesion)
+    label.SetOrigin(origin)
+    sitk.WriteImage(label, str(tmp_path / "lesion.nrrd"))
+    return {"name": "case", "scan": str(tmp_path / "scan.nrrd"), "lesion": str(tmp_path / "lesion.nrrd")}
+
+
+def _square(dtype=np.uint8, value=1):
+    lesion = np.zeros((3, 12, 12), dtype)
+    lesion[1, 3:7, 3:7] = value
+    return lesion
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("missing_scan", ["localisation/0/scan", "not found"]),
+    ("empty_lesion", ["localisation/0/lesion", "empty"]),
+    ("fractional_lesion", ["localisation/0/lesion", "fractional"]),
+    ("lesion_outside", ["localisation/0", "does not overlap the scan"]),
+    ("negative_class", ["domain/negatives/0/class", "no images of class 99"]),
+    ("negative_missing", ["domain/negatives/0/path", "not found"]),
+])
+def test_train_refuses_localisation_and_domain_files_before_training(tmp_path, npz, capsys, no_fitting, case,
+                                                                     needles):
+    """The files the localisation and domain blocks read after training are checked before it: one line naming
+    the setting, exit 2, no run folder left."""
+    import yaml
+
+    cfg = _config(npz)
+    if case == "missing_scan":
+        cfg["localisation"] = [{**_lesion_case(tmp_path, _square()), "scan": str(tmp_path / "nosuch.nrrd")}]
+    elif case == "empty_lesion":
+        cfg["localisation"] = [_lesion_case(tmp_path, np.zeros((3, 12, 12), np.uint8))]
+    elif case == "fractional_lesion":
+        cfg["localisation"] = [_lesion_case(tmp_path, _square(np.float32, 0.5))]
+    elif case == "lesion_outside":
+        cfg["localisation"] = [_lesion_case(tmp_path, _square(), origin=(500.0, 500.0, 500.0))]
+    else:
+        negatives = tmp_path / "neg.npz"
+        np.savez(negatives, val_images=np.zeros((4, 12, 12), np.uint8), val_labels=np.zeros(4, np.int64))
+        cfg["domain"] = {"negatives": [{"name": "neg", "split": "val", "class": 99,
+                                        "path": str(negatives if case == "negative_class" else tmp_path / "no.npz")}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = tmp_path / "runs" / "x"
+    assert main(["train", str(path), "--out", str(out), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none"]) == 2
+    refusal_line(capsys, *needles)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cat" / "synthetic").exists()

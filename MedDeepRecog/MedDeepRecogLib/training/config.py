@@ -303,15 +303,9 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
 
 def resolve_data_path(cfg: TrainConfig) -> Path:
     """``data/path`` as given, else relative to the config's folder or its parent (the repository root)."""
-    try:
-        return resolve_relative(cfg.data.path, cfg.source)
-    except ConfigError as exc:
-        raise ConfigError(exc.problem.replace("data path", "data/path", 1), cfg.source) from None
+    return resolve_relative(cfg.data.path, cfg.source, "data/path")
 
 
 def resolve_init_path(cfg: TrainConfig) -> Path:
     """``model/init`` as given, else relative to the config's folder or its parent (the repository root)."""
-    try:
-        return resolve_relative(cfg.model.init, cfg.source)
-    except ConfigError as exc:
-        raise ConfigError(exc.problem.replace("data path", "model/init weights file", 1), cfg.source) from None
+    return resolve_relative(cfg.model.init, cfg.source, "model/init weights file")

@@ -492,6 +492,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         from .domain import check_negative_files
 
         check_negative_files((cfg.domain or {}).get("negatives") or [], cfg.source)
+    for extension in extensions:   # so are the files the config's blocks read after training
+        if extension.check is not None:
+            extension.check()
     if ctx.is_main:
         made.extend(d for d in (out_dir, *out_dir.parents) if not d.exists())   # deepest first
         out_dir.mkdir(parents=True, exist_ok=True)
