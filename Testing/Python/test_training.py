@@ -664,3 +664,31 @@ def test_train_refuses_localisation_and_domain_files_before_training(tmp_path, n
                  "--progress", "none"]) == 2
     refusal_line(capsys, *needles)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cat" / "synthetic").exists()
+
+
+def test_a_val_split_the_file_lacks_is_refused_not_cut_from_the_train_split(tmp_path):
+    """A typo in data/val_split named the file's own validation split nowhere: the last 20% of the train split
+    was taken instead (ignoring train_groups) and called validation. Refused, naming the splits the file holds; a
+    file with train_groups and no validation split is refused too (a tail cut would split patients); a file with
+    a train split only, without groups, still takes the tail of each class."""
+    from MedDeepRecogLib.training.data import load_train_val
+
+    x, y = separable(40, seed=1)
+    images = (x[:, 0] * 100 + 100).clip(0, 255).astype(np.uint8)
+    groups = np.repeat(np.arange(20), 2).astype(str)
+    cases = {"typo": dict(train_images=images, train_labels=y, val_images=images[:8], val_labels=y[:8]),
+             "groups": dict(train_images=images, train_labels=y, train_groups=groups),
+             "train_only": dict(train_images=images, train_labels=y)}
+    for name, arrays in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **arrays)
+        cfg = config_from_dict(_config(path, data={"path": str(path), "kind": "slices2d", "val_split": "valid"}))
+        if name == "train_only":
+            data = load_train_val(cfg, path)
+            assert len(data.val) == 8 and "last 20%" in data.description
+            continue
+        with pytest.raises(ConfigError) as err:
+            load_train_val(cfg, path)
+        message = str(err.value)
+        assert "data/val_split 'valid'" in message and str(path) in message
+        assert ("'train', 'val'" in message) if name == "typo" else ("train_groups" in message)
