@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -692,3 +693,27 @@ def test_a_val_split_the_file_lacks_is_refused_not_cut_from_the_train_split(tmp_
         message = str(err.value)
         assert "data/val_split 'valid'" in message and str(path) in message
         assert ("'train', 'val'" in message) if name == "typo" else ("train_groups" in message)
+
+
+@pytest.mark.parametrize("section, value, needle", [
+    ("augmentation", {"flip": {"prob": 0.5, "axes": [5]}}, "augmentation/flip/axes"),
+    ("augmentation", {"rotate90": {"prob": 0.5, "axes": [7, 9]}}, "augmentation/rotate90/axes"),
+    ("augmentation", {"rotate90": {"prob": 0.5, "axes": [1, 1]}}, "augmentation/rotate90/axes"),
+    ("augmentation", {"zoom": {"prob": 0.5, "min": -1, "max": 0.5}}, "augmentation/zoom/min"),
+    ("augmentation", {"gamma": {"prob": 0.5, "min": 0, "max": 1.5}}, "augmentation/gamma/min"),
+    ("augmentation", {"noise": {"prob": 0.5, "std": -1}}, "augmentation/noise/std"),
+    ("schedule", {"name": "cosine", "min_lr": 1.0}, "schedule/min_lr (1) is above optimizer/lr (0.003)"),
+    ("schedule", {"name": "plateau", "min_lr": 0.5}, "schedule/min_lr"),
+])
+def test_augmentation_axes_factors_and_min_lr_are_checked_with_the_config(npz, section, value, needle):
+    """Axes the images lack crashed the first batch with an IndexError; a negative zoom factor, a negative noise
+    std and a min_lr above the lr trained on. Each is refused when the config is read, naming the setting."""
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config_from_dict(_config(npz, **{section: value}))
+
+
+def test_a_test_time_flip_over_a_flip_axis_the_images_lack_blames_the_flip_axis(npz):
+    cfg = _config(npz, augmentation={"flip": {"prob": 0.5, "axes": [5]}})
+    cfg["training"].update(ensemble=2, test_time_flip=[1])
+    with pytest.raises(ConfigError, match="augmentation/flip/axes.*2D images.*got \\[5\\]"):
+        config_from_dict(cfg)
