@@ -717,3 +717,23 @@ def test_a_test_time_flip_over_a_flip_axis_the_images_lack_blames_the_flip_axis(
     cfg["training"].update(ensemble=2, test_time_flip=[1])
     with pytest.raises(ConfigError, match="augmentation/flip/axes.*2D images.*got \\[5\\]"):
         config_from_dict(cfg)
+
+
+def test_resuming_a_finished_run_whose_config_pins_its_version_names_its_package(tmp_path, npz, capsys):
+    """--help: resuming a finished run with the same epochs names its package and writes nothing. A config that
+    pins the version was refused instead ("version already exists": the run's own package)."""
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, version="1.0.0", training={"epochs": 2, "batch_size": 16})),
+                        encoding="utf-8")
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    common = [str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]
+    assert main(["train", *common]) == 0
+    capsys.readouterr()
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["train", *common, "--resume", "--epochs", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["package"] == str(cat / "synthetic" / "1.0.0") and "nothing trained" in result["complete"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]
