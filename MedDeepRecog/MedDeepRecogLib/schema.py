@@ -175,8 +175,9 @@ def read_config(cls: type, raw: Mapping[str, Any], source: Any = None, *, where:
         raise ConfigError(f"{key or 'config'}: {msg}, got {_describe(err.get('input'))}{more}", source) from None
 
 
-def resolve_relative(raw: str, source) -> Path:
-    """A data path as given, else relative to the config's folder or its parent (the repository root)."""
+def resolve_relative(raw: str, source, what: str = "data path") -> Path:
+    """A data path as given, else relative to the config's folder or its parent (the repository root).
+    ``what``: the setting named when it is not found (``localisation/0/scan``)."""
     p = Path(raw).expanduser()
     candidates = [p]
     if not p.is_absolute() and source:
@@ -185,4 +186,4 @@ def resolve_relative(raw: str, source) -> Path:
     for c in candidates:
         if c.exists():
             return c
-    raise ConfigError(f"data path {raw!r} not found (looked in: {', '.join(map(str, candidates))})", source)
+    raise ConfigError(f"{what} {raw!r} not found (looked in: {', '.join(map(str, candidates))})", source)

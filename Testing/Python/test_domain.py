@@ -334,3 +334,30 @@ def test_models_lists_where_a_recalibrated_bundled_package_comes_from(run_cli_al
 
     # a fine-tuned package records its parent as a mapping (with the folder of the machine that made it)
     assert _parent_ref({"id": "ts-organs-seg", "version": "1.0.0", "path": "/home/x/models"}) == "ts-organs-seg@1.0.0"
+
+
+def test_an_out_of_domain_result_says_its_figures_are_no_finding_in_json_and_html(tmp_path, oblique_volume):
+    """No slice in the domain: the JSON's confidence_basis called the figure the "mean over the N voting slices"
+    and the HTML drew the probability bars as a result; both now say what the CLI says, "the model's output, not a
+    finding", and that no slice is in the domain."""
+    from MedDeepRecogLib.inference.classify import OUT_OF_DOMAIN, classify_scan
+    from MedDeepRecogLib.report import render_case_report
+
+    package = load_package(_with_domain(make_tiny_package(tmp_path / "a"), tmp_path / "c", -1.0, "0.0.3"))
+    result = classify_scan(oblique_volume, package, device="cpu")
+    assert result.label == OUT_OF_DOMAIN
+    record = result.to_json()
+    n = len(result.per_slice)
+    for key in ("confidence_basis", "probabilities_basis"):
+        assert record[key].startswith("the model's output, not a finding") and "voting" not in record[key], \
+            record[key]
+        assert f"none of the {n} slices is in this model's domain" in record[key]
+    html = render_case_report(result, {}, package, command="meddeeprecog classify x").replace("&#39;", "'")
+    confidence_line, probabilities = html.split("<h2>Probabilities</h2>")[0], html.split("<h2>Probabilities</h2>")[1]
+    assert "Confidence: the model's output, not a finding" in confidence_line
+    assert "the model's output, not a finding" in probabilities.split("<table")[0]
+    # a localisation case the package could not measure is named as such, not shown as an empty row
+    package.meta["localisation"] = {"case1": {"label": None, "refused": "the scan is 2D"},
+                                    "case2": {"label": "gamma", "pointing_rate": 0.5}}
+    html = render_case_report(result, {}, package, command="meddeeprecog classify x")
+    assert "<th>case1</th><td>not measured: the scan is 2D</td>" in html and "pointing_rate 0.5" in html

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -599,3 +600,140 @@ def test_a_terminated_training_says_so_and_resumes(tmp_path, npz):
     assert proc.returncode == 130, err
     assert "cancelled; the checkpoints of the epochs completed are kept in" in err and str(out) in err
     assert "Traceback" not in err and not (tmp_path / "pkgs").exists()
+
+
+@pytest.fixture
+def no_fitting(monkeypatch):
+    """Fitting a network fails the test: a run refused up front must stop before it."""
+    from MedDeepRecogLib.training import train
+
+    def fit_member(*args, **kwargs):
+        raise AssertionError("the run started training: it was not refused first")
+
+    monkeypatch.setattr(train, "_fit_member", fit_member)
+
+
+def _lesion_case(tmp_path: Path, lesion: np.ndarray, origin=(0.0, 0.0, 0.0)) -> dict:
+    import SimpleITK as sitk
+
+    scan = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 200, (3, 12, 12)).astype(np.int16))
+    sitk.WriteImage(scan, str(tmp_path / "scan.nrrd"))
+    label = sitk.GetImageFromArray(lesion)
+    label.SetOrigin(origin)
+    sitk.WriteImage(label, str(tmp_path / "lesion.nrrd"))
+    return {"name": "case", "scan": str(tmp_path / "scan.nrrd"), "lesion": str(tmp_path / "lesion.nrrd")}
+
+
+def _square(dtype=np.uint8, value=1):
+    lesion = np.zeros((3, 12, 12), dtype)
+    lesion[1, 3:7, 3:7] = value
+    return lesion
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("missing_scan", ["localisation/0/scan", "not found"]),
+    ("empty_lesion", ["localisation/0/lesion", "empty"]),
+    ("fractional_lesion", ["localisation/0/lesion", "fractional"]),
+    ("lesion_outside", ["localisation/0", "does not overlap the scan"]),
+    ("negative_class", ["domain/negatives/0/class", "no images of class 99"]),
+    ("negative_missing", ["domain/negatives/0/path", "not found"]),
+])
+def test_train_refuses_localisation_and_domain_files_before_training(tmp_path, npz, capsys, no_fitting, case,
+                                                                     needles):
+    """The files the localisation and domain blocks read after training are checked before it: one line naming
+    the setting, exit 2, no run folder left."""
+    import yaml
+
+    cfg = _config(npz)
+    if case == "missing_scan":
+        cfg["localisation"] = [{**_lesion_case(tmp_path, _square()), "scan": str(tmp_path / "nosuch.nrrd")}]
+    elif case == "empty_lesion":
+        cfg["localisation"] = [_lesion_case(tmp_path, np.zeros((3, 12, 12), np.uint8))]
+    elif case == "fractional_lesion":
+        cfg["localisation"] = [_lesion_case(tmp_path, _square(np.float32, 0.5))]
+    elif case == "lesion_outside":
+        cfg["localisation"] = [_lesion_case(tmp_path, _square(), origin=(500.0, 500.0, 500.0))]
+    else:
+        negatives = tmp_path / "neg.npz"
+        np.savez(negatives, val_images=np.zeros((4, 12, 12), np.uint8), val_labels=np.zeros(4, np.int64))
+        cfg["domain"] = {"negatives": [{"name": "neg", "split": "val", "class": 99,
+                                        "path": str(negatives if case == "negative_class" else tmp_path / "no.npz")}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = tmp_path / "runs" / "x"
+    assert main(["train", str(path), "--out", str(out), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none"]) == 2
+    refusal_line(capsys, *needles)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cat" / "synthetic").exists()
+
+
+def test_a_val_split_the_file_lacks_is_refused_not_cut_from_the_train_split(tmp_path):
+    """A typo in data/val_split named the file's own validation split nowhere: the last 20% of the train split
+    was taken instead (ignoring train_groups) and called validation. Refused, naming the splits the file holds; a
+    file with train_groups and no validation split is refused too (a tail cut would split patients); a file with
+    a train split only, without groups, still takes the tail of each class."""
+    from MedDeepRecogLib.training.data import load_train_val
+
+    x, y = separable(40, seed=1)
+    images = (x[:, 0] * 100 + 100).clip(0, 255).astype(np.uint8)
+    groups = np.repeat(np.arange(20), 2).astype(str)
+    cases = {"typo": dict(train_images=images, train_labels=y, val_images=images[:8], val_labels=y[:8]),
+             "groups": dict(train_images=images, train_labels=y, train_groups=groups),
+             "train_only": dict(train_images=images, train_labels=y)}
+    for name, arrays in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **arrays)
+        cfg = config_from_dict(_config(path, data={"path": str(path), "kind": "slices2d", "val_split": "valid"}))
+        if name == "train_only":
+            data = load_train_val(cfg, path)
+            assert len(data.val) == 8 and "last 20%" in data.description
+            continue
+        with pytest.raises(ConfigError) as err:
+            load_train_val(cfg, path)
+        message = str(err.value)
+        assert "data/val_split 'valid'" in message and str(path) in message
+        assert ("'train', 'val'" in message) if name == "typo" else ("train_groups" in message)
+
+
+@pytest.mark.parametrize("section, value, needle", [
+    ("augmentation", {"flip": {"prob": 0.5, "axes": [5]}}, "augmentation/flip/axes"),
+    ("augmentation", {"rotate90": {"prob": 0.5, "axes": [7, 9]}}, "augmentation/rotate90/axes"),
+    ("augmentation", {"rotate90": {"prob": 0.5, "axes": [1, 1]}}, "augmentation/rotate90/axes"),
+    ("augmentation", {"zoom": {"prob": 0.5, "min": -1, "max": 0.5}}, "augmentation/zoom/min"),
+    ("augmentation", {"gamma": {"prob": 0.5, "min": 0, "max": 1.5}}, "augmentation/gamma/min"),
+    ("augmentation", {"noise": {"prob": 0.5, "std": -1}}, "augmentation/noise/std"),
+    ("schedule", {"name": "cosine", "min_lr": 1.0}, "schedule/min_lr (1) is above optimizer/lr (0.003)"),
+    ("schedule", {"name": "plateau", "min_lr": 0.5}, "schedule/min_lr"),
+])
+def test_augmentation_axes_factors_and_min_lr_are_checked_with_the_config(npz, section, value, needle):
+    """Axes the images lack crashed the first batch with an IndexError; a negative zoom factor, a negative noise
+    std and a min_lr above the lr trained on. Each is refused when the config is read, naming the setting."""
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config_from_dict(_config(npz, **{section: value}))
+
+
+def test_a_test_time_flip_over_a_flip_axis_the_images_lack_blames_the_flip_axis(npz):
+    cfg = _config(npz, augmentation={"flip": {"prob": 0.5, "axes": [5]}})
+    cfg["training"].update(ensemble=2, test_time_flip=[1])
+    with pytest.raises(ConfigError, match="augmentation/flip/axes.*2D images.*got \\[5\\]"):
+        config_from_dict(cfg)
+
+
+def test_resuming_a_finished_run_whose_config_pins_its_version_names_its_package(tmp_path, npz, capsys):
+    """--help: resuming a finished run with the same epochs names its package and writes nothing. A config that
+    pins the version was refused instead ("version already exists": the run's own package)."""
+    import yaml
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, version="1.0.0", training={"epochs": 2, "batch_size": 16})),
+                        encoding="utf-8")
+    out, cat = tmp_path / "run", tmp_path / "cat"
+    common = [str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]
+    assert main(["train", *common]) == 0
+    capsys.readouterr()
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["train", *common, "--resume", "--epochs", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["package"] == str(cat / "synthetic" / "1.0.0") and "nothing trained" in result["complete"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]

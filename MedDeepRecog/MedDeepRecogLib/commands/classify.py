@@ -403,8 +403,6 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
     outside = result.decision["label"] == OUT_OF_DOMAIN
     conf = (f"\n  confidence = mean over the {n_voting} voting slices of their {result.decision['top_class']} "
             f"probability") if n_voting > 1 and not outside else ""
-    if outside:  # what the network computed, shown as such: not a finding
-        basis = f"the model's output, not a finding ({basis})"
     mod = result.decision.get("modality") or {}
     mod_txt = f" (modality {mod['label']})" if mod.get("source") else ""
     caption = result.explain.get("faithfulness_caption")

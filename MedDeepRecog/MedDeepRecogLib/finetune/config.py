@@ -24,7 +24,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..schema import Float, Fraction, List, Millimetres, NonNegInt, OpenFraction, PosInt, SideInt, load_mapping
-from ..training.sections import FinetuneLoop, FinetuneSchedule, OptimizerConfig, check_choices
+from ..training.sections import FinetuneLoop, FinetuneSchedule, OptimizerConfig, check_choices, check_learning_rates
 
 TASKS = ("classify", "segment")
 
@@ -109,6 +109,7 @@ class FinetuneConfig:
         cfg = read_config(cls, raw, source, noun="fine-tuning setting")
         for section in ("optimizer", "schedule", "training"):
             check_choices(getattr(cfg, section), section, source)
+        check_learning_rates(cfg.optimizer, cfg.schedule, source)
         if cfg.arch_kwargs and cfg.arch:
             from ..models.registry import check_kwargs
             try:

@@ -122,10 +122,31 @@ def voting_slices(result: "ClassificationResult") -> int:
     return sum(1 for r in result.per_slice if r.get("voted", True) and "label" in r)
 
 
+#: How the figures of a result that reports no class (out of domain) are introduced, wherever they are shown:
+#: the printed probabilities, the JSON's ``confidence_basis`` / ``probabilities_basis`` and the HTML report.
+NOT_A_FINDING = "the model's output, not a finding"
+
+
+def _no_class(result: "ClassificationResult") -> bool:
+    return result.decision["label"] == OUT_OF_DOMAIN
+
+
+def _outside_words(result: "ClassificationResult", n: int) -> str:
+    """Why the slices' figures are no finding: none of them is in the domain, or the scan as a whole is not."""
+    domain = result.decision.get("domain") or {}
+    if n > 1 and domain.get("slices_in_domain") == 0:
+        return f"none of the {n} slices is in this model's domain, so none of them is a vote for a class"
+    return "the scan is outside this model's domain, so no class is reported"
+
+
 def confidence_basis(result: "ClassificationResult") -> str:
-    """What ``confidence`` is, in words (the one number the CLI prints, the PNG and the report show)."""
+    """What ``confidence`` is, in words (the one number the CLI prints, the PNG and the report show); for a result
+    that reports no class, that the figure is the model's output and no confidence in a finding."""
     top = result.decision["top_class"]
     n = voting_slices(result)
+    if _no_class(result):
+        over = f"the mean over {n} slices of their probability" if n > 1 else "the scan's probability"
+        return f"{NOT_A_FINDING}: {over} for {top}, but {_outside_words(result, n)}"
     if n > 1:
         return (f"mean over the {n} voting slices of each slice's probability for {top} (temperature-scaled when "
                 f"the package is calibrated; per_slice probabilities are the network's own): the figure the model's "
@@ -137,15 +158,19 @@ def probabilities_basis(result: "ClassificationResult") -> str:
     """How ``probabilities`` aggregate the slices (they choose ``top_class``)."""
     n = voting_slices(result)
     if n > 1:
-        return (f"softmax of the mean log-probability over the {n} voting slices (a geometric mean: one slice "
-                f"confidently saying otherwise pulls it down); it picks top_class, and differs from confidence")
-    return "softmax of the model's output (temperature-scaled when the package is calibrated)"
+        basis = (f"softmax of the mean log-probability over the {n} {'' if _no_class(result) else 'voting '}slices (a "
+                 f"geometric mean: one slice confidently saying otherwise pulls it down); it picks top_class, and "
+                 f"differs from confidence")
+    else:
+        basis = "softmax of the model's output (temperature-scaled when the package is calibrated)"
+    return f"{NOT_A_FINDING} ({basis}): {_outside_words(result, n)}" if _no_class(result) else basis
 
 
 def probabilities_label(result: "ClassificationResult") -> str:
     """What the printed probabilities are, in a few words (the command line's second line)."""
     n = voting_slices(result)
-    return f"scan probabilities (label vote: geometric mean over {n} slices)" if n > 1 else "probabilities"
+    label = f"scan probabilities (label vote: geometric mean over {n} slices)" if n > 1 else "probabilities"
+    return f"{NOT_A_FINDING} ({label})" if _no_class(result) else label
 
 
 def headline(result: "ClassificationResult") -> str:

@@ -15,6 +15,7 @@ their area, and the heatmap's faithfulness (deletion / insertion).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError, MedDeepRecogError
@@ -42,32 +43,83 @@ def localisation_hooks(block: list[dict], cfg: Any = None) -> RunHooks:
             draft.meta["localisation"] = measure_localisation(block, draft.config.source, package)
         draft.card_sections.append(localisation_card_lines(draft.meta["localisation"], explain_method(draft.meta)))
 
-    return RunHooks(before_save=before_save)
+    def check() -> None:
+        check_cases(block, cfg.source if cfg is not None else None)
+
+    return RunHooks(before_save=before_save, check=check)
+
+
+def check_cases(cases: list[Mapping[str, Any]], source) -> list[tuple[str, Path, Path, Any]]:
+    """``(name, scan path, lesion path, lesion mask)`` of every case ``{name, scan, lesion}`` (paths relative to
+    the config file ``source``), refusing in one line that names the setting (``localisation/0/scan``) a file that
+    is missing, a lesion label that :func:`..io.read_lesion_mask` refuses (empty, fractional...) and one that lies
+    wholly outside its scan. The scan is read as a header only where it is one 3D file; the label is read whole."""
+    from ..io import read_lesion_mask
+    from ..schema import resolve_relative
+
+    checked = []
+    for i, case in enumerate(cases):
+        where = f"localisation/{i}"
+        scan = resolve_relative(str(case["scan"]), source, f"{where}/scan")
+        lesion_path = resolve_relative(str(case["lesion"]), source, f"{where}/lesion")
+        try:
+            lesion = read_lesion_mask(lesion_path)
+        except MedDeepRecogError as exc:
+            raise ConfigError(f"{where}/lesion {str(lesion_path)!r}: {exc.problem}", source) from None
+        try:
+            grid = _scan_grid(scan)
+            if grid is not None:
+                from .classify import lesion_on_scan_grid
+                lesion_on_scan_grid(lesion, grid, [], lesion_path)
+        except MedDeepRecogError as exc:
+            raise ConfigError(f"{where}: {exc.problem.replace('--lesion', 'the lesion', 1)} (scan "
+                              f"{str(scan)!r}, lesion {str(lesion_path)!r})", source) from None
+        checked.append((str(case["name"]), scan, lesion_path, lesion))
+    return checked
+
+
+def _scan_grid(scan: Path):
+    """An empty image on ``scan``'s 3D grid, from its header only; ``None`` for a folder, a picture or a 2D image
+    (checked when the case is classified)."""
+    import SimpleITK as sitk
+
+    from ..errors import InputImageError
+
+    if scan.is_dir():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(scan))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputImageError("cannot be read as an image", scan) from None
+    if reader.GetDimension() != 3:
+        return None
+    grid = sitk.Image([int(n) for n in reader.GetSize()], sitk.sitkUInt8)
+    grid.SetOrigin(reader.GetOrigin())
+    grid.SetSpacing(reader.GetSpacing())
+    grid.SetDirection(reader.GetDirection())
+    return grid
 
 
 def measure_localisation(cases: list[Mapping[str, Any]], source, package) -> dict[str, Any]:
-    """Classify every case ``{name, scan, lesion}`` (paths relative to the config file ``source``) with
-    ``package`` (the freshly trained model, staged: :meth:`.PackageDraft.staged_package`); returns
-    ``{name: figures}``."""
-    from ..io import read_lesion_mask
-    from ..schema import resolve_relative
+    """Classify every case ``{name, scan, lesion}`` (paths relative to the config file ``source``; the files are
+    refused as :func:`check_cases` does) with ``package`` (the freshly trained model, staged:
+    :meth:`.PackageDraft.staged_package`); returns ``{name: figures}``."""
     from .classify import classify_scan
 
     figures = {}
-    for case in cases:
-        scan = resolve_relative(str(case["scan"]), source)
-        lesion_path = resolve_relative(str(case["lesion"]), source)
-        lesion = read_lesion_mask(lesion_path)
+    for name, scan, lesion_path, lesion in check_cases(cases, source):
         try:
             result = classify_scan(scan, package, lesion=lesion, lesion_source=lesion_path, uncertainty="none")
         except MedDeepRecogError as exc:  # the scan cannot go to this model: say so in the card, don't fail
-            figures[str(case["name"])] = {"label": None, "refused": exc.problem}
+            figures[name] = {"label": None, "refused": exc.problem}
             continue
         loc = (result.explain.get("localisation") or {})
         per_slice = loc.get("per_slice") or {}
         faith = result.explain.get("faithfulness") or {}
         reliance = loc.get("lesion_reliance") or {}
-        figures[str(case["name"])] = {
+        figures[name] = {
             "label": result.label, "top_class": result.decision["top_class"],
             "slices_with_lesion": per_slice.get("slices"), "pointing_hits": per_slice.get("pointing_hits"),
             "pointing_rate": per_slice.get("pointing_rate"), "mean_mass_inside": per_slice.get("mean_mass_inside"),

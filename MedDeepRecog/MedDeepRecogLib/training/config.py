@@ -52,7 +52,8 @@ from ..schema import (Float, Fraction, List, Millimetres, NonNegFloat, NonNegInt
                       load_mapping, override_sections, read_config, resolve_relative)
 from .hooks import config_blocks
 from .sections import CHOICES as SECTION_CHOICES
-from .sections import CLASSIFIER_MONITORS, LoopConfig, OptimizerConfig, ScheduleConfig, check_choices
+from .sections import (CLASSIFIER_MONITORS, LoopConfig, OptimizerConfig, ScheduleConfig, check_choices,
+                       check_learning_rates)
 
 
 @dataclass
@@ -160,6 +161,30 @@ def _check_keys(raw: Mapping, allowed: set[str], where: str, source: Any) -> Non
                           f"allowed in {where or 'the top level'}: {', '.join(sorted(allowed))}", source)
 
 
+def _check_augmentation_values(augmentation: Mapping[str, Any], dims: int, source) -> None:
+    """Refuse augmentation settings whose numbers are in range but mean nothing: axes that ``dims``-D images lack
+    (``flip/axes``, ``rotate90/axes``: two distinct spatial axes), factors that are not positive (``zoom``,
+    ``gamma`` min/max) and a negative noise ``std``."""
+    for name in ("flip", "rotate90"):
+        axes = (augmentation.get(name) or {}).get("axes")
+        if axes is None:
+            continue
+        axes = axes if isinstance(axes, list) else [axes]
+        need = 2 if name == "rotate90" else None
+        if not all(float(a).is_integer() and 0 <= a < dims for a in axes) or (need and len(set(axes)) != need) \
+                or not axes:
+            raise ConfigError(f"augmentation/{name}/axes: {'two different' if need else 'whole-number'} spatial axes "
+                              f"from 0 to {dims - 1} ({dims}D images), got {axes!r}", source)
+    for name in ("zoom", "gamma"):
+        for key in ("min", "max"):
+            value = (augmentation.get(name) or {}).get(key)
+            if isinstance(value, (int, float)) and value <= 0:
+                raise ConfigError(f"augmentation/{name}/{key}: a factor above 0, got {value!r}", source)
+    std = (augmentation.get("noise") or {}).get("std")
+    if isinstance(std, (int, float)) and std < 0:
+        raise ConfigError(f"augmentation/noise/std: a standard deviation of 0 or more, got {std!r}", source)
+
+
 def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -> TrainConfig:
     """Build a :class:`TrainConfig` from a dict through the one schema reader (:func:`..schema.read_config`):
     unknown keys, wrong types, out-of-range values and lists given as single words are errors naming the key and
@@ -200,6 +225,9 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
         low, high = (params or {}).get("min"), (params or {}).get("max")
         if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
             raise ConfigError(f"augmentation/{name}: min ({low}) is above max ({high})", source)
+    _check_augmentation_values(cfg.augmentation, len(cfg.data.size) if cfg.data.size is not None else
+                               2 if cfg.data.kind == "slices2d" else 3, source)
+    check_learning_rates(cfg.optimizer, cfg.schedule, source)
     if "card" in raw:
         value = raw["card"]
         _check_keys(value or {}, {"intended_use", "not_for"}, "card", source)
@@ -303,15 +331,9 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
 
 def resolve_data_path(cfg: TrainConfig) -> Path:
     """``data/path`` as given, else relative to the config's folder or its parent (the repository root)."""
-    try:
-        return resolve_relative(cfg.data.path, cfg.source)
-    except ConfigError as exc:
-        raise ConfigError(exc.problem.replace("data path", "data/path", 1), cfg.source) from None
+    return resolve_relative(cfg.data.path, cfg.source, "data/path")
 
 
 def resolve_init_path(cfg: TrainConfig) -> Path:
     """``model/init`` as given, else relative to the config's folder or its parent (the repository root)."""
-    try:
-        return resolve_relative(cfg.model.init, cfg.source)
-    except ConfigError as exc:
-        raise ConfigError(exc.problem.replace("data path", "model/init weights file", 1), cfg.source) from None
+    return resolve_relative(cfg.model.init, cfg.source, "model/init weights file")

@@ -214,6 +214,21 @@ def check_images_labels(x: np.ndarray, y: np.ndarray, what: str, path: Path) -> 
                               f"{int(idx[0])}); remove or repair them", path)
 
 
+def check_tail_validation(z, train_split: str, val_split: str, path: Path) -> None:
+    """Refuse to take validation from the tail of split ``train_split`` when the file does not hold ``val_split``
+    but holds other splits (a typo in ``data/val_split``: the file's own validation split would be ignored), or
+    holds ``{train_split}_groups`` (a tail split ignores the patient groups, so one patient's images would land on
+    both sides)."""
+    held = npz_splits(z)
+    if [s for s in held if s != train_split]:
+        raise ConfigError(f"data/val_split {val_split!r}: the file holds no {val_split}_images/{val_split}_labels; "
+                          f"its splits are {', '.join(repr(s) for s in held)}: name one of them", path)
+    if f"{train_split}_groups" in z.files:
+        raise ConfigError(f"data/val_split {val_split!r}: the file holds no {val_split} split, and taking validation "
+                          f"from the tail of {train_split} would ignore {train_split}_groups (one patient's images "
+                          "on both sides): add a validation split to the file", path)
+
+
 def load_train_val(cfg, path: Path) -> TrainValData:
     """Load the train and validation sets described by ``cfg.data`` (a :class:`config.DataConfig`)."""
     d = cfg.data
@@ -230,6 +245,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                 check_images_labels(x_va, y_va, f"{vk}_images/{vk}_labels", path)
                 how = f"splits {tk}/{vk} of the file"
             else:
+                check_tail_validation(z, tk, vk, path)
                 tr, va = tail_per_class_split(y_tr.ravel(), d.val_fraction)
                 x_tr, y_tr, x_va, y_va = x_tr[tr], y_tr[tr], x_tr[va], y_tr[va]
                 how = f"split {tk}; validation = last {d.val_fraction:.0%} of each class (file order)"

@@ -72,19 +72,22 @@ def features_of(model, images: np.ndarray, device, batch: int = 128) -> tuple[np
 
 
 def check_negative_files(negatives: list, source) -> None:
-    """Refuse, in one line and without decompressing any image, a ``domain/negatives`` entry whose file cannot give
-    its images: missing, not an ``.npz``, no ``{split}_images`` or ``images``, no labels for a ``class``."""
-    for neg in negatives:
-        _negative_arrays(neg, source, load=False)
+    """Refuse, in one line naming the entry (``domain/negatives/0``) and without decompressing any image, a
+    ``domain/negatives`` entry whose file cannot give its images: missing, not an ``.npz``, no ``{split}_images`` or
+    ``images``, no labels for a ``class`` or no image of that class (the labels alone are read)."""
+    for i, neg in enumerate(negatives):
+        _negative_arrays(neg, source, load=False, index=i)
 
 
-def _negative_arrays(neg: Mapping[str, Any], source, load: bool = True):
-    """``(images, labels or None, path, key)`` of one negative entry (arrays only when ``load``)."""
+def _negative_arrays(neg: Mapping[str, Any], source, load: bool = True, index: int | None = None):
+    """``(images, labels or None, path, key)`` of one negative entry (arrays only when ``load``; without it the
+    labels of a ``class`` entry are read to check that class has images)."""
     from ..schema import resolve_relative
     from .data import npz_array, open_npz
 
-    path = resolve_relative(str(neg["path"]), source)
-    what = f"domain negative {neg['name']!r}"
+    where = "domain/negatives" + ("" if index is None else f"/{index}")
+    path = resolve_relative(str(neg["path"]), source, f"{where}/path")
+    what = f"{where}: domain negative {neg['name']!r}"
     try:
         z = open_npz(path)
     except ConfigError as exc:
@@ -96,10 +99,14 @@ def _negative_arrays(neg: Mapping[str, Any], source, load: bool = True):
     label_key = key.replace("images", "labels")
     if "class" in neg and label_key not in z.files:
         raise ConfigError(f"{what}: class {neg['class']} asked for, but the file has no {label_key}", path)
+    labels = np.asarray(npz_array(z, label_key, path)).ravel() if "class" in neg else None
+    if labels is not None and not np.any(labels == int(neg["class"])):
+        raise ConfigError(f"{where}/class: domain negative {neg['name']!r} has no images of class {neg['class']} "
+                          f"in {key} (its labels hold "
+                          f"{sorted(int(v) for v in np.unique(labels))[:20]})", path)
     if not load:
         return None, None, path, key
     x = npz_array(z, key, path)
-    labels = np.asarray(npz_array(z, label_key, path)).ravel() if "class" in neg else None
     if labels is not None and len(labels) != len(x):
         raise ConfigError(f"{what}: {len(labels)} {label_key} for {len(x)} {key}", path)
     return x, labels, path, key

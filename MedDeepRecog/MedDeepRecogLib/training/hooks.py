@@ -7,8 +7,9 @@
 - :func:`.config.config_from_dict` accepts that key, validates the block with the part's ``validate`` (an error
   names the block and the config file) and keeps it in ``TrainConfig.blocks``;
 - :func:`.train.run_training` asks the part for the block's :class:`RunHooks` (``hooks(block, config)``):
-  a ``batch_transform`` for the loop (:class:`.loop.Hooks`) and a ``before_save`` that adds to the package
-  (``model.json`` entries, model-card sections, files) before the one save.
+  a ``check`` run before training (the block's files, refused up front), a ``batch_transform`` for the loop
+  (:class:`.loop.Hooks`) and a ``before_save`` that adds to the package (``model.json`` entries, model-card
+  sections, files) before the one save.
 
 A config that holds a block no imported part registered is refused as an unknown key. The command line imports
 the parts that register blocks (``commands/train.py``), so ``meddeeprecog train`` knows all of them.
@@ -65,9 +66,12 @@ class RunHooks:
     Attributes:
         batch_transform: ``(model, batch, info) -> batch`` on every training batch (see :class:`.loop.Hooks`).
         before_save: ``(draft, progress) -> None``, on the writing rank only, before the package is saved.
+        check: ``() -> None``, before training starts and before the run folder is made: refuses (``ConfigError``,
+            naming the setting) what ``before_save`` would only find out after training (files the block names).
     """
 
     batch_transform: Callable[[Any, Any, dict], Any] | None = None
+    check: Callable[[], None] | None = None
     before_save: Callable[[PackageDraft, Callable[..., None]], None] | None = None
 
 

@@ -121,3 +121,12 @@ def check_choices(section: Any, where: str, source: Any = None,
         if isinstance(section, cls) and getattr(section, name) not in choices:
             raise ConfigError(f"{where}/{name} is {getattr(section, name)!r}; choose one of "
                               f"{', '.join(sorted(choices))}", source)
+
+
+def check_learning_rates(optimizer: OptimizerConfig, schedule: ScheduleConfig, source: Any = None) -> None:
+    """Refuse a ``schedule/min_lr`` above ``optimizer/lr`` for the schedules that use it (cosine, plateau): the
+    decay towards it would raise the learning rate instead."""
+    if schedule.name in ("cosine", "plateau") and float(schedule.min_lr) > float(optimizer.lr):
+        raise ConfigError(f"schedule/min_lr ({schedule.min_lr:g}) is above optimizer/lr ({optimizer.lr:g}): the "
+                          f"{schedule.name} schedule lowers the learning rate towards min_lr; give a min_lr below lr",
+                          source)

@@ -386,9 +386,6 @@ def finished_run(out_dir: Path, epochs: int) -> dict[str, Any] | None:
         return None   # a resumed run went further after the package was written (then stopped)
     if any(n.get("stopped") == "completed" and count < epochs for n, count in zip(networks, trained)):
         return None
-    log.warning("--resume: the run in %s is complete (%d epochs); its package is %s: nothing to train, no new "
-                "package (more epochs continue it; a new --out folder starts another run)", out_dir, max(trained),
-                package)
     return {"package": str(package), "id": package.parent.name, "version": package.name,
             "metrics": str(out_dir / "metrics.json"), "training_curve": str(out_dir / "training_curve.png"),
             "history": str(out_dir / "history.json"), "val_auc": metrics.get("auc"),
@@ -470,10 +467,13 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         out_dir = Path(cfg.source).resolve().parent / out_dir
     roots = catalogs_with(package_dest or None)
     dest = roots[0]
+    # resuming a finished run trains nothing and writes nothing: it names the run's package (its version is taken)
+    finished = broadcast_object(finished_run(out_dir, int(cfg.training.epochs)) if resume and ctx.is_main
+                                else None, ctx)
     # a chosen version is refused before anything is read if any catalog holds it (the bundled package a config
     # in configs/ rebuilt included); the default is the next version free in all of them
     version = broadcast_object(check_new_version(cfg.id, cfg.version, roots, "version", cfg.source)
-                               if cfg.version is not None else next_version(cfg.id, roots), ctx)
+                               if cfg.version is not None and finished is None else next_version(cfg.id, roots), ctx)
     if ctx.is_main:   # both folders are checked before the data are read: a run never fails on them at its end
         check_output_dir(dest, "--package-dest")
         check_run_folder(out_dir, resume)
@@ -492,13 +492,17 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
         from .domain import check_negative_files
 
         check_negative_files((cfg.domain or {}).get("negatives") or [], cfg.source)
+    for extension in extensions:   # so are the files the config's blocks read after training
+        if extension.check is not None:
+            extension.check()
     if ctx.is_main:
         made.extend(d for d in (out_dir, *out_dir.parents) if not d.exists())   # deepest first
         out_dir.mkdir(parents=True, exist_ok=True)
         check_resumed_run(out_dir, run_record(cfg, data.fingerprint), resume)
-    finished = broadcast_object(finished_run(out_dir, int(cfg.training.epochs)) if resume and ctx.is_main
-                                else None, ctx)
-    if finished is not None:
+    if finished is not None:   # its settings matched (check_resumed_run): the run is this config's
+        log.warning("--resume: the run in %s is complete (%d epochs); its package is %s: nothing to train, no new "
+                    "package (more epochs continue it; a new --out folder starts another run)", out_dir,
+                    completed_epochs(out_dir), finished["package"])
         return finished
     k = len(data.class_names)
     if cfg.training.prior_shift != "none" and k > PRIOR_SHIFT_MAX_CLASSES:
