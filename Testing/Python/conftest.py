@@ -120,6 +120,20 @@ def run_cli_area(monkeypatch, run_cli_all):
     return run_cli_all
 
 
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory) -> Path:
+    """An untrained 2-class 3D CNN package written by the same helper the Slicer self-test uses, in a worker
+    process as the module runs it (one per test module)."""
+    import sys
+
+    from MedDeepRecogLib.slicer_bridge import run_worker, worker_environment
+
+    catalog = tmp_path_factory.mktemp("catalog")
+    assert run_worker([sys.executable, "-m", "MedDeepRecogLib.slicer_bridge.tiny_model", str(catalog)],
+                      worker_environment(), timeout=300) == {}  # a plain script: no progress result
+    return next((catalog / "tiny-test-cnn3d").iterdir())
+
+
 @pytest.fixture
 def slicer_core(monkeypatch, tmp_path):
     """The Slicer module on Slicer's real core (``slicer-core``): see ``slicer_core_fixture.py``."""

@@ -30,15 +30,6 @@ from MedDeepRecogLib.slicer_bridge.process_runner import pid_alive
 PY = sys.executable
 
 
-@pytest.fixture(scope="module")
-def tiny_package(tmp_path_factory) -> Path:
-    """An untrained 2-class 3D CNN package written by the same helper the Slicer self-test uses."""
-    catalog = tmp_path_factory.mktemp("catalog")
-    assert run_worker([PY, "-m", "MedDeepRecogLib.slicer_bridge.tiny_model", str(catalog)], worker_environment(),
-                      timeout=300) == {}  # a plain script: no progress result
-    return next((catalog / "tiny-test-cnn3d").iterdir())
-
-
 def _needs_command(name: str) -> None:
     if name not in cli.COMMANDS:
         pytest.skip(f"the {name!r} command is not registered in cli.COMMANDS yet")

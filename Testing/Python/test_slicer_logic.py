@@ -18,16 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MedDeepRecogLib.slicer_bridge import WorkerError, run_worker, worker_environment
+from MedDeepRecogLib.slicer_bridge import WorkerError, worker_environment
 from MedDeepRecogLib.slicer_bridge.process_runner import pid_alive
-
-
-@pytest.fixture(scope="module")
-def tiny_package(tmp_path_factory):
-    catalog = tmp_path_factory.mktemp("catalog")
-    run_worker([sys.executable, "-m", "MedDeepRecogLib.slicer_bridge.tiny_model", str(catalog)], worker_environment(),
-               timeout=300)
-    return next((catalog / "tiny-test-cnn3d").iterdir())
 
 
 def add_volume(env, name="CT chest #1"):

@@ -47,15 +47,6 @@ def test_the_panel_opens_in_a_slicer_without_the_modules_dependencies(monkeypatc
         env.core.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_package(tmp_path_factory):
-    from MedDeepRecogLib.slicer_bridge import run_worker, worker_environment
-    catalog = tmp_path_factory.mktemp("catalog")
-    run_worker([sys.executable, "-m", "MedDeepRecogLib.slicer_bridge.tiny_model", str(catalog)], worker_environment(),
-               timeout=300)
-    return next((catalog / "tiny-test-cnn3d").iterdir())
-
-
 def add_volume(env, name, shift=(0.0, 0.0, 0.0), shape=(18, 26, 30)):
     """An int16 scan with a bright blob, at ``shift`` mm."""
     z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
