@@ -329,6 +329,38 @@ def test_cli_json_progress_and_errors(data_dir, tmp_path, capsys):
     assert rc == 2 and "missing-model" in capsys.readouterr().err
 
 
+def test_finetune_refuses_an_id_that_names_another_kind_of_model(data_dir, tmp_path, capsys, monkeypatch):
+    """An ROI classifier saved as brain-tumour-mri became that id's latest version and broke `classify --model
+    brain-tumour-mri` and the demo: refused before any scan is decoded, in a catalog; a scratch --dest may."""
+    from MedDeepRecogLib.finetune import finetune as finetune_module
+    from MedDeepRecogLib.packages import user_models_dir
+
+    monkeypatch.setattr(finetune_module, "load_case", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("a scan was decoded: the run was not refused first")))
+    common = ["--data", str(data_dir), "--epochs", "1", "--work-dir", str(tmp_path / "w"), "--progress", "none",
+              "--threads", "1"]
+    assert main(["finetune", "--base", "none", "--task", "classify", "--id", "brain-tumour-mri", *common]) == 2
+    refusal_line(capsys, "--id brain-tumour-mri: brain-tumour-mri@", "is a classification model (input kind "
+                 "slices2d); a classification model (input kind roi3d)", "choose another id")
+    assert main(["finetune", "--base", "none", "--task", "segment", "--id", "body-region", *common]) == 2
+    refusal_line(capsys, "--id body-region: body-region@1.0.0", "a segmentation model (input kind volume3d)")
+    assert not (tmp_path / "w").exists() and not (user_models_dir() / "brain-tumour-mri").exists()
+
+
+def test_a_fine_tune_into_another_kind_of_model_takes_an_id_of_its_own():
+    """An ROI classifier from a volume classifier is saved as ID-roi, a segmenter from a segmenter as a new version
+    of the same id (check_same_kind would refuse the base's id for the first)."""
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
+    from MedDeepRecogLib.finetune.finetune import new_package_id
+    from MedDeepRecogLib.packages import load_package
+
+    classify = FinetuneConfig.from_dict(dict(task="classify", data="x"))
+    segment = FinetuneConfig.from_dict(dict(task="segment", data="x"))
+    assert new_package_id(classify, load_package("adrenal-mass-3d")) == "adrenal-mass-3d-roi"
+    assert new_package_id(segment, load_package("ts-organs-seg")) == "ts-organs-seg"
+    assert new_package_id(FinetuneConfig.from_dict(dict(task="classify", data="x", id="mine")), None) == "mine"
+
+
 def test_finetune_refuses_a_version_a_catalog_holds_before_reading_a_scan(data_dir, tmp_path, capsys, monkeypatch):
     """``--version`` of a version the bundled (or user) catalog holds for the new package's id (the base's, or
     ``--id``) would shadow it: refused with the check train, calibrate and import make, before any scan is decoded

@@ -201,6 +201,17 @@ def test_import_refuses_a_version_the_bundled_catalog_holds(tmp_path):
     assert not (user_models_dir() / "body-region").exists()
 
 
+def test_import_refuses_an_id_the_bundled_catalog_holds_for_another_kind_of_model(tmp_path):
+    """A segment classifier imported as body-region 9.0.0 (a free version) would become body-region's latest:
+    refused."""
+    src = save_package(_model(), _meta(pkg_id="body-region", version="9.0.0"), tmp_path)
+    _edit_meta(src, lambda m: m["input"].update(kind="roi3d", size=[16, 16, 16]))   # what the import reads
+    with pytest.raises(ConfigError, match="model.json id body-region: body-region@1.0.0 .* is a classification model "
+                                          r"\(input kind slices2d\); a classification model \(input kind roi3d\)"):
+        import_package(src)
+    assert not (user_models_dir() / "body-region").exists()
+
+
 def test_tampered_weights_fail_checksum(tmp_path):
     path = save_package(_model(), _meta(), tmp_path)
     w = path / "weights.safetensors"

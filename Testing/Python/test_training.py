@@ -352,6 +352,23 @@ def test_train_refuses_a_version_any_catalog_holds_before_training(tmp_path, npz
     assert sorted(p.name for p in (bundled / "lung-ct-cancer").iterdir()) == ["1.2.0", "1.2.1"]
 
 
+def test_train_refuses_an_id_the_catalogs_hold_for_another_kind_of_model(tmp_path, npz, capsys, no_training):
+    """A slice classifier trained under the id of the bundled volume model adrenal-mass-3d would become its latest
+    version: refused before the data are read; into a scratch --package-dest it may keep the id."""
+    import yaml
+
+    from MedDeepRecogLib.packages import catalogs_with, check_same_kind
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, id="adrenal-mass-3d")), encoding="utf-8")
+    assert yaml.safe_load(cfg_path.read_text())["data"]["kind"] == "slices2d"
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
+    refusal_line(capsys, str(cfg_path), "id adrenal-mass-3d: adrenal-mass-3d@", "(input kind volume3d); a "
+                 "classification model (input kind slices2d)", "choose another id")
+    assert not (tmp_path / "run").exists()
+    check_same_kind("adrenal-mass-3d", "classification", "slices2d", catalogs_with(tmp_path / "scratch"), "id")
+
+
 @pytest.mark.parametrize("version", ["1.0", "x.y", "1.0.0.0", "01.0.0", ""])
 def test_train_refuses_a_config_version_that_is_not_major_minor_patch(tmp_path, npz, capsys, no_training, version):
     cfg_path = tmp_path / "cfg.json"

@@ -88,7 +88,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--roi-size-mm", type=float, help="fixed crop edge in mm instead of box + margin")
     p.add_argument("--mask-channel", action="store_true", default=None, help="add the segment mask as channel 2")
     p.add_argument("--negatives", type=int, help="background crops per case, away from all segments")
-    p.add_argument("--id", help="id of the new package (default: the base's id → its next version)")
+    p.add_argument("--id", help="id of the new package (default: the base's id, its next version; ID-roi or ID-seg "
+                   "when the new package is another kind of model than the base, e.g. an ROI classifier from a "
+                   "volume classifier)")
     p.add_argument("--version", help="version of the new package, MAJOR.MINOR.PATCH that no catalog holds for "
                    "the id (default: the next free patch version)")
     p.add_argument("--dest", help="catalog folder to write into (default: the user catalog)")

@@ -63,21 +63,35 @@ def finetune(cfg: FinetuneConfig, progress: Callable[..., None] | None = None,
         return _finetune(cfg, ctx, report_progress, should_stop)
 
 
+def new_package_kind(cfg: FinetuneConfig) -> tuple[str, str]:
+    """``(task, input kind)`` of the package this fine-tune makes: an ROI classifier or a volume segmenter."""
+    return ("classification", "roi3d") if cfg.task == "classify" else ("segmentation", "volume3d")
+
+
 def new_package_id(cfg: FinetuneConfig, base) -> str:
-    """The id the new package is saved under: ``--id``, else the base's (a new version of it)."""
-    return cfg.id or (base.id if base is not None else f"finetuned-{cfg.task}")
+    """The id the new package is saved under: ``--id``; else the base's (a new version of it) when the new package
+    is the same kind of model; else the base's id with ``-roi`` / ``-seg`` (an ROI classifier fine-tuned from a
+    volume classifier must not become that classifier's latest version: :func:`..packages.check_same_kind`)."""
+    if cfg.id:
+        return cfg.id
+    if base is None:
+        return f"finetuned-{cfg.task}"
+    same = (base.meta.get("task", "classification"), base.input_spec.get("kind")) == new_package_kind(cfg)
+    return base.id if same else f"{base.id}-{'roi' if cfg.task == 'classify' else 'seg'}"
 
 
 def check_output_version(cfg: FinetuneConfig, pkg_id: str, work_dir: Path) -> None:
     """Refuse a ``--version`` that any catalog already holds for ``pkg_id`` (the check train, calibrate and
     ``models import`` make: :func:`..packages.check_new_version`), except the package this work folder's finished
     run saved, which the same command run again returns instead of training (:func:`.runs.rerun_package`).
-    Without ``--version`` the package takes the next version free in every catalog when it is saved."""
-    if cfg.version is None:
-        return
-    from ..packages import catalogs_with, check_new_version
+    Without ``--version`` the package takes the next version free in every catalog when it is saved. Either way
+    the id must not belong to another kind of package (:func:`..packages.check_same_kind`)."""
+    from ..packages import catalogs_with, check_new_version, check_same_kind
 
     roots = catalogs_with(cfg.dest)
+    check_same_kind(pkg_id, *new_package_kind(cfg), roots, "--id" if cfg.id else "the new package's id")
+    if cfg.version is None:
+        return
     check_new_version(pkg_id, cfg.version, roots, "--version", own=rerun_package(work_dir, cfg, roots[0]))
 
 

@@ -116,6 +116,33 @@ def check_new_version(pkg_id: str, version: Any, roots: list[Path], setting: str
     return version
 
 
+def check_same_kind(pkg_id: str, task: str, kind: str | None, roots: list[Path], setting: str,
+                    where: str | Path | None = None) -> None:
+    """Refuse a new package ``pkg_id`` of another task or input kind than the packages of that id a catalog
+    searched by id holds, when it is written into one of them (``roots[0]``, :func:`catalogs_with`).
+
+    Commands and the demo name a model by id and take its latest version: a fine-tuned ROI classifier saved as
+    ``brain-tumour-mri`` 1.3.1 became the latest brain-tumour-mri, and ``classify`` and ``demo`` then refused it.
+    Raises :class:`ConfigError` naming ``setting``, the package that holds the id and what it is."""
+    searched = {d.resolve() for d in catalog_dirs()}
+    if Path(roots[0]).resolve() not in searched:
+        return   # a scratch folder: its packages are opened by path and hide nothing
+    for root in roots:
+        if Path(root).resolve() not in searched or not (Path(root) / pkg_id).is_dir():
+            continue
+        for folder in sorted(p for p in (Path(root) / pkg_id).iterdir() if (p / META_FILE).is_file()):
+            try:
+                meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue   # a broken package is listed as such by `models`; it decides nothing here
+            theirs = (meta.get("task", "classification"), (meta.get("input") or {}).get("kind"))
+            if theirs != (task, kind):
+                raise ConfigError(f"{setting} {pkg_id}: {pkg_id}@{folder.name} in {root} is a {theirs[0]} model "
+                                  f"(input kind {theirs[1]}); a {task} model (input kind {kind}) under the same id "
+                                  "would become its latest version and break every command naming the id: choose "
+                                  "another id", where)
+
+
 # --------------------------------------------------------------------------------------------- hashing / meta
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
@@ -682,6 +709,8 @@ def import_package(path: str | Path, dest: str | Path | None = None) -> Path:
                                 f"{human_bytes(max_package_bytes())} ({MAX_PACKAGE_ENV})", path)
     roots = catalogs_with(dest)
     check_new_version(pkg.id, pkg.version, roots, "model.json version", path)
+    check_same_kind(pkg.id, pkg.meta.get("task", "classification"), pkg.input_spec.get("kind"), roots,
+                    "model.json id", path)
     pkg.verify()
     return _copy_atomically(pkg.path, roots[0] / pkg.id / pkg.version, where=path)
 

@@ -453,7 +453,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     from ..io import check_output_dir
     from ..models import build_model, default_target_layer
     from ..models.ensemble import ensemble_around
-    from ..packages import catalogs_with, check_new_version, next_version
+    from ..packages import catalogs_with, check_new_version, check_same_kind, next_version
     from ..packages.package import validate_meta
     from ..uncertainty.calibration import PRIOR_SHIFT_MAX_CLASSES
     from .distributed import barrier, broadcast_object
@@ -474,6 +474,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     # in configs/ rebuilt included); the default is the next version free in all of them
     version = broadcast_object(check_new_version(cfg.id, cfg.version, roots, "version", cfg.source)
                                if cfg.version is not None and finished is None else next_version(cfg.id, roots), ctx)
+    if finished is None:
+        check_same_kind(cfg.id, "classification", cfg.data.kind, roots, "id", cfg.source)
     if ctx.is_main:   # both folders are checked before the data are read: a run never fails on them at its end
         check_output_dir(dest, "--package-dest")
         check_run_folder(out_dir, resume)
