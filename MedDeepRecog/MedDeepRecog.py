@@ -43,6 +43,9 @@ PIPELINE_FIELDS = {"resample": "resample", "resample_spacing": "resampleSpacing"
 
 #: Heatmap values at or above this become the "hot region" segment.
 HOT_REGION_THRESHOLD = 0.5
+#: The runs whose results are nodes of the scene: cancelled when the scene closes.
+SCENE_JOBS = ("classify", "segment", "preview", "robustness")
+
 #: Attribute of the volumes this module makes (``"heatmap"``, ``"preprocessed"``): a heatmap is no scan to run on.
 OUTPUT_ATTRIBUTE = "MedDeepRecog.output"
 #: The model list's first entry: ``classify --model auto`` routes each scan to the disease model that applies.
@@ -151,6 +154,10 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event):
+        # the scans are going: a run on one of them would have nothing to load its result into (a fine-tune writes
+        # a package, not nodes, and runs on)
+        for kind in SCENE_JOBS:
+            self.logic.cancel(kind)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):

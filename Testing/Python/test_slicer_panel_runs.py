@@ -263,3 +263,25 @@ def test_a_cancelled_or_failed_classify_takes_the_last_answer_off(slicer_core, t
         assert module.scene_io.segmentNames(p.outputSegmentation) == []
         assert env.core.composite_node("Red").GetForegroundVolumeID() is None
         assert label.text in ("Cancelled.", "Failed: out of memory")
+
+
+def test_closing_the_scene_cancels_the_runs_that_load_into_it(slicer_core):
+    """A classify running when the scene closed went on, and at its end failed on the removed scan; a fine-tune,
+    which writes a package and no node, runs on."""
+    module = slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)  # the panel's methods, no Qt panel
+    widget.logic = module.MedDeepRecogLogic()
+    widget.setParameterNode = lambda node: None
+    cancelled = []
+
+    class Job:
+        def __init__(self, kind):
+            self.kind, self.running = kind, True
+
+        def cancel(self):
+            cancelled.append(self.kind)
+            self.running = False
+
+    widget.logic._jobs = {kind: Job(kind) for kind in ("classify", "segment", "preview", "robustness", "finetune")}
+    widget.onSceneStartClose(None, None)
+    assert sorted(cancelled) == sorted(module.SCENE_JOBS) and widget.logic.isRunning("finetune")
