@@ -556,19 +556,26 @@ def test_train_refuses_a_heatmap_layer_the_network_lacks_before_training(tmp_pat
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def test_resume_neither_shortens_a_run_nor_packages_a_finished_one_twice(tmp_path, npz, capsys, caplog):
-    """A finished run resumed with fewer epochs is refused in one line naming the folder and the epochs it
-    completed; with the same epochs it is complete (its package named, exit 0, nothing written); with more it goes
-    on into a new package whose provenance says so."""
+def _finished_two_epoch_run(tmp_path, npz, capsys, **config):
+    """A 2-epoch run trained to its end into ``tmp_path``: ``(command arguments, run folder, catalog, the run
+    folder's files as bytes)``, so a test can resume it and check what changed."""
     import yaml
 
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(_config(npz, training={"epochs": 2, "batch_size": 16})), encoding="utf-8")
+    cfg_path.write_text(yaml.safe_dump(_config(npz, **config, training={"epochs": 2, "batch_size": 16})),
+                        encoding="utf-8")
     out, cat = tmp_path / "run", tmp_path / "cat"
     common = [str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]
     assert main(["train", *common]) == 0
     capsys.readouterr()
-    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    return common, out, cat, {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_resume_neither_shortens_a_run_nor_packages_a_finished_one_twice(tmp_path, npz, capsys, caplog):
+    """A finished run resumed with fewer epochs is refused in one line naming the folder and the epochs it
+    completed; with the same epochs it is complete (its package named, exit 0, nothing written); with more it goes
+    on into a new package whose provenance says so."""
+    common, out, cat, files = _finished_two_epoch_run(tmp_path, npz, capsys)
 
     assert main(["train", *common, "--resume", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -739,16 +746,7 @@ def test_a_test_time_flip_over_a_flip_axis_the_images_lack_blames_the_flip_axis(
 def test_resuming_a_finished_run_whose_config_pins_its_version_names_its_package(tmp_path, npz, capsys):
     """--help: resuming a finished run with the same epochs names its package and writes nothing. A config that
     pins the version was refused instead ("version already exists": the run's own package)."""
-    import yaml
-
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(_config(npz, version="1.0.0", training={"epochs": 2, "batch_size": 16})),
-                        encoding="utf-8")
-    out, cat = tmp_path / "run", tmp_path / "cat"
-    common = [str(cfg_path), "--out", str(out), "--package-dest", str(cat), "--progress", "none"]
-    assert main(["train", *common]) == 0
-    capsys.readouterr()
-    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    common, out, cat, files = _finished_two_epoch_run(tmp_path, npz, capsys, version="1.0.0")
     assert main(["train", *common, "--resume", "--epochs", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["package"] == str(cat / "synthetic" / "1.0.0") and "nothing trained" in result["complete"]
