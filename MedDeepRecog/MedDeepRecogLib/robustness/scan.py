@@ -60,8 +60,8 @@ def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.
     return result, x, model
 
 
-def hu_per_unit(image: sitk.Image, package, *, voting: np.ndarray | None = None, delta_hu: float = 20.0,
-                block: int | None = None) -> float | None:
+def hu_per_unit(image: sitk.Image, package, *, voting: np.ndarray | None = None, model_input=None,
+                delta_hu: float = 20.0, block: int | None = None) -> float | None:
     """Model-input units per HU: the slope of the package's preprocessing of ``image`` (a 3D scan, as classify reads
     it), within the intensities that preprocessing does not clip.
 
@@ -69,7 +69,8 @@ def hu_per_unit(image: sitk.Image, package, *, voting: np.ndarray | None = None,
     (:func:`pipeline_slope`) times, for a slice model, the slope of the slice standardisation as
     :func:`..preprocessing.slices.standardise_slices` scales each slice (``SliceInput.gain``: a fixed CT window of
     width W gives 1/W, a per-slice percentile stretch its own factor), the median over the ``voting`` slices
-    (``(N,)`` bool; default: the slices with enough body). The slices' slope is read from the standardisation rather
+    (``(N,)`` bool; default: the slices with enough body), read from ``model_input`` (classify's ``SliceInput`` of
+    this scan) when given, else standardised here. The slices' slope is read from the standardisation rather
     than measured: a test pattern added to the scan pushes voxels across the body threshold, which moves each slice's
     crop box and resizes it, and that change is no intensity slope (a body-region CT read 234 to 1326 HU per unit for
     its 2000 HU window). Volume models resample linearly, whose weights sum to 1, so the pipeline's slope is theirs.
@@ -82,7 +83,9 @@ def hu_per_unit(image: sitk.Image, package, *, voting: np.ndarray | None = None,
     slope = pipeline_slope(image, spec.get("pipeline"), delta_hu=delta_hu, block=block)
     if slope is None or spec.get("kind") != "slices2d":
         return slope
-    inp = slices_from_image(run_input_pipeline(image, spec.get("pipeline")), spec)
+    # classify's own slices when given (``result.model_input``): standardising the scan again gives the same gains
+    inp = model_input if model_input is not None else slices_from_image(run_input_pipeline(image, spec.get("pipeline")),
+                                                                        spec)
     keep = np.asarray(inp.valid if voting is None else voting, dtype=bool)
     if keep.shape != inp.gain.shape or not keep.any():  # no slice has body: classify lets every slice vote then
         keep = np.ones(inp.gain.shape, dtype=bool)
