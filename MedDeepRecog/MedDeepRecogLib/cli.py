@@ -9,7 +9,6 @@ any unexpected exception (one line naming its type; ``--verbose`` shows the trac
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os

@@ -237,7 +237,7 @@ def show_classification(app: CoreApp, scan: Path, heatmap: Path | None, segmenta
     surfaces in 3D; the red view on the slice through the heatmap's peak. Returns ``(scan, heatmap, seg)`` nodes."""
     import numpy as np
 
-    slicer, vtk = app.slicer, app.vtk
+    vtk = app.vtk
     volumes = app.logics["Volumes"]
     scanNode = volumes.AddArchetypeVolume(str(scan), Path(scan).name.split(".")[0], 0)
     heatNode = None

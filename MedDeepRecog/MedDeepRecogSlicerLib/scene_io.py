@@ -14,7 +14,7 @@ import vtk
 from slicer import (vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode,
                     vtkMRMLTransformableNode, vtkMRMLVolumeNode)
 
-from MedDeepRecogLib.slicer_views import (HEATMAP_COLOR_NODE_ID, apply_heatmap_display, apply_heatmap_threshold,
+from MedDeepRecogLib.slicer_views import (apply_heatmap_display, apply_heatmap_threshold,
                                           apply_segmentation_display, remove_node_and_helpers)
 
 # The display settings (Inferno heatmap, threshold, segment outlines) live in MedDeepRecogLib.slicer_views, so

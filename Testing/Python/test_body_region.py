@@ -8,7 +8,6 @@ classes.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ only, "out-of-domain" when no slice passes, ensembles' features side by side, an
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -75,14 +75,14 @@ def test_an_out_of_domain_scan_is_reported_as_classify_reports_it(tmp_path, caps
 
 def test_eps_in_hu_follows_the_window(tmp_path):
     from MedDeepRecogLib.packages import load_package
-    from MedDeepRecogLib.robustness.scan import hu_per_unit
+    from MedDeepRecogLib.robustness.scan import units_per_hu
 
     path = save_blob_package(tmp_path, pipeline={"steps": [{"name": "window", "center": 40.0, "width": 400.0}]},
                              pkg_id="blob-window")
     pkg = load_package(path)
     assert pipeline_bounds(pkg.input_spec) == (0.0, 1.0)
     scan = write_blob_scan(tmp_path / "hu.nii.gz", scale=300.0, offset=-100.0)  # -100..200 HU, inside the window
-    per_unit = hu_per_unit(sitk.ReadImage(str(scan)), pkg)
+    per_unit = units_per_hu(sitk.ReadImage(str(scan)), pkg)
     assert 1.0 / per_unit == pytest.approx(400.0, rel=0.03)
 
 
@@ -223,13 +223,13 @@ def test_eps_in_hu_of_a_thin_ct_stack_follows_the_window(shared_data):
     """A CT of a few slices: the lung model's mediastinal window (W400) makes one model unit 400 HU, whatever the
     stack's depth (1-voxel checkerboard blocks on a 4-slice stack read 464)."""
     from MedDeepRecogLib.packages import load_package
-    from MedDeepRecogLib.robustness.scan import hu_per_unit
+    from MedDeepRecogLib.robustness.scan import units_per_hu
 
     ct = sitk.ReadImage(str(shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"))
     pkg = load_package("lung-ct-cancer")
     for depth in (1, 4):
         stack = ct[:, :, 13:13 + depth]
-        assert 1.0 / hu_per_unit(stack, pkg) == pytest.approx(400.0, rel=0.02), depth
+        assert 1.0 / units_per_hu(stack, pkg) == pytest.approx(400.0, rel=0.02), depth
 
 
 def test_eps_in_hu_of_body_region_is_its_ct_window_in_any_file_format(shared_data, tmp_path, capsys):

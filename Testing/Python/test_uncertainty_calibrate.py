@@ -242,9 +242,7 @@ def test_a_slice_models_confidence_is_on_the_scale_min_probability_was_chosen_on
     probability = result.uncertainty["probabilities"][label]
     assert result.decision["confidence"] == pytest.approx(probability, abs=1e-4)
     # the val images the out-of-domain check flags get no class from classify, so the rule was chosen without them
-    from MedDeepRecogLib.inference.calibrate import choose_min_probability
     from MedDeepRecogLib.training.evaluate import evaluate_package
-    from MedDeepRecogLib.uncertainty import apply_temperature
 
     chosen = pkg.meta["decision"]["chosen_on"]
     evaluated = evaluate_package(pkg.path, npz, split="val")

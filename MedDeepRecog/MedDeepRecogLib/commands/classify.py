@@ -135,7 +135,7 @@ def expand_inputs(inputs: list[str], *, skip_masks: bool = True,
 def _study_series(folder: Path) -> list[Path]:
     """The subfolders of a study folder (one DICOM series each, as PACS exports and DICOMDIR media lay them out),
     or ``[]`` when ``folder`` holds DICOM files itself (it is then one series) or has no subfolder."""
-    from ..io.image_io import looks_like_dicom
+    from ..io.dicom_read import looks_like_dicom
 
     entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
     subfolders = sorted(e for e in entries if e.is_dir())

@@ -20,7 +20,8 @@ from ..contract import EXPLAIN_METHODS, GRADCAM_METHODS, output_file, output_ste
 from ..devices import resolve_device
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
-from ..io.image_io import dicom_modality, label_map_values
+from ..io.dicom_read import dicom_modality
+from ..io.image_content import label_map_values
 from ..io.geometry import Geometry, lps_view
 from ..packages.package import target_layer_of  # the check models --verify makes too
 from ..preprocessing.pipeline import run_input_pipeline
@@ -490,7 +491,7 @@ OUT_OF_DOMAIN = "out-of-domain"
 
 
 def _modality_guess(image: sitk.Image, hounsfield_or_not: str, picture: bool) -> str:
-    """The JSON's ``modality_guess``, as ``info`` reports it (:func:`..io.image_io.guess_modality`) but from the
+    """The JSON's ``modality_guess``, as ``info`` reports it (:func:`..io.image_content.guess_modality`) but from the
     HU test already made on a subsample: the DICOM tag (CT, MR, US), else CT for HU, unknown for a picture, a label
     map (the masks the adrenal models classify) or a DICOM object tagged as another modality, else MR. ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or
     ``"MR"`` (not HU), which its decision rules read."""
@@ -620,7 +621,7 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
     Raises:
         InputImageError: naming the frames or the size.
     """
-    from ..io.image_io import FRAMES_KEY
+    from ..io.image_meta import FRAMES_KEY
 
     if image.HasMetaDataKey(FRAMES_KEY):
         raise InputImageError(

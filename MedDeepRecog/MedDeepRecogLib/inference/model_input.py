@@ -17,15 +17,19 @@ Every result carries a :class:`ModelGrid`: where each model-space value sits in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError, ModelPackageError
 from ..io.geometry import lps_view
-from ..io.image_io import dicom_modality, label_map_values
+from ..io.dicom_read import dicom_modality
+from ..io.image_content import label_map_values
 from ..preprocessing.slices import SLICE_DEFAULTS, slice_options, standardise_slices
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it runs
+    import torch
 
 @dataclass
 class ModelGrid:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..contract import EXPLAIN_METHODS, GRADCAM_METHODS
+from ..contract import GRADCAM_METHODS
 from ..errors import ConfigError
 from ..models.slice_stack import mean_log_probability
 from .model_input import ModelGrid, SliceInput, VolumeInput

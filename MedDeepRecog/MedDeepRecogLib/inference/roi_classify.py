@@ -29,7 +29,7 @@ import SimpleITK as sitk
 from ..errors import ConfigError, MedDeepRecogError
 from ..io import array_from_image, read_image, read_segmentation, require_3d, same_geometry, validate_intensities
 from ..io.geometry import overlap_fraction, physical_box
-from ..io.image_io import guess_modality
+from ..io.image_content import guess_modality
 from .segment import normalize_intensity
 
 log = logging.getLogger(__name__)

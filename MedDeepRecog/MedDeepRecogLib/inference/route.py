@@ -50,7 +50,7 @@ def route_image(image: sitk.Image, device: str = "cpu", source: str | Path | Non
     """Choose a disease model for ``image`` (as read by :func:`..io.read_image` from ``source``, which refusals
     name)."""
     from ..io import is_picture
-    from ..io.image_io import dicom_modality
+    from ..io.dicom_read import dicom_modality
     from .model_input import is_hounsfield
 
     modality_tag = dicom_modality(image)

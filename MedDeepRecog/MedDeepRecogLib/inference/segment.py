@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import SegmentSpec, read_image, require_3d, validate_intensities, write_segmentation
-from ..io.image_io import guess_modality
+from ..io.image_content import guess_modality
 from ..progress import null_progress
 from .model_input import is_hounsfield
 

@@ -2,13 +2,10 @@
 
 from .atomic import atomic_output, atomic_save_figure, check_output_dir, free_version, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .geometry import Geometry, LPSView, lps_view
+from .image_content import describe_geometry
 from .image_io import (
     array_from_image,
     as_single_slice,
-    carry_notes,
-    describe_geometry,
-    image_notes,
-    is_picture,
     image_from_array,
     read_image,
     require_3d,
@@ -16,6 +13,7 @@ from .image_io import (
     validate_intensities,
     write_image,
 )
+from .image_meta import carry_notes, image_notes, is_picture
 from .segmentation_io import SegmentSpec, read_lesion_mask, read_segmentation, write_segment_masks, write_segmentation
 
 __all__ = [

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError
 from .atomic import atomic_output
-from .image_io import dicom_series
+from .dicom_read import dicom_series
 
 #: Tags ``info`` prints for a DICOM input: what the series is, never who the patient is.
 DESCRIPTIVE_TAGS = ("Modality", "SeriesDescription", "StudyDescription", "BodyPartExamined", "ProtocolName",

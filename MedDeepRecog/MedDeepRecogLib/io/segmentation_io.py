@@ -70,7 +70,7 @@ def write_segmentation(labelmap: np.ndarray, reference: sitk.Image, segments: Se
 def _check_segmentation_header(path: Path) -> None:
     """Bound the declared size (and check the data are all there) before slicerio/pynrrd allocate the voxels."""
     from ..limits import check_declared_image
-    from .image_io import _check_stream_complete
+    from .file_checks import check_stream_complete
 
     if not path.is_file() or not path.name.lower().endswith((".nrrd", ".nhdr")):
         return
@@ -92,7 +92,7 @@ def _check_segmentation_header(path: Path) -> None:
     n = itemsize
     for v in sizes:
         n *= v
-    _check_stream_complete(path, n)
+    check_stream_complete(path, n)
 
 
 def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[SegmentSpec]]:
@@ -149,7 +149,8 @@ def read_lesion_mask(path: str | Path) -> sitk.Image:
         InputImageError: naming the file, for a label without any labelled voxel, NaN or fractional values, or
             more than :data:`MAX_LESION_LABELS` distinct values (a scan given as its own label).
     """
-    from .image_io import PICTURE_KEY, read_image
+    from .image_io import read_image
+    from .image_meta import PICTURE_KEY
 
     path = Path(path)
     if path.name.lower().endswith(".seg.nrrd"):

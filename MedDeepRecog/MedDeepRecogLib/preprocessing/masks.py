@@ -232,7 +232,7 @@ def body_mask(image: sitk.Image, p: BodyParams) -> sitk.Image:
     """
     modality = p.modality
     if modality == "auto":
-        from ..io.image_io import guess_modality
+        from ..io.image_content import guess_modality
 
         modality = "CT" if guess_modality(image) == "CT" else "MR"
     smooth = _mr_smoothed(image) if modality == "MR" else None

@@ -171,7 +171,7 @@ class Pipeline:
             except ConfigError:
                 raise
             except RuntimeError as exc:  # ITK errors carry C++ context; keep the last useful line
-                from ..io.image_io import itk_error_line
+                from ..io.file_checks import itk_error_line
 
                 raise ConfigError(f"step {index + 1} ({step.name}) failed: {itk_error_line(exc)}") from None
             if step.spec.kind == "mask":

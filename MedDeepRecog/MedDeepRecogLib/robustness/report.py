@@ -90,7 +90,7 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
     from ..packages import load_package
     from .curve import scan_robustness
     from ..uncertainty.report import UNCALIBRATED_SCALE
-    from .scan import hu_per_unit, model_input_of
+    from .scan import model_input_of, units_per_hu
 
     if int(steps) < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
@@ -108,7 +108,7 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         # shapes, not HU)
         reads = model_modality if model_modality in ("CT", "MR") else res.modality_guess
         in_hu = reads == "CT" and pkg.input_spec.get("content") != "binary_mask"
-        units = hu_per_unit(res.image, pkg, voting=res.voting, model_input=res.model_input) if in_hu else None
+        units = units_per_hu(res.image, pkg, voting=res.voting, model_input=res.model_input) if in_hu else None
         geometry = Geometry.of(res.image)
         res.image = None  # the perturbation needs only the scan's grid: no scan's voxels wait for the others
         prepared.append({"scan": scan, "result": res, "x": x, "forward": forward, "valid": valid,

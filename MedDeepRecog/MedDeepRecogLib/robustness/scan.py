@@ -60,12 +60,12 @@ def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.
     return result, x, model
 
 
-def hu_per_unit(image: sitk.Image, package, *, voting: np.ndarray | None = None, model_input=None,
+def units_per_hu(image: sitk.Image, package, *, voting: np.ndarray | None = None, model_input=None,
                 delta_hu: float = 20.0, block: int | None = None) -> float | None:
     """Model-input units per HU: the slope of the package's preprocessing of ``image`` (a 3D scan, as classify reads
     it), within the intensities that preprocessing does not clip.
 
-    ``1 / hu_per_unit(...)`` is how many HU one model-input unit is. It is the slope of the ``input.pipeline``
+    ``1 / units_per_hu(...)`` is how many HU one model-input unit is. It is the slope of the ``input.pipeline``
     (:func:`pipeline_slope`) times, for a slice model, the slope of the slice standardisation as
     :func:`..preprocessing.slices.standardise_slices` scales each slice (``SliceInput.gain``: a fixed CT window of
     width W gives 1/W, a per-slice percentile stretch its own factor), the median over the ``voting`` slices
@@ -89,8 +89,8 @@ def hu_per_unit(image: sitk.Image, package, *, voting: np.ndarray | None = None,
     keep = np.asarray(inp.valid if voting is None else voting, dtype=bool)
     if keep.shape != inp.gain.shape or not keep.any():  # no slice has body: classify lets every slice vote then
         keep = np.ones(inp.gain.shape, dtype=bool)
-    units_per_hu = slope * float(np.median(inp.gain[keep]))
-    return units_per_hu if units_per_hu > 0 else None
+    slope_total = slope * float(np.median(inp.gain[keep]))
+    return slope_total if slope_total > 0 else None
 
 
 def pipeline_slope(image: sitk.Image, pipeline: Mapping[str, Any] | list | None, *, delta_hu: float = 20.0,

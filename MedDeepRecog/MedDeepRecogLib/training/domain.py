@@ -15,7 +15,6 @@ own images (``input/slices``), so each figure is what classify would say about s
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np

@@ -24,9 +24,12 @@ import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it runs
+    import torch
 
 DOMAIN_FILE = "domain.safetensors"
 
