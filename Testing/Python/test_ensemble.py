@@ -443,3 +443,19 @@ def test_test_time_flip_is_packaged_and_its_figures_are_of_the_averaged_predicti
     assert val["auc"] == pytest.approx(pkg.meta["metrics"]["auc"], abs=1e-6)
     card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Test-time flip" in card and "test_time_flip: [1]" in card
+
+
+def test_seed_ensemble_card_says_what_selected_each_member():
+    """A seed ensemble whose members keep their final epoch (``monitor: last``) selected nothing on the validation
+    split: its card says so instead of calling the val figures optimistic; best-epoch members still are."""
+    from MedDeepRecogLib.training.train import _selection_lines
+
+    def member(seed, monitor):
+        return {"seed": seed, "monitor": monitor, "best_epoch": 5, "epochs": [{}] * 5, "best_metric": 0.9,
+                "stopped": "completed"}
+
+    last = _selection_lines({"members": [member(0, "last"), member(1, "last")]})
+    assert "No checkpoint selection" in last and "held-out estimate" in last
+    assert "optimistic" not in last and "best epoch" not in last
+    best = _selection_lines({"members": [member(0, "auc"), member(1, "auc")]})
+    assert "each member's best epoch on the validation split" in best and "optimistic" in best

@@ -18,7 +18,8 @@ barrier and return ``{"package": None, "rank": r}``.
 Ensembles (one package, architecture ``ensemble``, probabilities averaged):
 
 - ``training/ensemble: N`` — a seed ensemble: member i is the single model trained with seed ``seed + i``; every
-  member picks its best epoch on the validation split.
+  member picks its best epoch on the validation split (``monitor: last``: keeps its final epoch, and the card says
+  the validation split selected nothing).
 - ``training/folds: K`` — a cross-validation ensemble: the train split is cut into K class-stratified folds; member
   i (seed ``seed + i``) trains on the other K-1 folds and picks its best epoch / stops early on fold i. The
   validation split takes no part in training or selection, so the package's ``val`` metrics are a held-out
@@ -202,6 +203,11 @@ def _selection_lines(history: dict) -> str:
                 f"{' after the prior shift' if cv.get('prior_shift') else ''}. The validation split took "
                 f"no part in training or selection, so its figures below are a held-out estimate.\n{rows}")
     if not cv:
+        if all(m["monitor"] == "last" for m in members):
+            return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
+                    f"augmentation); probabilities averaged; decision = argmax.\n- **No checkpoint selection**: each "
+                    f"member keeps its final epoch (monitor `last`), so the validation split decided nothing and its "
+                    f"figures are a held-out estimate:\n{rows}")
         return (f"- **Seed ensemble** of {len(members)} members trained independently (own seed, data order, "
                 f"augmentation, best epoch); probabilities averaged.\n- **Checkpoint selection**: each member's best "
                 f"epoch on the validation split (used for model selection, so its figures are optimistic; decision = "
