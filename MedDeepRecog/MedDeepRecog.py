@@ -26,7 +26,7 @@ from slicer.util import VTKObservationMixin
 
 from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MAX_EPOCHS
 from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
-from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, model_task,
+from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, model_input_spec, model_task,
                                             read_classify_result, read_segment_labels, read_segment_volumes)
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
@@ -50,6 +50,17 @@ SCENE_JOBS = ("classify", "segment", "preview", "robustness")
 OUTPUT_ATTRIBUTE = "MedDeepRecog.output"
 #: The model list's first entry: ``classify --model auto`` routes each scan to the disease model that applies.
 AUTO_MODEL = "auto"
+#: ``input.content`` of a package that classifies the mask of one structure (the adrenal models), not a scan.
+MASK_CONTENT = "binary_mask"
+#: What the input selector offers: scans (scalar and colour volumes; label maps are a subclass, left out) for image
+#: models, label maps for mask models.
+SCAN_NODE_TYPES = ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
+MASK_NODE_TYPES = ["vtkMRMLLabelMapVolumeNode"]
+
+
+class RunRefused(ValueError):
+    """A run refused before its worker starts, for a reason the user fixes in the scene (e.g. overlapping training
+    segments): the panel says it in that run's status line."""
 
 
 def _importName(requirement):
@@ -124,6 +135,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = MedDeepRecogLogic()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onParameterNodeModified)
         self.ui.classifyButton.connect("clicked(bool)", self.onClassifyButton)
         self.ui.classifySliceButton.connect("clicked(bool)", self.onClassifySliceButton)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
@@ -192,6 +204,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("MedDeepRecog: cannot read the preset."):
                 self.logic.applyPreset(p)
         self._preset = p.preset
+        self._updateInputSelector(p)
         self._updateRunButtons(p)
         self.ui.sliceTableView.setMRMLTableNode(p.sliceTable)
         self.ui.sliceTableView.visible = bool(p.sliceTable)
@@ -229,6 +242,37 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previewButton.enabled = bool(p.inputVolume) or busy["preview"]
         self.ui.finetuneButton.text = "Cancel" if busy["finetune"] else "Start fine-tuning"
         self.ui.finetuneButton.enabled = bool(ready and p.trainingSegmentation) or busy["finetune"]
+
+    def _updateInputSelector(self, p):
+        """The input selector offers what the selected model reads (its package's ``input.content``): label maps for
+        a mask model (the adrenal models classify a gland's shape), scans for the others; never a heatmap this
+        module made (no scan: a run refuses it too). The parameter node's input stays chosen while the list
+        changes, if the list offers it."""
+        if getattr(self, "_updatingInputSelector", False):  # the selector writes its new node into the parameters
+            return
+        selector = self.ui.inputVolumeSelector
+        proxy = selector.sortFilterProxyModel()
+        nodeTypes = MASK_NODE_TYPES if self._modelInput(p.model).get("content") == MASK_CONTENT else SCAN_NODE_TYPES
+        hidden = self.logic.heatmapIDs(p)
+        if list(selector.nodeTypes) == nodeTypes and list(proxy.hiddenNodeIDs) == hidden:
+            return
+        wanted = p.inputVolume
+        self._updatingInputSelector = True
+        try:
+            proxy.hiddenNodeIDs = hidden
+            selector.nodeTypes = nodeTypes  # the parameter node wrapper set its field's type when it bound the GUI
+            if wanted is not None and wanted.GetClassName() in nodeTypes and wanted.GetID() not in hidden:
+                selector.setCurrentNode(wanted)
+        finally:
+            self._updatingInputSelector = False
+
+    def _modelInput(self, model):
+        """The ``input`` that ``models --json`` listed for ``model``, else its model.json's (``{}`` for auto or a
+        package that cannot be read)."""
+        info = getattr(self, "_models", {}).get(model)
+        if info is not None:
+            return info.get("input") or {}
+        return self.logic.modelInput(model)
 
     def _modelTask(self, model):
         """``"segmentation"`` or ``"classification"``: the task ``models --json`` listed for ``model``, else (a
@@ -310,7 +354,9 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelInfoLabel.text = (f"segments: {', '.join((info.get('class_names') or [])[1:])} "
                                                f"(use Segment). {metrics}")
             else:
-                self.ui.modelInfoLabel.text = f"classes: {', '.join(info.get('class_names') or [])}. {metrics}"
+                reads = (" Input: a label map of the one structure it classifies."
+                         if (info.get("input") or {}).get("content") == MASK_CONTENT else "")
+                self.ui.modelInfoLabel.text = f"classes: {', '.join(info.get('class_names') or [])}. {metrics}{reads}"
 
     def onImportModelButton(self):
         path = qt.QFileDialog.getOpenFileName(self.parent, "Import model package", "",
@@ -367,6 +413,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 method(self._parameterNode, onProgress=self._progress(bar, label),
                        onFinished=self._finished(kind, bar, label, onSuccess))
+            except RunRefused as refusal:  # the scene needs fixing first: said where the run's progress shows
+                label.text = f"Not started: {refusal}"
             except Exception:
                 label.text = ""  # nothing started; the error display says why
                 raise
@@ -472,6 +520,18 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             return
         p.classMapTable = scene_io.getOrCreateNode(p.classMapTable, "vtkMRMLTableNode", "MedDeepRecog segment classes")
         scene_io.syncClassMapTable(p.classMapTable, p.trainingSegmentation)
+
+    @staticmethod
+    def heatmapIDs(p):
+        """IDs of the heatmaps this module made (``OUTPUT_ATTRIBUTE``, and the parameter node's own heatmap), in scene
+        order: no scan to run on. (A preprocessed volume may be an input.)"""
+        return [node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                if MedDeepRecogLogic.isHeatmap(p, node)]
+
+    @staticmethod
+    def isHeatmap(p, node):
+        return node.GetAttribute(OUTPUT_ATTRIBUTE) == "heatmap" or bool(p.outputHeatmap
+                                                                         and p.outputHeatmap.GetID() == node.GetID())
 
     @staticmethod
     def defaultInputVolume(p):
@@ -611,11 +671,27 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         volume = p.inputVolume
         if not volume:
             raise ValueError("Select the input volume.")
-        if volume.GetAttribute(OUTPUT_ATTRIBUTE) == "heatmap" or (p.outputHeatmap and
-                                                                  p.outputHeatmap.GetID() == volume.GetID()):
+        if MedDeepRecogLogic.isHeatmap(p, volume):
             raise ValueError(f"'{volume.GetName()}' is a heatmap made by MedDeepRecog, not a scan: select the scan "
                              "itself as the input volume.")
         return volume
+
+    @staticmethod
+    def modelInput(model):
+        """The package's ``input`` (kind, size, spacing_mm, content) from its model.json alone (cheap on the GUI
+        thread); ``{}`` for auto (which routes to scan classifiers) or a package that cannot be read."""
+        return model_input_spec(model) if model and model != AUTO_MODEL else {}
+
+    def _exportInput(self, p, volume, workDir):
+        """``volume`` as the file the worker reads with ``p.model``: for a mask model, its label map as a 0/255 mask
+        cut to the model's field of view about the structure (:func:`scene_io.exportMask`); else as it is."""
+        spec = self.modelInput(p.model)
+        if spec.get("content") != MASK_CONTENT:
+            return scene_io.exportVolume(volume, workDir)
+        size, spacing = spec.get("size"), spec.get("spacing_mm")
+        fieldOfView = ([n * s for n, s in zip(reversed(size), spacing)]  # size is (D, H, W), spacing (x, y, z)
+                       if size and spacing and len(size) == len(spacing) == 3 else None)
+        return scene_io.exportMask(volume, workDir, fieldOfView)
 
     @staticmethod
     def _outputVolume(node, volume):
@@ -642,7 +718,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"{p.model} is a segmentation model: use Segment.")
         volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(volume, workDir)
+            inputPath = self._exportInput(p, volume, workDir)
             outDir = workDir / "out"
             secondPath = scene_io.exportVolume(p.secondVolume, workDir / "second") if p.secondVolume else None
             command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python,
@@ -690,7 +766,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                                                       f"{name} heatmap")
             p.outputHeatmap.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
             scene_io.placeUnderStudy(p.outputHeatmap, volume)
-            scene_io.showHeatmap(p.outputHeatmap, volume, p.heatmapThreshold, p.heatmapOpacity)
+            background = None if volume.IsA("vtkMRMLLabelMapVolumeNode") else volume  # a mask: over the scan shown
+            scene_io.showHeatmap(p.outputHeatmap, background, p.heatmapThreshold, p.heatmapOpacity)
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
             scene_io.setSegmentFromMask(p.outputSegmentation, hotName, hot, (0.99, 0.65, 0.04), p.outputHeatmap)
         else:  # no heatmap this time (explain none, a model without one, out of domain): the last one must go
@@ -834,7 +911,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         """Smallest eps that flips the prediction on the loaded scan; returns one sentence."""
         volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(volume, workDir)
+            inputPath = self._exportInput(p, volume, workDir)
             command = WorkerCommand.robustness(p.model, inputPath, workDir / "robustness", python=self.python)
             return self._start("robustness", command, lambda result, job: robustness_summary(result)[0], workDir,
                                **kwargs)
@@ -844,10 +921,15 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         """Fine-tune ``p.model`` on the input and its segments; returns the new package's ``id@version``."""
         volume = self._runInput(p)
         self.syncClassMap(p)
+        classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
+        if not classMap:
+            raise ValueError("Map at least one segment to a class in the segment → class table.")
+        overlaps = scene_io.segmentOverlaps(p.trainingSegmentation, volume, classMap)
+        if overlaps:  # the core would give each shared voxel to the later segment: labels changed without a word
+            pairs = ", ".join(f"'{a}' and '{b}' in {n:,} voxel{'s' if n != 1 else ''}" for a, b, n in overlaps)
+            raise RunRefused(f"segments overlap: {pairs}. A voxel can be of one class only; remove the overlap "
+                             "(Segment Editor) and start again.")
         with self._workDir() as workDir:
-            classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
-            if not classMap:
-                raise ValueError("Map at least one segment to a class in the segment → class table.")
             manifest = {"cases": [{"id": volume.GetName(),
                                    "image": str(scene_io.exportVolume(volume, workDir)),
                                    "segmentation": str(scene_io.exportSegmentation(p.trainingSegmentation, workDir))}],

@@ -12,7 +12,8 @@ from .outputs import (ClassifyResult, SegmentLabels, SegmentVolumes, read_classi
                       read_segment_volumes)
 from .process_runner import WorkerError, WorkerProcess, descendant_pids, kill_process_tree, run_worker
 from .progress_reader import ProgressEvent, ProgressReader, parse_progress_line
-from .worker_command import WorkerCommand, model_input_kind, model_task, module_root, worker_environment
+from .worker_command import (WorkerCommand, model_input_kind, model_input_spec, model_task, module_root,
+                             worker_environment)
 
 __all__ = [
     "ClassifyResult",
@@ -32,6 +33,7 @@ __all__ = [
     "parse_progress_line",
     "WorkerCommand",
     "model_input_kind",
+    "model_input_spec",
     "model_task",
     "module_root",
     "worker_environment",

@@ -181,11 +181,18 @@ def _package_meta(model: str) -> dict | None:
         return None
 
 
+def model_input_spec(model: str) -> dict:
+    """The package's ``input`` (``kind``, ``size``, ``spacing_mm``, ``content``: ``"binary_mask"`` for a model that
+    classifies the mask of one structure, e.g. the adrenal models), read from its ``model.json``; ``{}`` when the
+    package cannot be read."""
+    meta = _package_meta(model)
+    return dict(meta["input"]) if meta and isinstance(meta.get("input"), dict) else {}
+
+
 def model_input_kind(model: str) -> str | None:
     """The package's ``input.kind`` (``roi3d`` for an ROI classifier that labels segments), read from its
     ``model.json``; ``None`` when the package cannot be read."""
-    meta = _package_meta(model)
-    return meta["input"].get("kind") if meta and isinstance(meta.get("input"), dict) else None
+    return model_input_spec(model).get("kind")
 
 
 def model_task(model: str) -> str | None:
