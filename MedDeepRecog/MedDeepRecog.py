@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MAX_EPOCHS
+from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MASK_CONTENT, MAX_EPOCHS
 from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
 from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, model_input_spec, model_task,
                                             read_classify_result, read_segment_labels, read_segment_volumes)
@@ -50,8 +50,6 @@ SCENE_JOBS = ("classify", "segment", "preview", "robustness")
 OUTPUT_ATTRIBUTE = "MedDeepRecog.output"
 #: The model list's first entry: ``classify --model auto`` routes each scan to the disease model that applies.
 AUTO_MODEL = "auto"
-#: ``input.content`` of a package that classifies the mask of one structure (the adrenal models), not a scan.
-MASK_CONTENT = "binary_mask"
 #: What the input selector offers: scans (scalar and colour volumes; label maps are a subclass, left out) for image
 #: models, label maps for mask models.
 SCAN_NODE_TYPES = ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
@@ -682,17 +680,6 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         thread); ``{}`` for auto (which routes to scan classifiers) or a package that cannot be read."""
         return model_input_spec(model) if model and model != AUTO_MODEL else {}
 
-    def _exportInput(self, p, volume, workDir):
-        """``volume`` as the file the worker reads with ``p.model``: for a mask model, its label map as a 0/255 mask
-        cut to the model's field of view about the structure (:func:`scene_io.exportMask`); else as it is."""
-        spec = self.modelInput(p.model)
-        if spec.get("content") != MASK_CONTENT:
-            return scene_io.exportVolume(volume, workDir)
-        size, spacing = spec.get("size"), spec.get("spacing_mm")
-        fieldOfView = ([n * s for n, s in zip(reversed(size), spacing)]  # size is (D, H, W), spacing (x, y, z)
-                       if size and spacing and len(size) == len(spacing) == 3 else None)
-        return scene_io.exportMask(volume, workDir, fieldOfView)
-
     @staticmethod
     def _outputVolume(node, volume):
         """``node`` to load a run's output volume into, unless it is the run's input ``volume`` (an output is never
@@ -718,7 +705,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"{p.model} is a segmentation model: use Segment.")
         volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = self._exportInput(p, volume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             outDir = workDir / "out"
             secondPath = scene_io.exportVolume(p.secondVolume, workDir / "second") if p.secondVolume else None
             command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python,
@@ -911,7 +898,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         """Smallest eps that flips the prediction on the loaded scan; returns one sentence."""
         volume = self._runInput(p)
         with self._workDir() as workDir:
-            inputPath = self._exportInput(p, volume, workDir)
+            inputPath = scene_io.exportVolume(volume, workDir)
             command = WorkerCommand.robustness(p.model, inputPath, workDir / "robustness", python=self.python)
             return self._start("robustness", command, lambda result, job: robustness_summary(result)[0], workDir,
                                **kwargs)

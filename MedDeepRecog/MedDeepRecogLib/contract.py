@@ -18,6 +18,9 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 READABLE_SUFFIXES = WRITABLE_SUFFIXES + (".seg.nrrd", ".dcm", ".ima", ".img", ".hdr") + PICTURE_SUFFIXES
 #: Extensions of two parts: checked before the one-part extension they end with.
 COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
+#: ``input.content`` of a package that classifies the mask of one structure (the adrenal models), not a scan: its
+#: input is a label map, which the core cuts about the structure (:func:`.inference.model_input.image_for_model`).
+MASK_CONTENT = "binary_mask"
 
 
 def suffix_of(path: str | Path) -> str:

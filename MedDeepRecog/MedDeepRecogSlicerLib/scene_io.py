@@ -6,7 +6,6 @@ replaces results instead of flooding the scene. Nothing here touches widgets.
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -36,67 +35,6 @@ def exportVolume(volumeNode: vtkMRMLVolumeNode, folder: Path) -> Path:
     if not slicer.util.exportNode(volumeNode, str(path), properties={}):
         raise RuntimeError(f"{path}: could not write volume '{volumeNode.GetName()}'")
     return path
-
-
-#: The structure's value in the file a mask model reads (the AdrenalMNIST3D masks its packages learnt from are 0/255;
-#: a Slicer label map's 1 would read as nearly empty).
-MASK_VALUE = 255
-#: More distinct values than this in a volume given as a mask: grey levels of a scan, not labels.
-MAX_MASK_LABELS = 16
-
-
-def exportMask(volumeNode: vtkMRMLVolumeNode, folder: Path, fieldOfViewMm=None) -> Path:
-    """Write the label map ``volumeNode`` as the binary mask a mask model reads (``input.content`` ``binary_mask``):
-    ``folder/<name>.nrrd``, uint8, its one structure :data:`MASK_VALUE` and the rest 0.
-
-    With ``fieldOfViewMm`` (the model's (x, y, z) field of view) the mask is cut, on its own grid, to that box
-    centred on the structure (its bounding box's centre), 0 where the box leaves the grid: the models learnt from
-    masks cut so about their gland, and a label map on a whole scan's grid would otherwise be shrunk into the
-    model's few voxels.
-
-    Raises:
-        ValueError: naming the node, for a volume that is no mask of one structure: empty, holding several labels,
-            or grey levels.
-    """
-    name = volumeNode.GetName()
-    voxels = slicer.util.arrayFromVolume(volumeNode)
-    values = np.unique(voxels)
-    labels = values[values != 0]
-    if labels.size == 0:
-        raise ValueError(f"'{name}' is empty: no voxel is labelled, so there is no structure to classify")
-    if labels.size > MAX_MASK_LABELS:
-        raise ValueError(f"'{name}' has {values.size:,} distinct values: it is a scan, not the mask of one structure "
-                         "this model classifies")
-    if labels.size > 1:
-        shown = ", ".join(f"{v:g}" for v in labels[:6]) + ("…" if labels.size > 6 else "")
-        raise ValueError(f"'{name}' holds {labels.size} labels ({shown}): this model classifies the mask of one "
-                         "structure; select a label map of that structure alone")
-    mask = voxels == labels[0]
-    ijkToRAS = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(ijkToRAS)
-    matrix = slicer.util.arrayFromVTKMatrix(ijkToRAS)
-    if fieldOfViewMm is not None:
-        axes = np.abs(matrix[:3, :3]).argmax(axis=0)  # the (x, y, z) axis each of I, J, K runs along
-        size = np.maximum(1, np.floor(np.asarray(fieldOfViewMm, float)[axes] / np.asarray(volumeNode.GetSpacing())
-                                      + 0.5)).astype(int)[::-1]  # (K, J, I)
-        where = np.nonzero(mask)
-        centre = np.array([(w.min() + w.max()) / 2.0 for w in where])
-        start = np.floor(centre - (size - 1) / 2.0 + 0.5).astype(int)
-        cut = np.zeros(tuple(size), dtype=bool)
-        source = tuple(slice(max(s, 0), min(s + n, d)) for s, n, d in zip(start, size, mask.shape))
-        cut[tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(source, start))] = mask[source]
-        if cut.sum() < where[0].size:
-            logging.warning("MedDeepRecog: '%s' reaches beyond the model's %s mm field of view: %d of its %d voxels "
-                            "are left out", name, "x".join(f"{v:g}" for v in fieldOfViewMm),
-                            where[0].size - int(cut.sum()), where[0].size)
-        matrix = matrix.copy()
-        matrix[:3, 3] += matrix[:3, :3] @ start[::-1]
-        mask = cut
-    temporary = slicer.util.addVolumeFromArray((mask * MASK_VALUE).astype(np.uint8), ijkToRAS=matrix, name=name)
-    try:
-        return exportVolume(temporary, folder)
-    finally:
-        removeNodeAndHelpers(temporary)
 
 
 def segmentOverlaps(segmentationNode: vtkMRMLSegmentationNode, referenceVolume: vtkMRMLVolumeNode,

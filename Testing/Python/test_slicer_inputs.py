@@ -1,7 +1,7 @@
 """What the panel runs on, on Slicer's real core (``slicer_core`` fixture): the input selector offers what the chosen
 model reads (label maps for the adrenal mask models, scans for the others, never a heatmap of this module); a label
-map classified with a mask model reaches the worker as the 0/255 mask cut about its gland that the model learnt
-from; overlapping training segments are refused before Fine-tune starts, in its status line."""
+map classified with a mask model gives the command line's answer on the 0/255 mask cut about its gland that the
+model learnt from (the core cuts it: ``inference.model_input.image_for_model``); overlapping training segments are refused before Fine-tune starts, in its status line."""
 
 from __future__ import annotations
 
@@ -100,10 +100,10 @@ def test_the_input_selector_offers_what_the_model_reads_and_no_heatmap(slicer_co
 
 def test_a_label_map_is_classified_as_the_mask_the_adrenal_model_learnt_from(slicer_core, tmp_path):
     """A Slicer label map holds 1 where the adrenal models learnt from 0/255 masks (a 1 reads as nearly empty), and
-    lies on a whole scan's grid, which the 1.3.0 pipeline shrinks into its 32^3 input: exported as it was, this gland
-    read 0.79 "mass" where the CLI on its own 0/255 file says 0.998 "normal". The panel gives the worker the 0/255
-    mask cut to the model's 64 mm about the gland: the CLI's probabilities, wherever the gland lies and whatever its
-    label value; the heatmap comes back over that cut, shown over the scan in the views."""
+    lies on a whole scan's grid, which the 1.3.0 pipeline shrinks into its 32^3 input: exported as it was before the
+    core cut masks about their structure, this gland read 0.79 "mass" where the CLI on its own 0/255 file says 0.998
+    "normal". Now the CLI's probabilities, wherever the gland lies and whatever its label value; the heatmap comes
+    back on the label map's own grid, shown over the scan in the views."""
     import SimpleITK as sitk
 
     from MedDeepRecogLib.slicer_bridge import WorkerCommand, read_classify_result, run_worker, worker_environment
@@ -135,31 +135,33 @@ def test_a_label_map_is_classified_as_the_mask_the_adrenal_model_learnt_from(sli
     logic.classify(p, waitForCompletion=True)
     heatmap = p.outputHeatmap
     assert heatmap.GetAttribute(module.OUTPUT_ATTRIBUTE) == "heatmap"
-    assert heatmap.GetImageData().GetDimensions() == (28, 28, 28)   # the model's 64 mm at 2.29 mm
+    assert heatmap.GetImageData().GetDimensions() == (90, 45, 50)   # the label map's own grid
     assert env.core.composite_node("Red").GetBackgroundVolumeID() == scan.GetID()   # a mask: shown over the scan
     assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
 
 
 def test_a_mask_model_refuses_what_is_no_mask_of_one_structure(slicer_core):
-    """Said in the panel's words before the worker starts: a scan (its grey levels would all become "mask"), a label
-    map of two structures, an empty one."""
+    """The worker's one line, naming the node, in the panel's error: a scan (its grey levels would all become
+    "mask"), a label map of two structures, an empty one; no result is loaded and no exchange folder is left."""
+    from MedDeepRecogLib.slicer_bridge import WorkerError
+
     env, module = slicer_core, slicer_core.module
     logic = module.MedDeepRecogLogic()
     p = logic.getParameterNode()
-    p.model = "adrenal-mass-3d"
+    p.model, p.device, p.explainMethod = "adrenal-mass-3d", "cpu", "none"
     left, right = gland(), gland()
     left[:, :, 14:] = right[:, :, :14] = False
     both = add_label_map(env, "both", left, (30, 30, 30), (1, 1, 1), 1)
     env.slicer.util.updateVolumeFromArray(both, env.slicer.util.arrayFromVolume(both)
                                           + 2 * np.pad(right, ((1, 1), (1, 1), (1, 1))).astype(np.uint8))
-    for node, message in ((add_volume(env, "CT"), "'CT' has .* distinct values: it is a scan"),
-                          (both, r"'both' holds 2 labels \(1, 2\): .* one structure"),
+    for node, message in ((add_volume(env, "CT"), "CT.*distinct intensities: it looks like a scan, not a mask"),
+                          (both, r"both.*the mask holds 2 labels \(1, 2\): .*one structure"),
                           (add_label_map(env, "empty", np.zeros((3, 3, 3), bool), (30, 30, 30), (0, 0, 0), 1),
-                           "'empty' is empty")):
+                           "empty.*the volume is empty: every voxel equals 0")):
         p.inputVolume = node
-        for run in (logic.classify, logic.robustness):
-            with pytest.raises(ValueError, match=message):
-                run(p)
+        with pytest.raises(WorkerError, match=message):
+            logic.classify(p, waitForCompletion=True)
+        assert p.outputTable is None or p.outputTable.GetName() != f"{node.GetName()} probabilities"
     assert not logic.isRunning("classify") and not list(env.temporaryPath.glob("MedDeepRecog-*"))
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..contract import EXPLAIN_METHODS, PICTURE_SUFFIXES, PROGRESS_MODES, UNCERTAINTY_MODES, WRITABLE_SUFFIXES
+from ..contract import (EXPLAIN_METHODS, MASK_CONTENT, PICTURE_SUFFIXES, PROGRESS_MODES, UNCERTAINTY_MODES,
+                        WRITABLE_SUFFIXES)
 from ..devices import DEVICE_CHOICES
 from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..progress import DEVICE_HELP, PROGRESS_HELP
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--model auto chooses among whole-scan disease models; name the model for --segments or "
                           "--second-input")
     package = None if auto else load_package(args.model)
-    skip_masks = package is None or package.input_spec.get("content") != "binary_mask"
+    skip_masks = package is None or package.input_spec.get("content") != MASK_CONTENT
     skipped: list[dict] = []
     scans = expand_inputs(args.inputs, skip_masks=skip_masks, skipped=skipped)
     if args.segments:

@@ -25,7 +25,7 @@ from ..io.image_content import label_map_values
 from ..io.geometry import Geometry, lps_view
 from ..packages.package import target_layer_of  # the check models --verify makes too
 from ..preprocessing.pipeline import run_input_pipeline
-from .model_input import (ModelGrid, SliceInput, as_volume, check_input_content, is_hounsfield, nearest_axial_slice,
+from .model_input import (ModelGrid, SliceInput, as_volume, image_for_model, is_hounsfield, nearest_axial_slice,
                           slices_from_image, volume_from_image, whole_image_is_body)
 from .predict import decide, predict_slices, predict_volume
 
@@ -327,14 +327,17 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     picture = is_picture(image)  # as_volume keeps the voxels and geometry, not the reader's notes
     image = as_volume(image, where, allow_2d=(kind == "slices2d"))
     validate_intensities(image, where)
-    check_input_content(image, spec, where)
+    # a mask model's input is its structure cut about it; the heatmap still goes on the user's own grid (``image``)
+    model_image, content_notes = image_for_model(image, spec, where)
+    notes.extend(content_notes)
     if lesion is not None:
         lesion = lesion_on_scan_grid(lesion, image, notes, lesion_source)
     timing["read"] = time.perf_counter() - t0
 
     report("preprocess", 0.15)
     t = time.perf_counter()
-    prepared = run_input_pipeline(image, spec.get("pipeline"))
+    prepared = run_input_pipeline(model_image, spec.get("pipeline"))
+    model_image = None
     chosen_slice = None
     if kind == "slices2d":
         if slice_mm is not None:

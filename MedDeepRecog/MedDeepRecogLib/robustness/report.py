@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..contract import MASK_CONTENT
 from ..errors import ConfigError
 from ..progress import ProgressCallback, null_progress
 from .attacks import Bounds, check_eps, parse_eps_list
@@ -107,7 +108,7 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         # HU only where the input is a CT's intensities (the model's, else the scan's; a binary-mask package reads
         # shapes, not HU)
         reads = model_modality if model_modality in ("CT", "MR") else res.modality_guess
-        in_hu = reads == "CT" and pkg.input_spec.get("content") != "binary_mask"
+        in_hu = reads == "CT" and pkg.input_spec.get("content") != MASK_CONTENT
         units = units_per_hu(res.image, pkg, voting=res.voting, model_input=res.model_input) if in_hu else None
         geometry = Geometry.of(res.image)
         res.image = None  # the perturbation needs only the scan's grid: no scan's voxels wait for the others
