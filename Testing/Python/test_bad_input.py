@@ -642,6 +642,31 @@ def test_damaged_dicom_series_is_refused_naming_file_and_gap(run_all, tmp_path, 
     assert not out.exists() and not (tmp_path / "out.nrrd").exists()
 
 
+def _half_pixel_data(path: Path, drop_sop_class: bool = False) -> None:
+    """Cut a slice's pixel data to half its length, its header consistent with that (as a damaged export leaves it),
+    and optionally empty its SOPClassUID (anonymised series are found so)."""
+    pydicom = pytest.importorskip("pydicom")
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    if drop_sop_class:
+        ds.SOPClassUID = ""
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("drop_sop_class", [False, True])
+def test_a_slice_whose_pixel_data_is_short_is_refused_in_a_series_and_alone(run_all, tmp_path, drop_sop_class):
+    """GDCM reads the slice and fills the missing half (a CT's came back as -1024 HU air); the first slice alone was
+    checked in a series, and a file without SOPClassUID not at all."""
+    folder = _dicom_series(tmp_path / "series")
+    _half_pixel_data(folder / "IM005.dcm", drop_sop_class)
+    code, _, err = run_all("info", folder)
+    clean_error(code, err, "IM005.dcm", "pixel data is shorter than its 40 x 40 pixels declare")
+    single = tmp_path / "single.dcm"
+    single.write_bytes((folder / "IM005.dcm").read_bytes())
+    code, _, err = run_all("info", single)
+    clean_error(code, err, "single.dcm", "pixel data is shorter than its 40 x 40 pixels declare")
+
+
 def test_non_uniform_dicom_spacing_is_refused(run_all, tmp_path):
     folder = _dicom_series(tmp_path / "series", zs=[0, 2, 4, 6, 9, 11, 13, 15])
     code, _, err = run_all("info", folder)

@@ -72,23 +72,36 @@ def _check_slice_positions(folder: Path, files: list[str], label: str, unassigne
     slices over the whole extent (a 2.0 mm series read as 2.111 mm). The positions (0020,0032) projected on the
     slice normal (0020,0037) must step evenly; a gap names the files on both sides, and files of the folder that
     could not be read as slices are named too. Returns a note for the image when ``allow`` lets it through.
+
+    Each slice's header is read here once, so each slice's pixel data is checked here too
+    (:func:`check_dicom_pixels`): GDCM reads a slice whose raw pixel data is shorter than its rows x columns declare
+    and fills the rest (half a CT slice came back as -1024 HU air).
     """
-    positions = []
+    positions: list[tuple[float, str]] | None = []
     for name in files:
         r = sitk.ImageFileReader()
         r.SetFileName(name)
         r.LoadPrivateTagsOff()
         try:
             r.ReadImageInformation()
+        except RuntimeError:
+            positions = None  # positions unknown: ITK's own ordering is all there is
+            continue
+        check_dicom_pixels(r, Path(name), dicom_frames(r))
+        if positions is None:
+            continue
+        try:
             ipp = [float(v) for v in _dicom_tag(r, "0020|0032").split("\\")]
             iop = [float(v) for v in _dicom_tag(r, "0020|0037").split("\\")]
-        except (RuntimeError, ValueError):
-            return None  # positions unknown: ITK's own ordering is all there is
+        except ValueError:
+            positions = None
+            continue
         if len(ipp) != 3 or len(iop) != 6:
-            return None
+            positions = None
+            continue
         normal = np.cross(iop[:3], iop[3:])
         positions.append((float(np.dot(ipp, normal)), Path(name).name))
-    if len(positions) < 3:
+    if positions is None or len(positions) < 3:
         return None
     positions.sort()
     z = np.array([p for p, _ in positions])
@@ -378,8 +391,8 @@ def check_dicom_pixels(reader: sitk.ImageFileReader, path: Path, frames: int) ->
     def tag(key: str) -> str:
         return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
-    if not (tag("0008|0016") or tag("0002|0010")):
-        return  # not DICOM
+    if not (tag("0008|0016") or tag("0002|0010") or looks_like_dicom(path)):
+        return  # not DICOM (an anonymised file may lack SOPClassUID and GDCM may hide the meta group: the preamble)
     raw = tag("0028|0030")
     lo, hi = SPACING_RANGE_MM
     if raw:
