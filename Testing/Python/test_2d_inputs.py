@@ -159,6 +159,37 @@ def test_a_folder_of_pictures_is_a_batch(run_cli, tmp_path, tiny_2d):
         "case0.json", "case1.json", "case2.json", "case9.json", "summary.json"]
 
 
+def test_batch_outputs_never_carry_another_images_name_and_a_rerun_skips_its_own_heatmaps(run_cli, tmp_path,
+                                                                                          tiny_2d):
+    """``a.jpg``, ``a.png``, ``a_2.png`` and ``a_heatmap.png``: the second ``a`` is not written as ``a_2`` (the real
+    ``a_2.png``'s name) and ``a_heatmap.png``'s result is not ``a_heatmap.json`` beside ``a.jpg``'s heatmap (which
+    takes ``a-2``: the user's ``a_heatmap.png`` is not overwritten). Run again with ``--out`` on the same folder,
+    the earlier heatmaps are skipped as outputs, not classified as scans."""
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for i, name in enumerate(("a.png", "a_2.png", "a_heatmap.png")):
+        _picture(folder / name, _brainish(seed=i))
+    sitk.WriteImage(sitk.GetImageFromArray(_brainish(seed=9)), str(folder / "a.jpg"))
+    code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", folder, "--progress", "none")
+    assert code == 0, err
+    inputs = {json.loads(p.read_text())["input"].split("/")[-1]: p.name for p in folder.glob("a*.json")}
+    assert inputs == {"a.jpg": "a-2.json", "a.png": "a_3.json", "a_2.png": "a_2.json",
+                      "a_heatmap.png": "a_heatmap_2.json"}
+    heatmaps = sorted(p.name for p in folder.glob("*_heatmap.*") if p.name != "a_heatmap.png")
+    assert heatmaps and all(p.split("_heatmap.")[0] + ".json" in inputs.values() for p in heatmaps)
+    code, out, err = run_cli("classify", folder, "--model", tiny_2d, "--out", folder, "--progress", "none")
+    assert code == 0, err
+    skipped = [line for line in out.splitlines() if line.startswith("skipped") and "_heatmap." in line]
+    assert sorted(line.split()[1].split("/")[-1].rstrip(":") for line in skipped) == heatmaps, out
+    assert all("an output of an earlier run" in line for line in skipped), out
+    others = [line for line in out.splitlines() if line.startswith("skipped") and "_heatmap." not in line]
+    assert others and all("earlier run" in line for line in others), out   # the results and summary of run 1
+    assert not list(folder.glob("*_heatmap_heatmap*"))
+    summary = json.loads((folder / "summary-2.json").read_text())
+    assert sorted(Path(r["input"]).name for r in summary["cases"]) == ["a.jpg", "a.png", "a_2.png",
+                                                                       "a_heatmap.png"]
+
+
 def test_a_picture_too_small_for_the_model_is_refused_with_its_size(run_cli, tmp_path, tiny_2d):
     src = _picture(tmp_path / "tiny.png", _brainish(12))
     code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")

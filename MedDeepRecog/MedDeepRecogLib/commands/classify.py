@@ -16,6 +16,7 @@ instead: ``classify SCAN --model ROI_MODEL --segments SEG.seg.nrrd --out DIR`` w
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from ..contract import (EXPLAIN_METHODS, MASK_CONTENT, PICTURE_SUFFIXES, PROGRESS_MODES, UNCERTAINTY_MODES,
@@ -90,6 +91,33 @@ def mask_reason(path: Path) -> str | None:
     return None
 
 
+def earlier_output_reason(path: Path) -> str | None:
+    """Why a file found in an input folder is an output of an earlier classify or robustness run, else ``None``: a
+    heatmap or perturbation image (``<stem>_heatmap.nrrd``, ``<stem>_heatmap.png``, ``<stem>_perturbation.nrrd``)
+    or report beside its run's result (``<stem>.json`` or ``<stem>_robustness.json``), that result beside its
+    heatmap, or a batch summary (``summary.csv``, ``summary-2.json``...). A rerun with ``--out`` on the input folder
+    would otherwise classify its own heatmaps as scans."""
+    from ..contract import OUTPUT_SUFFIXES
+
+    name = path.name
+    if re.fullmatch(r"summary(-\d+)?\.(csv|json)", name):
+        return "a batch summary of an earlier run"
+    results = (OUTPUT_SUFFIXES["result"], OUTPUT_SUFFIXES["robustness"])
+    for role in ("heatmap", "heatmap_png", "perturbation", "report"):
+        suffix = OUTPUT_SUFFIXES[role]
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            for result in (stem + r for r in results):
+                if (path.parent / result).is_file():
+                    return f"an output of an earlier run (beside {result}), not a scan"
+    for suffix in results:
+        stem = name[: -len(suffix)] if name.endswith(suffix) else None
+        beside = ("heatmap", "perturbation")
+        if stem and any((path.parent / (stem + OUTPUT_SUFFIXES[role])).is_file() for role in beside):
+            return "the result of an earlier run"
+    return None
+
+
 def expand_inputs(inputs: list[str], *, skip_masks: bool = True,
                   skipped: list[dict] | None = None) -> list[Path]:
     """Scans named by ``inputs``: files as given; a folder is one DICOM series, or every volume file inside it,
@@ -121,6 +149,8 @@ def expand_inputs(inputs: list[str], *, skip_masks: bool = True,
                 continue
             reason = mask_reason(f)
             if reason and (skip_masks or f.name.lower().endswith(".seg.nrrd")):
+                skipped.append({"input": str(f), "reason": reason})
+            elif reason := earlier_output_reason(f):
                 skipped.append({"input": str(f), "reason": reason})
             else:
                 volumes.append(f)
@@ -158,6 +188,8 @@ def _left_in_folder(folder: Path, taken: set[Path]) -> list[dict]:
         if entry.is_dir():
             left.append({"input": printable_path(entry), "reason": "a subfolder (a DICOM series is classified when "
                                                                   "its folder is given as an input)"})
+        elif entry.is_file() and (reason := earlier_output_reason(entry)):
+            left.append({"input": printable_path(entry), "reason": reason})
         elif entry.is_file():
             left.append({"input": printable_path(entry), "reason": "not a scan file classify reads from a folder "
                                                                    f"({', '.join(_VOLUME_SUFFIXES)})"})
@@ -197,16 +229,25 @@ def check_options(args: argparse.Namespace, package) -> None:
 
 
 def _unique_names(scans: list[Path]) -> list[str]:
-    from ..contract import output_stem
+    """One output name per scan (:func:`..contract.output_stem`), unique in the batch: a second scan of the same
+    stem (``a.png`` beside ``a.jpg``) gets the first free ``a_2``, ``a_3``... that is neither another scan's own
+    stem (a real ``a_2.png``) nor the name of another scan's output file (``a_heatmap`` is ``a.jpg``'s heatmap, so
+    a scan ``a_heatmap.png`` is named ``a_heatmap_2``): a result file never carries another image's name."""
+    from ..contract import OUTPUT_SUFFIXES, output_stem
 
-    names, seen = [], {}
-    for s in scans:
-        base = output_stem(s)
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        names.append(base if n == 0 else f"{base}_{n + 1}")
+    stems = [output_stem(s) for s in scans]
+    roles = [suffix.split(".")[0] for suffix in OUTPUT_SUFFIXES.values() if suffix.startswith("_")]
+    outputs = {stem + role for stem in stems for role in roles}
+    names: list[str] = []
+    for i, base in enumerate(stems):
+        others = set(stems[:i] + stems[i + 1:])
+        name, k = base, 1
+        while name in names or (name != base and name in others) or name in outputs:
+            k += 1
+            name = f"{base}_{k}"
+        names.append(name)
+        outputs.update(name + role for role in roles)
     return names
-
 
 
 def run(args: argparse.Namespace) -> int:
