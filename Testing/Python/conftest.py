@@ -91,7 +91,8 @@ def run_cli_all(capsys):
     from MedDeepRecogLib import cli
 
     keys = ("MEDDEEPRECOG_MAX_IMAGE_BYTES", "MEDDEEPRECOG_ALLOW_SLICE_GAPS", "MEDDEEPRECOG_MAX_PACKAGE_BYTES",
-            "MEDDEEPRECOG_MAX_PARAMS", "MEDDEEPRECOG_MAX_ACTIVATION_BYTES")
+            "MEDDEEPRECOG_MAX_PARAMS", "MEDDEEPRECOG_MAX_ACTIVATION_BYTES", "MEDDEEPRECOG_MAX_DATASET_BYTES",
+            "MEDDEEPRECOG_MAX_BATCH_BYTES")
     saved = {k: os.environ.get(k) for k in keys}
 
     def run(*argv):

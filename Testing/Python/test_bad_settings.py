@@ -66,6 +66,41 @@ def test_a_config_value_training_cannot_use_is_refused_before_training(tmp_path,
     assert not out.exists() and not (tmp_path / "cat").exists()
 
 
+def test_data_size_beyond_the_memory_bound_is_refused_before_the_images_are_resized(tmp_path, capsys, train_config):
+    """``data/size`` 512^3 for a 3D set asked the allocator for the whole set as float32 (AdrenalMNIST3D: 594 GiB)
+    and failed with its own message; the declared size is refused in one line naming the config and the setting,
+    before any image is resized (40 tiny volumes here: 20 GiB at 512^3, against the 16 GiB default)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "vol.npz", images=(rng.random((40, 8, 8, 8)) * 255).astype(np.uint8),
+             labels=(np.arange(40) % 2)[:, None])
+    cfg = yaml.safe_load(train_config.read_text(encoding="utf-8"))
+    cfg["data"].update(path=str(tmp_path / "vol.npz"), kind="volume3d", size=[512, 512, 512])
+    cfg["model"] = {"name": "simple_cnn3d", "kwargs": {"channels": [4, 8], "hidden": 8}}
+    train_config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = tmp_path / "run"
+    assert _run("train", train_config, "--out", out, "--package-dest", tmp_path / "cat", "--progress", "none") == 2
+    _one_line(capsys, "cfg.yaml: data/size [512, 512, 512]", "40 train and val images of 1 x 512 x 512 x 512 voxels",
+              "20.0 GiB", "limit of 16.0 GiB", "MEDDEEPRECOG_MAX_DATASET_BYTES")
+    assert not out.exists() and not (tmp_path / "cat").exists()
+
+
+@pytest.mark.parametrize("variable, value, needles", [
+    ("MEDDEEPRECOG_MAX_DATASET_BYTES", "20K", ["cfg.yaml: data/size [16, 16]", "40 train and val images",
+                                               "1 x 16 x 16 voxels", "40.0 KiB", "limit of 20.0 KiB"]),
+    ("MEDDEEPRECOG_MAX_BATCH_BYTES", "64K", ["cfg.yaml: training/batch_size 8", "input [1, 16, 16]",
+                                             "'simple_cnn2d'", "a sample", "limit of 64.0 KiB"]),
+], ids=["data", "batch"])
+def test_training_memory_is_bounded_by_settings_a_machine_can_lower(tmp_path, capsys, monkeypatch, train_config,
+                                                                   variable, value, needles):
+    """The images a run keeps and one step's batch (inputs and activations) each have a bound, lowered here to
+    what the tiny config needs: refused in one line naming the setting and the variable, nothing written."""
+    monkeypatch.setenv(variable, value)
+    out = tmp_path / "run"
+    assert _run("train", train_config, "--out", out, "--package-dest", tmp_path / "cat", "--progress", "none") == 2
+    _one_line(capsys, *needles, variable)
+    assert not out.exists() and not (tmp_path / "cat").exists()
+
+
 def test_a_damaged_checkpoint_is_named_as_not_a_checkpoint(tmp_path, capsys, train_config):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

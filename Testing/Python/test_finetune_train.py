@@ -563,3 +563,39 @@ def test_a_case_label_only_the_validation_cases_hold_is_refused(data_dir, tmp_pa
     with pytest.raises(MedDeepRecogError, match=r"class\(es\) glioma appear only in the validation case\(s\) case2"):
         finetune(FinetuneConfig.from_dict(settings))
     assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
+
+
+@pytest.mark.parametrize("task, option, hook, needles", [
+    ("segment", ["--spacing", "0.05,0.05,0.05", "--patch-size", "16,16,16", "--arch-kwargs", json.dumps(TINY_UNET)],
+     ("seg_training", "prepare_volume"), ["--spacing 0.05,0.05,0.05", "960 x 960 x 960 voxels", "74.2 GiB"]),
+    ("classify", ["--roi-size", "1024,1024,1024", "--arch", "simple_cnn3d"], ("roi_crops", "segment_crops"),
+     ["--roi-size 1024,1024,1024", "18 crops of 1 x 1024 x 1024 x 1024 voxels", "72.0 GiB"]),
+], ids=["spacing", "roi-size"])
+def test_a_training_grid_or_crop_size_beyond_memory_is_refused_before_anything_is_resampled(
+        data_dir, tmp_path, capsys, monkeypatch, task, option, hook, needles):
+    """``--spacing 0.05,0.05,0.05`` turned the 32 x 32 x 24 cases into 960^3 grids and ``--roi-size 1024^3`` made
+    4 GiB crops: both ran the machine out of memory. The size each needs is known from the cases' headers and
+    segment counts: refused in one line naming the option, before a case is resampled or a crop made."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(f"MedDeepRecogLib.finetune.{hook[0]}"), hook[1],
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("data were prepared: not refused first")))
+    rc = main(["finetune", "--base", "none", "--task", task, "--data", str(data_dir), "--epochs", "1",
+               "--batch-size", "2", *option, "--dest", str(tmp_path / "cat"), "--work-dir", str(tmp_path / "w"),
+               "--progress", "none", "--threads", "1"])
+    assert rc == 2
+    refusal_line(capsys, str(data_dir), *needles, "limit of 16.0 GiB", "MEDDEEPRECOG_MAX_DATASET_BYTES")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
+
+
+def test_a_fine_tune_batch_beyond_the_batch_bound_is_refused_before_any_crop(data_dir, tmp_path, capsys, monkeypatch):
+    """A step's batch (crops and their activations) is bounded as ``train``'s is, before any crop is made."""
+    monkeypatch.setenv("MEDDEEPRECOG_MAX_BATCH_BYTES", "256K")
+    rc = main(["finetune", "--base", "none", "--task", "classify", "--data", str(data_dir), "--epochs", "1",
+               "--batch-size", "4", "--roi-size", "16,16,16", "--arch", "simple_cnn3d", "--arch-kwargs",
+               json.dumps({"channels": [4, 8], "hidden": 8}), "--dest", str(tmp_path / "cat"),
+               "--work-dir", str(tmp_path / "w"), "--progress", "none", "--threads", "1"])
+    assert rc == 2
+    refusal_line(capsys, "training/batch_size 4", "input [1, 16, 16, 16]", "limit of 256.0 KiB",
+                 "MEDDEEPRECOG_MAX_BATCH_BYTES")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()

@@ -188,6 +188,48 @@ def test_nlm_work_per_voxel_is_bounded_when_the_pipeline_is_read():
     Pipeline.from_data([{"name": "nlm", "patch_size": 2, "search_radius": 3}])   # the README's 2^3 x 7^3
 
 
+@pytest.mark.parametrize("step, spacing, needles", [
+    ({"name": "canny", "sigma_mm": 100}, 3.0, ["'sigma_mm' 100", "33.3 voxels", "3 x 3 x 3 mm", "173 voxels",
+                                               "at most 63"]),
+    ({"name": "clahe", "kernel_mm": 32, "backend": "sitk"}, 0.5, ["'kernel_mm' 32 (backend 'sitk')", "65 x 65 x 65",
+                                                                  "0.5 x 0.5 x 0.5 mm", "9,261"]),
+    ({"name": "n4", "iterations": [1] * 12}, 3.0, ["12 fitting levels", "limit of 8", "2051^3"]),
+    ({"name": "n4", "iterations": [500, 500, 500]}, 3.0, ["[500, 500, 500] add up to 1,500 iterations", "1,000"]),
+], ids=["canny", "clahe-sitk", "n4-levels", "n4-iterations"])
+def test_canny_clahe_and_n4_settings_beyond_their_bounds_are_refused_before_any_work(run_cli_area, tmp_path, step,
+                                                                                     spacing, needles):
+    """Canny's Gaussian wider than ITK builds (sigma_mm 100 on a 3 mm CT found no edge at all), SimpleITK's CLAHE
+    window at every voxel, N4's levels (12 failed to allocate after 221 s) and iterations: one line naming the step,
+    the setting and the limit, from the settings and the grid, no output."""
+    import time
+
+    source = _volume(tmp_path, (spacing,) * 3)
+    out = tmp_path / "o.nrrd"
+    start = time.perf_counter()
+    code, _, err = run_cli_area("preprocess", source, out, "--pipeline", _pipeline_file(tmp_path, [step]))
+    error_line(code, err, "step 1", *needles)
+    assert not out.exists()
+    assert time.perf_counter() - start < 10
+
+
+def test_clahe_regions_are_bounded_and_the_default_fits(run_cli_area, tmp_path, monkeypatch):
+    """scikit-image's CLAHE keeps a histogram per region (1 mm regions on a 512 x 512 x 200 CT: 1.96 M of them, out
+    of memory); the bound, lowered here so a small volume shows it, is judged on the scan's grid."""
+    pytest.importorskip("skimage")
+    from MedDeepRecogLib import limits
+
+    monkeypatch.setattr(limits, "MAX_CLAHE_REGIONS", 100)
+    source = _volume(tmp_path, (3.0, 3.0, 3.0))   # 24 x 20 x 10 voxels
+    out = tmp_path / "o.nrrd"
+    code, _, err = run_cli_area("preprocess", source, out, "--pipeline",
+                                _pipeline_file(tmp_path, [{"name": "clahe", "kernel_mm": 9, "backend": "skimage"}]))
+    error_line(code, err, "step 1 (clahe)", "'kernel_mm' 9", "3 x 3 x 3 voxels", "224 of them", "limit of 100")
+    assert not out.exists()
+    code, _, err = run_cli_area("preprocess", source, out, "--pipeline",
+                                _pipeline_file(tmp_path, [{"name": "clahe", "backend": "skimage"}]))
+    assert code == 0, err
+
+
 def test_a_tiny_spacing_mask_closing_is_refused_not_an_allocation_failure(run_cli_area, tmp_path):
     source = _volume(tmp_path, (0.001, 0.001, 0.001))
     out = tmp_path / "o.nrrd"

@@ -39,11 +39,14 @@ def base_package(ref: str | None, task: str):
 
 
 def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: int,
-                    class_names: Sequence[str] = ()) -> tuple[Any, str, dict, dict]:
+                    class_names: Sequence[str] = (), input_size: Sequence[int] | None = None,
+                    batch_size: int = 1) -> tuple[Any, str, dict, dict]:
     """Network for the new package: the base's architecture with new output/input sizes, base weights where
     shapes match; the output layer starts fresh when the class names differ from the base's (even if their number
-    is the same: "mass" must not become "lesion" by position). Returns ``(model, arch_name, arch_kwargs,
-    weight_report)``."""
+    is the same: "mass" must not become "lesion" by position). Its activations on a patch or crop of
+    ``input_size`` (Z, Y, X; default ``patch_size`` / ``roi_size``), and on a training step of ``batch_size`` of them
+    (this process's share of ``training/batch_size``), are checked against the limits before it is built
+    (:func:`..models.registry.check_budget`). Returns ``(model, arch_name, arch_kwargs, weight_report)``."""
     from ..models import build_model
     from ..models.transfer import head_module_names, load_matching_weights
 
@@ -61,8 +64,9 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
     if not same_classes:
         # an ensemble's prior shift was fitted to the base's classes: it would shift the new ones by position
         kwargs.pop("class_log_offsets", None)
-    size = cfg.patch_size if cfg.task == "segment" else cfg.roi_size
-    model = build_model(name, input_shape=[in_channels, *size] if size else None, **kwargs)
+    size = input_size if input_size is not None else (cfg.patch_size if cfg.task == "segment" else cfg.roi_size)
+    model = build_model(name, input_shape=[in_channels, *size] if size else None, batch_size=batch_size,
+                        **kwargs)
     report = {"loaded": 0, "reinitialised": []}
     if base is not None:
         # every output layer: an ensemble's members each have one

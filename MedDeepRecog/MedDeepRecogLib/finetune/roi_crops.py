@@ -8,6 +8,7 @@ to ``jitter_mm``, and a case gets background crops centred away from every label
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -16,7 +17,7 @@ import SimpleITK as sitk
 
 from ..errors import MedDeepRecogError
 from ..inference.roi_classify import RoiSpec, crop_cube, normalized_scan, roi_crop, segment_roi
-from .segment_data import CaseData
+from .segment_data import CaseData, SegmentInfo
 
 
 @dataclass
@@ -28,6 +29,31 @@ class RoiSample:
     class_name: str
     array: np.ndarray
     center_mm: tuple[float, float, float]
+
+
+def cropped_segments(item: CaseData, classes: Sequence[str]) -> list[tuple[int, SegmentInfo]]:
+    """``(index in the segment map, segment)`` of every segment of ``item`` that gets crops: those of ``classes``
+    that hold voxels."""
+    return [(index, seg) for index, seg in enumerate(item.segments, start=1)
+            if seg.class_name in classes and seg.voxels > 0]
+
+
+def crop_count(item: CaseData, classes: Sequence[str], samples_per_segment: int = 1, negatives: int = 0) -> int:
+    """How many crops :func:`segment_crops` makes of ``item`` with these settings, at most (a scan with too few
+    places away from its segments gives fewer negatives): known before any is made."""
+    return len(cropped_segments(item, classes)) * samples_per_segment + negatives
+
+
+def check_crops(count: int, spec: RoiSpec, setting: str, source=None) -> None:
+    """Refuse, before any is made, ``count`` crops of ``spec`` whose float32 arrays would take more than
+    :func:`..limits.max_dataset_bytes` (``--roi-size 1024,1024,1024``: 4 GiB a crop, and the run ran out of
+    memory); ``setting`` names where the crop size comes from."""
+    from ..limits import check_dataset_bytes
+
+    shape = [spec.channels, *(int(s) for s in spec.size_vox)]
+    check_dataset_bytes(4 * count * math.prod(shape), f"{count:,} crops of {' x '.join(map(str, shape))} voxels as "
+                        "float32 (every segment's samples, negatives and validation crops)", setting, source,
+                        "give a smaller --roi-size or fewer samples_per_segment / --negatives")
 
 
 def segment_crops(item: CaseData, classes: Sequence[str], spec: RoiSpec, *, samples_per_segment: int = 1,
@@ -47,9 +73,7 @@ def segment_crops(item: CaseData, classes: Sequence[str], spec: RoiSpec, *, samp
     normalized = normalized_scan(item.image, item.modality, spec)
     samples: list[RoiSample] = []
     edges = []
-    for index, seg in enumerate(item.segments, start=1):
-        if seg.class_name not in classes or seg.voxels == 0:
-            continue
+    for index, seg in cropped_segments(item, classes):
         center, edge, mask_image = segment_roi(item.image, item.segment_map == index, spec)
         edges.append(edge)
         for k in range(samples_per_segment):
@@ -101,6 +125,6 @@ def crops_to_arrays(samples: Sequence[RoiSample], classes: Sequence[str]) -> tup
     """Stack samples into ``x (N, C, Z, Y, X)`` float32 and ``y (N,)`` int64 class indices into ``classes``."""
     if not samples:
         raise MedDeepRecogError("no ROI samples: no segment maps to one of the classes " + ", ".join(classes))
-    x = np.stack([s.array for s in samples]).astype(np.float32)
+    x = np.stack([s.array for s in samples]).astype(np.float32, copy=False)   # crops are float32: no third copy
     y = np.array([list(classes).index(s.class_name) for s in samples], dtype=np.int64)
     return x, y

@@ -37,13 +37,20 @@ class RoiClassificationTask:
         from ..inference.roi_classify import RoiSpec
         from ..models.transfer import encoder_module_paths
         from ..training.distributed import make_sampler, per_rank_batch
-        from .roi_crops import crops_to_arrays, segment_crops
+        from .roi_crops import check_crops, crop_count, crops_to_arrays, segment_crops
 
         self.cfg, self.ctx, self.classes = cfg, ctx, classes
         spec = base.input_spec if base is not None else {}
         size = cfg.roi_size or (spec.get("size") if spec.get("kind") in ("volume3d", "roi3d") else None) or [32] * 3
         self.roi = RoiSpec(tuple(int(s) for s in size), cfg.margin_mm, cfg.roi_size_mm, cfg.mask_channel,
                            cfg.normalize)
+        # the memory the run takes is bounded before any of it is taken: the crops, then a step's batch
+        crops = (sum(crop_count(item, classes, cfg.samples_per_segment, cfg.negatives * cfg.samples_per_segment)
+                     for item in train) + sum(crop_count(item, classes, 1, cfg.negatives) for item in val))
+        check_crops(crops, self.roi, roi_size_setting(cfg, size), cfg.data)
+        self.model, self.arch, self.arch_kwargs, self.weight_report = build_from_base(
+            cfg, base, len(classes), self.roi.channels, classes, input_size=self.roi.size_vox,
+            batch_size=per_rank_batch(cfg.training.batch_size, ctx))
         train_samples, val_samples = [], []
         for i, item in enumerate(train):
             train_samples += segment_crops(item, classes, self.roi, samples_per_segment=cfg.samples_per_segment,
@@ -57,8 +64,6 @@ class RoiClassificationTask:
             raise MedDeepRecogError(f"the training cases hold only class {present}; ROI classification needs two",
                                     cfg.data)
         self.x_val, self.y_val = crops_to_arrays(val_samples, classes) if val_samples else (None, None)
-        self.model, self.arch, self.arch_kwargs, self.weight_report = build_from_base(cfg, base, len(classes),
-                                                                                      self.roi.channels, classes)
         self.frozen = encoder_module_paths(self.model, self.arch) if cfg.freeze_encoder else []
         dataset = AugmentedArrays(self.x_train, self.y_train, cfg.strong_augmentation)
         self.sampler = make_sampler(dataset, ctx, shuffle=True, seed=cfg.seed)
@@ -107,6 +112,15 @@ class RoiClassificationTask:
                       "channels": self.roi.channels, "roi": self.roi.to_json(), "pipeline": None},
             "explain": {"methods": ["gradcam"], "target_layer": layer},
         }
+
+
+def roi_size_setting(cfg: FinetuneConfig, size) -> str:
+    """Where the crop size comes from, as a refusal names it: ``--roi-size`` (``roi_size``), the base's input size,
+    or the default."""
+    text = ",".join(str(int(s)) for s in size)
+    if cfg.roi_size:
+        return f"--roi-size {text}"
+    return f"the crop size {text} (the base's input size or the default; --roi-size unset)"
 
 
 class AugmentedArrays:

@@ -12,6 +12,7 @@ labels are class indices.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -22,8 +23,8 @@ import torch
 
 from ..errors import ConfigError, MedDeepRecogError
 from ..training.augment import random_state, set_random_state
-from ..inference.segment import (DEFAULT_ORIENTATION, normalize_intensity, orient, remove_small_components,
-                                 resample_to_spacing, sliding_window_logits)
+from ..inference.segment import (DEFAULT_ORIENTATION, normalize_intensity, orient, oriented_grid,
+                                 remove_small_components, resample_to_spacing, resampled_size, sliding_window_logits)
 from .segment_data import CaseData
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,34 @@ class SegVolume:
     spacing_mm: tuple[float, float, float]
     #: validation: only slices ``[start, stop)`` are scored; the whole volume is predicted, as ``segment`` runs
     score_z: tuple[int, int] | None = None
+
+
+#: Bytes a voxel of the training grid takes once its case is cached: the case 5 (float32 scan, uint8 labels) and
+#: its patch cache 25 (labels as int64 8, foreground/background voxel indices as int64 8, and what MONAI's index
+#: search leaves behind: measured 25.4 B a voxel on a 300^3 volume); a validation case's prediction takes as much
+#: (logits, 4 B a class, and their arg-max, 8 B).
+CACHED_VOXEL_BYTES = 30
+
+
+def check_training_grid(items: Sequence[CaseData], spacing_mm: Sequence[float], orientation: str, setting: str,
+                        source=None) -> None:
+    """Refuse, before any case is resampled, a training spacing whose grids would take more than
+    :func:`..limits.max_dataset_bytes` once cached (:data:`CACHED_VOXEL_BYTES` a voxel): ``--spacing 0.05,0.05,0.05``
+    turned three cases of 32 x 32 x 24 voxels into grids of 960 x 960 x 960 and ran the machine out of memory.
+    ``setting`` names where the spacing comes from; the grid of each case is the one :func:`prepare_volume` makes
+    (reoriented, then resampled)."""
+    from ..limits import check_dataset_bytes
+
+    grids = [resampled_size(*oriented_grid(item.image, orientation), spacing_mm) for item in items]
+    if not grids:
+        return
+    voxels = [math.prod(g) for g in grids]
+    largest = voxels.index(max(voxels))
+    what = (f"{len(items)} case{'s' if len(items) != 1 else ''} on its grid ({' x '.join(map(str, grids[largest]))} "
+            f"voxels for {items[largest].case.case_id!r}, the largest; {sum(voxels):,} in all, about "
+            f"{CACHED_VOXEL_BYTES} bytes each once cached)")
+    check_dataset_bytes(sum(voxels) * CACHED_VOXEL_BYTES, what, setting, source,
+                        "give a coarser spacing (--spacing) or fewer cases")
 
 
 def prepare_volume(item: CaseData, classes: Sequence[str], spacing_mm: Sequence[float] | None,

@@ -41,7 +41,7 @@ class SegmentationTask:
         from ..inference.segment import package_orientation
         from ..models.transfer import encoder_module_paths
         from ..training.distributed import make_sampler, per_rank_batch
-        from .seg_training import CachedPatchDataset, prepare_volume, split_slab
+        from .seg_training import CachedPatchDataset, check_training_grid, prepare_volume, split_slab
 
         self.cfg, self.ctx, self.classes = cfg, ctx, classes
         self.modalities = [d.modality for d in train + val]
@@ -54,6 +54,12 @@ class SegmentationTask:
         if base is not None and base.class_names[1:] != classes:
             log.info("classes %s replace the base's %s: the output layer is re-initialised", classes,
                      base.class_names[1:])
+        # the memory the run takes is bounded before any of it is taken: the cached grids, then a step's batch
+        check_training_grid(train + val, self.spacing, self.orientation, spacing_setting(cfg, spec, self.spacing),
+                            cfg.data)
+        self.model, self.arch, self.arch_kwargs, self.weight_report = build_from_base(
+            cfg, base, len(classes) + 1, 1, ["background"] + list(classes), input_size=self.patch,
+            batch_size=per_rank_batch(cfg.training.batch_size, ctx))
         train_vols = [prepare_volume(d, classes, self.spacing, self.normalize, self.orientation) for d in train]
         val_vols = [prepare_volume(d, classes, self.spacing, self.normalize, self.orientation) for d in val]
         if cfg.val_slab is not None:
@@ -71,8 +77,6 @@ class SegmentationTask:
             raise MedDeepRecogError("the training cases hold no labelled voxel of classes " + ", ".join(classes),
                                     cfg.data)
         self.train_vols, self.val_vols = train_vols, val_vols
-        self.model, self.arch, self.arch_kwargs, self.weight_report = build_from_base(
-            cfg, base, len(classes) + 1, 1, ["background"] + list(classes))
         self.frozen = encoder_module_paths(self.model, self.arch) if cfg.freeze_encoder else []
         dataset = CachedPatchDataset(train_vols, self.patch, len(classes) + 1, cfg.patches_per_epoch,
                                      cfg.strong_augmentation, seed=cfg.seed + ctx.rank)
@@ -116,6 +120,17 @@ class SegmentationTask:
                                     "min_component_fraction": self.cfg.min_component_fraction}},
             "explain": {"methods": []},
         }
+
+
+def spacing_setting(cfg: FinetuneConfig, spec: dict, spacing: Sequence[float]) -> str:
+    """Where the training spacing comes from, as a refusal names it: ``--spacing`` (``spacing_mm``), the base's
+    ``input.spacing_mm``, or the cases' median spacing."""
+    text = ",".join(f"{float(s):g}" for s in spacing)
+    if cfg.spacing_mm:
+        return f"--spacing {text}"
+    if spec.get("spacing_mm"):
+        return f"the base's spacing_mm {text} (--spacing unset)"
+    return f"the cases' median spacing {text} mm (--spacing unset)"
 
 
 def median_spacing(data: Sequence[CaseData]) -> list[float]:

@@ -228,16 +228,37 @@ def normalize_intensity(array: np.ndarray, modality: str, spec: dict[str, Any] |
     return np.clip((array - lo) / scale, 0.0, 1.0).astype(np.float32)
 
 
+def resampled_size(size: Sequence[int], spacing_mm: Sequence[float], new_spacing_mm: Sequence[float]) -> list[int]:
+    """Voxels per axis (x, y, z) of a grid of ``size`` at ``spacing_mm`` resampled to ``new_spacing_mm`` over the same
+    physical extent (what :func:`resample_to_spacing` makes; its size is known before anything is resampled)."""
+    old, new = np.array([float(s) for s in spacing_mm]), np.array([float(s) for s in new_spacing_mm])
+    if np.allclose(new, old, rtol=1e-4):
+        return [int(n) for n in size]
+    return [int(n) for n in np.maximum(1, np.round(np.array([int(n) for n in size]) * old / new))]
+
+
+def oriented_grid(image: sitk.Image, orientation: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``(size, spacing)`` (x, y, z) that :func:`orient` gives ``image``, found without copying its voxels: the same
+    direction on a stand-in of 1 x 2 x 3 voxels shows which of ``image``'s axes each oriented axis is."""
+    if orientation_of(image) == orientation:
+        return tuple(image.GetSize()), tuple(image.GetSpacing())
+    stand_in = sitk.Image([1, 2, 3], sitk.sitkUInt8)
+    stand_in.SetDirection(image.GetDirection())
+    stand_in.SetSpacing(image.GetSpacing())
+    moved = sitk.DICOMOrient(stand_in, orientation)
+    size = image.GetSize()
+    return tuple(size[int(n) - 1] for n in moved.GetSize()), tuple(moved.GetSpacing())
+
+
 def resample_to_spacing(image: sitk.Image, spacing_mm: Sequence[float], *, interpolator: int = sitk.sitkLinear,
                         default: float = 0.0) -> sitk.Image:
     """Resample ``image`` to ``spacing_mm`` (x, y, z) over the same physical extent, keeping origin and direction."""
-    spacing = np.array([float(s) for s in spacing_mm])
-    old_spacing = np.array(image.GetSpacing())
-    if np.allclose(spacing, old_spacing, rtol=1e-4):
+    spacing = [float(s) for s in spacing_mm]
+    if np.allclose(spacing, image.GetSpacing(), rtol=1e-4):
         return image
-    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / spacing)).astype(int)
-    return sitk.Resample(image, [int(s) for s in size], sitk.Transform(), interpolator, image.GetOrigin(),
-                         [float(s) for s in spacing], image.GetDirection(), default, image.GetPixelID())
+    size = resampled_size(image.GetSize(), image.GetSpacing(), spacing)
+    return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), spacing,
+                         image.GetDirection(), default, image.GetPixelID())
 
 
 def sliding_window_logits(model: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int], *,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..io import image_from_array
 from .intensity import as_float32, float_array
-from .steps import param, register
+from .steps import Grid, check_params, param, register, window_problem
 
 
 @dataclass(frozen=True)
@@ -25,30 +26,68 @@ class ClaheParams:
                 "sitk: AdaptiveHistogramEqualization (slow, per-voxel histograms)")
 
 
+def _clahe_backend(p: ClaheParams) -> str:
+    """The backend that runs: ``auto`` is ``skimage`` when scikit-image is installed, else ``sitk``."""
+    if p.backend != "auto":
+        return p.backend
+    try:
+        import skimage.exposure  # noqa: F401
+    except ImportError:
+        return "sitk"
+    return "skimage"
+
+
+def _clahe_kernel(p: ClaheParams, grid: Grid) -> list[int]:
+    """The contextual region in voxels (z, y, x): ``kernel_mm`` over the spacing, at least 3."""
+    return [max(3, int(round(p.kernel_mm / s))) for s in reversed(grid.spacing)]
+
+
+def _skimage_clahe_regions(kernel_zyx: Sequence[int], grid: Grid) -> list[int]:
+    """The region scikit-image is given (z, y, x): the kernel, at most the image."""
+    return [min(k, n) for k, n in zip(kernel_zyx, reversed(grid.size))]
+
+
+def _sitk_clahe_radius(kernel_zyx: Sequence[int]) -> list[int]:
+    """SimpleITK's ``AdaptiveHistogramEqualization`` radius (x, y, z) for a kernel (z, y, x)."""
+    return [max(1, k // 2) for k in reversed(kernel_zyx)]
+
+
+def _clahe_problem(p: ClaheParams, grid: Grid) -> str | None:
+    """Too much work for the backend that runs: more regions than :data:`~..limits.MAX_CLAHE_REGIONS` for
+    scikit-image's (a histogram each: 1 mm regions on a 512 x 512 x 200 CT ran out of memory), a window of more than
+    :data:`~..limits.MAX_FILTER_WINDOW_VOXELS` for SimpleITK's (a histogram of the whole window at every voxel)."""
+    from ..limits import MAX_CLAHE_REGIONS, MAX_FILTER_WINDOW_VOXELS
+
+    kernel = _clahe_kernel(p, grid)
+    if _clahe_backend(p) == "sitk":
+        return window_problem(f"parameter 'kernel_mm' {p.kernel_mm:g} (backend 'sitk')", _sitk_clahe_radius(kernel),
+                              MAX_FILTER_WINDOW_VOXELS, grid, "give a smaller 'kernel_mm', or backend 'skimage'")
+    region = _skimage_clahe_regions(kernel, grid)
+    regions = math.prod(math.ceil(n / k) for n, k in zip(reversed(grid.size), region))
+    if regions <= MAX_CLAHE_REGIONS:
+        return None
+    return (f"parameter 'kernel_mm' {p.kernel_mm:g} makes regions of {' x '.join(map(str, reversed(region)))} voxels "
+            f"on this scan's {' x '.join(f'{s:g}' for s in grid.spacing)} mm spacing, {regions:,} of them (a "
+            f"256-bin histogram each), above the limit of {MAX_CLAHE_REGIONS:,}: give a larger 'kernel_mm'")
+
+
 @register("clahe", ClaheParams, summary="contrast-limited adaptive histogram equalisation (0..1 output)",
-          aliases=("adaptive_histogram_equalization",))
+          aliases=("adaptive_histogram_equalization",), check=_clahe_problem)
 def clahe(image: sitk.Image, p: ClaheParams) -> sitk.Image:
     """CLAHE on intensities rescaled from the 0.5..99.5 percentile range to 0..1; float32 0..1 out."""
     arr = float_array(image)
     lo, hi = np.percentile(arr, [0.5, 99.5])
     unit = np.clip((arr - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
-    kernel_zyx = [max(3, int(round(p.kernel_mm / s))) for s in reversed(image.GetSpacing())]
-    backend = p.backend
-    if backend == "auto":
-        try:
-            import skimage.exposure  # noqa: F401
-            backend = "skimage"
-        except ImportError:
-            backend = "sitk"
-    if backend == "skimage":
+    grid = Grid.of(image)
+    kernel = _clahe_kernel(p, grid)
+    if _clahe_backend(p) == "skimage":
         from skimage.exposure import equalize_adapthist
 
-        kernel = [min(k, n) for k, n in zip(kernel_zyx, unit.shape)]
-        out = equalize_adapthist(unit, kernel_size=kernel, clip_limit=p.clip_limit).astype(np.float32)
+        out = equalize_adapthist(unit, kernel_size=_skimage_clahe_regions(kernel, grid),
+                                 clip_limit=p.clip_limit).astype(np.float32)
         return image_from_array(out, image)
-    radius = [max(1, k // 2) for k in reversed(kernel_zyx)]
-    out = sitk.AdaptiveHistogramEqualization(image_from_array(unit.astype(np.float32), image), radius,
-                                             alpha=p.alpha, beta=p.beta)
+    out = sitk.AdaptiveHistogramEqualization(image_from_array(unit.astype(np.float32), image),
+                                             _sitk_clahe_radius(kernel), alpha=p.alpha, beta=p.beta)
     return sitk.Clamp(out, sitk.sitkFloat32, 0.0, 1.0)
 
 
@@ -87,6 +126,25 @@ class N4Params:
     iterations: tuple[int, ...] = param((30, 30, 20), "iterations per fitting level", minimum=1)
     mask: str | None = param(None, "name of an earlier mask to fit inside (default: Otsu foreground)")
 
+    def validate(self) -> str | None:
+        """Refuse more fitting levels than :data:`~..limits.MAX_N4_LEVELS` (each doubles the control-point lattice
+        along every axis: 12 levels failed to allocate after minutes) and more iterations in all than
+        :data:`~..limits.MAX_N4_ITERATIONS` (each a pass over the fitted voxels)."""
+        from ..limits import MAX_N4_ITERATIONS, MAX_N4_LEVELS
+
+        levels, total = len(self.iterations), sum(self.iterations)
+        if not levels:
+            return "'iterations' is empty: give the iterations of at least one fitting level"
+        if levels > MAX_N4_LEVELS:
+            side = 2 ** (levels - 1) + 3
+            return (f"'iterations' lists {levels} fitting levels, above the limit of {MAX_N4_LEVELS}: each level "
+                    f"doubles N4's control-point lattice along every axis ({levels} levels: {side}^3 = {side ** 3:,} "
+                    "points); give fewer levels")
+        if total > MAX_N4_ITERATIONS:
+            return (f"'iterations' {list(self.iterations)} add up to {total:,} iterations, each a pass over the "
+                    f"fitted voxels, above the limit of {MAX_N4_ITERATIONS:,}: give fewer")
+        return None
+
 
 @register("n4", N4Params, summary="N4 bias-field correction for MRI (SimpleITK)", aliases=("n4_bias_correction",))
 def n4(image: sitk.Image, p: N4Params, masks: dict[str, sitk.Image] | None = None) -> sitk.Image:
@@ -96,6 +154,7 @@ def n4(image: sitk.Image, p: N4Params, masks: dict[str, sitk.Image] | None = Non
     """
     from ..errors import ConfigError
 
+    check_params("n4", p)  # parameters built in code skip make_step's check
     img = as_float32(image)
     offset = 1.0 - float(sitk.GetArrayViewFromImage(img).min())
     shifted = img + offset

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -319,14 +320,31 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     slices = getattr(getattr(cfg, "input", None), "slices", None)
     if slices is not None:
         how += "; each image standardised as at inference (input/slices)"
+        check_in_memory(len(x_tr) + len(x_va), [1, *(d.size or np.shape(x_tr)[1:])], cfg)
         x_tr, x_va = (standardise_images(np.asarray(x), slices, d.size, path) for x in (x_tr, x_va))
     else:
-        x_tr = scale_and_resize(to_channels_first(np.asarray(x_tr), d.kind, path), d.intensity_range, d.size)
-        x_va = scale_and_resize(to_channels_first(np.asarray(x_va), d.kind, path), d.intensity_range, d.size)
+        x_tr, x_va = (to_channels_first(np.asarray(x), d.kind, path) for x in (x_tr, x_va))   # views: no copy yet
+        check_in_memory(len(x_tr) + len(x_va), [x_tr.shape[1], *(d.size or x_tr.shape[2:])], cfg)
+        x_tr = scale_and_resize(x_tr, d.intensity_range, d.size)
+        x_va = scale_and_resize(x_va, d.intensity_range, d.size)
     return TrainValData(ArrayDataset(x_tr, y_tr), ArrayDataset(x_va, y_va), list(names), d.kind,
                         f"sha256:{fingerprint}", f"{path.name}: {how}; train {np.bincount(y_tr, minlength=len(names)).tolist()}"
                         f", val {np.bincount(y_va, minlength=len(names)).tolist()}",
                         None if groups is None else np.asarray(groups).ravel())
+
+
+def check_in_memory(n_images: int, sample_shape: Sequence[int], cfg) -> None:
+    """Refuse, before the float32 copies are made, a train + val set of ``n_images`` images of ``sample_shape``
+    (C, *spatial) whose arrays would exceed :func:`..limits.max_dataset_bytes` (AdrenalMNIST3D at ``data/size``
+    512^3 is 643 GiB; the allocator, asked for its train split's 594 GiB, failed with a line that named neither the
+    setting nor the config); the line names ``data/size`` and the config."""
+    from ..limits import check_dataset_bytes
+
+    total = 4 * n_images * math.prod(int(v) for v in sample_shape)
+    setting = f"data/size {list(cfg.data.size)}" if cfg.data.size is not None else "data/size (unset: the images' own)"
+    check_dataset_bytes(total, f"{n_images:,} train and val images of {' x '.join(str(int(v)) for v in sample_shape)} "
+                        "voxels as float32", setting, getattr(cfg, "source", None),
+                        "give a smaller data/size or fewer images (data/max_train)")
 
 
 def standardise_images(images: np.ndarray, slices: dict, size, source) -> np.ndarray:

@@ -462,7 +462,7 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     from ..packages import catalogs_with, check_new_version, check_same_kind, next_version
     from ..packages.package import validate_meta
     from ..uncertainty.calibration import PRIOR_SHIFT_MAX_CLASSES
-    from .distributed import barrier, broadcast_object
+    from .distributed import barrier, broadcast_object, per_rank_batch
 
     progress = progress or null_progress
     if out is None and cfg.out is None and not resume:   # the default folder: an earlier run there is kept
@@ -552,7 +552,11 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     check_pipeline(input_spec["pipeline"], cfg.source)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, input_shape=tuple(data.train.images.shape[1:]), **kwargs)
+    try:   # a step's batch is bounded here too: per process, as the loader below splits it (distributed)
+        model = build_model(cfg.model.name, input_shape=tuple(data.train.images.shape[1:]),
+                            batch_size=per_rank_batch(int(cfg.training.batch_size), ctx), **kwargs)
+    except ConfigError as exc:   # the budget names the setting; the line names the config too
+        raise ConfigError(exc.problem, exc.path or cfg.source) from None
     with torch.no_grad():  # fail early (before any epoch) if the data do not fit the network
         try:
             model.eval()(torch.as_tensor(data.train.images[:2]))
