@@ -306,10 +306,16 @@ def test_router_says_when_the_body_region_is_only_the_nearest_class(shared_data,
 
     weak = route_image(read_image(shared_data / "totalsegmentator_examples" / "example_mr_sm.nii.gz"))
     assert weak.evidence["body_region_evidence"] == "weak" and weak.evidence["body_region_probability"] < 0.5
-    assert "only the nearest of the body-region model's MR classes" in weak.reason
+    assert "body-region calls the scan uncertain" in weak.reason and "only its nearest MR class" in weak.reason
     assert "out-of-domain check decides" in weak.reason
     strong = route_image(read_image(radiomics / "brain1_image.nrrd"))
     assert strong.evidence["body_region_evidence"] == "strong" and "of region MRBrain" in strong.reason
+    # a breast MR crop 30 mm across: body-region's top class is MRBrain at p 1.00, but body-region itself calls the
+    # scan uncertain; the route says that, not "region MRBrain"
+    crop = route_image(read_image(radiomics / "breast1_image.nrrd"))
+    assert crop.model is None and "nearest body-region class is MRBrain" in crop.reason
+    assert "body-region calls it uncertain: the scan shows only 30 mm across" in crop.reason
+    assert "of region MRBrain" not in crop.reason and crop.evidence["body_region_doubts"]
 
 
 def test_an_out_of_domain_scan_is_printed_without_a_class_or_its_confidence(mni152, run_cli_all, tmp_path):

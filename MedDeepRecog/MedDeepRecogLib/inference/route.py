@@ -80,20 +80,28 @@ def _route_by_region(image: sitk.Image, device: str, modality: str, source: str 
                 "body_region_share_of_modality": round(share, 4),
                 "body_region_model": f"{region.model['id']}@{region.model['version']}"}
     model = ROUTES.get((modality, best))
+    # body-region's own verdict on the scan (its decision rules: e.g. "the scan shows only 30 mm across"): a region
+    # it calls uncertain is only its nearest class, never stated as the scan's region
+    doubts = list(region.decision.get("reasons") or []) if region.decision.get("uncertain") else []
+    if doubts:
+        evidence["body_region_doubts"] = doubts
+    where = (f"{modality} whose nearest body-region class is {best} (p={probs[best]:.2f}; body-region calls it "
+             f"uncertain: {'; '.join(doubts)})" if doubts else
+             f"{modality} of region {best} (body-region p={probs[best]:.2f})")
     if model is None:
         have = ", ".join(f"{m} {r}" for (m, r) in ROUTES)
-        return Route(None, f"{modality} of region {best} (body-region p={probs[best]:.2f}): no bundled disease model "
-                           f"covers it (models exist for: {have})", evidence)
+        return Route(None, f"{where}: no bundled disease model covers it (models exist for: {have})", evidence)
     too_small = _too_small_for(image, load_package(model))
     if too_small:
-        return Route(None, f"{modality} of region {best} (body-region p={probs[best]:.2f}) would go to {model}, but "
-                           f"{too_small}", evidence)
-    if probs[best] < WEAK_REGION_PROBABILITY:
+        return Route(None, f"{where} would go to {model}, but {too_small}", evidence)
+    if probs[best] < WEAK_REGION_PROBABILITY or doubts:
         evidence["body_region_evidence"] = "weak"
-        return Route(model, f"{modality} (from {evidence['modality_source']}); {best} is only the nearest of the "
-                            f"body-region model's {modality} classes (p={probs[best]:.2f}, {share:.0%} of them), not "
-                            f"a recognised region, so {model}'s own out-of-domain check decides whether it applies "
-                            f"-> {model}", evidence)
+        nearest = (f"body-region calls the scan uncertain ({'; '.join(doubts)}), so {best} is only its nearest "
+                   f"{modality} class (p={probs[best]:.2f})" if doubts else
+                   f"{best} is only the nearest of the body-region model's {modality} classes (p={probs[best]:.2f}, "
+                   f"{share:.0%} of them), not a recognised region")
+        return Route(model, f"{modality} (from {evidence['modality_source']}); {nearest}, so {model}'s own "
+                            f"out-of-domain check decides whether it applies -> {model}", evidence)
     evidence["body_region_evidence"] = "strong"
     return Route(model, f"{modality} (from {evidence['modality_source']}) of region {best} (body-region "
                         f"p={probs[best]:.2f}, {share:.0%} of the {modality} classes) -> {model}", evidence)
