@@ -331,6 +331,24 @@ def test_an_out_of_domain_scan_is_printed_without_a_class_or_its_confidence(mni1
     assert record["label"] == OUT_OF_DOMAIN and record["top_class"] in TUMOUR_TYPES and "finding" not in record
 
 
+def test_an_out_of_domain_scans_heatmap_picture_says_its_class_is_no_finding(radiomics, run_cli_all, tmp_path,
+                                                                             monkeypatch):
+    """A brain MR given to the lung CT model is outside its domain: the heatmap PNG's title names the network's top
+    class as what it is, not as "heatmap for <class>" as if it were the finding."""
+    from MedDeepRecogLib.explain import overlay
+
+    titles = []
+    real = overlay.planes_png
+    monkeypatch.setattr(overlay, "planes_png", lambda *a, **kw: (titles.append(kw.get("title")), real(*a, **kw))[1])
+    code, out, err = run_cli_all("classify", radiomics / "brain1_image.nrrd", "--model", "lung-ct-cancer", "--out",
+                                 tmp_path / "out", "--progress", "none", "--no-faithfulness")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "brain1_image.json").read_text())
+    assert record["label"] == OUT_OF_DOMAIN
+    assert len(titles) == 1 and "heatmap for the network's top class" in titles[0]
+    assert "the model's output, not a finding" in titles[0]
+
+
 def test_router_says_plainly_when_no_disease_model_covers_a_scan(shared_data):
     from MedDeepRecogLib.inference.route import route_image
     from MedDeepRecogLib.io import read_image

@@ -770,8 +770,12 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
 
             png_path = out_dir / output_file(result.name, "heatmap_png")
             scan_planes, heat_planes = result.overlay
+            # outside the domain no class is reported: the heat is where the network looked for its top class, which
+            # is no finding (the Slicer panel shows none)
+            target = (f"the network's top class {result.explain.get('class', '')} ({NOT_A_FINDING})"
+                      if _no_class(result) else result.explain.get("class", ""))
             title = (f"{result.model['id']} {result.model['version']}: {headline(result)}"
-                     f"\n{result.explain.get('method')} heatmap for {result.explain.get('class', '')}")
+                     f"\n{result.explain.get('method')} heatmap for {target}")
             caption = result.explain.get("faithfulness_caption", "")
             if caption:
                 title += f"\n{caption}"
