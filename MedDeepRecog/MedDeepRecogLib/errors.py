@@ -17,12 +17,48 @@ class MedDeepRecogError(Exception):
     Args:
         problem: what is wrong, in plain words.
         path: the file or folder concerned, if any; it is put in front of the message.
+
+    A path inside a temporary folder a ``.zip`` was extracted into (:func:`extracted_from`) is shown as the zip
+    the user gave, then the member (``pk/model.zip: pkg/weights.safetensors: ...``): ``path`` becomes the zip and
+    ``member`` the entry's name in it (``None`` for the package folder itself), since the folder is deleted when
+    the package is closed.
     """
 
     def __init__(self, problem: str, path: str | Path | None = None):
         self.problem = problem
         self.path = None if path is None else Path(path)
-        super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
+        self.member = None
+        if self.path is not None:
+            self.path, self.member = _zip_location(self.path)
+        where = self.path if self.member is None else f"{self.path}: {self.member}"
+        super().__init__(f"{where}: {problem}" if self.path is not None else problem)
+
+
+#: Temporary folders a ``.zip`` package was extracted into -> [the zip as the user named it, the package folder in
+#: it]; an error naming a file in one names the zip and the member instead (:class:`MedDeepRecogError`).
+_EXTRACTED: dict[Path, list[Path]] = {}
+
+
+def extracted_from(folder: Path, archive: Path, package: Path | None = None) -> None:
+    """Record that ``folder`` (a temporary folder) holds the extracted ``archive``, its package in ``package``
+    (default: ``folder`` itself); errors about files in it then name ``archive`` and the member."""
+    _EXTRACTED[Path(folder)] = [Path(archive), Path(package) if package is not None else Path(folder)]
+
+
+def forget_extracted(folder: Path) -> None:
+    """Drop the record of :func:`extracted_from` (the folder was deleted)."""
+    _EXTRACTED.pop(Path(folder), None)
+
+
+def _zip_location(path: Path) -> tuple[Path, str | None]:
+    """``(path, None)``, or ``(zip, member)`` for a path inside a folder a zip was extracted into (member ``None``
+    for that folder or the package folder in it)."""
+    for folder, (archive, package) in list(_EXTRACTED.items()):
+        if path.is_relative_to(folder):
+            if path in (folder, package):
+                return archive, None
+            return archive, path.relative_to(folder).as_posix()
+    return path, None
 
 
 #: Why a path that is not UTF-8 text is refused (a file name in another encoding, which Python holds as surrogates).

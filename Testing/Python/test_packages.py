@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -389,3 +390,165 @@ def test_verify_makes_classifys_heatmap_layer_check(tmp_path):
     good = load_package(save_package(_model(), _meta(pkg_id="layer", explain={"target_layer": "features.conv2"}),
                                      tmp_path))
     good.verify()
+
+
+# ------------------------------------------------------------------ zips: errors name the zip, one package, damage
+def _zipped(tmp_path, name="pkg.zip", edit=None, extra=None, kind="volume3d", package_id="zipcase") -> Path:
+    """A tiny package zipped as ``pkg/...`` (``edit(folder)`` changes it first; ``extra``: member -> bytes)."""
+    from tiny_test_package import make_tiny_package
+
+    folder = make_tiny_package(tmp_path / f"src_{name}", kind=kind, package_id=package_id)
+    if edit is not None:
+        edit(folder)
+    archive = tmp_path / name
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"pkg/{f.name}")
+        for member, data in (extra or {}).items():
+            zf.writestr(member, data)
+    return archive
+
+
+def _flip_weights(folder):
+    w = folder / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+
+
+def _absurd_size(folder):
+    _edit_meta(folder, lambda m: m["input"].update(size=[60000, 60000, 60000]))
+
+
+@pytest.mark.parametrize("case, member, needle", [
+    ("flipped_byte", "pkg/weights.safetensors", "checksum mismatch"),
+    ("script", "pkg/evil.py", "not a file a model package holds"),
+    ("bad_id", "pkg/model.json", "id '../evil' must be a plain name"),
+    ("absurd_input_size", "pkg/model.json", "activation limit"),
+])
+def test_an_error_about_a_zip_member_names_the_zip_and_the_member(run_cli_all, tmp_path, monkeypatch, case, member,
+                                                                   needle):
+    """A zip is opened in a temporary folder deleted with the package: the error names the zip the user gave and
+    the member in it, never that folder."""
+    from conftest import error_line
+
+    edit = {"flipped_byte": _flip_weights, "bad_id": lambda f: _edit_meta(f, lambda m: m.update(id="../evil")),
+            "absurd_input_size": _absurd_size}.get(case)
+    _zipped(tmp_path, edit=edit, extra={"pkg/evil.py": b"import os\n"} if case == "script" else None)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli_all("models", "import", "pkg.zip")
+    line = error_line(code, err, needle)
+    assert line.startswith(f"meddeeprecog models: error: pkg.zip: {member}: "), line
+    assert "meddeeprecog_pkg_" not in err and not out
+    assert not any((user_models_dir()).glob("*/*"))
+
+
+def test_segment_with_a_classification_zip_names_the_zip(run_cli_all, tmp_path, monkeypatch):
+    import SimpleITK as sitk
+    from conftest import error_line, make_volume
+
+    _zipped(tmp_path, name="good.zip")
+    sitk.WriteImage(make_volume(size=(16, 16, 16)), str(tmp_path / "ct.nrrd"))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli_all("segment", "ct.nrrd", "--model", "good.zip", "--out", "out.seg.nrrd")
+    line = error_line(code, err, "is a classification model")
+    assert line.startswith("meddeeprecog segment: error: good.zip: model zipcase@0.0.1 is a classification"), line
+    assert not (tmp_path / "out.seg.nrrd").exists()
+
+
+def test_a_malicious_pickle_in_a_zip_is_refused_in_one_line_without_torchs_advice(run_cli_all, tmp_path):
+    """torch's refusal tells the user to load again with weights_only=False (which runs the pickle) and warns about
+    the pickle protocol on stderr: neither reaches the user, only what was refused and what is loaded."""
+    from conftest import error_line
+
+    marker = tmp_path / "pwned.txt"
+
+    def evil(folder):
+        (folder / "weights.safetensors").unlink()
+        (folder / "weights.pt").write_bytes(pickle.dumps(_Exploit(str(marker)), protocol=4))
+        _edit_meta(folder, lambda m: m.update(weights={"file": "weights.pt",
+                                                       "sha256": sha256_file(folder / "weights.pt")}))
+    archive = _zipped(tmp_path, name="evil.zip", edit=evil)
+    with warnings.catch_warnings(record=True) as caught:  # what a command line run prints on stderr
+        warnings.simplefilter("always")
+        code, _, err = run_cli_all("models", "import", archive)
+    assert not caught, [str(w.message) for w in caught]
+    line = error_line(code, err, f"{archive}: pkg/weights.pt: weights file is not plain tensors and was refused",
+                      "only safetensors or plain tensor files are loaded")
+    assert "weights_only" not in line and "Re-running" not in line and "Warning" not in err
+    assert not marker.exists()
+    assert not any((user_models_dir()).glob("*/*"))
+
+
+def test_a_zip_holding_two_packages_is_refused_naming_both(run_cli_all, tmp_path):
+    from conftest import error_line
+    from tiny_test_package import make_tiny_package
+
+    a = make_tiny_package(tmp_path / "a", kind="volume3d", package_id="first")
+    b = make_tiny_package(tmp_path / "b", kind="volume3d", package_id="second")
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for top, folder in (("b", b), ("a", a)):  # the second package first in the zip's order
+            for f in folder.iterdir():
+                zf.write(f, f"{top}/{f.name}")
+    code, _, err = run_cli_all("models", "import", archive)
+    error_line(code, err, str(archive), "2 model packages", "a/model.json", "b/model.json")
+    assert not any((user_models_dir()).glob("*/*"))
+
+
+def test_a_damaged_zip_and_a_folder_without_model_json_are_named_as_such(run_cli_all, tmp_path, monkeypatch):
+    from conftest import error_line
+
+    good = _zipped(tmp_path, name="good.zip")
+    (tmp_path / "cut.zip").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    code, _, err = run_cli_all("models", "import", tmp_path / "cut.zip")
+    error_line(code, err, "cut.zip: damaged zip file")
+    # a zip whose table of contents is whole but whose compressed data is not
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        info = zf.getinfo("pkg/weights.safetensors")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 200
+    data[start:start + 64] = bytes(64)
+    (tmp_path / "garbled.zip").write_bytes(bytes(data))
+    code, _, err = run_cli_all("models", "import", tmp_path / "garbled.zip")
+    error_line(code, err, "garbled.zip: damaged zip file")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pkf").mkdir()
+    (tmp_path / "pkf" / "notes.txt").write_text("no model here")
+    code, _, err = run_cli_all("models", "import", "pkf")
+    error_line(code, err, "pkf: not a model package (no model.json in this folder)")
+    with pytest.raises(ModelPackageError, match=r"^pkf: not a model package \(no model.json in this folder\), and "
+                                                 r"no installed package is named 'pkf'"):
+        load_package("pkf")
+    assert not any((user_models_dir()).glob("*/*"))
+
+
+def test_the_reports_reproduce_line_pins_the_models_version(run_cli_all, tmp_path, monkeypatch):
+    """``--model ID`` takes the latest version: the page's command names the version it was made with. A path (or
+    an ID@VERSION) is quoted as typed."""
+    import html
+
+    import SimpleITK as sitk
+    from conftest import make_volume
+    from MedDeepRecogLib import commands
+    from tiny_test_package import make_tiny_package
+
+    pkg = make_tiny_package(user_models_dir(), kind="volume3d", package_id="pinme", version="1.3.0")
+    sitk.WriteImage(make_volume(size=(16, 16, 16)), str(tmp_path / "ct.nrrd"))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli_all("classify", "ct.nrrd", "--model", "pinme", "--out", "out", "--report",
+                               "--no-faithfulness", "--uncertainty", "none")
+    assert code == 0, err
+    page = html.unescape((tmp_path / "out" / "ct_report.html").read_text(encoding="utf-8"))
+    assert ("<pre>meddeeprecog classify ct.nrrd --model pinme@1.3.0 --out out --report --no-faithfulness "
+            "--uncertainty none</pre>") in page
+    package = load_package("pinme")
+    for typed, shown in ((["--model", "pinme"], ["--model", "pinme@1.3.0"]),
+                         (["--model=pinme"], ["--model=pinme@1.3.0"]),
+                         (["--mod", "pinme"], ["--mod", "pinme@1.3.0"]),
+                         (["--model", "pinme@1.3.0"], ["--model", "pinme@1.3.0"]),
+                         (["--model", str(pkg)], ["--model", str(pkg)]),
+                         (["--model", "auto"], ["--model", "auto"])):
+        monkeypatch.setattr(commands, "LAST_ARGV", ["classify", "x.nrrd", *typed, "--out", "o"])
+        assert commands.command_line(package).split()[3:-2] == shown

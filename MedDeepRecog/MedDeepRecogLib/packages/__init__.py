@@ -14,7 +14,9 @@ API (everything else here is internal):
 - ``ModelPackage``: ``.meta`` (dict of model.json), ``.id``, ``.version``, ``.class_names``, ``.input_spec``
   (``meta["input"]``), ``.path`` (folder), ``.target_layer``, ``.build_model(device="cpu")`` (weights loaded,
   eval mode), ``.check_input(x)`` (channel / dimension check of a batch before inference), ``.data_params()``
-  (how a labelled ``.npz`` split is prepared for it).
+  (how a labelled ``.npz`` split is prepared for it), ``.close()`` (deletes a ``.zip``'s temporary extraction
+  folder; errors about a file in it name the zip and the member, ``pk.zip: pkg/weights.safetensors: ...``).
+- A ``.zip`` holds exactly one package (one ``model.json``); a damaged zip is refused as such.
 - ``load_weights(path) -> dict``: the tensors of a weights file (refusing anything but plain tensors).
 - ``save_package(model, meta, dest=None, extra_files=None) -> Path``: writes ``dest/<id>/<version>/`` atomically
   (temp dir + rename); ``meta["version"]`` may be ``None`` to take the next free patch version. Never overwrites.

@@ -13,13 +13,16 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
+import weakref
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .. import resources
-from ..errors import ConfigError, ModelPackageError
+from ..errors import ConfigError, ModelPackageError, extracted_from, forget_extracted
 
 FORMAT_VERSION = 1
 META_FILE = "model.json"
@@ -259,11 +262,15 @@ def load_weights(path: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelPackageError(f"weights file is corrupt ({exc})", path) from None
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError...: all mean "not plain weights"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelPackageError(f"weights file is not plain tensors and was refused (unsafe or corrupt pickle: "
-                                f"{first[:200]})", path) from None
+        with warnings.catch_warnings():
+            # torch warns (with a source line, on stderr) about a pickle protocol it was not written with before
+            # refusing or reading the file: the outcome is the one thing to report
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # UnpicklingError, RuntimeError (zip), EOFError...: all mean "not plain weights"
+        # torch's text is not passed on: it advises loading again with weights_only=False, which runs the pickle
+        raise ModelPackageError("weights file is not plain tensors and was refused (a pickle that would run code "
+                                "or is corrupt); only safetensors or plain tensor files are loaded", path) from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -412,6 +419,11 @@ class ModelPackage:
             raise ModelPackageError(f"model {self.id}@{self.version} expects {channels} channel(s), got "
                                     f"{x.shape[1]} (input shape {tuple(x.shape)})", source)
 
+    def close(self) -> None:
+        """Delete the temporary folder a ``.zip`` package was extracted into (nothing for a folder)."""
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+
     def __str__(self) -> str:
         return f"{self.id}@{self.version} ({self.path})"
 
@@ -467,6 +479,8 @@ def _check_package_files(folder: Path) -> None:
 
 
 def _open_folder(folder: Path, source: str = "path", tmpdir: Any = None) -> ModelPackage:
+    if not (folder / META_FILE).is_file():
+        raise ModelPackageError(f"not a model package (no {META_FILE} in this folder)", folder)
     _check_package_files(folder)
     meta = _read_meta(folder)
     wfile = folder / meta["weights"]["file"]
@@ -516,8 +530,13 @@ def _extract_bounded(zf: zipfile.ZipFile, root: Path, path: Path) -> None:
 
 
 def _open_zip(path: Path) -> ModelPackage:
+    """Extract the zip ``path`` into a temporary folder (deleted with the package) and open the one package in it.
+
+    Every error about a file in that folder names ``path`` and the member (:func:`..errors.extracted_from`)."""
     tmp = tempfile.TemporaryDirectory(prefix="meddeeprecog_pkg_")
     root = Path(tmp.name)
+    extracted_from(root, path)
+    weakref.finalize(tmp, forget_extracted, root)
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
@@ -528,17 +547,21 @@ def _open_zip(path: Path) -> ModelPackage:
                     raise ModelPackageError(f"zip entry {info.filename!r} is a symbolic link; a model package "
                                             "holds none", path)
             _extract_bounded(zf, root, path)
-    except zipfile.BadZipFile as exc:
+        metas = sorted(root.rglob(META_FILE))
+        if not metas:
+            raise ModelPackageError(f"zip holds no {META_FILE}", path)
+        if len(metas) > 1:  # which one is opened would depend on the file system's order
+            members = ", ".join(m.relative_to(root).as_posix() for m in metas)
+            raise ModelPackageError(f"zip holds {len(metas)} model packages ({members}); a .zip holds one: zip "
+                                    "each package on its own", path)
+        extracted_from(root, path, package=metas[0].parent)
+        return _open_folder(metas[0].parent, source="zip", tmpdir=tmp)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         tmp.cleanup()
-        raise ModelPackageError(f"not a valid zip file ({exc})", path) from None
+        raise ModelPackageError(f"damaged zip file, cannot be read ({exc})", path) from None
     except BaseException:
         tmp.cleanup()
         raise
-    metas = sorted(root.rglob(META_FILE), key=lambda p: len(p.parts))
-    if not metas:
-        tmp.cleanup()
-        raise ModelPackageError(f"zip holds no {META_FILE}", path)
-    return _open_folder(metas[0].parent, source="zip", tmpdir=tmp)
 
 
 def _catalog_entries() -> list[tuple[str, str, Path, str]]:
@@ -559,6 +582,11 @@ def _resolve_id(ref: str) -> tuple[Path, str]:
         raise ModelPackageError(f"model {ref!r} is not ID or ID@VERSION (plain names: letters, digits, '.', '_', "
                                 "'-'), a package folder or a .zip")
     found = [e for e in _catalog_entries() if e[0] == pkg_id]
+    if not found and Path(ref).expanduser().is_dir():
+        # a folder of that name is here (passed over as a catalog reference, _local_package_path) and no package
+        # has the id: the folder was meant
+        raise ModelPackageError(f"not a model package (no {META_FILE} in this folder), and no installed package "
+                                f"is named {pkg_id!r}", Path(ref).expanduser())
     if not found:
         known = sorted({e[0] for e in _catalog_entries()})
         raise ModelPackageError(f"no model package {pkg_id!r} installed (installed: {', '.join(known) or 'none'}; "
@@ -610,11 +638,26 @@ def load_package(id_or_path: str | Path) -> ModelPackage:
             return _open_zip(path)
         if path.name == META_FILE:
             return _open_folder(path.parent)
+        if _looks_like_zip(path):
+            raise ModelPackageError("damaged zip file, cannot be read (truncated, or its table of contents at the "
+                                    "end of the file is missing or corrupt)", path)
         raise ModelPackageError("not a model package (expected a folder with model.json or a .zip of one)", path)
     if _is_path_ref(ref):
         raise ModelPackageError("model package not found", Path(ref).expanduser())
     folder, source = _resolve_id(ref)
     return _open_folder(folder, source=source)
+
+
+def _looks_like_zip(path: Path) -> bool:
+    """Whether the file ``path`` is meant as a zip (named ``.zip`` or starting as one) though
+    :func:`zipfile.is_zipfile` cannot read it."""
+    if path.suffix.lower() == ".zip":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    except OSError:
+        return False
 
 
 def read_package_meta(id_or_path: str | Path) -> dict:
@@ -628,7 +671,9 @@ def read_package_meta(id_or_path: str | Path) -> dict:
     if path is not None and path.name == META_FILE and path.is_file():
         return _read_meta(path.parent)
     if path is not None or _is_path_ref(ref):
-        return load_package(ref).meta  # a zip, or the same clear error load_package gives
+        pkg = load_package(ref)  # a zip, or the same clear error load_package gives
+        pkg.close()
+        return pkg.meta
     return _read_meta(_resolve_id(ref)[0])
 
 
@@ -699,20 +744,25 @@ def import_package(path: str | Path, dest: str | Path | None = None) -> Path:
     Refuses a version that is not ``MAJOR.MINOR.PATCH`` or that any catalog holds for the id
     (:func:`check_new_version`). Returns the new folder.
     """
-    pkg = load_package(Path(path).expanduser()) if Path(path).expanduser().exists() else None
-    if pkg is None:
+    given = Path(path).expanduser()
+    if not given.exists():
         raise ModelPackageError("model package not found", path)
-    from ..limits import MAX_PACKAGE_ENV, human_bytes, max_package_bytes
-    total = sum(f.stat().st_size for f in pkg.path.rglob("*") if f.is_file() and not f.is_symlink())
-    if total > max_package_bytes():
-        raise ModelPackageError(f"package holds {human_bytes(total)}, more than the limit of "
-                                f"{human_bytes(max_package_bytes())} ({MAX_PACKAGE_ENV})", path)
-    roots = catalogs_with(dest)
-    check_new_version(pkg.id, pkg.version, roots, "model.json version", path)
-    check_same_kind(pkg.id, pkg.meta.get("task", "classification"), pkg.input_spec.get("kind"), roots,
-                    "model.json id", path)
-    pkg.verify()
-    return _copy_atomically(pkg.path, roots[0] / pkg.id / pkg.version, where=path)
+    # always a path: a folder here without model.json is not the catalog's package of that name
+    pkg = _open_folder(given) if given.is_dir() else load_package(given)
+    try:
+        from ..limits import MAX_PACKAGE_ENV, human_bytes, max_package_bytes
+        total = sum(f.stat().st_size for f in pkg.path.rglob("*") if f.is_file() and not f.is_symlink())
+        if total > max_package_bytes():
+            raise ModelPackageError(f"package holds {human_bytes(total)}, more than the limit of "
+                                    f"{human_bytes(max_package_bytes())} ({MAX_PACKAGE_ENV})", path)
+        roots = catalogs_with(dest)
+        check_new_version(pkg.id, pkg.version, roots, "model.json version", path)
+        check_same_kind(pkg.id, pkg.meta.get("task", "classification"), pkg.input_spec.get("kind"), roots,
+                        "model.json id", path)
+        pkg.verify()
+        return _copy_atomically(pkg.path, roots[0] / pkg.id / pkg.version, where=path)
+    finally:
+        pkg.close()   # a zip's temporary folder
 
 
 def _copy_atomically(src: Path, target: Path, where: Any) -> Path:
