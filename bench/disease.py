@@ -42,9 +42,9 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 
 from gpu_monitor import GpuUtilisation, backward_and_step, synchronise
+from bench_args import at_least_one  # bench/ is the script's folder, first on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedDeepRecog"))
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(REPO / "configs" / "brain-tumour-mri.yaml"),
                     help="training config whose data and network the throughput part uses")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=at_least_one, default=3)
     ap.add_argument("--train-steps", type=int, default=20, help="training batches per round (0: skip part 3)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--data", type=Path, default=None,

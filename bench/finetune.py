@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from gpu_monitor import GpuUtilisation, backward_and_step, synchronise
+from bench_args import at_least_one  # bench/ is the script's folder, first on sys.path
 
 
 SHARED = Path(os.environ.get("MEDDEEPRECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -204,7 +205,7 @@ def train_rate(loader_fn, steps: int, device: str, amp: bool, channels_last: boo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=4, help="timed optimiser steps per loop (after a warm-up)")
+    parser.add_argument("--steps", type=at_least_one, default=4, help="timed optimiser steps per loop (after a warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--rounds", type=int, default=3,

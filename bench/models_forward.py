@@ -14,6 +14,7 @@ import time
 import torch
 
 from MedDeepRecogLib.models import build_model
+from bench_args import at_least_one  # bench/ is the script's folder, first on sys.path
 
 CANDIDATES = {
     "simple_cnn3d (adrenal-mass-3d 1.1.0)": ("simple_cnn3d", {"channels": [16, 32, 64], "hidden": 64}),
@@ -36,7 +37,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=28)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=at_least_one, default=5)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -13,6 +13,7 @@ import argparse
 import time
 
 import torch
+from bench_args import at_least_one  # bench/ is the script's folder, first on sys.path
 
 
 def best_of(fn, repeat: int) -> float:
@@ -28,7 +29,7 @@ def best_of(fn, repeat: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=28)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=at_least_one, default=5)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,0 +1,15 @@
+"""Command-line argument types the bench scripts share (``bench/`` is each script's own folder, so first on
+``sys.path`` when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of timed rounds or steps; 0 ended in a division by
+    zero or ``min()`` of nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
