@@ -112,3 +112,9 @@ def check_declared_image(size, bytes_per_voxel: int, path, what: str = "header")
         raise InputImageError(
             f"{what} declares {' x '.join(map(str, dims))} voxels ({human_bytes(total)}), more than the limit of "
             f"{human_bytes(limit)}; raise it with --max-image-size or {MAX_IMAGE_ENV} if the scan is real", path)
+
+#: Memory a ``segment`` run may be estimated to need (``inference.segment.segment_memory_bytes``: the scan, the
+#: network's work grid and the label map's steps), checked before the network is built. 8 GiB: a 512x512x400 CT at
+#: 0.8 mm is estimated at ~2.0 GiB, the same voxels at the model's 3 mm (a 512^2 x 400 work grid) at ~3.5 GiB.
+MAX_SEGMENT_ENV = "MEDDEEPRECOG_MAX_SEGMENT_BYTES"
+DEFAULT_MAX_SEGMENT_BYTES = 8 << 30
