@@ -43,6 +43,11 @@ DEFAULT_MAX_DATASET_BYTES = 16 << 30
 #: is never refused when its sample is not.
 MAX_BATCH_ENV = "MEDDEEPRECOG_MAX_BATCH_BYTES"
 DEFAULT_MAX_BATCH_BYTES = 16 << 30
+#: Memory a ``segment`` run may be estimated to need (``inference.segment.segment_memory_bytes``: the scan, the
+#: network's work grid and the label map's steps), checked before the network is built. 8 GiB: a 512x512x400 CT at
+#: 0.8 mm is estimated at ~2.0 GiB, the same voxels at the model's 3 mm (a 512^2 x 400 work grid) at ~3.5 GiB.
+MAX_SEGMENT_ENV = "MEDDEEPRECOG_MAX_SEGMENT_BYTES"
+DEFAULT_MAX_SEGMENT_BYTES = 8 << 30
 
 #: Voxels a filter window may hold (median, bilateral, CLAHE's ``sitk`` backend): what an output voxel reads. 21^3,
 #: the median's largest ``radius`` (10 voxels); 27x the README's bilateral 7^3. A median of 21^3 takes ~23 s on

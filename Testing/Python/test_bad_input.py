@@ -1169,8 +1169,9 @@ def test_segment_refuses_a_scan_not_in_hu_for_a_ct_package(run_all, shared_data,
 
     monkeypatch.setattr(ModelPackage, "build_model", build_model)
     mr = shared_data / "totalsegmentator_examples" / "example_mr_sm.nii.gz"
-    synthetic = tmp_path / "not_hu.nrrd"
-    sitk.WriteImage(sitk.Cast(make_volume(size=(16, 14, 8)) + 1024, sitk.sitkInt16), str(synthetic))
+    synthetic = tmp_path / "not_hu.nrrd"   # large enough for the model's patches: refused for its intensities
+    sitk.WriteImage(sitk.Cast(make_volume(size=(24, 24, 12), spacing=(3.0, 3.0, 3.0)) + 1024, sitk.sitkInt16),
+                    str(synthetic))
     for scan in (mr, synthetic):
         out = tmp_path / f"{scan.name}.seg.nrrd"
         code, stdout, err = run_all("segment", scan, "--model", "ts-organs-seg", "--out", out)
@@ -1191,3 +1192,89 @@ def test_segment_refuses_a_ct_in_hu_for_an_mr_package(tmp_path):
         check_scan_modality(ct, mr_package, tmp_path / "ct.nrrd")
     assert "ct.nrrd" in str(err.value)
     check_scan_modality(sitk.Cast(ct, sitk.sitkInt16) + 1024, mr_package, tmp_path / "mr.nrrd")  # not HU: accepted
+
+
+def _no_network(monkeypatch):
+    from MedDeepRecogLib.packages.package import ModelPackage
+
+    def build_model(*args, **kwargs):
+        raise AssertionError("the network was built for a scan that is refused")
+
+    monkeypatch.setattr(ModelPackage, "build_model", build_model)
+
+
+@pytest.mark.parametrize("crop", ["3x3x2", "20x20x1", "one_slice", "4x4x4_in_the_body"])
+def test_segment_refuses_a_scan_too_small_for_the_models_patches(run_all, shared_data, tmp_path, monkeypatch, crop):
+    """Crops of the TotalSegmentator CT (3 mm): a few voxels, a 20x20 single-slice patch and a whole single slice
+    were segmented ("liver: 179 voxels" on the patch); a 4x4x4 crop inside the body (no air) was refused as "not a CT
+    in HU". Each is refused as too small for ts-organs-seg's 32x64x64 patches, with the size and the minimum, before
+    the network is built."""
+    _no_network(monkeypatch)
+    ct = sitk.ReadImage(str(shared_data / "totalsegmentator_examples" / "example_ct.nii.gz"))
+    image = {"3x3x2": ct[0:3, 48:51, 50:52], "20x20x1": ct[0:20, 40:60, 60:61], "one_slice": ct[:, :, 60:61],
+             "4x4x4_in_the_body": ct[60:64, 50:54, 50:54]}[crop]
+    scan = tmp_path / f"{crop}.nii.gz"
+    sitk.WriteImage(image, str(scan))
+    out = tmp_path / "out.seg.nrrd"
+    code, stdout, err = run_all("segment", scan, "--model", "ts-organs-seg", "--out", out)
+    size = " x ".join(map(str, image.GetSize()))
+    clean_error(code, err, str(scan), f"the scan is {size} voxels", "too small for model ts-organs-seg",
+                "at least 16 x 16 x 8", "64 x 64 x 32-voxel patches")
+    assert not out.exists() and not stdout
+
+
+def test_segment_refuses_a_label_map_in_classifys_words(run_all, shared_data, tmp_path, monkeypatch):
+    """A TotalSegmentator label map given as the scan was refused as "not a CT scan in Hounsfield units"; it is a
+    label map, said in classify's words, before the network is built."""
+    _no_network(monkeypatch)
+    labels = shared_data / "totalsegmentator_examples" / "example_seg.nii.gz"
+    out = tmp_path / "out.seg.nrrd"
+    code, stdout, err = run_all("segment", labels, "--model", "ts-organs-seg", "--out", out)
+    line = error_line(code, err, str(labels), "looks like a label map or mask, not a scan", "42 distinct values")
+    assert "Hounsfield" not in line and not out.exists() and not stdout
+
+
+def test_segment_refuses_a_run_estimated_beyond_the_memory_limit(run_all, shared_data, tmp_path, monkeypatch):
+    """The run's memory is estimated from the header before the network is built; over
+    MEDDEEPRECOG_MAX_SEGMENT_BYTES it is refused with the estimate and the variable to raise."""
+    _no_network(monkeypatch)
+    monkeypatch.setenv("MEDDEEPRECOG_MAX_SEGMENT_BYTES", "200M")
+    scan = shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"
+    out = tmp_path / "out.seg.nrrd"
+    code, stdout, err = run_all("segment", scan, "--model", "ts-organs-seg", "--out", out)
+    clean_error(code, err, str(scan), "122 x 101 x 30-voxel scan", "needs about", "of memory (estimated)",
+                "more than the limit of 200.0 MiB", "MEDDEEPRECOG_MAX_SEGMENT_BYTES")
+    assert not out.exists() and not stdout
+    monkeypatch.setenv("MEDDEEPRECOG_MAX_SEGMENT_BYTES", "lots")
+    code, _, err = run_all("segment", scan, "--model", "ts-organs-seg", "--out", out)
+    clean_error(code, err, "MEDDEEPRECOG_MAX_SEGMENT_BYTES='lots' is not a size")
+
+
+def test_segment_memory_grows_by_bytes_not_tens_of_bytes_per_voxel_and_is_estimated_above(shared_data, tmp_path):
+    """Peak RSS of segment on a 512x512x80 CT at 0.8 x 0.8 x 1 mm (the example CT tiled; 21 Mvox, resampled to the
+    model's 3 mm and back), less that of the 122x101x30 example at 3 mm: ~61 bytes per scan voxel when every class
+    was resampled to float32, stacked and arg-maxed into int64 (a 512x512x400 CT peaked at 7.0 GB), ~16 now. The
+    estimate the run is bounded by lies above both peaks."""
+    from MedDeepRecogLib.inference.segment import segment_memory_bytes
+    from MedDeepRecogLib.packages import load_package
+
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "totalsegmentator_examples" / "example_ct.nii.gz")))
+    big = sitk.GetImageFromArray(np.tile(ct.astype(np.int16), (1, 6, 5))[:80, :512, :512])
+    big.SetSpacing((0.8, 0.8, 1.0))
+    big.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    big_path = tmp_path / "big.nii.gz"
+    sitk.WriteImage(big, str(big_path))
+    small_path = shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"
+    peaks = {}
+    for name, path in (("small", small_path), ("big", big_path)):
+        code, _, err, peak_kb, _ = run_measured("segment", path, "--model", "ts-organs-seg", "--out",
+                                                tmp_path / f"{name}.seg.nrrd", "--device", "cpu", timeout=300)
+        assert code == 0, err
+        peaks[name] = peak_kb * 1024
+    voxels = {"small": 122 * 101 * 30, "big": 512 * 512 * 80}
+    per_voxel = (peaks["big"] - peaks["small"]) / (voxels["big"] - voxels["small"])
+    print(f"peaks {peaks}, {per_voxel:.1f} bytes per voxel")
+    assert per_voxel < 30, per_voxel
+    package = load_package("ts-organs-seg")
+    for name, path in (("small", small_path), ("big", big_path)):
+        assert segment_memory_bytes(sitk.ReadImage(str(path)), package) > peaks[name], name

@@ -8,6 +8,7 @@ reference: the tests copy it with UIDs filled in (and a made-up patient name and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import SimpleITK as sitk
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 
+from conftest import refusal_line
 from MedDeepRecogLib.cli import main  # noqa: E402
 from MedDeepRecogLib.io import SegmentSpec, read_image, read_segmentation, write_segmentation  # noqa: E402
 
@@ -69,6 +71,11 @@ def test_segment_writes_dicom_seg_referencing_the_series(dicom_series, tmp_path,
     assert [s.SegmentLabel for s in ds.SegmentSequence] == ["liver", "spleen", "kidney"]
     assert [s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for s in ds.SegmentSequence] == [
         "Liver", "Spleen", "Kidney"]
+    # each organ in Slicer's GenericAnatomyColors colour (liver 221 130 101, spleen 157 108 162, kidney 185 102 83),
+    # as the .seg.nrrd colours it
+    import highdicom as hd
+    assert [tuple(s.RecommendedDisplayCIELabValue) for s in ds.SegmentSequence] == [
+        hd.color.CIELabColor.from_rgb(*rgb).value for rgb in ((221, 130, 101), (157, 108, 162), (185, 102, 83))]
     assert FAKE_NAME not in str(ds.get("SeriesDescription", ""))
     # the same voxels as the .seg.nrrd of the same run, slice by slice through the per-frame source references
     nrrd = tmp_path / "organs.seg.nrrd"
@@ -92,8 +99,25 @@ def test_dicom_seg_needs_a_dicom_input_with_uids(dicom_series, shared_data, tmp_
     assert "write a .seg.nrrd instead" in err
     nifti = shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"
     assert main(["segment", str(nifti), "--model", "ts-organs-seg", "--out", str(tmp_path / "b.dcm")]) == 2
-    assert "not a DICOM" in capsys.readouterr().err
+    # what a DICOM SEG needs, not pydicom's advice ("Use force=True to force reading")
+    line = refusal_line(capsys, str(nifti), "not a DICOM file (a NIfTI file)", "needs a DICOM series input",
+                        "write a .seg.nrrd instead")
+    assert "force" not in line
     assert not list(tmp_path.glob("*.dcm"))
+
+
+def test_segment_of_a_study_folder_names_its_series_folders(dicom_series, tmp_path, capsys):
+    """A study (series subfolders, no DICOM file of its own): classify reads each series; segment, which writes one
+    output, said "folder contains no readable DICOM series". It says the folder holds series and names them."""
+    series, _ = dicom_series
+    study = tmp_path / "study"
+    for name in ("s1", "s2"):
+        shutil.copytree(series, study / name)
+    out = tmp_path / "organs.seg.nrrd"
+    assert main(["segment", str(study), "--model", "ts-organs-seg", "--out", str(out)]) == 2
+    refusal_line(capsys, str(study), "a folder of 2 DICOM series folders (s1, s2), not one series",
+                 f"give the series folder itself, e.g. {study / 's1'}")
+    assert not out.exists()
 
 
 def test_classify_segments_writes_dicom_seg(dicom_series, shared_data, tmp_path, capsys):

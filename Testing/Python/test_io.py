@@ -100,6 +100,37 @@ def test_label_map_stays_integer_and_exact(tmp_path, suffix):
     assert same_geometry(back, reference)
 
 
+def test_seg_nrrd_organs_get_slicers_anatomy_colours_and_terminology(tmp_path):
+    """Organs named as pydicom's SNOMED CT dictionary knows them get the colour Slicer's GenericAnatomyColors gives
+    them and a TerminologyEntry tag with the SNOMED code the DICOM SEG carries (liver 10200004, spleen 78961009,
+    kidney 64033007); by index the liver came out green "tissue", the spleen bone-coloured, and no tag was written.
+    A name without a code keeps the palette colour and gets no terminology. Voxels and extents are what
+    slicerio.add_segment gives."""
+    reference = make_volume(size=(16, 14, 6), spacing=(0.9, 0.9, 2.5), direction=_oblique_direction())
+    labelmap = np.zeros((6, 14, 16), np.uint8)
+    labelmap[1:4, 2:8, 3:9] = 1
+    labelmap[2:5, 9:12, 10:14] = 2
+    labelmap[0, 0, 15] = 3
+    labelmap[5, 13, 0] = 3
+    specs = [SegmentSpec("liver", 1), SegmentSpec("spleen", 2), SegmentSpec("kidney", 3), SegmentSpec("organ_a", 4)]
+    path = write_segmentation(labelmap, reference, specs, tmp_path / "organs.seg.nrrd")
+    seg = slicerio.read_segmentation(str(path))
+    by_name = {s["name"]: s for s in seg["segments"]}
+    for name, code, rgb in (("liver", "10200004", (221, 130, 101)), ("spleen", "78961009", (157, 108, 162)),
+                            ("kidney", "64033007", (185, 102, 83))):
+        np.testing.assert_allclose(by_name[name]["color"], np.array(rgb) / 255.0, atol=1e-4)
+        assert by_name[name]["terminology"]["type"] == ["SCT", code, name.capitalize()], name
+    assert "terminology" not in by_name["organ_a"]
+    np.testing.assert_allclose(by_name["organ_a"]["color"], (0.44, 0.72, 0.82))   # the palette by index (3)
+    # the same voxels, label values and extents as slicerio's own add_segment
+    expected = slicerio.create_segmentation(reference.GetSize(), np.eye(4), dtype="uint8")
+    for spec in specs:
+        slicerio.add_segment(expected, np.transpose(labelmap == spec.label, (2, 1, 0)), {"name": spec.name})
+    np.testing.assert_array_equal(np.asarray(seg["voxels"]), expected["voxels"])
+    assert [(s["labelValue"], s["layer"], list(s["extent"])) for s in seg["segments"]] == [
+        (s["labelValue"], s["layer"], s["extent"]) for s in expected["segments"]]
+
+
 def test_seg_nrrd_names_colors_geometry_read_back_by_slicerio(tmp_path):
     reference = make_volume(size=(16, 14, 6), spacing=(0.9, 0.9, 2.5), direction=_oblique_direction())
     labelmap = np.zeros((6, 14, 16), np.uint8)

@@ -358,3 +358,30 @@ def test_report_of_a_lung_finding_and_of_a_case_scored_against_its_lesion(run_cl
     hits = f"inside the lesion on {per_slice['pointing_hits']} of {per_slice['slices']} lesion slices"
     assert hits in html and f"lesion: Heatmap peak {hits}" in out  # the printed lines say it too
     assert "not the extent of a lesion" in html and "from -2 to +2" not in html  # faithfulness not scored here
+
+
+def test_segment_volumes_come_with_the_packages_own_limits(run_cli_all, shared_data, tmp_path):
+    """ts-organs-seg's volumes were printed as plain ml though its model.json calls it a demo and records kidney Dice
+    0.05 (on example_ct the kidney runs from the pelvis to the top of the scan: 804 ml). The printed JSON now
+    carries what the package says of itself (its description; a package's ``use`` when it has one, as classify's
+    report shows it) and its validation Dice, per segment and named in the caveat when low."""
+    from MedDeepRecogLib.inference.segment import stated_limits
+    from MedDeepRecogLib.packages import load_package
+
+    out = tmp_path / "ct.seg.nrrd"
+    code, stdout, err = run_cli_all("segment", shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz",
+                                    "--model", "ts-organs-seg", "--out", out, "--device", "cpu")
+    assert code == 0, err
+    result = json.loads(stdout)
+    caveat = result["caveat"]
+    assert caveat.startswith("ts-organs-seg@1.0.0 says of itself: Demo:") and "not for clinical use" in caveat
+    assert "kidney 0.05" in caveat and "Below Dice 0.5 in validation: kidney, so its volume is not a measurement" \
+        in caveat
+    assert result["segments"]["kidney"]["validation_dice"] == 0.0521
+    assert result["model_limits"]["validation"]["cases"] == 1
+    # a package that states its use: intended use and not-for, as classify's report shows them
+    package = load_package("ts-organs-seg")
+    package.meta = {**package.meta, "use": {"intended_use": "Teaching.", "not_for": ["Volumetry", "Diagnosis."]}}
+    limits = stated_limits(package)
+    assert "intended use: Teaching. Not for: Volumetry; Diagnosis." in limits["caveat"]
+    assert limits["not_for"] == ["Volumetry", "Diagnosis."] and "description" not in limits

@@ -4,7 +4,8 @@
 
 The result is a Slicer ``.seg.nrrd`` on the scan's own grid (one segment per class, named as in training), so it
 loads over the scan in Slicer's slice and 3D views. ``--progress json`` ends with
-``{"stage": "done", "fraction": 1.0, "result": {"output": PATH, "segments": {...}, ...}}``.
+``{"stage": "done", "fraction": 1.0, "result": {"output": PATH, "caveat": ..., "segments": {...}, ...}}``; the
+``caveat`` is what the package says of its own limits and its validation Dice (``inference.segment.stated_limits``).
 """
 
 from __future__ import annotations

@@ -241,7 +241,7 @@ def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = 
             raise LabelMapError(
                 f"this looks like a label map or mask, not a scan: integer voxels with {len(labels)} distinct "
                 f"values ({', '.join(map(str, labels[:6]))}{'…' if len(labels) > 6 else ''}) in regions of one "
-                "value each; the model classifies grey-level images", path)
+                "value each; the model reads grey-level images", path)
         return
     _mask_value(image, path)
 

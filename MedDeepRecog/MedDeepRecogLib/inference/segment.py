@@ -8,6 +8,13 @@ probabilities are resampled back onto the scan's grid (linear) before the arg-ma
 scan exactly in Slicer's slice and 3D views. Specks smaller than ``input.inference.min_component_fraction`` of a
 class's largest component are removed, as in validation.
 
+Memory: the scan is never copied to float32 as a whole, and the probabilities are taken back onto the scan's grid
+one class at a time, keeping a running maximum and the uint8 arg-max (:func:`argmax_labels`): about 10 bytes per
+scan voxel besides the scan, where the class stack and an int64 arg-max took ~60 (a 512x512x400 int16 CT at
+0.8 x 0.8 x 1 mm peaked at 7.0 GB RSS, now 1.9 GB; the same voxels at the model's 3 mm 7.4 GB, now 3.4 GB). :func:`check_segment_input` refuses, before the network is built, a scan too
+small for the package's patches, a label map, a scan of the other modality, and a run whose estimated memory
+(:func:`segment_memory_bytes`) exceeds ``MEDDEEPRECOG_MAX_SEGMENT_BYTES``.
+
 The steps are shared with fine-tuning, which prepares its training volumes and validates the same way:
 :func:`orient`, :func:`normalize_intensity`, :func:`resample_to_spacing`, :func:`sliding_window_logits`,
 :func:`remove_small_components`.
@@ -50,6 +57,106 @@ def load_segmentation_package(model: Any):
         raise ModelPackageError(f"model {pkg.id}@{pkg.version} is a {pkg.meta.get('task', 'classification')} "
                                 "model; segment needs a segmentation package", pkg.path)
     return pkg
+
+
+#: Share of the package's patch (``input.size``) a scan must span along each axis of the work grid (its voxels at
+#: ``input.spacing_mm``, in the package's orientation). A segmentation network recognises an organ by its
+#: surroundings; a scan smaller than that gave ts-organs-seg's 32x64x64 patches (3 mm) almost nothing but padding,
+#: and they came back as "liver: 179 voxels" on a 20x20 single-slice crop. A quarter of the patch (ts-organs-seg:
+#: 16 x 16 x 8 voxels, x y z: 48 x 48 x 24 mm) still lets through the 20-slice DICOM CT of its card (13 work slices),
+#: and refuses single slices and crops of a few voxels. Classify refuses slices under half its size per side; a 3D
+#: package's training slabs were themselves padded along z (ts-organs-seg: 18 slices in a 32-slice patch).
+MIN_PATCH_SHARE = 0.25
+
+#: Memory of a ``segment`` run besides what grows with the scan: Python, torch, MONAI, SimpleITK and the network
+#: (a 122x101x112 CT peaked at 0.69 GB RSS, the 512x512x20 DICOM series at 0.70 GB).
+SEGMENT_BASE_BYTES = 3 << 28   # 0.75 GiB
+#: float32 values per work-grid voxel (padded to the patch) held while the network runs, besides one per class: its
+#: input and MONAI's weight map (:func:`segment_memory_bytes`).
+WORK_VOXEL_FLOAT32 = 2
+#: Bytes per scan voxel held on the way back to the scan's grid, besides the scan and the class probabilities on the
+#: work grid: a float32 running maximum and the resampled class (8), the uint8 labels and the comparison (2). The
+#: small-component clean-up after it holds ~7 (labels, their copy, the class mask, ITK's uint32 component map), the
+#: .seg.nrrd writer ~3.
+SCAN_VOXEL_BYTES = 10
+
+
+def work_grid_size(image: sitk.Image, spec: dict[str, Any], orientation: str) -> list[int]:
+    """Voxels ``(x, y, z)`` of the grid the network reads ``image`` on: reoriented to ``orientation`` (axes
+    permuted, :func:`orient`) and resampled to ``input.spacing_mm`` (:func:`resample_to_spacing`), from the
+    header alone (:func:`oriented_grid`, :func:`resampled_size`)."""
+    size, spacing = oriented_grid(image, orientation)
+    return resampled_size(size, spacing, spec["spacing_mm"]) if spec.get("spacing_mm") else [int(n) for n in size]
+
+
+def segment_memory_bytes(image: sitk.Image, pkg: Any, orientation: str | None = None) -> int:
+    """Estimated peak memory (bytes) of segmenting ``image`` with ``pkg`` on the CPU, from the header alone:
+    :data:`SEGMENT_BASE_BYTES`, the scan as read (and a reoriented copy), and the larger of the network's step (its
+    float32 input, class sums and weight map on the work grid padded to the patch) and the way back (the class
+    probabilities on the work grid and :data:`SCAN_VOXEL_BYTES` per scan voxel). Measured peaks lie 7-20 % below:
+    a 512x512x400 CT (the example CT tiled) 1.8 GiB at 0.8 x 0.8 x 1 mm (estimated 2.0) and 3.2 GiB at the model's
+    3 mm (3.5), a 512x512x200 DICOM series written as a DICOM SEG 1.2 GiB (1.5), the 122x101x112 example 0.67 GiB
+    (0.79)."""
+    spec = pkg.input_spec
+    orientation = orientation or package_orientation(spec, pkg.path)
+    scan_voxels = int(np.prod([int(n) for n in image.GetSize()]))
+    scan_bytes = scan_voxels * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+    if orientation_of(image) != orientation:
+        scan_bytes *= 2
+    patch_xyz = [int(n) for n in reversed(spec.get("size") or [1, 1, 1])]
+    work = int(np.prod([max(n, p) for n, p in zip(work_grid_size(image, spec, orientation), patch_xyz)]))
+    classes = max(2, len(pkg.class_names))
+    network = 4 * work * (classes + WORK_VOXEL_FLOAT32)
+    back = 4 * work * classes + SCAN_VOXEL_BYTES * scan_voxels
+    return int(SEGMENT_BASE_BYTES + scan_bytes + max(network, back))
+
+
+def max_segment_bytes() -> int:
+    """The memory a ``segment`` run may be estimated to need (:data:`..limits.MAX_SEGMENT_ENV`)."""
+    from ..limits import DEFAULT_MAX_SEGMENT_BYTES, MAX_SEGMENT_ENV, _from_env
+
+    return _from_env(MAX_SEGMENT_ENV, DEFAULT_MAX_SEGMENT_BYTES)
+
+
+def check_segment_input(image: sitk.Image, pkg: Any, source: str | Path | None = None) -> None:
+    """Refuse, before the network is built, what ``pkg`` cannot segment, in this order: a scan smaller than
+    :data:`MIN_PATCH_SHARE` of its patch along an axis (a few voxels are also "not HU" and "a label map", but too
+    small is what is wrong with them), a label map or mask (classify's test,
+    :func:`.model_input.check_input_content`), a scan of the other modality (:func:`check_scan_modality`), and a
+    run whose estimated memory (:func:`segment_memory_bytes`) exceeds :func:`max_segment_bytes`.
+
+    Raises:
+        InputImageError: naming ``source`` and the problem.
+    """
+    from ..limits import MAX_SEGMENT_ENV, human_bytes
+    from .model_input import check_input_content
+
+    spec = pkg.input_spec
+    orientation = package_orientation(spec, pkg.path)
+    patch_xyz = [int(n) for n in reversed(spec.get("size") or [])]
+    if len(patch_xyz) == 3:
+        work = work_grid_size(image, spec, orientation)
+        minimum = [max(1, int(np.ceil(MIN_PATCH_SHARE * p))) for p in patch_xyz]
+        if any(n < m for n, m in zip(work, minimum)):
+            def xyz(values) -> str:
+                return " x ".join(f"{float(v):g}" for v in values)
+
+            spacing = spec.get("spacing_mm")
+            extent = [n * float(v) for n, v in zip(image.GetSize(), image.GetSpacing())]
+            grid = f"{xyz(work)} on its {xyz(spacing)} mm grid" if spacing else f"{xyz(work)} as it reads it"
+            mm = f" = {xyz(m * float(v) for m, v in zip(minimum, spacing))} mm" if spacing else ""
+            raise InputImageError(
+                f"the scan is {xyz(image.GetSize())} voxels ({xyz(extent)} mm), too small for model {pkg.id}: "
+                f"{grid}, where it needs at least {xyz(minimum)}{mm}, a quarter of the {xyz(patch_xyz)}-voxel "
+                "patches it segments", source)
+    check_input_content(image, spec, source)
+    check_scan_modality(image, pkg, source)
+    need, limit = segment_memory_bytes(image, pkg, orientation), max_segment_bytes()
+    if need > limit:
+        raise InputImageError(
+            f"segmenting this {' x '.join(map(str, image.GetSize()))}-voxel scan with model {pkg.id} needs about "
+            f"{human_bytes(need)} of memory (estimated), more than the limit of {human_bytes(limit)}; raise it with "
+            f"{MAX_SEGMENT_ENV} if the machine has the memory", source)
 
 
 def check_scan_modality(image: sitk.Image, pkg: Any, source: str | Path | None = None) -> None:
@@ -116,28 +223,34 @@ def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overl
     the file named in errors.
 
     Raises:
-        InputImageError: a CT package and a scan not in HU (:func:`check_scan_modality`).
+        InputImageError: what :func:`check_segment_input` refuses, before the network is built.
     """
     import torch
 
     pkg = load_segmentation_package(package)
     spec = pkg.input_spec
-    check_scan_modality(image, pkg, source)
     orientation = package_orientation(spec, pkg.path)
+    check_segment_input(image, pkg, source)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = pkg.build_model(device)
     timings["load_model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    # normalisation "auto" only tells CT (air below -500 HU) from the rest: the same answer on the scan as stored as on
+    # a float32 copy, which is not made (a 512x512x400 CT is 0.4 GB more as float32)
     modality = guess_modality(image)
     # the network was trained on arrays in this orientation: a scan stored otherwise is the same anatomy in
     # permuted / mirrored array axes, which it does not recognise
     oriented = work = orient(image, orientation)
     if spec.get("spacing_mm"):
+        # linear interpolation runs in double whatever the stored type; float32 out, as from a float32 copy
         work = resample_to_spacing(oriented, spec["spacing_mm"], interpolator=sitk.sitkLinear,
-                                   default=float(sitk.GetArrayViewFromImage(image).min()))
+                                   default=float(sitk.GetArrayViewFromImage(image).min()),
+                                   pixel_type=sitk.sitkFloat32)
+    resampled = work is not oriented
+    work_grid = (work.GetSize(), work.GetOrigin(), work.GetSpacing(), work.GetDirection())
     array = normalize_intensity(sitk.GetArrayViewFromImage(work), modality, spec.get("normalize"))
+    del oriented, work   # a reoriented copy of the scan, or the work grid's float32 image: the array is what is used
     timings["preprocess"] = time.perf_counter() - t0
     progress("predict", 0.2)
     t0 = time.perf_counter()
@@ -145,31 +258,76 @@ def segment_image(image: sitk.Image, package: Any, *, device: str = "cpu", overl
     logits = sliding_window_logits(model, torch.from_numpy(array)[None, None].to(device), spec["size"],
                                    overlap=overlap if overlap is not None else float(inference.get("overlap", 0.25)),
                                    amp=device.startswith("cuda"))
-    probs = torch.softmax(logits, 1)[0].cpu().numpy()
+    del array
+    probs = softmax_in_place(logits[0]).cpu().numpy()   # (K, Z, Y, X) float32, the logits' own memory on the CPU
+    del logits
     timings["predict"] = time.perf_counter() - t0
     progress("resample", 0.8)
     t0 = time.perf_counter()
-    if work is oriented:  # the scan's own voxels, maybe stored in another order: put the labels back in its order
-        labels = sitk.GetImageFromArray(probs.argmax(0).astype(np.uint8))
-        labels.CopyInformation(work)
+    if not resampled:  # the scan's own voxels, maybe stored in another order: put the labels back in its order
+        labels = sitk.GetImageFromArray(argmax_labels(probs))
+        _set_grid(labels, work_grid)
         labels = sitk.GetArrayFromImage(orient(labels, orientation_of(image)))
     else:  # probabilities back onto the scan grid, then arg-max: smoother borders than resampling labels
         # The work grid keeps the scan's origin and a rounded size, so its last sample can lie up to about half a
         # work voxel inside the scan's last slice: nearest-neighbour extrapolation carries its probabilities out
         # to the scan's edge (with a default of 0 the scan's last slice came back all background).
-        back = []
-        for channel in probs:
-            p = sitk.GetImageFromArray(channel)
-            p.CopyInformation(work)
-            back.append(sitk.GetArrayFromImage(sitk.Resample(p, image, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                             sitk.sitkFloat32, True)))
-        labels = np.stack(back).argmax(0).astype(np.uint8)
+        def on_scan_grid(maps: np.ndarray):
+            for channel in maps:
+                p = sitk.GetImageFromArray(channel)
+                _set_grid(p, work_grid)
+                back = sitk.Resample(p, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32, True)
+                del p
+                yield sitk.GetArrayViewFromImage(back)   # a view, no copy: valid while ``back`` is held, until the
+                del back                                 # arg-max asks for the next class
+
+        labels = argmax_labels(on_scan_grid(probs))
+    del probs
     timings["resample"] = time.perf_counter() - t0
     if min_component_fraction is None:
         min_component_fraction = float(inference.get("min_component_fraction", 0.0))
     labels = remove_small_components(labels, min_component_fraction)
     return labels, {"timing_s": {k: round(v, 3) for k, v in timings.items()}, "model": {"id": pkg.id,
                                                                                           "version": pkg.version}}
+
+
+def _set_grid(image: sitk.Image, grid: tuple) -> None:
+    size, origin, spacing, direction = grid
+    assert tuple(image.GetSize()) == tuple(size)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+
+
+def softmax_in_place(logits: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
+    """``torch.softmax(logits, 0)`` for ``(K, Z, Y, X)`` logits, written over them slab by slab along Z, so no
+    second ``K x`` volume is allocated (4 classes of a 512x512x400 grid: 1.7 GB). Returns ``logits``."""
+    import torch
+
+    k, depth = logits.shape[0], logits.shape[1]
+    step = max(1, chunk_elements // max(1, logits[0, 0].numel() * k))
+    for z in range(0, depth, step):
+        logits[:, z:z + step] = torch.softmax(logits[:, z:z + step], 0)
+    return logits
+
+
+def argmax_labels(channels) -> np.ndarray:
+    """The uint8 arg-max over class maps given one at a time (an iterable of equally shaped arrays, class 0 first):
+    the first class wins a tie, as ``np.argmax`` does, but only a float32 running maximum, the labels and one class
+    map are held, never the stack of all classes or an int64 index."""
+    best = labels = None
+    for index, channel in enumerate(channels):
+        if best is None:
+            best = np.array(channel, dtype=np.float32, copy=True)
+            labels = np.zeros(best.shape, dtype=np.uint8)
+            continue
+        higher = channel > best
+        labels[higher] = index
+        np.copyto(best, channel, where=higher)
+        del higher
+    if labels is None:
+        raise ValueError("no class maps to take the arg-max of")
+    return labels
 
 
 def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, device: str = "cpu",
@@ -201,10 +359,62 @@ def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, 
     else:
         write_segmentation(labels, image, specs, out_path)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=len(names) + 1)
-    return {"input": str(input_path), "output": str(out_path), **info,
-            "segments": {name: {"voxels": int(counts[i]), "volume_ml": round(counts[i] * voxel_ml, 2)}
+    counts = [int(np.count_nonzero(labels == i)) for i in range(len(names) + 1)]   # no int64 copy of the grid
+    limits = stated_limits(pkg)
+    caveat = limits.pop("caveat")
+    dice = (limits.get("validation") or {}).get("dice") or {}
+    return {"input": str(input_path), "output": str(out_path), "model": info["model"], "caveat": caveat,
+            "model_limits": limits, "timing_s": info["timing_s"],
+            "segments": {name: {"voxels": int(counts[i]), "volume_ml": round(counts[i] * voxel_ml, 2),
+                                **({"validation_dice": dice[name]} if name in dice else {})}
                          for i, name in enumerate(names, start=1)}}
+
+
+#: A class whose validation Dice (as the package records it) is below this is named in the caveat: its segment
+#: overlaps the reference less than it misses it, so its volume is not a measurement.
+LOW_DICE = 0.5
+
+
+def stated_limits(pkg: Any) -> dict[str, Any]:
+    """What a segmentation package says of its own limits, for ``segment``'s output: its ``use`` (intended use,
+    not-for list: what classify's report shows, ``report.model_card``), else its ``description`` (the bundled and
+    fine-tuned packages state their limits there: ts-organs-seg "Demo: ... not for clinical use"), its validation
+    figures per class (``metrics.per_class``), and ``caveat``: all of it in one line of words, naming the classes
+    validated below :data:`LOW_DICE`. Read from model.json as shipped; nothing is added to a package."""
+    meta = pkg.meta
+    use = meta.get("use") if isinstance(meta.get("use"), dict) else {}
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    per_class = metrics.get("per_class") if isinstance(metrics.get("per_class"), dict) else {}
+    dice = {name: float(v["dice"]) for name, v in per_class.items()
+            if isinstance(v, dict) and isinstance(v.get("dice"), (int, float))}
+    out: dict[str, Any] = {}
+    words = [f"{pkg.id}@{pkg.version}"]
+    if use.get("intended_use") or use.get("not_for"):
+        out["intended_use"] = str(use.get("intended_use") or "")
+        out["not_for"] = [str(v) for v in use.get("not_for") or []]
+        if out["intended_use"]:
+            words.append(f"intended use: {out['intended_use'].rstrip('.')}.")
+        if out["not_for"]:
+            words.append(f"Not for: {'; '.join(v.rstrip('.') for v in out['not_for'])}.")
+    elif str(meta.get("description") or "").strip():
+        out["description"] = str(meta["description"]).strip()
+        words.append(f"says of itself: {out['description'].rstrip('.')}.")
+    else:
+        words.append("states no intended use.")
+    if dice:
+        cases = metrics.get("cases")
+        out["validation"] = {"split": metrics.get("split"), "cases": cases, "dice": dice}
+        on = f" ({cases} case{'s' if cases != 1 else ''})" if isinstance(cases, int) else ""
+        words.append(f"Validation Dice recorded in the package{on}: "
+                     f"{', '.join(f'{n} {d:.2f}' for n, d in dice.items())}.")
+        low = [n for n, d in dice.items() if d < LOW_DICE]
+        if low:
+            words.append(f"Below Dice {LOW_DICE:g} in validation: {', '.join(low)}, so "
+                         f"{'its volume is' if len(low) == 1 else 'their volumes are'} not a measurement.")
+    else:
+        words.append("The package records no validation Dice per class.")
+    out["caveat"] = " ".join(words)
+    return out
 
 
 def normalize_intensity(array: np.ndarray, modality: str, spec: dict[str, Any] | None = None) -> np.ndarray:
@@ -217,15 +427,22 @@ def normalize_intensity(array: np.ndarray, modality: str, spec: dict[str, Any] |
     kind = spec["kind"]
     if kind == "auto":
         kind = "ct_window" if modality == "CT" else "percentile"
-    array = np.asarray(array, dtype=np.float32)
+    values = np.asarray(array, dtype=np.float32)
     if kind == "ct_window":
         lo, hi = spec["ct_window_hu"]
     elif kind == "percentile":
-        lo, hi = np.percentile(array, spec["percentiles"])
+        lo, hi = np.percentile(values, spec["percentiles"])
     else:
         raise ConfigError(f"unknown intensity normalisation {kind!r}")
     scale = float(hi - lo) or 1.0
-    return np.clip((array - lo) / scale, 0.0, 1.0).astype(np.float32)
+    # in place on one copy, in the type ``(values - lo) / scale`` computes in (float64 with numpy's percentiles),
+    # so the values are the expression's without its four temporaries of the whole grid; the caller's array is
+    # never written
+    out = values.astype(np.result_type(values, lo, scale), copy=np.may_share_memory(values, array))
+    out -= lo
+    out /= scale
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
 
 
 def resampled_size(size: Sequence[int], spacing_mm: Sequence[float], new_spacing_mm: Sequence[float]) -> list[int]:
@@ -251,14 +468,17 @@ def oriented_grid(image: sitk.Image, orientation: str) -> tuple[tuple[int, ...],
 
 
 def resample_to_spacing(image: sitk.Image, spacing_mm: Sequence[float], *, interpolator: int = sitk.sitkLinear,
-                        default: float = 0.0) -> sitk.Image:
-    """Resample ``image`` to ``spacing_mm`` (x, y, z) over the same physical extent, keeping origin and direction."""
+                        default: float = 0.0, pixel_type: int | None = None) -> sitk.Image:
+    """Resample ``image`` to ``spacing_mm`` (x, y, z) over the same physical extent, keeping origin and direction.
+
+    ``pixel_type``: the result's (default: ``image``'s); ``image`` itself is returned when the spacing is already
+    ``spacing_mm``, whatever its type."""
     spacing = [float(s) for s in spacing_mm]
     if np.allclose(spacing, image.GetSpacing(), rtol=1e-4):
         return image
     size = resampled_size(image.GetSize(), image.GetSpacing(), spacing)
     return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), spacing,
-                         image.GetDirection(), default, image.GetPixelID())
+                         image.GetDirection(), default, image.GetPixelID() if pixel_type is None else pixel_type)
 
 
 def sliding_window_logits(model: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int], *,
@@ -278,20 +498,30 @@ def remove_small_components(labels: np.ndarray, min_fraction: float = 0.1) -> np
 
     Organs are one or two large objects (kidneys: two); a network trained on a few scans also fires in small
     scattered spots, which HD95 punishes and users must erase by hand. Uses SimpleITK's 26-connected
-    ``ConnectedComponent`` + ``RelabelComponent``. ``min_fraction <= 0`` returns ``labels`` unchanged.
+    ``ConnectedComponent``; component sizes are counted slab by slab, so besides the labels and their copy only the
+    class mask and ITK's uint32 component map are held (a relabelled map and ``np.bincount``'s int64 copy of the
+    whole grid were). ``min_fraction <= 0`` returns ``labels`` unchanged.
     """
     if min_fraction <= 0:
         return labels
     out = labels.copy()
-    for value in np.unique(labels):
-        if value == 0:
+    slab = max(1, (1 << 22) // max(1, int(np.prod(labels.shape[1:]))))
+    for value in range(1, int(labels.max(initial=0)) + 1):
+        mask = sitk.GetImageFromArray((labels == value).view(np.uint8))
+        finder = sitk.ConnectedComponentImageFilter()
+        finder.FullyConnectedOn()
+        components = finder.Execute(mask)
+        del mask
+        count = finder.GetObjectCount()
+        if count <= 1:
             continue
-        mask = sitk.GetImageFromArray((labels == value).astype(np.uint8))
-        components = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True))  # 1 = largest
         comp = sitk.GetArrayViewFromImage(components)
-        sizes = np.bincount(comp.ravel())
-        if len(sizes) <= 2:
-            continue
-        small = np.nonzero(sizes[1:] < min_fraction * sizes[1])[0] + 1
-        out[np.isin(comp, small)] = 0
+        sizes = np.zeros(count + 1, dtype=np.int64)
+        for z in range(0, comp.shape[0], slab):
+            sizes += np.bincount(comp[z:z + slab].ravel(), minlength=count + 1)
+        small = np.nonzero(sizes[1:] < min_fraction * sizes[1:].max())[0] + 1
+        if small.size:
+            for z in range(0, comp.shape[0], slab):
+                out[z:z + slab][np.isin(comp[z:z + slab], small)] = 0
+        del comp, components
     return out

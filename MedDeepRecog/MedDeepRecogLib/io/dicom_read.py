@@ -55,6 +55,15 @@ def looks_like_dicom(path: Path) -> bool:
         return False
 
 
+def _holds_dicom(folder: Path, probe: int = 16) -> bool:
+    """Whether ``folder`` holds a DICOM file among its first ``probe`` files (a series folder of a study)."""
+    try:
+        files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    except OSError:
+        return False
+    return any(looks_like_dicom(f) for f in files[:probe])
+
+
 def _mentions(path: Path, uid: str, limit: int = 1 << 16) -> bool:
     """True if the file's first bytes (its header) hold the series UID: a slice of that series."""
     try:
@@ -140,6 +149,14 @@ def dicom_series(folder: str | Path) -> tuple[dict[str, tuple[str, ...]], str]:
             raise InputImageError("the folder is empty: give a scan, a DICOM series folder or a folder of PNG/JPEG "
                                   "pictures", folder)
         files = sorted(f for f in Path(folder).iterdir() if f.is_file() and not f.name.startswith("."))
+        series_folders = [d for d in sorted(Path(folder).iterdir()) if d.is_dir() and not d.name.startswith(".")
+                          and _holds_dicom(d)]
+        if series_folders and not any(looks_like_dicom(f) for f in files):
+            names = ", ".join(d.name for d in series_folders[:5]) + (
+                f" and {len(series_folders) - 5} more" if len(series_folders) > 5 else "")
+            raise InputImageError(f"a folder of {len(series_folders)} DICOM series folder"
+                                  f"{'s' if len(series_folders) > 1 else ''} ({names}), not one series: give the "
+                                  f"series folder itself, e.g. {Path(folder) / series_folders[0].name}", folder)
         if files and not any(looks_like_dicom(f) for f in files):
             names = ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
             raise InputImageError(f"the folder holds no scan: no DICOM file and no NIfTI, NRRD, MHA, PNG or JPEG file "

@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError
 from .atomic import atomic_output
-from .dicom_read import dicom_series
+from .dicom_read import dicom_series, looks_like_dicom
+from .segmentation_io import segment_color
 
 #: Tags ``info`` prints for a DICOM input: what the series is, never who the patient is.
 DESCRIPTIVE_TAGS = ("Modality", "SeriesDescription", "StudyDescription", "BodyPartExamined", "ProtocolName",
@@ -38,6 +39,10 @@ def dicom_series_files(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     if path.is_file():
+        if not looks_like_dicom(path):   # a NIfTI, NRRD... (pydicom's own words would be "Use force=True")
+            raise InputImageError(f"not a DICOM file ({_format_name(path)}): a DICOM Segmentation (.dcm) output "
+                                  "references the DICOM series it was made from, so it needs a DICOM series input; "
+                                  "write a .seg.nrrd instead", path)
         return [path]
     try:
         files_by_series, chosen = dicom_series(path)
@@ -47,13 +52,24 @@ def dicom_series_files(path: str | Path) -> list[Path]:
     return [Path(f) for f in files_by_series[chosen]]
 
 
+def _format_name(path: Path) -> str:
+    """What kind of file ``path`` is by its name, for a message: "a NIfTI file", or "no DICOM header"."""
+    low = path.name.lower()
+    for suffixes, kind in (((".nii", ".nii.gz"), "NIfTI"), ((".nrrd", ".nhdr"), "NRRD"), ((".mha", ".mhd"), "MetaImage"),
+                           ((".png", ".jpg", ".jpeg"), "picture")):
+        if low.endswith(suffixes):
+            return f"a {kind} file"
+    return "no DICOM header"
+
+
 def _read_header(path: Path):
     import pydicom
 
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as exc:  # pydicom.errors.InvalidDicomError and friends
-        raise InputImageError(f"not a DICOM file ({exc})", path) from None
+        reason = str(exc).replace(" Use force=True to force reading.", "").strip()   # not advice for our users
+        raise InputImageError(f"not a DICOM file ({reason})", path) from None
 
 
 def describe_dicom(path: str | Path) -> dict:
@@ -128,25 +144,12 @@ def check_dicom_seg_source(source: str | Path) -> None:
 
 
 def _codes(name: str):
-    """(category, type) codes of a segment named ``name``: SNOMED CT for known structures, else a local code."""
+    """(category, type) coded concepts of a segment named ``name`` (:func:`.segmentation_io.segment_codes`)."""
     from highdicom.sr.coding import CodedConcept
-    from pydicom.sr.codedict import codes
 
-    base = name.split(":")[0].strip()
-    key = "".join(part.capitalize() for part in base.replace("-", "_").replace(" ", "_").split("_") if part)
-    key = {"Tumour": "Tumor", "Tumours": "Tumor", "Oesophagus": "Esophagus"}.get(key, key)
-    for candidate in (key, key.rstrip("s")):
-        try:
-            code = getattr(codes.SCT, candidate)
-        except AttributeError:
-            continue
-        category = codes.SCT.MorphologicallyAbnormalStructure if candidate in (
-            "Lesion", "Tumor", "Neoplasm", "Nodule", "Mass") else codes.SCT.AnatomicalStructure
-        return (CodedConcept(category.value, category.scheme_designator, category.meaning),
-                CodedConcept(code.value, code.scheme_designator, code.meaning))
-    tissue = codes.SCT.Tissue
-    return (CodedConcept(tissue.value, tissue.scheme_designator, tissue.meaning),
-            CodedConcept(f"MDR-{key[:10] or 'SEGMENT'}", "99MDR", base[:64] or "segment"))
+    from .segmentation_io import segment_codes
+
+    return tuple(CodedConcept(value, scheme, meaning) for scheme, value, meaning in segment_codes(name))
 
 
 def write_dicom_seg(labels: np.ndarray, image: sitk.Image, source: str | Path, segments: Sequence[tuple[int, str]],
@@ -179,11 +182,14 @@ def write_dicom_seg(labels: np.ndarray, image: sitk.Image, source: str | Path, s
     for number, (value, name) in enumerate(present, start=1):
         lut[value] = number
         category, kind = _codes(name)
+        # the colour the .seg.nrrd gives it (Slicer's anatomy colour for an organ), as RecommendedDisplayCIELabValue
+        rgb = [round(255 * c) for c in segment_color(name, number - 1)]
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=name[:64], segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm_id))
-    pixel = lut[labels.astype(np.int64)].astype(np.uint16 if len(present) > 255 else np.uint8)
+            algorithm_identification=algorithm_id, display_color=hd.color.CIELabColor.from_rgb(*rgb)))
+    # the label values index the look-up table as they are (an int64 copy of the volume was 8 bytes a voxel)
+    pixel = lut.astype(np.uint16 if len(present) > 255 else np.uint8)[labels]
     ref = datasets[0]
     seg = hd.seg.Segmentation(
         source_images=datasets, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

@@ -23,6 +23,68 @@ DEFAULT_COLORS = [
     (0.87, 0.80, 0.22), (0.56, 0.35, 0.65), (0.32, 0.55, 0.78), (0.90, 0.55, 0.20), (0.40, 0.75, 0.45),
 ]
 
+#: Colours (RGB 0-255) of organs by their SNOMED CT code, as Slicer's GenericAnatomyColors table gives them (Slicer
+#: Base/Logic/Resources/ColorFiles/GenericAnatomyColors.txt: liver, spleen, right_kidney / left_kidney), so a
+#: segment named for the organ looks as Slicer colours it (by index the liver came out green "tissue", the spleen
+#: bone-coloured).
+ANATOMY_COLORS = {
+    "10200004": (221, 130, 101),   # liver
+    "78961009": (157, 108, 162),   # spleen
+    "64033007": (185, 102, 83),    # kidney
+}
+
+#: Slicer's terminology context of the category and type codes written (pydicom's DICOM codes: CID 7150 / 7151)
+#: and of the (empty) anatomic region: the ``TerminologyEntry`` tag's first and fifth fields.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+def segment_codes(name: str) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """``(category, type)`` codes, each ``(scheme, value, meaning)``, of a segment named ``name``: SNOMED CT for a
+    structure pydicom's code dictionary knows by that name (liver, spleen, kidney, lesion, ...: category Anatomical
+    Structure, or Morphologically Abnormal Structure for lesions), else category Tissue and a local code (scheme
+    ``99MDR``). The one place a segment's codes are decided: the DICOM SEG's coded concepts, the ``.seg.nrrd``'s
+    terminology tags and its colour (:data:`ANATOMY_COLORS`) come from it."""
+    from pydicom.sr.codedict import codes
+
+    base = name.split(":")[0].strip()
+    key = "".join(part.capitalize() for part in base.replace("-", "_").replace(" ", "_").split("_") if part)
+    key = {"Tumour": "Tumor", "Tumours": "Tumor", "Oesophagus": "Esophagus"}.get(key, key)
+    for candidate in (key, key.rstrip("s")):
+        try:
+            code = getattr(codes.SCT, candidate)
+        except AttributeError:
+            continue
+        category = codes.SCT.MorphologicallyAbnormalStructure if candidate in (
+            "Lesion", "Tumor", "Neoplasm", "Nodule", "Mass") else codes.SCT.AnatomicalStructure
+        return ((category.scheme_designator, category.value, category.meaning),
+                (code.scheme_designator, code.value, code.meaning))
+    tissue = codes.SCT.Tissue
+    return ((tissue.scheme_designator, tissue.value, tissue.meaning),
+            ("99MDR", f"MDR-{key[:10] or 'SEGMENT'}", base[:64] or "segment"))
+
+
+def segment_color(name: str, index: int, color: tuple[float, float, float] | None = None) -> tuple[float, ...]:
+    """RGB 0-1 of the ``index``-th segment, named ``name``: ``color`` if given, else the organ's Slicer colour
+    (:data:`ANATOMY_COLORS`, by :func:`segment_codes`), else :data:`DEFAULT_COLORS` by index."""
+    if color:
+        return tuple(float(c) for c in color)
+    rgb = ANATOMY_COLORS.get(segment_codes(name)[1][1])
+    if rgb:
+        return tuple(round(c / 255.0, 6) for c in rgb)
+    return DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
+
+
+def segment_terminology(name: str) -> dict | None:
+    """The Slicer terminology entry (slicerio's ``terminology`` dict, written as the ``TerminologyEntry`` tag) of a
+    segment whose name has a SNOMED CT code (:func:`segment_codes`), else ``None`` (a local code names nothing
+    Slicer knows)."""
+    category, kind = segment_codes(name)
+    if kind[0] != "SCT":
+        return None
+    return {"contextName": TERMINOLOGY_CONTEXT, "category": list(category), "type": list(kind),
+            "anatomicContextName": ANATOMIC_CONTEXT}
+
 
 @dataclass(frozen=True)
 class SegmentSpec:
@@ -58,13 +120,38 @@ def write_segmentation(labelmap: np.ndarray, reference: sitk.Image, segments: Se
         raise ValueError(f"label map shape {labelmap.shape} does not match reference grid {expected}")
     seg = slicerio.create_segmentation(reference.GetSize(), ijk_to_lps(reference), dtype="uint8")
     voxels_ijk = np.transpose(np.asarray(labelmap), (2, 1, 0))
+    layer = seg["voxels"]
     for index, spec in enumerate(segments):
-        color = spec.color or DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
-        slicerio.add_segment(seg, voxels_ijk == spec.label,
-                             {"id": f"Segment_{spec.label}", "name": spec.name, "color": [float(c) for c in color]})
+        fields = {"id": f"Segment_{spec.label}", "name": spec.name,
+                  "color": [float(c) for c in segment_color(spec.name, index, spec.color)]}
+        terminology = segment_terminology(spec.name)
+        if terminology:
+            fields["terminology"] = terminology
+        mask = voxels_ijk == spec.label
+        if len(segments) > np.iinfo(layer.dtype).max:
+            slicerio.add_segment(seg, mask, fields)   # more segments than one uint8 layer holds: slicerio adds layers
+            continue
+        # what slicerio.add_segment does for segments that never overlap (label values 1, 2, ... in layer 0), with
+        # the extent from the mask's projections: add_segment lists every voxel of the segment (24 bytes each)
+        layer[mask] = index + 1
+        seg.setdefault("segments", []).append({**fields, "labelValue": index + 1, "layer": 0,
+                                               "extent": _extent(mask)})
+        del mask
     with atomic_output(path) as tmp:
         slicerio.write_segmentation(str(tmp), seg)
     return path
+
+
+def _extent(mask_ijk: np.ndarray) -> list[int]:
+    """``[i0, i1, j0, j1, k0, k1]``: the first and last index along each axis holding a voxel of ``mask_ijk`` (a
+    Slicer segment's extent), ``[0, -1, 0, -1, 0, -1]`` when it is empty."""
+    out: list[int] = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask_ijk.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not hit.size:
+            return [0, -1, 0, -1, 0, -1]
+        out += [int(hit[0]), int(hit[-1])]
+    return out
 
 
 def _check_segmentation_header(path: Path) -> None:
