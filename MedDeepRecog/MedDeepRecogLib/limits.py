@@ -129,6 +129,10 @@ def max_batch_bytes() -> int:
     return _from_env(MAX_BATCH_ENV, DEFAULT_MAX_BATCH_BYTES)
 
 
+def max_segment_bytes() -> int:
+    return _from_env(MAX_SEGMENT_ENV, DEFAULT_MAX_SEGMENT_BYTES)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
         if abs(n) < 1024 or unit == "EiB":

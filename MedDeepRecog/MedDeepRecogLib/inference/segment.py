@@ -111,24 +111,17 @@ def segment_memory_bytes(image: sitk.Image, pkg: Any, orientation: str | None = 
     return int(SEGMENT_BASE_BYTES + scan_bytes + max(network, back))
 
 
-def max_segment_bytes() -> int:
-    """The memory a ``segment`` run may be estimated to need (:data:`..limits.MAX_SEGMENT_ENV`)."""
-    from ..limits import DEFAULT_MAX_SEGMENT_BYTES, MAX_SEGMENT_ENV, _from_env
-
-    return _from_env(MAX_SEGMENT_ENV, DEFAULT_MAX_SEGMENT_BYTES)
-
-
 def check_segment_input(image: sitk.Image, pkg: Any, source: str | Path | None = None) -> None:
     """Refuse, before the network is built, what ``pkg`` cannot segment, in this order: a scan smaller than
     :data:`MIN_PATCH_SHARE` of its patch along an axis (a few voxels are also "not HU" and "a label map", but too
     small is what is wrong with them), a label map or mask (classify's test,
     :func:`.model_input.check_input_content`), a scan of the other modality (:func:`check_scan_modality`), and a
-    run whose estimated memory (:func:`segment_memory_bytes`) exceeds :func:`max_segment_bytes`.
+    run whose estimated memory (:func:`segment_memory_bytes`) exceeds :func:`..limits.max_segment_bytes`.
 
     Raises:
         InputImageError: naming ``source`` and the problem.
     """
-    from ..limits import MAX_SEGMENT_ENV, human_bytes
+    from ..limits import MAX_SEGMENT_ENV, human_bytes, max_segment_bytes
     from .model_input import check_input_content
 
     spec = pkg.input_spec
