@@ -56,11 +56,6 @@ SCAN_NODE_TYPES = ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
 MASK_NODE_TYPES = ["vtkMRMLLabelMapVolumeNode"]
 
 
-class RunRefused(ValueError):
-    """A run refused before its worker starts, for a reason the user fixes in the scene (e.g. overlapping training
-    segments): the panel says it in that run's status line."""
-
-
 def _importName(requirement):
     """Import name of a requirement line ('PyYAML>=6' -> 'yaml'), for the Slicer 5.10 fallback check."""
     name = requirement.split(";")[0].split("[")[0].strip()
@@ -411,8 +406,6 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 method(self._parameterNode, onProgress=self._progress(bar, label),
                        onFinished=self._finished(kind, bar, label, onSuccess))
-            except RunRefused as refusal:  # the scene needs fixing first: said where the run's progress shows
-                label.text = f"Not started: {refusal}"
             except Exception:
                 label.text = ""  # nothing started; the error display says why
                 raise
@@ -911,11 +904,6 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         classMap = {segment: cls for segment, cls in scene_io.readTableColumns(p.classMapTable) if cls.strip()}
         if not classMap:
             raise ValueError("Map at least one segment to a class in the segment → class table.")
-        overlaps = scene_io.segmentOverlaps(p.trainingSegmentation, volume, classMap)
-        if overlaps:  # the core would give each shared voxel to the later segment: labels changed without a word
-            pairs = ", ".join(f"'{a}' and '{b}' in {n:,} voxel{'s' if n != 1 else ''}" for a, b, n in overlaps)
-            raise RunRefused(f"segments overlap: {pairs}. A voxel can be of one class only; remove the overlap "
-                             "(Segment Editor) and start again.")
         with self._workDir() as workDir:
             manifest = {"cases": [{"id": volume.GetName(),
                                    "image": str(scene_io.exportVolume(volume, workDir)),

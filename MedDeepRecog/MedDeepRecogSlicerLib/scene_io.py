@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import slicer
 import vtk
 from slicer import (vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode,
@@ -35,54 +34,6 @@ def exportVolume(volumeNode: vtkMRMLVolumeNode, folder: Path) -> Path:
     if not slicer.util.exportNode(volumeNode, str(path), properties={}):
         raise RuntimeError(f"{path}: could not write volume '{volumeNode.GetName()}'")
     return path
-
-
-def segmentOverlaps(segmentationNode: vtkMRMLSegmentationNode, referenceVolume: vtkMRMLVolumeNode,
-                    names=None) -> list[tuple[str, str, int]]:
-    """Pairs of segments that share voxels on ``referenceVolume``'s grid (where the core reads them), as
-    ``(name, name, voxels)`` in segment order; only pairs with a segment in ``names`` (all pairs when ``None``).
-
-    The core flattens a segmentation into one label per voxel, a shared voxel going to the later segment: an
-    overlap changes the labels (or the segment's shape) it learns from without a word, so the caller refuses it."""
-    segmentation = segmentationNode.GetSegmentation()
-    if segmentation.GetSourceRepresentationName() == "Binary labelmap" and segmentation.GetNumberOfLayers() < 2:
-        return []  # one shared label map: each voxel holds one segment
-    segmentIds = list(segmentation.GetSegmentIDs())
-    voxels = _segmentVoxels(segmentationNode, segmentIds, referenceVolume)
-    wanted = None if names is None else set(names)
-    overlaps = []
-    for i, first in enumerate(segmentIds):
-        for second in segmentIds[i + 1:]:
-            pair = (segmentation.GetSegment(first).GetName(), segmentation.GetSegment(second).GetName())
-            if wanted is not None and not wanted.intersection(pair):
-                continue
-            shared = np.intersect1d(voxels[first], voxels[second], assume_unique=True).size
-            if shared:
-                overlaps.append((*pair, int(shared)))
-    return overlaps
-
-
-def _segmentVoxels(segmentationNode: vtkMRMLSegmentationNode, segmentIds: list[str],
-                   referenceVolume: vtkMRMLVolumeNode) -> dict[str, np.ndarray]:
-    """Each segment's voxels on ``referenceVolume``'s grid as sorted flat indices. The temporary label map is removed
-    with its display node and the colour table the export made for it."""
-    colours = {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLColorNode")}
-    labelmap = slicer.modules.volumes.logic().CreateAndAddLabelVolume(referenceVolume, "__temp__")
-    try:
-        voxels = {}
-        for segmentId in segmentIds:
-            ids = vtk.vtkStringArray()
-            ids.InsertNextValue(segmentId)
-            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap,
-                                                                                     referenceVolume):
-                raise RuntimeError(f"could not read segment '{segmentId}' of '{segmentationNode.GetName()}'")
-            voxels[segmentId] = np.flatnonzero(slicer.util.arrayFromVolume(labelmap))
-    finally:
-        removeNodeAndHelpers(labelmap)
-        for node in slicer.util.getNodesByClass("vtkMRMLColorNode"):
-            if node.GetID() not in colours:
-                slicer.mrmlScene.RemoveNode(node)
-    return voxels
 
 
 def exportSegmentation(segmentationNode: vtkMRMLSegmentationNode, folder: Path) -> Path:

@@ -71,6 +71,32 @@ def test_seg_nrrd_names_kept_unmapped_and_empty_reported(tmp_path):
         resolve_classes([nothing], parse_class_map("spleen=S"), tmp_path)
 
 
+def test_overlapping_segments_a_class_learns_from_are_refused_naming_them(tmp_path):
+    """A layered .seg.nrrd (Slicer puts an overlapping segment in a new layer) was flattened without a word: the
+    later segment took the shared voxels, so fine-tuning learnt labels the user never drew. Refused when either
+    segment maps to a class; an overlap between segments mapped to nothing is left alone."""
+    from MedDeepRecogLib.io import SegmentSpec, read_segmentation, write_segment_masks
+
+    image, _ = synthetic_case(tmp_path, "c")
+    reference = sitk.ReadImage(str(image))
+    z, y, x = np.mgrid[:24, :32, :32]
+    tumour = (x - 12) ** 2 + (y - 12) ** 2 + (z - 12) ** 2 < 30
+    cyst = (x - 16) ** 2 + (y - 12) ** 2 + (z - 12) ** 2 < 20
+    rim, edge, far = (x < 4) & (z < 6), (x < 3) & (z < 4), (x > 26) & (z > 18)
+    seg = write_segment_masks([(SegmentSpec("tumor", 1), tumour), (SegmentSpec("cyst", 2), cyst),
+                               (SegmentSpec("rim", 3), rim), (SegmentSpec("edge", 4), edge),
+                               (SegmentSpec("far", 5), far)], reference, tmp_path / "layered.seg.nrrd")
+    _, _, specs = read_segmentation(seg)
+    shared = int((tumour & cyst).sum())
+    assert shared and specs[1].overlaps == (("tumor", shared),) and specs[3].overlaps == (("rim", int(edge.sum())),)
+    for mapping in ("tumor=lesion,cyst=lesion", "tumor=lesion"):   # one mapped segment is enough
+        with pytest.raises(MedDeepRecogError, match=f"segments overlap: 'tumor' and 'cyst' in {shared} voxels; a "
+                                                    "voxel can be of one class only"):
+            load_case(Case("c", image, seg), parse_class_map(mapping))
+    item = load_case(Case("c", image, seg), parse_class_map("far=F"))   # the overlapping ones map to nothing
+    assert [s.class_name for s in item.segments] == [None, None, None, None, "F"]
+
+
 def test_flipped_axis_segmentation_is_resampled_exactly(tmp_path, caplog):
     image_path, _ = synthetic_case(tmp_path, "c")
     image = sitk.ReadImage(str(image_path))

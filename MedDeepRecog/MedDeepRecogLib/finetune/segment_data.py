@@ -69,10 +69,17 @@ def load_case(case: Case, class_map: ClassMap, *, geometry: str = "physical") ->
     same names usually recur in every case.
 
     Raises:
-        MedDeepRecogError / InputImageError: unreadable files, grids that do not overlap, no segments at all.
+        MedDeepRecogError / InputImageError: unreadable files, grids that do not overlap, no segments at all,
+            segments that share voxels where either maps to a class.
     """
     scan = read_scan_segments(case.image, case.segmentation, label_table=case.label_table,
                               geometry=case.geometry if geometry == "physical" else geometry, where=case.case_id)
+    learnt = [(a, b, n) for a, b, n in scan.overlaps if class_map.class_of(a) or class_map.class_of(b)]
+    if learnt:   # the map gives shared voxels to the later segment: labels the user never drew
+        pairs = ", ".join(f"{a!r} and {b!r} in {n:,} voxel{'s' if n != 1 else ''}" for a, b, n in learnt)
+        raise MedDeepRecogError(f"case {case.case_id!r}: segments overlap: {pairs}; a voxel can be of one class "
+                                "only: remove the overlap (Segment Editor) and save the segmentation again",
+                                case.segmentation)
     for message in scan.warnings:  # resampling: case by case
         log.warning(message)
     warnings = list(scan.warnings)

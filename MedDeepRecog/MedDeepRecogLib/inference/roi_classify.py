@@ -45,6 +45,8 @@ class ScanSegments:
         names: segment names in file order.
         modality: ``"CT"``, ``"MR"`` or ``"unknown"`` (DICOM tag, else intensities).
         warnings: problems worth telling the user (a resampled segmentation), each naming the case.
+        overlaps: ``(earlier name, later name, voxels)`` for segments of a layered ``.seg.nrrd`` that share voxels;
+            ``segment_map`` gives those voxels to the later one.
     """
 
     image: sitk.Image
@@ -52,6 +54,7 @@ class ScanSegments:
     names: list[str]
     modality: str
     warnings: list[str] = field(default_factory=list)
+    overlaps: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 def read_scan_segments(image_path: str | Path, segmentation_path: str | Path, *, label_table: str | None = None,
@@ -73,21 +76,23 @@ def read_scan_segments(image_path: str | Path, segmentation_path: str | Path, *,
     del stored
     validate_intensities(image, image_path)
     warnings: list[str] = []
-    segment_map, grid, names = read_segment_map(segmentation_path, label_table, where)
+    segment_map, grid, names, overlaps = read_segment_map(segmentation_path, label_table, where)
     if not names:
         raise MedDeepRecogError(f"case {where!r}: segmentation has no segments (all voxels are 0)", segmentation_path)
     segment_map = align_to_scan(segment_map, grid, image, where=where, path=segmentation_path, geometry=geometry,
                                 warnings=warnings)
-    return ScanSegments(image, segment_map, names, modality, warnings)
+    return ScanSegments(image, segment_map, names, modality, warnings, overlaps)
 
 
-def read_segment_map(path: Path, label_table: str | None = None, where: str = "input") -> tuple[np.ndarray, sitk.Image,
-                                                                                              list[str]]:
-    """Segment map ``(Z, Y, X)`` (1..N), its grid and segment names, from a ``.seg.nrrd`` or a label map (whose
-    values ``label_table`` names; unnamed values read ``label_<value>``). ``where`` names the case in messages."""
+def read_segment_map(path: Path, label_table: str | None = None,
+                     where: str = "input") -> tuple[np.ndarray, sitk.Image, list[str], list[tuple[str, str, int]]]:
+    """Segment map ``(Z, Y, X)`` (1..N), its grid, segment names and overlaps (``(earlier, later, voxels)``, a
+    layered ``.seg.nrrd``'s only), from a ``.seg.nrrd`` or a label map (whose values ``label_table`` names; unnamed
+    values read ``label_<value>``). ``where`` names the case in messages."""
     if path.name.lower().endswith(".seg.nrrd"):
         labelmap, grid, specs = read_segmentation(path)
-        return labelmap.astype(np.uint16), grid, [s.name for s in specs]
+        overlaps = [(earlier, s.name, n) for s in specs for earlier, n in s.overlaps]
+        return labelmap.astype(np.uint16), grid, [s.name for s in specs], overlaps
     image = require_3d(read_image(path), path)
     values = array_from_image(image)
     if np.issubdtype(values.dtype, np.floating):
@@ -105,7 +110,7 @@ def read_segment_map(path: Path, label_table: str | None = None, where: str = "i
         lut[value] = index
     grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(image)
-    return lut[values], grid, names
+    return lut[values], grid, names, []
 
 
 def read_label_table(spec: str | Path) -> dict[int, str]:

@@ -93,6 +93,10 @@ class SegmentSpec:
     name: str
     label: int
     color: tuple[float, float, float] | None = None
+    #: ``(earlier segment's name, voxels)`` for each earlier segment of the file this one overlaps (a
+    #: ``.seg.nrrd`` of several layers): in the label map those voxels are this segment's (see
+    #: :func:`read_segmentation`)
+    overlaps: tuple[tuple[str, int], ...] = ()
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:
@@ -185,7 +189,9 @@ def _check_segmentation_header(path: Path) -> None:
 def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[SegmentSpec]]:
     """Read a ``.seg.nrrd`` (or a plain label map) into a ``(Z, Y, X)`` label map, its grid and its segments.
 
-    Overlapping segments (several layers) are flattened in segment order: later segments win where they overlap.
+    Overlapping segments (several layers) are flattened in segment order: later segments win where they overlap,
+    and each segment's :attr:`SegmentSpec.overlaps` says which earlier ones it took voxels from, and how many (a
+    caller that learns from the labels refuses them: :func:`..finetune.segment_data.load_case`).
 
     Returns:
         ``(labelmap, reference, segments)``: labels renumbered 1..N in segment order, ``reference`` an empty
@@ -215,10 +221,15 @@ def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[Se
         segments = [{"name": f"label_{v}", "labelValue": v, "layer": 0} for v in values]
     for new_label, segment in enumerate(segments, start=1):
         layer = voxels[segment.get("layer", 0)] if voxels.ndim == 4 else voxels
-        labelmap_ijk[layer == segment["labelValue"]] = new_label
+        mask = layer == segment["labelValue"]
+        overlaps: tuple[tuple[str, int], ...] = ()
+        if voxels.ndim == 4 and voxels.shape[0] > 1:   # one layer holds one segment per voxel
+            taken = np.bincount(labelmap_ijk[mask], minlength=new_label)[1:]
+            overlaps = tuple((specs[k].name, int(n)) for k, n in enumerate(taken) if n)
+        labelmap_ijk[mask] = new_label
         color = segment.get("color")
         specs.append(SegmentSpec(str(segment.get("name", f"label_{new_label}")), new_label,
-                                 tuple(float(c) for c in color) if color is not None else None))
+                                 tuple(float(c) for c in color) if color is not None else None, overlaps))
     return np.transpose(labelmap_ijk, (2, 1, 0)), reference, specs
 
 
