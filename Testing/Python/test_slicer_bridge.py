@@ -415,6 +415,14 @@ def test_segment_volumes_are_read_or_refused_with_the_file_named(tmp_path):
     assert volumes.result_text() == "liver: <b>745.1 ml</b><br>kidney: <b>0.0 ml</b> (not found)"
     assert (model_task("ts-organs-seg"), model_task("body-region"), model_task("no-such-model")) == \
         ("segmentation", "classification", None)
+    # the package's own limits, as segment reports them: a class validated below Dice 0.5 is marked, and the
+    # caveat follows the volumes (the panel showed plain millilitres of a demo model's kidney)
+    stated = {**result, "caveat": "ts-organs-seg@1.0.0 says of itself: Demo ... not for clinical use.",
+              "model_limits": {"validation": {"dice": {"liver": 0.84, "kidney": 0.05}}}}
+    text = read_segment_volumes(stated, out).result_text()
+    assert text.startswith("liver: <b>745.1 ml</b><br>kidney: <b>0.0 ml</b> (not found) (validation Dice 0.05: "
+                           "not a measurement)")
+    assert text.endswith("<br><i>ts-organs-seg@1.0.0 says of itself: Demo ... not for clinical use.</i>")
 
 
 def test_worker_errors_reach_the_panel_in_its_words(tmp_path):

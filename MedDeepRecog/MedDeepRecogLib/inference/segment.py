@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..contract import LOW_DICE
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import SegmentSpec, read_image, require_3d, validate_intensities, write_segmentation
 from ..io.image_content import guess_modality
@@ -363,9 +364,6 @@ def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, 
                          for i, name in enumerate(names, start=1)}}
 
 
-#: A class whose validation Dice (as the package records it) is below this is named in the caveat: its segment
-#: overlaps the reference less than it misses it, so its volume is not a measurement.
-LOW_DICE = 0.5
 
 
 def stated_limits(pkg: Any) -> dict[str, Any]:

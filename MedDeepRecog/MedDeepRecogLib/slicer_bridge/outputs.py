@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contract import output_file, output_stem
+from ..contract import LOW_DICE, output_file, output_stem
 from ..errors import MedDeepRecogError
 
 
@@ -243,13 +243,20 @@ class SegmentVolumes:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def result_text(self) -> str:
-        """Rich text for the panel's result line: one ``segment: N ml`` per segment."""
+        """Rich text for the panel's result line: one ``segment: N ml`` per segment, a segment whose recorded
+        validation Dice is low marked so, then the package's own statement of its limits (``caveat``, as the
+        command line prints it)."""
         if not self.segments:
             return "The model has no segment classes."
         import html
 
-        return "<br>".join(f"{html.escape(name)}: <b>{ml:.1f} ml</b>" + (" (not found)" if voxels == 0 else "")
-                           for name, ml, voxels in self.segments)
+        dice = ((self.raw.get("model_limits") or {}).get("validation") or {}).get("dice") or {}
+        low = {name for name, d in dice.items() if isinstance(d, (int, float)) and d < LOW_DICE}
+        lines = [f"{html.escape(name)}: <b>{ml:.1f} ml</b>" + (" (not found)" if voxels == 0 else "")
+                 + (f" (validation Dice {dice[name]:.2f}: not a measurement)" if name in low else "")
+                 for name, ml, voxels in self.segments]
+        caveat = self.raw.get("caveat")
+        return "<br>".join(lines + ([f"<i>{html.escape(str(caveat))}</i>"] if caveat else []))
 
     def heatmap_text(self) -> str:
         return ""  # segmentation packages have no heatmap
