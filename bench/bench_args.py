@@ -13,3 +13,15 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def bench_device(name: str) -> str:
+    """``--device`` resolved as the project resolves it (``auto``, ``cpu``, ``cuda``...), or the script ends with
+    the project's one line (e.g. ``--device cuda`` on a machine without CUDA), not a traceback."""
+    from MedDeepRecogLib.devices import resolve_device
+    from MedDeepRecogLib.errors import MedDeepRecogError
+
+    try:
+        return str(resolve_device(name))
+    except MedDeepRecogError as exc:
+        raise SystemExit(str(exc)) from None

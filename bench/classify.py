@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gpu_monitor import synchronise
-from bench_args import at_least_one  # bench/ is the script's folder, first on sys.path
+from bench_args import at_least_one, bench_device  # bench/ is the script's folder, first on sys.path
 
 
 def proc_kb(key: str) -> int:
@@ -90,10 +90,9 @@ def main(argv=None) -> int:
     from MedDeepRecogLib.explain.gradcam import explained_forward, plain_forward
     from MedDeepRecogLib.inference.classify import classify_scan, model_for, target_layer_of, write_outputs
     from MedDeepRecogLib.inference.model_input import slices_from_image
-    from MedDeepRecogLib.devices import resolve_device
     from MedDeepRecogLib.packages import load_package
 
-    device = str(resolve_device(args.device))
+    device = bench_device(args.device)
     on_cuda = device.startswith("cuda")
 
     package = load_package(args.model)

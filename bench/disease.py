@@ -44,7 +44,7 @@ from pathlib import Path
 
 
 from gpu_monitor import GpuUtilisation, backward_and_step, synchronise
-from bench_args import at_least_one  # bench/ is the script's folder, first on sys.path
+from bench_args import at_least_one, bench_device  # bench/ is the script's folder, first on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MedDeepRecog"))
@@ -274,9 +274,7 @@ def main(argv=None) -> int:
                          "GPU machine")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from MedDeepRecogLib.devices import resolve_device
-
-    device = str(resolve_device(args.device))
+    device = bench_device(args.device)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
     print(f"torch {torch.__version__}, {args.threads} thread(s), device {device} ({name})")
     parts = [lambda: bench_inference(args.model, args.repeats, device)]

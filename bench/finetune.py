@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from gpu_monitor import GpuUtilisation, backward_and_step, synchronise
-from bench_args import at_least_one  # bench/ is the script's folder, first on sys.path
+from bench_args import at_least_one, bench_device  # bench/ is the script's folder, first on sys.path
 
 
 SHARED = Path(os.environ.get("MEDDEEPRECOG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -219,9 +219,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not TS.exists():
         raise SystemExit(f"shared data not found at {TS}")
-    from MedDeepRecogLib.devices import resolve_device
-
-    device = str(resolve_device(args.device))
+    device = bench_device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, patch {PATCH}, "
           f"batch {BATCH}, spacing {SPACING} mm, cases: ct_sm + 20-slice DICOM CT (real, TotalSegmentator examples)")
     setup_p, data_p = data_rate(plain_loader, args.steps)
