@@ -278,3 +278,17 @@ def test_describe_geometry_on_real_ct(shared_data):
     assert info["modality_guess"] == "CT"
     # NIfTI RAS on disk becomes LPS: the first two direction cosines flip sign
     assert info["direction"][0] == -1.0 and info["direction"][4] == -1.0
+
+
+def test_segment_argmax_matches_numpy_and_keeps_classes_beyond_256():
+    """segment's arg-max over class maps given one at a time (its memory-light path) equals ``np.argmax`` over the
+    stack, ties to the first class, and a model of more than 256 classes does not wrap around in uint8."""
+    from MedDeepRecogLib.inference.segment import argmax_labels
+
+    rng = np.random.default_rng(0)
+    maps = rng.integers(0, 4, size=(5, 3, 4, 6)).astype(np.float32)   # small integers: many ties
+    assert np.array_equal(argmax_labels(iter(maps)), np.argmax(maps, axis=0))
+    many = np.zeros((300, 2, 2, 2), np.float32)
+    many[299, 0, 0, 0] = many[3, 1, 1, 1] = 1.0
+    labels = argmax_labels(iter(many))
+    assert labels[0, 0, 0] == 299 and labels[1, 1, 1] == 3 and labels[0, 1, 0] == 0

@@ -306,15 +306,17 @@ def softmax_in_place(logits: torch.Tensor, chunk_elements: int = 1 << 24) -> tor
 
 
 def argmax_labels(channels) -> np.ndarray:
-    """The uint8 arg-max over class maps given one at a time (an iterable of equally shaped arrays, class 0 first):
-    the first class wins a tie, as ``np.argmax`` does, but only a float32 running maximum, the labels and one class
-    map are held, never the stack of all classes or an int64 index."""
+    """The arg-max over class maps given one at a time (an iterable of equally shaped arrays, class 0 first), as
+    uint8 (uint16 from the 257th class on): the first class wins a tie, as ``np.argmax`` does, but only a float32
+    running maximum, the labels and one class map are held, never the stack of all classes or an int64 index."""
     best = labels = None
     for index, channel in enumerate(channels):
         if best is None:
             best = np.array(channel, dtype=np.float32, copy=True)
             labels = np.zeros(best.shape, dtype=np.uint8)
             continue
+        if index > np.iinfo(labels.dtype).max:   # a model of more than 256 classes
+            labels = labels.astype(np.uint16)
         higher = channel > best
         labels[higher] = index
         np.copyto(best, channel, where=higher)
