@@ -26,7 +26,7 @@ from ..contract import MASK_CONTENT
 from ..errors import InputImageError, ModelPackageError
 from ..io.geometry import lps_view
 from ..io.dicom_read import dicom_modality
-from ..io.image_content import label_map_values
+from ..io.image_content import MAX_LABEL_VALUES, label_map_values
 from ..preprocessing.slices import SLICE_DEFAULTS, slice_options, standardise_slices
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it runs
@@ -223,8 +223,6 @@ class LabelMapError(InputImageError):
 #: The structure's value in the masks such packages learnt from (AdrenalMNIST3D: 0/255 uint8); a label map's own
 #: value (1 in Slicer, any label in a multi-label export) is set to it, since a 1 on a 0..255 window reads as empty.
 MASK_VALUE = 255
-#: More distinct values than this in an image given as a mask: the grey levels of a scan.
-MAX_MASK_VALUES = 16
 
 
 def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = None) -> None:
@@ -253,10 +251,10 @@ def _mask_value(image: sitk.Image, path: Any = None) -> float:
     scan = ("this model classifies the mask of one structure (a segment exported as a label map), but the image "
             "has {}+ distinct intensities: it looks like a scan, not a mask")
     sample = np.unique(arr[::2, ::2, ::2])
-    if sample.size > MAX_MASK_VALUES:
+    if sample.size > MAX_LABEL_VALUES:
         raise InputImageError(scan.format(sample.size), path)
     values = np.unique(arr)
-    if values.size > MAX_MASK_VALUES:
+    if values.size > MAX_LABEL_VALUES:
         raise InputImageError(scan.format(values.size), path)
     labels = values[values != 0]
     if labels.size == 0:
