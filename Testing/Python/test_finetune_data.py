@@ -342,3 +342,39 @@ def test_an_ensemble_base_gets_a_new_head_in_every_member_and_freezes_only_their
     # the same classes: every weight kept, the prior shift too
     _, _, kwargs, report = build_from_base(cfg, base, 3, 1, list(base.class_names))
     assert report["reinitialised"] == [] and kwargs["class_log_offsets"] == [0.5, -0.5, 0.0]
+
+
+def test_roi_classification_crops_each_overlapped_segment_whole(tmp_path):
+    """Classifying the segments of a layered .seg.nrrd cropped each segment from the flattened map: a segment that a
+    later one covers lost the shared voxels (its crop moved towards what was left), and one covered whole was
+    dropped without a word. Each segment is now cropped whole: the crop centres on its own centre of mass."""
+    import torch
+
+    from MedDeepRecogLib.inference.roi_classify import classify_scan_segments, read_scan_segments, segment_geometry
+    from MedDeepRecogLib.io import SegmentSpec, write_segment_masks
+
+    image, _ = synthetic_case(tmp_path, "c")
+    reference = sitk.ReadImage(str(image))
+    z, y, x = np.mgrid[:24, :32, :32]
+    core = (x - 12) ** 2 + (y - 12) ** 2 + (z - 12) ** 2 < 10                    # inside the tumour: covered whole
+    lesion = (x - 20) ** 2 + (y - 20) ** 2 + (z - 12) ** 2 < 30                   # half covered by the tumour
+    tumour = ((x - 13) ** 2 + (y - 13) ** 2 + (z - 12) ** 2 < 60) | ((x >= 20) & (y >= 20) & (np.abs(z - 12) < 6))
+    seg = write_segment_masks([(SegmentSpec("core", 1), core), (SegmentSpec("lesion", 2), lesion),
+                               (SegmentSpec("tumour", 3), tumour)], reference, tmp_path / "layered.seg.nrrd")
+    scan = read_scan_segments(image, seg)
+    assert not (scan.segment_map == 1).any() and (lesion & tumour).any()   # what the flattened map keeps
+    for index, whole in enumerate((core, lesion, tumour), start=1):
+        assert np.array_equal(scan.mask(index), whole)
+
+    class Package:   # an ROI classifier's interface; the network returns the crop's mean mask channel
+        meta, id, version, class_names = {}, "roi", "1.0.0", ["a", "b"]
+        input_spec = {"kind": "roi3d", "roi": RoiSpec(size_vox=(8, 8, 8), margin_mm=2.0, mask_channel=True).to_json()}
+
+        def build_model(self, device):
+            return lambda crops: torch.stack([crops[:, 1].mean((1, 2, 3)), torch.zeros(len(crops))], 1)
+
+    rows = classify_scan_segments(scan, Package())
+    assert [r["segment"] for r in rows] == ["core", "lesion", "tumour"]
+    for row, whole in zip(rows, (core, lesion, tumour)):
+        center, _ = segment_geometry(scan.image, whole)
+        assert np.allclose(row["center_mm"], np.round(center, 2))

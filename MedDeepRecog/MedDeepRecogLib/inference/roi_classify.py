@@ -27,9 +27,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ConfigError, MedDeepRecogError
-from ..io import array_from_image, read_image, read_segmentation, require_3d, same_geometry, validate_intensities
+from ..io import array_from_image, read_image, require_3d, same_geometry, validate_intensities
 from ..io.geometry import overlap_fraction, physical_box
 from ..io.image_content import guess_modality
+from ..io.segmentation_io import read_segmentation_with_covered
 from .segment import normalize_intensity
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class ScanSegments:
         warnings: problems worth telling the user (a resampled segmentation), each naming the case.
         overlaps: ``(earlier name, later name, voxels)`` for segments of a layered ``.seg.nrrd`` that share voxels;
             ``segment_map`` gives those voxels to the later one.
+        covered: ``{k: (Z, Y, X) bool}``, the voxels of the k-th segment that a later one covers in
+            ``segment_map`` (empty without overlaps); :meth:`mask` puts them back.
     """
 
     image: sitk.Image
@@ -55,6 +58,14 @@ class ScanSegments:
     modality: str
     warnings: list[str] = field(default_factory=list)
     overlaps: list[tuple[str, str, int]] = field(default_factory=list)
+    covered: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def mask(self, index: int) -> np.ndarray:
+        """The whole ``(Z, Y, X)`` bool mask of the ``index``-th segment (1-based), its overlapped voxels included."""
+        mask = self.segment_map == index
+        if index in self.covered:
+            mask |= self.covered[index]
+        return mask
 
 
 def read_scan_segments(image_path: str | Path, segmentation_path: str | Path, *, label_table: str | None = None,
@@ -76,23 +87,26 @@ def read_scan_segments(image_path: str | Path, segmentation_path: str | Path, *,
     del stored
     validate_intensities(image, image_path)
     warnings: list[str] = []
-    segment_map, grid, names, overlaps = read_segment_map(segmentation_path, label_table, where)
+    segment_map, grid, names, overlaps, covered = read_segment_map(segmentation_path, label_table, where)
     if not names:
         raise MedDeepRecogError(f"case {where!r}: segmentation has no segments (all voxels are 0)", segmentation_path)
     segment_map = align_to_scan(segment_map, grid, image, where=where, path=segmentation_path, geometry=geometry,
                                 warnings=warnings)
-    return ScanSegments(image, segment_map, names, modality, warnings, overlaps)
+    covered = {k: align_to_scan(m.astype(np.uint16), grid, image, where=where, path=segmentation_path,
+                                geometry=geometry) > 0 for k, m in covered.items()}
+    return ScanSegments(image, segment_map, names, modality, warnings, overlaps, covered)
 
 
-def read_segment_map(path: Path, label_table: str | None = None,
-                     where: str = "input") -> tuple[np.ndarray, sitk.Image, list[str], list[tuple[str, str, int]]]:
-    """Segment map ``(Z, Y, X)`` (1..N), its grid, segment names and overlaps (``(earlier, later, voxels)``, a
-    layered ``.seg.nrrd``'s only), from a ``.seg.nrrd`` or a label map (whose values ``label_table`` names; unnamed
-    values read ``label_<value>``). ``where`` names the case in messages."""
+def read_segment_map(path: Path, label_table: str | None = None, where: str = "input"
+                     ) -> tuple[np.ndarray, sitk.Image, list[str], list[tuple[str, str, int]], dict[int, np.ndarray]]:
+    """Segment map ``(Z, Y, X)`` (1..N), its grid, segment names, overlaps (``(earlier, later, voxels)``) and the
+    voxels later segments cover (``{k: (Z, Y, X) bool}``; both a layered ``.seg.nrrd``'s only), from a ``.seg.nrrd``
+    or a label map (whose values ``label_table`` names; unnamed values read ``label_<value>``). ``where`` names the
+    case in messages."""
     if path.name.lower().endswith(".seg.nrrd"):
-        labelmap, grid, specs = read_segmentation(path)
+        labelmap, grid, specs, covered = read_segmentation_with_covered(path)
         overlaps = [(earlier, s.name, n) for s in specs for earlier, n in s.overlaps]
-        return labelmap.astype(np.uint16), grid, [s.name for s in specs], overlaps
+        return labelmap.astype(np.uint16), grid, [s.name for s in specs], overlaps, covered
     image = require_3d(read_image(path), path)
     values = array_from_image(image)
     if np.issubdtype(values.dtype, np.floating):
@@ -110,7 +124,7 @@ def read_segment_map(path: Path, label_table: str | None = None,
         lut[value] = index
     grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(image)
-    return lut[values], grid, names, []
+    return lut[values], grid, names, [], {}
 
 
 def read_label_table(spec: str | Path) -> dict[int, str]:
@@ -322,7 +336,7 @@ def classify_scan_segments(scan: ScanSegments, package: Any, *, device: str = "c
     normalized = normalized_scan(scan.image, scan.modality, spec)
     names, crops = [], []
     for index, name in enumerate(scan.names, start=1):
-        mask = scan.segment_map == index
+        mask = scan.mask(index)   # whole, also where a later segment overlaps it
         if not mask.any():
             continue
         center, edge, mask_image = segment_roi(scan.image, mask, spec)

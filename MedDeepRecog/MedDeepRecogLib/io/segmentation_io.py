@@ -191,12 +191,27 @@ def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[Se
 
     Overlapping segments (several layers) are flattened in segment order: later segments win where they overlap,
     and each segment's :attr:`SegmentSpec.overlaps` says which earlier ones it took voxels from, and how many (a
-    caller that learns from the labels refuses them: :func:`..finetune.segment_data.load_case`).
+    caller that learns from the labels refuses them: :func:`..finetune.segment_data.load_case`; one that needs
+    each segment whole reads :func:`read_segmentation_with_covered`).
 
     Returns:
         ``(labelmap, reference, segments)``: labels renumbered 1..N in segment order, ``reference`` an empty
         image carrying the geometry, and one :class:`SegmentSpec` per segment.
     """
+    labelmap, reference, specs, _ = _read_segmentation(path, keep_covered=False)
+    return labelmap, reference, specs
+
+
+def read_segmentation_with_covered(path: str | Path
+                                   ) -> tuple[np.ndarray, sitk.Image, list[SegmentSpec], dict[int, np.ndarray]]:
+    """:func:`read_segmentation`, and for each segment that later segments overlap, the voxels they took from it:
+    ``{label: (Z, Y, X) bool}`` (empty without overlaps), so the segment is whole again as
+    ``(labelmap == label) | covered[label]``."""
+    return _read_segmentation(path, keep_covered=True)
+
+
+def _read_segmentation(path: str | Path, keep_covered: bool
+                       ) -> tuple[np.ndarray, sitk.Image, list[SegmentSpec], dict[int, np.ndarray]]:
     path = Path(path)
     if not path.exists():
         raise InputImageError("no such file", path)
@@ -215,6 +230,7 @@ def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[Se
     reference.SetDirection([float(d) for d in (matrix[:3, :3] / spacing[np.newaxis, :]).ravel()])
     labelmap_ijk = np.zeros(spatial, dtype=np.uint16)
     specs: list[SegmentSpec] = []
+    overlapped: set[int] = set()   # labels of segments a later segment took voxels from
     segments = seg.get("segments") or []
     if not segments:  # a plain label map: one segment per value
         values = [int(v) for v in np.unique(voxels) if v != 0]
@@ -226,11 +242,18 @@ def read_segmentation(path: str | Path) -> tuple[np.ndarray, sitk.Image, list[Se
         if voxels.ndim == 4 and voxels.shape[0] > 1:   # one layer holds one segment per voxel
             taken = np.bincount(labelmap_ijk[mask], minlength=new_label)[1:]
             overlaps = tuple((specs[k].name, int(n)) for k, n in enumerate(taken) if n)
+            overlapped.update(k + 1 for k, n in enumerate(taken) if n)
         labelmap_ijk[mask] = new_label
         color = segment.get("color")
         specs.append(SegmentSpec(str(segment.get("name", f"label_{new_label}")), new_label,
                                  tuple(float(c) for c in color) if color is not None else None, overlaps))
-    return np.transpose(labelmap_ijk, (2, 1, 0)), reference, specs
+    covered: dict[int, np.ndarray] = {}
+    if keep_covered:
+        for spec, segment in zip(specs, segments):
+            if spec.label in overlapped:
+                whole = voxels[segment.get("layer", 0)] == segment["labelValue"]
+                covered[spec.label] = np.transpose(whole & (labelmap_ijk != spec.label), (2, 1, 0))
+    return np.transpose(labelmap_ijk, (2, 1, 0)), reference, specs, covered
 
 
 
