@@ -36,6 +36,18 @@ def suffix_of(path: str | Path) -> str:
     return Path(name).suffix
 
 
+def unwritable_reason(path: str | Path) -> str | None:
+    """Why a scan cannot be written to ``path`` (its extension), or ``None`` when it can: the one wording of the
+    image writer and of the commands that check their output before any work."""
+    suffix = suffix_of(path)
+    if suffix in WRITABLE_SUFFIXES:
+        return None
+    if suffix == ".seg.nrrd":   # ends in .nrrd, but Slicer reads it as segments, not as a scan
+        return (f"a .seg.nrrd is a segmentation, not a scan; write the scan as one of {', '.join(WRITABLE_SUFFIXES)} "
+                "(e.g. .nrrd)")
+    return f"unsupported output format {suffix or '(none)'}; use one of {', '.join(WRITABLE_SUFFIXES)}"
+
+
 def output_stem(path: str | Path) -> str:
     """The base name of a scan's outputs (``<stem>.json``, ``<stem>_heatmap.nrrd`` ...): the file name without a
     readable extension (``scan`` for ``scan.nii.gz``, ``scan.png`` or ``scan.ima``), the file name without its last

@@ -196,7 +196,11 @@ def test_output_equal_to_input_is_refused(run_cli, good_volume, tmp_path):
 
 def test_bad_output_format_and_mask_name(run_cli, tmp_path, good_volume):
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.png")
-    error_line(code, err, "out.png", "unsupported output format")
+    error_line(code, err, "out.png", "unsupported output format .png")
+    # ends in .nrrd, which the old message listed as writable; a .seg.nrrd is Slicer's segmentation file
+    code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.seg.nrrd")
+    error_line(code, err, "out.seg.nrrd", "a .seg.nrrd is a segmentation, not a scan")
+    assert not (tmp_path / "out.seg.nrrd").exists()
     code, _, err = _preprocess(run_cli, good_volume, tmp_path / "out.nrrd", "lung-ct", "--mask",
                                str(tmp_path / "mask.nrrd"))
     error_line(code, err, "mask.nrrd", ".seg.nrrd")

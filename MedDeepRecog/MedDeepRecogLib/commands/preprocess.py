@@ -82,15 +82,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.pipeline:
         raise ConfigError("--pipeline NAME|FILE is required (presets: see --list)")
     from ..io import as_single_slice, carry_notes, image_notes, read_image, require_3d, validate_intensities
-    from ..contract import WRITABLE_SUFFIXES, suffix_of
+    from ..contract import unwritable_reason
     from ..preprocessing import load_pipeline
     from ..progress import Progress
 
     source, target = Path(args.input), Path(args.output)
     if _same_file(source, target):
         raise ConfigError("OUTPUT is the INPUT; refusing to overwrite the input scan", target)
-    if suffix_of(target) not in WRITABLE_SUFFIXES:
-        raise ConfigError(f"unsupported output format; use one of {', '.join(WRITABLE_SUFFIXES)}", target)
+    if (reason := unwritable_reason(target)) is not None:
+        raise ConfigError(reason, target)
     mask_path = Path(args.mask) if args.mask else None
     if mask_path is not None:
         if not mask_path.name.lower().endswith(".seg.nrrd"):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..contract import PICTURE_SUFFIXES, WRITABLE_SUFFIXES, suffix_of
+from ..contract import PICTURE_SUFFIXES, suffix_of, unwritable_reason
 from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..limits import check_declared_image
 from .atomic import atomic_output
@@ -303,9 +303,8 @@ def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -
         InputImageError: unsupported extension.
     """
     path = Path(path)
-    if suffix_of(path) not in WRITABLE_SUFFIXES:
-        raise InputImageError(f"unsupported output format {suffix_of(path) or '(none)'}; use one of "
-                              f"{', '.join(WRITABLE_SUFFIXES)}", path)
+    if (reason := unwritable_reason(path)) is not None:
+        raise InputImageError(reason, path)
     from .atomic import atomic_output_pair, output_error
 
     with (atomic_output_pair if suffix_of(path) in DETACHED_HEADER_SUFFIXES else atomic_output)(path) as tmp:
