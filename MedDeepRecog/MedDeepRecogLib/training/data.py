@@ -370,7 +370,7 @@ def check_split_in_memory(z, key: str, split: str, kind: str, size, slices: dict
     n = shape[0] if rows is None else rows
     check_dataset_bytes(4 * n * math.prod(int(v) for v in sample),
                         f"{n:,} images of {' x '.join(str(int(v)) for v in sample)} voxels as float32",
-                        f"split {split!r}", path, "score fewer images (a smaller split or file)")
+                        f"split {split!r}", path, "give fewer images (a smaller split or file)")
 
 
 def standardise_images(images: np.ndarray, slices: dict, size, source) -> np.ndarray:
