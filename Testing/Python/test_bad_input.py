@@ -425,9 +425,11 @@ def test_segmentation_header_bomb_is_refused(tmp_path, option):
 
 DETACHED = {
     "mhd_dev_zero": ("dz.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 500\nElementType = MET_UCHAR\n"
-                     "ElementDataFile = /dev/zero", "not a regular file"),
+                     "ElementDataFile = /dev/zero", "outside the header's folder"),
     "nhdr_dev_zero": ("dz.nhdr", "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 1000 1000 500\nencoding: raw\n"
-                      "data file: /dev/zero\n", "not a regular file"),
+                      "data file: /dev/zero\n", "outside the header's folder"),
+    "nhdr_fifo": ("fifo.nhdr", "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n"
+                  "data file: fifo", "'fifo' is not a regular file"),   # no blank line, as ITK writes a .nhdr
     "mhd_short_data": ("short.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 500\nElementType = MET_UCHAR"
                        "\nElementDataFile = short.raw", "truncated"),
     "nhdr_missing_data": ("gone.nhdr", "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n"
@@ -437,12 +439,123 @@ DETACHED = {
 
 @pytest.mark.parametrize("case", sorted(DETACHED))
 def test_detached_data_files_are_checked_before_reading(tmp_path, case):
+    """A device, a FIFO (ITK's NRRD reader opened it with the header and waited for ever), a short or missing data
+    file: one line, before ITK opens or allocates anything."""
     name, header, needle = DETACHED[case]
     (tmp_path / "short.raw").write_bytes(bytes(1000))
+    os.mkfifo(tmp_path / "fifo")
     path = _nrrd(tmp_path / name, header)
-    code, _, err, rss, _ = run_measured("info", path)
+    code, _, err, rss, _ = run_measured("info", path, timeout=60)
     clean_error(code, err, name, needle)
     assert rss < RSS_LIMIT_KB
+
+
+def _nhdr(path: Path, data_file: str, listed: str = "", dims: tuple[int, ...] = (4, 5, 6)) -> Path:
+    """A raw uint8 NRRD header naming ``data_file`` (then the ``listed`` lines), ended as ITK writes a .nhdr: at the
+    end of the file, no blank line."""
+    path.write_text(f"NRRD0004\ntype: uint8\ndimension: {len(dims)}\nsizes: {' '.join(map(str, dims))}\n"
+                    f"encoding: raw\ndata file: {data_file}\n{listed}", encoding="latin-1")
+    return path
+
+
+#: Headers in ``scan/`` naming data elsewhere: (header name, data file field, lines after it, what the line names)
+OUTSIDE = {
+    "absolute": ("abs.nhdr", "/etc/passwd", "", "'/etc/passwd'"),
+    "dot_dot": ("up.nhdr", "../outside.raw", "", "'../outside.raw'"),
+    "dot_dot_deep": ("deep.nhdr", "../../../../../../../../etc/passwd", "", "(that is /etc/passwd)"),
+    "symlink": ("link.nhdr", "link.raw", "", "'link.raw' (that is "),
+    "list": ("list.nhdr", "LIST", "s0.raw\ns1.raw\n/etc/passwd\ns3.raw\ns4.raw\ns5.raw\n", "'/etc/passwd'"),
+    "list_past_a_blank_line": ("listb.nhdr", "LIST", "\ns0.raw\n../outside.raw\n", "'../outside.raw'"),
+    "numbered": ("num.nhdr", "../s%d.raw 0 5 1", "", "'../s0.raw'"),
+    "mhd": ("abs.mhd", "", "", "'/etc/passwd'"),
+    "mhd_list": ("list.mhd", "", "", "'../outside.raw'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTSIDE))
+def test_a_detached_header_reads_no_data_outside_its_folder(run_all, tmp_path, case):
+    """``data file: /etc/passwd`` (or ``../``, a symbolic link out, one name of a LIST or of a numbered pattern, a
+    .mhd's ElementDataFile) was read as voxels with exit 0: refused in one line naming the header and the data file,
+    even where that file exists."""
+    name, field, listed, needle = OUTSIDE[case]
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    (tmp_path / "outside.raw").write_bytes(bytes(120))
+    for i in range(6):
+        (tmp_path / f"s{i}.raw").write_bytes(bytes(20))
+        (scan / f"s{i}.raw").write_bytes(bytes(20))
+    (scan / "link.raw").symlink_to(tmp_path / "outside.raw")
+    if name == "abs.mhd":
+        (scan / name).write_text("ObjectType = Image\nNDims = 2\nDimSize = 8 8\nElementType = MET_UCHAR\n"
+                                 "ElementDataFile = /etc/passwd\n", encoding="utf-8")
+    elif name == "list.mhd":
+        (scan / name).write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementType = MET_UCHAR\n"
+                                 "ElementDataFile = LIST\ns0.raw\ns1.raw\n../outside.raw\ns3.raw\ns4.raw\ns5.raw\n",
+                                 encoding="utf-8")
+    else:
+        _nhdr(scan / name, field, listed, (8, 8) if field == "/etc/passwd" else (4, 5, 6))
+    code, out, err = run_all("info", scan / name)
+    clean_error(code, err, str(scan / name), needle, f"is outside the header's folder {scan}")
+    assert not out
+
+
+@pytest.mark.parametrize("command", ["preprocess", "classify", "segment"])
+def test_every_reading_command_refuses_data_outside_the_headers_folder(run_all, tmp_path, command):
+    """``info`` (above), ``preprocess``, ``classify`` and ``segment`` share the reader: each refuses the header in the
+    same line, nothing written."""
+    header = _nhdr(tmp_path / "scan.nhdr", "/etc/passwd", dims=(8, 8))
+    out = tmp_path / "out"
+    argv = {"preprocess": ["preprocess", header, out / "o.nrrd", "--pipeline", "brain-mri"],
+            "classify": ["classify", header, "--model", "body-region", "--out", out, "--progress", "none"],
+            "segment": ["segment", header, "--model", "ts-organs-seg", "--out", out / "o.seg.nrrd"]}[command]
+    code, stdout, err = run_all(*argv)
+    clean_error(code, err, str(header), "'/etc/passwd' is outside the header's folder")
+    assert not out.exists() and not stdout
+
+
+def test_a_segmentation_header_reads_no_data_outside_its_folder(tmp_path):
+    """A detached ``.seg.nhdr`` (``--lesion``, ``--segments``, fine-tune labels) is read by slicerio, not ITK: the
+    same rule, before it reads anything."""
+    from MedDeepRecogLib.io import read_segmentation
+
+    header = _nhdr(tmp_path / "labels.seg.nhdr", "../outside.raw", dims=(4, 5, 6))
+    (tmp_path.parent / "outside.raw").write_bytes(bytes(120))
+    with pytest.raises(MedDeepRecogLib.errors.InputImageError, match="'../outside.raw' .*is outside the header's"):
+        read_segmentation(header)
+
+
+def test_a_localisation_case_reads_no_data_outside_its_headers_folder(tmp_path):
+    """A training config's ``localisation`` cases are read as headers only (ITK opens a .nhdr's data file there):
+    the same rule, in the line that names the case."""
+    from MedDeepRecogLib.errors import ConfigError
+    from MedDeepRecogLib.inference.localisation import check_cases
+
+    lesion = np.zeros((4, 8, 8), np.uint8)
+    lesion[1:3, 2:5, 2:5] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(lesion), str(tmp_path / "lesion.nrrd"))
+    _nhdr(tmp_path / "scan.nhdr", "/etc/passwd", dims=(8, 8))
+    with pytest.raises(ConfigError, match="localisation/0: the header's data file '/etc/passwd' is outside"):
+        check_cases([{"name": "a", "scan": "scan.nhdr", "lesion": "lesion.nrrd"}], tmp_path / "cfg.yaml")
+
+
+@pytest.mark.parametrize("case, needle", [("missing", "the header's data file 'gone.raw' does not exist"),
+                                          ("short", "truncated data file 'vol.raw': 50 of 120 voxel bytes")])
+def test_a_nhdr_as_itk_writes_it_has_its_data_checked_before_itk_reads(run_all, tmp_path, case, needle):
+    """ITK writes a .nhdr without the blank line an attached header ends with, and the checks looked for that line:
+    a short data file was found only after ITK had allocated the declared size, a missing one named in teem's words.
+    One line each, in the checks' words, before ITK reads."""
+    image = sitk.GetImageFromArray(np.arange(120, dtype=np.uint8).reshape(6, 5, 4))
+    sitk.WriteImage(image, str(tmp_path / "vol.nhdr"))
+    assert not (tmp_path / "vol.nhdr").read_bytes().endswith(b"\n\n")
+    if case == "missing":
+        header = tmp_path / "gone.nhdr"
+        header.write_text((tmp_path / "vol.nhdr").read_text().replace("vol.raw", "gone.raw"))
+    else:
+        header = tmp_path / "vol.nhdr"
+        (tmp_path / "vol.raw").write_bytes((tmp_path / "vol.raw").read_bytes()[:50])
+    code, out, err = run_all("info", header)
+    clean_error(code, err, str(header), needle)
+    assert not out
 
 
 def _png(path: Path, width: int, height: int, full: bool) -> Path:

@@ -160,6 +160,41 @@ def test_calibrate_refuses_what_it_cannot_fit(tmp_path, capsys, tiny_pkg, case, 
     assert not (tmp_path / "cat").exists()
 
 
+@pytest.mark.parametrize("layout", ["val_split", "whole_file"])
+@pytest.mark.parametrize("command", ["evaluate", "calibrate", "robustness"])
+def test_scored_data_are_bounded_as_training_data_before_any_image_is_read(tmp_path, capsys, monkeypatch, tiny_pkg,
+                                                                           command, layout):
+    """``evaluate``, ``calibrate`` and ``robustness --data`` resize a split to the model's input as float32, which
+    ``train``'s data-set bound (MEDDEEPRECOG_MAX_DATASET_BYTES) did not cover: lowered here, the split is refused in
+    one line naming the file, the split, the images and the variable, before any image is decompressed. A whole
+    file's ``val`` counts the share training holds out (3 of each 13-14 images a class here), not the whole file."""
+    from MedDeepRecogLib.training import data as training_data
+
+    read = training_data.npz_array
+
+    def no_images(z, key, path):
+        assert not key.endswith("images"), f"{key} was decompressed before the bound was checked"
+        return read(z, key, path)
+
+    monkeypatch.setattr(training_data, "npz_array", no_images)
+    monkeypatch.setenv("MEDDEEPRECOG_MAX_DATASET_BYTES", "20K")
+    if layout == "val_split":
+        data, count = _labelled(tmp_path / "d.npz", [0, 1, 2] * 4), "12 images"
+    else:
+        rng = np.random.default_rng(1)
+        np.savez(tmp_path / "d.npz", images=(rng.random((40, 64, 64)) * 255).astype(np.uint8),
+                 labels=np.arange(40) % 3)
+        data, count = tmp_path / "d.npz", "9 images"
+    out = tmp_path / "o"
+    argv = {"evaluate": ["--out", out],
+            "calibrate": ["--dest", out, "--progress", "none"],
+            "robustness": ["--out", out, "--eps", "0.01", "--attack", "fgsm", "--progress", "none"]}[command]
+    assert _run(command, "--model", tiny_pkg, "--data", data, "--split", "val", *argv) == 2
+    _one_line(capsys, f"{data}: split 'val': {count} of 1 x 32 x 32 voxels as float32",
+              f"{int(count.split()[0]) * 4}.0 KiB", "more than the limit of 20.0 KiB", "MEDDEEPRECOG_MAX_DATASET_BYTES")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("rules, needle", [
     ({"min_agreement": 5}, "min_agreement"),
     ({"min_agreement": True}, "min_agreement: expected a number, not true/false"),

@@ -79,6 +79,33 @@ def test_a_detached_header_names_its_data_file_and_both_move_together(tmp_path, 
     assert sorted(p.name for p in copy.iterdir()) == [data] and (copy / data).read_bytes() == before
 
 
+@pytest.mark.parametrize("form", ["itk_written", "subfolder", "dot_dot_back_in", "absolute_inside", "list",
+                                  "numbered", "mhd_list", "mhd_numbered"])
+def test_detached_data_in_the_headers_folder_is_read_in_every_form(tmp_path, form):
+    """What the rule that data lie in the header's folder (or below) still reads, voxel for voxel: ITK's own .nhdr
+    (no blank line), a subfolder, a ``..`` that comes back in, an absolute name inside, and teem's and MetaIO's
+    one-file-a-slice forms (``LIST``, a numbered ``%d`` pattern)."""
+    voxels = np.arange(120, dtype=np.uint8).reshape(6, 5, 4)
+    (tmp_path / "sub").mkdir()
+    voxels.tofile(tmp_path / "sub" / "vol.raw")
+    for z in range(6):
+        voxels[z].tofile(tmp_path / f"s{z:02d}.raw")
+    nrrd = "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 5 6\nencoding: raw\ndata file: "
+    mhd = "ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementType = MET_UCHAR\nElementDataFile = "
+    slices = "".join(f"s{z:02d}.raw\n" for z in range(6))
+    header = tmp_path / "vol.nhdr"
+    if form == "itk_written":
+        sitk.WriteImage(sitk.GetImageFromArray(voxels), str(header))
+    else:
+        text = {"subfolder": nrrd + "sub/vol.raw\n", "dot_dot_back_in": nrrd + f"../{tmp_path.name}/sub/vol.raw\n",
+                "absolute_inside": nrrd + f"{tmp_path / 'sub' / 'vol.raw'}\n", "list": nrrd + "LIST\n" + slices,
+                "numbered": nrrd + "s%02d.raw 0 5 1\n", "mhd_list": mhd + "LIST\n" + slices,
+                "mhd_numbered": mhd + "s%02d.raw 0 5 1\n"}[form]
+        header = header.with_suffix(".mhd") if form.startswith("mhd") else header
+        header.write_text(text, encoding="utf-8")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(header)), voxels)
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
 def test_float_volume_round_trip(tmp_path, suffix):
     image = sitk.Cast(make_volume(size=(11, 12, 13)), sitk.sitkFloat32) * 0.37

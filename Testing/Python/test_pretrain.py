@@ -152,6 +152,62 @@ def test_bad_pretraining_input_is_one_line_and_exit_2(tmp_path, capsys, case):
         assert not out.exists()
 
 
+def test_a_pretraining_batch_beyond_the_batch_bound_is_refused_before_the_pool_is_read(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """``train``'s bound on one step's inputs and activations (MEDDEEPRECOG_MAX_BATCH_BYTES), which pretraining did
+    not apply: a step holds two views of each of ``--batch`` images, so 16 images are 32 samples. Refused in one
+    line naming the config and ``--batch``, before the pool is read or anything written."""
+    config = _tiny_config(tmp_path)
+    monkeypatch.setattr(pretraining, "pool_images",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("the pool was read: not refused first")))
+    monkeypatch.setenv("MEDDEEPRECOG_MAX_BATCH_BYTES", "64K")
+    out = tmp_path / "w.safetensors"
+    assert _pretrain(config, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in (f"{config}: --batch 16 (two views of each image: 32 samples a step)", "input [1, 16, 16]",
+                   "'simple_cnn2d'", "limit of 64.0 KiB", "MEDDEEPRECOG_MAX_BATCH_BYTES"):
+        assert needle in err, (needle, err)
+    assert not out.exists() and not Path(f"{out}.run").exists()
+
+
+@pytest.mark.parametrize("pool, limit, needles", [
+    ("one", "20K", ["pool.npz: split 'train': 38 images of 1 x 16 x 16 voxels as float32", "38.0 KiB"]),
+    ("two", "50K", ["--pool: 76 train images of 1 x 16 x 16 voxels as float32 (2 of 2 configs read)", "76.0 KiB"]),
+])
+def test_a_pool_beyond_the_data_set_bound_is_refused_before_training(tmp_path, capsys, monkeypatch, pool, limit,
+                                                                     needles):
+    """``train``'s data-set bound (MEDDEEPRECOG_MAX_DATASET_BYTES) on pretraining's pool: each config's train
+    images (38 here) before they are made, and the pool's together (two configs of 38 KiB under a 50 KiB bound),
+    before the next config is read and the pool joined. One line, nothing written."""
+    config = _tiny_config(tmp_path)
+    configs = [config]
+    if pool == "two":
+        (tmp_path / "b").mkdir()
+        configs.append(_tiny_config(tmp_path / "b", seed=1))
+    monkeypatch.setenv("MEDDEEPRECOG_MAX_DATASET_BYTES", limit)
+    out = tmp_path / "w.safetensors"
+    assert main(["pretrain", str(config), "--pool", *map(str, configs), "--out", str(out), "--epochs", "1",
+                 "--batch", "16", "--threads", "1", "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in (*needles, f"more than the limit of {limit[:-1]}.0 KiB", "MEDDEEPRECOG_MAX_DATASET_BYTES"):
+        assert needle in err, (needle, err)
+    assert not out.exists() and not Path(f"{out}.run").exists()
+
+
+def test_a_config_without_data_size_is_refused_for_pretraining(tmp_path, capsys):
+    """The pool is standardised to the config's ``data/size`` and the batch bounded at it: without one the run
+    ended in "unexpected TypeError"; one line naming the config and the setting."""
+    config = _tiny_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    del cfg["data"]["size"]
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert _pretrain(config, tmp_path / "w.safetensors") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{config}: pretraining needs data/size" in err, err
+
+
 @pytest.mark.parametrize("case, needle", [("blank", "every image is blank"), ("tiny", "too small"),
                                           ("colour", "grey images"), ("none", "holds no images")])
 def test_a_pool_that_cannot_be_learnt_from_is_refused_before_training(tmp_path, capsys, case, needle):

@@ -84,9 +84,12 @@ def _scan_grid(scan: Path):
     import SimpleITK as sitk
 
     from ..errors import InputImageError
+    from ..io.file_checks import check_data_files
 
     if scan.is_dir():
         return None
+    if scan.is_file():
+        check_data_files(scan)   # ITK's NRRD reader opens a detached header's data file with the header
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(scan))
     try:

@@ -124,70 +124,132 @@ def declared_bytes_per_voxel(reader: sitk.ImageFileReader) -> int:
     return _component_bytes(reader.GetPixelID()) * max(1, int(reader.GetNumberOfComponents()))
 
 
-def _text_header(path: Path, limit: int = 1 << 16) -> tuple[list[str], int] | None:
-    """The text header lines of an attached-header NRRD (ended by a blank line) or MHA (ended by the
-    ``ElementDataFile`` line), and the byte offset where the voxel data start; ``None`` if not found."""
+#: Bytes a NRRD/MetaImage text header may take, a detached header's ``LIST`` of data files included; read line by
+#: line up to this and no further. Slicer's ``.seg.nrrd`` carries about 1 KB of fields a segment (TotalSegmentator's
+#: 117 segments: ~0.15 MB); a header ITK read but that does not end within this is refused, since its data file
+#: could not be checked.
+MAX_TEXT_HEADER_BYTES = 16 << 20
+#: Data files a detached header may name (NRRD/MetaImage ``LIST`` or a numbered ``%d`` pattern): one a slice of a
+#: 10,000-slice scan. Each is checked before ITK opens any, so this also bounds that work.
+MAX_DATA_FILES = 10_000
+
+
+def _text_header(path: Path) -> tuple[list[str], int] | None:
+    """The text header lines of a NRRD (ended by a blank line, or, for a detached ``.nhdr``, by the end of the file:
+    ITK writes no blank line there, and a ``LIST`` of data files runs to the end) or MHA/MHD (ended by the
+    ``ElementDataFile`` line), and the byte offset where the voxel data start; ``None`` for an MHA/MHD without
+    ``ElementDataFile`` (ITK reports it).
+
+    Raises:
+        InputImageError: a header that does not end within :data:`MAX_TEXT_HEADER_BYTES`.
+    """
+    lines: list[str] = []
+    pos = 0
     with open(path, "rb") as fh:
-        head = fh.read(limit)
-    is_nrrd = head.startswith(b"NRRD")
-    lines, pos = [], 0
-    while True:
-        end = head.find(b"\n", pos)
-        if end < 0:
-            return None
-        line = head[pos:end].decode("latin-1").rstrip("\r")
-        pos = end + 1
-        if is_nrrd and not line.strip():
-            return lines, pos
-        lines.append(line)
-        if not is_nrrd and line.replace(" ", "").lower().startswith("elementdatafile="):
-            return lines, pos
+        is_nrrd = fh.read(4) == b"NRRD"
+        fh.seek(0)
+        while pos < MAX_TEXT_HEADER_BYTES:
+            raw = fh.readline(MAX_TEXT_HEADER_BYTES - pos)
+            if not raw:  # the end of the file: a detached NRRD header ends here
+                return (lines, pos) if is_nrrd else None
+            pos += len(raw)
+            line = raw.decode("latin-1").rstrip("\n").rstrip("\r")
+            if is_nrrd and not line.strip():
+                return lines, pos
+            lines.append(line)
+            if not is_nrrd and line.replace(" ", "").lower().startswith("elementdatafile="):
+                return lines, pos
+    raise InputImageError(f"the {'NRRD' if is_nrrd else 'MetaImage'} header does not end within "
+                          f"{MAX_TEXT_HEADER_BYTES >> 20} MiB, so the data it names cannot be checked", path)
+
+
+def _listed_lines(path: Path, start: int) -> list[str]:
+    """The non-empty lines of ``path`` from byte ``start`` to its end (a MetaImage ``ElementDataFile = LIST``'s file
+    names), read up to :data:`MAX_TEXT_HEADER_BYTES`."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        text = fh.read(MAX_TEXT_HEADER_BYTES + 1)
+    if len(text) > MAX_TEXT_HEADER_BYTES:
+        raise InputImageError(f"the header's LIST of data files is longer than {MAX_TEXT_HEADER_BYTES >> 20} MiB",
+                              path)
+    return [ln.strip() for ln in text.decode("latin-1").splitlines() if ln.strip()]
+
+
+def _parse_text_header(path: Path) -> tuple[dict[str, str], list[tuple[str, list[str]]], int, bool] | None:
+    """``(fields, detached, data_start, nrrd)`` of a NRRD or MHA/MHD header (:func:`_text_header`): its fields (keys
+    lower case), each data file field that names other files (NRRD ``data file``, MetaImage ``ElementDataFile`` other
+    than ``LOCAL``) as ``(value, the lines a LIST form names)``, where attached voxel data start, and whether it is
+    NRRD; ``None`` when no header is found or the file cannot be opened (the reader reports it)."""
+    try:
+        found = _text_header(path)
+    except OSError:
+        return None
+    if found is None:
+        return None
+    lines, data_start = found
+    fields: dict[str, str] = {}
+    detached: list[tuple[str, list[str]]] = []
+    if lines and lines[0].startswith("NRRD"):
+        for i, ln in enumerate(lines[1:], 1):
+            if ln.startswith("#") or ":" not in ln:
+                continue
+            key, value = ln.split(":", 1)
+            key = key.strip().lower()
+            fields[key] = value.lstrip("=").strip()
+            if key.replace(" ", "") == "datafile" and not value.startswith("="):   # every one: teem takes the field
+                listed = lines[i + 1:]   # a LIST's names: the lines after it, and past a blank line too
+                if fields[key].split()[:1] == ["LIST"] and data_start < path.stat().st_size:
+                    listed = listed + _listed_lines(path, data_start)
+                detached.append((fields[key], listed))
+        return fields, detached, data_start, True
+    for ln in lines:
+        if "=" in ln:
+            key, value = ln.split("=", 1)
+            fields[key.strip().lower()] = value.strip()
+    data_file = fields.get("elementdatafile", "")
+    if data_file and data_file.upper() != "LOCAL":
+        detached.append((data_file, _listed_lines(path, data_start) if data_file.split()[0] == "LIST" else []))
+    return fields, detached, data_start, False
+
+
+def check_data_files(path: Path) -> None:
+    """Refuse a detached NRRD/MetaImage header whose data files lie outside its folder, are missing or are not
+    regular files (:func:`_data_files`), before any reader opens them: ITK's NRRD reader opens the first data file
+    while it reads the header alone (a FIFO hung it), pynrrd and slicerio when they read the voxels."""
+    parsed = _parse_text_header(path)
+    for spec, listed in parsed[1] if parsed is not None else []:
+        _data_files(path, spec, listed)
 
 
 def check_stream_complete(path: Path, declared: int) -> None:
-    """Refuse an NRRD/MHA whose voxel data are shorter than its header declares, before ITK allocates the image.
+    """Refuse an NRRD/MHA whose voxel data are shorter than its header declares, before ITK allocates the image; a
+    detached header's data files are checked as :func:`check_data_files` checks them, and their size too.
 
     ITK allocates the declared size first and only then finds the data short, so a tiny file declaring gigabytes
     would take that memory. Raw data are checked against the file size; gzip/zlib data are decompressed in
     bounded chunks up to the declared size and no further (a longer stream is not read). Hand-written because
     neither ITK nor pynrrd offer a header-only size check that stops at the declared size.
     """
-    try:
-        found = _text_header(path)
-    except OSError:
+    parsed = _parse_text_header(path)
+    if parsed is None:
         return
-    if found is None:
-        return
-    lines, data_start = found
-    if lines and lines[0].startswith("NRRD"):
-        fields = {}
-        for ln in lines[1:]:
-            if ln.startswith("#") or ":" not in ln:
-                continue
-            key, value = ln.split(":", 1)
-            fields[key.strip().lower()] = value.lstrip("=").strip()
+    fields, detached, data_start, nrrd = parsed
+    if nrrd:
         encoding = fields.get("encoding", "raw").lower()
         compressed = encoding in ("gzip", "gz")
-        detached = fields.get("data file", fields.get("datafile"))
-        if detached is not None:
-            _check_detached(path, detached, declared, compressed or encoding != "raw")
-            return
+    else:
+        encoding, compressed = "raw", fields.get("compresseddata", "false").lower() == "true"
+    if detached:
+        for spec, listed in detached:
+            _check_detached(path, spec, declared, compressed or encoding != "raw", listed)
+        return
+    if nrrd:
         if fields.get("byte skip", "0") not in ("0", "") or fields.get("line skip", "0") not in ("0", ""):
             return  # skipped bytes: ITK checks those itself
         if not compressed and encoding != "raw":
             return  # text, hex, bzip2: ITK reads those
-    else:
-        fields = {}
-        for ln in lines:
-            if "=" in ln:
-                key, value = ln.split("=", 1)
-                fields[key.strip().lower()] = value.strip()
-        compressed = fields.get("compresseddata", "false").lower() == "true"
-        data_file = fields.get("elementdatafile", "")
-        if data_file.upper() != "LOCAL":
-            if data_file and data_file.split()[0].upper() not in ("LIST",) and "%" not in data_file:
-                _check_detached(path, data_file, declared, compressed)
-            return
+    elif fields.get("elementdatafile", "").upper() != "LOCAL":
+        return  # no ElementDataFile: ITK reports it
     size = path.stat().st_size
     if not compressed:
         available = size - data_start
@@ -216,21 +278,83 @@ def check_stream_complete(path: Path, declared: int) -> None:
                               "are present", path)
 
 
-def _check_detached(header: Path, name: str, declared: int, compressed: bool) -> None:
-    """A detached header's data file (NRRD ``data file``, MetaImage ``ElementDataFile``) must be a regular file and,
-    when raw, hold the declared bytes (a device such as ``/dev/zero`` would feed the allocator without end)."""
-    if name.split()[0].upper() == "LIST" or "%" in name:
-        return  # a list of slice files: ITK checks each
-    data = Path(name)
-    if not data.is_absolute():
-        data = header.parent / data
-    if not data.exists():
-        raise InputImageError(f"the header's data file {name!r} does not exist", header)
-    if not data.is_file():
-        raise InputImageError(f"the header's data file {name!r} is not a regular file", header)
-    if not compressed and data.stat().st_size < declared:
-        raise InputImageError(f"truncated data file {name!r}: {data.stat().st_size} of {declared} voxel bytes the "
-                              "header declares are present", header)
+def _data_file_names(header: Path, spec: str, listed: list[str]) -> list[str]:
+    """The data file names a detached header's ``spec`` (NRRD ``data file``, MetaImage ``ElementDataFile``) gives, as
+    teem and MetaIO read it: ``LIST [subdim]``: the ``listed`` lines after it; a numbered pattern ``FORMAT MIN MAX STEP
+    [subdim]`` (``slice%03d.raw 1 40 1``): each name it makes; anything else: one name, the whole value.
+
+    Raises:
+        InputImageError: a pattern without exactly one ``%d`` number, a step of 0, no names, more than
+            :data:`MAX_DATA_FILES`.
+    """
+    import re
+
+    words = spec.split()
+    if not words:
+        raise InputImageError("the header's data file field is empty", header)
+    if words[0] == "LIST":
+        names = [ln.strip() for ln in listed if ln.strip()]
+        what = "LIST of data files"
+    elif "%" in spec and len(words) in (4, 5) and all(re.fullmatch(r"[-+]?\d+", w) for w in words[1:]):
+        fmt, (lo, hi, step) = words[0], (int(w) for w in words[1:4])
+        conversions = [c for c in re.findall(r"%%|%\d*d|%", fmt) if c != "%%"]   # teem's test: % digits d
+        if len(conversions) != 1 or conversions[0] == "%":
+            raise InputImageError(f"the header's data file pattern {fmt!r} must hold one %d number and no other %",
+                                  header)
+        if step == 0:
+            raise InputImageError(f"the header's data file pattern {spec!r} has a step of 0", header)
+        numbered = range(lo, hi + (1 if step > 0 else -1), step)
+        if len(numbered) > MAX_DATA_FILES:
+            raise InputImageError(f"the header's data file pattern {spec!r} names {len(numbered):,} files, more than "
+                                  f"{MAX_DATA_FILES:,}", header)
+        names = [fmt % i for i in numbered]
+        what = f"data file pattern {spec!r}"
+    else:
+        return [spec]
+    if not names:
+        raise InputImageError(f"the header's {what} names no file", header)
+    if len(names) > MAX_DATA_FILES:
+        raise InputImageError(f"the header's {what} names {len(names):,} files, more than {MAX_DATA_FILES:,}", header)
+    return names
+
+
+def _data_files(header: Path, spec: str, listed: list[str]) -> list[Path]:
+    """The data files a detached header's ``spec`` names (NRRD ``data file``, MetaImage ``ElementDataFile``: one name,
+    a ``LIST`` or a numbered pattern, see :func:`_data_file_names`), resolved. Each must lie in the header's own
+    folder or a folder below it, after ``..`` and symbolic links are followed (``data file: /etc/passwd`` was read as
+    voxels), exist, and be a regular file (a device such as ``/dev/zero`` would feed the allocator without end, a
+    FIFO hang the reader); in that order, so nothing is said of a file outside the folder."""
+    folder = header.parent.resolve()
+    files = []
+    for name in _data_file_names(header, spec, listed):
+        data = Path(name)
+        if not data.is_absolute():
+            data = header.parent / data   # teem and MetaIO read a relative name from the header's folder
+        try:
+            resolved = data.resolve()
+        except (OSError, RuntimeError, ValueError) as exc:   # a symbolic link loop, a NUL byte in the name
+            raise InputImageError(f"the header's data file {name!r} is not a usable path ({exc})", header) from None
+        if not resolved.is_relative_to(folder):
+            shown = "" if str(resolved) == name else f" (that is {resolved})"
+            raise InputImageError(f"the header's data file {name!r}{shown} is outside the header's folder {folder}; "
+                                  "a detached header's data must lie in its own folder or one below it", header)
+        if not resolved.exists():
+            raise InputImageError(f"the header's data file {name!r} does not exist", header)
+        if not resolved.is_file():
+            raise InputImageError(f"the header's data file {name!r} is not a regular file", header)
+        files.append(resolved)
+    return files
+
+
+def _check_detached(header: Path, spec: str, declared: int, compressed: bool, listed: list[str]) -> None:
+    """The data files of :func:`_data_files`; raw ones must hold the ``declared`` voxel bytes, all together."""
+    files = _data_files(header, spec, listed)
+    if not compressed:
+        present = sum(f.stat().st_size for f in files)
+        if present < declared:
+            what = f"data file {spec!r}" if len(files) == 1 else f"data files ({len(files)} named by {spec!r})"
+            raise InputImageError(f"truncated {what}: {present} of {declared} voxel bytes the header declares are "
+                                  "present", header)
 
 
 def check_direction(direction, path, dimension: int) -> None:

@@ -26,8 +26,8 @@ from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_pat
 from ..limits import check_declared_image
 from .atomic import atomic_output
 from .dicom_read import apply_dicom_pixel_size, check_dicom_pixels, dicom_frames, read_dicom_folder
-from .file_checks import (check_direction, check_nifti_complete, check_stream_complete, declared_bytes_per_voxel,
-                          itk_error_line)
+from .file_checks import (check_data_files, check_direction, check_nifti_complete, check_stream_complete,
+                          declared_bytes_per_voxel, itk_error_line)
 from .image_meta import FRAMES_KEY, PICTURE_KEY, SPACING_RANGE_MM, add_note
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,11 @@ MAX_PICTURE_PIXELS = 64 << 20
 #: The largest intensity magnitude accepted: filters and networks compute in float32, and squared sums of larger
 #: values overflow it (no scanner stores values near this: CT spans about -1024..3071 HU, MR 12-16 bits).
 MAX_ABS_INTENSITY = 1e12
+
+
+#: Formats with a text header that :mod:`.file_checks` reads before ITK: NRRD and MetaImage, which may name their
+#: voxel data in other files.
+_TEXT_HEADER_SUFFIXES = (".nrrd", ".seg.nrrd", ".mha", ".nhdr", ".mhd")
 
 
 def read_image(path: str | Path, *, pixel_type: int | None = None,
@@ -99,13 +104,15 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
         picture = suffix_of(path) in PICTURE_SUFFIXES
         if picture and _check_picture_decodes(path) in ("LA", "La"):
             return _grey_alpha_picture(path, spacing, pixel_type)
+        if suffix_of(path) in _TEXT_HEADER_SUFFIXES:
+            check_data_files(path)   # before ITK reads the header: its NRRD reader opens the data file there
         try:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
             declared = declared_bytes_per_voxel(reader)
             check_declared_image(reader.GetSize(), declared, path, "header")
-            if suffix_of(path) in (".nrrd", ".seg.nrrd", ".mha", ".nhdr", ".mhd"):
+            if suffix_of(path) in _TEXT_HEADER_SUFFIXES:
                 n = declared
                 for d in reader.GetSize():
                     n *= int(d)

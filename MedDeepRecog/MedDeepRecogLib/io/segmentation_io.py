@@ -161,10 +161,11 @@ def _extent(mask_ijk: np.ndarray) -> list[int]:
 def _check_segmentation_header(path: Path) -> None:
     """Bound the declared size (and check the data are all there) before slicerio/pynrrd allocate the voxels."""
     from ..limits import check_declared_image
-    from .file_checks import check_stream_complete
+    from .file_checks import check_data_files, check_stream_complete
 
     if not path.is_file() or not path.name.lower().endswith((".nrrd", ".nhdr")):
         return
+    check_data_files(path)   # also where the header is too odd for the size check below: slicerio would read them
     import nrrd
 
     try:

@@ -150,11 +150,12 @@ _SMALL_INPUT_FACTOR = 1024
 
 
 def check_budget(model: nn.Module, name: str, input_shape: Sequence[int] | None = None,
-                 batch_size: int = 1) -> dict[str, int]:
+                 batch_size: int = 1, batch_setting: str | None = None) -> dict[str, int]:
     """Parameters of ``model`` (built on the ``meta`` device: no memory) and, for ``input_shape`` (without the
     batch), the bytes of every layer's output in one forward pass at batch 1, against the limits in
     :mod:`..limits`; with ``batch_size`` (a training step's samples, ``training/batch_size``) also the step's
-    inputs and activations, ``batch_size`` x that sample's bytes. Returns ``{"params", "activation_bytes"}`` (0 when
+    inputs and activations, ``batch_size`` x that sample's bytes, refused naming ``batch_setting`` (what decides the
+    batch; default ``training/batch_size``). Returns ``{"params", "activation_bytes"}`` (0 when
     not measured). A forward that the meta device cannot run is skipped (the inputs alone are then counted), and so
     is the forward for an input over :data:`_SMALL_INPUT_FACTOR` times smaller than the limits."""
     import torch
@@ -200,21 +201,22 @@ def check_budget(model: nn.Module, name: str, input_shape: Sequence[int] | None 
                               "(MEDDEEPRECOG_MAX_ACTIVATION_BYTES); use a smaller input size or network")
         sample = act or in_bytes   # the activations count the input; unmeasured, the input is all that is known
         if batch_size * sample > batch_limit:
-            raise ConfigError(f"training/batch_size {batch_size}: a batch of input {shape} on architecture {name!r} "
+            raise ConfigError(f"{batch_setting or f'training/batch_size {batch_size}'}: a batch of input {shape} on "
+                              f"architecture {name!r} "
                               f"needs about {human_bytes(batch_size * sample)} for the inputs and their activations "
                               f"({human_bytes(sample)} a sample), more than the limit of {human_bytes(batch_limit)} "
                               f"({MAX_BATCH_ENV}); give a smaller batch or input size")
     return {"params": int(n_params), "activation_bytes": int(act)}
 
 
-def build_model(name: str, input_shape: Sequence[int] | None = None, batch_size: int = 1,
-                **kwargs: Any) -> nn.Module:
+def build_model(name: str, input_shape: Sequence[int] | None = None, batch_size: int = 1, *,
+                batch_setting: str | None = None, **kwargs: Any) -> nn.Module:
     """Build the architecture ``name`` (e.g. ``build_model("simple_cnn3d", in_channels=1, num_classes=2)``).
 
     The keyword arguments are checked first (:func:`check_kwargs`), then the network is built on the ``meta``
     device (no memory) and its size checked against the parameter budget, and with ``input_shape`` (C, *spatial)
-    its activations too, for one sample and for a training step of ``batch_size`` samples (:func:`check_budget`);
-    only then is it built for real.
+    its activations too, for one sample and for a training step of ``batch_size`` samples (:func:`check_budget`;
+    ``batch_setting`` names what decides the batch); only then is it built for real.
     """
     import torch
 
@@ -228,7 +230,7 @@ def build_model(name: str, input_shape: Sequence[int] | None = None, batch_size:
     except (ValueError, RuntimeError, AssertionError, ZeroDivisionError, IndexError, KeyError) as exc:
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ConfigError(f"architecture {name!r} cannot be built with {kwargs}: {first[:200]}") from None
-    check_budget(ghost, name, input_shape, batch_size)
+    check_budget(ghost, name, input_shape, batch_size, batch_setting)
     del ghost
     try:
         return spec.factory(**kwargs)

@@ -347,6 +347,32 @@ def check_in_memory(n_images: int, sample_shape: Sequence[int], cfg) -> None:
                         "give a smaller data/size or fewer images (data/max_train)")
 
 
+def check_split_in_memory(z, key: str, split: str, kind: str, size, slices: dict | None, path: Path,
+                          rows: int | None = None) -> None:
+    """Refuse, before any of its images is decompressed, ``split`` of the open archive ``z`` whose float32 copy
+    (images ``key`` as :func:`load_eval_split` prepares them: ``(N, C, *size)``) would exceed
+    :func:`..limits.max_dataset_bytes`, the bound training's data keep to (:func:`check_in_memory`): ``evaluate``,
+    ``calibrate`` and ``robustness --data`` resize to the model's input size, so a file of small images can ask for
+    many times its own size. ``rows``: the images the split keeps of ``key`` (a whole file's train or val share),
+    else all. The count and shape are those the ``.npy`` header declares; an unreadable header is judged when the
+    array is loaded."""
+    from ..limits import check_dataset_bytes
+
+    declared = _declared_npz_array(z, key)
+    if declared is None or len(declared[0]) < 3:
+        return
+    shape = declared[0]
+    if slices is not None:   # standardise_images: one grey channel
+        sample = [1, *(size or shape[1:3])]
+    else:   # the channel rule of to_channels_first, on a view of no bytes
+        first = to_channels_first(np.broadcast_to(np.zeros((), np.uint8), shape), kind, path)
+        sample = [first.shape[1], *(size or first.shape[2:])]
+    n = shape[0] if rows is None else rows
+    check_dataset_bytes(4 * n * math.prod(int(v) for v in sample),
+                        f"{n:,} images of {' x '.join(str(int(v)) for v in sample)} voxels as float32",
+                        f"split {split!r}", path, "give fewer images (a smaller split or file)")
+
+
 def standardise_images(images: np.ndarray, slices: dict, size, source) -> np.ndarray:
     """``(N, H, W)`` grey images → ``(N, 1, *size)`` float32 0..1 through
     :func:`..preprocessing.slices.standardise_slices` with the package's ``input.slices`` options, so training sees
@@ -488,9 +514,19 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
 
     Refused with one line naming the file, as classify refuses a single image: a split the file does not hold
     (naming those it does), a split without its labels, no images, images all blank (one value each), and 2D images
-    under ``min_side`` pixels per side."""
+    under ``min_side`` pixels per side; images whose float32 copy would exceed the data-set memory bound
+    (:func:`check_split_in_memory`), before any is decompressed."""
     z = open_npz(path)
-    if eval_split_source(z, split, path, val_fraction) == "split":
+    source = eval_split_source(z, split, path, val_fraction)
+    rows = None
+    if source == "whole" and split != "all":   # the share the split keeps, from the labels alone: before any image
+        labels = np.asarray(npz_array(z, "labels", path)).ravel()
+        declared = _declared_npz_array(z, "images")
+        if declared is not None and declared[0][:1] == (len(labels),):
+            rows = len(tail_per_class_split(labels, val_fraction)[1 if split == "val" else 0])
+    check_split_in_memory(z, f"{split}_images" if source == "split" else "images", split, kind, size, slices, path,
+                          rows)
+    if source == "split":
         x, y = npz_array(z, f"{split}_images", path), npz_array(z, f"{split}_labels", path)
         check_images_labels(x, y, f"split {split!r}", path)
     else:

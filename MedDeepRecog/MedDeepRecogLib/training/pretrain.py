@@ -124,13 +124,17 @@ def _train_split_name(data_path: Path, train_split: str) -> str:
 
 def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
     """The train images of every config, each standardised by its own ``input/slices`` at ``size``:
-    ``(N, 1, H, W)`` float32, and per config its name and image count."""
+    ``(N, 1, H, W)`` float32, and per config its name and image count.
+
+    Each config's images are bounded as training's are (:func:`..limits.max_dataset_bytes`, before they are made),
+    and the pool's together, checked as each config's images join it, before the next config is read."""
+    from ..limits import check_dataset_bytes
     from .config import load_config, resolve_data_path
     from ..preprocessing.slices import min_slice_side
     from .data import load_eval_split, load_train_val, max_train_rows
 
     images, sources = [], []
-    for path in configs:
+    for k, path in enumerate(configs, 1):
         cfg = load_config(path)
         if cfg.data.kind != "slices2d":
             raise ConfigError(f"the pool takes 2D image sets (data/kind: slices2d), not {cfg.data.kind!r}", path)
@@ -151,6 +155,9 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
                               f"{train.images.shape[1]}", data_path)
         images.append(np.asarray(train.images, dtype=np.float32))
         sources.append({"config": str(path), "train_images": int(len(train.images))})
+        check_dataset_bytes(sum(x.nbytes for x in images), f"{sum(len(x) for x in images):,} train images of 1 x "
+                            f"{' x '.join(map(str, size))} voxels as float32 ({k} of {len(configs)} configs read)",
+                            "--pool", None, "pool fewer or smaller image sets (data/max_train)")
     return np.concatenate(images), sources
 
 
@@ -188,12 +195,20 @@ def pretrain(config: str | Path, pool: Sequence[str | Path], out: str | Path, se
     cfg = load_config(config)
     if cfg.data.kind != "slices2d":
         raise ConfigError(f"pretraining is for 2D classifiers (data/kind: slices2d), not {cfg.data.kind!r}", config)
+    if cfg.data.size is None:
+        raise ConfigError("pretraining needs data/size: every pool image is standardised to it", config)
+
+    torch.manual_seed(settings.seed)
+    try:   # a step's batch is bounded as train's is, before the pool is read: two views of each image, both kept
+        backbone = build_model(cfg.model.name, input_shape=(1, *cfg.data.size), batch_size=2 * settings.batch_size,
+                               batch_setting=f"--batch {settings.batch_size} (two views of each image: "
+                                             f"{2 * settings.batch_size} samples a step)",
+                               in_channels=1, num_classes=settings.embedding, **cfg.model.kwargs)
+    except ConfigError as exc:   # the line names the config too, whose network and data/size these are
+        raise ConfigError(exc.problem, exc.path or config) from None
     images, sources = pool_images(pool, cfg.data.size)
     if len(images) < settings.batch_size:
         raise ConfigError(f"--batch {settings.batch_size} is more than the pool's {len(images)} images")
-
-    torch.manual_seed(settings.seed)
-    backbone = build_model(cfg.model.name, in_channels=1, num_classes=settings.embedding, **cfg.model.kwargs)
     net = ProjectionNet(backbone, settings.embedding, settings.projection)
     generator = torch.Generator().manual_seed(settings.seed)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(images)),
