@@ -426,6 +426,73 @@ def test_low_confidence_does_not_turn_out_of_domain_into_uncertain(shared_data, 
     assert any(r.startswith("predictive entropy 0.90") for r in result.decision["reasons"])
 
 
+@pytest.mark.parametrize("model_id, version, parent", [(BRAIN, "1.3.1", "1.3.0"), (LUNG, "1.2.2", "1.2.1"),
+                                                       (BREAST, "1.5.2", "1.5.1")])
+def test_bundled_disease_packages_carry_a_low_confidence_threshold_tuned_on_val(model_id, version, parent):
+    """The version ``--model ID`` picks holds a low-confidence threshold fitted on val without a temperature (the
+    probabilities stay the network's), and its card says the threshold's figures are tuned on val, not held out."""
+    package = load_package(model_id)
+    assert package.version == version and package.meta["provenance"]["parent"] == f"{model_id}@{parent}"
+    cal = package.meta["calibration"]
+    assert "temperature" not in cal and 0.0 < cal["low_confidence_threshold"] < 1.0
+    assert cal["fit_split"] == "val" and cal["same_split"] is True and "not held-out" in cal["note"]
+    assert cal["figures"]["n"] == package.meta["metrics"]["n"] and cal["figures"]["uncertain"] > 0
+    assert "; fitted after training: the low-confidence threshold (val)" in package.meta["metrics"]["selected_by"]
+    card = (package.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"**{cal['low_confidence_threshold']:.3f}**" in card and "tuned on it, not held-out estimates" in card
+    # same weights as the parent: the same network output
+    a, b = package.build_model().state_dict(), load_package(f"{model_id}@{parent}").build_model().state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_breast_val_image_above_the_threshold_is_reported_uncertain(shared_data, run_cli_all, tmp_path):
+    """Three BUSI val images as PNG through breast-us-lesion (1.5.2): one called malignant at 0.55 (a benign lesion;
+    normalised entropy 0.91) is reported uncertain on the command line, in the JSON, the HTML report and the Slicer
+    panel's text, where 1.5.1 (no threshold) named it malignant; a confident malignant call stays malignant; an
+    image outside the domain stays out-of-domain (its entropy is above the threshold too)."""
+    from MedDeepRecogLib.slicer_bridge.outputs import read_classify_result
+
+    npz = shared_data / "breast_us_busi" / "breast_us_busi_trainval.npz"
+    spread, sure, outside = (_npz_picture(tmp_path, npz, "val", i, f"val{i}") for i in (22, 51, 14))
+    threshold = load_package(BREAST).meta["calibration"]["low_confidence_threshold"]
+    code, out, err = run_cli_all("classify", spread, sure, outside, "--model", BREAST, "--out", tmp_path / "out",
+                                 "--progress", "none", "--no-faithfulness", "--explain", "none", "--report")
+    assert code == 0, err
+    records = {p.stem: json.loads((tmp_path / "out" / f"{p.stem}.json").read_text()) for p in (spread, sure, outside)}
+    rec = records["val22"]
+    assert rec["model"]["version"] == "1.5.2"
+    assert rec["label"] == "uncertain" and rec["top_class"] == "malignant" and rec["confidence"] == pytest.approx(
+        0.545, abs=0.01)
+    assert rec["uncertainty"]["predictive_entropy"] >= threshold and rec["uncertainty"]["low_confidence"] is True
+    assert rec["uncertainty"]["calibrated"] is False  # the network's own probabilities
+    assert any(f"low-confidence threshold {threshold:.2f}" in r for r in rec["uncertain_reasons"])
+    line = next(ln for ln in out.splitlines() if ln.startswith(str(spread)))
+    assert "uncertain (top class malignant, confidence 0.55)" in line
+    report = (tmp_path / "out" / "val22_report.html").read_text(encoding="utf-8")
+    assert "so the label is reported as uncertain" in report
+    assert "<b>uncertain</b>: most likely malignant" in read_classify_result(tmp_path / "out", spread).result_text()
+    assert records["val51"]["label"] == "malignant" and records["val51"]["uncertainty"]["low_confidence"] is False
+    assert records["val14"]["label"] == OUT_OF_DOMAIN and records["val14"]["uncertainty"]["low_confidence"] is True
+    # the parent, without a threshold, named the class
+    code, out, err = run_cli_all("classify", spread, "--model", f"{BREAST}@1.5.1", "--out", tmp_path / "old",
+                                 "--progress", "none", "--no-faithfulness", "--explain", "none")
+    assert code == 0 and json.loads((tmp_path / "old" / "val22.json").read_text())["label"] == "malignant", err
+
+
+def test_breast_low_confidence_threshold_is_reproduced_by_its_card_command(shared_data, tmp_path):
+    """The card's calibrate command, run again on 1.5.1, gives the bundled 1.5.2's threshold and figures."""
+    from MedDeepRecogLib.inference.calibrate import calibrate_package
+
+    bundled = load_package(f"{BREAST}@1.5.2").meta["calibration"]
+    assert bundled["command"].startswith(f"meddeeprecog calibrate --model {BREAST}@1.5.1 ")
+    result = calibrate_package(f"{BREAST}@1.5.1", shared_data / "breast_us_busi" / "breast_us_busi_trainval.npz",
+                               split="val", dest=tmp_path, version="1.5.90", temperature=False, low_confidence=True,
+                               command="test")
+    assert result["calibration"]["low_confidence_threshold"] == pytest.approx(bundled["low_confidence_threshold"],
+                                                                              abs=1e-5)
+    assert result["calibration"]["figures"] == bundled["figures"]
+
+
 def test_a_normal_label_is_no_finding_and_a_model_with_a_normal_class_reports_an_extent():
     from MedDeepRecogLib.inference.classify import finding_range
 

@@ -294,3 +294,95 @@ def test_calibrate_refuses_the_data_the_package_was_trained_on(shared_data, tmp_
     err = capsys.readouterr().err
     assert "--report-split 'train': this split of the file is what body-region@1.0.0 was trained on" in err
     assert "report on held-out data" in err and not (tmp_path / "pkgs").exists()
+
+
+def test_low_confidence_threshold_alone_keeps_the_networks_probabilities(tmp_path, capsys):
+    """``--no-temperature --low-confidence``: the threshold the temperature fit would write (Youden's J on the
+    normalised entropy) fitted on the network's own probabilities, which stay as they are (the block has no
+    temperature, classify's ``calibrated`` is false); its figures, on the split it was fitted on, are said to be
+    tuned there; evaluate counts the same images 'uncertain'; the card gets its own section."""
+    from MedDeepRecogLib.inference.calibrate import _npz_logits
+    from MedDeepRecogLib.inference.classify import classify_scan
+    from MedDeepRecogLib.uncertainty import low_confidence_threshold, normalized_entropy, softmax
+
+    catalog = tmp_path / "catalog"
+    parent = save_blob_package(catalog)
+    npz = write_blob_npz(tmp_path / "val.npz", n=60, seed=12)
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--no-temperature", "--low-confidence",
+                 "--dest", str(catalog), "--progress", "none"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "tuned on it, not held-out estimates" in captured.err
+    new = load_package(result["package"])
+    cal = new.meta["calibration"]
+    assert new.version == "1.0.1" and "temperature" not in cal and cal == result["calibration"]
+    assert cal["fit_split"] == cal["report_split"] == "val" and cal["same_split"] is True
+    logits, labels, _ = _npz_logits(new, npz, "val")
+    p = softmax(logits)
+    h, correct = normalized_entropy(p), p.argmax(1) == labels
+    fitted = low_confidence_threshold(h, correct)
+    assert fitted - 1e-6 <= cal["low_confidence_threshold"] <= fitted  # written rounded down to 6 places
+    flagged = h >= cal["low_confidence_threshold"]
+    f = cal["figures"]
+    assert (f["n"], f["out_of_domain"], f["uncertain"]) == (60, 0, int(flagged.sum()))  # no out-of-domain check
+    assert f["wrong_among_uncertain"] == int((flagged & ~correct).sum())
+    assert f["accuracy_of_the_rest"] == pytest.approx(correct[~flagged].mean(), abs=1e-4)
+    assert cal["low_confidence_rate"] == f["uncertain_share"] == pytest.approx(flagged.mean(), abs=1e-4)
+    assert main(["evaluate", "--model", str(new.path), "--data", str(npz), "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["as_classify_reports"]["uncertain"] == f["uncertain"]
+    card = (new.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "## Low-confidence threshold" in card and f"**{cal['low_confidence_threshold']:.3f}**" in card
+    assert "tuned on it, not held-out estimates" in card and "## Calibration (temperature" not in card
+    assert "fitted afterwards: the low-confidence threshold (val)." in card
+    assert not (new.path / "reliability.png").exists()
+    # classify: the parent's probabilities, flagged by the threshold, no temperature applied
+    scan = write_blob_scan(tmp_path / "s.nii.gz", label=1, seed=3)
+    before = classify_scan(scan, load_package(parent), explain="none", faithfulness=False)
+    after = classify_scan(scan, new, explain="none", faithfulness=False)
+    np.testing.assert_array_equal(after.probabilities, before.probabilities)
+    u = after.uncertainty
+    assert u["calibrated"] is False and u["temperature"] == 1.0 and before.uncertainty["low_confidence"] is None
+    assert u["low_confidence"] is (u["predictive_entropy"] >= cal["low_confidence_threshold"])
+    assert (after.label == "uncertain") is u["low_confidence"]
+
+    # figures on a split the fit did not see
+    z = np.load(npz)
+    held = write_blob_npz(tmp_path / "held.npz", n=30, seed=2)
+    both = tmp_path / "both.npz"
+    np.savez_compressed(both, val_images=z["val_images"], val_labels=z["val_labels"],
+                        test_images=np.load(held)["val_images"], test_labels=np.load(held)["val_labels"])
+    assert main(["calibrate", "--model", str(parent), "--data", str(both), "--no-temperature", "--low-confidence",
+                 "--report-split", "test", "--dest", str(catalog), "--progress", "none"]) == 0
+    other = json.loads(capsys.readouterr().out)["calibration"]
+    assert other["same_split"] is False and other["report_split"] == "test" and other["figures"]["n"] == 30
+    assert other["low_confidence_threshold"] == cal["low_confidence_threshold"]  # same fitting split
+    card = (catalog / "blob-test" / "1.0.2" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "split `test`, which the fit did not see" in card
+
+    # a temperature fitted later replaces the threshold alone, and its card section
+    assert main(["calibrate", "--model", str(new.path), "--data", str(npz), "--dest", str(catalog), "--version",
+                 "1.0.5", "--progress", "none"]) == 0
+    capsys.readouterr()
+    scaled = load_package(catalog / "blob-test" / "1.0.5")
+    card = (scaled.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "## Low-confidence threshold" not in card and card.count("## Calibration (temperature scaling)") == 1
+    assert scaled.meta["calibration"]["temperature"] > 0 and "figures" not in scaled.meta["calibration"]
+
+
+def test_low_confidence_alone_refuses_what_it_cannot_do(tmp_path, capsys):
+    """Refused in one line, before any prediction: --low-confidence with a temperature fit (which writes its own
+    threshold), and on a parent with a temperature (whose threshold was fitted with it)."""
+    catalog = tmp_path / "catalog"
+    parent = save_blob_package(catalog)
+    npz = write_blob_npz(tmp_path / "val.npz", n=20)
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--low-confidence", "--dest",
+                 str(catalog)]) == 2
+    assert "give it with --no-temperature" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(parent), "--data", str(npz), "--dest", str(catalog),
+                 "--progress", "none"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(catalog / "blob-test" / "1.0.1"), "--data", str(npz),
+                 "--no-temperature", "--low-confidence", "--dest", str(catalog), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "has a temperature" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (catalog / "blob-test" / "1.0.2").exists()

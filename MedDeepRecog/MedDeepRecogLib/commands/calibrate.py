@@ -1,9 +1,10 @@
 """``meddeeprecog calibrate --model ID --data NPZ|CSV [--fit-split val] [--report-split test]
-[--decision-rules RULES.json [--quantile 0.02]] [--domain-quantile Q [--domain-negatives CONFIG]] [--no-temperature]
-[--dest DIR] [--version V] [--progress json]``.
+[--decision-rules RULES.json [--quantile 0.02]] [--domain-quantile Q [--domain-negatives CONFIG]]
+[--no-temperature [--low-confidence]] [--dest DIR] [--version V] [--progress json]``.
 
 Fits temperature scaling and the low-confidence threshold on validation data and, with ``--decision-rules``, the
-"uncertain" threshold ``min_probability`` of the decision rules; writes a NEW package version whose model.json has
+"uncertain" threshold ``min_probability`` of the decision rules (``--no-temperature --low-confidence``: the
+low-confidence threshold alone, the probabilities left as they are); writes a NEW package version whose model.json has
 ``"calibration"`` (and ``"decision"``) blocks (see ``inference/calibrate.py``); with ``--domain-quantile`` the
 out-of-domain check's threshold is moved to that quantile of the fitting split's scores. The source package is
 never changed.
@@ -35,7 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="with --decision-rules: min_probability is this quantile of the correct held-out calls' "
                         "probability, rounded down to 0.05 (default 0.02: 98%% of correct calls pass)")
     p.add_argument("--no-temperature", dest="temperature", action="store_false",
-                   help="keep the probabilities as they are: write only the decision rules")
+                   help="keep the probabilities as they are: write only what the other options fit (decision "
+                        "rules, the out-of-domain threshold, --low-confidence)")
+    p.add_argument("--low-confidence", action="store_true",
+                   help="with --no-temperature: fit the low-confidence threshold (normalised predictive entropy at "
+                        "or above which classify reports 'uncertain') on the network's own probabilities, which "
+                        "stay as they are")
     p.add_argument("--domain-quantile", type=float, metavar="Q",
                    help="move the out-of-domain threshold to this quantile (0.5 to <1) of the fitting split's "
                         "scores (.npz data); the check's statistics are kept")
@@ -67,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                                n_bins=args.bins, progress=progress, report_split=args.report_split,
                                temperature=args.temperature, decision_rules=args.decision_rules,
                                quantile=args.quantile, domain_quantile=args.domain_quantile,
-                               domain_negatives=args.domain_negatives, command=command_line())
+                               domain_negatives=args.domain_negatives, low_confidence=args.low_confidence,
+                               command=command_line())
     if result["calibration"] is not None:
         print(f"meddeeprecog calibrate: {result['calibration']['note']}", file=sys.stderr)
     if args.progress == "json":

@@ -9,6 +9,13 @@ be fitted, together or apart:
                       "low_confidence_threshold", "low_confidence_rate", "split", "data", "n", ...}
 
   and the model card a "Calibration" section plus ``reliability.png`` (reliability diagram before/after);
+- the **low-confidence threshold alone** (``low_confidence`` with ``temperature=False``; ``--no-temperature
+  --low-confidence``): the same threshold (:func:`..uncertainty.calibration.low_confidence_threshold`: Youden's J
+  for telling wrong calls from right ones by their normalised predictive entropy) fitted on the network's own
+  probabilities, which stay as they are; ``"calibration"`` then has no ``temperature``, only
+  ``low_confidence_threshold`` and how it was chosen, with ``figures`` of the report split as classify would report
+  them (images the out-of-domain check flags get no class and are left out of the fit: the flag never applies to
+  them); the model card gets a "Low-confidence threshold" section;
 - **decision rules** (``decision_rules``, ``--decision-rules RULES.json``): ``min_probability``, the "uncertain"
   threshold, is set to the ``quantile`` (default 2 %) of the correct held-out calls' probability, rounded down to a
   multiple of 0.05 (the probability classify compares: for a slice model on a volume, the voting slices' mean
@@ -244,19 +251,22 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
                       command: str | None = None, report_split: str | None = None, temperature: bool = True,
                       decision_rules: Mapping[str, Any] | str | Path | None = None,
                       quantile: float | None = None, domain_quantile: float | None = None,
-                      domain_negatives: str | Path | None = None) -> dict[str, Any]:
+                      domain_negatives: str | Path | None = None, low_confidence: bool = False) -> dict[str, Any]:
     """Fit the package's calibration on ``split`` of ``data``; write a new package version.
 
     Args:
         model_ref: package id / id@version / folder / zip.
         data: ``.npz`` (``split`` is used) or ``.csv`` with ``path,label`` columns (every row is used).
         split: the split the temperature, the low-confidence threshold and ``min_probability`` are fitted on.
-        report_split: the split the ECE / NLL / flag-rate figures are reported on (``.npz`` only; default
+        report_split: the split the ECE / NLL / flag-rate figures (or, with ``low_confidence``, the threshold's
+            figures) are reported on (``.npz`` only; default
             ``split``: then ``calibration.same_split`` is true and ``calibration.note`` says the "after" figures
             are optimistic).
         dest: catalog root for the new version (default: the user catalog).
         version: version of the new package (default: the next free patch version).
         temperature: fit temperature scaling and the low-confidence threshold (``calibration`` block).
+        low_confidence: with ``temperature=False``: fit the low-confidence threshold alone, on the probabilities as
+            they are (a ``calibration`` block without a temperature; the parent must have none).
         decision_rules: write a ``decision`` block: these rules (a mapping, or a JSON/YAML file; checked by
             :func:`read_decision_rules` before any prediction) plus ``min_probability`` at ``quantile`` of the
             correct calls' probability (see the module docstring).
@@ -282,12 +292,15 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     if domain_negatives is not None and domain_quantile is None:
         raise ConfigError("--domain-negatives measures the negatives at a new out-of-domain threshold: give "
                           "--domain-quantile Q with it")
-    if not temperature and decision_rules is None and domain_quantile is None:
-        raise ConfigError("nothing to calibrate: drop --no-temperature, or give --decision-rules RULES or "
-                          "--domain-quantile Q")
-    if report_split is not None and not temperature:
-        raise ConfigError("--report-split is where the temperature's figures are reported: it does nothing with "
-                          "--no-temperature (drop one of them)")
+    if low_confidence and temperature:
+        raise ConfigError("--low-confidence fits the low-confidence threshold on the probabilities as they are: give "
+                          "it with --no-temperature (a temperature fit writes a threshold of its own)")
+    if not temperature and not low_confidence and decision_rules is None and domain_quantile is None:
+        raise ConfigError("nothing to calibrate: drop --no-temperature, or give --low-confidence, --decision-rules "
+                          "RULES or --domain-quantile Q")
+    if report_split is not None and not temperature and not low_confidence:
+        raise ConfigError("--report-split is where the temperature's (or --low-confidence's) figures are reported: "
+                          "it does nothing with --no-temperature alone (drop one of them)")
     if quantile is not None and decision_rules is None:
         raise ConfigError("--quantile chooses the decision rules' min_probability: give --decision-rules RULES with "
                           "it")
@@ -327,6 +340,10 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         from ..training.domain import require_domain_check
 
         require_domain_check(pkg)
+    if low_confidence and (pkg.meta.get("calibration") or {}).get("temperature") is not None:
+        raise ConfigError(f"{pkg.id}@{pkg.version} has a temperature ({package_temperature(pkg.meta):g}), whose "
+                          "low-confidence threshold was fitted with it: refit both (drop --no-temperature and "
+                          "--low-confidence)")
     if decision_rules is not None:
         decision_rules = read_decision_rules(decision_rules, pkg.class_names)
     elif temperature and (pkg.meta.get("decision") or {}).get("chosen_on"):
@@ -358,7 +375,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         if report_split is not None:
             _npz_split_exists(pkg, data, report_split)
             _refuse_training_split(pkg, data, report_split, "--report-split")
-        with_features = domain_quantile is not None or (decision_rules is not None and pkg.domain is not None)
+        with_features = domain_quantile is not None or ((decision_rules is not None or low_confidence)
+                                                        and pkg.domain is not None)
         logits, labels, split_features = _npz_logits(pkg, data, split, features=with_features)
         split_desc = split
     k = len(pkg.class_names)
@@ -384,6 +402,11 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
                                "parent_threshold": pkg.meta["domain"]["threshold"],
                                "parent_quantile": pkg.meta["domain"].get("quantile"), "command": command}
         meta["domain"] = domain
+    if low_confidence:
+        progress("low-confidence threshold", 0.92)
+        meta["calibration"] = low_confidence_block(
+            pkg, meta, data, logits, labels, _in_domain(pkg, meta, split_features, in_domain), split_desc,
+            report_split, command)
     decision = None
     if decision_rules is not None:
         probabilities = calibrated_probabilities(logits, meta)
@@ -394,10 +417,9 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
             t_new = package_temperature(meta)
             confidence = np.array([p.max() if v is None else slice_confidence(v, int(p.argmax()), t_new)
                                    for p, v in zip(probabilities, voting)])
-        if in_domain is None and split_features is not None:  # images of an .npz, at this version's threshold
-            in_domain = pkg.domain.scores(split_features) <= float(meta["domain"]["threshold"])
         decision = decision_block(probabilities, labels, decision_rules, quantile=quantile, data=data,
-                                  split=split_desc, command=command, confidence=confidence, in_domain=in_domain)
+                                  split=split_desc, command=command, confidence=confidence,
+                                  in_domain=_in_domain(pkg, meta, split_features, in_domain))
         meta["decision"] = decision
 
     meta.pop("weights", None)
@@ -420,6 +442,10 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     if cal is not None:
         card = replace_card_section(card, CALIBRATION_HEADING,
                                     calibration_card_section(cal, f"{pkg.id}@{pkg.version}").lstrip("\n"))
+        card = drop_card_section(card, LOW_CONFIDENCE_HEADING)  # a parent's threshold alone: replaced by this fit
+    if low_confidence:
+        card = replace_card_section(card, LOW_CONFIDENCE_HEADING,
+                                    low_confidence_card_section(meta["calibration"], f"{pkg.id}@{pkg.version}"))
     if decision is not None:
         card = decision_card_section(card, decision)
     if domain_quantile is not None:
@@ -438,7 +464,7 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
         progress("save", 0.95)
         new = save_package(pkg.build_model("cpu"), meta, dest, extra_files=extra)
     return {"package": str(new), "id": pkg.id, "version": new.name, "parent": f"{pkg.id}@{pkg.version}",
-            "calibration": cal, "decision": decision,
+            "calibration": meta["calibration"] if low_confidence else cal, "decision": decision,
             "domain": None if domain_quantile is None else {k: v for k, v in meta["domain"].items()
                                                             if k not in ("file", "sha256", "features")}}
 
@@ -479,6 +505,77 @@ def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, sp
     return cal, (before, after, labels)
 
 
+def _in_domain(pkg, meta: Mapping[str, Any], features: np.ndarray | None,
+               in_domain: np.ndarray | None) -> np.ndarray | None:
+    """The cases classify gives a class: ``in_domain`` as classify judged a CSV's scans, else an ``.npz``'s images
+    scored against this version's out-of-domain threshold (``None``: no check, every case)."""
+    if in_domain is None and features is not None and pkg.domain is not None:
+        return pkg.domain.scores(features) <= float(meta["domain"]["threshold"])
+    return in_domain
+
+
+def low_confidence_figures(entropy: np.ndarray, correct: np.ndarray, in_domain: np.ndarray,
+                           threshold: float) -> dict[str, Any]:
+    """What a low-confidence ``threshold`` does to cases as classify reports them: ``n`` cases, ``out_of_domain``
+    (no class, never "uncertain"), ``uncertain`` (inside the domain, normalised entropy at or above the threshold)
+    and its share of all ``n``, the ``accuracy_of_the_rest`` (the cases given a class), and how many of the
+    uncertain were ``wrong`` calls, next to all wrong calls inside the domain."""
+    flagged = in_domain & (entropy >= threshold)
+    rest = in_domain & ~flagged
+    return {"n": int(len(entropy)), "out_of_domain": int((~in_domain).sum()), "uncertain": int(flagged.sum()),
+            "uncertain_share": round(float(flagged.mean()), 4), "given_a_class": int(rest.sum()),
+            "accuracy_of_the_rest": round(float(correct[rest].mean()), 4) if rest.any() else None,
+            "wrong_among_uncertain": int((flagged & ~correct).sum()),
+            "wrong_in_domain": int((in_domain & ~correct).sum()),
+            "accuracy_in_domain": round(float(correct[in_domain].mean()), 4) if in_domain.any() else None}
+
+
+def low_confidence_block(pkg, meta: Mapping[str, Any], data: Path, logits: np.ndarray, labels: np.ndarray,
+                         in_domain: np.ndarray | None, split_desc: str, report_split: str | None,
+                         command: str) -> dict[str, Any]:
+    """``model.json["calibration"]`` holding a low-confidence threshold and no temperature: the threshold
+    (:func:`..uncertainty.calibration.low_confidence_threshold`) fitted on the network's own probabilities of the
+    fitting cases inside the model's domain (``in_domain``; the others get no class, so the flag never applies to
+    them), with its :func:`low_confidence_figures` on ``report_split`` (default: the fitting cases, and then the
+    note says those figures are tuned on them)."""
+    kept = np.ones(len(labels), bool) if in_domain is None else np.asarray(in_domain, bool)
+    if not kept.any():
+        raise ConfigError("every held-out case is flagged outside the model's domain, so no low-confidence threshold "
+                          "can be fitted", data)
+    p = calibrated_probabilities(logits, meta)  # the network's softmax: a parent with a temperature is refused
+    h, correct = normalized_entropy(p), p.argmax(1) == labels
+    # written to 6 places, rounded down so the image the threshold sits on is still flagged by the written value
+    threshold = float(np.floor(low_confidence_threshold(h[kept], correct[kept]) * 1e6) / 1e6)
+    fit_n, fit_kept = int(len(labels)), int(kept.sum())
+    same = report_split is None or report_split == split_desc
+    if not same:  # figures on data the fit did not see
+        k = len(pkg.class_names)
+        logits, labels, features = _npz_logits(pkg, data, report_split, features=pkg.domain is not None)
+        if labels.max() >= k or labels.min() < 0:
+            raise ConfigError(f"labels of split {report_split!r} do not fit the model's {k} classes", data)
+        p = calibrated_probabilities(logits, meta)
+        h, correct = normalized_entropy(p), p.argmax(1) == labels
+        kept = _in_domain(pkg, meta, features, None)
+        kept = np.ones(len(labels), bool) if kept is None else kept
+    figures = low_confidence_figures(h, correct, kept, threshold)
+    report_desc = split_desc if same else report_split
+    return {"low_confidence_threshold": threshold,
+            "low_confidence_rate": figures["uncertain_share"],
+            "low_confidence_measure": "normalised predictive entropy of the network's own probabilities (0..1): no "
+                                      "temperature, the probabilities are the network's",
+            "low_confidence_chosen_by": "Youden's J (wrong calls against right ones, by their entropy) over the "
+                                        "fitting cases inside the model's domain",
+            "split": split_desc, "data": str(data), "n": fit_n, "fit_n_in_domain": fit_kept,
+            "fit_split": split_desc, "report_split": report_desc, "report_n": figures["n"], "same_split": same,
+            "figures": figures, "command": command,
+            **({"scale": "fitted on single images; on a volume, classify compares the entropy of the scan's "
+                         "probabilities (the voting slices' geometric mean), a scale it was not fitted on"}
+               if pkg.input_spec.get("kind") == "slices2d" and not str(data).lower().endswith(".csv") else {}),
+            "note": (f"threshold fitted and its figures measured on the same split ({split_desc}): they are tuned on "
+                     "it, not held-out estimates; give --report-split for figures on data the fit did not see")
+            if same else f"fitted on {split_desc} ({fit_n} cases), figures on {report_desc} ({figures['n']} cases)"}
+
+
 #: Where a calibrated version's ``selected_by`` says what was fitted after training (and on which split).
 CALIBRATED_MARK = "; fitted after training: "
 #: The card's line (just under the title) that says which parts of a calibrated version were fitted, and on what.
@@ -492,6 +589,8 @@ def fitted_parts(meta: Mapping[str, Any]) -> str:
     cal = meta.get("calibration") or {}
     if cal.get("temperature") is not None:
         parts.append(f"the temperature and low-confidence threshold ({cal.get('fit_split', cal.get('split'))})")
+    elif cal.get("low_confidence_threshold") is not None:
+        parts.append(f"the low-confidence threshold ({cal.get('fit_split', cal.get('split'))})")
     chosen = (meta.get("decision") or {}).get("chosen_on")
     if chosen:
         parts.append(f"the decision rules' min_probability ({chosen.get('split')})")
@@ -528,6 +627,15 @@ def replace_card_section(card: str, heading: str, section: str) -> str:
     return card[:start + 1] + section + ("" if end < 0 else card[end:])
 
 
+def drop_card_section(card: str, heading: str) -> str:
+    """``card`` without the section under ``heading`` (up to the next ``## `` heading), if it has one."""
+    start = card.find(f"\n{heading}\n")
+    if start < 0:
+        return card
+    end = card.find("\n## ", start + 1)
+    return card[:start].rstrip("\n") + ("\n" if end < 0 else "\n" + card[end:])
+
+
 CALIBRATION_HEADING = "## Calibration (temperature scaling)"
 
 
@@ -548,6 +656,32 @@ Youden's J for telling wrong from right predictions on the fitting data; {cal['l
 cases are flagged). {"Fitted and reported on the same split, so the 'after' figures are optimistic." if
 cal.get('same_split', True) else "Reported on data the fit did not see."}
 """
+
+
+LOW_CONFIDENCE_HEADING = "## Low-confidence threshold"
+
+
+def low_confidence_card_section(cal: dict[str, Any], parent: str) -> str:
+    """Markdown "Low-confidence threshold" section for a model card (a threshold fitted without a temperature)."""
+    f = cal["figures"]
+    rest = "n/a" if f["accuracy_of_the_rest"] is None else f"{f['accuracy_of_the_rest']:.3f}"
+    where = (f"split `{cal['report_split']}`, the split the threshold was fitted on, so these figures are **tuned on "
+             "it, not held-out estimates**" if cal.get("same_split", True) else
+             f"split `{cal['report_split']}`, which the fit did not see")
+    ood = (f"; {f['out_of_domain']} more are flagged outside the model's domain, which get no class (never "
+           "\"uncertain\")" if f["out_of_domain"] else "")
+    return (f"{LOW_CONFIDENCE_HEADING}\n"
+            f"An image whose normalised predictive entropy (0: all probability on one class, 1: spread evenly) is at "
+            f"or above **{cal['low_confidence_threshold']:.3f}** is reported **uncertain** (its most likely class "
+            f"is still named, with the reason). The probabilities are the network's own: no temperature was "
+            f"fitted. The threshold maximises Youden's J for telling wrong calls from right ones by their entropy "
+            f"on split `{cal['fit_split']}` of `{Path(cal['data']).name}` ({cal['fit_n_in_domain']} images inside "
+            f"the model's domain), for parent `{parent}`, by\n```\n{cal['command']}\n```\n"
+            f"On {where}: {f['uncertain']} of {f['n']} images ({f['uncertain_share']:.1%}) are reported uncertain"
+            f"{ood}; the {f['given_a_class']} given a class have accuracy {rest} (all {f['n'] - f['out_of_domain']} "
+            f"in-domain images: {f['accuracy_in_domain']:.3f}); {f['wrong_among_uncertain']} of the {f['uncertain']} uncertain were "
+            f"wrong calls, of {f['wrong_in_domain']} wrong calls inside the domain.\n"
+            + (f"The threshold was {cal['scale']}.\n" if cal.get("scale") else ""))
 
 
 DECISION_HEADING = "## Decision rules (calibrated)"

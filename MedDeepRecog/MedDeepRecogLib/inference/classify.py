@@ -463,7 +463,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
 
 def _add_trust(result: ClassificationResult, package, model, target_layer: str | None, *, uncertainty: str,
                faithfulness: bool, lesion: sitk.Image | None, raw_probabilities: np.ndarray) -> None:
-    """Faithfulness (+ caption), lesion localisation and the uncertainty block; a calibrated low-confidence flag
+    """Faithfulness (+ caption), lesion localisation and the uncertainty block; the package's low-confidence flag
     also makes the reported label ``uncertain`` (with the reason)."""
     from .trust import (faithfulness_caption, heatmap_faithfulness, heatmap_localisation, scan_lesion_reliance,
                         scan_uncertainty)
@@ -484,7 +484,8 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
     if u.get("low_confidence"):
         d = result.decision
         d["reasons"] = [*d["reasons"], f"predictive entropy {u['predictive_entropy']:.2f} is at or above the "
-                                       f"calibrated low-confidence threshold {u['low_confidence_threshold']:.2f}"]
+                                       f"model's low-confidence threshold {u['low_confidence_threshold']:.2f} "
+                                       "(set on held-out images)"]
         d["uncertain"] = True
         if d["label"] != OUT_OF_DOMAIN:  # "outside the domain" says more than "unsure of the class"
             d["label"] = "uncertain"

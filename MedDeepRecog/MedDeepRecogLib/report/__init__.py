@@ -41,12 +41,15 @@ def uncertainty_words(result) -> list[str]:
         out.append(f"Predictive entropy {h:.2f} on a 0 (all probability on one class) to 1 (spread evenly over "
                    f"all classes) scale: {level} spread.")
     if u.get("low_confidence") is True:
-        out.append(f"The entropy is at or above the calibrated low-confidence threshold "
-                   f"{u['low_confidence_threshold']:.2f}, so the label is reported as uncertain.")
+        out.append(f"The entropy is at or above the model's low-confidence threshold "
+                   f"{u['low_confidence_threshold']:.2f} (set on held-out images; see the model card), so the label "
+                   f"is reported as uncertain.")
     elif u.get("low_confidence") is False:
-        out.append(f"The entropy is below the calibrated low-confidence threshold {u['low_confidence_threshold']:.2f}.")
+        out.append(f"The entropy is below the model's low-confidence threshold {u['low_confidence_threshold']:.2f} "
+                   f"(set on held-out images; see the model card).")
     else:
-        out.append("This package has no calibrated low-confidence threshold (it was not calibrated).")
+        out.append("This package has no low-confidence threshold (it was not calibrated), so a high spread does not "
+                   "make the label uncertain.")
     for key, what in (("mc_dropout", "Monte-Carlo dropout passes"), ("tta", "test-time augmentations (the scan "
                       "and flipped copies)"), ("ensemble", "ensemble members")):
         block = u.get(key)

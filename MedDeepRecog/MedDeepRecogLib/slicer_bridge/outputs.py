@@ -30,7 +30,7 @@ class ClassifyResult:
         segmentations: ``.seg.nrrd`` files the worker wrote (model segmentations, heatmap regions).
         explain_method: e.g. ``"gradcam"``; ``faithfulness``: the heatmap's faithfulness score if reported;
             ``faithfulness_caption``: its deletion / insertion AUCs in words.
-        low_confidence: the calibrated low-confidence flag (None when the model is not calibrated);
+        low_confidence: the low-confidence flag (None when the model has no low-confidence threshold);
             ``predictive_entropy``: normalised 0..1 (None when not reported).
         input_notes: what reading or preparing the scan changed (colour made grey, the CT table blanked, ...).
         raw: the whole JSON record.
@@ -103,7 +103,8 @@ class ClassifyResult:
         if self.faithfulness_caption:
             text += f"\n{self.faithfulness_caption}"
         if self.low_confidence is not None:
-            text += "\nlow confidence" if self.low_confidence else "\nconfidence OK (calibrated)"
+            text += ("\nlow confidence" if self.low_confidence
+                     else "\nconfidence OK (entropy under the model's threshold)")
         return text
 
 

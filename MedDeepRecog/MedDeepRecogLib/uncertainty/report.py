@@ -2,8 +2,9 @@
 
 :func:`classify_uncertainty` is what ``classify`` calls after its prediction; it only needs the model, the
 model input and the package's ``model.json``. With a ``"calibration"`` block in model.json (written by
-``meddeeprecog calibrate``) it applies the temperature and raises the low-confidence flag when the calibrated
-prediction's normalised entropy is at or above the threshold fitted on validation data.
+``meddeeprecog calibrate``) it applies the temperature, if the block has one, and raises the low-confidence flag when
+the prediction's normalised entropy is at or above the threshold fitted on validation data (``calibrate
+--no-temperature --low-confidence`` writes a threshold without a temperature: the probabilities stay the network's).
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
             whose slices are flipped in-plane only).
 
     Returns:
-        JSON-able dict: ``temperature``, ``probabilities`` (calibrated, by class name), ``predictive_entropy``
-        (normalised 0..1, of the calibrated probabilities), ``low_confidence`` (bool, or None when the package is
-        not calibrated), ``low_confidence_threshold``, and ``mc_dropout`` / ``tta`` blocks with ``predictive_entropy``,
+        JSON-able dict: ``temperature`` (1.0 without one), ``calibrated`` (a temperature is applied),
+        ``probabilities`` (calibrated, by class name), ``predictive_entropy`` (normalised 0..1, of the calibrated
+        probabilities), ``low_confidence`` (bool, or None when the package has no low-confidence threshold),
+        ``low_confidence_threshold``, and ``mc_dropout`` / ``tta`` blocks with ``predictive_entropy``,
         ``mutual_information``, ``variance``, ``mean_probabilities`` (the network's own softmax: ``probability_scale``
         says so for a calibrated package) (or ``{"available": false, "reason"}``); for a
         seed ensemble on volumes also an ``ensemble`` block of the same form over its members (one pass each).
@@ -67,12 +69,13 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
         with torch.no_grad():
             logits = forward(x)
     cal = meta.get("calibration") or {}
+    scaled = cal.get("temperature") is not None  # a threshold alone leaves the probabilities as they are
     p = calibrated_probabilities(logits, meta)[0]
     h = float(normalized_entropy(p[None])[0])
     threshold = cal.get("low_confidence_threshold")
     out: dict[str, Any] = {
-        "temperature": float(cal.get("temperature", 1.0)),
-        "calibrated": bool(cal),
+        "temperature": package_temperature(meta),
+        "calibrated": scaled,
         "probabilities": dict(zip(names, map(float, p))) if names else [float(v) for v in p],
         "predictive_entropy": h,
         "low_confidence_threshold": None if threshold is None else float(threshold),
@@ -87,7 +90,7 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
         return {"available": True, "samples": s["samples"], "predictive_entropy": s["predictive_entropy"][0],
                 "mutual_information": s["mutual_information"][0], "variance": s["variance"][0],
                 "mean_probabilities": dict(zip(names, mean)) if names else mean,
-                **({"probability_scale": UNCALIBRATED_SCALE} if cal else {})}
+                **({"probability_scale": UNCALIBRATED_SCALE} if scaled else {})}
 
     if mc_samples > 0:
         if dropout_layers(model):
