@@ -6,6 +6,7 @@ progress, ``MedDeepRecogSlicerLib`` moves nodes to files and back. The GUI threa
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import vtkMRMLDisplayableNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -51,9 +52,9 @@ OUTPUT_ATTRIBUTE = "MedDeepRecog.output"
 #: The model list's first entry: ``classify --model auto`` routes each scan to the disease model that applies.
 AUTO_MODEL = "auto"
 #: What the input selector offers: scans (scalar and colour volumes; label maps are a subclass, left out) for image
-#: models, label maps for mask models.
+#: models; for mask models label maps and segmentations (one segment of a segmentation is classified: the Segment row).
 SCAN_NODE_TYPES = ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
-MASK_NODE_TYPES = ["vtkMRMLLabelMapVolumeNode"]
+MASK_NODE_TYPES = ["vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"]
 
 
 def _importName(requirement):
@@ -82,7 +83,10 @@ class MedDeepRecog(ScriptedLoadableModule):
 class MedDeepRecogParameterNode:
     """Everything the panel shows, saved with the scene (bound to the .ui by SlicerParameterName)."""
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    # a scan, a label map, or for a mask model a segmentation: their common MRML class. What the selector offers follows
+    # the model (_updateInputSelector), and every run checks what it reads (MedDeepRecogLogic._runInput).
+    inputVolume: vtkMRMLDisplayableNode
+    inputSegment: str = ""  # segment ID in a segmentation input; "" or one it lacks: its first segment
     secondVolume: vtkMRMLScalarVolumeNode
     preset: Annotated[str, Choice(PRESETS)] = "lung-ct"
     resample: bool = False
@@ -138,6 +142,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetuneButton)
         self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.inputSegmentComboBox.connect("currentIndexChanged(int)", self.onInputSegmentSelected)
         for bar in (self.ui.classifyProgressBar, self.ui.finetuneProgressBar):
             bar.hide()
         self.initializeParameterNode()
@@ -198,13 +203,14 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.applyPreset(p)
         self._preset = p.preset
         self._updateInputSelector(p)
+        self._updateSegmentSelector(p)
         self._updateRunButtons(p)
         self.ui.sliceTableView.setMRMLTableNode(p.sliceTable)
         self.ui.sliceTableView.visible = bool(p.sliceTable)
         self.ui.probabilityTableView.setMRMLTableNode(p.outputTable)
         self.ui.show3DButton.setSegmentationNode(p.outputSegmentation)
         self.logic.syncClassMap(p)
-        self._observeSegments(p.trainingSegmentation)
+        self._followSegments("_observedSegmentation", p.trainingSegmentation, self.onSegmentsChanged)
         self.ui.classMapTableView.setMRMLTableNode(p.classMapTable)
         if p.outputHeatmap:  # the views' foreground opacity only when the slider moved: it is every view's setting
             opacityChanged = getattr(self, "_heatmapOpacity", None) != p.heatmapOpacity
@@ -221,26 +227,28 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = {kind: self.logic.isRunning(kind)
                 for kind in ("classify", "segment", "finetune", "robustness", "preview")}
         ready = bool(p.inputVolume and p.model)
+        # a segmentation input (a mask model's) is read by Classify alone; the other runs read a volume
+        volume = bool(p.inputVolume) and not self.logic.isSegmentation(p.inputVolume)
         segmentation = ready and self._modelTask(p.model) == "segmentation"
         self.ui.classifyButton.text = "Cancel" if busy["classify"] else "Classify"
         self.ui.classifyButton.enabled = (ready and not segmentation) or busy["classify"]
-        sliceModel = ready and self.logic.isSliceModel(p.model)  # model.json only: cheap on the GUI thread
+        sliceModel = ready and volume and self.logic.isSliceModel(p.model)  # model.json only: cheap on the GUI thread
         self.ui.classifySliceButton.text = "Cancel" if busy["classify"] else "Classify current slice"
         self.ui.classifySliceButton.enabled = sliceModel or busy["classify"]
         self.ui.segmentButton.text = "Cancel" if busy["segment"] else "Segment"
         self.ui.segmentButton.enabled = segmentation or busy["segment"]
         self.ui.robustnessButton.text = "Cancel" if busy["robustness"] else "Robustness check"
-        self.ui.robustnessButton.enabled = (ready and not segmentation) or busy["robustness"]
+        self.ui.robustnessButton.enabled = (ready and volume and not segmentation) or busy["robustness"]
         self.ui.previewButton.text = "Cancel" if busy["preview"] else "Preview"
-        self.ui.previewButton.enabled = bool(p.inputVolume) or busy["preview"]
+        self.ui.previewButton.enabled = volume or busy["preview"]
         self.ui.finetuneButton.text = "Cancel" if busy["finetune"] else "Start fine-tuning"
-        self.ui.finetuneButton.enabled = bool(ready and p.trainingSegmentation) or busy["finetune"]
+        self.ui.finetuneButton.enabled = bool(ready and volume and p.trainingSegmentation) or busy["finetune"]
 
     def _updateInputSelector(self, p):
-        """The input selector offers what the selected model reads (its package's ``input.content``): label maps for
-        a mask model (the adrenal models classify a gland's shape), scans for the others; never a heatmap this
-        module made (no scan: a run refuses it too). The parameter node's input stays chosen while the list
-        changes, if the list offers it."""
+        """The input selector offers what the selected model reads (its package's ``input.content``): label maps and
+        segmentations for a mask model (the adrenal models classify a gland's shape), scans for the others; never a
+        heatmap this module made (no scan: a run refuses it too). The parameter node's input stays chosen while the
+        list changes, if the list offers it."""
         if getattr(self, "_updatingInputSelector", False):  # the selector writes its new node into the parameters
             return
         selector = self.ui.inputVolumeSelector
@@ -275,25 +283,58 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return info.get("task") or "classification"
         return self.logic.modelTask(model)
 
-    def _observeSegments(self, segmentationNode):
-        """Follow the Fine-tune segmentation's segments (added, removed, renamed) into the segment → class table."""
+    def _followSegments(self, slot, segmentationNode, callback):
+        """Call ``callback`` when a segment of ``segmentationNode`` is added, removed or renamed (the Fine-tune
+        segmentation's into the segment → class table, the input segmentation's into the Segment list); ``slot``
+        names the attribute remembering the segmentation followed so, whose observers go when it changes."""
         segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
-        previous = getattr(self, "_observedSegmentation", None)
+        previous = getattr(self, slot, None)
         if segmentation is previous:
             return
         events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
                   slicer.vtkSegmentation.SegmentModified)
         if previous is not None:
             for event in events:
-                self.removeObserver(previous, event, self.onSegmentsChanged)
-        self._observedSegmentation = segmentation
+                self.removeObserver(previous, event, callback)
+        setattr(self, slot, segmentation)
         if segmentation is not None:
             for event in events:
-                self.addObserver(segmentation, event, self.onSegmentsChanged)
+                self.addObserver(segmentation, event, callback)
 
     def onSegmentsChanged(self, caller=None, event=None):
         if self._parameterNode:
             self.logic.syncClassMap(self._parameterNode)
+
+    def _updateSegmentSelector(self, p):
+        """The Segment row, shown while the input is a segmentation (a mask model's): its segments by name, with the
+        one a run classifies selected (``p.inputSegment``, else the first: ``MedDeepRecogLogic.inputSegmentID``).
+        Slicer has no parameter node connector for a segment, so the list is filled here, as the model list is; the
+        parameter node keeps the choice (:meth:`onInputSegmentSelected`)."""
+        segmentationNode = p.inputVolume if self.logic.isSegmentation(p.inputVolume) else None
+        self._followSegments("_inputSegmentation", segmentationNode, self.onInputSegmentsChanged)
+        combo = self.ui.inputSegmentComboBox
+        combo.visible = self.ui.inputSegmentLabel.visible = segmentationNode is not None
+        segments = scene_io.segmentItems(segmentationNode) if segmentationNode is not None else []
+        chosen = self.logic.inputSegmentID(p, segmentationNode) if segmentationNode is not None else None
+        combo.blockSignals(True)  # filling the list is no choice of the user's
+        try:
+            if segments != getattr(self, "_listedSegments", None):
+                combo.clear()
+                for segmentId, name in segments:
+                    combo.addItem(name, segmentId)
+                self._listedSegments = segments
+            combo.currentIndex = combo.findData(chosen) if chosen else -1
+        finally:
+            combo.blockSignals(False)
+
+    def onInputSegmentsChanged(self, caller=None, event=None):
+        if self._parameterNode:
+            self._updateSegmentSelector(self._parameterNode)
+
+    def onInputSegmentSelected(self, index=None):
+        segmentId = self.ui.inputSegmentComboBox.currentData
+        if self._parameterNode is not None and segmentId:
+            self._parameterNode.inputSegment = segmentId
 
     # -- models --------------------------------------------------------------------------------------------
     def refreshModels(self, select=None):
@@ -406,8 +447,9 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 method(self._parameterNode, onProgress=self._progress(bar, label),
                        onFinished=self._finished(kind, bar, label, onSuccess))
-            except Exception:
-                label.text = ""  # nothing started; the error display says why
+            except Exception as exc:  # nothing started: one line says why (the error display too)
+                why = str(exc).strip().splitlines()
+                label.text = f"Not started: {why[0] if why else type(exc).__name__}"
                 raise
         self.onParameterNodeModified()
 
@@ -655,17 +697,40 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         scene_io.placeUnderStudy(p.outputSegmentation, volume)
 
     @staticmethod
-    def _runInput(p):
+    def _runInput(p, segmentation=False):
         """The scan a run reads, taken when it starts: its results are loaded for that node (named after it, shown
         over it) even if the panel's input changes while the worker runs. A heatmap this module made is refused:
-        it is no scan, and its run would write the new heatmap into it."""
+        it is no scan, and its run would write the new heatmap into it. A segmentation is read by a mask model's
+        Classify alone (``segmentation=True``); any other run refuses it."""
         volume = p.inputVolume
         if not volume:
             raise ValueError("Select the input volume.")
+        if MedDeepRecogLogic.isSegmentation(volume):
+            if not segmentation:
+                raise ValueError(f"'{volume.GetName()}' is a segmentation: only Classify with a mask model (one that "
+                                 "classifies a structure's shape, e.g. adrenal-mass-3d) reads one; select a volume "
+                                 "as the input.")
+            return volume
+        if not volume.IsA("vtkMRMLVolumeNode"):
+            raise ValueError(f"'{volume.GetName()}' is no volume: select a scan as the input volume.")
         if MedDeepRecogLogic.isHeatmap(p, volume):
             raise ValueError(f"'{volume.GetName()}' is a heatmap made by MedDeepRecog, not a scan: select the scan "
                              "itself as the input volume.")
         return volume
+
+    @staticmethod
+    def isSegmentation(node):
+        """True for a segmentation node (the input of a mask model, whose chosen segment is classified)."""
+        return node is not None and node.IsA("vtkMRMLSegmentationNode")
+
+    @staticmethod
+    def inputSegmentID(p, segmentationNode):
+        """The ID of the segment of ``segmentationNode`` that Classify reads: ``p.inputSegment`` when it is one of
+        its segments, else its first (what the panel's Segment list then shows); ``None`` when it has none."""
+        segmentIds = list(segmentationNode.GetSegmentation().GetSegmentIDs())
+        if not segmentIds:
+            return None
+        return p.inputSegment if p.inputSegment in segmentIds else segmentIds[0]
 
     @staticmethod
     def modelInput(model):
@@ -696,7 +761,9 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             return self.classifySegments(p, **kwargs)
         if self.modelTask(p.model) == "segmentation":  # said in the panel's words, not the command line's
             raise ValueError(f"{p.model} is a segmentation model: use Segment.")
-        volume = self._runInput(p)
+        volume = self._runInput(p, segmentation=self.modelInput(p.model).get("content") == MASK_CONTENT)
+        if self.isSegmentation(volume):
+            return self._classifySegment(p, volume, **kwargs)
         with self._workDir() as workDir:
             inputPath = scene_io.exportVolume(volume, workDir)
             outDir = workDir / "out"
@@ -708,13 +775,39 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 return self._loadClassification(p, volume, outDir, inputPath)
             return self._start("classify", command, load, workDir, **kwargs)
 
-    def _loadClassification(self, p, volume, outDir, inputPath):
-        """The worker's classify outputs of ``volume`` (the scan the run started on) into the reused nodes:
-        probability table, heatmap (Inferno over the scan), hot-region segment, and for a 2D model the per-slice
-        table."""
+    def _classifySegment(self, p, segmentationNode, **kwargs):
+        """Classify one segment of ``segmentationNode`` (:meth:`inputSegmentID`) with the mask model ``p.model``: the
+        segment alone goes to the worker as a label map file (:func:`scene_io.exportSegmentLabelmap`: on the grid it
+        was drawn on) and the core reads it as it reads a label map node's. Results are named after the segmentation
+        and segment; the result line says which segment was classified. A segmentation without segments, or an
+        empty segment, is refused before anything starts."""
+        segmentId = self.inputSegmentID(p, segmentationNode)
+        if segmentId is None:
+            raise ValueError(f"'{segmentationNode.GetName()}' has no segments: draw the structure in the Segment "
+                             "Editor, or select a label map.")
+        segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        name = f"{segmentationNode.GetName()} {segmentName}"
+        with self._workDir() as workDir:
+            inputPath = scene_io.exportSegmentLabelmap(segmentationNode, segmentId, workDir)
+            outDir = workDir / "out"
+            command = WorkerCommand.classify([inputPath], p.model, outDir, python=self.python,
+                                             explain=p.explainMethod, device=p.device)
+
+            def load(result, job):
+                res = self._loadClassification(p, segmentationNode, outDir, inputPath, name)
+                said = f"classified: the segment '{segmentName}' of '{segmentationNode.GetName()}'"
+                return dataclasses.replace(res, input_notes=[said, *res.input_notes])
+            return self._start("classify", command, load, workDir, **kwargs)
+
+    def _loadClassification(self, p, volume, outDir, inputPath, name=None):
+        """The worker's classify outputs of ``volume`` (the scan the run started on; or the label map or
+        segmentation of a mask model's structure) into the reused nodes, named after ``name`` (default: the node's
+        name): probability table, heatmap (Inferno over the scan), hot-region segment, and for a 2D model the
+        per-slice table."""
         self._checkStillInScene(volume)
         res = read_classify_result(outDir, inputPath)
-        name = volume.GetName()
+        name = name or volume.GetName()
+        isScan = volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA("vtkMRMLLabelMapVolumeNode")
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
         scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain)
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
@@ -739,15 +832,15 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             p.sliceTable = None
         self._segmentationFor(p, volume)
         for segPath in res.segmentations:
-            scene_io.replaceSegments(p.outputSegmentation, segPath, volume)
+            scene_io.replaceSegments(p.outputSegmentation, segPath, volume if volume.IsA("vtkMRMLVolumeNode") else None)
         hotName = f"heatmap >= {HOT_REGION_THRESHOLD}"
         if res.heatmap is not None and not res.out_of_domain:  # outside the domain: no heat is a finding either
             p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, self._outputVolume(p.outputHeatmap, volume),
                                                       f"{name} heatmap")
             p.outputHeatmap.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
             scene_io.placeUnderStudy(p.outputHeatmap, volume)
-            background = None if volume.IsA("vtkMRMLLabelMapVolumeNode") else volume  # a mask: over the scan shown
-            scene_io.showHeatmap(p.outputHeatmap, background, p.heatmapThreshold, p.heatmapOpacity)
+            # a mask (label map, segment): shown over the scan in the views
+            scene_io.showHeatmap(p.outputHeatmap, volume if isScan else None, p.heatmapThreshold, p.heatmapOpacity)
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
             scene_io.setSegmentFromMask(p.outputSegmentation, hotName, hot, (0.99, 0.65, 0.04), p.outputHeatmap)
         else:  # no heatmap this time (explain none, a model without one, out of domain): the last one must go

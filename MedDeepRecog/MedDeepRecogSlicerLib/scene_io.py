@@ -44,6 +44,45 @@ def exportSegmentation(segmentationNode: vtkMRMLSegmentationNode, folder: Path) 
     return path
 
 
+def exportSegmentLabelmap(segmentationNode: vtkMRMLSegmentationNode, segmentId: str, folder: Path) -> Path:
+    """Write the one segment ``segmentId`` of ``segmentationNode`` to ``folder/<segmentation>_<segment>.nrrd`` as a
+    binary label map (1 in the segment, 0 elsewhere; other segments, even overlapping ones, left out), as Slicer's
+    Export to label map writes it: on the segmentation's reference geometry, whole, under its parent transform.
+
+    The reference geometry is the grid the segment was drawn on (the source volume's voxels, or their oversampling):
+    the segment goes out voxel for voxel, resampled nowhere, and the core cuts the model's field of view on that grid
+    keeping its voxel size, exactly as for a label map node on that grid. (A cut to the segment's own extent would
+    not do: the core keeps an input no larger than the model's field as it is, centred on its box, not on the
+    structure's centre of mass.) The temporary label map node, and the colour table the export makes for it, are
+    removed.
+
+    Raises:
+        ValueError: the segment holds no voxel (nothing to classify).
+        RuntimeError: the export or the write failed.
+    """
+    segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+    which = f"the segment '{segmentName}' of '{segmentationNode.GetName()}'"
+    colorsBefore = {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLColorNode")}
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
+                                                  f"{segmentationNode.GetName()} {segmentName}")
+    try:
+        segmentIds = vtk.vtkStringArray()
+        segmentIds.InsertNextValue(segmentId)
+        if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                segmentationNode, segmentIds, labelmap, None, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+            raise RuntimeError(f"could not export {which} as a label map")
+        image = labelmap.GetImageData()
+        if image is None or 0 in image.GetDimensions() or not slicer.util.arrayFromVolume(labelmap).any():
+            raise ValueError(f"{which} is empty: draw the structure in it (Segment Editor), or choose another "
+                             "segment.")
+        return exportVolume(labelmap, folder)
+    finally:
+        removeNodeAndHelpers(labelmap)
+        for node in slicer.util.getNodesByClass("vtkMRMLColorNode"):  # the export's colour table for the label map
+            if node.GetID() not in colorsBefore:
+                slicer.mrmlScene.RemoveNode(node)
+
+
 def loadVolumeInto(path: Path, targetNode: vtkMRMLScalarVolumeNode | None, name: str) -> vtkMRMLScalarVolumeNode:
     """Load a volume file into ``targetNode`` (voxels and geometry replaced), or a new node when it is ``None``.
 
@@ -219,6 +258,12 @@ def segmentNames(segmentationNode: vtkMRMLSegmentationNode) -> list[str]:
     return [segmentation.GetSegment(i).GetName() for i in segmentation.GetSegmentIDs()]
 
 
+def segmentItems(segmentationNode: vtkMRMLSegmentationNode) -> list[tuple[str, str]]:
+    """``[(segment ID, segment name), ...]`` in the segmentation's order."""
+    segmentation = segmentationNode.GetSegmentation()
+    return [(i, segmentation.GetSegment(i).GetName()) for i in segmentation.GetSegmentIDs()]
+
+
 def syncClassMapTable(tableNode: vtkMRMLTableNode, segmentationNode: vtkMRMLSegmentationNode) -> bool:
     """Refill the segment → class table when its segment column no longer lists the segmentation's segments (added,
     removed or renamed), keeping the classes of segments that stay; ``True`` if it was refilled."""
@@ -300,12 +345,13 @@ def markScan(node: vtkMRMLNode, volumeNode: vtkMRMLVolumeNode) -> None:
     node.SetNodeReferenceID(SCAN_REFERENCE_ROLE, volumeNode.GetID())
 
 
-def outputSegmentationOf(volumeNode: vtkMRMLVolumeNode, current: vtkMRMLSegmentationNode | None = None
-                         ) -> vtkMRMLSegmentationNode:
+def outputSegmentationOf(volumeNode: vtkMRMLVolumeNode | vtkMRMLSegmentationNode,
+                         current: vtkMRMLSegmentationNode | None = None) -> vtkMRMLSegmentationNode:
     """The output segmentation of ``volumeNode``: each scan has its own, so one scan's segments (organs, a body
     mask, a hot region) never stand in another's. ``current`` if it is that scan's, else the scene's segmentation
     marked for it, else a new one, named ``"<scan> segmentations"``. The other scans' output segmentations are hidden
-    (each lies where its own scan is, which may be where this one is)."""
+    (each lies where its own scan is, which may be where this one is), except ``volumeNode`` itself: a segmentation
+    classified by a mask model (its hot region is no segment of it), which may be another scan's output."""
     scanId = volumeNode.GetID()
     outputs = [node for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode") if scanOf(node)]
     node = current if scanOf(current) == scanId else next((n for n in outputs if scanOf(n) == scanId), None)
@@ -313,11 +359,12 @@ def outputSegmentationOf(volumeNode: vtkMRMLVolumeNode, current: vtkMRMLSegmenta
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volumeNode.GetName()} segmentations")
         markScan(node, volumeNode)
     node.SetName(f"{volumeNode.GetName()} segmentations")
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    if volumeNode.IsA("vtkMRMLVolumeNode"):  # a segmentation input: the hot region brings the heatmap's grid
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
     node.CreateDefaultDisplayNodes()
     node.SetDisplayVisibility(True)
     for other in outputs:
-        if other is not node and scanOf(other) != scanId:
+        if other is not node and scanOf(other) != scanId and other.GetID() != scanId:
             other.SetDisplayVisibility(False)
     return node
 

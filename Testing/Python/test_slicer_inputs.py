@@ -1,10 +1,13 @@
 """What the panel runs on, on Slicer's real core (``slicer_core`` fixture): the input selector offers what the chosen
-model reads (label maps for the adrenal mask models, scans for the others, never a heatmap of this module); a label
-map classified with a mask model gives the command line's answer on the 0/255 mask cut about its gland that the
-model learnt from (the core cuts it: ``inference.model_input.image_for_model``); overlapping training segments are refused by the core's fine-tune, naming them."""
+model reads (label maps and segmentations for the adrenal mask models, scans for the others, never a heatmap of this
+module); a label map classified with a mask model gives the command line's answer on the 0/255 mask cut about its
+gland that the model learnt from (the core cuts it: ``inference.model_input.image_for_model``); a segment of a
+segmentation is classified as that segment's label map, the chosen one of several, and an empty one is refused before
+anything starts; overlapping training segments are refused by the core's fine-tune, naming them."""
 
 from __future__ import annotations
 
+import html
 import sys
 from types import SimpleNamespace
 
@@ -57,8 +60,9 @@ class FakeSelector:
 
 def test_the_input_selector_offers_what_the_model_reads_and_no_heatmap(slicer_core):
     """The selector hid label maps, so the adrenal models, which classify a gland's mask, could not be run from the
-    panel; and it offered the module's own heatmaps, refused only when a run started. Now: label maps for a mask
-    model (listed by ``models --json``, or saved by id: its model.json), scans for the others, heatmaps never."""
+    panel; and it offered the module's own heatmaps, refused only when a run started. Now: label maps and
+    segmentations for a mask model (listed by ``models --json``, or saved by id: its model.json), scans for the
+    others (never a segmentation), heatmaps never."""
     env, module = slicer_core, slicer_core.module
     widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)   # the panel's methods, no Qt panel
     widget.logic = module.MedDeepRecogLogic()
@@ -69,6 +73,7 @@ def test_the_input_selector_offers_what_the_model_reads_and_no_heatmap(slicer_co
                       "adrenal-mass-3d@1.3.0": {"task": "classification",
                                                 "input": {"kind": "volume3d", "content": "binary_mask"}}}
     scan, mask = add_volume(env, "CT"), add_label_map(env, "adrenal", gland(), (40, 40, 40), (5, 5, 5), 1)
+    drawn = add_segmentation(env, scan, {"adrenal": np.zeros((18, 26, 30), bool)})
     old = add_volume(env, "CT heatmap (earlier run)")
     old.SetAttribute(module.OUTPUT_ATTRIBUTE, "heatmap")
     preprocessed = add_volume(env, "CT preprocessed")
@@ -83,15 +88,18 @@ def test_the_input_selector_offers_what_the_model_reads_and_no_heatmap(slicer_co
     assert selector.current == [scan] and p.inputVolume is scan   # kept while the list changed
 
     for model in ("adrenal-mass-3d@1.3.0", "adrenal-mass-lstm"):   # listed; saved by id (model.json)
-        p.model, p.inputVolume = model, mask
-        selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]   # as binding the GUI leaves it (the field's type)
-        widget._updateInputSelector(p)
-        assert selector.nodeTypes == module.MASK_NODE_TYPES == ["vtkMRMLLabelMapVolumeNode"], model
-        assert selector.current[-1] is mask and p.inputVolume is mask
-    for model in (module.AUTO_MODEL, "", "no-such-model"):   # auto routes to scan classifiers
+        for node in (mask, drawn):
+            p.model, p.inputVolume = model, node
+            selector.nodeTypes = ["vtkMRMLDisplayableNode"]   # as binding the GUI leaves it (the field's type)
+            widget._updateInputSelector(p)
+            assert selector.nodeTypes == module.MASK_NODE_TYPES == ["vtkMRMLLabelMapVolumeNode",
+                                                                    "vtkMRMLSegmentationNode"], model
+            assert selector.current[-1] is node and p.inputVolume is node
+    for model in (module.AUTO_MODEL, "", "no-such-model", "body-region@1.0.0"):   # auto routes to scan classifiers
         p.model = model
         widget._updateInputSelector(p)
         assert selector.nodeTypes == module.SCAN_NODE_TYPES, model
+        assert "vtkMRMLSegmentationNode" not in selector.nodeTypes
 
     with pytest.raises(ValueError, match="is a heatmap made by MedDeepRecog"):   # a script may still set one
         p.inputVolume = old
@@ -201,3 +209,237 @@ def test_overlapping_training_segments_are_refused_by_the_worker_naming_them(sli
                                           "be of one class only"):
         logic.finetune(p, waitForCompletion=True)
     assert not logic.isRunning("finetune") and not list(env.temporaryPath.glob("MedDeepRecog-*"))
+
+
+# ------------------------------------------------------------------------------------------ segmentation inputs
+def add_segmentation(env, reference, masks, name="labels"):
+    """A segmentation drawn on ``reference``'s grid (its reference geometry, as the Segment Editor sets it), one
+    segment per ``{name: (K, J, I) mask}``, in that order."""
+    node = env.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    for segment, mask in masks.items():
+        segmentId = node.GetSegmentation().AddEmptySegment(segment, segment)
+        if mask.any():
+            env.slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), node, segmentId, reference)
+    return node
+
+
+def scan_on_mask_grid(env, shape, name="CT"):
+    """A scan on the 2.29 mm grid of :func:`add_label_map` (what a gland's label map exported from it lies on)."""
+    ijk_to_ras = np.diag([-SPACING, -SPACING, SPACING, 1.0])
+    ijk_to_ras[:3, 3] = (40.0, -12.0, 101.0)
+    voxels = np.random.default_rng(3).integers(-100, 200, shape).astype(np.int16)
+    return env.slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijk_to_ras, name=name)
+
+
+def placed(mask, shape, offset):
+    full = np.zeros(shape, bool)
+    k, j, i = offset
+    full[k:k + mask.shape[0], j:j + mask.shape[1], i:i + mask.shape[2]] = mask
+    return full
+
+
+def test_a_segment_is_classified_as_the_same_gland_given_as_a_label_map(slicer_core):
+    """A radiologist's gland is a segment drawn in the Segment Editor, not a label map, and the panel offered no
+    segmentation to a mask model. Now the segment goes to the worker as its label map (on the grid it was drawn on)
+    and gives the label map node's probabilities and heatmap; the heatmap is shown over the scan, the outputs are
+    named after the segment, the result line says which segment was classified, and no temporary node stays."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.model, p.device, p.explainMethod = "adrenal-mass-3d@1.3.0", "cpu", "gradcam"
+    shape, offset = (50, 45, 90), (3, 12, 55)
+    scan = scan_on_mask_grid(env, shape)
+    env.slicer.util.setSliceViewerLayers(background=scan)
+    p.inputVolume = add_label_map(env, "adrenal R", gland(), shape, offset, 1)
+    expected = logic.classify(p, waitForCompletion=True)
+    expectedHeat = env.slicer.util.arrayFromVolume(p.outputHeatmap).copy()
+    colours, labelMaps = env.count("vtkMRMLColorNode"), env.count("vtkMRMLLabelMapVolumeNode")
+
+    p.inputVolume = add_segmentation(env, scan, {"adrenal R": placed(gland(), shape, offset)}, "Segmentation")
+    result = logic.classify(p, waitForCompletion=True)
+    assert dict(result.probabilities) == pytest.approx(dict(expected.probabilities), abs=1e-5)
+    assert result.label == expected.label
+    assert result.input_notes[0] == "classified: the segment 'adrenal R' of 'Segmentation'"
+    assert html.escape(result.input_notes[0]) in result.result_text()
+    assert p.outputTable.GetName() == "Segmentation adrenal R probabilities"
+    assert p.outputTable.GetCellText(0, 0) == expected.probabilities[0][0]
+    heatmap = p.outputHeatmap
+    assert heatmap.GetName() == "Segmentation adrenal R heatmap"
+    assert heatmap.GetImageData().GetDimensions() == scan.GetImageData().GetDimensions()
+    import vtk
+    a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    heatmap.GetIJKToRASMatrix(a)
+    scan.GetIJKToRASMatrix(b)
+    assert np.allclose(env.slicer.util.arrayFromVTKMatrix(a), env.slicer.util.arrayFromVTKMatrix(b), atol=1e-6)
+    assert np.allclose(env.slicer.util.arrayFromVolume(heatmap), expectedHeat, atol=1e-5)
+    for view in ("Red", "Yellow", "Green"):   # over the scan shown
+        composite = env.core.composite_node(view)
+        assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (scan.GetID(), heatmap.GetID())
+    assert module.scene_io.segmentNames(p.inputVolume) == ["adrenal R"]   # the hot region is no segment of the input
+    assert f"heatmap >= {module.HOT_REGION_THRESHOLD}" in module.scene_io.segmentNames(p.outputSegmentation)
+    assert p.outputSegmentation is not p.inputVolume and p.inputVolume.GetDisplayVisibility()
+    assert env.count("vtkMRMLColorNode") == colours and env.count("vtkMRMLLabelMapVolumeNode") == labelMaps
+    assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
+
+
+def test_the_chosen_segment_of_two_is_classified_alone(slicer_core, monkeypatch):
+    """Of a segmentation with two segments the one chosen (``inputSegment``; the first when none or a removed one is
+    chosen, as the panel's Segment list then shows) goes to the worker alone, an overlapping segment's voxels left
+    out, and the result line names it."""
+    import SimpleITK as sitk
+
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.model, p.device, p.explainMethod = "adrenal-mass-3d@1.3.0", "cpu", "none"
+    shape = (40, 40, 40)
+    adrenal = placed(gland(), shape, (6, 6, 6))
+    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    cyst = (x - 26) ** 2 + (y - 20) ** 2 + (z - 20) ** 2 <= 36   # overlaps the gland's edge
+    assert (cyst & adrenal).any() and (cyst & ~adrenal).any()
+    scan = scan_on_mask_grid(env, shape)
+    p.inputVolume = add_segmentation(env, scan, {"cyst": cyst, "adrenal": adrenal})
+    segmentation = p.inputVolume.GetSegmentation()
+    sent = []
+    export = module.scene_io.exportSegmentLabelmap
+
+    def spy(*args):
+        path = export(*args)
+        sent.append(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+        return path
+    monkeypatch.setattr(module.scene_io, "exportSegmentLabelmap", spy)
+
+    results = {}
+    for chosen, expected in ((segmentation.GetSegmentIdBySegmentName("adrenal"), "adrenal"), ("", "cyst"),
+                             ("Segment_removed", "cyst")):
+        p.inputSegment = chosen
+        assert logic.inputSegmentID(p, p.inputVolume) == segmentation.GetSegmentIdBySegmentName(expected)
+        if expected in results:
+            continue
+        results[expected] = logic.classify(p, waitForCompletion=True)
+        assert results[expected].input_notes[0] == f"classified: the segment '{expected}' of 'labels'"
+        assert p.outputTable.GetName() == f"labels {expected} probabilities"
+        mask = {"adrenal": adrenal, "cyst": cyst}[expected]
+        assert sent[-1].shape == shape and np.array_equal(sent[-1] != 0, mask), expected   # that segment alone
+        assert set(np.unique(sent[-1])) == {0, 1}
+    assert dict(results["adrenal"].probabilities) != pytest.approx(dict(results["cyst"].probabilities), abs=1e-3)
+
+
+def test_a_segmentation_without_segments_or_an_empty_segment_is_refused_before_the_run(slicer_core):
+    """A segmentation with no segment, or an empty chosen segment, is refused with one line in the status line
+    before a worker starts (no exchange folder, no temporary node left); a segmentation is no input of an image
+    model, nor of Preview or the robustness check."""
+    from types import SimpleNamespace
+
+    env, module = slicer_core, slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)   # the panel's methods, no Qt panel
+    widget.logic = logic = module.MedDeepRecogLogic()
+    widget.onParameterNodeModified = lambda *a: None
+    widget.ui = SimpleNamespace(statusLabel=SimpleNamespace(text=""), resultLabel=SimpleNamespace(text=""),
+                                faithfulnessLabel=SimpleNamespace(text=""))
+    logic.ensureDependencies = lambda: None
+    p = widget._parameterNode = logic.getParameterNode()
+    p.model, p.device = "adrenal-mass-3d", "cpu"
+    scan = add_volume(env, "CT")
+    z, y, x = np.mgrid[:18, :26, :30]
+    nothing = add_segmentation(env, scan, {}, "nothing drawn")
+    drawn = add_segmentation(env, scan, {"adrenal L": (x - 15) ** 2 + (y - 12) ** 2 + (z - 9) ** 2 < 20}, "drawn")
+    empty = drawn.GetSegmentation().AddEmptySegment("empty", "empty")
+    for segmentation, chosen, message in (
+            (nothing, "", "'nothing drawn' has no segments: draw the structure in the Segment Editor, or select a "
+                          "label map."),
+            (drawn, empty, "the segment 'empty' of 'drawn' is empty: draw the structure in it (Segment Editor), or "
+                           "choose another segment.")):
+        p.inputVolume, p.inputSegment = segmentation, chosen
+        nodes = env.count("vtkMRMLNode")
+        widget.ui.resultLabel.text = "<b>normal</b> (p = 0.90)"   # the previous run's answer
+        with pytest.raises(ValueError) as refused:   # Slicer's error display shows it, then re-raises it
+            widget._run("classify", logic.classify, None, widget.ui.statusLabel, None)
+        assert str(refused.value) == message
+        assert widget.ui.statusLabel.text == f"Not started: {message}" and widget.ui.resultLabel.text == ""
+        assert not logic.isRunning("classify") and env.count("vtkMRMLNode") == nodes
+        assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
+
+    p.inputSegment = ""   # its first segment, not empty: the image models and Preview refuse the segmentation still
+    for model, run in (("body-region", logic.classify), (module.AUTO_MODEL, logic.classify),
+                       ("adrenal-mass-3d", logic.preview), ("adrenal-mass-3d", logic.robustness)):
+        p.model = model
+        with pytest.raises(ValueError, match="'drawn' is a segmentation: only Classify with a mask model"):
+            run(p)
+    assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
+
+
+class ComboBox:
+    """A real Qt combo box as PythonQt shows it to the module (``currentData``, ``currentIndex = i``,
+    ``visible = b``)."""
+
+    def __init__(self):
+        import os
+        widgets = pytest.importorskip("PySide6.QtWidgets")
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        self.__dict__["app"] = widgets.QApplication.instance() or widgets.QApplication([])
+        self.__dict__["box"] = widgets.QComboBox()
+        self.__dict__["visible"] = False
+
+    def __getattr__(self, name):
+        if name in ("currentData", "currentIndex", "currentText"):
+            return getattr(self.box, name)()
+        return getattr(self.box, name)
+
+    def __setattr__(self, name, value):
+        if name == "currentIndex":
+            self.box.setCurrentIndex(value)
+        else:
+            assert name == "visible", name
+            self.__dict__["visible"] = value
+
+    def items(self):
+        return [(self.box.itemData(i), self.box.itemText(i)) for i in range(self.box.count())]
+
+
+def test_the_segment_row_lists_the_input_segments_and_keeps_the_choice(slicer_core):
+    """The Segment row shows while the input is a segmentation: its segments, the one a run classifies selected; a
+    choice is written to the parameter node (saved with the scene) and the list follows added, renamed and removed
+    segments."""
+    from types import SimpleNamespace
+
+    env, module = slicer_core, slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)   # the panel's methods, no Qt panel
+    module.VTKObservationMixin.__init__(widget)
+    widget.logic = module.MedDeepRecogLogic()
+    combo, label = ComboBox(), SimpleNamespace(visible=False)
+    widget.ui = SimpleNamespace(inputSegmentComboBox=combo, inputSegmentLabel=label)
+    p = widget._parameterNode = widget.logic.getParameterNode()
+    combo.box.currentIndexChanged.connect(widget.onInputSegmentSelected)
+    scan = add_volume(env, "CT")
+    segmentationNode = add_segmentation(env, scan, {"left": np.zeros((18, 26, 30), bool),
+                                                    "right": np.zeros((18, 26, 30), bool)})
+    segmentation = segmentationNode.GetSegmentation()
+    left, right = (segmentation.GetSegmentIdBySegmentName(n) for n in ("left", "right"))
+
+    p.inputVolume = scan
+    widget._updateSegmentSelector(p)
+    assert not combo.visible and not label.visible and combo.items() == []
+    p.inputVolume = segmentationNode
+    widget._updateSegmentSelector(p)
+    assert combo.visible and label.visible
+    assert combo.items() == [(left, "left"), (right, "right")] and combo.currentData == left
+    assert p.inputSegment == ""   # filling the list is no choice: a run takes the first segment, as shown
+    combo.currentIndex = 1   # the user's choice
+    assert p.inputSegment == right
+    widget._updateSegmentSelector(p)
+    assert combo.currentData == right
+
+    segmentation.GetSegment(right).SetName("right adrenal")   # followed without a parameter change
+    segmentation.AddEmptySegment("cyst", "cyst")
+    assert combo.items() == [(left, "left"), (right, "right adrenal"), ("cyst", "cyst")] and combo.currentData == right
+    segmentation.RemoveSegment(right)
+    assert combo.items() == [(left, "left"), ("cyst", "cyst")] and combo.currentData == left
+    assert widget.logic.inputSegmentID(p, segmentationNode) == left
+    p.inputVolume = scan
+    widget._updateSegmentSelector(p)
+    assert not combo.visible and combo.items() == []
+    segmentation.AddEmptySegment("late", "late")   # no longer followed
+    assert combo.items() == []

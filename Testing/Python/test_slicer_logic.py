@@ -451,7 +451,9 @@ def test_the_panel_shows_an_roi_result_and_resets_after_a_run_that_cannot_start(
     widget.ui.resultLabel.text = "<b>benign</b> (0.80)"   # the previous run's answer
     with pytest.raises(ValueError, match="90°"):   # Slicer's tryWithErrorDisplay shows it, then re-raises it
         widget._run("classify", refuse, None, widget.ui.statusLabel, None)
-    assert widget.ui.statusLabel.text == "" and widget.ui.resultLabel.text == ""   # no "Starting…", no old answer
+    # no "Starting…", no old answer: the line says why nothing started
+    assert widget.ui.statusLabel.text == "Not started: the view is 90° from the scan's axial slices"
+    assert widget.ui.resultLabel.text == ""
 
 
 def _labelmap_geometry(env, segmentation_node, segment_id):

@@ -125,6 +125,30 @@ def wrapper_fields() -> dict[str, tuple[str, bool, list | None]]:
     return fields
 
 
+#: MRML base classes of the node types the .ui lists (Slicer's headers), for where ``mrml-class-parents.txt`` is
+#: absent or lacks one (it has no vtkMRMLTensorVolumeNode line).
+MRML_PARENTS = {"vtkMRMLVectorVolumeNode": "vtkMRMLTensorVolumeNode",
+                "vtkMRMLTensorVolumeNode": "vtkMRMLScalarVolumeNode",
+                "vtkMRMLLabelMapVolumeNode": "vtkMRMLScalarVolumeNode",
+                "vtkMRMLScalarVolumeNode": "vtkMRMLVolumeNode",
+                "vtkMRMLVolumeNode": "vtkMRMLDisplayableNode",
+                "vtkMRMLSegmentationNode": "vtkMRMLDisplayableNode",
+                "vtkMRMLDisplayableNode": "vtkMRMLTransformableNode"}
+
+
+def mrml_ancestors(cls: str) -> list[str]:
+    """``cls`` and its MRML base classes, from Slicer's class list (``../shared/slicer-api/mrml-class-parents.txt``)
+    and :data:`MRML_PARENTS`."""
+    path = REPO.parent / "shared" / "slicer-api" / "mrml-class-parents.txt"
+    parents = dict(line.split()[:2] for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip() and not line.startswith("#")) if path.exists() else {}
+    parents = {**MRML_PARENTS, **parents}
+    chain = [cls]
+    while chain[-1] in parents and parents[chain[-1]] not in chain:
+        chain.append(parents[chain[-1]])
+    return chain
+
+
 def _dotted(node) -> str:
     if isinstance(node, ast.Name):
         return node.id
@@ -174,11 +198,14 @@ def test_every_parameter_name_is_a_bindable_field():
             assert bounded, f"{param}: a slider needs a WithinRange"
         if cls == "QComboBox":
             assert choices is not None, f"{param}: a QComboBox needs a Choice annotation"
-        if kind == "node":
-            assert type_name in props["nodeTypes"], f"{name}: nodeTypes {props['nodeTypes']} lack {type_name}"
+        if kind == "node":   # the .ui's types are the field's or derive from it (the module may narrow them)
+            assert all(type_name in mrml_ancestors(t) for t in props["nodeTypes"]), \
+                f"{name}: nodeTypes {props['nodeTypes']} are not {type_name}"
     unbound = set(fields) - set(bound)
-    # fields the panel shows without a connector: outputs set by the logic, the catalog-filled model combo box
-    assert unbound == {"model", "outputTable", "sliceTable", "outputHeatmap", "preprocessedVolume", "classMapTable"}, unbound
+    # fields the panel shows without a connector: outputs set by the logic, the catalog-filled model combo box, the
+    # segment list filled from the input segmentation (Slicer has no connector for a segment)
+    assert unbound == {"model", "outputTable", "sliceTable", "outputHeatmap", "preprocessedVolume", "classMapTable",
+                       "inputSegment"}, unbound
 
 
 def test_mrml_widgets_receive_the_scene():
