@@ -109,8 +109,9 @@ def test_the_input_selector_offers_what_the_model_reads_and_no_heatmap(slicer_co
 def test_a_label_map_is_classified_as_the_mask_the_adrenal_model_learnt_from(slicer_core, tmp_path):
     """A Slicer label map holds 1 where the adrenal models learnt from 0/255 masks (a 1 reads as nearly empty), and
     lies on a whole scan's grid, which the 1.3.0 pipeline shrinks into its 32^3 input: exported as it was before the
-    core cut masks about their structure, this gland read 0.79 "mass" where the CLI on its own 0/255 file says 0.998
-    "normal". Now the CLI's probabilities, wherever the gland lies and whatever its label value; the heatmap comes
+    core cut masks about their structure, this gland's probabilities were not those the CLI gives its own 0/255 file
+    (mass 0.998 with adrenal-mass-3d 1.3.0). Now the CLI's, wherever the gland lies and whatever its label value; the
+    heatmap comes
     back on the label map's own grid, shown over the scan in the views."""
     import SimpleITK as sitk
 
