@@ -111,8 +111,7 @@ def test_a_label_map_is_classified_as_the_mask_the_adrenal_model_learnt_from(sli
     lies on a whole scan's grid, which the 1.3.0 pipeline shrinks into its 32^3 input: exported as it was before the
     core cut masks about their structure, this gland's probabilities were not those the CLI gives its own 0/255 file
     (mass 0.998 with adrenal-mass-3d 1.3.0). Now the CLI's, wherever the gland lies and whatever its label value; the
-    heatmap comes
-    back on the label map's own grid, shown over the scan in the views."""
+    heatmap comes back on the label map's own grid, shown over the scan in the views."""
     import SimpleITK as sitk
 
     from MedDeepRecogLib.slicer_bridge import WorkerCommand, read_classify_result, run_worker, worker_environment
