@@ -307,13 +307,18 @@ def test_a_class_of_the_class_map_with_no_voxels_is_refused_not_trained(tmp_path
 
 
 def test_a_validation_slab_outside_the_volume_is_refused_as_written():
-    """``--val-slab 30:40`` on a 30-slice volume: the refusal quotes 30:40, not the clipped 30:30."""
+    """``--val-slab 30:40`` on a 30-slice volume: the refusal quotes 30:40, not the clipped 30:30. A slab reaching
+    past the last slice (25:40) is refused too: it was clipped to 25:30 and scored there while the card said 25:40."""
     from MedDeepRecogLib.errors import ConfigError
     from MedDeepRecogLib.finetune.seg_training import SegVolume, split_slab
 
     volume = SegVolume("case", np.zeros((1, 30, 8, 8), np.float32), np.zeros((1, 30, 8, 8), np.uint8), (3.0,) * 3)
     with pytest.raises(ConfigError, match=r"--val-slab 30:40 is outside the volume's 30 slices \(0:30"):
         split_slab(volume, 30, 40)
+    with pytest.raises(ConfigError, match=r"--val-slab 25:40 reaches beyond the volume's 30 slices \(0:30 at the "
+                                          r"training spacing\): give a slab inside 0:30"):
+        split_slab(volume, 25, 40)
+    assert split_slab(volume, 0, 10)[1].score_z == (0, 10)
     with pytest.raises(ConfigError, match="--val-slab 2:28 leaves fewer than 4 slices of 30"):
         split_slab(volume, 2, 28)
     train, val = split_slab(volume, 20, 30)
