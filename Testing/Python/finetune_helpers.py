@@ -11,6 +11,17 @@ import SimpleITK as sitk
 from MedDeepRecogLib.io import SegmentSpec, write_image, write_segmentation
 
 TINY_UNET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+#: A small segmentation fine-tune: a tiny UNet on 16-voxel patches at 3 mm.
+SEG = dict(task="segment", patch_size=[16, 16, 16], patches_per_epoch=4, arch_kwargs=TINY_UNET,
+           spacing_mm=[3.0, 3.0, 3.0], optimizer={"lr": 3e-3})
+
+
+def seg_config(epochs: int, **settings):
+    """A :data:`SEG` fine-tune of ``epochs`` of 2 patch batches, no early stopping; ``settings`` add or replace."""
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
+
+    return FinetuneConfig.from_dict({**SEG, "training": {"epochs": epochs, "batch_size": 2,
+                                                          "early_stopping_patience": 0}, **settings})
 
 
 def synthetic_case(folder: Path, name: str, seed: int = 0, size=(32, 32, 24), spacing=(1.5, 1.5, 2.0),

@@ -329,10 +329,10 @@ def test_models_lists_where_a_recalibrated_bundled_package_comes_from(run_cli_al
     rows = {(r["id"], r["version"]): r for r in json.loads(out)}
     assert rows[("lung-ct-cancer", "1.2.1")]["parent"] == "lung-ct-cancer@1.2.0"
     assert rows[("lung-ct-cancer", "1.2.0")]["parent"] is None
-    from MedDeepRecogLib.packages.package import _parent_ref
+    from MedDeepRecogLib.packages.package import parent_ref
 
     # a fine-tuned package records its parent as a mapping (with the folder of the machine that made it)
-    assert _parent_ref({"id": "ts-organs-seg", "version": "1.0.0", "path": "/home/x/models"}) == "ts-organs-seg@1.0.0"
+    assert parent_ref({"id": "ts-organs-seg", "version": "1.0.0", "path": "/home/x/models"}) == "ts-organs-seg@1.0.0"
 
 
 def test_an_out_of_domain_result_says_its_figures_are_no_finding_in_json_and_html(tmp_path, oblique_volume):

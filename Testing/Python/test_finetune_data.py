@@ -12,11 +12,12 @@ import SimpleITK as sitk
 from finetune_helpers import synthetic_case, synthetic_dataset
 from MedDeepRecogLib.errors import ConfigError, MedDeepRecogError
 from MedDeepRecogLib.finetune.manifest import (Case, dataset_fingerprint, load_cases, pair_folder,
-                                               parse_class_map, split_by_case)
+                                               parse_class_map, read_manifest, split_by_case)
 from MedDeepRecogLib.finetune.roi_crops import crops_to_arrays, segment_crops
 from MedDeepRecogLib.inference.roi_classify import RoiSpec
 from MedDeepRecogLib.finetune.segment_data import load_case, log_segment_summary, resolve_classes
 from MedDeepRecogLib.io import write_image
+from conftest import refusal_line
 
 
 def test_class_map_parsing_and_globs():
@@ -29,6 +30,31 @@ def test_class_map_parsing_and_globs():
     assert parse_class_map(None).class_of("anything") == "anything"
     with pytest.raises(ConfigError):
         parse_class_map("=x")
+
+
+def test_a_segment_name_mapped_twice_is_refused(tmp_path, capsys):
+    """A dict keeps the last entry: ``liver,liver=spleen`` trained the liver's voxels as "spleen" without a word. A
+    name given two classes (also in another case, or in a manifest's class map) is refused in one line naming it,
+    before anything is written; the same entry twice maps one way and is kept."""
+    from MedDeepRecogLib.cli import main
+
+    for spec in ("liver,liver=spleen", "liver=a, Liver=b", {"liver": "a", "LIVER": "b"}):
+        with pytest.raises(ConfigError, match="'(liver|Liver|LIVER)' is mapped twice"):
+            parse_class_map(spec)
+    assert parse_class_map("liver,liver").mapping == {"liver": "liver"}
+    data = synthetic_dataset(tmp_path / "d", n=2, manifest=False)
+    manifest = data / "manifest.json"
+    manifest.write_text(json.dumps({"cases": [{"image": "case0.nii.gz", "segmentation": "case0.seg.nrrd"}],
+                                    "class_map": {"organ_a": "a", "Organ_A": "b"}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"manifest.json: class_map: 'Organ_A' is mapped twice \(a, b\)"):
+        read_manifest(manifest)
+    manifest.unlink()
+    rc = main(["finetune", "--task", "segment", "--base", "none", "--data", str(data), "--class-map",
+               "organ_a,organ_a=organ_b", "--epochs", "1", "--dest", str(tmp_path / "cat"), "--work-dir",
+               str(tmp_path / "w"), "--progress", "none"])
+    assert rc == 2
+    refusal_line(capsys, "--class-map: 'organ_a' is mapped twice (organ_a, organ_b)")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "cat").exists()
 
 
 def test_manifest_json_csv_and_folder_pairs(tmp_path):
@@ -281,13 +307,18 @@ def test_a_class_of_the_class_map_with_no_voxels_is_refused_not_trained(tmp_path
 
 
 def test_a_validation_slab_outside_the_volume_is_refused_as_written():
-    """``--val-slab 30:40`` on a 30-slice volume: the refusal quotes 30:40, not the clipped 30:30."""
+    """``--val-slab 30:40`` on a 30-slice volume: the refusal quotes 30:40, not the clipped 30:30. A slab reaching
+    past the last slice (25:40) is refused too: it was clipped to 25:30 and scored there while the card said 25:40."""
     from MedDeepRecogLib.errors import ConfigError
     from MedDeepRecogLib.finetune.seg_training import SegVolume, split_slab
 
     volume = SegVolume("case", np.zeros((1, 30, 8, 8), np.float32), np.zeros((1, 30, 8, 8), np.uint8), (3.0,) * 3)
     with pytest.raises(ConfigError, match=r"--val-slab 30:40 is outside the volume's 30 slices \(0:30"):
         split_slab(volume, 30, 40)
+    with pytest.raises(ConfigError, match=r"--val-slab 25:40 reaches beyond the volume's 30 slices \(0:30 at the "
+                                          r"training spacing\): give a slab inside 0:30"):
+        split_slab(volume, 25, 40)
+    assert split_slab(volume, 0, 10)[1].score_z == (0, 10)
     with pytest.raises(ConfigError, match="--val-slab 2:28 leaves fewer than 4 slices of 30"):
         split_slab(volume, 2, 28)
     train, val = split_slab(volume, 20, 30)

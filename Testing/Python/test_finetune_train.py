@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from finetune_helpers import TINY_UNET, synthetic_case, synthetic_dataset
+from finetune_helpers import TINY_UNET, seg_config, synthetic_case, synthetic_dataset
 from MedDeepRecogLib.cli import main
 from MedDeepRecogLib.errors import MedDeepRecogError
 from MedDeepRecogLib.finetune.config import FinetuneConfig
@@ -20,16 +20,6 @@ from MedDeepRecogLib.finetune.finetune import finetune
 from MedDeepRecogLib.io import read_segmentation
 from MedDeepRecogLib.packages import load_package
 from conftest import refusal_line
-
-SEG = dict(task="segment", patch_size=[16, 16, 16], patches_per_epoch=4, arch_kwargs=TINY_UNET,
-           spacing_mm=[3.0, 3.0, 3.0], optimizer={"lr": 3e-3})
-
-
-def seg_config(epochs: int, **settings) -> FinetuneConfig:
-    """A small segmentation fine-tune: ``epochs`` of 2 patch batches, no early stopping."""
-    return FinetuneConfig.from_dict({**SEG, "training": {"epochs": epochs, "batch_size": 2,
-                                                          "early_stopping_patience": 0}, **settings})
-
 
 def _tree_hash(folder: Path) -> str:
     h = hashlib.sha256()

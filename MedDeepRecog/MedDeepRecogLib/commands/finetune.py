@@ -44,7 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune a model package (or train from scratch) on scans with Slicer segmentations: ROI "
                     "classification of segments, or segmentation. Writes a new package version; the base is "
                     "never changed.")
-    p.add_argument("--base", help="base package: ID, ID@VERSION, folder or .zip; 'none' to train from scratch")
+    p.add_argument("--base", help="base package: ID, ID@VERSION, folder or .zip; 'none' to train from scratch. ID "
+                   "alone takes the id's newest version, passing over the versions fine-tuned from the id on this "
+                   "same data set (files and class map) and those derived from them, so the same command run again "
+                   "finds its own run (returns it, or continues it with more epochs) instead of starting from its "
+                   "own output; name ID@VERSION to fine-tune such a version further")
     p.add_argument("--data", help="manifest (.json/.csv: columns/keys id, image, segmentation, label?, "
                    "label_table?), folder of NAME.nii.gz + NAME.seg.nrrd pairs, one .seg.nrrd beside its scan, or "
                    "(with --image) one segmentation or label map")
@@ -60,7 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "segmentation network (voxel labels)")
     p.add_argument("--config", help="JSON/YAML file with fine-tuning settings (command-line options win)")
     p.add_argument("--class-map", help="segment name → class: 'nodule-malignant=malignant,kidney_*=kidney' "
-                   "or a JSON file")
+                   "or a JSON file; a name mapped to two classes is refused. Classes that are the base's keep the "
+                   "base's order, and so its trained output layer (without a class map: every segment name is a "
+                   "class)")
     p.add_argument("--label-source", choices=["segment", "case"], help="class from the segment name (default) "
                    "or from the manifest's per-case label")
     p.add_argument("--arch", help="architecture when training from scratch (default monai_unet / simple_cnn3d)")
@@ -78,7 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-cases", help="comma-separated case ids for validation")
     p.add_argument("--val-fraction", type=float, help="share of cases held out (default 0.25)")
     p.add_argument("--val-slab", help="START:STOP slices (training grid, in the package's orientation, RAS by "
-                                      "default: 0 = most inferior) of a one-case data set held out")
+                                      "default: 0 = most inferior) of a one-case data set held out; it must lie "
+                                      "inside the volume's slices at that grid")
     p.add_argument("--spacing", type=_floats, help="training spacing x,y,z mm (segmentation)")
     p.add_argument("--patch-size", type=_ints, help="patch Z,Y,X voxels (segmentation; default 64,64,64)")
     p.add_argument("--patches-per-epoch", type=int,
@@ -90,7 +97,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--negatives", type=int, help="background crops per case, away from all segments")
     p.add_argument("--id", help="id of the new package (default: the base's id, its next version; ID-roi or ID-seg "
                    "when the new package is another kind of model than the base, e.g. an ROI classifier from a "
-                   "volume classifier)")
+                   "volume classifier). Segmentation cases of another modality than the base's (MR for a CT base) "
+                   "need an id of their own")
     p.add_argument("--version", help="version of the new package, MAJOR.MINOR.PATCH that no catalog holds for "
                    "the id (default: the next free patch version)")
     p.add_argument("--dest", help="catalog folder to write into (default: the user catalog)")
@@ -227,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
     done = {"package": result["package"], "id": result.get("id"), "version": result.get("version"),
             "metrics": {k: v for k, v in (result.get("metrics") or {}).items()
                         if k in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "per_class", "n",
-                                 "note", "selected_by")},
+                                 "note", "selected_by", "best_epoch", "val_slab", "held_out", "held_out_note")},
+            "base": result.get("base"), **({"base_note": result["base_note"]} if result.get("base_note") else {}),
             "warnings": result.get("warnings", []), "work_dir": result["work_dir"],
             "epochs_run": result["epochs"]["epochs_run"],
             "stopped": result["epochs"]["stopped"]}

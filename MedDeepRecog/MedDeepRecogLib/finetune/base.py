@@ -38,6 +38,26 @@ def base_package(ref: str | None, task: str):
     return pkg
 
 
+def base_classes(base) -> list[str]:
+    """The classes a base package's output layer predicts apart from a segmentation model's ``background``."""
+    names = list(base.class_names)
+    return names[1:] if base.meta.get("task") == "segmentation" and names[:1] == ["background"] else names
+
+
+def in_base_order(classes: Sequence[str], base) -> list[str]:
+    """``classes`` in the base's order when they are the base's classes, else as they are.
+
+    A folder of pairs without a class map gives its classes sorted (kidney, liver, spleen), a class map in the
+    order written; either, in another order than the base's (liver, spleen, kidney), re-initialised the base's
+    trained output layer (:func:`build_from_base` keeps it only for the same names in the same order) and a
+    one-epoch fine-tune scored Dice 0.08 where keeping it scored 0.66. The order of classes means nothing else
+    to a package (each segment and probability is named)."""
+    if base is None:
+        return list(classes)
+    theirs = base_classes(base)
+    return theirs if sorted(theirs) == sorted(classes) and len(set(classes)) == len(classes) else list(classes)
+
+
 def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: int,
                     class_names: Sequence[str] = (), input_size: Sequence[int] | None = None,
                     batch_size: int = 1) -> tuple[Any, str, dict, dict]:
@@ -46,7 +66,9 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
     is the same: "mass" must not become "lesion" by position). Its activations on a patch or crop of
     ``input_size`` (Z, Y, X; default ``patch_size`` / ``roi_size``), and on a training step of ``batch_size`` of them
     (this process's share of ``training/batch_size``), are checked against the limits before it is built
-    (:func:`..models.registry.check_budget`). Returns ``(model, arch_name, arch_kwargs, weight_report)``."""
+    (:func:`..models.registry.check_budget`). Returns ``(model, arch_name, arch_kwargs, weight_report)``; the report
+    counts the weights ``loaded``, names those ``reinitialised`` and, when the output layer starts fresh from a base,
+    holds a ``warning`` saying so."""
     from ..models import build_model
     from ..models.transfer import head_module_names, load_matching_weights
 
@@ -78,4 +100,11 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
             raise ConfigError(f"no weight of base {base.id}@{base.version} fits the new network; "
                               "check --arch-kwargs", base.path)
         report = {"loaded": len(loaded), "reinitialised": fresh}
+        if not same_classes:
+            # said aloud (console and the run's JSON, :func:`.finetune.finetune`): the head learns from scratch,
+            # which takes far more epochs than adapting a trained one
+            ours = list(class_names)[1:] if base.meta.get("task") == "segmentation" else list(class_names)
+            report["warning"] = (f"the output layer of base {base.id}@{base.version} is re-initialised: the classes "
+                                 f"{', '.join(ours)} are not the base's {', '.join(base_classes(base))}, so it "
+                                 "learns them from scratch")
     return model, name, kwargs, report

@@ -44,8 +44,9 @@ class FinetuneConfig:
     ``class_map`` (``"a=x,b=y"``, dict or JSON file), ``label_source`` (``"segment"``: class from the segment name;
     ``"case"``: the case's label), ``val_cases`` / ``val_fraction`` (split by case) or ``val_slab`` (``[start,
     stop)`` slices of a one-case data set at the training spacing, in the package's orientation: RAS unless the
-    base says otherwise, slice 0 the most inferior).
-    Model: ``base`` (package id, ``ID@VERSION`` or path; ``None``: from scratch with ``arch`` / ``arch_kwargs``),
+    base says otherwise, slice 0 the most inferior; inside the volume).
+    Model: ``base`` (package id, ``ID@VERSION`` or path; ``None``: from scratch with ``arch`` / ``arch_kwargs``; an id
+    alone passes over the versions fine-tuned from it on this data set: :func:`.lineage.resolve_base`),
     ``freeze_encoder``, output ``id`` / ``version`` / ``dest`` (catalog root; default the user catalog).
     Training: the shared sections ``optimizer``, ``schedule`` (cosine) and ``training`` (epochs 20, batch size 8,
     global and split over DDP ranks, early stopping after 10 epochs without improvement (0: off), gradient norm

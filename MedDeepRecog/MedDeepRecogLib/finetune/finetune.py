@@ -4,12 +4,13 @@
 segment names to classes, splits by case (or holds out a slab of a single scan), starts from the base package's
 weights (or from scratch), trains with the one training loop (:func:`..training.loop.fit`: checkpoint every epoch,
 resume with random and augmentation states, early stopping, DDP under ``torchrun``) and writes
-``<id>/<next version>/`` with provenance (parent id/version, dataset fingerprint, command, metrics) and a model
-card. The base package is only read.
+``<id>/<next version>/`` with provenance (parent id/version, dataset fingerprint, the scans its line of weights
+trained on, command, metrics) and a model card. The base package is only read.
 
 The workflow's parts: :mod:`.config` (settings), :mod:`.manifest` and :mod:`.segment_data` (cases),
-:mod:`.base` (the starting network), :mod:`.segmentation_task` / :mod:`.roi_task` (data, step and validation of
-each task), :mod:`.runs` (the work folder), :mod:`.card` (what the package says).
+:mod:`.base` (the starting network), :mod:`.lineage` (which version ``--base ID`` means; whether the validation
+data is held out from the base), :mod:`.segmentation_task` / :mod:`.roi_task` (data, step and validation of each
+task), :mod:`.runs` (the work folder), :mod:`.card` (what the package says).
 
 Tasks:
 
@@ -26,14 +27,15 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, MedDeepRecogError
 from ..progress import null_progress
 from ..training.loop import FitConfig, Hooks, fit
-from .base import base_package
+from .base import base_package, in_base_order
 from .card import model_card, package_metrics
 from .config import FinetuneConfig
+from .lineage import held_out_status, merge_trained_on, recorded_scans, resolve_base, trained_on_entry
 from .manifest import ClassMap, check_val_cases, dataset_fingerprint, load_cases, parse_class_map, split_by_case
 from .roi_task import RoiClassificationTask
 from .runs import check_work_dir, default_work_dir, previous_result, rerun_package, run_key, write_result, write_run
@@ -80,6 +82,29 @@ def new_package_id(cfg: FinetuneConfig, base) -> str:
     return base.id if same else f"{base.id}-{'roi' if cfg.task == 'classify' else 'seg'}"
 
 
+def check_modality(cfg: FinetuneConfig, base, pkg_id: str, loaded: Sequence[CaseData]) -> None:
+    """Refuse a segmentation fine-tune of cases of another modality than its base's (CT against MR) saved under
+    the base's id: the new package records the cases' modality (:func:`.segmentation_task.modality_of`) and, as the
+    id's latest version, ``segment SCAN --model ID`` then refused every scan of the base's modality (a CT package
+    fine-tuned on one MR case made ``segment CT --model ts-organs-seg`` refuse every CT). Under an id of its own
+    (``--id``) it is a model apart, and each keeps its modality. A base or data of no one modality (``any``) is no
+    conflict: such a package segments either.
+
+    Raises:
+        ConfigError: naming both modalities and asking for ``--id``.
+    """
+    from .segmentation_task import modality_of
+
+    if base is None or cfg.task != "segment" or pkg_id != base.id:
+        return
+    ours, theirs = modality_of([d.modality for d in loaded]), base.meta.get("modality")
+    if ours in ("CT", "MR") and theirs in ("CT", "MR") and ours != theirs:
+        raise ConfigError(f"the cases are {ours} but base {base.id}@{base.version} segments {theirs}: saved as a new "
+                          f"version of {base.id}, the {ours} model would become the id's latest and `segment "
+                          f"--model {base.id}` would refuse every {theirs} scan; give it an id of its own (e.g. --id "
+                          f"{base.id}-{ours.lower()})", cfg.data)
+
+
 def check_output_version(cfg: FinetuneConfig, pkg_id: str, work_dir: Path) -> None:
     """Refuse a ``--version`` that any catalog already holds for ``pkg_id`` (the check train, calibrate and
     ``models import`` make: :func:`..packages.check_new_version`), except the package this work folder's finished
@@ -101,11 +126,15 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     data_path = Path(cfg.data)
     cases, manifest_map = load_cases(data_path, image=cfg.image, label_table=cfg.label_table)
     class_map = parse_class_map(cfg.class_map) if cfg.class_map else (manifest_map or ClassMap(None))
-    base = base_package(cfg.base, cfg.task)
-    pkg_id = new_package_id(cfg, base)
     # the work folder is known from the files' bytes, before any scan is decoded: a --version that would overwrite
     # or hide a package is refused first
     fingerprint = dataset_fingerprint(cases, class_map, {"label_source": cfg.label_source})
+    # an unversioned --base passes over this data set's own fine-tunes, so the same command finds its own run again
+    asked_base, base_note = resolve_base(cfg.base, fingerprint)
+    base = base_package(asked_base, cfg.task)
+    if base_note and ctx.is_main:
+        log.info(base_note)
+    pkg_id = new_package_id(cfg, base)
     base_ref = f"{base.id}@{base.version}" if base is not None else None
     work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(run_key(cfg, fingerprint, base_ref))
     check_work_dir(work_dir, cfg, fingerprint, base_ref)
@@ -127,8 +156,8 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
         classes = sorted({c.label for c in cases})
     else:
         classes = resolve_classes(loaded, class_map, data_path)
-    if ctx.is_main:
-        log_segment_summary(loaded, data_path)
+    classes = in_base_order(classes, base)
+    check_modality(cfg, base, pkg_id, loaded)
     labelled = list(classes)  # the classes segments hold (not the negatives' background)
     if cfg.task == "classify" and cfg.negatives > 0 and "background" not in classes:
         classes = classes + ["background"]
@@ -165,6 +194,17 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
 
     task = (SegmentationTask if cfg.task == "segment" else RoiClassificationTask)(cfg, base, classes, train_data,
                                                                                   val_data, ctx)
+    if ctx.is_main:   # once every setting has passed (a refusal stays one line)
+        log_segment_summary(loaded, data_path)
+    val_slab = getattr(task, "val_slab", None)
+    held_out = held_out_status(base, fingerprint, [(d.case.case_id, d.scan_id) for d in val_data], val_slab,
+                               [(d.case.case_id, d.scan_id) for d in train_data])
+    warnings = list(report["warnings"])
+    for line in (task.weight_report.get("warning"), held_out[1] and f"validation is not held out: {held_out[1]}"):
+        if line:
+            warnings.append(line)
+            if ctx.is_main:
+                log.warning(line)
     progress("prepare", 1.0, train_cases=len(train_data), val_cases=len(val_data),
              val_volumes=len(getattr(task, "val_vols", val_data)), work_dir=str(work_dir))
     if ctx.is_main:
@@ -177,9 +217,11 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
                         seed=cfg.seed, checkpoint_dir=work_dir, resume=cfg.resume)
     result = fit(task.model, task.train_loader, task.step, task.validate if task.has_val else None, fit_cfg,
                  Hooks(frozen=task.frozen, should_stop=should_stop), progress, ctx, memory_format=task.memory_format)
+    metrics = package_metrics(result.best_val, result.best_epoch, monitor, val_slab=val_slab, held_out=held_out)
     summary = {"work_dir": str(work_dir), "classes": classes, "epochs": result.summary(),
-               "cancelled": result.stopped == "cancelled", "package": None,
-               "metrics": result.best_val or package_metrics(None, result.best_epoch), "warnings": report["warnings"]}
+               "cancelled": result.stopped == "cancelled", "package": None, "base": base_ref,
+               **({"base_note": base_note} if base_note else {}),
+               "metrics": {**(result.best_val or {}), **metrics}, "warnings": warnings}
     if result.stopped == "cancelled" or not ctx.is_main:
         return summary
     nothing_new = result.resumed_from is not None and result.resumed_from == len(result.epochs)
@@ -198,14 +240,21 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
                                      if base is not None else None),
         "dataset_fingerprint": fingerprint, "class_map": class_map.to_json(),
         "cases": {"train": [d.case.case_id for d in train_data], "val": [d.case.case_id for d in val_data]},
+        # what these weights and their ancestors' trained on: a later fine-tune's check of its validation data
+        "trained_on": merge_trained_on(
+            recorded_scans(base.meta) if base is not None else None,
+            [trained_on_entry(d.case.case_id, d.scan_id, val_slab if val_slab and val_slab["case"] == d.case.case_id
+                              else None) for d in train_data]),
         "world_size": ctx.world_size,
     }
-    meta["metrics"] = package_metrics(result.best_val, result.best_epoch)
+    meta["metrics"] = metrics
     meta["training"] = {"epochs_run": len(result.epochs), "best_epoch": result.best_epoch,
                         "stopped": result.stopped, "freeze_encoder": cfg.freeze_encoder,
                         "frozen_modules": task.frozen, "base_weights": {
                             "loaded": task.weight_report["loaded"],
-                            "reinitialised": task.weight_report["reinitialised"][:20]},
+                            "reinitialised": task.weight_report["reinitialised"][:20],
+                            **({"warning": task.weight_report["warning"]} if task.weight_report.get("warning")
+                               else {})},
                         "data": report, "monitor": monitor}
     from ..packages import save_package
 

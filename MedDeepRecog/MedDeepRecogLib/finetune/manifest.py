@@ -98,26 +98,30 @@ class ClassMap:
         return {"mapping": self.mapping, "classes": list(self.classes)}
 
 
-def parse_class_map(spec: str | Path | Mapping[str, str] | None) -> ClassMap:
+def parse_class_map(spec: str | Path | Mapping[str, str] | None, setting: str = "--class-map",
+                    where: Path | None = None) -> ClassMap:
     """Build a :class:`ClassMap` from a dict, a JSON file, or ``"a=x,b=y"`` text (``None``: identity).
 
+    ``setting`` names where the map was given (``--class-map``, or a manifest's ``class_map``) in messages, ``where``
+    the file that holds a mapping given as a dict (a manifest).
+
     Raises:
-        ConfigError: malformed text or file.
+        ConfigError: malformed text or file, or a segment name mapped twice (:func:`_mapped_once`).
     """
     if spec is None or spec == "":
         return ClassMap(None)
     if isinstance(spec, Mapping):
-        return ClassMap({str(k): str(v) for k, v in spec.items()})
+        return ClassMap(_mapped_once(spec.items(), setting, where))
     text = str(spec)
     path = Path(text)
     if path.suffix.lower() == ".json" or path.exists():
         data = load_data(path, "class map file")
         if isinstance(data, dict) and "mapping" in data:
-            return ClassMap({str(k): str(v) for k, v in data["mapping"].items()}, list(data.get("classes") or []))
+            return ClassMap(_mapped_once(data["mapping"].items(), setting, path), list(data.get("classes") or []))
         if not isinstance(data, dict):
             raise ConfigError("class map must be a JSON object {segment name: class}", path)
-        return ClassMap({str(k): str(v) for k, v in data.items()})
-    mapping: dict[str, str] = {}
+        return ClassMap(_mapped_once(data.items(), setting, path))
+    pairs: list[tuple[str, str]] = []
     for item in text.split(","):
         item = item.strip()
         if not item:
@@ -130,8 +134,30 @@ def parse_class_map(spec: str | Path | Mapping[str, str] | None) -> ClassMap:
             key = value = item  # "liver" alone maps the segment to a class of the same name
         if not key.strip() or not value.strip():
             raise ConfigError(f"class map entry {item!r} must read SEGMENT=CLASS")
-        mapping[key.strip()] = value.strip()
-    return ClassMap(mapping)
+        pairs.append((key.strip(), value.strip()))
+    return ClassMap(_mapped_once(pairs, setting))
+
+
+def _mapped_once(pairs: Iterable[tuple[Any, Any]], setting: str, where: Path | None = None) -> dict[str, str]:
+    """``{segment name: class}`` from ``pairs``, refusing a name given twice with different classes.
+
+    Names are matched case-insensitively (:meth:`ClassMap.class_of`), so ``liver=a,Liver=b`` is such a pair too. A
+    dict would keep the last entry: ``"liver,liver=spleen"`` trained the liver's voxels as "spleen" without a word.
+    The same entry written twice (``liver,liver``) maps one way and is kept.
+
+    Raises:
+        ConfigError: naming the segment and its classes.
+    """
+    mapping: dict[str, str] = {}
+    first: dict[str, str] = {}   # lower-cased name -> the name as first written
+    for key, value in pairs:
+        key, value = str(key), str(value)
+        seen = first.setdefault(key.lower(), key)
+        if seen in mapping and mapping[seen] != value:
+            raise ConfigError(f"{setting}: {key!r} is mapped twice ({mapping[seen]}, {value}); map each segment "
+                              "name to one class", where)
+        mapping.setdefault(seen, value)
+    return mapping
 
 
 def _strip_suffix(name: str, suffixes: Iterable[str]) -> str | None:
@@ -203,7 +229,7 @@ def read_manifest(path: str | Path) -> tuple[list[Case], ClassMap | None]:
             records = data.get("cases") or []
             table = _resolve_table(base, data.get("label_table"))
             if data.get("class_map"):
-                class_map = parse_class_map(data["class_map"])
+                class_map = parse_class_map(data["class_map"], "class_map", path)
         else:
             raise ConfigError("manifest must be a list of cases or an object with 'cases'", path)
         cases = _cases_from_records(records, base, path, table)

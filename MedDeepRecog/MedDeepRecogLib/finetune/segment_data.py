@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from ..errors import MedDeepRecogError
 from ..inference.roi_classify import read_scan_segments
+from .lineage import scan_id
 from .manifest import Case, ClassMap
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class CaseData:
         segments: one :class:`SegmentInfo` per segment, in file order.
         modality: ``"CT"``, ``"MR"`` or ``"unknown"`` (DICOM tag, else intensities).
         warnings: problems worth telling the user (resampled, empty or unmapped segments), each naming the case.
+        scan_id: the scan's :func:`.lineage.scan_id` (what a package records of the scans it trained on).
     """
 
     case: Case
@@ -49,6 +51,7 @@ class CaseData:
     segments: list[SegmentInfo]
     modality: str
     warnings: list[str] = field(default_factory=list)
+    scan_id: str = ""
 
     def class_labels(self, classes: Sequence[str]) -> np.ndarray:
         """``(Z, Y, X)`` uint8 label map: 0 background (and unmapped segments), ``i + 1`` for ``classes[i]``."""
@@ -92,7 +95,7 @@ def load_case(case: Case, class_map: ClassMap, *, geometry: str = "physical") ->
     unmapped = [s.name for s in segments if s.class_name is None and s.voxels > 0]
     if unmapped:
         warnings.append(f"case {case.case_id!r}: segment(s) mapped to no class (ignored): {', '.join(unmapped)}")
-    return CaseData(case, scan.image, scan.segment_map, segments, scan.modality, warnings)
+    return CaseData(case, scan.image, scan.segment_map, segments, scan.modality, warnings, scan_id(scan.image))
 
 
 def log_segment_summary(data: Sequence[CaseData], source: str | Path) -> list[str]:

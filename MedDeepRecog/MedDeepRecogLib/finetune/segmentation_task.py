@@ -51,9 +51,6 @@ class SegmentationTask:
         self.normalize = cfg.normalize or spec.get("normalize")
         # a base's weights learnt anatomy in its orientation: keep it (the default for a package without the key)
         self.orientation = package_orientation(spec, base.path if base is not None else None)
-        if base is not None and base.class_names[1:] != classes:
-            log.info("classes %s replace the base's %s: the output layer is re-initialised", classes,
-                     base.class_names[1:])
         # the memory the run takes is bounded before any of it is taken: the cached grids, then a step's batch
         check_training_grid(train + val, self.spacing, self.orientation, spacing_setting(cfg, spec, self.spacing),
                             cfg.data)
@@ -62,14 +59,19 @@ class SegmentationTask:
             batch_size=per_rank_batch(cfg.training.batch_size, ctx))
         train_vols = [prepare_volume(d, classes, self.spacing, self.normalize, self.orientation) for d in train]
         val_vols = [prepare_volume(d, classes, self.spacing, self.normalize, self.orientation) for d in val]
+        #: the slab held out (``{"case", "scan", "slices", "spacing_mm", "orientation"}``: slices on this grid), or
+        #: ``None``: what model.json's metrics say was scored, and what a package records it did not train on
+        self.val_slab: dict[str, Any] | None = None
         if cfg.val_slab is not None:
             target = cfg.val_cases[0] if cfg.val_cases else train_vols[0].case_id
             pieces = []
-            for vol in train_vols:
+            for vol, item in zip(train_vols, train):
                 if vol.case_id == target:
                     tr, va = split_slab(vol, int(cfg.val_slab[0]), int(cfg.val_slab[1]))
                     pieces.append(tr)
                     val_vols.append(va)
+                    self.val_slab = {"case": target, "scan": item.scan_id, "slices": [int(z) for z in va.score_z],
+                                     "spacing_mm": [float(s) for s in self.spacing], "orientation": self.orientation}
                 else:
                     pieces.append(vol)
             train_vols = pieces

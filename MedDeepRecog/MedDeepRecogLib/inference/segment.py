@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..contract import LOW_DICE
+from ..contract import LOW_DICE, chosen_on_validation
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import SegmentSpec, read_image, require_3d, validate_intensities, write_segmentation
 from ..io.image_content import guess_modality
@@ -373,7 +373,9 @@ def stated_limits(pkg: Any) -> dict[str, Any]:
     not-for list: what classify's report shows, ``report.model_card``), else its ``description`` (the bundled and
     fine-tuned packages state their limits there: ts-organs-seg "Demo: ... not for clinical use"), its validation
     figures per class (``metrics.per_class``), and ``caveat``: all of it in one line of words, naming the classes
-    validated below :data:`LOW_DICE`. Read from model.json as shipped; nothing is added to a package."""
+    validated below :data:`LOW_DICE`, and saying when the figures also chose the checkpoint (optimistic:
+    :func:`..contract.chosen_on_validation`) or are not held out (``metrics.held_out`` false: the model had trained on
+    the voxels scored). Read from model.json as shipped; nothing is added to a package."""
     meta = pkg.meta
     use = meta.get("use") if isinstance(meta.get("use"), dict) else {}
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
@@ -397,10 +399,23 @@ def stated_limits(pkg: Any) -> dict[str, Any]:
     if dice:
         cases = metrics.get("cases")
         out["validation"] = {"split": metrics.get("split"), "cases": cases, "dice": dice}
-        on = f" ({cases} case{'s' if cases != 1 else ''})" if isinstance(cases, int) else ""
+        about = [f"{cases} case{'s' if cases != 1 else ''}"] if isinstance(cases, int) else []
+        training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+        if chosen_on_validation(metrics, training):
+            # the bundled cards say so of their figures; a number printed beside a volume must carry it too
+            out["validation"]["selected_on_validation"] = True
+            about.append("the checkpoint was chosen on them, so optimistic")
+        if metrics.get("held_out") is False:
+            out["validation"]["held_out"] = False
+            about.append(f"NOT held out: {metrics.get('held_out_note') or 'the model had trained on these voxels'}")
+        on = f" ({'; '.join(about)})" if about else ""
         words.append(f"Validation Dice recorded in the package{on}: "
                      f"{', '.join(f'{n} {d:.2f}' for n, d in dice.items())}.")
         low = [n for n, d in dice.items() if d < LOW_DICE]
+        if metrics.get("held_out") is False:
+            # a high Dice on voxels the model had trained on clears no class: without this, only the classes below
+            # LOW_DICE would be named, and the others' volumes read as measurements
+            words.append("Figures not held out validate no volume.")
         if low:
             words.append(f"Below Dice {LOW_DICE:g} in validation: {', '.join(low)}, so "
                          f"{'its volume is' if len(low) == 1 else 'their volumes are'} not a measurement.")

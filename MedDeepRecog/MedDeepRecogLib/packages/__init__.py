@@ -22,6 +22,7 @@ API (everything else here is internal):
   (temp dir + rename); ``meta["version"]`` may be ``None`` to take the next free patch version. Never overwrites.
 - ``ModelPackage.verify()``: a dry run on zeros of the declared input size (done by ``import_package``).
 - ``list_packages() -> list[PackageInfo]``; ``import_package(path) -> Path`` (validated copy into the user catalog).
+- ``id_versions(ref)``: every version of the id ``ref`` names without a version, with its model.json.
 - ``user_models_dir()``, ``catalog_dirs()``, ``catalogs_with(dest)``, ``next_version(id)``, ``derived_version(...)``.
 - Versions are ``MAJOR.MINOR.PATCH`` (``is_version``, ``check_version``); ``check_new_version(id, version, roots,
   setting)`` is the one check before a package is written with a chosen version: a version no catalog holds for
@@ -45,6 +46,7 @@ from .package import (
     load_package,
     load_weights,
     derived_version,
+    id_versions,
     next_version,
     read_package_meta,
     save_package,
@@ -68,6 +70,7 @@ __all__ = [
     "load_package",
     "load_weights",
     "derived_version",
+    "id_versions",
     "next_version",
     "read_package_meta",
     "save_package",

@@ -606,6 +606,28 @@ def _resolve_id(ref: str) -> tuple[Path, str]:
     return best[2], best[3]
 
 
+def id_versions(ref: str) -> list[tuple[str, dict]] | None:
+    """For ``ref`` naming an id's latest version (``ID`` alone: not ``ID@VERSION``, not a package on disk), each
+    version of that id in the catalogs with its model.json, oldest first, the one ``ID@VERSION`` opens when two
+    catalogs hold it; ``None`` for any other ``ref``. A package whose model.json cannot be read is left out (it is
+    never opened by id either), so is a folder whose name is not a version (never the latest).
+
+    For a command that takes "the latest" with a rule of its own (``finetune --base ID``)."""
+    if "@" in ref or _is_path_ref(ref) or not is_plain_name(ref) or _local_package_path(ref) is not None:
+        return None
+    found: dict[str, Path] = {}
+    for pkg_id, version, folder, source in _catalog_entries():   # bundled first, so the user's wins a tie
+        if pkg_id == ref and is_version(version):
+            found[version] = folder
+    out = []
+    for version in sorted(found, key=_version_key):
+        try:
+            out.append((version, _read_meta(found[version])))
+        except ModelPackageError:
+            continue
+    return out
+
+
 def _is_path_ref(ref: str) -> bool:
     """Whether ``ref`` can only be a path (it has a folder separator or ends in ``.zip``), not ``ID[@VERSION]``."""
     return "/" in ref or "\\" in ref or ref.endswith(".zip")
@@ -715,7 +737,7 @@ def list_packages(check_weights: bool = False) -> list[PackageInfo]:
                 meta = _read_meta(folder)
             out.append(PackageInfo(pkg_id, version, str(folder), source, meta.get("task", "classification"),
                                    meta.get("description"), meta["class_names"], meta["input"], meta.get("metrics"),
-                                   parent=_parent_ref((meta.get("provenance") or {}).get("parent")),
+                                   parent=parent_ref((meta.get("provenance") or {}).get("parent")),
                                    note=_version_note(pkg_id, version)))
         except ModelPackageError as exc:
             out.append(PackageInfo(pkg_id, version, str(folder), source, error=str(exc)))
@@ -730,7 +752,7 @@ def _version_note(pkg_id: str, version: str) -> str | None:
     return f"version {version!r} is not MAJOR.MINOR.PATCH: never taken as the latest (ask for {pkg_id}@{version})"
 
 
-def _parent_ref(parent: Any) -> str | None:
+def parent_ref(parent: Any) -> str | None:
     """``"id@version"`` of a package's ``provenance.parent``: calibrate writes that string, finetune a mapping
     ``{"id", "version", "path"}`` (whose path, a folder on the machine that made it, is not shown)."""
     if isinstance(parent, Mapping):
