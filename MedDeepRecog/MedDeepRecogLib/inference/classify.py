@@ -53,6 +53,8 @@ class ClassificationResult:
             (:func:`~MedDeepRecogLib.explain.overlay.peak_view_index`); ``timing_s``: seconds per stage.
         uncertainty: temperature-scaled probabilities, predictive entropy, ``low_confidence`` and MC-dropout / TTA
             spread (:func:`.trust.scan_uncertainty`), or ``None``.
+        inputs: a multi-modal (fusion) case's scans, one ``{"modality", "path" (None: not given),
+            "modality_guess"}`` per modality the model takes (``input`` is the first's path), else ``None``.
     """
 
     input: str
@@ -81,6 +83,7 @@ class ClassificationResult:
     voting_logits: np.ndarray | None = None  # slice models: the voting slices' logits (predict.Prediction)
     voting: np.ndarray | None = None  # slice models: (N,) bool, the slices that voted (predict.Prediction)
     decision_context: "DecisionContext | None" = None  # what the decision read besides the network's output
+    inputs: list | None = None  # a multi-modal case: [{"modality", "path", "modality_guess"}] per model modality
 
     @property
     def label(self) -> str:
@@ -109,6 +112,7 @@ class ClassificationResult:
             **({"slice": self.slice} if self.slice else {}),
             **({"finding": self.finding} if self.finding else {}),
             **({"route": self.route} if self.route else {}),
+            **({"inputs": self.inputs} if self.inputs else {}),
             "input_dimension": self.input_dimension,
             "input_notes": self.input_notes,
             "modality_guess": self.modality_guess,
