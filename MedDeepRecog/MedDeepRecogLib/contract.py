@@ -101,6 +101,10 @@ GRADCAM_METHODS = ("gradcam", "gradcampp")
 UNCERTAINTY_MODES = ("auto", "none", "mc-dropout", "tta")
 #: ``--progress`` choices of every command.
 PROGRESS_MODES = ("json", "bar", "none")
+#: The id -> name tables of plain label maps that ``--label-table`` (finetune, classify --segments) reads
+#: (:func:`.inference.roi_classify.read_label_table`), in the options' help.
+LABEL_TABLE_FORMATS = ("JSON {\"5\": \"liver\"} (FILE.json#KEY picks a nested table, e.g. label_names.json#total) or a "
+                       "Slicer color table (.ctbl/.txt lines 'value name r g b a')")
 
 #: Training epochs: a whole number from 1 to this (train, fine-tune and the Slicer panel's epochs field).
 MAX_EPOCHS = 100_000

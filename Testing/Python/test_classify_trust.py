@@ -132,9 +132,20 @@ def test_fusion_package_classifies_two_scans(tmp_path, capsys):
     assert res.explain["modalities_used"] == ["CT", "MR"] and res.heatmap is None
     assert sum(res.probabilities) == pytest.approx(1.0) and res.label in ("normal", "mass", "uncertain")
     assert main(["classify", str(ct), "--model", str(pkg_dir), "--out", str(tmp_path / "o"),
-                 "--second-input", str(mr), "--progress", "none"]) == 0
+                 "--second-input", str(mr), "--report", "--progress", "none"]) == 0
     record = json.loads((tmp_path / "o" / "ct.json").read_text(encoding="utf-8"))
     assert record["explain"]["second_input"] == str(mr)
+    # each scan as info guesses it (the JSON said "unknown" for a CT in HU: the guess was never made), by channel
+    from MedDeepRecogLib.io import read_image
+    from MedDeepRecogLib.io.image_content import guess_modality
+    assert (guess_modality(read_image(ct)), guess_modality(read_image(mr))) == ("CT", "MR")
+    assert record["modality_guess"] == "CT"
+    assert record["inputs"] == [{"modality": "CT", "path": str(ct), "modality_guess": "CT"},
+                                {"modality": "MR", "path": str(mr), "modality_guess": "MR"}]
+    # the report names the second scan among the inputs, not only inside the command that reproduces it
+    html = (tmp_path / "o" / "ct_report.html").read_text(encoding="utf-8")
+    inputs = html[html.index("<h2>Inputs</h2>"):html.index("<h2>Result</h2>")]
+    assert str(mr) in inputs and str(ct) in inputs
     assert record["probabilities"] == pytest.approx(res.probability_map(), abs=1e-5)
     with pytest.raises(ModelPackageError, match="takes 2 modalities"):
         classify_scan(ct, load_package(pkg_dir), device="cpu")

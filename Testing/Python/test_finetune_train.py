@@ -285,6 +285,91 @@ def test_roi_classification_from_segments(data_dir, tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+@pytest.fixture(scope="module")
+def roi_package(data_dir, tmp_path_factory) -> str:
+    """A tiny ROI classifier fine-tuned on the synthetic CT cases (in HU)."""
+    work = tmp_path_factory.mktemp("roi")
+    return finetune(FinetuneConfig.from_dict(dict(
+        task="classify", data=str(data_dir), base=None, arch="simple_cnn3d", arch_kwargs={"channels": [4, 8], "hidden": 8},
+        roi_size=[16, 16, 16], margin_mm=4.0, samples_per_segment=2, negatives=1,
+        training={"epochs": 1, "batch_size": 4, "early_stopping_patience": 0}, val_cases=["case2"],
+        dest=str(work / "cat"), id="roi-ct", work_dir=str(work / "w"))))["package"]
+
+
+def test_an_roi_classifier_refuses_a_scan_of_another_modality(roi_package, data_dir, tmp_path, capsys):
+    """ROI classifiers were written with "modality": "any" whatever their training cases were, so `classify
+    --segments` labelled the segments of an MR with a CT-only classifier without a word (an MR glioma became a
+    "kidney"). The package records its cases' modality, and a scan of another is refused as `segment` refuses one:
+    one line naming the scan, what it reads as and the model's modality, exit 2, nothing written."""
+    from MedDeepRecogLib.errors import InputImageError
+    from MedDeepRecogLib.inference.roi_classify import classify_segments
+
+    meta = json.loads((Path(roi_package) / "model.json").read_text(encoding="utf-8"))
+    assert meta["modality"] == "CT"
+    ct = sitk.ReadImage(str(data_dir / "case2.nii.gz"))
+    mr = sitk.GetImageFromArray(np.clip(sitk.GetArrayFromImage(ct).astype(np.float32) + 1024.0, 0, None))
+    mr.CopyInformation(ct)   # the same anatomy and grid, intensities not in HU
+    mr_path = tmp_path / "case2 mr é.nii.gz"
+    sitk.WriteImage(mr, str(mr_path))
+    out = tmp_path / "out"
+    assert main(["classify", str(mr_path), "--model", roi_package, "--segments", str(data_dir / "case2.seg.nrrd"),
+                 "--out", str(out), "--progress", "none"]) == 2
+    refusal_line(capsys, str(mr_path), "reads as MR", f"roi-ct@{meta['version']} classifies segments of CT only")
+    assert not out.exists()
+    with pytest.raises(InputImageError, match="classifies segments of CT only"):
+        classify_segments(mr_path, data_dir / "case2.seg.nrrd", roi_package)
+    # the CT itself is classified
+    assert main(["classify", str(data_dir / "case2.nii.gz"), "--model", roi_package, "--segments",
+                 str(data_dir / "case2.seg.nrrd"), "--out", str(out), "--progress", "none"]) == 0
+
+
+def test_classify_segments_names_a_label_maps_values_by_label_table(roi_package, data_dir, tmp_path, capsys):
+    """A plain label map stores numbers only: `classify --segments` named its segments label_5, label_7 and took no
+    --label-table, though finetune reads one for the same files. It takes the same tables now (JSON with FILE#KEY,
+    or a Slicer colour table), for --segments only."""
+    from MedDeepRecogLib.inference.roi_classify import read_segment_map
+
+    segment_map, grid, names, _, _ = read_segment_map(data_dir / "case2.seg.nrrd")
+    assert names == ["organ_a", "organ_b"]
+    labels = sitk.GetImageFromArray(np.choose(segment_map, [0, 5, 7]).astype(np.uint8))
+    labels.CopyInformation(grid)
+    label_map = tmp_path / "case2_labels.nii.gz"
+    sitk.WriteImage(labels, str(label_map))
+    table = tmp_path / "names.json"
+    table.write_text(json.dumps({"organs": {"5": "organ_a", "7": "organ_b"}}), encoding="utf-8")
+    scan = str(data_dir / "case2.nii.gz")
+
+    def segments(out, *extra) -> list[str]:
+        assert main(["classify", scan, "--model", roi_package, "--segments", str(label_map), "--out", str(out),
+                     "--progress", "none", *extra]) == 0, capsys.readouterr().err
+        return [r["segment"] for r in json.loads((out / "case2_segments.json").read_text(encoding="utf-8"))
+                ["segments"]]
+
+    assert segments(tmp_path / "plain") == ["label_5", "label_7"]
+    capsys.readouterr()
+    assert segments(tmp_path / "named", "--label-table", f"{table}#organs") == ["organ_a", "organ_b"]
+    record = json.loads((tmp_path / "named" / "case2_segments.json").read_text(encoding="utf-8"))
+    assert record["label_table"] == f"{table}#organs"
+    assert capsys.readouterr().out.startswith("organ_a: ")
+    ctbl = tmp_path / "names.ctbl"
+    ctbl.write_text("# Color table\n5 organ_a 255 0 0 255\n7 organ_b 0 255 0 255\n", encoding="utf-8")
+    assert segments(tmp_path / "ctbl", "--label-table", str(ctbl)) == ["organ_a", "organ_b"]
+    # refused in one line, before any work: without --segments, with a .seg.nrrd (named in the file), empty
+    none = tmp_path / "none"
+    assert main(["classify", scan, "--model", roi_package, "--label-table", str(table), "--out", str(none),
+                 "--progress", "none"]) == 2
+    refusal_line(capsys, "--label-table", "--segments")
+    assert main(["classify", scan, "--model", roi_package, "--segments", str(data_dir / "case2.seg.nrrd"),
+                 "--label-table", f"{table}#organs", "--out", str(none), "--progress", "none"]) == 2
+    refusal_line(capsys, "--label-table", "case2.seg.nrrd", "named in the file")
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}", encoding="utf-8")
+    assert main(["classify", scan, "--model", roi_package, "--segments", str(label_map), "--label-table", str(empty),
+                 "--out", str(none), "--progress", "none"]) == 2
+    refusal_line(capsys, str(empty), "label table is empty")
+    assert not none.exists()
+
+
 def test_one_class_only_and_unmapped_are_clear_errors(tmp_path):
     folder = tmp_path / "one"
     folder.mkdir()

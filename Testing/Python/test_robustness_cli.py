@@ -270,6 +270,66 @@ def test_clean_probability_is_the_one_classify_reports(shared_data, tmp_path, ca
     rec = json.loads((tmp_path / "r" / "brain1_image_robustness.json").read_text(encoding="utf-8"))
     assert rec["top_class"] == classified["top_class"]
     assert rec["clean_probability"] == pytest.approx(classified["probabilities"][classified["top_class"]], abs=1e-3)
+    # and the label and confidence classify reports, over the same voting slices
+    assert (rec["clean_label"], rec["clean_confidence"]) == (classified["label"], classified["confidence"])
+
+
+def test_a_flip_is_a_change_of_the_label_classify_reports(shared_data, tmp_path, capsys):
+    """body-region on the TotalSegmentator example CT: classify reports "uncertain" (confidence 0.65, below the
+    model's 0.70). robustness starts from that label and confidence, and an attack that moves the network's top class
+    to CTChest while classify still reports "uncertain" is no flip (robustness reported "CTAbd p=0.675" flipping to
+    CTChest at 17.5 HU, a change classify's output never showed)."""
+    from MedDeepRecogLib.slicer_bridge.outputs import robustness_summary
+
+    scan = shared_data / "totalsegmentator_examples" / "example_ct_sm.nii.gz"
+    assert main(["classify", str(scan), "--model", "body-region", "--out", str(tmp_path / "c"), "--explain", "none",
+                 "--progress", "none"]) == 0, capsys.readouterr().err
+    classified = json.loads((tmp_path / "c" / "example_ct_sm.json").read_text(encoding="utf-8"))
+    assert classified["label"] == "uncertain" and classified["top_class"] == "CTAbd"  # the case this test is about
+    capsys.readouterr()
+    assert main(["robustness", "--model", "body-region", "--input", str(scan), "--out", str(tmp_path / "r"),
+                 "--attack", "pgd", "--eps", "0.00875", "0.02", "--steps", "5", "--refine", "0", "--threads", "1",
+                 "--progress", "none"]) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads((tmp_path / "r" / "example_ct_sm_robustness.json").read_text(encoding="utf-8"))
+    assert (rec["clean_label"], rec["top_class"], rec["clean_confidence"]) == ("uncertain", "CTAbd",
+                                                                              classified["confidence"])
+    assert rec["clean_uncertain_reasons"] == classified["uncertain_reasons"]
+    assert "label classify reports" in rec["flip_means"]
+    low, high = rec["curve"]
+    # the network's top class moved, what classify reports did not
+    assert low["top_class"] == "CTChest" and low["label"] == "uncertain" and not low["flipped"]
+    assert high["label"] == "CTChest" and high["confidence"] >= 0.7 and high["flipped"]
+    assert rec["smallest_flipping_eps"] == 0.02 and rec["flip"]["label"] == "CTChest"
+    first = printed.splitlines()[0]
+    assert first.startswith(f"{scan}: uncertain (top class CTAbd, confidence {classified['confidence']:.2f})")
+    assert "-> uncertain (top class CTChest" in printed
+    text, _ = robustness_summary(rec)
+    assert text.startswith(f"'uncertain' (top class CTAbd, confidence {classified['confidence']:.2f}) flips to "
+                           "'CTChest'")
+
+
+def test_the_decision_on_an_attacked_output_is_classifys(shared_data):
+    """``decision_for_logits`` applies classify's rules to another output of the network on the same scan: the
+    clean output gives classify's own decision, and an output with no preference is "uncertain" by the calibrated
+    package's low-confidence rule, as classify would report it."""
+    import torch
+
+    from MedDeepRecogLib.inference.classify import classify_scan, decision_for_logits
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.robustness.scan import decision_of, model_input_of
+
+    pkg = load_package("adrenal-mass-3d-adv")
+    assert (pkg.meta.get("calibration") or {}).get("low_confidence_threshold") is not None
+    z = np.load(shared_data / "adrenalmnist3d" / "adrenalmnist3d_trainval.npz")
+    mask = sitk.GetImageFromArray((z["val_images"][0] > 0).astype(np.uint8) * 255)
+    result, x, forward = model_input_of(mask, pkg)
+    assert decision_of(result, pkg, forward, x) == result.decision
+    flat = decision_for_logits(result, pkg, torch.zeros(1, len(pkg.class_names)))
+    assert flat["label"] == "uncertain" and any("low-confidence threshold" in r for r in flat["reasons"])
+    # a result classified without uncertainty figures is judged without the low-confidence rule, as classify judged it
+    plain = classify_scan(mask, pkg, explain="none", uncertainty="none")
+    assert decision_for_logits(plain, pkg, torch.zeros(1, len(pkg.class_names)))["label"] != "uncertain"
 
 
 def _four_d(path):

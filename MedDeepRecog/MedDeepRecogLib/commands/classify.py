@@ -10,7 +10,9 @@ failed. ``--report`` writes ``DIR/<name>_report.html`` per case (``report.write_
 
 An ROI classifier (``input.kind roi3d``, from ``finetune --task classify``) labels the segments of a segmentation
 instead: ``classify SCAN --model ROI_MODEL --segments SEG.seg.nrrd --out DIR`` writes ``DIR/<name>_segments.json``
-(one ``{segment, label, probabilities, center_mm}`` per non-empty segment, crops taken exactly as in training).
+(one ``{segment, label, probabilities, center_mm}`` per non-empty segment, crops taken exactly as in training); a
+plain label map's values are named by ``--label-table`` (else ``label_<value>``), and a scan of another modality
+than the classifier's training cases is refused.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import argparse
 import re
 from pathlib import Path
 
-from ..contract import (EXPLAIN_METHODS, MASK_CONTENT, PICTURE_SUFFIXES, PROGRESS_MODES, UNCERTAINTY_MODES,
-                        WRITABLE_SUFFIXES)
+from ..contract import (EXPLAIN_METHODS, LABEL_TABLE_FORMATS, MASK_CONTENT, PICTURE_SUFFIXES, PROGRESS_MODES,
+                        UNCERTAINTY_MODES, WRITABLE_SUFFIXES)
 from ..devices import DEVICE_CHOICES
 from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..progress import DEVICE_HELP, PROGRESS_HELP
@@ -60,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="with --second-input: rigidly register the second scan to INPUT first")
     p.add_argument("--segments", metavar="SEG",
                    help="segmentation (.seg.nrrd or label map) whose segments an ROI classifier labels (one INPUT)")
+    p.add_argument("--label-table", metavar="FILE[#KEY]",
+                   help=f"--segments with a plain label map (which stores only numbers): its id -> name table, "
+                        f"{LABEL_TABLE_FORMATS}; values it does not name read label_<value>")
     p.add_argument("--no-png", action="store_true", help="skip the three-plane PNG")
     p.add_argument("--report", action="store_true",
                    help="also write DIR/<name>_report.html: one self-contained page with the overlay, the "
@@ -263,6 +268,9 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.progress)
     check_output_dir(args.out, "--out")
     auto = args.model == "auto"
+    if args.label_table and not args.segments:
+        raise ConfigError("--label-table names the values of a --segments label map: give --segments SEG or drop "
+                          "--label-table")
     if auto and (args.segments or args.second_input):
         raise ConfigError("--model auto chooses among whole-scan disease models; name the model for --segments or "
                           "--second-input")
@@ -482,7 +490,7 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
     from ..contract import output_file
     from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..inference.roi_classify import classify_scan_segments, read_scan_segments
+    from ..inference.roi_classify import checked_label_table, classify_scan_segments, read_scan_segments
     from ..io import atomic_write_json, free_version
 
     kind = package.input_spec.get("kind")
@@ -499,6 +507,11 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
     segmentation = Path(args.segments)
     if not segmentation.exists():
         raise InputImageError("no such file (--segments)", segmentation)
+    if args.label_table:
+        if segmentation.name.lower().endswith(".seg.nrrd"):  # said rather than ignored: its segments carry names
+            raise ConfigError(f"--label-table names the values of a plain label map; {segmentation} is a .seg.nrrd, "
+                              "whose segments are named in the file: drop --label-table")
+        checked_label_table(args.label_table)  # unreadable or empty: refused before any work
     dicom_out = str(args.out).lower().endswith(".dcm")
     out_dir = Path(args.out).parent if dicom_out else Path(args.out)
     if dicom_out:
@@ -506,10 +519,11 @@ def _classify_segments(args: argparse.Namespace, scans: list[Path], package, pro
 
         check_dicom_seg_source(scans[0])  # before any work
     progress("classify segments", 0.05)
-    scan = read_scan_segments(scans[0], segmentation)
+    scan = read_scan_segments(scans[0], segmentation, label_table=args.label_table, model=package)
     rows = classify_scan_segments(scan, package, device=str(resolve_device(args.device)))
     name = _unique_names(scans)[0]
     record = {"input": str(scans[0]), "segmentation": str(segmentation),
+              **({"label_table": str(args.label_table)} if args.label_table else {}),
               "model": {"id": package.id, "version": package.version}, "class_names": list(package.class_names),
               "segments": rows}
     if dicom_out:

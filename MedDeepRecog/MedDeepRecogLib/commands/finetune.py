@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..contract import PROGRESS_MODES, thread_count
+from ..contract import LABEL_TABLE_FORMATS, PROGRESS_MODES, thread_count
 from ..devices import DEVICE_CHOICES
 from ..progress import PROGRESS_HELP
 
@@ -56,9 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="the scan that --data (one segmentation or label map file) segments, when their names do "
                         "not pair")
     p.add_argument("--label-table", metavar="FILE[#KEY]",
-                   help="id -> name table for plain label maps (which store only numbers): JSON {\"5\": \"liver\"} "
-                        "(FILE.json#KEY picks a nested table, e.g. label_names.json#total) or a Slicer color table "
-                        "(.ctbl/.txt lines 'value name r g b a'); used for every case whose manifest names none")
+                   help=f"id -> name table for plain label maps (which store only numbers): {LABEL_TABLE_FORMATS}; "
+                        "used for every case whose manifest names none")
     p.add_argument("--task", choices=["classify", "segment"],
                    help="classify: an ROI classifier labelling each segment (crops around segments); segment: a "
                         "segmentation network (voxel labels)")
@@ -188,10 +187,9 @@ def check_options(args: argparse.Namespace, task: str) -> None:
             raise ConfigError("--image pairs one scan with one segmentation: --data must be that segmentation or "
                               "label map file, not a folder", args.data)
     if args.label_table:
-        from ..inference.roi_classify import read_label_table
+        from ..inference.roi_classify import checked_label_table
 
-        if not read_label_table(args.label_table):
-            raise ConfigError("label table is empty", args.label_table)
+        checked_label_table(args.label_table)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,10 +5,13 @@ One scan (``--input SCAN``; the Slicer panel's "Robustness check")::
     meddeeprecog robustness --model ID --input SCAN --out DIR [--attack fgsm|pgd] [--eps E ...] [--steps N]
                             [--write-perturbation] [--progress json]
 
-writes ``DIR/<name>_robustness.json`` (probability of the clean label at each eps, ``smallest_flipping_eps`` or
-null, the curve point where it flips, eps also in HU for CT; ``model_modality`` and ``scan_modality``; a scan that
-classify reports no class for has ``clean_label`` ``out-of-domain`` and ``out_of_domain``, the reason, while the
-curve follows the network's ``top_class``), ``DIR/<name>_robustness.png`` (the curve) and with
+writes ``DIR/<name>_robustness.json`` (``clean_label`` and ``clean_confidence``: what classify reports, after the
+package's decision rules; at each eps the network's probability of its clean ``top_class`` and what classify would
+report, ``smallest_flipping_eps`` or null: the smallest eps that changes that reported label, a class to
+"uncertain" say, as ``flip_means`` says; the curve point where it flips, eps also in HU for CT; ``model_modality``
+and ``scan_modality``; a scan that classify reports no class for has ``clean_label`` ``out-of-domain`` and
+``out_of_domain``, the reason, while the curve and the flip follow the network's ``top_class``),
+``DIR/<name>_robustness.png`` (the curve) and with
 ``--write-perturbation`` ``DIR/<name>_perturbation.nrrd`` (the perturbation at the flipping eps, or the largest
 eps, on the scan's grid, in model input units).
 

@@ -40,6 +40,9 @@ class RoiClassificationTask:
         from .roi_crops import check_crops, crop_count, crops_to_arrays, segment_crops
 
         self.cfg, self.ctx, self.classes = cfg, ctx, classes
+        # the package's modality, as the segmentation task records it: classify --segments refuses a scan of another
+        # (the crops are normalised by modality, and a CT-only classifier labels an MR's segments as organs)
+        self.modalities = [d.modality for d in train + val]
         spec = base.input_spec if base is not None else {}
         size = cfg.roi_size or (spec.get("size") if spec.get("kind") in ("volume3d", "roi3d") else None) or [32] * 3
         self.roi = RoiSpec(tuple(int(s) for s in size), cfg.margin_mm, cfg.roi_size_mm, cfg.mask_channel,
@@ -96,6 +99,7 @@ class RoiClassificationTask:
 
     def package_meta(self) -> dict[str, Any]:
         from ..models import default_target_layer
+        from .segmentation_task import modality_of
 
         try:
             layer = default_target_layer(self.arch, **self.arch_kwargs)
@@ -107,7 +111,7 @@ class RoiClassificationTask:
                            f"fine-tuned on {self.samples['train']} training crops.",
             "architecture": {"name": self.arch, "kwargs": self.arch_kwargs},
             "class_names": list(self.classes),
-            "modality": "any",
+            "modality": modality_of(self.modalities),
             "input": {"kind": "roi3d", "size": [int(s) for s in self.roi.size_vox], "spacing_mm": None,
                       "channels": self.roi.channels, "roi": self.roi.to_json(), "pipeline": None},
             "explain": {"methods": ["gradcam"], "target_layer": layer},

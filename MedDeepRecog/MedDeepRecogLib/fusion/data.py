@@ -92,13 +92,30 @@ def checked_modality(image, modality: str, path: Path):
     return image
 
 
+def read_case_images(case: FusionCase) -> tuple[dict[str, Any], dict[str, str]]:
+    """The scans of one case that are given, by modality, each checked (:func:`checked_modality`), and what each
+    reads as: :func:`..io.image_content.guess_modality` (``info``'s guess: DICOM tag, else HU or not) of the file as
+    read, whose DICOM tags the checks may not keep."""
+    from ..io.image_content import guess_modality
+
+    images, guesses = {}, {}
+    for m, p in case.paths.items():
+        if p is None:
+            continue
+        image = read_image(p)
+        guesses[m] = guess_modality(image)
+        images[m] = checked_modality(image, m, p)
+    return images, guesses
+
+
 def load_case(case: FusionCase, spec: Mapping[str, Any], *, reference: str | None = None,
-              register: bool = False) -> np.ndarray:
+              register: bool = False, images: Mapping[str, Any] | None = None) -> np.ndarray:
     """Model input of one case: ``(M, D, H, W)`` float32 in 0..1, NaN channels for missing modalities.
 
-    The reference grid is ``reference`` if given and present, else the first modality present.
+    The reference grid is ``reference`` if given and present, else the first modality present. ``images``: the
+    case's scans as :func:`read_case_images` read them (default: read here).
     """
-    images = {m: checked_modality(read_image(p), m, p) for m, p in case.paths.items() if p is not None}
+    images = dict(images) if images is not None else read_case_images(case)[0]
     ref = reference if reference in images else next(iter(images))
     aligned = align_modalities(images, ref, register=register)
     from ..inference.model_input import volume_from_image

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ModelPackageError
-from .data import FusionCase, check_modalities, load_case
+from .data import FusionCase, check_modalities, load_case, read_case_images
 
 TOLERANT_ARCHITECTURES = ("late_fusion3d",)
 
@@ -37,7 +37,7 @@ def classify_modalities(paths: Mapping[str, str | Path | None], package, *, regi
 
     Returns:
         ``{"label", "probabilities": {class: p}, "modalities_used": [...], "missing": [...],
-        "late_fusion": bool}``.
+        "late_fusion": bool, "modality_guesses": {modality: what its scan reads as}}`` (as ``info`` guesses it).
 
     Raises:
         InputImageError: a required modality is missing (early fusion), none of the model's modalities is given,
@@ -50,13 +50,17 @@ def classify_modalities(paths: Mapping[str, str | Path | None], package, *, regi
     tolerant = package.meta["architecture"]["name"] in TOLERANT_ARCHITECTURES
     check_modalities(mods, given, tolerant=tolerant)
     case = FusionCase("case", {m: (Path(paths[m]) if paths.get(m) else None) for m in mods}, None)
-    x = torch.from_numpy(load_case(case, package.input_spec, reference=reference, register=register))[None]
+    images, guesses = read_case_images(case)
+    x = torch.from_numpy(load_case(case, package.input_spec, reference=reference, register=register,
+                                   images=images))[None]
+    del images
     model = package.build_model("cpu")
     with torch.no_grad():
         probs = torch.softmax(model(x), dim=1)[0].numpy()
     names = package.class_names
     return {"label": names[int(np.argmax(probs))], "probabilities": dict(zip(names, map(float, probs))),
-            "modalities_used": given, "missing": [m for m in mods if m not in given], "late_fusion": tolerant}
+            "modalities_used": given, "missing": [m for m in mods if m not in given], "late_fusion": tolerant,
+            "modality_guesses": guesses}
 
 
 def classify_fusion(first: str | Path, second: str | Path | None, package, *, name: str | None = None,
@@ -93,12 +97,16 @@ def classify_fusion(first: str | Path, second: str | Path | None, package, *, na
     probs = np.array([out["probabilities"][c] for c in package.class_names], dtype=np.float64)
     probs = apply_temperature(probs, package.meta)
     decision = decide(probs, package.class_names, package.meta.get("decision"))
-    decision["modality"] = None
+    decision["modality"] = None  # no CT/MR call from class_modality rules: the inputs say which scan is which
     src = str(first)
+    guesses = out["modality_guesses"]
+    inputs = [{"modality": m, "path": None if path is None else str(path), "modality_guess": guesses.get(m)}
+              for m, path in zip(mods, (first, second))]
     return ClassificationResult(
         input=src, name=name or output_stem(src), model={"id": package.id, "version": package.version},
         class_names=package.class_names, probabilities=probs, decision=decision,
         explain={"method": "none", "reason": "no heatmap for fusion models", "modalities": mods,
                  "modalities_used": out["modalities_used"], "missing": out["missing"],
                  "second_input": None if second is None else str(second)},
+        modality_guess=guesses.get(mods[0], "unknown"), inputs=inputs,
         timing_s={"total": time.perf_counter() - t0})

@@ -53,6 +53,8 @@ class ClassificationResult:
             (:func:`~MedDeepRecogLib.explain.overlay.peak_view_index`); ``timing_s``: seconds per stage.
         uncertainty: temperature-scaled probabilities, predictive entropy, ``low_confidence`` and MC-dropout / TTA
             spread (:func:`.trust.scan_uncertainty`), or ``None``.
+        inputs: a multi-modal (fusion) case's scans, one ``{"modality", "path" (None: not given),
+            "modality_guess"}`` per modality the model takes (``input`` is the first's path), else ``None``.
     """
 
     input: str
@@ -80,6 +82,8 @@ class ClassificationResult:
     feature_maps: np.ndarray | None = None  # slice models: Grad-CAM on the target layer's grid (faithfulness reuses it)
     voting_logits: np.ndarray | None = None  # slice models: the voting slices' logits (predict.Prediction)
     voting: np.ndarray | None = None  # slice models: (N,) bool, the slices that voted (predict.Prediction)
+    decision_context: "DecisionContext | None" = None  # what the decision read besides the network's output
+    inputs: list | None = None  # a multi-modal case: [{"modality", "path", "modality_guess"}] per model modality
 
     @property
     def label(self) -> str:
@@ -108,6 +112,7 @@ class ClassificationResult:
             **({"slice": self.slice} if self.slice else {}),
             **({"finding": self.finding} if self.finding else {}),
             **({"route": self.route} if self.route else {}),
+            **({"inputs": self.inputs} if self.inputs else {}),
             "input_dimension": self.input_dimension,
             "input_notes": self.input_notes,
             "modality_guess": self.modality_guess,
@@ -178,7 +183,12 @@ def headline(result: "ClassificationResult") -> str:
     """``MRBrain, confidence 0.83`` (or ``uncertain (top class MRBrain, confidence 0.41)``, or ``out-of-domain: no
     class reported``): the same number in the printed line, the PNG title, the HTML report and ``confidence`` in
     the JSON."""
-    d = result.decision
+    return decision_headline(result.decision)
+
+
+def decision_headline(d: dict) -> str:
+    """:func:`headline` of a decision ``{"label", "top_class", "confidence"}`` (classify's, or one ``robustness``
+    reports for an attacked scan)."""
     if d["label"] == OUT_OF_DOMAIN:  # no class is reported, so no class's confidence either (the JSON keeps both)
         return f"{OUT_OF_DOMAIN}: no class reported"
     if d["label"] == d["top_class"]:
@@ -382,10 +392,10 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
 
     modality = "CT" if is_hounsfield(image) else "MR"  # "MR" here means: not in HU
     modality_guess = _modality_guess(image, modality, picture)
-    n_slices = int(inp.valid.sum()) if isinstance(inp, SliceInput) else int(image.GetSize()[2])
-    decision = decide(pred.probabilities, package.class_names, package.meta.get("decision"),
-                      agreement=pred.agreement, confidence=pred.slice_confidence, n_slices=n_slices,
-                      modality=None if picture else modality, section_mm=pred.section_mm)
+    context = DecisionContext(hounsfield=modality, picture=picture, slices=isinstance(inp, SliceInput),
+                              n_slices=int(inp.valid.sum()) if isinstance(inp, SliceInput) else int(image.GetSize()[2]),
+                              n_classified=len(pred.per_slice), domain=pred.domain, section_mm=pred.section_mm)
+    decision = scan_decision(package, pred, context)
     if isinstance(inp, SliceInput):
         g = inp.grid
         for k, rec in enumerate(pred.per_slice):  # centre of each classified slice, LPS mm
@@ -393,15 +403,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
                                                         (g.size[1] - 1) / 2 * g.spacing[1], k * g.spacing[2]])
             rec["lps_mm"] = [round(float(v), 2) for v in centre]
             rec["position_mm"] = rec["lps_mm"][2]  # superior coordinate (LPS z = RAS S): the axial slice offset
-        decision["slice_agreement"] = round(pred.agreement, 4)
-        decision["section_mm"] = pred.section_mm
         decision["regions"] = pred.regions
-        if pred.domain is not None:
-            decision["domain"] = pred.domain
-            if pred.domain["slices_in_domain"] == 0:
-                _mark_out_of_domain(decision, _unlike_training_images(package, pred.domain, len(pred.per_slice)))
-    if modality == "CT" and str(package.meta.get("modality") or "").upper() in ("MR", "US"):
-        _mark_out_of_domain(decision, _wrong_modality(package))
 
     heatmap = None
     overlay = None
@@ -450,7 +452,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice,
         finding=finding_range(pred.per_slice, decision, package.class_names)
         if isinstance(inp, SliceInput) and len(pred.per_slice) > 1 else None, feature_maps=pred.feature_maps,
-        voting_logits=pred.voting_logits, voting=pred.voting)
+        voting_logits=pred.voting_logits, voting=pred.voting, decision_context=context)
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,
@@ -480,15 +482,94 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
             result.explain["localisation"]["lesion_reliance"] = reliance
     result.uncertainty = scan_uncertainty(result, model, package.meta, uncertainty,
                                           raw_probabilities=raw_probabilities)
-    u = result.uncertainty or {}
+    mark_low_confidence(result.decision, result.uncertainty)
+
+
+def mark_low_confidence(decision: dict, uncertainty: dict | None) -> None:
+    """The package's calibrated low-confidence rule: a predictive entropy at or above its threshold
+    (``uncertainty["low_confidence"]``, :func:`..uncertainty.report.calibration_figures`) makes the reported label
+    ``uncertain``, with the reason (an out-of-domain label stays: it says more than "unsure of the class")."""
+    u = uncertainty or {}
     if u.get("low_confidence"):
-        d = result.decision
-        d["reasons"] = [*d["reasons"], f"predictive entropy {u['predictive_entropy']:.2f} is at or above the "
-                                       f"model's low-confidence threshold {u['low_confidence_threshold']:.2f} "
-                                       "(set on held-out images)"]
-        d["uncertain"] = True
-        if d["label"] != OUT_OF_DOMAIN:  # "outside the domain" says more than "unsure of the class"
-            d["label"] = "uncertain"
+        decision["reasons"] = [*decision["reasons"],
+                               f"predictive entropy {u['predictive_entropy']:.2f} is at or above the model's "
+                               f"low-confidence threshold {u['low_confidence_threshold']:.2f} (set on held-out images)"]
+        decision["uncertain"] = True
+        if decision["label"] != OUT_OF_DOMAIN:
+            decision["label"] = "uncertain"
+
+
+@dataclass
+class DecisionContext:
+    """What classify's decision reads about the scan besides the network's output (:func:`scan_decision`).
+
+    Attributes:
+        hounsfield: ``"CT"`` when the scan is in HU, else ``"MR"`` (not in HU); picture: a PNG/JPEG, whose grey
+            levels say nothing of HU.
+        slices: a slice model; n_slices: the slices with body (the scan's depth for a volume model);
+            n_classified: the slices classified.
+        domain: the package's out-of-domain check over the slices (``Prediction.domain``), or None.
+        section_mm: the body box's smaller side (``Prediction.section_mm``), or None.
+    """
+
+    hounsfield: str
+    picture: bool
+    slices: bool
+    n_slices: int
+    n_classified: int = 0
+    domain: dict | None = None
+    section_mm: float | None = None
+
+
+def scan_decision(package, pred, context: DecisionContext) -> dict:
+    """classify's decision on one scan: the package's decision rules (:func:`.predict.decide` on ``pred``'s
+    temperature-scaled probabilities, slice agreement and confidence), then no class at all for a scan outside the
+    model's domain (no slice passed the package's out-of-domain check; a CT in HU for an MR or ultrasound model).
+    The calibrated low-confidence rule comes after the uncertainty figures (:func:`mark_low_confidence`)."""
+    decision = decide(pred.probabilities, package.class_names, package.meta.get("decision"),
+                      agreement=pred.agreement, confidence=pred.slice_confidence, n_slices=context.n_slices,
+                      modality=None if context.picture else context.hounsfield, section_mm=context.section_mm)
+    if context.slices:
+        decision["slice_agreement"] = round(pred.agreement, 4)
+        decision["section_mm"] = context.section_mm
+        if context.domain is not None:
+            decision["domain"] = context.domain
+            if context.domain["slices_in_domain"] == 0:
+                _mark_out_of_domain(decision, _unlike_training_images(package, context.domain, context.n_classified))
+    if context.hounsfield == "CT" and str(package.meta.get("modality") or "").upper() in ("MR", "US"):
+        _mark_out_of_domain(decision, _wrong_modality(package))
+    return decision
+
+
+def decision_for_logits(result: "ClassificationResult", package, logits) -> dict:
+    """The decision classify would report had the network given ``logits`` on this scan's model input: per-slice
+    logits ``(S, K)`` for a slice model (the slices that voted in ``result`` vote), the scan's logits ``(1, K)`` or
+    ``(K,)`` for a volume model. Everything else the decision reads stays ``result``'s (its
+    :class:`DecisionContext`: HU or not, the slices with body, the out-of-domain check, the body box), and the
+    same rules apply as in :func:`classify_scan` (:func:`scan_decision`, temperature, and
+    :func:`mark_low_confidence` when ``result`` has uncertainty figures). ``robustness --input`` compares these decisions: an attack "flips" the
+    scan when the label classify reports changes."""
+    import torch
+
+    from ..uncertainty import apply_temperature
+    from ..uncertainty.report import calibration_figures, package_temperature
+    from .predict import Prediction, slice_vote
+
+    context = result.decision_context
+    if context is None:
+        raise ValueError("the classification result carries no decision context (not made by classify_scan)")
+    logits = torch.as_tensor(logits).detach().float()
+    if context.slices:
+        pred, _ = slice_vote(logits, result.voting, package_temperature(package.meta))
+    else:
+        pred = Prediction(probabilities=torch.softmax(logits.reshape(1, -1), dim=1)[0].numpy())
+    raw = pred.probabilities
+    pred.probabilities = apply_temperature(raw, package.meta)
+    decision = scan_decision(package, pred, context)
+    if result.uncertainty is not None:  # classify applies the low-confidence rule with its uncertainty figures
+        # the rule's scan logits are the log of the raw probabilities, as classify passes them (scan_uncertainty)
+        mark_low_confidence(decision, calibration_figures(np.log(np.clip(raw, 1e-12, 1.0))[None], package.meta))
+    return decision
 
 
 OUT_OF_DOMAIN = "out-of-domain"

@@ -81,6 +81,30 @@ def slice_confidence(logits: np.ndarray, label: int, temperature: float = 1.0) -
     return float((p[:, label] / p.sum(axis=1)).mean())
 
 
+def slice_vote(logits: torch.Tensor, voting: np.ndarray, temperature: float = 1.0
+               ) -> tuple[Prediction, np.ndarray]:
+    """The scan-level prediction of a slice stack's logits ``(S, K)``, and the slices' own softmax ``(S, K)``.
+
+    The prediction (no maps, no per-slice records) holds the softmax of the mean log-probability over the ``voting``
+    slices (``(S,)`` bool; none voting lets every slice vote) as ``probabilities``, the fraction of voting slices
+    whose own label is the scan's as ``agreement``, and :func:`slice_confidence` at ``temperature``.
+    :func:`predict_slices` aggregates with it, and so does the decision on an attacked stack
+    (``inference.classify.decision_for_logits``), so both are classify's vote."""
+    logits = logits.detach().float()
+    v = np.asarray(voting, dtype=bool)
+    mean = mean_log_probability(logits, v).cpu().numpy()
+    probs = np.exp(mean - mean.max())
+    probs /= probs.sum()
+    label = int(probs.argmax())
+    slice_probs = torch.log_softmax(logits, dim=1).exp().cpu().numpy()
+    slice_labels = slice_probs.argmax(axis=1)
+    agreement = float((slice_labels[v] == label).mean()) if v.any() else 0.0
+    voting_logits = logits.cpu().numpy()[v]
+    return Prediction(probabilities=probs, explained_class=label, agreement=agreement,
+                      slice_confidence=slice_confidence(voting_logits, label, temperature),
+                      voting_logits=voting_logits, voting=v), slice_probs
+
+
 def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, target_layer: str | None,
                    class_names: list[str], device: str = "cpu", domain=None, heat_inset_mm: float = 0.0,
                    temperature: float = 1.0) -> Prediction:
@@ -142,17 +166,10 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
         else:
             logits = plain_forward(model, x)
     restrict_to_domain()
-    logp = torch.log_softmax(logits.float(), dim=1)
     v = valid.cpu().numpy().astype(bool)
     # no slice in the domain: the body slices vote, and the scan is reported as out of domain
-    mean = mean_log_probability(logits.detach(), v).cpu().numpy()
-    probs = np.exp(mean - mean.max())
-    probs /= probs.sum()
-    label = int(probs.argmax())
-    slice_probs = logp.exp().cpu().numpy()
+    pred, slice_probs = slice_vote(logits, v, temperature)
     slice_labels = slice_probs.argmax(axis=1)
-    agreement = float((slice_labels[v] == label).mean()) if v.any() else 0.0
-    voting_logits = logits.detach().float().cpu().numpy()[v]
     # "voted" is the vote itself (v): when no body slice passes the out-of-domain check the body slices vote,
     # even if a near-empty slice passed it
     per_slice = [{"index": int(z), "label": class_names[int(k)], "probability": round(float(p[k]), 4),
@@ -161,9 +178,7 @@ def predict_slices(model: torch.nn.Module, inp: SliceInput, *, explain: str, tar
     if scores is not None:
         for rec, sc, ok in zip(per_slice, scores, in_domain):
             rec["in_domain"], rec["domain_distance"] = bool(ok), round(float(sc), 2)
-    pred = Prediction(probabilities=probs, per_slice=per_slice, grid=inp.grid, explained_class=label,
-                      agreement=agreement, slice_confidence=slice_confidence(voting_logits, label, temperature),
-                      voting_logits=voting_logits, voting=v)
+    pred.per_slice, pred.grid = per_slice, inp.grid
     pred.regions = label_runs(per_slice)
     if scores is not None:
         checked = inp.valid if inp.valid.any() else np.ones_like(inp.valid)

@@ -31,7 +31,7 @@ from ..io import array_from_image, read_image, require_3d, same_geometry, valida
 from ..io.geometry import overlap_fraction, physical_box
 from ..io.image_content import guess_modality
 from ..io.segmentation_io import read_segmentation_with_covered
-from .segment import normalize_intensity
+from .segment import check_scan_modality, normalize_intensity
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +69,25 @@ class ScanSegments:
 
 
 def read_scan_segments(image_path: str | Path, segmentation_path: str | Path, *, label_table: str | None = None,
-                       geometry: str = "physical", where: str = "input") -> ScanSegments:
+                       geometry: str = "physical", where: str = "input", model: Any = None) -> ScanSegments:
     """Read a scan (float32) and its segments onto the scan's grid (see the module docstring).
 
     Args:
         geometry: ``"physical"`` (resample by position) or ``"array"`` (pair voxels by index: for a file whose
             header is known to be wrong, sizes equal).
         where: the case name used in messages.
+        model: the ROI classifier the segments are read for: a scan of another modality than its ``modality``
+            (the training cases') is refused as ``segment`` refuses one (:func:`.segment.check_scan_modality`),
+            before the segmentation is read.
 
     Raises:
-        MedDeepRecogError / InputImageError: unreadable files, grids that do not overlap, no segments at all.
+        MedDeepRecogError / InputImageError: unreadable files, grids that do not overlap, no segments at all, a
+        scan of another modality than ``model``'s.
     """
     image_path, segmentation_path = Path(image_path), Path(segmentation_path)
     stored = require_3d(read_image(image_path), image_path)
+    if model is not None:  # on the image as read: a DICOM series' tag says its modality, and the cast drops it
+        check_scan_modality(stored, model, image_path, does="classifies segments of")
     modality = guess_modality(stored)  # before the cast, which drops the DICOM tags
     image = sitk.Cast(stored, sitk.sitkFloat32)
     del stored
@@ -127,8 +133,22 @@ def read_segment_map(path: Path, label_table: str | None = None, where: str = "i
     return lut[values], grid, names, [], {}
 
 
+def checked_label_table(spec: str | Path) -> dict[int, str]:
+    """:func:`read_label_table`, refusing an empty table (the label map's values would keep their numbers), so a
+    command reads it before any work.
+
+    Raises:
+        ConfigError: unreadable, malformed or empty table.
+    """
+    table = read_label_table(spec)
+    if not table:
+        raise ConfigError("label table is empty", spec)
+    return table
+
+
 def read_label_table(spec: str | Path) -> dict[int, str]:
-    """Read an id → name table: JSON ``{"5": "liver"}`` (``FILE#KEY`` picks a nested table) or a Slicer color table.
+    """Read an id → name table: JSON ``{"5": "liver"}`` (``FILE#KEY`` picks a nested table) or a Slicer color table
+    (:data:`..contract.LABEL_TABLE_FORMATS`).
 
     Raises:
         ConfigError: unreadable or malformed table.
@@ -312,16 +332,20 @@ def classify_segments(image_path: Any, segmentation_path: Any, package: Any, *, 
         One ``{"segment", "label", "probabilities": {class: p}, "center_mm"}`` per non-empty segment.
 
     Raises:
+        ModelPackageError: the package is not an ROI classifier. InputImageError: a scan of another modality than
+        the package's.
+    """
+    pkg = roi_package(package)
+    return classify_scan_segments(read_scan_segments(image_path, segmentation_path, label_table=label_table,
+                                                     model=pkg), pkg, device=device)
+
+
+def roi_package(package: Any):
+    """The loaded ROI classification package (``input.kind == "roi3d"`` with ``input.roi``) ``package`` names.
+
+    Raises:
         ModelPackageError: the package is not an ROI classifier.
     """
-    return classify_scan_segments(read_scan_segments(image_path, segmentation_path, label_table=label_table),
-                                  package, device=device)
-
-
-def classify_scan_segments(scan: ScanSegments, package: Any, *, device: str = "cpu") -> list[dict[str, Any]]:
-    """:func:`classify_segments` on a scan and segments already read (:func:`read_scan_segments`)."""
-    import torch
-
     from ..errors import ModelPackageError
     from ..packages import load_package
 
@@ -330,7 +354,15 @@ def classify_scan_segments(scan: ScanSegments, package: Any, *, device: str = "c
     if spec_json.get("kind") != "roi3d" or "roi" not in spec_json:
         raise ModelPackageError(f"model {pkg.id}@{pkg.version} is not an ROI classifier (input.kind "
                                 f"{spec_json.get('kind')!r})", pkg.path)
-    spec = RoiSpec.from_json(spec_json["roi"])
+    return pkg
+
+
+def classify_scan_segments(scan: ScanSegments, package: Any, *, device: str = "cpu") -> list[dict[str, Any]]:
+    """:func:`classify_segments` on a scan and segments already read (:func:`read_scan_segments`)."""
+    import torch
+
+    pkg = roi_package(package)
+    spec = RoiSpec.from_json(pkg.input_spec["roi"])
     for message in scan.warnings:
         log.warning(message)
     normalized = normalized_scan(scan.image, scan.modality, spec)

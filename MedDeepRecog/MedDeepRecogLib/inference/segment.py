@@ -153,25 +153,30 @@ def check_segment_input(image: sitk.Image, pkg: Any, source: str | Path | None =
             f"{MAX_SEGMENT_ENV} if the machine has the memory", source)
 
 
-def check_scan_modality(image: sitk.Image, pkg: Any, source: str | Path | None = None) -> None:
+def check_scan_modality(image: sitk.Image, pkg: Any, source: str | Path | None = None, *,
+                        does: str = "segments") -> None:
     """Refuse a scan that is not in Hounsfield units for a package trained on CT (``"modality": "CT"``), and a CT
     in HU for a package trained on MR.
 
     A network of the other modality runs without complaint and returns organ volumes that are all wrong: the HU
     window turns MR intensities into near-constant soft tissue, and per-scan percentiles of a CT are not an MR's.
-    Same test as classify's (:func:`.model_input.is_hounsfield`: DICOM modality, else air below -500).
+    Same test as classify's (:func:`.model_input.is_hounsfield`: DICOM modality, else air below -500). ``image``:
+    as read (a DICOM series' tags say its modality). ``does``: what the model does, in the message (``segment``'s
+    "segments"; ``classify --segments``' ROI classifiers "classifies segments of").
 
     Raises:
         InputImageError: naming ``source``, before any model work.
     """
     modality = str(pkg.meta.get("modality", "")).upper()
     if modality == "CT" and not is_hounsfield(image):
-        raise InputImageError(f"not a CT scan in Hounsfield units (no air below -500, or a DICOM modality other than "
-                              f"CT), but model {pkg.id}@{pkg.version} segments CT only: give it a CT scan, or use a "
+        guess = guess_modality(image)
+        seen = f"it reads as {guess}: " if guess in ("MR", "US") else ""
+        raise InputImageError(f"not a CT scan in Hounsfield units ({seen}no air below -500, or a DICOM modality other "
+                              f"than CT), but model {pkg.id}@{pkg.version} {does} CT only: give it a CT scan, or use a "
                               "package trained on this modality", source)
     if modality == "MR" and is_hounsfield(image):
         raise InputImageError(f"a CT scan in Hounsfield units (DICOM modality CT, or air below -500), but model "
-                              f"{pkg.id}@{pkg.version} segments MR only: give it an MR scan, or use a package trained "
+                              f"{pkg.id}@{pkg.version} {does} MR only: give it an MR scan, or use a package trained "
                               "on CT", source)
 
 

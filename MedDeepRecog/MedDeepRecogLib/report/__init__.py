@@ -144,7 +144,8 @@ def render_case_report(result, outputs: dict, package, *, command: str) -> str:
     probs = sorted(result.probability_map().items(), key=lambda kv: -kv[1])
     d = result.decision
     return _environment().get_template(TEMPLATE).render(
-        name=result.name, input=result.input, headline=headline(result), label=d["label"], top_class=d["top_class"],
+        name=result.name, input=result.input, inputs=result.inputs, headline=headline(result), label=d["label"],
+        top_class=d["top_class"],
         confidence=d["confidence"], confidence_basis=confidence_basis(result),
         probabilities=probs, probabilities_basis=probabilities_basis(result),
         uncertain=d["uncertain"], reasons=list(d["reasons"]), image=image,

@@ -9,7 +9,7 @@ attacked "sample" (the attack then moves the scan-level prediction, which is wha
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -82,32 +82,48 @@ def evaluate_robustness(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
     return res
 
 
+#: ``flip_means`` of a scan's record: what a flip compares
+FLIP_OF_TOP_CLASS = "the network's top class changes (no decision rules applied)"
+FLIP_OF_REPORTED_LABEL = ("the label classify reports changes (the package's decision rules applied to the "
+                          "attacked output: a class, 'uncertain' or another class)")
+
+
 def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[float], *,
                     attack_name: str = "pgd", steps: int = 10, bounds: Bounds = None, refine_steps: int = 5,
                     class_names: Sequence[str] | None = None,
+                    judge: Callable[[torch.Tensor], dict[str, Any]] | None = None,
                     progress: ProgressCallback = null_progress) -> tuple[dict[str, Any], dict[float, torch.Tensor]]:
     """How one input's prediction moves under attacks of growing eps.
 
-    The attack pushes away from the clean predicted class. ``smallest_flipping_eps`` is the smallest eps of the
-    list that changes the predicted label, refined by ``refine_steps`` bisection steps between it and the
-    largest non-flipping eps below it (null when no eps of the list flips the label).
+    The attack pushes away from the clean top class (the network's). ``smallest_flipping_eps`` is the smallest eps
+    of the list that flips the prediction, refined by ``refine_steps`` bisection steps between it and the largest
+    non-flipping eps below it (null when no eps of the list flips it). Without ``judge`` a flip is a change of the
+    network's top class; with it, a change of ``judge(x)["label"]``: ``judge`` maps an input to the decision
+    reported for it (``{"label", "top_class", "confidence", "reasons", ...}``: classify's, see
+    :func:`.scan.decision_of`), so a flip is a change of what the user is shown (a class to "uncertain", say),
+    and a top class that changes while the reported label stays ("uncertain" to "uncertain") is none.
 
     Args:
         model: classifier, ``x (1, C, *spatial) -> logits (1, K)`` (slice models: a ``SliceStackClassifier``).
         x: one input in model units.
 
     Returns:
-        ``(result, perturbations)``: result is JSON-able (``clean_label`` and ``top_class``: the clean predicted
-        class, ``clean_probability``: its probability, ``curve`` [{"eps", "probability" of that class, "label",
-        "flipped"}], ``smallest_flipping_eps``,
-        ``flip``: the curve point at that eps); perturbations maps each eps (and the refined flip eps) to
-        ``x_adv - x``.
+        ``(result, perturbations)``: result is JSON-able (``clean_label``: the clean reported label, the top class
+        without ``judge``; ``top_class``: the network's clean top class and ``clean_probability`` its probability;
+        with ``judge`` also ``clean_confidence`` and ``clean_uncertain_reasons``; ``flip_means``; ``curve``
+        [{"eps", "probability" of the clean top class, "label" (reported), "top_class", "flipped", with ``judge``
+        "confidence" and "uncertain_reasons"}], ``smallest_flipping_eps``, ``flip``: the curve point at that eps);
+        perturbations maps each eps (and the refined flip eps) to ``x_adv - x``.
     """
     eps_list = sorted(check_eps(e, bounds) for e in eps_list)
     names = list(class_names) if class_names is not None else None
     probs = _predict(model, x)[0]
     label = int(probs.argmax())
     target = torch.tensor([label])
+    clean = judge(x) if judge is not None else None
+
+    def name(k: int) -> str | int:
+        return names[k] if names else k
 
     def point(eps: float) -> tuple[dict[str, Any], torch.Tensor]:
         # a fixed seed per eps keeps PGD's random start reproducible between runs
@@ -115,8 +131,12 @@ def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[
         x_adv = attack(attack_name, model, x, target, eps, steps=steps, bounds=bounds)
         p = _predict(model, x_adv)[0]
         new = int(p.argmax())
-        rec = {"eps": float(eps), "probability": float(p[label]), "label": names[new] if names else new,
+        rec = {"eps": float(eps), "probability": float(p[label]), "label": name(new), "top_class": name(new),
                "flipped": new != label, "probabilities": _named(p, names)}
+        if clean is not None:
+            d = judge(x_adv)
+            rec.update({"label": d["label"], "confidence": d["confidence"], "uncertain_reasons": d["reasons"],
+                        "flipped": d["label"] != clean["label"]})
         return rec, (x_adv - x).detach()
 
     curve, deltas = [], {}
@@ -142,7 +162,10 @@ def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[
         smallest = float(hi)
     result = {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1,
               "bounds": None if bounds is None else [float(bounds[0]), float(bounds[1])],
-              "clean_label": names[label] if names else label, "top_class": names[label] if names else label,
+              "clean_label": name(label) if clean is None else clean["label"], "top_class": name(label),
+              **({} if clean is None else {"clean_confidence": clean["confidence"],
+                                           "clean_uncertain_reasons": clean["reasons"]}),
+              "flip_means": FLIP_OF_TOP_CLASS if clean is None else FLIP_OF_REPORTED_LABEL,
               "clean_probability": float(probs[label]),
               "clean_probabilities": _named(probs, names), "curve": curve,
               "smallest_flipping_eps": smallest, "flip": flip,

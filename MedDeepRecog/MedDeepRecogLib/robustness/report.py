@@ -1,9 +1,10 @@
 """The work of ``meddeeprecog robustness``: attack one scan or a labelled data set and write what was found.
 
-One scan (:func:`scan_reports`): ``<name>_robustness.json`` (probability of the clean label at each eps,
-``smallest_flipping_eps`` or null, the curve point where it flips, eps also in HU for CT), ``<name>_robustness.png``
-(the curve) and optionally ``<name>_perturbation.nrrd`` (the perturbation at the flipping eps, or the largest eps,
-on the scan's grid, in model input units). A data set (:func:`dataset_report`): clean vs robust accuracy /
+One scan (:func:`scan_reports`): ``<name>_robustness.json`` (the label and confidence classify reports, the
+network's probability of its clean top class and classify's reported label at each eps, ``smallest_flipping_eps``
+(the smallest eps that changes that label) or null, the curve point where it flips, eps also in HU for CT),
+``<name>_robustness.png`` (the curve) and optionally ``<name>_perturbation.nrrd`` (the perturbation at the flipping
+eps, or the largest eps, on the scan's grid, in model input units). A data set (:func:`dataset_report`): clean vs robust accuracy /
 balanced accuracy / AUC at each eps, ``robustness.json`` + ``robustness.png``.
 
 eps is in the model's input units (e.g. 0..1 after intensity scaling); eps <= 0 or >= the input's valid range is
@@ -91,7 +92,8 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
     from ..packages import load_package
     from .curve import scan_robustness
     from ..uncertainty.report import UNCALIBRATED_SCALE
-    from .scan import model_input_of, units_per_hu
+    from ..inference.classify import out_of_domain_reason
+    from .scan import decision_of, model_input_of, units_per_hu
 
     if int(steps) < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
@@ -119,13 +121,20 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         def prog(stage, fraction, _i=i, _name=output_stem(p["scan"]), **extra):
             progress(stage, 0.1 + 0.8 * (_i + fraction) / n, case=_name, **extra)
 
+        res, units = p["result"], p["units"]
+        # a flip is a change of the label classify reports; outside the domain it reports none whatever the attack
+        # does (the domain and the modality are the clean scan's), so the network's top class is followed there
+        judge = (None if out_of_domain_reason(res.decision) is not None
+                 else (lambda x, _res=res, _fwd=p["forward"]: decision_of(_res, pkg, _fwd, x)))
         record, deltas = scan_robustness(p["forward"], p["x"], p["budgets"], attack_name=attack, steps=steps,
                                          bounds=p["valid"], refine_steps=refine, class_names=pkg.class_names,
-                                         progress=prog)
-        res, units = p["result"], p["units"]
+                                         judge=judge, progress=prog)
         mark_out_of_domain(record, res.decision)
         record.update({"input": str(p["scan"]), "model": {"id": pkg.id, "version": pkg.version},
                        "eps_units": "model input", "model_modality": p["model_modality"],
+                       "probability_means": "'probability' and 'clean_probability': the network's scan probability "
+                                            "of the clean top class (classify's 'probabilities', before the "
+                                            "package's temperature), not classify's confidence",
                        "scan_modality": res.modality_guess,   # classify's guess: DICOM tag, else HU or not
                        "hu_per_unit": None if units is None else 1.0 / units,
                        **({"probability_scale": f"{UNCALIBRATED_SCALE} (classify reports calibrated probabilities)"}
@@ -207,10 +216,13 @@ def mark_out_of_domain(record: dict[str, Any], decision: dict) -> None:
     ``out_of_domain`` says why; ``top_class`` stays the class the network's output favours, whose probability the
     curve follows (a guess outside the domain, and so is how far an attack moves it)."""
     from ..inference.classify import OUT_OF_DOMAIN, out_of_domain_reason
+    from .curve import FLIP_OF_TOP_CLASS
 
     why = out_of_domain_reason(decision)
     if why is not None:
-        record.update({"clean_label": OUT_OF_DOMAIN, "out_of_domain": why})
+        record.update({"clean_label": OUT_OF_DOMAIN, "out_of_domain": why,
+                       "flip_means": f"{FLIP_OF_TOP_CLASS}: classify reports {OUT_OF_DOMAIN} for this scan "
+                                     "whatever the attack does (its domain and modality stay the clean scan's)"})
 
 
 def _eps_text(eps: float, point: dict | None = None, per_unit: float | None = None) -> str:
@@ -220,22 +232,37 @@ def _eps_text(eps: float, point: dict | None = None, per_unit: float | None = No
 
 
 def scan_lines(record: dict[str, Any]) -> str:
-    """The attack on one scan as text: eps in model units and, for CT, in HU; the probability of the clean label."""
+    """The attack on one scan as text: eps in model units and, for CT, in HU; at each eps the network's probability
+    of the clean top class and what classify reports (its label and confidence, as its own first line says them)."""
+    from ..inference.classify import decision_headline
+
     per_unit = record.get("hu_per_unit")
     unit = "model input units (HU in brackets)" if per_unit else "model input units"
     top = record.get("top_class", record["clean_label"])
+    reported = "clean_confidence" in record  # flips compare classify's reported label (else the top class)
+
+    def said(point: dict) -> str:
+        return decision_headline(point) if "confidence" in point else str(point.get("label", ""))
+
     if record.get("out_of_domain"):
         lines = [f"{record['input']}: {record['clean_label']}: {record['out_of_domain']}",
                  f"  the network's top class {top} p={record['clean_probability']:.3f} is a guess, and so is how far "
                  f"an attack moves it; {record['attack']} eps in {unit}"]
+    elif reported:
+        clean = {"label": record["clean_label"], "top_class": top, "confidence": record["clean_confidence"]}
+        why = "; ".join(record.get("clean_uncertain_reasons") or [])
+        lines = [f"{record['input']}: {decision_headline(clean)}{f' [{why}]' if why else ''}",
+                 f"  {record['attack']} eps in {unit}; p({top}): the network's scan probability of {top} (before the "
+                 "decision rules); after the arrow: what classify reports"]
     else:
         lines = [f"{record['input']}: {top} p={record['clean_probability']:.3f}; {record['attack']} eps in {unit}"]
     for point in record["curve"]:
-        lines.append(f"  eps {_eps_text(point['eps'], point)}: p({top})={point['probability']:.3f}"
-                     f" -> {point.get('label', '')}")
+        lines.append(f"  eps {_eps_text(point['eps'], point)}: p({top})={point['probability']:.3f} -> {said(point)}")
     flip = record.get("smallest_flipping_eps")
-    lines.append(f"  smallest eps that flips the label: {_eps_text(flip, None, per_unit)}" if flip is not None
-                 else "  no eps tried flips the label")
+    what = f"changes the label classify reports ({record['clean_label']})" if reported else "flips the label"
+    lines.append(f"  smallest eps that {what}: {_eps_text(flip, None, per_unit)}"
+                 + (f" -> {said(record['flip'])}" if reported and record.get("flip") else "") if flip is not None
+                 else f"  no eps tried {'changes the label classify reports' if reported else 'flips the label'}")
     return "\n".join(lines)
 
 

@@ -45,7 +45,9 @@ def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.
     ``forward`` maps ``x`` to scan-level logits ``(1, K)``: a slice model's stack is one sample ``(1, C, S, H, W)``
     read by :class:`..models.slice_stack.SliceStackClassifier` (the aggregation classify uses) over the slices that
     voted in classify's prediction (``result.voting``: those with body that pass the package's out-of-domain check),
-    so the clean probability is the one classify reports and the attack moves that prediction.
+    so the clean probabilities are classify's ``probabilities`` (before the package's temperature) and the attack
+    moves that prediction. What classify reports from them (its label after the decision rules, and its
+    confidence) is :func:`decision_of`.
     """
     from ..inference.classify import classify_scan, model_for
     from ..inference.model_input import SliceInput
@@ -58,6 +60,22 @@ def model_input_of(path_or_image, package) -> tuple[Any, torch.Tensor, torch.nn.
     if isinstance(inp, SliceInput):
         return result, stack_as_sample(x), SliceStackClassifier(model, result.voting).eval()
     return result, x, model
+
+
+def decision_of(result, package, forward: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """The decision classify would report for the model input ``x`` of ``result``'s scan (clean or attacked):
+    :func:`..inference.classify.decision_for_logits` on the network's output for ``x`` (a slice model's per-slice
+    logits, read through ``forward``'s slice network; the slices that vote and everything else the decision reads
+    about the scan stay ``result``'s). ``forward``: as :func:`model_input_of` returns it."""
+    from ..inference.classify import decision_for_logits
+    from ..models.slice_stack import SliceStackClassifier, sample_as_stack
+
+    with torch.no_grad():
+        if isinstance(forward, SliceStackClassifier):
+            logits = forward.model(sample_as_stack(x))
+        else:
+            logits = forward(x)
+    return decision_for_logits(result, package, logits)
 
 
 def units_per_hu(image: sitk.Image, package, *, voting: np.ndarray | None = None, model_input=None,

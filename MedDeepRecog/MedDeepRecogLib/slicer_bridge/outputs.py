@@ -317,31 +317,44 @@ def _first_json(result: dict[str, Any]) -> dict[str, Any] | None:
 def robustness_summary(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """One sentence for the panel from a ``robustness --input`` run's final ``result`` (or the JSON it names).
 
-    Reads ``clean_label`` / ``top_class``, ``clean_probability``, ``smallest_flipping_eps``, ``flip`` (the curve
-    point at that eps) and ``out_of_domain`` as ``robustness.report.scan_reports`` writes them. Returns
-    ``(text, record)``.
+    Reads ``clean_label`` / ``top_class``, ``clean_probability``, ``clean_confidence``, ``smallest_flipping_eps``,
+    ``flip`` (the curve point at that eps) and ``out_of_domain`` as ``robustness.report.scan_reports`` writes them.
+    With ``clean_confidence`` the labels are the ones classify reports (after the package's decision rules, with
+    classify's confidence) and a flip is a change of that label; the probabilities are the network's of its clean
+    top class. Returns ``(text, record)``.
     """
     record = result if "clean_label" in result else (_first_json(result) or {})
     if isinstance(record.get("scans"), list) and record["scans"]:  # one record per input
         record = record["scans"][0]
     if "clean_label" not in record:
         raise MedDeepRecogError("the robustness result has no clean_label (unexpected worker output)")
-    label, p = record.get("top_class", record["clean_label"]), float(record.get("clean_probability", float("nan")))
+    top, p = record.get("top_class", record["clean_label"]), float(record.get("clean_probability", float("nan")))
     # a scan classify reports no class for: said first, as classify says it (the class below is a guess)
     ood = (f"Out-of-domain ({record['out_of_domain']}): no class is reported; the network's guess "
            if record.get("out_of_domain") else "")
+    reported = "clean_confidence" in record and not ood
+
+    def said(point: dict[str, Any]) -> str:  # classify's label and confidence, as its headline gives them
+        label, shown = point.get("label", "?"), point.get("top_class", top)
+        if not reported:
+            return f"'{label}'"
+        extra = f"top class {shown}, " if label != shown else ""
+        return f"'{label}' ({extra}confidence {float(point.get('confidence', float('nan'))):.2f})"
+
+    clean = (said({"label": record["clean_label"], "top_class": top, "confidence": record["clean_confidence"]})
+             if reported else f"'{top}' (p={p:.2f})")
     eps = record.get("smallest_flipping_eps")
     if eps is None:
         curve = record.get("curve") or []
-        top = max((c.get("eps", 0.0) for c in curve), default=0.0)
+        most = max((c.get("eps", 0.0) for c in curve), default=0.0)
         drop = record.get("probability_drop_at_max_eps")
-        text = f"{ood}'{label}' (p={p:.2f}) did not flip up to eps={top:.3g}"
+        text = f"{ood}{clean} did not flip up to eps={most:.3g}"
         if isinstance(drop, (int, float)):
-            text += f"; its probability fell by {drop:.2f}"
+            text += f"; {'the probability of ' + repr(top) if reported else 'its probability'} fell by {drop:.2f}"
         return text + ".", record
     flip = record.get("flip") or {}
     hu = record.get("smallest_flipping_eps_hu")
     at = f"eps={float(eps):.3g}" + (f" (≈{float(hu):.3g} HU)" if isinstance(hu, (int, float)) else "")
-    text = (f"{ood}'{label}' (p={p:.2f}) flips to '{flip.get('label', '?')}' at {at}; "
-            f"p('{label}') {p:.2f} → {float(flip.get('probability', float('nan'))):.2f}.")
+    text = (f"{ood}{clean} flips to {said(flip)} at {at}; "
+            f"p('{top}') {p:.2f} → {float(flip.get('probability', float('nan'))):.2f}.")
     return text, record

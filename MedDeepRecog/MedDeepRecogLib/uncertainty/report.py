@@ -35,6 +35,26 @@ def calibrated_probabilities(logits: np.ndarray | torch.Tensor, meta: Mapping[st
 UNCALIBRATED_SCALE = "the network's softmax, before the package's temperature"
 
 
+def calibration_figures(logits: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The calibration part of the uncertainty block for one scan's logits ``(1, K)``: ``temperature``,
+    ``calibrated``, ``probabilities`` (calibrated, by class name), ``predictive_entropy`` (normalised 0..1, of
+    those) and the package's ``low_confidence_threshold`` with ``low_confidence`` (None when not calibrated).
+    classify's low-confidence rule reads it (``inference.classify.mark_low_confidence``)."""
+    names = list(meta.get("class_names") or [])
+    cal = meta.get("calibration") or {}
+    p = calibrated_probabilities(logits, meta)[0]
+    h = float(normalized_entropy(p[None])[0])
+    threshold = cal.get("low_confidence_threshold")
+    return {
+        "temperature": package_temperature(meta),
+        "calibrated": cal.get("temperature") is not None,  # a threshold alone leaves the probabilities as they are
+        "probabilities": dict(zip(names, map(float, p))) if names else [float(v) for v in p],
+        "predictive_entropy": h,
+        "low_confidence_threshold": None if threshold is None else float(threshold),
+        "low_confidence": None if threshold is None else bool(h >= float(threshold)),
+    }
+
+
 def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[str, Any], *,
                          logits: torch.Tensor | None = None,
                          forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -68,19 +88,8 @@ def classify_uncertainty(model: torch.nn.Module, x: torch.Tensor, meta: Mapping[
     if logits is None:
         with torch.no_grad():
             logits = forward(x)
-    cal = meta.get("calibration") or {}
-    scaled = cal.get("temperature") is not None  # a threshold alone leaves the probabilities as they are
-    p = calibrated_probabilities(logits, meta)[0]
-    h = float(normalized_entropy(p[None])[0])
-    threshold = cal.get("low_confidence_threshold")
-    out: dict[str, Any] = {
-        "temperature": package_temperature(meta),
-        "calibrated": scaled,
-        "probabilities": dict(zip(names, map(float, p))) if names else [float(v) for v in p],
-        "predictive_entropy": h,
-        "low_confidence_threshold": None if threshold is None else float(threshold),
-        "low_confidence": None if threshold is None else bool(h >= float(threshold)),
-    }
+    out = calibration_figures(logits, meta)
+    scaled = out["calibrated"]
 
     def block(samples: torch.Tensor) -> dict[str, Any]:
         s = summarize_samples(samples)
