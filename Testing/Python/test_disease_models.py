@@ -229,7 +229,8 @@ def test_a_ct_in_hounsfield_units_is_outside_an_mr_models_domain_even_where_its_
     package = load_package(BRAIN)
     shifted = classify_scan(as_hu, package, uncertainty="none", faithfulness=False, explain="none")
     plain = classify_scan(mr, package, uncertainty="none", faithfulness=False, explain="none")
-    assert plain.label in TUMOUR_TYPES and shifted.label == OUT_OF_DOMAIN
+    # brain1 is named a tumour type, or "uncertain" by the package's low-confidence rule (1.3.1), never refused
+    assert plain.label in {*TUMOUR_TYPES, "uncertain"} and shifted.label == OUT_OF_DOMAIN
     assert shifted.decision["domain"]["slices_in_domain"] > 0  # the intensities are standardised per slice
     assert any("Hounsfield units" in r for r in shifted.decision["reasons"])
     assert not any("Hounsfield units" in r for r in plain.decision["reasons"])

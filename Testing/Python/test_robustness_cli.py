@@ -327,9 +327,10 @@ def test_the_decision_on_an_attacked_output_is_classifys(shared_data):
     assert decision_of(result, pkg, forward, x) == result.decision
     flat = decision_for_logits(result, pkg, torch.zeros(1, len(pkg.class_names)))
     assert flat["label"] == "uncertain" and any("low-confidence threshold" in r for r in flat["reasons"])
-    # a result classified without uncertainty figures is judged without the low-confidence rule, as classify judged it
+    # the rule is part of the decision: a scan classified without uncertainty figures is judged by it too
     plain = classify_scan(mask, pkg, explain="none", uncertainty="none")
-    assert decision_for_logits(plain, pkg, torch.zeros(1, len(pkg.class_names)))["label"] != "uncertain"
+    assert plain.uncertainty is None and plain.decision == result.decision
+    assert decision_for_logits(plain, pkg, torch.zeros(1, len(pkg.class_names)))["label"] == "uncertain"
 
 
 def _four_d(path):

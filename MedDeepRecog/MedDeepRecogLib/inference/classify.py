@@ -482,7 +482,18 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
             result.explain["localisation"]["lesion_reliance"] = reliance
     result.uncertainty = scan_uncertainty(result, model, package.meta, uncertainty,
                                           raw_probabilities=raw_probabilities)
-    mark_low_confidence(result.decision, result.uncertainty)
+    # the rule is part of the decision: --uncertainty none drops the figures from the JSON, not the rule
+    mark_low_confidence(result.decision, result.uncertainty if result.uncertainty is not None
+                        else low_confidence_figures(raw_probabilities, package.meta))
+
+
+def low_confidence_figures(raw_probabilities: np.ndarray, meta: dict) -> dict:
+    """The package's low-confidence figures (:func:`..uncertainty.report.calibration_figures`) of scan
+    probabilities ``(K,)`` before temperature scaling, whose log serves as the scan's logits (the same softmax)."""
+    from ..uncertainty.report import calibration_figures
+
+    return calibration_figures(np.log(np.clip(np.asarray(raw_probabilities, dtype=np.float64), 1e-12, 1.0))[None],
+                               meta)
 
 
 def mark_low_confidence(decision: dict, uncertainty: dict | None) -> None:
@@ -552,7 +563,7 @@ def decision_for_logits(result: "ClassificationResult", package, logits) -> dict
     import torch
 
     from ..uncertainty import apply_temperature
-    from ..uncertainty.report import calibration_figures, package_temperature
+    from ..uncertainty.report import package_temperature
     from .predict import Prediction, slice_vote
 
     context = result.decision_context
@@ -566,9 +577,7 @@ def decision_for_logits(result: "ClassificationResult", package, logits) -> dict
     raw = pred.probabilities
     pred.probabilities = apply_temperature(raw, package.meta)
     decision = scan_decision(package, pred, context)
-    if result.uncertainty is not None:  # classify applies the low-confidence rule with its uncertainty figures
-        # the rule's scan logits are the log of the raw probabilities, as classify passes them (scan_uncertainty)
-        mark_low_confidence(decision, calibration_figures(np.log(np.clip(raw, 1e-12, 1.0))[None], package.meta))
+    mark_low_confidence(decision, low_confidence_figures(raw, package.meta))   # as classify applies it
     return decision
 
 
