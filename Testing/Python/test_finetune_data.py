@@ -409,3 +409,22 @@ def test_roi_classification_crops_each_overlapped_segment_whole(tmp_path):
     for row, whole in zip(rows, (core, lesion, tumour)):
         center, _ = segment_geometry(scan.image, whole)
         assert np.allclose(row["center_mm"], np.round(center, 2))
+
+
+def test_a_class_never_predicted_is_named_beside_the_mean_hd95(tmp_path):
+    """A labelled class the model never predicts has no Hausdorff distance (infinitely far), so the mean HD95 can
+    only cover the classes it found: the figure read as the mean of all until the missed class was named beside it
+    (metrics ``hd95_missed``, and a line of the card)."""
+    from MedDeepRecogLib.finetune.seg_training import segmentation_metrics, summarize_cases
+
+    truth = np.zeros((8, 16, 16), np.uint8)
+    truth[2:6, 2:8, 2:8] = 1
+    truth[2:6, 10:14, 10:14] = 2
+    pred = np.where(truth == 1, 1, 0).astype(np.uint8)   # organ B missed entirely
+    case = segmentation_metrics(pred, truth, ["A", "B"], (1.0, 1.0, 2.0))
+    assert case["per_class"]["B"]["dice"] == 0.0 and case["per_class"]["B"]["hd95_mm"] is None
+    assert case["hd95_mm"] == case["per_class"]["A"]["hd95_mm"] and case["hd95_missed"] == ["B"]
+    found = segmentation_metrics(truth, truth, ["A", "B"], (1.0, 1.0, 2.0))
+    assert found["hd95_missed"] == []
+    summary = summarize_cases({"c1": case, "c2": found}, ["A", "B"])
+    assert summary["hd95_missed"] == ["B"]

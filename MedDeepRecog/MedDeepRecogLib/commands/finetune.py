@@ -232,8 +232,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     done = {"package": result["package"], "id": result.get("id"), "version": result.get("version"),
             "metrics": {k: v for k, v in (result.get("metrics") or {}).items()
-                        if k in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "per_class", "n",
-                                 "note", "selected_by", "best_epoch", "val_slab", "held_out", "held_out_note")},
+                        if k in ("dice", "hd95_mm", "hd95_missed", "auc", "balanced_accuracy", "accuracy",
+                                 "per_class", "n", "note", "selected_by", "best_epoch", "val_slab", "held_out",
+                                 "held_out_note")},
             "base": result.get("base"), **({"base_note": result["base_note"]} if result.get("base_note") else {}),
             "warnings": result.get("warnings", []), "work_dir": result["work_dir"],
             "epochs_run": result["epochs"]["epochs_run"],

@@ -102,6 +102,9 @@ def model_card(meta: dict[str, Any], cfg: FinetuneConfig, report: dict[str, Any]
     for key in ("dice", "hd95_mm", "auc", "balanced_accuracy", "accuracy", "n"):
         if key in metrics:
             lines.append(f"- {key}: {metrics[key]}")
+    if metrics.get("hd95_missed"):
+        lines.append(f"- hd95_mm leaves out {', '.join(metrics['hd95_missed'])}: labelled but never predicted, so no "
+                     "distance exists (infinitely far); the mean is over the classes found")
     if "per_class" in metrics:
         lines.append(f"- per class: `{json.dumps(metrics['per_class'])}`")
     lines += ["", "## Caveats",

@@ -209,7 +209,8 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, classes: Sequence[
     """Dice and HD95 (mm, MONAI) per class for ``(Z, Y, X)`` label maps; means over classes present in ``truth``.
 
     A class absent from ``truth`` has Dice/HD95 ``None`` (not counted in the means); one present in ``truth`` but
-    never predicted has Dice 0 and HD95 ``None`` (infinite).
+    never predicted has Dice 0 and HD95 ``None`` (infinite), so the mean HD95 cannot count it: ``hd95_missed``
+    names such classes, since the mean over the others alone would flatter the model.
     """
     from monai.metrics import compute_dice, compute_hausdorff_distance
     from monai.networks.utils import one_hot
@@ -235,8 +236,9 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, classes: Sequence[
                            "voxels_true": int(t[0, i].sum()), "voxels_pred": int(p[0, i].sum())}
     dices = [v["dice"] for v in per_class.values() if v["dice"] is not None]
     hds = [v["hd95_mm"] for v in per_class.values() if v["hd95_mm"] is not None]
+    missed = [name for name, v in per_class.items() if v["voxels_true"] and not v["voxels_pred"]]
     return {"dice": round(float(np.mean(dices)), 4) if dices else None,
-            "hd95_mm": round(float(np.mean(hds)), 2) if hds else None, "per_class": per_class}
+            "hd95_mm": round(float(np.mean(hds)), 2) if hds else None, "hd95_missed": missed, "per_class": per_class}
 
 
 def evaluate_volumes(model: torch.nn.Module, volumes: Sequence[SegVolume], classes: Sequence[str],
@@ -259,13 +261,16 @@ def evaluate_volumes(model: torch.nn.Module, volumes: Sequence[SegVolume], class
 
 
 def summarize_cases(per_case: dict[str, dict], classes: Sequence[str]) -> dict[str, Any]:
-    """Mean Dice / HD95 over cases (each case's mean over its present classes) and per class over cases."""
+    """Mean Dice / HD95 over cases (each case's mean over its present classes) and per class over cases;
+    ``hd95_missed``: the classes some case holds but the model never predicted there (no distance, so not in the
+    HD95 means), each once."""
     dices = [m["dice"] for m in per_case.values() if m["dice"] is not None]
     hds = [m["hd95_mm"] for m in per_case.values() if m["hd95_mm"] is not None]
     per_class = {c: {"dice": _mean([m["per_class"][c]["dice"] for m in per_case.values()]),
                      "hd95_mm": _mean([m["per_class"][c]["hd95_mm"] for m in per_case.values()])} for c in classes}
+    missed = [c for c in classes if any(c in m.get("hd95_missed", ()) for m in per_case.values())]
     return {"split": "val", "cases": len(per_case), "dice": _mean(dices), "hd95_mm": _mean(hds),
-            "per_class": per_class, "per_case": per_case}
+            "hd95_missed": missed, "per_class": per_class, "per_case": per_case}
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
