@@ -312,7 +312,14 @@ def test_a_validation_slab_outside_the_volume_is_refused_as_written():
     from MedDeepRecogLib.errors import ConfigError
     from MedDeepRecogLib.finetune.seg_training import SegVolume, split_slab
 
-    volume = SegVolume("case", np.zeros((1, 30, 8, 8), np.float32), np.zeros((1, 30, 8, 8), np.uint8), (3.0,) * 3)
+    labels = np.ones((1, 30, 8, 8), np.uint8)
+    labels[:, 12:16] = 0
+    volume = SegVolume("case", np.zeros((1, 30, 8, 8), np.float32), labels, (3.0,) * 3)
+    # a slab with no labelled voxel scored nothing, and the package read "no validation data: not scored"
+    with pytest.raises(ConfigError, match=r"--val-slab 12:16 holds no voxel of the classes learnt, so it would "
+                                          "score nothing"):
+        split_slab(volume, 12, 16)
+    assert split_slab(volume, 11, 16)[1].score_z == (11, 16)
     with pytest.raises(ConfigError, match=r"--val-slab 30:40 is outside the volume's 30 slices \(0:30"):
         split_slab(volume, 30, 40)
     with pytest.raises(ConfigError, match=r"--val-slab 25:40 reaches beyond the volume's 30 slices \(0:30 at the "

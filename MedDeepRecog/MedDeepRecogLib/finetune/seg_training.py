@@ -99,7 +99,8 @@ def split_slab(volume: SegVolume, start: int, stop: int, gap: int = 2) -> tuple[
     around it, and a slab predicted alone scored higher than that (Dice 0.54 against 0.45 for the same slab).
 
     Raises:
-        ConfigError: a slab not inside the volume, or one that leaves fewer than 4 slices to train on.
+        ConfigError: a slab not inside the volume, one without a labelled voxel (it would score nothing, and the
+            run would be reported as having no validation data), or one that leaves fewer than 4 slices to train on.
     """
     depth = volume.image.shape[1]
     # a slab reaching past the volume is refused, not clipped: 25:40 of 30 slices scored 25:30 while the card said
@@ -108,6 +109,9 @@ def split_slab(volume: SegVolume, start: int, stop: int, gap: int = 2) -> tuple[
         where = "is outside" if start >= depth else "reaches beyond"
         raise ConfigError(f"--val-slab {start}:{stop} {where} the volume's {depth} slices (0:{depth} at the training "
                           f"spacing): give a slab inside 0:{depth}")
+    if not volume.label[:, start:stop].any():
+        raise ConfigError(f"--val-slab {start}:{stop} holds no voxel of the classes learnt, so it would score nothing: "
+                          "give a slab across the labelled structures")
     below = (0, max(0, start - gap))
     above = (min(depth, stop + gap), depth)
     keep = max((below, above), key=lambda r: r[1] - r[0])
