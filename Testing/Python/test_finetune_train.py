@@ -367,6 +367,11 @@ def test_classify_segments_names_a_label_maps_values_by_label_table(roi_package,
     assert main(["classify", scan, "--model", roi_package, "--segments", str(label_map), "--label-table", str(empty),
                  "--out", str(none), "--progress", "none"]) == 2
     refusal_line(capsys, str(empty), "label table is empty")
+    other = tmp_path / "other.json"   # another map's table: every segment would have kept its number
+    other.write_text(json.dumps({"1": "liver", "2": "spleen"}), encoding="utf-8")
+    assert main(["classify", scan, "--model", roi_package, "--segments", str(label_map), "--label-table", str(other),
+                 "--out", str(none), "--progress", "none"]) == 2
+    refusal_line(capsys, "case2_labels.nii.gz", f"the label table {other} names none of the label map's values (5, 7)")
     assert not none.exists()
 
 

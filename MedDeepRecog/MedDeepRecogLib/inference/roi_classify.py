@@ -121,6 +121,10 @@ def read_segment_map(path: Path, label_table: str | None = None, where: str = "i
     values = np.round(values).astype(np.int64)
     table = read_label_table(label_table) if label_table else {}
     ids = [int(v) for v in np.unique(values) if v != 0]
+    if table and ids and not any(v in table for v in ids):   # another file's table (e.g. #total for an MR's map)
+        shown = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
+        raise ConfigError(f"case {where!r}: the label table {label_table} names none of the label map's values "
+                          f"({shown}); give the table this label map was written with", path)
     names = [table.get(v, f"label_{v}") for v in ids]
     lut_size = (max(ids) + 1) if ids else 1
     if min(ids, default=0) < 0 or lut_size > 1 << 16:
