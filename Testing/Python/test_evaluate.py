@@ -275,6 +275,27 @@ def test_evaluate_reports_accuracy_as_classify_reports_it_beside_the_networks(sh
     assert round(res["accuracy"] * res["n"]) - reported["flagged_out_of_domain"] <= n_correct
 
 
+def test_evaluating_the_split_the_thresholds_were_fitted_on_says_the_reported_figures_are_tuned(shared_data,
+                                                                                              run_cli_all):
+    """breast-us-lesion 1.5.2's low-confidence threshold and its out-of-domain threshold (1.5.1's) were fitted on val
+    of this file: evaluate's as_classify_reports on that split rests on them, and the JSON and a note line say so,
+    as calibrate and the card do; another file or split of the package's records gets no such note."""
+    from MedDeepRecogLib.inference.calibrate import tuned_on
+    from MedDeepRecogLib.packages import load_package
+
+    npz = shared_data / "breast_us_busi" / "breast_us_busi_trainval.npz"
+    code, out, err = run_cli_all("evaluate", "--model", "breast-us-lesion@1.5.2", "--data", npz, "--split", "val",
+                                 "--device", "cpu")
+    assert code == 0, err
+    tuned = json.loads(out)["as_classify_reports"]["tuned_on_this_split"]
+    assert tuned.startswith("the low-confidence threshold, the out-of-domain threshold of breast-us-lesion@1.5.2")
+    assert "split 'val' of breast_us_busi_trainval.npz" in tuned and "not held-out estimates" in tuned
+    assert "meddeeprecog evaluate: note:" in err and "tuned on it" in err
+    meta = load_package("breast-us-lesion@1.5.2").meta
+    assert tuned_on(meta, npz, "test") == "" and tuned_on(meta, npz.with_name("other.npz"), "val") == ""
+    assert tuned_on(load_package("breast-us-lesion@1.5.0").meta, npz, "val") == ""
+
+
 def test_evaluating_the_split_a_package_was_trained_on_says_so(shared_data, run_cli_all):
     """body-region was trained on the 'train' part of this file (recognised by its sha256): evaluate still scores
     it (a training-fit check), but the JSON and a warning line say the figures are not those of unseen images;

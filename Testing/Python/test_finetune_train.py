@@ -375,6 +375,23 @@ def test_classify_segments_names_a_label_maps_values_by_label_table(roi_package,
     assert not none.exists()
 
 
+def test_a_label_table_naming_two_values_alike_or_one_not_at_all_is_refused(roi_package, data_dir, tmp_path, capsys):
+    """Segments are reported by name only: a table giving values 5 and 7 one name made two `organ_a` segments no
+    output told apart, and an empty name a segment "". Refused in one line naming the table and the names, before
+    any work (JSON and Slicer colour tables alike)."""
+    scan, none = str(data_dir / "case2.nii.gz"), tmp_path / "none"
+    tables = {"dup.json": (json.dumps({"5": "organ_a", "7": "organ_a", "2": "kidney"}), "'organ_a' to 5, 7"),
+              "empty.json": (json.dumps({"5": "organ_a", "7": " "}), "value(s) 7 an empty name"),
+              "dup.ctbl": ("5 organ_a 255 0 0 255\n7 organ_a 0 255 0 255\n", "'organ_a' to 5, 7")}
+    for name, (text, words) in tables.items():
+        table = tmp_path / name
+        table.write_text(text, encoding="utf-8")
+        assert main(["classify", scan, "--model", roi_package, "--segments", str(data_dir / "case2.nii.gz"),
+                     "--label-table", str(table), "--out", str(none), "--progress", "none"]) == 2
+        refusal_line(capsys, str(table), words)
+    assert not none.exists()
+
+
 def test_one_class_only_and_unmapped_are_clear_errors(tmp_path):
     folder = tmp_path / "one"
     folder.mkdir()

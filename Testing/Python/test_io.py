@@ -319,3 +319,28 @@ def test_segment_argmax_matches_numpy_and_keeps_classes_beyond_256():
     many[299, 0, 0, 0] = many[3, 1, 1, 1] = 1.0
     labels = argmax_labels(iter(many))
     assert labels[0, 0, 0] == 299 and labels[1, 1, 1] == 3 and labels[0, 1, 0] == 0
+
+
+def test_a_nifti_whose_qform_and_sform_disagree_or_that_has_neither_says_which_geometry_was_read(tmp_path):
+    """ITK reads a NIfTI by its qform where the sform (which nibabel and others prefer) says otherwise, and by the
+    bare voxel grid where the header has neither: both without a word. The image's notes (info's ``notes``,
+    classify's ``input_notes``) name the transform read; a header whose two agree, or with one only, gets none."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    voxels = rng.integers(0, 100, (8, 9, 10)).astype(np.int16)
+    sform = np.array([[3.0, 0, 0, -177.96], [0, 3.0, 0, 11.32], [0, 0, 3.0, 94.30], [0, 0, 0, 1]])
+
+    def saved(name: str, qform, q_code: int, s_code: int) -> list[str]:
+        img = nib.Nifti1Image(voxels, None)
+        img.set_qform(qform, code=q_code)
+        img.set_sform(sform, code=s_code)
+        nib.save(img, tmp_path / name)
+        return describe_geometry(read_image(tmp_path / name)).get("notes", [])
+
+    disagree = saved("disagree.nii.gz", np.diag([3.0, 3.0, 3.0, 1.0]), 1, 2)
+    assert len(disagree) == 1 and "qform (code 1) and sform (code 2) disagree: the geometry read is the qform's" \
+        in disagree[0] and "(0.00, 0.00, 0.00) mm LPS" in disagree[0] and "(177.96, -11.32, 94.30)" in disagree[0]
+    neither = saved("neither.nii.gz", None, 0, 0)
+    assert len(neither) == 1 and "neither a qform nor an sform" in neither[0]
+    assert saved("agree.nii.gz", sform, 1, 2) == [] and saved("sform_only.nii.gz", None, 0, 2) == []

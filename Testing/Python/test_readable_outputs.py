@@ -326,6 +326,27 @@ def test_demo_writes_the_report_by_default(run_cli_all, tmp_path, monkeypatch):
     assert not list((tmp_path / "b").glob("*_report.html"))
 
 
+def test_report_uncertainty_words_follow_the_label_and_the_side_of_the_threshold():
+    """The HTML report's Uncertainty sentences: an out-of-domain image at or above the low-confidence threshold stays
+    out-of-domain (not "reported as uncertain"), and an entropy a hair from the threshold is written with the places
+    that show its side (not "0.75 ... below the threshold 0.75")."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.report import uncertainty_words
+
+    def words(label, h, flagged, threshold=0.749642):
+        u = {"predictive_entropy": h, "low_confidence": flagged, "low_confidence_threshold": threshold}
+        return " ".join(uncertainty_words(SimpleNamespace(label=label, uncertainty=u)))
+
+    outside = words("out-of-domain", 0.91, True)
+    assert "stays out-of-domain" in outside and "reported as uncertain" not in outside
+    assert "so the label is reported as uncertain" in words("uncertain", 0.91, True)
+    below = words("benign", 0.7496, False)
+    assert "Predictive entropy 0.74960 " in below and "below the model's low-confidence threshold 0.74964 " in below
+    at = words("uncertain", 0.749642, True)
+    assert "Predictive entropy 0.749642 " in at and "at or above the model's low-confidence threshold 0.749642 " in at
+
+
 def test_report_of_a_lung_finding_and_of_a_case_scored_against_its_lesion(run_cli_all, shared_data, tmp_path):
     """A finding from a model with a "normal" class (an extent, no caveat) renders, and a case classified with
     ``--lesion`` shows its own pointing game, heat inside the lesion and lesion reliance, as the JSON has them."""

@@ -60,6 +60,21 @@ def test_low_confidence_threshold_separates_errors():
     assert t2 == pytest.approx(np.quantile(h_ok, 0.95))
 
 
+def test_low_confidence_threshold_sits_between_cases_not_on_one():
+    """The threshold flags the cases Youden's J picks but lies halfway below the lowest of them, so that case's
+    entropy from another pass (classify's, a hair lower: breast-us-lesion 1.5.2's val image 62 at 0.74983990 against
+    calibrate's 0.74984017) is still flagged."""
+    h = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])
+    correct = np.array([True, True, True, False, False, True])
+    t = low_confidence_threshold(h, correct)
+    assert t == pytest.approx(0.45)  # between 0.3 (right, not flagged) and 0.6 (the first wrong one)
+    assert list(h >= t) == [False, False, False, True, True, True]
+    from MedDeepRecogLib.inference.calibrate import written_threshold
+
+    assert written_threshold(0.7498405) == 0.74984  # 6 places rounded down (round() would give 0.749841)
+    assert written_threshold(0.74984017) <= 0.74984017
+
+
 def test_mc_dropout_spreads_and_restores_mode():
     torch.set_num_threads(1)
     x, _, _ = blob_data(4, seed=2)

@@ -35,4 +35,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2))
     if result.get("warning"):
         print(f"meddeeprecog evaluate: warning: {args.data}: {result['warning']}", file=sys.stderr)
+    tuned = (result.get("as_classify_reports") or {}).get("tuned_on_this_split")
+    if tuned:
+        print(f"meddeeprecog evaluate: note: {args.data}: as_classify_reports: {tuned}", file=sys.stderr)
     return 0

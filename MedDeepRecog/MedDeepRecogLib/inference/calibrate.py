@@ -469,6 +469,12 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
                                                             if k not in ("file", "sha256", "features")}}
 
 
+def written_threshold(threshold: float) -> float:
+    """A low-confidence ``threshold`` as model.json holds it: 6 places, rounded down, never up, so every case the
+    fitted value flags is still flagged by the written one (classify flags entropy >= it)."""
+    return float(np.floor(float(threshold) * 1e6) / 1e6)
+
+
 def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, split: str, split_desc: str,
                      report_split: str | None, n_bins: int, progress: ProgressCallback):
     """The ``calibration`` block and the (before, after, labels) probabilities of the report split."""
@@ -476,7 +482,7 @@ def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, sp
     k = len(pkg.class_names)
     t = fit_temperature(logits, labels)
     after = softmax(logits, t)
-    threshold = low_confidence_threshold(normalized_entropy(after), after.argmax(1) == labels)
+    threshold = written_threshold(low_confidence_threshold(normalized_entropy(after), after.argmax(1) == labels))
     fit_n = int(len(labels))
     if not same:  # report on data the fit did not see
         progress("predict", 0.9, split=report_split)
@@ -494,7 +500,7 @@ def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, sp
            "ece_before": round(expected_calibration_error(before, labels, n_bins), 6),
            "ece_after": round(expected_calibration_error(after, labels, n_bins), 6),
            "nll_before": round(nll(before), 6), "nll_after": round(nll(after), 6), "n_bins": n_bins,
-           "low_confidence_threshold": round(float(threshold), 6),
+           "low_confidence_threshold": threshold,
            "low_confidence_rate": round(float((h >= threshold).mean()), 6),
            "low_confidence_measure": "normalised predictive entropy of the calibrated probabilities (0..1)",
            "split": split_desc, "data": str(data), "n": fit_n,
@@ -544,8 +550,7 @@ def low_confidence_block(pkg, meta: Mapping[str, Any], data: Path, logits: np.nd
                           "can be fitted", data)
     p = calibrated_probabilities(logits, meta)  # the network's softmax: a parent with a temperature is refused
     h, correct = normalized_entropy(p), p.argmax(1) == labels
-    # written to 6 places, rounded down so the image the threshold sits on is still flagged by the written value
-    threshold = float(np.floor(low_confidence_threshold(h[kept], correct[kept]) * 1e6) / 1e6)
+    threshold = written_threshold(low_confidence_threshold(h[kept], correct[kept]))  # the figures use it as written
     fit_n, fit_kept = int(len(labels)), int(kept.sum())
     same = report_split is None or report_split == split_desc
     if not same:  # figures on data the fit did not see
@@ -597,6 +602,24 @@ def fitted_parts(meta: Mapping[str, Any]) -> str:
     chosen = (meta.get("domain") or {}).get("chosen_on")
     if chosen:
         parts.append(f"the out-of-domain threshold ({chosen.get('split')})")
+    return ", ".join(parts)
+
+
+def tuned_on(meta: Mapping[str, Any], data: str | Path, split: str) -> str:
+    """What calibration fitted on ``split`` of ``data`` into the package ``meta`` describes, as :func:`fitted_parts`
+    words it (empty when nothing): figures on those images that rest on it are tuned there, not held out. The
+    package records the file by name (``calibration.data`` the path given, ``chosen_on.data`` the name), so a file
+    of the same name counts as the same."""
+    name, parts = Path(data).name, []
+    cal = meta.get("calibration") or {}
+    if cal.get("low_confidence_threshold") is not None and cal.get("fit_split", cal.get("split")) == split \
+            and Path(str(cal.get("data", ""))).name == name:
+        parts.append("the temperature and low-confidence threshold" if cal.get("temperature") is not None
+                     else "the low-confidence threshold")
+    for block, what in (("decision", "the decision rules' min_probability"), ("domain", "the out-of-domain threshold")):
+        chosen = (meta.get(block) or {}).get("chosen_on") or {}
+        if chosen.get("split") == split and Path(str(chosen.get("data", ""))).name == name:
+            parts.append(what)
     return ", ".join(parts)
 
 

@@ -155,7 +155,7 @@ def read_label_table(spec: str | Path) -> dict[int, str]:
     (:data:`..contract.LABEL_TABLE_FORMATS`).
 
     Raises:
-        ConfigError: unreadable or malformed table.
+        ConfigError: unreadable or malformed table, or one giving a value an empty name or two values one name.
     """
     file_part, _, key = str(spec).partition("#")
     path = Path(file_part)
@@ -173,9 +173,10 @@ def read_label_table(spec: str | Path) -> dict[int, str]:
                 raise ConfigError(f"label table has no entry {key!r} (has {sorted(data)})", path)
             data = data[key]
         try:
-            return {int(k): str(v) for k, v in data.items()}
+            table = {int(k): str(v) for k, v in data.items()}
         except (ValueError, AttributeError):
             raise ConfigError("label table must map integer ids to names", path) from None
+        return _distinct_names(table, path)
     table = {}
     for line in text.splitlines():  # Slicer color table: "value name r g b a"
         parts = line.split()
@@ -185,6 +186,22 @@ def read_label_table(spec: str | Path) -> dict[int, str]:
             table[int(parts[0])] = parts[1]
         except (ValueError, IndexError):
             raise ConfigError(f"label table line {line!r} is not 'value name r g b a'", path) from None
+    return _distinct_names(table, path)
+
+
+def _distinct_names(table: dict[int, str], path: Path) -> dict[int, str]:
+    """``table`` when every value has a name of its own: segments are reported (and finetune's classes matched) by
+    name alone, so two values named alike would be two segments no output tells apart, and an empty name none."""
+    empty = sorted(v for v, name in table.items() if not name.strip())
+    if empty:
+        raise ConfigError(f"label table gives value(s) {', '.join(map(str, empty))} an empty name", path)
+    values: dict[str, list[int]] = {}
+    for v, name in table.items():
+        values.setdefault(name, []).append(v)
+    twice = {name: vs for name, vs in values.items() if len(vs) > 1}
+    if twice:
+        raise ConfigError("label table gives one name to several values: " + "; ".join(
+            f"{name!r} to {', '.join(map(str, sorted(vs)))}" for name, vs in sorted(twice.items())), path)
     return table
 
 

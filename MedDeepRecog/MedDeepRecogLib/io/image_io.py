@@ -128,6 +128,8 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
             image = _as_picture(image, path, spacing)
         else:
             apply_dicom_pixel_size(image, reader, path)
+            if suffix_of(path) in (".nii", ".nii.gz"):
+                note_nifti_transform(image, reader)
             if frames > 1:
                 image.SetMetaData(FRAMES_KEY, str(frames))
             if spacing is not None:
@@ -142,6 +144,40 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
     if pixel_type is not None:
         image = sitk.Cast(image, pixel_type)
     return image
+
+
+def note_nifti_transform(image: sitk.Image, reader: sitk.ImageFileReader) -> None:
+    """Note which of a NIfTI header's two transforms ``image``'s geometry came from where it matters: ITK picks one
+    without a word when the qform and sform disagree (nibabel and others prefer the sform, so the same file can sit
+    elsewhere in another program), and falls back to the bare voxel grid when the header has neither."""
+    def meta(key: str) -> str:
+        return reader.GetMetaData(key) if reader.HasMetaDataKey(key) else ""
+
+    try:
+        q, s = int(meta("qform_code") or 0), int(meta("sform_code") or 0)
+    except ValueError:
+        return
+    if q == 0 and s == 0:
+        add_note(image, "NIfTI header with neither a qform nor an sform: geometry read as the bare voxel grid "
+                        "(origin 0, axes along x y z, the header's voxel size)")
+        return
+    if q == 0 or s == 0 or image.GetDimension() != 3:
+        return  # one transform only: nothing else to be read
+    try:
+        srow = np.array([[float(v) for v in meta(f"srow_{a}").split()] for a in "xyz"])
+    except ValueError:
+        return
+    if srow.shape != (3, 4):
+        return
+    ras = np.diag([-1.0, -1.0, 1.0])  # ITK's geometry is LPS, the NIfTI header's RAS
+    affine = ras @ np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    origin = ras @ np.asarray(image.GetOrigin())
+    if np.allclose(affine, srow[:, :3], atol=1e-3) and np.allclose(origin, srow[:, 3], atol=1e-2):
+        return  # the sform was read (or the two agree)
+    fmt = ", ".join
+    add_note(image, f"NIfTI qform (code {q}) and sform (code {s}) disagree: the geometry read is the qform's "
+                    f"(origin ({fmt(f'{v:.2f}' for v in image.GetOrigin())}) mm LPS); the sform, which some programs "
+                    f"read instead, puts it at ({fmt(f'{v:.2f}' for v in ras @ srow[:, 3])}) mm LPS")
 
 
 def _grey_alpha_picture(path: Path, spacing, pixel_type) -> sitk.Image:

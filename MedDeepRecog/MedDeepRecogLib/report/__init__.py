@@ -31,21 +31,40 @@ def _environment():
     return env
 
 
+def _places(h: float, threshold: float | None) -> int:
+    """Decimal places (2 to 6) that show entropy ``h`` on its side of ``threshold``: at 2 places an image just
+    under it would read "0.75 is below 0.75" (or one just over, "0.75 is at or above 0.75" where it is not 0.75)."""
+    if threshold is None:
+        return 2
+    for d in range(2, 7):
+        if round(h, d) != round(threshold, d):  # rounding keeps the order, so unequal figures show the side
+            return d
+    return 6
+
+
 def uncertainty_words(result) -> list[str]:
-    """The uncertainty block as sentences."""
+    """The uncertainty block as sentences; the low-confidence one follows the label reported (an out-of-domain
+    image stays out-of-domain, however spread its probabilities)."""
+    from ..inference.classify import OUT_OF_DOMAIN
+
     u = result.uncertainty or {}
     out = []
+    threshold = u.get("low_confidence_threshold")
+    d = 2
     if u.get("predictive_entropy") is not None:
         h = float(u["predictive_entropy"])
+        d = _places(h, None if threshold is None else float(threshold))
         level = "low" if h < 0.3 else "moderate" if h < 0.6 else "high"
-        out.append(f"Predictive entropy {h:.2f} on a 0 (all probability on one class) to 1 (spread evenly over "
+        out.append(f"Predictive entropy {h:.{d}f} on a 0 (all probability on one class) to 1 (spread evenly over "
                    f"all classes) scale: {level} spread.")
     if u.get("low_confidence") is True:
-        out.append(f"The entropy is at or above the model's low-confidence threshold "
-                   f"{u['low_confidence_threshold']:.2f} (set on held-out images; see the model card), so the label "
-                   f"is reported as uncertain.")
+        then = ("but the image is outside the model's domain, which says more: it stays out-of-domain and no class "
+                "is reported" if getattr(result, "label", None) == OUT_OF_DOMAIN else
+                "so the label is reported as uncertain")
+        out.append(f"The entropy is at or above the model's low-confidence threshold {float(threshold):.{d}f} (set on "
+                   f"held-out images; see the model card), {then}.")
     elif u.get("low_confidence") is False:
-        out.append(f"The entropy is below the model's low-confidence threshold {u['low_confidence_threshold']:.2f} "
+        out.append(f"The entropy is below the model's low-confidence threshold {float(threshold):.{d}f} "
                    f"(set on held-out images; see the model card).")
     else:
         out.append("This package has no low-confidence threshold (it was not calibrated), so a high spread does not "

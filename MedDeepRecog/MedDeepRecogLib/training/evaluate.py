@@ -20,6 +20,7 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     from ..io import atomic_write_json, free_version
     from ..packages import load_package
     from ..devices import resolve_device
+    from ..inference.calibrate import tuned_on
     from .classification import make_loader, predict_proba
     from .data import holds_training_rows
     from .metrics import classification_metrics
@@ -61,6 +62,11 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
             or (pkg.meta.get("calibration") or {}).get("low_confidence_threshold") is not None):
         kept = pkg.domain.in_domain(store.array()) if store is not None else np.ones(len(labels), bool)
         result["as_classify_reports"] = reported_metrics(labels, probs, kept, pkg.meta)
+        tuned = tuned_on(pkg.meta, data_path, split)
+        if tuned:  # as calibrate and the card say of these figures: the thresholds were chosen on these images
+            result["as_classify_reports"]["tuned_on_this_split"] = (
+                f"{tuned} of {pkg.id}@{pkg.version} were fitted on split {split!r} of {data_path.name}: these "
+                "figures are tuned on it, not held-out estimates")
     if out is not None:
         out = Path(out)
         # an earlier evaluation's files in ``out`` are kept: these take the next free version (metrics-2.json, ...)
