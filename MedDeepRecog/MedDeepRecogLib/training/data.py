@@ -92,11 +92,33 @@ def scale_and_resize(images: np.ndarray, intensity_range: Sequence[float] | None
     return x
 
 
-def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list[str], list[str]]:
+def _folder_array(image, kind: str, size: Sequence[int] | None, spacing_mm: Sequence[float] | None) -> np.ndarray:
+    """The array training takes from one image of a folder: ``(Z, Y, X)`` float32 for a one-component 3D image of a
+    ``volume3d`` set, else the stored voxels (:func:`..io.array_from_image`, ``(Y, X)`` / ``(Y, X, C)``).
+
+    A volume goes through :func:`..inference.model_input.volume_from_image`, the function ``classify`` feeds the
+    network with: reoriented to LPS and resampled to ``size`` (default: its own LPS shape, which resamples onto its
+    own voxels) over ``spacing_mm`` (``input/spacing_mm``) when set. Read in stored index order instead, an ordinary
+    RAS NIfTI trained mirrored left-right and front-back against what classify later gives the network, and a
+    folder mixing storage orientations trained on inconsistently oriented arrays."""
+    from ..io import array_from_image
+
+    if kind != "volume3d" or image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return array_from_image(image)
+    from ..inference.model_input import volume_from_image
+    from ..io.geometry import lps_view
+
+    shape = list(size) if size is not None else list(lps_view(image).array.shape)
+    return volume_from_image(image, {"size": shape, "spacing_mm": spacing_mm, "channels": 1}).x[0, 0]
+
+
+def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", size: Sequence[int] | None = None,
+                 spacing_mm: Sequence[float] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
     """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``, read
     by the one image reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at
-    inference)."""
-    from ..io import array_from_image, read_image
+    inference); volumes as classify reads them (:func:`_folder_array`). An image listed twice (the same file after
+    resolving the path) is refused: its listings could land on both sides of the train/validation split."""
+    from ..io import read_image
 
     csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
     if not csv_path.is_absolute() and not csv_path.exists():
@@ -112,12 +134,19 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
     lcol = cols.get("label")
     if fcol is None or lcol is None:
         raise ConfigError(f"labels CSV needs columns file and label, has {list(rows[0])}", csv_path)
-    arrays, labels = [], []
-    for row in rows:
+    seen: dict[Path, int] = {}
+    for n, row in enumerate(rows, start=2):   # row 1 is the header
         p = folder / row[fcol]
         if not p.is_file():
             raise ConfigError(f"image listed in {csv_path.name} not found", p)
-        arr = array_from_image(read_image(p))
+        first = seen.setdefault(p.resolve(), n)
+        if first != n:
+            raise ConfigError(f"{csv_path.name} lists the image {p} twice (rows {first} and {n}): it could be in both "
+                              "train and validation; list each image once", csv_path)
+    arrays, labels = [], []
+    for row in rows:
+        p = folder / row[fcol]
+        arr = _folder_array(read_image(p), kind, size, spacing_mm)
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise ConfigError(f"image listed in {csv_path.name} has {int((~np.isfinite(arr)).sum())} NaN or infinite "
                               "value(s); repair or remove it", p)
@@ -288,7 +317,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         fingerprint = sha256_file(path)
     else:
         groups = None
-        x, labels, _ = _read_folder(path, d.labels_csv)
+        x, labels, _ = _read_folder(path, d.labels_csv, d.kind, d.size, cfg.input.spacing_mm)
         names = d.class_names or sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
         if unknown:
