@@ -510,6 +510,59 @@ def test_an_image_listed_twice_in_labels_csv_is_refused(tmp_path, capsys):
     refusal_line(capsys, "labels.csv", "img03.png twice (rows 5 and 22)")
 
 
+def _group_folder(folder: Path, split: bool) -> Path:
+    """20 separable PNGs in groups of 2 (g0..g9, alternating classes), with a split column (groups g8, g9 val)."""
+    import SimpleITK as sitk
+
+    x, y = separable(20, seed=5)
+    folder.mkdir()
+    rows = ["file,label,group" + (",split" if split else "")]
+    for i, (img, label) in enumerate(zip(x, y)):
+        name = f"img{i:02d}.png"
+        sitk.WriteImage(sitk.GetImageFromArray((img[0] * 100 + 100).clip(0, 255).astype(np.uint8)), str(folder / name))
+        rows.append(f"{name},{'right' if label else 'left'},g{i // 2}" + ((",val" if i >= 16 else ",train")
+                                                                          if split else ""))
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_labels_csv_groups_are_honoured_as_npz_groups(tmp_path, capsys):
+    """A group column keeps each patient on one side: the tail split is refused (it would cut groups), the split
+    column is used, a group on both sides of it refused, and the folds keep groups together (train_groups)."""
+    import yaml
+
+    from MedDeepRecogLib.training.data import load_train_val, stratified_folds
+
+    tail = _group_folder(tmp_path / "tail", split=False)
+    cfg_path = tmp_path / "g.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(tail, data={"path": str(tail), "kind": "slices2d",
+                                                           "intensity_range": [0, 255]})), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none", "--threads", "1"]) == 2
+    refusal_line(capsys, "labels.csv", "no split column", "groups", "add a split column (train/val)")
+
+    folder = _group_folder(tmp_path / "split", split=True)
+    cfg = config_from_dict(_config(folder, data={"path": str(folder), "kind": "slices2d",
+                                                 "intensity_range": [0, 255]}))
+    data = load_train_val(cfg, folder)
+    assert len(data.train) == 16 and len(data.val) == 4
+    assert list(data.train_groups) == [f"g{i // 2}" for i in range(16)]
+    for fold in stratified_folds(data.train.labels, 4, 0, groups=data.train_groups):
+        rest = np.setdiff1d(np.arange(16), fold)
+        assert not set(data.train_groups[fold]) & set(data.train_groups[rest])
+
+    csv = folder / "labels.csv"
+    csv.write_text(csv.read_text().replace("img15.png,right,g7,train", "img15.png,right,g7,val"))
+    with pytest.raises(ConfigError, match="group 'g7' has images in both train and val"):
+        load_train_val(cfg, folder)
+    csv.write_text(csv.read_text().replace("img15.png,right,g7,val", "img15.png,right,g7,test"))
+    with pytest.raises(ConfigError, match=r"column split holds \['test'\]"):
+        load_train_val(cfg, folder)
+    csv.write_text(csv.read_text().replace("img15.png,right,g7,test", "img15.png,right,,train"))
+    with pytest.raises(ConfigError, match="row 17 has no group"):
+        load_train_val(cfg, folder)
+
+
 def test_mixed_targets_are_scored_as_probabilities():
     from MedDeepRecogLib.training.classification import ClassificationStep
 

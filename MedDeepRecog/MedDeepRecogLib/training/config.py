@@ -8,6 +8,9 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     data:   {path, format: npz|folder, kind: volume3d|slices2d, train_split: train, val_split: val,
              val_fraction: 0.2 (npz with only images/labels: last fraction of each class, file order),
              labels_csv, class_names, intensity_range: [0, 255], size: [28, 28, 28], max_train: null}
+             # folder: labels.csv columns file, label; optional group (patient; folds keep a group together, as a
+             # .npz's train_groups) and split (train_split/val_split per row; needed with group: a tail validation
+             # would cut groups). An image listed twice is refused; volumes are read as classify reads them (LPS).
     model:  {name: simple_cnn3d, kwargs: {...},          # registry name; in_channels/num_classes filled in
              init: null}                                  # weights file the networks start from (name/shape match)
     input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask,   # recorded in the package (kind/size/channels

@@ -112,12 +112,30 @@ def _folder_array(image, kind: str, size: Sequence[int] | None, spacing_mm: Sequ
     return volume_from_image(image, {"size": shape, "spacing_mm": spacing_mm, "channels": 1}).x[0, 0]
 
 
+#: labels CSV columns naming each image's patient group (the first present is read), as ``{split}_groups`` in a .npz
+GROUP_COLUMNS = ("group", "patient", "patient_id", "subject")
+
+
+@dataclass
+class FolderData:
+    """What :func:`_read_folder` reads: images ``(N, *spatial)`` (or ``(N, Y, X, C)``), the ``N`` label strings, and
+    the optional ``group`` / ``split`` columns ``(N,)`` (str) of the CSV at ``csv_path``."""
+
+    images: np.ndarray
+    labels: list[str]
+    groups: np.ndarray | None
+    splits: np.ndarray | None
+    csv_path: Path
+
+
 def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", size: Sequence[int] | None = None,
-                 spacing_mm: Sequence[float] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
-    """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``, read
-    by the one image reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at
-    inference); volumes as classify reads them (:func:`_folder_array`). An image listed twice (the same file after
-    resolving the path) is refused: its listings could land on both sides of the train/validation split."""
+                 spacing_mm: Sequence[float] | None = None) -> FolderData:
+    """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``; optional
+    ``group`` (or ``patient``, ``patient_id``, ``subject``) and ``split``) under ``folder``, read by the one image
+    reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at inference); volumes
+    as classify reads them (:func:`_folder_array`). An image listed twice (the same file after resolving the path)
+    is refused: its listings could land on both sides of the train/validation split; so is an empty group or split
+    cell (naming its row)."""
     from ..io import read_image
 
     csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
@@ -134,6 +152,13 @@ def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", s
     lcol = cols.get("label")
     if fcol is None or lcol is None:
         raise ConfigError(f"labels CSV needs columns file and label, has {list(rows[0])}", csv_path)
+    gcol = next((cols[c] for c in GROUP_COLUMNS if c in cols), None)
+    scol = cols.get("split")
+    for col in (gcol, scol):
+        empty = next((n for n, row in enumerate(rows, start=2) if col and not str(row[col] or "").strip()), None)
+        if empty is not None:
+            raise ConfigError(f"row {empty} has no {col}: give every image one (or drop the column)",
+                              csv_path)
     seen: dict[Path, int] = {}
     for n, row in enumerate(rows, start=2):   # row 1 is the header
         p = folder / row[fcol]
@@ -141,7 +166,7 @@ def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", s
             raise ConfigError(f"image listed in {csv_path.name} not found", p)
         first = seen.setdefault(p.resolve(), n)
         if first != n:
-            raise ConfigError(f"{csv_path.name} lists the image {p} twice (rows {first} and {n}): it could be in both "
+            raise ConfigError(f"lists the image {p} twice (rows {first} and {n}): it could be in both "
                               "train and validation; list each image once", csv_path)
     arrays, labels = [], []
     for row in rows:
@@ -155,7 +180,8 @@ def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", s
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ConfigError(f"images have different shapes {sorted(shapes)[:3]}; resize them first", folder)
-    return np.stack(arrays), labels, [str(csv_path)]
+    column = (lambda col: None if col is None else np.array([str(row[col]).strip() for row in rows]))
+    return FolderData(np.stack(arrays), labels, column(gcol), column(scol), csv_path)
 
 
 def open_npz(path: Path):
@@ -254,9 +280,16 @@ def check_tail_validation(z, train_split: str, val_split: str, path: Path) -> No
         raise ConfigError(f"data/val_split {val_split!r}: the file holds no {val_split}_images/{val_split}_labels; "
                           f"its splits are {', '.join(repr(s) for s in held)}: name one of them", path)
     if f"{train_split}_groups" in z.files:
-        raise ConfigError(f"data/val_split {val_split!r}: the file holds no {val_split} split, and taking validation "
-                          f"from the tail of {train_split} would ignore {train_split}_groups (one patient's images "
-                          "on both sides): add a validation split to the file", path)
+        refuse_tail_with_groups(f"the file holds no {val_split} split", f"{train_split} would ignore "
+                                f"{train_split}_groups", "add a validation split to the file", val_split, path)
+
+
+def refuse_tail_with_groups(missing: str, ignored: str, remedy: str, val_split: str, path: Path) -> None:
+    """Refuse a tail validation split (:func:`tail_per_class_split`) of data that name patient groups: the tail
+    cuts groups freely, so one patient's images would land in train and validation. One line for a .npz's
+    ``{split}_groups`` (:func:`check_tail_validation`) and a labels CSV's group column."""
+    raise ConfigError(f"data/val_split {val_split!r}: {missing}, and taking validation from the tail of {ignored} "
+                      f"(one patient's images on both sides): {remedy}", path)
 
 
 def load_train_val(cfg, path: Path) -> TrainValData:
@@ -316,16 +349,37 @@ def load_train_val(cfg, path: Path) -> TrainValData:
 
         fingerprint = sha256_file(path)
     else:
-        groups = None
-        x, labels, _ = _read_folder(path, d.labels_csv, d.kind, d.size, cfg.input.spacing_mm)
+        folder = _read_folder(path, d.labels_csv, d.kind, d.size, cfg.input.spacing_mm)
+        x, labels, csv_name = folder.images, folder.labels, folder.csv_path.name
         names = d.class_names or sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
         if unknown:
             raise ConfigError(f"labels {unknown} are not in data/class_names {names}", path)
         y = np.array([names.index(s) for s in labels], dtype=np.int64)
-        tr, va = tail_per_class_split(y, d.val_fraction)
+        tk, vk = d.train_split, d.val_split
+        if folder.splits is not None:   # the CSV's own split, as a .npz's train/val arrays
+            other = sorted(str(v) for v in set(folder.splits) - {tk, vk})
+            if other:
+                raise ConfigError(f"column split holds {other}: each row is {tk!r} or {vk!r} "
+                                  "(data/train_split, data/val_split)", folder.csv_path)
+            tr, va = np.nonzero(folder.splits == tk)[0], np.nonzero(folder.splits == vk)[0]
+            if folder.groups is not None:
+                both = sorted(set(folder.groups[tr]) & set(folder.groups[va]))
+                if both:
+                    raise ConfigError(f"group {str(both[0])!r} has images in both {tk} and {vk}"
+                                      f"{f' (and {len(both) - 1} more groups)' if len(both) > 1 else ''}: keep each "
+                                      "patient on one side", folder.csv_path)
+            how = f"splits {tk}/{vk} of the split column ({csv_name})"
+        else:
+            if folder.groups is not None:
+                refuse_tail_with_groups("the CSV has no split column", "each class would ignore its groups",
+                                        f"add a split column ({tk}/{vk}) keeping each group on one side", vk,
+                                        folder.csv_path)
+            tr, va = tail_per_class_split(y, d.val_fraction)
+            how = f"validation = last {d.val_fraction:.0%} of each class (CSV order)"
+        # the train rows' groups serve exactly as a .npz's {train_split}_groups: group-wise training/folds
+        groups = None if folder.groups is None else folder.groups[tr]
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
-        how = f"validation = last {d.val_fraction:.0%} of each class (CSV order)"
         fingerprint = hashlib.sha256(np.ascontiguousarray(x).tobytes() + y.tobytes()).hexdigest()
 
     present = np.unique(y_tr)
