@@ -400,11 +400,14 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     if keep is not None:
         x_tr, y_tr = x_tr[keep], y_tr[keep]
         groups = groups[keep] if groups is not None else None
-    slices = getattr(getattr(cfg, "input", None), "slices", None)
+    from .config import training_slices
+
+    slices = training_slices(cfg)
     if slices is not None:
         how += "; each image standardised as at inference (input/slices)"
-        check_in_memory(len(x_tr) + len(x_va), [1, *(d.size or np.shape(x_tr)[1:])], cfg)
-        x_tr, x_va = (standardise_images(np.asarray(x), slices, d.size, path) for x in (x_tr, x_va))
+        check_in_memory(len(x_tr) + len(x_va), [1, *(d.size or np.shape(x_tr)[1:3])], cfg)
+        x_tr, x_va = (standardise_images(np.asarray(x), slices, d.size, path, d.intensity_range)
+                      for x in (x_tr, x_va))
     else:
         x_tr, x_va = (to_channels_first(np.asarray(x), d.kind, path) for x in (x_tr, x_va))   # views: no copy yet
         check_in_memory(len(x_tr) + len(x_va), [x_tr.shape[1], *(d.size or x_tr.shape[2:])], cfg)
@@ -456,14 +459,22 @@ def check_split_in_memory(z, key: str, split: str, kind: str, size, slices: dict
                         f"split {split!r}", path, "give fewer images (a smaller split or file)")
 
 
-def standardise_images(images: np.ndarray, slices: dict, size, source) -> np.ndarray:
-    """``(N, H, W)`` grey images → ``(N, 1, *size)`` float32 0..1 through
+def standardise_images(images: np.ndarray, slices: dict, size, source,
+                       intensity_range: Sequence[float] | None = None) -> np.ndarray:
+    """``(N, H, W)`` (or ``(N, H, W, 1)``) grey images → ``(N, 1, *size)`` float32 0..1 through
     :func:`..preprocessing.slices.standardise_slices` with the package's ``input.slices`` options, so training sees
-    exactly what classify feeds the network (8-bit images are not HU: the per-image percentile stretch applies)."""
+    exactly what classify feeds the network (8-bit images are not HU: the per-image percentile stretch applies).
+    ``intensity_range``: first mapped to 0..1 (clipped), as the package's ``window`` step does before classify
+    standardises."""
     from ..preprocessing.slices import standardise_slices
 
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
     if images.ndim != 3:
-        raise ConfigError(f"input/slices needs grey 2D images (N, H, W), got shape {images.shape}", source)
+        raise ConfigError(f"input/slices needs grey 2D images (N, H, W), got shape {images.shape} (input/"
+                          "slices_as_stored: true trains on them as stored)", source)
+    if intensity_range is not None:
+        images = scale_and_resize(images[:, None], intensity_range, None)[:, 0]
     out = [standardise_slices(images[i:i + 256], size=tuple(size or images.shape[1:]), options=slices)[0]
            for i in range(0, len(images), 256)]
     return np.concatenate(out).astype(np.float32, copy=False)
@@ -631,7 +642,7 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
     if (flat.min(axis=1) == flat.max(axis=1)).all():
         raise ConfigError(f"split {split!r}: every image is blank (a single value each)", path)
     if slices is not None:
-        x = standardise_images(x, slices, size, path)
+        x = standardise_images(x, slices, size, path, intensity_range)
     else:
         x = scale_and_resize(to_channels_first(x, kind, path), intensity_range, size)
     return ArrayDataset(x, np.asarray(y).ravel().astype(np.int64))
