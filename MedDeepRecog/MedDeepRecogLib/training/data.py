@@ -471,8 +471,9 @@ def standardise_images(images: np.ndarray, slices: dict, size, source,
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3:
-        raise ConfigError(f"input/slices needs grey 2D images (N, H, W), got shape {images.shape} (input/"
-                          "slices_as_stored: true trains on them as stored)", source)
+        raise ConfigError(f"slices are standardised as classify's (input/slices) from grey images (N, H, W), got "
+                          f"shape {images.shape} (classify reads one grey channel; input/slices_as_stored: true "
+                          "trains on images as stored)", source)
     if intensity_range is not None:
         images = scale_and_resize(images[:, None], intensity_range, None)[:, 0]
     out = [standardise_slices(images[i:i + 256], size=tuple(size or images.shape[1:]), options=slices)[0]
