@@ -154,11 +154,6 @@ def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", s
         raise ConfigError(f"labels CSV needs columns file and label, has {list(rows[0])}", csv_path)
     gcol = next((cols[c] for c in GROUP_COLUMNS if c in cols), None)
     scol = cols.get("split")
-    for col in (gcol, scol):
-        empty = next((n for n, row in enumerate(rows, start=2) if col and not str(row[col] or "").strip()), None)
-        if empty is not None:
-            raise ConfigError(f"row {empty} has no {col}: give every image one (or drop the column)",
-                              csv_path)
     seen: dict[Path, int] = {}
     for n, row in enumerate(rows, start=2):   # row 1 is the header
         p = folder / row[fcol]
@@ -168,6 +163,11 @@ def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", s
         if first != n:
             raise ConfigError(f"lists the image {p} twice (rows {first} and {n}): it could be in both "
                               "train and validation; list each image once", csv_path)
+    for col in (gcol, scol):
+        empty = next((n for n, row in enumerate(rows, start=2) if col and not str(row[col] or "").strip()), None)
+        if empty is not None:
+            raise ConfigError(f"row {empty} has no {col}: give every image one (or drop the column)",
+                              csv_path)
     arrays, labels = [], []
     for row in rows:
         p = folder / row[fcol]
