@@ -101,6 +101,7 @@ def variant_configs(config: Path, variants: dict, seeds: list[int], out: Path, c
         raw["data"]["path"] = str(copy_path.resolve())
         raw["data"]["intensity_range"] = [0.0, scale]
         raw["input"]["slices"] = None
+        raw["input"]["slices_as_stored"] = True   # already standardised: training_slices would do it again
     (out / "configs").mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in seeds:

@@ -673,3 +673,56 @@ def test_the_size_check_reads_the_axial_planes_whatever_order_the_file_stores_it
 
     with pytest.raises(InputImageError, match=r"axial slices .* are 180 x 1 pixels .*single coronal or sagittal"):
         classify_scan(tmp_path / "coronal.nrrd", "brain-tumour-mri", explain="none", faithfulness=False)
+
+
+def test_folder_trained_slice_package_is_evaluated_on_what_classify_gives_it(tmp_path):
+    """A slices2d config without input/slices is standardised as classify standardises each slice (input.slices {}
+    recorded): ``evaluate``'s input of an image (an .npz of the PNGs) gives the network the probabilities
+    ``classify`` gives for the PNG file. ``input/slices_as_stored`` (body-region's MedNIST recipe) keeps the images
+    as stored."""
+    import yaml
+
+    import torch
+
+    from MedDeepRecogLib.cli import main
+    from MedDeepRecogLib.inference.classify import classify_scan
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.training.config import config_from_dict, load_config, training_slices
+    from MedDeepRecogLib.training.data import load_package_split
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    rows, images, labels = ["file,label"], [], []
+    for i in range(12):
+        img = _brainish(40, seed=i)
+        img[:, :20] //= 2 if i % 2 else 1   # class b: a darker left half
+        _picture(folder / f"p{i:02d}.png", img)
+        rows.append(f"p{i:02d}.png,{'ab'[i % 2]}")
+        images.append(img)
+        labels.append(i % 2)
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    raw = {"id": "tiny-png", "data": {"path": str(folder), "kind": "slices2d", "intensity_range": [0, 255],
+                                      "size": [32, 32]},
+           "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8}},
+           "training": {"epochs": 1, "batch_size": 8}}
+    cfg_path = tmp_path / "png.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none", "--threads", "1"]) == 0
+    pkg = load_package(tmp_path / "cat" / "tiny-png" / "1.0.0")
+    assert pkg.input_spec["slices"] == {}
+    npz = tmp_path / "same.npz"
+    np.savez(npz, images=np.stack(images), labels=np.array(labels))
+    x = load_package_split(pkg, npz, "all").images
+    net = pkg.build_model()
+    with torch.no_grad():
+        evaluated = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+    for i in (0, 1, 6, 11):
+        got = classify_scan(folder / f"p{i:02d}.png", pkg, explain="none", device="cpu", uncertainty="none",
+                            faithfulness=False)
+        np.testing.assert_allclose(got.probabilities, evaluated[i], atol=1e-5)
+
+    body = Path(__file__).resolve().parents[2] / "configs" / "body-region.yaml"
+    assert training_slices(load_config(body)) is None   # trained as stored: MedNIST's crops are standardised already
+    assert training_slices(config_from_dict({**raw, "input": {"slices_as_stored": True}})) is None
+    assert training_slices(config_from_dict(raw)) == {}

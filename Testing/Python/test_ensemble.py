@@ -172,7 +172,7 @@ def test_cross_validation_ensemble_never_sees_the_validation_split(tmp_path):
     """``training/folds: 3``: members select on their own train fold, so the weights do not depend on the val split
     (here: the same run with the val labels flipped gives identical weights); the out-of-fold metrics are what
     each member scores on its held-out fold, and ``evaluate`` reproduces the val figures."""
-    from MedDeepRecogLib.training.data import stratified_folds
+    from MedDeepRecogLib.training.data import standardise_images, stratified_folds
     from MedDeepRecogLib.training.metrics import classification_metrics
 
     training = {"epochs": 3, "batch_size": 16, "folds": 3, "monitor": "loss"}
@@ -192,7 +192,8 @@ def test_cross_validation_ensemble_never_sees_the_validation_split(tmp_path):
     assert cv == other.meta["metrics"]["cross_validation"]
     assert "val split unseen" in pkg.meta["metrics"]["selected_by"]
     z = np.load(tmp_path / "split0.npz")
-    x = z["train_images"].astype(np.float32)[:, None]  # no data/intensity_range: raw values
+    # as training prepared them: standardised as classify's slices (training_slices: {})
+    x = standardise_images(z["train_images"], {}, None, tmp_path)
     y = z["train_labels"].ravel()
     folds = stratified_folds(y, 3, seed=0)
     assert cv["n"] == len(y) == sum(len(f) for f in folds)
@@ -301,7 +302,7 @@ def test_ensemble_class_offsets_shift_the_mean_probabilities():
 def test_prior_shift_is_fitted_out_of_fold_and_applied_by_the_package(tmp_path):
     """``training/prior_shift``: the offsets reach the best out-of-fold balanced accuracy of the members' own
     out-of-fold probabilities; the package applies them, so ``evaluate`` reproduces its val figures."""
-    from MedDeepRecogLib.training.data import stratified_folds
+    from MedDeepRecogLib.training.data import standardise_images, stratified_folds
     from MedDeepRecogLib.training.metrics import classification_metrics
     from MedDeepRecogLib.uncertainty.calibration import fit_class_offsets, softmax
 
@@ -322,7 +323,7 @@ def test_prior_shift_is_fitted_out_of_fold_and_applied_by_the_package(tmp_path):
     assert shift["class_log_offsets"] == offsets and shift["metric"] == "balanced_accuracy"
 
     z = np.load(path)
-    xt, yt = z["train_images"].astype(np.float32)[:, None], z["train_labels"].ravel()
+    xt, yt = standardise_images(z["train_images"], {}, None, path), z["train_labels"].ravel()   # as trained on
     model = pkg.build_model("cpu")
     oof = np.zeros((len(yt), 2))
     with torch.no_grad():

@@ -445,6 +445,124 @@ def test_image_folder_with_labels_csv(tmp_path):
     assert np.array_equal(bright_top_left, data.train.labels == 1)
 
 
+def _png_folder(folder: Path, n: int = 20, seed: int = 5, extra_rows: tuple[str, ...] = ()) -> Path:
+    """``n`` separable 12x12 PNGs and their labels.csv (plus ``extra_rows``) in ``folder``."""
+    import SimpleITK as sitk
+
+    x, y = separable(n, seed=seed)
+    folder.mkdir()
+    rows = ["file,label"]
+    for i, (img, label) in enumerate(zip(x, y)):
+        name = f"img{i:02d}.png"
+        sitk.WriteImage(sitk.GetImageFromArray((img[0] * 100 + 100).clip(0, 255).astype(np.uint8)), str(folder / name))
+        rows.append(f"{name},{'right' if label else 'left'}")
+    (folder / "labels.csv").write_text("\n".join([*rows, *extra_rows]) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_folder_volumes_are_read_as_classify_reads_them(tmp_path):
+    """A RAS NIfTI (direction diag(-1, -1, 1)) trains on the LPS view classify feeds the network, not on its stored
+    index order (a left-right and front-back mirror of it)."""
+    import SimpleITK as sitk
+
+    from MedDeepRecogLib.preprocessing.pipeline import run_input_pipeline
+    from MedDeepRecogLib.inference.model_input import volume_from_image
+    from MedDeepRecogLib.io import read_image
+    from MedDeepRecogLib.training.data import load_train_val
+    from MedDeepRecogLib.training.train import default_pipeline
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    rows = ["file,label"]
+    for i in range(10):
+        img = sitk.GetImageFromArray(rng.integers(0, 256, (4, 5, 6)).astype(np.uint8))
+        img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        img.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(img, str(folder / f"v{i}.nii.gz"))
+        rows.append(f"v{i}.nii.gz,{'a' if i % 2 else 'b'}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = config_from_dict(_config(folder, data={"path": str(folder), "kind": "volume3d", "val_fraction": 0.2,
+                                                 "intensity_range": [0, 255]},
+                                   model={"name": "simple_cnn3d", "kwargs": {}}))
+    data = load_train_val(cfg, folder)
+    spec = {"kind": "volume3d", "size": [4, 5, 6], "spacing_mm": None, "channels": 1,
+            "pipeline": default_pipeline(cfg)}
+    first = read_image(folder / "v1.nii.gz")   # the first train case of class a (CSV order)
+    seen = volume_from_image(run_input_pipeline(first, spec["pipeline"]), spec).x[0, 0]
+    trained = data.train.images[list(data.train.labels).index(0), 0]
+    np.testing.assert_allclose(trained, seen, atol=1e-6)
+    stored = sitk.GetArrayFromImage(first) / 255.0
+    np.testing.assert_allclose(trained, stored[:, ::-1, ::-1], atol=1e-6)   # the LPS view: x and y mirrored
+    assert not np.allclose(trained, stored, atol=1e-3)
+
+
+def test_an_image_listed_twice_in_labels_csv_is_refused(tmp_path, capsys):
+    """A second listing (here through ./) could land the image in validation after training on it."""
+    import yaml
+
+    folder = _png_folder(tmp_path / "imgs", extra_rows=("./img03.png,right",))
+    cfg_path = tmp_path / "dup.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(folder, data={"path": str(folder), "kind": "slices2d",
+                                                              "intensity_range": [0, 255]})), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none", "--threads", "1"]) == 2
+    refusal_line(capsys, "labels.csv", "img03.png twice (rows 5 and 22)")
+
+
+def _group_folder(folder: Path, split: bool) -> Path:
+    """20 separable PNGs in groups of 2 (g0..g9, alternating classes), with a split column (groups g8, g9 val)."""
+    import SimpleITK as sitk
+
+    x, y = separable(20, seed=5)
+    folder.mkdir()
+    rows = ["file,label,group" + (",split" if split else "")]
+    for i, (img, label) in enumerate(zip(x, y)):
+        name = f"img{i:02d}.png"
+        sitk.WriteImage(sitk.GetImageFromArray((img[0] * 100 + 100).clip(0, 255).astype(np.uint8)), str(folder / name))
+        rows.append(f"{name},{'right' if label else 'left'},g{i // 2}" + ((",val" if i >= 16 else ",train")
+                                                                          if split else ""))
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_labels_csv_groups_are_honoured_as_npz_groups(tmp_path, capsys):
+    """A group column keeps each patient on one side: the tail split is refused (it would cut groups), the split
+    column is used, a group on both sides of it refused, and the folds keep groups together (train_groups)."""
+    import yaml
+
+    from MedDeepRecogLib.training.data import load_train_val, stratified_folds
+
+    tail = _group_folder(tmp_path / "tail", split=False)
+    cfg_path = tmp_path / "g.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(tail, data={"path": str(tail), "kind": "slices2d",
+                                                           "intensity_range": [0, 255]})), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none", "--threads", "1"]) == 2
+    refusal_line(capsys, "labels.csv", "no split column", "groups", "add a split column (train/val)")
+
+    folder = _group_folder(tmp_path / "split", split=True)
+    cfg = config_from_dict(_config(folder, data={"path": str(folder), "kind": "slices2d",
+                                                 "intensity_range": [0, 255]}))
+    data = load_train_val(cfg, folder)
+    assert len(data.train) == 16 and len(data.val) == 4
+    assert list(data.train_groups) == [f"g{i // 2}" for i in range(16)]
+    for fold in stratified_folds(data.train.labels, 4, 0, groups=data.train_groups):
+        rest = np.setdiff1d(np.arange(16), fold)
+        assert not set(data.train_groups[fold]) & set(data.train_groups[rest])
+
+    csv = folder / "labels.csv"
+    csv.write_text(csv.read_text().replace("img15.png,right,g7,train", "img15.png,right,g7,val"))
+    with pytest.raises(ConfigError, match="group 'g7' has images in both train and val"):
+        load_train_val(cfg, folder)
+    csv.write_text(csv.read_text().replace("img15.png,right,g7,val", "img15.png,right,g7,test"))
+    with pytest.raises(ConfigError, match=r"column split holds \['test'\]"):
+        load_train_val(cfg, folder)
+    csv.write_text(csv.read_text().replace("img15.png,right,g7,test", "img15.png,right,,train"))
+    with pytest.raises(ConfigError, match="row 17 has no group"):
+        load_train_val(cfg, folder)
+
+
 def test_mixed_targets_are_scored_as_probabilities():
     from MedDeepRecogLib.training.classification import ClassificationStep
 

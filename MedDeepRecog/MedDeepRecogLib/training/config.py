@@ -8,10 +8,15 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     data:   {path, format: npz|folder, kind: volume3d|slices2d, train_split: train, val_split: val,
              val_fraction: 0.2 (npz with only images/labels: last fraction of each class, file order),
              labels_csv, class_names, intensity_range: [0, 255], size: [28, 28, 28], max_train: null}
+             # folder: labels.csv columns file, label; optional group (patient; folds keep a group together, as a
+             # .npz's train_groups) and split (train_split/val_split per row; needed with group: a tail validation
+             # would cut groups). An image listed twice is refused; volumes are read as classify reads them (LPS).
     model:  {name: simple_cnn3d, kwargs: {...},          # registry name; in_channels/num_classes filled in
              init: null}                                  # weights file the networks start from (name/shape match)
     input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask,   # recorded in the package (kind/size/channels
-             slices: {percentiles, percentile_target, crop_foreground, ct_window, ...}}  # from data); slices2d only
+             slices: {percentiles, percentile_target, crop_foreground, ct_window, ...},  # from data); slices2d only:
+             slices_as_stored: false}   # slices2d images are standardised as classify's slices (input/slices, default
+                                        # {}: see training_slices); true trains on them as stored (body-region.yaml)
     augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
                    noise: {prob, std}, intensity_shift: {prob, offset}, gamma: {prob, min, max},
                    mixup: {prob, alpha}}  # mixup: classifiers only (it mixes the labels too)
@@ -83,9 +88,13 @@ class InputConfig:
     spacing_mm: List(Millimetres, 2, 3) | None = None
     pipeline: dict | None = None
     content: str | None = None  # "binary_mask": classify refuses grey-level scans (inference.model_input)
-    # slices2d: how a slice is standardised (inference.model_input.SLICE_DEFAULTS keys). When set, the training
-    # images go through the same standardise_slices as every slice at inference, and the package records it.
+    # slices2d: how a slice is standardised (inference.model_input.SLICE_DEFAULTS keys). The training images go
+    # through the same standardise_slices as every slice at inference (unset: its defaults, recorded as {}), and the
+    # package records it: see training_slices.
     slices: dict | None = None
+    # slices2d: train on the images as stored (data/intensity_range scaling only), not standardised as classify
+    # standardises; for image sets already standardised so (MedNIST's 64x64 crops: configs/body-region.yaml)
+    slices_as_stored: bool = False
 
 
 @dataclass
@@ -306,6 +315,8 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     if cfg.training.refit and cfg.training.monitor != "last":
         raise ConfigError("training/refit trains on every train case, so no split is left to select epochs on: set "
                           "training/monitor to last", source)
+    if cfg.input.slices_as_stored and (cfg.data.kind != "slices2d" or cfg.input.slices is not None):
+        raise ConfigError("input/slices_as_stored applies to data/kind slices2d without input/slices", source)
     if cfg.input.slices is not None:
         from ..preprocessing.slices import SLICE_DEFAULTS
         _check_keys(cfg.input.slices, set(SLICE_DEFAULTS), "input/slices", source)
@@ -316,6 +327,19 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     if not 0.0 < float(cfg.data.val_fraction) < 1.0:
         raise ConfigError(f"data/val_fraction must be between 0 and 1, got {cfg.data.val_fraction}", source)
     return cfg
+
+
+def training_slices(cfg: TrainConfig) -> dict | None:
+    """The ``input.slices`` options a ``slices2d`` config's images are standardised with in training and that its
+    package records (so ``evaluate``, ``calibrate``, ``robustness --data`` and ``pretrain`` pools do the same):
+    ``input/slices``, else ``{}`` (:data:`..preprocessing.slices.SLICE_DEFAULTS`), because ``classify`` standardises
+    every slice (:func:`..preprocessing.slices.standardise_slices`) whether the package names options or not: a
+    network trained on images only scaled by ``data/intensity_range`` was given other inputs at classify time than
+    ``train`` and ``evaluate`` had measured. ``None`` for ``volume3d`` and for ``input/slices_as_stored: true``
+    (images already standardised as classify's slices are, e.g. MedNIST's crops for ``body-region``)."""
+    if cfg.data.kind != "slices2d" or cfg.input.slices_as_stored:
+        return None
+    return dict(cfg.input.slices) if cfg.input.slices is not None else {}
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> TrainConfig:

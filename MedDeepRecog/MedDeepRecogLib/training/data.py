@@ -92,11 +92,51 @@ def scale_and_resize(images: np.ndarray, intensity_range: Sequence[float] | None
     return x
 
 
-def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list[str], list[str]]:
-    """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``) under ``folder``, read
-    by the one image reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at
-    inference)."""
-    from ..io import array_from_image, read_image
+def _folder_array(image, kind: str, size: Sequence[int] | None, spacing_mm: Sequence[float] | None) -> np.ndarray:
+    """The array training takes from one image of a folder: ``(Z, Y, X)`` float32 for a one-component 3D image of a
+    ``volume3d`` set, else the stored voxels (:func:`..io.array_from_image`, ``(Y, X)`` / ``(Y, X, C)``).
+
+    A volume goes through :func:`..inference.model_input.volume_from_image`, the function ``classify`` feeds the
+    network with: reoriented to LPS and resampled to ``size`` (default: its own LPS shape, which resamples onto its
+    own voxels) over ``spacing_mm`` (``input/spacing_mm``) when set. Read in stored index order instead, an ordinary
+    RAS NIfTI trained mirrored left-right and front-back against what classify later gives the network, and a
+    folder mixing storage orientations trained on inconsistently oriented arrays."""
+    from ..io import array_from_image
+
+    if kind != "volume3d" or image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return array_from_image(image)
+    from ..inference.model_input import volume_from_image
+    from ..io.geometry import lps_view
+
+    shape = list(size) if size is not None else list(lps_view(image).array.shape)
+    return volume_from_image(image, {"size": shape, "spacing_mm": spacing_mm, "channels": 1}).x[0, 0]
+
+
+#: labels CSV columns naming each image's patient group (the first present is read), as ``{split}_groups`` in a .npz
+GROUP_COLUMNS = ("group", "patient", "patient_id", "subject")
+
+
+@dataclass
+class FolderData:
+    """What :func:`_read_folder` reads: images ``(N, *spatial)`` (or ``(N, Y, X, C)``), the ``N`` label strings, and
+    the optional ``group`` / ``split`` columns ``(N,)`` (str) of the CSV at ``csv_path``."""
+
+    images: np.ndarray
+    labels: list[str]
+    groups: np.ndarray | None
+    splits: np.ndarray | None
+    csv_path: Path
+
+
+def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", size: Sequence[int] | None = None,
+                 spacing_mm: Sequence[float] | None = None) -> FolderData:
+    """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``; optional
+    ``group`` (or ``patient``, ``patient_id``, ``subject``) and ``split``) under ``folder``, read by the one image
+    reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at inference); volumes
+    as classify reads them (:func:`_folder_array`). An image listed twice (the same file after resolving the path)
+    is refused: its listings could land on both sides of the train/validation split; so is an empty group or split
+    cell (naming its row)."""
+    from ..io import read_image
 
     csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
     if not csv_path.is_absolute() and not csv_path.exists():
@@ -112,12 +152,26 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
     lcol = cols.get("label")
     if fcol is None or lcol is None:
         raise ConfigError(f"labels CSV needs columns file and label, has {list(rows[0])}", csv_path)
-    arrays, labels = [], []
-    for row in rows:
+    gcol = next((cols[c] for c in GROUP_COLUMNS if c in cols), None)
+    scol = cols.get("split")
+    seen: dict[Path, int] = {}
+    for n, row in enumerate(rows, start=2):   # row 1 is the header
         p = folder / row[fcol]
         if not p.is_file():
             raise ConfigError(f"image listed in {csv_path.name} not found", p)
-        arr = array_from_image(read_image(p))
+        first = seen.setdefault(p.resolve(), n)
+        if first != n:
+            raise ConfigError(f"lists the image {p} twice (rows {first} and {n}): it could be in both "
+                              "train and validation; list each image once", csv_path)
+    for col in (gcol, scol):
+        empty = next((n for n, row in enumerate(rows, start=2) if col and not str(row[col] or "").strip()), None)
+        if empty is not None:
+            raise ConfigError(f"row {empty} has no {col}: give every image one (or drop the column)",
+                              csv_path)
+    arrays, labels = [], []
+    for row in rows:
+        p = folder / row[fcol]
+        arr = _folder_array(read_image(p), kind, size, spacing_mm)
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise ConfigError(f"image listed in {csv_path.name} has {int((~np.isfinite(arr)).sum())} NaN or infinite "
                               "value(s); repair or remove it", p)
@@ -126,7 +180,8 @@ def _read_folder(folder: Path, labels_csv: str | None) -> tuple[np.ndarray, list
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ConfigError(f"images have different shapes {sorted(shapes)[:3]}; resize them first", folder)
-    return np.stack(arrays), labels, [str(csv_path)]
+    column = (lambda col: None if col is None else np.array([str(row[col]).strip() for row in rows]))
+    return FolderData(np.stack(arrays), labels, column(gcol), column(scol), csv_path)
 
 
 def open_npz(path: Path):
@@ -225,9 +280,16 @@ def check_tail_validation(z, train_split: str, val_split: str, path: Path) -> No
         raise ConfigError(f"data/val_split {val_split!r}: the file holds no {val_split}_images/{val_split}_labels; "
                           f"its splits are {', '.join(repr(s) for s in held)}: name one of them", path)
     if f"{train_split}_groups" in z.files:
-        raise ConfigError(f"data/val_split {val_split!r}: the file holds no {val_split} split, and taking validation "
-                          f"from the tail of {train_split} would ignore {train_split}_groups (one patient's images "
-                          "on both sides): add a validation split to the file", path)
+        refuse_tail_with_groups(f"the file holds no {val_split} split", f"{train_split} would ignore "
+                                f"{train_split}_groups", "add a validation split to the file", val_split, path)
+
+
+def refuse_tail_with_groups(missing: str, ignored: str, remedy: str, val_split: str, path: Path) -> None:
+    """Refuse a tail validation split (:func:`tail_per_class_split`) of data that name patient groups: the tail
+    cuts groups freely, so one patient's images would land in train and validation. One line for a .npz's
+    ``{split}_groups`` (:func:`check_tail_validation`) and a labels CSV's group column."""
+    raise ConfigError(f"data/val_split {val_split!r}: {missing}, and taking validation from the tail of {ignored} "
+                      f"(one patient's images on both sides): {remedy}", path)
 
 
 def load_train_val(cfg, path: Path) -> TrainValData:
@@ -287,16 +349,37 @@ def load_train_val(cfg, path: Path) -> TrainValData:
 
         fingerprint = sha256_file(path)
     else:
-        groups = None
-        x, labels, _ = _read_folder(path, d.labels_csv)
+        folder = _read_folder(path, d.labels_csv, d.kind, d.size, cfg.input.spacing_mm)
+        x, labels, csv_name = folder.images, folder.labels, folder.csv_path.name
         names = d.class_names or sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
         if unknown:
             raise ConfigError(f"labels {unknown} are not in data/class_names {names}", path)
         y = np.array([names.index(s) for s in labels], dtype=np.int64)
-        tr, va = tail_per_class_split(y, d.val_fraction)
+        tk, vk = d.train_split, d.val_split
+        if folder.splits is not None:   # the CSV's own split, as a .npz's train/val arrays
+            other = sorted(str(v) for v in set(folder.splits) - {tk, vk})
+            if other:
+                raise ConfigError(f"column split holds {other}: each row is {tk!r} or {vk!r} "
+                                  "(data/train_split, data/val_split)", folder.csv_path)
+            tr, va = np.nonzero(folder.splits == tk)[0], np.nonzero(folder.splits == vk)[0]
+            if folder.groups is not None:
+                both = sorted(set(folder.groups[tr]) & set(folder.groups[va]))
+                if both:
+                    raise ConfigError(f"group {str(both[0])!r} has images in both {tk} and {vk}"
+                                      f"{f' (and {len(both) - 1} more groups)' if len(both) > 1 else ''}: keep each "
+                                      "patient on one side", folder.csv_path)
+            how = f"splits {tk}/{vk} of the split column ({csv_name})"
+        else:
+            if folder.groups is not None:
+                refuse_tail_with_groups("the CSV has no split column", "each class would ignore its groups",
+                                        f"add a split column ({tk}/{vk}) keeping each group on one side", vk,
+                                        folder.csv_path)
+            tr, va = tail_per_class_split(y, d.val_fraction)
+            how = f"validation = last {d.val_fraction:.0%} of each class (CSV order)"
+        # the train rows' groups serve exactly as a .npz's {train_split}_groups: group-wise training/folds
+        groups = None if folder.groups is None else folder.groups[tr]
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
-        how = f"validation = last {d.val_fraction:.0%} of each class (CSV order)"
         fingerprint = hashlib.sha256(np.ascontiguousarray(x).tobytes() + y.tobytes()).hexdigest()
 
     present = np.unique(y_tr)
@@ -317,11 +400,14 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     if keep is not None:
         x_tr, y_tr = x_tr[keep], y_tr[keep]
         groups = groups[keep] if groups is not None else None
-    slices = getattr(getattr(cfg, "input", None), "slices", None)
+    from .config import training_slices
+
+    slices = training_slices(cfg)
     if slices is not None:
         how += "; each image standardised as at inference (input/slices)"
-        check_in_memory(len(x_tr) + len(x_va), [1, *(d.size or np.shape(x_tr)[1:])], cfg)
-        x_tr, x_va = (standardise_images(np.asarray(x), slices, d.size, path) for x in (x_tr, x_va))
+        check_in_memory(len(x_tr) + len(x_va), [1, *(d.size or np.shape(x_tr)[1:3])], cfg)
+        x_tr, x_va = (standardise_images(np.asarray(x), slices, d.size, path, d.intensity_range)
+                      for x in (x_tr, x_va))
     else:
         x_tr, x_va = (to_channels_first(np.asarray(x), d.kind, path) for x in (x_tr, x_va))   # views: no copy yet
         check_in_memory(len(x_tr) + len(x_va), [x_tr.shape[1], *(d.size or x_tr.shape[2:])], cfg)
@@ -373,14 +459,23 @@ def check_split_in_memory(z, key: str, split: str, kind: str, size, slices: dict
                         f"split {split!r}", path, "give fewer images (a smaller split or file)")
 
 
-def standardise_images(images: np.ndarray, slices: dict, size, source) -> np.ndarray:
-    """``(N, H, W)`` grey images → ``(N, 1, *size)`` float32 0..1 through
+def standardise_images(images: np.ndarray, slices: dict, size, source,
+                       intensity_range: Sequence[float] | None = None) -> np.ndarray:
+    """``(N, H, W)`` (or ``(N, H, W, 1)``) grey images → ``(N, 1, *size)`` float32 0..1 through
     :func:`..preprocessing.slices.standardise_slices` with the package's ``input.slices`` options, so training sees
-    exactly what classify feeds the network (8-bit images are not HU: the per-image percentile stretch applies)."""
+    exactly what classify feeds the network (8-bit images are not HU: the per-image percentile stretch applies).
+    ``intensity_range``: first mapped to 0..1 (clipped), as the package's ``window`` step does before classify
+    standardises."""
     from ..preprocessing.slices import standardise_slices
 
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
     if images.ndim != 3:
-        raise ConfigError(f"input/slices needs grey 2D images (N, H, W), got shape {images.shape}", source)
+        raise ConfigError(f"slices are standardised as classify's (input/slices) from grey images (N, H, W), got "
+                          f"shape {images.shape} (classify reads one grey channel; input/slices_as_stored: true "
+                          "trains on images as stored)", source)
+    if intensity_range is not None:
+        images = scale_and_resize(images[:, None], intensity_range, None)[:, 0]
     out = [standardise_slices(images[i:i + 256], size=tuple(size or images.shape[1:]), options=slices)[0]
            for i in range(0, len(images), 256)]
     return np.concatenate(out).astype(np.float32, copy=False)
@@ -548,7 +643,7 @@ def load_eval_split(path: Path, split: str, kind: str, intensity_range=None, siz
     if (flat.min(axis=1) == flat.max(axis=1)).all():
         raise ConfigError(f"split {split!r}: every image is blank (a single value each)", path)
     if slices is not None:
-        x = standardise_images(x, slices, size, path)
+        x = standardise_images(x, slices, size, path, intensity_range)
     else:
         x = scale_and_resize(to_channels_first(x, kind, path), intensity_range, size)
     return ArrayDataset(x, np.asarray(y).ravel().astype(np.int64))

@@ -129,7 +129,7 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
     Each config's images are bounded as training's are (:func:`..limits.max_dataset_bytes`, before they are made),
     and the pool's together, checked as each config's images join it, before the next config is read."""
     from ..limits import check_dataset_bytes
-    from .config import load_config, resolve_data_path
+    from .config import load_config, resolve_data_path, training_slices
     from ..preprocessing.slices import min_slice_side
     from .data import load_eval_split, load_train_val, max_train_rows
 
@@ -143,7 +143,7 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
         if cfg.data.format == "folder" or (cfg.data.format == "auto" and data_path.is_dir()):
             train = load_train_val(cfg, data_path).train   # a folder's split is made while it is read
         else:   # only the train split is standardised: the val images take no part
-            slices = getattr(getattr(cfg, "input", None), "slices", None)
+            slices = training_slices(cfg)
             train = load_eval_split(data_path, _train_split_name(data_path, cfg.data.train_split), cfg.data.kind,
                                     cfg.data.intensity_range, cfg.data.size, cfg.data.val_fraction, slices,
                                     min_side=min_slice_side({"size": cfg.data.size, "slices": slices or {}}))

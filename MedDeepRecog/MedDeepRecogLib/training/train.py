@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..progress import null_progress
 from .classification import class_weights_from_labels, fit_classifier, make_loader, predict_proba
-from .config import TrainConfig, load_config, resolve_data_path, resolve_init_path
+from .config import TrainConfig, load_config, resolve_data_path, resolve_init_path, training_slices
 from .data import load_train_val, stratified_folds
 from .hooks import PackageDraft, RunHooks, run_hooks
 from .loop import CHECKPOINT, FitConfig, History, Hooks
@@ -523,8 +523,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
                   "pipeline": cfg.input.pipeline or default_pipeline(cfg)}
     if cfg.input.content:
         input_spec["content"] = cfg.input.content
-    if cfg.input.slices is not None:
-        input_spec["slices"] = dict(cfg.input.slices)
+    slices = training_slices(cfg)
+    if slices is not None:   # {} too: evaluate then standardises as training and classify did
+        input_spec["slices"] = slices
     cmd = command or " ".join(shlex.quote(a) for a in ["meddeeprecog", *sys.argv[1:]])
     n_folds = int(cfg.training.folds)
     n_refit = int(cfg.training.refit)
