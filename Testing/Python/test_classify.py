@@ -280,9 +280,19 @@ def test_a_label_map_on_a_whole_scan_grid_reads_as_the_mask_the_adrenal_model_le
     long[5:55, 40:44, 50:54] = 1   # a structure longer than the 64 mm field
     big = sitk.GetImageFromArray(long)
     big.CopyInformation(label_map)
-    notes = classify_scan(big, "adrenal-mass-3d@1.3.0", explain="none", uncertainty="none",
-                          faithfulness=False).input_notes
-    assert any("reaches beyond the model's 64 x 64 x 64 mm field of view" in n for n in notes)
+    result = classify_scan(big, "adrenal-mass-3d@1.3.0", explain="none", uncertainty="none", faithfulness=False)
+    assert any("reaches beyond the model's 64 x 64 x 64 mm field of view" in n for n in result.input_notes)
+    # 114 mm long, a fifth of it outside the field: larger than any mask the model learnt (a spleen read "mass,
+    # p = 1.00" with 40 % of it cut away), so no class
+    assert result.label == "out-of-domain"
+    assert any("larger than the model's 64 x 64 x 64 mm field of view" in r for r in result.decision["reasons"])
+    spur = voxels.copy()
+    spur[44:50, 30, 55] = 1   # a few voxels past the field's edge: still the gland the model learnt, noted
+    near = sitk.GetImageFromArray(spur)
+    near.CopyInformation(label_map)
+    kept = classify_scan(near, "adrenal-mass-3d@1.3.0", explain="none", uncertainty="none", faithfulness=False)
+    assert any("reaches beyond the model's 64 x 64 x 64 mm field of view" in n for n in kept.input_notes)
+    assert kept.label != "out-of-domain"
 
 
 def test_a_mask_model_refuses_what_is_no_mask_of_one_structure(tmp_path, capsys):

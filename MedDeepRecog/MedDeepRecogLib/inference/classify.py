@@ -338,7 +338,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     image = as_volume(image, where, allow_2d=(kind == "slices2d"))
     validate_intensities(image, where)
     # a mask model's input is its structure cut about it; the heatmap still goes on the user's own grid (``image``)
-    model_image, content_notes = image_for_model(image, spec, where)
+    model_image, content_notes, outside_domain = image_for_model(image, spec, where)
     notes.extend(content_notes)
     if lesion is not None:
         lesion = lesion_on_scan_grid(lesion, image, notes, lesion_source)
@@ -394,7 +394,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     modality_guess = _modality_guess(image, modality, picture)
     context = DecisionContext(hounsfield=modality, picture=picture, slices=isinstance(inp, SliceInput),
                               n_slices=int(inp.valid.sum()) if isinstance(inp, SliceInput) else int(image.GetSize()[2]),
-                              n_classified=len(pred.per_slice), domain=pred.domain, section_mm=pred.section_mm)
+                              n_classified=len(pred.per_slice), domain=pred.domain, section_mm=pred.section_mm,
+                              outside_domain=outside_domain)
     decision = scan_decision(package, pred, context)
     if isinstance(inp, SliceInput):
         g = inp.grid
@@ -521,6 +522,8 @@ class DecisionContext:
             n_classified: the slices classified.
         domain: the package's out-of-domain check over the slices (``Prediction.domain``), or None.
         section_mm: the body box's smaller side (``Prediction.section_mm``), or None.
+        outside_domain: why the input itself is outside the model's domain, as the input was prepared (a mask
+            model's structure larger than its field of view: :func:`.model_input.image_for_model`), or None.
     """
 
     hounsfield: str
@@ -530,12 +533,14 @@ class DecisionContext:
     n_classified: int = 0
     domain: dict | None = None
     section_mm: float | None = None
+    outside_domain: str | None = None
 
 
 def scan_decision(package, pred, context: DecisionContext) -> dict:
     """classify's decision on one scan: the package's decision rules (:func:`.predict.decide` on ``pred``'s
     temperature-scaled probabilities, slice agreement and confidence), then no class at all for a scan outside the
-    model's domain (no slice passed the package's out-of-domain check; a CT in HU for an MR or ultrasound model).
+    model's domain (no slice passed the package's out-of-domain check; a CT in HU for an MR or ultrasound model;
+    a mask model's structure larger than its field of view).
     The calibrated low-confidence rule comes after the uncertainty figures (:func:`mark_low_confidence`)."""
     decision = decide(pred.probabilities, package.class_names, package.meta.get("decision"),
                       agreement=pred.agreement, confidence=pred.slice_confidence, n_slices=context.n_slices,
@@ -549,6 +554,8 @@ def scan_decision(package, pred, context: DecisionContext) -> dict:
                 _mark_out_of_domain(decision, _unlike_training_images(package, context.domain, context.n_classified))
     if context.hounsfield == "CT" and str(package.meta.get("modality") or "").upper() in ("MR", "US"):
         _mark_out_of_domain(decision, _wrong_modality(package))
+    if context.outside_domain:
+        _mark_out_of_domain(decision, context.outside_domain)
     return decision
 
 
