@@ -168,6 +168,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # a package, not nodes, and runs on)
         for kind in SCENE_JOBS:
             self.logic.cancel(kind)
+        self._clearResultLines()  # its scan goes with the scene: the answer must not stand beside the next one
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -202,6 +203,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("MedDeepRecog: cannot read the preset."):
                 self.logic.applyPreset(p)
         self._preset = p.preset
+        self._forgetStaleResult(p)
         self._updateInputSelector(p)
         self._updateSegmentSelector(p)
         self._updateRunButtons(p)
@@ -220,6 +222,17 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.modelComboBox.findData(p.model)
         if index >= 0 and index != self.ui.modelComboBox.currentIndex:
             self.ui.modelComboBox.currentIndex = index
+
+    def _clearResultLines(self):
+        self.ui.statusLabel.text = self.ui.resultLabel.text = self.ui.faithfulnessLabel.text = ""
+        self._resultScanID = None
+
+    def _forgetStaleResult(self, p):
+        """The result lines name no scan: once the input is another node than the one they answered for, they are
+        cleared (read beside the new input they would pass for its answer)."""
+        scanId = getattr(self, "_resultScanID", None)
+        if scanId is not None and (not p.inputVolume or p.inputVolume.GetID() != scanId):
+            self._clearResultLines()
 
     def _updateRunButtons(self, p):
         """Each run button is offered for the models that run it (a segmentation package segments; the worker
@@ -441,6 +454,13 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if kind in ("classify", "segment"):  # a new answer is coming: the last one must not stand beside a failure
             self.ui.resultLabel.text = ""
             self.ui.faithfulnessLabel.text = ""
+            self._resultScanID = None
+            scan = self._parameterNode.inputVolume if self._parameterNode else None
+            scanId, show = (scan.GetID() if scan else None), onSuccess
+
+            def onSuccess(summary):  # the lines answer for the scan the run started on
+                show(summary)
+                self._resultScanID = scanId
         with slicer.util.tryWithErrorDisplay(f"MedDeepRecog: {kind} could not start.", waitCursor=True):
             self.logic.ensureDependencies()
             label.text = "Starting…"

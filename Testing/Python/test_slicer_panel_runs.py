@@ -272,6 +272,9 @@ def test_closing_the_scene_cancels_the_runs_that_load_into_it(slicer_core):
     widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)  # the panel's methods, no Qt panel
     widget.logic = module.MedDeepRecogLogic()
     widget.setParameterNode = lambda node: None
+    from types import SimpleNamespace
+    widget.ui = SimpleNamespace(statusLabel=SimpleNamespace(text=""), resultLabel=SimpleNamespace(text=""),
+                                faithfulnessLabel=SimpleNamespace(text=""))
     cancelled = []
 
     class Job:
@@ -285,3 +288,58 @@ def test_closing_the_scene_cancels_the_runs_that_load_into_it(slicer_core):
     widget.logic._jobs = {kind: Job(kind) for kind in ("classify", "segment", "preview", "robustness", "finetune")}
     widget.onSceneStartClose(None, None)
     assert sorted(cancelled) == sorted(module.SCENE_JOBS) and widget.logic.isRunning("finetune")
+
+
+class _Stub:
+    """A widget the test does not look at: every method call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _panel(module, logic):
+    """The panel's methods with label stand-ins (no Qt panel); ``onParameterNodeModified`` is the real one."""
+    from types import SimpleNamespace
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)
+    module.VTKObservationMixin.__init__(widget)
+    widget.logic = logic
+    logic.ensureDependencies = lambda: None
+    widget.ui = SimpleNamespace(statusLabel=SimpleNamespace(text=""), resultLabel=SimpleNamespace(text=""),
+                                faithfulnessLabel=SimpleNamespace(text=""), sliceTableView=_Stub(),
+                                probabilityTableView=_Stub(), show3DButton=_Stub(), classMapTableView=_Stub(),
+                                modelComboBox=SimpleNamespace(findData=lambda data: -1, currentIndex=-1))
+    for name in ("_updateInputSelector", "_updateSegmentSelector", "_updateRunButtons"):
+        setattr(widget, name, lambda p: None)
+    widget._parameterNode = logic.getParameterNode()
+    widget._preset = widget._parameterNode.preset
+    return widget
+
+
+def test_the_result_lines_go_when_the_input_changes_or_the_scene_closes(slicer_core):
+    """After Classify on brain1 the input was switched to brain2 (or the scene closed and brain2 loaded): the panel
+    still read "uncertain: most likely glioma (p = 0.78)" beside brain2, naming no scan."""
+    from MedDeepRecogLib.slicer_bridge.outputs import SegmentLabels
+
+    env, module = slicer_core, slicer_core.module
+    widget = _panel(module, module.MedDeepRecogLogic())
+    widget.setParameterNode = lambda node: None
+    p = widget._parameterNode
+    first, second = add_volume(env, "brain1"), add_volume(env, "brain2")
+    labels = SegmentLabels("m@1.0.0", ["x", "y"], [{"segment": "a", "label": "y", "probabilities": {"x": .25, "y": .75}}])
+
+    def answer():
+        p.inputVolume = first
+        widget._run("classify", lambda p, onProgress, onFinished: onFinished(labels, None),
+                    SimpleNamespace(hide=lambda: None), widget.ui.statusLabel, widget._showResult)
+        assert widget.ui.resultLabel.text == labels.result_text() and widget.ui.statusLabel.text.startswith("Done")
+
+    from types import SimpleNamespace
+    answer()
+    widget.onParameterNodeModified()   # the same scan: the answer stays
+    assert widget.ui.resultLabel.text == labels.result_text()
+    p.inputVolume = second
+    widget.onParameterNodeModified()
+    assert (widget.ui.statusLabel.text, widget.ui.resultLabel.text, widget.ui.faithfulnessLabel.text) == ("", "", "")
+    answer()
+    widget.onSceneStartClose(None, None)
+    assert (widget.ui.statusLabel.text, widget.ui.resultLabel.text) == ("", "")
