@@ -47,11 +47,14 @@ def exportSegmentation(segmentationNode: vtkMRMLSegmentationNode, folder: Path) 
 def exportSegmentLabelmap(segmentationNode: vtkMRMLSegmentationNode, segmentId: str, folder: Path) -> Path:
     """Write the one segment ``segmentId`` of ``segmentationNode`` to ``folder/<segmentation>_<segment>.nrrd`` as a
     binary label map (1 in the segment, 0 elsewhere; other segments, even overlapping ones, left out), as Slicer's
-    Export to label map writes it: on the segmentation's reference geometry, whole, under its parent transform.
+    Export to label map writes it: on the segmentation's reference geometry, extended (same voxel size and
+    directions) to hold the whole segment, under its parent transform.
 
     The reference geometry is the grid the segment was drawn on (the source volume's voxels, or their oversampling):
     the segment goes out voxel for voxel, resampled nowhere, and the core cuts the model's field of view on that grid
-    keeping its voxel size, exactly as for a label map node on that grid. (A cut to the segment's own extent would
+    keeping its voxel size, exactly as for a label map node on that grid. A segment that reaches beyond the reference
+    geometry (one set by "Specify geometry", or a segmentation imported on another grid) is not cut at its edge: the
+    grid grows to hold it, so no part of the structure is left out, and one wholly outside is not read as empty. (A cut to the segment's own extent would
     not do: the core keeps an input no larger than the model's field as it is, centred on its box, not on the
     structure's centre of mass.) The temporary label map node, and the colour table the export makes for it, are
     removed.
@@ -69,7 +72,7 @@ def exportSegmentLabelmap(segmentationNode: vtkMRMLSegmentationNode, segmentId: 
         segmentIds = vtk.vtkStringArray()
         segmentIds.InsertNextValue(segmentId)
         if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-                segmentationNode, segmentIds, labelmap, None, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+                segmentationNode, segmentIds, labelmap, None, slicer.vtkSegmentation.EXTENT_UNION_OF_EFFECTIVE_SEGMENTS_AND_REFERENCE_GEOMETRY):
             raise RuntimeError(f"could not export {which} as a label map")
         image = labelmap.GetImageData()
         if image is None or 0 in image.GetDimensions() or not slicer.util.arrayFromVolume(labelmap).any():
