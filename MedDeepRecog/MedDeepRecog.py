@@ -25,7 +25,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MASK_CONTENT, MAX_EPOCHS
+from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MASK_CONTENT, MAX_EPOCHS, validation_summary
 from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
 from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, model_input_spec, model_task,
                                             read_classify_result, read_segment_labels, read_segment_volumes)
@@ -396,7 +396,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelInfoLabel.text = ("Each scan goes to the disease model that applies (brain MR, chest CT, "
                                            "breast ultrasound); the result says which and why.")
         elif info:
-            metrics = ", ".join(f"{k} {v:.2f}" for k, v in (info.get("metrics") or {}).items() if isinstance(v, float))
+            metrics = validation_summary(info.get("metrics"))  # the CLI's and Segment's words: optimistic, held out
             if info.get("task") == "segmentation":  # class 0 is the background, not a segment
                 self.ui.modelInfoLabel.text = (f"segments: {', '.join((info.get('class_names') or [])[1:])} "
                                                f"(use Segment). {metrics}")
