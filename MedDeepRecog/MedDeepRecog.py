@@ -829,7 +829,10 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         name = name or volume.GetName()
         isScan = volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA("vtkMRMLLabelMapVolumeNode")
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
-        scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain)
+        scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain,
+                                        uncertain=res.uncertain, confidence=res.confidence,
+                                        basis=str(res.raw.get("probabilities_basis") or ""),
+                                        confidenceBasis=str(res.raw.get("confidence_basis") or ""))
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
         p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
         p.outputTable.SetAttribute("MedDeepRecog.model", res.model)

@@ -168,17 +168,32 @@ def showSegmentationIn3D(segmentationNode: vtkMRMLSegmentationNode) -> None:
 NOT_A_FINDING = "model output, not a finding"
 
 
+#: The probability column's header otherwise: the scan's class probabilities (not the label's confidence, which the
+#: result line's p is), and when the label is "uncertain" (no class reported) it says so, as the result line does.
+SCAN_PROBABILITY = "scan probability"
+UNCERTAIN_PROBABILITY = "scan probability (uncertain: no class reported)"
+
+
 def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]],
-                           outOfDomain: bool = False) -> None:
-    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order). ``outOfDomain``: the
-    probability column is headed :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis."""
+                           outOfDomain: bool = False, uncertain: bool = False, confidence: float | None = None,
+                           basis: str = "", confidenceBasis: str = "") -> None:
+    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order) and, within the domain,
+    ``result``: on the top class's row whether it is reported or uncertain, with the label's ``confidence`` (the
+    result line's p; ``confidenceBasis``: how the worker made it). The probability column is headed
+    :data:`SCAN_PROBABILITY` (``basis`` as its description), :data:`UNCERTAIN_PROBABILITY` when ``uncertain``, and
+    ``outOfDomain``: :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis."""
     classes = vtk.vtkStringArray()
     classes.SetName("class")
     probs = vtk.vtkDoubleArray()
     probs.SetName("probability")
-    for name, p in probabilities:
+    results = vtk.vtkStringArray()
+    results.SetName("result")
+    for row, (name, p) in enumerate(probabilities):
         classes.InsertNextValue(name)
         probs.InsertNextValue(float(p))
+        said = "uncertain: most likely" if uncertain else "reported"
+        results.InsertNextValue("" if row else f"{said}" + ("" if confidence is None else
+                                                            f", confidence {float(confidence):.2f}"))
     tableNode.RemoveAllColumns()
     tableNode.AddColumn(classes)
     tableNode.AddColumn(probs)
@@ -186,6 +201,12 @@ def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tupl
         tableNode.SetColumnTitle("probability", NOT_A_FINDING)
         tableNode.SetColumnDescription("probability", "the scan is outside this model's domain: no class is "
                                                       "reported, these are the network's numbers only")
+    else:
+        tableNode.AddColumn(results)
+        tableNode.SetColumnTitle("probability", UNCERTAIN_PROBABILITY if uncertain else SCAN_PROBABILITY)
+        tableNode.SetColumnDescription("probability", basis or "the model's probability of each class for the scan")
+        tableNode.SetColumnTitle("result", "result (confidence of the label)")
+        tableNode.SetColumnDescription("result", confidenceBasis or "the top class's probability")
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 

@@ -63,9 +63,9 @@ def test_classify_fills_real_nodes_and_reruns_reuse_them(slicer_core, tiny_packa
     values = env.slicer.util.arrayFromVolume(heatmap)
     assert values.min() >= 0.0 and values.max() <= 1.0 + 1e-6 and values.max() > 0
 
-    # probability table: two named columns, one row per class, in result order, summing to 1
+    # probability table: named columns, one row per class, in result order, summing to 1, and the label's result
     table = p.outputTable
-    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == ["class", "probability"]
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == ["class", "probability", "result"]
     rows = [(table.GetCellText(r, 0), float(table.GetCellText(r, 1))) for r in range(table.GetNumberOfRows())]
     assert [c for c, _ in rows] == [c for c, _ in result.probabilities]
     assert np.allclose([v for _, v in rows], [v for _, v in result.probabilities], atol=1e-6)

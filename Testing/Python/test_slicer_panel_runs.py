@@ -221,7 +221,9 @@ def test_an_out_of_domain_scan_shows_no_heat_and_no_finding(slicer_core, tiny_pa
 
     monkeypatch.setattr(module, "read_classify_result", real)  # back within the domain: a plain probability column
     logic.classify(p, waitForCompletion=True)
-    assert p.outputTable.GetColumnTitle("probability") in ("", "probability") and p.outputHeatmap is not None
+    assert p.outputTable.GetColumnTitle("probability") in (module.scene_io.SCAN_PROBABILITY,
+                                                           module.scene_io.UNCERTAIN_PROBABILITY)
+    assert p.outputHeatmap is not None
 
 
 def test_preview_of_a_volume_named_like_its_output(slicer_core):
@@ -343,3 +345,41 @@ def test_the_result_lines_go_when_the_input_changes_or_the_scene_closes(slicer_c
     answer()
     widget.onSceneStartClose(None, None)
     assert (widget.ui.statusLabel.text, widget.ui.resultLabel.text) == ("", "")
+
+
+def test_the_probability_table_says_uncertain_and_which_probability_is_which(slicer_core, tiny_package, monkeypatch):
+    """The result line read "uncertain: most likely glioma (p = 0.78)" while the table's top row read "glioma
+    0.82134" under "probability": no "uncertain", and a different number without saying why (scan probabilities, a
+    geometric mean over the slices; the line's p is the label's confidence, their arithmetic mean)."""
+    import dataclasses
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device, p.explainMethod = add_volume(env, "scan"), str(tiny_package), "cpu", "none"
+    real = module.read_classify_result
+    basis, confidenceBasis = "softmax of the mean log-probability over the voting slices", "mean over the slices"
+
+    def uncertain(*args):
+        res = real(*args)
+        return dataclasses.replace(res, label="uncertain", top_class=res.probabilities[0][0],
+                                   uncertain_reasons=["predictive entropy 0.54 is at or above 0.42"],
+                                   raw={**res.raw, "confidence": 0.61, "probabilities_basis": basis,
+                                        "confidence_basis": confidenceBasis})
+    monkeypatch.setattr(module, "read_classify_result", uncertain)
+    result = logic.classify(p, waitForCompletion=True)
+    table = p.outputTable
+    assert table.GetColumnTitle("probability") == "scan probability (uncertain: no class reported)"
+    assert table.GetColumnDescription("probability") == basis
+    assert table.GetColumnTitle("result") == "result (confidence of the label)"
+    assert table.GetColumnDescription("result") == confidenceBasis
+    assert table.GetCellText(0, 0) == result.top_class and table.GetCellText(0, 2) == "uncertain: most likely, " \
+                                                                                      "confidence 0.61"
+    assert all(table.GetCellText(r, 2) == "" for r in range(1, table.GetNumberOfRows()))
+    assert "p = 0.61" in result.result_text()
+
+    monkeypatch.setattr(module, "read_classify_result", lambda *a: dataclasses.replace(real(*a), label="a",
+                                                                                         top_class="a",
+                                                                                         uncertain_reasons=[]))
+    result = logic.classify(p, waitForCompletion=True)
+    assert p.outputTable.GetColumnTitle("probability") == "scan probability"
+    assert p.outputTable.GetCellText(0, 2) == f"reported, confidence {result.confidence:.2f}"
