@@ -67,6 +67,18 @@ def validation_summary(metrics: Mapping[str, Any] | None, training: Mapping[str,
     return f"Validation figures{' (' + '; '.join(about) + ')' if about else ''}: {', '.join(figures)}."
 
 
+def finding_words(finding: Mapping[str, Any]) -> str:
+    """The finding in words, the same in the printed lines, the demo and the HTML report: the run's slices and
+    superior range, that it is the longest run when other slices are read as the label too, and the caveat."""
+    f = finding
+    words = (f"{f['label']} on axial slices {f['first_index']}-{f['last_index']} counted from the most inferior "
+             f"(S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm)")
+    if f.get("slices_with_label", f["slices"]) > f["slices"]:
+        words += (f", the longest run of consecutive slices read as {f['label']} ({f['slices']} slices; "
+                  f"{f['slices_with_label']} in all)")
+    return words + (f"; {f['caveat']}" if f.get("caveat") else "")
+
+
 def suffix_of(path: str | Path) -> str:
     """The file's extension as the reader and writer see it, lower case: ``.nii.gz`` and ``.seg.nrrd`` whole."""
     name = Path(path).name.lower()

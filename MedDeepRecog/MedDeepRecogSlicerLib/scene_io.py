@@ -233,13 +233,23 @@ def updateSegmentLabelTable(tableNode: vtkMRMLTableNode, rows: list[dict], class
     tableNode.Modified()
 
 
+def sliceVote(record: dict) -> str:
+    """Whether a per-slice record counted in the scan's result (the JSON's ``voted`` and ``in_domain``): ``""``
+    when the record does not say."""
+    if record.get("voted") is not False:
+        return "voted" if record.get("voted") is True else ""
+    return "not voting: outside the model's domain" if record.get("in_domain") is False else "not voting"
+
+
 def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
     """Per-slice results of a 2D model: columns ``index``, ``position_mm`` (superior coordinate S of the slice,
-    the red view's offset), ``label`` and ``probability``. ``position_mm`` falls back to the record's
+    the red view's offset), ``label``, ``probability`` and ``vote`` (:func:`sliceVote`: a slice outside the model's
+    domain, or otherwise left out, is no part of the scan's result). ``position_mm`` falls back to the record's
     ``lps_mm[2]`` (S is the same number in LPS and RAS)."""
-    index, position, label, probability = (vtk.vtkIntArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray(),
-                                           vtk.vtkDoubleArray())
-    for array, name in ((index, "index"), (position, "position_mm"), (label, "label"), (probability, "probability")):
+    index, position, label, probability, vote = (vtk.vtkIntArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray(),
+                                                 vtk.vtkDoubleArray(), vtk.vtkStringArray())
+    for array, name in ((index, "index"), (position, "position_mm"), (label, "label"), (probability, "probability"),
+                        (vote, "vote")):
         array.SetName(name)
     for rec in records:
         mm = rec.get("position_mm")
@@ -249,8 +259,9 @@ def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
         position.InsertNextValue(float("nan") if mm is None else float(mm))
         label.InsertNextValue(str(rec.get("label", "")))
         probability.InsertNextValue(float(rec.get("probability", float("nan"))))
+        vote.InsertNextValue(sliceVote(rec))
     tableNode.RemoveAllColumns()
-    for array in (index, position, label, probability):
+    for array in (index, position, label, probability, vote):
         tableNode.AddColumn(array)
     # the index counts axial slices from the most inferior, which is not the volume's own K when K runs downwards:
     # the header says which, and position_mm is the red view's offset
@@ -259,6 +270,9 @@ def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
                                             "volume's K index")
     tableNode.SetColumnTitle("position_mm", "S (mm)")
     tableNode.SetColumnDescription("position_mm", "superior coordinate of the slice centre: the red view's offset")
+    tableNode.SetColumnTitle("vote", "counted in the result")
+    tableNode.SetColumnDescription("vote", "whether the slice voted in the scan's result; a slice outside the "
+                                           "model's domain did not, and its label is no finding")
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 
