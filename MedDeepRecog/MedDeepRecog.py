@@ -27,8 +27,9 @@ from slicer.util import VTKObservationMixin
 
 from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MASK_CONTENT, MAX_EPOCHS, validation_summary
 from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
-from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, model_input_spec, model_task,
-                                            read_classify_result, read_segment_labels, read_segment_volumes)
+from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, listed_model_key, model_input_kind,
+                                            model_input_spec, model_task, read_classify_result, read_segment_labels,
+                                            read_segment_volumes)
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
 from MedDeepRecogLib.slicer_bridge.process_runner import in_panel_words, panel_event, python_executable
@@ -361,6 +362,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # read before the list changes: clearing and refilling the combo box selects its first item, and the
         # selection signal would write that item over the model saved in the scene
         wanted = select or (self._parameterNode.model if self._parameterNode else "")
+        wanted = listed_model_key(models, wanted)  # a plain id ("ts-organs-seg"): its newest installed version
         combo = self.ui.modelComboBox
         combo.blockSignals(True)
         try:

@@ -592,3 +592,25 @@ def test_the_model_line_says_when_validation_figures_are_optimistic_not_held_out
     assert shown["cls@1.0.0"] == "classes: a, b. Validation figures: auc 0.97."
     assert "train_time_s" not in shown["seg@1.0.0"]
     assert shown["new@1.0.1"] == "segments: liver (use Segment). no validation data: not scored"
+
+
+def test_a_model_given_by_its_plain_id_is_its_newest_installed_version(slicer_core):
+    """``p.model = "ts-organs-seg"`` (as the module's self-test and scripts set it) was reported "not installed here"
+    although it was bundled: the list's keys are "id@version"."""
+    from types import SimpleNamespace
+
+    module = slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)
+    combo = _PropertyComboBox()
+    widget.ui = SimpleNamespace(modelComboBox=combo, modelInfoLabel=SimpleNamespace(text=""))
+    widget._parameterNode = module.MedDeepRecogLogic().getParameterNode()
+    installed = [{"id": "ts-organs-seg", "version": v, "source": "bundled", "task": "segmentation",
+                  "class_names": ["background", "liver"]} for v in ("1.0.0", "1.0.10", "1.0.9", "old")]
+    widget._parameterNode.model = "ts-organs-seg"
+    widget._showModels(installed, None, None)
+    assert combo.currentData == "ts-organs-seg@1.0.10" == widget._parameterNode.model
+    assert "not installed" not in widget.ui.modelInfoLabel.text
+    assert all("not installed" not in combo.itemText(i) for i in range(combo.count()))
+    widget._parameterNode.model = "no-such-model"   # an id listed nowhere is still said
+    widget._showModels(installed, None, None)
+    assert "no-such-model is not installed here" in widget.ui.modelInfoLabel.text
