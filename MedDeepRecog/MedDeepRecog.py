@@ -472,6 +472,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except Exception as exc:  # nothing started: one line says why (the error display too)
                 why = str(exc).strip().splitlines()
                 label.text = f"Not started: {why[0] if why else type(exc).__name__}"
+                if kind == "classify" and self._parameterNode:  # as after a failed run: the last answer must not
+                    self.logic.clearClassification(self._parameterNode)  # stand as the panel's output
                 raise
         self.onParameterNodeModified()
 

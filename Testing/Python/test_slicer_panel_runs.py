@@ -383,3 +383,23 @@ def test_the_probability_table_says_uncertain_and_which_probability_is_which(sli
     result = logic.classify(p, waitForCompletion=True)
     assert p.outputTable.GetColumnTitle("probability") == "scan probability"
     assert p.outputTable.GetCellText(0, 2) == f"reported, confidence {result.confidence:.2f}"
+
+
+def test_a_classify_that_cannot_start_takes_the_last_answer_off(slicer_core, tiny_package):
+    """A refused Classify ("Not started: the segment ... is empty") left the previous run's probability table and
+    heatmap up as the panel's output, where a failed or cancelled run takes them off."""
+    env, module = slicer_core, slicer_core.module
+    widget = _panel(module, module.MedDeepRecogLogic())
+    p = widget._parameterNode
+    p.inputVolume, p.model, p.device = add_volume(env, "scan"), str(tiny_package), "cpu"
+    widget.logic.classify(p, waitForCompletion=True)
+    assert p.outputTable is not None and p.outputHeatmap is not None
+
+    def refuse(*args, **kwargs):
+        raise ValueError("the segment 'spleen' of 'organs' is empty")
+    with pytest.raises(ValueError):
+        widget._run("classify", refuse, None, widget.ui.statusLabel, None)
+    assert widget.ui.statusLabel.text == "Not started: the segment 'spleen' of 'organs' is empty"
+    assert p.outputTable is None and p.outputHeatmap is None
+    assert env.count("vtkMRMLTableNode") == 0 and env.count("vtkMRMLScalarVolumeNode") == 1
+    assert env.core.composite_node("Red").GetForegroundVolumeID() is None
