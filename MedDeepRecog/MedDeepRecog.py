@@ -882,7 +882,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     def clearClassification(p):
         """Take the last Classify answer off the scene and the panel (after a cancelled or failed run, which must not
         look like its answer): the probability and per-slice tables, the heatmap (and the views' foreground) and its
-        hot region."""
+        hot region; and the scan's output segmentation this module made when nothing is left in it (an empty
+        "<scan> segmentations" node, perhaps of a scan no longer in the scene, is no result)."""
         for field in ("outputTable", "sliceTable", "outputHeatmap"):
             node = getattr(p, field)
             if node is not None:
@@ -890,6 +891,10 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 setattr(p, field, None)
         if p.outputSegmentation:
             scene_io.removeSegmentByName(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}")
+            made = scene_io.scanOf(p.outputSegmentation)  # marked: a scan's output segmentation, made here
+            if made and not p.outputSegmentation.GetSegmentation().GetNumberOfSegments():
+                scene_io.removeNodeAndHelpers(p.outputSegmentation)
+                p.outputSegmentation = None
 
     # -- segmentation ---------------------------------------------------------------------------------------------
     @staticmethod

@@ -262,9 +262,16 @@ def test_a_cancelled_or_failed_classify_takes_the_last_answer_off(slicer_core, t
             pass  # Slicer's error display shows it
         assert p.outputTable is None and p.outputHeatmap is None
         assert env.count("vtkMRMLTableNode") == 0 and env.count("vtkMRMLScalarVolumeNode") == 1
-        assert module.scene_io.segmentNames(p.outputSegmentation) == []
+        # the "scan segmentations" node the module made held the hot region alone: no empty node is left behind
+        assert p.outputSegmentation is None and env.count("vtkMRMLSegmentationNode") == 0
         assert env.core.composite_node("Red").GetForegroundVolumeID() is None
         assert label.text in ("Cancelled.", "Failed: out of memory")
+    # one that holds other segments (Segment's organs, Preview's body mask) stays, without the hot region
+    widget.logic.classify(p, waitForCompletion=True)
+    module.scene_io.setSegmentFromMask(p.outputSegmentation, "body", np.ones((18, 26, 30), bool), (1, 0, 0),
+                                       p.inputVolume)
+    widget.logic.clearClassification(p)
+    assert module.scene_io.segmentNames(p.outputSegmentation) == ["body"]
 
 
 def test_closing_the_scene_cancels_the_runs_that_load_into_it(slicer_core):
