@@ -958,10 +958,12 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         ``slicer_bridge.slice_geometry``). Raises ValueError when the red view is not parallel to the scan's
         axial slices (a sagittal or coronal view, or an oblique reformat)."""
         ijkToRAS, dims, fromWorld, _ = self._scanGeometry(volumeNode)
-        sliceToRAS = slicer.util.arrayFromVTKMatrix(self._redSliceLogic().GetSliceNode().GetSliceToRAS())
+        red = self._redSliceLogic()
+        sliceToRAS = slicer.util.arrayFromVTKMatrix(red.GetSliceNode().GetSliceToRAS())
         centre = (fromWorld @ sliceToRAS[:, 3])[:3]
         normal = fromWorld[:3, :3] @ sliceToRAS[:3, 2]
-        return axial_slice_in_view(ijkToRAS, dims, centre, normal)
+        # beyond the scan: refused quoting the offset the user set, not the centre of a slice outside the scan
+        return axial_slice_in_view(ijkToRAS, dims, centre, normal, view_offset_mm=red.GetSliceOffset())
 
     def jumpToSlice(self, volumeNode, positionMm):
         """Move the red view along its normal to the centre of ``volumeNode``'s axial slice at ``positionMm`` (a

@@ -224,3 +224,23 @@ def test_classify_current_slice_of_another_scan_takes_the_last_scans_per_slice_t
     logic.classifySlice(p, waitForCompletion=True)
     assert p.sliceTable is None and env.count("vtkMRMLTableNode") == 1
     assert p.outputTable.GetName() == "scan B probabilities"
+
+
+def test_a_red_view_beyond_the_scan_is_refused_quoting_the_offset_the_user_set(slicer_core, slice_model):
+    """Offset 83.0 above brain1's top slice was refused as "the red view's slice offset 84.5 lies outside the scan":
+    the centre of the slice beyond the scan that it rounded to, a number the user never set."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device = _volume(env), "tiny-2d", "cpu"   # slices at S -30.0 ... 2.5 mm
+    red = env.core.slice_logics["Red"]
+    for offset, where in ((3.9, "3.9"), (-31.6, "-31.6")):   # nearest a slice centre beyond the scan: 5.0, -32.5
+        red.SetSliceOffset(offset)
+        calls = len(slice_model)
+        with pytest.raises(ValueError) as refused:
+            logic.classifySlice(p, waitForCompletion=True)
+        assert str(refused.value) == (f"the red view's slice offset {where} lies outside the scan: its 14 axial "
+                                      "slices run from S -30.0 to 2.5 mm")
+        assert len(slice_model) == calls   # refused before a worker started
+    red.SetSliceOffset(3.7)   # within half a slice of the top slice: that slice
+    assert logic.classifySlice(p, waitForCompletion=True).raw["slice"]["index"] == 13
