@@ -25,10 +25,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MASK_CONTENT, MAX_EPOCHS
+from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MASK_CONTENT, MAX_EPOCHS, validation_summary
 from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
-from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, model_input_kind, model_input_spec, model_task,
-                                            read_classify_result, read_segment_labels, read_segment_volumes)
+from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, listed_model_key, model_input_kind,
+                                            model_input_spec, model_task, read_classify_result, read_segment_labels,
+                                            read_segment_volumes)
 from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
 from MedDeepRecogLib.slicer_bridge.process_runner import in_panel_words, panel_event, python_executable
@@ -168,6 +169,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # a package, not nodes, and runs on)
         for kind in SCENE_JOBS:
             self.logic.cancel(kind)
+        self._clearResultLines()  # its scan goes with the scene: the answer must not stand beside the next one
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -202,6 +204,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("MedDeepRecog: cannot read the preset."):
                 self.logic.applyPreset(p)
         self._preset = p.preset
+        self._forgetStaleResult(p)
         self._updateInputSelector(p)
         self._updateSegmentSelector(p)
         self._updateRunButtons(p)
@@ -220,6 +223,17 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.modelComboBox.findData(p.model)
         if index >= 0 and index != self.ui.modelComboBox.currentIndex:
             self.ui.modelComboBox.currentIndex = index
+
+    def _clearResultLines(self):
+        self.ui.statusLabel.text = self.ui.resultLabel.text = self.ui.faithfulnessLabel.text = ""
+        self._resultScanID = None
+
+    def _forgetStaleResult(self, p):
+        """The result lines name no scan: once the input is another node than the one they answered for, they are
+        cleared (read beside the new input they would pass for its answer)."""
+        scanId = getattr(self, "_resultScanID", None)
+        if scanId is not None and (not p.inputVolume or p.inputVolume.GetID() != scanId):
+            self._clearResultLines()
 
     def _updateRunButtons(self, p):
         """Each run button is offered for the models that run it (a segmentation package segments; the worker
@@ -348,6 +362,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # read before the list changes: clearing and refilling the combo box selects its first item, and the
         # selection signal would write that item over the model saved in the scene
         wanted = select or (self._parameterNode.model if self._parameterNode else "")
+        wanted = listed_model_key(models, wanted)  # a plain id ("ts-organs-seg"): its newest installed version
         combo = self.ui.modelComboBox
         combo.blockSignals(True)
         try:
@@ -383,7 +398,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelInfoLabel.text = ("Each scan goes to the disease model that applies (brain MR, chest CT, "
                                            "breast ultrasound); the result says which and why.")
         elif info:
-            metrics = ", ".join(f"{k} {v:.2f}" for k, v in (info.get("metrics") or {}).items() if isinstance(v, float))
+            metrics = validation_summary(info.get("metrics"))  # the CLI's and Segment's words: optimistic, held out
             if info.get("task") == "segmentation":  # class 0 is the background, not a segment
                 self.ui.modelInfoLabel.text = (f"segments: {', '.join((info.get('class_names') or [])[1:])} "
                                                f"(use Segment). {metrics}")
@@ -441,6 +456,13 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if kind in ("classify", "segment"):  # a new answer is coming: the last one must not stand beside a failure
             self.ui.resultLabel.text = ""
             self.ui.faithfulnessLabel.text = ""
+            self._resultScanID = None
+            scan = self._parameterNode.inputVolume if self._parameterNode else None
+            scanId, show = (scan.GetID() if scan else None), onSuccess
+
+            def onSuccess(summary):  # the lines answer for the scan the run started on
+                show(summary)
+                self._resultScanID = scanId
         with slicer.util.tryWithErrorDisplay(f"MedDeepRecog: {kind} could not start.", waitCursor=True):
             self.logic.ensureDependencies()
             label.text = "Starting…"
@@ -450,6 +472,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except Exception as exc:  # nothing started: one line says why (the error display too)
                 why = str(exc).strip().splitlines()
                 label.text = f"Not started: {why[0] if why else type(exc).__name__}"
+                if kind == "classify" and self._parameterNode:  # as after a failed run: the last answer must not
+                    self.logic.clearClassification(self._parameterNode)  # stand as the panel's output
                 raise
         self.onParameterNodeModified()
 
@@ -809,7 +833,10 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         name = name or volume.GetName()
         isScan = volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA("vtkMRMLLabelMapVolumeNode")
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
-        scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain)
+        scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain,
+                                        uncertain=res.uncertain, confidence=res.confidence,
+                                        basis=str(res.raw.get("probabilities_basis") or ""),
+                                        confidenceBasis=str(res.raw.get("confidence_basis") or ""))
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
         p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
         p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
@@ -855,7 +882,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     def clearClassification(p):
         """Take the last Classify answer off the scene and the panel (after a cancelled or failed run, which must not
         look like its answer): the probability and per-slice tables, the heatmap (and the views' foreground) and its
-        hot region."""
+        hot region; and the scan's output segmentation this module made when nothing is left in it (an empty
+        "<scan> segmentations" node, perhaps of a scan no longer in the scene, is no result)."""
         for field in ("outputTable", "sliceTable", "outputHeatmap"):
             node = getattr(p, field)
             if node is not None:
@@ -863,6 +891,10 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 setattr(p, field, None)
         if p.outputSegmentation:
             scene_io.removeSegmentByName(p.outputSegmentation, f"heatmap >= {HOT_REGION_THRESHOLD}")
+            made = scene_io.scanOf(p.outputSegmentation)  # marked: a scan's output segmentation, made here
+            if made and not p.outputSegmentation.GetSegmentation().GetNumberOfSegments():
+                scene_io.removeNodeAndHelpers(p.outputSegmentation)
+                p.outputSegmentation = None
 
     # -- segmentation ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -926,10 +958,12 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         ``slicer_bridge.slice_geometry``). Raises ValueError when the red view is not parallel to the scan's
         axial slices (a sagittal or coronal view, or an oblique reformat)."""
         ijkToRAS, dims, fromWorld, _ = self._scanGeometry(volumeNode)
-        sliceToRAS = slicer.util.arrayFromVTKMatrix(self._redSliceLogic().GetSliceNode().GetSliceToRAS())
+        red = self._redSliceLogic()
+        sliceToRAS = slicer.util.arrayFromVTKMatrix(red.GetSliceNode().GetSliceToRAS())
         centre = (fromWorld @ sliceToRAS[:, 3])[:3]
         normal = fromWorld[:3, :3] @ sliceToRAS[:3, 2]
-        return axial_slice_in_view(ijkToRAS, dims, centre, normal)
+        # beyond the scan: refused quoting the offset the user set, not the centre of a slice outside the scan
+        return axial_slice_in_view(ijkToRAS, dims, centre, normal, view_offset_mm=red.GetSliceOffset())
 
     def jumpToSlice(self, volumeNode, positionMm):
         """Move the red view along its normal to the centre of ``volumeNode``'s axial slice at ``positionMm`` (a

@@ -39,6 +39,46 @@ def chosen_on_validation(metrics: Mapping[str, Any], training: Mapping[str, Any]
     return training.get("monitor") not in (None, "last") and training.get("best_epoch") is not None
 
 
+#: The scores a model list shows of a package's ``metrics`` (not its bookkeeping: train_time_s, n, best_epoch).
+VALIDATION_FIGURES = ("auc", "balanced_accuracy", "accuracy", "dice", "hd95_mm")
+
+
+def validation_caveats(metrics: Mapping[str, Any], training: Mapping[str, Any] | None = None) -> list[str]:
+    """What must be said beside a package's validation figures wherever they are shown: chosen on them
+    (:func:`chosen_on_validation`: optimistic), not held out (``metrics.held_out`` false, with its note)."""
+    about = []
+    if chosen_on_validation(metrics, training):
+        about.append("the checkpoint was chosen on them, so optimistic")
+    if metrics.get("held_out") is False:
+        about.append(f"NOT held out: {metrics.get('held_out_note') or 'the model had trained on these voxels'}")
+    return about
+
+
+def validation_summary(metrics: Mapping[str, Any] | None, training: Mapping[str, Any] | None = None) -> str:
+    """One line on a package's validation figures for a model list: the scores of :data:`VALIDATION_FIGURES` with
+    :func:`validation_caveats`, or the package's ``metrics.note`` (a fine-tune without validation data: "no
+    validation data: not scored") when it records no score."""
+    metrics = metrics if isinstance(metrics, Mapping) else {}
+    figures = [f"{key} {float(metrics[key]):.2f}" for key in VALIDATION_FIGURES
+               if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)]
+    if not figures:
+        return str(metrics.get("note") or "no validation figures recorded")
+    about = validation_caveats(metrics, training)
+    return f"Validation figures{' (' + '; '.join(about) + ')' if about else ''}: {', '.join(figures)}."
+
+
+def finding_words(finding: Mapping[str, Any]) -> str:
+    """The finding in words, the same in the printed lines, the demo and the HTML report: the run's slices and
+    superior range, that it is the longest run when other slices are read as the label too, and the caveat."""
+    f = finding
+    words = (f"{f['label']} on axial slices {f['first_index']}-{f['last_index']} counted from the most inferior "
+             f"(S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm)")
+    if f.get("slices_with_label", f["slices"]) > f["slices"]:
+        words += (f", the longest run of consecutive slices read as {f['label']} ({f['slices']} slices; "
+                  f"{f['slices_with_label']} in all)")
+    return words + (f"; {f['caveat']}" if f.get("caveat") else "")
+
+
 def suffix_of(path: str | Path) -> str:
     """The file's extension as the reader and writer see it, lower case: ``.nii.gz`` and ``.seg.nrrd`` whole."""
     name = Path(path).name.lower()

@@ -47,11 +47,14 @@ def exportSegmentation(segmentationNode: vtkMRMLSegmentationNode, folder: Path) 
 def exportSegmentLabelmap(segmentationNode: vtkMRMLSegmentationNode, segmentId: str, folder: Path) -> Path:
     """Write the one segment ``segmentId`` of ``segmentationNode`` to ``folder/<segmentation>_<segment>.nrrd`` as a
     binary label map (1 in the segment, 0 elsewhere; other segments, even overlapping ones, left out), as Slicer's
-    Export to label map writes it: on the segmentation's reference geometry, whole, under its parent transform.
+    Export to label map writes it: on the segmentation's reference geometry, extended (same voxel size and
+    directions) to hold the whole segment, under its parent transform.
 
     The reference geometry is the grid the segment was drawn on (the source volume's voxels, or their oversampling):
     the segment goes out voxel for voxel, resampled nowhere, and the core cuts the model's field of view on that grid
-    keeping its voxel size, exactly as for a label map node on that grid. (A cut to the segment's own extent would
+    keeping its voxel size, exactly as for a label map node on that grid. A segment that reaches beyond the reference
+    geometry (one set by "Specify geometry", or a segmentation imported on another grid) is not cut at its edge: the
+    grid grows to hold it, so no part of the structure is left out, and one wholly outside is not read as empty. (A cut to the segment's own extent would
     not do: the core keeps an input no larger than the model's field as it is, centred on its box, not on the
     structure's centre of mass.) The temporary label map node, and the colour table the export makes for it, are
     removed.
@@ -69,7 +72,7 @@ def exportSegmentLabelmap(segmentationNode: vtkMRMLSegmentationNode, segmentId: 
         segmentIds = vtk.vtkStringArray()
         segmentIds.InsertNextValue(segmentId)
         if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-                segmentationNode, segmentIds, labelmap, None, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+                segmentationNode, segmentIds, labelmap, None, slicer.vtkSegmentation.EXTENT_UNION_OF_EFFECTIVE_SEGMENTS_AND_REFERENCE_GEOMETRY):
             raise RuntimeError(f"could not export {which} as a label map")
         image = labelmap.GetImageData()
         if image is None or 0 in image.GetDimensions() or not slicer.util.arrayFromVolume(labelmap).any():
@@ -165,17 +168,32 @@ def showSegmentationIn3D(segmentationNode: vtkMRMLSegmentationNode) -> None:
 NOT_A_FINDING = "model output, not a finding"
 
 
+#: The probability column's header otherwise: the scan's class probabilities (not the label's confidence, which the
+#: result line's p is), and when the label is "uncertain" (no class reported) it says so, as the result line does.
+SCAN_PROBABILITY = "scan probability"
+UNCERTAIN_PROBABILITY = "scan probability (uncertain: no class reported)"
+
+
 def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]],
-                           outOfDomain: bool = False) -> None:
-    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order). ``outOfDomain``: the
-    probability column is headed :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis."""
+                           outOfDomain: bool = False, uncertain: bool = False, confidence: float | None = None,
+                           basis: str = "", confidenceBasis: str = "") -> None:
+    """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order) and, within the domain,
+    ``result``: on the top class's row whether it is reported or uncertain, with the label's ``confidence`` (the
+    result line's p; ``confidenceBasis``: how the worker made it). The probability column is headed
+    :data:`SCAN_PROBABILITY` (``basis`` as its description), :data:`UNCERTAIN_PROBABILITY` when ``uncertain``, and
+    ``outOfDomain``: :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis."""
     classes = vtk.vtkStringArray()
     classes.SetName("class")
     probs = vtk.vtkDoubleArray()
     probs.SetName("probability")
-    for name, p in probabilities:
+    results = vtk.vtkStringArray()
+    results.SetName("result")
+    for row, (name, p) in enumerate(probabilities):
         classes.InsertNextValue(name)
         probs.InsertNextValue(float(p))
+        said = "uncertain: most likely" if uncertain else "reported"
+        results.InsertNextValue("" if row else f"{said}" + ("" if confidence is None else
+                                                            f", confidence {float(confidence):.2f}"))
     tableNode.RemoveAllColumns()
     tableNode.AddColumn(classes)
     tableNode.AddColumn(probs)
@@ -183,6 +201,12 @@ def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tupl
         tableNode.SetColumnTitle("probability", NOT_A_FINDING)
         tableNode.SetColumnDescription("probability", "the scan is outside this model's domain: no class is "
                                                       "reported, these are the network's numbers only")
+    else:
+        tableNode.AddColumn(results)
+        tableNode.SetColumnTitle("probability", UNCERTAIN_PROBABILITY if uncertain else SCAN_PROBABILITY)
+        tableNode.SetColumnDescription("probability", basis or "the model's probability of each class for the scan")
+        tableNode.SetColumnTitle("result", "result (confidence of the label)")
+        tableNode.SetColumnDescription("result", confidenceBasis or "the top class's probability")
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 
@@ -209,13 +233,23 @@ def updateSegmentLabelTable(tableNode: vtkMRMLTableNode, rows: list[dict], class
     tableNode.Modified()
 
 
+def sliceVote(record: dict) -> str:
+    """Whether a per-slice record counted in the scan's result (the JSON's ``voted`` and ``in_domain``): ``""``
+    when the record does not say."""
+    if record.get("voted") is not False:
+        return "voted" if record.get("voted") is True else ""
+    return "not voting: outside the model's domain" if record.get("in_domain") is False else "not voting"
+
+
 def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
     """Per-slice results of a 2D model: columns ``index``, ``position_mm`` (superior coordinate S of the slice,
-    the red view's offset), ``label`` and ``probability``. ``position_mm`` falls back to the record's
+    the red view's offset), ``label``, ``probability`` and ``vote`` (:func:`sliceVote`: a slice outside the model's
+    domain, or otherwise left out, is no part of the scan's result). ``position_mm`` falls back to the record's
     ``lps_mm[2]`` (S is the same number in LPS and RAS)."""
-    index, position, label, probability = (vtk.vtkIntArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray(),
-                                           vtk.vtkDoubleArray())
-    for array, name in ((index, "index"), (position, "position_mm"), (label, "label"), (probability, "probability")):
+    index, position, label, probability, vote = (vtk.vtkIntArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray(),
+                                                 vtk.vtkDoubleArray(), vtk.vtkStringArray())
+    for array, name in ((index, "index"), (position, "position_mm"), (label, "label"), (probability, "probability"),
+                        (vote, "vote")):
         array.SetName(name)
     for rec in records:
         mm = rec.get("position_mm")
@@ -225,8 +259,9 @@ def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
         position.InsertNextValue(float("nan") if mm is None else float(mm))
         label.InsertNextValue(str(rec.get("label", "")))
         probability.InsertNextValue(float(rec.get("probability", float("nan"))))
+        vote.InsertNextValue(sliceVote(rec))
     tableNode.RemoveAllColumns()
-    for array in (index, position, label, probability):
+    for array in (index, position, label, probability, vote):
         tableNode.AddColumn(array)
     # the index counts axial slices from the most inferior, which is not the volume's own K when K runs downwards:
     # the header says which, and position_mm is the red view's offset
@@ -235,6 +270,9 @@ def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
                                             "volume's K index")
     tableNode.SetColumnTitle("position_mm", "S (mm)")
     tableNode.SetColumnDescription("position_mm", "superior coordinate of the slice centre: the red view's offset")
+    tableNode.SetColumnTitle("vote", "counted in the result")
+    tableNode.SetColumnDescription("vote", "whether the slice voted in the scan's result; a slice outside the "
+                                           "model's domain did not, and its label is no finding")
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 

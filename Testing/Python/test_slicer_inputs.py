@@ -443,3 +443,40 @@ def test_the_segment_row_lists_the_input_segments_and_keeps_the_choice(slicer_co
     assert not combo.visible and combo.items() == []
     segmentation.AddEmptySegment("late", "late")   # no longer followed
     assert combo.items() == []
+
+
+def test_a_segment_beyond_its_segmentations_reference_geometry_is_classified_whole(slicer_core, monkeypatch):
+    """The segment went out on its segmentation's reference geometry: a grid that cut the gland's lower half gave
+    the half's answer, no word said, and one that missed it called the segment "empty" though it held voxels. Now
+    it goes out whole, on that grid's voxels extended to hold it, and gives the answer of the grid it was drawn on."""
+    import SimpleITK as sitk
+
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.model, p.device, p.explainMethod = "adrenal-mass-3d@1.3.0", "cpu", "none"
+    shape = (40, 40, 40)
+    adrenal = placed(gland(), shape, (6, 6, 6))
+    scan = scan_on_mask_grid(env, shape)
+    p.inputVolume = add_segmentation(env, scan, {"adrenal": adrenal})
+    sent = []
+    export = module.scene_io.exportSegmentLabelmap
+
+    def spy(*args):
+        path = export(*args)
+        sent.append(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+        return path
+    monkeypatch.setattr(module.scene_io, "exportSegmentLabelmap", spy)
+    expected = logic.classify(p, waitForCompletion=True)
+    assert sent[-1].sum() == adrenal.sum()
+
+    def grid(shift_k):   # the scan's lattice, moved ``shift_k`` slices up (S)
+        ijk_to_ras = np.diag([-SPACING, -SPACING, SPACING, 1.0])
+        ijk_to_ras[:3, 3] = (40.0, -12.0, 101.0 + shift_k * SPACING)
+        return env.slicer.util.addVolumeFromArray(np.zeros(shape, np.int16), ijkToRAS=ijk_to_ras, name="grid")
+
+    for shift_k in (20, 300):   # cuts the gland's lower half; misses it
+        p.inputVolume.SetReferenceImageGeometryParameterFromVolumeNode(grid(shift_k))
+        result = logic.classify(p, waitForCompletion=True)
+        assert sent[-1].sum() == adrenal.sum(), shift_k   # the whole segment
+        assert dict(result.probabilities) == pytest.approx(dict(expected.probabilities), abs=1e-4), shift_k

@@ -63,9 +63,9 @@ def test_classify_fills_real_nodes_and_reruns_reuse_them(slicer_core, tiny_packa
     values = env.slicer.util.arrayFromVolume(heatmap)
     assert values.min() >= 0.0 and values.max() <= 1.0 + 1e-6 and values.max() > 0
 
-    # probability table: two named columns, one row per class, in result order, summing to 1
+    # probability table: named columns, one row per class, in result order, summing to 1, and the label's result
     table = p.outputTable
-    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == ["class", "probability"]
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == ["class", "probability", "result"]
     rows = [(table.GetCellText(r, 0), float(table.GetCellText(r, 1))) for r in range(table.GetNumberOfRows())]
     assert [c for c, _ in rows] == [c for c, _ in result.probabilities]
     assert np.allclose([v for _, v in rows], [v for _, v in result.probabilities], atol=1e-6)
@@ -559,3 +559,58 @@ def test_segment_is_offered_for_segmentation_models_and_classify_for_classifiers
                                       [("liver", 745.09, 27596), ("spleen", 253.91, 9404)]))
     assert widget.ui.statusLabel.text == "Done (ts-organs-seg@1.0.0)."
     assert widget.ui.resultLabel.text == "liver: <b>745.1 ml</b><br>spleen: <b>253.9 ml</b>"
+
+
+def test_the_model_line_says_when_validation_figures_are_optimistic_not_held_out_or_missing(slicer_core):
+    """The model line printed "dice 0.74, hd95_mm 9.19" for a package whose figures were not held out and chose its
+    checkpoint (the Segment result line and the CLI say so), printed train_time_s as a metric, and said nothing for
+    a package without validation data."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.contract import validation_caveats
+
+    module = slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)
+    combo = _PropertyComboBox()
+    widget.ui = SimpleNamespace(modelComboBox=combo, modelInfoLabel=SimpleNamespace(text=""))
+    widget._parameterNode = module.MedDeepRecogLogic().getParameterNode()
+    notHeldOut = {"dice": 0.736, "hd95_mm": 9.19, "held_out": False, "selected_by": "val dice",
+                  "held_out_note": "base trained on slices 5:15", "train_time_s": 2458.6}
+    installed = [{"id": "seg", "version": "1.0.0", "source": "user", "task": "segmentation",
+                  "class_names": ["background", "liver"], "metrics": notHeldOut},
+                 {"id": "cls", "version": "1.0.0", "source": "user", "class_names": ["a", "b"],
+                  "metrics": {"auc": 0.97, "train_time_s": 2458.6, "selected_by": "last"}},
+                 {"id": "new", "version": "1.0.1", "source": "user", "task": "segmentation",
+                  "class_names": ["background", "liver"], "metrics": {"note": "no validation data: not scored"}}]
+    shown = {}
+    for key in ("seg@1.0.0", "cls@1.0.0", "new@1.0.1"):
+        widget._parameterNode.model = key
+        widget._showModels(installed, None, None)
+        shown[key] = widget.ui.modelInfoLabel.text
+    assert all(words in shown["seg@1.0.0"] for words in validation_caveats(notHeldOut))
+    assert "NOT held out: base trained on slices 5:15" in shown["seg@1.0.0"] and "optimistic" in shown["seg@1.0.0"]
+    assert shown["cls@1.0.0"] == "classes: a, b. Validation figures: auc 0.97."
+    assert "train_time_s" not in shown["seg@1.0.0"]
+    assert shown["new@1.0.1"] == "segments: liver (use Segment). no validation data: not scored"
+
+
+def test_a_model_given_by_its_plain_id_is_its_newest_installed_version(slicer_core):
+    """``p.model = "ts-organs-seg"`` (as the module's self-test and scripts set it) was reported "not installed here"
+    although it was bundled: the list's keys are "id@version"."""
+    from types import SimpleNamespace
+
+    module = slicer_core.module
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)
+    combo = _PropertyComboBox()
+    widget.ui = SimpleNamespace(modelComboBox=combo, modelInfoLabel=SimpleNamespace(text=""))
+    widget._parameterNode = module.MedDeepRecogLogic().getParameterNode()
+    installed = [{"id": "ts-organs-seg", "version": v, "source": "bundled", "task": "segmentation",
+                  "class_names": ["background", "liver"]} for v in ("1.0.0", "1.0.10", "1.0.9", "old")]
+    widget._parameterNode.model = "ts-organs-seg"
+    widget._showModels(installed, None, None)
+    assert combo.currentData == "ts-organs-seg@1.0.10" == widget._parameterNode.model
+    assert "not installed" not in widget.ui.modelInfoLabel.text
+    assert all("not installed" not in combo.itemText(i) for i in range(combo.count()))
+    widget._parameterNode.model = "no-such-model"   # an id listed nowhere is still said
+    widget._showModels(installed, None, None)
+    assert "no-such-model is not installed here" in widget.ui.modelInfoLabel.text

@@ -221,7 +221,9 @@ def test_an_out_of_domain_scan_shows_no_heat_and_no_finding(slicer_core, tiny_pa
 
     monkeypatch.setattr(module, "read_classify_result", real)  # back within the domain: a plain probability column
     logic.classify(p, waitForCompletion=True)
-    assert p.outputTable.GetColumnTitle("probability") in ("", "probability") and p.outputHeatmap is not None
+    assert p.outputTable.GetColumnTitle("probability") in (module.scene_io.SCAN_PROBABILITY,
+                                                           module.scene_io.UNCERTAIN_PROBABILITY)
+    assert p.outputHeatmap is not None
 
 
 def test_preview_of_a_volume_named_like_its_output(slicer_core):
@@ -260,9 +262,16 @@ def test_a_cancelled_or_failed_classify_takes_the_last_answer_off(slicer_core, t
             pass  # Slicer's error display shows it
         assert p.outputTable is None and p.outputHeatmap is None
         assert env.count("vtkMRMLTableNode") == 0 and env.count("vtkMRMLScalarVolumeNode") == 1
-        assert module.scene_io.segmentNames(p.outputSegmentation) == []
+        # the "scan segmentations" node the module made held the hot region alone: no empty node is left behind
+        assert p.outputSegmentation is None and env.count("vtkMRMLSegmentationNode") == 0
         assert env.core.composite_node("Red").GetForegroundVolumeID() is None
         assert label.text in ("Cancelled.", "Failed: out of memory")
+    # one that holds other segments (Segment's organs, Preview's body mask) stays, without the hot region
+    widget.logic.classify(p, waitForCompletion=True)
+    module.scene_io.setSegmentFromMask(p.outputSegmentation, "body", np.ones((18, 26, 30), bool), (1, 0, 0),
+                                       p.inputVolume)
+    widget.logic.clearClassification(p)
+    assert module.scene_io.segmentNames(p.outputSegmentation) == ["body"]
 
 
 def test_closing_the_scene_cancels_the_runs_that_load_into_it(slicer_core):
@@ -272,6 +281,9 @@ def test_closing_the_scene_cancels_the_runs_that_load_into_it(slicer_core):
     widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)  # the panel's methods, no Qt panel
     widget.logic = module.MedDeepRecogLogic()
     widget.setParameterNode = lambda node: None
+    from types import SimpleNamespace
+    widget.ui = SimpleNamespace(statusLabel=SimpleNamespace(text=""), resultLabel=SimpleNamespace(text=""),
+                                faithfulnessLabel=SimpleNamespace(text=""))
     cancelled = []
 
     class Job:
@@ -285,3 +297,116 @@ def test_closing_the_scene_cancels_the_runs_that_load_into_it(slicer_core):
     widget.logic._jobs = {kind: Job(kind) for kind in ("classify", "segment", "preview", "robustness", "finetune")}
     widget.onSceneStartClose(None, None)
     assert sorted(cancelled) == sorted(module.SCENE_JOBS) and widget.logic.isRunning("finetune")
+
+
+class _Stub:
+    """A widget the test does not look at: every method call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _panel(module, logic):
+    """The panel's methods with label stand-ins (no Qt panel); ``onParameterNodeModified`` is the real one."""
+    from types import SimpleNamespace
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)
+    module.VTKObservationMixin.__init__(widget)
+    widget.logic = logic
+    logic.ensureDependencies = lambda: None
+    widget.ui = SimpleNamespace(statusLabel=SimpleNamespace(text=""), resultLabel=SimpleNamespace(text=""),
+                                faithfulnessLabel=SimpleNamespace(text=""), sliceTableView=_Stub(),
+                                probabilityTableView=_Stub(), show3DButton=_Stub(), classMapTableView=_Stub(),
+                                modelComboBox=SimpleNamespace(findData=lambda data: -1, currentIndex=-1))
+    for name in ("_updateInputSelector", "_updateSegmentSelector", "_updateRunButtons"):
+        setattr(widget, name, lambda p: None)
+    widget._parameterNode = logic.getParameterNode()
+    widget._preset = widget._parameterNode.preset
+    return widget
+
+
+def test_the_result_lines_go_when_the_input_changes_or_the_scene_closes(slicer_core):
+    """After Classify on brain1 the input was switched to brain2 (or the scene closed and brain2 loaded): the panel
+    still read "uncertain: most likely glioma (p = 0.78)" beside brain2, naming no scan."""
+    from MedDeepRecogLib.slicer_bridge.outputs import SegmentLabels
+
+    env, module = slicer_core, slicer_core.module
+    widget = _panel(module, module.MedDeepRecogLogic())
+    widget.setParameterNode = lambda node: None
+    p = widget._parameterNode
+    first, second = add_volume(env, "brain1"), add_volume(env, "brain2")
+    labels = SegmentLabels("m@1.0.0", ["x", "y"], [{"segment": "a", "label": "y", "probabilities": {"x": .25, "y": .75}}])
+
+    def answer():
+        p.inputVolume = first
+        widget._run("classify", lambda p, onProgress, onFinished: onFinished(labels, None),
+                    SimpleNamespace(hide=lambda: None), widget.ui.statusLabel, widget._showResult)
+        assert widget.ui.resultLabel.text == labels.result_text() and widget.ui.statusLabel.text.startswith("Done")
+
+    from types import SimpleNamespace
+    answer()
+    widget.onParameterNodeModified()   # the same scan: the answer stays
+    assert widget.ui.resultLabel.text == labels.result_text()
+    p.inputVolume = second
+    widget.onParameterNodeModified()
+    assert (widget.ui.statusLabel.text, widget.ui.resultLabel.text, widget.ui.faithfulnessLabel.text) == ("", "", "")
+    answer()
+    widget.onSceneStartClose(None, None)
+    assert (widget.ui.statusLabel.text, widget.ui.resultLabel.text) == ("", "")
+
+
+def test_the_probability_table_says_uncertain_and_which_probability_is_which(slicer_core, tiny_package, monkeypatch):
+    """The result line read "uncertain: most likely glioma (p = 0.78)" while the table's top row read "glioma
+    0.82134" under "probability": no "uncertain", and a different number without saying why (scan probabilities, a
+    geometric mean over the slices; the line's p is the label's confidence, their arithmetic mean)."""
+    import dataclasses
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device, p.explainMethod = add_volume(env, "scan"), str(tiny_package), "cpu", "none"
+    real = module.read_classify_result
+    basis, confidenceBasis = "softmax of the mean log-probability over the voting slices", "mean over the slices"
+
+    def uncertain(*args):
+        res = real(*args)
+        return dataclasses.replace(res, label="uncertain", top_class=res.probabilities[0][0],
+                                   uncertain_reasons=["predictive entropy 0.54 is at or above 0.42"],
+                                   raw={**res.raw, "confidence": 0.61, "probabilities_basis": basis,
+                                        "confidence_basis": confidenceBasis})
+    monkeypatch.setattr(module, "read_classify_result", uncertain)
+    result = logic.classify(p, waitForCompletion=True)
+    table = p.outputTable
+    assert table.GetColumnTitle("probability") == "scan probability (uncertain: no class reported)"
+    assert table.GetColumnDescription("probability") == basis
+    assert table.GetColumnTitle("result") == "result (confidence of the label)"
+    assert table.GetColumnDescription("result") == confidenceBasis
+    assert table.GetCellText(0, 0) == result.top_class and table.GetCellText(0, 2) == "uncertain: most likely, " \
+                                                                                      "confidence 0.61"
+    assert all(table.GetCellText(r, 2) == "" for r in range(1, table.GetNumberOfRows()))
+    assert "p = 0.61" in result.result_text()
+
+    monkeypatch.setattr(module, "read_classify_result", lambda *a: dataclasses.replace(real(*a), label="a",
+                                                                                         top_class="a",
+                                                                                         uncertain_reasons=[]))
+    result = logic.classify(p, waitForCompletion=True)
+    assert p.outputTable.GetColumnTitle("probability") == "scan probability"
+    assert p.outputTable.GetCellText(0, 2) == f"reported, confidence {result.confidence:.2f}"
+
+
+def test_a_classify_that_cannot_start_takes_the_last_answer_off(slicer_core, tiny_package):
+    """A refused Classify ("Not started: the segment ... is empty") left the previous run's probability table and
+    heatmap up as the panel's output, where a failed or cancelled run takes them off."""
+    env, module = slicer_core, slicer_core.module
+    widget = _panel(module, module.MedDeepRecogLogic())
+    p = widget._parameterNode
+    p.inputVolume, p.model, p.device = add_volume(env, "scan"), str(tiny_package), "cpu"
+    widget.logic.classify(p, waitForCompletion=True)
+    assert p.outputTable is not None and p.outputHeatmap is not None
+
+    def refuse(*args, **kwargs):
+        raise ValueError("the segment 'spleen' of 'organs' is empty")
+    with pytest.raises(ValueError):
+        widget._run("classify", refuse, None, widget.ui.statusLabel, None)
+    assert widget.ui.statusLabel.text == "Not started: the segment 'spleen' of 'organs' is empty"
+    assert p.outputTable is None and p.outputHeatmap is None
+    assert env.count("vtkMRMLTableNode") == 0 and env.count("vtkMRMLScalarVolumeNode") == 1
+    assert env.core.composite_node("Red").GetForegroundVolumeID() is None

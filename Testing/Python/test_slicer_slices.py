@@ -39,8 +39,12 @@ if "--slice-mm" in args:
 else:
     heat[6:10] = 0.7
     record.update(label="lesion", probabilities={"lesion": 0.7, "normal": 0.3},
-                  per_slice=[{"index": k, "label": labels[k], "probability": 0.9, "voted": True,
-                              "position_mm": round(float(s[k]), 4)} for k in range(n)])
+                  per_slice=[{"index": k, "label": labels[k], "probability": 0.9, "voted": 0 < k < n - 2,
+                              **({"in_domain": False} if k in (0, n - 1) else {}),
+                              "position_mm": round(float(s[k]), 4)} for k in range(n)],
+                  finding={"label": "lesion", "first_index": 6, "last_index": 9, "slices": 4,
+                           "from_mm": float(s[6]), "to_mm": float(s[9]), "slices_with_label": 4, "extent": False,
+                           "caveat": "where it reads lesion, not the extent of a lesion"})
 out_heat = sitk.GetImageFromArray(heat); out_heat.CopyInformation(image)
 sitk.WriteImage(out_heat, str(out / f"{name}_heatmap.nrrd"))
 (out / f"{name}.json").write_text(json.dumps(record))
@@ -84,9 +88,16 @@ def test_classify_current_slice_and_jump_from_the_per_slice_table(slicer_core, s
     p.inputVolume, p.model, p.device = _volume(env), "tiny-2d", "cpu"
     assert logic.isSliceModel("tiny-2d") and not logic.isSliceModel("adrenal-mass-3d")
 
-    logic.classify(p, waitForCompletion=True)  # the whole volume: one row per axial slice
+    whole = logic.classify(p, waitForCompletion=True)  # the whole volume: one row per axial slice
     table = p.sliceTable
-    assert [table.GetColumnName(i) for i in range(4)] == ["index", "position_mm", "label", "probability"]
+    assert [table.GetColumnName(i) for i in range(5)] == ["index", "position_mm", "label", "probability", "vote"]
+    # the slices that did not vote (outside the model's domain, or left out) are marked, the others say they voted
+    assert table.GetColumnTitle("vote") == "counted in the result"
+    assert [table.GetCellText(r, 4) for r in (0, 1, 12, 13)] == [
+        "not voting: outside the model's domain", "voted", "not voting", "not voting: outside the model's domain"]
+    # the finding's slice range, in the core's words, in the result line's notes
+    assert "lesion on axial slices 6-9 counted from the most inferior (S -15.0 to -7.5 mm); where it reads lesion, " \
+           "not the extent of a lesion" in whole.result_text()
     assert table.GetColumnTitle("index") == "slice from inferior" and table.GetColumnTitle("position_mm") == "S (mm)"
     assert table.GetNumberOfRows() == 14
     positions = [module.scene_io.slicePositionOfRow(table, r) for r in range(14)]
@@ -213,3 +224,23 @@ def test_classify_current_slice_of_another_scan_takes_the_last_scans_per_slice_t
     logic.classifySlice(p, waitForCompletion=True)
     assert p.sliceTable is None and env.count("vtkMRMLTableNode") == 1
     assert p.outputTable.GetName() == "scan B probabilities"
+
+
+def test_a_red_view_beyond_the_scan_is_refused_quoting_the_offset_the_user_set(slicer_core, slice_model):
+    """Offset 83.0 above brain1's top slice was refused as "the red view's slice offset 84.5 lies outside the scan":
+    the centre of the slice beyond the scan that it rounded to, a number the user never set."""
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.model, p.device = _volume(env), "tiny-2d", "cpu"   # slices at S -30.0 ... 2.5 mm
+    red = env.core.slice_logics["Red"]
+    for offset, where in ((3.9, "3.9"), (-31.6, "-31.6")):   # nearest a slice centre beyond the scan: 5.0, -32.5
+        red.SetSliceOffset(offset)
+        calls = len(slice_model)
+        with pytest.raises(ValueError) as refused:
+            logic.classifySlice(p, waitForCompletion=True)
+        assert str(refused.value) == (f"the red view's slice offset {where} lies outside the scan: its 14 axial "
+                                      "slices run from S -30.0 to 2.5 mm")
+        assert len(slice_model) == calls   # refused before a worker started
+    red.SetSliceOffset(3.7)   # within half a slice of the top slice: that slice
+    assert logic.classifySlice(p, waitForCompletion=True).raw["slice"]["index"] == 13

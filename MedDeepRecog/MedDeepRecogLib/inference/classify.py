@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..contract import EXPLAIN_METHODS, GRADCAM_METHODS, output_file, output_stem
+# finding_words lives in contract (the Slicer panel words the finding too, without torch); imported from here still
+from ..contract import EXPLAIN_METHODS, GRADCAM_METHODS, finding_words, output_file, output_stem  # noqa: F401
 from ..devices import resolve_device
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import atomic_output, atomic_write_json, image_notes, read_image, validate_intensities
@@ -677,18 +678,6 @@ def finding_range(per_slice: list[dict], decision: dict, class_names: Sequence[s
             **({} if extent else {"caveat": f"the model has no '{NO_FINDING_CLASS}' class, so every slice it reads "
                                             f"gets one of its classes: this is where it reads {label}, "
                                             "not the extent of a lesion"})}
-
-
-def finding_words(finding: dict) -> str:
-    """The finding in words, the same in the printed lines, the demo and the HTML report: the run's slices and
-    superior range, that it is the longest run when other slices are read as the label too, and the caveat."""
-    f = finding
-    words = (f"{f['label']} on axial slices {f['first_index']}-{f['last_index']} counted from the most inferior "
-             f"(S {f['from_mm']:.1f} to {f['to_mm']:.1f} mm)")
-    if f.get("slices_with_label", f["slices"]) > f["slices"]:
-        words += (f", the longest run of consecutive slices read as {f['label']} ({f['slices']} slices; "
-                  f"{f['slices_with_label']} in all)")
-    return words + (f"; {f['caveat']}" if f.get("caveat") else "")
 
 
 def axial_plane_size(image: sitk.Image) -> list[int]:

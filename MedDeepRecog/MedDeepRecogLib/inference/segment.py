@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..contract import LOW_DICE, chosen_on_validation
+from ..contract import LOW_DICE, chosen_on_validation, validation_caveats
 from ..errors import ConfigError, InputImageError, ModelPackageError
 from ..io import SegmentSpec, read_image, require_3d, validate_intensities, write_segmentation
 from ..io.image_content import guess_modality
@@ -409,10 +409,9 @@ def stated_limits(pkg: Any) -> dict[str, Any]:
         if chosen_on_validation(metrics, training):
             # the bundled cards say so of their figures; a number printed beside a volume must carry it too
             out["validation"]["selected_on_validation"] = True
-            about.append("the checkpoint was chosen on them, so optimistic")
         if metrics.get("held_out") is False:
             out["validation"]["held_out"] = False
-            about.append(f"NOT held out: {metrics.get('held_out_note') or 'the model had trained on these voxels'}")
+        about += validation_caveats(metrics, training)   # the words the model list shows too
         on = f" ({'; '.join(about)})" if about else ""
         words.append(f"Validation Dice recorded in the package{on}: "
                      f"{', '.join(f'{n} {d:.2f}' for n, d in dice.items())}.")

@@ -12,13 +12,14 @@ from .outputs import (ClassifyResult, SegmentLabels, SegmentVolumes, read_classi
                       read_segment_volumes)
 from .process_runner import WorkerError, WorkerProcess, descendant_pids, kill_process_tree, run_worker
 from .progress_reader import ProgressEvent, ProgressReader, parse_progress_line
-from .worker_command import (WorkerCommand, model_input_kind, model_input_spec, model_task, module_root,
-                             worker_environment)
+from .worker_command import (WorkerCommand, listed_model_key, model_input_kind, model_input_spec, model_task,
+                             module_root, worker_environment)
 
 __all__ = [
     "ClassifyResult",
     "SegmentLabels",
     "SegmentVolumes",
+    "listed_model_key",
     "read_classify_result",
     "read_segment_labels",
     "read_segment_volumes",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contract import LOW_DICE, output_file, output_stem
+from ..contract import LOW_DICE, finding_words, output_file, output_stem
 from ..errors import MedDeepRecogError
 
 
@@ -89,6 +89,9 @@ class ClassifyResult:
             text += "<br><b>low confidence</b>"
         if self.predictive_entropy is not None:
             text += f" (predictive entropy {self.predictive_entropy:.2f})"
+        finding = self.raw.get("finding")
+        if isinstance(finding, dict) and not self.out_of_domain:  # a slice model's: where it reads its label
+            text += f"<br><small>{html.escape(finding_words(finding))}</small>"
         if self.input_notes:  # what was changed in the scan before the model saw it
             text += "<br><small>" + "<br>".join(html.escape(n) for n in self.input_notes) + "</small>"
         return text

@@ -39,7 +39,8 @@ def _slice_centre(ijk_to_ras: np.ndarray, dims: Sequence[int], axis: int, k: int
 
 
 def axial_slice_in_view(ijk_to_ras: np.ndarray, dims: Sequence[int], point_ras: Sequence[float],
-                        normal_ras: Sequence[float], max_tilt_deg: float = MAX_VIEW_TILT_DEG) -> float:
+                        normal_ras: Sequence[float], max_tilt_deg: float = MAX_VIEW_TILT_DEG,
+                        view_offset_mm: float | None = None) -> float:
     """The ``--slice-mm`` value for the scan's axial slice that holds ``point_ras``.
 
     Args:
@@ -48,14 +49,18 @@ def axial_slice_in_view(ijk_to_ras: np.ndarray, dims: Sequence[int], point_ras: 
         point_ras: the view's centre in the scan's own RAS (mm).
         normal_ras: the view plane's normal in the same coordinates.
         max_tilt_deg: the largest angle between the view and the scan's axial slices that still shows one slice.
+        view_offset_mm: the view's slice offset as the user set it, quoted when the view lies beyond the scan
+            (``None``: a point beyond the scan gives the centre of a slice outside it, which the core refuses with
+            that centre and the scan's range).
 
     Returns:
-        The superior coordinate (mm) of the centre of that slice. A point beyond the scan gives the centre of a
-        slice outside it, which the core refuses with the scan's range.
+        The superior coordinate (mm) of the centre of that slice.
 
     Raises:
         ValueError: the view is tilted more than ``max_tilt_deg`` against the scan's axial slices (a sagittal or
-            coronal view, or an oblique reformat), so it shows no one of the slices a 2D model classifies.
+            coronal view, or an oblique reformat), so it shows no one of the slices a 2D model classifies; or, with
+            ``view_offset_mm``, its centre lies beyond the scan's first or last axial slice (more than half a slice
+            out, as the core counts it), quoting that offset and the scan's range rather than a slice's centre.
     """
     m = np.asarray(ijk_to_ras, dtype=float)
     axis = _axial_axis(m)
@@ -68,6 +73,12 @@ def axial_slice_in_view(ijk_to_ras: np.ndarray, dims: Sequence[int], point_ras: 
                          "set the red view to Axial (or 'Rotate to volume plane' for a tilted scan) and try again")
     index = np.linalg.solve(m, np.append(np.asarray(point_ras, dtype=float), 1.0))[:3]
     k = int(round(float(index[axis])))
+    n = int(dims[axis])
+    if view_offset_mm is not None and not 0 <= k < n:
+        ends = sorted(float(_slice_centre(m, dims, axis, i)[2]) for i in (0, n - 1))
+        span = (f"its {n} axial slices run from S {ends[0]:.1f} to {ends[1]:.1f} mm" if n > 1 else
+                f"its one slice lies at S {ends[0]:.1f} mm")
+        raise ValueError(f"the red view's slice offset {float(view_offset_mm):g} lies outside the scan: {span}")
     return float(_slice_centre(m, dims, axis, k)[2])
 
 

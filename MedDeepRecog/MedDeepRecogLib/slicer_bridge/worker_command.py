@@ -200,3 +200,17 @@ def model_task(model: str) -> str | None:
     otherwise, as ``models --json`` lists it), read from its ``model.json``; ``None`` when it cannot be read."""
     meta = _package_meta(model)
     return meta.get("task", "classification") if meta else None
+
+
+def listed_model_key(models: Sequence[Mapping[str, Any]], wanted: str) -> str:
+    """The ``id@version`` of the ``models --json`` entry that ``wanted`` names: a plain package id (what a script or
+    the module's self-test sets, and ``classify --model ID`` reads) names its newest version, as the catalog takes
+    it (a folder whose name is no version is never that); ``wanted`` itself otherwise (``id@version``, a path,
+    ``auto``, or an id listed nowhere)."""
+    from ..packages.package import _version_key, is_version
+
+    if not wanted or "@" in wanted:
+        return wanted
+    versions = [str(m["version"]) for m in models
+                if m.get("id") == wanted and not m.get("error") and is_version(m.get("version"))]
+    return f"{wanted}@{max(versions, key=_version_key)}" if versions else wanted
