@@ -687,7 +687,8 @@ def test_folder_trained_slice_package_is_evaluated_on_what_classify_gives_it(tmp
     from MedDeepRecogLib.cli import main
     from MedDeepRecogLib.inference.classify import classify_scan
     from MedDeepRecogLib.packages import load_package
-    from MedDeepRecogLib.training.config import config_from_dict, load_config, training_slices
+    from MedDeepRecogLib.training.config import config_from_dict, load_config
+    from MedDeepRecogLib.training.data import training_slices
     from MedDeepRecogLib.training.data import load_package_split
 
     folder = tmp_path / "pngs"

@@ -280,7 +280,7 @@ def test_evaluating_the_split_the_thresholds_were_fitted_on_says_the_reported_fi
     """breast-us-lesion 1.5.2's low-confidence threshold and its out-of-domain threshold (1.5.1's) were fitted on val
     of this file: evaluate's as_classify_reports on that split rests on them, and the JSON and a note line say so,
     as calibrate and the card do; another file or split of the package's records gets no such note."""
-    from MedDeepRecogLib.inference.calibrate import tuned_on
+    from MedDeepRecogLib.packages.package import tuned_on
     from MedDeepRecogLib.packages import load_package
 
     npz = shared_data / "breast_us_busi" / "breast_us_busi_trainval.npz"

@@ -605,24 +605,6 @@ def fitted_parts(meta: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def tuned_on(meta: Mapping[str, Any], data: str | Path, split: str) -> str:
-    """What calibration fitted on ``split`` of ``data`` into the package ``meta`` describes, as :func:`fitted_parts`
-    words it (empty when nothing): figures on those images that rest on it are tuned there, not held out. The
-    package records the file by name (``calibration.data`` the path given, ``chosen_on.data`` the name), so a file
-    of the same name counts as the same."""
-    name, parts = Path(data).name, []
-    cal = meta.get("calibration") or {}
-    if cal.get("low_confidence_threshold") is not None and cal.get("fit_split", cal.get("split")) == split \
-            and Path(str(cal.get("data", ""))).name == name:
-        parts.append("the temperature and low-confidence threshold" if cal.get("temperature") is not None
-                     else "the low-confidence threshold")
-    for block, what in (("decision", "the decision rules' min_probability"), ("domain", "the out-of-domain threshold")):
-        chosen = (meta.get(block) or {}).get("chosen_on") or {}
-        if chosen.get("split") == split and Path(str(chosen.get("data", ""))).name == name:
-            parts.append(what)
-    return ", ".join(parts)
-
-
 def calibrated_card_head(card: str, pkg_id: str, parent_version: str, version: str, parts: str) -> str:
     """``card`` with its title naming ``version`` and, under it, one line saying this version is ``parent_version``
     recalibrated: the weights are the parent's (so the card's training and validation figures describe them) and

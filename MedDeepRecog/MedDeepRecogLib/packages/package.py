@@ -752,6 +752,25 @@ def _version_note(pkg_id: str, version: str) -> str | None:
     return f"version {version!r} is not MAJOR.MINOR.PATCH: never taken as the latest (ask for {pkg_id}@{version})"
 
 
+def tuned_on(meta: Mapping[str, Any], data: str | Path, split: str) -> str:
+    """What calibration fitted on ``split`` of ``data`` into the package ``meta`` describes, as
+    :func:`..inference.calibrate.fitted_parts` words it (empty when nothing): figures on those images that rest on
+    it are tuned there, not held out. The package records the file by name (``calibration.data`` the path given,
+    ``chosen_on.data`` the name), so a file of the same name counts as the same. Here, beside the package's other
+    metadata readers, so ``evaluate`` (training) asks without reaching up to inference."""
+    name, parts = Path(data).name, []
+    cal = meta.get("calibration") or {}
+    if cal.get("low_confidence_threshold") is not None and cal.get("fit_split", cal.get("split")) == split \
+            and Path(str(cal.get("data", ""))).name == name:
+        parts.append("the temperature and low-confidence threshold" if cal.get("temperature") is not None
+                     else "the low-confidence threshold")
+    for block, what in (("decision", "the decision rules' min_probability"), ("domain", "the out-of-domain threshold")):
+        chosen = (meta.get(block) or {}).get("chosen_on") or {}
+        if chosen.get("split") == split and Path(str(chosen.get("data", ""))).name == name:
+            parts.append(what)
+    return ", ".join(parts)
+
+
 def parent_ref(parent: Any) -> str | None:
     """``"id@version"`` of a package's ``provenance.parent``: calibrate writes that string, finetune a mapping
     ``{"id", "version", "path"}`` (whose path, a folder on the machine that made it, is not shown)."""

@@ -16,7 +16,7 @@ Layout (every section optional except ``id``, ``data``, ``model``)::
     input:  {spacing_mm, pipeline: {steps: [...]}, content: binary_mask,   # recorded in the package (kind/size/channels
              slices: {percentiles, percentile_target, crop_foreground, ct_window, ...},  # from data); slices2d only:
              slices_as_stored: false}   # slices2d images are standardised as classify's slices (input/slices, default
-                                        # {}: see training_slices); true trains on them as stored (body-region.yaml)
+                                        # {}: see data.training_slices); true trains on them as stored (body-region.yaml)
     augmentation: {flip: {prob, axes}, rotate: {prob, degrees}, rotate90: {prob, axes}, zoom: {prob, min, max},
                    noise: {prob, std}, intensity_shift: {prob, offset}, gamma: {prob, min, max},
                    mixup: {prob, alpha}}  # mixup: classifiers only (it mixes the labels too)
@@ -90,7 +90,7 @@ class InputConfig:
     content: str | None = None  # "binary_mask": classify refuses grey-level scans (inference.model_input)
     # slices2d: how a slice is standardised (inference.model_input.SLICE_DEFAULTS keys). The training images go
     # through the same standardise_slices as every slice at inference (unset: its defaults, recorded as {}), and the
-    # package records it: see training_slices.
+    # package records it: see data.training_slices.
     slices: dict | None = None
     # slices2d: train on the images as stored (data/intensity_range scaling only), not standardised as classify
     # standardises; for image sets already standardised so (MedNIST's 64x64 crops: configs/body-region.yaml)
@@ -327,19 +327,6 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
     if not 0.0 < float(cfg.data.val_fraction) < 1.0:
         raise ConfigError(f"data/val_fraction must be between 0 and 1, got {cfg.data.val_fraction}", source)
     return cfg
-
-
-def training_slices(cfg: TrainConfig) -> dict | None:
-    """The ``input.slices`` options a ``slices2d`` config's images are standardised with in training and that its
-    package records (so ``evaluate``, ``calibrate``, ``robustness --data`` and ``pretrain`` pools do the same):
-    ``input/slices``, else ``{}`` (:data:`..preprocessing.slices.SLICE_DEFAULTS`), because ``classify`` standardises
-    every slice (:func:`..preprocessing.slices.standardise_slices`) whether the package names options or not: a
-    network trained on images only scaled by ``data/intensity_range`` was given other inputs at classify time than
-    ``train`` and ``evaluate`` had measured. ``None`` for ``volume3d`` and for ``input/slices_as_stored: true``
-    (images already standardised as classify's slices are, e.g. MedNIST's crops for ``body-region``)."""
-    if cfg.data.kind != "slices2d" or cfg.input.slices_as_stored:
-        return None
-    return dict(cfg.input.slices) if cfg.input.slices is not None else {}
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> TrainConfig:

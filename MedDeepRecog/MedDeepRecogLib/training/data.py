@@ -96,7 +96,7 @@ def _folder_array(image, kind: str, size: Sequence[int] | None, spacing_mm: Sequ
     """The array training takes from one image of a folder: ``(Z, Y, X)`` float32 for a one-component 3D image of a
     ``volume3d`` set, else the stored voxels (:func:`..io.array_from_image`, ``(Y, X)`` / ``(Y, X, C)``).
 
-    A volume goes through :func:`..inference.model_input.volume_from_image`, the function ``classify`` feeds the
+    A volume goes through :func:`..preprocessing.model_grid.volume_from_image`, the function ``classify`` feeds the
     network with: reoriented to LPS and resampled to ``size`` (default: its own LPS shape, which resamples onto its
     own voxels) over ``spacing_mm`` (``input/spacing_mm``) when set. Read in stored index order instead, an ordinary
     RAS NIfTI trained mirrored left-right and front-back against what classify later gives the network, and a
@@ -105,7 +105,7 @@ def _folder_array(image, kind: str, size: Sequence[int] | None, spacing_mm: Sequ
 
     if kind != "volume3d" or image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         return array_from_image(image)
-    from ..inference.model_input import volume_from_image
+    from ..preprocessing.model_grid import volume_from_image
     from ..io.geometry import lps_view
 
     shape = list(size) if size is not None else list(lps_view(image).array.shape)
@@ -292,6 +292,20 @@ def refuse_tail_with_groups(missing: str, ignored: str, remedy: str, val_split: 
                       f"(one patient's images on both sides): {remedy}", path)
 
 
+def training_slices(cfg) -> dict | None:
+    """The ``input.slices`` options a ``slices2d`` config's images are standardised with in training and that its
+    package records (so ``evaluate``, ``calibrate``, ``robustness --data`` and ``pretrain`` pools do the same):
+    ``input/slices``, else ``{}`` (:data:`..preprocessing.slices.SLICE_DEFAULTS`), because ``classify`` standardises
+    every slice (:func:`..preprocessing.slices.standardise_slices`) whether the package names options or not: a
+    network trained on images only scaled by ``data/intensity_range`` was given other inputs at classify time than
+    ``train`` and ``evaluate`` had measured. ``None`` for ``volume3d`` and for ``input/slices_as_stored: true``
+    (images already standardised as classify's slices are, e.g. MedNIST's crops for ``body-region``).
+    ``cfg``: a :class:`.config.TrainConfig` (here, not in ``config``: ``data`` reads it while loading)."""
+    if cfg.data.kind != "slices2d" or cfg.input.slices_as_stored:
+        return None
+    return dict(cfg.input.slices) if cfg.input.slices is not None else {}
+
+
 def load_train_val(cfg, path: Path) -> TrainValData:
     """Load the train and validation sets described by ``cfg.data`` (a :class:`config.DataConfig`)."""
     d = cfg.data
@@ -400,8 +414,6 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     if keep is not None:
         x_tr, y_tr = x_tr[keep], y_tr[keep]
         groups = groups[keep] if groups is not None else None
-    from .config import training_slices
-
     slices = training_slices(cfg)
     if slices is not None:
         how += "; each image standardised as at inference (input/slices)"

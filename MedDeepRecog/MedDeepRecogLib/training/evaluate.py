@@ -20,7 +20,7 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
     from ..io import atomic_write_json, free_version
     from ..packages import load_package
     from ..devices import resolve_device
-    from ..inference.calibrate import tuned_on
+    from ..packages.package import tuned_on
     from .classification import make_loader, predict_proba
     from .data import holds_training_rows
     from .metrics import classification_metrics

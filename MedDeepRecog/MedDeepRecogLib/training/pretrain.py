@@ -129,9 +129,9 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
     Each config's images are bounded as training's are (:func:`..limits.max_dataset_bytes`, before they are made),
     and the pool's together, checked as each config's images join it, before the next config is read."""
     from ..limits import check_dataset_bytes
-    from .config import load_config, resolve_data_path, training_slices
+    from .config import load_config, resolve_data_path
     from ..preprocessing.slices import min_slice_side
-    from .data import load_eval_split, load_train_val, max_train_rows
+    from .data import load_eval_split, load_train_val, max_train_rows, training_slices
 
     images, sources = [], []
     for k, path in enumerate(configs, 1):

@@ -49,8 +49,8 @@ from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..progress import null_progress
 from .classification import class_weights_from_labels, fit_classifier, make_loader, predict_proba
-from .config import TrainConfig, load_config, resolve_data_path, resolve_init_path, training_slices
-from .data import load_train_val, stratified_folds
+from .config import TrainConfig, load_config, resolve_data_path, resolve_init_path
+from .data import load_train_val, stratified_folds, training_slices
 from .hooks import PackageDraft, RunHooks, run_hooks
 from .loop import CHECKPOINT, FitConfig, History, Hooks
 from .metrics import classification_metrics
