@@ -29,6 +29,22 @@ def gland(n=28):
     return (x / 9.0) ** 2 + (y / 6.0) ** 2 + (z / 7.5) ** 2 <= 1.0
 
 
+def exported_segments(monkeypatch, module) -> list:
+    """The label maps the panel sends the worker for a segment input, as arrays, in order (a spy on
+    ``scene_io.exportSegmentLabelmap``, which still exports)."""
+    import SimpleITK as sitk
+
+    sent = []
+    export = module.scene_io.exportSegmentLabelmap
+
+    def spy(*args):
+        path = export(*args)
+        sent.append(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+        return path
+    monkeypatch.setattr(module.scene_io, "exportSegmentLabelmap", spy)
+    return sent
+
+
 def add_label_map(env, name, mask, shape, offset, value):
     """``mask`` (0/1) labelled ``value`` at voxel ``offset`` (K, J, I) of a ``shape`` label map on a 2.29 mm grid
     (RAS flipped in x and y, as a scan read from LPS files is)."""
@@ -288,8 +304,6 @@ def test_the_chosen_segment_of_two_is_classified_alone(slicer_core, monkeypatch)
     """Of a segmentation with two segments the one chosen (``inputSegment``; the first when none or a removed one is
     chosen, as the panel's Segment list then shows) goes to the worker alone, an overlapping segment's voxels left
     out, and the result line names it."""
-    import SimpleITK as sitk
-
     env, module = slicer_core, slicer_core.module
     logic = module.MedDeepRecogLogic()
     p = logic.getParameterNode()
@@ -302,14 +316,7 @@ def test_the_chosen_segment_of_two_is_classified_alone(slicer_core, monkeypatch)
     scan = scan_on_mask_grid(env, shape)
     p.inputVolume = add_segmentation(env, scan, {"cyst": cyst, "adrenal": adrenal})
     segmentation = p.inputVolume.GetSegmentation()
-    sent = []
-    export = module.scene_io.exportSegmentLabelmap
-
-    def spy(*args):
-        path = export(*args)
-        sent.append(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
-        return path
-    monkeypatch.setattr(module.scene_io, "exportSegmentLabelmap", spy)
+    sent = exported_segments(monkeypatch, module)
 
     results = {}
     for chosen, expected in ((segmentation.GetSegmentIdBySegmentName("adrenal"), "adrenal"), ("", "cyst"),
@@ -449,8 +456,6 @@ def test_a_segment_beyond_its_segmentations_reference_geometry_is_classified_who
     """The segment went out on its segmentation's reference geometry: a grid that cut the gland's lower half gave
     the half's answer, no word said, and one that missed it called the segment "empty" though it held voxels. Now
     it goes out whole, on that grid's voxels extended to hold it, and gives the answer of the grid it was drawn on."""
-    import SimpleITK as sitk
-
     env, module = slicer_core, slicer_core.module
     logic = module.MedDeepRecogLogic()
     p = logic.getParameterNode()
@@ -459,14 +464,7 @@ def test_a_segment_beyond_its_segmentations_reference_geometry_is_classified_who
     adrenal = placed(gland(), shape, (6, 6, 6))
     scan = scan_on_mask_grid(env, shape)
     p.inputVolume = add_segmentation(env, scan, {"adrenal": adrenal})
-    sent = []
-    export = module.scene_io.exportSegmentLabelmap
-
-    def spy(*args):
-        path = export(*args)
-        sent.append(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
-        return path
-    monkeypatch.setattr(module.scene_io, "exportSegmentLabelmap", spy)
+    sent = exported_segments(monkeypatch, module)
     expected = logic.classify(p, waitForCompletion=True)
     assert sent[-1].sum() == adrenal.sum()
 

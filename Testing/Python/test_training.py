@@ -422,18 +422,8 @@ def test_resume_with_the_checks_on_versions(tmp_path, npz, capsys):
 
 
 def test_image_folder_with_labels_csv(tmp_path):
-    import SimpleITK as sitk
-
     from MedDeepRecogLib.training.data import load_train_val
-    x, y = separable(20, seed=5)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rows = ["file,label"]
-    for i, (img, label) in enumerate(zip(x, y)):
-        name = f"img{i:02d}.png"
-        sitk.WriteImage(sitk.GetImageFromArray((img[0] * 100 + 100).clip(0, 255).astype(np.uint8)), str(folder / name))
-        rows.append(f"{name},{'right' if label else 'left'}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    folder = _png_folder(tmp_path / "imgs")
     cfg = config_from_dict(_config(folder, data={"path": str(folder), "kind": "slices2d", "val_fraction": 0.2,
                                                  "intensity_range": [0, 255]}))
     data = load_train_val(cfg, folder)
