@@ -3,6 +3,7 @@ and how the Slicer bridge reads them."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -189,8 +190,12 @@ def test_cli_lesion_localisation_and_slicer_reading(packages, scan, tmp_path, ca
     text = res.result_text()
     assert "uncertain" in text and record["top_class"] in text and "slices disagree (40%)" in text
     assert "low confidence" in res.heatmap_text()
-    # what was changed in the scan before the model saw it (colour, the CT table) is shown under the result
-    assert "<small>" not in text
+    # under the result: where a slice model reads its label (the finding, with its caveat), then what was changed in
+    # the scan before the model saw it (colour, the CT table)
+    from MedDeepRecogLib.contract import finding_words
+
+    assert text.count("<small>") == 1 and text.endswith(f"<small>{html.escape(finding_words(record['finding']))}"
+                                                         "</small>")
     record["input_notes"] = ["the CT table under the patient was blanked before classifying on 3 of 4 slices"]
     (out / "ct.json").write_text(json.dumps(record), encoding="utf-8")
     res = read_classify_result(out, scan)
