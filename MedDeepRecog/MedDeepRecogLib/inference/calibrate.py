@@ -91,6 +91,16 @@ def _npz_logits(pkg, path: Path, split: str, batch_size: int = 64, features: boo
     return np.concatenate(out), ds.labels, (store.array() if features else None)
 
 
+def _report_split_logits(pkg, data: Path, report_split: str, features: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`_npz_logits` of ``--report-split``, whose labels must be the model's classes."""
+    logits, labels, split_features = _npz_logits(pkg, data, report_split, features=features)
+    k = len(pkg.class_names)
+    if labels.max() >= k or labels.min() < 0:
+        raise ConfigError(f"labels of split {report_split!r} do not fit the model's {k} classes", data)
+    return logits, labels, split_features
+
+
 def _refuse_training_split(pkg, data: Path, split: str, option: str = "--split") -> None:
     """Refuse fitting on, or reporting on (``option`` ``--report-split``), the split the package was trained on
     (:func:`..training.data.holds_training_rows`). A network's scores on its own training images are not those of
@@ -479,16 +489,13 @@ def _fit_temperature(pkg, data: Path, logits: np.ndarray, labels: np.ndarray, sp
                      report_split: str | None, n_bins: int, progress: ProgressCallback):
     """The ``calibration`` block and the (before, after, labels) probabilities of the report split."""
     same = report_split is None or report_split == split
-    k = len(pkg.class_names)
     t = fit_temperature(logits, labels)
     after = softmax(logits, t)
     threshold = written_threshold(low_confidence_threshold(normalized_entropy(after), after.argmax(1) == labels))
     fit_n = int(len(labels))
     if not same:  # report on data the fit did not see
         progress("predict", 0.9, split=report_split)
-        logits, labels, _ = _npz_logits(pkg, data, report_split)
-        if labels.max() >= k or labels.min() < 0:
-            raise ConfigError(f"labels of split {report_split!r} do not fit the model's {k} classes", data)
+        logits, labels, _ = _report_split_logits(pkg, data, report_split)
     before, after = softmax(logits), softmax(logits, t)
     h = normalized_entropy(after)
 
@@ -554,10 +561,7 @@ def low_confidence_block(pkg, meta: Mapping[str, Any], data: Path, logits: np.nd
     fit_n, fit_kept = int(len(labels)), int(kept.sum())
     same = report_split is None or report_split == split_desc
     if not same:  # figures on data the fit did not see
-        k = len(pkg.class_names)
-        logits, labels, features = _npz_logits(pkg, data, report_split, features=pkg.domain is not None)
-        if labels.max() >= k or labels.min() < 0:
-            raise ConfigError(f"labels of split {report_split!r} do not fit the model's {k} classes", data)
+        logits, labels, features = _report_split_logits(pkg, data, report_split, features=pkg.domain is not None)
         p = calibrated_probabilities(logits, meta)
         h, correct = normalized_entropy(p), p.argmax(1) == labels
         kept = _in_domain(pkg, meta, features, None)

@@ -566,8 +566,8 @@ def decision_for_logits(result: "ClassificationResult", package, logits) -> dict
     ``(K,)`` for a volume model. Everything else the decision reads stays ``result``'s (its
     :class:`DecisionContext`: HU or not, the slices with body, the out-of-domain check, the body box), and the
     same rules apply as in :func:`classify_scan` (:func:`scan_decision`, temperature, and
-    :func:`mark_low_confidence` when ``result`` has uncertainty figures). ``robustness --input`` compares these decisions: an attack "flips" the
-    scan when the label classify reports changes."""
+    :func:`mark_low_confidence`, whatever ``--uncertainty`` gave ``result``). ``robustness --input`` compares these
+    decisions: an attack "flips" the scan when the label classify reports changes."""
     import torch
 
     from ..uncertainty import apply_temperature
