@@ -29,6 +29,14 @@ def gland(n=28):
     return (x / 9.0) ** 2 + (y / 6.0) ** 2 + (z / 7.5) ** 2 <= 1.0
 
 
+def mask_model_panel(module, explain="none"):
+    """The module's logic and its parameter node set to classify with adrenal-mass-3d 1.3.0 on the CPU."""
+    logic = module.MedDeepRecogLogic()
+    p = logic.getParameterNode()
+    p.model, p.device, p.explainMethod = "adrenal-mass-3d@1.3.0", "cpu", explain
+    return logic, p
+
+
 def exported_segments(monkeypatch, module) -> list:
     """The label maps the panel sends the worker for a segment input, as arrays, in order (a spy on
     ``scene_io.exportSegmentLabelmap``, which still exports)."""
@@ -132,9 +140,7 @@ def test_a_label_map_is_classified_as_the_mask_the_adrenal_model_learnt_from(sli
 
     from MedDeepRecogLib.slicer_bridge import WorkerCommand, read_classify_result, run_worker, worker_environment
     env, module = slicer_core, slicer_core.module
-    logic = module.MedDeepRecogLogic()
-    p = logic.getParameterNode()
-    p.model, p.device, p.explainMethod = "adrenal-mass-3d@1.3.0", "cpu", "none"
+    logic, p = mask_model_panel(module)
 
     cube = sitk.GetImageFromArray(gland().astype(np.uint8) * 255)
     cube.SetSpacing((SPACING,) * 3)
@@ -262,9 +268,7 @@ def test_a_segment_is_classified_as_the_same_gland_given_as_a_label_map(slicer_c
     and gives the label map node's probabilities and heatmap; the heatmap is shown over the scan, the outputs are
     named after the segment, the result line says which segment was classified, and no temporary node stays."""
     env, module = slicer_core, slicer_core.module
-    logic = module.MedDeepRecogLogic()
-    p = logic.getParameterNode()
-    p.model, p.device, p.explainMethod = "adrenal-mass-3d@1.3.0", "cpu", "gradcam"
+    logic, p = mask_model_panel(module, explain="gradcam")
     shape, offset = (50, 45, 90), (3, 12, 55)
     scan = scan_on_mask_grid(env, shape)
     env.slicer.util.setSliceViewerLayers(background=scan)
@@ -305,9 +309,7 @@ def test_the_chosen_segment_of_two_is_classified_alone(slicer_core, monkeypatch)
     chosen, as the panel's Segment list then shows) goes to the worker alone, an overlapping segment's voxels left
     out, and the result line names it."""
     env, module = slicer_core, slicer_core.module
-    logic = module.MedDeepRecogLogic()
-    p = logic.getParameterNode()
-    p.model, p.device, p.explainMethod = "adrenal-mass-3d@1.3.0", "cpu", "none"
+    logic, p = mask_model_panel(module)
     shape = (40, 40, 40)
     adrenal = placed(gland(), shape, (6, 6, 6))
     z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
@@ -457,9 +459,7 @@ def test_a_segment_beyond_its_segmentations_reference_geometry_is_classified_who
     the half's answer, no word said, and one that missed it called the segment "empty" though it held voxels. Now
     it goes out whole, on that grid's voxels extended to hold it, and gives the answer of the grid it was drawn on."""
     env, module = slicer_core, slicer_core.module
-    logic = module.MedDeepRecogLogic()
-    p = logic.getParameterNode()
-    p.model, p.device, p.explainMethod = "adrenal-mass-3d@1.3.0", "cpu", "none"
+    logic, p = mask_model_panel(module)
     shape = (40, 40, 40)
     adrenal = placed(gland(), shape, (6, 6, 6))
     scan = scan_on_mask_grid(env, shape)
