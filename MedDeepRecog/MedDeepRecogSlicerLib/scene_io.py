@@ -54,10 +54,10 @@ def exportSegmentLabelmap(segmentationNode: vtkMRMLSegmentationNode, segmentId: 
     the segment goes out voxel for voxel, resampled nowhere, and the core cuts the model's field of view on that grid
     keeping its voxel size, exactly as for a label map node on that grid. A segment that reaches beyond the reference
     geometry (one set by "Specify geometry", or a segmentation imported on another grid) is not cut at its edge: the
-    grid grows to hold it, so no part of the structure is left out, and one wholly outside is not read as empty. (A cut to the segment's own extent would
-    not do: the core keeps an input no larger than the model's field as it is, centred on its box, not on the
-    structure's centre of mass.) The temporary label map node, and the colour table the export makes for it, are
-    removed.
+    grid grows to hold it, so no part of the structure is left out, and one wholly outside is not read as empty.
+    (A cut to the segment's own extent would not do: the core keeps an input no larger than the model's field as it
+    is, centred on its box, not on the structure's centre of mass.) The temporary label map node, and the colour
+    table the export makes for it, are removed.
 
     Raises:
         ValueError: the segment holds no voxel (nothing to classify).
@@ -71,8 +71,9 @@ def exportSegmentLabelmap(segmentationNode: vtkMRMLSegmentationNode, segmentId: 
     try:
         segmentIds = vtk.vtkStringArray()
         segmentIds.InsertNextValue(segmentId)
-        if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-                segmentationNode, segmentIds, labelmap, None, slicer.vtkSegmentation.EXTENT_UNION_OF_EFFECTIVE_SEGMENTS_AND_REFERENCE_GEOMETRY):
+        extent = slicer.vtkSegmentation.EXTENT_UNION_OF_EFFECTIVE_SEGMENTS_AND_REFERENCE_GEOMETRY
+        if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, segmentIds,
+                                                                                 labelmap, None, extent):
             raise RuntimeError(f"could not export {which} as a label map")
         image = labelmap.GetImageData()
         if image is None or 0 in image.GetDimensions() or not slicer.util.arrayFromVolume(labelmap).any():

@@ -688,8 +688,8 @@ def low_confidence_card_section(cal: dict[str, Any], parent: str) -> str:
             f"the model's domain), for parent `{parent}`, by\n```\n{cal['command']}\n```\n"
             f"On {where}: {f['uncertain']} of {f['n']} images ({f['uncertain_share']:.1%}) are reported uncertain"
             f"{ood}; the {f['given_a_class']} given a class have accuracy {rest} (all {f['n'] - f['out_of_domain']} "
-            f"in-domain images: {f['accuracy_in_domain']:.3f}); {f['wrong_among_uncertain']} of the {f['uncertain']} uncertain were "
-            f"wrong calls, of {f['wrong_in_domain']} wrong calls inside the domain.\n"
+            f"in-domain images: {f['accuracy_in_domain']:.3f}); {f['wrong_among_uncertain']} of the "
+            f"{f['uncertain']} uncertain were wrong calls, of {f['wrong_in_domain']} wrong calls inside the domain.\n"
             + (f"The threshold was {cal['scale']}.\n" if cal.get("scale") else ""))
 
 

@@ -595,8 +595,8 @@ OUT_OF_DOMAIN = "out-of-domain"
 def _modality_guess(image: sitk.Image, hounsfield_or_not: str, picture: bool) -> str:
     """The JSON's ``modality_guess``, as ``info`` reports it (:func:`..io.image_content.guess_modality`) but from the
     HU test already made on a subsample: the DICOM tag (CT, MR, US), else CT for HU, unknown for a picture, a label
-    map (the masks the adrenal models classify) or a DICOM object tagged as another modality, else MR. ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or
-    ``"MR"`` (not HU), which its decision rules read."""
+    map (the masks the adrenal models classify) or a DICOM object tagged as another modality, else MR.
+    ``hounsfield_or_not`` is classify's ``"CT"`` (HU) or ``"MR"`` (not HU), which its decision rules read."""
     tag = dicom_modality(image)
     if tag in ("CT", "MR", "US"):
         return tag
