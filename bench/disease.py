@@ -18,7 +18,9 @@ Prints, on this machine, in one run:
    rounds; the ratio is the figure to read (machines are noisy). On the CPU the rounds are run twice: with the C
    allocator as the process starts, then with freed memory kept for reuse as ``train`` sets it (``allocator.py``;
    irreversible within a process, hence second) in both loops, and the ratio a user sees (``train`` against a plain
-   script) is printed from the two. Then how close the step is to the CPU's compute
+   script) is printed from the two. Then where the plain loop's time goes (its per-sample data path, its network
+   step in the default layout and in channels-last, each timed alone), which bounds the ratio any data path can give
+   on this network: (data + network) / channels-last network. Then how close the step is to the CPU's compute
    limit: the network's floating-point work per image (``torch.utils.flop_counter``: convolutions and the linear
    layer, forward and backward; batch norms and ReLUs not counted), our loop's achieved rate (that work times our
    images/s), and, as the attainable rate of these cores at these threads, a large fp32 matrix product (2048^3, the
@@ -173,30 +175,58 @@ def bench_training(config: Path, steps: int, rounds: int = 3, device: str = "cpu
         utils["ours"] = util.summary()
         return len(x) / (time.perf_counter() - t)
 
-    def plain() -> float:
-        # the MONAI tutorial pattern: per-sample dict-free transforms in a Dataset, a DataLoader, a bare loop
-        torch.manual_seed(0)
-        model = build_model(cfg.model.name, in_channels=1, num_classes=k, **cfg.model.kwargs)
+    def tutorial_loader():
+        # the MONAI tutorial pattern: per-sample dict-free transforms in a Dataset, a DataLoader
         augment = monai_transforms(cfg.augmentation, spatial_dims=2) or Compose([])
         augment.set_random_state(seed=0)
         ds = Dataset([{"x": x[i], "y": int(y[i])} for i in range(len(x))],
                      transform=lambda d: (torch.as_tensor(augment(d["x"])).as_subclass(torch.Tensor), d["y"]))
-        loader = DataLoader(ds, batch_size=bs, shuffle=True, num_workers=0)
+        return DataLoader(ds, batch_size=bs, shuffle=True, num_workers=0)
+
+    def plain_model():
+        torch.manual_seed(0)
+        return build_model(cfg.model.name, in_channels=1, num_classes=k, **cfg.model.kwargs)
+
+    def plain_steps(model, batches) -> None:
+        # the tutorial's bare loop over ``batches`` (an iterable of (images, labels))
         amp = device.startswith("cuda")  # the tutorial's AMP recipe on CUDA, as ours uses it there
         scaler = torch.amp.GradScaler("cuda") if amp else None
-        t = time.perf_counter()
         model.to(device).train()
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         loss_fn = torch.nn.CrossEntropyLoss()
+        for xb, yb in batches:
+            xb, yb = xb.float().to(device), torch.as_tensor(yb).to(device)
+            opt.zero_grad()
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                loss = loss_fn(model(xb), yb)
+            backward_and_step(loss, opt, scaler)
+
+    def plain() -> float:
+        model, loader = plain_model(), tutorial_loader()
+        t = time.perf_counter()
         with GpuUtilisation(device) as util:
-            for xb, yb in loader:
-                xb, yb = xb.float().to(device), torch.as_tensor(yb).to(device)
-                opt.zero_grad()
-                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                    loss = loss_fn(model(xb), yb)
-                backward_and_step(loss, opt, scaler)
+            plain_steps(model, loader)
         utils["plain"] = util.summary()
         return len(x) / (time.perf_counter() - t)
+
+    def plain_parts() -> tuple[float, float, float]:
+        """The plain loop's time taken apart, seconds per image: its per-sample data path alone (the same DataLoader,
+        no network), its network step alone (the same batches, made beforehand, default layout), and that step in
+        channels-last layout (the network and the batches), as our loop runs it. Both loops run the same network,
+        so a loop whose data path cost nothing could reach at most (data + network) / channels-last network times
+        the plain loop's throughput: the ceiling on the ratio at this network on this machine."""
+        t = time.perf_counter()
+        batches = [(xb.clone(), yb) for xb, yb in tutorial_loader()]
+        data_s = time.perf_counter() - t
+        step_s = []
+        for layout in (torch.contiguous_format, torch.channels_last):
+            model = plain_model().to(memory_format=layout)
+            laid = [(xb.contiguous(memory_format=layout), yb) for xb, yb in batches]
+            t = time.perf_counter()
+            plain_steps(model, laid)
+            synchronise(device)
+            step_s.append(time.perf_counter() - t)
+        return data_s / len(x), step_s[0] / len(x), step_s[1] / len(x)
 
     def interleaved(what: str) -> tuple[float, float]:
         a, b = [], []
@@ -211,6 +241,12 @@ def bench_training(config: Path, steps: int, rounds: int = 3, device: str = "cpu
         return ma, mb
 
     ma, mb = interleaved("C allocator as the process starts")
+    parts = [plain_parts() for _ in range(rounds)]
+    data_s, net_s, net_cl_s = (statistics.median(p[i] for p in parts) for i in (0, 1, 2))
+    print(f"   where the plain loop's time goes ({rounds} rounds, median, ms per image): per-sample data path "
+          f"{data_s * 1e3:.2f}, network step {net_s * 1e3:.2f} (channels-last, as ours runs it: "
+          f"{net_cl_s * 1e3:.2f}); ours in all {1e3 / ma:.2f}. Ceiling on the ratio at this network, a data path "
+          f"that cost nothing in channels-last: {(data_s + net_s) / net_cl_s:.2f}x; ours {ma / mb:.2f}x")
     if not device.startswith("cuda"):
         # the setting cannot be undone within a process, so it comes second
         from MedDeepRecogLib.allocator import reuse_freed_memory
