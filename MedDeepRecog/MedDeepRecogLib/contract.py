@@ -19,7 +19,7 @@ READABLE_SUFFIXES = WRITABLE_SUFFIXES + (".seg.nrrd", ".dcm", ".ima", ".img", ".
 #: Extensions of two parts: checked before the one-part extension they end with.
 COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
 #: ``input.content`` of a package that classifies the mask of one structure (the adrenal models), not a scan: its
-#: input is a label map, which the core cuts about the structure (:func:`.inference.model_input.image_for_model`).
+#: input is a label map, which the core cuts about the structure (:func:`.preprocessing.mask_input.image_for_model`).
 MASK_CONTENT = "binary_mask"
 #: A segmentation class whose validation Dice (as its package records it) is below this is named in ``segment``'s
 #: caveat and marked in the Slicer panel: its segment overlaps the reference less than it misses it, so its volume

@@ -293,6 +293,23 @@ def require_3d(image: sitk.Image, path: str | Path | None = None) -> sitk.Image:
     return image
 
 
+def as_volume(image: sitk.Image, path: str | Path | None = None, *, allow_2d: bool) -> sitk.Image:
+    """A 3D single-channel view of ``image``; a 2D image becomes a one-slice volume when ``allow_2d``.
+
+    Raises:
+        InputImageError: 4D series, vector pixels, or a 2D image given to a model that needs a volume.
+    """
+    if image.GetDimension() == 2:
+        if not allow_2d:
+            raise InputImageError(f"the model needs a 3D volume, but this image is 2D with size "
+                                  f"{list(image.GetSize())}", path)
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputImageError(f"a single-channel image is needed, but pixels have "
+                                  f"{image.GetNumberOfComponentsPerPixel()} components (colour image?)", path)
+        return sitk.JoinSeries([image])
+    return require_3d(image, path)
+
+
 def validate_intensities(image: sitk.Image, path: str | Path | None = None, *, allow_constant: bool = False) -> None:
     """Refuse volumes with NaN/Inf voxels or (unless ``allow_constant``) no contrast at all."""
     arr = sitk.GetArrayViewFromImage(image)

@@ -208,11 +208,16 @@ def _check_segment_names(steps: list[Step]) -> None:
         seen[segment] = index
 
 
+def pipeline_steps(pipeline: Mapping[str, Any] | list | None) -> list:
+    """The steps (as data) of an ``input.pipeline`` given as ``{"steps": [...]}``, a plain list, or ``None``."""
+    steps = pipeline.get("steps") if isinstance(pipeline, Mapping) else pipeline
+    return list(steps or [])
+
+
 def run_input_pipeline(image: sitk.Image, pipeline: Mapping[str, Any] | list | None) -> sitk.Image:
     """A model package's ``input.pipeline`` (steps as data) run on ``image``, as classify prepares a scan; the image
     itself when the pipeline has no steps."""
-    steps = pipeline.get("steps") if isinstance(pipeline, Mapping) else pipeline
-    if not steps:
+    if not pipeline_steps(pipeline):
         return image
     return Pipeline.from_data(pipeline).run(image).image
 

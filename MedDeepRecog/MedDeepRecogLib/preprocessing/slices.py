@@ -50,6 +50,33 @@ def min_slice_side(input_spec: Mapping[str, Any]) -> int:
     return int(minimum) if minimum else max(1, min(int(s) for s in input_spec.get("size") or [2]) // 2)
 
 
+def work_grid_factors(shape_yx: Sequence[int], spacing_yx: Sequence[float], work_size: int) -> tuple[int, int]:
+    """``(fy, fx)``: the in-plane blocks (pixels along rows, columns) that bring a slice of ``shape_yx`` pixels of
+    ``spacing_yx`` mm towards ``work_size`` pixels (``input.slices.work_size``), square in mm where the spacing
+    allows; ``(1, 1)`` for a slice under twice ``work_size`` per side. Classify's slices
+    (:func:`..inference.model_input.slices_from_image`) and training's images (``training.data.standardise_images``)
+    are both averaged over these blocks (:func:`block_mean`) before :func:`standardise_slices`, so a 512 x 512 picture
+    reaches the network the same way from either."""
+    sy, sx = float(spacing_yx[0]), float(spacing_yx[1])
+    base = max(1, int(max(int(shape_yx[0]), int(shape_yx[1])) // int(work_size)))
+    fy = max(1, int(round(base * min(sx, sy) / sy)))
+    fx = max(1, int(round(base * min(sx, sy) / sx)))
+    return fy, fx
+
+
+def block_mean(slices: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """``(N, H, W)`` → ``(N, H // fy, W // fx)`` float32 block means (area downsampling, no aliasing); the rows and
+    columns beyond the last whole block are dropped."""
+    import torch
+    import torch.nn.functional as F
+
+    n, h, w = slices.shape
+    s = np.asarray(slices[:, : (h // fy) * fy, : (w // fx) * fx], dtype=np.float32)
+    if fy == 1 and fx == 1:
+        return s
+    return F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(s))[:, None], (fy, fx))[:, 0].numpy()
+
+
 class StandardisedSlices(NamedTuple):
     """What :func:`standardise_slices` returns (a tuple, so ``[0]`` is the model input)."""
 

@@ -324,6 +324,14 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path | None = None) -
             raise ConfigError("input/slices applies to data/kind slices2d only", source)
         if cfg.data.intensity_range is not None:
             raise ConfigError("input/slices standardises each image itself; leave data/intensity_range unset", source)
+    from ..preprocessing.pipeline import pipeline_steps
+
+    if pipeline_steps(cfg.input.pipeline) and cfg.data.intensity_range is not None:
+        # the package records input/pipeline instead of the window data/intensity_range would make
+        # (training.train.default_pipeline), so classify never applies the range that training would
+        raise ConfigError("data/intensity_range is not applied at classify time when input/pipeline declares steps "
+                          "(they replace its window): put a window step in input/pipeline and leave "
+                          "data/intensity_range unset", source)
     if not 0.0 < float(cfg.data.val_fraction) < 1.0:
         raise ConfigError(f"data/val_fraction must be between 0 and 1, got {cfg.data.val_fraction}", source)
     return cfg

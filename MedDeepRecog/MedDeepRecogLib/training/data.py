@@ -92,24 +92,64 @@ def scale_and_resize(images: np.ndarray, intensity_range: Sequence[float] | None
     return x
 
 
-def _folder_array(image, kind: str, size: Sequence[int] | None, spacing_mm: Sequence[float] | None) -> np.ndarray:
-    """The array training takes from one image of a folder: ``(Z, Y, X)`` float32 for a one-component 3D image of a
-    ``volume3d`` set, else the stored voxels (:func:`..io.array_from_image`, ``(Y, X)`` / ``(Y, X, C)``).
+def folder_input_spec(cfg) -> dict:
+    """The parts of the package's ``input`` that decide what classify makes of one image of a folder, as ``train``
+    records them: ``kind``, ``size`` (``data/size``), ``spacing_mm``, ``channels`` 1, ``content`` and the
+    ``input/pipeline`` steps the config declares (``None`` when it declares none: the default window and resample
+    are ``data/intensity_range`` and ``data/size``, which :func:`load_train_val` applies to every source).
+    ``cfg``: a :class:`.config.TrainConfig`."""
+    from ..preprocessing.pipeline import pipeline_steps
 
-    A volume goes through :func:`..preprocessing.model_grid.volume_from_image`, the function ``classify`` feeds the
-    network with: reoriented to LPS and resampled to ``size`` (default: its own LPS shape, which resamples onto its
-    own voxels) over ``spacing_mm`` (``input/spacing_mm``) when set. Read in stored index order instead, an ordinary
-    RAS NIfTI trained mirrored left-right and front-back against what classify later gives the network, and a
-    folder mixing storage orientations trained on inconsistently oriented arrays."""
-    from ..io import array_from_image
+    return {"kind": cfg.data.kind, "size": None if cfg.data.size is None else list(cfg.data.size),
+            "spacing_mm": cfg.input.spacing_mm, "channels": 1, "content": cfg.input.content,
+            "pipeline": {"steps": pipeline_steps(cfg.input.pipeline)} if pipeline_steps(cfg.input.pipeline) else None}
 
+
+def _folder_array(image, spec: dict, path: Path) -> np.ndarray:
+    """The array training takes from one image ``path`` of a folder, prepared by classify's own functions in
+    classify's order (``inference/classify.py``) for the package input ``spec`` (:func:`folder_input_spec`):
+
+    1. a ``binary_mask`` package's label map becomes its one structure at 255, cut to the model's field about it
+       (:func:`..preprocessing.mask_input.image_for_model`); a structure classify would decline (mostly outside the
+       field) or an image that is no mask of one structure is refused, naming the file;
+    2. the ``input/pipeline`` steps run on it (:func:`..preprocessing.pipeline.run_input_pipeline`), a 2D picture as
+       the one-slice volume classify makes of it (:func:`..io.as_volume`);
+    3. a one-component 3D image of a ``volume3d`` set goes through :func:`..preprocessing.model_grid.volume_from_image`,
+       the function ``classify`` feeds the network with: reoriented to LPS and resampled to ``size`` (default: its
+       own LPS shape, which resamples onto its own voxels) over ``spacing_mm`` when set, ``(Z, Y, X)`` float32. Read
+       in stored index order instead, an ordinary RAS NIfTI trained mirrored left-right and front-back against what
+       classify later gives the network, and a folder mixing storage orientations trained on inconsistently
+       oriented arrays. Anything else: the stored voxels (:func:`..io.array_from_image`, ``(Y, X)`` / ``(Y, X, C)``).
+
+    Without mask content or pipeline steps, steps 1 and 2 leave the image as it is read."""
+    from ..contract import MASK_CONTENT
+    from ..errors import InputImageError
+    from ..io import array_from_image, as_volume
+
+    kind, planar = spec["kind"], image.GetDimension() == 2
+    try:
+        if spec.get("content") == MASK_CONTENT or spec.get("pipeline"):
+            from ..preprocessing.mask_input import image_for_model
+            from ..preprocessing.pipeline import run_input_pipeline
+
+            image = as_volume(image, path, allow_2d=kind == "slices2d")
+            if spec.get("content") == MASK_CONTENT:
+                image, _, outside = image_for_model(image, spec, path)
+                if outside:
+                    raise ConfigError(f"{outside} (input/spacing_mm x data/size); leave it out of the training "
+                                      "images or widen the field", path)
+            image = run_input_pipeline(image, spec.get("pipeline"))
+            if planar:   # back to the picture: training reads slices as (Y, X)
+                image = image[:, :, 0]
+    except InputImageError as exc:   # a training image classify would refuse: named as a data file's fault
+        raise ConfigError(exc.problem, path) from None
     if kind != "volume3d" or image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         return array_from_image(image)
     from ..preprocessing.model_grid import volume_from_image
     from ..io.geometry import lps_view
 
-    shape = list(size) if size is not None else list(lps_view(image).array.shape)
-    return volume_from_image(image, {"size": shape, "spacing_mm": spacing_mm, "channels": 1}).x[0, 0]
+    shape = list(spec["size"]) if spec.get("size") is not None else list(lps_view(image).array.shape)
+    return volume_from_image(image, {"size": shape, "spacing_mm": spec.get("spacing_mm"), "channels": 1}).x[0, 0]
 
 
 #: labels CSV columns naming each image's patient group (the first present is read), as ``{split}_groups`` in a .npz
@@ -128,14 +168,13 @@ class FolderData:
     csv_path: Path
 
 
-def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", size: Sequence[int] | None = None,
-                 spacing_mm: Sequence[float] | None = None) -> FolderData:
+def _read_folder(folder: Path, labels_csv: str | None, spec: dict) -> FolderData:
     """Images listed in a CSV (columns ``file``/``filename``/``image``/``path`` and ``label``; optional
     ``group`` (or ``patient``, ``patient_id``, ``subject``) and ``split``) under ``folder``, read by the one image
-    reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at inference); volumes
-    as classify reads them (:func:`_folder_array`). An image listed twice (the same file after resolving the path)
-    is refused: its listings could land on both sides of the train/validation split; so is an empty group or split
-    cell (naming its row)."""
+    reader (:func:`..io.read_image`: size limits, truncated files, colour pictures to grey as at inference) and
+    prepared as classify prepares them for the package input ``spec`` (:func:`_folder_array`). An image listed twice
+    (the same file after resolving the path) is refused: its listings could land on both sides of the
+    train/validation split; so is an empty group or split cell (naming its row)."""
     from ..io import read_image
 
     csv_path = Path(labels_csv) if labels_csv else folder / "labels.csv"
@@ -171,7 +210,7 @@ def _read_folder(folder: Path, labels_csv: str | None, kind: str = "slices2d", s
     arrays, labels = [], []
     for row in rows:
         p = folder / row[fcol]
-        arr = _folder_array(read_image(p), kind, size, spacing_mm)
+        arr = _folder_array(read_image(p), spec, p)
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise ConfigError(f"image listed in {csv_path.name} has {int((~np.isfinite(arr)).sum())} NaN or infinite "
                               "value(s); repair or remove it", p)
@@ -306,11 +345,27 @@ def training_slices(cfg) -> dict | None:
     return dict(cfg.input.slices) if cfg.input.slices is not None else {}
 
 
+def refuse_npz_pipeline(cfg, path: Path) -> None:
+    """Refuse ``input/pipeline`` steps for training arrays of a ``.npz``: classify runs them on every scan
+    (:func:`..preprocessing.pipeline.run_input_pipeline`), but the arrays carry no voxel geometry (spacing,
+    orientation) for grid, mask or mm-sized steps to run on, so training would learn from images that never went
+    through them. One line naming the setting and its steps."""
+    from ..preprocessing.pipeline import pipeline_steps
+
+    steps = pipeline_steps(cfg.input.pipeline)
+    if steps:
+        names = ", ".join(str(s.get("name") if isinstance(s, dict) else s) for s in steps)
+        raise ConfigError(f"input/pipeline steps ({names}) run on every scan at classify time, but the .npz training "
+                          "arrays carry no voxel geometry to run them on: train from an image folder (data/format: "
+                          "folder, a labels CSV) or leave input/pipeline out", path)
+
+
 def load_train_val(cfg, path: Path) -> TrainValData:
     """Load the train and validation sets described by ``cfg.data`` (a :class:`config.DataConfig`)."""
     d = cfg.data
     fmt = d.format if d.format != "auto" else ("folder" if path.is_dir() else "npz")
     if fmt == "npz":
+        refuse_npz_pipeline(cfg, path)
         z = open_npz(path)
         keys = set(z.files)
         tk, vk = d.train_split, d.val_split
@@ -363,7 +418,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
 
         fingerprint = sha256_file(path)
     else:
-        folder = _read_folder(path, d.labels_csv, d.kind, d.size, cfg.input.spacing_mm)
+        folder = _read_folder(path, d.labels_csv, folder_input_spec(cfg))
         x, labels, csv_name = folder.images, folder.labels, folder.csv_path.name
         names = d.class_names or sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
@@ -477,8 +532,11 @@ def standardise_images(images: np.ndarray, slices: dict, size, source,
     :func:`..preprocessing.slices.standardise_slices` with the package's ``input.slices`` options, so training sees
     exactly what classify feeds the network (8-bit images are not HU: the per-image percentile stretch applies).
     ``intensity_range``: first mapped to 0..1 (clipped), as the package's ``window`` step does before classify
-    standardises."""
-    from ..preprocessing.slices import standardise_slices
+    standardises. Images of at least twice ``work_size`` pixels per side are block-averaged first, over the blocks
+    classify averages a slice of that size over (:func:`..preprocessing.slices.work_grid_factors`, unit pixels):
+    standardised at full size instead, a folder of 512 x 512 pictures trained on other percentiles and body boxes
+    than classify later gives the network."""
+    from ..preprocessing.slices import block_mean, slice_options, standardise_slices, work_grid_factors
 
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
@@ -488,7 +546,11 @@ def standardise_images(images: np.ndarray, slices: dict, size, source,
                           "trains on images as stored)", source)
     if intensity_range is not None:
         images = scale_and_resize(images[:, None], intensity_range, None)[:, 0]
-    out = [standardise_slices(images[i:i + 256], size=tuple(size or images.shape[1:]), options=slices)[0]
+    fy, fx = work_grid_factors(images.shape[1:], (1.0, 1.0), int(slice_options({"slices": slices})["work_size"]))
+    # (1, 1): the images as they are (block_mean would only copy them); size defaults to the stored pixels, as before
+    work = (lambda part: part) if (fy, fx) == (1, 1) else (lambda part: block_mean(part, fy, fx))
+    out = [standardise_slices(work(images[i:i + 256]), (fy, fx), size=tuple(size or images.shape[1:]),
+                              options=slices)[0]
            for i in range(0, len(images), 256)]
     return np.concatenate(out).astype(np.float32, copy=False)
 
