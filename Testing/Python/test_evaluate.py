@@ -131,6 +131,33 @@ def test_scoring_refuses_other_classes_and_models_that_do_not_classify_images(tm
     assert not (tmp_path / "cat2").exists() and not (tmp_path / "rob").exists()
 
 
+def test_scoring_refuses_a_npz_for_a_package_whose_pipeline_steps_the_arrays_skip(tmp_path, package_and_data, capsys):
+    """A package whose ``input.pipeline`` declares steps (a folder-trained one: training refuses them on a .npz) is
+    not scored on a .npz, whose arrays would skip them (evaluate, calibrate and robustness --data prepared them with
+    the window and resize only): one line naming the file and the steps, exit 2. An empty pipeline asks for no
+    step and is scored as before."""
+    from conftest import refusal_line
+    from MedDeepRecogLib.packages import load_package
+
+    base, npz = package_and_data
+    meta = load_package(base).meta
+    steps = [{"name": "resample", "spacing": [0.5, 0.5]}, {"name": "window", "center": 127.5, "width": 255.0}]
+    model = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    stepped = save_package(model, {**meta, "id": "steptoy", "input": {**meta["input"], "pipeline": {"steps": steps}}},
+                           tmp_path / "cat3")
+    commands = (["evaluate"], ["calibrate", "--dest", str(tmp_path / "cat2")],
+                ["robustness", "--out", str(tmp_path / "rob"), "--split", "test"])
+    for command in commands:
+        assert main([*command, "--model", str(stepped), "--data", str(npz)]) == 2
+        refusal_line(capsys, str(npz), "input/pipeline steps (resample, window) run on every scan at classify time",
+                     "the .npz arrays carry no voxel geometry", "steptoy@1.0.0")
+    assert not (tmp_path / "cat2").exists() and not (tmp_path / "rob").exists()
+    empty = save_package(model, {**meta, "id": "emptytoy", "input": {**meta["input"], "pipeline": {"steps": []}}},
+                         tmp_path / "cat4")
+    assert main(["evaluate", "--model", str(empty), "--data", str(npz)]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 40
+
+
 def test_evaluate_errors_are_one_line(tmp_path, package_and_data, capsys):
     pkg, npz = package_and_data
     assert main(["evaluate", "--model", str(pkg), "--data", str(npz), "--split", "nope"]) == 2

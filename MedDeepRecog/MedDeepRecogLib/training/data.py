@@ -352,12 +352,47 @@ def refuse_npz_pipeline(cfg, path: Path) -> None:
     through them. One line naming the setting and its steps."""
     from ..preprocessing.pipeline import pipeline_steps
 
-    steps = pipeline_steps(cfg.input.pipeline)
+    _refuse_steps_on_npz(pipeline_steps(cfg.input.pipeline), "training arrays", "train from an image folder "
+                         "(data/format: folder, a labels CSV) or leave input/pipeline out", path)
+
+
+def _refuse_steps_on_npz(steps: list, arrays: str, remedy: str, path: Path) -> None:
+    """The one refusal of ``input/pipeline`` ``steps`` on the ``arrays`` of the ``.npz`` ``path`` (none: nothing to
+    refuse), for training (:func:`refuse_npz_pipeline`) and scoring (:func:`refuse_package_npz_pipeline`) alike."""
     if steps:
         names = ", ".join(str(s.get("name") if isinstance(s, dict) else s) for s in steps)
-        raise ConfigError(f"input/pipeline steps ({names}) run on every scan at classify time, but the .npz training "
-                          "arrays carry no voxel geometry to run them on: train from an image folder (data/format: "
-                          "folder, a labels CSV) or leave input/pipeline out", path)
+        raise ConfigError(f"input/pipeline steps ({names}) run on every scan at classify time, but the .npz {arrays} "
+                          f"carry no voxel geometry to run them on: {remedy}", path)
+
+
+def _is_unit_window(step) -> bool:
+    """A ``window`` step mapping ``center``/``width`` to 0..1: the range :meth:`..packages.package.Package.data_params`
+    reads and :func:`scale_and_resize` applies."""
+    return (isinstance(step, dict) and step.get("name") == "window" and step.get("output", "unit") == "unit"
+            and set(step) <= {"name", "center", "width", "output"} and {"center", "width"} <= set(step))
+
+
+def refuse_package_npz_pipeline(pkg, path: Path) -> None:
+    """Refuse to score package ``pkg`` on the ``.npz`` ``path`` when its ``input.pipeline`` holds steps the arrays
+    cannot go through (:func:`load_eval_split` only windows and resizes them): such a package learnt from a folder's
+    images prepared by those steps (training refuses them on a ``.npz``: :func:`refuse_npz_pipeline`), and its
+    figures on arrays that skipped them would be of other inputs than classify gives it. What ``train`` records
+    when the config declares no steps (:func:`..training.train.default_pipeline`: a unit window of
+    ``data/intensity_range``, then a resample to ``input.size``) is what the arrays get, in that order, and an
+    empty pipeline (``{steps: []}``) asks for nothing: both are scored as before."""
+    from ..preprocessing.pipeline import pipeline_steps
+
+    steps = pipeline_steps(pkg.input_spec.get("pipeline"))
+    rest = list(steps)
+    if rest and _is_unit_window(rest[0]):
+        rest.pop(0)
+    size = pkg.input_spec.get("size")
+    if rest and size and len(size) == 3 and isinstance(rest[0], dict) and rest[0].get("name") == "resample" \
+            and set(rest[0]) == {"name", "size"} and list(rest[0]["size"]) == list(reversed(size)):
+        rest.pop(0)
+    if rest:
+        _refuse_steps_on_npz(steps, "arrays", f"{pkg.id}@{pkg.version} learnt from images that went through them; "
+                             "score it on the scans themselves (calibrate --data takes a CSV of scans)", path)
 
 
 def load_train_val(cfg, path: Path) -> TrainValData:
@@ -736,7 +771,8 @@ def load_package_split(pkg, path: Path, split: str, min_side: int | None = None)
     and ``robustness --data`` score.
 
     Refused in one line before any image is decoded: a package that does not classify whole images (a
-    segmentation model, an ROI classifier), and a file whose stored ``class_names`` are
+    segmentation model, an ROI classifier), a package whose ``input.pipeline`` steps the arrays cannot go through
+    (:func:`refuse_package_npz_pipeline`), and a file whose stored ``class_names`` are
     not the package's (scoring brain tumour labels as body regions would print figures of nothing)."""
     ref = f"{pkg.id}@{pkg.version}"
     task = pkg.meta.get("task", "classification")
@@ -746,6 +782,7 @@ def load_package_split(pkg, path: Path, split: str, min_side: int | None = None)
     if pkg.input_spec.get("kind") not in ("slices2d", "volume3d"):
         raise ModelPackageError(f"model {ref} (input.kind {pkg.input_spec.get('kind')!r}) does not classify whole "
                                 "images: evaluate, calibrate and robustness --data score an image classifier")
+    refuse_package_npz_pipeline(pkg, path)
     z = open_npz(path)
     if "class_names" in z.files:
         stored = [str(s) for s in np.asarray(z["class_names"]).ravel()]
