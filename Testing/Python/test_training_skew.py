@@ -211,3 +211,57 @@ def test_pictures_larger_than_twice_work_size_are_block_averaged_as_classify_doe
     spec = {"kind": "slices2d", "size": [8, 8], "channels": 1, "slices": slices}
     seen = slices_from_image(as_volume(read_image(first), allow_2d=True), spec).x[0]
     np.testing.assert_allclose(trained, seen, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- 4. label maps, grey model
+@pytest.mark.parametrize("kind", ["volume3d", "slices2d"])
+def test_a_label_map_in_a_grey_level_folder_is_refused_naming_it(tmp_path, kind):
+    """A label map listed among a grey-level model's training images (no ``input/content: binary_mask``) is one
+    classify refuses for that model (``check_input_content``): training refuses it too, naming the file, rather
+    than teaching the network an input classify never gives it."""
+    from MedDeepRecogLib.training.data import load_train_val
+
+    if kind == "volume3d":
+        images, suffix, data = _grey_volumes(), ".nrrd", {"kind": "volume3d", "intensity_range": [0, 200]}
+        images[3] = _label_maps(1)[0]
+        model = None
+    else:
+        rng = np.random.default_rng(2)
+        images = [sitk.GetImageFromArray(rng.integers(0, 256, (16, 16)).astype(np.uint8)) for _ in range(8)]
+        images[3] = sitk.GetImageFromArray(((np.arange(256).reshape(16, 16) % 16) > 7).astype(np.uint8) * 255)
+        suffix, data = ".png", {"kind": "slices2d", "intensity_range": [0, 255]}
+        model = {"name": "simple_cnn2d", "kwargs": {"channels": [2], "hidden": 4}}
+    folder = _write_folder(tmp_path / "imgs", images, suffix)
+    cfg = config_from_dict(_config(folder, data, model, input={"slices_as_stored": True} if model else {}))
+    with pytest.raises(ConfigError, match="label map or mask") as exc:
+        load_train_val(cfg, folder)
+    assert exc.value.path == folder / f"c03{suffix}" and "input/content: binary_mask" in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+# ------------------------------------------------------------------------------------- 5. window before resample
+@pytest.mark.parametrize("spacing_mm", [None, [1.5, 1.5, 1.5]])
+def test_a_folders_volumes_are_windowed_before_they_are_resampled_as_classify_does(tmp_path, spacing_mm):
+    """Without ``input/pipeline`` steps classify runs the package's default pipeline (``data/intensity_range``'s
+    window, then the resample to ``data/size``) before its model grid: values outside the range are clipped before
+    they are interpolated. Training resampled first and clipped after (max 0.36 of the 0..1 range apart on these
+    volumes; 0.75 with ``spacing_mm``, whose grid it also took from the unresampled volume): now the same array."""
+    from MedDeepRecogLib.io import read_image
+    from MedDeepRecogLib.training.data import load_train_val
+    from MedDeepRecogLib.training.train import default_pipeline
+
+    rng = np.random.default_rng(4)
+    images = []
+    for _ in range(8):
+        img = sitk.GetImageFromArray(rng.uniform(-800, 1800, (20, 22, 18)).astype(np.float32))
+        img.SetSpacing((1.1, 0.9, 1.3))
+        images.append(img)
+    folder = _write_folder(tmp_path / "vols", images, ".nrrd")
+    cfg = config_from_dict(_config(folder, {"kind": "volume3d", "intensity_range": [0, 1000], "size": [12, 12, 12]},
+                                   input={"spacing_mm": spacing_mm}))
+    data = load_train_val(cfg, folder)
+    trained, path = _first_train_case(data, folder, ".nrrd")
+    spec = {"kind": "volume3d", "size": [12, 12, 12], "spacing_mm": spacing_mm, "channels": 1,
+            "pipeline": default_pipeline(cfg)}
+    assert [s["name"] for s in spec["pipeline"]["steps"]] == ["window", "resample"]
+    np.testing.assert_allclose(trained[0], _classify_volume(read_image(path), spec), atol=1e-6)

@@ -92,17 +92,36 @@ def scale_and_resize(images: np.ndarray, intensity_range: Sequence[float] | None
     return x
 
 
+def default_pipeline(cfg) -> dict:
+    """The preprocessing the package declares when the config gives none, as ``preprocessing`` steps:
+    ``window`` mapping ``data/intensity_range`` linearly to 0..1 (clipped), then ``resample`` to ``data/size``
+    (given (x, y, z) there, reversed from the array's (Z, Y, X)). ``cfg``: a :class:`.config.TrainConfig`."""
+    steps: list[dict] = []
+    if cfg.data.intensity_range is not None:
+        lo, hi = (float(v) for v in cfg.data.intensity_range)
+        steps.append({"name": "window", "center": (lo + hi) / 2.0, "width": hi - lo, "output": "unit"})
+    if cfg.data.size is not None and len(cfg.data.size) == 3:
+        steps.append({"name": "resample", "size": list(reversed([int(s) for s in cfg.data.size]))})
+    return {"steps": steps}
+
+
 def folder_input_spec(cfg) -> dict:
     """The parts of the package's ``input`` that decide what classify makes of one image of a folder, as ``train``
     records them: ``kind``, ``size`` (``data/size``), ``spacing_mm``, ``channels`` 1, ``content`` and the
-    ``input/pipeline`` steps the config declares (``None`` when it declares none: the default window and resample
-    are ``data/intensity_range`` and ``data/size``, which :func:`load_train_val` applies to every source).
+    ``input/pipeline`` steps classify runs. Those the config declares; declaring none, a ``volume3d`` set's
+    :func:`default_pipeline` (the package records it and classify runs it: ``data/intensity_range``'s window
+    before the resample, so values outside the range are clipped before they are interpolated, and the resample
+    step's grid before ``spacing_mm``'s); ``None`` for a ``slices2d`` set (its default is the window alone, which
+    :func:`load_train_val` applies before resizing, as classify windows before it resizes).
     ``cfg``: a :class:`.config.TrainConfig`."""
     from ..preprocessing.pipeline import pipeline_steps
 
+    steps = pipeline_steps(cfg.input.pipeline)
+    if not steps and cfg.data.kind == "volume3d":
+        steps = pipeline_steps(default_pipeline(cfg))
     return {"kind": cfg.data.kind, "size": None if cfg.data.size is None else list(cfg.data.size),
             "spacing_mm": cfg.input.spacing_mm, "channels": 1, "content": cfg.input.content,
-            "pipeline": {"steps": pipeline_steps(cfg.input.pipeline)} if pipeline_steps(cfg.input.pipeline) else None}
+            "pipeline": {"steps": steps} if steps else None}
 
 
 def _folder_array(image, spec: dict, path: Path) -> np.ndarray:
@@ -111,7 +130,9 @@ def _folder_array(image, spec: dict, path: Path) -> np.ndarray:
 
     1. a ``binary_mask`` package's label map becomes its one structure at 255, cut to the model's field about it
        (:func:`..preprocessing.mask_input.image_for_model`); a structure classify would decline (mostly outside the
-       field) or an image that is no mask of one structure is refused, naming the file;
+       field) or an image that is no mask of one structure is refused, naming the file; so is a label map or mask
+       in the folder of a grey-level model (:func:`..preprocessing.mask_input.check_input_content`), which classify
+       refuses to classify: trained on, it taught the network an input classify never gives it;
     2. the ``input/pipeline`` steps run on it (:func:`..preprocessing.pipeline.run_input_pipeline`), a 2D picture as
        the one-slice volume classify makes of it (:func:`..io.as_volume`);
     3. a one-component 3D image of a ``volume3d`` set goes through :func:`..preprocessing.model_grid.volume_from_image`,
@@ -121,10 +142,12 @@ def _folder_array(image, spec: dict, path: Path) -> np.ndarray:
        classify later gives the network, and a folder mixing storage orientations trained on inconsistently
        oriented arrays. Anything else: the stored voxels (:func:`..io.array_from_image`, ``(Y, X)`` / ``(Y, X, C)``).
 
-    Without mask content or pipeline steps, steps 1 and 2 leave the image as it is read."""
+    Without mask content or pipeline steps (a ``slices2d`` set's default), steps 1 and 2 leave the image as it is
+    read, once checked to be no label map."""
     from ..contract import MASK_CONTENT
     from ..errors import InputImageError
     from ..io import array_from_image, as_volume
+    from ..preprocessing.mask_input import LabelMapError
 
     kind, planar = spec["kind"], image.GetDimension() == 2
     try:
@@ -133,14 +156,21 @@ def _folder_array(image, spec: dict, path: Path) -> np.ndarray:
             from ..preprocessing.pipeline import run_input_pipeline
 
             image = as_volume(image, path, allow_2d=kind == "slices2d")
-            if spec.get("content") == MASK_CONTENT:
-                image, _, outside = image_for_model(image, spec, path)
-                if outside:
-                    raise ConfigError(f"{outside} (input/spacing_mm x data/size); leave it out of the training "
-                                      "images or widen the field", path)
+            # a grey-level model's image is kept, once no label map (check_input_content): classify's own call
+            image, _, outside = image_for_model(image, spec, path)
+            if outside:
+                raise ConfigError(f"{outside} (input/spacing_mm x data/size); leave it out of the training "
+                                  "images or widen the field", path)
             image = run_input_pipeline(image, spec.get("pipeline"))
             if planar:   # back to the picture: training reads slices as (Y, X)
                 image = image[:, :, 0]
+        else:   # classify refuses a label map or mask for a grey-level model (image_for_model): so does training
+            from ..preprocessing.mask_input import check_input_content
+
+            check_input_content(image, spec, path)
+    except LabelMapError as exc:   # classify's own words, and what to do about it in a training folder
+        raise ConfigError(f"{exc.problem}; leave it out of the training images (a model of masks is trained with "
+                          "input/content: binary_mask)", path) from None
     except InputImageError as exc:   # a training image classify would refuse: named as a data file's fault
         raise ConfigError(exc.problem, path) from None
     if kind != "volume3d" or image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -513,8 +543,11 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     else:
         x_tr, x_va = (to_channels_first(np.asarray(x), d.kind, path) for x in (x_tr, x_va))   # views: no copy yet
         check_in_memory(len(x_tr) + len(x_va), [x_tr.shape[1], *(d.size or x_tr.shape[2:])], cfg)
-        x_tr = scale_and_resize(x_tr, d.intensity_range, d.size)
-        x_va = scale_and_resize(x_va, d.intensity_range, d.size)
+        # a folder's volumes went through the package's pipeline, data/intensity_range's window included
+        # (folder_input_spec): a second window would map the 0..1 they hold again
+        window = None if fmt == "folder" and d.kind == "volume3d" else d.intensity_range
+        x_tr = scale_and_resize(x_tr, window, d.size)
+        x_va = scale_and_resize(x_va, window, d.size)
     return TrainValData(ArrayDataset(x_tr, y_tr), ArrayDataset(x_va, y_va), list(names), d.kind,
                         f"sha256:{fingerprint}", f"{path.name}: {how}; train {np.bincount(y_tr, minlength=len(names)).tolist()}"
                         f", val {np.bincount(y_va, minlength=len(names)).tolist()}",

@@ -50,7 +50,9 @@ from ..io import atomic_write_json
 from ..progress import null_progress
 from .classification import class_weights_from_labels, fit_classifier, make_loader, predict_proba
 from .config import TrainConfig, load_config, resolve_data_path, resolve_init_path
-from .data import load_train_val, stratified_folds, training_slices
+# default_pipeline: the package's pipeline when the config declares none; at home beside the folder reader
+# that runs it on training images as classify runs it on a scan
+from .data import default_pipeline, load_train_val, stratified_folds, training_slices
 from .hooks import PackageDraft, RunHooks, run_hooks
 from .loop import CHECKPOINT, FitConfig, History, Hooks
 from .metrics import classification_metrics
@@ -75,19 +77,6 @@ def class_weights_for(cfg: TrainConfig, train_labels: np.ndarray, num_classes: i
     if len(cw) == num_classes:
         return [float(v) for v in cw]
     raise ConfigError(f"training/class_weights must be auto, none or {num_classes} numbers, got {cw!r}", cfg.source)
-
-
-def default_pipeline(cfg: TrainConfig) -> dict:
-    """The preprocessing the package declares when the config gives none, as ``preprocessing`` steps:
-    ``window`` mapping ``data/intensity_range`` linearly to 0..1 (clipped), then ``resample`` to ``data/size``
-    (given (x, y, z) there, reversed from the array's (Z, Y, X))."""
-    steps: list[dict] = []
-    if cfg.data.intensity_range is not None:
-        lo, hi = (float(v) for v in cfg.data.intensity_range)
-        steps.append({"name": "window", "center": (lo + hi) / 2.0, "width": hi - lo, "output": "unit"})
-    if cfg.data.size is not None and len(cfg.data.size) == 3:
-        steps.append({"name": "resample", "size": list(reversed([int(s) for s in cfg.data.size]))})
-    return {"steps": steps}
 
 
 def check_pipeline(pipeline: dict, source) -> None:
