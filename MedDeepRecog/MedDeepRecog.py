@@ -697,7 +697,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             def load(result, job):
                 self._checkStillInScene(volume)
                 name = volume.GetName()
-                p.preprocessedVolume = scene_io.loadVolumeInto(outPath, self._outputVolume(p.preprocessedVolume, volume),
+                p.preprocessedVolume = scene_io.loadVolumeInto(outPath,
+                                                               self._outputVolume(p.preprocessedVolume, volume),
                                                                f"{name} preprocessed")
                 p.preprocessedVolume.SetAttribute(OUTPUT_ATTRIBUTE, "preprocessed")
                 scene_io.placeUnderStudy(p.preprocessedVolume, volume)
@@ -1007,7 +1008,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 res = read_segment_labels(outDir, inputPath)
                 name = volume.GetName()
                 p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} segment labels")
-                scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names)
+                scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names,
+                                                 source=f"{self.describeInput(volume)}, {res.model}")
                 p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
                 scene_io.placeUnderStudy(p.outputTable, volume)
                 return res
