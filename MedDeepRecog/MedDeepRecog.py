@@ -335,15 +335,17 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentationNode = p.inputVolume if self.logic.isSegmentation(p.inputVolume) else None
         self._followSegments("_inputSegmentation", segmentationNode, self.onInputSegmentsChanged)
         inputId = p.inputVolume.GetID() if p.inputVolume else None
-        if getattr(self, "_segmentInputID", None) not in (None, inputId) and (p.inputSegment or p.removedSegment):
-            # another input: a segment chosen in the last one (an ID such as "Segment_2" another segmentation may
-            # have too) is no choice in this one, which starts at its first segment, as its list shows
-            self._segmentInputID = inputId
-            p.inputSegment = p.removedSegment = ""
-        self._segmentInputID = inputId
         combo = self.ui.inputSegmentComboBox
         combo.visible = self.ui.inputSegmentLabel.visible = segmentationNode is not None
         segments = scene_io.segmentItems(segmentationNode) if segmentationNode is not None else []
+        if getattr(self, "_segmentInputID", None) not in (None, inputId):
+            # another input: a segment chosen in the last one that this one lacks is no removal from this one (it
+            # starts at its first segment, as its list shows), and a removal said of the last one is not of this one
+            self._segmentInputID = inputId
+            if p.removedSegment or (p.inputSegment and p.inputSegment not in dict(segments)):
+                p.inputSegment = p.inputSegment if p.inputSegment in dict(segments) else ""
+                p.removedSegment = ""
+        self._segmentInputID = inputId
         shown = getattr(self, "_shownSegment", None)  # (segmentation ID, segment ID, name) the list showed last
         if (segmentationNode is not None and shown and shown[0] == inputId and shown[1] not in dict(segments)
                 and p.inputSegment in ("", shown[1])):
@@ -826,8 +828,12 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         if cls.isSegmentation(node):
             segmentId = cls.inputSegmentID(p, node)
             if segmentId is not None:
-                return cls.describeInput(node, node.GetSegmentation().GetSegment(segmentId).GetName())
+                return cls.describeInput(node, cls.segmentName(node, segmentId))
         return cls.describeInput(node)
+
+    @staticmethod
+    def segmentName(segmentationNode, segmentId):
+        return segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
 
     @staticmethod
     def modelInput(model):
@@ -879,7 +885,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         and segment; the result line says which segment was classified. A segmentation without segments, or an
         empty segment, is refused before anything starts."""
         segmentId = self.chosenSegment(p, segmentationNode)
-        segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        segmentName = self.segmentName(segmentationNode, segmentId)
         name = f"{segmentationNode.GetName()} {segmentName}"
         words = self.describeInput(segmentationNode, segmentName)
         with self._workDir() as workDir:
@@ -904,13 +910,14 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         self._checkStillInScene(volume)
         res = read_classify_result(outDir, inputPath)
         name = name or volume.GetName()
-        source = f"{words or self.describeInput(volume)}, {res.model}"
+        resultOf = words or self.describeInput(volume)
         isScan = volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA("vtkMRMLLabelMapVolumeNode")
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
         scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain,
                                         uncertain=res.uncertain, confidence=res.confidence,
                                         basis=str(res.raw.get("probabilities_basis") or ""),
-                                        confidenceBasis=str(res.raw.get("confidence_basis") or ""), source=source)
+                                        confidenceBasis=str(res.raw.get("confidence_basis") or ""),
+                                        resultOf=resultOf, model=res.model)
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
         p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
         p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
@@ -925,7 +932,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             # are attention)
             p.sliceTable = scene_io.getOrCreateNode(p.sliceTable, "vtkMRMLTableNode", f"{name} per-slice results")
             scene_io.markScan(p.sliceTable, volume)
-            scene_io.updateSliceTable(p.sliceTable, perSlice, source=source)
+            scene_io.updateSliceTable(p.sliceTable, perSlice, resultOf=resultOf, model=res.model)
             scene_io.placeUnderStudy(p.sliceTable, volume)
         elif p.sliceTable:  # a 3D model's result, or one slice of another scan: an earlier per-slice table would be
             # read as this one's
@@ -942,7 +949,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             scene_io.placeUnderStudy(p.outputHeatmap, volume)
             # a mask (label map, segment): shown over the scan in the views
             scene_io.showHeatmap(p.outputHeatmap, volume if isScan else None, p.heatmapThreshold, p.heatmapOpacity,
-                                 title=f"Heatmap: {source}")
+                                 title=f"Heatmap: {resultOf}" + (f", {res.model}" if res.model else ""))
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
             scene_io.setSegmentFromMask(p.outputSegmentation, hotName, hot, (0.99, 0.65, 0.04), p.outputHeatmap)
         else:  # no heatmap this time (explain none, a model without one, out of domain): the last one must go
@@ -1084,7 +1091,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 name = volume.GetName()
                 p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} segment labels")
                 scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names,
-                                                 source=f"{self.describeInput(volume)}, {res.model}")
+                                                 resultOf=self.describeInput(volume), model=res.model)
                 p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
                 scene_io.placeUnderStudy(p.outputTable, volume)
                 return res
@@ -1100,7 +1107,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         with self._workDir() as workDir:
             if self.isSegmentation(volume):
                 segmentId = self.chosenSegment(p, volume)
-                words = self.describeInput(volume, volume.GetSegmentation().GetSegment(segmentId).GetName())
+                words = self.describeInput(volume, self.segmentName(volume, segmentId))
                 inputPath = scene_io.exportSegmentLabelmap(volume, segmentId, workDir)
             else:
                 words, inputPath = self.describeInput(volume), scene_io.exportVolume(volume, workDir)

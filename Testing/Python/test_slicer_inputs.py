@@ -425,7 +425,8 @@ def test_the_segment_row_lists_the_input_segments_and_keeps_the_choice(slicer_co
     module.VTKObservationMixin.__init__(widget)
     widget.logic = module.MedDeepRecogLogic()
     combo, label = ComboBox(), SimpleNamespace(visible=False)
-    widget.ui = SimpleNamespace(inputSegmentComboBox=combo, inputSegmentLabel=label, statusLabel=SimpleNamespace(text=""))
+    widget.ui = SimpleNamespace(inputSegmentComboBox=combo, inputSegmentLabel=label,
+                                statusLabel=SimpleNamespace(text=""))
     p = widget._parameterNode = widget.logic.getParameterNode()
     p.model, p.device = "adrenal-mass-3d", "cpu"
     combo.box.currentIndexChanged.connect(widget.onInputSegmentSelected)
@@ -445,6 +446,7 @@ def test_the_segment_row_lists_the_input_segments_and_keeps_the_choice(slicer_co
     assert p.inputSegment == ""   # filling the list is no choice: a run takes the first segment, as shown
     combo.currentIndex = 1   # the user's choice
     assert p.inputSegment == right
+    assert widget.logic.inputWords(p) == "segment 'right' of 'labels'"   # what a result of the run is said to be of
     widget._updateSegmentSelector(p)
     assert combo.currentData == right
 

@@ -120,7 +120,8 @@ def test_each_scan_has_its_own_output_segmentation(slicer_core, tiny_package):
     logic.classify(p, waitForCompletion=True)
     assert p.outputSegmentation is not ctSegmentation and p.outputSegmentation.GetName() == "scan B segmentations"
     assert names(p.outputSegmentation) == [f"heatmap >= {module.HOT_REGION_THRESHOLD}"]
-    assert names(ctSegmentation) == ["liver", "spleen", "kidney"] and ctSegmentation.GetName() == "abdomen_ct segmentations"
+    assert names(ctSegmentation) == ["liver", "spleen", "kidney"]
+    assert ctSegmentation.GetName() == "abdomen_ct segmentations"
     assert not ctSegmentation.GetDisplayVisibility() and p.outputSegmentation.GetDisplayVisibility()
     scanSegmentation = p.outputSegmentation
 
@@ -334,7 +335,8 @@ def test_the_result_lines_go_when_the_input_changes_or_the_scene_closes(slicer_c
     widget.setParameterNode = lambda node: None
     p = widget._parameterNode
     first, second = add_volume(env, "brain1"), add_volume(env, "brain2")
-    labels = SegmentLabels("m@1.0.0", ["x", "y"], [{"segment": "a", "label": "y", "probabilities": {"x": .25, "y": .75}}])
+    labels = SegmentLabels("m@1.0.0", ["x", "y"],
+                           [{"segment": "a", "label": "y", "probabilities": {"x": .25, "y": .75}}])
 
     def answer():
         p.inputVolume = first

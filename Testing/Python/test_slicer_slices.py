@@ -100,6 +100,8 @@ def test_classify_current_slice_and_jump_from_the_per_slice_table(slicer_core, s
            "not the extent of a lesion" in whole.result_text()
     # the first column names the scan and the model these slices' results are of
     assert table.GetColumnTitle("index") == f"slice from inferior ('axial scan', {whole.model})"
+    assert table.GetColumnDescription("index").endswith(f"not the volume's K index; results of 'axial scan' by the "
+                                                        f"model {whole.model}")
     assert whole.model.startswith("tiny-2d@") and table.GetColumnTitle("position_mm") == "S (mm)"
     assert table.GetNumberOfRows() == 14
     positions = [module.scene_io.slicePositionOfRow(table, r) for r in range(14)]
