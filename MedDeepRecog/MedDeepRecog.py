@@ -833,6 +833,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def segmentName(segmentationNode, segmentId):
+        """The name of the segment ``segmentId`` of ``segmentationNode``."""
         return segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
 
     @staticmethod
