@@ -7,6 +7,7 @@ progress, ``MedDeepRecogSlicerLib`` moves nodes to files and back. The GUI threa
 
 import contextlib
 import dataclasses
+import html
 import json
 import logging
 import os
@@ -87,7 +88,9 @@ class MedDeepRecogParameterNode:
     # a scan, a label map, or for a mask model a segmentation: their common MRML class. What the selector offers follows
     # the model (_updateInputSelector), and every run checks what it reads (MedDeepRecogLogic._runInput).
     inputVolume: vtkMRMLDisplayableNode
-    inputSegment: str = ""  # segment ID in a segmentation input; "" or one it lacks: its first segment
+    inputSegment: str = ""  # segment ID in a segmentation input; "": its first segment; one it lacks: none (refused)
+    # the name of the chosen segment when it was removed from the input segmentation (the refusal names it)
+    removedSegment: str = ""
     secondVolume: vtkMRMLScalarVolumeNode
     preset: Annotated[str, Choice(PRESETS)] = "lung-ct"
     resample: bool = False
@@ -186,6 +189,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self._segmentInputID = self._shownSegment = None  # a node's saved segment choice is its own
         if self._parameterNode:
             # a node's saved preset and check boxes are its own: only a preset changed from here on resets them
             self._preset = self._parameterNode.preset
@@ -241,8 +245,11 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = {kind: self.logic.isRunning(kind)
                 for kind in ("classify", "segment", "finetune", "robustness", "preview")}
         ready = bool(p.inputVolume and p.model)
-        # a segmentation input (a mask model's) is read by Classify alone; the other runs read a volume
+        # a segmentation input (a mask model's) is read by Classify and the robustness check (its segment, as a
+        # label map); the other runs read a volume
         volume = bool(p.inputVolume) and not self.logic.isSegmentation(p.inputVolume)
+        maskSegment = (bool(p.inputVolume) and not volume
+                       and self._modelInput(p.model).get("content") == MASK_CONTENT)
         segmentation = ready and self._modelTask(p.model) == "segmentation"
         self.ui.classifyButton.text = "Cancel" if busy["classify"] else "Classify"
         self.ui.classifyButton.enabled = (ready and not segmentation) or busy["classify"]
@@ -252,7 +259,8 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.text = "Cancel" if busy["segment"] else "Segment"
         self.ui.segmentButton.enabled = segmentation or busy["segment"]
         self.ui.robustnessButton.text = "Cancel" if busy["robustness"] else "Robustness check"
-        self.ui.robustnessButton.enabled = (ready and volume and not segmentation) or busy["robustness"]
+        self.ui.robustnessButton.enabled = (ready and (volume or maskSegment) and not segmentation) \
+            or busy["robustness"]
         self.ui.previewButton.text = "Cancel" if busy["preview"] else "Preview"
         self.ui.previewButton.enabled = volume or busy["preview"]
         self.ui.finetuneButton.text = "Cancel" if busy["finetune"] else "Start fine-tuning"
@@ -326,10 +334,31 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameter node keeps the choice (:meth:`onInputSegmentSelected`)."""
         segmentationNode = p.inputVolume if self.logic.isSegmentation(p.inputVolume) else None
         self._followSegments("_inputSegmentation", segmentationNode, self.onInputSegmentsChanged)
+        inputId = p.inputVolume.GetID() if p.inputVolume else None
         combo = self.ui.inputSegmentComboBox
         combo.visible = self.ui.inputSegmentLabel.visible = segmentationNode is not None
         segments = scene_io.segmentItems(segmentationNode) if segmentationNode is not None else []
+        if getattr(self, "_segmentInputID", None) not in (None, inputId):
+            # another input: a segment chosen in the last one that this one lacks is no removal from this one (it
+            # starts at its first segment, as its list shows), and a removal said of the last one is not of this one
+            self._segmentInputID = inputId
+            if p.removedSegment or (p.inputSegment and p.inputSegment not in dict(segments)):
+                p.inputSegment = p.inputSegment if p.inputSegment in dict(segments) else ""
+                p.removedSegment = ""
+        self._segmentInputID = inputId
+        shown = getattr(self, "_shownSegment", None)  # (segmentation ID, segment ID, name) the list showed last
+        if (segmentationNode is not None and shown and shown[0] == inputId and shown[1] not in dict(segments)
+                and p.inputSegment in ("", shown[1])):
+            # The segment the list showed, the one Classify would read, was removed. Moving to another segment
+            # would read, say, the other adrenal under this one's choice with nothing but a changed list to say
+            # so: the choice stays on the removed segment, which Classify refuses (naming it) until the user
+            # picks one, and the status line says so at once.
+            self._shownSegment = None
+            p.inputSegment, p.removedSegment = shown[1], shown[2]
+            self.ui.statusLabel.text = (f"Segment '{shown[2]}' was removed from '{segmentationNode.GetName()}': "
+                                        "pick the segment to classify.")
         chosen = self.logic.inputSegmentID(p, segmentationNode) if segmentationNode is not None else None
+        self._shownSegment = (inputId, chosen, dict(segments)[chosen]) if chosen else None
         combo.blockSignals(True)  # filling the list is no choice of the user's
         try:
             if segments != getattr(self, "_listedSegments", None):
@@ -349,6 +378,7 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentId = self.ui.inputSegmentComboBox.currentData
         if self._parameterNode is not None and segmentId:
             self._parameterNode.inputSegment = segmentId
+            self._parameterNode.removedSegment = ""
 
     # -- models --------------------------------------------------------------------------------------------
     def refreshModels(self, select=None):
@@ -459,10 +489,17 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._resultScanID = None
             scan = self._parameterNode.inputVolume if self._parameterNode else None
             scanId, show = (scan.GetID() if scan else None), onSuccess
+            # what the run reads (the scan, or the segment of a segmentation), named when it starts
+            subject = self.logic.inputWords(self._parameterNode) if self._parameterNode else ""
 
-            def onSuccess(summary):  # the lines answer for the scan the run started on
+            def onSuccess(summary):  # the lines answer for the scan the run started on, and name it and the model
                 show(summary)
                 self._resultScanID = scanId
+                model = getattr(summary, "model", "") or ""
+                if subject:
+                    said = f"For {subject}" + (f", model {model}" if model else "")
+                    self.ui.resultLabel.text = (f"<small>{html.escape(said, quote=False)}:</small><br>"
+                                                f"{self.ui.resultLabel.text}")
         with slicer.util.tryWithErrorDisplay(f"MedDeepRecog: {kind} could not start.", waitCursor=True):
             self.logic.ensureDependencies()
             label.text = "Starting…"
@@ -697,7 +734,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             def load(result, job):
                 self._checkStillInScene(volume)
                 name = volume.GetName()
-                p.preprocessedVolume = scene_io.loadVolumeInto(outPath, self._outputVolume(p.preprocessedVolume, volume),
+                p.preprocessedVolume = scene_io.loadVolumeInto(outPath,
+                                                               self._outputVolume(p.preprocessedVolume, volume),
                                                                f"{name} preprocessed")
                 p.preprocessedVolume.SetAttribute(OUTPUT_ATTRIBUTE, "preprocessed")
                 scene_io.placeUnderStudy(p.preprocessedVolume, volume)
@@ -725,15 +763,15 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         """The scan a run reads, taken when it starts: its results are loaded for that node (named after it, shown
         over it) even if the panel's input changes while the worker runs. A heatmap this module made is refused:
         it is no scan, and its run would write the new heatmap into it. A segmentation is read by a mask model's
-        Classify alone (``segmentation=True``); any other run refuses it."""
+        Classify and robustness check alone (``segmentation=True``); any other run refuses it."""
         volume = p.inputVolume
         if not volume:
             raise ValueError("Select the input volume.")
         if MedDeepRecogLogic.isSegmentation(volume):
             if not segmentation:
-                raise ValueError(f"'{volume.GetName()}' is a segmentation: only Classify with a mask model (one that "
-                                 "classifies a structure's shape, e.g. adrenal-mass-3d) reads one; select a volume "
-                                 "as the input.")
+                raise ValueError(f"'{volume.GetName()}' is a segmentation: only a mask model (one that classifies a "
+                                 "structure's shape, e.g. adrenal-mass-3d) reads one, in Classify and the robustness "
+                                 "check; select a volume as the input.")
             return volume
         if not volume.IsA("vtkMRMLVolumeNode"):
             raise ValueError(f"'{volume.GetName()}' is no volume: select a scan as the input volume.")
@@ -749,12 +787,54 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def inputSegmentID(p, segmentationNode):
-        """The ID of the segment of ``segmentationNode`` that Classify reads: ``p.inputSegment`` when it is one of
-        its segments, else its first (what the panel's Segment list then shows); ``None`` when it has none."""
+        """The ID of the segment of ``segmentationNode`` that Classify reads: ``p.inputSegment``, or its first when
+        none is chosen (``""``: what the panel's Segment list then shows); ``None`` when it has none, or when the
+        chosen segment is no longer one of its segments (removed: the run is refused, :meth:`chosenSegment`, until
+        the user picks one; it is not moved to another segment, which would classify, say, the other adrenal under
+        the removed one's choice)."""
         segmentIds = list(segmentationNode.GetSegmentation().GetSegmentIDs())
-        if not segmentIds:
-            return None
-        return p.inputSegment if p.inputSegment in segmentIds else segmentIds[0]
+        if p.inputSegment:
+            return p.inputSegment if p.inputSegment in segmentIds else None
+        return segmentIds[0] if segmentIds else None
+
+    @classmethod
+    def chosenSegment(cls, p, segmentationNode):
+        """:meth:`inputSegmentID`, or a ValueError saying why no segment of ``segmentationNode`` is to be read: it has
+        none, or the chosen one was removed (named when the panel saw it go: ``p.removedSegment``)."""
+        segmentId = cls.inputSegmentID(p, segmentationNode)
+        if segmentId is not None:
+            return segmentId
+        node = segmentationNode.GetName()
+        if not segmentationNode.GetSegmentation().GetNumberOfSegments():
+            raise ValueError(f"'{node}' has no segments: draw the structure in the Segment Editor, or select a label "
+                             "map.")
+        if p.removedSegment:
+            raise ValueError(f"segment '{p.removedSegment}' was removed from '{node}'; pick a segment")
+        raise ValueError(f"the chosen segment '{p.inputSegment}' is not in '{node}'; pick a segment")
+
+    @staticmethod
+    def describeInput(node, segmentName=None):
+        """The input as a result names it: ``'CT'``, or ``segment 'adrenal R' of 'labels'``."""
+        return (f"segment '{segmentName}' of '{node.GetName()}'" if segmentName is not None
+                else f"'{node.GetName()}'")
+
+    @classmethod
+    def inputWords(cls, p):
+        """:meth:`describeInput` of what a run would read now (the input, and for a segmentation its chosen
+        segment); ``""`` without an input."""
+        node = p.inputVolume
+        if not node:
+            return ""
+        if cls.isSegmentation(node):
+            segmentId = cls.inputSegmentID(p, node)
+            if segmentId is not None:
+                return cls.describeInput(node, cls.segmentName(node, segmentId))
+        return cls.describeInput(node)
+
+    @staticmethod
+    def segmentName(segmentationNode, segmentId):
+        """The name of the segment ``segmentId`` of ``segmentationNode``."""
+        return segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
 
     @staticmethod
     def modelInput(model):
@@ -805,12 +885,10 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         was drawn on) and the core reads it as it reads a label map node's. Results are named after the segmentation
         and segment; the result line says which segment was classified. A segmentation without segments, or an
         empty segment, is refused before anything starts."""
-        segmentId = self.inputSegmentID(p, segmentationNode)
-        if segmentId is None:
-            raise ValueError(f"'{segmentationNode.GetName()}' has no segments: draw the structure in the Segment "
-                             "Editor, or select a label map.")
-        segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        segmentId = self.chosenSegment(p, segmentationNode)
+        segmentName = self.segmentName(segmentationNode, segmentId)
         name = f"{segmentationNode.GetName()} {segmentName}"
+        words = self.describeInput(segmentationNode, segmentName)
         with self._workDir() as workDir:
             inputPath = scene_io.exportSegmentLabelmap(segmentationNode, segmentId, workDir)
             outDir = workDir / "out"
@@ -818,25 +896,29 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                                              explain=p.explainMethod, device=p.device)
 
             def load(result, job):
-                res = self._loadClassification(p, segmentationNode, outDir, inputPath, name)
+                res = self._loadClassification(p, segmentationNode, outDir, inputPath, name, words)
                 said = f"classified: the segment '{segmentName}' of '{segmentationNode.GetName()}'"
                 return dataclasses.replace(res, input_notes=[said, *res.input_notes])
             return self._start("classify", command, load, workDir, **kwargs)
 
-    def _loadClassification(self, p, volume, outDir, inputPath, name=None):
+    def _loadClassification(self, p, volume, outDir, inputPath, name=None, words=None):
         """The worker's classify outputs of ``volume`` (the scan the run started on; or the label map or
         segmentation of a mask model's structure) into the reused nodes, named after ``name`` (default: the node's
         name): probability table, heatmap (Inferno over the scan), hot-region segment, and for a 2D model the
-        per-slice table."""
+        per-slice table. The tables' first column and the heatmap's legend name the input (``words``, default
+        :meth:`describeInput` of ``volume``) and the model's id@version, so that a result read beside another scan
+        (or another segment) says whose it is."""
         self._checkStillInScene(volume)
         res = read_classify_result(outDir, inputPath)
         name = name or volume.GetName()
+        resultOf = words or self.describeInput(volume)
         isScan = volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA("vtkMRMLLabelMapVolumeNode")
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
         scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain,
                                         uncertain=res.uncertain, confidence=res.confidence,
                                         basis=str(res.raw.get("probabilities_basis") or ""),
-                                        confidenceBasis=str(res.raw.get("confidence_basis") or ""))
+                                        confidenceBasis=str(res.raw.get("confidence_basis") or ""),
+                                        resultOf=resultOf, model=res.model)
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
         p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
         p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
@@ -851,7 +933,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             # are attention)
             p.sliceTable = scene_io.getOrCreateNode(p.sliceTable, "vtkMRMLTableNode", f"{name} per-slice results")
             scene_io.markScan(p.sliceTable, volume)
-            scene_io.updateSliceTable(p.sliceTable, perSlice)
+            scene_io.updateSliceTable(p.sliceTable, perSlice, resultOf=resultOf, model=res.model)
             scene_io.placeUnderStudy(p.sliceTable, volume)
         elif p.sliceTable:  # a 3D model's result, or one slice of another scan: an earlier per-slice table would be
             # read as this one's
@@ -867,7 +949,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             p.outputHeatmap.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
             scene_io.placeUnderStudy(p.outputHeatmap, volume)
             # a mask (label map, segment): shown over the scan in the views
-            scene_io.showHeatmap(p.outputHeatmap, volume if isScan else None, p.heatmapThreshold, p.heatmapOpacity)
+            scene_io.showHeatmap(p.outputHeatmap, volume if isScan else None, p.heatmapThreshold, p.heatmapOpacity,
+                                 title=f"Heatmap: {resultOf}" + (f", {res.model}" if res.model else ""))
             hot = slicer.util.arrayFromVolume(p.outputHeatmap) >= HOT_REGION_THRESHOLD
             scene_io.setSegmentFromMask(p.outputSegmentation, hotName, hot, (0.99, 0.65, 0.04), p.outputHeatmap)
         else:  # no heatmap this time (explain none, a model without one, out of domain): the last one must go
@@ -986,7 +1069,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             outDir = workDir / "out"
             command = WorkerCommand.build("classify", inputPath, python=self.python, model=p.model, out=outDir,
                                           explain=p.explainMethod, device=p.device, slice_mm=f"{sliceMm:.4f}")
-            return self._start("classify", command, lambda result, job: self._loadClassification(p, volume, outDir, inputPath),
+            return self._start("classify", command,
+                               lambda result, job: self._loadClassification(p, volume, outDir, inputPath),
                                workDir, **kwargs)
 
     def classifySegments(self, p, **kwargs):
@@ -1007,7 +1091,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
                 res = read_segment_labels(outDir, inputPath)
                 name = volume.GetName()
                 p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} segment labels")
-                scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names)
+                scene_io.updateSegmentLabelTable(p.outputTable, res.segments, res.class_names,
+                                                 resultOf=self.describeInput(volume), model=res.model)
                 p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
                 scene_io.placeUnderStudy(p.outputTable, volume)
                 return res
@@ -1015,13 +1100,26 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
 
     # -- robustness ---------------------------------------------------------------------------------------------
     def robustness(self, p, **kwargs):
-        """Smallest eps that flips the prediction on the loaded scan; returns one sentence."""
-        volume = self._runInput(p)
+        """Smallest eps that flips the prediction on the loaded scan; returns one sentence, naming the input and the
+        model. A mask model's segment input goes to the worker as Classify sends it (the segment alone as a binary
+        label map, :func:`scene_io.exportSegmentLabelmap`); the core's ``robustness --input`` prepares that file
+        as classify does (``robustness.scan.model_input_of``), as it prepares a label map node's file."""
+        volume = self._runInput(p, segmentation=self.modelInput(p.model).get("content") == MASK_CONTENT)
         with self._workDir() as workDir:
-            inputPath = scene_io.exportVolume(volume, workDir)
+            if self.isSegmentation(volume):
+                segmentId = self.chosenSegment(p, volume)
+                words = self.describeInput(volume, self.segmentName(volume, segmentId))
+                inputPath = scene_io.exportSegmentLabelmap(volume, segmentId, workDir)
+            else:
+                words, inputPath = self.describeInput(volume), scene_io.exportVolume(volume, workDir)
             command = WorkerCommand.robustness(p.model, inputPath, workDir / "robustness", python=self.python)
-            return self._start("robustness", command, lambda result, job: robustness_summary(result)[0], workDir,
-                               **kwargs)
+
+            def load(result, job):
+                text, record = robustness_summary(result)
+                model = record.get("model") if isinstance(record.get("model"), dict) else {}
+                said = f"{model.get('id', '')}@{model.get('version', '')}".strip("@") or p.model
+                return f"For {words}, model {said}: {text}"
+            return self._start("robustness", command, load, workDir, **kwargs)
 
     # -- fine-tuning --------------------------------------------------------------------------------------------
     def finetune(self, p, **kwargs):
@@ -1067,7 +1165,8 @@ class MedDeepRecogTest(ScriptedLoadableModuleTest):
         import numpy as np
         z, y, x = np.mgrid[:24, :32, :40]
         voxels = (100 * np.exp(-((x - 25) ** 2 + (y - 14) ** 2 + (z - 12) ** 2) / 40.0)).astype(np.int16)
-        ijkToRAS = np.array([[0.8, 0, 0, -10], [0, 1.1, 0, 20], [0, 0, 2.5, 5], [0, 0, 0, 1]])  # vtkMatrixFromArray reads .shape
+        # vtkMatrixFromArray reads .shape
+        ijkToRAS = np.array([[0.8, 0, 0, -10], [0, 1.1, 0, 20], [0, 0, 2.5, 5], [0, 0, 0, 1]])
         return slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name="synthetic")
 
     def test_PreviewLoadsFilteredVolumeAndMask(self):

@@ -177,12 +177,13 @@ UNCERTAIN_PROBABILITY = "scan probability (uncertain: no class reported)"
 
 def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]],
                            outOfDomain: bool = False, uncertain: bool = False, confidence: float | None = None,
-                           basis: str = "", confidenceBasis: str = "") -> None:
+                           basis: str = "", confidenceBasis: str = "", resultOf: str = "", model: str = "") -> None:
     """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order) and, within the domain,
     ``result``: on the top class's row whether it is reported or uncertain, with the label's ``confidence`` (the
     result line's p; ``confidenceBasis``: how the worker made it). The probability column is headed
     :data:`SCAN_PROBABILITY` (``basis`` as its description), :data:`UNCERTAIN_PROBABILITY` when ``uncertain``, and
-    ``outOfDomain``: :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis."""
+    ``outOfDomain``: :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis. The class column
+    names the input the results are of (``resultOf``) and the ``model`` (:func:`nameSource`)."""
     classes = vtk.vtkStringArray()
     classes.SetName("class")
     probs = vtk.vtkDoubleArray()
@@ -208,12 +209,28 @@ def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tupl
         tableNode.SetColumnDescription("probability", basis or "the model's probability of each class for the scan")
         tableNode.SetColumnTitle("result", "result (confidence of the label)")
         tableNode.SetColumnDescription("result", confidenceBasis or "the top class's probability")
+    nameSource(tableNode, "class", resultOf, model)
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 
 
-def updateSegmentLabelTable(tableNode: vtkMRMLTableNode, rows: list[dict], classNames: list[str]) -> None:
-    """Fill ``tableNode`` with columns ``segment``, ``label`` and one probability column per class."""
+def nameSource(tableNode: vtkMRMLTableNode, column: str, resultOf: str, model: str, title: str = "",
+               description: str = "") -> None:
+    """Head ``column`` (a result table's first) with what the results are of: ``"class ('CT', body-region@1.0.0)"``
+    for ``resultOf`` the input (``'CT'``, or ``segment 'adrenal R' of 'labels'``) and ``model`` its id@version, so a
+    table read beside another scan says whose it is (``title``: the column's own words, default its name); its
+    description says it in words after the column's own ``description``. Nothing without ``resultOf``."""
+    if not resultOf:
+        return
+    tableNode.SetColumnTitle(column, f"{title or column} ({resultOf}" + (f", {model})" if model else ")"))
+    words = f"results of {resultOf}" + (f" by the model {model}" if model else "")
+    tableNode.SetColumnDescription(column, f"{description}; {words}" if description else words)
+
+
+def updateSegmentLabelTable(tableNode: vtkMRMLTableNode, rows: list[dict], classNames: list[str],
+                            resultOf: str = "", model: str = "") -> None:
+    """Fill ``tableNode`` with columns ``segment``, ``label`` and one probability column per class; the segment column
+    names the scan (``resultOf``) and the ``model`` (:func:`nameSource`)."""
     segments, labels = vtk.vtkStringArray(), vtk.vtkStringArray()
     segments.SetName("segment")
     labels.SetName("label")
@@ -230,6 +247,7 @@ def updateSegmentLabelTable(tableNode: vtkMRMLTableNode, rows: list[dict], class
     tableNode.RemoveAllColumns()
     for column in (segments, labels, *columns):
         tableNode.AddColumn(column)
+    nameSource(tableNode, "segment", resultOf, model)
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 
@@ -242,11 +260,12 @@ def sliceVote(record: dict) -> str:
     return "not voting: outside the model's domain" if record.get("in_domain") is False else "not voting"
 
 
-def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
+def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict], resultOf: str = "", model: str = "") -> None:
     """Per-slice results of a 2D model: columns ``index``, ``position_mm`` (superior coordinate S of the slice,
     the red view's offset), ``label``, ``probability`` and ``vote`` (:func:`sliceVote`: a slice outside the model's
     domain, or otherwise left out, is no part of the scan's result). ``position_mm`` falls back to the record's
-    ``lps_mm[2]`` (S is the same number in LPS and RAS)."""
+    ``lps_mm[2]`` (S is the same number in LPS and RAS). The index column names the scan (``resultOf``) and the
+    ``model`` (:func:`nameSource`): ``"slice from inferior ('CT', body-region@1.0.0)"``."""
     index, position, label, probability, vote = (vtk.vtkIntArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray(),
                                                  vtk.vtkDoubleArray(), vtk.vtkStringArray())
     for array, name in ((index, "index"), (position, "position_mm"), (label, "label"), (probability, "probability"),
@@ -267,13 +286,14 @@ def updateSliceTable(tableNode: vtkMRMLTableNode, records: list[dict]) -> None:
     # the index counts axial slices from the most inferior, which is not the volume's own K when K runs downwards:
     # the header says which, and position_mm is the red view's offset
     tableNode.SetColumnTitle("index", "slice from inferior")
-    tableNode.SetColumnDescription("index", "axial slice counted from the most inferior (0 = lowest), not the "
-                                            "volume's K index")
+    indexWords = "axial slice counted from the most inferior (0 = lowest), not the volume's K index"
+    tableNode.SetColumnDescription("index", indexWords)
     tableNode.SetColumnTitle("position_mm", "S (mm)")
     tableNode.SetColumnDescription("position_mm", "superior coordinate of the slice centre: the red view's offset")
     tableNode.SetColumnTitle("vote", "counted in the result")
     tableNode.SetColumnDescription("vote", "whether the slice voted in the scan's result; a slice outside the "
                                            "model's domain did not, and its label is no finding")
+    nameSource(tableNode, "index", resultOf, model, title="slice from inferior", description=indexWords)
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
 
@@ -333,17 +353,18 @@ def fillClassMapTable(tableNode: vtkMRMLTableNode, segmentationNode: vtkMRMLSegm
 
 
 def showHeatmap(heatmapNode: vtkMRMLScalarVolumeNode, backgroundNode: vtkMRMLVolumeNode | None, threshold: float,
-                opacity: float) -> None:
+                opacity: float, title: str = "Heatmap") -> None:
     """Heatmap as the foreground layer: Inferno colours over 0..1, values below ``threshold`` transparent,
-    with a colour legend in the slice views; ``backgroundNode`` as the background (``None``: the views keep theirs,
-    e.g. the scan under a label map that was classified)."""
+    with a colour legend in the slice views titled ``title`` (the panel names the input and the model there);
+    ``backgroundNode`` as the background (``None``: the views keep theirs, e.g. the scan under a label map that was
+    classified)."""
     heatmapNode.CreateDefaultDisplayNodes()
     apply_heatmap_display(heatmapNode.GetDisplayNode(), threshold)
     slicer.util.setSliceViewerLayers(background="keep-current" if backgroundNode is None else backgroundNode,
                                      foreground=heatmapNode, foregroundOpacity=opacity)
     legend = slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(heatmapNode)
     if legend is not None:
-        legend.SetTitleText("Heatmap")
+        legend.SetTitleText(title)
         legend.SetVisibility(True)
 
 

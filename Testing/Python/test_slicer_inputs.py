@@ -285,6 +285,9 @@ def test_a_segment_is_classified_as_the_same_gland_given_as_a_label_map(slicer_c
     assert html.escape(result.input_notes[0]) in result.result_text()
     assert p.outputTable.GetName() == "Segmentation adrenal R probabilities"
     assert p.outputTable.GetCellText(0, 0) == expected.probabilities[0][0]
+    # the table's header names the segment and the model, as the label map's names the label map
+    assert p.outputTable.GetColumnTitle("class") == "class (segment 'adrenal R' of 'Segmentation', " \
+                                                    "adrenal-mass-3d@1.3.0)"
     heatmap = p.outputHeatmap
     assert heatmap.GetName() == "Segmentation adrenal R heatmap"
     assert heatmap.GetImageData().GetDimensions() == scan.GetImageData().GetDimensions()
@@ -305,9 +308,9 @@ def test_a_segment_is_classified_as_the_same_gland_given_as_a_label_map(slicer_c
 
 
 def test_the_chosen_segment_of_two_is_classified_alone(slicer_core, monkeypatch):
-    """Of a segmentation with two segments the one chosen (``inputSegment``; the first when none or a removed one is
-    chosen, as the panel's Segment list then shows) goes to the worker alone, an overlapping segment's voxels left
-    out, and the result line names it."""
+    """Of a segmentation with two segments the one chosen (``inputSegment``; the first when none is chosen, as the
+    panel's Segment list then shows) goes to the worker alone, an overlapping segment's voxels left out, and the
+    result line names it. A chosen segment no longer in the segmentation is refused (it was the first segment)."""
     env, module = slicer_core, slicer_core.module
     logic, p = mask_model_panel(module)
     shape = (40, 40, 40)
@@ -321,8 +324,11 @@ def test_the_chosen_segment_of_two_is_classified_alone(slicer_core, monkeypatch)
     sent = exported_segments(monkeypatch, module)
 
     results = {}
-    for chosen, expected in ((segmentation.GetSegmentIdBySegmentName("adrenal"), "adrenal"), ("", "cyst"),
-                             ("Segment_removed", "cyst")):
+    p.inputSegment = "Segment_removed"
+    assert logic.inputSegmentID(p, p.inputVolume) is None
+    with pytest.raises(ValueError, match="^the chosen segment 'Segment_removed' is not in 'labels'; pick a segment$"):
+        logic.classify(p)
+    for chosen, expected in ((segmentation.GetSegmentIdBySegmentName("adrenal"), "adrenal"), ("", "cyst")):
         p.inputSegment = chosen
         assert logic.inputSegmentID(p, p.inputVolume) == segmentation.GetSegmentIdBySegmentName(expected)
         if expected in results:
@@ -339,7 +345,7 @@ def test_the_chosen_segment_of_two_is_classified_alone(slicer_core, monkeypatch)
 def test_a_segmentation_without_segments_or_an_empty_segment_is_refused_before_the_run(slicer_core):
     """A segmentation with no segment, or an empty chosen segment, is refused with one line in the status line
     before a worker starts (no exchange folder, no temporary node left); a segmentation is no input of an image
-    model, nor of Preview or the robustness check."""
+    model, nor of Preview, nor of an image model's robustness check."""
     from types import SimpleNamespace
 
     env, module = slicer_core, slicer_core.module
@@ -373,9 +379,9 @@ def test_a_segmentation_without_segments_or_an_empty_segment_is_refused_before_t
 
     p.inputSegment = ""   # its first segment, not empty: the image models and Preview refuse the segmentation still
     for model, run in (("body-region", logic.classify), (module.AUTO_MODEL, logic.classify),
-                       ("adrenal-mass-3d", logic.preview), ("adrenal-mass-3d", logic.robustness)):
+                       ("adrenal-mass-3d", logic.preview), ("body-region", logic.robustness)):
         p.model = model
-        with pytest.raises(ValueError, match="'drawn' is a segmentation: only Classify with a mask model"):
+        with pytest.raises(ValueError, match="'drawn' is a segmentation: only a mask model"):
             run(p)
     assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
 
@@ -419,8 +425,10 @@ def test_the_segment_row_lists_the_input_segments_and_keeps_the_choice(slicer_co
     module.VTKObservationMixin.__init__(widget)
     widget.logic = module.MedDeepRecogLogic()
     combo, label = ComboBox(), SimpleNamespace(visible=False)
-    widget.ui = SimpleNamespace(inputSegmentComboBox=combo, inputSegmentLabel=label)
+    widget.ui = SimpleNamespace(inputSegmentComboBox=combo, inputSegmentLabel=label,
+                                statusLabel=SimpleNamespace(text=""))
     p = widget._parameterNode = widget.logic.getParameterNode()
+    p.model, p.device = "adrenal-mass-3d", "cpu"
     combo.box.currentIndexChanged.connect(widget.onInputSegmentSelected)
     scan = add_volume(env, "CT")
     segmentationNode = add_segmentation(env, scan, {"left": np.zeros((18, 26, 30), bool),
@@ -438,19 +446,39 @@ def test_the_segment_row_lists_the_input_segments_and_keeps_the_choice(slicer_co
     assert p.inputSegment == ""   # filling the list is no choice: a run takes the first segment, as shown
     combo.currentIndex = 1   # the user's choice
     assert p.inputSegment == right
+    assert widget.logic.inputWords(p) == "segment 'right' of 'labels'"   # what a result of the run is said to be of
     widget._updateSegmentSelector(p)
     assert combo.currentData == right
 
     segmentation.GetSegment(right).SetName("right adrenal")   # followed without a parameter change
     segmentation.AddEmptySegment("cyst", "cyst")
     assert combo.items() == [(left, "left"), (right, "right adrenal"), ("cyst", "cyst")] and combo.currentData == right
-    segmentation.RemoveSegment(right)
-    assert combo.items() == [(left, "left"), ("cyst", "cyst")] and combo.currentData == left
-    assert widget.logic.inputSegmentID(p, segmentationNode) == left
+    segmentation.RemoveSegment(right)   # not moved to "left": no segment chosen, Classify refused, said at once
+    assert combo.items() == [(left, "left"), ("cyst", "cyst")] and combo.currentIndex == -1
+    assert widget.logic.inputSegmentID(p, segmentationNode) is None
+    assert widget.ui.statusLabel.text == "Segment 'right adrenal' was removed from 'labels': pick the segment to " \
+                                         "classify."
+    with pytest.raises(ValueError, match="^segment 'right adrenal' was removed from 'labels'; pick a segment$"):
+        widget.logic.classify(p)
+    combo.currentIndex = 1   # the user picks one
+    assert (p.inputSegment, p.removedSegment) == ("cyst", "") and widget.logic.inputSegmentID(p, segmentationNode) \
+        == "cyst"
+    p.inputSegment = ""   # none chosen: the first, shown; removing it is removing the segment Classify would read
+    widget._updateSegmentSelector(p)
+    assert combo.currentData == left
+    segmentation.RemoveSegment(left)
+    assert combo.items() == [("cyst", "cyst")] and combo.currentIndex == -1
+    with pytest.raises(ValueError, match="^segment 'left' was removed from 'labels'; pick a segment$"):
+        widget.logic.classify(p)
+    segmentation.RemoveSegment("cyst")   # another segment than the chosen one: nothing more to say
+    other = add_segmentation(env, scan, {"Segment_1": np.zeros((18, 26, 30), bool)}, "other")
+    p.inputVolume = other   # another segmentation: no choice carried over from the last one, its first shown
+    widget._updateSegmentSelector(p)
+    assert (p.inputSegment, p.removedSegment) == ("", "") and combo.currentData == "Segment_1"
     p.inputVolume = scan
     widget._updateSegmentSelector(p)
     assert not combo.visible and combo.items() == []
-    segmentation.AddEmptySegment("late", "late")   # no longer followed
+    other.GetSegmentation().AddEmptySegment("late", "late")   # no longer followed
     assert combo.items() == []
 
 
@@ -478,3 +506,45 @@ def test_a_segment_beyond_its_segmentations_reference_geometry_is_classified_who
         result = logic.classify(p, waitForCompletion=True)
         assert sent[-1].sum() == adrenal.sum(), shift_k   # the whole segment
         assert dict(result.probabilities) == pytest.approx(dict(expected.probabilities), abs=1e-4), shift_k
+
+
+def test_the_robustness_check_reads_a_segment_as_the_label_map_it_is_sent_as(slicer_core, monkeypatch):
+    """The robustness check was offered for a mask model's label map but not for its segment, though Classify reads
+    both. The core's ``robustness --input`` prepares its file as classify does (``robustness.scan.model_input_of``:
+    ``classify_scan``), and the panel sends the segment as the binary label map Classify sends (that segment alone,
+    on the grid it was drawn on): the check runs on the segment exactly as on the same gland's label map, gives its
+    sentence, and names the segment and the model. An image model still refuses the segmentation."""
+    from types import SimpleNamespace
+
+    env, module = slicer_core, slicer_core.module
+    logic, p = mask_model_panel(module)
+    shape, offset = (40, 40, 40), (6, 6, 6)
+    adrenal = placed(gland(), shape, offset)
+    scan = scan_on_mask_grid(env, shape)
+    p.inputVolume = add_label_map(env, "adrenal", gland(), shape, offset, 1)
+    expected = logic.robustness(p, waitForCompletion=True)
+    assert expected.startswith("For 'adrenal', model adrenal-mass-3d@1.3.0: ")
+
+    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    p.inputVolume = add_segmentation(env, scan, {"cyst": (x - 30) ** 2 + (y - 30) ** 2 + (z - 30) ** 2 <= 16,
+                                                 "adrenal": adrenal})
+    p.inputSegment = p.inputVolume.GetSegmentation().GetSegmentIdBySegmentName("adrenal")
+    sent = exported_segments(monkeypatch, module)
+    widget = module.MedDeepRecogWidget.__new__(module.MedDeepRecogWidget)   # the panel's methods, no Qt panel
+    widget.logic = logic
+    buttons = ("classifyButton", "classifySliceButton", "segmentButton", "robustnessButton", "previewButton",
+               "finetuneButton")
+    widget.ui = SimpleNamespace(**{name: SimpleNamespace(text="", enabled=False) for name in buttons})
+    widget._updateRunButtons(p)
+    assert {name for name in buttons if getattr(widget.ui, name).enabled} == {"classifyButton", "robustnessButton"}
+
+    got = logic.robustness(p, waitForCompletion=True)
+    assert len(sent) == 1 and np.array_equal(sent[0] != 0, adrenal) and set(np.unique(sent[0])) == {0, 1}
+    assert got == expected.replace("For 'adrenal'", "For segment 'adrenal' of 'labels'", 1)
+    assert not list(env.temporaryPath.glob("MedDeepRecog-*"))
+
+    p.model = "body-region"   # an image model: neither offered nor run on a segmentation
+    widget._updateRunButtons(p)
+    assert not widget.ui.robustnessButton.enabled
+    with pytest.raises(ValueError, match="'labels' is a segmentation: only a mask model"):
+        logic.robustness(p)

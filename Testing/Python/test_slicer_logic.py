@@ -177,7 +177,8 @@ def test_a_run_without_heatmap_takes_the_last_ones_off_and_outputs_take_the_new_
     assert p.sliceTable is None and env.count("vtkMRMLTableNode") == 1
     segmentation = p.outputSegmentation.GetSegmentation()
     assert not [segmentation.GetSegment(s).GetName() for s in segmentation.GetSegmentIDs()]
-    assert p.outputTable.GetName() == "scan B probabilities" and p.outputSegmentation.GetName() == "scan B segmentations"
+    assert p.outputTable.GetName() == "scan B probabilities"
+    assert p.outputSegmentation.GetName() == "scan B segmentations"
     for view in ("Red", "Yellow", "Green"):
         assert env.core.composite_node(view).GetForegroundVolumeID() is None
 

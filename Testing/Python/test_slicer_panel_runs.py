@@ -120,7 +120,8 @@ def test_each_scan_has_its_own_output_segmentation(slicer_core, tiny_package):
     logic.classify(p, waitForCompletion=True)
     assert p.outputSegmentation is not ctSegmentation and p.outputSegmentation.GetName() == "scan B segmentations"
     assert names(p.outputSegmentation) == [f"heatmap >= {module.HOT_REGION_THRESHOLD}"]
-    assert names(ctSegmentation) == ["liver", "spleen", "kidney"] and ctSegmentation.GetName() == "abdomen_ct segmentations"
+    assert names(ctSegmentation) == ["liver", "spleen", "kidney"]
+    assert ctSegmentation.GetName() == "abdomen_ct segmentations"
     assert not ctSegmentation.GetDisplayVisibility() and p.outputSegmentation.GetDisplayVisibility()
     scanSegmentation = p.outputSegmentation
 
@@ -334,18 +335,21 @@ def test_the_result_lines_go_when_the_input_changes_or_the_scene_closes(slicer_c
     widget.setParameterNode = lambda node: None
     p = widget._parameterNode
     first, second = add_volume(env, "brain1"), add_volume(env, "brain2")
-    labels = SegmentLabels("m@1.0.0", ["x", "y"], [{"segment": "a", "label": "y", "probabilities": {"x": .25, "y": .75}}])
+    labels = SegmentLabels("m@1.0.0", ["x", "y"],
+                           [{"segment": "a", "label": "y", "probabilities": {"x": .25, "y": .75}}])
 
     def answer():
         p.inputVolume = first
         widget._run("classify", lambda p, onProgress, onFinished: onFinished(labels, None),
                     SimpleNamespace(hide=lambda: None), widget.ui.statusLabel, widget._showResult)
-        assert widget.ui.resultLabel.text == labels.result_text() and widget.ui.statusLabel.text.startswith("Done")
+        assert widget.ui.resultLabel.text == header + labels.result_text()
+        assert widget.ui.statusLabel.text.startswith("Done")
 
     from types import SimpleNamespace
+    header = "<small>For 'brain1', model m@1.0.0:</small><br>"
     answer()
     widget.onParameterNodeModified()   # the same scan: the answer stays
-    assert widget.ui.resultLabel.text == labels.result_text()
+    assert widget.ui.resultLabel.text == header + labels.result_text()
     p.inputVolume = second
     widget.onParameterNodeModified()
     assert (widget.ui.statusLabel.text, widget.ui.resultLabel.text, widget.ui.faithfulnessLabel.text) == ("", "", "")
@@ -410,3 +414,32 @@ def test_a_classify_that_cannot_start_takes_the_last_answer_off(slicer_core, tin
     assert p.outputTable is None and p.outputHeatmap is None
     assert env.count("vtkMRMLTableNode") == 0 and env.count("vtkMRMLScalarVolumeNode") == 1
     assert env.core.composite_node("Red").GetForegroundVolumeID() is None
+
+
+def test_a_result_names_the_scan_and_the_model_it_is_of(slicer_core, tiny_package):
+    """The result line, the probability table and the heatmap's legend named no scan and no model: a radiologist
+    switching between scans (the line is cleared then, but a table or heatmap saved with the scene, or a line read
+    while the next scan loads) could read one scan's finding as another's. Each now names the scan the run read
+    and the model's id@version."""
+    from types import SimpleNamespace
+
+    env, module = slicer_core, slicer_core.module
+    logic = module.MedDeepRecogLogic()
+    widget = _panel(module, logic)
+    p = widget._parameterNode
+    p.device = "cpu"
+    model = f"{tiny_package.parent.name}@{tiny_package.name}"   # the catalog's <id>/<version> folder
+
+    def classify(p, onProgress, onFinished):
+        return logic.classify(p, onProgress=onProgress, onFinished=onFinished, waitForCompletion=True)
+    for name in ("brain1", "brain2"):
+        p.inputVolume, p.model = add_volume(env, name), str(tiny_package)
+        widget._run("classify", classify, SimpleNamespace(hide=lambda: None), widget.ui.statusLabel,
+                    widget._showResult)
+        assert widget.ui.resultLabel.text.startswith(f"<small>For '{name}', model {model}:</small><br><b>")
+        table = p.outputTable
+        assert table.GetColumnTitle("class") == f"class ('{name}', {model})"
+        assert table.GetColumnDescription("class") == f"results of '{name}' by the model {model}"
+        assert table.GetColumnTitle("probability") == module.scene_io.SCAN_PROBABILITY   # the others as they were
+        legends = env.slicer.util.getNodesByClass("vtkMRMLColorLegendDisplayNode")
+        assert [legend.GetTitleText() for legend in legends] == [f"Heatmap: '{name}', {model}"]

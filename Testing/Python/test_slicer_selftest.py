@@ -3,8 +3,8 @@
 import pytest
 
 
-@pytest.mark.parametrize("method", ["test_ClassifyLoadsTableHeatmapAndSegments", "test_PreviewLoadsFilteredVolumeAndMask",
-                                    "test_FinetuneThenClassifySegments",
+@pytest.mark.parametrize("method", ["test_ClassifyLoadsTableHeatmapAndSegments",
+                                    "test_PreviewLoadsFilteredVolumeAndMask", "test_FinetuneThenClassifySegments",
                                     "test_SegmentLoadsOrgansOnTheScanGrid"])
 def test_module_self_test(slicer_core, method):
     test = slicer_core.module.MedDeepRecogTest(method)

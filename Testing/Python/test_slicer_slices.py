@@ -98,7 +98,11 @@ def test_classify_current_slice_and_jump_from_the_per_slice_table(slicer_core, s
     # the finding's slice range, in the core's words, in the result line's notes
     assert "lesion on axial slices 6-9 counted from the most inferior (S -15.0 to -7.5 mm); where it reads lesion, " \
            "not the extent of a lesion" in whole.result_text()
-    assert table.GetColumnTitle("index") == "slice from inferior" and table.GetColumnTitle("position_mm") == "S (mm)"
+    # the first column names the scan and the model these slices' results are of
+    assert table.GetColumnTitle("index") == f"slice from inferior ('axial scan', {whole.model})"
+    assert table.GetColumnDescription("index").endswith(f"not the volume's K index; results of 'axial scan' by the "
+                                                        f"model {whole.model}")
+    assert whole.model.startswith("tiny-2d@") and table.GetColumnTitle("position_mm") == "S (mm)"
     assert table.GetNumberOfRows() == 14
     positions = [module.scene_io.slicePositionOfRow(table, r) for r in range(14)]
     assert positions == pytest.approx([-30.0 + 2.5 * k for k in range(14)])

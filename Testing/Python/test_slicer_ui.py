@@ -203,9 +203,10 @@ def test_every_parameter_name_is_a_bindable_field():
                 f"{name}: nodeTypes {props['nodeTypes']} are not {type_name}"
     unbound = set(fields) - set(bound)
     # fields the panel shows without a connector: outputs set by the logic, the catalog-filled model combo box, the
-    # segment list filled from the input segmentation (Slicer has no connector for a segment)
+    # segment list filled from the input segmentation (Slicer has no connector for a segment) and the name of the
+    # chosen segment when it was removed
     assert unbound == {"model", "outputTable", "sliceTable", "outputHeatmap", "preprocessedVolume", "classMapTable",
-                       "inputSegment"}, unbound
+                       "inputSegment", "removedSegment"}, unbound
 
 
 def test_mrml_widgets_receive_the_scene():
