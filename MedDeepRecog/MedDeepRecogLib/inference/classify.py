@@ -28,7 +28,7 @@ from ..packages.package import target_layer_of  # the check models --verify make
 from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, image_for_model, is_hounsfield, nearest_axial_slice,
                           slices_from_image, volume_from_image, whole_image_is_body)
-from .predict import decide, predict_slices, predict_volume
+from .predict import decide, predict_slices, predict_volume, slice_runs
 
 log = logging.getLogger(__name__)
 
@@ -657,23 +657,21 @@ def finding_range(per_slice: list[dict], decision: dict, class_names: Sequence[s
     label = decision.get("top_class") if decision.get("label") != OUT_OF_DOMAIN else None
     if label is None or label.lower() == NO_FINDING_CLASS:
         return None
-    runs, current = [], []
-    for rec in per_slice:
-        if rec.get("voted", True) and rec["label"] == label:
-            current.append(rec)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
+    # the same runs as the JSON's ``regions`` (predict.label_runs), so the range printed is one of them
+    runs = [r for r in slice_runs(per_slice) if r[0]["label"] == label]
     if not runs:
         return None
     best = max(runs, key=lambda r: (len(r), sum(x["probability"] for x in r)))
     lo, hi = sorted((best[0].get("position_mm"), best[-1].get("position_mm")), key=lambda v: (v is None, v))
     extent = any(c.lower() == NO_FINDING_CLASS for c in class_names)
+    indices = [r["index"] for r in per_slice if r.get("voted", True) and r["label"] == label]
     return {"label": label, "first_index": best[0]["index"], "last_index": best[-1]["index"], "slices": len(best),
             "from_mm": lo, "to_mm": hi,
-            "slices_with_label": sum(1 for r in per_slice if r.get("voted", True) and r["label"] == label),
+            "slices_with_label": len(indices), "label_indices": indices,
+            # what each figure is, in the JSON itself: the printed range is the run, "in all" the label's slices
+            "basis": (f"first_index..last_index (from_mm..to_mm): the longest run of consecutive voting slices read "
+                      f"as {label}, the region of 'regions' printed as the finding; slices_with_label: every voting "
+                      f"slice read as {label} (label_indices), in that run or not"),
             "extent": extent,
             **({} if extent else {"caveat": f"the model has no '{NO_FINDING_CLASS}' class, so every slice it reads "
                                             f"gets one of its classes: this is where it reads {label}, "
