@@ -174,9 +174,19 @@ def probabilities_basis(result: "ClassificationResult") -> str:
 
 
 def probabilities_label(result: "ClassificationResult") -> str:
-    """What the printed probabilities are, in a few words (the command line's second line)."""
+    """What the printed probabilities are, in a few words (the command line's and the demo's probability line). For
+    a slice stack they differ from the headline's confidence (a geometric mean against a plain mean of the slices'
+    probabilities): the line names the confidence and what it is, so "confidence 0.78" above "glioma 0.821" does
+    not read as two figures for one thing."""
     n = voting_slices(result)
-    label = f"scan probabilities (label vote: geometric mean over {n} slices)" if n > 1 else "probabilities"
+    if n <= 1:
+        label = "probabilities"
+    elif _no_class(result):
+        label = f"scan probabilities (geometric mean over {n} slices)"
+    else:
+        d = result.decision
+        label = (f"scan probabilities (geometric mean over the {n} voting slices, which picks the label; the "
+                 f"confidence {d['confidence']:.2f} is their plain mean for {d['top_class']})")
     return f"{NOT_A_FINDING} ({label})" if _no_class(result) else label
 
 
