@@ -298,6 +298,30 @@ def test_router_sends_brain_mr_to_the_brain_model_and_says_why(radiomics, mni152
         assert "MRBrain" in route.reason
 
 
+def test_a_doubtful_route_gives_the_region_class_one_figure(monkeypatch):
+    """MNI152 with --model auto read "confidence 0.55 in MRBrain is below the model's threshold 0.70), so MRBrain is
+    only its nearest MR class (p=0.56)": body-region's confidence (the slices' plain mean) and its scan probability
+    (a geometric mean) for one class. The route now gives that class the figure its doubt quotes, and the JSON
+    evidence carries it beside the probability."""
+    import SimpleITK as sitk
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.inference import classify as cl
+    from MedDeepRecogLib.inference.route import _route_by_region
+
+    doubt = "confidence 0.55 in MRBrain is below the model's threshold 0.70"
+    probs = {"CTAbd": 0.05, "CTChest": 0.05, "CTHead": 0.1, "CXR": 0.04, "MRBrain": 0.5612, "MRBreast": 0.1988}
+    region = SimpleNamespace(probability_map=lambda: probs, model={"id": "body-region", "version": "1.0.0"},
+                             decision={"label": "uncertain", "top_class": "MRBrain", "confidence": 0.5523,
+                                       "uncertain": True, "reasons": [doubt]})
+    monkeypatch.setattr(cl, "classify_scan", lambda *a, **k: region)
+    route = _route_by_region(sitk.Image(256, 256, 20, sitk.sitkFloat32), "cpu", "MR")
+    assert route.model == BRAIN
+    assert f"({doubt}), so MRBrain is only its nearest MR class (confidence 0.55)" in route.reason
+    assert "p=0.56" not in route.reason
+    assert route.evidence["body_region_confidence"] == 0.5523 and route.evidence["body_region_probability"] == 0.5612
+
+
 def test_router_says_when_the_body_region_is_only_the_nearest_class(shared_data, radiomics):
     """An abdominal MR: the body-region model knows no MR region but brain and breast, so MRBrain comes out as the
     nearest at p 0.25; the route must say so (and leave the refusal to the brain model's domain check), while a
