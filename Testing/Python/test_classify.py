@@ -445,3 +445,21 @@ def test_a_study_folder_of_series_subfolders_is_a_batch_of_one_scan_per_series(s
     for name in ("series_a", "series_b"):
         record = json.loads((tmp_path / "out" / f"{name}.json").read_text(encoding="utf-8"))
         assert record["input"].endswith(name) and record["top_class"] == "CTAbd"
+
+
+def test_the_heatmap_title_says_when_the_axial_panel_shows_a_slice_read_as_another_class():
+    """The demo's PNG was titled "gradcam heatmap for glioma" while its axial panel showed the peak slice (S -39 mm,
+    index 6), which per_slice reads as pituitary. The title now names that slice's own reading."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.inference.classify import axial_panel_note
+
+    per_slice = [{"index": k, "label": "pituitary" if k == 6 else "glioma", "probability": 0.55 if k == 6 else 0.8,
+                  "voted": True, "position_mm": -78.0 + 6.5 * k} for k in range(25)]
+    planes = SimpleNamespace(offsets_mm=[-39.0, 0.0, 0.0], n_axial=25)
+    note = axial_panel_note(per_slice, planes, "glioma")
+    assert note == ("the axial panel's slice (S -39.0 mm, index 6) is itself read as pituitary (p 0.55): the heat "
+                    "on it is for glioma, the scan's label")
+    planes.offsets_mm[0] = -32.5   # a glioma slice: nothing to add
+    assert axial_panel_note(per_slice, planes, "glioma") is None
+    assert axial_panel_note(per_slice, SimpleNamespace(offsets_mm=[0.0] * 3, n_axial=1), "glioma") is None

@@ -688,6 +688,26 @@ def finding_range(per_slice: list[dict], decision: dict, class_names: Sequence[s
                                             "not the extent of a lesion"})}
 
 
+def axial_panel_note(per_slice: Sequence[dict], planes: Any, target: str) -> str | None:
+    """What the overlay's axial panel shows when its slice is read as another class than the heatmap's ``target``
+    (the scan's label), else ``None``: the panel goes through the heatmap's peak, and brain1's "gradcam heatmap for
+    glioma" showed slice 6, which the model itself reads as pituitary, as if it were glioma's evidence. The panel's
+    slice is the per-slice record nearest its superior offset (``planes.offsets_mm[0]``, RAS S = ``position_mm``)."""
+    offset = float(planes.offsets_mm[0]) if planes is not None and planes.n_axial > 1 else float("nan")
+    placed = [r for r in per_slice if r.get("position_mm") is not None and "label" in r]
+    if not np.isfinite(offset) or not placed:
+        return None
+    rec = min(placed, key=lambda r: abs(r["position_mm"] - offset))
+    gaps = np.diff(sorted(r["position_mm"] for r in placed))
+    if gaps.size and abs(rec["position_mm"] - offset) > 0.6 * float(gaps.min()):   # the panel is between records
+        return None
+    if rec["label"] == target:
+        return None
+    vote = "" if rec.get("voted", True) else ", a slice that did not vote"
+    return (f"the axial panel's slice (S {rec['position_mm']:.1f} mm, index {rec['index']}) is itself read as "
+            f"{rec['label']} (p {rec['probability']:.2f}{vote}): the heat on it is for {target}, the scan's label")
+
+
 def axial_plane_size(image: sitk.Image) -> list[int]:
     """``[width, height]`` in pixels of the slices a 2D model reads: a 2D image's own plane; a volume's axial
     planes (the index axes nearest L and P, as :func:`..io.geometry.lps_view` orders them), whatever order the
@@ -869,8 +889,9 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
             # is no finding (the Slicer panel shows none)
             target = (f"the network's top class {result.explain.get('class', '')} ({NOT_A_FINDING})"
                       if _no_class(result) else result.explain.get("class", ""))
+            note = None if _no_class(result) else axial_panel_note(result.per_slice, scan_planes, target)
             title = (f"{result.model['id']} {result.model['version']}: {headline(result)}"
-                     f"\n{result.explain.get('method')} heatmap for {target}")
+                     f"\n{result.explain.get('method')} heatmap for {target}{'; ' + note if note else ''}")
             caption = result.explain.get("faithfulness_caption", "")
             if caption:
                 title += f"\n{caption}"
