@@ -77,6 +77,9 @@ def test_brain_model_names_a_tumour_type_finds_the_tumour_slices_and_scores_its_
     assert finding is not None and finding["label"] == result.decision["top_class"]
     # no "normal" class: the run is where the model reads that tumour type, and the record says it is no extent
     assert finding["extent"] is False and "not the extent of a lesion" in finding["caveat"]
+    # the JSON's regions hold the printed run (brain1 printed 10-23 while regions read glioma 1-23)
+    assert {"label": finding["label"], "first": finding["first_index"], "last": finding["last_index"],
+            "slices": finding["slices"]} in result.decision["regions"]
     if case == "brain1":  # brain2's run of glioma slices (11-17) lies just above its small tumour (slices 8-10)
         assert set(per_slice["slice_indices"]) & set(range(finding["first_index"], finding["last_index"] + 1))
 
