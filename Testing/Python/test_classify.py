@@ -372,6 +372,35 @@ def test_the_finding_in_words_says_when_its_run_is_only_the_longest_of_several()
     assert "longest run" not in finding_words(single) and "caveat" not in single
 
 
+def test_regions_hold_the_printed_finding_run_and_never_span_a_slice_read_otherwise():
+    """brain1 on brain-tumour-mri printed "glioma on axial slices 10-23 ... (14 slices; 19 in all)" while the JSON's
+    regions read {"label": "glioma", "first": 1, "last": 23, "slices": 19}: a one-slice pituitary run (slice 6) was
+    merged away as noise, and slices that did not vote were skipped. The per-slice labels and votes below are that
+    run's; the regions now include the finding's run and no region encloses a slice read otherwise or not voting."""
+    from MedDeepRecogLib.inference.classify import finding_range
+    from MedDeepRecogLib.inference.predict import label_runs
+
+    labels = ["glioma"] * 5 + ["pituitary"] * 2 + ["glioma"] * 17 + ["meningioma"]
+    unvoted = {0, 5, 7, 9, 24}
+    per_slice = [{"index": i, "label": c, "probability": 0.8, "voted": i not in unvoted, "position_mm": 3.5 * i}
+                 for i, c in enumerate(labels)]
+    regions = label_runs(per_slice)
+    finding = finding_range(per_slice, {"label": "uncertain", "top_class": "glioma"}, ["glioma", "pituitary"])
+    assert (finding["first_index"], finding["last_index"], finding["slices"]) == (10, 23, 14)
+    assert {"label": "glioma", "first": 10, "last": 23, "slices": 14} in regions
+    by_index = {r["index"]: r for r in per_slice}
+    for region in regions:
+        span = [by_index[i] for i in range(region["first"], region["last"] + 1)]
+        assert all(r["voted"] and r["label"] == region["label"] for r in span), region
+        assert len(span) == region["slices"]
+    assert {"label": "pituitary", "first": 6, "last": 6, "slices": 1} in regions
+    # "19 in all" is in the JSON as the list of those slices, and the JSON says which figure is which
+    assert finding["slices_with_label"] == len(finding["label_indices"]) == 19
+    assert finding["label_indices"][:5] == [1, 2, 3, 4, 8]
+    assert sum(r["slices"] for r in regions if r["label"] == "glioma") == 19
+    assert "longest run" in finding["basis"] and "label_indices" in finding["basis"]
+
+
 def test_a_folder_batch_names_what_it_left_out_and_a_folder_of_junk_says_it_holds_no_scan(tmp_path, run_cli_all):
     """A folder of scans with a text file, a subfolder (a DICOM series) and a BIDS-style sidecar: the scans are
     classified, the text file and the subfolder are named as skipped (the sidecar is not); a folder holding only
@@ -416,3 +445,21 @@ def test_a_study_folder_of_series_subfolders_is_a_batch_of_one_scan_per_series(s
     for name in ("series_a", "series_b"):
         record = json.loads((tmp_path / "out" / f"{name}.json").read_text(encoding="utf-8"))
         assert record["input"].endswith(name) and record["top_class"] == "CTAbd"
+
+
+def test_the_heatmap_title_says_when_the_axial_panel_shows_a_slice_read_as_another_class():
+    """The demo's PNG was titled "gradcam heatmap for glioma" while its axial panel showed the peak slice (S -39 mm,
+    index 6), which per_slice reads as pituitary. The title now names that slice's own reading."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.inference.classify import axial_panel_note
+
+    per_slice = [{"index": k, "label": "pituitary" if k == 6 else "glioma", "probability": 0.55 if k == 6 else 0.8,
+                  "voted": True, "position_mm": -78.0 + 6.5 * k} for k in range(25)]
+    planes = SimpleNamespace(offsets_mm=[-39.0, 0.0, 0.0], n_axial=25)
+    note = axial_panel_note(per_slice, planes, "glioma")
+    assert note == ("the axial panel's slice (S -39.0 mm, index 6) is itself read as pituitary (p 0.55): the heat "
+                    "on it is for glioma, the scan's label")
+    planes.offsets_mm[0] = -32.5   # a glioma slice: nothing to add
+    assert axial_panel_note(per_slice, planes, "glioma") is None
+    assert axial_panel_note(per_slice, SimpleNamespace(offsets_mm=[0.0] * 3, n_axial=1), "glioma") is None

@@ -209,3 +209,19 @@ def test_cli_lesion_localisation_and_slicer_reading(packages, scan, tmp_path, ca
     text = read_classify_result(out, scan).result_text()
     assert text.startswith("<b>outside this model's domain</b>: no class reported<br><i>outside this model&#x27;s")
     assert record["top_class"] not in text and "most likely" not in text and "p = " not in text
+
+
+def test_the_lesion_fill_line_gives_signed_changes_that_read_right_either_way():
+    """"lowers each slice's label probability by +0.025 ...; the same fill elsewhere: -0.004" said the fill elsewhere
+    lowers it by -0.004, i.e. raises it. The line now gives changes, signed, with their direction in words."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.report import lesion_words
+
+    result = SimpleNamespace(explain={"localisation": {"lesion_reliance": {"drop_lesion": 0.0247,
+                                                                           "drop_elsewhere": -0.004}}})
+    line = lesion_words(result)[-1]
+    assert "changes each slice's label probability by -0.025 (a drop) on average" in line
+    assert line.endswith("the same fill elsewhere: +0.004 (a rise).") and "lowers" not in line
+    result.explain["localisation"]["lesion_reliance"].update(drop_lesion=-0.0001, drop_elsewhere=0.0)
+    assert lesion_words(result)[-1].count("+0.000 (no change)") == 2

@@ -77,6 +77,9 @@ def test_brain_model_names_a_tumour_type_finds_the_tumour_slices_and_scores_its_
     assert finding is not None and finding["label"] == result.decision["top_class"]
     # no "normal" class: the run is where the model reads that tumour type, and the record says it is no extent
     assert finding["extent"] is False and "not the extent of a lesion" in finding["caveat"]
+    # the JSON's regions hold the printed run (brain1 printed 10-23 while regions read glioma 1-23)
+    assert {"label": finding["label"], "first": finding["first_index"], "last": finding["last_index"],
+            "slices": finding["slices"]} in result.decision["regions"]
     if case == "brain1":  # brain2's run of glioma slices (11-17) lies just above its small tumour (slices 8-10)
         assert set(per_slice["slice_indices"]) & set(range(finding["first_index"], finding["last_index"] + 1))
 
@@ -296,6 +299,30 @@ def test_router_sends_brain_mr_to_the_brain_model_and_says_why(radiomics, mni152
         assert route.model == BRAIN, route
         assert route.evidence["modality"] == "MR" and route.evidence["body_region"] == "MRBrain"
         assert "MRBrain" in route.reason
+
+
+def test_a_doubtful_route_gives_the_region_class_one_figure(monkeypatch):
+    """MNI152 with --model auto read "confidence 0.55 in MRBrain is below the model's threshold 0.70), so MRBrain is
+    only its nearest MR class (p=0.56)": body-region's confidence (the slices' plain mean) and its scan probability
+    (a geometric mean) for one class. The route now gives that class the figure its doubt quotes, and the JSON
+    evidence carries it beside the probability."""
+    import SimpleITK as sitk
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.inference import classify as cl
+    from MedDeepRecogLib.inference.route import _route_by_region
+
+    doubt = "confidence 0.55 in MRBrain is below the model's threshold 0.70"
+    probs = {"CTAbd": 0.05, "CTChest": 0.05, "CTHead": 0.1, "CXR": 0.04, "MRBrain": 0.5612, "MRBreast": 0.1988}
+    region = SimpleNamespace(probability_map=lambda: probs, model={"id": "body-region", "version": "1.0.0"},
+                             decision={"label": "uncertain", "top_class": "MRBrain", "confidence": 0.5523,
+                                       "uncertain": True, "reasons": [doubt]})
+    monkeypatch.setattr(cl, "classify_scan", lambda *a, **k: region)
+    route = _route_by_region(sitk.Image(256, 256, 20, sitk.sitkFloat32), "cpu", "MR")
+    assert route.model == BRAIN
+    assert f"({doubt}), so MRBrain is only its nearest MR class (confidence 0.55)" in route.reason
+    assert "p=0.56" not in route.reason
+    assert route.evidence["body_region_confidence"] == 0.5523 and route.evidence["body_region_probability"] == 0.5612
 
 
 def test_router_says_when_the_body_region_is_only_the_nearest_class(shared_data, radiomics):

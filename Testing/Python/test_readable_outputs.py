@@ -202,7 +202,29 @@ def test_printed_png_and_json_confidence_agree(run_cli_all, shared_data, tmp_pat
     assert "geometric mean" in record["probabilities_basis"]
     # the two figures genuinely differ for a slice stack; neither is printed unlabelled
     assert abs(record["probabilities"][record["top_class"]] - record["confidence"]) > 0.005
-    assert "scan probabilities (label vote: geometric mean over" in out
+    # the probability line names the headline's confidence and what each figure is
+    assert (f"scan probabilities (geometric mean over the {sum(r['voted'] for r in record['per_slice'])} voting "
+            f"slices, which picks the label; the confidence {record['confidence']:.2f} is their plain mean for "
+            f"{record['top_class']})") in out
+
+
+def test_the_probability_line_names_the_headline_confidence_and_what_each_figure_is():
+    """brain1: "uncertain (top class glioma, confidence 0.78)" then "scan probabilities ...: glioma 0.821", two
+    figures for one class; the probability line now says the 0.78 is the slices' plain mean and its own figures the
+    geometric mean that picks the label (the demo prints the same line)."""
+    from types import SimpleNamespace
+
+    from MedDeepRecogLib.inference.classify import probabilities_label
+
+    per_slice = [{"index": k, "label": "glioma", "probability": 0.8, "voted": k != 0} for k in range(21)]
+    result = SimpleNamespace(per_slice=per_slice, decision={"label": "uncertain", "top_class": "glioma",
+                                                            "confidence": 0.7823})
+    line = probabilities_label(result)
+    assert line == ("scan probabilities (geometric mean over the 20 voting slices, which picks the label; the "
+                    "confidence 0.78 is their plain mean for glioma)")
+    result.decision["label"] = "out-of-domain"
+    assert "confidence" not in probabilities_label(result)   # no class reported: no confidence to name
+    assert probabilities_label(SimpleNamespace(per_slice=per_slice[:1], decision=result.decision)) != line
 
 
 # ------------------------------------------------------------------------------------------------ 3. masks

@@ -860,3 +860,37 @@ def test_resuming_a_finished_run_whose_config_pins_its_version_names_its_package
     assert result["package"] == str(cat / "synthetic" / "1.0.0") and "nothing trained" in result["complete"]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
     assert sorted(p.name for p in (cat / "synthetic").iterdir()) == ["1.0.0"]
+
+
+def test_the_card_reproduce_command_writes_into_a_scratch_folder_and_model_json_keeps_the_command_as_run():
+    """brain-tumour-mri 1.3.1's and breast-us-lesion 1.5.2's cards told a reader to reproduce them with
+    `--package-dest MedDeepRecog/MedDeepRecogLib/data/models`, the folder that holds that version (refused by
+    check_new_version); the README says a scratch folder. The card's command now names one and says where the
+    package was made; model.json's provenance keeps the command as run."""
+    from MedDeepRecogLib import resources
+    from MedDeepRecogLib.training.train import REPRODUCE_DEST, scratch_command, scratch_reproduce_section
+
+    bundled = "MedDeepRecog/MedDeepRecogLib/data/models"
+    ran = f"meddeeprecog train configs/b.yaml --out /tmp/runs/b --package-dest {bundled} --threads 2"
+    assert scratch_command(ran) == (f"meddeeprecog train configs/b.yaml --out /tmp/runs/b --package-dest "
+                                    f"{REPRODUCE_DEST} --threads 2", bundled)
+    assert scratch_command("meddeeprecog train c.yaml --package-dest=/x")[0].endswith(f"={REPRODUCE_DEST}")
+    assert scratch_command("meddeeprecog train c.yaml")[0].endswith(f"--package-dest {REPRODUCE_DEST}")
+    assert scratch_command("slicer_bridge.tiny_model") == ("slicer_bridge.tiny_model", None)
+    card = f"# b 1.0.0\n\n## Reproduce\n```\n{ran}\n```\nseed 0.\n\n## Next\ntext\n"
+    fixed = scratch_reproduce_section(card, "b")
+    assert f"--package-dest {REPRODUCE_DEST} --threads 2\n```\n" in fixed and f"written to {bundled}" in fixed
+    assert fixed.endswith("```\n") is False and fixed.split("## Next")[1] == card.split("## Next")[1]
+    assert scratch_reproduce_section(fixed, "b") == fixed
+    calibrated = scratch_reproduce_section(fixed, "b", calibrated=True)   # calibrate: its own steps, in the section
+    assert "`meddeeprecog calibrate` commands of the sections below" in calibrated.split("## Next")[0]
+    assert scratch_reproduce_section(calibrated, "b", calibrated=True) == calibrated
+    for model_id, version in (("brain-tumour-mri", "1.3.1"), ("breast-us-lesion", "1.5.2")):
+        folder = resources.BUNDLED_MODELS_DIR / model_id / version
+        text = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+        reproduce = text.split("## Reproduce\n```\n")[1].split("\n```")[0]
+        assert f"--package-dest {REPRODUCE_DEST}" in reproduce and bundled not in reproduce
+        assert f"each with `--dest {REPRODUCE_DEST}`" in text.split("## Reproduce")[1].split("\n## ")[0]
+        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        assert f"--package-dest {bundled}" in meta["provenance"]["command"] or "calibrate" in \
+            meta["provenance"]["command"]

@@ -444,15 +444,11 @@ def _write_summary(out: Path, rows: list[dict], skipped: list[dict]) -> dict:
 
 
 def _print_result(scan: Path, result, outputs: dict) -> None:
-    from ..inference.classify import OUT_OF_DOMAIN, headline, probabilities_label, voting_slices
+    from ..inference.classify import headline, probabilities_label
 
-    basis = probabilities_label(result)
-    n_voting = voting_slices(result)
+    basis = probabilities_label(result)   # it names the headline's confidence beside the scan probabilities
     probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
     extra = f" [{'; '.join(result.decision['reasons'])}]" if result.decision["uncertain"] else ""
-    outside = result.decision["label"] == OUT_OF_DOMAIN
-    conf = (f"\n  confidence = mean over the {n_voting} voting slices of their {result.decision['top_class']} "
-            f"probability") if n_voting > 1 and not outside else ""
     mod = result.decision.get("modality") or {}
     mod_txt = f" (modality {mod['label']})" if mod.get("source") else ""
     caption = result.explain.get("faithfulness_caption")
@@ -471,7 +467,7 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
 
     where += "".join(f"\n  lesion: {line}" for line in lesion_words(result))   # --lesion: the heatmap against it
     report = f"\n  report: {outputs['report']}" if outputs.get("report") else ""
-    print(f"{scan}: {headline(result)}{mod_txt}{extra}{routed}{conf}\n  {basis}: {probs}{where}{trust}"
+    print(f"{scan}: {headline(result)}{mod_txt}{extra}{routed}\n  {basis}: {probs}{where}{trust}"
           f"\n  -> {outputs['json']}{report}")
 
 

@@ -447,6 +447,9 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
     card_path = pkg.path / "MODEL_CARD.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {pkg.id}\n"
     card = calibrated_card_head(card, pkg.id, pkg.version, version, fitted_parts(meta))
+    from ..training.train import scratch_reproduce_section
+
+    card = scratch_reproduce_section(card, pkg.id, calibrated=True)   # a parent's card may name its folder
     if old_selected_by is not None and old_selected_by != metrics["selected_by"]:
         card = card.replace(old_selected_by, metrics["selected_by"])  # the card's metrics table, as model.json
     if cal is not None:

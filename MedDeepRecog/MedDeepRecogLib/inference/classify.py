@@ -28,7 +28,7 @@ from ..packages.package import target_layer_of  # the check models --verify make
 from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, image_for_model, is_hounsfield, nearest_axial_slice,
                           slices_from_image, volume_from_image, whole_image_is_body)
-from .predict import decide, predict_slices, predict_volume
+from .predict import decide, predict_slices, predict_volume, slice_runs
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +174,19 @@ def probabilities_basis(result: "ClassificationResult") -> str:
 
 
 def probabilities_label(result: "ClassificationResult") -> str:
-    """What the printed probabilities are, in a few words (the command line's second line)."""
+    """What the printed probabilities are, in a few words (the command line's and the demo's probability line). For
+    a slice stack they differ from the headline's confidence (a geometric mean against a plain mean of the slices'
+    probabilities): the line names the confidence and what it is, so "confidence 0.78" above "glioma 0.821" does
+    not read as two figures for one thing."""
     n = voting_slices(result)
-    label = f"scan probabilities (label vote: geometric mean over {n} slices)" if n > 1 else "probabilities"
+    if n <= 1:
+        label = "probabilities"
+    elif _no_class(result):
+        label = f"scan probabilities (geometric mean over {n} slices)"
+    else:
+        d = result.decision
+        label = (f"scan probabilities (geometric mean over the {n} voting slices, which picks the label; the "
+                 f"confidence {d['confidence']:.2f} is their plain mean for {d['top_class']})")
     return f"{NOT_A_FINDING} ({label})" if _no_class(result) else label
 
 
@@ -657,27 +667,45 @@ def finding_range(per_slice: list[dict], decision: dict, class_names: Sequence[s
     label = decision.get("top_class") if decision.get("label") != OUT_OF_DOMAIN else None
     if label is None or label.lower() == NO_FINDING_CLASS:
         return None
-    runs, current = [], []
-    for rec in per_slice:
-        if rec.get("voted", True) and rec["label"] == label:
-            current.append(rec)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
+    # the same runs as the JSON's ``regions`` (predict.label_runs), so the range printed is one of them
+    runs = [r for r in slice_runs(per_slice) if r[0]["label"] == label]
     if not runs:
         return None
     best = max(runs, key=lambda r: (len(r), sum(x["probability"] for x in r)))
     lo, hi = sorted((best[0].get("position_mm"), best[-1].get("position_mm")), key=lambda v: (v is None, v))
     extent = any(c.lower() == NO_FINDING_CLASS for c in class_names)
+    indices = [r["index"] for r in per_slice if r.get("voted", True) and r["label"] == label]
     return {"label": label, "first_index": best[0]["index"], "last_index": best[-1]["index"], "slices": len(best),
             "from_mm": lo, "to_mm": hi,
-            "slices_with_label": sum(1 for r in per_slice if r.get("voted", True) and r["label"] == label),
+            "slices_with_label": len(indices), "label_indices": indices,
+            # what each figure is, in the JSON itself: the printed range is the run, "in all" the label's slices
+            "basis": (f"first_index..last_index (from_mm..to_mm): the longest run of consecutive voting slices read "
+                      f"as {label}, the region of 'regions' printed as the finding; slices_with_label: every voting "
+                      f"slice read as {label} (label_indices), in that run or not"),
             "extent": extent,
             **({} if extent else {"caveat": f"the model has no '{NO_FINDING_CLASS}' class, so every slice it reads "
                                             f"gets one of its classes: this is where it reads {label}, "
                                             "not the extent of a lesion"})}
+
+
+def axial_panel_note(per_slice: Sequence[dict], planes: Any, target: str) -> str | None:
+    """What the overlay's axial panel shows when its slice is read as another class than the heatmap's ``target``
+    (the scan's label), else ``None``: the panel goes through the heatmap's peak, and brain1's "gradcam heatmap for
+    glioma" showed slice 6, which the model itself reads as pituitary, as if it were glioma's evidence. The panel's
+    slice is the per-slice record nearest its superior offset (``planes.offsets_mm[0]``, RAS S = ``position_mm``)."""
+    offset = float(planes.offsets_mm[0]) if planes is not None and planes.n_axial > 1 else float("nan")
+    placed = [r for r in per_slice if r.get("position_mm") is not None and "label" in r]
+    if not np.isfinite(offset) or not placed:
+        return None
+    rec = min(placed, key=lambda r: abs(r["position_mm"] - offset))
+    gaps = np.diff(sorted(r["position_mm"] for r in placed))
+    if gaps.size and abs(rec["position_mm"] - offset) > 0.6 * float(gaps.min()):   # the panel is between records
+        return None
+    if rec["label"] == target:
+        return None
+    vote = "" if rec.get("voted", True) else ", a slice that did not vote"
+    return (f"the axial panel's slice (S {rec['position_mm']:.1f} mm, index {rec['index']}) is itself read as "
+            f"{rec['label']} (p {rec['probability']:.2f}{vote}): the heat on it is for {target}, the scan's label")
 
 
 def axial_plane_size(image: sitk.Image) -> list[int]:
@@ -861,8 +889,9 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
             # is no finding (the Slicer panel shows none)
             target = (f"the network's top class {result.explain.get('class', '')} ({NOT_A_FINDING})"
                       if _no_class(result) else result.explain.get("class", ""))
+            note = None if _no_class(result) else axial_panel_note(result.per_slice, scan_planes, target)
             title = (f"{result.model['id']} {result.model['version']}: {headline(result)}"
-                     f"\n{result.explain.get('method')} heatmap for {target}")
+                     f"\n{result.explain.get('method')} heatmap for {target}{'; ' + note if note else ''}")
             caption = result.explain.get("faithfulness_caption", "")
             if caption:
                 title += f"\n{caption}"

@@ -40,7 +40,8 @@ class Prediction:
             as a single held-out image's probability in ``calibrate``);
             the scan probability for volume models.
         section_mm: smaller side (mm) of the body box, median over voting slices (slice models).
-        regions: runs of consecutive voting slices with the same label, inferior to superior (slice models).
+        regions: runs of consecutive voting slices with the same label, inferior to superior (slice models;
+            :func:`label_runs`).
         extra: method-specific details for the JSON (e.g. target layer).
         feature_maps: slice models: the Grad-CAM maps ``(N, h, w)`` on the target layer's grid before any scaling
             (:attr:`..explain.gradcam.ExplainedPass.raw`).
@@ -231,27 +232,31 @@ def body_masks(inp: SliceInput, inset_mm: float = 0.0) -> np.ndarray:
     return out
 
 
-def label_runs(per_slice: list[dict], min_slices: int = 2) -> list[dict]:
-    """Runs of consecutive voting slices sharing a label, inferior to superior; runs shorter than ``min_slices``
-    are merged into their neighbours' count as noise. Each run: ``{"label", "first", "last", "slices"}`` (axial
-    indices of the LPS view)."""
-    runs: list[dict] = []
+def slice_runs(per_slice: list[dict]) -> list[list[dict]]:
+    """Runs of consecutive voting slices sharing a label, inferior to superior, as lists of their records. A slice
+    that did not vote ends a run as a slice of another label does: a run is slices read as its label with nothing
+    between them, so its first and last index never enclose a slice read otherwise (``regions`` once merged a
+    one-slice run into its neighbours, and brain1's glioma "1-23" enclosed slices read as pituitary)."""
+    runs: list[list[dict]] = []
+    current: list[dict] = []
     for rec in per_slice:
-        if not rec.get("voted", True):
+        if rec.get("voted", True) and current and current[-1]["label"] == rec["label"]:
+            current.append(rec)
             continue
-        if runs and runs[-1]["label"] == rec["label"]:
-            runs[-1]["last"] = rec["index"]
-            runs[-1]["slices"] += 1
-        else:
-            runs.append({"label": rec["label"], "first": rec["index"], "last": rec["index"], "slices": 1})
-    kept = [r for r in runs if r["slices"] >= min_slices] or runs
-    merged: list[dict] = []
-    for r in kept:
-        if merged and merged[-1]["label"] == r["label"]:
-            merged[-1].update(last=r["last"], slices=merged[-1]["slices"] + r["slices"])
-        else:
-            merged.append(dict(r))
-    return merged
+        if current:
+            runs.append(current)
+        current = [rec] if rec.get("voted", True) else []
+    if current:
+        runs.append(current)
+    return runs
+
+
+def label_runs(per_slice: list[dict]) -> list[dict]:
+    """``regions``: each run of :func:`slice_runs` as ``{"label", "first", "last", "slices"}`` (axial indices of the
+    LPS view; ``slices`` = last - first + 1, every one of them read as ``label``). The finding's run
+    (:func:`.classify.finding_range`) is one of them, so the JSON's ranges and the printed one agree."""
+    return [{"label": run[0]["label"], "first": run[0]["index"], "last": run[-1]["index"], "slices": len(run)}
+            for run in slice_runs(per_slice)]
 
 
 def maps_to_working_grid(maps: torch.Tensor, inp: SliceInput) -> np.ndarray:

@@ -83,9 +83,16 @@ def _route_by_region(image: sitk.Image, device: str, modality: str, source: str 
     # body-region's own verdict on the scan (its decision rules: e.g. "the scan shows only 30 mm across"): a region
     # it calls uncertain is only its nearest class, never stated as the scan's region
     doubts = list(region.decision.get("reasons") or []) if region.decision.get("uncertain") else []
+    # the doubts quote body-region's confidence (the slices' plain mean) in its top class; beside them that class
+    # is given by the same figure, not by its scan probability (a geometric mean): "confidence 0.55 ... (p=0.56)"
+    # read as two values of one thing
+    figure = f"p={probs[best]:.2f}"
+    if doubts and best == region.decision.get("top_class") and region.decision.get("confidence") is not None:
+        evidence["body_region_confidence"] = round(float(region.decision["confidence"]), 4)
+        figure = f"confidence {evidence['body_region_confidence']:.2f}"
     if doubts:
         evidence["body_region_doubts"] = doubts
-    where = (f"{modality} whose nearest body-region class is {best} (p={probs[best]:.2f}; body-region calls it "
+    where = (f"{modality} whose nearest body-region class is {best} ({figure}; body-region calls it "
              f"uncertain: {'; '.join(doubts)})" if doubts else
              f"{modality} of region {best} (body-region p={probs[best]:.2f})")
     if model is None:
@@ -97,7 +104,7 @@ def _route_by_region(image: sitk.Image, device: str, modality: str, source: str 
     if probs[best] < WEAK_REGION_PROBABILITY or doubts:
         evidence["body_region_evidence"] = "weak"
         nearest = (f"body-region calls the scan uncertain ({'; '.join(doubts)}), so {best} is only its nearest "
-                   f"{modality} class (p={probs[best]:.2f})" if doubts else
+                   f"{modality} class ({figure})" if doubts else
                    f"{best} is only the nearest of the body-region model's {modality} classes (p={probs[best]:.2f}, "
                    f"{share:.0%} of them), not a recognised region")
         return Route(model, f"{modality} (from {evidence['modality_source']}); {nearest}, so {model}'s own "

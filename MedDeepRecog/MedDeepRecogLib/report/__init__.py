@@ -100,10 +100,20 @@ def lesion_words(result) -> list[str]:
                      f"all heat inside it ({loc.get('lesion_voxels', 0)} lesion voxels).")
     reliance = loc.get("lesion_reliance") or {}
     if reliance.get("drop_elsewhere") is not None:
-        words.append(f"Filling the lesion with the surrounding tissue lowers each slice's label probability by "
-                     f"{reliance['drop_lesion']:+.3f} on average; the same fill elsewhere: "
-                     f"{reliance['drop_elsewhere']:+.3f}.")
+        words.append(f"Filling the lesion with the surrounding tissue changes each slice's label probability by "
+                     f"{signed_change(-float(reliance['drop_lesion']))} on average; the same fill elsewhere: "
+                     f"{signed_change(-float(reliance['drop_elsewhere']))}.")
     return words
+
+
+def signed_change(change: float) -> str:
+    """A probability change as a signed figure with its direction in words (``-0.025 (a drop)``, ``+0.004 (a
+    rise)``): the JSON stores drops (``drop_lesion``, positive when the probability falls), and "lowers by -0.004"
+    read as a fall when it was a rise."""
+    shown = f"{change:+.3f}"
+    if float(shown) == 0:
+        return f"{shown.replace('-', '+')} (no change)"
+    return f"{shown} ({'a drop' if change < 0 else 'a rise'})"
 
 
 def faithfulness_words(result) -> list[str]:

@@ -119,11 +119,79 @@ Confusion matrix (rows true, columns predicted; {', '.join(meta['class_names'])}
 
 {domain_card_lines(meta.get('domain'))}
 ## Reproduce
-```
-{p.get('command')}
-```
+{reproduce_block(str(p.get('command')), meta['id'])}
 seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p.get('dataset_fingerprint')}`.
 """
+
+
+#: Where a card's reproduce command writes its package: the folder the package was made in holds that version once
+#: it is made (the bundled folder is never overwritten, and ``check_new_version`` refuses a version a destination
+#: holds), so the command as run would be refused; a scratch folder outside the catalogs may keep the version.
+REPRODUCE_DEST = "/tmp/meddeeprecog-reproduce"
+
+
+def scratch_command(command: str) -> tuple[str, str | None]:
+    """``(command, destination as run)``: a ``train`` or ``robustness --train-config`` command with its
+    ``--package-dest`` pointed at :data:`REPRODUCE_DEST` (added when the run used the default, the user catalog,
+    which holds the version too); any other command unchanged, with ``None``. model.json's provenance keeps the
+    command as run: only the card's reproduce text changes."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command, None
+    if "train" not in words and "--train-config" not in words:
+        return command, None
+    dest = "(the user catalog, the default)"
+    for k, word in enumerate(words):
+        if word == "--package-dest" and k + 1 < len(words):
+            dest, words[k + 1] = words[k + 1], REPRODUCE_DEST
+            break
+        if word.startswith("--package-dest="):
+            dest, words[k] = word.split("=", 1)[1], f"--package-dest={REPRODUCE_DEST}"
+            break
+    else:
+        words += ["--package-dest", REPRODUCE_DEST]
+    return shlex.join(words), dest
+
+
+def reproduce_block(command: str, pkg_id: str) -> str:
+    """The card's reproduce command in a code block, into a scratch destination (:func:`scratch_command`), and a line
+    on where the package was made when that differs."""
+    shown, dest = scratch_command(command)
+    block = f"```\n{shown}\n```"
+    if dest is None:
+        return block
+    return (f"{block}\n`{REPRODUCE_DEST}` is a scratch folder (any empty folder outside the catalogs will do): the "
+            f"{pkg_id} package this command makes was written to {dest}, which holds that version now and refuses "
+            f"it again (model.json's provenance keeps the command as run).")
+
+
+#: The Reproduce section's line on a calibrated version's further steps (their commands are records of what ran,
+#: in the card's calibration sections, and keep the folder they wrote to).
+CALIBRATE_REPRODUCE = (f"Then run the `meddeeprecog calibrate` commands of the sections below in order, each with "
+                       f"`--dest {REPRODUCE_DEST}` in place of the folder it names (that folder holds those versions "
+                       f"too).")
+
+
+def scratch_reproduce_section(card: str, pkg_id: str, calibrated: bool = False) -> str:
+    """``card`` with the command of its "## Reproduce" section in a scratch destination (:func:`reproduce_block`)
+    and, for a ``calibrated`` version, :data:`CALIBRATE_REPRODUCE` after it; the rest of the card, and a card
+    without that section, unchanged (``calibrate`` copies a parent's card, which may predate this)."""
+    start = card.find("\n## Reproduce\n```\n")
+    body = start + len("\n## Reproduce\n")
+    end = card.find("\n```", body + 3) if start >= 0 else -1
+    if end < 0 or "\n" in card[body + 4:end]:
+        return card
+    command = card[body + 4:end]
+    if REPRODUCE_DEST not in command:
+        block = reproduce_block(command, pkg_id)
+        card = card[:body] + block + card[end + 4:]
+        end = body + len(block) - 4
+    if calibrated and CALIBRATE_REPRODUCE not in card:
+        line_end = card.find("\n", end + 4 + 1)   # past the scratch-folder line under the code block
+        line_end = len(card) if line_end < 0 else line_end
+        card = card[:line_end] + "\n" + CALIBRATE_REPRODUCE + card[line_end:]
+    return card
 
 
 def _test_time_flip_line(architecture: dict) -> str:
