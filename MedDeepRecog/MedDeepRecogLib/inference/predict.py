@@ -253,7 +253,8 @@ def slice_runs(per_slice: list[dict]) -> list[list[dict]]:
 
 def label_runs(per_slice: list[dict]) -> list[dict]:
     """``regions``: each run of :func:`slice_runs` as ``{"label", "first", "last", "slices"}`` (axial indices of the
-    LPS view; ``slices`` = last - first + 1, every one of them read as ``label``). The finding's run
+    LPS view; ``slices``: the run's classified slices, every one read as ``label``; a volume's slices are sampled,
+    so they can be fewer than last - first + 1). The finding's run
     (:func:`.classify.finding_range`) is one of them, so the JSON's ranges and the printed one agree."""
     return [{"label": run[0]["label"], "first": run[0]["index"], "last": run[-1]["index"], "slices": len(run)}
             for run in slice_runs(per_slice)]
