@@ -851,7 +851,8 @@ def test_a_float_label_map_is_refused_as_a_label_map_and_float_scans_are_not(run
     code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
     _clean_error(code, err, "label_float.nrrd", "label map or mask", "whole-number float voxels with 2 distinct")
     for scan in (shared_data / "pyradiomics_testcases" / "brain1_image.nrrd",
-                 shared_data / "totalsegmentator_examples" / "example_ct.nii.gz"):
+                 shared_data / "totalsegmentator_examples" / "example_ct.nii.gz",
+                 shared_data / "totalsegmentator_examples" / "example_mr_sm.nii.gz"):
         as_float = sitk.Cast(read_image(scan), sitk.sitkFloat32)   # whole numbers, as a float copy of a CT in HU
         assert label_map_values(as_float) is None, scan
         assert label_map_values(sitk.Cast(read_image(scan), sitk.sitkFloat64) * 1.001) is None, scan
