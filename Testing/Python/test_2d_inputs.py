@@ -856,3 +856,15 @@ def test_a_float_label_map_is_refused_as_a_label_map_and_float_scans_are_not(run
         as_float = sitk.Cast(read_image(scan), sitk.sitkFloat32)   # whole numbers, as a float copy of a CT in HU
         assert label_map_values(as_float) is None, scan
         assert label_map_values(sitk.Cast(read_image(scan), sitk.sitkFloat64) * 1.001) is None, scan
+
+
+def test_every_steps_minimum_side_is_checked_before_it_runs(run_cli, tmp_path):
+    """CLAHE's scikit-image backend reads an axis of 3 or 4 voxels as colour channels and failed with an
+    "unexpected ValueError": it is refused by size as the recursive Gaussians are, and a 6 x 6 picture runs."""
+    (tmp_path / "clahe.json").write_text('{"steps": [{"name": "clahe", "backend": "skimage"}]}', encoding="utf-8")
+    src = _picture(tmp_path / "r4.png", np.random.default_rng(0).integers(0, 255, (4, 4), dtype=np.uint8))
+    code, _, err = run_cli("preprocess", src, tmp_path / "x.nrrd", "--pipeline", tmp_path / "clahe.json")
+    _clean_error(code, err, "r4.png", "the image is 4 x 4 pixels, too small", "at least 5 pixels per side", "clahe")
+    src = _picture(tmp_path / "r6.png", np.random.default_rng(0).integers(0, 255, (6, 6), dtype=np.uint8))
+    code, _, err = run_cli("preprocess", src, tmp_path / "y.nrrd", "--pipeline", tmp_path / "clahe.json")
+    assert code == 0, err
