@@ -727,3 +727,144 @@ def test_folder_trained_slice_package_is_evaluated_on_what_classify_gives_it(tmp
     assert training_slices(load_config(body)) is None   # trained as stored: MedNIST's crops are standardised already
     assert training_slices(config_from_dict({**raw, "input": {"slices_as_stored": True}})) is None
     assert training_slices(config_from_dict(raw)) == {}
+
+
+# ------------------------------------------------------------------------------------------------ sweep 39
+def test_a_dicom_without_pixel_data_is_named_as_such_by_every_reading_command(run_cli, tmp_path, tiny_2d):
+    import pydicom
+
+    src = write_dicom(tmp_path / "nopixel.dcm", _brainish(64).astype(np.uint16))
+    ds = pydicom.dcmread(str(src))
+    del ds.PixelData
+    ds.save_as(str(src))
+    for argv in (["info", src], ["preprocess", src, tmp_path / "x.nrrd", "--pipeline", "brain-mri"],
+                 ["classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none"]):
+        code, _, err = run_cli(*argv)
+        _clean_error(code, err, "nopixel.dcm", "DICOM file has no pixel data (no PixelData element", "not an image")
+        assert "sitk::ERROR" not in err and "ImageIO" not in err
+    assert not (tmp_path / "x.nrrd").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("shape, size", [((3, 3), "3 x 3 pixels"), ((1, 300), "300 x 1 pixels")])
+def test_preprocess_refuses_an_image_too_small_for_the_pipeline_naming_its_size(run_cli, tmp_path, shape, size):
+    src = _picture(tmp_path / "small.png", np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
+    code, _, err = run_cli("preprocess", src, tmp_path / "x.nrrd", "--pipeline", "brain-mri")
+    _clean_error(code, err, "small.png", f"the image is {size}, too small for pipeline 'brain-mri'",
+                        "at least 4 pixels per side", "head_mask")
+    assert "ITK" not in err and "(0x" not in err
+    assert not (tmp_path / "x.nrrd").exists()
+
+
+def test_a_one_pixel_image_is_called_1_x_1_not_empty(run_cli, tmp_path):
+    src = _picture(tmp_path / "one.png", np.full((1, 1), 77, np.uint8))
+    for pipeline in ("brain-mri", "breast-mri"):   # both smooth with a recursive Gaussian: refused by size
+        code, _, err = run_cli("preprocess", src, tmp_path / "x.nrrd", "--pipeline", pipeline)
+        _clean_error(code, err, "one.png", "the image is 1 x 1 pixels, too small")
+    from MedDeepRecogLib.errors import InputImageError
+    from MedDeepRecogLib.io import validate_intensities
+
+    with pytest.raises(InputImageError, match="a 1 x 1 image") as caught:   # a pipeline without a size minimum
+        validate_intensities(read_image(src), src)
+    assert "empty" not in str(caught.value)
+
+
+def test_an_all_black_picture_is_an_empty_image_of_pixels_not_a_volume(run_cli, tmp_path, tiny_2d):
+    src = _picture(tmp_path / "black.png", np.zeros((96, 96), np.uint8))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    _clean_error(code, err, "black.png", "the image is empty: every pixel equals 0")
+    assert "volume" not in err and "voxel" not in err
+
+
+def test_itk_errors_reach_the_user_without_the_filter_objects_address():
+    from MedDeepRecogLib.io.file_checks import itk_error_line
+    from MedDeepRecogLib.preprocessing import load_pipeline
+
+    line = itk_error_line(RuntimeError("ITK ERROR: SmoothingRecursiveGaussianImageFilter(0x564d9e107da0): The "
+                                       "number of pixels along dimension 0 is less than 4."))
+    assert line == "SmoothingRecursiveGaussianImageFilter: The number of pixels along dimension 0 is less than 4."
+    # a pipeline given a grid too small for a step refuses it before ITK does, naming the step
+    from MedDeepRecogLib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"step 1 \(head_mask\): the grid is 3 x 3 x 5 voxels"):
+        load_pipeline("brain-mri").run(sitk.GetImageFromArray(np.ones((5, 3, 3), np.float32)))
+
+
+def _multi_frame(path: Path, spacing_between_frames: float | None = None) -> Path:
+    import pydicom
+
+    rng = np.random.default_rng(2)
+    frames = np.stack([_brainish(48, seed=k).astype(np.uint16) * 4 + rng.integers(0, 3, (48, 48), dtype=np.uint16)
+                       for k in range(5)])
+    write_dicom(path, frames)
+    if spacing_between_frames is not None:
+        ds = pydicom.dcmread(str(path))
+        ds.SpacingBetweenSlices = spacing_between_frames
+        ds.save_as(str(path))
+    return path
+
+
+def test_info_notes_that_a_multi_frame_files_frames_may_be_time_points_with_an_assumed_spacing(run_cli, tmp_path):
+    code, out, err = run_cli("info", _multi_frame(tmp_path / "cine.dcm"))
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["size"] == [48, 48, 5] and record["frames"] == 5
+    assert any("5 frames" in n and "time points of a cine loop" in n and "1 mm spacing is assumed" in n
+               for n in record["notes"]), record["notes"]
+    code, out, _ = run_cli("info", _multi_frame(tmp_path / "placed.dcm", 2.5))
+    record = json.loads(out)
+    assert record["spacing_mm"][2] == 2.5
+    assert any("volume of 5 slices 2.5 mm apart (from SpacingBetweenSlices" in n for n in record["notes"])
+
+
+def test_preprocess_refuses_a_multi_frame_file_as_classify_does_unless_it_places_its_frames(run_cli, tmp_path,
+                                                                                           tiny_2d):
+    src = _multi_frame(tmp_path / "cine.dcm")
+    code, _, err = run_cli("preprocess", src, tmp_path / "x.nrrd", "--pipeline", "brain-mri")
+    _clean_error(code, err, "cine.dcm", "a multi-frame file (5 frames in one DICOM object) cannot go to pipeline "
+                 "'brain-mri'", "cine loop", "export the frame to process as its own file")
+    assert not (tmp_path / "x.nrrd").exists()
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    _clean_error(code, err, "cine.dcm", "cannot go to the 2D model", "cine loop", "export the frame to classify")
+    # frames the file places 2.5 mm apart are slices of a volume, filtered as one
+    placed = _multi_frame(tmp_path / "placed.dcm", 2.5)
+    code, _, err = run_cli("preprocess", placed, tmp_path / "y.nrrd", "--pipeline", "brain-mri")
+    assert code == 0, err
+    assert sitk.ReadImage(str(tmp_path / "y.nrrd")).GetSize() == (48, 48, 5)
+
+
+def test_auto_routing_names_the_dicom_modality_tag_for_mr(tmp_path):
+    from MedDeepRecogLib.inference.route import route_image
+
+    route = route_image(read_image(write_dicom(tmp_path / "mr.dcm", _brainish(96).astype(np.uint16) * 8)))
+    assert route.evidence["modality"] == "MR" and route.evidence["modality_source"] == "DICOM modality MR", route
+    assert "DICOM modality MR" in route.reason and "intensities not in HU" not in route.reason
+
+
+def test_a_float_label_map_is_refused_as_a_label_map_and_float_scans_are_not(run_cli, tmp_path, tiny_2d,
+                                                                           shared_data):
+    from MedDeepRecogLib.io.image_content import label_map_values
+
+    labels = np.zeros((8, 64, 64), np.float32)
+    labels[3:5, 20:40, 20:40] = 1
+    src = tmp_path / "label_float.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(src))
+    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none")
+    _clean_error(code, err, "label_float.nrrd", "label map or mask", "whole-number float voxels with 2 distinct")
+    for scan in (shared_data / "pyradiomics_testcases" / "brain1_image.nrrd",
+                 shared_data / "totalsegmentator_examples" / "example_ct.nii.gz",
+                 shared_data / "totalsegmentator_examples" / "example_mr_sm.nii.gz"):
+        as_float = sitk.Cast(read_image(scan), sitk.sitkFloat32)   # whole numbers, as a float copy of a CT in HU
+        assert label_map_values(as_float) is None, scan
+        assert label_map_values(sitk.Cast(read_image(scan), sitk.sitkFloat64) * 1.001) is None, scan
+
+
+def test_every_steps_minimum_side_is_checked_before_it_runs(run_cli, tmp_path):
+    """CLAHE's scikit-image backend reads an axis of 3 or 4 voxels as colour channels and failed with an
+    "unexpected ValueError": it is refused by size as the recursive Gaussians are, and a 6 x 6 picture runs."""
+    (tmp_path / "clahe.json").write_text('{"steps": [{"name": "clahe", "backend": "skimage"}]}', encoding="utf-8")
+    src = _picture(tmp_path / "r4.png", np.random.default_rng(0).integers(0, 255, (4, 4), dtype=np.uint8))
+    code, _, err = run_cli("preprocess", src, tmp_path / "x.nrrd", "--pipeline", tmp_path / "clahe.json")
+    _clean_error(code, err, "r4.png", "the image is 4 x 4 pixels, too small", "at least 5 pixels per side", "clahe")
+    src = _picture(tmp_path / "r6.png", np.random.default_rng(0).integers(0, 255, (6, 6), dtype=np.uint8))
+    code, _, err = run_cli("preprocess", src, tmp_path / "y.nrrd", "--pipeline", tmp_path / "clahe.json")
+    assert code == 0, err

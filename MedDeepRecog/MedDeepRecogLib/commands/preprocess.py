@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.pipeline:
         raise ConfigError("--pipeline NAME|FILE is required (presets: see --list)")
     from ..io import as_single_slice, carry_notes, image_notes, read_image, require_3d, validate_intensities
+    from ..io.image_meta import multi_frame_refusal
     from ..contract import unwritable_reason
     from ..preprocessing import load_pipeline
     from ..progress import Progress
@@ -115,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
                           "to write", mask_path)
     progress("reading", 0.0, input=str(source))
     original = read_image(source, spacing=args.spacing)
+    what = f"pipeline {pipeline.name or args.pipeline!r}"
+    # Frames that the file does not place in space may be a cine loop: 3D filters would smooth across time points
+    # at an assumed 1 mm. A multi-frame object that does place its frames (SpacingBetweenSlices, or an enhanced CT/MR
+    # object's frame positions) is a whole series in one file, and a researcher expects it filtered as a volume.
+    if (frames := multi_frame_refusal(original, what, "process", volume_ok=True)) is not None:
+        raise InputImageError(frames, source)
     single = as_single_slice(original) if original.GetDimension() in (2, 3) else None
     flat = single is not None
     image = original
@@ -128,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
                                   f"{single.GetNumberOfComponentsPerPixel()} components", source)
         image = sitk.JoinSeries([single] * _FLAT_COPIES)
     image = require_3d(image, source)
-    validate_intensities(image, source)
+    _check_size(pipeline, what, single if flat else image, source)
+    validate_intensities(single if flat else image, source)   # named as the user gave it: a 2D image's pixels
     _check_hounsfield(pipeline, args.pipeline, original, image, source)
 
     def step_progress(stage: str, fraction: float, **extra) -> None:
@@ -184,6 +192,19 @@ def _write_outputs(out_image, target: Path, result, mask_path: Path | None, flat
                     (folder / name).unlink(missing_ok=True)
         raise
     return {"output": str(target), "mask": str(mask_path)}
+
+
+def _check_size(pipeline, what: str, image, source: Path) -> None:
+    """Refuse ``image`` (the 2D image as given, or the volume) when it has fewer pixels along a side than a step of
+    ``pipeline`` needs (:meth:`..preprocessing.pipeline.Pipeline.min_side`), naming its size, before any step runs:
+    ITK's own refusal names a filter and a dimension index, not the image."""
+    need, step = pipeline.min_side()
+    size = [int(n) for n in image.GetSize()]
+    if min(size) >= need:
+        return
+    kind, unit = ("image", "pixels") if image.GetDimension() == 2 else ("volume", "voxels")
+    raise InputImageError(f"the {kind} is {' x '.join(map(str, size))} {unit}, too small for {what} (needs at least "
+                          f"{need} {unit} per side: its step {step} needs {need})", source)
 
 
 def _check_hounsfield(pipeline, name: str, original, image, source: Path) -> None:

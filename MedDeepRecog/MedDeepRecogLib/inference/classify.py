@@ -739,13 +739,10 @@ def _check_slice_input(image: sitk.Image, package, path) -> None:
     Raises:
         InputImageError: naming the frames or the size.
     """
-    from ..io.image_meta import FRAMES_KEY
+    from ..io.image_meta import multi_frame_refusal
 
-    if image.HasMetaDataKey(FRAMES_KEY):
-        raise InputImageError(
-            f"a multi-frame file ({image.GetMetaData(FRAMES_KEY)} frames in one DICOM object) cannot go to the 2D "
-            f"model {package.id}: its frames may be time points of a cine loop rather than slices of a volume; "
-            "export the frame to classify as its own file, or give a DICOM series folder", path)
+    if (frames := multi_frame_refusal(image, f"the 2D model {package.id}", "classify")) is not None:
+        raise InputImageError(frames, path)
     shortfall = slice_size_shortfall(image, package)
     if shortfall is not None:
         size, minimum = shortfall

@@ -1,8 +1,9 @@
 """``--model auto``: choose the disease model that applies to a scan, and say why.
 
-- A volume (or any image in HU or named MR/CT by DICOM) is routed by **modality** (CT when its intensities are in
-  HU, else MR) and **body region** (the bundled ``body-region`` model's probabilities, restricted to that modality's
-  classes, so an MR brain it calls "uncertain" still counts as a brain): :data:`ROUTES` maps the pair to a model.
+- A volume (or any image in HU or named MR/CT by DICOM) is routed by **modality** (its DICOM Modality tag CT or
+  MR; without one, CT when its intensities are in HU, else MR) and **body region** (the bundled ``body-region``
+  model's probabilities, restricted to that modality's classes, so an MR brain it calls "uncertain" still counts
+  as a brain): :data:`ROUTES` maps the pair to a model.
 - A picture (PNG/JPEG) or an ultrasound image has no modality or region the body-region model can read (it never saw
   ultrasound). Every bundled 2D disease model's own out-of-domain check scores it, and the model whose domain it
   fits best (lowest distance relative to that model's threshold) is chosen; none if it fits no model's domain.
@@ -59,10 +60,17 @@ def route_image(image: sitk.Image, device: str = "cpu", source: str | Path | Non
                                                        and not is_hounsfield(image)):
         return _route_by_domain(image, device, why=("ultrasound (DICOM modality US)" if modality_tag == "US" else
                                                     "a picture without modality"))
-    return _route_by_region(image, device, "CT" if is_hounsfield(image) else "MR", source)
+    if modality_tag in ("CT", "MR"):
+        # the scanner's own word, as for ultrasound (and as guess_modality reads it): intensities only decide for
+        # files without the tag (NIfTI, NRRD)
+        return _route_by_region(image, device, modality_tag, source, f"DICOM modality {modality_tag}")
+    modality = "CT" if is_hounsfield(image) else "MR"
+    return _route_by_region(image, device, modality, source,
+                            "HU intensities" if modality == "CT" else "intensities not in HU")
 
 
-def _route_by_region(image: sitk.Image, device: str, modality: str, source: str | Path | None = None) -> Route:
+def _route_by_region(image: sitk.Image, device: str, modality: str, source: str | Path | None = None,
+                     modality_source: str = "") -> Route:
     from ..packages import load_package
     from .classify import classify_scan
 
@@ -75,8 +83,8 @@ def _route_by_region(image: sitk.Image, device: str, modality: str, source: str 
     same = {c: p for c, p in probs.items() if class_modality.get(c) == modality}
     best = max(same, key=same.get)
     share = same[best] / max(sum(same.values()), 1e-12)
-    evidence = {"modality": modality, "modality_source": "HU intensities" if modality == "CT" else
-                "intensities not in HU", "body_region": best, "body_region_probability": round(probs[best], 4),
+    evidence = {"modality": modality, "modality_source": modality_source, "body_region": best,
+                "body_region_probability": round(probs[best], 4),
                 "body_region_share_of_modality": round(share, 4),
                 "body_region_model": f"{region.model['id']}@{region.model['version']}"}
     model = ROUTES.get((modality, best))

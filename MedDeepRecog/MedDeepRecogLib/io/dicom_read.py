@@ -252,6 +252,49 @@ def dicom_frames(reader: sitk.ImageFileReader) -> int:
     return 1
 
 
+def frame_geometry(path: Path) -> str | None:
+    """Where a multi-frame DICOM file's frame spacing comes from when the file places its frames in space, else
+    ``None`` (the reader then assumes 1 mm, and the frames may be time points of one plane).
+
+    GDCM takes the spacing from SpacingBetweenSlices (0018,0088), or from an enhanced object's functional groups
+    (PS3.3 C.7.6.16): the plane positions of its frames, which must differ (a cine loop repeats one position).
+    pydicom reads the header only.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, TypeError, AttributeError, EOFError):
+        return None
+    if ds.get("SpacingBetweenSlices") not in (None, ""):
+        return "SpacingBetweenSlices (0018,0088)"
+    positions = set()
+    for frame in ds.get("PerFrameFunctionalGroupsSequence") or []:
+        for plane in frame.get("PlanePositionSequence") or []:
+            if plane.get("ImagePositionPatient") is not None:
+                positions.add(tuple(round(float(v), 3) for v in plane.ImagePositionPatient))
+    return "the frames' plane positions (PerFrameFunctionalGroupsSequence)" if len(positions) > 1 else None
+
+
+def note_frames(image: sitk.Image, path: Path, frames: int) -> None:
+    """Mark a multi-frame ``image`` read from ``path`` (:data:`FRAMES_KEY`, and :data:`FRAME_GEOMETRY_KEY` when the
+    file places its frames) and say in a note how its frames were read: ``info`` and the outputs show it, since a
+    cine loop read as slices 1 mm apart looks like any small volume."""
+    from .image_meta import FRAME_GEOMETRY_KEY, FRAMES_KEY
+
+    image.SetMetaData(FRAMES_KEY, str(frames))
+    spacing = image.GetSpacing()[2] if image.GetDimension() == 3 else 1.0
+    source = frame_geometry(path)
+    if source is not None:
+        image.SetMetaData(FRAME_GEOMETRY_KEY, source)
+        add_note(image, f"multi-frame DICOM ({frames} frames in one object) read as a volume of {frames} slices "
+                        f"{spacing:g} mm apart (from {source})")
+    else:
+        add_note(image, f"multi-frame DICOM ({frames} frames in one object) read as {frames} slices: the frames may "
+                        f"be time points of a cine loop rather than slices, and their {spacing:g} mm spacing is "
+                        "assumed (the file gives no SpacingBetweenSlices or frame positions)")
+
+
 def apply_dicom_pixel_size(image: sitk.Image, header, path: Path) -> None:
     """Give a DICOM ``image`` the pixel size its ``header`` (the file's reader; a series' first slice) says, where
     the reader took another or none: :func:`_dicom_pixel_size_without_pixel_spacing` without PixelSpacing, else
@@ -432,6 +475,33 @@ def check_dicom_pixels(reader: sitk.ImageFileReader, path: Path, frames: int) ->
             raise InputImageError(f"DICOM pixel data is shorter than its {cols} x {rows} pixels"
                                   f"{f' x {frames} frames' if frames > 1 else ''} declare ({need:,} bytes; the "
                                   f"file holds {path.stat().st_size:,}): truncated or inconsistent header", path)
+
+
+#: The elements that hold a DICOM object's image: integer, float and double-float pixel data (PS3.3 C.7.6.3).
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def dicom_without_pixels(path: Path) -> str | None:
+    """Why the DICOM file ``path`` is not an image when it holds no pixel data (a structured report, a
+    presentation state, or a file whose PixelData was removed), else ``None``.
+
+    GDCM then finds no image and ITK only says "Unable to determine ImageIO reader", which names neither the file's
+    kind nor its problem; pydicom reads the header (values above 1 KB are skipped, so pixel data is not loaded) and
+    the reason names the SOP class and modality the file says it is.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), defer_size=1024)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, TypeError, AttributeError, EOFError):
+        return None  # not DICOM as pydicom reads it: the reader's own error stands
+    if any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS):
+        return None
+    sop = ds.get("SOPClassUID")
+    kind = [f"SOP class {getattr(sop, 'name', sop)}"] if sop else []
+    if str(ds.get("Modality", "")).strip():
+        kind.append(f"Modality {str(ds.Modality).strip()}")
+    return f"DICOM file has no pixel data (no PixelData element{'; ' if kind else ''}{', '.join(kind)}): not an image"
 
 
 def dicom_modality(image: sitk.Image) -> str:

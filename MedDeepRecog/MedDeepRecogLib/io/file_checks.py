@@ -8,6 +8,7 @@ allocates the declared size before finding the data short; these checks refuse s
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -19,13 +20,21 @@ from ..errors import InputImageError
 from ..limits import check_declared_image
 
 
+#: ``ITK ERROR: SmoothingRecursiveGaussianImageFilter(0x564d9e107da0): ...``: the filter object's memory address
+#: (and the "ITK ERROR" prefix) tell the user nothing and differ from run to run; the filter's name is kept.
+_ITK_OBJECT_ADDRESS = re.compile(r"^(?:ITK ERROR:\s*)?(\w+)\(0x[0-9a-fA-F]+\):\s*")
+
+
 def itk_error_line(exc: BaseException) -> str:
-    """ITK exceptions carry multi-line C++ context; the last non-empty line is the description."""
+    """ITK exceptions carry multi-line C++ context; the last non-empty line is the description, without the C++
+    object's memory address (``Filter(0x...): problem`` becomes ``Filter: problem``)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    line = lines[-1] if lines else type(exc).__name__
     for ln in reversed(lines):
         if ln.lower().startswith("description:"):
-            return ln.split(":", 1)[1].strip()
-    return lines[-1] if lines else type(exc).__name__
+            line = ln.split(":", 1)[1].strip()
+            break
+    return _ITK_OBJECT_ADDRESS.sub(r"\1: ", line)
 
 
 def check_nifti_complete(path: Path) -> None:

@@ -27,16 +27,26 @@ LABEL_BORDER_SHARE = 0.3
 
 
 def label_map_values(image: sitk.Image) -> list[int] | None:
-    """The distinct values when ``image`` looks like a label map or mask, else ``None``: integer voxels with at most
+    """The distinct values when ``image`` looks like a label map or mask, else ``None``: integer voxels (or float
+    voxels that are all whole numbers, from 0 up) with at most
     :data:`MAX_LABEL_VALUES` values; or a volume (more than one slice, not a picture) with background 0 and at most
     256 values that change between neighbouring voxels (along x) less often than :data:`LABEL_BORDER_SHARE` outside
     the background. Counted on a strided sample of about a million voxels (values) and of about 65,000 rows
     (neighbours)."""
     arr = sitk.GetArrayViewFromImage(image)
-    if not np.issubdtype(arr.dtype, np.integer) or not arr.size:
+    floating = np.issubdtype(arr.dtype, np.floating)
+    if not (np.issubdtype(arr.dtype, np.integer) or floating) or not arr.size:
         return None
     flat = arr.reshape(-1)
     values = np.unique(flat[:: max(1, flat.size // 1_000_003)])
+    # a label map saved as float (a mask cast to float32 by a script, a segmentation exported as a float volume)
+    # holds whole numbers from a background 0 up; a float scan's intensities are fractional, or whole numbers in
+    # their hundreds (a float copy of a CT in HU), which the value count and the border share below tell from labels
+    # as for integers. Background 0 is asked of floats alone: a float phantom of a few flat tissue intensities
+    # (10, 110, 260, 360) is a synthetic scan, while integer images keep the rule they always had
+    if floating and not (values.size <= 256 and np.all(np.isfinite(values)) and np.all(values == np.round(values))
+                         and values[0] == 0 and values[-1] < 2 ** 31):
+        return None
     if values.size <= MAX_LABEL_VALUES:
         return [int(v) for v in values]
     if (values.size > 256 or values[0] != 0 or arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[-1] < 2

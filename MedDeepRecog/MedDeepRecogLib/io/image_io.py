@@ -25,10 +25,11 @@ from ..contract import PICTURE_SUFFIXES, suffix_of, unwritable_reason
 from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..limits import check_declared_image
 from .atomic import atomic_output
-from .dicom_read import apply_dicom_pixel_size, check_dicom_pixels, dicom_frames, read_dicom_folder
+from .dicom_read import (apply_dicom_pixel_size, check_dicom_pixels, dicom_frames, dicom_without_pixels,
+                         looks_like_dicom, note_frames, read_dicom_folder)
 from .file_checks import (check_data_files, check_direction, check_nifti_complete, check_stream_complete,
                           declared_bytes_per_voxel, itk_error_line)
-from .image_meta import FRAMES_KEY, PICTURE_KEY, SPACING_RANGE_MM, add_note
+from .image_meta import PICTURE_KEY, SPACING_RANGE_MM, add_note
 
 log = logging.getLogger(__name__)
 # ITK prints its own warnings (e.g. "Non uniform sampling") as multi-line text on stderr; the reader checks those
@@ -65,7 +66,7 @@ def read_image(path: str | Path, *, pixel_type: int | None = None,
     Returns:
         The image with origin, spacing and direction (LPS) as stored. Colour pictures (and colour DICOM such as
         ultrasound) become one grey channel (ITU-R BT.601 luma), noted under :data:`NOTES_KEY`; a 16-bit picture
-        keeps its range. A single DICOM file with several frames is marked with :data:`FRAMES_KEY`.
+        keeps its range. A single DICOM file with several frames is marked with :data:`.image_meta.FRAMES_KEY`.
 
     Raises:
         InputImageError: missing path, unreadable or truncated file, no DICOM series, a picture too large.
@@ -123,6 +124,8 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
             check_dicom_pixels(reader, path, frames)
             image = reader.Execute()
         except RuntimeError as exc:
+            if looks_like_dicom(path) and (reason := dicom_without_pixels(path)) is not None:
+                raise InputImageError(reason, path) from None
             raise InputImageError(f"cannot be read as an image ({itk_error_line(exc)})", path) from None
         if picture:
             image = _as_picture(image, path, spacing)
@@ -131,7 +134,7 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
             if suffix_of(path) in (".nii", ".nii.gz"):
                 note_nifti_transform(image, reader)
             if frames > 1:
-                image.SetMetaData(FRAMES_KEY, str(frames))
+                note_frames(image, path, frames)
             if spacing is not None:
                 add_note(image, "--spacing ignored: the file stores its own pixel size "
                                  f"({' x '.join(f'{s:g}' for s in image.GetSpacing())} mm)")
@@ -324,7 +327,14 @@ def validate_intensities(image: sitk.Image, path: str | Path | None = None, *, a
         raise InputImageError(f"intensities reach {max(abs(float(lo)), abs(float(hi))):.3g}, beyond the "
                               f"{MAX_ABS_INTENSITY:.0e} that filters and models compute with", path)
     if not allow_constant and lo == hi:
-        raise InputImageError(f"the volume is empty: every voxel equals {lo}", path)
+        # a picture or one slice (a 2D image, or one joined into a one-slice volume) is named as the user knows it
+        size = list(image.GetSize())
+        flat = image.GetDimension() == 2 or (image.GetDimension() == 3 and size[2] == 1)
+        what, unit = ("image", "pixel") if flat else ("volume", "voxel")
+        if arr.size == 1:  # not "empty": there is one value, and nothing around it to read
+            raise InputImageError(f"a {' x '.join(map(str, size[:2] if flat else size))} {what} (a single {unit}, "
+                                  f"value {lo}): there is nothing to process in it", path)
+        raise InputImageError(f"the {what} is empty: every {unit} equals {lo}", path)
 
 
 def array_from_image(image: sitk.Image, dtype: Any = None) -> np.ndarray:

@@ -71,8 +71,14 @@ def _clahe_problem(p: ClaheParams, grid: Grid) -> str | None:
             f"256-bin histogram each), above the limit of {MAX_CLAHE_REGIONS:,}: give a larger 'kernel_mm'")
 
 
+#: scikit-image's CLAHE takes a 3D array whose last axis (x) has 3 or 4 voxels for an RGB(A) picture and fails
+#: ("Incorrect value of `kernel_size`"): the skimage backend needs at least 5 voxels per axis.
+SKIMAGE_CLAHE_MIN_SIDE = 5
+
+
 @register("clahe", ClaheParams, summary="contrast-limited adaptive histogram equalisation (0..1 output)",
-          aliases=("adaptive_histogram_equalization",), check=_clahe_problem)
+          aliases=("adaptive_histogram_equalization",), check=_clahe_problem,
+          min_side=lambda p: SKIMAGE_CLAHE_MIN_SIDE if _clahe_backend(p) == "skimage" else 1)
 def clahe(image: sitk.Image, p: ClaheParams) -> sitk.Image:
     """CLAHE on intensities rescaled from the 0.5..99.5 percentile range to 0..1; float32 0..1 out."""
     arr = float_array(image)
@@ -146,7 +152,9 @@ class N4Params:
         return None
 
 
-@register("n4", N4Params, summary="N4 bias-field correction for MRI (SimpleITK)", aliases=("n4_bias_correction",))
+# N4's B-spline fit fails on an axis of one voxel ("Refusing to change spacing ... to [0, ...]")
+@register("n4", N4Params, summary="N4 bias-field correction for MRI (SimpleITK)", aliases=("n4_bias_correction",),
+          min_side=2)
 def n4(image: sitk.Image, p: N4Params, masks: dict[str, sitk.Image] | None = None) -> sitk.Image:
     """Fit the N4 bias field on a shrunk copy and divide the full-resolution image by it (float32 out).
 

@@ -19,6 +19,10 @@ from ..errors import InputImageError
 from ..io.image_content import MAX_LABEL_VALUES, label_map_values
 
 
+#: Float pixel types: a label map stored as float is named so in the refusal (its voxels are whole numbers).
+_FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)
+
+
 class LabelMapError(InputImageError):
     """A label map or mask given to a grey-level model (``classify`` skips these in a folder, naming them)."""
 
@@ -39,8 +43,9 @@ def check_input_content(image: sitk.Image, spec: Mapping[str, Any], path: Any = 
     if spec.get("content") != MASK_CONTENT:
         labels = label_map_values(image)
         if labels is not None:
+            kind = "whole-number float" if image.GetPixelID() in _FLOAT_TYPES else "integer"
             raise LabelMapError(
-                f"this looks like a label map or mask, not a scan: integer voxels with {len(labels)} distinct "
+                f"this looks like a label map or mask, not a scan: {kind} voxels with {len(labels)} distinct "
                 f"values ({', '.join(map(str, labels[:6]))}{'…' if len(labels) > 6 else ''}) in regions of one "
                 "value each; the model reads grey-level images", path)
         return

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from ..io import image_from_array
 from .intensity import as_float32, float_array
-from .steps import Grid, param, register, window_problem
+from .steps import RECURSIVE_GAUSSIAN_MIN_SIDE, Grid, param, register, window_problem
 
 #: Default segment colors (RGB 0..1) by mask name, close to Slicer's anatomy colors.
 MASK_COLORS: dict[str, tuple[float, float, float]] = {
@@ -134,7 +134,7 @@ def _canny_problem(p: CannyParams, grid: Grid) -> str | None:
 
 
 @register("canny", CannyParams, summary="Canny edges (SimpleITK): 1 on edges, 0 elsewhere (float32)",
-          check=_canny_problem)
+          check=_canny_problem, min_side=RECURSIVE_GAUSSIAN_MIN_SIDE)
 def canny(image: sitk.Image, p: CannyParams) -> sitk.Image:
     img = as_float32(image)
     upper = p.upper
@@ -152,7 +152,7 @@ class GradientParams:
 
 
 @register("gradient_magnitude", GradientParams, summary="gradient magnitude of Gaussian (intensity/mm, float32)",
-          aliases=("gradient",))
+          aliases=("gradient",), min_side=RECURSIVE_GAUSSIAN_MIN_SIDE)
 def gradient_magnitude(image: sitk.Image, p: GradientParams) -> sitk.Image:
     return sitk.GradientMagnitudeRecursiveGaussian(as_float32(image), p.sigma_mm)
 
@@ -249,6 +249,8 @@ def _solid(mask: sitk.Image, image: sitk.Image, closing_mm: float) -> sitk.Image
 
 @register("body_mask", BodyParams, kind="mask", summary="body (or head) outline from CT (HU threshold) or MR (Otsu)",
           reads_hu=lambda p: p.modality == "CT",
+          # MR (and "auto", which may choose MR) smooths with a recursive Gaussian; CT thresholds a median
+          min_side=lambda p: 1 if p.modality == "CT" else RECURSIVE_GAUSSIAN_MIN_SIDE,
           check=lambda p, grid: _closing_problem("closing_mm", p.closing_mm, grid))
 def body_mask(image: sitk.Image, p: BodyParams) -> sitk.Image:
     """Largest tissue component, closed and with holes (lungs, bowel gas) filled slice by slice.
@@ -278,6 +280,7 @@ class HeadParams:
 
 @register("head_mask", HeadParams, kind="mask", summary="head (brain, skull, scalp) from MR: Otsu, largest "
                                                            "component, closed, holes filled",
+          min_side=RECURSIVE_GAUSSIAN_MIN_SIDE,
           check=lambda p, grid: _closing_problem("closing_mm", p.closing_mm, grid))
 def head_mask(image: sitk.Image, p: HeadParams) -> sitk.Image:
     """Head mask from a brain MR (any weighting with dark background)."""

@@ -141,10 +141,22 @@ class Pipeline:
         """
         grid = Grid.of(image)
         for index, step in enumerate(self.steps, start=1):
-            problem = step.grid_problem(grid)
+            problem = step.size_problem(grid) or step.grid_problem(grid)
             if problem:
                 raise ConfigError(f"step {index} ({step.name}): {problem}")
             grid = step.next_grid(grid)
+
+    def min_side(self) -> tuple[int, str | None]:
+        """The fewest voxels per axis the input needs, and the step that needs them (``None`` when none does): the
+        largest :attr:`.steps.Step.min_side` of the steps up to the first grid step, which run on the input's own
+        grid (later steps run on the grid that step makes, checked by :meth:`check`)."""
+        need, which = 1, None
+        for step in self.steps:
+            if step.min_side > need:
+                need, which = step.min_side, step.name
+            if step.spec.kind == "grid":
+                break
+        return need, which
 
     def run(self, image: sitk.Image, progress: Callable[..., None] | None = None) -> PipelineResult:
         """Run every step on ``image`` (a 3D scalar ``sitk.Image``).

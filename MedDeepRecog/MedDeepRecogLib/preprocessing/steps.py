@@ -71,6 +71,14 @@ class StepSpec:
     check: GridCheck | None = None
     #: a grid step's output grid, see :data:`Regrid`
     regrid: Regrid | None = None
+    #: the fewest voxels along every axis the step runs on (:data:`RECURSIVE_GAUSSIAN_MIN_SIDE` for recursive
+    #: Gaussian filters), or a function of the step's parameters giving it: a smaller image is refused before any
+    #: step runs, naming its size, instead of ITK's error
+    min_side: int | Callable[[Any], int] = 1
+
+
+#: ITK's recursive Gaussian filters (smoothing, gradient magnitude, Canny) refuse an axis of fewer than 4 voxels.
+RECURSIVE_GAUSSIAN_MIN_SIDE = 4
 
 
 @dataclass(frozen=True)
@@ -95,12 +103,25 @@ class Step:
         window of too many voxels: judged before any voxel is touched."""
         return self.spec.check(self.params, grid) if self.spec.check is not None else None
 
+    @property
+    def min_side(self) -> int:
+        """The fewest voxels along every axis this step, with these parameters, runs on (:attr:`StepSpec.min_side`)."""
+        rule = self.spec.min_side
+        return int(rule(self.params) if callable(rule) else rule)
+
+    def size_problem(self, grid: Grid) -> str | None:
+        """Why ``grid`` has too few voxels along an axis for this step (:attr:`min_side`), else None."""
+        if min(grid.size) >= self.min_side:
+            return None
+        return (f"the grid is {' x '.join(map(str, grid.size))} voxels, and this step needs at least "
+                f"{self.min_side} along every axis")
+
     def next_grid(self, grid: Grid) -> Grid:
         """The grid this step's output lies on (``grid`` itself for image and mask steps)."""
         return self.spec.regrid(self.params, grid) if self.spec.regrid is not None else grid
 
     def __call__(self, image: sitk.Image) -> sitk.Image:
-        problem = self.grid_problem(Grid.of(image))
+        problem = self.size_problem(Grid.of(image)) or self.grid_problem(Grid.of(image))
         if problem:
             raise ConfigError(f"step {self.name!r}: {problem}")
         return self.spec.fn(image, self.params)
@@ -135,16 +156,18 @@ ALIASES: dict[str, str] = {}
 
 def register(name: str, params: type, *, kind: str = "image", summary: str = "", aliases: tuple[str, ...] = (),
              reads_hu: bool | Callable[[Any], bool] = False, check: GridCheck | None = None,
-             regrid: Regrid | None = None) -> Callable[[StepFunction], StepFunction]:
+             regrid: Regrid | None = None,
+             min_side: int | Callable[[Any], int] = 1) -> Callable[[StepFunction], StepFunction]:
     """Decorator registering ``fn`` as step ``name`` with parameter dataclass ``params``; ``reads_hu``: the step
     takes intensities as CT Hounsfield units (or a function of its parameters saying when); ``check`` / ``regrid``:
-    see :class:`StepSpec`."""
+    see :class:`StepSpec`; ``min_side``: the fewest voxels along every axis the step runs on (or a function of its
+    parameters giving it)."""
     if kind not in ("image", "grid", "mask"):
         raise ValueError(f"unknown step kind {kind!r}")
 
     def decorate(fn: StepFunction) -> StepFunction:
         doc = summary or (fn.__doc__ or "").strip().splitlines()[0]
-        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu, check, regrid)
+        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu, check, regrid, min_side)
         for alias in aliases:
             ALIASES[alias] = name
         return fn
