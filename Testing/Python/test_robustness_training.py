@@ -134,6 +134,8 @@ def test_train_flags_apply_to_adversarial_configs_and_the_package_is_saved_once(
 def test_robustness_train_config_command_still_reproduces(tmp_path, capsys):
     """The adversarial model card's reproduce command (``meddeeprecog robustness --train-config``) runs the same
     single training run."""
+    from MedDeepRecogLib.training.train import REPRODUCE_DEST, REPRODUCE_OUT
+
     torch.set_num_threads(1)
     npz = write_blob_npz(tmp_path / "blobs.npz", n=32, seed=2)
     cfg = _config(tmp_path, npz, {"attack": "pgd", "eps": 0.05, "steps": 1, "bounds": [0, 1],
@@ -146,7 +148,11 @@ def test_robustness_train_config_command_still_reproduces(tmp_path, capsys):
     command = (f"meddeeprecog robustness --train-config {cfg} --out {tmp_path / 'run'} --package-dest {dest} "
                f"--epochs 1")
     assert pkg.meta["provenance"]["command"] == command
-    assert f"## Reproduce\n```\n{command}\n```" in (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    # the card's command writes into scratch folders: the run folder and the destination hold this run and version
+    shown = (f"meddeeprecog robustness --train-config {cfg} --out {REPRODUCE_OUT} --package-dest {REPRODUCE_DEST} "
+             f"--epochs 1")
+    card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"## Reproduce\n```\n{shown}\n```" in card and f"the package in {dest}" in card
     assert pkg.meta["robustness"]["adversarial_training"]["attack"] == "pgd"
     assert sorted(p.name for p in (dest / "blob-adv").iterdir()) == ["1.0.0"]
 

@@ -868,18 +868,20 @@ def test_the_card_reproduce_command_writes_into_a_scratch_folder_and_model_json_
     check_new_version); the README says a scratch folder. The card's command now names one and says where the
     package was made; model.json's provenance keeps the command as run."""
     from MedDeepRecogLib import resources
-    from MedDeepRecogLib.training.train import REPRODUCE_DEST, scratch_command, scratch_reproduce_section
+    from MedDeepRecogLib.training.train import REPRODUCE_DEST, REPRODUCE_OUT, scratch_command, scratch_reproduce_section
 
     bundled = "MedDeepRecog/MedDeepRecogLib/data/models"
     ran = f"meddeeprecog train configs/b.yaml --out /tmp/runs/b --package-dest {bundled} --threads 2"
-    assert scratch_command(ran) == (f"meddeeprecog train configs/b.yaml --out /tmp/runs/b --package-dest "
-                                    f"{REPRODUCE_DEST} --threads 2", bundled)
+    # the run folder holds the run as the destination holds the version: train refuses both again
+    assert scratch_command(ran) == (f"meddeeprecog train configs/b.yaml --out {REPRODUCE_OUT} --package-dest "
+                                    f"{REPRODUCE_DEST} --threads 2", {"--out": "/tmp/runs/b", "--package-dest": bundled})
     assert scratch_command("meddeeprecog train c.yaml --package-dest=/x")[0].endswith(f"={REPRODUCE_DEST}")
     assert scratch_command("meddeeprecog train c.yaml")[0].endswith(f"--package-dest {REPRODUCE_DEST}")
     assert scratch_command("slicer_bridge.tiny_model") == ("slicer_bridge.tiny_model", None)
     card = f"# b 1.0.0\n\n## Reproduce\n```\n{ran}\n```\nseed 0.\n\n## Next\ntext\n"
     fixed = scratch_reproduce_section(card, "b")
-    assert f"--package-dest {REPRODUCE_DEST} --threads 2\n```\n" in fixed and f"written to {bundled}" in fixed
+    assert f"--package-dest {REPRODUCE_DEST} --threads 2\n```\n" in fixed
+    assert f"its run in /tmp/runs/b and the package in {bundled}" in fixed
     assert fixed.endswith("```\n") is False and fixed.split("## Next")[1] == card.split("## Next")[1]
     assert scratch_reproduce_section(fixed, "b") == fixed
     calibrated = scratch_reproduce_section(fixed, "b", calibrated=True)   # calibrate: its own steps, in the section
@@ -889,7 +891,7 @@ def test_the_card_reproduce_command_writes_into_a_scratch_folder_and_model_json_
         folder = resources.BUNDLED_MODELS_DIR / model_id / version
         text = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
         reproduce = text.split("## Reproduce\n```\n")[1].split("\n```")[0]
-        assert f"--package-dest {REPRODUCE_DEST}" in reproduce and bundled not in reproduce
+        assert f"--out {REPRODUCE_OUT} --package-dest {REPRODUCE_DEST}" in reproduce and bundled not in reproduce
         assert f"each with `--dest {REPRODUCE_DEST}`" in text.split("## Reproduce")[1].split("\n## ")[0]
         meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         assert f"--package-dest {bundled}" in meta["provenance"]["command"] or "calibrate" in \

@@ -124,46 +124,53 @@ seed {p.get('seed')}, code version {p.get('code_version')}, data fingerprint `{p
 """
 
 
-#: Where a card's reproduce command writes its package: the folder the package was made in holds that version once
-#: it is made (the bundled folder is never overwritten, and ``check_new_version`` refuses a version a destination
-#: holds), so the command as run would be refused; a scratch folder outside the catalogs may keep the version.
+#: Where a card's reproduce command writes its package and its run: the folders the package was made with hold that
+#: version and that run once it is made (the bundled folder is never overwritten, ``check_new_version`` refuses a
+#: version a destination holds, and ``train`` refuses an ``--out`` holding an earlier run), so the command as run
+#: would be refused; scratch folders outside the catalogs take both.
 REPRODUCE_DEST = "/tmp/meddeeprecog-reproduce"
+REPRODUCE_OUT = "/tmp/meddeeprecog-reproduce-run"
 
 
-def scratch_command(command: str) -> tuple[str, str | None]:
-    """``(command, destination as run)``: a ``train`` or ``robustness --train-config`` command with its
-    ``--package-dest`` pointed at :data:`REPRODUCE_DEST` (added when the run used the default, the user catalog,
-    which holds the version too); any other command unchanged, with ``None``. model.json's provenance keeps the
-    command as run: only the card's reproduce text changes."""
+def scratch_command(command: str) -> tuple[str, dict[str, str] | None]:
+    """``(command, folders as run)``: a ``train`` or ``robustness --train-config`` command with its ``--out`` pointed
+    at :data:`REPRODUCE_OUT` and its ``--package-dest`` at :data:`REPRODUCE_DEST` (added when the run used the
+    default, the user catalog, which holds the version too); the folders it named, by option. Any other command
+    unchanged, with ``None``. model.json's provenance keeps the command as run: only the card's reproduce text
+    changes."""
     try:
         words = shlex.split(command)
     except ValueError:
         return command, None
     if "train" not in words and "--train-config" not in words:
         return command, None
-    dest = "(the user catalog, the default)"
-    for k, word in enumerate(words):
-        if word == "--package-dest" and k + 1 < len(words):
-            dest, words[k + 1] = words[k + 1], REPRODUCE_DEST
-            break
-        if word.startswith("--package-dest="):
-            dest, words[k] = word.split("=", 1)[1], f"--package-dest={REPRODUCE_DEST}"
-            break
-    else:
-        words += ["--package-dest", REPRODUCE_DEST]
-    return shlex.join(words), dest
+    as_run = {"--package-dest": "the user catalog (the default)"}
+    for option, scratch in (("--out", REPRODUCE_OUT), ("--package-dest", REPRODUCE_DEST)):
+        for k, word in enumerate(words):
+            if word == option and k + 1 < len(words):
+                as_run[option], words[k + 1] = words[k + 1], scratch
+                break
+            if word.startswith(f"{option}="):
+                as_run[option], words[k] = word.split("=", 1)[1], f"{option}={scratch}"
+                break
+        else:
+            if option == "--package-dest":
+                words += [option, scratch]
+    return shlex.join(words), as_run
 
 
 def reproduce_block(command: str, pkg_id: str) -> str:
-    """The card's reproduce command in a code block, into a scratch destination (:func:`scratch_command`), and a line
-    on where the package was made when that differs."""
-    shown, dest = scratch_command(command)
+    """The card's reproduce command in a code block, into scratch folders (:func:`scratch_command`), and a line on
+    where the run and the package were made."""
+    shown, as_run = scratch_command(command)
     block = f"```\n{shown}\n```"
-    if dest is None:
+    if as_run is None:
         return block
-    return (f"{block}\n`{REPRODUCE_DEST}` is a scratch folder (any empty folder outside the catalogs will do): the "
-            f"{pkg_id} package this command makes was written to {dest}, which holds that version now and refuses "
-            f"it again (model.json's provenance keeps the command as run).")
+    made = ((f"its run in {as_run['--out']} and " if "--out" in as_run else "")
+            + f"the package in {as_run['--package-dest']}")
+    return (f"{block}\nThe command writes into scratch folders (`{REPRODUCE_OUT}` for the run, `{REPRODUCE_DEST}` for "
+            f"the package; any empty folders outside the catalogs will do): this {pkg_id} version was made with "
+            f"{made}, which hold it now and would refuse it again. model.json's provenance keeps the command as run.")
 
 
 #: The Reproduce section's line on a calibrated version's further steps (their commands are records of what ran,
