@@ -1,8 +1,9 @@
 """The work of ``meddeeprecog robustness``: attack one scan or a labelled data set and write what was found.
 
 One scan (:func:`scan_reports`): ``<name>_robustness.json`` (the label and confidence classify reports, the
-network's probability of its clean top class and classify's reported label at each eps, ``smallest_flipping_eps``
-(the smallest eps that changes that label) or null, the curve point where it flips, eps also in HU for CT),
+network's probability of its clean top class, its top class and classify's reported label at each eps,
+``smallest_flipping_eps`` (the smallest eps that changes that label) or null, ``smallest_top_class_change_eps`` (the
+smallest eps of the list that changes the network's top class, which may leave the reported label as it was) or null, the curve point where it flips, eps also in HU for CT),
 ``<name>_robustness.png`` (the curve) and optionally ``<name>_perturbation.nrrd`` (the perturbation at the flipping
 eps, or the largest eps, on the scan's grid, in model input units). A data set (:func:`dataset_report`): clean vs robust accuracy /
 balanced accuracy / AUC at each eps, ``robustness.json`` + ``robustness.png``.
@@ -142,8 +143,9 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         if units is not None:
             for point in record["curve"] + ([record["flip"]] if record["flip"] else []):
                 point["eps_hu"] = point["eps"] / units
-            if record["smallest_flipping_eps"] is not None:
-                record["smallest_flipping_eps_hu"] = record["smallest_flipping_eps"] / units
+            for key in ("smallest_flipping_eps", "smallest_top_class_change_eps"):
+                if record.get(key) is not None:
+                    record[f"{key}_hu"] = record[key] / units
         delta = None
         if write_perturbation:
             e = record["smallest_flipping_eps"] if record["smallest_flipping_eps"] is not None else max(p["budgets"])
@@ -196,6 +198,7 @@ def write_scan_reports(pkg, out: Path, done: list, progress: ProgressCallback = 
             results.append({"input": str(p["scan"]), "json": str(js), **outputs,
                             **({"out_of_domain": record["out_of_domain"]} if "out_of_domain" in record else {}),
                             "smallest_flipping_eps": record["smallest_flipping_eps"],
+                            "smallest_top_class_change_eps": record.get("smallest_top_class_change_eps"),
                             **({"smallest_flipping_eps_hu": record.get("smallest_flipping_eps_hu"),
                                 "hu_per_unit": record["hu_per_unit"]} if units is not None else {})})
     except BaseException:
@@ -263,7 +266,31 @@ def scan_lines(record: dict[str, Any]) -> str:
     lines.append(f"  smallest eps that {what}: {_eps_text(flip, None, per_unit)}"
                  + (f" -> {said(record['flip'])}" if reported and record.get("flip") else "") if flip is not None
                  else f"  no eps tried {'changes the label classify reports' if reported else 'flips the label'}")
+    line = top_class_change_line(record)
+    if line:
+        lines.append(line)
     return "\n".join(lines)
+
+
+def top_class_change_line(record: dict[str, Any]) -> str:
+    """The sentence for a network top class that changes while the label classify reports does not (at the eps
+    where it first changes): no flip by the rule (a flip changes the reported label), but not robustness either.
+    Empty when the top class never changes, or when the reported label has changed by then."""
+    if "clean_confidence" not in record or record.get("out_of_domain"):
+        return ""
+    change = record.get("smallest_top_class_change_eps")
+    if change is None:
+        return ""
+    flip = record.get("smallest_flipping_eps")
+    if flip is not None and flip <= change:
+        return ""
+    point = next(p for p in record["curve"] if p["eps"] == change)
+    if point["label"] != record["clean_label"]:
+        return ""
+    hu = point.get("eps_hu")
+    at = f"{change:.4g}" + (f" ({hu:.0f} HU)" if hu is not None else "")
+    return (f"  the network's top class changes from {record.get('top_class')} to {point['top_class']} at eps {at}, "
+            f"but both calls are {record['clean_label']}")
 
 
 def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, split: str = "val",
