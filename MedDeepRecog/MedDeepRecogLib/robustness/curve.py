@@ -214,10 +214,10 @@ def save_curve_png(result: dict[str, Any], path, *, title: str = "") -> None:
                        label=f"flips at eps={result['smallest_flipping_eps']:.3g}")
         ax.set_ylabel("probability of clean top class")
     ax.set_xlabel(f"eps ({result['attack']}, model input units)")
-    per_unit = result.get("hu_per_unit")
-    if per_unit:  # CT: the same axis in HU on top
+    per_unit = result.get("hu_per_unit") or result.get("eps_per_unit")
+    if per_unit:  # CT: the same axis in HU on top (a data set's 8-bit pictures: grey levels)
         top = ax.secondary_xaxis("top", functions=(lambda e: e * per_unit, lambda h: h / per_unit))
-        top.set_xlabel("eps in HU", fontsize=8)
+        top.set_xlabel(f"eps in {'HU' if result.get('hu_per_unit') else result.get('eps_unit')}", fontsize=8)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)

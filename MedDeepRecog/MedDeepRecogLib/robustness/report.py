@@ -342,13 +342,38 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
                               progress=progress, class_names=pkg.class_names)
     res.update({"model": {"id": pkg.id, "version": pkg.version}, "data": str(data), "split": split,
                 "eps_units": "model input", "cases": cases})
+    add_eps_conversion(res, pkg.input_spec, pkg.meta.get("modality"))
     png = out / f"robustness{version}.png"
-    save_curve_png(res, png, title=f"{pkg.id} {pkg.version}: {split} of {data.name}")
+    how = f"{attack.upper()}" + (f"-{res['steps']}" if attack == "pgd" else "")
+    save_curve_png(res, png, title=f"{pkg.id} {pkg.version}: {split} of {data.name}\n"
+                                   f"n = {cases['n']} of {cases['of']} cases, {how}")
     js = out / f"robustness{version}.json"
     res["outputs"] = {"png": str(png), "json": str(js)}
     atomic_write_json(js, res)
-    summary = {"json": str(js), "png": str(png), "cases": cases, "clean": res["clean"], "robust": res["robust"]}
+    summary = {"json": str(js), "png": str(png), "attack": res["attack"], "steps": res["steps"], "split": split,
+               "n": cases["n"], "of": cases["of"], "cases": cases, "eps_conversion": res["eps_conversion"],
+               "clean": res["clean"], "robust": res["robust"]}
     return {**summary, "note": res["note"]} if "note" in res else summary
+
+
+def add_eps_conversion(res: dict[str, Any], spec: dict, modality: str | None) -> None:
+    """Give a data-set result's eps also in the scan's units where the package's input defines the conversion
+    (:func:`.scan.eps_conversion`: HU for a CT model, as ``--input`` gives them), else say there is none:
+    ``eps_conversion`` (how), ``eps_per_unit`` / ``eps_unit`` and per point ``eps_converted`` (``eps_hu`` for HU;
+    ``hu_per_unit`` puts an HU axis on the plot)."""
+    from .scan import eps_conversion
+
+    conv = eps_conversion(spec, modality)
+    res["eps_conversion"] = conv["how"]
+    res["eps_per_unit"], res["eps_unit"] = conv["per_unit"], conv["unit"]
+    if conv["per_unit"] is None:
+        return
+    for point in res["robust"]:
+        point["eps_converted"] = point["eps"] * conv["per_unit"]
+        if conv["unit"] == "HU":
+            point["eps_hu"] = point["eps_converted"]
+    if conv["unit"] == "HU":
+        res["hu_per_unit"] = conv["per_unit"]
 
 
 def chosen_cases(labels: np.ndarray, keep: np.ndarray, class_names: Sequence[str], max_cases: int | None
