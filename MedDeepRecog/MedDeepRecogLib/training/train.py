@@ -295,7 +295,10 @@ def _init_line(init: dict | None) -> str:
     if not init:
         return ""
     return (f"- **Started from** `{init['file']}` (SHA-256 {init['sha256'][:16]}…): {init['tensors_set']} of the "
-            f"network's {init['tensors_total']} tensors, the rest initialised afresh (`model/init`)\n")
+            f"network's {init['tensors_total']} tensors, the rest initialised afresh (`model/init`)"
+            + (f"; fresh layers: {', '.join(init['fresh_layers'])}" if init.get("fresh_layers") else "")
+            + (f"; made for {init['made_for_config']}: {init['made_for_other_config']}"
+               if init.get("made_for_other_config") else "") + "\n")
 
 
 def _prior_shift_line(cv: dict) -> str:
@@ -628,7 +631,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     init = None
     if cfg.model.init:  # checked against the network before anything trains; every member starts from it
         from .init_weights import read_init_state
-        init, meta["provenance"]["init"] = read_init_state(resolve_init_path(cfg), model, cfg.source)
+        init, meta["provenance"]["init"] = read_init_state(resolve_init_path(cfg), model, cfg.source,
+                                                           model_section={"name": cfg.model.name,
+                                                                          "kwargs": cfg.model.kwargs})
     bs = int(cfg.training.batch_size)
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
     t0 = time.perf_counter()
@@ -895,6 +900,8 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
         progress("domain check", 0.98)
         meta["domain"], extra_files[DOMAIN_FILE] = calibrate_domain(model, data, cfg, device)
     hist = history.to_dict()
+    if (meta["provenance"].get("init") or {}).get("warnings"):   # a partial or foreign model/init: said on the run
+        hist["init"] = meta["provenance"]["init"]
     from .plots import training_curve_png
     curve = training_curve_png(hist["epochs"], out_dir / "training_curve.png", history.monitor)
     meta["version"] = version
@@ -912,6 +919,8 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
     result = {"package": str(pkg_path), "id": cfg.id, "version": version, "metrics": str(metrics_path),
               "training_curve": str(curve), "history": str(out_dir / "history.json"),
               "val_auc": vm["auc"], "val_balanced_accuracy": vm["balanced_accuracy"]}
+    if (meta["provenance"].get("init") or {}).get("warnings"):
+        result["warnings"] = list(meta["provenance"]["init"]["warnings"])
     return result
 
 
