@@ -114,8 +114,10 @@ def config_difference(made_for: str, source: Any, model_section: dict | None) ->
     """Empty when the init file's header names this run's config (``source``); else what differs: the network
     (``model/name`` and ``model/kwargs``) of the config it names, when that config can still be read, against this
     run's ``model_section``, or that it cannot be compared."""
+    if source is None:   # no config of this run to compare with (a call from Python)
+        return ""
     try:
-        if source is not None and Path(made_for).resolve() == Path(source).resolve():
+        if Path(made_for).resolve() == Path(source).resolve():
             return ""
     except OSError:
         pass
