@@ -193,3 +193,5 @@ def test_the_robustness_section_says_what_the_run_did_with_val(tmp_path):
     assert "HU" not in rob_section and "`window`" not in rob_section
     assert "no defined conversion" in rob_section
     assert pkg.meta["robustness"]["checkpoint_chosen_on_split"] is False
+    # a volume3d card says which patient axis each training-array axis is (audit F10)
+    assert "axis 0 of a training array (after the case axis) is inferior→superior (LPS z)" in card

@@ -99,6 +99,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
     skip = ("per_class", "confusion_matrix", "class_names", "cross_validation")  # shown elsewhere or not scalars
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                      for k, v in m.items() if k not in skip)
+    lead = _axes_line(meta['input']) + _init_line(p.get('init'))
     return f"""# {meta['id']} {meta['version']}
 
 {meta.get('description', '')}
@@ -108,7 +109,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
 - **Input**: {meta['input']['kind']}, size {meta['input'].get('size')}, {meta['input'].get('channels', 1)} channel(s);
   pipeline {json.dumps(meta['input'].get('pipeline'))}
 - **Data**: {p.get('data')} — {data_desc}
-{_init_line(p.get('init'))}{_selection_lines(history)}{_test_time_flip_line(meta['architecture'])}
+{lead}{_selection_lines(history)}{_test_time_flip_line(meta['architecture'])}
 {_use_lines(meta.get('use'), meta.get('explain'))}
 ## Validation metrics ({m.get('split', 'val')})
 | metric | value |
@@ -288,6 +289,23 @@ def _fold_sizes(cv: dict) -> str:
     if not counts:
         return ""
     return "; cases per class in each fold " + ", ".join("/".join(str(c) for c in fold) for fold in counts)
+
+
+#: Which patient axis each array axis of a ``volume3d`` model's input is: classify reads a scan in its LPS view as
+#: ``(Z, Y, X)`` (:func:`..preprocessing.model_grid.volume_from_image`), and training feeds a ``(N, D, H, W)`` array
+#: as it is, so a training array's axes are those.
+VOLUME_AXES_LINE = (
+    "- **Array axes** (volume3d): axis 0 of a training array (after the case axis) is inferior→superior (LPS z), "
+    "axis 1 anterior→posterior (LPS y), axis 2 right→left (LPS x): `classify` reads a scan in its LPS view as "
+    "(Z, Y, X) (`preprocessing.model_grid.volume_from_image`). To run an array `a` of such data through the model, "
+    "write it with `SimpleITK.GetImageFromArray(a)` (identity direction), or with nibabel as "
+    "`Nifti1Image(a.transpose(2, 1, 0), np.diag([-1, -1, 1, 1]))`; nibabel with an identity affine reaches the "
+    "model transposed and mirrored.\n")
+
+
+def _axes_line(input_spec: dict) -> str:
+    """The card's line on which patient axis each training-array axis is (volume3d inputs only), newline-terminated."""
+    return VOLUME_AXES_LINE if input_spec.get("kind") == "volume3d" else ""
 
 
 def _init_line(init: dict | None) -> str:
