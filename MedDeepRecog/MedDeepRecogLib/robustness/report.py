@@ -3,7 +3,8 @@
 One scan (:func:`scan_reports`): ``<name>_robustness.json`` (the label and confidence classify reports, the
 network's probability of its clean top class, its top class and classify's reported label at each eps,
 ``smallest_flipping_eps`` (the smallest eps that changes that label) or null, ``smallest_top_class_change_eps`` (the
-smallest eps of the list that changes the network's top class, which may leave the reported label as it was) or null, the curve point where it flips, eps also in HU for CT),
+smallest eps of the list that changes the network's top class, which may leave the reported label as it was) or
+null, the curve point where it flips, eps also in HU for CT),
 ``<name>_robustness.png`` (the curve) and optionally ``<name>_perturbation.nrrd`` (the perturbation at the flipping
 eps, or the largest eps, on the scan's grid, in model input units). A data set (:func:`dataset_report`): clean vs robust accuracy /
 balanced accuracy / AUC at each eps, ``robustness.json`` + ``robustness.png``.
