@@ -31,9 +31,9 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
 
     The record names the layers that start fresh (``fresh_layers``); when any but the classification head does
     (which a pretrained file leaves out), it is warned about (log, on the console); a file whose header names
-    another config than ``source`` (``meddeeprecog pretrain`` writes it) gets ``made_for_other_config``, saying how that config's
-    network (when it can still be read) differs from ``model_section`` (this run's ``{"name", "kwargs"}``). The
-    warnings are also the record's ``warnings``.
+    another config than ``source`` (``meddeeprecog pretrain`` writes it) gets ``made_for_other_config``, saying
+    how that config's network (when it can still be read) differs from ``model_section`` (this run's ``{"name",
+    "kwargs"}``). The warnings are also the record's ``warnings``.
     """
     path = Path(path)
     if not path.is_file():
