@@ -95,6 +95,7 @@ def test_pretrained_weights_start_a_training_run(tmp_path, capsys):
     assert any(not torch.equal(weights[k], fresh[k]) for k in weights if k.endswith("weight"))
     _, record = read_init_state(out, net)
     assert record["tensors_set"] == len(net.state_dict()) - 2  # all but the new head's weight and bias
+    assert "warnings" not in record   # the head alone starting fresh is what a pretrained file is for
 
 
 def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, capsys):
@@ -259,3 +260,38 @@ def test_the_pool_takes_the_training_rows_data_max_train_keeps(tmp_path):
     trained_on = load_train_val(cfg, Path(cfg.data.path)).train
     assert sources[0]["train_images"] == len(images) == len(trained_on) == 10
     assert np.allclose(images, trained_on.images)
+
+
+def test_a_partial_or_foreign_init_is_warned_about_with_its_fresh_layers(tmp_path, caplog):
+    """busi_mis.yaml (channels [16,16,16,16]) started from an init pretrained for busi.yaml ([8,16,16,16]): 21 of 30
+    tensors loaded with an empty stderr, and the header naming busi.yaml was never compared (audit F6)."""
+    import logging
+
+    from safetensors.torch import save_file
+
+    from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.training.init_weights import read_init_state
+
+    made_for = _tiny_config(tmp_path)   # simple_cnn2d, channels [4, 8], hidden 8
+    theirs = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8).state_dict()
+    out = tmp_path / "init.safetensors"
+    save_file({k: v.contiguous() for k, v in theirs.items()}, str(out),
+              metadata={"made_by": "meddeeprecog pretrain", "config": str(made_for)})
+    ours = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=16)
+    with caplog.at_level(logging.WARNING):
+        _, record = read_init_state(out, ours, tmp_path / "other.yaml",
+                                    model_section={"name": "simple_cnn2d", "kwargs": {"channels": [4, 8],
+                                                                                      "hidden": 16}})
+    total = len(ours.state_dict())
+    assert 0 < record["tensors_set"] < total and record["fresh_layers"]
+    said = caplog.text
+    assert f"sets {record['tensors_set']} of the network's {total} tensors" in said
+    assert all(layer in said for layer in record["fresh_layers"])
+    assert record["made_for_config"] == str(made_for) and "'hidden': 8" in record["made_for_other_config"]
+    assert f"was made for {made_for}" in said and len(record["warnings"]) == 2
+    # the same file read for the config it names, by the network it was made for: nothing to warn about
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, record = read_init_state(out, build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8],
+                                                     hidden=8), made_for)
+    assert "warnings" not in record and not caplog.text

@@ -176,3 +176,31 @@ def test_adversarial_training_improves_robust_accuracy():
     r_adv = evaluate_robustness(robust, [(xte, yte)], [eps], attack_name="pgd", steps=5, bounds=(0, 1))
     assert r_adv["clean"]["accuracy"] >= 0.8
     assert r_adv["robust"][0]["accuracy"] > r_norm["robust"][0]["accuracy"] + 0.2
+
+
+def test_a_top_class_change_under_an_unchanged_reported_label_is_its_own_figure(model, data):
+    """body-region on example_ct_sm: CTAbd -> CTChest at eps 0.01 while classify called both "uncertain"; the
+    summary said "no eps tried changes the label classify reports" and nothing of the top class (audit F7)."""
+    from MedDeepRecogLib.robustness.report import scan_lines
+
+    x, y, _ = data
+    i = int(torch.nonzero(y == 0)[0])
+    judge = lambda _x: {"label": "uncertain", "confidence": 0.5, "reasons": ["low confidence"]}  # noqa: E731
+    res, _ = scan_robustness(model, x[i:i + 1], [0.01, 0.3], attack_name="pgd", steps=4, bounds=(0.0, 1.0),
+                             class_names=["normal", "mass"], judge=judge)
+    assert res["smallest_flipping_eps"] is None            # the rule stays: the reported label never changed
+    assert res["curve"][-1]["top_class"] == "mass"
+    assert res["smallest_top_class_change_eps"] == min(p["eps"] for p in res["curve"] if p["top_class"] == "mass")
+    res["input"] = "case.nii.gz"
+    for p in res["curve"]:
+        p["eps_hu"] = p["eps"] * 2000.0
+    text = scan_lines(res)
+    assert "no eps tried changes the label classify reports" in text
+    change = res["smallest_top_class_change_eps"]
+    assert (f"the network's top class changes from normal to mass at eps {change:.4g} ({change * 2000:.0f} HU), "
+            "but both calls are uncertain") in text
+    # without a judge a top-class change is the flip itself: no extra sentence
+    plain, _ = scan_robustness(model, x[i:i + 1], [0.3], attack_name="pgd", steps=4, bounds=(0.0, 1.0),
+                               class_names=["normal", "mass"])
+    plain["input"] = "case.nii.gz"
+    assert plain["smallest_top_class_change_eps"] == 0.3 and "top class changes" not in scan_lines(plain)

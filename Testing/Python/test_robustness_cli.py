@@ -382,3 +382,31 @@ def test_a_failed_write_removes_the_files_of_the_run(pkg, tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert rc == 2 and "no space left" in err and len(err.strip().splitlines()) == 1
     assert len(calls) == 2 and not out.exists()
+
+
+def test_data_mode_gives_eps_in_hu_where_the_package_defines_it_and_names_the_attack(tmp_path, capsys):
+    """lung-ct-cancer's --data report gave eps only in model units (--input gave 0.01 = 4.0 HU) and its printed
+    summary and PNG title left out the attack, steps, split and n of N cases (audit F8)."""
+    path = save_blob_package(tmp_path / "cat", pipeline={"steps": [{"name": "window", "center": 100.0,
+                                                                     "width": 400.0}]}, pkg_id="blob-window")
+    npz = write_blob_npz(tmp_path / "blobs.npz")
+    out = tmp_path / "data_out"
+    assert main(["robustness", "--model", str(path), "--data", str(npz), "--out", str(out), "--attack", "pgd",
+                 "--steps", "2", "--eps", "0.01", "--max-cases", "12", "--progress", "none"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["attack"], printed["steps"], printed["split"], printed["n"], printed["of"]) == ("pgd", 2, "val",
+                                                                                                  12, 40)
+    assert "400 HU" in printed["eps_conversion"]
+    rec = json.loads((out / "robustness.json").read_text(encoding="utf-8"))
+    assert rec["eps_unit"] == "HU" and rec["robust"][0]["eps_hu"] == pytest.approx(4.0)
+
+
+def test_eps_conversion_follows_the_package_input_and_says_when_there_is_none():
+    from MedDeepRecogLib.robustness.scan import eps_conversion
+
+    lung = {"kind": "slices2d", "pipeline": {"steps": []}, "slices": {"ct_window": [-160.0, 240.0]}}
+    assert eps_conversion(lung, "CT")["per_unit"] == 400.0 and eps_conversion(lung, "CT")["unit"] == "HU"
+    us = eps_conversion({"kind": "slices2d", "pipeline": {"steps": []}}, "US")
+    assert us["per_unit"] == 255.0 and "standardised image" in us["unit"] and "no fixed conversion" in us["how"]
+    mr = eps_conversion({"kind": "volume3d", "pipeline": {"steps": [{"name": "normalize"}]}}, "MR")
+    assert mr["per_unit"] is None and "no defined conversion" in mr["how"]

@@ -16,7 +16,7 @@ from MedDeepRecogLib.packages import load_package
 from MedDeepRecogLib.robustness.training import AdversarialTraining, run_adversarial_training
 
 
-def _config(tmp_path, npz, adversarial):
+def _config(tmp_path, npz, adversarial, **top):
     cfg = {"id": "blob-adv", "version": "1.0.0", "description": "adversarially trained blob model", "seed": 0,
            "data": {"path": str(npz), "kind": "volume3d", "class_names": ["normal", "mass"]},
            "model": {"name": "simple_cnn3d", "kwargs": {"channels": [4, 8], "hidden": 16}},
@@ -24,6 +24,8 @@ def _config(tmp_path, npz, adversarial):
            "training": {"epochs": 1, "batch_size": 16, "device": "cpu"}}
     if adversarial is not None:
         cfg["adversarial"] = adversarial
+    for key, value in top.items():   # {"training": {...}} is merged, anything else set
+        cfg[key] = {**cfg[key], **value} if isinstance(cfg.get(key), dict) else value
     path = tmp_path / "adv.json"
     path.write_text(json.dumps(cfg), encoding="utf-8")
     return path
@@ -64,6 +66,8 @@ def test_adversarial_training_writes_package_with_robustness_table(tmp_path, cap
     assert pkg.meta["provenance"]["adversarial_training"]["attack"] == "fgsm_rs"
     card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "## Robustness (PGD-3" in card and "blob-test@1.0.0 (normal training)" in card
+    assert rob["selected_by"] == "val auc" and rob["checkpoint_chosen_on_split"]
+    assert "clean figures are optimistic (the checkpoint was chosen on this split)" in card
     assert (pkg.path / "training_curve.png").is_file()
 
 
@@ -174,3 +178,26 @@ def test_robustness_train_config_knows_every_registered_block(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-800:]
     assert (tmp_path / "catalog" / "blob-adv" / "1.0.0" / "model.json").is_file()
+
+
+def test_the_robustness_section_says_what_the_run_did_with_val(tmp_path):
+    """An ultrasound run with monitor: last: its card said "No checkpoint selection ... held-out estimate" and, in
+    the Robustness section, "The validation split was also used to pick the best epoch, so clean figures are
+    optimistic" and "after a `window` step ... (HU for CT)" for a model with no window (audit F2)."""
+    torch.set_num_threads(1)
+    npz = write_blob_npz(tmp_path / "blobs.npz", n=16, seed=2)
+    cfg = _config(tmp_path, npz, {"attack": "fgsm_rs", "eps": 0.05, "bounds": [0, 1],
+                                  "evaluate": {"eps": [0.05], "attack": "fgsm"}},
+                  modality="US", training={"monitor": "last"})
+    result = run_adversarial_training(cfg, out=tmp_path / "run", package_dest=tmp_path / "catalog")
+    pkg = load_package(result["package"])
+    card = (pkg.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    rob_section = card[card.index("## Robustness"):]
+    assert "No checkpoint selection" in card
+    assert "pick the best epoch" not in card and "optimistic" not in rob_section
+    assert "clean figures are a held-out estimate (the val split chose no checkpoint)" in rob_section
+    assert "HU" not in rob_section and "`window`" not in rob_section
+    assert "no defined conversion" in rob_section
+    assert pkg.meta["robustness"]["checkpoint_chosen_on_split"] is False
+    # a volume3d card says which patient axis each training-array axis is (audit F10)
+    assert "axis 0 of a training array (after the case axis) is inferior→superior (LPS z)" in card

@@ -112,7 +112,9 @@ def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[
         without ``judge``; ``top_class``: the network's clean top class and ``clean_probability`` its probability;
         with ``judge`` also ``clean_confidence`` and ``clean_uncertain_reasons``; ``flip_means``; ``curve``
         [{"eps", "probability" of the clean top class, "label" (reported), "top_class", "flipped", with ``judge``
-        "confidence" and "uncertain_reasons"}], ``smallest_flipping_eps``, ``flip``: the curve point at that eps);
+        "confidence" and "uncertain_reasons"}], ``smallest_flipping_eps``, ``flip``: the curve point at that eps;
+        ``smallest_top_class_change_eps``: the smallest eps of the list whose attacked ``top_class`` differs from the
+        clean one, or null: with ``judge`` it can change while the reported label stays, and is no flip);
         perturbations maps each eps (and the refined flip eps) to ``x_adv - x``.
     """
     eps_list = sorted(check_eps(e, bounds) for e in eps_list)
@@ -160,6 +162,9 @@ def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[
                 lo = mid
             progress("refining", (len(eps_list) + j + 1) / (len(eps_list) + refine_steps), eps=mid)
         smallest = float(hi)
+    # the network's own top class may change while the reported label does not ("uncertain" both times): its own
+    # figure, the smallest eps of the list where it changes (not refined), beside the flip
+    top_changes = [r for r in curve if r["top_class"] != name(label)]
     result = {"attack": attack_name, "steps": steps if attack_name == "pgd" else 1,
               "bounds": None if bounds is None else [float(bounds[0]), float(bounds[1])],
               "clean_label": name(label) if clean is None else clean["label"], "top_class": name(label),
@@ -169,6 +174,7 @@ def scan_robustness(model: torch.nn.Module, x: torch.Tensor, eps_list: Sequence[
               "clean_probability": float(probs[label]),
               "clean_probabilities": _named(probs, names), "curve": curve,
               "smallest_flipping_eps": smallest, "flip": flip,
+              "smallest_top_class_change_eps": top_changes[0]["eps"] if top_changes else None,
               "probability_drop_at_max_eps": float(probs[label]) - curve[-1]["probability"]}
     return result, deltas
 
@@ -208,10 +214,10 @@ def save_curve_png(result: dict[str, Any], path, *, title: str = "") -> None:
                        label=f"flips at eps={result['smallest_flipping_eps']:.3g}")
         ax.set_ylabel("probability of clean top class")
     ax.set_xlabel(f"eps ({result['attack']}, model input units)")
-    per_unit = result.get("hu_per_unit")
-    if per_unit:  # CT: the same axis in HU on top
+    per_unit = result.get("hu_per_unit") or result.get("eps_per_unit")
+    if per_unit:  # CT: the same axis in HU on top (a data set's 8-bit pictures: grey levels)
         top = ax.secondary_xaxis("top", functions=(lambda e: e * per_unit, lambda h: h / per_unit))
-        top.set_xlabel("eps in HU", fontsize=8)
+        top.set_xlabel(f"eps in {'HU' if result.get('hu_per_unit') else result.get('eps_unit')}", fontsize=8)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)

@@ -1,8 +1,10 @@
 """The work of ``meddeeprecog robustness``: attack one scan or a labelled data set and write what was found.
 
 One scan (:func:`scan_reports`): ``<name>_robustness.json`` (the label and confidence classify reports, the
-network's probability of its clean top class and classify's reported label at each eps, ``smallest_flipping_eps``
-(the smallest eps that changes that label) or null, the curve point where it flips, eps also in HU for CT),
+network's probability of its clean top class, its top class and classify's reported label at each eps,
+``smallest_flipping_eps`` (the smallest eps that changes that label) or null, ``smallest_top_class_change_eps`` (the
+smallest eps of the list that changes the network's top class, which may leave the reported label as it was) or
+null, the curve point where it flips, eps also in HU for CT),
 ``<name>_robustness.png`` (the curve) and optionally ``<name>_perturbation.nrrd`` (the perturbation at the flipping
 eps, or the largest eps, on the scan's grid, in model input units). A data set (:func:`dataset_report`): clean vs robust accuracy /
 balanced accuracy / AUC at each eps, ``robustness.json`` + ``robustness.png``.
@@ -142,8 +144,9 @@ def scan_reports(model_ref: str | Path, scans: Sequence[str | Path], out: str | 
         if units is not None:
             for point in record["curve"] + ([record["flip"]] if record["flip"] else []):
                 point["eps_hu"] = point["eps"] / units
-            if record["smallest_flipping_eps"] is not None:
-                record["smallest_flipping_eps_hu"] = record["smallest_flipping_eps"] / units
+            for key in ("smallest_flipping_eps", "smallest_top_class_change_eps"):
+                if record.get(key) is not None:
+                    record[f"{key}_hu"] = record[key] / units
         delta = None
         if write_perturbation:
             e = record["smallest_flipping_eps"] if record["smallest_flipping_eps"] is not None else max(p["budgets"])
@@ -196,6 +199,7 @@ def write_scan_reports(pkg, out: Path, done: list, progress: ProgressCallback = 
             results.append({"input": str(p["scan"]), "json": str(js), **outputs,
                             **({"out_of_domain": record["out_of_domain"]} if "out_of_domain" in record else {}),
                             "smallest_flipping_eps": record["smallest_flipping_eps"],
+                            "smallest_top_class_change_eps": record.get("smallest_top_class_change_eps"),
                             **({"smallest_flipping_eps_hu": record.get("smallest_flipping_eps_hu"),
                                 "hu_per_unit": record["hu_per_unit"]} if units is not None else {})})
     except BaseException:
@@ -263,7 +267,31 @@ def scan_lines(record: dict[str, Any]) -> str:
     lines.append(f"  smallest eps that {what}: {_eps_text(flip, None, per_unit)}"
                  + (f" -> {said(record['flip'])}" if reported and record.get("flip") else "") if flip is not None
                  else f"  no eps tried {'changes the label classify reports' if reported else 'flips the label'}")
+    line = top_class_change_line(record)
+    if line:
+        lines.append(line)
     return "\n".join(lines)
+
+
+def top_class_change_line(record: dict[str, Any]) -> str:
+    """The sentence for a network top class that changes while the label classify reports does not (at the eps
+    where it first changes): no flip by the rule (a flip changes the reported label), but not robustness either.
+    Empty when the top class never changes, or when the reported label has changed by then."""
+    if "clean_confidence" not in record or record.get("out_of_domain"):
+        return ""
+    change = record.get("smallest_top_class_change_eps")
+    if change is None:
+        return ""
+    flip = record.get("smallest_flipping_eps")
+    if flip is not None and flip <= change:
+        return ""
+    point = next(p for p in record["curve"] if p["eps"] == change)
+    if point["label"] != record["clean_label"]:
+        return ""
+    hu = point.get("eps_hu")
+    at = f"{change:.4g}" + (f" ({hu:.0f} HU)" if hu is not None else "")
+    return (f"  the network's top class changes from {record.get('top_class')} to {point['top_class']} at eps {at}, "
+            f"but both calls are {record['clean_label']}")
 
 
 def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, split: str = "val",
@@ -315,13 +343,38 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
                               progress=progress, class_names=pkg.class_names)
     res.update({"model": {"id": pkg.id, "version": pkg.version}, "data": str(data), "split": split,
                 "eps_units": "model input", "cases": cases})
+    add_eps_conversion(res, pkg.input_spec, pkg.meta.get("modality"))
     png = out / f"robustness{version}.png"
-    save_curve_png(res, png, title=f"{pkg.id} {pkg.version}: {split} of {data.name}")
+    how = f"{attack.upper()}" + (f"-{res['steps']}" if attack == "pgd" else "")
+    save_curve_png(res, png, title=f"{pkg.id} {pkg.version}: {split} of {data.name}\n"
+                                   f"n = {cases['n']} of {cases['of']} cases, {how}")
     js = out / f"robustness{version}.json"
     res["outputs"] = {"png": str(png), "json": str(js)}
     atomic_write_json(js, res)
-    summary = {"json": str(js), "png": str(png), "cases": cases, "clean": res["clean"], "robust": res["robust"]}
+    summary = {"json": str(js), "png": str(png), "attack": res["attack"], "steps": res["steps"], "split": split,
+               "n": cases["n"], "of": cases["of"], "cases": cases, "eps_conversion": res["eps_conversion"],
+               "clean": res["clean"], "robust": res["robust"]}
     return {**summary, "note": res["note"]} if "note" in res else summary
+
+
+def add_eps_conversion(res: dict[str, Any], spec: dict, modality: str | None) -> None:
+    """Give a data-set result's eps also in the scan's units where the package's input defines the conversion
+    (:func:`.scan.eps_conversion`: HU for a CT model, as ``--input`` gives them), else say there is none:
+    ``eps_conversion`` (how), ``eps_per_unit`` / ``eps_unit`` and per point ``eps_converted`` (``eps_hu`` for HU;
+    ``hu_per_unit`` puts an HU axis on the plot)."""
+    from .scan import eps_conversion
+
+    conv = eps_conversion(spec, modality)
+    res["eps_conversion"] = conv["how"]
+    res["eps_per_unit"], res["eps_unit"] = conv["per_unit"], conv["unit"]
+    if conv["per_unit"] is None:
+        return
+    for point in res["robust"]:
+        point["eps_converted"] = point["eps"] * conv["per_unit"]
+        if conv["unit"] == "HU":
+            point["eps_hu"] = point["eps_converted"]
+    if conv["unit"] == "HU":
+        res["hu_per_unit"] = conv["per_unit"]
 
 
 def chosen_cases(labels: np.ndarray, keep: np.ndarray, class_names: Sequence[str], max_cases: int | None

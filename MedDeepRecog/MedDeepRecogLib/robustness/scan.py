@@ -175,3 +175,41 @@ def perturbation_on_scan(delta: torch.Tensor, result, reference=None) -> sitk.Im
         arr = d[0, 0].numpy()
     return heatmap_on_input_grid(np.ascontiguousarray(arr, dtype=np.float32), inp.grid,
                                  result.image if reference is None else reference)
+
+
+def eps_conversion(spec: Mapping[str, Any], modality: str | None) -> dict[str, Any]:
+    """What one model-input unit is in the scan's own units, as the package's input defines it (no scan needed):
+    ``{"per_unit": float or None, "unit": str or None, "how": str}``.
+
+    - the last unit ``window`` step of ``input.pipeline`` (center/width): its width, in HU for a CT model, else in
+      the scan's intensity units;
+    - a ``slices2d`` CT model: its slices' fixed ``ct_window`` (``input.slices``, else the default), in HU;
+    - other ``slices2d`` pictures (US, MR, 8-bit): each picture is stretched by its own percentiles, so no fixed
+      conversion to the picture's grey levels exists; the budget is given in grey levels of the standardised image
+      (its 0..1 shown as 0..255);
+    - anything else: ``per_unit`` None and ``how`` says there is no defined conversion.
+    ``robustness --input`` measures the same slope on the scan (:func:`units_per_hu`); this is the package's figure
+    for ``--data`` and the adversarial-training card, where no scan is at hand.
+    """
+    from ..preprocessing.slices import SLICE_DEFAULTS
+
+    steps = [s for s in (spec.get("pipeline") or {}).get("steps", []) if isinstance(s, Mapping)]
+    window = [s for s in steps if s.get("name") == "window" and s.get("output", "unit") == "unit"
+              and s.get("width") is not None]
+    unit = "HU" if modality == "CT" else "scan intensity units"
+    if window:
+        width = float(window[-1]["width"])
+        return {"per_unit": width, "unit": unit,
+                "how": f"the package's `window` step (width {width:g} {unit}): eps x {width:g} {unit}"}
+    if spec.get("kind") == "slices2d":
+        if modality == "CT":
+            w0, w1 = (float(v) for v in {**SLICE_DEFAULTS, **(spec.get("slices") or {})}["ct_window"])
+            return {"per_unit": w1 - w0, "unit": "HU",
+                    "how": f"the slices' CT window [{w0:g}, {w1:g}] HU: eps x {w1 - w0:g} HU"}
+        return {"per_unit": 255.0, "unit": "grey levels of the standardised image",
+                "how": "each picture is stretched by its own percentiles, so no fixed conversion to its own grey "
+                       "levels exists; eps x 255 is the budget in grey levels of the standardised image (0..1 "
+                       "shown as 0..255)"}
+    return {"per_unit": None, "unit": None,
+            "how": "no defined conversion: the package's input has no fixed intensity window, so eps is in model "
+                   "input units only"}

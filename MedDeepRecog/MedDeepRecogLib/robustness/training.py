@@ -194,8 +194,17 @@ def add_robustness_table(draft: PackageDraft, adv: AdversarialTraining, evaluate
         rows[name] = evaluate_robustness(model, batches, eps, attack_name=attack_name, steps=steps,
                                          bounds=adv.bounds)
     meta["provenance"]["adversarial_training"] = adv.to_config()
+    from ..contract import chosen_on_validation
+    from .scan import eps_conversion
+
+    metrics = meta.get("metrics") or {}
+    conv = eps_conversion(meta.get("input") or {}, meta.get("modality"))
     meta["robustness"] = {"split": "val", "attack": attack_name, "steps": steps, "eps": eps,
                           "bounds": list(adv.bounds) if adv.bounds else None, "n": int(len(y)),
+                          # the run's own record of how the checkpoint was chosen (train's metrics.selected_by)
+                          "selected_by": metrics.get("selected_by"),
+                          "checkpoint_chosen_on_split": chosen_on_validation(metrics, meta.get("training")),
+                          "eps_conversion": conv["how"], "eps_per_unit": conv["per_unit"], "eps_unit": conv["unit"],
                           "adversarial_training": adv.to_config(),
                           "models": {name: {"clean": r["clean"], "robust": r["robust"]} for name, r in rows.items()}}
     draft.card_sections.append(robustness_card_section(meta["robustness"]))
@@ -227,8 +236,28 @@ def robustness_card_section(rob: dict[str, Any]) -> str:
             lines.append(f"| {name} | {p['eps']:g} | {fmt(p['accuracy'])} | {fmt(p.get('balanced_accuracy'))} | "
                          f"{fmt(p['auc'])} |")
     lines.append("\nMeasured by `robustness.training.add_robustness_table` (same attack for every model, "
-                 "untargeted on the true label, PGD with a seeded random start). The validation split was also used "
-                 "to pick the best epoch, so clean figures are optimistic. eps is in model input units: after a "
-                 "`window` step it is eps x window width in the scan's units (HU for CT); "
-                 "`meddeeprecog robustness --input` reports it in HU per scan.\n")
+                 "untargeted on the true label, PGD with a seeded random start). "
+                 f"{_selection_sentence(rob)} eps is in model input units: {_conversion_sentence(rob)}\n")
     return "\n".join(lines)
+
+
+def _selection_sentence(rob: dict[str, Any]) -> str:
+    """What the run's checkpoint selection means for the table's clean figures, in the words the run recorded
+    (``metrics.selected_by``, which the card's training section reads too)."""
+    selected_by = rob.get("selected_by")
+    if selected_by is None:   # a table made before the run's selection was recorded with it
+        return "How the checkpoint was chosen is not recorded with this table (see the card's training section)."
+    what = ("optimistic (the checkpoint was chosen on this split)" if rob.get("checkpoint_chosen_on_split")
+            else f"a held-out estimate (the {rob['split']} split chose no checkpoint)")
+    return (f"Checkpoint selection, as the run recorded it (`metrics.selected_by`): {selected_by}; so the new "
+            f"model's clean figures are {what}, as the card's training section says.")
+
+
+def _conversion_sentence(rob: dict[str, Any]) -> str:
+    """eps in the scan's units as the package's input defines it (:func:`.scan.eps_conversion`), or that it has
+    none."""
+    how = rob.get("eps_conversion")
+    if how is None:
+        return "`meddeeprecog robustness --input` reports it in the scan's units where they are defined."
+    tail = " (`meddeeprecog robustness --input` measures it per scan)." if rob.get("eps_unit") == "HU" else "."
+    return f"{how}{tail}"

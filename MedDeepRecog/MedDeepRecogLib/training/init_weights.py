@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import torch.nn as nn
 
@@ -12,8 +14,11 @@ from ..limits import MAX_PACKAGE_ENV, human_bytes, max_package_bytes
 from ..models.transfer import matching_names
 from ..packages.package import load_weights, sha256_file
 
+log = logging.getLogger(__name__)
 
-def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: float = 0.5) -> tuple[dict, dict]:
+
+def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: float = 0.5,
+                    model_section: dict | None = None) -> tuple[dict, dict]:
     """The weights a training run starts its networks from (training config ``model/init``), checked against
     ``model`` (the run's network as built, random head included) before any training.
 
@@ -23,6 +28,12 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
     fewer than ``min_share`` of the network's tensors matching means the file is for another network, which is
     refused rather than half used. Returns ``(state, record)``: the tensors, and for the package's provenance the
     file, its SHA-256 and how many of the network's tensors it set.
+
+    The record names the layers that start fresh (``fresh_layers``); when any but the classification head does
+    (which a pretrained file leaves out), it is warned about (log, on the console); a file whose header names
+    another config than ``source`` (``meddeeprecog pretrain`` writes it) gets ``made_for_other_config``, saying
+    how that config's network (when it can still be read) differs from ``model_section`` (this run's ``{"name",
+    "kwargs"}``). The warnings are also the record's ``warnings``.
     """
     path = Path(path)
     if not path.is_file():
@@ -42,4 +53,84 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
                           f"and shapes must match); it was made for another network", source)
     record = {"file": str(path), "sha256": sha256_file(path), "tensors_set": len(matched),
               "tensors_total": len(own)}
+    warnings = []
+    if len(matched) < len(own):
+        from ..models.transfer import head_module_name
+
+        fresh = fresh_layers(own, matched)
+        record["fresh_layers"] = fresh
+        try:
+            head = head_module_name(model)
+        except Exception:   # no recognisable head: every fresh layer is worth a word
+            head = None
+        # the classification head starting fresh is what a pretrained file is for (pretrain drops it); any other
+        # layer starting fresh means the file was made for another network
+        if any(layer != head and not layer.startswith(f"{head}.") for layer in fresh):
+            warnings.append(f"model/init: {path.name} sets {len(matched)} of the network's {len(own)} tensors; "
+                            f"{len(own) - len(matched)} start fresh, in {len(fresh)} layer(s): {', '.join(fresh)}")
+    made_for = init_header(path).get("config")
+    if made_for is not None:
+        record["made_for_config"] = made_for
+        differs = config_difference(made_for, source, model_section)
+        if differs:
+            record["made_for_other_config"] = differs
+            warnings.append(f"model/init: {path.name} was made for {made_for}, not this run's config "
+                            f"({source}): {differs}")
+    if warnings:
+        record["warnings"] = warnings
+        for text in warnings:
+            log.warning("%s", text)
     return state, record
+
+
+def fresh_layers(own: dict, matched) -> list[str]:
+    """The layers (tensor names without their last part: ``features.0`` for ``features.0.weight``) that hold a
+    tensor the init file did not set, in the network's order."""
+    matched = set(matched)
+    layers: list[str] = []
+    for name in own:
+        if name not in matched:
+            layer = name.rsplit(".", 1)[0] if "." in name else name
+            if layer not in layers:
+                layers.append(layer)
+    return layers
+
+
+def init_header(path: Path) -> dict[str, str]:
+    """The metadata of a ``.safetensors`` init file (``meddeeprecog pretrain`` writes ``made_by`` and ``config``:
+    the training config whose network it pretrained); empty for other files or without a header."""
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:   # the tensors were read already: a header that cannot be read says nothing
+        return {}
+
+
+def config_difference(made_for: str, source: Any, model_section: dict | None) -> str:
+    """Empty when the init file's header names this run's config (``source``); else what differs: the network
+    (``model/name`` and ``model/kwargs``) of the config it names, when that config can still be read, against this
+    run's ``model_section``, or that it cannot be compared."""
+    if source is None:   # no config of this run to compare with (a call from Python)
+        return ""
+    try:
+        if Path(made_for).resolve() == Path(source).resolve():
+            return ""
+    except OSError:
+        pass
+    if model_section is None:
+        return "another config"
+    try:
+        from .config import load_config
+
+        other = load_config(made_for).model
+    except Exception:   # moved, or no longer valid: the name is all there is to go by
+        return "that config cannot be read now, so its network cannot be compared with this run's"
+    theirs = {"name": other.name, "kwargs": dict(other.kwargs or {})}
+    ours = {"name": model_section.get("name"), "kwargs": dict(model_section.get("kwargs") or {})}
+    if theirs == ours:
+        return ""    # a copy of the config with the same network: nothing to say
+    return f"its network is {theirs['name']} {theirs['kwargs']}, this run's is {ours['name']} {ours['kwargs']}"

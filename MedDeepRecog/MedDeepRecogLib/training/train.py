@@ -99,6 +99,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
     skip = ("per_class", "confusion_matrix", "class_names", "cross_validation")  # shown elsewhere or not scalars
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                      for k, v in m.items() if k not in skip)
+    lead = _axes_line(meta['input']) + _init_line(p.get('init'))
     return f"""# {meta['id']} {meta['version']}
 
 {meta.get('description', '')}
@@ -108,7 +109,7 @@ def model_card(meta: dict, history: dict, data_desc: str) -> str:
 - **Input**: {meta['input']['kind']}, size {meta['input'].get('size')}, {meta['input'].get('channels', 1)} channel(s);
   pipeline {json.dumps(meta['input'].get('pipeline'))}
 - **Data**: {p.get('data')} — {data_desc}
-{_init_line(p.get('init'))}{_selection_lines(history)}{_test_time_flip_line(meta['architecture'])}
+{lead}{_selection_lines(history)}{_test_time_flip_line(meta['architecture'])}
 {_use_lines(meta.get('use'), meta.get('explain'))}
 ## Validation metrics ({m.get('split', 'val')})
 | metric | value |
@@ -297,12 +298,32 @@ def _fold_sizes(cv: dict) -> str:
     return "; cases per class in each fold " + ", ".join("/".join(str(c) for c in fold) for fold in counts)
 
 
+#: Which patient axis each array axis of a ``volume3d`` model's input is: classify reads a scan in its LPS view as
+#: ``(Z, Y, X)`` (:func:`..preprocessing.model_grid.volume_from_image`), and training feeds a ``(N, D, H, W)`` array
+#: as it is, so a training array's axes are those.
+VOLUME_AXES_LINE = (
+    "- **Array axes** (volume3d): axis 0 of a training array (after the case axis) is inferior→superior (LPS z), "
+    "axis 1 anterior→posterior (LPS y), axis 2 right→left (LPS x): `classify` reads a scan in its LPS view as "
+    "(Z, Y, X) (`preprocessing.model_grid.volume_from_image`). To run an array `a` of such data through the model, "
+    "write it with `SimpleITK.GetImageFromArray(a)` (identity direction), or with nibabel as "
+    "`Nifti1Image(a.transpose(2, 1, 0), np.diag([-1, -1, 1, 1]))`; nibabel with an identity affine reaches the "
+    "model transposed and mirrored.\n")
+
+
+def _axes_line(input_spec: dict) -> str:
+    """The card's line on which patient axis each training-array axis is (volume3d inputs only), newline-terminated."""
+    return VOLUME_AXES_LINE if input_spec.get("kind") == "volume3d" else ""
+
+
 def _init_line(init: dict | None) -> str:
     """The card's line on ``model/init`` (empty without one), newline-terminated."""
     if not init:
         return ""
     return (f"- **Started from** `{init['file']}` (SHA-256 {init['sha256'][:16]}…): {init['tensors_set']} of the "
-            f"network's {init['tensors_total']} tensors, the rest initialised afresh (`model/init`)\n")
+            f"network's {init['tensors_total']} tensors, the rest initialised afresh (`model/init`)"
+            + (f"; fresh layers: {', '.join(init['fresh_layers'])}" if init.get("fresh_layers") else "")
+            + (f"; made for {init['made_for_config']}: {init['made_for_other_config']}"
+               if init.get("made_for_other_config") else "") + "\n")
 
 
 def _prior_shift_line(cv: dict) -> str:
@@ -635,7 +656,9 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     init = None
     if cfg.model.init:  # checked against the network before anything trains; every member starts from it
         from .init_weights import read_init_state
-        init, meta["provenance"]["init"] = read_init_state(resolve_init_path(cfg), model, cfg.source)
+        init, meta["provenance"]["init"] = read_init_state(resolve_init_path(cfg), model, cfg.source,
+                                                           model_section={"name": cfg.model.name,
+                                                                          "kwargs": cfg.model.kwargs})
     bs = int(cfg.training.batch_size)
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
     t0 = time.perf_counter()
@@ -902,6 +925,8 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
         progress("domain check", 0.98)
         meta["domain"], extra_files[DOMAIN_FILE] = calibrate_domain(model, data, cfg, device)
     hist = history.to_dict()
+    if (meta["provenance"].get("init") or {}).get("warnings"):   # a partial or foreign model/init: said on the run
+        hist["init"] = meta["provenance"]["init"]
     from .plots import training_curve_png
     curve = training_curve_png(hist["epochs"], out_dir / "training_curve.png", history.monitor)
     meta["version"] = version
@@ -919,6 +944,8 @@ def _write_outputs(cfg, model, meta, version, history, train_s, data, val_loader
     result = {"package": str(pkg_path), "id": cfg.id, "version": version, "metrics": str(metrics_path),
               "training_curve": str(curve), "history": str(out_dir / "history.json"),
               "val_auc": vm["auc"], "val_balanced_accuracy": vm["balanced_accuracy"]}
+    if (meta["provenance"].get("init") or {}).get("warnings"):
+        result["warnings"] = list(meta["provenance"]["init"]["warnings"])
     return result
 
 
