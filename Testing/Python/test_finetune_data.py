@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import logging
 
 import numpy as np
@@ -97,10 +98,12 @@ def test_seg_nrrd_names_kept_unmapped_and_empty_reported(tmp_path):
         resolve_classes([nothing], parse_class_map("spleen=S"), tmp_path)
 
 
-def test_overlapping_segments_a_class_learns_from_are_refused_naming_them(tmp_path):
+def test_overlapping_segments_are_refused_only_between_two_classes(tmp_path):
     """A layered .seg.nrrd (Slicer puts an overlapping segment in a new layer) was flattened without a word: the
-    later segment took the shared voxels, so fine-tuning learnt labels the user never drew. Refused when either
-    segment maps to a class; an overlap between segments mapped to nothing is left alone."""
+    later segment took the shared voxels, so fine-tuning learnt labels the user never drew. Refused, naming the
+    two segments, only where they map to two different classes: two segments of one class agree on a voxel, and a
+    segment mapped to no class (a helper drawn over an organ) gives the voxels it covers back to the class segment
+    under it. Both were refused with "a voxel can be of one class only"."""
     from MedDeepRecogLib.io import SegmentSpec, read_segmentation, write_segment_masks
 
     image, _ = synthetic_case(tmp_path, "c")
@@ -115,10 +118,22 @@ def test_overlapping_segments_a_class_learns_from_are_refused_naming_them(tmp_pa
     _, _, specs = read_segmentation(seg)
     shared = int((tumour & cyst).sum())
     assert shared and specs[1].overlaps == (("tumor", shared),) and specs[3].overlaps == (("rim", int(edge.sum())),)
-    for mapping in ("tumor=lesion,cyst=lesion", "tumor=lesion"):   # one mapped segment is enough
-        with pytest.raises(MedDeepRecogError, match=f"segments overlap: 'tumor' and 'cyst' in {shared} voxels; a "
-                                                    "voxel can be of one class only"):
+    for mapping in ("tumor=lesion,cyst=cyst", None):   # two classes (each segment its own class without a map)
+        rims = f", 'rim' and 'edge' in {int(edge.sum())} voxels" if mapping is None else ""
+        with pytest.raises(MedDeepRecogError, match=f"segments overlap: 'tumor' and 'cyst' in {shared} voxels{rims}; "
+                                                    "a voxel can be of one class only"):
             load_case(Case("c", image, seg), parse_class_map(mapping))
+    # one class for both: their union is that class
+    item = load_case(Case("c", image, seg), parse_class_map("tumor=lesion,cyst=lesion,far=F"))
+    labels = item.class_labels(["lesion", "F"])
+    assert np.array_equal(labels == 1, tumour | cyst) and np.array_equal(labels == 2, far)
+    # the overlapping segment mapped to no class: the shared voxels stay the tumour's, and cyst is not "empty"
+    item = load_case(Case("c", image, seg), parse_class_map("tumor=lesion,rim=R"))
+    labels = item.class_labels(["lesion", "R"])
+    assert np.array_equal(labels == 1, tumour) and np.array_equal(labels == 2, rim)
+    assert [(s.name, s.class_name, s.voxels) for s in item.segments][:2] == [("tumor", "lesion", int(tumour.sum())),
+                                                                             ("cyst", None, int(cyst.sum()))]
+    assert not any("empty" in w for w in item.warnings)
     item = load_case(Case("c", image, seg), parse_class_map("far=F"))   # the overlapping ones map to nothing
     assert [s.class_name for s in item.segments] == [None, None, None, None, "F"]
 
@@ -380,6 +395,91 @@ def test_an_ensemble_base_gets_a_new_head_in_every_member_and_freezes_only_their
     # the same classes: every weight kept, the prior shift too
     _, _, kwargs, report = build_from_base(cfg, base, 3, 1, list(base.class_names))
     assert report["reinitialised"] == [] and kwargs["class_log_offsets"] == [0.5, -0.5, 0.0]
+
+
+def _tiny_segmentation_base(dest) -> Path:
+    """A seeded 3-class segmentation package (monai_unet with a residual final unit, as ts-organs-seg's)."""
+    import torch
+
+    from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.packages import save_package
+
+    torch.manual_seed(5)
+    kwargs = {"channels": [4, 8], "strides": [2], "num_res_units": 1, "num_classes": 4, "in_channels": 1}
+    meta = {"id": "tiny-organs", "version": "1.0.0", "task": "segmentation", "description": "tiny test base",
+            "architecture": {"name": "monai_unet", "kwargs": kwargs},
+            "class_names": ["background", "liver", "spleen", "kidney"], "modality": "CT",
+            "input": {"kind": "volume3d", "size": [16, 16, 16], "spacing_mm": [3.0, 3.0, 3.0], "channels": 1},
+            "explain": {"methods": []}, "provenance": {"data": "none", "command": "test", "seed": 5}}
+    return save_package(build_model("monai_unet", **kwargs), meta, dest)
+
+
+@pytest.mark.parametrize("classes, kept, fresh, said", [
+    (["liver", "spleen"], ["background", "liver", "spleen"], [],
+     "keeps the base's output weights for background, liver, spleen; the base's kidney is left out"),
+    (["spleen", "liver"], ["background", "spleen", "liver"], [],
+     "keeps the base's output weights for background, spleen, liver; the base's kidney is left out"),
+    (["liver", "spleen", "kidney", "stomach"], ["background", "liver", "spleen", "kidney"], ["stomach"],
+     "keeps the base's output weights for background, liver, spleen, kidney; stomach is not the base's (liver, "
+     "spleen, kidney), so its output starts fresh and learns from scratch"),
+])
+def test_a_subset_or_superset_of_the_base_classes_keeps_their_rows_of_the_output_layer(tmp_path, classes, kept,
+                                                                                       fresh, said):
+    """A class map with some of the base's classes (the README's ``liver,spleen``) or one more threw the base's
+    whole trained output layer away (validation Dice liver 0.25 / spleen 0.11 against 0.80 / 0.58 kept). The
+    layers that follow the classes are built by name: each shared class (background too) keeps the base's weights
+    and bias, only a class new to the base starts fresh; a superset answers the base's classes as the base did."""
+    import torch
+
+    from MedDeepRecogLib.finetune.base import build_from_base
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
+    from MedDeepRecogLib.packages import load_package
+
+    base = load_package(_tiny_segmentation_base(tmp_path / "cat"))
+    cfg = FinetuneConfig.from_dict(dict(task="segment", data="x"))
+    torch.manual_seed(9)
+    names = ["background"] + classes
+    model, _, _, report = build_from_base(cfg, base, len(names), 1, names, input_size=[16, 16, 16])
+    assert report["output_layer"] == {"kept": kept, "fresh": fresh}
+    assert report["warning"] == f"the output layer of base tiny-organs@1.0.0 {said}"
+    up, final = "model.2.0.conv", "model.2.1.conv.unit0.conv"   # the last up-convolution, the final convolution
+    assert sorted(report["partly_loaded"]) == sorted(f"{m}.{p}" for m in (up, final) for p in ("weight", "bias"))
+    assert report["reinitialised"] == []
+    theirs, ours = base.build_model("cpu").state_dict(), model.state_dict()
+    rows = [(names.index(c), base.class_names.index(c)) for c in kept]
+    for i, j in rows:
+        assert torch.equal(ours[f"{up}.weight"][:, i], theirs[f"{up}.weight"][:, j])   # transposed: out is dim 1
+        assert torch.equal(ours[f"{up}.bias"][i], theirs[f"{up}.bias"][j])
+        assert torch.equal(ours[f"{final}.bias"][i], theirs[f"{final}.bias"][j])
+        for k, m in rows:
+            assert torch.equal(ours[f"{final}.weight"][i, k], theirs[f"{final}.weight"][j, m])
+        for c in fresh:   # nothing from a fresh class flows into a kept one at the start
+            assert not ours[f"{final}.weight"][i, names.index(c)].any()
+    for c in fresh:
+        assert not torch.equal(ours[f"{up}.weight"][:, names.index(c)], theirs[f"{up}.weight"][:, 0])
+    if not set(base.class_names) - set(names):   # a superset: the base's classes start as the base answered them
+        x = torch.randn(1, 1, 16, 16, 16)
+        with torch.no_grad():
+            before, after = base.build_model("cpu").eval()(x), model.eval()(x)
+        assert torch.allclose(after[:, [names.index(c) for c in base.class_names]], before, atol=1e-5)
+
+
+def test_no_class_in_common_with_the_base_keeps_only_background(tmp_path):
+    """Classes none of which the base has: the output layer starts over but for background (the wording a head
+    that starts fresh has always had, said on the console, in the JSON and on the card by :func:`finetune`)."""
+    from MedDeepRecogLib.finetune.base import build_from_base
+    from MedDeepRecogLib.finetune.config import FinetuneConfig
+    from MedDeepRecogLib.packages import load_package
+
+    base = load_package(_tiny_segmentation_base(tmp_path / "cat"))
+    cfg = FinetuneConfig.from_dict(dict(task="segment", data="x"))
+    _, _, _, report = build_from_base(cfg, base, 3, 1, ["background", "x", "y"], input_size=[16, 16, 16])
+    assert report["output_layer"] == {"kept": ["background"], "fresh": ["x", "y"]}
+    assert report["warning"] == ("the output layer of base tiny-organs@1.0.0 is re-initialised: the classes x, y are "
+                                 "not the base's liver, spleen, kidney, so it learns them from scratch; background "
+                                 "keeps the base's output weights")
+    _, _, _, same = build_from_base(cfg, base, 4, 1, list(base.class_names), input_size=[16, 16, 16])
+    assert "warning" not in same and "output_layer" not in same and same["reinitialised"] == []
 
 
 def test_roi_classification_crops_each_overlapped_segment_whole(tmp_path):

@@ -208,3 +208,20 @@ def test_the_bases_classes_in_another_order_keep_its_output_layer(data_dir, tmp_
     meta = json.loads((Path(done["package"]) / "model.json").read_text(encoding="utf-8"))
     assert meta["training"]["base_weights"]["warning"].startswith(said)
     assert f"- Output layer: {said}" in (Path(done["package"]) / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert meta["training"]["base_weights"]["output_layer"] == {"kept": ["background"], "fresh": ["x", "y"]}
+
+    # some of the base's classes (the README's `liver,spleen`): their rows of the output layer are kept, by name
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["finetune", "--task", "segment", "--base", base["package"], "--data", str(data_dir),
+                     "--class-map", "organ_a", "--val-cases", "case2", "--epochs", "1", "--batch-size", "2",
+                     "--patches-per-epoch", "2", "--dest", cat, "--id", "organs-a", "--progress", "none"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    said = ("the output layer of base organs@1.0.0 keeps the base's output weights for background, organ_a; the "
+            "base's organ_b is left out")
+    assert said in done["warnings"] and done["output_layer"] == {"kept": ["background", "organ_a"], "fresh": []}
+    assert any(r.levelno == logging.WARNING and r.getMessage() == said for r in caplog.records)
+    meta = json.loads((Path(done["package"]) / "model.json").read_text(encoding="utf-8"))
+    weights = meta["training"]["base_weights"]
+    assert weights["warning"] == said and weights["reinitialised"] == [] and len(weights["partly_loaded"]) == 2
+    assert f"- Output layer: {said}" in (Path(done["package"]) / "MODEL_CARD.md").read_text(encoding="utf-8")

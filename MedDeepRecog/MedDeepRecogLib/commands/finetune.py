@@ -236,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
                                  "per_class", "n", "note", "selected_by", "best_epoch", "val_slab", "held_out",
                                  "held_out_note")},
             "base": result.get("base"), **({"base_note": result["base_note"]} if result.get("base_note") else {}),
+            **({"output_layer": result["output_layer"]} if result.get("output_layer") else {}),
             "warnings": result.get("warnings", []), "work_dir": result["work_dir"],
             "epochs_run": result["epochs"]["epochs_run"],
             "stopped": result["epochs"]["stopped"]}

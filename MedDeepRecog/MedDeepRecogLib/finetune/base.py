@@ -49,9 +49,10 @@ def in_base_order(classes: Sequence[str], base) -> list[str]:
 
     A folder of pairs without a class map gives its classes sorted (kidney, liver, spleen), a class map in the
     order written; either, in another order than the base's (liver, spleen, kidney), re-initialised the base's
-    trained output layer (:func:`build_from_base` keeps it only for the same names in the same order) and a
-    one-epoch fine-tune scored Dice 0.08 where keeping it scored 0.66. The order of classes means nothing else
-    to a package (each segment and probability is named)."""
+    trained output layer and a one-epoch fine-tune scored Dice 0.08 where keeping it scored 0.66. The base's
+    order keeps the network exactly the base's (an ensemble's prior shift too); :func:`build_from_base` now keeps
+    the output rows of shared classes by name in any order. The order of classes means nothing else to a package
+    (each segment and probability is named)."""
     if base is None:
         return list(classes)
     theirs = base_classes(base)
@@ -62,15 +63,19 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
                     class_names: Sequence[str] = (), input_size: Sequence[int] | None = None,
                     batch_size: int = 1) -> tuple[Any, str, dict, dict]:
     """Network for the new package: the base's architecture with new output/input sizes, base weights where
-    shapes match; the output layer starts fresh when the class names differ from the base's (even if their number
-    is the same: "mass" must not become "lesion" by position). Its activations on a patch or crop of
-    ``input_size`` (Z, Y, X; default ``patch_size`` / ``roi_size``), and on a training step of ``batch_size`` of them
-    (this process's share of ``training/batch_size``), are checked against the limits before it is built
+    shapes match. When the class names differ from the base's (a subset, a superset, other names; even in the
+    same number: "mass" must not become "lesion" by position), the layers whose size follows the classes (the
+    output layer) are built by name: each class the base has too (a segmentation's background included) keeps
+    the base's weights and bias for it, and only the classes new to the base start fresh
+    (:func:`..models.transfer.copy_class_rows`). Its activations on a patch or crop of ``input_size`` (Z, Y, X;
+    default ``patch_size`` / ``roi_size``), and on a training step of ``batch_size`` of them (this process's share
+    of ``training/batch_size``), are checked against the limits before it is built
     (:func:`..models.registry.check_budget`). Returns ``(model, arch_name, arch_kwargs, weight_report)``; the report
-    counts the weights ``loaded``, names those ``reinitialised`` and, when the output layer starts fresh from a base,
-    holds a ``warning`` saying so."""
+    counts the weights ``loaded``, names those ``reinitialised`` and those ``partly_loaded`` (the base's rows for
+    the shared classes) and, when the classes differ from a base's, gives ``output_layer`` (``{"kept": classes
+    that keep the base's output weights, "fresh": classes that start fresh}``) and a ``warning`` saying so."""
     from ..models import build_model
-    from ..models.transfer import head_module_names, load_matching_weights
+    from ..models.transfer import class_indexed, copy_class_rows, head_module_names, load_matching_weights
 
     if base is not None:
         name = base.meta["architecture"]["name"]
@@ -89,10 +94,14 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
     size = input_size if input_size is not None else (cfg.patch_size if cfg.task == "segment" else cfg.roi_size)
     model = build_model(name, input_shape=[in_channels, *size] if size else None, batch_size=batch_size,
                         **kwargs)
-    report = {"loaded": 0, "reinitialised": []}
+    report: dict[str, Any] = {"loaded": 0, "reinitialised": []}
     if base is not None:
-        # every output layer: an ensemble's members each have one
-        skip = [] if same_classes else head_module_names(model)
+        dims_of: dict[str, tuple[int, ...]] = {}
+        skip: list[str] = []
+        if not same_classes:
+            # the tensors that answer the classes: never copied by position, only row by row by class name
+            dims_of = class_indexed(model.state_dict(), _with_one_class_more(name, kwargs))
+            skip = head_module_names(model) + sorted({n.rpartition(".")[0] for n in dims_of})
         # the base's weights as its package gives them (checked against its checksum and architecture)
         base_state = base.build_model("cpu").state_dict()
         loaded, fresh = load_matching_weights(model, base_state, skip)
@@ -101,10 +110,47 @@ def build_from_base(cfg: FinetuneConfig, base, num_outputs: int, in_channels: in
                               "check --arch-kwargs", base.path)
         report = {"loaded": len(loaded), "reinitialised": fresh}
         if not same_classes:
-            # said aloud (console and the run's JSON, :func:`.finetune.finetune`): the head learns from scratch,
-            # which takes far more epochs than adapting a trained one
-            ours = list(class_names)[1:] if base.meta.get("task") == "segmentation" else list(class_names)
-            report["warning"] = (f"the output layer of base {base.id}@{base.version} is re-initialised: the classes "
-                                 f"{', '.join(ours)} are not the base's {', '.join(base_classes(base))}, so it "
-                                 "learns them from scratch")
+            theirs, ours = list(base.class_names), list(class_names)
+            pairs = [(i, theirs.index(c)) for i, c in enumerate(ours) if c in theirs] \
+                if len(ours) == num_outputs else []
+            partly = copy_class_rows(model, base_state, dims_of, pairs) if pairs else []
+            kept = [ours[i] for i, _ in pairs] if partly else []
+            report["reinitialised"] = [n for n in fresh if n not in partly]
+            report["partly_loaded"] = partly
+            report["output_layer"] = {"kept": kept, "fresh": [c for c in ours if c not in kept]}
+            # said aloud (console, the run's JSON, model.json and the card: :func:`.finetune.finetune`)
+            report["warning"] = output_layer_note(base, ours, kept)
     return model, name, kwargs, report
+
+
+def _with_one_class_more(name: str, kwargs: dict) -> dict:
+    """The state dict (shapes only, on the ``meta`` device) of architecture ``name`` with one class more than
+    ``kwargs`` say: what tells which tensors follow the number of classes."""
+    import torch
+
+    from ..models.registry import _spec
+
+    with torch.device("meta"):
+        return _spec(name).factory(**{**kwargs, "num_classes": int(kwargs["num_classes"]) + 1}).state_dict()
+
+
+def output_layer_note(base, ours: Sequence[str], kept: Sequence[str]) -> str:
+    """The line that says which classes of a fine-tune keep the base's output weights and which start fresh."""
+    ref = f"{base.id}@{base.version}"
+    segmentation = base.meta.get("task") == "segmentation"
+    classes = [c for c in ours if not (segmentation and c == "background")]
+    fresh = [c for c in classes if c not in kept]
+    own = [c for c in classes if c in kept]
+    dropped = [c for c in base_classes(base) if c not in ours]
+    if not own:   # the wording of a head that starts over (no class in common)
+        note = (f"the output layer of base {ref} is re-initialised: the classes {', '.join(classes)} are not the "
+                f"base's {', '.join(base_classes(base))}, so it learns them from scratch")
+        return note + ("; background keeps the base's output weights" if "background" in kept else "")
+    note = f"the output layer of base {ref} keeps the base's output weights for {', '.join(kept)}"
+    if fresh:
+        note += (f"; {', '.join(fresh)} {'is' if len(fresh) == 1 else 'are'} not the base's "
+                 f"({', '.join(base_classes(base))}), so {'its output starts' if len(fresh) == 1 else 'theirs start'}"
+                 f" fresh and learn{'s' if len(fresh) == 1 else ''} from scratch")
+    if dropped:
+        note += f"; the base's {', '.join(dropped)} {'is' if len(dropped) == 1 else 'are'} left out"
+    return note

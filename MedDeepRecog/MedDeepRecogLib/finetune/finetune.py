@@ -221,6 +221,8 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
     summary = {"work_dir": str(work_dir), "classes": classes, "epochs": result.summary(),
                "cancelled": result.stopped == "cancelled", "package": None, "base": base_ref,
                **({"base_note": base_note} if base_note else {}),
+               **({"output_layer": task.weight_report["output_layer"]} if task.weight_report.get("output_layer")
+                  else {}),
                "metrics": {**(result.best_val or {}), **metrics}, "warnings": warnings}
     if result.stopped == "cancelled" or not ctx.is_main:
         return summary
@@ -253,6 +255,8 @@ def _finetune(cfg: FinetuneConfig, ctx, progress, should_stop) -> dict[str, Any]
                         "frozen_modules": task.frozen, "base_weights": {
                             "loaded": task.weight_report["loaded"],
                             "reinitialised": task.weight_report["reinitialised"][:20],
+                            **{k: task.weight_report[k] for k in ("partly_loaded", "output_layer")
+                               if task.weight_report.get(k)},
                             **({"warning": task.weight_report["warning"]} if task.weight_report.get("warning")
                                else {})},
                         "data": report, "monitor": monitor}

@@ -73,21 +73,39 @@ def load_case(case: Case, class_map: ClassMap, *, geometry: str = "physical") ->
 
     Raises:
         MedDeepRecogError / InputImageError: unreadable files, grids that do not overlap, no segments at all,
-            segments that share voxels where either maps to a class.
+            segments of two different classes that share voxels.
     """
     scan = read_scan_segments(case.image, case.segmentation, label_table=case.label_table,
                               geometry=case.geometry if geometry == "physical" else geometry, where=case.case_id)
-    learnt = [(a, b, n) for a, b, n in scan.overlaps if class_map.class_of(a) or class_map.class_of(b)]
-    if learnt:   # the map gives shared voxels to the later segment: labels the user never drew
-        pairs = ", ".join(f"{a!r} and {b!r} in {n:,} voxel{'s' if n != 1 else ''}" for a, b, n in learnt)
+    # only segments of two different classes cannot share a voxel: two segments of one class agree on it, and a
+    # segment mapped to no class gives its voxels back to the class segment it covers (below)
+    clash = [(a, b, n) for a, b, n in scan.overlaps
+             if class_map.class_of(a) and class_map.class_of(b) and class_map.class_of(a) != class_map.class_of(b)]
+    if clash:
+        pairs = ", ".join(f"{a!r} and {b!r} in {n:,} voxel{'s' if n != 1 else ''}" for a, b, n in clash)
         raise MedDeepRecogError(f"case {case.case_id!r}: segments overlap: {pairs}; a voxel can be of one class "
                                 "only: remove the overlap (Segment Editor) and save the segmentation again",
                                 case.segmentation)
+    segment_map = scan.segment_map
+    if scan.covered:
+        # the map gives shared voxels to the later segment: where that one maps to no class, they go back to the
+        # earlier segment's class (a lesion drawn over its organ in another layer, left out, takes no organ voxel)
+        segment_map = segment_map.copy()
+        for index, covered in sorted(scan.covered.items()):
+            if class_map.class_of(scan.names[index - 1]) is None:
+                continue
+            owner = segment_map[covered]
+            unmapped = np.array([0] + [class_map.class_of(n) is None for n in scan.names], bool)[owner]
+            where = np.flatnonzero(covered)[unmapped]
+            segment_map.flat[where] = index
     for message in scan.warnings:  # resampling: case by case
         log.warning(message)
     warnings = list(scan.warnings)
-    counts = np.bincount(scan.segment_map.ravel(), minlength=len(scan.names) + 1)
-    segments = [SegmentInfo(name, class_map.class_of(name), int(counts[i]))
+    # a class's segment counts the voxels it labels; one mapped to no class its own (not empty when covered)
+    counts = np.bincount(segment_map.ravel(), minlength=len(scan.names) + 1)
+    drawn = np.bincount(scan.segment_map.ravel(), minlength=len(scan.names) + 1)
+    segments = [SegmentInfo(name, class_map.class_of(name), int(counts[i]) if class_map.class_of(name) is not None
+                            else int(drawn[i]) + int(scan.covered[i].sum() if i in scan.covered else 0))
                 for i, name in enumerate(scan.names, start=1)]
     empty = [s.name for s in segments if s.voxels == 0]
     if empty:
@@ -95,7 +113,7 @@ def load_case(case: Case, class_map: ClassMap, *, geometry: str = "physical") ->
     unmapped = [s.name for s in segments if s.class_name is None and s.voxels > 0]
     if unmapped:
         warnings.append(f"case {case.case_id!r}: segment(s) mapped to no class (ignored): {', '.join(unmapped)}")
-    return CaseData(case, scan.image, scan.segment_map, segments, scan.modality, warnings, scan_id(scan.image))
+    return CaseData(case, scan.image, segment_map, segments, scan.modality, warnings, scan_id(scan.image))
 
 
 def log_segment_summary(data: Sequence[CaseData], source: str | Path) -> list[str]:

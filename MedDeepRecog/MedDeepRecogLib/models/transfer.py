@@ -6,6 +6,8 @@
   final convolution); :func:`head_module_names`: every output layer (one per member of an ensemble).
 - :func:`matching_names` / :func:`load_matching_weights`: which of a base's weights match by name and shape, and
   copying them (a new head or input layer keeps its fresh initialisation).
+- :func:`class_indexed` / :func:`copy_class_rows`: which tensors follow the number of classes, and copying into
+  them the base's entries for the classes a fine-tune shares with it (by name), the others starting fresh.
 """
 
 from __future__ import annotations
@@ -99,3 +101,66 @@ def matching_names(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Te
     skip = tuple(f"{p}." for p in skip_prefixes if p)
     return [name for name, tensor in own.items()
             if name in state and tuple(state[name].shape) == tuple(tensor.shape) and not name.startswith(skip)]
+
+
+def class_indexed(own: Mapping[str, torch.Tensor], probe: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """The tensors of a network whose shape follows its number of classes, each with the dims that do: those
+    whose size differs between ``own`` (a network's state dict) and ``probe`` (the same network with one class
+    more). A segmentation UNet's last up-convolution and final convolution, a classifier's output layer."""
+    dims_of = {}
+    for name, tensor in own.items():
+        other = probe.get(name)
+        if other is None or other.ndim != tensor.ndim:
+            continue
+        dims = tuple(d for d in range(tensor.ndim) if tensor.shape[d] != other.shape[d])
+        if dims:
+            dims_of[name] = dims
+    return dims_of
+
+
+def copy_class_rows(model: nn.Module, state: Mapping[str, torch.Tensor], dims_of: Mapping[str, tuple[int, ...]],
+                    pairs: Sequence[tuple[int, int]]) -> list[str]:
+    """Copy into ``model``'s class-indexed tensors (``dims_of``: :func:`class_indexed`) the entries ``state`` (the
+    base's) holds for the classes both have: ``pairs`` of (class index in ``model``, class index in the base),
+    matched by name by the caller. The other classes' entries keep their fresh initialisation, except that a
+    layer mixing classes (a final convolution whose input channels are classes too) takes nothing from a fresh
+    class into a kept one (zero): the kept classes' outputs start as the base's. Returns the names copied into;
+    a tensor whose other dims differ from the base's, or with more than two class dims, is left fresh."""
+    own = model.state_dict()
+    copied = []
+    for name, dims in dims_of.items():
+        base, tensor = state.get(name), own[name]
+        if base is None or base.ndim != tensor.ndim or not pairs or len(dims) > 2:
+            continue
+        if any(base.shape[d] != tensor.shape[d] for d in range(tensor.ndim) if d not in dims):
+            continue
+        if any(j >= base.shape[d] for d in dims for _, j in pairs) or \
+                any(i >= tensor.shape[d] for d in dims for i, _ in pairs):
+            continue
+        tensor = tensor.clone()
+
+        def at(*where: tuple[int, int], ndim: int = tensor.ndim) -> tuple:   # index (dim, i), ... of a tensor
+            index: list = [slice(None)] * ndim
+            for d, i in where:
+                index[d] = i
+            return tuple(index)
+
+        with torch.no_grad():
+            if len(dims) == 1:
+                for i, j in pairs:
+                    tensor[at((dims[0], i))] = base[at((dims[0], j))]
+            else:
+                module = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+                transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+                out_d, in_d = (dims[1], dims[0]) if transposed else dims
+                kept = {i for i, _ in pairs}
+                fresh = [k for k in range(tensor.shape[in_d]) if k not in kept]
+                for i, j in pairs:
+                    for k, m in pairs:
+                        tensor[at((out_d, i), (in_d, k))] = base[at((out_d, j), (in_d, m))]
+                    for k in fresh:
+                        tensor[at((out_d, i), (in_d, k))] = 0
+        own[name] = tensor
+        copied.append(name)
+    model.load_state_dict(own)
+    return copied
