@@ -210,10 +210,18 @@ def _check_size(pipeline, what: str, image, source: Path) -> None:
 def _check_hounsfield(pipeline, name: str, original, image, source: Path) -> None:
     """Refuse a picture (PNG/JPEG: grey levels, never HU) for a pipeline with steps that read CT intensities in HU,
     before any output; for another image whose intensities do not look like HU (no DICOM modality CT, no air below
-    -500), print a warning and go on: a CT crop without air is still in HU."""
+    -500), print a warning and go on: a CT crop without air is still in HU. One rule by the modality each step is
+    made for: steps made for MR (``Pipeline.mr_steps``: N4, the head mask, an MR body mask) on an image that reads
+    as a CT in HU get the same warning."""
     from ..inference.model_input import is_hounsfield
     from ..io import is_picture
 
+    mr_steps = pipeline.mr_steps
+    if mr_steps and not is_picture(original) and is_hounsfield(image):   # the same rule the other way round
+        what = f"pipeline {pipeline.name or name!r} step{'s' if len(mr_steps) > 1 else ''} {', '.join(mr_steps)}"
+        print(f"meddeeprecog preprocess: warning: {source}: {what} {'are' if len(mr_steps) > 1 else 'is'} made for "
+              "MR intensities, but this image reads as a CT in HU (DICOM modality CT, or air below -500): on a CT "
+              "the result means nothing", file=sys.stderr)
     steps = pipeline.hu_steps
     if not steps:
         return
