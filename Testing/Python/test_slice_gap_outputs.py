@@ -18,14 +18,14 @@ STEP = 2.0
 ZS = [STEP * k for k in range(20) if not 8 <= k <= 11]
 
 
-def _series(folder: Path, zs=ZS, modality="CT", shift_x=None) -> Path:
+def _series(folder: Path, zs=ZS, modality="CT", shift_x=None, side=24) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     uid = "1.2.826.0.1.3680043.2.1125.1.777"
     rng = np.random.default_rng(0)
     for k, z in enumerate(zs):
-        pixels = rng.normal(40, 10, (24, 24))
+        pixels = rng.normal(40, 10, (side, side))
         pixels[:4] = -1000   # some air: a CT in HU
         sl = sitk.GetImageFromArray(pixels.astype(np.int16))
         x = 0 if shift_x is None else shift_x(k)
@@ -101,3 +101,44 @@ def test_a_gap_that_is_no_whole_number_of_steps_refuses_the_seg_nrrd_naming_the_
         fake_segmenter.segment_file(folder, "fake-seg", out)
     assert "--out NAME.dcm" in str(err.value) and "regular" in str(err.value)
     assert not out.exists()
+
+
+def _slice_at(image, z):
+    index = image.TransformPhysicalPointToIndex((0.0, 0.0, z))[2]
+    assert image.TransformIndexToPhysicalPoint((0, 0, index))[2] == pytest.approx(z)
+    return index
+
+
+def test_preprocess_of_a_gapped_series_writes_output_and_masks_on_the_true_grid(run_cli_area, tmp_path):
+    folder = _series(tmp_path / "series")
+    out, mask = tmp_path / "out.nrrd", tmp_path / "m.seg.nrrd"
+    code, _, err = run_cli_area("preprocess", folder, out, "--pipeline", "lung-ct", "--mask", mask,
+                                "--allow-slice-gaps")
+    assert code == 0, err
+    assert any("warning" in ln and "true 2 mm slice grid" in ln and "filler" in ln for ln in err.splitlines()), err
+    source = sitk.ReadImage(str(folder / "IM009.dcm"))   # the 10th file: source slice z = 26 mm, after the gap
+    written = sitk.ReadImage(str(out))
+    assert written.GetSpacing()[2] == pytest.approx(STEP) and written.GetSize()[2] == 20
+    assert "true 2 mm slice grid" in written.GetMetaData("MedDeepRecog|notes")
+    k = _slice_at(written, ZS[9])
+    # lung-ct keeps intensities in HU where they are not clipped: the slice's air and tissue at its own position
+    values = sitk.GetArrayFromImage(written)[k]
+    assert np.allclose(values[:4], values[:4].min()) and values[:4].max() < values[10:].min()
+    assert sitk.GetArrayFromImage(source)[0].shape == values.shape
+    seg = sitk.ReadImage(str(mask))
+    assert seg.GetSize()[2] == 20 and seg.GetSpacing()[2] == pytest.approx(STEP)
+    assert not sitk.GetArrayFromImage(seg)[8:12].any()
+
+
+def test_classify_heatmap_of_a_gapped_series_lies_on_the_true_grid(run_cli_all, tmp_path):
+    folder = _series(tmp_path / "series", side=40)
+    res = tmp_path / "res"
+    code, _, err = run_cli_all("classify", folder, "--model", "body-region", "--out", res, "--progress", "none",
+                               "--no-faithfulness", "--no-png", "--allow-slice-gaps")
+    assert code == 0, err
+    record = json.loads((res / "series.json").read_text())
+    assert any("true 2 mm slice grid" in n and "heatmap" in n for n in record["input_notes"]), record["input_notes"]
+    heat = sitk.ReadImage(str(res / "series_heatmap.nrrd"))
+    assert heat.GetSize()[2] == 20 and heat.GetSpacing()[2] == pytest.approx(STEP)
+    assert heat.GetOrigin()[2] == pytest.approx(ZS[0])
+    assert not sitk.GetArrayFromImage(heat)[8:12].any()

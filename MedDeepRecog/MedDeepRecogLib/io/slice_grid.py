@@ -80,13 +80,18 @@ def _runs(indices) -> str:
     return "grid slice" + ("s " if len(items) != 1 else " ") + ", ".join(parts)
 
 
-def acquired_grid(image: sitk.Image, source=None, output: str = "this output") -> AcquiredGrid | None:
+DICOM_SEG_INSTEAD = "write a DICOM SEG instead (segment --out NAME.dcm: each frame references its source slice)"
+
+
+def acquired_grid(image: sitk.Image, source=None, output: str = "this output",
+                  instead: str = DICOM_SEG_INSTEAD) -> AcquiredGrid | None:
     """The regular grid at the true slice step of a gapped DICOM series (see the module's docstring), or ``None``
     for any other image (its own grid places every slice where it was acquired).
 
     Raises:
         InputImageError: the acquired positions lie on no regular grid (a gap that is not a whole number of steps,
-            slices shifted in plane): ``output`` cannot place them honestly; the DICOM SEG can.
+            slices shifted in plane): ``output`` cannot place them honestly; ``instead`` says what can (the DICOM
+            SEG for a segmentation).
     """
     if image.GetDimension() != 3 or not image.HasMetaDataKey(SLICE_POSITIONS_KEY):
         return None
@@ -111,8 +116,7 @@ def acquired_grid(image: sitk.Image, source=None, output: str = "this output") -
         problem = "its slices are shifted in plane from one another"
     if problem is not None:
         raise InputImageError(f"the DICOM series has slice gaps and {problem}, so {output} cannot place every "
-                              "slice at its acquired position on a regular grid; write a DICOM SEG instead "
-                              "(segment --out NAME.dcm: each frame references its source slice)", source)
+                              f"slice at its acquired position on a regular grid; {instead}", source)
     size = int(index[-1]) + 1
     if size == len(index):
         return None   # evenly spaced after all: the image's own grid is the true one
