@@ -44,6 +44,11 @@ def test_segment_scratch_then_finetune_new_version(data_dir, tmp_path):
     assert meta["task"] == "segmentation" and meta["class_names"] == ["background", "organ_a", "organ_b"]
     assert meta["provenance"]["parent"] is None
     assert meta["input"]["orientation"] == "RAS"  # trained in the order segment puts scans in
+    # each class in the colour the user's segmentation gave it, for segment to write
+    import slicerio
+    drawn = {s["name"]: s["color"] for s in slicerio.read_segmentation(
+        str(data_dir / "case0.seg.nrrd"), skip_voxels=True)["segments"]}
+    assert meta["class_colors"] == {n: pytest.approx(drawn[n], abs=1e-6) for n in ("organ_a", "organ_b")}
     assert meta["provenance"]["dataset_fingerprint"].startswith("sha256:")
     assert meta["provenance"]["cases"] == {"train": ["case0", "case1"], "val": ["case2"]}
     assert 0.0 <= meta["metrics"]["dice"] <= 1.0

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.pipeline:
         raise ConfigError("--pipeline NAME|FILE is required (presets: see --list)")
     from ..io import as_single_slice, carry_notes, image_notes, read_image, require_3d, validate_intensities
+    from ..io.image_meta import add_note
     from ..io.image_meta import multi_frame_refusal
     from ..contract import unwritable_reason
     from ..preprocessing import load_pipeline
@@ -138,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     _check_size(pipeline, what, single if flat else image, source)
     validate_intensities(single if flat else image, source)   # named as the user gave it: a 2D image's pixels
     _check_hounsfield(pipeline, args.pipeline, original, image, source)
+    # a gapped series is read on an evenly stretched grid: OUTPUT and the masks go on the true one (io.slice_grid)
+    from ..io.slice_grid import acquired_grid
+    acquired = None if flat or args.keep_resampled_grid else acquired_grid(
+        original, source, "OUTPUT", "fill the gap or process the series' evenly spaced runs one by one")
 
     def step_progress(stage: str, fraction: float, **extra) -> None:
         progress(stage, 0.05 + 0.85 * fraction, **extra)
@@ -151,8 +156,17 @@ def run(args: argparse.Namespace) -> int:
 
     progress("writing", 0.92, output=str(target))
     out_image = carry_notes(original, _back_on_input_grid(result.image, original) if flat else result.image)
-    outputs = _write_outputs(out_image, target, result, mask_path, original if flat else None)
     notes = image_notes(original)
+    if acquired is not None:
+        import SimpleITK as sitk
+        fill = float(sitk.GetArrayViewFromImage(out_image).min())   # the image's own lowest value, said in the note
+        note = acquired.note("OUTPUT" + (" and the masks" if mask_path is not None else ""),
+                             f"the output's lowest value {fill:.4g}"
+                             + (" in OUTPUT and no mask" if mask_path is not None else "")) + " (filler, not data)"
+        out_image = acquired.place_image(out_image, fill)
+        add_note(out_image, note)
+        notes.append(note)
+    outputs = _write_outputs(out_image, target, result, mask_path, original if flat else None, acquired)
     # said after the writes, not before the work: a refusal on the way stays the one line the user reads
     for note in notes:
         print(f"meddeeprecog preprocess: warning: {source}: {note}", file=sys.stderr)
@@ -160,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_outputs(out_image, target: Path, result, mask_path: Path | None, flat_input=None) -> dict[str, str]:
+def _write_outputs(out_image, target: Path, result, mask_path: Path | None, flat_input=None,
+                   acquired=None) -> dict[str, str]:
     """Write OUTPUT and the ``--mask`` segmentation as one: both or neither.
 
     The mask is written first under a hidden temporary name beside ``mask_path``, then OUTPUT, then the mask is
@@ -179,7 +194,7 @@ def _write_outputs(out_image, target: Path, result, mask_path: Path | None, flat
     try:
         with atomic_output(mask_path) as staged:
             try:
-                _write_masks(result, staged, flat_input)
+                _write_masks(result, staged, flat_input, acquired)
             except OutputError as exc:  # name the user's --mask path, not the hidden temporary
                 raise OutputError(exc.problem, mask_path) from None
             write_image(out_image, target)
@@ -210,10 +225,18 @@ def _check_size(pipeline, what: str, image, source: Path) -> None:
 def _check_hounsfield(pipeline, name: str, original, image, source: Path) -> None:
     """Refuse a picture (PNG/JPEG: grey levels, never HU) for a pipeline with steps that read CT intensities in HU,
     before any output; for another image whose intensities do not look like HU (no DICOM modality CT, no air below
-    -500), print a warning and go on: a CT crop without air is still in HU."""
+    -500), print a warning and go on: a CT crop without air is still in HU. One rule by the modality each step is
+    made for: steps made for MR (``Pipeline.mr_steps``: N4, the head mask, an MR body mask) on an image that reads
+    as a CT in HU get the same warning."""
     from ..inference.model_input import is_hounsfield
     from ..io import is_picture
 
+    mr_steps = pipeline.mr_steps
+    if mr_steps and not is_picture(original) and is_hounsfield(image):   # the same rule the other way round
+        what = f"pipeline {pipeline.name or name!r} step{'s' if len(mr_steps) > 1 else ''} {', '.join(mr_steps)}"
+        print(f"meddeeprecog preprocess: warning: {source}: {what} {'are' if len(mr_steps) > 1 else 'is'} made for "
+              "MR intensities, but this image reads as a CT in HU (DICOM modality CT, or air below -500): on a CT "
+              "the result means nothing", file=sys.stderr)
     steps = pipeline.hu_steps
     if not steps:
         return
@@ -241,10 +264,11 @@ def _back_on_input_grid(filtered, original):
     return volume
 
 
-def _write_masks(result, path: Path, flat_input=None) -> Path:
+def _write_masks(result, path: Path, flat_input=None, acquired=None) -> Path:
     """Every mask as one named, colored segment of a ``.seg.nrrd``; overlapping masks (body, lungs) stay whole.
     ``flat_input``: the 2D image (or one-slice volume) that was filtered as copies; the masks are then written as a
-    one-slice segmentation on its grid."""
+    one-slice segmentation on its grid. ``acquired``: a gapped series' true slice grid (``io.slice_grid``), where
+    the masks are written, the slices the series lacks in no mask."""
     import SimpleITK as sitk
 
     from ..io import SegmentSpec, write_segment_masks
@@ -261,4 +285,6 @@ def _write_masks(result, path: Path, flat_input=None) -> Path:
 
     masks = [(SegmentSpec(name, index, default_color(name)), sitk.GetArrayFromImage(cut(mask)))
              for index, (name, mask) in enumerate(result.masks.items(), start=1)]
+    if acquired is not None:
+        return write_segment_masks([(spec, acquired.place(mask)) for spec, mask in masks], acquired.reference, path)
     return write_segment_masks(masks, cut(result.image), path)

@@ -5,13 +5,17 @@
 The result is a Slicer ``.seg.nrrd`` on the scan's own grid (one segment per class, named as in training), so it
 loads over the scan in Slicer's slice and 3D views. ``--progress json`` ends with
 ``{"stage": "done", "fraction": 1.0, "result": {"output": PATH, "caveat": ..., "segments": {...}, ...}}``; the
-``caveat`` is what the package says of its own limits and its validation Dice (``inference.segment.stated_limits``).
+``caveat`` is what the package says of its own limits and its validation Dice (``inference.segment.stated_limits``);
+``input_notes`` (also printed as warnings) what reading the scan changed or assumed, e.g. a DICOM series with slice
+gaps read with ``--allow-slice-gaps``, whose ``.seg.nrrd`` is then written on the series' true slice grid
+(``io.slice_grid``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..contract import PROGRESS_MODES
@@ -45,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     progress = Progress(args.progress)
     result = segment_file(args.input, args.model, args.out, device=device, progress=progress)
+    for note in result.get("input_notes", ()):   # as preprocess says them: a gapped series read anyway
+        print(f"meddeeprecog segment: warning: {args.input}: {note}", file=sys.stderr)
     if args.progress == "json":
         progress("done", 1.0, result=result)
     else:

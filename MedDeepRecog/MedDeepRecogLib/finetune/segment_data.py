@@ -25,11 +25,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SegmentInfo:
-    """A segment as found in a case: its name, its class (``None``: unmapped) and its voxel count on the scan grid."""
+    """A segment as found in a case: its name, its class (``None``: unmapped), its voxel count on the scan grid and
+    the colour the user gave it (RGB 0-1 from a ``.seg.nrrd``, else ``None``): a fine-tuned package keeps it."""
 
     name: str
     class_name: str | None
     voxels: int
+    color: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -104,8 +106,10 @@ def load_case(case: Case, class_map: ClassMap, *, geometry: str = "physical") ->
     # a class's segment counts the voxels it labels; one mapped to no class its own (not empty when covered)
     counts = np.bincount(segment_map.ravel(), minlength=len(scan.names) + 1)
     drawn = np.bincount(scan.segment_map.ravel(), minlength=len(scan.names) + 1)
+    colors = segment_colors(case.segmentation)
     segments = [SegmentInfo(name, class_map.class_of(name), int(counts[i]) if class_map.class_of(name) is not None
-                            else int(drawn[i]) + int(scan.covered[i].sum() if i in scan.covered else 0))
+                            else int(drawn[i]) + int(scan.covered[i].sum() if i in scan.covered else 0),
+                            colors.get(name))
                 for i, name in enumerate(scan.names, start=1)]
     empty = [s.name for s in segments if s.voxels == 0]
     if empty:
@@ -114,6 +118,43 @@ def load_case(case: Case, class_map: ClassMap, *, geometry: str = "physical") ->
     if unmapped:
         warnings.append(f"case {case.case_id!r}: segment(s) mapped to no class (ignored): {', '.join(unmapped)}")
     return CaseData(case, scan.image, segment_map, segments, scan.modality, warnings, scan_id(scan.image))
+
+
+def segment_colors(path) -> dict[str, tuple[float, float, float]]:
+    """``{segment name: RGB 0-1}`` of a ``.seg.nrrd``'s segments as the user coloured them (its header only), ``{}``
+    for a label map or a file without colours."""
+    import slicerio
+
+    if not str(path).lower().endswith(".seg.nrrd"):
+        return {}
+    try:
+        header = slicerio.read_segmentation(str(path), skip_voxels=True)
+    except Exception:  # noqa: BLE001 - read in full (and refused with its reason) by read_scan_segments already
+        return {}
+    colors = {}
+    for segment in header.get("segments", []):
+        try:
+            rgb = tuple(float(c) for c in segment.get("color") or ())
+        except (TypeError, ValueError):
+            continue
+        if len(rgb) == 3 and all(0.0 <= c <= 1.0 for c in rgb):
+            colors.setdefault(str(segment.get("name")), rgb)
+    return colors
+
+
+def class_colors(data: Sequence[CaseData], classes: Sequence[str], inherited: dict | None = None) -> dict:
+    """``{class: [r, g, b]}``: each class's colour as the user's segmentations give it (the first case's segment
+    mapped to it that has one), else as ``inherited`` (the base package's ``class_colors``) gives it: what a
+    fine-tuned package's ``class_colors`` records, so ``segment`` writes the class in the user's colour."""
+    found: dict[str, list[float]] = {}
+    for item in data:
+        for seg in item.segments:
+            if seg.class_name in classes and seg.color is not None and seg.class_name not in found:
+                found[seg.class_name] = [round(float(c), 6) for c in seg.color]
+    for name, rgb in (inherited or {}).items():
+        if name in classes and name not in found and isinstance(rgb, (list, tuple)) and len(rgb) == 3:
+            found[name] = [float(c) for c in rgb]
+    return {name: found[name] for name in classes if name in found}
 
 
 def log_segment_summary(data: Sequence[CaseData], source: str | Path) -> list[str]:

@@ -45,6 +45,9 @@ class SegmentationTask:
 
         self.cfg, self.ctx, self.classes = cfg, ctx, classes
         self.modalities = [d.modality for d in train + val]
+        from .segment_data import class_colors
+        self.class_colors = class_colors(train + val, classes,
+                                         (base.meta.get("class_colors") if base is not None else None))
         spec = base.input_spec if base is not None else {}
         self.spacing = list(cfg.spacing_mm or spec.get("spacing_mm") or median_spacing(train + val))
         self.patch = list(cfg.patch_size or spec.get("size") or [64, 64, 64])
@@ -113,6 +116,8 @@ class SegmentationTask:
                            f"({len(self.train_vols)} training volume(s)).",
             "architecture": {"name": self.arch, "kwargs": self.arch_kwargs},
             "class_names": ["background"] + list(self.classes),
+            # the colours the user gave the classes in their .seg.nrrd: segment writes them (inference.segment)
+            **({"class_colors": self.class_colors} if self.class_colors else {}),
             "modality": modality_of(self.modalities),
             "input": {"kind": "volume3d", "size": [int(s) for s in self.patch],
                       "spacing_mm": [float(s) for s in self.spacing], "orientation": self.orientation,

@@ -24,6 +24,7 @@ from ..io import atomic_output, atomic_write_json, image_notes, read_image, vali
 from ..io.dicom_read import dicom_modality
 from ..io.image_content import label_map_values
 from ..io.geometry import Geometry, lps_view
+from ..io.slice_grid import acquired_grid
 from ..packages.package import target_layer_of  # the check models --verify makes too
 from ..preprocessing.pipeline import run_input_pipeline
 from .model_input import (ModelGrid, SliceInput, as_volume, image_for_model, is_hounsfield, nearest_axial_slice,
@@ -76,6 +77,9 @@ class ClassificationResult:
     timing_s: dict = field(default_factory=dict)
     uncertainty: dict | None = None
     input_notes: list = field(default_factory=list)
+    #: a gapped DICOM series read with --allow-slice-gaps: the true slice grid the heatmap NRRD is written on
+    #: (``io.slice_grid``; the heatmap itself stays on the scan's grid for everything measured on it)
+    acquired: Any = None
     input_dimension: int = 3
     slice: dict | None = None  # classify --slice-mm: {"index", "position_mm"} of the one slice classified
     finding: dict | None = None  # slice models on a volume: the slices that carry the finding (see finding_range)
@@ -335,6 +339,11 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
     name = name or (output_stem(src) if src != "<image>" else "image")
     where = None if src == "<image>" else src
     notes = image_notes(image)
+    # a gapped series is read on an evenly stretched grid: the heatmap NRRD goes on the true one, decided before work
+    acquired = acquired_grid(image, where, "the heatmap NRRD",
+                             "leave the gap's neighbourhood out of the series or fill the gap, then classify again")
+    if acquired is not None:
+        notes.append(acquired.note("the heatmap NRRD", "no heat (0)"))
     if image.GetDimension() > 3:  # a singleton 4th axis is dropped, a 4D series refused (one line), before the
         image = as_volume(image, where, allow_2d=True)  # slice checks read the image's planes
     input_dimension = image.GetDimension()
@@ -461,7 +470,7 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         per_slice=pred.per_slice, explain=explain_info, heatmap=heatmap, model_map=pred.heatmap,
         model_grid=pred.grid, model_input=inp, image=image, overlay=overlay,
         modality_guess=modality_guess,
-        timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice,
+        timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice, acquired=acquired,
         finding=finding_range(pred.per_slice, decision, package.class_names)
         if isinstance(inp, SliceInput) and len(pred.per_slice) > 1 else None, feature_maps=pred.feature_maps,
         voting_logits=pred.voting_logits, voting=pred.voting, decision_context=context)
@@ -875,6 +884,8 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
         heatmap = result.heatmap
         if result.input_dimension == 2 and heatmap.GetDimension() == 3:
             heatmap = heatmap[:, :, 0]  # back on the 2D picture's own grid (origin, spacing, direction)
+        elif result.acquired is not None and heatmap.GetDimension() == 3:
+            heatmap = result.acquired.place_image(heatmap)   # each slice's heat at its acquired position
         _write_heatmap(heatmap, hm_path)
         outputs["heatmap"] = str(hm_path)
         if png and result.overlay is not None:

@@ -31,7 +31,8 @@ import SimpleITK as sitk
 
 from ..contract import LOW_DICE, chosen_on_validation, validation_caveats
 from ..errors import ConfigError, InputImageError, ModelPackageError
-from ..io import SegmentSpec, read_image, require_3d, validate_intensities, write_segmentation
+from ..io import SegmentSpec, image_notes, read_image, require_3d, validate_intensities, write_segmentation
+from ..io.slice_grid import acquired_grid
 from ..io.image_content import guess_modality
 from ..progress import null_progress
 from .model_input import is_hounsfield
@@ -347,10 +348,21 @@ def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, 
     progress("read", 0.0)
     image = require_3d(read_image(input_path), input_path)
     validate_intensities(image, input_path)
+    notes = image_notes(image)   # what reading changed or assumed (a gapped series read anyway), as classify says
+    # a gapped series is read on an evenly stretched grid: the .seg.nrrd goes on the true one (io.slice_grid),
+    # decided before any work; the DICOM SEG references each source slice and needs no other grid
+    try:
+        acquired = acquired_grid(image, input_path, "a .seg.nrrd")
+    except InputImageError:
+        if not dicom_out:
+            raise
+        acquired = None
     pkg = load_segmentation_package(package)
     labels, info = segment_image(image, pkg, device=device, progress=progress, source=input_path)
     names = pkg.class_names[1:]
-    specs = [SegmentSpec(name, i) for i, name in enumerate(names, start=1)]
+    colors = pkg.meta.get("class_colors") or {}
+    specs = [SegmentSpec(name, i, _color(colors.get(name))) for i, name in enumerate(names, start=1)]
+    grid = image
     if dicom_out:
         from ..io.dicom_seg import write_dicom_seg
 
@@ -358,8 +370,13 @@ def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, 
                         series_description=f"{pkg.id} {pkg.version} segmentation",
                         algorithm=pkg.id, algorithm_version=pkg.version)
     else:
-        write_segmentation(labels, image, specs, out_path)
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        if acquired is not None:
+            labels, grid = acquired.place(labels), acquired.reference
+            notes.append(acquired.note("the segmentation", "no label") + "; volumes count the acquired slices")
+        write_segmentation(labels, grid, specs, out_path)
+    if acquired is not None:   # volumes on the true slice step, not the stretched grid's
+        grid = acquired.reference
+    voxel_ml = float(np.prod(grid.GetSpacing())) / 1000.0
     counts = [int(np.count_nonzero(labels == i)) for i in range(len(names) + 1)]   # no int64 copy of the grid
     limits = stated_limits(pkg)
     caveat = limits.pop("caveat")
@@ -368,7 +385,18 @@ def segment_file(input_path: str | Path, package: Any, out_path: str | Path, *, 
             "model_limits": limits, "timing_s": info["timing_s"],
             "segments": {name: {"voxels": int(counts[i]), "volume_ml": round(counts[i] * voxel_ml, 2),
                                 **({"validation_dice": dice[name]} if name in dice else {})}
-                         for i, name in enumerate(names, start=1)}}
+                         for i, name in enumerate(names, start=1)},
+            **({"input_notes": notes} if notes else {})}
+
+
+def _color(value: Any) -> tuple[float, float, float] | None:
+    """A class's colour from a package's ``class_colors`` (RGB 0-1, as the user's segmentation gave it), else
+    ``None`` (the organ's Slicer colour or the palette's)."""
+    try:
+        rgb = tuple(float(c) for c in value)
+    except (TypeError, ValueError):
+        return None
+    return rgb if len(rgb) == 3 and all(0.0 <= c <= 1.0 for c in rgb) else None
 
 
 

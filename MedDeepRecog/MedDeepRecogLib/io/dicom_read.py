@@ -29,6 +29,9 @@ MAGNIFICATION_RANGE = (1.0, 10.0)
 
 #: DICOM transfer syntaxes whose pixel data is stored raw, so its length follows from rows, columns and bits.
 _UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+#: JSON list of each slice's ImagePositionPatient (LPS mm), in slice order: set on a series read with
+#: --allow-slice-gaps whose slices are not evenly spaced (the image's own grid spreads them evenly)
+SLICE_POSITIONS_KEY = "MedDeepRecog|slice_positions"
 SERIES_KEY = "MedDeepRecog|series"  # JSON: {"uid", "description", "slices", "others": [...]}
 
 
@@ -74,13 +77,15 @@ def _mentions(path: Path, uid: str, limit: int = 1 << 16) -> bool:
 
 
 def _check_slice_positions(folder: Path, files: list[str], label: str, unassigned: list[Path],
-                           allow: bool) -> str | None:
+                           allow: bool, record: list | None = None) -> str | None:
     """Refuse (or, with ``allow``, describe) a series whose slices are not evenly spaced along their normal.
 
     GDCM silently leaves out slices it cannot read (no pixel data, truncated) and ITK then spreads the remaining
     slices over the whole extent (a 2.0 mm series read as 2.111 mm). The positions (0020,0032) projected on the
     slice normal (0020,0037) must step evenly; a gap names the files on both sides, and files of the folder that
-    could not be read as slices are named too. Returns a note for the image when ``allow`` lets it through.
+    could not be read as slices are named too. Returns a note for the image when ``allow`` lets it through, and
+    then fills ``record`` with each file's ImagePositionPatient in ``files``' order (the image's slice order), so
+    the outputs can put each slice back where it was acquired (:func:`.slice_grid.acquired_grid`).
 
     Each slice's header is read here once, so each slice's pixel data is checked here too
     (:func:`check_dicom_pixels`): GDCM reads a slice whose raw pixel data is shorter than its rows x columns declare
@@ -110,6 +115,8 @@ def _check_slice_positions(folder: Path, files: list[str], label: str, unassigne
             continue
         normal = np.cross(iop[:3], iop[3:])
         positions.append((float(np.dot(ipp, normal)), Path(name).name))
+        if record is not None:
+            record.append(ipp)
     if positions is None or len(positions) < 3:
         return None
     positions.sort()
@@ -128,6 +135,8 @@ def _check_slice_positions(folder: Path, files: list[str], label: str, unassigne
                                                              else "")
         gap += f"; not readable as slices (no pixel data, truncated or damaged): {names}"
     if allow:
+        if record is not None and len(record) != len(files):
+            record.clear()
         return f"DICOM series {label}: {gap}; read anyway (--allow-slice-gaps), so distances along z are not exact"
     raise InputImageError(f"DICOM series {label}: {gap}. Refusing to guess the geometry; pass --allow-slice-gaps "
                           "to read it anyway", folder)
@@ -211,7 +220,8 @@ def read_dicom_folder(folder: Path) -> sitk.Image:
     check_dicom_pixels(first, Path(files[0]), dicom_frames(first))  # pixel size and data, as for one file
     allow = os.environ.get(ALLOW_GAPS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     broken = [p for p in unassigned if _mentions(p, chosen)]  # slices of this series GDCM could not read
-    gap_note = _check_slice_positions(folder, files, label, unassigned, allow)
+    acquired: list[list[float]] = []
+    gap_note = _check_slice_positions(folder, files, label, unassigned, allow, acquired)
     if broken and gap_note is None:
         names = ", ".join(p.name for p in broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
         problem = (f"DICOM series {label}: {len(broken)} slice file(s) of this series cannot be read (no pixel data, "
@@ -239,6 +249,8 @@ def read_dicom_folder(folder: Path) -> sitk.Image:
         add_note(image, f"DICOM series {label} read ({len(files)} slices); also present: {'; '.join(others)}")
     if gap_note:
         add_note(image, gap_note)
+        if acquired:  # where each slice was acquired: the outputs are written there (io.slice_grid)
+            image.SetMetaData(SLICE_POSITIONS_KEY, json.dumps(acquired))
     return image
 
 

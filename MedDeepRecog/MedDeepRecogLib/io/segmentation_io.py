@@ -49,7 +49,8 @@ def segment_codes(name: str) -> tuple[tuple[str, str, str], tuple[str, str, str]
 
     base = name.split(":")[0].strip()
     key = "".join(part.capitalize() for part in base.replace("-", "_").replace(" ", "_").split("_") if part)
-    key = {"Tumour": "Tumor", "Tumours": "Tumor", "Oesophagus": "Esophagus"}.get(key, key)
+    # British spellings, and preprocess's "body" mask (the body outline: SNOMED CT's Entire body, 38266002)
+    key = {"Tumour": "Tumor", "Tumours": "Tumor", "Oesophagus": "Esophagus", "Body": "EntireBody"}.get(key, key)
     for candidate in (key, key.rstrip("s")):
         try:
             code = getattr(codes.SCT, candidate)
@@ -308,7 +309,9 @@ def write_segment_masks(masks: Sequence[tuple[SegmentSpec, np.ndarray]], referen
     """Write possibly overlapping binary ``(Z, Y, X)`` masks as one Slicer ``.seg.nrrd`` (one segment each).
 
     Unlike :func:`write_segmentation` (one label per voxel), masks may overlap (e.g. body and lungs): slicerio
-    puts an overlapping segment in a new layer, as Slicer itself does. ``spec.label`` is ignored.
+    puts an overlapping segment in a new layer, as Slicer itself does. ``spec.label`` is ignored. Each segment gets
+    the terminology entry :func:`write_segmentation` gives it (:func:`segment_terminology`: body, lungs, head are
+    SNOMED CT coded), so Slicer's DICOM SEG export of preprocess's masks needs no hand coding.
     """
     path = Path(path)
     if not path.name.lower().endswith(".seg.nrrd"):
@@ -319,8 +322,11 @@ def write_segment_masks(masks: Sequence[tuple[SegmentSpec, np.ndarray]], referen
         if tuple(mask.shape) != expected:
             raise ValueError(f"mask {spec.name!r} shape {mask.shape} does not match reference grid {expected}")
         color = spec.color or DEFAULT_COLORS[index % len(DEFAULT_COLORS)]
-        slicerio.add_segment(seg, np.transpose(np.asarray(mask) > 0, (2, 1, 0)),
-                             {"id": f"Segment_{index + 1}", "name": spec.name, "color": [float(c) for c in color]})
+        fields = {"id": f"Segment_{index + 1}", "name": spec.name, "color": [float(c) for c in color]}
+        terminology = segment_terminology(spec.name)
+        if terminology:
+            fields["terminology"] = terminology
+        slicerio.add_segment(seg, np.transpose(np.asarray(mask) > 0, (2, 1, 0)), fields)
     with atomic_output(path) as tmp:
         slicerio.write_segmentation(str(tmp), seg)
     return path

@@ -154,7 +154,7 @@ class N4Params:
 
 # N4's B-spline fit fails on an axis of one voxel ("Refusing to change spacing ... to [0, ...]")
 @register("n4", N4Params, summary="N4 bias-field correction for MRI (SimpleITK)", aliases=("n4_bias_correction",),
-          min_side=2)
+          min_side=2, reads_mr=True)
 def n4(image: sitk.Image, p: N4Params, masks: dict[str, sitk.Image] | None = None) -> sitk.Image:
     """Fit the N4 bias field on a shrunk copy and divide the full-resolution image by it (float32 out).
 

@@ -248,7 +248,7 @@ def _solid(mask: sitk.Image, image: sitk.Image, closing_mm: float) -> sitk.Image
 
 
 @register("body_mask", BodyParams, kind="mask", summary="body (or head) outline from CT (HU threshold) or MR (Otsu)",
-          reads_hu=lambda p: p.modality == "CT",
+          reads_hu=lambda p: p.modality == "CT", reads_mr=lambda p: p.modality == "MR",
           # MR (and "auto", which may choose MR) smooths with a recursive Gaussian; CT thresholds a median
           min_side=lambda p: 1 if p.modality == "CT" else RECURSIVE_GAUSSIAN_MIN_SIDE,
           check=lambda p, grid: _closing_problem("closing_mm", p.closing_mm, grid))
@@ -280,7 +280,7 @@ class HeadParams:
 
 @register("head_mask", HeadParams, kind="mask", summary="head (brain, skull, scalp) from MR: Otsu, largest "
                                                            "component, closed, holes filled",
-          min_side=RECURSIVE_GAUSSIAN_MIN_SIDE,
+          min_side=RECURSIVE_GAUSSIAN_MIN_SIDE, reads_mr=True,
           check=lambda p, grid: _closing_problem("closing_mm", p.closing_mm, grid))
 def head_mask(image: sitk.Image, p: HeadParams) -> sitk.Image:
     """Head mask from a brain MR (any weighting with dark background)."""

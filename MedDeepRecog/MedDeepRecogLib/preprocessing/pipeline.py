@@ -132,6 +132,11 @@ class Pipeline:
         """Names of the steps that take their input's intensities as CT Hounsfield units."""
         return [step.name for step in self.steps if step.reads_hu]
 
+    @property
+    def mr_steps(self) -> list[str]:
+        """Names of the steps made for MR intensities (N4, an Otsu head or body mask)."""
+        return [step.name for step in self.steps if step.reads_mr]
+
     def check(self, image: sitk.Image) -> None:
         """Refuse settings that do not fit ``image``'s grid (an unstable time step, a window of too many voxels),
         following the grid through resampling and cropping steps, before any step runs.

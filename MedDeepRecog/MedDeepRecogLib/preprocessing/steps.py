@@ -75,6 +75,9 @@ class StepSpec:
     #: Gaussian filters), or a function of the step's parameters giving it: a smaller image is refused before any
     #: step runs, naming its size, instead of ITK's error
     min_side: int | Callable[[Any], int] = 1
+    #: whether the step is made for MR intensities (N4 bias field, an Otsu head or body mask): a bool, or a function
+    #: of the step's parameters; a CT in HU then gets the warning an MR gets for a step that reads HU
+    reads_mr: bool | Callable[[Any], bool] = False
 
 
 #: ITK's recursive Gaussian filters (smoothing, gradient magnitude, Canny) refuse an axis of fewer than 4 voxels.
@@ -96,6 +99,12 @@ class Step:
     def reads_hu(self) -> bool:
         """True when this step, with these parameters, takes its input's intensities as HU."""
         rule = self.spec.reads_hu
+        return bool(rule(self.params) if callable(rule) else rule)
+
+    @property
+    def reads_mr(self) -> bool:
+        """True when this step, with these parameters, is made for MR intensities (:attr:`StepSpec.reads_mr`)."""
+        rule = self.spec.reads_mr
         return bool(rule(self.params) if callable(rule) else rule)
 
     def grid_problem(self, grid: Grid) -> str | None:
@@ -157,17 +166,18 @@ ALIASES: dict[str, str] = {}
 def register(name: str, params: type, *, kind: str = "image", summary: str = "", aliases: tuple[str, ...] = (),
              reads_hu: bool | Callable[[Any], bool] = False, check: GridCheck | None = None,
              regrid: Regrid | None = None,
-             min_side: int | Callable[[Any], int] = 1) -> Callable[[StepFunction], StepFunction]:
+             min_side: int | Callable[[Any], int] = 1,
+             reads_mr: bool | Callable[[Any], bool] = False) -> Callable[[StepFunction], StepFunction]:
     """Decorator registering ``fn`` as step ``name`` with parameter dataclass ``params``; ``reads_hu``: the step
     takes intensities as CT Hounsfield units (or a function of its parameters saying when); ``check`` / ``regrid``:
     see :class:`StepSpec`; ``min_side``: the fewest voxels along every axis the step runs on (or a function of its
-    parameters giving it)."""
+    parameters giving it); ``reads_mr``: the step is made for MR intensities (or a function of its parameters)."""
     if kind not in ("image", "grid", "mask"):
         raise ValueError(f"unknown step kind {kind!r}")
 
     def decorate(fn: StepFunction) -> StepFunction:
         doc = summary or (fn.__doc__ or "").strip().splitlines()[0]
-        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu, check, regrid, min_side)
+        REGISTRY[name] = StepSpec(name, kind, params, fn, doc, reads_hu, check, regrid, min_side, reads_mr)
         for alias in aliases:
             ALIASES[alias] = name
         return fn
