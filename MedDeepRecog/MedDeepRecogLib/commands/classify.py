@@ -461,6 +461,8 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
     if result.explain.get("missing"):   # a late-fusion model classified without a modality it was trained on
         routed += (f"\n  NOTE: classified without {', '.join(result.explain['missing'])}: not given (the model "
                    f"was trained on {', '.join(result.explain.get('modalities') or [])})")
+    if result.registration:   # --register: what it did, as the JSON's "registration" records it
+        routed += "".join(f"\n  NOTE: {n}" for n in result.input_notes if n.startswith("--register"))
     finding = result.finding
     where = f"\n  {finding_words(finding)}" if finding else ""
     from ..report import lesion_words

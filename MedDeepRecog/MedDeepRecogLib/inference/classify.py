@@ -80,6 +80,7 @@ class ClassificationResult:
     slice: dict | None = None  # classify --slice-mm: {"index", "position_mm"} of the one slice classified
     finding: dict | None = None  # slice models on a volume: the slices that carry the finding (see finding_range)
     route: dict | None = None  # --model auto: the chosen model and why (inference.route)
+    registration: dict | None = None  # fusion with --register: what it did (fusion.grid.registration_record)
     feature_maps: np.ndarray | None = None  # slice models: Grad-CAM on the target layer's grid (faithfulness reuses it)
     voting_logits: np.ndarray | None = None  # slice models: the voting slices' logits (predict.Prediction)
     voting: np.ndarray | None = None  # slice models: (N,) bool, the slices that voted (predict.Prediction)
@@ -114,6 +115,7 @@ class ClassificationResult:
             **({"finding": self.finding} if self.finding else {}),
             **({"route": self.route} if self.route else {}),
             **({"inputs": self.inputs} if self.inputs else {}),
+            **({"registration": self.registration} if self.registration else {}),
             "input_dimension": self.input_dimension,
             "input_notes": self.input_notes,
             "modality_guess": self.modality_guess,
