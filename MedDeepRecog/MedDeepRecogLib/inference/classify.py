@@ -161,7 +161,8 @@ def confidence_basis(result: "ClassificationResult") -> str:
     if n > 1:
         note = note or "per_slice probabilities are the network's own"
         return (f"mean over the {n} voting slices of each slice's probability for {top} (temperature-scaled when "
-                f"the package is calibrated; {note}): the figure the model's min_probability threshold is set on (one held-out image's probability)")
+                f"the package is calibrated; {note}): the figure the model's min_probability threshold is set on "
+                f"(one held-out image's probability)")
     return f"the scan's probability for {top}" + (f" (temperature-scaled; {note})" if note else "")
 
 
