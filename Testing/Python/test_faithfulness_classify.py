@@ -162,3 +162,40 @@ def test_the_faithfulness_subsample_is_bounded_in_network_passes():
     assert faithfulness_slices(MeanEnsemble(**kw, members=3)) == 4
     assert faithfulness_slices(MeanEnsemble(**kw, members=3, flip_axes=[1])) == 2
     assert faithfulness_slices(MeanEnsemble(**kw, members=7, flip_axes=[1])) == 1
+
+
+def test_a_calibrated_picture_says_which_figures_are_scaled(tmp_path):
+    """One 2D picture with a calibrated package: confidence is temperature-scaled while per_slice[0] and the
+    faithfulness curves are the network's own softmax; the JSON says so (confidence_basis, probability_scale),
+    as it does for a volume's slices. Without calibration nothing is added."""
+    torch.manual_seed(0)
+    from MedDeepRecogLib.models import build_model
+
+    kwargs = {"in_channels": 1, "num_classes": 2, "channels": [4, 8], "hidden": 8}
+    meta = {"id": "cal-pic", "version": "1.0.0", "task": "classification", "description": "random 2D",
+            "architecture": {"name": "simple_cnn2d", "kwargs": kwargs}, "class_names": ["a", "b"],
+            "modality": "any", "input": {"kind": "slices2d", "size": [16, 16], "spacing_mm": None, "channels": 1,
+                                         "pipeline": {"steps": []}},
+            "explain": {"methods": ["gradcam"], "target_layer": "features.conv2"},
+            "provenance": {"data": "none", "command": "test", "seed": 0, "parent": None}}
+    model = build_model("simple_cnn2d", **kwargs)
+    plain = load_package(save_package(model, meta, tmp_path / "a"))
+    cal = load_package(save_package(model, {**meta, "version": "1.0.1", "calibration": {"temperature": 3.0}},
+                                    tmp_path / "b"))
+    rng = np.random.default_rng(0)
+    arr = np.zeros((24, 24), np.float32)
+    arr[6:18, 6:18] = 100.0
+    arr += rng.normal(0, 10, arr.shape).astype(np.float32)
+    pic = tmp_path / "pic.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.clip(arr, 0, 255).astype(np.uint8)), str(pic))
+    a = classify_scan(pic, plain, explain="gradcam", device="cpu").to_json()
+    b = classify_scan(pic, cal, explain="gradcam", device="cpu").to_json()
+    assert len(b["per_slice"]) == 1 and b["per_slice"][0]["probability"] == a["per_slice"][0]["probability"]
+    assert b["confidence"] != pytest.approx(b["per_slice"][0]["probability"], abs=1e-3)
+    assert "per_slice probabilities and the faithfulness curves are the network's own" in b["confidence_basis"]
+    assert "temperature 3" in b["confidence_basis"]
+    assert b["explain"]["faithfulness"]["probability_scale"].startswith("the network's softmax")
+    assert b["explain"]["faithfulness"]["deletion_curve"][0] == pytest.approx(b["per_slice"][0]["probability"],
+                                                                              abs=1e-3)
+    assert a["confidence_basis"] == f"the scan's probability for {a['top_class']}"
+    assert "probability_scale" not in a["explain"]["faithfulness"]

@@ -238,3 +238,68 @@ def test_late_fusion_gradcam_explains_every_present_modality():
     assert both.maps.shape == (2, 8, 8, 8)
     assert torch.allclose(with_gap.maps, ct_encoder.maps, atol=1e-6)
     assert not torch.allclose(both.maps, ct_encoder.maps, atol=1e-3)
+
+
+def _fusion_package(tmp_path, modalities, pkg_id):
+    from MedDeepRecogLib.packages import load_package, save_package
+
+    kwargs = {"in_channels": 2, "num_classes": 2, "feature_dim": 8, "modality_dropout": 0.3,
+              "encoder_kwargs": {"channels": [4, 8], "hidden": 16, "dropout": 0.0}}
+    torch.manual_seed(0)
+    meta = {"id": pkg_id, "version": "1.0.0", "task": "classification", "description": "fusion test",
+            "architecture": {"name": "late_fusion3d", "kwargs": kwargs}, "class_names": ["normal", "mass"],
+            "modality": "any", "input": {"kind": "volume3d", "size": [16, 16, 16], "spacing_mm": None, "channels": 2,
+                                         "modalities": list(modalities), "pipeline": {"steps": []}},
+            "provenance": {"data": "constructed", "command": "test", "seed": 0, "parent": None}}
+    return load_package(save_package(build_model("late_fusion3d", **kwargs), meta, tmp_path / "pk"))
+
+
+def _noisy(img: sitk.Image, seed: int) -> sitk.Image:
+    """``img`` with a little noise, so that the content check does not take the phantom for a label map."""
+    arr = sitk.GetArrayFromImage(img) + np.random.default_rng(seed).normal(0, 3, img.GetSize()[::-1])
+    out = sitk.GetImageFromArray(arr.astype(np.float32))
+    out.CopyInformation(img)
+    return out
+
+
+def test_register_is_recorded_and_a_far_or_foreign_scan_is_refused(tmp_path):
+    """--register records method, metric, transform and overlap after it (JSON and notes); a scan it cannot align
+    (here 500 mm away: it would have to move implausibly far) is refused in
+    one line naming both files, as is the plain non-overlapping pair."""
+    from MedDeepRecogLib.fusion import classify_fusion
+
+    fixed = _noisy(_phantom(), 1)
+    t = sitk.Euler3DTransform((20.0, 20.0, 20.0), 0.0, 0.0, np.deg2rad(6.0), (3.0, -2.0, 1.5))
+    moving = _noisy(sitk.Resample(_phantom(weights=(250.0, 60.0)), fixed, t, sitk.sitkLinear, 10.0), 2)
+    far = _noisy(_phantom(origin=(500.0, 0.0, 0.0), weights=(250.0, 60.0)), 3)
+    for name, img in (("ct", fixed), ("mr", moving), ("far", far)):
+        sitk.WriteImage(img, str(tmp_path / f"{name}.nii.gz"))
+    pkg = _fusion_package(tmp_path, ["CT", "MR"], "fuse-ctmr")
+    res = classify_fusion(tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz", pkg, register=True)
+    reg = res.to_json()["registration"]
+    assert reg["used"] and reg["converged"] and reg["metric"] < 0 and len(reg["parameters"]) == 6
+    assert reg["overlap"] >= 0.5 and 2.0 < reg["rotation_deg"] < 12.0 and reg["shift_norm_mm"] < 10.0
+    assert any(n.startswith("--register") and "mr.nii.gz" in n and "Mattes MI" in n for n in res.input_notes)
+    assert "registration" not in classify_fusion(tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz", pkg).to_json()
+    with pytest.raises(InputImageError, match=r"far\.nii\.gz \(MR\).*ct\.nii\.gz \(CT\).*do not overlap") as exc:
+        classify_fusion(tmp_path / "ct.nii.gz", tmp_path / "far.nii.gz", pkg)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(InputImageError, match=r"--register could not align .*far\.nii\.gz \(MR\) to .*ct\.nii\.gz "
+                                              r"\(CT\): .*implausibly far") as exc:
+        classify_fusion(tmp_path / "ct.nii.gz", tmp_path / "far.nii.gz", pkg, register=True)
+    assert "\n" not in str(exc.value)
+
+
+def test_two_channels_of_one_modality(tmp_path):
+    """A package with two MR channels (T1 + T2) takes two scans: the channels are keyed MR#1 and MR#2, not both
+    'MR' (which collapsed them into one input)."""
+    from MedDeepRecogLib.fusion import channel_keys, classify_fusion
+
+    assert channel_keys(["MR", "MR"]) == ["MR#1", "MR#2"] and channel_keys(["CT", "MR"]) == ["CT", "MR"]
+    sitk.WriteImage(_noisy(_phantom(), 1), str(tmp_path / "t1.nii.gz"))
+    sitk.WriteImage(_noisy(_phantom(weights=(250.0, 60.0)), 2), str(tmp_path / "t2.nii.gz"))
+    pkg = _fusion_package(tmp_path, ["MR", "MR"], "fuse-mrmr")
+    out = classify_fusion(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", pkg).to_json()
+    assert [i["modality"] for i in out["inputs"]] == ["MR", "MR"]
+    assert [i["path"].rsplit("/", 1)[-1] for i in out["inputs"]] == ["t1.nii.gz", "t2.nii.gz"]
+    assert out["explain"]["missing"] == [] and sum(out["probabilities"].values()) == pytest.approx(1.0)

@@ -295,3 +295,55 @@ def test_a_partial_or_foreign_init_is_warned_about_with_its_fresh_layers(tmp_pat
         _, record = read_init_state(out, build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8],
                                                      hidden=8), made_for)
     assert "warnings" not in record and not caplog.text
+
+
+def test_the_pool_is_recorded_and_a_pool_from_the_runs_val_split_is_warned_about(tmp_path, capsys, caplog):
+    """The weights' metadata names the method, epochs and each pool source (data, split, images, fingerprint); a
+    run started from them prints that in its card's init line and warns (console and card) when the pool took its
+    own val split. Weights without the record say "pool not recorded"."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from MedDeepRecogLib.models import build_model
+    from MedDeepRecogLib.packages import load_package
+    from MedDeepRecogLib.training.init_weights import init_words, read_init_state
+
+    rng = np.random.default_rng(0)
+    arrays = {f"{s}_{k}": v for s, n in (("train", 32), ("val", 16)) for k, v in
+              (("images", (rng.random((n, 16, 16)) * 255).astype(np.uint8)), ("labels", (np.arange(n) % 2)[:, None]))}
+    np.savez(tmp_path / "split.npz", **arrays)
+    base = {"id": "tiny", "seed": 0, "model": {"name": "simple_cnn2d", "kwargs": {"channels": [4, 8], "hidden": 8}},
+            "data": {"path": str(tmp_path / "split.npz"), "kind": "slices2d", "class_names": ["a", "b"],
+                     "size": [16, 16]}, "training": {"epochs": 1, "batch_size": 16}}
+    config, leak = tmp_path / "own.yaml", tmp_path / "leak.yaml"
+    config.write_text(yaml.safe_dump(base), encoding="utf-8")
+    leak.write_text(yaml.safe_dump({**base, "data": {**base["data"], "train_split": "val", "val_split": "train"}}),
+                    encoding="utf-8")
+    out = tmp_path / "start.safetensors"
+    assert main(["pretrain", str(config), "--pool", str(config), str(leak), "--out", str(out), "--epochs", "1",
+                 "--batch", "16", "--threads", "1", "--progress", "none"]) == 0
+    with safe_open(str(out), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["method"].startswith("SimCLR") and meta["epochs"] == "1"
+    pool = json.loads(meta["pool"])
+    assert [(s["split"], s["train_images"], s["split_in_data"]) for s in pool] == [("train", 32, True),
+                                                                                   ("val", 16, True)]
+    assert all(s["path"] == str(tmp_path / "split.npz") and s["fingerprint"].startswith("sha256:") for s in pool)
+    run = yaml.safe_load(config.read_text(encoding="utf-8"))
+    run["model"]["init"] = str(out)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run), encoding="utf-8")
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--package-dest",
+                     str(tmp_path / "cat"), "--progress", "none"]) == 0
+    assert any("'val' split of this run's data" in r.getMessage() for r in caplog.records)
+    card = (load_package(tmp_path / "cat" / "tiny" / "1.0.0").path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    line = next(x for x in card.splitlines() if "**Started from**" in x)
+    assert "SimCLR" in line and "1 epochs" in line and "split 'val', 16 images" in line and "split 'train'" in line
+    assert "**WARNING**: the pretraining pool took the 'val' split of this run's data" in card
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(out)), str(old), metadata={"config": "x.yaml", "made_by": "meddeeprecog pretrain"})
+    net = build_model("simple_cnn2d", in_channels=1, num_classes=2, channels=[4, 8], hidden=8)
+    assert init_words(read_init_state(old, net)[1]).endswith("pool not recorded")

@@ -59,7 +59,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--second-input", metavar="SCAN",
                    help="second modality for a multi-modal (fusion) model (one INPUT); resampled onto INPUT's grid")
     p.add_argument("--register", action="store_true",
-                   help="with --second-input: rigidly register the second scan to INPUT first")
+                   help="with --second-input: rigidly register the second scan to INPUT first (scans of one patient "
+                        "that moved a little; refused when it does not converge, rotates over 30 degrees, shifts "
+                        "INPUT's centre by over a quarter of its field, or then covers under half of INPUT); what "
+                        "it did goes in the JSON's \"registration\"")
     p.add_argument("--segments", metavar="SEG",
                    help="segmentation (.seg.nrrd or label map) whose segments an ROI classifier labels (one INPUT)")
     p.add_argument("--label-table", metavar="FILE[#KEY]",
@@ -461,6 +464,8 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
     if result.explain.get("missing"):   # a late-fusion model classified without a modality it was trained on
         routed += (f"\n  NOTE: classified without {', '.join(result.explain['missing'])}: not given (the model "
                    f"was trained on {', '.join(result.explain.get('modalities') or [])})")
+    if result.registration:   # --register: what it did, as the JSON's "registration" records it
+        routed += "".join(f"\n  NOTE: {n}" for n in result.input_notes if n.startswith("--register"))
     finding = result.finding
     where = f"\n  {finding_words(finding)}" if finding else ""
     from ..report import lesion_words

@@ -12,8 +12,8 @@ The fusion networks (``early_fusion3d``, ``late_fusion3d``) are architectures li
 from .data import FusionCase, check_modalities, load_case, manifest_to_npz, read_manifest
 from ..io.geometry import overlap_fraction, physical_box
 from .grid import align_modalities, rigid_register, stack_arrays
-from .infer import classify_fusion, classify_modalities, package_modalities
+from .infer import channel_keys, classify_fusion, classify_modalities, package_modalities
 
-__all__ = ["classify_fusion", "classify_modalities", "package_modalities",
+__all__ = ["channel_keys", "classify_fusion", "classify_modalities", "package_modalities",
            "FusionCase", "check_modalities", "load_case", "manifest_to_npz", "read_manifest", "align_modalities",
            "overlap_fraction", "physical_box", "rigid_register", "stack_arrays"]

@@ -104,20 +104,28 @@ def read_case_images(case: FusionCase) -> tuple[dict[str, Any], dict[str, str]]:
             continue
         image = read_image(p)
         guesses[m] = guess_modality(image)
-        images[m] = checked_modality(image, m, p)
+        images[m] = checked_modality(image, base_modality(m), p)
     return images, guesses
 
 
+def base_modality(key: str) -> str:
+    """The modality of a channel key (:func:`..fusion.infer.channel_keys`): ``"MR#2"`` -> ``"MR"``."""
+    return key.split("#", 1)[0]
+
+
 def load_case(case: FusionCase, spec: Mapping[str, Any], *, reference: str | None = None,
-              register: bool = False, images: Mapping[str, Any] | None = None) -> np.ndarray:
+              register: bool = False, images: Mapping[str, Any] | None = None,
+              registration: dict | None = None) -> np.ndarray:
     """Model input of one case: ``(M, D, H, W)`` float32 in 0..1, NaN channels for missing modalities.
 
     The reference grid is ``reference`` if given and present, else the first modality present. ``images``: the
-    case's scans as :func:`read_case_images` read them (default: read here).
+    case's scans as :func:`read_case_images` read them (default: read here). ``registration``: filled with
+    modality -> what ``register`` found (:func:`.grid.registration_record`).
     """
     images = dict(images) if images is not None else read_case_images(case)[0]
     ref = reference if reference in images else next(iter(images))
-    aligned = align_modalities(images, ref, register=register)
+    aligned = align_modalities(images, ref, register=register, records=registration,
+                               sources={m: p for m, p in case.paths.items() if p is not None})
     from ..inference.model_input import volume_from_image
 
     one = {**dict(spec), "channels": 1}

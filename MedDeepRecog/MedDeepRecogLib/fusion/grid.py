@@ -21,11 +21,22 @@ from ..io.geometry import overlap_fraction
 log = logging.getLogger(__name__)
 
 
-def rigid_register(fixed: sitk.Image, moving: sitk.Image, *, iterations: int = 100, seed: int = 0) -> sitk.Transform:
+#: The most a ``--register`` transform may move the second scan: a rotation of 30 degrees, and a shift of the
+#: reference's centre by a quarter of the reference's largest physical extent. Rigid registration here corrects a
+#: patient who moved between two scans of one session (a few degrees, a few centimetres); when the optimum lies
+#: further away, mutual information has matched different anatomy (another body part, another patient), which no
+#: rigid move of one patient's scan explains.
+MAX_ROTATION_DEG = 30.0
+MAX_SHIFT_FRACTION = 0.25
+
+
+def rigid_register(fixed: sitk.Image, moving: sitk.Image, *, iterations: int = 100, seed: int = 0,
+                   record: dict | None = None) -> sitk.Transform:
     """Rigid (rotation + translation) transform mapping ``fixed`` physical points into ``moving``.
 
     Mattes mutual information (multi-modal), regular-step gradient descent, 3 resolution levels, 20 % random
-    sampling; initialised by aligning the intensity centres of mass (``MOMENTS``).
+    sampling; initialised by aligning the intensity centres of mass (``MOMENTS``). ``record`` (a dict) is filled
+    with what the registration found (:func:`registration_record`).
     """
     f = sitk.Cast(fixed, sitk.sitkFloat32)
     m = sitk.Cast(moving, sitk.sitkFloat32)
@@ -44,26 +55,84 @@ def rigid_register(fixed: sitk.Image, moving: sitk.Image, *, iterations: int = 1
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     reg.SetInitialTransform(init, inPlace=False)
     transform = reg.Execute(f, m)
+    stop = reg.GetOptimizerStopConditionDescription()
     log.info("rigid registration: metric %.4f after %d iterations (%s)", reg.GetMetricValue(),
-             reg.GetOptimizerIteration(), reg.GetOptimizerStopConditionDescription())
+             reg.GetOptimizerIteration(), stop)
+    if record is not None:
+        record.update(registration_record(fixed, moving, transform, metric=reg.GetMetricValue(),
+                                          iterations=reg.GetOptimizerIteration(), stop=stop,
+                                          converged="Maximum number of iterations" not in stop))
     return transform
 
 
+def covered_fraction(reference: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+    """Share of the reference's voxels that ``moving``'s field covers once moved by ``transform`` (0..1): the
+    :func:`..io.geometry.overlap_fraction` of a registered pair."""
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    cover = sitk.Resample(ones, reference, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return float(sitk.GetArrayViewFromImage(cover).mean())
+
+
+def registration_record(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, **found) -> dict:
+    """What a registration did, as JSON: method, ``found`` (metric, iterations, stop, converged), the transform's
+    name and parameters, its rotation (degrees) and the shift of the reference's centre (mm, and as a share of the
+    reference's largest extent), and ``overlap``: :func:`covered_fraction` after it."""
+    from ..io.geometry import physical_box
+
+    lo, hi = physical_box(fixed)
+    centre = (lo + hi) / 2
+    moved = np.asarray(transform.TransformPoint(tuple(map(float, centre))))
+    cols = [np.asarray(transform.TransformPoint(tuple(map(float, centre + e)))) - moved for e in np.eye(3)]
+    cos = (float(np.trace(np.stack(cols, 1))) - 1.0) / 2.0
+    shift = moved - centre
+    extent = float(np.max(hi - lo)) or 1.0
+    params = list(transform.GetParameters())
+    if not params and transform.GetName() == "CompositeTransform":
+        params = list(sitk.CompositeTransform(transform).GetNthTransform(0).GetParameters())
+    return {"method": "rigid (Euler 3D), Mattes mutual information, regular-step gradient descent",
+            **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in found.items()},
+            "parameters": [round(float(v), 6) for v in params],
+            "rotation_deg": round(float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))), 3),
+            "shift_mm": [round(float(v), 3) for v in shift], "shift_norm_mm": round(float(np.linalg.norm(shift)), 3),
+            "shift_fraction": round(float(np.linalg.norm(shift)) / extent, 4),
+            "overlap": round(covered_fraction(fixed, moving, transform), 4)}
+
+
+def registration_words(record: dict) -> str:
+    """One line for the printed notes: what ``--register`` found."""
+    return (f"rigid, Mattes MI {record['metric']:.4f}, "
+            f"{'converged' if record['converged'] else 'NOT converged'} after {record['iterations']} iterations; "
+            f"rotation {record['rotation_deg']:.1f} deg, shift {record['shift_norm_mm']:.1f} mm; it then covers "
+            f"{record['overlap']:.0%} of the reference")
+
+
+def _name(key: str, sources: Mapping[str, object] | None) -> str:
+    src = (sources or {}).get(key)
+    return f"{src} ({key})" if src is not None else f"modality {key!r}"
+
+
 def align_modalities(images: Mapping[str, sitk.Image], reference: str | None = None, *, register: bool = False,
-                     min_overlap: float = 0.5) -> dict[str, sitk.Image]:
+                     min_overlap: float = 0.5, sources: Mapping[str, object] | None = None,
+                     records: dict | None = None) -> dict[str, sitk.Image]:
     """Resample every modality onto the ``reference`` modality's grid (float32, linear interpolation).
 
     Args:
         images: modality name -> 3D volume (with its own origin / spacing / direction).
         reference: name of the grid to use; default the first modality.
         register: estimate a rigid transform for each other modality first (:func:`rigid_register`).
-        min_overlap: refuse (without ``register``) when a modality covers less than this share of the reference.
+        min_overlap: refuse when a modality covers less than this share of the reference (with ``register``:
+            after registration, :func:`covered_fraction`).
+        sources: modality name -> the file it came from, named in the refusals.
+        records: filled with modality name -> :func:`registration_record` of each registered modality.
 
     Returns:
         modality name -> float32 volume on the reference grid (outside its own extent: its minimum intensity).
 
     Raises:
-        InputImageError: no images, an unknown reference, or modalities that do not overlap.
+        InputImageError: no images, an unknown reference, modalities that do not overlap (after registration too),
+            or a registration that did not converge or moved further than :data:`MAX_ROTATION_DEG` /
+            :data:`MAX_SHIFT_FRACTION` allow.
     """
     if not images:
         raise InputImageError("no modality was given")
@@ -82,18 +151,39 @@ def align_modalities(images: Mapping[str, sitk.Image], reference: str | None = N
             out[name] = sitk.Cast(img, sitk.sitkFloat32)
             continue
         if register:
-            transform = rigid_register(ref, img)
+            record: dict = {}
+            transform = rigid_register(ref, img, record=record)
+            if records is not None:
+                records[name] = record
+            _check_registration(record, _name(name, sources), _name(reference, sources), min_overlap)
         else:
             frac = overlap_fraction(ref, img)
             if frac < min_overlap:
                 raise InputImageError(
-                    f"modality {name!r} covers only {frac:.0%} of the reference {reference!r}'s extent: the volumes "
-                    "do not overlap (different patients or frames?); align them first or pass --register")
+                    f"{_name(name, sources)} covers only {frac:.0%} of {_name(reference, sources)}'s extent: the "
+                    "volumes do not overlap (different patients or frames?); align them first, or pass --register "
+                    "for scans of one patient that moved a little")
             transform = sitk.Transform()
         fill = float(np.min(sitk.GetArrayViewFromImage(img)))
         out[name] = sitk.Resample(sitk.Cast(img, sitk.sitkFloat32), ref, transform, sitk.sitkLinear, fill,
                                   sitk.sitkFloat32)
     return out
+
+
+def _check_registration(record: dict, moving: str, reference: str, min_overlap: float) -> None:
+    problems = []
+    if not record["converged"]:
+        problems.append(f"it did not converge ({record['stop']})")
+    if record["rotation_deg"] > MAX_ROTATION_DEG or record["shift_fraction"] > MAX_SHIFT_FRACTION:
+        problems.append(f"it moved implausibly far (rotation {record['rotation_deg']:.0f} deg, shift "
+                        f"{record['shift_norm_mm']:.0f} mm = {record['shift_fraction']:.0%} of the reference's extent; "
+                        f"at most {MAX_ROTATION_DEG:.0f} deg and {MAX_SHIFT_FRACTION:.0%} are taken for one patient)")
+    if record["overlap"] < min_overlap:
+        problems.append(f"afterwards it covers only {record['overlap']:.0%} of the reference (at least "
+                        f"{min_overlap:.0%} needed)")
+    if problems:
+        raise InputImageError(f"--register could not align {moving} to {reference}: " + "; ".join(problems)
+                              + f" (Mattes MI {record['metric']:.4f}); are they scans of one patient and body part?")
 
 
 def stack_arrays(arrays: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -84,6 +84,8 @@ class ClassificationResult:
     slice: dict | None = None  # classify --slice-mm: {"index", "position_mm"} of the one slice classified
     finding: dict | None = None  # slice models on a volume: the slices that carry the finding (see finding_range)
     route: dict | None = None  # --model auto: the chosen model and why (inference.route)
+    temperature: float = 1.0  # the package's fitted temperature (1.0: not calibrated); see network_scale_note
+    registration: dict | None = None  # fusion with --register: what it did (fusion.grid.registration_record)
     feature_maps: np.ndarray | None = None  # slice models: Grad-CAM on the target layer's grid (faithfulness reuses it)
     voting_logits: np.ndarray | None = None  # slice models: the voting slices' logits (predict.Prediction)
     voting: np.ndarray | None = None  # slice models: (N,) bool, the slices that voted (predict.Prediction)
@@ -118,6 +120,7 @@ class ClassificationResult:
             **({"finding": self.finding} if self.finding else {}),
             **({"route": self.route} if self.route else {}),
             **({"inputs": self.inputs} if self.inputs else {}),
+            **({"registration": self.registration} if self.registration else {}),
             "input_dimension": self.input_dimension,
             "input_notes": self.input_notes,
             "modality_guess": self.modality_guess,
@@ -158,11 +161,30 @@ def confidence_basis(result: "ClassificationResult") -> str:
     if _no_class(result):
         over = f"the mean over {n} slices of their probability" if n > 1 else "the scan's probability"
         return f"{NOT_A_FINDING}: {over} for {top}, but {_outside_words(result, n)}"
+    note = network_scale_note(result)
     if n > 1:
+        note = note or "per_slice probabilities are the network's own"
         return (f"mean over the {n} voting slices of each slice's probability for {top} (temperature-scaled when "
-                f"the package is calibrated; per_slice probabilities are the network's own): the figure the model's "
-                f"min_probability threshold is set on (one held-out image's probability)")
-    return f"the scan's probability for {top}"
+                f"the package is calibrated; {note}): the figure the model's min_probability threshold is set on "
+                f"(one held-out image's probability)")
+    return f"the scan's probability for {top}" + (f" (temperature-scaled; {note})" if note else "")
+
+
+def network_scale_note(result: "ClassificationResult") -> str | None:
+    """The one rule for which figures a calibrated package scales: ``confidence``, ``probabilities`` and the
+    uncertainty block are temperature-scaled (what ``calibrate`` fitted), while ``per_slice`` probabilities (each
+    slice's, or the one picture's) and the faithfulness curves stay the network's own softmax: they describe the
+    network (which slice it leans on, how its output falls as heat is deleted), and the recorded per-slice figures
+    of the bundled packages are kept. The note says so wherever a calibrated result shows both (``None`` when the
+    package is not calibrated, or the result has neither)."""
+    if result.temperature == 1.0:
+        return None
+    parts = [p for p, has in (("per_slice probabilities", any("probability" in r for r in result.per_slice)),
+                              ("the faithfulness curves", bool(result.explain.get("faithfulness")))) if has]
+    if not parts:
+        return None
+    return (f"{' and '.join(parts)} are the network's own softmax, before the package's temperature "
+            f"{result.temperature:g}")
 
 
 def probabilities_basis(result: "ClassificationResult") -> str:
@@ -464,6 +486,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         overlay = (scan_planes, planes_through(heatmap, peak))
         timing["heatmap"] = time.perf_counter() - t
         explain_info.update({"class": package.class_names[pred.explained_class], **pred.extra})
+    from ..uncertainty.report import package_temperature
+
     result = ClassificationResult(
         input=src, name=name, model={"id": package.id, "version": package.version},
         class_names=package.class_names, probabilities=pred.probabilities, decision=decision,
@@ -473,7 +497,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         timing_s=timing, input_notes=notes, input_dimension=input_dimension, slice=chosen_slice, acquired=acquired,
         finding=finding_range(pred.per_slice, decision, package.class_names)
         if isinstance(inp, SliceInput) and len(pred.per_slice) > 1 else None, feature_maps=pred.feature_maps,
-        voting_logits=pred.voting_logits, voting=pred.voting, decision_context=context)
+        voting_logits=pred.voting_logits, voting=pred.voting, decision_context=context,
+        temperature=package_temperature(package.meta))
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,
@@ -494,6 +519,10 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
     if faithfulness and result.heatmap is not None:
         scores = heatmap_faithfulness(result, model, target_layer or package.target_layer)
         if scores is not None:
+            if result.temperature != 1.0:   # the curves are the network's own softmax (network_scale_note)
+                from ..uncertainty.report import UNCALIBRATED_SCALE
+
+                scores["probability_scale"] = UNCALIBRATED_SCALE
             result.explain["faithfulness"] = scores
             result.explain["faithfulness_caption"] = faithfulness_caption(scores)
     if lesion is not None and result.heatmap is not None:

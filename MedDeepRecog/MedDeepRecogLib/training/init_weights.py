@@ -52,7 +52,7 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
         raise ConfigError(f"model/init: {path} sets only {len(matched)} of the network's {len(own)} tensors (names "
                           f"and shapes must match); it was made for another network", source)
     record = {"file": str(path), "sha256": sha256_file(path), "tensors_set": len(matched),
-              "tensors_total": len(own)}
+              "tensors_total": len(own), "pretraining": pretraining_record(path)}
     warnings = []
     if len(matched) < len(own):
         from ..models.transfer import head_module_name
@@ -134,3 +134,59 @@ def config_difference(made_for: str, source: Any, model_section: dict | None) ->
     if theirs == ours:
         return ""    # a copy of the config with the same network: nothing to say
     return f"its network is {theirs['name']} {theirs['kwargs']}, this run's is {ours['name']} {ours['kwargs']}"
+
+
+def pretraining_record(path: str | Path) -> dict:
+    """How ``meddeeprecog pretrain`` made the weights file, from its safetensors metadata: ``method``, ``epochs``,
+    ``pool`` (per source: config, data ``path``, ``split``, ``split_in_data``, ``train_images``, ``fingerprint``)
+    and ``settings``; ``pool`` is None for weights written before pools were recorded, or not made by pretrain."""
+    import json
+
+    meta = init_header(Path(path))
+    out: dict = {"made_by": meta.get("made_by"), "method": meta.get("method"), "epochs": None, "pool": None,
+                 "settings": None}
+    try:
+        out["epochs"] = int(meta["epochs"]) if "epochs" in meta else None
+        out["pool"] = json.loads(meta["pool"]) if "pool" in meta else None
+        out["settings"] = json.loads(meta["settings"]) if "settings" in meta else None
+    except (ValueError, TypeError):
+        out["pool"] = None
+    if not isinstance(out["pool"], list):
+        out["pool"] = None
+    return out
+
+
+def pool_warnings(record: dict, data_fingerprint: str, data_path: str | Path, val_split: str,
+                  val_fraction: float) -> list[str]:
+    """Why the run's val figures would not be held out from the pretraining of its ``model/init``: a pool source
+    that is this run's data (same fingerprint, or same file) and whose pooled split is the run's ``val_split``, or
+    that has no named split and was cut with another ``val_fraction`` than the run's (the same fraction cuts the
+    same rows: the last of each class, in file order). Empty when none, or when the pool is not recorded."""
+    pool = (record.get("pretraining") or {}).get("pool") or []
+    here = Path(data_path).resolve()
+    out = []
+    for src in pool:
+        same = src.get("fingerprint") == data_fingerprint or (src.get("path") and Path(src["path"]).resolve() == here)
+        if not same:
+            continue
+        where = f"{src.get('path')}, {src.get('train_images')} images via {src.get('config')}"
+        if src.get("split_in_data", True) and src.get("split") == val_split:
+            out.append(f"the pretraining pool took the {val_split!r} split of this run's data ({where}): the val "
+                       "figures are not held out from pretraining")
+        elif not src.get("split_in_data", True) and src.get("val_fraction") != float(val_fraction):
+            out.append(f"the pretraining pool took this run's data, which has no named split ({where}), cut with "
+                       f"val_fraction {src.get('val_fraction')} where this run holds out {float(val_fraction)}: "
+                       "some val images were pretrained on, so the val figures are not held out from pretraining")
+    return out
+
+
+def init_words(init: dict) -> str:
+    """The card's words on how ``model/init``'s weights were pretrained (method, epochs, each pool source)."""
+    pre = init.get("pretraining") or {}
+    if not pre.get("pool"):
+        made = "made by `meddeeprecog pretrain`" if pre.get("made_by") == "meddeeprecog pretrain" else \
+            "not made by `meddeeprecog pretrain`"
+        return f"{made}; pool not recorded"
+    sources = "; ".join(f"`{s.get('path')}` split {s.get('split')!r}, {s.get('train_images')} images "
+                        f"({str(s.get('fingerprint'))[:19]}…, via `{s.get('config')}`)" for s in pre["pool"])
+    return f"{pre.get('method') or 'pretrained'}, {pre.get('epochs')} epochs, on a pool of: {sources}"

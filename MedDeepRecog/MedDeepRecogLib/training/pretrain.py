@@ -18,6 +18,7 @@ layer and the projection head dropped, go atomically to ``OUT`` (``.safetensors`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +31,9 @@ from ..errors import ConfigError
 from .augment import BatchAugment, generator_state, set_generator_state
 from .loop import Hooks, StepOutput
 from .pretrain_settings import PretrainSettings  # torch-free: the command line's parser shows its defaults
+
+#: What the weights' metadata names as the method.
+PRETRAIN_METHOD = "SimCLR (NT-Xent contrastive, Chen et al. 2020)"
 
 #: The views' augmentation: stronger than a classifier's, since telling views apart is the whole task.
 VIEW_AUGMENTATION = {"flip": {"prob": 0.5, "axes": [1]}, "rotate": {"prob": 0.8, "degrees": 20},
@@ -122,9 +126,18 @@ def _train_split_name(data_path: Path, train_split: str) -> str:
     return train_split if f"{train_split}_images" in open_npz(data_path).files else "train"
 
 
+def _npz_files(data_path: Path) -> list[str]:
+    from .data import open_npz
+
+    return list(open_npz(data_path).files)
+
+
 def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
     """The train images of every config, each standardised by its own ``input/slices`` at ``size``:
-    ``(N, 1, H, W)`` float32, and per config its name and image count.
+    ``(N, 1, H, W)`` float32, and per config its name and image count (``train_images``), its data (``path``,
+    ``fingerprint`` as training's ``dataset_fingerprint`` gives it), the ``split`` read and ``split_in_data``
+    (False: a file without named splits, or a folder without a split column, cut by class here, keeping the last
+    ``val_fraction`` of each class out).
 
     Each config's images are bounded as training's are (:func:`..limits.max_dataset_bytes`, before they are made),
     and the pool's together, checked as each config's images join it, before the next config is read."""
@@ -141,10 +154,19 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
         cfg.data.size = list(size)
         data_path = resolve_data_path(cfg)
         if cfg.data.format == "folder" or (cfg.data.format == "auto" and data_path.is_dir()):
-            train = load_train_val(cfg, data_path).train   # a folder's split is made while it is read
+            both = load_train_val(cfg, data_path)   # a folder's split is made while it is read
+            train, fingerprint = both.train, both.fingerprint
+            split_in_data = "of the split column" in both.description   # load_train_val's words for a CSV split
+            split = cfg.data.train_split if split_in_data else f"train (all but the last {cfg.data.val_fraction:.0%} " \
+                "of each class)"
         else:   # only the train split is standardised: the val images take no part
+            from ..packages.package import sha256_file
+
             slices = training_slices(cfg)
-            train = load_eval_split(data_path, _train_split_name(data_path, cfg.data.train_split), cfg.data.kind,
+            split = _train_split_name(data_path, cfg.data.train_split)
+            split_in_data = f"{split}_images" in _npz_files(data_path)
+            fingerprint = f"sha256:{sha256_file(data_path)}"
+            train = load_eval_split(data_path, split, cfg.data.kind,
                                     cfg.data.intensity_range, cfg.data.size, cfg.data.val_fraction, slices,
                                     min_side=min_slice_side({"size": cfg.data.size, "slices": slices or {}}))
             keep = max_train_rows(train.labels, cfg.data.max_train, path)   # the rows training takes
@@ -154,7 +176,10 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
             raise ConfigError(f"the pool takes grey images (one channel); this set's images have "
                               f"{train.images.shape[1]}", data_path)
         images.append(np.asarray(train.images, dtype=np.float32))
-        sources.append({"config": str(path), "train_images": int(len(train.images))})
+        # what model/init's card shows, and how train tells a pool drawn from its own val split (init_weights)
+        sources.append({"config": str(path), "train_images": int(len(train.images)), "path": str(data_path),
+                        "split": split, "split_in_data": bool(split_in_data), "fingerprint": fingerprint,
+                        **({} if split_in_data else {"val_fraction": float(cfg.data.val_fraction)})})
         check_dataset_bytes(sum(x.nbytes for x in images), f"{sum(len(x) for x in images):,} train images of 1 x "
                             f"{' x '.join(map(str, size))} voxels as float32 ({k} of {len(configs)} configs read)",
                             "--pool", None, "pool fewer or smaller image sets (data/max_train)")
@@ -226,7 +251,13 @@ def pretrain(config: str | Path, pool: Sequence[str | Path], out: str | Path, se
         return {"stopped": "cancelled", "checkpoint": str(run_dir / "last.pt")}
     dropped = f"{head_module_name(backbone)}."  # the widened last layer: a classifier brings its own head
     weights = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items() if not k.startswith(dropped)}
-    atomic_write_bytes(out, save(weights, metadata={"made_by": "meddeeprecog pretrain", "config": str(config)}))
+    # safetensors metadata is text: the pool (each source's data, split, images, fingerprint) and the method go in
+    # as JSON, read back by model/init (init_weights.pretraining_record) for the card
+    metadata = {"made_by": "meddeeprecog pretrain", "config": str(config), "method": PRETRAIN_METHOD,
+                "epochs": str(settings.epochs), "pool": json.dumps(sources),
+                "settings": json.dumps({"batch": settings.batch_size, "lr": settings.lr,
+                                        "temperature": settings.temperature, "seed": settings.seed})}
+    atomic_write_bytes(out, save(weights, metadata=metadata))
     return {"weights": str(out), "tensors": len(weights), "pool": sources, "pool_images": int(len(images)),
             "epochs": [{"epoch": r["epoch"], "loss": r["train_loss"], "time_s": r["time_s"]} for r in history.epochs],
             "resumed_from": history.resumed_from, "checkpoint": str(run_dir / "last.pt")}

@@ -319,11 +319,18 @@ def _init_line(init: dict | None) -> str:
     """The card's line on ``model/init`` (empty without one), newline-terminated."""
     if not init:
         return ""
+    from .init_weights import init_words
+
+    if "pretraining" in init:   # weights read before pools were recorded keep the line they had
+        pre = f"; pretraining: {init_words(init)}"
+    else:
+        pre = ""
+    warn = "".join(f"- **WARNING**: {w}\n" for w in init.get("pool_warnings") or [])
     return (f"- **Started from** `{init['file']}` (SHA-256 {init['sha256'][:16]}…): {init['tensors_set']} of the "
             f"network's {init['tensors_total']} tensors, the rest initialised afresh (`model/init`)"
             + (f"; fresh layers: {', '.join(init['fresh_layers'])}" if init.get("fresh_layers") else "")
             + (f"; made for {init['made_for_config']}: {init['made_for_other_config']}"
-               if init.get("made_for_other_config") else "") + "\n")
+               if init.get("made_for_other_config") else "") + f"{pre}\n{warn}")
 
 
 def _prior_shift_line(cv: dict) -> str:
@@ -656,9 +663,15 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     init = None
     if cfg.model.init:  # checked against the network before anything trains; every member starts from it
         from .init_weights import read_init_state
-        init, meta["provenance"]["init"] = read_init_state(resolve_init_path(cfg), model, cfg.source,
-                                                           model_section={"name": cfg.model.name,
-                                                                          "kwargs": cfg.model.kwargs})
+        init, record = read_init_state(resolve_init_path(cfg), model, cfg.source,
+                                       model_section={"name": cfg.model.name, "kwargs": cfg.model.kwargs})
+        from .init_weights import pool_warnings
+
+        record["pool_warnings"] = pool_warnings(record, data.fingerprint, data_path, cfg.data.val_split,
+                                                cfg.data.val_fraction)
+        for warning in record["pool_warnings"]:
+            log.warning("model/init %s: %s", record["file"], warning)
+        meta["provenance"]["init"] = record
     bs = int(cfg.training.batch_size)
     val_loader = make_loader(data.val.images, data.val.labels, max(bs, 64), shuffle=False)
     t0 = time.perf_counter()
