@@ -1,0 +1,33 @@
+"""Training's progress lines and messages: ``monitor: last`` shows no epoch number as a metric; a cancelled run
+points at checkpoints only when there are some; a bundled package is never to be removed."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from MedDeepRecogLib.cli import main
+from MedDeepRecogLib.slicer_bridge.progress_reader import parse_progress_line
+
+from test_training import _config, npz  # noqa: F401  (npz: fixture)
+
+
+def test_monitor_last_progress_lines_carry_no_epoch_as_val_metric(tmp_path, npz, capsys):  # noqa: F811
+    cfg = _config(npz)
+    cfg["training"].update({"epochs": 2, "monitor": "last"})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "json"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    validate = [json.loads(ln) for ln in lines if json.loads(ln)["stage"] == "validate"]
+    assert [v["epoch"] for v in validate] == [1, 2]
+    for v in validate:
+        assert v.get("val_metric") is None and v["monitor"] == "last"
+        assert 0.0 <= v["val_auc"] <= 1.0 and 0.0 <= v["val_accuracy"] <= 1.0   # the real validation figures
+    panel = parse_progress_line(next(ln for ln in lines if '"validate"' in ln)).describe()
+    assert "val_metric" not in panel and ("val_auc" in panel or "val_loss" in panel)
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
+    assert all(e.get("val_metric") in (None,) for e in history.get("history", [])
+               if isinstance(e, dict) and "val_metric" in e)
