@@ -31,3 +31,45 @@ def test_monitor_last_progress_lines_carry_no_epoch_as_val_metric(tmp_path, npz,
     history = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
     assert all(e.get("val_metric") in (None,) for e in history.get("history", [])
                if isinstance(e, dict) and "val_metric" in e)
+
+
+def _cfg_file(tmp_path, npz, epochs: int = 2):  # noqa: F811
+    cfg = _config(npz)
+    cfg["training"]["epochs"] = epochs
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_cancelled_while_the_data_load_points_at_no_checkpoints(tmp_path, npz, capsys, monkeypatch):  # noqa: F811
+    from MedDeepRecogLib.training import train
+
+    def cancel(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "load_train_val", cancel)
+    out = tmp_path / "run"
+    assert main(["train", str(_cfg_file(tmp_path, npz)), "--out", str(out), "--package-dest", str(tmp_path / "cat"),
+                 "--progress", "none"]) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint was kept" in err and "--resume" not in err and str(out) not in err
+    assert not out.exists()
+
+
+def test_cancelled_after_an_epoch_points_at_its_checkpoint(tmp_path, npz, capsys, monkeypatch):  # noqa: F811
+    from MedDeepRecogLib.training import loop
+
+    real, calls = loop.save_checkpoint, []
+
+    def save_then_cancel(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_cancel)
+    out = tmp_path / "run"
+    assert main(["train", str(_cfg_file(tmp_path, npz, epochs=3)), "--out", str(out), "--package-dest",
+                 str(tmp_path / "cat"), "--progress", "none"]) == 130
+    err = capsys.readouterr().err
+    assert "1 epoch(s) completed are kept in" in err and str(out) in err and "--resume" in err
