@@ -73,3 +73,22 @@ def test_cancelled_after_an_epoch_points_at_its_checkpoint(tmp_path, npz, capsys
                  str(tmp_path / "cat"), "--progress", "none"]) == 130
     err = capsys.readouterr().err
     assert "1 epoch(s) completed are kept in" in err and str(out) in err and "--resume" in err
+
+
+def test_a_bundled_version_is_never_to_be_removed(tmp_path):
+    import pytest
+
+    from MedDeepRecogLib import resources
+    from MedDeepRecogLib.errors import ConfigError
+    from MedDeepRecogLib.packages.package import catalogs_with, check_new_version
+
+    bundled = sorted(p for p in resources.BUNDLED_MODELS_DIR.glob("*/*") if (p / "model.json").is_file())[0]
+    pkg_id, version = bundled.parent.name, bundled.name
+    with pytest.raises(ConfigError) as exc:   # a copied bundled config: same id and version
+        check_new_version(pkg_id, version, catalogs_with(None), "version", tmp_path / "copy.yaml")
+    line = str(exc.value)
+    assert "bundled catalog" in line and "remove" not in line and "new version" in line and "new id" in line
+    user = tmp_path / "home" / "models"
+    (user / "mine" / "1.0.0").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="remove"):   # the user's own package may be removed, as before
+        check_new_version("mine", "1.0.0", [user], "version")
