@@ -87,7 +87,7 @@ def test_a_bundled_version_is_never_to_be_removed(tmp_path):
     with pytest.raises(ConfigError) as exc:   # a copied bundled config: same id and version
         check_new_version(pkg_id, version, catalogs_with(None), "version", tmp_path / "copy.yaml")
     line = str(exc.value)
-    assert "bundled catalog" in line and "remove" not in line and "new version" in line and "new id" in line
+    assert "bundled catalog" in line and "remove" not in line and "bump the version" in line and "new id" in line
     user = tmp_path / "home" / "models"
     (user / "mine" / "1.0.0").mkdir(parents=True)
     with pytest.raises(ConfigError, match="remove"):   # the user's own package may be removed, as before
