@@ -1,4 +1,5 @@
-"""``meddeeprecog evaluate --model ID|PATH --data FILE.npz|FOLDER [--split test] [--out DIR]``: metrics as JSON on stdout
+"""``meddeeprecog evaluate --model ID|PATH --data FILE.npz|FOLDER [--split test] [--out DIR]``: metrics as JSON on
+stdout
 (accuracy, balanced accuracy, precision, recall, F1, one-vs-rest AUC, confusion matrix); with ``--out`` also
 ``roc.png``, ``confusion_matrix.png`` and ``metrics.json``.
 
@@ -26,8 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="MedMNIST-style .npz ({split}_images/{split}_labels), or a folder of "
                    "images with labels.csv as train reads it")
     p.add_argument("--split", default="test",
-                   help="split of --data (default: test); a file of images/labels, or a folder whose labels.csv has no split "
-                        "column, offers val (as training held it out), train and all")
+                   help="split of --data (default: test); a file of images/labels, or a folder whose labels.csv "
+                        "has no split column, offers val (as training held it out), train and all")
     p.add_argument("--out", help="folder for roc.png, confusion_matrix.png and metrics.json")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help=DEVICE_HELP)
     p.set_defaults(func=run)

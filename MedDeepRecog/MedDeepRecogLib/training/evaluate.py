@@ -1,4 +1,5 @@
-"""Evaluate a model package on a labelled ``.npz`` split (or an image folder with a labels CSV, as train reads it): metrics dict + ROC / confusion-matrix PNGs."""
+"""Evaluate a model package on a labelled ``.npz`` split (or an image folder with a labels CSV, as train reads it):
+metrics dict + ROC / confusion-matrix PNGs."""
 
 from __future__ import annotations
 
