@@ -862,15 +862,17 @@ def _package_train_settings(pkg, folder: Path):
     config), as an object :func:`folder_input_spec` and :func:`training_slices` read. A package that records no
     config (imported, made elsewhere) gets them from its ``input``: its window step as ``data/intensity_range``
     (a slice model's; a volume model's pipeline runs whole), its slice options, its size."""
-    from dataclasses import fields
     from types import SimpleNamespace
 
-    from .config import DataConfig, InputConfig
-
+    # the defaults of .config's DataConfig / InputConfig (not imported: config imports this module)
+    data_defaults = {"kind": "volume3d", "train_split": "train", "val_split": "val", "val_fraction": 0.2,
+                     "labels_csv": None, "intensity_range": None, "size": None}
+    input_defaults = {"spacing_mm": None, "pipeline": None, "content": None, "slices": None,
+                      "slices_as_stored": False}
+    pick = (lambda defaults, d: SimpleNamespace(**{k: d.get(k, v) for k, v in defaults.items()}))
     raw = (pkg.meta.get("provenance") or {}).get("config") or {}
-    pick = (lambda cls, d: cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d}))
     if raw.get("data") and raw.get("input") is not None:
-        return SimpleNamespace(data=pick(DataConfig, raw["data"]), input=pick(InputConfig, raw["input"]))
+        return SimpleNamespace(data=pick(data_defaults, raw["data"]), input=pick(input_defaults, raw["input"]))
     spec = pkg.input_spec
     intensity, size = pkg.data_params()
     steps = list((spec.get("pipeline") or {}).get("steps") or [])
@@ -878,10 +880,10 @@ def _package_train_settings(pkg, folder: Path):
         steps = steps[1:]   # applied as data/intensity_range after the read, as train applies it
     else:
         intensity = None if spec["kind"] == "volume3d" else intensity
-    data = DataConfig(kind=spec["kind"], size=size, intensity_range=intensity)
-    inp = InputConfig(spacing_mm=spec.get("spacing_mm"), pipeline={"steps": steps} if steps else None,
-                      content=spec.get("content"), slices=spec.get("slices"),
-                      slices_as_stored=spec["kind"] == "slices2d" and spec.get("slices") is None)
+    data = pick(data_defaults, {"kind": spec["kind"], "size": size, "intensity_range": intensity})
+    inp = pick(input_defaults, {"spacing_mm": spec.get("spacing_mm"), "pipeline": {"steps": steps} if steps else None,
+                                "content": spec.get("content"), "slices": spec.get("slices"),
+                                "slices_as_stored": spec["kind"] == "slices2d" and spec.get("slices") is None})
     return SimpleNamespace(data=data, input=inp)
 
 

@@ -368,8 +368,8 @@ class TrainingCancelled(KeyboardInterrupt):
     def message(self) -> str:
         """What the user is told: where to resume from, only when there are checkpoints to resume."""
         if self.epochs:
-            return (f"cancelled; the checkpoints of the {self.epochs} epoch(s) completed are kept in {self.out_dir}: "
-                    "run the same command with --resume to continue")
+            return (f"cancelled; the checkpoints of the epochs completed are kept in {self.out_dir} ({self.epochs} "
+                    "epoch(s)): run the same command with --resume to continue")
         return ("cancelled before any epoch was completed: no checkpoint was kept, so the same command starts "
                 "again from the first epoch")
 
