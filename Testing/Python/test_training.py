@@ -336,9 +336,10 @@ def test_train_refuses_a_version_any_catalog_holds_before_training(tmp_path, npz
     for dest in (user_models_dir(), bundled):
         assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--package-dest", str(dest),
                      "--progress", "none"]) == 2
-        refusal_line(capsys, str(cfg_path), "version 1.2.0: lung-ct-cancer@1.2.0 already exists in the bundled "
-                 f"catalog {bundled}", "never overwritten or shadowed", "bump the version (1.2.2 is free) or "
-                 f"remove {bundled / 'lung-ct-cancer' / '1.2.0'} first")
+        line = refusal_line(capsys, str(cfg_path), "version 1.2.0: lung-ct-cancer@1.2.0 already exists in the "
+                            f"bundled catalog {bundled}", "never overwritten or shadowed", "bump the version (1.2.2 "
+                            "is free) or choose a new id; the bundled package stays as installed")
+        assert "remove" not in line   # a bundled package is never to be deleted
     scratch = catalogs_with(tmp_path / "reproduce")   # opened by path only: it hides no catalog's package
     assert check_new_version("lung-ct-cancer", "1.2.0", scratch, "version") == "1.2.0"
     (tmp_path / "reproduce" / "lung-ct-cancer" / "1.2.0").mkdir(parents=True)   # but is never overwritten

@@ -1,4 +1,4 @@
-"""``meddeeprecog calibrate --model ID --data NPZ|CSV [--fit-split val] [--report-split test]
+"""``meddeeprecog calibrate --model ID --data NPZ|FOLDER|CSV [--fit-split val] [--report-split test]
 [--decision-rules RULES.json [--quantile 0.02]] [--domain-quantile Q [--domain-negatives CONFIG]]
 [--no-temperature [--low-confidence]] [--dest DIR] [--version V] [--progress json]``.
 
@@ -23,9 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("calibrate", help="fit temperature scaling + low-confidence threshold (and decision "
                                                 "rules) on validation data; writes a new package version")
     p.add_argument("--model", required=True, help="model package id, id@version, folder or .zip")
-    p.add_argument("--data", required=True, help="validation data: MedMNIST-style .npz or CSV of scans (path,label)")
+    p.add_argument("--data", required=True, help="validation data: MedMNIST-style .npz, a folder of images with "
+                   "labels.csv as train reads it, or a CSV of scans (a file column: path, file, filename or image; "
+                   "and label)")
     p.add_argument("--split", "--fit-split", dest="split", default="val",
-                   help="split of an .npz the temperature and thresholds are fitted on (default val)")
+                   help="split of an .npz or folder the temperature and thresholds are fitted on (default val)")
     p.add_argument("--report-split",
                    help="split of the .npz the ECE/NLL figures are reported on (default: the fitting split, and "
                         "then the output says the figures are optimistic)")

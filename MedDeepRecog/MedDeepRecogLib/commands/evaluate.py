@@ -1,10 +1,14 @@
-"""``meddeeprecog evaluate --model ID|PATH --data FILE.npz [--split test] [--out DIR]``: metrics as JSON on stdout
+"""``meddeeprecog evaluate --model ID|PATH --data FILE.npz|FOLDER [--split test] [--out DIR]``: metrics as JSON on
+stdout
 (accuracy, balanced accuracy, precision, recall, F1, one-vs-rest AUC, confusion matrix); with ``--out`` also
 ``roc.png``, ``confusion_matrix.png`` and ``metrics.json``.
 
 ``--split`` names the file's ``{split}_images``/``{split}_labels``; a file of ``images``/``labels`` only offers
 ``val`` (the last 20 % of each class, what training holds out), ``train`` (the rest) and ``all``. A split the file
-does not hold is refused, naming those it does (exit 2): ``test`` on a file without one is never another part."""
+does not hold is refused, naming those it does (exit 2): ``test`` on a file without one is never another part.
+A FOLDER of images with its ``labels.csv`` (as ``train`` reads it) is prepared as training prepared the package's
+images; ``--split`` is a value of its split column, or without one the package's val split (the last share of each
+class in CSV order, as train held it out), its train split, or ``all``."""
 
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ from ..progress import DEVICE_HELP
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="metrics of a model package on a labelled .npz split")
+    p = subparsers.add_parser("evaluate", help="metrics of a model package on a labelled .npz split "
+                                                  "or image folder")
     p.add_argument("--model", required=True, help="package id, id@version, folder or .zip")
-    p.add_argument("--data", required=True, help="MedMNIST-style .npz ({split}_images/{split}_labels)")
+    p.add_argument("--data", required=True, help="MedMNIST-style .npz ({split}_images/{split}_labels), or a folder of "
+                   "images with labels.csv as train reads it")
     p.add_argument("--split", default="test",
-                   help="split of --data (default: test); a file of images/labels only offers val (last 20%% of "
-                        "each class, as training holds it out), train and all")
+                   help="split of --data (default: test); a file of images/labels, or a folder whose labels.csv "
+                        "has no split column, offers val (as training held it out), train and all")
     p.add_argument("--out", help="folder for roc.png, confusion_matrix.png and metrics.json")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help=DEVICE_HELP)
     p.set_defaults(func=run)

@@ -15,7 +15,7 @@ and ``scan_modality``; a scan that classify reports no class for has ``clean_lab
 ``--write-perturbation`` ``DIR/<name>_perturbation.nrrd`` (the perturbation at the flipping eps, or the largest
 eps, on the scan's grid, in model input units).
 
-A data set (``--data NPZ [--split val] [--max-cases N]``): clean vs robust accuracy / balanced accuracy / AUC at
+A data set (``--data NPZ|FOLDER [--split val] [--max-cases N]``): clean vs robust accuracy / balanced accuracy / AUC at
 each eps, ``DIR/robustness.json`` + ``DIR/robustness.png``; ``--max-cases`` takes a class-stratified, seeded sample
 (files are often sorted by class), and cases of one class alone get a note instead of balanced accuracy and AUC.
 
@@ -42,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model package id, id@version, folder or .zip")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", nargs="+", metavar="SCAN", help="scan(s): how far does the prediction move?")
-    src.add_argument("--data", help="labelled .npz (MedMNIST-style) for clean vs robust accuracy")
+    src.add_argument("--data", help="labelled .npz (MedMNIST-style), or a folder of images with labels.csv as "
+                     "train reads it, for clean vs robust accuracy")
     src.add_argument("--train-config", help="train a config with an 'adversarial' block into a new package")
     p.add_argument("--split", help="split of --data (default val)")
     p.add_argument("--out", help="output folder")
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             result = dataset_report(args.model, args.data, args.out, split=args.split, max_cases=args.max_cases,
                                     batch_size=args.batch_size, **attack)
         else:
-            raise ConfigError("give --input SCAN, --data NPZ or --train-config CONFIG")
+            raise ConfigError("give --input SCAN, --data NPZ|FOLDER or --train-config CONFIG")
     if args.progress == "json":
         progress("done", 1.0, result=result)
     else:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..progress import Progress
     from ..training.config import load_config
-    from ..training.train import run_training
+    from ..training.train import TrainingCancelled, run_training
     from . import register_training_blocks
 
     register_training_blocks()
@@ -68,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_training(cfg, out=args.out, resume=args.resume, package_dest=args.package_dest,
                               progress=progress, command=_command_line(args))
-    except KeyboardInterrupt:
-        print(f"meddeeprecog train: cancelled; the checkpoints of the epochs completed are kept in {args.out}: run "
-              "the same command with --resume to continue", file=sys.stderr)
+    except TrainingCancelled as exc:   # points at --resume only when checkpoints were kept
+        print(f"meddeeprecog train: {exc.message()}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:   # before training began (the config's blocks, the process group)
+        print("meddeeprecog train: cancelled before any epoch was completed: no checkpoint was kept",
+              file=sys.stderr)
         return 130
     finally:
         if main_thread:

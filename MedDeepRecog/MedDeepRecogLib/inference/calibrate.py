@@ -31,8 +31,10 @@ The new version is the parent's next free patch version unless ``--version`` nam
 card says under its title what was fitted after training and on which split. The package's own training split is
 refused as fitting data.
 
-Validation data: a MedMNIST-style ``.npz`` split (prepared as ``meddeeprecog evaluate`` prepares it) or a CSV of
-scans (``path,label``; each scan prepared and predicted exactly as ``classify`` does, slice models aggregated).
+Validation data: a MedMNIST-style ``.npz`` split or an image folder with its labels CSV as ``train`` reads it (both
+prepared as ``meddeeprecog evaluate`` prepares them), or a CSV of scans (a file column, e.g. ``path`` or ``file``,
+and ``label``: the columns train's labels CSV has; each scan prepared and predicted exactly as ``classify`` does,
+slice models aggregated).
 The weights are copied unchanged.
 """
 
@@ -120,6 +122,8 @@ def _npz_split_exists(pkg, path: Path, split: str) -> None:
     """Refuse a split the ``.npz`` does not hold, by ``load_eval_split``'s rule, before any prediction."""
     from ..training.data import eval_split_source, open_npz, package_val_fraction
 
+    if path.is_dir():   # an image folder: its labels CSV's split is checked as it is read
+        return
     eval_split_source(open_npz(path), split, path, package_val_fraction(pkg))
 
 
@@ -132,22 +136,27 @@ def _csv_logits(pkg, path: Path, progress: ProgressCallback
     scan ``classify`` reports outside the model's domain."""
     from .classify import OUT_OF_DOMAIN, classify_scan
 
+    from ..training.data import labels_csv_columns
+
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    if not rows or "path" not in rows[0] or "label" not in rows[0]:
-        raise ConfigError("a calibration CSV needs the columns 'path' and 'label' and at least one row", path)
+    if not rows:
+        raise ConfigError("a calibration CSV needs a header (a file column and a label column) and at least one "
+                          "row", path)
+    fcol, lcol = labels_csv_columns(list(rows[0]), path)   # the labels CSV columns train reads
     names = pkg.class_names
     # classify's probabilities are temperature-scaled when the package is calibrated: T * log p gives the raw
     # logits back (up to a constant, which softmax ignores), so a temperature is fitted on the network's own output
     t = package_temperature(pkg.meta)
     logits, labels, voting, in_domain = [], [], [], []
     for i, row in enumerate(rows):
-        if row["label"] not in names:
-            raise ConfigError(f"line {i + 2}: label {row['label']!r} is not one of the model's classes {names}", path)
-        scan = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
+        label = str(row[lcol] or "").strip()
+        if label not in names:
+            raise ConfigError(f"line {i + 2}: label {label!r} is not one of the model's classes {names}", path)
+        scan = Path(row[fcol]) if Path(row[fcol]).is_absolute() else path.parent / row[fcol]
         res = classify_scan(scan, pkg, explain="none", device="cpu")
         logits.append(t * np.log(np.clip(np.asarray(res.probabilities, dtype=np.float64), 1e-12, 1.0)))
-        labels.append(names.index(row["label"]))
+        labels.append(names.index(label))
         voting.append(res.voting_logits)
         in_domain.append(res.label != OUT_OF_DOMAIN)
         progress("predict", 0.8 * (i + 1) / len(rows), case=res.name)
@@ -266,7 +275,8 @@ def calibrate_package(model_ref: str | Path, data: str | Path, *, split: str = "
 
     Args:
         model_ref: package id / id@version / folder / zip.
-        data: ``.npz`` (``split`` is used) or ``.csv`` with ``path,label`` columns (every row is used).
+        data: ``.npz`` or image folder with a labels CSV (``split`` is used) or ``.csv`` of scans with a file
+            column (:data:`..training.data.FILE_COLUMNS`) and ``label`` (every row is used).
         split: the split the temperature, the low-confidence threshold and ``min_probability`` are fitted on.
         report_split: the split the ECE / NLL / flag-rate figures (or, with ``low_confidence``, the threshold's
             figures) are reported on (``.npz`` only; default

@@ -37,6 +37,10 @@ ProgressFn = Callable[..., None]
 
 #: Heatmaps above this many voxels are written without compression (see ``_write_heatmap``).
 _FAST_COMPRESSION_VOXELS = 20_000_000
+#: ``explain.note`` of a heatmap that is 0 everywhere (Grad-CAM clips negative evidence to 0): it is written, but
+#: shows nothing, and its faithfulness is not scored (deleting "the hottest voxels first" would be a random order)
+HEATMAP_EMPTY_NOTE = ("heatmap empty: the method found no evidence for the label on this input (0 everywhere); "
+                      "it shows nothing and its faithfulness is not scored")
 
 
 @dataclass
@@ -234,10 +238,12 @@ def decision_headline(d: dict) -> str:
 
 
 def heatmap_warning(result: "ClassificationResult") -> str | None:
-    """The warning line for a heatmap whose faithfulness score is negative, else ``None``
-    (:func:`..explain.faithfulness.unfaithful_warning`)."""
+    """The warning line for an empty heatmap (:data:`HEATMAP_EMPTY_NOTE`) or one whose faithfulness score is
+    negative, else ``None`` (:func:`..explain.faithfulness.unfaithful_warning`)."""
     from ..explain.faithfulness import unfaithful_warning
 
+    if result.explain.get("empty"):
+        return HEATMAP_EMPTY_NOTE
     return unfaithful_warning(result.explain.get("faithfulness"))
 
 
@@ -474,7 +480,10 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         if chosen_slice is not None:
             from .heatmap import keep_axial_slice
             heatmap = keep_axial_slice(heatmap, chosen_slice["index"])
-        peak = peak_view_index(heatmap)
+        empty = not float(np.max(sitk.GetArrayViewFromImage(heatmap))) > 0.0
+        # an empty map has no peak (argmax would be voxel 0, a corner): its planes go through the scan's centre
+        peak = (tuple(int(n) // 2 for n in lps_view(heatmap).array.shape) if empty
+                else peak_view_index(heatmap))
         scan_planes = slabs.planes(peak)
         if scan_planes is None:
             scan = image if image is not None else as_volume(read_image(path_or_image, spacing=spacing), where,
@@ -486,6 +495,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         overlay = (scan_planes, planes_through(heatmap, peak))
         timing["heatmap"] = time.perf_counter() - t
         explain_info.update({"class": package.class_names[pred.explained_class], **pred.extra})
+        if empty:
+            explain_info.update({"empty": True, "note": HEATMAP_EMPTY_NOTE})
     from ..uncertainty.report import package_temperature
 
     result = ClassificationResult(
@@ -516,7 +527,7 @@ def _add_trust(result: ClassificationResult, package, model, target_layer: str |
     from .trust import (faithfulness_caption, heatmap_faithfulness, heatmap_localisation, scan_lesion_reliance,
                         scan_uncertainty)
 
-    if faithfulness and result.heatmap is not None:
+    if faithfulness and result.heatmap is not None and not result.explain.get("empty"):
         scores = heatmap_faithfulness(result, model, target_layer or package.target_layer)
         if scores is not None:
             if result.temperature != 1.0:   # the curves are the network's own softmax (network_scale_note)
@@ -930,6 +941,8 @@ def write_case_outputs(result: ClassificationResult, out_dir: str | Path, *, png
             title = (f"{result.model['id']} {result.model['version']}: {headline(result)}"
                      f"\n{result.explain.get('method')} heatmap for {target}{'; ' + note if note else ''}")
             caption = result.explain.get("faithfulness_caption", "")
+            if result.explain.get("empty"):   # nothing to see: said in the title, not left to a black overlay
+                title += "\nheatmap empty: no evidence found for the label on this input"
             if caption:
                 title += f"\n{caption}"
             planes_png(scan_planes, heat_planes, png_path, title=title, warning=heatmap_warning(result),

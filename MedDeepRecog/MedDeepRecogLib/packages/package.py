@@ -113,9 +113,13 @@ def check_new_version(pkg_id: str, version: Any, roots: list[Path], setting: str
         holder = taken[0].parent.parent
         label = {resources.BUNDLED_MODELS_DIR.resolve(): "bundled catalog ",
                  user_models_dir().resolve(): "user catalog "}.get(holder.resolve(), "catalog ")
+        free = next_version(pkg_id, roots)
+        if holder.resolve() == resources.BUNDLED_MODELS_DIR.resolve():   # part of the install: never to be removed
+            remedy = f"bump the version ({free} is free) or choose a new id; the bundled package stays as installed"
+        else:
+            remedy = f"bump the version ({free} is free) or remove {taken[0]} first"
         raise ConfigError(f"{setting} {version}: {pkg_id}@{version} already exists in the {label}{holder}; packages "
-                          f"are never overwritten or shadowed: bump the version ({next_version(pkg_id, roots)} is "
-                          f"free) or remove {taken[0]} first", where)
+                          f"are never overwritten or shadowed: {remedy}", where)
     return version
 
 

@@ -119,6 +119,9 @@ def signed_change(change: float) -> str:
 def faithfulness_words(result) -> list[str]:
     """The faithfulness score in words (what the heatmap's hot pixels do to the prediction)."""
     f = result.explain.get("faithfulness") or {}
+    if result.explain.get("empty"):
+        return ["The heatmap is empty: the method found no evidence for the label on this input (0 everywhere), so "
+                "it shows nothing and its faithfulness is not scored."]
     if "score" not in f:
         return ["The heatmap's faithfulness was not scored."]
     s = float(f["score"])

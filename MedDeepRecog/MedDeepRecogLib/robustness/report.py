@@ -314,8 +314,8 @@ def dataset_report(model_ref: str | Path, data: str | Path, out: str | Path, *, 
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     pkg = load_package(model_ref)
     data = Path(data)
-    if not data.is_file():
-        raise ConfigError("data file not found", data)
+    if not data.exists():   # a .npz, or an image folder with its labels CSV as train reads it
+        raise ConfigError("data not found", data)
     ds = load_package_split(pkg, data, split)
     x, y = ds.images, ds.labels
     if len(y) == 0:

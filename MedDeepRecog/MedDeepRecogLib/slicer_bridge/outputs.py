@@ -48,6 +48,7 @@ class ClassifyResult:
     top_class: str = ""
     uncertain_reasons: list[str] = field(default_factory=list)
     faithfulness_caption: str = ""
+    heatmap_note: str = ""  # explain.note of an empty heatmap (0 everywhere): shown instead of a score
     low_confidence: bool | None = None
     predictive_entropy: float | None = None
     input_notes: list[str] = field(default_factory=list)
@@ -100,6 +101,8 @@ class ClassifyResult:
         """The heatmap's faithfulness for the panel, next to the heatmap controls ("" without a score)."""
         if self.out_of_domain:  # the panel shows no heatmap then
             return "no heatmap shown: the scan is outside this model's domain"
+        if self.heatmap_note:
+            return self.heatmap_note
         if self.faithfulness is None:
             return ""
         text = f"{self.faithfulness:+.2f} ({self.explain_method or 'heatmap'}, better than random when > 0)"
@@ -181,6 +184,7 @@ def read_classify_result(out_dir: str | Path, input_path: str | Path) -> Classif
         probabilities=sorted(((str(k), float(v)) for k, v in probs.items()), key=lambda kv: -kv[1]),
         heatmap=heatmap, png=png, segmentations=segs,
         explain_method=explain.get("method"), faithfulness=_faithfulness(explain),
+        heatmap_note=str(explain.get("note") or "") if explain.get("empty") else "",
         model=model_name.strip("@"), raw=record, top_class=str(record.get("top_class") or record["label"]),
         uncertain_reasons=[str(r) for r in reasons] if isinstance(reasons, list) else [],
         faithfulness_caption=str(explain.get("faithfulness_caption") or ""),

@@ -182,8 +182,27 @@ def _folder_array(image, spec: dict, path: Path) -> np.ndarray:
     return volume_from_image(image, {"size": shape, "spacing_mm": spec.get("spacing_mm"), "channels": 1}).x[0, 0]
 
 
+#: labels CSV columns naming each image's file (the first present is read), relative to the CSV's folder: the one
+#: list ``train``'s folder reader (:func:`_read_folder`) and ``calibrate``'s CSV of scans read
+FILE_COLUMNS = ("file", "filename", "image", "path")
+#: the labels CSV column holding each image's class name
+LABEL_COLUMN = "label"
 #: labels CSV columns naming each image's patient group (the first present is read), as ``{split}_groups`` in a .npz
 GROUP_COLUMNS = ("group", "patient", "patient_id", "subject")
+#: the optional labels CSV column putting each image in a split (``data/train_split`` / ``data/val_split``)
+SPLIT_COLUMN = "split"
+
+
+def labels_csv_columns(header: Sequence[str], csv_path: Path) -> tuple[str, str]:
+    """The file and label columns of a labels CSV ``header`` as the CSV spells them (:data:`FILE_COLUMNS`,
+    :data:`LABEL_COLUMN`, any case); refused in one line naming the file and the columns it has."""
+    cols = {str(c).lower(): c for c in header}
+    fcol = next((cols[c] for c in FILE_COLUMNS if c in cols), None)
+    lcol = cols.get(LABEL_COLUMN)
+    if fcol is None or lcol is None:
+        raise ConfigError(f"labels CSV needs a file column ({', '.join(FILE_COLUMNS)}) and a {LABEL_COLUMN} column, "
+                          f"has {list(header)}", csv_path)
+    return fcol, lcol
 
 
 @dataclass
@@ -217,12 +236,9 @@ def _read_folder(folder: Path, labels_csv: str | None, spec: dict) -> FolderData
     if not rows:
         raise ConfigError("labels CSV has no rows", csv_path)
     cols = {c.lower(): c for c in rows[0]}
-    fcol = next((cols[c] for c in ("file", "filename", "image", "path") if c in cols), None)
-    lcol = cols.get("label")
-    if fcol is None or lcol is None:
-        raise ConfigError(f"labels CSV needs columns file and label, has {list(rows[0])}", csv_path)
+    fcol, lcol = labels_csv_columns(list(rows[0]), csv_path)
     gcol = next((cols[c] for c in GROUP_COLUMNS if c in cols), None)
-    scol = cols.get("split")
+    scol = cols.get(SPLIT_COLUMN)
     seen: dict[Path, int] = {}
     for n, row in enumerate(rows, start=2):   # row 1 is the header
         p = folder / row[fcol]
@@ -251,6 +267,34 @@ def _read_folder(folder: Path, labels_csv: str | None, spec: dict) -> FolderData
         raise ConfigError(f"images have different shapes {sorted(shapes)[:3]}; resize them first", folder)
     column = (lambda col: None if col is None else np.array([str(row[col]).strip() for row in rows]))
     return FolderData(np.stack(arrays), labels, column(gcol), column(scol), csv_path)
+
+
+def folder_train_val_rows(folder: FolderData, y: np.ndarray, tk: str, vk: str, val_fraction: float
+                          ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The rows ``(train, val, how)`` of a folder's labels CSV as ``train`` splits them (``y``: the class index of
+    each row): the CSV's split column (each row ``tk`` or ``vk``, no group on both sides), else the last
+    ``val_fraction`` of each class in CSV order, refused when the CSV names groups (the tail would ignore them).
+    The one rule, for training (:func:`load_train_val`) and scoring (:func:`load_package_folder_split`)."""
+    csv_name = folder.csv_path.name
+    if folder.splits is not None:   # the CSV's own split, as a .npz's train/val arrays
+        other = sorted(str(v) for v in set(folder.splits) - {tk, vk})
+        if other:
+            raise ConfigError(f"column split holds {other}: each row is {tk!r} or {vk!r} "
+                              "(data/train_split, data/val_split)", folder.csv_path)
+        tr, va = np.nonzero(folder.splits == tk)[0], np.nonzero(folder.splits == vk)[0]
+        if folder.groups is not None:
+            both = sorted(set(folder.groups[tr]) & set(folder.groups[va]))
+            if both:
+                raise ConfigError(f"group {str(both[0])!r} has images in both {tk} and {vk}"
+                                  f"{f' (and {len(both) - 1} more groups)' if len(both) > 1 else ''}: keep each "
+                                  "patient on one side", folder.csv_path)
+        return tr, va, f"splits {tk}/{vk} of the split column ({csv_name})"
+    if folder.groups is not None:
+        refuse_tail_with_groups("the CSV has no split column", "each class would ignore its groups",
+                                f"add a split column ({tk}/{vk}) keeping each group on one side", vk,
+                                folder.csv_path)
+    tr, va = tail_per_class_split(y, val_fraction)
+    return tr, va, f"validation = last {val_fraction:.0%} of each class (CSV order)"
 
 
 def open_npz(path: Path):
@@ -484,33 +528,14 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         fingerprint = sha256_file(path)
     else:
         folder = _read_folder(path, d.labels_csv, folder_input_spec(cfg))
-        x, labels, csv_name = folder.images, folder.labels, folder.csv_path.name
+        x, labels = folder.images, folder.labels
         names = d.class_names or sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
         if unknown:
             raise ConfigError(f"labels {unknown} are not in data/class_names {names}", path)
         y = np.array([names.index(s) for s in labels], dtype=np.int64)
         tk, vk = d.train_split, d.val_split
-        if folder.splits is not None:   # the CSV's own split, as a .npz's train/val arrays
-            other = sorted(str(v) for v in set(folder.splits) - {tk, vk})
-            if other:
-                raise ConfigError(f"column split holds {other}: each row is {tk!r} or {vk!r} "
-                                  "(data/train_split, data/val_split)", folder.csv_path)
-            tr, va = np.nonzero(folder.splits == tk)[0], np.nonzero(folder.splits == vk)[0]
-            if folder.groups is not None:
-                both = sorted(set(folder.groups[tr]) & set(folder.groups[va]))
-                if both:
-                    raise ConfigError(f"group {str(both[0])!r} has images in both {tk} and {vk}"
-                                      f"{f' (and {len(both) - 1} more groups)' if len(both) > 1 else ''}: keep each "
-                                      "patient on one side", folder.csv_path)
-            how = f"splits {tk}/{vk} of the split column ({csv_name})"
-        else:
-            if folder.groups is not None:
-                refuse_tail_with_groups("the CSV has no split column", "each class would ignore its groups",
-                                        f"add a split column ({tk}/{vk}) keeping each group on one side", vk,
-                                        folder.csv_path)
-            tr, va = tail_per_class_split(y, d.val_fraction)
-            how = f"validation = last {d.val_fraction:.0%} of each class (CSV order)"
+        tr, va, how = folder_train_val_rows(folder, y, tk, vk, d.val_fraction)
         # the train rows' groups serve exactly as a .npz's {train_split}_groups: group-wise training/folds
         groups = None if folder.groups is None else folder.groups[tr]
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
@@ -673,7 +698,9 @@ def holds_training_rows(pkg, data: Path, split: str) -> str | None:
     fingerprint = str(prov.get("dataset_fingerprint") or "")
     if split not in (train_split, "all") or not fingerprint.startswith("sha256:"):
         return None
-    if sha256_file(data) != fingerprint[7:]:
+    data = Path(data)
+    folder = data.is_dir() or data.suffix.lower() == ".csv"
+    if (folder_fingerprint(pkg, data) if folder else sha256_file(data)) != fingerprint[7:]:
         return None
     return "is" if split == train_split else "holds"
 
@@ -799,7 +826,8 @@ def package_val_fraction(pkg) -> float:
 
 
 def load_package_split(pkg, path: Path, split: str, min_side: int | None = None) -> ArrayDataset:
-    """``split`` of a labelled ``.npz`` prepared for package ``pkg`` as its training prepared it (:func:`load_eval_split`
+    """``split`` of a labelled ``.npz`` (or of an image folder with its labels CSV, as ``train`` reads it:
+    :func:`load_package_folder_split`) prepared for package ``pkg`` as its training prepared it (:func:`load_eval_split`
     with the package's intensity range, size, ``input.slices`` and held-out share): what ``evaluate``, ``calibrate``
     and ``robustness --data`` score.
 
@@ -815,6 +843,8 @@ def load_package_split(pkg, path: Path, split: str, min_side: int | None = None)
     if pkg.input_spec.get("kind") not in ("slices2d", "volume3d"):
         raise ModelPackageError(f"model {ref} (input.kind {pkg.input_spec.get('kind')!r}) does not classify whole "
                                 "images: evaluate, calibrate and robustness --data score an image classifier")
+    if path.is_dir() or path.suffix.lower() == ".csv":   # train's image folder and labels CSV
+        return load_package_folder_split(pkg, path, split, min_side)
     refuse_package_npz_pipeline(pkg, path)
     z = open_npz(path)
     if "class_names" in z.files:
@@ -825,6 +855,106 @@ def load_package_split(pkg, path: Path, split: str, min_side: int | None = None)
     intensity, size = pkg.data_params()
     return load_eval_split(path, split, pkg.input_spec["kind"], intensity, size, package_val_fraction(pkg),
                            slices=pkg.input_spec.get("slices"), min_side=min_side)
+
+
+def _package_train_settings(pkg, folder: Path):
+    """The ``data`` and ``input`` settings ``train`` prepared package ``pkg``'s folder images with (its recorded
+    config), as an object :func:`folder_input_spec` and :func:`training_slices` read. A package that records no
+    config (imported, made elsewhere) gets them from its ``input``: its window step as ``data/intensity_range``
+    (a slice model's; a volume model's pipeline runs whole), its slice options, its size."""
+    from types import SimpleNamespace
+
+    # the defaults of .config's DataConfig / InputConfig (not imported: config imports this module)
+    data_defaults = {"kind": "volume3d", "train_split": "train", "val_split": "val", "val_fraction": 0.2,
+                     "labels_csv": None, "intensity_range": None, "size": None}
+    input_defaults = {"spacing_mm": None, "pipeline": None, "content": None, "slices": None,
+                      "slices_as_stored": False}
+    pick = (lambda defaults, d: SimpleNamespace(**{k: d.get(k, v) for k, v in defaults.items()}))
+    raw = (pkg.meta.get("provenance") or {}).get("config") or {}
+    if raw.get("data") and raw.get("input") is not None:
+        return SimpleNamespace(data=pick(data_defaults, raw["data"]), input=pick(input_defaults, raw["input"]))
+    spec = pkg.input_spec
+    intensity, size = pkg.data_params()
+    steps = list((spec.get("pipeline") or {}).get("steps") or [])
+    if spec["kind"] == "slices2d" and steps and _is_unit_window(steps[0]):
+        steps = steps[1:]   # applied as data/intensity_range after the read, as train applies it
+    else:
+        intensity = None if spec["kind"] == "volume3d" else intensity
+    data = pick(data_defaults, {"kind": spec["kind"], "size": size, "intensity_range": intensity})
+    inp = pick(input_defaults, {"spacing_mm": spec.get("spacing_mm"), "pipeline": {"steps": steps} if steps else None,
+                                "content": spec.get("content"), "slices": spec.get("slices"),
+                                "slices_as_stored": spec["kind"] == "slices2d" and spec.get("slices") is None})
+    return SimpleNamespace(data=data, input=inp)
+
+
+def _package_folder(pkg, path: Path) -> tuple[object, FolderData, np.ndarray]:
+    """``(settings, folder, y)``: the folder (or labels CSV) ``path`` read by the one folder reader as ``train``
+    read it for package ``pkg`` (:func:`_package_train_settings`), each row's class the index of its label in the
+    package's class names; a label that is not one of them is refused by name."""
+    cfg = _package_train_settings(pkg, path)
+    if path.is_dir():
+        folder, labels_csv = path, None
+        recorded = cfg.data.labels_csv
+        if recorded and not Path(recorded).is_absolute() and (path / recorded).is_file():
+            labels_csv = str(path / recorded)   # the CSV name the training config gave, when this folder has it
+    else:
+        folder, labels_csv = path.parent, str(path)
+    if not folder.is_dir() or (labels_csv is not None and not Path(labels_csv).is_file()):
+        raise ConfigError("evaluation data not found", path)
+    data = _read_folder(folder, labels_csv, folder_input_spec(cfg))
+    names = [str(c) for c in pkg.class_names]
+    unknown = sorted(set(data.labels) - set(names))
+    if unknown:
+        raise ConfigError(f"label(s) {', '.join(repr(u) for u in unknown)} are not classes of "
+                          f"{pkg.id}@{pkg.version} {names}", data.csv_path)
+    return cfg, data, np.array([names.index(s) for s in data.labels], dtype=np.int64)
+
+
+def load_package_folder_split(pkg, path: Path, split: str, min_side: int | None = None) -> ArrayDataset:
+    """``split`` of an image folder with its labels CSV (``path`` the folder, or the CSV in it) prepared for
+    package ``pkg`` exactly as ``train`` prepared that package's images (:func:`load_train_val`): the same reader
+    (:func:`_read_folder`) and input spec (:func:`folder_input_spec`), the same slice standardisation
+    (:func:`training_slices`) or window and resize. ``split``: ``all``, a value of the CSV's split column, or
+    without one ``data/train_split`` / ``data/val_split`` as train cut them (:func:`folder_train_val_rows`)."""
+    cfg, data, y = _package_folder(pkg, path)
+    d = cfg.data
+    if split == "all":
+        rows = np.arange(len(y))
+    elif data.splits is not None:
+        held = sorted(set(str(v) for v in data.splits))
+        if split not in held:
+            raise ConfigError(f"the split column has no split {split!r}; it holds {', '.join(map(repr, held))} "
+                              "(and 'all' takes every row)", data.csv_path)
+        rows = np.nonzero(data.splits == split)[0]
+    else:
+        tk, vk = d.train_split, d.val_split
+        if split not in (tk, vk):
+            raise ConfigError(f"labels CSV has no split column: split {split!r} is not one train made; it offers "
+                              f"{vk!r} (the last {d.val_fraction:.0%} of each class in CSV order, as train held it "
+                              f"out), {tk!r} (the rest) and 'all'", data.csv_path)
+        tr, va, _ = folder_train_val_rows(data, y, tk, vk, d.val_fraction)
+        rows = va if split == vk else tr
+    if len(rows) == 0:
+        raise ConfigError(f"split {split!r} holds no images", data.csv_path)
+    x, y = data.images[rows], y[rows]
+    if d.kind == "slices2d" and min_side and x.ndim >= 3:
+        side = min(x.shape[1:3]) if x.ndim == 4 and x.shape[-1] <= 4 else min(x.shape[-2:])
+        if side < min_side:
+            raise ConfigError(f"split {split!r}: images of {' x '.join(map(str, x.shape[1:]))} pixels are too small "
+                              f"for the model (at least {min_side} pixels per side)", path)
+    slices = training_slices(cfg)
+    if slices is not None:
+        x = standardise_images(np.asarray(x), slices, d.size, path, d.intensity_range)
+    else:   # a folder's volumes went through the package's pipeline, its window included (as load_train_val)
+        window = None if d.kind == "volume3d" else d.intensity_range
+        x = scale_and_resize(to_channels_first(np.asarray(x), d.kind, path), window, d.size)
+    return ArrayDataset(x, y)
+
+
+def folder_fingerprint(pkg, path: Path) -> str:
+    """The ``dataset_fingerprint`` ``train`` records for the image folder ``path`` (its read images and labels)."""
+    _, data, y = _package_folder(pkg, path)
+    return hashlib.sha256(np.ascontiguousarray(data.images).tobytes() + y.tobytes()).hexdigest()
 
 
 def group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:

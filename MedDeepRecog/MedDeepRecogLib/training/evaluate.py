@@ -1,4 +1,5 @@
-"""Evaluate a model package on a labelled ``.npz`` split: metrics dict + ROC / confusion-matrix PNGs."""
+"""Evaluate a model package on a labelled ``.npz`` split (or an image folder with a labels CSV, as train reads it):
+metrics dict + ROC / confusion-matrix PNGs."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def evaluate_package(model_ref: str | Path, data_path: str | Path, split: str = 
 
     pkg = load_package(model_ref)
     data_path = Path(data_path)
-    if not data_path.is_file():
+    if not data_path.exists():   # a .npz, or an image folder with its labels CSV as train reads it
         raise ConfigError("evaluation data not found", data_path)
     kind = pkg.input_spec["kind"]
     ds = load_package_split(pkg, data_path, split,

@@ -471,7 +471,9 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
         record = {"epoch": epoch, "train_loss": round(train_loss, 6)}
         if correct is not None:
             record["train_accuracy"] = round(_rank_mean(correct, seen, ctx), 6)
-        record.update(val.record or {"val_metric": None if math.isnan(current) else round(current, 6),
+        # monitor: last ranks the epochs by their number, which is no metric: it is never shown as one
+        shown = None if math.isnan(current) or validate is None or cfg.monitor == "last" else current
+        record.update(val.record or {"val_metric": None if shown is None else round(shown, 6),
                                      "monitor": cfg.monitor})
         record.update({"lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 2),
                        "best": improved})
@@ -495,9 +497,11 @@ def fit(model: nn.Module, train_loader, step: StepFn, validate: ValidateFn | Non
             from .distributed import barrier
             barrier(ctx)  # no rank runs ahead of rank 0's checkpoint
         progress("validate", epoch / epochs, epoch=epoch, epochs=epochs, train_loss=record["train_loss"],
-                 val_metric=None if math.isnan(current) or validate is None else current, monitor=ranked_by,
-                 best_epoch=history.best_epoch,
-                 **({"val_loss": round(val.loss, 5)} if val.loss is not None else {}))
+                 val_metric=shown, monitor=ranked_by, best_epoch=history.best_epoch,
+                 **({"val_loss": round(val.loss, 5)} if val.loss is not None else {}),
+                 **{k: v for k, v in (val.record or {}).items()   # the validation figures computed (val_auc, ...)
+                    if k.startswith("val_") and k not in ("val_loss", "val_metric")
+                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
         hook_stop = hooks.on_epoch_end is not None and bool(hooks.on_epoch_end(record, model))
         if dist_on:  # rank 0 decides, so no rank is left waiting in the next epoch's all-reduce
             from .distributed import broadcast_object

@@ -372,16 +372,41 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
     owned = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(cfg.training.device)
     made: list[Path] = []   # the run folders this call creates
+    where: dict[str, Path] = {}   # the run folder, once chosen (what a cancelled run says is kept there)
     with leaving_together(ctx, owned):  # a process group that the caller set up is left to the caller
         try:
             return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
-                                 _with_batch_transforms(hooks, extensions), extensions, command, made)
+                                 _with_batch_transforms(hooks, extensions), extensions, command, made, where)
+        except KeyboardInterrupt as exc:
+            if made and not (made[0] / "checkpoints").exists():   # as below: no epoch done, no folder left
+                (made[0] / RUN_RECORD).unlink(missing_ok=True)
+                remove_empty_folders(made[0], made)
+            out_dir = where.get("out_dir")
+            epochs = completed_epochs(out_dir) if out_dir is not None and out_dir.is_dir() else None
+            raise TrainingCancelled(out_dir, epochs) from exc
         except BaseException:
             if made:   # a run refused at its first step leaves no folder behind (its record goes with it)
                 if not (made[0] / "checkpoints").exists():
                     (made[0] / RUN_RECORD).unlink(missing_ok=True)
                 remove_empty_folders(made[0], made)
             raise
+
+
+class TrainingCancelled(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM: ``out_dir`` its run folder (``None`` before one was chosen) and
+    ``epochs`` the most epochs its checkpoints hold (``None``: none, e.g. cancelled while the data loaded)."""
+
+    def __init__(self, out_dir: Path | None, epochs: int | None):
+        super().__init__()
+        self.out_dir, self.epochs = out_dir, epochs
+
+    def message(self) -> str:
+        """What the user is told: where to resume from, only when there are checkpoints to resume."""
+        if self.epochs:
+            return (f"cancelled; the checkpoints of the epochs completed are kept in {self.out_dir} ({self.epochs} "
+                    "epoch(s)): run the same command with --resume to continue")
+        return ("cancelled before any epoch was completed: no checkpoint was kept, so the same command starts "
+                "again from the first epoch")
 
 
 #: What a run folder records of the run that made it, so that ``--resume`` continues only that run.
@@ -545,7 +570,7 @@ def _with_batch_transforms(hooks: Hooks | None, extensions: list[RunHooks]) -> H
 
 
 def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, hooks, extensions,
-                  command, made: list[Path]) -> dict[str, Any]:
+                  command, made: list[Path], where: dict[str, Path] | None = None) -> dict[str, Any]:
     import torch
 
     from ..io import check_output_dir
@@ -563,6 +588,8 @@ def _run_training(cfg: TrainConfig, ctx, out, resume, package_dest, progress, ho
     out_dir = Path(out or cfg.out or f"runs/{cfg.id}")
     if not Path(out_dir).is_absolute() and out is None and cfg.out and cfg.source:
         out_dir = Path(cfg.source).resolve().parent / out_dir
+    if where is not None:
+        where["out_dir"] = out_dir
     roots = catalogs_with(package_dest or None)
     dest = roots[0]
     # resuming a finished run trains nothing and writes nothing: it names the run's package (its version is taken)
