@@ -1033,7 +1033,8 @@ def big_volume(tmp_path) -> Path:
 
 def _output_cases(kind: str, src: Path, dest: Path) -> list[str]:
     if kind == "preprocess":
-        return ["preprocess", src, dest / "deep" / "out.nrrd", "--pipeline", "brain-mri"]
+        # the volume reads as a CT in HU: a CT preset (an MR one adds its own warning line)
+        return ["preprocess", src, dest / "deep" / "out.nrrd", "--pipeline", "lung-ct"]
     return ["classify", src, "--model", "body-region", "--out", dest / "res", "--progress", "none",
             "--no-faithfulness"]
 

@@ -886,14 +886,15 @@ def test_the_card_reproduce_command_writes_into_a_scratch_folder_and_model_json_
     assert fixed.endswith("```\n") is False and fixed.split("## Next")[1] == card.split("## Next")[1]
     assert scratch_reproduce_section(fixed, "b") == fixed
     calibrated = scratch_reproduce_section(fixed, "b", calibrated=True)   # calibrate: its own steps, in the section
-    assert "`meddeeprecog calibrate` commands of the sections below" in calibrated.split("## Next")[0]
+    assert "`meddeeprecog calibrate` commands (in its calibration" in calibrated.split("## Next")[0]
+    assert f"`--model {REPRODUCE_DEST}/ID/VERSION`" in calibrated   # the step before's package, not the installed one
     assert scratch_reproduce_section(calibrated, "b", calibrated=True) == calibrated
-    for model_id, version in (("brain-tumour-mri", "1.3.1"), ("breast-us-lesion", "1.5.2")):
+    for model_id, version in (("brain-tumour-mri", "1.3.1"), ("breast-us-lesion", "1.5.2"), ("lung-ct-cancer", "1.2.2")):
         folder = resources.BUNDLED_MODELS_DIR / model_id / version
         text = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
         reproduce = text.split("## Reproduce\n```\n")[1].split("\n```")[0]
         assert f"--out {REPRODUCE_OUT} --package-dest {REPRODUCE_DEST}" in reproduce and bundled not in reproduce
-        assert f"each with `--dest {REPRODUCE_DEST}`" in text.split("## Reproduce")[1].split("\n## ")[0]
+        assert f"and `--dest {REPRODUCE_DEST}` in place" in text.split("## Reproduce")[1].split("\n## ")[0]
         meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         assert f"--package-dest {bundled}" in meta["provenance"]["command"] or "calibrate" in \
             meta["provenance"]["command"]

@@ -170,15 +170,18 @@ def reproduce_block(command: str, pkg_id: str) -> str:
     made = ((f"its run in {as_run['--out']} and " if "--out" in as_run else "")
             + f"the package in {as_run['--package-dest']}")
     return (f"{block}\nThe command writes into scratch folders (`{REPRODUCE_OUT}` for the run, `{REPRODUCE_DEST}` for "
-            f"the package; any empty folders outside the catalogs will do): this {pkg_id} version was made with "
-            f"{made}, which hold it now and would refuse it again. model.json's provenance keeps the command as run.")
+            f"the package; any empty folders outside the catalogs will do): this card's {pkg_id} network was "
+            f"trained with {made}, which hold them now and would refuse them again. model.json's provenance keeps "
+            f"the command as run.")
 
 
 #: The Reproduce section's line on a calibrated version's further steps (their commands are records of what ran,
 #: in the card's calibration sections, and keep the folder they wrote to).
-CALIBRATE_REPRODUCE = (f"Then run the `meddeeprecog calibrate` commands of the sections below in order, each with "
-                       f"`--dest {REPRODUCE_DEST}` in place of the folder it names (that folder holds those versions "
-                       f"too).")
+CALIBRATE_REPRODUCE = (f"Then run this card's `meddeeprecog calibrate` commands (in its calibration, out-of-domain and "
+                       f"low-confidence sections) in the order of the versions they made, each with `--model` naming "
+                       f"the package the step before wrote (`--model {REPRODUCE_DEST}/ID/VERSION`: an `ID@VERSION` "
+                       f"names the installed package, not the one just made) and `--dest {REPRODUCE_DEST}` in place "
+                       f"of the folder it names (that folder holds those versions too).")
 
 
 def scratch_reproduce_section(card: str, pkg_id: str, calibrated: bool = False) -> str:
