@@ -174,6 +174,16 @@ def test_dicom_folder_is_one_scan(packages, shared_data, tmp_path):
     assert hm.GetSize() == (512, 512, 20)
 
 
+def test_heatmap_of_a_single_dicom_slice_is_as_thick_as_the_slice(packages, shared_data, tmp_path):
+    """A CT slice 3 mm thick (SliceThickness, no SpacingBetweenSlices) gets a 3 mm heatmap, not GDCM's 1 mm."""
+    one = sorted((shared_data / "totalsegmentator_examples" / "example_ct_dicom").iterdir())[0]
+    out = tmp_path / "out"
+    assert main(["classify", str(one), "--model", str(packages["slices2d"]), "--out", str(out),
+                 "--progress", "none"]) == 0
+    hm = sitk.ReadImage(str(next(out.glob("*_heatmap.nrrd"))))
+    assert hm.GetSize() == (512, 512, 1) and hm.GetSpacing()[2] == pytest.approx(3.0)
+
+
 @pytest.mark.parametrize("case, message", [
     ("two_channels", "2 input channels"),
     ("attention_on_cnn", "no attention"),

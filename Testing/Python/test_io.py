@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from MedDeepRecogLib.io import (
     atomic_output,
     describe_geometry,
     image_from_array,
+    image_notes,
     read_image,
     read_segmentation,
     same_geometry,
@@ -261,6 +263,33 @@ def test_single_dicom_file_matches_series_slice(shared_data):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(single).reshape(512, 512),
                                   sitk.GetArrayFromImage(series)[7])
     np.testing.assert_allclose(single.GetOrigin(), series.TransformIndexToPhysicalPoint((0, 0, 7)), atol=1e-3)
+
+
+def test_single_dicom_slice_is_as_thick_as_its_slice_thickness(shared_data, tmp_path, run_cli_area):
+    """One CT slice (SliceThickness 3.0, no SpacingBetweenSlices) has no neighbour to measure its spacing from:
+    its z spacing is its thickness, not GDCM's 1 mm, and the notes say where it came from; a folder of that one
+    file reads the same; without either tag 1 mm is assumed and said."""
+    import pydicom
+
+    one = Path(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(_dicom_dir(shared_data)))[7])
+    assert pydicom.dcmread(one, stop_before_pixels=True).get("SpacingBetweenSlices") is None
+    image = read_image(one)
+    assert image.GetSize() == (512, 512, 1) and image.GetSpacing()[2] == pytest.approx(3.0)
+    assert any("3 mm from its SliceThickness" in n for n in image_notes(image))
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(one, folder / one.name)
+    assert read_image(folder).GetSpacing()[2] == pytest.approx(3.0)
+    code, out, err = run_cli_area("info", one)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["spacing_mm"][2] == pytest.approx(3.0) and any("SliceThickness" in n for n in info["notes"])
+    ds = pydicom.dcmread(one)
+    del ds.SliceThickness
+    ds.save_as(tmp_path / "bare.dcm")
+    bare = read_image(tmp_path / "bare.dcm")
+    assert bare.GetSpacing()[2] == pytest.approx(1.0)
+    assert any("1 mm thickness assumed" in n for n in image_notes(bare))
 
 
 def test_dicom_folder_with_two_series_reads_the_larger_and_names_the_other(shared_data, tmp_path, caplog):

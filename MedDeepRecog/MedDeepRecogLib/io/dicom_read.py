@@ -243,6 +243,7 @@ def read_dicom_folder(folder: Path) -> sitk.Image:
             image.SetMetaData(key, reader.GetMetaData(0, key).strip())
     # a radiograph or ultrasound image in a folder: its pixel size from the same tags as the file alone
     apply_dicom_pixel_size(image, first, Path(files[0]))
+    apply_single_frame_spacing(image, first)
     image.SetMetaData(SERIES_KEY, json.dumps({"uid": chosen, "description": description(chosen),
                                               "slices": len(files), "others": others}))
     if others:
@@ -305,6 +306,30 @@ def note_frames(image: sitk.Image, path: Path, frames: int) -> None:
         add_note(image, f"multi-frame DICOM ({frames} frames in one object) read as {frames} slices: the frames may "
                         f"be time points of a cine loop rather than slices, and their {spacing:g} mm spacing is "
                         "assumed (the file gives no SpacingBetweenSlices or frame positions)")
+
+
+def apply_single_frame_spacing(image: sitk.Image, header) -> None:
+    """Give a one-slice DICOM ``image`` (a single-frame file, or a series of one file) the slice thickness its
+    ``header`` says: with one slice there is no neighbour to measure the spacing from, and GDCM then takes 1 mm,
+    which makes a 3 mm CT slice's outputs (heatmaps, masks) 1 mm thick. SpacingBetweenSlices (0018,0088) when
+    positive, else SliceThickness (0018,0050) when positive, else 1 mm; the note says which. Only a slice placed
+    in space (ImagePositionPatient, as CT, MR and PET slices are): a radiograph or ultrasound picture is a 2D image
+    whose thickness means nothing. Not DICOM (no SOPClassUID), not one slice, or a multi-frame file
+    (:func:`note_frames` says how its frames were read): nothing."""
+    if (not header.HasMetaDataKey("0008|0016") or not header.HasMetaDataKey("0020|0032")
+            or image.GetDimension() != 3 or image.GetSize()[2] != 1 or dicom_frames(header) > 1):
+        return
+    for key, name in (("0018|0088", "SpacingBetweenSlices (0018,0088)"), ("0018|0050", "SliceThickness (0018,0050)")):
+        try:
+            value = float(_dicom_tag(header, key).split("\\")[0])
+        except ValueError:
+            value = 0.0
+        if value > 0 and SPACING_RANGE_MM[0] <= value <= SPACING_RANGE_MM[1]:
+            sx, sy, _ = image.GetSpacing()
+            image.SetSpacing((sx, sy, value))
+            add_note(image, f"single DICOM slice: z spacing {value:g} mm from its {name}")
+            return
+    add_note(image, "single DICOM slice without SliceThickness or SpacingBetweenSlices: 1 mm thickness assumed")
 
 
 def apply_dicom_pixel_size(image: sitk.Image, header, path: Path) -> None:

@@ -25,8 +25,8 @@ from ..contract import PICTURE_SUFFIXES, suffix_of, unwritable_reason
 from ..errors import NOT_TEXT_PATH, InputImageError, is_text_path, printable_path
 from ..limits import check_declared_image
 from .atomic import atomic_output
-from .dicom_read import (apply_dicom_pixel_size, check_dicom_pixels, dicom_frames, dicom_without_pixels,
-                         looks_like_dicom, note_frames, read_dicom_folder)
+from .dicom_read import (apply_dicom_pixel_size, apply_single_frame_spacing, check_dicom_pixels, dicom_frames,
+                         dicom_without_pixels, looks_like_dicom, note_frames, read_dicom_folder)
 from .file_checks import (check_data_files, check_direction, check_nifti_complete, check_stream_complete,
                           declared_bytes_per_voxel, itk_error_line)
 from .image_meta import PICTURE_KEY, SPACING_RANGE_MM, add_note
@@ -131,6 +131,7 @@ def _read_image(path: Path, pixel_type, spacing) -> sitk.Image:
             image = _as_picture(image, path, spacing)
         else:
             apply_dicom_pixel_size(image, reader, path)
+            apply_single_frame_spacing(image, reader)
             if suffix_of(path) in (".nii", ".nii.gz"):
                 note_nifti_transform(image, reader)
             if frames > 1:
