@@ -202,6 +202,25 @@ def test_import_refuses_a_version_the_bundled_catalog_holds(tmp_path):
     assert not (user_models_dir() / "body-region").exists()
 
 
+def test_import_suggests_the_next_free_patch_of_the_taken_version(tmp_path, capsys):
+    """``models import`` of a package at a taken 0.4.1 suggests 0.4.2, and at a taken 0.1.0 suggests 0.1.1 (as
+    ``train`` does: one rule, :func:`suggested_version`), saying that a newer version stays the one used by id."""
+    from MedDeepRecogLib.cli import main
+
+    for v in ("0.1.0", "0.4.1", "0.8.2"):
+        (user_models_dir() / "clash" / v).mkdir(parents=True)
+    src = save_package(_model(), _meta(pkg_id="clash", version="0.4.1"), tmp_path / "a")
+    assert main(["models", "import", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "bump the version (0.4.2 is free; clash@0.8.2 is newer and stays the one used by id)" in err
+    src = save_package(_model(), _meta(pkg_id="clash", version="0.1.0"), tmp_path / "b")
+    assert main(["models", "import", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "model.json version 0.1.0: clash@0.1.0 already exists in the user catalog" in err
+    assert "bump the version (0.1.1 is free; clash@0.8.2 is newer and stays the one used by id)" in err
+    assert "0.8.3" not in err
+
+
 def test_import_refuses_an_id_the_bundled_catalog_holds_for_another_kind_of_model(tmp_path):
     """A segment classifier imported as body-region 9.0.0 (a free version) would become body-region's latest:
     refused."""

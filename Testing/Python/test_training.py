@@ -353,6 +353,23 @@ def test_train_refuses_a_version_any_catalog_holds_before_training(tmp_path, npz
     assert sorted(p.name for p in (bundled / "lung-ct-cancer").iterdir()) == ["1.2.0", "1.2.1"]
 
 
+def test_train_suggests_the_next_free_patch_of_the_taken_version(tmp_path, npz, capsys, no_training):
+    """A config at 0.1.0 whose version is taken is told 0.1.1 (the next free patch of what it asked for), as
+    ``models import`` is, not the id's next version over the catalog (0.8.3); the line says 0.8.2 is newer."""
+    import yaml
+
+    from MedDeepRecogLib.packages import user_models_dir
+
+    for v in ("0.1.0", "0.8.2"):
+        (user_models_dir() / "synthetic" / v).mkdir(parents=True)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(npz, version="0.1.0")), encoding="utf-8")
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
+    line = refusal_line(capsys, "version 0.1.0: synthetic@0.1.0 already exists in the user catalog",
+                        "bump the version (0.1.1 is free; synthetic@0.8.2 is newer and stays the one used by id)")
+    assert "0.8.3" not in line
+
+
 def test_train_refuses_an_id_the_catalogs_hold_for_another_kind_of_model(tmp_path, npz, capsys, no_training):
     """A slice classifier trained under the id of the bundled volume model adrenal-mass-3d would become its latest
     version: refused before the data are read; into a scratch --package-dest it may keep the id."""

@@ -113,14 +113,44 @@ def check_new_version(pkg_id: str, version: Any, roots: list[Path], setting: str
         holder = taken[0].parent.parent
         label = {resources.BUNDLED_MODELS_DIR.resolve(): "bundled catalog ",
                  user_models_dir().resolve(): "user catalog "}.get(holder.resolve(), "catalog ")
-        free = next_version(pkg_id, roots)
+        free = suggested_version(pkg_id, version, roots)
         if holder.resolve() == resources.BUNDLED_MODELS_DIR.resolve():   # part of the install: never to be removed
-            remedy = f"bump the version ({free} is free) or choose a new id; the bundled package stays as installed"
+            remedy = f"bump the version ({free}) or choose a new id; the bundled package stays as installed"
         else:
-            remedy = f"bump the version ({free} is free) or remove {taken[0]} first"
+            remedy = f"bump the version ({free}) or remove {taken[0]} first"
         raise ConfigError(f"{setting} {version}: {pkg_id}@{version} already exists in the {label}{holder}; packages "
                           f"are never overwritten or shadowed: {remedy}", where)
     return version
+
+
+def next_free_patch(pkg_id: str, version: str, roots: list[Path]) -> str:
+    """The first patch version after ``version`` that no catalog in ``roots`` holds for ``pkg_id`` (1.3.0 -> 1.3.1,
+    or 1.3.2 when that is taken); for a ``version`` that is not one, the id's next free version
+    (:func:`next_version`)."""
+    if not is_version(version):
+        return next_version(pkg_id, roots)
+    major, minor, patch = (int(p) for p in version.split("."))
+    while version_holders(pkg_id, f"{major}.{minor}.{patch + 1}", roots):
+        patch += 1
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def suggested_version(pkg_id: str, version: str, roots: list[Path]) -> str:
+    """What a refusal of the taken ``pkg_id@version`` suggests instead, the same for every command that writes a
+    package (train, finetune, calibrate, models import: all refuse in :func:`check_new_version`).
+
+    The suggestion is the next free patch of the version asked for (0.1.0 taken -> "0.1.1 is free"), not the id's
+    next version over the whole catalog (0.8.3): the researcher chose the major and minor version, and a patch bump
+    of it is the least surprising change that frees it, keeps what the version says about the package's lineage,
+    and is the rule derived packages follow (:func:`derived_version`). When newer versions of the id exist the text
+    says so, since a command naming the model by id then still takes the newest one."""
+    free = next_free_patch(pkg_id, version, roots)
+    held = [p.name for r in roots if (Path(r) / pkg_id).is_dir() for p in (Path(r) / pkg_id).iterdir()
+            if p.is_dir() and is_version(p.name)]
+    latest = max(held, key=_version_key, default=None)
+    if latest is not None and _version_key(latest) > _version_key(free):
+        return f"{free} is free; {pkg_id}@{latest} is newer and stays the one used by id"
+    return f"{free} is free"
 
 
 def check_same_kind(pkg_id: str, task: str, kind: str | None, roots: list[Path], setting: str,
@@ -866,12 +896,7 @@ def derived_version(pkg_id: str, parent_version: str, version: str | None, roots
     """
     if version is not None:
         return check_new_version(pkg_id, version, roots, option)
-    if not is_version(parent_version):
-        return next_version(pkg_id, roots)
-    major, minor, patch = (int(p) for p in parent_version.split("."))
-    while version_holders(pkg_id, f"{major}.{minor}.{patch + 1}", roots):
-        patch += 1
-    return f"{major}.{minor}.{patch + 1}"
+    return next_free_patch(pkg_id, parent_version, roots)
 
 
 def _jsonable(obj: Any) -> Any:
