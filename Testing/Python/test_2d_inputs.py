@@ -161,9 +161,9 @@ def test_a_folder_of_pictures_is_a_batch(run_cli, tmp_path, tiny_2d):
 
 def test_batch_outputs_never_carry_another_images_name_and_a_rerun_skips_its_own_heatmaps(run_cli, tmp_path,
                                                                                           tiny_2d):
-    """``a.jpg``, ``a.png``, ``a_2.png`` and ``a_heatmap.png``: the second ``a`` is not written as ``a_2`` (the real
-    ``a_2.png``'s name) and ``a_heatmap.png``'s result is not ``a_heatmap.json`` beside ``a.jpg``'s heatmap (which
-    takes ``a-2``: the user's ``a_heatmap.png`` is not overwritten). Run again with ``--out`` on the same folder,
+    """``a.jpg``, ``a.png``, ``a_2.png`` and ``a_heatmap.png``: the second ``a`` is not written over the real
+    ``a_2.png``'s name and ``a_heatmap.png``'s result is not ``a_heatmap.json`` beside ``a.jpg``'s heatmap (which
+    takes ``a-2``: the user's ``a_heatmap.png`` is not overwritten; the second ``a`` then takes ``a-3``). Run again with ``--out`` on the same folder,
     the earlier heatmaps are skipped as outputs, not classified as scans."""
     folder = tmp_path / "batch"
     folder.mkdir()
@@ -173,8 +173,8 @@ def test_batch_outputs_never_carry_another_images_name_and_a_rerun_skips_its_own
     code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", folder, "--progress", "none")
     assert code == 0, err
     inputs = {json.loads(p.read_text())["input"].split("/")[-1]: p.name for p in folder.glob("a*.json")}
-    assert inputs == {"a.jpg": "a-2.json", "a.png": "a_3.json", "a_2.png": "a_2.json",
-                      "a_heatmap.png": "a_heatmap_2.json"}
+    assert inputs == {"a.jpg": "a-2.json", "a.png": "a-3.json", "a_2.png": "a_2.json",
+                      "a_heatmap.png": "a_heatmap-2.json"}
     heatmaps = sorted(p.name for p in folder.glob("*_heatmap.*") if p.name != "a_heatmap.png")
     assert heatmaps and all(p.split("_heatmap.")[0] + ".json" in inputs.values() for p in heatmaps)
     code, out, err = run_cli("classify", folder, "--model", tiny_2d, "--out", folder, "--progress", "none")
@@ -188,6 +188,26 @@ def test_batch_outputs_never_carry_another_images_name_and_a_rerun_skips_its_own
     summary = json.loads((folder / "summary-2.json").read_text())
     assert sorted(Path(r["input"]).name for r in summary["cases"]) == ["a.jpg", "a.png", "a_2.png",
                                                                        "a_heatmap.png"]
+
+
+def test_a_clash_in_a_batch_and_a_rerun_suffix_names_the_same_way(run_cli, tmp_path, tiny_2d):
+    """``a.png`` and ``a.jpg`` classified twice into one --out: the batch clash and the rerun both take ``-N``
+    (a.json, a-2.json, then a-3.json, a-4.json), never ``_N``, and the first run's files are left as they were."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    _picture(folder / "a.png", _brainish(seed=1))
+    sitk.WriteImage(sitk.GetImageFromArray(_brainish(seed=2)), str(folder / "a.jpg"))
+    out = tmp_path / "out"
+    code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", out, "--progress", "none")
+    assert code == 0, err
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"a.json", "a-2.json"} <= set(first)
+    code, _, err = run_cli("classify", folder, "--model", tiny_2d, "--out", out, "--progress", "none")
+    assert code == 0, err
+    results = sorted(p.name for p in out.glob("a*.json"))
+    assert results == ["a-2.json", "a-3.json", "a-4.json", "a.json"]
+    assert not [p.name for p in out.iterdir() if "_2" in p.name or "_3" in p.name]
+    assert all((out / name).read_bytes() == data for name, data in first.items())
 
 
 def test_a_picture_too_small_for_the_model_is_refused_with_its_size(run_cli, tmp_path, tiny_2d):

@@ -236,23 +236,33 @@ def check_options(args: argparse.Namespace, package) -> None:
         raise ConfigError(f"--slice-mm classifies one slice with a 2D (slice) model; {package.id} is a {kind} model")
 
 
-def _unique_names(scans: list[Path]) -> list[str]:
+def _unique_names(scans: list[Path], out_dir: Path | None = None) -> list[str]:
     """One output name per scan (:func:`..contract.output_stem`), unique in the batch: a second scan of the same
-    stem (``a.png`` beside ``a.jpg``) gets the first free ``a_2``, ``a_3``... that is neither another scan's own
-    stem (a real ``a_2.png``) nor the name of another scan's output file (``a_heatmap`` is ``a.jpg``'s heatmap, so
-    a scan ``a_heatmap.png`` is named ``a_heatmap_2``): a result file never carries another image's name."""
-    from ..contract import OUTPUT_SUFFIXES, output_stem
+    stem (``a.png`` beside ``a.jpg``) gets the first free ``a-2``, ``a-3``... that is neither another scan's own
+    stem (a real ``a-2.png``) nor the name of another scan's output file (``a_heatmap`` is ``a.jpg``'s heatmap, so
+    a scan ``a_heatmap.png`` is named ``a_heatmap-2``): a result file never carries another image's name.
+
+    With ``out_dir``, a name whose output files (:func:`..inference.classify.write_outputs`' roles) already exist
+    there (an earlier run's results, a user's file) is taken too: the same ``-N`` rule as
+    :func:`..io.free_version`, which ``write_outputs`` applies again just before writing, so a rerun and a clash
+    inside one batch suffix the same way and existing files are never overwritten."""
+    from ..contract import OUTPUT_SUFFIXES, output_file, output_stem
 
     stems = [output_stem(s) for s in scans]
     roles = [suffix.split(".")[0] for suffix in OUTPUT_SUFFIXES.values() if suffix.startswith("_")]
     outputs = {stem + role for stem in stems for role in roles}
+    written = ("result", "heatmap", "heatmap_png", "report")   # the files write_outputs makes for a case
+
+    def on_disk(name: str) -> bool:
+        return out_dir is not None and any((out_dir / output_file(name, r)).exists() for r in written)
+
     names: list[str] = []
     for i, base in enumerate(stems):
         others = set(stems[:i] + stems[i + 1:])
         name, k = base, 1
-        while name in names or (name != base and name in others) or name in outputs:
+        while name in names or (name != base and name in others) or name in outputs or on_disk(name):
             k += 1
-            name = f"{base}_{k}"
+            name = f"{base}-{k}"
         names.append(name)
         outputs.update(name + role for role in roles)
     return names
@@ -320,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     done: list[dict] = []  # the progress "done" result, as before: input, label, probabilities and output paths
     explicit = {str(Path(raw)) for raw in args.inputs}
     n = len(scans)
-    for i, (scan, name) in enumerate(zip(scans, _unique_names(scans))):
+    for i, (scan, name) in enumerate(zip(scans, _unique_names(scans, out))):
         def report(stage, fraction, _i=i, _name=name, **extra):
             progress(stage, (_i + fraction) / n, case=_name, **extra)
 
