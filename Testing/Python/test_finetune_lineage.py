@@ -134,6 +134,29 @@ def test_the_bundled_organ_model_knows_which_slab_of_its_ct_it_held_out(shared_d
     assert held_out_status(base, "sha256:another", [], {**slab(20, 30), "spacing_mm": [2.0] * 3})[0] is False
 
 
+def test_trained_on_names_a_case_once_when_the_base_named_its_scan_otherwise(shared_data):
+    """ts-organs-seg 1.0.0 records example_ct_sm as case ``ct_sm``; a fine-tune of it on the same CT names the case
+    ``example_ct_sm`` (the file's stem, as ``provenance.cases`` does): its ``trained_on`` entry for that scan carries
+    that one name, not the base's, and keeps only the slab both runs held out."""
+    from MedDeepRecogLib.finetune.lineage import merge_trained_on, recorded_scans, trained_on_entry
+    from MedDeepRecogLib.finetune.manifest import load_cases, parse_class_map
+    from MedDeepRecogLib.finetune.segment_data import load_case
+
+    folder = shared_data / "totalsegmentator_examples"
+    cases, _ = load_cases(folder / "example_seg.nii.gz", image=folder / "example_ct_sm.nii.gz",
+                          label_table=f"{folder / 'label_names_total_and_total_mr.json'}#total")
+    item = load_case(cases[0], parse_class_map("liver,spleen,kidney_*=kidney"))
+    assert item.case.case_id == "example_ct_sm"
+    base = recorded_scans(load_package("ts-organs-seg@1.0.0").meta)
+    assert [e["case"] for e in base] == ["ct_sm"] and base[0]["scan"] == item.scan_id
+    slab = {"slices": [22, 32], "spacing_mm": [3.0] * 3, "orientation": "RAS"}
+    merged = merge_trained_on(base, [trained_on_entry(item.case.case_id, item.scan_id, slab)])
+    assert merged == [{"case": "example_ct_sm", "scan": item.scan_id, "held_out_slab": [22, 30],
+                       "spacing_mm": [3.0] * 3, "orientation": "RAS"}]
+    merged = merge_trained_on(base, [trained_on_entry(item.case.case_id, item.scan_id)])
+    assert merged == [{"case": "example_ct_sm", "scan": item.scan_id}]
+
+
 def test_figures_that_chose_the_epoch_say_they_are_optimistic(data_dir, tmp_path):
     """The loop keeps the epoch that scored best on the validation data and reported that maximum as "Validation
     metrics" without a word. model.json says what selected it (``selected_by``, as train writes it), the card and

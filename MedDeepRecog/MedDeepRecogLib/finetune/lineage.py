@@ -130,7 +130,10 @@ def _same_grid(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def merge_trained_on(*groups: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """The scans a package's weights trained on: its base's entries and its own, one entry per scan. A slab stays
     held out only where every run held it out (the overlap of their slabs on one grid); slabs on different grids
-    cannot be compared, so the whole scan then counts as seen."""
+    cannot be compared, so the whole scan then counts as seen. A scan named differently by an earlier group (the
+    bundled ts-organs-seg's manifest called example_ct_sm ``ct_sm``) takes the name of the latest group (this run's
+    case, the file's stem as the manifest or CLI gives it): one name per case in a package's model.json, the one its
+    ``provenance.cases`` uses."""
     merged: dict[str, dict[str, Any]] = {}
     for group in groups:
         for entry in group or []:
@@ -139,7 +142,7 @@ def merge_trained_on(*groups: Sequence[dict[str, Any]] | None) -> list[dict[str,
                 merged[entry["scan"]] = dict(entry)
                 continue
             slab_a, slab_b = have.get("held_out_slab"), entry.get("held_out_slab")
-            both = {"case": have["case"], "scan": entry["scan"]}
+            both = {"case": entry["case"], "scan": entry["scan"]}
             if slab_a and slab_b and _same_grid(have, entry):
                 lo, hi = max(slab_a[0], slab_b[0]), min(slab_a[1], slab_b[1])
                 if hi > lo:
