@@ -163,8 +163,8 @@ def test_batch_outputs_never_carry_another_images_name_and_a_rerun_skips_its_own
                                                                                           tiny_2d):
     """``a.jpg``, ``a.png``, ``a_2.png`` and ``a_heatmap.png``: the second ``a`` is not written over the real
     ``a_2.png``'s name and ``a_heatmap.png``'s result is not ``a_heatmap.json`` beside ``a.jpg``'s heatmap (which
-    takes ``a-2``: the user's ``a_heatmap.png`` is not overwritten; the second ``a`` then takes ``a-3``). Run again with ``--out`` on the same folder,
-    the earlier heatmaps are skipped as outputs, not classified as scans."""
+    takes ``a-2``: the user's ``a_heatmap.png`` is not overwritten; the second ``a`` then takes ``a-3``). Run again
+    with ``--out`` on the same folder, the earlier heatmaps are skipped as outputs, not classified as scans."""
     folder = tmp_path / "batch"
     folder.mkdir()
     for i, name in enumerate(("a.png", "a_2.png", "a_heatmap.png")):
