@@ -482,7 +482,8 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
 SEGMENTS_IGNORE = {
     "--report": lambda a: a.report, "--lesion": lambda a: a.lesion is not None,
     "--slice-mm": lambda a: a.slice_mm is not None, "--second-input": lambda a: a.second_input is not None,
-    "--register": lambda a: a.register, "--no-png": lambda a: a.no_png, "--no-faithfulness": lambda a: a.no_faithfulness,
+    "--register": lambda a: a.register, "--no-png": lambda a: a.no_png,
+    "--no-faithfulness": lambda a: a.no_faithfulness,
     "--explain": lambda a: a.explain != "gradcam", "--uncertainty": lambda a: a.uncertainty != "auto",
     "--spacing": lambda a: a.spacing is not None,
 }
