@@ -190,6 +190,9 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         self._segmentInputID = self._shownSegment = None  # a node's saved segment choice is its own
+        if inputParameterNode is not getattr(self, "_shownParameterNode", None):  # a reloaded scene's node: the
+            self._clearRobustnessLine()  # robustness line was of the last one's input
+        self._shownParameterNode = inputParameterNode
         if self._parameterNode:
             # a node's saved preset and check boxes are its own: only a preset changed from here on resets them
             self._preset = self._parameterNode.preset
@@ -231,13 +234,46 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _clearResultLines(self):
         self.ui.statusLabel.text = self.ui.resultLabel.text = self.ui.faithfulnessLabel.text = ""
         self._resultScanID = None
+        self._clearRobustnessLine()
+
+    def _clearRobustnessLine(self):
+        if hasattr(self.ui, "robustnessLabel"):
+            self.ui.robustnessLabel.text = ""
+        self._robustnessFor = None
+
+    def _runSubject(self, p):
+        """What a run's answer is of: (input ID, chosen segment ID or None, model)."""
+        node = p.inputVolume
+        segment = (self.logic.inputSegmentID(p, node) if node is not None and self.logic.isSegmentation(node)
+                   else None)
+        return (node.GetID() if node else None, segment, p.model)
 
     def _forgetStaleResult(self, p):
         """The result lines name no scan: once the input is another node than the one they answered for, they are
-        cleared (read beside the new input they would pass for its answer)."""
+        cleared (read beside the new input they would pass for its answer). The robustness line goes too when the
+        input, its segment or the model is no longer the one it was computed for. The views stop showing another
+        scan's heatmap and hot region over the new input (:meth:`_hideOtherScansHeat`)."""
         scanId = getattr(self, "_resultScanID", None)
         if scanId is not None and (not p.inputVolume or p.inputVolume.GetID() != scanId):
             self._clearResultLines()
+        robustFor = getattr(self, "_robustnessFor", None)
+        if robustFor is not None and robustFor != self._runSubject(p):
+            self._clearRobustnessLine()
+        inputId = p.inputVolume.GetID() if p.inputVolume else None
+        if getattr(self, "_shownInputID", inputId) != inputId:
+            self._hideOtherScansHeat(p)
+        self._shownInputID = inputId
+
+    def _hideOtherScansHeat(self, p):
+        """The input changed: the last run's heatmap, if it is of another scan, is taken out of the slice views'
+        foreground, and that scan's hot region (its output segmentation) is hidden. Nothing is deleted: the nodes
+        stay in the scene for the user to show again."""
+        heatmap, segmentation = p.outputHeatmap, p.outputSegmentation
+        current = p.inputVolume.GetID() if p.inputVolume else None
+        if heatmap is not None and scene_io.scanOf(heatmap) not in (None, current):
+            scene_io.hideHeatmap(heatmap)
+        if segmentation is not None and scene_io.scanOf(segmentation) not in (None, current):
+            scene_io.hideSegmentation(segmentation)
 
     def _updateRunButtons(self, p):
         """Each run button is offered for the models that run it (a segmentation package segments; the worker
@@ -251,6 +287,10 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         maskSegment = (bool(p.inputVolume) and not volume
                        and self._modelInput(p.model).get("content") == MASK_CONTENT)
         segmentation = ready and self._modelTask(p.model) == "segmentation"
+        # a segmentation input whose chosen segment was removed (or that has none): nothing to read until the user
+        # picks one (a click would only be refused)
+        picked = volume or not p.inputVolume or self.logic.inputSegmentID(p, p.inputVolume) is not None
+        ready = ready and picked
         self.ui.classifyButton.text = "Cancel" if busy["classify"] else "Classify"
         self.ui.classifyButton.enabled = (ready and not segmentation) or busy["classify"]
         sliceModel = ready and volume and self.logic.isSliceModel(p.model)  # model.json only: cheap on the GUI thread
@@ -354,6 +394,13 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # so: the choice stays on the removed segment, which Classify refuses (naming it) until the user
             # picks one, and the status line says so at once.
             self._shownSegment = None
+            if getattr(self, "_resultScanID", None) == inputId and getattr(self, "_resultSegmentID", None) == shown[1]:
+                # the answer was the removed segment's: it goes with it (lines, table, heatmap)
+                self._clearResultLines()
+                self.logic.clearClassification(p)
+            robustFor = getattr(self, "_robustnessFor", None)
+            if robustFor is not None and robustFor[:2] == (inputId, shown[1]):
+                self._clearRobustnessLine()
             p.inputSegment, p.removedSegment = shown[1], shown[2]
             self.ui.statusLabel.text = (f"Segment '{shown[2]}' was removed from '{segmentationNode.GetName()}': "
                                         "pick the segment to classify.")
@@ -428,7 +475,9 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelInfoLabel.text = ("Each scan goes to the disease model that applies (brain MR, chest CT, "
                                            "breast ultrasound); the result says which and why.")
         elif info:
-            metrics = validation_summary(info.get("metrics"))  # the CLI's and Segment's words: optimistic, held out
+            # the CLI's and Segment's words: optimistic (the training block says how the checkpoint was chosen)
+            metrics = validation_summary(info.get("metrics"), info.get("training"))
+            metrics = metrics[:1].upper() + metrics[1:]  # a sentence of its own, after the classes
             if info.get("task") == "segmentation":  # class 0 is the background, not a segment
                 self.ui.modelInfoLabel.text = (f"segments: {', '.join((info.get('class_names') or [])[1:])} "
                                                f"(use Segment). {metrics}")
@@ -491,13 +540,16 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             scanId, show = (scan.GetID() if scan else None), onSuccess
             # what the run reads (the scan, or the segment of a segmentation), named when it starts
             subject = self.logic.inputWords(self._parameterNode) if self._parameterNode else ""
+            segmentId = self._runSubject(self._parameterNode)[1] if self._parameterNode else None
 
             def onSuccess(summary):  # the lines answer for the scan the run started on, and name it and the model
                 show(summary)
-                self._resultScanID = scanId
+                self._resultScanID, self._resultSegmentID = scanId, segmentId
                 model = getattr(summary, "model", "") or ""
+                raw = getattr(summary, "raw", None) or {}
+                where = self.logic.sliceWords(raw.get("slice"))  # Classify current slice: that slice's answer
                 if subject:
-                    said = f"For {subject}" + (f", model {model}" if model else "")
+                    said = f"For {where + ' of ' if where else ''}{subject}" + (f", model {model}" if model else "")
                     self.ui.resultLabel.text = (f"<small>{html.escape(said, quote=False)}:</small><br>"
                                                 f"{self.ui.resultLabel.text}")
         with slicer.util.tryWithErrorDisplay(f"MedDeepRecog: {kind} could not start.", waitCursor=True):
@@ -554,8 +606,14 @@ class MedDeepRecogWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   lambda out: setattr(self.ui.statusLabel, "text", "Preview loaded."))
 
     def onRobustnessButton(self):
-        self._run("robustness", self.logic.robustness, self.ui.classifyProgressBar, self.ui.robustnessLabel,
-                  lambda text: setattr(self.ui.robustnessLabel, "text", text))
+        subject = self._runSubject(self._parameterNode) if self._parameterNode else None
+
+        def show(text):  # kept while the input, its segment and the model are the ones it was computed for
+            self.ui.robustnessLabel.text = text
+            self._robustnessFor = subject
+        if not self.logic.isRunning("robustness"):
+            self._clearRobustnessLine()  # a new check: the last one's sentence must not stand beside its failure
+        self._run("robustness", self.logic.robustness, self.ui.classifyProgressBar, self.ui.robustnessLabel, show)
 
     def onFinetuneButton(self):
         def done(package):
@@ -813,6 +871,14 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         raise ValueError(f"the chosen segment '{p.inputSegment}' is not in '{node}'; pick a segment")
 
     @staticmethod
+    def sliceWords(sliceRecord):
+        """``slice 17 (S = 32.5 mm)`` for a one-slice result's ``slice`` record (Classify current slice), else
+        ``""``."""
+        if not isinstance(sliceRecord, dict) or "index" not in sliceRecord:
+            return ""
+        return f"slice {sliceRecord['index']} (S = {float(sliceRecord.get('position_mm', 0.0)):.1f} mm)"
+
+    @staticmethod
     def describeInput(node, segmentName=None):
         """The input as a result names it: ``'CT'``, or ``segment 'adrenal R' of 'labels'``."""
         return (f"segment '{segmentName}' of '{node.GetName()}'" if segmentName is not None
@@ -913,8 +979,15 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         name = name or volume.GetName()
         resultOf = words or self.describeInput(volume)
         isScan = volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA("vtkMRMLLabelMapVolumeNode")
+        sliceRecord = res.raw.get("slice") if isinstance(res.raw.get("slice"), dict) else None
+        # what the figures are of: one slice (Classify current slice), the scan, or a mask's structure
+        where = self.sliceWords(sliceRecord)
+        subject = "slice" if where else "scan" if isScan else "segment" if self.isSegmentation(volume) else "label map"
+        if where:
+            resultOf, name = f"{where} of {resultOf}", f"{name} slice {sliceRecord['index']}"
         p.outputTable = scene_io.getOrCreateNode(p.outputTable, "vtkMRMLTableNode", f"{name} probabilities")
         scene_io.updateProbabilityTable(p.outputTable, res.probabilities, outOfDomain=res.out_of_domain,
+                                        subject=subject,
                                         uncertain=res.uncertain, confidence=res.confidence,
                                         basis=str(res.raw.get("probabilities_basis") or ""),
                                         confidenceBasis=str(res.raw.get("confidence_basis") or ""),
@@ -922,7 +995,6 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
         p.outputTable.SetAttribute("MedDeepRecog.label", res.label)
         p.outputTable.SetAttribute("MedDeepRecog.topClass", res.top_class)
         p.outputTable.SetAttribute("MedDeepRecog.model", res.model)
-        sliceRecord = res.raw.get("slice") if isinstance(res.raw.get("slice"), dict) else None
         p.outputTable.SetAttribute("MedDeepRecog.slice", json.dumps(sliceRecord) if sliceRecord else "")
         scene_io.placeUnderStudy(p.outputTable, volume)
         perSlice = res.raw.get("per_slice") or []
@@ -947,6 +1019,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             p.outputHeatmap = scene_io.loadVolumeInto(res.heatmap, self._outputVolume(p.outputHeatmap, volume),
                                                       f"{name} heatmap")
             p.outputHeatmap.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
+            scene_io.markScan(p.outputHeatmap, volume)  # whose heat it is: hidden over another input
             scene_io.placeUnderStudy(p.outputHeatmap, volume)
             # a mask (label map, segment): shown over the scan in the views
             scene_io.showHeatmap(p.outputHeatmap, volume if isScan else None, p.heatmapThreshold, p.heatmapOpacity,

@@ -59,7 +59,8 @@ def validation_summary(metrics: Mapping[str, Any] | None, training: Mapping[str,
     :func:`validation_caveats`, or the package's ``metrics.note`` (a fine-tune without validation data: "no
     validation data: not scored") when it records no score."""
     metrics = metrics if isinstance(metrics, Mapping) else {}
-    figures = [f"{key} {float(metrics[key]):.2f}" for key in VALIDATION_FIGURES
+    figures = [f"HD95 {float(metrics[key]):.1f} mm" if key == "hd95_mm" else f"{key} {float(metrics[key]):.2f}"
+               for key in VALIDATION_FIGURES
                if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)]
     if not figures:
         return str(metrics.get("note") or "no validation figures recorded")

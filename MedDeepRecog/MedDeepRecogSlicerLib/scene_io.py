@@ -170,20 +170,24 @@ NOT_A_FINDING = "model output, not a finding"
 
 
 #: The probability column's header otherwise: the scan's class probabilities (not the label's confidence, which the
-#: result line's p is), and when the label is "uncertain" (no class reported) it says so, as the result line does.
+#: result line's confidence is), and when the label is "uncertain" (no class reported) it says so, as the result line
+#: does.
 SCAN_PROBABILITY = "scan probability"
 UNCERTAIN_PROBABILITY = "scan probability (uncertain: no class reported)"
 
 
 def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tuple[str, float]],
                            outOfDomain: bool = False, uncertain: bool = False, confidence: float | None = None,
-                           basis: str = "", confidenceBasis: str = "", resultOf: str = "", model: str = "") -> None:
+                           basis: str = "", confidenceBasis: str = "", resultOf: str = "", model: str = "",
+                           subject: str = "scan") -> None:
     """Fill ``tableNode`` with columns ``class`` and ``probability`` (rows in the given order) and, within the domain,
     ``result``: on the top class's row whether it is reported or uncertain, with the label's ``confidence`` (the
-    result line's p; ``confidenceBasis``: how the worker made it). The probability column is headed
+    result line's confidence; ``confidenceBasis``: how the worker made it). The probability column is headed
     :data:`SCAN_PROBABILITY` (``basis`` as its description), :data:`UNCERTAIN_PROBABILITY` when ``uncertain``, and
     ``outOfDomain``: :data:`NOT_A_FINDING`, so the numbers are not read as the scan's diagnosis. The class column
-    names the input the results are of (``resultOf``) and the ``model`` (:func:`nameSource`)."""
+    names the input the results are of (``resultOf``) and the ``model`` (:func:`nameSource`). ``subject`` is what
+    the figures are of: ``"scan"``, ``"slice"`` (one slice classified: "slice probability", never read as the scan's),
+    ``"segment"`` or ``"label map"`` (a mask model's structure)."""
     classes = vtk.vtkStringArray()
     classes.SetName("class")
     probs = vtk.vtkDoubleArray()
@@ -205,10 +209,16 @@ def updateProbabilityTable(tableNode: vtkMRMLTableNode, probabilities: list[tupl
                                                       "reported, these are the network's numbers only")
     else:
         tableNode.AddColumn(results)
-        tableNode.SetColumnTitle("probability", UNCERTAIN_PROBABILITY if uncertain else SCAN_PROBABILITY)
-        tableNode.SetColumnDescription("probability", basis or "the model's probability of each class for the scan")
+        title = (UNCERTAIN_PROBABILITY if uncertain else SCAN_PROBABILITY).replace("scan", subject, 1)
+        tableNode.SetColumnTitle("probability", title)
+        scanWords = "the scan's probability"
+        if subject != "scan":  # the core's words name the scan: this table's figures are the slice's or structure's
+            basis = basis.replace(scanWords, f"the {subject}'s probability")
+            confidenceBasis = confidenceBasis.replace(scanWords, f"the {subject}'s probability")
+        tableNode.SetColumnDescription("probability", basis or f"the model's probability of each class for the "
+                                                               f"{subject}")
         tableNode.SetColumnTitle("result", "result (confidence of the label)")
-        tableNode.SetColumnDescription("result", confidenceBasis or "the top class's probability")
+        tableNode.SetColumnDescription("result", confidenceBasis or f"the top class's probability for the {subject}")
     nameSource(tableNode, "class", resultOf, model)
     tableNode.SetUseColumnTitleAsColumnHeader(True)
     tableNode.Modified()
@@ -375,6 +385,25 @@ def updateHeatmapDisplay(heatmapNode: vtkMRMLScalarVolumeNode, threshold: float,
         apply_heatmap_threshold(displayNode, threshold)  # below it (and zero: "no evidence") transparent
     if opacity is not None:
         slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
+
+
+def hideHeatmap(heatmapNode: vtkMRMLScalarVolumeNode) -> None:
+    """Take ``heatmapNode`` out of every slice view's foreground and hide its colour legend; the node stays."""
+    heatmapId = heatmapNode.GetID()
+    for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+        if composite.GetForegroundVolumeID() == heatmapId:
+            composite.SetForegroundVolumeID(None)
+    for i in range(heatmapNode.GetNumberOfDisplayNodes()):
+        display = heatmapNode.GetNthDisplayNode(i)
+        if display is not None and display.IsA("vtkMRMLColorLegendDisplayNode"):
+            display.SetVisibility(False)
+
+
+def hideSegmentation(segmentationNode: vtkMRMLSegmentationNode) -> None:
+    """Hide ``segmentationNode`` in the views (2D and 3D); the node and its segments stay."""
+    display = segmentationNode.GetDisplayNode()
+    if display is not None:
+        display.SetVisibility(False)
 
 
 def placeUnderStudy(node: vtkMRMLNode, referenceNode: vtkMRMLTransformableNode) -> None:

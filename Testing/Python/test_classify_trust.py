@@ -189,7 +189,10 @@ def test_cli_lesion_localisation_and_slicer_reading(packages, scan, tmp_path, ca
     assert res.uncertain and res.confidence > 0 and res.low_confidence is True
     text = res.result_text()
     assert "uncertain" in text and record["top_class"] in text and "slices disagree (40%)" in text
-    assert "low confidence" in res.heatmap_text()
+    # low confidence is the label's, said once, in the result line; the heatmap line gives the faithfulness once
+    assert text.count("low confidence") == 1 and "confidence" not in res.heatmap_text().replace(
+        res.faithfulness_caption, "")
+    assert res.heatmap_text().count(f"{res.faithfulness:+.2f}") == 1
     # under the result: where a slice model reads its label (the finding, with its caveat), then what was changed in
     # the scan before the model saw it (colour, the CT table)
     from MedDeepRecogLib.contract import finding_words

@@ -192,7 +192,7 @@ def test_a_calibrated_picture_says_which_figures_are_scaled(tmp_path):
     b = classify_scan(pic, cal, explain="gradcam", device="cpu").to_json()
     assert len(b["per_slice"]) == 1 and b["per_slice"][0]["probability"] == a["per_slice"][0]["probability"]
     assert b["confidence"] != pytest.approx(b["per_slice"][0]["probability"], abs=1e-3)
-    assert "per_slice probabilities and the faithfulness curves are the network's own" in b["confidence_basis"]
+    assert "the per-slice probabilities and the faithfulness curves are the network's own" in b["confidence_basis"]
     assert "temperature 3" in b["confidence_basis"]
     assert b["explain"]["faithfulness"]["probability_scale"].startswith("the network's softmax")
     assert b["explain"]["faithfulness"]["deletion_curve"][0] == pytest.approx(b["per_slice"][0]["probability"],

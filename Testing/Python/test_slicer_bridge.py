@@ -214,7 +214,7 @@ def test_read_classify_result_resolves_outputs_and_faithfulness(tmp_path):
     # the aggregate's probability
     (tmp_path / "scan.json").write_text(json.dumps({**record, "confidence": 0.61}), encoding="utf-8")
     result = read_classify_result(tmp_path, "/somewhere/scan.nrrd")
-    assert result.confidence == 0.61 and "(p = 0.61)" in result.result_text()
+    assert result.confidence == 0.61 and "(confidence 0.61)" in result.result_text()   # the CLI's word, not "p"
 
 
 def test_robustness_summary_sentences():

@@ -592,7 +592,7 @@ def test_the_model_line_says_when_validation_figures_are_optimistic_not_held_out
     assert "NOT held out: base trained on slices 5:15" in shown["seg@1.0.0"] and "optimistic" in shown["seg@1.0.0"]
     assert shown["cls@1.0.0"] == "classes: a, b. Validation figures: auc 0.97."
     assert "train_time_s" not in shown["seg@1.0.0"]
-    assert shown["new@1.0.1"] == "segments: liver (use Segment). no validation data: not scored"
+    assert shown["new@1.0.1"] == "segments: liver (use Segment). No validation data: not scored"
 
 
 def test_a_model_given_by_its_plain_id_is_its_newest_installed_version(slicer_core):

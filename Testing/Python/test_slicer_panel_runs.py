@@ -218,7 +218,7 @@ def test_an_out_of_domain_scan_shows_no_heat_and_no_finding(slicer_core, tiny_pa
     table = p.outputTable
     assert table.GetColumnTitle("probability") == "model output, not a finding" and table.GetNumberOfRows() == 2
     assert "outside this model's domain</b>: no class reported" in result.result_text()
-    assert "p = " not in result.result_text() and "no heatmap shown" in result.heatmap_text()
+    assert "(confidence" not in result.result_text() and "no heatmap shown" in result.heatmap_text()
 
     monkeypatch.setattr(module, "read_classify_result", real)  # back within the domain: a plain probability column
     logic.classify(p, waitForCompletion=True)
@@ -386,7 +386,7 @@ def test_the_probability_table_says_uncertain_and_which_probability_is_which(sli
     assert table.GetCellText(0, 0) == result.top_class and table.GetCellText(0, 2) == "uncertain: most likely, " \
                                                                                       "confidence 0.61"
     assert all(table.GetCellText(r, 2) == "" for r in range(1, table.GetNumberOfRows()))
-    assert "p = 0.61" in result.result_text()
+    assert "(confidence 0.61)" in result.result_text() and "p = " not in result.result_text()
 
     monkeypatch.setattr(module, "read_classify_result", lambda *a: dataclasses.replace(real(*a), label="a",
                                                                                          top_class="a",

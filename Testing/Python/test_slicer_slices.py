@@ -227,7 +227,8 @@ def test_classify_current_slice_of_another_scan_takes_the_last_scans_per_slice_t
     p.inputVolume.SetName("scan B")
     logic.classifySlice(p, waitForCompletion=True)
     assert p.sliceTable is None and env.count("vtkMRMLTableNode") == 1
-    assert p.outputTable.GetName() == "scan B probabilities"
+    index = json.loads(p.outputTable.GetAttribute("MedDeepRecog.slice"))["index"]
+    assert p.outputTable.GetName() == f"scan B slice {index} probabilities"   # one slice's answer, named so
 
 
 def test_a_red_view_beyond_the_scan_is_refused_quoting_the_offset_the_user_set(slicer_core, slice_model):

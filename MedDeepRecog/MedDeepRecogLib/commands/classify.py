@@ -457,7 +457,7 @@ def _write_summary(out: Path, rows: list[dict], skipped: list[dict]) -> dict:
 
 
 def _print_result(scan: Path, result, outputs: dict) -> None:
-    from ..inference.classify import headline, probabilities_label
+    from ..inference.classify import headline, probabilities_label, slice_words
 
     basis = probabilities_label(result)   # it names the headline's confidence beside the scan probabilities
     probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.probability_map().items(), key=lambda kv: -kv[1]))
@@ -482,6 +482,8 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
 
     where += "".join(f"\n  lesion: {line}" for line in lesion_words(result))   # --lesion: the heatmap against it
     report = f"\n  report: {outputs['report']}" if outputs.get("report") else ""
+    one = slice_words(result)   # --slice-mm: one slice's answer, not the scan's
+    scan = f"{scan}, {one} only" if one else scan
     print(f"{scan}: {headline(result)}{mod_txt}{extra}{routed}\n  {basis}: {probs}{where}{trust}"
           f"\n  -> {outputs['json']}{report}")
 
@@ -490,7 +492,8 @@ def _print_result(scan: Path, result, outputs: dict) -> None:
 SEGMENTS_IGNORE = {
     "--report": lambda a: a.report, "--lesion": lambda a: a.lesion is not None,
     "--slice-mm": lambda a: a.slice_mm is not None, "--second-input": lambda a: a.second_input is not None,
-    "--register": lambda a: a.register, "--no-png": lambda a: a.no_png, "--no-faithfulness": lambda a: a.no_faithfulness,
+    "--register": lambda a: a.register, "--no-png": lambda a: a.no_png,
+    "--no-faithfulness": lambda a: a.no_faithfulness,
     "--explain": lambda a: a.explain != "gradcam", "--uncertainty": lambda a: a.uncertainty != "auto",
     "--spacing": lambda a: a.spacing is not None,
 }

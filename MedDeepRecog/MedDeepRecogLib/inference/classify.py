@@ -95,6 +95,7 @@ class ClassificationResult:
     voting: np.ndarray | None = None  # slice models: (N,) bool, the slices that voted (predict.Prediction)
     decision_context: "DecisionContext | None" = None  # what the decision read besides the network's output
     inputs: list | None = None  # a multi-modal case: [{"modality", "path", "modality_guess"}] per model modality
+    min_probability: float | None = None  # the package's decision threshold on ``confidence`` (None: it has none)
 
     @property
     def label(self) -> str:
@@ -157,21 +158,39 @@ def _outside_words(result: "ClassificationResult", n: int) -> str:
     return "the scan is outside this model's domain, so no class is reported"
 
 
+def _min_probability(meta: dict) -> float | None:
+    """The package's decision threshold on ``confidence`` (``decision.min_probability``), or ``None``."""
+    value = (meta.get("decision") or {}).get("min_probability")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def slice_words(result: "ClassificationResult") -> str | None:
+    """``slice 17 (S = 32.5 mm)`` for a ``--slice-mm`` run (one axial slice classified), else ``None``."""
+    if not result.slice:
+        return None
+    return f"slice {result.slice['index']} (S = {float(result.slice['position_mm']):.1f} mm)"
+
+
 def confidence_basis(result: "ClassificationResult") -> str:
     """What ``confidence`` is, in words (the one number the CLI prints, the PNG and the report show); for a result
-    that reports no class, that the figure is the model's output and no confidence in a finding."""
+    that reports no class, that the figure is the model's output and no confidence in a finding. A ``--slice-mm``
+    run's figure is that one slice's probability, not the scan's."""
     top = result.decision["top_class"]
     n = voting_slices(result)
+    one = slice_words(result)
+    of = f"the probability of {one} alone (not the scan's)" if one else "the scan's probability"
     if _no_class(result):
-        over = f"the mean over {n} slices of their probability" if n > 1 else "the scan's probability"
+        over = f"the mean over {n} slices of their probability" if n > 1 else of
         return f"{NOT_A_FINDING}: {over} for {top}, but {_outside_words(result, n)}"
     note = network_scale_note(result)
     if n > 1:
-        note = note or "per_slice probabilities are the network's own"
+        note = note or "each slice's own probability is the network's"
+        threshold = ("" if result.min_probability is None else
+                     f": the figure the model's minimum-probability threshold ({result.min_probability:.2f}) is "
+                     "set on (one held-out image's probability)")
         return (f"mean over the {n} voting slices of each slice's probability for {top} (temperature-scaled when "
-                f"the package is calibrated; {note}): the figure the model's min_probability threshold is set on "
-                f"(one held-out image's probability)")
-    return f"the scan's probability for {top}" + (f" (temperature-scaled; {note})" if note else "")
+                f"the package is calibrated; {note}){threshold}")
+    return f"{of} for {top}" + (f" (temperature-scaled; {note})" if note else "")
 
 
 def network_scale_note(result: "ClassificationResult") -> str | None:
@@ -183,7 +202,7 @@ def network_scale_note(result: "ClassificationResult") -> str | None:
     package is not calibrated, or the result has neither)."""
     if result.temperature == 1.0:
         return None
-    parts = [p for p, has in (("per_slice probabilities", any("probability" in r for r in result.per_slice)),
+    parts = [p for p, has in (("the per-slice probabilities", any("probability" in r for r in result.per_slice)),
                               ("the faithfulness curves", bool(result.explain.get("faithfulness")))) if has]
     if not parts:
         return None
@@ -196,10 +215,12 @@ def probabilities_basis(result: "ClassificationResult") -> str:
     n = voting_slices(result)
     if n > 1:
         basis = (f"softmax of the mean log-probability over the {n} {'' if _no_class(result) else 'voting '}slices (a "
-                 f"geometric mean: one slice confidently saying otherwise pulls it down); it picks top_class, and "
-                 f"differs from confidence")
+                 f"geometric mean: one slice confidently saying otherwise pulls it down); it picks the label's "
+                 f"class, and differs from the confidence")
     else:
         basis = "softmax of the model's output (temperature-scaled when the package is calibrated)"
+        if slice_words(result):
+            basis = f"{slice_words(result)} alone, not the scan: {basis}"
     return f"{NOT_A_FINDING} ({basis}): {_outside_words(result, n)}" if _no_class(result) else basis
 
 
@@ -509,7 +530,8 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         finding=finding_range(pred.per_slice, decision, package.class_names)
         if isinstance(inp, SliceInput) and len(pred.per_slice) > 1 else None, feature_maps=pred.feature_maps,
         voting_logits=pred.voting_logits, voting=pred.voting, decision_context=context,
-        temperature=package_temperature(package.meta))
+        temperature=package_temperature(package.meta),
+        min_probability=_min_probability(package.meta))
     report("trust", 0.7)
     t = time.perf_counter()
     _add_trust(result, package, model, target_layer, uncertainty=uncertainty, faithfulness=faithfulness,

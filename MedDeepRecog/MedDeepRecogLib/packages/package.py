@@ -750,6 +750,9 @@ class PackageInfo:
     error: str | None = None
     parent: str | None = None  # "id@version" a calibrated or fine-tuned package was derived from
     note: str | None = None  # e.g. a folder whose name is not a version (never taken as the latest)
+    #: how the checkpoint was chosen (``training.monitor`` / ``best_epoch``): what ``validation_summary`` reads to
+    #: say the figures are optimistic for a package that predates ``metrics.selected_by``
+    training: dict | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -772,10 +775,19 @@ def list_packages(check_weights: bool = False) -> list[PackageInfo]:
             out.append(PackageInfo(pkg_id, version, str(folder), source, meta.get("task", "classification"),
                                    meta.get("description"), meta["class_names"], meta["input"], meta.get("metrics"),
                                    parent=parent_ref((meta.get("provenance") or {}).get("parent")),
-                                   note=_version_note(pkg_id, version)))
+                                   note=_version_note(pkg_id, version), training=_selection(meta)))
         except ModelPackageError as exc:
             out.append(PackageInfo(pkg_id, version, str(folder), source, error=str(exc)))
     return sorted(out, key=lambda p: (p.id, _version_key(p.version), p.source))
+
+
+def _selection(meta: Mapping[str, Any]) -> dict | None:
+    """The part of a package's ``training`` block that says how its checkpoint was chosen, or ``None``."""
+    training = meta.get("training")
+    if not isinstance(training, Mapping):
+        return None
+    chosen = {key: training[key] for key in ("monitor", "best_epoch") if key in training}
+    return chosen or None
 
 
 def _version_note(pkg_id: str, version: str) -> str | None:

@@ -81,15 +81,19 @@ class ClassifyResult:
         if self.out_of_domain:  # no class is reported: not even as "most likely"
             why = "; ".join(html.escape(r) for r in self.uncertain_reasons) or "unlike the model's training images"
             text = f"<b>outside this model's domain</b>: no class reported<br><i>{why}</i>"
-        elif not self.uncertain:
-            text = f"<b>{top}</b> (p = {self.confidence:.2f})"
+        elif not self.uncertain:  # the core's word for the label's figure (not a scan probability)
+            text = f"<b>{top}</b> (confidence {self.confidence:.2f})"
         else:
             why = "; ".join(html.escape(r) for r in self.uncertain_reasons) or "no reason given"
-            text = f"<b>uncertain</b>: most likely {top} (p = {self.confidence:.2f})<br><i>{why}</i>"
-        if self.low_confidence:
-            text += "<br><b>low confidence</b>"
-        if self.predictive_entropy is not None:
-            text += f" (predictive entropy {self.predictive_entropy:.2f})"
+            text = f"<b>uncertain</b>: most likely {top} (confidence {self.confidence:.2f})<br><i>{why}</i>"
+        # low confidence once: not again when a reason above already gives the entropy against its threshold
+        said = any("entropy" in r or "low confidence" in r for r in self.uncertain_reasons)
+        entropy = ("" if self.predictive_entropy is None or said
+                   else f" (predictive entropy {self.predictive_entropy:.2f})")
+        if self.low_confidence and not said:
+            text += f"<br><b>low confidence</b>{entropy}"
+        elif entropy:
+            text += f"<br>{entropy.strip()[1:-1]}"
         finding = self.raw.get("finding")
         if isinstance(finding, dict) and not self.out_of_domain:  # a slice model's: where it reads its label
             text += f"<br><small>{html.escape(finding_words(finding))}</small>"
@@ -105,13 +109,11 @@ class ClassifyResult:
             return self.heatmap_note
         if self.faithfulness is None:
             return ""
-        text = f"{self.faithfulness:+.2f} ({self.explain_method or 'heatmap'}, better than random when > 0)"
-        if self.faithfulness_caption:
-            text += f"\n{self.faithfulness_caption}"
-        if self.low_confidence is not None:
-            text += ("\nlow confidence" if self.low_confidence
-                     else "\nconfidence OK (entropy under the model's threshold)")
-        return text
+        method = self.explain_method or "heatmap"
+        if self.faithfulness_caption:  # the core's caption gives the score itself: said once (the label's
+            # confidence is the result line's, not repeated here)
+            return f"Heatmap ({method}): {self.faithfulness_caption}"
+        return f"Heatmap ({method}): faithfulness {self.faithfulness:+.2f} (better than random when > 0)"
 
 
 def _resolve(out_dir: Path, value: Any) -> Path | None:
@@ -335,7 +337,15 @@ def robustness_summary(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         record = record["scans"][0]
     if "clean_label" not in record:
         raise MedDeepRecogError("the robustness result has no clean_label (unexpected worker output)")
+    from ..report import signed_change
+
     top, p = record.get("top_class", record["clean_label"]), float(record.get("clean_probability", float("nan")))
+    attack = str(record.get("attack") or "")
+    steps = record.get("steps")
+    under = ""  # which attack: a one-step FGSM "did not flip" says less than PGD's
+    if attack:
+        under = (f" under a {int(steps)}-step {attack.upper()} attack" if attack == "pgd" and steps
+                 else f" under a one-step {attack.upper()} attack" if attack == "fgsm" else f" under {attack}")
     # a scan classify reports no class for: said first, as classify says it (the class below is a guess)
     ood = (f"Out-of-domain ({record['out_of_domain']}): no class is reported; the network's guess "
            if record.get("out_of_domain") else "")
@@ -355,13 +365,14 @@ def robustness_summary(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         curve = record.get("curve") or []
         most = max((c.get("eps", 0.0) for c in curve), default=0.0)
         drop = record.get("probability_drop_at_max_eps")
-        text = f"{ood}{clean} did not flip up to eps={most:.3g}"
-        if isinstance(drop, (int, float)):
-            text += f"; {'the probability of ' + repr(top) if reported else 'its probability'} fell by {drop:.2f}"
+        text = f"{ood}{clean} did not flip up to eps={most:.3g}{under}"
+        if isinstance(drop, (int, float)):  # the record's drop is positive for a fall: said with its direction
+            text += (f"; {'the probability of ' + repr(top) if reported else 'its probability'} changed by "
+                     f"{signed_change(-float(drop))}")
         return text + ".", record
     flip = record.get("flip") or {}
     hu = record.get("smallest_flipping_eps_hu")
     at = f"eps={float(eps):.3g}" + (f" (≈{float(hu):.3g} HU)" if isinstance(hu, (int, float)) else "")
-    text = (f"{ood}{clean} flips to {said(flip)} at {at}; "
+    text = (f"{ood}{clean} flips to {said(flip)} at {at}{under}; "
             f"p('{top}') {p:.2f} → {float(flip.get('probability', float('nan'))):.2f}.")
     return text, record

@@ -127,8 +127,9 @@ class WorkerCommand:
 
     @classmethod
     def robustness(cls, model: str, input: str | Path, out_dir: str | Path, *, python: str,
-                   attack: str = "fgsm", eps: Sequence[float] | None = None) -> "WorkerCommand":
-        """``robustness --model M --input SCAN --out DIR [--attack fgsm|pgd] [--eps ...]``."""
+                   attack: str | None = None, eps: Sequence[float] | None = None) -> "WorkerCommand":
+        """``robustness --model M --input SCAN --out DIR [--attack fgsm|pgd] [--eps ...]``; without ``attack`` the
+        command line's default (PGD), so the panel's check is the CLI's."""
         return cls.build("robustness", python=python, model=model, input=input, out=out_dir, attack=attack,
                          eps=list(eps) if eps else None)
 
