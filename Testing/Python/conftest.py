@@ -146,3 +146,27 @@ def slicer_core(monkeypatch, tmp_path):
     env = SlicerCore(monkeypatch, tmp_path)
     yield env
     env.core.close()
+
+
+def write_dicom_series(folder: Path, zs, pixels, *, modality: str = "MR", spacing=(1.0, 1.0),
+                       uid: str = "1.2.826.0.1.3680043.2.1125.1.4242", desc: str | None = None, x_of=None) -> Path:
+    """A DICOM series in ``folder``: one axial int16 slice per position ``zs`` (mm), ``pixels(k)`` its ``(Y, X)``
+    array, ``spacing`` (row, column) mm, slice ``k`` at x = ``x_of(k)`` (default 0); UIDs derived from ``uid``."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k, z in enumerate(zs):
+        sl = sitk.GetImageFromArray(np.asarray(pixels(k)).astype(np.int16))
+        sl.SetSpacing((float(spacing[1]), float(spacing[0])))
+        tags = {"0008|0060": modality, "0020|000e": uid, "0020|000d": uid + ".1", "0020|0013": str(k + 1),
+                "0020|0032": f"{0 if x_of is None else x_of(k)}\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0008|0018": f"{uid}.5.{k}", "0028|0030": f"{spacing[0]:g}\\{spacing[1]:g}"}
+        if desc is not None:
+            tags["0008|103e"] = desc
+        for tag, value in tags.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IM{k:03d}.dcm"))
+        writer.Execute(sl)
+    return folder

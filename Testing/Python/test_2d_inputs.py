@@ -236,10 +236,12 @@ def test_a_label_map_is_refused_by_a_grey_level_model(run_cli, tmp_path, tiny_2d
 
 
 def test_slice_mm_classifies_one_axial_slice_and_heats_only_it(run_cli, tmp_path, tiny_2d, oblique_volume):
+    """One slice's answer, and said to be that slice's: ``classify --slice-mm`` once wrote confidence_basis "the
+    scan's probability for X" and printed "vol.nrrd: X, confidence 0.89" as if the scan were classified."""
     src = tmp_path / "vol.nrrd"
     sitk.WriteImage(oblique_volume, str(src))
-    code, _, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
-                           "--slice-mm", "130")
+    code, out, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
+                             "--slice-mm", "130")
     assert code == 0, err
     record = json.loads((tmp_path / "out" / "vol.json").read_text())
     chosen = record["slice"]
@@ -249,6 +251,10 @@ def test_slice_mm_classifies_one_axial_slice_and_heats_only_it(run_cli, tmp_path
     heat = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "vol_heatmap.nrrd")))
     hot = np.flatnonzero(heat.reshape(heat.shape[0], -1).max(axis=1) > 0)
     assert hot.tolist() == [12]
+    where = "slice 12 (S = 131.0 mm)"
+    assert record["confidence_basis"].startswith(f"the probability of {where} alone (not the scan's)")
+    assert record["probabilities_basis"].startswith(f"{where} alone, not the scan")
+    assert f"vol.nrrd, {where} only: " in out
 
 
 def test_volume_results_give_each_slice_its_position_and_the_finding_as_a_range_in_mm(run_cli, tmp_path, tiny_2d,
@@ -888,18 +894,3 @@ def test_every_steps_minimum_side_is_checked_before_it_runs(run_cli, tmp_path):
     src = _picture(tmp_path / "r6.png", np.random.default_rng(0).integers(0, 255, (6, 6), dtype=np.uint8))
     code, _, err = run_cli("preprocess", src, tmp_path / "y.nrrd", "--pipeline", tmp_path / "clahe.json")
     assert code == 0, err
-
-
-def test_the_core_says_a_slice_runs_figures_are_that_slices(run_cli, tmp_path, tiny_2d, oblique_volume):
-    """F1 in the core: ``classify --slice-mm`` wrote confidence_basis "the scan's probability for X" and printed
-    "vol.nrrd: X, confidence 0.89" as if the scan were classified."""
-    src = tmp_path / "vol.nrrd"
-    sitk.WriteImage(oblique_volume, str(src))
-    code, out, err = run_cli("classify", src, "--model", tiny_2d, "--out", tmp_path / "out", "--progress", "none",
-                             "--slice-mm", "130")
-    assert code == 0, err
-    record = json.loads((tmp_path / "out" / "vol.json").read_text())
-    where = "slice 12 (S = 131.0 mm)"
-    assert record["confidence_basis"].startswith(f"the probability of {where} alone (not the scan's)")
-    assert record["probabilities_basis"].startswith(f"{where} alone, not the scan")
-    assert f"vol.nrrd, {where} only: " in out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import error_line, make_volume
+from conftest import error_line, make_volume, write_dicom_series
 
 
 @pytest.fixture
@@ -710,21 +710,10 @@ def test_zip_bomb_rss_stays_bounded(tmp_path):
 # ---------------------------------------------------------------- 3. honest DICOM and geometry
 
 def _dicom_series(folder: Path, n=12, zs=None, uid="1.2.826.0.1.3680043.2.1125.1.4242", desc="AX T1 test") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    zs = zs if zs is not None else [2.0 * k for k in range(n)]
     rng = np.random.default_rng(0)
-    for k, z in enumerate(zs):
-        sl = sitk.GetImageFromArray(rng.normal(100, 20, (40, 40)).astype(np.int16))
-        sl.SetSpacing((0.8, 0.8))
-        for tag, value in {"0008|0060": "MR", "0020|000e": uid, "0020|000d": uid + ".1", "0008|103e": desc,
-                           "0020|0013": str(k + 1), "0020|0032": f"0\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                           "0008|0018": f"{uid}.5.{k}", "0028|0030": "0.8\\0.8"}.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{k:03d}.dcm"))
-        writer.Execute(sl)
-    return folder
+    return write_dicom_series(folder, zs if zs is not None else [2.0 * k for k in range(n)],
+                              lambda k: rng.normal(100, 20, (40, 40)), modality="MR", spacing=(0.8, 0.8), uid=uid,
+                              desc=desc)
 
 
 def _no_pixel_data(path: Path) -> None:

@@ -13,29 +13,23 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import write_dicom_series
+
 STEP = 2.0
 #: 16 slices 2 mm apart, slices 8-11 of a regular 20-slice series missing (a 10 mm gap)
 ZS = [STEP * k for k in range(20) if not 8 <= k <= 11]
 
 
 def _series(folder: Path, zs=ZS, modality="CT", shift_x=None, side=24) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.2.1125.1.777"
     rng = np.random.default_rng(0)
-    for k, z in enumerate(zs):
-        pixels = rng.normal(40, 10, (side, side))
-        pixels[:4] = -1000   # some air: a CT in HU
-        sl = sitk.GetImageFromArray(pixels.astype(np.int16))
-        x = 0 if shift_x is None else shift_x(k)
-        for tag, value in {"0008|0060": modality, "0020|000e": uid, "0020|000d": uid + ".1",
-                           "0020|0013": str(k + 1), "0020|0032": f"{x}\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                           "0008|0018": f"{uid}.5.{k}", "0028|0030": "1\\1"}.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{k:03d}.dcm"))
-        writer.Execute(sl)
-    return folder
+
+    def pixels(k):
+        slice_ = rng.normal(40, 10, (side, side))
+        slice_[:4] = -1000   # some air: a CT in HU
+        return slice_
+
+    return write_dicom_series(folder, zs, pixels, modality=modality, uid="1.2.826.0.1.3680043.2.1125.1.777",
+                              x_of=shift_x)
 
 
 class _Package:
