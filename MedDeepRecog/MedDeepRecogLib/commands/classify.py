@@ -60,9 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="second modality for a multi-modal (fusion) model (one INPUT); resampled onto INPUT's grid")
     p.add_argument("--register", action="store_true",
                    help="with --second-input: rigidly register the second scan to INPUT first (scans of one patient "
-                        "that moved a little; refused when it does not converge, rotates over 30 degrees, shifts "
-                        "INPUT's centre by over a quarter of its field, or then covers under half of INPUT); what "
-                        "it did goes in the JSON's \"registration\"")
+                        "that moved a little; refused when it rotates over 30 degrees, shifts INPUT's centre by over "
+                        "a quarter of its field, or then covers under half of INPUT); what it did, convergence "
+                        "included, goes in the JSON's \"registration\"")
     p.add_argument("--segments", metavar="SEG",
                    help="segmentation (.seg.nrrd or label map) whose segments an ROI classifier labels (one INPUT)")
     p.add_argument("--label-table", metavar="FILE[#KEY]",
