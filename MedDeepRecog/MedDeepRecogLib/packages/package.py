@@ -145,9 +145,7 @@ def suggested_version(pkg_id: str, version: str, roots: list[Path]) -> str:
     and is the rule derived packages follow (:func:`derived_version`). When newer versions of the id exist the text
     says so, since a command naming the model by id then still takes the newest one."""
     free = next_free_patch(pkg_id, version, roots)
-    held = [p.name for r in roots if (Path(r) / pkg_id).is_dir() for p in (Path(r) / pkg_id).iterdir()
-            if p.is_dir() and is_version(p.name)]
-    latest = max(held, key=_version_key, default=None)
+    latest = max(held_versions(pkg_id, roots), key=_version_key, default=None)
     if latest is not None and _version_key(latest) > _version_key(free):
         return f"{free} is free; {pkg_id}@{latest} is newer and stays the one used by id"
     return f"{free} is free"
@@ -882,14 +880,21 @@ def _rename_new(tmp: Path, target: Path, where: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------- saving
-def next_version(pkg_id: str, roots: list[Path] | None = None) -> str:
-    """The next free patch version of ``pkg_id`` over ``roots`` (default: all catalogs); ``1.0.0`` if none.
-    Folders whose name is not a version are passed over (they are never the latest)."""
+def held_versions(pkg_id: str, roots) -> list[str]:
+    """The versions of ``pkg_id`` the catalogs ``roots`` hold: their folders whose name is a version (others are
+    passed over: they are never the latest)."""
     versions = []
-    for root in roots or catalog_dirs():
+    for root in roots:
         d = Path(root) / pkg_id
         if d.is_dir():
             versions += [p.name for p in d.iterdir() if p.is_dir() and is_version(p.name)]
+    return versions
+
+
+def next_version(pkg_id: str, roots: list[Path] | None = None) -> str:
+    """The next free patch version of ``pkg_id`` over ``roots`` (default: all catalogs); ``1.0.0`` if none.
+    Folders whose name is not a version are passed over (they are never the latest)."""
+    versions = held_versions(pkg_id, roots or catalog_dirs())
     if not versions:
         return "1.0.0"
     major, minor, patch = max(versions, key=_version_key).split(".")

@@ -51,8 +51,9 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
     if len(matched) < min_share * len(own):
         raise ConfigError(f"model/init: {path} sets only {len(matched)} of the network's {len(own)} tensors (names "
                           f"and shapes must match); it was made for another network", source)
+    header = init_header(path)
     record = {"file": str(path), "sha256": sha256_file(path), "tensors_set": len(matched),
-              "tensors_total": len(own), "pretraining": pretraining_record(path)}
+              "tensors_total": len(own), "pretraining": pretraining_record(header)}
     warnings = []
     if len(matched) < len(own):
         from ..models.transfer import head_module_name
@@ -68,7 +69,7 @@ def read_init_state(path: str | Path, model: nn.Module, source=None, min_share: 
         if any(layer != head and not layer.startswith(f"{head}.") for layer in fresh):
             warnings.append(f"model/init: {path.name} sets {len(matched)} of the network's {len(own)} tensors; "
                             f"{len(own) - len(matched)} start fresh, in {len(fresh)} layer(s): {', '.join(fresh)}")
-    made_for = init_header(path).get("config")
+    made_for = header.get("config")
     if made_for is not None:
         record["made_for_config"] = made_for
         differs = config_difference(made_for, source, model_section)
@@ -136,13 +137,13 @@ def config_difference(made_for: str, source: Any, model_section: dict | None) ->
     return f"its network is {theirs['name']} {theirs['kwargs']}, this run's is {ours['name']} {ours['kwargs']}"
 
 
-def pretraining_record(path: str | Path) -> dict:
-    """How ``meddeeprecog pretrain`` made the weights file, from its safetensors metadata: ``method``, ``epochs``,
+def pretraining_record(meta: dict[str, str]) -> dict:
+    """How ``meddeeprecog pretrain`` made the weights file, from its safetensors metadata ``meta``
+    (:func:`init_header`): ``method``, ``epochs``,
     ``pool`` (per source: config, data ``path``, ``split``, ``split_in_data``, ``train_images``, ``fingerprint``)
     and ``settings``; ``pool`` is None for weights written before pools were recorded, or not made by pretrain."""
     import json
 
-    meta = init_header(Path(path))
     out: dict = {"made_by": meta.get("made_by"), "method": meta.get("method"), "epochs": None, "pool": None,
                  "settings": None}
     try:
