@@ -251,10 +251,10 @@ def _unique_names(scans: list[Path], out_dir: Path | None = None) -> list[str]:
     stems = [output_stem(s) for s in scans]
     roles = [suffix.split(".")[0] for suffix in OUTPUT_SUFFIXES.values() if suffix.startswith("_")]
     outputs = {stem + role for stem in stems for role in roles}
-    written = ("result", "heatmap", "heatmap_png", "report")   # the files write_outputs makes for a case
+    from ..inference.classify import CASE_OUTPUT_ROLES
 
     def on_disk(name: str) -> bool:
-        return out_dir is not None and any((out_dir / output_file(name, r)).exists() for r in written)
+        return out_dir is not None and any((out_dir / output_file(name, r)).exists() for r in CASE_OUTPUT_ROLES)
 
     names: list[str] = []
     for i, base in enumerate(stems):

@@ -107,18 +107,22 @@ class ScanSlabs:
                        self.view, self.shape[0])
 
 
-def peak_view_index(heatmap: sitk.Image) -> tuple[int, int, int]:
+def peak_view_index(heatmap: sitk.Image, *, none_if_empty: bool = False) -> tuple[int, int, int] | None:
     """``(z, y, x)`` index, in the heatmap's LPS view, of its maximum as stored: the overlay's planes go through it.
 
     The one peak of the overlay (``classify`` calls it on the heatmap it writes, after resampling onto the scan's
     grid, so the PNG's planes cross the NRRD's hottest voxel). Ties: the first maximum in C order of the stored
     ``(z, y, x)`` array (``sitk.GetArrayFromImage``, the NRRD's voxel order), i.e.
-    ``np.unravel_index(np.argmax(array), array.shape)``, whatever the scan's orientation.
+    ``np.unravel_index(np.argmax(array), array.shape)``, whatever the scan's orientation. ``none_if_empty``: ``None``
+    for a map with no heat above 0 (no peak to go through), found in the same pass.
     """
     arr = sitk.GetArrayViewFromImage(heatmap)
     # np.argmax copies a read-only array (SimpleITK's view) whole: find the first slice holding the maximum (a
     # reduction, no copy), then the first maximum in it; the same voxel as np.argmax over the whole array.
-    k = int(np.argmax(arr.max(axis=(1, 2))))
+    maxima = arr.max(axis=(1, 2))
+    k = int(np.argmax(maxima))
+    if none_if_empty and not float(maxima[k]) > 0.0:
+        return None
     j, i = np.unravel_index(int(np.argmax(arr[k])), arr.shape[1:])
     point = np.array(heatmap.TransformIndexToPhysicalPoint((int(i), int(j), int(k))), dtype=float)
     view = lps_view(heatmap)  # the same voxels permuted/flipped: the point sits on an integer index of the view

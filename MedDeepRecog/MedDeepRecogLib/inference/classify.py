@@ -501,10 +501,11 @@ def classify_scan(path_or_image: str | Path | sitk.Image, package, *, explain: s
         if chosen_slice is not None:
             from .heatmap import keep_axial_slice
             heatmap = keep_axial_slice(heatmap, chosen_slice["index"])
-        empty = not float(np.max(sitk.GetArrayViewFromImage(heatmap))) > 0.0
+        peak = peak_view_index(heatmap, none_if_empty=True)
+        empty = peak is None
         # an empty map has no peak (argmax would be voxel 0, a corner): its planes go through the scan's centre
-        peak = (tuple(int(n) // 2 for n in lps_view(heatmap).array.shape) if empty
-                else peak_view_index(heatmap))
+        if empty:
+            peak = tuple(int(n) // 2 for n in lps_view(heatmap).array.shape)
         scan_planes = slabs.planes(peak)
         if scan_planes is None:
             scan = image if image is not None else as_volume(read_image(path_or_image, spacing=spacing), where,
@@ -899,6 +900,11 @@ def lesion_on_scan_grid(lesion: sitk.Image, scan: sitk.Image, notes: list[str],
     return lesion
 
 
+#: The files :func:`write_outputs` makes for one case (``contract.output_file`` roles): a name is free when none
+#: of them exists (batch naming in ``commands.classify`` checks the same list).
+CASE_OUTPUT_ROLES = ("result", "heatmap", "heatmap_png", "report")
+
+
 def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: bool = True,
                   progress: ProgressFn | None = None,
                   extra: Callable[[dict], dict] | None = None) -> dict[str, str | None]:
@@ -908,7 +914,7 @@ def write_outputs(result: ClassificationResult, out_dir: str | Path, *, png: boo
     from ..io import free_version
 
     out_dir = Path(out_dir)
-    roles = ("result", "heatmap", "heatmap_png", "report")
+    roles = CASE_OUTPUT_ROLES
     result.name = free_version(out_dir, result.name, lambda stem: [output_file(stem, role) for role in roles])
     names = [output_file(result.name, role) for role in roles]
     had_dir = out_dir.exists()
