@@ -26,12 +26,13 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedDeepRecogLib.contract import EXPLAIN_METHODS, FINETUNE_EPOCHS, MASK_CONTENT, MAX_EPOCHS, validation_summary
+from MedDeepRecogLib.contract import (EXPLAIN_METHODS, FINETUNE_EPOCHS, MASK_CONTENT, MAX_EPOCHS, slice_words,
+                                      validation_summary)
 from MedDeepRecogLib.devices import DEVICE_CHOICES, describe
 from MedDeepRecogLib.slicer_bridge import (WorkerCommand, WorkerError, listed_model_key, model_input_kind,
                                             model_input_spec, model_task, read_classify_result, read_segment_labels,
                                             read_segment_volumes)
-from MedDeepRecogLib.slicer_bridge.outputs import parse_json_output, robustness_summary
+from MedDeepRecogLib.slicer_bridge.outputs import model_words, parse_json_output, robustness_summary
 from MedDeepRecogLib.slicer_bridge.pipeline_spec import PRESETS, build_pipeline, preset_settings
 from MedDeepRecogLib.slicer_bridge.process_runner import in_panel_words, panel_event, python_executable
 from MedDeepRecogLib.slicer_bridge.slice_geometry import axial_slice_centre, axial_slice_in_view
@@ -873,10 +874,8 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def sliceWords(sliceRecord):
         """``slice 17 (S = 32.5 mm)`` for a one-slice result's ``slice`` record (Classify current slice), else
-        ``""``."""
-        if not isinstance(sliceRecord, dict) or "index" not in sliceRecord:
-            return ""
-        return f"slice {sliceRecord['index']} (S = {float(sliceRecord.get('position_mm', 0.0)):.1f} mm)"
+        ``""``: the core's wording (``contract.slice_words``)."""
+        return slice_words(sliceRecord)
 
     @staticmethod
     def describeInput(node, segmentName=None):
@@ -1190,7 +1189,7 @@ class MedDeepRecogLogic(ScriptedLoadableModuleLogic):
             def load(result, job):
                 text, record = robustness_summary(result)
                 model = record.get("model") if isinstance(record.get("model"), dict) else {}
-                said = f"{model.get('id', '')}@{model.get('version', '')}".strip("@") or p.model
+                said = model_words(model).strip("@") or p.model
                 return f"For {words}, model {said}: {text}"
             return self._start("robustness", command, load, workDir, **kwargs)
 

@@ -193,3 +193,11 @@ def reproduce_command(words: Sequence[str], options: Mapping[str, Any]) -> str:
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
     return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def slice_words(record: Mapping[str, Any] | None) -> str:
+    """``slice 17 (S = 32.5 mm)`` for a one-slice result's ``slice`` record (``classify --slice-mm``, the panel's
+    Classify current slice), else ``""``: one wording for the core's lines and the panel's."""
+    if not isinstance(record, Mapping) or "index" not in record:
+        return ""
+    return f"slice {record['index']} (S = {float(record.get('position_mm', 0.0)):.1f} mm)"

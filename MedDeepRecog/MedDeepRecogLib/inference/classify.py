@@ -165,10 +165,11 @@ def _min_probability(meta: dict) -> float | None:
 
 
 def slice_words(result: "ClassificationResult") -> str | None:
-    """``slice 17 (S = 32.5 mm)`` for a ``--slice-mm`` run (one axial slice classified), else ``None``."""
-    if not result.slice:
-        return None
-    return f"slice {result.slice['index']} (S = {float(result.slice['position_mm']):.1f} mm)"
+    """``slice 17 (S = 32.5 mm)`` for a ``--slice-mm`` run (one axial slice classified), else ``None``
+    (:func:`..contract.slice_words`, the panel's wording too)."""
+    from ..contract import slice_words as words
+
+    return words(result.slice) or None
 
 
 def confidence_basis(result: "ClassificationResult") -> str:

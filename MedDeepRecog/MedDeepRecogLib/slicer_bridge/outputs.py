@@ -116,6 +116,11 @@ class ClassifyResult:
         return f"Heatmap ({method}): faithfulness {self.faithfulness:+.2f} (better than random when > 0)"
 
 
+def model_words(model) -> str:
+    """``id@version`` of a worker JSON's ``model`` record (a dict), else the value as text."""
+    return f"{model.get('id', '')}@{model.get('version', '')}" if isinstance(model, dict) else str(model)
+
+
 def _resolve(out_dir: Path, value: Any) -> Path | None:
     if not value or not isinstance(value, str):
         return None
@@ -180,7 +185,7 @@ def read_classify_result(out_dir: str | Path, input_path: str | Path) -> Classif
     low = uncertainty.get("low_confidence")
     reasons = record.get("uncertain_reasons")
     notes = record.get("input_notes")
-    model_name = f"{model.get('id', '')}@{model.get('version', '')}" if isinstance(model, dict) else str(model)
+    model_name = model_words(model)
     return ClassifyResult(
         label=str(record["label"]),
         probabilities=sorted(((str(k), float(v)) for k, v in probs.items()), key=lambda kv: -kv[1]),
@@ -233,7 +238,7 @@ def read_segment_labels(out_dir: str | Path, input_path: str | Path) -> SegmentL
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "segment" in r and "label" in r for r in rows):
         raise MedDeepRecogError("segment labels file has no list of {segment, label}", json_path)
     model = record.get("model") or {}
-    return SegmentLabels(model=f"{model.get('id', '')}@{model.get('version', '')}".strip("@"),
+    return SegmentLabels(model=model_words(model).strip("@"),
                          class_names=[str(c) for c in record.get("class_names") or []], segments=rows)
 
 
@@ -286,7 +291,7 @@ def read_segment_volumes(result: dict[str, Any], out_path: str | Path) -> Segmen
     if not isinstance(rows, dict) or not all(isinstance(r, dict) and "volume_ml" in r for r in rows.values()):
         raise MedDeepRecogError("the segment result has no per-segment volumes (unexpected worker output)", out_path)
     model = result.get("model") or {}
-    model_name = f"{model.get('id', '')}@{model.get('version', '')}" if isinstance(model, dict) else str(model)
+    model_name = model_words(model)
     return SegmentVolumes(model=model_name.strip("@"), output=out_path,
                           segments=[(str(name), float(r["volume_ml"]), int(r.get("voxels", 0)))
                                     for name, r in rows.items()], raw=result)
