@@ -14,6 +14,7 @@ import yaml
 from MedDeepRecogLib.cli import main
 from MedDeepRecogLib.packages import load_package
 
+from conftest import refusal_line
 from test_training import _config, separable
 
 
@@ -50,12 +51,6 @@ def _evaluate(pkg: Path, data: Path, split: str, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def _err(capsys) -> str:
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 @pytest.fixture
 def trained(tmp_path, capsys):
     folder = _folder(tmp_path / "imgs")
@@ -78,7 +73,7 @@ def test_evaluate_a_folder_warns_on_the_training_split_and_refuses_unknown_split
     res = _evaluate(pkg_path, folder, "train", capsys)
     assert "trained on" in res["warning"]
     assert main(["evaluate", "--model", str(pkg_path), "--data", str(folder), "--split", "test"]) == 2
-    line = _err(capsys)
+    line = refusal_line(capsys)
     assert "labels.csv" in line and "no split column" in line and "'val'" in line and "'all'" in line
 
 
@@ -88,7 +83,7 @@ def test_a_folders_split_column_picks_the_split(tmp_path, trained, capsys):
     assert _evaluate(pkg_path, other, "val", capsys)["n"] == 8
     assert _evaluate(pkg_path, other, "train", capsys)["n"] == 16
     assert main(["evaluate", "--model", str(pkg_path), "--data", str(other), "--split", "test"]) == 2
-    line = _err(capsys)
+    line = refusal_line(capsys)
     assert "labels.csv" in line and "no split 'test'" in line and "'train'" in line
 
 
@@ -96,7 +91,7 @@ def test_a_label_the_package_does_not_know_is_refused_by_name(tmp_path, trained,
     pkg_path, _ = trained
     other = _folder(tmp_path / "renamed", label_of=lambda k: "up" if k else "left")
     assert main(["evaluate", "--model", str(pkg_path), "--data", str(other), "--split", "all"]) == 2
-    line = _err(capsys)
+    line = refusal_line(capsys)
     assert "labels.csv" in line and "'up'" in line and "left" in line and "right" in line
 
 
@@ -125,5 +120,19 @@ def test_calibrate_reads_the_labels_csv_columns_train_reads(tmp_path, trained, c
     bad = tmp_path / "bad.csv"
     bad.write_text("name,label\nimg00.png,left\n", encoding="utf-8")
     assert main(["calibrate", "--model", str(pkg_path), "--data", str(bad), "--progress", "none"]) == 2
-    line = _err(capsys)
+    line = refusal_line(capsys)
     assert "bad.csv" in line and "file" in line and "path" in line and "label" in line
+
+
+def test_train_val_data_says_whether_the_data_names_its_split(tmp_path):
+    """``TrainValData.split_in_data`` (what ``pretrain`` records for a pool source, and how ``train`` tells a pool
+    drawn from its own val split): a labels CSV's split column names the split, a tail cut by ``val_fraction`` does
+    not."""
+    from MedDeepRecogLib.training.config import config_from_dict
+    from MedDeepRecogLib.training.data import load_train_val
+
+    for split in (True, False):
+        folder = _folder(tmp_path / f"split{split}", split=split)
+        cfg = config_from_dict(_config(folder, data={"path": str(folder), "kind": "slices2d", "val_fraction": 0.25,
+                                                     "intensity_range": [0, 255]}))
+        assert load_train_val(cfg, folder).split_in_data is split

@@ -42,6 +42,9 @@ class TrainValData:
     fingerprint: str
     description: str
     train_groups: np.ndarray | None = None  # (N_train,) patient / pseudo-patient group of each case, when known
+    #: the validation split is one the data names (a .npz's val arrays, a labels CSV's split column), not the last
+    #: ``data/val_fraction`` of each class cut while loading
+    split_in_data: bool = True
 
 
 def tail_per_class_split(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -473,6 +476,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     """Load the train and validation sets described by ``cfg.data`` (a :class:`config.DataConfig`)."""
     d = cfg.data
     fmt = d.format if d.format != "auto" else ("folder" if path.is_dir() else "npz")
+    split_in_data = True
     if fmt == "npz":
         refuse_npz_pipeline(cfg, path)
         z = open_npz(path)
@@ -490,12 +494,14 @@ def load_train_val(cfg, path: Path) -> TrainValData:
                 tr, va = tail_per_class_split(y_tr.ravel(), d.val_fraction)
                 x_tr, y_tr, x_va, y_va = x_tr[tr], y_tr[tr], x_tr[va], y_tr[va]
                 how = f"split {tk}; validation = last {d.val_fraction:.0%} of each class (file order)"
+                split_in_data = False
         elif {"images", "labels"} <= keys:
             x, y = npz_array(z, "images", path), npz_array(z, "labels", path)
             check_images_labels(x, y, "images/labels", path)
             tr, va = tail_per_class_split(y.ravel(), d.val_fraction)
             x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
             how = f"validation = last {d.val_fraction:.0%} of each class (file order, contiguous)"
+            split_in_data = False
         else:
             raise ConfigError(f"npz has neither {tk}_images/{tk}_labels nor images/labels (keys: {sorted(keys)})",
                               path)
@@ -536,6 +542,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
         y = np.array([names.index(s) for s in labels], dtype=np.int64)
         tk, vk = d.train_split, d.val_split
         tr, va, how = folder_train_val_rows(folder, y, tk, vk, d.val_fraction)
+        split_in_data = folder.splits is not None
         # the train rows' groups serve exactly as a .npz's {train_split}_groups: group-wise training/folds
         groups = None if folder.groups is None else folder.groups[tr]
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
@@ -576,7 +583,7 @@ def load_train_val(cfg, path: Path) -> TrainValData:
     return TrainValData(ArrayDataset(x_tr, y_tr), ArrayDataset(x_va, y_va), list(names), d.kind,
                         f"sha256:{fingerprint}", f"{path.name}: {how}; train {np.bincount(y_tr, minlength=len(names)).tolist()}"
                         f", val {np.bincount(y_va, minlength=len(names)).tolist()}",
-                        None if groups is None else np.asarray(groups).ravel())
+                        None if groups is None else np.asarray(groups).ravel(), split_in_data)
 
 
 def check_in_memory(n_images: int, sample_shape: Sequence[int], cfg) -> None:

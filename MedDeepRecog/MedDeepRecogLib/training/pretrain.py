@@ -156,7 +156,7 @@ def pool_images(configs: Sequence[str | Path], size: Sequence[int]) -> tuple[np.
         if cfg.data.format == "folder" or (cfg.data.format == "auto" and data_path.is_dir()):
             both = load_train_val(cfg, data_path)   # a folder's split is made while it is read
             train, fingerprint = both.train, both.fingerprint
-            split_in_data = "of the split column" in both.description   # load_train_val's words for a CSV split
+            split_in_data = both.split_in_data   # the CSV's split column, or the tail train cuts
             split = cfg.data.train_split if split_in_data else f"train (all but the last {cfg.data.val_fraction:.0%} " \
                 "of each class)"
         else:   # only the train split is standardised: the val images take no part
