@@ -380,18 +380,15 @@ def run_training(config: TrainConfig | str | Path, out: str | Path | None = None
         try:
             return _run_training(cfg, ctx, out, resume, package_dest, progress if ctx.is_main else None,
                                  _with_batch_transforms(hooks, extensions), extensions, command, made, where)
-        except KeyboardInterrupt as exc:
-            if made and not (made[0] / "checkpoints").exists():   # as below: no epoch done, no folder left
-                (made[0] / RUN_RECORD).unlink(missing_ok=True)
-                remove_empty_folders(made[0], made)
-            out_dir = where.get("out_dir")
-            epochs = completed_epochs(out_dir) if out_dir is not None and out_dir.is_dir() else None
-            raise TrainingCancelled(out_dir, epochs) from exc
-        except BaseException:
+        except BaseException as exc:
             if made:   # a run refused at its first step leaves no folder behind (its record goes with it)
                 if not (made[0] / "checkpoints").exists():
                     (made[0] / RUN_RECORD).unlink(missing_ok=True)
                 remove_empty_folders(made[0], made)
+            if isinstance(exc, KeyboardInterrupt):   # Ctrl-C / SIGTERM: say where to resume, if anywhere
+                out_dir = where.get("out_dir")
+                epochs = completed_epochs(out_dir) if out_dir is not None and out_dir.is_dir() else None
+                raise TrainingCancelled(out_dir, epochs) from exc
             raise
 
 
